@@ -1,0 +1,393 @@
+//! Per-channel state: the send queue and window, and the receive side of each delivery kind.
+//!
+//! Reliable and ordered channels number messages with a 64-bit sequence (16 bits on the wire)
+//! and keep at most [`MESSAGE_WINDOW`] messages between the oldest unacknowledged one and the
+//! newest sent. The receiver's window is the same size, so it can always place what the
+//! sender may send, and 16-bit serial-number arithmetic never becomes ambiguous.
+
+use alloc::collections::VecDeque;
+use alloc::vec::Vec;
+use bytes::Bytes;
+
+use crate::chunk::{ChunkAdded, Progress, ReassemblyBuffer};
+use crate::config::DeliveryKind;
+use crate::reliability::extend_seq;
+use crate::time::Instant;
+use crate::wire::ChunkInfo;
+
+/// Messages a reliable channel may have between its oldest unacknowledged and newest sent.
+pub const MESSAGE_WINDOW: u64 = 4096;
+/// Partial unreliable chunked messages kept per channel; a newer one evicts the oldest.
+const MAX_UNRELIABLE_PARTIALS: usize = 4;
+
+/// A message (or response) waiting to be sent, whole or chunk by chunk.
+#[derive(Debug)]
+pub(crate) struct Outgoing {
+    /// Extended channel sequence (for a response: the request's sequence).
+    pub(crate) seq: u64,
+    /// A response rather than a message.
+    pub(crate) response: bool,
+    /// A request: the sender awaits a response.
+    pub(crate) request: bool,
+    pub(crate) redirect: Option<u16>,
+    pub(crate) payload: Bytes,
+    pub(crate) next_chunk: u16,
+    /// 1 when sent whole.
+    pub(crate) chunk_count: u16,
+}
+
+impl Outgoing {
+    pub(crate) fn chunk_info(&self) -> Option<ChunkInfo> {
+        (self.chunk_count > 1).then_some(ChunkInfo {
+            index: self.next_chunk,
+            count: self.chunk_count,
+        })
+    }
+}
+
+/// The send half of a channel.
+#[derive(Debug)]
+pub(crate) struct SendChannel {
+    pub(crate) kind: DeliveryKind,
+    pub(crate) queue: VecDeque<Outgoing>,
+    pub(crate) queued_bytes: usize,
+    pub(crate) max_queued_bytes: usize,
+    pub(crate) next_seq: u64,
+    /// Oldest message not yet fully acknowledged (reliable kinds).
+    window_base: u64,
+    /// Unacknowledged frames of each message from `window_base` on, once it started sending.
+    unacked_frames: VecDeque<u16>,
+}
+
+impl SendChannel {
+    pub(crate) fn new(kind: DeliveryKind, max_queued_bytes: usize) -> Self {
+        SendChannel {
+            kind,
+            queue: VecDeque::new(),
+            queued_bytes: 0,
+            max_queued_bytes,
+            next_seq: 0,
+            window_base: 0,
+            unacked_frames: VecDeque::new(),
+        }
+    }
+
+    /// Whether the head of the queue may put a frame on the wire now (the window allows it).
+    pub(crate) fn head_ready(&self) -> bool {
+        match self.queue.front() {
+            None => false,
+            Some(head) if !self.kind.is_reliable() || head.next_chunk > 0 => true,
+            Some(head) => head.seq < self.window_base + MESSAGE_WINDOW,
+        }
+    }
+
+    /// Called when the head message's first frame goes out: opens its window slot.
+    pub(crate) fn on_first_frame(&mut self, seq: u64, frames: u16) {
+        if self.kind.is_reliable() {
+            debug_assert_eq!(seq, self.window_base + self.unacked_frames.len() as u64);
+            self.unacked_frames.push_back(frames);
+        }
+    }
+
+    /// One frame of message `seq` was acknowledged.
+    pub(crate) fn on_frame_acked(&mut self, seq: u64) {
+        let Some(idx) = seq.checked_sub(self.window_base) else { return };
+        if let Some(n) = self.unacked_frames.get_mut(idx as usize) {
+            *n = n.saturating_sub(1);
+        }
+        while self.unacked_frames.front() == Some(&0) {
+            self.unacked_frames.pop_front();
+            self.window_base += 1;
+        }
+    }
+
+    /// Whether every message queued has been sent and acknowledged.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.queue.is_empty() && self.unacked_frames.is_empty()
+    }
+}
+
+/// What the receiver knows about a delivered message besides its payload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct MessageMeta {
+    pub(crate) sequence: u16,
+    pub(crate) request: bool,
+    pub(crate) owner: u16,
+    pub(crate) redirect: Option<u16>,
+}
+
+/// A slot of a reliable channel's receive window.
+#[derive(Debug)]
+enum Slot {
+    Empty,
+    Partial(ReassemblyBuffer),
+    /// Complete, waiting for earlier messages (ordered channels).
+    Ready(MessageMeta, Bytes),
+    /// Delivered.
+    Done,
+}
+
+/// What happened to a received frame.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Received {
+    /// Accepted (delivered, buffered, or stored as a chunk).
+    Accepted,
+    /// A copy of something already received.
+    Duplicate,
+    /// Older than the newest delivered (sequenced).
+    Stale,
+    /// Outside the window or inconsistent with earlier chunks: a protocol violation.
+    Violation,
+    /// Evicted or not stored for lack of budget (unreliable chunks only).
+    NoBudget,
+}
+
+/// The receive half of a channel.
+#[derive(Debug)]
+pub(crate) struct RecvChannel {
+    kind: DeliveryKind,
+    /// Sequenced: newest delivered, extended.
+    newest: Option<u64>,
+    /// Reliable kinds: the oldest message not yet delivered.
+    base: u64,
+    slots: VecDeque<Slot>,
+    /// Unreliable kinds: messages being reassembled, by wire sequence.
+    partials: Vec<(u16, MessageMeta, ReassemblyBuffer)>,
+    /// Bytes held in reassembly buffers and ordered slots.
+    pub(crate) held_bytes: usize,
+}
+
+/// Everything a receive call needs from its connection.
+pub(crate) struct RecvContext<'a> {
+    pub(crate) now: Instant,
+    pub(crate) chunk_payload: usize,
+    /// Bytes of reassembly this frame may still add (unreliable chunks check it).
+    pub(crate) budget_left: usize,
+    pub(crate) deliver: &'a mut dyn FnMut(MessageMeta, Bytes),
+}
+
+impl RecvChannel {
+    pub(crate) fn new(kind: DeliveryKind) -> Self {
+        RecvChannel {
+            kind,
+            newest: None,
+            base: 0,
+            slots: VecDeque::new(),
+            partials: Vec::new(),
+            held_bytes: 0,
+        }
+    }
+
+    /// Takes one received frame of a message.
+    pub(crate) fn receive(
+        &mut self,
+        meta: MessageMeta,
+        chunk: Option<ChunkInfo>,
+        payload: Bytes,
+        cx: &mut RecvContext<'_>,
+    ) -> Received {
+        match self.kind {
+            DeliveryKind::Unreliable | DeliveryKind::Sequenced => {
+                self.receive_unreliable(meta, chunk, payload, cx)
+            }
+            DeliveryKind::Reliable | DeliveryKind::Ordered => {
+                self.receive_reliable(meta, chunk, payload, cx)
+            }
+        }
+    }
+
+    fn is_stale(&self, sequence: u16) -> bool {
+        match (self.kind, self.newest) {
+            (DeliveryKind::Sequenced, Some(newest)) => {
+                extend_seq(sequence, newest).is_none_or(|s| s <= newest)
+            }
+            _ => false,
+        }
+    }
+
+    fn deliver_unreliable(&mut self, meta: MessageMeta, payload: Bytes, cx: &mut RecvContext<'_>) -> Received {
+        if self.kind == DeliveryKind::Sequenced {
+            if self.is_stale(meta.sequence) {
+                return Received::Stale;
+            }
+            let ext = match self.newest {
+                None => u64::from(meta.sequence),
+                Some(newest) => extend_seq(meta.sequence, newest).unwrap_or(newest),
+            };
+            self.newest = Some(ext);
+            // Partial messages older than what was just delivered can never be delivered.
+            let newest = ext;
+            let mut freed = 0;
+            self.partials.retain(|(seq, _, r)| {
+                let keep = extend_seq(*seq, newest).is_some_and(|s| s > newest);
+                if !keep {
+                    freed += r.bytes();
+                }
+                keep
+            });
+            self.held_bytes -= freed;
+        }
+        (cx.deliver)(meta, payload);
+        Received::Accepted
+    }
+
+    fn receive_unreliable(
+        &mut self,
+        meta: MessageMeta,
+        chunk: Option<ChunkInfo>,
+        payload: Bytes,
+        cx: &mut RecvContext<'_>,
+    ) -> Received {
+        let Some(chunk) = chunk else {
+            return self.deliver_unreliable(meta, payload, cx);
+        };
+        if self.is_stale(meta.sequence) {
+            return Received::Stale;
+        }
+        let pos = self.partials.iter().position(|(seq, m, _)| *seq == meta.sequence && *m == meta);
+        let idx = match pos {
+            Some(idx) => idx,
+            None => {
+                if payload.len() > cx.budget_left {
+                    return Received::NoBudget;
+                }
+                if self.partials.len() >= MAX_UNRELIABLE_PARTIALS {
+                    let (_, _, old) = self.partials.remove(0);
+                    self.held_bytes -= old.bytes();
+                }
+                self.partials
+                    .push((meta.sequence, meta, ReassemblyBuffer::new(chunk.count, cx.now)));
+                self.partials.len() - 1
+            }
+        };
+        let len = payload.len();
+        if !self.partials[idx].2.has(chunk.index) && len > cx.budget_left {
+            return Received::NoBudget;
+        }
+        match self.partials[idx].2.add(chunk.index, chunk.count, payload, cx.chunk_payload) {
+            ChunkAdded::Stored(n) => self.held_bytes += n,
+            ChunkAdded::Duplicate => return Received::Duplicate,
+            ChunkAdded::Inconsistent => return Received::Violation,
+        }
+        if self.partials[idx].2.is_complete() {
+            let (_, meta, r) = self.partials.remove(idx);
+            self.held_bytes -= r.bytes();
+            return self.deliver_unreliable(meta, r.assemble(), cx);
+        }
+        Received::Accepted
+    }
+
+    fn receive_reliable(
+        &mut self,
+        meta: MessageMeta,
+        chunk: Option<ChunkInfo>,
+        payload: Bytes,
+        cx: &mut RecvContext<'_>,
+    ) -> Received {
+        let Some(seq) = extend_seq(meta.sequence, self.base) else {
+            return Received::Duplicate;
+        };
+        if seq < self.base {
+            return Received::Duplicate;
+        }
+        if seq >= self.base + MESSAGE_WINDOW {
+            return Received::Violation;
+        }
+        let idx = (seq - self.base) as usize;
+        while self.slots.len() <= idx {
+            self.slots.push_back(Slot::Empty);
+        }
+        let complete = match (&mut self.slots[idx], chunk) {
+            (Slot::Done | Slot::Ready(..), _) => return Received::Duplicate,
+            (Slot::Empty, None) => Some(payload),
+            (slot @ Slot::Empty, Some(chunk)) => {
+                let mut r = ReassemblyBuffer::new(chunk.count, cx.now);
+                let added = r.add(chunk.index, chunk.count, payload, cx.chunk_payload);
+                let ChunkAdded::Stored(n) = added else {
+                    return Received::Violation;
+                };
+                self.held_bytes += n;
+                *slot = Slot::Partial(r);
+                None
+            }
+            (Slot::Partial(_), None) => return Received::Violation,
+            (Slot::Partial(r), Some(chunk)) => {
+                match r.add(chunk.index, chunk.count, payload, cx.chunk_payload) {
+                    ChunkAdded::Stored(n) => self.held_bytes += n,
+                    ChunkAdded::Duplicate => return Received::Duplicate,
+                    ChunkAdded::Inconsistent => return Received::Violation,
+                }
+                if r.is_complete() {
+                    let Slot::Partial(r) = core::mem::replace(&mut self.slots[idx], Slot::Empty)
+                    else {
+                        return Received::Violation;
+                    };
+                    self.held_bytes -= r.bytes();
+                    Some(r.assemble())
+                } else {
+                    None
+                }
+            }
+        };
+        if let Some(message) = complete {
+            if self.kind == DeliveryKind::Reliable || idx == 0 {
+                (cx.deliver)(meta, message);
+                self.slots[idx] = Slot::Done;
+            } else {
+                self.held_bytes += message.len();
+                self.slots[idx] = Slot::Ready(meta, message);
+            }
+            self.advance(cx);
+        }
+        Received::Accepted
+    }
+
+    /// Moves the window past delivered messages, delivering ordered ones now in turn.
+    fn advance(&mut self, cx: &mut RecvContext<'_>) {
+        loop {
+            match self.slots.front_mut() {
+                Some(Slot::Done) => {}
+                Some(slot @ Slot::Ready(..)) => {
+                    if let Slot::Ready(meta, message) = core::mem::replace(slot, Slot::Done) {
+                        self.held_bytes -= message.len();
+                        (cx.deliver)(meta, message);
+                    }
+                }
+                _ => return,
+            }
+            self.slots.pop_front();
+            self.base += 1;
+        }
+    }
+
+    /// Drops unreliable partial messages older than `deadline`; returns bytes freed and
+    /// messages evicted.
+    pub(crate) fn evict_stale(&mut self, deadline: Instant) -> (usize, u64) {
+        let mut freed = 0;
+        let mut evicted = 0;
+        self.partials.retain(|(_, _, r)| {
+            let keep = r.started_at > deadline;
+            if !keep {
+                freed += r.bytes();
+                evicted += 1;
+            }
+            keep
+        });
+        self.held_bytes -= freed;
+        (freed, evicted)
+    }
+
+    /// Start time of the oldest unreliable partial message.
+    pub(crate) fn oldest_partial(&self) -> Option<Instant> {
+        self.partials.iter().map(|(_, _, r)| r.started_at).min()
+    }
+
+    /// Progress of the oldest incomplete chunked message.
+    pub(crate) fn progress(&self) -> Option<Progress> {
+        let reliable = self.slots.iter().enumerate().find_map(|(i, s)| match s {
+            Slot::Partial(r) => Some(r.progress((self.base + i as u64) as u16)),
+            _ => None,
+        });
+        reliable.or_else(|| self.partials.first().map(|(seq, _, r)| r.progress(*seq)))
+    }
+}

@@ -1,0 +1,284 @@
+//! Endpoint configuration: every limit the protocol enforces is set here.
+
+use alloc::vec::Vec;
+use core::fmt;
+use core::time::Duration;
+
+use crate::wire::{DATA_HEADER_LEN, MAX_MESSAGE_HEADER_LEN, MAX_VARINT_LEN};
+
+/// Most channels a connection can have (the channel id is 4 bits).
+pub const MAX_CHANNELS: usize = 16;
+
+/// How a channel delivers messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DeliveryKind {
+    /// Fire and forget: each message arrives at most once, in any order, or not at all.
+    Unreliable,
+    /// Newest only: a message older than one already delivered on the channel is dropped.
+    Sequenced,
+    /// Every message arrives exactly once, in any order.
+    Reliable,
+    /// Every message arrives exactly once, in send order.
+    Ordered,
+}
+
+impl DeliveryKind {
+    /// Whether messages are retransmitted until acknowledged.
+    pub fn is_reliable(self) -> bool {
+        matches!(self, DeliveryKind::Reliable | DeliveryKind::Ordered)
+    }
+
+    pub(crate) fn nibble(self) -> u64 {
+        match self {
+            DeliveryKind::Unreliable => 1,
+            DeliveryKind::Sequenced => 2,
+            DeliveryKind::Reliable => 3,
+            DeliveryKind::Ordered => 4,
+        }
+    }
+}
+
+/// One channel's settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChannelConfig {
+    /// Delivery guarantee.
+    pub kind: DeliveryKind,
+    /// Most payload bytes that may wait in this channel's send queue (per connection);
+    /// `send` beyond it fails with `QueueFull`.
+    pub max_queued_bytes: usize,
+}
+
+impl ChannelConfig {
+    /// A channel of `kind` with a 4 MiB send queue.
+    pub const fn new(kind: DeliveryKind) -> Self {
+        ChannelConfig {
+            kind,
+            max_queued_bytes: 4 << 20,
+        }
+    }
+}
+
+/// Settings for an [`Endpoint`](crate::Endpoint). Both sides of a connection must use the same
+/// `protocol_id` and channel kinds; the handshake checks both.
+///
+/// ```
+/// use shoal_proto::{Config, DeliveryKind};
+/// let config = Config {
+///     seed: 42,
+///     ..Config::with_channels(&[DeliveryKind::Sequenced, DeliveryKind::Ordered])
+/// };
+/// assert_eq!(config.channels.len(), 2);
+/// assert!(config.validate().is_ok());
+/// ```
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Seed for connection ids, nonces and the cookie key. Give each endpoint its own
+    /// (e.g. from the OS RNG in a driver, or a fixed value in a test).
+    pub seed: u64,
+    /// Application protocol id; endpoints with different ids ignore each other.
+    pub protocol_id: u32,
+    /// Largest datagram sent, in bytes (UDP payload). At least 128.
+    pub mtu: usize,
+    /// Channels, indexed by channel id (at most 16).
+    pub channels: Vec<ChannelConfig>,
+    /// Whether this endpoint answers connection attempts (a server or a peer).
+    pub accept_incoming: bool,
+    /// Most connections at once; further attempts are rejected with reason `Full`.
+    pub max_connections: usize,
+    /// Most bytes of application data in a connect request.
+    pub max_connect_data: usize,
+    /// A connection that receives nothing for this long is closed with `TimedOut`.
+    pub idle_timeout: Duration,
+    /// A connection that sends nothing for this long sends a keepalive.
+    pub keepalive_interval: Duration,
+    /// A connection attempt that is not answered within this time fails with `TimedOut`.
+    pub handshake_timeout: Duration,
+    /// Interval between handshake retransmissions.
+    pub handshake_resend_interval: Duration,
+    /// How long a server's cookie stays valid.
+    pub cookie_lifetime: Duration,
+    /// Longest a receiver waits before acknowledging a packet.
+    pub max_ack_delay: Duration,
+    /// RTT assumed before the first measurement.
+    pub initial_rtt: Duration,
+    /// Cap on the retransmission timeout after backoff.
+    pub max_rto: Duration,
+    /// Deadline for a request's response, after which `RequestTimedOut` is emitted.
+    pub request_timeout: Duration,
+    /// Most outstanding requests per connection.
+    pub max_pending_requests: usize,
+    /// Largest message `send` accepts; larger messages are chunked up to this size.
+    pub max_message_size: usize,
+    /// Most bytes of partly received chunked messages held per connection.
+    pub reassembly_budget: usize,
+    /// Most bytes of partly received chunked messages held by the whole endpoint.
+    pub endpoint_reassembly_budget: usize,
+    /// A partial unreliable chunked message older than this is evicted.
+    pub reassembly_timeout: Duration,
+    /// Optional send-rate limit per connection in bytes per second (token bucket).
+    pub max_send_rate: Option<u64>,
+    /// Extra copies of each small reliable message sent proactively in following packets, to
+    /// hide loss without waiting for a retransmission timeout (0 disables).
+    pub redundancy: u8,
+    /// Reliable messages up to this size get the proactive copies of `redundancy`.
+    pub redundancy_max_size: usize,
+    /// Most events waiting for `poll_event`; while full, incoming datagrams are dropped (and
+    /// later retransmitted by the peer), never events.
+    pub max_pending_events: usize,
+    /// Protocol violations a peer may commit before the connection is closed as malicious.
+    pub max_violations: u32,
+}
+
+impl Default for Config {
+    /// Four channels, one of each kind: 0 unreliable, 1 sequenced, 2 reliable, 3 ordered.
+    fn default() -> Self {
+        Config::with_channels(&[
+            DeliveryKind::Unreliable,
+            DeliveryKind::Sequenced,
+            DeliveryKind::Reliable,
+            DeliveryKind::Ordered,
+        ])
+    }
+}
+
+impl Config {
+    /// Default settings with the given channel kinds (channel id = index).
+    pub fn with_channels(kinds: &[DeliveryKind]) -> Self {
+        Config {
+            seed: 0,
+            protocol_id: 0x5348_4f4c, // "SHOL"
+            mtu: 1200,
+            channels: kinds.iter().map(|&k| ChannelConfig::new(k)).collect(),
+            accept_incoming: true,
+            max_connections: 4096,
+            max_connect_data: 512,
+            idle_timeout: Duration::from_secs(10),
+            keepalive_interval: Duration::from_secs(1),
+            handshake_timeout: Duration::from_secs(5),
+            handshake_resend_interval: Duration::from_millis(250),
+            cookie_lifetime: Duration::from_secs(10),
+            max_ack_delay: Duration::from_millis(5),
+            initial_rtt: Duration::from_millis(100),
+            max_rto: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(5),
+            max_pending_requests: 1024,
+            max_message_size: 1 << 20,
+            reassembly_budget: 4 << 20,
+            endpoint_reassembly_budget: 64 << 20,
+            reassembly_timeout: Duration::from_secs(5),
+            max_send_rate: None,
+            redundancy: 1,
+            redundancy_max_size: 256,
+            max_pending_events: 65_536,
+            max_violations: 16,
+        }
+    }
+
+    /// Checks that the settings make sense together.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.channels.is_empty() || self.channels.len() > MAX_CHANNELS {
+            return Err(ConfigError::ChannelCount(self.channels.len()));
+        }
+        if !(128..=65_507).contains(&self.mtu) {
+            return Err(ConfigError::Mtu(self.mtu));
+        }
+        if self.max_connections == 0 || self.max_connections > usize::from(u16::MAX - 1) {
+            return Err(ConfigError::MaxConnections(self.max_connections));
+        }
+        if self.max_connect_data + 64 > self.mtu {
+            return Err(ConfigError::ConnectDataTooLarge(self.max_connect_data));
+        }
+        let chunks = self.max_message_size.div_ceil(self.chunk_payload());
+        if self.max_message_size == 0 || chunks > usize::from(u16::MAX) {
+            return Err(ConfigError::MaxMessageSize(self.max_message_size));
+        }
+        if self.reassembly_budget < self.max_message_size
+            || self.endpoint_reassembly_budget < self.reassembly_budget
+        {
+            return Err(ConfigError::ReassemblyBudget);
+        }
+        if self.idle_timeout <= self.keepalive_interval {
+            return Err(ConfigError::IdleTimeout);
+        }
+        if self.max_pending_events == 0 {
+            return Err(ConfigError::ZeroLimit("max_pending_events"));
+        }
+        if self.max_pending_requests == 0 {
+            return Err(ConfigError::ZeroLimit("max_pending_requests"));
+        }
+        if self.max_send_rate == Some(0) {
+            return Err(ConfigError::ZeroLimit("max_send_rate"));
+        }
+        Ok(())
+    }
+
+    /// Most payload bytes one chunk carries: what is left of a datagram after the packet
+    /// header and the largest message header and length prefix.
+    pub fn chunk_payload(&self) -> usize {
+        self.mtu - DATA_HEADER_LEN - MAX_MESSAGE_HEADER_LEN - MAX_VARINT_LEN
+    }
+
+    /// The channel kinds as a nibble each, sent in the handshake so both sides can check
+    /// that they agree.
+    pub(crate) fn channel_layout(&self) -> u64 {
+        self.channels
+            .iter()
+            .enumerate()
+            .fold(0, |acc, (i, c)| acc | c.kind.nibble() << (4 * i))
+    }
+}
+
+/// A [`Config`] that cannot work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConfigError {
+    /// `channels` must hold 1 to 16 entries.
+    ChannelCount(usize),
+    /// `mtu` must be between 128 and 65,507.
+    Mtu(usize),
+    /// `max_connections` must be between 1 and 65,534 (user ids are 16 bits).
+    MaxConnections(usize),
+    /// `max_connect_data` must leave room for the handshake in one datagram of `mtu` bytes.
+    ConnectDataTooLarge(usize),
+    /// `max_message_size` must be positive and split into at most 65,535 chunks.
+    MaxMessageSize(usize),
+    /// `reassembly_budget` must hold one whole `max_message_size` message and
+    /// `endpoint_reassembly_budget` one connection's budget.
+    ReassemblyBudget,
+    /// `idle_timeout` must be longer than `keepalive_interval`, or idle peers time out.
+    IdleTimeout,
+    /// The named limit must be positive.
+    ZeroLimit(&'static str),
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::ChannelCount(n) => {
+                write!(f, "{n} channels configured; use between 1 and 16")
+            }
+            ConfigError::Mtu(n) => write!(f, "mtu {n} is out of range; use 128 to 65507"),
+            ConfigError::MaxConnections(n) => {
+                write!(f, "max_connections {n} is out of range; use 1 to 65534")
+            }
+            ConfigError::ConnectDataTooLarge(n) => write!(
+                f,
+                "max_connect_data {n} does not fit a handshake datagram; lower it or raise mtu"
+            ),
+            ConfigError::MaxMessageSize(n) => write!(
+                f,
+                "max_message_size {n} must be positive and at most 65535 chunks of the mtu"
+            ),
+            ConfigError::ReassemblyBudget => f.write_str(
+                "reassembly_budget must be at least max_message_size, and \
+                 endpoint_reassembly_budget at least reassembly_budget",
+            ),
+            ConfigError::IdleTimeout => {
+                f.write_str("idle_timeout must be longer than keepalive_interval")
+            }
+            ConfigError::ZeroLimit(name) => write!(f, "{name} must be positive"),
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for ConfigError {}

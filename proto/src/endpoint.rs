@@ -1,0 +1,873 @@
+//! The endpoint: one per socket. It demultiplexes datagrams to connections, runs the
+//! server side of the handshake without keeping state for unvalidated addresses, and exposes
+//! the poll/handle API every driver runs.
+
+use alloc::boxed::Box;
+use alloc::collections::{BinaryHeap, VecDeque};
+use alloc::vec;
+use alloc::vec::Vec;
+use bytes::{Bytes, BytesMut};
+use core::cmp::Reverse;
+use core::hash::Hasher;
+use core::net::{IpAddr, SocketAddr};
+use siphasher::sip128::{Hasher128, SipHasher13 as SipHasher128};
+
+use crate::chunk::Progress;
+use crate::config::{Config, ConfigError};
+use crate::connection::{Connection, Shared, State};
+use crate::error::{ConnectError, SendError};
+use crate::event::{ConnectionHandle, DisconnectReason, Event, IncomingRequest, RequestId, Transmit};
+use crate::hash::{HashMap, Rng, SeededState};
+use crate::stats::{ConnectionStats, DropReason, EndpointStats};
+use crate::time::{micros, Instant};
+use crate::wire::{CloseCode, Cookie, DecodeError, Packet, RejectCode, COOKIE_LEN};
+
+/// Handshake replies and close notices waiting to be sent, at most.
+const MAX_CONTROL_QUEUE: usize = 1024;
+/// Copies of a `Disconnect` sent when the application closes a connection (it is not
+/// retransmitted, so a few copies make it likely to arrive).
+const DISCONNECT_COPIES: usize = 3;
+/// Size of the slabs the receive arena allocates datagram copies from.
+const ARENA_CHUNK: usize = 64 * 1024;
+
+/// A connection attempt, as shown to the accept hook.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectRequest<'a> {
+    /// The client's address (validated: it echoed our cookie).
+    pub remote: SocketAddr,
+    /// The application data the client passed to `connect`.
+    pub data: &'a [u8],
+}
+
+/// Decides whether to accept a connection: `Ok(())` accepts, `Err(code)` rejects and the
+/// client gets `Disconnected { reason: Rejected { code } }`.
+pub type AcceptHook = Box<dyn FnMut(&ConnectRequest<'_>) -> Result<(), u16> + Send>;
+
+/// A packet the endpoint itself sends (not belonging to a live connection's send path).
+#[derive(Clone, Copy, Debug)]
+enum Control {
+    Challenge { client_nonce: u64, cookie: Cookie },
+    Accept { client_nonce: u64, connection_id: u32, user_id: u16 },
+    Reject { client_nonce: u64, code: RejectCode },
+    Disconnect { connection_id: u32, code: CloseCode },
+}
+
+#[derive(Default)]
+struct Slot {
+    generation: u32,
+    conn: Option<Box<Connection>>,
+}
+
+/// A Shoal endpoint: every connection over one socket, as a state machine fed with datagrams
+/// and timestamps. It performs no I/O and reads no clock.
+///
+/// # The drive loop
+///
+/// Methods fall into four groups, called in this order by whoever owns the socket:
+///
+/// 1. **Input** — `handle_datagram(now, from, bytes)` for each datagram that arrived, and
+///    `handle_timeout(now)` when the time returned by `poll_timeout` has come (calling it early
+///    or twice is harmless).
+/// 2. **Application commands** — [`connect`](Self::connect), [`send`](Self::send),
+///    [`request`](Self::request), [`respond`](Self::respond), [`disconnect`](Self::disconnect).
+/// 3. **Output** — drain [`poll_transmit`](Self::poll_transmit) into the socket and
+///    [`poll_event`](Self::poll_event) into the application until each returns `None`.
+/// 4. **Sleep** — until the next datagram or [`poll_timeout`](Self::poll_timeout), whichever
+///    comes first.
+///
+/// `now` must never go backwards (checked in debug builds). Any origin works.
+///
+/// ```
+/// use shoal_proto::{Config, Endpoint, Event, Instant};
+/// let server_addr = "127.0.0.1:4000".parse().unwrap();
+/// let client_addr = "127.0.0.1:5000".parse().unwrap();
+/// let mut server = Endpoint::new(Config { seed: 1, ..Config::default() }).unwrap();
+/// let mut client = Endpoint::new(Config { seed: 2, accept_incoming: false, ..Config::default() }).unwrap();
+///
+/// let now = Instant::from_millis(0);
+/// let conn = client.connect(now, server_addr, b"hello").unwrap();
+/// client.send(conn, 3, "first message").unwrap(); // queued until connected
+///
+/// // A perfect in-memory network: move datagrams until both sides are quiet.
+/// let mut buf = [0u8; 1500];
+/// for _ in 0..10 {
+///     while let Some(t) = client.poll_transmit(now, &mut buf) {
+///         server.handle_datagram(now, client_addr, &buf[..t.len]);
+///     }
+///     while let Some(t) = server.poll_transmit(now, &mut buf) {
+///         client.handle_datagram(now, server_addr, &buf[..t.len]);
+///     }
+/// }
+/// let mut got = Vec::new();
+/// while let Some(event) = server.poll_event() {
+///     got.push(event);
+/// }
+/// assert!(matches!(got[0], Event::Connected { .. }));
+/// assert!(matches!(&got[1], Event::Message { payload, .. } if payload == "first message"));
+/// ```
+pub struct Endpoint {
+    config: Config,
+    rng: Rng,
+    hasher: SeededState,
+    cookie_key: (u64, u64),
+    slots: Vec<Slot>,
+    free_slots: Vec<u32>,
+    live: usize,
+    by_addr: HashMap<SocketAddr, u32>,
+    by_id: HashMap<u32, u32>,
+    user_ids: UserIds,
+    events: VecDeque<Event>,
+    control: VecDeque<(SocketAddr, Control)>,
+    wakeups: BinaryHeap<Reverse<(Instant, u32, u32)>>,
+    dirty: VecDeque<u32>,
+    arena: BytesMut,
+    reassembly_total: usize,
+    next_request_id: u64,
+    stats: EndpointStats,
+    last_now: Instant,
+    accept_hook: Option<AcceptHook>,
+}
+
+impl core::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("connections", &self.live)
+            .field("pending_events", &self.events.len())
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Endpoint {
+    // ------------------------------------------------------------------ construction, getters
+
+    /// An endpoint with `config`, after checking it.
+    pub fn new(config: Config) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let mut rng = Rng::new(config.seed);
+        let hasher = SeededState::new(&mut rng);
+        let cookie_key = (rng.next_u64(), rng.next_u64());
+        Ok(Endpoint {
+            rng,
+            hasher,
+            cookie_key,
+            slots: Vec::new(),
+            free_slots: Vec::new(),
+            live: 0,
+            by_addr: HashMap::with_hasher(hasher),
+            by_id: HashMap::with_hasher(hasher),
+            user_ids: UserIds::new(),
+            events: VecDeque::new(),
+            control: VecDeque::new(),
+            wakeups: BinaryHeap::new(),
+            dirty: VecDeque::new(),
+            arena: BytesMut::new(),
+            reassembly_total: 0,
+            next_request_id: 0,
+            stats: EndpointStats::default(),
+            last_now: Instant::ZERO,
+            accept_hook: None,
+            config,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Endpoint-wide counters (closed connections' counters folded in).
+    pub fn stats(&self) -> &EndpointStats {
+        &self.stats
+    }
+
+    /// A live connection's counters, with its current RTT estimate and congestion window.
+    pub fn connection_stats(&self, conn: ConnectionHandle) -> Option<ConnectionStats> {
+        Some(self.get(conn)?.stats())
+    }
+
+    /// A live connection's peer address.
+    pub fn remote_address(&self, conn: ConnectionHandle) -> Option<SocketAddr> {
+        Some(self.get(conn)?.remote)
+    }
+
+    /// Whether the connection has finished its handshake.
+    pub fn is_connected(&self, conn: ConnectionHandle) -> bool {
+        self.get(conn).is_some_and(Connection::is_connected)
+    }
+
+    /// Whether everything queued on the connection was sent and acknowledged.
+    pub fn is_idle(&self, conn: ConnectionHandle) -> bool {
+        self.get(conn).is_some_and(Connection::is_idle)
+    }
+
+    /// Payload bytes that may still be queued on `channel` before `send` fails with `QueueFull`.
+    pub fn queue_room(&self, conn: ConnectionHandle, channel: u8) -> Option<usize> {
+        self.get(conn)?.queue_room(channel)
+    }
+
+    /// Bytes sent on the connection and not yet acknowledged or declared lost.
+    pub fn bytes_in_flight(&self, conn: ConnectionHandle) -> Option<u64> {
+        Some(self.get(conn)?.bytes_in_flight())
+    }
+
+    /// How far the oldest large message arriving on `channel` has come, if one is arriving.
+    pub fn receive_progress(&self, conn: ConnectionHandle, channel: u8) -> Option<Progress> {
+        self.get(conn)?.progress(channel)
+    }
+
+    /// Number of connections, including ones still in their handshake.
+    pub fn connection_count(&self) -> usize {
+        self.live
+    }
+
+    /// Handles of all connections.
+    pub fn connections(&self) -> impl Iterator<Item = ConnectionHandle> + '_ {
+        self.slots.iter().filter_map(|s| s.conn.as_ref().map(|c| c.handle))
+    }
+
+    /// Bytes held in partly received chunked messages across the endpoint.
+    pub fn reassembly_bytes(&self) -> usize {
+        self.reassembly_total
+    }
+
+    /// Installs the hook that accepts or rejects incoming connections (default: accept all).
+    pub fn set_accept_hook(&mut self, hook: AcceptHook) {
+        self.accept_hook = Some(hook);
+    }
+
+    // ------------------------------------------------------------------ application commands
+
+    /// Starts connecting to `remote`, passing `data` to its accept hook. The handle is usable
+    /// at once: messages sent before `Connected` wait in the queue.
+    pub fn connect(&mut self, now: Instant, remote: SocketAddr, data: &[u8]) -> Result<ConnectionHandle, ConnectError> {
+        self.advance_time(now);
+        if data.len() > self.config.max_connect_data {
+            return Err(ConnectError::DataTooLarge {
+                size: data.len(),
+                max: self.config.max_connect_data,
+            });
+        }
+        if self.by_addr.contains_key(&remote) {
+            return Err(ConnectError::AlreadyConnected);
+        }
+        if self.live >= self.config.max_connections {
+            return Err(ConnectError::TooManyConnections);
+        }
+        let nonce = self.rng.next_u64();
+        let (index, handle) = self.allocate_slot();
+        let mut conn = Box::new(Connection::new(&self.config, handle, remote, now, true, nonce, self.hasher));
+        conn.set_connect_data(Bytes::copy_from_slice(data));
+        self.by_addr.insert(remote, index);
+        self.finish(index, conn);
+        Ok(handle)
+    }
+
+    /// Queues `payload` on `channel` of `conn`. Large messages are chunked; the channel's
+    /// delivery kind decides what the peer is guaranteed.
+    pub fn send(&mut self, conn: ConnectionHandle, channel: u8, payload: impl Into<Bytes>) -> Result<(), SendError> {
+        self.send_redirected(conn, channel, payload, None)
+    }
+
+    /// Like [`send`](Self::send), with the redirect bit and a target user id set, for a hub to
+    /// relay to that user.
+    pub fn send_redirected(
+        &mut self,
+        conn: ConnectionHandle,
+        channel: u8,
+        payload: impl Into<Bytes>,
+        target: Option<u16>,
+    ) -> Result<(), SendError> {
+        let (index, mut c) = self.take(conn).ok_or(SendError::UnknownConnection)?;
+        let result = c.send(&self.config, channel, payload.into(), false, target);
+        self.finish(index, c);
+        result.map(|_| ())
+    }
+
+    /// Sends a request on `channel`; the answer arrives as `Event::Response` with the returned
+    /// id, or `Event::RequestTimedOut` after `Config::request_timeout`. On a reliable channel
+    /// the request and its response are retransmitted until acknowledged; on an unreliable one
+    /// either may be lost, and the timeout reports it.
+    pub fn request(
+        &mut self,
+        now: Instant,
+        conn: ConnectionHandle,
+        channel: u8,
+        payload: impl Into<Bytes>,
+    ) -> Result<RequestId, SendError> {
+        self.advance_time(now);
+        let id = RequestId(self.next_request_id);
+        let (index, mut c) = self.take(conn).ok_or(SendError::UnknownConnection)?;
+        let result = c.request(now, &self.config, channel, payload.into(), id);
+        self.finish(index, c);
+        result?;
+        self.next_request_id += 1;
+        Ok(id)
+    }
+
+    /// Answers a request received as `Event::Request`.
+    pub fn respond(&mut self, conn: ConnectionHandle, request: IncomingRequest, payload: impl Into<Bytes>) -> Result<(), SendError> {
+        let (index, mut c) = self.take(conn).ok_or(SendError::UnknownConnection)?;
+        let result = c.respond(&self.config, request, payload.into());
+        self.finish(index, c);
+        result
+    }
+
+    /// Closes `conn` at once, telling the peer with `code`. Queued messages are dropped; wait
+    /// for [`is_idle`](Self::is_idle) first to close after delivery. Emits
+    /// `Disconnected { reason: ClosedLocally }`. Closing a dead handle does nothing.
+    pub fn disconnect(&mut self, conn: ConnectionHandle, code: u16) {
+        if let Some((index, mut c)) = self.take(conn) {
+            c.close(DisconnectReason::ClosedLocally, Some(CloseCode::Application(code)));
+            self.finish(index, c);
+        }
+    }
+
+    // ------------------------------------------------------------------ input
+
+    /// Handles one datagram from `from`. Never panics; anything malformed is counted in the
+    /// stats by cause and dropped.
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
+        self.advance_time(now);
+        self.stats.datagrams_received += 1;
+        self.stats.bytes_received += datagram.len() as u64;
+        if self.events.len() >= self.config.max_pending_events {
+            self.stats.drops.add(DropReason::EventQueueFull);
+            return;
+        }
+        let packet = match Packet::decode(datagram) {
+            Ok(p) => p,
+            Err(e) => {
+                self.stats.drops.add(match e {
+                    DecodeError::UnknownVersion(_) => DropReason::UnknownVersion,
+                    DecodeError::UnknownPacketType(_) => DropReason::UnknownPacketType,
+                    _ => DropReason::Malformed,
+                });
+                return;
+            }
+        };
+        match packet {
+            Packet::Hello { protocol_id, client_nonce } => self.on_hello(now, from, protocol_id, client_nonce),
+            Packet::Connect {
+                protocol_id,
+                client_nonce,
+                cookie,
+                channel_layout,
+                data,
+            } => self.on_connect(now, from, protocol_id, client_nonce, cookie, channel_layout, data),
+            Packet::Challenge { client_nonce, cookie } => {
+                self.with_client_conn(from, client_nonce, |c, _, _| c.on_challenge(cookie));
+            }
+            Packet::Accept {
+                client_nonce,
+                connection_id,
+                user_id,
+            } => {
+                let accepted = self.with_client_conn(from, client_nonce, |c, now, config| {
+                    c.on_accept(now, config, connection_id, user_id)
+                });
+                if accepted {
+                    self.stats.connections_opened += 1;
+                    if let Some(c) = self.by_addr.get(&from).and_then(|&i| self.slot_conn(i)) {
+                        let event = Event::Connected {
+                            conn: c.handle,
+                            remote: c.remote,
+                            peer_user_id: c.peer_user_id,
+                            local_user_id: c.local_user_id,
+                        };
+                        self.events.push_back(event);
+                    }
+                }
+            }
+            Packet::Reject { client_nonce, code } => {
+                self.with_client_conn(from, client_nonce, |c, _, _| {
+                    c.close(DisconnectReason::from_reject(code), None);
+                    true
+                });
+            }
+            Packet::Data { header, frames } => self.on_data(now, from, header, frames, datagram.len()),
+            Packet::Disconnect { connection_id, code } => {
+                match self.by_addr.get(&from).copied() {
+                    Some(index) if self.slot_conn(index).is_some_and(|c| c.connection_id == connection_id && c.is_connected()) => {
+                        if let Some(mut c) = self.slots[index as usize].conn.take() {
+                            c.close(DisconnectReason::from_close(code), None);
+                            self.finish(index, c);
+                        }
+                    }
+                    _ => self.stats.drops.add(DropReason::UnknownConnection),
+                }
+            }
+        }
+    }
+
+    /// Handles timers that are due at `now`: retransmissions, acknowledgements, keepalives,
+    /// timeouts. Safe to call at any time; it only acts on what is due.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.advance_time(now);
+        while let Some(Reverse((at, index, generation))) = self.wakeups.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.wakeups.pop();
+            let slot = &mut self.slots[index as usize];
+            if slot.generation != generation {
+                continue;
+            }
+            let Some(mut c) = slot.conn.take() else { continue };
+            if c.scheduled != Some(at) {
+                slot.conn = Some(c);
+                continue;
+            }
+            c.scheduled = None;
+            let mut shared = Shared {
+                config: &self.config,
+                events: &mut self.events,
+                reassembly_total: &mut self.reassembly_total,
+            };
+            c.handle_timeout(now, &mut shared);
+            self.finish(index, c);
+        }
+    }
+
+    // ------------------------------------------------------------------ output
+
+    /// Writes the next datagram to send into `buf` and says where to send it. Call until it
+    /// returns `None`. `buf` should hold at least `Config::mtu` bytes; datagrams are never
+    /// larger than the smaller of the two.
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        self.advance_time(now);
+        while let Some((to, control)) = self.control.pop_front() {
+            if let Some(len) = encode_control(control, buf) {
+                return Some(self.count_sent(Transmit { to, len }));
+            }
+        }
+        while let Some(index) = self.dirty.pop_front() {
+            let Some(mut c) = self.slots.get_mut(index as usize).and_then(|s| s.conn.take()) else {
+                continue;
+            };
+            c.in_dirty = false;
+            let sent = c.poll_transmit(now, buf, &self.config);
+            let to = c.remote;
+            if sent.is_some() {
+                // Round-robin: it may have more, but others go first.
+                c.in_dirty = true;
+                self.dirty.push_back(index);
+            }
+            self.finish_quiet(index, c);
+            if let Some(len) = sent {
+                return Some(self.count_sent(Transmit { to, len }));
+            }
+        }
+        None
+    }
+
+    /// The next event for the application, if any.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When `handle_timeout` should next be called, if anything is scheduled. It may be
+    /// earlier than strictly needed (a timer that was since pushed back); that is harmless.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.wakeups.peek().map(|Reverse((t, ..))| *t)
+    }
+
+    // ------------------------------------------------------------------ internals
+
+    fn advance_time(&mut self, now: Instant) {
+        debug_assert!(now >= self.last_now, "time went backwards: {now:?} < {:?}", self.last_now);
+        self.last_now = self.last_now.max(now);
+    }
+
+    fn count_sent(&mut self, t: Transmit) -> Transmit {
+        self.stats.datagrams_sent += 1;
+        self.stats.bytes_sent += t.len as u64;
+        t
+    }
+
+    fn get(&self, handle: ConnectionHandle) -> Option<&Connection> {
+        let slot = self.slots.get(handle.index as usize)?;
+        if slot.generation != handle.generation {
+            return None;
+        }
+        slot.conn.as_deref()
+    }
+
+    fn slot_conn(&self, index: u32) -> Option<&Connection> {
+        self.slots.get(index as usize)?.conn.as_deref()
+    }
+
+    fn take(&mut self, handle: ConnectionHandle) -> Option<(u32, Box<Connection>)> {
+        let slot = self.slots.get_mut(handle.index as usize)?;
+        if slot.generation != handle.generation {
+            return None;
+        }
+        Some((handle.index, slot.conn.take()?))
+    }
+
+    fn allocate_slot(&mut self) -> (u32, ConnectionHandle) {
+        let index = self.free_slots.pop().unwrap_or_else(|| {
+            self.slots.push(Slot::default());
+            (self.slots.len() - 1) as u32
+        });
+        self.live += 1;
+        let generation = self.slots[index as usize].generation;
+        (index, ConnectionHandle { index, generation })
+    }
+
+    /// Puts a connection back after work on it: reaps it if it closed, otherwise marks it as
+    /// possibly having something to send and reschedules its wake-up.
+    fn finish(&mut self, index: u32, mut conn: Box<Connection>) {
+        if conn.close.is_none() && !conn.in_dirty {
+            conn.in_dirty = true;
+            self.dirty.push_back(index);
+        }
+        self.finish_quiet(index, conn);
+    }
+
+    /// Like `finish`, without marking the connection dirty.
+    fn finish_quiet(&mut self, index: u32, mut conn: Box<Connection>) {
+        if let Some(reason) = conn.close {
+            self.reap(index, conn, reason);
+            return;
+        }
+        let next = conn.next_timeout();
+        if next != conn.scheduled {
+            conn.scheduled = next;
+            if let Some(at) = next {
+                self.wakeups.push(Reverse((at, index, self.slots[index as usize].generation)));
+            }
+        }
+        self.slots[index as usize].conn = Some(conn);
+        if self.wakeups.len() > 4 * self.live + 64 {
+            self.rebuild_wakeups();
+        }
+    }
+
+    /// Drops stale wake-up entries (their connection rescheduled or closed).
+    fn rebuild_wakeups(&mut self) {
+        let entries: Vec<_> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                let c = s.conn.as_ref()?;
+                Some(Reverse((c.scheduled?, i as u32, s.generation)))
+            })
+            .collect();
+        self.wakeups = BinaryHeap::from(entries);
+    }
+
+    fn reap(&mut self, index: u32, mut conn: Box<Connection>, reason: DisconnectReason) {
+        if let Some(code) = conn.close_code {
+            let copies = if reason == DisconnectReason::ClosedLocally { DISCONNECT_COPIES } else { 1 };
+            if conn.is_connected() {
+                for _ in 0..copies {
+                    self.push_control(
+                        conn.remote,
+                        Control::Disconnect {
+                            connection_id: conn.connection_id,
+                            code,
+                        },
+                    );
+                }
+            }
+        }
+        if self.by_addr.get(&conn.remote) == Some(&index) {
+            self.by_addr.remove(&conn.remote);
+        }
+        if !conn.is_client {
+            self.by_id.remove(&conn.connection_id);
+            self.user_ids.release(conn.peer_user_id);
+        }
+        conn.release_all(&mut self.reassembly_total);
+        let stats = conn.stats();
+        self.stats.drops.merge(&stats.drops);
+        self.stats.connections_closed += 1;
+        self.events.push_back(Event::Disconnected {
+            conn: conn.handle,
+            reason,
+        });
+        let slot = &mut self.slots[index as usize];
+        slot.generation = slot.generation.wrapping_add(1);
+        slot.conn = None;
+        self.free_slots.push(index);
+        self.live -= 1;
+    }
+
+    fn push_control(&mut self, to: SocketAddr, control: Control) {
+        if self.control.len() >= MAX_CONTROL_QUEUE {
+            self.stats.replies_dropped += 1;
+            return;
+        }
+        self.control.push_back((to, control));
+    }
+
+    /// Runs `f` on the client-side connection at `from` whose nonce matches; counts a drop if
+    /// there is none or `f` says the packet was unexpected.
+    fn with_client_conn(&mut self, from: SocketAddr, nonce: u64, f: impl FnOnce(&mut Connection, Instant, &Config) -> bool) -> bool {
+        let now = self.last_now;
+        let Some(index) = self.by_addr.get(&from).copied() else {
+            self.stats.drops.add(DropReason::Unexpected);
+            return false;
+        };
+        let Some(mut c) = self.slots[index as usize].conn.take() else {
+            return false;
+        };
+        let ok = c.is_client && c.client_nonce == nonce && f(&mut c, now, &self.config);
+        if !ok {
+            c.stats.drops.add(DropReason::Unexpected);
+        }
+        self.finish(index, c);
+        ok
+    }
+
+    fn cookie_mac(&self, from: SocketAddr, nonce: u64, issued_at: u64) -> [u8; 16] {
+        let mut h = SipHasher128::new_with_keys(self.cookie_key.0, self.cookie_key.1);
+        match from.ip() {
+            IpAddr::V4(ip) => h.write(&ip.octets()),
+            IpAddr::V6(ip) => h.write(&ip.octets()),
+        }
+        h.write(&from.port().to_be_bytes());
+        h.write(&nonce.to_be_bytes());
+        h.write(&issued_at.to_be_bytes());
+        h.finish128().as_bytes()
+    }
+
+    fn make_cookie(&self, now: Instant, from: SocketAddr, nonce: u64) -> Cookie {
+        let issued_at = now.as_micros();
+        let mut cookie = [0u8; COOKIE_LEN];
+        cookie[..8].copy_from_slice(&issued_at.to_be_bytes());
+        cookie[8..].copy_from_slice(&self.cookie_mac(from, nonce, issued_at));
+        cookie
+    }
+
+    fn cookie_is_valid(&self, now: Instant, from: SocketAddr, nonce: u64, cookie: &Cookie) -> bool {
+        let mut issued = [0u8; 8];
+        issued.copy_from_slice(&cookie[..8]);
+        let issued_at = u64::from_be_bytes(issued);
+        let fresh = issued_at <= now.as_micros()
+            && now.as_micros() - issued_at <= micros(self.config.cookie_lifetime);
+        // Constant-time comparison: the MAC is a secret the attacker probes byte by byte.
+        let mac = self.cookie_mac(from, nonce, issued_at);
+        let diff = mac.iter().zip(&cookie[8..]).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        fresh && diff == 0
+    }
+
+    fn on_hello(&mut self, now: Instant, from: SocketAddr, protocol_id: u32, nonce: u64) {
+        if !self.config.accept_incoming {
+            self.stats.drops.add(DropReason::Unexpected);
+            return;
+        }
+        if protocol_id != self.config.protocol_id {
+            self.stats.drops.add(DropReason::WrongProtocol);
+            return;
+        }
+        // Stateless: nothing is stored; the reply (33 bytes) is smaller than the Hello (48).
+        let cookie = self.make_cookie(now, from, nonce);
+        self.push_control(from, Control::Challenge { client_nonce: nonce, cookie });
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_connect(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        protocol_id: u32,
+        nonce: u64,
+        cookie: Cookie,
+        channel_layout: u64,
+        data: &[u8],
+    ) {
+        if !self.config.accept_incoming {
+            self.stats.drops.add(DropReason::Unexpected);
+            return;
+        }
+        if protocol_id != self.config.protocol_id {
+            self.stats.drops.add(DropReason::WrongProtocol);
+            return;
+        }
+        if !self.cookie_is_valid(now, from, nonce, &cookie) {
+            self.stats.drops.add(DropReason::BadCookie);
+            return;
+        }
+        if data.len() > self.config.max_connect_data {
+            self.stats.drops.add(DropReason::Malformed);
+            return;
+        }
+        // The address is validated from here on.
+        if let Some(index) = self.by_addr.get(&from).copied() {
+            let Some(existing) = self.slot_conn(index) else { return };
+            if existing.is_client {
+                self.stats.drops.add(DropReason::Unexpected);
+                return;
+            }
+            if existing.client_nonce == nonce {
+                // Our Accept was lost: say it again.
+                let accept = Control::Accept {
+                    client_nonce: nonce,
+                    connection_id: existing.connection_id,
+                    user_id: existing.peer_user_id,
+                };
+                self.push_control(from, accept);
+                return;
+            }
+            // The client restarted: the old connection is gone from its side.
+            if let Some(mut old) = self.slots[index as usize].conn.take() {
+                old.close(DisconnectReason::Replaced, None);
+                self.finish(index, old);
+            }
+        }
+        let reject = |code| Control::Reject { client_nonce: nonce, code };
+        if channel_layout != self.config.channel_layout() {
+            self.stats.connections_rejected += 1;
+            self.push_control(from, reject(RejectCode::ChannelMismatch));
+            return;
+        }
+        if self.live >= self.config.max_connections {
+            self.stats.connections_rejected += 1;
+            self.push_control(from, reject(RejectCode::Full));
+            return;
+        }
+        if let Some(hook) = self.accept_hook.as_mut() {
+            if let Err(code) = hook(&ConnectRequest { remote: from, data }) {
+                self.stats.connections_rejected += 1;
+                self.push_control(from, reject(RejectCode::Refused(code)));
+                return;
+            }
+        }
+        let Some(user_id) = self.user_ids.allocate() else {
+            self.stats.drops.add(DropReason::ConnectionTableFull);
+            return;
+        };
+        let connection_id = loop {
+            let id = self.rng.next_u64() as u32;
+            if id != 0 && !self.by_id.contains_key(&id) {
+                break id;
+            }
+        };
+        let (index, handle) = self.allocate_slot();
+        let mut conn = Box::new(Connection::new(&self.config, handle, from, now, false, nonce, self.hasher));
+        conn.connection_id = connection_id;
+        conn.peer_user_id = user_id;
+        conn.local_user_id = 0;
+        conn.on_established(now, &self.config);
+        self.by_addr.insert(from, index);
+        self.by_id.insert(connection_id, index);
+        self.stats.connections_opened += 1;
+        self.push_control(
+            from,
+            Control::Accept {
+                client_nonce: nonce,
+                connection_id,
+                user_id,
+            },
+        );
+        self.events.push_back(Event::Connected {
+            conn: handle,
+            remote: from,
+            peer_user_id: user_id,
+            local_user_id: 0,
+        });
+        self.finish(index, conn);
+    }
+
+    fn on_data(&mut self, now: Instant, from: SocketAddr, header: crate::wire::DataHeader, frames: &[u8], datagram_len: usize) {
+        let (index, migrating) = match self.by_addr.get(&from).copied() {
+            Some(index) => (index, false),
+            None => match self.by_id.get(&header.connection_id).copied() {
+                // A known connection from a new address: the client's NAT rebound.
+                Some(index) => (index, true),
+                None => {
+                    self.stats.drops.add(DropReason::UnknownConnection);
+                    return;
+                }
+            },
+        };
+        let Some(mut c) = self.slots[index as usize].conn.take() else { return };
+        if c.connection_id != header.connection_id || c.state != State::Connected {
+            c.stats.drops.add(DropReason::UnknownConnection);
+            self.finish_quiet(index, c);
+            return;
+        }
+        // Copy the datagram once into the arena; message payloads are slices of it.
+        let frames = if frames.is_empty() {
+            Bytes::new()
+        } else {
+            if self.arena.capacity() < frames.len() {
+                self.arena.reserve(ARENA_CHUNK.max(frames.len()));
+            }
+            self.arena.extend_from_slice(frames);
+            self.arena.split().freeze()
+        };
+        let _ = datagram_len;
+        let mut shared = Shared {
+            config: &self.config,
+            events: &mut self.events,
+            reassembly_total: &mut self.reassembly_total,
+        };
+        let accepted = c.handle_data(now, header, frames, &mut shared);
+        if accepted && migrating {
+            self.by_addr.remove(&c.remote);
+            c.remote = from;
+            self.by_addr.insert(from, index);
+            self.stats.migrations += 1;
+        }
+        self.finish(index, c);
+    }
+}
+
+fn encode_control(control: Control, buf: &mut [u8]) -> Option<usize> {
+    let packet = match control {
+        Control::Challenge { client_nonce, cookie } => Packet::Challenge { client_nonce, cookie },
+        Control::Accept {
+            client_nonce,
+            connection_id,
+            user_id,
+        } => Packet::Accept {
+            client_nonce,
+            connection_id,
+            user_id,
+        },
+        Control::Reject { client_nonce, code } => Packet::Reject { client_nonce, code },
+        Control::Disconnect { connection_id, code } => Packet::Disconnect { connection_id, code },
+    };
+    packet.encode(buf)
+}
+
+/// User ids 1..=65534 handed to accepted connections; 0 is the server's own.
+struct UserIds {
+    used: Vec<u64>,
+    next: u16,
+}
+
+impl UserIds {
+    fn new() -> Self {
+        UserIds {
+            used: vec![0; 1024],
+            next: 1,
+        }
+    }
+
+    fn is_used(&self, id: u16) -> bool {
+        self.used[usize::from(id / 64)] & (1 << (id % 64)) != 0
+    }
+
+    /// The next free id after the last one given (ids are not reused at once, so a late
+    /// packet for a departed user is not mistaken for a newcomer's).
+    fn allocate(&mut self) -> Option<u16> {
+        for _ in 0..u16::MAX {
+            let id = self.next;
+            self.next = if self.next >= u16::MAX - 1 { 1 } else { self.next + 1 };
+            if !self.is_used(id) {
+                self.used[usize::from(id / 64)] |= 1 << (id % 64);
+                return Some(id);
+            }
+        }
+        None
+    }
+
+    fn release(&mut self, id: u16) {
+        self.used[usize::from(id / 64)] &= !(1 << (id % 64));
+    }
+}

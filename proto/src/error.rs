@@ -1,0 +1,98 @@
+//! Errors the application can get back from the endpoint's methods.
+
+use core::fmt;
+
+/// Why a message, request or response could not be queued.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SendError {
+    /// No connection has this handle (it closed, or never existed).
+    UnknownConnection,
+    /// The channel id is not configured.
+    UnknownChannel(u8),
+    /// The message is larger than `Config::max_message_size`.
+    MessageTooLarge {
+        /// The message's size.
+        size: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+    /// The channel's send queue holds `max_queued_bytes` already; wait for it to drain
+    /// (e.g. until `Endpoint::queue_room` grows) and try again.
+    QueueFull {
+        /// The channel.
+        channel: u8,
+        /// Bytes waiting in it.
+        queued_bytes: usize,
+    },
+    /// `Config::max_pending_requests` requests await responses already.
+    TooManyRequests {
+        /// The configured maximum.
+        max: usize,
+    },
+}
+
+impl fmt::Display for SendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SendError::UnknownConnection => f.write_str("no such connection (it may have closed)"),
+            SendError::UnknownChannel(c) => {
+                write!(f, "channel {c} is not configured; configure it in Config::channels")
+            }
+            SendError::MessageTooLarge { size, max } => write!(
+                f,
+                "message of {size} bytes exceeds max_message_size {max}; split it or raise the limit"
+            ),
+            SendError::QueueFull {
+                channel,
+                queued_bytes,
+            } => write!(
+                f,
+                "send queue of channel {channel} is full ({queued_bytes} bytes waiting); \
+                 retry when it drains or raise max_queued_bytes"
+            ),
+            SendError::TooManyRequests { max } => write!(
+                f,
+                "{max} requests already await responses; wait for some or raise max_pending_requests"
+            ),
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for SendError {}
+
+/// Why a connection attempt could not start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectError {
+    /// The endpoint has `max_connections` connections already.
+    TooManyConnections,
+    /// The application data exceeds `Config::max_connect_data`.
+    DataTooLarge {
+        /// The data's size.
+        size: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+    /// A connection to (or from) this address exists already.
+    AlreadyConnected,
+}
+
+impl fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConnectError::TooManyConnections => {
+                f.write_str("too many connections; close one or raise max_connections")
+            }
+            ConnectError::DataTooLarge { size, max } => write!(
+                f,
+                "connect data of {size} bytes exceeds max_connect_data {max}"
+            ),
+            ConnectError::AlreadyConnected => {
+                f.write_str("a connection to this address exists already")
+            }
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for ConnectError {}

@@ -1,0 +1,176 @@
+//! What the endpoint tells the application, and the handles it hands out.
+
+use bytes::Bytes;
+use core::fmt;
+use core::net::SocketAddr;
+
+use crate::wire::{CloseCode, RejectCode};
+
+/// Names one connection of an endpoint. Stays unique for the endpoint's lifetime: a handle
+/// of a closed connection never names a later one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnectionHandle {
+    pub(crate) index: u32,
+    pub(crate) generation: u32,
+}
+
+impl fmt::Display for ConnectionHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "conn#{}.{}", self.index, self.generation)
+    }
+}
+
+/// Identifies a request this endpoint sent; its `Response` or `RequestTimedOut` carries it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestId(pub u64);
+
+/// A request received from a peer; pass it to [`Endpoint::respond`](crate::Endpoint::respond)
+/// to answer it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct IncomingRequest {
+    /// The channel it came on; the response goes back on it.
+    pub channel: u8,
+    /// Its sequence number, which the response echoes.
+    pub sequence: u16,
+}
+
+/// Where and how long: the result of [`Endpoint::poll_transmit`](crate::Endpoint::poll_transmit).
+/// The datagram itself is in the caller's buffer, `buf[..len]`.
+#[must_use = "the datagram in the buffer must be sent to `to`"]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Transmit {
+    /// Destination address.
+    pub to: SocketAddr,
+    /// Bytes written at the start of the buffer.
+    pub len: usize,
+}
+
+/// Why a connection ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DisconnectReason {
+    /// This side called `disconnect`.
+    ClosedLocally,
+    /// The peer closed the connection, with its application's code.
+    ClosedByPeer {
+        /// The code the peer passed to `disconnect`.
+        code: u16,
+    },
+    /// Nothing was heard from the peer for the idle timeout (or the handshake timeout).
+    TimedOut,
+    /// The server's accept hook refused the connection, with its code.
+    Rejected {
+        /// The code the hook gave.
+        code: u16,
+    },
+    /// The server has as many connections as it allows.
+    ServerFull,
+    /// The two sides configure their channels differently.
+    Incompatible,
+    /// The peer sent malformed or hostile data too often (ours), or says we did (theirs).
+    ProtocolViolation,
+    /// The same address connected again with a new handshake, replacing this connection.
+    Replaced,
+}
+
+impl DisconnectReason {
+    pub(crate) fn from_reject(code: RejectCode) -> Self {
+        match code {
+            RejectCode::Full => DisconnectReason::ServerFull,
+            RejectCode::Refused(code) => DisconnectReason::Rejected { code },
+            RejectCode::ChannelMismatch => DisconnectReason::Incompatible,
+        }
+    }
+
+    pub(crate) fn from_close(code: CloseCode) -> Self {
+        match code {
+            CloseCode::Application(code) => DisconnectReason::ClosedByPeer { code },
+            CloseCode::ProtocolViolation => DisconnectReason::ProtocolViolation,
+        }
+    }
+}
+
+impl fmt::Display for DisconnectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DisconnectReason::ClosedLocally => f.write_str("closed by this side"),
+            DisconnectReason::ClosedByPeer { code } => write!(f, "closed by peer (code {code})"),
+            DisconnectReason::TimedOut => f.write_str("timed out: nothing heard from the peer"),
+            DisconnectReason::Rejected { code } => write!(f, "rejected by the server (code {code})"),
+            DisconnectReason::ServerFull => f.write_str("rejected: the server is full"),
+            DisconnectReason::Incompatible => {
+                f.write_str("rejected: the two sides configure their channels differently")
+            }
+            DisconnectReason::ProtocolViolation => {
+                f.write_str("closed: malformed or hostile data")
+            }
+            DisconnectReason::Replaced => {
+                f.write_str("replaced by a new connection from the same address")
+            }
+        }
+    }
+}
+
+/// Something that happened, returned by [`Endpoint::poll_event`](crate::Endpoint::poll_event).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A connection finished its handshake and can carry messages.
+    Connected {
+        /// The connection.
+        conn: ConnectionHandle,
+        /// The peer's address.
+        remote: SocketAddr,
+        /// The peer's user id (0 is the server's own).
+        peer_user_id: u16,
+        /// This side's user id on the connection (a client learns it here).
+        local_user_id: u16,
+    },
+    /// A connection ended (or a connection attempt failed). The handle is dead afterwards.
+    Disconnected {
+        /// The connection.
+        conn: ConnectionHandle,
+        /// Why.
+        reason: DisconnectReason,
+    },
+    /// A message arrived.
+    Message {
+        /// The connection it came on.
+        conn: ConnectionHandle,
+        /// Its channel.
+        channel: u8,
+        /// The user id of its original sender.
+        owner: u16,
+        /// Its sequence number on the channel.
+        sequence: u16,
+        /// For hub relaying: the user id it is addressed to, if redirected.
+        target: Option<u16>,
+        /// The message.
+        payload: Bytes,
+    },
+    /// A request arrived; answer it with `respond`.
+    Request {
+        /// The connection it came on.
+        conn: ConnectionHandle,
+        /// What to pass to `respond`.
+        request: IncomingRequest,
+        /// The user id of its sender.
+        owner: u16,
+        /// The request.
+        payload: Bytes,
+    },
+    /// The answer to a request this side sent.
+    Response {
+        /// The connection.
+        conn: ConnectionHandle,
+        /// The id `request` returned.
+        id: RequestId,
+        /// The answer.
+        payload: Bytes,
+    },
+    /// A request got no answer before its deadline. A late answer is dropped.
+    RequestTimedOut {
+        /// The connection.
+        conn: ConnectionHandle,
+        /// The id `request` returned.
+        id: RequestId,
+    },
+}

@@ -1,0 +1,187 @@
+//! Time as the protocol sees it: absolute instants handed in by the driver.
+//!
+//! The core never reads a clock. Drivers convert their clock (`std::time::Instant`, a game's
+//! frame clock, the simulator's virtual clock) into [`Instant`], an integer count of
+//! microseconds since an origin of the driver's choosing. Only differences between instants
+//! matter, so any origin works as long as it stays fixed for the endpoint's lifetime.
+
+use core::ops::{Add, AddAssign, Sub};
+use core::time::Duration;
+
+/// A point in time, in microseconds since an arbitrary origin chosen by the driver.
+///
+/// ```
+/// use core::time::Duration;
+/// use shoal_proto::Instant;
+/// let t0 = Instant::from_micros(1_000);
+/// let t1 = t0 + Duration::from_millis(2);
+/// assert_eq!(t1.as_micros(), 3_000);
+/// assert_eq!(t1 - t0, Duration::from_millis(2));
+/// assert_eq!(t0 - t1, Duration::ZERO); // differences saturate at zero
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Instant {
+    micros: u64,
+}
+
+impl Instant {
+    /// The origin.
+    pub const ZERO: Instant = Instant { micros: 0 };
+
+    /// An instant `micros` microseconds after the origin.
+    pub const fn from_micros(micros: u64) -> Self {
+        Instant { micros }
+    }
+
+    /// An instant `millis` milliseconds after the origin.
+    pub const fn from_millis(millis: u64) -> Self {
+        Instant {
+            micros: millis.saturating_mul(1000),
+        }
+    }
+
+    /// Microseconds since the origin.
+    pub const fn as_micros(self) -> u64 {
+        self.micros
+    }
+
+    /// Time elapsed from `earlier` to `self`, or zero if `earlier` is later.
+    pub fn saturating_duration_since(self, earlier: Instant) -> Duration {
+        Duration::from_micros(self.micros.saturating_sub(earlier.micros))
+    }
+}
+
+/// Converts a duration to whole microseconds, saturating at `u64::MAX`.
+pub(crate) fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+impl Add<Duration> for Instant {
+    type Output = Instant;
+    fn add(self, rhs: Duration) -> Instant {
+        Instant {
+            micros: self.micros.saturating_add(micros(rhs)),
+        }
+    }
+}
+
+impl AddAssign<Duration> for Instant {
+    fn add_assign(&mut self, rhs: Duration) {
+        *self = *self + rhs;
+    }
+}
+
+impl Sub<Duration> for Instant {
+    type Output = Instant;
+    fn sub(self, rhs: Duration) -> Instant {
+        Instant {
+            micros: self.micros.saturating_sub(micros(rhs)),
+        }
+    }
+}
+
+impl Sub<Instant> for Instant {
+    type Output = Duration;
+    fn sub(self, rhs: Instant) -> Duration {
+        self.saturating_duration_since(rhs)
+    }
+}
+
+/// The timers a connection keeps. Each has at most one deadline; the connection's next
+/// wake-up is the earliest of them. Indexing a fixed table by this enum keeps timer handling
+/// allocation-free and makes "which timer fired" a plain match.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Timer {
+    /// Resend the handshake packet (client, while connecting).
+    Handshake,
+    /// Give up on the handshake (client).
+    HandshakeTimeout,
+    /// Loss detection: retransmission timeout or time-threshold loss.
+    Loss,
+    /// Send a delayed acknowledgement.
+    Ack,
+    /// Send a keepalive because nothing was sent for a while.
+    Keepalive,
+    /// Close the connection because nothing was received for a while.
+    Idle,
+    /// The earliest pending request deadline.
+    Request,
+    /// Evict stale partial unreliable messages.
+    Reassembly,
+    /// The send rate limiter has tokens again.
+    Pacing,
+}
+
+impl Timer {
+    pub(crate) const COUNT: usize = 9;
+    pub(crate) const ALL: [Timer; Timer::COUNT] = [
+        Timer::Handshake,
+        Timer::HandshakeTimeout,
+        Timer::Loss,
+        Timer::Ack,
+        Timer::Keepalive,
+        Timer::Idle,
+        Timer::Request,
+        Timer::Reassembly,
+        Timer::Pacing,
+    ];
+}
+
+/// A fixed table of deadlines indexed by [`Timer`].
+#[derive(Clone, Debug, Default)]
+pub(crate) struct TimerTable {
+    deadlines: [Option<Instant>; Timer::COUNT],
+}
+
+impl TimerTable {
+    pub(crate) fn set(&mut self, timer: Timer, at: Instant) {
+        self.deadlines[timer as usize] = Some(at);
+    }
+
+    pub(crate) fn set_opt(&mut self, timer: Timer, at: Option<Instant>) {
+        self.deadlines[timer as usize] = at;
+    }
+
+    pub(crate) fn stop(&mut self, timer: Timer) {
+        self.deadlines[timer as usize] = None;
+    }
+
+    pub(crate) fn get(&self, timer: Timer) -> Option<Instant> {
+        self.deadlines[timer as usize]
+    }
+
+    /// Whether `timer` is set and due at `now`.
+    pub(crate) fn is_expired(&self, timer: Timer, now: Instant) -> bool {
+        matches!(self.get(timer), Some(t) if t <= now)
+    }
+
+    /// The earliest deadline, if any timer is set.
+    pub(crate) fn next(&self) -> Option<Instant> {
+        self.deadlines.iter().flatten().min().copied()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timer_table_next_is_earliest_deadline() {
+        let mut t = TimerTable::default();
+        assert_eq!(t.next(), None);
+        t.set(Timer::Idle, Instant::from_micros(50));
+        t.set(Timer::Ack, Instant::from_micros(20));
+        assert_eq!(t.next(), Some(Instant::from_micros(20)));
+        t.stop(Timer::Ack);
+        assert_eq!(t.next(), Some(Instant::from_micros(50)));
+        assert!(t.is_expired(Timer::Idle, Instant::from_micros(50)));
+        assert!(!t.is_expired(Timer::Idle, Instant::from_micros(49)));
+    }
+
+    #[test]
+    fn instant_arithmetic_saturates() {
+        let t = Instant::from_micros(u64::MAX - 1);
+        assert_eq!((t + Duration::from_secs(1)).as_micros(), u64::MAX);
+        assert_eq!(Instant::ZERO - Duration::from_secs(1), Instant::ZERO);
+    }
+}

@@ -1,0 +1,792 @@
+//! The wire format: packets, the 5-byte message header, varints.
+//!
+//! Everything here is pure: `decode` turns bytes into a borrowed view or a typed
+//! [`DecodeError`], `encode` writes into a caller's buffer. Nothing panics on any input.
+//! `docs/wire.md` draws every packet byte by byte; `tests/wire_vectors.rs` checks its vectors.
+//!
+//! Multi-byte integers are big-endian (network order).
+
+use core::fmt;
+
+/// Protocol version carried in the high nibble of every packet's first byte.
+pub const VERSION: u8 = 1;
+
+/// Length of a `Hello` packet. It is padded so that the server's `Challenge` reply is never
+/// larger than the request that caused it (no amplification towards unvalidated addresses).
+pub const HELLO_LEN: usize = 48;
+/// Length of a stateless cookie: issue time (8 bytes) and a 128-bit MAC.
+pub const COOKIE_LEN: usize = 24;
+/// Length of the `Data` packet header.
+pub const DATA_HEADER_LEN: usize = 13;
+/// Length of the message header without options (the seeds' 5 bytes).
+pub const MESSAGE_HEADER_LEN: usize = 5;
+/// Largest message header: 5 bytes, redirect target (2) and chunk fields (4).
+pub const MAX_MESSAGE_HEADER_LEN: usize = MESSAGE_HEADER_LEN + 2 + 4;
+/// Largest length prefix (a varint of a value below 2^21).
+pub const MAX_VARINT_LEN: usize = 3;
+
+/// Why bytes could not be decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DecodeError {
+    /// The datagram is empty.
+    Empty,
+    /// The packet's version is not [`VERSION`].
+    UnknownVersion(u8),
+    /// The packet type is not one this version defines.
+    UnknownPacketType(u8),
+    /// The bytes end before the structure they describe does.
+    Truncated,
+    /// Bytes remain after a fixed-size packet, or padding is not zero.
+    TrailingBytes,
+    /// A length prefix is malformed, not minimal, or larger than what follows.
+    BadLength,
+    /// A field holds a value the protocol forbids (e.g. chunk index ≥ chunk count).
+    BadField,
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DecodeError::Empty => f.write_str("empty datagram"),
+            DecodeError::UnknownVersion(v) => {
+                write!(f, "protocol version {v} is not supported (this is version {VERSION})")
+            }
+            DecodeError::UnknownPacketType(t) => write!(f, "unknown packet type {t}"),
+            DecodeError::Truncated => f.write_str("packet is truncated"),
+            DecodeError::TrailingBytes => f.write_str("unexpected bytes after the packet"),
+            DecodeError::BadLength => f.write_str("malformed or oversized length prefix"),
+            DecodeError::BadField => f.write_str("a field holds a forbidden value"),
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for DecodeError {}
+
+/// Packet type, the low nibble of the first byte.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum PacketType {
+    /// Client → server: open a handshake.
+    Hello = 1,
+    /// Server → client: the stateless cookie to echo.
+    Challenge = 2,
+    /// Client → server: the cookie, channel layout and application data.
+    Connect = 3,
+    /// Server → client: the connection is open.
+    Accept = 4,
+    /// Server → client: the connection is refused.
+    Reject = 5,
+    /// Either way: acknowledgements and messages.
+    Data = 6,
+    /// Either way: the connection is closed.
+    Disconnect = 7,
+}
+
+impl PacketType {
+    fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            1 => PacketType::Hello,
+            2 => PacketType::Challenge,
+            3 => PacketType::Connect,
+            4 => PacketType::Accept,
+            5 => PacketType::Reject,
+            6 => PacketType::Data,
+            7 => PacketType::Disconnect,
+            _ => return None,
+        })
+    }
+}
+
+/// Why a server refused a connection, as carried in a `Reject` packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RejectCode {
+    /// The server has `max_connections` connections already.
+    Full,
+    /// The application's accept hook refused, with its own code.
+    Refused(u16),
+    /// The two sides configure their channels differently.
+    ChannelMismatch,
+}
+
+impl RejectCode {
+    fn to_wire(self) -> (u8, u16) {
+        match self {
+            RejectCode::Full => (1, 0),
+            RejectCode::Refused(code) => (2, code),
+            RejectCode::ChannelMismatch => (3, 0),
+        }
+    }
+    fn from_wire(reason: u8, code: u16) -> Result<Self, DecodeError> {
+        match (reason, code) {
+            (1, 0) => Ok(RejectCode::Full),
+            (2, code) => Ok(RejectCode::Refused(code)),
+            (3, 0) => Ok(RejectCode::ChannelMismatch),
+            _ => Err(DecodeError::BadField),
+        }
+    }
+}
+
+/// Why a connection was closed, as carried in a `Disconnect` packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CloseCode {
+    /// The application closed it, with its own code.
+    Application(u16),
+    /// The peer broke the protocol (malformed or hostile data).
+    ProtocolViolation,
+}
+
+impl CloseCode {
+    fn to_wire(self) -> (u8, u16) {
+        match self {
+            CloseCode::Application(code) => (1, code),
+            CloseCode::ProtocolViolation => (2, 0),
+        }
+    }
+    fn from_wire(reason: u8, code: u16) -> Result<Self, DecodeError> {
+        match (reason, code) {
+            (1, code) => Ok(CloseCode::Application(code)),
+            (2, 0) => Ok(CloseCode::ProtocolViolation),
+            _ => Err(DecodeError::BadField),
+        }
+    }
+}
+
+/// The stateless cookie a server hands out in a `Challenge`.
+pub type Cookie = [u8; COOKIE_LEN];
+
+/// The header of a `Data` packet: who it is for, its number, and what it acknowledges.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DataHeader {
+    /// The connection id the server assigned.
+    pub connection_id: u32,
+    /// This packet's sequence number (wraps).
+    pub packet_seq: u16,
+    /// The newest packet sequence the sender has received.
+    pub ack: u16,
+    /// Bit `i` set: packet `ack - 1 - i` was received too.
+    pub ack_bits: u32,
+}
+
+/// A decoded packet, borrowing variable-length parts from the datagram.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Packet<'a> {
+    /// Client → server: open a handshake.
+    Hello {
+        /// Application protocol id; both sides must agree.
+        protocol_id: u32,
+        /// The client's random nonce for this attempt.
+        client_nonce: u64,
+    },
+    /// Server → client: the cookie the client must echo.
+    Challenge {
+        /// Echo of the client's nonce.
+        client_nonce: u64,
+        /// Opaque to the client.
+        cookie: Cookie,
+    },
+    /// Client → server: complete the handshake.
+    Connect {
+        /// Application protocol id.
+        protocol_id: u32,
+        /// The client's nonce (the same as in its `Hello`).
+        client_nonce: u64,
+        /// The cookie from the `Challenge`.
+        cookie: Cookie,
+        /// The client's channel kinds, a nibble per channel.
+        channel_layout: u64,
+        /// Application data for the accept hook.
+        data: &'a [u8],
+    },
+    /// Server → client: accepted.
+    Accept {
+        /// Echo of the client's nonce.
+        client_nonce: u64,
+        /// The id both sides put in every later packet.
+        connection_id: u32,
+        /// The user id the server gives the client.
+        user_id: u16,
+    },
+    /// Server → client: refused.
+    Reject {
+        /// Echo of the client's nonce.
+        client_nonce: u64,
+        /// Why.
+        code: RejectCode,
+    },
+    /// Either way: acknowledgements and framed messages.
+    Data {
+        /// Packet header.
+        header: DataHeader,
+        /// The framed messages; iterate them with [`Frames`].
+        frames: &'a [u8],
+    },
+    /// Either way: the connection is closed.
+    Disconnect {
+        /// The connection being closed.
+        connection_id: u32,
+        /// Why.
+        code: CloseCode,
+    },
+}
+
+/// A bounds-checked reader over a byte slice. Every read returns `Truncated` rather than
+/// panicking when the bytes run out.
+struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        if self.bytes.len() < n {
+            return Err(DecodeError::Truncated);
+        }
+        let (head, tail) = self.bytes.split_at(n);
+        self.bytes = tail;
+        Ok(head)
+    }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.take(N)?);
+        Ok(out)
+    }
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.array::<1>()?[0])
+    }
+    fn u16(&mut self) -> Result<u16, DecodeError> {
+        Ok(u16::from_be_bytes(self.array()?))
+    }
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        Ok(u32::from_be_bytes(self.array()?))
+    }
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        Ok(u64::from_be_bytes(self.array()?))
+    }
+    fn finish(&self) -> Result<(), DecodeError> {
+        if self.bytes.is_empty() {
+            Ok(())
+        } else {
+            Err(DecodeError::TrailingBytes)
+        }
+    }
+}
+
+/// A writer into a caller's buffer. Callers size the buffer first (see `encoded_len`), so a
+/// short buffer is a bug on our side and reported as `None` rather than a panic.
+pub(crate) struct Writer<'a> {
+    buf: &'a mut [u8],
+    pos: usize,
+}
+
+impl<'a> Writer<'a> {
+    pub(crate) fn new(buf: &'a mut [u8]) -> Self {
+        Writer { buf, pos: 0 }
+    }
+    pub(crate) fn len(&self) -> usize {
+        self.pos
+    }
+    pub(crate) fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+    pub(crate) fn put(&mut self, bytes: &[u8]) -> Option<()> {
+        let end = self.pos.checked_add(bytes.len())?;
+        self.buf.get_mut(self.pos..end)?.copy_from_slice(bytes);
+        self.pos = end;
+        Some(())
+    }
+    fn u8(&mut self, v: u8) -> Option<()> {
+        self.put(&[v])
+    }
+    fn u16(&mut self, v: u16) -> Option<()> {
+        self.put(&v.to_be_bytes())
+    }
+    fn u32(&mut self, v: u32) -> Option<()> {
+        self.put(&v.to_be_bytes())
+    }
+    fn u64(&mut self, v: u64) -> Option<()> {
+        self.put(&v.to_be_bytes())
+    }
+    fn zeros(&mut self, n: usize) -> Option<()> {
+        let end = self.pos.checked_add(n)?;
+        self.buf.get_mut(self.pos..end)?.fill(0);
+        self.pos = end;
+        Some(())
+    }
+}
+
+fn first_byte(ty: PacketType) -> u8 {
+    (VERSION << 4) | ty as u8
+}
+
+impl<'a> Packet<'a> {
+    /// Decodes one datagram. Never panics; any malformed input is a [`DecodeError`].
+    ///
+    /// A `Data` packet's frames are not checked here: iterate them with [`Frames`].
+    pub fn decode(datagram: &'a [u8]) -> Result<Packet<'a>, DecodeError> {
+        let mut r = Reader { bytes: datagram };
+        let first = r.u8().map_err(|_| DecodeError::Empty)?;
+        if first >> 4 != VERSION {
+            return Err(DecodeError::UnknownVersion(first >> 4));
+        }
+        let ty = PacketType::from_u8(first & 0x0f)
+            .ok_or(DecodeError::UnknownPacketType(first & 0x0f))?;
+        let packet = match ty {
+            PacketType::Hello => {
+                let protocol_id = r.u32()?;
+                let client_nonce = r.u64()?;
+                let padding = r.take(HELLO_LEN - 13)?;
+                if padding.iter().any(|&b| b != 0) {
+                    return Err(DecodeError::TrailingBytes);
+                }
+                Packet::Hello {
+                    protocol_id,
+                    client_nonce,
+                }
+            }
+            PacketType::Challenge => Packet::Challenge {
+                client_nonce: r.u64()?,
+                cookie: r.array()?,
+            },
+            PacketType::Connect => {
+                let protocol_id = r.u32()?;
+                let client_nonce = r.u64()?;
+                let cookie = r.array()?;
+                let channel_layout = r.u64()?;
+                let len = usize::from(r.u16()?);
+                let data = r.take(len).map_err(|_| DecodeError::BadLength)?;
+                Packet::Connect {
+                    protocol_id,
+                    client_nonce,
+                    cookie,
+                    channel_layout,
+                    data,
+                }
+            }
+            PacketType::Accept => Packet::Accept {
+                client_nonce: r.u64()?,
+                connection_id: r.u32()?,
+                user_id: r.u16()?,
+            },
+            PacketType::Reject => {
+                let client_nonce = r.u64()?;
+                let reason = r.u8()?;
+                let code = RejectCode::from_wire(reason, r.u16()?)?;
+                Packet::Reject { client_nonce, code }
+            }
+            PacketType::Data => {
+                let header = DataHeader {
+                    connection_id: r.u32()?,
+                    packet_seq: r.u16()?,
+                    ack: r.u16()?,
+                    ack_bits: r.u32()?,
+                };
+                let frames = r.bytes;
+                r.bytes = &[];
+                Packet::Data { header, frames }
+            }
+            PacketType::Disconnect => {
+                let connection_id = r.u32()?;
+                let reason = r.u8()?;
+                let code = CloseCode::from_wire(reason, r.u16()?)?;
+                Packet::Disconnect {
+                    connection_id,
+                    code,
+                }
+            }
+        };
+        r.finish()?;
+        Ok(packet)
+    }
+
+    /// Encoded length in bytes.
+    pub fn encoded_len(&self) -> usize {
+        match self {
+            Packet::Hello { .. } => HELLO_LEN,
+            Packet::Challenge { .. } => 1 + 8 + COOKIE_LEN,
+            Packet::Connect { data, .. } => 1 + 4 + 8 + COOKIE_LEN + 8 + 2 + data.len(),
+            Packet::Accept { .. } => 1 + 8 + 4 + 2,
+            Packet::Reject { .. } => 1 + 8 + 1 + 2,
+            Packet::Data { frames, .. } => DATA_HEADER_LEN + frames.len(),
+            Packet::Disconnect { .. } => 1 + 4 + 1 + 2,
+        }
+    }
+
+    /// Encodes into `buf`, returning the length written, or `None` if `buf` is too small
+    /// (or `Connect` data exceeds 65,535 bytes).
+    pub fn encode(&self, buf: &mut [u8]) -> Option<usize> {
+        let mut w = Writer::new(buf);
+        match *self {
+            Packet::Hello {
+                protocol_id,
+                client_nonce,
+            } => {
+                w.u8(first_byte(PacketType::Hello))?;
+                w.u32(protocol_id)?;
+                w.u64(client_nonce)?;
+                w.zeros(HELLO_LEN - 13)?;
+            }
+            Packet::Challenge {
+                client_nonce,
+                cookie,
+            } => {
+                w.u8(first_byte(PacketType::Challenge))?;
+                w.u64(client_nonce)?;
+                w.put(&cookie)?;
+            }
+            Packet::Connect {
+                protocol_id,
+                client_nonce,
+                cookie,
+                channel_layout,
+                data,
+            } => {
+                w.u8(first_byte(PacketType::Connect))?;
+                w.u32(protocol_id)?;
+                w.u64(client_nonce)?;
+                w.put(&cookie)?;
+                w.u64(channel_layout)?;
+                w.u16(u16::try_from(data.len()).ok()?)?;
+                w.put(data)?;
+            }
+            Packet::Accept {
+                client_nonce,
+                connection_id,
+                user_id,
+            } => {
+                w.u8(first_byte(PacketType::Accept))?;
+                w.u64(client_nonce)?;
+                w.u32(connection_id)?;
+                w.u16(user_id)?;
+            }
+            Packet::Reject { client_nonce, code } => {
+                let (reason, code) = code.to_wire();
+                w.u8(first_byte(PacketType::Reject))?;
+                w.u64(client_nonce)?;
+                w.u8(reason)?;
+                w.u16(code)?;
+            }
+            Packet::Data { header, frames } => {
+                encode_data_header(&mut w, &header)?;
+                w.put(frames)?;
+            }
+            Packet::Disconnect {
+                connection_id,
+                code,
+            } => {
+                let (reason, code) = code.to_wire();
+                w.u8(first_byte(PacketType::Disconnect))?;
+                w.u32(connection_id)?;
+                w.u8(reason)?;
+                w.u16(code)?;
+            }
+        }
+        Some(w.len())
+    }
+}
+
+pub(crate) fn encode_data_header(w: &mut Writer<'_>, header: &DataHeader) -> Option<()> {
+    w.u8(first_byte(PacketType::Data))?;
+    w.u32(header.connection_id)?;
+    w.u16(header.packet_seq)?;
+    w.u16(header.ack)?;
+    w.u32(header.ack_bits)
+}
+
+/// Message or Response: the seeds' send-type bit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SendType {
+    /// A message (or, with the `reliable` bit, a request awaiting a response).
+    Message,
+    /// A response to a request; its sequence is the request's.
+    Response,
+}
+
+/// Position of a chunk within a message split across datagrams.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ChunkInfo {
+    /// Index of this chunk, `0..count`.
+    pub index: u16,
+    /// Number of chunks in the message, at least 2.
+    pub count: u16,
+}
+
+/// The per-message header: the seeds' 5 bytes plus the optional redirect target and chunk info.
+///
+/// ```text
+/// byte 0   : channel:4 | send_type:1 | reliable:1 | redirect:1 | chunk:1
+/// bytes 1-2: owner (u16)        bytes 3-4: sequence (u16)
+/// [2 bytes: target user id, when redirect]   [2+2 bytes: chunk index, count, when chunk]
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MessageHeader {
+    /// Channel, 0..16.
+    pub channel: u8,
+    /// Message or Response.
+    pub send_type: SendType,
+    /// On a Message: the sender awaits a Response (the seeds' ReliableMessage). Always false
+    /// on a Response.
+    pub reliable: bool,
+    /// The user id of the original sender.
+    pub owner: u16,
+    /// Per-channel message sequence (a Response carries its request's).
+    pub sequence: u16,
+    /// For relaying through a hub: the user id this message is for.
+    pub redirect: Option<u16>,
+    /// Set when the message is one chunk of a larger one.
+    pub chunk: Option<ChunkInfo>,
+}
+
+impl MessageHeader {
+    /// Encoded length of this header (without the length prefix).
+    pub fn encoded_len(&self) -> usize {
+        MESSAGE_HEADER_LEN
+            + if self.redirect.is_some() { 2 } else { 0 }
+            + if self.chunk.is_some() { 4 } else { 0 }
+    }
+
+    pub(crate) fn encode(&self, w: &mut Writer<'_>) -> Option<()> {
+        let flags = (self.channel << 4)
+            | (u8::from(self.send_type == SendType::Response) << 3)
+            | (u8::from(self.reliable) << 2)
+            | (u8::from(self.redirect.is_some()) << 1)
+            | u8::from(self.chunk.is_some());
+        w.u8(flags)?;
+        w.u16(self.owner)?;
+        w.u16(self.sequence)?;
+        if let Some(target) = self.redirect {
+            w.u16(target)?;
+        }
+        if let Some(chunk) = self.chunk {
+            w.u16(chunk.index)?;
+            w.u16(chunk.count)?;
+        }
+        Some(())
+    }
+
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let flags = r.u8()?;
+        let send_type = if flags & 0x08 != 0 {
+            SendType::Response
+        } else {
+            SendType::Message
+        };
+        let reliable = flags & 0x04 != 0;
+        if reliable && send_type == SendType::Response {
+            return Err(DecodeError::BadField);
+        }
+        let owner = r.u16()?;
+        let sequence = r.u16()?;
+        let redirect = if flags & 0x02 != 0 {
+            Some(r.u16()?)
+        } else {
+            None
+        };
+        let chunk = if flags & 0x01 != 0 {
+            let index = r.u16()?;
+            let count = r.u16()?;
+            if count < 2 || index >= count {
+                return Err(DecodeError::BadField);
+            }
+            Some(ChunkInfo { index, count })
+        } else {
+            None
+        };
+        Ok(MessageHeader {
+            channel: flags >> 4,
+            send_type,
+            reliable,
+            owner,
+            sequence,
+            redirect,
+            chunk,
+        })
+    }
+}
+
+/// One message inside a `Data` packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Frame<'a> {
+    /// Its header.
+    pub header: MessageHeader,
+    /// Its payload.
+    pub payload: &'a [u8],
+}
+
+impl Frame<'_> {
+    /// Bytes this frame takes in a packet: header, length prefix, payload.
+    pub fn encoded_len(&self) -> usize {
+        frame_len(&self.header, self.payload.len())
+    }
+
+    /// Appends this frame to a packet being written.
+    pub(crate) fn encode(&self, w: &mut Writer<'_>) -> Option<()> {
+        self.header.encode(w)?;
+        let mut prefix = [0u8; MAX_VARINT_LEN];
+        let n = encode_varint(u32::try_from(self.payload.len()).ok()?, &mut prefix)?;
+        w.put(&prefix[..n])?;
+        w.put(self.payload)
+    }
+
+    /// Encodes this frame alone into `buf` (for tests and docs), returning its length.
+    pub fn encode_to(&self, buf: &mut [u8]) -> Option<usize> {
+        let mut w = Writer::new(buf);
+        self.encode(&mut w)?;
+        Some(w.len())
+    }
+}
+
+/// Bytes a frame with this header and payload length takes in a packet.
+pub fn frame_len(header: &MessageHeader, payload_len: usize) -> usize {
+    header.encoded_len() + varint_len(payload_len as u32) + payload_len
+}
+
+/// Iterates the frames of a `Data` packet. After the first error it yields nothing more.
+#[derive(Clone, Debug)]
+pub struct Frames<'a> {
+    r: Reader<'a>,
+}
+
+impl Clone for Reader<'_> {
+    fn clone(&self) -> Self {
+        Reader { bytes: self.bytes }
+    }
+}
+
+impl fmt::Debug for Reader<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Reader({} bytes left)", self.bytes.len())
+    }
+}
+
+impl<'a> Frames<'a> {
+    /// Frames in `bytes` (the `frames` of a [`Packet::Data`]).
+    pub fn new(bytes: &'a [u8]) -> Self {
+        Frames {
+            r: Reader { bytes },
+        }
+    }
+}
+
+impl<'a> Iterator for Frames<'a> {
+    type Item = Result<Frame<'a>, DecodeError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.r.bytes.is_empty() {
+            return None;
+        }
+        let result = MessageHeader::decode(&mut self.r).and_then(|header| {
+            let len = decode_varint(&mut self.r)? as usize;
+            let payload = self.r.take(len).map_err(|_| DecodeError::BadLength)?;
+            Ok(Frame { header, payload })
+        });
+        if result.is_err() {
+            self.r.bytes = &[];
+        }
+        Some(result)
+    }
+}
+
+/// Bytes the varint encoding of `v` takes (1 to 3; values must be below 2^21).
+pub fn varint_len(v: u32) -> usize {
+    match v {
+        0..=0x7f => 1,
+        0x80..=0x3fff => 2,
+        _ => 3,
+    }
+}
+
+/// Encodes `v` as a little-endian base-128 varint (7 bits a byte, high bit = more follows).
+/// Returns `None` if `v ≥ 2^21`, which no length in a datagram reaches.
+pub fn encode_varint(v: u32, out: &mut [u8; MAX_VARINT_LEN]) -> Option<usize> {
+    if v >= 1 << 21 {
+        return None;
+    }
+    let n = varint_len(v);
+    for (i, byte) in out.iter_mut().enumerate().take(n) {
+        let more = if i + 1 < n { 0x80 } else { 0 };
+        *byte = ((v >> (7 * i)) & 0x7f) as u8 | more;
+    }
+    Some(n)
+}
+
+fn decode_varint(r: &mut Reader<'_>) -> Result<u32, DecodeError> {
+    let mut value = 0u32;
+    for i in 0..MAX_VARINT_LEN {
+        let byte = r.u8()?;
+        value |= u32::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            // Reject non-minimal encodings so that decode → encode is the identity.
+            if i > 0 && byte == 0 {
+                return Err(DecodeError::BadLength);
+            }
+            return Ok(value);
+        }
+    }
+    Err(DecodeError::BadLength)
+}
+
+/// A helper for tests and fuzzing: checks that decoding `datagram` and encoding the result
+/// gives the same bytes back, frames included.
+pub fn roundtrip_is_identity(datagram: &[u8]) -> bool {
+    let Ok(packet) = Packet::decode(datagram) else {
+        return true;
+    };
+    let mut buf = [0u8; 65_536 + 64];
+    let Some(len) = packet.encode(&mut buf) else {
+        return false;
+    };
+    if buf[..len] != *datagram {
+        return false;
+    }
+    if let Packet::Data { frames, .. } = packet {
+        let mut out = [0u8; 65_536];
+        let mut w = Writer::new(&mut out);
+        for frame in Frames::new(frames) {
+            let Ok(frame) = frame else { return true };
+            if frame.encode(&mut w).is_none() {
+                return false;
+            }
+        }
+        let len = w.len();
+        return out[..len] == *frames;
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn varint_roundtrips_at_every_width_boundary() {
+        for v in [0, 1, 0x7f, 0x80, 0x3fff, 0x4000, (1 << 21) - 1] {
+            let mut buf = [0u8; MAX_VARINT_LEN];
+            let n = encode_varint(v, &mut buf).expect("in range");
+            assert_eq!(n, varint_len(v));
+            let mut r = Reader { bytes: &buf[..n] };
+            assert_eq!(decode_varint(&mut r), Ok(v));
+        }
+        assert_eq!(encode_varint(1 << 21, &mut [0; 3]), None);
+    }
+
+    #[test]
+    fn varint_rejects_non_minimal_and_overlong() {
+        let mut r = Reader {
+            bytes: &[0x80, 0x00],
+        };
+        assert_eq!(decode_varint(&mut r), Err(DecodeError::BadLength));
+        let mut r = Reader {
+            bytes: &[0xff, 0xff, 0xff, 0x01],
+        };
+        assert_eq!(decode_varint(&mut r), Err(DecodeError::BadLength));
+    }
+
+    #[test]
+    fn response_with_reliable_bit_is_rejected() {
+        let bytes = [0x0c, 0, 0, 0, 0, 0];
+        assert_eq!(
+            Frames::new(&bytes).next(),
+            Some(Err(DecodeError::BadField))
+        );
+    }
+}
