@@ -1,0 +1,353 @@
+//! Connection lifecycle: handshake, accept hook, limits, keepalive, timeouts, disconnect,
+//! reconnect, coalescing, and the unreliable and sequenced channels.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use shoal_proto::{
+    Config, DeliveryKind, DisconnectReason, Event, SendError, ConnectError,
+};
+
+fn disconnect_reason(events: &[Event]) -> Option<DisconnectReason> {
+    events.iter().find_map(|e| match e {
+        Event::Disconnected { reason, .. } => Some(*reason),
+        _ => None,
+    })
+}
+
+#[test]
+fn handshake_connects_both_sides_and_assigns_user_ids() {
+    let mut p = Pair::default_pair();
+    let (c, s) = p.connect();
+    assert!(p.client.is_connected(c));
+    assert!(p.server.is_connected(s));
+    let client_view = p.client_events.iter().find_map(|e| match e {
+        Event::Connected { local_user_id, peer_user_id, .. } => Some((*local_user_id, *peer_user_id)),
+        _ => None,
+    });
+    let server_view = p.server_events.iter().find_map(|e| match e {
+        Event::Connected { local_user_id, peer_user_id, remote, .. } => {
+            Some((*local_user_id, *peer_user_id, *remote))
+        }
+        _ => None,
+    });
+    let (client_local, client_peer) = client_view.expect("client connected");
+    let (server_local, server_peer, remote) = server_view.expect("server connected");
+    assert_eq!(client_peer, 0, "the server is user 0");
+    assert_eq!(server_local, 0);
+    assert_ne!(client_local, 0);
+    assert_eq!(client_local, server_peer, "both sides agree on the client's user id");
+    assert_eq!(remote, p.client_addr);
+}
+
+#[test]
+fn second_client_gets_a_different_user_id() {
+    let mut p = Pair::default_pair();
+    p.connect();
+    let first = p.server_events.clone();
+    let mut q = Pair::new(client_config(9), server_config(2));
+    std::mem::swap(&mut q.server, &mut p.server);
+    q.now = p.now;
+    q.client_addr = addr("10.0.0.3:5000");
+    q.connect();
+    let id = |events: &[Event]| {
+        events.iter().find_map(|e| match e {
+            Event::Connected { peer_user_id, .. } => Some(*peer_user_id),
+            _ => None,
+        })
+    };
+    assert_ne!(id(&first), id(&q.server_events));
+    assert_eq!(q.server.connection_count(), 2);
+}
+
+#[test]
+fn handshake_survives_heavy_loss() {
+    let mut p = Pair::default_pair();
+    p.hook = lossy(5, 0.4);
+    let (c, s) = p.connect();
+    assert!(p.client.is_connected(c) && p.server.is_connected(s));
+}
+
+#[test]
+fn accept_hook_sees_connect_data_and_rejects_with_its_code() {
+    let mut p = Pair::default_pair();
+    p.server.set_accept_hook(Box::new(|req| {
+        if req.data == b"let me in" {
+            Ok(())
+        } else {
+            Err(403)
+        }
+    }));
+    p.client.connect(p.now, p.server_addr, b"wrong password").expect("connect");
+    p.run_for(Duration::from_secs(1));
+    assert_eq!(
+        disconnect_reason(&p.client_events),
+        Some(DisconnectReason::Rejected { code: 403 })
+    );
+    assert_eq!(p.server.connection_count(), 0);
+    assert_eq!(p.server.stats().connections_rejected, 1);
+    assert!(p.server_events.is_empty(), "a rejected attempt is invisible to the server app");
+
+    p.client.connect(p.now, p.server_addr, b"let me in").expect("connect again");
+    p.run_for(Duration::from_secs(1));
+    assert!(p.server_events.iter().any(|e| matches!(e, Event::Connected { .. })));
+}
+
+#[test]
+fn full_server_rejects_with_server_full() {
+    let mut p = Pair::new(client_config(1), Config { max_connections: 1, ..server_config(2) });
+    p.connect();
+    // A second client from another address.
+    let mut q = Pair::new(client_config(3), server_config(2));
+    std::mem::swap(&mut q.server, &mut p.server);
+    q.now = p.now;
+    q.client_addr = addr("10.0.0.9:5000");
+    q.client.connect(q.now, q.server_addr, &[]).expect("connect");
+    q.run_for(Duration::from_secs(1));
+    assert_eq!(disconnect_reason(&q.client_events), Some(DisconnectReason::ServerFull));
+    assert_eq!(q.server.connection_count(), 1);
+}
+
+#[test]
+fn mismatched_channel_layout_is_rejected_as_incompatible() {
+    let server = Config {
+        seed: 2,
+        ..Config::with_channels(&[DeliveryKind::Ordered])
+    };
+    let mut p = Pair::new(client_config(1), server);
+    p.client.connect(p.now, p.server_addr, &[]).expect("connect");
+    p.run_for(Duration::from_secs(1));
+    assert_eq!(disconnect_reason(&p.client_events), Some(DisconnectReason::Incompatible));
+}
+
+#[test]
+fn wrong_protocol_id_is_ignored_and_the_attempt_times_out() {
+    let client = Config {
+        protocol_id: 77,
+        ..client_config(1)
+    };
+    let mut p = Pair::new(client, server_config(2));
+    p.client.connect(p.now, p.server_addr, &[]).expect("connect");
+    p.run_for(Duration::from_secs(6));
+    assert_eq!(disconnect_reason(&p.client_events), Some(DisconnectReason::TimedOut));
+    assert!(p.server.stats().drops.get(shoal_proto::DropReason::WrongProtocol) > 0);
+    assert_eq!(p.server.stats().datagrams_sent, 0);
+}
+
+#[test]
+fn handshake_times_out_when_nobody_answers() {
+    let mut p = Pair::default_pair();
+    p.hook = Box::new(|_, _, _| vec![]);
+    p.client.connect(p.now, p.server_addr, &[]).expect("connect");
+    p.run_for(Duration::from_secs(4));
+    assert!(p.client_events.is_empty(), "still trying within the handshake timeout");
+    p.run_for(Duration::from_secs(2));
+    assert_eq!(disconnect_reason(&p.client_events), Some(DisconnectReason::TimedOut));
+    assert_eq!(p.client.connection_count(), 0);
+}
+
+#[test]
+fn keepalives_hold_an_idle_connection_open() {
+    let mut p = Pair::default_pair();
+    let (c, s) = p.connect();
+    let sent_before = p.sent;
+    p.run_for(Duration::from_secs(60));
+    assert!(p.client.is_connected(c) && p.server.is_connected(s));
+    assert!(disconnect_reason(&p.client_events).is_none());
+    let keepalives = p.sent[0] - sent_before[0];
+    // One a second (keepalive_interval) each way, give or take the acks they draw.
+    assert!((50..=130).contains(&keepalives), "{keepalives} datagrams in 60 s idle");
+}
+
+#[test]
+fn idle_timeout_closes_both_sides_when_the_link_dies() {
+    let mut p = Pair::default_pair();
+    p.connect();
+    p.hook = Box::new(|_, _, _| vec![]);
+    p.run_for(Duration::from_secs(9));
+    assert!(disconnect_reason(&p.client_events).is_none());
+    p.run_for(Duration::from_secs(2));
+    assert_eq!(disconnect_reason(&p.client_events), Some(DisconnectReason::TimedOut));
+    assert_eq!(disconnect_reason(&p.server_events), Some(DisconnectReason::TimedOut));
+    assert_eq!(p.server.connection_count(), 0);
+    assert_eq!(p.server.stats().connections_closed, 1);
+}
+
+#[test]
+fn graceful_disconnect_tells_the_peer_the_code() {
+    let mut p = Pair::default_pair();
+    let (c, _) = p.connect();
+    p.client.disconnect(c, 42);
+    p.run_for(Duration::from_millis(100));
+    assert_eq!(disconnect_reason(&p.client_events), Some(DisconnectReason::ClosedLocally));
+    assert_eq!(
+        disconnect_reason(&p.server_events),
+        Some(DisconnectReason::ClosedByPeer { code: 42 })
+    );
+    assert_eq!(p.server.connection_count(), 0);
+    assert_eq!(p.client.send(c, 0, &b"x"[..]), Err(SendError::UnknownConnection));
+    // Disconnecting again is harmless.
+    p.client.disconnect(c, 1);
+}
+
+#[test]
+fn reconnect_after_disconnect_works() {
+    let mut p = Pair::default_pair();
+    let (c, _) = p.connect();
+    p.client.disconnect(c, 0);
+    p.run_for(Duration::from_millis(100));
+    p.client_events.clear();
+    p.server_events.clear();
+    let (c2, s2) = p.connect();
+    assert_ne!(c, c2, "a new handle, never the dead one");
+    p.client.send(c2, 2, &b"again"[..]).expect("send");
+    p.run_for(Duration::from_millis(100));
+    assert_eq!(p.server_messages(2), vec![b"again".to_vec()]);
+    assert!(p.server.is_connected(s2));
+}
+
+#[test]
+fn client_restart_replaces_the_stale_server_connection() {
+    let mut p = Pair::default_pair();
+    let (_, s) = p.connect();
+    // The client process restarts: a fresh endpoint at the same address.
+    p.client = shoal_proto::Endpoint::new(client_config(77)).expect("config");
+    p.client_events.clear();
+    p.server_events.clear();
+    let (_, s2) = p.connect();
+    assert_ne!(s, s2);
+    assert!(p.server_events.iter().any(|e| matches!(e,
+        Event::Disconnected { conn, reason: DisconnectReason::Replaced } if *conn == s)));
+    assert_eq!(p.server.connection_count(), 1);
+}
+
+#[test]
+fn many_small_messages_coalesce_into_one_datagram() {
+    let mut p = Pair::default_pair();
+    let (c, _) = p.connect();
+    p.run_for(Duration::from_millis(100));
+    let before = p.sent[0];
+    let before_bytes = p.sent_bytes[0];
+    for i in 0..30u8 {
+        p.client.send(c, 0, vec![i; 32]).expect("send");
+    }
+    p.flush();
+    assert_eq!(p.sent[0] - before, 1, "30 × 32 bytes fit one 1200-byte datagram");
+    // 13-byte packet header + 30 × (5-byte message header + 1-byte length + 32).
+    assert_eq!(p.sent_bytes[0] - before_bytes, 13 + 30 * 38);
+    p.run_for(Duration::from_millis(100));
+    assert_eq!(p.server_messages(0).len(), 30);
+}
+
+#[test]
+fn one_small_message_costs_19_bytes_of_overhead() {
+    let mut p = Pair::default_pair();
+    let (c, _) = p.connect();
+    p.run_for(Duration::from_millis(100));
+    let before_bytes = p.sent_bytes[0];
+    p.client.send(c, 0, vec![7; 32]).expect("send");
+    p.flush();
+    assert_eq!(p.sent_bytes[0] - before_bytes, 32 + 19);
+}
+
+#[test]
+fn unreliable_messages_arrive_when_the_link_is_clean() {
+    let mut p = Pair::default_pair();
+    let (c, s) = p.connect();
+    for i in 0..100u32 {
+        p.client.send(c, 0, i.to_be_bytes().to_vec()).expect("send");
+        p.server.send(s, 0, i.to_be_bytes().to_vec()).expect("send");
+        p.run_for(Duration::from_millis(16));
+    }
+    p.run_for(Duration::from_millis(100));
+    assert_eq!(p.server_messages(0).len(), 100);
+    assert_eq!(p.client_messages(0).len(), 100);
+}
+
+#[test]
+fn sequenced_channel_drops_messages_older_than_one_delivered() {
+    let mut p = Pair::default_pair();
+    let (c, _) = p.connect();
+    p.run_for(Duration::from_millis(100));
+    // Hold back the first data datagram by 50 ms so the second overtakes it.
+    let mut first = true;
+    p.hook = Box::new(move |dir, _, _| {
+        if dir == Dir::ClientToServer && first {
+            first = false;
+            vec![Duration::from_millis(50)]
+        } else {
+            vec![Duration::ZERO]
+        }
+    });
+    p.client.send(c, 1, &b"old"[..]).expect("send");
+    p.flush();
+    p.client.send(c, 1, &b"new"[..]).expect("send");
+    p.run_for(Duration::from_millis(200));
+    assert_eq!(p.server_messages(1), vec![b"new".to_vec()]);
+    let stats = p.server.connection_stats(p.server.connections().next().expect("conn")).expect("stats");
+    assert_eq!(stats.drops.get(shoal_proto::DropReason::StaleMessage), 1);
+}
+
+#[test]
+fn duplicated_datagrams_deliver_each_message_once() {
+    let mut p = Pair::default_pair();
+    let (c, _) = p.connect();
+    p.hook = Box::new(|_, _, _| vec![Duration::ZERO, Duration::from_millis(3)]);
+    for i in 0..20u8 {
+        p.client.send(c, 0, vec![i]).expect("send");
+        p.client.send(c, 1, vec![i]).expect("send");
+        p.run_for(Duration::from_millis(5));
+    }
+    p.run_for(Duration::from_millis(100));
+    assert_eq!(p.server_messages(0).len(), 20, "unreliable: no duplicates either");
+    assert_eq!(p.server_messages(1).len(), 20);
+}
+
+#[test]
+fn sending_on_an_unknown_channel_is_a_typed_error() {
+    let mut p = Pair::default_pair();
+    let (c, _) = p.connect();
+    assert_eq!(p.client.send(c, 9, &b"x"[..]), Err(SendError::UnknownChannel(9)));
+    let e = p.client.send(c, 15, &b"x"[..]).unwrap_err();
+    assert!(e.to_string().contains("channel 15"));
+}
+
+#[test]
+fn connect_refuses_oversized_data_and_duplicate_addresses() {
+    let mut p = Pair::default_pair();
+    let big = vec![0; 10_000];
+    assert!(matches!(
+        p.client.connect(p.now, p.server_addr, &big),
+        Err(ConnectError::DataTooLarge { .. })
+    ));
+    p.client.connect(p.now, p.server_addr, &[]).expect("first");
+    assert_eq!(
+        p.client.connect(p.now, p.server_addr, &[]),
+        Err(ConnectError::AlreadyConnected)
+    );
+}
+
+#[test]
+fn messages_sent_before_the_handshake_completes_are_delivered() {
+    let mut p = Pair::default_pair();
+    let c = p.client.connect(p.now, p.server_addr, &[]).expect("connect");
+    p.client.send(c, 3, &b"early"[..]).expect("queued");
+    p.run_for(Duration::from_millis(200));
+    assert_eq!(p.server_messages(3), vec![b"early".to_vec()]);
+}
+
+#[test]
+fn nat_rebinding_moves_the_connection_to_the_new_address() {
+    let mut p = Pair::default_pair();
+    let (c, s) = p.connect();
+    p.client_addr = addr("10.0.0.2:6123");
+    p.client.send(c, 2, &b"from a new port"[..]).expect("send");
+    p.server.send(s, 2, &b"reply"[..]).expect("send");
+    p.run_for(Duration::from_millis(200));
+    assert_eq!(p.server_messages(2), vec![b"from a new port".to_vec()]);
+    assert_eq!(p.server.remote_address(s), Some(p.client_addr));
+    assert_eq!(p.server.stats().migrations, 1);
+    assert_eq!(p.client_messages(2), vec![b"reply".to_vec()]);
+}
