@@ -55,8 +55,9 @@ pub(crate) struct SendChannel {
     pub(crate) next_seq: u64,
     /// Oldest message not yet fully acknowledged (reliable kinds).
     window_base: u64,
-    /// Unacknowledged frames of each message from `window_base` on, once it started sending.
-    unacked_frames: VecDeque<u16>,
+    /// Unacknowledged frames of each message from `window_base` on, once it started sending,
+    /// and the reassembly reservation it counts for at the receiver.
+    unacked_frames: VecDeque<(u16, usize)>,
 }
 
 impl SendChannel {
@@ -82,23 +83,27 @@ impl SendChannel {
     }
 
     /// Called when the head message's first frame goes out: opens its window slot.
-    pub(crate) fn on_first_frame(&mut self, seq: u64, frames: u16) {
+    pub(crate) fn on_first_frame(&mut self, seq: u64, frames: u16, reserved: usize) {
         if self.kind.is_reliable() {
             debug_assert_eq!(seq, self.window_base + self.unacked_frames.len() as u64);
-            self.unacked_frames.push_back(frames);
+            self.unacked_frames.push_back((frames, reserved));
         }
     }
 
-    /// One frame of message `seq` was acknowledged.
-    pub(crate) fn on_frame_acked(&mut self, seq: u64) {
-        let Some(idx) = seq.checked_sub(self.window_base) else { return };
-        if let Some(n) = self.unacked_frames.get_mut(idx as usize) {
+    /// One frame of message `seq` was acknowledged. Returns the reservations released by the
+    /// window moving past fully acknowledged messages.
+    pub(crate) fn on_frame_acked(&mut self, seq: u64) -> usize {
+        let Some(idx) = seq.checked_sub(self.window_base) else { return 0 };
+        if let Some((n, _)) = self.unacked_frames.get_mut(idx as usize) {
             *n = n.saturating_sub(1);
         }
-        while self.unacked_frames.front() == Some(&0) {
+        let mut released = 0;
+        while let Some(&(0, reserved)) = self.unacked_frames.front() {
+            released += reserved;
             self.unacked_frames.pop_front();
             self.window_base += 1;
         }
+        released
     }
 
     /// Whether every message queued has been sent and acknowledged.
@@ -121,8 +126,9 @@ pub(crate) struct MessageMeta {
 enum Slot {
     Empty,
     Partial(ReassemblyBuffer),
-    /// Complete, waiting for earlier messages (ordered channels).
-    Ready(MessageMeta, Bytes),
+    /// Complete, waiting for earlier messages (ordered channels), with the reservation it
+    /// keeps until delivered (zero if it came whole).
+    Ready(MessageMeta, Bytes, usize),
     /// Delivered.
     Done,
 }
@@ -140,6 +146,11 @@ pub(crate) enum Received {
     Violation,
     /// Evicted or not stored for lack of budget (unreliable chunks only).
     NoBudget,
+}
+
+/// Bytes reserved for a reliable message of `count` chunks while it is reassembled.
+pub(crate) fn reservation(count: u16, chunk_payload: usize) -> usize {
+    usize::from(count) * chunk_payload
 }
 
 /// The receive half of a channel.
@@ -297,23 +308,26 @@ impl RecvChannel {
         while self.slots.len() <= idx {
             self.slots.push_back(Slot::Empty);
         }
+        // `complete`: the message, and the reservation it holds (zero if it came whole).
         let complete = match (&mut self.slots[idx], chunk) {
             (Slot::Done | Slot::Ready(..), _) => return Received::Duplicate,
-            (Slot::Empty, None) => Some(payload),
+            (Slot::Empty, None) => Some((payload, 0)),
             (slot @ Slot::Empty, Some(chunk)) => {
                 let mut r = ReassemblyBuffer::new(chunk.count, cx.now);
                 let added = r.add(chunk.index, chunk.count, payload, cx.chunk_payload);
-                let ChunkAdded::Stored(n) = added else {
+                if !matches!(added, ChunkAdded::Stored(_)) {
                     return Received::Violation;
-                };
-                self.held_bytes += n;
+                }
+                // The whole message's size is reserved up front (the connection checked it
+                // fits), so later chunks of an admitted message are never refused.
+                self.held_bytes += reservation(chunk.count, cx.chunk_payload);
                 *slot = Slot::Partial(r);
                 None
             }
             (Slot::Partial(_), None) => return Received::Violation,
             (Slot::Partial(r), Some(chunk)) => {
                 match r.add(chunk.index, chunk.count, payload, cx.chunk_payload) {
-                    ChunkAdded::Stored(n) => self.held_bytes += n,
+                    ChunkAdded::Stored(_) => {}
                     ChunkAdded::Duplicate => return Received::Duplicate,
                     ChunkAdded::Inconsistent => return Received::Violation,
                 }
@@ -322,20 +336,19 @@ impl RecvChannel {
                     else {
                         return Received::Violation;
                     };
-                    self.held_bytes -= r.bytes();
-                    Some(r.assemble())
+                    Some((r.assemble(), reservation(chunk.count, cx.chunk_payload)))
                 } else {
                     None
                 }
             }
         };
-        if let Some(message) = complete {
+        if let Some((message, reserved)) = complete {
             if self.kind == DeliveryKind::Reliable || idx == 0 {
+                self.held_bytes -= reserved;
                 (cx.deliver)(meta, message);
                 self.slots[idx] = Slot::Done;
             } else {
-                self.held_bytes += message.len();
-                self.slots[idx] = Slot::Ready(meta, message);
+                self.slots[idx] = Slot::Ready(meta, message, reserved);
             }
             self.advance(cx);
         }
@@ -348,8 +361,8 @@ impl RecvChannel {
             match self.slots.front_mut() {
                 Some(Slot::Done) => {}
                 Some(slot @ Slot::Ready(..)) => {
-                    if let Slot::Ready(meta, message) = core::mem::replace(slot, Slot::Done) {
-                        self.held_bytes -= message.len();
+                    if let Slot::Ready(meta, message, reserved) = core::mem::replace(slot, Slot::Done) {
+                        self.held_bytes -= reserved;
                         (cx.deliver)(meta, message);
                     }
                 }
@@ -358,6 +371,16 @@ impl RecvChannel {
             self.slots.pop_front();
             self.base += 1;
         }
+    }
+
+    /// Whether a chunk of message `sequence` would start a new reassembly on this reliable
+    /// channel (and so needs a reservation), rather than join one or be a duplicate.
+    pub(crate) fn starts_reassembly(&self, sequence: u16) -> bool {
+        let Some(seq) = extend_seq(sequence, self.base) else { return false };
+        if seq < self.base || seq >= self.base + MESSAGE_WINDOW {
+            return false;
+        }
+        matches!(self.slots.get((seq - self.base) as usize), None | Some(Slot::Empty))
     }
 
     /// Drops unreliable partial messages older than `deadline`; returns bytes freed and

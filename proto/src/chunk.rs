@@ -95,6 +95,11 @@ impl ReassemblyBuffer {
         matches!(self.parts.get(usize::from(index)), Some(Some(_)))
     }
 
+    /// Bytes reserved for the whole message while it is reassembled.
+    pub(crate) fn reserved(&self, chunk_payload: usize) -> usize {
+        self.parts.len() * chunk_payload
+    }
+
     /// Bytes held.
     pub(crate) fn bytes(&self) -> usize {
         self.bytes

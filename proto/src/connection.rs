@@ -10,7 +10,9 @@ use bytes::Bytes;
 use core::cmp::Reverse;
 use core::net::SocketAddr;
 
-use crate::channel::{MessageMeta, Outgoing, RecvChannel, RecvContext, Received, SendChannel};
+use crate::channel::{
+    reservation, MessageMeta, Outgoing, RecvChannel, RecvContext, Received, SendChannel,
+};
 use crate::chunk::{chunk_count, chunk_slice, ChunkAdded, Progress, ReassemblyBuffer};
 use crate::config::Config;
 use crate::error::SendError;
@@ -79,6 +81,8 @@ pub(crate) struct Connection {
     pub(crate) client_nonce: u64,
     pub(crate) local_user_id: u16,
     pub(crate) peer_user_id: u16,
+    /// The peer's per-connection reassembly budget, from the handshake.
+    pub(crate) peer_reassembly_budget: usize,
     connect_data: Bytes,
     timers: TimerTable,
     handshake_due: bool,
@@ -95,6 +99,15 @@ pub(crate) struct Connection {
     resend: VecDeque<FrameKey>,
     redundant: VecDeque<FrameKey>,
     rr_cursor: usize,
+    /// Reassembly the peer may be holding for our large reliable messages: each started one
+    /// counts until the channel window moves past it (the peer has delivered it by then).
+    /// A new one starts only while this stays within the peer's budget, so a well-behaved
+    /// sender never makes the receiver refuse a packet for lack of reassembly memory.
+    large_in_window: usize,
+    /// Unacknowledged chunks of the large response being sent (one at a time), and its
+    /// reservation.
+    open_response_chunks: u32,
+    open_response_reserved: usize,
     pending_requests: HashMap<(u8, u16), PendingRequest>,
     request_deadlines: BinaryHeap<Reverse<(Instant, u64, u8, u16)>>,
     /// Reassembly bytes held by this connection (channels and responses).
@@ -139,6 +152,7 @@ impl Connection {
             client_nonce,
             local_user_id: 0,
             peer_user_id: 0,
+            peer_reassembly_budget: config.reassembly_budget,
             connect_data: Bytes::new(),
             timers,
             handshake_due: is_client,
@@ -158,6 +172,9 @@ impl Connection {
             resend: VecDeque::new(),
             redundant: VecDeque::new(),
             rr_cursor: 0,
+            large_in_window: 0,
+            open_response_chunks: 0,
+            open_response_reserved: 0,
             pending_requests: HashMap::with_hasher(hasher),
             request_deadlines: BinaryHeap::new(),
             reassembly_bytes: 0,
@@ -214,7 +231,14 @@ impl Connection {
     }
 
     /// An `Accept` for our `Connect` arrived.
-    pub(crate) fn on_accept(&mut self, now: Instant, config: &Config, connection_id: u32, user_id: u16) -> bool {
+    pub(crate) fn on_accept(
+        &mut self,
+        now: Instant,
+        config: &Config,
+        connection_id: u32,
+        user_id: u16,
+        peer_budget: u32,
+    ) -> bool {
         if !matches!(self.state, State::Connecting { .. }) {
             return false;
         }
@@ -222,6 +246,7 @@ impl Connection {
         self.connection_id = connection_id;
         self.local_user_id = user_id;
         self.peer_user_id = 0;
+        self.peer_reassembly_budget = peer_budget as usize;
         self.timers.stop(Timer::Handshake);
         self.timers.stop(Timer::HandshakeTimeout);
         self.connect_data = Bytes::new();
@@ -264,6 +289,16 @@ impl Connection {
                 queued_bytes: ch.queued_bytes,
             });
         }
+        let chunk_count = chunks_for(config, len);
+        if ch.kind.is_reliable() && chunk_count > 1 {
+            let reserve = reservation(chunk_count, config.chunk_payload());
+            if reserve > self.peer_reassembly_budget {
+                return Err(SendError::MessageTooLarge {
+                    size: len,
+                    max: self.peer_reassembly_budget,
+                });
+            }
+        }
         let seq = ch.next_seq;
         ch.next_seq += 1;
         ch.queued_bytes += len;
@@ -272,7 +307,7 @@ impl Connection {
             response: false,
             request,
             redirect,
-            chunk_count: chunks_for(config, len),
+            chunk_count,
             next_chunk: 0,
             payload,
         });
@@ -426,7 +461,8 @@ impl Connection {
             self.request_deadlines.pop();
             if self.pending_requests.get(&(channel, seq)).is_some_and(|p| p.id.0 == id) {
                 if let Some(p) = self.pending_requests.remove(&(channel, seq)) {
-                    self.release_reassembly(p.partial.map_or(0, |r| r.bytes()), shared);
+                    let reserved = p.partial.map_or(0, |r| r.reserved(shared.config.chunk_payload()));
+                    self.release_reassembly(reserved, shared);
                 }
                 shared.events.push_back(Event::RequestTimedOut {
                     conn: self.handle,
@@ -503,8 +539,8 @@ impl Connection {
                     self.violation(config, DropReason::Oversized);
                     return false;
                 }
-                if ch.kind.is_reliable() || h.send_type == SendType::Response {
-                    reassembly_needed += frame.payload.len();
+                if self.starts_reliable_reassembly(ch.kind.is_reliable(), &h) {
+                    reassembly_needed += reservation(chunk.count, config.chunk_payload());
                 }
             }
             frame_count += 1;
@@ -548,6 +584,24 @@ impl Connection {
         }
         self.update_timers(config);
         true
+    }
+
+    /// Whether a reliable chunk (of a message, or of a response) would start a reassembly that
+    /// needs a reservation from the budget.
+    fn starts_reliable_reassembly(&self, reliable_channel: bool, h: &MessageHeader) -> bool {
+        match h.send_type {
+            SendType::Response => self
+                .pending_requests
+                .get(&(h.channel, h.sequence))
+                .is_some_and(|p| p.partial.is_none()),
+            SendType::Message => {
+                reliable_channel
+                    && self
+                        .recv_channels
+                        .get(usize::from(h.channel))
+                        .is_some_and(|ch| ch.starts_reassembly(h.sequence))
+            }
+        }
     }
 
     fn receive_frame(&mut self, now: Instant, h: MessageHeader, payload: Bytes, shared: &mut Shared<'_>) {
@@ -632,14 +686,16 @@ impl Connection {
         let complete = match h.chunk {
             None => Some(payload),
             Some(ChunkInfo { index, count }) => {
+                let reserved = reservation(count, shared.config.chunk_payload());
+                if pending.partial.is_none() {
+                    self.reassembly_bytes += reserved;
+                    *shared.reassembly_total += reserved;
+                }
                 let r = pending
                     .partial
                     .get_or_insert_with(|| ReassemblyBuffer::new(count, now));
                 match r.add(index, count, payload, shared.config.chunk_payload()) {
-                    ChunkAdded::Stored(n) => {
-                        self.reassembly_bytes += n;
-                        *shared.reassembly_total += n;
-                    }
+                    ChunkAdded::Stored(_) => {}
                     ChunkAdded::Duplicate => {
                         self.stats.drops.add(DropReason::DuplicateMessage);
                         return;
@@ -653,7 +709,7 @@ impl Connection {
                     return;
                 }
                 let Some(r) = pending.partial.take() else { return };
-                self.release_reassembly(r.bytes(), shared);
+                self.release_reassembly(reserved, shared);
                 Some(r.assemble())
             }
         };
@@ -676,7 +732,12 @@ impl Connection {
             if let Some(frame) = self.frames.remove(key) {
                 if let Some(seq) = frame.message_seq {
                     if let Some(ch) = self.send_channels.get_mut(usize::from(frame.header.channel)) {
-                        ch.on_frame_acked(seq);
+                        self.large_in_window -= ch.on_frame_acked(seq);
+                    }
+                } else if frame.header.chunk.is_some() {
+                    self.open_response_chunks = self.open_response_chunks.saturating_sub(1);
+                    if self.open_response_chunks == 0 {
+                        self.open_response_reserved = 0;
                     }
                 }
             }
@@ -730,6 +791,7 @@ impl Connection {
                 client_nonce: self.client_nonce,
                 cookie,
                 channel_layout: config.channel_layout(),
+                reassembly_budget: crate::endpoint::wire_budget(config),
                 data: &self.connect_data,
             },
             State::Connected => return None,
@@ -865,6 +927,15 @@ impl Connection {
                 None => return false,
             }
         };
+        let starts_large_reliable = kind.is_reliable() && out.chunk_count > 1 && out.next_chunk == 0;
+        let reserve = reservation(out.chunk_count, config.chunk_payload());
+        if starts_large_reliable {
+            let held = self.large_in_window + self.open_response_reserved;
+            let busy_response = out.response && self.open_response_chunks > 0;
+            if busy_response || held + reserve > self.peer_reassembly_budget {
+                return false;
+            }
+        }
         let header = MessageHeader {
             channel,
             send_type: if out.response { SendType::Response } else { SendType::Message },
@@ -895,7 +966,8 @@ impl Connection {
         if lane < self.send_channels.len() {
             let ch = &mut self.send_channels[lane];
             if first {
-                ch.on_first_frame(seq, chunk_count);
+                let reserved = if starts_large_reliable { reserve } else { 0 };
+                ch.on_first_frame(seq, chunk_count, reserved);
             }
             ch.queued_bytes -= payload.len();
             if done {
@@ -908,6 +980,14 @@ impl Connection {
             }
         }
         self.stats.payload_bytes_transmitted += payload.len() as u64;
+        if starts_large_reliable {
+            if is_response {
+                self.open_response_chunks = u32::from(chunk_count);
+                self.open_response_reserved = reserve;
+            } else {
+                self.large_in_window += reserve;
+            }
+        }
         if kind.is_reliable() {
             let small = payload.len() <= config.redundancy_max_size;
             let key = self.frames.insert(SentFrame {

@@ -47,7 +47,7 @@ pub type AcceptHook = Box<dyn FnMut(&ConnectRequest<'_>) -> Result<(), u16> + Se
 #[derive(Clone, Copy, Debug)]
 enum Control {
     Challenge { client_nonce: u64, cookie: Cookie },
-    Accept { client_nonce: u64, connection_id: u32, user_id: u16 },
+    Accept { client_nonce: u64, connection_id: u32, user_id: u16, reassembly_budget: u32 },
     Reject { client_nonce: u64, code: RejectCode },
     Disconnect { connection_id: u32, code: CloseCode },
 }
@@ -353,8 +353,9 @@ impl Endpoint {
                 client_nonce,
                 cookie,
                 channel_layout,
+                reassembly_budget,
                 data,
-            } => self.on_connect(now, from, protocol_id, client_nonce, cookie, channel_layout, data),
+            } => self.on_connect(now, from, protocol_id, client_nonce, cookie, (channel_layout, reassembly_budget), data),
             Packet::Challenge { client_nonce, cookie } => {
                 self.with_client_conn(from, client_nonce, |c, _, _| c.on_challenge(cookie));
             }
@@ -362,9 +363,10 @@ impl Endpoint {
                 client_nonce,
                 connection_id,
                 user_id,
+                reassembly_budget,
             } => {
                 let accepted = self.with_client_conn(from, client_nonce, |c, now, config| {
-                    c.on_accept(now, config, connection_id, user_id)
+                    c.on_accept(now, config, connection_id, user_id, reassembly_budget)
                 });
                 if accepted {
                     self.stats.connections_opened += 1;
@@ -676,7 +678,7 @@ impl Endpoint {
         protocol_id: u32,
         nonce: u64,
         cookie: Cookie,
-        channel_layout: u64,
+        (channel_layout, peer_budget): (u64, u32),
         data: &[u8],
     ) {
         if !self.config.accept_incoming {
@@ -708,6 +710,7 @@ impl Endpoint {
                     client_nonce: nonce,
                     connection_id: existing.connection_id,
                     user_id: existing.peer_user_id,
+                    reassembly_budget: wire_budget(&self.config),
                 };
                 self.push_control(from, accept);
                 return;
@@ -750,6 +753,7 @@ impl Endpoint {
         let mut conn = Box::new(Connection::new(&self.config, handle, from, now, false, nonce, self.hasher));
         conn.connection_id = connection_id;
         conn.peer_user_id = user_id;
+        conn.peer_reassembly_budget = peer_budget as usize;
         conn.local_user_id = 0;
         conn.on_established(now, &self.config);
         self.by_addr.insert(from, index);
@@ -761,6 +765,7 @@ impl Endpoint {
                 client_nonce: nonce,
                 connection_id,
                 user_id,
+                reassembly_budget: wire_budget(&self.config),
             },
         );
         self.events.push_back(Event::Connected {
@@ -817,6 +822,11 @@ impl Endpoint {
     }
 }
 
+/// This endpoint's per-connection reassembly budget as the handshake carries it.
+pub(crate) fn wire_budget(config: &Config) -> u32 {
+    u32::try_from(config.reassembly_budget).unwrap_or(u32::MAX)
+}
+
 fn encode_control(control: Control, buf: &mut [u8]) -> Option<usize> {
     let packet = match control {
         Control::Challenge { client_nonce, cookie } => Packet::Challenge { client_nonce, cookie },
@@ -824,10 +834,12 @@ fn encode_control(control: Control, buf: &mut [u8]) -> Option<usize> {
             client_nonce,
             connection_id,
             user_id,
+            reassembly_budget,
         } => Packet::Accept {
             client_nonce,
             connection_id,
             user_id,
+            reassembly_budget,
         },
         Control::Reject { client_nonce, code } => Packet::Reject { client_nonce, code },
         Control::Disconnect { connection_id, code } => Packet::Disconnect { connection_id, code },

@@ -195,6 +195,9 @@ pub enum Packet<'a> {
         cookie: Cookie,
         /// The client's channel kinds, a nibble per channel.
         channel_layout: u64,
+        /// Bytes the client can hold in partly received large messages (its per-connection
+        /// reassembly budget); the server never has more outstanding towards it.
+        reassembly_budget: u32,
         /// Application data for the accept hook.
         data: &'a [u8],
     },
@@ -206,6 +209,8 @@ pub enum Packet<'a> {
         connection_id: u32,
         /// The user id the server gives the client.
         user_id: u16,
+        /// The server's per-connection reassembly budget (see `Connect`).
+        reassembly_budget: u32,
     },
     /// Server → client: refused.
     Reject {
@@ -352,6 +357,7 @@ impl<'a> Packet<'a> {
                 let client_nonce = r.u64()?;
                 let cookie = r.array()?;
                 let channel_layout = r.u64()?;
+                let reassembly_budget = r.u32()?;
                 let len = usize::from(r.u16()?);
                 let data = r.take(len).map_err(|_| DecodeError::BadLength)?;
                 Packet::Connect {
@@ -359,6 +365,7 @@ impl<'a> Packet<'a> {
                     client_nonce,
                     cookie,
                     channel_layout,
+                    reassembly_budget,
                     data,
                 }
             }
@@ -366,6 +373,7 @@ impl<'a> Packet<'a> {
                 client_nonce: r.u64()?,
                 connection_id: r.u32()?,
                 user_id: r.u16()?,
+                reassembly_budget: r.u32()?,
             },
             PacketType::Reject => {
                 let client_nonce = r.u64()?;
@@ -403,8 +411,8 @@ impl<'a> Packet<'a> {
         match self {
             Packet::Hello { .. } => HELLO_LEN,
             Packet::Challenge { .. } => 1 + 8 + COOKIE_LEN,
-            Packet::Connect { data, .. } => 1 + 4 + 8 + COOKIE_LEN + 8 + 2 + data.len(),
-            Packet::Accept { .. } => 1 + 8 + 4 + 2,
+            Packet::Connect { data, .. } => 1 + 4 + 8 + COOKIE_LEN + 8 + 4 + 2 + data.len(),
+            Packet::Accept { .. } => 1 + 8 + 4 + 2 + 4,
             Packet::Reject { .. } => 1 + 8 + 1 + 2,
             Packet::Data { frames, .. } => DATA_HEADER_LEN + frames.len(),
             Packet::Disconnect { .. } => 1 + 4 + 1 + 2,
@@ -438,6 +446,7 @@ impl<'a> Packet<'a> {
                 client_nonce,
                 cookie,
                 channel_layout,
+                reassembly_budget,
                 data,
             } => {
                 w.u8(first_byte(PacketType::Connect))?;
@@ -445,6 +454,7 @@ impl<'a> Packet<'a> {
                 w.u64(client_nonce)?;
                 w.put(&cookie)?;
                 w.u64(channel_layout)?;
+                w.u32(reassembly_budget)?;
                 w.u16(u16::try_from(data.len()).ok()?)?;
                 w.put(data)?;
             }
@@ -452,11 +462,13 @@ impl<'a> Packet<'a> {
                 client_nonce,
                 connection_id,
                 user_id,
+                reassembly_budget,
             } => {
                 w.u8(first_byte(PacketType::Accept))?;
                 w.u64(client_nonce)?;
                 w.u32(connection_id)?;
                 w.u16(user_id)?;
+                w.u32(reassembly_budget)?;
             }
             Packet::Reject { client_nonce, code } => {
                 let (reason, code) = code.to_wire();

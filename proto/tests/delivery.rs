@@ -1,0 +1,625 @@
+//! Delivery guarantees under loss, duplication, reordering and wraparound; chunking;
+//! request/response; limits; congestion and rate limiting.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::*;
+use proptest::prelude::*;
+use shoal_proto::{Config, DropReason, Endpoint, Event, Instant, RequestId, SendError};
+
+const UNRELIABLE: u8 = 0;
+const SEQUENCED: u8 = 1;
+const RELIABLE: u8 = 2;
+const ORDERED: u8 = 3;
+
+fn numbered(i: u32, len: usize) -> Vec<u8> {
+    let mut v = i.to_be_bytes().to_vec();
+    v.resize(len.max(4), (i % 251) as u8);
+    v
+}
+
+fn number(payload: &[u8]) -> u32 {
+    u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]])
+}
+
+/// A hook that drops, duplicates and delays datagrams at the given rates (seeded).
+fn chaos(seed: u64, loss: f64, dup: f64, reorder: f64) -> FateHook {
+    let mut rng = TestRng(seed);
+    Box::new(move |_, _, _| {
+        if rng.chance(loss) {
+            return vec![];
+        }
+        let mut copies = vec![Duration::ZERO];
+        if rng.chance(reorder) {
+            copies[0] = Duration::from_millis(1 + rng.next() % 40);
+        }
+        if rng.chance(dup) {
+            copies.push(Duration::from_millis(rng.next() % 30));
+        }
+        copies
+    })
+}
+
+#[test]
+fn reliable_channel_delivers_every_message_exactly_once_under_loss() {
+    let mut p = Pair::default_pair();
+    let (c, _) = p.connect();
+    p.hook = chaos(11, 0.2, 0.1, 0.2);
+    for i in 0..2_000 {
+        p.client.send(c, RELIABLE, numbered(i, 20)).expect("send");
+        if i % 20 == 0 {
+            p.run_for(Duration::from_millis(16));
+        }
+    }
+    assert!(p.run_until(Duration::from_secs(30), |p| p.server_messages(RELIABLE).len() >= 2_000));
+    assert!(
+        p.run_until(Duration::from_secs(10), |p| p.client.is_idle(c)),
+        "everything acknowledged eventually"
+    );
+    let got: Vec<u32> = p.server_messages(RELIABLE).iter().map(|m| number(m)).collect();
+    assert_eq!(got.len(), 2_000, "no duplicates");
+    let unique: HashSet<u32> = got.iter().copied().collect();
+    assert_eq!(unique.len(), 2_000);
+}
+
+#[test]
+fn ordered_channel_delivers_in_send_order_under_loss_duplication_and_reordering() {
+    let mut p = Pair::default_pair();
+    let (c, s) = p.connect();
+    p.hook = chaos(12, 0.15, 0.1, 0.3);
+    for i in 0..3_000 {
+        p.client.send(c, ORDERED, numbered(i, 12)).expect("send");
+        p.server.send(s, ORDERED, numbered(i, 40)).expect("send");
+        if i % 30 == 0 {
+            p.run_for(Duration::from_millis(10));
+        }
+    }
+    assert!(p.run_until(Duration::from_secs(60), |p| {
+        p.server_messages(ORDERED).len() >= 3_000 && p.client_messages(ORDERED).len() >= 3_000
+    }));
+    let expected: Vec<u32> = (0..3_000).collect();
+    let up: Vec<u32> = p.server_messages(ORDERED).iter().map(|m| number(m)).collect();
+    let down: Vec<u32> = p.client_messages(ORDERED).iter().map(|m| number(m)).collect();
+    assert_eq!(up, expected);
+    assert_eq!(down, expected);
+}
+
+#[test]
+fn two_hundred_thousand_ordered_messages_survive_20_percent_loss_and_three_wraparounds() {
+    let mut p = Pair::default_pair();
+    let (c, _) = p.connect();
+    p.hook = lossy(13, 0.2);
+    p.latency = Duration::from_millis(5);
+    let total = 200_000u32;
+    let mut next = 0u32;
+    let mut received = 0usize;
+    let mut expected = 0u32;
+    let mut guard = 0;
+    while received < total as usize {
+        while next < total && p.client.queue_room(c, ORDERED).unwrap_or(0) > 1_000 {
+            p.client.send(c, ORDERED, numbered(next, 8)).expect("send");
+            next += 1;
+        }
+        p.run_for(Duration::from_millis(5));
+        for e in p.server_events.drain(..) {
+            if let Event::Message { channel: ORDERED, payload, .. } = e {
+                assert_eq!(number(&payload), expected, "in order, no gaps, no duplicates");
+                expected += 1;
+                received += 1;
+            }
+        }
+        guard += 1;
+        assert!(guard < 200_000, "stalled at {received}");
+    }
+    assert_eq!(expected, total);
+    let stats = p.client.connection_stats(c).expect("stats");
+    assert!(stats.retransmissions > 0);
+}
+
+#[test]
+fn sequenced_channel_never_delivers_stale_or_duplicate_messages_under_chaos() {
+    let mut p = Pair::default_pair();
+    let (c, _) = p.connect();
+    p.hook = chaos(14, 0.1, 0.3, 0.5);
+    for i in 0..1_000 {
+        p.client.send(c, SEQUENCED, numbered(i, 8)).expect("send");
+        p.run_for(Duration::from_millis(2));
+    }
+    p.run_for(Duration::from_secs(1));
+    let got: Vec<u32> = p.server_messages(SEQUENCED).iter().map(|m| number(m)).collect();
+    assert!(got.windows(2).all(|w| w[0] < w[1]), "strictly increasing");
+    // Half the datagrams are delayed by up to 40 ms while a new message goes out every 2 ms,
+    // so many arrive behind a newer one and are dropped as stale, as they should be.
+    assert!(got.len() > 300, "enough arrive: {}", got.len());
+}
+
+#[test]
+fn chunked_messages_of_every_boundary_size_arrive_intact_under_loss() {
+    let mut p = Pair::default_pair();
+    let (c, _) = p.connect();
+    p.hook = lossy(15, 0.1);
+    let chunk = p.client.config().chunk_payload();
+    let mtu = p.client.config().mtu;
+    let sizes = [
+        1,
+        mtu - 20,
+        mtu - 19,
+        mtu - 18,
+        chunk - 1,
+        chunk,
+        chunk + 1,
+        mtu - 1,
+        mtu,
+        mtu + 1,
+        2 * chunk,
+        64 * 1024,
+        1 << 20,
+    ];
+    for (i, &size) in sizes.iter().enumerate() {
+        let payload: Vec<u8> = (0..size).map(|b| (b * 7 + i) as u8).collect();
+        p.client.send(c, ORDERED, payload.clone()).expect("send");
+        p.client.send(c, RELIABLE, payload).expect("send");
+    }
+    assert!(p.run_until(Duration::from_secs(120), |p| {
+        p.server_messages(ORDERED).len() == sizes.len() && p.server_messages(RELIABLE).len() == sizes.len()
+    }));
+    for (i, m) in p.server_messages(ORDERED).iter().enumerate() {
+        let expected: Vec<u8> = (0..sizes[i]).map(|b| (b * 7 + i) as u8).collect();
+        assert_eq!(m, &expected, "ordered message {i} of {} bytes", sizes[i]);
+    }
+    let mut reliable: Vec<usize> = p.server_messages(RELIABLE).iter().map(Vec::len).collect();
+    reliable.sort_unstable();
+    let mut sorted = sizes.to_vec();
+    sorted.sort_unstable();
+    assert_eq!(reliable, sorted);
+    assert_eq!(p.server.reassembly_bytes(), 0, "nothing left held");
+}
+
+#[test]
+fn unreliable_chunked_messages_are_all_or_nothing() {
+    let mut p = Pair::default_pair();
+    let (c, _) = p.connect();
+    p.hook = lossy(16, 0.05);
+    let size = 20_000;
+    for i in 0..50u32 {
+        p.client.send(c, UNRELIABLE, numbered(i, size)).expect("send");
+        p.run_for(Duration::from_millis(50));
+    }
+    p.run_for(Duration::from_secs(6));
+    let got = p.server_messages(UNRELIABLE);
+    assert!(got.iter().all(|m| m.len() == size && *m == numbered(number(m), size)));
+    assert!(got.len() < 50, "some lost with 5% datagram loss over 18 chunks each");
+    assert!(!got.is_empty());
+    assert_eq!(p.server.reassembly_bytes(), 0, "partials evicted after the timeout");
+    let s = p.server.connections().next().expect("conn");
+    let stats = p.server.connection_stats(s).expect("stats");
+    assert!(stats.drops.get(DropReason::ReassemblyEvicted) > 0);
+}
+
+#[test]
+fn a_large_transfer_does_not_starve_small_messages_on_another_channel() {
+    // Rate-limited to 500 KB/s, so the 1 MiB transfer takes about two seconds.
+    let client = Config {
+        max_send_rate: Some(500_000),
+        ..client_config(1)
+    };
+    let mut p = Pair::new(client, server_config(2));
+    let (c, _) = p.connect();
+    p.client.send(c, RELIABLE, vec![1u8; 1 << 20]).expect("send");
+    let start = p.now;
+    let mut latencies = Vec::new();
+    for i in 0..20u32 {
+        let sent_at = p.now;
+        p.client.send(c, SEQUENCED, numbered(i, 16)).expect("send");
+        let before = p.server_messages(SEQUENCED).len();
+        p.run_until(Duration::from_secs(5), |p| p.server_messages(SEQUENCED).len() > before);
+        latencies.push(p.now - sent_at);
+        p.run_for(Duration::from_millis(10));
+    }
+    assert!(
+        p.server_messages(RELIABLE).is_empty(),
+        "the large message was still in transfer while the small ones went through"
+    );
+    let worst = latencies.iter().max().copied().unwrap_or_default();
+    assert!(worst <= Duration::from_millis(60), "small message waited {worst:?} behind 1 MiB");
+    let _ = start;
+    let progress = p.server.receive_progress(p.server.connections().next().expect("conn"), RELIABLE);
+    let progress = progress.expect("large message visible while arriving");
+    assert!(progress.chunks_received > 0 && progress.chunks_received < progress.chunks_total);
+    assert!(p.run_until(Duration::from_secs(30), |p| p.server_messages(RELIABLE).len() == 1));
+}
+
+#[test]
+fn request_is_answered_with_its_response() {
+    let mut p = Pair::default_pair();
+    let (c, s) = p.connect();
+    p.hook = lossy(17, 0.2);
+    let mut ids = Vec::new();
+    for i in 0..50u32 {
+        ids.push(p.client.request(p.now, c, RELIABLE, numbered(i, 8)).expect("request"));
+    }
+    assert!(p.run_until(Duration::from_secs(10), |p| {
+        p.server_events.iter().filter(|e| matches!(e, Event::Request { .. })).count() == 50
+    }));
+    for e in std::mem::take(&mut p.server_events) {
+        if let Event::Request { request, payload, .. } = e {
+            let mut answer = payload.to_vec();
+            answer.extend_from_slice(b"-answer");
+            p.server.respond(s, request, answer).expect("respond");
+        }
+    }
+    assert!(p.run_until(Duration::from_secs(10), |p| {
+        p.client_events.iter().filter(|e| matches!(e, Event::Response { .. })).count() == 50
+    }));
+    p.run_for(Duration::from_secs(6));
+    let responses: Vec<(RequestId, Vec<u8>)> = p
+        .client_events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Response { id, payload, .. } => Some((*id, payload.to_vec())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(responses.len(), 50, "each answered once, none timed out");
+    for (id, payload) in responses {
+        let i = ids.iter().position(|x| *x == id).expect("known id");
+        let mut expected = numbered(i as u32, 8);
+        expected.extend_from_slice(b"-answer");
+        assert_eq!(payload, expected);
+    }
+    assert!(!p.client_events.iter().any(|e| matches!(e, Event::RequestTimedOut { .. })));
+}
+
+#[test]
+fn chunked_request_and_response_work() {
+    let mut p = Pair::default_pair();
+    let (c, s) = p.connect();
+    let id = p.client.request(p.now, c, ORDERED, vec![3u8; 10_000]).expect("request");
+    assert!(p.run_until(Duration::from_secs(5), |p| p.server_events.iter().any(|e| matches!(e, Event::Request { .. }))));
+    let Some(Event::Request { request, payload, .. }) =
+        p.server_events.iter().find(|e| matches!(e, Event::Request { .. })).cloned()
+    else {
+        unreachable!()
+    };
+    assert_eq!(payload.len(), 10_000);
+    p.server.respond(s, request, vec![4u8; 50_000]).expect("respond");
+    assert!(p.run_until(Duration::from_secs(5), |p| p.client_events.iter().any(|e| matches!(e, Event::Response { .. }))));
+    assert!(p.client_events.iter().any(|e| matches!(e,
+        Event::Response { id: got, payload, .. } if *got == id && payload.len() == 50_000)));
+}
+
+#[test]
+fn unanswered_request_times_out_and_a_late_answer_is_dropped() {
+    let mut p = Pair::default_pair();
+    let (c, s) = p.connect();
+    let id = p.client.request(p.now, c, RELIABLE, &b"ping"[..]).expect("request");
+    p.run_for(Duration::from_secs(6));
+    assert!(p.client_events.iter().any(|e| matches!(e, Event::RequestTimedOut { id: got, .. } if *got == id)));
+    let request = p
+        .server_events
+        .iter()
+        .find_map(|e| match e {
+            Event::Request { request, .. } => Some(*request),
+            _ => None,
+        })
+        .expect("request arrived");
+    p.server.respond(s, request, &b"late"[..]).expect("respond");
+    p.run_for(Duration::from_secs(1));
+    assert!(!p.client_events.iter().any(|e| matches!(e, Event::Response { .. })));
+    let stats = p.client.connection_stats(c).expect("stats");
+    // The response and its proactive redundant copy both find no pending request.
+    assert!(stats.drops.get(DropReason::StaleResponse) >= 1);
+}
+
+#[test]
+fn answering_after_the_requester_disconnected_is_harmless() {
+    let mut p = Pair::default_pair();
+    let (c, s) = p.connect();
+    p.client.request(p.now, c, RELIABLE, &b"ping"[..]).expect("request");
+    p.run_for(Duration::from_millis(100));
+    let request = p
+        .server_events
+        .iter()
+        .find_map(|e| match e {
+            Event::Request { request, .. } => Some(*request),
+            _ => None,
+        })
+        .expect("request arrived");
+    p.client.disconnect(c, 0);
+    p.run_for(Duration::from_millis(100));
+    assert_eq!(p.server.respond(s, request, &b"pong"[..]), Err(SendError::UnknownConnection));
+    assert!(!p.client_events.iter().any(|e| matches!(e, Event::Response { .. } | Event::RequestTimedOut { .. })));
+}
+
+#[test]
+fn unreliable_request_response_pairs_work_and_losses_time_out() {
+    let mut p = Pair::default_pair();
+    let (c, s) = p.connect();
+    p.hook = lossy(18, 0.3);
+    for i in 0..40u32 {
+        p.client.request(p.now, c, UNRELIABLE, numbered(i, 4)).expect("request");
+        p.run_for(Duration::from_millis(5));
+    }
+    p.run_for(Duration::from_millis(200));
+    for e in std::mem::take(&mut p.server_events) {
+        if let Event::Request { request, payload, .. } = e {
+            p.server.respond(s, request, payload).expect("respond");
+        }
+    }
+    p.run_for(Duration::from_secs(6));
+    let answered = p.client_events.iter().filter(|e| matches!(e, Event::Response { .. })).count();
+    let timed_out = p.client_events.iter().filter(|e| matches!(e, Event::RequestTimedOut { .. })).count();
+    assert_eq!(answered + timed_out, 40, "every request ends exactly one way");
+    assert!(answered > 0 && timed_out > 0);
+}
+
+#[test]
+fn too_many_pending_requests_is_a_typed_error() {
+    let config = Config {
+        max_pending_requests: 3,
+        ..client_config(1)
+    };
+    let mut p = Pair::new(config, server_config(2));
+    let (c, _) = p.connect();
+    for _ in 0..3 {
+        p.client.request(p.now, c, RELIABLE, &b"q"[..]).expect("request");
+    }
+    assert_eq!(
+        p.client.request(p.now, c, RELIABLE, &b"q"[..]),
+        Err(SendError::TooManyRequests { max: 3 })
+    );
+}
+
+#[test]
+fn oversized_message_is_a_typed_error_not_a_silent_drop() {
+    let mut p = Pair::default_pair();
+    let (c, _) = p.connect();
+    let max = p.client.config().max_message_size;
+    let err = p.client.send(c, ORDERED, vec![0u8; max + 1]).unwrap_err();
+    assert_eq!(err, SendError::MessageTooLarge { size: max + 1, max });
+    assert!(err.to_string().contains("max_message_size"));
+    for channel in [UNRELIABLE, SEQUENCED] {
+        assert!(matches!(
+            p.client.send(c, channel, vec![0u8; max + 1]),
+            Err(SendError::MessageTooLarge { .. })
+        ));
+    }
+}
+
+#[test]
+fn full_send_queue_is_a_typed_error_and_drains() {
+    let mut config = client_config(1);
+    config.channels[2].max_queued_bytes = 10_000;
+    let mut p = Pair::new(config, server_config(2));
+    let (c, _) = p.connect();
+    for _ in 0..10 {
+        p.client.send(c, RELIABLE, vec![0u8; 1_000]).expect("fits");
+    }
+    assert_eq!(
+        p.client.send(c, RELIABLE, vec![0u8; 1]),
+        Err(SendError::QueueFull { channel: 2, queued_bytes: 10_000 })
+    );
+    assert_eq!(p.client.queue_room(c, RELIABLE), Some(0));
+    p.run_for(Duration::from_millis(100));
+    assert_eq!(p.client.queue_room(c, RELIABLE), Some(10_000));
+    p.client.send(c, RELIABLE, vec![0u8; 1]).expect("room again");
+}
+
+fn budget_config(base: Config, budget: usize, endpoint_budget: usize) -> Config {
+    Config {
+        max_message_size: budget,
+        reassembly_budget: budget,
+        endpoint_reassembly_budget: endpoint_budget,
+        ..base
+    }
+}
+
+#[test]
+fn a_sender_keeps_its_large_messages_within_the_peers_reassembly_budget() {
+    // The client could hold 1 MB, the server only 100 KB: the client learns the server's
+    // budget in the handshake and never has more large messages outstanding than it holds.
+    let client = budget_config(client_config(1), 1_000_000, 1_000_000);
+    let server = budget_config(server_config(2), 100_000, 100_000);
+    let mut p = Pair::new(client, server);
+    let (c, s) = p.connect();
+    p.hook = lossy(20, 0.1);
+    assert_eq!(
+        p.client.send(c, RELIABLE, vec![0u8; 200_000]),
+        Err(SendError::MessageTooLarge { size: 200_000, max: 100_000 }),
+        "a message the peer cannot reassemble is refused at send time"
+    );
+    for i in 0..2u32 {
+        p.client.send(c, RELIABLE, numbered(i, 90_000)).expect("send");
+        p.client.send(c, ORDERED, numbered(i, 90_000)).expect("send");
+    }
+    assert!(p.run_until(Duration::from_secs(60), |p| {
+        p.server_messages(RELIABLE).len() == 2 && p.server_messages(ORDERED).len() == 2
+    }));
+    let stats = p.server.connection_stats(s).expect("stats");
+    assert_eq!(stats.drops.get(DropReason::ReassemblyBudget), 0);
+    let mut got: Vec<u32> = p.server_messages(RELIABLE).iter().map(|m| number(m)).collect();
+    got.sort_unstable();
+    assert_eq!(got, vec![0, 1]);
+    let ordered: Vec<u32> = p.server_messages(ORDERED).iter().map(|m| number(m)).collect();
+    assert_eq!(ordered, vec![0, 1]);
+    assert_eq!(p.server.reassembly_bytes(), 0);
+}
+
+#[test]
+fn exhausted_endpoint_reassembly_budget_refuses_packets_until_memory_frees() {
+    // Two clients each send 90 KB to a server that holds 100 KB across all connections:
+    // the second message must wait (its packets refused, unacknowledged) until the first is
+    // delivered, then arrive by retransmission.
+    let mut server = Endpoint::new(budget_config(server_config(2), 100_000, 100_000)).expect("config");
+    let server_addr = addr("10.0.0.1:4000");
+    let mut clients: Vec<(Endpoint, std::net::SocketAddr)> = (0..2)
+        .map(|i| {
+            let e = Endpoint::new(budget_config(client_config(10 + i), 100_000, 100_000)).expect("config");
+            (e, addr(&format!("10.0.1.{}:5000", i + 1)))
+        })
+        .collect();
+    let mut now = Instant::from_millis(1);
+    let conns: Vec<_> = clients
+        .iter_mut()
+        .map(|(e, _)| e.connect(now, server_addr, &[]).expect("connect"))
+        .collect();
+    let mut buf = vec![0u8; 1500];
+    let mut delivered = Vec::new();
+    let mut sent_big = false;
+    for _ in 0..20_000 {
+        for (e, a) in clients.iter_mut() {
+            e.handle_timeout(now);
+            while let Some(t) = e.poll_transmit(now, &mut buf) {
+                server.handle_datagram(now, *a, &buf[..t.len]);
+            }
+        }
+        server.handle_timeout(now);
+        while let Some(t) = server.poll_transmit(now, &mut buf) {
+            if let Some((e, _)) = clients.iter_mut().find(|(_, a)| *a == t.to) {
+                e.handle_datagram(now, server_addr, &buf[..t.len]);
+            }
+        }
+        while let Some(ev) = server.poll_event() {
+            if let Event::Message { payload, .. } = ev {
+                delivered.push(payload.len());
+            }
+        }
+        if !sent_big && conns.iter().zip(&clients).all(|(c, (e, _))| e.is_connected(*c)) {
+            for (c, (e, _)) in conns.iter().zip(clients.iter_mut()) {
+                e.send(*c, RELIABLE, vec![9u8; 90_000]).expect("send");
+            }
+            sent_big = true;
+        }
+        if delivered.len() == 2 {
+            break;
+        }
+        now = now + Duration::from_millis(1);
+    }
+    assert_eq!(delivered, vec![90_000, 90_000]);
+    let refused: u64 = server
+        .connections()
+        .filter_map(|c| server.connection_stats(c))
+        .map(|s| s.drops.get(DropReason::ReassemblyBudget))
+        .sum();
+    assert!(refused > 0, "the second message had to wait for memory");
+    assert_eq!(server.reassembly_bytes(), 0);
+}
+
+#[test]
+fn congestion_window_shrinks_under_loss() {
+    let mut p = Pair::default_pair();
+    let (c, _) = p.connect();
+    for i in 0..2_000 {
+        p.client.send(c, RELIABLE, numbered(i, 500)).expect("send");
+    }
+    p.run_for(Duration::from_millis(300));
+    let clean = p.client.connection_stats(c).expect("stats").congestion_window;
+    p.hook = lossy(19, 0.3);
+    for i in 0..2_000 {
+        let _ = p.client.send(c, RELIABLE, numbered(i, 500));
+    }
+    p.run_for(Duration::from_millis(500));
+    let lossy_window = p.client.connection_stats(c).expect("stats").congestion_window;
+    assert!(lossy_window < clean, "{lossy_window} should be below {clean}");
+}
+
+#[test]
+fn send_rate_limit_paces_a_bulk_sender() {
+    let client = Config {
+        max_send_rate: Some(50_000),
+        ..client_config(1)
+    };
+    let mut p = Pair::new(client, server_config(2));
+    let (c, _) = p.connect();
+    let start_bytes = p.sent_bytes[0];
+    let start = p.now;
+    p.client.send(c, RELIABLE, vec![0u8; 200_000]).expect("send");
+    assert!(p.run_until(Duration::from_secs(30), |p| p.server_messages(RELIABLE).len() == 1));
+    let elapsed = (p.now - start).as_secs_f64();
+    let rate = (p.sent_bytes[0] - start_bytes) as f64 / elapsed;
+    assert!(elapsed > 3.0, "200 KB at 50 KB/s took only {elapsed:.2} s");
+    assert!(rate <= 60_000.0, "sent at {rate:.0} B/s");
+}
+
+#[test]
+fn rtt_is_estimated_from_acknowledgements() {
+    let mut p = Pair::default_pair();
+    p.latency = Duration::from_millis(40);
+    let (c, _) = p.connect();
+    for i in 0..50 {
+        p.client.send(c, RELIABLE, numbered(i, 10)).expect("send");
+        p.run_for(Duration::from_millis(20));
+    }
+    let rtt = p.client.connection_stats(c).expect("stats").smoothed_rtt;
+    assert!(rtt >= Duration::from_millis(80) && rtt <= Duration::from_millis(95), "{rtt:?}");
+}
+
+#[derive(Clone, Debug)]
+enum Fate {
+    Deliver,
+    Drop,
+    Duplicate(u8),
+    Delay(u8),
+}
+
+fn fate() -> impl Strategy<Value = Fate> {
+    prop_oneof![
+        6 => Just(Fate::Deliver),
+        2 => Just(Fate::Drop),
+        1 => (0u8..40).prop_map(Fate::Duplicate),
+        2 => (1u8..80).prop_map(Fate::Delay),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// For arbitrary sends on every channel kind and arbitrary drop/duplicate/reorder/delay
+    /// schedules: reliable is exactly once, ordered is exactly once in order, sequenced is
+    /// never stale or duplicated, unreliable is at most once.
+    #[test]
+    fn every_channel_kind_keeps_its_guarantee(
+        sends in prop::collection::vec((0u8..4, 0usize..3000), 1..120),
+        fates in prop::collection::vec(fate(), 1..200),
+        gaps in prop::collection::vec(0u64..30, 1..50),
+    ) {
+        let mut p = Pair::default_pair();
+        let (c, _) = p.connect();
+        let mut n = 0usize;
+        p.hook = Box::new(move |_, _, _| {
+            let f = fates[n % fates.len()].clone();
+            n += 1;
+            match f {
+                Fate::Deliver => vec![Duration::ZERO],
+                Fate::Drop => vec![],
+                Fate::Duplicate(ms) => vec![Duration::ZERO, Duration::from_millis(u64::from(ms))],
+                Fate::Delay(ms) => vec![Duration::from_millis(u64::from(ms))],
+            }
+        });
+        let mut sent = [0u32; 4];
+        for (i, &(channel, len)) in sends.iter().enumerate() {
+            p.client.send(c, channel, numbered(sent[channel as usize], len)).expect("send");
+            sent[channel as usize] += 1;
+            p.run_for(Duration::from_millis(gaps[i % gaps.len()]));
+        }
+        // Let retransmissions finish over a clean link (the schedule may drop everything).
+        p.hook = Box::new(|_, _, _| vec![Duration::ZERO]);
+        p.run_until(Duration::from_secs(30), |p| p.client.is_idle(c));
+        p.run_for(Duration::from_millis(200));
+
+        let got = |ch: u8| -> Vec<u32> { p.server_messages(ch).iter().map(|m| number(m)).collect() };
+        let ordered = got(ORDERED);
+        prop_assert_eq!(ordered, (0..sent[3]).collect::<Vec<_>>());
+        let mut reliable = got(RELIABLE);
+        reliable.sort_unstable();
+        prop_assert_eq!(reliable, (0..sent[2]).collect::<Vec<_>>());
+        let sequenced = got(SEQUENCED);
+        prop_assert!(sequenced.windows(2).all(|w| w[0] < w[1]), "sequenced went back: {:?}", sequenced);
+        let unreliable = got(UNRELIABLE);
+        let unique: HashSet<u32> = unreliable.iter().copied().collect();
+        prop_assert_eq!(unique.len(), unreliable.len(), "unreliable duplicated");
+    }
+}
