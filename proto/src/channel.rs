@@ -93,7 +93,9 @@ impl SendChannel {
     /// One frame of message `seq` was acknowledged. Returns the reservations released by the
     /// window moving past fully acknowledged messages.
     pub(crate) fn on_frame_acked(&mut self, seq: u64) -> usize {
-        let Some(idx) = seq.checked_sub(self.window_base) else { return 0 };
+        let Some(idx) = seq.checked_sub(self.window_base) else {
+            return 0;
+        };
         if let Some((n, _)) = self.unacked_frames.get_mut(idx as usize) {
             *n = n.saturating_sub(1);
         }
@@ -216,7 +218,12 @@ impl RecvChannel {
         }
     }
 
-    fn deliver_unreliable(&mut self, meta: MessageMeta, payload: Bytes, cx: &mut RecvContext<'_>) -> Received {
+    fn deliver_unreliable(
+        &mut self,
+        meta: MessageMeta,
+        payload: Bytes,
+        cx: &mut RecvContext<'_>,
+    ) -> Received {
         if self.kind == DeliveryKind::Sequenced {
             if self.is_stale(meta.sequence) {
                 return Received::Stale;
@@ -255,7 +262,10 @@ impl RecvChannel {
         if self.is_stale(meta.sequence) {
             return Received::Stale;
         }
-        let pos = self.partials.iter().position(|(seq, m, _)| *seq == meta.sequence && *m == meta);
+        let pos = self
+            .partials
+            .iter()
+            .position(|(seq, m, _)| *seq == meta.sequence && *m == meta);
         let idx = match pos {
             Some(idx) => idx,
             None => {
@@ -266,8 +276,11 @@ impl RecvChannel {
                     let (_, _, old) = self.partials.remove(0);
                     self.held_bytes -= old.bytes();
                 }
-                self.partials
-                    .push((meta.sequence, meta, ReassemblyBuffer::new(chunk.count, cx.now)));
+                self.partials.push((
+                    meta.sequence,
+                    meta,
+                    ReassemblyBuffer::new(chunk.count, cx.now),
+                ));
                 self.partials.len() - 1
             }
         };
@@ -275,7 +288,10 @@ impl RecvChannel {
         if !self.partials[idx].2.has(chunk.index) && len > cx.budget_left {
             return Received::NoBudget;
         }
-        match self.partials[idx].2.add(chunk.index, chunk.count, payload, cx.chunk_payload) {
+        match self.partials[idx]
+            .2
+            .add(chunk.index, chunk.count, payload, cx.chunk_payload)
+        {
             ChunkAdded::Stored(n) => self.held_bytes += n,
             ChunkAdded::Duplicate => return Received::Duplicate,
             ChunkAdded::Inconsistent => return Received::Violation,
@@ -361,7 +377,9 @@ impl RecvChannel {
             match self.slots.front_mut() {
                 Some(Slot::Done) => {}
                 Some(slot @ Slot::Ready(..)) => {
-                    if let Slot::Ready(meta, message, reserved) = core::mem::replace(slot, Slot::Done) {
+                    if let Slot::Ready(meta, message, reserved) =
+                        core::mem::replace(slot, Slot::Done)
+                    {
                         self.held_bytes -= reserved;
                         (cx.deliver)(meta, message);
                     }
@@ -376,11 +394,16 @@ impl RecvChannel {
     /// Whether a chunk of message `sequence` would start a new reassembly on this reliable
     /// channel (and so needs a reservation), rather than join one or be a duplicate.
     pub(crate) fn starts_reassembly(&self, sequence: u16) -> bool {
-        let Some(seq) = extend_seq(sequence, self.base) else { return false };
+        let Some(seq) = extend_seq(sequence, self.base) else {
+            return false;
+        };
         if seq < self.base || seq >= self.base + MESSAGE_WINDOW {
             return false;
         }
-        matches!(self.slots.get((seq - self.base) as usize), None | Some(Slot::Empty))
+        matches!(
+            self.slots.get((seq - self.base) as usize),
+            None | Some(Slot::Empty)
+        )
     }
 
     /// Drops unreliable partial messages older than `deadline`; returns bytes freed and

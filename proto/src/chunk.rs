@@ -147,13 +147,31 @@ mod tests {
         let n = chunk_count(payload.len(), 10) as u16;
         assert_eq!(n, 3);
         let mut r = ReassemblyBuffer::new(n, Instant::ZERO);
-        assert_eq!(r.add(2, n, chunk_slice(&payload, 2, 10), 10), ChunkAdded::Stored(5));
-        assert_eq!(r.add(0, n, chunk_slice(&payload, 0, 10), 10), ChunkAdded::Stored(10));
-        assert_eq!(r.add(0, n, chunk_slice(&payload, 0, 10), 10), ChunkAdded::Duplicate);
-        assert_eq!(r.add(1, 4, chunk_slice(&payload, 1, 10), 10), ChunkAdded::Inconsistent);
-        assert_eq!(r.add(1, n, Bytes::from_static(b"short"), 10), ChunkAdded::Inconsistent);
+        assert_eq!(
+            r.add(2, n, chunk_slice(&payload, 2, 10), 10),
+            ChunkAdded::Stored(5)
+        );
+        assert_eq!(
+            r.add(0, n, chunk_slice(&payload, 0, 10), 10),
+            ChunkAdded::Stored(10)
+        );
+        assert_eq!(
+            r.add(0, n, chunk_slice(&payload, 0, 10), 10),
+            ChunkAdded::Duplicate
+        );
+        assert_eq!(
+            r.add(1, 4, chunk_slice(&payload, 1, 10), 10),
+            ChunkAdded::Inconsistent
+        );
+        assert_eq!(
+            r.add(1, n, Bytes::from_static(b"short"), 10),
+            ChunkAdded::Inconsistent
+        );
         assert!(!r.is_complete());
-        assert_eq!(r.add(1, n, chunk_slice(&payload, 1, 10), 10), ChunkAdded::Stored(10));
+        assert_eq!(
+            r.add(1, n, chunk_slice(&payload, 1, 10), 10),
+            ChunkAdded::Stored(10)
+        );
         assert!(r.is_complete());
         assert_eq!(r.assemble(), payload);
     }

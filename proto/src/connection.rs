@@ -11,19 +11,21 @@ use core::cmp::Reverse;
 use core::net::SocketAddr;
 
 use crate::channel::{
-    reservation, MessageMeta, Outgoing, RecvChannel, RecvContext, Received, SendChannel,
+    reservation, MessageMeta, Outgoing, Received, RecvChannel, RecvContext, SendChannel,
 };
 use crate::chunk::{chunk_count, chunk_slice, ChunkAdded, Progress, ReassemblyBuffer};
 use crate::config::Config;
 use crate::error::SendError;
 use crate::event::{ConnectionHandle, DisconnectReason, Event, IncomingRequest, RequestId};
 use crate::hash::{HashMap, SeededState};
-use crate::reliability::{AckOutcome, FrameKey, FrameStore, ReceivedPackets, SentPackets, TokenBucket};
+use crate::reliability::{
+    AckOutcome, FrameKey, FrameStore, ReceivedPackets, SentPackets, TokenBucket,
+};
 use crate::stats::{ConnectionStats, DropReason};
 use crate::time::{Instant, Timer, TimerTable};
 use crate::wire::{
-    self, encode_data_header, ChunkInfo, CloseCode, Cookie, DataHeader, Frame,
-    Frames, MessageHeader, Packet, SendType, Writer, DATA_HEADER_LEN, MAX_VARINT_LEN,
+    self, encode_data_header, ChunkInfo, CloseCode, Cookie, DataHeader, Frame, Frames,
+    MessageHeader, Packet, SendType, Writer, DATA_HEADER_LEN, MAX_VARINT_LEN,
 };
 
 /// Eliciting packets received before an acknowledgement goes out without delay.
@@ -146,7 +148,11 @@ impl Connection {
         Connection {
             handle,
             remote,
-            state: if is_client { State::Hello } else { State::Connected },
+            state: if is_client {
+                State::Hello
+            } else {
+                State::Connected
+            },
             is_client,
             connection_id: 0,
             client_nonce,
@@ -166,7 +172,11 @@ impl Connection {
                 .iter()
                 .map(|c| SendChannel::new(c.kind, c.max_queued_bytes))
                 .collect(),
-            recv_channels: config.channels.iter().map(|c| RecvChannel::new(c.kind)).collect(),
+            recv_channels: config
+                .channels
+                .iter()
+                .map(|c| RecvChannel::new(c.kind))
+                .collect(),
             responses: VecDeque::new(),
             frames: FrameStore::default(),
             resend: VecDeque::new(),
@@ -178,7 +188,9 @@ impl Connection {
             pending_requests: HashMap::with_hasher(hasher),
             request_deadlines: BinaryHeap::new(),
             reassembly_bytes: 0,
-            pacer: config.max_send_rate.map(|rate| TokenBucket::new(rate, config.mtu)),
+            pacer: config
+                .max_send_rate
+                .map(|rate| TokenBucket::new(rate, config.mtu)),
             last_sent: now,
             last_received: now,
             violations: 0,
@@ -258,7 +270,8 @@ impl Connection {
     pub(crate) fn on_established(&mut self, now: Instant, config: &Config) {
         self.last_received = now;
         self.timers.set(Timer::Idle, now + config.idle_timeout);
-        self.timers.set(Timer::Keepalive, now + config.keepalive_interval);
+        self.timers
+            .set(Timer::Keepalive, now + config.keepalive_interval);
     }
 
     // ---------------------------------------------------------------- application input
@@ -345,7 +358,8 @@ impl Connection {
         self.pending_requests
             .insert((channel, seq), PendingRequest { id, partial: None });
         let deadline = now + config.request_timeout;
-        self.request_deadlines.push(Reverse((deadline, id.0, channel, seq)));
+        self.request_deadlines
+            .push(Reverse((deadline, id.0, channel, seq)));
         self.refresh_request_timer();
         Ok(())
     }
@@ -404,7 +418,9 @@ impl Connection {
 
     /// Whether all queued messages were sent and acknowledged.
     pub(crate) fn is_idle(&self) -> bool {
-        self.send_channels.iter().all(SendChannel::is_idle) && self.responses.is_empty() && self.frames.len() == 0
+        self.send_channels.iter().all(SendChannel::is_idle)
+            && self.responses.is_empty()
+            && self.frames.len() == 0
     }
 
     // ---------------------------------------------------------------- timers
@@ -428,7 +444,12 @@ impl Connection {
                 Timer::Handshake => self.handshake_due = true,
                 Timer::Loss => {
                     self.outcome.clear();
-                    if self.sent.on_loss_timeout(now, config.max_ack_delay, config.max_rto, &mut self.outcome) {
+                    if self.sent.on_loss_timeout(
+                        now,
+                        config.max_ack_delay,
+                        config.max_rto,
+                        &mut self.outcome,
+                    ) {
                         self.stats.rto_fired += 1;
                     }
                     self.apply_outcome();
@@ -454,14 +475,22 @@ impl Connection {
     }
 
     fn expire_requests(&mut self, now: Instant, shared: &mut Shared<'_>) {
-        while let Some(Reverse((deadline, id, channel, seq))) = self.request_deadlines.peek().copied() {
+        while let Some(Reverse((deadline, id, channel, seq))) =
+            self.request_deadlines.peek().copied()
+        {
             if deadline > now {
                 break;
             }
             self.request_deadlines.pop();
-            if self.pending_requests.get(&(channel, seq)).is_some_and(|p| p.id.0 == id) {
+            if self
+                .pending_requests
+                .get(&(channel, seq))
+                .is_some_and(|p| p.id.0 == id)
+            {
                 if let Some(p) = self.pending_requests.remove(&(channel, seq)) {
-                    let reserved = p.partial.map_or(0, |r| r.reserved(shared.config.chunk_payload()));
+                    let reserved = p
+                        .partial
+                        .map_or(0, |r| r.reserved(shared.config.chunk_payload()));
                     self.release_reassembly(reserved, shared);
                 }
                 shared.events.push_back(Event::RequestTimedOut {
@@ -480,11 +509,20 @@ impl Connection {
 
     /// Recomputes the timers derived from state.
     fn update_timers(&mut self, config: &Config) {
-        self.timers
-            .set_opt(Timer::Loss, self.sent.loss_deadline(config.max_ack_delay, config.max_rto));
-        let oldest_partial = self.recv_channels.iter().filter_map(RecvChannel::oldest_partial).min();
-        self.timers
-            .set_opt(Timer::Reassembly, oldest_partial.map(|t| t + config.reassembly_timeout));
+        self.timers.set_opt(
+            Timer::Loss,
+            self.sent
+                .loss_deadline(config.max_ack_delay, config.max_rto),
+        );
+        let oldest_partial = self
+            .recv_channels
+            .iter()
+            .filter_map(RecvChannel::oldest_partial)
+            .min();
+        self.timers.set_opt(
+            Timer::Reassembly,
+            oldest_partial.map(|t| t + config.reassembly_timeout),
+        );
     }
 
     // ---------------------------------------------------------------- receive path
@@ -554,7 +592,13 @@ impl Connection {
         }
 
         self.outcome.clear();
-        if !self.sent.on_ack(now, header.ack, header.ack_bits, config.mtu, &mut self.outcome) {
+        if !self.sent.on_ack(
+            now,
+            header.ack,
+            header.ack_bits,
+            config.mtu,
+            &mut self.outcome,
+        ) {
             self.violation(config, DropReason::ProtocolViolation);
             return false;
         }
@@ -604,7 +648,13 @@ impl Connection {
         }
     }
 
-    fn receive_frame(&mut self, now: Instant, h: MessageHeader, payload: Bytes, shared: &mut Shared<'_>) {
+    fn receive_frame(
+        &mut self,
+        now: Instant,
+        h: MessageHeader,
+        payload: Bytes,
+        shared: &mut Shared<'_>,
+    ) {
         let config = shared.config;
         if h.send_type == SendType::Response {
             self.receive_response(now, h, payload, shared);
@@ -619,7 +669,11 @@ impl Connection {
         let budget_left = config
             .reassembly_budget
             .saturating_sub(self.reassembly_bytes)
-            .min(config.endpoint_reassembly_budget.saturating_sub(*shared.reassembly_total));
+            .min(
+                config
+                    .endpoint_reassembly_budget
+                    .saturating_sub(*shared.reassembly_total),
+            );
         let channel = h.channel;
         let handle = self.handle;
         let stats = &mut self.stats;
@@ -677,7 +731,13 @@ impl Connection {
         }
     }
 
-    fn receive_response(&mut self, now: Instant, h: MessageHeader, payload: Bytes, shared: &mut Shared<'_>) {
+    fn receive_response(
+        &mut self,
+        now: Instant,
+        h: MessageHeader,
+        payload: Bytes,
+        shared: &mut Shared<'_>,
+    ) {
         let key = (h.channel, h.sequence);
         let Some(pending) = self.pending_requests.get_mut(&key) else {
             self.stats.drops.add(DropReason::StaleResponse);
@@ -708,7 +768,9 @@ impl Connection {
                 if !r.is_complete() {
                     return;
                 }
-                let Some(r) = pending.partial.take() else { return };
+                let Some(r) = pending.partial.take() else {
+                    return;
+                };
                 self.release_reassembly(reserved, shared);
                 Some(r.assemble())
             }
@@ -731,7 +793,10 @@ impl Connection {
             let key = self.outcome.acked_frames[i];
             if let Some(frame) = self.frames.remove(key) {
                 if let Some(seq) = frame.message_seq {
-                    if let Some(ch) = self.send_channels.get_mut(usize::from(frame.header.channel)) {
+                    if let Some(ch) = self
+                        .send_channels
+                        .get_mut(usize::from(frame.header.channel))
+                    {
                         self.large_in_window -= ch.on_frame_acked(seq);
                     }
                 } else if frame.header.chunk.is_some() {
@@ -757,7 +822,12 @@ impl Connection {
     // ---------------------------------------------------------------- send path
 
     /// Writes the next datagram for this connection into `buf`, if it has one to send now.
-    pub(crate) fn poll_transmit(&mut self, now: Instant, buf: &mut [u8], config: &Config) -> Option<usize> {
+    pub(crate) fn poll_transmit(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        config: &Config,
+    ) -> Option<usize> {
         if self.close.is_some() {
             return None;
         }
@@ -769,7 +839,8 @@ impl Connection {
         self.stats.bytes_sent += len as u64;
         self.last_sent = now;
         if self.state == State::Connected {
-            self.timers.set(Timer::Keepalive, now + config.keepalive_interval);
+            self.timers
+                .set(Timer::Keepalive, now + config.keepalive_interval);
         }
         self.update_timers(config);
         Some(len)
@@ -780,7 +851,8 @@ impl Connection {
             return None;
         }
         self.handshake_due = false;
-        self.timers.set(Timer::Handshake, now + config.handshake_resend_interval);
+        self.timers
+            .set(Timer::Handshake, now + config.handshake_resend_interval);
         let packet = match self.state {
             State::Hello => Packet::Hello {
                 protocol_id: config.protocol_id,
@@ -845,7 +917,8 @@ impl Connection {
         self.eliciting_since_ack = 0;
         self.timers.stop(Timer::Ack);
         self.outcome.clear();
-        self.sent.on_sent(now, len, frames_written > 0, keys, &mut self.outcome);
+        self.sent
+            .on_sent(now, len, frames_written > 0, keys, &mut self.outcome);
         self.apply_outcome();
         Some(len)
     }
@@ -889,7 +962,12 @@ impl Connection {
 
     /// New frames, one per channel per turn, so a large transfer on one channel cannot starve
     /// small messages on another.
-    fn write_new_frames(&mut self, w: &mut Writer<'_>, keys: &mut Vec<FrameKey>, config: &Config) -> usize {
+    fn write_new_frames(
+        &mut self,
+        w: &mut Writer<'_>,
+        keys: &mut Vec<FrameKey>,
+        config: &Config,
+    ) -> usize {
         let lanes = self.send_channels.len() + 1; // the last lane is responses
         let mut written = 0;
         let mut idle_lanes = 0;
@@ -906,7 +984,13 @@ impl Connection {
         written
     }
 
-    fn write_one_new_frame(&mut self, lane: usize, w: &mut Writer<'_>, keys: &mut Vec<FrameKey>, config: &Config) -> bool {
+    fn write_one_new_frame(
+        &mut self,
+        lane: usize,
+        w: &mut Writer<'_>,
+        keys: &mut Vec<FrameKey>,
+        config: &Config,
+    ) -> bool {
         let local_user_id = self.local_user_id;
         let (channel, kind, out) = if lane < self.send_channels.len() {
             let ch = &mut self.send_channels[lane];
@@ -927,7 +1011,8 @@ impl Connection {
                 None => return false,
             }
         };
-        let starts_large_reliable = kind.is_reliable() && out.chunk_count > 1 && out.next_chunk == 0;
+        let starts_large_reliable =
+            kind.is_reliable() && out.chunk_count > 1 && out.next_chunk == 0;
         let reserve = reservation(out.chunk_count, config.chunk_payload());
         if starts_large_reliable {
             let held = self.large_in_window + self.open_response_reserved;
@@ -938,7 +1023,11 @@ impl Connection {
         }
         let header = MessageHeader {
             channel,
-            send_type: if out.response { SendType::Response } else { SendType::Message },
+            send_type: if out.response {
+                SendType::Response
+            } else {
+                SendType::Message
+            },
             reliable: out.request,
             owner: local_user_id,
             sequence: out.seq as u16,
@@ -1010,11 +1099,19 @@ impl Connection {
 
     /// Proactive copies of small reliable frames sent in earlier packets, while room remains.
     /// `first_new` is where this packet's own new frames start in the candidate queue.
-    fn write_redundant(&mut self, w: &mut Writer<'_>, keys: &mut Vec<FrameKey>, config: &Config, first_new: usize) -> usize {
+    fn write_redundant(
+        &mut self,
+        w: &mut Writer<'_>,
+        keys: &mut Vec<FrameKey>,
+        config: &Config,
+        first_new: usize,
+    ) -> usize {
         let mut written = 0;
         let mut taken = 0;
         while taken < first_new {
-            let Some(&key) = self.redundant.front() else { break };
+            let Some(&key) = self.redundant.front() else {
+                break;
+            };
             let Some(frame) = self.frames.get_mut(key) else {
                 self.redundant.pop_front();
                 taken += 1;

@@ -16,7 +16,9 @@ use crate::chunk::Progress;
 use crate::config::{Config, ConfigError};
 use crate::connection::{Connection, Shared, State};
 use crate::error::{ConnectError, SendError};
-use crate::event::{ConnectionHandle, DisconnectReason, Event, IncomingRequest, RequestId, Transmit};
+use crate::event::{
+    ConnectionHandle, DisconnectReason, Event, IncomingRequest, RequestId, Transmit,
+};
 use crate::hash::{HashMap, Rng, SeededState};
 use crate::stats::{ConnectionStats, DropReason, EndpointStats};
 use crate::time::{micros, Instant};
@@ -46,10 +48,24 @@ pub type AcceptHook = Box<dyn FnMut(&ConnectRequest<'_>) -> Result<(), u16> + Se
 /// A packet the endpoint itself sends (not belonging to a live connection's send path).
 #[derive(Clone, Copy, Debug)]
 enum Control {
-    Challenge { client_nonce: u64, cookie: Cookie },
-    Accept { client_nonce: u64, connection_id: u32, user_id: u16, reassembly_budget: u32 },
-    Reject { client_nonce: u64, code: RejectCode },
-    Disconnect { connection_id: u32, code: CloseCode },
+    Challenge {
+        client_nonce: u64,
+        cookie: Cookie,
+    },
+    Accept {
+        client_nonce: u64,
+        connection_id: u32,
+        user_id: u16,
+        reassembly_budget: u32,
+    },
+    Reject {
+        client_nonce: u64,
+        code: RejectCode,
+    },
+    Disconnect {
+        connection_id: u32,
+        code: CloseCode,
+    },
 }
 
 #[derive(Default)]
@@ -223,7 +239,9 @@ impl Endpoint {
 
     /// Handles of all connections.
     pub fn connections(&self) -> impl Iterator<Item = ConnectionHandle> + '_ {
-        self.slots.iter().filter_map(|s| s.conn.as_ref().map(|c| c.handle))
+        self.slots
+            .iter()
+            .filter_map(|s| s.conn.as_ref().map(|c| c.handle))
     }
 
     /// Bytes held in partly received chunked messages across the endpoint.
@@ -240,7 +258,12 @@ impl Endpoint {
 
     /// Starts connecting to `remote`, passing `data` to its accept hook. The handle is usable
     /// at once: messages sent before `Connected` wait in the queue.
-    pub fn connect(&mut self, now: Instant, remote: SocketAddr, data: &[u8]) -> Result<ConnectionHandle, ConnectError> {
+    pub fn connect(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        data: &[u8],
+    ) -> Result<ConnectionHandle, ConnectError> {
         self.advance_time(now);
         if data.len() > self.config.max_connect_data {
             return Err(ConnectError::DataTooLarge {
@@ -256,7 +279,15 @@ impl Endpoint {
         }
         let nonce = self.rng.next_u64();
         let (index, handle) = self.allocate_slot();
-        let mut conn = Box::new(Connection::new(&self.config, handle, remote, now, true, nonce, self.hasher));
+        let mut conn = Box::new(Connection::new(
+            &self.config,
+            handle,
+            remote,
+            now,
+            true,
+            nonce,
+            self.hasher,
+        ));
         conn.set_connect_data(Bytes::copy_from_slice(data));
         self.by_addr.insert(remote, index);
         self.finish(index, conn);
@@ -265,7 +296,12 @@ impl Endpoint {
 
     /// Queues `payload` on `channel` of `conn`. Large messages are chunked; the channel's
     /// delivery kind decides what the peer is guaranteed.
-    pub fn send(&mut self, conn: ConnectionHandle, channel: u8, payload: impl Into<Bytes>) -> Result<(), SendError> {
+    pub fn send(
+        &mut self,
+        conn: ConnectionHandle,
+        channel: u8,
+        payload: impl Into<Bytes>,
+    ) -> Result<(), SendError> {
         self.send_redirected(conn, channel, payload, None)
     }
 
@@ -306,7 +342,12 @@ impl Endpoint {
     }
 
     /// Answers a request received as `Event::Request`.
-    pub fn respond(&mut self, conn: ConnectionHandle, request: IncomingRequest, payload: impl Into<Bytes>) -> Result<(), SendError> {
+    pub fn respond(
+        &mut self,
+        conn: ConnectionHandle,
+        request: IncomingRequest,
+        payload: impl Into<Bytes>,
+    ) -> Result<(), SendError> {
         let (index, mut c) = self.take(conn).ok_or(SendError::UnknownConnection)?;
         let result = c.respond(&self.config, request, payload.into());
         self.finish(index, c);
@@ -318,7 +359,10 @@ impl Endpoint {
     /// `Disconnected { reason: ClosedLocally }`. Closing a dead handle does nothing.
     pub fn disconnect(&mut self, conn: ConnectionHandle, code: u16) {
         if let Some((index, mut c)) = self.take(conn) {
-            c.close(DisconnectReason::ClosedLocally, Some(CloseCode::Application(code)));
+            c.close(
+                DisconnectReason::ClosedLocally,
+                Some(CloseCode::Application(code)),
+            );
             self.finish(index, c);
         }
     }
@@ -347,7 +391,10 @@ impl Endpoint {
             }
         };
         match packet {
-            Packet::Hello { protocol_id, client_nonce } => self.on_hello(now, from, protocol_id, client_nonce),
+            Packet::Hello {
+                protocol_id,
+                client_nonce,
+            } => self.on_hello(now, from, protocol_id, client_nonce),
             Packet::Connect {
                 protocol_id,
                 client_nonce,
@@ -355,8 +402,19 @@ impl Endpoint {
                 channel_layout,
                 reassembly_budget,
                 data,
-            } => self.on_connect(now, from, protocol_id, client_nonce, cookie, (channel_layout, reassembly_budget), data),
-            Packet::Challenge { client_nonce, cookie } => {
+            } => self.on_connect(
+                now,
+                from,
+                protocol_id,
+                client_nonce,
+                cookie,
+                (channel_layout, reassembly_budget),
+                data,
+            ),
+            Packet::Challenge {
+                client_nonce,
+                cookie,
+            } => {
                 self.with_client_conn(from, client_nonce, |c, _, _| c.on_challenge(cookie));
             }
             Packet::Accept {
@@ -387,18 +445,25 @@ impl Endpoint {
                     true
                 });
             }
-            Packet::Data { header, frames } => self.on_data(now, from, header, frames, datagram.len()),
-            Packet::Disconnect { connection_id, code } => {
-                match self.by_addr.get(&from).copied() {
-                    Some(index) if self.slot_conn(index).is_some_and(|c| c.connection_id == connection_id && c.is_connected()) => {
-                        if let Some(mut c) = self.slots[index as usize].conn.take() {
-                            c.close(DisconnectReason::from_close(code), None);
-                            self.finish(index, c);
-                        }
-                    }
-                    _ => self.stats.drops.add(DropReason::UnknownConnection),
-                }
+            Packet::Data { header, frames } => {
+                self.on_data(now, from, header, frames, datagram.len())
             }
+            Packet::Disconnect {
+                connection_id,
+                code,
+            } => match self.by_addr.get(&from).copied() {
+                Some(index)
+                    if self
+                        .slot_conn(index)
+                        .is_some_and(|c| c.connection_id == connection_id && c.is_connected()) =>
+                {
+                    if let Some(mut c) = self.slots[index as usize].conn.take() {
+                        c.close(DisconnectReason::from_close(code), None);
+                        self.finish(index, c);
+                    }
+                }
+                _ => self.stats.drops.add(DropReason::UnknownConnection),
+            },
         }
     }
 
@@ -415,7 +480,9 @@ impl Endpoint {
             if slot.generation != generation {
                 continue;
             }
-            let Some(mut c) = slot.conn.take() else { continue };
+            let Some(mut c) = slot.conn.take() else {
+                continue;
+            };
             if c.scheduled != Some(at) {
                 slot.conn = Some(c);
                 continue;
@@ -444,7 +511,11 @@ impl Endpoint {
             }
         }
         while let Some(index) = self.dirty.pop_front() {
-            let Some(mut c) = self.slots.get_mut(index as usize).and_then(|s| s.conn.take()) else {
+            let Some(mut c) = self
+                .slots
+                .get_mut(index as usize)
+                .and_then(|s| s.conn.take())
+            else {
                 continue;
             };
             c.in_dirty = false;
@@ -477,7 +548,11 @@ impl Endpoint {
     // ------------------------------------------------------------------ internals
 
     fn advance_time(&mut self, now: Instant) {
-        debug_assert!(now >= self.last_now, "time went backwards: {now:?} < {:?}", self.last_now);
+        debug_assert!(
+            now >= self.last_now,
+            "time went backwards: {now:?} < {:?}",
+            self.last_now
+        );
         self.last_now = self.last_now.max(now);
     }
 
@@ -537,7 +612,8 @@ impl Endpoint {
         if next != conn.scheduled {
             conn.scheduled = next;
             if let Some(at) = next {
-                self.wakeups.push(Reverse((at, index, self.slots[index as usize].generation)));
+                self.wakeups
+                    .push(Reverse((at, index, self.slots[index as usize].generation)));
             }
         }
         self.slots[index as usize].conn = Some(conn);
@@ -562,7 +638,11 @@ impl Endpoint {
 
     fn reap(&mut self, index: u32, mut conn: Box<Connection>, reason: DisconnectReason) {
         if let Some(code) = conn.close_code {
-            let copies = if reason == DisconnectReason::ClosedLocally { DISCONNECT_COPIES } else { 1 };
+            let copies = if reason == DisconnectReason::ClosedLocally {
+                DISCONNECT_COPIES
+            } else {
+                1
+            };
             if conn.is_connected() {
                 for _ in 0..copies {
                     self.push_control(
@@ -607,7 +687,12 @@ impl Endpoint {
 
     /// Runs `f` on the client-side connection at `from` whose nonce matches; counts a drop if
     /// there is none or `f` says the packet was unexpected.
-    fn with_client_conn(&mut self, from: SocketAddr, nonce: u64, f: impl FnOnce(&mut Connection, Instant, &Config) -> bool) -> bool {
+    fn with_client_conn(
+        &mut self,
+        from: SocketAddr,
+        nonce: u64,
+        f: impl FnOnce(&mut Connection, Instant, &Config) -> bool,
+    ) -> bool {
         let now = self.last_now;
         let Some(index) = self.by_addr.get(&from).copied() else {
             self.stats.drops.add(DropReason::Unexpected);
@@ -652,7 +737,10 @@ impl Endpoint {
             && now.as_micros() - issued_at <= micros(self.config.cookie_lifetime);
         // Constant-time comparison: the MAC is a secret the attacker probes byte by byte.
         let mac = self.cookie_mac(from, nonce, issued_at);
-        let diff = mac.iter().zip(&cookie[8..]).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        let diff = mac
+            .iter()
+            .zip(&cookie[8..])
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
         fresh && diff == 0
     }
 
@@ -667,7 +755,13 @@ impl Endpoint {
         }
         // Stateless: nothing is stored; the reply (33 bytes) is smaller than the Hello (48).
         let cookie = self.make_cookie(now, from, nonce);
-        self.push_control(from, Control::Challenge { client_nonce: nonce, cookie });
+        self.push_control(
+            from,
+            Control::Challenge {
+                client_nonce: nonce,
+                cookie,
+            },
+        );
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -699,7 +793,9 @@ impl Endpoint {
         }
         // The address is validated from here on.
         if let Some(index) = self.by_addr.get(&from).copied() {
-            let Some(existing) = self.slot_conn(index) else { return };
+            let Some(existing) = self.slot_conn(index) else {
+                return;
+            };
             if existing.is_client {
                 self.stats.drops.add(DropReason::Unexpected);
                 return;
@@ -721,7 +817,10 @@ impl Endpoint {
                 self.finish(index, old);
             }
         }
-        let reject = |code| Control::Reject { client_nonce: nonce, code };
+        let reject = |code| Control::Reject {
+            client_nonce: nonce,
+            code,
+        };
         if channel_layout != self.config.channel_layout() {
             self.stats.connections_rejected += 1;
             self.push_control(from, reject(RejectCode::ChannelMismatch));
@@ -750,7 +849,15 @@ impl Endpoint {
             }
         };
         let (index, handle) = self.allocate_slot();
-        let mut conn = Box::new(Connection::new(&self.config, handle, from, now, false, nonce, self.hasher));
+        let mut conn = Box::new(Connection::new(
+            &self.config,
+            handle,
+            from,
+            now,
+            false,
+            nonce,
+            self.hasher,
+        ));
         conn.connection_id = connection_id;
         conn.peer_user_id = user_id;
         conn.peer_reassembly_budget = peer_budget as usize;
@@ -777,7 +884,14 @@ impl Endpoint {
         self.finish(index, conn);
     }
 
-    fn on_data(&mut self, now: Instant, from: SocketAddr, header: crate::wire::DataHeader, frames: &[u8], datagram_len: usize) {
+    fn on_data(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        header: crate::wire::DataHeader,
+        frames: &[u8],
+        datagram_len: usize,
+    ) {
         let (index, migrating) = match self.by_addr.get(&from).copied() {
             Some(index) => (index, false),
             None => match self.by_id.get(&header.connection_id).copied() {
@@ -789,7 +903,9 @@ impl Endpoint {
                 }
             },
         };
-        let Some(mut c) = self.slots[index as usize].conn.take() else { return };
+        let Some(mut c) = self.slots[index as usize].conn.take() else {
+            return;
+        };
         if c.connection_id != header.connection_id || c.state != State::Connected {
             c.stats.drops.add(DropReason::UnknownConnection);
             self.finish_quiet(index, c);
@@ -829,7 +945,13 @@ pub(crate) fn wire_budget(config: &Config) -> u32 {
 
 fn encode_control(control: Control, buf: &mut [u8]) -> Option<usize> {
     let packet = match control {
-        Control::Challenge { client_nonce, cookie } => Packet::Challenge { client_nonce, cookie },
+        Control::Challenge {
+            client_nonce,
+            cookie,
+        } => Packet::Challenge {
+            client_nonce,
+            cookie,
+        },
         Control::Accept {
             client_nonce,
             connection_id,
@@ -842,7 +964,13 @@ fn encode_control(control: Control, buf: &mut [u8]) -> Option<usize> {
             reassembly_budget,
         },
         Control::Reject { client_nonce, code } => Packet::Reject { client_nonce, code },
-        Control::Disconnect { connection_id, code } => Packet::Disconnect { connection_id, code },
+        Control::Disconnect {
+            connection_id,
+            code,
+        } => Packet::Disconnect {
+            connection_id,
+            code,
+        },
     };
     packet.encode(buf)
 }
@@ -870,7 +998,11 @@ impl UserIds {
     fn allocate(&mut self) -> Option<u16> {
         for _ in 0..u16::MAX {
             let id = self.next;
-            self.next = if self.next >= u16::MAX - 1 { 1 } else { self.next + 1 };
+            self.next = if self.next >= u16::MAX - 1 {
+                1
+            } else {
+                self.next + 1
+            };
             if !self.is_used(id) {
                 self.used[usize::from(id / 64)] |= 1 << (id % 64);
                 return Some(id);

@@ -95,14 +95,14 @@ impl fmt::Display for DisconnectReason {
             DisconnectReason::ClosedLocally => f.write_str("closed by this side"),
             DisconnectReason::ClosedByPeer { code } => write!(f, "closed by peer (code {code})"),
             DisconnectReason::TimedOut => f.write_str("timed out: nothing heard from the peer"),
-            DisconnectReason::Rejected { code } => write!(f, "rejected by the server (code {code})"),
+            DisconnectReason::Rejected { code } => {
+                write!(f, "rejected by the server (code {code})")
+            }
             DisconnectReason::ServerFull => f.write_str("rejected: the server is full"),
             DisconnectReason::Incompatible => {
                 f.write_str("rejected: the two sides configure their channels differently")
             }
-            DisconnectReason::ProtocolViolation => {
-                f.write_str("closed: malformed or hostile data")
-            }
+            DisconnectReason::ProtocolViolation => f.write_str("closed: malformed or hostile data"),
             DisconnectReason::Replaced => {
                 f.write_str("replaced by a new connection from the same address")
             }

@@ -17,7 +17,10 @@ pub fn parse_packet(data: &[u8]) {
             }
         }
     }
-    assert!(roundtrip_is_identity(data), "decode → encode is not the identity");
+    assert!(
+        roundtrip_is_identity(data),
+        "decode → encode is not the identity"
+    );
 }
 
 /// Feeds arbitrary datagrams to a server endpoint (and to one connected client's session):
@@ -39,7 +42,11 @@ pub fn endpoint_input(data: &[u8]) {
         while let Some(t) = server.poll_transmit(now, &mut buf) {
             sent += t.len;
         }
-        assert!(sent <= d.len(), "amplification: {sent} bytes out for {} in", d.len());
+        assert!(
+            sent <= d.len(),
+            "amplification: {sent} bytes out for {} in",
+            d.len()
+        );
         now = now + core::time::Duration::from_millis(10);
         server.handle_timeout(now);
         while server.poll_event().is_some() {}

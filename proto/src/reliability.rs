@@ -130,7 +130,10 @@ impl ReceivedPackets {
     pub(crate) fn ack_fields(&self) -> (u16, u32) {
         match self.largest {
             None => (u16::MAX, 0),
-            Some(largest) => ((largest as u16), ((self.history[0] >> 1) & 0xffff_ffff) as u32),
+            Some(largest) => (
+                (largest as u16),
+                ((self.history[0] >> 1) & 0xffff_ffff) as u32,
+            ),
         }
     }
 }
@@ -500,7 +503,8 @@ impl SentPackets {
     /// Pops resolved packets off the front, recycling their key vectors.
     fn retire(&mut self) {
         while let Some(front) = self.packets.front() {
-            let keep = front.state == PacketState::InFlight && self.packets.len() <= MAX_TRACKED_PACKETS;
+            let keep =
+                front.state == PacketState::InFlight && self.packets.len() <= MAX_TRACKED_PACKETS;
             if keep {
                 break;
             }
@@ -544,8 +548,12 @@ impl SentPackets {
             if i > 0 && ack_bits & (1 << (i - 1)) == 0 {
                 continue;
             }
-            let Some(seq) = largest.checked_sub(i) else { break };
-            let Some(idx) = self.index_of(seq) else { continue };
+            let Some(seq) = largest.checked_sub(i) else {
+                break;
+            };
+            let Some(idx) = self.index_of(seq) else {
+                continue;
+            };
             let p = &mut self.packets[idx];
             if p.state != PacketState::InFlight {
                 continue;
@@ -600,8 +608,16 @@ impl SentPackets {
 
     /// When loss detection next needs to run: the time threshold of an unacknowledged packet
     /// older than the newest acknowledged one, or the retransmission timeout.
-    pub(crate) fn loss_deadline(&self, max_ack_delay: Duration, max_rto: Duration) -> Option<Instant> {
-        let oldest = self.packets.iter().enumerate().find(|(_, p)| p.state == PacketState::InFlight)?;
+    pub(crate) fn loss_deadline(
+        &self,
+        max_ack_delay: Duration,
+        max_rto: Duration,
+    ) -> Option<Instant> {
+        let oldest = self
+            .packets
+            .iter()
+            .enumerate()
+            .find(|(_, p)| p.state == PacketState::InFlight)?;
         let (i, p) = oldest;
         let seq = self.first_seq + i as u64;
         if self.largest_acked.is_some_and(|l| seq < l) {
@@ -663,14 +679,23 @@ mod tests {
     fn received_packets_detect_duplicates_and_build_ack_bits() {
         let mut r = ReceivedPackets::default();
         assert_eq!(r.ack_fields(), (u16::MAX, 0));
-        assert_eq!(r.record(0), Arrival::New { out_of_order: false });
+        assert_eq!(
+            r.record(0),
+            Arrival::New {
+                out_of_order: false
+            }
+        );
         assert_eq!(r.record(2), Arrival::New { out_of_order: true });
         assert_eq!(r.record(2), Arrival::Duplicate);
         assert_eq!(r.ack_fields(), (2, 0b10));
         assert_eq!(r.record(1), Arrival::New { out_of_order: true });
         assert_eq!(r.ack_fields(), (2, 0b11));
         assert_eq!(r.record(300), Arrival::New { out_of_order: true });
-        assert_eq!(r.record(2), Arrival::Duplicate, "too old to tell counts as duplicate");
+        assert_eq!(
+            r.record(2),
+            Arrival::Duplicate,
+            "too old to tell counts as duplicate"
+        );
         assert_eq!(r.record(299), Arrival::New { out_of_order: true });
         assert_eq!(r.ack_fields(), (300, 0b1));
     }

@@ -49,7 +49,10 @@ impl fmt::Display for DecodeError {
         match self {
             DecodeError::Empty => f.write_str("empty datagram"),
             DecodeError::UnknownVersion(v) => {
-                write!(f, "protocol version {v} is not supported (this is version {VERSION})")
+                write!(
+                    f,
+                    "protocol version {v} is not supported (this is version {VERSION})"
+                )
             }
             DecodeError::UnknownPacketType(t) => write!(f, "unknown packet type {t}"),
             DecodeError::Truncated => f.write_str("packet is truncated"),
@@ -796,9 +799,6 @@ mod tests {
     #[test]
     fn response_with_reliable_bit_is_rejected() {
         let bytes = [0x0c, 0, 0, 0, 0, 0];
-        assert_eq!(
-            Frames::new(&bytes).next(),
-            Some(Err(DecodeError::BadField))
-        );
+        assert_eq!(Frames::new(&bytes).next(), Some(Err(DecodeError::BadField)));
     }
 }

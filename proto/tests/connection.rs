@@ -6,9 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use shoal_proto::{
-    Config, DeliveryKind, DisconnectReason, Event, SendError, ConnectError,
-};
+use shoal_proto::{Config, ConnectError, DeliveryKind, DisconnectReason, Event, SendError};
 
 fn disconnect_reason(events: &[Event]) -> Option<DisconnectReason> {
     events.iter().find_map(|e| match e {
@@ -24,13 +22,20 @@ fn handshake_connects_both_sides_and_assigns_user_ids() {
     assert!(p.client.is_connected(c));
     assert!(p.server.is_connected(s));
     let client_view = p.client_events.iter().find_map(|e| match e {
-        Event::Connected { local_user_id, peer_user_id, .. } => Some((*local_user_id, *peer_user_id)),
+        Event::Connected {
+            local_user_id,
+            peer_user_id,
+            ..
+        } => Some((*local_user_id, *peer_user_id)),
         _ => None,
     });
     let server_view = p.server_events.iter().find_map(|e| match e {
-        Event::Connected { local_user_id, peer_user_id, remote, .. } => {
-            Some((*local_user_id, *peer_user_id, *remote))
-        }
+        Event::Connected {
+            local_user_id,
+            peer_user_id,
+            remote,
+            ..
+        } => Some((*local_user_id, *peer_user_id, *remote)),
         _ => None,
     });
     let (client_local, client_peer) = client_view.expect("client connected");
@@ -38,7 +43,10 @@ fn handshake_connects_both_sides_and_assigns_user_ids() {
     assert_eq!(client_peer, 0, "the server is user 0");
     assert_eq!(server_local, 0);
     assert_ne!(client_local, 0);
-    assert_eq!(client_local, server_peer, "both sides agree on the client's user id");
+    assert_eq!(
+        client_local, server_peer,
+        "both sides agree on the client's user id"
+    );
     assert_eq!(remote, p.client_addr);
 }
 
@@ -80,7 +88,9 @@ fn accept_hook_sees_connect_data_and_rejects_with_its_code() {
             Err(403)
         }
     }));
-    p.client.connect(p.now, p.server_addr, b"wrong password").expect("connect");
+    p.client
+        .connect(p.now, p.server_addr, b"wrong password")
+        .expect("connect");
     p.run_for(Duration::from_secs(1));
     assert_eq!(
         disconnect_reason(&p.client_events),
@@ -88,25 +98,44 @@ fn accept_hook_sees_connect_data_and_rejects_with_its_code() {
     );
     assert_eq!(p.server.connection_count(), 0);
     assert_eq!(p.server.stats().connections_rejected, 1);
-    assert!(p.server_events.is_empty(), "a rejected attempt is invisible to the server app");
+    assert!(
+        p.server_events.is_empty(),
+        "a rejected attempt is invisible to the server app"
+    );
 
-    p.client.connect(p.now, p.server_addr, b"let me in").expect("connect again");
+    p.client
+        .connect(p.now, p.server_addr, b"let me in")
+        .expect("connect again");
     p.run_for(Duration::from_secs(1));
-    assert!(p.server_events.iter().any(|e| matches!(e, Event::Connected { .. })));
+    assert!(p
+        .server_events
+        .iter()
+        .any(|e| matches!(e, Event::Connected { .. })));
 }
 
 #[test]
 fn full_server_rejects_with_server_full() {
-    let mut p = Pair::new(client_config(1), Config { max_connections: 1, ..server_config(2) });
+    let mut p = Pair::new(
+        client_config(1),
+        Config {
+            max_connections: 1,
+            ..server_config(2)
+        },
+    );
     p.connect();
     // A second client from another address.
     let mut q = Pair::new(client_config(3), server_config(2));
     std::mem::swap(&mut q.server, &mut p.server);
     q.now = p.now;
     q.client_addr = addr("10.0.0.9:5000");
-    q.client.connect(q.now, q.server_addr, &[]).expect("connect");
+    q.client
+        .connect(q.now, q.server_addr, &[])
+        .expect("connect");
     q.run_for(Duration::from_secs(1));
-    assert_eq!(disconnect_reason(&q.client_events), Some(DisconnectReason::ServerFull));
+    assert_eq!(
+        disconnect_reason(&q.client_events),
+        Some(DisconnectReason::ServerFull)
+    );
     assert_eq!(q.server.connection_count(), 1);
 }
 
@@ -117,9 +146,14 @@ fn mismatched_channel_layout_is_rejected_as_incompatible() {
         ..Config::with_channels(&[DeliveryKind::Ordered])
     };
     let mut p = Pair::new(client_config(1), server);
-    p.client.connect(p.now, p.server_addr, &[]).expect("connect");
+    p.client
+        .connect(p.now, p.server_addr, &[])
+        .expect("connect");
     p.run_for(Duration::from_secs(1));
-    assert_eq!(disconnect_reason(&p.client_events), Some(DisconnectReason::Incompatible));
+    assert_eq!(
+        disconnect_reason(&p.client_events),
+        Some(DisconnectReason::Incompatible)
+    );
 }
 
 #[test]
@@ -129,10 +163,21 @@ fn wrong_protocol_id_is_ignored_and_the_attempt_times_out() {
         ..client_config(1)
     };
     let mut p = Pair::new(client, server_config(2));
-    p.client.connect(p.now, p.server_addr, &[]).expect("connect");
+    p.client
+        .connect(p.now, p.server_addr, &[])
+        .expect("connect");
     p.run_for(Duration::from_secs(6));
-    assert_eq!(disconnect_reason(&p.client_events), Some(DisconnectReason::TimedOut));
-    assert!(p.server.stats().drops.get(shoal_proto::DropReason::WrongProtocol) > 0);
+    assert_eq!(
+        disconnect_reason(&p.client_events),
+        Some(DisconnectReason::TimedOut)
+    );
+    assert!(
+        p.server
+            .stats()
+            .drops
+            .get(shoal_proto::DropReason::WrongProtocol)
+            > 0
+    );
     assert_eq!(p.server.stats().datagrams_sent, 0);
 }
 
@@ -140,11 +185,19 @@ fn wrong_protocol_id_is_ignored_and_the_attempt_times_out() {
 fn handshake_times_out_when_nobody_answers() {
     let mut p = Pair::default_pair();
     p.hook = Box::new(|_, _, _| vec![]);
-    p.client.connect(p.now, p.server_addr, &[]).expect("connect");
+    p.client
+        .connect(p.now, p.server_addr, &[])
+        .expect("connect");
     p.run_for(Duration::from_secs(4));
-    assert!(p.client_events.is_empty(), "still trying within the handshake timeout");
+    assert!(
+        p.client_events.is_empty(),
+        "still trying within the handshake timeout"
+    );
     p.run_for(Duration::from_secs(2));
-    assert_eq!(disconnect_reason(&p.client_events), Some(DisconnectReason::TimedOut));
+    assert_eq!(
+        disconnect_reason(&p.client_events),
+        Some(DisconnectReason::TimedOut)
+    );
     assert_eq!(p.client.connection_count(), 0);
 }
 
@@ -158,7 +211,10 @@ fn keepalives_hold_an_idle_connection_open() {
     assert!(disconnect_reason(&p.client_events).is_none());
     let keepalives = p.sent[0] - sent_before[0];
     // One a second (keepalive_interval) each way, give or take the acks they draw.
-    assert!((50..=130).contains(&keepalives), "{keepalives} datagrams in 60 s idle");
+    assert!(
+        (50..=130).contains(&keepalives),
+        "{keepalives} datagrams in 60 s idle"
+    );
 }
 
 #[test]
@@ -169,8 +225,14 @@ fn idle_timeout_closes_both_sides_when_the_link_dies() {
     p.run_for(Duration::from_secs(9));
     assert!(disconnect_reason(&p.client_events).is_none());
     p.run_for(Duration::from_secs(2));
-    assert_eq!(disconnect_reason(&p.client_events), Some(DisconnectReason::TimedOut));
-    assert_eq!(disconnect_reason(&p.server_events), Some(DisconnectReason::TimedOut));
+    assert_eq!(
+        disconnect_reason(&p.client_events),
+        Some(DisconnectReason::TimedOut)
+    );
+    assert_eq!(
+        disconnect_reason(&p.server_events),
+        Some(DisconnectReason::TimedOut)
+    );
     assert_eq!(p.server.connection_count(), 0);
     assert_eq!(p.server.stats().connections_closed, 1);
 }
@@ -181,13 +243,19 @@ fn graceful_disconnect_tells_the_peer_the_code() {
     let (c, _) = p.connect();
     p.client.disconnect(c, 42);
     p.run_for(Duration::from_millis(100));
-    assert_eq!(disconnect_reason(&p.client_events), Some(DisconnectReason::ClosedLocally));
+    assert_eq!(
+        disconnect_reason(&p.client_events),
+        Some(DisconnectReason::ClosedLocally)
+    );
     assert_eq!(
         disconnect_reason(&p.server_events),
         Some(DisconnectReason::ClosedByPeer { code: 42 })
     );
     assert_eq!(p.server.connection_count(), 0);
-    assert_eq!(p.client.send(c, 0, &b"x"[..]), Err(SendError::UnknownConnection));
+    assert_eq!(
+        p.client.send(c, 0, &b"x"[..]),
+        Err(SendError::UnknownConnection)
+    );
     // Disconnecting again is harmless.
     p.client.disconnect(c, 1);
 }
@@ -234,7 +302,11 @@ fn many_small_messages_coalesce_into_one_datagram() {
         p.client.send(c, 0, vec![i; 32]).expect("send");
     }
     p.flush();
-    assert_eq!(p.sent[0] - before, 1, "30 × 32 bytes fit one 1200-byte datagram");
+    assert_eq!(
+        p.sent[0] - before,
+        1,
+        "30 × 32 bytes fit one 1200-byte datagram"
+    );
     // 13-byte packet header + 30 × (5-byte message header + 1-byte length + 32).
     assert_eq!(p.sent_bytes[0] - before_bytes, 13 + 30 * 38);
     p.run_for(Duration::from_millis(100));
@@ -286,7 +358,10 @@ fn sequenced_channel_drops_messages_older_than_one_delivered() {
     p.client.send(c, 1, &b"new"[..]).expect("send");
     p.run_for(Duration::from_millis(200));
     assert_eq!(p.server_messages(1), vec![b"new".to_vec()]);
-    let stats = p.server.connection_stats(p.server.connections().next().expect("conn")).expect("stats");
+    let stats = p
+        .server
+        .connection_stats(p.server.connections().next().expect("conn"))
+        .expect("stats");
     assert_eq!(stats.drops.get(shoal_proto::DropReason::StaleMessage), 1);
 }
 
@@ -301,7 +376,11 @@ fn duplicated_datagrams_deliver_each_message_once() {
         p.run_for(Duration::from_millis(5));
     }
     p.run_for(Duration::from_millis(100));
-    assert_eq!(p.server_messages(0).len(), 20, "unreliable: no duplicates either");
+    assert_eq!(
+        p.server_messages(0).len(),
+        20,
+        "unreliable: no duplicates either"
+    );
     assert_eq!(p.server_messages(1).len(), 20);
 }
 
@@ -309,7 +388,10 @@ fn duplicated_datagrams_deliver_each_message_once() {
 fn sending_on_an_unknown_channel_is_a_typed_error() {
     let mut p = Pair::default_pair();
     let (c, _) = p.connect();
-    assert_eq!(p.client.send(c, 9, &b"x"[..]), Err(SendError::UnknownChannel(9)));
+    assert_eq!(
+        p.client.send(c, 9, &b"x"[..]),
+        Err(SendError::UnknownChannel(9))
+    );
     let e = p.client.send(c, 15, &b"x"[..]).unwrap_err();
     assert!(e.to_string().contains("channel 15"));
 }
@@ -332,7 +414,10 @@ fn connect_refuses_oversized_data_and_duplicate_addresses() {
 #[test]
 fn messages_sent_before_the_handshake_completes_are_delivered() {
     let mut p = Pair::default_pair();
-    let c = p.client.connect(p.now, p.server_addr, &[]).expect("connect");
+    let c = p
+        .client
+        .connect(p.now, p.server_addr, &[])
+        .expect("connect");
     p.client.send(c, 3, &b"early"[..]).expect("queued");
     p.run_for(Duration::from_millis(200));
     assert_eq!(p.server_messages(3), vec![b"early".to_vec()]);

@@ -54,12 +54,19 @@ fn reliable_channel_delivers_every_message_exactly_once_under_loss() {
             p.run_for(Duration::from_millis(16));
         }
     }
-    assert!(p.run_until(Duration::from_secs(30), |p| p.server_messages(RELIABLE).len() >= 2_000));
+    assert!(p.run_until(Duration::from_secs(30), |p| p
+        .server_messages(RELIABLE)
+        .len()
+        >= 2_000));
     assert!(
         p.run_until(Duration::from_secs(10), |p| p.client.is_idle(c)),
         "everything acknowledged eventually"
     );
-    let got: Vec<u32> = p.server_messages(RELIABLE).iter().map(|m| number(m)).collect();
+    let got: Vec<u32> = p
+        .server_messages(RELIABLE)
+        .iter()
+        .map(|m| number(m))
+        .collect();
     assert_eq!(got.len(), 2_000, "no duplicates");
     let unique: HashSet<u32> = got.iter().copied().collect();
     assert_eq!(unique.len(), 2_000);
@@ -81,8 +88,16 @@ fn ordered_channel_delivers_in_send_order_under_loss_duplication_and_reordering(
         p.server_messages(ORDERED).len() >= 3_000 && p.client_messages(ORDERED).len() >= 3_000
     }));
     let expected: Vec<u32> = (0..3_000).collect();
-    let up: Vec<u32> = p.server_messages(ORDERED).iter().map(|m| number(m)).collect();
-    let down: Vec<u32> = p.client_messages(ORDERED).iter().map(|m| number(m)).collect();
+    let up: Vec<u32> = p
+        .server_messages(ORDERED)
+        .iter()
+        .map(|m| number(m))
+        .collect();
+    let down: Vec<u32> = p
+        .client_messages(ORDERED)
+        .iter()
+        .map(|m| number(m))
+        .collect();
     assert_eq!(up, expected);
     assert_eq!(down, expected);
 }
@@ -105,8 +120,17 @@ fn two_hundred_thousand_ordered_messages_survive_20_percent_loss_and_three_wrapa
         }
         p.run_for(Duration::from_millis(5));
         for e in p.server_events.drain(..) {
-            if let Event::Message { channel: ORDERED, payload, .. } = e {
-                assert_eq!(number(&payload), expected, "in order, no gaps, no duplicates");
+            if let Event::Message {
+                channel: ORDERED,
+                payload,
+                ..
+            } = e
+            {
+                assert_eq!(
+                    number(&payload),
+                    expected,
+                    "in order, no gaps, no duplicates"
+                );
                 expected += 1;
                 received += 1;
             }
@@ -129,7 +153,11 @@ fn sequenced_channel_never_delivers_stale_or_duplicate_messages_under_chaos() {
         p.run_for(Duration::from_millis(2));
     }
     p.run_for(Duration::from_secs(1));
-    let got: Vec<u32> = p.server_messages(SEQUENCED).iter().map(|m| number(m)).collect();
+    let got: Vec<u32> = p
+        .server_messages(SEQUENCED)
+        .iter()
+        .map(|m| number(m))
+        .collect();
     assert!(got.windows(2).all(|w| w[0] < w[1]), "strictly increasing");
     // Half the datagrams are delayed by up to 40 ms while a new message goes out every 2 ms,
     // so many arrive behind a newer one and are dropped as stale, as they should be.
@@ -164,7 +192,8 @@ fn chunked_messages_of_every_boundary_size_arrive_intact_under_loss() {
         p.client.send(c, RELIABLE, payload).expect("send");
     }
     assert!(p.run_until(Duration::from_secs(120), |p| {
-        p.server_messages(ORDERED).len() == sizes.len() && p.server_messages(RELIABLE).len() == sizes.len()
+        p.server_messages(ORDERED).len() == sizes.len()
+            && p.server_messages(RELIABLE).len() == sizes.len()
     }));
     for (i, m) in p.server_messages(ORDERED).iter().enumerate() {
         let expected: Vec<u8> = (0..sizes[i]).map(|b| (b * 7 + i) as u8).collect();
@@ -185,15 +214,26 @@ fn unreliable_chunked_messages_are_all_or_nothing() {
     p.hook = lossy(16, 0.05);
     let size = 20_000;
     for i in 0..50u32 {
-        p.client.send(c, UNRELIABLE, numbered(i, size)).expect("send");
+        p.client
+            .send(c, UNRELIABLE, numbered(i, size))
+            .expect("send");
         p.run_for(Duration::from_millis(50));
     }
     p.run_for(Duration::from_secs(6));
     let got = p.server_messages(UNRELIABLE);
-    assert!(got.iter().all(|m| m.len() == size && *m == numbered(number(m), size)));
-    assert!(got.len() < 50, "some lost with 5% datagram loss over 18 chunks each");
+    assert!(got
+        .iter()
+        .all(|m| m.len() == size && *m == numbered(number(m), size)));
+    assert!(
+        got.len() < 50,
+        "some lost with 5% datagram loss over 18 chunks each"
+    );
     assert!(!got.is_empty());
-    assert_eq!(p.server.reassembly_bytes(), 0, "partials evicted after the timeout");
+    assert_eq!(
+        p.server.reassembly_bytes(),
+        0,
+        "partials evicted after the timeout"
+    );
     let s = p.server.connections().next().expect("conn");
     let stats = p.server.connection_stats(s).expect("stats");
     assert!(stats.drops.get(DropReason::ReassemblyEvicted) > 0);
@@ -208,14 +248,18 @@ fn a_large_transfer_does_not_starve_small_messages_on_another_channel() {
     };
     let mut p = Pair::new(client, server_config(2));
     let (c, _) = p.connect();
-    p.client.send(c, RELIABLE, vec![1u8; 1 << 20]).expect("send");
+    p.client
+        .send(c, RELIABLE, vec![1u8; 1 << 20])
+        .expect("send");
     let start = p.now;
     let mut latencies = Vec::new();
     for i in 0..20u32 {
         let sent_at = p.now;
         p.client.send(c, SEQUENCED, numbered(i, 16)).expect("send");
         let before = p.server_messages(SEQUENCED).len();
-        p.run_until(Duration::from_secs(5), |p| p.server_messages(SEQUENCED).len() > before);
+        p.run_until(Duration::from_secs(5), |p| {
+            p.server_messages(SEQUENCED).len() > before
+        });
         latencies.push(p.now - sent_at);
         p.run_for(Duration::from_millis(10));
     }
@@ -224,12 +268,20 @@ fn a_large_transfer_does_not_starve_small_messages_on_another_channel() {
         "the large message was still in transfer while the small ones went through"
     );
     let worst = latencies.iter().max().copied().unwrap_or_default();
-    assert!(worst <= Duration::from_millis(60), "small message waited {worst:?} behind 1 MiB");
+    assert!(
+        worst <= Duration::from_millis(60),
+        "small message waited {worst:?} behind 1 MiB"
+    );
     let _ = start;
-    let progress = p.server.receive_progress(p.server.connections().next().expect("conn"), RELIABLE);
+    let progress = p
+        .server
+        .receive_progress(p.server.connections().next().expect("conn"), RELIABLE);
     let progress = progress.expect("large message visible while arriving");
     assert!(progress.chunks_received > 0 && progress.chunks_received < progress.chunks_total);
-    assert!(p.run_until(Duration::from_secs(30), |p| p.server_messages(RELIABLE).len() == 1));
+    assert!(p.run_until(Duration::from_secs(30), |p| p
+        .server_messages(RELIABLE)
+        .len()
+        == 1));
 }
 
 #[test]
@@ -239,20 +291,35 @@ fn request_is_answered_with_its_response() {
     p.hook = lossy(17, 0.2);
     let mut ids = Vec::new();
     for i in 0..50u32 {
-        ids.push(p.client.request(p.now, c, RELIABLE, numbered(i, 8)).expect("request"));
+        ids.push(
+            p.client
+                .request(p.now, c, RELIABLE, numbered(i, 8))
+                .expect("request"),
+        );
     }
     assert!(p.run_until(Duration::from_secs(10), |p| {
-        p.server_events.iter().filter(|e| matches!(e, Event::Request { .. })).count() == 50
+        p.server_events
+            .iter()
+            .filter(|e| matches!(e, Event::Request { .. }))
+            .count()
+            == 50
     }));
     for e in std::mem::take(&mut p.server_events) {
-        if let Event::Request { request, payload, .. } = e {
+        if let Event::Request {
+            request, payload, ..
+        } = e
+        {
             let mut answer = payload.to_vec();
             answer.extend_from_slice(b"-answer");
             p.server.respond(s, request, answer).expect("respond");
         }
     }
     assert!(p.run_until(Duration::from_secs(10), |p| {
-        p.client_events.iter().filter(|e| matches!(e, Event::Response { .. })).count() == 50
+        p.client_events
+            .iter()
+            .filter(|e| matches!(e, Event::Response { .. }))
+            .count()
+            == 50
     }));
     p.run_for(Duration::from_secs(6));
     let responses: Vec<(RequestId, Vec<u8>)> = p
@@ -270,23 +337,42 @@ fn request_is_answered_with_its_response() {
         expected.extend_from_slice(b"-answer");
         assert_eq!(payload, expected);
     }
-    assert!(!p.client_events.iter().any(|e| matches!(e, Event::RequestTimedOut { .. })));
+    assert!(!p
+        .client_events
+        .iter()
+        .any(|e| matches!(e, Event::RequestTimedOut { .. })));
 }
 
 #[test]
 fn chunked_request_and_response_work() {
     let mut p = Pair::default_pair();
     let (c, s) = p.connect();
-    let id = p.client.request(p.now, c, ORDERED, vec![3u8; 10_000]).expect("request");
-    assert!(p.run_until(Duration::from_secs(5), |p| p.server_events.iter().any(|e| matches!(e, Event::Request { .. }))));
-    let Some(Event::Request { request, payload, .. }) =
-        p.server_events.iter().find(|e| matches!(e, Event::Request { .. })).cloned()
+    let id = p
+        .client
+        .request(p.now, c, ORDERED, vec![3u8; 10_000])
+        .expect("request");
+    assert!(p.run_until(Duration::from_secs(5), |p| p
+        .server_events
+        .iter()
+        .any(|e| matches!(e, Event::Request { .. }))));
+    let Some(Event::Request {
+        request, payload, ..
+    }) = p
+        .server_events
+        .iter()
+        .find(|e| matches!(e, Event::Request { .. }))
+        .cloned()
     else {
         unreachable!()
     };
     assert_eq!(payload.len(), 10_000);
-    p.server.respond(s, request, vec![4u8; 50_000]).expect("respond");
-    assert!(p.run_until(Duration::from_secs(5), |p| p.client_events.iter().any(|e| matches!(e, Event::Response { .. }))));
+    p.server
+        .respond(s, request, vec![4u8; 50_000])
+        .expect("respond");
+    assert!(p.run_until(Duration::from_secs(5), |p| p
+        .client_events
+        .iter()
+        .any(|e| matches!(e, Event::Response { .. }))));
     assert!(p.client_events.iter().any(|e| matches!(e,
         Event::Response { id: got, payload, .. } if *got == id && payload.len() == 50_000)));
 }
@@ -295,9 +381,15 @@ fn chunked_request_and_response_work() {
 fn unanswered_request_times_out_and_a_late_answer_is_dropped() {
     let mut p = Pair::default_pair();
     let (c, s) = p.connect();
-    let id = p.client.request(p.now, c, RELIABLE, &b"ping"[..]).expect("request");
+    let id = p
+        .client
+        .request(p.now, c, RELIABLE, &b"ping"[..])
+        .expect("request");
     p.run_for(Duration::from_secs(6));
-    assert!(p.client_events.iter().any(|e| matches!(e, Event::RequestTimedOut { id: got, .. } if *got == id)));
+    assert!(p
+        .client_events
+        .iter()
+        .any(|e| matches!(e, Event::RequestTimedOut { id: got, .. } if *got == id)));
     let request = p
         .server_events
         .iter()
@@ -308,7 +400,10 @@ fn unanswered_request_times_out_and_a_late_answer_is_dropped() {
         .expect("request arrived");
     p.server.respond(s, request, &b"late"[..]).expect("respond");
     p.run_for(Duration::from_secs(1));
-    assert!(!p.client_events.iter().any(|e| matches!(e, Event::Response { .. })));
+    assert!(!p
+        .client_events
+        .iter()
+        .any(|e| matches!(e, Event::Response { .. })));
     let stats = p.client.connection_stats(c).expect("stats");
     // The response and its proactive redundant copy both find no pending request.
     assert!(stats.drops.get(DropReason::StaleResponse) >= 1);
@@ -318,7 +413,9 @@ fn unanswered_request_times_out_and_a_late_answer_is_dropped() {
 fn answering_after_the_requester_disconnected_is_harmless() {
     let mut p = Pair::default_pair();
     let (c, s) = p.connect();
-    p.client.request(p.now, c, RELIABLE, &b"ping"[..]).expect("request");
+    p.client
+        .request(p.now, c, RELIABLE, &b"ping"[..])
+        .expect("request");
     p.run_for(Duration::from_millis(100));
     let request = p
         .server_events
@@ -330,8 +427,14 @@ fn answering_after_the_requester_disconnected_is_harmless() {
         .expect("request arrived");
     p.client.disconnect(c, 0);
     p.run_for(Duration::from_millis(100));
-    assert_eq!(p.server.respond(s, request, &b"pong"[..]), Err(SendError::UnknownConnection));
-    assert!(!p.client_events.iter().any(|e| matches!(e, Event::Response { .. } | Event::RequestTimedOut { .. })));
+    assert_eq!(
+        p.server.respond(s, request, &b"pong"[..]),
+        Err(SendError::UnknownConnection)
+    );
+    assert!(!p
+        .client_events
+        .iter()
+        .any(|e| matches!(e, Event::Response { .. } | Event::RequestTimedOut { .. })));
 }
 
 #[test]
@@ -340,19 +443,36 @@ fn unreliable_request_response_pairs_work_and_losses_time_out() {
     let (c, s) = p.connect();
     p.hook = lossy(18, 0.3);
     for i in 0..40u32 {
-        p.client.request(p.now, c, UNRELIABLE, numbered(i, 4)).expect("request");
+        p.client
+            .request(p.now, c, UNRELIABLE, numbered(i, 4))
+            .expect("request");
         p.run_for(Duration::from_millis(5));
     }
     p.run_for(Duration::from_millis(200));
     for e in std::mem::take(&mut p.server_events) {
-        if let Event::Request { request, payload, .. } = e {
+        if let Event::Request {
+            request, payload, ..
+        } = e
+        {
             p.server.respond(s, request, payload).expect("respond");
         }
     }
     p.run_for(Duration::from_secs(6));
-    let answered = p.client_events.iter().filter(|e| matches!(e, Event::Response { .. })).count();
-    let timed_out = p.client_events.iter().filter(|e| matches!(e, Event::RequestTimedOut { .. })).count();
-    assert_eq!(answered + timed_out, 40, "every request ends exactly one way");
+    let answered = p
+        .client_events
+        .iter()
+        .filter(|e| matches!(e, Event::Response { .. }))
+        .count();
+    let timed_out = p
+        .client_events
+        .iter()
+        .filter(|e| matches!(e, Event::RequestTimedOut { .. }))
+        .count();
+    assert_eq!(
+        answered + timed_out,
+        40,
+        "every request ends exactly one way"
+    );
     assert!(answered > 0 && timed_out > 0);
 }
 
@@ -365,7 +485,9 @@ fn too_many_pending_requests_is_a_typed_error() {
     let mut p = Pair::new(config, server_config(2));
     let (c, _) = p.connect();
     for _ in 0..3 {
-        p.client.request(p.now, c, RELIABLE, &b"q"[..]).expect("request");
+        p.client
+            .request(p.now, c, RELIABLE, &b"q"[..])
+            .expect("request");
     }
     assert_eq!(
         p.client.request(p.now, c, RELIABLE, &b"q"[..]),
@@ -400,12 +522,17 @@ fn full_send_queue_is_a_typed_error_and_drains() {
     }
     assert_eq!(
         p.client.send(c, RELIABLE, vec![0u8; 1]),
-        Err(SendError::QueueFull { channel: 2, queued_bytes: 10_000 })
+        Err(SendError::QueueFull {
+            channel: 2,
+            queued_bytes: 10_000
+        })
     );
     assert_eq!(p.client.queue_room(c, RELIABLE), Some(0));
     p.run_for(Duration::from_millis(100));
     assert_eq!(p.client.queue_room(c, RELIABLE), Some(10_000));
-    p.client.send(c, RELIABLE, vec![0u8; 1]).expect("room again");
+    p.client
+        .send(c, RELIABLE, vec![0u8; 1])
+        .expect("room again");
 }
 
 fn budget_config(base: Config, budget: usize, endpoint_budget: usize) -> Config {
@@ -428,22 +555,37 @@ fn a_sender_keeps_its_large_messages_within_the_peers_reassembly_budget() {
     p.hook = lossy(20, 0.1);
     assert_eq!(
         p.client.send(c, RELIABLE, vec![0u8; 200_000]),
-        Err(SendError::MessageTooLarge { size: 200_000, max: 100_000 }),
+        Err(SendError::MessageTooLarge {
+            size: 200_000,
+            max: 100_000
+        }),
         "a message the peer cannot reassemble is refused at send time"
     );
     for i in 0..2u32 {
-        p.client.send(c, RELIABLE, numbered(i, 90_000)).expect("send");
-        p.client.send(c, ORDERED, numbered(i, 90_000)).expect("send");
+        p.client
+            .send(c, RELIABLE, numbered(i, 90_000))
+            .expect("send");
+        p.client
+            .send(c, ORDERED, numbered(i, 90_000))
+            .expect("send");
     }
     assert!(p.run_until(Duration::from_secs(60), |p| {
         p.server_messages(RELIABLE).len() == 2 && p.server_messages(ORDERED).len() == 2
     }));
     let stats = p.server.connection_stats(s).expect("stats");
     assert_eq!(stats.drops.get(DropReason::ReassemblyBudget), 0);
-    let mut got: Vec<u32> = p.server_messages(RELIABLE).iter().map(|m| number(m)).collect();
+    let mut got: Vec<u32> = p
+        .server_messages(RELIABLE)
+        .iter()
+        .map(|m| number(m))
+        .collect();
     got.sort_unstable();
     assert_eq!(got, vec![0, 1]);
-    let ordered: Vec<u32> = p.server_messages(ORDERED).iter().map(|m| number(m)).collect();
+    let ordered: Vec<u32> = p
+        .server_messages(ORDERED)
+        .iter()
+        .map(|m| number(m))
+        .collect();
     assert_eq!(ordered, vec![0, 1]);
     assert_eq!(p.server.reassembly_bytes(), 0);
 }
@@ -453,11 +595,13 @@ fn exhausted_endpoint_reassembly_budget_refuses_packets_until_memory_frees() {
     // Two clients each send 90 KB to a server that holds 100 KB across all connections:
     // the second message must wait (its packets refused, unacknowledged) until the first is
     // delivered, then arrive by retransmission.
-    let mut server = Endpoint::new(budget_config(server_config(2), 100_000, 100_000)).expect("config");
+    let mut server =
+        Endpoint::new(budget_config(server_config(2), 100_000, 100_000)).expect("config");
     let server_addr = addr("10.0.0.1:4000");
     let mut clients: Vec<(Endpoint, std::net::SocketAddr)> = (0..2)
         .map(|i| {
-            let e = Endpoint::new(budget_config(client_config(10 + i), 100_000, 100_000)).expect("config");
+            let e = Endpoint::new(budget_config(client_config(10 + i), 100_000, 100_000))
+                .expect("config");
             (e, addr(&format!("10.0.1.{}:5000", i + 1)))
         })
         .collect();
@@ -487,7 +631,12 @@ fn exhausted_endpoint_reassembly_budget_refuses_packets_until_memory_frees() {
                 delivered.push(payload.len());
             }
         }
-        if !sent_big && conns.iter().zip(&clients).all(|(c, (e, _))| e.is_connected(*c)) {
+        if !sent_big
+            && conns
+                .iter()
+                .zip(&clients)
+                .all(|(c, (e, _))| e.is_connected(*c))
+        {
             for (c, (e, _)) in conns.iter().zip(clients.iter_mut()) {
                 e.send(*c, RELIABLE, vec![9u8; 90_000]).expect("send");
             }
@@ -516,14 +665,25 @@ fn congestion_window_shrinks_under_loss() {
         p.client.send(c, RELIABLE, numbered(i, 500)).expect("send");
     }
     p.run_for(Duration::from_millis(300));
-    let clean = p.client.connection_stats(c).expect("stats").congestion_window;
+    let clean = p
+        .client
+        .connection_stats(c)
+        .expect("stats")
+        .congestion_window;
     p.hook = lossy(19, 0.3);
     for i in 0..2_000 {
         let _ = p.client.send(c, RELIABLE, numbered(i, 500));
     }
     p.run_for(Duration::from_millis(500));
-    let lossy_window = p.client.connection_stats(c).expect("stats").congestion_window;
-    assert!(lossy_window < clean, "{lossy_window} should be below {clean}");
+    let lossy_window = p
+        .client
+        .connection_stats(c)
+        .expect("stats")
+        .congestion_window;
+    assert!(
+        lossy_window < clean,
+        "{lossy_window} should be below {clean}"
+    );
 }
 
 #[test]
@@ -536,8 +696,13 @@ fn send_rate_limit_paces_a_bulk_sender() {
     let (c, _) = p.connect();
     let start_bytes = p.sent_bytes[0];
     let start = p.now;
-    p.client.send(c, RELIABLE, vec![0u8; 200_000]).expect("send");
-    assert!(p.run_until(Duration::from_secs(30), |p| p.server_messages(RELIABLE).len() == 1));
+    p.client
+        .send(c, RELIABLE, vec![0u8; 200_000])
+        .expect("send");
+    assert!(p.run_until(Duration::from_secs(30), |p| p
+        .server_messages(RELIABLE)
+        .len()
+        == 1));
     let elapsed = (p.now - start).as_secs_f64();
     let rate = (p.sent_bytes[0] - start_bytes) as f64 / elapsed;
     assert!(elapsed > 3.0, "200 KB at 50 KB/s took only {elapsed:.2} s");
@@ -554,7 +719,10 @@ fn rtt_is_estimated_from_acknowledgements() {
         p.run_for(Duration::from_millis(20));
     }
     let rtt = p.client.connection_stats(c).expect("stats").smoothed_rtt;
-    assert!(rtt >= Duration::from_millis(80) && rtt <= Duration::from_millis(95), "{rtt:?}");
+    assert!(
+        rtt >= Duration::from_millis(80) && rtt <= Duration::from_millis(95),
+        "{rtt:?}"
+    );
 }
 
 #[derive(Clone, Debug)]

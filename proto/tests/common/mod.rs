@@ -91,8 +91,12 @@ impl Pair {
             .connect(self.now, self.server_addr, b"hi")
             .expect("connect");
         self.run_until(Duration::from_secs(10), |p| {
-            p.server_events.iter().any(|e| matches!(e, Event::Connected { .. }))
-                && p.client_events.iter().any(|e| matches!(e, Event::Connected { .. }))
+            p.server_events
+                .iter()
+                .any(|e| matches!(e, Event::Connected { .. }))
+                && p.client_events
+                    .iter()
+                    .any(|e| matches!(e, Event::Connected { .. }))
         });
         let server_conn = self
             .server_events
@@ -144,10 +148,14 @@ impl Pair {
     /// The next moment something happens: an arrival or a timer.
     fn next_event(&self) -> Option<Instant> {
         let arrival = self.in_flight.peek().map(|Reverse((t, ..))| *t);
-        [arrival, self.client.poll_timeout(), self.server.poll_timeout()]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            arrival,
+            self.client.poll_timeout(),
+            self.server.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Advances to the next event (not beyond `limit`) and handles it. Returns false when
@@ -171,12 +179,14 @@ impl Pair {
                 break;
             };
             match dir {
-                Dir::ClientToServer => self
-                    .server
-                    .handle_datagram(self.now, self.client_addr, &bytes),
-                Dir::ServerToClient => self
-                    .client
-                    .handle_datagram(self.now, self.server_addr, &bytes),
+                Dir::ClientToServer => {
+                    self.server
+                        .handle_datagram(self.now, self.client_addr, &bytes)
+                }
+                Dir::ServerToClient => {
+                    self.client
+                        .handle_datagram(self.now, self.server_addr, &bytes)
+                }
             }
         }
         self.client.handle_timeout(self.now);
