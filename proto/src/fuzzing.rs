@@ -47,7 +47,7 @@ pub fn endpoint_input(data: &[u8]) {
             "amplification: {sent} bytes out for {} in",
             d.len()
         );
-        now = now + core::time::Duration::from_millis(10);
+        now += core::time::Duration::from_millis(10);
         server.handle_timeout(now);
         while server.poll_event().is_some() {}
     }

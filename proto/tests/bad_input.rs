@@ -166,7 +166,7 @@ fn random_bytes_never_panic_never_amplify_and_never_grow() {
         assert!(out <= d.len(), "replied {out} bytes to {}", d.len());
         total_in += d.len();
         total_out += out;
-        now = now + Duration::from_micros(100);
+        now += Duration::from_micros(100);
         server.handle_timeout(now);
     }
     assert!(total_out <= total_in);
@@ -322,7 +322,7 @@ fn the_event_queue_bound_drops_datagrams_not_events() {
         for i in 0..3u8 {
             let _ = p.client.send(c, 2, vec![i]);
         }
-        p.now = p.now + Duration::from_millis(20);
+        p.now += Duration::from_millis(20);
         p.client.handle_timeout(p.now);
         p.server.handle_timeout(p.now);
     }

@@ -645,7 +645,7 @@ fn exhausted_endpoint_reassembly_budget_refuses_packets_until_memory_frees() {
         if delivered.len() == 2 {
             break;
         }
-        now = now + Duration::from_millis(1);
+        now += Duration::from_millis(1);
     }
     assert_eq!(delivered, vec![90_000, 90_000]);
     let refused: u64 = server

@@ -21,6 +21,9 @@ pub enum Dir {
 /// `[ZERO]` = deliver normally, two entries = duplicate, a positive delay reorders).
 pub type FateHook = Box<dyn FnMut(Dir, u64, &[u8]) -> Vec<Duration>>;
 
+/// A datagram on its way: arrival time, a tie-breaking counter, direction, bytes.
+type InFlight = Reverse<(Instant, u64, Dir, Vec<u8>)>;
+
 pub struct Pair {
     pub client: Endpoint,
     pub server: Endpoint,
@@ -35,7 +38,7 @@ pub struct Pair {
     /// Datagrams sent each way, and their bytes (before the hook).
     pub sent: [u64; 2],
     pub sent_bytes: [u64; 2],
-    in_flight: BinaryHeap<Reverse<(Instant, u64, Dir, Vec<u8>)>>,
+    in_flight: BinaryHeap<InFlight>,
     counter: u64,
     buf: Vec<u8>,
 }
@@ -113,14 +116,13 @@ impl Pair {
     pub fn flush(&mut self) {
         for dir in [Dir::ClientToServer, Dir::ServerToClient] {
             loop {
-                let (ep, expected_from) = match dir {
-                    Dir::ClientToServer => (&mut self.client, self.client_addr),
-                    Dir::ServerToClient => (&mut self.server, self.server_addr),
+                let ep = match dir {
+                    Dir::ClientToServer => &mut self.client,
+                    Dir::ServerToClient => &mut self.server,
                 };
                 let Some(t) = ep.poll_transmit(self.now, &mut self.buf) else {
                     break;
                 };
-                let _ = expected_from;
                 let bytes = self.buf[..t.len].to_vec();
                 self.sent[dir as usize] += 1;
                 self.sent_bytes[dir as usize] += t.len as u64;
