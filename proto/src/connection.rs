@@ -30,8 +30,16 @@ use crate::wire::{
 
 /// Eliciting packets received before an acknowledgement goes out without delay.
 const ACK_EVERY: u32 = 2;
+/// Packets one acknowledgement covers (the newest and the 32 before it, less one for slack).
+const ACK_RANGE: u32 = 32;
+/// Acknowledgement snapshots kept at most while a burst arrives: 64 × 32 packets, more than
+/// the largest congestion window (`reliability::MAX_WINDOW_PACKETS`) lets a peer send at once.
+const MAX_ACK_SNAPSHOTS: usize = 64;
 /// Redundancy candidates remembered at most.
 const MAX_REDUNDANT_CANDIDATES: usize = 512;
+/// A proactive copy is only worth sending within this many packets of the previous copy:
+/// later, loss detection would resend it about as soon.
+const REDUNDANCY_HORIZON: u64 = 2;
 
 /// Where a connection is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,6 +99,12 @@ pub(crate) struct Connection {
     keepalive_due: bool,
     ack_now: bool,
     eliciting_since_ack: u32,
+    /// Packets received since the last acknowledgement left (sent or snapshotted).
+    received_since_ack: u32,
+    /// Acknowledgements taken while a burst arrived faster than we got to send: an ack covers
+    /// only the newest packet and the 32 before it, so a longer burst would otherwise leave
+    /// packets unacknowledged and make the peer think them lost.
+    ack_snapshots: VecDeque<(u16, u32)>,
     sent: SentPackets,
     received: ReceivedPackets,
     send_channels: Vec<SendChannel>,
@@ -99,7 +113,9 @@ pub(crate) struct Connection {
     responses: VecDeque<(u8, Outgoing)>,
     frames: FrameStore<SentFrame>,
     resend: VecDeque<FrameKey>,
-    redundant: VecDeque<FrameKey>,
+    /// Small reliable frames that may ride again in a following packet, with the number of
+    /// the packet that last carried them.
+    redundant: VecDeque<(FrameKey, u64)>,
     rr_cursor: usize,
     /// Reassembly the peer may be holding for our large reliable messages: each started one
     /// counts until the channel window moves past it (the peer has delivered it by then).
@@ -165,6 +181,8 @@ impl Connection {
             keepalive_due: false,
             ack_now: false,
             eliciting_since_ack: 0,
+            received_since_ack: 0,
+            ack_snapshots: VecDeque::new(),
             sent: SentPackets::new(config.initial_rtt, config.mtu),
             received: ReceivedPackets::default(),
             send_channels: config
@@ -608,6 +626,14 @@ impl Connection {
             self.received.record(seq),
             crate::reliability::Arrival::New { out_of_order: true }
         );
+        self.received_since_ack += 1;
+        if self.received_since_ack >= ACK_RANGE {
+            if self.ack_snapshots.len() >= MAX_ACK_SNAPSHOTS {
+                self.ack_snapshots.pop_front();
+            }
+            self.ack_snapshots.push_back(self.received.ack_fields());
+            self.received_since_ack = 0;
+        }
         self.last_received = now;
         self.timers.set(Timer::Idle, now + config.idle_timeout);
         self.stats.packets_received += 1;
@@ -874,7 +900,8 @@ impl Connection {
     fn data_packet(&mut self, now: Instant, buf: &mut [u8], config: &Config) -> Option<usize> {
         let mtu = config.mtu.min(buf.len());
         let buf = &mut buf[..mtu];
-        let (ack, ack_bits) = self.received.ack_fields();
+        let snapshot = self.ack_snapshots.pop_front();
+        let (ack, ack_bits) = snapshot.unwrap_or_else(|| self.received.ack_fields());
         let header = DataHeader {
             connection_id: self.connection_id,
             packet_seq: self.sent.next_seq() as u16,
@@ -892,7 +919,9 @@ impl Connection {
         let mut keys = self.sent.take_key_vec();
         let mut frames_written = 0usize;
         let first_new = self.redundant.len();
-        if may_send_data {
+        if snapshot.is_some() {
+            // An acknowledgement of an earlier part of a burst: it goes out alone.
+        } else if may_send_data {
             frames_written += self.write_retransmissions(&mut w, &mut keys);
             frames_written += self.write_new_frames(&mut w, &mut keys, config);
             frames_written += self.write_redundant(&mut w, &mut keys, config, first_new);
@@ -900,7 +929,7 @@ impl Connection {
             let at = self.pacer.as_ref().map(|p| p.ready_at(now, mtu));
             self.timers.set_opt(Timer::Pacing, at);
         }
-        let ack_due = self.ack_now || self.timers.is_expired(Timer::Ack, now);
+        let ack_due = snapshot.is_some() || self.ack_now || self.timers.is_expired(Timer::Ack, now);
         if frames_written == 0 && !ack_due && !self.keepalive_due {
             self.sent.recycle_key_vec(keys);
             return None;
@@ -912,10 +941,13 @@ impl Connection {
         if let Some(p) = &mut self.pacer {
             p.consume(len);
         }
-        self.ack_now = false;
-        self.keepalive_due = false;
-        self.eliciting_since_ack = 0;
-        self.timers.stop(Timer::Ack);
+        if snapshot.is_none() {
+            self.ack_now = false;
+            self.keepalive_due = false;
+            self.eliciting_since_ack = 0;
+            self.received_since_ack = 0;
+            self.timers.stop(Timer::Ack);
+        }
         self.outcome.clear();
         self.sent
             .on_sent(now, len, frames_written > 0, keys, &mut self.outcome);
@@ -1091,14 +1123,14 @@ impl Connection {
                 if self.redundant.len() >= MAX_REDUNDANT_CANDIDATES {
                     self.redundant.pop_front();
                 }
-                self.redundant.push_back(key);
+                self.redundant.push_back((key, self.sent.next_seq()));
             }
         }
         true
     }
 
-    /// Proactive copies of small reliable frames sent in earlier packets, while room remains.
-    /// `first_new` is where this packet's own new frames start in the candidate queue.
+    /// Proactive copies of small reliable frames sent in the last few packets, while room
+    /// remains. `first_new` is where this packet's own new frames start in the queue.
     fn write_redundant(
         &mut self,
         w: &mut Writer<'_>,
@@ -1106,25 +1138,23 @@ impl Connection {
         config: &Config,
         first_new: usize,
     ) -> usize {
+        let packet = self.sent.next_seq();
         let mut written = 0;
-        let mut taken = 0;
-        while taken < first_new {
-            let Some(&key) = self.redundant.front() else {
+        for _ in 0..first_new {
+            let Some(&(key, last_sent_in)) = self.redundant.front() else {
                 break;
             };
-            let Some(frame) = self.frames.get_mut(key) else {
+            let fresh = packet.saturating_sub(last_sent_in) <= REDUNDANCY_HORIZON;
+            let Some(frame) = self.frames.get_mut(key).filter(|_| fresh) else {
+                // Acknowledged already, or too old to be worth a copy.
                 self.redundant.pop_front();
-                taken += 1;
                 continue;
             };
             let f = Frame {
                 header: frame.header,
                 payload: &frame.payload,
             };
-            if f.encoded_len() > w.remaining() {
-                break;
-            }
-            if f.encode(w).is_none() {
+            if f.encoded_len() > w.remaining() || f.encode(w).is_none() {
                 break;
             }
             frame.in_flight += 1;
@@ -1134,9 +1164,8 @@ impl Connection {
             keys.push(key);
             written += 1;
             self.redundant.pop_front();
-            taken += 1;
             if frame.copies < config.redundancy {
-                self.redundant.push_back(key);
+                self.redundant.push_back((key, packet));
             }
         }
         written

@@ -23,6 +23,8 @@ pub(crate) const PACKET_THRESHOLD: u64 = 3;
 const RECEIVE_HISTORY: u64 = 256;
 /// Sent packets tracked at most; older ones are given up as lost.
 const MAX_TRACKED_PACKETS: usize = 4096;
+/// The congestion window never exceeds this many full packets.
+pub(crate) const MAX_WINDOW_PACKETS: u64 = 1024;
 /// Longest backoff exponent for the retransmission timeout.
 const MAX_BACKOFF: u32 = 6;
 
@@ -197,12 +199,17 @@ impl RttEstimator {
 }
 
 /// Congestion control: slow start, then additive increase; halve on loss, once per round
-/// trip (NewReno-style AIMD on a byte window).
+/// trip (NewReno-style AIMD on a byte window), never below the initial window of 32 MTU.
+///
+/// The floor is deliberately high: game traffic loses packets at random far more often than
+/// it congests a path, and a 60 Hz sender needs its few kilobytes per round trip whatever the
+/// loss. What the window stops is a bulk sender growing without bound into a lossy link.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Congestion {
     window: u64,
     ssthresh: u64,
     min_window: u64,
+    max_window: u64,
     /// Losses of packets sent before this instant belong to a congestion event already
     /// responded to.
     recovery_start: Option<Instant>,
@@ -214,7 +221,8 @@ impl Congestion {
         Congestion {
             window: 32 * mtu,
             ssthresh: u64::MAX,
-            min_window: 4 * mtu,
+            min_window: 32 * mtu,
+            max_window: MAX_WINDOW_PACKETS * mtu,
             recovery_start: None,
         }
     }
@@ -232,6 +240,7 @@ impl Congestion {
         } else {
             self.window += (mtu as u64 * bytes / self.window).max(1);
         }
+        self.window = self.window.min(self.max_window);
     }
 
     pub(crate) fn on_loss(&mut self, sent_at: Instant, now: Instant) {

@@ -682,7 +682,7 @@ fn congestion_window_shrinks_under_loss() {
         .congestion_window;
     assert!(
         lossy_window < clean,
-        "{lossy_window} should be below {clean}"
+        "{lossy_window} should be below {clean} (floor 38400)"
     );
 }
 
@@ -790,4 +790,25 @@ proptest! {
         let unique: HashSet<u32> = unreliable.iter().copied().collect();
         prop_assert_eq!(unique.len(), unreliable.len(), "unreliable duplicated");
     }
+}
+
+#[test]
+fn a_burst_longer_than_one_ack_range_is_acknowledged_without_spurious_loss() {
+    let mut p = Pair::default_pair();
+    let (c, _) = p.connect();
+    // Far more packets than one acknowledgement (33 packets) covers arrive at one instant.
+    for i in 0..3_000 {
+        p.client.send(c, RELIABLE, numbered(i, 500)).expect("send");
+    }
+    assert!(p.run_until(Duration::from_secs(10), |p| p
+        .server_messages(RELIABLE)
+        .len()
+        == 3_000));
+    let stats = p.client.connection_stats(c).expect("stats");
+    assert_eq!(stats.packets_lost, 0, "a clean link loses nothing");
+    assert_eq!(stats.retransmissions, 0);
+    assert!(
+        stats.congestion_window > 32 * 1200,
+        "slow start grew the window"
+    );
 }
