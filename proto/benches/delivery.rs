@@ -19,6 +19,9 @@ use shoal_proto::{Config, ConnectionHandle, Endpoint, Event, Instant};
 
 const ORDERED: u8 = 3;
 
+/// A datagram on the wire: arrival time, tie-breaker, towards the server?, bytes.
+type InFlight = Reverse<(Instant, u64, bool, Vec<u8>)>;
+
 fn addrs() -> (SocketAddr, SocketAddr) {
     (
         "10.0.0.2:5000".parse().expect("addr"),
@@ -45,7 +48,7 @@ impl Bulk {
             ..Config::default()
         })
         .expect("config");
-        let mut server = Endpoint::new(Config {
+        let server = Endpoint::new(Config {
             seed: 2,
             ..Config::default()
         })
@@ -54,13 +57,12 @@ impl Bulk {
         let conn = client.connect(now, sa, &[]).expect("connect");
         let mut bulk = Bulk {
             client,
-            server: Endpoint::new(Config::default()).expect("config"),
+            server,
             conn,
             now,
             buf: vec![0; 1500],
             wire_bytes: 0,
         };
-        std::mem::swap(&mut bulk.server, &mut server);
         for _ in 0..4 {
             bulk.exchange(ca, sa);
         }
@@ -144,7 +146,7 @@ fn lossy_latency(messages_per_tick: usize, tick: Duration, seconds: u64, loss: f
         rng ^= rng << 17;
         (rng >> 11) as f64 / (1u64 << 53) as f64
     };
-    let mut in_flight: BinaryHeap<Reverse<(Instant, u64, bool, Vec<u8>)>> = BinaryHeap::new();
+    let mut in_flight: BinaryHeap<InFlight> = BinaryHeap::new();
     let mut seq = 0u64;
     let mut buf = vec![0u8; 1500];
     let mut latencies = Vec::new();
