@@ -1066,18 +1066,18 @@ impl Connection {
             redirect: out.redirect,
             chunk: out.chunk_info(),
         };
-        let payload = if out.chunk_count > 1 {
-            chunk_slice(&out.payload, out.next_chunk, config.chunk_payload())
-        } else {
-            out.payload.clone()
-        };
+        let chunk = (out.chunk_count > 1)
+            .then(|| chunk_slice(&out.payload, out.next_chunk, config.chunk_payload()));
         let frame = Frame {
             header,
-            payload: &payload,
+            payload: chunk.as_deref().unwrap_or(&out.payload),
         };
         if frame.encoded_len() > w.remaining() || frame.encode(w).is_none() {
             return false;
         }
+        // A whole message leaves the queue now: move its payload rather than count another
+        // reference to it.
+        let payload = chunk.unwrap_or_else(|| core::mem::take(&mut out.payload));
         let first = out.next_chunk == 0;
         let seq = out.seq;
         let chunk_count = out.chunk_count;
