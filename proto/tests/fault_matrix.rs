@@ -35,9 +35,9 @@ struct Scenario {
 
 fn scenario(seed: u64) -> Scenario {
     let mut rng = TestRng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0xfeed);
-    let mut link = |rng: &mut TestRng| Link {
+    let link = |rng: &mut TestRng| Link {
         loss: [0.0, 0.01, 0.05, 0.1, 0.2, 0.3, 0.5][(rng.next() % 7) as usize],
-        burst: (rng.next() % 3 == 0).then(|| (0.05, 0.3, 0.6)),
+        burst: (rng.next() % 3 == 0).then_some((0.05, 0.3, 0.6)),
         jitter_ms: [0, 5, 20, 50][(rng.next() % 4) as usize],
         reorder: [0.0, 0.05, 0.2][(rng.next() % 3) as usize],
         duplicate: [0.0, 0.02, 0.1][(rng.next() % 3) as usize],
