@@ -1000,20 +1000,46 @@ impl Connection {
         keys: &mut Vec<FrameKey>,
         config: &Config,
     ) -> usize {
+        // Lanes with something queued, as a bit mask: a lane leaves it when it empties or
+        // cannot put a frame in this packet, so the loop never spins over idle channels.
         let lanes = self.send_channels.len() + 1; // the last lane is responses
+        let mut mask = self
+            .send_channels
+            .iter()
+            .enumerate()
+            .filter(|(_, ch)| !ch.queue.is_empty())
+            .fold(0u32, |m, (i, _)| m | 1 << i);
+        if !self.responses.is_empty() {
+            mask |= 1 << (lanes - 1);
+        }
         let mut written = 0;
-        let mut idle_lanes = 0;
-        while idle_lanes < lanes {
-            let lane = self.rr_cursor % lanes;
-            self.rr_cursor = (self.rr_cursor + 1) % lanes;
+        let mut lane = self.rr_cursor.min(lanes - 1);
+        while mask != 0 {
+            let at_or_after = mask & (u32::MAX << lane);
+            lane = if at_or_after != 0 {
+                at_or_after.trailing_zeros()
+            } else {
+                mask.trailing_zeros()
+            } as usize;
             if self.write_one_new_frame(lane, w, keys, config) {
                 written += 1;
-                idle_lanes = 0;
+                if self.lane_is_empty(lane) {
+                    mask &= !(1 << lane);
+                }
             } else {
-                idle_lanes += 1;
+                mask &= !(1 << lane);
             }
+            lane = if lane + 1 >= lanes { 0 } else { lane + 1 };
         }
+        self.rr_cursor = lane;
         written
+    }
+
+    fn lane_is_empty(&self, lane: usize) -> bool {
+        match self.send_channels.get(lane) {
+            Some(ch) => ch.queue.is_empty(),
+            None => self.responses.is_empty(),
+        }
     }
 
     fn write_one_new_frame(
