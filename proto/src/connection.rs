@@ -134,6 +134,9 @@ pub(crate) struct Connection {
     last_sent: Instant,
     last_received: Instant,
     violations: u32,
+    /// Scratch space for the frames of the packet being received (reused: no allocation per
+    /// datagram once warm).
+    parsed_frames: Vec<(MessageHeader, Bytes)>,
     pub(crate) stats: ConnectionStats,
     outcome: AckOutcome,
     /// Set when the connection must end; the endpoint reaps it.
@@ -212,6 +215,7 @@ impl Connection {
             last_sent: now,
             last_received: now,
             violations: 0,
+            parsed_frames: Vec::new(),
             stats: ConnectionStats::default(),
             outcome: AckOutcome::default(),
             close: None,
@@ -570,44 +574,39 @@ impl Connection {
         }
         // First pass: validate every frame before acting on any, so a packet is either
         // accepted whole (and acknowledged) or dropped whole (and retransmitted).
-        let mut frame_count = 0u32;
+        let mut parsed = core::mem::take(&mut self.parsed_frames);
+        parsed.clear();
         let mut reassembly_needed = 0usize;
         let max_chunks = chunks_for(config, config.max_message_size);
         for frame in Frames::new(&frames) {
             let frame = match frame {
                 Ok(f) => f,
-                Err(_) => {
-                    self.violation(config, DropReason::Malformed);
-                    return false;
-                }
+                Err(_) => return self.refuse(parsed, config, DropReason::Malformed, true),
             };
             let h = frame.header;
             let Some(ch) = config.channels.get(usize::from(h.channel)) else {
-                self.violation(config, DropReason::UnknownChannel);
-                return false;
+                return self.refuse(parsed, config, DropReason::UnknownChannel, true);
             };
             if !self.is_client && h.owner != self.peer_user_id {
-                self.violation(config, DropReason::ProtocolViolation);
-                return false;
+                return self.refuse(parsed, config, DropReason::ProtocolViolation, true);
             }
             if let Some(chunk) = h.chunk {
                 if chunk.count > max_chunks {
-                    self.violation(config, DropReason::Oversized);
-                    return false;
+                    return self.refuse(parsed, config, DropReason::Oversized, true);
                 }
                 if self.starts_reliable_reassembly(ch.kind.is_reliable(), &h) {
                     reassembly_needed += reservation(chunk.count, config.chunk_payload());
                 }
             }
-            frame_count += 1;
+            parsed.push((h, frames.slice_ref(frame.payload)));
         }
         if reassembly_needed > 0
             && (self.reassembly_bytes + reassembly_needed > config.reassembly_budget
                 || *shared.reassembly_total + reassembly_needed > config.endpoint_reassembly_budget)
         {
-            self.stats.drops.add(DropReason::ReassemblyBudget);
-            return false;
+            return self.refuse(parsed, config, DropReason::ReassemblyBudget, false);
         }
+        let frame_count = parsed.len();
 
         self.outcome.clear();
         if !self.sent.on_ack(
@@ -617,8 +616,7 @@ impl Connection {
             config.mtu,
             &mut self.outcome,
         ) {
-            self.violation(config, DropReason::ProtocolViolation);
-            return false;
+            return self.refuse(parsed, config, DropReason::ProtocolViolation, true);
         }
         self.apply_outcome();
 
@@ -639,10 +637,10 @@ impl Connection {
         self.stats.packets_received += 1;
         self.stats.bytes_received += (DATA_HEADER_LEN + frames.len()) as u64;
 
-        for frame in Frames::new(&frames).flatten() {
-            let payload = frames.slice_ref(frame.payload);
-            self.receive_frame(now, frame.header, payload, shared);
+        for (header, payload) in parsed.drain(..) {
+            self.receive_frame(now, header, payload, shared);
         }
+        self.parsed_frames = parsed;
 
         if frame_count > 0 {
             self.eliciting_since_ack += 1;
@@ -654,6 +652,25 @@ impl Connection {
         }
         self.update_timers(config);
         true
+    }
+
+    /// Drops a packet before it is accepted (counted; a violation if the peer broke the
+    /// protocol), keeping the scratch vector for the next packet.
+    fn refuse(
+        &mut self,
+        mut parsed: Vec<(MessageHeader, Bytes)>,
+        config: &Config,
+        reason: DropReason,
+        violation: bool,
+    ) -> bool {
+        parsed.clear();
+        self.parsed_frames = parsed;
+        if violation {
+            self.violation(config, reason);
+        } else {
+            self.stats.drops.add(reason);
+        }
+        false
     }
 
     /// Whether a reliable chunk (of a message, or of a response) would start a reassembly that
