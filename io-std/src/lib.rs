@@ -1,1 +1,106 @@
-//! placeholder
+//! Shoal over a `std::net::UdpSocket`: the plain, dependency-free driver.
+//!
+//! [`shoal_proto`] is a state machine that does no I/O; this crate owns the socket and the
+//! clock and runs its loop for you, three ways:
+//!
+//! - [`Driver::update`] never blocks: call it once per frame of a game loop.
+//! - [`Driver::poll`] blocks until there is something to do: for a server or a tool.
+//! - [`spawn`] runs a driver on a background thread and talks to it through channels
+//!   ([`Handle`]).
+//!
+//! # Example
+//!
+//! Two drivers on loopback; the client sends a reliable message to the server.
+//!
+//! ```
+//! use std::time::{Duration, Instant};
+//! use shoal_std::{Config, Driver, Event};
+//!
+//! # fn main() -> std::io::Result<()> {
+//! let mut server = Driver::bind("127.0.0.1:0", Config::default())?;
+//! let client_config = Config { accept_incoming: false, ..Config::default() };
+//! let mut client = Driver::bind("127.0.0.1:0", client_config)?;
+//!
+//! let conn = client.connect(server.local_addr(), b"hello").expect("connect starts");
+//! client.send(conn, 2, "over channel 2 (reliable)").expect("queued");
+//!
+//! let deadline = Instant::now() + Duration::from_secs(5);
+//! let mut received = None;
+//! while received.is_none() && Instant::now() < deadline {
+//!     client.poll(Some(Duration::from_millis(5)))?;
+//!     server.poll(Some(Duration::from_millis(5)))?;
+//!     for event in server.events() {
+//!         if let Event::Message { payload, .. } = event {
+//!             received = Some(payload);
+//!         }
+//!     }
+//! }
+//! assert_eq!(received.as_deref(), Some(&b"over channel 2 (reliable)"[..]));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The background thread:
+//!
+//! ```
+//! use std::time::Duration;
+//! use shoal_std::{Config, Event, Output};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut server = shoal_std::spawn("127.0.0.1:0", Config::default())?;
+//! let mut client = shoal_std::spawn("127.0.0.1:0", Config::default())?;
+//! let conn = client.connect(server.local_addr(), &[])?;
+//! client.send(conn, 3, "ordered hello")?;
+//! loop {
+//!     match server.next_output(Duration::from_secs(5))? {
+//!         Some(Output::Event(Event::Message { payload, .. })) => {
+//!             assert_eq!(payload, "ordered hello");
+//!             break;
+//!         }
+//!         Some(_) => continue,
+//!         None => panic!("no message within 5 s"),
+//!     }
+//! }
+//! client.shutdown()?; // closes its connections; the server sees `ClosedByPeer`
+//! server.shutdown()?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Time and seed
+//!
+//! Each driver converts `std::time::Instant` into the protocol's [`Instant`]: microseconds
+//! since the driver was created. The endpoint's randomness comes from `Config::seed`; if it is
+//! zero (the default), the driver derives one from OS randomness: `std`'s `RandomState`
+//! (whose SipHash keys the OS random source provides) hashing the wall clock, the local
+//! address, the process id and a counter. Set a non-zero seed to make runs reproducible; set
+//! one from a cryptographic RNG if the cookie key must resist a determined attacker.
+//!
+//! # Errors
+//!
+//! The driver returns `io::Error` only for failures of the socket itself. Trouble with one
+//! peer is not one: ICMP errors surfacing on receive (`ConnectionReset` on Windows) are
+//! skipped, and a send to an unreachable address drops that datagram, counted in
+//! [`DriverStats`]; the protocol treats both like loss.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod clock;
+mod driver;
+mod io_util;
+mod thread;
+
+pub use driver::{Driver, DriverStats, Events, BLOCKED_SEND_RETRY, MAX_DATAGRAMS_PER_UPDATE};
+pub use thread::{
+    spawn, spawn_driver, Handle, Output, ThreadError, COMMAND_CAPACITY, OUTPUT_CAPACITY,
+    SHUTDOWN_CODE,
+};
+
+/// The protocol crate, for everything not re-exported below.
+pub use shoal_proto;
+// The protocol types an application needs alongside the driver.
+pub use shoal_proto::{
+    Bytes, Config, ConnectError, ConnectionHandle, DeliveryKind, DisconnectReason, Endpoint, Event,
+    IncomingRequest, Instant, RequestId, SendError,
+};

@@ -1,0 +1,451 @@
+//! [`MioDriver`]: a Shoal endpoint whose socket lives in the caller's `mio::Poll`.
+
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use mio::event::Source;
+use mio::net::UdpSocket;
+use mio::{Interest, Registry, Token};
+use shoal_proto::{
+    Bytes, Config, ConnectError, ConnectionHandle, Endpoint, Event, IncomingRequest, Instant,
+    RequestId, SendError,
+};
+
+use crate::clock::{endpoint_seed, Clock};
+use crate::io_util::{recv_error_action, Outbox, RecvErrorAction, RECV_BUFFER_LEN};
+
+/// Most datagrams one call reads before it returns, so a flood on Shoal's socket cannot starve
+/// the caller's other sources. What is left is not forgotten: [`MioDriver::next_timeout`]
+/// returns zero until [`MioDriver::update`] has read it.
+pub const MAX_DATAGRAMS_PER_CALL: usize = 4096;
+
+/// The interest [`MioDriver::register`] registers with: readable for arriving datagrams,
+/// writable to resume sending after the socket's send buffer was full.
+pub const INTEREST: Interest = Interest::READABLE.add(Interest::WRITABLE);
+
+/// Counters of what the driver itself did with the socket (the endpoint keeps its own, see
+/// [`Endpoint::stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DriverStats {
+    /// Datagrams the socket refused with an error other than `WouldBlock`/`Interrupted`
+    /// (e.g. an unreachable destination). They are dropped, like any lost datagram.
+    pub send_errors: u64,
+    /// The kind of the most recent such error.
+    pub last_send_error: Option<io::ErrorKind>,
+    /// ICMP errors reported by `recv_from` (`ConnectionReset`/`ConnectionRefused`), skipped.
+    pub icmp_errors_ignored: u64,
+    /// Times a send hit `WouldBlock` and the datagram was kept for the next writable event.
+    pub sends_blocked: u64,
+}
+
+/// A Shoal endpoint on a non-blocking `mio` UDP socket that the caller registers in its own
+/// `mio::Poll`, under its own token.
+///
+/// # The loop
+///
+/// ```text
+/// driver.register(poll.registry(), SHOAL)?;
+/// loop {
+///     poll.poll(&mut events, driver.next_timeout())?;     // (min with your own timers)
+///     for event in events.iter() {
+///         match event.token() {
+///             SHOAL => driver.on_event(event)?,            // reads datagrams, resumes sending
+///             _ => { /* your other sources */ }
+///         }
+///     }
+///     // your commands: driver.send(..), driver.connect(..), ...
+///     driver.update()?;                                    // timers due; send what is queued
+///     while let Some(event) = driver.poll_event() { /* Connected, Message, ... */ }
+/// }
+/// ```
+///
+/// Call [`update`](Self::update) once per loop turn, after the events and your commands, and
+/// pass [`next_timeout`](Self::next_timeout) to `Poll::poll` (or fold it into your own
+/// timeout). mio is edge-triggered; the driver reads until the socket is empty (in batches
+/// of [`MAX_DATAGRAMS_PER_CALL`]) and keeps one datagram back when sending would block, so
+/// no readiness is lost.
+///
+/// If `Config::seed` is zero, [`bind`](Self::bind) replaces it with a seed derived from OS
+/// randomness (see the crate docs).
+#[derive(Debug)]
+pub struct MioDriver {
+    socket: UdpSocket,
+    local_addr: SocketAddr,
+    endpoint: Endpoint,
+    clock: Clock,
+    recv_buf: Box<[u8]>,
+    outbox: Outbox,
+    icmp_errors_ignored: u64,
+    sends_blocked: u64,
+    /// A read stopped at the batch limit, not at `WouldBlock`: more may be waiting, and no
+    /// new readable event will say so.
+    read_pending: bool,
+    read_batch: usize,
+}
+
+impl MioDriver {
+    /// Binds a non-blocking UDP socket to `addr` (port 0 picks a free port) and creates the
+    /// endpoint. Register it with [`register`](Self::register) before polling.
+    ///
+    /// Fails with `InvalidInput` if `config` is invalid (the [`shoal_proto::ConfigError`] is
+    /// the error's inner error), or with the OS error if the socket cannot be bound.
+    pub fn bind(addr: impl ToSocketAddrs, config: Config) -> io::Result<Self> {
+        Self::from_std(std::net::UdpSocket::bind(addr)?, config)
+    }
+
+    /// Wraps a socket the caller bound (e.g. with options set through another crate). The
+    /// socket is switched to non-blocking mode.
+    pub fn from_std(socket: std::net::UdpSocket, mut config: Config) -> io::Result<Self> {
+        socket.set_nonblocking(true)?;
+        let socket = UdpSocket::from_std(socket);
+        let local_addr = socket.local_addr()?;
+        config.seed = endpoint_seed(config.seed, local_addr);
+        let outbox = Outbox::new(config.mtu);
+        let endpoint =
+            Endpoint::new(config).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        Ok(MioDriver {
+            socket,
+            local_addr,
+            endpoint,
+            clock: Clock::new(),
+            recv_buf: vec![0; RECV_BUFFER_LEN].into_boxed_slice(),
+            outbox,
+            icmp_errors_ignored: 0,
+            sends_blocked: 0,
+            read_pending: false,
+            read_batch: MAX_DATAGRAMS_PER_CALL,
+        })
+    }
+
+    // ------------------------------------------------------------------ registration
+
+    /// Registers the socket in `registry` under `token`, with [`INTEREST`].
+    pub fn register(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
+        registry.register(&mut self.socket, token, INTEREST)
+    }
+
+    /// Moves the socket's registration to `token`.
+    pub fn reregister(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
+        registry.reregister(&mut self.socket, token, INTEREST)
+    }
+
+    /// Removes the socket from `registry`.
+    pub fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
+        registry.deregister(&mut self.socket)
+    }
+
+    // ------------------------------------------------------------------ getters
+
+    /// The address the socket is bound to (with the port the OS picked, if it was 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The endpoint, for its getters (`stats`, `is_connected`, `connection_stats`, ...).
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// The endpoint, for commands this type does not wrap (`send_redirected`,
+    /// `set_accept_hook`, ...). Pass [`now`](Self::now) where it asks for the time.
+    pub fn endpoint_mut(&mut self) -> &mut Endpoint {
+        &mut self.endpoint
+    }
+
+    /// The current time on the driver's clock, as the endpoint counts it (microseconds since
+    /// the driver was created).
+    pub fn now(&mut self) -> Instant {
+        self.clock.now()
+    }
+
+    /// The driver's own counters.
+    pub fn stats(&self) -> DriverStats {
+        DriverStats {
+            send_errors: self.outbox.send_errors,
+            last_send_error: self.outbox.last_send_error,
+            icmp_errors_ignored: self.icmp_errors_ignored,
+            sends_blocked: self.sends_blocked,
+        }
+    }
+
+    /// Whether a datagram waits for the socket to become writable.
+    pub fn is_send_blocked(&self) -> bool {
+        self.outbox.is_blocked()
+    }
+
+    /// How long the caller's `Poll::poll` may sleep before [`update`](Self::update) must run:
+    /// until the endpoint's next timer, zero if one is due or datagrams are known to be
+    /// waiting, `None` if nothing is scheduled (sleep until an event).
+    pub fn next_timeout(&self) -> Option<Duration> {
+        if self.read_pending {
+            return Some(Duration::ZERO);
+        }
+        let now = self.clock.peek();
+        self.endpoint
+            .poll_timeout()
+            .map(|deadline| Clock::until(now, deadline))
+    }
+
+    // ------------------------------------------------------------------ commands
+
+    /// Starts connecting to `remote`; see [`Endpoint::connect`]. The handshake leaves at the
+    /// next [`update`](Self::update) or [`flush`](Self::flush).
+    pub fn connect(
+        &mut self,
+        remote: SocketAddr,
+        data: &[u8],
+    ) -> Result<ConnectionHandle, ConnectError> {
+        let now = self.clock.now();
+        self.endpoint.connect(now, remote, data)
+    }
+
+    /// Queues a message; see [`Endpoint::send`].
+    pub fn send(
+        &mut self,
+        conn: ConnectionHandle,
+        channel: u8,
+        payload: impl Into<Bytes>,
+    ) -> Result<(), SendError> {
+        self.endpoint.send(conn, channel, payload)
+    }
+
+    /// Sends a request; see [`Endpoint::request`].
+    pub fn request(
+        &mut self,
+        conn: ConnectionHandle,
+        channel: u8,
+        payload: impl Into<Bytes>,
+    ) -> Result<RequestId, SendError> {
+        let now = self.clock.now();
+        self.endpoint.request(now, conn, channel, payload)
+    }
+
+    /// Answers a request; see [`Endpoint::respond`].
+    pub fn respond(
+        &mut self,
+        conn: ConnectionHandle,
+        request: IncomingRequest,
+        payload: impl Into<Bytes>,
+    ) -> Result<(), SendError> {
+        self.endpoint.respond(conn, request, payload)
+    }
+
+    /// Closes a connection; see [`Endpoint::disconnect`].
+    pub fn disconnect(&mut self, conn: ConnectionHandle, code: u16) {
+        self.endpoint.disconnect(conn, code);
+    }
+
+    // ------------------------------------------------------------------ events
+
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.endpoint.poll_event()
+    }
+
+    /// Drains the events that are waiting. It borrows the driver; to send in reaction to an
+    /// event, loop on [`poll_event`](Self::poll_event) instead.
+    pub fn events(&mut self) -> Events<'_> {
+        Events {
+            endpoint: &mut self.endpoint,
+        }
+    }
+
+    // ------------------------------------------------------------------ driving
+
+    /// Handles a readiness event for the token this driver is registered under: reads the
+    /// waiting datagrams if it is readable (or reports an error), and resumes sending if it
+    /// is writable. Errors are the socket's own failures.
+    pub fn on_event(&mut self, event: &mio::event::Event) -> io::Result<()> {
+        let now = std::time::Instant::now();
+        if event.is_readable() || event.is_error() {
+            self.handle_readable(now)?;
+        }
+        if event.is_writable() {
+            self.handle_writable(now);
+        }
+        Ok(())
+    }
+
+    /// Reads datagrams until the socket is empty (or [`MAX_DATAGRAMS_PER_CALL`] were read)
+    /// and hands them to the endpoint, timestamped with `now` (from the caller's clock, so
+    /// one reading can serve a whole loop turn).
+    pub fn handle_readable(&mut self, now: std::time::Instant) -> io::Result<()> {
+        let now = self.clock.at(now);
+        self.read_pending = false;
+        for _ in 0..self.read_batch {
+            if !self.receive_one(now)? {
+                return Ok(());
+            }
+        }
+        self.read_pending = true;
+        Ok(())
+    }
+
+    /// Sends the datagram kept back after a `WouldBlock`, then the rest of what is queued.
+    pub fn handle_writable(&mut self, now: std::time::Instant) {
+        let now = self.clock.at(now);
+        self.flush_at(now);
+    }
+
+    /// Runs the endpoint's timers that are due at `now` (early or repeated calls are
+    /// harmless).
+    pub fn handle_timeout(&mut self, now: std::time::Instant) {
+        let now = self.clock.at(now);
+        self.endpoint.handle_timeout(now);
+    }
+
+    /// Sends what the endpoint has queued (unless a datagram is waiting for a writable
+    /// event). Never blocks.
+    pub fn flush(&mut self) {
+        let now = self.clock.now();
+        self.flush_at(now);
+    }
+
+    /// Once per loop turn, after the readiness events and the application's commands: reads
+    /// what a batch-limited read left behind, runs the timers that are due and sends what is
+    /// queued. Never blocks.
+    pub fn update(&mut self) -> io::Result<()> {
+        let now = std::time::Instant::now();
+        if self.read_pending {
+            self.handle_readable(now)?;
+        }
+        self.handle_timeout(now);
+        self.flush();
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------ internals
+
+    /// Lowers the read batch, so a test can show a limited read resumes.
+    #[cfg(test)]
+    pub(crate) fn set_read_batch(&mut self, batch: usize) {
+        self.read_batch = batch.max(1);
+    }
+
+    fn flush_at(&mut self, now: Instant) {
+        let was_blocked = self.outbox.is_blocked();
+        let socket = &self.socket;
+        self.outbox
+            .flush(&mut self.endpoint, now, |d, to| socket.send_to(d, to));
+        if self.outbox.is_blocked() && !was_blocked {
+            self.sends_blocked += 1;
+        }
+    }
+
+    /// Reads one datagram and hands it to the endpoint. `Ok(false)` when none was waiting.
+    fn receive_one(&mut self, now: Instant) -> io::Result<bool> {
+        loop {
+            match self.socket.recv_from(&mut self.recv_buf) {
+                Ok((len, from)) => {
+                    let datagram = &self.recv_buf[..len.min(self.recv_buf.len())];
+                    self.endpoint.handle_datagram(now, from, datagram);
+                    return Ok(true);
+                }
+                Err(e) => match recv_error_action(e.kind()) {
+                    RecvErrorAction::Empty => return Ok(false),
+                    RecvErrorAction::Retry => continue,
+                    RecvErrorAction::Ignore => {
+                        self.icmp_errors_ignored += 1;
+                        return Ok(true);
+                    }
+                    RecvErrorAction::Fail => return Err(e),
+                },
+            }
+        }
+    }
+}
+
+/// Registering the driver itself works too: `registry.register(&mut driver, token,
+/// shoal_mio::INTEREST)`. Use [`INTEREST`] (both readable and writable).
+impl Source for MioDriver {
+    fn register(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+        interests: Interest,
+    ) -> io::Result<()> {
+        self.socket.register(registry, token, interests)
+    }
+
+    fn reregister(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+        interests: Interest,
+    ) -> io::Result<()> {
+        self.socket.reregister(registry, token, interests)
+    }
+
+    fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
+        self.socket.deregister(registry)
+    }
+}
+
+/// Iterator over the events waiting in a [`MioDriver`], from [`MioDriver::events`].
+#[derive(Debug)]
+pub struct Events<'a> {
+    endpoint: &'a mut Endpoint,
+}
+
+impl Iterator for Events<'_> {
+    type Item = Event;
+
+    fn next(&mut self) -> Option<Event> {
+        self.endpoint.poll_event()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mio::Poll;
+
+    #[test]
+    fn a_read_stopped_by_the_batch_limit_is_resumed_by_update() {
+        let mut poll = Poll::new().expect("poll");
+        let mut events = mio::Events::with_capacity(8);
+        let mut driver = MioDriver::bind("127.0.0.1:0", Config::default()).expect("bind");
+        driver
+            .register(poll.registry(), Token(3))
+            .expect("register");
+        driver.set_read_batch(4);
+
+        let sender = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        for i in 0..10u8 {
+            sender.send_to(&[i], driver.local_addr()).expect("send");
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while driver.endpoint().stats().datagrams_received == 0 {
+            assert!(std::time::Instant::now() < deadline, "no readable event");
+            poll.poll(&mut events, Some(Duration::from_millis(100)))
+                .expect("poll");
+            for event in events.iter() {
+                assert_eq!(event.token(), Token(3));
+                driver.on_event(event).expect("on_event");
+            }
+        }
+        assert_eq!(driver.endpoint().stats().datagrams_received, 4);
+        // Edge-triggered: no new event will come for the six left; the driver remembers.
+        assert_eq!(driver.next_timeout(), Some(Duration::ZERO));
+        driver.update().expect("update");
+        assert_eq!(driver.endpoint().stats().datagrams_received, 8);
+        driver.update().expect("update");
+        assert_eq!(driver.endpoint().stats().datagrams_received, 10);
+        // This read ended at `WouldBlock`, so nothing is pending any more.
+        assert_ne!(driver.next_timeout(), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn next_timeout_follows_the_endpoint_timers() {
+        let mut driver = MioDriver::bind("127.0.0.1:0", Config::default()).expect("bind");
+        assert_eq!(driver.next_timeout(), None, "no connection, no timer");
+        let server = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        driver
+            .connect(server.local_addr().expect("address"), &[])
+            .expect("connect");
+        driver.update().expect("update");
+        let timeout = driver.next_timeout().expect("a handshake timer");
+        assert!(timeout <= Config::default().handshake_resend_interval);
+    }
+}

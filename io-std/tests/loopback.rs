@@ -1,0 +1,414 @@
+//! Two real drivers on 127.0.0.1, bounded in time: every test gives up after a deadline.
+
+use std::collections::HashSet;
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use shoal_std::{
+    Config, ConnectionHandle, DisconnectReason, Driver, Event, Output, ThreadError, SHUTDOWN_CODE,
+};
+
+const DEADLINE: Duration = Duration::from_secs(10);
+
+fn server_config(seed: u64) -> Config {
+    Config {
+        seed,
+        ..Config::default()
+    }
+}
+
+fn client_config(seed: u64) -> Config {
+    Config {
+        seed,
+        accept_incoming: false,
+        ..Config::default()
+    }
+}
+
+/// A driver and every event it produced.
+struct Peer {
+    driver: Driver,
+    events: Vec<Event>,
+}
+
+impl Peer {
+    fn bind(config: Config) -> Peer {
+        Peer {
+            driver: Driver::bind("127.0.0.1:0", config).expect("bind on loopback"),
+            events: Vec::new(),
+        }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.driver.local_addr()
+    }
+
+    fn collect(&mut self) {
+        self.events.extend(self.driver.events());
+    }
+
+    fn connected(&self) -> Option<ConnectionHandle> {
+        self.events.iter().find_map(|e| match e {
+            Event::Connected { conn, .. } => Some(*conn),
+            _ => None,
+        })
+    }
+
+    /// Payloads received on `channel`, in arrival order.
+    fn messages(&self, channel: u8) -> Vec<String> {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Message {
+                    channel: c,
+                    payload,
+                    ..
+                } if *c == channel => Some(String::from_utf8_lossy(payload).into_owned()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// Drives both peers with the never-blocking `update` (a game's frame loop, at ~1 kHz) until
+/// `done` holds; panics with `what` at the deadline.
+fn run_frames(a: &mut Peer, b: &mut Peer, what: &str, mut done: impl FnMut(&Peer, &Peer) -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !done(a, b) {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        a.driver.update().expect("update a");
+        b.driver.update().expect("update b");
+        a.collect();
+        b.collect();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Like `run_frames`, with the blocking `poll`.
+fn run_polling(a: &mut Peer, b: &mut Peer, what: &str, mut done: impl FnMut(&Peer, &Peer) -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !done(a, b) {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        a.driver
+            .poll(Some(Duration::from_millis(2)))
+            .expect("poll a");
+        b.driver
+            .poll(Some(Duration::from_millis(2)))
+            .expect("poll b");
+        a.collect();
+        b.collect();
+    }
+}
+
+fn connect(client: &mut Peer, server: &mut Peer) -> (ConnectionHandle, ConnectionHandle) {
+    let server_addr = server.addr();
+    let conn = client
+        .driver
+        .connect(server_addr, b"join")
+        .expect("connect starts");
+    run_frames(client, server, "both sides connected", |c, s| {
+        c.connected().is_some() && s.connected().is_some()
+    });
+    let server_side = server.connected().expect("server connected");
+    assert_eq!(client.connected(), Some(conn));
+    (conn, server_side)
+}
+
+fn indices(messages: &[String], prefix: &str) -> Vec<u32> {
+    messages
+        .iter()
+        .map(|m| {
+            m.strip_prefix(prefix)
+                .and_then(|i| i.parse().ok())
+                .unwrap_or_else(|| panic!("unexpected payload {m:?}"))
+        })
+        .collect()
+}
+
+/// What each delivery kind promises, checked on the messages `0..count` sent on the default
+/// channels: 0 unreliable, 1 sequenced, 2 reliable, 3 ordered.
+fn check_delivery(peer: &Peer, prefix: &str, count: u32) {
+    let unreliable = indices(&peer.messages(0), &format!("{prefix}0-"));
+    let unique: HashSet<_> = unreliable.iter().collect();
+    assert_eq!(unique.len(), unreliable.len(), "unreliable duplicated");
+    assert!(!unreliable.is_empty() && unreliable.iter().all(|&i| i < count));
+
+    let sequenced = indices(&peer.messages(1), &format!("{prefix}1-"));
+    assert!(!sequenced.is_empty());
+    assert!(
+        sequenced.windows(2).all(|w| w[0] < w[1]),
+        "sequenced delivered an older message after a newer one: {sequenced:?}"
+    );
+
+    let mut reliable = indices(&peer.messages(2), &format!("{prefix}2-"));
+    reliable.sort_unstable();
+    assert_eq!(
+        reliable,
+        (0..count).collect::<Vec<_>>(),
+        "reliable: each exactly once"
+    );
+
+    let ordered = indices(&peer.messages(3), &format!("{prefix}3-"));
+    assert_eq!(
+        ordered,
+        (0..count).collect::<Vec<_>>(),
+        "ordered: each once, in order"
+    );
+}
+
+fn all_arrived(peer: &Peer, count: usize) -> bool {
+    !peer.messages(0).is_empty()
+        && !peer.messages(1).is_empty()
+        && peer.messages(2).len() >= count
+        && peer.messages(3).len() >= count
+}
+
+#[test]
+fn two_drivers_exchange_messages_on_every_channel_kind() {
+    const COUNT: u32 = 20;
+    let mut server = Peer::bind(server_config(1));
+    let mut client = Peer::bind(client_config(2));
+    let (client_conn, server_conn) = connect(&mut client, &mut server);
+
+    for i in 0..COUNT {
+        for channel in 0..4u8 {
+            client
+                .driver
+                .send(client_conn, channel, format!("c{channel}-{i}"))
+                .expect("client send");
+            server
+                .driver
+                .send(server_conn, channel, format!("s{channel}-{i}"))
+                .expect("server send");
+        }
+    }
+    run_frames(
+        &mut client,
+        &mut server,
+        "every channel's messages",
+        |c, s| all_arrived(c, COUNT as usize) && all_arrived(s, COUNT as usize),
+    );
+    check_delivery(&server, "c", COUNT);
+    check_delivery(&client, "s", COUNT);
+}
+
+#[test]
+fn reliable_message_and_request_make_round_trips() {
+    let mut server = Peer::bind(server_config(3));
+    let mut client = Peer::bind(client_config(4));
+    let (conn, _) = connect(&mut client, &mut server);
+
+    // A reliable message, echoed by the server's application.
+    client.driver.send(conn, 2, "ping").expect("send ping");
+    run_polling(&mut client, &mut server, "the ping", |_, s| {
+        !s.messages(2).is_empty()
+    });
+    for event in std::mem::take(&mut server.events) {
+        if let Event::Message {
+            conn,
+            channel: 2,
+            payload,
+            ..
+        } = event
+        {
+            let reply = [&b"echo:"[..], &payload].concat();
+            server.driver.send(conn, 2, reply).expect("echo");
+        }
+    }
+    run_polling(&mut client, &mut server, "the echo", |c, _| {
+        !c.messages(2).is_empty()
+    });
+    assert_eq!(client.messages(2), ["echo:ping"]);
+
+    // A request and its response.
+    let id = client
+        .driver
+        .request(conn, 3, "what time is it")
+        .expect("request");
+    run_polling(&mut client, &mut server, "the request", |_, s| {
+        s.events.iter().any(|e| matches!(e, Event::Request { .. }))
+    });
+    let (server_conn, request, payload) = server
+        .events
+        .iter()
+        .find_map(|e| match e {
+            Event::Request {
+                conn,
+                request,
+                payload,
+                ..
+            } => Some((*conn, *request, payload.clone())),
+            _ => None,
+        })
+        .expect("request event");
+    assert_eq!(payload, "what time is it");
+    server
+        .driver
+        .respond(server_conn, request, "tea time")
+        .expect("respond");
+    run_polling(&mut client, &mut server, "the response", |c, _| {
+        c.events.iter().any(|e| matches!(e, Event::Response { .. }))
+    });
+    let response = client.events.iter().find_map(|e| match e {
+        Event::Response {
+            id: got, payload, ..
+        } => Some((*got, payload.clone())),
+        _ => None,
+    });
+    assert_eq!(response, Some((id, "tea time".into())));
+}
+
+#[test]
+fn a_connection_attempt_to_a_silent_port_times_out_and_the_driver_keeps_running() {
+    // A port with no Shoal endpoint: a bound socket that never answers.
+    let silent = UdpSocket::bind("127.0.0.1:0").expect("bind silent socket");
+    let mut client = Peer::bind(Config {
+        handshake_timeout: Duration::from_millis(300),
+        handshake_resend_interval: Duration::from_millis(50),
+        ..client_config(5)
+    });
+    let conn = client
+        .driver
+        .connect(silent.local_addr().expect("address"), &[])
+        .expect("connect starts");
+    let deadline = Instant::now() + DEADLINE;
+    let reason = loop {
+        assert!(Instant::now() < deadline, "the handshake never timed out");
+        // No explicit timeout: `poll` must wake up for the endpoint's own timers.
+        client.driver.poll(None).expect("poll");
+        client.collect();
+        if let Some(reason) = client.events.iter().find_map(|e| match e {
+            Event::Disconnected { conn: c, reason } if *c == conn => Some(*reason),
+            _ => None,
+        }) {
+            break reason;
+        }
+    };
+    assert_eq!(reason, DisconnectReason::TimedOut);
+    let mut buf = [0u8; 2048];
+    silent.set_nonblocking(true).expect("nonblocking");
+    assert!(silent.recv_from(&mut buf).is_ok(), "the handshake was sent");
+}
+
+#[test]
+fn poll_sleeps_until_its_timeout_and_update_never_blocks() {
+    let mut driver = Driver::bind("127.0.0.1:0", server_config(6)).expect("bind");
+    let start = Instant::now();
+    driver.update().expect("update");
+    assert!(start.elapsed() < Duration::from_secs(1), "update blocked");
+
+    let start = Instant::now();
+    driver.poll(Some(Duration::from_millis(60))).expect("poll");
+    let slept = start.elapsed();
+    assert!(
+        slept >= Duration::from_millis(50),
+        "poll returned early: {slept:?}"
+    );
+    assert!(slept < Duration::from_secs(5), "poll overslept: {slept:?}");
+}
+
+#[test]
+fn poll_returns_when_a_datagram_arrives() {
+    let mut driver = Driver::bind("127.0.0.1:0", server_config(7)).expect("bind");
+    let other = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    other
+        .send_to(b"not shoal", driver.local_addr())
+        .expect("send");
+    let start = Instant::now();
+    driver.poll(Some(Duration::from_secs(5))).expect("poll");
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "poll ignored the datagram"
+    );
+    assert_eq!(driver.endpoint().stats().datagrams_received, 1);
+}
+
+#[test]
+fn an_invalid_config_is_an_invalid_input_error() {
+    let config = Config {
+        mtu: 10,
+        ..Config::default()
+    };
+    let err = Driver::bind("127.0.0.1:0", config).expect_err("mtu 10 is invalid");
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+}
+
+#[test]
+fn a_zero_seed_is_replaced_and_a_set_seed_is_kept() {
+    let random = Driver::bind("127.0.0.1:0", server_config(0)).expect("bind");
+    assert_ne!(random.endpoint().config().seed, 0);
+    let fixed = Driver::bind("127.0.0.1:0", server_config(99)).expect("bind");
+    assert_eq!(fixed.endpoint().config().seed, 99);
+}
+
+/// Waits for the first output `pick` accepts, skipping others.
+fn wait_for<T>(
+    handle: &shoal_std::Handle,
+    what: &str,
+    mut pick: impl FnMut(Output) -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "timed out waiting for: {what}");
+        if let Some(output) = handle.next_output(left).expect("thread running") {
+            if let Some(found) = pick(output) {
+                return found;
+            }
+        }
+    }
+}
+
+#[test]
+fn background_thread_delivers_a_message_and_shuts_down_cleanly() {
+    let server = shoal_std::spawn("127.0.0.1:0", server_config(8)).expect("spawn server");
+    let mut client = shoal_std::spawn("127.0.0.1:0", client_config(9)).expect("spawn client");
+
+    let conn = client.connect(server.local_addr(), b"hi").expect("connect");
+    client.send(conn, 2, "from the thread").expect("send");
+    let server_conn = wait_for(&server, "Connected", |o| match o {
+        Output::Event(Event::Connected { conn, .. }) => Some(conn),
+        _ => None,
+    });
+    let payload = wait_for(&server, "the message", |o| match o {
+        Output::Event(Event::Message { payload, .. }) => Some(payload),
+        _ => None,
+    });
+    assert_eq!(payload, "from the thread");
+
+    // A refused send comes back as an output, not as silence.
+    client
+        .send(conn, 9, "no such channel")
+        .expect("handed over");
+    let error = wait_for(&client, "SendFailed", |o| match o {
+        Output::SendFailed { error, .. } => Some(error),
+        _ => None,
+    });
+    assert_eq!(error, shoal_std::SendError::UnknownChannel(9));
+
+    // Shutting the client down closes its connection; the server hears it.
+    client.shutdown().expect("client thread ended cleanly");
+    let reason = wait_for(&server, "Disconnected", |o| match o {
+        Output::Event(Event::Disconnected { conn, reason }) if conn == server_conn => Some(reason),
+        _ => None,
+    });
+    assert_eq!(
+        reason,
+        DisconnectReason::ClosedByPeer {
+            code: SHUTDOWN_CODE
+        }
+    );
+
+    // Idempotent, and the handle reports the stop.
+    client.shutdown().expect("second shutdown is a no-op");
+    assert_eq!(client.send(conn, 2, "late"), Err(ThreadError::Stopped));
+    assert_eq!(
+        client.connect(server.local_addr(), &[]),
+        Err(ThreadError::Stopped)
+    );
+
+    // Dropping the server's handle stops its thread and closes its socket: the port is free.
+    let server_addr = server.local_addr();
+    drop(server);
+    UdpSocket::bind(server_addr).expect("the server's port was released");
+}
