@@ -86,10 +86,11 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-mod clock;
 mod driver;
 mod event_loop;
-mod io_util;
+
+// The clock, seed and socket plumbing are `shoal-std`'s, shared rather than copied.
+use shoal_std::{clock, io_util};
 
 pub use driver::{DriverStats, Events, MioDriver, INTEREST, MAX_DATAGRAMS_PER_CALL};
 pub use event_loop::{EventLoop, RunOutcome, DRIVER_TOKEN};

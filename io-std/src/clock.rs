@@ -1,4 +1,5 @@
 //! The driver's clock and the endpoint seed: the two things `shoal-proto` leaves to drivers.
+//! Public so that other drivers (`shoal-mio`, your own) use the same conversions.
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hash, Hasher};
@@ -12,14 +13,20 @@ use shoal_proto::Instant;
 /// moment the clock was created. Never goes backwards, even if the caller hands in an older
 /// `std::time::Instant` than one it handed in before.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Clock {
+pub struct Clock {
     origin: std::time::Instant,
     last: Instant,
 }
 
+impl Default for Clock {
+    fn default() -> Self {
+        Clock::new()
+    }
+}
+
 impl Clock {
     /// A clock whose origin is now.
-    pub(crate) fn new() -> Self {
+    pub fn new() -> Self {
         Clock {
             origin: std::time::Instant::now(),
             last: Instant::ZERO,
@@ -27,12 +34,19 @@ impl Clock {
     }
 
     /// The protocol time now.
-    pub(crate) fn now(&mut self) -> Instant {
+    pub fn now(&mut self) -> Instant {
         self.at(std::time::Instant::now())
     }
 
+    /// The protocol time now, without recording it.
+    pub fn peek(&self) -> Instant {
+        let since = std::time::Instant::now().saturating_duration_since(self.origin);
+        let micros = u64::try_from(since.as_micros()).unwrap_or(u64::MAX);
+        self.last.max(Instant::from_micros(micros))
+    }
+
     /// The protocol time at `t` (clamped to the origin and to the latest time returned).
-    pub(crate) fn at(&mut self, t: std::time::Instant) -> Instant {
+    pub fn at(&mut self, t: std::time::Instant) -> Instant {
         let since = t.saturating_duration_since(self.origin);
         let micros = u64::try_from(since.as_micros()).unwrap_or(u64::MAX);
         self.last = self.last.max(Instant::from_micros(micros));
@@ -40,7 +54,7 @@ impl Clock {
     }
 
     /// How long from `now` until `deadline`, zero if it has passed.
-    pub(crate) fn until(now: Instant, deadline: Instant) -> Duration {
+    pub fn until(now: Instant, deadline: Instant) -> Duration {
         deadline.saturating_duration_since(now)
     }
 }
@@ -52,7 +66,7 @@ static SEED_COUNTER: AtomicU64 = AtomicU64::new(0);
 /// OS randomness. `RandomState` keys its SipHash from the OS random source (once per thread,
 /// then a per-instance increment); hashing the wall clock, the local address, the process id
 /// and a counter through it gives distinct, unpredictable seeds without a new dependency.
-pub(crate) fn endpoint_seed(configured: u64, local: SocketAddr) -> u64 {
+pub fn endpoint_seed(configured: u64, local: SocketAddr) -> u64 {
     if configured != 0 {
         return configured;
     }

@@ -1,4 +1,5 @@
-//! Socket plumbing kept apart from sockets so it can be tested with fakes: the outbox that
+//! Socket plumbing shared by Shoal's drivers (public so `shoal-mio` and your own drivers can
+//! use it), kept apart from sockets so it can be tested with fakes: the outbox that
 //! drains `poll_transmit` and keeps one datagram back when the socket is full, and the sorting
 //! of receive errors into "nothing to read", "try again", "ignore" and "fail".
 
@@ -9,11 +10,11 @@ use shoal_proto::{Endpoint, Instant, Transmit};
 
 /// Largest UDP payload over IPv4 is 65,507 bytes; a buffer of 64 KiB holds any datagram, so
 /// a peer configured with a larger MTU than ours is never truncated.
-pub(crate) const RECV_BUFFER_LEN: usize = 1 << 16;
+pub const RECV_BUFFER_LEN: usize = 1 << 16;
 
 /// What a receive error means for the drain loop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum RecvErrorAction {
+pub enum RecvErrorAction {
     /// No datagram is waiting (`WouldBlock`, or `TimedOut` from a read timeout on Windows).
     Empty,
     /// A signal interrupted the call: call again.
@@ -27,7 +28,7 @@ pub(crate) enum RecvErrorAction {
 }
 
 /// Sorts a `recv_from` error.
-pub(crate) fn recv_error_action(kind: io::ErrorKind) -> RecvErrorAction {
+pub fn recv_error_action(kind: io::ErrorKind) -> RecvErrorAction {
     match kind {
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => RecvErrorAction::Empty,
         io::ErrorKind::Interrupted => RecvErrorAction::Retry,
@@ -40,7 +41,7 @@ pub(crate) fn recv_error_action(kind: io::ErrorKind) -> RecvErrorAction {
 
 /// How a flush ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Flushed {
+pub enum Flushed {
     /// Everything the endpoint had to send was sent (or dropped after a send error).
     All,
     /// The socket's send buffer is full; one datagram waits in the outbox.
@@ -49,18 +50,18 @@ pub(crate) enum Flushed {
 
 /// The transmit buffer, and the one datagram in it that the socket refused with `WouldBlock`.
 #[derive(Debug)]
-pub(crate) struct Outbox {
+pub struct Outbox {
     buf: Box<[u8]>,
     pending: Option<Transmit>,
     /// Datagrams the socket refused with an error other than `WouldBlock`/`Interrupted`.
-    pub(crate) send_errors: u64,
+    pub send_errors: u64,
     /// The kind of the last such error.
-    pub(crate) last_send_error: Option<io::ErrorKind>,
+    pub last_send_error: Option<io::ErrorKind>,
 }
 
 impl Outbox {
     /// An outbox whose buffer holds datagrams of up to `mtu` bytes.
-    pub(crate) fn new(mtu: usize) -> Self {
+    pub fn new(mtu: usize) -> Self {
         Outbox {
             buf: vec![0; mtu].into_boxed_slice(),
             pending: None,
@@ -70,7 +71,7 @@ impl Outbox {
     }
 
     /// Whether a datagram waits for the socket to have room.
-    pub(crate) fn is_blocked(&self) -> bool {
+    pub fn is_blocked(&self) -> bool {
         self.pending.is_some()
     }
 
@@ -80,7 +81,7 @@ impl Outbox {
     /// Any other send error drops the datagram and is counted: to UDP a refused send is a
     /// lost datagram, which the protocol repairs (reliable channels) or reports (a peer that
     /// stays unreachable times out). One unreachable peer must not stop the others' traffic.
-    pub(crate) fn flush(
+    pub fn flush(
         &mut self,
         endpoint: &mut Endpoint,
         now: Instant,

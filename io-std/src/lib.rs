@@ -86,9 +86,9 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-mod clock;
+pub mod clock;
 mod driver;
-mod io_util;
+pub mod io_util;
 mod thread;
 
 pub use driver::{Driver, DriverStats, Events, BLOCKED_SEND_RETRY, MAX_DATAGRAMS_PER_UPDATE};
