@@ -46,7 +46,8 @@
 //! ```
 //!
 //! To react to events as they happen and send from timers (as a game loop does), implement
-//! [`Application`] and run with [`Simulator::run_until_with`].
+//! [`Application`] and run with [`Simulator::run_until_with`]; the [`scenario`] module does
+//! that for a game-like load of one server and many clients.
 //!
 //! # Pieces
 //!
@@ -59,6 +60,7 @@
 //! | [`TraceRecord`], [`Fate`] | the bounded datagram trace |
 //! | [`SimRng`] | the seeded generator |
 //! | [`LatencyHistogram`] | bounded latency percentiles |
+//! | [`scenario`] | the game-like load behind the `shoal-sim` command |
 //! | [`units`] | parsing `5%`, `40ms`, `1MB/s` on the command line |
 
 #![warn(missing_docs)]
@@ -66,6 +68,7 @@
 mod histogram;
 mod link;
 mod rng;
+pub mod scenario;
 mod simulator;
 mod trace;
 pub mod units;

@@ -61,8 +61,9 @@ impl BurstLoss {
 /// loss; a survivor is delayed by `latency` plus a uniform `[0, jitter]`, and maybe by
 /// `reorder_delay` more, and maybe duplicated (the copy gets its own delay).
 ///
-/// Jitter reorders datagrams by itself, as on real networks; set `jitter` to zero and
-/// `reorder` above zero for rare, controlled reordering.
+/// Jitter keeps each direction in order by default (a datagram never arrives before one sent
+/// earlier on the same link, as with queueing delay on a real path); set `jitter_reorders`
+/// to let it reorder freely, as Linux netem does. `reorder` reorders on purpose either way.
 ///
 /// ```
 /// use core::time::Duration;
@@ -82,6 +83,8 @@ pub struct LinkConfig {
     pub latency: Duration,
     /// Extra delay, uniform in `[0, jitter]`, drawn per datagram.
     pub jitter: Duration,
+    /// Whether jitter may reorder datagrams (otherwise a datagram waits for the one before).
+    pub jitter_reorders: bool,
     /// Independent loss probability per datagram.
     pub loss: f64,
     /// Burst loss on top of `loss`, if any.
@@ -106,6 +109,7 @@ impl Default for LinkConfig {
         LinkConfig {
             latency: Duration::ZERO,
             jitter: Duration::ZERO,
+            jitter_reorders: false,
             loss: 0.0,
             burst_loss: None,
             duplicate: 0.0,
@@ -275,12 +279,23 @@ pub(crate) enum LinkVerdict {
     },
 }
 
-/// Per-direction mutable state: the burst-loss chain and the bandwidth queue.
+/// Per-direction mutable state: the burst-loss chain, the bandwidth queue, the last arrival.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct LinkState {
     in_bad_state: bool,
     /// When the bottleneck finishes serializing what it holds, in nanoseconds.
     busy_until_ns: u64,
+    /// Arrival time of the latest in-order datagram (jitter does not reorder past it).
+    last_arrival: Instant,
+}
+
+impl LinkState {
+    /// Whether `link` needs state kept between datagrams (otherwise a fresh state will do).
+    pub(crate) fn is_needed(link: &LinkConfig) -> bool {
+        link.bandwidth.is_some()
+            || link.burst_loss.is_some()
+            || (!link.jitter.is_zero() && !link.jitter_reorders)
+    }
 }
 
 impl LinkState {
@@ -332,6 +347,9 @@ impl LinkState {
         let mut at = depart + delay(link, rng);
         if reordered {
             at += link.reorder_delay;
+        } else if !link.jitter_reorders {
+            at = at.max(self.last_arrival);
+            self.last_arrival = at;
         }
         let duplicate_at = rng
             .chance(link.duplicate)
@@ -399,6 +417,30 @@ mod tests {
                 "{d:?}"
             );
         }
+    }
+
+    #[test]
+    fn jitter_keeps_order_unless_allowed_to_reorder() {
+        let mut link = LinkConfig {
+            latency: Duration::from_millis(10),
+            jitter: Duration::from_millis(20),
+            ..LinkConfig::default()
+        };
+        let arrivals = |link: &LinkConfig| -> Vec<Instant> {
+            let mut state = LinkState::default();
+            let mut rng = SimRng::new(9);
+            (0..200)
+                .filter_map(|i| {
+                    match state.transmit(link, Instant::from_micros(i * 500), 100, &mut rng) {
+                        LinkVerdict::Deliver { at, .. } => Some(at),
+                        LinkVerdict::Drop(_) => None,
+                    }
+                })
+                .collect()
+        };
+        assert!(arrivals(&link).windows(2).all(|w| w[0] <= w[1]));
+        link.jitter_reorders = true;
+        assert!(arrivals(&link).windows(2).any(|w| w[0] > w[1]));
     }
 
     #[test]

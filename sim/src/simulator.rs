@@ -1133,7 +1133,7 @@ impl Simulator {
         {
             return LinkVerdict::Drop(DropCause::Partition);
         }
-        if link.bandwidth.is_some() || link.burst_loss.is_some() {
+        if LinkState::is_needed(&link) {
             let state = self.link_states.entry((from, to)).or_default();
             state.transmit(&link, self.now, len, &mut self.rng)
         } else {
