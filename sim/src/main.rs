@@ -41,7 +41,8 @@ struct Args {
     #[arg(long, default_value = "40ms", value_parser = parse_duration, value_name = "TIME")]
     latency: Duration,
 
-    /// Extra one-way delay, uniform between 0 and this, per datagram (it reorders too).
+    /// Extra one-way delay, uniform between 0 and this, per datagram (keeping each link in
+    /// order unless --jitter-reorders).
     #[arg(long, default_value = "5ms", value_parser = parse_duration, value_name = "TIME")]
     jitter: Duration,
 
