@@ -1,16 +1,25 @@
 //! The discrete-event engine: nodes, the virtual clock, the agenda, and link conditions.
 
-use core::cmp::{Ordering, Reverse};
+mod agenda;
+mod app;
+mod conditions;
+
+use core::cmp::Reverse;
 use core::fmt;
-use core::hash::{BuildHasherDefault, Hasher};
 use core::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 
 use shoal_proto::{Config, ConfigError, ConnectError, ConnectionHandle, Endpoint, Event, Instant};
 
 use crate::link::{DropCause, LinkConfig, LinkConfigError, LinkDrops, LinkState, LinkVerdict};
 use crate::rng::{splitmix64, SimRng};
 use crate::trace::{Fate, Trace, TraceHasher, TraceRecord};
+
+pub(crate) use agenda::FastMap;
+use agenda::{Agenda, FastSet, Next, What};
+pub use app::{Application, NodeContext};
+use app::{QueueEvents, QueueLimit};
+use conditions::{Change, Partition};
 
 /// Port every node starts on.
 const BASE_PORT: u16 = 7000;
@@ -151,143 +160,8 @@ impl SimStats {
     }
 }
 
-/// What the simulator calls when something happens on a node. Implement it to drive nodes the
-/// way a game loop would: react to events and send from timers.
-///
-/// Inside a callback, use the [`NodeContext`] to reach the node's endpoint; what the endpoint
-/// then has to send goes out at the same simulated instant.
-pub trait Application {
-    /// An event the node's endpoint emitted.
-    fn on_event(&mut self, ctx: &mut NodeContext<'_>, event: Event);
-
-    /// A timer set with [`NodeContext::set_timer`] or [`Simulator::set_timer`] fired.
-    fn on_timer(&mut self, ctx: &mut NodeContext<'_>, token: u64) {
-        let _ = (ctx, token);
-    }
-}
-
-/// One node as an [`Application`] callback sees it.
-pub struct NodeContext<'a> {
-    id: NodeId,
-    now: Instant,
-    node: &'a mut Node,
-    agenda: &'a mut Agenda,
-    rng: &'a mut SimRng,
-    addresses: &'a [SocketAddr],
-    owners: &'a FastMap<SocketAddr, u32>,
-    queue: QueueLimit<'a>,
-}
-
-struct QueueLimit<'a> {
-    max: usize,
-    dropped: &'a mut u64,
-}
-
-impl NodeContext<'_> {
-    /// The node.
-    pub fn id(&self) -> NodeId {
-        self.id
-    }
-
-    /// The simulated time.
-    pub fn now(&self) -> Instant {
-        self.now
-    }
-
-    /// The node's endpoint.
-    pub fn endpoint(&mut self) -> &mut Endpoint {
-        &mut self.node.endpoint
-    }
-
-    /// The node's current address.
-    pub fn address(&self) -> SocketAddr {
-        self.addresses[self.id.index()]
-    }
-
-    /// Another node's current address.
-    ///
-    /// # Panics
-    /// If `node` is not a node of this simulator.
-    pub fn address_of(&self, node: NodeId) -> SocketAddr {
-        self.addresses[node.index()]
-    }
-
-    /// The node that owns `addr` now, if any.
-    pub fn node_at(&self, addr: SocketAddr) -> Option<NodeId> {
-        self.owners.get(&addr).map(|&i| NodeId(i))
-    }
-
-    /// Calls [`Application::on_timer`] for this node with `token` at `at` (or now, if `at` is
-    /// in the past). Timers cannot be cancelled: ignore the ones you no longer want.
-    pub fn set_timer(&mut self, at: Instant, token: u64) {
-        self.agenda.push(
-            at.max(self.now),
-            What::Timer {
-                node: self.id.0,
-                token,
-            },
-        );
-    }
-
-    /// The simulation's random generator (using it keeps the run reproducible).
-    pub fn rng(&mut self) -> &mut SimRng {
-        self.rng
-    }
-
-    fn queue_event(&mut self, event: Event) {
-        if self.node.events.len() >= self.queue.max {
-            *self.queue.dropped += 1;
-        } else {
-            self.node.events.push_back((self.now, event));
-        }
-    }
-}
-
-/// The [`Application`] behind [`Simulator::run_until`]: events wait in per-node queues.
-struct QueueEvents;
-
-impl Application for QueueEvents {
-    fn on_event(&mut self, ctx: &mut NodeContext<'_>, event: Event) {
-        ctx.queue_event(event);
-    }
-}
-
-/// A hasher for maps whose keys come from the simulation itself (no untrusted input), fast
-/// and deterministic (FxHash's multiply-rotate).
-#[derive(Default, Clone, Copy)]
-pub(crate) struct FastHasher(u64);
-
-impl Hasher for FastHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(u64::from(b));
-        }
-    }
-    fn write_u8(&mut self, i: u8) {
-        self.write_u64(u64::from(i));
-    }
-    fn write_u16(&mut self, i: u16) {
-        self.write_u64(u64::from(i));
-    }
-    fn write_u32(&mut self, i: u32) {
-        self.write_u64(u64::from(i));
-    }
-    fn write_u64(&mut self, i: u64) {
-        self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-    fn write_usize(&mut self, i: usize) {
-        self.write_u64(i as u64);
-    }
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-pub(crate) type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
-type FastSet<K> = HashSet<K, BuildHasherDefault<FastHasher>>;
-
 /// A node: an endpoint plus the simulator's bookkeeping for it.
-struct Node {
+pub(crate) struct Node {
     endpoint: Endpoint,
     /// The wake-up the agenda holds a live entry for.
     scheduled: Option<Instant>,
@@ -298,144 +172,12 @@ struct Node {
     events: VecDeque<(Instant, Event)>,
 }
 
-/// Something due at a time.
-#[derive(Clone, Copy, Debug)]
-enum What {
-    Arrival(u32),
-    Timer { node: u32, token: u64 },
-    Change(u32),
-}
-
-#[derive(Clone, Copy, Debug)]
-struct Item {
-    at: Instant,
-    seq: u64,
-    what: What,
-}
-
-impl PartialEq for Item {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
-    }
-}
-impl Eq for Item {}
-impl PartialOrd for Item {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Item {
-    fn cmp(&self, other: &Self) -> Ordering {
-        (self.at, self.seq).cmp(&(other.at, other.seq))
-    }
-}
-
-/// Everything scheduled. Ties in time are broken by an insertion counter, so the order of
-/// simultaneous happenings is fixed by the order they were scheduled in.
-#[derive(Default)]
-struct Agenda {
-    seq: u64,
-    items: BinaryHeap<Reverse<Item>>,
-    /// Node wake-ups `(at, seq, node)`; an entry is live only while it matches the node's
-    /// `scheduled` (lazy invalidation: rescheduling pushes a new entry, never searches).
-    wakeups: BinaryHeap<Reverse<(Instant, u64, u32)>>,
-}
-
-enum Next {
-    Item(Item),
-    Wake(Instant, u32),
-}
-
-impl Agenda {
-    fn next_seq(&mut self) -> u64 {
-        self.seq += 1;
-        self.seq
-    }
-
-    fn push(&mut self, at: Instant, what: What) {
-        let seq = self.next_seq();
-        self.items.push(Reverse(Item { at, seq, what }));
-    }
-
-    fn push_wake(&mut self, at: Instant, node: u32) {
-        let seq = self.next_seq();
-        self.wakeups.push(Reverse((at, seq, node)));
-    }
-
-    fn peek_time(&self) -> Option<Instant> {
-        let a = self.items.peek().map(|Reverse(i)| (i.at, i.seq));
-        let b = self.wakeups.peek().map(|Reverse((at, seq, _))| (*at, *seq));
-        match (a, b) {
-            (Some(a), Some(b)) => Some(a.min(b).0),
-            (a, b) => a.or(b).map(|(at, _)| at),
-        }
-    }
-
-    fn pop(&mut self) -> Option<Next> {
-        let a = self.items.peek().map(|Reverse(i)| (i.at, i.seq));
-        let b = self.wakeups.peek().map(|Reverse((at, seq, _))| (*at, *seq));
-        let take_item = match (a, b) {
-            (Some(a), Some(b)) => a < b,
-            (Some(_), None) => true,
-            (None, Some(_)) => false,
-            (None, None) => return None,
-        };
-        if take_item {
-            self.items.pop().map(|Reverse(i)| Next::Item(i))
-        } else {
-            self.wakeups
-                .pop()
-                .map(|Reverse((at, _, node))| Next::Wake(at, node))
-        }
-    }
-}
-
 /// A datagram on the wire.
 #[derive(Debug)]
 struct InFlight {
     from: SocketAddr,
     to_node: u32,
     data: Vec<u8>,
-}
-
-/// A scheduled change of network conditions.
-#[derive(Clone, Debug)]
-enum Change {
-    Partition {
-        id: usize,
-        active: bool,
-    },
-    LinkUp {
-        from: u32,
-        to: u32,
-        up: bool,
-    },
-    Link {
-        from: u32,
-        to: u32,
-        config: Option<LinkConfig>,
-    },
-    DefaultLink(LinkConfig),
-    Rebind {
-        node: u32,
-        addr: Option<SocketAddr>,
-    },
-}
-
-struct Partition {
-    a: Vec<u64>,
-    b: Vec<u64>,
-}
-
-fn bit(set: &[u64], i: u32) -> bool {
-    set.get(i as usize / 64)
-        .is_some_and(|w| w & (1 << (i % 64)) != 0)
-}
-
-impl Partition {
-    fn separates(&self, x: u32, y: u32) -> bool {
-        (bit(&self.a, x) && bit(&self.b, y)) || (bit(&self.b, x) && bit(&self.a, y))
-    }
 }
 
 /// A deterministic discrete-event network simulator running many Shoal endpoints.
@@ -658,208 +400,6 @@ impl Simulator {
     /// The simulation's random generator, for drawing reproducible values outside callbacks.
     pub fn rng(&mut self) -> &mut SimRng {
         &mut self.rng
-    }
-
-    // ------------------------------------------------------------------ links and conditions
-
-    /// The link used by pairs without an override.
-    pub fn default_link(&self) -> &LinkConfig {
-        &self.default_link
-    }
-
-    /// Replaces the default link.
-    pub fn set_default_link(&mut self, link: LinkConfig) -> Result<(), LinkConfigError> {
-        link.validate()?;
-        self.default_link = link;
-        Ok(())
-    }
-
-    /// The link from `from` to `to` (one direction).
-    pub fn link(&self, from: NodeId, to: NodeId) -> &LinkConfig {
-        self.links
-            .get(&(from.0, to.0))
-            .unwrap_or(&self.default_link)
-    }
-
-    /// Overrides the link from `from` to `to` (one direction: asymmetric links are two calls).
-    pub fn set_link(
-        &mut self,
-        from: NodeId,
-        to: NodeId,
-        link: LinkConfig,
-    ) -> Result<(), LinkConfigError> {
-        link.validate()?;
-        self.links.insert((from.0, to.0), link);
-        Ok(())
-    }
-
-    /// Overrides both directions between `a` and `b` with the same link.
-    pub fn set_link_symmetric(
-        &mut self,
-        a: NodeId,
-        b: NodeId,
-        link: LinkConfig,
-    ) -> Result<(), LinkConfigError> {
-        self.set_link(a, b, link)?;
-        self.set_link(b, a, link)
-    }
-
-    /// Removes the override from `from` to `to`; the default link applies again.
-    pub fn clear_link(&mut self, from: NodeId, to: NodeId) {
-        self.links.remove(&(from.0, to.0));
-    }
-
-    /// Takes the link from `from` to `to` down (everything sent on it is dropped) or up.
-    pub fn set_link_up(&mut self, from: NodeId, to: NodeId, up: bool) {
-        if up {
-            self.links_down.remove(&(from.0, to.0));
-        } else {
-            self.links_down.insert((from.0, to.0));
-        }
-    }
-
-    /// Whether the link from `from` to `to` is up.
-    pub fn is_link_up(&self, from: NodeId, to: NodeId) -> bool {
-        !self.links_down.contains(&(from.0, to.0))
-    }
-
-    /// Schedules the link from `from` to `to` to go down at `at`.
-    pub fn schedule_link_down(&mut self, at: Instant, from: NodeId, to: NodeId) {
-        self.schedule(
-            at,
-            Change::LinkUp {
-                from: from.0,
-                to: to.0,
-                up: false,
-            },
-        );
-    }
-
-    /// Schedules the link from `from` to `to` to come back up at `at`.
-    pub fn schedule_link_up(&mut self, at: Instant, from: NodeId, to: NodeId) {
-        self.schedule(
-            at,
-            Change::LinkUp {
-                from: from.0,
-                to: to.0,
-                up: true,
-            },
-        );
-    }
-
-    /// Schedules an override of the link from `from` to `to` (`None` removes it) at `at`.
-    pub fn schedule_link(
-        &mut self,
-        at: Instant,
-        from: NodeId,
-        to: NodeId,
-        link: Option<LinkConfig>,
-    ) -> Result<(), LinkConfigError> {
-        if let Some(l) = &link {
-            l.validate()?;
-        }
-        self.schedule(
-            at,
-            Change::Link {
-                from: from.0,
-                to: to.0,
-                config: link,
-            },
-        );
-        Ok(())
-    }
-
-    /// Schedules a new default link at `at`.
-    pub fn schedule_default_link(
-        &mut self,
-        at: Instant,
-        link: LinkConfig,
-    ) -> Result<(), LinkConfigError> {
-        link.validate()?;
-        self.schedule(at, Change::DefaultLink(link));
-        Ok(())
-    }
-
-    /// Cuts every datagram between a node of `a` and a node of `b` (both directions) from
-    /// `start` until `end`. Datagrams already in flight when it starts still arrive. Nodes in
-    /// both sets are cut from the other set's nodes only.
-    pub fn schedule_partition(
-        &mut self,
-        start: Instant,
-        end: Instant,
-        a: &[NodeId],
-        b: &[NodeId],
-    ) -> PartitionId {
-        let set = |nodes: &[NodeId]| {
-            let mut bits = vec![0u64; self.nodes.len().div_ceil(64)];
-            for n in nodes {
-                if let Some(w) = bits.get_mut(n.index() / 64) {
-                    *w |= 1 << (n.0 % 64);
-                }
-            }
-            bits
-        };
-        let id = self.partitions.len();
-        self.partitions.push(Partition {
-            a: set(a),
-            b: set(b),
-        });
-        self.schedule(start, Change::Partition { id, active: true });
-        if end > start {
-            self.schedule(end, Change::Partition { id, active: false });
-        }
-        PartitionId(id)
-    }
-
-    /// Whether a partition is cutting `from` off from `to` now.
-    pub fn is_partitioned(&self, from: NodeId, to: NodeId) -> bool {
-        self.active_partitions
-            .iter()
-            .any(|&p| self.partitions[p].separates(from.0, to.0))
-    }
-
-    /// Moves `node` to a new address now, as a NAT rebinding does: others see its datagrams
-    /// come from the new address, and datagrams sent to the old one are dropped
-    /// ([`DropCause::Unroutable`]). `None` picks the next port on the same IP address.
-    /// Returns the new address.
-    pub fn rebind(
-        &mut self,
-        node: NodeId,
-        addr: Option<SocketAddr>,
-    ) -> Result<SocketAddr, RebindError> {
-        let index = node.0;
-        let old = self.addresses[node.index()];
-        let new = match addr {
-            Some(a) => a,
-            None => {
-                let n = &mut self.nodes[node.index()];
-                n.rebinds = n.rebinds.wrapping_add(1);
-                let port = BASE_PORT.wrapping_add(n.rebinds).max(1024);
-                SocketAddr::new(old.ip(), port)
-            }
-        };
-        if new == old {
-            return Ok(new);
-        }
-        if self.owners.contains_key(&new) {
-            return Err(RebindError::AddressInUse(new));
-        }
-        self.owners.remove(&old);
-        self.owners.insert(new, index);
-        self.addresses[node.index()] = new;
-        Ok(new)
-    }
-
-    /// Schedules a [`rebind`](Self::rebind) at `at`. If the address is taken by then, the
-    /// node keeps its address.
-    pub fn schedule_rebind(&mut self, at: Instant, node: NodeId, addr: Option<SocketAddr>) {
-        self.schedule(at, Change::Rebind { node: node.0, addr });
-    }
-
-    fn schedule(&mut self, at: Instant, change: Change) {
-        let index = self.changes.len() as u32;
-        self.changes.push(Some(change));
-        self.agenda.push(at.max(self.now), What::Change(index));
     }
 
     // ------------------------------------------------------------------ running
@@ -1165,30 +705,5 @@ impl Simulator {
             d.data.extend_from_slice(bytes);
         }
         self.agenda.push(at, What::Arrival(slot));
-    }
-
-    fn apply(&mut self, change: Change) {
-        match change {
-            Change::Partition { id, active } => {
-                self.active_partitions.retain(|&p| p != id);
-                if active {
-                    self.active_partitions.push(id);
-                }
-            }
-            Change::LinkUp { from, to, up } => self.set_link_up(NodeId(from), NodeId(to), up),
-            Change::Link { from, to, config } => match config {
-                Some(c) => {
-                    self.links.insert((from, to), c);
-                }
-                None => {
-                    self.links.remove(&(from, to));
-                }
-            },
-            Change::DefaultLink(link) => self.default_link = link,
-            Change::Rebind { node, addr } => {
-                // A taken address leaves the node where it is (documented).
-                let _ = self.rebind(NodeId(node), addr);
-            }
-        }
     }
 }
