@@ -1,0 +1,93 @@
+//! How fast the simulator runs the game-like scenario: simulated seconds per wall second and
+//! engine steps per second, at 1,000 and 10,000 clients.
+//!
+//! ```text
+//! cargo bench -p shoal-sim --bench sim_speed
+//! SHOAL_BENCH_SECS=60 SHOAL_BENCH_BIG_CLIENTS=10000 SHOAL_BENCH_BIG_SECS=10 cargo bench -p shoal-sim
+//! ```
+//!
+//! | variable | default | meaning |
+//! |---|---|---|
+//! | `SHOAL_BENCH_CLIENTS` | 1000 | clients of the first run |
+//! | `SHOAL_BENCH_SECS` | 60 | simulated seconds of the first run |
+//! | `SHOAL_BENCH_BIG_CLIENTS` | 10000 | clients of the second run (0 skips it) |
+//! | `SHOAL_BENCH_BIG_SECS` | 10 | simulated seconds of the second run |
+//! | `SHOAL_BENCH_SEED` | 1 | seed of both runs |
+
+use std::time::{Duration, Instant};
+
+use shoal_sim::scenario::{run, ScenarioConfig};
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    match std::env::var(name) {
+        Ok(v) => v.trim().parse().unwrap_or_else(|_| {
+            eprintln!("{name}={v} is not a whole number; using {default}");
+            default
+        }),
+        Err(_) => default,
+    }
+}
+
+fn bench(clients: u64, secs: u64, seed: u64) {
+    let config = ScenarioConfig {
+        clients: clients as usize,
+        duration: Duration::from_secs(secs),
+        seed,
+        ..ScenarioConfig::default()
+    };
+    println!(
+        "{clients} clients at {} Hz for {secs} simulated s (link: 40ms ±5ms, 1% loss; 64 KiB every 10 s per client)",
+        config.tick_rate
+    );
+    let started = Instant::now();
+    let report = match run(&config, &mut |_| {}) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("  cannot run: {e}");
+            return;
+        }
+    };
+    let wall = started.elapsed().as_secs_f64().max(1e-9);
+    let simulated = report.simulated.as_secs_f64();
+    let s = &report.sim;
+    println!("  wall time                  {wall:>14.2} s");
+    println!(
+        "  simulated time             {simulated:>14.2} s (incl. {:.1} s drain)",
+        simulated - secs as f64
+    );
+    println!("  simulated s per wall s     {:>14.2}", simulated / wall);
+    println!(
+        "  engine steps per wall s    {:>14.0}",
+        s.steps as f64 / wall
+    );
+    println!(
+        "  datagrams per wall s       {:>14.0}",
+        s.datagrams_sent as f64 / wall
+    );
+    println!(
+        "  endpoint events per wall s {:>14.0}",
+        s.events as f64 / wall
+    );
+    println!(
+        "  totals: {} steps, {} datagrams, {} events, {} violations, {} disconnects",
+        s.steps,
+        s.datagrams_sent,
+        s.events,
+        report.violations.total(),
+        report.disconnects.iter().map(|(_, n)| n).sum::<u64>()
+    );
+    println!();
+}
+
+fn main() {
+    let seed = env_u64("SHOAL_BENCH_SEED", 1);
+    bench(
+        env_u64("SHOAL_BENCH_CLIENTS", 1000),
+        env_u64("SHOAL_BENCH_SECS", 60),
+        seed,
+    );
+    let big = env_u64("SHOAL_BENCH_BIG_CLIENTS", 10_000);
+    if big > 0 {
+        bench(big, env_u64("SHOAL_BENCH_BIG_SECS", 10), seed);
+    }
+}

@@ -1,0 +1,517 @@
+//! The link model: what happens to a datagram between two nodes, per direction.
+
+use core::fmt;
+use core::time::Duration;
+
+use shoal_proto::Instant;
+
+use crate::rng::SimRng;
+
+/// Gilbert–Elliott burst loss: a two-state Markov chain stepped once per datagram. In the
+/// good state datagrams are lost with `loss_good`, in the bad state with `loss_bad`.
+///
+/// The mean burst length is `1 / p_bad_to_good` datagrams, and the long-run share of time in
+/// the bad state is `p_good_to_bad / (p_good_to_bad + p_bad_to_good)`.
+///
+/// ```
+/// use shoal_sim::BurstLoss;
+/// let bursts = BurstLoss::new(0.01, 0.25); // bursts of 4 datagrams on average
+/// assert!((bursts.mean_loss() - 0.0385).abs() < 0.001);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BurstLoss {
+    /// Probability of moving from the good to the bad state, per datagram.
+    pub p_good_to_bad: f64,
+    /// Probability of moving from the bad to the good state, per datagram.
+    pub p_bad_to_good: f64,
+    /// Loss probability in the good state.
+    pub loss_good: f64,
+    /// Loss probability in the bad state.
+    pub loss_bad: f64,
+}
+
+impl BurstLoss {
+    /// Bursts entered with `p_good_to_bad` and left with `p_bad_to_good`, losing everything in
+    /// the bad state and nothing in the good one.
+    pub fn new(p_good_to_bad: f64, p_bad_to_good: f64) -> Self {
+        BurstLoss {
+            p_good_to_bad,
+            p_bad_to_good,
+            loss_good: 0.0,
+            loss_bad: 1.0,
+        }
+    }
+
+    /// The long-run loss rate this chain produces.
+    pub fn mean_loss(&self) -> f64 {
+        let total = self.p_good_to_bad + self.p_bad_to_good;
+        if total <= 0.0 {
+            return self.loss_good;
+        }
+        let bad_share = self.p_good_to_bad / total;
+        bad_share * self.loss_bad + (1.0 - bad_share) * self.loss_good
+    }
+}
+
+/// How one direction of a link treats datagrams. The [`Default`] is a perfect link: no delay,
+/// no loss, unlimited bandwidth, a 64 KiB MTU.
+///
+/// A datagram goes through these steps in order, each counted when it drops one
+/// ([`DropCause`]): MTU check, link down / partition, the bandwidth queue, i.i.d. loss, burst
+/// loss; a survivor is delayed by `latency` plus a uniform `[0, jitter]`, and maybe by
+/// `reorder_delay` more, and maybe duplicated (the copy gets its own delay).
+///
+/// Jitter keeps each direction in order by default (a datagram never arrives before one sent
+/// earlier on the same link, as with queueing delay on a real path); set `jitter_reorders`
+/// to let it reorder freely, as Linux netem does. `reorder` reorders on purpose either way.
+///
+/// ```
+/// use core::time::Duration;
+/// use shoal_sim::LinkConfig;
+/// let wan = LinkConfig {
+///     latency: Duration::from_millis(40),
+///     jitter: Duration::from_millis(5),
+///     loss: 0.02,
+///     bandwidth: Some(1_000_000), // 1 MB/s
+///     ..LinkConfig::default()
+/// };
+/// assert!(wan.validate().is_ok());
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LinkConfig {
+    /// One-way propagation delay.
+    pub latency: Duration,
+    /// Extra delay, uniform in `[0, jitter]`, drawn per datagram.
+    pub jitter: Duration,
+    /// Whether jitter may reorder datagrams (otherwise a datagram waits for the one before).
+    pub jitter_reorders: bool,
+    /// Independent loss probability per datagram.
+    pub loss: f64,
+    /// Burst loss on top of `loss`, if any.
+    pub burst_loss: Option<BurstLoss>,
+    /// Probability that a datagram is delivered twice.
+    pub duplicate: f64,
+    /// Probability that a datagram is held back by `reorder_delay`, so later ones overtake it.
+    pub reorder: f64,
+    /// Extra delay of a reordered datagram.
+    pub reorder_delay: Duration,
+    /// Bottleneck rate in bytes per second (`None`: unlimited). Datagrams wait in a FIFO
+    /// queue while the link serializes earlier ones.
+    pub bandwidth: Option<u64>,
+    /// Bytes the bandwidth queue holds; a datagram that does not fit is dropped (drop-tail).
+    pub queue_bytes: usize,
+    /// Largest datagram the link carries; larger ones are dropped.
+    pub mtu: usize,
+}
+
+impl Default for LinkConfig {
+    fn default() -> Self {
+        LinkConfig {
+            latency: Duration::ZERO,
+            jitter: Duration::ZERO,
+            jitter_reorders: false,
+            loss: 0.0,
+            burst_loss: None,
+            duplicate: 0.0,
+            reorder: 0.0,
+            reorder_delay: Duration::from_millis(10),
+            bandwidth: None,
+            queue_bytes: 64 * 1024,
+            mtu: 65_535,
+        }
+    }
+}
+
+/// A [`LinkConfig`] value that makes no sense.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum LinkConfigError {
+    /// A probability outside `[0, 1]` (or NaN), with the field's name.
+    Probability(&'static str, f64),
+    /// A bandwidth of zero bytes per second.
+    ZeroBandwidth,
+    /// An MTU of zero.
+    ZeroMtu,
+}
+
+impl fmt::Display for LinkConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LinkConfigError::Probability(field, p) => {
+                write!(
+                    f,
+                    "link {field} must be a probability between 0 and 1, got {p}"
+                )
+            }
+            LinkConfigError::ZeroBandwidth => {
+                f.write_str("link bandwidth must be above zero (use None for unlimited)")
+            }
+            LinkConfigError::ZeroMtu => f.write_str("link MTU must be above zero"),
+        }
+    }
+}
+
+impl std::error::Error for LinkConfigError {}
+
+impl LinkConfig {
+    /// Checks that probabilities are probabilities and limits are positive.
+    pub fn validate(&self) -> Result<(), LinkConfigError> {
+        let mut probabilities = vec![
+            ("loss", self.loss),
+            ("duplicate", self.duplicate),
+            ("reorder", self.reorder),
+        ];
+        if let Some(b) = &self.burst_loss {
+            probabilities.extend([
+                ("burst_loss.p_good_to_bad", b.p_good_to_bad),
+                ("burst_loss.p_bad_to_good", b.p_bad_to_good),
+                ("burst_loss.loss_good", b.loss_good),
+                ("burst_loss.loss_bad", b.loss_bad),
+            ]);
+        }
+        for (field, p) in probabilities {
+            if !(0.0..=1.0).contains(&p) {
+                return Err(LinkConfigError::Probability(field, p));
+            }
+        }
+        if self.bandwidth == Some(0) {
+            return Err(LinkConfigError::ZeroBandwidth);
+        }
+        if self.mtu == 0 {
+            return Err(LinkConfigError::ZeroMtu);
+        }
+        Ok(())
+    }
+}
+
+/// Why the simulated network dropped a datagram.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(usize)]
+pub enum DropCause {
+    /// Independent random loss ([`LinkConfig::loss`]).
+    RandomLoss,
+    /// Gilbert–Elliott burst loss ([`LinkConfig::burst_loss`]).
+    BurstLoss,
+    /// The bandwidth queue was full ([`LinkConfig::queue_bytes`]).
+    QueueFull,
+    /// Larger than the link's MTU.
+    Mtu,
+    /// A partition separated sender and receiver.
+    Partition,
+    /// The link was down.
+    LinkDown,
+    /// No node has the destination address (e.g. the old address of a rebound node).
+    Unroutable,
+}
+
+impl DropCause {
+    /// Number of causes.
+    pub const COUNT: usize = 7;
+    /// Every cause, in counter order.
+    pub const ALL: [DropCause; DropCause::COUNT] = [
+        DropCause::RandomLoss,
+        DropCause::BurstLoss,
+        DropCause::QueueFull,
+        DropCause::Mtu,
+        DropCause::Partition,
+        DropCause::LinkDown,
+        DropCause::Unroutable,
+    ];
+
+    /// A short snake_case name, for tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            DropCause::RandomLoss => "random_loss",
+            DropCause::BurstLoss => "burst_loss",
+            DropCause::QueueFull => "queue_full",
+            DropCause::Mtu => "mtu",
+            DropCause::Partition => "partition",
+            DropCause::LinkDown => "link_down",
+            DropCause::Unroutable => "unroutable",
+        }
+    }
+}
+
+impl fmt::Display for DropCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Datagrams the simulated network dropped, by [`DropCause`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LinkDrops {
+    counts: [u64; DropCause::COUNT],
+}
+
+impl LinkDrops {
+    /// Drops for `cause`.
+    pub fn get(&self, cause: DropCause) -> u64 {
+        self.counts[cause as usize]
+    }
+
+    /// All drops.
+    pub fn total(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// `(cause, count)` for every cause with a non-zero count, in [`DropCause::ALL`] order.
+    pub fn iter(&self) -> impl Iterator<Item = (DropCause, u64)> + '_ {
+        DropCause::ALL
+            .iter()
+            .map(|&c| (c, self.get(c)))
+            .filter(|&(_, n)| n > 0)
+    }
+
+    pub(crate) fn add(&mut self, cause: DropCause) {
+        self.counts[cause as usize] += 1;
+    }
+}
+
+/// What the link decided for one datagram.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum LinkVerdict {
+    Drop(DropCause),
+    /// Deliver at `at`; `reordered` if held back; `duplicate_at` for a second copy.
+    Deliver {
+        at: Instant,
+        reordered: bool,
+        duplicate_at: Option<Instant>,
+    },
+}
+
+/// Per-direction mutable state: the burst-loss chain, the bandwidth queue, the last arrival.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct LinkState {
+    in_bad_state: bool,
+    /// When the bottleneck finishes serializing what it holds, in nanoseconds.
+    busy_until_ns: u64,
+    /// Arrival time of the latest in-order datagram (jitter does not reorder past it).
+    last_arrival: Instant,
+}
+
+impl LinkState {
+    /// Whether `link` needs state kept between datagrams (otherwise a fresh state will do).
+    pub(crate) fn is_needed(link: &LinkConfig) -> bool {
+        link.bandwidth.is_some()
+            || link.burst_loss.is_some()
+            || (!link.jitter.is_zero() && !link.jitter_reorders)
+    }
+}
+
+impl LinkState {
+    /// Runs a datagram of `len` bytes, sent at `now`, through the bandwidth queue, loss and
+    /// delay of `link`. The MTU, link-down and partition checks happen before (they need no
+    /// state).
+    pub(crate) fn transmit(
+        &mut self,
+        link: &LinkConfig,
+        now: Instant,
+        len: usize,
+        rng: &mut SimRng,
+    ) -> LinkVerdict {
+        let now_ns = now.as_micros().saturating_mul(1000);
+        let mut depart_ns = now_ns;
+        if let Some(rate) = link.bandwidth {
+            let start = self.busy_until_ns.max(now_ns);
+            let backlog_bytes = u128::from(start - now_ns) * u128::from(rate) / 1_000_000_000;
+            if backlog_bytes + len as u128 > link.queue_bytes as u128 {
+                return LinkVerdict::Drop(DropCause::QueueFull);
+            }
+            let serialize_ns = (len as u128 * 1_000_000_000).div_ceil(u128::from(rate));
+            depart_ns = start.saturating_add(u64::try_from(serialize_ns).unwrap_or(u64::MAX));
+            self.busy_until_ns = depart_ns;
+        }
+        if rng.chance(link.loss) {
+            return LinkVerdict::Drop(DropCause::RandomLoss);
+        }
+        if let Some(b) = &link.burst_loss {
+            let flip = if self.in_bad_state {
+                b.p_bad_to_good
+            } else {
+                b.p_good_to_bad
+            };
+            if rng.chance(flip) {
+                self.in_bad_state = !self.in_bad_state;
+            }
+            let p = if self.in_bad_state {
+                b.loss_bad
+            } else {
+                b.loss_good
+            };
+            if rng.chance(p) {
+                return LinkVerdict::Drop(DropCause::BurstLoss);
+            }
+        }
+        let depart = Instant::from_micros(depart_ns.div_ceil(1000));
+        let reordered = rng.chance(link.reorder);
+        let mut at = depart + delay(link, rng);
+        if reordered {
+            at += link.reorder_delay;
+        } else if !link.jitter_reorders {
+            at = at.max(self.last_arrival);
+            self.last_arrival = at;
+        }
+        let duplicate_at = rng
+            .chance(link.duplicate)
+            .then(|| depart + delay(link, rng));
+        LinkVerdict::Deliver {
+            at,
+            reordered,
+            duplicate_at,
+        }
+    }
+}
+
+fn delay(link: &LinkConfig, rng: &mut SimRng) -> Duration {
+    let jitter = u64::try_from(link.jitter.as_micros()).unwrap_or(u64::MAX);
+    if jitter == 0 {
+        link.latency
+    } else {
+        link.latency + Duration::from_micros(rng.below(jitter.saturating_add(1)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(link: &LinkConfig, n: usize, seed: u64) -> Vec<LinkVerdict> {
+        let mut state = LinkState::default();
+        let mut rng = SimRng::new(seed);
+        (0..n)
+            .map(|i| state.transmit(link, Instant::from_millis(i as u64), 100, &mut rng))
+            .collect()
+    }
+
+    #[test]
+    fn perfect_link_delivers_after_latency() {
+        let link = LinkConfig {
+            latency: Duration::from_millis(30),
+            ..LinkConfig::default()
+        };
+        let v = run(&link, 3, 1);
+        assert_eq!(
+            v[2],
+            LinkVerdict::Deliver {
+                at: Instant::from_millis(32),
+                reordered: false,
+                duplicate_at: None
+            }
+        );
+    }
+
+    #[test]
+    fn jitter_stays_within_bounds() {
+        let link = LinkConfig {
+            latency: Duration::from_millis(10),
+            jitter: Duration::from_millis(5),
+            ..LinkConfig::default()
+        };
+        for (i, v) in run(&link, 500, 2).into_iter().enumerate() {
+            let LinkVerdict::Deliver { at, .. } = v else {
+                panic!("lost on a lossless link")
+            };
+            let d = at - Instant::from_millis(i as u64);
+            assert!(
+                d >= Duration::from_millis(10) && d <= Duration::from_millis(15),
+                "{d:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn jitter_keeps_order_unless_allowed_to_reorder() {
+        let mut link = LinkConfig {
+            latency: Duration::from_millis(10),
+            jitter: Duration::from_millis(20),
+            ..LinkConfig::default()
+        };
+        let arrivals = |link: &LinkConfig| -> Vec<Instant> {
+            let mut state = LinkState::default();
+            let mut rng = SimRng::new(9);
+            (0..200)
+                .filter_map(|i| {
+                    match state.transmit(link, Instant::from_micros(i * 500), 100, &mut rng) {
+                        LinkVerdict::Deliver { at, .. } => Some(at),
+                        LinkVerdict::Drop(_) => None,
+                    }
+                })
+                .collect()
+        };
+        assert!(arrivals(&link).windows(2).all(|w| w[0] <= w[1]));
+        link.jitter_reorders = true;
+        assert!(arrivals(&link).windows(2).any(|w| w[0] > w[1]));
+    }
+
+    #[test]
+    fn burst_loss_rate_and_burstiness() {
+        let link = LinkConfig {
+            burst_loss: Some(BurstLoss::new(0.02, 0.2)),
+            ..LinkConfig::default()
+        };
+        let v = run(&link, 100_000, 3);
+        let lost: Vec<bool> = v
+            .iter()
+            .map(|v| matches!(v, LinkVerdict::Drop(_)))
+            .collect();
+        let rate = lost.iter().filter(|&&l| l).count() as f64 / lost.len() as f64;
+        let expected = BurstLoss::new(0.02, 0.2).mean_loss();
+        assert!(
+            (rate - expected).abs() < 0.01,
+            "rate {rate}, expected {expected}"
+        );
+        // Bursty: a loss is far more likely right after a loss than on average.
+        let after_loss = lost.windows(2).filter(|w| w[0]).count();
+        let loss_after_loss = lost.windows(2).filter(|w| w[0] && w[1]).count();
+        assert!(loss_after_loss as f64 / after_loss as f64 > 0.7);
+    }
+
+    #[test]
+    fn bandwidth_spaces_datagrams_and_drops_tail() {
+        let link = LinkConfig {
+            bandwidth: Some(100_000), // 100 bytes take 1 ms
+            queue_bytes: 450,
+            ..LinkConfig::default()
+        };
+        let mut state = LinkState::default();
+        let mut rng = SimRng::new(4);
+        let now = Instant::from_millis(10);
+        let verdicts: Vec<_> = (0..6)
+            .map(|_| state.transmit(&link, now, 100, &mut rng))
+            .collect();
+        let arrivals: Vec<_> = verdicts
+            .iter()
+            .filter_map(|v| match v {
+                LinkVerdict::Deliver { at, .. } => Some(at.as_micros()),
+                LinkVerdict::Drop(_) => None,
+            })
+            .collect();
+        assert_eq!(arrivals, vec![11_000, 12_000, 13_000, 14_000]);
+        assert_eq!(verdicts[4], LinkVerdict::Drop(DropCause::QueueFull));
+        // Once the queue drained, the link takes datagrams again.
+        let later = state.transmit(&link, Instant::from_millis(20), 100, &mut rng);
+        assert!(matches!(later, LinkVerdict::Deliver { at, .. } if at == Instant::from_millis(21)));
+    }
+
+    #[test]
+    fn validate_rejects_nonsense() {
+        let bad = LinkConfig {
+            loss: 1.5,
+            ..LinkConfig::default()
+        };
+        assert_eq!(
+            bad.validate(),
+            Err(LinkConfigError::Probability("loss", 1.5))
+        );
+        let nan = LinkConfig {
+            duplicate: f64::NAN,
+            ..LinkConfig::default()
+        };
+        assert!(nan.validate().is_err());
+        let zero = LinkConfig {
+            bandwidth: Some(0),
+            ..LinkConfig::default()
+        };
+        assert_eq!(zero.validate(), Err(LinkConfigError::ZeroBandwidth));
+    }
+}

@@ -1,0 +1,413 @@
+//! What a scenario run measured, and its summary table.
+
+use core::fmt;
+use core::time::Duration;
+
+use shoal_proto::DropCounts;
+
+use super::{Game, Kind, ScenarioConfig};
+use crate::{LatencyHistogram, SimStats, Simulator};
+
+/// Guarantee violations seen by the receivers. All must be zero.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Violations {
+    /// Payloads whose bytes, length or header did not match what was sent (or that came on
+    /// the wrong channel or in the wrong direction).
+    pub corrupted: u64,
+    /// Sequenced messages delivered after a newer one (or twice).
+    pub sequenced_stale: u64,
+    /// Reliable messages delivered more than once.
+    pub reliable_duplicated: u64,
+    /// Ordered messages delivered out of order, twice, or after a gap.
+    pub ordered_out_of_order: u64,
+    /// Reliable or ordered messages never delivered although their connection stayed up
+    /// until the end of the drain.
+    pub reliable_undelivered: u64,
+    /// Responses to no pending request, or carrying another request's payload.
+    pub unexpected_responses: u64,
+}
+
+impl Violations {
+    /// All violations.
+    pub fn total(&self) -> u64 {
+        self.iter().map(|(_, n)| n).sum()
+    }
+
+    /// `(name, count)` for every kind of violation, zero or not.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> {
+        [
+            ("corrupted", self.corrupted),
+            ("sequenced_stale", self.sequenced_stale),
+            ("reliable_duplicated", self.reliable_duplicated),
+            ("ordered_out_of_order", self.ordered_out_of_order),
+            ("reliable_undelivered", self.reliable_undelivered),
+            ("unexpected_responses", self.unexpected_responses),
+        ]
+        .into_iter()
+    }
+}
+
+/// Delivery figures of one kind of message.
+#[derive(Clone, Debug)]
+pub struct KindReport {
+    /// The kind.
+    pub kind: Kind,
+    /// Bytes per message.
+    pub size: usize,
+    /// Messages sent (requests: requests sent).
+    pub sent: u64,
+    /// Messages delivered (requests: responses received).
+    pub delivered: u64,
+    /// Payload bytes the application sent (requests: request and response).
+    pub payload_bytes: u64,
+    /// Delivery latencies (requests: round trips).
+    pub latency: LatencyHistogram,
+    /// Latencies by send time, in [`PLOT_BINS`](super::PLOT_BINS) equal bins over the run.
+    pub bins: Vec<LatencyHistogram>,
+    /// An evenly thinned sample of `(send time µs, latency µs)`.
+    pub scatter: Vec<(u64, u64)>,
+}
+
+/// Everything a scenario run measured. Its [`Display`](fmt::Display) is the summary table;
+/// it holds no wall-clock figures, so equal seeds give equal text.
+#[derive(Clone, Debug)]
+pub struct Report {
+    /// The settings of the run.
+    pub config: ScenarioConfig,
+    /// Simulated time, including the drain after the traffic stopped.
+    pub simulated: Duration,
+    /// Per kind of message, in [`Kind::ALL`] order.
+    pub kinds: Vec<KindReport>,
+    /// Clients whose connection the server accepted.
+    pub clients_connected: usize,
+    /// Connections that ended during the run, by side and reason.
+    pub disconnects: Vec<(String, u64)>,
+    /// Datagrams all endpoints sent.
+    pub datagrams_sent: u64,
+    /// Bytes all endpoints sent (UDP payload).
+    pub wire_bytes: u64,
+    /// Application payload bytes sent.
+    pub payload_bytes: u64,
+    /// Frames retransmitted after loss (live connections at the end).
+    pub retransmissions: u64,
+    /// Packets declared lost (live connections at the end).
+    pub packets_lost: u64,
+    /// Retransmission timeouts that fired (live connections at the end).
+    pub rto_fired: u64,
+    /// Proactive redundant copies of small reliable frames (live connections at the end).
+    pub redundant_frames: u64,
+    /// Drops inside the endpoints, by cause.
+    pub proto_drops: DropCounts,
+    /// The simulated network's counters (its drops by cause among them).
+    pub sim: SimStats,
+    /// Guarantee violations.
+    pub violations: Violations,
+    /// Requests that got no response in time.
+    pub request_timeouts: u64,
+    /// Sends the endpoints refused (e.g. a full queue).
+    pub send_errors: u64,
+    /// The simulator's trace hash: equal for equal runs.
+    pub trace_hash: u64,
+}
+
+pub(super) fn build(sim: &Simulator, game: &Game, end: shoal_proto::Instant) -> Report {
+    let config = &game.config;
+    let mut report = Report {
+        config: config.clone(),
+        simulated: end - shoal_proto::Instant::ZERO,
+        kinds: Vec::new(),
+        clients_connected: game.by_server_conn.len()
+            + game.clients.iter().filter(|c| c.server_lost).count(),
+        disconnects: game.disconnects.clone(),
+        datagrams_sent: 0,
+        wire_bytes: 0,
+        payload_bytes: 0,
+        retransmissions: 0,
+        packets_lost: 0,
+        rto_fired: 0,
+        redundant_frames: 0,
+        proto_drops: DropCounts::default(),
+        sim: *sim.stats(),
+        violations: game.violations,
+        request_timeouts: game.request_timeouts,
+        send_errors: game.send_errors,
+        trace_hash: sim.trace_hash(),
+    };
+    for node in sim.nodes() {
+        let endpoint = sim.endpoint(node);
+        let s = endpoint.stats();
+        report.datagrams_sent += s.datagrams_sent;
+        report.wire_bytes += s.bytes_sent;
+        report.proto_drops.merge(&s.drops);
+        for conn in endpoint.connections() {
+            if let Some(c) = endpoint.connection_stats(conn) {
+                report.retransmissions += c.retransmissions;
+                report.packets_lost += c.packets_lost;
+                report.rto_fired += c.rto_fired;
+                report.redundant_frames += c.redundant_frames;
+                report.proto_drops.merge(&c.drops);
+            }
+        }
+    }
+    for kind in Kind::ALL {
+        let k = &game.kinds[kind as usize];
+        report.payload_bytes += k.payload_bytes;
+        report.kinds.push(KindReport {
+            kind,
+            size: size_of(config, kind),
+            sent: k.sent,
+            delivered: k.delivered,
+            payload_bytes: k.payload_bytes,
+            latency: k.latency.clone(),
+            bins: k.bins.clone(),
+            scatter: k.scatter.clone(),
+        });
+    }
+    report
+}
+
+fn size_of(config: &ScenarioConfig, kind: Kind) -> usize {
+    match kind {
+        Kind::Input => config.input_size,
+        Kind::State => config.state_size,
+        Kind::ReliableUp | Kind::ReliableDown => config.reliable_size,
+        Kind::OrderedUp | Kind::OrderedDown => config.ordered_size,
+        Kind::Large => config.large_size,
+        Kind::Request => config.request_size,
+    }
+}
+
+/// `1234567` as `1,234,567`.
+pub(crate) fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+pub(crate) fn millis(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1000.0)
+}
+
+/// A duration as a person writes it: `40ms`, `1.5s`, `250us`.
+pub(crate) fn human(d: Duration) -> String {
+    if d.is_zero() {
+        "0".to_string()
+    } else if d.as_micros() < 1000 {
+        format!("{}us", d.as_micros())
+    } else if d < Duration::from_secs(1) {
+        format!("{}ms", trim(d.as_secs_f64() * 1000.0))
+    } else {
+        format!("{}s", trim(d.as_secs_f64()))
+    }
+}
+
+fn trim(x: f64) -> String {
+    let s = format!("{x:.3}");
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+fn percent(p: f64) -> String {
+    format!("{}%", trim(p * 100.0))
+}
+
+impl Report {
+    /// The link settings in one line.
+    pub fn link_summary(&self) -> String {
+        let l = &self.config.link;
+        let burst = match &l.burst_loss {
+            Some(b) => format!(
+                "{} in / {} out (loss {} in bursts, mean {})",
+                percent(b.p_good_to_bad),
+                percent(b.p_bad_to_good),
+                percent(b.loss_bad),
+                percent(b.mean_loss())
+            ),
+            None => "none".to_string(),
+        };
+        let bandwidth = match l.bandwidth {
+            Some(b) => format!(
+                "{} B/s, queue {} B",
+                thousands(b),
+                thousands(l.queue_bytes as u64)
+            ),
+            None => "unlimited".to_string(),
+        };
+        format!(
+            "latency {}, jitter {}{}, loss {}, burst loss {}, duplicate {}, reorder {} (+{}), bandwidth {}, mtu {}",
+            human(l.latency),
+            human(l.jitter),
+            if l.jitter_reorders { " (reordering)" } else { "" },
+            percent(l.loss),
+            burst,
+            percent(l.duplicate),
+            percent(l.reorder),
+            human(l.reorder_delay),
+            bandwidth,
+            l.mtu
+        )
+    }
+
+    /// Wire bytes sent per application payload byte.
+    pub fn wire_overhead(&self) -> f64 {
+        self.wire_bytes as f64 / self.payload_bytes.max(1) as f64
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = &self.config;
+        let drain = self.simulated.saturating_sub(c.duration);
+        writeln!(
+            f,
+            "shoal-sim: 1 server + {} clients, {} of traffic then {} of drain, seed {}",
+            c.clients,
+            human(c.duration),
+            human(drain),
+            c.seed
+        )?;
+        writeln!(f, "link (each direction): {}", self.link_summary())?;
+        let lost: u64 = self.disconnects.iter().map(|(_, n)| n).sum();
+        writeln!(
+            f,
+            "connections: {} of {} clients connected, {} disconnect events",
+            self.clients_connected, c.clients, lost
+        )?;
+        for (reason, n) in &self.disconnects {
+            writeln!(f, "  {reason}: {n}")?;
+        }
+        writeln!(f)?;
+        writeln!(
+            f,
+            "{:<17} {:<9} {:<4} {:>7} {:>10} {:>10} {:>7} {:>8} {:>8} {:>8} {:>8}",
+            "kind",
+            "channel",
+            "dir",
+            "bytes",
+            "sent",
+            "delivered",
+            "deliv%",
+            "p50 ms",
+            "p95 ms",
+            "p99 ms",
+            "max ms"
+        )?;
+        for k in &self.kinds {
+            let share = if k.sent == 0 {
+                "-".to_string()
+            } else {
+                format!("{:.1}", k.delivered as f64 * 100.0 / k.sent as f64)
+            };
+            writeln!(
+                f,
+                "{:<17} {:<9} {:<4} {:>7} {:>10} {:>10} {:>7} {:>8} {:>8} {:>8} {:>8}",
+                k.kind.name(),
+                k.kind.channel_name(),
+                k.kind.direction(),
+                thousands(k.size as u64),
+                thousands(k.sent),
+                thousands(k.delivered),
+                share,
+                millis(k.latency.percentile(50.0)),
+                millis(k.latency.percentile(95.0)),
+                millis(k.latency.percentile(99.0)),
+                millis(k.latency.max()),
+            )?;
+        }
+        writeln!(f, "(latencies from send to delivery, requests from request to response; percentiles within 1.6%)")?;
+        writeln!(f)?;
+        writeln!(
+            f,
+            "wire: {} datagrams, {} bytes for {} payload bytes = {:.3} wire bytes per payload byte",
+            thousands(self.datagrams_sent),
+            thousands(self.wire_bytes),
+            thousands(self.payload_bytes),
+            self.wire_overhead()
+        )?;
+        writeln!(
+            f,
+            "recovery: {} retransmissions, {} packets declared lost, {} RTOs fired, {} redundant copies, {} request timeouts, {} refused sends",
+            thousands(self.retransmissions),
+            thousands(self.packets_lost),
+            thousands(self.rto_fired),
+            thousands(self.redundant_frames),
+            thousands(self.request_timeouts),
+            thousands(self.send_errors)
+        )?;
+        let s = &self.sim;
+        writeln!(
+            f,
+            "network: {} datagrams sent, {} delivered, {} duplicated, {} reordered, {} dropped{}",
+            thousands(s.datagrams_sent),
+            thousands(s.datagrams_delivered),
+            thousands(s.duplicates),
+            thousands(s.reordered),
+            thousands(s.drops.total()),
+            if s.drops.total() == 0 { "" } else { ":" }
+        )?;
+        for (cause, n) in s.drops.iter() {
+            writeln!(
+                f,
+                "  network drop {:<22} {:>12}",
+                cause.name(),
+                thousands(n)
+            )?;
+        }
+        writeln!(
+            f,
+            "protocol drops: {}{}",
+            thousands(self.proto_drops.total()),
+            if self.proto_drops.total() == 0 {
+                ""
+            } else {
+                ":"
+            }
+        )?;
+        for (reason, n) in self.proto_drops.iter() {
+            writeln!(
+                f,
+                "  protocol drop {:<21} {:>12}",
+                reason.name(),
+                thousands(n)
+            )?;
+        }
+        writeln!(f, "guarantee violations: {}", self.violations.total())?;
+        for (name, n) in self.violations.iter().filter(|(_, n)| *n > 0) {
+            writeln!(f, "  VIOLATION {name}: {n}")?;
+        }
+        writeln!(
+            f,
+            "engine: {} steps, {} wake-ups ({} stale), {} timers, {} events, {} timer spins",
+            thousands(s.steps),
+            thousands(s.wakeups),
+            thousands(s.stale_wakeups),
+            thousands(s.timers_fired),
+            thousands(s.events),
+            s.timer_spins
+        )?;
+        write!(f, "trace hash: {:#018x}", self.trace_hash)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn number_formats() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(1_234_567), "1,234,567");
+        assert_eq!(human(Duration::from_millis(40)), "40ms");
+        assert_eq!(human(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(human(Duration::from_micros(250)), "250us");
+        assert_eq!(percent(0.05), "5%");
+        assert_eq!(millis(Duration::from_micros(40_250)), "40.2");
+    }
+}

@@ -1,0 +1,709 @@
+//! The discrete-event engine: nodes, the virtual clock, the agenda, and link conditions.
+
+mod agenda;
+mod app;
+mod conditions;
+
+use core::cmp::Reverse;
+use core::fmt;
+use core::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::collections::VecDeque;
+
+use shoal_proto::{Config, ConfigError, ConnectError, ConnectionHandle, Endpoint, Event, Instant};
+
+use crate::link::{DropCause, LinkConfig, LinkConfigError, LinkDrops, LinkState, LinkVerdict};
+use crate::rng::{splitmix64, SimRng};
+use crate::trace::{Fate, Trace, TraceHasher, TraceRecord};
+
+pub(crate) use agenda::FastMap;
+use agenda::{Agenda, FastSet, Next, What};
+pub use app::{Application, NodeContext};
+use app::{QueueEvents, QueueLimit};
+use conditions::{Change, Partition};
+
+/// Port every node starts on.
+const BASE_PORT: u16 = 7000;
+/// Most nodes: their addresses are `10.x.y.z` with `x.y.z` the node number plus one.
+pub const MAX_NODES: usize = (1 << 24) - 2;
+/// Wake-ups of one node at one instant after which the simulator assumes the endpoint keeps
+/// asking to be woken "now" without progress, and moves it on by a microsecond.
+const MAX_WAKES_PER_INSTANT: u32 = 10_000;
+/// Large enough for any datagram an endpoint writes (UDP's maximum payload).
+const SCRATCH_LEN: usize = 65_535;
+
+/// Names one node of a [`Simulator`]; nodes are numbered from 0 in the order they were added.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeId(pub u32);
+
+impl NodeId {
+    /// The node's number as an index.
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "node#{}", self.0)
+    }
+}
+
+/// Names a partition scheduled with [`Simulator::schedule_partition`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PartitionId(pub usize);
+
+/// Settings of a whole simulation.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// The one seed everything random follows from: link decisions, and each endpoint's own
+    /// [`Config::seed`], which [`Simulator::add_node`] derives from it.
+    pub seed: u64,
+    /// The link used between every pair of nodes without an override.
+    pub default_link: LinkConfig,
+    /// Events kept per node by [`Simulator::run_until`] for [`Simulator::next_event`]; further
+    /// events are dropped and counted in [`SimStats::events_dropped`].
+    pub max_queued_events: usize,
+    /// Datagrams kept in the trace ([`Simulator::trace`]), the most recent ones; 0 keeps none.
+    /// The [`trace hash`](Simulator::trace_hash) covers every datagram either way.
+    pub trace_capacity: usize,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            seed: 0,
+            default_link: LinkConfig::default(),
+            max_queued_events: 65_536,
+            trace_capacity: 0,
+        }
+    }
+}
+
+/// Why a node could not be added.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AddNodeError {
+    /// The endpoint configuration is invalid.
+    Config(ConfigError),
+    /// The simulator has [`MAX_NODES`] nodes already.
+    TooManyNodes,
+}
+
+impl fmt::Display for AddNodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AddNodeError::Config(e) => write!(f, "invalid endpoint configuration: {e}"),
+            AddNodeError::TooManyNodes => {
+                write!(f, "the simulator holds at most {MAX_NODES} nodes")
+            }
+        }
+    }
+}
+
+impl std::error::Error for AddNodeError {}
+
+/// Why a node could not move to a new address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RebindError {
+    /// Another node has that address.
+    AddressInUse(SocketAddr),
+}
+
+impl fmt::Display for RebindError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RebindError::AddressInUse(a) => write!(f, "address {a} belongs to another node"),
+        }
+    }
+}
+
+impl std::error::Error for RebindError {}
+
+/// Counters of the simulated network and engine.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SimStats {
+    /// Datagrams the endpoints sent.
+    pub datagrams_sent: u64,
+    /// Bytes the endpoints sent.
+    pub bytes_sent: u64,
+    /// Datagrams handed to a receiving endpoint (duplicates included).
+    pub datagrams_delivered: u64,
+    /// Bytes handed to a receiving endpoint.
+    pub bytes_delivered: u64,
+    /// Extra copies the network made.
+    pub duplicates: u64,
+    /// Datagrams held back by the link's reordering.
+    pub reordered: u64,
+    /// Datagrams the network dropped, by cause.
+    pub drops: LinkDrops,
+    /// Agenda entries processed (arrivals, wake-ups, timers, condition changes).
+    pub steps: u64,
+    /// Endpoint wake-ups for `handle_timeout`.
+    pub wakeups: u64,
+    /// Wake-ups skipped because the node had rescheduled (lazy invalidation).
+    pub stale_wakeups: u64,
+    /// Application timers fired.
+    pub timers_fired: u64,
+    /// Events the endpoints emitted.
+    pub events: u64,
+    /// Events dropped because a node's queue was full (only with [`Simulator::run_until`]).
+    pub events_dropped: u64,
+    /// Times an endpoint asked to be woken at the current instant over and over without
+    /// progress (each time it was moved on by a microsecond). Non-zero means a protocol bug.
+    pub timer_spins: u64,
+}
+
+impl SimStats {
+    /// Datagrams sent but neither delivered nor dropped yet.
+    pub fn in_flight(&self) -> u64 {
+        (self.datagrams_sent + self.duplicates)
+            .saturating_sub(self.datagrams_delivered + self.drops.total())
+    }
+}
+
+/// A node: an endpoint plus the simulator's bookkeeping for it.
+pub(crate) struct Node {
+    endpoint: Endpoint,
+    /// The wake-up the agenda holds a live entry for.
+    scheduled: Option<Instant>,
+    last_wake: Instant,
+    wakes_at_last: u32,
+    rebinds: u16,
+    touched: bool,
+    events: VecDeque<(Instant, Event)>,
+}
+
+/// A datagram on the wire.
+#[derive(Debug)]
+struct InFlight {
+    from: SocketAddr,
+    to_node: u32,
+    data: Vec<u8>,
+}
+
+/// A deterministic discrete-event network simulator running many Shoal endpoints.
+///
+/// Each node owns a [`shoal_proto::Endpoint`] — the same type the socket drivers use — and an
+/// address `10.x.y.z:7000` derived from its number. The virtual clock jumps straight from one
+/// happening to the next: a datagram arriving, a node's endpoint timer
+/// ([`Endpoint::poll_timeout`]), an application timer, or a scheduled change of conditions.
+/// Nothing scans all nodes per step, so runs with 10,000 nodes stay fast.
+///
+/// After every input to a node the simulator drains the node's events (to an
+/// [`Application`], or to a per-node queue with [`run_until`](Self::run_until)) and its
+/// datagrams (into the links), then asks it when to wake next.
+///
+/// One seeded [`SimRng`] decides everything random, and simultaneous happenings run in the
+/// order they were scheduled, so the same seed and the same calls give the same run bit for
+/// bit; [`trace_hash`](Self::trace_hash) summarises it.
+pub struct Simulator {
+    config: SimConfig,
+    now: Instant,
+    rng: SimRng,
+    nodes: Vec<Node>,
+    addresses: Vec<SocketAddr>,
+    owners: FastMap<SocketAddr, u32>,
+    agenda: Agenda,
+    in_flight: Vec<InFlight>,
+    free_in_flight: Vec<u32>,
+    changes: Vec<Option<Change>>,
+    default_link: LinkConfig,
+    links: FastMap<(u32, u32), LinkConfig>,
+    link_states: FastMap<(u32, u32), LinkState>,
+    links_down: FastSet<(u32, u32)>,
+    partitions: Vec<Partition>,
+    active_partitions: Vec<usize>,
+    touched: Vec<u32>,
+    scratch: Vec<u8>,
+    stats: SimStats,
+    trace: Trace,
+    hasher: TraceHasher,
+}
+
+impl fmt::Debug for Simulator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Simulator")
+            .field("now", &self.now)
+            .field("nodes", &self.nodes.len())
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Simulator {
+    // ------------------------------------------------------------------ construction, nodes
+
+    /// A simulator with no nodes, at time zero.
+    pub fn new(config: SimConfig) -> Result<Self, LinkConfigError> {
+        config.default_link.validate()?;
+        Ok(Simulator {
+            now: Instant::ZERO,
+            rng: SimRng::new(config.seed),
+            nodes: Vec::new(),
+            addresses: Vec::new(),
+            owners: FastMap::default(),
+            agenda: Agenda::default(),
+            in_flight: Vec::new(),
+            free_in_flight: Vec::new(),
+            changes: Vec::new(),
+            default_link: config.default_link,
+            links: FastMap::default(),
+            link_states: FastMap::default(),
+            links_down: FastSet::default(),
+            partitions: Vec::new(),
+            active_partitions: Vec::new(),
+            touched: Vec::new(),
+            scratch: vec![0; SCRATCH_LEN],
+            stats: SimStats::default(),
+            trace: Trace {
+                capacity: config.trace_capacity,
+                ..Trace::default()
+            },
+            hasher: TraceHasher::default(),
+            config,
+        })
+    }
+
+    /// Adds a node running an endpoint with `config`, whose [`Config::seed`] is replaced by one
+    /// derived from the simulation seed and the node number (so every endpoint has its own,
+    /// and the whole run follows from [`SimConfig::seed`]). Set
+    /// [`Config::accept_incoming`] to `false` for pure clients.
+    pub fn add_node(&mut self, mut config: Config) -> Result<NodeId, AddNodeError> {
+        if self.nodes.len() >= MAX_NODES {
+            return Err(AddNodeError::TooManyNodes);
+        }
+        let index = self.nodes.len() as u32;
+        let mut seed_state = self.config.seed ^ (u64::from(index) << 32 | 0x5EED);
+        config.seed = splitmix64(&mut seed_state);
+        let endpoint = Endpoint::new(config).map_err(AddNodeError::Config)?;
+        let n = index + 1;
+        let ip = Ipv4Addr::new(10, (n >> 16) as u8, (n >> 8) as u8, n as u8);
+        let addr = SocketAddr::V4(SocketAddrV4::new(ip, BASE_PORT));
+        self.nodes.push(Node {
+            endpoint,
+            scheduled: None,
+            last_wake: Instant::ZERO,
+            wakes_at_last: 0,
+            rebinds: 0,
+            touched: false,
+            events: VecDeque::new(),
+        });
+        self.addresses.push(addr);
+        self.owners.insert(addr, index);
+        Ok(NodeId(index))
+    }
+
+    /// Number of nodes.
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Every node, in order.
+    pub fn nodes(&self) -> impl Iterator<Item = NodeId> {
+        (0..self.nodes.len() as u32).map(NodeId)
+    }
+
+    /// A node's current address (it changes when the node is [rebound](Self::rebind)).
+    ///
+    /// # Panics
+    /// If `node` is not a node of this simulator (as do the other methods taking a `NodeId`).
+    pub fn address(&self, node: NodeId) -> SocketAddr {
+        self.addresses[node.index()]
+    }
+
+    /// The node that owns `addr` now, if any.
+    pub fn node_at(&self, addr: SocketAddr) -> Option<NodeId> {
+        self.owners.get(&addr).map(|&i| NodeId(i))
+    }
+
+    /// A node's endpoint, to read its state and stats.
+    pub fn endpoint(&self, node: NodeId) -> &Endpoint {
+        &self.nodes[node.index()].endpoint
+    }
+
+    /// A node's endpoint, to send or connect from outside a callback. Whatever it has to send
+    /// goes out at the current simulated time, when the simulation next runs.
+    pub fn endpoint_mut(&mut self, node: NodeId) -> &mut Endpoint {
+        self.touch(node.0);
+        &mut self.nodes[node.index()].endpoint
+    }
+
+    /// Starts a connection from `from` to `to`'s current address, passing `data` to its
+    /// accept hook.
+    pub fn connect(
+        &mut self,
+        from: NodeId,
+        to: NodeId,
+        data: &[u8],
+    ) -> Result<ConnectionHandle, ConnectError> {
+        let now = self.now;
+        let remote = self.address(to);
+        self.endpoint_mut(from).connect(now, remote, data)
+    }
+
+    /// The oldest event `node` emitted under [`run_until`](Self::run_until), with the time it
+    /// was emitted.
+    pub fn next_event(&mut self, node: NodeId) -> Option<(Instant, Event)> {
+        self.nodes[node.index()].events.pop_front()
+    }
+
+    /// Calls [`Application::on_timer`] for `node` with `token` at `at` (or now, if earlier).
+    /// Under [`run_until`](Self::run_until) timers fire and do nothing.
+    pub fn set_timer(&mut self, node: NodeId, at: Instant, token: u64) {
+        assert!(node.index() < self.nodes.len(), "{node} does not exist");
+        self.agenda.push(
+            at.max(self.now),
+            What::Timer {
+                node: node.0,
+                token,
+            },
+        );
+    }
+
+    // ------------------------------------------------------------------ getters
+
+    /// The simulated time.
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// When the next thing is scheduled to happen, if anything is.
+    pub fn next_event_time(&self) -> Option<Instant> {
+        if self.touched.is_empty() {
+            self.agenda.peek_time()
+        } else {
+            Some(self.now)
+        }
+    }
+
+    /// Network and engine counters.
+    pub fn stats(&self) -> &SimStats {
+        &self.stats
+    }
+
+    /// A hash of everything that happened so far: every datagram (time, addresses, fate,
+    /// bytes) and every event of every node, in order. Two runs with equal hashes did the
+    /// same thing (FNV-1a over 64-bit words; not cryptographic).
+    pub fn trace_hash(&self) -> u64 {
+        self.hasher.finish()
+    }
+
+    /// The most recent datagrams, oldest first, up to [`SimConfig::trace_capacity`].
+    pub fn trace(&self) -> impl Iterator<Item = &TraceRecord> {
+        self.trace.records.iter()
+    }
+
+    /// Datagrams that fell out of (or never entered) the bounded trace.
+    pub fn trace_evicted(&self) -> u64 {
+        self.trace.evicted
+    }
+
+    /// The simulation's random generator, for drawing reproducible values outside callbacks.
+    pub fn rng(&mut self) -> &mut SimRng {
+        &mut self.rng
+    }
+
+    // ------------------------------------------------------------------ running
+
+    /// Runs until `deadline`, keeping each node's events for [`next_event`](Self::next_event).
+    /// The clock ends at `deadline`.
+    pub fn run_until(&mut self, deadline: Instant) {
+        self.run_until_with(deadline, &mut QueueEvents);
+    }
+
+    /// Runs for `duration` of simulated time; see [`run_until`](Self::run_until).
+    pub fn run_for(&mut self, duration: core::time::Duration) {
+        let deadline = self.now + duration;
+        self.run_until(deadline);
+    }
+
+    /// Runs until `deadline`, handing events and timers to `app`. The clock ends at
+    /// `deadline`.
+    pub fn run_until_with<A: Application>(&mut self, deadline: Instant, app: &mut A) {
+        self.flush_touched(app);
+        while self.agenda.peek_time().is_some_and(|t| t <= deadline) {
+            self.step_with(app);
+        }
+        self.now = self.now.max(deadline);
+    }
+
+    /// Processes the next scheduled happening (and any node touched from outside since the
+    /// last step). Returns false if nothing is scheduled.
+    pub fn step_with<A: Application>(&mut self, app: &mut A) -> bool {
+        self.flush_touched(app);
+        let Some(next) = self.agenda.pop() else {
+            return false;
+        };
+        self.stats.steps += 1;
+        match next {
+            Next::Wake(at, node) => {
+                self.now = self.now.max(at);
+                self.wake(at, node, app);
+            }
+            Next::Item(item) => {
+                self.now = self.now.max(item.at);
+                match item.what {
+                    What::Arrival(slot) => self.arrive(slot, app),
+                    What::Timer { node, token } => {
+                        self.stats.timers_fired += 1;
+                        let mut ctx = self.context(node);
+                        app.on_timer(&mut ctx, token);
+                        self.service(node, app);
+                    }
+                    What::Change(index) => {
+                        if let Some(change) =
+                            self.changes.get_mut(index as usize).and_then(Option::take)
+                        {
+                            self.apply(change);
+                        }
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    fn touch(&mut self, node: u32) {
+        let n = &mut self.nodes[node as usize];
+        if !n.touched {
+            n.touched = true;
+            self.touched.push(node);
+        }
+    }
+
+    fn flush_touched<A: Application>(&mut self, app: &mut A) {
+        while !self.touched.is_empty() {
+            let touched = core::mem::take(&mut self.touched);
+            for &node in &touched {
+                self.nodes[node as usize].touched = false;
+                self.service(node, app);
+            }
+        }
+    }
+
+    fn context(&mut self, node: u32) -> NodeContext<'_> {
+        NodeContext {
+            id: NodeId(node),
+            now: self.now,
+            node: &mut self.nodes[node as usize],
+            agenda: &mut self.agenda,
+            rng: &mut self.rng,
+            addresses: &self.addresses,
+            owners: &self.owners,
+            queue: QueueLimit {
+                max: self.config.max_queued_events,
+                dropped: &mut self.stats.events_dropped,
+            },
+        }
+    }
+
+    fn wake<A: Application>(&mut self, at: Instant, node: u32, app: &mut A) {
+        let now = self.now;
+        let n = &mut self.nodes[node as usize];
+        if n.scheduled != Some(at) {
+            self.stats.stale_wakeups += 1;
+            return;
+        }
+        n.scheduled = None;
+        self.stats.wakeups += 1;
+        if n.last_wake == now {
+            n.wakes_at_last += 1;
+        } else {
+            n.last_wake = now;
+            n.wakes_at_last = 0;
+        }
+        if n.wakes_at_last > MAX_WAKES_PER_INSTANT {
+            // The endpoint keeps asking for "now" without getting anywhere: move it on so
+            // the simulation does not hang, and count it (a protocol bug).
+            self.stats.timer_spins += 1;
+            n.wakes_at_last = 0;
+            let later = now + core::time::Duration::from_micros(1);
+            n.scheduled = Some(later);
+            self.agenda.push_wake(later, node);
+            return;
+        }
+        n.endpoint.handle_timeout(now);
+        self.service(node, app);
+    }
+
+    fn arrive<A: Application>(&mut self, slot: u32, app: &mut A) {
+        let now = self.now;
+        let Some(d) = self.in_flight.get_mut(slot as usize) else {
+            return;
+        };
+        let (from, to_node) = (d.from, d.to_node);
+        let data = core::mem::take(&mut d.data);
+        self.stats.datagrams_delivered += 1;
+        self.stats.bytes_delivered += data.len() as u64;
+        self.nodes[to_node as usize]
+            .endpoint
+            .handle_datagram(now, from, &data);
+        // Give the buffer back for reuse.
+        if let Some(d) = self.in_flight.get_mut(slot as usize) {
+            d.data = data;
+        }
+        self.free_in_flight.push(slot);
+        self.service(to_node, app);
+    }
+
+    /// After an input: run due timers, drain events into `app` and datagrams into the links
+    /// until both are empty, then reschedule the node's wake-up.
+    fn service<A: Application>(&mut self, node: u32, app: &mut A) {
+        let now = self.now;
+        let mut buf = core::mem::take(&mut self.scratch);
+        if buf.len() < SCRATCH_LEN {
+            buf.resize(SCRATCH_LEN, 0);
+        }
+        loop {
+            let n = &mut self.nodes[node as usize];
+            if n.endpoint.poll_timeout().is_some_and(|t| t <= now) {
+                n.endpoint.handle_timeout(now);
+            }
+            let mut progressed = false;
+            while let Some(event) = self.nodes[node as usize].endpoint.poll_event() {
+                progressed = true;
+                self.stats.events += 1;
+                self.hasher.event(now, NodeId(node), &event);
+                let mut ctx = self.context(node);
+                app.on_event(&mut ctx, event);
+            }
+            while let Some(t) = self.nodes[node as usize]
+                .endpoint
+                .poll_transmit(now, &mut buf)
+            {
+                progressed = true;
+                let len = t.len.min(buf.len());
+                self.send_datagram(node, t.to, &buf[..len]);
+            }
+            if !progressed {
+                break;
+            }
+        }
+        self.scratch = buf;
+        let n = &mut self.nodes[node as usize];
+        let next = n.endpoint.poll_timeout().map(|t| t.max(now));
+        if next != n.scheduled {
+            n.scheduled = next;
+            if let Some(at) = next {
+                self.agenda.push_wake(at, node);
+            }
+        }
+        if self.agenda.wakeups.len() > 2 * self.nodes.len() + 1024 {
+            self.rebuild_wakeups();
+        }
+    }
+
+    /// Drops stale wake-up entries. Deterministic: live entries are re-pushed in node order.
+    fn rebuild_wakeups(&mut self) {
+        self.agenda.wakeups.clear();
+        for (i, n) in self.nodes.iter().enumerate() {
+            if let Some(at) = n.scheduled {
+                self.agenda.seq += 1;
+                let seq = self.agenda.seq;
+                self.agenda.wakeups.push(Reverse((at, seq, i as u32)));
+            }
+        }
+    }
+
+    /// Puts one datagram from `from` on the wire towards `to`.
+    fn send_datagram(&mut self, from: u32, to: SocketAddr, bytes: &[u8]) {
+        let now = self.now;
+        self.stats.datagrams_sent += 1;
+        self.stats.bytes_sent += bytes.len() as u64;
+        let to_node = self.owners.get(&to).copied();
+        let verdict = match to_node {
+            None => LinkVerdict::Drop(DropCause::Unroutable),
+            Some(to_node) => self.judge(from, to_node, bytes.len()),
+        };
+        let mut record = TraceRecord {
+            time: now,
+            from_node: NodeId(from),
+            from: self.addresses[from as usize],
+            to,
+            to_node: to_node.map(NodeId),
+            len: bytes.len(),
+            fate: Fate::Dropped(DropCause::Unroutable),
+        };
+        match (verdict, to_node) {
+            (
+                LinkVerdict::Deliver {
+                    at,
+                    reordered,
+                    duplicate_at,
+                },
+                Some(to_node),
+            ) => {
+                record.fate = Fate::Delivered { at, reordered };
+                self.record(&record, bytes);
+                self.enqueue(at, record.from, to_node, bytes);
+                if reordered {
+                    self.stats.reordered += 1;
+                }
+                if let Some(at) = duplicate_at {
+                    self.stats.duplicates += 1;
+                    record.fate = Fate::Duplicate { at };
+                    self.record(&record, bytes);
+                    self.enqueue(at, record.from, to_node, bytes);
+                }
+            }
+            (LinkVerdict::Drop(cause), _) => {
+                self.stats.drops.add(cause);
+                record.fate = Fate::Dropped(cause);
+                self.record(&record, bytes);
+            }
+            (LinkVerdict::Deliver { .. }, None) => {
+                // `judge` is only asked about routable datagrams.
+                self.stats.drops.add(DropCause::Unroutable);
+                self.record(&record, bytes);
+            }
+        }
+    }
+
+    fn judge(&mut self, from: u32, to: u32, len: usize) -> LinkVerdict {
+        let link = *self.links.get(&(from, to)).unwrap_or(&self.default_link);
+        if len > link.mtu {
+            return LinkVerdict::Drop(DropCause::Mtu);
+        }
+        if !self.links_down.is_empty() && self.links_down.contains(&(from, to)) {
+            return LinkVerdict::Drop(DropCause::LinkDown);
+        }
+        if self
+            .active_partitions
+            .iter()
+            .any(|&p| self.partitions[p].separates(from, to))
+        {
+            return LinkVerdict::Drop(DropCause::Partition);
+        }
+        if LinkState::is_needed(&link) {
+            let state = self.link_states.entry((from, to)).or_default();
+            state.transmit(&link, self.now, len, &mut self.rng)
+        } else {
+            LinkState::default().transmit(&link, self.now, len, &mut self.rng)
+        }
+    }
+
+    fn record(&mut self, record: &TraceRecord, bytes: &[u8]) {
+        self.hasher.datagram(record, bytes);
+        self.trace.push(*record);
+    }
+
+    fn enqueue(&mut self, at: Instant, from: SocketAddr, to_node: u32, bytes: &[u8]) {
+        let slot = match self.free_in_flight.pop() {
+            Some(slot) => slot,
+            None => {
+                self.in_flight.push(InFlight {
+                    from,
+                    to_node,
+                    data: Vec::new(),
+                });
+                (self.in_flight.len() - 1) as u32
+            }
+        };
+        if let Some(d) = self.in_flight.get_mut(slot as usize) {
+            d.from = from;
+            d.to_node = to_node;
+            d.data.clear();
+            d.data.extend_from_slice(bytes);
+        }
+        self.agenda.push(at, What::Arrival(slot));
+    }
+}

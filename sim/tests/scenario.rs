@@ -1,0 +1,137 @@
+//! The game-like scenario: its guarantees hold on bad networks, and its report is
+//! reproducible.
+
+use core::time::Duration;
+
+use shoal_sim::scenario::{run, Kind, Report, ScenarioConfig};
+use shoal_sim::{BurstLoss, DropCause, LinkConfig};
+
+fn small(seed: u64, link: LinkConfig) -> ScenarioConfig {
+    ScenarioConfig {
+        clients: 5,
+        duration: Duration::from_secs(4),
+        seed,
+        link,
+        large_interval: Duration::from_secs(2),
+        request_interval: Duration::from_secs(1),
+        ..ScenarioConfig::default()
+    }
+}
+
+fn run_ok(config: &ScenarioConfig) -> Report {
+    let mut last = None;
+    let report = run(config, &mut |now| last = Some(now)).expect("valid scenario");
+    assert_eq!(
+        last.map(|t| t.as_micros()),
+        Some(report.simulated.as_micros() as u64)
+    );
+    report
+}
+
+fn kind(report: &Report, kind: Kind) -> &shoal_sim::scenario::KindReport {
+    report
+        .kinds
+        .iter()
+        .find(|k| k.kind == kind)
+        .expect("every kind is reported")
+}
+
+#[test]
+fn guarantees_hold_on_a_lossy_duplicating_reordering_network() {
+    let link = LinkConfig {
+        latency: Duration::from_millis(30),
+        jitter: Duration::from_millis(20),
+        jitter_reorders: true,
+        loss: 0.1,
+        duplicate: 0.05,
+        reorder: 0.05,
+        ..LinkConfig::default()
+    };
+    let report = run_ok(&small(21, link));
+    assert_eq!(report.violations.total(), 0, "{report}");
+    assert_eq!(report.clients_connected, 5);
+    assert!(report.disconnects.is_empty(), "{report}");
+    for k in &report.kinds {
+        assert!(k.sent > 0, "{:?} never sent:\n{report}", k.kind);
+        if k.kind.channel() != 1 {
+            // Reliable kinds: everything arrived (the drain waited for it).
+            assert_eq!(k.delivered, k.sent, "{:?}:\n{report}", k.kind);
+        } else {
+            assert!(
+                k.delivered < k.sent && k.delivered > k.sent / 2,
+                "{:?}:\n{report}",
+                k.kind
+            );
+        }
+    }
+    assert!(report.sim.duplicates > 0 && report.sim.reordered > 0);
+    assert!(report.retransmissions > 0);
+    assert!(kind(&report, Kind::Large).latency.min() > Duration::from_millis(30));
+}
+
+#[test]
+fn same_seed_prints_the_same_summary_and_another_seed_differs() {
+    let link = LinkConfig {
+        latency: Duration::from_millis(20),
+        jitter: Duration::from_millis(5),
+        loss: 0.05,
+        ..LinkConfig::default()
+    };
+    let a = run_ok(&small(5, link));
+    let b = run_ok(&small(5, link));
+    let c = run_ok(&small(6, link));
+    assert_eq!(a.to_string(), b.to_string());
+    assert_eq!(a.trace_hash, b.trace_hash);
+    assert_eq!(a.to_svg(), b.to_svg());
+    assert_ne!(a.trace_hash, c.trace_hash);
+    assert_ne!(a.to_string(), c.to_string());
+}
+
+#[test]
+fn burst_loss_and_a_narrow_queue_are_survived_and_counted() {
+    let link = LinkConfig {
+        latency: Duration::from_millis(25),
+        burst_loss: Some(BurstLoss::new(0.01, 0.3)),
+        bandwidth: Some(150_000),
+        queue_bytes: 8 * 1024,
+        ..LinkConfig::default()
+    };
+    let report = run_ok(&small(8, link));
+    assert_eq!(report.violations.total(), 0, "{report}");
+    assert!(report.sim.drops.get(DropCause::BurstLoss) > 0, "{report}");
+    assert!(report.sim.drops.get(DropCause::QueueFull) > 0, "{report}");
+    let summary = report.to_string();
+    assert!(summary.contains("network drop queue_full"), "{summary}");
+    assert!(summary.contains("guarantee violations: 0"), "{summary}");
+}
+
+#[test]
+fn plot_is_a_complete_svg_with_labelled_axes() {
+    let report = run_ok(&small(9, LinkConfig::default()));
+    let svg = report.to_svg();
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    for label in [
+        "delivery latency (ms",
+        "share of the kind",
+        "send time (s)",
+        "latency (ms, log scale)",
+        "p99",
+    ] {
+        assert!(svg.contains(label), "missing {label}");
+    }
+    assert!(svg.matches("<polyline").count() >= 8);
+    assert!(svg.contains("<circle"));
+}
+
+#[test]
+fn invalid_settings_are_refused_with_a_reason() {
+    let mut config = small(1, LinkConfig::default());
+    config.link.loss = 2.0;
+    let err = run(&config, &mut |_| {}).expect_err("loss above 1");
+    assert!(err.to_string().contains("loss"), "{err}");
+    let config = ScenarioConfig {
+        endpoint_mtu: 10,
+        ..small(1, LinkConfig::default())
+    };
+    assert!(run(&config, &mut |_| {}).is_err());
+}
