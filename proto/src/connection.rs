@@ -134,6 +134,10 @@ pub(crate) struct Connection {
     last_sent: Instant,
     last_received: Instant,
     violations: u32,
+    /// Whether the last accepted packet had the highest number yet: only such a packet may
+    /// move the connection to a new address (a late one from before a NAT rebinding must not
+    /// move it back).
+    pub(crate) last_packet_was_newest: bool,
     /// Scratch space for the frames of the packet being received (reused: no allocation per
     /// datagram once warm).
     parsed_frames: Vec<(MessageHeader, Bytes)>,
@@ -215,6 +219,7 @@ impl Connection {
             last_sent: now,
             last_received: now,
             violations: 0,
+            last_packet_was_newest: false,
             parsed_frames: Vec::new(),
             stats: ConnectionStats::default(),
             outcome: AckOutcome::default(),
@@ -620,6 +625,7 @@ impl Connection {
         }
         self.apply_outcome();
 
+        self.last_packet_was_newest = self.received.largest().is_none_or(|l| seq > l);
         let out_of_order = matches!(
             self.received.record(seq),
             crate::reliability::Arrival::New { out_of_order: true }

@@ -928,7 +928,7 @@ impl Endpoint {
             reassembly_total: &mut self.reassembly_total,
         };
         let accepted = c.handle_data(now, header, frames, &mut shared);
-        if accepted && migrating {
+        if accepted && migrating && c.last_packet_was_newest {
             self.by_addr.remove(&c.remote);
             c.remote = from;
             self.by_addr.insert(from, index);

@@ -71,6 +71,11 @@ impl ReceivedPackets {
         }
     }
 
+    /// The newest packet number received, if any.
+    pub(crate) fn largest(&self) -> Option<u64> {
+        self.largest
+    }
+
     /// Whether `seq` would be a duplicate, without recording it.
     pub(crate) fn is_duplicate(&self, seq: u64) -> bool {
         match self.largest {

@@ -619,13 +619,10 @@ fn disconnect_reaches_the_peer_with_its_code() {
     assert_eq!(sim.endpoint(server).connection_count(), 1);
 }
 
-/// Known protocol bug, kept as a failing regression test until `proto` is fixed: a datagram
-/// sent before a NAT rebinding that arrives after one sent from the new address (reordered)
-/// moves the server's connection back to the dead old address, because `Endpoint::on_data`
-/// migrates on any accepted packet from an unknown address instead of only on the newest one
-/// (RFC 9000 §9.3). Until the client sends again, everything the server sends is lost.
+/// A datagram sent before a NAT rebinding that arrives after one sent from the new address
+/// (reordered) must not move the server's connection back to the dead old address: only the
+/// newest packet number may migrate a connection (as in RFC 9000 §9.3).
 #[test]
-#[ignore = "proto bug: a reordered pre-rebinding datagram migrates the connection back"]
 fn a_reordered_datagram_from_before_a_rebinding_does_not_move_the_connection_back() {
     let mut sim = sim_with(
         16,
