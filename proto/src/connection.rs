@@ -947,7 +947,12 @@ impl Connection {
         } else if may_send_data {
             frames_written += self.write_retransmissions(&mut w, &mut keys);
             frames_written += self.write_new_frames(&mut w, &mut keys, config);
-            frames_written += self.write_redundant(&mut w, &mut keys, config, first_new);
+            // Copies ride only in packets that carry something else: a datagram of copies
+            // alone, sent at the same instant, would double the packet rate and share the
+            // fate of the original in a loss burst.
+            if frames_written > 0 {
+                frames_written += self.write_redundant(&mut w, &mut keys, config, first_new);
+            }
         } else if self.pacer.is_some() && !paced_ok && self.has_data_to_send() {
             let at = self.pacer.as_ref().map(|p| p.ready_at(now, mtu));
             self.timers.set_opt(Timer::Pacing, at);
