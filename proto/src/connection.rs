@@ -35,6 +35,8 @@ const ACK_RANGE: u32 = 32;
 /// Acknowledgement snapshots kept at most while a burst arrives: 64 × 32 packets, more than
 /// the largest congestion window (`reliability::MAX_WINDOW_PACKETS`) lets a peer send at once.
 const MAX_ACK_SNAPSHOTS: usize = 64;
+/// Answered requests remembered to recognise copies of their responses.
+const RECENTLY_ANSWERED: usize = 64;
 /// Redundancy candidates remembered at most.
 const MAX_REDUNDANT_CANDIDATES: usize = 512;
 /// A proactive copy is only worth sending within this many packets of the previous copy:
@@ -128,6 +130,8 @@ pub(crate) struct Connection {
     open_response_reserved: usize,
     pending_requests: HashMap<(u8, u16), PendingRequest>,
     request_deadlines: BinaryHeap<Reverse<(Instant, u64, u8, u16)>>,
+    /// The last requests answered, to tell a copy of their response from a stale one.
+    answered: VecDeque<(u8, u16)>,
     /// Reassembly bytes held by this connection (channels and responses).
     reassembly_bytes: usize,
     pacer: Option<TokenBucket>,
@@ -212,6 +216,7 @@ impl Connection {
             open_response_reserved: 0,
             pending_requests: HashMap::with_hasher(hasher),
             request_deadlines: BinaryHeap::new(),
+            answered: VecDeque::new(),
             reassembly_bytes: 0,
             pacer: config
                 .max_send_rate
@@ -789,7 +794,14 @@ impl Connection {
     ) {
         let key = (h.channel, h.sequence);
         let Some(pending) = self.pending_requests.get_mut(&key) else {
-            self.stats.drops.add(DropReason::StaleResponse);
+            // A copy of a response just delivered (retransmitted, or a proactive copy) is a
+            // duplicate; anything else answers nothing we are waiting for.
+            let reason = if self.answered.contains(&key) {
+                DropReason::DuplicateMessage
+            } else {
+                DropReason::StaleResponse
+            };
+            self.stats.drops.add(reason);
             return;
         };
         let complete = match h.chunk {
@@ -825,6 +837,10 @@ impl Connection {
             }
         };
         if let (Some(payload), Some(pending)) = (complete, self.pending_requests.remove(&key)) {
+            if self.answered.len() >= RECENTLY_ANSWERED {
+                self.answered.pop_front();
+            }
+            self.answered.push_back(key);
             self.stats.messages_delivered += 1;
             self.stats.payload_bytes_delivered += payload.len() as u64;
             shared.events.push_back(Event::Response {
@@ -1231,6 +1247,7 @@ impl Connection {
         s.smoothed_rtt = self.sent.rtt.measured().unwrap_or_default();
         s.rtt_variance = self.sent.rtt.variance();
         s.congestion_window = self.sent.congestion.window();
+        s.spurious_losses = self.sent.spurious_losses;
         s
     }
 

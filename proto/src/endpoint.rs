@@ -982,20 +982,26 @@ struct UserIds {
 }
 
 impl UserIds {
+    /// Empty until the first id is handed out, so clients do not pay for the 8 KiB bitmap.
     fn new() -> Self {
         UserIds {
-            used: vec![0; 1024],
+            used: Vec::new(),
             next: 1,
         }
     }
 
     fn is_used(&self, id: u16) -> bool {
-        self.used[usize::from(id / 64)] & (1 << (id % 64)) != 0
+        self.used
+            .get(usize::from(id / 64))
+            .is_some_and(|w| w & (1 << (id % 64)) != 0)
     }
 
     /// The next free id after the last one given (ids are not reused at once, so a late
     /// packet for a departed user is not mistaken for a newcomer's).
     fn allocate(&mut self) -> Option<u16> {
+        if self.used.is_empty() {
+            self.used = vec![0; 1024];
+        }
         for _ in 0..u16::MAX {
             let id = self.next;
             self.next = if self.next >= u16::MAX - 1 {
@@ -1012,6 +1018,8 @@ impl UserIds {
     }
 
     fn release(&mut self, id: u16) {
-        self.used[usize::from(id / 64)] &= !(1 << (id % 64));
+        if let Some(w) = self.used.get_mut(usize::from(id / 64)) {
+            *w &= !(1 << (id % 64));
+        }
     }
 }

@@ -17,8 +17,13 @@ use core::time::Duration;
 
 use crate::time::{micros, Instant};
 
-/// A packet is lost when a packet this many numbers later has been acknowledged.
+/// A packet is lost when a packet this many numbers later has been acknowledged (at first;
+/// the threshold grows when a late acknowledgement shows a loss was reordering).
 pub(crate) const PACKET_THRESHOLD: u64 = 3;
+/// The largest the packet threshold grows to.
+const MAX_PACKET_THRESHOLD: u64 = 16;
+/// Packets declared lost are remembered this many packet numbers back, to notice late acks.
+const LATE_ACK_WINDOW: u64 = 64;
 /// Packets remembered for duplicate detection on receipt.
 const RECEIVE_HISTORY: u64 = 256;
 /// Sent packets tracked at most; older ones are given up as lost.
@@ -384,8 +389,10 @@ impl<T> FrameStore<T> {
 pub(crate) enum PacketState {
     /// Awaiting acknowledgement.
     InFlight,
-    /// Acknowledged, declared lost, or never tracked (acknowledgement-only).
+    /// Acknowledged, or never tracked (acknowledgement-only).
     Done,
+    /// Declared lost; kept a while in case a late acknowledgement shows it was not.
+    Lost,
 }
 
 /// A packet sent and not yet resolved.
@@ -428,6 +435,10 @@ pub(crate) struct SentPackets {
     pub(crate) rtt: RttEstimator,
     pub(crate) congestion: Congestion,
     backoff: u32,
+    /// Current packet reordering threshold (see [`PACKET_THRESHOLD`]).
+    packet_threshold: u64,
+    /// Packets declared lost and then acknowledged.
+    pub(crate) spurious_losses: u64,
     /// Recycled frame-key vectors, so recording a packet does not allocate once warm.
     pool: Vec<Vec<FrameKey>>,
 }
@@ -443,6 +454,8 @@ impl SentPackets {
             rtt: RttEstimator::new(initial_rtt),
             congestion: Congestion::new(mtu),
             backoff: 0,
+            packet_threshold: PACKET_THRESHOLD,
+            spurious_losses: 0,
             pool: Vec::new(),
         }
     }
@@ -504,7 +517,7 @@ impl SentPackets {
             // Nothing has been acknowledged for thousands of packets: give the oldest up.
             if let Some(p) = self.packets.front_mut() {
                 if p.state == PacketState::InFlight {
-                    p.state = PacketState::Done;
+                    p.state = PacketState::Lost;
                     self.bytes_in_flight -= u64::from(p.size);
                     outcome.lost_frames.extend_from_slice(&p.frames);
                     outcome.packets_lost += 1;
@@ -517,8 +530,10 @@ impl SentPackets {
     /// Pops resolved packets off the front, recycling their key vectors.
     fn retire(&mut self) {
         while let Some(front) = self.packets.front() {
-            let keep =
-                front.state == PacketState::InFlight && self.packets.len() <= MAX_TRACKED_PACKETS;
+            let late_ack_possible = front.state == PacketState::Lost
+                && self.next_seq - self.first_seq <= LATE_ACK_WINDOW;
+            let keep = (front.state == PacketState::InFlight || late_ack_possible)
+                && self.packets.len() <= MAX_TRACKED_PACKETS;
             if keep {
                 break;
             }
@@ -569,8 +584,20 @@ impl SentPackets {
                 continue;
             };
             let p = &mut self.packets[idx];
-            if p.state != PacketState::InFlight {
-                continue;
+            match p.state {
+                PacketState::Done => continue,
+                PacketState::Lost => {
+                    // It arrived after all: reordering fooled the packet threshold. Its frames
+                    // are acknowledged (a retransmission not yet sent is skipped), and the
+                    // threshold grows to tolerate reordering this deep.
+                    p.state = PacketState::Done;
+                    outcome.acked_frames.extend_from_slice(&p.frames);
+                    self.spurious_losses += 1;
+                    let depth = (largest - seq + 1).min(MAX_PACKET_THRESHOLD);
+                    self.packet_threshold = self.packet_threshold.max(depth);
+                    continue;
+                }
+                PacketState::InFlight => {}
             }
             p.state = PacketState::Done;
             self.bytes_in_flight -= u64::from(p.size);
@@ -610,8 +637,8 @@ impl SentPackets {
             if p.state != PacketState::InFlight {
                 continue;
             }
-            if largest - seq >= PACKET_THRESHOLD || p.sent_at + loss_delay <= now {
-                p.state = PacketState::Done;
+            if largest - seq >= self.packet_threshold || p.sent_at + loss_delay <= now {
+                p.state = PacketState::Lost;
                 self.bytes_in_flight -= u64::from(p.size);
                 outcome.lost_frames.extend_from_slice(&p.frames);
                 outcome.packets_lost += 1;
@@ -660,7 +687,7 @@ impl SentPackets {
             let rto = self.rto(max_ack_delay, max_rto);
             for p in self.packets.iter_mut() {
                 if p.state == PacketState::InFlight && p.sent_at + rto <= now {
-                    p.state = PacketState::Done;
+                    p.state = PacketState::Lost;
                     self.bytes_in_flight -= u64::from(p.size);
                     outcome.lost_frames.extend_from_slice(&p.frames);
                     outcome.packets_lost += 1;
@@ -726,6 +753,29 @@ mod tests {
         for seq in [1, 62, 66, 129] {
             assert!(!r.is_duplicate(seq), "{seq}");
         }
+    }
+
+    #[test]
+    fn a_late_ack_undoes_a_loss_and_raises_the_packet_threshold() {
+        let mut sent = SentPackets::new(Duration::from_millis(100), 1200);
+        let mut out = AckOutcome::default();
+        let t0 = Instant::from_millis(1);
+        for _ in 0..10 {
+            sent.on_sent(t0, 100, true, Vec::new(), &mut out);
+        }
+        // Packets 3..=9 acknowledged, 0..=2 not: with threshold 3 the first three are lost.
+        let bits = 0b11_1111; // 8, 7, 6, 5, 4, 3
+        assert!(sent.on_ack(t0 + Duration::from_millis(1), 9, bits, 1200, &mut out));
+        assert_eq!(out.packets_lost, 3);
+        // Then they turn out to have arrived: reordered, not lost.
+        out.clear();
+        let all = (1 << 9) - 1; // 8 down to 0
+        assert!(sent.on_ack(t0 + Duration::from_millis(2), 9, all, 1200, &mut out));
+        assert_eq!(sent.spurious_losses, 3);
+        assert_eq!(
+            sent.packet_threshold, 10,
+            "tolerates reordering 9 packets deep"
+        );
     }
 
     #[test]

@@ -170,6 +170,8 @@ pub struct ConnectionStats {
     pub payload_bytes_transmitted: u64,
     /// Packets declared lost.
     pub packets_lost: u64,
+    /// Packets declared lost that were acknowledged later (reordering, not loss).
+    pub spurious_losses: u64,
     /// Retransmission timeouts that fired.
     pub rto_fired: u64,
     /// Smoothed round-trip time (zero before the first sample).

@@ -179,7 +179,7 @@ fn lossy_duplicating_reordering_link_still_delivers_reliable_once_and_ordered_in
 
     let stats = *sim.stats();
     assert!(stats.drops.get(DropCause::RandomLoss) > 100, "{stats:?}");
-    assert!(stats.duplicates > 50 && stats.reordered > 50, "{stats:?}");
+    assert!(stats.duplicates > 20 && stats.reordered > 20, "{stats:?}");
 
     for &(c, _) in &clients {
         let conn = server_conns[&c];
