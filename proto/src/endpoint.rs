@@ -30,7 +30,7 @@ const MAX_CONTROL_QUEUE: usize = 1024;
 /// retransmitted, so a few copies make it likely to arrive).
 const DISCONNECT_COPIES: usize = 3;
 /// Size of the slabs the receive arena allocates datagram copies from.
-const ARENA_CHUNK: usize = 64 * 1024;
+const ARENA_CHUNK: usize = 16 * 1024;
 
 /// A connection attempt, as shown to the accept hook.
 #[derive(Clone, Copy, Debug)]
@@ -608,10 +608,13 @@ impl Endpoint {
             self.reap(index, conn, reason);
             return;
         }
-        let next = conn.next_timeout();
-        if next != conn.scheduled {
-            conn.scheduled = next;
-            if let Some(at) = next {
+        // Only an earlier deadline needs a new heap entry. A later one (the common case: an
+        // ack pushes the loss timer back) keeps the entry already queued; when it fires,
+        // `handle_timeout` finds nothing due and reschedules. That trades an occasional
+        // early wake-up for a heap push on almost every datagram.
+        if let Some(at) = conn.next_timeout() {
+            if conn.scheduled.is_none_or(|s| at < s) {
+                conn.scheduled = Some(at);
                 self.wakeups
                     .push(Reverse((at, index, self.slots[index as usize].generation)));
             }
