@@ -55,6 +55,14 @@ struct Args {
     #[arg(long, default_value = "1%", value_parser = parse_probability, value_name = "P")]
     loss: f64,
 
+    /// Server → client latency, when it differs from `--latency` (asymmetric links).
+    #[arg(long, value_parser = parse_duration, value_name = "TIME")]
+    down_latency: Option<Duration>,
+
+    /// Server → client loss, when it differs from `--loss` (asymmetric links).
+    #[arg(long, value_parser = parse_probability, value_name = "P")]
+    down_loss: Option<f64>,
+
     /// Gilbert–Elliott burst loss as ENTER,EXIT[,LOSS_IN_BURST]: `1%,25%` enters a burst with
     /// probability 1% per datagram, leaves it with 25% (4 datagrams on average) and loses
     /// every datagram inside (or LOSS_IN_BURST of them). Adds to --loss.
@@ -119,28 +127,40 @@ struct Args {
 impl Args {
     fn scenario(&self) -> ScenarioConfig {
         let defaults = ScenarioConfig::default();
+        let link = self.link();
+        let downlink =
+            (self.down_latency.is_some() || self.down_loss.is_some()).then(|| LinkConfig {
+                latency: self.down_latency.unwrap_or(link.latency),
+                loss: self.down_loss.unwrap_or(link.loss),
+                ..link
+            });
         ScenarioConfig {
             clients: self.peers,
             duration: self.duration,
             seed: self.seed,
-            link: LinkConfig {
-                latency: self.latency,
-                jitter: self.jitter,
-                jitter_reorders: self.jitter_reorders,
-                loss: self.loss,
-                burst_loss: self.burst_loss,
-                duplicate: self.duplicate,
-                reorder: self.reorder,
-                reorder_delay: self.reorder_delay,
-                bandwidth: self.bandwidth,
-                queue_bytes: usize::try_from(self.queue).unwrap_or(usize::MAX),
-                mtu: usize::try_from(self.mtu).unwrap_or(usize::MAX),
-            },
+            link,
+            downlink,
             endpoint_mtu: self.endpoint_mtu,
             tick_rate: self.tick_rate,
             large_size: usize::try_from(self.large_size).unwrap_or(usize::MAX),
             large_interval: self.large_interval,
             ..defaults
+        }
+    }
+
+    fn link(&self) -> LinkConfig {
+        LinkConfig {
+            latency: self.latency,
+            jitter: self.jitter,
+            jitter_reorders: self.jitter_reorders,
+            loss: self.loss,
+            burst_loss: self.burst_loss,
+            duplicate: self.duplicate,
+            reorder: self.reorder,
+            reorder_delay: self.reorder_delay,
+            bandwidth: self.bandwidth,
+            queue_bytes: usize::try_from(self.queue).unwrap_or(usize::MAX),
+            mtu: usize::try_from(self.mtu).unwrap_or(usize::MAX),
         }
     }
 }

@@ -153,8 +153,11 @@ pub struct ScenarioConfig {
     pub duration: Duration,
     /// The seed of the whole run.
     pub seed: u64,
-    /// Every link, in each direction.
+    /// Every link, in each direction (client → server always; server → client unless
+    /// `downlink` is set).
     pub link: LinkConfig,
+    /// The server → client links, when they differ (asymmetric networks).
+    pub downlink: Option<LinkConfig>,
     /// The endpoints' MTU (`Config::mtu`).
     pub endpoint_mtu: usize,
     /// State updates per second, each way.
@@ -198,6 +201,7 @@ impl Default for ScenarioConfig {
                 loss: 0.01,
                 ..LinkConfig::default()
             },
+            downlink: None,
             endpoint_mtu: 1200,
             tick_rate: 20,
             input_size: 24,
@@ -349,6 +353,10 @@ pub fn run(
                 ..Config::default()
             })
             .map_err(ScenarioError::Node)?;
+        if let Some(downlink) = config.downlink {
+            sim.set_link(server, client, downlink)
+                .map_err(ScenarioError::Link)?;
+        }
         let at = sim.rng().below(config.connect_window.as_micros() as u64);
         sim.set_timer(client, Instant::from_micros(at), CONNECT);
     }

@@ -219,7 +219,13 @@ fn percent(p: f64) -> String {
 impl Report {
     /// The link settings in one line.
     pub fn link_summary(&self) -> String {
-        let l = &self.config.link;
+        describe_link(&self.config.link)
+    }
+}
+
+/// One line describing a link's settings.
+fn describe_link(l: &crate::LinkConfig) -> String {
+    {
         let burst = match &l.burst_loss {
             Some(b) => format!(
                 "{} in / {} out (loss {} in bursts, mean {})",
@@ -252,7 +258,9 @@ impl Report {
             l.mtu
         )
     }
+}
 
+impl Report {
     /// Wire bytes sent per application payload byte.
     pub fn wire_overhead(&self) -> f64 {
         self.wire_bytes as f64 / self.payload_bytes.max(1) as f64
@@ -271,7 +279,13 @@ impl fmt::Display for Report {
             human(drain),
             c.seed
         )?;
-        writeln!(f, "link (each direction): {}", self.link_summary())?;
+        match &c.downlink {
+            None => writeln!(f, "link (each direction): {}", self.link_summary())?,
+            Some(down) => {
+                writeln!(f, "link client → server: {}", self.link_summary())?;
+                writeln!(f, "link server → client: {}", describe_link(down))?;
+            }
+        }
         let lost: u64 = self.disconnects.iter().map(|(_, n)| n).sum();
         writeln!(
             f,
