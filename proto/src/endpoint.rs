@@ -29,8 +29,11 @@ const MAX_CONTROL_QUEUE: usize = 1024;
 /// Copies of a `Disconnect` sent when the application closes a connection (it is not
 /// retransmitted, so a few copies make it likely to arrive).
 const DISCONNECT_COPIES: usize = 3;
-/// Size of the slabs the receive arena allocates datagram copies from.
-const ARENA_CHUNK: usize = 16 * 1024;
+/// The receive arena's first slab; each next one doubles, up to [`ARENA_MAX_SLAB`]. A quiet
+/// client endpoint holds 2 KiB, a busy server allocates once per dozen or so datagrams.
+const ARENA_FIRST_SLAB: usize = 2 * 1024;
+/// The receive arena's largest slab.
+const ARENA_MAX_SLAB: usize = 16 * 1024;
 
 /// A connection attempt, as shown to the accept hook.
 #[derive(Clone, Copy, Debug)]
@@ -137,6 +140,8 @@ pub struct Endpoint {
     wakeups: BinaryHeap<Reverse<(Instant, u32, u32)>>,
     dirty: VecDeque<u32>,
     arena: BytesMut,
+    /// Size of the arena's next slab.
+    arena_slab: usize,
     reassembly_total: usize,
     next_request_id: u64,
     stats: EndpointStats,
@@ -178,6 +183,7 @@ impl Endpoint {
             wakeups: BinaryHeap::new(),
             dirty: VecDeque::new(),
             arena: BytesMut::new(),
+            arena_slab: ARENA_FIRST_SLAB,
             reassembly_total: 0,
             next_request_id: 0,
             stats: EndpointStats::default(),
@@ -919,7 +925,8 @@ impl Endpoint {
             Bytes::new()
         } else {
             if self.arena.capacity() < frames.len() {
-                self.arena.reserve(ARENA_CHUNK.max(frames.len()));
+                self.arena.reserve(self.arena_slab.max(frames.len()));
+                self.arena_slab = (self.arena_slab * 2).min(ARENA_MAX_SLAB);
             }
             self.arena.extend_from_slice(frames);
             self.arena.split().freeze()

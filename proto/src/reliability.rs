@@ -30,6 +30,9 @@ const RECEIVE_HISTORY: u64 = 256;
 const MAX_TRACKED_PACKETS: usize = 4096;
 /// The congestion window never exceeds this many full packets.
 pub(crate) const MAX_WINDOW_PACKETS: u64 = 1024;
+/// Frame-key vectors kept for reuse per connection (enough for a window's worth of packets
+/// in flight without holding much memory on an idle connection).
+const KEY_VEC_POOL: usize = 16;
 /// Longest backoff exponent for the retransmission timeout.
 const MAX_BACKOFF: u32 = 6;
 
@@ -482,7 +485,7 @@ impl SentPackets {
     /// Returns an unused key vector to the pool.
     pub(crate) fn recycle_key_vec(&mut self, mut keys: Vec<FrameKey>) {
         keys.clear();
-        if self.pool.len() < 64 {
+        if self.pool.len() < KEY_VEC_POOL {
             self.pool.push(keys);
         }
     }
@@ -539,7 +542,7 @@ impl SentPackets {
             }
             if let Some(mut p) = self.packets.pop_front() {
                 p.frames.clear();
-                if self.pool.len() < 64 {
+                if self.pool.len() < KEY_VEC_POOL {
                     self.pool.push(p.frames);
                 }
                 self.first_seq += 1;
