@@ -720,14 +720,20 @@ impl Connection {
             owner: h.owner,
             redirect: h.redirect,
         };
-        let budget_left = config
-            .reassembly_budget
-            .saturating_sub(self.reassembly_bytes)
-            .min(
-                config
-                    .endpoint_reassembly_budget
-                    .saturating_sub(*shared.reassembly_total),
-            );
+        // Only chunks of unreliable messages consult the budget here (reliable ones reserved
+        // theirs when the packet was checked).
+        let budget_left = if h.chunk.is_some() {
+            config
+                .reassembly_budget
+                .saturating_sub(self.reassembly_bytes)
+                .min(
+                    config
+                        .endpoint_reassembly_budget
+                        .saturating_sub(*shared.reassembly_total),
+                )
+        } else {
+            usize::MAX
+        };
         let channel = h.channel;
         let handle = self.handle;
         let stats = &mut self.stats;
