@@ -308,20 +308,17 @@ impl Connection {
 
     // ---------------------------------------------------------------- application input
 
-    /// Queues a message (or request) on `channel`. Returns its sequence.
-    pub(crate) fn send(
+    /// The send half of `channel`, if a message of `len` bytes may be queued on it.
+    fn channel_with_room(
         &mut self,
         config: &Config,
         channel: u8,
-        payload: Bytes,
-        request: bool,
-        redirect: Option<u16>,
-    ) -> Result<u64, SendError> {
+        len: usize,
+    ) -> Result<&mut SendChannel, SendError> {
         let ch = self
             .send_channels
             .get_mut(usize::from(channel))
             .ok_or(SendError::UnknownChannel(channel))?;
-        let len = payload.len();
         if len > config.max_message_size {
             return Err(SendError::MessageTooLarge {
                 size: len,
@@ -334,13 +331,28 @@ impl Connection {
                 queued_bytes: ch.queued_bytes,
             });
         }
+        Ok(ch)
+    }
+
+    /// Queues a message (or request) on `channel`. Returns its sequence.
+    pub(crate) fn send(
+        &mut self,
+        config: &Config,
+        channel: u8,
+        payload: Bytes,
+        request: bool,
+        redirect: Option<u16>,
+    ) -> Result<u64, SendError> {
+        let len = payload.len();
+        let peer_budget = self.peer_reassembly_budget;
+        let ch = self.channel_with_room(config, channel, len)?;
         let chunk_count = chunks_for(config, len);
         if ch.kind.is_reliable() && chunk_count > 1 {
             let reserve = reservation(chunk_count, config.chunk_payload());
-            if reserve > self.peer_reassembly_budget {
+            if reserve > peer_budget {
                 return Err(SendError::MessageTooLarge {
                     size: len,
-                    max: self.peer_reassembly_budget,
+                    max: peer_budget,
                 });
             }
         }
@@ -404,24 +416,8 @@ impl Connection {
         payload: Bytes,
     ) -> Result<(), SendError> {
         let channel = request.channel;
-        let ch = self
-            .send_channels
-            .get_mut(usize::from(channel))
-            .ok_or(SendError::UnknownChannel(channel))?;
         let len = payload.len();
-        if len > config.max_message_size {
-            return Err(SendError::MessageTooLarge {
-                size: len,
-                max: config.max_message_size,
-            });
-        }
-        if ch.queued_bytes + len > ch.max_queued_bytes {
-            return Err(SendError::QueueFull {
-                channel,
-                queued_bytes: ch.queued_bytes,
-            });
-        }
-        ch.queued_bytes += len;
+        self.channel_with_room(config, channel, len)?.queued_bytes += len;
         self.responses.push_back((
             channel,
             Outgoing {

@@ -48,29 +48,6 @@ pub struct ConnectRequest<'a> {
 /// client gets `Disconnected { reason: Rejected { code } }`.
 pub type AcceptHook = Box<dyn FnMut(&ConnectRequest<'_>) -> Result<(), u16> + Send>;
 
-/// A packet the endpoint itself sends (not belonging to a live connection's send path).
-#[derive(Clone, Copy, Debug)]
-enum Control {
-    Challenge {
-        client_nonce: u64,
-        cookie: Cookie,
-    },
-    Accept {
-        client_nonce: u64,
-        connection_id: u32,
-        user_id: u16,
-        reassembly_budget: u32,
-    },
-    Reject {
-        client_nonce: u64,
-        code: RejectCode,
-    },
-    Disconnect {
-        connection_id: u32,
-        code: CloseCode,
-    },
-}
-
 #[derive(Default)]
 struct Slot {
     generation: u32,
@@ -136,7 +113,8 @@ pub struct Endpoint {
     by_id: HashMap<u32, u32>,
     user_ids: UserIds,
     events: VecDeque<Event>,
-    control: VecDeque<(SocketAddr, Control)>,
+    /// Handshake replies and close notices (packets with no connection state behind them).
+    control: VecDeque<(SocketAddr, Packet<'static>)>,
     wakeups: BinaryHeap<Reverse<(Instant, u32, u32)>>,
     dirty: VecDeque<u32>,
     arena: BytesMut,
@@ -512,7 +490,7 @@ impl Endpoint {
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
         self.advance_time(now);
         while let Some((to, control)) = self.control.pop_front() {
-            if let Some(len) = encode_control(control, buf) {
+            if let Some(len) = control.encode(buf) {
                 return Some(self.count_sent(Transmit { to, len }));
             }
         }
@@ -656,7 +634,7 @@ impl Endpoint {
                 for _ in 0..copies {
                     self.push_control(
                         conn.remote,
-                        Control::Disconnect {
+                        Packet::Disconnect {
                             connection_id: conn.connection_id,
                             code,
                         },
@@ -686,7 +664,7 @@ impl Endpoint {
         self.live -= 1;
     }
 
-    fn push_control(&mut self, to: SocketAddr, control: Control) {
+    fn push_control(&mut self, to: SocketAddr, control: Packet<'static>) {
         if self.control.len() >= MAX_CONTROL_QUEUE {
             self.stats.replies_dropped += 1;
             return;
@@ -753,20 +731,28 @@ impl Endpoint {
         fresh && diff == 0
     }
 
+    /// Whether a handshake packet for `protocol_id` may be answered; counts the drop if not.
+    fn accepts_handshake(&mut self, protocol_id: u32) -> bool {
+        let refusal = if !self.config.accept_incoming {
+            DropReason::Unexpected
+        } else if protocol_id != self.config.protocol_id {
+            DropReason::WrongProtocol
+        } else {
+            return true;
+        };
+        self.stats.drops.add(refusal);
+        false
+    }
+
     fn on_hello(&mut self, now: Instant, from: SocketAddr, protocol_id: u32, nonce: u64) {
-        if !self.config.accept_incoming {
-            self.stats.drops.add(DropReason::Unexpected);
-            return;
-        }
-        if protocol_id != self.config.protocol_id {
-            self.stats.drops.add(DropReason::WrongProtocol);
+        if !self.accepts_handshake(protocol_id) {
             return;
         }
         // Stateless: nothing is stored; the reply (33 bytes) is smaller than the Hello (48).
         let cookie = self.make_cookie(now, from, nonce);
         self.push_control(
             from,
-            Control::Challenge {
+            Packet::Challenge {
                 client_nonce: nonce,
                 cookie,
             },
@@ -784,12 +770,7 @@ impl Endpoint {
         (channel_layout, peer_budget): (u64, u32),
         data: &[u8],
     ) {
-        if !self.config.accept_incoming {
-            self.stats.drops.add(DropReason::Unexpected);
-            return;
-        }
-        if protocol_id != self.config.protocol_id {
-            self.stats.drops.add(DropReason::WrongProtocol);
+        if !self.accepts_handshake(protocol_id) {
             return;
         }
         if !self.cookie_is_valid(now, from, nonce, &cookie) {
@@ -811,7 +792,7 @@ impl Endpoint {
             }
             if existing.client_nonce == nonce {
                 // Our Accept was lost: say it again.
-                let accept = Control::Accept {
+                let accept = Packet::Accept {
                     client_nonce: nonce,
                     connection_id: existing.connection_id,
                     user_id: existing.peer_user_id,
@@ -826,7 +807,7 @@ impl Endpoint {
                 self.finish(index, old);
             }
         }
-        let reject = |code| Control::Reject {
+        let reject = |code| Packet::Reject {
             client_nonce: nonce,
             code,
         };
@@ -877,7 +858,7 @@ impl Endpoint {
         self.stats.connections_opened += 1;
         self.push_control(
             from,
-            Control::Accept {
+            Packet::Accept {
                 client_nonce: nonce,
                 connection_id,
                 user_id,
@@ -951,38 +932,6 @@ impl Endpoint {
 /// This endpoint's per-connection reassembly budget as the handshake carries it.
 pub(crate) fn wire_budget(config: &Config) -> u32 {
     u32::try_from(config.reassembly_budget).unwrap_or(u32::MAX)
-}
-
-fn encode_control(control: Control, buf: &mut [u8]) -> Option<usize> {
-    let packet = match control {
-        Control::Challenge {
-            client_nonce,
-            cookie,
-        } => Packet::Challenge {
-            client_nonce,
-            cookie,
-        },
-        Control::Accept {
-            client_nonce,
-            connection_id,
-            user_id,
-            reassembly_budget,
-        } => Packet::Accept {
-            client_nonce,
-            connection_id,
-            user_id,
-            reassembly_budget,
-        },
-        Control::Reject { client_nonce, code } => Packet::Reject { client_nonce, code },
-        Control::Disconnect {
-            connection_id,
-            code,
-        } => Packet::Disconnect {
-            connection_id,
-            code,
-        },
-    };
-    packet.encode(buf)
 }
 
 /// User ids 1..=65534 handed to accepted connections; 0 is the server's own.

@@ -191,8 +191,9 @@ fn oversized_length_prefixes_are_malformed() {
     assert_eq!(server.stats().drops.get(DropReason::Malformed), 1);
 }
 
-/// A connected pair where the test writes raw datagrams as the client.
-fn connected() -> (Pair, shoal_proto::ConnectionHandle, u32) {
+/// A connected pair where the test writes raw datagrams as the client: the pair, the server's
+/// handle, the connection id, and the client's user id as the owner bytes of a frame header.
+fn connected() -> (Pair, shoal_proto::ConnectionHandle, u32, [u8; 2]) {
     let mut p = Pair::default_pair();
     let (_, s) = p.connect();
     p.run_for(Duration::from_millis(50));
@@ -204,7 +205,15 @@ fn connected() -> (Pair, shoal_proto::ConnectionHandle, u32) {
     let Ok(Packet::Data { header, .. }) = Packet::decode(&buf[..t.len]) else {
         panic!("expected data");
     };
-    (p, s, header.connection_id)
+    let user = p
+        .server_events
+        .iter()
+        .find_map(|e| match e {
+            Event::Connected { peer_user_id, .. } => Some(*peer_user_id),
+            _ => None,
+        })
+        .expect("connected");
+    (p, s, header.connection_id, user.to_be_bytes())
 }
 
 fn data_packet(connection_id: u32, seq: u16, frames: &[u8]) -> Vec<u8> {
@@ -225,16 +234,7 @@ fn data_packet(connection_id: u32, seq: u16, frames: &[u8]) -> Vec<u8> {
 
 #[test]
 fn a_connected_peer_sending_garbage_is_cut_off_as_malicious() {
-    let (mut p, s, id) = connected();
-    let user = p
-        .server_events
-        .iter()
-        .find_map(|e| match e {
-            Event::Connected { peer_user_id, .. } => Some(*peer_user_id),
-            _ => None,
-        })
-        .expect("connected");
-    let [hi, lo] = user.to_be_bytes();
+    let (mut p, s, id, [hi, lo]) = connected();
     let hostile: Vec<Vec<u8>> = vec![
         vec![0x90, hi, lo, 0, 1, 1, 0],                   // unknown channel 9
         vec![0x31, hi, lo, 0, 1, 0, 0, 0xff, 0xff, 1, 0], // 65535 chunks: oversized
@@ -268,16 +268,7 @@ fn a_connected_peer_sending_garbage_is_cut_off_as_malicious() {
 
 #[test]
 fn every_truncation_of_a_live_data_packet_is_dropped_without_delivery() {
-    let (mut p, _, id) = connected();
-    let user = p
-        .server_events
-        .iter()
-        .find_map(|e| match e {
-            Event::Connected { peer_user_id, .. } => Some(*peer_user_id),
-            _ => None,
-        })
-        .expect("connected");
-    let [hi, lo] = user.to_be_bytes();
+    let (mut p, _, id, [hi, lo]) = connected();
     let frames = [
         0x30, hi, lo, 0, 7, 3, b'a', b'b', b'c', 0x10, hi, lo, 0, 8, 1, b'z',
     ];
