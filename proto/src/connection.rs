@@ -965,10 +965,11 @@ impl Connection {
         } else if may_send_data {
             frames_written += self.write_retransmissions(&mut w, &mut keys);
             frames_written += self.write_new_frames(&mut w, &mut keys, config);
-            // Copies ride only in packets that carry something else: a datagram of copies
-            // alone, sent at the same instant, would double the packet rate and share the
-            // fate of the original in a loss burst.
-            if frames_written > 0 {
+            // Copies ride in packets that carry something else: a datagram of copies alone,
+            // sent at the same instant as the originals, would double the packet rate and
+            // share their fate in a loss burst. Only copies that already missed a packet
+            // (there was no room) go alone, before they expire.
+            if frames_written > 0 || self.redundancy_overdue() {
                 frames_written += self.write_redundant(&mut w, &mut keys, config, first_new);
             }
         } else if self.pacer.is_some() && !paced_ok && self.has_data_to_send() {
@@ -1199,6 +1200,14 @@ impl Connection {
             }
         }
         true
+    }
+
+    /// Whether the oldest waiting copy has missed a packet and will expire after this one.
+    fn redundancy_overdue(&self) -> bool {
+        let packet = self.sent.next_seq();
+        self.redundant.front().is_some_and(|&(key, last_sent_in)| {
+            packet.saturating_sub(last_sent_in) == REDUNDANCY_HORIZON && self.frames.contains(key)
+        })
     }
 
     /// Proactive copies of small reliable frames sent in the last few packets, while room
