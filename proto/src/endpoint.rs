@@ -429,9 +429,7 @@ impl Endpoint {
                     true
                 });
             }
-            Packet::Data { header, frames } => {
-                self.on_data(now, from, header, frames, datagram.len())
-            }
+            Packet::Data { header, frames } => self.on_data(now, from, header, frames),
             Packet::Disconnect {
                 connection_id,
                 code,
@@ -880,7 +878,6 @@ impl Endpoint {
         from: SocketAddr,
         header: crate::wire::DataHeader,
         frames: &[u8],
-        datagram_len: usize,
     ) {
         let (index, migrating) = match self.by_addr.get(&from).copied() {
             Some(index) => (index, false),
@@ -912,7 +909,6 @@ impl Endpoint {
             self.arena.extend_from_slice(frames);
             self.arena.split().freeze()
         };
-        let _ = datagram_len;
         let mut shared = Shared {
             config: &self.config,
             events: &mut self.events,
