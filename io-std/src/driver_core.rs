@@ -275,3 +275,59 @@ impl Iterator for Events<'_> {
         self.endpoint.poll_event()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn core() -> DriverCore {
+        let local = SocketAddr::from(([127, 0, 0, 1], 4000));
+        DriverCore::new(local, Config::default()).expect("valid config")
+    }
+
+    #[test]
+    fn receive_one_sorts_errors_and_counts_icmp() {
+        let mut core = core();
+        let from = SocketAddr::from(([127, 0, 0, 1], 5000));
+        let mut results = vec![
+            Err(io::ErrorKind::WouldBlock.into()),
+            Err(io::ErrorKind::ConnectionReset.into()),
+            Ok((3, from)),
+            Err(io::ErrorKind::Interrupted.into()),
+        ];
+        let mut next = |_: &mut [u8]| results.pop().expect("a result");
+        // Interrupted is retried, then the datagram is delivered.
+        assert!(core.receive_one(None, &mut next).expect("datagram"));
+        assert_eq!(core.endpoint().stats().datagrams_received, 1);
+        assert!(core.receive_one(None, &mut next).expect("icmp"));
+        assert_eq!(core.stats().icmp_errors_ignored, 1);
+        assert!(!core.receive_one(None, &mut next).expect("empty"));
+        let fail = core.receive_one(None, |_| Err(io::ErrorKind::PermissionDenied.into()));
+        assert!(fail.is_err());
+    }
+
+    #[test]
+    fn datagrams_from_the_wake_source_are_read_but_not_delivered() {
+        let mut core = core();
+        let waker = SocketAddr::from(([127, 0, 0, 1], 5001));
+        core.wake_from = Some(waker);
+        assert!(core.receive_one(None, |_| Ok((0, waker))).expect("wake"));
+        assert_eq!(core.endpoint().stats().datagrams_received, 0);
+    }
+
+    #[test]
+    fn flush_with_counts_each_time_sending_starts_to_block() {
+        let mut core = core();
+        let server = SocketAddr::from(([127, 0, 0, 1], 5002));
+        core.connect(server, &[]).expect("connect");
+        let now = core.now();
+        core.flush_with(now, |_, _| Err(io::ErrorKind::WouldBlock.into()));
+        assert!(core.is_send_blocked());
+        // Still blocked on the same datagram: not a new block.
+        core.flush_with(now, |_, _| Err(io::ErrorKind::WouldBlock.into()));
+        assert_eq!(core.stats().sends_blocked, 1);
+        core.flush_with(now, |d, _| Ok(d.len()));
+        assert!(!core.is_send_blocked());
+        assert_eq!(core.stats().send_errors, 0);
+    }
+}
