@@ -1,19 +1,17 @@
 //! [`MioDriver`]: a Shoal endpoint whose socket lives in the caller's `mio::Poll`.
 
 use std::io;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::ToSocketAddrs;
+use std::ops::{Deref, DerefMut};
 use std::time::Duration;
 
 use mio::event::Source;
 use mio::net::UdpSocket;
 use mio::{Interest, Registry, Token};
-use shoal_proto::{
-    Bytes, Config, ConnectError, ConnectionHandle, Endpoint, Event, IncomingRequest, Instant,
-    RequestId, SendError,
-};
+use shoal_proto::{Config, Instant};
+use shoal_std::DriverCore;
 
-use crate::clock::{endpoint_seed, Clock};
-use crate::io_util::{recv_error_action, Outbox, RecvErrorAction, RECV_BUFFER_LEN};
+use crate::clock::Clock;
 
 /// Most datagrams one call reads before it returns, so a flood on Shoal's socket cannot starve
 /// the caller's other sources. What is left is not forgotten: [`MioDriver::next_timeout`]
@@ -23,21 +21,6 @@ pub const MAX_DATAGRAMS_PER_CALL: usize = 4096;
 /// The interest [`MioDriver::register`] registers with: readable for arriving datagrams,
 /// writable to resume sending after the socket's send buffer was full.
 pub const INTEREST: Interest = Interest::READABLE.add(Interest::WRITABLE);
-
-/// Counters of what the driver itself did with the socket (the endpoint keeps its own, see
-/// [`Endpoint::stats`]).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct DriverStats {
-    /// Datagrams the socket refused with an error other than `WouldBlock`/`Interrupted`
-    /// (e.g. an unreachable destination). They are dropped, like any lost datagram.
-    pub send_errors: u64,
-    /// The kind of the most recent such error.
-    pub last_send_error: Option<io::ErrorKind>,
-    /// ICMP errors reported by `recv_from` (`ConnectionReset`/`ConnectionRefused`), skipped.
-    pub icmp_errors_ignored: u64,
-    /// Times a send hit `WouldBlock` and the datagram was kept for the next writable event.
-    pub sends_blocked: u64,
-}
 
 /// A Shoal endpoint on a non-blocking `mio` UDP socket that the caller registers in its own
 /// `mio::Poll`, under its own token.
@@ -66,18 +49,17 @@ pub struct DriverStats {
 /// of [`MAX_DATAGRAMS_PER_CALL`]) and keeps one datagram back when sending would block, so
 /// no readiness is lost.
 ///
+/// The commands (`connect`, `send`, ...), the events (`poll_event`, `events`) and the
+/// getters (`local_addr`, `endpoint`, `stats`, ...) are [`DriverCore`]'s, shared with
+/// `shoal-std`: a `MioDriver` dereferences to its core, so they are called as
+/// `driver.send(..)` like its own methods.
+///
 /// If `Config::seed` is zero, [`bind`](Self::bind) replaces it with a seed derived from OS
 /// randomness (see the crate docs).
 #[derive(Debug)]
 pub struct MioDriver {
     socket: UdpSocket,
-    local_addr: SocketAddr,
-    endpoint: Endpoint,
-    clock: Clock,
-    recv_buf: Box<[u8]>,
-    outbox: Outbox,
-    icmp_errors_ignored: u64,
-    sends_blocked: u64,
+    core: DriverCore,
     /// A read stopped at the batch limit, not at `WouldBlock`: more may be waiting, and no
     /// new readable event will say so.
     read_pending: bool,
@@ -96,23 +78,13 @@ impl MioDriver {
 
     /// Wraps a socket the caller bound (e.g. with options set through another crate). The
     /// socket is switched to non-blocking mode.
-    pub fn from_std(socket: std::net::UdpSocket, mut config: Config) -> io::Result<Self> {
+    pub fn from_std(socket: std::net::UdpSocket, config: Config) -> io::Result<Self> {
         socket.set_nonblocking(true)?;
         let socket = UdpSocket::from_std(socket);
-        let local_addr = socket.local_addr()?;
-        config.seed = endpoint_seed(config.seed, local_addr);
-        let outbox = Outbox::new(config.mtu);
-        let endpoint =
-            Endpoint::new(config).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let core = DriverCore::new(socket.local_addr()?, config)?;
         Ok(MioDriver {
             socket,
-            local_addr,
-            endpoint,
-            clock: Clock::new(),
-            recv_buf: vec![0; RECV_BUFFER_LEN].into_boxed_slice(),
-            outbox,
-            icmp_errors_ignored: 0,
-            sends_blocked: 0,
+            core,
             read_pending: false,
             read_batch: MAX_DATAGRAMS_PER_CALL,
         })
@@ -137,43 +109,6 @@ impl MioDriver {
 
     // ------------------------------------------------------------------ getters
 
-    /// The address the socket is bound to (with the port the OS picked, if it was 0).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
-    }
-
-    /// The endpoint, for its getters (`stats`, `is_connected`, `connection_stats`, ...).
-    pub fn endpoint(&self) -> &Endpoint {
-        &self.endpoint
-    }
-
-    /// The endpoint, for commands this type does not wrap (`send_redirected`,
-    /// `set_accept_hook`, ...). Pass [`now`](Self::now) where it asks for the time.
-    pub fn endpoint_mut(&mut self) -> &mut Endpoint {
-        &mut self.endpoint
-    }
-
-    /// The current time on the driver's clock, as the endpoint counts it (microseconds since
-    /// the driver was created).
-    pub fn now(&mut self) -> Instant {
-        self.clock.now()
-    }
-
-    /// The driver's own counters.
-    pub fn stats(&self) -> DriverStats {
-        DriverStats {
-            send_errors: self.outbox.send_errors,
-            last_send_error: self.outbox.last_send_error,
-            icmp_errors_ignored: self.icmp_errors_ignored,
-            sends_blocked: self.sends_blocked,
-        }
-    }
-
-    /// Whether a datagram waits for the socket to become writable.
-    pub fn is_send_blocked(&self) -> bool {
-        self.outbox.is_blocked()
-    }
-
     /// How long the caller's `Poll::poll` may sleep before [`update`](Self::update) must run:
     /// until the endpoint's next timer, zero if one is due or datagrams are known to be
     /// waiting, `None` if nothing is scheduled (sleep until an event).
@@ -181,74 +116,11 @@ impl MioDriver {
         if self.read_pending {
             return Some(Duration::ZERO);
         }
-        let now = self.clock.peek();
-        self.endpoint
+        let now = self.core.clock().peek();
+        self.core
+            .endpoint()
             .poll_timeout()
             .map(|deadline| Clock::until(now, deadline))
-    }
-
-    // ------------------------------------------------------------------ commands
-
-    /// Starts connecting to `remote`; see [`Endpoint::connect`]. The handshake leaves at the
-    /// next [`update`](Self::update) or [`flush`](Self::flush).
-    pub fn connect(
-        &mut self,
-        remote: SocketAddr,
-        data: &[u8],
-    ) -> Result<ConnectionHandle, ConnectError> {
-        let now = self.clock.now();
-        self.endpoint.connect(now, remote, data)
-    }
-
-    /// Queues a message; see [`Endpoint::send`].
-    pub fn send(
-        &mut self,
-        conn: ConnectionHandle,
-        channel: u8,
-        payload: impl Into<Bytes>,
-    ) -> Result<(), SendError> {
-        self.endpoint.send(conn, channel, payload)
-    }
-
-    /// Sends a request; see [`Endpoint::request`].
-    pub fn request(
-        &mut self,
-        conn: ConnectionHandle,
-        channel: u8,
-        payload: impl Into<Bytes>,
-    ) -> Result<RequestId, SendError> {
-        let now = self.clock.now();
-        self.endpoint.request(now, conn, channel, payload)
-    }
-
-    /// Answers a request; see [`Endpoint::respond`].
-    pub fn respond(
-        &mut self,
-        conn: ConnectionHandle,
-        request: IncomingRequest,
-        payload: impl Into<Bytes>,
-    ) -> Result<(), SendError> {
-        self.endpoint.respond(conn, request, payload)
-    }
-
-    /// Closes a connection; see [`Endpoint::disconnect`].
-    pub fn disconnect(&mut self, conn: ConnectionHandle, code: u16) {
-        self.endpoint.disconnect(conn, code);
-    }
-
-    // ------------------------------------------------------------------ events
-
-    /// The next event, if any.
-    pub fn poll_event(&mut self) -> Option<Event> {
-        self.endpoint.poll_event()
-    }
-
-    /// Drains the events that are waiting. It borrows the driver; to send in reaction to an
-    /// event, loop on [`poll_event`](Self::poll_event) instead.
-    pub fn events(&mut self) -> Events<'_> {
-        Events {
-            endpoint: &mut self.endpoint,
-        }
     }
 
     // ------------------------------------------------------------------ driving
@@ -271,10 +143,14 @@ impl MioDriver {
     /// and hands them to the endpoint, timestamped with `now` (from the caller's clock, so
     /// one reading can serve a whole loop turn).
     pub fn handle_readable(&mut self, now: std::time::Instant) -> io::Result<()> {
-        let now = self.clock.at(now);
+        let now = self.core.clock_mut().at(now);
         self.read_pending = false;
         for _ in 0..self.read_batch {
-            if !self.receive_one(now)? {
+            let socket = &self.socket;
+            if !self
+                .core
+                .receive_one(Some(now), |buf| socket.recv_from(buf))?
+            {
                 return Ok(());
             }
         }
@@ -284,21 +160,21 @@ impl MioDriver {
 
     /// Sends the datagram kept back after a `WouldBlock`, then the rest of what is queued.
     pub fn handle_writable(&mut self, now: std::time::Instant) {
-        let now = self.clock.at(now);
+        let now = self.core.clock_mut().at(now);
         self.flush_at(now);
     }
 
     /// Runs the endpoint's timers that are due at `now` (early or repeated calls are
     /// harmless).
     pub fn handle_timeout(&mut self, now: std::time::Instant) {
-        let now = self.clock.at(now);
-        self.endpoint.handle_timeout(now);
+        let now = self.core.clock_mut().at(now);
+        self.core.endpoint_mut().handle_timeout(now);
     }
 
     /// Sends what the endpoint has queued (unless a datagram is waiting for a writable
     /// event). Never blocks.
     pub fn flush(&mut self) {
-        let now = self.clock.now();
+        let now = self.core.now();
         self.flush_at(now);
     }
 
@@ -324,35 +200,24 @@ impl MioDriver {
     }
 
     fn flush_at(&mut self, now: Instant) {
-        let was_blocked = self.outbox.is_blocked();
         let socket = &self.socket;
-        self.outbox
-            .flush(&mut self.endpoint, now, |d, to| socket.send_to(d, to));
-        if self.outbox.is_blocked() && !was_blocked {
-            self.sends_blocked += 1;
-        }
+        self.core.flush_with(now, |d, to| socket.send_to(d, to));
     }
+}
 
-    /// Reads one datagram and hands it to the endpoint. `Ok(false)` when none was waiting.
-    fn receive_one(&mut self, now: Instant) -> io::Result<bool> {
-        loop {
-            match self.socket.recv_from(&mut self.recv_buf) {
-                Ok((len, from)) => {
-                    let datagram = &self.recv_buf[..len.min(self.recv_buf.len())];
-                    self.endpoint.handle_datagram(now, from, datagram);
-                    return Ok(true);
-                }
-                Err(e) => match recv_error_action(e.kind()) {
-                    RecvErrorAction::Empty => return Ok(false),
-                    RecvErrorAction::Retry => continue,
-                    RecvErrorAction::Ignore => {
-                        self.icmp_errors_ignored += 1;
-                        return Ok(true);
-                    }
-                    RecvErrorAction::Fail => return Err(e),
-                },
-            }
-        }
+/// The commands, getters and events shared with `shoal-std`: `driver.send(..)`,
+/// `driver.poll_event()`, `driver.stats()`, ...
+impl Deref for MioDriver {
+    type Target = DriverCore;
+
+    fn deref(&self) -> &DriverCore {
+        &self.core
+    }
+}
+
+impl DerefMut for MioDriver {
+    fn deref_mut(&mut self) -> &mut DriverCore {
+        &mut self.core
     }
 }
 
@@ -379,20 +244,6 @@ impl Source for MioDriver {
 
     fn deregister(&mut self, registry: &Registry) -> io::Result<()> {
         self.socket.deregister(registry)
-    }
-}
-
-/// Iterator over the events waiting in a [`MioDriver`], from [`MioDriver::events`].
-#[derive(Debug)]
-pub struct Events<'a> {
-    endpoint: &'a mut Endpoint,
-}
-
-impl Iterator for Events<'_> {
-    type Item = Event;
-
-    fn next(&mut self) -> Option<Event> {
-        self.endpoint.poll_event()
     }
 }
 

@@ -77,7 +77,7 @@ impl EventLoop {
     /// One turn: sends what is queued, sleeps until the socket is ready, a timer is due or
     /// `timeout` passes (`None`: no limit besides the timers), reads, runs the timers and
     /// sends again. Events wait in the driver: drain them with
-    /// [`MioDriver::poll_event`] afterwards.
+    /// [`poll_event`](shoal_std::DriverCore::poll_event) afterwards.
     pub fn run_once(&mut self, timeout: Option<Duration>) -> io::Result<()> {
         self.driver.update()?;
         let wait = match (self.driver.next_timeout(), timeout) {

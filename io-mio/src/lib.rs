@@ -6,6 +6,13 @@
 //! pass [`MioDriver::next_timeout`] to `Poll::poll`. A program without an event loop of its
 //! own uses [`EventLoop`], which owns a `Poll` and offers `run_once`/`run_until`.
 //!
+//! The commands (`connect`, `send`, `request`, `respond`, `disconnect`), the events
+//! (`poll_event`, `events`) and the getters (`local_addr`, `endpoint`, `now`, `stats`) are
+//! [`DriverCore`]'s, from `shoal-std` and shared with its `Driver`. A [`MioDriver`]
+//! dereferences to its core, so these read as its own methods (`driver.send(conn, 2,
+//! payload)?`), with no trait to import. [`DriverStats`] and [`Events`] are the same types
+//! as `shoal_std`'s.
+//!
 //! # Example
 //!
 //! Two drivers in one caller-owned `Poll`, on loopback: the client sends a reliable message
@@ -81,7 +88,7 @@
 //!
 //! The rendezvous and relay server will be a binary of this crate, built on [`MioDriver`]
 //! (its accept hook and `send_redirected` are reached through
-//! [`MioDriver::endpoint_mut`]).
+//! [`endpoint_mut`](DriverCore::endpoint_mut)).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -89,11 +96,14 @@
 mod driver;
 mod event_loop;
 
-// The clock, seed and socket plumbing are `shoal-std`'s, shared rather than copied.
-use shoal_std::{clock, io_util};
+// The clock is `shoal-std`'s, shared rather than copied (like the seed, the socket
+// plumbing and the driver core).
+use shoal_std::clock;
 
-pub use driver::{DriverStats, Events, MioDriver, INTEREST, MAX_DATAGRAMS_PER_CALL};
+pub use driver::{MioDriver, INTEREST, MAX_DATAGRAMS_PER_CALL};
 pub use event_loop::{EventLoop, RunOutcome, DRIVER_TOKEN};
+// The driver parts shared with `shoal-std`: `MioDriver` dereferences to a `DriverCore`.
+pub use shoal_std::{DriverCore, DriverStats, Events};
 
 /// The `mio` crate this driver is built on (register in a `Poll` of this version).
 pub use mio;

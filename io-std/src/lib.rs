@@ -8,6 +8,12 @@
 //! - [`spawn`] runs a driver on a background thread and talks to it through channels
 //!   ([`Handle`]).
 //!
+//! What does not depend on how the socket is driven lives in [`DriverCore`], shared with
+//! `shoal-mio`: the commands (`connect`, `send`, `request`, `respond`, `disconnect`), the
+//! events (`poll_event`, `events`) and the getters (`local_addr`, `endpoint`, `now`,
+//! `stats`). A [`Driver`] dereferences to its core, so these read as its own methods
+//! (`driver.send(conn, 2, payload)?`), with no trait to import.
+//!
 //! # Example
 //!
 //! Two drivers on loopback; the client sends a reliable message to the server.
@@ -88,10 +94,12 @@
 
 pub mod clock;
 mod driver;
+mod driver_core;
 pub mod io_util;
 mod thread;
 
-pub use driver::{Driver, DriverStats, Events, BLOCKED_SEND_RETRY, MAX_DATAGRAMS_PER_UPDATE};
+pub use driver::{Driver, BLOCKED_SEND_RETRY, MAX_DATAGRAMS_PER_UPDATE};
+pub use driver_core::{DriverCore, DriverStats, Events};
 pub use thread::{
     spawn, spawn_driver, Handle, Output, ThreadError, COMMAND_CAPACITY, OUTPUT_CAPACITY,
     SHUTDOWN_CODE,

@@ -1,0 +1,333 @@
+//! [`DriverCore`]: what every Shoal driver holds besides its socket, and the commands that
+//! do not depend on how the socket is driven.
+//!
+//! [`Driver`](crate::Driver) and `shoal_mio::MioDriver` each own a `DriverCore` and
+//! dereference to it, so `driver.send(..)`, `driver.poll_event()`, `driver.stats()` and the
+//! rest are written once, here, and called on either driver as its own methods.
+
+use std::io;
+use std::net::SocketAddr;
+
+use shoal_proto::{
+    Bytes, Config, ConnectError, ConnectionHandle, Endpoint, Event, IncomingRequest, Instant,
+    RequestId, SendError,
+};
+
+use crate::clock::{endpoint_seed, Clock};
+use crate::io_util::{recv_error_action, Outbox, RecvErrorAction, RECV_BUFFER_LEN};
+
+/// Counters of what the driver itself did with the socket (the endpoint keeps its own, see
+/// [`Endpoint::stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DriverStats {
+    /// Datagrams the socket refused with an error other than `WouldBlock`/`Interrupted`
+    /// (e.g. an unreachable destination). They are dropped, like any lost datagram.
+    pub send_errors: u64,
+    /// The kind of the most recent such error.
+    pub last_send_error: Option<io::ErrorKind>,
+    /// ICMP errors reported by `recv_from` (`ConnectionReset`/`ConnectionRefused`), skipped.
+    pub icmp_errors_ignored: u64,
+    /// Times a send hit `WouldBlock` and the datagram was kept for a later flush (with
+    /// `shoal-mio`, the next writable event).
+    pub sends_blocked: u64,
+}
+
+/// The part of a driver that does not touch the socket: the endpoint, the clock, the send
+/// and receive buffers and the counters, with the commands an application calls.
+///
+/// You do not make one yourself to use Shoal: [`Driver`](crate::Driver) and
+/// `shoal_mio::MioDriver` own one and dereference to it, so its methods read as the driver's
+/// own:
+///
+/// ```no_run
+/// # use shoal_std::{Config, Driver};
+/// # fn main() -> std::io::Result<()> {
+/// # let mut driver = Driver::bind("127.0.0.1:0", Config::default())?;
+/// # let server = driver.local_addr();
+/// let conn = driver.connect(server, b"hello").expect("connect starts");
+/// driver.send(conn, 2, "reliable").expect("queued");
+/// while let Some(event) = driver.poll_event() { /* ... */ }
+/// println!("{:?} {:?}", driver.stats(), driver.endpoint().stats());
+/// # Ok(())
+/// # }
+/// ```
+///
+/// A driver of your own can be built on it the same way: own the socket and a `DriverCore`,
+/// and feed it with [`receive_one`](Self::receive_one) and [`flush_with`](Self::flush_with).
+#[derive(Debug)]
+pub struct DriverCore {
+    local_addr: SocketAddr,
+    endpoint: Endpoint,
+    clock: Clock,
+    recv_buf: Box<[u8]>,
+    outbox: Outbox,
+    icmp_errors_ignored: u64,
+    sends_blocked: u64,
+    /// Datagrams from this address are wake-ups for `shoal-std`'s background thread, not for
+    /// the endpoint.
+    pub(crate) wake_from: Option<SocketAddr>,
+}
+
+impl DriverCore {
+    /// The core of a driver whose socket is bound to `local_addr`: creates the endpoint and
+    /// allocates the buffers (a 64 KiB receive buffer, a transmit buffer of `Config::mtu`
+    /// bytes). A zero `Config::seed` is replaced by one derived from OS randomness.
+    ///
+    /// Fails with `InvalidInput` if `config` is invalid (the [`shoal_proto::ConfigError`] is
+    /// the error's inner error).
+    pub fn new(local_addr: SocketAddr, mut config: Config) -> io::Result<Self> {
+        config.seed = endpoint_seed(config.seed, local_addr);
+        let outbox = Outbox::new(config.mtu);
+        let endpoint =
+            Endpoint::new(config).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        Ok(DriverCore {
+            local_addr,
+            endpoint,
+            clock: Clock::new(),
+            recv_buf: vec![0; RECV_BUFFER_LEN].into_boxed_slice(),
+            outbox,
+            icmp_errors_ignored: 0,
+            sends_blocked: 0,
+            wake_from: None,
+        })
+    }
+
+    // ------------------------------------------------------------------ getters
+
+    /// The address the socket is bound to (with the port the OS picked, if it was 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The endpoint, for its getters (`stats`, `is_connected`, `connection_stats`, ...).
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// The endpoint, for commands the driver does not wrap (`send_redirected`,
+    /// `set_accept_hook`, ...). Pass [`now`](Self::now) where it asks for the time.
+    pub fn endpoint_mut(&mut self) -> &mut Endpoint {
+        &mut self.endpoint
+    }
+
+    /// The current time on the driver's clock, as the endpoint counts it (microseconds since
+    /// the driver was created).
+    pub fn now(&mut self) -> Instant {
+        self.clock.now()
+    }
+
+    /// The driver's clock, to read the time without recording it ([`Clock::peek`]).
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// The driver's clock, to convert a `std::time::Instant` the caller already read
+    /// ([`Clock::at`]).
+    pub fn clock_mut(&mut self) -> &mut Clock {
+        &mut self.clock
+    }
+
+    /// The driver's own counters.
+    pub fn stats(&self) -> DriverStats {
+        DriverStats {
+            send_errors: self.outbox.send_errors,
+            last_send_error: self.outbox.last_send_error,
+            icmp_errors_ignored: self.icmp_errors_ignored,
+            sends_blocked: self.sends_blocked,
+        }
+    }
+
+    /// Whether a datagram waits for room in the socket's send buffer.
+    pub fn is_send_blocked(&self) -> bool {
+        self.outbox.is_blocked()
+    }
+
+    // ------------------------------------------------------------------ commands
+
+    /// Starts connecting to `remote`; see [`Endpoint::connect`]. The handshake leaves when
+    /// the driver next sends (its `update`, `poll` or `flush`).
+    pub fn connect(
+        &mut self,
+        remote: SocketAddr,
+        data: &[u8],
+    ) -> Result<ConnectionHandle, ConnectError> {
+        let now = self.clock.now();
+        self.endpoint.connect(now, remote, data)
+    }
+
+    /// Queues a message; see [`Endpoint::send`].
+    pub fn send(
+        &mut self,
+        conn: ConnectionHandle,
+        channel: u8,
+        payload: impl Into<Bytes>,
+    ) -> Result<(), SendError> {
+        self.endpoint.send(conn, channel, payload)
+    }
+
+    /// Sends a request; see [`Endpoint::request`].
+    pub fn request(
+        &mut self,
+        conn: ConnectionHandle,
+        channel: u8,
+        payload: impl Into<Bytes>,
+    ) -> Result<RequestId, SendError> {
+        let now = self.clock.now();
+        self.endpoint.request(now, conn, channel, payload)
+    }
+
+    /// Answers a request; see [`Endpoint::respond`].
+    pub fn respond(
+        &mut self,
+        conn: ConnectionHandle,
+        request: IncomingRequest,
+        payload: impl Into<Bytes>,
+    ) -> Result<(), SendError> {
+        self.endpoint.respond(conn, request, payload)
+    }
+
+    /// Closes a connection; see [`Endpoint::disconnect`]. The notice to the peer leaves when
+    /// the driver next sends (its `update`, `poll` or `flush`).
+    pub fn disconnect(&mut self, conn: ConnectionHandle, code: u16) {
+        self.endpoint.disconnect(conn, code);
+    }
+
+    // ------------------------------------------------------------------ events
+
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.endpoint.poll_event()
+    }
+
+    /// Drains the events that are waiting (the iterator ends when none is left). It borrows
+    /// the driver; to send in reaction to an event, loop on
+    /// [`poll_event`](Self::poll_event) instead.
+    pub fn events(&mut self) -> Events<'_> {
+        Events {
+            endpoint: &mut self.endpoint,
+        }
+    }
+
+    // ------------------------------------------------------------------ for drivers
+
+    /// Reads one datagram through `recv_from` (a socket's `recv_from`, blocking or not) and
+    /// hands it to the endpoint, stamped `now` (`None`: the clock's time once it arrived).
+    ///
+    /// Returns `Ok(false)` when none was waiting, `Ok(true)` when something happened: a
+    /// datagram, or an ICMP error that is counted and skipped. Interrupted calls are retried;
+    /// other errors are the socket's own and returned.
+    pub fn receive_one(
+        &mut self,
+        now: Option<Instant>,
+        mut recv_from: impl FnMut(&mut [u8]) -> io::Result<(usize, SocketAddr)>,
+    ) -> io::Result<bool> {
+        loop {
+            match recv_from(&mut self.recv_buf) {
+                Ok((len, from)) => {
+                    if Some(from) != self.wake_from {
+                        let now = now.unwrap_or_else(|| self.clock.now());
+                        let datagram = &self.recv_buf[..len.min(self.recv_buf.len())];
+                        self.endpoint.handle_datagram(now, from, datagram);
+                    }
+                    return Ok(true);
+                }
+                Err(e) => match recv_error_action(e.kind()) {
+                    RecvErrorAction::Empty => return Ok(false),
+                    RecvErrorAction::Retry => continue,
+                    RecvErrorAction::Ignore => {
+                        // Counts as "something happened" so the drain goes on reading.
+                        self.icmp_errors_ignored += 1;
+                        return Ok(true);
+                    }
+                    RecvErrorAction::Fail => return Err(e),
+                },
+            }
+        }
+    }
+
+    /// Sends, through `send_to` (a non-blocking socket's `send_to`), the datagram kept back
+    /// after a `WouldBlock`, then what the endpoint has queued at `now`. A `WouldBlock` keeps
+    /// that datagram for the next call (see [`is_send_blocked`](Self::is_send_blocked)); any
+    /// other send error drops it and is counted. Never waits.
+    pub fn flush_with(
+        &mut self,
+        now: Instant,
+        send_to: impl FnMut(&[u8], SocketAddr) -> io::Result<usize>,
+    ) {
+        let was_blocked = self.outbox.is_blocked();
+        self.outbox.flush(&mut self.endpoint, now, send_to);
+        if self.outbox.is_blocked() && !was_blocked {
+            self.sends_blocked += 1;
+        }
+    }
+}
+
+/// Iterator over the events waiting in a driver, from [`DriverCore::events`].
+#[derive(Debug)]
+pub struct Events<'a> {
+    endpoint: &'a mut Endpoint,
+}
+
+impl Iterator for Events<'_> {
+    type Item = Event;
+
+    fn next(&mut self) -> Option<Event> {
+        self.endpoint.poll_event()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn core() -> DriverCore {
+        let local = SocketAddr::from(([127, 0, 0, 1], 4000));
+        DriverCore::new(local, Config::default()).expect("valid config")
+    }
+
+    #[test]
+    fn receive_one_sorts_errors_and_counts_icmp() {
+        let mut core = core();
+        let from = SocketAddr::from(([127, 0, 0, 1], 5000));
+        let mut results = vec![
+            Err(io::ErrorKind::WouldBlock.into()),
+            Err(io::ErrorKind::ConnectionReset.into()),
+            Ok((3, from)),
+            Err(io::ErrorKind::Interrupted.into()),
+        ];
+        let mut next = |_: &mut [u8]| results.pop().expect("a result");
+        // Interrupted is retried, then the datagram is delivered.
+        assert!(core.receive_one(None, &mut next).expect("datagram"));
+        assert_eq!(core.endpoint().stats().datagrams_received, 1);
+        assert!(core.receive_one(None, &mut next).expect("icmp"));
+        assert_eq!(core.stats().icmp_errors_ignored, 1);
+        assert!(!core.receive_one(None, &mut next).expect("empty"));
+        let fail = core.receive_one(None, |_| Err(io::ErrorKind::PermissionDenied.into()));
+        assert!(fail.is_err());
+    }
+
+    #[test]
+    fn datagrams_from_the_wake_source_are_read_but_not_delivered() {
+        let mut core = core();
+        let waker = SocketAddr::from(([127, 0, 0, 1], 5001));
+        core.wake_from = Some(waker);
+        assert!(core.receive_one(None, |_| Ok((0, waker))).expect("wake"));
+        assert_eq!(core.endpoint().stats().datagrams_received, 0);
+    }
+
+    #[test]
+    fn flush_with_counts_each_time_sending_starts_to_block() {
+        let mut core = core();
+        let server = SocketAddr::from(([127, 0, 0, 1], 5002));
+        core.connect(server, &[]).expect("connect");
+        let now = core.now();
+        core.flush_with(now, |_, _| Err(io::ErrorKind::WouldBlock.into()));
+        assert!(core.is_send_blocked());
+        // Still blocked on the same datagram: not a new block.
+        core.flush_with(now, |_, _| Err(io::ErrorKind::WouldBlock.into()));
+        assert_eq!(core.stats().sends_blocked, 1);
+        core.flush_with(now, |d, _| Ok(d.len()));
+        assert!(!core.is_send_blocked());
+        assert_eq!(core.stats().send_errors, 0);
+    }
+}
