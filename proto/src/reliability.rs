@@ -442,6 +442,8 @@ pub(crate) struct SentPackets {
     pub(crate) rtt: RttEstimator,
     pub(crate) congestion: Congestion,
     backoff: u32,
+    /// Number of the oldest packet still in flight (or `next_seq` if none is).
+    oldest_in_flight: u64,
     /// Current packet reordering threshold (see [`PACKET_THRESHOLD`]).
     packet_threshold: u64,
     /// Packets declared lost and then acknowledged.
@@ -461,6 +463,7 @@ impl SentPackets {
             rtt: RttEstimator::new(initial_rtt),
             congestion: Congestion::new(mtu),
             backoff: 0,
+            oldest_in_flight: 0,
             packet_threshold: PACKET_THRESHOLD,
             spurious_losses: 0,
             pool: Vec::new(),
@@ -534,8 +537,16 @@ impl SentPackets {
         self.retire();
     }
 
-    /// Pops resolved packets off the front, recycling their key vectors.
+    /// Pops resolved packets off the front, recycling their key vectors, and moves the
+    /// oldest-in-flight cursor past resolved ones (so loss detection never rescans them).
     fn retire(&mut self) {
+        self.oldest_in_flight = self.oldest_in_flight.max(self.first_seq);
+        while let Some(i) = self.index_of(self.oldest_in_flight) {
+            if self.packets[i].state == PacketState::InFlight {
+                break;
+            }
+            self.oldest_in_flight += 1;
+        }
         while let Some(front) = self.packets.front() {
             let late_ack_possible = front.state == PacketState::Lost
                 && self.next_seq - self.first_seq <= LATE_ACK_WINDOW;
@@ -635,11 +646,8 @@ impl SentPackets {
             return;
         };
         let loss_delay = self.rtt.loss_delay();
-        for i in 0..self.packets.len() {
-            let seq = self.first_seq + i as u64;
-            if seq >= largest {
-                break;
-            }
+        for seq in self.oldest_in_flight..largest {
+            let Some(i) = self.index_of(seq) else { break };
             let p = &mut self.packets[i];
             if p.state != PacketState::InFlight {
                 continue;
@@ -661,13 +669,8 @@ impl SentPackets {
         max_ack_delay: Duration,
         max_rto: Duration,
     ) -> Option<Instant> {
-        let oldest = self
-            .packets
-            .iter()
-            .enumerate()
-            .find(|(_, p)| p.state == PacketState::InFlight)?;
-        let (i, p) = oldest;
-        let seq = self.first_seq + i as u64;
+        let seq = self.oldest_in_flight;
+        let p = &self.packets[self.index_of(seq)?];
         if self.largest_acked.is_some_and(|l| seq < l) {
             return Some(p.sent_at + self.rtt.loss_delay());
         }
@@ -692,8 +695,14 @@ impl SentPackets {
         if outcome.packets_lost == before {
             // Nothing acknowledged past them: packets older than the RTO are lost.
             let rto = self.rto(max_ack_delay, max_rto);
-            for p in self.packets.iter_mut() {
-                if p.state == PacketState::InFlight && p.sent_at + rto <= now {
+            let from = self
+                .index_of(self.oldest_in_flight)
+                .unwrap_or(self.packets.len());
+            for p in self.packets.range_mut(from..) {
+                if p.sent_at + rto > now {
+                    break; // sent in order: the rest are younger
+                }
+                if p.state == PacketState::InFlight {
                     p.state = PacketState::Lost;
                     self.bytes_in_flight -= u64::from(p.size);
                     outcome.lost_frames.extend_from_slice(&p.frames);
