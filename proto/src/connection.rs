@@ -39,9 +39,6 @@ const MAX_ACK_SNAPSHOTS: usize = 64;
 const RECENTLY_ANSWERED: usize = 64;
 /// Redundancy candidates remembered at most.
 const MAX_REDUNDANT_CANDIDATES: usize = 512;
-/// A proactive copy is only worth sending within this many packets of the previous copy:
-/// later, loss detection would resend it about as soon.
-const REDUNDANCY_HORIZON: u64 = 2;
 
 /// Where a connection is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,9 +112,9 @@ pub(crate) struct Connection {
     responses: VecDeque<(u8, Outgoing)>,
     frames: FrameStore<SentFrame>,
     resend: VecDeque<FrameKey>,
-    /// Small reliable frames that may ride again in a following packet, with the number of
-    /// the packet that last carried them.
-    redundant: VecDeque<(FrameKey, u64)>,
+    /// Small reliable frames that may ride again in a following packet, with the time they
+    /// were first sent.
+    redundant: VecDeque<(FrameKey, Instant)>,
     rr_cursor: usize,
     /// Reassembly the peer may be holding for our large reliable messages: each started one
     /// counts until the channel window moves past it (the peer has delivered it by then).
@@ -964,14 +961,7 @@ impl Connection {
             // An acknowledgement of an earlier part of a burst: it goes out alone.
         } else if may_send_data {
             frames_written += self.write_retransmissions(&mut w, &mut keys);
-            frames_written += self.write_new_frames(&mut w, &mut keys, config);
-            // Copies ride in packets that carry something else: a datagram of copies alone,
-            // sent at the same instant as the originals, would double the packet rate and
-            // share their fate in a loss burst. Only copies that already missed a packet
-            // (there was no room) go alone, before they expire.
-            if frames_written > 0 || self.redundancy_overdue() {
-                frames_written += self.write_redundant(&mut w, &mut keys, config, first_new);
-            }
+            frames_written += self.write_new_frames(now, &mut w, &mut keys, config);
         } else if self.pacer.is_some() && !paced_ok && self.has_data_to_send() {
             let at = self.pacer.as_ref().map(|p| p.ready_at(now, mtu));
             self.timers.set_opt(Timer::Pacing, at);
@@ -980,6 +970,12 @@ impl Connection {
         if frames_written == 0 && !ack_due && !self.keepalive_due {
             self.sent.recycle_key_vec(keys);
             return None;
+        }
+        // Copies ride in packets that go out anyway (with new data, or an acknowledgement),
+        // never in a datagram of their own: that would raise the packet rate and, sent at the
+        // same instant as the original, share its fate in a loss burst.
+        if may_send_data && snapshot.is_none() {
+            frames_written += self.write_redundant(now, &mut w, &mut keys, config, first_new);
         }
         let len = w.len();
         if frames_written == 0 {
@@ -1043,6 +1039,7 @@ impl Connection {
     /// small messages on another.
     fn write_new_frames(
         &mut self,
+        now: Instant,
         w: &mut Writer<'_>,
         keys: &mut Vec<FrameKey>,
         config: &Config,
@@ -1068,7 +1065,7 @@ impl Connection {
             } else {
                 mask.trailing_zeros()
             } as usize;
-            if self.write_one_new_frame(lane, w, keys, config) {
+            if self.write_one_new_frame(now, lane, w, keys, config) {
                 written += 1;
                 if self.lane_is_empty(lane) {
                     mask &= !(1 << lane);
@@ -1091,6 +1088,7 @@ impl Connection {
 
     fn write_one_new_frame(
         &mut self,
+        now: Instant,
         lane: usize,
         w: &mut Writer<'_>,
         keys: &mut Vec<FrameKey>,
@@ -1196,36 +1194,31 @@ impl Connection {
                 if self.redundant.len() >= MAX_REDUNDANT_CANDIDATES {
                     self.redundant.pop_front();
                 }
-                self.redundant.push_back((key, self.sent.next_seq()));
+                self.redundant.push_back((key, now));
             }
         }
         true
     }
 
-    /// Whether the oldest waiting copy has missed a packet and will expire after this one.
-    fn redundancy_overdue(&self) -> bool {
-        let packet = self.sent.next_seq();
-        self.redundant.front().is_some_and(|&(key, last_sent_in)| {
-            packet.saturating_sub(last_sent_in) == REDUNDANCY_HORIZON && self.frames.contains(key)
-        })
-    }
-
-    /// Proactive copies of small reliable frames sent in the last few packets, while room
-    /// remains. `first_new` is where this packet's own new frames start in the queue.
+    /// Proactive copies of small reliable frames sent earlier, while room remains. A copy is
+    /// only worth sending within a round trip of the original: after that, either the
+    /// original's acknowledgement has arrived or loss detection resends it anyway.
+    /// `first_new` is where this packet's own new frames start in the queue.
     fn write_redundant(
         &mut self,
+        now: Instant,
         w: &mut Writer<'_>,
         keys: &mut Vec<FrameKey>,
         config: &Config,
         first_new: usize,
     ) -> usize {
-        let packet = self.sent.next_seq();
+        let horizon = self.sent.rtt.smoothed();
         let mut written = 0;
         for _ in 0..first_new {
-            let Some(&(key, last_sent_in)) = self.redundant.front() else {
+            let Some(&(key, sent_at)) = self.redundant.front() else {
                 break;
             };
-            let fresh = packet.saturating_sub(last_sent_in) <= REDUNDANCY_HORIZON;
+            let fresh = now < sent_at + horizon;
             let Some(frame) = self.frames.get_mut(key).filter(|_| fresh) else {
                 // Acknowledged already, or too old to be worth a copy.
                 self.redundant.pop_front();
@@ -1246,7 +1239,7 @@ impl Connection {
             written += 1;
             self.redundant.pop_front();
             if frame.copies < config.redundancy {
-                self.redundant.push_back((key, packet));
+                self.redundant.push_back((key, sent_at));
             }
         }
         written

@@ -363,10 +363,6 @@ impl<T> FrameStore<T> {
         }
     }
 
-    pub(crate) fn contains(&self, key: FrameKey) -> bool {
-        matches!(self.slots.get(key.index as usize), Some((g, Some(_))) if *g == key.generation)
-    }
-
     pub(crate) fn get_mut(&mut self, key: FrameKey) -> Option<&mut T> {
         match self.slots.get_mut(key.index as usize) {
             Some((generation, value)) if *generation == key.generation => value.as_mut(),
