@@ -1,0 +1,626 @@
+//! One connection: handshake state (client side), the send path that assembles packets, the
+//! receive path that turns frames into events, and the timers that drive both.
+//!
+//! The endpoint owns connections and routes to them; a connection never sees a socket or a
+//! clock, only `now` and the bytes the endpoint hands it.
+
+use alloc::collections::{BinaryHeap, VecDeque};
+use alloc::vec::Vec;
+use bytes::Bytes;
+use core::cmp::Reverse;
+use core::net::SocketAddr;
+
+use crate::channel::{
+    reservation, MessageMeta, Outgoing, Received, RecvChannel, RecvContext, SendChannel,
+};
+use crate::chunk::{chunk_count, chunk_slice, ChunkAdded, Progress, ReassemblyBuffer};
+use crate::config::Config;
+use crate::error::SendError;
+use crate::event::{ConnectionHandle, DisconnectReason, Event, IncomingRequest, RequestId};
+use crate::hash::{HashMap, SeededState};
+use crate::reliability::{
+    AckOutcome, FrameKey, FrameStore, ReceivedPackets, SentPackets, TokenBucket,
+};
+use crate::stats::{ConnectionStats, DropReason};
+use crate::time::{Instant, Timer, TimerTable};
+use crate::wire::{
+    self, encode_data_header, ChunkInfo, CloseCode, Cookie, DataHeader, Frame, Frames,
+    MessageHeader, Packet, SendType, Writer, DATA_HEADER_LEN, MAX_VARINT_LEN,
+};
+
+mod receive;
+mod transmit;
+
+/// Eliciting packets received before an acknowledgement goes out without delay.
+const ACK_EVERY: u32 = 2;
+/// Packets one acknowledgement covers (the newest and the 32 before it, less one for slack).
+const ACK_RANGE: u32 = 32;
+/// Acknowledgement snapshots kept at most while a burst arrives: 64 × 32 packets, more than
+/// the largest congestion window (`reliability::MAX_WINDOW_PACKETS`) lets a peer send at once.
+const MAX_ACK_SNAPSHOTS: usize = 64;
+/// Answered requests remembered to recognise copies of their responses.
+const RECENTLY_ANSWERED: usize = 64;
+/// Redundancy candidates remembered at most.
+const MAX_REDUNDANT_CANDIDATES: usize = 512;
+
+/// Where a connection is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum State {
+    /// Client: sending `Hello` until a `Challenge` arrives.
+    Hello,
+    /// Client: sending `Connect` with the cookie until `Accept` or `Reject` arrives.
+    Connecting { cookie: Cookie },
+    /// Handshake done.
+    Connected,
+}
+
+/// A reliable frame sent and not yet acknowledged.
+#[derive(Debug)]
+struct SentFrame {
+    header: MessageHeader,
+    payload: Bytes,
+    /// Channel sequence for window accounting (messages only, not responses).
+    message_seq: Option<u64>,
+    /// Packets in flight that carry it.
+    in_flight: u16,
+    /// Proactive extra copies sent.
+    copies: u8,
+}
+
+/// A request awaiting its response.
+#[derive(Debug)]
+struct PendingRequest {
+    id: RequestId,
+    partial: Option<ReassemblyBuffer>,
+}
+
+/// What the endpoint lends a connection while it works.
+pub(crate) struct Shared<'a> {
+    pub(crate) config: &'a Config,
+    pub(crate) events: &'a mut VecDeque<Event>,
+    /// Reassembly bytes held across the endpoint.
+    pub(crate) reassembly_total: &'a mut usize,
+}
+
+/// One connection's state.
+pub(crate) struct Connection {
+    pub(crate) handle: ConnectionHandle,
+    pub(crate) remote: SocketAddr,
+    pub(crate) state: State,
+    /// This side opened the connection.
+    pub(crate) is_client: bool,
+    pub(crate) connection_id: u32,
+    pub(crate) client_nonce: u64,
+    pub(crate) local_user_id: u16,
+    pub(crate) peer_user_id: u16,
+    /// The peer's per-connection reassembly budget, from the handshake.
+    pub(crate) peer_reassembly_budget: usize,
+    connect_data: Bytes,
+    timers: TimerTable,
+    handshake_due: bool,
+    keepalive_due: bool,
+    ack_now: bool,
+    eliciting_since_ack: u32,
+    /// Packets received since the last acknowledgement left (sent or snapshotted).
+    received_since_ack: u32,
+    /// Acknowledgements taken while a burst arrived faster than we got to send: an ack covers
+    /// only the newest packet and the 32 before it, so a longer burst would otherwise leave
+    /// packets unacknowledged and make the peer think them lost.
+    ack_snapshots: VecDeque<(u16, u32)>,
+    sent: SentPackets,
+    received: ReceivedPackets,
+    send_channels: Vec<SendChannel>,
+    recv_channels: Vec<RecvChannel>,
+    /// Responses to send: (channel, response).
+    responses: VecDeque<(u8, Outgoing)>,
+    frames: FrameStore<SentFrame>,
+    resend: VecDeque<FrameKey>,
+    /// Small reliable frames that may ride again in a following packet, with the time they
+    /// were first sent.
+    redundant: VecDeque<(FrameKey, Instant)>,
+    rr_cursor: usize,
+    /// Reassembly the peer may be holding for our large reliable messages: each started one
+    /// counts until the channel window moves past it (the peer has delivered it by then).
+    /// A new one starts only while this stays within the peer's budget, so a well-behaved
+    /// sender never makes the receiver refuse a packet for lack of reassembly memory.
+    large_in_window: usize,
+    /// Unacknowledged chunks of the large response being sent (one at a time), and its
+    /// reservation.
+    open_response_chunks: u32,
+    open_response_reserved: usize,
+    pending_requests: HashMap<(u8, u16), PendingRequest>,
+    request_deadlines: BinaryHeap<Reverse<(Instant, u64, u8, u16)>>,
+    /// The last requests answered, to tell a copy of their response from a stale one.
+    answered: VecDeque<(u8, u16)>,
+    /// Reassembly bytes held by this connection (channels and responses).
+    reassembly_bytes: usize,
+    pacer: Option<TokenBucket>,
+    last_sent: Instant,
+    last_received: Instant,
+    violations: u32,
+    /// Whether the last accepted packet had the highest number yet: only such a packet may
+    /// move the connection to a new address (a late one from before a NAT rebinding must not
+    /// move it back).
+    pub(crate) last_packet_was_newest: bool,
+    /// Scratch space for the frames of the packet being received (reused: no allocation per
+    /// datagram once warm).
+    parsed_frames: Vec<(MessageHeader, Bytes)>,
+    pub(crate) stats: ConnectionStats,
+    outcome: AckOutcome,
+    /// Set when the connection must end; the endpoint reaps it.
+    pub(crate) close: Option<DisconnectReason>,
+    /// A `Disconnect` to send when reaped.
+    pub(crate) close_code: Option<CloseCode>,
+    /// The endpoint's bookkeeping: next scheduled wake-up and dirty-list membership.
+    pub(crate) scheduled: Option<Instant>,
+    pub(crate) in_dirty: bool,
+}
+
+impl Connection {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        config: &Config,
+        handle: ConnectionHandle,
+        remote: SocketAddr,
+        now: Instant,
+        is_client: bool,
+        client_nonce: u64,
+        hasher: SeededState,
+    ) -> Self {
+        let mut timers = TimerTable::default();
+        timers.set(Timer::Idle, now + config.idle_timeout);
+        if is_client {
+            timers.set(Timer::HandshakeTimeout, now + config.handshake_timeout);
+        }
+        Connection {
+            handle,
+            remote,
+            state: if is_client {
+                State::Hello
+            } else {
+                State::Connected
+            },
+            is_client,
+            connection_id: 0,
+            client_nonce,
+            local_user_id: 0,
+            peer_user_id: 0,
+            peer_reassembly_budget: config.reassembly_budget,
+            connect_data: Bytes::new(),
+            timers,
+            handshake_due: is_client,
+            keepalive_due: false,
+            ack_now: false,
+            eliciting_since_ack: 0,
+            received_since_ack: 0,
+            ack_snapshots: VecDeque::new(),
+            sent: SentPackets::new(config.initial_rtt, config.mtu),
+            received: ReceivedPackets::default(),
+            send_channels: config
+                .channels
+                .iter()
+                .map(|c| SendChannel::new(c.kind, c.max_queued_bytes))
+                .collect(),
+            recv_channels: config
+                .channels
+                .iter()
+                .map(|c| RecvChannel::new(c.kind))
+                .collect(),
+            responses: VecDeque::new(),
+            frames: FrameStore::default(),
+            resend: VecDeque::new(),
+            redundant: VecDeque::new(),
+            rr_cursor: 0,
+            large_in_window: 0,
+            open_response_chunks: 0,
+            open_response_reserved: 0,
+            pending_requests: HashMap::with_hasher(hasher),
+            request_deadlines: BinaryHeap::new(),
+            answered: VecDeque::new(),
+            reassembly_bytes: 0,
+            pacer: config
+                .max_send_rate
+                .map(|rate| TokenBucket::new(rate, config.mtu)),
+            last_sent: now,
+            last_received: now,
+            violations: 0,
+            last_packet_was_newest: false,
+            parsed_frames: Vec::new(),
+            stats: ConnectionStats::default(),
+            outcome: AckOutcome::default(),
+            close: None,
+            close_code: None,
+            scheduled: None,
+            in_dirty: false,
+        }
+    }
+
+    pub(crate) fn set_connect_data(&mut self, data: Bytes) {
+        self.connect_data = data;
+    }
+
+    pub(crate) fn is_connected(&self) -> bool {
+        self.state == State::Connected
+    }
+
+    /// Marks the connection for closing (the first reason wins).
+    pub(crate) fn close(&mut self, reason: DisconnectReason, code: Option<CloseCode>) {
+        if self.close.is_none() {
+            self.close = Some(reason);
+            self.close_code = code;
+        }
+    }
+
+    fn violation(&mut self, config: &Config, reason: DropReason) {
+        self.stats.drops.add(reason);
+        self.violations += 1;
+        if self.violations > config.max_violations {
+            self.close(
+                DisconnectReason::ProtocolViolation,
+                Some(CloseCode::ProtocolViolation),
+            );
+        }
+    }
+
+    // ---------------------------------------------------------------- handshake (client)
+
+    /// A `Challenge` for our `Hello` arrived.
+    pub(crate) fn on_challenge(&mut self, cookie: Cookie) -> bool {
+        if self.state != State::Hello {
+            return false;
+        }
+        self.state = State::Connecting { cookie };
+        self.handshake_due = true;
+        true
+    }
+
+    /// An `Accept` for our `Connect` arrived.
+    pub(crate) fn on_accept(
+        &mut self,
+        now: Instant,
+        config: &Config,
+        connection_id: u32,
+        user_id: u16,
+        peer_budget: u32,
+    ) -> bool {
+        if !matches!(self.state, State::Connecting { .. }) {
+            return false;
+        }
+        self.state = State::Connected;
+        self.connection_id = connection_id;
+        self.local_user_id = user_id;
+        self.peer_user_id = 0;
+        self.peer_reassembly_budget = peer_budget as usize;
+        self.timers.stop(Timer::Handshake);
+        self.timers.stop(Timer::HandshakeTimeout);
+        self.connect_data = Bytes::new();
+        self.on_established(now, config);
+        true
+    }
+
+    /// Common to both sides once the handshake completes.
+    pub(crate) fn on_established(&mut self, now: Instant, config: &Config) {
+        self.last_received = now;
+        self.timers.set(Timer::Idle, now + config.idle_timeout);
+        self.timers
+            .set(Timer::Keepalive, now + config.keepalive_interval);
+    }
+
+    // ---------------------------------------------------------------- application input
+
+    /// The send half of `channel`, if a message of `len` bytes may be queued on it.
+    fn channel_with_room(
+        &mut self,
+        config: &Config,
+        channel: u8,
+        len: usize,
+    ) -> Result<&mut SendChannel, SendError> {
+        let ch = self
+            .send_channels
+            .get_mut(usize::from(channel))
+            .ok_or(SendError::UnknownChannel(channel))?;
+        if len > config.max_message_size {
+            return Err(SendError::MessageTooLarge {
+                size: len,
+                max: config.max_message_size,
+            });
+        }
+        if ch.queued_bytes + len > ch.max_queued_bytes {
+            return Err(SendError::QueueFull {
+                channel,
+                queued_bytes: ch.queued_bytes,
+            });
+        }
+        Ok(ch)
+    }
+
+    /// Queues a message (or request) on `channel`. Returns its sequence.
+    pub(crate) fn send(
+        &mut self,
+        config: &Config,
+        channel: u8,
+        payload: Bytes,
+        request: bool,
+        redirect: Option<u16>,
+    ) -> Result<u64, SendError> {
+        let len = payload.len();
+        let peer_budget = self.peer_reassembly_budget;
+        let ch = self.channel_with_room(config, channel, len)?;
+        let chunk_count = chunks_for(config, len);
+        if ch.kind.is_reliable() && chunk_count > 1 {
+            let reserve = reservation(chunk_count, config.chunk_payload());
+            if reserve > peer_budget {
+                return Err(SendError::MessageTooLarge {
+                    size: len,
+                    max: peer_budget,
+                });
+            }
+        }
+        let seq = ch.next_seq;
+        ch.next_seq += 1;
+        ch.queued_bytes += len;
+        ch.queue.push_back(Outgoing {
+            seq,
+            response: false,
+            request,
+            redirect,
+            chunk_count,
+            next_chunk: 0,
+            payload,
+        });
+        self.stats.messages_sent += 1;
+        self.stats.payload_bytes_sent += len as u64;
+        Ok(seq)
+    }
+
+    /// Queues a request and remembers it until its response or deadline.
+    pub(crate) fn request(
+        &mut self,
+        now: Instant,
+        config: &Config,
+        channel: u8,
+        payload: Bytes,
+        id: RequestId,
+    ) -> Result<(), SendError> {
+        if self.pending_requests.len() >= config.max_pending_requests {
+            return Err(SendError::TooManyRequests {
+                max: config.max_pending_requests,
+            });
+        }
+        let next = self
+            .send_channels
+            .get(usize::from(channel))
+            .ok_or(SendError::UnknownChannel(channel))?
+            .next_seq as u16;
+        if self.pending_requests.contains_key(&(channel, next)) {
+            // 65,536 messages later an old request still waits: refuse rather than confuse.
+            return Err(SendError::TooManyRequests {
+                max: config.max_pending_requests,
+            });
+        }
+        let seq = self.send(config, channel, payload, true, None)? as u16;
+        self.pending_requests
+            .insert((channel, seq), PendingRequest { id, partial: None });
+        let deadline = now + config.request_timeout;
+        self.request_deadlines
+            .push(Reverse((deadline, id.0, channel, seq)));
+        self.refresh_request_timer();
+        Ok(())
+    }
+
+    /// Queues the response to a peer's request.
+    pub(crate) fn respond(
+        &mut self,
+        config: &Config,
+        request: IncomingRequest,
+        payload: Bytes,
+    ) -> Result<(), SendError> {
+        let channel = request.channel;
+        let len = payload.len();
+        self.channel_with_room(config, channel, len)?.queued_bytes += len;
+        self.responses.push_back((
+            channel,
+            Outgoing {
+                seq: u64::from(request.sequence),
+                response: true,
+                request: false,
+                redirect: None,
+                chunk_count: chunks_for(config, len),
+                next_chunk: 0,
+                payload,
+            },
+        ));
+        self.stats.messages_sent += 1;
+        self.stats.payload_bytes_sent += len as u64;
+        Ok(())
+    }
+
+    fn refresh_request_timer(&mut self) {
+        let next = self.request_deadlines.peek().map(|Reverse((t, ..))| *t);
+        self.timers.set_opt(Timer::Request, next);
+    }
+
+    pub(crate) fn progress(&self, channel: u8) -> Option<Progress> {
+        self.recv_channels.get(usize::from(channel))?.progress()
+    }
+
+    /// Whether all queued messages were sent and acknowledged.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.send_channels.iter().all(SendChannel::is_idle)
+            && self.responses.is_empty()
+            && self.frames.len() == 0
+    }
+
+    // ---------------------------------------------------------------- timers
+
+    pub(crate) fn next_timeout(&self) -> Option<Instant> {
+        self.timers.next()
+    }
+
+    pub(crate) fn handle_timeout(&mut self, now: Instant, shared: &mut Shared<'_>) {
+        let config = shared.config;
+        for timer in Timer::ALL {
+            if !self.timers.is_expired(timer, now) {
+                continue;
+            }
+            self.timers.stop(timer);
+            match timer {
+                Timer::HandshakeTimeout | Timer::Idle => {
+                    self.close(DisconnectReason::TimedOut, None);
+                    return;
+                }
+                Timer::Handshake => self.handshake_due = true,
+                Timer::Loss => {
+                    self.outcome.clear();
+                    if self.sent.on_loss_timeout(
+                        now,
+                        config.max_ack_delay,
+                        config.max_rto,
+                        &mut self.outcome,
+                    ) {
+                        self.stats.rto_fired += 1;
+                    }
+                    self.apply_outcome();
+                }
+                Timer::Ack => self.ack_now = true,
+                Timer::Keepalive => self.keepalive_due = true,
+                Timer::Request => self.expire_requests(now, shared),
+                Timer::Reassembly => {
+                    let deadline = now - config.reassembly_timeout;
+                    for ch in &mut self.recv_channels {
+                        let (freed, evicted) = ch.evict_stale(deadline);
+                        self.reassembly_bytes -= freed;
+                        *shared.reassembly_total -= freed;
+                        for _ in 0..evicted {
+                            self.stats.drops.add(DropReason::ReassemblyEvicted);
+                        }
+                    }
+                }
+                Timer::Pacing => {}
+            }
+        }
+        self.update_timers(config);
+    }
+
+    fn expire_requests(&mut self, now: Instant, shared: &mut Shared<'_>) {
+        while let Some(Reverse((deadline, id, channel, seq))) =
+            self.request_deadlines.peek().copied()
+        {
+            if deadline > now {
+                break;
+            }
+            self.request_deadlines.pop();
+            if self
+                .pending_requests
+                .get(&(channel, seq))
+                .is_some_and(|p| p.id.0 == id)
+            {
+                if let Some(p) = self.pending_requests.remove(&(channel, seq)) {
+                    let reserved = p
+                        .partial
+                        .map_or(0, |r| r.reserved(shared.config.chunk_payload()));
+                    self.release_reassembly(reserved, shared);
+                }
+                shared.events.push_back(Event::RequestTimedOut {
+                    conn: self.handle,
+                    id: RequestId(id),
+                });
+            }
+        }
+        self.refresh_request_timer();
+    }
+
+    fn release_reassembly(&mut self, bytes: usize, shared: &mut Shared<'_>) {
+        self.reassembly_bytes -= bytes;
+        *shared.reassembly_total -= bytes;
+    }
+
+    /// Recomputes the timers derived from state.
+    fn update_timers(&mut self, config: &Config) {
+        self.timers.set_opt(
+            Timer::Loss,
+            self.sent
+                .loss_deadline(config.max_ack_delay, config.max_rto),
+        );
+        let oldest_partial = self
+            .recv_channels
+            .iter()
+            .filter_map(RecvChannel::oldest_partial)
+            .min();
+        self.timers.set_opt(
+            Timer::Reassembly,
+            oldest_partial.map(|t| t + config.reassembly_timeout),
+        );
+    }
+
+    /// Applies what an acknowledgement or loss detection resolved.
+    fn apply_outcome(&mut self) {
+        self.stats.packets_lost += self.outcome.packets_lost;
+        for i in 0..self.outcome.acked_frames.len() {
+            let key = self.outcome.acked_frames[i];
+            if let Some(frame) = self.frames.remove(key) {
+                if let Some(seq) = frame.message_seq {
+                    if let Some(ch) = self
+                        .send_channels
+                        .get_mut(usize::from(frame.header.channel))
+                    {
+                        self.large_in_window -= ch.on_frame_acked(seq);
+                    }
+                } else if frame.header.chunk.is_some() {
+                    self.open_response_chunks = self.open_response_chunks.saturating_sub(1);
+                    if self.open_response_chunks == 0 {
+                        self.open_response_reserved = 0;
+                    }
+                }
+            }
+        }
+        for i in 0..self.outcome.lost_frames.len() {
+            let key = self.outcome.lost_frames[i];
+            if let Some(frame) = self.frames.get_mut(key) {
+                frame.in_flight = frame.in_flight.saturating_sub(1);
+                if frame.in_flight == 0 {
+                    self.resend.push_back(key);
+                }
+            }
+        }
+        self.outcome.clear();
+    }
+
+    /// Snapshot of the counters, with the live RTT and window.
+    pub(crate) fn stats(&self) -> ConnectionStats {
+        let mut s = self.stats;
+        s.smoothed_rtt = self.sent.rtt.measured().unwrap_or_default();
+        s.rtt_variance = self.sent.rtt.variance();
+        s.congestion_window = self.sent.congestion.window();
+        s.spurious_losses = self.sent.spurious_losses;
+        s
+    }
+
+    /// Payload bytes the application may still queue on `channel`.
+    pub(crate) fn queue_room(&self, channel: u8) -> Option<usize> {
+        let ch = self.send_channels.get(usize::from(channel))?;
+        Some(ch.max_queued_bytes.saturating_sub(ch.queued_bytes))
+    }
+
+    /// Bytes in flight (for tests and stats).
+    pub(crate) fn bytes_in_flight(&self) -> u64 {
+        self.sent.bytes_in_flight()
+    }
+
+    /// Releases everything the connection holds from the endpoint's reassembly total.
+    pub(crate) fn release_all(&mut self, shared_total: &mut usize) {
+        *shared_total -= self.reassembly_bytes;
+        self.reassembly_bytes = 0;
+    }
+}
+
+/// How many chunks a payload of `len` bytes is sent in (1: whole).
+fn chunks_for(config: &Config, len: usize) -> u16 {
+    // Sent whole if it fits a datagram with the largest header it can have.
+    let whole = wire::MAX_MESSAGE_HEADER_LEN + MAX_VARINT_LEN + len;
+    if whole + DATA_HEADER_LEN <= config.mtu {
+        1
+    } else {
+        chunk_count(len, config.chunk_payload()).min(usize::from(u16::MAX)) as u16
+    }
+}

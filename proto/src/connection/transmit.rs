@@ -1,0 +1,367 @@
+//! The send path: one packet at a time — handshake packets while connecting, then `Data`
+//! packets with the acknowledgement, retransmissions, new frames round-robin across channels,
+//! and proactive copies.
+
+use super::*;
+
+impl Connection {
+    /// Writes the next datagram for this connection into `buf`, if it has one to send now.
+    pub(crate) fn poll_transmit(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        config: &Config,
+    ) -> Option<usize> {
+        if self.close.is_some() {
+            return None;
+        }
+        let len = match self.state {
+            State::Hello | State::Connecting { .. } => self.handshake_packet(now, buf, config),
+            State::Connected => self.data_packet(now, buf, config),
+        }?;
+        self.stats.packets_sent += 1;
+        self.stats.bytes_sent += len as u64;
+        self.last_sent = now;
+        if self.state == State::Connected {
+            self.timers
+                .set(Timer::Keepalive, now + config.keepalive_interval);
+        }
+        self.update_timers(config);
+        Some(len)
+    }
+
+    fn handshake_packet(&mut self, now: Instant, buf: &mut [u8], config: &Config) -> Option<usize> {
+        if !self.handshake_due {
+            return None;
+        }
+        self.handshake_due = false;
+        self.timers
+            .set(Timer::Handshake, now + config.handshake_resend_interval);
+        let packet = match self.state {
+            State::Hello => Packet::Hello {
+                protocol_id: config.protocol_id,
+                client_nonce: self.client_nonce,
+            },
+            State::Connecting { cookie } => Packet::Connect {
+                protocol_id: config.protocol_id,
+                client_nonce: self.client_nonce,
+                cookie,
+                channel_layout: config.channel_layout(),
+                reassembly_budget: crate::endpoint::wire_budget(config),
+                data: &self.connect_data,
+            },
+            State::Connected => return None,
+        };
+        packet.encode(buf)
+    }
+
+    fn data_packet(&mut self, now: Instant, buf: &mut [u8], config: &Config) -> Option<usize> {
+        let mtu = config.mtu.min(buf.len());
+        let buf = &mut buf[..mtu];
+        let snapshot = self.ack_snapshots.pop_front();
+        let (ack, ack_bits) = snapshot.unwrap_or_else(|| self.received.ack_fields());
+        let header = DataHeader {
+            connection_id: self.connection_id,
+            packet_seq: self.sent.next_seq() as u16,
+            ack,
+            ack_bits,
+        };
+        let mut w = Writer::new(buf);
+        encode_data_header(&mut w, &header)?;
+
+        let paced_ok = match &mut self.pacer {
+            Some(p) => p.allows(now, mtu),
+            None => true,
+        };
+        let may_send_data = paced_ok && self.sent.can_send(mtu);
+        let mut keys = self.sent.take_key_vec();
+        let mut frames_written = 0usize;
+        let first_new = self.redundant.len();
+        if snapshot.is_some() {
+            // An acknowledgement of an earlier part of a burst: it goes out alone.
+        } else if may_send_data {
+            frames_written += self.write_retransmissions(&mut w, &mut keys);
+            frames_written += self.write_new_frames(now, &mut w, &mut keys, config);
+        } else if self.pacer.is_some() && !paced_ok && self.has_data_to_send() {
+            let at = self.pacer.as_ref().map(|p| p.ready_at(now, mtu));
+            self.timers.set_opt(Timer::Pacing, at);
+        }
+        let ack_due = snapshot.is_some() || self.ack_now || self.timers.is_expired(Timer::Ack, now);
+        if frames_written == 0 && !ack_due && !self.keepalive_due {
+            self.sent.recycle_key_vec(keys);
+            return None;
+        }
+        // Copies ride in packets that go out anyway (with new data, or an acknowledgement),
+        // never in a datagram of their own: that would raise the packet rate and, sent at the
+        // same instant as the original, share its fate in a loss burst.
+        if may_send_data && snapshot.is_none() {
+            frames_written += self.write_redundant(now, &mut w, &mut keys, config, first_new);
+        }
+        let len = w.len();
+        if frames_written == 0 {
+            self.stats.ack_only_packets_sent += 1;
+        }
+        if let Some(p) = &mut self.pacer {
+            p.consume(len);
+        }
+        if snapshot.is_none() {
+            self.ack_now = false;
+            self.keepalive_due = false;
+            self.eliciting_since_ack = 0;
+            self.received_since_ack = 0;
+            self.timers.stop(Timer::Ack);
+        }
+        self.outcome.clear();
+        self.sent
+            .on_sent(now, len, frames_written > 0, keys, &mut self.outcome);
+        self.apply_outcome();
+        Some(len)
+    }
+
+    fn has_data_to_send(&self) -> bool {
+        !self.resend.is_empty()
+            || !self.responses.is_empty()
+            || self.send_channels.iter().any(SendChannel::head_ready)
+    }
+
+    fn write_retransmissions(&mut self, w: &mut Writer<'_>, keys: &mut Vec<FrameKey>) -> usize {
+        let mut written = 0;
+        while let Some(&key) = self.resend.front() {
+            let Some(frame) = self.frames.get_mut(key) else {
+                self.resend.pop_front();
+                continue;
+            };
+            if frame.in_flight > 0 {
+                self.resend.pop_front();
+                continue;
+            }
+            let f = Frame {
+                header: frame.header,
+                payload: &frame.payload,
+            };
+            if f.encoded_len() > w.remaining() {
+                break;
+            }
+            if f.encode(w).is_none() {
+                break;
+            }
+            frame.in_flight += 1;
+            self.stats.retransmissions += 1;
+            self.stats.payload_bytes_transmitted += frame.payload.len() as u64;
+            keys.push(key);
+            self.resend.pop_front();
+            written += 1;
+        }
+        written
+    }
+
+    /// New frames, one per channel per turn, so a large transfer on one channel cannot starve
+    /// small messages on another.
+    fn write_new_frames(
+        &mut self,
+        now: Instant,
+        w: &mut Writer<'_>,
+        keys: &mut Vec<FrameKey>,
+        config: &Config,
+    ) -> usize {
+        // Lanes with something queued, as a bit mask: a lane leaves it when it empties or
+        // cannot put a frame in this packet, so the loop never spins over idle channels.
+        let lanes = self.send_channels.len() + 1; // the last lane is responses
+        let mut mask = self
+            .send_channels
+            .iter()
+            .enumerate()
+            .filter(|(_, ch)| !ch.queue.is_empty())
+            .fold(0u32, |m, (i, _)| m | 1 << i);
+        if !self.responses.is_empty() {
+            mask |= 1 << (lanes - 1);
+        }
+        let mut written = 0;
+        let mut lane = self.rr_cursor.min(lanes - 1);
+        while mask != 0 {
+            let at_or_after = mask & (u32::MAX << lane);
+            lane = if at_or_after != 0 {
+                at_or_after.trailing_zeros()
+            } else {
+                mask.trailing_zeros()
+            } as usize;
+            if self.write_one_new_frame(now, lane, w, keys, config) {
+                written += 1;
+                if self.lane_is_empty(lane) {
+                    mask &= !(1 << lane);
+                }
+            } else {
+                mask &= !(1 << lane);
+            }
+            lane = if lane + 1 >= lanes { 0 } else { lane + 1 };
+        }
+        self.rr_cursor = lane;
+        written
+    }
+
+    fn lane_is_empty(&self, lane: usize) -> bool {
+        match self.send_channels.get(lane) {
+            Some(ch) => ch.queue.is_empty(),
+            None => self.responses.is_empty(),
+        }
+    }
+
+    fn write_one_new_frame(
+        &mut self,
+        now: Instant,
+        lane: usize,
+        w: &mut Writer<'_>,
+        keys: &mut Vec<FrameKey>,
+        config: &Config,
+    ) -> bool {
+        let local_user_id = self.local_user_id;
+        let (channel, kind, out) = if lane < self.send_channels.len() {
+            let ch = &mut self.send_channels[lane];
+            if !ch.head_ready() {
+                return false;
+            }
+            let kind = ch.kind;
+            match ch.queue.front_mut() {
+                Some(out) => (lane as u8, kind, out),
+                None => return false,
+            }
+        } else {
+            match self.responses.front_mut() {
+                Some((channel, out)) => {
+                    let kind = config.channels[usize::from(*channel)].kind;
+                    (*channel, kind, out)
+                }
+                None => return false,
+            }
+        };
+        let starts_large_reliable =
+            kind.is_reliable() && out.chunk_count > 1 && out.next_chunk == 0;
+        let reserve = reservation(out.chunk_count, config.chunk_payload());
+        if starts_large_reliable {
+            let held = self.large_in_window + self.open_response_reserved;
+            let busy_response = out.response && self.open_response_chunks > 0;
+            if busy_response || held + reserve > self.peer_reassembly_budget {
+                return false;
+            }
+        }
+        let header = MessageHeader {
+            channel,
+            send_type: if out.response {
+                SendType::Response
+            } else {
+                SendType::Message
+            },
+            reliable: out.request,
+            owner: local_user_id,
+            sequence: out.seq as u16,
+            redirect: out.redirect,
+            chunk: out.chunk_info(),
+        };
+        let chunk = (out.chunk_count > 1)
+            .then(|| chunk_slice(&out.payload, out.next_chunk, config.chunk_payload()));
+        let frame = Frame {
+            header,
+            payload: chunk.as_deref().unwrap_or(&out.payload),
+        };
+        if frame.encoded_len() > w.remaining() || frame.encode(w).is_none() {
+            return false;
+        }
+        // A whole message leaves the queue now: move its payload rather than count another
+        // reference to it.
+        let payload = chunk.unwrap_or_else(|| core::mem::take(&mut out.payload));
+        let first = out.next_chunk == 0;
+        let seq = out.seq;
+        let chunk_count = out.chunk_count;
+        let is_response = out.response;
+        out.next_chunk += 1;
+        let done = out.next_chunk >= out.chunk_count;
+        if lane < self.send_channels.len() {
+            let ch = &mut self.send_channels[lane];
+            if first {
+                let reserved = if starts_large_reliable { reserve } else { 0 };
+                ch.on_first_frame(seq, chunk_count, reserved);
+            }
+            ch.queued_bytes -= payload.len();
+            if done {
+                ch.queue.pop_front();
+            }
+        } else {
+            self.send_channels[usize::from(channel)].queued_bytes -= payload.len();
+            if done {
+                self.responses.pop_front();
+            }
+        }
+        self.stats.payload_bytes_transmitted += payload.len() as u64;
+        if starts_large_reliable {
+            if is_response {
+                self.open_response_chunks = u32::from(chunk_count);
+                self.open_response_reserved = reserve;
+            } else {
+                self.large_in_window += reserve;
+            }
+        }
+        if kind.is_reliable() {
+            let small = payload.len() <= config.redundancy_max_size;
+            let key = self.frames.insert(SentFrame {
+                header,
+                message_seq: (!is_response).then_some(seq),
+                payload,
+                in_flight: 1,
+                copies: 0,
+            });
+            keys.push(key);
+            if config.redundancy > 0 && small {
+                if self.redundant.len() >= MAX_REDUNDANT_CANDIDATES {
+                    self.redundant.pop_front();
+                }
+                self.redundant.push_back((key, now));
+            }
+        }
+        true
+    }
+
+    /// Proactive copies of small reliable frames sent earlier, while room remains. A copy is
+    /// only worth sending within a round trip of the original: after that, either the
+    /// original's acknowledgement has arrived or loss detection resends it anyway.
+    /// `first_new` is where this packet's own new frames start in the queue.
+    fn write_redundant(
+        &mut self,
+        now: Instant,
+        w: &mut Writer<'_>,
+        keys: &mut Vec<FrameKey>,
+        config: &Config,
+        first_new: usize,
+    ) -> usize {
+        let horizon = self.sent.rtt.smoothed();
+        let mut written = 0;
+        for _ in 0..first_new {
+            let Some(&(key, sent_at)) = self.redundant.front() else {
+                break;
+            };
+            let fresh = now < sent_at + horizon;
+            let Some(frame) = self.frames.get_mut(key).filter(|_| fresh) else {
+                // Acknowledged already, or too old to be worth a copy.
+                self.redundant.pop_front();
+                continue;
+            };
+            let f = Frame {
+                header: frame.header,
+                payload: &frame.payload,
+            };
+            if f.encoded_len() > w.remaining() || f.encode(w).is_none() {
+                break;
+            }
+            frame.in_flight += 1;
+            frame.copies += 1;
+            self.stats.redundant_frames += 1;
+            self.stats.payload_bytes_transmitted += frame.payload.len() as u64;
+            keys.push(key);
+            written += 1;
+            self.redundant.pop_front();
+            if frame.copies < config.redundancy {
+                self.redundant.push_back((key, sent_at));
+            }
+        }
+        written
+    }
+}
