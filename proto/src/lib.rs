@@ -48,8 +48,8 @@
 //! | `channel` | per-channel send queues and windows, and the four delivery kinds |
 //! | `reliability` | packet numbers, acks, RTT, loss detection, congestion, pacing |
 //! | `chunk` | splitting large messages and bounded reassembly |
-//! | `connection` | handshake (client side), packet assembly, frame delivery, timers |
-//! | [`Endpoint`] | demultiplexing, the stateless server handshake, the public API |
+//! | `connection` | one connection: state and timers; `receive` (packets to events) and `transmit` (queues to packets) |
+//! | [`Endpoint`] | demultiplexing and the public API; `handshake` (stateless cookies, accept hook, user ids) |
 
 #![cfg_attr(not(feature = "std"), no_std)]
 #![warn(missing_docs)]

@@ -4,13 +4,10 @@
 
 use alloc::boxed::Box;
 use alloc::collections::{BinaryHeap, VecDeque};
-use alloc::vec;
 use alloc::vec::Vec;
 use bytes::{Bytes, BytesMut};
 use core::cmp::Reverse;
-use core::hash::Hasher;
-use core::net::{IpAddr, SocketAddr};
-use siphasher::sip128::{Hasher128, SipHasher13 as SipHasher128};
+use core::net::SocketAddr;
 
 use crate::chunk::Progress;
 use crate::config::{Config, ConfigError};
@@ -23,6 +20,11 @@ use crate::hash::{HashMap, Rng, SeededState};
 use crate::stats::{ConnectionStats, DropReason, EndpointStats};
 use crate::time::{micros, Instant};
 use crate::wire::{CloseCode, Cookie, DecodeError, Packet, RejectCode, COOKIE_LEN};
+
+mod handshake;
+
+pub(crate) use handshake::wire_budget;
+use handshake::UserIds;
 
 /// Handshake replies and close notices waiting to be sent, at most.
 const MAX_CONTROL_QUEUE: usize = 1024;
@@ -670,208 +672,6 @@ impl Endpoint {
         self.control.push_back((to, control));
     }
 
-    /// Runs `f` on the client-side connection at `from` whose nonce matches; counts a drop if
-    /// there is none or `f` says the packet was unexpected.
-    fn with_client_conn(
-        &mut self,
-        from: SocketAddr,
-        nonce: u64,
-        f: impl FnOnce(&mut Connection, Instant, &Config) -> bool,
-    ) -> bool {
-        let now = self.last_now;
-        let Some(index) = self.by_addr.get(&from).copied() else {
-            self.stats.drops.add(DropReason::Unexpected);
-            return false;
-        };
-        let Some(mut c) = self.slots[index as usize].conn.take() else {
-            return false;
-        };
-        let ok = c.is_client && c.client_nonce == nonce && f(&mut c, now, &self.config);
-        if !ok {
-            c.stats.drops.add(DropReason::Unexpected);
-        }
-        self.finish(index, c);
-        ok
-    }
-
-    fn cookie_mac(&self, from: SocketAddr, nonce: u64, issued_at: u64) -> [u8; 16] {
-        let mut h = SipHasher128::new_with_keys(self.cookie_key.0, self.cookie_key.1);
-        match from.ip() {
-            IpAddr::V4(ip) => h.write(&ip.octets()),
-            IpAddr::V6(ip) => h.write(&ip.octets()),
-        }
-        h.write(&from.port().to_be_bytes());
-        h.write(&nonce.to_be_bytes());
-        h.write(&issued_at.to_be_bytes());
-        h.finish128().as_bytes()
-    }
-
-    fn make_cookie(&self, now: Instant, from: SocketAddr, nonce: u64) -> Cookie {
-        let issued_at = now.as_micros();
-        let mut cookie = [0u8; COOKIE_LEN];
-        cookie[..8].copy_from_slice(&issued_at.to_be_bytes());
-        cookie[8..].copy_from_slice(&self.cookie_mac(from, nonce, issued_at));
-        cookie
-    }
-
-    fn cookie_is_valid(&self, now: Instant, from: SocketAddr, nonce: u64, cookie: &Cookie) -> bool {
-        let mut issued = [0u8; 8];
-        issued.copy_from_slice(&cookie[..8]);
-        let issued_at = u64::from_be_bytes(issued);
-        let fresh = issued_at <= now.as_micros()
-            && now.as_micros() - issued_at <= micros(self.config.cookie_lifetime);
-        // Constant-time comparison: the MAC is a secret the attacker probes byte by byte.
-        let mac = self.cookie_mac(from, nonce, issued_at);
-        let diff = mac
-            .iter()
-            .zip(&cookie[8..])
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-        fresh && diff == 0
-    }
-
-    /// Whether a handshake packet for `protocol_id` may be answered; counts the drop if not.
-    fn accepts_handshake(&mut self, protocol_id: u32) -> bool {
-        let refusal = if !self.config.accept_incoming {
-            DropReason::Unexpected
-        } else if protocol_id != self.config.protocol_id {
-            DropReason::WrongProtocol
-        } else {
-            return true;
-        };
-        self.stats.drops.add(refusal);
-        false
-    }
-
-    fn on_hello(&mut self, now: Instant, from: SocketAddr, protocol_id: u32, nonce: u64) {
-        if !self.accepts_handshake(protocol_id) {
-            return;
-        }
-        // Stateless: nothing is stored; the reply (33 bytes) is smaller than the Hello (48).
-        let cookie = self.make_cookie(now, from, nonce);
-        self.push_control(
-            from,
-            Packet::Challenge {
-                client_nonce: nonce,
-                cookie,
-            },
-        );
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn on_connect(
-        &mut self,
-        now: Instant,
-        from: SocketAddr,
-        protocol_id: u32,
-        nonce: u64,
-        cookie: Cookie,
-        (channel_layout, peer_budget): (u64, u32),
-        data: &[u8],
-    ) {
-        if !self.accepts_handshake(protocol_id) {
-            return;
-        }
-        if !self.cookie_is_valid(now, from, nonce, &cookie) {
-            self.stats.drops.add(DropReason::BadCookie);
-            return;
-        }
-        if data.len() > self.config.max_connect_data {
-            self.stats.drops.add(DropReason::Malformed);
-            return;
-        }
-        // The address is validated from here on.
-        if let Some(index) = self.by_addr.get(&from).copied() {
-            let Some(existing) = self.slot_conn(index) else {
-                return;
-            };
-            if existing.is_client {
-                self.stats.drops.add(DropReason::Unexpected);
-                return;
-            }
-            if existing.client_nonce == nonce {
-                // Our Accept was lost: say it again.
-                let accept = Packet::Accept {
-                    client_nonce: nonce,
-                    connection_id: existing.connection_id,
-                    user_id: existing.peer_user_id,
-                    reassembly_budget: wire_budget(&self.config),
-                };
-                self.push_control(from, accept);
-                return;
-            }
-            // The client restarted: the old connection is gone from its side.
-            if let Some(mut old) = self.slots[index as usize].conn.take() {
-                old.close(DisconnectReason::Replaced, None);
-                self.finish(index, old);
-            }
-        }
-        let reject = |code| Packet::Reject {
-            client_nonce: nonce,
-            code,
-        };
-        if channel_layout != self.config.channel_layout() {
-            self.stats.connections_rejected += 1;
-            self.push_control(from, reject(RejectCode::ChannelMismatch));
-            return;
-        }
-        if self.live >= self.config.max_connections {
-            self.stats.connections_rejected += 1;
-            self.push_control(from, reject(RejectCode::Full));
-            return;
-        }
-        if let Some(hook) = self.accept_hook.as_mut() {
-            if let Err(code) = hook(&ConnectRequest { remote: from, data }) {
-                self.stats.connections_rejected += 1;
-                self.push_control(from, reject(RejectCode::Refused(code)));
-                return;
-            }
-        }
-        let Some(user_id) = self.user_ids.allocate() else {
-            self.stats.drops.add(DropReason::ConnectionTableFull);
-            return;
-        };
-        let connection_id = loop {
-            let id = self.rng.next_u64() as u32;
-            if id != 0 && !self.by_id.contains_key(&id) {
-                break id;
-            }
-        };
-        let (index, handle) = self.allocate_slot();
-        let mut conn = Box::new(Connection::new(
-            &self.config,
-            handle,
-            from,
-            now,
-            false,
-            nonce,
-            self.hasher,
-        ));
-        conn.connection_id = connection_id;
-        conn.peer_user_id = user_id;
-        conn.peer_reassembly_budget = peer_budget as usize;
-        conn.local_user_id = 0;
-        conn.on_established(now, &self.config);
-        self.by_addr.insert(from, index);
-        self.by_id.insert(connection_id, index);
-        self.stats.connections_opened += 1;
-        self.push_control(
-            from,
-            Packet::Accept {
-                client_nonce: nonce,
-                connection_id,
-                user_id,
-                reassembly_budget: wire_budget(&self.config),
-            },
-        );
-        self.events.push_back(Event::Connected {
-            conn: handle,
-            remote: from,
-            peer_user_id: user_id,
-            local_user_id: 0,
-        });
-        self.finish(index, conn);
-    }
-
     fn on_data(
         &mut self,
         now: Instant,
@@ -922,59 +722,5 @@ impl Endpoint {
             self.stats.migrations += 1;
         }
         self.finish(index, c);
-    }
-}
-
-/// This endpoint's per-connection reassembly budget as the handshake carries it.
-pub(crate) fn wire_budget(config: &Config) -> u32 {
-    u32::try_from(config.reassembly_budget).unwrap_or(u32::MAX)
-}
-
-/// User ids 1..=65534 handed to accepted connections; 0 is the server's own.
-struct UserIds {
-    used: Vec<u64>,
-    next: u16,
-}
-
-impl UserIds {
-    /// Empty until the first id is handed out, so clients do not pay for the 8 KiB bitmap.
-    fn new() -> Self {
-        UserIds {
-            used: Vec::new(),
-            next: 1,
-        }
-    }
-
-    fn is_used(&self, id: u16) -> bool {
-        self.used
-            .get(usize::from(id / 64))
-            .is_some_and(|w| w & (1 << (id % 64)) != 0)
-    }
-
-    /// The next free id after the last one given (ids are not reused at once, so a late
-    /// packet for a departed user is not mistaken for a newcomer's).
-    fn allocate(&mut self) -> Option<u16> {
-        if self.used.is_empty() {
-            self.used = vec![0; 1024];
-        }
-        for _ in 0..u16::MAX {
-            let id = self.next;
-            self.next = if self.next >= u16::MAX - 1 {
-                1
-            } else {
-                self.next + 1
-            };
-            if !self.is_used(id) {
-                self.used[usize::from(id / 64)] |= 1 << (id % 64);
-                return Some(id);
-            }
-        }
-        None
-    }
-
-    fn release(&mut self, id: u16) {
-        if let Some(w) = self.used.get_mut(usize::from(id / 64)) {
-            *w &= !(1 << (id % 64));
-        }
     }
 }
