@@ -76,26 +76,32 @@ impl Connection {
         let may_send_data = paced_ok && self.sent.can_send(mtu);
         let mut keys = self.sent.take_key_vec();
         let mut frames_written = 0usize;
-        let first_new = self.redundant.len();
+        let ack_due = snapshot.is_some() || self.ack_now || self.timers.is_expired(Timer::Ack, now);
         if snapshot.is_some() {
             // An acknowledgement of an earlier part of a burst: it goes out alone.
         } else if may_send_data {
             frames_written += self.write_retransmissions(&mut w, &mut keys);
+            // Copies of earlier frames ride in packets that go out anyway — never in a
+            // datagram of their own, which would raise the packet rate and, sent at the same
+            // instant as the original, share its fate in a loss burst. They go before new
+            // frames so they never fall behind: new frames that no longer fit simply start the
+            // next packet, at the same instant.
+            let goes_out = frames_written > 0
+                || ack_due
+                || self.keepalive_due
+                || !self.responses.is_empty()
+                || self.send_channels.iter().any(SendChannel::head_ready);
+            if goes_out {
+                frames_written += self.write_redundant(now, &mut w, &mut keys, config);
+            }
             frames_written += self.write_new_frames(now, &mut w, &mut keys, config);
         } else if self.pacer.is_some() && !paced_ok && self.has_data_to_send() {
             let at = self.pacer.as_ref().map(|p| p.ready_at(now, mtu));
             self.timers.set_opt(Timer::Pacing, at);
         }
-        let ack_due = snapshot.is_some() || self.ack_now || self.timers.is_expired(Timer::Ack, now);
         if frames_written == 0 && !ack_due && !self.keepalive_due {
             self.sent.recycle_key_vec(keys);
             return None;
-        }
-        // Copies ride in packets that go out anyway (with new data, or an acknowledgement),
-        // never in a datagram of their own: that would raise the packet rate and, sent at the
-        // same instant as the original, share its fate in a loss burst.
-        if may_send_data && snapshot.is_none() {
-            frames_written += self.write_redundant(now, &mut w, &mut keys, config, first_new);
         }
         let len = w.len();
         if frames_written == 0 {
@@ -323,18 +329,16 @@ impl Connection {
     /// Proactive copies of small reliable frames sent earlier, while room remains. A copy is
     /// only worth sending within a round trip of the original: after that, either the
     /// original's acknowledgement has arrived or loss detection resends it anyway.
-    /// `first_new` is where this packet's own new frames start in the queue.
     fn write_redundant(
         &mut self,
         now: Instant,
         w: &mut Writer<'_>,
         keys: &mut Vec<FrameKey>,
         config: &Config,
-        first_new: usize,
     ) -> usize {
         let horizon = self.sent.rtt.smoothed();
         let mut written = 0;
-        for _ in 0..first_new {
+        for _ in 0..self.redundant.len() {
             let Some(&(key, sent_at)) = self.redundant.front() else {
                 break;
             };
