@@ -816,3 +816,32 @@ fn a_burst_longer_than_one_ack_range_is_acknowledged_without_spurious_loss() {
         "slow start grew the window"
     );
 }
+
+#[test]
+fn a_bulk_transfer_gets_no_proactive_copies_but_a_steady_stream_does() {
+    let mut p = Pair::default_pair();
+    p.latency = Duration::from_millis(50);
+    let (c, _) = p.connect();
+    // Bulk: far more small reliable messages than a packet holds, all at once.
+    for i in 0..20_000 {
+        p.client.send(c, RELIABLE, numbered(i, 32)).expect("send");
+    }
+    assert!(p.run_until(Duration::from_secs(30), |p| p
+        .server_messages(RELIABLE)
+        .len()
+        == 20_000));
+    let bulk = p.client.connection_stats(c).expect("stats");
+    assert!(
+        bulk.redundant_frames < 20_000 / 20,
+        "a backlogged sender spends its packets on new data: {} copies",
+        bulk.redundant_frames
+    );
+    // A steady stream that fits its packets: every small message gets its copy.
+    for i in 0..100 {
+        p.client.send(c, ORDERED, numbered(i, 32)).expect("send");
+        p.run_for(Duration::from_millis(16));
+    }
+    p.run_for(Duration::from_millis(500));
+    let steady = p.client.connection_stats(c).expect("stats");
+    assert!(steady.redundant_frames - bulk.redundant_frames >= 95);
+}

@@ -83,18 +83,24 @@ impl Connection {
             frames_written += self.write_retransmissions(&mut w, &mut keys);
             // Copies of earlier frames ride in packets that go out anyway — never in a
             // datagram of their own, which would raise the packet rate and, sent at the same
-            // instant as the original, share its fate in a loss burst. They go before new
-            // frames so they never fall behind: new frames that no longer fit simply start the
-            // next packet, at the same instant.
+            // instant as the original, share its fate in a loss burst. While the queued new
+            // data fits in this packet, copies go first so they never fall behind a steady
+            // stream (new frames that no longer fit start the next packet, at once); a
+            // backlogged sender puts new data first, so a bulk transfer gets no copies.
             let goes_out = frames_written > 0
                 || ack_due
                 || self.keepalive_due
                 || !self.responses.is_empty()
                 || self.send_channels.iter().any(SendChannel::head_ready);
-            if goes_out {
+            if goes_out && self.queued_bytes() < w.remaining() {
                 frames_written += self.write_redundant(now, &mut w, &mut keys, config);
+                frames_written += self.write_new_frames(now, &mut w, &mut keys, config);
+            } else {
+                frames_written += self.write_new_frames(now, &mut w, &mut keys, config);
+                if goes_out || frames_written > 0 {
+                    frames_written += self.write_redundant(now, &mut w, &mut keys, config);
+                }
             }
-            frames_written += self.write_new_frames(now, &mut w, &mut keys, config);
         } else if self.pacer.is_some() && !paced_ok && self.has_data_to_send() {
             let at = self.pacer.as_ref().map(|p| p.ready_at(now, mtu));
             self.timers.set_opt(Timer::Pacing, at);
@@ -122,6 +128,11 @@ impl Connection {
             .on_sent(now, len, frames_written > 0, keys, &mut self.outcome);
         self.apply_outcome();
         Some(len)
+    }
+
+    /// Payload bytes waiting in the send queues.
+    fn queued_bytes(&self) -> usize {
+        self.send_channels.iter().map(|ch| ch.queued_bytes).sum()
     }
 
     fn has_data_to_send(&self) -> bool {
