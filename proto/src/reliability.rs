@@ -587,13 +587,17 @@ impl SentPackets {
             return false;
         }
         let mut newest_acked_sent_at = None;
-        for i in 0..=32u64 {
-            if i > 0 && ack_bits & (1 << (i - 1)) == 0 {
-                continue;
-            }
-            let Some(seq) = largest.checked_sub(i) else {
-                break;
-            };
+        // Bit i: packet `largest - i` acknowledged. Packets older than the oldest one still
+        // tracked are resolved already, so their bits are masked off before the walk.
+        let mut acked = (u64::from(ack_bits) << 1) | 1;
+        let tracked = largest.saturating_sub(self.first_seq).saturating_add(1);
+        if tracked < 64 {
+            acked &= (1 << tracked) - 1;
+        }
+        while acked != 0 {
+            let i = u64::from(acked.trailing_zeros());
+            acked &= acked - 1;
+            let seq = largest - i;
             let Some(idx) = self.index_of(seq) else {
                 continue;
             };
