@@ -68,7 +68,9 @@ pub enum DisconnectReason {
     Incompatible,
     /// The peer sent malformed or hostile data too often (ours), or says we did (theirs).
     ProtocolViolation,
-    /// The same address connected again with a new handshake, replacing this connection.
+    /// The same address connected again with a new handshake, replacing this connection (the
+    /// peer restarted), or both peers connected to each other at once and the peer's attempt
+    /// won: its connection arrives as a new `Connected`.
     Replaced,
 }
 
@@ -104,7 +106,7 @@ impl fmt::Display for DisconnectReason {
             }
             DisconnectReason::ProtocolViolation => f.write_str("closed: malformed or hostile data"),
             DisconnectReason::Replaced => {
-                f.write_str("replaced by a new connection from the same address")
+                f.write_str("replaced by a new connection with the same peer")
             }
         }
     }

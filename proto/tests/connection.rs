@@ -436,3 +436,56 @@ fn nat_rebinding_moves_the_connection_to_the_new_address() {
     assert_eq!(p.server.stats().migrations, 1);
     assert_eq!(p.client_messages(2), vec![b"reply".to_vec()]);
 }
+
+#[test]
+fn peers_connecting_to_each_other_at_once_end_up_with_one_connection() {
+    let peer = |seed| Config {
+        seed,
+        accept_incoming: true,
+        ..Config::default()
+    };
+    let mut p = Pair::new(peer(11), peer(12));
+    let a = p
+        .client
+        .connect(p.now, p.server_addr, b"a")
+        .expect("connect");
+    let b = p
+        .server
+        .connect(p.now, p.client_addr, b"b")
+        .expect("connect");
+    p.run_for(Duration::from_secs(1));
+    assert_eq!(p.client.connection_count(), 1);
+    assert_eq!(p.server.connection_count(), 1);
+    let connected = |events: &[Event]| {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Connected { conn, .. } => Some(*conn),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    let (on_client, on_server) = (connected(&p.client_events), connected(&p.server_events));
+    assert_eq!(
+        (on_client.len(), on_server.len()),
+        (1, 1),
+        "one connection each side"
+    );
+    // Exactly one of the two attempts gave way, and its side was told.
+    let replaced = [(&p.client_events, a), (&p.server_events, b)]
+        .iter()
+        .filter(|(events, h)| {
+            events.iter().any(|e| {
+                matches!(e,
+                Event::Disconnected { conn, reason: DisconnectReason::Replaced } if conn == h)
+            })
+        })
+        .count();
+    assert_eq!(replaced, 1);
+    // And the surviving connection carries messages both ways.
+    p.client.send(on_client[0], 3, &b"to b"[..]).expect("send");
+    p.server.send(on_server[0], 3, &b"to a"[..]).expect("send");
+    p.run_for(Duration::from_millis(200));
+    assert_eq!(p.server_messages(3), vec![b"to b".to_vec()]);
+    assert_eq!(p.client_messages(3), vec![b"to a".to_vec()]);
+}

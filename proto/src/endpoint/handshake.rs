@@ -130,11 +130,14 @@ impl Endpoint {
             let Some(existing) = self.slot_conn(index) else {
                 return;
             };
-            if existing.is_client {
+            if existing.is_client && !existing.is_connected() && existing.client_nonce < nonce {
+                // Both peers are connecting to each other at once. The attempt with the lower
+                // nonce wins on both sides: here ours does, and the peer accepts it and drops
+                // this one.
                 self.stats.drops.add(DropReason::Unexpected);
                 return;
             }
-            if existing.client_nonce == nonce {
+            if !existing.is_client && existing.client_nonce == nonce {
                 // Our Accept was lost: say it again.
                 let accept = Packet::Accept {
                     client_nonce: nonce,
@@ -145,7 +148,8 @@ impl Endpoint {
                 self.push_control(from, accept);
                 return;
             }
-            // The client restarted: the old connection is gone from its side.
+            // The peer restarted (the old connection is gone from its side), or it won a
+            // simultaneous open: the old connection or our own attempt gives way.
             if let Some(mut old) = self.slots[index as usize].conn.take() {
                 old.close(DisconnectReason::Replaced, None);
                 self.finish(index, old);
