@@ -152,20 +152,11 @@ impl Connection {
                 self.resend.pop_front();
                 continue;
             }
-            let f = Frame {
-                header: frame.header,
-                payload: &frame.payload,
-            };
-            if f.encoded_len() > w.remaining() {
+            if !put_sent_frame(frame, key, w, keys) {
                 break;
             }
-            if f.encode(w).is_none() {
-                break;
-            }
-            frame.in_flight += 1;
             self.stats.retransmissions += 1;
             self.stats.payload_bytes_transmitted += frame.payload.len() as u64;
-            keys.push(key);
             self.resend.pop_front();
             written += 1;
         }
@@ -359,18 +350,12 @@ impl Connection {
                 self.redundant.pop_front();
                 continue;
             };
-            let f = Frame {
-                header: frame.header,
-                payload: &frame.payload,
-            };
-            if f.encoded_len() > w.remaining() || f.encode(w).is_none() {
+            if !put_sent_frame(frame, key, w, keys) {
                 break;
             }
-            frame.in_flight += 1;
             frame.copies += 1;
             self.stats.redundant_frames += 1;
             self.stats.payload_bytes_transmitted += frame.payload.len() as u64;
-            keys.push(key);
             written += 1;
             self.redundant.pop_front();
             if frame.copies < config.redundancy {
@@ -379,4 +364,24 @@ impl Connection {
         }
         written
     }
+}
+
+/// Writes an already-sent reliable frame into the packet again (a retransmission or a copy)
+/// and records that this packet carries it. False if it does not fit.
+fn put_sent_frame(
+    frame: &mut SentFrame,
+    key: FrameKey,
+    w: &mut Writer<'_>,
+    keys: &mut Vec<FrameKey>,
+) -> bool {
+    let f = Frame {
+        header: frame.header,
+        payload: &frame.payload,
+    };
+    if f.encoded_len() > w.remaining() || f.encode(w).is_none() {
+        return false;
+    }
+    frame.in_flight += 1;
+    keys.push(key);
+    true
 }
