@@ -168,6 +168,10 @@ pub(crate) struct RecvChannel {
     partials: Vec<(u16, MessageMeta, ReassemblyBuffer)>,
     /// Bytes held in reassembly buffers and ordered slots.
     pub(crate) held_bytes: usize,
+    /// Reliable kinds: when a chunk was last stored or a message last delivered. A peer that
+    /// holds reservations here (partial messages, or complete ones waiting for an earlier
+    /// message) and makes no progress is withholding memory.
+    last_progress: Instant,
 }
 
 /// Everything a receive call needs from its connection.
@@ -188,6 +192,7 @@ impl RecvChannel {
             slots: VecDeque::new(),
             partials: Vec::new(),
             held_bytes: 0,
+            last_progress: Instant::ZERO,
         }
     }
 
@@ -344,12 +349,13 @@ impl RecvChannel {
                 // fits), so later chunks of an admitted message are never refused.
                 self.held_bytes += reservation(chunk.count, cx.chunk_payload);
                 *slot = Slot::Partial(r);
+                self.last_progress = cx.now;
                 None
             }
             (Slot::Partial(_), None) => return Received::Violation,
             (Slot::Partial(r), Some(chunk)) => {
                 match r.add(chunk.index, chunk.count, payload, cx.chunk_payload) {
-                    ChunkAdded::Stored(_) => {}
+                    ChunkAdded::Stored(_) => self.last_progress = cx.now,
                     ChunkAdded::Duplicate => return Received::Duplicate,
                     ChunkAdded::Inconsistent => return Received::Violation,
                 }
@@ -358,6 +364,7 @@ impl RecvChannel {
                     else {
                         return Received::Violation;
                     };
+
                     Some((r.assemble(), reservation(chunk.count, cx.chunk_payload)))
                 } else {
                     None
@@ -365,6 +372,7 @@ impl RecvChannel {
             }
         };
         if let Some((message, reserved)) = complete {
+            self.last_progress = cx.now;
             if self.kind == DeliveryKind::Reliable || idx == 0 {
                 self.held_bytes -= reserved;
                 (cx.deliver)(meta, message);
@@ -427,6 +435,11 @@ impl RecvChannel {
         });
         self.held_bytes -= freed;
         (freed, evicted)
+    }
+
+    /// When this reliable channel last made progress, if it holds reservations.
+    pub(crate) fn reliable_progress(&self) -> Option<Instant> {
+        (self.kind.is_reliable() && self.held_bytes > 0).then_some(self.last_progress)
     }
 
     /// Start time of the oldest unreliable partial message.

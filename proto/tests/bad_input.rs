@@ -328,3 +328,44 @@ fn the_event_queue_bound_drops_datagrams_not_events() {
     let total = 1 + p.server_messages(2).len();
     assert!(total > 4);
 }
+
+#[test]
+fn a_peer_withholding_the_rest_of_a_large_message_is_cut_off_and_its_memory_freed() {
+    let mut p = Pair::default_pair();
+    let (c, s) = p.connect();
+    // The client's network delivers only the first chunk of any large message (everything
+    // else, keepalives and acknowledgements included, goes through): the server holds a
+    // reservation the peer never completes.
+    p.hook = Box::new(|dir, _, bytes| {
+        let withheld = dir == Dir::ClientToServer
+            && matches!(Packet::decode(bytes), Ok(Packet::Data { frames, .. })
+                if shoal_proto::wire::Frames::new(frames)
+                    .flatten()
+                    .any(|f| f.header.chunk.is_some_and(|c| c.index > 0)));
+        if withheld {
+            vec![]
+        } else {
+            vec![Duration::ZERO]
+        }
+    });
+    p.client.send(c, 2, vec![7u8; 50_000]).expect("send");
+    p.run_for(Duration::from_secs(1));
+    assert!(
+        p.server.reassembly_bytes() > 0,
+        "the first chunk reserved the message"
+    );
+    p.run_for(Duration::from_secs(15));
+    assert!(
+        p.server.is_connected(s),
+        "alive, and within the stall limit"
+    );
+    p.run_for(Duration::from_secs(10));
+    assert!(p.server_events.iter().any(|e| matches!(e,
+        Event::Disconnected { conn, reason: DisconnectReason::ProtocolViolation } if *conn == s)));
+    assert_eq!(
+        p.server.reassembly_bytes(),
+        0,
+        "closing freed the reservation"
+    );
+    assert!(p.server.stats().drops.get(DropReason::ReassemblyEvicted) > 0);
+}

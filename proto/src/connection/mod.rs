@@ -495,6 +495,22 @@ impl Connection {
                             self.stats.drops.add(DropReason::ReassemblyEvicted);
                         }
                     }
+                    // A reliable message cannot be dropped, so a peer that holds reservations
+                    // and makes no progress for `stall_limit` while the connection stays alive
+                    // is withholding memory: close it, which frees them.
+                    let stalled = self
+                        .recv_channels
+                        .iter()
+                        .filter_map(RecvChannel::reliable_progress)
+                        .any(|t| t + stall_limit(config) <= now);
+                    if stalled {
+                        self.stats.drops.add(DropReason::ReassemblyEvicted);
+                        self.close(
+                            DisconnectReason::ProtocolViolation,
+                            Some(CloseCode::ProtocolViolation),
+                        );
+                        return;
+                    }
                 }
                 Timer::Pacing => {}
             }
@@ -547,10 +563,18 @@ impl Connection {
             .iter()
             .filter_map(RecvChannel::oldest_partial)
             .min();
-        self.timers.set_opt(
-            Timer::Reassembly,
-            oldest_partial.map(|t| t + config.reassembly_timeout),
-        );
+        let stall_deadline = self
+            .recv_channels
+            .iter()
+            .filter_map(RecvChannel::reliable_progress)
+            .min()
+            .map(|t| t + stall_limit(config));
+        let evict_deadline = oldest_partial.map(|t| t + config.reassembly_timeout);
+        let next = match (evict_deadline, stall_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.timers.set_opt(Timer::Reassembly, next);
     }
 
     /// Applies what an acknowledgement or loss detection resolved.
@@ -612,6 +636,13 @@ impl Connection {
         *shared_total -= self.reassembly_bytes;
         self.reassembly_bytes = 0;
     }
+}
+
+/// How long a connection may hold reassembly reservations without progress before it is
+/// closed: two idle timeouts, well past the longest a partition shorter than the idle timeout
+/// plus one capped retransmission backoff can delay an honest peer.
+fn stall_limit(config: &Config) -> core::time::Duration {
+    config.idle_timeout * 2
 }
 
 /// How many chunks a payload of `len` bytes is sent in (1: whole).

@@ -59,6 +59,10 @@ impl Connection {
             && (self.reassembly_bytes + reassembly_needed > config.reassembly_budget
                 || *shared.reassembly_total + reassembly_needed > config.endpoint_reassembly_budget)
         {
+            // Refused for memory, not for anything the peer did wrong: the packet still shows
+            // the peer is alive, so a connection waiting for memory does not time out.
+            self.last_received = now;
+            self.timers.set(Timer::Idle, now + config.idle_timeout);
             return self.refuse(parsed, config, DropReason::ReassemblyBudget, false);
         }
         let frame_count = parsed.len();
