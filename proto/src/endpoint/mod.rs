@@ -485,9 +485,17 @@ impl Endpoint {
     // ------------------------------------------------------------------ output
 
     /// Writes the next datagram to send into `buf` and says where to send it. Call until it
-    /// returns `None`. `buf` should hold at least `Config::mtu` bytes; datagrams are never
-    /// larger than the smaller of the two.
+    /// returns `None`. `buf` must hold at least `Config::mtu` bytes (checked in debug builds:
+    /// a smaller one could never carry a full-size chunk of a large message); datagrams are
+    /// never larger than `Config::mtu`.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        // A smaller buffer would never fit a full-size chunk: large messages would stall.
+        debug_assert!(
+            buf.len() >= self.config.mtu,
+            "poll_transmit needs a buffer of at least Config::mtu ({}) bytes, got {}",
+            self.config.mtu,
+            buf.len()
+        );
         self.advance_time(now);
         while let Some((to, control)) = self.control.pop_front() {
             if let Some(len) = control.encode(buf) {
