@@ -87,19 +87,15 @@ impl Connection {
             // data fits in this packet, copies go first so they never fall behind a steady
             // stream (new frames that no longer fit start the next packet, at once); a
             // backlogged sender puts new data first, so a bulk transfer gets no copies.
-            let goes_out = frames_written > 0
-                || ack_due
-                || self.keepalive_due
-                || !self.responses.is_empty()
-                || self.send_channels.iter().any(SendChannel::head_ready);
-            if goes_out && self.queued_bytes() < w.remaining() {
+            let goes_out =
+                frames_written > 0 || ack_due || self.keepalive_due || self.has_data_to_send();
+            let copies_first = self.queued_bytes() < w.remaining();
+            if goes_out && copies_first {
                 frames_written += self.write_redundant(now, &mut w, &mut keys, config);
-                frames_written += self.write_new_frames(now, &mut w, &mut keys, config);
-            } else {
-                frames_written += self.write_new_frames(now, &mut w, &mut keys, config);
-                if goes_out || frames_written > 0 {
-                    frames_written += self.write_redundant(now, &mut w, &mut keys, config);
-                }
+            }
+            frames_written += self.write_new_frames(now, &mut w, &mut keys, config);
+            if goes_out && !copies_first {
+                frames_written += self.write_redundant(now, &mut w, &mut keys, config);
             }
         } else if self.pacer.is_some() && !paced_ok && self.has_data_to_send() {
             let at = self.pacer.as_ref().map(|p| p.ready_at(now, mtu));
