@@ -21,7 +21,7 @@ pub const COMMAND_CAPACITY: usize = 4096;
 
 /// Outputs waiting for the application at once (in [`Handle::events`]). While it is full the
 /// thread leaves further events in the endpoint, whose own bound
-/// (`Config::max_pending_events`) then applies.
+/// (`Config::max_pending_event_bytes`) then applies.
 pub const OUTPUT_CAPACITY: usize = 4096;
 
 /// The close code the thread uses for the connections still open when it shuts down.

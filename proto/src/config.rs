@@ -4,10 +4,13 @@ use alloc::vec::Vec;
 use core::fmt;
 use core::time::Duration;
 
-use crate::wire::{DATA_HEADER_LEN, MAX_MESSAGE_HEADER_LEN, MAX_VARINT_LEN};
+use crate::wire::{MAX_DATA_HEADER_LEN, MAX_MESSAGE_HEADER_LEN, MAX_VARINT_LEN};
 
 /// Most channels a connection can have (the channel id is 4 bits).
 pub const MAX_CHANNELS: usize = 16;
+/// Longest duration any setting may have (a year): longer ones would overflow timer
+/// arithmetic, and no protocol timer needs one.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// How a channel delivers messages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -83,15 +86,17 @@ pub struct Config {
     pub channels: Vec<ChannelConfig>,
     /// Whether this endpoint answers connection attempts (a server or a peer).
     pub accept_incoming: bool,
-    /// Most connections at once; further attempts are rejected with reason `Full`.
+    /// Most connections at once; further attempts are rejected with reason `ServerFull`.
     pub max_connections: usize,
     /// Most bytes of application data in a connect request.
     pub max_connect_data: usize,
-    /// A connection that receives nothing for this long is closed with `TimedOut`.
+    /// A connection that receives nothing for this long once connected is closed with
+    /// `TimedOut`.
     pub idle_timeout: Duration,
     /// A connection that sends nothing for this long sends a keepalive.
     pub keepalive_interval: Duration,
-    /// A connection attempt that is not answered within this time fails with `TimedOut`.
+    /// A connection attempt that does not complete within this time fails with `TimedOut`
+    /// (independent of `idle_timeout`).
     pub handshake_timeout: Duration,
     /// Interval between handshake retransmissions.
     pub handshake_resend_interval: Duration,
@@ -122,11 +127,15 @@ pub struct Config {
     pub redundancy: u8,
     /// Reliable messages up to this size get the proactive copies of `redundancy`.
     pub redundancy_max_size: usize,
-    /// Most events waiting for `poll_event`; while full, incoming datagrams are dropped (and
-    /// later retransmitted by the peer), never events.
-    pub max_pending_events: usize,
-    /// Protocol violations a peer may commit before the connection is closed as malicious.
-    pub max_violations: u32,
+    /// Most bytes of messages, requests and responses (payload plus 64 bytes each) waiting
+    /// for `poll_event`, across the endpoint (default 64 MiB). Each connection gets an equal
+    /// share; a connection over its share has its data refused unacknowledged (its sender
+    /// backs off and retransmits) while every other connection goes on. Events are never
+    /// dropped, and a connection never times out because the application is slow.
+    pub max_pending_event_bytes: usize,
+    /// Most handshake replies and close notices waiting to be sent (default 16,384); past it
+    /// they are dropped and counted in `EndpointStats::replies_dropped` (clients retry).
+    pub max_control_queue: usize,
 }
 
 impl Default for Config {
@@ -169,8 +178,8 @@ impl Config {
             max_send_rate: None,
             redundancy: 1,
             redundancy_max_size: 256,
-            max_pending_events: 65_536,
-            max_violations: 16,
+            max_pending_event_bytes: 64 << 20,
+            max_control_queue: 16 * 1024,
         }
     }
 
@@ -200,8 +209,34 @@ impl Config {
         if self.idle_timeout <= self.keepalive_interval {
             return Err(ConfigError::IdleTimeout);
         }
-        if self.max_pending_events == 0 {
-            return Err(ConfigError::ZeroLimit("max_pending_events"));
+        let durations = [
+            ("idle_timeout", self.idle_timeout),
+            ("keepalive_interval", self.keepalive_interval),
+            ("handshake_timeout", self.handshake_timeout),
+            ("handshake_resend_interval", self.handshake_resend_interval),
+            ("cookie_lifetime", self.cookie_lifetime),
+            ("max_ack_delay", self.max_ack_delay),
+            ("initial_rtt", self.initial_rtt),
+            ("max_rto", self.max_rto),
+            ("request_timeout", self.request_timeout),
+            ("reassembly_timeout", self.reassembly_timeout),
+        ];
+        for (name, d) in durations {
+            if d.is_zero() {
+                return Err(ConfigError::ZeroLimit(name));
+            }
+            if d > MAX_DURATION {
+                return Err(ConfigError::DurationTooLong(name));
+            }
+        }
+        if self.mtu != usize::from(self.mtu as u16) {
+            return Err(ConfigError::Mtu(self.mtu));
+        }
+        if self.max_pending_event_bytes == 0 {
+            return Err(ConfigError::ZeroLimit("max_pending_event_bytes"));
+        }
+        if self.max_control_queue == 0 {
+            return Err(ConfigError::ZeroLimit("max_control_queue"));
         }
         if self.max_pending_requests == 0 {
             return Err(ConfigError::ZeroLimit("max_pending_requests"));
@@ -215,7 +250,7 @@ impl Config {
     /// Most payload bytes one chunk carries: what is left of a datagram after the packet
     /// header and the largest message header and length prefix.
     pub fn chunk_payload(&self) -> usize {
-        self.mtu - DATA_HEADER_LEN - MAX_MESSAGE_HEADER_LEN - MAX_VARINT_LEN
+        self.mtu - MAX_DATA_HEADER_LEN - MAX_MESSAGE_HEADER_LEN - MAX_VARINT_LEN
     }
 
     /// The channel kinds as a nibble each, sent in the handshake so both sides can check
@@ -230,6 +265,7 @@ impl Config {
 
 /// A [`Config`] that cannot work.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ConfigError {
     /// `channels` must hold 1 to 16 entries.
     ChannelCount(usize),
@@ -248,6 +284,8 @@ pub enum ConfigError {
     IdleTimeout,
     /// The named limit must be positive.
     ZeroLimit(&'static str),
+    /// The named duration is longer than [`MAX_DURATION`].
+    DurationTooLong(&'static str),
 }
 
 impl fmt::Display for ConfigError {
@@ -276,6 +314,9 @@ impl fmt::Display for ConfigError {
                 f.write_str("idle_timeout must be longer than keepalive_interval")
             }
             ConfigError::ZeroLimit(name) => write!(f, "{name} must be positive"),
+            ConfigError::DurationTooLong(name) => {
+                write!(f, "{name} is longer than a year; use a shorter duration")
+            }
         }
     }
 }

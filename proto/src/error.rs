@@ -4,6 +4,7 @@ use core::fmt;
 
 /// Why a message, request or response could not be queued.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SendError {
     /// No connection has this handle (it closed, or never existed).
     UnknownConnection,
@@ -63,6 +64,7 @@ impl std::error::Error for SendError {}
 
 /// Why a connection attempt could not start.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ConnectError {
     /// The endpoint has `max_connections` connections already.
     TooManyConnections,

@@ -47,6 +47,7 @@ pub struct Transmit {
 
 /// Why a connection ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum DisconnectReason {
     /// This side called `disconnect`.
     ClosedLocally,
@@ -114,6 +115,7 @@ impl fmt::Display for DisconnectReason {
 
 /// Something that happened, returned by [`Endpoint::poll_event`](crate::Endpoint::poll_event).
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Event {
     /// A connection finished its handshake and can carry messages.
     Connected {
@@ -175,4 +177,18 @@ pub enum Event {
         /// The id `request` returned.
         id: RequestId,
     },
+}
+
+impl Event {
+    /// The connection the event is about.
+    pub fn connection(&self) -> ConnectionHandle {
+        match self {
+            Event::Connected { conn, .. }
+            | Event::Disconnected { conn, .. }
+            | Event::Message { conn, .. }
+            | Event::Request { conn, .. }
+            | Event::Response { conn, .. }
+            | Event::RequestTimedOut { conn, .. } => *conn,
+        }
+    }
 }

@@ -44,40 +44,39 @@
 //! | module | holds |
 //! |---|---|
 //! | [`time`] | [`Instant`] and the per-connection timer table |
-//! | [`wire`] | packets, the 5-byte message header, varints; decode never panics |
-//! | `channel` | per-channel send queues and windows, and the four delivery kinds |
-//! | `reliability` | packet numbers, acks, RTT, loss detection, congestion, pacing |
-//! | `chunk` | splitting large messages and bounded reassembly |
-//! | `connection` | one connection: state and timers; `receive` (packets to events) and `transmit` (queues to packets) |
-//! | [`Endpoint`] | demultiplexing and the public API; `handshake` (stateless cookies, accept hook, user ids) |
+//! | `wire` | packets, the 5-byte message header, ack ranges, varints; decode never panics (reached from outside through `fuzzing`) |
+//! | `transport` | packet numbers, received ranges, RTT, loss detection and probes, congestion (`Controller`, NewReno), pacing, paths and their validation |
+//! | `messaging` | per-channel send queues and windows, the four delivery kinds, chunking and bounded reassembly, the receive budget |
+//! | `connection` | one connection joining the two: state and timers; `receive` (packets to events) and `transmit` (queues to packets) |
+//! | [`Endpoint`] | routing by connection id and the public API; `handshake` (stateless cookies, accept hook, user ids); the byte-bounded event queue |
 
 #![cfg_attr(not(feature = "std"), no_std)]
 #![warn(missing_docs)]
 
 extern crate alloc;
 
-mod channel;
-mod chunk;
 mod config;
 mod connection;
 mod endpoint;
 mod error;
 mod event;
 mod hash;
-mod reliability;
+mod messaging;
 mod stats;
 pub mod time;
-pub mod wire;
+mod transport;
+#[cfg_attr(not(any(fuzzing, feature = "fuzzing")), allow(dead_code))]
+pub(crate) mod wire;
 
 #[cfg(any(fuzzing, feature = "fuzzing"))]
 pub mod fuzzing;
 
 pub use bytes::Bytes;
-pub use channel::MESSAGE_WINDOW;
-pub use chunk::Progress;
-pub use config::{ChannelConfig, Config, ConfigError, DeliveryKind, MAX_CHANNELS};
+pub use config::{ChannelConfig, Config, ConfigError, DeliveryKind, MAX_CHANNELS, MAX_DURATION};
 pub use endpoint::{AcceptHook, ConnectRequest, Endpoint};
 pub use error::{ConnectError, SendError};
 pub use event::{ConnectionHandle, DisconnectReason, Event, IncomingRequest, RequestId, Transmit};
+pub use messaging::channel::MESSAGE_WINDOW;
+pub use messaging::chunk::Progress;
 pub use stats::{ConnectionStats, DropCounts, DropReason, EndpointStats};
 pub use time::Instant;

@@ -6,6 +6,7 @@ use core::time::Duration;
 /// Why a datagram, or a message within one, was dropped. Every drop is counted under exactly
 /// one of these.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 #[repr(usize)]
 pub enum DropReason {
     /// The datagram could not be decoded (truncated, bad length, bad field, trailing bytes).
@@ -44,13 +45,19 @@ pub enum DropReason {
     EventQueueFull,
     /// The connection table was full when a new connection would have been created.
     ConnectionTableFull,
-    /// A message larger than `max_message_size` announced by its chunk count.
+    /// A message larger than `max_message_size` announced by its chunk count, or a datagram
+    /// larger than `Config::mtu`.
     Oversized,
+    /// A packet from an address the connection has not validated yet (it was sent a path
+    /// challenge instead).
+    UnvalidatedPath,
+    /// A packet number too far beyond the newest received (forged, or from a broken sender).
+    OutOfWindow,
 }
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 18;
+    pub const COUNT: usize = 20;
     /// Every reason, in counter order.
     pub const ALL: [DropReason; DropReason::COUNT] = [
         DropReason::Malformed,
@@ -71,6 +78,8 @@ impl DropReason {
         DropReason::EventQueueFull,
         DropReason::ConnectionTableFull,
         DropReason::Oversized,
+        DropReason::UnvalidatedPath,
+        DropReason::OutOfWindow,
     ];
 
     /// A short snake_case name, for tables and logs.
@@ -94,6 +103,8 @@ impl DropReason {
             DropReason::EventQueueFull => "event_queue_full",
             DropReason::ConnectionTableFull => "connection_table_full",
             DropReason::Oversized => "oversized",
+            DropReason::UnvalidatedPath => "unvalidated_path",
+            DropReason::OutOfWindow => "out_of_window",
         }
     }
 }
@@ -172,8 +183,12 @@ pub struct ConnectionStats {
     pub packets_lost: u64,
     /// Packets declared lost that were acknowledged later (reordering, not loss).
     pub spurious_losses: u64,
-    /// Retransmission timeouts that fired.
+    /// Probe timeouts that fired (nothing acknowledged for a while: probes were sent).
     pub rto_fired: u64,
+    /// Path challenges sent to new addresses of the peer.
+    pub path_challenges_sent: u64,
+    /// Sequenced messages replaced in the send queue by a newer one before they left.
+    pub superseded: u64,
     /// Smoothed round-trip time (zero before the first sample).
     pub smoothed_rtt: Duration,
     /// Round-trip time variation.
@@ -202,7 +217,7 @@ pub struct EndpointStats {
     pub connections_closed: u64,
     /// Connection attempts rejected (full, refused by the hook, incompatible).
     pub connections_rejected: u64,
-    /// Connections that moved to a new address (NAT rebinding).
+    /// Connections that moved to a new, validated address (NAT rebinding).
     pub migrations: u64,
     /// Handshake replies or close notices not sent because the reply queue was full.
     pub replies_dropped: u64,

@@ -9,15 +9,31 @@
 use core::fmt;
 
 /// Protocol version carried in the high nibble of every packet's first byte.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 
 /// Length of a `Hello` packet. It is padded so that the server's `Challenge` reply is never
 /// larger than the request that caused it (no amplification towards unvalidated addresses).
 pub const HELLO_LEN: usize = 48;
 /// Length of a stateless cookie: issue time (8 bytes) and a 128-bit MAC.
 pub const COOKIE_LEN: usize = 24;
-/// Length of the `Data` packet header.
-pub const DATA_HEADER_LEN: usize = 13;
+/// Length of the `Data` packet header before its acknowledgement block: first byte,
+/// connection id (8), packet number (4), ack range count (1).
+pub const DATA_HEADER_LEN: usize = 14;
+/// Bytes a packet that carries messages gives its acknowledgement at most (the newest
+/// ranges that fit; a packet with nothing else to carry may acknowledge more).
+pub const ACK_ROOM: usize = 32;
+/// Largest `Data` header in a packet that carries messages: the fixed part and [`ACK_ROOM`].
+pub const MAX_DATA_HEADER_LEN: usize = DATA_HEADER_LEN + ACK_ROOM;
+/// Most ranges one acknowledgement carries.
+pub const MAX_ACK_RANGES: usize = 32;
+/// Length of a `PathChallenge` or `PathResponse` packet.
+pub const PATH_PACKET_LEN: usize = 1 + 8 + 8;
+/// The high bit of a `Data` packet's range-count byte: an acknowledgement is requested.
+pub(crate) const PING_BIT: u8 = 0x80;
+/// Largest value a varint carries (21 bits).
+pub const MAX_VARINT: u32 = (1 << 21) - 1;
+/// Ack delay on the wire is in units of 2^`ACK_DELAY_EXPONENT` microseconds.
+pub const ACK_DELAY_EXPONENT: u32 = 3;
 /// Length of the message header without options (the seeds' 5 bytes).
 pub const MESSAGE_HEADER_LEN: usize = 5;
 /// Largest message header: 5 bytes, redirect target (2) and chunk fields (4).
@@ -84,6 +100,10 @@ pub enum PacketType {
     Data = 6,
     /// Either way: the connection is closed.
     Disconnect = 7,
+    /// Either way: prove you receive at the address this came to.
+    PathChallenge = 8,
+    /// Either way: the answer to a `PathChallenge`, from the address being validated.
+    PathResponse = 9,
 }
 
 impl PacketType {
@@ -96,6 +116,8 @@ impl PacketType {
             5 => PacketType::Reject,
             6 => PacketType::Data,
             7 => PacketType::Disconnect,
+            8 => PacketType::PathChallenge,
+            9 => PacketType::PathResponse,
             _ => return None,
         })
     }
@@ -159,16 +181,166 @@ impl CloseCode {
 pub type Cookie = [u8; COOKIE_LEN];
 
 /// The header of a `Data` packet: who it is for, its number, and what it acknowledges.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct DataHeader {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DataHeader<'a> {
     /// The connection id the server assigned.
-    pub connection_id: u32,
-    /// This packet's sequence number (wraps).
-    pub packet_seq: u16,
-    /// The newest packet sequence the sender has received.
-    pub ack: u16,
-    /// Bit `i` set: packet `ack - 1 - i` was received too.
-    pub ack_bits: u32,
+    pub connection_id: u64,
+    /// The low 32 bits of this packet's number (the receiver extends it to 64 bits).
+    pub packet_number: u32,
+    /// The sender asks for an acknowledgement although the packet may carry no message (a
+    /// probe or keepalive): the high bit of the range-count byte.
+    pub ping: bool,
+    /// The acknowledgement it carries, if the sender has received anything.
+    pub ack: Option<Ack<'a>>,
+}
+
+/// An acknowledgement: the newest packet received, how long ago, and the ranges of packets
+/// received below it, newest first.
+///
+/// On the wire: range count `n` (1 byte, 0 = no acknowledgement), largest (low 32 bits),
+/// ack delay (varint, units of 8 µs), first range length (varint: packets below the largest
+/// in the first range), then `n - 1` pairs of varints `gap`, `length`: the next range's largest
+/// is `gap + 2` below the previous range's smallest, and it covers `length` more packets below.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Ack<'a> {
+    /// Low 32 bits of the newest packet number received.
+    pub largest: u32,
+    /// Time between receiving `largest` and sending this acknowledgement, in microseconds
+    /// (a multiple of 8 on the wire).
+    pub delay_micros: u64,
+    /// Packets below `largest` in the first range.
+    pub first_range: u32,
+    count: u8,
+    /// The encoded gap/length pairs (validated by `decode`).
+    rest: &'a [u8],
+}
+
+impl fmt::Debug for Ack<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ack")
+            .field("largest", &self.largest)
+            .field("delay_micros", &self.delay_micros)
+            .field("ranges", &self.ranges().collect::<alloc::vec::Vec<_>>())
+            .finish()
+    }
+}
+
+impl<'a> Ack<'a> {
+    /// The ranges as `(low, high)` distances below `largest`, inclusive, newest first.
+    pub fn ranges(&self) -> AckRanges<'a> {
+        AckRanges {
+            r: Reader { bytes: self.rest },
+            next: Some((u64::from(self.first_range), 0)),
+        }
+    }
+
+    /// Number of ranges.
+    pub fn range_count(&self) -> usize {
+        usize::from(self.count)
+    }
+
+    fn decode(r: &mut Reader<'a>, count: u8) -> Result<Self, DecodeError> {
+        let largest = r.u32()?;
+        let delay_micros = u64::from(decode_varint(r)?) << ACK_DELAY_EXPONENT;
+        let first_range = decode_varint(r)?;
+        let start = r.bytes;
+        let mut low = u64::from(first_range);
+        for _ in 1..count {
+            let gap = u64::from(decode_varint(r)?);
+            let len = u64::from(decode_varint(r)?);
+            low += gap + 2 + len;
+        }
+        if low > u64::from(u32::MAX) {
+            return Err(DecodeError::BadField);
+        }
+        let rest = &start[..start.len() - r.bytes.len()];
+        Ok(Ack {
+            largest,
+            delay_micros,
+            first_range,
+            count,
+            rest,
+        })
+    }
+}
+
+/// Iterates an acknowledgement's ranges; see [`Ack::ranges`].
+#[derive(Clone, Debug)]
+pub struct AckRanges<'a> {
+    r: Reader<'a>,
+    next: Option<(u64, u64)>,
+}
+
+impl Iterator for AckRanges<'_> {
+    /// `(low, high)`: the range covers packets `largest - low ..= largest - high`.
+    type Item = (u64, u64);
+
+    fn next(&mut self) -> Option<(u64, u64)> {
+        let current = self.next.take()?;
+        if !self.r.bytes.is_empty() {
+            // Validated by `Ack::decode`: these reads succeed.
+            if let (Ok(gap), Ok(len)) = (decode_varint(&mut self.r), decode_varint(&mut self.r)) {
+                let high = current.0 + u64::from(gap) + 2;
+                self.next = Some((high + u64::from(len), high));
+            }
+        }
+        Some(current)
+    }
+}
+
+/// Writes an acknowledgement block: `largest` and up to [`MAX_ACK_RANGES`] ranges as
+/// `(low, high)` packet numbers, newest first, each below the previous one with a gap.
+/// `ranges` must start with the range that holds `largest`. Returns the ranges written.
+pub(crate) fn encode_ack(
+    w: &mut Writer<'_>,
+    ping: bool,
+    delay_micros: u64,
+    ranges: impl Iterator<Item = (u64, u64)>,
+    room: usize,
+) -> Option<usize> {
+    let count_at = w.pos;
+    w.u8(0)?;
+    // What the acknowledgement may use after the count byte.
+    let end = w.pos + room.saturating_sub(1).min(w.remaining());
+    let mut count = 0u8;
+    let mut previous_low = 0u64;
+    for (low, high) in ranges {
+        if usize::from(count) == MAX_ACK_RANGES {
+            break;
+        }
+        if count == 0 {
+            let delay = u32::try_from(delay_micros >> ACK_DELAY_EXPONENT)
+                .unwrap_or(MAX_VARINT)
+                .min(MAX_VARINT);
+            let first = u32::try_from(high - low)
+                .ok()
+                .filter(|&v| v <= MAX_VARINT)?;
+            w.u32(high as u32)?;
+            put_varint(w, delay)?;
+            put_varint(w, first)?;
+        } else {
+            let gap = previous_low.checked_sub(high)?.checked_sub(2)?;
+            let (Ok(gap), Ok(len)) = (u32::try_from(gap), u32::try_from(high - low)) else {
+                break;
+            };
+            let need = varint_len(gap) + varint_len(len);
+            if gap > MAX_VARINT || len > MAX_VARINT || w.pos + need > end {
+                break;
+            }
+            put_varint(w, gap)?;
+            put_varint(w, len)?;
+        }
+        previous_low = low;
+        count += 1;
+    }
+    w.buf[count_at] = count | if ping { PING_BIT } else { 0 };
+    Some(usize::from(count))
+}
+
+fn put_varint(w: &mut Writer<'_>, v: u32) -> Option<()> {
+    let mut prefix = [0u8; MAX_VARINT_LEN];
+    let n = encode_varint(v, &mut prefix)?;
+    w.put(&prefix[..n])
 }
 
 /// A decoded packet, borrowing variable-length parts from the datagram.
@@ -198,6 +370,8 @@ pub enum Packet<'a> {
         cookie: Cookie,
         /// The client's channel kinds, a nibble per channel.
         channel_layout: u64,
+        /// The client's `Config::mtu`: chunk sizes derive from it, so both sides must agree.
+        mtu: u16,
         /// Bytes the client can hold in partly received large messages (its per-connection
         /// reassembly budget); the server never has more outstanding towards it.
         reassembly_budget: u32,
@@ -209,7 +383,7 @@ pub enum Packet<'a> {
         /// Echo of the client's nonce.
         client_nonce: u64,
         /// The id both sides put in every later packet.
-        connection_id: u32,
+        connection_id: u64,
         /// The user id the server gives the client.
         user_id: u16,
         /// The server's per-connection reassembly budget (see `Connect`).
@@ -225,16 +399,31 @@ pub enum Packet<'a> {
     /// Either way: acknowledgements and framed messages.
     Data {
         /// Packet header.
-        header: DataHeader,
+        header: DataHeader<'a>,
         /// The framed messages; iterate them with [`Frames`].
         frames: &'a [u8],
     },
     /// Either way: the connection is closed.
     Disconnect {
         /// The connection being closed.
-        connection_id: u32,
+        connection_id: u64,
         /// Why.
         code: CloseCode,
+    },
+    /// Either way: sent to a new address a connection's packets came from; only a peer that
+    /// receives there can answer it.
+    PathChallenge {
+        /// The connection.
+        connection_id: u64,
+        /// Unpredictable; the answer echoes it.
+        token: u64,
+    },
+    /// Either way: the answer to a `PathChallenge`, sent from the address being validated.
+    PathResponse {
+        /// The connection.
+        connection_id: u64,
+        /// The challenge's token.
+        token: u64,
     },
 }
 
@@ -360,6 +549,7 @@ impl<'a> Packet<'a> {
                 let client_nonce = r.u64()?;
                 let cookie = r.array()?;
                 let channel_layout = r.u64()?;
+                let mtu = r.u16()?;
                 let reassembly_budget = r.u32()?;
                 let len = usize::from(r.u16()?);
                 let data = r.take(len).map_err(|_| DecodeError::BadLength)?;
@@ -368,13 +558,14 @@ impl<'a> Packet<'a> {
                     client_nonce,
                     cookie,
                     channel_layout,
+                    mtu,
                     reassembly_budget,
                     data,
                 }
             }
             PacketType::Accept => Packet::Accept {
                 client_nonce: r.u64()?,
-                connection_id: r.u32()?,
+                connection_id: r.u64()?,
                 user_id: r.u16()?,
                 reassembly_budget: r.u32()?,
             },
@@ -385,18 +576,35 @@ impl<'a> Packet<'a> {
                 Packet::Reject { client_nonce, code }
             }
             PacketType::Data => {
+                let connection_id = r.u64()?;
+                let packet_number = r.u32()?;
+                let count = r.u8()?;
+                let ping = count & PING_BIT != 0;
+                let ack = match count & !PING_BIT {
+                    0 => None,
+                    n if usize::from(n) > MAX_ACK_RANGES => return Err(DecodeError::BadField),
+                    n => Some(Ack::decode(&mut r, n)?),
+                };
                 let header = DataHeader {
-                    connection_id: r.u32()?,
-                    packet_seq: r.u16()?,
-                    ack: r.u16()?,
-                    ack_bits: r.u32()?,
+                    connection_id,
+                    packet_number,
+                    ping,
+                    ack,
                 };
                 let frames = r.bytes;
                 r.bytes = &[];
                 Packet::Data { header, frames }
             }
+            PacketType::PathChallenge => Packet::PathChallenge {
+                connection_id: r.u64()?,
+                token: r.u64()?,
+            },
+            PacketType::PathResponse => Packet::PathResponse {
+                connection_id: r.u64()?,
+                token: r.u64()?,
+            },
             PacketType::Disconnect => {
-                let connection_id = r.u32()?;
+                let connection_id = r.u64()?;
                 let reason = r.u8()?;
                 let code = CloseCode::from_wire(reason, r.u16()?)?;
                 Packet::Disconnect {
@@ -414,11 +622,12 @@ impl<'a> Packet<'a> {
         match self {
             Packet::Hello { .. } => HELLO_LEN,
             Packet::Challenge { .. } => 1 + 8 + COOKIE_LEN,
-            Packet::Connect { data, .. } => 1 + 4 + 8 + COOKIE_LEN + 8 + 4 + 2 + data.len(),
-            Packet::Accept { .. } => 1 + 8 + 4 + 2 + 4,
+            Packet::Connect { data, .. } => 1 + 4 + 8 + COOKIE_LEN + 8 + 2 + 4 + 2 + data.len(),
+            Packet::Accept { .. } => 1 + 8 + 8 + 2 + 4,
             Packet::Reject { .. } => 1 + 8 + 1 + 2,
-            Packet::Data { frames, .. } => DATA_HEADER_LEN + frames.len(),
-            Packet::Disconnect { .. } => 1 + 4 + 1 + 2,
+            Packet::Data { header, frames } => header.encoded_len() + frames.len(),
+            Packet::Disconnect { .. } => 1 + 8 + 1 + 2,
+            Packet::PathChallenge { .. } | Packet::PathResponse { .. } => PATH_PACKET_LEN,
         }
     }
 
@@ -449,6 +658,7 @@ impl<'a> Packet<'a> {
                 client_nonce,
                 cookie,
                 channel_layout,
+                mtu,
                 reassembly_budget,
                 data,
             } => {
@@ -457,6 +667,7 @@ impl<'a> Packet<'a> {
                 w.u64(client_nonce)?;
                 w.put(&cookie)?;
                 w.u64(channel_layout)?;
+                w.u16(mtu)?;
                 w.u32(reassembly_budget)?;
                 w.u16(u16::try_from(data.len()).ok()?)?;
                 w.put(data)?;
@@ -469,7 +680,7 @@ impl<'a> Packet<'a> {
             } => {
                 w.u8(first_byte(PacketType::Accept))?;
                 w.u64(client_nonce)?;
-                w.u32(connection_id)?;
+                w.u64(connection_id)?;
                 w.u16(user_id)?;
                 w.u32(reassembly_budget)?;
             }
@@ -481,7 +692,7 @@ impl<'a> Packet<'a> {
                 w.u16(code)?;
             }
             Packet::Data { header, frames } => {
-                encode_data_header(&mut w, &header)?;
+                header.encode(&mut w)?;
                 w.put(frames)?;
             }
             Packet::Disconnect {
@@ -490,21 +701,101 @@ impl<'a> Packet<'a> {
             } => {
                 let (reason, code) = code.to_wire();
                 w.u8(first_byte(PacketType::Disconnect))?;
-                w.u32(connection_id)?;
+                w.u64(connection_id)?;
                 w.u8(reason)?;
                 w.u16(code)?;
+            }
+            Packet::PathChallenge {
+                connection_id,
+                token,
+            } => {
+                w.u8(first_byte(PacketType::PathChallenge))?;
+                w.u64(connection_id)?;
+                w.u64(token)?;
+            }
+            Packet::PathResponse {
+                connection_id,
+                token,
+            } => {
+                w.u8(first_byte(PacketType::PathResponse))?;
+                w.u64(connection_id)?;
+                w.u64(token)?;
             }
         }
         Some(w.len())
     }
 }
 
-pub(crate) fn encode_data_header(w: &mut Writer<'_>, header: &DataHeader) -> Option<()> {
+/// Writes the fixed part of a `Data` header (everything before the acknowledgement block).
+pub(crate) fn encode_data_prefix(
+    w: &mut Writer<'_>,
+    connection_id: u64,
+    packet_number: u32,
+) -> Option<()> {
     w.u8(first_byte(PacketType::Data))?;
-    w.u32(header.connection_id)?;
-    w.u16(header.packet_seq)?;
-    w.u16(header.ack)?;
-    w.u32(header.ack_bits)
+    w.u64(connection_id)?;
+    w.u32(packet_number)
+}
+
+impl DataHeader<'_> {
+    /// Encoded length of the header, acknowledgement included.
+    pub fn encoded_len(&self) -> usize {
+        DATA_HEADER_LEN
+            + self.ack.map_or(0, |a| {
+                4 + varint_len((a.delay_micros >> ACK_DELAY_EXPONENT) as u32)
+                    + varint_len(a.first_range)
+                    + a.rest.len()
+            })
+    }
+
+    fn encode(&self, w: &mut Writer<'_>) -> Option<()> {
+        encode_data_prefix(w, self.connection_id, self.packet_number)?;
+        let ping = if self.ping { PING_BIT } else { 0 };
+        match self.ack {
+            None => w.u8(ping),
+            Some(ack) => {
+                w.u8(ack.count | ping)?;
+                w.u32(ack.largest)?;
+                let delay = u32::try_from(ack.delay_micros >> ACK_DELAY_EXPONENT).ok()?;
+                put_varint(w, delay)?;
+                put_varint(w, ack.first_range)?;
+                w.put(ack.rest)
+            }
+        }
+    }
+}
+
+impl<'a> Ack<'a> {
+    /// Builds an acknowledgement from `(low, high)` distances below `largest`, newest first
+    /// (for tests and docs; the connection encodes straight from its receive state).
+    /// `buf` holds the encoded ranges; returns `None` if they do not fit or are out of order.
+    pub fn build(
+        largest: u32,
+        delay_micros: u64,
+        ranges: &[(u64, u64)],
+        buf: &'a mut [u8],
+    ) -> Option<Ack<'a>> {
+        let (&(first_low, first_high), rest) = ranges.split_first()?;
+        if first_high != 0 || ranges.len() > MAX_ACK_RANGES {
+            return None;
+        }
+        let mut w = Writer::new(buf);
+        let mut previous_low = first_low;
+        for &(low, high) in rest {
+            let gap = high.checked_sub(previous_low)?.checked_sub(2)?;
+            put_varint(&mut w, u32::try_from(gap).ok()?)?;
+            put_varint(&mut w, u32::try_from(low.checked_sub(high)?).ok()?)?;
+            previous_low = low;
+        }
+        let len = w.len();
+        Some(Ack {
+            largest,
+            delay_micros: delay_micros >> ACK_DELAY_EXPONENT << ACK_DELAY_EXPONENT,
+            first_range: u32::try_from(first_low).ok()?,
+            count: u8::try_from(ranges.len()).ok()?,
+            rest: &buf[..len],
+        })
+    }
 }
 
 /// Message or Response: the seeds' send-type bit.

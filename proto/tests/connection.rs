@@ -307,21 +307,22 @@ fn many_small_messages_coalesce_into_one_datagram() {
         1,
         "30 × 32 bytes fit one 1200-byte datagram"
     );
-    // 13-byte packet header + 30 × (5-byte message header + 1-byte length + 32).
-    assert_eq!(p.sent_bytes[0] - before_bytes, 13 + 30 * 38);
+    // 14-byte packet header + 30 × (5-byte message header + 1-byte length + 32).
+    assert_eq!(p.sent_bytes[0] - before_bytes, 14 + 30 * 38);
     p.run_for(Duration::from_millis(100));
     assert_eq!(p.server_messages(0).len(), 30);
 }
 
 #[test]
-fn one_small_message_costs_19_bytes_of_overhead() {
+fn one_small_message_costs_20_bytes_of_overhead() {
     let mut p = Pair::default_pair();
     let (c, _) = p.connect();
     p.run_for(Duration::from_millis(100));
     let before_bytes = p.sent_bytes[0];
     p.client.send(c, 0, vec![7; 32]).expect("send");
     p.flush();
-    assert_eq!(p.sent_bytes[0] - before_bytes, 32 + 19);
+    // 14-byte packet header (nothing to acknowledge) + 5-byte message header + length.
+    assert_eq!(p.sent_bytes[0] - before_bytes, 32 + 20);
 }
 
 #[test]

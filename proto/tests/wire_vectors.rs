@@ -1,8 +1,8 @@
 //! The test vectors of `docs/wire.md`, checked both ways byte for byte: each hex string
 //! decodes to the packet shown, and the packet encodes to exactly those bytes.
 
-use shoal_proto::wire::{
-    ChunkInfo, CloseCode, DataHeader, DecodeError, Frame, Frames, MessageHeader, Packet,
+use shoal_proto::fuzzing::wire::{
+    Ack, ChunkInfo, CloseCode, DataHeader, DecodeError, Frame, Frames, MessageHeader, Packet,
     RejectCode, SendType, HELLO_LEN,
 };
 
@@ -35,7 +35,7 @@ fn check(bytes_hex: &str, packet: Packet<'_>) {
 
 #[test]
 fn hello_vector() {
-    let v = format!("11 5348 4f4c 0102 0304 0506 0708 {}", "00".repeat(35));
+    let v = format!("21 5348 4f4c 0102 0304 0506 0708 {}", "00".repeat(35));
     check(
         &v,
         Packet::Hello {
@@ -49,7 +49,7 @@ fn hello_vector() {
 #[test]
 fn challenge_vector() {
     check(
-        &format!("12 0102030405060708 {COOKIE_HEX}"),
+        &format!("22 0102030405060708 {COOKIE_HEX}"),
         Packet::Challenge {
             client_nonce: 0x0102_0304_0506_0708,
             cookie: cookie(),
@@ -60,12 +60,15 @@ fn challenge_vector() {
 #[test]
 fn connect_vector() {
     check(
-        &format!("13 53484f4c 0102030405060708 {COOKIE_HEX} 0000000000004321 00400000 0002 6869"),
+        &format!(
+            "23 53484f4c 0102030405060708 {COOKIE_HEX} 0000000000004321 04b0 00400000 0002 6869"
+        ),
         Packet::Connect {
             protocol_id: 0x5348_4f4c,
             client_nonce: 0x0102_0304_0506_0708,
             cookie: cookie(),
             channel_layout: 0x4321,
+            mtu: 1200,
             reassembly_budget: 4 << 20,
             data: b"hi",
         },
@@ -75,10 +78,10 @@ fn connect_vector() {
 #[test]
 fn accept_vector() {
     check(
-        "14 0102030405060708 deadbeef 0007 00400000",
+        "24 0102030405060708 1122334455667788 0007 00400000",
         Packet::Accept {
             client_nonce: 0x0102_0304_0506_0708,
-            connection_id: 0xdead_beef,
+            connection_id: CID,
             user_id: 7,
             reassembly_budget: 4 << 20,
         },
@@ -89,21 +92,21 @@ fn accept_vector() {
 fn reject_vectors() {
     let nonce = 0x0102_0304_0506_0708;
     check(
-        "15 0102030405060708 01 0000",
+        "25 0102030405060708 01 0000",
         Packet::Reject {
             client_nonce: nonce,
             code: RejectCode::Full,
         },
     );
     check(
-        "15 0102030405060708 02 0193",
+        "25 0102030405060708 02 0193",
         Packet::Reject {
             client_nonce: nonce,
             code: RejectCode::Refused(403),
         },
     );
     check(
-        "15 0102030405060708 03 0000",
+        "25 0102030405060708 03 0000",
         Packet::Reject {
             client_nonce: nonce,
             code: RejectCode::ChannelMismatch,
@@ -111,34 +114,76 @@ fn reject_vectors() {
     );
 }
 
+const CID: u64 = 0x1122_3344_5566_7788;
+
 #[test]
 fn disconnect_vectors() {
     check(
-        "17 deadbeef 01 002a",
+        "27 1122334455667788 01 002a",
         Packet::Disconnect {
-            connection_id: 0xdead_beef,
+            connection_id: CID,
             code: CloseCode::Application(42),
         },
     );
     check(
-        "17 deadbeef 02 0000",
+        "27 1122334455667788 02 0000",
         Packet::Disconnect {
-            connection_id: 0xdead_beef,
+            connection_id: CID,
             code: CloseCode::ProtocolViolation,
         },
     );
 }
 
 #[test]
-fn ack_only_data_vector() {
+fn path_challenge_and_response_vectors() {
     check(
-        "16 deadbeef 0003 0002 00000003",
+        "28 1122334455667788 0a0b0c0d0e0f1011",
+        Packet::PathChallenge {
+            connection_id: CID,
+            token: 0x0a0b_0c0d_0e0f_1011,
+        },
+    );
+    check(
+        "29 1122334455667788 0a0b0c0d0e0f1011",
+        Packet::PathResponse {
+            connection_id: CID,
+            token: 0x0a0b_0c0d_0e0f_1011,
+        },
+    );
+}
+
+#[test]
+fn ack_only_data_vector() {
+    // Packets 7..=9 and 0..=4 received; 9 arrived 40 µs before this was sent.
+    let mut ranges = [0u8; 16];
+    let ack = Ack::build(9, 40, &[(2, 0), (9, 5)], &mut ranges).expect("valid");
+    check(
+        "26 1122334455667788 00000003 02 00000009 05 02 01 04",
         Packet::Data {
             header: DataHeader {
-                connection_id: 0xdead_beef,
-                packet_seq: 3,
-                ack: 2,
-                ack_bits: 0b11,
+                connection_id: CID,
+                packet_number: 3,
+                ping: false,
+                ack: Some(ack),
+            },
+            frames: &[],
+        },
+    );
+    let ranges: Vec<(u64, u64)> = ack.ranges().collect();
+    assert_eq!(ranges, vec![(2, 0), (9, 5)]);
+    assert_eq!(ack.delay_micros, 40);
+}
+
+#[test]
+fn ping_without_ack_vector() {
+    check(
+        "26 1122334455667788 00000004 80",
+        Packet::Data {
+            header: DataHeader {
+                connection_id: CID,
+                packet_number: 4,
+                ping: true,
+                ack: None,
             },
             frames: &[],
         },
@@ -164,16 +209,16 @@ fn data_with_every_kind_of_frame_vector() {
                       28 0000 0011 02 6f6b \
                       12 0007 0005 0009 01 78 \
                       31 0007 0020 0001 0003 02 7a7a";
-    let packet_hex = format!("16 deadbeef 0102 00ff 80000001 {frames_hex}");
+    let packet_hex = format!("26 1122334455667788 01020304 00 {frames_hex}");
     let frames_bytes = hex(frames_hex);
     check(
         &packet_hex,
         Packet::Data {
             header: DataHeader {
-                connection_id: 0xdead_beef,
-                packet_seq: 0x0102,
-                ack: 0x00ff,
-                ack_bits: 0x8000_0001,
+                connection_id: CID,
+                packet_number: 0x0102_0304,
+                ping: false,
+                ack: None,
             },
             frames: &frames_bytes,
         },
@@ -239,13 +284,22 @@ fn two_byte_length_prefix_vector() {
 fn malformed_vectors_are_typed_errors() {
     let cases: &[(&str, DecodeError)] = &[
         ("", DecodeError::Empty),
-        ("21", DecodeError::UnknownVersion(2)),
-        ("1f", DecodeError::UnknownPacketType(15)),
-        ("10", DecodeError::UnknownPacketType(0)),
-        ("14 0102", DecodeError::Truncated),
-        ("17 deadbeef 01 002a ff", DecodeError::TrailingBytes),
-        ("17 deadbeef 09 0000", DecodeError::BadField),
-        ("15 0102030405060708 01 0001", DecodeError::BadField),
+        ("11", DecodeError::UnknownVersion(1)),
+        ("2f", DecodeError::UnknownPacketType(15)),
+        ("20", DecodeError::UnknownPacketType(0)),
+        ("24 0102", DecodeError::Truncated),
+        ("27 1122334455667788 01 002a ff", DecodeError::TrailingBytes),
+        ("27 1122334455667788 09 0000", DecodeError::BadField),
+        ("25 0102030405060708 01 0001", DecodeError::BadField),
+        ("26 1122334455667788 00000001 21", DecodeError::BadField),
+        (
+            "26 1122334455667788 00000001 01 0000",
+            DecodeError::Truncated,
+        ),
+        (
+            "26 1122334455667788 00000001 01 00000001 00 8000",
+            DecodeError::BadLength,
+        ),
     ];
     for (bytes, error) in cases {
         assert_eq!(Packet::decode(&hex(bytes)), Err(*error), "{bytes}");

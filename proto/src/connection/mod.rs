@@ -10,34 +10,38 @@ use bytes::Bytes;
 use core::cmp::Reverse;
 use core::net::SocketAddr;
 
-use crate::channel::{
-    reservation, MessageMeta, Outgoing, Received, RecvChannel, RecvContext, SendChannel,
-};
-use crate::chunk::{chunk_count, chunk_slice, ChunkAdded, Progress, ReassemblyBuffer};
-use crate::config::Config;
+use crate::config::{Config, DeliveryKind};
+use crate::endpoint::events::EventQueue;
 use crate::error::SendError;
 use crate::event::{ConnectionHandle, DisconnectReason, Event, IncomingRequest, RequestId};
-use crate::hash::{HashMap, SeededState};
-use crate::reliability::{
-    AckOutcome, FrameKey, FrameStore, ReceivedPackets, SentPackets, TokenBucket,
+use crate::hash::{HashMap, Prf, SeededState};
+use crate::messaging::budget::ReceiveBudget;
+use crate::messaging::channel::{
+    MessageMeta, Outgoing, Received, RecvChannel, RecvContext, SendChannel, WireOrder,
+};
+use crate::messaging::chunk::{
+    chunk_count, chunk_slice, reservation, ChunkAdded, Progress, ReassemblyBuffer,
 };
 use crate::stats::{ConnectionStats, DropReason};
 use crate::time::{Instant, Timer, TimerTable};
+use crate::transport::congestion::Controller;
+use crate::transport::frame_store::{FrameKey, FrameStore};
+use crate::transport::pacing::Pacer;
+use crate::transport::path::Paths;
+use crate::transport::received::ReceivedPackets;
+use crate::transport::recovery::{AckOutcome, SentPackets};
 use crate::wire::{
-    self, encode_data_header, ChunkInfo, CloseCode, Cookie, DataHeader, Frame, Frames,
-    MessageHeader, Packet, SendType, Writer, DATA_HEADER_LEN, MAX_VARINT_LEN,
+    self, encode_ack, encode_data_prefix, ChunkInfo, CloseCode, Cookie, DataHeader, Frame, Frames,
+    MessageHeader, Packet, SendType, Writer, MAX_DATA_HEADER_LEN, MAX_VARINT_LEN,
 };
 
 mod receive;
 mod transmit;
 
+pub(crate) use receive::DataResult;
+
 /// Eliciting packets received before an acknowledgement goes out without delay.
 const ACK_EVERY: u32 = 2;
-/// Packets one acknowledgement covers (the newest and the 32 before it, less one for slack).
-const ACK_RANGE: u32 = 32;
-/// Acknowledgement snapshots kept at most while a burst arrives: 64 × 32 packets, more than
-/// the largest congestion window (`reliability::MAX_WINDOW_PACKETS`) lets a peer send at once.
-const MAX_ACK_SNAPSHOTS: usize = 64;
 /// Answered requests remembered to recognise copies of their responses.
 const RECENTLY_ANSWERED: usize = 64;
 /// Redundancy candidates remembered at most.
@@ -77,19 +81,22 @@ struct PendingRequest {
 /// What the endpoint lends a connection while it works.
 pub(crate) struct Shared<'a> {
     pub(crate) config: &'a Config,
-    pub(crate) events: &'a mut VecDeque<Event>,
-    /// Reassembly bytes held across the endpoint.
-    pub(crate) reassembly_total: &'a mut usize,
+    pub(crate) events: &'a mut EventQueue,
+    /// Receive memory held across the endpoint.
+    pub(crate) budget: &'a mut ReceiveBudget,
+    /// Bytes of waiting events this connection may have before its data is refused.
+    pub(crate) event_share: usize,
 }
 
 /// One connection's state.
 pub(crate) struct Connection {
     pub(crate) handle: ConnectionHandle,
-    pub(crate) remote: SocketAddr,
+    /// The validated address and the new ones being challenged.
+    pub(crate) paths: Paths,
     pub(crate) state: State,
     /// This side opened the connection.
     pub(crate) is_client: bool,
-    pub(crate) connection_id: u32,
+    pub(crate) connection_id: u64,
     pub(crate) client_nonce: u64,
     pub(crate) local_user_id: u16,
     pub(crate) peer_user_id: u16,
@@ -101,12 +108,13 @@ pub(crate) struct Connection {
     keepalive_due: bool,
     ack_now: bool,
     eliciting_since_ack: u32,
-    /// Packets received since the last acknowledgement left (sent or snapshotted).
-    received_since_ack: u32,
-    /// Acknowledgements taken while a burst arrived faster than we got to send: an ack covers
-    /// only the newest packet and the 32 before it, so a longer burst would otherwise leave
-    /// packets unacknowledged and make the peer think them lost.
-    ack_snapshots: VecDeque<(u16, u32)>,
+    /// Probe packets to send (the probe timeout fired): they go out even when the
+    /// congestion window is full.
+    probes_due: u8,
+    /// The last acknowledgement did not fit its packet: send the rest in one of its own.
+    full_ack_due: bool,
+    /// Scratch list of frame keys for a probe (reused).
+    probe_scratch: Vec<FrameKey>,
     sent: SentPackets,
     received: ReceivedPackets,
     send_channels: Vec<SendChannel>,
@@ -132,19 +140,21 @@ pub(crate) struct Connection {
     request_deadlines: BinaryHeap<Reverse<(Instant, u64, u8, u16)>>,
     /// The last requests answered, to tell a copy of their response from a stale one.
     answered: VecDeque<(u8, u16)>,
-    /// Reassembly bytes held by this connection (channels and responses).
+    /// Receive memory held by this connection (channels and responses).
     reassembly_bytes: usize,
-    pacer: Option<TokenBucket>,
+    /// Bytes of this connection's events waiting for the application.
+    pub(crate) event_bytes: usize,
+    pacer: Pacer,
+    /// Loss rate seen recently, in 1/65536 (packets lost per packet resolved), which
+    /// decides how many proactive copies small reliable frames get.
+    loss_rate: u32,
     last_sent: Instant,
     last_received: Instant,
-    violations: u32,
-    /// Whether the last accepted packet had the highest number yet: only such a packet may
-    /// move the connection to a new address (a late one from before a NAT rebinding must not
-    /// move it back).
-    pub(crate) last_packet_was_newest: bool,
     /// Scratch space for the frames of the packet being received (reused: no allocation per
     /// datagram once warm).
     parsed_frames: Vec<(MessageHeader, Bytes)>,
+    /// Sequenced messages queued and replaced by a newer one before they were sent.
+    pub(crate) superseded: u64,
     pub(crate) stats: ConnectionStats,
     outcome: AckOutcome,
     /// Set when the connection must end; the endpoint reaps it.
@@ -166,15 +176,17 @@ impl Connection {
         is_client: bool,
         client_nonce: u64,
         hasher: SeededState,
+        path_key: Prf,
     ) -> Self {
         let mut timers = TimerTable::default();
-        timers.set(Timer::Idle, now + config.idle_timeout);
         if is_client {
             timers.set(Timer::HandshakeTimeout, now + config.handshake_timeout);
+        } else {
+            timers.set(Timer::Idle, now + config.idle_timeout);
         }
         Connection {
             handle,
-            remote,
+            paths: Paths::new(remote, path_key),
             state: if is_client {
                 State::Hello
             } else {
@@ -192,8 +204,9 @@ impl Connection {
             keepalive_due: false,
             ack_now: false,
             eliciting_since_ack: 0,
-            received_since_ack: 0,
-            ack_snapshots: VecDeque::new(),
+            probes_due: 0,
+            full_ack_due: false,
+            probe_scratch: Vec::new(),
             sent: SentPackets::new(config.initial_rtt, config.mtu),
             received: ReceivedPackets::default(),
             send_channels: config
@@ -218,14 +231,13 @@ impl Connection {
             request_deadlines: BinaryHeap::new(),
             answered: VecDeque::new(),
             reassembly_bytes: 0,
-            pacer: config
-                .max_send_rate
-                .map(|rate| TokenBucket::new(rate, config.mtu)),
+            event_bytes: 0,
+            pacer: Pacer::new(config.mtu, config.max_send_rate),
+            loss_rate: 0,
             last_sent: now,
             last_received: now,
-            violations: 0,
-            last_packet_was_newest: false,
             parsed_frames: Vec::new(),
+            superseded: 0,
             stats: ConnectionStats::default(),
             outcome: AckOutcome::default(),
             close: None,
@@ -233,6 +245,18 @@ impl Connection {
             scheduled: None,
             in_dirty: false,
         }
+    }
+
+    /// The peer challenged a new address of ours: our packets from it were dropped until now.
+    pub(crate) fn on_path_challenged(&mut self) {
+        if self.bytes_in_flight() > 0 {
+            self.probes_due = self.probes_due.max(1);
+        }
+    }
+
+    /// The validated address the connection talks to.
+    pub(crate) fn remote(&self) -> SocketAddr {
+        self.paths.current
     }
 
     pub(crate) fn set_connect_data(&mut self, data: Bytes) {
@@ -248,17 +272,6 @@ impl Connection {
         if self.close.is_none() {
             self.close = Some(reason);
             self.close_code = code;
-        }
-    }
-
-    fn violation(&mut self, config: &Config, reason: DropReason) {
-        self.stats.drops.add(reason);
-        self.violations += 1;
-        if self.violations > config.max_violations {
-            self.close(
-                DisconnectReason::ProtocolViolation,
-                Some(CloseCode::ProtocolViolation),
-            );
         }
     }
 
@@ -279,7 +292,7 @@ impl Connection {
         &mut self,
         now: Instant,
         config: &Config,
-        connection_id: u32,
+        connection_id: u64,
         user_id: u16,
         peer_budget: u32,
     ) -> bool {
@@ -356,6 +369,21 @@ impl Connection {
                 });
             }
         }
+        if ch.kind == DeliveryKind::Sequenced {
+            // Newest only: a queued update that has not started to leave is worthless now.
+            let before = ch.queue.len();
+            let mut freed = 0;
+            ch.queue.retain(|o| {
+                let keep = o.next_chunk > 0 || o.request;
+                if !keep {
+                    freed += o.payload.len();
+                }
+                keep
+            });
+            ch.queued_bytes -= freed;
+            self.superseded += (before - ch.queue.len()) as u64;
+        }
+        let ch = &mut self.send_channels[usize::from(channel)];
         let seq = ch.next_seq;
         ch.next_seq += 1;
         ch.queued_bytes += len;
@@ -479,6 +507,7 @@ impl Connection {
                         &mut self.outcome,
                     ) {
                         self.stats.rto_fired += 1;
+                        self.probes_due = crate::transport::recovery::PROBES_PER_TIMEOUT;
                     }
                     self.apply_outcome();
                 }
@@ -489,27 +518,10 @@ impl Connection {
                     let deadline = now - config.reassembly_timeout;
                     for ch in &mut self.recv_channels {
                         let (freed, evicted) = ch.evict_stale(deadline);
-                        self.reassembly_bytes -= freed;
-                        *shared.reassembly_total -= freed;
+                        shared.budget.release(&mut self.reassembly_bytes, freed);
                         for _ in 0..evicted {
                             self.stats.drops.add(DropReason::ReassemblyEvicted);
                         }
-                    }
-                    // A reliable message cannot be dropped, so a peer that holds reservations
-                    // and makes no progress for `stall_limit` while the connection stays alive
-                    // is withholding memory: close it, which frees them.
-                    let stalled = self
-                        .recv_channels
-                        .iter()
-                        .filter_map(RecvChannel::reliable_progress)
-                        .any(|t| t + stall_limit(config) <= now);
-                    if stalled {
-                        self.stats.drops.add(DropReason::ReassemblyEvicted);
-                        self.close(
-                            DisconnectReason::ProtocolViolation,
-                            Some(CloseCode::ProtocolViolation),
-                        );
-                        return;
                     }
                 }
                 Timer::Pacing => {}
@@ -532,23 +544,16 @@ impl Connection {
                 .is_some_and(|p| p.id.0 == id)
             {
                 if let Some(p) = self.pending_requests.remove(&(channel, seq)) {
-                    let reserved = p
-                        .partial
-                        .map_or(0, |r| r.reserved(shared.config.chunk_payload()));
-                    self.release_reassembly(reserved, shared);
+                    let reserved = p.partial.map_or(0, |r| r.reserved());
+                    shared.budget.release(&mut self.reassembly_bytes, reserved);
                 }
-                shared.events.push_back(Event::RequestTimedOut {
+                shared.events.push(Event::RequestTimedOut {
                     conn: self.handle,
                     id: RequestId(id),
                 });
             }
         }
         self.refresh_request_timer();
-    }
-
-    fn release_reassembly(&mut self, bytes: usize, shared: &mut Shared<'_>) {
-        self.reassembly_bytes -= bytes;
-        *shared.reassembly_total -= bytes;
     }
 
     /// Recomputes the timers derived from state.
@@ -563,23 +568,16 @@ impl Connection {
             .iter()
             .filter_map(RecvChannel::oldest_partial)
             .min();
-        let stall_deadline = self
-            .recv_channels
-            .iter()
-            .filter_map(RecvChannel::reliable_progress)
-            .min()
-            .map(|t| t + stall_limit(config));
-        let evict_deadline = oldest_partial.map(|t| t + config.reassembly_timeout);
-        let next = match (evict_deadline, stall_deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        self.timers.set_opt(Timer::Reassembly, next);
+        self.timers.set_opt(
+            Timer::Reassembly,
+            oldest_partial.map(|t| t + config.reassembly_timeout),
+        );
     }
 
     /// Applies what an acknowledgement or loss detection resolved.
     fn apply_outcome(&mut self) {
         self.stats.packets_lost += self.outcome.packets_lost;
+        self.update_loss_rate();
         for i in 0..self.outcome.acked_frames.len() {
             let key = self.outcome.acked_frames[i];
             if let Some(frame) = self.frames.remove(key) {
@@ -631,25 +629,30 @@ impl Connection {
         self.sent.bytes_in_flight()
     }
 
-    /// Releases everything the connection holds from the endpoint's reassembly total.
-    pub(crate) fn release_all(&mut self, shared_total: &mut usize) {
-        *shared_total -= self.reassembly_bytes;
-        self.reassembly_bytes = 0;
+    /// Releases everything the connection holds from the endpoint's receive budget.
+    pub(crate) fn release_all(&mut self, budget: &mut ReceiveBudget) {
+        let held = self.reassembly_bytes;
+        budget.release(&mut self.reassembly_bytes, held);
     }
-}
 
-/// How long a connection may hold reassembly reservations without progress before it is
-/// closed: two idle timeouts, well past the longest a partition shorter than the idle timeout
-/// plus one capped retransmission backoff can delay an honest peer.
-fn stall_limit(config: &Config) -> core::time::Duration {
-    config.idle_timeout * 2
+    /// Folds the packets an acknowledgement or loss detection resolved into the loss rate:
+    /// each moves an exponentially weighted average 1/64 of the way to 0 (acknowledged) or
+    /// 1 (lost).
+    fn update_loss_rate(&mut self) {
+        for _ in 0..self.outcome.packets_acked.min(64) {
+            self.loss_rate -= self.loss_rate / 64;
+        }
+        for _ in 0..self.outcome.packets_lost.min(64) {
+            self.loss_rate += (65_536 - self.loss_rate) / 64;
+        }
+    }
 }
 
 /// How many chunks a payload of `len` bytes is sent in (1: whole).
 fn chunks_for(config: &Config, len: usize) -> u16 {
     // Sent whole if it fits a datagram with the largest header it can have.
     let whole = wire::MAX_MESSAGE_HEADER_LEN + MAX_VARINT_LEN + len;
-    if whole + DATA_HEADER_LEN <= config.mtu {
+    if whole + MAX_DATA_HEADER_LEN <= config.mtu {
         1
     } else {
         chunk_count(len, config.chunk_payload()).min(usize::from(u16::MAX)) as u16

@@ -2,107 +2,127 @@
 //! frames handed to their channels (or to the pending-request table) and turned into events.
 
 use super::*;
+use crate::transport::path::PathStatus;
+use crate::transport::received::Verdict;
+
+/// What became of a `Data` packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum DataResult {
+    /// Dropped, or refused for lack of room (its acknowledgement may still have counted).
+    Dropped,
+    /// Accepted and acknowledged.
+    Accepted,
+    /// Accepted, and it moved the connection from this (old) address to the one it came from.
+    Migrated(SocketAddr),
+}
 
 impl Connection {
-    /// Handles a `Data` packet addressed to this connection. `datagram` holds the packet's
-    /// frames; payloads are handed out as slices of it. Returns false if the packet was dropped
-    /// before being accepted (so the endpoint does not treat its source as proven).
+    /// Handles a `Data` packet from `from` addressed to this connection. `frames` holds the
+    /// packet's frames; payloads are handed out as slices of it.
     pub(crate) fn handle_data(
         &mut self,
         now: Instant,
-        header: DataHeader,
+        from: SocketAddr,
+        datagram_len: usize,
+        header: &DataHeader<'_>,
         frames: Bytes,
         shared: &mut Shared<'_>,
-    ) -> bool {
+    ) -> DataResult {
         let config = shared.config;
         if self.state != State::Connected {
             self.stats.drops.add(DropReason::Unexpected);
-            return false;
+            return DataResult::Dropped;
         }
-        let Some(seq) = self.received.extend(header.packet_seq) else {
+        let status = self
+            .paths
+            .on_datagram(now, from, datagram_len, self.sent.rtt.smoothed());
+        if status == PathStatus::Unvalidated {
+            // Not acted on in any way: it only earned its address a challenge.
+            self.stats.drops.add(DropReason::UnvalidatedPath);
+            return DataResult::Dropped;
+        }
+        let Some(pn) = self.received.extend(header.packet_number) else {
             self.stats.drops.add(DropReason::DuplicatePacket);
-            return false;
+            return DataResult::Dropped;
         };
-        if self.received.is_duplicate(seq) {
-            self.stats.drops.add(DropReason::DuplicatePacket);
-            return false;
+        match self.received.verdict(pn) {
+            Verdict::New => {}
+            Verdict::Duplicate => {
+                self.stats.drops.add(DropReason::DuplicatePacket);
+                return DataResult::Dropped;
+            }
+            Verdict::TooFarAhead => {
+                self.stats.drops.add(DropReason::OutOfWindow);
+                return DataResult::Dropped;
+            }
         }
         // First pass: validate every frame before acting on any, so a packet is either
-        // accepted whole (and acknowledged) or dropped whole (and retransmitted).
+        // accepted whole (and acknowledged) or dropped whole (and retransmitted). Nothing in
+        // an unauthenticated packet closes the connection: a forged one looks the same.
         let mut parsed = core::mem::take(&mut self.parsed_frames);
         parsed.clear();
-        let mut reassembly_needed = 0usize;
+        let mut to_hold = 0usize;
         let max_chunks = chunks_for(config, config.max_message_size);
         for frame in Frames::new(&frames) {
             let frame = match frame {
                 Ok(f) => f,
-                Err(_) => return self.refuse(parsed, config, DropReason::Malformed, true),
+                Err(_) => return self.refuse(parsed, DropReason::Malformed),
             };
             let h = frame.header;
             let Some(ch) = config.channels.get(usize::from(h.channel)) else {
-                return self.refuse(parsed, config, DropReason::UnknownChannel, true);
+                return self.refuse(parsed, DropReason::UnknownChannel);
             };
             if !self.is_client && h.owner != self.peer_user_id {
-                return self.refuse(parsed, config, DropReason::ProtocolViolation, true);
+                return self.refuse(parsed, DropReason::ProtocolViolation);
             }
             if let Some(chunk) = h.chunk {
                 if chunk.count > max_chunks {
-                    return self.refuse(parsed, config, DropReason::Oversized, true);
-                }
-                if self.starts_reliable_reassembly(ch.kind.is_reliable(), &h) {
-                    reassembly_needed += reservation(chunk.count, config.chunk_payload());
+                    return self.refuse(parsed, DropReason::Oversized);
                 }
             }
+            to_hold += self.bytes_to_hold(ch.kind, &h, frame.payload.len(), config);
             parsed.push((h, frames.slice_ref(frame.payload)));
         }
-        if reassembly_needed > 0
-            && (self.reassembly_bytes + reassembly_needed > config.reassembly_budget
-                || *shared.reassembly_total + reassembly_needed > config.endpoint_reassembly_budget)
-        {
-            // Refused for memory, not for anything the peer did wrong: the packet still shows
-            // the peer is alive, so a connection waiting for memory does not time out.
-            self.last_received = now;
-            self.timers.set(Timer::Idle, now + config.idle_timeout);
-            return self.refuse(parsed, config, DropReason::ReassemblyBudget, false);
-        }
-        let frame_count = parsed.len();
-
-        self.outcome.clear();
-        if !self.sent.on_ack(
-            now,
-            header.ack,
-            header.ack_bits,
-            config.mtu,
-            &mut self.outcome,
-        ) {
-            return self.refuse(parsed, config, DropReason::ProtocolViolation, true);
-        }
-        self.apply_outcome();
-
-        self.last_packet_was_newest = self.received.largest().is_none_or(|l| seq > l);
-        let out_of_order = matches!(
-            self.received.record(seq),
-            crate::reliability::Arrival::New { out_of_order: true }
-        );
-        self.received_since_ack += 1;
-        if self.received_since_ack >= ACK_RANGE {
-            if self.ack_snapshots.len() >= MAX_ACK_SNAPSHOTS {
-                self.ack_snapshots.pop_front();
-            }
-            self.ack_snapshots.push_back(self.received.ack_fields());
-            self.received_since_ack = 0;
+        // The packet is well-formed: its acknowledgement counts and it shows the peer is
+        // alive, even if its messages must be refused for room below.
+        if let Some(ack) = &header.ack {
+            self.outcome.clear();
+            self.sent
+                .on_ack(now, ack, config.max_ack_delay, &mut self.outcome);
+            self.apply_outcome();
         }
         self.last_received = now;
         self.timers.set(Timer::Idle, now + config.idle_timeout);
-        self.stats.packets_received += 1;
-        self.stats.bytes_received += (DATA_HEADER_LEN + frames.len()) as u64;
+        let eliciting = !parsed.is_empty() || header.ping;
+        if !parsed.is_empty() {
+            // Refused, unacknowledged, so the sender keeps them and backs off: the
+            // application is behind (this connection's share of the event queue is used),
+            // or there is no memory to hold them.
+            let refusal = if self.event_bytes >= shared.event_share
+                || shared.events.bytes() >= config.max_pending_event_bytes
+            {
+                Some(DropReason::EventQueueFull)
+            } else if !shared.budget.admits(self.reassembly_bytes, to_hold, config) {
+                Some(DropReason::ReassemblyBudget)
+            } else {
+                None
+            };
+            if let Some(reason) = refusal {
+                self.update_timers(config);
+                return self.refuse(parsed, reason);
+            }
+        }
 
-        for (header, payload) in parsed.drain(..) {
-            self.receive_frame(now, header, payload, shared);
+        let newest = self.received.largest().is_none_or(|l| pn > l);
+        let out_of_order = self.received.record(pn, now);
+        self.stats.packets_received += 1;
+        self.stats.bytes_received += datagram_len as u64;
+        for (i, (header, payload)) in parsed.drain(..).enumerate() {
+            self.receive_frame(now, (pn, i as u16), header, payload, shared);
         }
         self.parsed_frames = parsed;
 
-        if frame_count > 0 {
+        if eliciting {
             self.eliciting_since_ack += 1;
             if out_of_order || self.eliciting_since_ack >= ACK_EVERY {
                 self.ack_now = true;
@@ -111,49 +131,61 @@ impl Connection {
             }
         }
         self.update_timers(config);
-        true
+        if status == PathStatus::Validated && newest {
+            let old = self.paths.migrate(from);
+            return DataResult::Migrated(old);
+        }
+        DataResult::Accepted
     }
 
-    /// Drops a packet before it is accepted (counted; a violation if the peer broke the
-    /// protocol), keeping the scratch vector for the next packet.
+    /// Drops a packet before it is accepted (counted), keeping the scratch vector.
     fn refuse(
         &mut self,
         mut parsed: Vec<(MessageHeader, Bytes)>,
-        config: &Config,
         reason: DropReason,
-        violation: bool,
-    ) -> bool {
+    ) -> DataResult {
         parsed.clear();
         self.parsed_frames = parsed;
-        if violation {
-            self.violation(config, reason);
-        } else {
-            self.stats.drops.add(reason);
-        }
-        false
+        self.stats.drops.add(reason);
+        DataResult::Dropped
     }
 
-    /// Whether a reliable chunk (of a message, or of a response) would start a reassembly that
-    /// needs a reservation from the budget.
-    fn starts_reliable_reassembly(&self, reliable_channel: bool, h: &MessageHeader) -> bool {
+    /// Receive memory a frame would newly take: a chunk that starts a reliable reassembly (a
+    /// message's or a response's) reserves the whole message; a whole message that must wait
+    /// on an ordered channel holds its size.
+    fn bytes_to_hold(
+        &self,
+        kind: DeliveryKind,
+        h: &MessageHeader,
+        len: usize,
+        config: &Config,
+    ) -> usize {
         match h.send_type {
-            SendType::Response => self
-                .pending_requests
-                .get(&(h.channel, h.sequence))
-                .is_some_and(|p| p.partial.is_none()),
-            SendType::Message => {
-                reliable_channel
-                    && self
-                        .recv_channels
-                        .get(usize::from(h.channel))
-                        .is_some_and(|ch| ch.starts_reassembly(h.sequence))
-            }
+            SendType::Response => match h.chunk {
+                Some(chunk)
+                    if self
+                        .pending_requests
+                        .get(&(h.channel, h.sequence))
+                        .is_some_and(|p| p.partial.is_none()) =>
+                {
+                    reservation(chunk.count, config.chunk_payload())
+                }
+                _ => 0,
+            },
+            SendType::Message if kind.is_reliable() => self
+                .recv_channels
+                .get(usize::from(h.channel))
+                .map_or(0, |ch| {
+                    ch.bytes_to_hold(h.sequence, h.chunk, len, config.chunk_payload())
+                }),
+            SendType::Message => 0,
         }
     }
 
     fn receive_frame(
         &mut self,
         now: Instant,
+        order: WireOrder,
         h: MessageHeader,
         payload: Bytes,
         shared: &mut Shared<'_>,
@@ -169,17 +201,10 @@ impl Connection {
             owner: h.owner,
             redirect: h.redirect,
         };
-        // Only chunks of unreliable messages consult the budget here (reliable ones reserved
-        // theirs when the packet was checked).
+        // Only chunks of unreliable messages consult the budget here (reliable ones were
+        // admitted with the packet).
         let budget_left = if h.chunk.is_some() {
-            config
-                .reassembly_budget
-                .saturating_sub(self.reassembly_bytes)
-                .min(
-                    config
-                        .endpoint_reassembly_budget
-                        .saturating_sub(*shared.reassembly_total),
-                )
+            shared.budget.room(self.reassembly_bytes, config)
         } else {
             usize::MAX
         };
@@ -187,10 +212,11 @@ impl Connection {
         let handle = self.handle;
         let stats = &mut self.stats;
         let events = &mut *shared.events;
+        let event_bytes = &mut self.event_bytes;
         let mut deliver = |meta: MessageMeta, payload: Bytes| {
             stats.messages_delivered += 1;
             stats.payload_bytes_delivered += payload.len() as u64;
-            events.push_back(if meta.request {
+            *event_bytes += events.push(if meta.request {
                 Event::Request {
                     conn: handle,
                     request: IncomingRequest {
@@ -213,6 +239,7 @@ impl Connection {
         };
         let mut cx = RecvContext {
             now,
+            order,
             chunk_payload: config.chunk_payload(),
             budget_left,
             deliver: &mut deliver,
@@ -223,20 +250,15 @@ impl Connection {
         let held_before = ch.held_bytes;
         let result = ch.receive(meta, h.chunk, payload, &mut cx);
         let held_after = ch.held_bytes;
-        // Keep connection and endpoint totals in step with what the channel holds.
-        if held_after >= held_before {
-            self.reassembly_bytes += held_after - held_before;
-            *shared.reassembly_total += held_after - held_before;
-        } else {
-            self.reassembly_bytes -= held_before - held_after;
-            *shared.reassembly_total -= held_before - held_after;
-        }
+        shared
+            .budget
+            .settle(&mut self.reassembly_bytes, held_before, held_after);
         match result {
             Received::Accepted => {}
             Received::Duplicate => self.stats.drops.add(DropReason::DuplicateMessage),
             Received::Stale => self.stats.drops.add(DropReason::StaleMessage),
             Received::NoBudget => self.stats.drops.add(DropReason::ReassemblyBudget),
-            Received::Violation => self.violation(config, DropReason::ProtocolViolation),
+            Received::Violation => self.stats.drops.add(DropReason::ProtocolViolation),
         }
     }
 
@@ -248,6 +270,7 @@ impl Connection {
         shared: &mut Shared<'_>,
     ) {
         let key = (h.channel, h.sequence);
+        let chunk_payload = shared.config.chunk_payload();
         let Some(pending) = self.pending_requests.get_mut(&key) else {
             // A copy of a response just delivered (retransmitted, or a proactive copy) is a
             // duplicate; anything else answers nothing we are waiting for.
@@ -262,22 +285,24 @@ impl Connection {
         let complete = match h.chunk {
             None => Some(payload),
             Some(ChunkInfo { index, count }) => {
-                let reserved = reservation(count, shared.config.chunk_payload());
-                if pending.partial.is_none() {
-                    self.reassembly_bytes += reserved;
-                    *shared.reassembly_total += reserved;
-                }
-                let r = pending
-                    .partial
-                    .get_or_insert_with(|| ReassemblyBuffer::new(count, now));
-                match r.add(index, count, payload, shared.config.chunk_payload()) {
+                let r = match &mut pending.partial {
+                    Some(r) => r,
+                    None => {
+                        let r = ReassemblyBuffer::new(count, chunk_payload, now);
+                        shared
+                            .budget
+                            .charge(&mut self.reassembly_bytes, r.reserved());
+                        pending.partial.insert(r)
+                    }
+                };
+                match r.add(index, count, &payload, chunk_payload) {
                     ChunkAdded::Stored(_) => {}
                     ChunkAdded::Duplicate => {
                         self.stats.drops.add(DropReason::DuplicateMessage);
                         return;
                     }
                     ChunkAdded::Inconsistent => {
-                        self.violation(shared.config, DropReason::ProtocolViolation);
+                        self.stats.drops.add(DropReason::ProtocolViolation);
                         return;
                     }
                 }
@@ -287,7 +312,9 @@ impl Connection {
                 let Some(r) = pending.partial.take() else {
                     return;
                 };
-                self.release_reassembly(reserved, shared);
+                shared
+                    .budget
+                    .release(&mut self.reassembly_bytes, r.reserved());
                 Some(r.assemble())
             }
         };
@@ -298,7 +325,7 @@ impl Connection {
             self.answered.push_back(key);
             self.stats.messages_delivered += 1;
             self.stats.payload_bytes_delivered += payload.len() as u64;
-            shared.events.push_back(Event::Response {
+            self.event_bytes += shared.events.push(Event::Response {
                 conn: self.handle,
                 id: pending.id,
                 payload,

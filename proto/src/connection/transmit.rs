@@ -5,15 +5,27 @@
 use super::*;
 
 impl Connection {
-    /// Writes the next datagram for this connection into `buf`, if it has one to send now.
+    /// Writes the next datagram for this connection into `buf`, if it has one to send now,
+    /// and says where it goes (a path challenge goes to the address being validated).
     pub(crate) fn poll_transmit(
         &mut self,
         now: Instant,
         buf: &mut [u8],
         config: &Config,
-    ) -> Option<usize> {
+    ) -> Option<(usize, SocketAddr)> {
         if self.close.is_some() {
             return None;
+        }
+        if self.state == State::Connected {
+            if let Some((to, token)) = self.paths.poll_challenge() {
+                let challenge = Packet::PathChallenge {
+                    connection_id: self.connection_id,
+                    token,
+                };
+                let len = challenge.encode(buf)?;
+                self.stats.path_challenges_sent += 1;
+                return Some((len, to));
+            }
         }
         let len = match self.state {
             State::Hello | State::Connecting { .. } => self.handshake_packet(now, buf, config),
@@ -27,7 +39,7 @@ impl Connection {
                 .set(Timer::Keepalive, now + config.keepalive_interval);
         }
         self.update_timers(config);
-        Some(len)
+        Some((len, self.remote()))
     }
 
     fn handshake_packet(&mut self, now: Instant, buf: &mut [u8], config: &Config) -> Option<usize> {
@@ -47,6 +59,7 @@ impl Connection {
                 client_nonce: self.client_nonce,
                 cookie,
                 channel_layout: config.channel_layout(),
+                mtu: config.mtu as u16,
                 reassembly_budget: crate::endpoint::wire_budget(config),
                 data: &self.connect_data,
             },
@@ -58,72 +71,124 @@ impl Connection {
     fn data_packet(&mut self, now: Instant, buf: &mut [u8], config: &Config) -> Option<usize> {
         let mtu = config.mtu.min(buf.len());
         let buf = &mut buf[..mtu];
-        let snapshot = self.ack_snapshots.pop_front();
-        let (ack, ack_bits) = snapshot.unwrap_or_else(|| self.received.ack_fields());
-        let header = DataHeader {
-            connection_id: self.connection_id,
-            packet_seq: self.sent.next_seq() as u16,
-            ack,
-            ack_bits,
+        let ack_due = self.ack_now || self.timers.is_expired(Timer::Ack, now);
+        let probe = self.probes_due > 0;
+        let window = self.sent.congestion.window();
+        let rtt = self.sent.rtt.smoothed();
+        let wants_data = self.has_data_to_send();
+        let paced = if wants_data && !probe {
+            self.pacer.delay(now, mtu, window, rtt)
+        } else {
+            None
         };
-        let mut w = Writer::new(buf);
-        encode_data_header(&mut w, &header)?;
+        let may_send_data = probe || (paced.is_none() && self.sent.can_send(mtu));
+        if !(ack_due
+            || self.keepalive_due
+            || probe
+            || self.full_ack_due
+            || (wants_data && may_send_data))
+        {
+            self.timers.set_opt(Timer::Pacing, paced);
+            return None;
+        }
 
-        let paced_ok = match &mut self.pacer {
-            Some(p) => p.allows(now, mtu),
-            None => true,
-        };
-        let may_send_data = paced_ok && self.sent.can_send(mtu);
+        let mut w = Writer::new(buf);
+        encode_data_prefix(&mut w, self.connection_id, self.sent.next_seq() as u32)?;
+        let count_at = w.len();
+        let ack_only = self.full_ack_due && !ack_due && !probe;
+        let carries_ack = self.received.largest().is_some()
+            && (ack_due || self.eliciting_since_ack > 0 || self.full_ack_due);
+        if carries_ack {
+            let room = if ack_only {
+                w.remaining()
+            } else {
+                wire::ACK_ROOM
+            };
+            let delay = crate::time::micros(self.received.ack_delay(now));
+            let written = encode_ack(&mut w, false, delay, self.received.ranges(), room)?;
+            self.full_ack_due = written < self.received.range_count();
+        } else {
+            w.put(&[0])?;
+        }
+
         let mut keys = self.sent.take_key_vec();
         let mut frames_written = 0usize;
-        let ack_due = snapshot.is_some() || self.ack_now || self.timers.is_expired(Timer::Ack, now);
-        if snapshot.is_some() {
-            // An acknowledgement of an earlier part of a burst: it goes out alone.
+        if ack_only {
+            // The rest of an acknowledgement too long for the packet before: it goes alone.
+        } else if probe {
+            self.probes_due -= 1;
+            frames_written += self.write_probe_frames(&mut w, &mut keys);
+            if frames_written == 0 {
+                frames_written += self.write_new_frames(now, &mut w, &mut keys, config);
+            }
         } else if may_send_data {
             frames_written += self.write_retransmissions(&mut w, &mut keys);
-            // Copies of earlier frames ride in packets that go out anyway — never in a
-            // datagram of their own, which would raise the packet rate and, sent at the same
-            // instant as the original, share its fate in a loss burst. While the queued new
-            // data fits in this packet, copies go first so they never fall behind a steady
-            // stream (new frames that no longer fit start the next packet, at once); a
-            // backlogged sender puts new data first, so a bulk transfer gets no copies.
-            let goes_out =
-                frames_written > 0 || ack_due || self.keepalive_due || self.has_data_to_send();
+            // Copies of earlier frames ride in packets that go out anyway, never in a datagram
+            // of their own (that would raise the packet rate), and never at the instant of
+            // their original (which would share its fate in a loss burst). While the queued
+            // new data fits in this packet, copies go first so they never fall behind a
+            // steady stream; a backlogged sender puts new data first.
             let copies_first = self.queued_bytes() < w.remaining();
-            if goes_out && copies_first {
+            if copies_first {
                 frames_written += self.write_redundant(now, &mut w, &mut keys, config);
             }
             frames_written += self.write_new_frames(now, &mut w, &mut keys, config);
-            if goes_out && !copies_first {
+            if !copies_first {
                 frames_written += self.write_redundant(now, &mut w, &mut keys, config);
             }
-        } else if self.pacer.is_some() && !paced_ok && self.has_data_to_send() {
-            let at = self.pacer.as_ref().map(|p| p.ready_at(now, mtu));
-            self.timers.set_opt(Timer::Pacing, at);
         }
-        if frames_written == 0 && !ack_due && !self.keepalive_due {
+        let ping = probe && frames_written == 0;
+        if frames_written == 0 && !ack_due && !self.keepalive_due && !probe && !ack_only {
             self.sent.recycle_key_vec(keys);
             return None;
         }
         let len = w.len();
+        if ping {
+            buf[count_at] |= wire::PING_BIT;
+        }
         if frames_written == 0 {
             self.stats.ack_only_packets_sent += 1;
         }
-        if let Some(p) = &mut self.pacer {
-            p.consume(len);
+        let eliciting = frames_written > 0 || ping;
+        if eliciting {
+            self.pacer.on_sent(len);
         }
-        if snapshot.is_none() {
+        if carries_ack {
             self.ack_now = false;
-            self.keepalive_due = false;
             self.eliciting_since_ack = 0;
-            self.received_since_ack = 0;
             self.timers.stop(Timer::Ack);
         }
+        self.keepalive_due = false;
         self.outcome.clear();
         self.sent
-            .on_sent(now, len, frames_written > 0, keys, &mut self.outcome);
+            .on_sent(now, len, eliciting, keys, &mut self.outcome);
         self.apply_outcome();
         Some(len)
+    }
+
+    /// A probe carries again the reliable frames of the oldest packets in flight, so that
+    /// if they were lost the probe delivers them, and its acknowledgement shows what was.
+    fn write_probe_frames(&mut self, w: &mut Writer<'_>, keys: &mut Vec<FrameKey>) -> usize {
+        let mut written = 0;
+        let mut candidates = core::mem::take(&mut self.probe_scratch);
+        candidates.clear();
+        candidates.extend(self.sent.oldest_in_flight_frames().take(64));
+        for &key in &candidates {
+            if keys.contains(&key) {
+                continue;
+            }
+            let Some(frame) = self.frames.get_mut(key) else {
+                continue;
+            };
+            if !put_sent_frame(frame, key, w, keys) {
+                break;
+            }
+            self.stats.retransmissions += 1;
+            self.stats.payload_bytes_transmitted += frame.payload.len() as u64;
+            written += 1;
+        }
+        self.probe_scratch = candidates;
+        written
     }
 
     /// Payload bytes waiting in the send queues.
@@ -314,7 +379,7 @@ impl Connection {
                 copies: 0,
             });
             keys.push(key);
-            if config.redundancy > 0 && small {
+            if small && self.copies_wanted(config) > 0 {
                 if self.redundant.len() >= MAX_REDUNDANT_CANDIDATES {
                     self.redundant.pop_front();
                 }
@@ -324,9 +389,21 @@ impl Connection {
         true
     }
 
+    /// Proactive copies each small reliable frame gets at the loss rate seen: none on a
+    /// clean link, one from 1% loss, two (at most `Config::redundancy`) from 20%.
+    pub(crate) fn copies_wanted(&self, config: &Config) -> u8 {
+        let wanted = match self.loss_rate {
+            0..=655 => 0,
+            656..=13_107 => 1,
+            _ => 2,
+        };
+        wanted.min(config.redundancy)
+    }
+
     /// Proactive copies of small reliable frames sent earlier, while room remains. A copy is
     /// only worth sending within a round trip of the original: after that, either the
-    /// original's acknowledgement has arrived or loss detection resends it anyway.
+    /// original's acknowledgement has arrived or loss detection resends it anyway. A frame
+    /// sent at this very instant gets no copy yet: a copy in the same burst shares its fate.
     fn write_redundant(
         &mut self,
         now: Instant,
@@ -334,15 +411,23 @@ impl Connection {
         keys: &mut Vec<FrameKey>,
         config: &Config,
     ) -> usize {
+        let wanted = self.copies_wanted(config);
         let horizon = self.sent.rtt.smoothed();
         let mut written = 0;
         for _ in 0..self.redundant.len() {
             let Some(&(key, sent_at)) = self.redundant.front() else {
                 break;
             };
+            if sent_at >= now {
+                break; // this one and all after it left at this instant
+            }
             let fresh = now < sent_at + horizon;
-            let Some(frame) = self.frames.get_mut(key).filter(|_| fresh) else {
-                // Acknowledged already, or too old to be worth a copy.
+            let Some(frame) = self
+                .frames
+                .get_mut(key)
+                .filter(|f| fresh && f.copies < wanted)
+            else {
+                // Acknowledged already, too old to be worth a copy, or copied enough.
                 self.redundant.pop_front();
                 continue;
             };
@@ -354,7 +439,7 @@ impl Connection {
             self.stats.payload_bytes_transmitted += frame.payload.len() as u64;
             written += 1;
             self.redundant.pop_front();
-            if frame.copies < config.redundancy {
+            if frame.copies < wanted {
                 self.redundant.push_back((key, sent_at));
             }
         }

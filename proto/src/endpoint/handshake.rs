@@ -3,9 +3,7 @@
 //! ids; and the client side's routing of `Challenge`, `Accept` and `Reject`.
 
 use alloc::vec;
-use core::hash::Hasher;
 use core::net::IpAddr;
-use siphasher::sip128::{Hasher128, SipHasher13 as SipHasher128};
 
 use super::*;
 
@@ -34,16 +32,22 @@ impl Endpoint {
         ok
     }
 
+    /// The cookie key rotates every `cookie_lifetime`: each epoch's key is its own PRF
+    /// output, so a cookie is checked under the key of the epoch it was issued in, and no
+    /// key outlives two lifetimes of use.
     fn cookie_mac(&self, from: SocketAddr, nonce: u64, issued_at: u64) -> [u8; 16] {
-        let mut h = SipHasher128::new_with_keys(self.cookie_key.0, self.cookie_key.1);
-        match from.ip() {
-            IpAddr::V4(ip) => h.write(&ip.octets()),
-            IpAddr::V6(ip) => h.write(&ip.octets()),
-        }
-        h.write(&from.port().to_be_bytes());
-        h.write(&nonce.to_be_bytes());
-        h.write(&issued_at.to_be_bytes());
-        h.finish128().as_bytes()
+        let epoch = issued_at / micros(self.config.cookie_lifetime).max(1);
+        let key = self.prf.derive(Domain::CookieKey, epoch);
+        let ip: &[u8] = match &from.ip() {
+            IpAddr::V4(ip) => &ip.octets(),
+            IpAddr::V6(ip) => &ip.octets(),
+        };
+        key.mac128(&[
+            ip,
+            &from.port().to_be_bytes(),
+            &nonce.to_be_bytes(),
+            &issued_at.to_be_bytes(),
+        ])
     }
 
     fn make_cookie(&self, now: Instant, from: SocketAddr, nonce: u64) -> Cookie {
@@ -111,7 +115,7 @@ impl Endpoint {
         protocol_id: u32,
         nonce: u64,
         cookie: Cookie,
-        (channel_layout, peer_budget): (u64, u32),
+        (channel_layout, mtu, peer_budget): (u64, u16, u32),
         data: &[u8],
     ) {
         if !self.accepts_handshake(protocol_id) {
@@ -159,7 +163,7 @@ impl Endpoint {
             client_nonce: nonce,
             code,
         };
-        if channel_layout != self.config.channel_layout() {
+        if channel_layout != self.config.channel_layout() || usize::from(mtu) != self.config.mtu {
             self.stats.connections_rejected += 1;
             self.push_control(from, reject(RejectCode::ChannelMismatch));
             return;
@@ -180,13 +184,9 @@ impl Endpoint {
             self.stats.drops.add(DropReason::ConnectionTableFull);
             return;
         };
-        let connection_id = loop {
-            let id = self.rng.next_u64() as u32;
-            if id != 0 && !self.by_id.contains_key(&id) {
-                break id;
-            }
-        };
+        let connection_id = self.next_connection_id();
         let (index, handle) = self.allocate_slot();
+        let path_key = self.next_path_key();
         let mut conn = Box::new(Connection::new(
             &self.config,
             handle,
@@ -195,6 +195,7 @@ impl Endpoint {
             false,
             nonce,
             self.hasher,
+            path_key,
         ));
         conn.connection_id = connection_id;
         conn.peer_user_id = user_id;
@@ -213,7 +214,7 @@ impl Endpoint {
                 reassembly_budget: wire_budget(&self.config),
             },
         );
-        self.events.push_back(Event::Connected {
+        self.events.push(Event::Connected {
             conn: handle,
             remote: from,
             peer_user_id: user_id,

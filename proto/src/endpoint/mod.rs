@@ -9,25 +9,26 @@ use bytes::{Bytes, BytesMut};
 use core::cmp::Reverse;
 use core::net::SocketAddr;
 
-use crate::chunk::Progress;
 use crate::config::{Config, ConfigError};
-use crate::connection::{Connection, Shared, State};
+use crate::connection::{Connection, DataResult, Shared};
 use crate::error::{ConnectError, SendError};
 use crate::event::{
     ConnectionHandle, DisconnectReason, Event, IncomingRequest, RequestId, Transmit,
 };
-use crate::hash::{HashMap, Rng, SeededState};
+use crate::hash::{Domain, HashMap, Prf, SeededState, Sequence};
+use crate::messaging::budget::ReceiveBudget;
+use crate::messaging::chunk::Progress;
 use crate::stats::{ConnectionStats, DropReason, EndpointStats};
 use crate::time::{micros, Instant};
 use crate::wire::{CloseCode, Cookie, DecodeError, Packet, RejectCode, COOKIE_LEN};
 
+pub(crate) mod events;
 mod handshake;
 
+use events::EventQueue;
 pub(crate) use handshake::wire_budget;
 use handshake::UserIds;
 
-/// Handshake replies and close notices waiting to be sent, at most.
-const MAX_CONTROL_QUEUE: usize = 1024;
 /// Copies of a `Disconnect` sent when the application closes a connection (it is not
 /// retransmitted, so a few copies make it likely to arrive).
 const DISCONNECT_COPIES: usize = 3;
@@ -105,16 +106,22 @@ struct Slot {
 /// ```
 pub struct Endpoint {
     config: Config,
-    rng: Rng,
+    /// The root of every nonce, id, token and secret (see `hash`).
+    prf: Prf,
+    nonces: Sequence,
+    connection_ids: Sequence,
+    /// Connections created, for each one's own path-token key.
+    connections_created: u64,
     hasher: SeededState,
-    cookie_key: (u64, u64),
     slots: Vec<Slot>,
     free_slots: Vec<u32>,
     live: usize,
+    /// Handshake routing (and one connection per peer address).
     by_addr: HashMap<SocketAddr, u32>,
-    by_id: HashMap<u32, u32>,
+    /// Routing of every packet after the handshake.
+    by_id: HashMap<u64, u32>,
     user_ids: UserIds,
-    events: VecDeque<Event>,
+    events: EventQueue,
     /// Handshake replies and close notices (packets with no connection state behind them).
     control: VecDeque<(SocketAddr, Packet<'static>)>,
     wakeups: BinaryHeap<Reverse<(Instant, u32, u32)>>,
@@ -122,7 +129,7 @@ pub struct Endpoint {
     arena: BytesMut,
     /// Size of the arena's next slab.
     arena_slab: usize,
-    reassembly_total: usize,
+    budget: ReceiveBudget,
     next_request_id: u64,
     stats: EndpointStats,
     last_now: Instant,
@@ -145,26 +152,27 @@ impl Endpoint {
     /// An endpoint with `config`, after checking it.
     pub fn new(config: Config) -> Result<Self, ConfigError> {
         config.validate()?;
-        let mut rng = Rng::new(config.seed);
-        let hasher = SeededState::new(&mut rng);
-        let cookie_key = (rng.next_u64(), rng.next_u64());
+        let prf = Prf::from_seed(config.seed);
+        let hasher = SeededState::new(&prf);
         Ok(Endpoint {
-            rng,
+            prf,
+            nonces: Sequence::new(Domain::Nonce),
+            connection_ids: Sequence::new(Domain::ConnectionId),
+            connections_created: 0,
             hasher,
-            cookie_key,
             slots: Vec::new(),
             free_slots: Vec::new(),
             live: 0,
             by_addr: HashMap::with_hasher(hasher),
             by_id: HashMap::with_hasher(hasher),
             user_ids: UserIds::new(),
-            events: VecDeque::new(),
+            events: EventQueue::default(),
             control: VecDeque::new(),
             wakeups: BinaryHeap::new(),
             dirty: VecDeque::new(),
             arena: BytesMut::new(),
             arena_slab: ARENA_FIRST_SLAB,
-            reassembly_total: 0,
+            budget: ReceiveBudget::default(),
             next_request_id: 0,
             stats: EndpointStats::default(),
             last_now: Instant::ZERO,
@@ -188,9 +196,9 @@ impl Endpoint {
         Some(self.get(conn)?.stats())
     }
 
-    /// A live connection's peer address.
+    /// A live connection's peer address (its validated path).
     pub fn remote_address(&self, conn: ConnectionHandle) -> Option<SocketAddr> {
-        Some(self.get(conn)?.remote)
+        Some(self.get(conn)?.remote())
     }
 
     /// Whether the connection has finished its handshake.
@@ -230,9 +238,16 @@ impl Endpoint {
             .filter_map(|s| s.conn.as_ref().map(|c| c.handle))
     }
 
-    /// Bytes held in partly received chunked messages across the endpoint.
+    /// Bytes held on receive across the endpoint: partly received chunked messages and
+    /// whole messages waiting for an earlier one on an ordered channel.
     pub fn reassembly_bytes(&self) -> usize {
-        self.reassembly_total
+        self.budget.total()
+    }
+
+    /// Bytes of messages, requests and responses waiting in the event queue (payload plus
+    /// 64 bytes each).
+    pub fn pending_event_bytes(&self) -> usize {
+        self.events.bytes()
     }
 
     /// Installs the hook that accepts or rejects incoming connections (default: accept all).
@@ -263,8 +278,9 @@ impl Endpoint {
         if self.live >= self.config.max_connections {
             return Err(ConnectError::TooManyConnections);
         }
-        let nonce = self.rng.next_u64();
+        let nonce = self.nonces.next(&self.prf);
         let (index, handle) = self.allocate_slot();
+        let path_key = self.next_path_key();
         let mut conn = Box::new(Connection::new(
             &self.config,
             handle,
@@ -273,6 +289,7 @@ impl Endpoint {
             true,
             nonce,
             self.hasher,
+            path_key,
         ));
         conn.set_connect_data(Bytes::copy_from_slice(data));
         self.by_addr.insert(remote, index);
@@ -361,8 +378,10 @@ impl Endpoint {
         self.advance_time(now);
         self.stats.datagrams_received += 1;
         self.stats.bytes_received += datagram.len() as u64;
-        if self.events.len() >= self.config.max_pending_events {
-            self.stats.drops.add(DropReason::EventQueueFull);
+        if datagram.len() > self.config.mtu {
+            // No honest peer sends one (both sides agree on the MTU in the handshake), and
+            // storing it would let small payloads pin a large buffer.
+            self.stats.drops.add(DropReason::Oversized);
             return;
         }
         let packet = match Packet::decode(datagram) {
@@ -386,6 +405,7 @@ impl Endpoint {
                 client_nonce,
                 cookie,
                 channel_layout,
+                mtu,
                 reassembly_budget,
                 data,
             } => self.on_connect(
@@ -394,7 +414,7 @@ impl Endpoint {
                 protocol_id,
                 client_nonce,
                 cookie,
-                (channel_layout, reassembly_budget),
+                (channel_layout, mtu, reassembly_budget),
                 data,
             ),
             Packet::Challenge {
@@ -414,14 +434,19 @@ impl Endpoint {
                 });
                 if accepted {
                     self.stats.connections_opened += 1;
-                    if let Some(c) = self.by_addr.get(&from).and_then(|&i| self.slot_conn(i)) {
-                        let event = Event::Connected {
-                            conn: c.handle,
-                            remote: c.remote,
-                            peer_user_id: c.peer_user_id,
-                            local_user_id: c.local_user_id,
-                        };
-                        self.events.push_back(event);
+                    if let Some(&index) = self.by_addr.get(&from) {
+                        // An id that some other connection of ours already has (a 2^-64
+                        // chance) would misroute: that connection is the one given up.
+                        self.by_id.insert(connection_id, index);
+                        if let Some(c) = self.slot_conn(index) {
+                            let event = Event::Connected {
+                                conn: c.handle,
+                                remote: c.remote(),
+                                peer_user_id: c.peer_user_id,
+                                local_user_id: c.local_user_id,
+                            };
+                            self.events.push(event);
+                        }
                     }
                 }
             }
@@ -431,23 +456,74 @@ impl Endpoint {
                     true
                 });
             }
-            Packet::Data { header, frames } => self.on_data(now, from, header, frames),
+            Packet::Data { header, frames } => {
+                self.on_data(now, from, datagram.len(), &header, frames)
+            }
             Packet::Disconnect {
                 connection_id,
                 code,
-            } => match self.by_addr.get(&from).copied() {
-                Some(index)
-                    if self
-                        .slot_conn(index)
-                        .is_some_and(|c| c.connection_id == connection_id && c.is_connected()) =>
-                {
-                    if let Some(mut c) = self.slots[index as usize].conn.take() {
-                        c.close(DisconnectReason::from_close(code), None);
-                        self.finish(index, c);
+            } => {
+                // Only from the connection's validated address: anyone else could be anyone.
+                match self.by_id.get(&connection_id).copied() {
+                    Some(index)
+                        if self
+                            .slot_conn(index)
+                            .is_some_and(|c| c.is_connected() && c.remote() == from) =>
+                    {
+                        if let Some(mut c) = self.slots[index as usize].conn.take() {
+                            c.close(DisconnectReason::from_close(code), None);
+                            self.finish(index, c);
+                        }
                     }
+                    _ => self.stats.drops.add(DropReason::UnknownConnection),
                 }
-                _ => self.stats.drops.add(DropReason::UnknownConnection),
-            },
+            }
+            Packet::PathChallenge {
+                connection_id,
+                token,
+            } => {
+                // Answered wherever it came from: the answer is no larger than the question.
+                let Some(index) = self.by_id.get(&connection_id).copied() else {
+                    self.stats.drops.add(DropReason::UnknownConnection);
+                    return;
+                };
+                let Some(mut c) = self.slots[index as usize].conn.take() else {
+                    return;
+                };
+                if c.is_connected() {
+                    self.push_control(
+                        from,
+                        Packet::PathResponse {
+                            connection_id,
+                            token,
+                        },
+                    );
+                    if from == c.remote() {
+                        // Our peer is validating a new address of ours (our NAT rebound):
+                        // what we sent from it was dropped, so send a probe right behind
+                        // the response, which arrives once the address is proven.
+                        c.on_path_challenged();
+                    }
+                } else {
+                    self.stats.drops.add(DropReason::UnknownConnection);
+                }
+                self.finish(index, c);
+            }
+            Packet::PathResponse {
+                connection_id,
+                token,
+            } => {
+                let Some(index) = self.by_id.get(&connection_id).copied() else {
+                    self.stats.drops.add(DropReason::UnknownConnection);
+                    return;
+                };
+                if let Some(mut c) = self.slots[index as usize].conn.take() {
+                    if !c.paths.on_response(from, token) {
+                        c.stats.drops.add(DropReason::Unexpected);
+                    }
+                    self.finish(index, c);
+                }
+            }
         }
     }
 
@@ -475,7 +551,8 @@ impl Endpoint {
             let mut shared = Shared {
                 config: &self.config,
                 events: &mut self.events,
-                reassembly_total: &mut self.reassembly_total,
+                budget: &mut self.budget,
+                event_share: 0,
             };
             c.handle_timeout(now, &mut shared);
             self.finish(index, c);
@@ -512,14 +589,13 @@ impl Endpoint {
             };
             c.in_dirty = false;
             let sent = c.poll_transmit(now, buf, &self.config);
-            let to = c.remote;
             if sent.is_some() {
                 // Round-robin: it may have more, but others go first.
                 c.in_dirty = true;
                 self.dirty.push_back(index);
             }
             self.finish_quiet(index, c);
-            if let Some(len) = sent {
+            if let Some((len, to)) = sent {
                 return Some(self.count_sent(Transmit { to, len }));
             }
         }
@@ -528,7 +604,20 @@ impl Endpoint {
 
     /// The next event for the application, if any.
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        let (event, charge) = self.events.pop()?;
+        if charge > 0 {
+            let handle = event.connection();
+            if let Some(slot) = self.slots.get_mut(handle.index as usize) {
+                if let Some(c) = slot
+                    .conn
+                    .as_mut()
+                    .filter(|_| slot.generation == handle.generation)
+                {
+                    c.event_bytes = c.event_bytes.saturating_sub(charge);
+                }
+            }
+        }
+        Some(event)
     }
 
     /// When `handle_timeout` should next be called, if anything is scheduled. It may be
@@ -572,6 +661,22 @@ impl Endpoint {
             return None;
         }
         Some((handle.index, slot.conn.take()?))
+    }
+
+    /// A new connection's own key for its path-challenge tokens.
+    fn next_path_key(&mut self) -> Prf {
+        self.connections_created += 1;
+        self.prf.derive(Domain::PathKey, self.connections_created)
+    }
+
+    /// A fresh connection id: 64 unpredictable bits, never 0, never one in use.
+    fn next_connection_id(&mut self) -> u64 {
+        loop {
+            let id = self.connection_ids.next(&self.prf);
+            if id != 0 && !self.by_id.contains_key(&id) {
+                return id;
+            }
+        }
     }
 
     fn allocate_slot(&mut self) -> (u32, ConnectionHandle) {
@@ -641,7 +746,7 @@ impl Endpoint {
             if conn.is_connected() {
                 for _ in 0..copies {
                     self.push_control(
-                        conn.remote,
+                        conn.remote(),
                         Packet::Disconnect {
                             connection_id: conn.connection_id,
                             code,
@@ -650,18 +755,20 @@ impl Endpoint {
                 }
             }
         }
-        if self.by_addr.get(&conn.remote) == Some(&index) {
-            self.by_addr.remove(&conn.remote);
+        if self.by_addr.get(&conn.remote()) == Some(&index) {
+            self.by_addr.remove(&conn.remote());
+        }
+        if self.by_id.get(&conn.connection_id) == Some(&index) {
+            self.by_id.remove(&conn.connection_id);
         }
         if !conn.is_client {
-            self.by_id.remove(&conn.connection_id);
             self.user_ids.release(conn.peer_user_id);
         }
-        conn.release_all(&mut self.reassembly_total);
+        conn.release_all(&mut self.budget);
         let stats = conn.stats();
         self.stats.drops.merge(&stats.drops);
         self.stats.connections_closed += 1;
-        self.events.push_back(Event::Disconnected {
+        self.events.push(Event::Disconnected {
             conn: conn.handle,
             reason,
         });
@@ -673,7 +780,7 @@ impl Endpoint {
     }
 
     fn push_control(&mut self, to: SocketAddr, control: Packet<'static>) {
-        if self.control.len() >= MAX_CONTROL_QUEUE {
+        if self.control.len() >= self.config.max_control_queue {
             self.stats.replies_dropped += 1;
             return;
         }
@@ -684,28 +791,19 @@ impl Endpoint {
         &mut self,
         now: Instant,
         from: SocketAddr,
-        header: crate::wire::DataHeader,
+        datagram_len: usize,
+        header: &crate::wire::DataHeader<'_>,
         frames: &[u8],
     ) {
-        let (index, migrating) = match self.by_addr.get(&from).copied() {
-            Some(index) => (index, false),
-            None => match self.by_id.get(&header.connection_id).copied() {
-                // A known connection from a new address: the client's NAT rebound.
-                Some(index) => (index, true),
-                None => {
-                    self.stats.drops.add(DropReason::UnknownConnection);
-                    return;
-                }
-            },
+        // Routed by connection id alone: the address is the connection's to judge (a new one
+        // is challenged, never trusted).
+        let Some(index) = self.by_id.get(&header.connection_id).copied() else {
+            self.stats.drops.add(DropReason::UnknownConnection);
+            return;
         };
         let Some(mut c) = self.slots[index as usize].conn.take() else {
             return;
         };
-        if c.connection_id != header.connection_id || c.state != State::Connected {
-            c.stats.drops.add(DropReason::UnknownConnection);
-            self.finish_quiet(index, c);
-            return;
-        }
         // Copy the datagram once into the arena; message payloads are slices of it.
         let frames = if frames.is_empty() {
             Bytes::new()
@@ -720,14 +818,18 @@ impl Endpoint {
         let mut shared = Shared {
             config: &self.config,
             events: &mut self.events,
-            reassembly_total: &mut self.reassembly_total,
+            budget: &mut self.budget,
+            event_share: self.config.max_pending_event_bytes / self.live.max(1),
         };
-        let accepted = c.handle_data(now, header, frames, &mut shared);
-        if accepted && migrating && c.last_packet_was_newest {
-            self.by_addr.remove(&c.remote);
-            c.remote = from;
-            self.by_addr.insert(from, index);
-            self.stats.migrations += 1;
+        match c.handle_data(now, from, datagram_len, header, frames, &mut shared) {
+            DataResult::Migrated(old) => {
+                if self.by_addr.get(&old) == Some(&index) {
+                    self.by_addr.remove(&old);
+                }
+                self.by_addr.insert(from, index);
+                self.stats.migrations += 1;
+            }
+            DataResult::Accepted | DataResult::Dropped => {}
         }
         self.finish(index, c);
     }

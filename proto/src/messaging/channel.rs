@@ -9,11 +9,23 @@ use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 use bytes::Bytes;
 
-use crate::chunk::{ChunkAdded, Progress, ReassemblyBuffer};
+use super::chunk::{reservation, ChunkAdded, Progress, ReassemblyBuffer};
 use crate::config::DeliveryKind;
-use crate::reliability::extend_seq;
 use crate::time::Instant;
 use crate::wire::ChunkInfo;
+
+/// Extends a 16-bit message sequence to 64 bits: the value nearest to `reference` whose low
+/// 16 bits are `wire`. `None` if that would be negative. Unambiguous within a reliable
+/// channel's window, which is far smaller than 2^15.
+pub(crate) fn extend_seq(wire: u16, reference: u64) -> Option<u64> {
+    let delta = wire.wrapping_sub(reference as u16) as i16;
+    reference.checked_add_signed(i64::from(delta))
+}
+
+/// Where a frame sat in the packet stream: (packet number, index of the frame in its packet).
+/// Unreliable frames are sent once, and each channel sends its frames in queue order, so this
+/// orders a channel's messages by send time without the 16-bit sequence ever wrapping.
+pub(crate) type WireOrder = (u64, u16);
 
 /// Messages a reliable channel may have between its oldest unacknowledged and newest sent.
 pub const MESSAGE_WINDOW: u64 = 4096;
@@ -150,33 +162,27 @@ pub(crate) enum Received {
     NoBudget,
 }
 
-/// Bytes reserved for a reliable message of `count` chunks while it is reassembled.
-pub(crate) fn reservation(count: u16, chunk_payload: usize) -> usize {
-    usize::from(count) * chunk_payload
-}
-
 /// The receive half of a channel.
 #[derive(Debug)]
 pub(crate) struct RecvChannel {
     kind: DeliveryKind,
-    /// Sequenced: newest delivered, extended.
-    newest: Option<u64>,
+    /// Sequenced: where the newest delivered message was on the wire.
+    newest: Option<WireOrder>,
     /// Reliable kinds: the oldest message not yet delivered.
     base: u64,
     slots: VecDeque<Slot>,
-    /// Unreliable kinds: messages being reassembled, by wire sequence.
-    partials: Vec<(u16, MessageMeta, ReassemblyBuffer)>,
-    /// Bytes held in reassembly buffers and ordered slots.
+    /// Unreliable kinds: messages being reassembled, by wire sequence, with where their first
+    /// chunk to arrive was on the wire.
+    partials: Vec<(u16, MessageMeta, WireOrder, ReassemblyBuffer)>,
+    /// Bytes held: reassembly buffers, and whole messages waiting for an earlier one.
     pub(crate) held_bytes: usize,
-    /// Reliable kinds: when a chunk was last stored or a message last delivered. A peer that
-    /// holds reservations here (partial messages, or complete ones waiting for an earlier
-    /// message) and makes no progress is withholding memory.
-    last_progress: Instant,
 }
 
 /// Everything a receive call needs from its connection.
 pub(crate) struct RecvContext<'a> {
     pub(crate) now: Instant,
+    /// Where the frame was on the wire.
+    pub(crate) order: WireOrder,
     pub(crate) chunk_payload: usize,
     /// Bytes of reassembly this frame may still add (unreliable chunks check it).
     pub(crate) budget_left: usize,
@@ -192,7 +198,6 @@ impl RecvChannel {
             slots: VecDeque::new(),
             partials: Vec::new(),
             held_bytes: 0,
-            last_progress: Instant::ZERO,
         }
     }
 
@@ -214,13 +219,8 @@ impl RecvChannel {
         }
     }
 
-    fn is_stale(&self, sequence: u16) -> bool {
-        match (self.kind, self.newest) {
-            (DeliveryKind::Sequenced, Some(newest)) => {
-                extend_seq(sequence, newest).is_none_or(|s| s <= newest)
-            }
-            _ => false,
-        }
+    fn is_stale(&self, order: WireOrder) -> bool {
+        self.kind == DeliveryKind::Sequenced && self.newest.is_some_and(|n| order <= n)
     }
 
     fn deliver_unreliable(
@@ -230,21 +230,17 @@ impl RecvChannel {
         cx: &mut RecvContext<'_>,
     ) -> Received {
         if self.kind == DeliveryKind::Sequenced {
-            if self.is_stale(meta.sequence) {
+            if self.is_stale(cx.order) {
                 return Received::Stale;
             }
-            let ext = match self.newest {
-                None => u64::from(meta.sequence),
-                Some(newest) => extend_seq(meta.sequence, newest).unwrap_or(newest),
-            };
-            self.newest = Some(ext);
-            // Partial messages older than what was just delivered can never be delivered.
-            let newest = ext;
+            let newest = cx.order;
+            self.newest = Some(newest);
+            // Partial messages sent before the one just delivered can never be delivered.
             let mut freed = 0;
-            self.partials.retain(|(seq, _, r)| {
-                let keep = extend_seq(*seq, newest).is_some_and(|s| s > newest);
+            self.partials.retain(|(_, _, order, r)| {
+                let keep = *order > newest;
                 if !keep {
-                    freed += r.bytes();
+                    freed += r.reserved();
                 }
                 keep
             });
@@ -264,46 +260,41 @@ impl RecvChannel {
         let Some(chunk) = chunk else {
             return self.deliver_unreliable(meta, payload, cx);
         };
-        if self.is_stale(meta.sequence) {
+        if self.is_stale(cx.order) {
             return Received::Stale;
         }
         let pos = self
             .partials
             .iter()
-            .position(|(seq, m, _)| *seq == meta.sequence && *m == meta);
+            .position(|(seq, m, _, _)| *seq == meta.sequence && *m == meta);
         let idx = match pos {
             Some(idx) => idx,
             None => {
-                if payload.len() > cx.budget_left {
+                let needed = reservation(chunk.count, cx.chunk_payload);
+                if needed > cx.budget_left {
                     return Received::NoBudget;
                 }
                 if self.partials.len() >= MAX_UNRELIABLE_PARTIALS {
-                    let (_, _, old) = self.partials.remove(0);
-                    self.held_bytes -= old.bytes();
+                    let (_, _, _, old) = self.partials.remove(0);
+                    self.held_bytes -= old.reserved();
                 }
-                self.partials.push((
-                    meta.sequence,
-                    meta,
-                    ReassemblyBuffer::new(chunk.count, cx.now),
-                ));
+                let r = ReassemblyBuffer::new(chunk.count, cx.chunk_payload, cx.now);
+                self.held_bytes += r.reserved();
+                self.partials.push((meta.sequence, meta, cx.order, r));
                 self.partials.len() - 1
             }
         };
-        let len = payload.len();
-        if !self.partials[idx].2.has(chunk.index) && len > cx.budget_left {
-            return Received::NoBudget;
-        }
         match self.partials[idx]
-            .2
-            .add(chunk.index, chunk.count, payload, cx.chunk_payload)
+            .3
+            .add(chunk.index, chunk.count, &payload, cx.chunk_payload)
         {
-            ChunkAdded::Stored(n) => self.held_bytes += n,
+            ChunkAdded::Stored(_) => {}
             ChunkAdded::Duplicate => return Received::Duplicate,
             ChunkAdded::Inconsistent => return Received::Violation,
         }
-        if self.partials[idx].2.is_complete() {
-            let (_, meta, r) = self.partials.remove(idx);
-            self.held_bytes -= r.bytes();
+        if self.partials[idx].3.is_complete() {
+            let (_, meta, _, r) = self.partials.remove(idx);
+            self.held_bytes -= r.reserved();
             return self.deliver_unreliable(meta, r.assemble(), cx);
         }
         Received::Accepted
@@ -335,27 +326,26 @@ impl RecvChannel {
         while self.slots.len() <= idx {
             self.slots.push_back(Slot::Empty);
         }
-        // `complete`: the message, and the reservation it holds (zero if it came whole).
+        // `complete`: the message, and the bytes it holds until delivered.
         let complete = match (&mut self.slots[idx], chunk) {
             (Slot::Done | Slot::Ready(..), _) => return Received::Duplicate,
             (Slot::Empty, None) => Some((payload, 0)),
             (slot @ Slot::Empty, Some(chunk)) => {
-                let mut r = ReassemblyBuffer::new(chunk.count, cx.now);
-                let added = r.add(chunk.index, chunk.count, payload, cx.chunk_payload);
+                let mut r = ReassemblyBuffer::new(chunk.count, cx.chunk_payload, cx.now);
+                let added = r.add(chunk.index, chunk.count, &payload, cx.chunk_payload);
                 if !matches!(added, ChunkAdded::Stored(_)) {
                     return Received::Violation;
                 }
                 // The whole message's size is reserved up front (the connection checked it
                 // fits), so later chunks of an admitted message are never refused.
-                self.held_bytes += reservation(chunk.count, cx.chunk_payload);
+                self.held_bytes += r.reserved();
                 *slot = Slot::Partial(r);
-                self.last_progress = cx.now;
                 None
             }
             (Slot::Partial(_), None) => return Received::Violation,
             (Slot::Partial(r), Some(chunk)) => {
-                match r.add(chunk.index, chunk.count, payload, cx.chunk_payload) {
-                    ChunkAdded::Stored(_) => self.last_progress = cx.now,
+                match r.add(chunk.index, chunk.count, &payload, cx.chunk_payload) {
+                    ChunkAdded::Stored(_) => {}
                     ChunkAdded::Duplicate => return Received::Duplicate,
                     ChunkAdded::Inconsistent => return Received::Violation,
                 }
@@ -364,21 +354,27 @@ impl RecvChannel {
                     else {
                         return Received::Violation;
                     };
-
-                    Some((r.assemble(), reservation(chunk.count, cx.chunk_payload)))
+                    let reserved = r.reserved();
+                    Some((r.assemble(), reserved))
                 } else {
                     None
                 }
             }
         };
         if let Some((message, reserved)) = complete {
-            self.last_progress = cx.now;
             if self.kind == DeliveryKind::Reliable || idx == 0 {
                 self.held_bytes -= reserved;
                 (cx.deliver)(meta, message);
                 self.slots[idx] = Slot::Done;
-            } else {
+            } else if reserved > 0 {
+                // Assembled into its own buffer already: it pins nothing else.
                 self.slots[idx] = Slot::Ready(meta, message, reserved);
+            } else {
+                // A whole message waiting for an earlier one: copied out of the datagram it
+                // came in (so a small message cannot pin a large receive buffer), and charged.
+                let len = message.len();
+                self.held_bytes += len;
+                self.slots[idx] = Slot::Ready(meta, Bytes::copy_from_slice(&message), len);
             }
             self.advance(cx);
         }
@@ -405,19 +401,35 @@ impl RecvChannel {
         }
     }
 
-    /// Whether a chunk of message `sequence` would start a new reassembly on this reliable
-    /// channel (and so needs a reservation), rather than join one or be a duplicate.
-    pub(crate) fn starts_reassembly(&self, sequence: u16) -> bool {
+    /// Bytes this reliable channel would newly hold if it took a frame of message `sequence`
+    /// (whole with `len` bytes, or a chunk of `chunk`): a chunk that starts a reassembly
+    /// reserves the whole message; a whole message that must wait for an earlier one on an
+    /// ordered channel holds its size. Anything else holds nothing new.
+    pub(crate) fn bytes_to_hold(
+        &self,
+        sequence: u16,
+        chunk: Option<ChunkInfo>,
+        len: usize,
+        chunk_payload: usize,
+    ) -> usize {
+        if !self.kind.is_reliable() {
+            return 0;
+        }
         let Some(seq) = extend_seq(sequence, self.base) else {
-            return false;
+            return 0;
         };
         if seq < self.base || seq >= self.base + MESSAGE_WINDOW {
-            return false;
+            return 0;
         }
-        matches!(
-            self.slots.get((seq - self.base) as usize),
-            None | Some(Slot::Empty)
-        )
+        let idx = (seq - self.base) as usize;
+        if !matches!(self.slots.get(idx), None | Some(Slot::Empty)) {
+            return 0;
+        }
+        match chunk {
+            Some(chunk) => reservation(chunk.count, chunk_payload),
+            None if self.kind == DeliveryKind::Ordered && idx > 0 => len,
+            None => 0,
+        }
     }
 
     /// Drops unreliable partial messages older than `deadline`; returns bytes freed and
@@ -425,10 +437,10 @@ impl RecvChannel {
     pub(crate) fn evict_stale(&mut self, deadline: Instant) -> (usize, u64) {
         let mut freed = 0;
         let mut evicted = 0;
-        self.partials.retain(|(_, _, r)| {
+        self.partials.retain(|(_, _, _, r)| {
             let keep = r.started_at > deadline;
             if !keep {
-                freed += r.bytes();
+                freed += r.reserved();
                 evicted += 1;
             }
             keep
@@ -437,14 +449,9 @@ impl RecvChannel {
         (freed, evicted)
     }
 
-    /// When this reliable channel last made progress, if it holds reservations.
-    pub(crate) fn reliable_progress(&self) -> Option<Instant> {
-        (self.kind.is_reliable() && self.held_bytes > 0).then_some(self.last_progress)
-    }
-
     /// Start time of the oldest unreliable partial message.
     pub(crate) fn oldest_partial(&self) -> Option<Instant> {
-        self.partials.iter().map(|(_, _, r)| r.started_at).min()
+        self.partials.iter().map(|(_, _, _, r)| r.started_at).min()
     }
 
     /// Progress of the oldest incomplete chunked message.
@@ -453,6 +460,6 @@ impl RecvChannel {
             Slot::Partial(r) => Some(r.progress((self.base + i as u64) as u16)),
             _ => None,
         });
-        reliable.or_else(|| self.partials.first().map(|(seq, _, r)| r.progress(*seq)))
+        reliable.or_else(|| self.partials.first().map(|(seq, _, _, r)| r.progress(*seq)))
     }
 }

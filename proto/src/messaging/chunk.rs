@@ -23,11 +23,18 @@ pub struct Progress {
     pub bytes_received: usize,
 }
 
-/// A message being reassembled from its chunks.
+/// A message being reassembled from its chunks, straight into one buffer of the whole
+/// message's size: chunks are copied in as they arrive (so nothing pins the datagrams they
+/// came in), and the complete message is handed out without another copy.
 #[derive(Debug)]
 pub(crate) struct ReassemblyBuffer {
-    parts: Vec<Option<Bytes>>,
+    data: BytesMut,
+    /// Bit `i`: chunk `i` is in.
+    have: Vec<u64>,
+    count: u16,
     received: u16,
+    /// Known once the last chunk (the only one that may be short) is in.
+    len: Option<usize>,
     bytes: usize,
     pub(crate) started_at: Instant,
 }
@@ -35,7 +42,7 @@ pub(crate) struct ReassemblyBuffer {
 /// What adding a chunk did.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum ChunkAdded {
-    /// Stored; this many bytes more are held.
+    /// Stored; this many payload bytes more are in.
     Stored(usize),
     /// Already had it.
     Duplicate,
@@ -44,10 +51,15 @@ pub(crate) enum ChunkAdded {
 }
 
 impl ReassemblyBuffer {
-    pub(crate) fn new(count: u16, now: Instant) -> Self {
+    /// A buffer for a message of `count` chunks; allocates its whole reservation
+    /// ([`reservation`]) at once.
+    pub(crate) fn new(count: u16, chunk_payload: usize, now: Instant) -> Self {
         ReassemblyBuffer {
-            parts: vec![None; usize::from(count)],
+            data: BytesMut::zeroed(reservation(count, chunk_payload)),
+            have: vec![0; usize::from(count).div_ceil(64)],
+            count,
             received: 0,
+            len: None,
             bytes: 0,
             started_at: now,
         }
@@ -59,10 +71,10 @@ impl ReassemblyBuffer {
         &mut self,
         index: u16,
         count: u16,
-        payload: Bytes,
+        payload: &[u8],
         chunk_payload: usize,
     ) -> ChunkAdded {
-        if usize::from(count) != self.parts.len() {
+        if count != self.count || index >= count {
             return ChunkAdded::Inconsistent;
         }
         let last = index + 1 == count;
@@ -74,54 +86,57 @@ impl ReassemblyBuffer {
         if !size_ok {
             return ChunkAdded::Inconsistent;
         }
-        let Some(slot) = self.parts.get_mut(usize::from(index)) else {
-            return ChunkAdded::Inconsistent;
-        };
-        if slot.is_some() {
+        if self.has(index) {
             return ChunkAdded::Duplicate;
         }
-        let len = payload.len();
-        *slot = Some(payload);
+        let start = usize::from(index) * chunk_payload;
+        let Some(dst) = self.data.get_mut(start..start + payload.len()) else {
+            return ChunkAdded::Inconsistent;
+        };
+        dst.copy_from_slice(payload);
+        self.have[usize::from(index / 64)] |= 1 << (index % 64);
+        if last {
+            self.len = Some(start + payload.len());
+        }
         self.received += 1;
-        self.bytes += len;
-        ChunkAdded::Stored(len)
+        self.bytes += payload.len();
+        ChunkAdded::Stored(payload.len())
     }
 
     pub(crate) fn is_complete(&self) -> bool {
-        usize::from(self.received) == self.parts.len()
+        self.received == self.count
     }
 
     pub(crate) fn has(&self, index: u16) -> bool {
-        matches!(self.parts.get(usize::from(index)), Some(Some(_)))
+        self.have
+            .get(usize::from(index / 64))
+            .is_some_and(|w| w & (1 << (index % 64)) != 0)
     }
 
-    /// Bytes reserved for the whole message while it is reassembled.
-    pub(crate) fn reserved(&self, chunk_payload: usize) -> usize {
-        self.parts.len() * chunk_payload
-    }
-
-    /// Bytes held.
-    pub(crate) fn bytes(&self) -> usize {
-        self.bytes
+    /// Bytes allocated (and charged) for the whole message while it is reassembled.
+    pub(crate) fn reserved(&self) -> usize {
+        self.data.len()
     }
 
     pub(crate) fn progress(&self, sequence: u16) -> Progress {
         Progress {
             sequence,
             chunks_received: self.received,
-            chunks_total: self.parts.len() as u16,
+            chunks_total: self.count,
             bytes_received: self.bytes,
         }
     }
 
-    /// Joins the chunks into one message (one copy). Call only when complete.
-    pub(crate) fn assemble(self) -> Bytes {
-        let mut out = BytesMut::with_capacity(self.bytes);
-        for part in self.parts.into_iter().flatten() {
-            out.extend_from_slice(&part);
-        }
-        out.freeze()
+    /// The whole message. Call only when complete.
+    pub(crate) fn assemble(mut self) -> Bytes {
+        self.data.truncate(self.len.unwrap_or(0));
+        self.data.freeze()
     }
+}
+
+/// Bytes reserved for a message of `count` chunks while it is reassembled.
+pub(crate) fn reservation(count: u16, chunk_payload: usize) -> usize {
+    usize::from(count) * chunk_payload
 }
 
 /// Splits `payload` into chunks of `chunk_payload` bytes (the last one shorter), without
@@ -146,30 +161,27 @@ mod tests {
         let payload = Bytes::from((0..25u8).collect::<Vec<_>>());
         let n = chunk_count(payload.len(), 10) as u16;
         assert_eq!(n, 3);
-        let mut r = ReassemblyBuffer::new(n, Instant::ZERO);
+        let mut r = ReassemblyBuffer::new(n, 10, Instant::ZERO);
         assert_eq!(
-            r.add(2, n, chunk_slice(&payload, 2, 10), 10),
+            r.add(2, n, &chunk_slice(&payload, 2, 10), 10),
             ChunkAdded::Stored(5)
         );
         assert_eq!(
-            r.add(0, n, chunk_slice(&payload, 0, 10), 10),
+            r.add(0, n, &chunk_slice(&payload, 0, 10), 10),
             ChunkAdded::Stored(10)
         );
         assert_eq!(
-            r.add(0, n, chunk_slice(&payload, 0, 10), 10),
+            r.add(0, n, &chunk_slice(&payload, 0, 10), 10),
             ChunkAdded::Duplicate
         );
         assert_eq!(
-            r.add(1, 4, chunk_slice(&payload, 1, 10), 10),
+            r.add(1, 4, &chunk_slice(&payload, 1, 10), 10),
             ChunkAdded::Inconsistent
         );
-        assert_eq!(
-            r.add(1, n, Bytes::from_static(b"short"), 10),
-            ChunkAdded::Inconsistent
-        );
+        assert_eq!(r.add(1, n, b"short", 10), ChunkAdded::Inconsistent);
         assert!(!r.is_complete());
         assert_eq!(
-            r.add(1, n, chunk_slice(&payload, 1, 10), 10),
+            r.add(1, n, &chunk_slice(&payload, 1, 10), 10),
             ChunkAdded::Stored(10)
         );
         assert!(r.is_complete());

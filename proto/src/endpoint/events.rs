@@ -1,0 +1,50 @@
+//! The event queue, bounded in bytes: each message, request or response waiting for the
+//! application is charged to the endpoint and to its connection, and a connection over its
+//! share has its data refused (unacknowledged, so its sender backs off and retransmits) while
+//! every other connection goes on.
+
+use alloc::collections::VecDeque;
+
+use crate::event::Event;
+
+/// Bytes charged for an event besides its payload (the event itself and queue slot).
+pub(crate) const EVENT_OVERHEAD: usize = 64;
+
+/// Events waiting for `poll_event`, with the bytes each is charged.
+#[derive(Debug, Default)]
+pub(crate) struct EventQueue {
+    queue: VecDeque<(Event, usize)>,
+    bytes: usize,
+}
+
+impl EventQueue {
+    /// Queues an event; returns the bytes charged for it (data events only: a connection's
+    /// own notices are bounded by the number of connections and requests).
+    pub(crate) fn push(&mut self, event: Event) -> usize {
+        let charge = match &event {
+            Event::Message { payload, .. }
+            | Event::Request { payload, .. }
+            | Event::Response { payload, .. } => payload.len() + EVENT_OVERHEAD,
+            _ => 0,
+        };
+        self.bytes += charge;
+        self.queue.push_back((event, charge));
+        charge
+    }
+
+    /// The oldest event and the bytes it was charged.
+    pub(crate) fn pop(&mut self) -> Option<(Event, usize)> {
+        let (event, charge) = self.queue.pop_front()?;
+        self.bytes -= charge;
+        Some((event, charge))
+    }
+
+    /// Bytes charged for the events waiting.
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.queue.len()
+    }
+}

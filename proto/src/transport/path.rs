@@ -1,0 +1,186 @@
+//! Paths: the address a connection talks to, and the new addresses its packets have come
+//! from, which it challenges before trusting.
+//!
+//! A datagram from a new address is never acted on by itself: it only earns the address
+//! credit (we send it no more bytes than it sent us) and a `PathChallenge`. The address is
+//! validated when a `PathResponse` with the challenge's unpredictable token comes back from
+//! it; after that its packets are processed, and the first one that is also the newest the
+//! connection has seen moves the connection there.
+
+use core::net::SocketAddr;
+use core::time::Duration;
+
+use crate::hash::{Domain, Prf, Sequence};
+use crate::time::Instant;
+use crate::wire::PATH_PACKET_LEN;
+
+/// New addresses tracked at once per connection; a further one replaces the oldest.
+const MAX_CANDIDATES: usize = 4;
+/// Most credit an address accumulates (bytes we may send it before it answers).
+const MAX_CREDIT: usize = 16 * 1024;
+/// Shortest time between two challenges to one address.
+const MIN_CHALLENGE_INTERVAL: Duration = Duration::from_millis(20);
+
+/// A new address a connection's packets came from.
+#[derive(Clone, Copy, Debug)]
+struct Candidate {
+    addr: SocketAddr,
+    token: u64,
+    /// Bytes we may still send it: what it sent us, less what we sent it.
+    credit: usize,
+    validated: bool,
+    challenge_due: bool,
+    /// No new challenge before this.
+    next_challenge: Instant,
+    seen_at: Instant,
+}
+
+/// How a datagram's source address stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PathStatus {
+    /// The connection's current address.
+    Current,
+    /// A new address that answered our challenge: its packets may be processed, and the
+    /// newest of them moves the connection.
+    Validated,
+    /// A new address that has not answered yet: its packets are dropped.
+    Unvalidated,
+}
+
+/// The addresses of one connection.
+#[derive(Debug)]
+pub(crate) struct Paths {
+    pub(crate) current: SocketAddr,
+    candidates: heapless::Vec<Candidate, MAX_CANDIDATES>,
+    key: Prf,
+    tokens: Sequence,
+}
+
+impl Paths {
+    pub(crate) fn new(current: SocketAddr, key: Prf) -> Self {
+        Paths {
+            current,
+            candidates: heapless::Vec::new(),
+            key,
+            tokens: Sequence::new(Domain::PathToken),
+        }
+    }
+
+    /// Classifies a datagram of `len` bytes from `from`, crediting a new address with it and
+    /// scheduling a challenge to it if one is due.
+    pub(crate) fn on_datagram(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        len: usize,
+        rtt: Duration,
+    ) -> PathStatus {
+        if from == self.current {
+            return PathStatus::Current;
+        }
+        let i = match self.candidates.iter().position(|c| c.addr == from) {
+            Some(i) => i,
+            None => {
+                if self.candidates.is_full() {
+                    // Replace the least recently heard-from address.
+                    let oldest = (0..self.candidates.len())
+                        .min_by_key(|&i| self.candidates[i].seen_at)
+                        .unwrap_or(0);
+                    self.candidates.swap_remove(oldest);
+                }
+                let token = self.tokens.next(&self.key);
+                let fresh = Candidate {
+                    addr: from,
+                    token,
+                    credit: 0,
+                    validated: false,
+                    challenge_due: false,
+                    next_challenge: now,
+                    seen_at: now,
+                };
+                // Cannot fail: a slot was freed above if needed.
+                let _ = self.candidates.push(fresh);
+                self.candidates.len() - 1
+            }
+        };
+        let c = &mut self.candidates[i];
+        c.seen_at = now;
+        c.credit = (c.credit + len).min(MAX_CREDIT);
+        if c.validated {
+            return PathStatus::Validated;
+        }
+        if now >= c.next_challenge {
+            c.challenge_due = true;
+            c.next_challenge = now + (rtt * 2).max(MIN_CHALLENGE_INTERVAL);
+        }
+        PathStatus::Unvalidated
+    }
+
+    /// A challenge to send now, as (address, token), if one is due and the address has the
+    /// credit for it.
+    pub(crate) fn poll_challenge(&mut self) -> Option<(SocketAddr, u64)> {
+        let c = self
+            .candidates
+            .iter_mut()
+            .find(|c| c.challenge_due && c.credit >= PATH_PACKET_LEN)?;
+        c.challenge_due = false;
+        c.credit -= PATH_PACKET_LEN;
+        Some((c.addr, c.token))
+    }
+
+    /// A `PathResponse` arrived from `from`. True if it validates that address.
+    pub(crate) fn on_response(&mut self, from: SocketAddr, token: u64) -> bool {
+        match self
+            .candidates
+            .iter_mut()
+            .find(|c| c.addr == from && !c.validated)
+        {
+            // Constant-time enough: the token is single-use per address and 64 bits.
+            Some(c) if c.token == token => {
+                c.validated = true;
+                c.challenge_due = false;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Moves the connection to `to` (a validated candidate). Returns the old address.
+    pub(crate) fn migrate(&mut self, to: SocketAddr) -> SocketAddr {
+        self.candidates.retain(|c| c.addr != to);
+        core::mem::replace(&mut self.current, to)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().expect("address")
+    }
+
+    #[test]
+    fn a_new_address_is_challenged_within_its_credit_and_validated_by_the_token() {
+        let mut p = Paths::new(addr("10.0.0.1:1"), Prf::from_seed(1));
+        let rtt = Duration::from_millis(50);
+        let t = Instant::from_millis(1);
+        let new = addr("10.0.0.9:1");
+        assert_eq!(p.on_datagram(t, new, 10, rtt), PathStatus::Unvalidated);
+        assert_eq!(
+            p.poll_challenge(),
+            None,
+            "10 bytes in do not pay for 17 out"
+        );
+        assert_eq!(p.on_datagram(t, new, 10, rtt), PathStatus::Unvalidated);
+        let (to, token) = p.poll_challenge().expect("now it may");
+        assert_eq!(to, new);
+        assert_eq!(p.poll_challenge(), None, "one at a time");
+        assert!(!p.on_response(new, token ^ 1), "wrong token");
+        assert!(!p.on_response(addr("10.0.0.8:1"), token), "wrong address");
+        assert!(p.on_response(new, token));
+        assert_eq!(p.on_datagram(t, new, 10, rtt), PathStatus::Validated);
+        assert_eq!(p.migrate(new), addr("10.0.0.1:1"));
+        assert_eq!(p.on_datagram(t, new, 10, rtt), PathStatus::Current);
+    }
+}

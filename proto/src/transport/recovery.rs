@@ -1,0 +1,480 @@
+//! The sender's side of reliability: packet numbers, what is in flight, acknowledgements,
+//! loss detection, probe timeouts and the congestion controller they feed.
+//!
+//! Loss is detected the way QUIC does it (RFC 9002): a packet is lost when one sent at least
+//! `packet_threshold` packets later is acknowledged, or when a later packet is acknowledged
+//! and 9/8 of an RTT has passed since it was sent. When nothing comes back at all, a probe
+//! timeout (with exponential backoff) sends one or two probe packets instead of declaring
+//! anything lost: their acknowledgement tells what was lost, by the two rules above.
+
+use alloc::collections::VecDeque;
+use alloc::vec::Vec;
+use core::time::Duration;
+
+use super::congestion::{persistent_congestion_duration, Controller, NewReno};
+use super::frame_store::FrameKey;
+use super::rtt::RttEstimator;
+use crate::time::Instant;
+use crate::wire::Ack;
+
+/// A packet is lost when a packet this many numbers later has been acknowledged (at first;
+/// the threshold grows when a late acknowledgement shows a loss was reordering).
+pub(crate) const PACKET_THRESHOLD: u64 = 3;
+/// The largest the packet threshold grows to.
+const MAX_PACKET_THRESHOLD: u64 = 16;
+/// Packets declared lost are remembered this many packet numbers back, to notice late acks.
+const LATE_ACK_WINDOW: u64 = 64;
+/// Sent packets tracked at most; older ones are given up as lost.
+const MAX_TRACKED_PACKETS: usize = 4096;
+/// Frame-key vectors kept for reuse per connection.
+const KEY_VEC_POOL: usize = 16;
+/// Longest backoff exponent for the probe timeout.
+const MAX_BACKOFF: u32 = 6;
+/// Probe packets sent when the probe timeout fires.
+pub(crate) const PROBES_PER_TIMEOUT: u8 = 2;
+
+/// State of a sent packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PacketState {
+    /// Awaiting acknowledgement.
+    InFlight,
+    /// Acknowledged.
+    Acked,
+    /// Not tracked: it carried only an acknowledgement.
+    Untracked,
+    /// Declared lost; kept a while in case a late acknowledgement shows it was not.
+    Lost,
+}
+
+/// A packet sent and not yet resolved.
+#[derive(Debug)]
+pub(crate) struct SentPacket {
+    pub(crate) sent_at: Instant,
+    pub(crate) size: u16,
+    pub(crate) state: PacketState,
+    /// The sender was using less than half its window when this left.
+    app_limited: bool,
+    /// Reliable frames it carried.
+    pub(crate) frames: Vec<FrameKey>,
+}
+
+/// What an acknowledgement or a timeout resolved, handed back to the connection.
+#[derive(Debug, Default)]
+pub(crate) struct AckOutcome {
+    /// Frames in newly acknowledged packets.
+    pub(crate) acked_frames: Vec<FrameKey>,
+    /// Frames in packets declared lost.
+    pub(crate) lost_frames: Vec<FrameKey>,
+    pub(crate) packets_lost: u64,
+    /// Packets newly acknowledged.
+    pub(crate) packets_acked: u64,
+}
+
+impl AckOutcome {
+    pub(crate) fn clear(&mut self) {
+        self.acked_frames.clear();
+        self.lost_frames.clear();
+        self.packets_lost = 0;
+        self.packets_acked = 0;
+    }
+}
+
+/// The sender's side: packet numbers, what is in flight, RTT, loss, congestion.
+#[derive(Debug)]
+pub(crate) struct SentPackets {
+    /// Number of `packets[0]`.
+    first_seq: u64,
+    packets: VecDeque<SentPacket>,
+    next_seq: u64,
+    largest_acked: Option<u64>,
+    bytes_in_flight: u64,
+    pub(crate) rtt: RttEstimator,
+    pub(crate) congestion: NewReno,
+    /// Probe timeouts in a row without an acknowledgement.
+    pto_count: u32,
+    /// When the newest ack-eliciting packet left.
+    last_eliciting_sent: Option<Instant>,
+    /// Number of the oldest packet still in flight (or `next_seq` if none is).
+    oldest_in_flight: u64,
+    packet_threshold: u64,
+    /// Packets declared lost and then acknowledged.
+    pub(crate) spurious_losses: u64,
+    pool: Vec<Vec<FrameKey>>,
+}
+
+impl SentPackets {
+    pub(crate) fn new(initial_rtt: Duration, mtu: usize) -> Self {
+        SentPackets {
+            first_seq: 0,
+            packets: VecDeque::new(),
+            next_seq: 0,
+            largest_acked: None,
+            bytes_in_flight: 0,
+            rtt: RttEstimator::new(initial_rtt),
+            congestion: NewReno::new(mtu),
+            pto_count: 0,
+            last_eliciting_sent: None,
+            oldest_in_flight: 0,
+            packet_threshold: PACKET_THRESHOLD,
+            spurious_losses: 0,
+            pool: Vec::new(),
+        }
+    }
+
+    /// The number the next packet gets.
+    pub(crate) fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    pub(crate) fn bytes_in_flight(&self) -> u64 {
+        self.bytes_in_flight
+    }
+
+    /// Whether the congestion window has room for another packet of `size` bytes.
+    pub(crate) fn can_send(&self, size: usize) -> bool {
+        self.bytes_in_flight + size as u64 <= self.congestion.window()
+    }
+
+    /// A cleared vector to collect a packet's frame keys in.
+    pub(crate) fn take_key_vec(&mut self) -> Vec<FrameKey> {
+        self.pool.pop().unwrap_or_default()
+    }
+
+    /// Returns an unused key vector to the pool.
+    pub(crate) fn recycle_key_vec(&mut self, mut keys: Vec<FrameKey>) {
+        keys.clear();
+        if self.pool.len() < KEY_VEC_POOL {
+            self.pool.push(keys);
+        }
+    }
+
+    /// Reliable frames of the oldest packets still in flight, oldest first (what a probe
+    /// carries again).
+    pub(crate) fn oldest_in_flight_frames(&self) -> impl Iterator<Item = FrameKey> + '_ {
+        let from = self
+            .index_of(self.oldest_in_flight)
+            .unwrap_or(self.packets.len());
+        self.packets
+            .range(from..)
+            .filter(|p| p.state == PacketState::InFlight)
+            .flat_map(|p| p.frames.iter().copied())
+    }
+
+    /// Records packet `next_seq()` as sent. `ack_eliciting` packets are tracked for loss and
+    /// count against the congestion window.
+    pub(crate) fn on_sent(
+        &mut self,
+        now: Instant,
+        size: usize,
+        ack_eliciting: bool,
+        frames: Vec<FrameKey>,
+        outcome: &mut AckOutcome,
+    ) {
+        if self.packets.is_empty() {
+            self.first_seq = self.next_seq;
+        }
+        self.next_seq += 1;
+        let app_limited = (self.bytes_in_flight + size as u64) * 2 < self.congestion.window();
+        let state = if ack_eliciting {
+            self.bytes_in_flight += size as u64;
+            self.last_eliciting_sent = Some(now);
+            PacketState::InFlight
+        } else {
+            PacketState::Untracked
+        };
+        self.packets.push_back(SentPacket {
+            sent_at: now,
+            size: size as u16,
+            state,
+            app_limited,
+            frames,
+        });
+        if self.packets.len() > MAX_TRACKED_PACKETS {
+            // Nothing has been acknowledged for thousands of packets: give the oldest up.
+            if let Some(p) = self.packets.front_mut() {
+                if p.state == PacketState::InFlight {
+                    p.state = PacketState::Lost;
+                    self.bytes_in_flight -= u64::from(p.size);
+                    outcome.lost_frames.extend_from_slice(&p.frames);
+                    outcome.packets_lost += 1;
+                }
+            }
+        }
+        self.retire();
+    }
+
+    /// Pops resolved packets off the front and moves the oldest-in-flight cursor past
+    /// resolved ones (so loss detection never rescans them).
+    fn retire(&mut self) {
+        self.oldest_in_flight = self.oldest_in_flight.max(self.first_seq);
+        while let Some(i) = self.index_of(self.oldest_in_flight) {
+            if self.packets[i].state == PacketState::InFlight {
+                break;
+            }
+            self.oldest_in_flight += 1;
+        }
+        while let Some(front) = self.packets.front() {
+            let late_ack_possible = front.state == PacketState::Lost
+                && self.next_seq - self.first_seq <= LATE_ACK_WINDOW;
+            let keep = (front.state == PacketState::InFlight || late_ack_possible)
+                && self.packets.len() <= MAX_TRACKED_PACKETS;
+            if keep {
+                break;
+            }
+            if let Some(mut p) = self.packets.pop_front() {
+                p.frames.clear();
+                if self.pool.len() < KEY_VEC_POOL {
+                    self.pool.push(p.frames);
+                }
+                self.first_seq += 1;
+            }
+        }
+    }
+
+    fn index_of(&self, seq: u64) -> Option<usize> {
+        let idx = usize::try_from(seq.checked_sub(self.first_seq)?).ok()?;
+        (idx < self.packets.len()).then_some(idx)
+    }
+
+    /// Processes an acknowledgement. Ranges above the newest packet sent (which an honest
+    /// peer never sends, but a forged packet to the peer could make it report) are ignored.
+    pub(crate) fn on_ack(
+        &mut self,
+        now: Instant,
+        ack: &Ack<'_>,
+        max_ack_delay: Duration,
+        outcome: &mut AckOutcome,
+    ) {
+        let Some(largest_sent) = self.next_seq.checked_sub(1) else {
+            return;
+        };
+        let Some(largest) = super::extend32(ack.largest, largest_sent) else {
+            return;
+        };
+        let mut newest_acked: Option<(u64, Instant)> = None;
+        for (low_off, high_off) in ack.ranges() {
+            let Some(high) = largest.checked_sub(high_off) else {
+                break;
+            };
+            let low = largest.saturating_sub(low_off);
+            if high < self.first_seq {
+                break;
+            }
+            let high = high.min(largest_sent);
+            let last = self.first_seq + self.packets.len() as u64;
+            for seq in low.max(self.first_seq)..=high.min(last.saturating_sub(1)) {
+                let Some(idx) = self.index_of(seq) else {
+                    break;
+                };
+                let p = &mut self.packets[idx];
+                match p.state {
+                    PacketState::Acked | PacketState::Untracked => continue,
+                    PacketState::Lost => {
+                        // It arrived after all: reordering fooled the packet threshold. Its
+                        // frames are acknowledged and the threshold grows to this depth.
+                        p.state = PacketState::Acked;
+                        outcome.acked_frames.extend_from_slice(&p.frames);
+                        self.spurious_losses += 1;
+                        let depth = (largest - seq + 1).min(MAX_PACKET_THRESHOLD);
+                        self.packet_threshold = self.packet_threshold.max(depth);
+                        continue;
+                    }
+                    PacketState::InFlight => {}
+                }
+                p.state = PacketState::Acked;
+                self.bytes_in_flight -= u64::from(p.size);
+                self.congestion
+                    .on_ack(p.sent_at, u64::from(p.size), p.app_limited);
+                outcome.acked_frames.extend_from_slice(&p.frames);
+                outcome.packets_acked += 1;
+                if newest_acked.is_none_or(|(s, _)| seq > s) {
+                    newest_acked = Some((seq, p.sent_at));
+                }
+            }
+        }
+        if let Some((seq, sent_at)) = newest_acked {
+            self.pto_count = 0;
+            if seq == largest && self.largest_acked.is_none_or(|l| largest > l) {
+                let delay = Duration::from_micros(ack.delay_micros);
+                self.rtt.update(now - sent_at, delay, max_ack_delay);
+            }
+        }
+        if largest <= largest_sent && self.largest_acked.is_none_or(|l| largest > l) {
+            self.largest_acked = Some(largest);
+        }
+        self.detect_lost(now, max_ack_delay, outcome);
+        self.retire();
+    }
+
+    /// Declares lost the in-flight packets older than the newest acknowledged one that pass
+    /// the packet or time threshold, and tells the congestion controller.
+    fn detect_lost(&mut self, now: Instant, max_ack_delay: Duration, outcome: &mut AckOutcome) {
+        let Some(largest) = self.largest_acked else {
+            return;
+        };
+        let loss_delay = self.rtt.loss_delay();
+        let persistent_span = persistent_congestion_duration(self.rtt.pto(max_ack_delay));
+        // The current run of lost packets with nothing acknowledged between them.
+        let mut run: Option<(Instant, Instant)> = None;
+        let mut persistent = false;
+        let mut newest_lost: Option<Instant> = None;
+        for seq in self.oldest_in_flight..largest {
+            let Some(i) = self.index_of(seq) else { break };
+            let p = &mut self.packets[i];
+            match p.state {
+                PacketState::Acked => {
+                    run = None;
+                    continue;
+                }
+                PacketState::InFlight => {}
+                PacketState::Untracked | PacketState::Lost => continue,
+            }
+            if largest - seq >= self.packet_threshold || p.sent_at + loss_delay <= now {
+                p.state = PacketState::Lost;
+                self.bytes_in_flight -= u64::from(p.size);
+                outcome.lost_frames.extend_from_slice(&p.frames);
+                outcome.packets_lost += 1;
+                newest_lost = Some(p.sent_at);
+                let (start, _) = *run.get_or_insert((p.sent_at, p.sent_at));
+                run = Some((start, p.sent_at));
+                if p.sent_at - start >= persistent_span {
+                    persistent = true;
+                }
+            } else {
+                run = None;
+            }
+        }
+        if let Some(sent_at) = newest_lost {
+            let persistent = persistent && self.rtt.measured().is_some();
+            self.congestion
+                .on_congestion_event(now, sent_at, persistent);
+        }
+    }
+
+    /// When loss detection next needs to run: the time threshold of an unacknowledged packet
+    /// older than the newest acknowledged one, or else the probe timeout.
+    pub(crate) fn loss_deadline(
+        &self,
+        max_ack_delay: Duration,
+        max_rto: Duration,
+    ) -> Option<Instant> {
+        let seq = self.oldest_in_flight;
+        let p = &self.packets[self.index_of(seq)?];
+        if self.largest_acked.is_some_and(|l| seq < l) {
+            return Some(p.sent_at + self.rtt.loss_delay());
+        }
+        Some(self.last_eliciting_sent? + self.pto(max_ack_delay, max_rto))
+    }
+
+    fn pto(&self, max_ack_delay: Duration, max_rto: Duration) -> Duration {
+        (self.rtt.pto(max_ack_delay) * (1 << self.pto_count)).min(max_rto)
+    }
+
+    /// Runs loss detection at its deadline. Returns true if the probe timeout fired: the
+    /// caller sends probes (nothing is declared lost for it).
+    pub(crate) fn on_loss_timeout(
+        &mut self,
+        now: Instant,
+        max_ack_delay: Duration,
+        max_rto: Duration,
+        outcome: &mut AckOutcome,
+    ) -> bool {
+        let before = outcome.packets_lost;
+        let deadline = self.loss_deadline(max_ack_delay, max_rto);
+        self.detect_lost(now, max_ack_delay, outcome);
+        let mut fired = false;
+        if outcome.packets_lost == before && deadline.is_some_and(|d| d <= now) {
+            let tail = self.largest_acked.is_none_or(|l| self.oldest_in_flight > l);
+            if tail && self.bytes_in_flight > 0 {
+                self.pto_count = (self.pto_count + 1).min(MAX_BACKOFF);
+                // Pushes the next probe timeout out by the backoff from now.
+                self.last_eliciting_sent = Some(now);
+                fired = true;
+            }
+        }
+        self.retire();
+        fired
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ack<'a>(largest: u32, ranges: &[(u64, u64)], buf: &'a mut [u8]) -> Ack<'a> {
+        Ack::build(largest, 0, ranges, buf).expect("valid ranges")
+    }
+
+    #[test]
+    fn a_late_ack_undoes_a_loss_and_raises_the_packet_threshold() {
+        let mut sent = SentPackets::new(Duration::from_millis(100), 1200);
+        let mut out = AckOutcome::default();
+        let t0 = Instant::from_millis(1);
+        let mad = Duration::from_millis(5);
+        for _ in 0..10 {
+            sent.on_sent(t0, 100, true, Vec::new(), &mut out);
+        }
+        // Packets 3..=9 acknowledged, 0..=2 not: with threshold 3 the first three are lost.
+        let mut buf = [0u8; 64];
+        sent.on_ack(
+            t0 + Duration::from_millis(1),
+            &ack(9, &[(6, 0)], &mut buf),
+            mad,
+            &mut out,
+        );
+        assert_eq!(out.packets_lost, 3);
+        out.clear();
+        let mut buf = [0u8; 64];
+        sent.on_ack(
+            t0 + Duration::from_millis(2),
+            &ack(9, &[(9, 0)], &mut buf),
+            mad,
+            &mut out,
+        );
+        assert_eq!(sent.spurious_losses, 3);
+        assert_eq!(
+            sent.packet_threshold, 10,
+            "tolerates reordering 9 packets deep"
+        );
+    }
+
+    #[test]
+    fn the_probe_timeout_declares_nothing_lost() {
+        let mut sent = SentPackets::new(Duration::from_millis(100), 1200);
+        let mut out = AckOutcome::default();
+        let t0 = Instant::from_millis(1);
+        let mad = Duration::from_millis(5);
+        for _ in 0..5 {
+            sent.on_sent(t0, 1000, true, Vec::new(), &mut out);
+        }
+        let deadline = sent
+            .loss_deadline(mad, Duration::from_secs(2))
+            .expect("armed");
+        assert!(sent.on_loss_timeout(deadline, mad, Duration::from_secs(2), &mut out));
+        assert_eq!(out.packets_lost, 0);
+        assert_eq!(sent.bytes_in_flight(), 5000);
+        let next = sent
+            .loss_deadline(mad, Duration::from_secs(2))
+            .expect("armed");
+        assert!(next - deadline > deadline - t0, "backed off");
+    }
+
+    #[test]
+    fn acks_beyond_what_was_sent_are_ignored_not_fatal() {
+        let mut sent = SentPackets::new(Duration::from_millis(100), 1200);
+        let mut out = AckOutcome::default();
+        let t0 = Instant::from_millis(1);
+        for _ in 0..3 {
+            sent.on_sent(t0, 100, true, Vec::new(), &mut out);
+        }
+        let mut buf = [0u8; 64];
+        sent.on_ack(
+            t0,
+            &ack(500, &[(500, 0)], &mut buf),
+            Duration::ZERO,
+            &mut out,
+        );
+        assert_eq!(out.packets_acked, 3);
+        assert_eq!(sent.bytes_in_flight(), 0);
+    }
+}
