@@ -317,6 +317,10 @@ impl SentPackets {
         // The current run of lost packets with nothing acknowledged between them.
         let mut run: Option<(Instant, Instant)> = None;
         let mut persistent = false;
+        // The newest lost packet sent while the sender used its window: losses of packets
+        // sent while it was far below its window (a game's steady trickle on a lossy link)
+        // say the link drops packets, not that the sender is too fast, so they do not shrink
+        // the window (in the spirit of RFC 7661's rate-limited traffic rules).
         let mut newest_lost: Option<Instant> = None;
         for seq in self.oldest_in_flight..largest {
             let Some(i) = self.index_of(seq) else { break };
@@ -334,7 +338,9 @@ impl SentPackets {
                 self.bytes_in_flight -= u64::from(p.size);
                 outcome.lost_frames.extend_from_slice(&p.frames);
                 outcome.packets_lost += 1;
-                newest_lost = Some(p.sent_at);
+                if !p.app_limited {
+                    newest_lost = Some(p.sent_at);
+                }
                 let (start, _) = *run.get_or_insert((p.sent_at, p.sent_at));
                 run = Some((start, p.sent_at));
                 if p.sent_at - start >= persistent_span {
