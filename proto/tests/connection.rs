@@ -6,7 +6,11 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use shoal_proto::{Config, ConnectError, DeliveryKind, DisconnectReason, Event, SendError};
+use std::net::SocketAddr;
+
+use shoal_proto::{
+    Config, ConnectError, DeliveryKind, DisconnectReason, Endpoint, Event, Instant, SendError,
+};
 
 fn disconnect_reason(events: &[Event]) -> Option<DisconnectReason> {
     events.iter().find_map(|e| match e {
@@ -489,4 +493,101 @@ fn peers_connecting_to_each_other_at_once_end_up_with_one_connection() {
     p.run_for(Duration::from_millis(200));
     assert_eq!(p.server_messages(3), vec![b"to b".to_vec()]);
     assert_eq!(p.client_messages(3), vec![b"to a".to_vec()]);
+}
+
+#[test]
+fn a_sequenced_channel_delivers_after_more_than_32768_unseen_sends() {
+    let mut p = Pair::default_pair();
+    let (c, _) = p.connect();
+    p.run_for(Duration::from_millis(100));
+    p.client.send(c, 1, &b"first"[..]).expect("send");
+    p.run_for(Duration::from_millis(100));
+    // 40,000 updates that never arrive (the link drops everything meanwhile), one per packet.
+    p.hook = Box::new(|dir, _, _| {
+        if dir == Dir::ClientToServer {
+            vec![]
+        } else {
+            vec![Duration::ZERO]
+        }
+    });
+    let mut buf = vec![0u8; 1500];
+    for i in 0..40_000u32 {
+        p.client.send(c, 1, i.to_be_bytes().to_vec()).expect("send");
+        while p.client.poll_transmit(p.now, &mut buf).is_some() {}
+    }
+    p.hook = Box::new(|_, _, _| vec![Duration::ZERO]);
+    p.client.send(c, 1, &b"after the gap"[..]).expect("send");
+    p.run_for(Duration::from_millis(100));
+    assert_eq!(
+        p.server_messages(1),
+        vec![b"first".to_vec(), b"after the gap".to_vec()],
+        "the 16-bit sequence wrapped, the newest still counts as newest"
+    );
+}
+
+#[test]
+fn a_queued_sequenced_update_is_superseded_by_a_newer_one() {
+    let mut p = Pair::default_pair();
+    let (c, _) = p.connect();
+    p.run_for(Duration::from_millis(100));
+    for i in 0..10u8 {
+        p.client.send(c, 1, vec![i; 8]).expect("send");
+    }
+    p.run_for(Duration::from_millis(100));
+    assert_eq!(
+        p.server_messages(1),
+        vec![vec![9u8; 8]],
+        "only the newest left"
+    );
+    let stats = p.client.connection_stats(c).expect("stats");
+    assert_eq!(stats.superseded, 9);
+    assert_eq!(
+        p.client.queue_room(c, 1),
+        Some(4 << 20),
+        "superseded bytes freed"
+    );
+}
+
+#[test]
+fn three_thousand_clients_connecting_at_once_all_get_an_answer() {
+    let mut server = Endpoint::new(server_config(2)).expect("config");
+    let server_addr = addr("10.0.0.1:4000");
+    let mut clients: Vec<(SocketAddr, Endpoint)> = (0..3_000u32)
+        .map(|i| {
+            let a = SocketAddr::from(([10, 1, (i / 250) as u8, (i % 250) as u8], 5000));
+            (
+                a,
+                Endpoint::new(client_config(100 + u64::from(i))).expect("config"),
+            )
+        })
+        .collect();
+    let mut now = Instant::from_millis(1);
+    for (_, c) in &mut clients {
+        c.connect(now, server_addr, &[]).expect("connect");
+    }
+    let mut buf = vec![0u8; 1500];
+    // Every client's handshake packet reaches the server in one burst, then the server
+    // answers them all; a few rounds of that complete every handshake without a resend.
+    for _ in 0..3 {
+        for (a, c) in &mut clients {
+            while let Some(t) = c.poll_transmit(now, &mut buf) {
+                server.handle_datagram(now, *a, &buf[..t.len]);
+            }
+        }
+        while let Some(t) = server.poll_transmit(now, &mut buf) {
+            if let Some((_, c)) = clients.iter_mut().find(|(a, _)| *a == t.to) {
+                c.handle_datagram(now, server_addr, &buf[..t.len]);
+            }
+        }
+        now += Duration::from_millis(1);
+    }
+    assert_eq!(server.connection_count(), 3_000);
+    assert_eq!(server.stats().replies_dropped, 0);
+    let mut connected = 0;
+    for (_, c) in &mut clients {
+        if std::iter::from_fn(|| c.poll_event()).any(|e| matches!(e, Event::Connected { .. })) {
+            connected += 1;
+        }
+    }
+    assert_eq!(connected, 3_000);
 }

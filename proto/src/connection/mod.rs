@@ -615,6 +615,7 @@ impl Connection {
         s.rtt_variance = self.sent.rtt.variance();
         s.congestion_window = self.sent.congestion.window();
         s.spurious_losses = self.sent.spurious_losses;
+        s.superseded = self.superseded;
         s
     }
 

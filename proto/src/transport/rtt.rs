@@ -9,7 +9,6 @@ pub(crate) struct RttEstimator {
     smoothed: Option<Duration>,
     variance: Duration,
     latest: Duration,
-    min: Duration,
     initial: Duration,
 }
 
@@ -19,22 +18,15 @@ impl RttEstimator {
             smoothed: None,
             variance: initial / 2,
             latest: initial,
-            min: Duration::MAX,
             initial,
         }
     }
 
     /// Takes a sample: `raw` from send to acknowledgement, of which the peer says it held the
-    /// acknowledgement for `ack_delay` (trusted up to `max_ack_delay`, and never below the
-    /// minimum RTT, so a lying peer cannot make the path look faster than it is).
+    /// acknowledgement for `ack_delay`. The claim is trusted up to `max_ack_delay` (which
+    /// every timeout adds back), so a lying peer can make the path look faster by no more.
     pub(crate) fn update(&mut self, raw: Duration, ack_delay: Duration, max_ack_delay: Duration) {
-        self.min = self.min.min(raw);
-        let delay = ack_delay.min(max_ack_delay);
-        let sample = if raw >= self.min + delay {
-            raw - delay
-        } else {
-            raw
-        };
+        let sample = raw.saturating_sub(ack_delay.min(max_ack_delay));
         self.latest = sample;
         match self.smoothed {
             None => {
@@ -78,23 +70,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ack_delay_is_taken_out_of_samples_but_never_below_the_minimum() {
+    fn ack_delay_is_taken_out_of_samples_up_to_max_ack_delay() {
         let ms = Duration::from_millis;
         let mut rtt = RttEstimator::new(ms(100));
         rtt.update(ms(50), ms(0), ms(25));
         assert_eq!(rtt.smoothed(), ms(50));
-        let mut rtt2 = rtt;
-        rtt2.update(ms(70), ms(20), ms(25));
-        assert_eq!(rtt2.latest, ms(50), "20 ms of the 70 were the peer's delay");
-        rtt.update(ms(60), ms(20), ms(25));
-        assert_eq!(
-            rtt.latest,
-            ms(60),
-            "a delay that would go below min_rtt is ignored"
-        );
-        let mut rtt3 = RttEstimator::new(ms(100));
-        rtt3.update(ms(50), ms(0), ms(25));
-        rtt3.update(ms(100), ms(90), ms(25));
-        assert_eq!(rtt3.latest, ms(75), "delay capped at max_ack_delay");
+        rtt.update(ms(70), ms(20), ms(25));
+        assert_eq!(rtt.latest, ms(50), "20 ms of the 70 were the peer's delay");
+        rtt.update(ms(100), ms(90), ms(25));
+        assert_eq!(rtt.latest, ms(75), "delay capped at max_ack_delay");
     }
 }
