@@ -98,9 +98,12 @@ impl Connection {
             // Refused, unacknowledged, so the sender keeps them and backs off: the
             // application is behind (this connection's share of the event queue is used),
             // or there is no memory to hold them.
-            let refusal = if self.event_bytes >= shared.event_share
-                || shared.events.bytes() >= config.max_pending_event_bytes
-            {
+            // A connection with none of its events waiting always gets its packet in, so a
+            // flood on one connection never starves a quiet one whose events were read.
+            let over_share = self.event_bytes >= shared.event_share
+                || (self.event_bytes > 0
+                    && shared.events.bytes() >= config.max_pending_event_bytes);
+            let refusal = if over_share {
                 Some(DropReason::EventQueueFull)
             } else if !shared.budget.admits(self.reassembly_bytes, to_hold, config) {
                 Some(DropReason::ReassemblyBudget)

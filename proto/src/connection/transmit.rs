@@ -82,13 +82,14 @@ impl Connection {
             None
         };
         let may_send_data = probe || (paced.is_none() && self.sent.can_send(mtu));
+        // Wake up when the pacer allows the next packet (acks may still go out meanwhile).
+        self.timers.set_opt(Timer::Pacing, paced);
         if !(ack_due
             || self.keepalive_due
             || probe
             || self.full_ack_due
             || (wants_data && may_send_data))
         {
-            self.timers.set_opt(Timer::Pacing, paced);
             return None;
         }
 
@@ -106,7 +107,9 @@ impl Connection {
             };
             let delay = crate::time::micros(self.received.ack_delay(now));
             let written = encode_ack(&mut w, false, delay, self.received.ranges(), room)?;
-            self.full_ack_due = written < self.received.range_count();
+            // Ranges that did not fit a packet carrying messages go in one of their own next;
+            // that one says all it can and asks for no further one.
+            self.full_ack_due = !ack_only && written < self.received.range_count();
         } else {
             w.put(&[0])?;
         }

@@ -82,9 +82,11 @@ impl Paths {
             Some(i) => i,
             None => {
                 if self.candidates.is_full() {
-                    // Replace the least recently heard-from address.
+                    // Replace the least recently heard-from address, an unvalidated one if
+                    // any: a flood of packets from made-up addresses must not push out one
+                    // that has proven itself.
                     let oldest = (0..self.candidates.len())
-                        .min_by_key(|&i| self.candidates[i].seen_at)
+                        .min_by_key(|&i| (self.candidates[i].validated, self.candidates[i].seen_at))
                         .unwrap_or(0);
                     self.candidates.swap_remove(oldest);
                 }

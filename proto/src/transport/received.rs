@@ -103,9 +103,11 @@ impl ReceivedPackets {
             }
             _ => self.ranges.insert(i, (pn, pn)),
         }
-        if self.ranges.len() > MAX_RANGES {
+        // Forget ranges too old to matter (or too many): everything below counts as seen.
+        let horizon = self.largest().map_or(0, |l| l.saturating_sub(HISTORY));
+        while self.ranges.len() > MAX_RANGES || self.ranges.front().is_some_and(|r| r.1 < horizon) {
             if let Some((_, high)) = self.ranges.pop_front() {
-                self.floor = high + 1;
+                self.floor = self.floor.max(high + 1);
             }
         }
         out_of_order
