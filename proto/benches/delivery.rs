@@ -253,14 +253,17 @@ fn lossy_latency(
     };
     let stats = client.connection_stats(conn).expect("live");
     let in_order = latencies.len() as u64 == sent_messages;
+    let over_150 = latencies.iter().filter(|&&l| l > 150_000).count() as f64 * 100.0
+        / latencies.len().max(1) as f64;
     format!(
-        "delivered {:>6}/{:<6}{} p50 {:>6.1} ms  p99 {:>6.1} ms  max {:>6.1} ms  wire (both ways)/payload {:.2}x  payload sent/payload {:.2}x",
+        "delivered {:>6}/{:<6}{} p50 {:>6.1} ms  p99 {:>6.1} ms  max {:>6.1} ms  >150 ms {:.2}%  wire (both ways)/payload {:.2}x  payload sent/payload {:.2}x",
         latencies.len(),
         sent_messages,
         if in_order { "" } else { " (MISSING)" },
         pct(0.50),
         pct(0.99),
         pct(1.0),
+        over_150,
         wire as f64 / payload_bytes as f64,
         stats.payload_bytes_transmitted as f64 / stats.payload_bytes_sent as f64,
     )
