@@ -67,7 +67,9 @@ pub enum DisconnectReason {
     ServerFull,
     /// The two sides configure their channels differently.
     Incompatible,
-    /// The peer sent malformed or hostile data too often (ours), or says we did (theirs).
+    /// The peer says this side broke the protocol (its `Disconnect` carried that reason).
+    /// This side never closes a connection for what an unauthenticated packet contains:
+    /// such packets are dropped and counted instead.
     ProtocolViolation,
     /// The same address connected again with a new handshake, replacing this connection (the
     /// peer restarted), or both peers connected to each other at once and the peer's attempt

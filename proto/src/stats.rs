@@ -195,6 +195,9 @@ pub struct ConnectionStats {
     pub rtt_variance: Duration,
     /// Congestion window in bytes.
     pub congestion_window: u64,
+    /// Recent packet loss, in parts per million (an average over the last several hundred
+    /// packets; it decides the proactive copies).
+    pub recent_loss_ppm: u32,
     /// Drops on this connection, by cause.
     pub drops: DropCounts,
 }

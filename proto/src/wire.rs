@@ -312,12 +312,16 @@ pub(crate) fn encode_ack(
             let delay = u32::try_from(delay_micros >> ACK_DELAY_EXPONENT)
                 .unwrap_or(MAX_VARINT)
                 .min(MAX_VARINT);
-            let first = u32::try_from(high - low)
-                .ok()
-                .filter(|&v| v <= MAX_VARINT)?;
+            // A range longer than a varint holds (two million packets without a gap) is
+            // acknowledged in part: the rest was acknowledged long ago.
+            let first = u32::try_from(high - low).map_or(MAX_VARINT, |v| v.min(MAX_VARINT));
             w.u32(high as u32)?;
             put_varint(w, delay)?;
             put_varint(w, first)?;
+            if u64::from(first) < high - low {
+                count = 1;
+                break;
+            }
         } else {
             let gap = previous_low.checked_sub(high)?.checked_sub(2)?;
             let (Ok(gap), Ok(len)) = (u32::try_from(gap), u32::try_from(high - low)) else {
@@ -1085,6 +1089,21 @@ mod tests {
             bytes: &[0xff, 0xff, 0xff, 0x01],
         };
         assert_eq!(decode_varint(&mut r), Err(DecodeError::BadLength));
+    }
+
+    #[test]
+    fn an_ack_range_longer_than_a_varint_is_acknowledged_in_part() {
+        let mut buf = [0u8; 64];
+        let mut w = Writer::new(&mut buf);
+        let ranges = [(5u64, 3_000_000u64), (0, 2)];
+        let n = encode_ack(&mut w, false, 0, ranges.into_iter(), 64).expect("encodes");
+        assert_eq!(n, 1);
+        let len = w.len();
+        let mut r = Reader {
+            bytes: &buf[1..len],
+        };
+        let ack = Ack::decode(&mut r, 1).expect("decodes");
+        assert_eq!(ack.first_range, MAX_VARINT);
     }
 
     #[test]

@@ -145,9 +145,9 @@ pub(crate) struct Connection {
     /// Bytes of this connection's events waiting for the application.
     pub(crate) event_bytes: usize,
     pacer: Pacer,
-    /// Loss rate seen recently, in 1/65536 (packets lost per packet resolved), which
+    /// Loss rate seen recently, in units of 2^-32 (packets lost per packet resolved), which
     /// decides how many proactive copies small reliable frames get.
-    loss_rate: u32,
+    loss_rate: u64,
     last_sent: Instant,
     last_received: Instant,
     /// Scratch space for the frames of the packet being received (reused: no allocation per
@@ -616,6 +616,7 @@ impl Connection {
         s.congestion_window = self.sent.congestion.window();
         s.spurious_losses = self.sent.spurious_losses;
         s.superseded = self.superseded;
+        s.recent_loss_ppm = ((self.loss_rate * 1_000_000) >> 32) as u32;
         s
     }
 
@@ -637,14 +638,15 @@ impl Connection {
     }
 
     /// Folds the packets an acknowledgement or loss detection resolved into the loss rate:
-    /// each moves an exponentially weighted average 1/64 of the way to 0 (acknowledged) or
-    /// 1 (lost).
+    /// each moves an exponentially weighted average 1/512 of the way to 0 (acknowledged) or
+    /// 1 (lost), so it remembers the last several hundred packets: a link that loses one in a
+    /// hundred keeps its copies between losses.
     fn update_loss_rate(&mut self) {
-        for _ in 0..self.outcome.packets_acked.min(64) {
-            self.loss_rate -= self.loss_rate / 64;
+        for _ in 0..self.outcome.packets_acked.min(512) {
+            self.loss_rate -= self.loss_rate >> 9;
         }
-        for _ in 0..self.outcome.packets_lost.min(64) {
-            self.loss_rate += (65_536 - self.loss_rate) / 64;
+        for _ in 0..self.outcome.packets_lost.min(512) {
+            self.loss_rate += ((1 << 32) - self.loss_rate) >> 9;
         }
     }
 }

@@ -393,11 +393,13 @@ impl Connection {
     }
 
     /// Proactive copies each small reliable frame gets at the loss rate seen: none on a
-    /// clean link, one from 1% loss, two (at most `Config::redundancy`) from 20%.
+    /// clean link, one from 0.1% (a single loss turns them on, and they stay on for a few
+    /// hundred packets), two (at most `Config::redundancy`) from 20%.
     pub(crate) fn copies_wanted(&self, config: &Config) -> u8 {
+        const PER_MILLE: u64 = (1 << 32) / 1000;
         let wanted = match self.loss_rate {
-            0..=655 => 0,
-            656..=13_107 => 1,
+            r if r < PER_MILLE => 0,
+            r if r < 200 * PER_MILLE => 1,
             _ => 2,
         };
         wanted.min(config.redundancy)

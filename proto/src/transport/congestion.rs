@@ -75,8 +75,11 @@ impl Controller for NewReno {
 
     fn on_congestion_event(&mut self, now: Instant, sent_at: Instant, persistent: bool) {
         if persistent {
+            // Everything in flight for three probe timeouts was lost: the path may have
+            // changed. Start again from the minimum, remembering half the old window.
+            self.ssthresh = (self.window / 2).max(self.min_window());
             self.window = self.min_window();
-            self.ssthresh = self.ssthresh.min(self.window.max(self.min_window() * 2));
+            self.acked = 0;
             self.recovery_start = Some(now);
             return;
         }
