@@ -51,6 +51,7 @@
 //! | [`Endpoint`] | routing by connection id and the public API; `handshake` (stateless cookies, accept hook, user ids); the byte-bounded event queue |
 
 #![cfg_attr(not(feature = "std"), no_std)]
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 extern crate alloc;

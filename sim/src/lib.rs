@@ -63,6 +63,7 @@
 //! | [`scenario`] | the game-like load behind the `shoal-sim` command |
 //! | [`units`] | parsing `5%`, `40ms`, `1MB/s` on the command line |
 
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 mod histogram;

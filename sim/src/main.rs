@@ -5,6 +5,8 @@
 //! cargo run --release -p shoal-sim -- --peers 1000 --loss 5% --latency 40ms --duration 60s
 //! ```
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;

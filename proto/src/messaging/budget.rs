@@ -21,8 +21,10 @@ impl ReceiveBudget {
     /// How many more bytes a connection holding `held` may hold: within its own budget,
     /// within the endpoint's, and within its fair share of the endpoint's: while `n` other
     /// connections hold memory, no connection grows past the endpoint budget divided by
-    /// `n + 2`. So a few peers that hold all they may (and never finish) leave room for a
-    /// newcomer's messages; a connection alone may use the whole budget.
+    /// `n + 2`. So a few peers that hold all they may at once (and never finish) leave room
+    /// for a newcomer's messages; a connection alone may use the whole budget. What a
+    /// connection holds is never taken back, so peers that fill their shares one after
+    /// another can still use it all (see `docs/architecture.md`).
     pub(crate) fn room(&self, held: usize, config: &Config) -> usize {
         let others = self.holders - usize::from(held > 0);
         let share = if others == 0 {
