@@ -481,43 +481,12 @@ impl Endpoint {
             Packet::PathChallenge {
                 connection_id,
                 token,
-            } => {
-                // Answered wherever it came from: the answer is no larger than the question.
-                let Some(index) = self.by_id.get(&connection_id).copied() else {
-                    self.stats.drops.add(DropReason::UnknownConnection);
-                    return;
-                };
-                let Some(mut c) = self.slots[index as usize].conn.take() else {
-                    return;
-                };
-                if c.is_connected() {
-                    self.push_control(
-                        from,
-                        Packet::PathResponse {
-                            connection_id,
-                            token,
-                        },
-                    );
-                    if from == c.remote() {
-                        // Our peer is validating a new address of ours (our NAT rebound):
-                        // what we sent from it was dropped, so send a probe right behind
-                        // the response, which arrives once the address is proven.
-                        c.on_path_challenged();
-                    }
-                } else {
-                    self.stats.drops.add(DropReason::UnknownConnection);
-                }
-                self.finish(index, c);
-            }
+            } => self.on_path_challenge(from, connection_id, token),
             Packet::PathResponse {
                 connection_id,
                 token,
             } => {
-                let Some(index) = self.by_id.get(&connection_id).copied() else {
-                    self.stats.drops.add(DropReason::UnknownConnection);
-                    return;
-                };
-                if let Some(mut c) = self.slots[index as usize].conn.take() {
+                if let Some((index, mut c)) = self.take_by_id(connection_id) {
                     if !c.paths.on_response(from, token) {
                         c.stats.drops.add(DropReason::Unexpected);
                     }
@@ -787,6 +756,42 @@ impl Endpoint {
         self.control.push_back((to, control));
     }
 
+    /// The connection a packet's id names, taken out of its slot (put it back with
+    /// `finish`); counts the drop if there is none.
+    fn take_by_id(&mut self, connection_id: u64) -> Option<(u32, Box<Connection>)> {
+        let Some(index) = self.by_id.get(&connection_id).copied() else {
+            self.stats.drops.add(DropReason::UnknownConnection);
+            return None;
+        };
+        Some((index, self.slots[index as usize].conn.take()?))
+    }
+
+    /// Answers a path challenge wherever it came from: the answer is no larger than the
+    /// question.
+    fn on_path_challenge(&mut self, from: SocketAddr, connection_id: u64, token: u64) {
+        let Some((index, mut c)) = self.take_by_id(connection_id) else {
+            return;
+        };
+        if c.is_connected() {
+            self.push_control(
+                from,
+                Packet::PathResponse {
+                    connection_id,
+                    token,
+                },
+            );
+            if from == c.remote() {
+                // Our peer is validating a new address of ours (our NAT rebound): what we
+                // sent from it was dropped, so send a probe right behind the response, which
+                // arrives once the address is proven.
+                c.on_path_challenged();
+            }
+        } else {
+            self.stats.drops.add(DropReason::UnknownConnection);
+        }
+        self.finish(index, c);
+    }
+
     fn on_data(
         &mut self,
         now: Instant,
@@ -797,11 +802,7 @@ impl Endpoint {
     ) {
         // Routed by connection id alone: the address is the connection's to judge (a new one
         // is challenged, never trusted).
-        let Some(index) = self.by_id.get(&header.connection_id).copied() else {
-            self.stats.drops.add(DropReason::UnknownConnection);
-            return;
-        };
-        let Some(mut c) = self.slots[index as usize].conn.take() else {
+        let Some((index, mut c)) = self.take_by_id(header.connection_id) else {
             return;
         };
         // Copy the datagram once into the arena; message payloads are slices of it.
