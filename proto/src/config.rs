@@ -131,7 +131,10 @@ pub struct Config {
     /// for `poll_event`, across the endpoint (default 64 MiB). Each connection gets an equal
     /// share; a connection over its share has its data refused unacknowledged (its sender
     /// backs off and retransmits) while every other connection goes on. Events are never
-    /// dropped, and a connection never times out because the application is slow.
+    /// dropped, and a connection never times out because the application is slow. The queue
+    /// may exceed the limit by what one accepted packet releases (its messages and whatever
+    /// its connection held for reassembly), and by up to a quarter of the limit for
+    /// connections with no events waiting.
     pub max_pending_event_bytes: usize,
     /// Most handshake replies and close notices waiting to be sent (default 16,384); past it
     /// they are dropped and counted in `EndpointStats::replies_dropped` (clients retry).

@@ -1840,3 +1840,53 @@ fn connection_ids_and_client_nonces_are_64_bit_distinct_and_not_a_fixed_stride()
     }
     check("client nonces", &nonces);
 }
+
+/// A peer that reconnects over and over while the application reads nothing: every new
+/// connection starts with no events waiting (and so gets a packet in past the limit), but
+/// what all of them add together stays within a quarter over the limit, plus one packet.
+#[test]
+fn a_peer_that_keeps_reconnecting_cannot_grow_the_event_queue_past_its_bound() {
+    let limit = 64 * KIB;
+    let mut server = Endpoint::new(Config {
+        max_pending_event_bytes: limit,
+        ..server_config(2)
+    })
+    .expect("config");
+    let mut client = Endpoint::new(client_config(1)).expect("config");
+    let (server_addr, client_addr) = (addr("10.0.0.1:4000"), addr("10.0.0.2:5000"));
+    let mut now = Instant::from_millis(1);
+    let mut buf = vec![0u8; 1500];
+    let mut exchange = |client: &mut Endpoint, server: &mut Endpoint, now: Instant| {
+        for _ in 0..4 {
+            while let Some(t) = client.poll_transmit(now, &mut buf) {
+                server.handle_datagram(now, client_addr, &buf[..t.len]);
+            }
+            while let Some(t) = server.poll_transmit(now, &mut buf) {
+                client.handle_datagram(now, server_addr, &buf[..t.len]);
+            }
+        }
+        while client.poll_event().is_some() {}
+    };
+    let mut peak = 0;
+    for _ in 0..200 {
+        let c = client.connect(now, server_addr, &[]).expect("connect");
+        exchange(&mut client, &mut server, now);
+        for _ in 0..190 {
+            let _ = client.send(c, 2, Vec::new());
+        }
+        exchange(&mut client, &mut server, now);
+        client.disconnect(c, 0);
+        exchange(&mut client, &mut server, now);
+        peak = peak.max(server.pending_event_bytes());
+        now += Duration::from_millis(5);
+        client.handle_timeout(now);
+        server.handle_timeout(now);
+    }
+    // One packet's worth: at most an MTU of messages, 64 bytes of overhead each.
+    let one_packet = 1200 / 6 * 64 + 1200;
+    assert!(
+        peak <= limit + limit / 4 + one_packet,
+        "the event queue reached {peak} bytes against a limit of {limit}"
+    );
+    assert!(peak >= limit, "the test reached the limit: {peak}");
+}

@@ -179,4 +179,3 @@ proptest! {
         prop_assert!(check(&report).is_ok(), "{}", check(&report).unwrap_err());
     }
 }
-

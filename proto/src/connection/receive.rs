@@ -98,11 +98,14 @@ impl Connection {
             // Refused, unacknowledged, so the sender keeps them and backs off: the
             // application is behind (this connection's share of the event queue is used),
             // or there is no memory to hold them.
-            // A connection with none of its events waiting always gets its packet in, so a
-            // flood on one connection never starves a quiet one whose events were read.
+            // A connection with none of its events waiting gets its packet in even when the
+            // queue is at its limit, so a flood on one connection does not starve a quiet one
+            // whose events were read — up to a quarter over the limit, which bounds what
+            // many connections (or one that keeps reconnecting) can add that way.
+            let limit = config.max_pending_event_bytes;
+            let queued = shared.events.bytes();
             let over_share = self.event_bytes >= shared.event_share
-                || (self.event_bytes > 0
-                    && shared.events.bytes() >= config.max_pending_event_bytes);
+                || (queued >= limit && (self.event_bytes > 0 || queued >= limit + limit / 4));
             let refusal = if over_share {
                 Some(DropReason::EventQueueFull)
             } else if !shared.budget.admits(self.reassembly_bytes, to_hold, config) {
