@@ -204,7 +204,10 @@ impl Config {
         if self.max_message_size == 0 || chunks > usize::from(u16::MAX) {
             return Err(ConfigError::MaxMessageSize(self.max_message_size));
         }
-        if self.reassembly_budget < self.max_message_size
+        // A message is reserved in whole chunks, so the largest one needs a little more than
+        // its size.
+        let largest_reservation = chunks * self.chunk_payload();
+        if self.reassembly_budget < largest_reservation
             || self.endpoint_reassembly_budget < self.reassembly_budget
         {
             return Err(ConfigError::ReassemblyBudget);
@@ -280,8 +283,8 @@ pub enum ConfigError {
     ConnectDataTooLarge(usize),
     /// `max_message_size` must be positive and split into at most 65,535 chunks.
     MaxMessageSize(usize),
-    /// `reassembly_budget` must hold one whole `max_message_size` message and
-    /// `endpoint_reassembly_budget` one connection's budget.
+    /// `reassembly_budget` must hold one whole `max_message_size` message (rounded up to
+    /// whole chunks) and `endpoint_reassembly_budget` one connection's budget.
     ReassemblyBudget,
     /// `idle_timeout` must be longer than `keepalive_interval`, or idle peers time out.
     IdleTimeout,
@@ -310,8 +313,9 @@ impl fmt::Display for ConfigError {
                 "max_message_size {n} must be positive and at most 65535 chunks of the mtu"
             ),
             ConfigError::ReassemblyBudget => f.write_str(
-                "reassembly_budget must be at least max_message_size, and \
-                 endpoint_reassembly_budget at least reassembly_budget",
+                "reassembly_budget must be at least max_message_size rounded up to whole \
+                 chunks (chunk_payload() bytes each), and endpoint_reassembly_budget at least \
+                 reassembly_budget",
             ),
             ConfigError::IdleTimeout => {
                 f.write_str("idle_timeout must be longer than keepalive_interval")

@@ -539,7 +539,8 @@ fn full_send_queue_is_a_typed_error_and_drains() {
 
 fn budget_config(base: Config, budget: usize, endpoint_budget: usize) -> Config {
     Config {
-        max_message_size: budget,
+        // Reservations are whole chunks: leave room for the rounding.
+        max_message_size: budget * 9 / 10,
         reassembly_budget: budget,
         endpoint_reassembly_budget: endpoint_budget,
         ..base
@@ -960,5 +961,115 @@ fn a_bulk_transfer_gets_no_proactive_copies() {
         bulk.redundant_frames < 20_000 / 20,
         "a backlogged sender spends its packets on new data: {} copies",
         bulk.redundant_frames
+    );
+}
+
+#[test]
+fn a_tight_receive_budget_never_locks_an_ordered_channel_after_a_loss() {
+    // The budget holds 16 messages; the first data packet is lost, so its retransmission
+    // rides with later messages: that packet must be taken (it releases what it completes),
+    // not refused for the messages behind the gap forever.
+    let tight = |base: Config| Config {
+        max_message_size: 4 * 1024,
+        reassembly_budget: 8 * 1024,
+        endpoint_reassembly_budget: 8 * 1024,
+        ..base
+    };
+    let mut p = Pair::new(tight(client_config(1)), tight(server_config(2)));
+    let (c, _) = p.connect();
+    p.run_for(Duration::from_millis(100));
+    let mut first = true;
+    p.hook = Box::new(move |dir, _, bytes| {
+        if dir == Dir::ClientToServer && first && bytes.len() > 100 {
+            first = false;
+            vec![]
+        } else {
+            vec![Duration::ZERO]
+        }
+    });
+    for i in 0..200 {
+        p.client.send(c, ORDERED, numbered(i, 500)).expect("send");
+    }
+    assert!(
+        p.run_until(Duration::from_secs(30), |p| p
+            .server_messages(ORDERED)
+            .len()
+            == 200),
+        "delivered {} of 200",
+        p.server_messages(ORDERED).len()
+    );
+    let got: Vec<u32> = p
+        .server_messages(ORDERED)
+        .iter()
+        .map(|m| number(m))
+        .collect();
+    assert_eq!(got, (0..200).collect::<Vec<_>>());
+}
+
+#[test]
+fn old_loss_holes_do_not_make_every_packet_send_a_second_acknowledgement() {
+    let mut p = Pair::default_pair();
+    let (c, s) = p.connect();
+    let exchange = |p: &mut Pair, from: u32, to: u32| {
+        for i in from..to {
+            p.client.send(c, RELIABLE, numbered(i, 32)).expect("send");
+            p.server.send(s, RELIABLE, numbered(i, 32)).expect("send");
+            p.run_for(Duration::from_millis(16));
+        }
+    };
+    p.hook = lossy(8, 0.05);
+    exchange(&mut p, 0, 600);
+    p.hook = Box::new(|_, _, _| vec![Duration::ZERO]);
+    exchange(&mut p, 600, 700);
+    let before = p.server.connection_stats(s).expect("stats");
+    exchange(&mut p, 700, 1300);
+    let after = p.server.connection_stats(s).expect("stats");
+    let packets = after.packets_sent - before.packets_sent;
+    let ack_only = after.ack_only_packets_sent - before.ack_only_packets_sent;
+    // At most one acknowledgement of its own per message received (what a link that never
+    // lost anything costs: the 5 ms ack delay is shorter than the 16 ms tick), not a second
+    // packet re-sending old ranges after every one.
+    assert!(
+        ack_only <= 600,
+        "{ack_only} acknowledgement-only packets of {packets} on a clean link"
+    );
+}
+
+#[test]
+fn a_response_the_peer_could_never_hold_is_refused_at_respond_time() {
+    let client = budget_config(client_config(1), 100_000, 100_000);
+    let mut p = Pair::new(client, server_config(2));
+    let (c, s) = p.connect();
+    p.client
+        .request(p.now, c, RELIABLE, &b"big one please"[..])
+        .expect("request");
+    p.run_for(Duration::from_millis(100));
+    let request = p
+        .server_events
+        .iter()
+        .find_map(|e| match e {
+            Event::Request { request, .. } => Some(*request),
+            _ => None,
+        })
+        .expect("request arrived");
+    assert_eq!(
+        p.server.respond(s, request, vec![0u8; 200_000]),
+        Err(SendError::MessageTooLarge {
+            size: 200_000,
+            max: 100_000
+        })
+    );
+}
+
+#[test]
+fn the_largest_message_must_fit_the_budget_in_whole_chunks() {
+    let config = Config {
+        max_message_size: 1 << 20,
+        reassembly_budget: 1 << 20,
+        ..Config::default()
+    };
+    assert_eq!(
+        config.validate(),
+        Err(shoal_proto::ConfigError::ReassemblyBudget)
     );
 }

@@ -1148,6 +1148,7 @@ fn an_ordered_gap_attack_stays_within_the_reassembly_budget() {
     let mut resident = Resident::start();
     let mut pn = next_pn;
     let payload = vec![0x77u8; 1_000];
+    let received_before = p.server.connection_stats(s).expect("live").packets_received;
     // Whole messages 1, 2, 3, ... on the ordered channel; 0 never comes.
     let mut delivered = 0;
     for seq in 1..=3_000u16 {
@@ -1169,12 +1170,17 @@ fn an_ordered_gap_attack_stays_within_the_reassembly_budget() {
     assert_eq!(delivered, 0, "nothing deliverable without sequence 0");
     let held = p.server.reassembly_bytes();
     assert!(held > budget - 2_000, "filled to the budget: {held}");
-    let admitted = held / payload.len();
+    // Each admitted message is charged its size and its window slot.
+    let accepted = p.server.connection_stats(s).expect("live").packets_received - received_before;
     let refused = conn_drops(&p.server, s, DropReason::ReassemblyBudget);
     assert_eq!(
         refused,
-        3_000 - admitted as u64,
+        3_000 - accepted,
         "every packet over the budget refused and counted"
+    );
+    assert!(
+        held >= accepted as usize * payload.len(),
+        "{held} held for {accepted}"
     );
     check_growth(
         resident,
@@ -1188,7 +1194,7 @@ fn an_ordered_gap_attack_stays_within_the_reassembly_budget() {
     let mut frames = Vec::new();
     push_frame(&mut frames, header(3, owner, 0, None), &payload);
     let released = feed_server(&mut p, &data_packet(id, pn, &frames));
-    assert_eq!(released, admitted + 1);
+    assert_eq!(released as u64, accepted + 1);
     assert_eq!(p.server.reassembly_bytes(), 0);
 }
 
@@ -1236,11 +1242,12 @@ fn small_held_ordered_messages_do_not_pin_their_datagrams() {
             }
         }
     }
-    let held = usize::from(window - 1) * held_payload.len();
-    assert_eq!(
-        p.server.reassembly_bytes(),
-        held,
-        "each held message charged its size"
+    // Each held message is charged its size and its window slot (a few dozen bytes).
+    let payload_held = usize::from(window - 1) * held_payload.len();
+    let held = p.server.reassembly_bytes();
+    assert!(
+        held >= payload_held && held <= payload_held + usize::from(window) * 128,
+        "each held message charged its size and slot: {held} for {payload_held}"
     );
     check_growth(
         resident,
@@ -1523,7 +1530,13 @@ fn withholding_peers_leave_an_honest_newcomer_room_for_a_large_message() {
         vec![2; 5],
         "every hostile message reserved"
     );
-    assert_eq!(w.held_bytes, 10 * w.reservation);
+    // Ten reservations, and the window slots they sit in.
+    assert!(
+        w.held_bytes >= 10 * w.reservation && w.held_bytes <= 10 * w.reservation + 10 * 256,
+        "{} held for 10 reservations of {}",
+        w.held_bytes,
+        w.reservation
+    );
     let took = w.honest_took.expect("the newcomer's message arrived");
     assert!(took <= Duration::from_secs(3), "took {took:?}");
 }
@@ -1546,7 +1559,13 @@ fn withholding_peers_are_held_to_a_fair_share_that_leaves_a_newcomer_room() {
         vec![2; 5],
         "each held to 8 MiB / 6, two of its four messages"
     );
-    assert_eq!(w.held_bytes, 10 * w.reservation);
+    // Ten reservations, and the window slots they sit in.
+    assert!(
+        w.held_bytes >= 10 * w.reservation && w.held_bytes <= 10 * w.reservation + 10 * 256,
+        "{} held for 10 reservations of {}",
+        w.held_bytes,
+        w.reservation
+    );
     let took = w.honest_took.expect("the newcomer's message arrived");
     assert!(took <= Duration::from_secs(3), "took {took:?}");
 }
@@ -1889,4 +1908,61 @@ fn a_peer_that_keeps_reconnecting_cannot_grow_the_event_queue_past_its_bound() {
         "the event queue reached {peak} bytes against a limit of {limit}"
     );
     assert!(peak >= limit, "the test reached the limit: {peak}");
+}
+
+/// A message at the far end of an ordered channel's window makes the receiver open 4,096
+/// window slots: that memory is charged to the budget like the message itself (before, two
+/// one-byte packets held ~786 KB uncounted).
+#[test]
+fn a_message_at_the_far_end_of_the_window_is_charged_for_the_slots_it_opens() {
+    let Sniffed {
+        mut p,
+        server: s,
+        id,
+        owner,
+        next_pn,
+        ..
+    } = sniffed(client_config(1), server_config(2));
+    let mut frames = Vec::new();
+    push_frame(&mut frames, header(3, owner, 4_095, None), b"x");
+    feed_server(&mut p, &data_packet(id, next_pn, &frames));
+    let held = p.server.reassembly_bytes();
+    assert!(held >= 4_096 * 32, "slots charged: {held}");
+    assert!(p.server.is_connected(s));
+}
+
+/// Path challenges that claim to come from the peer's address (anyone with the connection
+/// id can send them) get their 17-byte answers, and at most one probe a round trip: never a
+/// burst of data past the congestion window.
+#[test]
+fn spoofed_path_challenges_do_not_trigger_a_burst_of_probes() {
+    let Sniffed {
+        mut p,
+        server: s,
+        id,
+        ..
+    } = sniffed(client_config(1), server_config(2));
+    // Something in flight, so that a probe would have something to carry.
+    for i in 0..20u8 {
+        p.server.send(s, 2, vec![i; 1_000]).expect("send");
+    }
+    let mut buf = vec![0u8; 1500];
+    while p.server.poll_transmit(p.now, &mut buf).is_some() {}
+    let mut sent = 0;
+    for token in 0..1_000u64 {
+        let challenge = Packet::PathChallenge {
+            connection_id: id,
+            token,
+        };
+        let n = challenge.encode(&mut buf).expect("encodes");
+        let d = buf[..n].to_vec();
+        p.server.handle_datagram(p.now, p.client_addr, &d);
+        while let Some(t) = p.server.poll_transmit(p.now, &mut buf) {
+            sent += t.len;
+        }
+    }
+    assert!(
+        sent <= 1_000 * 17 + 2 * 1_200,
+        "{sent} bytes sent for 17,000 bytes of challenges"
+    );
 }

@@ -113,6 +113,8 @@ pub(crate) struct Connection {
     probes_due: u8,
     /// The last acknowledgement did not fit its packet: send the rest in one of its own.
     full_ack_due: bool,
+    /// When a path challenge from the peer last triggered a probe.
+    last_challenge_probe: Option<Instant>,
     /// Scratch list of frame keys for a probe (reused).
     probe_scratch: Vec<FrameKey>,
     sent: SentPackets,
@@ -153,6 +155,8 @@ pub(crate) struct Connection {
     /// Scratch space for the frames of the packet being received (reused: no allocation per
     /// datagram once warm).
     parsed_frames: Vec<(MessageHeader, Bytes)>,
+    /// Scratch list of a packet's whole ordered messages (reused).
+    ordered_scratch: Vec<(u8, u64, usize)>,
     /// Sequenced messages queued and replaced by a newer one before they were sent.
     pub(crate) superseded: u64,
     pub(crate) stats: ConnectionStats,
@@ -206,6 +210,7 @@ impl Connection {
             eliciting_since_ack: 0,
             probes_due: 0,
             full_ack_due: false,
+            last_challenge_probe: None,
             probe_scratch: Vec::new(),
             sent: SentPackets::new(config.initial_rtt, config.mtu),
             received: ReceivedPackets::default(),
@@ -237,6 +242,7 @@ impl Connection {
             last_sent: now,
             last_received: now,
             parsed_frames: Vec::new(),
+            ordered_scratch: Vec::new(),
             superseded: 0,
             stats: ConnectionStats::default(),
             outcome: AckOutcome::default(),
@@ -248,8 +254,14 @@ impl Connection {
     }
 
     /// The peer challenged a new address of ours: our packets from it were dropped until now.
-    pub(crate) fn on_path_challenged(&mut self) {
-        if self.bytes_in_flight() > 0 {
+    pub(crate) fn on_path_challenged(&mut self, now: Instant) {
+        // At most once a round trip: anyone with the connection id can send challenges
+        // that look like they came from the peer, and probes bypass the congestion window.
+        let quiet = self
+            .last_challenge_probe
+            .is_none_or(|t| now >= t + self.sent.rtt.smoothed());
+        if self.bytes_in_flight() > 0 && quiet {
+            self.last_challenge_probe = Some(now);
             self.probes_due = self.probes_due.max(1);
         }
     }
@@ -360,14 +372,8 @@ impl Connection {
         let peer_budget = self.peer_reassembly_budget;
         let ch = self.channel_with_room(config, channel, len)?;
         let chunk_count = chunks_for(config, len);
-        if ch.kind.is_reliable() && chunk_count > 1 {
-            let reserve = reservation(chunk_count, config.chunk_payload());
-            if reserve > peer_budget {
-                return Err(SendError::MessageTooLarge {
-                    size: len,
-                    max: peer_budget,
-                });
-            }
+        if ch.kind.is_reliable() {
+            fits_peer_budget(config, len, chunk_count, peer_budget)?;
         }
         if ch.kind == DeliveryKind::Sequenced {
             // Newest only: a queued update that has not started to leave is worthless now.
@@ -445,6 +451,11 @@ impl Connection {
     ) -> Result<(), SendError> {
         let channel = request.channel;
         let len = payload.len();
+        let peer_budget = self.peer_reassembly_budget;
+        let chunk_count = chunks_for(config, len);
+        // The peer reassembles a chunked response whatever the channel: one it could never
+        // hold would block every response behind it.
+        fits_peer_budget(config, len, chunk_count, peer_budget)?;
         self.channel_with_room(config, channel, len)?.queued_bytes += len;
         self.responses.push_back((
             channel,
@@ -453,7 +464,7 @@ impl Connection {
                 response: true,
                 request: false,
                 redirect: None,
-                chunk_count: chunks_for(config, len),
+                chunk_count,
                 next_chunk: 0,
                 payload,
             },
@@ -649,6 +660,23 @@ impl Connection {
             self.loss_rate += ((1 << 32) - self.loss_rate) >> 9;
         }
     }
+}
+
+/// Whether the peer can hold a message of `len` bytes sent in `chunk_count` chunks while it
+/// reassembles it (its per-connection budget, from the handshake).
+fn fits_peer_budget(
+    config: &Config,
+    len: usize,
+    chunk_count: u16,
+    peer_budget: usize,
+) -> Result<(), SendError> {
+    if chunk_count > 1 && reservation(chunk_count, config.chunk_payload()) > peer_budget {
+        return Err(SendError::MessageTooLarge {
+            size: len,
+            max: peer_budget,
+        });
+    }
+    Ok(())
 }
 
 /// How many chunks a payload of `len` bytes is sent in (1: whole).

@@ -62,6 +62,9 @@ impl Connection {
         let mut parsed = core::mem::take(&mut self.parsed_frames);
         parsed.clear();
         let mut to_hold = 0usize;
+        // Whole messages on ordered channels: (channel, sequence, length).
+        let mut ordered = core::mem::take(&mut self.ordered_scratch);
+        ordered.clear();
         let max_chunks = chunks_for(config, config.max_message_size);
         for frame in Frames::new(&frames) {
             let frame = match frame {
@@ -80,9 +83,23 @@ impl Connection {
                     return self.refuse(parsed, DropReason::Oversized);
                 }
             }
-            to_hold += self.bytes_to_hold(ch.kind, &h, frame.payload.len(), config);
+            to_hold += self.bytes_to_hold(ch.kind, &h, config);
+            if ch.kind == DeliveryKind::Ordered
+                && h.send_type == SendType::Message
+                && h.chunk.is_none()
+            {
+                let position = self
+                    .recv_channels
+                    .get(usize::from(h.channel))
+                    .and_then(|c| c.window_position(h.sequence));
+                if let Some((seq, true)) = position {
+                    ordered.push((h.channel, seq, frame.payload.len()));
+                }
+            }
             parsed.push((h, frames.slice_ref(frame.payload)));
         }
+        to_hold += self.ordered_bytes_to_hold(&mut ordered);
+        self.ordered_scratch = ordered;
         // The packet is well-formed: its acknowledgement counts and it shows the peer is
         // alive, even if its messages must be refused for room below.
         if let Some(ack) = &header.ack {
@@ -156,16 +173,10 @@ impl Connection {
         DataResult::Dropped
     }
 
-    /// Receive memory a frame would newly take: a chunk that starts a reliable reassembly (a
-    /// message's or a response's) reserves the whole message; a whole message that must wait
-    /// on an ordered channel holds its size.
-    fn bytes_to_hold(
-        &self,
-        kind: DeliveryKind,
-        h: &MessageHeader,
-        len: usize,
-        config: &Config,
-    ) -> usize {
+    /// Receive memory a frame would newly take (besides whole ordered messages, see
+    /// `ordered_bytes_to_hold`): window slots, and a chunk that starts a reliable reassembly
+    /// (a message's or a response's) reserves the whole message.
+    fn bytes_to_hold(&self, kind: DeliveryKind, h: &MessageHeader, config: &Config) -> usize {
         match h.send_type {
             SendType::Response => match h.chunk {
                 Some(chunk)
@@ -182,10 +193,43 @@ impl Connection {
                 .recv_channels
                 .get(usize::from(h.channel))
                 .map_or(0, |ch| {
-                    ch.bytes_to_hold(h.sequence, h.chunk, len, config.chunk_payload())
+                    ch.bytes_to_hold(h.sequence, h.chunk, config.chunk_payload())
                 }),
             SendType::Message => 0,
         }
+    }
+
+    /// Memory the packet's whole messages on ordered channels would hold: only those that
+    /// must wait for a message neither received already nor in this same packet (a packet
+    /// that brings the missing message releases what it completes, so it is never refused
+    /// for the messages behind it). `ordered` is (channel, sequence, length); it is sorted.
+    fn ordered_bytes_to_hold(&self, ordered: &mut [(u8, u64, usize)]) -> usize {
+        ordered.sort_unstable();
+        let mut held = 0;
+        let mut start = 0;
+        while start < ordered.len() {
+            let channel = ordered[start].0;
+            let end = start
+                + ordered[start..]
+                    .iter()
+                    .take_while(|e| e.0 == channel)
+                    .count();
+            if let Some(ch) = self.recv_channels.get(usize::from(channel)) {
+                let mut arriving = [0u64; 64];
+                let n = (end - start).min(arriving.len());
+                for (slot, e) in arriving.iter_mut().zip(&ordered[start..start + n]) {
+                    *slot = e.1;
+                }
+                let run_end = ch.in_order_run(&arriving[..n]);
+                held += ordered[start..end]
+                    .iter()
+                    .filter(|e| e.1 > run_end)
+                    .map(|e| e.2)
+                    .sum::<usize>();
+            }
+            start = end;
+        }
+        held
     }
 
     fn receive_frame(
@@ -289,7 +333,16 @@ impl Connection {
             return;
         };
         let complete = match h.chunk {
-            None => Some(payload),
+            // A whole response to a request whose answer had started in chunks: the partial
+            // is dropped with the request below, and so must its reservation be.
+            None => {
+                if let Some(r) = pending.partial.take() {
+                    shared
+                        .budget
+                        .release(&mut self.reassembly_bytes, r.reserved());
+                }
+                Some(payload)
+            }
             Some(ChunkInfo { index, count }) => {
                 let r = match &mut pending.partial {
                     Some(r) => r,

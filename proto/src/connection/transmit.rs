@@ -107,9 +107,12 @@ impl Connection {
             };
             let delay = crate::time::micros(self.received.ack_delay(now));
             let written = encode_ack(&mut w, false, delay, self.received.ranges(), room)?;
-            // Ranges that did not fit a packet carrying messages go in one of their own next;
-            // that one says all it can and asks for no further one.
-            self.full_ack_due = !ack_only && written < self.received.range_count();
+            // Ranges that did not fit a packet carrying messages go in one of their own next
+            // — when an old one changed (a hole filled): the peer has the rest already. That
+            // one says all it can and asks for no further one.
+            self.full_ack_due = !ack_only
+                && written < self.received.range_count()
+                && self.received.take_old_change();
         } else {
             w.put(&[0])?;
         }

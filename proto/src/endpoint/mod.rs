@@ -784,7 +784,7 @@ impl Endpoint {
                 // Our peer is validating a new address of ours (our NAT rebound): what we
                 // sent from it was dropped, so send a probe right behind the response, which
                 // arrives once the address is proven.
-                c.on_path_challenged();
+                c.on_path_challenged(self.last_now);
             }
         } else {
             self.stats.drops.add(DropReason::UnknownConnection);
@@ -827,7 +827,8 @@ impl Endpoint {
                 if self.by_addr.get(&old) == Some(&index) {
                     self.by_addr.remove(&old);
                 }
-                self.by_addr.insert(from, index);
+                // Another connection's handshake entry for this address stays its own.
+                self.by_addr.entry(from).or_insert(index);
                 self.stats.migrations += 1;
             }
             DataResult::Accepted | DataResult::Dropped => {}

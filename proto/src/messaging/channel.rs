@@ -31,6 +31,8 @@ pub(crate) type WireOrder = (u64, u16);
 pub const MESSAGE_WINDOW: u64 = 4096;
 /// Partial unreliable chunked messages kept per channel; a newer one evicts the oldest.
 const MAX_UNRELIABLE_PARTIALS: usize = 4;
+/// Memory one receive-window slot takes, charged to the budget while it exists.
+pub(crate) const SLOT_BYTES: usize = core::mem::size_of::<Slot>();
 
 /// A message (or response) waiting to be sent, whole or chunk by chunk.
 #[derive(Debug)]
@@ -139,7 +141,7 @@ pub(crate) struct MessageMeta {
 #[derive(Debug)]
 enum Slot {
     Empty,
-    Partial(ReassemblyBuffer),
+    Partial(alloc::boxed::Box<ReassemblyBuffer>),
     /// Complete, waiting for earlier messages (ordered channels), with the reservation it
     /// keeps until delivered (zero if it came whole).
     Ready(MessageMeta, Bytes, usize),
@@ -324,7 +326,9 @@ impl RecvChannel {
             return Received::Accepted;
         }
         while self.slots.len() <= idx {
+            // The window's slots are memory the peer makes us hold: charged like the rest.
             self.slots.push_back(Slot::Empty);
+            self.held_bytes += SLOT_BYTES;
         }
         // `complete`: the message, and the bytes it holds until delivered.
         let complete = match (&mut self.slots[idx], chunk) {
@@ -339,7 +343,7 @@ impl RecvChannel {
                 // The whole message's size is reserved up front (the connection checked it
                 // fits), so later chunks of an admitted message are never refused.
                 self.held_bytes += r.reserved();
-                *slot = Slot::Partial(r);
+                *slot = Slot::Partial(alloc::boxed::Box::new(r));
                 None
             }
             (Slot::Partial(_), None) => return Received::Violation,
@@ -355,7 +359,7 @@ impl RecvChannel {
                         return Received::Violation;
                     };
                     let reserved = r.reserved();
-                    Some((r.assemble(), reserved))
+                    Some(((*r).assemble(), reserved))
                 } else {
                     None
                 }
@@ -394,41 +398,77 @@ impl RecvChannel {
                         (cx.deliver)(meta, message);
                     }
                 }
-                _ => return,
+                _ => break,
             }
             self.slots.pop_front();
+            self.held_bytes -= SLOT_BYTES;
             self.base += 1;
+        }
+        // Give back a window that a burst of far messages once stretched.
+        if self.slots.capacity() > 4 * self.slots.len().max(16) {
+            self.slots.shrink_to(self.slots.len() * 2);
         }
     }
 
+    /// Where a message `sequence` falls in this reliable channel's window: its extended
+    /// sequence and whether its slot is free, or `None` if it is outside the window.
+    pub(crate) fn window_position(&self, sequence: u16) -> Option<(u64, bool)> {
+        let seq = extend_seq(sequence, self.base)?;
+        if seq < self.base || seq >= self.base + MESSAGE_WINDOW {
+            return None;
+        }
+        let free = matches!(
+            self.slots.get((seq - self.base) as usize),
+            None | Some(Slot::Empty)
+        );
+        Some((seq, free))
+    }
+
     /// Bytes this reliable channel would newly hold if it took a frame of message `sequence`
-    /// (whole with `len` bytes, or a chunk of `chunk`): a chunk that starts a reassembly
-    /// reserves the whole message; a whole message that must wait for an earlier one on an
-    /// ordered channel holds its size. Anything else holds nothing new.
+    /// (whole with `len` bytes, or a chunk of `chunk`): window slots it would add, and a
+    /// chunk that starts a reassembly reserves the whole message. Whole messages on an
+    /// ordered channel are counted by the caller, which knows what else the packet brings
+    /// (see [`Self::in_order_run`]).
     pub(crate) fn bytes_to_hold(
         &self,
         sequence: u16,
         chunk: Option<ChunkInfo>,
-        len: usize,
         chunk_payload: usize,
     ) -> usize {
         if !self.kind.is_reliable() {
             return 0;
         }
-        let Some(seq) = extend_seq(sequence, self.base) else {
+        let Some((seq, true)) = self.window_position(sequence) else {
             return 0;
         };
-        if seq < self.base || seq >= self.base + MESSAGE_WINDOW {
-            return 0;
-        }
         let idx = (seq - self.base) as usize;
-        if !matches!(self.slots.get(idx), None | Some(Slot::Empty)) {
-            return 0;
-        }
-        match chunk {
-            Some(chunk) => reservation(chunk.count, chunk_payload),
-            None if self.kind == DeliveryKind::Ordered && idx > 0 => len,
-            None => 0,
+        let slots = if chunk.is_none() && idx == 0 && self.slots.is_empty() {
+            0 // delivered at once, without a slot
+        } else {
+            (idx + 1).saturating_sub(self.slots.len()) * SLOT_BYTES
+        };
+        slots + chunk.map_or(0, |c| reservation(c.count, chunk_payload))
+    }
+
+    /// The first sequence from the base that is neither received already nor among
+    /// `arriving` (sorted whole messages of one packet): messages before it are delivered as
+    /// the packet is taken, so they hold nothing.
+    pub(crate) fn in_order_run(&self, arriving: &[u64]) -> u64 {
+        let mut cursor = self.base;
+        let mut i = 0;
+        loop {
+            while arriving.get(i).is_some_and(|&s| s < cursor) {
+                i += 1;
+            }
+            let received = matches!(
+                self.slots.get((cursor - self.base) as usize),
+                Some(Slot::Ready(..) | Slot::Done)
+            );
+            if received || arriving.get(i) == Some(&cursor) {
+                cursor += 1;
+            } else {
+                return cursor;
+            }
         }
     }
 

@@ -37,6 +37,9 @@ pub(crate) struct ReceivedPackets {
     floor: u64,
     /// When the newest packet arrived (for the acknowledgement delay).
     largest_at: Instant,
+    /// A range other than the newest two changed since this was last taken: an old hole was
+    /// filled, which a truncated acknowledgement would not tell.
+    old_change: bool,
 }
 
 impl ReceivedPackets {
@@ -88,6 +91,9 @@ impl ReceivedPackets {
             i -= 1;
         }
         // `i` is the first range that may touch pn; ranges before it end below pn - 1.
+        if i + 2 < self.ranges.len() {
+            self.old_change = true;
+        }
         match self.ranges.get(i).copied() {
             Some((low, high)) if low <= pn + 1 => {
                 let (mut low, mut high) = (low.min(pn), high.max(pn));
@@ -116,6 +122,11 @@ impl ReceivedPackets {
     /// The ranges for an acknowledgement, newest first.
     pub(crate) fn ranges(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
         self.ranges.iter().rev().copied()
+    }
+
+    /// Whether an old range changed since the last call (see `old_change`).
+    pub(crate) fn take_old_change(&mut self) -> bool {
+        core::mem::take(&mut self.old_change)
     }
 
     /// Number of ranges an acknowledgement would report.
