@@ -1966,3 +1966,56 @@ fn spoofed_path_challenges_do_not_trigger_a_burst_of_probes() {
         "{sent} bytes sent for 17,000 bytes of challenges"
     );
 }
+
+/// Each delivered payload is a slice of its datagram, so a waiting event keeps the whole
+/// datagram in memory: a peer that sends one-byte messages padded with frames that are
+/// dropped after the packet is taken must be charged for what it pins. The live heap stays
+/// within the event-queue bound while the application reads nothing.
+#[test]
+fn tiny_messages_in_padded_datagrams_are_charged_for_the_memory_they_pin() {
+    if !run_isolated("tiny_messages_in_padded_datagrams_are_charged_for_the_memory_they_pin") {
+        return;
+    }
+    let limit = 256 * KIB;
+    let Sniffed {
+        mut p,
+        id,
+        owner,
+        next_pn,
+        ..
+    } = sniffed(
+        client_config(1),
+        Config {
+            max_pending_event_bytes: limit,
+            ..server_config(2)
+        },
+    );
+    let mut resident = Resident::start();
+    let mut buf = [0u8; 1500];
+    for i in 0..3_000u32 {
+        let mut frames = Vec::new();
+        push_frame(&mut frames, header(0, owner, i as u16, None), b"x");
+        // An answer to no request: parsed, then dropped as a stale response.
+        let stale = MessageHeader {
+            send_type: SendType::Response,
+            ..header(2, owner, 9, None)
+        };
+        push_frame(&mut frames, stale, &[0u8; 1_100]);
+        p.server
+            .handle_datagram(p.now, p.client_addr, &data_packet(id, next_pn + i, &frames));
+        while p.server.poll_transmit(p.now, &mut buf).is_some() {}
+        p.now += Duration::from_millis(1);
+        p.server.handle_timeout(p.now);
+    }
+    assert!(
+        p.server.pending_event_bytes() <= limit + limit / 4 + 1_500,
+        "{} bytes of events waiting",
+        p.server.pending_event_bytes()
+    );
+    check_growth(
+        resident.take(),
+        "one-byte messages in padded datagrams",
+        limit,
+        2 * limit + MIB,
+    );
+}

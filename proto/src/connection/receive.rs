@@ -140,10 +140,20 @@ impl Connection {
         let out_of_order = self.received.record(pn, now);
         self.stats.packets_received += 1;
         self.stats.bytes_received += datagram_len as u64;
+        let events_before = shared.events.len();
+        let delivered_before = self.stats.payload_bytes_delivered;
         for (i, (header, payload)) in parsed.drain(..).enumerate() {
             self.receive_frame(now, (pn, i as u16), header, payload, shared);
         }
         self.parsed_frames = parsed;
+        if shared.events.len() > events_before {
+            // Delivered payloads are slices of the datagram: while any of them waits, the
+            // whole datagram stays in memory, headers and dropped frames included. Charge
+            // that to the packet's last event, so the queue's bound is the memory it pins.
+            let delivered = (self.stats.payload_bytes_delivered - delivered_before) as usize;
+            let pinned = frames.len().saturating_sub(delivered);
+            self.event_bytes += shared.events.charge_last(pinned);
+        }
 
         if eliciting {
             self.eliciting_since_ack += 1;

@@ -32,6 +32,19 @@ impl EventQueue {
         charge
     }
 
+    /// Charges `extra` more bytes to the newest event (if it is charged at all: a data
+    /// event). Returns what was charged.
+    pub(crate) fn charge_last(&mut self, extra: usize) -> usize {
+        match self.queue.back_mut() {
+            Some((_, charge)) if *charge > 0 => {
+                *charge += extra;
+                self.bytes += extra;
+                extra
+            }
+            _ => 0,
+        }
+    }
+
     /// The oldest event and the bytes it was charged.
     pub(crate) fn pop(&mut self) -> Option<(Event, usize)> {
         let (event, charge) = self.queue.pop_front()?;
