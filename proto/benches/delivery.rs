@@ -252,6 +252,12 @@ fn lossy_latency(
         latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)] as f64 / 1000.0
     };
     let stats = client.connection_stats(conn).expect("live");
+    if std::env::var("SHOAL_BENCH_DEBUG").is_ok() {
+        eprintln!("client {stats:?}");
+        if let Some(s) = server.connections().next() {
+            eprintln!("server {:?}", server.connection_stats(s));
+        }
+    }
     let in_order = latencies.len() as u64 == sent_messages;
     let over_150 = latencies.iter().filter(|&&l| l > 150_000).count() as f64 * 100.0
         / latencies.len().max(1) as f64;

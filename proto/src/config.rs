@@ -122,11 +122,12 @@ pub struct Config {
     pub reassembly_timeout: Duration,
     /// Optional send-rate limit per connection in bytes per second (token bucket).
     pub max_send_rate: Option<u64>,
-    /// Extra copies of each small reliable message sent proactively in following packets, to
-    /// hide loss without waiting for a retransmission timeout (0 disables).
+    /// Forward error correction under loss (default 1; 0 disables): once the connection
+    /// sees loss, each small packet (at most half the MTU of messages) carries a repair that
+    /// codes the small packets of the last round trip, so a lost one is rebuilt by the
+    /// receiver from later packets instead of waiting a round trip for a retransmission. It
+    /// costs about one more copy of the small packets' bytes, and stops on a clean link.
     pub redundancy: u8,
-    /// Reliable messages up to this size get the proactive copies of `redundancy`.
-    pub redundancy_max_size: usize,
     /// Most bytes of messages, requests and responses (payload plus 64 bytes each) waiting
     /// for `poll_event`, across the endpoint (default 64 MiB). Each connection gets an equal
     /// share; a connection over its share has its data refused unacknowledged (its sender
@@ -180,7 +181,6 @@ impl Config {
             reassembly_timeout: Duration::from_secs(5),
             max_send_rate: None,
             redundancy: 1,
-            redundancy_max_size: 256,
             max_pending_event_bytes: 64 << 20,
             max_control_queue: 16 * 1024,
         }

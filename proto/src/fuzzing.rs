@@ -1131,6 +1131,7 @@ mod ops {
                     packet_number,
                     ping,
                     ack,
+                    repair: None,
                 },
                 frames: &frames,
             };

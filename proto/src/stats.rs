@@ -175,8 +175,11 @@ pub struct ConnectionStats {
     pub payload_bytes_sent: u64,
     /// Frames sent again because their packet was declared lost.
     pub retransmissions: u64,
-    /// Proactive extra copies of small reliable frames (see `Config::redundancy`).
-    pub redundant_frames: u64,
+    /// Repair blocks sent (forward error correction for small packets under loss; see
+    /// `Config::redundancy`).
+    pub repairs_sent: u64,
+    /// Lost packets rebuilt from the peer's repair blocks, without a retransmission.
+    pub packets_rebuilt: u64,
     /// Payload bytes put on the wire, counting every copy.
     pub payload_bytes_transmitted: u64,
     /// Packets declared lost.

@@ -30,6 +30,10 @@ pub const MAX_ACK_RANGES: usize = 32;
 pub const PATH_PACKET_LEN: usize = 1 + 8 + 8;
 /// The high bit of a `Data` packet's range-count byte: an acknowledgement is requested.
 pub(crate) const PING_BIT: u8 = 0x80;
+/// The next bit of the range-count byte: a repair block follows the acknowledgement.
+pub(crate) const REPAIR_BIT: u8 = 0x40;
+/// Packets one repair block covers at most (the bits of its mask).
+pub const MAX_REPAIR_COVERAGE: usize = 16;
 /// Largest value a varint carries (21 bits).
 pub const MAX_VARINT: u32 = (1 << 21) - 1;
 /// Ack delay on the wire is in units of 2^`ACK_DELAY_EXPONENT` microseconds.
@@ -192,6 +196,112 @@ pub struct DataHeader<'a> {
     pub ping: bool,
     /// The acknowledgement it carries, if the sender has received anything.
     pub ack: Option<Ack<'a>>,
+    /// Forward error correction for earlier packets, if the sender codes them.
+    pub repair: Option<Repair<'a>>,
+}
+
+/// A repair block: a combination, over GF(2^8), of the frames of up to eight earlier packets,
+/// from which a receiver that lost one of them (and has the others) rebuilds it.
+///
+/// On the wire, after the acknowledgement block: `distance` (varint: this packet's number
+/// minus the newest covered one, at least 1), `mask` (2 bytes: bit `i` covers the packet
+/// `i` below the newest covered; bit 0 is set), one varint per covered packet (oldest bit
+/// last) giving the length of its frames, then the coded symbol, as long as the longest.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Repair<'a> {
+    /// This packet's number minus the newest covered packet's.
+    pub distance: u32,
+    /// Bit `i`: the packet `i` below the newest covered one is covered.
+    pub mask: u16,
+    lens: &'a [u8],
+    /// The coded frames, padded with zeros to the longest.
+    pub symbol: &'a [u8],
+}
+
+impl fmt::Debug for Repair<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Repair")
+            .field("distance", &self.distance)
+            .field("covered", &self.covered().collect::<alloc::vec::Vec<_>>())
+            .field("symbol_len", &self.symbol.len())
+            .finish()
+    }
+}
+
+impl<'a> Repair<'a> {
+    /// The covered packets as `(distance below the newest covered, frames length)`.
+    pub fn covered(&self) -> impl Iterator<Item = (u32, usize)> + 'a {
+        let mut r = Reader { bytes: self.lens };
+        let mask = self.mask;
+        (0..MAX_REPAIR_COVERAGE as u32)
+            .filter(move |i| mask & (1 << i) != 0)
+            .map(move |i| (i, decode_varint(&mut r).map_or(0, |v| v as usize)))
+    }
+
+    fn decode(r: &mut Reader<'a>) -> Result<Self, DecodeError> {
+        let distance = decode_varint(r)?;
+        let mask = r.u16()?;
+        if distance == 0 || mask & 1 == 0 {
+            return Err(DecodeError::BadField);
+        }
+        let start = r.bytes;
+        let mut longest = 0;
+        for _ in 0..mask.count_ones() {
+            longest = longest.max(decode_varint(r)?);
+        }
+        let lens = &start[..start.len() - r.bytes.len()];
+        if longest == 0 {
+            return Err(DecodeError::BadField);
+        }
+        let symbol = r.take(longest as usize)?;
+        Ok(Repair {
+            distance,
+            mask,
+            lens,
+            symbol,
+        })
+    }
+
+    fn encoded_len(&self) -> usize {
+        varint_len(self.distance) + 2 + self.lens.len() + self.symbol.len()
+    }
+
+    fn encode(&self, w: &mut Writer<'_>) -> Option<()> {
+        put_varint(w, self.distance)?;
+        w.u16(self.mask)?;
+        w.put(self.lens)?;
+        w.put(self.symbol)
+    }
+}
+
+/// Writes a repair block: `covered` lists `(distance below the newest covered, length)`, in
+/// increasing distance, the first at distance 0; `symbol` is the coded frames.
+pub(crate) fn encode_repair(
+    w: &mut Writer<'_>,
+    distance: u32,
+    covered: &[(u32, usize)],
+    symbol: &[u8],
+) -> Option<()> {
+    let mask = covered
+        .iter()
+        .fold(0u16, |m, &(i, _)| m | 1u16.checked_shl(i).unwrap_or(0));
+    put_varint(w, distance)?;
+    w.u16(mask)?;
+    for &(_, len) in covered {
+        put_varint(w, u32::try_from(len).ok()?)?;
+    }
+    w.put(symbol)
+}
+
+/// Encoded length of a repair block with these covered lengths and symbol.
+pub(crate) fn repair_len(distance: u32, covered: &[(u32, usize)], symbol_len: usize) -> usize {
+    varint_len(distance)
+        + 2
+        + covered
+            .iter()
+            .map(|&(_, len)| varint_len(len as u32))
+            .sum::<usize>()
+        + symbol_len
 }
 
 /// An acknowledgement: the newest packet received, how long ago, and the ranges of packets
@@ -338,6 +448,7 @@ pub(crate) fn encode_ack(
         count += 1;
     }
     w.buf[count_at] = count | if ping { PING_BIT } else { 0 };
+    debug_assert!(count & REPAIR_BIT == 0);
     Some(usize::from(count))
 }
 
@@ -477,20 +588,30 @@ impl<'a> Reader<'a> {
 pub(crate) struct Writer<'a> {
     buf: &'a mut [u8],
     pos: usize,
+    /// Writes stop here (at most `buf.len()`).
+    end: usize,
 }
 
 impl<'a> Writer<'a> {
     pub(crate) fn new(buf: &'a mut [u8]) -> Self {
-        Writer { buf, pos: 0 }
+        let end = buf.len();
+        Writer { buf, pos: 0, end }
     }
     pub(crate) fn len(&self) -> usize {
         self.pos
     }
     pub(crate) fn remaining(&self) -> usize {
-        self.buf.len() - self.pos
+        self.end - self.pos
+    }
+    /// Lets at most `n` more bytes be written.
+    pub(crate) fn limit(&mut self, n: usize) {
+        self.end = self.pos.saturating_add(n).min(self.buf.len());
     }
     pub(crate) fn put(&mut self, bytes: &[u8]) -> Option<()> {
         let end = self.pos.checked_add(bytes.len())?;
+        if end > self.end {
+            return None;
+        }
         self.buf.get_mut(self.pos..end)?.copy_from_slice(bytes);
         self.pos = end;
         Some(())
@@ -509,6 +630,9 @@ impl<'a> Writer<'a> {
     }
     fn zeros(&mut self, n: usize) -> Option<()> {
         let end = self.pos.checked_add(n)?;
+        if end > self.end {
+            return None;
+        }
         self.buf.get_mut(self.pos..end)?.fill(0);
         self.pos = end;
         Some(())
@@ -584,16 +708,22 @@ impl<'a> Packet<'a> {
                 let packet_number = r.u32()?;
                 let count = r.u8()?;
                 let ping = count & PING_BIT != 0;
-                let ack = match count & !PING_BIT {
+                let ack = match count & !(PING_BIT | REPAIR_BIT) {
                     0 => None,
                     n if usize::from(n) > MAX_ACK_RANGES => return Err(DecodeError::BadField),
                     n => Some(Ack::decode(&mut r, n)?),
+                };
+                let repair = if count & REPAIR_BIT != 0 {
+                    Some(Repair::decode(&mut r)?)
+                } else {
+                    None
                 };
                 let header = DataHeader {
                     connection_id,
                     packet_number,
                     ping,
                     ack,
+                    repair,
                 };
                 let frames = r.bytes;
                 r.bytes = &[];
@@ -750,21 +880,27 @@ impl DataHeader<'_> {
                     + varint_len(a.first_range)
                     + a.rest.len()
             })
+            + self.repair.map_or(0, |r| r.encoded_len())
     }
 
     fn encode(&self, w: &mut Writer<'_>) -> Option<()> {
         encode_data_prefix(w, self.connection_id, self.packet_number)?;
-        let ping = if self.ping { PING_BIT } else { 0 };
+        let flags = if self.ping { PING_BIT } else { 0 }
+            | if self.repair.is_some() { REPAIR_BIT } else { 0 };
         match self.ack {
-            None => w.u8(ping),
+            None => w.u8(flags)?,
             Some(ack) => {
-                w.u8(ack.count | ping)?;
+                w.u8(ack.count | flags)?;
                 w.u32(ack.largest)?;
                 let delay = u32::try_from(ack.delay_micros >> ACK_DELAY_EXPONENT).ok()?;
                 put_varint(w, delay)?;
                 put_varint(w, ack.first_range)?;
-                w.put(ack.rest)
+                w.put(ack.rest)?;
             }
+        }
+        match self.repair {
+            Some(repair) => repair.encode(w),
+            None => Some(()),
         }
     }
 }

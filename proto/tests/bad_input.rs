@@ -64,6 +64,7 @@ fn every_packet_type() -> Vec<Vec<u8>> {
                 packet_number: 0,
                 ping: false,
                 ack: None,
+                repair: None,
             },
             frames: &frames,
         },
@@ -224,6 +225,7 @@ fn data_packet(connection_id: u64, seq: u32, frames: &[u8]) -> Vec<u8> {
             packet_number: seq,
             ping: false,
             ack: None,
+            repair: None,
         },
         frames,
     };

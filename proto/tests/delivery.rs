@@ -885,66 +885,58 @@ fn a_burst_longer_than_one_ack_range_is_acknowledged_without_spurious_loss() {
 }
 
 #[test]
-fn proactive_copies_follow_the_loss_seen_and_stop_on_a_clean_link() {
+fn repairs_follow_the_loss_seen_rebuild_lost_packets_and_stop_on_a_clean_link() {
     let mut p = Pair::default_pair();
     p.latency = Duration::from_millis(50);
-    let (c, _) = p.connect();
-    // A steady stream on a clean link: no copies at all.
-    for i in 0..100 {
+    let (c, s) = p.connect();
+    // A steady stream on a clean link: a new connection codes its small packets at first,
+    // and stops after a couple of thousand clean ones.
+    for i in 0..2_500 {
         p.client.send(c, ORDERED, numbered(i, 32)).expect("send");
         p.run_for(Duration::from_millis(16));
     }
-    p.run_for(Duration::from_millis(500));
+    let before = p.client.connection_stats(c).expect("stats").repairs_sent;
+    for i in 2_500..2_600 {
+        p.client.send(c, ORDERED, numbered(i, 32)).expect("send");
+        p.run_for(Duration::from_millis(16));
+    }
     let clean = p.client.connection_stats(c).expect("stats");
-    assert_eq!(clean.redundant_frames, 0, "a clean link gets no copies");
-    // The same stream with 10% loss: small messages get copies, never in the packet of
-    // their original.
+    assert_eq!(clean.repairs_sent, before, "a clean link gets no repairs");
+    // The same stream with 10% loss: repairs again, and the receiver rebuilds lost packets
+    // from them instead of waiting for retransmissions.
     p.hook = lossy(3, 0.10);
-    for i in 100..400 {
+    for i in 2_600..3_400 {
         p.client.send(c, ORDERED, numbered(i, 32)).expect("send");
         p.run_for(Duration::from_millis(16));
     }
     p.run_for(Duration::from_secs(2));
     let lossy_stats = p.client.connection_stats(c).expect("stats");
-    let copies = lossy_stats.redundant_frames - clean.redundant_frames;
-    assert!(copies >= 200, "copies under loss: {copies}");
+    assert!(lossy_stats.repairs_sent - clean.repairs_sent >= 600);
+    let rebuilt = p.server.connection_stats(s).expect("stats").packets_rebuilt;
+    assert!(rebuilt >= 40, "rebuilt {rebuilt} of about 80 lost packets");
     let got: Vec<u32> = p
         .server_messages(ORDERED)
         .iter()
         .map(|m| number(m))
         .collect();
-    assert_eq!(got, (0..400).collect::<Vec<_>>());
-    // Back on a clean link, copies stop once the loss estimate decays (a few thousand
-    // clean packets after 10% loss).
+    assert_eq!(got, (0..3_400).collect::<Vec<_>>());
+    // Back on a clean link, repairs stop once the loss estimate decays.
     p.hook = Box::new(|_, _, _| vec![Duration::ZERO]);
-    for i in 400..3_700 {
+    for i in 3_400..6_700 {
         p.client.send(c, ORDERED, numbered(i, 32)).expect("send");
         p.run_for(Duration::from_millis(16));
     }
-    let before = p
-        .client
-        .connection_stats(c)
-        .expect("stats")
-        .redundant_frames;
-    for i in 3_700..3_800 {
+    let before = p.client.connection_stats(c).expect("stats").repairs_sent;
+    for i in 6_700..6_800 {
         p.client.send(c, ORDERED, numbered(i, 32)).expect("send");
         p.run_for(Duration::from_millis(16));
     }
-    let after = p
-        .client
-        .connection_stats(c)
-        .expect("stats")
-        .redundant_frames;
-    assert_eq!(
-        after,
-        before,
-        "copies stopped on the clean link: {:?}",
-        p.client.connection_stats(c)
-    );
+    let after = p.client.connection_stats(c).expect("stats").repairs_sent;
+    assert_eq!(after, before, "repairs stopped on the clean link");
 }
 
 #[test]
-fn a_bulk_transfer_gets_no_proactive_copies() {
+fn a_bulk_transfer_is_not_coded() {
     let mut p = Pair::default_pair();
     p.latency = Duration::from_millis(50);
     p.hook = lossy(5, 0.02);
@@ -957,10 +949,13 @@ fn a_bulk_transfer_gets_no_proactive_copies() {
         .len()
         == 20_000));
     let bulk = p.client.connection_stats(c).expect("stats");
+    // Full packets: a backlogged sender spends them on new data (a repair as long as a
+    // full packet would halve its rate).
     assert!(
-        bulk.redundant_frames < 20_000 / 20,
-        "a backlogged sender spends its packets on new data: {} copies",
-        bulk.redundant_frames
+        bulk.repairs_sent * 20 < bulk.packets_sent,
+        "{} repairs in {} packets",
+        bulk.repairs_sent,
+        bulk.packets_sent
     );
 }
 

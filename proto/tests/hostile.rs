@@ -203,6 +203,7 @@ fn data_packet(connection_id: u64, packet_number: u32, frames: &[u8]) -> Vec<u8>
             packet_number,
             ping: false,
             ack: None,
+            repair: None,
         },
         frames,
     })

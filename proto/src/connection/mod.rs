@@ -25,6 +25,7 @@ use crate::messaging::chunk::{
 use crate::stats::{ConnectionStats, DropReason};
 use crate::time::{Instant, Timer, TimerTable};
 use crate::transport::congestion::Controller;
+use crate::transport::fec::{RepairDecoder, RepairEncoder};
 use crate::transport::frame_store::{FrameKey, FrameStore};
 use crate::transport::pacing::Pacer;
 use crate::transport::path::Paths;
@@ -44,8 +45,6 @@ pub(crate) use receive::DataResult;
 const ACK_EVERY: u32 = 2;
 /// Answered requests remembered to recognise copies of their responses.
 const RECENTLY_ANSWERED: usize = 64;
-/// Redundancy candidates remembered at most.
-const MAX_REDUNDANT_CANDIDATES: usize = 512;
 
 /// Where a connection is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,8 +66,6 @@ struct SentFrame {
     message_seq: Option<u64>,
     /// Packets in flight that carry it.
     in_flight: u16,
-    /// Proactive extra copies sent.
-    copies: u8,
 }
 
 /// A request awaiting its response.
@@ -125,9 +122,6 @@ pub(crate) struct Connection {
     responses: VecDeque<(u8, Outgoing)>,
     frames: FrameStore<SentFrame>,
     resend: VecDeque<FrameKey>,
-    /// Small reliable frames that may ride again in a following packet, with the time they
-    /// were first sent.
-    redundant: VecDeque<(FrameKey, Instant)>,
     rr_cursor: usize,
     /// Reassembly the peer may be holding for our large reliable messages: each started one
     /// counts until the channel window moves past it (the peer has delivered it by then).
@@ -148,8 +142,11 @@ pub(crate) struct Connection {
     pub(crate) event_bytes: usize,
     pacer: Pacer,
     /// Loss rate seen recently, in units of 2^-32 (packets lost per packet resolved), which
-    /// decides how many proactive copies small reliable frames get.
+    /// decides whether small packets are coded (forward error correction).
     loss_rate: u64,
+    /// Small packets are being coded: on from 0.1% loss, off only below 0.005% (repairs
+    /// hide most losses from the estimate, so it must not switch them off at once).
+    coding: bool,
     last_sent: Instant,
     last_received: Instant,
     /// Scratch space for the frames of the packet being received (reused: no allocation per
@@ -157,6 +154,14 @@ pub(crate) struct Connection {
     parsed_frames: Vec<(MessageHeader, Bytes)>,
     /// Scratch list of a packet's whole ordered messages (reused).
     ordered_scratch: Vec<(u8, u64, usize)>,
+    /// Forward error correction: what we sent lately, to code repairs from.
+    fec_tx: RepairEncoder,
+    /// Forward error correction: what we received lately, and repairs not solved yet.
+    fec_rx: RepairDecoder,
+    /// The newest packet the last repair we sent covered (each is the newest once).
+    last_repair_newest: Option<u64>,
+    /// Packets rebuilt from repairs, waiting to be taken (reused).
+    rebuilt_scratch: Vec<(u64, Bytes)>,
     /// Sequenced messages queued and replaced by a newer one before they were sent.
     pub(crate) superseded: u64,
     pub(crate) stats: ConnectionStats,
@@ -227,7 +232,6 @@ impl Connection {
             responses: VecDeque::new(),
             frames: FrameStore::default(),
             resend: VecDeque::new(),
-            redundant: VecDeque::new(),
             rr_cursor: 0,
             large_in_window: 0,
             open_response_chunks: 0,
@@ -238,11 +242,18 @@ impl Connection {
             reassembly_bytes: 0,
             event_bytes: 0,
             pacer: Pacer::new(config.mtu, config.max_send_rate),
-            loss_rate: 0,
+            // Until the path shows what it loses, assume a little: a new connection codes its
+            // small packets, and stops after a couple of thousand clean ones.
+            loss_rate: (1 << 32) / 1000,
+            coding: true,
             last_sent: now,
             last_received: now,
             parsed_frames: Vec::new(),
             ordered_scratch: Vec::new(),
+            fec_tx: RepairEncoder::default(),
+            fec_rx: RepairDecoder::default(),
+            last_repair_newest: None,
+            rebuilt_scratch: Vec::new(),
             superseded: 0,
             stats: ConnectionStats::default(),
             outcome: AckOutcome::default(),
@@ -650,8 +661,7 @@ impl Connection {
 
     /// Folds the packets an acknowledgement or loss detection resolved into the loss rate:
     /// each moves an exponentially weighted average 1/512 of the way to 0 (acknowledged) or
-    /// 1 (lost), so it remembers the last several hundred packets: a link that loses one in a
-    /// hundred keeps its copies between losses.
+    /// 1 (lost), so it remembers the last several hundred packets.
     fn update_loss_rate(&mut self) {
         for _ in 0..self.outcome.packets_acked.min(512) {
             self.loss_rate -= self.loss_rate >> 9;

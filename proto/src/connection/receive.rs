@@ -59,6 +59,59 @@ impl Connection {
         // First pass: validate every frame before acting on any, so a packet is either
         // accepted whole (and acknowledged) or dropped whole (and retransmitted). Nothing in
         // an unauthenticated packet closes the connection: a forged one looks the same.
+        let to_hold = match self.parse_frames(&frames, config) {
+            Ok(to_hold) => to_hold,
+            Err(reason) => return self.refuse(reason),
+        };
+        // The packet is well-formed: its acknowledgement counts and it shows the peer is
+        // alive, even if its messages must be refused for room below.
+        if let Some(ack) = &header.ack {
+            self.outcome.clear();
+            self.sent
+                .on_ack(now, ack, config.max_ack_delay, &mut self.outcome);
+            self.apply_outcome();
+        }
+        self.last_received = now;
+        self.timers.set(Timer::Idle, now + config.idle_timeout);
+        if let Some(reason) = self.refusal(to_hold, shared) {
+            self.update_timers(config);
+            return self.refuse(reason);
+        }
+        let eliciting = !self.parsed_frames.is_empty() || header.ping;
+        let newest = self.received.largest().is_none_or(|l| pn > l);
+        let out_of_order = self.deliver_packet(now, pn, &frames, shared);
+        self.stats.packets_received += 1;
+        self.stats.bytes_received += datagram_len as u64;
+        if eliciting {
+            self.eliciting_since_ack += 1;
+            if out_of_order || self.eliciting_since_ack >= ACK_EVERY {
+                self.ack_now = true;
+            } else if self.timers.get(Timer::Ack).is_none() {
+                self.timers.set(Timer::Ack, now + config.max_ack_delay);
+            }
+        }
+        if let Some(repair) = &header.repair {
+            self.take_repair(now, pn, repair, shared);
+        }
+        self.update_timers(config);
+        if status == PathStatus::Validated && newest {
+            let old = self.paths.migrate(from);
+            return DataResult::Migrated(old);
+        }
+        DataResult::Accepted
+    }
+
+    /// Drops a packet before it is accepted (counted).
+    fn refuse(&mut self, reason: DropReason) -> DataResult {
+        self.parsed_frames.clear();
+        self.stats.drops.add(reason);
+        DataResult::Dropped
+    }
+
+    /// Decodes and checks every frame of a packet into `parsed_frames` (payloads as slices
+    /// of `frames`), before any acts. Returns the receive memory they would newly hold, or
+    /// why the packet must be dropped.
+    fn parse_frames(&mut self, frames: &Bytes, config: &Config) -> Result<usize, DropReason> {
         let mut parsed = core::mem::take(&mut self.parsed_frames);
         parsed.clear();
         let mut to_hold = 0usize;
@@ -66,22 +119,27 @@ impl Connection {
         let mut ordered = core::mem::take(&mut self.ordered_scratch);
         ordered.clear();
         let max_chunks = chunks_for(config, config.max_message_size);
-        for frame in Frames::new(&frames) {
+        let mut verdict = Ok(());
+        for frame in Frames::new(frames) {
             let frame = match frame {
                 Ok(f) => f,
-                Err(_) => return self.refuse(parsed, DropReason::Malformed),
+                Err(_) => {
+                    verdict = Err(DropReason::Malformed);
+                    break;
+                }
             };
             let h = frame.header;
             let Some(ch) = config.channels.get(usize::from(h.channel)) else {
-                return self.refuse(parsed, DropReason::UnknownChannel);
+                verdict = Err(DropReason::UnknownChannel);
+                break;
             };
             if !self.is_client && h.owner != self.peer_user_id {
-                return self.refuse(parsed, DropReason::ProtocolViolation);
+                verdict = Err(DropReason::ProtocolViolation);
+                break;
             }
-            if let Some(chunk) = h.chunk {
-                if chunk.count > max_chunks {
-                    return self.refuse(parsed, DropReason::Oversized);
-                }
+            if h.chunk.is_some_and(|c| c.count > max_chunks) {
+                verdict = Err(DropReason::Oversized);
+                break;
             }
             to_hold += self.bytes_to_hold(ch.kind, &h, config);
             if ch.kind == DeliveryKind::Ordered
@@ -100,48 +158,49 @@ impl Connection {
         }
         to_hold += self.ordered_bytes_to_hold(&mut ordered);
         self.ordered_scratch = ordered;
-        // The packet is well-formed: its acknowledgement counts and it shows the peer is
-        // alive, even if its messages must be refused for room below.
-        if let Some(ack) = &header.ack {
-            self.outcome.clear();
-            self.sent
-                .on_ack(now, ack, config.max_ack_delay, &mut self.outcome);
-            self.apply_outcome();
-        }
-        self.last_received = now;
-        self.timers.set(Timer::Idle, now + config.idle_timeout);
-        let eliciting = !parsed.is_empty() || header.ping;
-        if !parsed.is_empty() {
-            // Refused, unacknowledged, so the sender keeps them and backs off: the
-            // application is behind (this connection's share of the event queue is used),
-            // or there is no memory to hold them.
-            // A connection with none of its events waiting gets its packet in even when the
-            // queue is at its limit, so a flood on one connection does not starve a quiet one
-            // whose events were read — up to a quarter over the limit, which bounds what
-            // many connections (or one that keeps reconnecting) can add that way.
-            let limit = config.max_pending_event_bytes;
-            let queued = shared.events.bytes();
-            let over_share = self.event_bytes >= shared.event_share
-                || (queued >= limit && (self.event_bytes > 0 || queued >= limit + limit / 4));
-            let refusal = if over_share {
-                Some(DropReason::EventQueueFull)
-            } else if !shared.budget.admits(self.reassembly_bytes, to_hold, config) {
-                Some(DropReason::ReassemblyBudget)
-            } else {
-                None
-            };
-            if let Some(reason) = refusal {
-                self.update_timers(config);
-                return self.refuse(parsed, reason);
-            }
-        }
+        self.parsed_frames = parsed;
+        verdict.map(|()| to_hold)
+    }
 
-        let newest = self.received.largest().is_none_or(|l| pn > l);
+    /// Why the parsed messages must be refused for lack of room, if they must: the
+    /// application is behind (this connection's share of the event queue is used), or there
+    /// is no memory to hold them. Refused packets are not acknowledged, so the sender keeps
+    /// their frames and backs off.
+    fn refusal(&self, to_hold: usize, shared: &Shared<'_>) -> Option<DropReason> {
+        if self.parsed_frames.is_empty() {
+            return None;
+        }
+        let config = shared.config;
+        // A connection with none of its events waiting gets its packet in even when the
+        // queue is at its limit, so a flood on one connection does not starve a quiet one
+        // whose events were read — up to a quarter over the limit, which bounds what many
+        // connections (or one that keeps reconnecting) can add that way.
+        let limit = config.max_pending_event_bytes;
+        let queued = shared.events.bytes();
+        let over_share = self.event_bytes >= shared.event_share
+            || (queued >= limit && (self.event_bytes > 0 || queued >= limit + limit / 4));
+        if over_share {
+            Some(DropReason::EventQueueFull)
+        } else if !shared.budget.admits(self.reassembly_bytes, to_hold, config) {
+            Some(DropReason::ReassemblyBudget)
+        } else {
+            None
+        }
+    }
+
+    /// Takes an admitted packet: records its number (it will be acknowledged) and hands its
+    /// parsed frames to their channels. Returns whether it arrived out of order.
+    fn deliver_packet(
+        &mut self,
+        now: Instant,
+        pn: u64,
+        frames: &Bytes,
+        shared: &mut Shared<'_>,
+    ) -> bool {
         let out_of_order = self.received.record(pn, now);
-        self.stats.packets_received += 1;
-        self.stats.bytes_received += datagram_len as u64;
         let events_before = shared.events.len();
         let delivered_before = self.stats.payload_bytes_delivered;
+        let mut parsed = core::mem::take(&mut self.parsed_frames);
         for (i, (header, payload)) in parsed.drain(..).enumerate() {
             self.receive_frame(now, (pn, i as u16), header, payload, shared);
         }
@@ -154,33 +213,56 @@ impl Connection {
             let pinned = frames.len().saturating_sub(delivered);
             self.event_bytes += shared.events.charge_last(pinned);
         }
-
-        if eliciting {
-            self.eliciting_since_ack += 1;
-            if out_of_order || self.eliciting_since_ack >= ACK_EVERY {
-                self.ack_now = true;
-            } else if self.timers.get(Timer::Ack).is_none() {
-                self.timers.set(Timer::Ack, now + config.max_ack_delay);
-            }
-        }
-        self.update_timers(config);
-        if status == PathStatus::Validated && newest {
-            let old = self.paths.migrate(from);
-            return DataResult::Migrated(old);
-        }
-        DataResult::Accepted
+        self.fec_rx.on_received(pn, frames);
+        out_of_order
     }
 
-    /// Drops a packet before it is accepted (counted), keeping the scratch vector.
-    fn refuse(
+    /// A repair block arrived in packet `pn`: rebuild what it and the earlier ones allow,
+    /// and take each rebuilt packet as if it had arrived (it is acknowledged, so the sender
+    /// does not send it again).
+    fn take_repair(
         &mut self,
-        mut parsed: Vec<(MessageHeader, Bytes)>,
-        reason: DropReason,
-    ) -> DataResult {
-        parsed.clear();
-        self.parsed_frames = parsed;
-        self.stats.drops.add(reason);
-        DataResult::Dropped
+        now: Instant,
+        pn: u64,
+        repair: &crate::wire::Repair<'_>,
+        shared: &mut Shared<'_>,
+    ) {
+        let Some(newest) = pn.checked_sub(u64::from(repair.distance)) else {
+            return;
+        };
+        let mut covered: heapless::Vec<(u64, usize), { crate::wire::MAX_REPAIR_COVERAGE }> =
+            heapless::Vec::new();
+        for (distance, len) in repair.covered() {
+            if let Some(covered_pn) = newest.checked_sub(u64::from(distance)) {
+                let _ = covered.push((covered_pn, len));
+            }
+        }
+        self.fec_rx.on_repair(pn, &covered, repair.symbol);
+        let mut rebuilt = core::mem::take(&mut self.rebuilt_scratch);
+        let received = &self.received;
+        let largest = received.largest().unwrap_or(0);
+        self.fec_rx.solve(
+            |p| p < largest && received.verdict(p) == Verdict::New,
+            |p, frames| rebuilt.push((p, Bytes::copy_from_slice(frames))),
+        );
+        for (p, frames) in rebuilt.drain(..) {
+            if self.received.verdict(p) != Verdict::New {
+                continue;
+            }
+            let Ok(to_hold) = self.parse_frames(&frames, shared.config) else {
+                self.parsed_frames.clear();
+                continue;
+            };
+            if self.refusal(to_hold, shared).is_some() {
+                self.parsed_frames.clear();
+                continue;
+            }
+            self.stats.packets_rebuilt += 1;
+            self.deliver_packet(now, p, &frames, shared);
+            // Acknowledge it soon: the sender would otherwise resend it.
+            self.ack_now = true;
+        }
+        self.rebuilt_scratch = rebuilt;
     }
 
     /// Receive memory a frame would newly take (besides whole ordered messages, see

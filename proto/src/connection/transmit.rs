@@ -1,8 +1,12 @@
 //! The send path: one packet at a time — handshake packets while connecting, then `Data`
 //! packets with the acknowledgement, retransmissions, new frames round-robin across channels,
-//! and proactive copies.
+//! and repairs that code small packets under loss.
 
 use super::*;
+
+/// Room a repair block's own header takes at most: distance, mask, a length per covered
+/// packet.
+const REPAIR_HEADER: usize = MAX_VARINT_LEN * (1 + crate::transport::fec::COVERAGE) + 2;
 
 impl Connection {
     /// Writes the next datagram for this connection into `buf`, if it has one to send now,
@@ -107,14 +111,39 @@ impl Connection {
             };
             let delay = crate::time::micros(self.received.ack_delay(now));
             let written = encode_ack(&mut w, false, delay, self.received.ranges(), room)?;
-            // Ranges that did not fit a packet carrying messages go in one of their own next
-            // — when an old one changed (a hole filled): the peer has the rest already. That
-            // one says all it can and asks for no further one.
-            self.full_ack_due = !ack_only
-                && written < self.received.range_count()
-                && self.received.take_old_change();
+            // Recent ranges that did not fit a packet carrying messages go in one of their
+            // own next (without them the sender would think those packets lost); ranges of
+            // long-resolved packets are left out. That one says all it can and asks for no
+            // further one.
+            self.full_ack_due = !ack_only && self.received.omits_recent(written);
         } else {
             w.put(&[0])?;
+        }
+        let pn = self.sent.next_seq();
+        // Under loss, small packets are coded (forward error correction): each carries a
+        // repair for the small packets before it and at most half its room in frames, so it
+        // is small itself. A backlogged sender (a bulk transfer) fills its packets instead.
+        let half = w.remaining().saturating_sub(REPAIR_HEADER) / 2;
+        let largest = self.largest_waiting_frame(config);
+        let coding = self.coding_wanted(config)
+            && !ack_only
+            && !probe
+            && self.queued_bytes() < 2 * half
+            && largest <= half;
+        self.sent.set_coded(coding);
+        let repaired = coding && self.write_repair(now, pn, half, &mut w);
+        let frames_start = w.len();
+        if coding {
+            // Split what is queued evenly over the packets it needs: the repairs that cover
+            // them are as long as the longest.
+            // Queued payload, plus about what frame headers add to small messages.
+            let queued = self.queued_bytes() * 6 / 5 + 40 * self.resend.len();
+            let packets = queued.div_ceil(half.max(1)).max(1);
+            w.limit(
+                queued
+                    .div_ceil(packets)
+                    .clamp(largest.max(half.min(256)), half),
+            );
         }
 
         let mut keys = self.sent.take_key_vec();
@@ -125,23 +154,11 @@ impl Connection {
             self.probes_due -= 1;
             frames_written += self.write_probe_frames(&mut w, &mut keys);
             if frames_written == 0 {
-                frames_written += self.write_new_frames(now, &mut w, &mut keys, config);
+                frames_written += self.write_new_frames(&mut w, &mut keys, config);
             }
         } else if may_send_data {
             frames_written += self.write_retransmissions(&mut w, &mut keys);
-            // Copies of earlier frames ride in packets that go out anyway, never in a datagram
-            // of their own (that would raise the packet rate), and never at the instant of
-            // their original (which would share its fate in a loss burst). While the queued
-            // new data fits in this packet, copies go first so they never fall behind a
-            // steady stream; a backlogged sender puts new data first.
-            let copies_first = self.queued_bytes() < w.remaining();
-            if copies_first {
-                frames_written += self.write_redundant(now, &mut w, &mut keys, config);
-            }
-            frames_written += self.write_new_frames(now, &mut w, &mut keys, config);
-            if !copies_first {
-                frames_written += self.write_redundant(now, &mut w, &mut keys, config);
-            }
+            frames_written += self.write_new_frames(&mut w, &mut keys, config);
         }
         let ping = probe && frames_written == 0;
         if frames_written == 0 && !ack_due && !self.keepalive_due && !probe && !ack_only {
@@ -151,6 +168,13 @@ impl Connection {
         let len = w.len();
         if ping {
             buf[count_at] |= wire::PING_BIT;
+        }
+        if repaired {
+            buf[count_at] |= wire::REPAIR_BIT;
+        }
+        if coding && frames_written > 0 {
+            // A small packet: later repairs cover it.
+            self.fec_tx.on_sent(pn, now, &buf[frames_start..len]);
         }
         if frames_written == 0 {
             self.stats.ack_only_packets_sent += 1;
@@ -170,6 +194,34 @@ impl Connection {
             .on_sent(now, len, eliciting, keys, &mut self.outcome);
         self.apply_outcome();
         Some(len)
+    }
+
+    /// Writes a repair block coding the small packets sent lately (before this instant,
+    /// within a round trip), if there are new ones to cover and the symbol fits.
+    fn write_repair(&mut self, now: Instant, pn: u64, room: usize, w: &mut Writer<'_>) -> bool {
+        let horizon = self.sent.rtt.smoothed();
+        let Some((newest, covered, symbol)) = self.fec_tx.build(pn, now, horizon, room) else {
+            return false;
+        };
+        // Each packet is the newest covered once: one repair per small packet sent, which
+        // is what keeps the cost at about one copy.
+        if self.last_repair_newest.is_some_and(|l| newest <= l) {
+            return false;
+        }
+        let symbol_len = symbol.len();
+        let Ok(distance) = u32::try_from(pn - newest) else {
+            return false;
+        };
+        if wire::repair_len(distance, &covered, symbol_len) > w.remaining()
+            || wire::encode_repair(w, distance, &covered, symbol).is_none()
+        {
+            // Measured first, so a block that does not fit is never half written.
+            return false;
+        }
+        self.last_repair_newest = Some(newest);
+        self.stats.repairs_sent += 1;
+        self.stats.payload_bytes_transmitted += symbol_len as u64;
+        true
     }
 
     /// A probe carries again the reliable frames of the oldest packets in flight, so that
@@ -195,6 +247,30 @@ impl Connection {
         }
         self.probe_scratch = candidates;
         written
+    }
+
+    /// The largest frame waiting at the head of a queue, or to be sent again (among the
+    /// first few): a coded packet must have room for it.
+    fn largest_waiting_frame(&self, config: &Config) -> usize {
+        let frame = |out: &Outgoing| {
+            let payload = if out.chunk_count > 1 {
+                config.chunk_payload()
+            } else {
+                out.payload.len()
+            };
+            payload + wire::MAX_MESSAGE_HEADER_LEN + MAX_VARINT_LEN
+        };
+        let queued = self
+            .send_channels
+            .iter()
+            .filter_map(|ch| ch.queue.front())
+            .chain(self.responses.front().map(|(_, out)| out))
+            .map(frame);
+        let resent = self.resend.iter().take(64).filter_map(|&key| {
+            let f = self.frames.get(key)?;
+            Some(f.payload.len() + wire::MAX_MESSAGE_HEADER_LEN + MAX_VARINT_LEN)
+        });
+        queued.chain(resent).max().unwrap_or(0)
     }
 
     /// Payload bytes waiting in the send queues.
@@ -234,7 +310,6 @@ impl Connection {
     /// small messages on another.
     fn write_new_frames(
         &mut self,
-        now: Instant,
         w: &mut Writer<'_>,
         keys: &mut Vec<FrameKey>,
         config: &Config,
@@ -260,7 +335,7 @@ impl Connection {
             } else {
                 mask.trailing_zeros()
             } as usize;
-            if self.write_one_new_frame(now, lane, w, keys, config) {
+            if self.write_one_new_frame(lane, w, keys, config) {
                 written += 1;
                 if self.lane_is_empty(lane) {
                     mask &= !(1 << lane);
@@ -283,7 +358,6 @@ impl Connection {
 
     fn write_one_new_frame(
         &mut self,
-        now: Instant,
         lane: usize,
         w: &mut Writer<'_>,
         keys: &mut Vec<FrameKey>,
@@ -376,82 +450,28 @@ impl Connection {
             }
         }
         if kind.is_reliable() {
-            let small = payload.len() <= config.redundancy_max_size;
             let key = self.frames.insert(SentFrame {
                 header,
                 message_seq: (!is_response).then_some(seq),
                 payload,
                 in_flight: 1,
-                copies: 0,
             });
             keys.push(key);
-            if small && self.copies_wanted(config) > 0 {
-                if self.redundant.len() >= MAX_REDUNDANT_CANDIDATES {
-                    self.redundant.pop_front();
-                }
-                self.redundant.push_back((key, now));
-            }
         }
         true
     }
 
-    /// Proactive copies each small reliable frame gets at the loss rate seen: none on a
-    /// clean link, one from 0.1% (a single loss turns them on, and they stay on for a few
-    /// hundred packets), two (at most `Config::redundancy`) from 20%.
-    pub(crate) fn copies_wanted(&self, config: &Config) -> u8 {
+    /// Whether small packets should be coded now (forward error correction): from 0.1% loss
+    /// seen, until the estimate falls below 0.005% (a few thousand clean packets later),
+    /// unless `Config::redundancy` is 0.
+    fn coding_wanted(&mut self, config: &Config) -> bool {
         const PER_MILLE: u64 = (1 << 32) / 1000;
-        let wanted = match self.loss_rate {
-            r if r < PER_MILLE => 0,
-            r if r < 200 * PER_MILLE => 1,
-            _ => 2,
-        };
-        wanted.min(config.redundancy)
-    }
-
-    /// Proactive copies of small reliable frames sent earlier, while room remains. A copy is
-    /// only worth sending within a round trip of the original: after that, either the
-    /// original's acknowledgement has arrived or loss detection resends it anyway. A frame
-    /// sent at this very instant gets no copy yet: a copy in the same burst shares its fate.
-    fn write_redundant(
-        &mut self,
-        now: Instant,
-        w: &mut Writer<'_>,
-        keys: &mut Vec<FrameKey>,
-        config: &Config,
-    ) -> usize {
-        let wanted = self.copies_wanted(config);
-        let horizon = self.sent.rtt.smoothed();
-        let mut written = 0;
-        for _ in 0..self.redundant.len() {
-            let Some(&(key, sent_at)) = self.redundant.front() else {
-                break;
-            };
-            if sent_at >= now {
-                break; // this one and all after it left at this instant
-            }
-            let fresh = now < sent_at + horizon;
-            let Some(frame) = self
-                .frames
-                .get_mut(key)
-                .filter(|f| fresh && f.copies < wanted)
-            else {
-                // Acknowledged already, too old to be worth a copy, or copied enough.
-                self.redundant.pop_front();
-                continue;
-            };
-            if !put_sent_frame(frame, key, w, keys) {
-                break;
-            }
-            frame.copies += 1;
-            self.stats.redundant_frames += 1;
-            self.stats.payload_bytes_transmitted += frame.payload.len() as u64;
-            written += 1;
-            self.redundant.pop_front();
-            if frame.copies < wanted {
-                self.redundant.push_back((key, sent_at));
-            }
+        if self.loss_rate >= PER_MILLE {
+            self.coding = true;
+        } else if self.loss_rate < PER_MILLE / 20 {
+            self.coding = false;
         }
-        written
+        self.coding && config.redundancy > 0
     }
 }
 

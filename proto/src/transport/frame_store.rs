@@ -48,6 +48,13 @@ impl<T> FrameStore<T> {
         }
     }
 
+    pub(crate) fn get(&self, key: FrameKey) -> Option<&T> {
+        match self.slots.get(key.index as usize) {
+            Some((generation, value)) if *generation == key.generation => value.as_ref(),
+            _ => None,
+        }
+    }
+
     pub(crate) fn get_mut(&mut self, key: FrameKey) -> Option<&mut T> {
         match self.slots.get_mut(key.index as usize) {
             Some((generation, value)) if *generation == key.generation => value.as_mut(),

@@ -5,6 +5,7 @@
 //! of its reliable frames were delivered or lost; the transport never looks inside a frame.
 
 pub(crate) mod congestion;
+pub(crate) mod fec;
 pub(crate) mod frame_store;
 pub(crate) mod pacing;
 pub(crate) mod path;

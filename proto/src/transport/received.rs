@@ -9,6 +9,9 @@ use crate::time::Instant;
 /// forgotten and everything below it counts as seen (a duplicate), so a peer that leaves
 /// many holes costs a fixed amount of memory.
 const MAX_RANGES: usize = 64;
+/// How far below the newest packet an acknowledgement range still tells the sender anything:
+/// it tracks what is in flight, and lost packets for 64 more numbers.
+const RELEVANT: u64 = 256;
 /// Packets remembered below the newest: older ones count as duplicates.
 const HISTORY: u64 = 1 << 16;
 /// A packet number more than this far beyond the newest received is dropped: no honest
@@ -37,9 +40,6 @@ pub(crate) struct ReceivedPackets {
     floor: u64,
     /// When the newest packet arrived (for the acknowledgement delay).
     largest_at: Instant,
-    /// A range other than the newest two changed since this was last taken: an old hole was
-    /// filled, which a truncated acknowledgement would not tell.
-    old_change: bool,
 }
 
 impl ReceivedPackets {
@@ -91,9 +91,6 @@ impl ReceivedPackets {
             i -= 1;
         }
         // `i` is the first range that may touch pn; ranges before it end below pn - 1.
-        if i + 2 < self.ranges.len() {
-            self.old_change = true;
-        }
         match self.ranges.get(i).copied() {
             Some((low, high)) if low <= pn + 1 => {
                 let (mut low, mut high) = (low.min(pn), high.max(pn));
@@ -124,14 +121,18 @@ impl ReceivedPackets {
         self.ranges.iter().rev().copied()
     }
 
-    /// Whether an old range changed since the last call (see `old_change`).
-    pub(crate) fn take_old_change(&mut self) -> bool {
-        core::mem::take(&mut self.old_change)
-    }
-
-    /// Number of ranges an acknowledgement would report.
-    pub(crate) fn range_count(&self) -> usize {
-        self.ranges.len().min(crate::wire::MAX_ACK_RANGES)
+    /// Whether an acknowledgement of its newest `written` ranges leaves out one that still
+    /// matters to the sender: one reaching within [`RELEVANT`] packets of the newest. Older
+    /// ones the sender has resolved already (acknowledged, or declared lost and forgotten).
+    pub(crate) fn omits_recent(&self, written: usize) -> bool {
+        let Some(largest) = self.largest() else {
+            return false;
+        };
+        self.ranges
+            .iter()
+            .rev()
+            .skip(written)
+            .any(|&(_, high)| high + RELEVANT >= largest)
     }
 
     /// How long ago the newest packet arrived.

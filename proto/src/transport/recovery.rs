@@ -100,6 +100,8 @@ pub(crate) struct SentPackets {
     /// Packets declared lost and then acknowledged.
     pub(crate) spurious_losses: u64,
     pool: Vec<Vec<FrameKey>>,
+    /// The packets being sent are coded (forward error correction).
+    coded: bool,
 }
 
 impl SentPackets {
@@ -118,6 +120,7 @@ impl SentPackets {
             packet_threshold: PACKET_THRESHOLD,
             spurious_losses: 0,
             pool: Vec::new(),
+            coded: false,
         }
     }
 
@@ -312,7 +315,7 @@ impl SentPackets {
         let Some(largest) = self.largest_acked else {
             return;
         };
-        let loss_delay = self.rtt.loss_delay();
+        let loss_delay = self.loss_delay();
         let persistent_span = persistent_congestion_duration(self.rtt.pto(max_ack_delay));
         // The current run of lost packets with nothing acknowledged between them.
         let mut run: Option<(Instant, Instant)> = None;
@@ -367,9 +370,27 @@ impl SentPackets {
         let seq = self.oldest_in_flight;
         let p = &self.packets[self.index_of(seq)?];
         if self.largest_acked.is_some_and(|l| seq < l) {
-            return Some(p.sent_at + self.rtt.loss_delay());
+            return Some(p.sent_at + self.loss_delay());
         }
         Some(self.last_eliciting_sent? + self.pto(max_ack_delay, max_rto))
+    }
+
+    /// How long after it was sent a packet older than an acknowledged one counts as lost:
+    /// 9/8 of an RTT, or 3/2 while the packets are coded (a lost one is usually rebuilt by
+    /// the receiver from the repair in a later packet, and acknowledged a little after its
+    /// successors: declaring it lost first would resend it and shrink the window for
+    /// nothing).
+    fn loss_delay(&self) -> Duration {
+        if self.coded {
+            self.rtt.loss_delay() * 4 / 3
+        } else {
+            self.rtt.loss_delay()
+        }
+    }
+
+    /// Whether the packets being sent carry repairs for each other (see `loss_delay`).
+    pub(crate) fn set_coded(&mut self, coded: bool) {
+        self.coded = coded;
     }
 
     fn pto(&self, max_ack_delay: Duration, max_rto: Duration) -> Duration {

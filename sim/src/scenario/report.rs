@@ -94,8 +94,11 @@ pub struct Report {
     pub packets_lost: u64,
     /// Retransmission timeouts that fired (live connections at the end).
     pub rto_fired: u64,
-    /// Proactive redundant copies of small reliable frames (live connections at the end).
-    pub redundant_frames: u64,
+    /// Repair blocks sent: forward error correction of small packets under loss (live
+    /// connections at the end).
+    pub repairs_sent: u64,
+    /// Lost packets rebuilt from repair blocks (live connections at the end).
+    pub packets_rebuilt: u64,
     /// Drops inside the endpoints, by cause.
     pub proto_drops: DropCounts,
     /// The simulated network's counters (its drops by cause among them).
@@ -125,7 +128,8 @@ pub(super) fn build(sim: &Simulator, game: &Game, end: shoal_proto::Instant) -> 
         retransmissions: 0,
         packets_lost: 0,
         rto_fired: 0,
-        redundant_frames: 0,
+        repairs_sent: 0,
+        packets_rebuilt: 0,
         proto_drops: DropCounts::default(),
         sim: *sim.stats(),
         violations: game.violations,
@@ -144,7 +148,8 @@ pub(super) fn build(sim: &Simulator, game: &Game, end: shoal_proto::Instant) -> 
                 report.retransmissions += c.retransmissions;
                 report.packets_lost += c.packets_lost;
                 report.rto_fired += c.rto_fired;
-                report.redundant_frames += c.redundant_frames;
+                report.repairs_sent += c.repairs_sent;
+                report.packets_rebuilt += c.packets_rebuilt;
                 report.proto_drops.merge(&c.drops);
             }
         }
@@ -345,11 +350,12 @@ impl fmt::Display for Report {
         )?;
         writeln!(
             f,
-            "recovery: {} retransmissions, {} packets declared lost, {} RTOs fired, {} redundant copies, {} request timeouts, {} refused sends",
+            "recovery: {} retransmissions, {} packets declared lost, {} probe timeouts, {} repairs sent, {} packets rebuilt, {} request timeouts, {} refused sends",
             thousands(self.retransmissions),
             thousands(self.packets_lost),
             thousands(self.rto_fired),
-            thousands(self.redundant_frames),
+            thousands(self.repairs_sent),
+            thousands(self.packets_rebuilt),
             thousands(self.request_timeouts),
             thousands(self.send_errors)
         )?;
