@@ -160,7 +160,12 @@ fn lossy_latency(
     .expect("config");
     let mut now = Instant::from_millis(1);
     let conn = client.connect(now, sa, &[]).expect("connect");
-    let mut rng = 0x1234_5678_9abc_def0u64;
+    let mut rng = std::env::var("SHOAL_BENCH_SEED")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .map_or(0x1234_5678_9abc_def0u64, |s| {
+            s.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1
+        });
     let mut chance = move || {
         rng ^= rng << 13;
         rng ^= rng >> 7;

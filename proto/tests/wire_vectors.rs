@@ -320,3 +320,41 @@ fn malformed_vectors_are_typed_errors() {
         assert_eq!(Frames::new(&b).next(), Some(Err(*error)), "{bytes}");
     }
 }
+
+#[test]
+fn data_with_a_repair_block_vector() {
+    // Packet 10 carries a repair for packets 9 (3 bytes of frames) and 8 (2 bytes), coded
+    // into a 3-byte symbol, then one frame of its own.
+    let bytes = hex("26 1122334455667788 0000000a 40 01 0003 03 02 aabbcc 30 0007 0010 01 78");
+    let Ok(Packet::Data { header, frames }) = Packet::decode(&bytes) else {
+        panic!("decodes");
+    };
+    assert_eq!(header.packet_number, 10);
+    assert!(header.ack.is_none() && !header.ping);
+    let repair = header.repair.expect("repair block");
+    assert_eq!(repair.distance, 1);
+    assert_eq!(repair.covered().collect::<Vec<_>>(), vec![(0, 3), (1, 2)]);
+    assert_eq!(repair.symbol, &[0xaa, 0xbb, 0xcc]);
+    assert_eq!(frames, &hex("30 0007 0010 01 78")[..]);
+    let packet = Packet::Data { header, frames };
+    let mut buf = vec![0u8; 128];
+    let n = packet.encode(&mut buf).expect("encodes");
+    assert_eq!(&buf[..n], &bytes[..]);
+    assert_eq!(packet.encoded_len(), bytes.len());
+    // A repair must cover its newest packet (mask bit 0) and be at least one packet back.
+    for bad in [
+        "26 1122334455667788 0000000a 40 01 0002 03 aabbcc",
+        "26 1122334455667788 0000000a 40 00 0001 03 aabbcc",
+        "26 1122334455667788 0000000a 40 01 0001 00",
+    ] {
+        assert_eq!(
+            Packet::decode(&hex(bad)),
+            Err(DecodeError::BadField),
+            "{bad}"
+        );
+    }
+    assert_eq!(
+        Packet::decode(&hex("26 1122334455667788 0000000a 40 01 0001 05 aabb")),
+        Err(DecodeError::Truncated)
+    );
+}
