@@ -240,6 +240,16 @@ mod ops {
         ranges: Vec<(u8, u8)>,
     }
 
+    /// A repair block spliced into a crafted `Data` packet: forged coding the receiver will
+    /// try to solve.
+    #[derive(Arbitrary, Debug)]
+    struct RepairSpec {
+        distance: u8,
+        mask: u16,
+        lens: Vec<u16>,
+        symbol: Vec<u8>,
+    }
+
     #[derive(Arbitrary, Debug)]
     enum Op {
         /// Raw bytes from one of the addresses (see `source`). With `patch`, a packet whose first byte is `0x26..=0x29` (Data,
@@ -259,6 +269,7 @@ mod ops {
             pn_delta: i16,
             ping: bool,
             ack: Option<AckSpec>,
+            repair: Option<RepairSpec>,
             frames: Vec<FrameSpec>,
         },
         /// A datagram captured from the traffic so far (any endpoint's), re-sent from any
@@ -604,9 +615,13 @@ mod ops {
                     pn_delta,
                     ping,
                     ack,
+                    repair,
                     frames,
                 } => {
-                    if let Some(bytes) = self.craft(to, conn, pn_delta, ping, ack, &frames) {
+                    if let Some(mut bytes) = self.craft(to, conn, pn_delta, ping, ack, &frames) {
+                        if let Some(spec) = repair {
+                            Self::splice_repair(&mut bytes, &spec, &self.config);
+                        }
                         self.inject(source(from), to.endpoint(), &bytes);
                     }
                 }
@@ -1139,6 +1154,41 @@ mod ops {
             let n = packet.encode(&mut out)?;
             out.truncate(n);
             Some(out)
+        }
+
+        /// Inserts a repair block after a crafted packet's acknowledgement (before its frames),
+        /// keeping the datagram within the MTU.
+        fn splice_repair(bytes: &mut Vec<u8>, spec: &RepairSpec, config: &Config) {
+            let Ok(Packet::Data { frames, .. }) = Packet::decode(bytes) else {
+                return;
+            };
+            let at = bytes.len() - frames.len();
+            let mask = spec.mask | 1;
+            let mut block = Vec::new();
+            let put = |v: u32, block: &mut Vec<u8>| {
+                let mut b = [0u8; 3];
+                if let Some(n) = crate::wire::encode_varint(v.min(crate::wire::MAX_VARINT), &mut b)
+                {
+                    block.extend_from_slice(&b[..n]);
+                }
+            };
+            put(u32::from(spec.distance.max(1)), &mut block);
+            block.extend_from_slice(&mask.to_be_bytes());
+            let mut longest = 1;
+            for i in 0..mask.count_ones() as usize {
+                let len = spec.lens.get(i).copied().unwrap_or(1).max(1) % 700;
+                let len = u32::from(len.max(1));
+                longest = longest.max(len as usize);
+                put(len, &mut block);
+            }
+            let mut symbol = spec.symbol.clone();
+            symbol.resize(longest, 0x5a);
+            block.extend_from_slice(&symbol);
+            if bytes.len() + block.len() > config.mtu {
+                return;
+            }
+            bytes[crate::wire::DATA_HEADER_LEN - 1] |= crate::wire::REPAIR_BIT;
+            bytes.splice(at..at, block);
         }
 
         // ------------------------------------------------------------------ invariants

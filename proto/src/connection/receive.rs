@@ -227,7 +227,13 @@ impl Connection {
         repair: &crate::wire::Repair<'_>,
         shared: &mut Shared<'_>,
     ) {
-        let Some(newest) = pn.checked_sub(u64::from(repair.distance)) else {
+        // An honest sender codes only packets of at most half its MTU (the MTUs agree):
+        // anything longer would only make solving cost more.
+        let Some(newest) = pn
+            .checked_sub(u64::from(repair.distance))
+            .filter(|_| repair.symbol.len() <= shared.config.mtu / 2)
+        else {
+            self.stats.drops.add(DropReason::ProtocolViolation);
             return;
         };
         let mut covered: heapless::Vec<(u64, usize), { crate::wire::MAX_REPAIR_COVERAGE }> =
@@ -250,7 +256,11 @@ impl Connection {
                 continue;
             }
             let Ok(to_hold) = self.parse_frames(&frames, shared.config) else {
+                // Only a lying peer's repairs rebuild garbage: forget them all, so they cost
+                // no more solving.
                 self.parsed_frames.clear();
+                self.fec_rx.forget_repairs();
+                self.stats.drops.add(DropReason::Malformed);
                 continue;
             };
             if self.refusal(to_hold, shared).is_some() {

@@ -218,6 +218,13 @@ impl RepairDecoder {
         });
     }
 
+    /// Drops every pending repair (they rebuilt something that is not a packet).
+    pub(crate) fn forget_repairs(&mut self) {
+        while let Some(p) = self.pending.pop_front() {
+            self.spare.push(p.symbol);
+        }
+    }
+
     fn kept(&self, pn: u64) -> Option<&[u8]> {
         self.kept
             .iter()
