@@ -25,12 +25,8 @@ use crate::messaging::chunk::{
 use crate::stats::{ConnectionStats, DropReason};
 use crate::time::{Instant, Timer, TimerTable};
 use crate::transport::congestion::Controller;
-use crate::transport::fec::{RepairDecoder, RepairEncoder};
 use crate::transport::frame_store::{FrameKey, FrameStore};
-use crate::transport::pacing::Pacer;
-use crate::transport::path::Paths;
-use crate::transport::received::ReceivedPackets;
-use crate::transport::recovery::{AckOutcome, SentPackets};
+use crate::transport::Transport;
 use crate::wire::{
     self, encode_ack, encode_data_prefix, ChunkInfo, CloseCode, Cookie, DataHeader, Frame, Frames,
     MessageHeader, Packet, SendType, Writer, MAX_DATA_HEADER_LEN, MAX_VARINT_LEN,
@@ -88,8 +84,8 @@ pub(crate) struct Shared<'a> {
 /// One connection's state.
 pub(crate) struct Connection {
     pub(crate) handle: ConnectionHandle,
-    /// The validated address and the new ones being challenged.
-    pub(crate) paths: Paths,
+    /// The packet layer: numbers, acknowledgements, loss, congestion, pacing, paths, coding.
+    pub(crate) transport: Transport,
     pub(crate) state: State,
     /// This side opened the connection.
     pub(crate) is_client: bool,
@@ -103,19 +99,8 @@ pub(crate) struct Connection {
     timers: TimerTable,
     handshake_due: bool,
     keepalive_due: bool,
-    ack_now: bool,
-    eliciting_since_ack: u32,
-    /// Probe packets to send (the probe timeout fired): they go out even when the
-    /// congestion window is full.
-    probes_due: u8,
-    /// The last acknowledgement did not fit its packet: send the rest in one of its own.
-    full_ack_due: bool,
-    /// When a path challenge from the peer last triggered a probe.
-    last_challenge_probe: Option<Instant>,
     /// Scratch list of frame keys for a probe (reused).
     probe_scratch: Vec<FrameKey>,
-    sent: SentPackets,
-    received: ReceivedPackets,
     send_channels: Vec<SendChannel>,
     recv_channels: Vec<RecvChannel>,
     /// Responses to send: (channel, response).
@@ -140,13 +125,6 @@ pub(crate) struct Connection {
     reassembly_bytes: usize,
     /// Bytes of this connection's events waiting for the application.
     pub(crate) event_bytes: usize,
-    pacer: Pacer,
-    /// Loss rate seen recently, in units of 2^-32 (packets lost per packet resolved), which
-    /// decides whether small packets are coded (forward error correction).
-    loss_rate: u64,
-    /// Small packets are being coded: on from 0.1% loss, off only below 0.005% (repairs
-    /// hide most losses from the estimate, so it must not switch them off at once).
-    coding: bool,
     last_sent: Instant,
     last_received: Instant,
     /// Scratch space for the frames of the packet being received (reused: no allocation per
@@ -154,18 +132,11 @@ pub(crate) struct Connection {
     parsed_frames: Vec<(MessageHeader, Bytes)>,
     /// Scratch list of a packet's whole ordered messages (reused).
     ordered_scratch: Vec<(u8, u64, usize)>,
-    /// Forward error correction: what we sent lately, to code repairs from.
-    fec_tx: RepairEncoder,
-    /// Forward error correction: what we received lately, and repairs not solved yet.
-    fec_rx: RepairDecoder,
-    /// The newest packet the last repair we sent covered (each is the newest once).
-    last_repair_newest: Option<u64>,
     /// Packets rebuilt from repairs, waiting to be taken (reused).
     rebuilt_scratch: Vec<(u64, Bytes)>,
     /// Sequenced messages queued and replaced by a newer one before they were sent.
     pub(crate) superseded: u64,
     pub(crate) stats: ConnectionStats,
-    outcome: AckOutcome,
     /// Set when the connection must end; the endpoint reaps it.
     pub(crate) close: Option<DisconnectReason>,
     /// A `Disconnect` to send when reaped.
@@ -195,7 +166,7 @@ impl Connection {
         }
         Connection {
             handle,
-            paths: Paths::new(remote, path_key),
+            transport: Transport::new(config, remote, path_key),
             state: if is_client {
                 State::Hello
             } else {
@@ -211,14 +182,7 @@ impl Connection {
             timers,
             handshake_due: is_client,
             keepalive_due: false,
-            ack_now: false,
-            eliciting_since_ack: 0,
-            probes_due: 0,
-            full_ack_due: false,
-            last_challenge_probe: None,
             probe_scratch: Vec::new(),
-            sent: SentPackets::new(config.initial_rtt, config.mtu),
-            received: ReceivedPackets::default(),
             send_channels: config
                 .channels
                 .iter()
@@ -241,22 +205,13 @@ impl Connection {
             answered: VecDeque::new(),
             reassembly_bytes: 0,
             event_bytes: 0,
-            pacer: Pacer::new(config.mtu, config.max_send_rate),
-            // Until the path shows what it loses, assume a little: a new connection codes its
-            // small packets, and stops after a couple of thousand clean ones.
-            loss_rate: (1 << 32) / 1000,
-            coding: true,
             last_sent: now,
             last_received: now,
             parsed_frames: Vec::new(),
             ordered_scratch: Vec::new(),
-            fec_tx: RepairEncoder::default(),
-            fec_rx: RepairDecoder::default(),
-            last_repair_newest: None,
             rebuilt_scratch: Vec::new(),
             superseded: 0,
             stats: ConnectionStats::default(),
-            outcome: AckOutcome::default(),
             close: None,
             close_code: None,
             scheduled: None,
@@ -269,17 +224,18 @@ impl Connection {
         // At most once a round trip: anyone with the connection id can send challenges
         // that look like they came from the peer, and probes bypass the congestion window.
         let quiet = self
+            .transport
             .last_challenge_probe
-            .is_none_or(|t| now >= t + self.sent.rtt.smoothed());
+            .is_none_or(|t| now >= t + self.transport.sent.rtt.smoothed());
         if self.bytes_in_flight() > 0 && quiet {
-            self.last_challenge_probe = Some(now);
-            self.probes_due = self.probes_due.max(1);
+            self.transport.last_challenge_probe = Some(now);
+            self.transport.probes_due = self.transport.probes_due.max(1);
         }
     }
 
     /// The validated address the connection talks to.
     pub(crate) fn remote(&self) -> SocketAddr {
-        self.paths.current
+        self.transport.paths.current
     }
 
     pub(crate) fn set_connect_data(&mut self, data: Bytes) {
@@ -521,19 +477,19 @@ impl Connection {
                 }
                 Timer::Handshake => self.handshake_due = true,
                 Timer::Loss => {
-                    self.outcome.clear();
-                    if self.sent.on_loss_timeout(
+                    self.transport.outcome.clear();
+                    if self.transport.sent.on_loss_timeout(
                         now,
                         config.max_ack_delay,
                         config.max_rto,
-                        &mut self.outcome,
+                        &mut self.transport.outcome,
                     ) {
                         self.stats.rto_fired += 1;
-                        self.probes_due = crate::transport::recovery::PROBES_PER_TIMEOUT;
+                        self.transport.probes_due = crate::transport::recovery::PROBES_PER_TIMEOUT;
                     }
                     self.apply_outcome();
                 }
-                Timer::Ack => self.ack_now = true,
+                Timer::Ack => self.transport.ack_now = true,
                 Timer::Keepalive => self.keepalive_due = true,
                 Timer::Request => self.expire_requests(now, shared),
                 Timer::Reassembly => {
@@ -582,7 +538,8 @@ impl Connection {
     fn update_timers(&mut self, config: &Config) {
         self.timers.set_opt(
             Timer::Loss,
-            self.sent
+            self.transport
+                .sent
                 .loss_deadline(config.max_ack_delay, config.max_rto),
         );
         let oldest_partial = self
@@ -598,10 +555,10 @@ impl Connection {
 
     /// Applies what an acknowledgement or loss detection resolved.
     fn apply_outcome(&mut self) {
-        self.stats.packets_lost += self.outcome.packets_lost;
+        self.stats.packets_lost += self.transport.outcome.packets_lost;
         self.update_loss_rate();
-        for i in 0..self.outcome.acked_frames.len() {
-            let key = self.outcome.acked_frames[i];
+        for i in 0..self.transport.outcome.acked_frames.len() {
+            let key = self.transport.outcome.acked_frames[i];
             if let Some(frame) = self.frames.remove(key) {
                 if let Some(seq) = frame.message_seq {
                     if let Some(ch) = self
@@ -618,8 +575,8 @@ impl Connection {
                 }
             }
         }
-        for i in 0..self.outcome.lost_frames.len() {
-            let key = self.outcome.lost_frames[i];
+        for i in 0..self.transport.outcome.lost_frames.len() {
+            let key = self.transport.outcome.lost_frames[i];
             if let Some(frame) = self.frames.get_mut(key) {
                 frame.in_flight = frame.in_flight.saturating_sub(1);
                 if frame.in_flight == 0 {
@@ -627,18 +584,18 @@ impl Connection {
                 }
             }
         }
-        self.outcome.clear();
+        self.transport.outcome.clear();
     }
 
     /// Snapshot of the counters, with the live RTT and window.
     pub(crate) fn stats(&self) -> ConnectionStats {
         let mut s = self.stats;
-        s.smoothed_rtt = self.sent.rtt.measured().unwrap_or_default();
-        s.rtt_variance = self.sent.rtt.variance();
-        s.congestion_window = self.sent.congestion.window();
-        s.spurious_losses = self.sent.spurious_losses;
+        s.smoothed_rtt = self.transport.sent.rtt.measured().unwrap_or_default();
+        s.rtt_variance = self.transport.sent.rtt.variance();
+        s.congestion_window = self.transport.sent.congestion.window();
+        s.spurious_losses = self.transport.sent.spurious_losses;
         s.superseded = self.superseded;
-        s.recent_loss_ppm = ((self.loss_rate * 1_000_000) >> 32) as u32;
+        s.recent_loss_ppm = ((self.transport.loss_rate * 1_000_000) >> 32) as u32;
         s
     }
 
@@ -650,7 +607,7 @@ impl Connection {
 
     /// Bytes in flight (for tests and stats).
     pub(crate) fn bytes_in_flight(&self) -> u64 {
-        self.sent.bytes_in_flight()
+        self.transport.sent.bytes_in_flight()
     }
 
     /// Releases everything the connection holds from the endpoint's receive budget.
@@ -663,11 +620,11 @@ impl Connection {
     /// each moves an exponentially weighted average 1/512 of the way to 0 (acknowledged) or
     /// 1 (lost), so it remembers the last several hundred packets.
     fn update_loss_rate(&mut self) {
-        for _ in 0..self.outcome.packets_acked.min(512) {
-            self.loss_rate -= self.loss_rate >> 9;
+        for _ in 0..self.transport.outcome.packets_acked.min(512) {
+            self.transport.loss_rate -= self.transport.loss_rate >> 9;
         }
-        for _ in 0..self.outcome.packets_lost.min(512) {
-            self.loss_rate += ((1 << 32) - self.loss_rate) >> 9;
+        for _ in 0..self.transport.outcome.packets_lost.min(512) {
+            self.transport.loss_rate += ((1 << 32) - self.transport.loss_rate) >> 9;
         }
     }
 }

@@ -33,19 +33,22 @@ impl Connection {
             self.stats.drops.add(DropReason::Unexpected);
             return DataResult::Dropped;
         }
-        let status = self
-            .paths
-            .on_datagram(now, from, datagram_len, self.sent.rtt.smoothed());
+        let status = self.transport.paths.on_datagram(
+            now,
+            from,
+            datagram_len,
+            self.transport.sent.rtt.smoothed(),
+        );
         if status == PathStatus::Unvalidated {
             // Not acted on in any way: it only earned its address a challenge.
             self.stats.drops.add(DropReason::UnvalidatedPath);
             return DataResult::Dropped;
         }
-        let Some(pn) = self.received.extend(header.packet_number) else {
+        let Some(pn) = self.transport.received.extend(header.packet_number) else {
             self.stats.drops.add(DropReason::DuplicatePacket);
             return DataResult::Dropped;
         };
-        match self.received.verdict(pn) {
+        match self.transport.received.verdict(pn) {
             Verdict::New => {}
             Verdict::Duplicate => {
                 self.stats.drops.add(DropReason::DuplicatePacket);
@@ -66,9 +69,10 @@ impl Connection {
         // The packet is well-formed: its acknowledgement counts and it shows the peer is
         // alive, even if its messages must be refused for room below.
         if let Some(ack) = &header.ack {
-            self.outcome.clear();
-            self.sent
-                .on_ack(now, ack, config.max_ack_delay, &mut self.outcome);
+            self.transport.outcome.clear();
+            self.transport
+                .sent
+                .on_ack(now, ack, config.max_ack_delay, &mut self.transport.outcome);
             self.apply_outcome();
         }
         self.last_received = now;
@@ -78,14 +82,14 @@ impl Connection {
             return self.refuse(reason);
         }
         let eliciting = !self.parsed_frames.is_empty() || header.ping;
-        let newest = self.received.largest().is_none_or(|l| pn > l);
+        let newest = self.transport.received.largest().is_none_or(|l| pn > l);
         let out_of_order = self.deliver_packet(now, pn, &frames, shared);
         self.stats.packets_received += 1;
         self.stats.bytes_received += datagram_len as u64;
         if eliciting {
-            self.eliciting_since_ack += 1;
-            if out_of_order || self.eliciting_since_ack >= ACK_EVERY {
-                self.ack_now = true;
+            self.transport.eliciting_since_ack += 1;
+            if out_of_order || self.transport.eliciting_since_ack >= ACK_EVERY {
+                self.transport.ack_now = true;
             } else if self.timers.get(Timer::Ack).is_none() {
                 self.timers.set(Timer::Ack, now + config.max_ack_delay);
             }
@@ -95,7 +99,7 @@ impl Connection {
         }
         self.update_timers(config);
         if status == PathStatus::Validated && newest {
-            let old = self.paths.migrate(from);
+            let old = self.transport.paths.migrate(from);
             return DataResult::Migrated(old);
         }
         DataResult::Accepted
@@ -197,7 +201,7 @@ impl Connection {
         frames: &Bytes,
         shared: &mut Shared<'_>,
     ) -> bool {
-        let out_of_order = self.received.record(pn, now);
+        let out_of_order = self.transport.received.record(pn, now);
         let events_before = shared.events.len();
         let delivered_before = self.stats.payload_bytes_delivered;
         let mut parsed = core::mem::take(&mut self.parsed_frames);
@@ -213,7 +217,7 @@ impl Connection {
             let pinned = frames.len().saturating_sub(delivered);
             self.event_bytes += shared.events.charge_last(pinned);
         }
-        self.fec_rx.on_received(pn, frames);
+        self.transport.fec_rx.on_received(pn, frames);
         out_of_order
     }
 
@@ -243,23 +247,23 @@ impl Connection {
                 let _ = covered.push((covered_pn, len));
             }
         }
-        self.fec_rx.on_repair(pn, &covered, repair.symbol);
+        self.transport.fec_rx.on_repair(pn, &covered, repair.symbol);
         let mut rebuilt = core::mem::take(&mut self.rebuilt_scratch);
-        let received = &self.received;
+        let received = &self.transport.received;
         let largest = received.largest().unwrap_or(0);
-        self.fec_rx.solve(
+        self.transport.fec_rx.solve(
             |p| p < largest && received.verdict(p) == Verdict::New,
             |p, frames| rebuilt.push((p, Bytes::copy_from_slice(frames))),
         );
         for (p, frames) in rebuilt.drain(..) {
-            if self.received.verdict(p) != Verdict::New {
+            if self.transport.received.verdict(p) != Verdict::New {
                 continue;
             }
             let Ok(to_hold) = self.parse_frames(&frames, shared.config) else {
                 // Only a lying peer's repairs rebuild garbage: forget them all, so they cost
                 // no more solving.
                 self.parsed_frames.clear();
-                self.fec_rx.forget_repairs();
+                self.transport.fec_rx.forget_repairs();
                 self.stats.drops.add(DropReason::Malformed);
                 continue;
             };
@@ -270,7 +274,7 @@ impl Connection {
             self.stats.packets_rebuilt += 1;
             self.deliver_packet(now, p, &frames, shared);
             // Acknowledge it soon: the sender would otherwise resend it.
-            self.ack_now = true;
+            self.transport.ack_now = true;
         }
         self.rebuilt_scratch = rebuilt;
     }

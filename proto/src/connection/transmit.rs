@@ -21,7 +21,7 @@ impl Connection {
             return None;
         }
         if self.state == State::Connected {
-            if let Some((to, token)) = self.paths.poll_challenge() {
+            if let Some((to, token)) = self.transport.paths.poll_challenge() {
                 let challenge = Packet::PathChallenge {
                     connection_id: self.connection_id,
                     token,
@@ -75,51 +75,56 @@ impl Connection {
     fn data_packet(&mut self, now: Instant, buf: &mut [u8], config: &Config) -> Option<usize> {
         let mtu = config.mtu.min(buf.len());
         let buf = &mut buf[..mtu];
-        let ack_due = self.ack_now || self.timers.is_expired(Timer::Ack, now);
-        let probe = self.probes_due > 0;
-        let window = self.sent.congestion.window();
-        let rtt = self.sent.rtt.smoothed();
+        let ack_due = self.transport.ack_now || self.timers.is_expired(Timer::Ack, now);
+        let probe = self.transport.probes_due > 0;
+        let window = self.transport.sent.congestion.window();
+        let rtt = self.transport.sent.rtt.smoothed();
         let wants_data = self.has_data_to_send();
         let paced = if wants_data && !probe {
-            self.pacer.delay(now, mtu, window, rtt)
+            self.transport.pacer.delay(now, mtu, window, rtt)
         } else {
             None
         };
-        let may_send_data = probe || (paced.is_none() && self.sent.can_send(mtu));
+        let may_send_data = probe || (paced.is_none() && self.transport.sent.can_send(mtu));
         // Wake up when the pacer allows the next packet (acks may still go out meanwhile).
         self.timers.set_opt(Timer::Pacing, paced);
         if !(ack_due
             || self.keepalive_due
             || probe
-            || self.full_ack_due
+            || self.transport.full_ack_due
             || (wants_data && may_send_data))
         {
             return None;
         }
 
         let mut w = Writer::new(buf);
-        encode_data_prefix(&mut w, self.connection_id, self.sent.next_seq() as u32)?;
+        encode_data_prefix(
+            &mut w,
+            self.connection_id,
+            self.transport.sent.next_seq() as u32,
+        )?;
         let count_at = w.len();
-        let ack_only = self.full_ack_due && !ack_due && !probe;
-        let carries_ack = self.received.largest().is_some()
-            && (ack_due || self.eliciting_since_ack > 0 || self.full_ack_due);
+        let ack_only = self.transport.full_ack_due && !ack_due && !probe;
+        let carries_ack = self.transport.received.largest().is_some()
+            && (ack_due || self.transport.eliciting_since_ack > 0 || self.transport.full_ack_due);
         if carries_ack {
             let room = if ack_only {
                 w.remaining()
             } else {
                 wire::ACK_ROOM
             };
-            let delay = crate::time::micros(self.received.ack_delay(now));
-            let written = encode_ack(&mut w, false, delay, self.received.ranges(), room)?;
+            let delay = crate::time::micros(self.transport.received.ack_delay(now));
+            let written = encode_ack(&mut w, false, delay, self.transport.received.ranges(), room)?;
             // Recent ranges that did not fit a packet carrying messages go in one of their
             // own next (without them the sender would think those packets lost); ranges of
             // long-resolved packets are left out. That one says all it can and asks for no
             // further one.
-            self.full_ack_due = !ack_only && self.received.omits_recent(written);
+            self.transport.full_ack_due =
+                !ack_only && self.transport.received.omits_recent(written);
         } else {
             w.put(&[0])?;
         }
-        let pn = self.sent.next_seq();
+        let pn = self.transport.sent.next_seq();
         // Under loss, small packets are coded (forward error correction): each carries a
         // repair for the small packets before it and at most half its room in frames, so it
         // is small itself. A backlogged sender (a bulk transfer) fills its packets instead.
@@ -130,7 +135,7 @@ impl Connection {
             && !probe
             && self.queued_bytes() < 2 * half
             && largest <= half;
-        self.sent.set_coded(coding);
+        self.transport.sent.set_coded(coding);
         let repaired = coding && self.write_repair(now, pn, half, &mut w);
         let frames_start = w.len();
         if coding {
@@ -146,12 +151,12 @@ impl Connection {
             );
         }
 
-        let mut keys = self.sent.take_key_vec();
+        let mut keys = self.transport.sent.take_key_vec();
         let mut frames_written = 0usize;
         if ack_only {
             // The rest of an acknowledgement too long for the packet before: it goes alone.
         } else if probe {
-            self.probes_due -= 1;
+            self.transport.probes_due -= 1;
             frames_written += self.write_probe_frames(&mut w, &mut keys);
             if frames_written == 0 {
                 frames_written += self.write_new_frames(&mut w, &mut keys, config);
@@ -162,7 +167,7 @@ impl Connection {
         }
         let ping = probe && frames_written == 0;
         if frames_written == 0 && !ack_due && !self.keepalive_due && !probe && !ack_only {
-            self.sent.recycle_key_vec(keys);
+            self.transport.sent.recycle_key_vec(keys);
             return None;
         }
         let len = w.len();
@@ -174,24 +179,27 @@ impl Connection {
         }
         if coding && frames_written > 0 {
             // A small packet: later repairs cover it.
-            self.fec_tx.on_sent(pn, now, &buf[frames_start..len]);
+            self.transport
+                .fec_tx
+                .on_sent(pn, now, &buf[frames_start..len]);
         }
         if frames_written == 0 {
             self.stats.ack_only_packets_sent += 1;
         }
         let eliciting = frames_written > 0 || ping;
         if eliciting {
-            self.pacer.on_sent(len);
+            self.transport.pacer.on_sent(len);
         }
         if carries_ack {
-            self.ack_now = false;
-            self.eliciting_since_ack = 0;
+            self.transport.ack_now = false;
+            self.transport.eliciting_since_ack = 0;
             self.timers.stop(Timer::Ack);
         }
         self.keepalive_due = false;
-        self.outcome.clear();
-        self.sent
-            .on_sent(now, len, eliciting, keys, &mut self.outcome);
+        self.transport.outcome.clear();
+        self.transport
+            .sent
+            .on_sent(now, len, eliciting, keys, &mut self.transport.outcome);
         self.apply_outcome();
         Some(len)
     }
@@ -199,13 +207,18 @@ impl Connection {
     /// Writes a repair block coding the small packets sent lately (before this instant,
     /// within a round trip), if there are new ones to cover and the symbol fits.
     fn write_repair(&mut self, now: Instant, pn: u64, room: usize, w: &mut Writer<'_>) -> bool {
-        let horizon = self.sent.rtt.smoothed();
-        let Some((newest, covered, symbol)) = self.fec_tx.build(pn, now, horizon, room) else {
+        let horizon = self.transport.sent.rtt.smoothed();
+        let Some((newest, covered, symbol)) = self.transport.fec_tx.build(pn, now, horizon, room)
+        else {
             return false;
         };
         // Each packet is the newest covered once: one repair per small packet sent, which
         // is what keeps the cost at about one copy.
-        if self.last_repair_newest.is_some_and(|l| newest <= l) {
+        if self
+            .transport
+            .last_repair_newest
+            .is_some_and(|l| newest <= l)
+        {
             return false;
         }
         let symbol_len = symbol.len();
@@ -218,7 +231,7 @@ impl Connection {
             // Measured first, so a block that does not fit is never half written.
             return false;
         }
-        self.last_repair_newest = Some(newest);
+        self.transport.last_repair_newest = Some(newest);
         self.stats.repairs_sent += 1;
         self.stats.payload_bytes_transmitted += symbol_len as u64;
         true
@@ -230,7 +243,7 @@ impl Connection {
         let mut written = 0;
         let mut candidates = core::mem::take(&mut self.probe_scratch);
         candidates.clear();
-        candidates.extend(self.sent.oldest_in_flight_frames().take(64));
+        candidates.extend(self.transport.sent.oldest_in_flight_frames().take(64));
         for &key in &candidates {
             if keys.contains(&key) {
                 continue;
@@ -466,12 +479,12 @@ impl Connection {
     /// unless `Config::redundancy` is 0.
     fn coding_wanted(&mut self, config: &Config) -> bool {
         const PER_MILLE: u64 = (1 << 32) / 1000;
-        if self.loss_rate >= PER_MILLE {
-            self.coding = true;
-        } else if self.loss_rate < PER_MILLE / 20 {
-            self.coding = false;
+        if self.transport.loss_rate >= PER_MILLE {
+            self.transport.coding = true;
+        } else if self.transport.loss_rate < PER_MILLE / 20 {
+            self.transport.coding = false;
         }
-        self.coding && config.redundancy > 0
+        self.transport.coding && config.redundancy > 0
     }
 }
 

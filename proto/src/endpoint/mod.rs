@@ -487,7 +487,7 @@ impl Endpoint {
                 token,
             } => {
                 if let Some((index, mut c)) = self.take_by_id(connection_id) {
-                    if !c.paths.on_response(from, token) {
+                    if !c.transport.paths.on_response(from, token) {
                         c.stats.drops.add(DropReason::Unexpected);
                     }
                     self.finish(index, c);

@@ -13,6 +13,80 @@ pub(crate) mod received;
 pub(crate) mod recovery;
 pub(crate) mod rtt;
 
+use core::net::SocketAddr;
+
+use crate::config::Config;
+use crate::hash::Prf;
+use crate::time::Instant;
+use fec::{RepairDecoder, RepairEncoder};
+use pacing::Pacer;
+use path::Paths;
+use received::ReceivedPackets;
+use recovery::{AckOutcome, SentPackets};
+
+/// One connection's packet layer. The connection drives it (`connection/receive.rs` and
+/// `connection/transmit.rs`); messaging sits above and meets it only through the frame keys
+/// a packet carries and the [`AckOutcome`] that says which were delivered or lost.
+#[derive(Debug)]
+pub(crate) struct Transport {
+    /// The validated address and the new ones being challenged.
+    pub(crate) paths: Paths,
+    /// What we sent: packet numbers, in flight, RTT, loss, congestion.
+    pub(crate) sent: SentPackets,
+    /// What we received: duplicates, the far-ahead bound, the ranges we acknowledge.
+    pub(crate) received: ReceivedPackets,
+    pub(crate) pacer: Pacer,
+    /// An acknowledgement is due now.
+    pub(crate) ack_now: bool,
+    /// Ack-eliciting packets received since the last acknowledgement left.
+    pub(crate) eliciting_since_ack: u32,
+    /// Probe packets to send (the probe timeout fired): they go out even when the
+    /// congestion window is full.
+    pub(crate) probes_due: u8,
+    /// The last acknowledgement left out recent ranges: send them in a packet of their own.
+    pub(crate) full_ack_due: bool,
+    /// When a path challenge from the peer last triggered a probe.
+    pub(crate) last_challenge_probe: Option<Instant>,
+    /// Loss rate seen recently, in units of 2^-32 (packets lost per packet resolved), which
+    /// decides whether small packets are coded (forward error correction).
+    pub(crate) loss_rate: u64,
+    /// Small packets are being coded: on from 0.1% loss, off only below 0.005% (repairs
+    /// hide most losses from the estimate, so it must not switch them off at once).
+    pub(crate) coding: bool,
+    /// Forward error correction: what we sent lately, to code repairs from.
+    pub(crate) fec_tx: RepairEncoder,
+    /// Forward error correction: what we received lately, and repairs not solved yet.
+    pub(crate) fec_rx: RepairDecoder,
+    /// The newest packet the last repair we sent covered (each is the newest once).
+    pub(crate) last_repair_newest: Option<u64>,
+    /// What the last acknowledgement or timeout resolved (reused).
+    pub(crate) outcome: AckOutcome,
+}
+
+impl Transport {
+    pub(crate) fn new(config: &Config, remote: SocketAddr, path_key: Prf) -> Self {
+        Transport {
+            paths: Paths::new(remote, path_key),
+            sent: SentPackets::new(config.initial_rtt, config.mtu),
+            received: ReceivedPackets::default(),
+            pacer: Pacer::new(config.mtu, config.max_send_rate),
+            ack_now: false,
+            eliciting_since_ack: 0,
+            probes_due: 0,
+            full_ack_due: false,
+            last_challenge_probe: None,
+            // Until the path shows what it loses, assume a little: a new connection codes its
+            // small packets, and stops after a couple of thousand clean ones.
+            loss_rate: (1 << 32) / 1000,
+            coding: true,
+            fec_tx: RepairEncoder::default(),
+            fec_rx: RepairDecoder::default(),
+            last_repair_newest: None,
+            outcome: AckOutcome::default(),
+        }
+    }
+}
+
 /// Extends a serial number's low 32 bits to 64: the value nearest to `reference` whose low
 /// 32 bits are `wire`. `None` if that would be negative.
 pub(crate) fn extend32(wire: u32, reference: u64) -> Option<u64> {
