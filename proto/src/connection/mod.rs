@@ -81,26 +81,9 @@ pub(crate) struct Shared<'a> {
     pub(crate) event_share: usize,
 }
 
-/// One connection's state.
-pub(crate) struct Connection {
-    pub(crate) handle: ConnectionHandle,
-    /// The packet layer: numbers, acknowledgements, loss, congestion, pacing, paths, coding.
-    pub(crate) transport: Transport,
-    pub(crate) state: State,
-    /// This side opened the connection.
-    pub(crate) is_client: bool,
-    pub(crate) connection_id: u64,
-    pub(crate) client_nonce: u64,
-    pub(crate) local_user_id: u16,
-    pub(crate) peer_user_id: u16,
-    /// The peer's per-connection reassembly budget, from the handshake.
-    pub(crate) peer_reassembly_budget: usize,
-    connect_data: Bytes,
-    timers: TimerTable,
-    handshake_due: bool,
-    keepalive_due: bool,
-    /// Scratch list of frame keys for a probe (reused).
-    probe_scratch: Vec<FrameKey>,
+/// One connection's messaging state: what rides in frames. The transport below tells it,
+/// through `AckOutcome`, which of its reliable frames were delivered or lost.
+struct Messaging {
     send_channels: Vec<SendChannel>,
     recv_channels: Vec<RecvChannel>,
     /// Responses to send: (channel, response).
@@ -123,6 +106,30 @@ pub(crate) struct Connection {
     answered: VecDeque<(u8, u16)>,
     /// Receive memory held by this connection (channels and responses).
     reassembly_bytes: usize,
+}
+
+/// One connection's state.
+pub(crate) struct Connection {
+    pub(crate) handle: ConnectionHandle,
+    /// The packet layer: numbers, acknowledgements, loss, congestion, pacing, paths, coding.
+    pub(crate) transport: Transport,
+    /// What rides in frames: channels, frames awaiting acknowledgement, requests.
+    messaging: Messaging,
+    pub(crate) state: State,
+    /// This side opened the connection.
+    pub(crate) is_client: bool,
+    pub(crate) connection_id: u64,
+    pub(crate) client_nonce: u64,
+    pub(crate) local_user_id: u16,
+    pub(crate) peer_user_id: u16,
+    /// The peer's per-connection reassembly budget, from the handshake.
+    pub(crate) peer_reassembly_budget: usize,
+    connect_data: Bytes,
+    timers: TimerTable,
+    handshake_due: bool,
+    keepalive_due: bool,
+    /// Scratch list of frame keys for a probe (reused).
+    probe_scratch: Vec<FrameKey>,
     /// Bytes of this connection's events waiting for the application.
     pub(crate) event_bytes: usize,
     last_sent: Instant,
@@ -183,27 +190,29 @@ impl Connection {
             handshake_due: is_client,
             keepalive_due: false,
             probe_scratch: Vec::new(),
-            send_channels: config
-                .channels
-                .iter()
-                .map(|c| SendChannel::new(c.kind, c.max_queued_bytes))
-                .collect(),
-            recv_channels: config
-                .channels
-                .iter()
-                .map(|c| RecvChannel::new(c.kind))
-                .collect(),
-            responses: VecDeque::new(),
-            frames: FrameStore::default(),
-            resend: VecDeque::new(),
-            rr_cursor: 0,
-            large_in_window: 0,
-            open_response_chunks: 0,
-            open_response_reserved: 0,
-            pending_requests: HashMap::with_hasher(hasher),
-            request_deadlines: BinaryHeap::new(),
-            answered: VecDeque::new(),
-            reassembly_bytes: 0,
+            messaging: Messaging {
+                send_channels: config
+                    .channels
+                    .iter()
+                    .map(|c| SendChannel::new(c.kind, c.max_queued_bytes))
+                    .collect(),
+                recv_channels: config
+                    .channels
+                    .iter()
+                    .map(|c| RecvChannel::new(c.kind))
+                    .collect(),
+                responses: VecDeque::new(),
+                frames: FrameStore::default(),
+                resend: VecDeque::new(),
+                rr_cursor: 0,
+                large_in_window: 0,
+                open_response_chunks: 0,
+                open_response_reserved: 0,
+                pending_requests: HashMap::with_hasher(hasher),
+                request_deadlines: BinaryHeap::new(),
+                answered: VecDeque::new(),
+                reassembly_bytes: 0,
+            },
             event_bytes: 0,
             last_sent: now,
             last_received: now,
@@ -308,6 +317,7 @@ impl Connection {
         len: usize,
     ) -> Result<&mut SendChannel, SendError> {
         let ch = self
+            .messaging
             .send_channels
             .get_mut(usize::from(channel))
             .ok_or(SendError::UnknownChannel(channel))?;
@@ -356,7 +366,7 @@ impl Connection {
             ch.queued_bytes -= freed;
             self.superseded += (before - ch.queue.len()) as u64;
         }
-        let ch = &mut self.send_channels[usize::from(channel)];
+        let ch = &mut self.messaging.send_channels[usize::from(channel)];
         let seq = ch.next_seq;
         ch.next_seq += 1;
         ch.queued_bytes += len;
@@ -383,27 +393,34 @@ impl Connection {
         payload: Bytes,
         id: RequestId,
     ) -> Result<(), SendError> {
-        if self.pending_requests.len() >= config.max_pending_requests {
+        if self.messaging.pending_requests.len() >= config.max_pending_requests {
             return Err(SendError::TooManyRequests {
                 max: config.max_pending_requests,
             });
         }
         let next = self
+            .messaging
             .send_channels
             .get(usize::from(channel))
             .ok_or(SendError::UnknownChannel(channel))?
             .next_seq as u16;
-        if self.pending_requests.contains_key(&(channel, next)) {
+        if self
+            .messaging
+            .pending_requests
+            .contains_key(&(channel, next))
+        {
             // 65,536 messages later an old request still waits: refuse rather than confuse.
             return Err(SendError::TooManyRequests {
                 max: config.max_pending_requests,
             });
         }
         let seq = self.send(config, channel, payload, true, None)? as u16;
-        self.pending_requests
+        self.messaging
+            .pending_requests
             .insert((channel, seq), PendingRequest { id, partial: None });
         let deadline = now + config.request_timeout;
-        self.request_deadlines
+        self.messaging
+            .request_deadlines
             .push(Reverse((deadline, id.0, channel, seq)));
         self.refresh_request_timer();
         Ok(())
@@ -424,7 +441,7 @@ impl Connection {
         // hold would block every response behind it.
         fits_peer_budget(config, len, chunk_count, peer_budget)?;
         self.channel_with_room(config, channel, len)?.queued_bytes += len;
-        self.responses.push_back((
+        self.messaging.responses.push_back((
             channel,
             Outgoing {
                 seq: u64::from(request.sequence),
@@ -442,19 +459,29 @@ impl Connection {
     }
 
     fn refresh_request_timer(&mut self) {
-        let next = self.request_deadlines.peek().map(|Reverse((t, ..))| *t);
+        let next = self
+            .messaging
+            .request_deadlines
+            .peek()
+            .map(|Reverse((t, ..))| *t);
         self.timers.set_opt(Timer::Request, next);
     }
 
     pub(crate) fn progress(&self, channel: u8) -> Option<Progress> {
-        self.recv_channels.get(usize::from(channel))?.progress()
+        self.messaging
+            .recv_channels
+            .get(usize::from(channel))?
+            .progress()
     }
 
     /// Whether all queued messages were sent and acknowledged.
     pub(crate) fn is_idle(&self) -> bool {
-        self.send_channels.iter().all(SendChannel::is_idle)
-            && self.responses.is_empty()
-            && self.frames.len() == 0
+        self.messaging
+            .send_channels
+            .iter()
+            .all(SendChannel::is_idle)
+            && self.messaging.responses.is_empty()
+            && self.messaging.frames.len() == 0
     }
 
     // ---------------------------------------------------------------- timers
@@ -494,9 +521,11 @@ impl Connection {
                 Timer::Request => self.expire_requests(now, shared),
                 Timer::Reassembly => {
                     let deadline = now - config.reassembly_timeout;
-                    for ch in &mut self.recv_channels {
+                    for ch in &mut self.messaging.recv_channels {
                         let (freed, evicted) = ch.evict_stale(deadline);
-                        shared.budget.release(&mut self.reassembly_bytes, freed);
+                        shared
+                            .budget
+                            .release(&mut self.messaging.reassembly_bytes, freed);
                         for _ in 0..evicted {
                             self.stats.drops.add(DropReason::ReassemblyEvicted);
                         }
@@ -510,20 +539,23 @@ impl Connection {
 
     fn expire_requests(&mut self, now: Instant, shared: &mut Shared<'_>) {
         while let Some(Reverse((deadline, id, channel, seq))) =
-            self.request_deadlines.peek().copied()
+            self.messaging.request_deadlines.peek().copied()
         {
             if deadline > now {
                 break;
             }
-            self.request_deadlines.pop();
+            self.messaging.request_deadlines.pop();
             if self
+                .messaging
                 .pending_requests
                 .get(&(channel, seq))
                 .is_some_and(|p| p.id.0 == id)
             {
-                if let Some(p) = self.pending_requests.remove(&(channel, seq)) {
+                if let Some(p) = self.messaging.pending_requests.remove(&(channel, seq)) {
                     let reserved = p.partial.map_or(0, |r| r.reserved());
-                    shared.budget.release(&mut self.reassembly_bytes, reserved);
+                    shared
+                        .budget
+                        .release(&mut self.messaging.reassembly_bytes, reserved);
                 }
                 shared.events.push(Event::RequestTimedOut {
                     conn: self.handle,
@@ -543,6 +575,7 @@ impl Connection {
                 .loss_deadline(config.max_ack_delay, config.max_rto),
         );
         let oldest_partial = self
+            .messaging
             .recv_channels
             .iter()
             .filter_map(RecvChannel::oldest_partial)
@@ -559,28 +592,30 @@ impl Connection {
         self.update_loss_rate();
         for i in 0..self.transport.outcome.acked_frames.len() {
             let key = self.transport.outcome.acked_frames[i];
-            if let Some(frame) = self.frames.remove(key) {
+            if let Some(frame) = self.messaging.frames.remove(key) {
                 if let Some(seq) = frame.message_seq {
                     if let Some(ch) = self
+                        .messaging
                         .send_channels
                         .get_mut(usize::from(frame.header.channel))
                     {
-                        self.large_in_window -= ch.on_frame_acked(seq);
+                        self.messaging.large_in_window -= ch.on_frame_acked(seq);
                     }
                 } else if frame.header.chunk.is_some() {
-                    self.open_response_chunks = self.open_response_chunks.saturating_sub(1);
-                    if self.open_response_chunks == 0 {
-                        self.open_response_reserved = 0;
+                    self.messaging.open_response_chunks =
+                        self.messaging.open_response_chunks.saturating_sub(1);
+                    if self.messaging.open_response_chunks == 0 {
+                        self.messaging.open_response_reserved = 0;
                     }
                 }
             }
         }
         for i in 0..self.transport.outcome.lost_frames.len() {
             let key = self.transport.outcome.lost_frames[i];
-            if let Some(frame) = self.frames.get_mut(key) {
+            if let Some(frame) = self.messaging.frames.get_mut(key) {
                 frame.in_flight = frame.in_flight.saturating_sub(1);
                 if frame.in_flight == 0 {
-                    self.resend.push_back(key);
+                    self.messaging.resend.push_back(key);
                 }
             }
         }
@@ -601,7 +636,7 @@ impl Connection {
 
     /// Payload bytes the application may still queue on `channel`.
     pub(crate) fn queue_room(&self, channel: u8) -> Option<usize> {
-        let ch = self.send_channels.get(usize::from(channel))?;
+        let ch = self.messaging.send_channels.get(usize::from(channel))?;
         Some(ch.max_queued_bytes.saturating_sub(ch.queued_bytes))
     }
 
@@ -612,8 +647,8 @@ impl Connection {
 
     /// Releases everything the connection holds from the endpoint's receive budget.
     pub(crate) fn release_all(&mut self, budget: &mut ReceiveBudget) {
-        let held = self.reassembly_bytes;
-        budget.release(&mut self.reassembly_bytes, held);
+        let held = self.messaging.reassembly_bytes;
+        budget.release(&mut self.messaging.reassembly_bytes, held);
     }
 
     /// Folds the packets an acknowledgement or loss detection resolved into the loss rate:

@@ -151,6 +151,7 @@ impl Connection {
                 && h.chunk.is_none()
             {
                 let position = self
+                    .messaging
                     .recv_channels
                     .get(usize::from(h.channel))
                     .and_then(|c| c.window_position(h.sequence));
@@ -185,7 +186,10 @@ impl Connection {
             || (queued >= limit && (self.event_bytes > 0 || queued >= limit + limit / 4));
         if over_share {
             Some(DropReason::EventQueueFull)
-        } else if !shared.budget.admits(self.reassembly_bytes, to_hold, config) {
+        } else if !shared
+            .budget
+            .admits(self.messaging.reassembly_bytes, to_hold, config)
+        {
             Some(DropReason::ReassemblyBudget)
         } else {
             None
@@ -287,6 +291,7 @@ impl Connection {
             SendType::Response => match h.chunk {
                 Some(chunk)
                     if self
+                        .messaging
                         .pending_requests
                         .get(&(h.channel, h.sequence))
                         .is_some_and(|p| p.partial.is_none()) =>
@@ -296,6 +301,7 @@ impl Connection {
                 _ => 0,
             },
             SendType::Message if kind.is_reliable() => self
+                .messaging
                 .recv_channels
                 .get(usize::from(h.channel))
                 .map_or(0, |ch| {
@@ -320,7 +326,7 @@ impl Connection {
                     .iter()
                     .take_while(|e| e.0 == channel)
                     .count();
-            if let Some(ch) = self.recv_channels.get(usize::from(channel)) {
+            if let Some(ch) = self.messaging.recv_channels.get(usize::from(channel)) {
                 let mut arriving = [0u64; 64];
                 let n = (end - start).min(arriving.len());
                 for (slot, e) in arriving.iter_mut().zip(&ordered[start..start + n]) {
@@ -360,7 +366,7 @@ impl Connection {
         // Only chunks of unreliable messages consult the budget here (reliable ones were
         // admitted with the packet).
         let budget_left = if h.chunk.is_some() {
-            shared.budget.room(self.reassembly_bytes, config)
+            shared.budget.room(self.messaging.reassembly_bytes, config)
         } else {
             usize::MAX
         };
@@ -400,15 +406,17 @@ impl Connection {
             budget_left,
             deliver: &mut deliver,
         };
-        let Some(ch) = self.recv_channels.get_mut(usize::from(channel)) else {
+        let Some(ch) = self.messaging.recv_channels.get_mut(usize::from(channel)) else {
             return; // checked in the first pass
         };
         let held_before = ch.held_bytes;
         let result = ch.receive(meta, h.chunk, payload, &mut cx);
         let held_after = ch.held_bytes;
-        shared
-            .budget
-            .settle(&mut self.reassembly_bytes, held_before, held_after);
+        shared.budget.settle(
+            &mut self.messaging.reassembly_bytes,
+            held_before,
+            held_after,
+        );
         match result {
             Received::Accepted => {}
             Received::Duplicate => self.stats.drops.add(DropReason::DuplicateMessage),
@@ -427,10 +435,10 @@ impl Connection {
     ) {
         let key = (h.channel, h.sequence);
         let chunk_payload = shared.config.chunk_payload();
-        let Some(pending) = self.pending_requests.get_mut(&key) else {
+        let Some(pending) = self.messaging.pending_requests.get_mut(&key) else {
             // A copy of a response just delivered (retransmitted, or a proactive copy) is a
             // duplicate; anything else answers nothing we are waiting for.
-            let reason = if self.answered.contains(&key) {
+            let reason = if self.messaging.answered.contains(&key) {
                 DropReason::DuplicateMessage
             } else {
                 DropReason::StaleResponse
@@ -445,7 +453,7 @@ impl Connection {
                 if let Some(r) = pending.partial.take() {
                     shared
                         .budget
-                        .release(&mut self.reassembly_bytes, r.reserved());
+                        .release(&mut self.messaging.reassembly_bytes, r.reserved());
                 }
                 Some(payload)
             }
@@ -456,7 +464,7 @@ impl Connection {
                         let r = ReassemblyBuffer::new(count, chunk_payload, now);
                         shared
                             .budget
-                            .charge(&mut self.reassembly_bytes, r.reserved());
+                            .charge(&mut self.messaging.reassembly_bytes, r.reserved());
                         pending.partial.insert(r)
                     }
                 };
@@ -479,15 +487,17 @@ impl Connection {
                 };
                 shared
                     .budget
-                    .release(&mut self.reassembly_bytes, r.reserved());
+                    .release(&mut self.messaging.reassembly_bytes, r.reserved());
                 Some(r.assemble())
             }
         };
-        if let (Some(payload), Some(pending)) = (complete, self.pending_requests.remove(&key)) {
-            if self.answered.len() >= RECENTLY_ANSWERED {
-                self.answered.pop_front();
+        if let (Some(payload), Some(pending)) =
+            (complete, self.messaging.pending_requests.remove(&key))
+        {
+            if self.messaging.answered.len() >= RECENTLY_ANSWERED {
+                self.messaging.answered.pop_front();
             }
-            self.answered.push_back(key);
+            self.messaging.answered.push_back(key);
             self.stats.messages_delivered += 1;
             self.stats.payload_bytes_delivered += payload.len() as u64;
             self.event_bytes += shared.events.push(Event::Response {

@@ -142,7 +142,7 @@ impl Connection {
             // Split what is queued evenly over the packets it needs: the repairs that cover
             // them are as long as the longest.
             // Queued payload, plus about what frame headers add to small messages.
-            let queued = self.queued_bytes() * 6 / 5 + 40 * self.resend.len();
+            let queued = self.queued_bytes() * 6 / 5 + 40 * self.messaging.resend.len();
             let packets = queued.div_ceil(half.max(1)).max(1);
             w.limit(
                 queued
@@ -248,7 +248,7 @@ impl Connection {
             if keys.contains(&key) {
                 continue;
             }
-            let Some(frame) = self.frames.get_mut(key) else {
+            let Some(frame) = self.messaging.frames.get_mut(key) else {
                 continue;
             };
             if !put_sent_frame(frame, key, w, keys) {
@@ -274,13 +274,14 @@ impl Connection {
             payload + wire::MAX_MESSAGE_HEADER_LEN + MAX_VARINT_LEN
         };
         let queued = self
+            .messaging
             .send_channels
             .iter()
             .filter_map(|ch| ch.queue.front())
-            .chain(self.responses.front().map(|(_, out)| out))
+            .chain(self.messaging.responses.front().map(|(_, out)| out))
             .map(frame);
-        let resent = self.resend.iter().take(64).filter_map(|&key| {
-            let f = self.frames.get(key)?;
+        let resent = self.messaging.resend.iter().take(64).filter_map(|&key| {
+            let f = self.messaging.frames.get(key)?;
             Some(f.payload.len() + wire::MAX_MESSAGE_HEADER_LEN + MAX_VARINT_LEN)
         });
         queued.chain(resent).max().unwrap_or(0)
@@ -288,24 +289,32 @@ impl Connection {
 
     /// Payload bytes waiting in the send queues.
     fn queued_bytes(&self) -> usize {
-        self.send_channels.iter().map(|ch| ch.queued_bytes).sum()
+        self.messaging
+            .send_channels
+            .iter()
+            .map(|ch| ch.queued_bytes)
+            .sum()
     }
 
     fn has_data_to_send(&self) -> bool {
-        !self.resend.is_empty()
-            || !self.responses.is_empty()
-            || self.send_channels.iter().any(SendChannel::head_ready)
+        !self.messaging.resend.is_empty()
+            || !self.messaging.responses.is_empty()
+            || self
+                .messaging
+                .send_channels
+                .iter()
+                .any(SendChannel::head_ready)
     }
 
     fn write_retransmissions(&mut self, w: &mut Writer<'_>, keys: &mut Vec<FrameKey>) -> usize {
         let mut written = 0;
-        while let Some(&key) = self.resend.front() {
-            let Some(frame) = self.frames.get_mut(key) else {
-                self.resend.pop_front();
+        while let Some(&key) = self.messaging.resend.front() {
+            let Some(frame) = self.messaging.frames.get_mut(key) else {
+                self.messaging.resend.pop_front();
                 continue;
             };
             if frame.in_flight > 0 {
-                self.resend.pop_front();
+                self.messaging.resend.pop_front();
                 continue;
             }
             if !put_sent_frame(frame, key, w, keys) {
@@ -313,7 +322,7 @@ impl Connection {
             }
             self.stats.retransmissions += 1;
             self.stats.payload_bytes_transmitted += frame.payload.len() as u64;
-            self.resend.pop_front();
+            self.messaging.resend.pop_front();
             written += 1;
         }
         written
@@ -329,18 +338,19 @@ impl Connection {
     ) -> usize {
         // Lanes with something queued, as a bit mask: a lane leaves it when it empties or
         // cannot put a frame in this packet, so the loop never spins over idle channels.
-        let lanes = self.send_channels.len() + 1; // the last lane is responses
+        let lanes = self.messaging.send_channels.len() + 1; // the last lane is responses
         let mut mask = self
+            .messaging
             .send_channels
             .iter()
             .enumerate()
             .filter(|(_, ch)| !ch.queue.is_empty())
             .fold(0u32, |m, (i, _)| m | 1 << i);
-        if !self.responses.is_empty() {
+        if !self.messaging.responses.is_empty() {
             mask |= 1 << (lanes - 1);
         }
         let mut written = 0;
-        let mut lane = self.rr_cursor.min(lanes - 1);
+        let mut lane = self.messaging.rr_cursor.min(lanes - 1);
         while mask != 0 {
             let at_or_after = mask & (u32::MAX << lane);
             lane = if at_or_after != 0 {
@@ -358,14 +368,14 @@ impl Connection {
             }
             lane = if lane + 1 >= lanes { 0 } else { lane + 1 };
         }
-        self.rr_cursor = lane;
+        self.messaging.rr_cursor = lane;
         written
     }
 
     fn lane_is_empty(&self, lane: usize) -> bool {
-        match self.send_channels.get(lane) {
+        match self.messaging.send_channels.get(lane) {
             Some(ch) => ch.queue.is_empty(),
-            None => self.responses.is_empty(),
+            None => self.messaging.responses.is_empty(),
         }
     }
 
@@ -377,8 +387,8 @@ impl Connection {
         config: &Config,
     ) -> bool {
         let local_user_id = self.local_user_id;
-        let (channel, kind, out) = if lane < self.send_channels.len() {
-            let ch = &mut self.send_channels[lane];
+        let (channel, kind, out) = if lane < self.messaging.send_channels.len() {
+            let ch = &mut self.messaging.send_channels[lane];
             if !ch.head_ready() {
                 return false;
             }
@@ -388,7 +398,7 @@ impl Connection {
                 None => return false,
             }
         } else {
-            match self.responses.front_mut() {
+            match self.messaging.responses.front_mut() {
                 Some((channel, out)) => {
                     let kind = config.channels[usize::from(*channel)].kind;
                     (*channel, kind, out)
@@ -400,8 +410,8 @@ impl Connection {
             kind.is_reliable() && out.chunk_count > 1 && out.next_chunk == 0;
         let reserve = reservation(out.chunk_count, config.chunk_payload());
         if starts_large_reliable {
-            let held = self.large_in_window + self.open_response_reserved;
-            let busy_response = out.response && self.open_response_chunks > 0;
+            let held = self.messaging.large_in_window + self.messaging.open_response_reserved;
+            let busy_response = out.response && self.messaging.open_response_chunks > 0;
             if busy_response || held + reserve > self.peer_reassembly_budget {
                 return false;
             }
@@ -437,8 +447,8 @@ impl Connection {
         let is_response = out.response;
         out.next_chunk += 1;
         let done = out.next_chunk >= out.chunk_count;
-        if lane < self.send_channels.len() {
-            let ch = &mut self.send_channels[lane];
+        if lane < self.messaging.send_channels.len() {
+            let ch = &mut self.messaging.send_channels[lane];
             if first {
                 let reserved = if starts_large_reliable { reserve } else { 0 };
                 ch.on_first_frame(seq, chunk_count, reserved);
@@ -448,22 +458,22 @@ impl Connection {
                 ch.queue.pop_front();
             }
         } else {
-            self.send_channels[usize::from(channel)].queued_bytes -= payload.len();
+            self.messaging.send_channels[usize::from(channel)].queued_bytes -= payload.len();
             if done {
-                self.responses.pop_front();
+                self.messaging.responses.pop_front();
             }
         }
         self.stats.payload_bytes_transmitted += payload.len() as u64;
         if starts_large_reliable {
             if is_response {
-                self.open_response_chunks = u32::from(chunk_count);
-                self.open_response_reserved = reserve;
+                self.messaging.open_response_chunks = u32::from(chunk_count);
+                self.messaging.open_response_reserved = reserve;
             } else {
-                self.large_in_window += reserve;
+                self.messaging.large_in_window += reserve;
             }
         }
         if kind.is_reliable() {
-            let key = self.frames.insert(SentFrame {
+            let key = self.messaging.frames.insert(SentFrame {
                 header,
                 message_seq: (!is_response).then_some(seq),
                 payload,
