@@ -31,7 +31,7 @@ pub enum DropReason {
     /// A message outside the receive window, with an owner id the peer may not claim, or
     /// otherwise violating the protocol.
     ProtocolViolation,
-    /// A reliable message seen before (a retransmission or redundant copy).
+    /// A reliable message seen before (a retransmission, or a copy the network duplicated).
     DuplicateMessage,
     /// A sequenced message older than the newest delivered one.
     StaleMessage,
@@ -199,7 +199,7 @@ pub struct ConnectionStats {
     /// Congestion window in bytes.
     pub congestion_window: u64,
     /// Recent packet loss, in parts per million (an average over the last several hundred
-    /// packets; it decides the proactive copies).
+    /// packets; it decides whether small packets are coded).
     pub recent_loss_ppm: u32,
     /// Drops on this connection, by cause.
     pub drops: DropCounts,

@@ -436,7 +436,7 @@ impl Connection {
         let key = (h.channel, h.sequence);
         let chunk_payload = shared.config.chunk_payload();
         let Some(pending) = self.messaging.pending_requests.get_mut(&key) else {
-            // A copy of a response just delivered (retransmitted, or a proactive copy) is a
+            // A copy of a response just delivered (retransmitted, or rebuilt and resent) is a
             // duplicate; anything else answers nothing we are waiting for.
             let reason = if self.messaging.answered.contains(&key) {
                 DropReason::DuplicateMessage
