@@ -8,7 +8,8 @@
 //!   with wire and payload overhead under 10% loss each way (independent, and in bursts) and
 //!   50 ms one-way delay, at 16 messages per 16 ms for 20 s and at 60 messages per second.
 //!
-//! Run: `cargo bench -p shoal-proto --bench delivery`
+//! Run: `cargo bench -p shoal-proto --bench delivery` (`SHOAL_BENCH_SEED=N` draws the lossy
+//! runs' losses from another seed; `SHOAL_BENCH_DEBUG=1` prints both ends' counters).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;

@@ -274,7 +274,7 @@ impl RepairDecoder {
             .max()
             .unwrap_or(0);
         let mut rows: heapless::Vec<([u8; 32], Vec<u8>), PENDING> = heapless::Vec::new();
-        for p in &self.pending {
+        'repairs: for p in &self.pending {
             let mut coefs = [0u8; 32];
             let mut rhs = Vec::with_capacity(width);
             rhs.extend_from_slice(&p.symbol);
@@ -283,11 +283,12 @@ impl RepairDecoder {
                 let c = coefficient(p.repair_pn, pn);
                 match unknowns.iter().position(|&(u, _)| u == pn) {
                     Some(col) => coefs[col] = c,
-                    None => {
-                        if let Some(frames) = self.kept(pn) {
-                            mul_add(&mut rhs, c, frames);
-                        }
-                    }
+                    None => match self.kept(pn) {
+                        Some(frames) if !missing(pn) => mul_add(&mut rhs, c, frames),
+                        // A missing packet that did not fit the unknowns (a long outage): the
+                        // equation would be wrong, so it is left out rather than solved.
+                        _ => continue 'repairs,
+                    },
                 }
             }
             let _ = rows.push((coefs, rhs));
@@ -383,5 +384,46 @@ mod tests {
         );
         got.sort();
         assert_eq!(got, vec![(1, packets[1].clone()), (2, packets[2].clone())]);
+    }
+
+    #[test]
+    fn more_missing_packets_than_unknown_slots_never_rebuild_wrong_frames() {
+        let t = Instant::from_millis;
+        let horizon = Duration::from_secs(10);
+        let packets: Vec<Vec<u8>> = (0..120u8).map(|i| vec![i ^ 0x5a; 20]).collect();
+        let mut dec = RepairDecoder {
+            active: true,
+            ..RepairDecoder::default()
+        };
+        let mut enc = RepairEncoder::default();
+        let mut rebuilt = Vec::new();
+        // Blocks of 12 lost packets, each block covered by two repairs of its own: together
+        // far more unknowns than the solver has slots, yet each block alone is solvable
+        // only up to two packets.
+        for block in 0..10u64 {
+            for i in 0..12u64 {
+                let pn = block * 12 + i;
+                enc.on_sent(pn, t(pn), &packets[pn as usize]);
+            }
+            for extra in 0..2u64 {
+                let repair_pn = 1_000 + block * 2 + extra;
+                let (newest, covered, symbol) = enc
+                    .build(repair_pn, t(500), horizon, 1200)
+                    .expect("covers the block");
+                let covered: Vec<(u64, usize)> = covered
+                    .iter()
+                    .map(|&(d, len)| (newest - u64::from(d), len))
+                    .collect();
+                dec.on_repair(repair_pn, &covered, symbol);
+            }
+            dec.solve(|p| p < 120, |p, f| rebuilt.push((p, f.to_vec())));
+        }
+        for (p, f) in &rebuilt {
+            assert_eq!(f, &packets[*p as usize], "packet {p} rebuilt wrong");
+        }
+        assert!(
+            rebuilt.is_empty(),
+            "12 unknowns per block, 2 equations: nothing solvable"
+        );
     }
 }
