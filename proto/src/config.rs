@@ -114,9 +114,15 @@ pub struct Config {
     pub max_pending_requests: usize,
     /// Largest message `send` accepts; larger messages are chunked up to this size.
     pub max_message_size: usize,
-    /// Most bytes of partly received chunked messages held per connection.
+    /// Most bytes held on receive per connection (default 4 MiB): partly received chunked
+    /// messages, whole messages waiting for an earlier one on an ordered channel, and the
+    /// receive window's slots. The peer learns it in the handshake and never sends more.
     pub reassembly_budget: usize,
-    /// Most bytes of partly received chunked messages held by the whole endpoint.
+    /// Most bytes held on receive by the whole endpoint (default 64 MiB). Connections share
+    /// it fairly while they hold memory at once, but what a connection holds is never taken
+    /// back (its chunks were acknowledged), so peers that each fill `reassembly_budget` and
+    /// never finish can exhaust it: keep it at least (the hostile connections you want to
+    /// withstand + 1) x `reassembly_budget` (the defaults withstand 15).
     pub endpoint_reassembly_budget: usize,
     /// A partial unreliable chunked message older than this is evicted.
     pub reassembly_timeout: Duration,
