@@ -207,32 +207,8 @@ fn connected() -> (Pair, shoal_proto::ConnectionHandle, u64, [u8; 2]) {
     let Ok(Packet::Data { header, .. }) = Packet::decode(&buf[..t.len]) else {
         panic!("expected data");
     };
-    let user = p
-        .server_events
-        .iter()
-        .find_map(|e| match e {
-            Event::Connected { peer_user_id, .. } => Some(*peer_user_id),
-            _ => None,
-        })
-        .expect("connected");
+    let user = peer_user_id(&p.server_events);
     (p, s, header.connection_id, user.to_be_bytes())
-}
-
-fn data_packet(connection_id: u64, seq: u32, frames: &[u8]) -> Vec<u8> {
-    let packet = Packet::Data {
-        header: DataHeader {
-            connection_id,
-            packet_number: seq,
-            ping: false,
-            ack: None,
-            repair: None,
-        },
-        frames,
-    };
-    let mut buf = vec![0u8; 1500];
-    let n = packet.encode(&mut buf).expect("encodes");
-    buf.truncate(n);
-    buf
 }
 
 #[test]

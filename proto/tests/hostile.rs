@@ -27,9 +27,11 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{addr, client_config, messages, server_config, Pair, TestRng};
+use common::{
+    addr, client_config, data_packet, encode, messages, peer_user_id, server_config, Pair, TestRng,
+};
 use shoal_proto::fuzzing::wire::{
-    ChunkInfo, CloseCode, DataHeader, Frame, Frames, MessageHeader, Packet, SendType,
+    ChunkInfo, CloseCode, Frame, Frames, MessageHeader, Packet, SendType,
 };
 use shoal_proto::{
     Config, ConfigError, ConnectionHandle, DisconnectReason, DropReason, Endpoint, Event, Instant,
@@ -196,26 +198,6 @@ fn push_frame(out: &mut Vec<u8>, header: MessageHeader, payload: &[u8]) {
 }
 
 /// A `Data` packet without acknowledgement.
-fn data_packet(connection_id: u64, packet_number: u32, frames: &[u8]) -> Vec<u8> {
-    encode(&Packet::Data {
-        header: DataHeader {
-            connection_id,
-            packet_number,
-            ping: false,
-            ack: None,
-            repair: None,
-        },
-        frames,
-    })
-}
-
-fn encode(packet: &Packet<'_>) -> Vec<u8> {
-    let mut buf = vec![0u8; 70_000];
-    let n = packet.encode(&mut buf).expect("encodes");
-    buf.truncate(n);
-    buf
-}
-
 /// Bytes a `Data` packet takes besides its frames (no acknowledgement).
 const DATA_OVERHEAD: usize = 14;
 
@@ -273,14 +255,7 @@ fn sniffed(client: Config, server: Config) -> Sniffed {
     while let Some(e) = p.server.poll_event() {
         p.server_events.push(e);
     }
-    let owner = p
-        .server_events
-        .iter()
-        .find_map(|e| match e {
-            Event::Connected { peer_user_id, .. } => Some(*peer_user_id),
-            _ => None,
-        })
-        .expect("connected");
+    let owner = peer_user_id(&p.server_events);
     Sniffed {
         p,
         client: c,
@@ -1115,6 +1090,11 @@ fn small_budget_config(seed: u64, server: bool) -> Config {
     }
 }
 
+/// A connected pair with small receive budgets (see `small_budget_config`).
+fn sniffed_small_budget() -> Sniffed {
+    sniffed(small_budget_config(1, false), small_budget_config(2, true))
+}
+
 /// The hostile client drives the server alone from here on: what the server sends is
 /// dropped, and its application reads every event at once.
 fn feed_server(p: &mut Pair, datagram: &[u8]) -> usize {
@@ -1144,7 +1124,7 @@ fn an_ordered_gap_attack_stays_within_the_reassembly_budget() {
         owner,
         next_pn,
         ..
-    } = sniffed(small_budget_config(1, false), small_budget_config(2, true));
+    } = sniffed_small_budget();
     let budget = p.server.config().reassembly_budget;
     let mut resident = Resident::start();
     let mut pn = next_pn;
@@ -1211,7 +1191,7 @@ fn small_held_ordered_messages_do_not_pin_their_datagrams() {
         owner,
         next_pn,
         ..
-    } = sniffed(small_budget_config(1, false), small_budget_config(2, true));
+    } = sniffed_small_budget();
     let budget = p.server.config().reassembly_budget;
     let mtu = p.server.config().mtu;
     let mut resident = Resident::start();
@@ -1284,7 +1264,7 @@ fn tiny_last_chunks_hold_only_their_reservation_and_oversized_datagrams_are_drop
         owner,
         next_pn,
         ..
-    } = sniffed(small_budget_config(1, false), small_budget_config(2, true));
+    } = sniffed_small_budget();
     let config = p.server.config().clone();
     let budget = config.reassembly_budget;
     let mtu = config.mtu;

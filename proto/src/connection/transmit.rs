@@ -129,12 +129,13 @@ impl Connection {
         // repair for the small packets before it and at most half its room in frames, so it
         // is small itself. A backlogged sender (a bulk transfer) fills its packets instead.
         let half = w.remaining().saturating_sub(REPAIR_HEADER) / 2;
-        let largest = self.largest_waiting_frame(config);
-        let coding = self.coding_wanted(config)
-            && !ack_only
-            && !probe
-            && self.queued_bytes() < 2 * half
-            && largest <= half;
+        let coding_on = self.coding_wanted(config) && !ack_only && !probe;
+        let largest = if coding_on {
+            self.largest_waiting_frame(config)
+        } else {
+            0
+        };
+        let coding = coding_on && self.queued_bytes() < 2 * half && largest <= half;
         self.transport.sent.set_coded(coding);
         let repaired = coding && self.write_repair(now, pn, half, &mut w);
         let frames_start = w.len();
@@ -265,13 +266,14 @@ impl Connection {
     /// The largest frame waiting at the head of a queue, or to be sent again (among the
     /// first few): a coded packet must have room for it.
     fn largest_waiting_frame(&self, config: &Config) -> usize {
+        // At most: the largest message header and length prefix, and the payload.
+        let frame_len = |payload: usize| payload + wire::MAX_MESSAGE_HEADER_LEN + MAX_VARINT_LEN;
         let frame = |out: &Outgoing| {
-            let payload = if out.chunk_count > 1 {
+            frame_len(if out.chunk_count > 1 {
                 config.chunk_payload()
             } else {
                 out.payload.len()
-            };
-            payload + wire::MAX_MESSAGE_HEADER_LEN + MAX_VARINT_LEN
+            })
         };
         let queued = self
             .messaging
@@ -280,10 +282,12 @@ impl Connection {
             .filter_map(|ch| ch.queue.front())
             .chain(self.messaging.responses.front().map(|(_, out)| out))
             .map(frame);
-        let resent = self.messaging.resend.iter().take(64).filter_map(|&key| {
-            let f = self.messaging.frames.get(key)?;
-            Some(f.payload.len() + wire::MAX_MESSAGE_HEADER_LEN + MAX_VARINT_LEN)
-        });
+        let resent = self
+            .messaging
+            .resend
+            .iter()
+            .take(64)
+            .filter_map(|&key| Some(frame_len(self.messaging.frames.get(key)?.payload.len())));
         queued.chain(resent).max().unwrap_or(0)
     }
 
@@ -491,15 +495,16 @@ impl Connection {
         const PER_MILLE: u64 = (1 << 32) / 1000;
         if self.transport.loss_rate >= PER_MILLE {
             self.transport.coding = true;
-        } else if self.transport.loss_rate < PER_MILLE / 20 {
+        } else if self.transport.loss_rate < PER_MILLE / 20 && self.transport.coding {
             self.transport.coding = false;
+            self.transport.fec_tx.clear();
         }
         self.transport.coding && config.redundancy > 0
     }
 }
 
-/// Writes an already-sent reliable frame into the packet again (a retransmission or a copy)
-/// and records that this packet carries it. False if it does not fit.
+/// Writes an already-sent reliable frame into the packet again (a retransmission, or in a
+/// probe) and records that this packet carries it. False if it does not fit.
 fn put_sent_frame(
     frame: &mut SentFrame,
     key: FrameKey,

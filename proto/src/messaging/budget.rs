@@ -103,4 +103,27 @@ mod tests {
             config.endpoint_reassembly_budget
         );
     }
+
+    #[test]
+    fn with_the_defaults_fifteen_peers_that_never_finish_leave_a_newcomer_room() {
+        // What `Config::endpoint_reassembly_budget` documents: peers arriving one after
+        // another, each reserving the largest message as often as it is admitted.
+        let config = Config::default();
+        let largest =
+            config.max_message_size.div_ceil(config.chunk_payload()) * config.chunk_payload();
+        let mut b = ReceiveBudget::default();
+        for _ in 0..15 {
+            let mut held = 0;
+            while b.admits(held, largest, &config) {
+                b.charge(&mut held, largest);
+            }
+            assert!(held > 0);
+        }
+        assert!(
+            b.admits(0, largest, &config),
+            "{} of {} held",
+            b.total(),
+            config.endpoint_reassembly_budget
+        );
+    }
 }

@@ -113,6 +113,13 @@ impl RepairEncoder {
         self.sent.push_back((pn, now, buf));
     }
 
+    /// Forgets what was sent and gives its buffers back (coding stopped: the link is clean).
+    pub(crate) fn clear(&mut self) {
+        self.sent.clear();
+        self.spare = Vec::new();
+        self.symbol = Vec::new();
+    }
+
     /// Builds the repair for packet `pn` going out at `now`: it covers the packets sent
     /// before this instant and within `horizon`, newest first, as many as a symbol of at
     /// most `room` bytes allows. Returns the newest covered packet, the coverage as
@@ -133,15 +140,14 @@ impl RepairEncoder {
             }
             let newest_pn = *newest.get_or_insert(*covered_pn);
             let distance = newest_pn - covered_pn;
-            if distance >= super::fec::COVERAGE_SPAN {
+            if distance >= COVERAGE_SPAN {
                 break;
             }
             longest = longest.max(frames.len());
+            // Newest first, so distances come in increasing order, as the mask wants.
             let _ = covered.push((distance as u32, frames.len()));
         }
         let newest = newest?;
-        covered.reverse();
-        covered.sort_unstable_by_key(|&(d, _)| d);
         self.symbol.clear();
         self.symbol.resize(longest, 0);
         for (covered_pn, _, frames) in &self.sent {
@@ -156,7 +162,7 @@ impl RepairEncoder {
     }
 }
 
-/// How far below the newest covered packet a repair may reach (the mask's eight bits).
+/// How far below the newest covered packet a repair may reach (the bits of its mask).
 pub(crate) const COVERAGE_SPAN: u64 = crate::wire::MAX_REPAIR_COVERAGE as u64;
 
 /// A repair not solved yet.
@@ -174,6 +180,9 @@ struct Pending {
 pub(crate) struct RepairDecoder {
     /// Whether the peer sends repairs (only then are packets kept).
     active: bool,
+    /// Packets received since the last repair: past `2 × KEPT` the peer has stopped coding,
+    /// and the kept frames and buffers are given back.
+    quiet: usize,
     kept: VecDeque<(u64, Vec<u8>)>,
     pending: VecDeque<Pending>,
     spare: Vec<Vec<u8>>,
@@ -183,6 +192,11 @@ impl RepairDecoder {
     /// Keeps the frames of received packet `pn` (once the peer has sent a repair).
     pub(crate) fn on_received(&mut self, pn: u64, frames: &[u8]) {
         if !self.active {
+            return;
+        }
+        self.quiet += 1;
+        if self.quiet > 2 * KEPT {
+            *self = RepairDecoder::default();
             return;
         }
         if self.kept.len() == KEPT {
@@ -199,6 +213,7 @@ impl RepairDecoder {
     /// Takes a repair carried by packet `repair_pn`: `covered` as (packet number, length).
     pub(crate) fn on_repair(&mut self, repair_pn: u64, covered: &[(u64, usize)], symbol: &[u8]) {
         self.active = true;
+        self.quiet = 0;
         if self.pending.len() == PENDING {
             if let Some(old) = self.pending.pop_front() {
                 self.spare.push(old.symbol);
@@ -425,5 +440,22 @@ mod tests {
             rebuilt.is_empty(),
             "12 unknowns per block, 2 equations: nothing solvable"
         );
+    }
+
+    #[test]
+    fn a_receiver_lets_go_of_kept_packets_once_the_peer_stops_coding() {
+        let mut dec = RepairDecoder::default();
+        dec.on_received(0, &[1; 100]);
+        assert!(dec.kept.is_empty(), "nothing kept before the first repair");
+        dec.on_repair(1, &[(0, 100)], &[7; 100]);
+        for pn in 2..2 + KEPT as u64 {
+            dec.on_received(pn, &[1; 100]);
+        }
+        assert_eq!(dec.kept.len(), KEPT);
+        for pn in 100..100 + 2 * KEPT as u64 {
+            dec.on_received(pn, &[1; 100]);
+        }
+        assert!(!dec.active && dec.kept.is_empty() && dec.pending.is_empty());
+        assert_eq!(dec.spare.capacity(), 0, "buffers given back");
     }
 }

@@ -8,6 +8,7 @@ use std::collections::BinaryHeap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use shoal_proto::fuzzing::wire::{DataHeader, Packet};
 use shoal_proto::{Config, ConnectionHandle, Endpoint, Event, Instant};
 
 /// Which way a datagram travels.
@@ -272,4 +273,38 @@ pub fn lossy(seed: u64, loss: f64) -> FateHook {
             vec![Duration::ZERO]
         }
     })
+}
+
+/// Encodes a packet into a datagram of its own.
+pub fn encode(packet: &Packet<'_>) -> Vec<u8> {
+    let mut buf = vec![0u8; 70_000];
+    let n = packet.encode(&mut buf).expect("encodes");
+    buf.truncate(n);
+    buf
+}
+
+/// A `Data` packet as a peer (or someone who sniffed its connection id) writes it by hand:
+/// no acknowledgement, no repair, just `frames`.
+pub fn data_packet(connection_id: u64, packet_number: u32, frames: &[u8]) -> Vec<u8> {
+    encode(&Packet::Data {
+        header: DataHeader {
+            connection_id,
+            packet_number,
+            ping: false,
+            ack: None,
+            repair: None,
+        },
+        frames,
+    })
+}
+
+/// The user id the first `Connected` among `events` gave the peer.
+pub fn peer_user_id(events: &[Event]) -> u16 {
+    events
+        .iter()
+        .find_map(|e| match e {
+            Event::Connected { peer_user_id, .. } => Some(*peer_user_id),
+            _ => None,
+        })
+        .expect("connected")
 }
