@@ -4,6 +4,8 @@ use alloc::vec::Vec;
 use core::fmt;
 use core::time::Duration;
 
+use crate::crypto::{Keypair, Protection, TAG_LEN};
+use crate::token::TokenConfig;
 use crate::wire::{MAX_DATA_HEADER_LEN, MAX_MESSAGE_HEADER_LEN, MAX_VARINT_LEN};
 
 /// Most channels a connection can have (the channel id is 4 bits).
@@ -78,6 +80,21 @@ pub struct Config {
     /// Seed for connection ids, nonces and the cookie key. Give each endpoint its own
     /// (e.g. from the OS RNG in a driver, or a fixed value in a test).
     pub seed: u64,
+    /// Secret randomness for handshake keys, cookie keys and connection ids, mixed with
+    /// `seed` (HKDF-SHA256). The drivers fill it from the operating system when it is
+    /// `None`; an endpoint driven by your own loop must set it from a cryptographic random
+    /// source, or its keys follow from the 64-bit `seed` alone (fine for tests and
+    /// simulations, not for real traffic). `Debug` does not print it.
+    pub secret_seed: Option<SecretSeed>,
+    /// How packets after the handshake are protected (default [`Protection::Encrypted`]).
+    /// A peer configured differently is refused with a clear reason.
+    pub protection: Protection,
+    /// This endpoint's static key pair, if it has an identity to prove: clients can pin its
+    /// public key (`ConnectOptions::server_key`), and peers see it in `Event::Connected`.
+    pub static_keypair: Option<Keypair>,
+    /// Accept only clients with a connect token from the backend sharing this key (see
+    /// [`token`](crate::token)). `None` (the default) takes no tokens.
+    pub tokens: Option<TokenConfig>,
     /// Application protocol id; endpoints with different ids ignore each other.
     pub protocol_id: u32,
     /// Largest datagram sent, in bytes (UDP payload). At least 128.
@@ -165,6 +182,10 @@ impl Config {
     pub fn with_channels(kinds: &[DeliveryKind]) -> Self {
         Config {
             seed: 0,
+            secret_seed: None,
+            protection: Protection::Encrypted,
+            static_keypair: None,
+            tokens: None,
             protocol_id: 0x5348_4f4c, // "SHOL"
             mtu: 1200,
             channels: kinds.iter().map(|&k| ChannelConfig::new(k)).collect(),
@@ -203,7 +224,8 @@ impl Config {
         if self.max_connections == 0 || self.max_connections > usize::from(u16::MAX - 1) {
             return Err(ConfigError::MaxConnections(self.max_connections));
         }
-        if self.max_connect_data + 64 > self.mtu {
+        // The Connect's fixed fields and keys take 121 bytes; a token is checked at connect.
+        if self.max_connect_data + 128 > self.mtu {
             return Err(ConfigError::ConnectDataTooLarge(self.max_connect_data));
         }
         let chunks = self.max_message_size.div_ceil(self.chunk_payload());
@@ -256,13 +278,29 @@ impl Config {
         if self.max_send_rate == Some(0) {
             return Err(ConfigError::ZeroLimit("max_send_rate"));
         }
+        if let Some(tokens) = &self.tokens {
+            if tokens.server_addresses.is_empty() {
+                return Err(ConfigError::TokenServerAddresses);
+            }
+            if tokens.max_used_tokens == 0 {
+                return Err(ConfigError::ZeroLimit("tokens.max_used_tokens"));
+            }
+        }
         Ok(())
     }
 
     /// Most payload bytes one chunk carries: what is left of a datagram after the packet
     /// header and the largest message header and length prefix.
     pub fn chunk_payload(&self) -> usize {
-        self.mtu - MAX_DATA_HEADER_LEN - MAX_MESSAGE_HEADER_LEN - MAX_VARINT_LEN
+        self.packet_room() - MAX_DATA_HEADER_LEN - MAX_MESSAGE_HEADER_LEN - MAX_VARINT_LEN
+    }
+
+    /// Bytes of a datagram a packet may fill before protection adds its tag.
+    pub(crate) fn packet_room(&self) -> usize {
+        match self.protection {
+            Protection::Encrypted => self.mtu - TAG_LEN,
+            Protection::None => self.mtu,
+        }
     }
 
     /// The channel kinds as a nibble each, sent in the handshake so both sides can check
@@ -272,6 +310,17 @@ impl Config {
             .iter()
             .enumerate()
             .fold(0, |acc, (i, c)| acc | c.kind.nibble() << (4 * i))
+    }
+}
+
+/// 32 secret bytes from a cryptographic random source (see [`Config::secret_seed`]).
+/// `Debug` does not print them.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct SecretSeed(pub [u8; 32]);
+
+impl fmt::Debug for SecretSeed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretSeed(..)")
     }
 }
 
@@ -298,6 +347,8 @@ pub enum ConfigError {
     ZeroLimit(&'static str),
     /// The named duration is longer than [`MAX_DURATION`].
     DurationTooLong(&'static str),
+    /// `tokens.server_addresses` is empty: no token could name this server.
+    TokenServerAddresses,
 }
 
 impl fmt::Display for ConfigError {
@@ -330,6 +381,10 @@ impl fmt::Display for ConfigError {
             ConfigError::DurationTooLong(name) => {
                 write!(f, "{name} is longer than a year; use a shorter duration")
             }
+            ConfigError::TokenServerAddresses => f.write_str(
+                "tokens.server_addresses is empty; list the addresses clients reach this \
+                 server at (the ones the backend puts in tokens)",
+            ),
         }
     }
 }

@@ -77,6 +77,17 @@ pub enum ConnectError {
     },
     /// A connection to (or from) this address exists already.
     AlreadyConnected,
+    /// A server key or connect token needs `Protection::Encrypted`, which this endpoint's
+    /// config turns off.
+    ProtectionRequired,
+    /// The connect token and data together do not fit one handshake datagram of `mtu`
+    /// bytes.
+    HandshakeTooLarge {
+        /// The `Connect` packet's size.
+        size: usize,
+        /// The configured mtu.
+        mtu: usize,
+    },
 }
 
 impl fmt::Display for ConnectError {
@@ -92,6 +103,15 @@ impl fmt::Display for ConnectError {
             ConnectError::AlreadyConnected => {
                 f.write_str("a connection to this address exists already")
             }
+            ConnectError::ProtectionRequired => f.write_str(
+                "a server key or connect token needs Protection::Encrypted; \
+                 this endpoint is configured with Protection::None",
+            ),
+            ConnectError::HandshakeTooLarge { size, mtu } => write!(
+                f,
+                "the handshake with this token and data is {size} bytes, over the mtu of {mtu}; \
+                 send less connect data"
+            ),
         }
     }
 }

@@ -4,6 +4,9 @@ use bytes::Bytes;
 use core::fmt;
 use core::net::SocketAddr;
 
+use alloc::boxed::Box;
+
+use crate::endpoint::PeerIdentity;
 use crate::wire::{CloseCode, RejectCode};
 
 /// Names one connection of an endpoint. Stays unique for the endpoint's lifetime: a handle
@@ -75,6 +78,21 @@ pub enum DisconnectReason {
     /// peer restarted), or both peers connected to each other at once and the peer's attempt
     /// won: its connection arrives as a new `Connected`.
     Replaced,
+    /// The server proved a static key other than the one `ConnectOptions::server_key`
+    /// pinned (or none): it is not the server this client meant to reach.
+    ServerKeyMismatch,
+    /// The two sides configure packet protection differently (one requires encryption, the
+    /// other has it off).
+    ProtectionMismatch,
+    /// The server requires a connect token and this one is missing, forged, or sealed under
+    /// another backend's key.
+    TokenInvalid,
+    /// The connect token has expired: get a new one from the backend.
+    TokenExpired,
+    /// The connect token was used already: get a new one from the backend.
+    TokenUsed,
+    /// The connect token is for other servers than this one.
+    TokenWrongServer,
 }
 
 impl DisconnectReason {
@@ -83,6 +101,11 @@ impl DisconnectReason {
             RejectCode::Full => DisconnectReason::ServerFull,
             RejectCode::Refused(code) => DisconnectReason::Rejected { code },
             RejectCode::ChannelMismatch => DisconnectReason::Incompatible,
+            RejectCode::ProtectionMismatch => DisconnectReason::ProtectionMismatch,
+            RejectCode::TokenInvalid => DisconnectReason::TokenInvalid,
+            RejectCode::TokenExpired => DisconnectReason::TokenExpired,
+            RejectCode::TokenUsed => DisconnectReason::TokenUsed,
+            RejectCode::TokenWrongServer => DisconnectReason::TokenWrongServer,
         }
     }
 
@@ -111,6 +134,25 @@ impl fmt::Display for DisconnectReason {
             DisconnectReason::Replaced => {
                 f.write_str("replaced by a new connection with the same peer")
             }
+            DisconnectReason::ServerKeyMismatch => f.write_str(
+                "refused: the server did not prove the pinned server key (wrong server, or \
+                 someone in the middle)",
+            ),
+            DisconnectReason::ProtectionMismatch => f.write_str(
+                "rejected: the two sides configure packet protection differently",
+            ),
+            DisconnectReason::TokenInvalid => {
+                f.write_str("rejected: the connect token is missing or not valid for this server")
+            }
+            DisconnectReason::TokenExpired => {
+                f.write_str("rejected: the connect token has expired; get a new one")
+            }
+            DisconnectReason::TokenUsed => {
+                f.write_str("rejected: the connect token was used already; get a new one")
+            }
+            DisconnectReason::TokenWrongServer => {
+                f.write_str("rejected: the connect token is for other servers")
+            }
         }
     }
 }
@@ -129,6 +171,8 @@ pub enum Event {
         peer_user_id: u16,
         /// This side's user id on the connection (a client learns it here).
         local_user_id: u16,
+        /// Who the peer proved to be: its static key, its connect token's claims.
+        identity: Box<PeerIdentity>,
     },
     /// A connection ended (or a connection attempt failed). The handle is dead afterwards.
     Disconnected {

@@ -58,6 +58,7 @@ extern crate alloc;
 
 mod config;
 mod connection;
+mod crypto;
 mod endpoint;
 mod error;
 mod event;
@@ -65,6 +66,7 @@ mod hash;
 mod messaging;
 mod stats;
 pub mod time;
+pub mod token;
 mod transport;
 #[cfg_attr(not(any(fuzzing, feature = "fuzzing")), allow(dead_code))]
 pub(crate) mod wire;
@@ -73,8 +75,11 @@ pub(crate) mod wire;
 pub mod fuzzing;
 
 pub use bytes::Bytes;
-pub use config::{ChannelConfig, Config, ConfigError, DeliveryKind, MAX_CHANNELS, MAX_DURATION};
-pub use endpoint::{AcceptHook, ConnectRequest, Endpoint};
+pub use config::{
+    ChannelConfig, Config, ConfigError, DeliveryKind, SecretSeed, MAX_CHANNELS, MAX_DURATION,
+};
+pub use crypto::{Keypair, Protection, PublicKey, TAG_LEN};
+pub use endpoint::{AcceptHook, ConnectOptions, ConnectRequest, Endpoint, PeerIdentity};
 pub use error::{ConnectError, SendError};
 pub use event::{ConnectionHandle, DisconnectReason, Event, IncomingRequest, RequestId, Transmit};
 pub use messaging::channel::MESSAGE_WINDOW;

@@ -53,11 +53,17 @@ pub enum DropReason {
     UnvalidatedPath,
     /// A packet number too far beyond the newest received (forged, or from a broken sender).
     OutOfWindow,
+    /// A protected packet whose authentication tag does not verify: forged, corrupted, or
+    /// not for this connection's keys. Never acted on.
+    Unauthenticated,
+    /// A connect token already used by an earlier connection (or, with `max_used_tokens`
+    /// remembered, one more than the server can track).
+    TokenReplay,
 }
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 20;
+    pub const COUNT: usize = 22;
     /// Every reason, in counter order.
     pub const ALL: [DropReason; DropReason::COUNT] = [
         DropReason::Malformed,
@@ -80,6 +86,8 @@ impl DropReason {
         DropReason::Oversized,
         DropReason::UnvalidatedPath,
         DropReason::OutOfWindow,
+        DropReason::Unauthenticated,
+        DropReason::TokenReplay,
     ];
 
     /// A short snake_case name, for tables and logs.
@@ -105,6 +113,8 @@ impl DropReason {
             DropReason::Oversized => "oversized",
             DropReason::UnvalidatedPath => "unvalidated_path",
             DropReason::OutOfWindow => "out_of_window",
+            DropReason::Unauthenticated => "unauthenticated",
+            DropReason::TokenReplay => "token_replay",
         }
     }
 }

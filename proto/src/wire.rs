@@ -7,9 +7,10 @@
 //! Multi-byte integers are big-endian (network order).
 
 use core::fmt;
+use crate::crypto::{Protection, TAG_LEN};
 
 /// Protocol version carried in the high nibble of every packet's first byte.
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 
 /// Length of a `Hello` packet. It is padded so that the server's `Challenge` reply is never
 /// larger than the request that caused it (no amplification towards unvalidated addresses).
@@ -27,9 +28,13 @@ pub const MAX_DATA_HEADER_LEN: usize = DATA_HEADER_LEN + ACK_ROOM;
 /// Most ranges one acknowledgement carries.
 pub const MAX_ACK_RANGES: usize = 32;
 /// Length of a `PathChallenge` or `PathResponse` packet.
-pub const PATH_PACKET_LEN: usize = 1 + 8 + 8;
+pub const PATH_PACKET_LEN: usize = 1 + 8 + 4 + 8;
 /// The high bit of a `Data` packet's range-count byte: an acknowledgement is requested.
 pub(crate) const PING_BIT: u8 = 0x80;
+/// `Connect`/`Accept` flags: a static key follows the ephemeral one.
+const HAS_STATIC_KEY: u8 = 0x01;
+/// `Connect` flag: a connect token follows the keys.
+const HAS_TOKEN: u8 = 0x02;
 /// The next bit of the range-count byte: a repair block follows the acknowledgement.
 pub(crate) const REPAIR_BIT: u8 = 0x40;
 /// Packets one repair block covers at most (the bits of its mask).
@@ -136,23 +141,51 @@ pub enum RejectCode {
     Refused(u16),
     /// The two sides configure their channels differently.
     ChannelMismatch,
+    /// The two sides configure packet protection differently.
+    ProtectionMismatch,
+    /// A connect token was needed and none came, or it failed to decrypt (forged, or
+    /// issued under another backend key).
+    TokenInvalid,
+    /// The connect token has expired.
+    TokenExpired,
+    /// The connect token was used already.
+    TokenUsed,
+    /// The connect token does not name this server's address.
+    TokenWrongServer,
 }
 
 impl RejectCode {
+    const ALL: [RejectCode; 8] = [
+        RejectCode::Full,
+        RejectCode::Refused(0),
+        RejectCode::ChannelMismatch,
+        RejectCode::ProtectionMismatch,
+        RejectCode::TokenInvalid,
+        RejectCode::TokenExpired,
+        RejectCode::TokenUsed,
+        RejectCode::TokenWrongServer,
+    ];
+
     fn to_wire(self) -> (u8, u16) {
         match self {
             RejectCode::Full => (1, 0),
             RejectCode::Refused(code) => (2, code),
             RejectCode::ChannelMismatch => (3, 0),
+            RejectCode::ProtectionMismatch => (4, 0),
+            RejectCode::TokenInvalid => (5, 0),
+            RejectCode::TokenExpired => (6, 0),
+            RejectCode::TokenUsed => (7, 0),
+            RejectCode::TokenWrongServer => (8, 0),
         }
     }
     fn from_wire(reason: u8, code: u16) -> Result<Self, DecodeError> {
-        match (reason, code) {
-            (1, 0) => Ok(RejectCode::Full),
-            (2, code) => Ok(RejectCode::Refused(code)),
-            (3, 0) => Ok(RejectCode::ChannelMismatch),
-            _ => Err(DecodeError::BadField),
+        if reason == 2 {
+            return Ok(RejectCode::Refused(code));
         }
+        Self::ALL
+            .into_iter()
+            .find(|c| c.to_wire() == (reason, code))
+            .ok_or(DecodeError::BadField)
     }
 }
 
@@ -467,6 +500,8 @@ pub enum Packet<'a> {
         protocol_id: u32,
         /// The client's random nonce for this attempt.
         client_nonce: u64,
+        /// The protection the client requires (a server that differs rejects at once).
+        protection: Protection,
     },
     /// Server → client: the cookie the client must echo.
     Challenge {
@@ -490,6 +525,15 @@ pub enum Packet<'a> {
         /// Bytes the client can hold in partly received large messages (its per-connection
         /// reassembly budget); the server never has more outstanding towards it.
         reassembly_budget: u32,
+        /// The protection the client requires.
+        protection: Protection,
+        /// The client's ephemeral X25519 key: present exactly when `protection` is
+        /// `Encrypted`.
+        ephemeral: Option<[u8; 32]>,
+        /// The client's static X25519 key, if it has one (only with protection).
+        static_key: Option<[u8; 32]>,
+        /// A connect token from the server's backend, if the client has one.
+        token: Option<&'a [u8]>,
         /// Application data for the accept hook.
         data: &'a [u8],
     },
@@ -503,6 +547,16 @@ pub enum Packet<'a> {
         user_id: u16,
         /// The server's per-connection reassembly budget (see `Connect`).
         reassembly_budget: u32,
+        /// The protection the server uses (the same as the client's, or it would have
+        /// rejected).
+        protection: Protection,
+        /// The server's ephemeral X25519 key: present exactly when protected.
+        ephemeral: Option<[u8; 32]>,
+        /// The server's static X25519 key, if it has one (only with protection).
+        static_key: Option<[u8; 32]>,
+        /// The tag proving the server derived the session keys from this transcript:
+        /// present exactly when protected (`None` encodes the part the tag covers).
+        tag: Option<[u8; TAG_LEN]>,
     },
     /// Server → client: refused.
     Reject {
@@ -522,6 +576,8 @@ pub enum Packet<'a> {
     Disconnect {
         /// The connection being closed.
         connection_id: u64,
+        /// The low 32 bits of its packet number (the sender's `Data` numbering).
+        packet_number: u32,
         /// Why.
         code: CloseCode,
     },
@@ -530,6 +586,8 @@ pub enum Packet<'a> {
     PathChallenge {
         /// The connection.
         connection_id: u64,
+        /// The low 32 bits of its packet number (the sender's `Data` numbering).
+        packet_number: u32,
         /// Unpredictable; the answer echoes it.
         token: u64,
     },
@@ -537,6 +595,8 @@ pub enum Packet<'a> {
     PathResponse {
         /// The connection.
         connection_id: u64,
+        /// The low 32 bits of its packet number (the sender's `Data` numbering).
+        packet_number: u32,
         /// The challenge's token.
         token: u64,
     },
@@ -573,6 +633,16 @@ impl<'a> Reader<'a> {
     }
     fn u64(&mut self) -> Result<u64, DecodeError> {
         Ok(u64::from_be_bytes(self.array()?))
+    }
+    fn protection(&mut self) -> Result<Protection, DecodeError> {
+        Protection::from_wire(self.u8()?).ok_or(DecodeError::BadField)
+    }
+    fn key_if(&mut self, present: bool) -> Result<Option<[u8; 32]>, DecodeError> {
+        if present {
+            self.array().map(Some)
+        } else {
+            Ok(None)
+        }
     }
     fn finish(&self) -> Result<(), DecodeError> {
         if self.bytes.is_empty() {
@@ -659,13 +729,15 @@ impl<'a> Packet<'a> {
             PacketType::Hello => {
                 let protocol_id = r.u32()?;
                 let client_nonce = r.u64()?;
-                let padding = r.take(HELLO_LEN - 13)?;
+                let protection = r.protection()?;
+                let padding = r.take(HELLO_LEN - 14)?;
                 if padding.iter().any(|&b| b != 0) {
                     return Err(DecodeError::TrailingBytes);
                 }
                 Packet::Hello {
                     protocol_id,
                     client_nonce,
+                    protection,
                 }
             }
             PacketType::Challenge => Packet::Challenge {
@@ -679,6 +751,21 @@ impl<'a> Packet<'a> {
                 let channel_layout = r.u64()?;
                 let mtu = r.u16()?;
                 let reassembly_budget = r.u32()?;
+                let protection = r.protection()?;
+                let flags = r.u8()?;
+                let ephemeral = r.key_if(protection == Protection::Encrypted)?;
+                let static_key = r.key_if(flags & HAS_STATIC_KEY != 0)?;
+                let token = if flags & HAS_TOKEN != 0 {
+                    let len = usize::from(r.u16()?);
+                    Some(r.take(len).map_err(|_| DecodeError::BadLength)?)
+                } else {
+                    None
+                };
+                if flags & !(HAS_STATIC_KEY | HAS_TOKEN) != 0
+                    || (static_key.is_some() && ephemeral.is_none())
+                {
+                    return Err(DecodeError::BadField);
+                }
                 let len = usize::from(r.u16()?);
                 let data = r.take(len).map_err(|_| DecodeError::BadLength)?;
                 Packet::Connect {
@@ -688,15 +775,38 @@ impl<'a> Packet<'a> {
                     channel_layout,
                     mtu,
                     reassembly_budget,
+                    protection,
+                    ephemeral,
+                    static_key,
+                    token,
                     data,
                 }
             }
-            PacketType::Accept => Packet::Accept {
-                client_nonce: r.u64()?,
-                connection_id: r.u64()?,
-                user_id: r.u16()?,
-                reassembly_budget: r.u32()?,
-            },
+            PacketType::Accept => {
+                let client_nonce = r.u64()?;
+                let connection_id = r.u64()?;
+                let user_id = r.u16()?;
+                let reassembly_budget = r.u32()?;
+                let protection = r.protection()?;
+                let protected = protection == Protection::Encrypted;
+                let ephemeral = r.key_if(protected)?;
+                let flags = if protected { r.u8()? } else { 0 };
+                if flags & !HAS_STATIC_KEY != 0 {
+                    return Err(DecodeError::BadField);
+                }
+                let static_key = r.key_if(flags & HAS_STATIC_KEY != 0)?;
+                let tag = if protected { Some(r.array()?) } else { None };
+                Packet::Accept {
+                    client_nonce,
+                    connection_id,
+                    user_id,
+                    reassembly_budget,
+                    protection,
+                    ephemeral,
+                    static_key,
+                    tag,
+                }
+            }
             PacketType::Reject => {
                 let client_nonce = r.u64()?;
                 let reason = r.u8()?;
@@ -731,18 +841,22 @@ impl<'a> Packet<'a> {
             }
             PacketType::PathChallenge => Packet::PathChallenge {
                 connection_id: r.u64()?,
+                packet_number: r.u32()?,
                 token: r.u64()?,
             },
             PacketType::PathResponse => Packet::PathResponse {
                 connection_id: r.u64()?,
+                packet_number: r.u32()?,
                 token: r.u64()?,
             },
             PacketType::Disconnect => {
                 let connection_id = r.u64()?;
+                let packet_number = r.u32()?;
                 let reason = r.u8()?;
                 let code = CloseCode::from_wire(reason, r.u16()?)?;
                 Packet::Disconnect {
                     connection_id,
+                    packet_number,
                     code,
                 }
             }
@@ -756,11 +870,44 @@ impl<'a> Packet<'a> {
         match self {
             Packet::Hello { .. } => HELLO_LEN,
             Packet::Challenge { .. } => 1 + 8 + COOKIE_LEN,
-            Packet::Connect { data, .. } => 1 + 4 + 8 + COOKIE_LEN + 8 + 2 + 4 + 2 + data.len(),
-            Packet::Accept { .. } => 1 + 8 + 8 + 2 + 4,
+            Packet::Connect {
+                ephemeral,
+                static_key,
+                token,
+                data,
+                ..
+            } => {
+                1 + 4
+                    + 8
+                    + COOKIE_LEN
+                    + 8
+                    + 2
+                    + 4
+                    + 2
+                    + ephemeral.map_or(0, |k| k.len())
+                    + static_key.map_or(0, |k| k.len())
+                    + token.map_or(0, |t| 2 + t.len())
+                    + 2
+                    + data.len()
+            }
+            Packet::Accept {
+                ephemeral,
+                static_key,
+                tag,
+                ..
+            } => {
+                1 + 8
+                    + 8
+                    + 2
+                    + 4
+                    + 1
+                    + ephemeral.map_or(0, |k| k.len() + 1)
+                    + static_key.map_or(0, |k| k.len())
+                    + tag.map_or(0, |t| t.len())
+            }
             Packet::Reject { .. } => 1 + 8 + 1 + 2,
             Packet::Data { header, frames } => header.encoded_len() + frames.len(),
-            Packet::Disconnect { .. } => 1 + 8 + 1 + 2,
+            Packet::Disconnect { .. } => 1 + 8 + 4 + 1 + 2,
             Packet::PathChallenge { .. } | Packet::PathResponse { .. } => PATH_PACKET_LEN,
         }
     }
@@ -773,11 +920,13 @@ impl<'a> Packet<'a> {
             Packet::Hello {
                 protocol_id,
                 client_nonce,
+                protection,
             } => {
                 w.u8(first_byte(PacketType::Hello))?;
                 w.u32(protocol_id)?;
                 w.u64(client_nonce)?;
-                w.zeros(HELLO_LEN - 13)?;
+                w.u8(protection.to_wire())?;
+                w.zeros(HELLO_LEN - 14)?;
             }
             Packet::Challenge {
                 client_nonce,
@@ -794,6 +943,10 @@ impl<'a> Packet<'a> {
                 channel_layout,
                 mtu,
                 reassembly_budget,
+                protection,
+                ephemeral,
+                static_key,
+                token,
                 data,
             } => {
                 w.u8(first_byte(PacketType::Connect))?;
@@ -803,6 +956,16 @@ impl<'a> Packet<'a> {
                 w.u64(channel_layout)?;
                 w.u16(mtu)?;
                 w.u32(reassembly_budget)?;
+                w.u8(protection.to_wire())?;
+                let flags = if static_key.is_some() { HAS_STATIC_KEY } else { 0 }
+                    | if token.is_some() { HAS_TOKEN } else { 0 };
+                w.u8(flags)?;
+                w.put(ephemeral.as_ref().map_or(&[][..], |k| k))?;
+                w.put(static_key.as_ref().map_or(&[][..], |k| k))?;
+                if let Some(token) = token {
+                    w.u16(u16::try_from(token.len()).ok()?)?;
+                    w.put(token)?;
+                }
                 w.u16(u16::try_from(data.len()).ok()?)?;
                 w.put(data)?;
             }
@@ -811,12 +974,23 @@ impl<'a> Packet<'a> {
                 connection_id,
                 user_id,
                 reassembly_budget,
+                protection,
+                ephemeral,
+                static_key,
+                tag,
             } => {
                 w.u8(first_byte(PacketType::Accept))?;
                 w.u64(client_nonce)?;
                 w.u64(connection_id)?;
                 w.u16(user_id)?;
                 w.u32(reassembly_budget)?;
+                w.u8(protection.to_wire())?;
+                if let Some(ephemeral) = ephemeral {
+                    w.put(&ephemeral)?;
+                    w.u8(if static_key.is_some() { HAS_STATIC_KEY } else { 0 })?;
+                    w.put(static_key.as_ref().map_or(&[][..], |k| k))?;
+                }
+                w.put(tag.as_ref().map_or(&[][..], |t| t))?;
             }
             Packet::Reject { client_nonce, code } => {
                 let (reason, code) = code.to_wire();
@@ -831,33 +1005,64 @@ impl<'a> Packet<'a> {
             }
             Packet::Disconnect {
                 connection_id,
+                packet_number,
                 code,
             } => {
                 let (reason, code) = code.to_wire();
                 w.u8(first_byte(PacketType::Disconnect))?;
                 w.u64(connection_id)?;
+                w.u32(packet_number)?;
                 w.u8(reason)?;
                 w.u16(code)?;
             }
             Packet::PathChallenge {
                 connection_id,
+                packet_number,
                 token,
             } => {
                 w.u8(first_byte(PacketType::PathChallenge))?;
                 w.u64(connection_id)?;
+                w.u32(packet_number)?;
                 w.u64(token)?;
             }
             Packet::PathResponse {
                 connection_id,
+                packet_number,
                 token,
             } => {
                 w.u8(first_byte(PacketType::PathResponse))?;
                 w.u64(connection_id)?;
+                w.u32(packet_number)?;
                 w.u64(token)?;
             }
         }
         Some(w.len())
     }
+}
+
+/// The connection id of a packet sent after the handshake (`Data`, `Disconnect`,
+/// `PathChallenge`, `PathResponse`), read from its clear header; `None` for any other packet.
+pub(crate) fn short_header_connection(datagram: &[u8]) -> Option<u64> {
+    let (&first, rest) = datagram.split_first()?;
+    if first >> 4 != VERSION {
+        return None;
+    }
+    match PacketType::from_u8(first & 0x0f)? {
+        PacketType::Data
+        | PacketType::Disconnect
+        | PacketType::PathChallenge
+        | PacketType::PathResponse => {}
+        _ => return None,
+    }
+    Some(u64::from_be_bytes(*rest.first_chunk::<8>()?))
+}
+
+/// The low 32 bits of the packet number in a clear header `short_header_connection` read.
+pub(crate) fn short_header_pn(datagram: &[u8]) -> u32 {
+    datagram
+        .get(9..13)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u32::from_be_bytes)
 }
 
 /// Writes the fixed part of a `Data` header (everything before the acknowledgement block).

@@ -27,9 +27,7 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{
-    addr, client_config, data_packet, encode, messages, peer_user_id, server_config, Pair, TestRng,
-};
+use common::{addr, data_packet, encode, messages, peer_user_id, plain, Pair, TestRng};
 use shoal_proto::fuzzing::wire::{
     ChunkInfo, CloseCode, Frame, Frames, MessageHeader, Packet, SendType,
 };
@@ -37,6 +35,16 @@ use shoal_proto::{
     Config, ConfigError, ConnectionHandle, DisconnectReason, DropReason, Endpoint, Event, Instant,
     MAX_DURATION,
 };
+
+// Hostile peers are played with hand-built clear packets: these endpoints run unprotected
+// (the secure tests cover what protection adds).
+fn client_config(seed: u64) -> Config {
+    plain(common::client_config(seed))
+}
+
+fn server_config(seed: u64) -> Config {
+    plain(common::server_config(seed))
+}
 
 // ------------------------------------------------------------------------ memory measurement
 
@@ -292,10 +300,12 @@ fn answer_challenges(p: &mut Pair, at: SocketAddr) -> usize {
         if let Ok(Packet::PathChallenge {
             connection_id,
             token,
+            ..
         }) = Packet::decode(&bytes)
         {
             let response = encode(&Packet::PathResponse {
                 connection_id,
+                packet_number: 8_000 + answered as u32,
                 token,
             });
             p.server.handle_datagram(p.now, at, &response);
@@ -626,7 +636,7 @@ fn a_far_ahead_packet_from_the_peers_own_address_is_dropped_as_out_of_window() {
 
 #[test]
 fn a_replayed_first_packet_is_a_duplicate_after_65536_and_70000_more_packets() {
-    let mut p = Pair::default_pair();
+    let mut p = Pair::new(client_config(1), server_config(2));
     let (c, s) = p.connect();
     p.run_for(Duration::from_millis(50));
     p.server_events.clear();
@@ -770,9 +780,9 @@ fn hundreds_of_garbage_datagrams_with_a_sniffed_id_never_close_the_connection() 
         }
         vec![Duration::ZERO]
     });
-    let max_chunks = Config::default()
+    let max_chunks = plain(Config::default())
         .max_message_size
-        .div_ceil(Config::default().chunk_payload()) as u16;
+        .div_ceil(plain(Config::default()).chunk_payload()) as u16;
     let mut rng = TestRng(7);
     let strangers = [
         addr("192.0.2.7:9"),
@@ -918,6 +928,7 @@ fn a_disconnect_from_another_address_does_not_close_the_connection() {
     for code in [CloseCode::Application(7), CloseCode::ProtocolViolation] {
         let d = encode(&Packet::Disconnect {
             connection_id: id,
+            packet_number: 5_000,
             code,
         });
         for from in spoofers {
@@ -939,6 +950,7 @@ fn a_disconnect_from_another_address_does_not_close_the_connection() {
     // The same packet from the client's own address is the real thing.
     let d = encode(&Packet::Disconnect {
         connection_id: id,
+        packet_number: 5_001,
         code: CloseCode::Application(7),
     });
     p.server.handle_datagram(p.now, p.client_addr, &d);
@@ -1086,7 +1098,7 @@ fn small_budget_config(seed: u64, server: bool) -> Config {
         reassembly_budget: MIB,
         max_message_size: 256 * KIB,
         endpoint_reassembly_budget: 4 * MIB,
-        ..Config::default()
+        ..plain(Config::default())
     }
 }
 
@@ -1386,7 +1398,7 @@ fn withholding(w: &Withholding) -> Withheld {
         reassembly_budget: w.reassembly_budget,
         endpoint_reassembly_budget: w.endpoint_budget,
         max_message_size: 512 * KIB,
-        ..Config::with_channels(&FOUR_RELIABLE)
+        ..plain(Config::with_channels(&FOUR_RELIABLE))
     };
     let client_cfg = |seed| Config {
         seed,
@@ -1643,7 +1655,7 @@ fn a_flooding_peer_and_a_stalled_application_time_out_nobody_and_lose_nothing() 
 fn durations_over_a_year_are_rejected() {
     let idle_max = Config {
         idle_timeout: Duration::MAX,
-        ..Config::default()
+        ..plain(Config::default())
     };
     assert_eq!(
         idle_max.validate(),
@@ -1710,7 +1722,7 @@ fn durations_over_a_year_are_rejected() {
         reassembly_timeout: MAX_DURATION,
         cookie_lifetime: MAX_DURATION,
         max_rto: MAX_DURATION,
-        ..Config::default()
+        ..plain(Config::default())
     };
     let mut p = Pair::new(year(1, false), year(2, true));
     let (c, _) = p.connect();
@@ -1930,6 +1942,7 @@ fn spoofed_path_challenges_do_not_trigger_a_burst_of_probes() {
     for token in 0..1_000u64 {
         let challenge = Packet::PathChallenge {
             connection_id: id,
+            packet_number: 5_000 + token as u32,
             token,
         };
         let n = challenge.encode(&mut buf).expect("encodes");

@@ -5,6 +5,7 @@ use shoal_proto::fuzzing::wire::{
     Ack, ChunkInfo, CloseCode, DataHeader, DecodeError, Frame, Frames, MessageHeader, Packet,
     RejectCode, SendType, HELLO_LEN,
 };
+use shoal_proto::Protection;
 
 fn hex(s: &str) -> Vec<u8> {
     let digits: Vec<u8> = s.bytes().filter(u8::is_ascii_hexdigit).collect();
@@ -23,6 +24,9 @@ fn cookie() -> [u8; 24] {
 }
 
 const COOKIE_HEX: &str = "a0a1a2a3a4a5a6a7 a8a9aaabacadaeaf b0b1b2b3b4b5b6b7";
+const KEY_A: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+const KEY_B: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+const TAG: &str = "cccccccccccccccccccccccccccccccc";
 
 fn check(bytes_hex: &str, packet: Packet<'_>) {
     let bytes = hex(bytes_hex);
@@ -35,12 +39,13 @@ fn check(bytes_hex: &str, packet: Packet<'_>) {
 
 #[test]
 fn hello_vector() {
-    let v = format!("21 5348 4f4c 0102 0304 0506 0708 {}", "00".repeat(35));
+    let v = format!("31 5348 4f4c 0102 0304 0506 0708 01 {}", "00".repeat(34));
     check(
         &v,
         Packet::Hello {
             protocol_id: 0x5348_4f4c,
             client_nonce: 0x0102_0304_0506_0708,
+            protection: Protection::Encrypted,
         },
     );
     assert_eq!(hex(&v).len(), HELLO_LEN);
@@ -49,7 +54,7 @@ fn hello_vector() {
 #[test]
 fn challenge_vector() {
     check(
-        &format!("22 0102030405060708 {COOKIE_HEX}"),
+        &format!("32 0102030405060708 {COOKIE_HEX}"),
         Packet::Challenge {
             client_nonce: 0x0102_0304_0506_0708,
             cookie: cookie(),
@@ -61,7 +66,8 @@ fn challenge_vector() {
 fn connect_vector() {
     check(
         &format!(
-            "23 53484f4c 0102030405060708 {COOKIE_HEX} 0000000000004321 04b0 00400000 0002 6869"
+            "33 53484f4c 0102030405060708 {COOKIE_HEX} 0000000000004321 04b0 00400000 \
+             01 03 {KEY_A} {KEY_B} 0003 746f6b 0002 6869"
         ),
         Packet::Connect {
             protocol_id: 0x5348_4f4c,
@@ -70,7 +76,30 @@ fn connect_vector() {
             channel_layout: 0x4321,
             mtu: 1200,
             reassembly_budget: 4 << 20,
+            protection: Protection::Encrypted,
+            ephemeral: Some([0xaa; 32]),
+            static_key: Some([0xbb; 32]),
+            token: Some(b"tok"),
             data: b"hi",
+        },
+    );
+    // Without protection: no keys, no token.
+    check(
+        &format!(
+            "33 53484f4c 0102030405060708 {COOKIE_HEX} 0000000000004321 04b0 00400000 00 00 0000"
+        ),
+        Packet::Connect {
+            protocol_id: 0x5348_4f4c,
+            client_nonce: 0x0102_0304_0506_0708,
+            cookie: cookie(),
+            channel_layout: 0x4321,
+            mtu: 1200,
+            reassembly_budget: 4 << 20,
+            protection: Protection::None,
+            ephemeral: None,
+            static_key: None,
+            token: None,
+            data: b"",
         },
     );
 }
@@ -78,12 +107,29 @@ fn connect_vector() {
 #[test]
 fn accept_vector() {
     check(
-        "24 0102030405060708 1122334455667788 0007 00400000",
+        &format!("34 0102030405060708 1122334455667788 0007 00400000 01 {KEY_A} 01 {KEY_B} {TAG}"),
         Packet::Accept {
             client_nonce: 0x0102_0304_0506_0708,
             connection_id: CID,
             user_id: 7,
             reassembly_budget: 4 << 20,
+            protection: Protection::Encrypted,
+            ephemeral: Some([0xaa; 32]),
+            static_key: Some([0xbb; 32]),
+            tag: Some([0xcc; 16]),
+        },
+    );
+    check(
+        "34 0102030405060708 1122334455667788 0007 00400000 00",
+        Packet::Accept {
+            client_nonce: 0x0102_0304_0506_0708,
+            connection_id: CID,
+            user_id: 7,
+            reassembly_budget: 4 << 20,
+            protection: Protection::None,
+            ephemeral: None,
+            static_key: None,
+            tag: None,
         },
     );
 }
@@ -92,21 +138,21 @@ fn accept_vector() {
 fn reject_vectors() {
     let nonce = 0x0102_0304_0506_0708;
     check(
-        "25 0102030405060708 01 0000",
+        "35 0102030405060708 01 0000",
         Packet::Reject {
             client_nonce: nonce,
             code: RejectCode::Full,
         },
     );
     check(
-        "25 0102030405060708 02 0193",
+        "35 0102030405060708 02 0193",
         Packet::Reject {
             client_nonce: nonce,
             code: RejectCode::Refused(403),
         },
     );
     check(
-        "25 0102030405060708 03 0000",
+        "35 0102030405060708 03 0000",
         Packet::Reject {
             client_nonce: nonce,
             code: RejectCode::ChannelMismatch,
@@ -119,16 +165,18 @@ const CID: u64 = 0x1122_3344_5566_7788;
 #[test]
 fn disconnect_vectors() {
     check(
-        "27 1122334455667788 01 002a",
+        "37 1122334455667788 00000005 01 002a",
         Packet::Disconnect {
             connection_id: CID,
+            packet_number: 5,
             code: CloseCode::Application(42),
         },
     );
     check(
-        "27 1122334455667788 02 0000",
+        "37 1122334455667788 00000006 02 0000",
         Packet::Disconnect {
             connection_id: CID,
+            packet_number: 6,
             code: CloseCode::ProtocolViolation,
         },
     );
@@ -137,16 +185,18 @@ fn disconnect_vectors() {
 #[test]
 fn path_challenge_and_response_vectors() {
     check(
-        "28 1122334455667788 0a0b0c0d0e0f1011",
+        "38 1122334455667788 00000005 0a0b0c0d0e0f1011",
         Packet::PathChallenge {
             connection_id: CID,
+            packet_number: 5,
             token: 0x0a0b_0c0d_0e0f_1011,
         },
     );
     check(
-        "29 1122334455667788 0a0b0c0d0e0f1011",
+        "39 1122334455667788 00000006 0a0b0c0d0e0f1011",
         Packet::PathResponse {
             connection_id: CID,
+            packet_number: 6,
             token: 0x0a0b_0c0d_0e0f_1011,
         },
     );
@@ -158,7 +208,7 @@ fn ack_only_data_vector() {
     let mut ranges = [0u8; 16];
     let ack = Ack::build(9, 40, &[(2, 0), (9, 5)], &mut ranges).expect("valid");
     check(
-        "26 1122334455667788 00000003 02 00000009 05 02 01 04",
+        "36 1122334455667788 00000003 02 00000009 05 02 01 04",
         Packet::Data {
             header: DataHeader {
                 connection_id: CID,
@@ -178,7 +228,7 @@ fn ack_only_data_vector() {
 #[test]
 fn ping_without_ack_vector() {
     check(
-        "26 1122334455667788 00000004 80",
+        "36 1122334455667788 00000004 80",
         Packet::Data {
             header: DataHeader {
                 connection_id: CID,
@@ -211,7 +261,7 @@ fn data_with_every_kind_of_frame_vector() {
                       28 0000 0011 02 6f6b \
                       12 0007 0005 0009 01 78 \
                       31 0007 0020 0001 0003 02 7a7a";
-    let packet_hex = format!("26 1122334455667788 01020304 00 {frames_hex}");
+    let packet_hex = format!("36 1122334455667788 01020304 00 {frames_hex}");
     let frames_bytes = hex(frames_hex);
     check(
         &packet_hex,
@@ -288,19 +338,19 @@ fn malformed_vectors_are_typed_errors() {
     let cases: &[(&str, DecodeError)] = &[
         ("", DecodeError::Empty),
         ("11", DecodeError::UnknownVersion(1)),
-        ("2f", DecodeError::UnknownPacketType(15)),
+        ("3f", DecodeError::UnknownPacketType(15)),
         ("20", DecodeError::UnknownPacketType(0)),
-        ("24 0102", DecodeError::Truncated),
-        ("27 1122334455667788 01 002a ff", DecodeError::TrailingBytes),
-        ("27 1122334455667788 09 0000", DecodeError::BadField),
-        ("25 0102030405060708 01 0001", DecodeError::BadField),
-        ("26 1122334455667788 00000001 21", DecodeError::BadField),
+        ("34 0102", DecodeError::Truncated),
+        ("37 1122334455667788 00000001 01 002a ff", DecodeError::TrailingBytes),
+        ("37 1122334455667788 00000001 09 0000", DecodeError::BadField),
+        ("35 0102030405060708 01 0001", DecodeError::BadField),
+        ("36 1122334455667788 00000001 21", DecodeError::BadField),
         (
-            "26 1122334455667788 00000001 01 0000",
+            "36 1122334455667788 00000001 01 0000",
             DecodeError::Truncated,
         ),
         (
-            "26 1122334455667788 00000001 01 00000001 00 8000",
+            "36 1122334455667788 00000001 01 00000001 00 8000",
             DecodeError::BadLength,
         ),
     ];
@@ -325,7 +375,7 @@ fn malformed_vectors_are_typed_errors() {
 fn data_with_a_repair_block_vector() {
     // Packet 10 carries a repair for packets 9 (3 bytes of frames) and 8 (2 bytes), coded
     // into a 3-byte symbol, then one frame of its own.
-    let bytes = hex("26 1122334455667788 0000000a 40 01 0003 03 02 aabbcc 30 0007 0010 01 78");
+    let bytes = hex("36 1122334455667788 0000000a 40 01 0003 03 02 aabbcc 30 0007 0010 01 78");
     let Ok(Packet::Data { header, frames }) = Packet::decode(&bytes) else {
         panic!("decodes");
     };
@@ -343,9 +393,9 @@ fn data_with_a_repair_block_vector() {
     assert_eq!(packet.encoded_len(), bytes.len());
     // A repair must cover its newest packet (mask bit 0) and be at least one packet back.
     for bad in [
-        "26 1122334455667788 0000000a 40 01 0002 03 aabbcc",
-        "26 1122334455667788 0000000a 40 00 0001 03 aabbcc",
-        "26 1122334455667788 0000000a 40 01 0001 00",
+        "36 1122334455667788 0000000a 40 01 0002 03 aabbcc",
+        "36 1122334455667788 0000000a 40 00 0001 03 aabbcc",
+        "36 1122334455667788 0000000a 40 01 0001 00",
     ] {
         assert_eq!(
             Packet::decode(&hex(bad)),
@@ -354,7 +404,7 @@ fn data_with_a_repair_block_vector() {
         );
     }
     assert_eq!(
-        Packet::decode(&hex("26 1122334455667788 0000000a 40 01 0001 05 aabb")),
+        Packet::decode(&hex("36 1122334455667788 0000000a 40 01 0001 05 aabb")),
         Err(DecodeError::Truncated)
     );
 }

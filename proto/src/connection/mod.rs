@@ -4,6 +4,7 @@
 //! The endpoint owns connections and routes to them; a connection never sees a socket or a
 //! clock, only `now` and the bytes the endpoint hands it.
 
+use alloc::boxed::Box;
 use alloc::collections::{BinaryHeap, VecDeque};
 use alloc::vec::Vec;
 use bytes::Bytes;
@@ -33,7 +34,13 @@ use crate::wire::{
 };
 
 mod receive;
+mod secure;
 mod transmit;
+
+pub(crate) use secure::{
+    AcceptFields, AcceptOutcome, ClientHandshake, ControlBytes, PacketKeys, PendingAccept,
+    CONTROL_MAX,
+};
 
 pub(crate) use receive::DataResult;
 
@@ -124,7 +131,12 @@ pub(crate) struct Connection {
     pub(crate) peer_user_id: u16,
     /// The peer's per-connection reassembly budget, from the handshake.
     pub(crate) peer_reassembly_budget: usize,
-    connect_data: Bytes,
+    /// Packet protection, once the handshake agreed keys (`None` without protection).
+    pub(crate) keys: Option<PacketKeys>,
+    /// Client: the handshake in progress.
+    client_handshake: Option<Box<ClientHandshake>>,
+    /// Server: accepted, waiting for the client's first packet.
+    pub(crate) pending_accept: Option<Box<PendingAccept>>,
     timers: TimerTable,
     handshake_due: bool,
     keepalive_due: bool,
@@ -185,7 +197,9 @@ impl Connection {
             local_user_id: 0,
             peer_user_id: 0,
             peer_reassembly_budget: config.reassembly_budget,
-            connect_data: Bytes::new(),
+            keys: None,
+            client_handshake: None,
+            pending_accept: None,
             timers,
             handshake_due: is_client,
             keepalive_due: false,
@@ -247,10 +261,6 @@ impl Connection {
         self.transport.paths.current
     }
 
-    pub(crate) fn set_connect_data(&mut self, data: Bytes) {
-        self.connect_data = data;
-    }
-
     pub(crate) fn is_connected(&self) -> bool {
         self.state == State::Connected
     }
@@ -266,36 +276,19 @@ impl Connection {
     // ---------------------------------------------------------------- handshake (client)
 
     /// A `Challenge` for our `Hello` arrived.
-    pub(crate) fn on_challenge(&mut self, cookie: Cookie) -> bool {
+    pub(crate) fn on_challenge(&mut self, cookie: Cookie, config: &Config) -> bool {
         if self.state != State::Hello {
             return false;
         }
+        let Some(hs) = self.client_handshake.as_deref_mut() else {
+            return false;
+        };
+        let Some(connect) = connect_packet(config, self.client_nonce, cookie, hs) else {
+            return false;
+        };
+        hs.connect = connect;
         self.state = State::Connecting { cookie };
         self.handshake_due = true;
-        true
-    }
-
-    /// An `Accept` for our `Connect` arrived.
-    pub(crate) fn on_accept(
-        &mut self,
-        now: Instant,
-        config: &Config,
-        connection_id: u64,
-        user_id: u16,
-        peer_budget: u32,
-    ) -> bool {
-        if !matches!(self.state, State::Connecting { .. }) {
-            return false;
-        }
-        self.state = State::Connected;
-        self.connection_id = connection_id;
-        self.local_user_id = user_id;
-        self.peer_user_id = 0;
-        self.peer_reassembly_budget = peer_budget as usize;
-        self.timers.stop(Timer::Handshake);
-        self.timers.stop(Timer::HandshakeTimeout);
-        self.connect_data = Bytes::new();
-        self.on_established(now, config);
         true
     }
 
@@ -666,6 +659,34 @@ impl Connection {
 
 /// Whether the peer can hold a message of `len` bytes sent in `chunk_count` chunks while it
 /// reassembles it (its per-connection budget, from the handshake).
+/// The client's `Connect` for `cookie`, encoded.
+pub(crate) fn connect_packet(
+    config: &Config,
+    client_nonce: u64,
+    cookie: Cookie,
+    hs: &ClientHandshake,
+) -> Option<Vec<u8>> {
+    let ephemeral = hs.ephemeral.as_ref().map(|e| e.public.0);
+    let packet = Packet::Connect {
+        protocol_id: config.protocol_id,
+        client_nonce,
+        cookie,
+        channel_layout: config.channel_layout(),
+        mtu: config.mtu as u16,
+        reassembly_budget: crate::endpoint::wire_budget(config),
+        protection: config.protection,
+        ephemeral,
+        static_key: ephemeral
+            .and(config.static_keypair.as_ref())
+            .map(|k| k.public_key().0),
+        token: hs.token.as_ref().map(|t| &t.sealed[..]),
+        data: &hs.data,
+    };
+    let mut connect = alloc::vec![0; packet.encoded_len()];
+    packet.encode(&mut connect)?;
+    Some(connect)
+}
+
 fn fits_peer_budget(
     config: &Config,
     len: usize,

@@ -21,12 +21,14 @@ impl Connection {
             return None;
         }
         if self.state == State::Connected {
-            if let Some((to, token)) = self.transport.paths.poll_challenge() {
-                let challenge = Packet::PathChallenge {
-                    connection_id: self.connection_id,
+            let size = wire::PATH_PACKET_LEN + self.tag_len();
+            if let Some((to, token)) = self.transport.paths.poll_challenge(size) {
+                let connection_id = self.connection_id;
+                let len = self.write_control(now, buf, |packet_number| Packet::PathChallenge {
+                    connection_id,
+                    packet_number,
                     token,
-                };
-                let len = challenge.encode(buf)?;
+                })?;
                 self.stats.path_challenges_sent += 1;
                 return Some((len, to));
             }
@@ -53,28 +55,28 @@ impl Connection {
         self.handshake_due = false;
         self.timers
             .set(Timer::Handshake, now + config.handshake_resend_interval);
-        let packet = match self.state {
+        let hs = self.client_handshake.as_deref_mut()?;
+        match self.state {
             State::Hello => Packet::Hello {
                 protocol_id: config.protocol_id,
                 client_nonce: self.client_nonce,
-            },
-            State::Connecting { cookie } => Packet::Connect {
-                protocol_id: config.protocol_id,
-                client_nonce: self.client_nonce,
-                cookie,
-                channel_layout: config.channel_layout(),
-                mtu: config.mtu as u16,
-                reassembly_budget: crate::endpoint::wire_budget(config),
-                data: &self.connect_data,
-            },
-            State::Connected => return None,
-        };
-        packet.encode(buf)
+                protection: config.protection,
+            }
+            .encode(buf),
+            State::Connecting { .. } => {
+                // The same bytes every time: they open the transcript the keys are bound to.
+                let len = hs.connect.len();
+                buf.get_mut(..len)?.copy_from_slice(&hs.connect);
+                Some(len)
+            }
+            State::Connected => None,
+        }
     }
 
-    fn data_packet(&mut self, now: Instant, buf: &mut [u8], config: &Config) -> Option<usize> {
-        let mtu = config.mtu.min(buf.len());
-        let buf = &mut buf[..mtu];
+    fn data_packet(&mut self, now: Instant, out: &mut [u8], config: &Config) -> Option<usize> {
+        let mtu = config.mtu.min(out.len());
+        // Room for the tag protection appends.
+        let buf = &mut out[..mtu - self.tag_len()];
         let ack_due = self.transport.ack_now || self.timers.is_expired(Timer::Ack, now);
         let probe = self.transport.probes_due > 0;
         let window = self.transport.sent.congestion.window();
@@ -184,6 +186,10 @@ impl Connection {
                 .fec_tx
                 .on_sent(pn, now, &buf[frames_start..len]);
         }
+        let len = match &self.keys {
+            Some(keys) => keys.send.seal(pn, out, len)?,
+            None => len,
+        };
         if frames_written == 0 {
             self.stats.ack_only_packets_sent += 1;
         }

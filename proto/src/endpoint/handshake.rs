@@ -6,6 +6,9 @@ use alloc::vec;
 use core::net::IpAddr;
 
 use super::*;
+use crate::connection::{PacketKeys, PendingAccept};
+use crate::crypto::{Ephemeral, Keypair, Protection, SessionKeys, TAG_LEN};
+use crate::token::OpenedToken;
 
 impl Endpoint {
     /// Runs `f` on the client-side connection at `from` whose nonce matches; counts a drop if
@@ -14,7 +17,7 @@ impl Endpoint {
         &mut self,
         from: SocketAddr,
         nonce: u64,
-        f: impl FnOnce(&mut Connection, Instant, &Config) -> bool,
+        f: impl FnOnce(&mut Connection, Instant, &Config) -> Result<(), DropReason>,
     ) -> bool {
         let now = self.last_now;
         let Some(index) = self.by_addr.get(&from).copied() else {
@@ -24,12 +27,16 @@ impl Endpoint {
         let Some(mut c) = self.slots[index as usize].conn.take() else {
             return false;
         };
-        let ok = c.is_client && c.client_nonce == nonce && f(&mut c, now, &self.config);
-        if !ok {
-            c.stats.drops.add(DropReason::Unexpected);
+        let result = if c.is_client && c.client_nonce == nonce {
+            f(&mut c, now, &self.config)
+        } else {
+            Err(DropReason::Unexpected)
+        };
+        if let Err(reason) = result {
+            c.stats.drops.add(reason);
         }
         self.finish(index, c);
-        ok
+        result.is_ok()
     }
 
     /// The cookie key rotates every `cookie_lifetime`: each epoch's key is its own PRF
@@ -92,8 +99,21 @@ impl Endpoint {
         from: SocketAddr,
         protocol_id: u32,
         nonce: u64,
+        protection: Protection,
     ) {
         if !self.accepts_handshake(protocol_id) {
+            return;
+        }
+        if protection != self.config.protection {
+            // Said at once, before any cookie: the reply (12 bytes) is smaller than the Hello.
+            self.stats.connections_rejected += 1;
+            self.push_control(
+                from,
+                Packet::Reject {
+                    client_nonce: nonce,
+                    code: RejectCode::ProtectionMismatch,
+                },
+            );
             return;
         }
         // Stateless: nothing is stored; the reply (33 bytes) is smaller than the Hello (48).
@@ -107,17 +127,31 @@ impl Endpoint {
         );
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// A `Connect` (all of `datagram`): the client proved its address; check it, run the
+    /// key exchange and the accept hook, and answer with `Accept` or `Reject`.
     pub(super) fn on_connect(
         &mut self,
         now: Instant,
         from: SocketAddr,
-        protocol_id: u32,
-        nonce: u64,
-        cookie: Cookie,
-        (channel_layout, mtu, peer_budget): (u64, u16, u32),
-        data: &[u8],
+        packet: &Packet<'_>,
+        datagram: &[u8],
     ) {
+        let Packet::Connect {
+            protocol_id,
+            client_nonce: nonce,
+            cookie,
+            channel_layout,
+            mtu,
+            reassembly_budget: peer_budget,
+            protection,
+            ephemeral,
+            static_key,
+            token,
+            data,
+        } = *packet
+        else {
+            return;
+        };
         if !self.accepts_handshake(protocol_id) {
             return;
         }
@@ -142,14 +176,13 @@ impl Endpoint {
                 return;
             }
             if !existing.is_client && existing.client_nonce == nonce {
-                // Our Accept was lost: say it again.
-                let accept = Packet::Accept {
-                    client_nonce: nonce,
-                    connection_id: existing.connection_id,
-                    user_id: existing.peer_user_id,
-                    reassembly_budget: wire_budget(&self.config),
-                };
-                self.push_control(from, accept);
+                // Our Accept was lost: say it again (once the client's packets arrive, it has
+                // it, and a late copy of its Connect is ignored).
+                if let Some(accept) = existing.pending_accept.as_ref().map(|p| p.accept.clone()) {
+                    self.push_control_bytes(from, accept);
+                } else {
+                    self.stats.drops.add(DropReason::DuplicatePacket);
+                }
                 return;
             }
             // The peer restarted (the old connection is gone from its side), or it won a
@@ -163,18 +196,59 @@ impl Endpoint {
             client_nonce: nonce,
             code,
         };
-        if channel_layout != self.config.channel_layout() || usize::from(mtu) != self.config.mtu {
+        let refusal = if protection != self.config.protection {
+            Some(RejectCode::ProtectionMismatch)
+        } else if channel_layout != self.config.channel_layout()
+            || usize::from(mtu) != self.config.mtu
+        {
+            Some(RejectCode::ChannelMismatch)
+        } else if self.live >= self.config.max_connections {
+            Some(RejectCode::Full)
+        } else {
+            None
+        };
+        if let Some(code) = refusal {
             self.stats.connections_rejected += 1;
-            self.push_control(from, reject(RejectCode::ChannelMismatch));
+            self.push_control(from, reject(code));
             return;
         }
-        if self.live >= self.config.max_connections {
-            self.stats.connections_rejected += 1;
-            self.push_control(from, reject(RejectCode::Full));
-            return;
+        let opened = match self.check_token(token) {
+            Ok(opened) => opened,
+            Err(code) => {
+                self.stats.connections_rejected += 1;
+                self.push_control(from, reject(code));
+                return;
+            }
+        };
+        // The key exchange's secrets, before anything is allocated: a small-order key from
+        // the client ends it here.
+        let server_ephemeral = ephemeral.map(|_| {
+            self.handshakes += 1;
+            self.secrets.ephemeral(self.handshakes)
+        });
+        let mut shared = heapless::Vec::new();
+        if let (Some(client), Some(ours)) = (ephemeral.map(PublicKey), &server_ephemeral) {
+            let static_pair = self.config.static_keypair.as_ref();
+            match server_secrets(ours, &client, static_pair, static_key.map(PublicKey)) {
+                Some(secrets) => shared = secrets,
+                None => {
+                    // A small-order key: the client would know nothing we did not.
+                    self.stats.drops.add(DropReason::Unauthenticated);
+                    return;
+                }
+            }
         }
+        let identity = PeerIdentity {
+            key: static_key.map(PublicKey),
+            token: opened.as_ref().map(|o| o.claims.clone()),
+        };
         if let Some(hook) = self.accept_hook.as_mut() {
-            if let Err(code) = hook(&ConnectRequest { remote: from, data }) {
+            let request = ConnectRequest {
+                remote: from,
+                data,
+                identity: &identity,
+            };
+            if let Err(code) = hook(&request) {
                 self.stats.connections_rejected += 1;
                 self.push_control(from, reject(RejectCode::Refused(code)));
                 return;
@@ -185,6 +259,40 @@ impl Endpoint {
             return;
         };
         let connection_id = self.next_connection_id();
+        let accept = Packet::Accept {
+            client_nonce: nonce,
+            connection_id,
+            user_id,
+            reassembly_budget: wire_budget(&self.config),
+            protection,
+            ephemeral: server_ephemeral.as_ref().map(|e| e.public.0),
+            static_key: server_ephemeral
+                .as_ref()
+                .and(self.config.static_keypair.as_ref())
+                .map(|k| k.public_key().0),
+            tag: None,
+        };
+        let mut out = [0u8; CONTROL_MAX];
+        let Some(mut len) = accept.encode(&mut out[..CONTROL_MAX - TAG_LEN]) else {
+            self.user_ids.release(user_id);
+            return;
+        };
+        let mut keys = None;
+        if server_ephemeral.is_some() {
+            let mut secrets: heapless::Vec<&[u8], 4> = shared.iter().map(|s| &s[..]).collect();
+            if let Some(o) = &opened {
+                let _ = secrets.push(&o.client_key);
+            }
+            let session = SessionKeys::derive(datagram, &out[..len], &secrets);
+            let tag = session.accept_tag(&out[..len]);
+            out[len..len + TAG_LEN].copy_from_slice(&tag);
+            len += TAG_LEN;
+            keys = Some(PacketKeys::new(session, false));
+        }
+        if let Some(o) = &opened {
+            self.used_tokens.insert(o.tag, o.claims.expires_at);
+        }
+        let accept = ControlBytes::from_slice(&out[..len]).unwrap_or_default();
         let (index, handle) = self.allocate_slot();
         let path_key = self.next_path_key();
         let mut conn = Box::new(Connection::new(
@@ -201,27 +309,63 @@ impl Endpoint {
         conn.peer_user_id = user_id;
         conn.peer_reassembly_budget = peer_budget as usize;
         conn.local_user_id = 0;
+        conn.keys = keys;
+        conn.pending_accept = Some(Box::new(PendingAccept {
+            accept: accept.clone(),
+            identity,
+        }));
         conn.on_established(now, &self.config);
         self.by_addr.insert(from, index);
         self.by_id.insert(connection_id, index);
-        self.stats.connections_opened += 1;
-        self.push_control(
-            from,
-            Packet::Accept {
-                client_nonce: nonce,
-                connection_id,
-                user_id,
-                reassembly_budget: wire_budget(&self.config),
-            },
-        );
-        self.events.push(Event::Connected {
-            conn: handle,
-            remote: from,
-            peer_user_id: user_id,
-            local_user_id: 0,
-        });
+        self.push_control_bytes(from, accept);
         self.finish(index, conn);
     }
+
+    /// Checks a `Connect`'s token against `Config::tokens`: none needed and none given, or
+    /// a valid, unexpired, unused one for this server.
+    fn check_token(&mut self, token: Option<&[u8]>) -> Result<Option<OpenedToken>, RejectCode> {
+        let (config, token) = match (&self.config.tokens, token) {
+            (None, None) => return Ok(None),
+            (Some(config), Some(token)) => (config, token),
+            _ => return Err(RejectCode::TokenInvalid),
+        };
+        let unix_now = self.unix_now();
+        let opened = config.open(self.config.protocol_id, token, unix_now)?;
+        if self.used_tokens.contains_key(&opened.tag) {
+            self.stats.drops.add(DropReason::TokenReplay);
+            return Err(RejectCode::TokenUsed);
+        }
+        if self.used_tokens.len() >= config.max_used_tokens {
+            // Expired tokens need no remembering: they fail on expiry.
+            let now = unix_now.unwrap_or(0);
+            self.used_tokens.retain(|_, expires| *expires > now);
+            if self.used_tokens.len() >= config.max_used_tokens {
+                self.stats.drops.add(DropReason::TokenReplay);
+                return Err(RejectCode::Full);
+            }
+        }
+        Ok(Some(opened))
+    }
+}
+
+/// The server's shared secrets, in the key schedule's order: ephemeral-ephemeral, then
+/// client ephemeral with our static key, then our ephemeral with the client's static key.
+/// `None` if any peer key is of small order.
+fn server_secrets(
+    ours: &Ephemeral,
+    client: &PublicKey,
+    static_pair: Option<&Keypair>,
+    client_static: Option<PublicKey>,
+) -> Option<heapless::Vec<[u8; 32], 3>> {
+    let mut shared = heapless::Vec::new();
+    shared.push(ours.agree(client)?).ok()?;
+    if let Some(pair) = static_pair {
+        shared.push(pair.agree(client)?).ok()?;
+    }
+    if let Some(key) = client_static {
+        shared.push(ours.agree(&key)?).ok()?;
+    }
+    Some(shared)
 }
 
 /// This endpoint's per-connection reassembly budget as the handshake carries it.

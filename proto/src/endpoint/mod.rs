@@ -10,7 +10,11 @@ use core::cmp::Reverse;
 use core::net::SocketAddr;
 
 use crate::config::{Config, ConfigError};
-use crate::connection::{Connection, DataResult, Shared};
+use crate::connection::{
+    AcceptFields, AcceptOutcome, ClientHandshake, Connection, ControlBytes, DataResult, Shared,
+    CONTROL_MAX,
+};
+use crate::crypto::{Protection, PublicKey, Secrets, SHORT_HEADER_LEN};
 use crate::error::{ConnectError, SendError};
 use crate::event::{
     ConnectionHandle, DisconnectReason, Event, IncomingRequest, RequestId, Transmit,
@@ -20,7 +24,8 @@ use crate::messaging::budget::ReceiveBudget;
 use crate::messaging::chunk::Progress;
 use crate::stats::{ConnectionStats, DropReason, EndpointStats};
 use crate::time::{micros, Instant};
-use crate::wire::{CloseCode, Cookie, DecodeError, Packet, RejectCode, COOKIE_LEN};
+use crate::token::{ConnectToken, TokenClaims};
+use crate::wire::{self, CloseCode, Cookie, DecodeError, Packet, RejectCode, COOKIE_LEN};
 
 pub(crate) mod events;
 mod handshake;
@@ -45,6 +50,33 @@ pub struct ConnectRequest<'a> {
     pub remote: SocketAddr,
     /// The application data the client passed to `connect`.
     pub data: &'a [u8],
+    /// What the client proved about itself: its static key (proven once its first packet
+    /// authenticates; until then the connection is not reported), its connect token.
+    pub identity: &'a PeerIdentity,
+}
+
+/// Who a peer proved to be in the handshake.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PeerIdentity {
+    /// The peer's static public key, if it has one (a server's is checked against
+    /// `ConnectOptions::server_key`).
+    pub key: Option<PublicKey>,
+    /// The claims of the client's connect token, on a server that requires tokens.
+    pub token: Option<TokenClaims>,
+}
+
+/// How to connect: what [`Endpoint::connect_with`] takes beyond the address.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConnectOptions<'a> {
+    /// Application data for the server's accept hook (at most `Config::max_connect_data`
+    /// bytes). Sent before keys are agreed: an observer on the path can read it.
+    pub data: &'a [u8],
+    /// The server's static public key: the connection fails with
+    /// `DisconnectReason::ServerKeyMismatch` unless the server proves this key.
+    pub server_key: Option<PublicKey>,
+    /// A connect token from the server's backend (see [`token`](crate::token)).
+    pub token: Option<&'a ConnectToken>,
 }
 
 /// Decides whether to accept a connection: `Ok(())` accepts, `Err(code)` rejects and the
@@ -106,7 +138,15 @@ struct Slot {
 /// ```
 pub struct Endpoint {
     config: Config,
-    /// The root of every nonce, id, token and secret (see `hash`).
+    /// The root of handshake keys (and of `prf`'s key).
+    secrets: Secrets,
+    /// Handshakes started or answered (each takes a fresh ephemeral key).
+    handshakes: u64,
+    /// Connect tokens used, by tag, with their expiry (Unix seconds).
+    used_tokens: HashMap<[u8; 16], u64>,
+    /// Unix time (microseconds) at `Instant::ZERO`, once the driver tells it.
+    unix_at_zero: Option<u64>,
+    /// The root of every nonce, id, path token and cookie key (see `hash`).
     prf: Prf,
     nonces: Sequence,
     connection_ids: Sequence,
@@ -123,7 +163,7 @@ pub struct Endpoint {
     user_ids: UserIds,
     events: EventQueue,
     /// Handshake replies and close notices (packets with no connection state behind them).
-    control: VecDeque<(SocketAddr, Packet<'static>)>,
+    control: VecDeque<(SocketAddr, ControlBytes)>,
     wakeups: BinaryHeap<Reverse<(Instant, u32, u32)>>,
     dirty: VecDeque<u32>,
     arena: BytesMut,
@@ -152,9 +192,14 @@ impl Endpoint {
     /// An endpoint with `config`, after checking it.
     pub fn new(config: Config) -> Result<Self, ConfigError> {
         config.validate()?;
-        let prf = Prf::from_seed(config.seed);
+        let secrets = Secrets::new(config.seed, config.secret_seed.as_ref().map(|s| &s.0));
+        let prf = Prf::from_key(secrets.derive(b"prf", 0));
         let hasher = SeededState::new(&prf);
         Ok(Endpoint {
+            secrets,
+            handshakes: 0,
+            used_tokens: HashMap::with_hasher(hasher),
+            unix_at_zero: None,
             prf,
             nonces: Sequence::new(Domain::Nonce),
             connection_ids: Sequence::new(Domain::ConnectionId),
@@ -265,12 +310,35 @@ impl Endpoint {
         remote: SocketAddr,
         data: &[u8],
     ) -> Result<ConnectionHandle, ConnectError> {
+        self.connect_with(
+            now,
+            remote,
+            &ConnectOptions {
+                data,
+                ..ConnectOptions::default()
+            },
+        )
+    }
+
+    /// Starts connecting to `remote` with `options`: connect data, a pinned server key, a
+    /// connect token.
+    pub fn connect_with(
+        &mut self,
+        now: Instant,
+        remote: SocketAddr,
+        options: &ConnectOptions<'_>,
+    ) -> Result<ConnectionHandle, ConnectError> {
         self.advance_time(now);
+        let data = options.data;
         if data.len() > self.config.max_connect_data {
             return Err(ConnectError::DataTooLarge {
                 size: data.len(),
                 max: self.config.max_connect_data,
             });
+        }
+        let protected = self.config.protection == Protection::Encrypted;
+        if !protected && (options.server_key.is_some() || options.token.is_some()) {
+            return Err(ConnectError::ProtectionRequired);
         }
         if self.by_addr.contains_key(&remote) {
             return Err(ConnectError::AlreadyConnected);
@@ -279,6 +347,24 @@ impl Endpoint {
             return Err(ConnectError::TooManyConnections);
         }
         let nonce = self.nonces.next(&self.prf);
+        let handshake = ClientHandshake {
+            data: Bytes::copy_from_slice(data),
+            ephemeral: protected.then(|| {
+                self.handshakes += 1;
+                self.secrets.ephemeral(self.handshakes)
+            }),
+            server_key: options.server_key,
+            token: options.token.cloned(),
+            connect: Vec::new(),
+        };
+        let size = crate::connection::connect_packet(&self.config, nonce, [0; COOKIE_LEN], &handshake)
+            .map_or(usize::MAX, |c| c.len());
+        if size > self.config.mtu {
+            return Err(ConnectError::HandshakeTooLarge {
+                size,
+                mtu: self.config.mtu,
+            });
+        }
         let (index, handle) = self.allocate_slot();
         let path_key = self.next_path_key();
         let mut conn = Box::new(Connection::new(
@@ -291,10 +377,24 @@ impl Endpoint {
             self.hasher,
             path_key,
         ));
-        conn.set_connect_data(Bytes::copy_from_slice(data));
+        conn.set_client_handshake(handshake);
         self.by_addr.insert(remote, index);
         self.finish(index, conn);
         Ok(handle)
+    }
+
+    /// Tells the endpoint the wall-clock time: `unix` (since the Unix epoch) is the time at
+    /// `now`. A server that requires connect tokens needs it to check their expiry (the
+    /// drivers call it at start; call it again if the clock is adjusted).
+    pub fn set_unix_time(&mut self, now: Instant, unix: core::time::Duration) {
+        let unix = u64::try_from(unix.as_micros()).unwrap_or(u64::MAX);
+        self.unix_at_zero = Some(unix.saturating_sub(now.as_micros()));
+    }
+
+    /// Unix seconds now, if the driver told the wall-clock time.
+    fn unix_now(&self) -> Option<u64> {
+        let at_zero = self.unix_at_zero?;
+        Some(at_zero.saturating_add(self.last_now.as_micros()) / 1_000_000)
     }
 
     /// Queues `payload` on `channel` of `conn`. Large messages are chunked; the channel's
@@ -384,6 +484,12 @@ impl Endpoint {
             self.stats.drops.add(DropReason::Oversized);
             return;
         }
+        // Packets after the handshake are routed by connection id before anything else is
+        // read: a protected one can only be decoded once its connection has opened it.
+        if let Some(connection_id) = wire::short_header_connection(datagram) {
+            self.on_short_header(now, from, connection_id, datagram);
+            return;
+        }
         let packet = match Packet::decode(datagram) {
             Ok(p) => p,
             Err(e) => {
@@ -399,40 +505,54 @@ impl Endpoint {
             Packet::Hello {
                 protocol_id,
                 client_nonce,
-            } => self.on_hello(now, from, protocol_id, client_nonce),
-            Packet::Connect {
-                protocol_id,
-                client_nonce,
-                cookie,
-                channel_layout,
-                mtu,
-                reassembly_budget,
-                data,
-            } => self.on_connect(
-                now,
-                from,
-                protocol_id,
-                client_nonce,
-                cookie,
-                (channel_layout, mtu, reassembly_budget),
-                data,
-            ),
+                protection,
+            } => self.on_hello(now, from, protocol_id, client_nonce, protection),
+            Packet::Connect { .. } => self.on_connect(now, from, &packet, datagram),
             Packet::Challenge {
                 client_nonce,
                 cookie,
             } => {
-                self.with_client_conn(from, client_nonce, |c, _, _| c.on_challenge(cookie));
+                self.with_client_conn(from, client_nonce, |c, _, config| {
+                    if c.on_challenge(cookie, config) {
+                        Ok(())
+                    } else {
+                        Err(DropReason::Unexpected)
+                    }
+                });
             }
             Packet::Accept {
                 client_nonce,
                 connection_id,
                 user_id,
                 reassembly_budget,
+                protection,
+                ephemeral,
+                static_key,
+                tag: _,
             } => {
-                let accepted = self.with_client_conn(from, client_nonce, |c, now, config| {
-                    c.on_accept(now, config, connection_id, user_id, reassembly_budget)
+                let fields = AcceptFields {
+                    connection_id,
+                    user_id,
+                    reassembly_budget,
+                    protection,
+                    ephemeral,
+                    static_key,
+                };
+                let mut accepted = None;
+                self.with_client_conn(from, client_nonce, |c, now, config| {
+                    match c.on_accept(now, config, &fields, datagram) {
+                        AcceptOutcome::Accepted(identity) => {
+                            accepted = Some(identity);
+                            Ok(())
+                        }
+                        AcceptOutcome::KeyMismatch => {
+                            c.close(DisconnectReason::ServerKeyMismatch, None);
+                            Ok(())
+                        }
+                        AcceptOutcome::Dropped(reason) => Err(reason),
+                    }
                 });
-                if accepted {
+                if let Some(identity) = accepted {
                     self.stats.connections_opened += 1;
                     if let Some(&index) = self.by_addr.get(&from) {
                         // An id that some other connection of ours already has (a 2^-64
@@ -444,6 +564,7 @@ impl Endpoint {
                                 remote: c.remote(),
                                 peer_user_id: c.peer_user_id,
                                 local_user_id: c.local_user_id,
+                                identity: Box::new(identity),
                             };
                             self.events.push(event);
                         }
@@ -453,47 +574,141 @@ impl Endpoint {
             Packet::Reject { client_nonce, code } => {
                 self.with_client_conn(from, client_nonce, |c, _, _| {
                     c.close(DisconnectReason::from_reject(code), None);
-                    true
+                    Ok(())
                 });
             }
+            Packet::Data { .. }
+            | Packet::Disconnect { .. }
+            | Packet::PathChallenge { .. }
+            | Packet::PathResponse { .. } => self.stats.drops.add(DropReason::Malformed),
+        }
+    }
+
+    /// A packet of an established connection: opened (when protected), then decoded and
+    /// acted on. Nothing in it is read before it authenticates.
+    fn on_short_header(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        connection_id: u64,
+        datagram: &[u8],
+    ) {
+        let Some((index, mut c)) = self.take_by_id(connection_id) else {
+            return;
+        };
+        let Some(bytes) = self.open_packet(&mut c, datagram) else {
+            self.finish_quiet(index, c);
+            return;
+        };
+        let Ok(packet) = Packet::decode(&bytes) else {
+            // Authentic but malformed: a broken peer, never acted on.
+            c.stats.drops.add(DropReason::Malformed);
+            self.finish_quiet(index, c);
+            return;
+        };
+        if !c.is_connected() {
+            self.stats.drops.add(DropReason::UnknownConnection);
+            self.finish_quiet(index, c);
+            return;
+        }
+        if let Some(pending) = c.pending_accept.take() {
+            // The client's first packet: it holds the keys, the connection is up.
+            self.stats.connections_opened += 1;
+            self.events.push(Event::Connected {
+                conn: c.handle,
+                remote: c.remote(),
+                peer_user_id: c.peer_user_id,
+                local_user_id: c.local_user_id,
+                identity: Box::new(pending.identity),
+            });
+        }
+        match packet {
             Packet::Data { header, frames } => {
-                self.on_data(now, from, datagram.len(), &header, frames)
+                let frames = if frames.is_empty() {
+                    Bytes::new()
+                } else {
+                    bytes.slice_ref(frames)
+                };
+                self.on_data(now, from, datagram.len(), (index, c), &header, frames);
             }
             Packet::Disconnect {
-                connection_id,
+                packet_number,
                 code,
+                ..
             } => {
-                // Only from the connection's validated address: anyone else could be anyone.
-                match self.by_id.get(&connection_id).copied() {
-                    Some(index)
-                        if self
-                            .slot_conn(index)
-                            .is_some_and(|c| c.is_connected() && c.remote() == from) =>
-                    {
-                        if let Some(mut c) = self.slots[index as usize].conn.take() {
-                            c.close(DisconnectReason::from_close(code), None);
-                            self.finish(index, c);
-                        }
-                    }
-                    _ => self.stats.drops.add(DropReason::UnknownConnection),
+                // Unprotected, only from the connection's validated address: anyone else
+                // could be anyone.
+                if (c.keys.is_some() || c.remote() == from) && c.on_control_packet(now, packet_number)
+                {
+                    c.close(DisconnectReason::from_close(code), None);
                 }
+                self.finish(index, c);
             }
             Packet::PathChallenge {
-                connection_id,
+                packet_number,
                 token,
-            } => self.on_path_challenge(from, connection_id, token),
-            Packet::PathResponse {
-                connection_id,
-                token,
+                ..
             } => {
-                if let Some((index, mut c)) = self.take_by_id(connection_id) {
-                    if !c.transport.paths.on_response(from, token) {
-                        c.stats.drops.add(DropReason::Unexpected);
-                    }
-                    self.finish(index, c);
+                if c.on_control_packet(now, packet_number) {
+                    self.on_path_challenge(from, &mut c, token);
                 }
+                self.finish(index, c);
+            }
+            Packet::PathResponse {
+                packet_number,
+                token,
+                ..
+            } => {
+                if c.on_control_packet(now, packet_number)
+                    && !c.transport.paths.on_response(from, token)
+                {
+                    c.stats.drops.add(DropReason::Unexpected);
+                }
+                self.finish(index, c);
+            }
+            _ => {
+                c.stats.drops.add(DropReason::Malformed);
+                self.finish_quiet(index, c);
             }
         }
+    }
+
+    /// Copies a datagram of `c` into the arena and opens it there when the connection is
+    /// protected. `None` (counted) if it does not authenticate: forged or corrupted packets
+    /// are never acted on, and never count against the connection.
+    fn open_packet(&mut self, c: &mut Connection, datagram: &[u8]) -> Option<Bytes> {
+        let Some(len) = datagram
+            .len()
+            .checked_sub(c.tag_len())
+            .filter(|&n| n >= SHORT_HEADER_LEN)
+        else {
+            self.stats.drops.add(DropReason::Malformed);
+            return None;
+        };
+        let mut arena = core::mem::take(&mut self.arena);
+        if arena.capacity() < len {
+            arena.reserve(self.arena_slab.max(len));
+            self.arena_slab = (self.arena_slab * 2).min(ARENA_MAX_SLAB);
+        }
+        arena.extend_from_slice(&datagram[..len]);
+        if let Some(keys) = &c.keys {
+            let reason = match c.transport.received.extend(wire::short_header_pn(datagram)) {
+                None => Some(DropReason::DuplicatePacket),
+                Some(pn) if !keys.recv.open(pn, &mut arena, &datagram[len..]) => {
+                    Some(DropReason::Unauthenticated)
+                }
+                Some(_) => None,
+            };
+            if let Some(reason) = reason {
+                arena.clear();
+                self.arena = arena;
+                self.stats.drops.add(reason);
+                return None;
+            }
+        }
+        let bytes = arena.split().freeze();
+        self.arena = arena;
+        Some(bytes)
     }
 
     /// Handles timers that are due at `now`: retransmissions, acknowledgements, keepalives,
@@ -544,8 +759,12 @@ impl Endpoint {
         );
         self.advance_time(now);
         while let Some((to, control)) = self.control.pop_front() {
-            if let Some(len) = control.encode(buf) {
-                return Some(self.count_sent(Transmit { to, len }));
+            if let Some(out) = buf.get_mut(..control.len()) {
+                out.copy_from_slice(&control);
+                return Some(self.count_sent(Transmit {
+                    to,
+                    len: control.len(),
+                }));
             }
         }
         while let Some(index) = self.dirty.pop_front() {
@@ -713,14 +932,17 @@ impl Endpoint {
                 1
             };
             if conn.is_connected() {
+                let connection_id = conn.connection_id;
                 for _ in 0..copies {
-                    self.push_control(
-                        conn.remote(),
-                        Packet::Disconnect {
-                            connection_id: conn.connection_id,
+                    if let Some(bytes) =
+                        conn.control_packet(self.last_now, |packet_number| Packet::Disconnect {
+                            connection_id,
+                            packet_number,
                             code,
-                        },
-                    );
+                        })
+                    {
+                        self.push_control_bytes(conn.remote(), bytes);
+                    }
                 }
             }
         }
@@ -737,10 +959,13 @@ impl Endpoint {
         let stats = conn.stats();
         self.stats.drops.merge(&stats.drops);
         self.stats.connections_closed += 1;
-        self.events.push(Event::Disconnected {
-            conn: conn.handle,
-            reason,
-        });
+        if conn.pending_accept.is_none() {
+            // (A connection the client never confirmed was never reported as connected.)
+            self.events.push(Event::Disconnected {
+                conn: conn.handle,
+                reason,
+            });
+        }
         let slot = &mut self.slots[index as usize];
         slot.generation = slot.generation.wrapping_add(1);
         slot.conn = None;
@@ -748,7 +973,19 @@ impl Endpoint {
         self.live -= 1;
     }
 
-    fn push_control(&mut self, to: SocketAddr, control: Packet<'static>) {
+    /// Queues a handshake reply (encoded now: nothing about it changes later).
+    fn push_control(&mut self, to: SocketAddr, control: Packet<'_>) {
+        let mut out = [0u8; CONTROL_MAX];
+        if let Some(bytes) = control
+            .encode(&mut out)
+            .and_then(|len| ControlBytes::from_slice(&out[..len]).ok())
+        {
+            self.push_control_bytes(to, bytes);
+        }
+    }
+
+    /// Queues a datagram that is ready to send.
+    fn push_control_bytes(&mut self, to: SocketAddr, control: ControlBytes) {
         if self.control.len() >= self.config.max_control_queue {
             self.stats.replies_dropped += 1;
             return;
@@ -768,28 +1005,22 @@ impl Endpoint {
 
     /// Answers a path challenge wherever it came from: the answer is no larger than the
     /// question.
-    fn on_path_challenge(&mut self, from: SocketAddr, connection_id: u64, token: u64) {
-        let Some((index, mut c)) = self.take_by_id(connection_id) else {
-            return;
-        };
-        if c.is_connected() {
-            self.push_control(
-                from,
-                Packet::PathResponse {
-                    connection_id,
-                    token,
-                },
-            );
-            if from == c.remote() {
-                // Our peer is validating a new address of ours (our NAT rebound): what we
-                // sent from it was dropped, so send a probe right behind the response, which
-                // arrives once the address is proven.
-                c.on_path_challenged(self.last_now);
-            }
-        } else {
-            self.stats.drops.add(DropReason::UnknownConnection);
+    fn on_path_challenge(&mut self, from: SocketAddr, c: &mut Connection, token: u64) {
+        let connection_id = c.connection_id;
+        let now = self.last_now;
+        if let Some(response) = c.control_packet(now, |packet_number| Packet::PathResponse {
+            connection_id,
+            packet_number,
+            token,
+        }) {
+            self.push_control_bytes(from, response);
         }
-        self.finish(index, c);
+        if from == c.remote() {
+            // Our peer is validating a new address of ours (our NAT rebound): what we sent
+            // from it was dropped, so send a probe right behind the response, which arrives
+            // once the address is proven.
+            c.on_path_challenged(now);
+        }
     }
 
     fn on_data(
@@ -797,25 +1028,12 @@ impl Endpoint {
         now: Instant,
         from: SocketAddr,
         datagram_len: usize,
+        (index, mut c): (u32, Box<Connection>),
         header: &crate::wire::DataHeader<'_>,
-        frames: &[u8],
+        frames: Bytes,
     ) {
         // Routed by connection id alone: the address is the connection's to judge (a new one
-        // is challenged, never trusted).
-        let Some((index, mut c)) = self.take_by_id(header.connection_id) else {
-            return;
-        };
-        // Copy the datagram once into the arena; message payloads are slices of it.
-        let frames = if frames.is_empty() {
-            Bytes::new()
-        } else {
-            if self.arena.capacity() < frames.len() {
-                self.arena.reserve(self.arena_slab.max(frames.len()));
-                self.arena_slab = (self.arena_slab * 2).min(ARENA_MAX_SLAB);
-            }
-            self.arena.extend_from_slice(frames);
-            self.arena.split().freeze()
-        };
+        // is challenged, never trusted). Message payloads are slices of the opened datagram.
         let mut shared = Shared {
             config: &self.config,
             events: &mut self.events,

@@ -119,14 +119,14 @@ impl Paths {
     }
 
     /// A challenge to send now, as (address, token), if one is due and the address has the
-    /// credit for it.
-    pub(crate) fn poll_challenge(&mut self) -> Option<(SocketAddr, u64)> {
+    /// credit for one of `size` bytes (protection adds its tag to `PATH_PACKET_LEN`).
+    pub(crate) fn poll_challenge(&mut self, size: usize) -> Option<(SocketAddr, u64)> {
         let c = self
             .candidates
             .iter_mut()
-            .find(|c| c.challenge_due && c.credit >= PATH_PACKET_LEN)?;
+            .find(|c| c.challenge_due && c.credit >= size)?;
         c.challenge_due = false;
-        c.credit -= PATH_PACKET_LEN;
+        c.credit -= size;
         Some((c.addr, c.token))
     }
 
@@ -164,20 +164,20 @@ mod tests {
 
     #[test]
     fn a_new_address_is_challenged_within_its_credit_and_validated_by_the_token() {
-        let mut p = Paths::new(addr("10.0.0.1:1"), Prf::from_seed(1));
+        let mut p = Paths::new(addr("10.0.0.1:1"), Prf::from_key([1; 16]));
         let rtt = Duration::from_millis(50);
         let t = Instant::from_millis(1);
         let new = addr("10.0.0.9:1");
         assert_eq!(p.on_datagram(t, new, 10, rtt), PathStatus::Unvalidated);
         assert_eq!(
-            p.poll_challenge(),
+            p.poll_challenge(PATH_PACKET_LEN),
             None,
-            "10 bytes in do not pay for 17 out"
+            "10 bytes in do not pay for 21 out"
         );
-        assert_eq!(p.on_datagram(t, new, 10, rtt), PathStatus::Unvalidated);
-        let (to, token) = p.poll_challenge().expect("now it may");
+        assert_eq!(p.on_datagram(t, new, 15, rtt), PathStatus::Unvalidated);
+        let (to, token) = p.poll_challenge(PATH_PACKET_LEN).expect("now it may");
         assert_eq!(to, new);
-        assert_eq!(p.poll_challenge(), None, "one at a time");
+        assert_eq!(p.poll_challenge(PATH_PACKET_LEN), None, "one at a time");
         assert!(!p.on_response(new, token ^ 1), "wrong token");
         assert!(!p.on_response(addr("10.0.0.8:1"), token), "wrong address");
         assert!(p.on_response(new, token));

@@ -63,6 +63,15 @@ pub fn server_config(seed: u64) -> Config {
     }
 }
 
+/// `config` without packet protection: for tests that forge a peer's packets byte by byte
+/// (a hostile peer is a key holder anyway; clear packets let the test play it).
+pub fn plain(config: Config) -> Config {
+    Config {
+        protection: shoal_proto::Protection::None,
+        ..config
+    }
+}
+
 impl Pair {
     pub fn new(client: Config, server: Config) -> Self {
         Pair {

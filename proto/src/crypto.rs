@@ -1,0 +1,384 @@
+//! Packet protection and the handshake's key schedule, built only from RustCrypto and dalek
+//! primitives: ChaCha20-Poly1305 seals packets, X25519 agrees keys, HKDF-SHA256 derives them
+//! from the shared secrets bound to a hash of the handshake transcript.
+//!
+//! The construction (docs/wire.md has it byte by byte):
+//!
+//! ```text
+//! transcript = SHA-256("shoal v3 handshake" || Connect packet || Accept packet up to its tag)
+//! ikm        = DH(client eph, server eph)
+//!              || DH(client eph, server static)   if the server has a static key
+//!              || DH(client static, server eph)   if the client has a static key
+//!              || token client key                if the client presented a connect token
+//! prk        = HKDF-Extract(salt = transcript, ikm)
+//! c2s key/iv = HKDF-Expand(prk, "shoal c2s", 44)     client-to-server packets
+//! s2c key/iv = HKDF-Expand(prk, "shoal s2c", 44)     server-to-client packets
+//! accept key = HKDF-Expand(prk, "shoal accept", 32)  the Accept's tag (nonce 0, empty text)
+//! nonce(pn)  = iv XOR (0u32 || pn as u64, big-endian)
+//! ```
+//!
+//! A protected packet is its clear 13-byte header (type, connection id, low 32 bits of the
+//! packet number) as associated data, the rest encrypted in place, and a 16-byte tag.
+
+use chacha20poly1305::aead::AeadInPlace;
+use chacha20poly1305::{ChaCha20Poly1305, KeyInit, Nonce, Tag};
+use core::fmt;
+use hkdf::Hkdf;
+use sha2::{Digest, Sha256};
+use x25519_dalek::StaticSecret;
+
+/// Bytes the authentication tag adds to every protected packet.
+pub const TAG_LEN: usize = 16;
+/// Length of the clear header every packet after the handshake starts with, and that a
+/// protected packet authenticates without encrypting: type, connection id, packet number.
+pub(crate) const SHORT_HEADER_LEN: usize = 1 + 8 + 4;
+
+const IV_LEN: usize = 12;
+const TRANSCRIPT_LABEL: &[u8] = b"shoal v3 handshake";
+
+/// How the packets of a connection are protected after the handshake. Both sides must agree:
+/// a peer that requires protection refuses one that offers none, with a clear reason.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Protection {
+    /// Every packet after the handshake is encrypted and authenticated (ChaCha20-Poly1305
+    /// under keys from an X25519 exchange). The default.
+    #[default]
+    Encrypted,
+    /// Clear text, unauthenticated: anyone on the path can read, forge or close connections.
+    /// For LAN tools, tests and speed studies only.
+    None,
+}
+
+impl Protection {
+    pub(crate) fn to_wire(self) -> u8 {
+        match self {
+            Protection::None => 0,
+            Protection::Encrypted => 1,
+        }
+    }
+
+    pub(crate) fn from_wire(b: u8) -> Option<Self> {
+        match b {
+            0 => Some(Protection::None),
+            1 => Some(Protection::Encrypted),
+            _ => None,
+        }
+    }
+}
+
+/// An X25519 public key: a server's identity a client may pin, or a peer's static key as
+/// `Event::Connected` reports it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PublicKey(pub [u8; 32]);
+
+impl PublicKey {
+    /// The key's bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl fmt::Display for PublicKey {
+    /// Lowercase hex, 64 characters.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PublicKey({self})")
+    }
+}
+
+/// A static X25519 key pair: an endpoint's long-term identity. The secret never leaves it
+/// (`Debug` does not print it, and it is wiped from memory when dropped).
+#[derive(Clone)]
+pub struct Keypair {
+    secret: StaticSecret,
+    public: PublicKey,
+}
+
+impl Keypair {
+    /// The key pair whose secret is `secret` (32 bytes from a cryptographic random source,
+    /// kept secret; any 32 bytes are a valid X25519 secret).
+    pub fn from_secret(secret: [u8; 32]) -> Self {
+        let secret = StaticSecret::from(secret);
+        let public = PublicKey(x25519_dalek::PublicKey::from(&secret).to_bytes());
+        Keypair { secret, public }
+    }
+
+    /// The public half, to give to clients that should accept only this endpoint.
+    pub fn public_key(&self) -> PublicKey {
+        self.public
+    }
+
+    pub(crate) fn agree(&self, peer: &PublicKey) -> Option<[u8; 32]> {
+        agree(&self.secret, peer)
+    }
+}
+
+impl fmt::Debug for Keypair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Keypair")
+            .field("public", &self.public)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PartialEq for Keypair {
+    fn eq(&self, other: &Self) -> bool {
+        self.public == other.public
+    }
+}
+
+impl Eq for Keypair {}
+
+/// X25519 with `peer`, refusing a peer key of small order (whose shared secret would be
+/// known to everyone).
+fn agree(secret: &StaticSecret, peer: &PublicKey) -> Option<[u8; 32]> {
+    let shared = secret.diffie_hellman(&x25519_dalek::PublicKey::from(peer.0));
+    shared.was_contributory().then(|| shared.to_bytes())
+}
+
+/// An ephemeral X25519 secret for one handshake.
+pub(crate) struct Ephemeral {
+    secret: StaticSecret,
+    pub(crate) public: PublicKey,
+}
+
+impl Ephemeral {
+    pub(crate) fn agree(&self, peer: &PublicKey) -> Option<[u8; 32]> {
+        agree(&self.secret, peer)
+    }
+}
+
+/// The root of an endpoint's secrets: HKDF-SHA256 over `Config::secret_seed` and
+/// `Config::seed`. Ephemeral keys are expansions of it under a label and a counter (a
+/// deterministic generator: the same config gives the same keys, which the simulator
+/// relies on; drivers fill `secret_seed` from the operating system).
+pub(crate) struct Secrets {
+    hkdf: Hkdf<Sha256>,
+}
+
+impl Secrets {
+    pub(crate) fn new(seed: u64, secret_seed: Option<&[u8; 32]>) -> Self {
+        let mut ikm = [0u8; 40];
+        if let Some(s) = secret_seed {
+            ikm[..32].copy_from_slice(s);
+        }
+        ikm[32..].copy_from_slice(&seed.to_be_bytes());
+        Secrets {
+            hkdf: Hkdf::<Sha256>::new(Some(b"shoal v3 endpoint secrets"), &ikm),
+        }
+    }
+
+    /// `N` bytes for `label` and `counter`, unrelated to every other label's and counter's.
+    pub(crate) fn derive<const N: usize>(&self, label: &[u8], counter: u64) -> [u8; N] {
+        let mut out = [0u8; N];
+        // HKDF-Expand gives up to 255 hash lengths; N is a small constant here.
+        let expanded = self
+            .hkdf
+            .expand_multi_info(&[label, &counter.to_be_bytes()], &mut out);
+        debug_assert!(expanded.is_ok());
+        out
+    }
+
+    /// The ephemeral key pair of handshake number `counter`.
+    pub(crate) fn ephemeral(&self, counter: u64) -> Ephemeral {
+        let secret = StaticSecret::from(self.derive::<32>(b"ephemeral", counter));
+        let public = PublicKey(x25519_dalek::PublicKey::from(&secret).to_bytes());
+        Ephemeral { secret, public }
+    }
+}
+
+/// One direction's packet key: the AEAD under its key, and the IV its nonces derive from.
+#[derive(Clone)]
+pub(crate) struct PacketKey {
+    aead: ChaCha20Poly1305,
+    iv: [u8; IV_LEN],
+}
+
+impl fmt::Debug for PacketKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PacketKey(..)")
+    }
+}
+
+impl PacketKey {
+    fn from_okm(okm: &[u8; 32 + IV_LEN]) -> Self {
+        let mut iv = [0u8; IV_LEN];
+        iv.copy_from_slice(&okm[32..]);
+        PacketKey {
+            aead: ChaCha20Poly1305::new(okm[..32].into()),
+            iv,
+        }
+    }
+
+    /// The nonce of packet `pn`: unique per key, as packet numbers never repeat.
+    fn nonce(&self, pn: u64) -> Nonce {
+        let mut nonce = self.iv;
+        for (n, p) in nonce[4..].iter_mut().zip(pn.to_be_bytes()) {
+            *n ^= p;
+        }
+        nonce.into()
+    }
+
+    /// Seals `packet[..len]` in place: its first `SHORT_HEADER_LEN` bytes stay clear and are
+    /// authenticated, the rest is encrypted, and the tag is written at `packet[len..]`.
+    /// Returns the protected length, or `None` without room for the tag.
+    pub(crate) fn seal(&self, pn: u64, packet: &mut [u8], len: usize) -> Option<usize> {
+        let end = len.checked_add(TAG_LEN)?;
+        if end > packet.len() || len < SHORT_HEADER_LEN {
+            return None;
+        }
+        let (header, body) = packet[..len].split_at_mut(SHORT_HEADER_LEN);
+        let tag = self
+            .aead
+            .encrypt_in_place_detached(&self.nonce(pn), header, body)
+            .ok()?;
+        packet[len..end].copy_from_slice(&tag);
+        Some(end)
+    }
+
+    /// Opens a protected packet of packet number `pn` in place: `packet` is everything but
+    /// the tag (header then ciphertext), `tag` the last `TAG_LEN` bytes of the datagram. On
+    /// success the body is plain text; on failure `packet` is garbage and must be dropped.
+    pub(crate) fn open(&self, pn: u64, packet: &mut [u8], tag: &[u8]) -> bool {
+        if packet.len() < SHORT_HEADER_LEN || tag.len() != TAG_LEN {
+            return false;
+        }
+        let (header, body) = packet.split_at_mut(SHORT_HEADER_LEN);
+        self.aead
+            .decrypt_in_place_detached(&self.nonce(pn), header, body, Tag::from_slice(tag))
+            .is_ok()
+    }
+}
+
+/// The keys a handshake yields, for both directions.
+pub(crate) struct SessionKeys {
+    pub(crate) client_to_server: PacketKey,
+    pub(crate) server_to_client: PacketKey,
+    accept: ChaCha20Poly1305,
+}
+
+impl SessionKeys {
+    /// Runs the key schedule over the handshake's transcript and shared secrets (in the
+    /// documented order; the flags that say which are present are in the transcript).
+    pub(crate) fn derive(connect: &[u8], accept: &[u8], shared: &[&[u8]]) -> Self {
+        let transcript = Sha256::new()
+            .chain_update(TRANSCRIPT_LABEL)
+            .chain_update(connect)
+            .chain_update(accept)
+            .finalize();
+        let mut ikm = [0u8; 4 * 32];
+        let mut len = 0;
+        for s in shared {
+            // At most four 32-byte secrets exist; more would be a bug, never input.
+            let end = (len + s.len()).min(ikm.len());
+            ikm[len..end].copy_from_slice(&s[..end - len]);
+            len = end;
+        }
+        let hkdf = Hkdf::<Sha256>::new(Some(&transcript), &ikm[..len]);
+        let mut c2s = [0u8; 32 + IV_LEN];
+        let mut s2c = [0u8; 32 + IV_LEN];
+        let mut accept_key = [0u8; 32];
+        // Lengths are constants far under HKDF's limit.
+        let ok = hkdf.expand(b"shoal c2s", &mut c2s).is_ok()
+            && hkdf.expand(b"shoal s2c", &mut s2c).is_ok()
+            && hkdf.expand(b"shoal accept", &mut accept_key).is_ok();
+        debug_assert!(ok);
+        SessionKeys {
+            client_to_server: PacketKey::from_okm(&c2s),
+            server_to_client: PacketKey::from_okm(&s2c),
+            accept: ChaCha20Poly1305::new((&accept_key).into()),
+        }
+    }
+
+    /// The tag that ends an `Accept`: it proves the server derived these keys (so holds its
+    /// static secret, if it named one) and that nothing in the handshake was changed.
+    pub(crate) fn accept_tag(&self, accept: &[u8]) -> [u8; TAG_LEN] {
+        let mut tag = [0u8; TAG_LEN];
+        if let Ok(t) = self
+            .accept
+            .encrypt_in_place_detached(&Nonce::default(), accept, &mut [])
+        {
+            tag.copy_from_slice(&t);
+        }
+        tag
+    }
+
+    /// Checks an `Accept`'s tag in constant time.
+    pub(crate) fn accept_tag_is_valid(&self, accept: &[u8], tag: &[u8]) -> bool {
+        tag.len() == TAG_LEN
+            && self
+                .accept
+                .decrypt_in_place_detached(&Nonce::default(), accept, &mut [], Tag::from_slice(tag))
+                .is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys() -> SessionKeys {
+        SessionKeys::derive(b"connect", b"accept", &[&[7u8; 32]])
+    }
+
+    #[test]
+    fn sealed_packet_opens_and_any_flipped_bit_fails() {
+        let k = keys();
+        let mut packet = [0u8; 64];
+        packet[..13].copy_from_slice(&[0x36, 1, 2, 3, 4, 5, 6, 7, 8, 0, 0, 0, 9]);
+        packet[13..40].copy_from_slice(&[0xab; 27]);
+        let len = k.client_to_server.seal(9, &mut packet, 40).unwrap();
+        assert_eq!(len, 40 + TAG_LEN);
+        assert_ne!(&packet[13..40], &[0xab; 27][..], "the body is encrypted");
+        for bit in 0..len * 8 {
+            let mut copy = packet;
+            copy[bit / 8] ^= 1 << (bit % 8);
+            let (body, tag) = copy[..len].split_at_mut(40);
+            assert!(!k.client_to_server.open(9, body, tag), "bit {bit}");
+        }
+        let (body, tag) = packet[..len].split_at_mut(40);
+        assert!(!k.client_to_server.clone().open(10, &mut body.to_vec(), tag));
+        assert!(!k.server_to_client.open(9, &mut body.to_vec(), tag));
+        assert!(k.client_to_server.open(9, body, tag));
+        assert_eq!(&body[13..40], &[0xab; 27][..]);
+    }
+
+    #[test]
+    fn every_input_of_the_schedule_changes_the_keys() {
+        let base = keys().accept_tag(b"x");
+        assert_ne!(
+            SessionKeys::derive(b"connecT", b"accept", &[&[7u8; 32]]).accept_tag(b"x"),
+            base
+        );
+        assert_ne!(
+            SessionKeys::derive(b"connect", b"accepT", &[&[7u8; 32]]).accept_tag(b"x"),
+            base
+        );
+        assert_ne!(
+            SessionKeys::derive(b"connect", b"accept", &[&[7u8; 32], &[1u8; 32]]).accept_tag(b"x"),
+            base
+        );
+        assert!(keys().accept_tag_is_valid(b"x", &base));
+        assert!(!keys().accept_tag_is_valid(b"y", &base));
+    }
+
+    #[test]
+    fn both_sides_agree_and_small_order_keys_are_refused() {
+        let secrets = Secrets::new(1, None);
+        let a = secrets.ephemeral(1);
+        let b = Keypair::from_secret(secrets.derive(b"static", 0));
+        assert_eq!(a.agree(&b.public_key()), b.agree(&a.public));
+        assert_ne!(secrets.ephemeral(2).public, a.public);
+        assert_ne!(Secrets::new(2, None).ephemeral(1).public, a.public);
+        assert_ne!(Secrets::new(1, Some(&[1; 32])).ephemeral(1).public, a.public);
+        assert_eq!(a.agree(&PublicKey([0; 32])), None);
+    }
+}
