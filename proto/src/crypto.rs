@@ -378,7 +378,10 @@ mod tests {
         assert_eq!(a.agree(&b.public_key()), b.agree(&a.public));
         assert_ne!(secrets.ephemeral(2).public, a.public);
         assert_ne!(Secrets::new(2, None).ephemeral(1).public, a.public);
-        assert_ne!(Secrets::new(1, Some(&[1; 32])).ephemeral(1).public, a.public);
+        assert_ne!(
+            Secrets::new(1, Some(&[1; 32])).ephemeral(1).public,
+            a.public
+        );
         assert_eq!(a.agree(&PublicKey([0; 32])), None);
     }
 }

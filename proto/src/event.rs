@@ -138,9 +138,9 @@ impl fmt::Display for DisconnectReason {
                 "refused: the server did not prove the pinned server key (wrong server, or \
                  someone in the middle)",
             ),
-            DisconnectReason::ProtectionMismatch => f.write_str(
-                "rejected: the two sides configure packet protection differently",
-            ),
+            DisconnectReason::ProtectionMismatch => {
+                f.write_str("rejected: the two sides configure packet protection differently")
+            }
             DisconnectReason::TokenInvalid => {
                 f.write_str("rejected: the connect token is missing or not valid for this server")
             }

@@ -131,8 +131,7 @@ impl ConnectToken {
     /// be a token.
     pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
         let (key, sealed) = bytes.split_first_chunk::<32>()?;
-        if sealed.len() < PUBLIC_LEN + 8 + 32 + 1 + 2 + TAG_LEN || sealed.len() > MAX_SEALED_LEN
-        {
+        if sealed.len() < PUBLIC_LEN + 8 + 32 + 1 + 2 + TAG_LEN || sealed.len() > MAX_SEALED_LEN {
             return None;
         }
         Some(ConnectToken {
@@ -391,17 +390,35 @@ mod tests {
         assert_eq!(&opened.claims.user_data[..], b"blue");
         assert_eq!(opened.client_key, t.client_key);
         let err = |r: Result<OpenedToken, RejectCode>| r.err();
-        assert_eq!(err(config.open(5, &t.sealed, Some(100))), Some(RejectCode::TokenExpired));
-        assert_eq!(err(config.open(5, &t.sealed, None)), Some(RejectCode::TokenExpired));
-        assert_eq!(err(config.open(6, &t.sealed, Some(1))), Some(RejectCode::TokenInvalid));
+        assert_eq!(
+            err(config.open(5, &t.sealed, Some(100))),
+            Some(RejectCode::TokenExpired)
+        );
+        assert_eq!(
+            err(config.open(5, &t.sealed, None)),
+            Some(RejectCode::TokenExpired)
+        );
+        assert_eq!(
+            err(config.open(6, &t.sealed, Some(1))),
+            Some(RejectCode::TokenInvalid)
+        );
         let other = token(100, &[addr("10.0.0.2:9")]);
-        assert_eq!(err(config.open(5, &other.sealed, Some(1))), Some(RejectCode::TokenWrongServer));
+        assert_eq!(
+            err(config.open(5, &other.sealed, Some(1))),
+            Some(RejectCode::TokenWrongServer)
+        );
         let foreign = TokenConfig::new([3; 32], alloc::vec![us]);
-        assert_eq!(err(foreign.open(5, &t.sealed, Some(1))), Some(RejectCode::TokenInvalid));
+        assert_eq!(
+            err(foreign.open(5, &t.sealed, Some(1))),
+            Some(RejectCode::TokenInvalid)
+        );
         for bit in 0..t.sealed.len() * 8 {
             let mut bad = t.sealed.clone();
             bad[bit / 8] ^= 1 << (bit % 8);
-            assert_eq!(err(config.open(5, &bad, Some(1))), Some(RejectCode::TokenInvalid));
+            assert_eq!(
+                err(config.open(5, &bad, Some(1))),
+                Some(RejectCode::TokenInvalid)
+            );
         }
     }
 

@@ -6,8 +6,8 @@
 //!
 //! Multi-byte integers are big-endian (network order).
 
-use core::fmt;
 use crate::crypto::{Protection, TAG_LEN};
+use core::fmt;
 
 /// Protocol version carried in the high nibble of every packet's first byte.
 pub const VERSION: u8 = 3;
@@ -957,8 +957,11 @@ impl<'a> Packet<'a> {
                 w.u16(mtu)?;
                 w.u32(reassembly_budget)?;
                 w.u8(protection.to_wire())?;
-                let flags = if static_key.is_some() { HAS_STATIC_KEY } else { 0 }
-                    | if token.is_some() { HAS_TOKEN } else { 0 };
+                let flags = if static_key.is_some() {
+                    HAS_STATIC_KEY
+                } else {
+                    0
+                } | if token.is_some() { HAS_TOKEN } else { 0 };
                 w.u8(flags)?;
                 w.put(ephemeral.as_ref().map_or(&[][..], |k| k))?;
                 w.put(static_key.as_ref().map_or(&[][..], |k| k))?;
@@ -987,7 +990,11 @@ impl<'a> Packet<'a> {
                 w.u8(protection.to_wire())?;
                 if let Some(ephemeral) = ephemeral {
                     w.put(&ephemeral)?;
-                    w.u8(if static_key.is_some() { HAS_STATIC_KEY } else { 0 })?;
+                    w.u8(if static_key.is_some() {
+                        HAS_STATIC_KEY
+                    } else {
+                        0
+                    })?;
                     w.put(static_key.as_ref().map_or(&[][..], |k| k))?;
                 }
                 w.put(tag.as_ref().map_or(&[][..], |t| t))?;

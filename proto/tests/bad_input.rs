@@ -44,7 +44,7 @@ fn every_packet_type() -> Vec<Vec<u8>> {
         Packet::Hello {
             protocol_id: Config::default().protocol_id,
             client_nonce: 1,
-            protection: Protection::Encrypted,
+            protection: Protection::None,
         },
         Packet::Challenge {
             client_nonce: 1,

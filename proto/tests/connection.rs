@@ -9,7 +9,8 @@ use common::*;
 use std::net::SocketAddr;
 
 use shoal_proto::{
-    Config, ConnectError, DeliveryKind, DisconnectReason, Endpoint, Event, Instant, SendError,
+    Config, ConnectError, DeliveryKind, DisconnectReason, Endpoint, Event, Instant, Protection,
+    SendError, TAG_LEN,
 };
 
 fn disconnect_reason(events: &[Event]) -> Option<DisconnectReason> {
@@ -314,22 +315,33 @@ fn many_small_messages_coalesce_into_one_datagram() {
         1,
         "30 × 32 bytes fit one 1200-byte datagram"
     );
-    // 14-byte packet header + 30 × (5-byte message header + 1-byte length + 32).
-    assert_eq!(p.sent_bytes[0] - before_bytes, 14 + 30 * 38);
+    // 14-byte packet header + 30 × (5-byte message header + 1-byte length + 32) + the
+    // 16-byte authentication tag.
+    assert_eq!(
+        p.sent_bytes[0] - before_bytes,
+        14 + 30 * 38 + TAG_LEN as u64
+    );
     p.run_for(Duration::from_millis(100));
     assert_eq!(p.server_messages(0).len(), 30);
 }
 
 #[test]
-fn one_small_message_costs_20_bytes_of_overhead() {
-    let mut p = Pair::default_pair();
-    let (c, _) = p.connect();
-    p.run_for(Duration::from_millis(100));
-    let before_bytes = p.sent_bytes[0];
-    p.client.send(c, 0, vec![7; 32]).expect("send");
-    p.flush();
-    // 14-byte packet header (nothing to acknowledge) + 5-byte message header + length.
-    assert_eq!(p.sent_bytes[0] - before_bytes, 32 + 20);
+fn one_small_message_costs_20_bytes_of_overhead_plus_the_tag() {
+    for (protection, tag) in [
+        (Protection::Encrypted, TAG_LEN as u64),
+        (Protection::None, 0),
+    ] {
+        let with = |c: Config| Config { protection, ..c };
+        let mut p = Pair::new(with(client_config(1)), with(server_config(2)));
+        let (c, _) = p.connect();
+        p.run_for(Duration::from_millis(100));
+        let before_bytes = p.sent_bytes[0];
+        p.client.send(c, 0, vec![7; 32]).expect("send");
+        p.flush();
+        // 14-byte packet header (nothing to acknowledge) + 5-byte message header + length,
+        // and the 16-byte tag when protected.
+        assert_eq!(p.sent_bytes[0] - before_bytes, 32 + 20 + tag);
+    }
 }
 
 #[test]

@@ -1953,8 +1953,8 @@ fn spoofed_path_challenges_do_not_trigger_a_burst_of_probes() {
         }
     }
     assert!(
-        sent <= 1_000 * 17 + 2 * 1_200,
-        "{sent} bytes sent for 17,000 bytes of challenges"
+        sent <= 1_000 * 21 + 2 * 1_200,
+        "{sent} bytes sent for 21,000 bytes of challenges"
     );
 }
 

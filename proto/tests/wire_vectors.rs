@@ -339,10 +339,16 @@ fn malformed_vectors_are_typed_errors() {
         ("", DecodeError::Empty),
         ("11", DecodeError::UnknownVersion(1)),
         ("3f", DecodeError::UnknownPacketType(15)),
-        ("20", DecodeError::UnknownPacketType(0)),
+        ("30", DecodeError::UnknownPacketType(0)),
         ("34 0102", DecodeError::Truncated),
-        ("37 1122334455667788 00000001 01 002a ff", DecodeError::TrailingBytes),
-        ("37 1122334455667788 00000001 09 0000", DecodeError::BadField),
+        (
+            "37 1122334455667788 00000001 01 002a ff",
+            DecodeError::TrailingBytes,
+        ),
+        (
+            "37 1122334455667788 00000001 09 0000",
+            DecodeError::BadField,
+        ),
         ("35 0102030405060708 01 0001", DecodeError::BadField),
         ("36 1122334455667788 00000001 21", DecodeError::BadField),
         (

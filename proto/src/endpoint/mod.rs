@@ -357,8 +357,9 @@ impl Endpoint {
             token: options.token.cloned(),
             connect: Vec::new(),
         };
-        let size = crate::connection::connect_packet(&self.config, nonce, [0; COOKIE_LEN], &handshake)
-            .map_or(usize::MAX, |c| c.len());
+        let size =
+            crate::connection::connect_packet(&self.config, nonce, [0; COOKIE_LEN], &handshake)
+                .map_or(usize::MAX, |c| c.len());
         if size > self.config.mtu {
             return Err(ConnectError::HandshakeTooLarge {
                 size,
@@ -638,8 +639,9 @@ impl Endpoint {
             } => {
                 // Unprotected, only from the connection's validated address: anyone else
                 // could be anyone.
-                if (c.keys.is_some() || c.remote() == from) && c.on_control_packet(now, packet_number)
-                {
+                if c.keys.is_none() && c.remote() != from {
+                    self.stats.drops.add(DropReason::UnknownConnection);
+                } else if c.on_control_packet(now, packet_number) {
                     c.close(DisconnectReason::from_close(code), None);
                 }
                 self.finish(index, c);
