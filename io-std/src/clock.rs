@@ -59,6 +59,22 @@ impl Clock {
     }
 }
 
+/// 32 bytes from the operating system's cryptographic random source, for
+/// `Config::secret_seed` (the root of handshake keys).
+pub fn os_secret_seed() -> std::io::Result<shoal_proto::SecretSeed> {
+    let mut seed = [0u8; 32];
+    getrandom::getrandom(&mut seed).map_err(std::io::Error::other)?;
+    Ok(shoal_proto::SecretSeed(seed))
+}
+
+/// The wall-clock time since the Unix epoch (zero if the clock is set before it), for
+/// `Endpoint::set_unix_time`.
+pub fn unix_time() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
 /// Distinguishes seeds derived in the same process within the same clock tick.
 static SEED_COUNTER: AtomicU64 = AtomicU64::new(0);
 

@@ -13,7 +13,7 @@ use shoal_proto::{
     RequestId, SendError,
 };
 
-use crate::clock::{endpoint_seed, Clock};
+use crate::clock::{endpoint_seed, os_secret_seed, unix_time, Clock};
 use crate::io_util::{recv_error_action, Outbox, RecvErrorAction, RECV_BUFFER_LEN};
 
 /// Counters of what the driver itself did with the socket (the endpoint keeps its own, see
@@ -71,19 +71,26 @@ pub struct DriverCore {
 impl DriverCore {
     /// The core of a driver whose socket is bound to `local_addr`: creates the endpoint and
     /// allocates the buffers (a 64 KiB receive buffer, a transmit buffer of `Config::mtu`
-    /// bytes). A zero `Config::seed` is replaced by one derived from OS randomness.
+    /// bytes). A zero `Config::seed` is replaced by one derived from OS randomness, and a
+    /// missing `Config::secret_seed` by 32 bytes from the OS random source; the endpoint is
+    /// told the wall-clock time (for connect token expiry).
     ///
     /// Fails with `InvalidInput` if `config` is invalid (the [`shoal_proto::ConfigError`] is
     /// the error's inner error).
     pub fn new(local_addr: SocketAddr, mut config: Config) -> io::Result<Self> {
         config.seed = endpoint_seed(config.seed, local_addr);
+        if config.secret_seed.is_none() {
+            config.secret_seed = Some(os_secret_seed()?);
+        }
         let outbox = Outbox::new(config.mtu);
-        let endpoint =
+        let mut endpoint =
             Endpoint::new(config).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let mut clock = Clock::new();
+        endpoint.set_unix_time(clock.now(), unix_time());
         Ok(DriverCore {
             local_addr,
             endpoint,
-            clock: Clock::new(),
+            clock,
             recv_buf: vec![0; RECV_BUFFER_LEN].into_boxed_slice(),
             outbox,
             icmp_errors_ignored: 0,

@@ -12,6 +12,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use shoal_proto::Protection;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use shoal_sim::scenario::{self, ScenarioConfig};
 use shoal_sim::units::{
@@ -101,6 +102,10 @@ struct Args {
     #[arg(long, default_value_t = 1200, value_name = "BYTES")]
     endpoint_mtu: usize,
 
+    /// Turn packet protection off (clear packets: a speed study of the protocol alone).
+    #[arg(long)]
+    plain: bool,
+
     /// State updates per second, each way.
     #[arg(long, default_value_t = 20, value_name = "HZ")]
     tick_rate: u32,
@@ -143,6 +148,11 @@ impl Args {
             link,
             downlink,
             endpoint_mtu: self.endpoint_mtu,
+            protection: if self.plain {
+                Protection::None
+            } else {
+                Protection::Encrypted
+            },
             tick_rate: self.tick_rate,
             large_size: usize::try_from(self.large_size).unwrap_or(usize::MAX),
             large_interval: self.large_interval,

@@ -39,7 +39,7 @@ mod report;
 use core::fmt;
 use core::time::Duration;
 
-use shoal_proto::{Bytes, Config, Instant};
+use shoal_proto::{Bytes, Config, Instant, Protection};
 
 use crate::link::{LinkConfig, LinkConfigError};
 use crate::simulator::{AddNodeError, SimConfig, Simulator};
@@ -160,6 +160,9 @@ pub struct ScenarioConfig {
     pub downlink: Option<LinkConfig>,
     /// The endpoints' MTU (`Config::mtu`).
     pub endpoint_mtu: usize,
+    /// Packet protection on every connection (`Config::protection`; default
+    /// `Protection::Encrypted`, as in production). `Protection::None` for speed studies.
+    pub protection: Protection,
     /// State updates per second, each way.
     pub tick_rate: u32,
     /// Bytes of a client input.
@@ -203,6 +206,7 @@ impl Default for ScenarioConfig {
             },
             downlink: None,
             endpoint_mtu: 1200,
+            protection: Protection::Encrypted,
             tick_rate: 20,
             input_size: 24,
             state_size: 64,
@@ -342,6 +346,7 @@ pub fn run(
         .add_node(Config {
             mtu: config.endpoint_mtu,
             max_connections: config.clients,
+            protection: config.protection,
             ..Config::default()
         })
         .map_err(ScenarioError::Node)?;
@@ -350,6 +355,7 @@ pub fn run(
             .add_node(Config {
                 mtu: config.endpoint_mtu,
                 accept_incoming: false,
+                protection: config.protection,
                 ..Config::default()
             })
             .map_err(ScenarioError::Node)?;

@@ -12,7 +12,6 @@ use core::time::Duration;
 
 use crate::hash::{Domain, Prf, Sequence};
 use crate::time::Instant;
-use crate::wire::PATH_PACKET_LEN;
 
 /// New addresses tracked at once per connection; a further one replaces the oldest.
 const MAX_CANDIDATES: usize = 4;
@@ -157,6 +156,7 @@ impl Paths {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::PATH_PACKET_LEN;
 
     fn addr(s: &str) -> SocketAddr {
         s.parse().expect("address")
