@@ -108,12 +108,12 @@ impl Connection {
         let server_static = accept.static_key.map(PublicKey);
         let mut keys = None;
         if let Some(ephemeral) = &hs.ephemeral {
-            if hs.server_key.is_some() && hs.server_key != server_static {
-                return AcceptOutcome::KeyMismatch;
-            }
             let Some(server_ephemeral) = accept.ephemeral.map(PublicKey) else {
                 return AcceptOutcome::Dropped(DropReason::Unexpected);
             };
+            // The tag first: a forged Accept (naming any key) is dropped and the handshake
+            // goes on; one that authenticates under another key than the pinned one comes
+            // from a peer that really holds that key, so is not the server we meant.
             let Some(session) = client_session(
                 hs,
                 ephemeral,
@@ -124,6 +124,9 @@ impl Connection {
             ) else {
                 return AcceptOutcome::Dropped(DropReason::Unauthenticated);
             };
+            if hs.server_key.is_some() && hs.server_key != server_static {
+                return AcceptOutcome::KeyMismatch;
+            }
             keys = Some(PacketKeys::new(session, true));
         }
         self.keys = keys;

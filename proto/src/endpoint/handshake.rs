@@ -185,12 +185,6 @@ impl Endpoint {
                 }
                 return;
             }
-            // The peer restarted (the old connection is gone from its side), or it won a
-            // simultaneous open: the old connection or our own attempt gives way.
-            if let Some(mut old) = self.slots[index as usize].conn.take() {
-                old.close(DisconnectReason::Replaced, None);
-                self.finish(index, old);
-            }
         }
         let reject = |code| Packet::Reject {
             client_nonce: nonce,
@@ -202,7 +196,10 @@ impl Endpoint {
             || usize::from(mtu) != self.config.mtu
         {
             Some(RejectCode::ChannelMismatch)
-        } else if self.live >= self.config.max_connections {
+        } else if self.live - usize::from(self.by_addr.contains_key(&from))
+            >= self.config.max_connections
+        {
+            // (A connection this one replaces leaves room for it.)
             Some(RejectCode::Full)
         } else {
             None
@@ -252,6 +249,15 @@ impl Endpoint {
                 self.stats.connections_rejected += 1;
                 self.push_control(from, reject(RejectCode::Refused(code)));
                 return;
+            }
+        }
+        // Every check passed. The peer restarted (the old connection is gone from its side),
+        // or it won a simultaneous open: the old connection or our own attempt gives way.
+        // (Only now: a Connect that fails a check must not end a live connection.)
+        if let Some(index) = self.by_addr.get(&from).copied() {
+            if let Some(mut old) = self.slots[index as usize].conn.take() {
+                old.close(DisconnectReason::Replaced, None);
+                self.finish(index, old);
             }
         }
         let Some(user_id) = self.user_ids.allocate() else {

@@ -1,0 +1,1187 @@
+//! Packet protection as the application and an attacker on the path see it (the default
+//! configuration, `Protection::Encrypted`):
+//!
+//! - a protected packet is accepted only whole: every single-bit change of a real one is
+//!   dropped and counted (under `Unauthenticated`, or under the reason its clear header
+//!   earns), and a replay is a duplicate;
+//! - payloads never appear on the wire (they do in plain mode);
+//! - a pinned server key admits the server that holds it and refuses any other within one
+//!   round trip; a client's static key reaches the server's accept hook and `Connected`;
+//! - connect tokens: a valid one reports its claims, and an expired, reused, foreign,
+//!   misdirected or missing one is refused within one round trip with its own reason; the
+//!   sealed part copied off the wire is useless without the client key;
+//! - a plain peer and a protected one refuse each other with a clear reason;
+//! - a forged `Accept` never ends a handshake, pinned or not;
+//! - a server reports a connection only once the client's first packet proves it holds the
+//!   keys, and a connection it never reported ends silently.
+//!
+//! Every test is deterministic: seeded endpoints, seeded secrets, virtual time. Two links
+//! are used: `Pair` (tests/common) for one client and one server, and `Net` below (several
+//! endpoints routed by address, every event stamped with the virtual time it was seen at)
+//! for the handshake tests that bound how long a refusal takes or need a second client.
+
+mod common;
+
+use std::cell::RefCell;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{addr, client_config, messages, plain, server_config, Dir, Pair};
+use shoal_proto::fuzzing::wire::{Packet, HELLO_LEN};
+use shoal_proto::token::{self, ConnectToken, TokenClaims, TokenConfig, TokenParams};
+use shoal_proto::{
+    Bytes, Config, ConnectError, ConnectOptions, ConnectionHandle, DisconnectReason, DropReason,
+    Endpoint, Event, Instant, Keypair, PeerIdentity, Protection, TAG_LEN,
+};
+
+// ------------------------------------------------------------------------ constants, helpers
+
+/// One-way latency of both links (`Pair` and `Net` use the same).
+const LATENCY: Duration = Duration::from_millis(10);
+/// What a handshake outcome may take beyond its round trips (one event step, nothing more:
+/// the links have no jitter).
+const SLACK: Duration = Duration::from_millis(1);
+/// The reliable channel of the default configuration.
+const RELIABLE: u8 = 2;
+
+const TYPE_HELLO: u8 = 0x31;
+const TYPE_CONNECT: u8 = 0x33;
+const TYPE_ACCEPT: u8 = 0x34;
+const TYPE_DATA: u8 = 0x36;
+
+/// The wall-clock time the token servers are told it is at `Net`'s start.
+const UNIX_NOW: u64 = 1_800_000_000;
+/// The backend's token key, shared with the token servers.
+const TOKEN_KEY: [u8; 32] = [0x7e; 32];
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+fn disconnects<'a>(events: impl IntoIterator<Item = &'a Event>) -> Vec<DisconnectReason> {
+    events
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Disconnected { reason, .. } => Some(*reason),
+            _ => None,
+        })
+        .collect()
+}
+
+fn connected<'a>(events: impl IntoIterator<Item = &'a Event>) -> Vec<PeerIdentity> {
+    events
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Connected { identity, .. } => Some((**identity).clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Every drop counter, for before/after comparisons.
+fn drop_counts(counts: &shoal_proto::DropCounts) -> Vec<(DropReason, u64)> {
+    DropReason::ALL.iter().map(|&r| (r, counts.get(r))).collect()
+}
+
+/// A connected `Pair`, quiet (everything acknowledged), with `payload` queued on the reliable
+/// channel and its datagram taken straight out of the client: the server has not seen it.
+struct Captured {
+    p: Pair,
+    client: ConnectionHandle,
+    server: ConnectionHandle,
+    datagram: Vec<u8>,
+}
+
+fn capture_data(client: Config, server: Config, payload: &[u8]) -> Captured {
+    let mut p = Pair::new(client, server);
+    let (c, s) = p.connect();
+    p.run_for(Duration::from_millis(100));
+    p.client
+        .send(c, RELIABLE, Bytes::copy_from_slice(payload))
+        .expect("send");
+    let mut buf = vec![0u8; 1500];
+    let t = p
+        .client
+        .poll_transmit(p.now, &mut buf)
+        .expect("the message's datagram");
+    let datagram = buf[..t.len].to_vec();
+    assert_eq!(t.to, p.server_addr);
+    assert_eq!(datagram[0], TYPE_DATA, "a Data packet");
+    assert!(
+        datagram.len() >= 13 + payload.len() + TAG_LEN,
+        "the datagram carries the message ({} bytes)",
+        datagram.len()
+    );
+    Captured {
+        p,
+        client: c,
+        server: s,
+        datagram,
+    }
+}
+
+/// Drains the server's events into the pair without moving any datagram.
+fn server_events_now(p: &mut Pair) -> Vec<Event> {
+    std::iter::from_fn(|| p.server.poll_event()).collect()
+}
+
+// ------------------------------------------------------------------------ Net
+
+const SERVER_ADDR: &str = "10.0.0.1:4000";
+const CLIENT_ADDR: &str = "10.0.0.2:5000";
+const SECOND_CLIENT_ADDR: &str = "10.0.0.3:5000";
+
+/// One endpoint on the network, receiving at `addr` only.
+struct Node {
+    ep: Endpoint,
+    addr: SocketAddr,
+    /// Its events, with the virtual time each was polled at.
+    events: Vec<(Instant, Event)>,
+}
+
+impl Node {
+    fn events(&self) -> impl Iterator<Item = &Event> {
+        self.events.iter().map(|(_, e)| e)
+    }
+}
+
+/// Decides whether a datagram from `from` to `to` is delivered (it may also record it).
+type Tap = Box<dyn FnMut(SocketAddr, SocketAddr, &[u8]) -> bool>;
+
+type InFlight = Reverse<(Instant, u64, SocketAddr, SocketAddr, Vec<u8>)>;
+
+/// Endpoints joined by a network that routes by address, with a fixed one-way latency and a
+/// virtual clock that jumps to the next arrival or timer.
+struct Net {
+    nodes: Vec<Node>,
+    now: Instant,
+    tap: Tap,
+    in_flight: BinaryHeap<InFlight>,
+    counter: u64,
+    buf: Vec<u8>,
+}
+
+impl Net {
+    fn new() -> Self {
+        Net {
+            nodes: Vec::new(),
+            now: Instant::from_millis(1_000),
+            tap: Box::new(|_, _, _| true),
+            in_flight: BinaryHeap::new(),
+            counter: 0,
+            buf: vec![0; 65_536],
+        }
+    }
+
+    fn add(&mut self, config: Config, at: &str) -> usize {
+        self.nodes.push(Node {
+            ep: Endpoint::new(config).expect("valid config"),
+            addr: addr(at),
+            events: Vec::new(),
+        });
+        self.nodes.len() - 1
+    }
+
+    fn ep(&mut self, node: usize) -> &mut Endpoint {
+        &mut self.nodes[node].ep
+    }
+
+    /// Starts a connection from `client` to the node at `to` with `options`.
+    fn connect(
+        &mut self,
+        client: usize,
+        to: &str,
+        options: &ConnectOptions<'_>,
+    ) -> ConnectionHandle {
+        let now = self.now;
+        self.nodes[client]
+            .ep
+            .connect_with(now, addr(to), options)
+            .expect("connect")
+    }
+
+    fn flush(&mut self) {
+        let now = self.now;
+        for i in 0..self.nodes.len() {
+            while let Some(t) = self.nodes[i].ep.poll_transmit(now, &mut self.buf) {
+                let from = self.nodes[i].addr;
+                let bytes = self.buf[..t.len].to_vec();
+                if (self.tap)(from, t.to, &bytes) {
+                    self.counter += 1;
+                    self.in_flight
+                        .push(Reverse((now + LATENCY, self.counter, from, t.to, bytes)));
+                }
+            }
+            let node = &mut self.nodes[i];
+            while let Some(e) = node.ep.poll_event() {
+                node.events.push((now, e));
+            }
+        }
+    }
+
+    fn next_event(&self) -> Option<Instant> {
+        let arrival = self.in_flight.peek().map(|Reverse((t, ..))| *t);
+        self.nodes
+            .iter()
+            .filter_map(|n| n.ep.poll_timeout())
+            .chain(arrival)
+            .min()
+    }
+
+    /// Advances to the next event (not beyond `limit`) and handles it. False when nothing
+    /// happens before `limit`.
+    fn step(&mut self, limit: Instant) -> bool {
+        self.flush();
+        let Some(next) = self.next_event().filter(|&t| t <= limit) else {
+            self.now = limit;
+            return false;
+        };
+        self.now = self.now.max(next);
+        while let Some(Reverse((at, ..))) = self.in_flight.peek() {
+            if *at > self.now {
+                break;
+            }
+            let Some(Reverse((_, _, from, to, bytes))) = self.in_flight.pop() else {
+                break;
+            };
+            let now = self.now;
+            if let Some(n) = self.nodes.iter_mut().find(|n| n.addr == to) {
+                n.ep.handle_datagram(now, from, &bytes);
+            }
+        }
+        let now = self.now;
+        for n in &mut self.nodes {
+            if n.ep.poll_timeout().is_some_and(|t| t <= now) {
+                n.ep.handle_timeout(now);
+            }
+        }
+        self.flush();
+        true
+    }
+
+    fn run_for(&mut self, duration: Duration) {
+        let limit = self.now + duration;
+        while self.step(limit) {}
+    }
+
+    fn run_until(&mut self, max: Duration, mut done: impl FnMut(&Net) -> bool) -> bool {
+        let limit = self.now + max;
+        loop {
+            if done(self) {
+                return true;
+            }
+            if !self.step(limit) {
+                return done(self);
+            }
+        }
+    }
+
+    /// Runs until `node` reports `Connected` or `Disconnected` (at most `max`), and returns
+    /// that first outcome with the time it was seen.
+    fn outcome(&mut self, node: usize, max: Duration) -> (Instant, Event) {
+        let is_outcome =
+            |e: &Event| matches!(e, Event::Connected { .. } | Event::Disconnected { .. });
+        self.run_until(max, |net| net.nodes[node].events().any(is_outcome));
+        self.nodes[node]
+            .events
+            .iter()
+            .find(|(_, e)| is_outcome(e))
+            .cloned()
+            .expect("the handshake ended one way or the other")
+    }
+}
+
+/// Asserts that a handshake outcome seen at `at` came `round_trips` round trips after `start`
+/// (when the first handshake packet left), and not later than one event step after that.
+fn assert_after_round_trips(at: Instant, start: Instant, round_trips: u32, what: &str) {
+    let due = start + 2 * round_trips * LATENCY;
+    assert!(
+        at >= due && at <= due + SLACK,
+        "{what}: seen {:?} after the first handshake packet, expected {:?} ({round_trips} \
+         round trip(s) of {:?})",
+        at - start,
+        due - start,
+        2 * LATENCY
+    );
+}
+
+// ======================================================================== 1. integrity
+
+/// What a single-bit flip of a protected `Data` datagram (at least 14 bytes, from a peer
+/// whose packet numbers are far below 2^31) is dropped as: its clear header is routed on
+/// before anything authenticates, the rest only ever fails the tag.
+fn expected_drop(bit: usize) -> DropReason {
+    let mask = 1u8 << (bit % 8);
+    match bit / 8 {
+        // The version nibble: 0x36 becomes version 2, 1, 7 or 11.
+        0 if mask >= 0x10 => DropReason::UnknownVersion,
+        // 0x3e: type 14 does not exist.
+        0 if mask == 0x08 => DropReason::UnknownPacketType,
+        // 0x32 (Challenge) and 0x34 (Accept): long-header types, decoded as such, and the
+        // lengths do not fit (the caller checks that they cannot).
+        0 if mask == 0x04 || mask == 0x02 => DropReason::Malformed,
+        // 0x37 (Disconnect): still a short header for the connection; the type byte is
+        // authenticated, so the tag fails.
+        0 => DropReason::Unauthenticated,
+        // The connection id: no such connection.
+        1..=8 => DropReason::UnknownConnection,
+        // The packet number's top bit: 2^31 behind the newest received, too old to tell
+        // (nothing is opened).
+        9 if mask == 0x80 => DropReason::DuplicatePacket,
+        // Any other bit of the packet number (the nonce and associated data change), of the
+        // ciphertext or of the tag.
+        _ => DropReason::Unauthenticated,
+    }
+}
+
+#[test]
+fn every_single_bit_flip_of_a_protected_packet_is_rejected_and_counted() {
+    let payload = b"integrity: every bit of this datagram is checked".to_vec();
+    let Captured {
+        mut p,
+        client: c,
+        server: s,
+        datagram,
+    } = capture_data(client_config(11), server_config(12), &payload);
+    let len = datagram.len();
+    // The flips to 0x32 and 0x34 must fail to decode as Challenge (33 bytes) or Accept (24,
+    // 73 or 105 bytes): were the length one of those, the expectation would differ.
+    assert!(
+        ![24, 33, 73, 105].contains(&len),
+        "the captured datagram's length {len} would decode as a long-header packet"
+    );
+    let conn_before = p.server.connection_stats(s).expect("live");
+    let mut expected = [0u64; DropReason::COUNT];
+    for bit in 0..len * 8 {
+        let before = p.server.stats().drops;
+        let mut flipped = datagram.clone();
+        flipped[bit / 8] ^= 1 << (bit % 8);
+        p.server.handle_datagram(p.now, p.client_addr, &flipped);
+        let after = p.server.stats().drops;
+        let want = expected_drop(bit);
+        expected[want as usize] += 1;
+        let changed: Vec<(DropReason, u64)> = DropReason::ALL
+            .iter()
+            .filter(|&&r| after.get(r) != before.get(r))
+            .map(|&r| (r, after.get(r) - before.get(r)))
+            .collect();
+        assert_eq!(
+            changed,
+            vec![(want, 1)],
+            "flipping bit {bit} (byte {}, mask {:#04x}) must be dropped once as {want:?}",
+            bit / 8,
+            1u8 << (bit % 8)
+        );
+        let events = server_events_now(&mut p);
+        assert!(events.is_empty(), "bit {bit} produced events: {events:?}");
+        assert!(p.server.is_connected(s), "bit {bit} changed the connection");
+    }
+    // Nothing reached the connection: its counters (drops included) did not move.
+    let conn_after = p.server.connection_stats(s).expect("live");
+    assert_eq!(conn_after.packets_received, conn_before.packets_received);
+    assert_eq!(conn_after.messages_delivered, conn_before.messages_delivered);
+    assert_eq!(
+        drop_counts(&conn_after.drops),
+        drop_counts(&conn_before.drops)
+    );
+    let totals = p.server.stats().drops;
+    let unauthenticated = (len - 1 - 8) * 8 - 1 + 1;
+    assert_eq!(
+        totals.get(DropReason::Unauthenticated),
+        unauthenticated as u64,
+        "every flip of the packet number (but its top bit), ciphertext and tag, and the \
+         flip to Disconnect"
+    );
+    assert_eq!(totals.get(DropReason::UnknownConnection), 64);
+    assert_eq!(totals.get(DropReason::UnknownVersion), 4);
+    assert_eq!(totals.get(DropReason::UnknownPacketType), 1);
+    assert_eq!(totals.get(DropReason::Malformed), 2);
+    assert_eq!(totals.get(DropReason::DuplicatePacket), 1);
+    for r in DropReason::ALL {
+        assert_eq!(totals.get(r), expected[r as usize], "{r:?}");
+    }
+    assert_eq!(totals.total(), (len * 8) as u64, "one drop per flip");
+
+    // The original still opens, once: the message arrives exactly once, the client's
+    // retransmissions notwithstanding.
+    p.server.handle_datagram(p.now, p.client_addr, &datagram);
+    p.run_for(Duration::from_secs(2));
+    assert_eq!(
+        messages(&p.server_events, RELIABLE),
+        vec![payload],
+        "delivered exactly once"
+    );
+    assert!(p.server.is_connected(s) && p.client.is_connected(c));
+    assert!(disconnects(&p.server_events).is_empty());
+    assert!(disconnects(&p.client_events).is_empty());
+}
+
+#[test]
+fn a_replayed_protected_packet_is_a_duplicate() {
+    let payload = b"replay me if you can".to_vec();
+    let Captured {
+        mut p,
+        server: s,
+        datagram,
+        ..
+    } = capture_data(client_config(21), server_config(22), &payload);
+    let duplicates =
+        |p: &Pair| p.server.connection_stats(s).expect("live").drops.get(DropReason::DuplicatePacket);
+    let before = duplicates(&p);
+
+    p.server.handle_datagram(p.now, p.client_addr, &datagram);
+    assert_eq!(messages(&server_events_now(&mut p), RELIABLE), vec![payload.clone()]);
+    assert_eq!(duplicates(&p), before);
+
+    // The same bytes again, a little later: authentic, so opened, and then a duplicate.
+    p.now += Duration::from_millis(3);
+    p.server.handle_datagram(p.now, p.client_addr, &datagram);
+    assert!(server_events_now(&mut p).is_empty(), "the replay delivers nothing");
+    assert_eq!(duplicates(&p), before + 1, "the replay is a duplicate packet");
+    assert_eq!(
+        p.server.stats().drops.get(DropReason::Unauthenticated),
+        0,
+        "the replay is authentic, not forged"
+    );
+    assert!(p.server.is_connected(s));
+}
+
+// ======================================================================== 2. confidentiality
+
+/// A 32-byte pattern nothing else on the wire contains.
+fn pattern() -> Vec<u8> {
+    (0u8..32).map(|i| 0xa5 ^ i.wrapping_mul(37)).collect()
+}
+
+/// Connects, sends the pattern on the reliable channel, delivers it; returns every datagram
+/// both ways.
+fn wire_carrying_pattern(client: Config, server: Config) -> Vec<Vec<u8>> {
+    let seen = Rc::new(RefCell::new(Vec::new()));
+    let mut p = Pair::new(client, server);
+    let log = seen.clone();
+    p.hook = Box::new(move |_, _, bytes| {
+        log.borrow_mut().push(bytes.to_vec());
+        vec![Duration::ZERO]
+    });
+    let (c, _) = p.connect();
+    p.client.send(c, RELIABLE, pattern()).expect("send");
+    assert!(p.run_until(Duration::from_secs(5), |p| !p
+        .server_messages(RELIABLE)
+        .is_empty()));
+    assert_eq!(p.server_messages(RELIABLE), vec![pattern()]);
+    p.run_for(Duration::from_millis(200));
+    let datagrams = seen.borrow().clone();
+    datagrams
+}
+
+#[test]
+fn protected_payloads_are_not_visible_on_the_wire() {
+    let wire = wire_carrying_pattern(client_config(31), server_config(32));
+    assert!(wire.len() >= 6, "a handshake and a message went by");
+    for (i, d) in wire.iter().enumerate() {
+        assert!(
+            !contains(d, &pattern()),
+            "datagram {i} ({} bytes, type {:#04x}) shows the payload",
+            d.len(),
+            d[0]
+        );
+    }
+    // The control: without protection the same exchange shows it.
+    let clear = wire_carrying_pattern(plain(client_config(31)), plain(server_config(32)));
+    assert!(
+        clear.iter().any(|d| contains(d, &pattern())),
+        "in plain mode the payload is on the wire (else this test proves nothing)"
+    );
+}
+
+// ======================================================================== 3. static keys
+
+#[test]
+fn a_pinned_server_key_accepts_the_right_server_and_refuses_another_within_one_round_trip() {
+    let server_pair = Keypair::from_secret([0x5e; 32]);
+    let public = server_pair.public_key();
+    let server_cfg = || Config {
+        static_keypair: Some(server_pair.clone()),
+        ..server_config(42)
+    };
+
+    // The right key.
+    let mut net = Net::new();
+    let server = net.add(server_cfg(), SERVER_ADDR);
+    let client = net.add(client_config(41), CLIENT_ADDR);
+    let start = net.now;
+    let options = ConnectOptions {
+        server_key: Some(public),
+        ..ConnectOptions::default()
+    };
+    net.connect(client, SERVER_ADDR, &options);
+    let (at, outcome) = net.outcome(client, Duration::from_secs(10));
+    let Event::Connected { identity, .. } = outcome else {
+        panic!("the pinned server is accepted: {outcome:?}");
+    };
+    assert_eq!(identity.key, Some(public), "the client learns the proven key");
+    assert_eq!(identity.token, None);
+    assert_after_round_trips(at, start, 2, "Connected");
+    assert!(net.run_until(Duration::from_secs(1), |n| !connected(
+        n.nodes[server].events()
+    )
+    .is_empty()));
+    assert_eq!(
+        connected(net.nodes[server].events())[0].key,
+        None,
+        "the client has no static key"
+    );
+
+    // Another key pinned: refused when the Accept arrives, long before any timeout.
+    let mut net = Net::new();
+    let server = net.add(server_cfg(), SERVER_ADDR);
+    let client = net.add(client_config(43), CLIENT_ADDR);
+    let start = net.now;
+    let options = ConnectOptions {
+        server_key: Some(Keypair::from_secret([0x5f; 32]).public_key()),
+        ..ConnectOptions::default()
+    };
+    let conn = net.connect(client, SERVER_ADDR, &options);
+    let (at, outcome) = net.outcome(client, Duration::from_secs(10));
+    assert!(
+        matches!(
+            outcome,
+            Event::Disconnected { conn: c, reason: DisconnectReason::ServerKeyMismatch } if c == conn
+        ),
+        "{outcome:?}"
+    );
+    assert_after_round_trips(at, start, 2, "ServerKeyMismatch");
+    assert!(at - start < net.nodes[client].ep.config().handshake_timeout / 10);
+    assert!(connected(net.nodes[client].events()).is_empty());
+    // The server never reports it, not even its end.
+    net.run_for(Duration::from_secs(12));
+    assert!(
+        net.nodes[server].events.is_empty(),
+        "the server reports nothing: {:?}",
+        net.nodes[server].events
+    );
+    assert_eq!(net.ep(server).connection_count(), 0);
+    assert_eq!(net.ep(server).stats().connections_opened, 0);
+}
+
+#[test]
+fn a_pinned_server_key_refuses_a_server_without_a_static_key() {
+    let mut net = Net::new();
+    let server = net.add(server_config(52), SERVER_ADDR);
+    let client = net.add(client_config(51), CLIENT_ADDR);
+    let start = net.now;
+    let options = ConnectOptions {
+        server_key: Some(Keypair::from_secret([0x5e; 32]).public_key()),
+        ..ConnectOptions::default()
+    };
+    net.connect(client, SERVER_ADDR, &options);
+    let (at, outcome) = net.outcome(client, Duration::from_secs(10));
+    assert!(
+        matches!(
+            outcome,
+            Event::Disconnected {
+                reason: DisconnectReason::ServerKeyMismatch,
+                ..
+            }
+        ),
+        "{outcome:?}"
+    );
+    assert_after_round_trips(at, start, 2, "ServerKeyMismatch");
+    net.run_for(Duration::from_secs(12));
+    assert!(connected(net.nodes[server].events()).is_empty());
+}
+
+#[test]
+fn a_client_static_key_is_reported_to_the_server() {
+    let client_pair = Keypair::from_secret([0xc1; 32]);
+    let public = client_pair.public_key();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let mut net = Net::new();
+    let server = net.add(server_config(62), SERVER_ADDR);
+    let client = net.add(
+        Config {
+            static_keypair: Some(client_pair),
+            ..client_config(61)
+        },
+        CLIENT_ADDR,
+    );
+    let log = seen.clone();
+    net.ep(server).set_accept_hook(Box::new(move |request| {
+        log.lock()
+            .expect("hook log")
+            .push((request.identity.clone(), request.data.to_vec()));
+        Ok(())
+    }));
+    net.connect(
+        client,
+        SERVER_ADDR,
+        &ConnectOptions {
+            data: b"who am I",
+            ..ConnectOptions::default()
+        },
+    );
+    assert!(net.run_until(Duration::from_secs(5), |n| {
+        !connected(n.nodes[server].events()).is_empty()
+            && !connected(n.nodes[client].events()).is_empty()
+    }));
+    let on_server = connected(net.nodes[server].events());
+    assert_eq!(on_server.len(), 1);
+    assert_eq!(on_server[0].key, Some(public));
+    assert_eq!(on_server[0].token, None);
+    assert_eq!(
+        connected(net.nodes[client].events())[0].key,
+        None,
+        "the server has no static key"
+    );
+    let hooked = seen.lock().expect("hook log").clone();
+    assert_eq!(hooked.len(), 1, "the hook ran once");
+    assert_eq!(hooked[0].0.key, Some(public));
+    assert_eq!(hooked[0].1, b"who am I");
+}
+
+// ======================================================================== 4. forged Accepts
+
+/// A `Pair` whose client has just sent its `Hello` (nothing has arrived anywhere), and the
+/// client nonce read off that `Hello`.
+fn hello_sniffed(options: &ConnectOptions<'_>, server: Config) -> (Pair, ConnectionHandle, u64) {
+    let hellos = Rc::new(RefCell::new(Vec::new()));
+    let mut p = Pair::new(client_config(71), server);
+    let log = hellos.clone();
+    p.hook = Box::new(move |dir, _, bytes| {
+        if dir == Dir::ClientToServer && bytes[0] == TYPE_HELLO {
+            log.borrow_mut().push(bytes.to_vec());
+        }
+        vec![Duration::ZERO]
+    });
+    let conn = p
+        .client
+        .connect_with(p.now, p.server_addr, options)
+        .expect("connect");
+    p.flush();
+    let hellos = hellos.borrow();
+    assert_eq!(hellos.len(), 1, "one Hello sent");
+    assert_eq!(hellos[0].len(), HELLO_LEN);
+    let nonce = u64::from_be_bytes(hellos[0][5..13].try_into().expect("8 bytes"));
+    (p, conn, nonce)
+}
+
+/// An `Accept` for `nonce` with a real-looking ephemeral key but a tag nobody computed.
+fn forged_accept(nonce: u64, static_key: Option<[u8; 32]>) -> Vec<u8> {
+    common::encode(&Packet::Accept {
+        client_nonce: nonce,
+        connection_id: 0x0bad_c0de_0bad_c0de,
+        user_id: 7,
+        reassembly_budget: 1 << 20,
+        protection: Protection::Encrypted,
+        ephemeral: Some(Keypair::from_secret([0xf0; 32]).public_key().0),
+        static_key,
+        tag: Some([0x5a; TAG_LEN]),
+    })
+}
+
+/// Feeds the client `forged` from the server's address before anything else arrives, checks
+/// it was dropped as unauthenticated, then lets the real handshake run: it completes.
+fn forged_accept_is_dropped(mut p: Pair, conn: ConnectionHandle, forged: &[u8]) {
+    assert_eq!(forged[0], TYPE_ACCEPT);
+    p.client.handle_datagram(p.now, p.server_addr, forged);
+    let events: Vec<Event> = std::iter::from_fn(|| p.client.poll_event()).collect();
+    assert!(events.is_empty(), "the forged Accept did something: {events:?}");
+    assert!(!p.client.is_connected(conn));
+    assert_eq!(
+        p.client
+            .connection_stats(conn)
+            .expect("still connecting")
+            .drops
+            .get(DropReason::Unauthenticated),
+        1,
+        "counted on the connecting connection"
+    );
+    assert!(p.run_until(Duration::from_secs(5), |p| {
+        !connected(&p.client_events).is_empty() && !connected(&p.server_events).is_empty()
+    }));
+    assert!(disconnects(&p.client_events).is_empty());
+    // The connection runs on the real server's keys and id.
+    p.client.send(conn, RELIABLE, &b"after the forgery"[..]).expect("send");
+    assert!(p.run_until(Duration::from_secs(2), |p| !p
+        .server_messages(RELIABLE)
+        .is_empty()));
+}
+
+#[test]
+fn a_forged_accept_does_not_end_the_handshake() {
+    let (p, conn, nonce) = hello_sniffed(&ConnectOptions::default(), server_config(72));
+    forged_accept_is_dropped(p, conn, &forged_accept(nonce, None));
+}
+
+#[test]
+fn a_forged_accept_does_not_end_a_handshake_that_pins_the_server_key() {
+    // The forger names no key, or a key of its own: either way its tag is garbage, so it
+    // proves nothing, and must not count as the server refusing the pinned key.
+    let server_pair = Keypair::from_secret([0x5e; 32]);
+    let options = ConnectOptions {
+        server_key: Some(server_pair.public_key()),
+        ..ConnectOptions::default()
+    };
+    let server = || Config {
+        static_keypair: Some(server_pair.clone()),
+        ..server_config(73)
+    };
+    for static_key in [None, Some(Keypair::from_secret([0x66; 32]).public_key().0)] {
+        let (p, conn, nonce) = hello_sniffed(&options, server());
+        forged_accept_is_dropped(p, conn, &forged_accept(nonce, static_key));
+    }
+}
+
+// ======================================================================== 5. first packet
+
+#[test]
+fn the_server_reports_a_connection_only_after_the_clients_first_packet() {
+    // Everything the client sends after its Connect is lost: the server answered with an
+    // Accept, but nothing proves the client holds the keys.
+    let mut p = Pair::new(client_config(81), server_config(82));
+    let mut connect_sent = false;
+    p.hook = Box::new(move |dir, _, bytes| {
+        if dir == Dir::ServerToClient {
+            return vec![Duration::ZERO];
+        }
+        if connect_sent {
+            return vec![];
+        }
+        connect_sent = bytes[0] == TYPE_CONNECT;
+        vec![Duration::ZERO]
+    });
+    p.client
+        .connect(p.now, p.server_addr, b"")
+        .expect("connect");
+    assert!(p.run_until(Duration::from_secs(1), |p| !connected(&p.client_events)
+        .is_empty()));
+    assert_eq!(p.server.connection_count(), 1, "the server holds the connection");
+    let idle = p.server.config().idle_timeout;
+    p.run_for(idle + Duration::from_secs(2));
+    assert!(
+        p.server_events.is_empty(),
+        "a connection the client never confirmed is never reported, nor its end: {:?}",
+        p.server_events
+    );
+    assert_eq!(p.server.connection_count(), 0, "it timed out");
+    assert_eq!(p.server.stats().connections_opened, 0);
+    assert_eq!(p.server.stats().connections_closed, 1);
+
+    // The control: with the client's packets arriving, the server reports it.
+    let mut p = Pair::new(client_config(81), server_config(82));
+    let (_, s) = p.connect();
+    assert!(p.server.is_connected(s));
+    assert_eq!(connected(&p.server_events).len(), 1);
+}
+
+// ======================================================================== 6. tokens
+
+fn token_server_config(seed: u64) -> Config {
+    Config {
+        tokens: Some(TokenConfig::new(TOKEN_KEY, vec![addr(SERVER_ADDR)])),
+        ..server_config(seed)
+    }
+}
+
+struct TokenSpec<'a> {
+    key: [u8; 32],
+    protocol_id: u32,
+    expires_at: u64,
+    servers: &'a [SocketAddr],
+    entropy: u8,
+}
+
+impl Default for TokenSpec<'_> {
+    fn default() -> Self {
+        TokenSpec {
+            key: TOKEN_KEY,
+            protocol_id: server_config(0).protocol_id,
+            expires_at: UNIX_NOW + 3_600,
+            servers: &[],
+            entropy: 1,
+        }
+    }
+}
+
+const CLIENT_ID: u64 = 0x00c0_ffee;
+const USER_DATA: &[u8] = b"name=ada;team=blue";
+
+fn issue(spec: &TokenSpec<'_>) -> ConnectToken {
+    let ours = [addr(SERVER_ADDR)];
+    token::issue(
+        &spec.key,
+        &TokenParams {
+            protocol_id: spec.protocol_id,
+            client_id: CLIENT_ID,
+            expires_at: spec.expires_at,
+            server_addresses: if spec.servers.is_empty() {
+                &ours
+            } else {
+                spec.servers
+            },
+            user_data: USER_DATA,
+        },
+        &[spec.entropy; 32],
+    )
+    .expect("issues")
+}
+
+/// A token server and one client, the server told the wall-clock time; the hook's view of
+/// each request is logged.
+fn token_net() -> (Net, usize, usize, Arc<Mutex<Vec<PeerIdentity>>>) {
+    let mut net = Net::new();
+    let server = net.add(token_server_config(92), SERVER_ADDR);
+    let client = net.add(client_config(91), CLIENT_ADDR);
+    let now = net.now;
+    net.ep(server)
+        .set_unix_time(now, Duration::from_secs(UNIX_NOW));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    net.ep(server).set_accept_hook(Box::new(move |request| {
+        log.lock().expect("hook log").push(request.identity.clone());
+        Ok(())
+    }));
+    (net, server, client, seen)
+}
+
+#[test]
+fn a_valid_token_reports_its_claims_to_the_hook_and_in_connected() {
+    let (mut net, server, client, seen) = token_net();
+    let token = issue(&TokenSpec::default());
+    // The client got the token as bytes from the backend.
+    let token = ConnectToken::from_bytes(&token.to_bytes()).expect("parses");
+    let options = ConnectOptions {
+        token: Some(&token),
+        ..ConnectOptions::default()
+    };
+    net.connect(client, SERVER_ADDR, &options);
+    let (_, outcome) = net.outcome(client, Duration::from_secs(5));
+    assert!(matches!(outcome, Event::Connected { .. }), "{outcome:?}");
+    assert!(net.run_until(Duration::from_secs(1), |n| !connected(
+        n.nodes[server].events()
+    )
+    .is_empty()));
+    let claims = TokenClaims {
+        client_id: CLIENT_ID,
+        user_data: Bytes::from_static(USER_DATA),
+        expires_at: UNIX_NOW + 3_600,
+    };
+    let on_server = connected(net.nodes[server].events());
+    assert_eq!(on_server.len(), 1);
+    assert_eq!(on_server[0].token.as_ref(), Some(&claims));
+    assert_eq!(on_server[0].key, None);
+    let hooked = seen.lock().expect("hook log").clone();
+    assert_eq!(hooked.len(), 1);
+    assert_eq!(hooked[0].token.as_ref(), Some(&claims));
+    assert_eq!(
+        connected(net.nodes[client].events())[0].token,
+        None,
+        "the client learns no claims"
+    );
+}
+
+/// Connects the net's client with `token` (or none) and checks it is refused for `reason`
+/// when the server's `Reject` arrives: one round trip after the `Connect`, two after the
+/// `Hello`. The hook never runs and the server reports nothing.
+fn assert_token_refused(token: Option<&ConnectToken>, reason: DisconnectReason) -> Net {
+    let (mut net, server, client, seen) = token_net();
+    let start = net.now;
+    let conn = net.connect(
+        client,
+        SERVER_ADDR,
+        &ConnectOptions {
+            token,
+            ..ConnectOptions::default()
+        },
+    );
+    let (at, outcome) = net.outcome(client, Duration::from_secs(10));
+    assert!(
+        matches!(outcome, Event::Disconnected { conn: c, reason: r } if c == conn && r == reason),
+        "expected {reason:?}, got {outcome:?}"
+    );
+    assert_after_round_trips(at, start, 2, &format!("{reason:?}"));
+    assert!(seen.lock().expect("hook log").is_empty(), "the hook never ran");
+    assert!(net.nodes[server].events.is_empty());
+    assert_eq!(net.ep(server).connection_count(), 0);
+    assert_eq!(net.ep(server).stats().connections_rejected, 1);
+    net
+}
+
+#[test]
+fn an_expired_token_is_refused_within_one_round_trip() {
+    let token = issue(&TokenSpec {
+        expires_at: UNIX_NOW - 1,
+        ..TokenSpec::default()
+    });
+    assert_token_refused(Some(&token), DisconnectReason::TokenExpired);
+}
+
+#[test]
+fn a_token_expiring_this_second_is_expired() {
+    // The server's clock reads UNIX_NOW (and a few milliseconds) when the Connect arrives.
+    let token = issue(&TokenSpec {
+        expires_at: UNIX_NOW,
+        ..TokenSpec::default()
+    });
+    assert_token_refused(Some(&token), DisconnectReason::TokenExpired);
+}
+
+#[test]
+fn a_token_for_another_server_is_refused_within_one_round_trip() {
+    let elsewhere = [addr("10.0.0.1:4001"), addr("[2001:db8::1]:4000")];
+    let token = issue(&TokenSpec {
+        servers: &elsewhere,
+        ..TokenSpec::default()
+    });
+    assert_token_refused(Some(&token), DisconnectReason::TokenWrongServer);
+}
+
+#[test]
+fn a_token_sealed_under_another_key_is_refused_within_one_round_trip() {
+    let token = issue(&TokenSpec {
+        key: [0x7f; 32],
+        ..TokenSpec::default()
+    });
+    assert_token_refused(Some(&token), DisconnectReason::TokenInvalid);
+}
+
+#[test]
+fn a_token_for_another_protocol_is_refused_within_one_round_trip() {
+    let token = issue(&TokenSpec {
+        protocol_id: server_config(0).protocol_id ^ 1,
+        ..TokenSpec::default()
+    });
+    assert_token_refused(Some(&token), DisconnectReason::TokenInvalid);
+}
+
+#[test]
+fn no_token_is_refused_within_one_round_trip() {
+    assert_token_refused(None, DisconnectReason::TokenInvalid);
+}
+
+#[test]
+fn a_reused_token_is_refused_within_one_round_trip_and_counted_as_a_replay() {
+    let (mut net, server, client, seen) = token_net();
+    let token = issue(&TokenSpec::default());
+    let options = ConnectOptions {
+        token: Some(&token),
+        ..ConnectOptions::default()
+    };
+    net.connect(client, SERVER_ADDR, &options);
+    let (_, outcome) = net.outcome(client, Duration::from_secs(5));
+    assert!(matches!(outcome, Event::Connected { .. }), "{outcome:?}");
+    assert!(net.run_until(Duration::from_secs(1), |n| !connected(
+        n.nodes[server].events()
+    )
+    .is_empty()));
+    assert_eq!(net.ep(server).stats().drops.get(DropReason::TokenReplay), 0);
+
+    // Someone else, elsewhere, with the very same token (client key included).
+    let second = net.add(client_config(93), SECOND_CLIENT_ADDR);
+    let start = net.now;
+    let conn = net.connect(second, SERVER_ADDR, &options);
+    let (at, outcome) = net.outcome(second, Duration::from_secs(10));
+    assert!(
+        matches!(
+            outcome,
+            Event::Disconnected { conn: c, reason: DisconnectReason::TokenUsed } if c == conn
+        ),
+        "{outcome:?}"
+    );
+    assert_after_round_trips(at, start, 2, "TokenUsed");
+    assert_eq!(net.ep(server).stats().drops.get(DropReason::TokenReplay), 1);
+    assert_eq!(seen.lock().expect("hook log").len(), 1, "the hook saw only the first");
+    // The first connection is untouched.
+    net.run_for(Duration::from_secs(2));
+    assert_eq!(connected(net.nodes[server].events()).len(), 1);
+    assert!(disconnects(net.nodes[server].events()).is_empty());
+    assert!(disconnects(net.nodes[client].events()).is_empty());
+}
+
+#[test]
+fn a_token_copied_off_the_wire_is_useless_without_its_client_key() {
+    let (mut net, server, client, _) = token_net();
+    let token = issue(&TokenSpec::default());
+    // The honest client's Connects are sniffed, and lost (so the token is not spent before
+    // the thief tries it).
+    let sniffed = Rc::new(RefCell::new(Vec::new()));
+    let log = sniffed.clone();
+    let honest = addr(CLIENT_ADDR);
+    net.tap = Box::new(move |from, _, bytes| {
+        if from == honest && bytes[0] == TYPE_CONNECT {
+            log.borrow_mut().push(bytes.to_vec());
+            return false;
+        }
+        true
+    });
+    net.connect(
+        client,
+        SERVER_ADDR,
+        &ConnectOptions {
+            token: Some(&token),
+            ..ConnectOptions::default()
+        },
+    );
+    assert!(net.run_until(Duration::from_secs(1), |_| !sniffed.borrow().is_empty()));
+    let connect = sniffed.borrow()[0].clone();
+    let Ok(Packet::Connect {
+        token: Some(sealed),
+        ..
+    }) = Packet::decode(&connect)
+    else {
+        panic!("a Connect with a token");
+    };
+    let token_bytes = token.to_bytes();
+    assert_eq!(sealed, &token_bytes[32..], "the wire carries the sealed part");
+    assert!(
+        !contains(&connect, &token_bytes[..32]),
+        "the wire never carries the client key"
+    );
+
+    // The thief rebuilds a token from the sealed part and a client key of its own.
+    let mut stolen = vec![0x99; 32];
+    stolen.extend_from_slice(sealed);
+    let stolen = ConnectToken::from_bytes(&stolen).expect("parses");
+    let thief = net.add(client_config(94), SECOND_CLIENT_ADDR);
+    let conn = net.connect(
+        thief,
+        SERVER_ADDR,
+        &ConnectOptions {
+            token: Some(&stolen),
+            ..ConnectOptions::default()
+        },
+    );
+    // The server accepts the sealed token (it cannot tell), but the Accept's tag binds the
+    // real client key: the thief cannot check it, and never proves anything to the server.
+    assert!(net.run_until(Duration::from_secs(1), |n| {
+        n.nodes[thief]
+            .ep
+            .connection_stats(conn)
+            .is_some_and(|s| s.drops.get(DropReason::Unauthenticated) > 0)
+    }));
+    net.run_for(Duration::from_secs(15));
+    assert!(
+        connected(net.nodes[thief].events()).is_empty(),
+        "the thief never connects"
+    );
+    assert_eq!(
+        disconnects(net.nodes[thief].events()),
+        vec![DisconnectReason::TimedOut]
+    );
+    assert!(
+        connected(net.nodes[server].events()).is_empty(),
+        "the server never reports the thief"
+    );
+    assert!(net.nodes[server].events.is_empty());
+    assert_eq!(net.ep(server).stats().connections_opened, 0);
+    assert_eq!(net.ep(server).connection_count(), 0);
+    assert!(
+        net.ep(thief).stats().drops.get(DropReason::Unauthenticated) > 0,
+        "every Accept the thief got failed its tag"
+    );
+}
+
+// ======================================================================== 7. mismatch
+
+#[test]
+fn a_plain_peer_and_a_protected_peer_refuse_each_other_with_a_clear_reason() {
+    for (client_cfg, server_cfg, what) in [
+        (plain(client_config(101)), server_config(102), "plain client"),
+        (client_config(103), plain(server_config(104)), "plain server"),
+    ] {
+        let mut net = Net::new();
+        let server = net.add(server_cfg, SERVER_ADDR);
+        let client = net.add(client_cfg, CLIENT_ADDR);
+        let start = net.now;
+        let conn = net.connect(client, SERVER_ADDR, &ConnectOptions::default());
+        let (at, outcome) = net.outcome(client, Duration::from_secs(10));
+        assert!(
+            matches!(
+                outcome,
+                Event::Disconnected { conn: c, reason: DisconnectReason::ProtectionMismatch }
+                    if c == conn
+            ),
+            "{what}: {outcome:?}"
+        );
+        // Refused in answer to the Hello, before any cookie.
+        assert_after_round_trips(at, start, 1, what);
+        net.run_for(Duration::from_secs(1));
+        assert!(net.nodes[server].events.is_empty(), "{what}");
+        assert_eq!(net.ep(server).connection_count(), 0, "{what}");
+        assert_eq!(net.ep(server).stats().connections_rejected, 1, "{what}");
+    }
+
+    // A plain endpoint cannot promise what only protection keeps.
+    let mut client = Endpoint::new(plain(client_config(105))).expect("valid config");
+    let now = Instant::from_millis(1);
+    let to = addr(SERVER_ADDR);
+    let key = Keypair::from_secret([1; 32]).public_key();
+    assert_eq!(
+        client.connect_with(
+            now,
+            to,
+            &ConnectOptions {
+                server_key: Some(key),
+                ..ConnectOptions::default()
+            }
+        ),
+        Err(ConnectError::ProtectionRequired)
+    );
+    let token = issue(&TokenSpec::default());
+    assert_eq!(
+        client.connect_with(
+            now,
+            to,
+            &ConnectOptions {
+                token: Some(&token),
+                ..ConnectOptions::default()
+            }
+        ),
+        Err(ConnectError::ProtectionRequired)
+    );
+    assert_eq!(client.connection_count(), 0);
+}
+
+// ======================================================================== 8. forged closes
+
+#[test]
+fn a_forged_disconnect_with_a_sniffed_connection_id_does_not_close_a_protected_connection() {
+    let Captured {
+        mut p,
+        client: c,
+        server: s,
+        datagram,
+    } = capture_data(client_config(111), server_config(112), b"sniffed");
+    // The attacker read the connection id and packet number off the clear header.
+    let connection_id = u64::from_be_bytes(datagram[1..9].try_into().expect("8 bytes"));
+    let packet_number = u32::from_be_bytes(datagram[9..13].try_into().expect("4 bytes"));
+    let disconnect = common::encode(&Packet::Disconnect {
+        connection_id,
+        packet_number: packet_number + 1,
+        code: shoal_proto::fuzzing::wire::CloseCode::Application(0),
+    });
+    // Bare (as a plain peer sends it), and with a made-up tag.
+    let mut tagged = disconnect.clone();
+    tagged.extend_from_slice(&[0x42; TAG_LEN]);
+    p.server.handle_datagram(p.now, p.client_addr, &disconnect);
+    p.server.handle_datagram(p.now, p.client_addr, &tagged);
+    assert!(server_events_now(&mut p).is_empty());
+    assert!(p.server.is_connected(s));
+    let drops = p.server.stats().drops;
+    assert_eq!(
+        drops.get(DropReason::Malformed),
+        1,
+        "the bare one is shorter than header and tag"
+    );
+    assert_eq!(drops.get(DropReason::Unauthenticated), 1);
+    // The connection goes on; the real packet still arrives.
+    p.server.handle_datagram(p.now, p.client_addr, &datagram);
+    p.run_for(Duration::from_secs(2));
+    assert_eq!(p.server_messages(RELIABLE), vec![b"sniffed".to_vec()]);
+    assert!(p.server.is_connected(s) && p.client.is_connected(c));
+    assert!(disconnects(&p.server_events).is_empty());
+}
