@@ -16,7 +16,7 @@ use std::collections::BinaryHeap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use shoal_proto::{Config, ConnectionHandle, Endpoint, Event, Instant};
+use shoal_proto::{Config, ConnectionHandle, Endpoint, Event, Instant, Protection};
 
 const ORDERED: u8 = 3;
 
@@ -41,16 +41,18 @@ struct Bulk {
 }
 
 impl Bulk {
-    fn new() -> Self {
+    fn new(protection: Protection) -> Self {
         let (ca, sa) = addrs();
         let mut client = Endpoint::new(Config {
             seed: 1,
             accept_incoming: false,
+            protection,
             ..Config::default()
         })
         .expect("config");
         let server = Endpoint::new(Config {
             seed: 2,
+            protection,
             ..Config::default()
         })
         .expect("config");
@@ -128,12 +130,79 @@ impl Bulk {
 
 #[divan::bench(sample_count = 10, sample_size = 1)]
 fn bulk_ordered_32b(bencher: divan::Bencher<'_, '_>) {
+    bulk_bench(bencher, Protection::Encrypted);
+}
+
+#[divan::bench(sample_count = 10, sample_size = 1)]
+fn bulk_ordered_32b_plain(bencher: divan::Bencher<'_, '_>) {
+    bulk_bench(bencher, Protection::None);
+}
+
+fn bulk_bench(bencher: divan::Bencher<'_, '_>, protection: Protection) {
     const N: usize = 100_000;
     let payload = shoal_proto::Bytes::from(vec![7u8; 32]);
     bencher
         .counter(divan::counter::ItemsCount::new(N))
-        .with_inputs(Bulk::new)
+        .with_inputs(|| Bulk::new(protection))
         .bench_local_values(|mut bulk| bulk.run(N, &payload));
+}
+
+/// Best of `runs` wall-clock timings of the bulk run, in messages per second.
+fn bulk_rate(protection: Protection, runs: usize) -> f64 {
+    const N: usize = 100_000;
+    let payload = shoal_proto::Bytes::from(vec![7u8; 32]);
+    (0..runs)
+        .map(|_| {
+            let mut bulk = Bulk::new(protection);
+            let start = std::time::Instant::now();
+            bulk.run(N, &payload);
+            N as f64 / start.elapsed().as_secs_f64()
+        })
+        .fold(0.0, f64::max)
+}
+
+/// The handshake on a perfect link: (datagrams, bytes) client to server and back, until both
+/// sides report the connection, and the round trips that took (flights / 2).
+fn handshake_cost(protection: Protection) -> ([usize; 2], [usize; 2], usize) {
+    let (ca, sa) = addrs();
+    let mut client = Endpoint::new(Config {
+        seed: 1,
+        accept_incoming: false,
+        protection,
+        ..Config::default()
+    })
+    .expect("config");
+    let mut server = Endpoint::new(Config {
+        seed: 2,
+        protection,
+        ..Config::default()
+    })
+    .expect("config");
+    let now = Instant::from_millis(1);
+    client.connect(now, sa, &[]).expect("connect");
+    let (mut datagrams, mut bytes, mut flights) = ([0; 2], [0; 2], 0);
+    let mut buf = vec![0u8; 1500];
+    let mut connected = [false; 2];
+    while !(connected[0] && connected[1]) && flights < 20 {
+        let towards_server = flights % 2 == 0;
+        let (from, to, from_addr) = if towards_server {
+            (&mut client, &mut server, ca)
+        } else {
+            (&mut server, &mut client, sa)
+        };
+        while let Some(t) = from.poll_transmit(now, &mut buf) {
+            datagrams[usize::from(!towards_server)] += 1;
+            bytes[usize::from(!towards_server)] += t.len;
+            to.handle_datagram(now, from_addr, &buf[..t.len]);
+        }
+        flights += 1;
+        for (side, ep) in [&mut client, &mut server].into_iter().enumerate() {
+            while let Some(e) = ep.poll_event() {
+                connected[side] |= matches!(e, Event::Connected { .. });
+            }
+        }
+    }
+    (datagrams, bytes, flights)
 }
 
 /// Latency of 32-byte ordered messages over a lossy, slow link, in virtual time. `burst`:
@@ -282,7 +351,40 @@ fn lossy_latency(
 }
 
 fn main() {
-    let mut bulk = Bulk::new();
+    let runs = 3;
+    let (protected, plain) = (
+        bulk_rate(Protection::Encrypted, runs),
+        bulk_rate(Protection::None, runs),
+    );
+    println!(
+        "bulk, 32-byte ordered messages, no loss, best of {runs} (wall clock): protected {:.2} M/s, \
+         plain {:.2} M/s; protection costs {:.1}%",
+        protected / 1e6,
+        plain / 1e6,
+        (1.0 - protected / plain) * 100.0
+    );
+    if std::env::var_os("SHOAL_BENCH_DEBUG").is_some() {
+        for protection in [Protection::Encrypted, Protection::None] {
+            let mut bulk = Bulk::new(protection);
+            let t = std::time::Instant::now();
+            bulk.run(100_000, &shoal_proto::Bytes::from(vec![7u8; 32]));
+            eprintln!(
+                "{protection:?} {:?}: client {:?}",
+                t.elapsed(),
+                bulk.client.stats()
+            );
+            eprintln!("server {:?}", bulk.server.stats());
+        }
+    }
+    for protection in [Protection::Encrypted, Protection::None] {
+        let (datagrams, bytes, flights) = handshake_cost(protection);
+        println!(
+            "handshake, {protection:?}: {} datagrams / {} bytes client to server, {} / {} back, \
+             {flights} flights until both sides report it",
+            datagrams[0], bytes[0], datagrams[1], bytes[1]
+        );
+    }
+    let mut bulk = Bulk::new(Protection::Encrypted);
     let n = 100_000;
     let payload = shoal_proto::Bytes::from(vec![7u8; 32]);
     let start = bulk.now;

@@ -13,6 +13,53 @@ pub mod wire {
     pub use crate::wire::*;
 }
 
+/// The key schedule and packet protection, for the protected test vectors.
+pub mod protection {
+    use crate::crypto::SessionKeys;
+
+    /// Runs the key schedule over a `Connect`, an `Accept` (up to its tag) and the shared
+    /// secrets, and returns the `Accept` tag it gives.
+    pub fn accept_tag(connect: &[u8], accept: &[u8], shared: &[&[u8]]) -> [u8; 16] {
+        SessionKeys::derive(connect, accept, shared).accept_tag(accept)
+    }
+
+    /// Seals `packet[..len]` as packet `pn` from the client (`client == true`) or the server,
+    /// under the keys of that handshake; returns the protected length.
+    pub fn seal(
+        (connect, accept, shared): (&[u8], &[u8], &[&[u8]]),
+        client: bool,
+        pn: u64,
+        packet: &mut [u8],
+        len: usize,
+    ) -> Option<usize> {
+        let keys = SessionKeys::derive(connect, accept, shared);
+        let key = if client {
+            keys.client_to_server
+        } else {
+            keys.server_to_client
+        };
+        key.seal(pn, packet, len)
+    }
+
+    /// Opens a protected datagram in place; returns its plain length (tag removed).
+    pub fn open(
+        (connect, accept, shared): (&[u8], &[u8], &[&[u8]]),
+        client: bool,
+        pn: u64,
+        datagram: &mut [u8],
+    ) -> Option<usize> {
+        let keys = SessionKeys::derive(connect, accept, shared);
+        let key = if client {
+            keys.client_to_server
+        } else {
+            keys.server_to_client
+        };
+        let len = datagram.len().checked_sub(16)?;
+        let (body, tag) = datagram.split_at_mut(len);
+        key.open(pn, body, tag).then_some(len)
+    }
+}
+
 /// Decodes arbitrary bytes as a packet and its frames; decoding must not panic and a
 /// successful decode must re-encode to the same bytes.
 pub fn parse_packet(data: &[u8]) {

@@ -82,11 +82,6 @@ fn connected<'a>(events: impl IntoIterator<Item = &'a Event>) -> Vec<PeerIdentit
         .collect()
 }
 
-/// Every drop counter, for before/after comparisons.
-fn drop_counts(counts: &shoal_proto::DropCounts) -> Vec<(DropReason, u64)> {
-    DropReason::ALL.iter().map(|&r| (r, counts.get(r))).collect()
-}
-
 /// A connected `Pair`, quiet (everything acknowledged), with `payload` queued on the reliable
 /// channel and its datagram taken straight out of the client: the server has not seen it.
 struct Captured {
@@ -124,7 +119,7 @@ fn capture_data(client: Config, server: Config, payload: &[u8]) -> Captured {
     }
 }
 
-/// Drains the server's events into the pair without moving any datagram.
+/// Takes the server's waiting events (without moving any datagram, unlike `Pair::flush`).
 fn server_events_now(p: &mut Pair) -> Vec<Event> {
     std::iter::from_fn(|| p.server.poll_event()).collect()
 }
@@ -355,6 +350,7 @@ fn every_single_bit_flip_of_a_protected_packet_is_rejected_and_counted() {
         "the captured datagram's length {len} would decode as a long-header packet"
     );
     let conn_before = p.server.connection_stats(s).expect("live");
+    let baseline = p.server.stats().drops;
     let mut expected = [0u64; DropReason::COUNT];
     for bit in 0..len * 8 {
         let before = p.server.stats().drops;
@@ -383,28 +379,30 @@ fn every_single_bit_flip_of_a_protected_packet_is_rejected_and_counted() {
     // Nothing reached the connection: its counters (drops included) did not move.
     let conn_after = p.server.connection_stats(s).expect("live");
     assert_eq!(conn_after.packets_received, conn_before.packets_received);
-    assert_eq!(conn_after.messages_delivered, conn_before.messages_delivered);
     assert_eq!(
-        drop_counts(&conn_after.drops),
-        drop_counts(&conn_before.drops)
+        conn_after.messages_delivered,
+        conn_before.messages_delivered
     );
+    assert_eq!(conn_after.drops, conn_before.drops);
+    // Endpoint-wide, by reason: 72 flips of the clear header are routed on and dropped for
+    // what they say; the other bits (the flip to Disconnect, the packet number but its top
+    // bit, the ciphertext and the tag) fail authentication.
     let totals = p.server.stats().drops;
-    let unauthenticated = (len - 1 - 8) * 8 - 1 + 1;
-    assert_eq!(
-        totals.get(DropReason::Unauthenticated),
-        unauthenticated as u64,
-        "every flip of the packet number (but its top bit), ciphertext and tag, and the \
-         flip to Disconnect"
-    );
-    assert_eq!(totals.get(DropReason::UnknownConnection), 64);
-    assert_eq!(totals.get(DropReason::UnknownVersion), 4);
-    assert_eq!(totals.get(DropReason::UnknownPacketType), 1);
-    assert_eq!(totals.get(DropReason::Malformed), 2);
-    assert_eq!(totals.get(DropReason::DuplicatePacket), 1);
+    let delta = |r: DropReason| totals.get(r) - baseline.get(r);
+    assert_eq!(delta(DropReason::UnknownVersion), 4);
+    assert_eq!(delta(DropReason::UnknownPacketType), 1);
+    assert_eq!(delta(DropReason::Malformed), 2);
+    assert_eq!(delta(DropReason::UnknownConnection), 64);
+    assert_eq!(delta(DropReason::DuplicatePacket), 1);
+    assert_eq!(delta(DropReason::Unauthenticated), (len * 8 - 72) as u64);
     for r in DropReason::ALL {
-        assert_eq!(totals.get(r), expected[r as usize], "{r:?}");
+        assert_eq!(delta(r), expected[r as usize], "{r:?}");
     }
-    assert_eq!(totals.total(), (len * 8) as u64, "one drop per flip");
+    assert_eq!(
+        totals.total() - baseline.total(),
+        (len * 8) as u64,
+        "one drop per flip"
+    );
 
     // The original still opens, once: the message arrives exactly once, the client's
     // retransmissions notwithstanding.
@@ -429,19 +427,34 @@ fn a_replayed_protected_packet_is_a_duplicate() {
         datagram,
         ..
     } = capture_data(client_config(21), server_config(22), &payload);
-    let duplicates =
-        |p: &Pair| p.server.connection_stats(s).expect("live").drops.get(DropReason::DuplicatePacket);
+    let duplicates = |p: &Pair| {
+        p.server
+            .connection_stats(s)
+            .expect("live")
+            .drops
+            .get(DropReason::DuplicatePacket)
+    };
     let before = duplicates(&p);
 
     p.server.handle_datagram(p.now, p.client_addr, &datagram);
-    assert_eq!(messages(&server_events_now(&mut p), RELIABLE), vec![payload.clone()]);
+    assert_eq!(
+        messages(&server_events_now(&mut p), RELIABLE),
+        vec![payload]
+    );
     assert_eq!(duplicates(&p), before);
 
     // The same bytes again, a little later: authentic, so opened, and then a duplicate.
     p.now += Duration::from_millis(3);
     p.server.handle_datagram(p.now, p.client_addr, &datagram);
-    assert!(server_events_now(&mut p).is_empty(), "the replay delivers nothing");
-    assert_eq!(duplicates(&p), before + 1, "the replay is a duplicate packet");
+    assert!(
+        server_events_now(&mut p).is_empty(),
+        "the replay delivers nothing"
+    );
+    assert_eq!(
+        duplicates(&p),
+        before + 1,
+        "the replay is a duplicate packet"
+    );
     assert_eq!(
         p.server.stats().drops.get(DropReason::Unauthenticated),
         0,
@@ -474,8 +487,7 @@ fn wire_carrying_pattern(client: Config, server: Config) -> Vec<Vec<u8>> {
         .is_empty()));
     assert_eq!(p.server_messages(RELIABLE), vec![pattern()]);
     p.run_for(Duration::from_millis(200));
-    let datagrams = seen.borrow().clone();
-    datagrams
+    seen.take()
 }
 
 #[test]
@@ -523,7 +535,11 @@ fn a_pinned_server_key_accepts_the_right_server_and_refuses_another_within_one_r
     let Event::Connected { identity, .. } = outcome else {
         panic!("the pinned server is accepted: {outcome:?}");
     };
-    assert_eq!(identity.key, Some(public), "the client learns the proven key");
+    assert_eq!(
+        identity.key,
+        Some(public),
+        "the client learns the proven key"
+    );
     assert_eq!(identity.token, None);
     assert_after_round_trips(at, start, 2, "Connected");
     assert!(net.run_until(Duration::from_secs(1), |n| !connected(
@@ -645,15 +661,22 @@ fn a_client_static_key_is_reported_to_the_server() {
 
 // ======================================================================== 4. forged Accepts
 
-/// A `Pair` whose client has just sent its `Hello` (nothing has arrived anywhere), and the
-/// client nonce read off that `Hello`.
-fn hello_sniffed(options: &ConnectOptions<'_>, server: Config) -> (Pair, ConnectionHandle, u64) {
+/// A `Pair` whose client has just sent its `Hello` (nothing has arrived anywhere), the client
+/// nonce read off that `Hello`, and a flag the link sets once a `Connect` leaves the client.
+fn hello_sniffed(
+    options: &ConnectOptions<'_>,
+    server: Config,
+) -> (Pair, ConnectionHandle, u64, Rc<RefCell<bool>>) {
     let hellos = Rc::new(RefCell::new(Vec::new()));
+    let connect_sent = Rc::new(RefCell::new(false));
     let mut p = Pair::new(client_config(71), server);
-    let log = hellos.clone();
+    let (log, sent) = (hellos.clone(), connect_sent.clone());
     p.hook = Box::new(move |dir, _, bytes| {
         if dir == Dir::ClientToServer && bytes[0] == TYPE_HELLO {
             log.borrow_mut().push(bytes.to_vec());
+        }
+        if dir == Dir::ClientToServer && bytes[0] == TYPE_CONNECT {
+            *sent.borrow_mut() = true;
         }
         vec![Duration::ZERO]
     });
@@ -666,7 +689,7 @@ fn hello_sniffed(options: &ConnectOptions<'_>, server: Config) -> (Pair, Connect
     assert_eq!(hellos.len(), 1, "one Hello sent");
     assert_eq!(hellos[0].len(), HELLO_LEN);
     let nonce = u64::from_be_bytes(hellos[0][5..13].try_into().expect("8 bytes"));
-    (p, conn, nonce)
+    (p, conn, nonce, connect_sent)
 }
 
 /// An `Accept` for `nonce` with a real-looking ephemeral key but a tag nobody computed.
@@ -683,29 +706,56 @@ fn forged_accept(nonce: u64, static_key: Option<[u8; 32]>) -> Vec<u8> {
     })
 }
 
-/// Feeds the client `forged` from the server's address before anything else arrives, checks
-/// it was dropped as unauthenticated, then lets the real handshake run: it completes.
-fn forged_accept_is_dropped(mut p: Pair, conn: ConnectionHandle, forged: &[u8]) {
+/// Feeds the client `forged` from the server's address twice: at once (the client is still
+/// sending `Hello`: an `Accept` is unexpected) and once its `Connect` left, before the real
+/// `Accept` arrives (the tag is checked, and fails). Neither does anything but count a
+/// drop on the connecting connection; the real handshake then completes.
+fn forged_accept_is_dropped(
+    (mut p, conn, _, connect_sent): (Pair, ConnectionHandle, u64, Rc<RefCell<bool>>),
+    forged: &[u8],
+) {
     assert_eq!(forged[0], TYPE_ACCEPT);
-    p.client.handle_datagram(p.now, p.server_addr, forged);
-    let events: Vec<Event> = std::iter::from_fn(|| p.client.poll_event()).collect();
-    assert!(events.is_empty(), "the forged Accept did something: {events:?}");
-    assert!(!p.client.is_connected(conn));
-    assert_eq!(
+    let conn_drops = |p: &Pair, r: DropReason| {
         p.client
             .connection_stats(conn)
-            .expect("still connecting")
+            .expect("connecting")
             .drops
-            .get(DropReason::Unauthenticated),
-        1,
-        "counted on the connecting connection"
-    );
+            .get(r)
+    };
+    for (state, reason) in [
+        ("Hello", DropReason::Unexpected),
+        ("Connecting", DropReason::Unauthenticated),
+    ] {
+        if state == "Connecting" {
+            let start = p.now;
+            assert!(p.run_until(Duration::from_secs(1), |_| *connect_sent.borrow()));
+            assert!(
+                p.now - start < 4 * LATENCY,
+                "the real Accept is still on its way"
+            );
+        }
+        let before = conn_drops(&p, reason);
+        p.client.handle_datagram(p.now, p.server_addr, forged);
+        let events: Vec<Event> = std::iter::from_fn(|| p.client.poll_event()).collect();
+        assert!(
+            events.is_empty(),
+            "{state}: the forged Accept did something: {events:?}"
+        );
+        assert!(!p.client.is_connected(conn), "{state}");
+        assert_eq!(
+            conn_drops(&p, reason),
+            before + 1,
+            "{state}: counted as {reason:?} on the connecting connection"
+        );
+    }
     assert!(p.run_until(Duration::from_secs(5), |p| {
         !connected(&p.client_events).is_empty() && !connected(&p.server_events).is_empty()
     }));
     assert!(disconnects(&p.client_events).is_empty());
     // The connection runs on the real server's keys and id.
-    p.client.send(conn, RELIABLE, &b"after the forgery"[..]).expect("send");
+    p.client
+        .send(conn, RELIABLE, &b"after the forgery"[..])
+        .expect("send");
     assert!(p.run_until(Duration::from_secs(2), |p| !p
         .server_messages(RELIABLE)
         .is_empty()));
@@ -713,8 +763,9 @@ fn forged_accept_is_dropped(mut p: Pair, conn: ConnectionHandle, forged: &[u8]) 
 
 #[test]
 fn a_forged_accept_does_not_end_the_handshake() {
-    let (p, conn, nonce) = hello_sniffed(&ConnectOptions::default(), server_config(72));
-    forged_accept_is_dropped(p, conn, &forged_accept(nonce, None));
+    let sniffed = hello_sniffed(&ConnectOptions::default(), server_config(72));
+    let forged = forged_accept(sniffed.2, None);
+    forged_accept_is_dropped(sniffed, &forged);
 }
 
 #[test]
@@ -731,8 +782,9 @@ fn a_forged_accept_does_not_end_a_handshake_that_pins_the_server_key() {
         ..server_config(73)
     };
     for static_key in [None, Some(Keypair::from_secret([0x66; 32]).public_key().0)] {
-        let (p, conn, nonce) = hello_sniffed(&options, server());
-        forged_accept_is_dropped(p, conn, &forged_accept(nonce, static_key));
+        let sniffed = hello_sniffed(&options, server());
+        let forged = forged_accept(sniffed.2, static_key);
+        forged_accept_is_dropped(sniffed, &forged);
     }
 }
 
@@ -757,9 +809,15 @@ fn the_server_reports_a_connection_only_after_the_clients_first_packet() {
     p.client
         .connect(p.now, p.server_addr, b"")
         .expect("connect");
-    assert!(p.run_until(Duration::from_secs(1), |p| !connected(&p.client_events)
-        .is_empty()));
-    assert_eq!(p.server.connection_count(), 1, "the server holds the connection");
+    assert!(
+        p.run_until(Duration::from_secs(1), |p| !connected(&p.client_events)
+            .is_empty())
+    );
+    assert_eq!(
+        p.server.connection_count(),
+        1,
+        "the server holds the connection"
+    );
     let idle = p.server.config().idle_timeout;
     p.run_for(idle + Duration::from_secs(2));
     assert!(
@@ -887,7 +945,7 @@ fn a_valid_token_reports_its_claims_to_the_hook_and_in_connected() {
 /// Connects the net's client with `token` (or none) and checks it is refused for `reason`
 /// when the server's `Reject` arrives: one round trip after the `Connect`, two after the
 /// `Hello`. The hook never runs and the server reports nothing.
-fn assert_token_refused(token: Option<&ConnectToken>, reason: DisconnectReason) -> Net {
+fn assert_token_refused(token: Option<&ConnectToken>, reason: DisconnectReason) {
     let (mut net, server, client, seen) = token_net();
     let start = net.now;
     let conn = net.connect(
@@ -904,11 +962,13 @@ fn assert_token_refused(token: Option<&ConnectToken>, reason: DisconnectReason) 
         "expected {reason:?}, got {outcome:?}"
     );
     assert_after_round_trips(at, start, 2, &format!("{reason:?}"));
-    assert!(seen.lock().expect("hook log").is_empty(), "the hook never ran");
+    assert!(
+        seen.lock().expect("hook log").is_empty(),
+        "the hook never ran"
+    );
     assert!(net.nodes[server].events.is_empty());
     assert_eq!(net.ep(server).connection_count(), 0);
     assert_eq!(net.ep(server).stats().connections_rejected, 1);
-    net
 }
 
 #[test]
@@ -994,7 +1054,11 @@ fn a_reused_token_is_refused_within_one_round_trip_and_counted_as_a_replay() {
     );
     assert_after_round_trips(at, start, 2, "TokenUsed");
     assert_eq!(net.ep(server).stats().drops.get(DropReason::TokenReplay), 1);
-    assert_eq!(seen.lock().expect("hook log").len(), 1, "the hook saw only the first");
+    assert_eq!(
+        seen.lock().expect("hook log").len(),
+        1,
+        "the hook saw only the first"
+    );
     // The first connection is untouched.
     net.run_for(Duration::from_secs(2));
     assert_eq!(connected(net.nodes[server].events()).len(), 1);
@@ -1036,7 +1100,11 @@ fn a_token_copied_off_the_wire_is_useless_without_its_client_key() {
         panic!("a Connect with a token");
     };
     let token_bytes = token.to_bytes();
-    assert_eq!(sealed, &token_bytes[32..], "the wire carries the sealed part");
+    assert_eq!(
+        sealed,
+        &token_bytes[32..],
+        "the wire carries the sealed part"
+    );
     assert!(
         !contains(&connect, &token_bytes[..32]),
         "the wire never carries the client key"
@@ -1090,8 +1158,16 @@ fn a_token_copied_off_the_wire_is_useless_without_its_client_key() {
 #[test]
 fn a_plain_peer_and_a_protected_peer_refuse_each_other_with_a_clear_reason() {
     for (client_cfg, server_cfg, what) in [
-        (plain(client_config(101)), server_config(102), "plain client"),
-        (client_config(103), plain(server_config(104)), "plain server"),
+        (
+            plain(client_config(101)),
+            server_config(102),
+            "plain client",
+        ),
+        (
+            client_config(103),
+            plain(server_config(104)),
+            "plain server",
+        ),
     ] {
         let mut net = Net::new();
         let server = net.add(server_cfg, SERVER_ADDR);
@@ -1167,17 +1243,20 @@ fn a_forged_disconnect_with_a_sniffed_connection_id_does_not_close_a_protected_c
     // Bare (as a plain peer sends it), and with a made-up tag.
     let mut tagged = disconnect.clone();
     tagged.extend_from_slice(&[0x42; TAG_LEN]);
+    let before = p.server.stats().drops;
     p.server.handle_datagram(p.now, p.client_addr, &disconnect);
     p.server.handle_datagram(p.now, p.client_addr, &tagged);
     assert!(server_events_now(&mut p).is_empty());
     assert!(p.server.is_connected(s));
-    let drops = p.server.stats().drops;
+    let after = p.server.stats().drops;
+    let delta = |r: DropReason| after.get(r) - before.get(r);
     assert_eq!(
-        drops.get(DropReason::Malformed),
+        delta(DropReason::Malformed),
         1,
         "the bare one is shorter than header and tag"
     );
-    assert_eq!(drops.get(DropReason::Unauthenticated), 1);
+    assert_eq!(delta(DropReason::Unauthenticated), 1, "the tagged one fails it");
+    assert_eq!(after.total() - before.total(), 2);
     // The connection goes on; the real packet still arrives.
     p.server.handle_datagram(p.now, p.client_addr, &datagram);
     p.run_for(Duration::from_secs(2));

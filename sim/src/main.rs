@@ -12,8 +12,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use shoal_proto::Protection;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use shoal_proto::Protection;
 use shoal_sim::scenario::{self, ScenarioConfig};
 use shoal_sim::units::{
     parse_bandwidth, parse_burst_loss, parse_bytes, parse_duration, parse_probability,
