@@ -109,6 +109,7 @@ pub use thread::{
 pub use shoal_proto;
 // The protocol types an application needs alongside the driver.
 pub use shoal_proto::{
-    Bytes, Config, ConnectError, ConnectionHandle, DeliveryKind, DisconnectReason, Endpoint, Event,
-    IncomingRequest, Instant, RequestId, SendError,
+    Bytes, Config, ConnectError, ConnectOptions, ConnectionHandle, DeliveryKind, DisconnectReason,
+    Endpoint, Event, IncomingRequest, Instant, Keypair, PeerIdentity, Protection, PublicKey,
+    RequestId, SendError,
 };

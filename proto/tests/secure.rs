@@ -1255,7 +1255,11 @@ fn a_forged_disconnect_with_a_sniffed_connection_id_does_not_close_a_protected_c
         1,
         "the bare one is shorter than header and tag"
     );
-    assert_eq!(delta(DropReason::Unauthenticated), 1, "the tagged one fails it");
+    assert_eq!(
+        delta(DropReason::Unauthenticated),
+        1,
+        "the tagged one fails it"
+    );
     assert_eq!(after.total() - before.total(), 2);
     // The connection goes on; the real packet still arrives.
     p.server.handle_datagram(p.now, p.client_addr, &datagram);

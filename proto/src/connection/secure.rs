@@ -62,6 +62,8 @@ pub(crate) struct ClientHandshake {
 pub(crate) struct PendingAccept {
     pub(crate) accept: ControlBytes,
     pub(crate) identity: PeerIdentity,
+    /// The client's connect token (tag, expiry), marked used when the client confirms.
+    pub(crate) token: Option<([u8; 16], u64)>,
 }
 
 /// How an `Accept` turned out.

@@ -295,9 +295,6 @@ impl Endpoint {
             len += TAG_LEN;
             keys = Some(PacketKeys::new(session, false));
         }
-        if let Some(o) = &opened {
-            self.used_tokens.insert(o.tag, o.claims.expires_at);
-        }
         let accept = ControlBytes::from_slice(&out[..len]).unwrap_or_default();
         let (index, handle) = self.allocate_slot();
         let path_key = self.next_path_key();
@@ -319,6 +316,7 @@ impl Endpoint {
         conn.pending_accept = Some(Box::new(PendingAccept {
             accept: accept.clone(),
             identity,
+            token: opened.map(|o| (o.tag, o.claims.expires_at)),
         }));
         conn.on_established(now, &self.config);
         self.by_addr.insert(from, index);
@@ -337,7 +335,7 @@ impl Endpoint {
         };
         let unix_now = self.unix_now();
         let opened = config.open(self.config.protocol_id, token, unix_now)?;
-        if self.used_tokens.contains_key(&opened.tag) {
+        if self.token_is_used(&opened.tag) {
             self.stats.drops.add(DropReason::TokenReplay);
             return Err(RejectCode::TokenUsed);
         }
@@ -351,6 +349,13 @@ impl Endpoint {
             }
         }
         Ok(Some(opened))
+    }
+}
+
+impl Endpoint {
+    /// Whether a connection already confirmed with the token of this tag.
+    pub(super) fn token_is_used(&self, tag: &[u8; 16]) -> bool {
+        self.used_tokens.contains_key(tag)
     }
 }
 

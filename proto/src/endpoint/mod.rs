@@ -612,16 +612,9 @@ impl Endpoint {
             self.finish_quiet(index, c);
             return;
         }
-        if let Some(pending) = c.pending_accept.take() {
-            // The client's first packet: it holds the keys, the connection is up.
-            self.stats.connections_opened += 1;
-            self.events.push(Event::Connected {
-                conn: c.handle,
-                remote: c.remote(),
-                peer_user_id: c.peer_user_id,
-                local_user_id: c.local_user_id,
-                identity: Box::new(pending.identity),
-            });
+        if c.pending_accept.is_some() && !self.confirm(&mut c) {
+            self.finish(index, c);
+            return;
         }
         match packet {
             Packet::Data { header, frames } => {
@@ -673,6 +666,33 @@ impl Endpoint {
                 self.finish_quiet(index, c);
             }
         }
+    }
+
+    /// The client's first authenticated packet: it holds the keys, so the connection is up,
+    /// and its token (if any) is used now — not at `Connect`, where a copy taken off the wire
+    /// could burn it without ever connecting. False if the token was used meanwhile (two
+    /// handshakes with one token): that connection closes unreported.
+    fn confirm(&mut self, c: &mut Connection) -> bool {
+        let Some(pending) = c.pending_accept.take() else {
+            return true;
+        };
+        if let Some((tag, expires_at)) = pending.token {
+            if self.token_is_used(&tag) {
+                c.pending_accept = Some(pending);
+                c.close(DisconnectReason::TokenUsed, Some(CloseCode::Application(0)));
+                return false;
+            }
+            self.used_tokens.insert(tag, expires_at);
+        }
+        self.stats.connections_opened += 1;
+        self.events.push(Event::Connected {
+            conn: c.handle,
+            remote: c.remote(),
+            peer_user_id: c.peer_user_id,
+            local_user_id: c.local_user_id,
+            identity: Box::new(pending.identity),
+        });
+        true
     }
 
     /// Copies a datagram of `c` into the arena and opens it there when the connection is
