@@ -105,7 +105,8 @@ pub struct Config {
     pub accept_incoming: bool,
     /// Most connections at once; further attempts are rejected with reason `ServerFull`.
     pub max_connections: usize,
-    /// Most bytes of application data in a connect request.
+    /// Most bytes of application data in a connect request (default 256: with the keys and
+    /// the fixed fields it fits a 576-byte MTU; a connect token needs room beside it).
     pub max_connect_data: usize,
     /// A connection that receives nothing for this long once connected is closed with
     /// `TimedOut`.
@@ -191,7 +192,7 @@ impl Config {
             channels: kinds.iter().map(|&k| ChannelConfig::new(k)).collect(),
             accept_incoming: true,
             max_connections: 4096,
-            max_connect_data: 512,
+            max_connect_data: 256,
             idle_timeout: Duration::from_secs(10),
             keepalive_interval: Duration::from_secs(1),
             handshake_timeout: Duration::from_secs(5),

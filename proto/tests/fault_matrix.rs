@@ -115,7 +115,6 @@ fn run(seed: u64) -> Result<(), String> {
     let s = scenario(seed);
     let tweak = |c: Config| Config {
         mtu: s.mtu,
-        max_connect_data: 256,
         handshake_timeout: Duration::from_secs(60),
         idle_timeout: Duration::from_secs(60),
         ..c
