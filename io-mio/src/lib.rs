@@ -74,8 +74,10 @@
 //! since the driver was created. If `Config::seed` is zero (the default), the driver derives
 //! one from OS randomness: `std`'s `RandomState` (whose SipHash keys the OS random source
 //! provides) hashing the wall clock, the local address, the process id and a counter. Set a
-//! non-zero seed to make runs reproducible; set one from a cryptographic RNG if the cookie key
-//! must resist a determined attacker.
+//! non-zero seed to make runs reproducible. A missing `Config::secret_seed` (the root of
+//! handshake keys, ids and cookie keys) is filled with 32 bytes from the OS random source,
+//! and the endpoint is told the wall-clock time (for connect token expiry), as in
+//! `shoal-std`.
 //!
 //! # Errors
 //!

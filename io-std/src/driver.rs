@@ -43,7 +43,8 @@ pub const BLOCKED_SEND_RETRY: Duration = Duration::from_millis(1);
 /// # The seed
 ///
 /// If `Config::seed` is zero, `bind` replaces it with a seed derived from OS randomness (see
-/// the crate docs); a non-zero seed is used as given, which makes tests reproducible.
+/// the crate docs); a non-zero seed is used as given, which makes tests reproducible. A
+/// missing `Config::secret_seed` is drawn from the OS random source.
 #[derive(Debug)]
 pub struct Driver {
     socket: UdpSocket,

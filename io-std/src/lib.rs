@@ -79,8 +79,11 @@
 //! since the driver was created. The endpoint's randomness comes from `Config::seed`; if it is
 //! zero (the default), the driver derives one from OS randomness: `std`'s `RandomState`
 //! (whose SipHash keys the OS random source provides) hashing the wall clock, the local
-//! address, the process id and a counter. Set a non-zero seed to make runs reproducible; set
-//! one from a cryptographic RNG if the cookie key must resist a determined attacker.
+//! address, the process id and a counter. Set a non-zero seed to make runs reproducible. The
+//! secret that handshake keys, connection ids and cookie keys derive from is
+//! `Config::secret_seed`: when it is `None` the driver fills it with 32 bytes from the OS
+//! random source (`getrandom`). The driver also tells the endpoint the wall-clock time, which
+//! a server that requires connect tokens needs to check their expiry.
 //!
 //! # Errors
 //!

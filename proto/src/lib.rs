@@ -4,8 +4,13 @@
 //! This crate does no I/O and reads no clock. It is a state machine fed with datagrams and
 //! timestamps: a driver (`shoal-std`, `shoal-mio`, `shoal-sim`, or your engine's own loop) owns
 //! the socket and the clock, hands arriving datagrams to [`Endpoint::handle_datagram`], and
-//! sends what [`Endpoint::poll_transmit`] writes. Randomness comes from [`Config::seed`], so
-//! the same inputs always give the same outputs.
+//! sends what [`Endpoint::poll_transmit`] writes. Randomness comes from [`Config::seed`] and
+//! [`Config::secret_seed`], so the same inputs always give the same outputs.
+//!
+//! Every packet after the handshake is encrypted and authenticated by default
+//! ([`Protection::Encrypted`]: X25519 key exchange, ChaCha20-Poly1305, 16 bytes a packet).
+//! Clients may pin a server's static key ([`ConnectOptions::server_key`]); dedicated servers
+//! may require connect tokens from their backend ([`token`]).
 //!
 //! It builds with `#![no_std]` and `alloc` (disable the default `std` feature).
 //!
@@ -47,8 +52,10 @@
 //! | `wire` | packets, the 5-byte message header, ack ranges, varints; decode never panics (reached from outside through `fuzzing`) |
 //! | `transport` | packet numbers, received ranges, RTT, loss detection and probes, congestion (`Controller`, NewReno), pacing, paths and their validation |
 //! | `messaging` | per-channel send queues and windows, the four delivery kinds, chunking and bounded reassembly, the receive budget |
-//! | `connection` | one connection joining the two: state and timers; `receive` (packets to events) and `transmit` (queues to packets) |
-//! | [`Endpoint`] | routing by connection id and the public API; `handshake` (stateless cookies, accept hook, user ids); the byte-bounded event queue |
+//! | `connection` | one connection joining the two: state and timers; `receive` (packets to events), `transmit` (queues to packets), `secure` (the client's key exchange, packet keys) |
+//! | `crypto` | packet protection (ChaCha20-Poly1305 in place), the X25519 key exchange and its HKDF-SHA256 key schedule, [`Keypair`], [`PublicKey`] |
+//! | [`token`] | connect tokens: issued by a backend, checked by servers |
+//! | [`Endpoint`] | routing by connection id and the public API; `handshake` (stateless cookies, key exchange, tokens, accept hook, user ids); the byte-bounded event queue |
 
 #![cfg_attr(not(feature = "std"), no_std)]
 #![forbid(unsafe_code)]
