@@ -67,6 +67,19 @@ pub struct PeerIdentity {
 }
 
 /// How to connect: what [`Endpoint::connect_with`] takes beyond the address.
+///
+/// ```
+/// use shoal_proto::{Config, ConnectOptions, Endpoint, Instant, Keypair};
+/// // The server's identity; clients get its public key out of band (shipped with the game).
+/// let server_key = Keypair::from_secret([42; 32]).public_key();
+/// let mut client = Endpoint::new(Config { accept_incoming: false, ..Config::default() }).unwrap();
+/// let conn = client.connect_with(
+///     Instant::ZERO,
+///     "203.0.113.7:4000".parse().unwrap(),
+///     &ConnectOptions { data: b"hello", server_key: Some(server_key), ..Default::default() },
+/// );
+/// assert!(conn.is_ok()); // any server without that key ends in `ServerKeyMismatch`
+/// ```
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ConnectOptions<'a> {
     /// Application data for the server's accept hook (at most `Config::max_connect_data`
