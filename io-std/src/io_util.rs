@@ -124,6 +124,7 @@ mod tests {
         let server: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 4000));
         let mut client = Endpoint::new(Config {
             seed: 3,
+            secret_seed: Some(shoal_proto::SecretSeed::insecure_from_u64(3)),
             accept_incoming: false,
             ..Config::default()
         })

@@ -45,6 +45,7 @@ impl Bulk {
         let (ca, sa) = addrs();
         let mut client = Endpoint::new(Config {
             seed: 1,
+            secret_seed: Some(shoal_proto::SecretSeed::insecure_from_u64(1)),
             accept_incoming: false,
             protection,
             ..Config::default()
@@ -52,6 +53,7 @@ impl Bulk {
         .expect("config");
         let server = Endpoint::new(Config {
             seed: 2,
+            secret_seed: Some(shoal_proto::SecretSeed::insecure_from_u64(2)),
             protection,
             ..Config::default()
         })
@@ -167,6 +169,7 @@ fn handshake_cost(protection: Protection) -> ([usize; 2], [usize; 2], usize) {
     let (ca, sa) = addrs();
     let mut client = Endpoint::new(Config {
         seed: 1,
+        secret_seed: Some(shoal_proto::SecretSeed::insecure_from_u64(1)),
         accept_incoming: false,
         protection,
         ..Config::default()
@@ -174,6 +177,7 @@ fn handshake_cost(protection: Protection) -> ([usize; 2], [usize; 2], usize) {
     .expect("config");
     let mut server = Endpoint::new(Config {
         seed: 2,
+        secret_seed: Some(shoal_proto::SecretSeed::insecure_from_u64(2)),
         protection,
         ..Config::default()
     })
@@ -219,12 +223,14 @@ fn lossy_latency(
     let one_way = Duration::from_millis(50);
     let mut client = Endpoint::new(Config {
         seed: 1,
+        secret_seed: Some(shoal_proto::SecretSeed::insecure_from_u64(1)),
         accept_incoming: false,
         ..Config::default()
     })
     .expect("config");
     let mut server = Endpoint::new(Config {
         seed: 2,
+        secret_seed: Some(shoal_proto::SecretSeed::insecure_from_u64(2)),
         ..Config::default()
     })
     .expect("config");

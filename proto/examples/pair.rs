@@ -21,11 +21,13 @@ fn main() {
     let client_addr: SocketAddr = "10.0.0.2:5000".parse().expect("address");
     let mut server = Endpoint::new(Config {
         seed: 1,
+        secret_seed: Some(shoal_proto::SecretSeed::insecure_from_u64(1)),
         ..Config::default()
     })
     .expect("config");
     let mut client = Endpoint::new(Config {
         seed: 2,
+        secret_seed: Some(shoal_proto::SecretSeed::insecure_from_u64(2)),
         accept_incoming: false,
         ..Config::default()
     })

@@ -83,8 +83,8 @@ pub struct Config {
     /// Secret randomness for handshake keys, cookie keys and connection ids, mixed with
     /// `seed` (HKDF-SHA256). The drivers fill it from the operating system when it is
     /// `None`; an endpoint driven by your own loop must set it from a cryptographic random
-    /// source, or its keys follow from the 64-bit `seed` alone (fine for tests and
-    /// simulations, not for real traffic). `Debug` does not print it.
+    /// source: `Endpoint::new` refuses a protected endpoint without it (tests and
+    /// simulations may use [`SecretSeed::insecure_from_u64`]). `Debug` does not print it.
     pub secret_seed: Option<SecretSeed>,
     /// How packets after the handshake are protected (default [`Protection::Encrypted`]).
     /// A peer configured differently is refused with a clear reason.
@@ -279,6 +279,16 @@ impl Config {
         if self.max_send_rate == Some(0) {
             return Err(ConfigError::ZeroLimit("max_send_rate"));
         }
+        if self.protection == Protection::None {
+            // Without protection a token copied off the wire is as good as the original, and
+            // a static key proves nothing.
+            if self.tokens.is_some() {
+                return Err(ConfigError::ProtectionRequired("tokens"));
+            }
+            if self.static_keypair.is_some() {
+                return Err(ConfigError::ProtectionRequired("static_keypair"));
+            }
+        }
         if let Some(tokens) = &self.tokens {
             if tokens.server_addresses.is_empty() {
                 return Err(ConfigError::TokenServerAddresses);
@@ -319,6 +329,17 @@ impl Config {
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct SecretSeed(pub [u8; 32]);
 
+impl SecretSeed {
+    /// A predictable seed from a number: for tests and simulations only, where runs must
+    /// repeat. Anyone who knows `n` can decrypt the endpoint's traffic.
+    pub fn insecure_from_u64(n: u64) -> Self {
+        let mut seed = [0u8; 32];
+        seed[..8].copy_from_slice(&n.to_be_bytes());
+        seed[8..16].copy_from_slice(b"insecure");
+        SecretSeed(seed)
+    }
+}
+
 impl fmt::Debug for SecretSeed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("SecretSeed(..)")
@@ -350,6 +371,10 @@ pub enum ConfigError {
     DurationTooLong(&'static str),
     /// `tokens.server_addresses` is empty: no token could name this server.
     TokenServerAddresses,
+    /// The named setting needs `Protection::Encrypted`.
+    ProtectionRequired(&'static str),
+    /// `secret_seed` is `None` on an endpoint with protection (`Endpoint::new` checks it).
+    SecretSeedMissing,
 }
 
 impl fmt::Display for ConfigError {
@@ -382,6 +407,15 @@ impl fmt::Display for ConfigError {
             ConfigError::DurationTooLong(name) => {
                 write!(f, "{name} is longer than a year; use a shorter duration")
             }
+            ConfigError::SecretSeedMissing => f.write_str(
+                "secret_seed is not set: fill it with 32 bytes from a cryptographic random \
+                 source (e.g. getrandom; the shoal-std and shoal-mio drivers do this), or use \
+                 SecretSeed::insecure_from_u64 in tests and simulations",
+            ),
+            ConfigError::ProtectionRequired(name) => write!(
+                f,
+                "{name} needs protection = Protection::Encrypted (in plain mode it protects nothing)"
+            ),
             ConfigError::TokenServerAddresses => f.write_str(
                 "tokens.server_addresses is empty; list the addresses clients reach this \
                  server at (the ones the backend puts in tokens)",

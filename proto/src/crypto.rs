@@ -157,11 +157,21 @@ impl Ephemeral {
 }
 
 /// The root of an endpoint's secrets: HKDF-SHA256 over `Config::secret_seed` and
-/// `Config::seed`. Ephemeral keys are expansions of it under a label and a counter (a
-/// deterministic generator: the same config gives the same keys, which the simulator
-/// relies on; drivers fill `secret_seed` from the operating system).
+/// `Config::seed`. Fixed keys (the PRF's) are expansions of the root; ephemeral keys come from
+/// a ratchet: each is expanded from the current state, which is then replaced by another
+/// expansion of itself and the old one wiped, so the memory of an endpoint reveals none of
+/// the ephemeral keys it used before (forward secrecy against a later compromise). The
+/// generator is deterministic: the same config gives the same keys, which the simulator
+/// relies on; the drivers fill `secret_seed` from the operating system.
 pub(crate) struct Secrets {
-    hkdf: Hkdf<Sha256>,
+    root: Hkdf<Sha256>,
+    ratchet: [u8; 32],
+}
+
+impl Drop for Secrets {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.ratchet);
+    }
 }
 
 impl Secrets {
@@ -171,9 +181,14 @@ impl Secrets {
             ikm[..32].copy_from_slice(s);
         }
         ikm[32..].copy_from_slice(&seed.to_be_bytes());
-        Secrets {
-            hkdf: Hkdf::<Sha256>::new(Some(b"shoal v3 endpoint secrets"), &ikm),
-        }
+        let root = Hkdf::<Sha256>::new(Some(b"shoal v3 endpoint secrets"), &ikm);
+        zeroize::Zeroize::zeroize(&mut ikm);
+        let mut secrets = Secrets {
+            root,
+            ratchet: [0; 32],
+        };
+        secrets.ratchet = secrets.derive(b"ratchet", 0);
+        secrets
     }
 
     /// `N` bytes for `label` and `counter`, unrelated to every other label's and counter's.
@@ -181,15 +196,25 @@ impl Secrets {
         let mut out = [0u8; N];
         // HKDF-Expand gives up to 255 hash lengths; N is a small constant here.
         let expanded = self
-            .hkdf
+            .root
             .expand_multi_info(&[label, &counter.to_be_bytes()], &mut out);
         debug_assert!(expanded.is_ok());
         out
     }
 
-    /// The ephemeral key pair of handshake number `counter`.
-    pub(crate) fn ephemeral(&self, counter: u64) -> Ephemeral {
-        let secret = StaticSecret::from(self.derive::<32>(b"ephemeral", counter));
+    /// A fresh ephemeral key pair; the ratchet moves on.
+    pub(crate) fn ephemeral(&mut self) -> Ephemeral {
+        let mut secret = [0u8; 32];
+        let mut next = [0u8; 32];
+        // A 32-byte state is a valid HKDF pseudorandom key.
+        if let Ok(state) = Hkdf::<Sha256>::from_prk(&self.ratchet) {
+            let ok = state.expand(b"ephemeral", &mut secret).is_ok()
+                && state.expand(b"next", &mut next).is_ok();
+            debug_assert!(ok);
+        }
+        self.ratchet = next;
+        zeroize::Zeroize::zeroize(&mut next);
+        let secret = StaticSecret::from(secret);
         let public = PublicKey(x25519_dalek::PublicKey::from(&secret).to_bytes());
         Ephemeral { secret, public }
     }
@@ -372,16 +397,14 @@ mod tests {
 
     #[test]
     fn both_sides_agree_and_small_order_keys_are_refused() {
-        let secrets = Secrets::new(1, None);
-        let a = secrets.ephemeral(1);
+        let mut secrets = Secrets::new(1, None);
+        let a = secrets.ephemeral();
         let b = Keypair::from_secret(secrets.derive(b"static", 0));
         assert_eq!(a.agree(&b.public_key()), b.agree(&a.public));
-        assert_ne!(secrets.ephemeral(2).public, a.public);
-        assert_ne!(Secrets::new(2, None).ephemeral(1).public, a.public);
-        assert_ne!(
-            Secrets::new(1, Some(&[1; 32])).ephemeral(1).public,
-            a.public
-        );
+        assert_ne!(secrets.ephemeral().public, a.public, "the ratchet moved on");
+        assert_ne!(Secrets::new(2, None).ephemeral().public, a.public);
+        assert_ne!(Secrets::new(1, Some(&[1; 32])).ephemeral().public, a.public);
+        assert_eq!(Secrets::new(1, None).ephemeral().public, a.public, "deterministic");
         assert_eq!(a.agree(&PublicKey([0; 32])), None);
     }
 }

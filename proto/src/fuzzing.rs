@@ -89,10 +89,12 @@ pub fn endpoint_input(data: &[u8]) {
     let (Ok(mut server), Ok(mut client)) = (
         Endpoint::new(Config {
             seed: 1,
+            secret_seed: Some(crate::SecretSeed::insecure_from_u64(1)),
             ..config.clone()
         }),
         Endpoint::new(Config {
             seed: 2,
+            secret_seed: Some(crate::SecretSeed::insecure_from_u64(2)),
             accept_incoming: false,
             ..config
         }),

@@ -17,11 +17,13 @@
 //! # Example: one loop turn
 //!
 //! ```
-//! use shoal_proto::{Config, Endpoint, Event, Instant};
+//! use shoal_proto::{Config, Endpoint, Event, Instant, SecretSeed};
 //! # use std::net::SocketAddr;
 //! # let (a_addr, b_addr): (SocketAddr, SocketAddr) = ("10.0.0.1:1".parse().unwrap(), "10.0.0.2:1".parse().unwrap());
-//! let mut a = Endpoint::new(Config { seed: 7, ..Config::default() }).unwrap();
-//! let mut b = Endpoint::new(Config { seed: 8, ..Config::default() }).unwrap();
+//! // Key material: 32 bytes from the OS (e.g. `getrandom`) in real code; the drivers do it.
+//! let secret = |n| Some(SecretSeed::insecure_from_u64(n));
+//! let mut a = Endpoint::new(Config { seed: 7, secret_seed: secret(7), ..Config::default() }).unwrap();
+//! let mut b = Endpoint::new(Config { seed: 8, secret_seed: secret(8), ..Config::default() }).unwrap();
 //! let conn = a.connect(Instant::ZERO, b_addr, &[]).unwrap();
 //! a.send(conn, 2, &b"reliable hello"[..]).unwrap();
 //!

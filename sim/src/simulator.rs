@@ -274,6 +274,12 @@ impl Simulator {
         let index = self.nodes.len() as u32;
         let mut seed_state = self.config.seed ^ (u64::from(index) << 32 | 0x5EED);
         config.seed = splitmix64(&mut seed_state);
+        // A simulation must repeat: the node's key material follows from the run's seed.
+        if config.secret_seed.is_none() {
+            config.secret_seed = Some(shoal_proto::SecretSeed::insecure_from_u64(
+                splitmix64(&mut seed_state),
+            ));
+        }
         let endpoint = Endpoint::new(config).map_err(AddNodeError::Config)?;
         let n = index + 1;
         let ip = Ipv4Addr::new(10, (n >> 16) as u8, (n >> 8) as u8, n as u8);

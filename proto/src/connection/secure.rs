@@ -64,6 +64,8 @@ pub(crate) struct PendingAccept {
     pub(crate) identity: PeerIdentity,
     /// The client's connect token (tag, expiry), marked used when the client confirms.
     pub(crate) token: Option<([u8; 16], u64)>,
+    /// The connection at the same address this one replaces once confirmed.
+    pub(crate) replaces: Option<ConnectionHandle>,
 }
 
 /// How an `Accept` turned out.
@@ -183,6 +185,15 @@ impl Connection {
             .on_sent(now, len, false, keys, &mut self.transport.outcome);
         self.apply_outcome();
         Some(len)
+    }
+
+    /// Server: an unconfirmed connection lives only as long as a handshake may take (not the
+    /// idle timeout): an Accept nobody answers gives its slot back soon.
+    pub(crate) fn await_confirmation(&mut self, now: Instant, config: &Config) {
+        self.timers.set(
+            Timer::Idle,
+            now + config.handshake_timeout.min(config.idle_timeout),
+        );
     }
 
     /// A close notice or path packet of number `wire_pn` arrived (authenticated, when

@@ -159,6 +159,11 @@ impl Endpoint {
             self.stats.drops.add(DropReason::BadCookie);
             return;
         }
+        if self.refused_cookies.contains(&cookie) {
+            // A replay of a Connect whose key exchange failed.
+            self.stats.drops.add(DropReason::Unauthenticated);
+            return;
+        }
         if data.len() > self.config.max_connect_data {
             self.stats.drops.add(DropReason::Malformed);
             return;
@@ -217,24 +222,8 @@ impl Endpoint {
                 return;
             }
         };
-        // The key exchange's secrets, before anything is allocated: a small-order key from
-        // the client ends it here.
-        let server_ephemeral = ephemeral.map(|_| {
-            self.handshakes += 1;
-            self.secrets.ephemeral(self.handshakes)
-        });
-        let mut shared = heapless::Vec::new();
-        if let (Some(client), Some(ours)) = (ephemeral.map(PublicKey), &server_ephemeral) {
-            let static_pair = self.config.static_keypair.as_ref();
-            match server_secrets(ours, &client, static_pair, static_key.map(PublicKey)) {
-                Some(secrets) => shared = secrets,
-                None => {
-                    // A small-order key: the client would know nothing we did not.
-                    self.stats.drops.add(DropReason::Unauthenticated);
-                    return;
-                }
-            }
-        }
+        // The accept hook before any key exchange: refusing costs the server no scalar
+        // multiplication. (It sees what the client claims; `Connected` comes once proven.)
         let identity = PeerIdentity {
             key: static_key.map(PublicKey),
             token: opened.as_ref().map(|o| o.claims.clone()),
@@ -251,13 +240,49 @@ impl Endpoint {
                 return;
             }
         }
-        // Every check passed. The peer restarted (the old connection is gone from its side),
-        // or it won a simultaneous open: the old connection or our own attempt gives way.
-        // (Only now: a Connect that fails a check must not end a live connection.)
+        // The key exchange's secrets, before anything is allocated: a small-order key from
+        // the client ends it here, and its cookie is remembered so that replaying that
+        // Connect costs a lookup, not another exchange.
+        let server_ephemeral = ephemeral.map(|_| self.secrets.ephemeral());
+        let mut shared = heapless::Vec::new();
+        if let (Some(client), Some(ours)) = (ephemeral.map(PublicKey), &server_ephemeral) {
+            let static_pair = self.config.static_keypair.as_ref();
+            match server_secrets(ours, &client, static_pair, static_key.map(PublicKey)) {
+                Some(secrets) => shared = secrets,
+                None => {
+                    self.refused_cookies.remember(&cookie);
+                    self.stats.drops.add(DropReason::Unauthenticated);
+                    return;
+                }
+            }
+        }
+        // Every check passed. A connection already at this address (the peer restarted, or
+        // won a simultaneous open) gives way only when this one is proven by the client's
+        // first packet: a Connect that never completes must not end a live connection. An
+        // earlier unproven attempt from here is simply dropped.
+        let mut replaces = None;
         if let Some(index) = self.by_addr.get(&from).copied() {
             if let Some(mut old) = self.slots[index as usize].conn.take() {
-                old.close(DisconnectReason::Replaced, None);
+                match old.pending_accept.as_mut() {
+                    Some(pending) => {
+                        replaces = pending.replaces.take();
+                        old.close(DisconnectReason::Replaced, None);
+                    }
+                    None => replaces = Some(old.handle),
+                }
                 self.finish(index, old);
+            }
+        }
+        // One unproven connection per token: a copy taken off the wire (which can never
+        // confirm) cannot hold more than the one slot, and the holder's own Connect takes it.
+        if let Some(o) = &opened {
+            if let Some(index) = self.pending_tokens.get(&o.tag).copied() {
+                if let Some(mut other) = self.slots[index as usize].conn.take() {
+                    if other.pending_accept.is_some() {
+                        other.close(DisconnectReason::Replaced, None);
+                    }
+                    self.finish(index, other);
+                }
             }
         }
         let Some(user_id) = self.user_ids.allocate() else {
@@ -313,12 +338,17 @@ impl Endpoint {
         conn.peer_reassembly_budget = peer_budget as usize;
         conn.local_user_id = 0;
         conn.keys = keys;
+        if let Some(o) = &opened {
+            self.pending_tokens.insert(o.tag, index);
+        }
         conn.pending_accept = Some(Box::new(PendingAccept {
             accept: accept.clone(),
             identity,
             token: opened.map(|o| (o.tag, o.claims.expires_at)),
+            replaces,
         }));
         conn.on_established(now, &self.config);
+        conn.await_confirmation(now, &self.config);
         self.by_addr.insert(from, index);
         self.by_id.insert(connection_id, index);
         self.push_control_bytes(from, accept);
@@ -339,11 +369,12 @@ impl Endpoint {
             self.stats.drops.add(DropReason::TokenReplay);
             return Err(RejectCode::TokenUsed);
         }
-        if self.used_tokens.len() >= config.max_used_tokens {
+        let remembered = |e: &Self| e.used_tokens.len() + e.pending_tokens.len();
+        if remembered(self) >= config.max_used_tokens {
             // Expired tokens need no remembering: they fail on expiry.
             let now = unix_now.unwrap_or(0);
             self.used_tokens.retain(|_, expires| *expires > now);
-            if self.used_tokens.len() >= config.max_used_tokens {
+            if remembered(self) >= config.max_used_tokens {
                 self.stats.drops.add(DropReason::TokenReplay);
                 return Err(RejectCode::Full);
             }
@@ -377,6 +408,46 @@ fn server_secrets(
         shared.push(ours.agree(&key)?).ok()?;
     }
     Some(shared)
+}
+
+/// Cookies of Connects whose key exchange failed (a client key of small order), so that a
+/// replay within the cookie's lifetime costs a lookup instead of scalar multiplications. A
+/// ring: the oldest is forgotten first (a forgotten one costs one more exchange).
+pub(super) struct RefusedCookies {
+    ring: Vec<[u8; 16]>,
+    next: usize,
+}
+
+impl RefusedCookies {
+    const CAPACITY: usize = 256;
+
+    pub(super) fn new() -> Self {
+        RefusedCookies {
+            ring: Vec::new(),
+            next: 0,
+        }
+    }
+
+    fn mac(cookie: &Cookie) -> [u8; 16] {
+        let mut mac = [0u8; 16];
+        mac.copy_from_slice(&cookie[COOKIE_LEN - 16..]);
+        mac
+    }
+
+    fn contains(&self, cookie: &Cookie) -> bool {
+        let mac = Self::mac(cookie);
+        self.ring.contains(&mac)
+    }
+
+    fn remember(&mut self, cookie: &Cookie) {
+        let mac = Self::mac(cookie);
+        if self.ring.len() < Self::CAPACITY {
+            self.ring.push(mac);
+        } else {
+            self.ring[self.next] = mac;
+            self.next = (self.next + 1) % Self::CAPACITY;
+        }
+    }
 }
 
 /// This endpoint's per-connection reassembly budget as the handshake carries it.

@@ -32,7 +32,7 @@ mod handshake;
 
 use events::EventQueue;
 pub(crate) use handshake::wire_budget;
-use handshake::UserIds;
+use handshake::{RefusedCookies, UserIds};
 
 /// Copies of a `Disconnect` sent when the application closes a connection (it is not
 /// retransmitted, so a few copies make it likely to arrive).
@@ -69,10 +69,12 @@ pub struct PeerIdentity {
 /// How to connect: what [`Endpoint::connect_with`] takes beyond the address.
 ///
 /// ```
-/// use shoal_proto::{Config, ConnectOptions, Endpoint, Instant, Keypair};
+/// use shoal_proto::{Config, ConnectOptions, Endpoint, Instant, Keypair, SecretSeed};
 /// // The server's identity; clients get its public key out of band (shipped with the game).
 /// let server_key = Keypair::from_secret([42; 32]).public_key();
-/// let mut client = Endpoint::new(Config { accept_incoming: false, ..Config::default() }).unwrap();
+/// let secret_seed = Some(SecretSeed([9; 32])); // from the OS random source in real code
+/// let mut client =
+///     Endpoint::new(Config { accept_incoming: false, secret_seed, ..Config::default() }).unwrap();
 /// let conn = client.connect_with(
 ///     Instant::ZERO,
 ///     "203.0.113.7:4000".parse().unwrap(),
@@ -122,11 +124,19 @@ struct Slot {
 /// `now` must never go backwards (checked in debug builds). Any origin works.
 ///
 /// ```
-/// use shoal_proto::{Config, Endpoint, Event, Instant};
+/// use shoal_proto::{Config, Endpoint, Event, Instant, SecretSeed};
 /// let server_addr = "127.0.0.1:4000".parse().unwrap();
 /// let client_addr = "127.0.0.1:5000".parse().unwrap();
-/// let mut server = Endpoint::new(Config { seed: 1, ..Config::default() }).unwrap();
-/// let mut client = Endpoint::new(Config { seed: 2, accept_incoming: false, ..Config::default() }).unwrap();
+/// // Key material: 32 bytes from the OS random source in real code (the drivers do it).
+/// let secret = |n| Some(SecretSeed::insecure_from_u64(n));
+/// let mut server = Endpoint::new(Config { seed: 1, secret_seed: secret(1), ..Config::default() }).unwrap();
+/// let mut client = Endpoint::new(Config {
+///     seed: 2,
+///     secret_seed: secret(2),
+///     accept_incoming: false,
+///     ..Config::default()
+/// })
+/// .unwrap();
 ///
 /// let now = Instant::from_millis(0);
 /// let conn = client.connect(now, server_addr, b"hello").unwrap();
@@ -153,10 +163,12 @@ pub struct Endpoint {
     config: Config,
     /// The root of handshake keys (and of `prf`'s key).
     secrets: Secrets,
-    /// Handshakes started or answered (each takes a fresh ephemeral key).
-    handshakes: u64,
     /// Connect tokens used, by tag, with their expiry (Unix seconds).
     used_tokens: HashMap<[u8; 16], u64>,
+    /// Connect tokens of connections awaiting their client's first packet, by tag.
+    pending_tokens: HashMap<[u8; 16], u32>,
+    /// Cookies of Connects whose key exchange failed.
+    refused_cookies: RefusedCookies,
     /// Unix time (microseconds) at `Instant::ZERO`, once the driver tells it.
     unix_at_zero: Option<u64>,
     /// The root of every nonce, id, path token and cookie key (see `hash`).
@@ -205,13 +217,19 @@ impl Endpoint {
     /// An endpoint with `config`, after checking it.
     pub fn new(config: Config) -> Result<Self, ConfigError> {
         config.validate()?;
+        if config.protection == Protection::Encrypted && config.secret_seed.is_none() {
+            // Keys would follow from the 64-bit seed alone: anyone who knows or guesses it
+            // could decrypt every session.
+            return Err(ConfigError::SecretSeedMissing);
+        }
         let secrets = Secrets::new(config.seed, config.secret_seed.as_ref().map(|s| &s.0));
         let prf = Prf::from_key(secrets.derive(b"prf", 0));
         let hasher = SeededState::new(&prf);
         Ok(Endpoint {
             secrets,
-            handshakes: 0,
             used_tokens: HashMap::with_hasher(hasher),
+            pending_tokens: HashMap::with_hasher(hasher),
+            refused_cookies: RefusedCookies::new(),
             unix_at_zero: None,
             prf,
             nonces: Sequence::new(Domain::Nonce),
@@ -362,10 +380,7 @@ impl Endpoint {
         let nonce = self.nonces.next(&self.prf);
         let handshake = ClientHandshake {
             data: Bytes::copy_from_slice(data),
-            ephemeral: protected.then(|| {
-                self.handshakes += 1;
-                self.secrets.ephemeral(self.handshakes)
-            }),
+            ephemeral: protected.then(|| self.secrets.ephemeral()),
             server_key: options.server_key,
             token: options.token.cloned(),
             connect: Vec::new(),
@@ -553,7 +568,15 @@ impl Endpoint {
                     static_key,
                 };
                 let mut accepted = None;
+                // The server chose the id, and ids route everything after the handshake: one
+                // that another connection of ours has would take its packets. Only a hostile
+                // server names one (by chance: 2^-64).
+                let taken = self.by_id.contains_key(&connection_id);
                 self.with_client_conn(from, client_nonce, |c, now, config| {
+                    if taken {
+                        c.close(DisconnectReason::ProtocolViolation, None);
+                        return Err(DropReason::ProtocolViolation);
+                    }
                     match c.on_accept(now, config, &fields, datagram) {
                         AcceptOutcome::Accepted(identity) => {
                             accepted = Some(identity);
@@ -569,8 +592,6 @@ impl Endpoint {
                 if let Some(identity) = accepted {
                     self.stats.connections_opened += 1;
                     if let Some(&index) = self.by_addr.get(&from) {
-                        // An id that some other connection of ours already has (a 2^-64
-                        // chance) would misroute: that connection is the one given up.
                         self.by_id.insert(connection_id, index);
                         if let Some(c) = self.slot_conn(index) {
                             let event = Event::Connected {
@@ -690,12 +711,22 @@ impl Endpoint {
             return true;
         };
         if let Some((tag, expires_at)) = pending.token {
+            if self.pending_tokens.get(&tag) == Some(&c.handle.index) {
+                self.pending_tokens.remove(&tag);
+            }
             if self.token_is_used(&tag) {
                 c.pending_accept = Some(pending);
                 c.close(DisconnectReason::TokenUsed, Some(CloseCode::Application(0)));
                 return false;
             }
             self.used_tokens.insert(tag, expires_at);
+        }
+        if let Some(old) = pending.replaces {
+            // Proven: the connection it replaces gives way now.
+            if let Some((index, mut old)) = self.take(old) {
+                old.close(DisconnectReason::Replaced, None);
+                self.finish(index, old);
+            }
         }
         self.stats.connections_opened += 1;
         self.events.push(Event::Connected {
@@ -994,6 +1025,11 @@ impl Endpoint {
         let stats = conn.stats();
         self.stats.drops.merge(&stats.drops);
         self.stats.connections_closed += 1;
+        if let Some((tag, _)) = conn.pending_accept.as_ref().and_then(|p| p.token) {
+            if self.pending_tokens.get(&tag) == Some(&index) {
+                self.pending_tokens.remove(&tag);
+            }
+        }
         if conn.pending_accept.is_none() {
             // (A connection the client never confirmed was never reported as connected.)
             self.events.push(Event::Disconnected {

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use shoal_proto::fuzzing::wire::{DataHeader, Packet};
-use shoal_proto::{Config, ConnectionHandle, Endpoint, Event, Instant};
+use shoal_proto::{Config, ConnectionHandle, Endpoint, Event, Instant, SecretSeed};
 
 /// Which way a datagram travels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -51,6 +51,7 @@ pub fn addr(s: &str) -> SocketAddr {
 pub fn client_config(seed: u64) -> Config {
     Config {
         seed,
+        secret_seed: Some(SecretSeed::insecure_from_u64(seed)),
         accept_incoming: false,
         ..Config::default()
     }
@@ -59,6 +60,7 @@ pub fn client_config(seed: u64) -> Config {
 pub fn server_config(seed: u64) -> Config {
     Config {
         seed,
+        secret_seed: Some(SecretSeed::insecure_from_u64(seed)),
         ..Config::default()
     }
 }
