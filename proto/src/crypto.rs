@@ -404,7 +404,11 @@ mod tests {
         assert_ne!(secrets.ephemeral().public, a.public, "the ratchet moved on");
         assert_ne!(Secrets::new(2, None).ephemeral().public, a.public);
         assert_ne!(Secrets::new(1, Some(&[1; 32])).ephemeral().public, a.public);
-        assert_eq!(Secrets::new(1, None).ephemeral().public, a.public, "deterministic");
+        assert_eq!(
+            Secrets::new(1, None).ephemeral().public,
+            a.public,
+            "deterministic"
+        );
         assert_eq!(a.agree(&PublicKey([0; 32])), None);
     }
 }

@@ -276,9 +276,9 @@ impl Simulator {
         config.seed = splitmix64(&mut seed_state);
         // A simulation must repeat: the node's key material follows from the run's seed.
         if config.secret_seed.is_none() {
-            config.secret_seed = Some(shoal_proto::SecretSeed::insecure_from_u64(
-                splitmix64(&mut seed_state),
-            ));
+            config.secret_seed = Some(shoal_proto::SecretSeed::insecure_from_u64(splitmix64(
+                &mut seed_state,
+            )));
         }
         let endpoint = Endpoint::new(config).map_err(AddNodeError::Config)?;
         let n = index + 1;

@@ -571,7 +571,10 @@ impl Endpoint {
                 // The server chose the id, and ids route everything after the handshake: one
                 // that another connection of ours has would take its packets. Only a hostile
                 // server names one (by chance: 2^-64).
-                let taken = self.by_id.contains_key(&connection_id);
+                let taken = self
+                    .by_id
+                    .get(&connection_id)
+                    .is_some_and(|i| Some(i) != self.by_addr.get(&from));
                 self.with_client_conn(from, client_nonce, |c, now, config| {
                     if taken {
                         c.close(DisconnectReason::ProtocolViolation, None);

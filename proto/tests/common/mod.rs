@@ -74,11 +74,22 @@ pub fn plain(config: Config) -> Config {
     }
 }
 
+/// `config` with key material from its seed when it has none (as a driver would fill it from
+/// the OS; predictable here, so runs repeat).
+pub fn keyed(config: Config) -> Config {
+    Config {
+        secret_seed: config
+            .secret_seed
+            .or(Some(SecretSeed::insecure_from_u64(config.seed))),
+        ..config
+    }
+}
+
 impl Pair {
     pub fn new(client: Config, server: Config) -> Self {
         Pair {
-            client: Endpoint::new(client).expect("valid client config"),
-            server: Endpoint::new(server).expect("valid server config"),
+            client: Endpoint::new(keyed(client)).expect("valid client config"),
+            server: Endpoint::new(keyed(server)).expect("valid server config"),
             client_addr: addr("10.0.0.2:5000"),
             server_addr: addr("10.0.0.1:4000"),
             now: Instant::from_millis(1_000),
@@ -120,7 +131,15 @@ impl Pair {
                 Event::Connected { conn, .. } => Some(*conn),
                 _ => None,
             })
-            .expect("server connected");
+            .unwrap_or_else(|| {
+                panic!(
+                    "server connected: server {:?} {:?} client {:?} {:?}",
+                    self.server_events,
+                    self.server.stats(),
+                    self.client_events,
+                    self.client.connection_stats(conn)
+                )
+            });
         (conn, server_conn)
     }
 
