@@ -325,9 +325,15 @@ impl Config {
 }
 
 /// 32 secret bytes from a cryptographic random source (see [`Config::secret_seed`]).
-/// `Debug` does not print them.
-#[derive(Clone, Copy, PartialEq, Eq)]
+/// `Debug` does not print them, and they are wiped from memory when dropped.
+#[derive(Clone, PartialEq, Eq)]
 pub struct SecretSeed(pub [u8; 32]);
+
+impl Drop for SecretSeed {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
 
 impl SecretSeed {
     /// A predictable seed from a number: for tests and simulations only, where runs must

@@ -113,6 +113,7 @@ impl DisconnectReason {
         match code {
             CloseCode::Application(code) => DisconnectReason::ClosedByPeer { code },
             CloseCode::ProtocolViolation => DisconnectReason::ProtocolViolation,
+            CloseCode::TokenUsed => DisconnectReason::TokenUsed,
         }
     }
 }

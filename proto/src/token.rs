@@ -108,6 +108,12 @@ pub struct ConnectToken {
     pub(crate) client_key: [u8; 32],
 }
 
+impl Drop for ConnectToken {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.client_key);
+    }
+}
+
 impl fmt::Debug for ConnectToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ConnectToken")

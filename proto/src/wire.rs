@@ -196,6 +196,9 @@ pub enum CloseCode {
     Application(u16),
     /// The peer broke the protocol (malformed or hostile data).
     ProtocolViolation,
+    /// The server closed a connection whose connect token another connection confirmed
+    /// first.
+    TokenUsed,
 }
 
 impl CloseCode {
@@ -203,12 +206,14 @@ impl CloseCode {
         match self {
             CloseCode::Application(code) => (1, code),
             CloseCode::ProtocolViolation => (2, 0),
+            CloseCode::TokenUsed => (3, 0),
         }
     }
     fn from_wire(reason: u8, code: u16) -> Result<Self, DecodeError> {
         match (reason, code) {
             (1, code) => Ok(CloseCode::Application(code)),
             (2, 0) => Ok(CloseCode::ProtocolViolation),
+            (3, 0) => Ok(CloseCode::TokenUsed),
             _ => Err(DecodeError::BadField),
         }
     }

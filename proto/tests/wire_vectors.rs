@@ -180,6 +180,14 @@ fn disconnect_vectors() {
             code: CloseCode::ProtocolViolation,
         },
     );
+    check(
+        "37 1122334455667788 00000007 03 0000",
+        Packet::Disconnect {
+            connection_id: CID,
+            packet_number: 7,
+            code: CloseCode::TokenUsed,
+        },
+    );
 }
 
 #[test]

@@ -76,7 +76,7 @@ impl Connection {
     fn data_packet(&mut self, now: Instant, out: &mut [u8], config: &Config) -> Option<usize> {
         let mtu = config.mtu.min(out.len());
         // Room for the tag protection appends.
-        let buf = &mut out[..mtu - self.tag_len()];
+        let buf = &mut out[..mtu.saturating_sub(self.tag_len())];
         let ack_due = self.transport.ack_now || self.timers.is_expired(Timer::Ack, now);
         let probe = self.transport.probes_due > 0;
         let window = self.transport.sent.congestion.window();

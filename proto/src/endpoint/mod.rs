@@ -50,8 +50,10 @@ pub struct ConnectRequest<'a> {
     pub remote: SocketAddr,
     /// The application data the client passed to `connect`.
     pub data: &'a [u8],
-    /// What the client proved about itself: its static key (proven once its first packet
-    /// authenticates; until then the connection is not reported), its connect token.
+    /// What the client **claims**: its static key and its token's claims. The token is
+    /// authentic (the backend sealed it) but may be a copy taken off the wire; both are
+    /// proven only when the client's first packet authenticates, which `Event::Connected`
+    /// reports. Act on identity there, not here.
     pub identity: &'a PeerIdentity,
 }
 
@@ -719,7 +721,7 @@ impl Endpoint {
             }
             if self.token_is_used(&tag) {
                 c.pending_accept = Some(pending);
-                c.close(DisconnectReason::TokenUsed, Some(CloseCode::Application(0)));
+                c.close(DisconnectReason::TokenUsed, Some(CloseCode::TokenUsed));
                 return false;
             }
             self.used_tokens.insert(tag, expires_at);
