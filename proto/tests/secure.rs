@@ -13,7 +13,14 @@
 //! - a plain peer and a protected one refuse each other with a clear reason;
 //! - a forged `Accept` never ends a handshake, pinned or not;
 //! - a server reports a connection only once the client's first packet proves it holds the
-//!   keys, and a connection it never reported ends silently.
+//!   keys, and a connection it never reported ends silently;
+//! - a `Connect` that never completes ends no live connection (a proven restart does
+//!   replace it); copies of one token hold at most one unconfirmed slot, and an unconfirmed
+//!   connection lives no longer than a handshake; a replayed `Connect` with a small-order
+//!   key costs one key exchange per cookie; an `Accept` naming an id another connection
+//!   routes on is a protocol violation; a protected endpoint needs a secret seed, and
+//!   tokens and static keys need protection; ephemeral keys are fresh per handshake, and
+//!   runs repeat byte for byte.
 //!
 //! Every test is deterministic: seeded endpoints, seeded secrets, virtual time. Two links
 //! are used: `Pair` (tests/common) for one client and one server, and `Net` below (several
@@ -27,6 +34,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -34,8 +42,8 @@ use common::{addr, client_config, messages, plain, server_config, Dir, Pair};
 use shoal_proto::fuzzing::wire::{Packet, HELLO_LEN};
 use shoal_proto::token::{self, ConnectToken, TokenClaims, TokenConfig, TokenParams};
 use shoal_proto::{
-    Bytes, Config, ConnectError, ConnectOptions, ConnectionHandle, DisconnectReason, DropReason,
-    Endpoint, Event, Instant, Keypair, PeerIdentity, Protection, TAG_LEN,
+    Bytes, Config, ConfigError, ConnectError, ConnectOptions, ConnectionHandle, DisconnectReason,
+    DropReason, Endpoint, Event, Instant, Keypair, PeerIdentity, Protection, SecretSeed, TAG_LEN,
 };
 
 // ------------------------------------------------------------------------ constants, helpers
@@ -1267,4 +1275,1006 @@ fn a_forged_disconnect_with_a_sniffed_connection_id_does_not_close_a_protected_c
     assert_eq!(p.server_messages(RELIABLE), vec![b"sniffed".to_vec()]);
     assert!(p.server.is_connected(s) && p.client.is_connected(c));
     assert!(disconnects(&p.server_events).is_empty());
+}
+
+// ======================================================================== 9. review fixes
+
+/// A second server address (a server the first one connects out to).
+const OTHER_SERVER_ADDR: &str = "10.0.0.9:4000";
+
+/// Every datagram the net carries, recorded (from, to, bytes); the tap still delivers all.
+type Wire = Rc<RefCell<Vec<(SocketAddr, SocketAddr, Vec<u8>)>>>;
+
+fn record_wire(net: &mut Net) -> Wire {
+    let wire: Wire = Rc::new(RefCell::new(Vec::new()));
+    let log = wire.clone();
+    net.tap = Box::new(move |from, to, bytes| {
+        log.borrow_mut().push((from, to, bytes.to_vec()));
+        true
+    });
+    wire
+}
+
+/// The events `node` has seen, without their times.
+fn events_of(net: &Net, node: usize) -> Vec<Event> {
+    net.nodes[node].events().cloned().collect()
+}
+
+/// The first connection `node` reported as connected to `remote`.
+fn connected_to(net: &Net, node: usize, remote: &str) -> ConnectionHandle {
+    let remote = addr(remote);
+    net.nodes[node]
+        .events()
+        .find_map(|e| match e {
+            Event::Connected {
+                conn, remote: r, ..
+            } if *r == remote => Some(*conn),
+            _ => None,
+        })
+        .expect("a connection to that address")
+}
+
+/// The sealed part of `token` under a client key that is not its own: what someone who
+/// copied the token off the wire can build (see
+/// `a_token_copied_off_the_wire_is_useless_without_its_client_key`).
+fn copied(token: &ConnectToken) -> ConnectToken {
+    let mut bytes = vec![0x99; 32];
+    bytes.extend_from_slice(&token.to_bytes()[32..]);
+    ConnectToken::from_bytes(&bytes).expect("parses")
+}
+
+/// A server (requiring tokens when `tokens`) and a client at `CLIENT_ADDR` connected to it
+/// (with a valid token of its own), both sides reported, quiet. Returns the net, the two
+/// nodes and the client's and the server's handles.
+fn live_connection(
+    tokens: bool,
+    seed: u64,
+) -> (Net, usize, usize, ConnectionHandle, ConnectionHandle) {
+    let mut net = Net::new();
+    let server = if tokens {
+        net.add(token_server_config(seed), SERVER_ADDR)
+    } else {
+        net.add(server_config(seed), SERVER_ADDR)
+    };
+    let client = net.add(client_config(seed + 1), CLIENT_ADDR);
+    let now = net.now;
+    net.ep(server)
+        .set_unix_time(now, Duration::from_secs(UNIX_NOW));
+    let token = issue(&TokenSpec::default());
+    let c = net.connect(
+        client,
+        SERVER_ADDR,
+        &ConnectOptions {
+            token: tokens.then_some(&token),
+            ..ConnectOptions::default()
+        },
+    );
+    assert!(net.run_until(Duration::from_secs(5), |n| {
+        !connected(n.nodes[server].events()).is_empty()
+            && !connected(n.nodes[client].events()).is_empty()
+    }));
+    net.run_for(Duration::from_millis(200));
+    let s = connected_to(&net, server, CLIENT_ADDR);
+    (net, server, client, c, s)
+}
+
+/// Sends `payload` on the reliable channel from `from`'s connection `conn` and runs until
+/// `to` has it.
+fn deliver(net: &mut Net, (from, conn): (usize, ConnectionHandle), to: usize, payload: &[u8]) {
+    net.ep(from)
+        .send(conn, RELIABLE, Bytes::copy_from_slice(payload))
+        .expect("send");
+    let delivered = net.run_until(Duration::from_secs(2), |n| {
+        messages(&events_of(n, to), RELIABLE).contains(&payload.to_vec())
+    });
+    assert!(
+        delivered,
+        "{:?} was not delivered",
+        String::from_utf8_lossy(payload)
+    );
+}
+
+/// One datagram `ep` sends now (to `to`), of type `ty`.
+fn transmit(ep: &mut Endpoint, now: Instant, to: SocketAddr, ty: u8) -> Vec<u8> {
+    let mut buf = vec![0u8; 1500];
+    let t = ep.poll_transmit(now, &mut buf).expect("a datagram");
+    assert_eq!(t.to, to);
+    assert_eq!(buf[0], ty, "datagram type");
+    buf[..t.len].to_vec()
+}
+
+/// What an attacker on the path to `victim` (it reads what the server sends there and sends
+/// datagrams with that source address) gets from a handshake of its own from there, with an
+/// endpoint of its own (a fresh nonce and ephemeral key) and `token`: everything up to the
+/// server's `Accept`, which is returned. It sends nothing after its `Connect`.
+fn connect_from(
+    net: &mut Net,
+    server: usize,
+    victim: &str,
+    attacker: &mut Endpoint,
+    token: Option<&ConnectToken>,
+) -> Vec<u8> {
+    let victim = addr(victim);
+    let server_addr = net.nodes[server].addr;
+    let wire = record_wire(net);
+    let now = net.now;
+    attacker
+        .connect_with(
+            now,
+            server_addr,
+            &ConnectOptions {
+                token,
+                ..ConnectOptions::default()
+            },
+        )
+        .expect("connect");
+    let hello = transmit(attacker, now, server_addr, TYPE_HELLO);
+    let nonce = &hello[5..13];
+    // The server's answers to `victim` for this nonce, as the attacker reads them.
+    let answer = |ty: u8| {
+        wire.borrow()
+            .iter()
+            .find(|(from, to, d)| {
+                *from == server_addr && *to == victim && d[0] == ty && &d[1..9] == nonce
+            })
+            .map(|(.., d)| d.clone())
+            .expect("the server answered")
+    };
+    net.ep(server).handle_datagram(now, victim, &hello);
+    net.flush();
+    attacker.handle_datagram(now, server_addr, &answer(0x32));
+    let connect = transmit(attacker, now, server_addr, TYPE_CONNECT);
+    net.ep(server).handle_datagram(now, victim, &connect);
+    net.flush();
+    let accept = answer(TYPE_ACCEPT);
+    net.tap = Box::new(|_, _, _| true);
+    accept
+}
+
+/// Replaces the client at `client` with a new endpoint (a restart: new keys, new nonce),
+/// connects it (with a fresh token when `tokens`), and checks that the server's old
+/// connection `old` gives way, as `Replaced`, only when the new one is proven: at the same
+/// moment the server reports the new one, and not when its `Connect` arrives.
+fn restart_replaces(
+    net: &mut Net,
+    server: usize,
+    client: usize,
+    old: ConnectionHandle,
+    tokens: bool,
+) {
+    let what = if tokens {
+        "with tokens"
+    } else {
+        "without tokens"
+    };
+    net.nodes[client].ep = Endpoint::new(client_config(199)).expect("valid config");
+    net.nodes[client].events.clear();
+    let reported_before = connected(net.nodes[server].events()).len();
+    let token = issue(&TokenSpec {
+        entropy: 3,
+        ..TokenSpec::default()
+    });
+    let conn = net.connect(
+        client,
+        SERVER_ADDR,
+        &ConnectOptions {
+            token: tokens.then_some(&token),
+            ..ConnectOptions::default()
+        },
+    );
+    // The new Connect arrives and is accepted (the Accept leaves at once): the old
+    // connection is untouched, the new one unproven.
+    let wire = record_wire(net);
+    let count = net.ep(server).connection_count();
+    assert!(net.run_until(Duration::from_secs(2), |_| wire
+        .borrow()
+        .iter()
+        .any(|(_, to, d)| *to == addr(CLIENT_ADDR) && d[0] == TYPE_ACCEPT)));
+    net.tap = Box::new(|_, _, _| true);
+    let connect_at = net.now;
+    assert!(
+        net.ep(server).is_connected(old),
+        "{what}: the old connection survives the Connect"
+    );
+    assert!(
+        disconnects(net.nodes[server].events()).is_empty(),
+        "{what}: nothing ends when the Connect arrives"
+    );
+    assert_eq!(net.ep(server).connection_count(), count + 1, "{what}");
+    // The client's first packet proves it: the old connection gives way then.
+    assert!(
+        net.run_until(Duration::from_secs(5), |n| {
+            disconnects(n.nodes[server].events()).contains(&DisconnectReason::Replaced)
+        }),
+        "{what}: the old connection is replaced once the new one is proven: {:?}",
+        net.nodes[server].events
+    );
+    let (replaced_at, position) = net.nodes[server]
+        .events
+        .iter()
+        .enumerate()
+        .find_map(|(i, (at, e))| match e {
+            Event::Disconnected {
+                conn,
+                reason: DisconnectReason::Replaced,
+            } => {
+                assert_eq!(*conn, old, "{what}: the old connection is the one replaced");
+                Some((*at, i))
+            }
+            _ => None,
+        })
+        .expect("replaced");
+    assert!(
+        replaced_at >= connect_at + 2 * LATENCY,
+        "{what}: replaced {:?} after the Connect arrived, before the client could answer \
+         the Accept",
+        replaced_at - connect_at
+    );
+    // Right before the server reports the new connection, at the same moment.
+    let (reported_at, reported) = net.nodes[server].events[position + 1].clone();
+    assert_eq!(reported_at, replaced_at, "{what}");
+    let Event::Connected {
+        conn: s, remote, ..
+    } = reported
+    else {
+        panic!("{what}: the new connection is reported next: {reported:?}");
+    };
+    assert_eq!(remote, addr(CLIENT_ADDR), "{what}");
+    assert_eq!(
+        connected(net.nodes[server].events()).len(),
+        reported_before + 1,
+        "{what}"
+    );
+    assert!(!net.ep(server).is_connected(old), "{what}");
+    assert_eq!(disconnects(net.nodes[server].events()).len(), 1, "{what}");
+    // The new one works.
+    assert_eq!(connected(net.nodes[client].events()).len(), 1, "{what}");
+    assert!(net.ep(client).is_connected(conn), "{what}");
+    deliver(net, (client, conn), server, b"restarted");
+    deliver(net, (server, s), client, b"welcome back");
+}
+
+#[test]
+fn a_connect_that_never_completes_does_not_end_a_live_connection() {
+    for tokens in [false, true] {
+        let what = if tokens {
+            "with tokens"
+        } else {
+            "without tokens"
+        };
+        let (mut net, server, client, c, s) = live_connection(tokens, 181);
+        let config = net.ep(server).config().clone();
+        // Another player's token, copied off the wire (the live connection's own is used:
+        // a copy of it is refused before anything else happens).
+        let other = copied(&issue(&TokenSpec {
+            entropy: 2,
+            ..TokenSpec::default()
+        }));
+        let mut attacker = Endpoint::new(client_config(183)).expect("valid config");
+        let accept = connect_from(
+            &mut net,
+            server,
+            CLIENT_ADDR,
+            &mut attacker,
+            tokens.then_some(&other),
+        );
+        let attacked_at = net.now;
+        assert!(
+            net.ep(server).is_connected(s),
+            "{what}: the live connection survives the Connect"
+        );
+        assert!(
+            net.nodes[server]
+                .events
+                .iter()
+                .all(|(at, _)| *at < attacked_at),
+            "{what}: the server reported nothing: {:?}",
+            net.nodes[server].events
+        );
+        assert_eq!(
+            net.ep(server).connection_count(),
+            2,
+            "{what}: the attacker's Connect passed every check and waits for its first packet"
+        );
+        if tokens {
+            // With the copied token the attacker cannot even check the Accept: it could
+            // never confirm, however long it tried.
+            let attacker_conn = attacker.connections().next().expect("connecting");
+            attacker.handle_datagram(net.now, addr(SERVER_ADDR), &accept);
+            let events: Vec<Event> = std::iter::from_fn(|| attacker.poll_event()).collect();
+            assert!(connected(&events).is_empty(), "{what}: {events:?}");
+            assert_eq!(
+                attacker
+                    .connection_stats(attacker_conn)
+                    .expect("still connecting")
+                    .drops
+                    .get(DropReason::Unauthenticated),
+                1,
+                "{what}: the Accept's tag binds the real client key"
+            );
+        }
+        // The live connection carries messages both ways while the attacker's waits...
+        deliver(&mut net, (client, c), server, b"during");
+        deliver(&mut net, (server, s), client, b"during");
+        // ...which gives its slot back after the handshake timeout, unreported.
+        assert!(net.run_until(config.idle_timeout, |n| n.nodes[server]
+            .ep
+            .connection_count()
+            == 1));
+        let freed = net.now - attacked_at;
+        let due = config.handshake_timeout.min(config.idle_timeout);
+        assert!(
+            freed >= due && freed <= due + SLACK,
+            "{what}: freed after {freed:?}, expected {due:?}"
+        );
+        // ...and after, for longer than an idle timeout.
+        deliver(&mut net, (client, c), server, b"after");
+        deliver(&mut net, (server, s), client, b"after");
+        net.run_for(config.idle_timeout + Duration::from_secs(2));
+        deliver(&mut net, (client, c), server, b"much later");
+        assert!(net.ep(server).is_connected(s), "{what}");
+        assert!(net.ep(client).is_connected(c), "{what}");
+        assert!(
+            disconnects(net.nodes[server].events()).is_empty(),
+            "{what}: {:?}",
+            net.nodes[server].events
+        );
+        assert!(disconnects(net.nodes[client].events()).is_empty(), "{what}");
+        assert_eq!(
+            connected(net.nodes[server].events()).len(),
+            1,
+            "{what}: the attacker's connection is never reported"
+        );
+        assert_eq!(net.ep(server).stats().connections_opened, 1, "{what}");
+        assert_eq!(net.ep(server).connection_count(), 1, "{what}");
+    }
+
+    // The control: a real restart at the same address (a new endpoint completing a full
+    // handshake) does replace the old connection, once proven.
+    for tokens in [false, true] {
+        let (mut net, server, client, _, s) = live_connection(tokens, 185);
+        restart_replaces(&mut net, server, client, s, tokens);
+    }
+}
+
+#[test]
+#[ignore = "bug: a Connect that never completes leaves the live connection at that address \
+            out of the address map, so a later restart there no longer replaces it"]
+fn a_restart_after_a_connect_that_never_completed_still_replaces_the_old_connection() {
+    let (mut net, server, client, _, s) = live_connection(false, 187);
+    let mut attacker = Endpoint::new(client_config(189)).expect("valid config");
+    connect_from(&mut net, server, CLIENT_ADDR, &mut attacker, None);
+    // The attacker's connection gives its slot back.
+    assert!(net.run_until(Duration::from_secs(10), |n| n.nodes[server]
+        .ep
+        .connection_count()
+        == 1));
+    assert!(net.ep(server).is_connected(s));
+    restart_replaces(&mut net, server, client, s, false);
+}
+
+#[test]
+fn one_copied_token_holds_at_most_one_unconfirmed_slot() {
+    // A copy of one token (off the wire, no client key) in the hands of six attackers, each
+    // at its own address, against a server with room for four: each copy's Connect passes
+    // (the server cannot tell it from the holder's), but a copy's connection can never
+    // confirm, and a newer one with the same token takes the older one's place.
+    let mut net = Net::new();
+    let server = net.add(
+        Config {
+            max_connections: 4,
+            ..token_server_config(191)
+        },
+        SERVER_ADDR,
+    );
+    let now = net.now;
+    net.ep(server)
+        .set_unix_time(now, Duration::from_secs(UNIX_NOW));
+    let stolen = copied(&issue(&TokenSpec {
+        entropy: 4,
+        ..TokenSpec::default()
+    }));
+    let attackers: Vec<usize> = (1..=6)
+        .map(|i| net.add(client_config(191 + i), &format!("10.0.1.{i}:5000")))
+        .collect();
+    for &a in &attackers {
+        net.connect(
+            a,
+            SERVER_ADDR,
+            &ConnectOptions {
+                token: Some(&stolen),
+                ..ConnectOptions::default()
+            },
+        );
+    }
+    let mut most = 0;
+    net.run_until(Duration::from_secs(2), |n| {
+        most = most.max(n.nodes[server].ep.connection_count());
+        false
+    });
+    assert_eq!(
+        most, 1,
+        "the copies held at most one slot at any time (and did hold one)"
+    );
+    assert!(
+        net.ep(server)
+            .stats()
+            .drops
+            .get(DropReason::ConnectionTableFull)
+            == 0
+            && net.ep(server).stats().connections_rejected == 0,
+        "no copy was refused: each one's Connect took the previous one's place"
+    );
+
+    // An honest client with a token of its own connects meanwhile (the copies keep trying).
+    let honest = net.add(client_config(199), CLIENT_ADDR);
+    let token = issue(&TokenSpec {
+        entropy: 5,
+        ..TokenSpec::default()
+    });
+    net.connect(
+        honest,
+        SERVER_ADDR,
+        &ConnectOptions {
+            token: Some(&token),
+            ..ConnectOptions::default()
+        },
+    );
+    let (_, outcome) = net.outcome(honest, Duration::from_secs(5));
+    assert!(matches!(outcome, Event::Connected { .. }), "{outcome:?}");
+    assert!(net.run_until(Duration::from_secs(1), |n| !connected(
+        n.nodes[server].events()
+    )
+    .is_empty()));
+    let mut most = 0;
+    net.run_until(Duration::from_secs(10), |n| {
+        most = most.max(n.nodes[server].ep.connection_count());
+        false
+    });
+    assert!(most <= 2, "the honest client and one copy at most: {most}");
+    let reported = connected(net.nodes[server].events());
+    assert_eq!(reported.len(), 1, "only the honest client is ever reported");
+    assert_eq!(
+        reported[0].token.as_ref().map(|c| c.expires_at),
+        Some(UNIX_NOW + 3_600)
+    );
+    assert_eq!(net.ep(server).connection_count(), 1, "the copies gave up");
+    for &a in &attackers {
+        assert!(connected(net.nodes[a].events()).is_empty());
+    }
+
+    // An unconfirmed connection gives its slot back after the handshake timeout, or the idle
+    // timeout if that is shorter: not after the idle timeout alone.
+    for (handshake_timeout, idle_timeout) in [
+        (Duration::from_secs(3), Duration::from_secs(8)),
+        (Duration::from_secs(6), Duration::from_secs(4)),
+    ] {
+        let mut net = Net::new();
+        let server = net.add(
+            Config {
+                handshake_timeout,
+                idle_timeout,
+                ..token_server_config(201)
+            },
+            SERVER_ADDR,
+        );
+        let now = net.now;
+        net.ep(server)
+            .set_unix_time(now, Duration::from_secs(UNIX_NOW));
+        let attacker = net.add(client_config(202), SECOND_CLIENT_ADDR);
+        // The attacker sends its Connect once, and nothing after.
+        let mut connect_sent = false;
+        let from_attacker = addr(SECOND_CLIENT_ADDR);
+        net.tap = Box::new(move |from, _, bytes| {
+            if from != from_attacker {
+                return true;
+            }
+            if connect_sent {
+                return false;
+            }
+            connect_sent = bytes[0] == TYPE_CONNECT;
+            true
+        });
+        net.connect(
+            attacker,
+            SERVER_ADDR,
+            &ConnectOptions {
+                token: Some(&stolen),
+                ..ConnectOptions::default()
+            },
+        );
+        assert!(net.run_until(Duration::from_secs(1), |n| n.nodes[server]
+            .ep
+            .connection_count()
+            == 1));
+        let allocated_at = net.now;
+        assert!(net.run_until(Duration::from_secs(20), |n| n.nodes[server]
+            .ep
+            .connection_count()
+            == 0));
+        let held = net.now - allocated_at;
+        let due = handshake_timeout.min(idle_timeout);
+        assert!(
+            held >= due && held <= due + SLACK,
+            "handshake_timeout {handshake_timeout:?}, idle_timeout {idle_timeout:?}: the \
+             slot was held {held:?}, expected {due:?}"
+        );
+        assert!(net.nodes[server].events.is_empty(), "never reported");
+        assert_eq!(net.ep(server).stats().connections_closed, 1);
+    }
+}
+
+#[test]
+#[ignore = "bug: a copy's Connect evicts the holder's unconfirmed connection (one pending \
+            connection per token, newest wins): the holder reports Connected, the server \
+            never does, and the holder's packets hit an unknown connection id"]
+fn the_holder_of_a_copied_token_still_connects_while_copies_keep_arriving() {
+    // Someone copied the holder's token off the wire (its first attempt's Connect, lost on
+    // the way) and, from an address of its own, sends its Connect with that copy every few
+    // milliseconds: replaying the one datagram is enough, its cookie stays valid.
+    let mut net = Net::new();
+    let server = net.add(token_server_config(211), SERVER_ADDR);
+    let now = net.now;
+    net.ep(server)
+        .set_unix_time(now, Duration::from_secs(UNIX_NOW));
+    let token = issue(&TokenSpec {
+        entropy: 6,
+        ..TokenSpec::default()
+    });
+    let copier = net.add(client_config(212), SECOND_CLIENT_ADDR);
+    let from_copier = addr(SECOND_CLIENT_ADDR);
+    let sniffed = Rc::new(RefCell::new(Vec::new()));
+    let log = sniffed.clone();
+    net.tap = Box::new(move |from, _, bytes| {
+        if from != from_copier {
+            return true;
+        }
+        if bytes[0] == TYPE_CONNECT {
+            log.borrow_mut().push(bytes.to_vec());
+        }
+        log.borrow().is_empty()
+    });
+    net.connect(
+        copier,
+        SERVER_ADDR,
+        &ConnectOptions {
+            token: Some(&copied(&token)),
+            ..ConnectOptions::default()
+        },
+    );
+    assert!(net.run_until(Duration::from_secs(1), |_| !sniffed.borrow().is_empty()));
+    let connect = sniffed.borrow()[0].clone();
+
+    let holder = net.add(client_config(213), CLIENT_ADDR);
+    let conn = net.connect(
+        holder,
+        SERVER_ADDR,
+        &ConnectOptions {
+            token: Some(&token),
+            ..ConnectOptions::default()
+        },
+    );
+    for _ in 0..400 {
+        net.run_for(Duration::from_millis(5));
+        let now = net.now;
+        net.ep(server).handle_datagram(now, from_copier, &connect);
+    }
+    net.run_for(Duration::from_secs(1));
+    let reported = connected(net.nodes[server].events());
+    assert_eq!(
+        reported.len(),
+        1,
+        "the server reports the holder (server {:?}, holder {:?})",
+        net.nodes[server].events,
+        net.nodes[holder].events
+    );
+    assert!(net.ep(holder).is_connected(conn));
+    assert!(disconnects(net.nodes[holder].events()).is_empty());
+}
+
+#[test]
+fn a_replayed_connect_with_a_small_order_key_costs_one_key_exchange() {
+    let (server_addr, client_addr) = (addr(SERVER_ADDR), addr(CLIENT_ADDR));
+    let mut server = Endpoint::new(server_config(221)).expect("valid config");
+    let hooked = Arc::new(AtomicUsize::new(0));
+    let count = hooked.clone();
+    server.set_accept_hook(Box::new(move |_| {
+        count.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }));
+    let mut now = Instant::from_millis(1_000);
+    // A Connect with a valid cookie for its address and nonce (a real handshake's, up to the
+    // Connect), its ephemeral key swapped for a point of small order (all zeros is one): a
+    // key exchange with it yields nothing secret.
+    let small_order_connect = |server: &mut Endpoint, now: Instant, seed: u64| {
+        let mut client = Endpoint::new(client_config(seed)).expect("valid config");
+        client.connect(now, server_addr, b"").expect("connect");
+        let hello = transmit(&mut client, now, server_addr, TYPE_HELLO);
+        server.handle_datagram(now, client_addr, &hello);
+        let challenge = transmit(server, now, client_addr, 0x32);
+        client.handle_datagram(now, server_addr, &challenge);
+        let connect = transmit(&mut client, now, server_addr, TYPE_CONNECT);
+        let mut packet = Packet::decode(&connect).expect("decodes");
+        let Packet::Connect { ephemeral, .. } = &mut packet else {
+            panic!("a Connect");
+        };
+        assert!(ephemeral.is_some_and(|k| k != [0; 32]));
+        *ephemeral = Some([0; 32]);
+        (common::encode(&packet), connect)
+    };
+    let (forged, _) = small_order_connect(&mut server, now, 222);
+    let replays = 10u64;
+    let before = server.stats().drops;
+    let mut buf = vec![0u8; 1500];
+    for i in 1..=replays {
+        now += Duration::from_millis(1);
+        server.handle_datagram(now, client_addr, &forged);
+        let drops = server.stats().drops;
+        assert_eq!(
+            drops.get(DropReason::Unauthenticated) - before.get(DropReason::Unauthenticated),
+            i,
+            "copy {i}: dropped as unauthenticated"
+        );
+        assert_eq!(
+            drops.total() - before.total(),
+            i,
+            "copy {i}: and nothing else"
+        );
+        assert_eq!(server.connection_count(), 0, "copy {i}: nothing allocated");
+        assert!(
+            server.poll_transmit(now, &mut buf).is_none(),
+            "copy {i}: no reply"
+        );
+        assert!(server.poll_event().is_none(), "copy {i}: no event");
+    }
+    // The hook runs before the key exchange, so it saw the first copy; that exchange failed,
+    // the cookie was remembered, and every later copy is dropped before the hook (and before
+    // any exchange).
+    assert_eq!(
+        hooked.load(Ordering::SeqCst),
+        1,
+        "the hook (and the key exchange) ran for the first copy only"
+    );
+    assert_eq!(server.stats().connections_rejected, 0);
+
+    // What is remembered is that cookie: a new handshake from the same address (a new nonce,
+    // a new cookie) costs one more exchange, and then its copies cost none.
+    let (forged, _) = small_order_connect(&mut server, now, 223);
+    for _ in 0..replays {
+        now += Duration::from_millis(1);
+        server.handle_datagram(now, client_addr, &forged);
+    }
+    assert_eq!(hooked.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        server.stats().drops.get(DropReason::Unauthenticated)
+            - before.get(DropReason::Unauthenticated),
+        2 * replays
+    );
+    // And the address is not refused: a genuine Connect with a fresh cookie is accepted.
+    let (_, genuine) = small_order_connect(&mut server, now, 224);
+    server.handle_datagram(now, client_addr, &genuine);
+    assert_eq!(hooked.load(Ordering::SeqCst), 3);
+    assert_eq!(
+        server.connection_count(),
+        1,
+        "accepted, awaiting its first packet"
+    );
+    transmit(&mut server, now, client_addr, TYPE_ACCEPT);
+}
+
+#[test]
+fn an_accept_naming_another_connections_id_is_a_protocol_violation() {
+    // Plain mode for all three endpoints: the test plays the hostile server M and writes its
+    // Accept by hand, which it could not tag (a hostile M holds its own keys and could; the
+    // test has no way to compute the tag). The id is checked before anything else in the
+    // Accept, so a plain one takes the same path.
+    let mut net = Net::new();
+    let a = net.add(plain(server_config(231)), SERVER_ADDR);
+    let c = net.add(plain(client_config(232)), CLIENT_ADDR);
+    let m = net.add(plain(server_config(233)), OTHER_SERVER_ADDR);
+    let c_conn = net.connect(c, SERVER_ADDR, &ConnectOptions::default());
+    assert!(net.run_until(Duration::from_secs(5), |n| {
+        !connected(n.nodes[a].events()).is_empty() && !connected(n.nodes[c].events()).is_empty()
+    }));
+    let a_c = connected_to(&net, a, CLIENT_ADDR);
+    // C's connection id, read off the clear header of its Data packets: the id A routes C's
+    // packets by.
+    let wire = record_wire(&mut net);
+    deliver(&mut net, (c, c_conn), a, b"sniff me");
+    let c_id = wire
+        .borrow()
+        .iter()
+        .find(|(from, _, d)| *from == addr(CLIENT_ADDR) && d[0] == TYPE_DATA)
+        .map(|(.., d)| u64::from_be_bytes(d[1..9].try_into().expect("8 bytes")))
+        .expect("a Data packet from C");
+
+    // A connects out to M; M's real Accept is lost, and M sends one naming C's id instead.
+    let from_m = addr(OTHER_SERVER_ADDR);
+    let log = wire.clone();
+    net.tap = Box::new(move |from, to, bytes| {
+        log.borrow_mut().push((from, to, bytes.to_vec()));
+        !(from == from_m && bytes[0] == TYPE_ACCEPT)
+    });
+    let a_m = net.connect(a, OTHER_SERVER_ADDR, &ConnectOptions::default());
+    let sent = |ty: u8| {
+        wire.borrow()
+            .iter()
+            .find(|(from, to, d)| *from == addr(SERVER_ADDR) && *to == from_m && d[0] == ty)
+            .map(|(.., d)| d.clone())
+    };
+    assert!(net.run_until(Duration::from_secs(1), |_| sent(TYPE_CONNECT).is_some()));
+    let hello = sent(TYPE_HELLO).expect("A's Hello");
+    let nonce = u64::from_be_bytes(hello[5..13].try_into().expect("8 bytes"));
+    let forged = common::encode(&Packet::Accept {
+        client_nonce: nonce,
+        connection_id: c_id,
+        user_id: 1,
+        reassembly_budget: 1 << 20,
+        protection: Protection::None,
+        ephemeral: None,
+        static_key: None,
+        tag: None,
+    });
+    let now = net.now;
+    net.ep(a).handle_datagram(now, from_m, &forged);
+    net.flush();
+    assert_eq!(
+        net.nodes[a]
+            .events()
+            .filter(|e| matches!(e, Event::Disconnected { conn, .. } if *conn == a_m))
+            .cloned()
+            .collect::<Vec<_>>(),
+        vec![Event::Disconnected {
+            conn: a_m,
+            reason: DisconnectReason::ProtocolViolation
+        }],
+        "A's connection to M ends as a protocol violation"
+    );
+    assert_eq!(
+        net.ep(a).stats().drops.get(DropReason::ProtocolViolation),
+        1
+    );
+    assert!(!net.ep(a).is_connected(a_m));
+    assert_eq!(connected(net.nodes[a].events()).len(), 1, "only C's");
+    assert!(net.nodes[m].events.is_empty(), "M never reported A");
+
+    // C's connection keeps its id: its packets still reach it, both ways.
+    deliver(&mut net, (c, c_conn), a, b"still routed to C's connection");
+    deliver(&mut net, (a, a_c), c, b"and back");
+    let on_a: Vec<ConnectionHandle> = net.nodes[a]
+        .events()
+        .filter_map(|e| match e {
+            Event::Message { conn, .. } => Some(*conn),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(on_a, vec![a_c, a_c], "every message came on C's connection");
+    net.run_for(Duration::from_secs(2));
+    assert!(net.ep(a).is_connected(a_c) && net.ep(c).is_connected(c_conn));
+    assert!(disconnects(net.nodes[c].events()).is_empty());
+    assert_eq!(disconnects(net.nodes[a].events()).len(), 1);
+}
+
+#[test]
+fn an_endpoint_with_protection_needs_a_secret_seed() {
+    let missing = Endpoint::new(Config::default()).err();
+    assert_eq!(missing, Some(ConfigError::SecretSeedMissing));
+    let message = ConfigError::SecretSeedMissing.to_string();
+    assert!(message.contains("secret_seed"), "{message}");
+    assert!(
+        Config::default().validate().is_ok(),
+        "the config itself is fine: Endpoint::new checks the seed"
+    );
+    assert!(Endpoint::new(Config {
+        secret_seed: Some(SecretSeed::insecure_from_u64(1)),
+        ..Config::default()
+    })
+    .is_ok());
+    assert!(
+        Endpoint::new(Config {
+            protection: Protection::None,
+            ..Config::default()
+        })
+        .is_ok(),
+        "plain mode has no keys to derive"
+    );
+
+    // Settings that only protection keeps.
+    let tokens = || Some(TokenConfig::new(TOKEN_KEY, vec![addr(SERVER_ADDR)]));
+    let keypair = || Some(Keypair::from_secret([0x5e; 32]));
+    for (config, name) in [
+        (
+            Config {
+                tokens: tokens(),
+                ..plain(server_config(241))
+            },
+            "tokens",
+        ),
+        (
+            Config {
+                static_keypair: keypair(),
+                ..plain(server_config(241))
+            },
+            "static_keypair",
+        ),
+    ] {
+        assert_eq!(
+            config.validate(),
+            Err(ConfigError::ProtectionRequired(name))
+        );
+        assert_eq!(
+            Endpoint::new(config).err(),
+            Some(ConfigError::ProtectionRequired(name))
+        );
+        let message = ConfigError::ProtectionRequired(name).to_string();
+        assert!(message.contains(name), "{message}");
+    }
+    // The control: with protection both are fine.
+    assert!(Endpoint::new(Config {
+        tokens: tokens(),
+        static_keypair: keypair(),
+        ..server_config(241)
+    })
+    .is_ok());
+}
+
+/// A client connecting to two servers, and a second client to the first of them; returns
+/// every datagram on the wire, in order.
+fn two_handshakes_each(
+    client_seed: u64,
+    secret: Option<SecretSeed>,
+) -> Vec<(SocketAddr, SocketAddr, Vec<u8>)> {
+    let mut net = Net::new();
+    let first = net.add(server_config(251), SERVER_ADDR);
+    let second = net.add(server_config(252), OTHER_SERVER_ADDR);
+    let client = net.add(
+        Config {
+            secret_seed: secret.or(client_config(client_seed).secret_seed),
+            ..client_config(client_seed)
+        },
+        CLIENT_ADDR,
+    );
+    let other = net.add(client_config(254), SECOND_CLIENT_ADDR);
+    let wire = record_wire(&mut net);
+    net.connect(client, SERVER_ADDR, &ConnectOptions::default());
+    net.connect(client, OTHER_SERVER_ADDR, &ConnectOptions::default());
+    net.connect(other, SERVER_ADDR, &ConnectOptions::default());
+    assert!(net.run_until(Duration::from_secs(5), |n| {
+        connected(n.nodes[client].events()).len() == 2
+            && connected(n.nodes[other].events()).len() == 1
+            && connected(n.nodes[first].events()).len() == 2
+            && connected(n.nodes[second].events()).len() == 1
+    }));
+    let datagrams = wire.borrow().clone();
+    datagrams
+}
+
+/// The ephemeral keys of the handshake packets of type `ty` (`Connect` or `Accept`) on
+/// `wire`, by sender and receiver (retransmissions carry the same key).
+fn ephemeral_keys(
+    wire: &[(SocketAddr, SocketAddr, Vec<u8>)],
+    ty: u8,
+) -> Vec<((SocketAddr, SocketAddr), [u8; 32])> {
+    let mut keys: Vec<((SocketAddr, SocketAddr), [u8; 32])> = Vec::new();
+    for (from, to, d) in wire.iter().filter(|(.., d)| d[0] == ty) {
+        let key = match Packet::decode(d).expect("decodes") {
+            Packet::Connect {
+                ephemeral: Some(k), ..
+            }
+            | Packet::Accept {
+                ephemeral: Some(k), ..
+            } => k,
+            other => panic!("no ephemeral key: {other:?}"),
+        };
+        if !keys.contains(&((*from, *to), key)) {
+            keys.push(((*from, *to), key));
+        }
+    }
+    keys
+}
+
+#[test]
+fn ephemeral_keys_differ_per_handshake_and_runs_repeat() {
+    let wire = two_handshakes_each(253, None);
+    let (client, other) = (addr(CLIENT_ADDR), addr(SECOND_CLIENT_ADDR));
+    let (first, second) = (addr(SERVER_ADDR), addr(OTHER_SERVER_ADDR));
+    let connects = ephemeral_keys(&wire, TYPE_CONNECT);
+    let accepts = ephemeral_keys(&wire, TYPE_ACCEPT);
+    let pairs = |keys: &[((SocketAddr, SocketAddr), [u8; 32])]| {
+        let mut p: Vec<_> = keys.iter().map(|(p, _)| *p).collect();
+        p.sort();
+        p
+    };
+    // One key per handshake, the same in every copy of its Connect (or Accept)...
+    let mut want = vec![(client, first), (client, second), (other, first)];
+    want.sort();
+    assert_eq!(pairs(&connects), want, "one key per Connect: {connects:?}");
+    let mut want = vec![(first, client), (second, client), (first, other)];
+    want.sort();
+    assert_eq!(pairs(&accepts), want, "one key per Accept: {accepts:?}");
+    // ...and no two handshakes share one: not the client's two Connects, not the first
+    // server's two Accepts, nor any other pair.
+    let all: std::collections::HashSet<[u8; 32]> =
+        connects.iter().chain(&accepts).map(|(_, k)| *k).collect();
+    assert_eq!(all.len(), 6, "six distinct ephemeral keys");
+
+    // Determinism: the same configs give the same bytes, Hellos and Connects included.
+    let again = two_handshakes_each(253, None);
+    assert!(wire.iter().any(|(.., d)| d[0] == TYPE_HELLO));
+    assert_eq!(wire, again, "the run repeats byte for byte");
+    // The keys follow from the secret seed, not from the 64-bit seed alone.
+    let reseeded = two_handshakes_each(253, Some(SecretSeed([0x42; 32])));
+    let theirs = ephemeral_keys(&reseeded, TYPE_CONNECT);
+    for ((from, to), key) in &connects {
+        if *from == client {
+            assert!(
+                theirs.iter().all(|(_, k)| k != key),
+                "another secret seed, other keys (to {to})"
+            );
+        }
+    }
+}
+
+#[test]
+#[ignore = "bug: the Accept's connection id is checked before its tag, so a forged Accept \
+            (no keys) naming any id the client routes on ends a protected handshake as \
+            ProtocolViolation"]
+fn a_forged_accept_naming_another_connections_id_does_not_end_a_protected_handshake() {
+    // As above, protected, and the Accept is not M's: an attacker on the path, who read C's
+    // id off a Data header and A's nonce off its Hello, wrote it with a tag it made up.
+    let mut net = Net::new();
+    let a = net.add(server_config(261), SERVER_ADDR);
+    let c = net.add(client_config(262), CLIENT_ADDR);
+    let m = net.add(server_config(263), OTHER_SERVER_ADDR);
+    let c_conn = net.connect(c, SERVER_ADDR, &ConnectOptions::default());
+    assert!(net.run_until(Duration::from_secs(5), |n| {
+        !connected(n.nodes[a].events()).is_empty() && !connected(n.nodes[c].events()).is_empty()
+    }));
+    let a_c = connected_to(&net, a, CLIENT_ADDR);
+    let wire = record_wire(&mut net);
+    deliver(&mut net, (c, c_conn), a, b"sniff me");
+    let c_id = wire
+        .borrow()
+        .iter()
+        .find(|(from, _, d)| *from == addr(CLIENT_ADDR) && d[0] == TYPE_DATA)
+        .map(|(.., d)| u64::from_be_bytes(d[1..9].try_into().expect("8 bytes")))
+        .expect("a Data packet from C");
+    let from_m = addr(OTHER_SERVER_ADDR);
+    let sent = |ty: u8| {
+        wire.borrow()
+            .iter()
+            .find(|(from, to, d)| *from == addr(SERVER_ADDR) && *to == from_m && d[0] == ty)
+            .map(|(.., d)| d.clone())
+    };
+    let a_m = net.connect(a, OTHER_SERVER_ADDR, &ConnectOptions::default());
+    assert!(net.run_until(Duration::from_secs(1), |_| sent(TYPE_CONNECT).is_some()));
+    let hello = sent(TYPE_HELLO).expect("A's Hello");
+    let nonce = u64::from_be_bytes(hello[5..13].try_into().expect("8 bytes"));
+    let forged = common::encode(&Packet::Accept {
+        client_nonce: nonce,
+        connection_id: c_id,
+        user_id: 1,
+        reassembly_budget: 1 << 20,
+        protection: Protection::Encrypted,
+        ephemeral: Some(Keypair::from_secret([0xf0; 32]).public_key().0),
+        static_key: None,
+        tag: Some([0x5a; TAG_LEN]),
+    });
+    let now = net.now;
+    net.ep(a).handle_datagram(now, from_m, &forged);
+    net.flush();
+    assert!(
+        disconnects(net.nodes[a].events()).is_empty(),
+        "the forged Accept ended something: {:?}",
+        net.nodes[a].events
+    );
+    // M's real Accept completes the handshake; C's connection is untouched.
+    assert!(net.run_until(Duration::from_secs(5), |n| n.nodes[a].ep.is_connected(a_m)));
+    assert!(
+        net.run_until(Duration::from_secs(1), |n| !connected(n.nodes[m].events())
+            .is_empty())
+    );
+    deliver(&mut net, (c, c_conn), a, b"still C's");
+    deliver(&mut net, (a, a_c), c, b"and back");
+    assert!(disconnects(net.nodes[a].events()).is_empty());
 }
