@@ -24,6 +24,7 @@ use chacha20poly1305::aead::AeadInPlace;
 use chacha20poly1305::{ChaCha20Poly1305, KeyInit, Nonce, Tag};
 use core::fmt;
 use hkdf::Hkdf;
+use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use x25519_dalek::StaticSecret;
 
@@ -142,6 +143,26 @@ impl Eq for Keypair {}
 fn agree(secret: &StaticSecret, peer: &PublicKey) -> Option<[u8; 32]> {
     let shared = secret.diffie_hellman(&x25519_dalek::PublicKey::from(peer.0));
     shared.was_contributory().then(|| shared.to_bytes())
+}
+
+/// The proof a `Connect` with a connect token carries: HMAC-SHA256 of the packet before it
+/// under the token's client key, its first 16 bytes. Only the client the backend gave the
+/// token to can write it, so a copy of the token taken off the wire is refused at once.
+pub(crate) fn token_proof(client_key: &[u8; 32], connect: &[u8]) -> [u8; 16] {
+    let mut proof = [0u8; 16];
+    if let Ok(mut mac) = <Hmac<Sha256> as Mac>::new_from_slice(client_key) {
+        mac.update(connect);
+        proof.copy_from_slice(&mac.finalize().into_bytes()[..16]);
+    }
+    proof
+}
+
+/// Checks a token proof in constant time.
+pub(crate) fn token_proof_is_valid(client_key: &[u8; 32], connect: &[u8], proof: &[u8]) -> bool {
+    <Hmac<Sha256> as Mac>::new_from_slice(client_key).is_ok_and(|mut mac| {
+        mac.update(connect);
+        mac.verify_truncated_left(proof).is_ok()
+    })
 }
 
 /// An ephemeral X25519 secret for one handshake.

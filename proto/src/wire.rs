@@ -31,6 +31,8 @@ pub const MAX_ACK_RANGES: usize = 32;
 pub const PATH_PACKET_LEN: usize = 1 + 8 + 4 + 8;
 /// The high bit of a `Data` packet's range-count byte: an acknowledgement is requested.
 pub(crate) const PING_BIT: u8 = 0x80;
+/// Length of a `Connect`'s token proof.
+pub const TOKEN_PROOF_LEN: usize = 16;
 /// `Connect`/`Accept` flags: a static key follows the ephemeral one.
 const HAS_STATIC_KEY: u8 = 0x01;
 /// `Connect` flag: a connect token follows the keys.
@@ -541,6 +543,10 @@ pub enum Packet<'a> {
         token: Option<&'a [u8]>,
         /// Application data for the accept hook.
         data: &'a [u8],
+        /// With a token: HMAC-SHA256 (first 16 bytes) of everything before it under the
+        /// token's client key, proving the sender holds that key (`None` encodes the part it
+        /// covers).
+        token_proof: Option<[u8; TOKEN_PROOF_LEN]>,
     },
     /// Server → client: accepted.
     Accept {
@@ -773,6 +779,11 @@ impl<'a> Packet<'a> {
                 }
                 let len = usize::from(r.u16()?);
                 let data = r.take(len).map_err(|_| DecodeError::BadLength)?;
+                let token_proof = if token.is_some() {
+                    Some(r.array()?)
+                } else {
+                    None
+                };
                 Packet::Connect {
                     protocol_id,
                     client_nonce,
@@ -785,6 +796,7 @@ impl<'a> Packet<'a> {
                     static_key,
                     token,
                     data,
+                    token_proof,
                 }
             }
             PacketType::Accept => {
@@ -880,6 +892,7 @@ impl<'a> Packet<'a> {
                 static_key,
                 token,
                 data,
+                token_proof,
                 ..
             } => {
                 1 + 4
@@ -894,6 +907,7 @@ impl<'a> Packet<'a> {
                     + token.map_or(0, |t| 2 + t.len())
                     + 2
                     + data.len()
+                    + token_proof.map_or(0, |p| p.len())
             }
             Packet::Accept {
                 ephemeral,
@@ -953,6 +967,7 @@ impl<'a> Packet<'a> {
                 static_key,
                 token,
                 data,
+                token_proof,
             } => {
                 w.u8(first_byte(PacketType::Connect))?;
                 w.u32(protocol_id)?;
@@ -976,6 +991,7 @@ impl<'a> Packet<'a> {
                 }
                 w.u16(u16::try_from(data.len()).ok()?)?;
                 w.put(data)?;
+                w.put(token_proof.as_ref().map_or(&[][..], |p| p))?;
             }
             Packet::Accept {
                 client_nonce,

@@ -62,6 +62,7 @@ fn every_packet_type() -> Vec<Vec<u8>> {
             static_key: None,
             token: None,
             data: b"payload",
+            token_proof: None,
         },
         Packet::Accept {
             client_nonce: 1,

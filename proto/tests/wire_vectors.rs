@@ -67,7 +67,7 @@ fn connect_vector() {
     check(
         &format!(
             "33 53484f4c 0102030405060708 {COOKIE_HEX} 0000000000004321 04b0 00400000 \
-             01 03 {KEY_A} {KEY_B} 0003 746f6b 0002 6869"
+             01 03 {KEY_A} {KEY_B} 0003 746f6b 0002 6869 {TAG}"
         ),
         Packet::Connect {
             protocol_id: 0x5348_4f4c,
@@ -81,6 +81,7 @@ fn connect_vector() {
             static_key: Some([0xbb; 32]),
             token: Some(b"tok"),
             data: b"hi",
+            token_proof: Some([0xcc; 16]),
         },
     );
     // Without protection: no keys, no token.
@@ -100,6 +101,7 @@ fn connect_vector() {
             static_key: None,
             token: None,
             data: b"",
+            token_proof: None,
         },
     );
 }

@@ -681,9 +681,14 @@ pub(crate) fn connect_packet(
             .map(|k| k.public_key().0),
         token: hs.token.as_ref().map(|t| &t.sealed[..]),
         data: &hs.data,
+        token_proof: None,
     };
     let mut connect = alloc::vec![0; packet.encoded_len()];
     packet.encode(&mut connect)?;
+    if let Some(token) = &hs.token {
+        let proof = crate::crypto::token_proof(&token.client_key, &connect);
+        connect.extend_from_slice(&proof);
+    }
     Some(connect)
 }
 

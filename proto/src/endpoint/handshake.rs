@@ -7,8 +7,9 @@ use core::net::IpAddr;
 
 use super::*;
 use crate::connection::{PacketKeys, PendingAccept};
-use crate::crypto::{Ephemeral, Keypair, Protection, SessionKeys, TAG_LEN};
+use crate::crypto::{token_proof_is_valid, Ephemeral, Keypair, Protection, SessionKeys, TAG_LEN};
 use crate::token::OpenedToken;
+use crate::wire::TOKEN_PROOF_LEN;
 
 impl Endpoint {
     /// Runs `f` on the client-side connection at `from` whose nonce matches; counts a drop if
@@ -148,6 +149,7 @@ impl Endpoint {
             static_key,
             token,
             data,
+            token_proof,
         } = *packet
         else {
             return;
@@ -159,7 +161,7 @@ impl Endpoint {
             self.stats.drops.add(DropReason::BadCookie);
             return;
         }
-        if self.refused_cookies.contains(&cookie) {
+        if self.refused_cookies.contains(&cookie, ephemeral.as_ref()) {
             // A replay of a Connect whose key exchange failed.
             self.stats.drops.add(DropReason::Unauthenticated);
             return;
@@ -214,7 +216,12 @@ impl Endpoint {
             self.push_control(from, reject(code));
             return;
         }
-        let opened = match self.check_token(token) {
+        let proven = |o: &OpenedToken| {
+            let covered = datagram.len().saturating_sub(TOKEN_PROOF_LEN);
+            token_proof
+                .is_some_and(|p| token_proof_is_valid(&o.client_key, &datagram[..covered], &p))
+        };
+        let opened = match self.check_token(token, proven) {
             Ok(opened) => opened,
             Err(code) => {
                 self.stats.connections_rejected += 1;
@@ -250,7 +257,7 @@ impl Endpoint {
             match server_secrets(ours, &client, static_pair, static_key.map(PublicKey)) {
                 Some(secrets) => shared = secrets,
                 None => {
-                    self.refused_cookies.remember(&cookie);
+                    self.refused_cookies.remember(&cookie, ephemeral.as_ref());
                     self.stats.drops.add(DropReason::Unauthenticated);
                     return;
                 }
@@ -357,7 +364,11 @@ impl Endpoint {
 
     /// Checks a `Connect`'s token against `Config::tokens`: none needed and none given, or
     /// a valid, unexpired, unused one for this server.
-    fn check_token(&mut self, token: Option<&[u8]>) -> Result<Option<OpenedToken>, RejectCode> {
+    fn check_token(
+        &mut self,
+        token: Option<&[u8]>,
+        proven: impl FnOnce(&OpenedToken) -> bool,
+    ) -> Result<Option<OpenedToken>, RejectCode> {
         let (config, token) = match (&self.config.tokens, token) {
             (None, None) => return Ok(None),
             (Some(config), Some(token)) => (config, token),
@@ -365,6 +376,10 @@ impl Endpoint {
         };
         let unix_now = self.unix_now();
         let opened = config.open(self.config.protocol_id, token, unix_now)?;
+        if !proven(&opened) {
+            // A copy taken off the wire, without the client key it was issued with.
+            return Err(RejectCode::TokenInvalid);
+        }
         if self.token_is_used(&opened.tag) {
             self.stats.drops.add(DropReason::TokenReplay);
             return Err(RejectCode::TokenUsed);
@@ -428,19 +443,24 @@ impl RefusedCookies {
         }
     }
 
-    fn mac(cookie: &Cookie) -> [u8; 16] {
+    /// The cookie's MAC mixed with the client's key: a Connect with the same cookie and
+    /// another key (the real client's, after an attacker who read the Challenge sent a bad
+    /// one first) is a different entry.
+    fn mac(cookie: &Cookie, key: Option<&[u8; 32]>) -> [u8; 16] {
         let mut mac = [0u8; 16];
         mac.copy_from_slice(&cookie[COOKIE_LEN - 16..]);
+        for (m, k) in mac.iter_mut().zip(key.into_iter().flatten()) {
+            *m ^= k;
+        }
         mac
     }
 
-    fn contains(&self, cookie: &Cookie) -> bool {
-        let mac = Self::mac(cookie);
-        self.ring.contains(&mac)
+    fn contains(&self, cookie: &Cookie, key: Option<&[u8; 32]>) -> bool {
+        self.ring.contains(&Self::mac(cookie, key))
     }
 
-    fn remember(&mut self, cookie: &Cookie) {
-        let mac = Self::mac(cookie);
+    fn remember(&mut self, cookie: &Cookie, key: Option<&[u8; 32]>) {
+        let mac = Self::mac(cookie, key);
         if self.ring.len() < Self::CAPACITY {
             self.ring.push(mac);
         } else {

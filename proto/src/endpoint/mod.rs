@@ -578,11 +578,13 @@ impl Endpoint {
                     .get(&connection_id)
                     .is_some_and(|i| Some(i) != self.by_addr.get(&from));
                 self.with_client_conn(from, client_nonce, |c, now, config| {
-                    if taken {
-                        c.close(DisconnectReason::ProtocolViolation, None);
-                        return Err(DropReason::ProtocolViolation);
-                    }
                     match c.on_accept(now, config, &fields, datagram) {
+                        // (Checked only once the Accept authenticated: a forged one naming
+                        // a taken id is dropped by its tag like any other.)
+                        AcceptOutcome::Accepted(_) if taken => {
+                            c.close(DisconnectReason::ProtocolViolation, None);
+                            Err(DropReason::ProtocolViolation)
+                        }
                         AcceptOutcome::Accepted(identity) => {
                             accepted = Some(identity);
                             Ok(())
@@ -1019,6 +1021,12 @@ impl Endpoint {
         }
         if self.by_addr.get(&conn.remote()) == Some(&index) {
             self.by_addr.remove(&conn.remote());
+            // An unconfirmed replacement that gives up hands the address back to the
+            // connection it would have replaced.
+            let replaced = conn.pending_accept.as_ref().and_then(|p| p.replaces);
+            if let Some(old) = replaced.filter(|&h| self.get(h).is_some()) {
+                self.by_addr.insert(conn.remote(), old.index);
+            }
         }
         if self.by_id.get(&conn.connection_id) == Some(&index) {
             self.by_id.remove(&conn.connection_id);
