@@ -85,6 +85,8 @@ pub struct Config {
     /// `None`; an endpoint driven by your own loop must set it from a cryptographic random
     /// source: `Endpoint::new` refuses a protected endpoint without it (tests and
     /// simulations may use [`SecretSeed::insecure_from_u64`]). `Debug` does not print it.
+    /// The endpoint keeps no copy: `Endpoint::config()` shows `None` (so its memory cannot
+    /// regenerate the ephemeral keys it used).
     pub secret_seed: Option<SecretSeed>,
     /// How packets after the handshake are protected (default [`Protection::Encrypted`]).
     /// A peer configured differently is refused with a clear reason.

@@ -185,7 +185,6 @@ impl Ephemeral {
 /// generator is deterministic: the same config gives the same keys, which the simulator
 /// relies on; the drivers fill `secret_seed` from the operating system.
 pub(crate) struct Secrets {
-    root: Hkdf<Sha256>,
     ratchet: [u8; 32],
 }
 
@@ -196,7 +195,9 @@ impl Drop for Secrets {
 }
 
 impl Secrets {
-    pub(crate) fn new(seed: u64, secret_seed: Option<&[u8; 32]>) -> Self {
+    /// The ratchet, and the PRF's 128-bit key, from the seeds. Nothing else is kept: the root
+    /// and the seeds are gone once this returns (the caller wipes its copy of the seed).
+    pub(crate) fn new(seed: u64, secret_seed: Option<&[u8; 32]>) -> (Self, [u8; 16]) {
         let mut ikm = [0u8; 40];
         if let Some(s) = secret_seed {
             ikm[..32].copy_from_slice(s);
@@ -204,23 +205,13 @@ impl Secrets {
         ikm[32..].copy_from_slice(&seed.to_be_bytes());
         let root = Hkdf::<Sha256>::new(Some(b"shoal v3 endpoint secrets"), &ikm);
         zeroize::Zeroize::zeroize(&mut ikm);
-        let mut secrets = Secrets {
-            root,
-            ratchet: [0; 32],
-        };
-        secrets.ratchet = secrets.derive(b"ratchet", 0);
-        secrets
-    }
-
-    /// `N` bytes for `label` and `counter`, unrelated to every other label's and counter's.
-    pub(crate) fn derive<const N: usize>(&self, label: &[u8], counter: u64) -> [u8; N] {
-        let mut out = [0u8; N];
-        // HKDF-Expand gives up to 255 hash lengths; N is a small constant here.
-        let expanded = self
-            .root
-            .expand_multi_info(&[label, &counter.to_be_bytes()], &mut out);
-        debug_assert!(expanded.is_ok());
-        out
+        let mut ratchet = [0u8; 32];
+        let mut prf = [0u8; 16];
+        // Constant lengths far under HKDF's limit.
+        let ok =
+            root.expand(b"ratchet", &mut ratchet).is_ok() && root.expand(b"prf", &mut prf).is_ok();
+        debug_assert!(ok);
+        (Secrets { ratchet }, prf)
     }
 
     /// A fresh ephemeral key pair; the ratchet moves on.
@@ -235,7 +226,9 @@ impl Secrets {
         }
         self.ratchet = next;
         zeroize::Zeroize::zeroize(&mut next);
-        let secret = StaticSecret::from(secret);
+        let key = StaticSecret::from(secret);
+        zeroize::Zeroize::zeroize(&mut secret);
+        let secret = key;
         let public = PublicKey(x25519_dalek::PublicKey::from(&secret).to_bytes());
         Ephemeral { secret, public }
     }
@@ -418,18 +411,19 @@ mod tests {
 
     #[test]
     fn both_sides_agree_and_small_order_keys_are_refused() {
-        let mut secrets = Secrets::new(1, None);
+        let (mut secrets, prf) = Secrets::new(1, None);
         let a = secrets.ephemeral();
-        let b = Keypair::from_secret(secrets.derive(b"static", 0));
+        let b = Keypair::from_secret([5; 32]);
         assert_eq!(a.agree(&b.public_key()), b.agree(&a.public));
         assert_ne!(secrets.ephemeral().public, a.public, "the ratchet moved on");
-        assert_ne!(Secrets::new(2, None).ephemeral().public, a.public);
-        assert_ne!(Secrets::new(1, Some(&[1; 32])).ephemeral().public, a.public);
-        assert_eq!(
-            Secrets::new(1, None).ephemeral().public,
-            a.public,
-            "deterministic"
+        assert_ne!(Secrets::new(2, None).0.ephemeral().public, a.public);
+        assert_ne!(
+            Secrets::new(1, Some(&[1; 32])).0.ephemeral().public,
+            a.public
         );
+        let (mut again, prf_again) = Secrets::new(1, None);
+        assert_eq!(again.ephemeral().public, a.public, "deterministic");
+        assert_eq!(prf, prf_again);
         assert_eq!(a.agree(&PublicKey([0; 32])), None);
     }
 }

@@ -53,6 +53,8 @@ pub(crate) enum Domain {
     PathKey = 5,
     /// Path challenge tokens.
     PathToken = 6,
+    /// The key naming refused Connects (cookie and client keys).
+    RefusedConnect = 7,
 }
 
 /// A keyed pseudo-random function: `SipHash-2-4(key, domain ‖ counter)`.

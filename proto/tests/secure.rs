@@ -2265,3 +2265,82 @@ fn a_forged_accept_naming_another_connections_id_does_not_end_a_protected_handsh
     deliver(&mut net, (a, a_c), c, b"and back");
     assert!(disconnects(net.nodes[a].events()).is_empty());
 }
+
+// ======================================================================== second review
+
+const MOVED_ADDR: &str = "10.0.0.4:5000";
+
+#[test]
+fn a_connection_that_moved_never_lends_its_old_address_to_a_later_handshake() {
+    // A live connection, and a Connect from its address that never completes (a pending
+    // replacement of it).
+    let (mut net, server, client, c, s) = live_connection(false, 301);
+    let mut other = Endpoint::new(client_config(303)).expect("valid config");
+    connect_from(&mut net, server, CLIENT_ADDR, &mut other, None);
+    assert_eq!(net.ep(server).connection_count(), 2);
+    // The client's NAT rebinds: the connection moves.
+    net.nodes[client].addr = addr(MOVED_ADDR);
+    deliver(&mut net, (client, c), server, b"from the new address");
+    deliver(&mut net, (client, c), server, b"again");
+    deliver(&mut net, (server, s), client, b"back");
+    // The pending one gives up: the old address is not handed back to a connection that no
+    // longer lives there.
+    assert!(net.run_until(Duration::from_secs(8), |n| n.nodes[server]
+        .ep
+        .connection_count()
+        == 1));
+    assert!(net.ep(server).is_connected(s));
+    net.ep(client).disconnect(c, 0);
+    assert!(net.run_until(Duration::from_secs(2), |n| n.nodes[server]
+        .ep
+        .connection_count()
+        == 0));
+    // The old address connects as anyone would.
+    let fresh = net.add(client_config(305), CLIENT_ADDR);
+    let fc = net.connect(fresh, SERVER_ADDR, &ConnectOptions::default());
+    let (_, outcome) = net.outcome(fresh, Duration::from_secs(5));
+    assert!(matches!(outcome, Event::Connected { .. }), "{outcome:?}");
+    net.ep(fresh).disconnect(fc, 0);
+    net.run_for(Duration::from_secs(1));
+    net.nodes[fresh].addr = addr("10.0.0.200:1");
+    // A client at an unrelated address, then a handshake from the old address: nobody but
+    // a connection at that address is ever replaced.
+    let victim = net.add(client_config(307), SECOND_CLIENT_ADDR);
+    let vc = net.connect(victim, SERVER_ADDR, &ConnectOptions::default());
+    let (_, outcome) = net.outcome(victim, Duration::from_secs(5));
+    assert!(matches!(outcome, Event::Connected { .. }), "{outcome:?}");
+    net.run_for(Duration::from_millis(200));
+    let vs = connected_to(&net, server, SECOND_CLIENT_ADDR);
+    let later = net.add(client_config(309), CLIENT_ADDR);
+    net.connect(later, SERVER_ADDR, &ConnectOptions::default());
+    let (_, outcome) = net.outcome(later, Duration::from_secs(5));
+    assert!(matches!(outcome, Event::Connected { .. }), "{outcome:?}");
+    net.run_for(Duration::from_millis(200));
+    assert!(
+        net.ep(server).is_connected(vs),
+        "the unrelated client is untouched"
+    );
+    assert!(net.ep(victim).is_connected(vc));
+}
+
+#[test]
+fn an_endpoint_keeps_no_seed_that_could_regenerate_its_ephemeral_keys() {
+    let mut net = Net::new();
+    net.add(server_config(801), SERVER_ADDR);
+    let client = net.add(client_config(802), CLIENT_ADDR);
+    for _ in 0..3 {
+        let c = net.connect(client, SERVER_ADDR, &ConnectOptions::default());
+        assert!(net.run_until(Duration::from_secs(5), |n| n.nodes[client]
+            .ep
+            .is_connected(c)));
+        net.ep(client).disconnect(c, 0);
+        net.run_for(Duration::from_secs(1));
+    }
+    // What its memory shows of its configuration cannot rebuild the key ratchet.
+    let leaked = net.ep(client).config().clone();
+    assert!(leaked.secret_seed.is_none(), "the seed was wiped after use");
+    assert!(matches!(
+        Endpoint::new(leaked).map(|_| ()),
+        Err(ConfigError::SecretSeedMissing)
+    ));
+}

@@ -161,7 +161,14 @@ impl Endpoint {
             self.stats.drops.add(DropReason::BadCookie);
             return;
         }
-        if self.refused_cookies.contains(&cookie, ephemeral.as_ref()) {
+        // Names this Connect's key exchange: its cookie (so address, nonce and time) and every
+        // client key in it.
+        let exchange = self.prf.derive(Domain::RefusedConnect, 0).mac128(&[
+            &cookie,
+            ephemeral.as_ref().map_or(&[][..], |k| k),
+            static_key.as_ref().map_or(&[][..], |k| k),
+        ]);
+        if self.refused_cookies.contains(&exchange) {
             // A replay of a Connect whose key exchange failed.
             self.stats.drops.add(DropReason::Unauthenticated);
             return;
@@ -173,7 +180,9 @@ impl Endpoint {
         // The address is validated from here on.
         if let Some(index) = self.by_addr.get(&from).copied() {
             let Some(existing) = self.slot_conn(index) else {
-                return;
+                // A stale entry (never expected): it names nobody, so it is dropped.
+                self.by_addr.remove(&from);
+                return self.on_connect(now, from, packet, datagram);
             };
             if existing.is_client && !existing.is_connected() && existing.client_nonce < nonce {
                 // Both peers are connecting to each other at once. The attempt with the lower
@@ -186,6 +195,10 @@ impl Endpoint {
                 // Our Accept was lost: say it again (once the client's packets arrive, it has
                 // it, and a late copy of its Connect is ignored).
                 if let Some(accept) = existing.pending_accept.as_ref().map(|p| p.accept.clone()) {
+                    // The client is still trying: its confirmation deadline starts again.
+                    if let Some(c) = self.slots[index as usize].conn.as_mut() {
+                        c.await_confirmation(now, &self.config);
+                    }
                     self.push_control_bytes(from, accept);
                 } else {
                     self.stats.drops.add(DropReason::DuplicatePacket);
@@ -257,7 +270,7 @@ impl Endpoint {
             match server_secrets(ours, &client, static_pair, static_key.map(PublicKey)) {
                 Some(secrets) => shared = secrets,
                 None => {
-                    self.refused_cookies.remember(&cookie, ephemeral.as_ref());
+                    self.refused_cookies.remember(exchange);
                     self.stats.drops.add(DropReason::Unauthenticated);
                     return;
                 }
@@ -443,24 +456,14 @@ impl RefusedCookies {
         }
     }
 
-    /// The cookie's MAC mixed with the client's key: a Connect with the same cookie and
-    /// another key (the real client's, after an attacker who read the Challenge sent a bad
-    /// one first) is a different entry.
-    fn mac(cookie: &Cookie, key: Option<&[u8; 32]>) -> [u8; 16] {
-        let mut mac = [0u8; 16];
-        mac.copy_from_slice(&cookie[COOKIE_LEN - 16..]);
-        for (m, k) in mac.iter_mut().zip(key.into_iter().flatten()) {
-            *m ^= k;
-        }
-        mac
+    /// Entries are a keyed hash of the cookie and the client's keys: a Connect with the same
+    /// cookie and other keys (the real client's, after an attacker who read the Challenge sent
+    /// a bad one first) is a different entry.
+    fn contains(&self, exchange: &[u8; 16]) -> bool {
+        self.ring.contains(exchange)
     }
 
-    fn contains(&self, cookie: &Cookie, key: Option<&[u8; 32]>) -> bool {
-        self.ring.contains(&Self::mac(cookie, key))
-    }
-
-    fn remember(&mut self, cookie: &Cookie, key: Option<&[u8; 32]>) {
-        let mac = Self::mac(cookie, key);
+    fn remember(&mut self, mac: [u8; 16]) {
         if self.ring.len() < Self::CAPACITY {
             self.ring.push(mac);
         } else {

@@ -224,8 +224,13 @@ impl Endpoint {
             // could decrypt every session.
             return Err(ConfigError::SecretSeedMissing);
         }
-        let secrets = Secrets::new(config.seed, config.secret_seed.as_ref().map(|s| &s.0));
-        let prf = Prf::from_key(secrets.derive(b"prf", 0));
+        let mut config = config;
+        let (secrets, prf_key) =
+            Secrets::new(config.seed, config.secret_seed.as_ref().map(|s| &s.0));
+        // The endpoint keeps no copy of its seed (wiped on drop): its memory cannot regenerate
+        // the ephemeral keys it used (`config().secret_seed` reads `None` from here on).
+        config.secret_seed = None;
+        let prf = Prf::from_key(prf_key);
         let hasher = SeededState::new(&prf);
         Ok(Endpoint {
             secrets,
@@ -729,9 +734,12 @@ impl Endpoint {
             self.used_tokens.insert(tag, expires_at);
         }
         if let Some(old) = pending.replaces {
-            // Proven: the connection it replaces gives way now.
+            // Proven: the connection it replaces gives way now (if it is still at that
+            // address: one that moved since is another path's business).
             if let Some((index, mut old)) = self.take(old) {
-                old.close(DisconnectReason::Replaced, None);
+                if old.remote() == c.remote() {
+                    old.close(DisconnectReason::Replaced, None);
+                }
                 self.finish(index, old);
             }
         }
@@ -1024,7 +1032,8 @@ impl Endpoint {
             // An unconfirmed replacement that gives up hands the address back to the
             // connection it would have replaced.
             let replaced = conn.pending_accept.as_ref().and_then(|p| p.replaces);
-            if let Some(old) = replaced.filter(|&h| self.get(h).is_some()) {
+            let still_there = |h| self.get(h).is_some_and(|o| o.remote() == conn.remote());
+            if let Some(old) = replaced.filter(|&h| still_there(h)) {
                 self.by_addr.insert(conn.remote(), old.index);
             }
         }
