@@ -30,6 +30,21 @@ fn addrs() -> (SocketAddr, SocketAddr) {
     )
 }
 
+/// A client (seed 1) and a server (seed 2) with default settings and `protection`.
+fn endpoints(protection: Protection) -> (Endpoint, Endpoint) {
+    let config = |seed, accept_incoming| Config {
+        seed,
+        secret_seed: Some(shoal_proto::SecretSeed::insecure_from_u64(seed)),
+        accept_incoming,
+        protection,
+        ..Config::default()
+    };
+    (
+        Endpoint::new(config(1, false)).expect("config"),
+        Endpoint::new(config(2, true)).expect("config"),
+    )
+}
+
 /// A connected client/server pair over a perfect zero-latency link.
 struct Bulk {
     client: Endpoint,
@@ -43,21 +58,7 @@ struct Bulk {
 impl Bulk {
     fn new(protection: Protection) -> Self {
         let (ca, sa) = addrs();
-        let mut client = Endpoint::new(Config {
-            seed: 1,
-            secret_seed: Some(shoal_proto::SecretSeed::insecure_from_u64(1)),
-            accept_incoming: false,
-            protection,
-            ..Config::default()
-        })
-        .expect("config");
-        let server = Endpoint::new(Config {
-            seed: 2,
-            secret_seed: Some(shoal_proto::SecretSeed::insecure_from_u64(2)),
-            protection,
-            ..Config::default()
-        })
-        .expect("config");
+        let (mut client, server) = endpoints(protection);
         let now = Instant::from_millis(1);
         let conn = client.connect(now, sa, &[]).expect("connect");
         let mut bulk = Bulk {
@@ -167,21 +168,7 @@ fn bulk_rate(protection: Protection, runs: usize) -> f64 {
 /// sides report the connection, and the round trips that took (flights / 2).
 fn handshake_cost(protection: Protection) -> ([usize; 2], [usize; 2], usize) {
     let (ca, sa) = addrs();
-    let mut client = Endpoint::new(Config {
-        seed: 1,
-        secret_seed: Some(shoal_proto::SecretSeed::insecure_from_u64(1)),
-        accept_incoming: false,
-        protection,
-        ..Config::default()
-    })
-    .expect("config");
-    let mut server = Endpoint::new(Config {
-        seed: 2,
-        secret_seed: Some(shoal_proto::SecretSeed::insecure_from_u64(2)),
-        protection,
-        ..Config::default()
-    })
-    .expect("config");
+    let (mut client, mut server) = endpoints(protection);
     let now = Instant::from_millis(1);
     client.connect(now, sa, &[]).expect("connect");
     let (mut datagrams, mut bytes, mut flights) = ([0; 2], [0; 2], 0);
