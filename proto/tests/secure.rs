@@ -2344,3 +2344,59 @@ fn an_endpoint_keeps_no_seed_that_could_regenerate_its_ephemeral_keys() {
         Err(ConfigError::SecretSeedMissing)
     ));
 }
+
+#[test]
+fn the_memory_of_used_tokens_is_bounded_and_forgets_only_expired_ones() {
+    // Room for two remembered tokens; each client holds its own valid token.
+    let mut net = Net::new();
+    let mut config = token_server_config(401);
+    if let Some(tokens) = config.tokens.as_mut() {
+        tokens.max_used_tokens = 2;
+    }
+    let server = net.add(config, SERVER_ADDR);
+    let now = net.now;
+    net.ep(server)
+        .set_unix_time(now, Duration::from_secs(UNIX_NOW));
+    let connect = |net: &mut Net, i: u8, expires_at: u64| {
+        let client = net.add(
+            client_config(400 + u64::from(i)),
+            &format!("10.0.2.{i}:5000"),
+        );
+        let token = issue(&TokenSpec {
+            entropy: 10 + i,
+            expires_at,
+            ..TokenSpec::default()
+        });
+        net.connect(
+            client,
+            SERVER_ADDR,
+            &ConnectOptions {
+                token: Some(&token),
+                ..ConnectOptions::default()
+            },
+        );
+        net.outcome(client, Duration::from_secs(5)).1
+    };
+    // Two tokens that expire in a minute fill the memory...
+    for i in 1..=2 {
+        let outcome = connect(&mut net, i, UNIX_NOW + 60);
+        assert!(matches!(outcome, Event::Connected { .. }), "{outcome:?}");
+    }
+    // ...so a third valid token is refused as if the server were full, and counted.
+    let outcome = connect(&mut net, 3, UNIX_NOW + 3_600);
+    assert!(
+        matches!(
+            outcome,
+            Event::Disconnected {
+                reason: DisconnectReason::ServerFull,
+                ..
+            }
+        ),
+        "{outcome:?}"
+    );
+    assert_eq!(net.ep(server).stats().drops.get(DropReason::TokenReplay), 1);
+    // Once the remembered ones have expired they are forgotten, and room returns.
+    net.run_for(Duration::from_secs(61));
+    let outcome = connect(&mut net, 4, UNIX_NOW + 3_600);
+    assert!(matches!(outcome, Event::Connected { .. }), "{outcome:?}");
+}

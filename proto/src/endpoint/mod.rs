@@ -716,8 +716,9 @@ impl Endpoint {
 
     /// The client's first authenticated packet: it holds the keys, so the connection is up,
     /// and its token (if any) is used now — not at `Connect`, where a copy taken off the wire
-    /// could burn it without ever connecting. False if the token was used meanwhile (two
-    /// handshakes with one token): that connection closes unreported.
+    /// could burn it without ever connecting. False if the token was used meanwhile: a
+    /// guard (a token has at most one unconfirmed connection, and a used one is refused at
+    /// `Connect`); that connection would close unreported.
     fn confirm(&mut self, c: &mut Connection) -> bool {
         let Some(pending) = c.pending_accept.take() else {
             return true;
