@@ -105,7 +105,8 @@ pub struct Config {
     pub channels: Vec<ChannelConfig>,
     /// Whether this endpoint answers connection attempts (a server or a peer).
     pub accept_incoming: bool,
-    /// Most connections at once; further attempts are rejected with reason `ServerFull`.
+    /// Most connections at once (default 4,096; at most 49,151); further attempts are
+    /// rejected with reason `ServerFull`.
     pub max_connections: usize,
     /// Most bytes of application data in a connect request (default 256: with the keys and
     /// the fixed fields it fits a 576-byte MTU; a connect token needs room beside it).
@@ -224,7 +225,8 @@ impl Config {
         if !(128..=65_507).contains(&self.mtu) {
             return Err(ConfigError::Mtu(self.mtu));
         }
-        if self.max_connections == 0 || self.max_connections > usize::from(u16::MAX - 1) {
+        if self.max_connections == 0 || self.max_connections > usize::from(crate::hub::MAX_USER_ID)
+        {
             return Err(ConfigError::MaxConnections(self.max_connections));
         }
         // The Connect's fixed fields and keys take 121 bytes; a token is checked at connect.
@@ -362,7 +364,8 @@ pub enum ConfigError {
     ChannelCount(usize),
     /// `mtu` must be between 128 and 65,507.
     Mtu(usize),
-    /// `max_connections` must be between 1 and 65,534 (user ids are 16 bits).
+    /// `max_connections` must be between 1 and 49,151 (user ids are 16 bits, and the
+    /// values above `hub::MAX_USER_ID` name rooms).
     MaxConnections(usize),
     /// `max_connect_data` must leave room for the handshake in one datagram of `mtu` bytes.
     ConnectDataTooLarge(usize),
@@ -393,7 +396,7 @@ impl fmt::Display for ConfigError {
             }
             ConfigError::Mtu(n) => write!(f, "mtu {n} is out of range; use 128 to 65507"),
             ConfigError::MaxConnections(n) => {
-                write!(f, "max_connections {n} is out of range; use 1 to 65534")
+                write!(f, "max_connections {n} is out of range; use 1 to 49151")
             }
             ConfigError::ConnectDataTooLarge(n) => write!(
                 f,

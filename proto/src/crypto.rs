@@ -234,6 +234,110 @@ impl Secrets {
     }
 }
 
+impl Secrets {
+    /// 32 fresh secret bytes (a hub's pair keys); the ratchet moves on, so the endpoint's
+    /// memory keeps none of the keys it handed out.
+    pub(crate) fn fresh_key(&mut self) -> [u8; 32] {
+        let mut key = [0u8; 32];
+        let mut next = [0u8; 32];
+        if let Ok(state) = Hkdf::<Sha256>::from_prk(&self.ratchet) {
+            let ok = state.expand(b"fresh key", &mut key).is_ok()
+                && state.expand(b"next", &mut next).is_ok();
+            debug_assert!(ok);
+        }
+        self.ratchet = next;
+        zeroize::Zeroize::zeroize(&mut next);
+        key
+    }
+}
+
+/// End-to-end protection of payloads two hub members relay through the hub: one
+/// ChaCha20-Poly1305 key per direction, expanded from the pair key the hub handed both.
+///
+/// ```text
+/// key(a -> b) = HKDF-SHA256(salt "shoal pair v1", pair key).expand("send" || a || b, 32)
+/// sealed      = counter (u64, big-endian) || ciphertext || tag (16)
+/// nonce       = 0u32 || counter;  associated data: what the caller binds (kind, channel)
+/// ```
+///
+/// The counter starts at 0 for each fresh pair key and never repeats under it.
+pub(crate) struct PairCipher {
+    send: ChaCha20Poly1305,
+    recv: ChaCha20Poly1305,
+    next: u64,
+}
+
+/// Bytes sealing adds to a relayed payload: the counter and the tag.
+pub const PAIR_OVERHEAD: usize = 8 + TAG_LEN;
+
+impl fmt::Debug for PairCipher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PairCipher(..)")
+    }
+}
+
+impl PairCipher {
+    /// The keys of user `me` talking to user `peer` under `pair_key`.
+    pub(crate) fn new(pair_key: &[u8; 32], me: u16, peer: u16) -> Self {
+        let hkdf = Hkdf::<Sha256>::new(Some(b"shoal pair v1"), pair_key);
+        let direction = |from: u16, to: u16| {
+            let mut info = [0u8; 8];
+            info[..4].copy_from_slice(b"send");
+            info[4..6].copy_from_slice(&from.to_be_bytes());
+            info[6..].copy_from_slice(&to.to_be_bytes());
+            let mut key = [0u8; 32];
+            let ok = hkdf.expand(&info, &mut key).is_ok();
+            debug_assert!(ok);
+            let aead = ChaCha20Poly1305::new((&key).into());
+            zeroize::Zeroize::zeroize(&mut key);
+            aead
+        };
+        PairCipher {
+            send: direction(me, peer),
+            recv: direction(peer, me),
+            next: 0,
+        }
+    }
+
+    fn nonce(counter: u64) -> Nonce {
+        let mut nonce = [0u8; IV_LEN];
+        nonce[4..].copy_from_slice(&counter.to_be_bytes());
+        nonce.into()
+    }
+
+    /// Seals `plain` for the peer, binding `aad`.
+    pub(crate) fn seal(&mut self, aad: &[u8], plain: &[u8]) -> alloc::vec::Vec<u8> {
+        let counter = self.next;
+        self.next += 1;
+        let mut out = alloc::vec::Vec::with_capacity(plain.len() + PAIR_OVERHEAD);
+        out.extend_from_slice(&counter.to_be_bytes());
+        out.extend_from_slice(plain);
+        let tag = self
+            .send
+            .encrypt_in_place_detached(&Self::nonce(counter), aad, &mut out[8..]);
+        // Encryption fails only past ChaCha20's 256 GiB per message; payloads are bounded
+        // far below it, and an empty tag would then simply fail to open.
+        out.extend_from_slice(&tag.unwrap_or_default());
+        out
+    }
+
+    /// Opens what the peer sealed, or `None` if it was not sealed under this pair's key
+    /// (or was altered on the way).
+    pub(crate) fn open(&self, aad: &[u8], sealed: &[u8]) -> Option<alloc::vec::Vec<u8>> {
+        if sealed.len() < PAIR_OVERHEAD {
+            return None;
+        }
+        let (counter, rest) = sealed.split_at(8);
+        let (body, tag) = rest.split_at(rest.len() - TAG_LEN);
+        let counter = u64::from_be_bytes(counter.try_into().ok()?);
+        let mut plain = body.to_vec();
+        self.recv
+            .decrypt_in_place_detached(&Self::nonce(counter), aad, &mut plain, Tag::from_slice(tag))
+            .ok()?;
+        Some(plain)
+    }
+}
+
 /// One direction's packet key: the AEAD under its key, and the IV its nonces derive from.
 #[derive(Clone)]
 pub(crate) struct PacketKey {

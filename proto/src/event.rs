@@ -203,8 +203,10 @@ pub enum Event {
         conn: ConnectionHandle,
         /// What to pass to `respond`.
         request: IncomingRequest,
-        /// The user id of its sender.
+        /// The user id of its original sender.
         owner: u16,
+        /// For hub relaying: the user id (or room) it is addressed to, if redirected.
+        target: Option<u16>,
         /// The request.
         payload: Bytes,
     },

@@ -72,6 +72,7 @@ mod endpoint;
 mod error;
 mod event;
 mod hash;
+pub mod hub;
 mod messaging;
 mod stats;
 pub mod time;

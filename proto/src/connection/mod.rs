@@ -18,7 +18,7 @@ use crate::event::{ConnectionHandle, DisconnectReason, Event, IncomingRequest, R
 use crate::hash::{HashMap, Prf, SeededState};
 use crate::messaging::budget::ReceiveBudget;
 use crate::messaging::channel::{
-    MessageMeta, Outgoing, Received, RecvChannel, RecvContext, SendChannel, WireOrder,
+    MessageMeta, Outgoing, Received, RecvChannel, RecvContext, Route, SendChannel, WireOrder,
 };
 use crate::messaging::chunk::{
     chunk_count, chunk_slice, reservation, ChunkAdded, Progress, ReassemblyBuffer,
@@ -336,7 +336,7 @@ impl Connection {
         channel: u8,
         payload: Bytes,
         request: bool,
-        redirect: Option<u16>,
+        route: Route,
     ) -> Result<u64, SendError> {
         let len = payload.len();
         let peer_budget = self.peer_reassembly_budget;
@@ -367,7 +367,7 @@ impl Connection {
             seq,
             response: false,
             request,
-            redirect,
+            route,
             chunk_count,
             next_chunk: 0,
             payload,
@@ -385,6 +385,7 @@ impl Connection {
         channel: u8,
         payload: Bytes,
         id: RequestId,
+        route: Route,
     ) -> Result<(), SendError> {
         if self.messaging.pending_requests.len() >= config.max_pending_requests {
             return Err(SendError::TooManyRequests {
@@ -407,7 +408,7 @@ impl Connection {
                 max: config.max_pending_requests,
             });
         }
-        let seq = self.send(config, channel, payload, true, None)? as u16;
+        let seq = self.send(config, channel, payload, true, route)? as u16;
         self.messaging
             .pending_requests
             .insert((channel, seq), PendingRequest { id, partial: None });
@@ -440,7 +441,7 @@ impl Connection {
                 seq: u64::from(request.sequence),
                 response: true,
                 request: false,
-                redirect: None,
+                route: Route::default(),
                 chunk_count,
                 next_chunk: 0,
                 payload,

@@ -386,6 +386,7 @@ impl Connection {
                         sequence: meta.sequence,
                     },
                     owner: meta.owner,
+                    target: meta.redirect,
                     payload,
                 }
             } else {

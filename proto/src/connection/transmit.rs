@@ -434,9 +434,9 @@ impl Connection {
                 SendType::Message
             },
             reliable: out.request,
-            owner: local_user_id,
+            owner: out.route.owner.unwrap_or(local_user_id),
             sequence: out.seq as u16,
-            redirect: out.redirect,
+            redirect: out.route.target,
             chunk: out.chunk_info(),
         };
         let chunk = (out.chunk_count > 1)

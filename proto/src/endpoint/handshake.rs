@@ -478,7 +478,7 @@ pub(crate) fn wire_budget(config: &Config) -> u32 {
     u32::try_from(config.reassembly_budget).unwrap_or(u32::MAX)
 }
 
-/// User ids 1..=65534 handed to accepted connections; 0 is the server's own.
+/// User ids 1..=hub::MAX_USER_ID (49,151) handed to accepted connections; 0 is the server's own.
 pub(super) struct UserIds {
     used: Vec<u64>,
     next: u16,
@@ -505,9 +505,9 @@ impl UserIds {
         if self.used.is_empty() {
             self.used = vec![0; 1024];
         }
-        for _ in 0..u16::MAX {
+        for _ in 0..crate::hub::MAX_USER_ID {
             let id = self.next;
-            self.next = if self.next >= u16::MAX - 1 {
+            self.next = if self.next >= crate::hub::MAX_USER_ID {
                 1
             } else {
                 self.next + 1

@@ -21,6 +21,7 @@ use crate::event::{
 };
 use crate::hash::{Domain, HashMap, Prf, SeededState, Sequence};
 use crate::messaging::budget::ReceiveBudget;
+use crate::messaging::channel::Route;
 use crate::messaging::chunk::Progress;
 use crate::stats::{ConnectionStats, DropReason, EndpointStats};
 use crate::time::{micros, Instant};
@@ -444,8 +445,8 @@ impl Endpoint {
         self.send_redirected(conn, channel, payload, None)
     }
 
-    /// Like [`send`](Self::send), with the redirect bit and a target user id set, for a hub to
-    /// relay to that user.
+    /// Like [`send`](Self::send), with the redirect bit and a target set, for a hub to relay
+    /// (see [`hub::Target`](crate::hub::Target) for what a target names).
     pub fn send_redirected(
         &mut self,
         conn: ConnectionHandle,
@@ -453,8 +454,41 @@ impl Endpoint {
         payload: impl Into<Bytes>,
         target: Option<u16>,
     ) -> Result<(), SendError> {
+        let route = Route {
+            owner: None,
+            target,
+        };
+        self.send_routed(conn, channel, payload.into(), route)
+    }
+
+    /// Forwards a message on behalf of user `owner`, keeping the redirect `target`: what a hub
+    /// does with a redirected message (the owner field names the original sender). A server
+    /// takes from a client only messages owned by that client, so only the server side of a
+    /// connection can speak for others.
+    pub fn relay(
+        &mut self,
+        conn: ConnectionHandle,
+        channel: u8,
+        payload: impl Into<Bytes>,
+        owner: u16,
+        target: Option<u16>,
+    ) -> Result<(), SendError> {
+        let route = Route {
+            owner: Some(owner),
+            target,
+        };
+        self.send_routed(conn, channel, payload.into(), route)
+    }
+
+    fn send_routed(
+        &mut self,
+        conn: ConnectionHandle,
+        channel: u8,
+        payload: Bytes,
+        route: Route,
+    ) -> Result<(), SendError> {
         let (index, mut c) = self.take(conn).ok_or(SendError::UnknownConnection)?;
-        let result = c.send(&self.config, channel, payload.into(), false, target);
+        let result = c.send(&self.config, channel, payload, false, route);
         self.finish(index, c);
         result.map(|_| ())
     }
@@ -470,10 +504,56 @@ impl Endpoint {
         channel: u8,
         payload: impl Into<Bytes>,
     ) -> Result<RequestId, SendError> {
+        self.request_routed(now, conn, channel, payload.into(), Route::default())
+    }
+
+    /// Like [`request`](Self::request), with the redirect bit and a target set, for a hub to
+    /// relay; the hub answers with the target's response.
+    pub fn request_redirected(
+        &mut self,
+        now: Instant,
+        conn: ConnectionHandle,
+        channel: u8,
+        payload: impl Into<Bytes>,
+        target: Option<u16>,
+    ) -> Result<RequestId, SendError> {
+        let route = Route {
+            owner: None,
+            target,
+        };
+        self.request_routed(now, conn, channel, payload.into(), route)
+    }
+
+    /// Forwards a request on behalf of user `owner` (see [`relay`](Self::relay)); the
+    /// response comes back to this side as `Event::Response` with the returned id.
+    pub fn relay_request(
+        &mut self,
+        now: Instant,
+        conn: ConnectionHandle,
+        channel: u8,
+        payload: impl Into<Bytes>,
+        owner: u16,
+        target: Option<u16>,
+    ) -> Result<RequestId, SendError> {
+        let route = Route {
+            owner: Some(owner),
+            target,
+        };
+        self.request_routed(now, conn, channel, payload.into(), route)
+    }
+
+    fn request_routed(
+        &mut self,
+        now: Instant,
+        conn: ConnectionHandle,
+        channel: u8,
+        payload: Bytes,
+        route: Route,
+    ) -> Result<RequestId, SendError> {
         self.advance_time(now);
         let id = RequestId(self.next_request_id);
         let (index, mut c) = self.take(conn).ok_or(SendError::UnknownConnection)?;
-        let result = c.request(now, &self.config, channel, payload.into(), id);
+        let result = c.request(now, &self.config, channel, payload, id, route);
         self.finish(index, c);
         result?;
         self.next_request_id += 1;

@@ -34,6 +34,15 @@ const MAX_UNRELIABLE_PARTIALS: usize = 4;
 /// Memory one receive-window slot takes, charged to the budget while it exists.
 pub(crate) const SLOT_BYTES: usize = core::mem::size_of::<Slot>();
 
+/// Who a message is from and, for a hub to relay, whom it is for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Route {
+    /// The original sender when a hub forwards; `None` names this side.
+    pub(crate) owner: Option<u16>,
+    /// The redirect target.
+    pub(crate) target: Option<u16>,
+}
+
 /// A message (or response) waiting to be sent, whole or chunk by chunk.
 #[derive(Debug)]
 pub(crate) struct Outgoing {
@@ -43,7 +52,8 @@ pub(crate) struct Outgoing {
     pub(crate) response: bool,
     /// A request: the sender awaits a response.
     pub(crate) request: bool,
-    pub(crate) redirect: Option<u16>,
+    /// The sender named in the header (`None`: this side's user id) and the relay target.
+    pub(crate) route: Route,
     pub(crate) payload: Bytes,
     pub(crate) next_chunk: u16,
     /// 1 when sent whole.

@@ -1,0 +1,733 @@
+//! A member's side: the rooms it is in, its pair keys, and the relay seen from an endpoint
+//! connected to a hub.
+
+use alloc::collections::{BTreeMap, VecDeque};
+use alloc::vec::Vec;
+use bytes::Bytes;
+use core::fmt;
+
+use super::control::{
+    Command, MemberEntry, Notice, FLAG_APPROVAL, FLAG_CLOSE_WITH_OWNER, MAX_FIELD,
+};
+use super::{LeaveReason, Refusal, RoomId, RoomOptions, Target, MAX_ROOMS};
+use crate::config::{Config, DeliveryKind};
+use crate::crypto::{PairCipher, PublicKey};
+use crate::endpoint::Endpoint;
+use crate::error::SendError;
+use crate::event::{ConnectionHandle, Event, IncomingRequest, RequestId};
+use crate::time::Instant;
+
+/// Relayed messages held while their sender's pair key is still on its way (the hub's
+/// introduction travels on the control channel and may arrive after them).
+const MAX_WAITING: usize = 64;
+
+/// Associated data binding a sealed payload to what it travels as.
+const AAD_MESSAGE: u8 = 0;
+const AAD_REQUEST: u8 = 1;
+const AAD_RESPONSE: u8 = 2;
+
+/// Names one request to the hub; its answer (`Joined`, `Done` or `Refused`) carries it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OpId(pub u32);
+
+/// A member of a room, as the hub describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    /// Its user id on the hub: what [`Target::User`] names.
+    pub user: u16,
+    /// Its static public key, if its handshake with the hub proved one.
+    pub key: Option<PublicKey>,
+    /// The client id of its connect token, if the hub requires tokens.
+    pub client_id: Option<u64>,
+    /// What it said about itself when it joined.
+    pub metadata: Bytes,
+}
+
+/// A room this member is in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoomView {
+    /// Its id on the hub.
+    pub id: RoomId,
+    /// Its name.
+    pub name: Bytes,
+    /// The owner's user id.
+    pub owner: u16,
+    /// Its members, this one included, oldest first.
+    pub members: Vec<Member>,
+}
+
+/// A request another member sent this one through the hub; answer it with
+/// [`HubClient::respond`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PeerRequest {
+    /// The asker's user id.
+    pub from: u16,
+    /// The request as the hub forwarded it.
+    pub request: IncomingRequest,
+}
+
+/// What happened, as a member sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HubEvent {
+    /// This member is in `room` now (created or joined); [`HubClient::room`] lists it.
+    Joined {
+        /// The request that asked for it.
+        op: OpId,
+        /// The room.
+        room: RoomId,
+    },
+    /// The hub refused a request.
+    Refused {
+        /// The request.
+        op: OpId,
+        /// Why.
+        reason: Refusal,
+    },
+    /// The hub carried out a request (leave, kick, close, approve).
+    Done {
+        /// The request.
+        op: OpId,
+    },
+    /// Someone joined a room this member is in.
+    PeerJoined {
+        /// The room.
+        room: RoomId,
+        /// The newcomer's user id (its [`Member`] is in the room's list).
+        user: u16,
+    },
+    /// Someone left a room this member is in.
+    PeerLeft {
+        /// The room.
+        room: RoomId,
+        /// Who.
+        user: u16,
+        /// Why.
+        reason: LeaveReason,
+    },
+    /// This member is no longer in `room`.
+    RoomLeft {
+        /// The room.
+        room: RoomId,
+        /// Why.
+        reason: LeaveReason,
+    },
+    /// The room has a new owner (the old one left).
+    OwnerChanged {
+        /// The room.
+        room: RoomId,
+        /// The new owner.
+        owner: u16,
+    },
+    /// Someone asks to join a room this member owns; answer with [`HubClient::approve`].
+    JoinRequested {
+        /// The room.
+        room: RoomId,
+        /// Who asks.
+        user: u16,
+        /// What it says about itself.
+        metadata: Bytes,
+    },
+    /// A message another member sent (opened, if it was sealed for this member).
+    Message {
+        /// The sender's user id (set by the hub: it cannot be forged).
+        from: u16,
+        /// Whom it was sent to: this member, or one of its rooms.
+        to: Target,
+        /// Its channel.
+        channel: u8,
+        /// The message.
+        payload: Bytes,
+    },
+    /// A request another member sent; answer with [`HubClient::respond`].
+    Request {
+        /// Who asks, and what to pass to `respond`.
+        request: PeerRequest,
+        /// The request.
+        payload: Bytes,
+    },
+    /// The answer to [`HubClient::request`].
+    Response {
+        /// What `request` returned.
+        id: RequestId,
+        /// The member that answered.
+        from: u16,
+        /// The answer.
+        payload: Bytes,
+    },
+    /// Any other event of the endpoint, untouched (the hub connection's `Connected` and
+    /// `Disconnected`, timeouts, events of other connections).
+    Transport(Event),
+}
+
+/// Why a member's call failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HubError {
+    /// The endpoint refused to queue it.
+    Send(SendError),
+    /// Relayed messages may not use the hub's control channel.
+    ControlChannel(u8),
+    /// No pair key with this user yet: it shares no room with this member (or the hub's
+    /// introduction has not arrived).
+    NotIntroduced(u16),
+    /// A request can go to one member only.
+    RequestToRoom,
+    /// A name, password or metadata longer than the protocol carries (4,096 bytes).
+    FieldTooLong,
+}
+
+impl From<SendError> for HubError {
+    fn from(e: SendError) -> Self {
+        HubError::Send(e)
+    }
+}
+
+impl fmt::Display for HubError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HubError::Send(e) => e.fmt(f),
+            HubError::ControlChannel(c) => write!(
+                f,
+                "channel {c} is the hub's control channel; send on an application channel"
+            ),
+            HubError::NotIntroduced(u) => write!(
+                f,
+                "user {u} shares no room with this member yet; join a room with it first"
+            ),
+            HubError::RequestToRoom => f.write_str("a request goes to one member, not a room"),
+            HubError::FieldTooLong => f.write_str("name, password or metadata exceeds 4096 bytes"),
+        }
+    }
+}
+
+/// What a member counted.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HubClientStats {
+    /// Sealed payloads that did not open (altered, or under a pair key since replaced).
+    pub unopened: u64,
+    /// Control messages from the hub that did not decode.
+    pub bad_notices: u64,
+    /// Messages that waited for a pair key that never came.
+    pub waiting_dropped: u64,
+}
+
+/// A member of a hub: one endpoint's connection to the hub, its rooms and pair keys. Feed it
+/// the endpoint's events ([`handle_event`](Self::handle_event)) and take [`HubEvent`]s out
+/// ([`poll_event`](Self::poll_event)), or let it do both ([`next_event`](Self::next_event)).
+pub struct HubClient {
+    conn: ConnectionHandle,
+    control_channel: u8,
+    user_id: Option<u16>,
+    next_op: u32,
+    rooms: BTreeMap<u16, RoomView>,
+    ciphers: BTreeMap<u16, PairCipher>,
+    /// Requests sent to members, by id: whose key opens the response.
+    asked: BTreeMap<RequestId, u16>,
+    waiting: VecDeque<Event>,
+    ready: VecDeque<HubEvent>,
+    stats: HubClientStats,
+}
+
+impl fmt::Debug for HubClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HubClient")
+            .field("conn", &self.conn)
+            .field("user_id", &self.user_id)
+            .field("rooms", &self.rooms.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl HubClient {
+    /// A member whose connection to the hub is `conn` on an endpoint configured with
+    /// `config`, using the default control channel (its last channel must be ordered, as in
+    /// [`endpoint_config`](super::endpoint_config)).
+    pub fn new(conn: ConnectionHandle, config: &Config) -> Result<Self, HubError> {
+        Self::with_control_channel(conn, config, super::DEFAULT_CONTROL_CHANNEL)
+    }
+
+    /// Like [`new`](Self::new) with another control channel (the hub's `control_channel`).
+    pub fn with_control_channel(
+        conn: ConnectionHandle,
+        config: &Config,
+        control_channel: u8,
+    ) -> Result<Self, HubError> {
+        let ok = config
+            .channels
+            .get(usize::from(control_channel))
+            .is_some_and(|c| c.kind == DeliveryKind::Ordered);
+        if !ok {
+            return Err(HubError::ControlChannel(control_channel));
+        }
+        Ok(HubClient {
+            conn,
+            control_channel,
+            user_id: None,
+            next_op: 1,
+            rooms: BTreeMap::new(),
+            ciphers: BTreeMap::new(),
+            asked: BTreeMap::new(),
+            waiting: VecDeque::new(),
+            ready: VecDeque::new(),
+            stats: HubClientStats::default(),
+        })
+    }
+
+    /// The connection to the hub.
+    pub fn connection(&self) -> ConnectionHandle {
+        self.conn
+    }
+
+    /// This member's user id on the hub, once connected.
+    pub fn user_id(&self) -> Option<u16> {
+        self.user_id
+    }
+
+    /// A room this member is in.
+    pub fn room(&self, room: RoomId) -> Option<&RoomView> {
+        self.rooms.get(&room.0)
+    }
+
+    /// The rooms this member is in.
+    pub fn rooms(&self) -> impl Iterator<Item = &RoomView> {
+        self.rooms.values()
+    }
+
+    /// Whether this member holds a pair key with `user` (they share a room).
+    pub fn is_introduced(&self, user: u16) -> bool {
+        self.ciphers.contains_key(&user)
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &HubClientStats {
+        &self.stats
+    }
+
+    fn command(
+        &mut self,
+        ep: &mut Endpoint,
+        make: impl FnOnce(u32) -> Command,
+    ) -> Result<OpId, HubError> {
+        let op = self.next_op;
+        let bytes = make(op).encode();
+        ep.send(self.conn, self.control_channel, bytes)?;
+        self.next_op = self.next_op.wrapping_add(1);
+        Ok(OpId(op))
+    }
+
+    /// Asks the hub to create room `name` with this member as owner and first member; the
+    /// answer is `Joined` or `Refused` with the returned id.
+    pub fn create_room(
+        &mut self,
+        ep: &mut Endpoint,
+        name: &str,
+        options: &RoomOptions,
+    ) -> Result<OpId, HubError> {
+        if name.len() > MAX_FIELD
+            || options.password.len() > MAX_FIELD
+            || options.metadata.len() > MAX_FIELD
+        {
+            return Err(HubError::FieldTooLong);
+        }
+        let flags = if options.approval { FLAG_APPROVAL } else { 0 }
+            | if options.close_with_owner {
+                FLAG_CLOSE_WITH_OWNER
+            } else {
+                0
+            };
+        self.command(ep, |op| Command::Create {
+            op,
+            name: Bytes::copy_from_slice(name.as_bytes()),
+            password: Bytes::copy_from_slice(&options.password),
+            metadata: Bytes::copy_from_slice(&options.metadata),
+            max_members: options.max_members,
+            flags,
+        })
+    }
+
+    /// Asks to join room `name` (with its password, if it has one), telling the members
+    /// `metadata` about this one; the answer is `Joined` or `Refused`.
+    pub fn join_room(
+        &mut self,
+        ep: &mut Endpoint,
+        name: &str,
+        password: &[u8],
+        metadata: &[u8],
+    ) -> Result<OpId, HubError> {
+        if name.len() > MAX_FIELD || password.len() > MAX_FIELD || metadata.len() > MAX_FIELD {
+            return Err(HubError::FieldTooLong);
+        }
+        self.command(ep, |op| Command::Join {
+            op,
+            name: Bytes::copy_from_slice(name.as_bytes()),
+            password: Bytes::copy_from_slice(password),
+            metadata: Bytes::copy_from_slice(metadata),
+        })
+    }
+
+    /// Leaves `room`.
+    pub fn leave_room(&mut self, ep: &mut Endpoint, room: RoomId) -> Result<OpId, HubError> {
+        self.command(ep, |op| Command::Leave { op, room: room.0 })
+    }
+
+    /// Removes `user` from `room` (owner only).
+    pub fn kick(&mut self, ep: &mut Endpoint, room: RoomId, user: u16) -> Result<OpId, HubError> {
+        self.command(ep, |op| Command::Kick {
+            op,
+            room: room.0,
+            user,
+        })
+    }
+
+    /// Closes `room` (owner only): every member leaves with `ClosedByOwner`.
+    pub fn close_room(&mut self, ep: &mut Endpoint, room: RoomId) -> Result<OpId, HubError> {
+        self.command(ep, |op| Command::Close { op, room: room.0 })
+    }
+
+    /// Answers a [`HubEvent::JoinRequested`] (owner only).
+    pub fn approve(
+        &mut self,
+        ep: &mut Endpoint,
+        room: RoomId,
+        user: u16,
+        accept: bool,
+    ) -> Result<OpId, HubError> {
+        self.command(ep, |op| Command::Approve {
+            op,
+            room: room.0,
+            user,
+            accept,
+        })
+    }
+
+    /// Sends `payload` on `channel` through the hub to `to`. To one member it is sealed end
+    /// to end with the pair key (24 bytes more); to a room it is protected hop by hop.
+    pub fn send(
+        &mut self,
+        ep: &mut Endpoint,
+        to: Target,
+        channel: u8,
+        payload: impl Into<Bytes>,
+    ) -> Result<(), HubError> {
+        if channel == self.control_channel {
+            return Err(HubError::ControlChannel(channel));
+        }
+        let payload = payload.into();
+        let payload = match to {
+            Target::User(u) => {
+                let cipher = self.ciphers.get_mut(&u).ok_or(HubError::NotIntroduced(u))?;
+                Bytes::from(cipher.seal(&[AAD_MESSAGE, channel], &payload))
+            }
+            Target::Room(_) | Target::RoomExceptSender(_) => payload,
+        };
+        ep.send_redirected(self.conn, channel, payload, Some(to.to_wire()))?;
+        Ok(())
+    }
+
+    /// Sends a request to member `to` through the hub, sealed end to end; the answer comes as
+    /// [`HubEvent::Response`] with the returned id, or as the endpoint's `RequestTimedOut`.
+    pub fn request(
+        &mut self,
+        ep: &mut Endpoint,
+        now: Instant,
+        to: u16,
+        channel: u8,
+        payload: &[u8],
+    ) -> Result<RequestId, HubError> {
+        if channel == self.control_channel {
+            return Err(HubError::ControlChannel(channel));
+        }
+        let cipher = self
+            .ciphers
+            .get_mut(&to)
+            .ok_or(HubError::NotIntroduced(to))?;
+        let sealed = cipher.seal(&[AAD_REQUEST, channel], payload);
+        let id = ep.request_redirected(now, self.conn, channel, sealed, Some(to))?;
+        self.asked.insert(id, to);
+        Ok(id)
+    }
+
+    /// Answers a [`HubEvent::Request`], sealed for the asker.
+    pub fn respond(
+        &mut self,
+        ep: &mut Endpoint,
+        request: PeerRequest,
+        payload: &[u8],
+    ) -> Result<(), HubError> {
+        let cipher = self
+            .ciphers
+            .get_mut(&request.from)
+            .ok_or(HubError::NotIntroduced(request.from))?;
+        let sealed = cipher.seal(&[AAD_RESPONSE], payload);
+        ep.respond(self.conn, request.request, sealed)?;
+        Ok(())
+    }
+
+    /// The next event: one already decoded, else the endpoint's next event made into one.
+    pub fn next_event(&mut self, ep: &mut Endpoint, now: Instant) -> Option<HubEvent> {
+        loop {
+            if let Some(e) = self.ready.pop_front() {
+                return Some(e);
+            }
+            let event = ep.poll_event()?;
+            self.handle_event(ep, now, event);
+        }
+    }
+
+    /// The next decoded event, if any.
+    pub fn poll_event(&mut self) -> Option<HubEvent> {
+        self.ready.pop_front()
+    }
+
+    /// Takes one of the endpoint's events; what it means comes out of
+    /// [`poll_event`](Self::poll_event) (none, one, or, when a pair key arrives, the
+    /// messages that waited for it).
+    pub fn handle_event(&mut self, _ep: &mut Endpoint, _now: Instant, event: Event) {
+        if event.connection() != self.conn {
+            self.ready.push_back(HubEvent::Transport(event));
+            return;
+        }
+        match event {
+            Event::Connected { local_user_id, .. } => {
+                self.user_id = Some(local_user_id);
+                self.ready.push_back(HubEvent::Transport(event));
+            }
+            Event::Disconnected { .. } => {
+                self.rooms.clear();
+                self.ciphers.clear();
+                self.asked.clear();
+                self.waiting.clear();
+                self.ready.push_back(HubEvent::Transport(event));
+            }
+            Event::Message {
+                channel, payload, ..
+            } if channel == self.control_channel => match Notice::decode(&payload) {
+                Some(notice) => self.on_notice(notice),
+                None => self.stats.bad_notices += 1,
+            },
+            Event::Message {
+                target: Some(_), ..
+            }
+            | Event::Request {
+                target: Some(_), ..
+            } => self.on_relayed(event),
+            Event::Response { id, payload, .. } if self.asked.contains_key(&id) => {
+                let from = self.asked.remove(&id).unwrap_or_default();
+                match self
+                    .ciphers
+                    .get(&from)
+                    .and_then(|c| c.open(&[AAD_RESPONSE], &payload))
+                {
+                    Some(plain) => self.ready.push_back(HubEvent::Response {
+                        id,
+                        from,
+                        payload: Bytes::from(plain),
+                    }),
+                    None => self.stats.unopened += 1,
+                }
+            }
+            Event::RequestTimedOut { id, .. } => {
+                self.asked.remove(&id);
+                self.ready.push_back(HubEvent::Transport(event));
+            }
+            other => self.ready.push_back(HubEvent::Transport(other)),
+        }
+    }
+
+    /// A message or request the hub forwarded: opened if sealed for this member.
+    fn on_relayed(&mut self, event: Event) {
+        let (from, target, channel, kind, payload) = match &event {
+            Event::Message {
+                owner,
+                target: Some(t),
+                channel,
+                payload,
+                ..
+            } => (*owner, *t, *channel, AAD_MESSAGE, payload),
+            Event::Request {
+                owner,
+                target: Some(t),
+                request,
+                payload,
+                ..
+            } => (*owner, *t, request.channel, AAD_REQUEST, payload),
+            _ => return,
+        };
+        let Some(to) = Target::from_wire(target) else {
+            self.stats.unopened += 1;
+            return;
+        };
+        let plain = match to {
+            Target::User(_) => {
+                let Some(cipher) = self.ciphers.get(&from) else {
+                    // Its introduction may still be on its way: hold it, boundedly.
+                    if self.waiting.len() >= MAX_WAITING {
+                        self.waiting.pop_front();
+                        self.stats.waiting_dropped += 1;
+                    }
+                    self.waiting.push_back(event);
+                    return;
+                };
+                match cipher.open(&[kind, channel], payload) {
+                    Some(p) => Bytes::from(p),
+                    None => {
+                        self.stats.unopened += 1;
+                        return;
+                    }
+                }
+            }
+            Target::Room(_) | Target::RoomExceptSender(_) => payload.clone(),
+        };
+        self.ready.push_back(match event {
+            Event::Request { request, .. } => HubEvent::Request {
+                request: PeerRequest { from, request },
+                payload: plain,
+            },
+            _ => HubEvent::Message {
+                from,
+                to,
+                channel,
+                payload: plain,
+            },
+        });
+    }
+
+    fn introduce(&mut self, entry: &MemberEntry) {
+        if let (Some(me), Some(key)) = (self.user_id, entry.pair_key) {
+            self.ciphers
+                .insert(entry.user, PairCipher::new(&key, me, entry.user));
+            // Whatever waited for this key can be opened now.
+            let (theirs, others): (VecDeque<Event>, VecDeque<Event>) = self
+                .waiting
+                .drain(..)
+                .partition(|e| matches!(e, Event::Message { owner, .. } | Event::Request { owner, .. } if *owner == entry.user));
+            self.waiting = others;
+            for e in theirs {
+                self.on_relayed(e);
+            }
+        }
+    }
+
+    /// Forgets the pair key of `user` once it shares no room with this member.
+    fn forget_if_alone(&mut self, user: u16) {
+        let shared = self
+            .rooms
+            .values()
+            .any(|r| r.members.iter().any(|m| m.user == user));
+        if !shared {
+            self.ciphers.remove(&user);
+        }
+    }
+
+    fn on_notice(&mut self, notice: Notice) {
+        let event = match notice {
+            Notice::Joined {
+                op,
+                room,
+                owner,
+                name,
+                members,
+            } => {
+                if self.rooms.len() >= MAX_ROOMS && !self.rooms.contains_key(&room) {
+                    self.stats.bad_notices += 1;
+                    return;
+                }
+                for m in &members {
+                    self.introduce(m);
+                }
+                let view = RoomView {
+                    id: RoomId(room),
+                    name,
+                    owner,
+                    members: members.into_iter().map(member).collect(),
+                };
+                self.rooms.insert(room, view);
+                HubEvent::Joined {
+                    op: OpId(op),
+                    room: RoomId(room),
+                }
+            }
+            Notice::Done { op } => HubEvent::Done { op: OpId(op) },
+            Notice::Refused { op, reason } => match Refusal::from_wire(reason) {
+                Some(reason) => HubEvent::Refused {
+                    op: OpId(op),
+                    reason,
+                },
+                None => {
+                    self.stats.bad_notices += 1;
+                    return;
+                }
+            },
+            Notice::PeerJoined { room, member: m } => {
+                let user = m.user;
+                self.introduce(&m);
+                if let Some(view) = self.rooms.get_mut(&room) {
+                    view.members.retain(|x| x.user != user);
+                    view.members.push(member(m));
+                }
+                HubEvent::PeerJoined {
+                    room: RoomId(room),
+                    user,
+                }
+            }
+            Notice::PeerLeft { room, user, reason } => {
+                let Some(reason) = LeaveReason::from_wire(reason) else {
+                    self.stats.bad_notices += 1;
+                    return;
+                };
+                if let Some(view) = self.rooms.get_mut(&room) {
+                    view.members.retain(|x| x.user != user);
+                }
+                self.forget_if_alone(user);
+                HubEvent::PeerLeft {
+                    room: RoomId(room),
+                    user,
+                    reason,
+                }
+            }
+            Notice::RoomLeft { room, reason } => {
+                let Some(reason) = LeaveReason::from_wire(reason) else {
+                    self.stats.bad_notices += 1;
+                    return;
+                };
+                if let Some(view) = self.rooms.remove(&room) {
+                    for m in view.members {
+                        self.forget_if_alone(m.user);
+                    }
+                }
+                HubEvent::RoomLeft {
+                    room: RoomId(room),
+                    reason,
+                }
+            }
+            Notice::OwnerChanged { room, owner } => {
+                if let Some(view) = self.rooms.get_mut(&room) {
+                    view.owner = owner;
+                }
+                HubEvent::OwnerChanged {
+                    room: RoomId(room),
+                    owner,
+                }
+            }
+            Notice::JoinRequested {
+                room,
+                user,
+                metadata,
+            } => HubEvent::JoinRequested {
+                room: RoomId(room),
+                user,
+                metadata,
+            },
+        };
+        self.ready.push_back(event);
+    }
+}
+
+fn member(m: MemberEntry) -> Member {
+    Member {
+        user: m.user,
+        key: m.key.map(PublicKey),
+        client_id: m.client_id,
+        metadata: m.metadata,
+    }
+}

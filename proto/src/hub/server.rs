@@ -1,0 +1,1156 @@
+//! The hub's side: rooms, members, and the relay.
+
+use alloc::collections::BinaryHeap;
+use alloc::vec::Vec;
+use bytes::Bytes;
+use core::cmp::Reverse;
+use core::fmt;
+use core::time::Duration;
+
+use super::control::{
+    Command, MemberEntry, Notice, FLAG_APPROVAL, FLAG_CLOSE_WITH_OWNER, MAX_FIELD,
+};
+use super::{LeaveReason, Refusal, RoomId, Target, CLOSE_TOO_SLOW, MAX_ROOMS};
+use crate::config::{Config, DeliveryKind, SecretSeed};
+use crate::crypto::Secrets;
+use crate::endpoint::Endpoint;
+use crate::error::SendError;
+use crate::event::{ConnectionHandle, Event, IncomingRequest, RequestId};
+use crate::hash::{HashMap, Prf, SeededState};
+use crate::time::Instant;
+
+/// A token bucket: `per_second` on average, up to `burst` at once.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RateLimit {
+    /// Sustained rate.
+    pub per_second: f64,
+    /// Most spent at once, and what a new member starts with.
+    pub burst: f64,
+}
+
+/// Settings of a [`Hub`]. Every table the hub keeps is bounded by one of them.
+#[derive(Clone, Debug)]
+pub struct HubConfig {
+    /// The channel members send control messages on (default
+    /// [`DEFAULT_CONTROL_CHANNEL`](super::DEFAULT_CONTROL_CHANNEL)); it must be ordered, and
+    /// no relayed message may use it.
+    pub control_channel: u8,
+    /// Most rooms at once (default 4,096; at most [`MAX_ROOMS`]).
+    pub max_rooms: usize,
+    /// Most rooms one member may be in, its own included (default 128).
+    pub max_rooms_per_member: usize,
+    /// Most members of one room (default 256).
+    pub max_members_per_room: usize,
+    /// Longest room name and password, in bytes (default 64).
+    pub max_name_len: usize,
+    /// Most bytes of metadata a member gives when it joins (default 256).
+    pub max_metadata_len: usize,
+    /// Most joins waiting for one room owner's approval (default 16).
+    pub max_pending_joins: usize,
+    /// How long a join waits for the owner's approval before it is refused (default 10 s).
+    pub approval_timeout: Duration,
+    /// Rooms one member may create (default 1/s, bursts of 8): a create flood is refused
+    /// with [`Refusal::RateLimited`].
+    pub room_creates: RateLimit,
+    /// Copies one member may have relayed (a room broadcast costs one per recipient;
+    /// default 10,000/s, bursts of 20,000). A message over it is dropped and counted.
+    pub relay_messages: RateLimit,
+    /// Payload bytes one member may have relayed, counted per copy (default 4 MiB/s, bursts
+    /// of 8 MiB).
+    pub relay_bytes: RateLimit,
+    /// Relayed requests one member may have waiting for their responses (default 64).
+    pub max_relayed_requests: usize,
+    /// Where the pair keys come from: 32 bytes from the operating system (required; the
+    /// drivers' hub binary fills it). Consumed by [`Hub::new`].
+    pub secret_seed: Option<SecretSeed>,
+    /// Seed for the hub's hash tables.
+    pub seed: u64,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            control_channel: super::DEFAULT_CONTROL_CHANNEL,
+            max_rooms: 4096,
+            max_rooms_per_member: 128,
+            max_members_per_room: 256,
+            max_name_len: 64,
+            max_metadata_len: 256,
+            max_pending_joins: 16,
+            approval_timeout: Duration::from_secs(10),
+            room_creates: RateLimit {
+                per_second: 1.0,
+                burst: 8.0,
+            },
+            relay_messages: RateLimit {
+                per_second: 10_000.0,
+                burst: 20_000.0,
+            },
+            relay_bytes: RateLimit {
+                per_second: 4.0 * 1024.0 * 1024.0,
+                burst: 8.0 * 1024.0 * 1024.0,
+            },
+            max_relayed_requests: 64,
+            secret_seed: None,
+            seed: 0,
+        }
+    }
+}
+
+/// A [`HubConfig`] that cannot work.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HubConfigError {
+    /// The control channel is not configured, or not ordered.
+    ControlChannel(u8),
+    /// `max_rooms` is 0 or above [`MAX_ROOMS`].
+    MaxRooms(usize),
+    /// A limit that must be at least 1 is 0, or a field limit exceeds 4,096 bytes.
+    Limit(&'static str),
+    /// `secret_seed` is missing.
+    SecretSeedMissing,
+}
+
+impl fmt::Display for HubConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HubConfigError::ControlChannel(c) => write!(
+                f,
+                "control channel {c} must be an ordered channel of the endpoint's Config \
+                 (hub::endpoint_config() has one at 4)"
+            ),
+            HubConfigError::MaxRooms(n) => {
+                write!(f, "max_rooms {n} is out of range; use 1 to {MAX_ROOMS}")
+            }
+            HubConfigError::Limit(name) => {
+                write!(
+                    f,
+                    "{name} must be at least 1 (and field lengths at most 4096)"
+                )
+            }
+            HubConfigError::SecretSeedMissing => {
+                f.write_str("HubConfig::secret_seed is required: fill it with 32 bytes from the OS")
+            }
+        }
+    }
+}
+
+/// What a hub did, counted. Drops are counted by cause.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HubStats {
+    /// Rooms now.
+    pub rooms: usize,
+    /// Members connected now.
+    pub members: usize,
+    /// Rooms created since the start.
+    pub rooms_created: u64,
+    /// Copies of messages forwarded.
+    pub relayed_messages: u64,
+    /// Payload bytes forwarded, per copy.
+    pub relayed_bytes: u64,
+    /// Requests forwarded.
+    pub relayed_requests: u64,
+    /// Responses forwarded back.
+    pub relayed_responses: u64,
+    /// Relayed messages to a user not connected, or to a room that does not exist.
+    pub dropped_unknown_target: u64,
+    /// Relayed messages to a user the sender shares no room with, or to a room it is not in.
+    pub dropped_no_shared_room: u64,
+    /// Relayed messages over the sender's rate limits.
+    pub dropped_rate_limited: u64,
+    /// Relayed messages the hub could not queue (a recipient's queue is full; that recipient
+    /// is disconnected as too slow).
+    pub dropped_queue_full: u64,
+    /// Relayed requests to a room, or over `max_relayed_requests`.
+    pub dropped_requests: u64,
+    /// Control messages that did not decode.
+    pub bad_commands: u64,
+    /// Requests refused, of every reason.
+    pub refusals: u64,
+    /// Members kicked by room owners.
+    pub kicks: u64,
+    /// Members disconnected for not reading.
+    pub too_slow: u64,
+}
+
+/// One room, as [`Hub::rooms`] lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoomInfo {
+    /// Its id.
+    pub id: RoomId,
+    /// Its name.
+    pub name: Bytes,
+    /// Its owner's user id.
+    pub owner: u16,
+    /// Its members' user ids, oldest first.
+    pub members: Vec<u16>,
+}
+
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn new(limit: &RateLimit, now: Instant) -> Self {
+        Bucket {
+            tokens: limit.burst,
+            at: now,
+        }
+    }
+
+    /// Takes `n` tokens if there are that many.
+    fn take(&mut self, limit: &RateLimit, now: Instant, n: f64) -> bool {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.at = self.at.max(now);
+        self.tokens = (self.tokens + elapsed * limit.per_second).min(limit.burst);
+        if self.tokens >= n {
+            self.tokens -= n;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[derive(Debug)]
+struct MemberState {
+    conn: ConnectionHandle,
+    key: Option<[u8; 32]>,
+    client_id: Option<u64>,
+    rooms: Vec<u16>,
+    creates: Bucket,
+    messages: Bucket,
+    bytes: Bucket,
+    relayed_requests: usize,
+}
+
+#[derive(Debug)]
+struct PendingJoin {
+    user: u16,
+    op: u32,
+    metadata: Bytes,
+    deadline: Instant,
+}
+
+#[derive(Debug)]
+struct Room {
+    name: Bytes,
+    owner: u16,
+    password: Bytes,
+    flags: u8,
+    max_members: usize,
+    /// Members oldest first, with the metadata each gave.
+    members: Vec<(u16, Bytes)>,
+    pending: Vec<PendingJoin>,
+}
+
+impl Room {
+    fn has(&self, user: u16) -> bool {
+        self.members.iter().any(|(u, _)| *u == user)
+    }
+}
+
+/// A request forwarded to its target, waiting for the target's response.
+#[derive(Debug)]
+struct Relayed {
+    conn: ConnectionHandle,
+    request: IncomingRequest,
+    from: u16,
+}
+
+/// The hub: rooms, member lists and the relay, driven by its endpoint's events. See the
+/// [module docs](super).
+pub struct Hub {
+    config: HubConfig,
+    rooms: Vec<Option<Room>>,
+    free_rooms: Vec<u16>,
+    by_name: HashMap<Bytes, u16>,
+    members: HashMap<u16, MemberState>,
+    by_conn: HashMap<ConnectionHandle, u16>,
+    /// Rooms each pair of members shares (lower id first); a pair is introduced when this
+    /// goes from 0 to 1.
+    pairs: HashMap<(u16, u16), u16>,
+    relayed: HashMap<RequestId, Relayed>,
+    approvals: BinaryHeap<Reverse<(Instant, u16, u16)>>,
+    secrets: Secrets,
+    /// Members found too slow while a notice or relay was being queued; disconnected once
+    /// the current event is handled.
+    slow: Vec<u16>,
+    stats: HubStats,
+}
+
+impl fmt::Debug for Hub {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Hub")
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+fn pair(a: u16, b: u16) -> (u16, u16) {
+    (a.min(b), a.max(b))
+}
+
+fn equal_in_constant_time(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl Hub {
+    /// A hub for an endpoint with configuration `endpoint` (its control channel must exist
+    /// and be ordered).
+    pub fn new(mut config: HubConfig, endpoint: &Config) -> Result<Self, HubConfigError> {
+        let control = endpoint.channels.get(usize::from(config.control_channel));
+        if control.is_none_or(|c| c.kind != DeliveryKind::Ordered) {
+            return Err(HubConfigError::ControlChannel(config.control_channel));
+        }
+        if config.max_rooms == 0 || config.max_rooms > MAX_ROOMS {
+            return Err(HubConfigError::MaxRooms(config.max_rooms));
+        }
+        for (name, v) in [
+            ("max_rooms_per_member", config.max_rooms_per_member),
+            ("max_members_per_room", config.max_members_per_room),
+            ("max_name_len", config.max_name_len),
+            ("max_relayed_requests", config.max_relayed_requests),
+        ] {
+            if v == 0 {
+                return Err(HubConfigError::Limit(name));
+            }
+        }
+        if config.max_name_len > MAX_FIELD || config.max_metadata_len > MAX_FIELD {
+            return Err(HubConfigError::Limit("max_name_len/max_metadata_len"));
+        }
+        let seed = config
+            .secret_seed
+            .take()
+            .ok_or(HubConfigError::SecretSeedMissing)?;
+        let (secrets, prf) = Secrets::new(config.seed, Some(&seed.0));
+        let hasher = SeededState::new(&Prf::from_key(prf));
+        Ok(Hub {
+            config,
+            rooms: Vec::new(),
+            free_rooms: Vec::new(),
+            by_name: HashMap::with_hasher(hasher),
+            members: HashMap::with_hasher(hasher),
+            by_conn: HashMap::with_hasher(hasher),
+            pairs: HashMap::with_hasher(hasher),
+            relayed: HashMap::with_hasher(hasher),
+            approvals: BinaryHeap::new(),
+            secrets,
+            slow: Vec::new(),
+            stats: HubStats::default(),
+        })
+    }
+
+    /// The configuration (its `secret_seed` reads `None`: the hub keeps no copy).
+    pub fn config(&self) -> &HubConfig {
+        &self.config
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &HubStats {
+        &self.stats
+    }
+
+    /// Every room now.
+    pub fn rooms(&self) -> impl Iterator<Item = RoomInfo> + '_ {
+        self.rooms.iter().enumerate().filter_map(|(id, r)| {
+            let r = r.as_ref()?;
+            Some(RoomInfo {
+                id: RoomId(id as u16),
+                name: r.name.clone(),
+                owner: r.owner,
+                members: r.members.iter().map(|(u, _)| *u).collect(),
+            })
+        })
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) next has work (a join awaiting approval
+    /// expires).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.approvals.peek().map(|Reverse((t, ..))| *t)
+    }
+
+    /// Refuses joins whose owner did not answer in time.
+    pub fn handle_timeout(&mut self, ep: &mut Endpoint, now: Instant) {
+        while let Some(Reverse((at, room, user))) = self.approvals.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.approvals.pop();
+            let Some(Some(r)) = self.rooms.get_mut(usize::from(room)) else {
+                continue;
+            };
+            let Some(i) = r
+                .pending
+                .iter()
+                .position(|p| p.user == user && p.deadline <= now)
+            else {
+                continue;
+            };
+            let p = r.pending.remove(i);
+            self.refuse(ep, p.user, p.op, Refusal::NotApproved);
+        }
+        self.disconnect_slow(ep, now);
+    }
+
+    /// Handles one event of the hub's endpoint. Returns what is not only the hub's business,
+    /// for the application running beside the hub: connects and disconnects (after the hub
+    /// has seen them), messages and requests without a redirect target on application
+    /// channels, and responses to the application's own requests.
+    pub fn handle_event(&mut self, ep: &mut Endpoint, now: Instant, event: Event) -> Option<Event> {
+        let control = self.config.control_channel;
+        let passed = match event {
+            Event::Connected {
+                conn,
+                peer_user_id,
+                ref identity,
+                ..
+            } => {
+                let limits = &self.config;
+                self.by_conn.insert(conn, peer_user_id);
+                self.members.insert(
+                    peer_user_id,
+                    MemberState {
+                        conn,
+                        key: identity.key.map(|k| k.0),
+                        client_id: identity.token.as_ref().map(|t| t.client_id),
+                        rooms: Vec::new(),
+                        creates: Bucket::new(&limits.room_creates, now),
+                        messages: Bucket::new(&limits.relay_messages, now),
+                        bytes: Bucket::new(&limits.relay_bytes, now),
+                        relayed_requests: 0,
+                    },
+                );
+                Some(event)
+            }
+            Event::Disconnected { conn, .. } => {
+                if let Some(user) = self.user_of(conn) {
+                    self.remove_member(ep, now, user, LeaveReason::Disconnected);
+                }
+                Some(event)
+            }
+            Event::Message {
+                conn,
+                channel,
+                owner,
+                payload,
+                ..
+            } if channel == control => {
+                self.on_command(ep, now, conn, owner, &payload);
+                None
+            }
+            Event::Message {
+                channel,
+                owner,
+                target: Some(target),
+                payload,
+                ..
+            } => {
+                self.relay_message(ep, now, owner, channel, target, payload);
+                None
+            }
+            Event::Request {
+                conn,
+                request,
+                owner,
+                target: Some(target),
+                payload,
+            } => {
+                self.relay_request(ep, now, conn, request, owner, target, payload);
+                None
+            }
+            Event::Response { conn, id, payload } => match self.relayed.remove(&id) {
+                Some(r) => {
+                    self.relay_response(ep, r, payload);
+                    None
+                }
+                None => Some(Event::Response { conn, id, payload }),
+            },
+            Event::RequestTimedOut { conn, id } => match self.relayed.remove(&id) {
+                Some(r) => {
+                    // The asker times out on its own clock.
+                    if let Some(m) = self.members.get_mut(&r.from) {
+                        m.relayed_requests = m.relayed_requests.saturating_sub(1);
+                    }
+                    None
+                }
+                None => Some(Event::RequestTimedOut { conn, id }),
+            },
+            other => Some(other),
+        };
+        self.disconnect_slow(ep, now);
+        passed
+    }
+
+    fn user_of(&self, conn: ConnectionHandle) -> Option<u16> {
+        self.by_conn.get(&conn).copied()
+    }
+
+    /// Queues a notice to `user`; a full queue marks the member too slow.
+    fn notify(&mut self, ep: &mut Endpoint, user: u16, notice: &Notice) {
+        let Some(m) = self.members.get(&user) else {
+            return;
+        };
+        if let Err(SendError::QueueFull { .. }) =
+            ep.send(m.conn, self.config.control_channel, notice.encode())
+        {
+            self.mark_slow(user);
+        }
+        // Any other error means the connection is gone: its Disconnected event removes it.
+    }
+
+    fn mark_slow(&mut self, user: u16) {
+        if !self.slow.contains(&user) {
+            self.slow.push(user);
+        }
+    }
+
+    fn disconnect_slow(&mut self, ep: &mut Endpoint, now: Instant) {
+        while let Some(user) = self.slow.pop() {
+            if let Some(conn) = self.members.get(&user).map(|m| m.conn) {
+                self.stats.too_slow += 1;
+                self.remove_member(ep, now, user, LeaveReason::TooSlow);
+                ep.disconnect(conn, CLOSE_TOO_SLOW);
+            }
+        }
+    }
+
+    fn refuse(&mut self, ep: &mut Endpoint, user: u16, op: u32, reason: Refusal) {
+        self.stats.refusals += 1;
+        let reason = reason.to_wire();
+        self.notify(ep, user, &Notice::Refused { op, reason });
+    }
+
+    fn entry(&self, user: u16, metadata: &Bytes, pair_key: Option<[u8; 32]>) -> MemberEntry {
+        let m = self.members.get(&user);
+        MemberEntry {
+            user,
+            key: m.and_then(|m| m.key),
+            client_id: m.and_then(|m| m.client_id),
+            metadata: metadata.clone(),
+            pair_key,
+        }
+    }
+
+    /// Counts one more room shared by `a` and `b`; true if it is their first.
+    fn pair_up(&mut self, a: u16, b: u16) -> bool {
+        let count = self.pairs.entry(pair(a, b)).or_insert(0);
+        *count += 1;
+        *count == 1
+    }
+
+    fn unpair(&mut self, a: u16, b: u16) {
+        let key = pair(a, b);
+        if let Some(count) = self.pairs.get_mut(&key) {
+            *count -= 1;
+            if *count == 0 {
+                self.pairs.remove(&key);
+            }
+        }
+    }
+
+    fn room_mut(&mut self, room: u16) -> Option<&mut Room> {
+        self.rooms.get_mut(usize::from(room))?.as_mut()
+    }
+
+    fn on_command(
+        &mut self,
+        ep: &mut Endpoint,
+        now: Instant,
+        conn: ConnectionHandle,
+        user: u16,
+        payload: &Bytes,
+    ) {
+        if self.user_of(conn) != Some(user) {
+            return; // not a member (the endpoint checked the owner field)
+        }
+        let Some(command) = Command::decode(payload) else {
+            self.stats.bad_commands += 1;
+            return;
+        };
+        match command {
+            Command::Create {
+                op,
+                name,
+                password,
+                metadata,
+                max_members,
+                flags,
+            } => self.create(
+                ep,
+                now,
+                user,
+                op,
+                name,
+                password,
+                metadata,
+                max_members,
+                flags,
+            ),
+            Command::Join {
+                op,
+                name,
+                password,
+                metadata,
+            } => self.join(ep, now, user, op, name, password, metadata),
+            Command::Leave { op, room } => {
+                if self.room_mut(room).is_some_and(|r| r.has(user)) {
+                    self.leave(ep, now, room, user, LeaveReason::Left, true);
+                    self.notify(ep, user, &Notice::Done { op });
+                } else {
+                    self.refuse(ep, user, op, Refusal::NotMember);
+                }
+            }
+            Command::Kick {
+                op,
+                room,
+                user: kicked,
+            } => match self.owner_check(room, user) {
+                Err(reason) => self.refuse(ep, user, op, reason),
+                Ok(()) if kicked == user || !self.room_mut(room).is_some_and(|r| r.has(kicked)) => {
+                    self.refuse(ep, user, op, Refusal::NotMember)
+                }
+                Ok(()) => {
+                    self.stats.kicks += 1;
+                    self.leave(ep, now, room, kicked, LeaveReason::Kicked, true);
+                    self.notify(ep, user, &Notice::Done { op });
+                }
+            },
+            Command::Close { op, room } => match self.owner_check(room, user) {
+                Err(reason) => self.refuse(ep, user, op, reason),
+                Ok(()) => {
+                    self.close(ep, room, LeaveReason::ClosedByOwner);
+                    self.notify(ep, user, &Notice::Done { op });
+                }
+            },
+            Command::Approve {
+                op,
+                room,
+                user: joiner,
+                accept,
+            } => match self.owner_check(room, user) {
+                Err(reason) => self.refuse(ep, user, op, reason),
+                Ok(()) => self.approve(ep, user, op, room, joiner, accept),
+            },
+        }
+    }
+
+    fn owner_check(&mut self, room: u16, user: u16) -> Result<(), Refusal> {
+        match self.room_mut(room) {
+            None => Err(Refusal::UnknownRoom),
+            Some(r) if r.owner != user => Err(Refusal::NotOwner),
+            Some(_) => Ok(()),
+        }
+    }
+
+    fn fields_fit(&self, name: &Bytes, password: &Bytes, metadata: &Bytes) -> bool {
+        !name.is_empty()
+            && name.len() <= self.config.max_name_len
+            && password.len() <= self.config.max_name_len
+            && metadata.len() <= self.config.max_metadata_len
+    }
+
+    #[allow(clippy::too_many_arguments)] // one per field of the command
+    fn create(
+        &mut self,
+        ep: &mut Endpoint,
+        now: Instant,
+        user: u16,
+        op: u32,
+        name: Bytes,
+        password: Bytes,
+        metadata: Bytes,
+        max_members: u16,
+        flags: u8,
+    ) {
+        let refusal = if !self.fields_fit(&name, &password, &metadata)
+            || flags & !(FLAG_APPROVAL | FLAG_CLOSE_WITH_OWNER) != 0
+        {
+            Some(Refusal::Invalid)
+        } else if !self
+            .members
+            .get_mut(&user)
+            .is_some_and(|m| m.creates.take(&self.config.room_creates, now, 1.0))
+        {
+            Some(Refusal::RateLimited)
+        } else if self
+            .members
+            .get(&user)
+            .is_none_or(|m| m.rooms.len() >= self.config.max_rooms_per_member)
+        {
+            Some(Refusal::TooManyRooms)
+        } else if self.by_name.contains_key(&name) {
+            Some(Refusal::RoomExists)
+        } else if self.stats.rooms >= self.config.max_rooms {
+            Some(Refusal::HubFull)
+        } else {
+            None
+        };
+        if let Some(reason) = refusal {
+            return self.refuse(ep, user, op, reason);
+        }
+        let id = match self.free_rooms.pop() {
+            Some(id) => id,
+            None => {
+                self.rooms.push(None);
+                (self.rooms.len() - 1) as u16
+            }
+        };
+        let limit = self.config.max_members_per_room;
+        let max_members = match usize::from(max_members) {
+            0 => limit,
+            n => n.min(limit),
+        };
+        self.rooms[usize::from(id)] = Some(Room {
+            name: name.clone(),
+            owner: user,
+            password,
+            flags,
+            max_members,
+            members: Vec::new(),
+            pending: Vec::new(),
+        });
+        self.by_name.insert(name, id);
+        self.stats.rooms += 1;
+        self.stats.rooms_created += 1;
+        self.add_member(ep, id, user, op, metadata);
+    }
+
+    #[allow(clippy::too_many_arguments)] // one per field of the command
+    fn join(
+        &mut self,
+        ep: &mut Endpoint,
+        now: Instant,
+        user: u16,
+        op: u32,
+        name: Bytes,
+        password: Bytes,
+        metadata: Bytes,
+    ) {
+        if !self.fields_fit(&name, &password, &metadata) {
+            return self.refuse(ep, user, op, Refusal::Invalid);
+        }
+        let Some(&id) = self.by_name.get(&name) else {
+            return self.refuse(ep, user, op, Refusal::UnknownRoom);
+        };
+        let in_rooms = self
+            .members
+            .get(&user)
+            .map_or(usize::MAX, |m| m.rooms.len());
+        let (max_rooms, max_pending, timeout) = (
+            self.config.max_rooms_per_member,
+            self.config.max_pending_joins,
+            self.config.approval_timeout,
+        );
+        let Some(room) = self.room_mut(id) else {
+            return self.refuse(ep, user, op, Refusal::UnknownRoom);
+        };
+        let refusal = if room.has(user) || room.pending.iter().any(|p| p.user == user) {
+            Some(Refusal::AlreadyMember)
+        } else if !equal_in_constant_time(&room.password, &password) {
+            Some(Refusal::WrongPassword)
+        } else if in_rooms >= max_rooms {
+            Some(Refusal::TooManyRooms)
+        } else if room.members.len() >= room.max_members {
+            Some(Refusal::RoomFull)
+        } else if room.flags & FLAG_APPROVAL != 0 && room.pending.len() >= max_pending {
+            Some(Refusal::ApprovalQueueFull)
+        } else {
+            None
+        };
+        if let Some(reason) = refusal {
+            return self.refuse(ep, user, op, reason);
+        }
+        if room.flags & FLAG_APPROVAL != 0 {
+            let deadline = now + timeout;
+            room.pending.push(PendingJoin {
+                user,
+                op,
+                metadata: metadata.clone(),
+                deadline,
+            });
+            let owner = room.owner;
+            self.approvals.push(Reverse((deadline, id, user)));
+            let notice = Notice::JoinRequested {
+                room: id,
+                user,
+                metadata,
+            };
+            self.notify(ep, owner, &notice);
+            return;
+        }
+        self.add_member(ep, id, user, op, metadata);
+    }
+
+    fn approve(
+        &mut self,
+        ep: &mut Endpoint,
+        owner: u16,
+        op: u32,
+        room: u16,
+        joiner: u16,
+        accept: bool,
+    ) {
+        let connected = self.members.contains_key(&joiner);
+        let in_rooms = self
+            .members
+            .get(&joiner)
+            .map_or(usize::MAX, |m| m.rooms.len());
+        let max_rooms = self.config.max_rooms_per_member;
+        let Some(r) = self.room_mut(room) else {
+            return self.refuse(ep, owner, op, Refusal::UnknownRoom);
+        };
+        let Some(i) = r.pending.iter().position(|p| p.user == joiner) else {
+            return self.refuse(ep, owner, op, Refusal::NotMember);
+        };
+        let p = r.pending.remove(i);
+        let full = r.members.len() >= r.max_members;
+        self.notify(ep, owner, &Notice::Done { op });
+        if !connected {
+            return;
+        }
+        if !accept {
+            self.refuse(ep, joiner, p.op, Refusal::NotApproved);
+        } else if full {
+            self.refuse(ep, joiner, p.op, Refusal::RoomFull);
+        } else if in_rooms >= max_rooms {
+            self.refuse(ep, joiner, p.op, Refusal::TooManyRooms);
+        } else {
+            self.add_member(ep, room, joiner, p.op, p.metadata);
+        }
+    }
+
+    /// Puts `user` in `room`: introduces it to every member it shares no other room with,
+    /// tells them, and sends it the member list.
+    fn add_member(&mut self, ep: &mut Endpoint, room: u16, user: u16, op: u32, metadata: Bytes) {
+        let Some(r) = self.room_mut(room) else {
+            return;
+        };
+        let others = r.members.clone();
+        r.members.push((user, metadata.clone()));
+        let (owner, name) = (r.owner, r.name.clone());
+        if let Some(m) = self.members.get_mut(&user) {
+            m.rooms.push(room);
+        }
+        let mut members = Vec::with_capacity(others.len() + 1);
+        for (other, other_metadata) in &others {
+            let pair_key = self.pair_up(user, *other).then(|| self.secrets.fresh_key());
+            members.push(self.entry(*other, other_metadata, pair_key));
+            let notice = Notice::PeerJoined {
+                room,
+                member: self.entry(user, &metadata, pair_key),
+            };
+            self.notify(ep, *other, &notice);
+        }
+        members.push(self.entry(user, &metadata, None));
+        let joined = Notice::Joined {
+            op,
+            room,
+            owner,
+            name,
+            members,
+        };
+        self.notify(ep, user, &joined);
+    }
+
+    /// Takes `user` out of `room`, telling the others (and the user, if `tell_self`); closes
+    /// the room when it empties or when its owner leaves a room that closes with its owner.
+    fn leave(
+        &mut self,
+        ep: &mut Endpoint,
+        _now: Instant,
+        room: u16,
+        user: u16,
+        reason: LeaveReason,
+        tell_self: bool,
+    ) {
+        let Some(r) = self.room_mut(room) else {
+            return;
+        };
+        let Some(i) = r.members.iter().position(|(u, _)| *u == user) else {
+            return;
+        };
+        r.members.remove(i);
+        let was_owner = r.owner == user;
+        let closes = was_owner && (r.flags & FLAG_CLOSE_WITH_OWNER != 0 || r.members.is_empty());
+        let others: Vec<u16> = r.members.iter().map(|(u, _)| *u).collect();
+        if was_owner && !closes {
+            r.owner = others[0];
+        }
+        if let Some(m) = self.members.get_mut(&user) {
+            m.rooms.retain(|x| *x != room);
+        }
+        for &o in &others {
+            self.unpair(user, o);
+        }
+        if tell_self {
+            let reason = reason.to_wire();
+            self.notify(ep, user, &Notice::RoomLeft { room, reason });
+        }
+        if closes {
+            return self.close(ep, room, LeaveReason::OwnerLeft);
+        }
+        for &o in &others {
+            let reason = reason.to_wire();
+            self.notify(ep, o, &Notice::PeerLeft { room, user, reason });
+            if was_owner {
+                self.notify(
+                    ep,
+                    o,
+                    &Notice::OwnerChanged {
+                        room,
+                        owner: others[0],
+                    },
+                );
+            }
+        }
+    }
+
+    /// Closes `room`: every member is told it left with `reason`; pending joins are refused.
+    fn close(&mut self, ep: &mut Endpoint, room: u16, reason: LeaveReason) {
+        let Some(r) = self.rooms.get_mut(usize::from(room)).and_then(Option::take) else {
+            return;
+        };
+        self.by_name.remove(&r.name);
+        self.free_rooms.push(room);
+        self.stats.rooms -= 1;
+        for (i, (a, _)) in r.members.iter().enumerate() {
+            for (b, _) in &r.members[i + 1..] {
+                self.unpair(*a, *b);
+            }
+        }
+        for (u, _) in &r.members {
+            if let Some(m) = self.members.get_mut(u) {
+                m.rooms.retain(|x| *x != room);
+            }
+            let reason = reason.to_wire();
+            self.notify(ep, *u, &Notice::RoomLeft { room, reason });
+        }
+        for p in r.pending {
+            self.refuse(ep, p.user, p.op, Refusal::UnknownRoom);
+        }
+    }
+
+    /// Removes a member that is gone from the hub from all its rooms.
+    fn remove_member(&mut self, ep: &mut Endpoint, now: Instant, user: u16, reason: LeaveReason) {
+        let Some(m) = self.members.get(&user) else {
+            return;
+        };
+        let rooms = m.rooms.clone();
+        for room in rooms {
+            self.leave(ep, now, room, user, reason, false);
+        }
+        if let Some(m) = self.members.remove(&user) {
+            self.by_conn.remove(&m.conn);
+        }
+        self.stats.members = self.members.len();
+    }
+
+    /// Spends the sender's relay budget for `copies` copies of `len` bytes.
+    fn allow_relay(&mut self, from: u16, now: Instant, copies: usize, len: usize) -> bool {
+        let Some(m) = self.members.get_mut(&from) else {
+            return false;
+        };
+        let (msgs, bytes) = (&self.config.relay_messages, &self.config.relay_bytes);
+        let (n, b) = (copies as f64, (copies * len) as f64);
+        // Refill both, then spend from both or neither.
+        let ok = m.messages.take(msgs, now, 0.0)
+            && m.bytes.take(bytes, now, 0.0)
+            && m.messages.tokens >= n
+            && m.bytes.tokens >= b;
+        if ok {
+            m.messages.tokens -= n;
+            m.bytes.tokens -= b;
+        } else {
+            self.stats.dropped_rate_limited += 1;
+        }
+        ok
+    }
+
+    /// Who a relayed message from `from` to `target` reaches, or the drop counter it falls
+    /// under.
+    fn check_target(&mut self, from: u16, target: u16) -> Option<(Target, usize)> {
+        let checked = match Target::from_wire(target) {
+            None => None,
+            Some(Target::User(u)) => match self.members.contains_key(&u) {
+                false => None,
+                true if u != from && self.pairs.contains_key(&pair(from, u)) => {
+                    Some(Ok((Target::User(u), 1)))
+                }
+                true => Some(Err(())),
+            },
+            Some(t @ (Target::Room(r) | Target::RoomExceptSender(r))) => {
+                match self.rooms.get(usize::from(r.0)).and_then(Option::as_ref) {
+                    None => None,
+                    Some(room) if !room.has(from) => Some(Err(())),
+                    Some(room) => {
+                        let except = matches!(t, Target::RoomExceptSender(_));
+                        Some(Ok((t, room.members.len() - usize::from(except))))
+                    }
+                }
+            }
+        };
+        match checked {
+            None => {
+                self.stats.dropped_unknown_target += 1;
+                None
+            }
+            Some(Err(())) => {
+                self.stats.dropped_no_shared_room += 1;
+                None
+            }
+            Some(Ok(ok)) => Some(ok),
+        }
+    }
+
+    fn relay_message(
+        &mut self,
+        ep: &mut Endpoint,
+        now: Instant,
+        from: u16,
+        channel: u8,
+        wire_target: u16,
+        payload: Bytes,
+    ) {
+        let Some((target, copies)) = self.check_target(from, wire_target) else {
+            return;
+        };
+        if copies == 0 || !self.allow_relay(from, now, copies, payload.len()) {
+            return;
+        }
+        let (room, except) = match target {
+            Target::User(u) => {
+                self.relay_one(ep, u, channel, &payload, from, wire_target);
+                return;
+            }
+            Target::Room(r) => (r.0, None),
+            Target::RoomExceptSender(r) => (r.0, Some(from)),
+        };
+        let Some(Some(r)) = self.rooms.get(usize::from(room)) else {
+            return;
+        };
+        for &(u, _) in &r.members {
+            if Some(u) == except {
+                continue;
+            }
+            let Some(m) = self.members.get(&u) else {
+                continue;
+            };
+            match ep.relay(m.conn, channel, payload.clone(), from, Some(wire_target)) {
+                Ok(()) => {
+                    self.stats.relayed_messages += 1;
+                    self.stats.relayed_bytes += payload.len() as u64;
+                }
+                Err(SendError::QueueFull { .. }) => {
+                    self.stats.dropped_queue_full += 1;
+                    if !self.slow.contains(&u) {
+                        self.slow.push(u);
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    fn relay_one(
+        &mut self,
+        ep: &mut Endpoint,
+        to: u16,
+        channel: u8,
+        payload: &Bytes,
+        from: u16,
+        wire_target: u16,
+    ) {
+        let Some(m) = self.members.get(&to) else {
+            return;
+        };
+        match ep.relay(m.conn, channel, payload.clone(), from, Some(wire_target)) {
+            Ok(()) => {
+                self.stats.relayed_messages += 1;
+                self.stats.relayed_bytes += payload.len() as u64;
+            }
+            Err(SendError::QueueFull { .. }) => {
+                self.stats.dropped_queue_full += 1;
+                self.mark_slow(to);
+            }
+            Err(_) => {}
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)] // the request's fields
+    fn relay_request(
+        &mut self,
+        ep: &mut Endpoint,
+        now: Instant,
+        conn: ConnectionHandle,
+        request: IncomingRequest,
+        from: u16,
+        wire_target: u16,
+        payload: Bytes,
+    ) {
+        let Some((target, _)) = self.check_target(from, wire_target) else {
+            return;
+        };
+        let Target::User(to) = target else {
+            // A request has one answer: a room cannot give it.
+            self.stats.dropped_requests += 1;
+            return;
+        };
+        let max = self.config.max_relayed_requests;
+        if self
+            .members
+            .get(&from)
+            .is_none_or(|m| m.relayed_requests >= max)
+        {
+            self.stats.dropped_requests += 1;
+            return;
+        }
+        if !self.allow_relay(from, now, 1, payload.len()) {
+            return;
+        }
+        let Some(to_conn) = self.members.get(&to).map(|m| m.conn) else {
+            return;
+        };
+        match ep.relay_request(
+            now,
+            to_conn,
+            request.channel,
+            payload,
+            from,
+            Some(wire_target),
+        ) {
+            Ok(id) => {
+                self.stats.relayed_requests += 1;
+                self.relayed.insert(
+                    id,
+                    Relayed {
+                        conn,
+                        request,
+                        from,
+                    },
+                );
+                if let Some(m) = self.members.get_mut(&from) {
+                    m.relayed_requests += 1;
+                }
+            }
+            Err(SendError::QueueFull { .. }) => {
+                self.stats.dropped_queue_full += 1;
+                self.mark_slow(to);
+            }
+            Err(_) => self.stats.dropped_requests += 1,
+        }
+    }
+
+    fn relay_response(&mut self, ep: &mut Endpoint, r: Relayed, payload: Bytes) {
+        if let Some(m) = self.members.get_mut(&r.from) {
+            m.relayed_requests = m.relayed_requests.saturating_sub(1);
+        }
+        match ep.respond(r.conn, r.request, payload) {
+            Ok(()) => self.stats.relayed_responses += 1,
+            Err(SendError::QueueFull { .. }) => self.mark_slow(r.from),
+            Err(_) => {}
+        }
+    }
+}
