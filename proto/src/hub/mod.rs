@@ -113,6 +113,7 @@ use core::fmt;
 
 use crate::config::{Config, DeliveryKind};
 
+pub use crate::crypto::PAIR_OVERHEAD;
 pub use client::{
     HubClient, HubClientStats, HubError, HubEvent, Member, OpId, PeerRequest, RoomView,
 };
