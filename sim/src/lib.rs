@@ -55,6 +55,7 @@
 //! |---|---|
 //! | [`Simulator`] | nodes, the virtual clock, links, scheduled conditions, the trace |
 //! | [`LinkConfig`], [`BurstLoss`] | one direction of a link |
+//! | [`NatConfig`], [`NatKind`], [`NatId`], [`NatStats`], [`NatMapping`] | NAT boxes between nodes |
 //! | [`Application`], [`NodeContext`] | callbacks for events and timers |
 //! | [`SimStats`], [`LinkDrops`], [`DropCause`] | counters |
 //! | [`TraceRecord`], [`Fate`] | the bounded datagram trace |
@@ -68,6 +69,7 @@
 
 mod histogram;
 mod link;
+mod nat;
 mod rng;
 pub mod scenario;
 mod simulator;
@@ -76,6 +78,7 @@ pub mod units;
 
 pub use histogram::LatencyHistogram;
 pub use link::{BurstLoss, DropCause, LinkConfig, LinkConfigError, LinkDrops};
+pub use nat::{AddNatError, NatConfig, NatId, NatKind, NatMapping, NatStats, MAX_NAT_DEPTH};
 pub use rng::SimRng;
 pub use simulator::{
     AddNodeError, Application, NodeContext, NodeId, PartitionId, RebindError, SimConfig, SimStats,
