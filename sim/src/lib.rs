@@ -3,7 +3,8 @@
 //! Many nodes, each running a real [`shoal_proto::Endpoint`] (the same state machine the
 //! socket drivers run), talk over simulated links with latency, jitter, random and burst
 //! loss, duplication, reordering, bandwidth limits with bounded queues, and MTUs. Partitions,
-//! links going down and NAT rebinding can be scheduled. There are no sockets, threads or
+//! links going down and NAT rebinding can be scheduled, and nodes can sit behind NAT boxes of
+//! each RFC 4787 kind, nested ([`Simulator::add_nat`]). There are no sockets, threads or
 //! clocks: a virtual clock jumps from one happening to the next, and one seeded random
 //! generator decides everything, so the same seed replays the same run bit for bit.
 //!

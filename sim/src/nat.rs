@@ -156,7 +156,8 @@ impl Default for NatConfig {
 /// Why a NAT could not be added.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AddNatError {
-    /// Another NAT or a node on the same network has that outside address.
+    /// Another NAT or a node on the same network has that outside address (on the public
+    /// network, `10.0.0.0/8` is kept for nodes).
     AddressInUse(Ipv4Addr),
     /// The NAT would sit deeper than [`MAX_NAT_DEPTH`].
     TooDeep,
@@ -525,7 +526,9 @@ impl Nats {
         }
         let ip = match (config.public_ip, parent) {
             (Some(ip), _) => {
-                if ip_taken(ip) || self.has_nat_at(parent, IpAddr::V4(ip)) {
+                // 10.0.0.0/8 is where public nodes are numbered.
+                let nodes_range = parent.is_none() && ip.octets()[0] == 10;
+                if nodes_range || ip_taken(ip) || self.has_nat_at(parent, IpAddr::V4(ip)) {
                     return Err(AddNatError::AddressInUse(ip));
                 }
                 ip
