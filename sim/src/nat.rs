@@ -850,6 +850,51 @@ mod tests {
     }
 
     #[test]
+    fn only_outbound_traffic_refreshes_a_mapping() {
+        let (mut nats, public) = nats(NatKind::FullCone);
+        let inside = addr("192.168.0.1:7000");
+        let server = addr("10.0.0.2:7000");
+        let out = |nats: &mut Nats, ms: u64| {
+            nats.route(Instant::from_millis(ms), &public, Some(0), inside, server)
+        };
+        let Route::Deliver { from: mapped, .. } = out(&mut nats, 0) else {
+            panic!("outbound must reach the public server");
+        };
+        let back = |nats: &mut Nats, ms: u64| {
+            nats.route(Instant::from_millis(ms), &public, None, server, mapped)
+        };
+        // Inbound every 4 s does not keep it past 10 s of outbound silence...
+        for ms in [4_000, 8_000] {
+            assert!(matches!(
+                back(&mut nats, ms),
+                Route::Deliver { node: 0, .. }
+            ));
+        }
+        assert!(matches!(
+            back(&mut nats, 10_001),
+            Route::Drop {
+                cause: DropCause::NatExpired,
+                ..
+            }
+        ));
+        // ...while outbound every 8 s does (on a new mapping: the old one was forgotten).
+        let Route::Deliver { from: renewed, .. } = out(&mut nats, 10_002) else {
+            panic!("outbound must reach the public server");
+        };
+        assert_ne!(renewed, mapped);
+        for ms in [18_000, 26_000] {
+            assert!(matches!(out(&mut nats, ms), Route::Deliver { .. }));
+        }
+        let back = |nats: &mut Nats, ms: u64| {
+            nats.route(Instant::from_millis(ms), &public, None, server, renewed)
+        };
+        assert!(matches!(
+            back(&mut nats, 35_000),
+            Route::Deliver { node: 0, .. }
+        ));
+    }
+
+    #[test]
     fn a_full_table_refuses_new_flows_until_old_ones_expire() {
         let (mut nats, public) = nats(NatKind::Symmetric);
         nats.nats[0].config.max_mappings = 1;
