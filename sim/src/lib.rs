@@ -3,7 +3,8 @@
 //! Many nodes, each running a real [`shoal_proto::Endpoint`] (the same state machine the
 //! socket drivers run), talk over simulated links with latency, jitter, random and burst
 //! loss, duplication, reordering, bandwidth limits with bounded queues, and MTUs. Partitions,
-//! links going down and NAT rebinding can be scheduled. There are no sockets, threads or
+//! links going down and NAT rebinding can be scheduled, and nodes can sit behind NAT boxes of
+//! each RFC 4787 kind, nested ([`Simulator::add_nat`]). There are no sockets, threads or
 //! clocks: a virtual clock jumps from one happening to the next, and one seeded random
 //! generator decides everything, so the same seed replays the same run bit for bit.
 //!
@@ -55,6 +56,7 @@
 //! |---|---|
 //! | [`Simulator`] | nodes, the virtual clock, links, scheduled conditions, the trace |
 //! | [`LinkConfig`], [`BurstLoss`] | one direction of a link |
+//! | [`NatConfig`], [`NatKind`], [`NatId`], [`NatStats`], [`NatMapping`] | NAT boxes between nodes |
 //! | [`Application`], [`NodeContext`] | callbacks for events and timers |
 //! | [`SimStats`], [`LinkDrops`], [`DropCause`] | counters |
 //! | [`TraceRecord`], [`Fate`] | the bounded datagram trace |
@@ -68,6 +70,7 @@
 
 mod histogram;
 mod link;
+mod nat;
 mod rng;
 pub mod scenario;
 mod simulator;
@@ -76,6 +79,7 @@ pub mod units;
 
 pub use histogram::LatencyHistogram;
 pub use link::{BurstLoss, DropCause, LinkConfig, LinkConfigError, LinkDrops};
+pub use nat::{AddNatError, NatConfig, NatId, NatKind, NatMapping, NatStats, MAX_NAT_DEPTH};
 pub use rng::SimRng;
 pub use simulator::{
     AddNodeError, Application, NodeContext, NodeId, PartitionId, RebindError, SimConfig, SimStats,

@@ -201,11 +201,21 @@ pub enum DropCause {
     LinkDown,
     /// No node has the destination address (e.g. the old address of a rebound node).
     Unroutable,
+    /// A NAT had no mapping at the destination port.
+    NatNoMapping,
+    /// A NAT's filter refused the sender ([`NatKind`](crate::NatKind)).
+    NatFiltered,
+    /// A NAT's mapping had gone idle for longer than its timeout.
+    NatExpired,
+    /// A NAT needed a new mapping or filter entry and its table was full.
+    NatTableFull,
+    /// A datagram from inside a NAT to one of its public mappings, with hairpinning off.
+    NatNoHairpin,
 }
 
 impl DropCause {
     /// Number of causes.
-    pub const COUNT: usize = 7;
+    pub const COUNT: usize = 12;
     /// Every cause, in counter order.
     pub const ALL: [DropCause; DropCause::COUNT] = [
         DropCause::RandomLoss,
@@ -215,6 +225,11 @@ impl DropCause {
         DropCause::Partition,
         DropCause::LinkDown,
         DropCause::Unroutable,
+        DropCause::NatNoMapping,
+        DropCause::NatFiltered,
+        DropCause::NatExpired,
+        DropCause::NatTableFull,
+        DropCause::NatNoHairpin,
     ];
 
     /// A short snake_case name, for tables.
@@ -227,6 +242,11 @@ impl DropCause {
             DropCause::Partition => "partition",
             DropCause::LinkDown => "link_down",
             DropCause::Unroutable => "unroutable",
+            DropCause::NatNoMapping => "nat_no_mapping",
+            DropCause::NatFiltered => "nat_filtered",
+            DropCause::NatExpired => "nat_expired",
+            DropCause::NatTableFull => "nat_table_full",
+            DropCause::NatNoHairpin => "nat_no_hairpin",
         }
     }
 }

@@ -12,6 +12,7 @@ use std::collections::VecDeque;
 use shoal_proto::{Config, ConfigError, ConnectError, ConnectionHandle, Endpoint, Event, Instant};
 
 use crate::link::{DropCause, LinkConfig, LinkConfigError, LinkDrops, LinkState, LinkVerdict};
+use crate::nat::{Nats, Route};
 use crate::rng::{splitmix64, SimRng};
 use crate::trace::{Fate, Trace, TraceHasher, TraceRecord};
 
@@ -86,6 +87,8 @@ pub enum AddNodeError {
     Config(ConfigError),
     /// The simulator has [`MAX_NODES`] nodes already.
     TooManyNodes,
+    /// The NAT's inside network has no address left.
+    NoAddressLeft,
 }
 
 impl fmt::Display for AddNodeError {
@@ -95,6 +98,7 @@ impl fmt::Display for AddNodeError {
             AddNodeError::TooManyNodes => {
                 write!(f, "the simulator holds at most {MAX_NODES} nodes")
             }
+            AddNodeError::NoAddressLeft => f.write_str("the NAT's inside network is full"),
         }
     }
 }
@@ -170,6 +174,8 @@ pub(crate) struct Node {
     rebinds: u16,
     touched: bool,
     events: VecDeque<(Instant, Event)>,
+    /// The NAT whose inside network the node is on (`None`: the public network).
+    pub(crate) nat: Option<u32>,
 }
 
 /// A datagram on the wire.
@@ -196,12 +202,14 @@ struct InFlight {
 /// order they were scheduled, so the same seed and the same calls give the same run bit for
 /// bit; [`trace_hash`](Self::trace_hash) summarises it.
 pub struct Simulator {
-    config: SimConfig,
-    now: Instant,
+    pub(crate) config: SimConfig,
+    pub(crate) now: Instant,
     rng: SimRng,
-    nodes: Vec<Node>,
-    addresses: Vec<SocketAddr>,
-    owners: FastMap<SocketAddr, u32>,
+    pub(crate) nodes: Vec<Node>,
+    pub(crate) addresses: Vec<SocketAddr>,
+    /// Nodes on the public network, by address (those behind a NAT are in its table).
+    pub(crate) owners: FastMap<SocketAddr, u32>,
+    pub(crate) nats: Nats,
     agenda: Agenda,
     in_flight: Vec<InFlight>,
     free_in_flight: Vec<u32>,
@@ -241,6 +249,7 @@ impl Simulator {
             nodes: Vec::new(),
             addresses: Vec::new(),
             owners: FastMap::default(),
+            nats: Nats::default(),
             agenda: Agenda::default(),
             in_flight: Vec::new(),
             free_in_flight: Vec::new(),
@@ -267,7 +276,16 @@ impl Simulator {
     /// derived from the simulation seed and the node number (so every endpoint has its own,
     /// and the whole run follows from [`SimConfig::seed`]). Set
     /// [`Config::accept_incoming`] to `false` for pure clients.
-    pub fn add_node(&mut self, mut config: Config) -> Result<NodeId, AddNodeError> {
+    pub fn add_node(&mut self, config: Config) -> Result<NodeId, AddNodeError> {
+        self.push_node(config, None)
+    }
+
+    /// Adds a node on the public network (`nat` `None`) or inside a NAT's network.
+    pub(crate) fn push_node(
+        &mut self,
+        mut config: Config,
+        nat: Option<u32>,
+    ) -> Result<NodeId, AddNodeError> {
         if self.nodes.len() >= MAX_NODES {
             return Err(AddNodeError::TooManyNodes);
         }
@@ -281,8 +299,25 @@ impl Simulator {
             )));
         }
         let endpoint = Endpoint::new(config).map_err(AddNodeError::Config)?;
-        let n = index + 1;
-        let ip = Ipv4Addr::new(10, (n >> 16) as u8, (n >> 8) as u8, n as u8);
+        let ip = match nat {
+            None => {
+                let n = index + 1;
+                Ipv4Addr::new(10, (n >> 16) as u8, (n >> 8) as u8, n as u8)
+            }
+            // Skips an address a rebound node or a nested NAT took already.
+            Some(r) => loop {
+                let ip = self.nats.nats[r as usize]
+                    .allocate_host()
+                    .ok_or(AddNodeError::NoAddressLeft)?;
+                let taken = self.nats.has_nat_at(nat, ip.into())
+                    || self.nats.nats[r as usize]
+                        .inside_nodes
+                        .contains_key(&SocketAddr::new(ip.into(), BASE_PORT));
+                if !taken {
+                    break ip;
+                }
+            },
+        };
         let addr = SocketAddr::V4(SocketAddrV4::new(ip, BASE_PORT));
         self.nodes.push(Node {
             endpoint,
@@ -292,10 +327,19 @@ impl Simulator {
             rebinds: 0,
             touched: false,
             events: VecDeque::new(),
+            nat,
         });
         self.addresses.push(addr);
-        self.owners.insert(addr, index);
+        self.owners_mut(nat).insert(addr, index);
         Ok(NodeId(index))
+    }
+
+    /// The nodes of the public network (`None`) or of a NAT's inside network, by address.
+    pub(crate) fn owners_mut(&mut self, nat: Option<u32>) -> &mut FastMap<SocketAddr, u32> {
+        match nat {
+            None => &mut self.owners,
+            Some(r) => &mut self.nats.nats[r as usize].inside_nodes,
+        }
     }
 
     /// Number of nodes.
@@ -308,7 +352,8 @@ impl Simulator {
         (0..self.nodes.len() as u32).map(NodeId)
     }
 
-    /// A node's current address (it changes when the node is [rebound](Self::rebind)).
+    /// A node's current address (it changes when the node is [rebound](Self::rebind)). For a
+    /// node behind a NAT, its private address; see [`public_address`](Self::public_address).
     ///
     /// # Panics
     /// If `node` is not a node of this simulator (as do the other methods taking a `NodeId`).
@@ -316,7 +361,7 @@ impl Simulator {
         self.addresses[node.index()]
     }
 
-    /// The node that owns `addr` now, if any.
+    /// The node on the public network that owns `addr` now, if any.
     pub fn node_at(&self, addr: SocketAddr) -> Option<NodeId> {
         self.owners.get(&addr).map(|&i| NodeId(i))
     }
@@ -334,7 +379,9 @@ impl Simulator {
     }
 
     /// Starts a connection from `from` to `to`'s current address, passing `data` to its
-    /// accept hook.
+    /// accept hook. `to`'s own address: reachable when `to` is public or on the same NAT's
+    /// inside network as `from`; otherwise use [`connect_to`](Self::connect_to) with a
+    /// public mapping.
     pub fn connect(
         &mut self,
         from: NodeId,
@@ -343,6 +390,18 @@ impl Simulator {
     ) -> Result<ConnectionHandle, ConnectError> {
         let now = self.now;
         let remote = self.address(to);
+        self.endpoint_mut(from).connect(now, remote, data)
+    }
+
+    /// Starts a connection from `from` to the address `remote` (such as a NAT's public
+    /// mapping of a peer), passing `data` to its accept hook.
+    pub fn connect_to(
+        &mut self,
+        from: NodeId,
+        remote: SocketAddr,
+        data: &[u8],
+    ) -> Result<ConnectionHandle, ConnectError> {
+        let now = self.now;
         self.endpoint_mut(from).connect(now, remote, data)
     }
 
@@ -615,15 +674,31 @@ impl Simulator {
         let now = self.now;
         self.stats.datagrams_sent += 1;
         self.stats.bytes_sent += bytes.len() as u64;
-        let to_node = self.owners.get(&to).copied();
-        let verdict = match to_node {
-            None => LinkVerdict::Drop(DropCause::Unroutable),
-            Some(to_node) => self.judge(from, to_node, bytes.len()),
+        let sender = self.addresses[from as usize];
+        let realm = self.nodes[from as usize].nat;
+        // Without NATs in the way, a public destination is a lookup.
+        let direct = match realm {
+            None => self.owners.get(&to).copied(),
+            Some(_) => None,
+        };
+        let route = match direct {
+            Some(node) => Route::Deliver { node, from: sender },
+            None if self.nats.is_empty() => Route::Drop {
+                cause: DropCause::Unroutable,
+                from: sender,
+            },
+            None => self.nats.route(now, &self.owners, realm, sender, to),
+        };
+        let (to_node, seen_from, verdict) = match route {
+            Route::Deliver { node, from: seen } => {
+                (Some(node), seen, self.judge(from, node, bytes.len()))
+            }
+            Route::Drop { cause, from: seen } => (None, seen, LinkVerdict::Drop(cause)),
         };
         let mut record = TraceRecord {
             time: now,
             from_node: NodeId(from),
-            from: self.addresses[from as usize],
+            from: seen_from,
             to,
             to_node: to_node.map(NodeId),
             len: bytes.len(),

@@ -58,7 +58,7 @@ pub struct TraceRecord {
     pub from: SocketAddr,
     /// The destination address.
     pub to: SocketAddr,
-    /// The node owning `to` when it was sent, if any.
+    /// The node it was routed to when sent (through any NATs), if any.
     pub to_node: Option<NodeId>,
     /// Datagram length in bytes.
     pub len: usize,

@@ -70,7 +70,7 @@ impl NodeContext<'_> {
         self.addresses[node.index()]
     }
 
-    /// The node that owns `addr` now, if any.
+    /// The node on the public network that owns `addr` now, if any.
     pub fn node_at(&self, addr: SocketAddr) -> Option<NodeId> {
         self.owners.get(&addr).map(|&i| NodeId(i))
     }

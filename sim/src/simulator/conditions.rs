@@ -208,7 +208,8 @@ impl Simulator {
             .any(|&p| self.partitions[p].separates(from.0, to.0))
     }
 
-    /// Moves `node` to a new address now, as a NAT rebinding does: others see its datagrams
+    /// Moves `node` to a new address now (on its own network: a node behind a NAT gets a new
+    /// private address), as a NAT rebinding does: others see its datagrams
     /// come from the new address, and datagrams sent to the old one are dropped
     /// ([`DropCause::Unroutable`](crate::DropCause::Unroutable)). `None` picks the next port
     /// on the same IP address. Returns the new address.
@@ -231,11 +232,13 @@ impl Simulator {
         if new == old {
             return Ok(new);
         }
-        if self.owners.contains_key(&new) {
+        let realm = self.nodes[node.index()].nat;
+        if self.owners_mut(realm).contains_key(&new) || self.nats.has_nat_at(realm, new.ip()) {
             return Err(RebindError::AddressInUse(new));
         }
-        self.owners.remove(&old);
-        self.owners.insert(new, index);
+        let owners = self.owners_mut(realm);
+        owners.remove(&old);
+        owners.insert(new, index);
         self.addresses[node.index()] = new;
         Ok(new)
     }
