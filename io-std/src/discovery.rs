@@ -143,7 +143,8 @@ impl LanConfig {
 pub struct Discovery {
     /// Verified peers, one per address, in the order they answered.
     pub peers: Vec<LanPeer>,
-    /// Targets the request could not be sent to.
+    /// Targets the request could not be sent to; a socket that could not be opened is listed
+    /// as `0.0.0.0:0` (IPv4) or `[::]:0` (IPv6).
     pub failures: Vec<TargetError>,
     /// Well-formed answers the verify hook refused.
     pub refused: usize,
