@@ -14,6 +14,9 @@
 //! `stats`). A [`Driver`] dereferences to its core, so these read as its own methods
 //! (`driver.send(conn, 2, payload)?`), with no trait to import.
 //!
+//! Peers on one network find each other without a server through [`discovery`]: a
+//! [`LanResponder`] answers, [`discover`] asks by broadcast and multicast.
+//!
 //! # Example
 //!
 //! Two drivers on loopback; the client sends a reliable message to the server.
@@ -96,11 +99,13 @@
 #![warn(missing_docs)]
 
 pub mod clock;
+pub mod discovery;
 mod driver;
 mod driver_core;
 pub mod io_util;
 mod thread;
 
+pub use discovery::{discover, LanConfig, LanPeer, LanResponder, LanSeeker, ResponderConfig};
 pub use driver::{Driver, BLOCKED_SEND_RETRY, MAX_DATAGRAMS_PER_UPDATE};
 pub use driver_core::{DriverCore, DriverStats, Events};
 pub use thread::{

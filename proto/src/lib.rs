@@ -57,6 +57,7 @@
 //! | `connection` | one connection joining the two: state and timers; `receive` (packets to events), `transmit` (queues to packets), `secure` (the client's key exchange, packet keys) |
 //! | `crypto` | packet protection (ChaCha20-Poly1305 in place), the X25519 key exchange and its HKDF-SHA256 key schedule, [`Keypair`], [`PublicKey`] |
 //! | [`token`] | connect tokens: issued by a backend, checked by servers |
+//! | [`discovery`] | LAN discovery's request and response (beside Shoal, not inside a connection) |
 //! | [`Endpoint`] | routing by connection id and the public API; `handshake` (stateless cookies, key exchange, tokens, accept hook, user ids); the byte-bounded event queue |
 
 #![cfg_attr(not(feature = "std"), no_std)]
@@ -68,6 +69,7 @@ extern crate alloc;
 mod config;
 mod connection;
 mod crypto;
+pub mod discovery;
 mod endpoint;
 mod error;
 mod event;

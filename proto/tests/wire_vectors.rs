@@ -464,3 +464,38 @@ fn protected_data_vector_both_ways() {
     let mut copy = hex(PROTECTED_DATA);
     assert!(open((&connect, &accept, shared), true, 5, &mut copy).is_none());
 }
+
+#[test]
+fn discovery_vectors() {
+    use shoal_proto::discovery::{Request, Response, REQUEST_HEADER_LEN, REQUEST_LEN};
+
+    let padding = "00".repeat(REQUEST_LEN - REQUEST_HEADER_LEN - 2);
+    let v = hex(&format!(
+        "f5534844 11 53484f4c 0102030405060708 0002 6869 {padding}"
+    ));
+    let request = Request {
+        protocol_id: 0x5348_4f4c,
+        nonce: 0x0102_0304_0506_0708,
+        query: b"hi",
+    };
+    assert_eq!(Request::decode(&v), Ok(request));
+    let mut buf = [0xaau8; 300];
+    assert_eq!(request.encode(&mut buf), Ok(REQUEST_LEN));
+    assert_eq!(&buf[..REQUEST_LEN], &v[..]);
+    assert_eq!(v.len(), REQUEST_LEN);
+
+    let v = hex("f5534844 12 53484f4c 0102030405060708 1388 0005 6368657373");
+    let response = Response {
+        protocol_id: 0x5348_4f4c,
+        nonce: 0x0102_0304_0506_0708,
+        port: 5000,
+        data: b"chess",
+    };
+    assert_eq!(Response::decode(&v), Ok(response));
+    let mut buf = [0u8; 64];
+    assert_eq!(response.encode(&mut buf), Ok(v.len()));
+    assert_eq!(&buf[..v.len()], &v[..]);
+    assert_eq!(response.encoded_len(), v.len());
+    // Neither is taken for a Shoal packet: version 15 is not Shoal's.
+    assert_eq!(Packet::decode(&v), Err(DecodeError::UnknownVersion(15)));
+}
