@@ -219,6 +219,15 @@ pub enum Event {
         /// The answer.
         payload: Bytes,
     },
+    /// A connection moved to another path: the peer's NAT rebound, or a peer link moved
+    /// from its hub relay to a direct path ([`hub::relay_user`](crate::hub::relay_user) of
+    /// `remote` is `None`) or back.
+    PathChanged {
+        /// The connection.
+        conn: ConnectionHandle,
+        /// Where its packets go now.
+        remote: SocketAddr,
+    },
     /// A request got no answer before its deadline. A late answer is dropped.
     RequestTimedOut {
         /// The connection.
@@ -237,6 +246,7 @@ impl Event {
             | Event::Message { conn, .. }
             | Event::Request { conn, .. }
             | Event::Response { conn, .. }
+            | Event::PathChanged { conn, .. }
             | Event::RequestTimedOut { conn, .. } => *conn,
         }
     }

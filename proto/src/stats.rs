@@ -200,6 +200,8 @@ pub struct ConnectionStats {
     pub rto_fired: u64,
     /// Path challenges sent to new addresses of the peer.
     pub path_challenges_sent: u64,
+    /// Times a direct path died and the connection went back to its hub relay.
+    pub path_fallbacks: u64,
     /// Sequenced messages replaced in the send queue by a newer one before they left.
     pub superseded: u64,
     /// Smoothed round-trip time (zero before the first sample).
@@ -235,6 +237,13 @@ pub struct EndpointStats {
     pub connections_rejected: u64,
     /// Connections that moved to a new, validated address (NAT rebinding).
     pub migrations: u64,
+    /// Datagrams of tunnelled connections sent through the hub connection.
+    pub tunnelled_out: u64,
+    /// Datagrams of tunnelled connections that arrived through the hub connection.
+    pub tunnelled_in: u64,
+    /// Datagrams for a relay address with no hub connection to carry them, or that it
+    /// could not queue.
+    pub tunnel_drops: u64,
     /// Handshake replies or close notices not sent because the reply queue was full.
     pub replies_dropped: u64,
     /// Drops not attributable to a connection (bad handshakes, unknown senders), by cause.

@@ -110,10 +110,12 @@ pub(crate) enum Timer {
     Reassembly,
     /// The send rate limiter has tokens again.
     Pacing,
+    /// The next challenge to a direct path being probed.
+    Probe,
 }
 
 impl Timer {
-    pub(crate) const COUNT: usize = 9;
+    pub(crate) const COUNT: usize = 10;
     pub(crate) const ALL: [Timer; Timer::COUNT] = [
         Timer::Handshake,
         Timer::HandshakeTimeout,
@@ -124,6 +126,7 @@ impl Timer {
         Timer::Request,
         Timer::Reassembly,
         Timer::Pacing,
+        Timer::Probe,
     ];
 }
 

@@ -163,6 +163,9 @@ pub(crate) struct Connection {
     /// The endpoint's bookkeeping: next scheduled wake-up and dirty-list membership.
     pub(crate) scheduled: Option<Instant>,
     pub(crate) in_dirty: bool,
+    /// The address the connection moved away from since the endpoint last looked (to a
+    /// validated direct path, or back to the relay when a direct path died).
+    pub(crate) moved_from: Option<SocketAddr>,
 }
 
 impl Connection {
@@ -239,6 +242,31 @@ impl Connection {
             close_code: None,
             scheduled: None,
             in_dirty: false,
+            moved_from: None,
+        }
+    }
+
+    /// Starts probing a direct path to `addr` (a hub introduced it). Attempts are spread
+    /// over a few round trips of the current path, so two peers probing each other from
+    /// the same introduction overlap even when one heard of it a little later.
+    pub(crate) fn probe_path(&mut self, now: Instant, addr: SocketAddr) {
+        let interval = (self.transport.sent.rtt.smoothed() / 2).max(PROBE_INTERVAL_MIN);
+        self.transport
+            .paths
+            .probe(now, addr, PROBE_ATTEMPTS, interval);
+        self.timers
+            .set_opt(Timer::Probe, self.transport.paths.next_probe());
+    }
+
+    /// A path challenge of ours was answered from `addr`: on the relay, move to it.
+    pub(crate) fn on_path_validated(&mut self, addr: SocketAddr) {
+        if self.transport.paths.fallback() == Some(self.remote())
+            && Some(addr) != self.transport.paths.fallback()
+        {
+            let old = self.transport.paths.migrate(addr);
+            self.moved_from.get_or_insert(old);
+            // What was in flight on the relay is judged on its own merits; new data goes
+            // direct from here on.
         }
     }
 
@@ -507,6 +535,7 @@ impl Connection {
                     ) {
                         self.stats.rto_fired += 1;
                         self.transport.probes_due = crate::transport::recovery::PROBES_PER_TIMEOUT;
+                        self.fall_back_if_direct_path_died();
                     }
                     self.apply_outcome();
                 }
@@ -525,7 +554,7 @@ impl Connection {
                         }
                     }
                 }
-                Timer::Pacing => {}
+                Timer::Pacing | Timer::Probe => {}
             }
         }
         self.update_timers(config);
@@ -578,6 +607,23 @@ impl Connection {
             Timer::Reassembly,
             oldest_partial.map(|t| t + config.reassembly_timeout),
         );
+        self.timers
+            .set_opt(Timer::Probe, self.transport.paths.next_probe());
+    }
+
+    /// Probe timeouts in a row on a direct path: it is gone (a NAT mapping expired, a
+    /// route changed). The relay still works, so the connection returns to it at once
+    /// rather than waiting for the idle timeout; what was in flight is retransmitted there.
+    fn fall_back_if_direct_path_died(&mut self) {
+        if self.transport.paths.on_direct_path()
+            && self.transport.sent.pto_count() >= DIRECT_PATH_PTOS
+        {
+            if let Some(relay) = self.transport.paths.fallback() {
+                let old = self.transport.paths.migrate(relay);
+                self.moved_from.get_or_insert(old);
+                self.stats.path_fallbacks += 1;
+            }
+        }
     }
 
     /// Applies what an acknowledgement or loss detection resolved.
@@ -707,6 +753,13 @@ fn fits_peer_budget(
     }
     Ok(())
 }
+
+/// Challenges sent to a direct path a hub introduced before giving up on it.
+const PROBE_ATTEMPTS: u8 = 8;
+/// Shortest time between two of them.
+const PROBE_INTERVAL_MIN: core::time::Duration = core::time::Duration::from_millis(25);
+/// Probe timeouts in a row after which a direct path counts as dead.
+const DIRECT_PATH_PTOS: u32 = 2;
 
 /// How many chunks a payload of `len` bytes is sent in (1: whole).
 fn chunks_for(config: &Config, len: usize) -> u16 {

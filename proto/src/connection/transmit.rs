@@ -22,7 +22,7 @@ impl Connection {
         }
         if self.state == State::Connected {
             let size = wire::PATH_PACKET_LEN + self.tag_len();
-            if let Some((to, token)) = self.transport.paths.poll_challenge(size) {
+            if let Some((to, token)) = self.transport.paths.poll_challenge(now, size) {
                 let connection_id = self.connection_id;
                 let len = self.write_control(now, buf, |packet_number| Packet::PathChallenge {
                     connection_id,

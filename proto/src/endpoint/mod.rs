@@ -189,6 +189,8 @@ pub struct Endpoint {
     /// Routing of every packet after the handshake.
     by_id: HashMap<u64, u32>,
     user_ids: UserIds,
+    /// The hub connection and tunnel channel peer links travel through, if any.
+    relay: Option<(ConnectionHandle, u8)>,
     events: EventQueue,
     /// Handshake replies and close notices (packets with no connection state behind them).
     control: VecDeque<(SocketAddr, ControlBytes)>,
@@ -250,6 +252,7 @@ impl Endpoint {
             by_addr: HashMap::with_hasher(hasher),
             by_id: HashMap::with_hasher(hasher),
             user_ids: UserIds::new(),
+            relay: None,
             events: EventQueue::default(),
             control: VecDeque::new(),
             wakeups: BinaryHeap::new(),
@@ -780,10 +783,12 @@ impl Endpoint {
                 token,
                 ..
             } => {
-                if c.on_control_packet(now, packet_number)
-                    && !c.transport.paths.on_response(from, token)
-                {
-                    c.stats.drops.add(DropReason::Unexpected);
+                if c.on_control_packet(now, packet_number) {
+                    if c.transport.paths.on_response(from, token) {
+                        c.on_path_validated(from);
+                    } else {
+                        c.stats.drops.add(DropReason::Unexpected);
+                    }
                 }
                 self.finish(index, c);
             }
@@ -921,6 +926,10 @@ impl Endpoint {
         );
         self.advance_time(now);
         while let Some((to, control)) = self.control.pop_front() {
+            if let Some(user) = crate::hub::relay_user(to) {
+                self.tunnel_out(user, &control);
+                continue;
+            }
             if let Some(out) = buf.get_mut(..control.len()) {
                 out.copy_from_slice(&control);
                 return Some(self.count_sent(Transmit {
@@ -946,14 +955,78 @@ impl Endpoint {
             }
             self.finish_quiet(index, c);
             if let Some((len, to)) = sent {
+                if let Some(user) = crate::hub::relay_user(to) {
+                    self.tunnel_out(user, &buf[..len]);
+                    continue;
+                }
                 return Some(self.count_sent(Transmit { to, len }));
             }
         }
         None
     }
 
+    /// Sends a datagram of a peer link through the hub connection, as an unreliable
+    /// message on the tunnel channel addressed to `user` (the hub relays it like any other).
+    fn tunnel_out(&mut self, user: u16, datagram: &[u8]) {
+        let Some((hub, channel)) = self.relay else {
+            self.stats.tunnel_drops += 1;
+            return;
+        };
+        let route = Route {
+            owner: None,
+            target: Some(user),
+        };
+        let payload = Bytes::copy_from_slice(datagram);
+        match self.send_routed(hub, channel, payload, route) {
+            Ok(()) => self.stats.tunnelled_out += 1,
+            Err(_) => self.stats.tunnel_drops += 1,
+        }
+    }
+
+    /// Sends the datagrams of peer links (connections to a
+    /// [`hub::relay_address`](crate::hub::relay_address)) through connection `hub` on
+    /// `channel`, an unreliable channel the hub relays; and takes what arrives on it from
+    /// the hub as those links' datagrams. [`HubClient`](crate::hub::HubClient) sets it.
+    pub fn set_relay(&mut self, hub: ConnectionHandle, channel: u8) {
+        self.relay = Some((hub, channel));
+    }
+
+    /// Starts validating a direct path to `addr` for connection `conn` (a peer link a hub
+    /// introduced): a few path challenges spread over round trips, sent whatever `addr` has
+    /// sent. When one is answered, a link on its relay moves there
+    /// (`Event::PathChanged`); when the direct path later stops answering, it moves back.
+    pub fn probe_path(&mut self, now: Instant, conn: ConnectionHandle, addr: SocketAddr) {
+        self.advance_time(now);
+        if let Some((index, mut c)) = self.take(conn) {
+            c.probe_path(now, addr);
+            self.finish(index, c);
+        }
+    }
+
     /// The next event for the application, if any.
     pub fn poll_event(&mut self) -> Option<Event> {
+        loop {
+            let event = self.pop_event()?;
+            match event {
+                Event::Message {
+                    conn,
+                    channel,
+                    owner,
+                    payload,
+                    ..
+                } if self.relay == Some((conn, channel)) => {
+                    // A peer link's datagram the hub relayed: in through the front door,
+                    // from the link's relay address.
+                    self.stats.tunnelled_in += 1;
+                    let now = self.last_now;
+                    self.handle_datagram(now, crate::hub::relay_address(owner), &payload);
+                }
+                other => return Some(other),
+            }
+        }
+    }
+
+    fn pop_event(&mut self) -> Option<Event> {
         let (event, charge) = self.events.pop()?;
         if charge > 0 {
             let handle = event.connection();
@@ -1054,6 +1127,21 @@ impl Endpoint {
         if let Some(reason) = conn.close {
             self.reap(index, conn, reason);
             return;
+        }
+        if let Some(old) = conn.moved_from.take() {
+            let now = conn.remote();
+            if now != old {
+                if self.by_addr.get(&old) == Some(&index) {
+                    self.by_addr.remove(&old);
+                }
+                // Another connection's handshake entry for this address stays its own.
+                self.by_addr.entry(now).or_insert(index);
+                self.stats.migrations += 1;
+                conn.event_bytes += self.events.push(Event::PathChanged {
+                    conn: conn.handle,
+                    remote: now,
+                });
+            }
         }
         // Only an earlier deadline needs a new heap entry. A later one (the common case: an
         // ack pushes the loss timer back) keeps the entry already queued; when it fires,
@@ -1214,16 +1302,10 @@ impl Endpoint {
             budget: &mut self.budget,
             event_share: self.config.max_pending_event_bytes / self.live.max(1),
         };
-        match c.handle_data(now, from, datagram_len, header, frames, &mut shared) {
-            DataResult::Migrated(old) => {
-                if self.by_addr.get(&old) == Some(&index) {
-                    self.by_addr.remove(&old);
-                }
-                // Another connection's handshake entry for this address stays its own.
-                self.by_addr.entry(from).or_insert(index);
-                self.stats.migrations += 1;
-            }
-            DataResult::Accepted | DataResult::Dropped => {}
+        if let DataResult::Migrated(old) =
+            c.handle_data(now, from, datagram_len, header, frames, &mut shared)
+        {
+            c.moved_from.get_or_insert(old);
         }
         self.finish(index, c);
     }

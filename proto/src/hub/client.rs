@@ -5,14 +5,17 @@ use alloc::collections::{BTreeMap, VecDeque};
 use alloc::vec::Vec;
 use bytes::Bytes;
 use core::fmt;
+use core::net::SocketAddr;
 
 use super::control::{
     Command, MemberEntry, Notice, FLAG_APPROVAL, FLAG_CLOSE_WITH_OWNER, MAX_FIELD,
 };
-use super::{LeaveReason, Refusal, RoomId, RoomOptions, Target, MAX_ROOMS};
+use super::{
+    relay_address, relay_user, LeaveReason, Refusal, RoomId, RoomOptions, Target, MAX_ROOMS,
+};
 use crate::config::{Config, DeliveryKind};
 use crate::crypto::{PairCipher, PublicKey};
-use crate::endpoint::Endpoint;
+use crate::endpoint::{ConnectOptions, Endpoint};
 use crate::error::SendError;
 use crate::event::{ConnectionHandle, Event, IncomingRequest, RequestId};
 use crate::time::Instant;
@@ -21,10 +24,46 @@ use crate::time::Instant;
 /// introduction travels on the control channel and may arrive after them).
 const MAX_WAITING: usize = 64;
 
+/// Messages queued per peer link before its connection exists (the accepting side waits
+/// for the other's handshake).
+const MAX_LINK_QUEUE: usize = 256;
+
 /// Associated data binding a sealed payload to what it travels as.
 const AAD_MESSAGE: u8 = 0;
 const AAD_REQUEST: u8 = 1;
 const AAD_RESPONSE: u8 = 2;
+
+/// How a member reaches the members it shares a room with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum PathPolicy {
+    /// The hub relays each message on its own channel, sealed with the pair key. Nothing
+    /// else is set up. The default.
+    #[default]
+    Messages,
+    /// A peer link: a Shoal connection between the two members (keys agreed end to end by
+    /// its own handshake, the peer's static key pinned when the hub vouches for one), its
+    /// packets always tunnelled through the hub.
+    RelayOnly,
+    /// A peer link through the hub at first, moved to a direct path as soon as one
+    /// validates (both sides probe each other's addresses from the introduction) and back
+    /// to the hub when the direct path dies: `HubEvent::PathChanged` each time; channels,
+    /// order and exactly-once hold across the moves, as it is one connection throughout.
+    Auto,
+    /// A peer link over a direct path only: both members connect to each other's observed
+    /// address at once; where the NATs allow no direct path, there is no link.
+    DirectOnly,
+}
+
+/// A peer link: the connection to one member, or what waits for it.
+#[derive(Debug, Default)]
+struct Link {
+    conn: Option<ConnectionHandle>,
+    /// Where the hub said the peer may be reached directly.
+    addrs: Vec<SocketAddr>,
+    key: Option<PublicKey>,
+    /// Messages sent before the connection existed, in order.
+    queued: VecDeque<(u8, Bytes)>,
+}
 
 /// Names one request to the hub; its answer (`Joined`, `Done` or `Refused`) carries it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -62,8 +101,10 @@ pub struct RoomView {
 pub struct PeerRequest {
     /// The asker's user id.
     pub from: u16,
-    /// The request as the hub forwarded it.
+    /// The request as it arrived.
     pub request: IncomingRequest,
+    /// The peer link it came on, if not relayed by the hub.
+    link: Option<ConnectionHandle>,
 }
 
 /// What happened, as a member sees it.
@@ -154,6 +195,13 @@ pub enum HubEvent {
         /// The answer.
         payload: Bytes,
     },
+    /// The peer link to `user` moved: to a direct path (`direct`), or back through the hub.
+    PathChanged {
+        /// The peer.
+        user: u16,
+        /// Whether packets now go straight to the peer.
+        direct: bool,
+    },
     /// Any other event of the endpoint, untouched (the hub connection's `Connected` and
     /// `Disconnected`, timeouts, events of other connections).
     Transport(Event),
@@ -174,6 +222,11 @@ pub enum HubError {
     RequestToRoom,
     /// A name, password or metadata longer than the protocol carries (4,096 bytes).
     FieldTooLong,
+    /// The peer link to this user is still being set up; requests wait for it.
+    LinkPending(u16),
+    /// Peer links need an endpoint that accepts incoming connections and an unreliable
+    /// tunnel channel.
+    LinkSetup(&'static str),
 }
 
 impl From<SendError> for HubError {
@@ -196,6 +249,11 @@ impl fmt::Display for HubError {
             ),
             HubError::RequestToRoom => f.write_str("a request goes to one member, not a room"),
             HubError::FieldTooLong => f.write_str("name, password or metadata exceeds 4096 bytes"),
+            HubError::LinkPending(u) => write!(
+                f,
+                "the link to user {u} is being set up; retry once it has sent something"
+            ),
+            HubError::LinkSetup(what) => write!(f, "peer links need {what}"),
         }
     }
 }
@@ -209,6 +267,8 @@ pub struct HubClientStats {
     pub bad_notices: u64,
     /// Messages that waited for a pair key that never came.
     pub waiting_dropped: u64,
+    /// Peer links that ended before their peer left every shared room.
+    pub links_lost: u64,
 }
 
 /// A member of a hub: one endpoint's connection to the hub, its rooms and pair keys. Feed it
@@ -226,6 +286,10 @@ pub struct HubClient {
     waiting: VecDeque<Event>,
     ready: VecDeque<HubEvent>,
     stats: HubClientStats,
+    policy: PathPolicy,
+    tunnel_channel: u8,
+    links: BTreeMap<u16, Link>,
+    link_users: BTreeMap<ConnectionHandle, u16>,
 }
 
 impl fmt::Debug for HubClient {
@@ -244,6 +308,30 @@ impl HubClient {
     /// [`endpoint_config`](super::endpoint_config)).
     pub fn new(conn: ConnectionHandle, config: &Config) -> Result<Self, HubError> {
         Self::with_control_channel(conn, config, super::DEFAULT_CONTROL_CHANNEL)
+    }
+
+    /// A member that reaches others as `policy` says. Peer links (every policy but
+    /// `Messages`) need `config.accept_incoming` and, but for `DirectOnly`, the unreliable
+    /// tunnel channel of [`endpoint_config`](super::endpoint_config).
+    pub fn with_paths(
+        conn: ConnectionHandle,
+        config: &Config,
+        policy: PathPolicy,
+    ) -> Result<Self, HubError> {
+        let mut client = Self::new(conn, config)?;
+        if policy != PathPolicy::Messages {
+            if !config.accept_incoming {
+                return Err(HubError::LinkSetup("Config::accept_incoming"));
+            }
+            let tunnel = config.channels.get(usize::from(client.tunnel_channel));
+            if policy != PathPolicy::DirectOnly
+                && tunnel.is_none_or(|c| c.kind != DeliveryKind::Unreliable)
+            {
+                return Err(HubError::LinkSetup("an unreliable tunnel channel (5)"));
+            }
+        }
+        client.policy = policy;
+        Ok(client)
     }
 
     /// Like [`new`](Self::new) with another control channel (the hub's `control_channel`).
@@ -270,6 +358,10 @@ impl HubClient {
             waiting: VecDeque::new(),
             ready: VecDeque::new(),
             stats: HubClientStats::default(),
+            policy: PathPolicy::Messages,
+            tunnel_channel: super::DEFAULT_TUNNEL_CHANNEL,
+            links: BTreeMap::new(),
+            link_users: BTreeMap::new(),
         })
     }
 
@@ -400,6 +492,19 @@ impl HubClient {
         })
     }
 
+    /// Tells the hub this member's own addresses (at most 4; e.g. its socket's address on
+    /// the local network), which it passes on at introductions, so members behind one NAT
+    /// can reach each other directly.
+    pub fn announce(&mut self, ep: &mut Endpoint, addrs: &[SocketAddr]) -> Result<OpId, HubError> {
+        let addrs = addrs[..addrs.len().min(super::control::MAX_ADDRS)].to_vec();
+        self.command(ep, |op| Command::Announce { op, addrs })
+    }
+
+    /// The peer link's connection to `user`, once it exists.
+    pub fn link(&self, user: u16) -> Option<ConnectionHandle> {
+        self.links.get(&user).and_then(|l| l.conn)
+    }
+
     /// Sends `payload` on `channel` through the hub to `to`. To one member it is sealed end
     /// to end with the pair key (24 bytes more); to a room it is protected hop by hop.
     pub fn send(
@@ -413,6 +518,20 @@ impl HubClient {
             return Err(HubError::ControlChannel(channel));
         }
         let payload = payload.into();
+        if let (Target::User(u), true) = (to, self.policy != PathPolicy::Messages) {
+            let link = self.links.get_mut(&u).ok_or(HubError::NotIntroduced(u))?;
+            return match link.conn {
+                Some(conn) => Ok(ep.send(conn, channel, payload)?),
+                None if link.queued.len() < MAX_LINK_QUEUE => {
+                    link.queued.push_back((channel, payload));
+                    Ok(())
+                }
+                None => Err(HubError::Send(SendError::QueueFull {
+                    channel,
+                    queued_bytes: link.queued.iter().map(|(_, p)| p.len()).sum(),
+                })),
+            };
+        }
         let payload = match to {
             Target::User(u) => {
                 let cipher = self.ciphers.get_mut(&u).ok_or(HubError::NotIntroduced(u))?;
@@ -454,6 +573,10 @@ impl HubClient {
         request: PeerRequest,
         payload: &[u8],
     ) -> Result<(), HubError> {
+        if let Some(conn) = request.link {
+            ep.respond(conn, request.request, Bytes::copy_from_slice(payload))?;
+            return Ok(());
+        }
         let cipher = self
             .ciphers
             .get_mut(&request.from)
@@ -482,14 +605,19 @@ impl HubClient {
     /// Takes one of the endpoint's events; what it means comes out of
     /// [`poll_event`](Self::poll_event) (none, one, or, when a pair key arrives, the
     /// messages that waited for it).
-    pub fn handle_event(&mut self, _ep: &mut Endpoint, _now: Instant, event: Event) {
+    pub fn handle_event(&mut self, ep: &mut Endpoint, now: Instant, event: Event) {
         if event.connection() != self.conn {
-            self.ready.push_back(HubEvent::Transport(event));
+            if let Some(event) = self.on_link_event(ep, now, event) {
+                self.ready.push_back(HubEvent::Transport(event));
+            }
             return;
         }
         match event {
             Event::Connected { local_user_id, .. } => {
                 self.user_id = Some(local_user_id);
+                if !matches!(self.policy, PathPolicy::Messages | PathPolicy::DirectOnly) {
+                    ep.set_relay(self.conn, self.tunnel_channel);
+                }
                 self.ready.push_back(HubEvent::Transport(event));
             }
             Event::Disconnected { .. } => {
@@ -502,7 +630,7 @@ impl HubClient {
             Event::Message {
                 channel, payload, ..
             } if channel == self.control_channel => match Notice::decode(&payload) {
-                Some(notice) => self.on_notice(notice),
+                Some(notice) => self.on_notice(ep, now, notice),
                 None => self.stats.bad_notices += 1,
             },
             Event::Message {
@@ -531,6 +659,137 @@ impl HubClient {
                 self.ready.push_back(HubEvent::Transport(event));
             }
             other => self.ready.push_back(HubEvent::Transport(other)),
+        }
+    }
+
+    /// An event of another connection: a peer link's, or (returned) the application's own.
+    fn on_link_event(&mut self, ep: &mut Endpoint, now: Instant, event: Event) -> Option<Event> {
+        let conn = event.connection();
+        let user = match &event {
+            Event::Connected { remote, .. } => self.link_user_for(conn, *remote),
+            _ => self.link_users.get(&conn).copied(),
+        };
+        let Some(user) = user else {
+            return Some(event);
+        };
+        match event {
+            Event::Connected { remote, .. } => {
+                self.link_users.insert(conn, user);
+                let link = self.links.entry(user).or_default();
+                link.conn = Some(conn);
+                for (channel, payload) in core::mem::take(&mut link.queued) {
+                    // Queued in order before the link existed; the same limits apply now.
+                    let _ = ep.send(conn, channel, payload);
+                }
+                if self.policy == PathPolicy::Auto {
+                    for &addr in &link.addrs {
+                        ep.probe_path(now, conn, addr);
+                    }
+                }
+                let _ = remote;
+            }
+            Event::Disconnected { .. } => {
+                self.link_users.remove(&conn);
+                let current = self.links.get(&user).and_then(|l| l.conn);
+                if current == Some(conn) {
+                    self.stats.links_lost += 1;
+                    if let Some(link) = self.links.get_mut(&user) {
+                        link.conn = None;
+                    }
+                    // Still sharing a room: the lower id sets the link up again.
+                    self.open_link(ep, now, user);
+                }
+            }
+            Event::PathChanged { remote, .. } => self.ready.push_back(HubEvent::PathChanged {
+                user,
+                direct: relay_user(remote).is_none(),
+            }),
+            Event::Message {
+                channel, payload, ..
+            } => {
+                let to = Target::User(self.user_id.unwrap_or_default());
+                self.ready.push_back(HubEvent::Message {
+                    from: user,
+                    to,
+                    channel,
+                    payload,
+                });
+            }
+            Event::Request {
+                request, payload, ..
+            } => self.ready.push_back(HubEvent::Request {
+                request: PeerRequest {
+                    from: user,
+                    request,
+                    link: Some(conn),
+                },
+                payload,
+            }),
+            Event::Response { id, payload, .. } => {
+                self.asked.remove(&id);
+                self.ready.push_back(HubEvent::Response {
+                    id,
+                    from: user,
+                    payload,
+                });
+            }
+            other => {
+                if let Event::RequestTimedOut { id, .. } = &other {
+                    self.asked.remove(id);
+                }
+                return Some(other);
+            }
+        }
+        None
+    }
+
+    /// Which peer a new connection links to: one this member opened, one tunnelled from a
+    /// member (the hub wrote its id), or, for direct-only links, one from an address the hub
+    /// gave for a member.
+    fn link_user_for(&self, conn: ConnectionHandle, remote: SocketAddr) -> Option<u16> {
+        if self.policy == PathPolicy::Messages {
+            return None;
+        }
+        if let Some(&u) = self.link_users.get(&conn) {
+            return Some(u);
+        }
+        if let Some(u) = relay_user(remote) {
+            return Some(u);
+        }
+        self.links
+            .iter()
+            .find(|(_, l)| l.addrs.contains(&remote))
+            .map(|(&u, _)| u)
+    }
+
+    /// Opens the peer link to `user` if this side opens it and it is not open: the lower
+    /// user id connects through the hub; for direct-only links both connect at once.
+    fn open_link(&mut self, ep: &mut Endpoint, now: Instant, user: u16) {
+        let Some(me) = self.user_id else {
+            return;
+        };
+        let Some(link) = self.links.get_mut(&user) else {
+            return;
+        };
+        if link.conn.is_some() || !self.ciphers.contains_key(&user) {
+            return;
+        }
+        let to = match self.policy {
+            PathPolicy::Messages => return,
+            PathPolicy::RelayOnly | PathPolicy::Auto if me < user => relay_address(user),
+            PathPolicy::RelayOnly | PathPolicy::Auto => return,
+            PathPolicy::DirectOnly => match link.addrs.first() {
+                Some(&addr) => addr,
+                None => return,
+            },
+        };
+        let options = ConnectOptions {
+            server_key: link.key,
+            ..ConnectOptions::default()
+        };
+        if let Ok(conn) = ep.connect_with(now, to, &options) {
+            link.conn = Some(conn);
+            self.link_users.insert(conn, user);
         }
     }
 
@@ -580,7 +839,11 @@ impl HubClient {
         };
         self.ready.push_back(match event {
             Event::Request { request, .. } => HubEvent::Request {
-                request: PeerRequest { from, request },
+                request: PeerRequest {
+                    from,
+                    request,
+                    link: None,
+                },
                 payload: plain,
             },
             _ => HubEvent::Message {
@@ -592,10 +855,16 @@ impl HubClient {
         });
     }
 
-    fn introduce(&mut self, entry: &MemberEntry) {
+    fn introduce(&mut self, ep: &mut Endpoint, now: Instant, entry: &MemberEntry) {
         if let (Some(me), Some(key)) = (self.user_id, entry.pair_key) {
             self.ciphers
                 .insert(entry.user, PairCipher::new(&key, me, entry.user));
+            if self.policy != PathPolicy::Messages {
+                let link = self.links.entry(entry.user).or_default();
+                link.addrs = entry.addrs.clone();
+                link.key = entry.key.map(PublicKey);
+                self.open_link(ep, now, entry.user);
+            }
             // Whatever waited for this key can be opened now.
             let (theirs, others): (VecDeque<Event>, VecDeque<Event>) = self
                 .waiting
@@ -608,18 +877,23 @@ impl HubClient {
         }
     }
 
-    /// Forgets the pair key of `user` once it shares no room with this member.
-    fn forget_if_alone(&mut self, user: u16) {
+    /// Forgets the pair key (and closes the link) of `user` once it shares no room with
+    /// this member.
+    fn forget_if_alone(&mut self, ep: &mut Endpoint, user: u16) {
         let shared = self
             .rooms
             .values()
             .any(|r| r.members.iter().any(|m| m.user == user));
         if !shared {
             self.ciphers.remove(&user);
+            if let Some(conn) = self.links.remove(&user).and_then(|l| l.conn) {
+                self.link_users.remove(&conn);
+                ep.disconnect(conn, 0);
+            }
         }
     }
 
-    fn on_notice(&mut self, notice: Notice) {
+    fn on_notice(&mut self, ep: &mut Endpoint, now: Instant, notice: Notice) {
         let event = match notice {
             Notice::Joined {
                 op,
@@ -633,7 +907,7 @@ impl HubClient {
                     return;
                 }
                 for m in &members {
-                    self.introduce(m);
+                    self.introduce(ep, now, m);
                 }
                 let view = RoomView {
                     id: RoomId(room),
@@ -660,7 +934,7 @@ impl HubClient {
             },
             Notice::PeerJoined { room, member: m } => {
                 let user = m.user;
-                self.introduce(&m);
+                self.introduce(ep, now, &m);
                 if let Some(view) = self.rooms.get_mut(&room) {
                     view.members.retain(|x| x.user != user);
                     view.members.push(member(m));
@@ -678,7 +952,7 @@ impl HubClient {
                 if let Some(view) = self.rooms.get_mut(&room) {
                     view.members.retain(|x| x.user != user);
                 }
-                self.forget_if_alone(user);
+                self.forget_if_alone(ep, user);
                 HubEvent::PeerLeft {
                     room: RoomId(room),
                     user,
@@ -692,7 +966,7 @@ impl HubClient {
                 };
                 if let Some(view) = self.rooms.remove(&room) {
                     for m in view.members {
-                        self.forget_if_alone(m.user);
+                        self.forget_if_alone(ep, m.user);
                     }
                 }
                 HubEvent::RoomLeft {

@@ -5,6 +5,10 @@
 
 use alloc::vec::Vec;
 use bytes::{BufMut, Bytes};
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+/// Most addresses a member announces, and a member entry carries (the observed one first).
+pub(crate) const MAX_ADDRS: usize = 4;
 
 /// Longest room name, password and member metadata the wire can carry; the hub's config sets
 /// lower limits of its own.
@@ -52,6 +56,11 @@ pub(crate) enum Command {
         user: u16,
         accept: bool,
     },
+    /// The member's own (local) addresses, for peers on its network.
+    Announce {
+        op: u32,
+        addrs: Vec<SocketAddr>,
+    },
 }
 
 /// One member as the hub describes it.
@@ -67,6 +76,9 @@ pub(crate) struct MemberEntry {
     /// The key the hub made for this member and the receiver, when this notice introduces
     /// them (their first shared room).
     pub(crate) pair_key: Option<[u8; 32]>,
+    /// Where it may be reached directly, with the pair key: the address the hub sees, then
+    /// those it announced.
+    pub(crate) addrs: Vec<SocketAddr>,
 }
 
 /// What the hub tells a member.
@@ -116,6 +128,7 @@ const LEAVE: u8 = 3;
 const KICK: u8 = 4;
 const CLOSE: u8 = 5;
 const APPROVE: u8 = 6;
+const ANNOUNCE: u8 = 7;
 const JOINED: u8 = 0x41;
 const DONE: u8 = 0x42;
 const REFUSED: u8 = 0x43;
@@ -129,6 +142,24 @@ const JOIN_REQUESTED: u8 = 0x48;
 const HAS_KEY: u8 = 0x01;
 const HAS_CLIENT_ID: u8 = 0x02;
 const HAS_PAIR_KEY: u8 = 0x04;
+
+fn put_addrs(out: &mut Vec<u8>, addrs: &[SocketAddr]) {
+    let addrs = &addrs[..addrs.len().min(MAX_ADDRS + 1)];
+    out.put_u8(addrs.len() as u8);
+    for a in addrs {
+        match a.ip() {
+            IpAddr::V4(ip) => {
+                out.put_u8(4);
+                out.put_slice(&ip.octets());
+            }
+            IpAddr::V6(ip) => {
+                out.put_u8(6);
+                out.put_slice(&ip.octets());
+            }
+        }
+        out.put_u16(a.port());
+    }
+}
 
 fn put_field(out: &mut Vec<u8>, field: &[u8]) {
     // Callers bound every field far below 64 KiB (MAX_FIELD).
@@ -196,6 +227,11 @@ impl Command {
                 out.put_u16(*user);
                 out.put_u8(u8::from(*accept));
             }
+            Command::Announce { op, addrs } => {
+                out.put_u8(ANNOUNCE);
+                out.put_u32(*op);
+                put_addrs(&mut out, &addrs[..addrs.len().min(MAX_ADDRS)]);
+            }
         }
         out
     }
@@ -240,6 +276,10 @@ impl Command {
                     _ => return None,
                 },
             },
+            ANNOUNCE => Command::Announce {
+                op: r.u32()?,
+                addrs: r.addrs(MAX_ADDRS)?,
+            },
             _ => return None,
         };
         r.end().then_some(command)
@@ -271,6 +311,7 @@ impl MemberEntry {
             out.put_slice(key);
         }
         put_field(out, &self.metadata);
+        put_addrs(out, &self.addrs);
     }
 
     fn decode(r: &mut Reader<'_>) -> Option<MemberEntry> {
@@ -300,6 +341,7 @@ impl MemberEntry {
             client_id,
             metadata: r.field()?,
             pair_key,
+            addrs: r.addrs(MAX_ADDRS + 1)?,
         })
     }
 }
@@ -379,9 +421,9 @@ impl Notice {
                 let owner = r.u16()?;
                 let name = r.field()?;
                 let count = usize::from(r.u16()?);
-                // Each entry takes at least 5 bytes: a count beyond what is left is a lie,
+                // Each entry takes at least 6 bytes: a count beyond what is left is a lie,
                 // and must not size an allocation.
-                if count > r.left() / 5 {
+                if count > r.left() / 6 {
                     return None;
                 }
                 let mut members = Vec::with_capacity(count);
@@ -467,6 +509,22 @@ impl Reader<'_> {
         self.take(len)?;
         Some(self.buf.slice(start..start + len))
     }
+    fn addrs(&mut self, max: usize) -> Option<Vec<SocketAddr>> {
+        let count = usize::from(self.u8()?);
+        if count > max {
+            return None;
+        }
+        let mut addrs = Vec::with_capacity(count);
+        for _ in 0..count {
+            let ip = match self.u8()? {
+                4 => IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(self.take(4)?).ok()?)),
+                6 => IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(self.take(16)?).ok()?)),
+                _ => return None,
+            };
+            addrs.push(SocketAddr::new(ip, self.u16()?));
+        }
+        Some(addrs)
+    }
     fn left(&self) -> usize {
         self.buf.len() - self.at
     }
@@ -510,6 +568,13 @@ mod tests {
                 user: 5,
                 accept: true,
             },
+            Command::Announce {
+                op: 13,
+                addrs: alloc::vec![
+                    "192.168.1.2:7000".parse().unwrap(),
+                    "[fe80::1]:9".parse().unwrap()
+                ],
+            },
         ];
         for c in commands {
             let bytes = Bytes::from(c.encode());
@@ -521,6 +586,7 @@ mod tests {
             client_id: Some(77),
             metadata: b(b"alice"),
             pair_key: Some([2; 32]),
+            addrs: alloc::vec!["203.0.113.5:4000".parse().unwrap()],
         };
         let notices = [
             Notice::Joined {

@@ -110,12 +110,13 @@ pub(crate) mod control;
 mod server;
 
 use core::fmt;
+use core::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use crate::config::{Config, DeliveryKind};
 
 pub use crate::crypto::PAIR_OVERHEAD;
 pub use client::{
-    HubClient, HubClientStats, HubError, HubEvent, Member, OpId, PeerRequest, RoomView,
+    HubClient, HubClientStats, HubError, HubEvent, Member, OpId, PathPolicy, PeerRequest, RoomView,
 };
 pub use server::{Hub, HubConfig, HubConfigError, HubStats, RateLimit, RoomInfo};
 
@@ -132,9 +133,9 @@ const ROOM_EXCEPT_SENDER: u16 = 0x2000;
 const ROOM_MASK: u16 = 0x1FFF;
 
 /// The endpoint configuration a hub and its members share: the default four channels (0
-/// unreliable, 1 sequenced, 2 reliable, 3 ordered) and the hub's control channel (4,
-/// ordered). Change other fields as needed; the channel layout must be the same on both
-/// sides.
+/// unreliable, 1 sequenced, 2 reliable, 3 ordered), the hub's control channel (4, ordered)
+/// and its tunnel channel (5, unreliable). Change other fields as needed; the channel layout
+/// must be the same on both sides.
 pub fn endpoint_config() -> Config {
     Config::with_channels(&[
         DeliveryKind::Unreliable,
@@ -142,11 +143,33 @@ pub fn endpoint_config() -> Config {
         DeliveryKind::Reliable,
         DeliveryKind::Ordered,
         DeliveryKind::Ordered,
+        DeliveryKind::Unreliable,
     ])
 }
 
 /// The control channel of [`endpoint_config`].
 pub const DEFAULT_CONTROL_CHANNEL: u8 = 4;
+/// The tunnel channel of [`endpoint_config`]: unreliable, it carries the datagrams of peer
+/// links that travel through the hub.
+pub const DEFAULT_TUNNEL_CHANNEL: u8 = 5;
+
+/// The address a peer link to `user` has while it travels through the hub: in `100::/64`,
+/// the discard-only prefix (RFC 6666), with the user id as port, so it can never be a real
+/// peer's. An endpoint with a relay set ([`Endpoint::set_relay`](crate::Endpoint::set_relay))
+/// sends datagrams for it through the hub connection instead of the socket.
+pub fn relay_address(user: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V6(Ipv6Addr::new(0x100, 0, 0, 0, 0, 0, 0, 0)), user)
+}
+
+/// The user a [`relay_address`] stands for.
+pub fn relay_user(addr: SocketAddr) -> Option<u16> {
+    match addr.ip() {
+        IpAddr::V6(ip) if ip == Ipv6Addr::new(0x100, 0, 0, 0, 0, 0, 0, 0) && addr.port() != 0 => {
+            Some(addr.port())
+        }
+        _ => None,
+    }
+}
 
 /// A room on a hub, as the hub numbers it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -5,6 +5,7 @@ use alloc::vec::Vec;
 use bytes::Bytes;
 use core::cmp::Reverse;
 use core::fmt;
+use core::net::SocketAddr;
 use core::time::Duration;
 
 use super::control::{
@@ -217,6 +218,10 @@ impl Bucket {
 #[derive(Debug)]
 struct MemberState {
     conn: ConnectionHandle,
+    /// Its address as the hub sees it (its NAT's mapping toward the hub).
+    observed: SocketAddr,
+    /// The addresses it announced (on its own network).
+    local: Vec<SocketAddr>,
     key: Option<[u8; 32]>,
     client_id: Option<u64>,
     rooms: Vec<u16>,
@@ -404,6 +409,7 @@ impl Hub {
         let passed = match event {
             Event::Connected {
                 conn,
+                remote,
                 peer_user_id,
                 ref identity,
                 ..
@@ -414,6 +420,8 @@ impl Hub {
                     peer_user_id,
                     MemberState {
                         conn,
+                        observed: remote,
+                        local: Vec::new(),
                         key: identity.key.map(|k| k.0),
                         client_id: identity.token.as_ref().map(|t| t.client_id),
                         rooms: Vec::new(),
@@ -423,6 +431,7 @@ impl Hub {
                         relayed_requests: 0,
                     },
                 );
+                self.stats.members = self.members.len();
                 Some(event)
             }
             Event::Disconnected { conn, .. } => {
@@ -478,6 +487,12 @@ impl Hub {
                 }
                 None => Some(Event::RequestTimedOut { conn, id }),
             },
+            Event::PathChanged { conn, remote } => {
+                if let Some(m) = self.user_of(conn).and_then(|u| self.members.get_mut(&u)) {
+                    m.observed = remote;
+                }
+                Some(event)
+            }
             other => Some(other),
         };
         self.disconnect_slow(ep, now);
@@ -523,14 +538,23 @@ impl Hub {
         self.notify(ep, user, &Notice::Refused { op, reason });
     }
 
+    /// How `user` is described to another member; an introduction (with a pair key) also
+    /// says where it may be reached directly.
     fn entry(&self, user: u16, metadata: &Bytes, pair_key: Option<[u8; 32]>) -> MemberEntry {
         let m = self.members.get(&user);
+        let addrs = match (m, pair_key) {
+            (Some(m), Some(_)) => core::iter::once(m.observed)
+                .chain(m.local.iter().copied())
+                .collect(),
+            _ => Vec::new(),
+        };
         MemberEntry {
             user,
             key: m.and_then(|m| m.key),
             client_id: m.and_then(|m| m.client_id),
             metadata: metadata.clone(),
             pair_key,
+            addrs,
         }
     }
 
@@ -634,6 +658,12 @@ impl Hub {
                 Err(reason) => self.refuse(ep, user, op, reason),
                 Ok(()) => self.approve(ep, user, op, room, joiner, accept),
             },
+            Command::Announce { op, addrs } => {
+                if let Some(m) = self.members.get_mut(&user) {
+                    m.local = addrs;
+                }
+                self.notify(ep, user, &Notice::Done { op });
+            }
         }
     }
 

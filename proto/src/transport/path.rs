@@ -32,6 +32,10 @@ struct Candidate {
     /// No new challenge before this.
     next_challenge: Instant,
     seen_at: Instant,
+    /// Challenges still to send unasked (a path this side probes: a hub told us the
+    /// address), one per `probe_interval`, credit or not.
+    probes_left: u8,
+    probe_interval: Duration,
 }
 
 /// How a datagram's source address stands.
@@ -53,6 +57,9 @@ pub(crate) struct Paths {
     candidates: heapless::Vec<Candidate, MAX_CANDIDATES>,
     key: Prf,
     tokens: Sequence,
+    /// The relay path of a connection tunnelled through a hub: always trusted, and where the
+    /// connection returns when a direct path dies.
+    fallback: Option<SocketAddr>,
 }
 
 impl Paths {
@@ -62,7 +69,83 @@ impl Paths {
             candidates: heapless::Vec::new(),
             key,
             tokens: Sequence::new(Domain::PathToken),
+            fallback: crate::hub::relay_user(current).map(|_| current),
         }
+    }
+
+    /// The relay path, if this connection is tunnelled through a hub.
+    pub(crate) fn fallback(&self) -> Option<SocketAddr> {
+        self.fallback
+    }
+
+    /// Whether the connection talks over a direct path it may fall back from.
+    pub(crate) fn on_direct_path(&self) -> bool {
+        self.fallback.is_some_and(|f| f != self.current)
+    }
+
+    /// The candidate for `addr`, made (evicting the least useful one) if new.
+    fn candidate(&mut self, now: Instant, addr: SocketAddr) -> &mut Candidate {
+        let i = match self.candidates.iter().position(|c| c.addr == addr) {
+            Some(i) => i,
+            None => {
+                if self.candidates.is_full() {
+                    // Replace the least recently heard-from address, an unvalidated one if
+                    // any: a flood of packets from made-up addresses must not push out one
+                    // that has proven itself.
+                    let oldest = (0..self.candidates.len())
+                        .min_by_key(|&i| (self.candidates[i].validated, self.candidates[i].seen_at))
+                        .unwrap_or(0);
+                    self.candidates.swap_remove(oldest);
+                }
+                let token = self.tokens.next(&self.key);
+                let fresh = Candidate {
+                    addr,
+                    token,
+                    credit: 0,
+                    validated: false,
+                    challenge_due: false,
+                    next_challenge: now,
+                    seen_at: now,
+                    probes_left: 0,
+                    probe_interval: MIN_CHALLENGE_INTERVAL,
+                };
+                // Cannot fail: a slot was freed above if needed.
+                let _ = self.candidates.push(fresh);
+                self.candidates.len() - 1
+            }
+        };
+        &mut self.candidates[i]
+    }
+
+    /// Starts probing `addr` on this side's own initiative: `attempts` challenges, one per
+    /// `interval`, whatever the address has sent (a hub vouched for it, and the attempts
+    /// are few and small).
+    pub(crate) fn probe(
+        &mut self,
+        now: Instant,
+        addr: SocketAddr,
+        attempts: u8,
+        interval: Duration,
+    ) {
+        if addr == self.current || Some(addr) == self.fallback {
+            return;
+        }
+        let c = self.candidate(now, addr);
+        if c.validated {
+            return;
+        }
+        c.probes_left = attempts;
+        c.probe_interval = interval.max(MIN_CHALLENGE_INTERVAL);
+        c.next_challenge = now;
+    }
+
+    /// When the next probe is due, if any.
+    pub(crate) fn next_probe(&self) -> Option<Instant> {
+        self.candidates
+            .iter()
+            .filter(|c| c.probes_left > 0 && !c.validated)
+            .map(|c| c.next_challenge)
+            .min()
     }
 
     /// Classifies a datagram of `len` bytes from `from`, crediting a new address with it and
@@ -77,34 +160,10 @@ impl Paths {
         if from == self.current {
             return PathStatus::Current;
         }
-        let i = match self.candidates.iter().position(|c| c.addr == from) {
-            Some(i) => i,
-            None => {
-                if self.candidates.is_full() {
-                    // Replace the least recently heard-from address, an unvalidated one if
-                    // any: a flood of packets from made-up addresses must not push out one
-                    // that has proven itself.
-                    let oldest = (0..self.candidates.len())
-                        .min_by_key(|&i| (self.candidates[i].validated, self.candidates[i].seen_at))
-                        .unwrap_or(0);
-                    self.candidates.swap_remove(oldest);
-                }
-                let token = self.tokens.next(&self.key);
-                let fresh = Candidate {
-                    addr: from,
-                    token,
-                    credit: 0,
-                    validated: false,
-                    challenge_due: false,
-                    next_challenge: now,
-                    seen_at: now,
-                };
-                // Cannot fail: a slot was freed above if needed.
-                let _ = self.candidates.push(fresh);
-                self.candidates.len() - 1
-            }
-        };
-        let c = &mut self.candidates[i];
+        if Some(from) == self.fallback {
+            return PathStatus::Validated;
+        }
+        let c = self.candidate(now, from);
         c.seen_at = now;
         c.credit = (c.credit + len).min(MAX_CREDIT);
         if c.validated {
@@ -119,13 +178,22 @@ impl Paths {
 
     /// A challenge to send now, as (address, token), if one is due and the address has the
     /// credit for one of `size` bytes (protection adds its tag to `PATH_PACKET_LEN`).
-    pub(crate) fn poll_challenge(&mut self, size: usize) -> Option<(SocketAddr, u64)> {
-        let c = self
-            .candidates
-            .iter_mut()
-            .find(|c| c.challenge_due && c.credit >= size)?;
+    pub(crate) fn poll_challenge(
+        &mut self,
+        now: Instant,
+        size: usize,
+    ) -> Option<(SocketAddr, u64)> {
+        let c = self.candidates.iter_mut().find(|c| {
+            (c.challenge_due && c.credit >= size)
+                || (c.probes_left > 0 && !c.validated && now >= c.next_challenge)
+        })?;
+        if c.challenge_due && c.credit >= size {
+            c.credit -= size;
+        } else {
+            c.probes_left -= 1;
+            c.next_challenge = now + c.probe_interval;
+        }
         c.challenge_due = false;
-        c.credit -= size;
         Some((c.addr, c.token))
     }
 
@@ -140,6 +208,7 @@ impl Paths {
             Some(c) if c.token == token => {
                 c.validated = true;
                 c.challenge_due = false;
+                c.probes_left = 0;
                 true
             }
             _ => false,
@@ -170,19 +239,54 @@ mod tests {
         let new = addr("10.0.0.9:1");
         assert_eq!(p.on_datagram(t, new, 10, rtt), PathStatus::Unvalidated);
         assert_eq!(
-            p.poll_challenge(PATH_PACKET_LEN),
+            p.poll_challenge(t, PATH_PACKET_LEN),
             None,
             "10 bytes in do not pay for 21 out"
         );
         assert_eq!(p.on_datagram(t, new, 15, rtt), PathStatus::Unvalidated);
-        let (to, token) = p.poll_challenge(PATH_PACKET_LEN).expect("now it may");
+        let (to, token) = p.poll_challenge(t, PATH_PACKET_LEN).expect("now it may");
         assert_eq!(to, new);
-        assert_eq!(p.poll_challenge(PATH_PACKET_LEN), None, "one at a time");
+        assert_eq!(p.poll_challenge(t, PATH_PACKET_LEN), None, "one at a time");
         assert!(!p.on_response(new, token ^ 1), "wrong token");
         assert!(!p.on_response(addr("10.0.0.8:1"), token), "wrong address");
         assert!(p.on_response(new, token));
         assert_eq!(p.on_datagram(t, new, 10, rtt), PathStatus::Validated);
         assert_eq!(p.migrate(new), addr("10.0.0.1:1"));
         assert_eq!(p.on_datagram(t, new, 10, rtt), PathStatus::Current);
+    }
+}
+
+#[cfg(test)]
+mod probe_tests {
+    use super::*;
+    use crate::wire::PATH_PACKET_LEN;
+
+    #[test]
+    fn a_probed_address_is_challenged_a_few_times_without_credit_until_it_answers() {
+        let relay = crate::hub::relay_address(7);
+        let direct: SocketAddr = "198.51.100.7:4000".parse().expect("address");
+        let mut p = Paths::new(relay, Prf::from_key([2; 16]));
+        assert_eq!(p.fallback(), Some(relay));
+        assert!(!p.on_direct_path());
+        let t0 = Instant::from_millis(10);
+        let every = Duration::from_millis(30);
+        p.probe(t0, direct, 3, every);
+        let (to, token) = p.poll_challenge(t0, PATH_PACKET_LEN).expect("first probe");
+        assert_eq!(to, direct);
+        assert_eq!(p.poll_challenge(t0, PATH_PACKET_LEN), None, "paced");
+        assert_eq!(p.next_probe(), Some(t0 + every));
+        assert!(p.poll_challenge(t0 + every, PATH_PACKET_LEN).is_some());
+        assert!(p.poll_challenge(t0 + every * 2, PATH_PACKET_LEN).is_some());
+        assert_eq!(
+            p.poll_challenge(t0 + every * 3, PATH_PACKET_LEN),
+            None,
+            "three only"
+        );
+        assert_eq!(p.next_probe(), None);
+        assert!(p.on_response(direct, token));
+        p.migrate(direct);
+        assert!(p.on_direct_path());
+        // The relay stays trusted: its packets move the connection back.
+        assert_eq!(p.on_datagram(t0, relay, 50, every), PathStatus::Validated);
     }
 }

@@ -397,6 +397,11 @@ impl SentPackets {
         (self.rtt.pto(max_ack_delay) * (1 << self.pto_count)).min(max_rto)
     }
 
+    /// Probe timeouts fired in a row without an acknowledgement.
+    pub(crate) fn pto_count(&self) -> u32 {
+        self.pto_count
+    }
+
     /// Runs loss detection at its deadline. Returns true if the probe timeout fired: the
     /// caller sends probes (nothing is declared lost for it).
     pub(crate) fn on_loss_timeout(

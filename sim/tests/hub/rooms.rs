@@ -1,206 +1,20 @@
-//! The hub in the simulator: rooms, member lists, notices, the relay on every channel kind,
-//! limits and their reasons, and what a hostile or silent member can do.
+//! Rooms, member lists, notices, the relay on every channel kind, limits and their
+//! reasons, and what a hostile or silent member can do.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use shoal_proto::hub::{
-    self, Hub, HubClient, HubConfig, HubEvent, LeaveReason, RateLimit, Refusal, RoomId,
-    RoomOptions, Target,
+    self, HubClient, HubConfig, HubEvent, LeaveReason, RateLimit, Refusal, RoomId, RoomOptions,
+    Target,
 };
-use shoal_proto::{Bytes, Config, DropReason, Endpoint, Event, SecretSeed};
-use shoal_sim::{Application, LinkConfig, NodeContext, NodeId, SimConfig, Simulator};
+use shoal_proto::{Bytes, DropReason, Endpoint};
+use shoal_sim::{NodeId, Simulator};
 
-/// The hub node and its members, each a `HubClient` on its own endpoint.
-struct World {
-    hub_node: NodeId,
-    hub: Hub,
-    members: Vec<NodeId>,
-    clients: BTreeMap<NodeId, HubClient>,
-    log: BTreeMap<NodeId, Vec<HubEvent>>,
-    /// Relayed payloads as the hub's endpoint handed them to the hub.
-    hub_saw: Vec<Bytes>,
-}
-
-impl Application for World {
-    fn on_event(&mut self, ctx: &mut NodeContext<'_>, event: Event) {
-        let now = ctx.now();
-        if ctx.id() == self.hub_node {
-            if let Event::Message {
-                target: Some(_),
-                payload,
-                ..
-            } = &event
-            {
-                self.hub_saw.push(payload.clone());
-            }
-            self.hub.handle_event(ctx.endpoint(), now, event);
-            if let Some(at) = self.hub.poll_timeout() {
-                ctx.set_timer(at, 0);
-            }
-        } else if let Some(client) = self.clients.get_mut(&ctx.id()) {
-            client.handle_event(ctx.endpoint(), now, event);
-            let log = self.log.entry(ctx.id()).or_default();
-            while let Some(e) = client.poll_event() {
-                log.push(e);
-            }
-        }
-    }
-
-    fn on_timer(&mut self, ctx: &mut NodeContext<'_>, _token: u64) {
-        if ctx.id() == self.hub_node {
-            let now = ctx.now();
-            self.hub.handle_timeout(ctx.endpoint(), now);
-            if let Some(at) = self.hub.poll_timeout() {
-                ctx.set_timer(at, 0);
-            }
-        }
-    }
-}
-
-impl World {
-    fn client(&mut self, i: usize) -> &mut HubClient {
-        let node = self.members[i];
-        self.clients.get_mut(&node).expect("member")
-    }
-
-    /// Runs `f` on member `i`'s client and endpoint.
-    fn act<R>(
-        &mut self,
-        sim: &mut Simulator,
-        i: usize,
-        f: impl FnOnce(&mut HubClient, &mut Endpoint) -> R,
-    ) -> R {
-        let node = self.members[i];
-        let client = self.clients.get_mut(&node).expect("member");
-        f(client, sim.endpoint_mut(node))
-    }
-
-    fn user(&mut self, i: usize) -> u16 {
-        self.client(i).user_id().expect("connected")
-    }
-
-    /// Member `i`'s events since the last call.
-    fn take(&mut self, i: usize) -> Vec<HubEvent> {
-        std::mem::take(self.log.entry(self.members[i]).or_default())
-    }
-
-    fn run(&mut self, sim: &mut Simulator, ms: u64) {
-        let until = sim.now() + Duration::from_millis(ms);
-        sim.run_until_with(until, self);
-    }
-}
-
-fn link(loss: f64) -> LinkConfig {
-    LinkConfig {
-        latency: Duration::from_millis(20),
-        jitter: Duration::from_millis(5),
-        loss,
-        ..LinkConfig::default()
-    }
-}
-
-fn hub_config() -> HubConfig {
-    HubConfig {
-        secret_seed: Some(SecretSeed::insecure_from_u64(99)),
-        ..HubConfig::default()
-    }
-}
-
-/// A hub and `n` members connected to it.
-fn world(seed: u64, n: usize, hub: HubConfig, link: LinkConfig) -> (Simulator, World) {
-    world_with(seed, n, hub, hub::endpoint_config(), link)
-}
-
-fn world_with(
-    seed: u64,
-    n: usize,
-    hub: HubConfig,
-    hub_endpoint: Config,
-    link: LinkConfig,
-) -> (Simulator, World) {
-    let mut sim = Simulator::new(SimConfig {
-        seed,
-        default_link: link,
-        ..SimConfig::default()
-    })
-    .expect("link");
-    let hub_node = sim.add_node(hub_endpoint).expect("hub");
-    let hub = Hub::new(hub, sim.endpoint(hub_node).config()).expect("hub config");
-    let mut w = World {
-        hub_node,
-        hub,
-        members: Vec::new(),
-        clients: BTreeMap::new(),
-        log: BTreeMap::new(),
-        hub_saw: Vec::new(),
-    };
-    for _ in 0..n {
-        let node = sim
-            .add_node(Config {
-                accept_incoming: false,
-                ..hub::endpoint_config()
-            })
-            .expect("member");
-        let conn = sim.connect(node, hub_node, &[]).expect("connect");
-        let client = HubClient::new(conn, sim.endpoint(node).config()).expect("client");
-        w.members.push(node);
-        w.clients.insert(node, client);
-    }
-    w.run(&mut sim, 1000);
-    for i in 0..n {
-        assert!(w.client(i).user_id().is_some(), "member {i} connected");
-        w.take(i);
-    }
-    (sim, w)
-}
-
-fn joined(events: &[HubEvent]) -> Option<RoomId> {
-    events.iter().find_map(|e| match e {
-        HubEvent::Joined { room, .. } => Some(*room),
-        _ => None,
-    })
-}
-
-fn refusal(events: &[HubEvent]) -> Option<Refusal> {
-    events.iter().find_map(|e| match e {
-        HubEvent::Refused { reason, .. } => Some(*reason),
-        _ => None,
-    })
-}
-
-/// Member 0 creates `name`, members 1.. join it, one after another.
-fn room_of_all(sim: &mut Simulator, w: &mut World, name: &str) -> RoomId {
-    w.act(sim, 0, |c, ep| {
-        c.create_room(ep, name, &RoomOptions::default())
-    })
-    .expect("create");
-    w.run(sim, 300);
-    let room = joined(&w.take(0)).expect("created");
-    for i in 1..w.members.len() {
-        w.act(sim, i, |c, ep| {
-            c.join_room(ep, name, b"", format!("m{i}").as_bytes())
-        })
-        .expect("join");
-    }
-    w.run(sim, 500);
-    room
-}
-
-fn messages(events: &[HubEvent]) -> Vec<(u16, Target, u8, Bytes)> {
-    events
-        .iter()
-        .filter_map(|e| match e {
-            HubEvent::Message {
-                from,
-                to,
-                channel,
-                payload,
-            } => Some((*from, *to, *channel, payload.clone())),
-            _ => None,
-        })
-        .collect()
-}
+use crate::world::{
+    hub_config, joined, link, messages, number, numbered, refusal, room_of_all, world, world_with,
+    World,
+};
 
 #[test]
 fn joiners_get_the_member_list_and_everyone_hears_joins_and_leaves() {
@@ -280,17 +94,6 @@ fn joiners_get_the_member_list_and_everyone_hears_joins_and_leaves() {
         reason: LeaveReason::Disconnected
     }));
     assert_eq!(w.hub.stats().members, 2);
-}
-
-/// A payload naming its channel and number.
-fn numbered(channel: u8, n: u32, len: usize) -> Vec<u8> {
-    let mut p = vec![channel; len.max(5)];
-    p[1..5].copy_from_slice(&n.to_be_bytes());
-    p
-}
-
-fn number(p: &[u8]) -> u32 {
-    u32::from_be_bytes([p[1], p[2], p[3], p[4]])
 }
 
 #[test]

@@ -1,0 +1,5 @@
+//! The hub in the simulator: one hub node, members as `HubClient`s on their own endpoints.
+
+mod paths;
+mod rooms;
+mod world;

@@ -1,0 +1,368 @@
+//! Peer links: a connection between two members, through the hub at first, direct where
+//! the NATs allow, back through the hub when the direct path dies — one connection
+//! throughout, so channels, order and exactly-once hold across every move.
+
+use shoal_proto::hub::{HubEvent, PathPolicy, RoomOptions, Target};
+use shoal_sim::{NatConfig, NatKind, Simulator};
+
+use crate::world::{hub_config, link, messages, number, numbered, World};
+
+/// Where a member sits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Place {
+    Public,
+    Behind(NatKind),
+    /// A home NAT of this kind behind a port-restricted carrier NAT.
+    Cgnat(NatKind),
+}
+
+fn place(sim: &mut Simulator, p: Place) -> Option<shoal_sim::NatId> {
+    match p {
+        Place::Public => None,
+        Place::Behind(kind) => Some(sim.add_nat(NatConfig::new(kind)).expect("nat")),
+        Place::Cgnat(kind) => {
+            let carrier = sim
+                .add_nat(NatConfig::carrier(NatKind::PortRestricted))
+                .expect("carrier");
+            Some(
+                sim.add_nat_behind(carrier, NatConfig::new(kind))
+                    .expect("home"),
+            )
+        }
+    }
+}
+
+/// Two members in one room, placed as given, linked as `policy` says; each announces its
+/// own address.
+fn pair(seed: u64, a: Place, b: Place, policy: PathPolicy, loss: f64) -> (Simulator, World) {
+    let (mut sim, mut w) = World::new(
+        seed,
+        hub_config(),
+        shoal_proto::hub::endpoint_config(),
+        link(loss),
+    );
+    for p in [a, b] {
+        let nat = place(&mut sim, p);
+        w.add_member(&mut sim, nat, policy);
+    }
+    w.settle(&mut sim);
+    for i in 0..2 {
+        let own = sim.address(w.members[i]);
+        w.act(&mut sim, i, |c, ep| c.announce(ep, &[own]))
+            .expect("announce");
+    }
+    w.act(&mut sim, 0, |c, ep| {
+        c.create_room(ep, "pair", &RoomOptions::default())
+    })
+    .expect("create");
+    w.run(&mut sim, 300);
+    w.act(&mut sim, 1, |c, ep| c.join_room(ep, "pair", b"", b""))
+        .expect("join");
+    (sim, w)
+}
+
+/// The direct-or-not of each `PathChanged` member `i` saw, in order.
+fn path_changes(events: &[HubEvent]) -> Vec<bool> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            HubEvent::PathChanged { direct, .. } => Some(*direct),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Member 0 streams `n` numbered messages to member 1 on `channel`, one per `every_ms`.
+fn stream(
+    sim: &mut Simulator,
+    w: &mut World,
+    channel: u8,
+    range: std::ops::Range<u32>,
+    every_ms: u64,
+) {
+    let b = w.user(1);
+    for n in range {
+        w.act(sim, 0, |c, ep| {
+            c.send(ep, Target::User(b), channel, numbered(channel, n, 100))
+        })
+        .expect("send");
+        w.run(sim, every_ms);
+    }
+}
+
+fn received(events: &[HubEvent], channel: u8) -> Vec<u32> {
+    messages(events)
+        .iter()
+        .filter(|m| m.2 == channel)
+        .map(|m| number(&m.3))
+        .collect()
+}
+
+#[test]
+fn relay_only_links_carry_every_channel_kind_end_to_end() {
+    let (mut sim, mut w) = pair(
+        21,
+        Place::Public,
+        Place::Public,
+        PathPolicy::RelayOnly,
+        0.05,
+    );
+    w.run(&mut sim, 500);
+    let (a, b) = (w.user(0), w.user(1));
+    assert!(w.client(0).link(b).is_some() && w.client(1).link(a).is_some());
+    for n in 0..100u32 {
+        for channel in 0..4u8 {
+            w.act(&mut sim, 0, |c, ep| {
+                c.send(ep, Target::User(b), channel, numbered(channel, n, 60))
+            })
+            .expect("send");
+        }
+        w.run(&mut sim, 10);
+    }
+    let now = sim.now();
+    let id = w
+        .act(&mut sim, 0, |c, ep| c.request(ep, now, b, 2, b"ping"))
+        .expect("request");
+    w.run(&mut sim, 3000);
+    let bob = w.take(1);
+    assert_eq!(
+        received(&bob, 3),
+        (0..100).collect::<Vec<_>>(),
+        "ordered, all"
+    );
+    let mut reliable = received(&bob, 2);
+    reliable.sort_unstable();
+    assert_eq!(reliable, (0..100).collect::<Vec<_>>(), "reliable, all once");
+    assert!(
+        received(&bob, 1).windows(2).all(|p| p[0] < p[1]),
+        "sequenced"
+    );
+    let request = bob
+        .iter()
+        .find_map(|e| match e {
+            HubEvent::Request { request, payload } if payload == "ping" => Some(*request),
+            _ => None,
+        })
+        .expect("request arrived");
+    assert_eq!(request.from, a);
+    w.act(&mut sim, 1, |c, ep| c.respond(ep, request, b"pong"))
+        .expect("respond");
+    w.run(&mut sim, 500);
+    assert!(w.take(0).contains(&HubEvent::Response {
+        id,
+        from: b,
+        payload: "pong".into()
+    }));
+    assert!(path_changes(&bob).is_empty(), "never direct");
+    // The hub carried only the link's sealed packets: it read none of the messages.
+    let ep = sim.endpoint(w.members[0]);
+    assert!(ep.stats().tunnelled_out > 400);
+    assert!(w
+        .hub_saw
+        .iter()
+        .all(|p| !p.windows(4).any(|win| win == [3, 0, 0, 0])));
+}
+
+#[test]
+fn auto_links_go_direct_and_keep_order_and_exactly_once_across_the_move() {
+    let (mut sim, mut w) = pair(22, Place::Public, Place::Public, PathPolicy::Auto, 0.02);
+    // Messages flow from the moment the link is asked for: through the hub, then direct.
+    stream(&mut sim, &mut w, 3, 0..100, 10);
+    w.run(&mut sim, 1000);
+    let bob = w.take(1);
+    assert_eq!(received(&bob, 3), (0..100).collect::<Vec<_>>());
+    assert_eq!(path_changes(&bob), [true]);
+    assert_eq!(path_changes(&w.take(0)), [true]);
+    // Direct from here on: the hub relays nothing more.
+    let relayed = w.hub.stats().relayed_messages;
+    stream(&mut sim, &mut w, 3, 100..150, 10);
+    w.run(&mut sim, 500);
+    assert_eq!(received(&w.take(1), 3), (100..150).collect::<Vec<_>>());
+    assert!(
+        w.hub.stats().relayed_messages - relayed < 10,
+        "keepalives at most"
+    );
+}
+
+#[test]
+fn a_direct_path_that_dies_mid_transfer_falls_back_to_the_relay_with_nothing_lost() {
+    let (mut sim, mut w) = pair(23, Place::Public, Place::Public, PathPolicy::Auto, 0.0);
+    w.run(&mut sim, 1000);
+    assert_eq!(path_changes(&w.take(1)), [true]);
+    w.take(0);
+    let (a, b) = (w.members[0], w.members[1]);
+    stream(&mut sim, &mut w, 3, 0..50, 10);
+    // The direct route breaks both ways, mid-stream; the hub still reaches both.
+    sim.set_link_up(a, b, false);
+    sim.set_link_up(b, a, false);
+    stream(&mut sim, &mut w, 3, 50..200, 10);
+    w.run(&mut sim, 3000);
+    let bob = w.take(1);
+    assert_eq!(
+        received(&bob, 3),
+        (0..200).collect::<Vec<_>>(),
+        "in order, once each"
+    );
+    assert!(
+        path_changes(&w.take(0)).ends_with(&[false]),
+        "sender fell back"
+    );
+    assert!(path_changes(&bob).ends_with(&[false]), "receiver followed");
+    let fallbacks: u64 = {
+        let ep = sim.endpoint(a);
+        ep.connections()
+            .filter_map(|c| ep.connection_stats(c))
+            .map(|s| s.path_fallbacks)
+            .sum()
+    };
+    assert!(fallbacks >= 1);
+}
+
+#[test]
+fn members_behind_one_nat_meet_at_their_announced_local_addresses() {
+    // No hairpinning: the public mappings cannot reach each other, the LAN can.
+    let (mut sim, mut w) = World::new(
+        24,
+        hub_config(),
+        shoal_proto::hub::endpoint_config(),
+        link(0.0),
+    );
+    let nat = sim
+        .add_nat(NatConfig::new(NatKind::PortRestricted))
+        .expect("nat");
+    for _ in 0..2 {
+        w.add_member(&mut sim, Some(nat), PathPolicy::Auto);
+    }
+    w.settle(&mut sim);
+    for i in 0..2 {
+        let own = sim.address(w.members[i]);
+        w.act(&mut sim, i, |c, ep| c.announce(ep, &[own]))
+            .expect("announce");
+    }
+    w.act(&mut sim, 0, |c, ep| {
+        c.create_room(ep, "lan", &RoomOptions::default())
+    })
+    .expect("create");
+    w.run(&mut sim, 300);
+    w.act(&mut sim, 1, |c, ep| c.join_room(ep, "lan", b"", b""))
+        .expect("join");
+    w.run(&mut sim, 1500);
+    assert_eq!(path_changes(&w.take(1)), [true]);
+    let b = w.user(1);
+    let link = w.client(0).link(b).expect("link");
+    let remote = sim
+        .endpoint(w.members[0])
+        .remote_address(link)
+        .expect("remote");
+    assert_eq!(remote, sim.address(w.members[1]), "the private address");
+}
+
+const KINDS: [Place; 6] = [
+    Place::Public,
+    Place::Behind(NatKind::FullCone),
+    Place::Behind(NatKind::AddressRestricted),
+    Place::Behind(NatKind::PortRestricted),
+    Place::Behind(NatKind::Symmetric),
+    Place::Cgnat(NatKind::PortRestricted),
+];
+
+/// Whether a direct path can open between two places (RFC 4787 behaviours, both sides
+/// probing each other's hub-observed address).
+fn direct_possible(a: Place, b: Place) -> bool {
+    let kind = |p: Place| match p {
+        Place::Public => None,
+        Place::Behind(k) | Place::Cgnat(k) => Some(k),
+    };
+    let symmetric = |p: Place| kind(p) == Some(NatKind::Symmetric);
+    // A symmetric NAT's probe leaves from a new port: only a peer that filters by address
+    // alone (or not at all) lets it in; two symmetric NATs never meet.
+    let lets_new_port_in = |p: Place| {
+        matches!(
+            kind(p),
+            None | Some(NatKind::FullCone) | Some(NatKind::AddressRestricted)
+        ) && !matches!(p, Place::Cgnat(_))
+    };
+    match (symmetric(a), symmetric(b)) {
+        (true, true) => false,
+        (true, false) => lets_new_port_in(b),
+        (false, true) => lets_new_port_in(a),
+        (false, false) => true,
+    }
+}
+
+#[test]
+fn nat_matrix_direct_wherever_the_kinds_allow_and_the_relay_elsewhere_nothing_lost() {
+    let mut table = String::from("\nA \\ B           ");
+    for b in KINDS {
+        table += &format!("{:>22}", format!("{b:?}"));
+    }
+    for (i, a) in KINDS.into_iter().enumerate() {
+        table += &format!("\n{:<16}", format!("{a:?}"));
+        for (j, b) in KINDS.into_iter().enumerate() {
+            let seed = 100 + (i * KINDS.len() + j) as u64;
+            let (mut sim, mut w) = pair(seed, a, b, PathPolicy::Auto, 0.01);
+            let introduced = sim.now();
+            stream(&mut sim, &mut w, 3, 0..60, 20);
+            w.run(&mut sim, 2000);
+            let bob = w.take(1);
+            assert_eq!(
+                received(&bob, 3),
+                (0..60).collect::<Vec<_>>(),
+                "{a:?} x {b:?}: every message, in order"
+            );
+            let direct = path_changes(&bob).last() == Some(&true);
+            let expected = direct_possible(a, b);
+            assert_eq!(direct, expected, "{a:?} x {b:?}");
+            let when = w
+                .direct_at
+                .get(&w.members[1])
+                .map(|t| t.saturating_duration_since(introduced).as_millis());
+            table += &format!(
+                "{:>22}",
+                match (direct, when) {
+                    (true, Some(ms)) => format!("direct {ms} ms"),
+                    (true, None) => "direct".into(),
+                    (false, _) => "relay".into(),
+                }
+            );
+        }
+    }
+    eprintln!("{table}");
+}
+
+#[test]
+fn direct_only_links_connect_where_the_nats_allow_and_not_elsewhere() {
+    let cases = [
+        (
+            Place::Behind(NatKind::FullCone),
+            Place::Behind(NatKind::PortRestricted),
+            true,
+        ),
+        (
+            Place::Behind(NatKind::PortRestricted),
+            Place::Behind(NatKind::PortRestricted),
+            true,
+        ),
+        (
+            Place::Behind(NatKind::Symmetric),
+            Place::Behind(NatKind::Symmetric),
+            false,
+        ),
+    ];
+    for (n, (a, b, possible)) in cases.into_iter().enumerate() {
+        let (mut sim, mut w) = pair(200 + n as u64, a, b, PathPolicy::DirectOnly, 0.0);
+        w.run(&mut sim, 3000);
+        let ub = w.user(1);
+        let linked = w
+            .client(0)
+            .link(ub)
+            .is_some_and(|c| sim.endpoint(w.members[0]).is_connected(c));
+        assert_eq!(linked, possible, "{a:?} x {b:?}");
+        if possible {
+            stream(&mut sim, &mut w, 3, 0..20, 10);
+            w.run(&mut sim, 500);
+            assert_eq!(received(&w.take(1), 3), (0..20).collect::<Vec<_>>());
+            assert_eq!(w.hub.stats().relayed_messages, 0, "nothing through the hub");
+        }
+    }
+}
