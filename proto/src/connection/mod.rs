@@ -166,6 +166,8 @@ pub(crate) struct Connection {
     /// The address the connection moved away from since the endpoint last looked (to a
     /// validated direct path, or back to the relay when a direct path died).
     pub(crate) moved_from: Option<SocketAddr>,
+    /// When a packet last arrived over the direct path (a peer link off its relay).
+    pub(crate) direct_heard: Instant,
 }
 
 impl Connection {
@@ -243,6 +245,7 @@ impl Connection {
             scheduled: None,
             in_dirty: false,
             moved_from: None,
+            direct_heard: now,
         }
     }
 
@@ -607,8 +610,6 @@ impl Connection {
             Timer::Reassembly,
             oldest_partial.map(|t| t + config.reassembly_timeout),
         );
-        self.timers
-            .set_opt(Timer::Probe, self.transport.paths.next_probe());
     }
 
     /// Probe timeouts in a row on a direct path: it is gone (a NAT mapping expired, a
@@ -758,6 +759,8 @@ fn fits_peer_budget(
 const PROBE_ATTEMPTS: u8 = 8;
 /// Shortest time between two of them.
 const PROBE_INTERVAL_MIN: core::time::Duration = core::time::Duration::from_millis(25);
+/// Silence on a direct path after which a packet through the relay moves a link back.
+pub(crate) const DIRECT_QUIET_MIN: core::time::Duration = core::time::Duration::from_millis(100);
 /// Probe timeouts in a row after which a direct path counts as dead.
 const DIRECT_PATH_PTOS: u32 = 2;
 

@@ -98,9 +98,22 @@ impl Connection {
             self.take_repair(now, pn, repair, shared);
         }
         self.update_timers(config);
+        let fallback = self.transport.paths.fallback();
+        if status == PathStatus::Current && self.transport.paths.on_direct_path() {
+            self.direct_heard = now;
+        }
         if status == PathStatus::Validated && newest {
-            let old = self.transport.paths.migrate(from);
-            return DataResult::Migrated(old);
+            // A peer link goes back to its relay only when the direct path has gone quiet:
+            // right after a move the peer may still send through the hub for a round trip.
+            let quiet = now.saturating_duration_since(self.direct_heard)
+                > (self.transport.sent.rtt.smoothed() * 3).max(DIRECT_QUIET_MIN);
+            if Some(from) != fallback || quiet {
+                let old = self.transport.paths.migrate(from);
+                if Some(from) != fallback {
+                    self.direct_heard = now;
+                }
+                return DataResult::Migrated(old);
+            }
         }
         DataResult::Accepted
     }

@@ -30,6 +30,10 @@ impl Connection {
                     token,
                 })?;
                 self.stats.path_challenges_sent += 1;
+                // Re-armed only here, once the due probe has left: a deadline in the past
+                // would wake the endpoint again before it could send.
+                self.timers
+                    .set_opt(Timer::Probe, self.transport.paths.next_probe());
                 return Some((len, to));
             }
         }

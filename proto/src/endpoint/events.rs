@@ -4,8 +4,13 @@
 //! every other connection goes on.
 
 use alloc::collections::VecDeque;
+use bytes::Bytes;
 
-use crate::event::Event;
+use crate::event::{ConnectionHandle, Event};
+
+/// Tunnelled datagrams held between arriving on the hub connection and being handled (a
+/// handful per arriving packet; more is a hub misbehaving).
+const MAX_TUNNELLED: usize = 256;
 
 /// Bytes charged for an event besides its payload (the event itself and queue slot).
 pub(crate) const EVENT_OVERHEAD: usize = 64;
@@ -15,12 +20,35 @@ pub(crate) const EVENT_OVERHEAD: usize = 64;
 pub(crate) struct EventQueue {
     queue: VecDeque<(Event, usize)>,
     bytes: usize,
+    /// The hub connection and tunnel channel whose messages are peer links' datagrams.
+    pub(crate) tunnel: Option<(ConnectionHandle, u8)>,
+    /// Such datagrams, by the user id that sent them, waiting to be handled.
+    pub(crate) tunnelled: VecDeque<(u16, Bytes)>,
+    /// Tunnelled datagrams dropped because too many waited.
+    pub(crate) tunnel_overflow: u64,
 }
 
 impl EventQueue {
     /// Queues an event; returns the bytes charged for it (data events only: a connection's
     /// own notices are bounded by the number of connections and requests).
     pub(crate) fn push(&mut self, event: Event) -> usize {
+        if let Event::Message {
+            conn,
+            channel,
+            owner,
+            payload,
+            ..
+        } = &event
+        {
+            if self.tunnel == Some((*conn, *channel)) {
+                if self.tunnelled.len() < MAX_TUNNELLED {
+                    self.tunnelled.push_back((*owner, payload.clone()));
+                } else {
+                    self.tunnel_overflow += 1;
+                }
+                return 0;
+            }
+        }
         let charge = match &event {
             Event::Message { payload, .. }
             | Event::Request { payload, .. }

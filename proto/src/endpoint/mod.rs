@@ -97,6 +97,10 @@ pub struct ConnectOptions<'a> {
     pub token: Option<&'a ConnectToken>,
 }
 
+/// Tunnelled datagrams handled after one datagram from the socket (one packet from the hub
+/// holds a few).
+const MAX_TUNNELLED_PER_DATAGRAM: usize = 64;
+
 /// Decides whether to accept a connection: `Ok(())` accepts, `Err(code)` rejects and the
 /// client gets `Disconnected { reason: Rejected { code } }`.
 pub type AcceptHook = Box<dyn FnMut(&ConnectRequest<'_>) -> Result<(), u16> + Send>;
@@ -594,6 +598,24 @@ impl Endpoint {
     /// Handles one datagram from `from`. Never panics; anything malformed is counted in the
     /// stats by cause and dropped.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
+        self.handle_one(now, from, datagram);
+        // Peer links' datagrams the hub relayed in it: in through the front door, from the
+        // link's relay address. Bounded: a hub could nest tunnels within tunnels.
+        for _ in 0..MAX_TUNNELLED_PER_DATAGRAM {
+            let Some((user, payload)) = self.events.tunnelled.pop_front() else {
+                break;
+            };
+            self.stats.tunnelled_in += 1;
+            self.handle_one(now, crate::hub::relay_address(user), &payload);
+        }
+        if !self.events.tunnelled.is_empty() {
+            self.stats.tunnel_drops += self.events.tunnelled.len() as u64;
+            self.events.tunnelled.clear();
+        }
+        self.stats.tunnel_drops += core::mem::take(&mut self.events.tunnel_overflow);
+    }
+
+    fn handle_one(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
         self.advance_time(now);
         self.stats.datagrams_received += 1;
         self.stats.bytes_received += datagram.len() as u64;
@@ -989,6 +1011,7 @@ impl Endpoint {
     /// the hub as those links' datagrams. [`HubClient`](crate::hub::HubClient) sets it.
     pub fn set_relay(&mut self, hub: ConnectionHandle, channel: u8) {
         self.relay = Some((hub, channel));
+        self.events.tunnel = self.relay;
     }
 
     /// Starts validating a direct path to `addr` for connection `conn` (a peer link a hub
@@ -1005,28 +1028,6 @@ impl Endpoint {
 
     /// The next event for the application, if any.
     pub fn poll_event(&mut self) -> Option<Event> {
-        loop {
-            let event = self.pop_event()?;
-            match event {
-                Event::Message {
-                    conn,
-                    channel,
-                    owner,
-                    payload,
-                    ..
-                } if self.relay == Some((conn, channel)) => {
-                    // A peer link's datagram the hub relayed: in through the front door,
-                    // from the link's relay address.
-                    self.stats.tunnelled_in += 1;
-                    let now = self.last_now;
-                    self.handle_datagram(now, crate::hub::relay_address(owner), &payload);
-                }
-                other => return Some(other),
-            }
-        }
-    }
-
-    fn pop_event(&mut self) -> Option<Event> {
         let (event, charge) = self.events.pop()?;
         if charge > 0 {
             let handle = event.connection();
@@ -1282,6 +1283,16 @@ impl Endpoint {
             // from it was dropped, so send a probe right behind the response, which arrives
             // once the address is proven.
             c.on_path_challenged(now);
+        }
+        if c.keys.is_some()
+            && c.transport.paths.fallback().is_some()
+            && Some(from) != c.transport.paths.fallback()
+            && from != c.remote()
+        {
+            // A peer link's peer probes us from an address of its own (behind a NAT that
+            // maps each destination anew, it is not the one the hub saw): probe it back, so
+            // both sides validate the path the peer's NAT actually opened.
+            c.probe_path(now, from);
         }
     }
 
