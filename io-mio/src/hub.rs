@@ -190,6 +190,12 @@ impl HubServer {
         &self.driver
     }
 
+    /// Members connected now. (Count them here rather than with `HubStats::members`, which
+    /// the hub only updates when a member leaves.)
+    pub fn member_count(&self) -> usize {
+        self.members.len()
+    }
+
     /// A handle that stops [`run`](Self::run) from another thread.
     pub fn stopper(&self) -> Stopper {
         self.stopper.clone()

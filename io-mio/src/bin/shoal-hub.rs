@@ -230,7 +230,7 @@ fn status(server: &HubServer, last: &mut Sample) {
     let secs = now.at.duration_since(last.at).as_secs_f64().max(1e-3);
     info!(
         rooms = stats.rooms,
-        members = stats.members,
+        members = server.member_count(),
         msgs_per_s = format_args!("{:.1}", (now.messages - last.messages) as f64 / secs),
         bytes_per_s = format_args!("{:.0}", (now.bytes - last.bytes) as f64 / secs),
         drops = now.drops - last.drops,
