@@ -88,15 +88,18 @@
 //!
 //! # The hub
 //!
-//! The rendezvous and relay server will be a binary of this crate, built on [`MioDriver`]
-//! (its accept hook and `send_redirected` are reached through
-//! [`endpoint_mut`](DriverCore::endpoint_mut)).
+//! [`hub::HubServer`] runs a [`shoal_proto::hub::Hub`] (rooms, member lists, relay by user
+//! id) on a [`MioDriver`] with a `Poll` of its own; the `shoal-hub` binary of this crate
+//! (`cargo run --release -p shoal-mio --bin shoal-hub -- --help`) is that loop with flags,
+//! logs, a status line and Ctrl-C handling. The binary's dependencies sit behind the `cli`
+//! feature (on by default); `default-features = false` leaves them out of the library.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 mod driver;
 mod event_loop;
+pub mod hub;
 
 // The clock is `shoal-std`'s, shared rather than copied (like the seed, the socket
 // plumbing and the driver core).

@@ -1,0 +1,387 @@
+//! [`HubServer`]: a [`Hub`] on a [`MioDriver`], with a `mio::Poll` of its own.
+//!
+//! The `shoal-hub` binary is this loop plus flags, logs and Ctrl-C; a test or a program that
+//! wants a hub in-process runs it on a thread:
+//!
+//! ```
+//! use std::time::Duration;
+//! use shoal_mio::hub::{HubServer, HubServerEvent};
+//! use shoal_mio::shoal_proto::hub::{self, HubConfig};
+//!
+//! # fn main() -> std::io::Result<()> {
+//! let mut server = HubServer::bind("127.0.0.1:0", hub::endpoint_config(), HubConfig::default())?;
+//! let addr = server.local_addr(); // members connect here, with `hub::endpoint_config()`
+//! let stopper = server.stopper();
+//! let thread = std::thread::spawn(move || {
+//!     server.run(|event| {
+//!         if let HubServerEvent::RoomOpened { name, .. } = event {
+//!             println!("room {name:?} opened");
+//!         }
+//!     })
+//! });
+//! # let _ = addr;
+//! std::thread::sleep(Duration::from_millis(10));
+//! stopper.stop(); // disconnects every member and returns
+//! thread.join().expect("hub thread")?;
+//! # Ok(())
+//! # }
+//! ```
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mio::{Events, Poll, Token, Waker};
+use shoal_proto::hub::{Hub, HubConfig, RoomId};
+use shoal_proto::{Bytes, Config, ConnectionHandle, DisconnectReason, Event};
+
+use crate::clock::Clock;
+use crate::driver::MioDriver;
+
+/// The application close code members are disconnected with when the hub shuts down.
+pub const CLOSE_SHUTDOWN: u16 = 0x4802;
+
+/// How long [`HubServer::run`] keeps sending after it disconnected everyone, so the close
+/// notices leave (and are resent if lost).
+pub const SHUTDOWN_LINGER: Duration = Duration::from_millis(300);
+
+const DRIVER: Token = Token(0);
+const WAKER: Token = Token(1);
+
+/// What happened on a [`HubServer`], for its logs: members coming and going, rooms opening
+/// and closing, and the endpoint events the hub does not consume.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HubServerEvent {
+    /// A member connected (its handshake finished).
+    Connected {
+        /// Its connection.
+        conn: ConnectionHandle,
+        /// Its user id on the hub.
+        user: u16,
+        /// Its address.
+        remote: SocketAddr,
+    },
+    /// A connection ended (the hub has already taken the member out of its rooms).
+    Disconnected {
+        /// Its connection.
+        conn: ConnectionHandle,
+        /// Its user id, if it had connected.
+        user: Option<u16>,
+        /// Its address, if it had connected.
+        remote: Option<SocketAddr>,
+        /// Why.
+        reason: DisconnectReason,
+    },
+    /// A room was created.
+    RoomOpened {
+        /// Its id.
+        room: RoomId,
+        /// Its name, as the creator gave it (bytes; usually UTF-8).
+        name: Bytes,
+        /// The creator's user id.
+        owner: u16,
+    },
+    /// A room closed (emptied, or closed by its owner).
+    RoomClosed {
+        /// Its id.
+        room: RoomId,
+        /// Its name.
+        name: Bytes,
+    },
+    /// Any other event the hub passed on: messages and requests addressed to the hub itself
+    /// rather than relayed, responses, timeouts.
+    Other(Event),
+}
+
+/// Stops a [`HubServer`] from another thread (or a signal handler thread): the running
+/// [`run`](HubServer::run) wakes at once, disconnects everyone and returns.
+#[derive(Clone, Debug)]
+pub struct Stopper {
+    flag: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+}
+
+impl Stopper {
+    /// Asks the hub to stop. Repeated calls are harmless.
+    pub fn stop(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        // If the wake fails the loop still sees the flag at its next turn.
+        let _ = self.waker.wake();
+    }
+
+    /// Whether [`stop`](Self::stop) was called.
+    pub fn is_stopped(&self) -> bool {
+        self.flag.load(Ordering::SeqCst)
+    }
+}
+
+/// A hub server: a [`MioDriver`] whose every event goes through a [`Hub`], in a
+/// `mio::Poll` of its own. Drive it with [`run`](Self::run) (until a [`Stopper`] stops it),
+/// or turn by turn with [`run_once`](Self::run_once) and [`poll_event`](Self::poll_event).
+#[derive(Debug)]
+pub struct HubServer {
+    poll: Poll,
+    events: Events,
+    driver: MioDriver,
+    hub: Hub,
+    stopper: Stopper,
+    /// Connected members: user id and address, for the `Disconnected` report.
+    members: HashMap<ConnectionHandle, (u16, SocketAddr)>,
+    /// The rooms last seen, to report openings and closings.
+    rooms: BTreeMap<RoomId, Bytes>,
+    rooms_created_seen: u64,
+    out: VecDeque<HubServerEvent>,
+}
+
+impl HubServer {
+    /// Binds the hub's socket to `addr` with endpoint configuration `endpoint` (start from
+    /// [`shoal_proto::hub::endpoint_config`]; members must use the same channel layout).
+    /// A missing `hub.secret_seed` (or `endpoint.secret_seed`) is filled with 32 bytes from
+    /// the OS random source.
+    ///
+    /// Fails with `InvalidInput` if either configuration cannot work, or with the OS error if
+    /// the socket cannot be bound.
+    pub fn bind(
+        addr: impl ToSocketAddrs,
+        endpoint: Config,
+        mut hub: HubConfig,
+    ) -> io::Result<Self> {
+        if hub.secret_seed.is_none() {
+            hub.secret_seed = Some(shoal_std::clock::os_secret_seed()?);
+        }
+        let mut driver = MioDriver::bind(addr, endpoint)?;
+        let hub = Hub::new(hub, driver.endpoint().config())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        let poll = Poll::new()?;
+        driver.register(poll.registry(), DRIVER)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        Ok(HubServer {
+            poll,
+            events: Events::with_capacity(64),
+            driver,
+            hub,
+            stopper: Stopper {
+                flag: Arc::new(AtomicBool::new(false)),
+                waker,
+            },
+            members: HashMap::new(),
+            rooms: BTreeMap::new(),
+            rooms_created_seen: 0,
+            out: VecDeque::new(),
+        })
+    }
+
+    /// The address members connect to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.driver.local_addr()
+    }
+
+    /// The hub: its rooms, its configuration, its counters.
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    /// The driver: its endpoint and its socket counters.
+    pub fn driver(&self) -> &MioDriver {
+        &self.driver
+    }
+
+    /// Members connected now. (Count them here rather than with `HubStats::members`, which
+    /// the hub only updates when a member leaves.)
+    pub fn member_count(&self) -> usize {
+        self.members.len()
+    }
+
+    /// A handle that stops [`run`](Self::run) from another thread.
+    pub fn stopper(&self) -> Stopper {
+        self.stopper.clone()
+    }
+
+    /// Whether the [`Stopper`] was used.
+    pub fn is_stopped(&self) -> bool {
+        self.stopper.is_stopped()
+    }
+
+    /// The next thing that happened, if any.
+    pub fn poll_event(&mut self) -> Option<HubServerEvent> {
+        self.out.pop_front()
+    }
+
+    /// How long the loop may sleep: until the endpoint's or the hub's next timer.
+    fn next_timeout(&self) -> Option<Duration> {
+        let now = self.driver.clock().peek();
+        let hub = self.hub.poll_timeout().map(|t| Clock::until(now, t));
+        match (self.driver.next_timeout(), hub) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// One turn: does what is due, sleeps until a datagram arrives, a timer is due, the
+    /// [`Stopper`] is used or `timeout` passes (`None`: no limit besides the timers), then
+    /// hands what arrived to the hub and sends its answers. Read what happened with
+    /// [`poll_event`](Self::poll_event).
+    pub fn run_once(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        self.process()?;
+        let wait = match (self.next_timeout(), timeout) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if self.is_stopped() {
+            return Ok(());
+        }
+        match self.poll.poll(&mut self.events, wait) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+        for event in self.events.iter() {
+            if event.token() == DRIVER {
+                self.driver.on_event(event)?;
+            }
+        }
+        self.process()
+    }
+
+    /// Runs until the [`Stopper`] is used, passing each [`HubServerEvent`] to `on_event`,
+    /// then [`shutdown`](Self::shutdown)s with [`SHUTDOWN_LINGER`].
+    pub fn run(&mut self, mut on_event: impl FnMut(&HubServerEvent)) -> io::Result<()> {
+        while !self.is_stopped() {
+            self.run_once(None)?;
+            while let Some(event) = self.poll_event() {
+                on_event(&event);
+            }
+        }
+        self.shutdown(SHUTDOWN_LINGER)?;
+        while let Some(event) = self.poll_event() {
+            on_event(&event);
+        }
+        Ok(())
+    }
+
+    /// Disconnects every member with [`CLOSE_SHUTDOWN`] and keeps sending for up to
+    /// `linger` so the close notices leave. Returns how many connections were closed; their
+    /// `Disconnected` (and the rooms' `RoomClosed`) wait in [`poll_event`](Self::poll_event).
+    pub fn shutdown(&mut self, linger: Duration) -> io::Result<usize> {
+        let conns: Vec<ConnectionHandle> = self.driver.endpoint().connections().collect();
+        for &conn in &conns {
+            self.driver.disconnect(conn, CLOSE_SHUTDOWN);
+        }
+        self.process()?;
+        let deadline = std::time::Instant::now() + linger;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() || self.driver.endpoint().connection_count() == 0 {
+                break;
+            }
+            // Still inside `poll` so a lost close notice is resent on the endpoint's timer.
+            match self
+                .poll
+                .poll(&mut self.events, Some(left.min(Duration::from_millis(20))))
+            {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+            for event in self.events.iter() {
+                if event.token() == DRIVER {
+                    self.driver.on_event(event)?;
+                }
+            }
+            self.process()?;
+        }
+        self.driver.flush();
+        Ok(conns.len())
+    }
+
+    /// Runs the timers, hands every endpoint event to the hub, notes what changed, and sends.
+    fn process(&mut self) -> io::Result<()> {
+        self.driver.update()?;
+        let now = self.driver.now();
+        if self.hub.poll_timeout().is_some_and(|t| t <= now) {
+            self.hub.handle_timeout(self.driver.endpoint_mut(), now);
+        }
+        while let Some(event) = self.driver.poll_event() {
+            if let Some(passed) = self
+                .hub
+                .handle_event(self.driver.endpoint_mut(), now, event)
+            {
+                self.note(passed);
+            }
+        }
+        self.note_rooms();
+        self.driver.flush();
+        Ok(())
+    }
+
+    fn note(&mut self, event: Event) {
+        let out = match event {
+            Event::Connected {
+                conn,
+                remote,
+                peer_user_id,
+                ..
+            } => {
+                self.members.insert(conn, (peer_user_id, remote));
+                HubServerEvent::Connected {
+                    conn,
+                    user: peer_user_id,
+                    remote,
+                }
+            }
+            Event::Disconnected { conn, reason } => {
+                let known = self.members.remove(&conn);
+                HubServerEvent::Disconnected {
+                    conn,
+                    user: known.map(|k| k.0),
+                    remote: known.map(|k| k.1),
+                    reason,
+                }
+            }
+            other => HubServerEvent::Other(other),
+        };
+        self.out.push_back(out);
+    }
+
+    /// Reports rooms opened and closed since the last look (only looked at when the counts
+    /// say something changed).
+    fn note_rooms(&mut self) {
+        let stats = self.hub.stats();
+        if stats.rooms == self.rooms.len() && stats.rooms_created == self.rooms_created_seen {
+            return;
+        }
+        self.rooms_created_seen = stats.rooms_created;
+        let mut before = std::mem::take(&mut self.rooms);
+        for info in self.hub.rooms() {
+            match before.remove(&info.id) {
+                Some(name) if name == info.name => {}
+                // The id was reused within one turn: the old room closed, a new one opened.
+                Some(name) => {
+                    self.out.push_back(HubServerEvent::RoomClosed {
+                        room: info.id,
+                        name,
+                    });
+                    self.out.push_back(HubServerEvent::RoomOpened {
+                        room: info.id,
+                        name: info.name.clone(),
+                        owner: info.owner,
+                    });
+                }
+                None => self.out.push_back(HubServerEvent::RoomOpened {
+                    room: info.id,
+                    name: info.name.clone(),
+                    owner: info.owner,
+                }),
+            }
+            self.rooms.insert(info.id, info.name);
+        }
+        for (room, name) in before {
+            self.out
+                .push_back(HubServerEvent::RoomClosed { room, name });
+        }
+    }
+}
