@@ -423,6 +423,7 @@ impl Hub {
                         relayed_requests: 0,
                     },
                 );
+                self.stats.members = self.members.len();
                 Some(event)
             }
             Event::Disconnected { conn, .. } => {
