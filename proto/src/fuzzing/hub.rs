@@ -240,10 +240,18 @@ pub fn hub_control(data: &[u8]) {
 fn round_trip(data: &[u8]) {
     let bytes = b(data);
     if let Some(c) = Command::decode(&bytes) {
-        assert_eq!(c.encode(), data, "Command decode → encode is not the identity");
+        assert_eq!(
+            c.encode(),
+            data,
+            "Command decode → encode is not the identity"
+        );
     }
     if let Some(n) = Notice::decode(&bytes) {
-        assert_eq!(n.encode(), data, "Notice decode → encode is not the identity");
+        assert_eq!(
+            n.encode(),
+            data,
+            "Notice decode → encode is not the identity"
+        );
     }
 }
 
@@ -484,10 +492,10 @@ impl Member {
                     }
                 }
             }
-            HubEvent::PeerJoined { user, .. } | HubEvent::JoinRequested { user, .. } => {
-                if !self.seen.contains(&user) {
-                    self.seen.push(user);
-                }
+            HubEvent::PeerJoined { user, .. } | HubEvent::JoinRequested { user, .. }
+                if !self.seen.contains(&user) =>
+            {
+                self.seen.push(user);
             }
             HubEvent::Request { request, .. } => {
                 let _ = self.client.respond(&mut self.ep, request, b"re");
@@ -516,7 +524,11 @@ impl Member {
                     ep,
                     name,
                     &RoomOptions {
-                        password: if byte(4) & 1 != 0 { b"pw".to_vec() } else { Vec::new() },
+                        password: if byte(4) & 1 != 0 {
+                            b"pw".to_vec()
+                        } else {
+                            Vec::new()
+                        },
                         metadata: arg.get(5..).unwrap_or_default().to_vec(),
                         max_members: u16::from(byte(4) >> 4),
                         approval: byte(4) & 2 != 0,
