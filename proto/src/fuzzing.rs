@@ -60,6 +60,12 @@ pub mod protection {
     }
 }
 
+/// The hub's control messages and pair sealing (thin wrappers over the crate-private
+/// encoders, for the hub vectors), and the `hub_control` body.
+pub mod hub;
+
+pub use hub::hub_control;
+
 /// Decodes arbitrary bytes as a packet and its frames; decoding must not panic and a
 /// successful decode must re-encode to the same bytes.
 pub fn parse_packet(data: &[u8]) {

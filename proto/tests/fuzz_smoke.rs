@@ -66,3 +66,38 @@ fn endpoint_ops_body_holds_on_random_input() {
         endpoint_ops(&input);
     }
 }
+
+#[test]
+fn hub_control_body_holds_on_random_input() {
+    use shoal_proto::fuzzing::hub::{encode_command_create, encode_command_join};
+    // Random steps (split at ff fe), plus steps steered at the two paths random bytes rarely
+    // reach: well-formed commands on the control channel (op byte 0: member 0, raw control)
+    // and `HubClient` calls (op byte 9..=14: action 3 or 4).
+    let mut next = rng(0x4ab5);
+    let mut inputs: Vec<Vec<u8>> = Vec::new();
+    for i in 0..150 {
+        let mut input = Vec::new();
+        for _ in 0..(next() % 12) {
+            let len = (next() % 40) as usize;
+            let mut step: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            match (i + step.len()) % 4 {
+                0 => {
+                    step = vec![(next() % 3) as u8];
+                    step.extend(encode_command_create(1, b"b", b"", b"m", 0, 1));
+                }
+                1 => {
+                    step = vec![(next() % 3) as u8];
+                    step.extend(encode_command_join(2, b"a", b"", b"m"));
+                }
+                2 if !step.is_empty() => step[0] = 9 + (step[0] % 6),
+                _ => {}
+            }
+            input.extend(step);
+            input.extend([0xff, 0xfe]);
+        }
+        inputs.push(input);
+    }
+    for input in inputs {
+        shoal_proto::fuzzing::hub_control(&input);
+    }
+}

@@ -499,3 +499,248 @@ fn discovery_vectors() {
     // Neither is taken for a Shoal packet: version 15 is not Shoal's.
     assert_eq!(Packet::decode(&v), Err(DecodeError::UnknownVersion(15)));
 }
+
+/// The hub's 16-bit redirect targets, its control messages (one per message on the control
+/// channel) and a payload sealed under a pair key: the vectors of "Hub" in `docs/wire.md`.
+#[test]
+fn hub_vectors() {
+    use shoal_proto::fuzzing::hub::*;
+    use shoal_proto::hub::{RoomId, Target};
+
+    // Targets.
+    for (target, wire) in [
+        (Target::User(1), 0x0001),
+        (Target::User(0xbfff), 0xbfff),
+        (Target::Room(RoomId(5)), 0xc005),
+        (Target::Room(RoomId(0x1fff)), 0xdfff),
+        (Target::RoomExceptSender(RoomId(5)), 0xe005),
+        (Target::RoomExceptSender(RoomId(0x1fff)), 0xffff),
+    ] {
+        assert_eq!(target.to_wire(), wire, "{target:?}");
+        assert_eq!(Target::from_wire(wire), Some(target), "{wire:#06x}");
+    }
+    assert_eq!(
+        Target::from_wire(0),
+        None,
+        "0 is the server, never a target"
+    );
+
+    // Commands, both ways.
+    let commands: [(&str, Vec<u8>, &str); 6] = [
+        (
+            "01 00000007 0005 6c6f626279 0002 7077 0004 6d657461 0008 03",
+            encode_command_create(
+                7,
+                b"lobby",
+                b"pw",
+                b"meta",
+                8,
+                FLAG_APPROVAL | FLAG_CLOSE_WITH_OWNER,
+            ),
+            r#"Create { op: 7, name: b"lobby", password: b"pw", metadata: b"meta", max_members: 8, flags: 3 }"#,
+        ),
+        (
+            "02 00000008 0005 6c6f626279 0000 0003 626f62",
+            encode_command_join(8, b"lobby", b"", b"bob"),
+            r#"Join { op: 8, name: b"lobby", password: b"", metadata: b"bob" }"#,
+        ),
+        (
+            "03 00000009 0003",
+            encode_command_leave(9, 3),
+            "Leave { op: 9, room: 3 }",
+        ),
+        (
+            "04 0000000a 0003 000c",
+            encode_command_kick(10, 3, 12),
+            "Kick { op: 10, room: 3, user: 12 }",
+        ),
+        (
+            "05 0000000b 0003",
+            encode_command_close(11, 3),
+            "Close { op: 11, room: 3 }",
+        ),
+        (
+            "06 0000000c 0003 000c 01",
+            encode_command_approve(12, 3, 12, true),
+            "Approve { op: 12, room: 3, user: 12, accept: true }",
+        ),
+    ];
+    for (bytes, encoded, decoded) in &commands {
+        assert_eq!(encoded, &hex(bytes), "encode {decoded}");
+        assert_eq!(
+            decode_command(&hex(bytes)).as_deref(),
+            Some(*decoded),
+            "{bytes}"
+        );
+        assert_eq!(decode_notice(&hex(bytes)), None, "a command is no notice");
+    }
+
+    // Notices, both ways. Alice (user 9, a static key, introduced with a pair key) is in
+    // room 3 "lobby"; Bob (user 12, a connect token's client id) joins.
+    let pair_key: [u8; 32] = std::array::from_fn(|i| i as u8);
+    let pair_hex = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+    let alice = MemberEntry {
+        user: 9,
+        key: Some([0xaa; 32]),
+        client_id: None,
+        metadata: b"alice".to_vec(),
+        pair_key: Some(pair_key),
+    };
+    let bob = MemberEntry {
+        user: 12,
+        key: None,
+        client_id: Some(0x0102_0304_0506_0708),
+        metadata: b"bob".to_vec(),
+        pair_key: None,
+    };
+    let bob_introduced = MemberEntry {
+        pair_key: Some(pair_key),
+        ..bob.clone()
+    };
+    let entry = |m: &MemberEntry| {
+        format!(
+            "MemberEntry {{ user: {}, key: {:?}, client_id: {:?}, metadata: b{:?}, pair_key: {:?} }}",
+            m.user,
+            m.key,
+            m.client_id,
+            std::str::from_utf8(&m.metadata).expect("ascii"),
+            m.pair_key
+        )
+    };
+    let notices: [(String, Vec<u8>, String); 8] = [
+        (
+            format!(
+                "41 00000008 0003 0009 0005 6c6f626279 0002 \
+                 0009 05 {KEY_A} {pair_hex} 0005 616c696365 \
+                 000c 02 0102030405060708 0003 626f62"
+            ),
+            encode_notice_joined(8, 3, 9, b"lobby", &[alice.clone(), bob.clone()]),
+            format!(
+                r#"Joined {{ op: 8, room: 3, owner: 9, name: b"lobby", members: [{}, {}] }}"#,
+                entry(&alice),
+                entry(&bob)
+            ),
+        ),
+        (
+            "42 0000000a".into(),
+            encode_notice_done(10),
+            "Done { op: 10 }".into(),
+        ),
+        (
+            "43 00000008 04".into(),
+            encode_notice_refused(8, 4),
+            "Refused { op: 8, reason: 4 }".into(),
+        ),
+        (
+            format!("44 0003 000c 06 0102030405060708 {pair_hex} 0003 626f62"),
+            encode_notice_peer_joined(3, &bob_introduced),
+            format!(
+                "PeerJoined {{ room: 3, member: {} }}",
+                entry(&bob_introduced)
+            ),
+        ),
+        (
+            "45 0003 000c 02".into(),
+            encode_notice_peer_left(3, 12, 2),
+            "PeerLeft { room: 3, user: 12, reason: 2 }".into(),
+        ),
+        (
+            "46 0003 03".into(),
+            encode_notice_room_left(3, 3),
+            "RoomLeft { room: 3, reason: 3 }".into(),
+        ),
+        (
+            "47 0003 000c".into(),
+            encode_notice_owner_changed(3, 12),
+            "OwnerChanged { room: 3, owner: 12 }".into(),
+        ),
+        (
+            "48 0003 000c 0003 626f62".into(),
+            encode_notice_join_requested(3, 12, b"bob"),
+            r#"JoinRequested { room: 3, user: 12, metadata: b"bob" }"#.into(),
+        ),
+    ];
+    for (bytes, encoded, decoded) in &notices {
+        assert_eq!(encoded, &hex(bytes), "encode {decoded}");
+        assert_eq!(
+            decode_notice(&hex(bytes)).as_ref(),
+            Some(decoded),
+            "{bytes}"
+        );
+        assert_eq!(decode_command(&hex(bytes)), None, "a notice is no command");
+    }
+
+    // Refused: cut short, a byte too many, an unknown type, a bad boolean, an unknown entry
+    // flag, a field over 4,096 bytes, a member count the message cannot hold.
+    for bad in [
+        "03 00000009 00",
+        "03 00000009 0003 00",
+        "07 00000009 0003",
+        "06 0000000c 0003 000c 02",
+    ] {
+        assert_eq!(decode_command(&hex(bad)), None, "{bad}");
+    }
+    let long_name = format!("02 00000008 1001 {} 0000 0000", "61".repeat(0x1001));
+    assert_eq!(
+        decode_command(&hex(&long_name)),
+        None,
+        "name of 4,097 bytes"
+    );
+    for bad in [
+        "42 0000000a 00",
+        "49 0003",
+        "44 0003 000c 08 0000",
+        "41 00000008 0003 0009 0000 ffff",
+    ] {
+        assert_eq!(decode_notice(&hex(bad)), None, "{bad}");
+    }
+
+    // Sealing under the pair key above: user 9 (Alice) to user 12 (Bob), channel 3 messages
+    // "hi" then "yo" (associated data: kind 0, channel 3), and Bob's response "ok" to a
+    // request of Alice's (associated data: kind 2).
+    const HI: &str = "0000000000000000 1e80 7516dd1444127fecc1ca5af99b59a62c";
+    const YO: &str = "0000000000000001 8018 c113fd029a791748c67b6daf7aae2cf0";
+    const OK: &str = "0000000000000000 2f59 192495e08555bde046e9f5f45945b41b";
+    let sealed = seal_pair(&pair_key, 9, 12, &[0, 3], &[b"hi", b"yo"]);
+    assert_eq!(sealed, [hex(HI), hex(YO)]);
+    assert_eq!(seal_pair(&pair_key, 12, 9, &[2], &[b"ok"]), [hex(OK)]);
+    assert_eq!(
+        open_pair(&pair_key, 12, 9, &[0, 3], &hex(HI)).as_deref(),
+        Some(&b"hi"[..])
+    );
+    assert_eq!(
+        open_pair(&pair_key, 12, 9, &[0, 3], &hex(YO)).as_deref(),
+        Some(&b"yo"[..])
+    );
+    assert_eq!(
+        open_pair(&pair_key, 9, 12, &[2], &hex(OK)).as_deref(),
+        Some(&b"ok"[..])
+    );
+    // Another channel, kind, direction or counter, or a flipped bit: not opened.
+    let hi = hex(HI);
+    assert_eq!(open_pair(&pair_key, 12, 9, &[0, 2], &hi), None);
+    assert_eq!(open_pair(&pair_key, 12, 9, &[1, 3], &hi), None);
+    assert_eq!(open_pair(&pair_key, 9, 12, &[0, 3], &hi), None);
+    let mut moved = hi.clone();
+    moved[7] = 1;
+    assert_eq!(open_pair(&pair_key, 12, 9, &[0, 3], &moved), None);
+    let mut flipped = hi.clone();
+    flipped[8] ^= 1;
+    assert_eq!(open_pair(&pair_key, 12, 9, &[0, 3], &flipped), None);
+
+    // "hi" as the hub forwards it to Bob: channel 3, owner 9 (written by the hub), redirect
+    // target 12, 26 bytes of sealed payload.
+    let frame = Frame {
+        header: MessageHeader {
+            redirect: Some(12),
+            ..message(3, 9, 0x10)
+        },
+        payload: &hi,
+    };
+    let frame_hex = format!("32 0009 0010 000c 1a {HI}");
+    let mut buf = [0u8; 64];
+    let n = frame.encode_to(&mut buf).expect("fits");
+    assert_eq!(&buf[..n], &hex(&frame_hex)[..]);
+    let bytes = hex(&frame_hex);
+    assert_eq!(Frames::new(&bytes).next(), Some(Ok(frame)));
+}
