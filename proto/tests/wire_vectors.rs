@@ -526,7 +526,10 @@ fn hub_vectors() {
     );
 
     // Commands, both ways.
-    let commands: [(&str, Vec<u8>, &str); 6] = [
+    let v4: std::net::SocketAddr = "192.168.1.2:7000".parse().expect("address");
+    let v6: std::net::SocketAddr = "[fe80::1]:9".parse().expect("address");
+    let announce = encode_command_announce(13, &[v4, v6]);
+    let commands: [(&str, Vec<u8>, &str); 7] = [
         (
             "01 00000007 0005 6c6f626279 0002 7077 0004 6d657461 0008 03",
             encode_command_create(
@@ -564,6 +567,11 @@ fn hub_vectors() {
             encode_command_approve(12, 3, 12, true),
             "Approve { op: 12, room: 3, user: 12, accept: true }",
         ),
+        (
+            "07 0000000d 02 04 c0a80102 1b58 06 fe800000000000000000000000000001 0009",
+            announce,
+            "Announce { op: 13, addrs: [192.168.1.2:7000, [fe80::1]:9] }",
+        ),
     ];
     for (bytes, encoded, decoded) in &commands {
         assert_eq!(encoded, &hex(bytes), "encode {decoded}");
@@ -585,6 +593,7 @@ fn hub_vectors() {
         client_id: None,
         metadata: b"alice".to_vec(),
         pair_key: Some(pair_key),
+        addrs: vec!["203.0.113.5:4000".parse().expect("address")],
     };
     let bob = MemberEntry {
         user: 12,
@@ -592,27 +601,30 @@ fn hub_vectors() {
         client_id: Some(0x0102_0304_0506_0708),
         metadata: b"bob".to_vec(),
         pair_key: None,
+        addrs: vec![],
     };
     let bob_introduced = MemberEntry {
         pair_key: Some(pair_key),
+        addrs: vec!["198.51.100.7:7000".parse().expect("address")],
         ..bob.clone()
     };
     let entry = |m: &MemberEntry| {
         format!(
-            "MemberEntry {{ user: {}, key: {:?}, client_id: {:?}, metadata: b{:?}, pair_key: {:?} }}",
+            "MemberEntry {{ user: {}, key: {:?}, client_id: {:?}, metadata: b{:?}, pair_key: {:?}, addrs: {:?} }}",
             m.user,
             m.key,
             m.client_id,
             std::str::from_utf8(&m.metadata).expect("ascii"),
-            m.pair_key
+            m.pair_key,
+            m.addrs
         )
     };
     let notices: [(String, Vec<u8>, String); 8] = [
         (
             format!(
                 "41 00000008 0003 0009 0005 6c6f626279 0002 \
-                 0009 05 {KEY_A} {pair_hex} 0005 616c696365 \
-                 000c 02 0102030405060708 0003 626f62"
+                 0009 05 {KEY_A} {pair_hex} 0005 616c696365 01 04 cb007105 0fa0 \
+                 000c 02 0102030405060708 0003 626f62 00"
             ),
             encode_notice_joined(8, 3, 9, b"lobby", &[alice.clone(), bob.clone()]),
             format!(
@@ -632,7 +644,7 @@ fn hub_vectors() {
             "Refused { op: 8, reason: 4 }".into(),
         ),
         (
-            format!("44 0003 000c 06 0102030405060708 {pair_hex} 0003 626f62"),
+            format!("44 0003 000c 06 0102030405060708 {pair_hex} 0003 626f62 01 04 c6336407 1b58"),
             encode_notice_peer_joined(3, &bob_introduced),
             format!(
                 "PeerJoined {{ room: 3, member: {} }}",
@@ -675,8 +687,9 @@ fn hub_vectors() {
     for bad in [
         "03 00000009 00",
         "03 00000009 0003 00",
-        "07 00000009 0003",
+        "08 00000009 0003",
         "06 0000000c 0003 000c 02",
+        "07 00000009 05 04 00000000 0001 04 00000000 0002 04 00000000 0003 04 00000000 0004 04 00000000 0005",
     ] {
         assert_eq!(decode_command(&hex(bad)), None, "{bad}");
     }

@@ -36,6 +36,8 @@ pub struct MemberEntry {
     pub metadata: Vec<u8>,
     /// The pair key, when the notice introduces the two members.
     pub pair_key: Option<[u8; 32]>,
+    /// Where it may be reached directly (given with the pair key).
+    pub addrs: Vec<SocketAddr>,
 }
 
 impl MemberEntry {
@@ -46,6 +48,7 @@ impl MemberEntry {
             client_id: self.client_id,
             metadata: Bytes::copy_from_slice(&self.metadata),
             pair_key: self.pair_key,
+            addrs: self.addrs.clone(),
         }
     }
 }
@@ -107,6 +110,15 @@ pub fn encode_command_approve(op: u32, room: u16, user: u16, accept: bool) -> Ve
         room,
         user,
         accept,
+    }
+    .encode()
+}
+
+/// `Announce`.
+pub fn encode_command_announce(op: u32, addrs: &[SocketAddr]) -> Vec<u8> {
+    Command::Announce {
+        op,
+        addrs: addrs.to_vec(),
     }
     .encode()
 }
