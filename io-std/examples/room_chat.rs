@@ -13,8 +13,10 @@
 //! cargo run -p shoal-std --example room_chat -- --hub 127.0.0.1:7777 --room lobby --name bob
 //! ```
 //!
-//! Then type. `/to <name or user id> <text>` sends to one member only (sealed end to end
-//! for it), `/who` lists the room, `/quit` (or end of input) leaves the room and exits.
+//! Then type. `/to <name or user id> <text>` sends to one member only, over a peer link: a
+//! connection between the two chats, keyed end to end, that starts through the hub and moves
+//! to a direct path when one opens (the chat prints `[path] ...` each time it moves).
+//! `/who` lists the room, `/quit` (or end of input) leaves the room and exits.
 //! The first member creates the room; the others join it. `--password <word>` makes a room
 //! that needs one (and joins with it).
 //!
@@ -30,7 +32,7 @@ use std::sync::mpsc::{self, Receiver, TryRecvError};
 use std::time::{Duration, Instant};
 
 use shoal_std::shoal_proto::hub::{
-    self, HubClient, HubError, HubEvent, OpId, Refusal, RoomId, RoomOptions, Target,
+    self, HubClient, HubError, HubEvent, OpId, PathPolicy, Refusal, RoomId, RoomOptions, Target,
 };
 use shoal_std::{Config, Driver, Event};
 
@@ -169,7 +171,19 @@ impl Chat {
         match event {
             HubEvent::Transport(Event::Connected { local_user_id, .. }) => {
                 println!("connected to {} as user {local_user_id}", self.args.hub);
+                // Our address on the local network, for chats behind the same NAT.
+                if let Some(own) = lan_address(self.args.hub, self.driver.local_addr()) {
+                    let ep = self.driver.endpoint_mut();
+                    self.client
+                        .announce(ep, &[own])
+                        .map_err(|e| e.to_string())?;
+                }
                 self.join().map_err(|e| e.to_string())?;
+            }
+            HubEvent::PathChanged { user, direct } => {
+                let name = self.name_of(user);
+                let how = if direct { "direct" } else { "through the hub" };
+                println!("[path] to {name}: {how}");
             }
             HubEvent::Transport(Event::Disconnected { reason, .. }) => {
                 return Err(format!("disconnected from the hub: {reason:?}"));
@@ -317,21 +331,37 @@ impl Chat {
     }
 }
 
+/// The address other machines on our network reach this socket at: the interface the route
+/// to the hub leaves by (a connected UDP socket sends nothing to learn it), with our port.
+fn lan_address(hub: SocketAddr, bound: SocketAddr) -> Option<SocketAddr> {
+    let any: SocketAddr = if hub.is_ipv4() {
+        "0.0.0.0:0".parse().ok()?
+    } else {
+        "[::]:0".parse().ok()?
+    };
+    let probe = std::net::UdpSocket::bind(any).ok()?;
+    probe.connect(hub).ok()?;
+    let ip = probe.local_addr().ok()?.ip();
+    (!ip.is_unspecified()).then(|| SocketAddr::new(ip, bound.port()))
+}
+
 fn run(args: Args) -> Result<(), String> {
     let bind = if args.hub.is_ipv4() {
         "0.0.0.0:0"
     } else {
         "[::]:0"
     };
+    // Peer links are connections the other chats open to this one.
     let config = Config {
-        accept_incoming: false,
+        accept_incoming: true,
         ..hub::endpoint_config()
     };
     let mut driver = Driver::bind(bind, config).map_err(|e| format!("bind: {e}"))?;
     let conn = driver
         .connect(args.hub, &[])
         .map_err(|e| format!("connect: {e}"))?;
-    let client = HubClient::new(conn, driver.endpoint().config()).map_err(|e| e.to_string())?;
+    let client = HubClient::with_paths(conn, driver.endpoint().config(), PathPolicy::Auto)
+        .map_err(|e| e.to_string())?;
     let mut chat = Chat {
         args,
         driver,
