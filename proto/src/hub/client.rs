@@ -689,6 +689,8 @@ impl HubClient {
                 let _ = remote;
             }
             Event::Disconnected { .. } => {
+                // A link this member closed (the peer left every shared room), one that lost
+                // a crossing handshake, or one that failed: the application never saw it.
                 self.link_users.remove(&conn);
                 let current = self.links.get(&user).and_then(|l| l.conn);
                 if current == Some(conn) {
@@ -696,8 +698,12 @@ impl HubClient {
                     if let Some(link) = self.links.get_mut(&user) {
                         link.conn = None;
                     }
-                    // Still sharing a room: the lower id sets the link up again.
-                    self.open_link(ep, now, user);
+                    // Still sharing a room: the lower id sets the link up again through the
+                    // hub. A direct-only link that failed stays down: retrying would fail
+                    // the same way.
+                    if self.policy != PathPolicy::DirectOnly {
+                        self.open_link(ep, now, user);
+                    }
                 }
             }
             Event::PathChanged { remote, .. } => self.ready.push_back(HubEvent::PathChanged {
@@ -887,7 +893,7 @@ impl HubClient {
         if !shared {
             self.ciphers.remove(&user);
             if let Some(conn) = self.links.remove(&user).and_then(|l| l.conn) {
-                self.link_users.remove(&conn);
+                // Its `Disconnected` still finds the user, and is swallowed.
                 ep.disconnect(conn, 0);
             }
         }

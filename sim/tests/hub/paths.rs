@@ -379,3 +379,28 @@ fn direct_only_links_connect_where_the_nats_allow_and_not_elsewhere() {
         }
     }
 }
+
+#[test]
+fn a_link_closes_quietly_when_its_peer_leaves_every_shared_room() {
+    let (mut sim, mut w) = pair(25, Place::Public, Place::Public, PathPolicy::Auto, 0.0);
+    w.run(&mut sim, 1000);
+    let b = w.user(1);
+    let link = w.client(0).link(b).expect("link");
+    assert!(sim.endpoint(w.members[0]).is_connected(link));
+    let room = w.client(1).rooms().next().expect("room").id;
+    w.act(&mut sim, 1, |c, ep| c.leave_room(ep, room))
+        .expect("leave");
+    w.run(&mut sim, 1000);
+    assert_eq!(w.client(0).link(b), None);
+    assert!(!sim.endpoint(w.members[0]).is_connected(link), "closed");
+    for i in 0..2 {
+        assert!(
+            !w.take(i).iter().any(|e| matches!(
+                e,
+                HubEvent::Transport(shoal_proto::Event::Disconnected { conn, .. })
+                    if Some(*conn) != w.clients.values().nth(i).map(|c| c.connection())
+            )),
+            "member {i} saw nothing of the link closing"
+        );
+    }
+}
