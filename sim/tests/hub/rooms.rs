@@ -680,3 +680,42 @@ fn three_hundred_members_in_ten_rooms_all_hear_their_room() {
     }
     assert_eq!(w.hub.stats().relayed_messages, 300 * 29);
 }
+
+#[test]
+fn leaving_or_kicking_outside_a_room_and_a_full_approval_queue_are_refused() {
+    let config = HubConfig {
+        max_pending_joins: 1,
+        ..hub_config()
+    };
+    let (mut sim, mut w) = world(15, 3, config, link(0.0));
+    w.act(&mut sim, 0, |cl, ep| {
+        let options = RoomOptions {
+            approval: true,
+            ..RoomOptions::default()
+        };
+        cl.create_room(ep, "door", &options)
+    })
+    .expect("create");
+    w.run(&mut sim, 200);
+    let room = joined(&w.take(0)).expect("created");
+    let stranger = w.user(2);
+    // Member 1 is in no room: it cannot leave one.
+    w.act(&mut sim, 1, |cl, ep| cl.leave_room(ep, room))
+        .expect("leave");
+    w.run(&mut sim, 200);
+    assert_eq!(refusal(&w.take(1)), Some(Refusal::NotMember));
+    // The owner cannot kick someone who is not in the room.
+    w.act(&mut sim, 0, |cl, ep| cl.kick(ep, room, stranger))
+        .expect("kick");
+    w.run(&mut sim, 200);
+    assert_eq!(refusal(&w.take(0)), Some(Refusal::NotMember));
+    // One join may wait for approval; the next is refused at once.
+    w.act(&mut sim, 1, |cl, ep| cl.join_room(ep, "door", b"", b""))
+        .expect("join");
+    w.run(&mut sim, 200);
+    w.act(&mut sim, 2, |cl, ep| cl.join_room(ep, "door", b"", b""))
+        .expect("join");
+    w.run(&mut sim, 200);
+    assert_eq!(refusal(&w.take(2)), Some(Refusal::ApprovalQueueFull));
+    assert_eq!(refusal(&w.take(1)), None, "still waiting");
+}
