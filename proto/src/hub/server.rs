@@ -263,6 +263,8 @@ struct Relayed {
     conn: ConnectionHandle,
     request: IncomingRequest,
     from: u16,
+    /// The target's connection: if it ends, no response or timeout will come.
+    to: ConnectionHandle,
 }
 
 /// The hub: rooms, member lists and the relay, driven by its endpoint's events. See the
@@ -438,6 +440,16 @@ impl Hub {
                 if let Some(user) = self.user_of(conn) {
                     self.remove_member(ep, now, user, LeaveReason::Disconnected);
                 }
+                // Requests forwarded on it die with it: their askers may ask again.
+                let members = &mut self.members;
+                self.relayed.retain(|_, r| {
+                    if r.to == conn {
+                        if let Some(m) = members.get_mut(&r.from) {
+                            m.relayed_requests = m.relayed_requests.saturating_sub(1);
+                        }
+                    }
+                    r.to != conn
+                });
                 Some(event)
             }
             Event::Message {
@@ -1159,6 +1171,7 @@ impl Hub {
                         conn,
                         request,
                         from,
+                        to: to_conn,
                     },
                 );
                 if let Some(m) = self.members.get_mut(&from) {

@@ -1,0 +1,50 @@
+//! What hostile, vanishing or lying members can do to the hub and to each other, each
+//! attack pinned by the test that once showed it working.
+
+use shoal_proto::hub::{HubConfig, HubEvent};
+
+use crate::world::{hub_config, link, numbered, room_of_all, world};
+
+#[test]
+fn requests_to_a_member_that_vanishes_do_not_use_up_the_askers_budget() {
+    let config = HubConfig {
+        max_relayed_requests: 2,
+        ..hub_config()
+    };
+    let (mut sim, mut w) = world(101, 3, config, link(0.0));
+    room_of_all(&mut sim, &mut w, "rpc");
+    let (b, c) = (w.user(1), w.user(2));
+    // Bob takes two requests and disconnects without answering.
+    for n in 0..2u32 {
+        let now = sim.now();
+        w.act(&mut sim, 0, |cl, ep| {
+            cl.request(ep, now, b, 2, &numbered(2, n, 100))
+        })
+        .expect("request");
+    }
+    w.run(&mut sim, 300);
+    let asked = w
+        .take(1)
+        .iter()
+        .filter(|e| matches!(e, HubEvent::Request { .. }))
+        .count();
+    assert_eq!(asked, 2);
+    let conn = w.client(1).connection();
+    sim.endpoint_mut(w.members[1]).disconnect(conn, 0);
+    w.run(&mut sim, 6000);
+    // Alice may still ask Carol.
+    w.take(2);
+    let now = sim.now();
+    w.act(&mut sim, 0, |cl, ep| {
+        cl.request(ep, now, c, 2, &numbered(2, 9, 100))
+    })
+    .expect("request");
+    w.run(&mut sim, 300);
+    assert!(
+        w.take(2)
+            .iter()
+            .any(|e| matches!(e, HubEvent::Request { .. })),
+        "the hub forwarded Alice's request to Carol (dropped: {})",
+        w.hub.stats().dropped_requests
+    );
+}
