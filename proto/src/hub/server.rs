@@ -984,6 +984,11 @@ impl Hub {
         for room in rooms {
             self.leave(ep, now, room, user, reason, false);
         }
+        // Its joins awaiting approval go too: they would hold places in the approval
+        // queues until they expire.
+        for r in self.rooms.iter_mut().flatten() {
+            r.pending.retain(|p| p.user != user);
+        }
         if let Some(m) = self.members.remove(&user) {
             self.by_conn.remove(&m.conn);
         }

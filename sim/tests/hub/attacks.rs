@@ -1,9 +1,11 @@
 //! What hostile, vanishing or lying members can do to the hub and to each other, each
 //! attack pinned by the test that once showed it working.
 
-use shoal_proto::hub::{HubConfig, HubEvent};
+use std::time::Duration;
 
-use crate::world::{hub_config, link, numbered, room_of_all, world};
+use shoal_proto::hub::{HubConfig, HubEvent, Refusal, RoomOptions};
+
+use crate::world::{hub_config, joined, link, numbered, refusal, room_of_all, world};
 
 #[test]
 fn requests_to_a_member_that_vanishes_do_not_use_up_the_askers_budget() {
@@ -47,4 +49,47 @@ fn requests_to_a_member_that_vanishes_do_not_use_up_the_askers_budget() {
         "the hub forwarded Alice's request to Carol (dropped: {})",
         w.hub.stats().dropped_requests
     );
+}
+
+#[test]
+fn a_join_request_whose_asker_left_frees_its_place_in_the_approval_queue() {
+    let config = HubConfig {
+        max_pending_joins: 1,
+        approval_timeout: Duration::from_secs(60),
+        ..hub_config()
+    };
+    let (mut sim, mut w) = world(102, 3, config, link(0.0));
+    w.act(&mut sim, 0, |cl, ep| {
+        let options = RoomOptions {
+            approval: true,
+            ..RoomOptions::default()
+        };
+        cl.create_room(ep, "vip", &options)
+    })
+    .expect("create");
+    w.run(&mut sim, 200);
+    let room = joined(&w.take(0)).expect("created");
+    w.act(&mut sim, 1, |cl, ep| cl.join_room(ep, "vip", b"", b"m1"))
+        .expect("join");
+    w.run(&mut sim, 200);
+    let gone = w.user(1);
+    let conn = w.client(1).connection();
+    sim.endpoint_mut(w.members[1]).disconnect(conn, 0);
+    w.run(&mut sim, 300);
+    w.take(0);
+    // The one place in the queue is free again.
+    w.act(&mut sim, 2, |cl, ep| cl.join_room(ep, "vip", b"", b"m2"))
+        .expect("join");
+    w.run(&mut sim, 300);
+    assert_eq!(refusal(&w.take(2)), None);
+    let carol = w.user(2);
+    assert!(w.take(0).iter().any(|e| matches!(
+        e,
+        HubEvent::JoinRequested { room: r, user, .. } if *r == room && *user == carol
+    )));
+    // Approving the one that left is refused: it is no longer waiting.
+    w.act(&mut sim, 0, |cl, ep| cl.approve(ep, room, gone, true))
+        .expect("approve");
+    w.run(&mut sim, 300);
+    assert_eq!(refusal(&w.take(0)), Some(Refusal::NotMember));
 }
