@@ -918,8 +918,19 @@ impl Hub {
         let was_owner = r.owner == user;
         let closes = was_owner && (r.flags & FLAG_CLOSE_WITH_OWNER != 0 || r.members.is_empty());
         let others: Vec<u16> = r.members.iter().map(|(u, _)| *u).collect();
+        // The joins the old owner left unanswered are put to the new one.
+        let mut asks = Vec::new();
         if was_owner && !closes {
             r.owner = others[0];
+            asks = r
+                .pending
+                .iter()
+                .map(|p| Notice::JoinRequested {
+                    room,
+                    user: p.user,
+                    metadata: p.metadata.clone(),
+                })
+                .collect();
         }
         if let Some(m) = self.members.get_mut(&user) {
             m.rooms.retain(|x| *x != room);
@@ -947,6 +958,9 @@ impl Hub {
                     },
                 );
             }
+        }
+        for ask in &asks {
+            self.notify(ep, others[0], ask);
         }
     }
 

@@ -93,3 +93,50 @@ fn a_join_request_whose_asker_left_frees_its_place_in_the_approval_queue() {
     w.run(&mut sim, 300);
     assert_eq!(refusal(&w.take(0)), Some(Refusal::NotMember));
 }
+
+#[test]
+fn joins_awaiting_approval_are_put_to_the_new_owner_when_the_owner_leaves() {
+    let config = HubConfig {
+        approval_timeout: Duration::from_secs(60),
+        ..hub_config()
+    };
+    let (mut sim, mut w) = world(104, 3, config, link(0.0));
+    w.act(&mut sim, 0, |cl, ep| {
+        let options = RoomOptions {
+            approval: true,
+            ..RoomOptions::default()
+        };
+        cl.create_room(ep, "vip", &options)
+    })
+    .expect("create");
+    w.run(&mut sim, 200);
+    let room = joined(&w.take(0)).expect("created");
+    let (b, c) = (w.user(1), w.user(2));
+    w.act(&mut sim, 1, |cl, ep| cl.join_room(ep, "vip", b"", b"m1"))
+        .expect("join");
+    w.run(&mut sim, 200);
+    w.act(&mut sim, 0, |cl, ep| cl.approve(ep, room, b, true))
+        .expect("approve");
+    w.run(&mut sim, 200);
+    w.act(&mut sim, 2, |cl, ep| cl.join_room(ep, "vip", b"", b"m2"))
+        .expect("join");
+    w.run(&mut sim, 200);
+    // The owner leaves with Carol's join unanswered: Bob owns the room now, and is asked.
+    w.take(1);
+    w.act(&mut sim, 0, |cl, ep| cl.leave_room(ep, room))
+        .expect("leave");
+    w.run(&mut sim, 300);
+    let bob = w.take(1);
+    assert!(bob.contains(&HubEvent::OwnerChanged { room, owner: b }));
+    assert!(
+        bob.iter().any(|e| matches!(
+            e,
+            HubEvent::JoinRequested { room: r, user, .. } if *r == room && *user == c
+        )),
+        "{bob:?}"
+    );
+    w.act(&mut sim, 1, |cl, ep| cl.approve(ep, room, c, true))
+        .expect("approve");
+    w.run(&mut sim, 300);
+    assert_eq!(joined(&w.take(2)), Some(room));
+}
