@@ -140,3 +140,34 @@ fn joins_awaiting_approval_are_put_to_the_new_owner_when_the_owner_leaves() {
     w.run(&mut sim, 300);
     assert_eq!(joined(&w.take(2)), Some(room));
 }
+
+#[test]
+fn a_datagram_from_the_socket_claiming_a_relay_address_is_dropped() {
+    use shoal_proto::hub::{self, PathPolicy};
+    use shoal_proto::{Config, Endpoint, SecretSeed};
+    let (mut sim, mut w) =
+        crate::world::World::new(105, hub_config(), hub::endpoint_config(), link(0.0));
+    w.add_member(&mut sim, None, PathPolicy::Auto);
+    w.settle(&mut sim);
+    let node = w.members[0];
+    let before = sim.endpoint(node).stats().tunnelled_out;
+    // Anyone who can spoof a source in 100::/64 knocks on the member's socket as if it
+    // were the hub's tunnel from user 77: a handshake the member would answer through
+    // the hub, at the cost of its relay budget.
+    let mut mallory = Endpoint::new(Config {
+        seed: 5,
+        secret_seed: Some(SecretSeed::insecure_from_u64(5)),
+        ..hub::endpoint_config()
+    })
+    .expect("endpoint");
+    let now = sim.now();
+    mallory
+        .connect(now, sim.address(node), &[])
+        .expect("connect");
+    let mut buf = vec![0u8; 1500];
+    let t = mallory.poll_transmit(now, &mut buf).expect("hello");
+    sim.endpoint_mut(node)
+        .handle_datagram(now, hub::relay_address(77), &buf[..t.len]);
+    w.run(&mut sim, 200);
+    assert_eq!(sim.endpoint(node).stats().tunnelled_out, before);
+}
