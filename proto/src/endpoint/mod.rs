@@ -598,6 +598,13 @@ impl Endpoint {
     /// Handles one datagram from `from`. Never panics; anything malformed is counted in the
     /// stats by cause and dropped.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
+        if crate::hub::relay_user(from).is_some() {
+            // Only the hub's tunnel speaks for a relay address: a socket datagram from one
+            // is spoofed, and answering it would send through the hub at our expense.
+            self.stats.datagrams_received += 1;
+            self.stats.drops.add(DropReason::Unexpected);
+            return;
+        }
         self.handle_one(now, from, datagram);
         // Peer links' datagrams the hub relayed in it: in through the front door, from the
         // link's relay address. Bounded: a hub could nest tunnels within tunnels.

@@ -263,6 +263,8 @@ struct Relayed {
     conn: ConnectionHandle,
     request: IncomingRequest,
     from: u16,
+    /// The target's connection: if it ends, no response or timeout will come.
+    to: ConnectionHandle,
 }
 
 /// The hub: rooms, member lists and the relay, driven by its endpoint's events. See the
@@ -438,6 +440,16 @@ impl Hub {
                 if let Some(user) = self.user_of(conn) {
                     self.remove_member(ep, now, user, LeaveReason::Disconnected);
                 }
+                // Requests forwarded on it die with it: their askers may ask again.
+                let members = &mut self.members;
+                self.relayed.retain(|_, r| {
+                    if r.to == conn {
+                        if let Some(m) = members.get_mut(&r.from) {
+                            m.relayed_requests = m.relayed_requests.saturating_sub(1);
+                        }
+                    }
+                    r.to != conn
+                });
                 Some(event)
             }
             Event::Message {
@@ -906,8 +918,19 @@ impl Hub {
         let was_owner = r.owner == user;
         let closes = was_owner && (r.flags & FLAG_CLOSE_WITH_OWNER != 0 || r.members.is_empty());
         let others: Vec<u16> = r.members.iter().map(|(u, _)| *u).collect();
+        // The joins the old owner left unanswered are put to the new one.
+        let mut asks = Vec::new();
         if was_owner && !closes {
             r.owner = others[0];
+            asks = r
+                .pending
+                .iter()
+                .map(|p| Notice::JoinRequested {
+                    room,
+                    user: p.user,
+                    metadata: p.metadata.clone(),
+                })
+                .collect();
         }
         if let Some(m) = self.members.get_mut(&user) {
             m.rooms.retain(|x| *x != room);
@@ -935,6 +958,9 @@ impl Hub {
                     },
                 );
             }
+        }
+        for ask in &asks {
+            self.notify(ep, others[0], ask);
         }
     }
 
@@ -971,6 +997,11 @@ impl Hub {
         let rooms = m.rooms.clone();
         for room in rooms {
             self.leave(ep, now, room, user, reason, false);
+        }
+        // Its joins awaiting approval go too: they would hold places in the approval
+        // queues until they expire.
+        for r in self.rooms.iter_mut().flatten() {
+            r.pending.retain(|p| p.user != user);
         }
         if let Some(m) = self.members.remove(&user) {
             self.by_conn.remove(&m.conn);
@@ -1159,6 +1190,7 @@ impl Hub {
                         conn,
                         request,
                         from,
+                        to: to_conn,
                     },
                 );
                 if let Some(m) = self.members.get_mut(&from) {

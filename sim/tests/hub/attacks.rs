@@ -1,0 +1,173 @@
+//! What hostile, vanishing or lying members can do to the hub and to each other, each
+//! attack pinned by the test that once showed it working.
+
+use std::time::Duration;
+
+use shoal_proto::hub::{HubConfig, HubEvent, Refusal, RoomOptions};
+
+use crate::world::{hub_config, joined, link, numbered, refusal, room_of_all, world};
+
+#[test]
+fn requests_to_a_member_that_vanishes_do_not_use_up_the_askers_budget() {
+    let config = HubConfig {
+        max_relayed_requests: 2,
+        ..hub_config()
+    };
+    let (mut sim, mut w) = world(101, 3, config, link(0.0));
+    room_of_all(&mut sim, &mut w, "rpc");
+    let (b, c) = (w.user(1), w.user(2));
+    // Bob takes two requests and disconnects without answering.
+    for n in 0..2u32 {
+        let now = sim.now();
+        w.act(&mut sim, 0, |cl, ep| {
+            cl.request(ep, now, b, 2, &numbered(2, n, 100))
+        })
+        .expect("request");
+    }
+    w.run(&mut sim, 300);
+    let asked = w
+        .take(1)
+        .iter()
+        .filter(|e| matches!(e, HubEvent::Request { .. }))
+        .count();
+    assert_eq!(asked, 2);
+    let conn = w.client(1).connection();
+    sim.endpoint_mut(w.members[1]).disconnect(conn, 0);
+    w.run(&mut sim, 6000);
+    // Alice may still ask Carol.
+    w.take(2);
+    let now = sim.now();
+    w.act(&mut sim, 0, |cl, ep| {
+        cl.request(ep, now, c, 2, &numbered(2, 9, 100))
+    })
+    .expect("request");
+    w.run(&mut sim, 300);
+    assert!(
+        w.take(2)
+            .iter()
+            .any(|e| matches!(e, HubEvent::Request { .. })),
+        "the hub forwarded Alice's request to Carol (dropped: {})",
+        w.hub.stats().dropped_requests
+    );
+}
+
+#[test]
+fn a_join_request_whose_asker_left_frees_its_place_in_the_approval_queue() {
+    let config = HubConfig {
+        max_pending_joins: 1,
+        approval_timeout: Duration::from_secs(60),
+        ..hub_config()
+    };
+    let (mut sim, mut w) = world(102, 3, config, link(0.0));
+    w.act(&mut sim, 0, |cl, ep| {
+        let options = RoomOptions {
+            approval: true,
+            ..RoomOptions::default()
+        };
+        cl.create_room(ep, "vip", &options)
+    })
+    .expect("create");
+    w.run(&mut sim, 200);
+    let room = joined(&w.take(0)).expect("created");
+    w.act(&mut sim, 1, |cl, ep| cl.join_room(ep, "vip", b"", b"m1"))
+        .expect("join");
+    w.run(&mut sim, 200);
+    let gone = w.user(1);
+    let conn = w.client(1).connection();
+    sim.endpoint_mut(w.members[1]).disconnect(conn, 0);
+    w.run(&mut sim, 300);
+    w.take(0);
+    // The one place in the queue is free again.
+    w.act(&mut sim, 2, |cl, ep| cl.join_room(ep, "vip", b"", b"m2"))
+        .expect("join");
+    w.run(&mut sim, 300);
+    assert_eq!(refusal(&w.take(2)), None);
+    let carol = w.user(2);
+    assert!(w.take(0).iter().any(|e| matches!(
+        e,
+        HubEvent::JoinRequested { room: r, user, .. } if *r == room && *user == carol
+    )));
+    // Approving the one that left is refused: it is no longer waiting.
+    w.act(&mut sim, 0, |cl, ep| cl.approve(ep, room, gone, true))
+        .expect("approve");
+    w.run(&mut sim, 300);
+    assert_eq!(refusal(&w.take(0)), Some(Refusal::NotMember));
+}
+
+#[test]
+fn joins_awaiting_approval_are_put_to_the_new_owner_when_the_owner_leaves() {
+    let config = HubConfig {
+        approval_timeout: Duration::from_secs(60),
+        ..hub_config()
+    };
+    let (mut sim, mut w) = world(104, 3, config, link(0.0));
+    w.act(&mut sim, 0, |cl, ep| {
+        let options = RoomOptions {
+            approval: true,
+            ..RoomOptions::default()
+        };
+        cl.create_room(ep, "vip", &options)
+    })
+    .expect("create");
+    w.run(&mut sim, 200);
+    let room = joined(&w.take(0)).expect("created");
+    let (b, c) = (w.user(1), w.user(2));
+    w.act(&mut sim, 1, |cl, ep| cl.join_room(ep, "vip", b"", b"m1"))
+        .expect("join");
+    w.run(&mut sim, 200);
+    w.act(&mut sim, 0, |cl, ep| cl.approve(ep, room, b, true))
+        .expect("approve");
+    w.run(&mut sim, 200);
+    w.act(&mut sim, 2, |cl, ep| cl.join_room(ep, "vip", b"", b"m2"))
+        .expect("join");
+    w.run(&mut sim, 200);
+    // The owner leaves with Carol's join unanswered: Bob owns the room now, and is asked.
+    w.take(1);
+    w.act(&mut sim, 0, |cl, ep| cl.leave_room(ep, room))
+        .expect("leave");
+    w.run(&mut sim, 300);
+    let bob = w.take(1);
+    assert!(bob.contains(&HubEvent::OwnerChanged { room, owner: b }));
+    assert!(
+        bob.iter().any(|e| matches!(
+            e,
+            HubEvent::JoinRequested { room: r, user, .. } if *r == room && *user == c
+        )),
+        "{bob:?}"
+    );
+    w.act(&mut sim, 1, |cl, ep| cl.approve(ep, room, c, true))
+        .expect("approve");
+    w.run(&mut sim, 300);
+    assert_eq!(joined(&w.take(2)), Some(room));
+}
+
+#[test]
+fn a_datagram_from_the_socket_claiming_a_relay_address_is_dropped() {
+    use shoal_proto::hub::{self, PathPolicy};
+    use shoal_proto::{Config, Endpoint, SecretSeed};
+    let (mut sim, mut w) =
+        crate::world::World::new(105, hub_config(), hub::endpoint_config(), link(0.0));
+    w.add_member(&mut sim, None, PathPolicy::Auto);
+    w.settle(&mut sim);
+    let node = w.members[0];
+    let before = sim.endpoint(node).stats().tunnelled_out;
+    // Anyone who can spoof a source in 100::/64 knocks on the member's socket as if it
+    // were the hub's tunnel from user 77: a handshake the member would answer through
+    // the hub, at the cost of its relay budget.
+    let mut mallory = Endpoint::new(Config {
+        seed: 5,
+        secret_seed: Some(SecretSeed::insecure_from_u64(5)),
+        ..hub::endpoint_config()
+    })
+    .expect("endpoint");
+    let now = sim.now();
+    mallory
+        .connect(now, sim.address(node), &[])
+        .expect("connect");
+    let mut buf = vec![0u8; 1500];
+    let t = mallory.poll_transmit(now, &mut buf).expect("hello");
+    sim.endpoint_mut(node)
+        .handle_datagram(now, hub::relay_address(77), &buf[..t.len]);
+    w.run(&mut sim, 200);
+    assert_eq!(sim.endpoint(node).stats().tunnelled_out, before);
+}
