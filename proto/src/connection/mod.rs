@@ -168,6 +168,8 @@ pub(crate) struct Connection {
     pub(crate) moved_from: Option<SocketAddr>,
     /// When a packet last arrived over the direct path (a peer link off its relay).
     pub(crate) direct_heard: Instant,
+    /// Addresses probed back because the peer's challenge came from them.
+    pub(crate) probed_back: u8,
 }
 
 impl Connection {
@@ -246,6 +248,7 @@ impl Connection {
             in_dirty: false,
             moved_from: None,
             direct_heard: now,
+            probed_back: 0,
         }
     }
 

@@ -97,6 +97,10 @@ pub struct ConnectOptions<'a> {
     pub token: Option<&'a ConnectToken>,
 }
 
+/// Addresses a peer link probes back on the strength of a challenge from them, over its
+/// life: the peer could otherwise aim probes at anyone, 8 per challenge.
+const MAX_PROBED_BACK: u8 = 4;
+
 /// Tunnelled datagrams handled after one datagram from the socket (one packet from the hub
 /// holds a few).
 const MAX_TUNNELLED_PER_DATAGRAM: usize = 64;
@@ -1295,7 +1299,9 @@ impl Endpoint {
             && c.transport.paths.fallback().is_some()
             && Some(from) != c.transport.paths.fallback()
             && from != c.remote()
+            && c.probed_back < MAX_PROBED_BACK
         {
+            c.probed_back += 1;
             // A peer link's peer probes us from an address of its own (behind a NAT that
             // maps each destination anew, it is not the one the hub saw): probe it back, so
             // both sides validate the path the peer's NAT actually opened.

@@ -168,6 +168,19 @@ fn put_field(out: &mut Vec<u8>, field: &[u8]) {
 }
 
 impl Command {
+    /// The member's operation id, which the answer echoes.
+    pub(crate) fn op(&self) -> u32 {
+        match self {
+            Command::Create { op, .. }
+            | Command::Join { op, .. }
+            | Command::Leave { op, .. }
+            | Command::Kick { op, .. }
+            | Command::Close { op, .. }
+            | Command::Approve { op, .. }
+            | Command::Announce { op, .. } => *op,
+        }
+    }
+
     pub(crate) fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(32);
         match self {

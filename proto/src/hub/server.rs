@@ -61,6 +61,15 @@ pub struct HubConfig {
     pub relay_bytes: RateLimit,
     /// Relayed requests one member may have waiting for their responses (default 64).
     pub max_relayed_requests: usize,
+    /// Commands (join, leave, kick, close, approve, announce) one member may send (default
+    /// 20/s, bursts of 40): each can cost a notice to every member of a room. Over it:
+    /// [`Refusal::RateLimited`].
+    pub commands: RateLimit,
+    /// How long a member's queue at the hub may stay full, with nothing draining from it,
+    /// before the member counts as not reading and is disconnected (default 2 s). Until
+    /// then, and for a member that drains slowly, what does not fit is dropped and counted
+    /// (`dropped_queue_full`): room mates cannot get a slow member cut off by flooding it.
+    pub stall_timeout: Duration,
     /// Where the pair keys come from: 32 bytes from the operating system (required; the
     /// drivers' hub binary fills it). Consumed by [`Hub::new`].
     pub secret_seed: Option<SecretSeed>,
@@ -92,6 +101,11 @@ impl Default for HubConfig {
                 burst: 8.0 * 1024.0 * 1024.0,
             },
             max_relayed_requests: 64,
+            commands: RateLimit {
+                per_second: 20.0,
+                burst: 40.0,
+            },
+            stall_timeout: Duration::from_secs(2),
             secret_seed: None,
             seed: 0,
         }
@@ -228,6 +242,9 @@ struct MemberState {
     creates: Bucket,
     messages: Bucket,
     bytes: Bucket,
+    commands: Bucket,
+    /// Since when everything queued for it has found its queue full (`None`: it drains).
+    full_since: Option<Instant>,
     relayed_requests: usize,
 }
 
@@ -285,6 +302,8 @@ pub struct Hub {
     /// Members found too slow while a notice or relay was being queued; disconnected once
     /// the current event is handled.
     slow: Vec<u16>,
+    /// The time of the event or timeout being handled.
+    now: Instant,
     stats: HubStats,
 }
 
@@ -293,6 +312,30 @@ impl fmt::Debug for Hub {
         f.debug_struct("Hub")
             .field("stats", &self.stats)
             .finish_non_exhaustive()
+    }
+}
+
+/// Whether a member may announce `addr` as its own: a private, shared-address (carrier
+/// NAT), link-local or unique-local address, or loopback when the hub sees the member on
+/// loopback too; never a relay address, a multicast or an unspecified one, nor port 0.
+fn is_local_address(addr: &SocketAddr, observed: SocketAddr) -> bool {
+    if addr.port() == 0 {
+        return false;
+    }
+    match addr.ip() {
+        core::net::IpAddr::V4(ip) => {
+            let [a, b, ..] = ip.octets();
+            ip.is_private()
+                || ip.is_link_local()
+                || (a == 100 && (64..128).contains(&b))
+                || (ip.is_loopback() && observed.ip().is_loopback())
+        }
+        core::net::IpAddr::V6(ip) => {
+            let first = ip.segments()[0];
+            (first & 0xffc0) == 0xfe80
+                || (first & 0xfe00) == 0xfc00
+                || (ip.is_loopback() && observed.ip().is_loopback())
+        }
     }
 }
 
@@ -346,6 +389,7 @@ impl Hub {
             approvals: BinaryHeap::new(),
             secrets,
             slow: Vec::new(),
+            now: Instant::ZERO,
             stats: HubStats::default(),
         })
     }
@@ -381,6 +425,7 @@ impl Hub {
 
     /// Refuses joins whose owner did not answer in time.
     pub fn handle_timeout(&mut self, ep: &mut Endpoint, now: Instant) {
+        self.now = self.now.max(now);
         while let Some(Reverse((at, room, user))) = self.approvals.peek().copied() {
             if at > now {
                 break;
@@ -407,6 +452,7 @@ impl Hub {
     /// has seen them), messages and requests without a redirect target on application
     /// channels, and responses to the application's own requests.
     pub fn handle_event(&mut self, ep: &mut Endpoint, now: Instant, event: Event) -> Option<Event> {
+        self.now = self.now.max(now);
         let control = self.config.control_channel;
         let passed = match event {
             Event::Connected {
@@ -430,6 +476,8 @@ impl Hub {
                         creates: Bucket::new(&limits.room_creates, now),
                         messages: Bucket::new(&limits.relay_messages, now),
                         bytes: Bucket::new(&limits.relay_bytes, now),
+                        commands: Bucket::new(&limits.commands, now),
+                        full_since: None,
                         relayed_requests: 0,
                     },
                 );
@@ -511,6 +559,30 @@ impl Hub {
         passed
     }
 
+    /// Rebuilds the approval deadlines from the joins still waiting when answered ones
+    /// (whose entries stay until their deadline) make up most of them: join-and-refuse in a
+    /// loop must not grow the heap.
+    fn trim_approvals(&mut self) {
+        if self.approvals.len() <= 64 {
+            return;
+        }
+        let waiting: usize = self.rooms.iter().flatten().map(|r| r.pending.len()).sum();
+        if self.approvals.len() <= 2 * waiting + 64 {
+            return;
+        }
+        self.approvals = self
+            .rooms
+            .iter()
+            .enumerate()
+            .filter_map(|(id, r)| Some((id as u16, r.as_ref()?)))
+            .flat_map(|(id, r)| {
+                r.pending
+                    .iter()
+                    .map(move |p| Reverse((p.deadline, id, p.user)))
+            })
+            .collect();
+    }
+
     fn user_of(&self, conn: ConnectionHandle) -> Option<u16> {
         self.by_conn.get(&conn).copied()
     }
@@ -520,17 +592,33 @@ impl Hub {
         let Some(m) = self.members.get(&user) else {
             return;
         };
-        if let Err(SendError::QueueFull { .. }) =
-            ep.send(m.conn, self.config.control_channel, notice.encode())
-        {
-            self.mark_slow(user);
-        }
+        let sent = ep.send(m.conn, self.config.control_channel, notice.encode());
+        self.queued(user, sent);
         // Any other error means the connection is gone: its Disconnected event removes it.
     }
 
-    fn mark_slow(&mut self, user: u16) {
-        if !self.slow.contains(&user) {
-            self.slow.push(user);
+    /// Notes how queueing something for `user` went: a full queue that has not drained for
+    /// `stall_timeout` marks the member too slow.
+    fn queued(&mut self, user: u16, sent: Result<(), SendError>) -> bool {
+        let Some(m) = self.members.get_mut(&user) else {
+            return false;
+        };
+        match sent {
+            Ok(()) => {
+                m.full_since = None;
+                true
+            }
+            Err(SendError::QueueFull { .. }) => {
+                self.stats.dropped_queue_full += 1;
+                let since = *m.full_since.get_or_insert(self.now);
+                if self.now.saturating_duration_since(since) >= self.config.stall_timeout
+                    && !self.slow.contains(&user)
+                {
+                    self.slow.push(user);
+                }
+                false
+            }
+            Err(_) => false,
         }
     }
 
@@ -606,6 +694,14 @@ impl Hub {
             self.stats.bad_commands += 1;
             return;
         };
+        let limit = &self.config.commands;
+        if !self
+            .members
+            .get_mut(&user)
+            .is_some_and(|m| m.commands.take(limit, now, 1.0))
+        {
+            return self.refuse(ep, user, command.op(), Refusal::RateLimited);
+        }
         match command {
             Command::Create {
                 op,
@@ -671,9 +767,16 @@ impl Hub {
                 Ok(()) => self.approve(ep, user, op, room, joiner, accept),
             },
             Command::Announce { op, addrs } => {
-                if let Some(m) = self.members.get_mut(&user) {
-                    m.local = addrs;
+                let Some(m) = self.members.get_mut(&user) else {
+                    return;
+                };
+                // Only addresses on a local network: the hub passes them to every member
+                // this one meets, whose links probe them unasked, so a public address could
+                // aim those probes at anyone.
+                if !addrs.iter().all(|a| is_local_address(a, m.observed)) {
+                    return self.refuse(ep, user, op, Refusal::Invalid);
                 }
+                m.local = addrs;
                 self.notify(ep, user, &Notice::Done { op });
             }
         }
@@ -815,6 +918,7 @@ impl Hub {
             });
             let owner = room.owner;
             self.approvals.push(Reverse((deadline, id, user)));
+            self.trim_approvals();
             let notice = Notice::JoinRequested {
                 room: id,
                 user,
@@ -1099,14 +1203,23 @@ impl Hub {
             let Some(m) = self.members.get(&u) else {
                 continue;
             };
-            match ep.relay(m.conn, channel, payload.clone(), from, Some(wire_target)) {
+            let sent = ep.relay(m.conn, channel, payload.clone(), from, Some(wire_target));
+            // (`queued`, inlined: the room is borrowed.)
+            let Some(m) = self.members.get_mut(&u) else {
+                continue;
+            };
+            match sent {
                 Ok(()) => {
+                    m.full_since = None;
                     self.stats.relayed_messages += 1;
                     self.stats.relayed_bytes += payload.len() as u64;
                 }
                 Err(SendError::QueueFull { .. }) => {
                     self.stats.dropped_queue_full += 1;
-                    if !self.slow.contains(&u) {
+                    let since = *m.full_since.get_or_insert(self.now);
+                    if self.now.saturating_duration_since(since) >= self.config.stall_timeout
+                        && !self.slow.contains(&u)
+                    {
                         self.slow.push(u);
                     }
                 }
@@ -1127,16 +1240,10 @@ impl Hub {
         let Some(m) = self.members.get(&to) else {
             return;
         };
-        match ep.relay(m.conn, channel, payload.clone(), from, Some(wire_target)) {
-            Ok(()) => {
-                self.stats.relayed_messages += 1;
-                self.stats.relayed_bytes += payload.len() as u64;
-            }
-            Err(SendError::QueueFull { .. }) => {
-                self.stats.dropped_queue_full += 1;
-                self.mark_slow(to);
-            }
-            Err(_) => {}
+        let sent = ep.relay(m.conn, channel, payload.clone(), from, Some(wire_target));
+        if self.queued(to, sent) {
+            self.stats.relayed_messages += 1;
+            self.stats.relayed_bytes += payload.len() as u64;
         }
     }
 
@@ -1197,9 +1304,8 @@ impl Hub {
                     m.relayed_requests += 1;
                 }
             }
-            Err(SendError::QueueFull { .. }) => {
-                self.stats.dropped_queue_full += 1;
-                self.mark_slow(to);
+            Err(e @ SendError::QueueFull { .. }) => {
+                self.queued(to, Err(e));
             }
             Err(_) => self.stats.dropped_requests += 1,
         }
@@ -1209,10 +1315,9 @@ impl Hub {
         if let Some(m) = self.members.get_mut(&r.from) {
             m.relayed_requests = m.relayed_requests.saturating_sub(1);
         }
-        match ep.respond(r.conn, r.request, payload) {
-            Ok(()) => self.stats.relayed_responses += 1,
-            Err(SendError::QueueFull { .. }) => self.mark_slow(r.from),
-            Err(_) => {}
+        let sent = ep.respond(r.conn, r.request, payload);
+        if self.queued(r.from, sent) {
+            self.stats.relayed_responses += 1;
         }
     }
 }

@@ -3,9 +3,13 @@
 
 use std::time::Duration;
 
-use shoal_proto::hub::{HubConfig, HubEvent, Refusal, RoomOptions};
+use shoal_sim::Simulator;
 
-use crate::world::{hub_config, joined, link, numbered, refusal, room_of_all, world};
+use shoal_proto::hub::{self, HubConfig, HubEvent, RateLimit, Refusal, RoomOptions, Target};
+
+use crate::world::{
+    hub_config, joined, link, messages, numbered, refusal, room_of_all, world, world_with, World,
+};
 
 #[test]
 fn requests_to_a_member_that_vanishes_do_not_use_up_the_askers_budget() {
@@ -170,4 +174,102 @@ fn a_datagram_from_the_socket_claiming_a_relay_address_is_dropped() {
         .handle_datagram(now, hub::relay_address(77), &buf[..t.len]);
     w.run(&mut sim, 200);
     assert_eq!(sim.endpoint(node).stats().tunnelled_out, before);
+}
+
+#[test]
+fn room_mates_flooding_a_slow_member_cannot_get_it_disconnected() {
+    let mut endpoint = hub::endpoint_config();
+    for ch in &mut endpoint.channels {
+        ch.max_queued_bytes = 32 * 1024;
+    }
+    let (mut sim, mut w) = world_with(31, 3, hub_config(), endpoint, link(0.0));
+    let room = room_of_all(&mut sim, &mut w, "flood");
+    // The victim's downlink carries 100 kB/s; the two others send it 4 times that.
+    let slow = shoal_sim::LinkConfig {
+        bandwidth: Some(100_000),
+        queue_bytes: 64 * 1024,
+        ..link(0.0)
+    };
+    sim.set_link(w.hub_node, w.members[2], slow).expect("link");
+    for n in 0..400u32 {
+        for i in 0..2 {
+            w.act(&mut sim, i, |c, ep| {
+                c.send(ep, Target::RoomExceptSender(room), 0, numbered(0, n, 1000))
+            })
+            .expect("send");
+        }
+        w.run(&mut sim, 10);
+    }
+    w.run(&mut sim, 2000);
+    let stats = w.hub.stats();
+    assert!(stats.dropped_queue_full > 0, "the flood did not fit");
+    assert_eq!(stats.too_slow, 0, "but the victim kept draining");
+    let victim = w.client(2).connection();
+    assert!(sim.endpoint(w.members[2]).is_connected(victim));
+    assert!(messages(&w.take(2)).len() > 100, "and kept receiving");
+}
+
+#[test]
+fn commands_past_the_rate_limit_are_refused() {
+    let config = HubConfig {
+        commands: RateLimit {
+            per_second: 1.0,
+            burst: 5.0,
+        },
+        ..hub_config()
+    };
+    let (mut sim, mut w) = world(32, 2, config, link(0.0));
+    room_of_all(&mut sim, &mut w, "churn");
+    w.take(1);
+    let mut refused = 0;
+    for _ in 0..10 {
+        let room = w.client(1).rooms().next().map(|r| r.id);
+        w.act(&mut sim, 1, |c, ep| match room {
+            Some(room) => c.leave_room(ep, room),
+            None => c.join_room(ep, "churn", b"", b""),
+        })
+        .expect("command");
+        w.run(&mut sim, 100);
+        if refusal(&w.take(1)) == Some(Refusal::RateLimited) {
+            refused += 1;
+        }
+    }
+    // Its join was the first of five; about one more a second after that.
+    assert!((4..=7).contains(&refused), "{refused} refused");
+}
+
+#[test]
+fn only_local_addresses_may_be_announced() {
+    let (mut sim, mut w) = world(33, 1, hub_config(), link(0.0));
+    let announce = |sim: &mut Simulator, w: &mut World, addr: &str| {
+        let addr: std::net::SocketAddr = addr.parse().expect("address");
+        w.act(sim, 0, |c, ep| c.announce(ep, &[addr]))
+            .expect("announce");
+        w.run(sim, 100);
+        refusal(&w.take(0))
+    };
+    for ok in [
+        "192.168.1.5:7000",
+        "10.1.2.3:9",
+        "100.64.0.7:1",
+        "[fe80::1]:5",
+        "[fd00::2]:5",
+    ] {
+        assert_eq!(announce(&mut sim, &mut w, ok), None, "{ok}");
+    }
+    for bad in [
+        "198.51.100.7:7000",
+        "127.0.0.1:7000",
+        "224.0.0.1:7000",
+        "0.0.0.0:7000",
+        "192.168.1.5:0",
+        "[100::]:7",
+        "[2001:db8::1]:5",
+    ] {
+        assert_eq!(
+            announce(&mut sim, &mut w, bad),
+            Some(Refusal::Invalid),
+            "{bad}"
+        );
+    }
 }
