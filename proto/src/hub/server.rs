@@ -1,5 +1,6 @@
 //! The hub's side: rooms, members, and the relay.
 
+use alloc::boxed::Box;
 use alloc::collections::BinaryHeap;
 use alloc::vec::Vec;
 use bytes::Bytes;
@@ -248,6 +249,49 @@ struct MemberState {
     relayed_requests: usize,
 }
 
+/// Members by user id. The server hands the ids out (a peer never picks one), densely from
+/// 1, so a table indexed by id serves every relay without hashing; at most 49,151 slots of
+/// 8 bytes.
+#[derive(Debug, Default)]
+struct Members {
+    slots: Vec<Option<Box<MemberState>>>,
+    len: usize,
+}
+
+impl Members {
+    fn get(&self, user: &u16) -> Option<&MemberState> {
+        self.slots.get(usize::from(*user))?.as_deref()
+    }
+
+    fn get_mut(&mut self, user: &u16) -> Option<&mut MemberState> {
+        self.slots.get_mut(usize::from(*user))?.as_deref_mut()
+    }
+
+    fn contains_key(&self, user: &u16) -> bool {
+        self.get(user).is_some()
+    }
+
+    fn insert(&mut self, user: u16, member: MemberState) {
+        let i = usize::from(user);
+        if self.slots.len() <= i {
+            self.slots.resize_with(i + 1, || None);
+        }
+        if self.slots[i].replace(Box::new(member)).is_none() {
+            self.len += 1;
+        }
+    }
+
+    fn remove(&mut self, user: &u16) -> Option<MemberState> {
+        let member = self.slots.get_mut(usize::from(*user))?.take()?;
+        self.len -= 1;
+        Some(*member)
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+}
+
 #[derive(Debug)]
 struct PendingJoin {
     user: u16,
@@ -291,7 +335,7 @@ pub struct Hub {
     rooms: Vec<Option<Room>>,
     free_rooms: Vec<u16>,
     by_name: HashMap<Bytes, u16>,
-    members: HashMap<u16, MemberState>,
+    members: Members,
     by_conn: HashMap<ConnectionHandle, u16>,
     /// Rooms each pair of members shares (lower id first); a pair is introduced when this
     /// goes from 0 to 1.
@@ -382,7 +426,7 @@ impl Hub {
             rooms: Vec::new(),
             free_rooms: Vec::new(),
             by_name: HashMap::with_hasher(hasher),
-            members: HashMap::with_hasher(hasher),
+            members: Members::default(),
             by_conn: HashMap::with_hasher(hasher),
             pairs: HashMap::with_hasher(hasher),
             relayed: HashMap::with_hasher(hasher),
@@ -1187,7 +1231,7 @@ impl Hub {
         }
         let (room, except) = match target {
             Target::User(u) => {
-                self.relay_one(ep, u, channel, &payload, from, wire_target);
+                self.relay_one(ep, u, channel, payload, from, wire_target);
                 return;
             }
             Target::Room(r) => (r.0, None),
@@ -1233,17 +1277,18 @@ impl Hub {
         ep: &mut Endpoint,
         to: u16,
         channel: u8,
-        payload: &Bytes,
+        payload: Bytes,
         from: u16,
         wire_target: u16,
     ) {
         let Some(m) = self.members.get(&to) else {
             return;
         };
-        let sent = ep.relay(m.conn, channel, payload.clone(), from, Some(wire_target));
+        let len = payload.len() as u64;
+        let sent = ep.relay(m.conn, channel, payload, from, Some(wire_target));
         if self.queued(to, sent) {
             self.stats.relayed_messages += 1;
-            self.stats.relayed_bytes += payload.len() as u64;
+            self.stats.relayed_bytes += len;
         }
     }
 
