@@ -5,10 +5,11 @@ use std::time::Duration;
 
 use shoal_sim::Simulator;
 
-use shoal_proto::hub::{self, HubConfig, HubEvent, RateLimit, Refusal, RoomOptions, Target};
+use shoal_proto::hub::{self, HubConfig, HubEvent, RateLimit, Refusal, Target};
 
 use crate::world::{
-    hub_config, joined, link, messages, numbered, refusal, room_of_all, world, world_with, World,
+    approval_room, create, hub_config, joined, link, messages, numbered, refusal, room_of_all,
+    world, world_with, World,
 };
 
 #[test]
@@ -63,16 +64,7 @@ fn a_join_request_whose_asker_left_frees_its_place_in_the_approval_queue() {
         ..hub_config()
     };
     let (mut sim, mut w) = world(102, 3, config, link(0.0));
-    w.act(&mut sim, 0, |cl, ep| {
-        let options = RoomOptions {
-            approval: true,
-            ..RoomOptions::default()
-        };
-        cl.create_room(ep, "vip", &options)
-    })
-    .expect("create");
-    w.run(&mut sim, 200);
-    let room = joined(&w.take(0)).expect("created");
+    let room = create(&mut sim, &mut w, 0, "vip", approval_room());
     w.act(&mut sim, 1, |cl, ep| cl.join_room(ep, "vip", b"", b"m1"))
         .expect("join");
     w.run(&mut sim, 200);
@@ -105,16 +97,7 @@ fn joins_awaiting_approval_are_put_to_the_new_owner_when_the_owner_leaves() {
         ..hub_config()
     };
     let (mut sim, mut w) = world(104, 3, config, link(0.0));
-    w.act(&mut sim, 0, |cl, ep| {
-        let options = RoomOptions {
-            approval: true,
-            ..RoomOptions::default()
-        };
-        cl.create_room(ep, "vip", &options)
-    })
-    .expect("create");
-    w.run(&mut sim, 200);
-    let room = joined(&w.take(0)).expect("created");
+    let room = create(&mut sim, &mut w, 0, "vip", approval_room());
     let (b, c) = (w.user(1), w.user(2));
     w.act(&mut sim, 1, |cl, ep| cl.join_room(ep, "vip", b"", b"m1"))
         .expect("join");

@@ -12,8 +12,8 @@ use shoal_proto::{Bytes, DropReason, Endpoint};
 use shoal_sim::{NodeId, Simulator};
 
 use crate::world::{
-    hub_config, joined, link, messages, number, numbered, refusal, room_of_all, world, world_with,
-    World,
+    approval_room, create, hub_config, joined, link, messages, number, numbered, refusal,
+    room_of_all, world, world_with, World,
 };
 
 #[test]
@@ -524,16 +524,7 @@ fn joins_wait_for_the_owners_approval_and_expire_unanswered() {
         ..hub_config()
     };
     let (mut sim, mut w) = world(11, 4, config, link(0.0));
-    w.act(&mut sim, 0, |cl, ep| {
-        let options = RoomOptions {
-            approval: true,
-            ..RoomOptions::default()
-        };
-        cl.create_room(ep, "vip", &options)
-    })
-    .expect("create");
-    w.run(&mut sim, 200);
-    let room = joined(&w.take(0)).expect("created");
+    let room = create(&mut sim, &mut w, 0, "vip", approval_room());
     for i in 1..4 {
         w.act(&mut sim, i, |cl, ep| {
             cl.join_room(ep, "vip", b"", format!("m{i}").as_bytes())
@@ -688,16 +679,7 @@ fn leaving_or_kicking_outside_a_room_and_a_full_approval_queue_are_refused() {
         ..hub_config()
     };
     let (mut sim, mut w) = world(15, 3, config, link(0.0));
-    w.act(&mut sim, 0, |cl, ep| {
-        let options = RoomOptions {
-            approval: true,
-            ..RoomOptions::default()
-        };
-        cl.create_room(ep, "door", &options)
-    })
-    .expect("create");
-    w.run(&mut sim, 200);
-    let room = joined(&w.take(0)).expect("created");
+    let room = create(&mut sim, &mut w, 0, "door", approval_room());
     let stranger = w.user(2);
     // Member 1 is in no room: it cannot leave one.
     w.act(&mut sim, 1, |cl, ep| cl.leave_room(ep, room))

@@ -219,6 +219,28 @@ pub fn messages(events: &[HubEvent]) -> Vec<(u16, Target, u8, Bytes)> {
         .collect()
 }
 
+/// Member `i` creates room `name` as `options` say; the room, once the hub has answered.
+pub fn create(
+    sim: &mut Simulator,
+    w: &mut World,
+    i: usize,
+    name: &str,
+    options: RoomOptions,
+) -> RoomId {
+    w.act(sim, i, |c, ep| c.create_room(ep, name, &options))
+        .expect("create");
+    w.run(sim, 200);
+    joined(&w.take(i)).expect("created")
+}
+
+/// Options of a room whose joiners wait for the owner's approval.
+pub fn approval_room() -> RoomOptions {
+    RoomOptions {
+        approval: true,
+        ..RoomOptions::default()
+    }
+}
+
 /// Member 0 creates `name`, members 1.. join it, one after another.
 pub fn room_of_all(sim: &mut Simulator, w: &mut World, name: &str) -> RoomId {
     w.act(sim, 0, |c, ep| {
