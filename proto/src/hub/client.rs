@@ -282,7 +282,7 @@ pub struct HubClient {
     rooms: BTreeMap<u16, RoomView>,
     ciphers: BTreeMap<u16, PairCipher>,
     /// Requests sent to members, by id: whose key opens the response.
-    asked: BTreeMap<RequestId, u16>,
+    asked: BTreeMap<RequestId, (u16, ConnectionHandle)>,
     waiting: VecDeque<Event>,
     ready: VecDeque<HubEvent>,
     stats: HubClientStats,
@@ -556,13 +556,20 @@ impl HubClient {
         if channel == self.control_channel {
             return Err(HubError::ControlChannel(channel));
         }
+        if self.policy != PathPolicy::Messages {
+            let link = self.links.get(&to).ok_or(HubError::NotIntroduced(to))?;
+            let conn = link.conn.ok_or(HubError::LinkPending(to))?;
+            let id = ep.request(now, conn, channel, Bytes::copy_from_slice(payload))?;
+            self.asked.insert(id, (to, conn));
+            return Ok(id);
+        }
         let cipher = self
             .ciphers
             .get_mut(&to)
             .ok_or(HubError::NotIntroduced(to))?;
         let sealed = cipher.seal(&[AAD_REQUEST, channel], payload);
         let id = ep.request_redirected(now, self.conn, channel, sealed, Some(to))?;
-        self.asked.insert(id, to);
+        self.asked.insert(id, (to, self.conn));
         Ok(id)
     }
 
@@ -623,7 +630,8 @@ impl HubClient {
             Event::Disconnected { .. } => {
                 self.rooms.clear();
                 self.ciphers.clear();
-                self.asked.clear();
+                let hub = self.conn;
+                self.abandon_requests(hub);
                 self.waiting.clear();
                 self.ready.push_back(HubEvent::Transport(event));
             }
@@ -640,7 +648,7 @@ impl HubClient {
                 target: Some(_), ..
             } => self.on_relayed(event),
             Event::Response { id, payload, .. } if self.asked.contains_key(&id) => {
-                let from = self.asked.remove(&id).unwrap_or_default();
+                let from = self.asked.remove(&id).map_or(0, |(u, _)| u);
                 match self
                     .ciphers
                     .get(&from)
@@ -673,7 +681,7 @@ impl HubClient {
             return Some(event);
         };
         match event {
-            Event::Connected { remote, .. } => {
+            Event::Connected { .. } => {
                 self.link_users.insert(conn, user);
                 let link = self.links.entry(user).or_default();
                 link.conn = Some(conn);
@@ -686,12 +694,13 @@ impl HubClient {
                         ep.probe_path(now, conn, addr);
                     }
                 }
-                let _ = remote;
             }
             Event::Disconnected { .. } => {
                 // A link this member closed (the peer left every shared room), one that lost
                 // a crossing handshake, or one that failed: the application never saw it.
+                // Its requests will get neither an answer nor a timeout from the endpoint.
                 self.link_users.remove(&conn);
+                self.abandon_requests(conn);
                 let current = self.links.get(&user).and_then(|l| l.conn);
                 if current == Some(conn) {
                     self.stats.links_lost += 1;
@@ -747,6 +756,19 @@ impl HubClient {
             }
         }
         None
+    }
+
+    /// Requests sent on `conn`, which has closed, will get neither an answer nor a timeout
+    /// from the endpoint: each is reported timed out now.
+    fn abandon_requests(&mut self, conn: ConnectionHandle) {
+        let ready = &mut self.ready;
+        self.asked.retain(|&id, (_, c)| {
+            let keep = *c != conn;
+            if !keep {
+                ready.push_back(HubEvent::Transport(Event::RequestTimedOut { conn, id }));
+            }
+            keep
+        });
     }
 
     /// Which peer a new connection links to: one this member opened, one tunnelled from a

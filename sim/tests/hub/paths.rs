@@ -57,22 +57,29 @@ fn pair_at(
         let nat = place(&mut sim, p);
         w.add_member(&mut sim, nat, policy);
     }
-    w.settle(&mut sim);
+    let joined_at = meet(&mut sim, &mut w);
+    ((sim, w), joined_at)
+}
+
+/// Connects both members to the hub; each announces its own address; member 0 creates a
+/// room and member 1 joins it. Returns when member 1 asked to join.
+fn meet(sim: &mut Simulator, w: &mut World) -> shoal_proto::Instant {
+    w.settle(sim);
     for i in 0..2 {
         let own = sim.address(w.members[i]);
-        w.act(&mut sim, i, |c, ep| c.announce(ep, &[own]))
+        w.act(sim, i, |c, ep| c.announce(ep, &[own]))
             .expect("announce");
     }
-    w.act(&mut sim, 0, |c, ep| {
+    w.act(sim, 0, |c, ep| {
         c.create_room(ep, "pair", &RoomOptions::default())
     })
     .expect("create");
-    w.run(&mut sim, 300);
+    w.run(sim, 300);
     let joined_at = sim.now();
-    w.act(&mut sim, 1, |c, ep| c.join_room(ep, "pair", b"", b""))
+    w.act(sim, 1, |c, ep| c.join_room(ep, "pair", b"", b""))
         .expect("join");
-    w.run(&mut sim, 300);
-    ((sim, w), joined_at)
+    w.run(sim, 300);
+    joined_at
 }
 
 /// The direct-or-not of each `PathChanged` member `i` saw, in order.
@@ -247,20 +254,8 @@ fn members_behind_one_nat_meet_at_their_announced_local_addresses() {
     for _ in 0..2 {
         w.add_member(&mut sim, Some(nat), PathPolicy::Auto);
     }
-    w.settle(&mut sim);
-    for i in 0..2 {
-        let own = sim.address(w.members[i]);
-        w.act(&mut sim, i, |c, ep| c.announce(ep, &[own]))
-            .expect("announce");
-    }
-    w.act(&mut sim, 0, |c, ep| {
-        c.create_room(ep, "lan", &RoomOptions::default())
-    })
-    .expect("create");
-    w.run(&mut sim, 300);
-    w.act(&mut sim, 1, |c, ep| c.join_room(ep, "lan", b"", b""))
-        .expect("join");
-    w.run(&mut sim, 1500);
+    meet(&mut sim, &mut w);
+    w.run(&mut sim, 1200);
     assert_eq!(path_changes(&w.take(1)), [true]);
     let b = w.user(1);
     let link = w.client(0).link(b).expect("link");
@@ -403,4 +398,52 @@ fn a_link_closes_quietly_when_its_peer_leaves_every_shared_room() {
             "member {i} saw nothing of the link closing"
         );
     }
+}
+
+#[test]
+fn requests_travel_the_link_and_one_left_waiting_when_it_closes_times_out() {
+    let (mut sim, mut w) = pair(26, Place::Public, Place::Public, PathPolicy::Auto, 0.0);
+    w.run(&mut sim, 1000);
+    let (a, b) = (w.user(0), w.user(1));
+    let now = sim.now();
+    let answered = w
+        .act(&mut sim, 0, |c, ep| c.request(ep, now, b, 2, b"ping"))
+        .expect("request");
+    w.run(&mut sim, 200);
+    let request = w
+        .take(1)
+        .iter()
+        .find_map(|e| match e {
+            HubEvent::Request { request, .. } => Some(*request),
+            _ => None,
+        })
+        .expect("request arrived");
+    assert_eq!(request.from, a);
+    w.act(&mut sim, 1, |c, ep| c.respond(ep, request, b"pong"))
+        .expect("respond");
+    w.run(&mut sim, 200);
+    assert!(w.take(0).contains(&HubEvent::Response {
+        id: answered,
+        from: b,
+        payload: "pong".into()
+    }));
+    assert_eq!(
+        w.hub.stats().relayed_requests,
+        0,
+        "over the link, not the hub"
+    );
+    // Bob never answers the next one and leaves: the link closes, the request times out.
+    let now = sim.now();
+    let abandoned = w
+        .act(&mut sim, 0, |c, ep| c.request(ep, now, b, 2, b"ping again"))
+        .expect("request");
+    w.run(&mut sim, 200);
+    let room = w.client(1).rooms().next().expect("room").id;
+    w.act(&mut sim, 1, |c, ep| c.leave_room(ep, room))
+        .expect("leave");
+    w.run(&mut sim, 500);
+    assert!(w.take(0).iter().any(|e| matches!(
+        e,
+        HubEvent::Transport(shoal_proto::Event::RequestTimedOut { id, .. }) if *id == abandoned
+    )));
 }
