@@ -172,7 +172,10 @@ impl Connection {
             frames_written += self.write_retransmissions(&mut w, &mut keys);
             frames_written += self.write_new_frames(&mut w, &mut keys, config);
         }
-        let ping = probe && frames_written == 0;
+        // A peer link's keepalive on a direct path asks to be acknowledged: that is the
+        // heartbeat whose probe timeouts tell an idle link its direct path died.
+        let heartbeat = self.keepalive_due && self.transport.paths.on_direct_path();
+        let ping = (probe || heartbeat) && frames_written == 0;
         if frames_written == 0 && !ack_due && !self.keepalive_due && !probe && !ack_only {
             self.transport.sent.recycle_key_vec(keys);
             return None;

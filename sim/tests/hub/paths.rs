@@ -447,3 +447,21 @@ fn requests_travel_the_link_and_one_left_waiting_when_it_closes_times_out() {
         HubEvent::Transport(shoal_proto::Event::RequestTimedOut { id, .. }) if *id == abandoned
     )));
 }
+
+#[test]
+fn an_idle_link_notices_its_direct_path_died_by_its_heartbeat_and_falls_back() {
+    let (mut sim, mut w) = pair(27, Place::Public, Place::Public, PathPolicy::Auto, 0.0);
+    w.run(&mut sim, 1000);
+    assert_eq!(path_changes(&w.take(1)), [true]);
+    w.take(0);
+    let (a, b) = (w.members[0], w.members[1]);
+    // Nothing to send; the direct route breaks both ways.
+    sim.set_link_up(a, b, false);
+    sim.set_link_up(b, a, false);
+    w.run(&mut sim, 6000);
+    assert_eq!(path_changes(&w.take(0)), [false], "keepalives found it");
+    assert_eq!(path_changes(&w.take(1)), [false]);
+    stream(&mut sim, &mut w, 3, 0..10, 10);
+    w.run(&mut sim, 500);
+    assert_eq!(received(&w.take(1), 3), (0..10).collect::<Vec<_>>());
+}
