@@ -151,6 +151,17 @@ struct Cli {
     /// Relayed requests one member may have waiting for their responses.
     #[arg(long, default_value_t = HubConfig::default().max_relayed_requests)]
     max_relayed_requests: usize,
+    /// Commands (join, leave, kick, close, approve, announce) one member may send per
+    /// second, on average.
+    #[arg(long, default_value_t = HubConfig::default().commands.per_second)]
+    command_rate: f64,
+    /// Commands one member may send at once.
+    #[arg(long, default_value_t = HubConfig::default().commands.burst)]
+    command_burst: f64,
+    /// How long a member's queue may stay full with nothing draining before it is
+    /// disconnected as not reading (until then what does not fit is dropped and counted).
+    #[arg(long, default_value_t = Span(HubConfig::default().stall_timeout))]
+    stall_timeout: Span,
     /// Log level: error, warn, info, debug or trace.
     #[arg(long, default_value = "info")]
     log_level: tracing::Level,
@@ -188,6 +199,11 @@ impl Cli {
                 burst: self.relay_bytes_burst,
             },
             max_relayed_requests: self.max_relayed_requests,
+            commands: RateLimit {
+                per_second: self.command_rate,
+                burst: self.command_burst,
+            },
+            stall_timeout: self.stall_timeout.0,
             // Filled from the OS random source by `HubServer::bind`.
             secret_seed: None,
             ..HubConfig::default()
