@@ -171,6 +171,13 @@ impl MioDriver {
         self.core.endpoint_mut().handle_timeout(now);
     }
 
+    /// Closes `conn`, telling the peer with `code`, and sends the notice at once (it does not
+    /// wait for the next `update`). Emits `Disconnected { reason: ClosedLocally }`.
+    pub fn disconnect(&mut self, conn: shoal_proto::ConnectionHandle, code: u16) {
+        self.core.disconnect(conn, code);
+        self.flush();
+    }
+
     /// Sends what the endpoint has queued (unless a datagram is waiting for a writable
     /// event). Never blocks.
     pub fn flush(&mut self) {
@@ -202,6 +209,16 @@ impl MioDriver {
     fn flush_at(&mut self, now: Instant) {
         let socket = &self.socket;
         self.core.flush_with(now, |d, to| socket.send_to(d, to));
+    }
+}
+
+/// A dropped driver closes its connections and sends the notices first (waiting at most
+/// [`DROP_LINGER`](shoal_std::DROP_LINGER) for a full socket): its peers learn at once, not
+/// at their idle timeout.
+impl Drop for MioDriver {
+    fn drop(&mut self) {
+        let socket = &self.socket;
+        self.core.close_all(|d, to| socket.send_to(d, to));
     }
 }
 

@@ -225,3 +225,47 @@ fn two_standalone_loops_connect_and_a_deadline_ends_a_quiet_run() {
     assert_eq!(outcome, RunOutcome::DeadlineReached);
     assert!(start.elapsed() >= Duration::from_millis(80));
 }
+
+#[test]
+fn dropping_a_connected_mio_driver_tells_its_peer_at_once() {
+    let mut server = shoal_std::Driver::bind("127.0.0.1:0", server_config(5)).expect("bind std");
+    let mut client = EventLoop::bind("127.0.0.1:0", client_config(6)).expect("bind mio");
+    client
+        .driver_mut()
+        .connect(server.local_addr(), &[])
+        .expect("connect");
+    let deadline = Instant::now() + DEADLINE;
+    let mut connected = false;
+    while !connected {
+        assert!(Instant::now() < deadline, "timed out connecting");
+        client
+            .run_once(Some(Duration::from_millis(1)))
+            .expect("client turn");
+        server.update().expect("server update");
+        connected |= server
+            .events()
+            .any(|e| matches!(e, Event::Connected { .. }));
+    }
+    drop(client);
+    // Far under the 10 s idle timeout: the goodbye left with the drop.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        assert!(Instant::now() < deadline, "no goodbye within 2 s");
+        server.update().expect("server update");
+        let goodbye = server.events().any(|e| {
+            matches!(
+                e,
+                Event::Disconnected {
+                    reason: DisconnectReason::ClosedByPeer {
+                        code: shoal_std::SHUTDOWN_CODE
+                    },
+                    ..
+                }
+            )
+        });
+        if goodbye {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}

@@ -84,6 +84,13 @@ impl Driver {
         Ok(())
     }
 
+    /// Closes `conn`, telling the peer with `code`, and sends the notice at once (it does not
+    /// wait for the next `update`). Emits `Disconnected { reason: ClosedLocally }`.
+    pub fn disconnect(&mut self, conn: shoal_proto::ConnectionHandle, code: u16) {
+        self.core.disconnect(conn, code);
+        self.flush();
+    }
+
     /// Sends what is queued now (e.g. right after `send`, without waiting for the next
     /// `update`). Never blocks; if the socket is full, the rest leaves on a later call.
     pub fn flush(&mut self) {
@@ -166,6 +173,16 @@ impl Driver {
 
 /// The commands, getters and events shared with `shoal-mio`: `driver.send(..)`,
 /// `driver.poll_event()`, `driver.stats()`, ...
+/// A dropped driver closes its connections and sends the notices first (waiting at most
+/// [`DROP_LINGER`](crate::DROP_LINGER) for a full socket): its peers learn at once, not at
+/// their idle timeout.
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let socket = &self.socket;
+        self.core.close_all(|d, to| socket.send_to(d, to));
+    }
+}
+
 impl Deref for Driver {
     type Target = DriverCore;
 

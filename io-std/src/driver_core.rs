@@ -252,6 +252,30 @@ impl DriverCore {
         }
     }
 
+    /// What a driver does when it is dropped: closes every open connection with
+    /// [`SHUTDOWN_CODE`](crate::SHUTDOWN_CODE) and sends the notices through `send_to`,
+    /// retrying a full socket for at most [`DROP_LINGER`], so peers learn at once rather
+    /// than at their idle timeout. Returns how many connections it closed.
+    pub fn close_all(
+        &mut self,
+        mut send_to: impl FnMut(&[u8], SocketAddr) -> io::Result<usize>,
+    ) -> usize {
+        let open: Vec<ConnectionHandle> = self.endpoint.connections().collect();
+        for &conn in &open {
+            self.endpoint.disconnect(conn, crate::SHUTDOWN_CODE);
+        }
+        let deadline = std::time::Instant::now() + DROP_LINGER;
+        loop {
+            let now = self.now();
+            self.flush_with(now, &mut send_to);
+            if !self.is_send_blocked() || std::time::Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        open.len()
+    }
+
     /// Sends, through `send_to` (a non-blocking socket's `send_to`), the datagram kept back
     /// after a `WouldBlock`, then what the endpoint has queued at `now`. A `WouldBlock` keeps
     /// that datagram for the next call (see [`is_send_blocked`](Self::is_send_blocked)); any
@@ -268,6 +292,9 @@ impl DriverCore {
         }
     }
 }
+
+/// Longest a dropped driver waits for room in its socket to send its goodbyes.
+pub const DROP_LINGER: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Iterator over the events waiting in a driver, from [`DriverCore::events`].
 #[derive(Debug)]

@@ -107,7 +107,7 @@ mod thread;
 
 pub use discovery::{discover, LanConfig, LanPeer, LanResponder, LanSeeker, ResponderConfig};
 pub use driver::{Driver, BLOCKED_SEND_RETRY, MAX_DATAGRAMS_PER_UPDATE};
-pub use driver_core::{DriverCore, DriverStats, Events};
+pub use driver_core::{DriverCore, DriverStats, Events, DROP_LINGER};
 pub use thread::{
     spawn, spawn_driver, Handle, Output, ThreadError, COMMAND_CAPACITY, OUTPUT_CAPACITY,
     SHUTDOWN_CODE,

@@ -412,3 +412,50 @@ fn background_thread_delivers_a_message_and_shuts_down_cleanly() {
     drop(server);
     UdpSocket::bind(server_addr).expect("the server's port was released");
 }
+
+/// Drives one peer until `done` holds, for at most `limit`.
+fn run_alone(peer: &mut Peer, limit: Duration, what: &str, done: impl Fn(&Peer) -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done(peer) {
+        assert!(Instant::now() < deadline, "not within {limit:?}: {what}");
+        peer.driver.update().expect("update");
+        peer.collect();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn closed_by_peer(peer: &Peer, code: u16) -> bool {
+    peer.events.iter().any(|e| {
+        matches!(e, Event::Disconnected { reason: DisconnectReason::ClosedByPeer { code: c }, .. } if *c == code)
+    })
+}
+
+#[test]
+fn dropping_a_connected_driver_tells_its_peer_at_once() {
+    let mut server = Peer::bind(server_config(41));
+    let mut client = Peer::bind(client_config(42));
+    connect(&mut client, &mut server);
+    drop(client);
+    // Far under the 10 s idle timeout: the goodbye left with the drop.
+    run_alone(
+        &mut server,
+        Duration::from_secs(2),
+        "the peer's goodbye",
+        |s| closed_by_peer(s, SHUTDOWN_CODE),
+    );
+}
+
+#[test]
+fn disconnect_sends_its_notice_without_waiting_for_an_update() {
+    let mut server = Peer::bind(server_config(43));
+    let mut client = Peer::bind(client_config(44));
+    let (conn, _) = connect(&mut client, &mut server);
+    client.driver.disconnect(conn, 7);
+    // The client is never updated again.
+    run_alone(
+        &mut server,
+        Duration::from_secs(2),
+        "the close notice",
+        |s| closed_by_peer(s, 7),
+    );
+}
