@@ -125,10 +125,28 @@ impl fmt::Display for DropReason {
     }
 }
 
-/// Drop counters indexed by [`DropReason`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Drop counters indexed by [`DropReason`]. `Debug` lists the non-zero ones by name:
+/// `{unvalidated_path: 4, duplicate_packet: 1}`.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
 pub struct DropCounts {
     counts: [u64; DropReason::COUNT],
+}
+
+impl fmt::Debug for DropCounts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(self.iter().map(|(r, n)| (DisplayName(r), n)))
+            .finish()
+    }
+}
+
+/// A drop reason shown by its name, unquoted, as a map key.
+struct DisplayName(DropReason);
+
+impl fmt::Debug for DisplayName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0.name())
+    }
 }
 
 impl DropCounts {
@@ -248,4 +266,19 @@ pub struct EndpointStats {
     pub replies_dropped: u64,
     /// Drops not attributable to a connection (bad handshakes, unknown senders), by cause.
     pub drops: DropCounts,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drop_counts_debug_names_the_non_zero_counters() {
+        let mut d = DropCounts::default();
+        assert_eq!(alloc::format!("{d:?}"), "{}");
+        d.add(DropReason::UnvalidatedPath);
+        d.add(DropReason::UnvalidatedPath);
+        d.add(DropReason::Malformed);
+        assert_eq!(alloc::format!("{d:?}"), "{malformed: 1, unvalidated_path: 2}");
+    }
 }
