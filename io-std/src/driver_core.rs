@@ -193,6 +193,23 @@ impl DriverCore {
         self.endpoint.respond(conn, request, payload)
     }
 
+    /// Queues `payload` on `channel` to every peer but `except`; see
+    /// [`Endpoint::broadcast`]. Returns how many it was queued for.
+    pub fn broadcast(
+        &mut self,
+        channel: u8,
+        payload: impl Into<Bytes>,
+        except: Option<ConnectionHandle>,
+    ) -> usize {
+        self.endpoint.broadcast(channel, payload, except)
+    }
+
+    /// The connected peers the application has seen connect; see [`Endpoint::peers`].
+    /// Collected, so the driver can be used while going through them.
+    pub fn peers(&self) -> Vec<ConnectionHandle> {
+        self.endpoint.peers().collect()
+    }
+
     /// Closes a connection; see [`Endpoint::disconnect`]. The notice to the peer leaves when
     /// the driver next sends (its `update`, `poll` or `flush`).
     pub fn disconnect(&mut self, conn: ConnectionHandle, code: u16) {

@@ -279,6 +279,9 @@ mod tests {
         d.add(DropReason::UnvalidatedPath);
         d.add(DropReason::UnvalidatedPath);
         d.add(DropReason::Malformed);
-        assert_eq!(alloc::format!("{d:?}"), "{malformed: 1, unvalidated_path: 2}");
+        assert_eq!(
+            alloc::format!("{d:?}"),
+            "{malformed: 1, unvalidated_path: 2}"
+        );
     }
 }

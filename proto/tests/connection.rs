@@ -606,3 +606,124 @@ fn three_thousand_clients_connecting_at_once_all_get_an_answer() {
     }
     assert_eq!(connected, 3_000);
 }
+
+/// A server and three clients over a perfect link; the server's events stay queued until
+/// the test takes them.
+struct Star {
+    server: Endpoint,
+    clients: Vec<(SocketAddr, Endpoint)>,
+    now: Instant,
+}
+
+impl Star {
+    const SERVER: &'static str = "10.0.0.1:7000";
+
+    fn new() -> Star {
+        let server = Endpoint::new(server_config(70)).expect("server");
+        let clients = (0..3)
+            .map(|i| {
+                let mut ep = Endpoint::new(client_config(71 + i)).expect("client");
+                ep.connect(Instant::ZERO, addr(Star::SERVER), &[])
+                    .expect("connect");
+                (addr(&format!("10.0.0.{}:7000", i + 2)), ep)
+            })
+            .collect();
+        Star {
+            server,
+            clients,
+            now: Instant::ZERO,
+        }
+    }
+
+    fn run(&mut self, ms: u64) {
+        let mut buf = vec![0u8; 1500];
+        for _ in 0..ms {
+            self.now += Duration::from_millis(1);
+            let now = self.now;
+            self.server.handle_timeout(now);
+            while let Some(t) = self.server.poll_transmit(now, &mut buf) {
+                if let Some((_, ep)) = self.clients.iter_mut().find(|(a, _)| *a == t.to) {
+                    ep.handle_datagram(now, addr(Star::SERVER), &buf[..t.len]);
+                }
+            }
+            for (a, ep) in &mut self.clients {
+                ep.handle_timeout(now);
+                while let Some(t) = ep.poll_transmit(now, &mut buf) {
+                    self.server.handle_datagram(now, *a, &buf[..t.len]);
+                }
+            }
+        }
+    }
+
+    /// Payloads each client received, in client order.
+    fn received(&mut self) -> Vec<Vec<String>> {
+        self.clients
+            .iter_mut()
+            .map(|(_, ep)| {
+                std::iter::from_fn(|| ep.poll_event())
+                    .filter_map(|e| match e {
+                        Event::Message { payload, .. } => {
+                            Some(String::from_utf8_lossy(&payload).into_owned())
+                        }
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn peers_are_the_connections_the_application_has_seen_connect() {
+    let mut star = Star::new();
+    star.run(200);
+    assert_eq!(star.server.connections().count(), 3);
+    assert_eq!(
+        star.server.peers().count(),
+        0,
+        "Connected events still queued"
+    );
+    let connected: Vec<_> = std::iter::from_fn(|| star.server.poll_event())
+        .filter_map(|e| match e {
+            Event::Connected { conn, .. } => Some(conn),
+            _ => None,
+        })
+        .collect();
+    let mut peers: Vec<_> = star.server.peers().collect();
+    peers.sort();
+    let mut expected = connected.clone();
+    expected.sort();
+    assert_eq!(peers, expected);
+    // One closes: it is no peer any more.
+    star.server.disconnect(connected[0], 0);
+    assert_eq!(star.server.peers().count(), 2);
+}
+
+#[test]
+fn broadcast_reaches_every_peer_but_the_one_left_out() {
+    let mut star = Star::new();
+    star.run(200);
+    let first = std::iter::from_fn(|| star.server.poll_event())
+        .find_map(|e| match e {
+            Event::Connected { conn, remote, .. } => Some((conn, remote)),
+            _ => None,
+        })
+        .expect("a client connected");
+    // Take the rest of the Connected events.
+    while star.server.poll_event().is_some() {}
+    star.received();
+    assert_eq!(
+        star.server
+            .broadcast(3, &b"to all but one"[..], Some(first.0)),
+        2
+    );
+    star.run(50);
+    let got = star.received();
+    for ((a, _), msgs) in star.clients.iter().zip(&got) {
+        if *a == first.1 {
+            assert!(msgs.is_empty(), "left out");
+        } else {
+            assert_eq!(msgs, &["to all but one".to_string()]);
+        }
+    }
+}

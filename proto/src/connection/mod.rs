@@ -170,6 +170,8 @@ pub(crate) struct Connection {
     pub(crate) direct_heard: Instant,
     /// Addresses probed back because the peer's challenge came from them.
     pub(crate) probed_back: u8,
+    /// The application has taken this connection's `Connected` event.
+    pub(crate) announced: bool,
 }
 
 impl Connection {
@@ -249,6 +251,7 @@ impl Connection {
             moved_from: None,
             direct_heard: now,
             probed_back: 0,
+            announced: false,
         }
     }
 

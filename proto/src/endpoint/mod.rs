@@ -333,6 +333,34 @@ impl Endpoint {
             .filter_map(|s| s.conn.as_ref().map(|c| c.handle))
     }
 
+    /// The connections the application has seen connect (it took their `Connected` event)
+    /// and that are still open: the peers to talk to. Unlike [`connections`](Self::connections)
+    /// it leaves out handshakes in progress and connections whose `Connected` still waits in
+    /// the event queue.
+    pub fn peers(&self) -> impl Iterator<Item = ConnectionHandle> + '_ {
+        self.slots.iter().filter_map(|s| {
+            let c = s.conn.as_ref()?;
+            (c.announced && c.close.is_none()).then_some(c.handle)
+        })
+    }
+
+    /// Queues `payload` on `channel` to every peer (see [`peers`](Self::peers)) but
+    /// `except`, sharing one buffer. Returns how many it was queued for; a peer whose queue
+    /// refuses it (full, say) is skipped: [`send`](Self::send) to it says why.
+    pub fn broadcast(
+        &mut self,
+        channel: u8,
+        payload: impl Into<Bytes>,
+        except: Option<ConnectionHandle>,
+    ) -> usize {
+        let payload = payload.into();
+        let targets: Vec<ConnectionHandle> = self.peers().filter(|&c| Some(c) != except).collect();
+        targets
+            .into_iter()
+            .filter(|&c| self.send(c, channel, payload.clone()).is_ok())
+            .count()
+    }
+
     /// Bytes held on receive across the endpoint: partly received chunked messages and
     /// whole messages waiting for an earlier one on an ordered channel.
     pub fn reassembly_bytes(&self) -> usize {
@@ -1040,6 +1068,11 @@ impl Endpoint {
     /// The next event for the application, if any.
     pub fn poll_event(&mut self) -> Option<Event> {
         let (event, charge) = self.events.pop()?;
+        if let Event::Connected { conn, .. } = &event {
+            if let Some(c) = self.get_mut(*conn) {
+                c.announced = true;
+            }
+        }
         if charge > 0 {
             let handle = event.connection();
             if let Some(slot) = self.slots.get_mut(handle.index as usize) {
@@ -1084,6 +1117,14 @@ impl Endpoint {
             return None;
         }
         slot.conn.as_deref()
+    }
+
+    fn get_mut(&mut self, handle: ConnectionHandle) -> Option<&mut Connection> {
+        let slot = self.slots.get_mut(handle.index as usize)?;
+        if slot.generation != handle.generation {
+            return None;
+        }
+        slot.conn.as_deref_mut()
     }
 
     fn slot_conn(&self, index: u32) -> Option<&Connection> {
