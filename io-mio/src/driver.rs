@@ -73,7 +73,7 @@ impl MioDriver {
     /// Fails with `InvalidInput` if `config` is invalid (the [`shoal_proto::ConfigError`] is
     /// the error's inner error), or with the OS error if the socket cannot be bound.
     pub fn bind(addr: impl ToSocketAddrs, config: Config) -> io::Result<Self> {
-        Self::from_std(std::net::UdpSocket::bind(addr)?, config)
+        Self::from_std(shoal_std::io_util::bind(addr)?, config)
     }
 
     /// Wraps a socket the caller bound (e.g. with options set through another crate). The

@@ -57,7 +57,7 @@ impl Driver {
     /// Fails with `InvalidInput` if `config` is invalid (the [`shoal_proto::ConfigError`] is
     /// the error's inner error), or with the OS error if the socket cannot be bound.
     pub fn bind(addr: impl ToSocketAddrs, config: Config) -> io::Result<Self> {
-        Self::from_socket(UdpSocket::bind(addr)?, config)
+        Self::from_socket(crate::io_util::bind(addr)?, config)
     }
 
     /// Wraps a socket the caller bound (e.g. with options set through another crate). The

@@ -158,6 +158,12 @@ impl DriverCore {
         remote: SocketAddr,
         data: &[u8],
     ) -> Result<ConnectionHandle, ConnectError> {
+        if remote.is_ipv4() != self.local_addr.is_ipv4() {
+            return Err(ConnectError::AddressFamily {
+                remote,
+                local: self.local_addr,
+            });
+        }
         let now = self.clock.now();
         self.endpoint.connect(now, remote, data)
     }

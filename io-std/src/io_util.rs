@@ -8,6 +8,19 @@ use std::net::SocketAddr;
 
 use shoal_proto::{Endpoint, Instant, Transmit};
 
+/// Binds a UDP socket to `addr`, with an error that names the address when it fails ("could
+/// not bind 127.0.0.1:7777: Address already in use"), of the same kind as the OS error.
+pub fn bind(addr: impl std::net::ToSocketAddrs) -> io::Result<std::net::UdpSocket> {
+    let addrs: Vec<SocketAddr> = addr.to_socket_addrs()?.collect();
+    std::net::UdpSocket::bind(&addrs[..]).map_err(|e| {
+        let what = match addrs.as_slice() {
+            [one] => one.to_string(),
+            many => format!("{many:?}"),
+        };
+        io::Error::new(e.kind(), format!("could not bind {what}: {e}"))
+    })
+}
+
 /// Largest UDP payload over IPv4 is 65,507 bytes; a buffer of 64 KiB holds any datagram, so
 /// a peer configured with a larger MTU than ours is never truncated.
 pub const RECV_BUFFER_LEN: usize = 1 << 16;

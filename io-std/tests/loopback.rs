@@ -459,3 +459,24 @@ fn disconnect_sends_its_notice_without_waiting_for_an_update() {
         |s| closed_by_peer(s, 7),
     );
 }
+
+#[test]
+fn a_bind_error_names_the_address_and_keeps_the_os_error_kind() {
+    let taken = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("address");
+    let e = Driver::bind(addr, server_config(45)).expect_err("port taken");
+    assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse);
+    assert!(e.to_string().contains(&addr.to_string()), "{e}");
+}
+
+#[test]
+fn connecting_across_address_families_is_an_error_at_connect() {
+    let mut client = Peer::bind(client_config(46));
+    let v6: SocketAddr = "[::1]:7777".parse().expect("address");
+    let e = client
+        .driver
+        .connect(v6, &[])
+        .expect_err("IPv4 socket, IPv6 peer");
+    assert!(matches!(e, shoal_std::ConnectError::AddressFamily { remote, .. } if remote == v6));
+    assert!(e.to_string().contains("IPv4 and IPv6"), "{e}");
+}

@@ -88,6 +88,14 @@ pub enum ConnectError {
         /// The configured mtu.
         mtu: usize,
     },
+    /// The driver's socket is of the other address family (IPv4 against IPv6): nothing
+    /// could ever be sent to this address. Reported by the drivers.
+    AddressFamily {
+        /// The address asked for.
+        remote: core::net::SocketAddr,
+        /// The socket's own address.
+        local: core::net::SocketAddr,
+    },
 }
 
 impl fmt::Display for ConnectError {
@@ -111,6 +119,11 @@ impl fmt::Display for ConnectError {
                 f,
                 "the handshake with this token and data is {size} bytes, over the mtu of {mtu}; \
                  send less connect data"
+            ),
+            ConnectError::AddressFamily { remote, local } => write!(
+                f,
+                "cannot reach {remote} from a socket bound to {local} (IPv4 and IPv6 do not mix); \
+                 bind to an address of {remote}'s family"
             ),
         }
     }
