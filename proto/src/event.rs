@@ -93,6 +93,11 @@ pub enum DisconnectReason {
     TokenUsed,
     /// The connect token is for other servers than this one.
     TokenWrongServer,
+    /// The server runs another application protocol id (`Config::protocol_id`): another game,
+    /// or another version of this one.
+    WrongProtocol,
+    /// The address answered, but takes no connections (`Config::accept_incoming` is off).
+    NotAccepting,
 }
 
 impl DisconnectReason {
@@ -106,6 +111,8 @@ impl DisconnectReason {
             RejectCode::TokenExpired => DisconnectReason::TokenExpired,
             RejectCode::TokenUsed => DisconnectReason::TokenUsed,
             RejectCode::TokenWrongServer => DisconnectReason::TokenWrongServer,
+            RejectCode::WrongProtocol => DisconnectReason::WrongProtocol,
+            RejectCode::NotAccepting => DisconnectReason::NotAccepting,
         }
     }
 
@@ -153,6 +160,12 @@ impl fmt::Display for DisconnectReason {
             }
             DisconnectReason::TokenWrongServer => {
                 f.write_str("rejected: the connect token is for other servers")
+            }
+            DisconnectReason::WrongProtocol => f.write_str(
+                "rejected: the server runs another protocol id (another game or version)",
+            ),
+            DisconnectReason::NotAccepting => {
+                f.write_str("rejected: that address takes no connections")
             }
         }
     }

@@ -154,10 +154,14 @@ pub enum RejectCode {
     TokenUsed,
     /// The connect token does not name this server's address.
     TokenWrongServer,
+    /// The `Hello` named another application protocol id (another game, or another version).
+    WrongProtocol,
+    /// The endpoint takes no connections (`Config::accept_incoming` is off).
+    NotAccepting,
 }
 
 impl RejectCode {
-    const ALL: [RejectCode; 8] = [
+    const ALL: [RejectCode; 10] = [
         RejectCode::Full,
         RejectCode::Refused(0),
         RejectCode::ChannelMismatch,
@@ -166,6 +170,8 @@ impl RejectCode {
         RejectCode::TokenExpired,
         RejectCode::TokenUsed,
         RejectCode::TokenWrongServer,
+        RejectCode::WrongProtocol,
+        RejectCode::NotAccepting,
     ];
 
     fn to_wire(self) -> (u8, u16) {
@@ -178,6 +184,8 @@ impl RejectCode {
             RejectCode::TokenExpired => (6, 0),
             RejectCode::TokenUsed => (7, 0),
             RejectCode::TokenWrongServer => (8, 0),
+            RejectCode::WrongProtocol => (9, 0),
+            RejectCode::NotAccepting => (10, 0),
         }
     }
     fn from_wire(reason: u8, code: u16) -> Result<Self, DecodeError> {

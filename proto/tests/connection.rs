@@ -162,7 +162,7 @@ fn mismatched_channel_layout_is_rejected_as_incompatible() {
 }
 
 #[test]
-fn wrong_protocol_id_is_ignored_and_the_attempt_times_out() {
+fn a_wrong_protocol_id_is_refused_within_a_round_trip_by_a_reply_smaller_than_the_hello() {
     let client = Config {
         protocol_id: 77,
         ..client_config(1)
@@ -171,19 +171,43 @@ fn wrong_protocol_id_is_ignored_and_the_attempt_times_out() {
     p.client
         .connect(p.now, p.server_addr, &[])
         .expect("connect");
-    p.run_for(Duration::from_secs(6));
+    let start = p.now;
+    assert!(p.run_until(Duration::from_secs(6), |p| !p.client_events.is_empty()));
     assert_eq!(
         disconnect_reason(&p.client_events),
-        Some(DisconnectReason::TimedOut)
+        Some(DisconnectReason::WrongProtocol)
     );
     assert!(
-        p.server
-            .stats()
-            .drops
-            .get(shoal_proto::DropReason::WrongProtocol)
-            > 0
+        p.now - start < Duration::from_millis(500),
+        "one round trip, not a timeout"
     );
-    assert_eq!(p.server.stats().datagrams_sent, 0);
+    let s = p.server.stats();
+    assert!(s.drops.get(shoal_proto::DropReason::WrongProtocol) > 0);
+    assert!(
+        s.bytes_sent < s.bytes_received,
+        "never more bytes out than in"
+    );
+    assert_eq!(p.server.connection_count(), 0, "no state kept");
+}
+
+#[test]
+fn an_endpoint_that_takes_no_connections_says_so_at_once() {
+    let server = Config {
+        accept_incoming: false,
+        ..server_config(4)
+    };
+    let mut p = Pair::new(client_config(3), server);
+    p.client
+        .connect(p.now, p.server_addr, &[])
+        .expect("connect");
+    let start = p.now;
+    assert!(p.run_until(Duration::from_secs(6), |p| !p.client_events.is_empty()));
+    assert_eq!(
+        disconnect_reason(&p.client_events),
+        Some(DisconnectReason::NotAccepting)
+    );
+    assert!(p.now - start < Duration::from_millis(500), "one round trip");
+    assert_eq!(p.server.connection_count(), 0);
 }
 
 #[test]

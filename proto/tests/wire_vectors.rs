@@ -160,6 +160,20 @@ fn reject_vectors() {
             code: RejectCode::ChannelMismatch,
         },
     );
+    check(
+        "35 0102030405060708 09 0000",
+        Packet::Reject {
+            client_nonce: nonce,
+            code: RejectCode::WrongProtocol,
+        },
+    );
+    check(
+        "35 0102030405060708 0a 0000",
+        Packet::Reject {
+            client_nonce: nonce,
+            code: RejectCode::NotAccepting,
+        },
+    );
 }
 
 const CID: u64 = 0x1122_3344_5566_7788;

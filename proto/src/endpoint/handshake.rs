@@ -102,7 +102,25 @@ impl Endpoint {
         nonce: u64,
         protection: Protection,
     ) {
-        if !self.accepts_handshake(protocol_id) {
+        // Refused at once, so the client learns why within a round trip instead of timing
+        // out; stateless, and the reply (12 bytes) is smaller than the Hello (48).
+        let refusal = if !self.config.accept_incoming {
+            Some((RejectCode::NotAccepting, DropReason::Unexpected))
+        } else if protocol_id != self.config.protocol_id {
+            Some((RejectCode::WrongProtocol, DropReason::WrongProtocol))
+        } else {
+            None
+        };
+        if let Some((code, reason)) = refusal {
+            self.stats.drops.add(reason);
+            self.stats.connections_rejected += 1;
+            self.push_control(
+                from,
+                Packet::Reject {
+                    client_nonce: nonce,
+                    code,
+                },
+            );
             return;
         }
         if protection != self.config.protection {
