@@ -17,6 +17,16 @@ pub struct ConnectionHandle {
     pub(crate) generation: u32,
 }
 
+impl ConnectionHandle {
+    /// A small dense number for this connection, for indexing the application's own
+    /// per-connection table (a `Vec`): below the most connections the endpoint has had at
+    /// once. A closed connection's index is given to a later one, whose handle differs (a
+    /// generation is part of it): keep the handle beside the entry to tell them apart.
+    pub fn index(self) -> usize {
+        self.index as usize
+    }
+}
+
 impl fmt::Display for ConnectionHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "conn#{}.{}", self.index, self.generation)

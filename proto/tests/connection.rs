@@ -751,3 +751,41 @@ fn broadcast_reaches_every_peer_but_the_one_left_out() {
         }
     }
 }
+
+#[test]
+fn connected_carries_the_connect_data_and_handles_index_a_dense_table() {
+    let mut star = Star::new();
+    // Star's clients connect with no data; a fourth says who it is.
+    let mut named = Endpoint::new(client_config(80)).expect("client");
+    named
+        .connect(star.now, addr(Star::SERVER), b"player=alice")
+        .expect("connect");
+    star.clients.push((addr("10.0.0.9:7000"), named));
+    star.run(200);
+    let connected: Vec<(shoal_proto::ConnectionHandle, Vec<u8>)> =
+        std::iter::from_fn(|| star.server.poll_event())
+            .filter_map(|e| match e {
+                Event::Connected { conn, identity, .. } => {
+                    Some((conn, identity.connect_data.to_vec()))
+                }
+                _ => None,
+            })
+            .collect();
+    assert_eq!(connected.len(), 4);
+    assert_eq!(
+        connected
+            .iter()
+            .filter(|(_, d)| d == b"player=alice")
+            .count(),
+        1
+    );
+    assert!(connected.iter().filter(|(_, d)| d.is_empty()).count() == 3);
+    // Indices are small and distinct: a Vec of four holds them.
+    let mut table: Vec<Option<shoal_proto::ConnectionHandle>> = vec![None; 4];
+    for (conn, _) in &connected {
+        let slot = table
+            .get_mut(conn.index())
+            .expect("index below the connection count");
+        assert!(slot.replace(*conn).is_none(), "distinct");
+    }
+}

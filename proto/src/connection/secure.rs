@@ -149,6 +149,7 @@ impl Connection {
         AcceptOutcome::Accepted(PeerIdentity {
             key: server_static,
             token: None,
+            connect_data: Bytes::new(),
         })
     }
 

@@ -265,6 +265,7 @@ impl Endpoint {
         let identity = PeerIdentity {
             key: static_key.map(PublicKey),
             token: opened.as_ref().map(|o| o.claims.clone()),
+            connect_data: Bytes::copy_from_slice(data),
         };
         if let Some(hook) = self.accept_hook.as_mut() {
             let request = ConnectRequest {

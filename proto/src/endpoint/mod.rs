@@ -67,6 +67,10 @@ pub struct PeerIdentity {
     pub key: Option<PublicKey>,
     /// The claims of the client's connect token, on a server that requires tokens.
     pub token: Option<TokenClaims>,
+    /// What the client sent with its connect request (`connect`'s `data`: a player name, a
+    /// session ticket), as the accept hook saw it; empty on the client's side. Sent before
+    /// keys are agreed: an observer on the path can read it.
+    pub connect_data: Bytes,
 }
 
 /// How to connect: what [`Endpoint::connect_with`] takes beyond the address.
