@@ -77,8 +77,9 @@ impl ChannelConfig {
 /// ```
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// Seed for connection ids, nonces and the cookie key. Give each endpoint its own
-    /// (e.g. from the OS RNG in a driver, or a fixed value in a test).
+    /// Seed for connection ids, nonces and the cookie key (default 0, which the drivers
+    /// replace with one from the OS). Give each endpoint its own (e.g. from the OS RNG in a
+    /// driver, or a fixed value in a test).
     pub seed: u64,
     /// Secret randomness for handshake keys, cookie keys and connection ids, mixed with
     /// `seed` (HKDF-SHA256). The drivers fill it from the operating system when it is
@@ -97,13 +98,19 @@ pub struct Config {
     /// Accept only clients with a connect token from the backend sharing this key (see
     /// [`token`](crate::token)). `None` (the default) takes no tokens.
     pub tokens: Option<TokenConfig>,
-    /// Application protocol id; endpoints with different ids ignore each other.
+    /// Application protocol id (default `0x53484f4c`, "SHOL"): give each game, and each
+    /// incompatible version of it, its own. A server refuses a client with another one at
+    /// once (`DisconnectReason::WrongProtocol`).
     pub protocol_id: u32,
-    /// Largest datagram sent, in bytes (UDP payload). At least 128.
+    /// Largest datagram sent, in bytes (UDP payload; default 1,200, at least 128). Both
+    /// sides must use the same.
     pub mtu: usize,
-    /// Channels, indexed by channel id (at most 16).
+    /// Channels, indexed by channel id (at most 16; default four: 0 unreliable,
+    /// 1 sequenced, 2 reliable, 3 ordered). Both sides must use the same layout.
     pub channels: Vec<ChannelConfig>,
-    /// Whether this endpoint answers connection attempts (a server or a peer).
+    /// Whether this endpoint answers connection attempts (a server or a peer; default
+    /// `true`). When off, a connection attempt is refused at once
+    /// (`DisconnectReason::NotAccepting`).
     pub accept_incoming: bool,
     /// Most connections at once (default 4,096; at most 49,151); further attempts are
     /// rejected with reason `ServerFull`.
@@ -112,28 +119,30 @@ pub struct Config {
     /// the fixed fields it fits a 576-byte MTU; a connect token needs room beside it).
     pub max_connect_data: usize,
     /// A connection that receives nothing for this long once connected is closed with
-    /// `TimedOut`.
+    /// `TimedOut` (default 10 s).
     pub idle_timeout: Duration,
-    /// A connection that sends nothing for this long sends a keepalive.
+    /// A connection that sends nothing for this long sends a keepalive (default 1 s).
     pub keepalive_interval: Duration,
     /// A connection attempt that does not complete within this time fails with `TimedOut`
-    /// (independent of `idle_timeout`).
+    /// (default 5 s; independent of `idle_timeout`).
     pub handshake_timeout: Duration,
-    /// Interval between handshake retransmissions.
+    /// Interval between handshake retransmissions (default 250 ms).
     pub handshake_resend_interval: Duration,
-    /// How long a server's cookie stays valid.
+    /// How long a server's cookie stays valid (default 10 s).
     pub cookie_lifetime: Duration,
-    /// Longest a receiver waits before acknowledging a packet.
+    /// Longest a receiver waits before acknowledging a packet (default 5 ms).
     pub max_ack_delay: Duration,
-    /// RTT assumed before the first measurement.
+    /// RTT assumed before the first measurement (default 100 ms).
     pub initial_rtt: Duration,
-    /// Cap on the retransmission timeout after backoff.
+    /// Cap on the retransmission timeout after backoff (default 2 s).
     pub max_rto: Duration,
-    /// Deadline for a request's response, after which `RequestTimedOut` is emitted.
+    /// Deadline for a request's response, after which `RequestTimedOut` is emitted
+    /// (default 5 s).
     pub request_timeout: Duration,
-    /// Most outstanding requests per connection.
+    /// Most outstanding requests per connection (default 1,024).
     pub max_pending_requests: usize,
-    /// Largest message `send` accepts; larger messages are chunked up to this size.
+    /// Largest message `send` accepts (default 1 MiB); larger messages than a datagram are
+    /// chunked.
     pub max_message_size: usize,
     /// Most bytes held on receive per connection (default 4 MiB): partly received chunked
     /// messages, whole messages waiting for an earlier one on an ordered channel, and the
@@ -145,7 +154,7 @@ pub struct Config {
     /// never finish can exhaust it: keep it at least (the hostile connections you want to
     /// withstand + 1) x `reassembly_budget` (the defaults withstand 15).
     pub endpoint_reassembly_budget: usize,
-    /// A partial unreliable chunked message older than this is evicted.
+    /// A partial unreliable chunked message older than this is evicted (default 5 s).
     pub reassembly_timeout: Duration,
     /// Optional send-rate limit per connection in bytes per second (token bucket).
     pub max_send_rate: Option<u64>,
