@@ -156,7 +156,8 @@ pub struct Config {
     pub endpoint_reassembly_budget: usize,
     /// A partial unreliable chunked message older than this is evicted (default 5 s).
     pub reassembly_timeout: Duration,
-    /// Optional send-rate limit per connection in bytes per second (token bucket).
+    /// Optional send-rate limit per connection in bytes per second (token bucket; default
+    /// `None`, no limit beyond congestion control).
     pub max_send_rate: Option<u64>,
     /// Forward error correction under loss (default 1; 0 disables): once the connection
     /// sees loss, each small packet (at most half the MTU of messages) carries a repair that
