@@ -1237,37 +1237,19 @@ impl Hub {
             Target::Room(r) => (r.0, None),
             Target::RoomExceptSender(r) => (r.0, Some(from)),
         };
-        let Some(Some(r)) = self.rooms.get(usize::from(room)) else {
-            return;
-        };
-        for &(u, _) in &r.members {
-            if Some(u) == except {
-                continue;
-            }
-            let Some(m) = self.members.get(&u) else {
-                continue;
+        // Nothing in `relay_one` changes the room (the too slow leave after the event), so
+        // its members can be read one at a time without holding the room borrowed.
+        for k in 0.. {
+            let member = self
+                .rooms
+                .get(usize::from(room))
+                .and_then(Option::as_ref)
+                .and_then(|r| r.members.get(k));
+            let Some(&(u, _)) = member else {
+                break;
             };
-            let sent = ep.relay(m.conn, channel, payload.clone(), from, Some(wire_target));
-            // (`queued`, inlined: the room is borrowed.)
-            let Some(m) = self.members.get_mut(&u) else {
-                continue;
-            };
-            match sent {
-                Ok(()) => {
-                    m.full_since = None;
-                    self.stats.relayed_messages += 1;
-                    self.stats.relayed_bytes += payload.len() as u64;
-                }
-                Err(SendError::QueueFull { .. }) => {
-                    self.stats.dropped_queue_full += 1;
-                    let since = *m.full_since.get_or_insert(self.now);
-                    if self.now.saturating_duration_since(since) >= self.config.stall_timeout
-                        && !self.slow.contains(&u)
-                    {
-                        self.slow.push(u);
-                    }
-                }
-                Err(_) => {}
+            if Some(u) != except {
+                self.relay_one(ep, u, channel, payload.clone(), from, wire_target);
             }
         }
     }
