@@ -53,6 +53,28 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::io_util::{recv_error_action, RecvErrorAction};
 
+/// One read of a non-blocking discovery socket.
+enum Received {
+    /// A datagram of this length, from there.
+    Datagram(usize, SocketAddr),
+    /// An error to step over (an interruption, an ICMP report).
+    Skip,
+    /// Nothing waiting.
+    Empty,
+}
+
+/// Reads one datagram into `buf`, sorting errors as the drivers do.
+fn receive(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<Received> {
+    match socket.recv_from(buf) {
+        Ok((len, from)) => Ok(Received::Datagram(len, from)),
+        Err(e) => match recv_error_action(e.kind()) {
+            RecvErrorAction::Empty => Ok(Received::Empty),
+            RecvErrorAction::Retry | RecvErrorAction::Ignore => Ok(Received::Skip),
+            RecvErrorAction::Fail => Err(e),
+        },
+    }
+}
+
 /// Datagrams one [`LanResponder::update`] or [`LanSeeker::update`] reads at most, so a flood
 /// cannot hold a frame loop.
 pub const MAX_DATAGRAMS_PER_UPDATE: usize = 64;
@@ -255,13 +277,10 @@ impl LanSeeker {
         let mut buf = [0u8; MAX_RESPONSE_LEN + 1];
         for socket in [self.v4.as_ref(), self.v6.as_ref()].into_iter().flatten() {
             for _ in 0..MAX_DATAGRAMS_PER_UPDATE {
-                let (len, from) = match socket.recv_from(&mut buf) {
-                    Ok(got) => got,
-                    Err(e) => match recv_error_action(e.kind()) {
-                        RecvErrorAction::Empty => break,
-                        RecvErrorAction::Retry | RecvErrorAction::Ignore => continue,
-                        RecvErrorAction::Fail => return Err(e),
-                    },
+                let (len, from) = match receive(socket, &mut buf)? {
+                    Received::Datagram(len, from) => (len, from),
+                    Received::Skip => continue,
+                    Received::Empty => break,
                 };
                 let bytes = buf.get(..len).unwrap_or_default();
                 accept_answer(
@@ -570,13 +589,10 @@ impl LanResponder {
         let mut out = [0u8; MAX_RESPONSE_LEN];
         for socket in [Some(&self.v4), self.v6.as_ref()].into_iter().flatten() {
             for _ in 0..MAX_DATAGRAMS_PER_UPDATE {
-                let (len, from) = match socket.recv_from(&mut buf) {
-                    Ok(got) => got,
-                    Err(e) => match recv_error_action(e.kind()) {
-                        RecvErrorAction::Empty => break,
-                        RecvErrorAction::Retry | RecvErrorAction::Ignore => continue,
-                        RecvErrorAction::Fail => return Err(e),
-                    },
+                let (len, from) = match receive(socket, &mut buf)? {
+                    Received::Datagram(len, from) => (len, from),
+                    Received::Skip => continue,
+                    Received::Empty => break,
                 };
                 let request = match Request::decode(buf.get(..len).unwrap_or_default()) {
                     Ok(r) => r,
