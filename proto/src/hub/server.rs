@@ -187,6 +187,8 @@ pub struct HubStats {
     pub kicks: u64,
     /// Members disconnected for not reading.
     pub too_slow: u64,
+    /// Approval deadlines held now (joins waiting, and answered ones not yet trimmed).
+    pub approval_deadlines: usize,
 }
 
 /// One room, as [`Hub::rooms`] lists it.
@@ -489,6 +491,7 @@ impl Hub {
             self.refuse(ep, p.user, p.op, Refusal::NotApproved);
         }
         self.disconnect_slow(ep, now);
+        self.stats.approval_deadlines = self.approvals.len();
     }
 
     /// Handles one event of the hub's endpoint. Returns what is not only the hub's business,
@@ -600,6 +603,7 @@ impl Hub {
             other => Some(other),
         };
         self.disconnect_slow(ep, now);
+        self.stats.approval_deadlines = self.approvals.len();
         passed
     }
 

@@ -256,3 +256,34 @@ fn only_local_addresses_may_be_announced() {
         );
     }
 }
+
+#[test]
+fn join_and_refuse_in_a_loop_does_not_grow_the_approval_deadlines() {
+    let config = HubConfig {
+        approval_timeout: Duration::from_secs(600),
+        commands: RateLimit {
+            per_second: 1000.0,
+            burst: 1000.0,
+        },
+        ..hub_config()
+    };
+    let (mut sim, mut w) = world(105, 2, config, link(0.0));
+    let room = create(&mut sim, &mut w, 0, "door", approval_room());
+    let joiner = w.user(1);
+    for _ in 0..200 {
+        w.act(&mut sim, 1, |c, ep| c.join_room(ep, "door", b"", b""))
+            .expect("join");
+        w.run(&mut sim, 60);
+        w.act(&mut sim, 0, |c, ep| c.approve(ep, room, joiner, false))
+            .expect("refuse");
+        w.run(&mut sim, 60);
+    }
+    assert_eq!(refusal(&w.take(1)), Some(Refusal::NotApproved));
+    // Each answered join leaves a deadline until it would have expired (600 s): without
+    // trimming there would be 200.
+    let held = w.hub.stats().approval_deadlines;
+    assert!(
+        held <= 66,
+        "{held} deadlines held for one waiting join at most"
+    );
+}
