@@ -323,15 +323,11 @@ impl HubServer {
             Event::Connected {
                 conn,
                 remote,
-                peer_user_id,
-                ..
+                identity,
             } => {
-                self.members.insert(conn, (peer_user_id, remote));
-                HubServerEvent::Connected {
-                    conn,
-                    user: peer_user_id,
-                    remote,
-                }
+                let user = identity.user_id;
+                self.members.insert(conn, (user, remote));
+                HubServerEvent::Connected { conn, user, remote }
             }
             Event::Disconnected { conn, reason } => {
                 let known = self.members.remove(&conn);

@@ -39,10 +39,10 @@ fn serve(server: &mut Driver) -> io::Result<()> {
                 Event::Connected {
                     conn,
                     remote,
-                    peer_user_id,
-                    ..
+                    identity,
                 } => {
-                    println!("[server] {remote} connected as user {peer_user_id} ({conn})");
+                    let user = identity.user_id;
+                    println!("[server] {remote} connected as user {user} ({conn})");
                 }
                 Event::Message {
                     conn,
@@ -90,8 +90,9 @@ fn run_client(server_addr: SocketAddr) -> io::Result<()> {
         client.update()?;
         while let Some(event) = client.poll_event() {
             match event {
-                Event::Connected { local_user_id, .. } => {
-                    println!("[client] connected; the server calls us user {local_user_id}");
+                Event::Connected { identity, .. } => {
+                    let us = identity.local_user_id;
+                    println!("[client] connected; the server calls us user {us}");
                     sent = true;
                     for (channel, name) in CHANNEL_NAMES.iter().enumerate() {
                         let text = format!("hello over the {name} channel");

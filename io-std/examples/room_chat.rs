@@ -169,8 +169,9 @@ impl Chat {
     /// Handles one event; `Err` ends the program with that message.
     fn on_event(&mut self, event: HubEvent) -> Result<(), String> {
         match event {
-            HubEvent::Transport(Event::Connected { local_user_id, .. }) => {
-                println!("connected to {} as user {local_user_id}", self.args.hub);
+            HubEvent::Transport(Event::Connected { identity, .. }) => {
+                let us = identity.local_user_id;
+                println!("connected to {} as user {us}", self.args.hub);
                 // Our address on the local network, for chats behind the same NAT.
                 if let Some(own) = lan_address(self.args.hub, self.driver.local_addr()) {
                     let ep = self.driver.endpoint_mut();
@@ -185,8 +186,11 @@ impl Chat {
                 let how = if direct { "direct" } else { "through the hub" };
                 println!("[path] to {name}: {how}");
             }
+            HubEvent::Transport(Event::ConnectFailed { reason, .. }) => {
+                return Err(format!("could not reach the hub: {reason}"));
+            }
             HubEvent::Transport(Event::Disconnected { reason, .. }) => {
-                return Err(format!("disconnected from the hub: {reason:?}"));
+                return Err(format!("disconnected from the hub: {reason}"));
             }
             HubEvent::Refused { op, reason } => {
                 if Some(op) == self.join_op && reason == Refusal::UnknownRoom {

@@ -108,6 +108,9 @@ pub enum DisconnectReason {
     WrongProtocol,
     /// The address answered, but takes no connections (`Config::accept_incoming` is off).
     NotAccepting,
+    /// The peer no longer knows this connection: it restarted (or dropped the connection)
+    /// and said so when our packets reached it, and nothing authentic came from it after.
+    PeerReset,
 }
 
 impl DisconnectReason {
@@ -123,6 +126,7 @@ impl DisconnectReason {
             RejectCode::TokenWrongServer => DisconnectReason::TokenWrongServer,
             RejectCode::WrongProtocol => DisconnectReason::WrongProtocol,
             RejectCode::NotAccepting => DisconnectReason::NotAccepting,
+            RejectCode::UnknownConnection => DisconnectReason::PeerReset,
         }
     }
 
@@ -177,8 +181,24 @@ impl fmt::Display for DisconnectReason {
             DisconnectReason::NotAccepting => {
                 f.write_str("rejected: that address takes no connections")
             }
+            DisconnectReason::PeerReset => f.write_str(
+                "the peer no longer knows this connection (it restarted); connect again",
+            ),
         }
     }
+}
+
+/// Hub routing of a message or request: who first sent it and whom it is addressed to, when
+/// that is not simply "the peer, to this side". Only hubs and their members see it (see
+/// [`hub`](crate::hub)); on a plain client-server connection it is always `None`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Relay {
+    /// The user id of its original sender (a hub writes it when it forwards a member's
+    /// message; a server takes from a client only what the client owns).
+    pub owner: u16,
+    /// The user id (or room, see [`hub::Target`](crate::hub::Target)) it is addressed to,
+    /// if the sender asked the hub to forward it.
+    pub target: Option<u16>,
 }
 
 /// Something that happened, returned by [`Endpoint::poll_event`](crate::Endpoint::poll_event).
@@ -191,14 +211,22 @@ pub enum Event {
         conn: ConnectionHandle,
         /// The peer's address.
         remote: SocketAddr,
-        /// The peer's user id (0 is the server's own).
-        peer_user_id: u16,
-        /// This side's user id on the connection (a client learns it here).
-        local_user_id: u16,
-        /// Who the peer proved to be: its static key, its connect token's claims.
+        /// Who the peer proved to be: the connect data it sent, its static key, its connect
+        /// token's claims, the user ids on the connection.
         identity: Box<PeerIdentity>,
     },
-    /// A connection ended (or a connection attempt failed). The handle is dead afterwards.
+    /// A connection attempt this side started (`connect`) ended without connecting: the
+    /// server refused it, answered with another protocol, or never answered. The handle is
+    /// dead afterwards. A connection that did connect ends in `Disconnected` instead.
+    ConnectFailed {
+        /// The connection attempt.
+        conn: ConnectionHandle,
+        /// Why: `TimedOut` (no answer within `Config::handshake_timeout`), a reject reason
+        /// (`WrongProtocol`, `NotAccepting`, `ServerFull`, `Rejected { code }`, ...), or
+        /// `ClosedLocally` (this side gave up with `disconnect`).
+        reason: DisconnectReason,
+    },
+    /// A connection that was `Connected` ended. The handle is dead afterwards.
     Disconnected {
         /// The connection.
         conn: ConnectionHandle,
@@ -211,14 +239,12 @@ pub enum Event {
         conn: ConnectionHandle,
         /// Its channel.
         channel: u8,
-        /// The user id of its original sender.
-        owner: u16,
         /// Its sequence number on the channel.
         sequence: u16,
-        /// For hub relaying: the user id it is addressed to, if redirected.
-        target: Option<u16>,
         /// The message.
         payload: Bytes,
+        /// Hub routing, if it was relayed or addressed for relaying; `None` otherwise.
+        relay: Option<Relay>,
     },
     /// A request arrived; answer it with `respond`.
     Request {
@@ -226,12 +252,10 @@ pub enum Event {
         conn: ConnectionHandle,
         /// What to pass to `respond`.
         request: IncomingRequest,
-        /// The user id of its original sender.
-        owner: u16,
-        /// For hub relaying: the user id (or room) it is addressed to, if redirected.
-        target: Option<u16>,
         /// The request.
         payload: Bytes,
+        /// Hub routing, if it was relayed or addressed for relaying; `None` otherwise.
+        relay: Option<Relay>,
     },
     /// The answer to a request this side sent.
     Response {
@@ -261,10 +285,22 @@ pub enum Event {
 }
 
 impl Event {
+    /// The user id of a message's or request's original sender: its relay owner, or else
+    /// `peer_user_id` (the connection's peer, which sent it itself). `None` for other events.
+    pub fn owner(&self, peer_user_id: u16) -> Option<u16> {
+        match self {
+            Event::Message { relay, .. } | Event::Request { relay, .. } => {
+                Some(relay.map_or(peer_user_id, |r| r.owner))
+            }
+            _ => None,
+        }
+    }
+
     /// The connection the event is about.
     pub fn connection(&self) -> ConnectionHandle {
         match self {
             Event::Connected { conn, .. }
+            | Event::ConnectFailed { conn, .. }
             | Event::Disconnected { conn, .. }
             | Event::Message { conn, .. }
             | Event::Request { conn, .. }

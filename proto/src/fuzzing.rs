@@ -639,7 +639,7 @@ mod ops {
             }
             let session = h.sessions.last().expect("connected above");
             assert!(
-                h.eps[CLIENT].is_connected(session.client)
+                h.eps[CLIENT].is_established(session.client)
                     && session.server.is_some()
                     && h.connection_ids.iter().all(Option::is_some),
                 "setup: the handshakes did not complete: {:?}",
@@ -912,9 +912,9 @@ mod ops {
             let counts = match (self.sessions.last(), data_id) {
                 (Some(s), Some(id)) if s.connection_id == Some(id) => {
                     if ep == SERVER {
-                        s.server.is_some_and(|h| self.eps[SERVER].is_connected(h))
+                        s.server.is_some_and(|h| self.eps[SERVER].is_established(h))
                     } else {
-                        self.eps[CLIENT].is_connected(s.client)
+                        self.eps[CLIENT].is_established(s.client)
                     }
                 }
                 _ => false,

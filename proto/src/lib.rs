@@ -93,8 +93,10 @@ pub use config::{
 pub use crypto::{Keypair, Protection, PublicKey, TAG_LEN};
 pub use endpoint::{AcceptHook, ConnectOptions, ConnectRequest, Endpoint, PeerIdentity};
 pub use error::{ConnectError, SendError};
-pub use event::{ConnectionHandle, DisconnectReason, Event, IncomingRequest, RequestId, Transmit};
+pub use event::{
+    ConnectionHandle, DisconnectReason, Event, IncomingRequest, Relay, RequestId, Transmit,
+};
 pub use messaging::channel::MESSAGE_WINDOW;
 pub use messaging::chunk::Progress;
-pub use stats::{ConnectionStats, DropCounts, DropReason, EndpointStats};
+pub use stats::{ConnectionStats, DropCounts, DropReason, EndpointStats, LinkStats};
 pub use time::Instant;

@@ -3,6 +3,8 @@
 use core::fmt;
 use core::time::Duration;
 
+use crate::time::Instant;
+
 /// Why a datagram, or a message within one, was dropped. Every drop is counted under exactly
 /// one of these.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -59,11 +61,15 @@ pub enum DropReason {
     /// A connect token already used by an earlier connection (or, with `max_used_tokens`
     /// remembered, one more than the server can track).
     TokenReplay,
+    /// A packet for a connection still in its handshake: it names a connection id this
+    /// side learns only from the `Accept`, which has not arrived (lost or late). The peer
+    /// sends its content again.
+    EarlyPacket,
 }
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 22;
+    pub const COUNT: usize = 23;
     /// Every reason, in counter order.
     pub const ALL: [DropReason; DropReason::COUNT] = [
         DropReason::Malformed,
@@ -88,6 +94,7 @@ impl DropReason {
         DropReason::OutOfWindow,
         DropReason::Unauthenticated,
         DropReason::TokenReplay,
+        DropReason::EarlyPacket,
     ];
 
     /// A short snake_case name, for tables and logs.
@@ -115,6 +122,7 @@ impl DropReason {
             DropReason::OutOfWindow => "out_of_window",
             DropReason::Unauthenticated => "unauthenticated",
             DropReason::TokenReplay => "token_replay",
+            DropReason::EarlyPacket => "early_packet",
         }
     }
 }
@@ -235,6 +243,110 @@ pub struct ConnectionStats {
     pub drops: DropCounts,
 }
 
+/// What a game shows on screen about one connection: round trip, loss and throughput, from
+/// [`Endpoint::link_stats`](crate::Endpoint::link_stats).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct LinkStats {
+    /// Smoothed round-trip time (zero before the first sample).
+    pub rtt: Duration,
+    /// Packet loss in percent (0–100): the share of the peer's packets that did not arrive
+    /// (gaps in their numbers), over the last second or so. What the network loses, before
+    /// repairs and resends make up for it.
+    pub loss_percent: f32,
+    /// Datagram bytes received per second (UDP payload), over the last second or so.
+    pub bytes_in_per_sec: u64,
+    /// Datagram bytes sent per second (UDP payload), over the last second or so.
+    pub bytes_out_per_sec: u64,
+}
+
+/// Bytes per second over windows of at least one second: the rate of the last complete
+/// window, or of the current one once it is a second old.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct RateMeter {
+    window_start: Instant,
+    window_bytes: u64,
+    rate: u64,
+}
+
+impl RateMeter {
+    const WINDOW_MICROS: u64 = 1_000_000;
+
+    pub(crate) fn add(&mut self, now: Instant, bytes: usize) {
+        let elapsed = now.saturating_duration_since(self.window_start);
+        if micros_of(elapsed) >= Self::WINDOW_MICROS {
+            self.rate = self.rate_of_window(elapsed);
+            self.window_start = now;
+            self.window_bytes = 0;
+        }
+        self.window_bytes += bytes as u64;
+    }
+
+    pub(crate) fn per_second(&self, now: Instant) -> u64 {
+        let elapsed = micros_of(now.saturating_duration_since(self.window_start));
+        if elapsed >= 2 * Self::WINDOW_MICROS {
+            // Nothing came after the open window's first second (the next would have closed
+            // it): the last whole second was silent.
+            0
+        } else if elapsed >= Self::WINDOW_MICROS {
+            self.rate_of_window(Duration::from_micros(elapsed))
+        } else {
+            self.rate
+        }
+    }
+
+    fn rate_of_window(&self, elapsed: Duration) -> u64 {
+        let micros = micros_of(elapsed).max(1);
+        u64::try_from(u128::from(self.window_bytes) * 1_000_000 / u128::from(micros))
+            .unwrap_or(u64::MAX)
+    }
+}
+
+/// The share of a peer's packets that did not arrive, from gaps in their packet numbers,
+/// over windows of at least one second.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct LossMeter {
+    window_start: Instant,
+    /// The largest packet number before the window.
+    base: Option<u64>,
+    largest: u64,
+    /// Packets numbered after `base` received in the window.
+    received: u64,
+    percent: f32,
+}
+
+impl LossMeter {
+    pub(crate) fn on_packet(&mut self, now: Instant, pn: u64) {
+        let Some(base) = self.base else {
+            self.base = Some(pn);
+            self.largest = pn;
+            self.window_start = now;
+            return;
+        };
+        let elapsed = now.saturating_duration_since(self.window_start);
+        if micros_of(elapsed) >= RateMeter::WINDOW_MICROS && self.largest > base {
+            let expected = (self.largest - base) as f32;
+            let arrived = (self.received as f32).min(expected);
+            self.percent = 100.0 * (1.0 - arrived / expected);
+            self.base = Some(self.largest);
+            self.received = 0;
+            self.window_start = now;
+        }
+        // (A late packet from before the window is not counted in it.)
+        if pn > self.base.unwrap_or(base) {
+            self.received += 1;
+        }
+        self.largest = self.largest.max(pn);
+    }
+
+    pub(crate) fn percent(&self) -> f32 {
+        self.percent
+    }
+}
+
+fn micros_of(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
 /// Counters of the whole endpoint. Per-connection counters are folded in when a connection
 /// closes, so these cover closed connections too.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -264,6 +376,9 @@ pub struct EndpointStats {
     pub tunnel_drops: u64,
     /// Handshake replies or close notices not sent because the reply queue was full.
     pub replies_dropped: u64,
+    /// "Unknown connection" notices sent: packets arrived naming a connection id this
+    /// endpoint does not know (typically from the clients of a previous run on this port).
+    pub resets_sent: u64,
     /// Drops not attributable to a connection (bad handshakes, unknown senders), by cause.
     pub drops: DropCounts,
 }
@@ -271,6 +386,41 @@ pub struct EndpointStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loss_meter_counts_gaps_in_packet_numbers_per_window() {
+        let mut m = LossMeter::default();
+        let ms = Instant::from_millis;
+        // Packets 0..100 over a second, every fifth missing.
+        for pn in (0..100u64).filter(|pn| pn % 5 != 4) {
+            m.on_packet(ms(pn * 10), pn);
+        }
+        assert_eq!(m.percent(), 0.0, "no complete window yet");
+        m.on_packet(ms(1_000), 100);
+        assert!((m.percent() - 20.0).abs() < 1.5, "{}", m.percent());
+        // A clean second after it.
+        for pn in 101..201u64 {
+            m.on_packet(ms(1_000 + (pn - 100) * 10), pn);
+        }
+        m.on_packet(ms(2_100), 201);
+        assert!(m.percent() < 1.5, "{}", m.percent());
+    }
+
+    #[test]
+    fn rate_meter_reports_the_last_full_second_and_decays_to_zero_when_quiet() {
+        let mut m = RateMeter::default();
+        let ms = Instant::from_millis;
+        assert_eq!(m.per_second(ms(0)), 0);
+        for t in 0..10 {
+            m.add(ms(t * 100), 1_000); // 10,000 bytes over the first second
+        }
+        assert_eq!(m.per_second(ms(999)), 0, "no complete window yet");
+        m.add(ms(1_000), 500);
+        assert_eq!(m.per_second(ms(1_500)), 10_000);
+        // Quiet since: the open window (500 bytes) over its 1.25 s, then nothing.
+        assert_eq!(m.per_second(ms(2_250)), 400);
+        assert_eq!(m.per_second(ms(3_000)), 0);
+    }
 
     #[test]
     fn drop_counts_debug_names_the_non_zero_counters() {

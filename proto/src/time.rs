@@ -112,10 +112,13 @@ pub(crate) enum Timer {
     Pacing,
     /// The next challenge to a direct path being probed.
     Probe,
+    /// The peer said it does not know this connection and nothing authentic came since:
+    /// believe it.
+    ResetConfirm,
 }
 
 impl Timer {
-    pub(crate) const COUNT: usize = 10;
+    pub(crate) const COUNT: usize = 11;
     pub(crate) const ALL: [Timer; Timer::COUNT] = [
         Timer::Handshake,
         Timer::HandshakeTimeout,
@@ -127,6 +130,7 @@ impl Timer {
         Timer::Reassembly,
         Timer::Pacing,
         Timer::Probe,
+        Timer::ResetConfirm,
     ];
 }
 

@@ -158,10 +158,15 @@ pub enum RejectCode {
     WrongProtocol,
     /// The endpoint takes no connections (`Config::accept_incoming` is off).
     NotAccepting,
+    /// Not an answer to a handshake: a short-header packet named a connection id this
+    /// endpoint does not know (it restarted, or dropped the connection). The `Reject`'s
+    /// nonce field carries that connection id. A hint only: it is unauthenticated, so the
+    /// receiver believes it only if its peer then stays silent.
+    UnknownConnection,
 }
 
 impl RejectCode {
-    const ALL: [RejectCode; 10] = [
+    const ALL: [RejectCode; 11] = [
         RejectCode::Full,
         RejectCode::Refused(0),
         RejectCode::ChannelMismatch,
@@ -172,6 +177,7 @@ impl RejectCode {
         RejectCode::TokenWrongServer,
         RejectCode::WrongProtocol,
         RejectCode::NotAccepting,
+        RejectCode::UnknownConnection,
     ];
 
     fn to_wire(self) -> (u8, u16) {
@@ -186,6 +192,7 @@ impl RejectCode {
             RejectCode::TokenWrongServer => (8, 0),
             RejectCode::WrongProtocol => (9, 0),
             RejectCode::NotAccepting => (10, 0),
+            RejectCode::UnknownConnection => (11, 0),
         }
     }
     fn from_wire(reason: u8, code: u16) -> Result<Self, DecodeError> {

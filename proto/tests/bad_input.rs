@@ -112,8 +112,19 @@ fn every_truncation_of_every_packet_type_is_dropped_and_counted() {
     let mut fed = 0;
     for packet in every_packet_type() {
         for len in 0..packet.len() {
+            let resets = server.stats().resets_sent;
             let reply = feed(&mut server, now, &packet[..len]);
-            assert_eq!(reply, 0, "no reply to a truncated {:02x?}", &packet[..len]);
+            // A short-header packet whose 13-byte header is whole names a connection id: an
+            // unknown one is answered "unknown connection" (12 bytes); nothing else is.
+            let short_header = (6..=9).contains(&(packet[0] & 0x0f)) && len >= 13;
+            let expected = if short_header { 12 } else { 0 };
+            assert_eq!(
+                reply,
+                expected,
+                "reply to a truncated {:02x?}",
+                &packet[..len]
+            );
+            assert_eq!(server.stats().resets_sent - resets, u64::from(short_header));
             fed += 1;
         }
     }
@@ -134,10 +145,14 @@ fn whole_packets_from_strangers_are_dropped_by_cause() {
     let now = Instant::from_millis(1);
     let packets = every_packet_type();
     let replies: Vec<usize> = packets.iter().map(|p| feed(&mut server, now, p)).collect();
-    // Only the Hello is answered (with a Challenge no larger than itself).
+    // The Hello is answered with a Challenge no larger than itself; packets of connections
+    // (data, disconnect, path challenge and response) naming an unknown id with a 12-byte
+    // "unknown connection" Reject; nothing else.
     assert_eq!(replies[0], 33);
     assert!(replies[0] <= packets[0].len());
-    assert!(replies[1..].iter().all(|&r| r == 0), "{replies:?}");
+    assert_eq!(replies[1..5], [0, 0, 0, 0], "{replies:?}");
+    assert!(replies[5..].iter().all(|&r| r == 12), "{replies:?}");
+    assert_eq!(server.stats().resets_sent, (packets.len() - 5) as u64);
     let drops = server.stats().drops;
     assert_eq!(drops.get(DropReason::BadCookie), 1, "forged cookie");
     assert_eq!(
@@ -197,7 +212,7 @@ fn random_bytes_never_panic_never_amplify_and_never_grow() {
     assert_eq!(server.reassembly_bytes(), 0);
     assert!(server.poll_event().is_none());
     assert_eq!(
-        server.stats().drops.total() + server.stats().datagrams_sent,
+        server.stats().drops.total() + server.stats().datagrams_sent - server.stats().resets_sent,
         20_000
     );
 }

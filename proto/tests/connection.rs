@@ -20,6 +20,17 @@ fn disconnect_reason(events: &[Event]) -> Option<DisconnectReason> {
     })
 }
 
+/// Why a connection attempt failed, asserting it was never reported as connected (so it
+/// must not end in `Disconnected`).
+fn connect_failure(events: &[Event]) -> Option<DisconnectReason> {
+    assert!(disconnect_reason(events).is_none(), "{events:?}");
+    assert!(!events.iter().any(|e| matches!(e, Event::Connected { .. })));
+    events.iter().find_map(|e| match e {
+        Event::ConnectFailed { reason, .. } => Some(*reason),
+        _ => None,
+    })
+}
+
 #[test]
 fn handshake_connects_both_sides_and_assigns_user_ids() {
     let mut p = Pair::default_pair();
@@ -27,20 +38,13 @@ fn handshake_connects_both_sides_and_assigns_user_ids() {
     assert!(p.client.is_connected(c));
     assert!(p.server.is_connected(s));
     let client_view = p.client_events.iter().find_map(|e| match e {
-        Event::Connected {
-            local_user_id,
-            peer_user_id,
-            ..
-        } => Some((*local_user_id, *peer_user_id)),
+        Event::Connected { identity, .. } => Some((identity.local_user_id, identity.user_id)),
         _ => None,
     });
     let server_view = p.server_events.iter().find_map(|e| match e {
         Event::Connected {
-            local_user_id,
-            peer_user_id,
-            remote,
-            ..
-        } => Some((*local_user_id, *peer_user_id, *remote)),
+            identity, remote, ..
+        } => Some((identity.local_user_id, identity.user_id, *remote)),
         _ => None,
     });
     let (client_local, client_peer) = client_view.expect("client connected");
@@ -67,7 +71,7 @@ fn second_client_gets_a_different_user_id() {
     q.connect();
     let id = |events: &[Event]| {
         events.iter().find_map(|e| match e {
-            Event::Connected { peer_user_id, .. } => Some(*peer_user_id),
+            Event::Connected { identity, .. } => Some(identity.user_id),
             _ => None,
         })
     };
@@ -98,7 +102,7 @@ fn accept_hook_sees_connect_data_and_rejects_with_its_code() {
         .expect("connect");
     p.run_for(Duration::from_secs(1));
     assert_eq!(
-        disconnect_reason(&p.client_events),
+        connect_failure(&p.client_events),
         Some(DisconnectReason::Rejected { code: 403 })
     );
     assert_eq!(p.server.connection_count(), 0);
@@ -138,7 +142,7 @@ fn full_server_rejects_with_server_full() {
         .expect("connect");
     q.run_for(Duration::from_secs(1));
     assert_eq!(
-        disconnect_reason(&q.client_events),
+        connect_failure(&q.client_events),
         Some(DisconnectReason::ServerFull)
     );
     assert_eq!(q.server.connection_count(), 1);
@@ -156,7 +160,7 @@ fn mismatched_channel_layout_is_rejected_as_incompatible() {
         .expect("connect");
     p.run_for(Duration::from_secs(1));
     assert_eq!(
-        disconnect_reason(&p.client_events),
+        connect_failure(&p.client_events),
         Some(DisconnectReason::Incompatible)
     );
 }
@@ -174,7 +178,7 @@ fn a_wrong_protocol_id_is_refused_within_a_round_trip_by_a_reply_smaller_than_th
     let start = p.now;
     assert!(p.run_until(Duration::from_secs(6), |p| !p.client_events.is_empty()));
     assert_eq!(
-        disconnect_reason(&p.client_events),
+        connect_failure(&p.client_events),
         Some(DisconnectReason::WrongProtocol)
     );
     assert!(
@@ -203,7 +207,7 @@ fn an_endpoint_that_takes_no_connections_says_so_at_once() {
     let start = p.now;
     assert!(p.run_until(Duration::from_secs(6), |p| !p.client_events.is_empty()));
     assert_eq!(
-        disconnect_reason(&p.client_events),
+        connect_failure(&p.client_events),
         Some(DisconnectReason::NotAccepting)
     );
     assert!(p.now - start < Duration::from_millis(500), "one round trip");
@@ -224,7 +228,7 @@ fn handshake_times_out_when_nobody_answers() {
     );
     p.run_for(Duration::from_secs(2));
     assert_eq!(
-        disconnect_reason(&p.client_events),
+        connect_failure(&p.client_events),
         Some(DisconnectReason::TimedOut)
     );
     assert_eq!(p.client.connection_count(), 0);
@@ -520,8 +524,9 @@ fn peers_connecting_to_each_other_at_once_end_up_with_one_connection() {
         .iter()
         .filter(|(events, h)| {
             events.iter().any(|e| {
+                // (An attempt that never connected fails; it is not disconnected.)
                 matches!(e,
-                Event::Disconnected { conn, reason: DisconnectReason::Replaced } if conn == h)
+                Event::ConnectFailed { conn, reason: DisconnectReason::Replaced } if conn == h)
             })
         })
         .count();
@@ -788,4 +793,250 @@ fn connected_carries_the_connect_data_and_handles_index_a_dense_table() {
             .expect("index below the connection count");
         assert!(slot.replace(*conn).is_none(), "distinct");
     }
+}
+
+// ------------------------------------------------------------------ how connections end
+
+/// The connection id the server gave the client's connection (from the client's first
+/// short-header packet).
+fn client_connection_id(p: &mut Pair) -> u64 {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let out = seen.clone();
+    p.hook = Box::new(move |dir, _, bytes| {
+        if matches!(dir, Dir::ClientToServer) && bytes.len() >= 13 && bytes[0] & 0x0f == 6 {
+            let id = u64::from_be_bytes(bytes[1..9].try_into().expect("8 bytes"));
+            out.lock().expect("not poisoned").get_or_insert(id);
+        }
+        vec![Duration::ZERO]
+    });
+    p.run_until(Duration::from_secs(5), |_| {
+        seen.lock().expect("ok").is_some()
+    });
+    p.hook = Box::new(|_, _, _| vec![Duration::ZERO]);
+    let id = *seen.lock().expect("not poisoned");
+    id.expect("a data packet from the client")
+}
+
+#[test]
+fn a_restarted_server_is_reported_as_peer_reset_within_a_few_round_trips() {
+    let mut p = Pair::default_pair();
+    let (c, s) = p.connect();
+    for i in 0..20u8 {
+        p.client.send(c, 3, vec![i]).expect("send");
+        p.server.send(s, 3, vec![i]).expect("send");
+        p.run_for(Duration::from_millis(50)); // round trips measured
+    }
+    // The server process restarts on the same address: a new endpoint that knows nothing.
+    p.server = Endpoint::new(keyed(server_config(77))).expect("valid");
+    p.client.send(c, 3, &b"anyone there?"[..]).expect("send");
+    let start = p.now;
+    let ended = p.run_until(Duration::from_secs(20), |p| {
+        disconnect_reason(&p.client_events).is_some()
+    });
+    assert!(ended);
+    assert_eq!(
+        disconnect_reason(&p.client_events),
+        Some(DisconnectReason::PeerReset)
+    );
+    let took = p.now - start;
+    // 10 ms each way: one round trip to hear "unknown connection", then a few waiting for
+    // anything authentic to refute it. Without it: the 10 s idle timeout.
+    assert!(took < Duration::from_millis(300), "took {took:?}");
+    assert!(p.server.stats().resets_sent >= 1);
+    assert_eq!(p.server.connection_count(), 0, "the notice keeps no state");
+}
+
+#[test]
+fn a_forged_unknown_connection_notice_does_not_close_a_live_connection() {
+    let mut p = Pair::default_pair();
+    let (c, s) = p.connect();
+    let id = client_connection_id(&mut p);
+    let forged = encode(&shoal_proto::fuzzing::wire::Packet::Reject {
+        client_nonce: id,
+        code: shoal_proto::fuzzing::wire::RejectCode::UnknownConnection,
+    });
+    // From the server's address (an observer on the path can forge that), idle and busy.
+    for busy in [false, true] {
+        let now = p.now;
+        p.client.handle_datagram(now, p.server_addr, &forged);
+        if busy {
+            p.client.send(c, 3, &b"still here"[..]).expect("send");
+        }
+        p.run_for(Duration::from_secs(2));
+        assert!(p.client.is_connected(c), "busy: {busy}");
+        assert!(p.server.is_connected(s), "busy: {busy}");
+        assert_eq!(disconnect_reason(&p.client_events), None);
+    }
+    assert_eq!(p.server_messages(3), vec![b"still here".to_vec()]);
+    // And from anywhere else it is not even considered.
+    let now = p.now;
+    p.client
+        .handle_datagram(now, addr("192.0.2.9:4000"), &forged);
+    p.run_for(Duration::from_secs(1));
+    assert!(p.client.is_connected(c));
+}
+
+#[test]
+fn a_failed_attempt_ends_in_connect_failed_and_a_lost_connection_in_disconnected() {
+    // Nobody answers: ConnectFailed { TimedOut } after the handshake timeout.
+    let mut p = Pair::default_pair();
+    p.hook = Box::new(|_, _, _| Vec::new());
+    p.client
+        .connect(p.now, p.server_addr, b"")
+        .expect("connect");
+    p.run_for(Duration::from_secs(6));
+    assert_eq!(
+        connect_failure(&p.client_events),
+        Some(DisconnectReason::TimedOut)
+    );
+    // Connected, then silence: Disconnected { TimedOut } after the idle timeout.
+    let mut p = Pair::default_pair();
+    p.connect();
+    p.hook = Box::new(|_, _, _| Vec::new());
+    p.run_for(Duration::from_secs(11));
+    assert_eq!(
+        disconnect_reason(&p.client_events),
+        Some(DisconnectReason::TimedOut)
+    );
+    assert!(!p
+        .client_events
+        .iter()
+        .any(|e| matches!(e, Event::ConnectFailed { .. })));
+}
+
+#[test]
+fn is_connected_waits_until_the_application_has_taken_connected() {
+    let mut p = Pair::default_pair();
+    let conn = p
+        .client
+        .connect(p.now, p.server_addr, b"")
+        .expect("connect");
+    let mut buf = vec![0u8; 1500];
+    let mut accepted = false;
+    // Move datagrams by hand, without taking the client's events.
+    for _ in 0..10 {
+        while let Some(t) = p.client.poll_transmit(p.now, &mut buf) {
+            p.server
+                .handle_datagram(p.now, p.client_addr, &buf[..t.len]);
+        }
+        while let Some(t) = p.server.poll_transmit(p.now, &mut buf) {
+            p.client
+                .handle_datagram(p.now, p.server_addr, &buf[..t.len]);
+            accepted = true;
+        }
+    }
+    assert!(accepted);
+    assert_eq!(p.client.peers().count(), 0);
+    assert!(
+        !p.client.is_connected(conn),
+        "Connected still waits in the queue"
+    );
+    assert!(matches!(
+        p.client.poll_event(),
+        Some(Event::Connected { .. })
+    ));
+    assert!(p.client.is_connected(conn));
+    assert_eq!(p.client.peers().collect::<Vec<_>>(), vec![conn]);
+}
+
+#[test]
+fn a_packet_overtaking_its_accept_is_an_early_packet_and_is_not_answered() {
+    let mut p = Pair::default_pair();
+    p.hook = Box::new(|_, _, _| Vec::new()); // nothing arrives: the handshake stays open
+    p.client
+        .connect(p.now, p.server_addr, b"")
+        .expect("connect");
+    p.run_for(Duration::from_millis(100));
+    let early = data_packet(0x5eed, 0, &[]);
+    let now = p.now;
+    p.client.handle_datagram(now, p.server_addr, &early);
+    let drops = p.client.stats().drops;
+    assert_eq!(drops.get(shoal_proto::DropReason::EarlyPacket), 1);
+    assert_eq!(drops.get(shoal_proto::DropReason::UnknownConnection), 0);
+    assert_eq!(
+        p.client.stats().resets_sent,
+        0,
+        "our peer, mid-handshake: no reset"
+    );
+    // The same packet from a stranger is an unknown connection, and answered.
+    p.client.handle_datagram(now, addr("192.0.2.5:1"), &early);
+    assert_eq!(
+        p.client
+            .stats()
+            .drops
+            .get(shoal_proto::DropReason::UnknownConnection),
+        1
+    );
+    assert_eq!(p.client.stats().resets_sent, 1);
+}
+
+#[test]
+fn link_stats_show_rtt_loss_and_bytes_per_second() {
+    let mut p = Pair::default_pair();
+    let (c, s) = p.connect();
+    p.hook = lossy(5, 0.1);
+    // 20 messages of 100 bytes a second each way, for 5 seconds.
+    for _ in 0..100 {
+        p.client.send(c, 0, vec![1u8; 100]).expect("send");
+        p.server.send(s, 0, vec![2u8; 100]).expect("send");
+        p.run_for(Duration::from_millis(50));
+    }
+    let stats = p.client.link_stats(c).expect("live");
+    // 10 ms each way.
+    assert!(
+        stats.rtt >= Duration::from_millis(19) && stats.rtt <= Duration::from_millis(40),
+        "{stats:?}"
+    );
+    assert!(
+        stats.loss_percent > 2.0 && stats.loss_percent < 25.0,
+        "{stats:?}"
+    );
+    // 2,000 message bytes a second each way, plus headers, tags, acks and repair data;
+    // about 10% fewer in than out.
+    assert!(
+        (2_000..12_000).contains(&stats.bytes_out_per_sec),
+        "{stats:?}"
+    );
+    assert!(
+        (1_500..12_000).contains(&stats.bytes_in_per_sec),
+        "{stats:?}"
+    );
+    assert!(
+        stats.bytes_in_per_sec < stats.bytes_out_per_sec,
+        "{stats:?}"
+    );
+    // Quiet for long: the rates fall to nothing.
+    p.hook = Box::new(|_, _, _| Vec::new());
+    p.run_for(Duration::from_secs(8));
+    let quiet = p.client.link_stats(c).expect("live");
+    assert!(quiet.bytes_in_per_sec < 100, "{quiet:?}");
+}
+
+#[test]
+fn user_data_stays_with_its_connection_through_its_ending_event_even_when_its_slot_is_reused() {
+    let mut ep = Endpoint::new(keyed(client_config(3))).expect("valid");
+    let now = Instant::from_millis(1);
+    let a = ep.connect(now, addr("10.0.0.1:1"), b"").expect("connect");
+    assert!(ep.set_user_data(a, String::from("alice")));
+    ep.disconnect(a, 0);
+    // A new connection takes the freed slot before the application looks at events.
+    let b = ep.connect(now, addr("10.0.0.1:2"), b"").expect("connect");
+    assert_eq!(a.index(), b.index());
+    assert!(ep.set_user_data(b, String::from("bob")));
+    assert!(ep.user_data::<String>(a).is_none(), "a is closed");
+    match ep.poll_event() {
+        Some(Event::ConnectFailed { conn, .. }) => {
+            assert_eq!(conn, a);
+            assert_eq!(ep.user_data::<String>(a).map(String::as_str), Some("alice"));
+            assert_eq!(ep.user_data::<u32>(a), None, "another type");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(ep.user_data::<String>(b).map(String::as_str), Some("bob"));
+    assert!(ep.poll_event().is_none());
+    assert!(
+        ep.user_data::<String>(a).is_none(),
+        "gone after the next poll"
+    );
+    assert!(!ep.set_user_data(a, 1u8), "a dead handle");
 }

@@ -633,6 +633,9 @@ fn exhausted_endpoint_reassembly_budget_refuses_packets_until_memory_frees() {
                 delivered.push(payload.len());
             }
         }
+        for (e, _) in clients.iter_mut() {
+            while e.poll_event().is_some() {} // `is_connected` once `Connected` is taken
+        }
         if !sent_big
             && conns
                 .iter()

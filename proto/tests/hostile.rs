@@ -1755,7 +1755,7 @@ fn a_handshake_timeout_longer_than_the_idle_timeout_is_honoured() {
             }
         }
         while let Some(e) = client.poll_event() {
-            if let Event::Disconnected { reason, .. } = e {
+            if let Event::ConnectFailed { reason, .. } = e {
                 gave_up = Some((now, reason));
             }
         }

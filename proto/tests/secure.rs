@@ -75,7 +75,10 @@ fn disconnects<'a>(events: impl IntoIterator<Item = &'a Event>) -> Vec<Disconnec
     events
         .into_iter()
         .filter_map(|e| match e {
-            Event::Disconnected { reason, .. } => Some(*reason),
+            // A connection that ended, before connecting or after.
+            Event::Disconnected { reason, .. } | Event::ConnectFailed { reason, .. } => {
+                Some(*reason)
+            }
             _ => None,
         })
         .collect()
@@ -284,11 +287,11 @@ impl Net {
         }
     }
 
-    /// Runs until `node` reports `Connected` or `Disconnected` (at most `max`), and returns
+    /// Runs until `node` reports `Connected` or `ConnectFailed` (at most `max`), and returns
     /// that first outcome with the time it was seen.
     fn outcome(&mut self, node: usize, max: Duration) -> (Instant, Event) {
         let is_outcome =
-            |e: &Event| matches!(e, Event::Connected { .. } | Event::Disconnected { .. });
+            |e: &Event| matches!(e, Event::Connected { .. } | Event::ConnectFailed { .. });
         self.run_until(max, |net| net.nodes[node].events().any(is_outcome));
         self.nodes[node]
             .events
@@ -575,7 +578,7 @@ fn a_pinned_server_key_accepts_the_right_server_and_refuses_another_within_one_r
     assert!(
         matches!(
             outcome,
-            Event::Disconnected { conn: c, reason: DisconnectReason::ServerKeyMismatch } if c == conn
+            Event::ConnectFailed { conn: c, reason: DisconnectReason::ServerKeyMismatch } if c == conn
         ),
         "{outcome:?}"
     );
@@ -608,7 +611,7 @@ fn a_pinned_server_key_refuses_a_server_without_a_static_key() {
     assert!(
         matches!(
             outcome,
-            Event::Disconnected {
+            Event::ConnectFailed {
                 reason: DisconnectReason::ServerKeyMismatch,
                 ..
             }
@@ -967,7 +970,7 @@ fn assert_token_refused(token: Option<&ConnectToken>, reason: DisconnectReason) 
     );
     let (at, outcome) = net.outcome(client, Duration::from_secs(10));
     assert!(
-        matches!(outcome, Event::Disconnected { conn: c, reason: r } if c == conn && r == reason),
+        matches!(outcome, Event::ConnectFailed { conn: c, reason: r } if c == conn && r == reason),
         "expected {reason:?}, got {outcome:?}"
     );
     assert_after_round_trips(at, start, 2, &format!("{reason:?}"));
@@ -1057,7 +1060,7 @@ fn a_reused_token_is_refused_within_one_round_trip_and_counted_as_a_replay() {
     assert!(
         matches!(
             outcome,
-            Event::Disconnected { conn: c, reason: DisconnectReason::TokenUsed } if c == conn
+            Event::ConnectFailed { conn: c, reason: DisconnectReason::TokenUsed } if c == conn
         ),
         "{outcome:?}"
     );
@@ -1137,7 +1140,7 @@ fn a_token_copied_off_the_wire_is_useless_without_its_client_key() {
     let (_, outcome) = net.outcome(thief, Duration::from_secs(1));
     assert_eq!(
         outcome,
-        Event::Disconnected {
+        Event::ConnectFailed {
             conn,
             reason: DisconnectReason::TokenInvalid
         }
@@ -1176,7 +1179,7 @@ fn a_plain_peer_and_a_protected_peer_refuse_each_other_with_a_clear_reason() {
         assert!(
             matches!(
                 outcome,
-                Event::Disconnected { conn: c, reason: DisconnectReason::ProtectionMismatch }
+                Event::ConnectFailed { conn: c, reason: DisconnectReason::ProtectionMismatch }
                     if c == conn
             ),
             "{what}: {outcome:?}"
@@ -2011,10 +2014,10 @@ fn an_accept_naming_another_connections_id_is_a_protocol_violation() {
     assert_eq!(
         net.nodes[a]
             .events()
-            .filter(|e| matches!(e, Event::Disconnected { conn, .. } if *conn == a_m))
+            .filter(|e| matches!(e, Event::ConnectFailed { conn, .. } if *conn == a_m))
             .cloned()
             .collect::<Vec<_>>(),
-        vec![Event::Disconnected {
+        vec![Event::ConnectFailed {
             conn: a_m,
             reason: DisconnectReason::ProtocolViolation
         }],
@@ -2387,7 +2390,7 @@ fn the_memory_of_used_tokens_is_bounded_and_forgets_only_expired_ones() {
     assert!(
         matches!(
             outcome,
-            Event::Disconnected {
+            Event::ConnectFailed {
                 reason: DisconnectReason::ServerFull,
                 ..
             }

@@ -174,6 +174,14 @@ fn reject_vectors() {
             code: RejectCode::NotAccepting,
         },
     );
+    // "Unknown connection": the nonce field carries the connection id a packet named.
+    check(
+        "35 1122334455667788 0b 0000",
+        Packet::Reject {
+            client_nonce: 0x1122_3344_5566_7788,
+            code: RejectCode::UnknownConnection,
+        },
+    );
 }
 
 const CID: u64 = 0x1122_3344_5566_7788;

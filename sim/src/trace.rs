@@ -183,17 +183,19 @@ impl TraceHasher {
             Event::Message {
                 conn,
                 channel,
-                owner,
                 sequence,
-                target,
                 payload,
+                relay,
             } => {
                 self.word(1);
                 self.debug(conn);
-                self.word(
-                    u64::from(*channel) << 32 | u64::from(*owner) << 16 | u64::from(*sequence),
-                );
-                self.word(target.map_or(u64::MAX, u64::from));
+                self.word(u64::from(*channel) << 32 | u64::from(*sequence));
+                match relay {
+                    Some(r) => self.word(
+                        u64::from(r.owner) << 32 | r.target.map_or(u64::from(u32::MAX), u64::from),
+                    ),
+                    None => self.word(u64::MAX),
+                }
                 self.bytes(payload);
             }
             // Everything else through its `Debug` form, which names every field (and keeps

@@ -43,6 +43,8 @@ struct Seen {
     connected: Vec<(ConnectionHandle, SocketAddr)>,
     messages: Vec<(ConnectionHandle, Vec<u8>)>,
     disconnected: Vec<(ConnectionHandle, DisconnectReason)>,
+    /// Connection attempts that never connected.
+    failed: Vec<(ConnectionHandle, DisconnectReason)>,
 }
 
 impl Seen {
@@ -54,6 +56,7 @@ impl Seen {
                     self.messages.push((conn, payload.to_vec()))
                 }
                 Event::Disconnected { conn, reason } => self.disconnected.push((conn, reason)),
+                Event::ConnectFailed { conn, reason } => self.failed.push((conn, reason)),
                 _ => {}
             }
         }
@@ -170,8 +173,7 @@ fn a_public_node_cannot_open_a_connection_to_a_node_behind_a_nat() {
         seen.drain(&mut sim, outsider);
         for conn in [to_private, to_guess] {
             assert!(
-                seen.disconnected
-                    .contains(&(conn, DisconnectReason::TimedOut)),
+                seen.failed.contains(&(conn, DisconnectReason::TimedOut)),
                 "{kind}: {seen:?}"
             );
         }
@@ -378,8 +380,7 @@ fn hairpinning_lets_a_node_reach_a_neighbour_at_its_public_mapping_only_when_on(
             assert!(stats.hairpinned > 0 && stats.dropped_no_hairpin == 0);
         } else {
             assert!(
-                at_a.disconnected
-                    .contains(&(a_to_b, DisconnectReason::TimedOut)),
+                at_a.failed.contains(&(a_to_b, DisconnectReason::TimedOut)),
                 "{at_a:?}"
             );
             assert_eq!(at_b.connected.len(), 1, "only the observer: {at_b:?}");

@@ -8,6 +8,7 @@ use alloc::boxed::Box;
 use alloc::collections::{BinaryHeap, VecDeque};
 use alloc::vec::Vec;
 use bytes::Bytes;
+use core::any::Any;
 use core::cmp::Reverse;
 use core::net::SocketAddr;
 
@@ -23,7 +24,7 @@ use crate::messaging::channel::{
 use crate::messaging::chunk::{
     chunk_count, chunk_slice, reservation, ChunkAdded, Progress, ReassemblyBuffer,
 };
-use crate::stats::{ConnectionStats, DropReason};
+use crate::stats::{ConnectionStats, DropReason, LinkStats, LossMeter, RateMeter};
 use crate::time::{Instant, Timer, TimerTable};
 use crate::transport::congestion::Controller;
 use crate::transport::frame_store::{FrameKey, FrameStore};
@@ -48,6 +49,8 @@ pub(crate) use receive::DataResult;
 const ACK_EVERY: u32 = 2;
 /// Answered requests remembered to recognise copies of their responses.
 const RECENTLY_ANSWERED: usize = 64;
+/// Least time a peer's "unknown connection" hint waits for an authentic packet to refute it.
+const RESET_CONFIRM_MIN: core::time::Duration = core::time::Duration::from_millis(50);
 
 /// Where a connection is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -172,6 +175,18 @@ pub(crate) struct Connection {
     pub(crate) probed_back: u8,
     /// The application has taken this connection's `Connected` event.
     pub(crate) announced: bool,
+    /// Its `Connected` event was queued: it ends in `Disconnected`, not `ConnectFailed`.
+    pub(crate) reported: bool,
+    /// When the peer said it does not know this connection (a `Reject` naming its id), if
+    /// nothing authentic has come from it since.
+    reset_hint: Option<Instant>,
+    /// Datagram bytes in and out, per second, for `LinkStats`.
+    pub(crate) rate_in: RateMeter,
+    pub(crate) rate_out: RateMeter,
+    /// Gaps in the peer's packet numbers, for `LinkStats::loss_percent`.
+    pub(crate) loss_in: LossMeter,
+    /// The application's own state for this connection (`Endpoint::set_user_data`).
+    pub(crate) user_data: Option<Box<dyn Any + Send>>,
 }
 
 impl Connection {
@@ -252,6 +267,12 @@ impl Connection {
             direct_heard: now,
             probed_back: 0,
             announced: false,
+            reported: false,
+            reset_hint: None,
+            rate_in: RateMeter::default(),
+            rate_out: RateMeter::default(),
+            loss_in: LossMeter::default(),
+            user_data: None,
         }
     }
 
@@ -563,6 +584,12 @@ impl Connection {
                         }
                     }
                 }
+                Timer::ResetConfirm => {
+                    if self.reset_hint.is_some() {
+                        self.close(DisconnectReason::PeerReset, None);
+                        return;
+                    }
+                }
                 Timer::Pacing | Timer::Probe => {}
             }
         }
@@ -679,6 +706,39 @@ impl Connection {
         s.superseded = self.superseded;
         s.recent_loss_ppm = ((self.transport.loss_rate * 1_000_000) >> 32) as u32;
         s
+    }
+
+    /// The figures a game shows on screen, at `now`.
+    pub(crate) fn link_stats(&self, now: Instant) -> LinkStats {
+        LinkStats {
+            rtt: self.transport.sent.rtt.measured().unwrap_or_default(),
+            loss_percent: self.loss_in.percent(),
+            bytes_in_per_sec: self.rate_in.per_second(now),
+            bytes_out_per_sec: self.rate_out.per_second(now),
+        }
+    }
+
+    /// The peer said it does not know this connection (a `Reject` naming its id: it
+    /// restarted). That is unauthenticated, so only a hint: probe at once, and close with
+    /// `PeerReset` if nothing authentic arrives within a few round trips. A live peer
+    /// answers the probe, so a forged hint costs a probe and nothing more.
+    pub(crate) fn on_reset_hint(&mut self, now: Instant, config: &Config) {
+        if self.reset_hint.is_some() || !self.is_connected() {
+            return;
+        }
+        self.reset_hint = Some(now);
+        self.transport.probes_due = self.transport.probes_due.max(2);
+        let rtt = &self.transport.sent.rtt;
+        let wait = rtt.smoothed() * 3 + rtt.variance() * 4 + config.max_ack_delay * 2;
+        self.timers
+            .set(Timer::ResetConfirm, now + wait.max(RESET_CONFIRM_MIN));
+    }
+
+    /// An authentic packet arrived: the peer knows this connection after all.
+    pub(crate) fn heard_authentic(&mut self) {
+        if self.reset_hint.take().is_some() {
+            self.timers.stop(Timer::ResetConfirm);
+        }
     }
 
     /// Payload bytes the application may still queue on `channel`.

@@ -2,6 +2,7 @@
 //! frames handed to their channels (or to the pending-request table) and turned into events.
 
 use super::*;
+use crate::event::Relay;
 use crate::transport::path::PathStatus;
 use crate::transport::received::Verdict;
 
@@ -86,6 +87,8 @@ impl Connection {
         let out_of_order = self.deliver_packet(now, pn, &frames, shared);
         self.stats.packets_received += 1;
         self.stats.bytes_received += datagram_len as u64;
+        self.rate_in.add(now, datagram_len);
+        self.loss_in.on_packet(now, pn);
         if eliciting {
             self.transport.eliciting_since_ack += 1;
             if out_of_order || self.transport.eliciting_since_ack >= ACK_EVERY {
@@ -385,12 +388,18 @@ impl Connection {
         };
         let channel = h.channel;
         let handle = self.handle;
+        let peer_user_id = self.peer_user_id;
         let stats = &mut self.stats;
         let events = &mut *shared.events;
         let event_bytes = &mut self.event_bytes;
         let mut deliver = |meta: MessageMeta, payload: Bytes| {
             stats.messages_delivered += 1;
             stats.payload_bytes_delivered += payload.len() as u64;
+            // Hub routing is shown only where there is some: another sender, or a target.
+            let relay = (meta.owner != peer_user_id || meta.redirect.is_some()).then_some(Relay {
+                owner: meta.owner,
+                target: meta.redirect,
+            });
             *event_bytes += events.push(if meta.request {
                 Event::Request {
                     conn: handle,
@@ -398,18 +407,16 @@ impl Connection {
                         channel,
                         sequence: meta.sequence,
                     },
-                    owner: meta.owner,
-                    target: meta.redirect,
                     payload,
+                    relay,
                 }
             } else {
                 Event::Message {
                     conn: handle,
                     channel,
-                    owner: meta.owner,
                     sequence: meta.sequence,
-                    target: meta.redirect,
                     payload,
+                    relay,
                 }
             });
         };

@@ -148,8 +148,7 @@ impl Connection {
         self.transport.probes_due = self.transport.probes_due.max(1);
         AcceptOutcome::Accepted(PeerIdentity {
             key: server_static,
-            token: None,
-            connect_data: Bytes::new(),
+            ..PeerIdentity::default()
         })
     }
 

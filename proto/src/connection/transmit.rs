@@ -43,6 +43,7 @@ impl Connection {
         }?;
         self.stats.packets_sent += 1;
         self.stats.bytes_sent += len as u64;
+        self.rate_out.add(now, len);
         self.last_sent = now;
         if self.state == State::Connected {
             self.timers

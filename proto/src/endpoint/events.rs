@@ -35,14 +35,16 @@ impl EventQueue {
         if let Event::Message {
             conn,
             channel,
-            owner,
+            relay,
             payload,
             ..
         } = &event
         {
             if self.tunnel == Some((*conn, *channel)) {
                 if self.tunnelled.len() < MAX_TUNNELLED {
-                    self.tunnelled.push_back((*owner, payload.clone()));
+                    // (The hub always names the member a tunnelled datagram is from.)
+                    let owner = relay.map_or(0, |r| r.owner);
+                    self.tunnelled.push_back((owner, payload.clone()));
                 } else {
                     self.tunnel_overflow += 1;
                 }

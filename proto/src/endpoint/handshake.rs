@@ -266,6 +266,7 @@ impl Endpoint {
             key: static_key.map(PublicKey),
             token: opened.as_ref().map(|o| o.claims.clone()),
             connect_data: Bytes::copy_from_slice(data),
+            ..PeerIdentity::default()
         };
         if let Some(hook) = self.accept_hook.as_mut() {
             let request = ConnectRequest {

@@ -6,6 +6,7 @@ use alloc::boxed::Box;
 use alloc::collections::{BinaryHeap, VecDeque};
 use alloc::vec::Vec;
 use bytes::{Bytes, BytesMut};
+use core::any::Any;
 use core::cmp::Reverse;
 use core::net::SocketAddr;
 
@@ -23,7 +24,7 @@ use crate::hash::{Domain, HashMap, Prf, SeededState, Sequence};
 use crate::messaging::budget::ReceiveBudget;
 use crate::messaging::channel::Route;
 use crate::messaging::chunk::Progress;
-use crate::stats::{ConnectionStats, DropReason, EndpointStats};
+use crate::stats::{ConnectionStats, DropReason, EndpointStats, LinkStats};
 use crate::time::{micros, Instant};
 use crate::token::{ConnectToken, TokenClaims};
 use crate::wire::{self, CloseCode, Cookie, DecodeError, Packet, RejectCode, COOKIE_LEN};
@@ -71,6 +72,11 @@ pub struct PeerIdentity {
     /// session ticket), as the accept hook saw it; empty on the client's side. Sent before
     /// keys are agreed: an observer on the path can read it.
     pub connect_data: Bytes,
+    /// The peer's user id on this connection (a server numbers its clients from 1; the
+    /// server itself is 0). Hubs address members by it.
+    pub user_id: u16,
+    /// This side's user id on this connection (a client learns its own here).
+    pub local_user_id: u16,
 }
 
 /// How to connect: what [`Endpoint::connect_with`] takes beyond the address.
@@ -216,7 +222,14 @@ pub struct Endpoint {
     stats: EndpointStats,
     last_now: Instant,
     accept_hook: Option<AcceptHook>,
+    /// User data of connections whose `Disconnected`/`ConnectFailed` waits in the queue.
+    departed: VecDeque<(ConnectionHandle, UserData)>,
+    /// User data of the connection whose ending event was taken last.
+    last_departed: Option<(ConnectionHandle, UserData)>,
 }
+
+/// The application's state for one connection (see [`Endpoint::set_user_data`]).
+type UserData = Box<dyn Any + Send>;
 
 impl core::fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -276,6 +289,8 @@ impl Endpoint {
             stats: EndpointStats::default(),
             last_now: Instant::ZERO,
             accept_hook: None,
+            departed: VecDeque::new(),
+            last_departed: None,
             config,
         })
     }
@@ -300,9 +315,84 @@ impl Endpoint {
         Some(self.get(conn)?.remote())
     }
 
-    /// Whether the connection has finished its handshake.
+    /// What a game shows on screen about a live connection: round-trip time, recent loss
+    /// and bytes per second each way.
+    pub fn link_stats(&self, conn: ConnectionHandle) -> Option<LinkStats> {
+        Some(self.get(conn)?.link_stats(self.last_now))
+    }
+
+    /// Whether the connection is up as the application sees it: its `Connected` event was
+    /// taken from [`poll_event`](Self::poll_event) and it has not closed.
     pub fn is_connected(&self, conn: ConnectionHandle) -> bool {
+        self.get(conn)
+            .is_some_and(|c| c.announced && c.close.is_none())
+    }
+
+    /// Whether the connection finished its handshake, whether or not the application has
+    /// seen it (for the fuzz harness's model of what an endpoint must accept).
+    #[cfg(any(fuzzing, feature = "fuzzing"))]
+    pub(crate) fn is_established(&self, conn: ConnectionHandle) -> bool {
         self.get(conn).is_some_and(Connection::is_connected)
+    }
+
+    /// Attaches the application's own state to a connection (a player record, say),
+    /// replacing any before; `false` if the handle is dead. It lives as long as the
+    /// connection, and stays readable through [`user_data`](Self::user_data) while the
+    /// application handles the connection's `Disconnected` (or `ConnectFailed`) event: until
+    /// its next `poll_event`.
+    ///
+    /// ```
+    /// # use shoal_proto::{Config, Endpoint, Event, Instant, SecretSeed};
+    /// struct Player { name: String }
+    /// # let mut ep = Endpoint::new(Config {
+    /// #     secret_seed: Some(SecretSeed::insecure_from_u64(1)), ..Config::default() }).unwrap();
+    /// # let conn = ep.connect(Instant::ZERO, "127.0.0.1:4000".parse().unwrap(), b"").unwrap();
+    /// ep.set_user_data(conn, Player { name: "alice".into() });
+    /// assert_eq!(ep.user_data::<Player>(conn).unwrap().name, "alice");
+    /// ep.user_data_mut::<Player>(conn).unwrap().name.push('!');
+    /// ep.disconnect(conn, 0);
+    /// while let Some(event) = ep.poll_event() {
+    ///     if let Event::ConnectFailed { conn, .. } | Event::Disconnected { conn, .. } = event {
+    ///         assert_eq!(ep.user_data::<Player>(conn).unwrap().name, "alice!"); // still here
+    ///     }
+    /// }
+    /// assert!(ep.user_data::<Player>(conn).is_none()); // gone after the next poll
+    /// ```
+    pub fn set_user_data<T: Any + Send>(&mut self, conn: ConnectionHandle, data: T) -> bool {
+        match self.get_mut(conn) {
+            Some(c) => {
+                c.user_data = Some(Box::new(data));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The state [`set_user_data`](Self::set_user_data) attached to `conn`, if it is a `T`.
+    pub fn user_data<T: Any>(&self, conn: ConnectionHandle) -> Option<&T> {
+        let data = match self.get(conn) {
+            Some(c) => c.user_data.as_ref(),
+            None => self
+                .last_departed
+                .as_ref()
+                .filter(|(h, _)| *h == conn)
+                .map(|(_, d)| d),
+        };
+        data?.downcast_ref()
+    }
+
+    /// The state [`set_user_data`](Self::set_user_data) attached to `conn`, mutably.
+    pub fn user_data_mut<T: Any>(&mut self, conn: ConnectionHandle) -> Option<&mut T> {
+        let live = self.get(conn).is_some();
+        let data = if live {
+            self.get_mut(conn)?.user_data.as_mut()
+        } else {
+            self.last_departed
+                .as_mut()
+                .filter(|(h, _)| *h == conn)
+                .map(|(_, d)| d)
+        };
+        data?.downcast_mut()
     }
 
     /// Whether everything queued on the connection was sent and acknowledged.
@@ -753,19 +843,26 @@ impl Endpoint {
                     self.stats.connections_opened += 1;
                     if let Some(&index) = self.by_addr.get(&from) {
                         self.by_id.insert(connection_id, index);
-                        if let Some(c) = self.slot_conn(index) {
+                        if let Some(c) = self.slot_conn_mut(index) {
+                            c.reported = true;
                             let event = Event::Connected {
                                 conn: c.handle,
                                 remote: c.remote(),
-                                peer_user_id: c.peer_user_id,
-                                local_user_id: c.local_user_id,
-                                identity: Box::new(identity),
+                                identity: Box::new(PeerIdentity {
+                                    user_id: c.peer_user_id,
+                                    local_user_id: c.local_user_id,
+                                    ..identity
+                                }),
                             };
                             self.events.push(event);
                         }
                     }
                 }
             }
+            Packet::Reject {
+                client_nonce: connection_id,
+                code: RejectCode::UnknownConnection,
+            } => self.on_reset_hint(now, from, connection_id),
             Packet::Reject { client_nonce, code } => {
                 self.with_client_conn(from, client_nonce, |c, _, _| {
                     c.close(DisconnectReason::from_reject(code), None);
@@ -788,13 +885,14 @@ impl Endpoint {
         connection_id: u64,
         datagram: &[u8],
     ) {
-        let Some((index, mut c)) = self.take_by_id(connection_id) else {
+        let Some((index, mut c)) = self.take_by_id(from, connection_id, datagram.len()) else {
             return;
         };
         let Some(bytes) = self.open_packet(&mut c, datagram) else {
             self.finish_quiet(index, c);
             return;
         };
+        c.heard_authentic();
         let Ok(packet) = Packet::decode(&bytes) else {
             // Authentic but malformed: a broken peer, never acted on.
             c.stats.drops.add(DropReason::Malformed);
@@ -802,7 +900,7 @@ impl Endpoint {
             return;
         };
         if !c.is_connected() {
-            self.stats.drops.add(DropReason::UnknownConnection);
+            self.stats.drops.add(DropReason::EarlyPacket);
             self.finish_quiet(index, c);
             return;
         }
@@ -895,12 +993,15 @@ impl Endpoint {
             }
         }
         self.stats.connections_opened += 1;
+        c.reported = true;
         self.events.push(Event::Connected {
             conn: c.handle,
             remote: c.remote(),
-            peer_user_id: c.peer_user_id,
-            local_user_id: c.local_user_id,
-            identity: Box::new(pending.identity),
+            identity: Box::new(PeerIdentity {
+                user_id: c.peer_user_id,
+                local_user_id: c.local_user_id,
+                ..pending.identity
+            }),
         });
         true
     }
@@ -1071,7 +1172,13 @@ impl Endpoint {
 
     /// The next event for the application, if any.
     pub fn poll_event(&mut self) -> Option<Event> {
+        self.last_departed = None;
         let (event, charge) = self.events.pop()?;
+        if let Event::Disconnected { conn, .. } | Event::ConnectFailed { conn, .. } = &event {
+            if let Some(i) = self.departed.iter().position(|(h, _)| h == conn) {
+                self.last_departed = self.departed.remove(i);
+            }
+        }
         if let Event::Connected { conn, .. } = &event {
             if let Some(c) = self.get_mut(*conn) {
                 c.announced = true;
@@ -1133,6 +1240,10 @@ impl Endpoint {
 
     fn slot_conn(&self, index: u32) -> Option<&Connection> {
         self.slots.get(index as usize)?.conn.as_deref()
+    }
+
+    fn slot_conn_mut(&mut self, index: u32) -> Option<&mut Connection> {
+        self.slots.get_mut(index as usize)?.conn.as_deref_mut()
     }
 
     fn take(&mut self, handle: ConnectionHandle) -> Option<(u32, Box<Connection>)> {
@@ -1278,12 +1389,26 @@ impl Endpoint {
                 self.pending_tokens.remove(&tag);
             }
         }
-        if conn.pending_accept.is_none() {
-            // (A connection the client never confirmed was never reported as connected.)
-            self.events.push(Event::Disconnected {
-                conn: conn.handle,
+        let conn_handle = conn.handle;
+        let event = if conn.reported {
+            Some(Event::Disconnected {
+                conn: conn_handle,
                 reason,
-            });
+            })
+        } else if conn.is_client {
+            Some(Event::ConnectFailed {
+                conn: conn_handle,
+                reason,
+            })
+        } else {
+            // A server's connection the client never confirmed was never reported.
+            None
+        };
+        if let Some(event) = event {
+            if let Some(data) = conn.user_data.take() {
+                self.departed.push_back((conn_handle, data));
+            }
+            self.events.push(event);
         }
         let slot = &mut self.slots[index as usize];
         slot.generation = slot.generation.wrapping_add(1);
@@ -1313,13 +1438,64 @@ impl Endpoint {
     }
 
     /// The connection a packet's id names, taken out of its slot (put it back with
-    /// `finish`); counts the drop if there is none.
-    fn take_by_id(&mut self, connection_id: u64) -> Option<(u32, Box<Connection>)> {
+    /// `finish`). If there is none, the drop is counted and, when nothing of ours talks to
+    /// `from`, the sender is told we do not know that id (it was ours before a restart).
+    fn take_by_id(
+        &mut self,
+        from: SocketAddr,
+        connection_id: u64,
+        datagram_len: usize,
+    ) -> Option<(u32, Box<Connection>)> {
         let Some(index) = self.by_id.get(&connection_id).copied() else {
-            self.stats.drops.add(DropReason::UnknownConnection);
+            match self.by_addr.get(&from).and_then(|&i| self.slot_conn(i)) {
+                // Our handshake with `from` is under way: the packet overtook its Accept.
+                Some(c) if !c.is_connected() => self.stats.drops.add(DropReason::EarlyPacket),
+                Some(_) => self.stats.drops.add(DropReason::UnknownConnection),
+                None => {
+                    self.stats.drops.add(DropReason::UnknownConnection);
+                    // Never more bytes than came: a whole header (13) or nothing.
+                    if datagram_len >= SHORT_HEADER_LEN {
+                        self.send_reset(from, connection_id);
+                    }
+                }
+            }
             return None;
         };
         Some((index, self.slots[index as usize].conn.take()?))
+    }
+
+    /// Tells `from` that `connection_id` names no connection here: a `Reject` carrying the
+    /// id (12 bytes, never more than the 13-byte header of the packet it answers, and no
+    /// state kept). A restarted server's clients learn within a round trip or two, not at
+    /// their idle timeout. A `Reject` is never answered, so two endpoints cannot loop.
+    fn send_reset(&mut self, from: SocketAddr, connection_id: u64) {
+        self.stats.resets_sent += 1;
+        self.push_control(
+            from,
+            Packet::Reject {
+                client_nonce: connection_id,
+                code: RejectCode::UnknownConnection,
+            },
+        );
+    }
+
+    /// A peer says it does not know `connection_id`: believed only from the connection's
+    /// own path, and only if the peer then stays silent (see `Connection::on_reset_hint`).
+    fn on_reset_hint(&mut self, now: Instant, from: SocketAddr, connection_id: u64) {
+        let Some(&index) = self.by_id.get(&connection_id) else {
+            self.stats.drops.add(DropReason::Unexpected);
+            return;
+        };
+        let Some(mut c) = self.slots[index as usize].conn.take() else {
+            return;
+        };
+        if c.remote() == from {
+            c.on_reset_hint(now, &self.config);
+            self.finish(index, c);
+        } else {
+            c.stats.drops.add(DropReason::Unexpected);
+            self.finish_quiet(index, c);
+        }
     }
 
     /// Answers a path challenge wherever it came from: the answer is no larger than the

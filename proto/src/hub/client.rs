@@ -17,7 +17,7 @@ use crate::config::{Config, DeliveryKind};
 use crate::crypto::{PairCipher, PublicKey};
 use crate::endpoint::{ConnectOptions, Endpoint};
 use crate::error::SendError;
-use crate::event::{ConnectionHandle, Event, IncomingRequest, RequestId};
+use crate::event::{ConnectionHandle, Event, IncomingRequest, Relay, RequestId};
 use crate::time::Instant;
 
 /// Relayed messages held while their sender's pair key is still on its way (the hub's
@@ -620,14 +620,14 @@ impl HubClient {
             return;
         }
         match event {
-            Event::Connected { local_user_id, .. } => {
-                self.user_id = Some(local_user_id);
+            Event::Connected { ref identity, .. } => {
+                self.user_id = Some(identity.local_user_id);
                 if !matches!(self.policy, PathPolicy::Messages | PathPolicy::DirectOnly) {
                     ep.set_relay(self.conn, self.tunnel_channel);
                 }
                 self.ready.push_back(HubEvent::Transport(event));
             }
-            Event::Disconnected { .. } => {
+            Event::Disconnected { .. } | Event::ConnectFailed { .. } => {
                 self.rooms.clear();
                 self.ciphers.clear();
                 let hub = self.conn;
@@ -642,10 +642,16 @@ impl HubClient {
                 None => self.stats.bad_notices += 1,
             },
             Event::Message {
-                target: Some(_), ..
+                relay: Some(Relay {
+                    target: Some(_), ..
+                }),
+                ..
             }
             | Event::Request {
-                target: Some(_), ..
+                relay: Some(Relay {
+                    target: Some(_), ..
+                }),
+                ..
             } => self.on_relayed(event),
             Event::Response { id, payload, .. } if self.asked.contains_key(&id) => {
                 let from = self.asked.remove(&id).map_or(0, |(u, _)| u);
@@ -825,15 +831,21 @@ impl HubClient {
     fn on_relayed(&mut self, event: Event) {
         let (from, target, channel, kind, payload) = match &event {
             Event::Message {
-                owner,
-                target: Some(t),
+                relay:
+                    Some(Relay {
+                        owner,
+                        target: Some(t),
+                    }),
                 channel,
                 payload,
                 ..
             } => (*owner, *t, *channel, AAD_MESSAGE, payload),
             Event::Request {
-                owner,
-                target: Some(t),
+                relay:
+                    Some(Relay {
+                        owner,
+                        target: Some(t),
+                    }),
                 request,
                 payload,
                 ..
@@ -897,7 +909,7 @@ impl HubClient {
             let (theirs, others): (VecDeque<Event>, VecDeque<Event>) = self
                 .waiting
                 .drain(..)
-                .partition(|e| matches!(e, Event::Message { owner, .. } | Event::Request { owner, .. } if *owner == entry.user));
+                .partition(|e| e.owner(0) == Some(entry.user));
             self.waiting = others;
             for e in theirs {
                 self.on_relayed(e);

@@ -17,7 +17,7 @@ use crate::config::{Config, DeliveryKind, SecretSeed};
 use crate::crypto::Secrets;
 use crate::endpoint::Endpoint;
 use crate::error::SendError;
-use crate::event::{ConnectionHandle, Event, IncomingRequest, RequestId};
+use crate::event::{ConnectionHandle, Event, IncomingRequest, Relay, RequestId};
 use crate::hash::{HashMap, Prf, SeededState};
 use crate::time::Instant;
 
@@ -505,10 +505,10 @@ impl Hub {
             Event::Connected {
                 conn,
                 remote,
-                peer_user_id,
                 ref identity,
                 ..
             } => {
+                let peer_user_id = identity.user_id;
                 let limits = &self.config;
                 self.by_conn.insert(conn, peer_user_id);
                 self.members.insert(
@@ -550,17 +550,22 @@ impl Hub {
             Event::Message {
                 conn,
                 channel,
-                owner,
                 payload,
                 ..
             } if channel == control => {
-                self.on_command(ep, now, conn, owner, &payload);
+                // (A member owns what it sends: the endpoint drops any other owner.)
+                if let Some(owner) = self.user_of(conn) {
+                    self.on_command(ep, now, conn, owner, &payload);
+                }
                 None
             }
             Event::Message {
                 channel,
-                owner,
-                target: Some(target),
+                relay:
+                    Some(Relay {
+                        owner,
+                        target: Some(target),
+                    }),
                 payload,
                 ..
             } => {
@@ -570,8 +575,11 @@ impl Hub {
             Event::Request {
                 conn,
                 request,
-                owner,
-                target: Some(target),
+                relay:
+                    Some(Relay {
+                        owner,
+                        target: Some(target),
+                    }),
                 payload,
             } => {
                 self.relay_request(ep, now, conn, request, owner, target, payload);

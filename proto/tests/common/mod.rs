@@ -8,7 +8,7 @@ use std::collections::BinaryHeap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use shoal_proto::fuzzing::wire::{DataHeader, Packet};
+pub use shoal_proto::fuzzing::wire::{DataHeader, Packet};
 use shoal_proto::{Config, ConnectionHandle, Endpoint, Event, Instant, SecretSeed};
 
 /// Which way a datagram travels.
@@ -333,7 +333,7 @@ pub fn peer_user_id(events: &[Event]) -> u16 {
     events
         .iter()
         .find_map(|e| match e {
-            Event::Connected { peer_user_id, .. } => Some(*peer_user_id),
+            Event::Connected { identity, .. } => Some(identity.user_id),
             _ => None,
         })
         .expect("connected")

@@ -414,7 +414,7 @@ impl Game {
                 }
                 self.request_timeouts += 1;
             }
-            Event::Disconnected { reason, .. } => {
+            Event::Disconnected { reason, .. } | Event::ConnectFailed { reason, .. } => {
                 let state = &mut self.clients[client];
                 state.conn = None;
                 state.client_lost = true;

@@ -27,7 +27,10 @@ impl Application for World {
         let now = ctx.now();
         if ctx.id() == self.hub_node {
             if let Event::Message {
-                target: Some(_),
+                relay:
+                    Some(shoal_proto::Relay {
+                        target: Some(_), ..
+                    }),
                 payload,
                 ..
             } = &event
