@@ -112,8 +112,12 @@ pub struct Config {
     /// `true`). When off, a connection attempt is refused at once
     /// (`DisconnectReason::NotAccepting`).
     pub accept_incoming: bool,
-    /// Most connections at once (default 4,096; at most 49,151); further attempts are
-    /// rejected with reason `ServerFull`.
+    /// Most connections at once, handshakes included (default 4,096; at most 49,151). A
+    /// peer connecting beyond it is refused (counted in
+    /// [`EndpointStats::connections_rejected`](crate::EndpointStats::connections_rejected)):
+    /// its attempt ends in [`DisconnectReason::ServerFull`](crate::DisconnectReason::ServerFull)
+    /// on its side. [`Endpoint::connect`](crate::Endpoint::connect) beyond it fails with
+    /// [`ConnectError::TooManyConnections`](crate::ConnectError::TooManyConnections).
     pub max_connections: usize,
     /// Most bytes of application data in a connect request (default 256: with the keys and
     /// the fixed fields it fits a 576-byte MTU; a connect token needs room beside it).

@@ -12,7 +12,10 @@
 //! Clients may pin a server's static key ([`ConnectOptions::server_key`]); dedicated servers
 //! may require connect tokens from their backend ([`token`]).
 //!
-//! It builds with `#![no_std]` and `alloc` (disable the default `std` feature).
+//! It builds with `#![no_std]` and `alloc` (disable the default `std` feature). `std` adds
+//! only `std::error::Error` impls for the error types (and `bytes`' own `std` feature); there
+//! are no `std::time` conversions: a driver turns its clock into an [`Instant`] itself
+//! (`shoal_std::clock::Clock` does it for `std::time::Instant`).
 //!
 //! # Example: one loop turn
 //!

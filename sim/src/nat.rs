@@ -29,7 +29,7 @@ const PORT_COUNT: u32 = 65_536 - FIRST_PORT as u32;
 /// Hosts of an inside network: a /16 without its first and last address.
 const MAX_HOSTS: u32 = 65_534;
 
-/// Names one NAT of a [`Simulator`](crate::Simulator); NATs are numbered from 0 in the order
+/// Names one NAT of a [`Simulator`]; NATs are numbered from 0 in the order
 /// they were added.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NatId(pub u32);
