@@ -3,7 +3,8 @@
 
 use core::time::Duration;
 
-use shoal_sim::scenario::{run, Kind, Report, ScenarioConfig};
+use shoal_sim::scenario::{run, DropClass, Kind, Report, ScenarioConfig};
+use shoal_sim::shoal_proto::DropReason;
 use shoal_sim::{BurstLoss, DropCause, LinkConfig};
 
 fn small(seed: u64, link: LinkConfig) -> ScenarioConfig {
@@ -101,8 +102,81 @@ fn burst_loss_and_a_narrow_queue_are_survived_and_counted() {
     assert!(report.sim.drops.get(DropCause::BurstLoss) > 0, "{report}");
     assert!(report.sim.drops.get(DropCause::QueueFull) > 0, "{report}");
     let summary = report.to_string();
-    assert!(summary.contains("network drop queue_full"), "{summary}");
+    assert!(
+        summary.contains("no room in the bandwidth queue") && summary.contains("[queue_full]"),
+        "{summary}"
+    );
     assert!(summary.contains("guarantee violations: 0"), "{summary}");
+}
+
+/// The count on the summary line that starts with `words` (after its indent): the last
+/// number, before the counter's name in brackets.
+fn count_on_line(summary: &str, words: &str) -> u64 {
+    let line = summary
+        .lines()
+        .find(|l| l.trim_start().starts_with(words))
+        .unwrap_or_else(|| panic!("no line {words:?} in\n{summary}"));
+    let before_name = line.split("  [").next().unwrap_or(line);
+    before_name
+        .split_whitespace()
+        .last()
+        .and_then(|n| n.replace(',', "").parse().ok())
+        .unwrap_or_else(|| panic!("no count on {line:?}"))
+}
+
+#[test]
+fn summary_counts_redundant_copies_apart_from_real_drops_and_timers_apart_from_resends() {
+    // The network duplicates 5% of datagrams and loses 5%: the receivers see copies of
+    // packets (network duplicates) and of messages (retransmitted or rebuilt), all discarded
+    // as designed. The only real drop allowed is `unexpected`: a duplicated handshake packet
+    // (a second Accept once connected) looks to the endpoint like any stray one.
+    let link = LinkConfig {
+        latency: Duration::from_millis(20),
+        jitter: Duration::from_millis(5),
+        loss: 0.05,
+        duplicate: 0.05,
+        ..LinkConfig::default()
+    };
+    let report = run_ok(&small(11, link));
+    let drops = &report.proto_drops;
+    assert!(drops.get(DropReason::DuplicatePacket) > 0, "{report}");
+    let copies = DropClass::RedundantCopy.count(drops);
+    assert_eq!(
+        copies,
+        drops.get(DropReason::DuplicatePacket) + drops.get(DropReason::DuplicateMessage)
+    );
+    let real = DropClass::RealDrop.count(drops);
+    assert_eq!(real, drops.get(DropReason::Unexpected), "{report}");
+    assert!(real * 20 < copies, "{report}");
+    assert_eq!(
+        DropClass::ALL.iter().map(|c| c.count(drops)).sum::<u64>(),
+        drops.total()
+    );
+
+    let summary = report.to_string();
+    let count = |words| count_on_line(&summary, words);
+    assert_eq!(count("redundant copies discarded (as designed)"), copies);
+    assert_eq!(
+        count("outdated updates skipped (as designed)"),
+        drops.get(DropReason::StaleMessage)
+    );
+    assert_eq!(count("real drops (data refused or given up)"), real);
+    assert_eq!(
+        count("packets that had arrived before"),
+        drops.get(DropReason::DuplicatePacket)
+    );
+    assert_eq!(
+        count("probe timeouts (timer expiries"),
+        report.probe_timeouts
+    );
+    assert_eq!(
+        count("messages or chunks sent again"),
+        report.retransmissions
+    );
+    assert!(report.retransmissions > 0, "{summary}");
+    for jargon in ["protocol drop", "RTO", "rto_fired", "retransmissions"] {
+        assert!(!summary.contains(jargon), "{jargon:?} in\n{summary}");
+    }
 }
 
 #[test]

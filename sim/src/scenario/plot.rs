@@ -100,7 +100,7 @@ impl Report {
         let c = &self.config;
         writeln!(
             s,
-            r#"<text x="{LEFT}" y="28" font-size="17" font-weight="bold">shoal-sim: 1 server + {} clients, {} of traffic, seed {}</text>"#,
+            r#"<text x="{LEFT}" y="28" font-size="17" font-weight="bold">shoal-demo: 1 server + {} clients, {} of traffic, seed {}</text>"#,
             c.clients,
             human(c.duration),
             c.seed
