@@ -70,7 +70,7 @@ struct Args {
     #[arg(long, value_parser = parse_probability, value_name = "P")]
     down_loss: Option<f64>,
 
-    /// Gilbert–Elliott burst loss as ENTER,EXIT[,LOSS_IN_BURST]: `1%,25%` enters a burst with
+    /// Gilbert–Elliott burst loss as `ENTER,EXIT[,LOSS_IN_BURST]`: `1%,25%` enters a burst with
     /// probability 1% per datagram, leaves it with 25% (4 datagrams on average) and loses
     /// every datagram inside (or LOSS_IN_BURST of them). Adds to --loss.
     #[arg(long, value_parser = parse_burst_loss, value_name = "ENTER,EXIT[,LOSS]")]
@@ -126,7 +126,8 @@ struct Args {
     #[arg(long, default_value_t = 1, value_name = "N")]
     seed: u64,
 
-    /// Also write an SVG plot of the latencies (histogram per kind, latency over time).
+    /// Also write an SVG plot of the latencies: each kind's tail (share of messages slower
+    /// than a latency, log-log, with p50/p99/p99.9 guides) and latency over the run.
     #[arg(long, value_name = "FILE.svg")]
     plot: Option<PathBuf>,
 
