@@ -185,16 +185,94 @@ fn plot_is_a_complete_svg_with_labelled_axes() {
     let svg = report.to_svg();
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
     for label in [
-        "delivery latency (ms",
-        "share of the kind",
+        "Tails: share of each kind",
+        "latency (ms, log scale",
         "send time (s)",
-        "latency (ms, log scale)",
-        "p99",
+        "Over the run: latency (ms, log scale)",
+        "p50 (half slower)",
+        "p99 (1 in 100 slower)",
+        "p99.9 (1 in 1,000 slower)",
+        "p50 / p99 / p99.9 in ms",
     ] {
         assert!(svg.contains(label), "missing {label}");
     }
     assert!(svg.matches("<polyline").count() >= 8);
     assert!(svg.contains("<circle"));
+}
+
+/// The coordinates of the step path `M x,y H x V y H x V y ...`, in order.
+fn path_points(d: &str) -> Vec<(f64, f64)> {
+    let mut tokens = d.split_whitespace();
+    let start = tokens
+        .next()
+        .and_then(|t| t.strip_prefix('M'))
+        .expect("starts with M");
+    let (x, y) = start.split_once(',').expect("M x,y");
+    let (mut x, mut y): (f64, f64) = (x.parse().expect("x"), y.parse().expect("y"));
+    let mut points = vec![(x, y)];
+    for t in tokens {
+        let value = t[1..].parse().expect("a number");
+        match &t[..1] {
+            "H" => x = value,
+            "V" => y = value,
+            other => panic!("unexpected command {other}"),
+        }
+        points.push((x, y));
+    }
+    points
+}
+
+#[test]
+fn plot_draws_one_falling_tail_curve_per_kind_on_log_axes_with_percentile_guides() {
+    let link = LinkConfig {
+        latency: Duration::from_millis(30),
+        jitter: Duration::from_millis(5),
+        loss: 0.02,
+        ..LinkConfig::default()
+    };
+    let report = run_ok(&small(9, link));
+    let svg = report.to_svg();
+    let curves: Vec<&str> = svg
+        .lines()
+        .filter(|l| l.starts_with(r#"<path class="ccdf""#))
+        .collect();
+    let delivered = report.kinds.iter().filter(|k| k.delivered > 0).count();
+    assert_eq!(delivered, Kind::COUNT);
+    assert_eq!(curves.len(), delivered, "one curve per kind");
+    for (curve, k) in curves.iter().zip(&report.kinds) {
+        assert!(
+            curve.contains(&format!(
+                r#"data-kind="{} {}""#,
+                k.kind.name(),
+                k.kind.direction()
+            )),
+            "{curve}"
+        );
+        let d = curve
+            .split(r#" d=""#)
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .expect("a d attribute");
+        let points = path_points(d);
+        assert!(points.len() > 2, "{curve}");
+        // Latency only grows along the curve; the share slower only shrinks (SVG y grows
+        // downwards), from 100% at the top of the panel to nothing at the bottom.
+        assert!(
+            points
+                .windows(2)
+                .all(|w| w[1].0 >= w[0].0 && w[1].1 >= w[0].1),
+            "{d}"
+        );
+        let (first, last) = (points[0], points[points.len() - 1]);
+        assert!(first.1 < last.1, "{d}");
+    }
+    // Three dashed percentile guides, and 1-2-5 ticks on the log axes.
+    assert_eq!(svg.matches(r#"<line class="guide""#).count(), 3);
+    for tick in [
+        ">20<", ">50<", ">100<", ">200<", ">100%<", ">10%<", ">1%<", ">0.1%<",
+    ] {
+        assert!(svg.contains(tick), "no tick {tick}");
+    }
 }
 
 #[test]
