@@ -158,6 +158,29 @@ impl LatencyHistogram {
                 (low, high, n)
             })
     }
+
+    /// The cumulative distribution, for plots: for every non-empty bucket in increasing
+    /// order, `(upper, share)`, where `upper` is the bucket's largest value in microseconds
+    /// (never above the largest sample) and `share` the fraction of samples at or below it.
+    /// Both rise; the last share is 1. Empty if there are no samples.
+    ///
+    /// ```
+    /// use shoal_sim::LatencyHistogram;
+    /// let mut h = LatencyHistogram::new();
+    /// for micros in [10, 10, 20, 40] {
+    ///     h.record_micros(micros);
+    /// }
+    /// let cdf: Vec<(u64, f64)> = h.cumulative().collect();
+    /// assert_eq!(cdf, [(10, 0.5), (20, 0.75), (40, 1.0)]);
+    /// ```
+    pub fn cumulative(&self) -> impl Iterator<Item = (u64, f64)> + '_ {
+        let total = self.count as f64;
+        let mut seen = 0u64;
+        self.buckets().map(move |(_, high, n)| {
+            seen += n;
+            (high.min(self.max), seen as f64 / total)
+        })
+    }
 }
 
 #[cfg(test)]
@@ -195,6 +218,26 @@ mod tests {
         }
         assert_eq!(h.percentile(100.0), Duration::from_micros(100_000));
         assert_eq!(h.min(), Duration::from_micros(10));
+    }
+
+    #[test]
+    fn cumulative_shares_rise_to_one_and_bounds_stay_within_the_samples() {
+        let mut h = LatencyHistogram::new();
+        assert_eq!(h.cumulative().count(), 0);
+        for v in (1..=5_000u64).map(|i| i * i) {
+            h.record_micros(v);
+        }
+        let cdf: Vec<(u64, f64)> = h.cumulative().collect();
+        assert!(cdf.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 < w[1].1));
+        assert_eq!(cdf.last(), Some(&(25_000_000, 1.0)));
+        // The share at a bound is within the histogram's precision of the exact share.
+        for &(upper, share) in &cdf {
+            let exact = (upper as f64).sqrt().floor() / 5_000.0;
+            assert!(
+                (share - exact).abs() <= 0.02 * exact + 1e-9,
+                "{upper}: {share} vs {exact}"
+            );
+        }
     }
 
     #[test]

@@ -12,7 +12,7 @@
 //!
 //! ```
 //! use core::time::Duration;
-//! use shoal_proto::{Config, Event};
+//! use shoal_sim::shoal_proto::{Config, Event}; // re-exported: no separate dependency needed
 //! use shoal_sim::{LinkConfig, SimConfig, Simulator};
 //!
 //! // 20 ms away, with 10% of datagrams lost in each direction.
@@ -62,7 +62,8 @@
 //! | [`TraceRecord`], [`Fate`] | the bounded datagram trace |
 //! | [`SimRng`] | the seeded generator |
 //! | [`LatencyHistogram`] | bounded latency percentiles |
-//! | [`scenario`] | the game-like load behind the `shoal-sim` command |
+//! | [`scenario`] | the game-like load behind the `shoal-demo` command (crate `shoal-demo`) |
+//! | [`shoal_proto`] | the protocol crate, re-exported: `shoal_sim::shoal_proto::Config` |
 //! | [`units`] | parsing `5%`, `40ms`, `1MB/s` on the command line |
 
 #![forbid(unsafe_code)]
@@ -76,6 +77,10 @@ pub mod scenario;
 mod simulator;
 mod trace;
 pub mod units;
+
+/// The protocol crate the simulated nodes run, re-exported so that a user of the simulator
+/// needs no separate dependency on it (and always gets the same version).
+pub use shoal_proto;
 
 pub use histogram::LatencyHistogram;
 pub use link::{BurstLoss, DropCause, LinkConfig, LinkConfigError, LinkDrops};

@@ -32,6 +32,7 @@
 //! println!("{report}");
 //! ```
 
+mod drops;
 mod game;
 mod plot;
 mod report;
@@ -44,6 +45,7 @@ use shoal_proto::{Bytes, Config, Instant, Protection};
 use crate::link::{LinkConfig, LinkConfigError};
 use crate::simulator::{AddNodeError, SimConfig, Simulator};
 
+pub use drops::DropClass;
 use game::{Game, CONNECT, TICK};
 pub use report::{KindReport, Report, Violations};
 

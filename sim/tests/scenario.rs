@@ -3,7 +3,8 @@
 
 use core::time::Duration;
 
-use shoal_sim::scenario::{run, Kind, Report, ScenarioConfig};
+use shoal_sim::scenario::{run, DropClass, Kind, Report, ScenarioConfig};
+use shoal_sim::shoal_proto::DropReason;
 use shoal_sim::{BurstLoss, DropCause, LinkConfig};
 
 fn small(seed: u64, link: LinkConfig) -> ScenarioConfig {
@@ -101,8 +102,81 @@ fn burst_loss_and_a_narrow_queue_are_survived_and_counted() {
     assert!(report.sim.drops.get(DropCause::BurstLoss) > 0, "{report}");
     assert!(report.sim.drops.get(DropCause::QueueFull) > 0, "{report}");
     let summary = report.to_string();
-    assert!(summary.contains("network drop queue_full"), "{summary}");
+    assert!(
+        summary.contains("no room in the bandwidth queue") && summary.contains("[queue_full]"),
+        "{summary}"
+    );
     assert!(summary.contains("guarantee violations: 0"), "{summary}");
+}
+
+/// The count on the summary line that starts with `words` (after its indent): the last
+/// number, before the counter's name in brackets.
+fn count_on_line(summary: &str, words: &str) -> u64 {
+    let line = summary
+        .lines()
+        .find(|l| l.trim_start().starts_with(words))
+        .unwrap_or_else(|| panic!("no line {words:?} in\n{summary}"));
+    let before_name = line.split("  [").next().unwrap_or(line);
+    before_name
+        .split_whitespace()
+        .last()
+        .and_then(|n| n.replace(',', "").parse().ok())
+        .unwrap_or_else(|| panic!("no count on {line:?}"))
+}
+
+#[test]
+fn summary_counts_redundant_copies_apart_from_real_drops_and_timers_apart_from_resends() {
+    // The network duplicates 5% of datagrams and loses 5%: the receivers see copies of
+    // packets (network duplicates) and of messages (retransmitted or rebuilt), all discarded
+    // as designed. The only real drop allowed is `unexpected`: a duplicated handshake packet
+    // (a second Accept once connected) looks to the endpoint like any stray one.
+    let link = LinkConfig {
+        latency: Duration::from_millis(20),
+        jitter: Duration::from_millis(5),
+        loss: 0.05,
+        duplicate: 0.05,
+        ..LinkConfig::default()
+    };
+    let report = run_ok(&small(11, link));
+    let drops = &report.proto_drops;
+    assert!(drops.get(DropReason::DuplicatePacket) > 0, "{report}");
+    let copies = DropClass::RedundantCopy.count(drops);
+    assert_eq!(
+        copies,
+        drops.get(DropReason::DuplicatePacket) + drops.get(DropReason::DuplicateMessage)
+    );
+    let real = DropClass::RealDrop.count(drops);
+    assert_eq!(real, drops.get(DropReason::Unexpected), "{report}");
+    assert!(real * 20 < copies, "{report}");
+    assert_eq!(
+        DropClass::ALL.iter().map(|c| c.count(drops)).sum::<u64>(),
+        drops.total()
+    );
+
+    let summary = report.to_string();
+    let count = |words| count_on_line(&summary, words);
+    assert_eq!(count("redundant copies discarded (as designed)"), copies);
+    assert_eq!(
+        count("outdated updates skipped (as designed)"),
+        drops.get(DropReason::StaleMessage)
+    );
+    assert_eq!(count("real drops (data refused or given up)"), real);
+    assert_eq!(
+        count("packets that had arrived before"),
+        drops.get(DropReason::DuplicatePacket)
+    );
+    assert_eq!(
+        count("probe timeouts (timer expiries"),
+        report.probe_timeouts
+    );
+    assert_eq!(
+        count("messages or chunks sent again"),
+        report.retransmissions
+    );
+    assert!(report.retransmissions > 0, "{summary}");
+    for jargon in ["protocol drop", "RTO", "rto_fired", "retransmissions"] {
+        assert!(!summary.contains(jargon), "{jargon:?} in\n{summary}");
+    }
 }
 
 #[test]
@@ -111,16 +185,94 @@ fn plot_is_a_complete_svg_with_labelled_axes() {
     let svg = report.to_svg();
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
     for label in [
-        "delivery latency (ms",
-        "share of the kind",
+        "Tails: share of each kind",
+        "latency (ms, log scale",
         "send time (s)",
-        "latency (ms, log scale)",
-        "p99",
+        "Over the run: latency (ms, log scale)",
+        "p50 (half slower)",
+        "p99 (1 in 100 slower)",
+        "p99.9 (1 in 1,000 slower)",
+        "p50 / p99 / p99.9 in ms",
     ] {
         assert!(svg.contains(label), "missing {label}");
     }
     assert!(svg.matches("<polyline").count() >= 8);
     assert!(svg.contains("<circle"));
+}
+
+/// The coordinates of the step path `M x,y H x V y H x V y ...`, in order.
+fn path_points(d: &str) -> Vec<(f64, f64)> {
+    let mut tokens = d.split_whitespace();
+    let start = tokens
+        .next()
+        .and_then(|t| t.strip_prefix('M'))
+        .expect("starts with M");
+    let (x, y) = start.split_once(',').expect("M x,y");
+    let (mut x, mut y): (f64, f64) = (x.parse().expect("x"), y.parse().expect("y"));
+    let mut points = vec![(x, y)];
+    for t in tokens {
+        let value = t[1..].parse().expect("a number");
+        match &t[..1] {
+            "H" => x = value,
+            "V" => y = value,
+            other => panic!("unexpected command {other}"),
+        }
+        points.push((x, y));
+    }
+    points
+}
+
+#[test]
+fn plot_draws_one_falling_tail_curve_per_kind_on_log_axes_with_percentile_guides() {
+    let link = LinkConfig {
+        latency: Duration::from_millis(30),
+        jitter: Duration::from_millis(5),
+        loss: 0.02,
+        ..LinkConfig::default()
+    };
+    let report = run_ok(&small(9, link));
+    let svg = report.to_svg();
+    let curves: Vec<&str> = svg
+        .lines()
+        .filter(|l| l.starts_with(r#"<path class="ccdf""#))
+        .collect();
+    let delivered = report.kinds.iter().filter(|k| k.delivered > 0).count();
+    assert_eq!(delivered, Kind::COUNT);
+    assert_eq!(curves.len(), delivered, "one curve per kind");
+    for (curve, k) in curves.iter().zip(&report.kinds) {
+        assert!(
+            curve.contains(&format!(
+                r#"data-kind="{} {}""#,
+                k.kind.name(),
+                k.kind.direction()
+            )),
+            "{curve}"
+        );
+        let d = curve
+            .split(r#" d=""#)
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .expect("a d attribute");
+        let points = path_points(d);
+        assert!(points.len() > 2, "{curve}");
+        // Latency only grows along the curve; the share slower only shrinks (SVG y grows
+        // downwards), from 100% at the top of the panel to nothing at the bottom.
+        assert!(
+            points
+                .windows(2)
+                .all(|w| w[1].0 >= w[0].0 && w[1].1 >= w[0].1),
+            "{d}"
+        );
+        let (first, last) = (points[0], points[points.len() - 1]);
+        assert!(first.1 < last.1, "{d}");
+    }
+    // Three dashed percentile guides, and 1-2-5 ticks on the log axes.
+    assert_eq!(svg.matches(r#"<line class="guide""#).count(), 3);
+    for tick in [
+        ">20<", ">50<", ">100<", ">200<", ">100%<", ">10%<", ">1%<", ">0.1%<",
+    ] {
+        assert!(svg.contains(tick), "no tick {tick}");
+    }
 }
 
 #[test]

@@ -1,20 +1,26 @@
-//! The SVG plot of a scenario run, written by hand: a latency histogram per kind, and latency
+//! The SVG plot of a scenario run, written by hand: the latency distribution of each kind as
+//! a complementary CDF on log-log axes (so p99 and p99.9 tails are readable), and latency
 //! over the run (a scatter sample with p50 and p99 lines).
 
 use core::fmt::Write;
 
-use super::report::{human, thousands, Report};
+use super::report::{human, millis, thousands, Report};
 use super::PLOT_BINS;
 
 const WIDTH: f64 = 1180.0;
-const HEIGHT: f64 = 980.0;
+const HEIGHT: f64 = 1070.0;
 const LEFT: f64 = 80.0;
 const RIGHT: f64 = 850.0;
-const HIST_TOP: f64 = 90.0;
-const HIST_BOTTOM: f64 = 420.0;
-const TIME_TOP: f64 = 520.0;
-const TIME_BOTTOM: f64 = 900.0;
-const HIST_BINS: usize = 60;
+const CCDF_TOP: f64 = 100.0;
+const CCDF_BOTTOM: f64 = 510.0;
+const TIME_TOP: f64 = 610.0;
+const TIME_BOTTOM: f64 = 990.0;
+/// The percentile guide lines of the distribution panel: `(name, share slower, in words)`.
+const GUIDES: [(&str, f64, &str); 3] = [
+    ("p50", 0.5, "half slower"),
+    ("p99", 0.01, "1 in 100 slower"),
+    ("p99.9", 0.001, "1 in 1,000 slower"),
+];
 
 const COLORS: [&str; 8] = [
     "#1f77b4", "#ff7f0e", "#2ca02c", "#17becf", "#d62728", "#e377c2", "#9467bd", "#8c564b",
@@ -43,11 +49,11 @@ impl LogAxis {
     /// Tick values: 1, 2 and 5 times each power of ten in range.
     fn ticks(self) -> Vec<f64> {
         let mut ticks = Vec::new();
-        let mut decade = self.lo;
+        let mut decade = 10f64.powf(self.lo.log10().floor());
         while decade <= self.hi * 1.0001 {
             for m in [1.0, 2.0, 5.0] {
                 let v = decade * m;
-                if v <= self.hi * 1.0001 {
+                if v >= self.lo * 0.9999 && v <= self.hi * 1.0001 {
                     ticks.push(v);
                 }
             }
@@ -55,10 +61,38 @@ impl LogAxis {
         }
         ticks
     }
+
+    /// The axis from the largest 1-2-5 value at or below `min` to the smallest at or above
+    /// `max`.
+    fn around(min: f64, max: f64) -> LogAxis {
+        let step = |x: f64, up: bool| {
+            let decade = 10f64.powf(x.log10().floor());
+            let steps = [1.0, 2.0, 5.0, 10.0].map(|m| decade * m);
+            if up {
+                steps
+                    .into_iter()
+                    .find(|&v| v >= x * 0.9999)
+                    .unwrap_or(decade * 10.0)
+            } else {
+                steps
+                    .into_iter()
+                    .rev()
+                    .find(|&v| v <= x * 1.0001)
+                    .unwrap_or(decade)
+            }
+        };
+        LogAxis {
+            lo: step(min, false),
+            hi: step(max, true),
+        }
+    }
 }
 
+/// A latency tick: `0.5`, `20`, `500`, `1 s`, `2 s`.
 fn tick_label(ms: f64) -> String {
-    if ms >= 1.0 {
+    if ms >= 1000.0 {
+        format!("{} s", trim_num(ms / 1000.0))
+    } else if ms >= 1.0 {
         format!("{ms:.0}")
     } else {
         let s = format!("{ms:.3}");
@@ -66,24 +100,21 @@ fn tick_label(ms: f64) -> String {
     }
 }
 
-/// A round upper bound for a linear axis: 1, 2 or 5 times a power of ten.
-fn nice_ceiling(x: f64) -> f64 {
-    if x <= 0.0 {
-        return 1.0;
+/// A share tick: `100%`, `1%`, `0.01%`.
+fn share_label(share: f64) -> String {
+    let percent = share * 100.0;
+    if percent >= 1.0 {
+        format!("{percent:.0}%")
+    } else {
+        format!("{}%", trim_num_to(percent, 6))
     }
-    let decade = 10f64.powf(x.log10().floor());
-    for m in [1.0, 2.0, 5.0, 10.0] {
-        if decade * m >= x {
-            return decade * m;
-        }
-    }
-    decade * 10.0
 }
 
 impl Report {
-    /// An SVG image of the run's latencies, for a person to read: top, the share of each
-    /// kind's messages by delivery latency (log scale); bottom, latency by send time, with a
-    /// sample of individual messages and p50/p99 lines per time bin.
+    /// An SVG image of the run's latencies, for a person to read: top, for each kind, the
+    /// share of its messages slower than a latency (a complementary CDF on log-log axes,
+    /// with p50, p99 and p99.9 guide lines, so tails are readable); bottom, latency by send
+    /// time, with a sample of individual messages and p50/p99 lines per time bin.
     pub fn to_svg(&self) -> String {
         let mut svg = String::new();
         // Writing to a String cannot fail.
@@ -100,7 +131,7 @@ impl Report {
         let c = &self.config;
         writeln!(
             s,
-            r#"<text x="{LEFT}" y="28" font-size="17" font-weight="bold">shoal-sim: 1 server + {} clients, {} of traffic, seed {}</text>"#,
+            r#"<text x="{LEFT}" y="28" font-size="17" font-weight="bold">shoal-demo: 1 server + {} clients, {} of traffic, seed {}</text>"#,
             c.clients,
             human(c.duration),
             c.seed
@@ -139,75 +170,100 @@ impl Report {
             .map(|k| k.latency.max().as_secs_f64() * 1000.0)
             .fold(0.0, f64::max)
             .max(min_ms * 1.5);
-        let axis = LogAxis {
-            lo: 10f64.powf(min_ms.log10().floor()),
-            hi: 10f64.powf(max_ms.log10().ceil()),
-        };
+        let axis = LogAxis::around(min_ms, max_ms);
 
-        // ---- top panel: histogram of latencies per kind (share of the kind's messages)
-        let mut shares: Vec<(usize, Vec<f64>)> = Vec::new();
-        for (i, k) in self.kinds.iter().enumerate() {
-            if k.latency.count() == 0 {
-                continue;
-            }
-            let mut bins = vec![0.0; HIST_BINS];
-            for (low, high, n) in k.latency.buckets() {
-                let mid_ms = (low + (high - low) / 2) as f64 / 1000.0;
-                let x = axis.pos(mid_ms, 0.0, 1.0);
-                let b = ((x * HIST_BINS as f64) as usize).min(HIST_BINS - 1);
-                bins[b] += n as f64;
-            }
-            let total = k.latency.count() as f64;
-            bins.iter_mut().for_each(|b| *b = *b * 100.0 / total);
-            shares.push((i, bins));
-        }
-        let y_max = nice_ceiling(
-            shares
-                .iter()
-                .flat_map(|(_, b)| b.iter().copied())
-                .fold(0.0, f64::max),
-        );
-        self.frame(s, HIST_TOP, HIST_BOTTOM, "share of the kind's messages (%)")?;
-        for i in 0..=4 {
-            let v = y_max * f64::from(i) / 4.0;
-            let y = HIST_BOTTOM - (HIST_BOTTOM - HIST_TOP) * f64::from(i) / 4.0;
+        // ---- top panel: share of each kind's messages slower than a latency (log-log)
+        let most = delivered
+            .iter()
+            .map(|k| k.latency.count())
+            .max()
+            .unwrap_or(1);
+        // Down to the decade that holds one message of the largest kind.
+        let floor = 10f64.powf((1.0 / most as f64).log10().floor()).min(0.001);
+        let shares = LogAxis { lo: floor, hi: 1.0 };
+        let share_y = |share: f64| shares.pos(share, CCDF_BOTTOM, CCDF_TOP);
+        self.frame(
+            s,
+            CCDF_TOP,
+            CCDF_BOTTOM,
+            "Tails: share of each kind's messages slower than a latency (log-log; read p99 where a curve crosses the p99 line)",
+        )?;
+        let mut decade = 1.0;
+        while decade >= floor * 0.999 {
+            let y = share_y(decade);
             writeln!(
                 s,
-                r##"<line x1="{LEFT}" y1="{y:.1}" x2="{RIGHT}" y2="{y:.1}" stroke="#eee"/>"##
+                r##"<line x1="{LEFT}" y1="{y:.1}" x2="{RIGHT}" y2="{y:.1}" stroke="#e4e4e4"/>"##
             )?;
             writeln!(
                 s,
                 r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
                 LEFT - 6.0,
                 y + 4.0,
-                trim_num(v)
+                share_label(decade)
+            )?;
+            decade /= 10.0;
+        }
+        for v in axis.ticks() {
+            let x = axis.pos(v, LEFT, RIGHT);
+            writeln!(
+                s,
+                r##"<line x1="{x:.1}" y1="{CCDF_TOP}" x2="{x:.1}" y2="{CCDF_BOTTOM}" stroke="#e4e4e4"/>"##
             )?;
         }
-        self.log_x_ticks(s, axis, HIST_BOTTOM)?;
+        self.log_x_ticks(s, axis, CCDF_BOTTOM)?;
         writeln!(
             s,
-            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">delivery latency (ms, log scale; requests: round trip)</text>"#,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">latency (ms, log scale; requests: round trip)</text>"#,
             (LEFT + RIGHT) / 2.0,
-            HIST_BOTTOM + 36.0
+            CCDF_BOTTOM + 36.0
         )?;
-        for (i, bins) in &shares {
-            let mut points = String::new();
-            for (b, share) in bins.iter().enumerate() {
-                let x0 = LEFT + (RIGHT - LEFT) * b as f64 / HIST_BINS as f64;
-                let x1 = LEFT + (RIGHT - LEFT) * (b + 1) as f64 / HIST_BINS as f64;
-                let y = HIST_BOTTOM - (HIST_BOTTOM - HIST_TOP) * share / y_max;
-                let _ = write!(points, "{x0:.1},{y:.1} {x1:.1},{y:.1} ");
+        for (label, share, words) in GUIDES {
+            let y = share_y(share);
+            writeln!(
+                s,
+                r##"<line class="guide" x1="{LEFT}" y1="{y:.1}" x2="{RIGHT}" y2="{y:.1}" stroke="#777" stroke-dasharray="6,4"/>"##
+            )?;
+            writeln!(
+                s,
+                r##"<text x="{:.1}" y="{:.1}" text-anchor="end" fill="#555" font-size="11">{label} ({words})</text>"##,
+                RIGHT - 4.0,
+                y - 4.0
+            )?;
+        }
+        for (i, k) in self.kinds.iter().enumerate() {
+            if k.latency.count() == 0 {
+                continue;
+            }
+            // A step down at each bucket's upper bound: the share slower than it. The last
+            // step (nothing slower than the maximum) goes to the bottom edge.
+            let mut d = format!("M{LEFT:.1},{:.1}", share_y(1.0));
+            for (upper, at_or_below) in k.latency.cumulative() {
+                let x = axis.pos(upper as f64 / 1000.0, LEFT, RIGHT);
+                let slower = 1.0 - at_or_below;
+                let y = if slower < floor * 0.5 {
+                    CCDF_BOTTOM
+                } else {
+                    share_y(slower)
+                };
+                let _ = write!(d, " H{x:.1} V{y:.1}");
             }
             writeln!(
                 s,
-                r#"<polyline points="{}" fill="none" stroke="{}" stroke-width="1.8"/>"#,
-                points.trim_end(),
+                r#"<path class="ccdf" data-kind="{} {}" d="{d}" fill="none" stroke="{}" stroke-width="2" stroke-linejoin="round"/>"#,
+                k.kind.name(),
+                k.kind.direction(),
                 COLORS[i % COLORS.len()]
             )?;
         }
 
         // ---- bottom panel: latency over the run
-        self.frame(s, TIME_TOP, TIME_BOTTOM, "latency (ms, log scale)")?;
+        self.frame(
+            s,
+            TIME_TOP,
+            TIME_BOTTOM,
+            "Over the run: latency (ms, log scale) by send time",
+        )?;
         for v in axis.ticks() {
             let y = axis.pos(v, TIME_BOTTOM, TIME_TOP);
             writeln!(
@@ -247,7 +303,7 @@ impl Report {
         let time_x = |micros: f64| LEFT + (RIGHT - LEFT) * (micros / 1e6 / span_s).clamp(0.0, 1.0);
         for (i, k) in self.kinds.iter().enumerate() {
             let color = COLORS[i % COLORS.len()];
-            writeln!(s, r#"<g fill="{color}" fill-opacity="0.3">"#)?;
+            writeln!(s, r#"<g fill="{color}" fill-opacity="0.3" stroke="none">"#)?;
             for &(sent, latency) in &k.scatter {
                 let x = time_x(sent as f64);
                 let y = axis.pos(latency as f64 / 1000.0, TIME_BOTTOM, TIME_TOP);
@@ -289,42 +345,53 @@ impl Report {
         writeln!(
             s,
             r#"<text x="{lx}" y="{}" font-weight="bold">kind (channel, direction)</text>"#,
-            HIST_TOP - 16.0
+            CCDF_TOP - 16.0
         )?;
         writeln!(
             s,
-            r##"<text x="{lx}" y="{}" fill="#555" font-size="11">messages sent → delivered</text>"##,
-            HIST_TOP - 2.0
+            r##"<text x="{lx}" y="{}" fill="#555" font-size="11">sent → delivered; p50 / p99 / p99.9 in ms</text>"##,
+            CCDF_TOP - 2.0
         )?;
-        let mut y = HIST_TOP + 22.0;
+        let mut y = CCDF_TOP + 22.0;
         for (i, k) in self.kinds.iter().enumerate() {
             writeln!(
                 s,
-                r#"<rect x="{lx}" y="{:.1}" width="12" height="12" fill="{}"/>"#,
-                y - 10.0,
+                r#"<line x1="{lx}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="{}" stroke-width="3"/>"#,
+                y - 4.0,
+                lx + 14.0,
+                y - 4.0,
                 COLORS[i % COLORS.len()]
             )?;
             writeln!(
                 s,
                 r#"<text x="{:.1}" y="{y:.1}">{} ({}, {})</text>"#,
-                lx + 18.0,
+                lx + 20.0,
                 k.kind.name(),
                 k.kind.channel_name(),
                 k.kind.direction()
             )?;
+            let percentiles = if k.latency.count() == 0 {
+                "no delivery".to_string()
+            } else {
+                GUIDES
+                    .iter()
+                    .map(|&(_, share, _)| millis(k.latency.percentile(100.0 * (1.0 - share))))
+                    .collect::<Vec<_>>()
+                    .join(" / ")
+            };
             writeln!(
                 s,
-                r##"<text x="{:.1}" y="{:.1}" fill="#555" font-size="11">{} → {}</text>"##,
-                lx + 18.0,
+                r##"<text x="{:.1}" y="{:.1}" fill="#555" font-size="11">{} → {}; {percentiles}</text>"##,
+                lx + 20.0,
                 y + 14.0,
                 thousands(k.sent),
                 thousands(k.delivered)
             )?;
-            y += 36.0;
+            y += 44.0;
         }
         writeln!(
             s,
-            r#"<text x="{lx}" y="{TIME_TOP}" font-weight="bold">bottom panel</text>"#
+            r#"<text x="{lx}" y="{TIME_TOP}" font-weight="bold">over the run (bottom)</text>"#
         )?;
         let line_y = TIME_TOP + 22.0;
         writeln!(
@@ -365,8 +432,8 @@ impl Report {
         writeln!(s, "</svg>")
     }
 
-    /// Axes of a panel, with the y axis title.
-    fn frame(&self, s: &mut String, top: f64, bottom: f64, y_title: &str) -> core::fmt::Result {
+    /// Axes of a panel, with its title above it.
+    fn frame(&self, s: &mut String, top: f64, bottom: f64, title: &str) -> core::fmt::Result {
         writeln!(
             s,
             r##"<line x1="{LEFT}" y1="{top}" x2="{LEFT}" y2="{bottom}" stroke="#333"/>"##
@@ -375,11 +442,14 @@ impl Report {
             s,
             r##"<line x1="{LEFT}" y1="{bottom}" x2="{RIGHT}" y2="{bottom}" stroke="#333"/>"##
         )?;
-        let mid = (top + bottom) / 2.0;
+        // Above the panel, not rotated beside it: every renderer draws it, and it reads
+        // the right way up.
         writeln!(
             s,
-            r#"<text x="24" y="{mid:.1}" text-anchor="middle" transform="rotate(-90 24 {mid:.1})">{}</text>"#,
-            escape(y_title)
+            r#"<text x="{:.1}" y="{:.1}" font-weight="bold">{}</text>"#,
+            LEFT - 50.0,
+            top - 14.0,
+            escape(title)
         )
     }
 
@@ -403,8 +473,17 @@ impl Report {
 }
 
 fn trim_num(v: f64) -> String {
-    let s = format!("{v:.2}");
-    s.trim_end_matches('0').trim_end_matches('.').to_string()
+    trim_num_to(v, 2)
+}
+
+/// `v` with at most `decimals` decimals, trailing zeros dropped.
+fn trim_num_to(v: f64, decimals: usize) -> String {
+    let s = format!("{v:.decimals$}");
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    }
 }
 
 #[cfg(test)]
@@ -418,9 +497,17 @@ mod tests {
         assert!((axis.pos(10.0, 0.0, 100.0) - 50.0).abs() < 1e-9);
         assert_eq!(axis.pos(100.0, 0.0, 100.0), 100.0);
         assert_eq!(axis.ticks(), vec![1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0]);
-        assert_eq!(nice_ceiling(7.3), 10.0);
-        assert_eq!(nice_ceiling(13.0), 20.0);
+        let around = LogAxis::around(42.0, 1469.0);
+        assert_eq!((around.lo, around.hi), (20.0, 2000.0));
+        assert_eq!(
+            around.ticks(),
+            vec![20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0]
+        );
         assert_eq!(tick_label(0.5), "0.5");
         assert_eq!(tick_label(200.0), "200");
+        assert_eq!(tick_label(1000.0), "1 s");
+        assert_eq!(share_label(1.0), "100%");
+        assert_eq!(share_label(0.001), "0.1%");
+        assert_eq!(share_label(0.0001), "0.01%");
     }
 }

@@ -5,6 +5,7 @@ use core::time::Duration;
 
 use shoal_proto::DropCounts;
 
+use super::drops::{cause_words, reason_words, DropClass};
 use super::{Game, Kind, ScenarioConfig};
 use crate::{LatencyHistogram, SimStats, Simulator};
 
@@ -88,18 +89,25 @@ pub struct Report {
     pub wire_bytes: u64,
     /// Application payload bytes sent.
     pub payload_bytes: u64,
-    /// Frames retransmitted after loss (live connections at the end).
+    /// Frames (messages or message chunks) sent again, after their packet was declared lost
+    /// or copied into a probe (live connections at the end).
     pub retransmissions: u64,
     /// Packets declared lost (live connections at the end).
     pub packets_lost: u64,
-    /// Retransmission timeouts that fired (live connections at the end).
-    pub rto_fired: u64,
+    /// Packets declared lost that were acknowledged later: late, not lost (live connections
+    /// at the end).
+    pub spurious_losses: u64,
+    /// Probe timeouts that fired: a timer that expires when nothing was acknowledged for a
+    /// while and sends up to two probe packets. A timer expiry, not a retransmission; the
+    /// frames a probe copies are counted in `retransmissions` (live connections at the end).
+    pub probe_timeouts: u64,
     /// Repair blocks sent: forward error correction of small packets under loss (live
     /// connections at the end).
     pub repairs_sent: u64,
     /// Lost packets rebuilt from repair blocks (live connections at the end).
     pub packets_rebuilt: u64,
-    /// Drops inside the endpoints, by cause.
+    /// Drops inside the endpoints, by cause; [`DropClass`] sorts them into redundant copies,
+    /// outdated updates and real drops.
     pub proto_drops: DropCounts,
     /// The simulated network's counters (its drops by cause among them).
     pub sim: SimStats,
@@ -127,7 +135,8 @@ pub(super) fn build(sim: &Simulator, game: &Game, end: shoal_proto::Instant) -> 
         payload_bytes: 0,
         retransmissions: 0,
         packets_lost: 0,
-        rto_fired: 0,
+        spurious_losses: 0,
+        probe_timeouts: 0,
         repairs_sent: 0,
         packets_rebuilt: 0,
         proto_drops: DropCounts::default(),
@@ -147,7 +156,8 @@ pub(super) fn build(sim: &Simulator, game: &Game, end: shoal_proto::Instant) -> 
             if let Some(c) = endpoint.connection_stats(conn) {
                 report.retransmissions += c.retransmissions;
                 report.packets_lost += c.packets_lost;
-                report.rto_fired += c.rto_fired;
+                report.spurious_losses += c.spurious_losses;
+                report.probe_timeouts += c.rto_fired;
                 report.repairs_sent += c.repairs_sent;
                 report.packets_rebuilt += c.packets_rebuilt;
                 report.proto_drops.merge(&c.drops);
@@ -278,7 +288,7 @@ impl fmt::Display for Report {
         let drain = self.simulated.saturating_sub(c.duration);
         writeln!(
             f,
-            "shoal-sim: 1 server + {} clients, {} of traffic then {} of drain, seed {}",
+            "shoal-demo: 1 server + {} clients, {} of traffic then {} of drain, seed {}",
             c.clients,
             human(c.duration),
             human(drain),
@@ -342,59 +352,77 @@ impl fmt::Display for Report {
         writeln!(f)?;
         writeln!(
             f,
-            "wire: {} datagrams, {} bytes for {} payload bytes = {:.3} wire bytes per payload byte",
-            thousands(self.datagrams_sent),
+            "bandwidth: {} bytes in {} UDP datagrams to carry {} bytes of messages = {:.2} bytes sent per message byte",
             thousands(self.wire_bytes),
+            thousands(self.datagrams_sent),
             thousands(self.payload_bytes),
             self.wire_overhead()
         )?;
         writeln!(
             f,
-            "recovery: {} retransmissions, {} packets declared lost, {} probe timeouts, {} repairs sent, {} packets rebuilt, {} request timeouts, {} refused sends",
-            thousands(self.retransmissions),
-            thousands(self.packets_lost),
-            thousands(self.rto_fired),
-            thousands(self.repairs_sent),
-            thousands(self.packets_rebuilt),
-            thousands(self.request_timeouts),
-            thousands(self.send_errors)
+            "  (the extra is headers, acknowledgements, encryption, repair data and resends)"
         )?;
         let s = &self.sim;
         writeln!(
             f,
-            "network: {} datagrams sent, {} delivered, {} duplicated, {} reordered, {} dropped{}",
+            "simulated network: {} datagrams sent, {} arrived, {} lost, {} duplicated, {} held back to reorder",
             thousands(s.datagrams_sent),
             thousands(s.datagrams_delivered),
+            thousands(s.drops.total()),
             thousands(s.duplicates),
             thousands(s.reordered),
-            thousands(s.drops.total()),
-            if s.drops.total() == 0 { "" } else { ":" }
         )?;
         for (cause, n) in s.drops.iter() {
-            writeln!(
-                f,
-                "  network drop {:<22} {:>12}",
-                cause.name(),
-                thousands(n)
-            )?;
+            line(f, 1, cause_words(cause), n, cause.name())?;
+        }
+        writeln!(f, "loss recovery (connections still open at the end):")?;
+        let lines = [
+            (1, "packets the senders declared lost", self.packets_lost),
+            (2, "of which late, not lost", self.spurious_losses),
+            (
+                1,
+                "messages or chunks sent again (after a loss, or in a probe)",
+                self.retransmissions,
+            ),
+            (
+                1,
+                "probe timeouts (timer expiries; each may resend nothing)",
+                self.probe_timeouts,
+            ),
+            (
+                1,
+                "repair blocks sent (error correction for small packets)",
+                self.repairs_sent,
+            ),
+            (
+                1,
+                "lost packets rebuilt from repair data (no resend needed)",
+                self.packets_rebuilt,
+            ),
+        ];
+        for (depth, words, n) in lines {
+            line(f, depth, words, n, "")?;
         }
         writeln!(
             f,
-            "protocol drops: {}{}",
-            thousands(self.proto_drops.total()),
-            if self.proto_drops.total() == 0 {
-                ""
-            } else {
-                ":"
-            }
+            "application: {} requests without a response in time, {} sends refused by the endpoints (e.g. a full queue)",
+            thousands(self.request_timeouts),
+            thousands(self.send_errors)
         )?;
-        for (reason, n) in self.proto_drops.iter() {
-            writeln!(
-                f,
-                "  protocol drop {:<21} {:>12}",
-                reason.name(),
-                thousands(n)
-            )?;
+        writeln!(
+            f,
+            "discarded on arrival by the endpoints: {} (packets or messages)",
+            thousands(self.proto_drops.total())
+        )?;
+        for class in DropClass::ALL {
+            line(f, 1, class.title(), class.count(&self.proto_drops), "")?;
+            for (reason, n) in self
+                .proto_drops
+                .iter()
+                .filter(|&(r, _)| DropClass::of(r) == class)
+            {
+                line(f, 2, reason_words(reason), n, reason.name())?;
+            }
         }
         writeln!(f, "guarantee violations: {}", self.violations.total())?;
         for (name, n) in self.violations.iter().filter(|(_, n)| *n > 0) {
@@ -402,7 +430,7 @@ impl fmt::Display for Report {
         }
         writeln!(
             f,
-            "engine: {} steps, {} wake-ups ({} stale), {} timers, {} events, {} timer spins",
+            "simulator internals: {} steps, {} endpoint wake-ups ({} skipped as superseded), {} app timers, {} events, {} timer spins (above 0: a protocol bug)",
             thousands(s.steps),
             thousands(s.wakeups),
             thousands(s.stale_wakeups),
@@ -410,7 +438,33 @@ impl fmt::Display for Report {
             thousands(s.events),
             s.timer_spins
         )?;
-        write!(f, "trace hash: {:#018x}", self.trace_hash)
+        write!(
+            f,
+            "trace hash (equal runs, equal hash): {:#018x}",
+            self.trace_hash
+        )
+    }
+}
+
+/// Width of a summary line's words, indent included, before its count.
+const WORDS_WIDTH: usize = 62;
+
+/// One indented line of the summary: plain words, a count aligned with the others, and the
+/// name of the counter behind it (if one), in brackets.
+fn line(
+    f: &mut fmt::Formatter<'_>,
+    depth: usize,
+    words: &str,
+    n: u64,
+    counter: &str,
+) -> fmt::Result {
+    let indent = "  ".repeat(depth);
+    let width = WORDS_WIDTH.saturating_sub(indent.len());
+    write!(f, "{indent}{words:<width$} {:>12}", thousands(n))?;
+    if counter.is_empty() {
+        writeln!(f)
+    } else {
+        writeln!(f, "  [{counter}]")
     }
 }
 

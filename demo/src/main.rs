@@ -1,9 +1,13 @@
-//! `shoal-sim`: runs a game-like scenario — one server, many clients — over a simulated
+//! `shoal-demo`: runs a game-like scenario — one server, many clients — over a simulated
 //! network and prints what got through, how fast, and whether every guarantee held.
 //!
 //! ```text
-//! cargo run --release -p shoal-sim -- --peers 1000 --loss 5% --latency 40ms --duration 60s
+//! cargo run --release -p shoal-demo
+//! cargo run --release -p shoal-demo -- --peers 1000 --loss 5% --latency 40ms --duration 60s --plot latency.svg
 //! ```
+//!
+//! The scenario itself is [`shoal_sim::scenario`]; this binary adds the flags, a progress bar
+//! and the plot file, so the library does not carry clap or indicatif.
 
 #![forbid(unsafe_code)]
 
@@ -13,8 +17,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use shoal_proto::Protection;
 use shoal_sim::scenario::{self, ScenarioConfig};
+use shoal_sim::shoal_proto::Protection;
 use shoal_sim::units::{
     parse_bandwidth, parse_burst_loss, parse_bytes, parse_duration, parse_probability,
 };
@@ -29,7 +33,7 @@ use shoal_sim::{BurstLoss, LinkConfig};
 /// each client–server pair) gets the impairments below. The run is deterministic: the same
 /// flags and seed print the same summary (except the line marked wall-clock).
 #[derive(Parser, Debug)]
-#[command(name = "shoal-sim", version, about, long_about)]
+#[command(name = "shoal-demo", version, about, long_about)]
 struct Args {
     /// Number of clients connecting to the one server.
     #[arg(long, default_value_t = 100, value_name = "N")]
@@ -66,7 +70,7 @@ struct Args {
     #[arg(long, value_parser = parse_probability, value_name = "P")]
     down_loss: Option<f64>,
 
-    /// Gilbert–Elliott burst loss as ENTER,EXIT[,LOSS_IN_BURST]: `1%,25%` enters a burst with
+    /// Gilbert–Elliott burst loss as `ENTER,EXIT[,LOSS_IN_BURST]`: `1%,25%` enters a burst with
     /// probability 1% per datagram, leaves it with 25% (4 datagrams on average) and loses
     /// every datagram inside (or LOSS_IN_BURST of them). Adds to --loss.
     #[arg(long, value_parser = parse_burst_loss, value_name = "ENTER,EXIT[,LOSS]")]
@@ -122,7 +126,8 @@ struct Args {
     #[arg(long, default_value_t = 1, value_name = "N")]
     seed: u64,
 
-    /// Also write an SVG plot of the latencies (histogram per kind, latency over time).
+    /// Also write an SVG plot of the latencies: each kind's tail (share of messages slower
+    /// than a latency, log-log, with p50/p99/p99.9 guides) and latency over the run.
     #[arg(long, value_name = "FILE.svg")]
     plot: Option<PathBuf>,
 
@@ -215,7 +220,7 @@ fn main() -> ExitCode {
     let report = match result {
         Ok(report) => report,
         Err(e) => {
-            eprintln!("shoal-sim: {e}");
+            eprintln!("shoal-demo: {e}");
             return ExitCode::from(2);
         }
     };
@@ -230,7 +235,7 @@ fn main() -> ExitCode {
     if let Some(path) = &args.plot {
         if let Err(e) = std::fs::write(path, report.to_svg()) {
             eprintln!(
-                "shoal-sim: cannot write the plot to {}: {e}",
+                "shoal-demo: cannot write the plot to {}: {e}",
                 path.display()
             );
             return ExitCode::from(2);
@@ -239,7 +244,7 @@ fn main() -> ExitCode {
     }
     if report.violations.total() > 0 {
         eprintln!(
-            "shoal-sim: {} guarantee violations",
+            "shoal-demo: {} guarantee violations",
             report.violations.total()
         );
         return ExitCode::from(1);
@@ -269,7 +274,7 @@ mod tests {
     #[test]
     fn flags_accept_human_units() {
         let args = Args::try_parse_from([
-            "shoal-sim",
+            "shoal-demo",
             "--peers",
             "1000",
             "--loss",
@@ -294,7 +299,7 @@ mod tests {
         assert_eq!(config.link.bandwidth, Some(1_250_000));
         assert_eq!(config.link.duplicate, 0.01);
         assert!(config.link.burst_loss.is_some());
-        assert!(Args::try_parse_from(["shoal-sim", "--loss", "5 percent"]).is_err());
-        assert!(Args::try_parse_from(["shoal-sim", "--duration", "60"]).is_err());
+        assert!(Args::try_parse_from(["shoal-demo", "--loss", "5 percent"]).is_err());
+        assert!(Args::try_parse_from(["shoal-demo", "--duration", "60"]).is_err());
     }
 }
