@@ -108,7 +108,7 @@ use shoal_std::clock;
 pub use driver::{MioDriver, INTEREST, MAX_DATAGRAMS_PER_CALL};
 pub use event_loop::{EventLoop, RunOutcome, DRIVER_TOKEN};
 // The driver parts shared with `shoal-std`: `MioDriver` dereferences to a `DriverCore`.
-pub use shoal_std::{DriverCore, DriverStats, Events};
+pub use shoal_std::{DriverCore, DriverStats, Events, SendFailure};
 
 /// The `mio` crate this driver is built on (register in a `Poll` of this version).
 pub use mio;
@@ -117,5 +117,5 @@ pub use shoal_proto;
 // The protocol types an application needs alongside the driver.
 pub use shoal_proto::{
     Bytes, Config, ConnectError, ConnectionHandle, DeliveryKind, DisconnectReason, Endpoint, Event,
-    IncomingRequest, Instant, RequestId, SendError,
+    IncomingRequest, Instant, LinkStats, NetError, Network, RequestId, SendError,
 };

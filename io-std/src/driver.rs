@@ -171,8 +171,6 @@ impl Driver {
     }
 }
 
-/// The commands, getters and events shared with `shoal-mio`: `driver.send(..)`,
-/// `driver.poll_event()`, `driver.stats()`, ...
 /// A dropped driver closes its connections and sends the notices first (waiting at most
 /// [`DROP_LINGER`](crate::DROP_LINGER) for a full socket): its peers learn at once, not at
 /// their idle timeout.
@@ -183,6 +181,8 @@ impl Drop for Driver {
     }
 }
 
+/// The commands, getters and events shared with `shoal-mio`: `driver.send(..)`,
+/// `driver.poll_event()`, `driver.stats()`, ...
 impl Deref for Driver {
     type Target = DriverCore;
 

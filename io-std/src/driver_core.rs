@@ -6,15 +6,15 @@
 //! rest are written once, here, and called on either driver as its own methods.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 
 use shoal_proto::{
     Bytes, Config, ConnectError, ConnectionHandle, Endpoint, Event, IncomingRequest, Instant,
-    RequestId, SendError,
+    LinkStats, NetError, Network, RequestId, SendError,
 };
 
 use crate::clock::{endpoint_seed, os_secret_seed, unix_time, Clock};
-use crate::io_util::{recv_error_action, Outbox, RecvErrorAction, RECV_BUFFER_LEN};
+use crate::io_util::{recv_error_action, Outbox, RecvErrorAction, SendFailure, RECV_BUFFER_LEN};
 
 /// Counters of what the driver itself did with the socket (the endpoint keeps its own, see
 /// [`Endpoint::stats`]).
@@ -23,8 +23,8 @@ pub struct DriverStats {
     /// Datagrams the socket refused with an error other than `WouldBlock`/`Interrupted`
     /// (e.g. an unreachable destination). They are dropped, like any lost datagram.
     pub send_errors: u64,
-    /// The kind of the most recent such error.
-    pub last_send_error: Option<io::ErrorKind>,
+    /// The most recent such error: the OS error (kind and code) and the destination.
+    pub last_send_error: Option<SendFailure>,
     /// ICMP errors reported by `recv_from` (`ConnectionReset`/`ConnectionRefused`), skipped.
     pub icmp_errors_ignored: u64,
     /// Times a send hit `WouldBlock` and the datagram was kept for a later flush (with
@@ -151,21 +151,42 @@ impl DriverCore {
 
     // ------------------------------------------------------------------ commands
 
-    /// Starts connecting to `remote`; see [`Endpoint::connect`]. The handshake leaves when
-    /// the driver next sends (its `update`, `poll` or `flush`).
+    /// Starts connecting to `remote`, an address or text that resolves to one
+    /// (`"203.0.113.7:4000"`, `"game.example.com:4000"`, a `SocketAddr`); see
+    /// [`Endpoint::connect`]. Of the addresses a name resolves to, the first of the socket's
+    /// family is taken. The handshake leaves when the driver next sends (its `update`,
+    /// `poll` or `flush`); `Connected` or `ConnectFailed` follows.
+    ///
+    /// Fails at once with `ConnectError::AddressFamily` for an address of the other family
+    /// (an IPv4 socket cannot reach IPv6) and `ConnectError::Unresolved` for text that
+    /// resolves to nothing.
     pub fn connect(
         &mut self,
-        remote: SocketAddr,
+        remote: impl ToSocketAddrs,
         data: &[u8],
     ) -> Result<ConnectionHandle, ConnectError> {
-        if remote.is_ipv4() != self.local_addr.is_ipv4() {
-            return Err(ConnectError::AddressFamily {
-                remote,
-                local: self.local_addr,
-            });
-        }
+        let remote = self.resolve(remote)?;
         let now = self.clock.now();
         self.endpoint.connect(now, remote, data)
+    }
+
+    /// The first address `remote` resolves to in the socket's family.
+    fn resolve(&self, remote: impl ToSocketAddrs) -> Result<SocketAddr, ConnectError> {
+        let local = self.local_addr;
+        let mut other_family = None;
+        for addr in remote
+            .to_socket_addrs()
+            .map_err(|_| ConnectError::Unresolved)?
+        {
+            if addr.is_ipv4() == local.is_ipv4() {
+                return Ok(addr);
+            }
+            other_family.get_or_insert(addr);
+        }
+        Err(match other_family {
+            Some(remote) => ConnectError::AddressFamily { remote, local },
+            None => ConnectError::Unresolved,
+        })
     }
 
     /// Queues a message; see [`Endpoint::send`].
@@ -210,6 +231,12 @@ impl DriverCore {
         self.endpoint.broadcast(channel, payload, except)
     }
 
+    /// Round-trip time, loss and bytes per second of a live connection, to show on screen;
+    /// see [`Endpoint::link_stats`].
+    pub fn link_stats(&self, conn: ConnectionHandle) -> Option<LinkStats> {
+        self.endpoint.link_stats(conn)
+    }
+
     /// The connected peers the application has seen connect; see [`Endpoint::peers`].
     /// Collected, so the driver can be used while going through them.
     pub fn peers(&self) -> Vec<ConnectionHandle> {
@@ -229,9 +256,37 @@ impl DriverCore {
         self.endpoint.poll_event()
     }
 
+    /// Moves the events that are waiting into `events`, a buffer the game keeps from frame
+    /// to frame (no allocation once it has grown). The driver is then free while the game
+    /// goes through them, so it can answer and send:
+    ///
+    /// ```no_run
+    /// # use shoal_std::{Config, Driver, Event};
+    /// # fn main() -> std::io::Result<()> {
+    /// # let mut net = Driver::bind("127.0.0.1:4000", Config::default())?;
+    /// let mut events = Vec::new();
+    /// loop {
+    ///     net.update()?;
+    ///     net.drain_events(&mut events);
+    ///     for event in events.drain(..) {
+    ///         if let Event::Message { conn, channel, payload, .. } = event {
+    ///             net.send(conn, channel, payload).ok(); // echo: `net` is not borrowed
+    ///         }
+    ///     }
+    /// #   break;
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn drain_events(&mut self, events: &mut Vec<Event>) {
+        while let Some(event) = self.endpoint.poll_event() {
+            events.push(event);
+        }
+    }
+
     /// Drains the events that are waiting (the iterator ends when none is left). It borrows
-    /// the driver; to send in reaction to an event, loop on
-    /// [`poll_event`](Self::poll_event) instead.
+    /// the driver until it is dropped; to send in reaction to an event, use
+    /// [`drain_events`](Self::drain_events) or loop on [`poll_event`](Self::poll_event).
     pub fn events(&mut self) -> Events<'_> {
         Events {
             endpoint: &mut self.endpoint,
@@ -333,6 +388,73 @@ impl Iterator for Events<'_> {
     }
 }
 
+/// The commands of [`Network`], for game code written once for every driver, the background
+/// thread and the simulator. A driver is a `Network` through its core: pass `&mut *driver`
+/// (a `Driver` or a `MioDriver` dereferences to its `DriverCore`). Called on a driver, the
+/// same names are the core's own methods, with their narrower error types and `connect`
+/// taking text too.
+impl Network for DriverCore {
+    fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    fn connect(&mut self, remote: SocketAddr, data: &[u8]) -> Result<ConnectionHandle, NetError> {
+        Ok(DriverCore::connect(self, remote, data)?)
+    }
+
+    fn send(
+        &mut self,
+        conn: ConnectionHandle,
+        channel: u8,
+        payload: impl Into<Bytes>,
+    ) -> Result<(), NetError> {
+        Ok(DriverCore::send(self, conn, channel, payload)?)
+    }
+
+    fn request(
+        &mut self,
+        conn: ConnectionHandle,
+        channel: u8,
+        payload: impl Into<Bytes>,
+    ) -> Result<RequestId, NetError> {
+        Ok(DriverCore::request(self, conn, channel, payload)?)
+    }
+
+    fn respond(
+        &mut self,
+        conn: ConnectionHandle,
+        request: IncomingRequest,
+        payload: impl Into<Bytes>,
+    ) -> Result<(), NetError> {
+        Ok(DriverCore::respond(self, conn, request, payload)?)
+    }
+
+    fn broadcast(
+        &mut self,
+        channel: u8,
+        payload: impl Into<Bytes>,
+        except: Option<ConnectionHandle>,
+    ) -> usize {
+        DriverCore::broadcast(self, channel, payload, except)
+    }
+
+    fn disconnect(&mut self, conn: ConnectionHandle, code: u16) {
+        DriverCore::disconnect(self, conn, code);
+    }
+
+    fn poll_event(&mut self) -> Option<Event> {
+        DriverCore::poll_event(self)
+    }
+
+    fn peers(&self) -> Vec<ConnectionHandle> {
+        DriverCore::peers(self)
+    }
+
+    fn link_stats(&self, conn: ConnectionHandle) -> Option<LinkStats> {
+        DriverCore::link_stats(self, conn)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -370,6 +492,37 @@ mod tests {
         core.wake_from = Some(waker);
         assert!(core.receive_one(None, |_| Ok((0, waker))).expect("wake"));
         assert_eq!(core.endpoint().stats().datagrams_received, 0);
+    }
+
+    #[test]
+    fn connect_resolves_text_to_the_sockets_family_and_says_why_it_cannot() {
+        let mut core = core(); // IPv4
+        let conn = core.connect("127.0.0.1:4001", b"").expect("text resolves");
+        assert_eq!(
+            core.endpoint().remote_address(conn),
+            Some(SocketAddr::from(([127, 0, 0, 1], 4001)))
+        );
+        let v6 = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 4002));
+        assert_eq!(
+            core.connect(v6, b""),
+            Err(ConnectError::AddressFamily {
+                remote: v6,
+                local: core.local_addr()
+            })
+        );
+        assert_eq!(
+            core.connect("no port here", b""),
+            Err(ConnectError::Unresolved)
+        );
+        let text = ConnectError::AddressFamily {
+            remote: v6,
+            local: core.local_addr(),
+        }
+        .to_string();
+        assert!(
+            text.contains("[::1]:4002") && text.contains("127.0.0.1:4000"),
+            "{text}"
+        );
     }
 
     #[test]

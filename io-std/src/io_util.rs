@@ -68,8 +68,44 @@ pub struct Outbox {
     pending: Option<Transmit>,
     /// Datagrams the socket refused with an error other than `WouldBlock`/`Interrupted`.
     pub send_errors: u64,
-    /// The kind of the last such error.
-    pub last_send_error: Option<io::ErrorKind>,
+    /// The last such error, with the OS error code and the destination.
+    pub last_send_error: Option<SendFailure>,
+}
+
+/// A datagram the socket refused: the OS error as it came (its kind and raw code) and where
+/// the datagram was going. `Display` gives the OS's own message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SendFailure {
+    /// The error's kind.
+    pub kind: io::ErrorKind,
+    /// The OS error code (`errno`, or the Windows error), if the OS gave one.
+    pub os_code: Option<i32>,
+    /// The datagram's destination.
+    pub to: SocketAddr,
+}
+
+impl SendFailure {
+    fn new(error: &io::Error, to: SocketAddr) -> Self {
+        SendFailure {
+            kind: error.kind(),
+            os_code: error.raw_os_error(),
+            to,
+        }
+    }
+
+    /// The error again, as an `io::Error` (the OS's own when it gave a code).
+    pub fn to_io_error(&self) -> io::Error {
+        match self.os_code {
+            Some(code) => io::Error::from_raw_os_error(code),
+            None => io::Error::from(self.kind),
+        }
+    }
+}
+
+impl std::fmt::Display for SendFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "sending to {} failed: {}", self.to, self.to_io_error())
+    }
 }
 
 impl Outbox {
@@ -119,7 +155,7 @@ impl Outbox {
                     }
                     Err(e) => {
                         self.send_errors += 1;
-                        self.last_send_error = Some(e.kind());
+                        self.last_send_error = Some(SendFailure::new(&e, transmit.to));
                         break;
                     }
                 }
@@ -196,16 +232,23 @@ mod tests {
     fn other_send_errors_drop_the_datagram_and_are_counted() {
         let (mut client, _) = client_with_queued_handshake();
         let mut outbox = Outbox::new(1200);
+        // EACCES, as the OS reports it.
         let result = outbox.flush(&mut client, Instant::ZERO, |_, _| {
-            Err(io::ErrorKind::PermissionDenied.into())
+            Err(io::Error::from_raw_os_error(13))
         });
         assert_eq!(result, Flushed::All);
         assert!(!outbox.is_blocked());
         assert!(outbox.send_errors >= 1);
-        assert_eq!(
-            outbox.last_send_error,
-            Some(io::ErrorKind::PermissionDenied)
+        let failure = outbox.last_send_error.expect("recorded");
+        assert_eq!(failure.kind, io::ErrorKind::PermissionDenied);
+        assert_eq!(failure.os_code, Some(13));
+        assert_eq!(failure.to, "127.0.0.1:4000".parse().expect("address"));
+        let text = failure.to_string();
+        assert!(
+            text.starts_with("sending to 127.0.0.1:4000 failed: "),
+            "{text}"
         );
+        assert!(text.contains("os error 13"), "the OS's own message: {text}");
     }
 
     #[test]

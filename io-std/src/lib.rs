@@ -108,6 +108,7 @@ mod thread;
 pub use discovery::{discover, LanConfig, LanPeer, LanResponder, LanSeeker, ResponderConfig};
 pub use driver::{Driver, BLOCKED_SEND_RETRY, MAX_DATAGRAMS_PER_UPDATE};
 pub use driver_core::{DriverCore, DriverStats, Events, DROP_LINGER};
+pub use io_util::SendFailure;
 pub use thread::{
     spawn, spawn_driver, Handle, Output, ThreadError, COMMAND_CAPACITY, OUTPUT_CAPACITY,
     SHUTDOWN_CODE,
@@ -118,6 +119,6 @@ pub use shoal_proto;
 // The protocol types an application needs alongside the driver.
 pub use shoal_proto::{
     Bytes, Config, ConnectError, ConnectOptions, ConnectionHandle, DeliveryKind, DisconnectReason,
-    Endpoint, Event, IncomingRequest, Instant, Keypair, PeerIdentity, Protection, PublicKey,
-    RequestId, SendError,
+    Endpoint, Event, IncomingRequest, Instant, Keypair, LinkStats, NetError, Network, PeerIdentity,
+    Protection, PublicKey, Relay, RequestId, SendError,
 };

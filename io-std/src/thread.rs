@@ -1,6 +1,5 @@
 //! The background-thread mode: a [`Driver`] on its own thread, commanded through channels.
 
-use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -10,7 +9,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use shoal_proto::{
-    Bytes, Config, ConnectError, ConnectionHandle, Event, IncomingRequest, RequestId, SendError,
+    Bytes, Config, ConnectError, ConnectionHandle, Event, IncomingRequest, LinkStats, NetError,
+    Network, RequestId, SendError,
 };
 
 use crate::driver::Driver;
@@ -47,44 +47,12 @@ pub enum Output {
     },
 }
 
-/// Why a [`Handle`] command failed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ThreadError {
-    /// The thread has stopped (shut down, or failed: [`Handle::shutdown`] returns its error).
-    Stopped,
-    /// [`COMMAND_CAPACITY`] commands are waiting already; try again after the thread catches
-    /// up.
-    Busy,
-    /// The endpoint refused the connection attempt.
-    Connect(ConnectError),
-    /// The endpoint refused the request.
-    Send(SendError),
-}
-
-impl fmt::Display for ThreadError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ThreadError::Stopped => {
-                f.write_str("the Shoal thread has stopped; call Handle::shutdown for its error")
-            }
-            ThreadError::Busy => {
-                f.write_str("the Shoal thread's command queue is full; try again shortly")
-            }
-            ThreadError::Connect(e) => write!(f, "connect failed: {e}"),
-            ThreadError::Send(e) => write!(f, "request failed: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for ThreadError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            ThreadError::Connect(e) => Some(e),
-            ThreadError::Send(e) => Some(e),
-            ThreadError::Stopped | ThreadError::Busy => None,
-        }
-    }
-}
+/// Why a [`Handle`] command failed: [`NetError`], the error of every [`Network`].
+///
+/// `Stopped`: the thread has stopped (shut down, or failed: [`Handle::shutdown`] returns its
+/// error). `Busy`: [`COMMAND_CAPACITY`] commands are waiting already; try again after the
+/// thread catches up.
+pub type ThreadError = NetError;
 
 enum Command {
     Connect {
@@ -111,6 +79,18 @@ enum Command {
     Disconnect {
         conn: ConnectionHandle,
         code: u16,
+    },
+    Broadcast {
+        channel: u8,
+        payload: Bytes,
+        except: Option<ConnectionHandle>,
+    },
+    Peers {
+        reply: SyncSender<Vec<ConnectionHandle>>,
+    },
+    LinkStats {
+        conn: ConnectionHandle,
+        reply: SyncSender<Option<LinkStats>>,
     },
     Shutdown,
 }
@@ -231,8 +211,9 @@ impl Handle {
         }
     }
 
-    /// [`Output::SendFailed`] notices the thread had to drop because the application was
-    /// not reading [`events`](Self::events) and its queue was full.
+    /// [`Output::SendFailed`] notices the application did not see: the thread dropped them
+    /// because [`events`](Self::events) was full, or they were skipped by
+    /// [`Network::poll_event`].
     pub fn dropped_failures(&self) -> u64 {
         self.dropped_failures.load(Ordering::Relaxed)
     }
@@ -310,6 +291,37 @@ impl Handle {
         self.command(Command::Disconnect { conn, code })
     }
 
+    /// Queues `payload` on `channel` to every connected peer but `except`. Returns once the
+    /// command is handed over.
+    pub fn broadcast(
+        &self,
+        channel: u8,
+        payload: impl Into<Bytes>,
+        except: Option<ConnectionHandle>,
+    ) -> Result<(), ThreadError> {
+        self.command(Command::Broadcast {
+            channel,
+            payload: payload.into(),
+            except,
+        })
+    }
+
+    /// The connected peers (whose `Connected` the thread has handed over, still open); waits
+    /// for the thread's answer.
+    pub fn peers(&self) -> Result<Vec<ConnectionHandle>, ThreadError> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.command_blocking(Command::Peers { reply })?;
+        answer.recv().map_err(|_| ThreadError::Stopped)
+    }
+
+    /// Round-trip time, loss and bytes per second of a live connection; waits for the
+    /// thread's answer (a few microseconds when it is idle).
+    pub fn link_stats(&self, conn: ConnectionHandle) -> Result<Option<LinkStats>, ThreadError> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.command_blocking(Command::LinkStats { conn, reply })?;
+        answer.recv().map_err(|_| ThreadError::Stopped)
+    }
+
     /// Stops the thread: it closes every open connection with [`SHUTDOWN_CODE`] (the peers
     /// see `ClosedByPeer`), sends the notices, hands over the last events it can, and exits.
     /// Waits for it and returns the error it stopped with, if any. Calling it again (or
@@ -354,6 +366,85 @@ impl Handle {
         if let Some(waker) = &self.waker {
             waker.wake();
         }
+    }
+}
+
+/// The background thread as a [`Network`], for game code written once for every driver and
+/// the simulator. Through it, [`Output::SendFailed`] notices are not seen (`poll_event` gives
+/// endpoint events only): they are counted in [`dropped_failures`](Handle::dropped_failures).
+/// `broadcast` returns how many peers the thread last listed (it queues on the thread).
+impl Network for Handle {
+    fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    fn connect(&mut self, remote: SocketAddr, data: &[u8]) -> Result<ConnectionHandle, NetError> {
+        Handle::connect(self, remote, data)
+    }
+
+    fn send(
+        &mut self,
+        conn: ConnectionHandle,
+        channel: u8,
+        payload: impl Into<Bytes>,
+    ) -> Result<(), NetError> {
+        Handle::send(self, conn, channel, payload)
+    }
+
+    fn request(
+        &mut self,
+        conn: ConnectionHandle,
+        channel: u8,
+        payload: impl Into<Bytes>,
+    ) -> Result<RequestId, NetError> {
+        Handle::request(self, conn, channel, payload)
+    }
+
+    fn respond(
+        &mut self,
+        conn: ConnectionHandle,
+        request: IncomingRequest,
+        payload: impl Into<Bytes>,
+    ) -> Result<(), NetError> {
+        Handle::respond(self, conn, request, payload)
+    }
+
+    fn broadcast(
+        &mut self,
+        channel: u8,
+        payload: impl Into<Bytes>,
+        except: Option<ConnectionHandle>,
+    ) -> usize {
+        let peers =
+            Handle::peers(self).map_or(0, |p| p.iter().filter(|&&c| Some(c) != except).count());
+        match Handle::broadcast(self, channel, payload, except) {
+            Ok(()) => peers,
+            Err(_) => 0,
+        }
+    }
+
+    fn disconnect(&mut self, conn: ConnectionHandle, code: u16) {
+        // (A stopped thread has no connection left to close.)
+        let _ = Handle::disconnect(self, conn, code);
+    }
+
+    fn poll_event(&mut self) -> Option<Event> {
+        loop {
+            match self.outputs.try_recv().ok()? {
+                Output::Event(event) => return Some(event),
+                Output::SendFailed { .. } => {
+                    self.dropped_failures.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    fn peers(&self) -> Vec<ConnectionHandle> {
+        Handle::peers(self).unwrap_or_default()
+    }
+
+    fn link_stats(&self, conn: ConnectionHandle) -> Option<LinkStats> {
+        Handle::link_stats(self, conn).ok().flatten()
     }
 }
 
@@ -453,6 +544,19 @@ impl Worker {
                     }
                 }
                 Command::Disconnect { conn, code } => self.driver.disconnect(conn, code),
+                Command::Broadcast {
+                    channel,
+                    payload,
+                    except,
+                } => {
+                    self.driver.broadcast(channel, payload, except);
+                }
+                Command::Peers { reply } => {
+                    let _ = reply.send(self.driver.peers());
+                }
+                Command::LinkStats { conn, reply } => {
+                    let _ = reply.send(self.driver.link_stats(conn));
+                }
                 Command::Shutdown => return false,
             }
         }

@@ -5,7 +5,8 @@ use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use shoal_std::{
-    Config, ConnectionHandle, DisconnectReason, Driver, Event, Output, ThreadError, SHUTDOWN_CODE,
+    Config, ConnectionHandle, DisconnectReason, Driver, Event, NetError, Network, Output,
+    ThreadError, SHUTDOWN_CODE,
 };
 
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -278,7 +279,7 @@ fn a_connection_attempt_to_a_silent_port_times_out_and_the_driver_keeps_running(
         client.driver.poll(None).expect("poll");
         client.collect();
         if let Some(reason) = client.events.iter().find_map(|e| match e {
-            Event::Disconnected { conn: c, reason } if *c == conn => Some(*reason),
+            Event::ConnectFailed { conn: c, reason } if *c == conn => Some(*reason),
             _ => None,
         }) {
             break reason;
@@ -479,4 +480,71 @@ fn connecting_across_address_families_is_an_error_at_connect() {
         .expect_err("IPv4 socket, IPv6 peer");
     assert!(matches!(e, shoal_std::ConnectError::AddressFamily { remote, .. } if remote == v6));
     assert!(e.to_string().contains("IPv4 and IPv6"), "{e}");
+}
+
+/// Game code that knows only [`Network`]: a server that welcomes each player by the name in
+/// its connect data (kept as the connection's user data... here, in the game's own table)
+/// and echoes every request.
+fn serve(net: &mut impl Network, events: &mut Vec<Event>, names: &mut Vec<String>) {
+    net.drain_events(events);
+    for event in events.drain(..) {
+        match event {
+            Event::Connected { conn, identity, .. } => {
+                let name = String::from_utf8_lossy(&identity.connect_data).into_owned();
+                let text = format!("welcome {name}");
+                net.broadcast(3, text, None);
+                names.push(name);
+                let _ = conn;
+            }
+            Event::Request {
+                conn,
+                request,
+                payload,
+                ..
+            } => net.respond(conn, request, payload).expect("respond"),
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn the_same_network_code_drives_a_driver_and_the_background_thread() {
+    let mut server = Peer::bind(server_config(31));
+    let mut client: shoal_std::Handle =
+        shoal_std::spawn("127.0.0.1:0", client_config(32)).expect("spawn");
+    let conn = Network::connect(&mut client, server.addr(), b"ada").expect("connect");
+    let mut events = Vec::new();
+    let mut names = Vec::new();
+    let mut seen = Vec::new();
+    let mut asked = None;
+    let deadline = Instant::now() + DEADLINE;
+    while !seen.iter().any(|e| matches!(e, Event::Response { .. })) {
+        assert!(Instant::now() < deadline, "no response: {seen:?}");
+        server
+            .driver
+            .poll(Some(Duration::from_millis(5)))
+            .expect("poll");
+        serve(&mut *server.driver, &mut events, &mut names); // a Driver, through its core
+        client.drain_events(&mut seen); // the thread, through the trait
+        if asked.is_none() && seen.iter().any(|e| matches!(e, Event::Connected { .. })) {
+            asked = Some(Network::request(&mut client, conn, 2, "ping").expect("request"));
+        }
+    }
+    assert_eq!(names, vec!["ada".to_string()]);
+    assert!(seen
+        .iter()
+        .any(|e| matches!(e, Event::Message { payload, .. } if payload == "welcome ada")));
+    assert!(seen.iter().any(|e| matches!(e, Event::Response { id, payload, .. } if Some(*id) == asked && payload == "ping")));
+    // Figures and peers through both.
+    assert_eq!(Network::peers(&client), vec![conn]);
+    let stats = Network::link_stats(&client, conn).expect("live");
+    // (Bytes per second need a whole second of traffic: proto's tests pin them.)
+    assert!(stats.rtt > Duration::ZERO, "{stats:?}");
+    let server_conn = server.driver.peers()[0];
+    assert!(server.driver.link_stats(server_conn).is_some());
+    client.shutdown().expect("clean");
+    assert_eq!(
+        Network::send(&mut client, conn, 2, "late"),
+        Err(NetError::Stopped)
+    );
 }

@@ -96,6 +96,9 @@ pub enum ConnectError {
         /// The socket's own address.
         local: core::net::SocketAddr,
     },
+    /// The address given as text did not resolve to any address (a typo, an unknown host,
+    /// no port). Reported by the drivers.
+    Unresolved,
 }
 
 impl fmt::Display for ConnectError {
@@ -124,6 +127,9 @@ impl fmt::Display for ConnectError {
                 f,
                 "cannot reach {remote} from a socket bound to {local} (IPv4 and IPv6 do not mix); \
                  bind to an address of {remote}'s family"
+            ),
+            ConnectError::Unresolved => f.write_str(
+                "the address did not resolve (write it as \"host:port\" or \"1.2.3.4:5000\")",
             ),
         }
     }

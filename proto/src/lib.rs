@@ -79,6 +79,7 @@ mod event;
 mod hash;
 pub mod hub;
 mod messaging;
+mod network;
 mod stats;
 pub mod time;
 pub mod token;
@@ -101,5 +102,6 @@ pub use event::{
 };
 pub use messaging::channel::MESSAGE_WINDOW;
 pub use messaging::chunk::Progress;
+pub use network::{NetError, Network};
 pub use stats::{ConnectionStats, DropCounts, DropReason, EndpointStats, LinkStats};
 pub use time::Instant;

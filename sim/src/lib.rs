@@ -58,6 +58,7 @@
 //! | [`LinkConfig`], [`BurstLoss`] | one direction of a link |
 //! | [`NatConfig`], [`NatKind`], [`NatId`], [`NatStats`], [`NatMapping`] | NAT boxes between nodes |
 //! | [`Application`], [`NodeContext`] | callbacks for events and timers |
+//! | [`NodeNetwork`] | a node as a [`shoal_proto::Network`], for game code shared with the socket drivers |
 //! | [`SimStats`], [`LinkDrops`], [`DropCause`] | counters |
 //! | [`TraceRecord`], [`Fate`] | the bounded datagram trace |
 //! | [`SimRng`] | the seeded generator |
@@ -87,7 +88,7 @@ pub use link::{BurstLoss, DropCause, LinkConfig, LinkConfigError, LinkDrops};
 pub use nat::{AddNatError, NatConfig, NatId, NatKind, NatMapping, NatStats, MAX_NAT_DEPTH};
 pub use rng::SimRng;
 pub use simulator::{
-    AddNodeError, Application, NodeContext, NodeId, PartitionId, RebindError, SimConfig, SimStats,
-    Simulator, MAX_NODES,
+    AddNodeError, Application, NodeContext, NodeId, NodeNetwork, PartitionId, RebindError,
+    SimConfig, SimStats, Simulator, MAX_NODES,
 };
 pub use trace::{Fate, TraceRecord};

@@ -3,6 +3,7 @@
 mod agenda;
 mod app;
 mod conditions;
+mod network;
 
 use core::cmp::Reverse;
 use core::fmt;
@@ -21,6 +22,7 @@ use agenda::{Agenda, FastSet, Next, What};
 pub use app::{Application, NodeContext};
 use app::{QueueEvents, QueueLimit};
 use conditions::{Change, Partition};
+pub use network::NodeNetwork;
 
 /// Port every node starts on.
 const BASE_PORT: u16 = 7000;

@@ -12,7 +12,9 @@ use crate::DropCause;
 pub enum DropClass {
     /// A packet or message that had already arrived, discarded as designed: the receiver
     /// rebuilt it from repair data or got it before its retransmission, or the network
-    /// duplicated it ([`DropReason::DuplicatePacket`], [`DropReason::DuplicateMessage`]).
+    /// duplicated it ([`DropReason::DuplicatePacket`], [`DropReason::DuplicateMessage`]); or
+    /// one that overtook its connection's handshake and is sent again
+    /// ([`DropReason::EarlyPacket`]).
     RedundantCopy,
     /// A sequenced (newest-only) update that arrived after a newer one had been delivered,
     /// skipped as designed ([`DropReason::StaleMessage`]).
@@ -34,7 +36,9 @@ impl DropClass {
     /// until they are sorted here.
     pub fn of(reason: DropReason) -> DropClass {
         match reason {
-            DropReason::DuplicatePacket | DropReason::DuplicateMessage => DropClass::RedundantCopy,
+            DropReason::DuplicatePacket
+            | DropReason::DuplicateMessage
+            | DropReason::EarlyPacket => DropClass::RedundantCopy,
             DropReason::StaleMessage => DropClass::OutdatedUpdate,
             _ => DropClass::RealDrop,
         }
@@ -84,6 +88,7 @@ pub(crate) fn reason_words(reason: DropReason) -> &'static str {
         DropReason::OutOfWindow => "packets numbered too far ahead",
         DropReason::Unauthenticated => "packets failing authentication",
         DropReason::TokenReplay => "connect tokens used a second time",
+        DropReason::EarlyPacket => "packets that overtook their handshake (sent again)",
         _ => "other",
     }
 }

@@ -1,0 +1,132 @@
+//! One node as a [`Network`]: game code written for the socket drivers runs on it unchanged.
+
+use core::net::SocketAddr;
+
+use shoal_proto::{
+    Bytes, ConnectionHandle, Event, IncomingRequest, LinkStats, NetError, Network, RequestId,
+};
+
+use super::{NodeId, Simulator};
+
+/// A node of a [`Simulator`] as a [`Network`], from [`Simulator::network`]: commands act on
+/// the node's endpoint at the simulated time, and events are the ones the node emitted
+/// under [`run_until`](Simulator::run_until) / [`run_for`](Simulator::run_for). Run the
+/// simulator for a frame, then hand the game its node:
+///
+/// ```
+/// use core::time::Duration;
+/// use shoal_proto::{Config, Event, Network};
+/// use shoal_sim::{SimConfig, Simulator};
+///
+/// /// Game code that knows only `Network`.
+/// fn greet(net: &mut impl Network, events: &mut Vec<Event>) {
+///     net.drain_events(events);
+///     for event in events.drain(..) {
+///         if let Event::Connected { conn, .. } = event {
+///             net.send(conn, 3, "welcome").expect("queued");
+///         }
+///     }
+/// }
+///
+/// let mut sim = Simulator::new(SimConfig::default())?;
+/// let server = sim.add_node(Config::default())?;
+/// let client = sim.add_node(Config { accept_incoming: false, ..Config::default() })?;
+/// let to = sim.address(server);
+/// sim.network(client).connect(to, b"").expect("connect starts");
+/// let mut events = Vec::new();
+/// for _frame in 0..20 {
+///     sim.run_for(Duration::from_millis(50));
+///     greet(&mut sim.network(server), &mut events);
+/// }
+/// let got: Vec<Event> = std::iter::from_fn(|| sim.network(client).poll_event()).collect();
+/// assert!(got.iter().any(|e| matches!(e, Event::Message { payload, .. } if payload == "welcome")));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct NodeNetwork<'a> {
+    sim: &'a mut Simulator,
+    node: NodeId,
+}
+
+impl Simulator {
+    /// `node` as a [`Network`], for game code written against that trait.
+    ///
+    /// # Panics
+    /// If `node` is not a node of this simulator.
+    pub fn network(&mut self, node: NodeId) -> NodeNetwork<'_> {
+        assert!(node.index() < self.node_count(), "{node} does not exist");
+        NodeNetwork { sim: self, node }
+    }
+}
+
+impl Network for NodeNetwork<'_> {
+    fn local_addr(&self) -> SocketAddr {
+        self.sim.address(self.node)
+    }
+
+    fn connect(&mut self, remote: SocketAddr, data: &[u8]) -> Result<ConnectionHandle, NetError> {
+        Ok(self.sim.connect_to(self.node, remote, data)?)
+    }
+
+    fn send(
+        &mut self,
+        conn: ConnectionHandle,
+        channel: u8,
+        payload: impl Into<Bytes>,
+    ) -> Result<(), NetError> {
+        Ok(self
+            .sim
+            .endpoint_mut(self.node)
+            .send(conn, channel, payload)?)
+    }
+
+    fn request(
+        &mut self,
+        conn: ConnectionHandle,
+        channel: u8,
+        payload: impl Into<Bytes>,
+    ) -> Result<RequestId, NetError> {
+        let now = self.sim.now();
+        let endpoint = self.sim.endpoint_mut(self.node);
+        Ok(endpoint.request(now, conn, channel, payload)?)
+    }
+
+    fn respond(
+        &mut self,
+        conn: ConnectionHandle,
+        request: IncomingRequest,
+        payload: impl Into<Bytes>,
+    ) -> Result<(), NetError> {
+        Ok(self
+            .sim
+            .endpoint_mut(self.node)
+            .respond(conn, request, payload)?)
+    }
+
+    fn broadcast(
+        &mut self,
+        channel: u8,
+        payload: impl Into<Bytes>,
+        except: Option<ConnectionHandle>,
+    ) -> usize {
+        self.sim
+            .endpoint_mut(self.node)
+            .broadcast(channel, payload, except)
+    }
+
+    fn disconnect(&mut self, conn: ConnectionHandle, code: u16) {
+        self.sim.endpoint_mut(self.node).disconnect(conn, code);
+    }
+
+    fn poll_event(&mut self) -> Option<Event> {
+        self.sim.next_event(self.node).map(|(_, event)| event)
+    }
+
+    fn peers(&self) -> Vec<ConnectionHandle> {
+        self.sim.endpoint(self.node).peers().collect()
+    }
+
+    fn link_stats(&self, conn: ConnectionHandle) -> Option<LinkStats> {
+        self.sim.endpoint(self.node).link_stats(conn)
+    }
+}
