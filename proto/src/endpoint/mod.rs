@@ -224,8 +224,11 @@ pub struct Endpoint {
     accept_hook: Option<AcceptHook>,
     /// User data of connections whose `Disconnected`/`ConnectFailed` waits in the queue.
     departed: VecDeque<(ConnectionHandle, UserData)>,
-    /// User data of the connection whose ending event was taken last.
-    last_departed: Option<(ConnectionHandle, UserData)>,
+    /// User data of the connections whose ending events the application took since it last
+    /// emptied the queue: readable until it starts taking events again.
+    last_departed: Vec<(ConnectionHandle, UserData)>,
+    /// `poll_event` has returned events since it last returned `None`.
+    taking_events: bool,
 }
 
 /// The application's state for one connection (see [`Endpoint::set_user_data`]).
@@ -290,7 +293,8 @@ impl Endpoint {
             last_now: Instant::ZERO,
             accept_hook: None,
             departed: VecDeque::new(),
-            last_departed: None,
+            last_departed: Vec::new(),
+            taking_events: false,
             config,
         })
     }
@@ -339,7 +343,8 @@ impl Endpoint {
     /// replacing any before; `false` if the handle is dead. It lives as long as the
     /// connection, and stays readable through [`user_data`](Self::user_data) while the
     /// application handles the connection's `Disconnected` (or `ConnectFailed`) event: until
-    /// its next `poll_event`.
+    /// it takes events again after `poll_event` returned `None` (so draining every event
+    /// first and handling them after works too).
     ///
     /// ```
     /// # use shoal_proto::{Config, Endpoint, Event, Instant, SecretSeed};
@@ -356,7 +361,8 @@ impl Endpoint {
     ///         assert_eq!(ep.user_data::<Player>(conn).unwrap().name, "alice!"); // still here
     ///     }
     /// }
-    /// assert!(ep.user_data::<Player>(conn).is_none()); // gone after the next poll
+    /// assert!(ep.poll_event().is_none());
+    /// assert!(ep.user_data::<Player>(conn).is_none()); // gone once events are taken again
     /// ```
     pub fn set_user_data<T: Any + Send>(&mut self, conn: ConnectionHandle, data: T) -> bool {
         match self.get_mut(conn) {
@@ -374,8 +380,8 @@ impl Endpoint {
             Some(c) => c.user_data.as_ref(),
             None => self
                 .last_departed
-                .as_ref()
-                .filter(|(h, _)| *h == conn)
+                .iter()
+                .find(|(h, _)| *h == conn)
                 .map(|(_, d)| d),
         };
         data?.downcast_ref()
@@ -388,8 +394,8 @@ impl Endpoint {
             self.get_mut(conn)?.user_data.as_mut()
         } else {
             self.last_departed
-                .as_mut()
-                .filter(|(h, _)| *h == conn)
+                .iter_mut()
+                .find(|(h, _)| *h == conn)
                 .map(|(_, d)| d)
         };
         data?.downcast_mut()
@@ -1172,11 +1178,26 @@ impl Endpoint {
 
     /// The next event for the application, if any.
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.last_departed = None;
-        let (event, charge) = self.events.pop()?;
+        if !self.taking_events {
+            self.last_departed.clear();
+        }
+        let Some((event, charge)) = self.events.pop() else {
+            self.taking_events = false;
+            return None;
+        };
+        self.taking_events = true;
         if let Event::Disconnected { conn, .. } | Event::ConnectFailed { conn, .. } = &event {
-            if let Some(i) = self.departed.iter().position(|(h, _)| h == conn) {
-                self.last_departed = self.departed.remove(i);
+            if let Some(departed) = self
+                .departed
+                .iter()
+                .position(|(h, _)| h == conn)
+                .and_then(|i| self.departed.remove(i))
+            {
+                if self.last_departed.len() >= self.config.max_connections {
+                    // (Only an application that never empties the queue gets here.)
+                    self.last_departed.remove(0);
+                }
+                self.last_departed.push(departed);
             }
         }
         if let Event::Connected { conn, .. } = &event {
