@@ -6,12 +6,18 @@
 //! pass [`MioDriver::next_timeout`] to `Poll::poll`. A program without an event loop of its
 //! own uses [`EventLoop`], which owns a `Poll` and offers `run_once`/`run_until`.
 //!
-//! The commands (`connect`, `send`, `request`, `respond`, `disconnect`), the events
-//! (`poll_event`, `events`) and the getters (`local_addr`, `endpoint`, `now`, `stats`) are
-//! [`DriverCore`]'s, from `shoal-std` and shared with its `Driver`. A [`MioDriver`]
-//! dereferences to its core, so these read as its own methods (`driver.send(conn, 2,
-//! payload)?`), with no trait to import. [`DriverStats`] and [`Events`] are the same types
-//! as `shoal_std`'s.
+//! The commands (`connect`, `send`, `request`, `respond`, `broadcast`, `disconnect`), the
+//! events (`poll_event`, `drain_events`) and the getters (`local_addr`, `endpoint`, `now`,
+//! `stats`, `link_stats`) are [`DriverCore`]'s, from `shoal-std` and shared with its
+//! `Driver`. A [`MioDriver`] dereferences to its core, so these read as its own methods
+//! (`driver.send(conn, 2, payload)?`), with no trait to import; game code written against
+//! [`Network`] takes `&mut *driver`. [`DriverStats`] is the same type as `shoal_std`'s.
+//!
+//! **Two kinds of event meet here.** mio's readiness events (`mio::event::Event`, from
+//! `Poll::poll`) say the socket can be read or written: hand the ones for the driver's token
+//! to [`MioDriver::on_event`]. Shoal's [`Event`] (`Connected`, `Message`, ...) is what
+//! happened on the network: take them with `drain_events` or `poll_event`. This crate
+//! re-exports only Shoal's, so `Event` here is always Shoal's.
 //!
 //! # Example
 //!
@@ -20,7 +26,7 @@
 //!
 //! ```
 //! use std::time::{Duration, Instant};
-//! use mio::{Events, Poll, Token};
+//! use mio::{Events, Poll, Token}; // mio's readiness events
 //! use shoal_mio::{Config, Event, MioDriver};
 //!
 //! # fn main() -> std::io::Result<()> {
@@ -43,10 +49,10 @@
 //!     let timeout = [server.next_timeout(), client.next_timeout(), Some(Duration::from_millis(50))]
 //!         .into_iter().flatten().min();
 //!     poll.poll(&mut events, timeout)?;
-//!     for event in events.iter() {
-//!         match event.token() {
-//!             SERVER => server.on_event(event)?,
-//!             CLIENT => client.on_event(event)?,
+//!     for ready in events.iter() {
+//!         match ready.token() {
+//!             SERVER => server.on_event(ready)?,
+//!             CLIENT => client.on_event(ready)?,
 //!             _ => {}
 //!         }
 //!     }
@@ -108,7 +114,7 @@ use shoal_std::clock;
 pub use driver::{MioDriver, INTEREST, MAX_DATAGRAMS_PER_CALL};
 pub use event_loop::{EventLoop, RunOutcome, DRIVER_TOKEN};
 // The driver parts shared with `shoal-std`: `MioDriver` dereferences to a `DriverCore`.
-pub use shoal_std::{DriverCore, DriverStats, Events, SendFailure};
+pub use shoal_std::{DriverCore, DriverStats, SendFailure};
 
 /// The `mio` crate this driver is built on (register in a `Poll` of this version).
 pub use mio;

@@ -58,7 +58,11 @@ fn serve(addr: &str) -> Result<(), String> {
                 }
                 Event::Message { conn, payload, .. } => {
                     let name = net.endpoint().user_data::<Name>(conn).map(|n| n.0.clone());
-                    let line = format!("{}: {}", name.unwrap_or_default(), String::from_utf8_lossy(&payload));
+                    let line = format!(
+                        "{}: {}",
+                        name.unwrap_or_default(),
+                        String::from_utf8_lossy(&payload)
+                    );
                     net.broadcast(LINES, line, Some(conn));
                 }
                 Event::Disconnected { conn, reason } => {
@@ -81,7 +85,9 @@ fn join(addr: &str, name: &str) -> Result<(), String> {
         ..Config::default()
     };
     let mut net = Driver::bind("0.0.0.0:0", config).map_err(|e| e.to_string())?;
-    let server = net.connect(addr, name.as_bytes()).map_err(|e| e.to_string())?;
+    let server = net
+        .connect(addr, name.as_bytes())
+        .map_err(|e| e.to_string())?;
     let (lines, typed) = mpsc::channel();
     std::thread::spawn(move || {
         for line in std::io::stdin().lock().lines().map_while(Result::ok) {
@@ -93,7 +99,8 @@ fn join(addr: &str, name: &str) -> Result<(), String> {
     let mut events = Vec::new();
     loop {
         // Wakes for datagrams and timers; stdin is looked at every 50 ms.
-        net.poll(Some(Duration::from_millis(50))).map_err(|e| e.to_string())?;
+        net.poll(Some(Duration::from_millis(50)))
+            .map_err(|e| e.to_string())?;
         net.drain_events(&mut events);
         for event in events.drain(..) {
             match event {
@@ -101,7 +108,9 @@ fn join(addr: &str, name: &str) -> Result<(), String> {
                 Event::ConnectFailed { reason, .. } => {
                     return Err(format!("could not connect to {addr}: {reason}"))
                 }
-                Event::Disconnected { reason, .. } => return Err(format!("disconnected: {reason}")),
+                Event::Disconnected { reason, .. } => {
+                    return Err(format!("disconnected: {reason}"))
+                }
                 Event::Message { payload, .. } => println!("{}", String::from_utf8_lossy(&payload)),
                 _ => {}
             }

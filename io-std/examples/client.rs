@@ -57,7 +57,10 @@ fn run(server: &str, name: &str, play_for: Duration) -> Result<(), String> {
             match event {
                 Event::Connected { identity, .. } => {
                     connected = true;
-                    println!("connected: the server calls us user {}", identity.local_user_id);
+                    println!(
+                        "connected: the server calls us user {}",
+                        identity.local_user_id
+                    );
                 }
                 Event::ConnectFailed { reason, .. } => {
                     return Err(format!("could not connect to {server}: {reason}"));
@@ -65,10 +68,18 @@ fn run(server: &str, name: &str, play_for: Duration) -> Result<(), String> {
                 Event::Disconnected { reason, .. } => {
                     return Err(format!("lost the connection: {reason}"));
                 }
-                Event::Message { channel: NEWS, payload, .. } => {
+                Event::Message {
+                    channel: NEWS,
+                    payload,
+                    ..
+                } => {
                     println!("news: {}", String::from_utf8_lossy(&payload));
                 }
-                Event::Message { channel: POSITIONS, payload, .. } => world = payload.to_vec(),
+                Event::Message {
+                    channel: POSITIONS,
+                    payload,
+                    ..
+                } => world = payload.to_vec(),
                 _ => {}
             }
         }
@@ -78,7 +89,8 @@ fn run(server: &str, name: &str, play_for: Duration) -> Result<(), String> {
             let y = (100.0 * t.sin()) as i16;
             let mut position = x.to_le_bytes().to_vec();
             position.extend_from_slice(&y.to_le_bytes());
-            net.send(conn, POSITIONS, position).map_err(|e| e.to_string())?;
+            net.send(conn, POSITIONS, position)
+                .map_err(|e| e.to_string())?;
             if Instant::now() >= next_print {
                 next_print += Duration::from_secs(1);
                 print_status(&net, conn, &world);

@@ -80,17 +80,15 @@ impl Game {
                     ..
                 } => {
                     if let (Some(player), &[x0, x1, y0, y1]) = (self.player(conn), &payload[..]) {
-                        player.position = [
-                            i16::from_le_bytes([x0, x1]),
-                            i16::from_le_bytes([y0, y1]),
-                        ];
+                        player.position =
+                            [i16::from_le_bytes([x0, x1]), i16::from_le_bytes([y0, y1])];
                     }
                 }
                 _ => {}
             }
         }
         self.events = events; // the buffer, kept for the next frame
-        // The world: every player's name and position, newest only.
+                              // The world: every player's name and position, newest only.
         let world: Vec<u8> = self
             .players
             .iter()
@@ -127,7 +125,9 @@ impl Game {
 }
 
 fn main() -> ExitCode {
-    let bind = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:4000".into());
+    let bind = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:4000".into());
     let mut net = match Driver::bind(&*bind, Config::default()) {
         Ok(net) => net,
         Err(e) => {

@@ -1038,6 +1038,9 @@ fn user_data_stays_with_its_connection_through_its_ending_event_even_when_its_sl
     assert_eq!(ep.user_data::<String>(a).map(String::as_str), Some("alice"));
     // ...until events are taken again.
     assert!(ep.poll_event().is_none());
-    assert!(ep.user_data::<String>(a).is_none(), "gone once events are taken again");
+    assert!(
+        ep.user_data::<String>(a).is_none(),
+        "gone once events are taken again"
+    );
     assert!(!ep.set_user_data(a, 1u8), "a dead handle");
 }
