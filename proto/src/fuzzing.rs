@@ -1094,10 +1094,10 @@ mod ops {
                 return;
             };
             let s = &self.sessions[i];
-            let (death, closed_locally) = if ep == SERVER {
-                (s.server_death, s.server_closed_locally)
+            let (death, closed_locally, peer_death) = if ep == SERVER {
+                (s.server_death, s.server_closed_locally, s.client_death)
             } else {
-                (s.client_death, s.client_closed_locally)
+                (s.client_death, s.client_closed_locally, s.server_death)
             };
             let Some(death) = death else {
                 panic!("endpoint {ep}: Disconnected({reason:?}) for a connection still live");
@@ -1111,6 +1111,9 @@ mod ops {
                 DisconnectReason::ClosedByPeer { .. } => death.peer_closed_locally,
                 // The client connected again: its old connection gives way on the server.
                 DisconnectReason::Replaced => ep == SERVER && i + 1 < self.sessions.len(),
+                // The peer had dropped the connection already and said so ("unknown
+                // connection"), with nothing authentic from it since.
+                DisconnectReason::PeerReset => peer_death.is_some_and(|d| d.at <= death.at),
                 _ => false,
             };
             assert!(

@@ -101,3 +101,13 @@ fn hub_control_body_holds_on_random_input() {
         shoal_proto::fuzzing::hub_control(&input);
     }
 }
+
+/// Inputs libFuzzer found, kept so they stay fixed.
+#[test]
+fn endpoint_ops_regressions_hold() {
+    // The server timed the honest connection out; nine seconds later the client's packet
+    // drew "unknown connection" and it ended with `PeerReset`, which the model did not know.
+    endpoint_ops(include_bytes!(
+        "fuzz_regressions/endpoint_ops_server_dropped_then_peer_reset.bin"
+    ));
+}
