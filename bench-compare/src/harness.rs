@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::adapters::{Channel, SendError, Stack};
+use crate::adapters::{Channel, Stack};
 use crate::link::{Datagram, Link, Node, SERVER};
 use crate::msg::MESSAGE_SIZE;
 
@@ -38,7 +38,6 @@ pub struct World {
     /// Wall time spent in the server's calls (datagrams in, polls, sends).
     pub server_time: Duration,
     out: Vec<Datagram>,
-    replies: Vec<(Node, Node, Channel, [u8; MESSAGE_SIZE])>,
 }
 
 /// Rounds of delivery at one instant (a zero-delay link needs a few: data, then its ack).
@@ -57,7 +56,6 @@ impl World {
             clients,
             server_time: Duration::ZERO,
             out: Vec::new(),
-            replies: Vec::new(),
         }
     }
 
@@ -65,30 +63,19 @@ impl World {
     fn poll_node(&mut self, node: Node, app: &mut dyn App) -> Outcome {
         let now = self.now;
         let mut failure = None;
-        let replies = &mut self.replies;
         let started = (node == SERVER).then(Instant::now);
-        self.stack.poll(now, node, &mut self.out, &mut |from, channel, bytes| {
-            match app.on_message(now, node, from, channel, bytes) {
-                Ok(Some(reply)) => replies.push((node, from, channel, reply)),
-                Ok(None) => {}
+        self.stack.poll(
+            now,
+            node,
+            &mut self.out,
+            &mut |from, channel, bytes| match app.on_message(now, node, from, channel, bytes) {
+                Ok(reply) => reply,
                 Err(e) => {
                     failure.get_or_insert(e);
+                    None
                 }
-            }
-        });
-        if !self.replies.is_empty() {
-            for (at, to, channel, reply) in self.replies.drain(..) {
-                match self.stack.send(at, to, channel, &reply) {
-                    Ok(()) | Err(SendError::WouldBlock) => {}
-                    Err(e) => {
-                        failure.get_or_insert(format!("reply refused: {e:?}"));
-                    }
-                }
-            }
-            self.stack.poll(now, node, &mut self.out, &mut |_, _, _| {
-                failure.get_or_insert("a message arrived without a datagram".into());
-            });
-        }
+            },
+        );
         if let Some(t) = started {
             self.server_time += t.elapsed();
         }
@@ -105,8 +92,7 @@ impl World {
         for _ in 0..ROUNDS {
             while let Some(d) = self.link.pop_due(self.now) {
                 let started = (d.to == SERVER).then(Instant::now);
-                self.stack
-                    .handle_datagram(self.now, d.from, d.to, &d.bytes);
+                self.stack.handle_datagram(self.now, d.from, d.to, &d.bytes);
                 if let Some(t) = started {
                     self.server_time += t.elapsed();
                 }

@@ -46,13 +46,16 @@ pub struct Datagram {
     pub bytes: Vec<u8>,
 }
 
+/// A datagram on the wire: arrival time, send order (ties), from, to, bytes.
+type InFlight = (u64, u64, Node, Node, Vec<u8>);
+
 /// Independent loss with probability `loss` in each direction and a fixed one-way `delay_us`.
 pub struct Link {
     loss: f64,
     delay_us: u64,
     rng: Rng,
     counter: u64,
-    queue: BinaryHeap<Reverse<(u64, u64, Node, Node, Vec<u8>)>>,
+    queue: BinaryHeap<Reverse<InFlight>>,
     /// Datagrams handed to the link.
     pub sent: u64,
     /// Datagrams the link dropped.

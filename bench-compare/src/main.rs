@@ -59,7 +59,12 @@ fn main() {
         args.seeds = 1;
     }
     if args.scenario.is_empty() {
-        args.scenario = vec![Scenario::Bulk, Scenario::Lossy, Scenario::Many, Scenario::Rtt];
+        args.scenario = vec![
+            Scenario::Bulk,
+            Scenario::Lossy,
+            Scenario::Many,
+            Scenario::Rtt,
+        ];
     }
     if args.lib.is_empty() {
         args.lib = Lib::ALL.to_vec();

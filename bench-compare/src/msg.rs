@@ -32,7 +32,10 @@ pub struct Header {
 /// Checks length and pattern; the caller checks sender and order.
 pub fn decode(bytes: &[u8]) -> Result<Header, String> {
     if bytes.len() != MESSAGE_SIZE {
-        return Err(format!("message of {} bytes, expected {MESSAGE_SIZE}", bytes.len()));
+        return Err(format!(
+            "message of {} bytes, expected {MESSAGE_SIZE}",
+            bytes.len()
+        ));
     }
     let word = |r: std::ops::Range<usize>| {
         let mut a = [0u8; 4];
@@ -45,7 +48,10 @@ pub fn decode(bytes: &[u8]) -> Result<Header, String> {
     t.copy_from_slice(&bytes[8..16]);
     for (k, &b) in bytes[16..].iter().enumerate() {
         if b != pattern(sender, seq, k) {
-            return Err(format!("message {seq} of {sender}: byte {} corrupted", 16 + k));
+            return Err(format!(
+                "message {seq} of {sender}: byte {} corrupted",
+                16 + k
+            ));
         }
     }
     Ok(Header {

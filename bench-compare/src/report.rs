@@ -26,7 +26,9 @@ fn median(v: &[f64]) -> f64 {
 
 fn min_max(v: &[f64]) -> (f64, f64) {
     v.iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| (lo.min(x), hi.max(x)))
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| {
+            (lo.min(x), hi.max(x))
+        })
 }
 
 fn percentile(sorted: &[u64], p: f64) -> f64 {
@@ -168,9 +170,10 @@ fn bulk(args: &Args, total: u32) -> String {
     let medians: Vec<(Lib, Option<f64>)> = results
         .iter()
         .map(|(l, r)| {
-            let m = r.as_ref().ok().map(|v| {
-                median(&v.iter().map(|b| b.msgs_per_s).collect::<Vec<_>>())
-            });
+            let m = r
+                .as_ref()
+                .ok()
+                .map(|v| median(&v.iter().map(|b| b.msgs_per_s).collect::<Vec<_>>()));
             (*l, m)
         })
         .collect();
@@ -216,7 +219,11 @@ fn lossy(args: &Args, seconds: u64) -> String {
         .iter()
         .map(|(l, r)| {
             let m = r.as_ref().ok().map(|v| {
-                median(&v.iter().map(|x| percentile(&x.latencies, 0.99)).collect::<Vec<_>>())
+                median(
+                    &v.iter()
+                        .map(|x| percentile(&x.latencies, 0.99))
+                        .collect::<Vec<_>>(),
+                )
             });
             (*l, m)
         })
@@ -280,7 +287,12 @@ pub fn child_many(a: &[String]) -> i32 {
     }
 }
 
-fn spawn_many(lib: Lib, clients: usize, seconds: u64, seed: u64) -> Result<scenarios::Many, String> {
+fn spawn_many(
+    lib: Lib,
+    clients: usize,
+    seconds: u64,
+    seed: u64,
+) -> Result<scenarios::Many, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let output = Command::new(exe)
         .args(["--child-many", lib.name()])
@@ -297,7 +309,10 @@ fn spawn_many(lib: Lib, clients: usize, seconds: u64, seed: u64) -> Result<scena
         return Err(format!(
             "child exited with {}: {}",
             output.status,
-            String::from_utf8_lossy(&output.stderr).lines().last().unwrap_or("")
+            String::from_utf8_lossy(&output.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
         ));
     }
     let get = |k: &str| -> f64 {
@@ -345,7 +360,12 @@ fn many(args: &Args, sizes: &[usize], seconds: u64) -> String {
         let medians: Vec<(Lib, Option<f64>)> = results
             .iter()
             .map(|(l, r)| {
-                (*l, r.as_ref().ok().map(|v| median(&v.iter().map(rate).collect::<Vec<_>>())))
+                (
+                    *l,
+                    r.as_ref()
+                        .ok()
+                        .map(|v| median(&v.iter().map(rate).collect::<Vec<_>>())),
+                )
             })
             .collect();
         let best = best_peer(&medians, true);
@@ -408,7 +428,9 @@ fn rtt_table(args: &Args, pings: usize) -> String {
         progress(&format!("rtt {}", lib.name()));
         results.push((lib, runs(args.seeds, |s| rtt::library(lib, pings, s))));
     }
-    let p = |v: &Vec<Vec<f64>>, q: f64| median(&v.iter().map(|s| percentile_f(s, q)).collect::<Vec<_>>());
+    let p = |v: &Vec<Vec<f64>>, q: f64| {
+        median(&v.iter().map(|s| percentile_f(s, q)).collect::<Vec<_>>())
+    };
     let raw_p50 = raw.as_ref().ok().map(|v| p(v, 0.5));
     let p50s: Vec<(Lib, Option<f64>)> = results
         .iter()
@@ -417,7 +439,11 @@ fn rtt_table(args: &Args, pings: usize) -> String {
     let best = best_peer(&p50s, false);
     match &raw {
         Ok(v) => {
-            t += &format!("| raw UDP | {:.1} µs | {:.1} µs | 1.00x | |\n", p(v, 0.5), p(v, 0.99))
+            t += &format!(
+                "| raw UDP | {:.1} µs | {:.1} µs | 1.00x | |\n",
+                p(v, 0.5),
+                p(v, 0.99)
+            )
         }
         Err(e) => t += &format!("| raw UDP | **failed**: {e} | | | |\n"),
     }

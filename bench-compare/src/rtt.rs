@@ -28,7 +28,7 @@ pub fn library(lib: Lib, pings: usize, seed: u64) -> Result<Vec<f64>, String> {
     let now = || origin.elapsed().as_micros() as u64;
     // The ping carries its send time in nanoseconds (the field is the message's timestamp).
     let now_ns = || origin.elapsed().as_nanos() as u64;
-    let mut stack = lib.build(1, seed, now());
+    let mut stack = lib.build(1, seed, now(), false);
     let mut out: Vec<Datagram> = Vec::new();
     let mut buf = [0u8; 2048];
     let mut samples = Vec::with_capacity(pings);
@@ -53,41 +53,41 @@ pub fn library(lib: Lib, pings: usize, seed: u64) -> Result<Vec<f64>, String> {
             }
         }
         for node in [1, SERVER] {
-            let mut echo: Option<[u8; MESSAGE_SIZE]> = None;
-            stack.poll(t, node, &mut out, &mut |from: Node, channel, bytes: &[u8]| {
-                let checked = msg::decode(bytes).and_then(|h| {
-                    if channel != Channel::Ordered || h.sender != 1 {
-                        return Err(format!("message of {} on {channel:?}", h.sender));
-                    }
-                    Ok(h)
-                });
-                match checked {
-                    Err(e) => {
-                        failure.get_or_insert(e);
-                    }
-                    Ok(h) if node == SERVER && from == 1 => {
-                        let mut m = [0u8; MESSAGE_SIZE];
-                        m.copy_from_slice(bytes);
-                        echo = Some(m);
-                        let _ = h;
-                    }
-                    Ok(h) => {
-                        if in_flight != Some(h.seq) {
-                            failure.get_or_insert(format!("echo of {} out of turn", h.seq));
+            stack.poll(
+                t,
+                node,
+                &mut out,
+                &mut |from: Node, channel, bytes: &[u8]| {
+                    let checked = msg::decode(bytes).and_then(|h| {
+                        if channel != Channel::Ordered || h.sender != 1 {
+                            return Err(format!("message of {} on {channel:?}", h.sender));
                         }
-                        in_flight = None;
-                        if h.seq as usize >= WARMUP {
-                            samples.push((now_ns() - h.sent_us) as f64 / 1000.0);
+                        Ok(h)
+                    });
+                    match checked {
+                        Err(e) => {
+                            failure.get_or_insert(e);
+                            None
+                        }
+                        // The server echoes the ping as it came.
+                        Ok(_) if node == SERVER && from == 1 => {
+                            let mut m = [0u8; MESSAGE_SIZE];
+                            m.copy_from_slice(bytes);
+                            Some(m)
+                        }
+                        Ok(h) => {
+                            if in_flight != Some(h.seq) {
+                                failure.get_or_insert(format!("echo of {} out of turn", h.seq));
+                            }
+                            in_flight = None;
+                            if h.seq as usize >= WARMUP {
+                                samples.push((now_ns() - h.sent_us) as f64 / 1000.0);
+                            }
+                            None
                         }
                     }
-                }
-            });
-            if let Some(m) = echo {
-                stack
-                    .send(SERVER, 1, Channel::Ordered, &m)
-                    .map_err(|e| format!("echo refused: {e:?}"))?;
-                stack.poll(t, node, &mut out, &mut |_, _, _| {});
-            }
+                },
+            );
             for d in out.drain(..) {
                 let (sock, to) = if d.from == SERVER {
                     (&server_sock, client_addr)
@@ -133,7 +133,9 @@ pub fn raw_udp(pings: usize) -> Result<Vec<f64>, String> {
                 Err(e) => return Err(e.to_string()),
             }
         };
-        server.send_to(&buf[..MESSAGE_SIZE], from).map_err(|e| e.to_string())?;
+        server
+            .send_to(&buf[..MESSAGE_SIZE], from)
+            .map_err(|e| e.to_string())?;
         loop {
             match client.recv_from(&mut buf) {
                 Ok((n, _)) if n == MESSAGE_SIZE => break,

@@ -30,7 +30,10 @@ impl OrderedCheck {
             ));
         }
         if h.seq != self.next {
-            return Err(format!("message {} arrived, expected {} (order)", h.seq, self.next));
+            return Err(format!(
+                "message {} arrived, expected {} (order)",
+                h.seq, self.next
+            ));
         }
         self.next += 1;
         Ok(h)
@@ -109,7 +112,7 @@ impl App for BulkApp {
 /// `total` 32-byte ordered messages from one client, up to 1,000 queued per 1 ms tick, over
 /// a lossless zero-delay link.
 pub fn bulk(lib: Lib, total: u32, seed: u64) -> Result<Bulk, String> {
-    let mut w = World::new(lib.build(1, seed, 0), Link::new(0.0, 0, seed), 1);
+    let mut w = World::new(lib.build(1, seed, 0, false), Link::new(0.0, 0, seed), 1);
     w.connect(MS, 10 * S)?;
     let (bytes0, t0) = (w.link.bytes, w.now);
     let mut app = BulkApp {
@@ -186,7 +189,11 @@ impl App for LossyApp {
 
 /// 16 x 32-byte ordered messages per 16 ms for `seconds`, 10% loss each way, 50 ms one way.
 pub fn lossy(lib: Lib, seconds: u64, seed: u64) -> Result<Lossy, String> {
-    let mut w = World::new(lib.build(1, seed, 0), Link::new(0.10, 50 * MS, seed), 1);
+    let mut w = World::new(
+        lib.build(1, seed, 0, false),
+        Link::new(0.10, 50 * MS, seed),
+        1,
+    );
     w.connect(MS, 30 * S)?;
     let bytes0 = w.link.bytes;
     let every_us = 16 * MS;
@@ -202,7 +209,11 @@ pub fn lossy(lib: Lib, seconds: u64, seed: u64) -> Result<Lossy, String> {
     };
     let deadline = w.now + (seconds + 60) * S;
     w.run(MS, deadline, &mut app).map_err(|e| {
-        format!("{e}: {} of {} delivered in order", app.latencies.len(), app.total)
+        format!(
+            "{e}: {} of {} delivered in order",
+            app.latencies.len(),
+            app.total
+        )
     })?;
     let mut latencies = app.latencies;
     latencies.sort_unstable();
@@ -273,7 +284,10 @@ impl App for ManyApp {
         let h = msg::decode(bytes)?;
         if at == SERVER {
             if h.sender as Node != from {
-                return Err(format!("server: message of {} arrived from {from}", h.sender));
+                return Err(format!(
+                    "server: message of {} arrived from {from}",
+                    h.sender
+                ));
             }
             if !self.seen.insert((h.sender, h.seq)) {
                 return Err(format!("server: message {} of {} twice", h.seq, h.sender));
@@ -284,10 +298,16 @@ impl App for ManyApp {
             Ok(Some(echo))
         } else {
             if h.sender as Node != at || from != SERVER {
-                return Err(format!("client {at}: echo of client {}'s message", h.sender));
+                return Err(format!(
+                    "client {at}: echo of client {}'s message",
+                    h.sender
+                ));
             }
             if !self.seen.remove(&(h.sender, h.seq)) {
-                return Err(format!("client {at}: echo of {} twice or never sent", h.seq));
+                return Err(format!(
+                    "client {at}: echo of {} twice or never sent",
+                    h.seq
+                ));
             }
             self.echoed += 1;
             Ok(None)
@@ -303,7 +323,11 @@ impl App for ManyApp {
 /// virtual time over a lossless link with 1 ms one way; the server echoes each. The
 /// server's calls are timed.
 pub fn many(lib: Lib, clients: usize, seconds: u64, seed: u64) -> Result<Many, String> {
-    let mut w = World::new(lib.build(clients, seed, 0), Link::new(0.0, MS, seed), clients);
+    let mut w = World::new(
+        lib.build(clients, seed, 0, true),
+        Link::new(0.0, MS, seed),
+        clients,
+    );
     // The probe: a library without an unreliable channel says so before anyone connects.
     if let Some(why) = w.stack.unsupported(Channel::Unreliable) {
         return Err(format!("unsupported: {why}"));

@@ -2,7 +2,7 @@
 //! harness puts arriving datagrams in the socket's inbox and takes what ENet sent from its
 //! outbox. Time comes from the harness's clock through `HostSettings::time`. Channel 0 sends
 //! unreliable unsequenced packets, channel 1 reliable (ordered) ones; the packet throttle is
-//! off (see `poll`).
+//! off on request (see `poll`).
 
 use std::cell::Cell;
 use std::collections::VecDeque;
@@ -11,8 +11,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use rusty_enet::{
-    EventNoRef, Host, HostSettings, Packet, PacketReceived, PeerID, Socket, SocketOptions,
-    MTU_MAX,
+    EventNoRef, Host, HostSettings, Packet, PacketReceived, PeerID, Socket, SocketOptions, MTU_MAX,
 };
 
 use super::{Channel, SendError, Sink, Stack};
@@ -82,6 +81,7 @@ pub struct EnetStack {
     node_of_peer: Vec<Node>,
     client_peer: Vec<PeerID>,
     client_up: Vec<bool>,
+    unthrottled: bool,
 }
 
 fn host(clock: &Rc<Cell<u64>>, peers: usize, seed: u32) -> Host<MemorySocket> {
@@ -101,7 +101,7 @@ fn host(clock: &Rc<Cell<u64>>, peers: usize, seed: u32) -> Host<MemorySocket> {
 
 impl EnetStack {
     /// A server and `n` clients that start connecting (on their first poll).
-    pub fn new(n: usize, seed: u64) -> Self {
+    pub fn new(n: usize, seed: u64, unthrottled: bool) -> Self {
         // ENet keeps milliseconds in 32 bits: start the clock away from zero.
         let clock = Rc::new(Cell::new(0));
         let server = host(&clock, n.max(1), seed as u32);
@@ -124,6 +124,7 @@ impl EnetStack {
             node_of_peer: vec![usize::MAX; n.max(1)],
             client_peer,
             client_up: vec![false; n],
+            unthrottled,
         }
     }
 }
@@ -166,7 +167,9 @@ impl Stack for EnetStack {
         } else {
             &mut self.clients[to - 1]
         };
-        h.socket_mut().inbox.push_back((address(from), bytes.to_vec()));
+        h.socket_mut()
+            .inbox
+            .push_back((address(from), bytes.to_vec()));
     }
 
     fn poll(&mut self, now: u64, node: Node, out: &mut Vec<Datagram>, sink: &mut Sink<'_>) {
@@ -189,7 +192,11 @@ impl Stack for EnetStack {
                     // rises above its recent variance (here: the 10 ms poll interval of the
                     // many-clients scenario), 7-18% of them on a lossless link in our runs.
                     // Deceleration 0 keeps the throttle at its maximum: nothing is dropped.
-                    h.peer_mut(peer).set_throttle(5000, 2, 0);
+                    // Only there: the throttle also sizes the reliable window, and ENet's
+                    // lossy figures are better with its default.
+                    if self.unthrottled {
+                        h.peer_mut(peer).set_throttle(5000, 2, 0);
+                    }
                     if node == SERVER {
                         let client = data as usize;
                         if (1..=self.server_peer.len()).contains(&client) {
@@ -215,7 +222,10 @@ impl Stack for EnetStack {
                     } else {
                         Channel::Unreliable
                     };
-                    sink(from, kind, packet.data());
+                    if let Some(reply) = sink(from, kind, packet.data()) {
+                        let (ch, p) = self::packet(kind, &reply);
+                        let _ = h.peer_mut(peer).send(ch, &p);
+                    }
                 }
                 EventNoRef::Disconnect { .. } => {}
             }

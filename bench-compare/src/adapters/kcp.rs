@@ -97,7 +97,8 @@ impl KcpStack {
 }
 
 /// Why KCP cannot run a scenario on an unreliable channel.
-pub const NO_UNRELIABLE: &str = "KCP has no unreliable channel: every message is retransmitted until acknowledged";
+pub const NO_UNRELIABLE: &str =
+    "KCP has no unreliable channel: every message is retransmitted until acknowledged";
 
 impl Stack for KcpStack {
     fn unsupported(&self, channel: Channel) -> Option<&'static str> {
@@ -147,10 +148,10 @@ impl Stack for KcpStack {
             } else {
                 (&mut self.clients[node - 1], SERVER)
             };
-            loop {
-                match s.kcp.recv(&mut self.buf) {
-                    Ok(n) => sink(peer, Channel::Ordered, &self.buf[..n]),
-                    Err(_) => break,
+            while let Ok(n) = s.kcp.recv(&mut self.buf) {
+                if let Some(reply) = sink(peer, Channel::Ordered, &self.buf[..n]) {
+                    let _ = s.kcp.send(&reply);
+                    s.dirty = true;
                 }
             }
             let _ = s.kcp.update(ms);

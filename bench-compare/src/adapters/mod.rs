@@ -2,6 +2,7 @@
 //! and time by the harness, never opening a socket or reading a clock themselves.
 
 use crate::link::{Datagram, Node};
+use crate::msg::MESSAGE_SIZE;
 
 pub mod enet;
 pub mod kcp;
@@ -28,8 +29,10 @@ pub enum SendError {
     NotConnected,
 }
 
-/// A message a node received.
-pub type Sink<'a> = dyn FnMut(Node, Channel, &[u8]) + 'a;
+/// Takes a message a node received (sender, channel, bytes) and may answer it: the adapter
+/// sends the answer back on the same channel before it transmits, as a game server's loop
+/// would (receive, handle, send, flush).
+pub type Sink<'a> = dyn FnMut(Node, Channel, &[u8]) -> Option<[u8; MESSAGE_SIZE]> + 'a;
 
 /// A library under test: one server (node 0) and clients (nodes 1..=n), driven in
 /// microseconds of whatever clock the harness keeps (virtual or real).
@@ -42,12 +45,17 @@ pub trait Stack {
         None
     }
     /// Queues a message from `from` to `to` (one of them is the server).
-    fn send(&mut self, from: Node, to: Node, channel: Channel, payload: &[u8])
-        -> Result<(), SendError>;
+    fn send(
+        &mut self,
+        from: Node,
+        to: Node,
+        channel: Channel,
+        payload: &[u8],
+    ) -> Result<(), SendError>;
     /// A datagram from `from` arrived at `to`.
     fn handle_datagram(&mut self, now: u64, from: Node, to: Node, bytes: &[u8]);
-    /// Runs `node`'s timers at `now`, hands its datagrams to `out` and its received messages
-    /// (with their sender) to `sink`.
+    /// Runs `node`'s timers at `now`, hands its received messages (with their sender) to
+    /// `sink` and sends its answers, then hands its datagrams to `out`.
     fn poll(&mut self, now: u64, node: Node, out: &mut Vec<Datagram>, sink: &mut Sink<'_>);
 }
 
@@ -81,13 +89,15 @@ impl Lib {
         }
     }
 
-    /// A server and `clients` clients, connecting from `now`.
-    pub fn build(self, clients: usize, seed: u64, now: u64) -> Box<dyn Stack> {
+    /// A server and `clients` clients, connecting from `now`. `unthrottled` turns off
+    /// ENet's packet throttle (which drops unreliable packets; the many-clients scenario
+    /// needs them all), and changes nothing for the others.
+    pub fn build(self, clients: usize, seed: u64, now: u64, unthrottled: bool) -> Box<dyn Stack> {
         match self {
             Lib::Shoal => Box::new(shoal::ShoalStack::new(clients, seed, now, true)),
             Lib::ShoalPlain => Box::new(shoal::ShoalStack::new(clients, seed, now, false)),
             Lib::Renet => Box::new(renet::RenetStack::new(clients, now)),
-            Lib::Enet => Box::new(enet::EnetStack::new(clients, seed)),
+            Lib::Enet => Box::new(enet::EnetStack::new(clients, seed, unthrottled)),
             Lib::Kcp => Box::new(kcp::KcpStack::new(clients)),
         }
     }

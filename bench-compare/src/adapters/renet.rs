@@ -98,9 +98,16 @@ impl Stack for RenetStack {
             self.server.update(elapsed);
             while self.server.get_event().is_some() {}
             for id in 1..=self.clients.len() as u64 {
-                for (ch, kind) in [(unreliable, Channel::Unreliable), (ordered, Channel::Ordered)] {
+                for (ch, kind) in [
+                    (unreliable, Channel::Unreliable),
+                    (ordered, Channel::Ordered),
+                ] {
                     while let Some(m) = self.server.receive_message(id, ch) {
-                        sink(id as Node, kind, &m);
+                        if let Some(reply) = sink(id as Node, kind, &m) {
+                            if self.server.can_send_message(id, ch, reply.len()) {
+                                self.server.send_message(id, ch, reply.to_vec());
+                            }
+                        }
                     }
                 }
                 if let Ok(packets) = self.server.get_packets_to_send(id) {
@@ -116,9 +123,16 @@ impl Stack for RenetStack {
         } else {
             let c = &mut self.clients[node - 1];
             c.update(elapsed);
-            for (ch, kind) in [(unreliable, Channel::Unreliable), (ordered, Channel::Ordered)] {
+            for (ch, kind) in [
+                (unreliable, Channel::Unreliable),
+                (ordered, Channel::Ordered),
+            ] {
                 while let Some(m) = c.receive_message(ch) {
-                    sink(SERVER, kind, &m);
+                    if let Some(reply) = sink(SERVER, kind, &m) {
+                        if c.can_send_message(ch, reply.len()) {
+                            c.send_message(ch, reply.to_vec());
+                        }
+                    }
                 }
             }
             for p in c.get_packets_to_send() {

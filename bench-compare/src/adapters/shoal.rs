@@ -61,9 +61,8 @@ impl ShoalStack {
         let mut clients = Vec::with_capacity(n);
         let mut client_conn = Vec::with_capacity(n);
         for i in 0..n {
-            let mut c =
-                Endpoint::new(config(seed.wrapping_mul(1_000_003) + 1 + i as u64, false))
-                    .expect("config");
+            let mut c = Endpoint::new(config(seed.wrapping_mul(1_000_003) + 1 + i as u64, false))
+                .expect("config");
             let conn = c
                 .connect(Instant::from_micros(now), address(SERVER), &b""[..])
                 .expect("connect");
@@ -170,7 +169,10 @@ impl Stack for ShoalStack {
                     } else {
                         Channel::Unreliable
                     };
-                    sink(from, ch, &payload);
+                    if let Some(reply) = sink(from, ch, &payload) {
+                        // Refused (queue full) counts as lost: the scenario sees it missing.
+                        let _ = ep.send(conn, channel, reply.to_vec());
+                    }
                 }
                 _ => {}
             }
