@@ -275,8 +275,8 @@ pub fn child_many(a: &[String]) -> i32 {
     match scenarios::many(lib, parse(&a[1]) as usize, parse(&a[2]), parse(&a[3])) {
         Ok(m) => {
             println!(
-                "sent={} at_server={} echoed={} server_s={} rss_kib={}",
-                m.sent, m.at_server, m.echoed, m.server_s, m.peak_rss_kib
+                "sent={} at_server={} echoed={} server_s={} rss_kib={} datagrams={}",
+                m.sent, m.at_server, m.echoed, m.server_s, m.peak_rss_kib, m.datagrams
             );
             0
         }
@@ -327,6 +327,7 @@ fn spawn_many(
         echoed: get("echoed") as u64,
         server_s: get("server_s"),
         peak_rss_kib: get("rss_kib") as u64,
+        datagrams: get("datagrams") as u64,
     };
     if m.sent == 0 || (m.echoed as f64) < 0.99 * m.sent as f64 {
         return Err(format!(
@@ -343,11 +344,12 @@ fn many(args: &Args, sizes: &[usize], seconds: u64) -> String {
          Lossless link, 1 ms one way; clients spread over five 10 ms slots, everyone polled \
          every 10 ms; {seconds} s of virtual time after all clients connected. Server \
          messages/s = messages the server received and echoed per second of wall time spent in \
-         the server's own calls (datagrams in, polls, sends). Each library and size runs in a \
+         the server's own calls (datagrams in, polls, sends); datagrams per message counts both \
+         directions (the echo itself is two). Each library and size runs in a \
          child process: peak RSS (VmHWM) is that whole process, the clients' state included. \
          A run where fewer than 99% of the echoes arrive fails.\n\n\
-         | library | clients | echoes / sent | server messages/s (median) | min–max | vs best peer | server µs per message | peak RSS |\n\
-         |---|---|---|---|---|---|---|---|\n"
+         | library | clients | echoes / sent | server messages/s (median) | min–max | vs best peer | server µs per message | datagrams per message | peak RSS |\n\
+         |---|---|---|---|---|---|---|---|---|\n"
     );
     let mut shoal_cost: Vec<(usize, f64)> = Vec::new();
     for &n in sizes {
@@ -372,7 +374,7 @@ fn many(args: &Args, sizes: &[usize], seconds: u64) -> String {
         for (lib, r) in &results {
             match r {
                 Err(e) => {
-                    let mut row = failure_row(*lib, e, 8);
+                    let mut row = failure_row(*lib, e, 9);
                     row = row.replacen(" | **failed**", &format!(" | {n} | **failed**"), 1);
                     t += &row[..row.len() - 3];
                     t += "\n";
@@ -388,13 +390,15 @@ fn many(args: &Args, sizes: &[usize], seconds: u64) -> String {
                         shoal_cost.push((n, 1e6 / m));
                     }
                     t += &format!(
-                        "| {} | {n} | {echoed}/{sent} | **{}** | {}–{} | {} | {:.2} | {:.0} MiB |\n",
+                        "| {} | {n} | {echoed}/{sent} | **{}** | {}–{} | {} | {:.2} | {:.2} | {:.0} MiB |\n",
                         lib.name(),
                         si(m),
                         si(lo),
                         si(hi),
                         ratio(m, best),
                         1e6 / m,
+                        v.iter().map(|x| x.datagrams).sum::<u64>() as f64
+                            / v.iter().map(|x| x.at_server).sum::<u64>() as f64,
                         rss / 1024.0
                     );
                 }

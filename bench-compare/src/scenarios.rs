@@ -237,6 +237,8 @@ pub struct Many {
     pub server_s: f64,
     /// Peak resident memory of the process (KiB), clients included.
     pub peak_rss_kib: u64,
+    /// Datagrams on the link (both ways) during the message phase.
+    pub datagrams: u64,
 }
 
 struct ManyApp {
@@ -334,6 +336,7 @@ pub fn many(lib: Lib, clients: usize, seconds: u64, seed: u64) -> Result<Many, S
     }
     w.connect(MS, 30 * S)?;
     w.server_time = std::time::Duration::ZERO;
+    let datagrams0 = w.link.sent;
     let start = w.now;
     let mut app = ManyApp {
         clients,
@@ -354,6 +357,7 @@ pub fn many(lib: Lib, clients: usize, seconds: u64, seed: u64) -> Result<Many, S
         echoed: app.echoed,
         server_s: w.server_time.as_secs_f64(),
         peak_rss_kib: peak_rss_kib(),
+        datagrams: w.link.sent - datagrams0,
     })
 }
 
