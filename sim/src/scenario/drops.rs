@@ -116,7 +116,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_copies_and_outdated_updates_count_as_designed() {
+    fn only_copies_early_packets_and_outdated_updates_count_as_designed() {
         let designed: Vec<DropReason> = DropReason::ALL
             .into_iter()
             .filter(|&r| DropClass::of(r) != DropClass::RealDrop)
@@ -126,7 +126,8 @@ mod tests {
             [
                 DropReason::DuplicatePacket,
                 DropReason::DuplicateMessage,
-                DropReason::StaleMessage
+                DropReason::StaleMessage,
+                DropReason::EarlyPacket
             ]
         );
         for bad in [
