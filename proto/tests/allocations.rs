@@ -1,0 +1,223 @@
+//! Heap allocations in steady state, counted with a counting global allocator: once a
+//! connection is warm, carrying a message (send, packet, receive, event) allocates nothing.
+//!
+//! This file is its own test binary, so the counter sees only this test's work.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use shoal_proto::{Bytes, Config, Endpoint, Event, Instant, SecretSeed};
+
+struct Counting;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+/// Bytes allocated and not yet freed.
+static LIVE_BYTES: AtomicI64 = AtomicI64::new(0);
+/// The tests of this file run one at a time: the counters are global.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+#[allow(unsafe_code)] // a global allocator can only be written with unsafe
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        LIVE_BYTES.fetch_add(layout.size() as i64, Ordering::Relaxed);
+        // SAFETY: forwarded unchanged to the system allocator.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE_BYTES.fetch_sub(layout.size() as i64, Ordering::Relaxed);
+        // SAFETY: forwarded unchanged to the system allocator, which allocated it.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        LIVE_BYTES.fetch_add(new_size as i64 - layout.size() as i64, Ordering::Relaxed);
+        // SAFETY: forwarded unchanged to the system allocator, which allocated it.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// A client and a server on a perfect in-memory link, moved by hand.
+struct Link {
+    client: Endpoint,
+    server: Endpoint,
+    client_addr: SocketAddr,
+    server_addr: SocketAddr,
+    now: Instant,
+    buf: Vec<u8>,
+    events: Vec<Event>,
+}
+
+impl Link {
+    fn new() -> Self {
+        let config = |seed, accept_incoming| Config {
+            seed,
+            secret_seed: Some(SecretSeed::insecure_from_u64(seed)),
+            accept_incoming,
+            ..Config::default()
+        };
+        Link {
+            client: Endpoint::new(config(1, false)).expect("valid"),
+            server: Endpoint::new(config(2, true)).expect("valid"),
+            client_addr: "10.0.0.2:5000".parse().expect("address"),
+            server_addr: "10.0.0.1:4000".parse().expect("address"),
+            now: Instant::from_millis(1),
+            buf: vec![0; 1500],
+            events: Vec::with_capacity(1024),
+        }
+    }
+
+    /// Moves datagrams both ways and takes every event (dropping them, as an application
+    /// does once it has handled them), then lets `step` of time pass.
+    fn pump(&mut self, step: Duration) -> usize {
+        let mut delivered = 0;
+        for _ in 0..4 {
+            self.client.handle_timeout(self.now);
+            while let Some(t) = self.client.poll_transmit(self.now, &mut self.buf) {
+                self.server
+                    .handle_datagram(self.now, self.client_addr, &self.buf[..t.len]);
+            }
+            self.server.handle_timeout(self.now);
+            while let Some(t) = self.server.poll_transmit(self.now, &mut self.buf) {
+                self.client
+                    .handle_datagram(self.now, self.server_addr, &self.buf[..t.len]);
+            }
+            while let Some(e) = self.server.poll_event() {
+                delivered += usize::from(matches!(e, Event::Message { .. }));
+                self.events.push(e);
+            }
+            while let Some(e) = self.client.poll_event() {
+                self.events.push(e);
+            }
+            self.events.clear();
+        }
+        self.now += step;
+        delivered
+    }
+}
+
+#[test]
+fn a_warm_connection_carries_messages_without_allocating() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut link = Link::new();
+    let conn = link
+        .client
+        .connect(link.now, link.server_addr, b"")
+        .expect("connect");
+    let payload = Bytes::from_static(&[7u8; 32]);
+    // Warm up: the handshake, then a minute of the steady load below, so every buffer and
+    // table has grown to what the load needs (the receive arena is the last to settle: it
+    // grows only when a datagram finds it full, which takes a while).
+    let frame = |link: &mut Link| {
+        for channel in 0..4u8 {
+            link.client
+                .send(conn, channel, payload.clone())
+                .expect("send");
+        }
+        link.pump(Duration::from_millis(20))
+    };
+    for _ in 0..3_000 {
+        frame(&mut link);
+    }
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    let mut delivered = 0;
+    let frames = 1_000;
+    for _ in 0..frames {
+        delivered += frame(&mut link);
+    }
+    let allocations = ALLOCATIONS.load(Ordering::Relaxed) - before;
+    assert_eq!(
+        delivered,
+        4 * frames,
+        "every message of the measured frames arrived"
+    );
+    println!(
+        "{allocations} allocations for {delivered} messages ({:.3} per message)",
+        allocations as f64 / delivered as f64
+    );
+    assert_eq!(
+        allocations, 0,
+        "a warm connection allocated {allocations} times for {delivered} messages"
+    );
+}
+
+/// Heap bytes a server holds per connected, idle client: the figure behind "thousands of
+/// players". Printed; the bound only catches a regression (the goal is far lower).
+#[test]
+fn an_idle_connection_costs_the_server_a_bounded_few_kilobytes() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    const CLIENTS: usize = 100;
+    let config = |seed, accept_incoming| Config {
+        seed,
+        secret_seed: Some(SecretSeed::insecure_from_u64(seed)),
+        accept_incoming,
+        max_connections: CLIENTS + 1,
+        ..Config::default()
+    };
+    let mut server = Endpoint::new(config(1, true)).expect("valid");
+    let server_addr: SocketAddr = "10.0.0.1:4000".parse().expect("address");
+    let mut buf = vec![0u8; 1500];
+    // The server's memory before anyone connects; the clients are all freed before the
+    // second count, so the difference is what the server kept for them.
+    let before = LIVE_BYTES.load(Ordering::Relaxed);
+    let mut clients: Vec<(Endpoint, SocketAddr)> = (0..CLIENTS)
+        .map(|i| {
+            let addr = SocketAddr::from(([10, 1, (i / 250) as u8, (i % 250) as u8 + 1], 5000));
+            (
+                Endpoint::new(config(100 + i as u64, false)).expect("valid"),
+                addr,
+            )
+        })
+        .collect();
+    let mut now = Instant::from_millis(1);
+    let mut pump = |server: &mut Endpoint, clients: &mut [(Endpoint, SocketAddr)], now| {
+        for _ in 0..4 {
+            for (c, addr) in clients.iter_mut() {
+                c.handle_timeout(now);
+                while let Some(t) = c.poll_transmit(now, &mut buf) {
+                    server.handle_datagram(now, *addr, &buf[..t.len]);
+                }
+            }
+            server.handle_timeout(now);
+            while let Some(t) = server.poll_transmit(now, &mut buf) {
+                if let Some((c, _)) = clients.iter_mut().find(|(_, a)| *a == t.to) {
+                    c.handle_datagram(now, server_addr, &buf[..t.len]);
+                }
+            }
+            while server.poll_event().is_some() {}
+            for (c, _) in clients.iter_mut() {
+                while c.poll_event().is_some() {}
+            }
+        }
+    };
+    // All connect, then sit idle (keepalives only) for a few seconds.
+    for (c, _) in clients.iter_mut() {
+        c.connect(now, server_addr, b"").expect("connect");
+    }
+    for _ in 0..60 {
+        pump(&mut server, &mut clients, now);
+        now += Duration::from_millis(50);
+    }
+    assert_eq!(server.peers().count(), CLIENTS);
+    let with_clients = LIVE_BYTES.load(Ordering::Relaxed);
+    drop(clients);
+    let server_kept = LIVE_BYTES.load(Ordering::Relaxed) - before;
+    let per_connection = server_kept / CLIENTS as i64;
+    let client_each = (with_clients - before - server_kept) / CLIENTS as i64;
+    println!(
+        "server: {per_connection} bytes per idle connection ({CLIENTS} clients); each client \
+         endpoint with its one connection: {client_each} bytes"
+    );
+    assert!(
+        per_connection < 32 * 1024,
+        "an idle connection costs the server {per_connection} bytes"
+    );
+}
