@@ -84,6 +84,8 @@ enum Command {
         channel: u8,
         payload: Bytes,
         except: Option<ConnectionHandle>,
+        /// Where to say how many it was queued for, if anyone asks.
+        reply: Option<SyncSender<usize>>,
     },
     Peers {
         reply: SyncSender<Vec<ConnectionHandle>>,
@@ -303,6 +305,7 @@ impl Handle {
             channel,
             payload: payload.into(),
             except,
+            reply: None,
         })
     }
 
@@ -371,8 +374,10 @@ impl Handle {
 
 /// The background thread as a [`Network`], for game code written once for every driver and
 /// the simulator. Through it, [`Output::SendFailed`] notices are not seen (`poll_event` gives
-/// endpoint events only): they are counted in [`dropped_failures`](Handle::dropped_failures).
-/// `broadcast` returns how many peers the thread last listed (it queues on the thread).
+/// endpoint events only): they are counted in [`dropped_failures`](Handle::dropped_failures),
+/// so `send` returning `Ok` means handed over, not queued. `broadcast`, `disconnect`,
+/// `peers` and `link_stats` wait for the thread (a command queue that is full makes them wait
+/// their turn rather than fail); `broadcast` returns how many it was queued for.
 impl Network for Handle {
     fn local_addr(&self) -> SocketAddr {
         self.local_addr
@@ -548,8 +553,12 @@ impl Worker {
                     channel,
                     payload,
                     except,
+                    reply,
                 } => {
-                    self.driver.broadcast(channel, payload, except);
+                    let queued = self.driver.broadcast(channel, payload, except);
+                    if let Some(reply) = reply {
+                        let _ = reply.send(queued);
+                    }
                 }
                 Command::Peers { reply } => {
                     let _ = reply.send(self.driver.peers());

@@ -109,7 +109,8 @@ pub enum DisconnectReason {
     /// The address answered, but takes no connections (`Config::accept_incoming` is off).
     NotAccepting,
     /// The peer no longer knows this connection: it restarted (or dropped the connection)
-    /// and said so when our packets reached it, and nothing authentic came from it after.
+    /// and said so when our packets reached it, and five rounds of probes drew nothing
+    /// authentic from it after (the notice itself is unauthenticated; see `wire.md`).
     PeerReset,
 }
 

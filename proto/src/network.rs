@@ -37,7 +37,11 @@ pub trait Network {
     /// ticket). `Connected` or `ConnectFailed` follows.
     fn connect(&mut self, remote: SocketAddr, data: &[u8]) -> Result<ConnectionHandle, NetError>;
 
-    /// Queues `payload` on `channel` of `conn`.
+    /// Queues `payload` on `channel` of `conn`. An error says the endpoint refused it (full
+    /// queue, unknown channel or connection, too large). On a background thread the endpoint
+    /// is on the other side of a queue: `send` returns once the command is handed over, and a
+    /// refusal comes later as the thread's `Output::SendFailed` (through this trait's
+    /// `poll_event`, only counted: see `shoal_std::Handle`).
     fn send(
         &mut self,
         conn: ConnectionHandle,
@@ -53,7 +57,8 @@ pub trait Network {
         payload: impl Into<Bytes>,
     ) -> Result<RequestId, NetError>;
 
-    /// Answers a request received as `Event::Request`.
+    /// Answers a request received as `Event::Request`. A refusal is reported as for
+    /// [`send`](Self::send).
     fn respond(
         &mut self,
         conn: ConnectionHandle,
@@ -70,7 +75,8 @@ pub trait Network {
         except: Option<ConnectionHandle>,
     ) -> usize;
 
-    /// Closes `conn`, telling the peer with `code`.
+    /// Closes `conn`, telling the peer with `code`. The notice leaves with the network's next
+    /// send (a driver's `update`, `poll` or `flush`, or when it is dropped).
     fn disconnect(&mut self, conn: ConnectionHandle, code: u16);
 
     /// The next event, if any.

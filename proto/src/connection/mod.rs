@@ -49,8 +49,16 @@ pub(crate) use receive::DataResult;
 const ACK_EVERY: u32 = 2;
 /// Answered requests remembered to recognise copies of their responses.
 const RECENTLY_ANSWERED: usize = 64;
-/// Least time a peer's "unknown connection" hint waits for an authentic packet to refute it.
-const RESET_CONFIRM_MIN: core::time::Duration = core::time::Duration::from_millis(50);
+/// Probe rounds a peer's "unknown connection" must go unrefuted through before it is
+/// believed: anyone who saw the connection id can forge one, so it takes this many rounds of
+/// lost probes (two each) for a forgery to close a healthy connection on a lossy link.
+const RESET_CONFIRM_ROUNDS: u8 = 5;
+/// Least wait per round: a peer driven once per 20 Hz game frame answers within 50 ms.
+const RESET_ROUND_MIN: core::time::Duration = core::time::Duration::from_millis(100);
+/// After a notice was refuted, the next ones are ignored this long, twice as long each time
+/// (up to [`RESET_BACKOFF_MAX`]): a forger gets a few tries, not one per round trip.
+const RESET_BACKOFF_FIRST: core::time::Duration = core::time::Duration::from_secs(1);
+const RESET_BACKOFF_MAX: core::time::Duration = core::time::Duration::from_secs(3600);
 
 /// Where a connection is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -178,8 +186,12 @@ pub(crate) struct Connection {
     /// Its `Connected` event was queued: it ends in `Disconnected`, not `ConnectFailed`.
     pub(crate) reported: bool,
     /// When the peer said it does not know this connection (a `Reject` naming its id), if
-    /// nothing authentic has come from it since.
+    /// nothing authentic has come from it since; and the probe rounds it has lasted.
     reset_hint: Option<Instant>,
+    reset_rounds: u8,
+    /// Notices are ignored until then (a refuted one starts a back-off).
+    reset_ignored_until: Instant,
+    reset_backoff: core::time::Duration,
     /// Datagram bytes in and out, per second, for `LinkStats`.
     pub(crate) rate_in: RateMeter,
     pub(crate) rate_out: RateMeter,
@@ -269,6 +281,9 @@ impl Connection {
             announced: false,
             reported: false,
             reset_hint: None,
+            reset_rounds: 0,
+            reset_ignored_until: now,
+            reset_backoff: RESET_BACKOFF_FIRST,
             rate_in: RateMeter::default(),
             rate_out: RateMeter::default(),
             loss_in: LossMeter::default(),
@@ -586,8 +601,12 @@ impl Connection {
                 }
                 Timer::ResetConfirm => {
                     if self.reset_hint.is_some() {
-                        self.close(DisconnectReason::PeerReset, None);
-                        return;
+                        self.reset_rounds += 1;
+                        if self.reset_rounds >= RESET_CONFIRM_ROUNDS {
+                            self.close(DisconnectReason::PeerReset, None);
+                            return;
+                        }
+                        self.reset_probe(now, config);
                     }
                 }
                 Timer::Pacing | Timer::Probe => {}
@@ -719,25 +738,34 @@ impl Connection {
     }
 
     /// The peer said it does not know this connection (a `Reject` naming its id: it
-    /// restarted). That is unauthenticated, so only a hint: probe at once, and close with
-    /// `PeerReset` if nothing authentic arrives within a few round trips. A live peer
-    /// answers the probe, so a forged hint costs a probe and nothing more.
+    /// restarted). That is unauthenticated, so only a hint: probe, and close with `PeerReset`
+    /// only if [`RESET_CONFIRM_ROUNDS`] rounds of probes draw nothing authentic. A live peer
+    /// answers them; a refuted notice makes the next ones wait a growing back-off.
     pub(crate) fn on_reset_hint(&mut self, now: Instant, config: &Config) {
-        if self.reset_hint.is_some() || !self.is_connected() {
+        if self.reset_hint.is_some() || !self.is_connected() || now < self.reset_ignored_until {
             return;
         }
         self.reset_hint = Some(now);
-        self.transport.probes_due = self.transport.probes_due.max(2);
-        let rtt = &self.transport.sent.rtt;
-        let wait = rtt.smoothed() * 3 + rtt.variance() * 4 + config.max_ack_delay * 2;
-        self.timers
-            .set(Timer::ResetConfirm, now + wait.max(RESET_CONFIRM_MIN));
+        self.reset_rounds = 0;
+        self.reset_probe(now, config);
     }
 
-    /// An authentic packet arrived: the peer knows this connection after all.
-    pub(crate) fn heard_authentic(&mut self) {
+    /// One round of the reset check: two ack-eliciting probes, and the round's deadline.
+    fn reset_probe(&mut self, now: Instant, config: &Config) {
+        self.transport.probes_due = self.transport.probes_due.max(2);
+        let rtt = &self.transport.sent.rtt;
+        let wait = rtt.smoothed() * 2 + rtt.variance() * 4 + config.max_ack_delay;
+        self.timers
+            .set(Timer::ResetConfirm, now + wait.max(RESET_ROUND_MIN));
+    }
+
+    /// An authentic packet arrived: the peer knows this connection after all, and whoever
+    /// said otherwise waits longer next time.
+    pub(crate) fn heard_authentic(&mut self, now: Instant) {
         if self.reset_hint.take().is_some() {
             self.timers.stop(Timer::ResetConfirm);
+            self.reset_ignored_until = now + self.reset_backoff;
+            self.reset_backoff = (self.reset_backoff * 2).min(RESET_BACKOFF_MAX);
         }
     }
 

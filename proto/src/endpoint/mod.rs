@@ -898,7 +898,7 @@ impl Endpoint {
             self.finish_quiet(index, c);
             return;
         };
-        c.heard_authentic();
+        c.heard_authentic(now);
         let Ok(packet) = Packet::decode(&bytes) else {
             // Authentic but malformed: a broken peer, never acted on.
             c.stats.drops.add(DropReason::Malformed);
@@ -1474,8 +1474,10 @@ impl Endpoint {
                 Some(_) => self.stats.drops.add(DropReason::UnknownConnection),
                 None => {
                     self.stats.drops.add(DropReason::UnknownConnection);
-                    // Never more bytes than came: a whole header (13) or nothing.
-                    if datagram_len >= SHORT_HEADER_LEN {
+                    // Never more bytes than came: a whole header (13) or nothing. Not through
+                    // a hub's tunnel: the hub tells its members when a link ends, and the
+                    // relay's budget is for real traffic.
+                    if datagram_len >= SHORT_HEADER_LEN && crate::hub::relay_user(from).is_none() {
                         self.send_reset(from, connection_id);
                     }
                 }
