@@ -165,28 +165,9 @@ impl DriverCore {
         remote: impl ToSocketAddrs,
         data: &[u8],
     ) -> Result<ConnectionHandle, ConnectError> {
-        let remote = self.resolve(remote)?;
+        let remote = crate::io_util::resolve(remote, self.local_addr)?;
         let now = self.clock.now();
         self.endpoint.connect(now, remote, data)
-    }
-
-    /// The first address `remote` resolves to in the socket's family.
-    fn resolve(&self, remote: impl ToSocketAddrs) -> Result<SocketAddr, ConnectError> {
-        let local = self.local_addr;
-        let mut other_family = None;
-        for addr in remote
-            .to_socket_addrs()
-            .map_err(|_| ConnectError::Unresolved)?
-        {
-            if addr.is_ipv4() == local.is_ipv4() {
-                return Ok(addr);
-            }
-            other_family.get_or_insert(addr);
-        }
-        Err(match other_family {
-            Some(remote) => ConnectError::AddressFamily { remote, local },
-            None => ConnectError::Unresolved,
-        })
     }
 
     /// Queues a message; see [`Endpoint::send`].

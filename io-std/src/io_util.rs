@@ -72,6 +72,29 @@ pub struct Outbox {
     pub last_send_error: Option<SendFailure>,
 }
 
+/// The first address `remote` resolves to in the family of a socket bound to `local`:
+/// `AddressFamily` if it resolves only to the other family, `Unresolved` if to nothing.
+pub fn resolve(
+    remote: impl std::net::ToSocketAddrs,
+    local: SocketAddr,
+) -> Result<SocketAddr, shoal_proto::ConnectError> {
+    use shoal_proto::ConnectError;
+    let mut other_family = None;
+    for addr in remote
+        .to_socket_addrs()
+        .map_err(|_| ConnectError::Unresolved)?
+    {
+        if addr.is_ipv4() == local.is_ipv4() {
+            return Ok(addr);
+        }
+        other_family.get_or_insert(addr);
+    }
+    Err(match other_family {
+        Some(remote) => ConnectError::AddressFamily { remote, local },
+        None => ConnectError::Unresolved,
+    })
+}
+
 /// A datagram the socket refused: the OS error as it came (its kind and raw code) and where
 /// the datagram was going. `Display` gives the OS's own message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

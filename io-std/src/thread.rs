@@ -220,12 +220,15 @@ impl Handle {
         self.dropped_failures.load(Ordering::Relaxed)
     }
 
-    /// Starts connecting to `remote`; waits for the thread's answer.
+    /// Starts connecting to `remote`, an address or text that resolves to one (as
+    /// [`DriverCore::connect`](crate::DriverCore::connect)); waits for the thread's answer.
     pub fn connect(
         &self,
-        remote: SocketAddr,
+        remote: impl ToSocketAddrs,
         data: &[u8],
     ) -> Result<ConnectionHandle, ThreadError> {
+        let remote =
+            crate::io_util::resolve(remote, self.local_addr).map_err(ThreadError::Connect)?;
         let (reply, answer) = mpsc::sync_channel(1);
         self.command_blocking(Command::Connect {
             remote,
