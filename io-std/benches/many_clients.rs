@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use shoal_std::{Config, ConnectionHandle, Driver, Event};
+use shoal_std::{Config, ConnectionHandle, Driver, Event, IoMode};
 
 const UNRELIABLE: u8 = 0;
 const WARM_UP: Duration = Duration::from_secs(1);
@@ -78,9 +78,13 @@ fn run_server(server: &mut Driver, phase: &AtomicU8) -> ServerFigures {
 fn main() {
     let clients_wanted: usize = env_or("SHOAL_CLIENTS", 500);
     let seconds: u64 = env_or("SHOAL_SECONDS", 5);
-    let mut server = Driver::bind("127.0.0.1:0", Config::default()).expect("bind");
+    let io_mode = match std::env::var("SHOAL_IO").as_deref() {
+        Ok("portable") => IoMode::Portable,
+        _ => IoMode::Batched,
+    };
+    let mut server = Driver::bind_with("127.0.0.1:0", Config::default(), io_mode).expect("bind");
     let server_addr = server.local_addr();
-    let effective = "recv_from";
+    let effective = server.io_mode();
     let phase = Arc::new(AtomicU8::new(WARMING));
     let server_phase = Arc::clone(&phase);
     let server_thread = std::thread::spawn(move || run_server(&mut server, &server_phase));
@@ -139,7 +143,7 @@ fn main() {
 
     let per_second = |n: u64| n as f64 / figures.seconds;
     println!(
-        "{} clients, server io {}: {:.0} datagrams/s read by the server, {:.0} messages/s \
+        "{} clients, server io {:?}: {:.0} datagrams/s read by the server, {:.0} messages/s \
          delivered ({:.0} sent/s, {:.1}% arrived)",
         clients.len(),
         effective,
