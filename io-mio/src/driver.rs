@@ -47,7 +47,7 @@ pub const INTEREST: Interest = Interest::READABLE.add(Interest::WRITABLE);
 /// pass [`next_timeout`](Self::next_timeout) to `Poll::poll` (or fold it into your own
 /// timeout). mio is edge-triggered; the driver reads until the socket is empty (in batches
 /// of [`MAX_DATAGRAMS_PER_CALL`]; up to [`RECV_BATCH`](shoal_std::RECV_BATCH) per system
-/// call on Linux and Android unless made with [`IoMode::Portable`]) and keeps one datagram
+/// call on Linux and Android if made with [`IoMode::Batched`]) and keeps one datagram
 /// back when sending would block, so no readiness is lost.
 ///
 /// The commands (`connect`, `send`, ...), the events (`poll_event`, `events`) and the
@@ -77,8 +77,8 @@ impl MioDriver {
         Self::bind_with(addr, config, IoMode::default())
     }
 
-    /// [`bind`](Self::bind), reading the socket as `io_mode` says (`IoMode::Portable`: one
-    /// `recv_from` per datagram, as on every platform).
+    /// [`bind`](Self::bind), reading the socket as `io_mode` says (`IoMode::Batched`: up to
+    /// [`RECV_BATCH`](shoal_std::RECV_BATCH) datagrams per system call on Linux and Android).
     pub fn bind_with(
         addr: impl ToSocketAddrs,
         config: Config,

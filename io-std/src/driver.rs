@@ -38,10 +38,10 @@ pub const BLOCKED_SEND_RETRY: Duration = Duration::from_millis(1);
 /// [`DriverCore`]'s, shared with `shoal-mio`: a `Driver` dereferences to its core, so they
 /// are called as `driver.send(..)` like its own methods.
 ///
-/// Reads are batched where the OS allows ([`IoMode::Batched`], the default: up to
-/// [`RECV_BATCH`](crate::RECV_BATCH) datagrams per `recvmmsg` on Linux and Android);
-/// [`bind_with`](Self::bind_with) with [`IoMode::Portable`] keeps one `recv_from` per
-/// datagram. [`io_mode`](DriverCore::io_mode) tells which is in effect.
+/// Reads are one `recv_from` per datagram ([`IoMode::Portable`], the default);
+/// [`bind_with`](Self::bind_with) with [`IoMode::Batched`] reads up to
+/// [`RECV_BATCH`](crate::RECV_BATCH) datagrams per `recvmmsg` on Linux and Android.
+/// [`io_mode`](DriverCore::io_mode) tells which is in effect.
 ///
 /// Buffers are allocated once, at [`bind`](Self::bind): a 64 KiB receive buffer, a
 /// transmit buffer of `Config::mtu` bytes, and in batched mode `RECV_BATCH` receive slots of
@@ -68,8 +68,8 @@ impl Driver {
         Self::bind_with(addr, config, IoMode::default())
     }
 
-    /// [`bind`](Self::bind), reading the socket as `io_mode` says (`IoMode::Portable`: one
-    /// `recv_from` per datagram, as on every platform).
+    /// [`bind`](Self::bind), reading the socket as `io_mode` says (`IoMode::Batched`: up to
+    /// [`RECV_BATCH`](crate::RECV_BATCH) datagrams per system call on Linux and Android).
     pub fn bind_with(
         addr: impl ToSocketAddrs,
         config: Config,

@@ -14,14 +14,22 @@ use crate::io_util::RECV_BUFFER_LEN;
 /// How a driver reads its socket. Chosen when the driver is made (`Driver::bind_with`,
 /// `MioDriver::bind_with`, ...), apart from [`Config`](shoal_proto::Config): it is about
 /// the host, not the protocol.
+///
+/// The default is `Portable`: on loopback (see `docs/benchmarks.md`, "Batched I/O") batched
+/// reads cost the server as much CPU per datagram as one `recv_from` each, and they change
+/// the socket's options (below). Measure on your host before choosing `Batched`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum IoMode {
-    /// Up to [`RECV_BATCH`] datagrams per system call (`recvmmsg`) on Linux and Android;
-    /// elsewhere, or if the socket cannot be set up for it, the same as `Portable`.
-    #[default]
+    /// Up to [`RECV_BATCH`] datagrams per system call (`recvmmsg`, through `quinn-udp`) on
+    /// Linux and Android; elsewhere, or if the socket cannot be set up for it, the same as
+    /// `Portable`. Setting the socket up turns on UDP GRO (trains of datagrams are split
+    /// again before the endpoint sees them) and the packet-info control message, and sets
+    /// `IP_MTU_DISCOVER` to probe: datagrams leave with the don't-fragment bit and are never
+    /// fragmented by the sending host, so keep `Config::mtu` within the path's MTU.
     Batched,
     /// One `recv_from` per datagram, as on every platform.
+    #[default]
     Portable,
 }
 
@@ -58,11 +66,13 @@ pub(crate) struct BatchReader {
 
 #[cfg(any(target_os = "linux", target_os = "android"))]
 impl BatchReader {
-    /// Sets `socket` up for batched reads (quinn-udp also turns on GRO and the packet-info
-    /// and TOS control messages, and sets `IP_MTU_DISCOVER` to probe: datagrams leave with
-    /// the don't-fragment bit) and allocates the slots.
+    /// Sets `socket` up for batched reads (see [`IoMode::Batched`] for what quinn-udp
+    /// changes) and allocates the slots.
     pub(crate) fn new(socket: &impl BatchSocket) -> io::Result<Self> {
         let state = quinn_udp::UdpSocketState::new(socket.into())?;
+        // Shoal does not read the TOS byte: spare the kernel a control message per datagram
+        // (an IPv6 socket refuses; nothing lost).
+        let _ = socket2::SockRef::from(socket).set_recv_tos_v4(false);
         Ok(BatchReader {
             state,
             slots: vec![0; RECV_BATCH * RECV_BUFFER_LEN].into_boxed_slice(),
