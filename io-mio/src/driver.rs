@@ -9,7 +9,7 @@ use mio::event::Source;
 use mio::net::UdpSocket;
 use mio::{Interest, Registry, Token};
 use shoal_proto::{Config, Instant};
-use shoal_std::DriverCore;
+use shoal_std::{DriverCore, IoMode};
 
 use crate::clock::Clock;
 
@@ -46,8 +46,9 @@ pub const INTEREST: Interest = Interest::READABLE.add(Interest::WRITABLE);
 /// Call [`update`](Self::update) once per loop turn, after the events and your commands, and
 /// pass [`next_timeout`](Self::next_timeout) to `Poll::poll` (or fold it into your own
 /// timeout). mio is edge-triggered; the driver reads until the socket is empty (in batches
-/// of [`MAX_DATAGRAMS_PER_CALL`]) and keeps one datagram back when sending would block, so
-/// no readiness is lost.
+/// of [`MAX_DATAGRAMS_PER_CALL`]; up to [`RECV_BATCH`](shoal_std::RECV_BATCH) per system
+/// call on Linux and Android if made with [`IoMode::Batched`]) and keeps one datagram
+/// back when sending would block, so no readiness is lost.
 ///
 /// The commands (`connect`, `send`, ...), the events (`poll_event`, `events`) and the
 /// getters (`local_addr`, `endpoint`, `stats`, ...) are [`DriverCore`]'s, shared with
@@ -73,15 +74,35 @@ impl MioDriver {
     /// Fails with `InvalidInput` if `config` is invalid (the [`shoal_proto::ConfigError`] is
     /// the error's inner error), or with the OS error if the socket cannot be bound.
     pub fn bind(addr: impl ToSocketAddrs, config: Config) -> io::Result<Self> {
-        Self::from_std(shoal_std::io_util::bind(addr)?, config)
+        Self::bind_with(addr, config, IoMode::default())
+    }
+
+    /// [`bind`](Self::bind), reading the socket as `io_mode` says (`IoMode::Batched`: up to
+    /// [`RECV_BATCH`](shoal_std::RECV_BATCH) datagrams per system call on Linux and Android).
+    pub fn bind_with(
+        addr: impl ToSocketAddrs,
+        config: Config,
+        io_mode: IoMode,
+    ) -> io::Result<Self> {
+        Self::from_std_with(shoal_std::io_util::bind(addr)?, config, io_mode)
     }
 
     /// Wraps a socket the caller bound (e.g. with options set through another crate). The
     /// socket is switched to non-blocking mode.
     pub fn from_std(socket: std::net::UdpSocket, config: Config) -> io::Result<Self> {
+        Self::from_std_with(socket, config, IoMode::default())
+    }
+
+    /// [`from_std`](Self::from_std), reading the socket as `io_mode` says.
+    pub fn from_std_with(
+        socket: std::net::UdpSocket,
+        config: Config,
+        io_mode: IoMode,
+    ) -> io::Result<Self> {
         socket.set_nonblocking(true)?;
         let socket = UdpSocket::from_std(socket);
-        let core = DriverCore::new(socket.local_addr()?, config)?;
+        let mut core = DriverCore::new(socket.local_addr()?, config)?;
+        core.set_io_mode(io_mode, &socket);
         Ok(MioDriver {
             socket,
             core,
@@ -145,14 +166,16 @@ impl MioDriver {
     pub fn handle_readable(&mut self, now: std::time::Instant) -> io::Result<()> {
         let now = self.core.clock_mut().at(now);
         self.read_pending = false;
-        for _ in 0..self.read_batch {
+        let mut left = self.read_batch;
+        while left > 0 {
             let socket = &self.socket;
-            if !self
+            let read = self
                 .core
-                .receive_one(Some(now), |buf| socket.recv_from(buf))?
-            {
+                .receive_batch(Some(now), left, socket, |buf| socket.recv_from(buf))?;
+            if read == 0 {
                 return Ok(());
             }
+            left = left.saturating_sub(read);
         }
         self.read_pending = true;
         Ok(())
@@ -271,9 +294,15 @@ mod tests {
 
     #[test]
     fn a_read_stopped_by_the_batch_limit_is_resumed_by_update() {
+        a_read_stopped_by_the_batch_limit_is_resumed_by_update_in(IoMode::Batched);
+        a_read_stopped_by_the_batch_limit_is_resumed_by_update_in(IoMode::Portable);
+    }
+
+    fn a_read_stopped_by_the_batch_limit_is_resumed_by_update_in(mode: IoMode) {
         let mut poll = Poll::new().expect("poll");
         let mut events = mio::Events::with_capacity(8);
-        let mut driver = MioDriver::bind("127.0.0.1:0", Config::default()).expect("bind");
+        let mut driver =
+            MioDriver::bind_with("127.0.0.1:0", Config::default(), mode).expect("bind");
         driver
             .register(poll.registry(), Token(3))
             .expect("register");

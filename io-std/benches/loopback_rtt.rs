@@ -4,11 +4,12 @@
 //! a game's frame loop would at full speed: the figure is the protocol, the crypto and the
 //! four socket calls of a round trip, without scheduler wake-ups.
 //!
-//! Run: `cargo bench -p shoal-std --bench loopback_rtt`.
+//! Run: `cargo bench -p shoal-std --bench loopback_rtt` (`SHOAL_IO=batched` reads with
+//! `IoMode::Batched`).
 
 use std::time::{Duration, Instant};
 
-use shoal_std::{Config, ConnectionHandle, Driver, Event, Protection};
+use shoal_std::{Config, ConnectionHandle, Driver, Event, IoMode, Protection};
 
 const RELIABLE: u8 = 2;
 const ROUNDS: usize = 5;
@@ -28,8 +29,12 @@ impl Link {
             protection,
             ..Config::default()
         };
-        let mut server = Driver::bind("127.0.0.1:0", config(2, true)).expect("bind");
-        let mut client = Driver::bind("127.0.0.1:0", config(1, false)).expect("bind");
+        let io_mode = match std::env::var("SHOAL_IO").as_deref() {
+            Ok("batched") => IoMode::Batched,
+            _ => IoMode::Portable,
+        };
+        let mut server = Driver::bind_with("127.0.0.1:0", config(2, true), io_mode).expect("bind");
+        let mut client = Driver::bind_with("127.0.0.1:0", config(1, false), io_mode).expect("bind");
         let conn = client.connect(server.local_addr(), &[]).expect("connect");
         let deadline = Instant::now() + Duration::from_secs(10);
         let (mut up, mut down) = (false, false);

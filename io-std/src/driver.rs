@@ -9,6 +9,7 @@ use shoal_proto::{Config, Instant};
 
 use crate::clock::Clock;
 use crate::driver_core::DriverCore;
+use crate::recv_batch::IoMode;
 
 /// Most datagrams one [`Driver::update`] reads before it moves on to timers and sending, so
 /// a flood cannot hold a game frame hostage. The rest wait in the socket for the next call.
@@ -37,8 +38,15 @@ pub const BLOCKED_SEND_RETRY: Duration = Duration::from_millis(1);
 /// [`DriverCore`]'s, shared with `shoal-mio`: a `Driver` dereferences to its core, so they
 /// are called as `driver.send(..)` like its own methods.
 ///
-/// Buffers are allocated once, at [`bind`](Self::bind): a 64 KiB receive buffer and a
-/// transmit buffer of `Config::mtu` bytes.
+/// Reads are one `recv_from` per datagram ([`IoMode::Portable`], the default);
+/// [`bind_with`](Self::bind_with) with [`IoMode::Batched`] reads up to
+/// [`RECV_BATCH`](crate::RECV_BATCH) datagrams per `recvmmsg` on Linux and Android.
+/// [`io_mode`](DriverCore::io_mode) tells which is in effect.
+///
+/// Buffers are allocated once, at [`bind`](Self::bind): a 64 KiB receive buffer, a
+/// transmit buffer of `Config::mtu` bytes, and in batched mode `RECV_BATCH` receive slots of
+/// 64 KiB (2 MiB of address space, of which only the pages datagrams were written to are
+/// backed by memory).
 ///
 /// # The seed
 ///
@@ -57,14 +65,34 @@ impl Driver {
     /// Fails with `InvalidInput` if `config` is invalid (the [`shoal_proto::ConfigError`] is
     /// the error's inner error), or with the OS error if the socket cannot be bound.
     pub fn bind(addr: impl ToSocketAddrs, config: Config) -> io::Result<Self> {
-        Self::from_socket(crate::io_util::bind(addr)?, config)
+        Self::bind_with(addr, config, IoMode::default())
+    }
+
+    /// [`bind`](Self::bind), reading the socket as `io_mode` says (`IoMode::Batched`: up to
+    /// [`RECV_BATCH`](crate::RECV_BATCH) datagrams per system call on Linux and Android).
+    pub fn bind_with(
+        addr: impl ToSocketAddrs,
+        config: Config,
+        io_mode: IoMode,
+    ) -> io::Result<Self> {
+        Self::from_socket_with(crate::io_util::bind(addr)?, config, io_mode)
     }
 
     /// Wraps a socket the caller bound (e.g. with options set through another crate). The
     /// socket is switched to non-blocking mode.
     pub fn from_socket(socket: UdpSocket, config: Config) -> io::Result<Self> {
+        Self::from_socket_with(socket, config, IoMode::default())
+    }
+
+    /// [`from_socket`](Self::from_socket), reading the socket as `io_mode` says.
+    pub fn from_socket_with(
+        socket: UdpSocket,
+        config: Config,
+        io_mode: IoMode,
+    ) -> io::Result<Self> {
         socket.set_nonblocking(true)?;
-        let core = DriverCore::new(socket.local_addr()?, config)?;
+        let mut core = DriverCore::new(socket.local_addr()?, config)?;
+        core.set_io_mode(io_mode, &socket);
         Ok(Driver { socket, core })
     }
 
@@ -153,12 +181,18 @@ impl Driver {
         restored
     }
 
-    /// Reads what is waiting, without blocking.
+    /// Reads what is waiting (up to [`MAX_DATAGRAMS_PER_UPDATE`]), without blocking.
     fn receive_waiting(&mut self) -> io::Result<()> {
-        for _ in 0..MAX_DATAGRAMS_PER_UPDATE {
-            if !self.read_one()? {
+        let mut left = MAX_DATAGRAMS_PER_UPDATE;
+        while left > 0 {
+            let socket = &self.socket;
+            let read = self
+                .core
+                .receive_batch(None, left, socket, |buf| socket.recv_from(buf))?;
+            if read == 0 {
                 break;
             }
+            left = left.saturating_sub(read);
         }
         Ok(())
     }

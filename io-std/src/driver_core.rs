@@ -15,6 +15,7 @@ use shoal_proto::{
 
 use crate::clock::{endpoint_seed, os_secret_seed, unix_time, Clock};
 use crate::io_util::{recv_error_action, Outbox, RecvErrorAction, SendFailure, RECV_BUFFER_LEN};
+use crate::recv_batch::{BatchReader, BatchSocket, IoMode};
 
 /// Counters of what the driver itself did with the socket (the endpoint keeps its own, see
 /// [`Endpoint::stats`]).
@@ -60,6 +61,8 @@ pub struct DriverCore {
     endpoint: Endpoint,
     clock: Clock,
     recv_buf: Box<[u8]>,
+    /// Set up by [`set_io_mode`](Self::set_io_mode) for batched reads; `None`: portable.
+    batch: Option<BatchReader>,
     outbox: Outbox,
     icmp_errors_ignored: u64,
     sends_blocked: u64,
@@ -71,7 +74,7 @@ pub struct DriverCore {
 impl DriverCore {
     /// The core of a driver whose socket is bound to `local_addr`: creates the endpoint and
     /// allocates the buffers (a 64 KiB receive buffer, a transmit buffer of `Config::mtu`
-    /// bytes). A zero `Config::seed` is replaced by one derived from OS randomness, and a
+    /// bytes). It reads on the portable path until [`set_io_mode`](Self::set_io_mode). A zero `Config::seed` is replaced by one derived from OS randomness, and a
     /// missing `Config::secret_seed` by 32 bytes from the OS random source; the endpoint is
     /// told the wall-clock time (for connect token expiry).
     ///
@@ -92,6 +95,7 @@ impl DriverCore {
             endpoint,
             clock,
             recv_buf: vec![0; RECV_BUFFER_LEN].into_boxed_slice(),
+            batch: None,
             outbox,
             icmp_errors_ignored: 0,
             sends_blocked: 0,
@@ -141,6 +145,16 @@ impl DriverCore {
             last_send_error: self.outbox.last_send_error,
             icmp_errors_ignored: self.icmp_errors_ignored,
             sends_blocked: self.sends_blocked,
+        }
+    }
+
+    /// How [`receive_batch`](Self::receive_batch) reads: `Batched` if the socket was set up
+    /// for it, `Portable` otherwise.
+    pub fn io_mode(&self) -> IoMode {
+        if self.batch.is_some() {
+            IoMode::Batched
+        } else {
+            IoMode::Portable
         }
     }
 
@@ -304,6 +318,63 @@ impl DriverCore {
                         // Counts as "something happened" so the drain goes on reading.
                         self.icmp_errors_ignored += 1;
                         return Ok(true);
+                    }
+                    RecvErrorAction::Fail => return Err(e),
+                },
+            }
+        }
+    }
+
+    /// Chooses how [`receive_batch`](Self::receive_batch) reads `socket`, the driver's own
+    /// socket (the one it goes on passing there). `Batched` sets the socket up for
+    /// `recvmmsg` through `quinn-udp` and allocates [`RECV_BATCH`](crate::RECV_BATCH)
+    /// receive slots of 64 KiB; where the platform or the socket cannot, and for
+    /// `Portable`, reads stay one `recv_from` per datagram. Returns the mode in effect.
+    pub fn set_io_mode(&mut self, mode: IoMode, socket: &impl BatchSocket) -> IoMode {
+        self.batch = match mode {
+            IoMode::Batched => BatchReader::new(socket).ok(),
+            IoMode::Portable => None,
+        };
+        self.io_mode()
+    }
+
+    /// Reads what one system call returns, at most `max` datagrams (at least one), and hands
+    /// them to the endpoint, stamped `now` (`None`: the clock's time once they arrived). In
+    /// batched mode that is one `recvmmsg` on `socket`; in portable mode one datagram
+    /// through `recv_from`, as [`receive_one`](Self::receive_one) does.
+    ///
+    /// Returns how many datagrams it read (wake-ups of the background thread included, not
+    /// delivered) or ICMP errors it counted and skipped; 0 when none was waiting. Interrupted
+    /// calls are retried; other errors are the socket's own and returned.
+    pub fn receive_batch<S: BatchSocket>(
+        &mut self,
+        now: Option<Instant>,
+        max: usize,
+        socket: &S,
+        recv_from: impl FnMut(&mut [u8]) -> io::Result<(usize, SocketAddr)>,
+    ) -> io::Result<usize> {
+        let Some(reader) = &mut self.batch else {
+            return Ok(usize::from(self.receive_one(now, recv_from)?));
+        };
+        let endpoint = &mut self.endpoint;
+        let clock = &mut self.clock;
+        let wake_from = self.wake_from;
+        let mut stamp = now;
+        loop {
+            let read = reader.read(socket, max, |from, datagram| {
+                if Some(from) != wake_from {
+                    let now = *stamp.get_or_insert_with(|| clock.now());
+                    endpoint.handle_datagram(now, from, datagram);
+                }
+            });
+            match read {
+                Ok(n) => return Ok(n),
+                Err(e) => match recv_error_action(e.kind()) {
+                    RecvErrorAction::Empty => return Ok(0),
+                    RecvErrorAction::Retry => continue,
+                    RecvErrorAction::Ignore => {
+                        self.icmp_errors_ignored += 1;
+                        return Ok(1);
                     }
                     RecvErrorAction::Fail => return Err(e),
                 },
@@ -520,5 +591,97 @@ mod tests {
         core.flush_with(now, |d, _| Ok(d.len()));
         assert!(!core.is_send_blocked());
         assert_eq!(core.stats().send_errors, 0);
+    }
+}
+
+#[cfg(test)]
+mod batch_tests {
+    use super::*;
+    use std::net::UdpSocket;
+
+    /// A core whose socket already holds `count` one-byte datagrams from `sender`.
+    fn core_with_waiting(mode: IoMode, count: u8) -> (DriverCore, UdpSocket, UdpSocket) {
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        socket.set_nonblocking(true).expect("non-blocking");
+        let mut core = DriverCore::new(socket.local_addr().expect("address"), Config::default())
+            .expect("core");
+        core.set_io_mode(mode, &socket);
+        let sender = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        for i in 0..count {
+            sender
+                .send_to(&[i], socket.local_addr().expect("address"))
+                .expect("send");
+        }
+        // Loopback delivers at once, but give the last one a moment to be queued.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        (core, socket, sender)
+    }
+
+    fn read(core: &mut DriverCore, socket: &UdpSocket, max: usize) -> usize {
+        core.receive_batch(None, max, socket, |buf| socket.recv_from(buf))
+            .expect("read")
+    }
+
+    #[test]
+    fn batched_mode_is_in_effect_on_linux_and_portable_mode_when_asked() {
+        let (core, _, _) = core_with_waiting(IoMode::Batched, 0);
+        let expected = if cfg!(any(target_os = "linux", target_os = "android")) {
+            IoMode::Batched
+        } else {
+            IoMode::Portable
+        };
+        assert_eq!(core.io_mode(), expected);
+        let (core, _, _) = core_with_waiting(IoMode::Portable, 0);
+        assert_eq!(core.io_mode(), IoMode::Portable);
+    }
+
+    #[test]
+    fn a_batched_read_returns_at_most_a_batch_and_never_more_than_asked() {
+        for mode in [IoMode::Batched, IoMode::Portable] {
+            let (mut core, socket, _) = core_with_waiting(mode, 40);
+            let per_call = match core.io_mode() {
+                IoMode::Batched => crate::RECV_BATCH,
+                _ => 1,
+            };
+            let first = read(&mut core, &socket, 3);
+            assert_eq!(first, per_call.min(3), "{mode:?}");
+            assert_eq!(read(&mut core, &socket, 1000), per_call, "{mode:?}");
+            let mut total = first + per_call;
+            loop {
+                match read(&mut core, &socket, 1000) {
+                    0 => break,
+                    n => total += n,
+                }
+            }
+            assert_eq!(total, 40, "{mode:?}: every datagram read once");
+            assert_eq!(core.endpoint().stats().datagrams_received, 40, "{mode:?}");
+        }
+    }
+
+    #[test]
+    fn batched_reads_recognise_wake_ups_and_deliver_the_rest() {
+        for mode in [IoMode::Batched, IoMode::Portable] {
+            let (mut core, socket, sender) = core_with_waiting(mode, 0);
+            let waker = UdpSocket::bind("127.0.0.1:0").expect("bind");
+            core.wake_from = Some(waker.local_addr().expect("address"));
+            let to = socket.local_addr().expect("address");
+            sender.send_to(&[1], to).expect("send");
+            waker.send_to(&[], to).expect("wake");
+            sender.send_to(&[2], to).expect("send");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            let mut read_total = 0;
+            loop {
+                match read(&mut core, &socket, 1000) {
+                    0 => break,
+                    n => read_total += n,
+                }
+            }
+            assert_eq!(read_total, 3, "{mode:?}: the wake-up is read");
+            assert_eq!(
+                core.endpoint().stats().datagrams_received,
+                2,
+                "{mode:?}: but not delivered"
+            );
+        }
     }
 }

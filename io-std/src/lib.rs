@@ -103,12 +103,14 @@ pub mod discovery;
 mod driver;
 mod driver_core;
 pub mod io_util;
+mod recv_batch;
 mod thread;
 
 pub use discovery::{discover, LanConfig, LanPeer, LanResponder, LanSeeker, ResponderConfig};
 pub use driver::{Driver, BLOCKED_SEND_RETRY, MAX_DATAGRAMS_PER_UPDATE};
 pub use driver_core::{DriverCore, DriverStats, Events, DROP_LINGER};
 pub use io_util::SendFailure;
+pub use recv_batch::{BatchSocket, IoMode, RECV_BATCH};
 pub use thread::{
     spawn, spawn_driver, Handle, Output, ThreadError, COMMAND_CAPACITY, OUTPUT_CAPACITY,
     SHUTDOWN_CODE,

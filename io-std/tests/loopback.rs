@@ -5,7 +5,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use shoal_std::{
-    Config, ConnectionHandle, DisconnectReason, Driver, Event, NetError, Network, Output,
+    Config, ConnectionHandle, DisconnectReason, Driver, Event, IoMode, NetError, Network, Output,
     ThreadError, SHUTDOWN_CODE,
 };
 
@@ -547,4 +547,68 @@ fn the_same_network_code_drives_a_driver_and_the_background_thread() {
         Network::send(&mut client, conn, 2, "late"),
         Err(NetError::Stopped)
     );
+}
+
+/// Ten clients each send 100 reliable messages at once to a server that reads in `mode`;
+/// every message arrives, in each client's order.
+fn bursts_from_many_clients_all_arrive(mode: IoMode) {
+    const CLIENTS: usize = 10;
+    const COUNT: u32 = 100;
+    let mut server = Driver::bind_with("127.0.0.1:0", server_config(40), mode).expect("bind");
+    if mode == IoMode::Portable || !cfg!(any(target_os = "linux", target_os = "android")) {
+        assert_eq!(server.io_mode(), IoMode::Portable);
+    } else {
+        assert_eq!(server.io_mode(), IoMode::Batched);
+    }
+    let mut clients: Vec<(Driver, ConnectionHandle)> = (0..CLIENTS)
+        .map(|i| {
+            let mut driver =
+                Driver::bind("127.0.0.1:0", client_config(41 + i as u64)).expect("bind");
+            let conn = driver.connect(server.local_addr(), &[]).expect("connect");
+            (driver, conn)
+        })
+        .collect();
+    for (client, conn) in &mut clients {
+        for i in 0..COUNT {
+            client.send(*conn, 3, format!("{i}")).expect("send");
+        }
+    }
+    let mut received: std::collections::HashMap<ConnectionHandle, Vec<u32>> = Default::default();
+    let deadline = Instant::now() + DEADLINE;
+    while received.values().map(Vec::len).sum::<usize>() < CLIENTS * COUNT as usize {
+        assert!(
+            Instant::now() < deadline,
+            "{mode:?}: timed out; got {received:?}"
+        );
+        for (client, _) in &mut clients {
+            client.update().expect("client update");
+            client.events().for_each(drop);
+        }
+        server.update().expect("server update");
+        for event in server.events() {
+            if let Event::Message { conn, payload, .. } = event {
+                let index = String::from_utf8_lossy(&payload).parse().expect("index");
+                received.entry(conn).or_default().push(index);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(received.len(), CLIENTS);
+    for indices in received.values() {
+        assert_eq!(
+            *indices,
+            (0..COUNT).collect::<Vec<_>>(),
+            "{mode:?}: in order"
+        );
+    }
+}
+
+#[test]
+fn bursts_from_many_clients_all_arrive_with_batched_reads() {
+    bursts_from_many_clients_all_arrive(IoMode::Batched);
+}
+
+#[test]
+fn bursts_from_many_clients_all_arrive_with_portable_reads() {
+    bursts_from_many_clients_all_arrive(IoMode::Portable);
 }

@@ -1,0 +1,157 @@
+//! Batched reads: many datagrams per system call where the OS offers it (`recvmmsg` on Linux
+//! and Android, through `quinn-udp`, so no `unsafe` of ours), and the portable path, one
+//! `recv_from` per datagram, everywhere else or when asked for.
+//!
+//! [`DriverCore::receive_batch`](crate::DriverCore::receive_batch) is the entry point; this
+//! module holds the mode, the socket bound and the buffers.
+
+use std::io;
+use std::net::SocketAddr;
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+use crate::io_util::RECV_BUFFER_LEN;
+
+/// How a driver reads its socket. Chosen when the driver is made (`Driver::bind_with`,
+/// `MioDriver::bind_with`, ...), apart from [`Config`](shoal_proto::Config): it is about
+/// the host, not the protocol.
+///
+/// The default is `Portable`: on loopback (see `docs/benchmarks.md`, "Batched I/O") batched
+/// reads cost the server as much CPU per datagram as one `recv_from` each, and they change
+/// the socket's options (below). Measure on your host before choosing `Batched`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum IoMode {
+    /// Up to [`RECV_BATCH`] datagrams per system call (`recvmmsg`, through `quinn-udp`) on
+    /// Linux and Android; elsewhere, or if the socket cannot be set up for it, the same as
+    /// `Portable`. Setting the socket up turns on UDP GRO (trains of datagrams are split
+    /// again before the endpoint sees them) and sets
+    /// `IP_MTU_DISCOVER` to probe: datagrams leave with the don't-fragment bit and are never
+    /// fragmented by the sending host, so keep `Config::mtu` within the path's MTU.
+    Batched,
+    /// One `recv_from` per datagram, as on every platform.
+    #[default]
+    Portable,
+}
+
+/// Most datagrams one batched read returns (one 64 KiB slot each, allocated once).
+pub const RECV_BATCH: usize = 32;
+
+/// A socket a driver can read in batches: on Linux and Android anything with a file
+/// descriptor (`std::net::UdpSocket`, `mio::net::UdpSocket`); elsewhere any type, since only
+/// the portable path exists there.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub trait BatchSocket: std::os::fd::AsFd {}
+#[cfg(any(target_os = "linux", target_os = "android"))]
+impl<T: std::os::fd::AsFd> BatchSocket for T {}
+
+/// A socket a driver can read in batches: on Linux and Android anything with a file
+/// descriptor (`std::net::UdpSocket`, `mio::net::UdpSocket`); elsewhere any type, since only
+/// the portable path exists there.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+pub trait BatchSocket {}
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+impl<T> BatchSocket for T {}
+
+/// The socket's batched-read state and its [`RECV_BATCH`] receive slots.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub(crate) struct BatchReader {
+    state: quinn_udp::UdpSocketState,
+    /// `RECV_BATCH` slots of `RECV_BUFFER_LEN` bytes: any datagram fits, and so does a GRO
+    /// train (the kernel joins same-sized datagrams from one source into one IP packet of
+    /// at most 64 KiB; `RecvMeta::stride` splits it again). Zeroed memory from the allocator
+    /// is mapped lazily, so the pages a busy socket never writes cost no RAM.
+    slots: Box<[u8]>,
+    meta: [quinn_udp::RecvMeta; RECV_BATCH],
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+impl BatchReader {
+    /// Sets `socket` up for batched reads (see [`IoMode::Batched`] for what quinn-udp
+    /// changes) and allocates the slots.
+    pub(crate) fn new(socket: &impl BatchSocket) -> io::Result<Self> {
+        let state = quinn_udp::UdpSocketState::new(socket.into())?;
+        // Shoal reads neither the TOS byte nor the destination address that quinn-udp asks
+        // the kernel to attach to every datagram: writing those control messages made a
+        // batched read cost 20% more CPU per datagram than `recv_from` on loopback. An IPv6
+        // socket refuses these IPv4 options; nothing is lost.
+        let _ = socket2::SockRef::from(socket).set_recv_tos_v4(false);
+        let _ = nix::sys::socket::setsockopt(
+            &socket.as_fd(),
+            nix::sys::socket::sockopt::Ipv4PacketInfo,
+            &false,
+        );
+        Ok(BatchReader {
+            state,
+            slots: vec![0; RECV_BATCH * RECV_BUFFER_LEN].into_boxed_slice(),
+            meta: [quinn_udp::RecvMeta::default(); RECV_BATCH],
+        })
+    }
+
+    /// One `recvmmsg` of at most `max` (1 to [`RECV_BATCH`]) buffers; calls `deliver` with
+    /// each datagram in arrival order. Returns how many datagrams it delivered (at least
+    /// one), or the call's error (`WouldBlock` when nothing was waiting).
+    pub(crate) fn read(
+        &mut self,
+        socket: &impl BatchSocket,
+        max: usize,
+        mut deliver: impl FnMut(SocketAddr, &[u8]),
+    ) -> io::Result<usize> {
+        let slots = max.clamp(1, RECV_BATCH);
+        let mut chunks = self.slots.chunks_mut(RECV_BUFFER_LEN);
+        let mut bufs: [io::IoSliceMut<'_>; RECV_BATCH] =
+            std::array::from_fn(|_| io::IoSliceMut::new(chunks.next().expect("RECV_BATCH slots")));
+        let filled = self
+            .state
+            .recv(socket.into(), &mut bufs[..slots], &mut self.meta[..slots])?;
+        let mut delivered = 0;
+        for (buf, meta) in bufs.iter().zip(&self.meta).take(filled) {
+            let data = &buf[..meta.len.min(buf.len())];
+            let stride = if meta.stride == 0 {
+                data.len().max(1)
+            } else {
+                meta.stride
+            };
+            if data.is_empty() {
+                // An empty datagram (the background thread's wake-up is one).
+                deliver(meta.addr, data);
+                delivered += 1;
+                continue;
+            }
+            for datagram in data.chunks(stride) {
+                deliver(meta.addr, datagram);
+                delivered += 1;
+            }
+        }
+        Ok(delivered)
+    }
+}
+
+/// Stand-in where the OS has no batched read: it cannot be made, so drivers stay portable.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+pub(crate) struct BatchReader {
+    _never: std::convert::Infallible,
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+impl BatchReader {
+    pub(crate) fn new(_socket: &impl BatchSocket) -> io::Result<Self> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+
+    pub(crate) fn read(
+        &mut self,
+        _socket: &impl BatchSocket,
+        _max: usize,
+        _deliver: impl FnMut(SocketAddr, &[u8]),
+    ) -> io::Result<usize> {
+        match self._never {}
+    }
+}
+
+impl std::fmt::Debug for BatchReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BatchReader")
+            .field("slots", &RECV_BATCH)
+            .finish_non_exhaustive()
+    }
+}
