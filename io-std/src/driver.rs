@@ -113,7 +113,8 @@ impl Driver {
     }
 
     /// Closes `conn`, telling the peer with `code`, and sends the notice at once (it does not
-    /// wait for the next `update`). Emits `Disconnected { reason: ClosedLocally }`.
+    /// wait for the next `update`). Emits `Disconnected { reason: ClosedLocally }`
+    /// (`ConnectFailed` for an attempt that had not connected yet).
     pub fn disconnect(&mut self, conn: shoal_proto::ConnectionHandle, code: u16) {
         self.core.disconnect(conn, code);
         self.flush();

@@ -116,7 +116,7 @@ const MAX_PROBED_BACK: u8 = 4;
 const MAX_TUNNELLED_PER_DATAGRAM: usize = 64;
 
 /// Decides whether to accept a connection: `Ok(())` accepts, `Err(code)` rejects and the
-/// client gets `Disconnected { reason: Rejected { code } }`.
+/// client gets `ConnectFailed { reason: Rejected { code } }`.
 pub type AcceptHook = Box<dyn FnMut(&ConnectRequest<'_>) -> Result<(), u16> + Send>;
 
 #[derive(Default)]
@@ -481,7 +481,9 @@ impl Endpoint {
     // ------------------------------------------------------------------ application commands
 
     /// Starts connecting to `remote`, passing `data` to its accept hook. The handle is usable
-    /// at once: messages sent before `Connected` wait in the queue.
+    /// at once: messages sent before `Connected` wait in the queue. `Connected` follows, or
+    /// `ConnectFailed` with the reason (a reject within a round trip, or `TimedOut` after
+    /// `Config::handshake_timeout`).
     pub fn connect(
         &mut self,
         now: Instant,
@@ -714,7 +716,8 @@ impl Endpoint {
 
     /// Closes `conn` at once, telling the peer with `code`. Queued messages are dropped; wait
     /// for [`is_idle`](Self::is_idle) first to close after delivery. Emits
-    /// `Disconnected { reason: ClosedLocally }`. Closing a dead handle does nothing.
+    /// `Disconnected { reason: ClosedLocally }` (`ConnectFailed` for an attempt that had not
+    /// connected yet). Closing a dead handle does nothing.
     pub fn disconnect(&mut self, conn: ConnectionHandle, code: u16) {
         if let Some((index, mut c)) = self.take(conn) {
             c.close(
