@@ -1115,3 +1115,42 @@ fn repeated_forged_resets_without_loss_hold() {
     assert_eq!(disconnect_reason(&p.client_events), None);
     assert!(p.client.is_connected(c));
 }
+
+#[test]
+fn a_wake_up_whose_timer_was_cleared_only_reschedules_the_connection() {
+    let mut p = Pair::default_pair();
+    p.latency = Duration::ZERO;
+    let (c, s) = p.connect();
+    p.run_for(Duration::from_secs(2));
+    let mut buf = vec![0u8; 1500];
+    let now = p.now;
+    // A message arrives at the server (arming its 5 ms delayed-ack timer), and the server's
+    // answer leaves at once, carrying the ack (stopping that timer; its heap entry stays).
+    p.client.send(c, 0, &b"ping"[..]).expect("send");
+    while let Some(t) = p.client.poll_transmit(now, &mut buf) {
+        p.server.handle_datagram(now, p.client_addr, &buf[..t.len]);
+    }
+    p.server.send(s, 0, &b"pong"[..]).expect("send");
+    let mut answered = 0;
+    while let Some(t) = p.server.poll_transmit(now, &mut buf) {
+        p.client.handle_datagram(now, p.server_addr, &buf[..t.len]);
+        answered += 1;
+    }
+    assert_eq!(answered, 1, "one packet: the answer with the ack");
+    let stale = p.server.stats().stale_wakeups;
+    let later = now + Duration::from_millis(6);
+    p.server.handle_timeout(later);
+    assert_eq!(
+        p.server.stats().stale_wakeups,
+        stale + 1,
+        "the cleared ack timer's entry"
+    );
+    assert!(
+        p.server.poll_transmit(later, &mut buf).is_none(),
+        "nothing to send"
+    );
+    assert!(
+        p.server.poll_timeout().is_some_and(|t| t > later),
+        "still scheduled"
+    );
+}

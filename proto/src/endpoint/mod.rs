@@ -1074,6 +1074,14 @@ impl Endpoint {
                 continue;
             }
             c.scheduled = None;
+            if !c.next_timeout().is_some_and(|t| t <= now) {
+                // A stale entry: the timer it was queued for was stopped or pushed back (an
+                // ack cleared the ack timer, say). Nothing is due, so the connection is only
+                // rescheduled: not woken, not marked as having something to send.
+                self.stats.stale_wakeups += 1;
+                self.finish_quiet(index, c);
+                continue;
+            }
             let mut shared = Shared {
                 config: &self.config,
                 events: &mut self.events,
