@@ -1074,7 +1074,7 @@ impl Endpoint {
                 continue;
             }
             c.scheduled = None;
-            if !c.next_timeout().is_some_and(|t| t <= now) {
+            if c.next_timeout().is_none_or(|t| t > now) {
                 // A stale entry: the timer it was queued for was stopped or pushed back (an
                 // ack cleared the ack timer, say). Nothing is due, so the connection is only
                 // rescheduled: not woken, not marked as having something to send.
