@@ -818,6 +818,14 @@ fn client_connection_id(p: &mut Pair) -> u64 {
     id.expect("a data packet from the client")
 }
 
+/// An "unknown connection" notice naming `id`, as anyone who saw the id can write it.
+fn forged_reset(id: u64) -> Vec<u8> {
+    encode(&Packet::Reject {
+        client_nonce: id,
+        code: RejectCode::UnknownConnection,
+    })
+}
+
 #[test]
 fn a_restarted_server_is_reported_as_peer_reset_within_a_few_round_trips() {
     let mut p = Pair::default_pair();
@@ -854,10 +862,7 @@ fn a_forged_unknown_connection_notice_does_not_close_a_live_connection() {
     let mut p = Pair::default_pair();
     let (c, s) = p.connect();
     let id = client_connection_id(&mut p);
-    let forged = encode(&shoal_proto::fuzzing::wire::Packet::Reject {
-        client_nonce: id,
-        code: shoal_proto::fuzzing::wire::RejectCode::UnknownConnection,
-    });
+    let forged = forged_reset(id);
     // From the server's address (an observer on the path can forge that), idle and busy.
     for busy in [false, true] {
         let now = p.now;
@@ -1074,10 +1079,7 @@ fn repeated_forged_resets_under_ordinary_loss_do_not_kill_an_idle_connection() {
         p.run_for(Duration::from_millis(500)); // measure the RTT a little
         let id = client_connection_id(&mut p);
         p.hook = lossy(seed, loss);
-        let forged = encode(&Packet::Reject {
-            client_nonce: id,
-            code: RejectCode::UnknownConnection,
-        });
+        let forged = forged_reset(id);
         let mut waited = Duration::ZERO;
         while waited < Duration::from_secs(30) {
             let now = p.now;
@@ -1103,10 +1105,7 @@ fn repeated_forged_resets_without_loss_hold() {
     let (c, _s) = p.connect();
     p.run_for(Duration::from_millis(500));
     let id = client_connection_id(&mut p);
-    let forged = encode(&Packet::Reject {
-        client_nonce: id,
-        code: RejectCode::UnknownConnection,
-    });
+    let forged = forged_reset(id);
     for _ in 0..3000 {
         let now = p.now;
         p.client.handle_datagram(now, p.server_addr, &forged);
@@ -1153,4 +1152,33 @@ fn a_wake_up_whose_timer_was_cleared_only_reschedules_the_connection() {
         p.server.poll_timeout().is_some_and(|t| t > later),
         "still scheduled"
     );
+}
+
+#[test]
+fn user_data_kept_for_ending_events_is_bounded_when_the_queue_is_never_emptied() {
+    let mut ep = Endpoint::new(keyed(Config {
+        max_connections: 2,
+        ..client_config(4)
+    }))
+    .expect("valid");
+    let now = Instant::from_millis(1);
+    let mut open = |ep: &mut Endpoint, port: u16| {
+        let conn = ep
+            .connect(now, addr(&format!("10.0.0.1:{port}")), b"")
+            .expect("connect");
+        ep.set_user_data(conn, port);
+        ep.disconnect(conn, 0);
+        conn
+    };
+    let a = open(&mut ep, 1);
+    let b = open(&mut ep, 2);
+    // Take one ending event at a time, always leaving one queued: the app never sees `None`.
+    assert!(ep.poll_event().is_some());
+    let c = open(&mut ep, 3);
+    assert!(ep.poll_event().is_some());
+    let _d = open(&mut ep, 4);
+    assert!(ep.poll_event().is_some()); // c's: a third kept one, over max_connections
+    assert_eq!(ep.user_data::<u16>(a), None, "the oldest gave way");
+    assert_eq!(ep.user_data::<u16>(b), Some(&2));
+    assert_eq!(ep.user_data::<u16>(c), Some(&3));
 }
