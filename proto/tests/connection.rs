@@ -1162,7 +1162,7 @@ fn user_data_kept_for_ending_events_is_bounded_when_the_queue_is_never_emptied()
     }))
     .expect("valid");
     let now = Instant::from_millis(1);
-    let mut open = |ep: &mut Endpoint, port: u16| {
+    let open = |ep: &mut Endpoint, port: u16| {
         let conn = ep
             .connect(now, addr(&format!("10.0.0.1:{port}")), b"")
             .expect("connect");
