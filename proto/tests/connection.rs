@@ -1000,7 +1000,7 @@ fn link_stats_show_rtt_loss_and_bytes_per_second() {
         "{stats:?}"
     );
     // 2,000 message bytes a second each way, plus headers, tags, acks and repair data;
-    // about 10% fewer in than out.
+    // the same traffic both ways, less what each way loses.
     assert!(
         (2_000..12_000).contains(&stats.bytes_out_per_sec),
         "{stats:?}"
@@ -1009,8 +1009,9 @@ fn link_stats_show_rtt_loss_and_bytes_per_second() {
         (1_500..12_000).contains(&stats.bytes_in_per_sec),
         "{stats:?}"
     );
+    let (rate_in, rate_out) = (stats.bytes_in_per_sec, stats.bytes_out_per_sec);
     assert!(
-        stats.bytes_in_per_sec < stats.bytes_out_per_sec,
+        rate_in * 10 > rate_out * 7 && rate_out * 10 > rate_in * 7,
         "{stats:?}"
     );
     // Quiet for long: the rates fall to nothing.

@@ -28,6 +28,7 @@ use crate::stats::{ConnectionStats, DropReason, LinkStats, LossMeter, RateMeter}
 use crate::time::{Instant, Timer, TimerTable};
 use crate::transport::congestion::Controller;
 use crate::transport::frame_store::{FrameKey, FrameStore};
+use crate::transport::recovery::{AckWanted, LAZY_ACK_DELAY};
 use crate::transport::Transport;
 use crate::wire::{
     self, encode_ack, encode_data_prefix, ChunkInfo, CloseCode, Cookie, DataHeader, Frame, Frames,
@@ -47,6 +48,9 @@ pub(crate) use receive::DataResult;
 
 /// Eliciting packets received before an acknowledgement goes out without delay.
 const ACK_EVERY: u32 = 2;
+/// Packets of unreliable messages only acknowledged at once when this many arrived since the
+/// last acknowledgement (a fast one-way stream must not fill the sender's window).
+const LAZY_ACK_EVERY: u32 = 8;
 /// Answered requests remembered to recognise copies of their responses.
 const RECENTLY_ANSWERED: usize = 64;
 /// Probe rounds a peer's "unknown connection" must go unrefuted through before it is
@@ -304,12 +308,16 @@ impl Connection {
     }
 
     /// A path challenge of ours was answered from `addr`: on the relay, move to it.
-    pub(crate) fn on_path_validated(&mut self, addr: SocketAddr) {
+    pub(crate) fn on_path_validated(&mut self, now: Instant, addr: SocketAddr) {
         if self.transport.paths.fallback() == Some(self.remote())
             && Some(addr) != self.transport.paths.fallback()
         {
             let old = self.transport.paths.migrate(addr);
             self.moved_from.get_or_insert(old);
+            // The answer came over it: the direct path was just heard. (Without this, a
+            // packet the peer sent through the hub before it moved too would find the
+            // direct path "quiet" since before the move, and take the link back.)
+            self.direct_heard = now;
             // What was in flight on the relay is judged on its own merits; new data goes
             // direct from here on.
         }

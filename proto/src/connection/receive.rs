@@ -82,19 +82,28 @@ impl Connection {
             self.update_timers(config);
             return self.refuse(reason);
         }
-        let eliciting = !self.parsed_frames.is_empty() || header.ping;
+        let has_frames = !self.parsed_frames.is_empty();
         let newest = self.transport.received.largest().is_none_or(|l| pn > l);
         let out_of_order = self.deliver_packet(now, pn, &frames, shared);
         self.stats.packets_received += 1;
         self.stats.bytes_received += datagram_len as u64;
         self.rate_in.add(now, datagram_len);
         self.loss_in.on_packet(now, pn);
-        if eliciting {
+        if header.ping || (has_frames && out_of_order) {
+            // (Out of order: the gap may be a lost reliable packet, which an early
+            // acknowledgement lets the sender resend sooner.)
             self.transport.eliciting_since_ack += 1;
             if out_of_order || self.transport.eliciting_since_ack >= ACK_EVERY {
                 self.transport.ack_now = true;
-            } else if self.timers.get(Timer::Ack).is_none() {
-                self.timers.set(Timer::Ack, now + config.max_ack_delay);
+            } else {
+                self.ack_within(now, config.max_ack_delay);
+            }
+        } else if has_frames {
+            self.transport.lazy_since_ack += 1;
+            if self.transport.lazy_since_ack >= LAZY_ACK_EVERY {
+                self.transport.ack_now = true;
+            } else {
+                self.ack_within(now, LAZY_ACK_DELAY);
             }
         }
         if let Some(repair) = &header.repair {
@@ -119,6 +128,14 @@ impl Connection {
             }
         }
         DataResult::Accepted
+    }
+
+    /// Arms the acknowledgement timer to fire within `delay` (keeping an earlier deadline).
+    fn ack_within(&mut self, now: Instant, delay: core::time::Duration) {
+        let at = now + delay;
+        if self.timers.get(Timer::Ack).is_none_or(|t| at < t) {
+            self.timers.set(Timer::Ack, at);
+        }
     }
 
     /// Drops a packet before it is accepted (counted).

@@ -182,7 +182,7 @@ impl Connection {
         self.transport.outcome.clear();
         self.transport
             .sent
-            .on_sent(now, len, false, keys, &mut self.transport.outcome);
+            .on_sent(now, len, AckWanted::No, keys, &mut self.transport.outcome);
         self.apply_outcome();
         Some(len)
     }

@@ -113,7 +113,10 @@ impl Connection {
         let count_at = w.len();
         let ack_only = self.transport.full_ack_due && !ack_due && !probe;
         let carries_ack = self.transport.received.largest().is_some()
-            && (ack_due || self.transport.eliciting_since_ack > 0 || self.transport.full_ack_due);
+            && (ack_due
+                || self.transport.eliciting_since_ack > 0
+                || self.transport.lazy_since_ack > 0
+                || self.transport.full_ack_due);
         if carries_ack {
             let room = if ack_only {
                 w.remaining()
@@ -176,7 +179,11 @@ impl Connection {
         // A peer link's keepalive on a direct path asks to be acknowledged: that is the
         // heartbeat whose probe timeouts tell an idle link its direct path died.
         let heartbeat = self.keepalive_due && self.transport.paths.on_direct_path();
-        let ping = (probe || heartbeat) && frames_written == 0;
+        // The ping bit asks for a prompt acknowledgement: for reliable frames (resent if
+        // lost), probes and heartbeats. Unreliable messages alone are acknowledged lazily,
+        // on whatever the peer sends next: a game's echo or input carries it, where a
+        // prompt one would cost a datagram of its own.
+        let ping = probe || heartbeat || !keys.is_empty();
         if frames_written == 0 && !ack_due && !self.keepalive_due && !probe && !ack_only {
             self.transport.sent.recycle_key_vec(keys);
             return None;
@@ -201,20 +208,27 @@ impl Connection {
         if frames_written == 0 {
             self.stats.ack_only_packets_sent += 1;
         }
-        let eliciting = frames_written > 0 || ping;
-        if eliciting {
+        let wanted = if ping {
+            AckWanted::Prompt
+        } else if frames_written > 0 {
+            AckWanted::Lazy
+        } else {
+            AckWanted::No
+        };
+        if wanted != AckWanted::No {
             self.transport.pacer.on_sent(len);
         }
         if carries_ack {
             self.transport.ack_now = false;
             self.transport.eliciting_since_ack = 0;
+            self.transport.lazy_since_ack = 0;
             self.timers.stop(Timer::Ack);
         }
         self.keepalive_due = false;
         self.transport.outcome.clear();
         self.transport
             .sent
-            .on_sent(now, len, eliciting, keys, &mut self.transport.outcome);
+            .on_sent(now, len, wanted, keys, &mut self.transport.outcome);
         self.apply_outcome();
         Some(len)
     }

@@ -957,7 +957,7 @@ impl Endpoint {
             } => {
                 if c.on_control_packet(now, packet_number) {
                     if c.transport.paths.on_response(from, token) {
-                        c.on_path_validated(from);
+                        c.on_path_validated(now, from);
                     } else {
                         c.stats.drops.add(DropReason::Unexpected);
                     }

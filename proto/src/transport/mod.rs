@@ -40,6 +40,9 @@ pub(crate) struct Transport {
     pub(crate) ack_now: bool,
     /// Ack-eliciting packets received since the last acknowledgement left.
     pub(crate) eliciting_since_ack: u32,
+    /// Packets of unreliable messages only received since the last acknowledgement left
+    /// (acknowledged lazily: see `LAZY_ACK_DELAY`).
+    pub(crate) lazy_since_ack: u32,
     /// Probe packets to send (the probe timeout fired): they go out even when the
     /// congestion window is full.
     pub(crate) probes_due: u8,
@@ -72,11 +75,13 @@ impl Transport {
             pacer: Pacer::new(config.mtu, config.max_send_rate),
             ack_now: false,
             eliciting_since_ack: 0,
+            lazy_since_ack: 0,
             probes_due: 0,
             full_ack_due: false,
             last_challenge_probe: None,
-            // Until the path shows what it loses, assume a little: a new connection codes its
-            // small packets, and stops after a couple of thousand clean ones.
+            // A new connection codes nothing until its path loses a packet: one loss moves
+            // the estimate past the 0.1% that turns coding on. (Coding from the start cost
+            // every clean connection a repair per packet for its first couple of thousand.)
             loss_rate: (1 << 32) / 1000,
             coding: true,
             fec_tx: RepairEncoder::default(),

@@ -30,6 +30,10 @@ const MAX_TRACKED_PACKETS: usize = 4096;
 const KEY_VEC_POOL: usize = 16;
 /// Longest backoff exponent for the probe timeout.
 const MAX_BACKOFF: u32 = 6;
+/// The longest a receiver waits to acknowledge packets of unreliable messages only (when
+/// it sends nothing it could carry the acknowledgement on meanwhile). A game sending at
+/// 10 Hz or more acknowledges them on its own next packet, never in a datagram of its own.
+pub(crate) const LAZY_ACK_DELAY: Duration = Duration::from_millis(100);
 /// Probe packets sent when the probe timeout fires.
 pub(crate) const PROBES_PER_TIMEOUT: u8 = 2;
 
@@ -46,6 +50,19 @@ pub(crate) enum PacketState {
     Lost,
 }
 
+/// How a sent packet asks to be acknowledged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AckWanted {
+    /// Not at all (an acknowledgement, a keepalive): not tracked.
+    No,
+    /// Whenever the peer next sends, or within its lazy acknowledgement delay: a packet of
+    /// unreliable messages only. It counts against the window and for loss, but no probe
+    /// timeout waits for it: nothing in it would be sent again.
+    Lazy,
+    /// Within the peer's `max_ack_delay` (the ping bit): reliable frames or a probe.
+    Prompt,
+}
+
 /// A packet sent and not yet resolved.
 #[derive(Debug)]
 pub(crate) struct SentPacket {
@@ -54,6 +71,8 @@ pub(crate) struct SentPacket {
     pub(crate) state: PacketState,
     /// The sender was using less than half its window when this left.
     app_limited: bool,
+    /// Acknowledged promptly (see [`AckWanted`]).
+    prompt: bool,
     /// Reliable frames it carried.
     pub(crate) frames: Vec<FrameKey>,
 }
@@ -92,8 +111,10 @@ pub(crate) struct SentPackets {
     pub(crate) congestion: NewReno,
     /// Probe timeouts in a row without an acknowledgement.
     pto_count: u32,
-    /// When the newest ack-eliciting packet left.
+    /// When the newest promptly acknowledged packet left.
     last_eliciting_sent: Option<Instant>,
+    /// Promptly acknowledged packets in flight: the probe timeout runs while there are any.
+    prompt_in_flight: u32,
     /// Number of the oldest packet still in flight (or `next_seq` if none is).
     oldest_in_flight: u64,
     packet_threshold: u64,
@@ -116,6 +137,7 @@ impl SentPackets {
             congestion: NewReno::new(mtu),
             pto_count: 0,
             last_eliciting_sent: None,
+            prompt_in_flight: 0,
             oldest_in_flight: 0,
             packet_threshold: PACKET_THRESHOLD,
             spurious_losses: 0,
@@ -163,13 +185,13 @@ impl SentPackets {
             .flat_map(|p| p.frames.iter().copied())
     }
 
-    /// Records packet `next_seq()` as sent. `ack_eliciting` packets are tracked for loss and
-    /// count against the congestion window.
+    /// Records packet `next_seq()` as sent. Packets that want an acknowledgement are tracked
+    /// for loss and count against the congestion window; prompt ones arm the probe timeout.
     pub(crate) fn on_sent(
         &mut self,
         now: Instant,
         size: usize,
-        ack_eliciting: bool,
+        wanted: AckWanted,
         frames: Vec<FrameKey>,
         outcome: &mut AckOutcome,
     ) {
@@ -178,18 +200,23 @@ impl SentPackets {
         }
         self.next_seq += 1;
         let app_limited = (self.bytes_in_flight + size as u64) * 2 < self.congestion.window();
-        let state = if ack_eliciting {
-            self.bytes_in_flight += size as u64;
-            self.last_eliciting_sent = Some(now);
-            PacketState::InFlight
-        } else {
+        let prompt = wanted == AckWanted::Prompt;
+        let state = if wanted == AckWanted::No {
             PacketState::Untracked
+        } else {
+            self.bytes_in_flight += size as u64;
+            if prompt {
+                self.last_eliciting_sent = Some(now);
+                self.prompt_in_flight += 1;
+            }
+            PacketState::InFlight
         };
         self.packets.push_back(SentPacket {
             sent_at: now,
             size: size as u16,
             state,
             app_limited,
+            prompt,
             frames,
         });
         if self.packets.len() > MAX_TRACKED_PACKETS {
@@ -198,6 +225,7 @@ impl SentPackets {
                 if p.state == PacketState::InFlight {
                     p.state = PacketState::Lost;
                     self.bytes_in_flight -= u64::from(p.size);
+                    self.prompt_in_flight -= u32::from(p.prompt);
                     outcome.lost_frames.extend_from_slice(&p.frames);
                     outcome.packets_lost += 1;
                 }
@@ -254,7 +282,7 @@ impl SentPackets {
         let Some(largest) = super::extend32(ack.largest, largest_sent) else {
             return;
         };
-        let mut newest_acked: Option<(u64, Instant)> = None;
+        let mut newest_acked: Option<(u64, Instant, bool)> = None;
         for (low_off, high_off) in ack.ranges() {
             let Some(high) = largest.checked_sub(high_off) else {
                 break;
@@ -286,20 +314,22 @@ impl SentPackets {
                 }
                 p.state = PacketState::Acked;
                 self.bytes_in_flight -= u64::from(p.size);
+                self.prompt_in_flight -= u32::from(p.prompt);
                 self.congestion
                     .on_ack(p.sent_at, u64::from(p.size), p.app_limited);
                 outcome.acked_frames.extend_from_slice(&p.frames);
                 outcome.packets_acked += 1;
-                if newest_acked.is_none_or(|(s, _)| seq > s) {
-                    newest_acked = Some((seq, p.sent_at));
+                if newest_acked.is_none_or(|(s, ..)| seq > s) {
+                    newest_acked = Some((seq, p.sent_at, p.prompt));
                 }
             }
         }
-        if let Some((seq, sent_at)) = newest_acked {
+        if let Some((seq, sent_at, prompt)) = newest_acked {
             self.pto_count = 0;
             if seq == largest && self.largest_acked.is_none_or(|l| largest > l) {
                 let delay = Duration::from_micros(ack.delay_micros);
-                self.rtt.update(now - sent_at, delay, max_ack_delay);
+                self.rtt
+                    .update(now - sent_at, delay, max_ack_delay, !prompt);
             }
         }
         if largest <= largest_sent && self.largest_acked.is_none_or(|l| largest > l) {
@@ -339,6 +369,7 @@ impl SentPackets {
             if largest - seq >= self.packet_threshold || p.sent_at + loss_delay <= now {
                 p.state = PacketState::Lost;
                 self.bytes_in_flight -= u64::from(p.size);
+                self.prompt_in_flight -= u32::from(p.prompt);
                 outcome.lost_frames.extend_from_slice(&p.frames);
                 outcome.packets_lost += 1;
                 if !p.app_limited {
@@ -361,7 +392,8 @@ impl SentPackets {
     }
 
     /// When loss detection next needs to run: the time threshold of an unacknowledged packet
-    /// older than the newest acknowledged one, or else the probe timeout.
+    /// older than the newest acknowledged one, or else the probe timeout (while a promptly
+    /// acknowledged packet is in flight).
     pub(crate) fn loss_deadline(
         &self,
         max_ack_delay: Duration,
@@ -371,6 +403,12 @@ impl SentPackets {
         let p = &self.packets[self.index_of(seq)?];
         if self.largest_acked.is_some_and(|l| seq < l) {
             return Some(p.sent_at + self.loss_delay());
+        }
+        if self.prompt_in_flight == 0 {
+            // Only lazily acknowledged packets: no probe, but if no acknowledgement comes
+            // they are given up (neither acknowledged nor lost), so that they cannot hold
+            // the window forever.
+            return Some(p.sent_at + self.lazy_expiry(max_ack_delay));
         }
         Some(self.last_eliciting_sent? + self.pto(max_ack_delay, max_rto))
     }
@@ -391,6 +429,28 @@ impl SentPackets {
     /// Whether the packets being sent carry repairs for each other (see `loss_delay`).
     pub(crate) fn set_coded(&mut self, coded: bool) {
         self.coded = coded;
+    }
+
+    /// How long a lazily acknowledged packet waits for its acknowledgement.
+    fn lazy_expiry(&self, max_ack_delay: Duration) -> Duration {
+        self.rtt.pto(LAZY_ACK_DELAY.max(max_ack_delay))
+    }
+
+    /// Gives up the lazily acknowledged packets that waited too long (only they are in
+    /// flight): untracked, out of the window, counted neither way.
+    fn expire_lazy(&mut self, now: Instant, max_ack_delay: Duration) {
+        let expiry = self.lazy_expiry(max_ack_delay);
+        for seq in self.oldest_in_flight..self.next_seq {
+            let Some(i) = self.index_of(seq) else { break };
+            let p = &mut self.packets[i];
+            if p.sent_at + expiry > now {
+                break;
+            }
+            if p.state == PacketState::InFlight {
+                p.state = PacketState::Untracked;
+                self.bytes_in_flight -= u64::from(p.size);
+            }
+        }
     }
 
     fn pto(&self, max_ack_delay: Duration, max_rto: Duration) -> Duration {
@@ -417,11 +477,13 @@ impl SentPackets {
         let mut fired = false;
         if outcome.packets_lost == before && deadline.is_some_and(|d| d <= now) {
             let tail = self.largest_acked.is_none_or(|l| self.oldest_in_flight > l);
-            if tail && self.bytes_in_flight > 0 {
+            if tail && self.prompt_in_flight > 0 {
                 self.pto_count = (self.pto_count + 1).min(MAX_BACKOFF);
                 // Pushes the next probe timeout out by the backoff from now.
                 self.last_eliciting_sent = Some(now);
                 fired = true;
+            } else if tail {
+                self.expire_lazy(now, max_ack_delay);
             }
         }
         self.retire();
@@ -444,7 +506,7 @@ mod tests {
         let t0 = Instant::from_millis(1);
         let mad = Duration::from_millis(5);
         for _ in 0..10 {
-            sent.on_sent(t0, 100, true, Vec::new(), &mut out);
+            sent.on_sent(t0, 100, AckWanted::Prompt, Vec::new(), &mut out);
         }
         // Packets 3..=9 acknowledged, 0..=2 not: with threshold 3 the first three are lost.
         let mut buf = [0u8; 64];
@@ -477,7 +539,7 @@ mod tests {
         let t0 = Instant::from_millis(1);
         let mad = Duration::from_millis(5);
         for _ in 0..5 {
-            sent.on_sent(t0, 1000, true, Vec::new(), &mut out);
+            sent.on_sent(t0, 1000, AckWanted::Prompt, Vec::new(), &mut out);
         }
         let deadline = sent
             .loss_deadline(mad, Duration::from_secs(2))
@@ -492,12 +554,46 @@ mod tests {
     }
 
     #[test]
+    fn lazy_packets_arm_no_probe_and_give_up_their_window_share_when_never_acknowledged() {
+        let mut sent = SentPackets::new(Duration::from_millis(100), 1200);
+        let mut out = AckOutcome::default();
+        let t0 = Instant::from_millis(1);
+        let mad = Duration::from_millis(5);
+        let max_rto = Duration::from_secs(2);
+        for _ in 0..4 {
+            sent.on_sent(t0, 1000, AckWanted::Lazy, Vec::new(), &mut out);
+        }
+        assert_eq!(
+            sent.bytes_in_flight(),
+            4000,
+            "they count against the window"
+        );
+        let deadline = sent.loss_deadline(mad, max_rto).expect("armed");
+        assert!(
+            deadline - t0 >= LAZY_ACK_DELAY,
+            "waits for a lazy acknowledgement"
+        );
+        assert!(
+            !sent.on_loss_timeout(deadline, mad, max_rto, &mut out),
+            "no probe for packets nothing would be resent of"
+        );
+        assert_eq!(out.packets_lost, 0, "not counted as lost");
+        assert_eq!(sent.bytes_in_flight(), 0, "the window is free again");
+        assert_eq!(sent.loss_deadline(mad, max_rto), None);
+        // A prompt packet among them arms the probe timeout as before.
+        sent.on_sent(deadline, 1000, AckWanted::Lazy, Vec::new(), &mut out);
+        sent.on_sent(deadline, 1000, AckWanted::Prompt, Vec::new(), &mut out);
+        let pto = sent.loss_deadline(mad, max_rto).expect("armed");
+        assert!(sent.on_loss_timeout(pto, mad, max_rto, &mut out));
+    }
+
+    #[test]
     fn acks_beyond_what_was_sent_are_ignored_not_fatal() {
         let mut sent = SentPackets::new(Duration::from_millis(100), 1200);
         let mut out = AckOutcome::default();
         let t0 = Instant::from_millis(1);
         for _ in 0..3 {
-            sent.on_sent(t0, 100, true, Vec::new(), &mut out);
+            sent.on_sent(t0, 100, AckWanted::Prompt, Vec::new(), &mut out);
         }
         let mut buf = [0u8; 64];
         sent.on_ack(

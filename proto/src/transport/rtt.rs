@@ -3,12 +3,16 @@
 
 use core::time::Duration;
 
+use super::recovery::LAZY_ACK_DELAY;
+
 /// Smoothed RTT, its variation and the minimum seen.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct RttEstimator {
     smoothed: Option<Duration>,
     variance: Duration,
     latest: Duration,
+    /// The smallest raw sample of a promptly acknowledged packet.
+    min: Option<Duration>,
     initial: Duration,
 }
 
@@ -18,6 +22,7 @@ impl RttEstimator {
             smoothed: None,
             variance: initial / 2,
             latest: initial,
+            min: None,
             initial,
         }
     }
@@ -25,8 +30,28 @@ impl RttEstimator {
     /// Takes a sample: `raw` from send to acknowledgement, of which the peer says it held the
     /// acknowledgement for `ack_delay`. The claim is trusted up to `max_ack_delay` (which
     /// every timeout adds back), so a lying peer can make the path look faster by no more.
-    pub(crate) fn update(&mut self, raw: Duration, ack_delay: Duration, max_ack_delay: Duration) {
-        let sample = raw.saturating_sub(ack_delay.min(max_ack_delay));
+    /// A `lazy` packet's acknowledgement may honestly be held up to `LAZY_ACK_DELAY`; that
+    /// claim is trusted as far as it keeps the sample above the smallest raw sample of a
+    /// prompt one less `max_ack_delay` (when there is one: a game that sends only
+    /// unreliable messages has only lazy samples), which bounds what a liar gains the
+    /// same way.
+    pub(crate) fn update(
+        &mut self,
+        raw: Duration,
+        ack_delay: Duration,
+        max_ack_delay: Duration,
+        lazy: bool,
+    ) {
+        let sample = if lazy {
+            let floor = self
+                .min
+                .map_or(Duration::ZERO, |m| m.saturating_sub(max_ack_delay));
+            raw.saturating_sub(ack_delay.min(LAZY_ACK_DELAY.max(max_ack_delay)))
+                .max(floor)
+        } else {
+            self.min = Some(self.min.map_or(raw, |m| m.min(raw)));
+            raw.saturating_sub(ack_delay.min(max_ack_delay))
+        };
         self.latest = sample;
         match self.smoothed {
             None => {
@@ -73,11 +98,31 @@ mod tests {
     fn ack_delay_is_taken_out_of_samples_up_to_max_ack_delay() {
         let ms = Duration::from_millis;
         let mut rtt = RttEstimator::new(ms(100));
-        rtt.update(ms(50), ms(0), ms(25));
+        rtt.update(ms(50), ms(0), ms(25), false);
         assert_eq!(rtt.smoothed(), ms(50));
-        rtt.update(ms(70), ms(20), ms(25));
+        rtt.update(ms(70), ms(20), ms(25), false);
         assert_eq!(rtt.latest, ms(50), "20 ms of the 70 were the peer's delay");
-        rtt.update(ms(100), ms(90), ms(25));
+        rtt.update(ms(100), ms(90), ms(25), false);
         assert_eq!(rtt.latest, ms(75), "delay capped at max_ack_delay");
+    }
+
+    #[test]
+    fn a_lazy_acknowledgement_may_claim_a_long_delay_but_not_below_the_smallest_sample() {
+        let ms = Duration::from_millis;
+        let mut rtt = RttEstimator::new(ms(100));
+        rtt.update(ms(45), ms(5), ms(5), false);
+        rtt.update(ms(130), ms(90), ms(5), true);
+        assert_eq!(
+            rtt.latest,
+            ms(40),
+            "90 ms of the 130 were the peer's honest delay"
+        );
+        rtt.update(ms(130), ms(130), ms(5), true);
+        assert_eq!(rtt.latest, ms(40), "45 ms less max_ack_delay is the floor");
+        rtt.update(ms(200), ms(150), ms(5), true);
+        assert_eq!(rtt.latest, ms(100), "trusted up to LAZY_ACK_DELAY");
+        let mut only_lazy = RttEstimator::new(ms(100));
+        only_lazy.update(ms(60), ms(40), ms(5), true);
+        assert_eq!(only_lazy.latest, ms(20), "no prompt sample, no floor");
     }
 }
