@@ -64,18 +64,27 @@ impl World {
         let now = self.now;
         let mut failure = None;
         let started = (node == SERVER).then(Instant::now);
-        self.stack.poll(
-            now,
-            node,
-            &mut self.out,
-            &mut |from, channel, bytes| match app.on_message(now, node, from, channel, bytes) {
-                Ok(reply) => reply,
-                Err(e) => {
-                    failure.get_or_insert(e);
-                    None
-                }
-            },
-        );
+        let stack = &mut self.stack;
+        let out = &mut self.out;
+        let mut call = || {
+            stack.poll(
+                now,
+                node,
+                out,
+                &mut |from, channel, bytes| match app.on_message(now, node, from, channel, bytes) {
+                    Ok(reply) => reply,
+                    Err(e) => {
+                        failure.get_or_insert(e);
+                        None
+                    }
+                },
+            )
+        };
+        if node == SERVER {
+            server_side(call);
+        } else {
+            call();
+        }
         if let Some(t) = started {
             self.server_time += t.elapsed();
         }
@@ -92,7 +101,11 @@ impl World {
         for _ in 0..ROUNDS {
             while let Some(d) = self.link.pop_due(self.now) {
                 let started = (d.to == SERVER).then(Instant::now);
-                self.stack.handle_datagram(self.now, d.from, d.to, &d.bytes);
+                if d.to == SERVER {
+                    server_side(|| self.stack.handle_datagram(self.now, d.from, d.to, &d.bytes));
+                } else {
+                    self.stack.handle_datagram(self.now, d.from, d.to, &d.bytes);
+                }
                 if let Some(t) = started {
                     self.server_time += t.elapsed();
                 }
@@ -163,4 +176,10 @@ impl App for Idle {
     fn done(&self) -> bool {
         true
     }
+}
+
+/// Runs a call of the server's, under a name a profiler can pick out of a stack.
+#[inline(never)]
+fn server_side<R>(call: impl FnOnce() -> R) -> R {
+    call()
 }
