@@ -39,11 +39,17 @@ use handshake::{RefusedCookies, UserIds};
 /// Copies of a `Disconnect` sent when the application closes a connection (it is not
 /// retransmitted, so a few copies make it likely to arrive).
 const DISCONNECT_COPIES: usize = 3;
-/// The receive arena's first slab; each next one doubles, up to [`ARENA_MAX_SLAB`]. A quiet
-/// client endpoint holds 2 KiB, a busy server allocates once per dozen or so datagrams.
+/// The receive arena's first slab; each next one doubles, up to [`ARENA_MAX_SLAB`], while
+/// slabs fill within [`ARENA_GROW_WITHIN`]. A quiet client endpoint holds 2 KiB, a busy
+/// server allocates once per dozen or so datagrams.
 const ARENA_FIRST_SLAB: usize = 2 * 1024;
 /// The receive arena's largest slab.
 const ARENA_MAX_SLAB: usize = 16 * 1024;
+/// A slab that filled sooner than this after the last makes the next one twice as large;
+/// one that took longer sends the size back to [`ARENA_FIRST_SLAB`] (a game client at 20 Hz
+/// fills 2 KiB in about a second and a half: 16 KiB slabs would be a thousand clients'
+/// 14 MiB for nothing).
+const ARENA_GROW_WITHIN: core::time::Duration = core::time::Duration::from_millis(250);
 
 /// A connection attempt, as shown to the accept hook.
 #[derive(Clone, Copy, Debug)]
@@ -217,6 +223,8 @@ pub struct Endpoint {
     arena: BytesMut,
     /// Size of the arena's next slab.
     arena_slab: usize,
+    /// When the arena last took a new slab.
+    arena_refilled: Instant,
     budget: ReceiveBudget,
     next_request_id: u64,
     stats: EndpointStats,
@@ -287,6 +295,7 @@ impl Endpoint {
             dirty: VecDeque::new(),
             arena: BytesMut::new(),
             arena_slab: ARENA_FIRST_SLAB,
+            arena_refilled: Instant::ZERO,
             budget: ReceiveBudget::default(),
             next_request_id: 0,
             stats: EndpointStats::default(),
@@ -897,7 +906,7 @@ impl Endpoint {
         let Some((index, mut c)) = self.take_by_id(from, connection_id, datagram.len()) else {
             return;
         };
-        let Some(bytes) = self.open_packet(&mut c, datagram) else {
+        let Some(bytes) = self.open_packet(now, &mut c, datagram) else {
             self.finish_quiet(index, c);
             return;
         };
@@ -1018,7 +1027,7 @@ impl Endpoint {
     /// Copies a datagram of `c` into the arena and opens it there when the connection is
     /// protected. `None` (counted) if it does not authenticate: forged or corrupted packets
     /// are never acted on, and never count against the connection.
-    fn open_packet(&mut self, c: &mut Connection, datagram: &[u8]) -> Option<Bytes> {
+    fn open_packet(&mut self, now: Instant, c: &mut Connection, datagram: &[u8]) -> Option<Bytes> {
         let Some(len) = datagram
             .len()
             .checked_sub(c.tag_len())
@@ -1030,7 +1039,13 @@ impl Endpoint {
         let mut arena = core::mem::take(&mut self.arena);
         if arena.capacity() < len {
             arena.reserve(self.arena_slab.max(len));
-            self.arena_slab = (self.arena_slab * 2).min(ARENA_MAX_SLAB);
+            self.arena_slab =
+                if now.saturating_duration_since(self.arena_refilled) < ARENA_GROW_WITHIN {
+                    (self.arena_slab * 2).min(ARENA_MAX_SLAB)
+                } else {
+                    ARENA_FIRST_SLAB
+                };
+            self.arena_refilled = now;
         }
         arena.extend_from_slice(&datagram[..len]);
         if let Some(keys) = &c.keys {
