@@ -178,6 +178,10 @@ pub(crate) struct Connection {
     /// The endpoint's bookkeeping: next scheduled wake-up and dirty-list membership.
     pub(crate) scheduled: Option<Instant>,
     pub(crate) in_dirty: bool,
+    /// The last packet left something behind for want of room (or a longer ack, or a
+    /// probe): the endpoint visits the connection again at once. Otherwise what is left
+    /// waits for an acknowledgement or a timer, which mark it again.
+    pub(crate) more_to_send: bool,
     /// The address the connection moved away from since the endpoint last looked (to a
     /// validated direct path, or back to the relay when a direct path died).
     pub(crate) moved_from: Option<SocketAddr>,
@@ -279,6 +283,7 @@ impl Connection {
             close_code: None,
             scheduled: None,
             in_dirty: false,
+            more_to_send: false,
             moved_from: None,
             direct_heard: now,
             probed_back: 0,

@@ -30,6 +30,8 @@ impl Connection {
                     token,
                 })?;
                 self.stats.path_challenges_sent += 1;
+                // Data may be waiting behind it.
+                self.more_to_send = true;
                 // Re-armed only here, once the due probe has left: a deadline in the past
                 // would wake the endpoint again before it could send.
                 self.timers
@@ -37,6 +39,7 @@ impl Connection {
                 return Some((len, to));
             }
         }
+        self.more_to_send = false;
         let len = match self.state {
             State::Hello | State::Connecting { .. } => self.handshake_packet(now, buf, config),
             State::Connected => self.data_packet(now, buf, config),
@@ -225,6 +228,7 @@ impl Connection {
             self.timers.stop(Timer::Ack);
         }
         self.keepalive_due = false;
+        self.more_to_send |= self.transport.full_ack_due || self.transport.probes_due > 0;
         self.transport.outcome.clear();
         self.transport
             .sent
@@ -281,6 +285,7 @@ impl Connection {
                 continue;
             };
             if !put_sent_frame(frame, key, w, keys) {
+                self.more_to_send = true;
                 break;
             }
             self.stats.retransmissions += 1;
@@ -350,6 +355,7 @@ impl Connection {
                 continue;
             }
             if !put_sent_frame(frame, key, w, keys) {
+                self.more_to_send = true;
                 break;
             }
             self.stats.retransmissions += 1;
@@ -468,6 +474,8 @@ impl Connection {
             payload: chunk.as_deref().unwrap_or(&out.payload),
         };
         if frame.encoded_len() > w.remaining() || frame.encode(w).is_none() {
+            // The next packet takes it.
+            self.more_to_send = true;
             return false;
         }
         // A whole message leaves the queue now: move its payload rather than count another

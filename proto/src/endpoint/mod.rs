@@ -1146,8 +1146,8 @@ impl Endpoint {
             };
             c.in_dirty = false;
             let sent = c.poll_transmit(now, buf, &self.config);
-            if sent.is_some() {
-                // Round-robin: it may have more, but others go first.
+            if sent.is_some() && c.more_to_send {
+                // Round-robin: it has more, but others go first.
                 c.in_dirty = true;
                 self.dirty.push_back(index);
             }
