@@ -5,7 +5,6 @@ mod app;
 mod conditions;
 mod network;
 
-use core::cmp::Reverse;
 use core::fmt;
 use core::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::collections::VecDeque;
@@ -436,7 +435,7 @@ impl Simulator {
     /// When the next thing is scheduled to happen, if anything is.
     pub fn next_event_time(&self) -> Option<Instant> {
         if self.touched.is_empty() {
-            self.agenda.peek_time()
+            self.agenda.first_time()
         } else {
             Some(self.now)
         }
@@ -664,9 +663,7 @@ impl Simulator {
         self.agenda.wakeups.clear();
         for (i, n) in self.nodes.iter().enumerate() {
             if let Some(at) = n.scheduled {
-                self.agenda.seq += 1;
-                let seq = self.agenda.seq;
-                self.agenda.wakeups.push(Reverse((at, seq, i as u32)));
+                self.agenda.push_wake(at, i as u32);
             }
         }
     }
