@@ -671,7 +671,8 @@ fn an_address_a_node_left_reaches_the_node_that_took_it() {
     sim.rebind(a, None).expect("free address");
     assert_eq!(sim.rebind(b, Some(original)), Ok(original));
     assert_eq!(sim.node_at(original), Some(b));
-    sim.connect_to(client, original, b"").expect("connect starts");
+    sim.connect_to(client, original, b"")
+        .expect("connect starts");
     sim.run_until(ms(500));
     let first = sim.trace().next().expect("the client sent");
     assert_eq!((first.to, first.to_node), (original, Some(b)));
