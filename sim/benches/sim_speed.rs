@@ -76,6 +76,14 @@ fn bench(clients: u64, secs: u64, seed: u64) {
         report.violations.total(),
         report.disconnects.iter().map(|(_, n)| n).sum::<u64>()
     );
+    println!(
+        "  engine: {} arrivals, {} wake-ups ({} stale), {} timers",
+        s.datagrams_delivered, s.wakeups, s.stale_wakeups, s.timers_fired
+    );
+    println!(
+        "  trace hash {:#018x} (equal for equal runs: a faster engine must keep it)",
+        report.trace_hash
+    );
     println!();
 }
 

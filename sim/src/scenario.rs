@@ -298,9 +298,30 @@ fn make_payload(kind: Kind, counter: u32, sent_at: Instant, size: usize) -> Byte
     p.extend_from_slice(&counter.to_le_bytes());
     p.extend_from_slice(&sent_at.as_micros().to_le_bytes());
     p.extend_from_slice(&(size as u32).to_le_bytes());
-    let seed = counter as u8;
-    p.extend((0..size.saturating_sub(PAYLOAD_HEADER_LEN)).map(|i| seed.wrapping_add(i as u8)));
+    for chunk in pattern(counter as u8, size.saturating_sub(PAYLOAD_HEADER_LEN)) {
+        p.extend_from_slice(chunk);
+    }
     Bytes::from(p)
+}
+
+/// Every byte value twice: `PATTERN[s..s + n]` is `s, s+1, .. s+n-1` (wrapping) for n <= 256.
+static PATTERN: [u8; 512] = {
+    let mut t = [0u8; 512];
+    let mut i = 0;
+    while i < 512 {
+        t[i] = i as u8;
+        i += 1;
+    }
+    t
+};
+
+/// The body of a payload, `seed, seed+1, ..` (wrapping) for `len` bytes, in slices of at most
+/// 256 bytes (copied and compared a slice at a time rather than a byte at a time).
+fn pattern(seed: u8, len: usize) -> impl Iterator<Item = &'static [u8]> {
+    let start = usize::from(seed);
+    (0..len)
+        .step_by(256)
+        .map(move |done| &PATTERN[start..start + (len - done).min(256)])
 }
 
 /// The header of a payload, if it is intact.
@@ -318,12 +339,12 @@ fn parse_payload(p: &[u8]) -> Option<Header> {
     let counter = u32::from_le_bytes(p[1..5].try_into().ok()?);
     let sent_at = Instant::from_micros(u64::from_le_bytes(p[5..13].try_into().ok()?));
     let len = u32::from_le_bytes(p[13..17].try_into().ok()?) as usize;
-    let seed = counter as u8;
+    let body = &p[PAYLOAD_HEADER_LEN..];
     let intact = len == p.len()
-        && p[PAYLOAD_HEADER_LEN..]
-            .iter()
-            .enumerate()
-            .all(|(i, &b)| b == seed.wrapping_add(i as u8));
+        && body
+            .chunks(256)
+            .zip(pattern(counter as u8, body.len()))
+            .all(|(got, expected)| got == expected);
     intact.then_some(Header {
         kind,
         counter,
@@ -412,6 +433,27 @@ mod tests {
         assert!(parse_payload(&bad).is_none());
         assert!(parse_payload(&p[..999]).is_none());
         assert!(parse_payload(&p[..10]).is_none());
+    }
+
+    #[test]
+    fn payload_bodies_count_up_from_the_counter_byte() {
+        for counter in [0u32, 1, 7, 255, 256, 0x1234_56ff] {
+            for size in [17, 18, 100, 272, 273, 274, 1000, 65_553] {
+                let p = make_payload(Kind::Large, counter, Instant::ZERO, size);
+                assert_eq!(p.len(), size);
+                let seed = counter as u8;
+                let expected: Vec<u8> = (0..size - PAYLOAD_HEADER_LEN)
+                    .map(|i| seed.wrapping_add(i as u8))
+                    .collect();
+                assert_eq!(&p[PAYLOAD_HEADER_LEN..], &expected[..]);
+                assert!(parse_payload(&p).is_some());
+                if size > PAYLOAD_HEADER_LEN {
+                    let mut bad = p.to_vec();
+                    *bad.last_mut().expect("a body") ^= 0x80;
+                    assert!(parse_payload(&bad).is_none());
+                }
+            }
+        }
     }
 
     #[test]

@@ -5,7 +5,6 @@ mod app;
 mod conditions;
 mod network;
 
-use core::cmp::Reverse;
 use core::fmt;
 use core::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::collections::VecDeque;
@@ -169,8 +168,6 @@ impl SimStats {
 /// A node: an endpoint plus the simulator's bookkeeping for it.
 pub(crate) struct Node {
     endpoint: Endpoint,
-    /// The wake-up the agenda holds a live entry for.
-    scheduled: Option<Instant>,
     last_wake: Instant,
     wakes_at_last: u32,
     rebinds: u16,
@@ -213,6 +210,12 @@ pub struct Simulator {
     pub(crate) owners: FastMap<SocketAddr, u32>,
     pub(crate) nats: Nats,
     agenda: Agenda,
+    /// Per node, the wake-up the agenda holds a live entry for. Apart from the nodes (an
+    /// endpoint is over a kilobyte) so that a stale wake-up is recognised without touching
+    /// its node.
+    scheduled: Vec<Option<Instant>>,
+    /// Nodes behind a NAT (while there are none, every node is public).
+    private_nodes: usize,
     in_flight: Vec<InFlight>,
     free_in_flight: Vec<u32>,
     changes: Vec<Option<Change>>,
@@ -253,6 +256,8 @@ impl Simulator {
             owners: FastMap::default(),
             nats: Nats::default(),
             agenda: Agenda::default(),
+            scheduled: Vec::new(),
+            private_nodes: 0,
             in_flight: Vec::new(),
             free_in_flight: Vec::new(),
             changes: Vec::new(),
@@ -323,7 +328,6 @@ impl Simulator {
         let addr = SocketAddr::V4(SocketAddrV4::new(ip, BASE_PORT));
         self.nodes.push(Node {
             endpoint,
-            scheduled: None,
             last_wake: Instant::ZERO,
             wakes_at_last: 0,
             rebinds: 0,
@@ -331,6 +335,10 @@ impl Simulator {
             events: VecDeque::new(),
             nat,
         });
+        self.scheduled.push(None);
+        if nat.is_some() {
+            self.private_nodes += 1;
+        }
         self.addresses.push(addr);
         self.owners_mut(nat).insert(addr, index);
         Ok(NodeId(index))
@@ -436,7 +444,7 @@ impl Simulator {
     /// When the next thing is scheduled to happen, if anything is.
     pub fn next_event_time(&self) -> Option<Instant> {
         if self.touched.is_empty() {
-            self.agenda.peek_time()
+            self.agenda.first_time()
         } else {
             Some(self.now)
         }
@@ -565,13 +573,14 @@ impl Simulator {
 
     fn wake<A: Application>(&mut self, at: Instant, node: u32, app: &mut A) {
         let now = self.now;
-        let n = &mut self.nodes[node as usize];
-        if n.scheduled != Some(at) {
+        let scheduled = &mut self.scheduled[node as usize];
+        if *scheduled != Some(at) {
             self.stats.stale_wakeups += 1;
             return;
         }
-        n.scheduled = None;
+        *scheduled = None;
         self.stats.wakeups += 1;
+        let n = &mut self.nodes[node as usize];
         if n.last_wake == now {
             n.wakes_at_last += 1;
         } else {
@@ -584,7 +593,7 @@ impl Simulator {
             self.stats.timer_spins += 1;
             n.wakes_at_last = 0;
             let later = now + core::time::Duration::from_micros(1);
-            n.scheduled = Some(later);
+            self.scheduled[node as usize] = Some(later);
             self.agenda.push_wake(later, node);
             return;
         }
@@ -646,10 +655,13 @@ impl Simulator {
             }
         }
         self.scratch = buf;
-        let n = &mut self.nodes[node as usize];
-        let next = n.endpoint.poll_timeout().map(|t| t.max(now));
-        if next != n.scheduled {
-            n.scheduled = next;
+        let next = self.nodes[node as usize]
+            .endpoint
+            .poll_timeout()
+            .map(|t| t.max(now));
+        let scheduled = &mut self.scheduled[node as usize];
+        if next != *scheduled {
+            *scheduled = next;
             if let Some(at) = next {
                 self.agenda.push_wake(at, node);
             }
@@ -662,11 +674,9 @@ impl Simulator {
     /// Drops stale wake-up entries. Deterministic: live entries are re-pushed in node order.
     fn rebuild_wakeups(&mut self) {
         self.agenda.wakeups.clear();
-        for (i, n) in self.nodes.iter().enumerate() {
-            if let Some(at) = n.scheduled {
-                self.agenda.seq += 1;
-                let seq = self.agenda.seq;
-                self.agenda.wakeups.push(Reverse((at, seq, i as u32)));
+        for (i, scheduled) in self.scheduled.iter().enumerate() {
+            if let Some(at) = *scheduled {
+                self.agenda.push_wake(at, i as u32);
             }
         }
     }
@@ -680,7 +690,7 @@ impl Simulator {
         let realm = self.nodes[from as usize].nat;
         // Without NATs in the way, a public destination is a lookup.
         let direct = match realm {
-            None => self.owners.get(&to).copied(),
+            None => self.public_node_at(to),
             Some(_) => None,
         };
         let route = match direct {
@@ -739,6 +749,25 @@ impl Simulator {
                 self.record(&record, bytes);
             }
         }
+    }
+
+    /// The public node at `to` (as `owners` says), found without hashing when `to` is still
+    /// the address the node was created with (`10.x.y.z:7000`, `x.y.z` its number plus one).
+    fn public_node_at(&self, to: SocketAddr) -> Option<u32> {
+        if let SocketAddr::V4(v4) = to {
+            let [a, b, c, d] = v4.ip().octets();
+            if let Some(i) = u32::from_be_bytes([0, b, c, d]).checked_sub(1) {
+                // A public node at `to` is the one `owners` maps `to` to: `owners` follows
+                // every address change, and no two public nodes share an address.
+                if a == 10
+                    && self.addresses.get(i as usize) == Some(&to)
+                    && (self.private_nodes == 0 || self.nodes[i as usize].nat.is_none())
+                {
+                    return Some(i);
+                }
+            }
+        }
+        self.owners.get(&to).copied()
     }
 
     fn judge(&mut self, from: u32, to: u32, len: usize) -> LinkVerdict {

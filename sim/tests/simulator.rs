@@ -658,3 +658,24 @@ fn a_reordered_datagram_from_before_a_rebinding_does_not_move_the_connection_bac
     assert_eq!(sim.endpoint(server).remote_address(server_conn), Some(new));
     assert_eq!(sim.endpoint(server).stats().migrations, 1);
 }
+
+/// Datagrams follow addresses, not node numbers: once a node has moved away, its original
+/// address belongs to whoever rebinds onto it.
+#[test]
+fn an_address_a_node_left_reaches_the_node_that_took_it() {
+    let mut sim = sim_with(17, LinkConfig::default());
+    let a = sim.add_node(Config::default()).expect("valid config");
+    let b = sim.add_node(Config::default()).expect("valid config");
+    let client = sim.add_node(client_config()).expect("valid config");
+    let original = sim.address(a);
+    sim.rebind(a, None).expect("free address");
+    assert_eq!(sim.rebind(b, Some(original)), Ok(original));
+    assert_eq!(sim.node_at(original), Some(b));
+    sim.connect_to(client, original, b"")
+        .expect("connect starts");
+    sim.run_until(ms(500));
+    let first = sim.trace().next().expect("the client sent");
+    assert_eq!((first.to, first.to_node), (original, Some(b)));
+    assert_eq!(sim.endpoint(b).peers().count(), 1);
+    assert_eq!(sim.endpoint(a).peers().count(), 0);
+}
