@@ -1037,8 +1037,11 @@ impl Endpoint {
             return None;
         };
         let mut arena = core::mem::take(&mut self.arena);
-        if arena.capacity() < len {
-            arena.reserve(self.arena_slab.max(len));
+        if arena.capacity() < len && !arena.try_reclaim(len) {
+            // A fresh slab of exactly the planned size. (`reserve` would grow a slab no
+            // datagram of it is held from by doubling it in place, so a quiet endpoint's
+            // arena crept up to many times the slab size.)
+            arena = BytesMut::with_capacity(self.arena_slab.max(len));
             self.arena_slab =
                 if now.saturating_duration_since(self.arena_refilled) < ARENA_GROW_WITHIN {
                     (self.arena_slab * 2).min(ARENA_MAX_SLAB)
