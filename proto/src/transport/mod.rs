@@ -82,8 +82,8 @@ impl Transport {
             // A new connection codes nothing until its path loses a packet: one loss moves
             // the estimate past the 0.1% that turns coding on. (Coding from the start cost
             // every clean connection a repair per packet for its first couple of thousand.)
-            loss_rate: (1 << 32) / 1000,
-            coding: true,
+            loss_rate: 0,
+            coding: false,
             fec_tx: RepairEncoder::default(),
             fec_rx: RepairDecoder::default(),
             last_repair_newest: None,

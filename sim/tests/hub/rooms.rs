@@ -121,7 +121,8 @@ fn every_channel_kind_relays_with_its_guarantees_under_loss() {
         })
         .expect("send big");
     }
-    w.run(&mut sim, 5000);
+    // Two 200 KB messages relayed (two hops, each losing 5%): about 6 s.
+    w.run(&mut sim, 9000);
 
     let got = messages(&w.take(1));
     assert!(got
