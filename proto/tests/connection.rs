@@ -1183,3 +1183,54 @@ fn user_data_kept_for_ending_events_is_bounded_when_the_queue_is_never_emptied()
     assert_eq!(ep.user_data::<u16>(b), Some(&2));
     assert_eq!(ep.user_data::<u16>(c), Some(&3));
 }
+
+#[test]
+fn a_packet_of_a_closed_connection_is_not_routed_to_the_one_that_took_its_slot() {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    let mut p = Pair::default_pair();
+    let seen: Rc<RefCell<Vec<Vec<u8>>>> = Rc::default();
+    let log = Rc::clone(&seen);
+    p.hook = Box::new(move |dir, _, bytes| {
+        // Data packets of the client (0x36, after the handshake).
+        if dir == Dir::ClientToServer && bytes.first() == Some(&0x36) {
+            log.borrow_mut().push(bytes.to_vec());
+        }
+        vec![Duration::ZERO]
+    });
+    let (c, _) = p.connect();
+    p.client.send(c, 2, &b"first"[..]).expect("send");
+    p.run_for(Duration::from_millis(100));
+    let old = seen.borrow().last().cloned().expect("a data packet");
+    p.client.disconnect(c, 0);
+    p.run_for(Duration::from_millis(100));
+    assert_eq!(p.server.connection_count(), 0);
+    // A new client takes the freed slot.
+    p.client = Endpoint::new(client_config(78)).expect("config");
+    seen.borrow_mut().clear();
+    let (c2, _) = p.connect();
+    p.client.send(c2, 2, &b"second"[..]).expect("send");
+    p.run_for(Duration::from_millis(100));
+    let new = seen.borrow().last().cloned().expect("a data packet");
+    let id = |d: &[u8]| u64::from_be_bytes(d[1..9].try_into().expect("8 bytes"));
+    assert_ne!(id(&old), id(&new), "a fresh id");
+    assert_eq!(
+        id(&old) & 0xF_FFFF,
+        id(&new) & 0xF_FFFF,
+        "the same slot, named in the ids' low bits"
+    );
+    // The old connection's packet names that slot, but not its connection: dropped and
+    // answered with a reset, never delivered to the new one.
+    p.server_events.clear();
+    let unknown = |p: &Pair| {
+        p.server
+            .stats()
+            .drops
+            .get(shoal_proto::DropReason::UnknownConnection)
+    };
+    let before = unknown(&p);
+    p.server.handle_datagram(p.now, p.client_addr, &old);
+    assert_eq!(unknown(&p), before + 1);
+    p.run_for(Duration::from_millis(50));
+    assert!(p.server_messages(2).is_empty(), "{:?}", p.server_events);
+}
