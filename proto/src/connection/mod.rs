@@ -554,6 +554,35 @@ impl Connection {
             .progress()
     }
 
+    /// Gives back what an idle connection does not need: empty queues' and windows'
+    /// buffers, scratch space, the sent-frame slab, coding state. Traffic grows them again.
+    fn trim(&mut self) {
+        for ch in &mut self.messaging.send_channels {
+            ch.trim();
+        }
+        for ch in &mut self.messaging.recv_channels {
+            ch.trim();
+        }
+        if self.messaging.responses.is_empty() {
+            self.messaging.responses = VecDeque::new();
+        }
+        if self.messaging.resend.is_empty() {
+            self.messaging.resend = VecDeque::new();
+        }
+        self.messaging.frames.trim();
+        self.parsed_frames = Vec::new();
+        self.ordered_scratch = Vec::new();
+        self.rebuilt_scratch = Vec::new();
+        self.probe_scratch = Vec::new();
+        self.transport.sent.trim();
+        self.transport.outcome = Default::default();
+        if !self.transport.coding {
+            self.transport.fec_tx = Default::default();
+        }
+        // Repairs of packets a keepalive interval old would come too late to help.
+        self.transport.fec_rx = Default::default();
+    }
+
     /// Whether all queued messages were sent and acknowledged.
     pub(crate) fn is_idle(&self) -> bool {
         self.messaging
@@ -598,7 +627,14 @@ impl Connection {
                     self.apply_outcome();
                 }
                 Timer::Ack => self.transport.ack_now = true,
-                Timer::Keepalive => self.keepalive_due = true,
+                Timer::Keepalive => {
+                    self.keepalive_due = true;
+                    // Nothing sent for a keepalive interval: if nothing is queued either,
+                    // the buffers traffic grew go back.
+                    if self.is_idle() {
+                        self.trim();
+                    }
+                }
                 Timer::Request => self.expire_requests(now, shared),
                 Timer::Reassembly => {
                     let deadline = now - config.reassembly_timeout;

@@ -26,7 +26,12 @@ pub(crate) struct EventQueue {
     pub(crate) tunnelled: VecDeque<(u16, Bytes)>,
     /// Tunnelled datagrams dropped because too many waited.
     pub(crate) tunnel_overflow: u64,
+    /// The most events waiting at once since the queue last emptied.
+    peak: usize,
 }
+
+/// Events the queue keeps room for however quiet it is.
+const MIN_ROOM: usize = 64;
 
 impl EventQueue {
     /// Queues an event; returns the bytes charged for it (data events only: a connection's
@@ -59,6 +64,7 @@ impl EventQueue {
         };
         self.bytes += charge;
         self.queue.push_back((event, charge));
+        self.peak = self.peak.max(self.queue.len());
         charge
     }
 
@@ -77,7 +83,16 @@ impl EventQueue {
 
     /// The oldest event and the bytes it was charged.
     pub(crate) fn pop(&mut self) -> Option<(Event, usize)> {
-        let (event, charge) = self.queue.pop_front()?;
+        let Some((event, charge)) = self.queue.pop_front() else {
+            // Emptied: room kept for far more than the last round needed (a burst long
+            // past) goes back; a steady load keeps its room and never reallocates.
+            let need = self.peak.max(MIN_ROOM);
+            if self.queue.capacity() > 4 * need {
+                self.queue.shrink_to(need);
+            }
+            self.peak = 0;
+            return None;
+        };
         self.bytes -= charge;
         Some((event, charge))
     }

@@ -98,6 +98,16 @@ impl SendChannel {
     }
 
     /// Whether the head of the queue may put a frame on the wire now (the window allows it).
+    /// Gives back the queues' buffers when they are empty (an idle connection holds none).
+    pub(crate) fn trim(&mut self) {
+        if self.queue.is_empty() {
+            self.queue = VecDeque::new();
+        }
+        if self.unacked_frames.is_empty() {
+            self.unacked_frames = VecDeque::new();
+        }
+    }
+
     pub(crate) fn head_ready(&self) -> bool {
         match self.queue.front() {
             None => false,
@@ -202,6 +212,16 @@ pub(crate) struct RecvContext<'a> {
 }
 
 impl RecvChannel {
+    /// Gives back the window's and reassembly's buffers when they are empty.
+    pub(crate) fn trim(&mut self) {
+        if self.slots.is_empty() {
+            self.slots = VecDeque::new();
+        }
+        if self.partials.is_empty() {
+            self.partials = Vec::new();
+        }
+    }
+
     pub(crate) fn new(kind: DeliveryKind) -> Self {
         RecvChannel {
             kind,

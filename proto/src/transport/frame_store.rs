@@ -17,6 +17,9 @@ pub(crate) struct FrameStore<T> {
     slots: Vec<(u32, Option<T>)>,
     free: Vec<u32>,
     len: usize,
+    /// Generation of newly made slots: above every generation before the last `trim`, so
+    /// keys from before it stay stale.
+    epoch: u32,
 }
 
 impl<T> Default for FrameStore<T> {
@@ -25,6 +28,7 @@ impl<T> Default for FrameStore<T> {
             slots: Vec::new(),
             free: Vec::new(),
             len: 0,
+            epoch: 0,
         }
     }
 }
@@ -40,10 +44,10 @@ impl<T> FrameStore<T> {
                 generation: slot.0,
             }
         } else {
-            self.slots.push((0, Some(value)));
+            self.slots.push((self.epoch, Some(value)));
             FrameKey {
                 index: (self.slots.len() - 1) as u32,
-                generation: 0,
+                generation: self.epoch,
             }
         }
     }
@@ -77,6 +81,23 @@ impl<T> FrameStore<T> {
     pub(crate) fn len(&self) -> usize {
         self.len
     }
+
+    /// Gives the slab's memory back when it holds nothing (a bulk transfer may have grown
+    /// it to thousands of slots).
+    pub(crate) fn trim(&mut self) {
+        if self.len > 0 || self.slots.is_empty() {
+            return;
+        }
+        let newest = self
+            .slots
+            .iter()
+            .map(|(g, _)| *g)
+            .max()
+            .unwrap_or(self.epoch);
+        self.epoch = newest.wrapping_add(1);
+        self.slots = Vec::new();
+        self.free = Vec::new();
+    }
 }
 
 #[cfg(test)]
@@ -93,5 +114,23 @@ mod tests {
         assert_eq!(s.remove(a), None);
         assert_eq!(s.get_mut(b), Some(&mut 2));
         assert_eq!(s.len(), 1);
+    }
+
+    #[test]
+    fn keys_from_before_a_trim_stay_stale() {
+        let mut s = FrameStore::default();
+        let keys: Vec<FrameKey> = (0..100).map(|i| s.insert(i)).collect();
+        for &k in &keys {
+            s.remove(k);
+        }
+        s.trim();
+        assert_eq!(s.slots.capacity(), 0, "memory given back");
+        let fresh: Vec<FrameKey> = (0..100).map(|i| s.insert(1000 + i)).collect();
+        for &k in &keys {
+            assert_eq!(s.get(k), None);
+            assert_eq!(s.remove(k), None);
+        }
+        assert_eq!(s.len(), 100);
+        assert_eq!(s.get(fresh[0]), Some(&1000));
     }
 }

@@ -160,6 +160,14 @@ impl SentPackets {
         self.bytes_in_flight + size as u64 <= self.congestion.window()
     }
 
+    /// Gives back the packet record's buffer when it is empty, and the key-vector pool.
+    pub(crate) fn trim(&mut self) {
+        if self.packets.is_empty() {
+            self.packets = VecDeque::new();
+        }
+        self.pool = Vec::new();
+    }
+
     /// A cleared vector to collect a packet's frame keys in.
     pub(crate) fn take_key_vec(&mut self) -> Vec<FrameKey> {
         self.pool.pop().unwrap_or_default()
