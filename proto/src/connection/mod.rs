@@ -575,6 +575,7 @@ impl Connection {
         self.rebuilt_scratch = Vec::new();
         self.probe_scratch = Vec::new();
         self.transport.sent.trim();
+        self.transport.paths.trim();
         self.transport.outcome = Default::default();
         if !self.transport.coding {
             self.transport.fec_tx = Default::default();

@@ -7,6 +7,7 @@
 //! it; after that its packets are processed, and the first one that is also the newest the
 //! connection has seen moves the connection there.
 
+use alloc::vec::Vec;
 use core::net::SocketAddr;
 use core::time::Duration;
 
@@ -54,7 +55,9 @@ pub(crate) enum PathStatus {
 #[derive(Debug)]
 pub(crate) struct Paths {
     pub(crate) current: SocketAddr,
-    candidates: heapless::Vec<Candidate, MAX_CANDIDATES>,
+    /// At most [`MAX_CANDIDATES`]; on the heap, so a connection that never sees another
+    /// address (nearly all) holds none.
+    candidates: Vec<Candidate>,
     key: Prf,
     tokens: Sequence,
     /// The relay path of a connection tunnelled through a hub: always trusted, and where the
@@ -66,7 +69,7 @@ impl Paths {
     pub(crate) fn new(current: SocketAddr, key: Prf) -> Self {
         Paths {
             current,
-            candidates: heapless::Vec::new(),
+            candidates: Vec::new(),
             key,
             tokens: Sequence::new(Domain::PathToken),
             fallback: crate::hub::relay_user(current).map(|_| current),
@@ -83,12 +86,19 @@ impl Paths {
         self.fallback.is_some_and(|f| f != self.current)
     }
 
+    /// Gives back the candidates' buffer when there are none.
+    pub(crate) fn trim(&mut self) {
+        if self.candidates.is_empty() {
+            self.candidates = Vec::new();
+        }
+    }
+
     /// The candidate for `addr`, made (evicting the least useful one) if new.
     fn candidate(&mut self, now: Instant, addr: SocketAddr) -> &mut Candidate {
         let i = match self.candidates.iter().position(|c| c.addr == addr) {
             Some(i) => i,
             None => {
-                if self.candidates.is_full() {
+                if self.candidates.len() >= MAX_CANDIDATES {
                     // Replace the least recently heard-from address, an unvalidated one if
                     // any: a flood of packets from made-up addresses must not push out one
                     // that has proven itself.
@@ -109,8 +119,7 @@ impl Paths {
                     probes_left: 0,
                     probe_interval: MIN_CHALLENGE_INTERVAL,
                 };
-                // Cannot fail: a slot was freed above if needed.
-                let _ = self.candidates.push(fresh);
+                self.candidates.push(fresh);
                 self.candidates.len() - 1
             }
         };
