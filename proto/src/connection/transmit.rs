@@ -179,9 +179,14 @@ impl Connection {
             frames_written += self.write_retransmissions(&mut w, &mut keys);
             frames_written += self.write_new_frames(&mut w, &mut keys, config);
         }
-        // A peer link's keepalive on a direct path asks to be acknowledged: that is the
-        // heartbeat whose probe timeouts tell an idle link its direct path died.
-        let heartbeat = self.keepalive_due && self.transport.paths.on_direct_path();
+        // On a peer link's direct path there is always a packet that asks to be acknowledged
+        // promptly (a keepalive, or a packet of messages while none is in flight): its probe
+        // timeouts tell the link its direct path died, even under a stream of unreliable
+        // messages, which alone arm no probe timeout. (Never an ack-only packet: two idle
+        // sides would acknowledge each other's acknowledgements for ever.)
+        let heartbeat = self.transport.paths.on_direct_path()
+            && (self.keepalive_due
+                || (frames_written > 0 && !self.transport.sent.prompt_in_flight()));
         // The ping bit asks for a prompt acknowledgement: for reliable frames (resent if
         // lost), probes and heartbeats. Unreliable messages alone are acknowledged lazily,
         // on whatever the peer sends next: a game's echo or input carries it, where a

@@ -465,6 +465,11 @@ impl SentPackets {
         (self.rtt.pto(max_ack_delay) * (1 << self.pto_count)).min(max_rto)
     }
 
+    /// Whether a promptly acknowledged packet is in flight (the probe timeout is armed).
+    pub(crate) fn prompt_in_flight(&self) -> bool {
+        self.prompt_in_flight > 0
+    }
+
     /// Probe timeouts fired in a row without an acknowledgement.
     pub(crate) fn pto_count(&self) -> u32 {
         self.pto_count

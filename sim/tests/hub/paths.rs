@@ -465,3 +465,41 @@ fn an_idle_link_notices_its_direct_path_died_by_its_heartbeat_and_falls_back() {
     w.run(&mut sim, 500);
     assert_eq!(received(&w.take(1), 3), (0..10).collect::<Vec<_>>());
 }
+
+#[test]
+fn a_direct_path_that_dies_under_a_stream_of_unreliable_updates_falls_back_to_the_relay() {
+    // Unreliable messages are acknowledged lazily and arm no probe timeout of their own: the
+    // link must still notice the dead path while it never goes quiet enough for a keepalive.
+    let (mut sim, mut w) = pair(24, Place::Public, Place::Public, PathPolicy::Auto, 0.0);
+    w.run(&mut sim, 1000);
+    assert_eq!(path_changes(&w.take(1)), [true]);
+    w.take(0);
+    let (a, b) = (w.members[0], w.members[1]);
+    stream(&mut sim, &mut w, 0, 0..50, 50);
+    sim.set_link_up(a, b, false);
+    sim.set_link_up(b, a, false);
+    stream(&mut sim, &mut w, 0, 50..150, 50);
+    let bob = w.take(1);
+    assert!(
+        path_changes(&w.take(0)).ends_with(&[false]),
+        "sender fell back"
+    );
+    // Within half a second of the break (10 updates), every update flows through the hub.
+    let got = received(&bob, 0);
+    let after: Vec<u32> = got.into_iter().filter(|&n| n >= 60).collect();
+    assert_eq!(after, (60..150).collect::<Vec<_>>());
+}
+
+#[test]
+fn an_idle_direct_link_sends_only_its_keepalives_and_their_acknowledgements() {
+    let (mut sim, mut w) = pair(25, Place::Public, Place::Public, PathPolicy::Auto, 0.0);
+    w.run(&mut sim, 1000);
+    assert_eq!(path_changes(&w.take(1)), [true]);
+    let a = w.members[0];
+    let before = sim.endpoint(a).stats().datagrams_sent;
+    w.run(&mut sim, 10_000);
+    let sent = sim.endpoint(a).stats().datagrams_sent - before;
+    // A keepalive a second on the link and on the hub connection, and an acknowledgement
+    // of each of the peer's: about 40 in 10 s. Acknowledging acknowledgements sent 192.
+    assert!(sent <= 60, "{sent} datagrams in 10 idle seconds");
+}
