@@ -46,7 +46,8 @@ pub(crate) use secure::{
 
 pub(crate) use receive::DataResult;
 
-/// Eliciting packets received before an acknowledgement goes out without delay.
+/// Pinged packets (reliable frames, probes) received before an acknowledgement goes out
+/// without delay.
 const ACK_EVERY: u32 = 2;
 /// Packets of unreliable messages only acknowledged at once when this many arrived since the
 /// last acknowledgement (a fast one-way stream must not fill the sender's window).

@@ -38,7 +38,8 @@ pub(crate) struct Transport {
     pub(crate) pacer: Pacer,
     /// An acknowledgement is due now.
     pub(crate) ack_now: bool,
-    /// Ack-eliciting packets received since the last acknowledgement left.
+    /// Packets with the ping bit (acknowledged promptly) received since the last
+    /// acknowledgement left.
     pub(crate) eliciting_since_ack: u32,
     /// Packets of unreliable messages only received since the last acknowledgement left
     /// (acknowledged lazily: see `LAZY_ACK_DELAY`).
