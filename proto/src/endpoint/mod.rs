@@ -51,11 +51,6 @@ const ARENA_MAX_SLAB: usize = 16 * 1024;
 /// 14 MiB for nothing).
 const ARENA_GROW_WITHIN: core::time::Duration = core::time::Duration::from_millis(250);
 
-/// Low bits of a connection id this endpoint chose that hold its slot index (see
-/// `next_connection_id`). 20 bits: room for every slot `max_connections` allows.
-const ID_INDEX_BITS: u32 = 20;
-const ID_INDEX_MASK: u64 = (1 << ID_INDEX_BITS) - 1;
-
 /// A connection attempt, as shown to the accept hook.
 #[derive(Clone, Copy, Debug)]
 pub struct ConnectRequest<'a> {
@@ -1315,32 +1310,16 @@ impl Endpoint {
         self.prf.derive(Domain::PathKey, self.connections_created)
     }
 
-    /// A fresh connection id for the connection that will take slot `index`: its low
-    /// [`ID_INDEX_BITS`] bits are the index, so its packets find their slot without a hash
-    /// lookup; the other 44 bits are unpredictable. Never 0, never one in use.
-    fn next_connection_id(&mut self, index: u32) -> u64 {
+    /// A fresh connection id: 64 unpredictable bits, never 0, never one in use.
+    fn next_connection_id(&mut self) -> u64 {
         loop {
-            let random = self.connection_ids.next(&self.prf);
-            let id = if u64::from(index) <= ID_INDEX_MASK {
-                (random & !ID_INDEX_MASK) | u64::from(index)
-            } else {
-                random
-            };
+            let id = self.connection_ids.next(&self.prf);
             if id != 0 && !self.by_id.contains_key(&id) {
                 return id;
             }
         }
     }
 
-    /// The index `allocate_slot` hands out next.
-    fn next_slot_index(&self) -> u32 {
-        self.free_slots
-            .last()
-            .copied()
-            .unwrap_or(self.slots.len() as u32)
-    }
-
-    /// Takes a free slot (the one `next_slot_index` named).
     fn allocate_slot(&mut self) -> (u32, ConnectionHandle) {
         let index = self.free_slots.pop().unwrap_or_else(|| {
             self.slots.push(Slot::default());
@@ -1517,17 +1496,7 @@ impl Endpoint {
         connection_id: u64,
         datagram_len: usize,
     ) -> Option<(u32, Box<Connection>)> {
-        // An id we chose names its slot; one the peer chose (we are its client) is looked up.
-        let slot = (connection_id & ID_INDEX_MASK) as u32;
-        let routed = self
-            .slots
-            .get(slot as usize)
-            .and_then(|s| s.conn.as_deref())
-            .is_some_and(|c| c.connection_id == connection_id);
-        let Some(index) = routed
-            .then_some(slot)
-            .or_else(|| self.by_id.get(&connection_id).copied())
-        else {
+        let Some(index) = self.by_id.get(&connection_id).copied() else {
             match self.by_addr.get(&from).and_then(|&i| self.slot_conn(i)) {
                 // Our handshake with `from` is under way: the packet overtook its Accept.
                 Some(c) if !c.is_connected() => self.stats.drops.add(DropReason::EarlyPacket),
