@@ -4,6 +4,10 @@
 
 use super::*;
 
+/// A side that sends asks for a prompt acknowledgement at least this often (see `refresh`
+/// in `data_packet`).
+const PROMPT_EVERY: core::time::Duration = core::time::Duration::from_secs(1);
+
 /// Room a repair block's own header takes at most: distance, mask, a length per covered
 /// packet.
 const REPAIR_HEADER: usize = MAX_VARINT_LEN * (1 + crate::transport::fec::COVERAGE) + 2;
@@ -187,11 +191,24 @@ impl Connection {
         let heartbeat = self.transport.paths.on_direct_path()
             && (self.keepalive_due
                 || (frames_written > 0 && !self.transport.sent.prompt_in_flight()));
+        // Any connection asks for a prompt ack at least once a second while it sends: the
+        // RTT floor comes from prompt samples, which a side sending only unreliable
+        // messages would otherwise never take (a lying peer could then pull its RTT down by
+        // the whole lazy delay). And a sender the window stops asks at once, so a one-way
+        // stream of large unreliable packets does not wait LAZY_ACK_DELAY for each window.
+        let refresh = frames_written > 0
+            && !self.transport.sent.prompt_in_flight()
+            && self
+                .transport
+                .sent
+                .last_prompt_sent()
+                .is_none_or(|t| now >= t + PROMPT_EVERY);
+        let window_limited = frames_written > 0 && !self.transport.sent.can_send(w.len() + mtu);
         // The ping bit asks for a prompt acknowledgement: for reliable frames (resent if
         // lost), probes and heartbeats. Unreliable messages alone are acknowledged lazily,
         // on whatever the peer sends next: a game's echo or input carries it, where a
         // prompt one would cost a datagram of its own.
-        let ping = probe || heartbeat || !keys.is_empty();
+        let ping = probe || heartbeat || refresh || window_limited || !keys.is_empty();
         if frames_written == 0 && !ack_due && !self.keepalive_due && !probe && !ack_only {
             self.transport.sent.recycle_key_vec(keys);
             return None;
@@ -233,7 +250,10 @@ impl Connection {
             self.timers.stop(Timer::Ack);
         }
         self.keepalive_due = false;
-        self.more_to_send |= self.transport.full_ack_due || self.transport.probes_due > 0;
+        // (A probe or the rest of a long ack carries none of what is queued: visit again.)
+        self.more_to_send |= self.transport.full_ack_due
+            || self.transport.probes_due > 0
+            || ((ack_only || probe) && self.has_data_to_send());
         self.transport.outcome.clear();
         self.transport
             .sent

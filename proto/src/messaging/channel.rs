@@ -97,7 +97,6 @@ impl SendChannel {
         }
     }
 
-    /// Whether the head of the queue may put a frame on the wire now (the window allows it).
     /// Gives back the queues' buffers when they are empty (an idle connection holds none).
     pub(crate) fn trim(&mut self) {
         if self.queue.is_empty() {
@@ -108,6 +107,7 @@ impl SendChannel {
         }
     }
 
+    /// Whether the head of the queue may put a frame on the wire now (the window allows it).
     pub(crate) fn head_ready(&self) -> bool {
         match self.queue.front() {
             None => false,

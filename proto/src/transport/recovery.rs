@@ -32,7 +32,7 @@ const KEY_VEC_POOL: usize = 16;
 const MAX_BACKOFF: u32 = 6;
 /// The longest a receiver waits to acknowledge packets of unreliable messages only (when
 /// it sends nothing it could carry the acknowledgement on meanwhile). A game sending at
-/// 10 Hz or more acknowledges them on its own next packet, never in a datagram of its own.
+/// more than 10 Hz acknowledges them on its own next packet, never in a datagram of its own.
 pub(crate) const LAZY_ACK_DELAY: Duration = Duration::from_millis(100);
 /// Probe packets sent when the probe timeout fires.
 pub(crate) const PROBES_PER_TIMEOUT: u8 = 2;
@@ -463,6 +463,11 @@ impl SentPackets {
 
     fn pto(&self, max_ack_delay: Duration, max_rto: Duration) -> Duration {
         (self.rtt.pto(max_ack_delay) * (1 << self.pto_count)).min(max_rto)
+    }
+
+    /// When the newest promptly acknowledged packet left (or a probe timeout fired).
+    pub(crate) fn last_prompt_sent(&self) -> Option<Instant> {
+        self.last_eliciting_sent
     }
 
     /// Whether a promptly acknowledged packet is in flight (the probe timeout is armed).
