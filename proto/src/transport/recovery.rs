@@ -445,9 +445,13 @@ impl SentPackets {
     }
 
     /// Gives up the lazily acknowledged packets that waited too long (only they are in
-    /// flight): untracked, out of the window, counted neither way.
+    /// flight): untracked, out of the window, counted neither acknowledged nor lost. But
+    /// silence after packets sent while the sender used its window is a congestion signal
+    /// like a loss (a return path that drops every acknowledgement must not let a full
+    /// window go out every expiry).
     fn expire_lazy(&mut self, now: Instant, max_ack_delay: Duration) {
         let expiry = self.lazy_expiry(max_ack_delay);
+        let mut newest_busy: Option<Instant> = None;
         for seq in self.oldest_in_flight..self.next_seq {
             let Some(i) = self.index_of(seq) else { break };
             let p = &mut self.packets[i];
@@ -457,7 +461,13 @@ impl SentPackets {
             if p.state == PacketState::InFlight {
                 p.state = PacketState::Untracked;
                 self.bytes_in_flight -= u64::from(p.size);
+                if !p.app_limited {
+                    newest_busy = Some(p.sent_at);
+                }
             }
+        }
+        if let Some(sent_at) = newest_busy {
+            self.congestion.on_congestion_event(now, sent_at, false);
         }
     }
 
@@ -598,6 +608,20 @@ mod tests {
         assert_eq!(out.packets_lost, 0, "not counted as lost");
         assert_eq!(sent.bytes_in_flight(), 0, "the window is free again");
         assert_eq!(sent.loss_deadline(mad, max_rto), None);
+        // A window's worth sent at full use and never acknowledged shrinks the window.
+        let full = sent.congestion.window();
+        let t1 = deadline + Duration::from_millis(1);
+        while sent.can_send(1200) {
+            sent.on_sent(t1, 1200, AckWanted::Lazy, Vec::new(), &mut out);
+        }
+        let expiry = sent.loss_deadline(mad, max_rto).expect("armed");
+        assert!(!sent.on_loss_timeout(expiry, mad, max_rto, &mut out));
+        assert_eq!(sent.bytes_in_flight(), 0);
+        assert!(
+            sent.congestion.window() < full,
+            "{} of {full}",
+            sent.congestion.window()
+        );
         // A prompt packet among them arms the probe timeout as before.
         sent.on_sent(deadline, 1000, AckWanted::Lazy, Vec::new(), &mut out);
         sent.on_sent(deadline, 1000, AckWanted::Prompt, Vec::new(), &mut out);
