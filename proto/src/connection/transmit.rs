@@ -183,19 +183,23 @@ impl Connection {
             frames_written += self.write_retransmissions(&mut w, &mut keys);
             frames_written += self.write_new_frames(&mut w, &mut keys, config);
         }
-        // On a peer link's direct path there is always a packet that asks to be acknowledged
-        // promptly (a keepalive, or a packet of messages while none is in flight): its probe
-        // timeouts tell the link its direct path died, even under a stream of unreliable
-        // messages, which alone arm no probe timeout. (Never an ack-only packet: two idle
-        // sides would acknowledge each other's acknowledgements for ever.)
+        // The ping bit asks for a prompt acknowledgement. Unreliable messages alone are
+        // acknowledged lazily, on whatever the peer sends next (a game's echo or input
+        // carries it, where a prompt one would cost a datagram of its own); the bit is set for:
+        // - reliable frames (resent if lost) and probes;
+        // - the heartbeat of a peer link's direct path (a keepalive, or a packet of messages
+        //   while none is in flight): its probe timeouts tell the link the path died, even
+        //   under a stream of unreliable messages, which alone arm no probe timeout;
+        // - a refresh, at least once a second while sending: the RTT floor comes from prompt
+        //   samples, which a side sending only unreliable messages would otherwise never take
+        //   (a lying peer could then pull its RTT down by the whole lazy delay);
+        // - a packet after which the window stops the sender, so a one-way stream of large
+        //   unreliable packets does not wait LAZY_ACK_DELAY for each window.
+        // Never an ack-only packet: two idle sides would acknowledge each other's
+        // acknowledgements for ever.
         let heartbeat = self.transport.paths.on_direct_path()
             && (self.keepalive_due
                 || (frames_written > 0 && !self.transport.sent.prompt_in_flight()));
-        // Any connection asks for a prompt ack at least once a second while it sends: the
-        // RTT floor comes from prompt samples, which a side sending only unreliable
-        // messages would otherwise never take (a lying peer could then pull its RTT down by
-        // the whole lazy delay). And a sender the window stops asks at once, so a one-way
-        // stream of large unreliable packets does not wait LAZY_ACK_DELAY for each window.
         let refresh = frames_written > 0
             && !self.transport.sent.prompt_in_flight()
             && self
@@ -204,10 +208,6 @@ impl Connection {
                 .last_prompt_sent()
                 .is_none_or(|t| now >= t + PROMPT_EVERY);
         let window_limited = frames_written > 0 && !self.transport.sent.can_send(w.len() + mtu);
-        // The ping bit asks for a prompt acknowledgement: for reliable frames (resent if
-        // lost), probes and heartbeats. Unreliable messages alone are acknowledged lazily,
-        // on whatever the peer sends next: a game's echo or input carries it, where a
-        // prompt one would cost a datagram of its own.
         let ping = probe || heartbeat || refresh || window_limited || !keys.is_empty();
         if frames_written == 0 && !ack_due && !self.keepalive_due && !probe && !ack_only {
             self.transport.sent.recycle_key_vec(keys);
