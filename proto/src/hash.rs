@@ -55,6 +55,8 @@ pub(crate) enum Domain {
     PathToken = 6,
     /// The key naming refused Connects (cookie and client keys).
     RefusedConnect = 7,
+    /// The key that hides a connection's slot index in the ids it is given.
+    SlotKey = 8,
 }
 
 /// A keyed pseudo-random function: `SipHash-2-4(key, domain ‖ counter)`.

@@ -1183,3 +1183,88 @@ fn user_data_kept_for_ending_events_is_bounded_when_the_queue_is_never_emptied()
     assert_eq!(ep.user_data::<u16>(b), Some(&2));
     assert_eq!(ep.user_data::<u16>(c), Some(&3));
 }
+
+#[test]
+fn a_packet_of_a_closed_connection_is_not_routed_to_the_one_that_took_its_slot() {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    let mut p = Pair::default_pair();
+    let seen: Rc<RefCell<Vec<Vec<u8>>>> = Rc::default();
+    let log = Rc::clone(&seen);
+    p.hook = Box::new(move |dir, _, bytes| {
+        // Data packets of the client (0x36, after the handshake).
+        if dir == Dir::ClientToServer && bytes.first() == Some(&0x36) {
+            log.borrow_mut().push(bytes.to_vec());
+        }
+        vec![Duration::ZERO]
+    });
+    let (c, old_server_conn) = p.connect();
+    p.client.send(c, 2, &b"first"[..]).expect("send");
+    p.run_for(Duration::from_millis(100));
+    let old = seen.borrow().last().cloned().expect("a data packet");
+    p.client.disconnect(c, 0);
+    p.run_for(Duration::from_millis(100));
+    assert_eq!(p.server.connection_count(), 0);
+    // A new client takes the freed slot.
+    p.client = Endpoint::new(client_config(78)).expect("config");
+    seen.borrow_mut().clear();
+    let (c2, new_server_conn) = p.connect();
+    p.client.send(c2, 2, &b"second"[..]).expect("send");
+    p.run_for(Duration::from_millis(100));
+    let new = seen.borrow().last().cloned().expect("a data packet");
+    let id = |d: &[u8]| u64::from_be_bytes(d[1..9].try_into().expect("8 bytes"));
+    assert_ne!(id(&old), id(&new), "a fresh id");
+    assert_eq!(
+        old_server_conn.index(),
+        new_server_conn.index(),
+        "the same slot"
+    );
+    // The old connection's packet names that slot, but not its connection: dropped and
+    // answered with a reset, never delivered to the new one.
+    p.server_events.clear();
+    let unknown = |p: &Pair| {
+        p.server
+            .stats()
+            .drops
+            .get(shoal_proto::DropReason::UnknownConnection)
+    };
+    let before = unknown(&p);
+    p.server.handle_datagram(p.now, p.client_addr, &old);
+    assert_eq!(unknown(&p), before + 1);
+    p.run_for(Duration::from_millis(50));
+    assert!(p.server_messages(2).is_empty(), "{:?}", p.server_events);
+}
+
+#[test]
+fn connection_ids_do_not_show_the_slots_they_route_to() {
+    // Slots 0..8 on the server; the ids' low bits (where the slot hides) look unrelated.
+    let mut server = Endpoint::new(server_config(5)).expect("config");
+    let server_addr: std::net::SocketAddr = "10.0.0.1:4000".parse().expect("addr");
+    let mut low_bits = Vec::new();
+    for n in 0..8u16 {
+        let client_addr: std::net::SocketAddr =
+            format!("10.0.1.{}:5000", n + 1).parse().expect("addr");
+        let mut client = Endpoint::new(client_config(100 + u64::from(n))).expect("config");
+        let now = Instant::ZERO;
+        let conn = client.connect(now, server_addr, b"hi").expect("connect");
+        let mut buf = [0u8; 1500];
+        let mut id = None;
+        for _ in 0..6 {
+            while let Some(t) = client.poll_transmit(now, &mut buf) {
+                if buf[0] == 0x36 {
+                    id = Some(u64::from_be_bytes(buf[1..9].try_into().expect("8 bytes")));
+                }
+                server.handle_datagram(now, client_addr, &buf[..t.len]);
+            }
+            while let Some(t) = server.poll_transmit(now, &mut buf) {
+                client.handle_datagram(now, server_addr, &buf[..t.len]);
+            }
+            client.send(conn, 2, &b"x"[..]).ok();
+        }
+        low_bits.push(id.expect("a data packet") & 0xF_FFFF);
+    }
+    assert_eq!(server.connection_count(), 8);
+    let in_order = low_bits.iter().enumerate().all(|(i, &b)| b == i as u64);
+    let small = low_bits.iter().filter(|&&b| b < 8).count();
+    assert!(!in_order && small < 3, "{low_bits:x?}");
+}

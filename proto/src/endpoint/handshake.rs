@@ -329,7 +329,7 @@ impl Endpoint {
             self.stats.drops.add(DropReason::ConnectionTableFull);
             return;
         };
-        let connection_id = self.next_connection_id();
+        let connection_id = self.next_connection_id(self.next_slot_index());
         let accept = Packet::Accept {
             client_nonce: nonce,
             connection_id,
@@ -362,6 +362,9 @@ impl Endpoint {
         }
         let accept = ControlBytes::from_slice(&out[..len]).unwrap_or_default();
         let (index, handle) = self.allocate_slot();
+        debug_assert!(
+            u64::from(index) > ID_INDEX_MASK || self.slot_of(connection_id) == index as usize
+        );
         let path_key = self.next_path_key();
         let mut conn = Box::new(Connection::new(
             &self.config,

@@ -51,6 +51,11 @@ const ARENA_MAX_SLAB: usize = 16 * 1024;
 /// 14 MiB for nothing).
 const ARENA_GROW_WITHIN: core::time::Duration = core::time::Duration::from_millis(250);
 
+/// Low bits of a connection id this endpoint chose that hold its slot index (see
+/// `next_connection_id`). 20 bits: room for every slot `max_connections` allows.
+const ID_INDEX_BITS: u32 = 20;
+const ID_INDEX_MASK: u64 = (1 << ID_INDEX_BITS) - 1;
+
 /// A connection attempt, as shown to the accept hook.
 #[derive(Clone, Copy, Debug)]
 pub struct ConnectRequest<'a> {
@@ -202,6 +207,8 @@ pub struct Endpoint {
     prf: Prf,
     nonces: Sequence,
     connection_ids: Sequence,
+    /// Hides the slot index in the connection ids this endpoint chooses (odd).
+    slot_key: u64,
     /// Connections created, for each one's own path-token key.
     connections_created: u64,
     hasher: SeededState,
@@ -280,6 +287,7 @@ impl Endpoint {
             prf,
             nonces: Sequence::new(Domain::Nonce),
             connection_ids: Sequence::new(Domain::ConnectionId),
+            slot_key: prf.u64(Domain::SlotKey, 0) | 1,
             connections_created: 0,
             hasher,
             slots: Vec::new(),
@@ -1310,16 +1318,49 @@ impl Endpoint {
         self.prf.derive(Domain::PathKey, self.connections_created)
     }
 
-    /// A fresh connection id: 64 unpredictable bits, never 0, never one in use.
-    fn next_connection_id(&mut self) -> u64 {
+    /// A fresh connection id for the connection that will take slot `index`: 44 unpredictable
+    /// bits, and 20 that are the index masked by a keyed function of those 44 (see
+    /// [`slot_of`](Self::slot_of)), so its packets find their slot without a hash lookup
+    /// while the id shows nothing of the slot to anyone without the key. Never 0, never one
+    /// in use.
+    fn next_connection_id(&mut self, index: u32) -> u64 {
         loop {
-            let id = self.connection_ids.next(&self.prf);
+            let random = self.connection_ids.next(&self.prf);
+            let id = if u64::from(index) <= ID_INDEX_MASK {
+                let high = random & !ID_INDEX_MASK;
+                high | (u64::from(index) ^ self.slot_mask(high))
+            } else {
+                random
+            };
             if id != 0 && !self.by_id.contains_key(&id) {
                 return id;
             }
         }
     }
 
+    /// The slot an id this endpoint chose names (any other id names some slot too: routing
+    /// compares the whole id).
+    fn slot_of(&self, connection_id: u64) -> usize {
+        let high = connection_id & !ID_INDEX_MASK;
+        ((connection_id ^ self.slot_mask(high)) & ID_INDEX_MASK) as usize
+    }
+
+    /// The keyed mask over an id's low bits: the top 20 bits of its high bits times a secret
+    /// odd number. Why hide the slot at all: an off-path guesser who could aim at occupied
+    /// slots would need 2^44 guesses per hit, against 2^64 / connections when it cannot.
+    fn slot_mask(&self, high: u64) -> u64 {
+        high.wrapping_mul(self.slot_key) >> (64 - ID_INDEX_BITS)
+    }
+
+    /// The index `allocate_slot` hands out next.
+    fn next_slot_index(&self) -> u32 {
+        self.free_slots
+            .last()
+            .copied()
+            .unwrap_or(self.slots.len() as u32)
+    }
+
+    /// Takes a free slot (the one `next_slot_index` named).
     fn allocate_slot(&mut self) -> (u32, ConnectionHandle) {
         let index = self.free_slots.pop().unwrap_or_else(|| {
             self.slots.push(Slot::default());
@@ -1496,7 +1537,17 @@ impl Endpoint {
         connection_id: u64,
         datagram_len: usize,
     ) -> Option<(u32, Box<Connection>)> {
-        let Some(index) = self.by_id.get(&connection_id).copied() else {
+        // An id we chose names its slot; one the peer chose (we are its client) is looked up.
+        let slot = self.slot_of(connection_id);
+        let routed = self
+            .slots
+            .get(slot)
+            .and_then(|s| s.conn.as_deref())
+            .is_some_and(|c| c.connection_id == connection_id);
+        let Some(index) = routed
+            .then_some(slot as u32)
+            .or_else(|| self.by_id.get(&connection_id).copied())
+        else {
             match self.by_addr.get(&from).and_then(|&i| self.slot_conn(i)) {
                 // Our handshake with `from` is under way: the packet overtook its Accept.
                 Some(c) if !c.is_connected() => self.stats.drops.add(DropReason::EarlyPacket),
