@@ -3,11 +3,10 @@
 //! the poll/handle API every driver runs.
 
 use alloc::boxed::Box;
-use alloc::collections::{BinaryHeap, VecDeque};
+use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 use bytes::{Bytes, BytesMut};
 use core::any::Any;
-use core::cmp::Reverse;
 use core::net::SocketAddr;
 
 use crate::config::{Config, ConfigError};
@@ -31,6 +30,9 @@ use crate::wire::{self, CloseCode, Cookie, DecodeError, Packet, RejectCode, COOK
 
 pub(crate) mod events;
 mod handshake;
+mod wheel;
+
+use wheel::{Wakeup, Wakeups};
 
 use events::EventQueue;
 pub(crate) use handshake::wire_budget;
@@ -225,7 +227,7 @@ pub struct Endpoint {
     events: EventQueue,
     /// Handshake replies and close notices (packets with no connection state behind them).
     control: VecDeque<(SocketAddr, ControlBytes)>,
-    wakeups: BinaryHeap<Reverse<(Instant, u32, u32)>>,
+    wakeups: Wakeups,
     dirty: VecDeque<u32>,
     arena: BytesMut,
     /// Size of the arena's next slab.
@@ -299,7 +301,7 @@ impl Endpoint {
             relay: None,
             events: EventQueue::default(),
             control: VecDeque::new(),
-            wakeups: BinaryHeap::new(),
+            wakeups: Wakeups::default(),
             dirty: VecDeque::new(),
             arena: BytesMut::new(),
             arena_slab: ARENA_FIRST_SLAB,
@@ -1083,11 +1085,13 @@ impl Endpoint {
     /// timeouts. Safe to call at any time; it only acts on what is due.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.advance_time(now);
-        while let Some(Reverse((at, index, generation))) = self.wakeups.peek().copied() {
-            if at > now {
-                break;
-            }
-            self.wakeups.pop();
+        while let Some(Wakeup {
+            at,
+            index,
+            generation,
+        }) = self.wakeups.pop_due(now.as_micros())
+        {
+            let at = Instant::from_micros(at);
             let slot = &mut self.slots[index as usize];
             if slot.generation != generation {
                 continue;
@@ -1260,7 +1264,7 @@ impl Endpoint {
     /// When `handle_timeout` should next be called, if anything is scheduled. It may be
     /// earlier than strictly needed (a timer that was since pushed back); that is harmless.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.wakeups.peek().map(|Reverse((t, ..))| *t)
+        self.wakeups.next_deadline().map(Instant::from_micros)
     }
 
     // ------------------------------------------------------------------ internals
@@ -1409,8 +1413,15 @@ impl Endpoint {
         if let Some(at) = conn.next_timeout() {
             if conn.scheduled.is_none_or(|s| at < s) {
                 conn.scheduled = Some(at);
-                self.wakeups
-                    .push(Reverse((at, index, self.slots[index as usize].generation)));
+                let generation = self.slots[index as usize].generation;
+                self.wakeups.insert(
+                    Wakeup {
+                        at: at.as_micros(),
+                        index,
+                        generation,
+                    },
+                    self.last_now.as_micros(),
+                );
             }
         }
         self.slots[index as usize].conn = Some(conn);
@@ -1427,10 +1438,14 @@ impl Endpoint {
             .enumerate()
             .filter_map(|(i, s)| {
                 let c = s.conn.as_ref()?;
-                Some(Reverse((c.scheduled?, i as u32, s.generation)))
+                Some(Wakeup {
+                    at: c.scheduled?.as_micros(),
+                    index: i as u32,
+                    generation: s.generation,
+                })
             })
             .collect();
-        self.wakeups = BinaryHeap::from(entries);
+        self.wakeups.rebuild(entries, self.last_now.as_micros());
     }
 
     fn reap(&mut self, index: u32, mut conn: Box<Connection>, reason: DisconnectReason) {

@@ -1,0 +1,443 @@
+//! The endpoint's wake-ups: a hierarchical timer wheel, so scheduling and firing a
+//! connection's wake-up costs the same with ten connections as with ten thousand.
+//!
+//! Level `k` has 64 slots of 64^k µs each: level 0 slots are single microseconds, level 6
+//! spans 2^42 µs (about 50 days). An entry sits at the lowest level whose slot cannot also
+//! hold the wheel's current time, so everything at level `k` comes before everything at
+//! level `k + 1`, and within a level the slots run in time order from the current one. When
+//! time reaches a slot of level `k > 0`, its entries move down to finer levels, each by its
+//! own deadline; an entry moves at most once per level.
+//!
+//! Each slot keeps its earliest deadline, so [`TimerWheel::next_deadline`] is exact: a
+//! driver is never woken early for a coarse slot. Entries are never removed before they
+//! fire; the endpoint recognises stale ones (a connection rescheduled or gone) when they do,
+//! and rebuilds its wake-ups when stale entries pile up.
+//!
+//! A wheel's slots take about 14 KiB; an endpoint with a few connections (every client)
+//! keeps its wake-ups in a binary heap instead, and moves them to a wheel once it holds
+//! [`WHEEL_FROM`] ([`Wakeups`]).
+
+use alloc::boxed::Box;
+use alloc::collections::BinaryHeap;
+use alloc::vec::Vec;
+use core::cmp::Reverse;
+
+/// Entries from which wake-ups move from the heap to a wheel.
+const WHEEL_FROM: usize = 256;
+
+/// Bits of a deadline each level covers.
+const SLOT_BITS: u32 = 6;
+const SLOTS: usize = 1 << SLOT_BITS;
+const LEVELS: usize = 7;
+/// The span of the top level's slots (2^42 µs): entries in a later span wait aside.
+/// The endpoint's wake-ups: a binary heap while few, a [`TimerWheel`] from [`WHEEL_FROM`].
+#[derive(Debug, Default)]
+pub(crate) struct Wakeups {
+    heap: BinaryHeap<Reverse<Wakeup>>,
+    wheel: Option<Box<TimerWheel>>,
+}
+
+impl Wakeups {
+    /// Entries held, stale ones included.
+    pub(crate) fn len(&self) -> usize {
+        match &self.wheel {
+            Some(wheel) => wheel.len(),
+            None => self.heap.len(),
+        }
+    }
+
+    /// Schedules `w`; `now` is the endpoint's current time.
+    pub(crate) fn insert(&mut self, w: Wakeup, now: u64) {
+        match &mut self.wheel {
+            Some(wheel) => wheel.insert(w),
+            None => {
+                self.heap.push(Reverse(w));
+                if self.heap.len() >= WHEEL_FROM {
+                    let mut wheel = Box::new(TimerWheel::starting_at(now));
+                    for Reverse(w) in core::mem::take(&mut self.heap) {
+                        wheel.insert(w);
+                    }
+                    self.wheel = Some(wheel);
+                }
+            }
+        }
+    }
+
+    /// The earliest deadline held, if any.
+    pub(crate) fn next_deadline(&self) -> Option<u64> {
+        match &self.wheel {
+            Some(wheel) => wheel.next_deadline(),
+            None => self.heap.peek().map(|Reverse(w)| w.at),
+        }
+    }
+
+    /// The next entry due at `now`, if any.
+    pub(crate) fn pop_due(&mut self, now: u64) -> Option<Wakeup> {
+        match &mut self.wheel {
+            Some(wheel) => wheel.pop_due(now),
+            None => {
+                if self.heap.peek().is_some_and(|Reverse(w)| w.at <= now) {
+                    self.heap.pop().map(|Reverse(w)| w)
+                } else {
+                    None
+                }
+            }
+        }
+    }
+
+    /// Replaces every entry with `live` (the rebuild that drops stale entries): a heap again
+    /// when few are left.
+    pub(crate) fn rebuild(&mut self, live: Vec<Wakeup>, now: u64) {
+        if live.len() < WHEEL_FROM / 2 {
+            self.wheel = None;
+            self.heap = live.into_iter().map(Reverse).collect();
+        } else {
+            let mut wheel = Box::new(TimerWheel::starting_at(now));
+            for w in live {
+                wheel.insert(w);
+            }
+            self.wheel = Some(wheel);
+            self.heap = BinaryHeap::new();
+        }
+    }
+}
+
+#[cfg(test)]
+const SPAN: u64 = 1 << (SLOT_BITS as usize * LEVELS);
+
+/// A scheduled wake-up: when, and the connection slot and generation it is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Wakeup {
+    pub(crate) at: u64,
+    pub(crate) index: u32,
+    pub(crate) generation: u32,
+}
+
+#[derive(Debug)]
+struct Level {
+    /// Bit `s` set: slot `s` holds entries.
+    occupied: u64,
+    slots: [Vec<Wakeup>; SLOTS],
+    /// Each slot's earliest deadline (`u64::MAX` when empty).
+    earliest: [u64; SLOTS],
+}
+
+impl Default for Level {
+    fn default() -> Self {
+        Level {
+            occupied: 0,
+            slots: core::array::from_fn(|_| Vec::new()),
+            earliest: [u64::MAX; SLOTS],
+        }
+    }
+}
+
+/// Wake-ups by deadline (µs); see the module's docs.
+#[derive(Debug)]
+pub(crate) struct TimerWheel {
+    /// The wheel's current time: every entry in a slot is later than it.
+    elapsed: u64,
+    levels: Vec<Level>,
+    /// Entries found due, waiting to be popped.
+    due: Vec<Wakeup>,
+    /// Entries beyond the top level's current span (50 days and more ahead).
+    far: Vec<Wakeup>,
+    len: usize,
+}
+
+impl TimerWheel {
+    /// An empty wheel whose time is `now`.
+    pub(crate) fn starting_at(now: u64) -> Self {
+        TimerWheel {
+            elapsed: now,
+            levels: (0..LEVELS).map(|_| Level::default()).collect(),
+            due: Vec::new(),
+            far: Vec::new(),
+            len: 0,
+        }
+    }
+
+    /// Entries held, stale ones included.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Schedules `w`. One due already (at or before the wheel's time) is popped next.
+    pub(crate) fn insert(&mut self, w: Wakeup) {
+        self.len += 1;
+        self.place(w);
+    }
+
+    fn place(&mut self, w: Wakeup) {
+        if w.at <= self.elapsed {
+            self.due.push(w);
+            return;
+        }
+        let level = level_for(self.elapsed, w.at);
+        if level >= LEVELS {
+            self.far.push(w);
+            return;
+        }
+        let slot = slot_for(w.at, level);
+        let l = &mut self.levels[level];
+        l.occupied |= 1 << slot;
+        l.slots[slot].push(w);
+        l.earliest[slot] = l.earliest[slot].min(w.at);
+    }
+
+    /// The earliest deadline held (stale entries included), if any.
+    pub(crate) fn next_deadline(&self) -> Option<u64> {
+        if let Some(min) = self.due.iter().map(|w| w.at).min() {
+            return Some(min);
+        }
+        match self.next_slot() {
+            Some((level, slot)) => Some(self.levels[level].earliest[slot]),
+            None => self.far.iter().map(|w| w.at).min(),
+        }
+    }
+
+    /// The next entry due at `now` (deadline at or before it), or `None` when nothing is;
+    /// moves the wheel's time to `now`. Entries due together come in no particular order.
+    pub(crate) fn pop_due(&mut self, now: u64) -> Option<Wakeup> {
+        loop {
+            if let Some(w) = self.due.pop() {
+                self.len -= 1;
+                return Some(w);
+            }
+            let Some((level, slot)) = self.next_slot() else {
+                // The levels are empty: time may jump, and far entries come into reach.
+                self.elapsed = self.elapsed.max(now);
+                let far = core::mem::take(&mut self.far);
+                let waiting = far.len();
+                for w in far {
+                    self.place(w);
+                }
+                if self.far.len() == waiting {
+                    return None;
+                }
+                continue;
+            };
+            let start = self.slot_start(level, slot);
+            if start > now {
+                // Everything held is later than `now`; the slots stay valid for a time
+                // between `elapsed` and the next slot's start.
+                self.elapsed = self.elapsed.max(now);
+                return None;
+            }
+            self.elapsed = self.elapsed.max(start);
+            let l = &mut self.levels[level];
+            l.occupied &= !(1 << slot);
+            l.earliest[slot] = u64::MAX;
+            let mut entries = core::mem::take(&mut l.slots[slot]);
+            for w in entries.drain(..) {
+                if w.at <= now {
+                    self.due.push(w);
+                } else {
+                    self.place(w);
+                }
+            }
+            // Keep the slot's room unless entries were placed back into it.
+            let l = &mut self.levels[level];
+            if l.slots[slot].is_empty() {
+                l.slots[slot] = entries;
+            }
+        }
+    }
+
+    /// The first occupied slot of the lowest occupied level: it holds the earliest entries.
+    fn next_slot(&self) -> Option<(usize, usize)> {
+        self.levels.iter().enumerate().find_map(|(level, l)| {
+            // Occupied slots are never before the current one (see `place`).
+            let from = slot_for(self.elapsed, level);
+            let ahead = l.occupied & (u64::MAX << from);
+            (ahead != 0).then(|| (level, ahead.trailing_zeros() as usize))
+        })
+    }
+
+    /// When slot `slot` of `level` begins, in the current block of that level.
+    fn slot_start(&self, level: usize, slot: usize) -> u64 {
+        let width_bits = SLOT_BITS as usize * level;
+        let block_bits = width_bits + SLOT_BITS as usize;
+        let block_start = self.elapsed & !((1u64 << block_bits) - 1);
+        block_start + ((slot as u64) << width_bits)
+    }
+}
+
+/// The level for a deadline `at` later than `elapsed`: the highest 6-bit group in which they
+/// differ.
+fn level_for(elapsed: u64, at: u64) -> usize {
+    let differing = (elapsed ^ at) | (SLOTS as u64 - 1);
+    let significant = 63 - differing.leading_zeros() as usize;
+    significant / SLOT_BITS as usize
+}
+
+fn slot_for(at: u64, level: usize) -> usize {
+    ((at >> (SLOT_BITS as usize * level)) & (SLOTS as u64 - 1)) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::collections::BinaryHeap;
+    use core::cmp::Reverse;
+    use proptest::prelude::*;
+
+    fn w(at: u64, index: u32) -> Wakeup {
+        Wakeup {
+            at,
+            index,
+            generation: 0,
+        }
+    }
+
+    fn drain(wheel: &mut TimerWheel, now: u64) -> Vec<u64> {
+        let mut out: Vec<u64> = core::iter::from_fn(|| wheel.pop_due(now))
+            .map(|w| w.at)
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
+    #[test]
+    fn entries_fire_at_their_deadline_and_not_before() {
+        let mut wheel = TimerWheel::starting_at(0);
+        for at in [5, 70, 4_000, 300_000, 20_000_000, 3_000_000_000] {
+            wheel.insert(w(at, 0));
+        }
+        assert_eq!(wheel.next_deadline(), Some(5));
+        assert_eq!(drain(&mut wheel, 4), Vec::<u64>::new());
+        assert_eq!(drain(&mut wheel, 5), vec![5]);
+        // Each next deadline is exact, whatever level holds it.
+        for at in [70, 4_000, 300_000, 20_000_000, 3_000_000_000] {
+            assert_eq!(wheel.next_deadline(), Some(at));
+            assert_eq!(drain(&mut wheel, at - 1), Vec::<u64>::new());
+            assert_eq!(drain(&mut wheel, at), vec![at]);
+        }
+        assert_eq!(wheel.next_deadline(), None);
+        assert_eq!(wheel.len(), 0);
+    }
+
+    #[test]
+    fn a_deadline_beyond_the_span_waits_and_still_fires_on_time() {
+        let mut wheel = TimerWheel::starting_at(0);
+        let far = 3 * SPAN + 17;
+        wheel.insert(w(far, 1));
+        assert!(wheel.next_deadline().is_some_and(|t| t <= far));
+        let mut now = 0;
+        // Wake at every deadline the wheel names: a handful, never a busy loop.
+        let mut wakes = 0;
+        while let Some(t) = wheel.next_deadline() {
+            assert!(t > now || t == far, "no progress at {t}");
+            now = t;
+            wakes += 1;
+            if drain(&mut wheel, now) == vec![far] {
+                break;
+            }
+        }
+        assert_eq!(now, far);
+        assert!(wakes <= 8, "{wakes} wake-ups");
+    }
+
+    #[test]
+    fn an_entry_already_due_when_inserted_is_popped_next() {
+        let mut wheel = TimerWheel::starting_at(0);
+        assert_eq!(drain(&mut wheel, 1_000), Vec::<u64>::new());
+        wheel.insert(w(400, 2));
+        assert_eq!(wheel.next_deadline(), Some(400));
+        assert_eq!(drain(&mut wheel, 1_000), vec![400]);
+    }
+
+    /// What the property below needs of both structures.
+    trait Timers {
+        fn insert_at(&mut self, w: Wakeup, now: u64);
+        fn pop(&mut self, now: u64) -> Option<Wakeup>;
+        fn next(&self) -> Option<u64>;
+        fn held(&self) -> usize;
+    }
+
+    impl Timers for TimerWheel {
+        fn insert_at(&mut self, w: Wakeup, _now: u64) {
+            self.insert(w);
+        }
+        fn pop(&mut self, now: u64) -> Option<Wakeup> {
+            self.pop_due(now)
+        }
+        fn next(&self) -> Option<u64> {
+            self.next_deadline()
+        }
+        fn held(&self) -> usize {
+            self.len()
+        }
+    }
+
+    impl Timers for Wakeups {
+        fn insert_at(&mut self, w: Wakeup, now: u64) {
+            self.insert(w, now);
+        }
+        fn pop(&mut self, now: u64) -> Option<Wakeup> {
+            self.pop_due(now)
+        }
+        fn next(&self) -> Option<u64> {
+            self.next_deadline()
+        }
+        fn held(&self) -> usize {
+            self.len()
+        }
+    }
+
+    /// Against a binary heap: the same entries come out at the same times, and the next
+    /// deadline is always the earliest held.
+    fn fires_what_a_heap_would(
+        timers: &mut dyn Timers,
+        steps: Vec<(u64, u64, u8)>,
+    ) -> Result<(), TestCaseError> {
+        let mut heap = BinaryHeap::new();
+        let mut now = 0u64;
+        for (i, (scale, offset, action)) in steps.into_iter().enumerate() {
+            if action == 0 {
+                now += offset >> (scale * 4);
+                let mut expected = Vec::new();
+                while heap.peek().is_some_and(|Reverse(at)| *at <= now) {
+                    let Reverse(at) = heap.pop().expect("peeked");
+                    expected.push(at);
+                }
+                expected.sort_unstable();
+                let mut got: Vec<u64> = core::iter::from_fn(|| timers.pop(now))
+                    .map(|w| w.at)
+                    .collect();
+                got.sort_unstable();
+                prop_assert_eq!(got, expected);
+            } else {
+                // Mostly near deadlines, some far ones, some already due.
+                let at = now.saturating_sub(50) + (offset << (scale * 3));
+                let at = if action == 1 && scale == 4 {
+                    at << 20
+                } else {
+                    at
+                };
+                timers.insert_at(w(at, i as u32), now);
+                heap.push(Reverse(at));
+            }
+            prop_assert_eq!(timers.held(), heap.len());
+            let earliest = heap.peek().map(|Reverse(at)| *at);
+            prop_assert_eq!(timers.next(), earliest);
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #[test]
+        fn a_wheel_fires_exactly_what_a_heap_would(
+            steps in proptest::collection::vec((0u64..5, 0u64..2_000_000, 0u8..3), 1..300)
+        ) {
+            fires_what_a_heap_would(&mut TimerWheel::starting_at(0), steps)?;
+        }
+
+        #[test]
+        fn wakeups_fire_exactly_what_a_heap_would_before_and_after_taking_a_wheel(
+            steps in proptest::collection::vec((0u64..5, 0u64..2_000_000, 0u8..6), 200..700)
+        ) {
+            fires_what_a_heap_would(&mut Wakeups::default(), steps)?;
+        }
+    }
+}
