@@ -29,6 +29,8 @@ const WHEEL_FROM: usize = 256;
 const SLOT_BITS: u32 = 6;
 const SLOTS: usize = 1 << SLOT_BITS;
 const LEVELS: usize = 7;
+/// Entries' room a slot keeps once emptied.
+const KEEP_SLOT_ROOM: usize = 16;
 /// The span of the top level's slots (2^42 µs): entries in a later span wait aside.
 /// The endpoint's wake-ups: a binary heap while few, a [`TimerWheel`] from [`WHEEL_FROM`].
 #[derive(Debug, Default)]
@@ -236,9 +238,11 @@ impl TimerWheel {
                     self.place(w);
                 }
             }
-            // Keep the slot's room unless entries were placed back into it.
+            // Keep a small slot's room (unless entries were placed back into it): a slot
+            // that once held thousands would otherwise keep their room for good, in each of
+            // 448 slots.
             let l = &mut self.levels[level];
-            if l.slots[slot].is_empty() {
+            if l.slots[slot].is_empty() && entries.capacity() <= KEEP_SLOT_ROOM {
                 l.slots[slot] = entries;
             }
         }
