@@ -13,9 +13,11 @@
 //! | `SHOAL_BENCH_BIG_CLIENTS` | 10000 | clients of the second run (0 skips it) |
 //! | `SHOAL_BENCH_BIG_SECS` | 10 | simulated seconds of the second run |
 //! | `SHOAL_BENCH_SEED` | 1 | seed of both runs |
+//! | `SHOAL_BENCH_PROTECTION` | `encrypted` | `none` runs without packet protection |
 
 use std::time::{Duration, Instant};
 
+use shoal_proto::Protection;
 use shoal_sim::scenario::{run, ScenarioConfig};
 
 fn env_u64(name: &str, default: u64) -> u64 {
@@ -28,15 +30,16 @@ fn env_u64(name: &str, default: u64) -> u64 {
     }
 }
 
-fn bench(clients: u64, secs: u64, seed: u64) {
+fn bench(clients: u64, secs: u64, seed: u64, protection: Protection) {
     let config = ScenarioConfig {
         clients: clients as usize,
         duration: Duration::from_secs(secs),
         seed,
+        protection,
         ..ScenarioConfig::default()
     };
     println!(
-        "{clients} clients at {} Hz for {secs} simulated s (link: 40ms ±5ms, 1% loss; 64 KiB every 10 s per client)",
+        "{clients} clients at {} Hz for {secs} simulated s (link: 40ms ±5ms, 1% loss; 64 KiB every 10 s per client; {protection:?})",
         config.tick_rate
     );
     let started = Instant::now();
@@ -89,13 +92,22 @@ fn bench(clients: u64, secs: u64, seed: u64) {
 
 fn main() {
     let seed = env_u64("SHOAL_BENCH_SEED", 1);
+    let protection = match std::env::var("SHOAL_BENCH_PROTECTION").as_deref() {
+        Ok("none") => Protection::None,
+        Ok("encrypted") | Err(_) => Protection::Encrypted,
+        Ok(other) => {
+            eprintln!("SHOAL_BENCH_PROTECTION={other}: expected none or encrypted; encrypting");
+            Protection::Encrypted
+        }
+    };
     bench(
         env_u64("SHOAL_BENCH_CLIENTS", 1000),
         env_u64("SHOAL_BENCH_SECS", 60),
         seed,
+        protection,
     );
     let big = env_u64("SHOAL_BENCH_BIG_CLIENTS", 10_000);
     if big > 0 {
-        bench(big, env_u64("SHOAL_BENCH_BIG_SECS", 10), seed);
+        bench(big, env_u64("SHOAL_BENCH_BIG_SECS", 10), seed, protection);
     }
 }
