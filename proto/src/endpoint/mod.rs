@@ -219,8 +219,11 @@ pub struct Endpoint {
     live: usize,
     /// Handshake routing (and one connection per peer address).
     by_addr: HashMap<SocketAddr, u32>,
-    /// Routing of every packet after the handshake.
+    /// Routing of every packet after the handshake whose id does not name its slot (see
+    /// `slot_of`).
     by_id: HashMap<u64, u32>,
+    /// The slot `by_id` last gave (checked by whole id before the next lookup).
+    last_looked_up: u32,
     user_ids: UserIds,
     /// The hub connection and tunnel channel peer links travel through, if any.
     relay: Option<(ConnectionHandle, u8)>,
@@ -297,6 +300,7 @@ impl Endpoint {
             live: 0,
             by_addr: HashMap::with_hasher(hasher),
             by_id: HashMap::with_hasher(hasher),
+            last_looked_up: 0,
             user_ids: UserIds::new(),
             relay: None,
             events: EventQueue::default(),
@@ -1552,17 +1556,17 @@ impl Endpoint {
         connection_id: u64,
         datagram_len: usize,
     ) -> Option<(u32, Box<Connection>)> {
-        // An id we chose names its slot; one the peer chose (we are its client) is looked up.
-        let slot = self.slot_of(connection_id);
-        let routed = self
-            .slots
-            .get(slot)
-            .and_then(|s| s.conn.as_deref())
-            .is_some_and(|c| c.connection_id == connection_id);
-        let Some(index) = routed
-            .then_some(slot as u32)
-            .or_else(|| self.by_id.get(&connection_id).copied())
-        else {
+        // An id we chose names its slot. One the peer chose (we are its client) is looked
+        // up, unless it is the one last looked up: a client's only connection, mostly.
+        let index = [self.slot_of(connection_id) as u32, self.last_looked_up]
+            .into_iter()
+            .find(|&slot| self.routes(slot, connection_id))
+            .or_else(|| {
+                let index = self.by_id.get(&connection_id).copied()?;
+                self.last_looked_up = index;
+                Some(index)
+            });
+        let Some(index) = index else {
             match self.by_addr.get(&from).and_then(|&i| self.slot_conn(i)) {
                 // Our handshake with `from` is under way: the packet overtook its Accept.
                 Some(c) if !c.is_connected() => self.stats.drops.add(DropReason::EarlyPacket),
@@ -1580,6 +1584,14 @@ impl Endpoint {
             return None;
         };
         Some((index, self.slots[index as usize].conn.take()?))
+    }
+
+    /// Whether the connection in `slot` has the id `connection_id`.
+    fn routes(&self, slot: u32, connection_id: u64) -> bool {
+        self.slots
+            .get(slot as usize)
+            .and_then(|s| s.conn.as_deref())
+            .is_some_and(|c| c.connection_id == connection_id)
     }
 
     /// Tells `from` that `connection_id` names no connection here: a `Reject` carrying the
