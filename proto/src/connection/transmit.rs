@@ -85,6 +85,29 @@ impl Connection {
         }
     }
 
+    /// Whether [`poll_transmit`](Self::poll_transmit) at `now` could send something: the
+    /// endpoint visits a connection after handling its input only if so (a visit to a
+    /// connection with nothing to send is a cache miss for nothing; a packet of unreliable
+    /// messages leaves nothing to send at once). It must hold whenever `poll_transmit` would
+    /// send: every case that lets `data_packet` or `handshake_packet` go on is here, as is
+    /// any path candidate (rare; their challenges have conditions of their own). Whatever
+    /// becomes due later (the ack delay, pacing, probes) is a timer, whose firing marks the
+    /// connection again.
+    pub(crate) fn may_transmit(&self, now: Instant) -> bool {
+        match self.state {
+            State::Hello | State::Connecting { .. } => self.handshake_due,
+            State::Connected => {
+                self.transport.ack_now
+                    || self.timers.is_expired(Timer::Ack, now)
+                    || self.keepalive_due
+                    || self.transport.probes_due > 0
+                    || self.transport.full_ack_due
+                    || self.has_data_to_send()
+                    || self.transport.paths.has_candidates()
+            }
+        }
+    }
+
     fn data_packet(&mut self, now: Instant, out: &mut [u8], config: &Config) -> Option<usize> {
         let mtu = config.mtu.min(out.len());
         // Room for the tag protection appends.

@@ -1379,10 +1379,11 @@ impl Endpoint {
         (index, ConnectionHandle { index, generation })
     }
 
-    /// Puts a connection back after work on it: reaps it if it closed, otherwise marks it as
-    /// possibly having something to send and reschedules its wake-up.
+    /// Puts a connection back after work on it: reaps it if it closed, otherwise marks it
+    /// for a visit by `poll_transmit` if it may have something to send now
+    /// (`Connection::may_transmit`) and reschedules its wake-up.
     fn finish(&mut self, index: u32, mut conn: Box<Connection>) {
-        if conn.close.is_none() && !conn.in_dirty {
+        if conn.close.is_none() && !conn.in_dirty && conn.may_transmit(self.last_now) {
             conn.in_dirty = true;
             self.dirty.push_back(index);
         }

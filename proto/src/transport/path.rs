@@ -149,6 +149,11 @@ impl Paths {
     }
 
     /// When the next probe is due, if any.
+    /// Whether any address is being validated or probed.
+    pub(crate) fn has_candidates(&self) -> bool {
+        !self.candidates.is_empty()
+    }
+
     pub(crate) fn next_probe(&self) -> Option<Instant> {
         self.candidates
             .iter()
