@@ -12,8 +12,10 @@
 //! With `SHOAL_BROADCAST=1` the traffic goes the other way, for the send path: the clients
 //! send nothing and the server broadcasts a 32-byte unreliable message to every client each
 //! tick, so each `update` flushes one datagram per client (the server's sends are what
-//! batched I/O should make cheaper there); the figure is the server's CPU per datagram it
-//! sent. The read path is skipped then.
+//! batched I/O should make cheaper there); the figures are the server's CPU per datagram it
+//! sent and the wall time of the `flush` that sends each broadcast (building the datagrams,
+//! encrypting them and handing them to the socket) per datagram. The read path is skipped
+//! then.
 //!
 //! Run: `cargo bench -p shoal-std --bench many_clients`. Environment: `SHOAL_CLIENTS`
 //! (default 500; 0 runs the read path alone), `SHOAL_SECONDS` (measured time, default 5), `SHOAL_TICK_MS` (default 2; 0
@@ -53,6 +55,9 @@ struct ServerFigures {
     seconds: f64,
     datagrams: u64,
     sent: u64,
+    /// Wall time in `flush` right after each broadcast, and the datagrams it sent.
+    flush_ns: u64,
+    flushed: u64,
     messages: u64,
     cpu_ns: Option<u64>,
 }
@@ -69,9 +74,19 @@ fn run_server(
     let mut events = Vec::new();
     let mut messages = 0u64;
     let mut start = None;
+    let (mut flush_ns, mut flushed) = (0u64, 0u64);
     loop {
         if broadcast && phase.load(Ordering::Relaxed) != STOPPED {
             server.broadcast(UNRELIABLE, &[9u8; 32][..], None);
+            // The send path alone: building the tick's datagrams and handing them to the
+            // socket.
+            let sent_before = server.endpoint().stats().datagrams_sent;
+            let flush_start = Instant::now();
+            server.flush();
+            if start.is_some() {
+                flush_ns += flush_start.elapsed().as_nanos() as u64;
+                flushed += server.endpoint().stats().datagrams_sent - sent_before;
+            }
         }
         if tick.is_zero() {
             server.poll(Some(Duration::from_millis(5))).expect("poll");
@@ -107,6 +122,8 @@ fn run_server(
         seconds: t0.elapsed().as_secs_f64(),
         datagrams: stats.datagrams_received - d0,
         sent: stats.datagrams_sent - s0,
+        flush_ns,
+        flushed,
         messages,
         cpu_ns: c0.zip(thread_cpu_ns()).map(|(a, b)| b - a),
     }
@@ -273,6 +290,11 @@ fn main() {
             per_second(clients_received),
         );
         cpu_line(figures.sent, "sent");
+        println!(
+            "flush after each broadcast: {:.2} us per datagram sent (wall time, {} datagrams)",
+            figures.flush_ns as f64 / 1e3 / figures.flushed.max(1) as f64,
+            figures.flushed
+        );
         return;
     }
     println!(
