@@ -443,8 +443,8 @@ impl DriverCore {
 
     /// What [`flush_with`](Self::flush_with) does, writing `socket` (the driver's own, as
     /// for [`receive_batch`](Self::receive_batch)) as the [`io_mode`](Self::io_mode) says:
-    /// in batched mode up to [`SEND_BATCH`](crate::SEND_BATCH) datagrams per `sendmmsg`, in
-    /// portable mode one `send_to` per datagram. The datagrams leave in the same order, and
+    /// in batched mode up to [`SEND_BATCH`](crate::SEND_BATCH) datagrams per `sendmmsg` (a
+    /// lone datagram through `send_to`), in portable mode one `send_to` per datagram. The datagrams leave in the same order, and
     /// `WouldBlock` and send errors have the same effect, in both. Never waits.
     pub fn flush_batch<S: BatchSocket>(
         &mut self,
@@ -455,9 +455,13 @@ impl DriverCore {
         #[cfg(any(target_os = "linux", target_os = "android"))]
         if self.batch.is_some() {
             let was_blocked = self.outbox.is_blocked();
-            self.outbox.flush_batch(&mut self.endpoint, now, |batch| {
-                crate::send_batch::sendmmsg(socket, batch)
-            });
+            let mut send_to = send_to;
+            self.outbox
+                .flush_batch(&mut self.endpoint, now, |batch| match batch.get(0) {
+                    // One datagram: `sendmmsg` would cost as much, plus its headers.
+                    Some((datagram, to)) if batch.len() == 1 => send_to(datagram, to).map(|_| 1),
+                    _ => crate::send_batch::sendmmsg(socket, batch),
+                });
             self.count_block(was_blocked);
             return;
         }

@@ -11,13 +11,27 @@ use nix::sys::socket::{ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage};
 
 use crate::io_util::{SendBatch, SEND_BATCH};
 
+/// What `sendmmsg` needs besides the datagrams, allocated once per thread that sends in
+/// batches (about 10 KiB). It cannot live in the driver: the headers hold raw pointers, so
+/// they are not `Send`, and a driver must be (the background thread takes one). Between calls
+/// the headers point at nothing valid; each call sets every header it passes to the kernel.
+struct Scratch {
+    headers: MultiHeaders<SockaddrStorage>,
+    /// The destinations of the batch being sent (capacity `SEND_BATCH`).
+    addrs: Vec<Option<SockaddrStorage>>,
+}
+
+impl Scratch {
+    fn new() -> Self {
+        Scratch {
+            headers: MultiHeaders::preallocate(SEND_BATCH, None),
+            addrs: Vec::with_capacity(SEND_BATCH),
+        }
+    }
+}
+
 thread_local! {
-    /// The message headers `sendmmsg` fills, one per datagram, allocated once per thread that
-    /// sends in batches (about 6 KiB). They cannot live in the driver: they hold raw
-    /// pointers, so they are not `Send`, and a driver must be (the background thread takes
-    /// one). Between calls they point at nothing valid, and each call sets every header it
-    /// passes to the kernel before the call.
-    static HEADERS: RefCell<Option<MultiHeaders<SockaddrStorage>>> = const { RefCell::new(None) };
+    static SCRATCH: RefCell<Option<Scratch>> = const { RefCell::new(None) };
 }
 
 /// Sends the first [`SEND_BATCH`] datagrams of `batch` (or all, if fewer) on `socket` with one
@@ -25,21 +39,27 @@ thread_local! {
 /// when one of them failed: the error is reported when it is offered first, on the next
 /// call), or the error of the first datagram.
 pub(crate) fn sendmmsg(socket: &impl AsFd, batch: SendBatch<'_>) -> io::Result<usize> {
-    let count = batch.len().min(SEND_BATCH);
     let mut iovs: [[IoSlice<'_>; 1]; SEND_BATCH] = std::array::from_fn(|_| [IoSlice::new(&[])]);
-    let mut addrs: [Option<SockaddrStorage>; SEND_BATCH] = [None; SEND_BATCH];
-    for ((iov, addr), (datagram, to)) in iovs.iter_mut().zip(&mut addrs).zip(batch.iter()) {
+    let mut count = 0;
+    for (iov, (datagram, _)) in iovs.iter_mut().zip(batch.iter()) {
         *iov = [IoSlice::new(datagram)];
-        *addr = Some(SockaddrStorage::from(to));
+        count += 1;
     }
     let fd = socket.as_fd().as_raw_fd();
-    let send = |headers: &mut MultiHeaders<SockaddrStorage>| -> io::Result<usize> {
+    let send = |scratch: &mut Scratch| -> io::Result<usize> {
+        scratch.addrs.clear();
+        scratch.addrs.extend(
+            batch
+                .iter()
+                .take(count)
+                .map(|(_, to)| Some(SockaddrStorage::from(to))),
+        );
         let no_control: [ControlMessage<'_>; 0] = [];
         let sent = nix::sys::socket::sendmmsg(
             fd,
-            headers,
+            &mut scratch.headers,
             &iovs[..count],
-            &addrs[..count],
+            &scratch.addrs,
             no_control,
             MsgFlags::empty(),
         )?;
@@ -49,12 +69,11 @@ pub(crate) fn sendmmsg(socket: &impl AsFd, batch: SendBatch<'_>) -> io::Result<u
         // way.)
         Ok(sent.count())
     };
-    let preallocate = || MultiHeaders::preallocate(SEND_BATCH, None);
-    HEADERS
-        .try_with(|headers| send(headers.borrow_mut().get_or_insert_with(preallocate)))
+    SCRATCH
+        .try_with(|scratch| send(scratch.borrow_mut().get_or_insert_with(Scratch::new)))
         // The thread is being torn down (a driver dropped by a thread-local destructor):
-        // headers for this one call.
-        .unwrap_or_else(|_| send(&mut preallocate()))
+        // scratch for this one call.
+        .unwrap_or_else(|_| send(&mut Scratch::new()))
 }
 
 #[cfg(test)]
