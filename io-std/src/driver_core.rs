@@ -777,4 +777,44 @@ mod batch_tests {
             assert_eq!(core.endpoint().stats().datagrams_sent, 41, "{mode:?}");
         }
     }
+
+    #[test]
+    fn in_batched_mode_a_lone_datagram_takes_send_to_and_a_batch_takes_sendmmsg() {
+        let (mut core, socket, receiver) = core_with_waiting(IoMode::Batched, 0);
+        receiver.set_nonblocking(true).expect("non-blocking");
+        let to = receiver.local_addr().expect("address");
+        let now = core.now();
+        core.endpoint_mut().connect(now, to, b"").expect("connect");
+        let mut through_send_to = 0;
+        core.flush_batch(now, &socket, |d, to| {
+            through_send_to += 1;
+            socket.send_to(d, to)
+        });
+        assert_eq!(through_send_to, 1);
+
+        let others = [
+            UdpSocket::bind("127.0.0.1:0"),
+            UdpSocket::bind("127.0.0.1:0"),
+        ]
+        .map(|s| s.expect("bind"));
+        for other in &others {
+            let server = other.local_addr().expect("address");
+            core.endpoint_mut()
+                .connect(now, server, b"")
+                .expect("connect");
+        }
+        let mut through_send_to = 0;
+        core.flush_batch(now, &socket, |d, to| {
+            through_send_to += 1;
+            socket.send_to(d, to)
+        });
+        let expected = if cfg!(any(target_os = "linux", target_os = "android")) {
+            0
+        } else {
+            2
+        };
+        assert_eq!(through_send_to, expected);
+        assert_eq!(core.endpoint().stats().datagrams_sent, 3);
+        assert_eq!(core.stats().send_errors, 0);
+    }
 }
