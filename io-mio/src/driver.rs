@@ -47,8 +47,10 @@ pub const INTEREST: Interest = Interest::READABLE.add(Interest::WRITABLE);
 /// pass [`next_timeout`](Self::next_timeout) to `Poll::poll` (or fold it into your own
 /// timeout). mio is edge-triggered; the driver reads until the socket is empty (in batches
 /// of [`MAX_DATAGRAMS_PER_CALL`]; up to [`RECV_BATCH`](shoal_std::RECV_BATCH) per system
-/// call on Linux and Android if made with [`IoMode::Batched`]) and keeps one datagram
-/// back when sending would block, so no readiness is lost.
+/// call on Linux and Android if made with [`IoMode::Batched`]) and keeps the datagrams the
+/// socket refused back when sending would block (one, or up to
+/// [`SEND_BATCH`](shoal_std::SEND_BATCH) sent per `sendmmsg` in batched mode) until the
+/// next writable event, so no readiness is lost.
 ///
 /// The commands (`connect`, `send`, ...), the events (`poll_event`, `events`) and the
 /// getters (`local_addr`, `endpoint`, `stats`, ...) are [`DriverCore`]'s, shared with
@@ -77,8 +79,10 @@ impl MioDriver {
         Self::bind_with(addr, config, IoMode::default())
     }
 
-    /// [`bind`](Self::bind), reading the socket as `io_mode` says (`IoMode::Batched`: up to
-    /// [`RECV_BATCH`](shoal_std::RECV_BATCH) datagrams per system call on Linux and Android).
+    /// [`bind`](Self::bind), reading and writing the socket as `io_mode` says
+    /// (`IoMode::Batched`: up to [`RECV_BATCH`](shoal_std::RECV_BATCH) datagrams per read and
+    /// [`SEND_BATCH`](shoal_std::SEND_BATCH) per send, one system call each, on Linux and
+    /// Android).
     pub fn bind_with(
         addr: impl ToSocketAddrs,
         config: Config,
@@ -93,7 +97,7 @@ impl MioDriver {
         Self::from_std_with(socket, config, IoMode::default())
     }
 
-    /// [`from_std`](Self::from_std), reading the socket as `io_mode` says.
+    /// [`from_std`](Self::from_std), reading and writing the socket as `io_mode` says.
     pub fn from_std_with(
         socket: std::net::UdpSocket,
         config: Config,
@@ -181,7 +185,7 @@ impl MioDriver {
         Ok(())
     }
 
-    /// Sends the datagram kept back after a `WouldBlock`, then the rest of what is queued.
+    /// Sends the datagrams kept back after a `WouldBlock`, then the rest of what is queued.
     pub fn handle_writable(&mut self, now: std::time::Instant) {
         let now = self.core.clock_mut().at(now);
         self.flush_at(now);
@@ -232,7 +236,8 @@ impl MioDriver {
 
     fn flush_at(&mut self, now: Instant) {
         let socket = &self.socket;
-        self.core.flush_with(now, |d, to| socket.send_to(d, to));
+        self.core
+            .flush_batch(now, socket, |d, to| socket.send_to(d, to));
     }
 }
 

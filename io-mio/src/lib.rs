@@ -114,7 +114,7 @@ use shoal_std::clock;
 pub use driver::{MioDriver, INTEREST, MAX_DATAGRAMS_PER_CALL};
 pub use event_loop::{EventLoop, RunOutcome, DRIVER_TOKEN};
 // The driver parts shared with `shoal-std`: `MioDriver` dereferences to a `DriverCore`.
-pub use shoal_std::{DriverCore, DriverStats, IoMode, SendFailure, RECV_BATCH};
+pub use shoal_std::{DriverCore, DriverStats, IoMode, SendFailure, RECV_BATCH, SEND_BATCH};
 
 /// The `mio` crate this driver is built on (register in a `Poll` of this version).
 pub use mio;

@@ -9,11 +9,20 @@
 //! see `read_path`). The server then runs a frame loop: `update`, then sleep for a tick (2 ms by default), so the
 //! datagrams of a tick wait in the socket and are read together, as on a game server.
 //!
+//! With `SHOAL_BROADCAST=1` the traffic goes the other way, for the send path: the clients
+//! send nothing and the server broadcasts a 32-byte unreliable message to every client each
+//! tick, so each `update` flushes one datagram per client (the server's sends are what
+//! batched I/O should make cheaper there); the figures are the server's CPU per datagram it
+//! sent and the wall time of the `flush` that sends each broadcast (building the datagrams,
+//! encrypting them and handing them to the socket) per datagram. The read path is skipped
+//! then.
+//!
 //! Run: `cargo bench -p shoal-std --bench many_clients`. Environment: `SHOAL_CLIENTS`
 //! (default 500; 0 runs the read path alone), `SHOAL_SECONDS` (measured time, default 5), `SHOAL_TICK_MS` (default 2; 0
 //! drives the server with the blocking `poll` instead), `SHOAL_IO=batched` to run the
-//! server on the batched path (`recvmmsg`) instead of the portable one (one `recv_from` per
-//! datagram, the default).
+//! server on the batched path (`recvmmsg`, `sendmmsg`) instead of the portable one (one
+//! `recv_from` or `send_to` per datagram, the default), `SHOAL_BROADCAST=1` for the send
+//! path.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
@@ -45,17 +54,40 @@ fn thread_cpu_ns() -> Option<u64> {
 struct ServerFigures {
     seconds: f64,
     datagrams: u64,
+    sent: u64,
+    /// Wall time in `flush` right after each broadcast, and the datagrams it sent.
+    flush_ns: u64,
+    flushed: u64,
     messages: u64,
     cpu_ns: Option<u64>,
 }
 
 /// Drives the server as a game does: `update` once per tick of `tick` (zero: the blocking
 /// `poll`, woken by each datagram), so datagrams pile up between ticks and are read together.
-fn run_server(server: &mut Driver, phase: &AtomicU8, tick: Duration) -> ServerFigures {
+/// With `broadcast`, it first queues a 32-byte unreliable message to every client each tick.
+fn run_server(
+    server: &mut Driver,
+    phase: &AtomicU8,
+    tick: Duration,
+    broadcast: bool,
+) -> ServerFigures {
     let mut events = Vec::new();
     let mut messages = 0u64;
     let mut start = None;
+    let (mut flush_ns, mut flushed) = (0u64, 0u64);
     loop {
+        if broadcast && phase.load(Ordering::Relaxed) != STOPPED {
+            server.broadcast(UNRELIABLE, &[9u8; 32][..], None);
+            // The send path alone: building the tick's datagrams and handing them to the
+            // socket.
+            let sent_before = server.endpoint().stats().datagrams_sent;
+            let flush_start = Instant::now();
+            server.flush();
+            if start.is_some() {
+                flush_ns += flush_start.elapsed().as_nanos() as u64;
+                flushed += server.endpoint().stats().datagrams_sent - sent_before;
+            }
+        }
         if tick.is_zero() {
             server.poll(Some(Duration::from_millis(5))).expect("poll");
         } else {
@@ -71,18 +103,27 @@ fn run_server(server: &mut Driver, phase: &AtomicU8, tick: Duration) -> ServerFi
             WARMING => {}
             MEASURING => {
                 if start.is_none() {
-                    let datagrams = server.endpoint().stats().datagrams_received;
-                    start = Some((Instant::now(), datagrams, thread_cpu_ns()));
+                    let stats = server.endpoint().stats();
+                    start = Some((
+                        Instant::now(),
+                        stats.datagrams_received,
+                        stats.datagrams_sent,
+                        thread_cpu_ns(),
+                    ));
                 }
                 messages += received;
             }
             _ => break,
         }
     }
-    let (t0, d0, c0) = start.expect("the measurement started");
+    let (t0, d0, s0, c0) = start.expect("the measurement started");
+    let stats = server.endpoint().stats();
     ServerFigures {
         seconds: t0.elapsed().as_secs_f64(),
-        datagrams: server.endpoint().stats().datagrams_received - d0,
+        datagrams: stats.datagrams_received - d0,
+        sent: stats.datagrams_sent - s0,
+        flush_ns,
+        flushed,
         messages,
         cpu_ns: c0.zip(thread_cpu_ns()).map(|(a, b)| b - a),
     }
@@ -136,21 +177,24 @@ fn main() {
     let clients_wanted: usize = env_or("SHOAL_CLIENTS", 500);
     let seconds: u64 = env_or("SHOAL_SECONDS", 5);
     let tick = Duration::from_millis(env_or("SHOAL_TICK_MS", 2));
+    let broadcast = env_or("SHOAL_BROADCAST", 0u8) != 0;
     let io_mode = match std::env::var("SHOAL_IO").as_deref() {
         Ok("batched") => IoMode::Batched,
         _ => IoMode::Portable,
     };
-    let (rate, cpu) = read_path(io_mode, seconds);
-    println!(
-        "read path, server io {:?}: {rate:.0} datagrams/s read, {} per datagram",
-        Driver::bind_with("127.0.0.1:0", Config::default(), io_mode)
-            .expect("bind")
-            .io_mode(),
-        cpu.map_or("CPU n/a".to_string(), |ns| format!(
-            "{:.2} us CPU",
-            ns / 1e3
-        )),
-    );
+    if !broadcast {
+        let (rate, cpu) = read_path(io_mode, seconds);
+        println!(
+            "read path, server io {:?}: {rate:.0} datagrams/s read, {} per datagram",
+            Driver::bind_with("127.0.0.1:0", Config::default(), io_mode)
+                .expect("bind")
+                .io_mode(),
+            cpu.map_or("CPU n/a".to_string(), |ns| format!(
+                "{:.2} us CPU",
+                ns / 1e3
+            )),
+        );
+    }
 
     if clients_wanted == 0 {
         return;
@@ -161,7 +205,8 @@ fn main() {
     let effective = server.io_mode();
     let phase = Arc::new(AtomicU8::new(WARMING));
     let server_phase = Arc::clone(&phase);
-    let server_thread = std::thread::spawn(move || run_server(&mut server, &server_phase, tick));
+    let server_thread =
+        std::thread::spawn(move || run_server(&mut server, &server_phase, tick, broadcast));
 
     let mut clients: Vec<(Driver, ConnectionHandle)> = (0..clients_wanted)
         .map(|_| {
@@ -190,6 +235,7 @@ fn main() {
     let payload = [7u8; 32];
     let mut sent = 0u64;
     let mut sent_at_start = 0;
+    let mut clients_received = 0u64;
     let started = Instant::now();
     loop {
         let elapsed = started.elapsed();
@@ -201,24 +247,59 @@ fn main() {
             phase.store(STOPPED, Ordering::Relaxed);
             break;
         }
-        for (client, conn) in &mut clients {
-            if client.send(*conn, UNRELIABLE, payload.to_vec()).is_ok() {
-                sent += 1;
+        if !broadcast {
+            for (client, conn) in &mut clients {
+                if client.send(*conn, UNRELIABLE, payload.to_vec()).is_ok() {
+                    sent += 1;
+                }
+                client.flush();
             }
-            client.flush();
         }
         for (client, _) in &mut clients {
             client.update().expect("update");
-            client.events().for_each(drop);
+            let arrived = client
+                .events()
+                .filter(|e| matches!(e, Event::Message { .. }))
+                .count();
+            if phase.load(Ordering::Relaxed) == MEASURING {
+                clients_received += arrived as u64;
+            }
         }
     }
     let sent = sent - sent_at_start;
     let figures = server_thread.join().expect("server thread");
 
     let per_second = |n: u64| n as f64 / figures.seconds;
+    let cpu_line = |n: u64, what: &str| match figures.cpu_ns {
+        Some(ns) => println!(
+            "server thread CPU: {:.2} us per datagram {what} ({:.0}% of one core)",
+            ns as f64 / 1e3 / n.max(1) as f64,
+            100.0 * ns as f64 / 1e9 / figures.seconds
+        ),
+        None => println!("server thread CPU: not available on this platform"),
+    };
+    if broadcast {
+        println!(
+            "{} clients, server io {:?}, tick {:?}, server broadcasts: {:.0} datagrams/s sent by \
+             the server ({:.0} read), {:.0} messages/s delivered to the clients",
+            clients.len(),
+            effective,
+            tick,
+            per_second(figures.sent),
+            per_second(figures.datagrams),
+            per_second(clients_received),
+        );
+        cpu_line(figures.sent, "sent");
+        println!(
+            "flush after each broadcast: {:.2} us per datagram sent (wall time, {} datagrams)",
+            figures.flush_ns as f64 / 1e3 / figures.flushed.max(1) as f64,
+            figures.flushed
+        );
+        return;
+    }
     println!(
         "{} clients, server io {:?}, tick {:?}: {:.0} datagrams/s read by the server, {:.0} messages/s \
-         delivered ({:.0} sent/s, {:.1}% arrived)",
+         delivered ({:.0} sent/s, {:.1}% arrived); {:.0} datagrams/s sent by the server",
         clients.len(),
         effective,
         tick,
@@ -226,13 +307,7 @@ fn main() {
         per_second(figures.messages),
         per_second(sent),
         100.0 * figures.messages as f64 / sent.max(1) as f64,
+        per_second(figures.sent),
     );
-    match figures.cpu_ns {
-        Some(ns) => println!(
-            "server thread CPU: {:.2} us per datagram read ({:.0}% of one core)",
-            ns as f64 / 1e3 / figures.datagrams.max(1) as f64,
-            100.0 * ns as f64 / 1e9 / figures.seconds
-        ),
-        None => println!("server thread CPU: not available on this platform"),
-    }
+    cpu_line(figures.datagrams, "read");
 }

@@ -38,15 +38,16 @@ pub const BLOCKED_SEND_RETRY: Duration = Duration::from_millis(1);
 /// [`DriverCore`]'s, shared with `shoal-mio`: a `Driver` dereferences to its core, so they
 /// are called as `driver.send(..)` like its own methods.
 ///
-/// Reads are one `recv_from` per datagram ([`IoMode::Portable`], the default);
-/// [`bind_with`](Self::bind_with) with [`IoMode::Batched`] reads up to
-/// [`RECV_BATCH`](crate::RECV_BATCH) datagrams per `recvmmsg` on Linux and Android.
+/// Reads and sends are one `recv_from` or `send_to` per datagram ([`IoMode::Portable`], the
+/// default); [`bind_with`](Self::bind_with) with [`IoMode::Batched`] reads up to
+/// [`RECV_BATCH`](crate::RECV_BATCH) datagrams per `recvmmsg` and sends up to
+/// [`SEND_BATCH`](crate::SEND_BATCH) per `sendmmsg` on Linux and Android.
 /// [`io_mode`](DriverCore::io_mode) tells which is in effect.
 ///
 /// Buffers are allocated once, at [`bind`](Self::bind): a 64 KiB receive buffer, a
 /// transmit buffer of `Config::mtu` bytes, and in batched mode `RECV_BATCH` receive slots of
 /// 64 KiB (2 MiB of address space, of which only the pages datagrams were written to are
-/// backed by memory).
+/// backed by memory) and `SEND_BATCH` transmit slots of `Config::mtu` bytes.
 ///
 /// # The seed
 ///
@@ -68,8 +69,10 @@ impl Driver {
         Self::bind_with(addr, config, IoMode::default())
     }
 
-    /// [`bind`](Self::bind), reading the socket as `io_mode` says (`IoMode::Batched`: up to
-    /// [`RECV_BATCH`](crate::RECV_BATCH) datagrams per system call on Linux and Android).
+    /// [`bind`](Self::bind), reading and writing the socket as `io_mode` says
+    /// (`IoMode::Batched`: up to [`RECV_BATCH`](crate::RECV_BATCH) datagrams per read and
+    /// [`SEND_BATCH`](crate::SEND_BATCH) per send, one system call each, on Linux and
+    /// Android).
     pub fn bind_with(
         addr: impl ToSocketAddrs,
         config: Config,
@@ -84,7 +87,7 @@ impl Driver {
         Self::from_socket_with(socket, config, IoMode::default())
     }
 
-    /// [`from_socket`](Self::from_socket), reading the socket as `io_mode` says.
+    /// [`from_socket`](Self::from_socket), reading and writing the socket as `io_mode` says.
     pub fn from_socket_with(
         socket: UdpSocket,
         config: Config,
@@ -168,7 +171,8 @@ impl Driver {
     fn flush_at(&mut self, now: Instant) {
         let socket = &self.socket;
         // A full send buffer is not an error: `poll` retries soon, `update` next frame.
-        self.core.flush_with(now, |d, to| socket.send_to(d, to));
+        self.core
+            .flush_batch(now, socket, |d, to| socket.send_to(d, to));
     }
 
     /// Waits up to `wait` (`None`: forever) for one datagram and hands it to the endpoint.

@@ -14,7 +14,9 @@ use shoal_proto::{
 };
 
 use crate::clock::{endpoint_seed, os_secret_seed, unix_time, Clock};
-use crate::io_util::{recv_error_action, Outbox, RecvErrorAction, SendFailure, RECV_BUFFER_LEN};
+use crate::io_util::{
+    recv_error_action, Outbox, RecvErrorAction, SendFailure, RECV_BUFFER_LEN, SEND_BATCH,
+};
 use crate::recv_batch::{BatchReader, BatchSocket, IoMode};
 
 /// Counters of what the driver itself did with the socket (the endpoint keeps its own, see
@@ -28,8 +30,8 @@ pub struct DriverStats {
     pub last_send_error: Option<SendFailure>,
     /// ICMP errors reported by `recv_from` (`ConnectionReset`/`ConnectionRefused`), skipped.
     pub icmp_errors_ignored: u64,
-    /// Times a send hit `WouldBlock` and the datagram was kept for a later flush (with
-    /// `shoal-mio`, the next writable event).
+    /// Times a send hit `WouldBlock` and the unsent datagrams were kept for a later flush
+    /// (with `shoal-mio`, the next writable event).
     pub sends_blocked: u64,
 }
 
@@ -54,7 +56,9 @@ pub struct DriverStats {
 /// ```
 ///
 /// A driver of your own can be built on it the same way: own the socket and a `DriverCore`,
-/// and feed it with [`receive_one`](Self::receive_one) and [`flush_with`](Self::flush_with).
+/// and feed it with [`receive_one`](Self::receive_one) and [`flush_with`](Self::flush_with)
+/// (or, to honour [`IoMode`], [`receive_batch`](Self::receive_batch) and
+/// [`flush_batch`](Self::flush_batch)).
 #[derive(Debug)]
 pub struct DriverCore {
     local_addr: SocketAddr,
@@ -326,15 +330,31 @@ impl DriverCore {
     }
 
     /// Chooses how [`receive_batch`](Self::receive_batch) reads `socket`, the driver's own
-    /// socket (the one it goes on passing there). `Batched` sets the socket up for
-    /// `recvmmsg` through `quinn-udp` and allocates [`RECV_BATCH`](crate::RECV_BATCH)
-    /// receive slots of 64 KiB; where the platform or the socket cannot, and for
-    /// `Portable`, reads stay one `recv_from` per datagram. Returns the mode in effect.
+    /// socket (the one it goes on passing there), and how [`flush_batch`](Self::flush_batch)
+    /// writes it. `Batched` sets the socket up for `recvmmsg` through `quinn-udp`, allocates
+    /// [`RECV_BATCH`](crate::RECV_BATCH) receive slots of 64 KiB and
+    /// [`SEND_BATCH`](crate::SEND_BATCH) transmit slots of `Config::mtu` bytes; where the
+    /// platform or the socket cannot, and for `Portable`, reads and sends stay one
+    /// `recv_from` or `send_to` per datagram. Returns the mode in effect.
+    ///
+    /// While datagrams wait for room in the socket ([`is_send_blocked`](Self::is_send_blocked))
+    /// the transmit slots stay as they are, so none is lost; either size works with either
+    /// way of sending.
     pub fn set_io_mode(&mut self, mode: IoMode, socket: &impl BatchSocket) -> IoMode {
         self.batch = match mode {
             IoMode::Batched => BatchReader::new(socket).ok(),
             IoMode::Portable => None,
         };
+        let slots = match self.io_mode() {
+            IoMode::Batched => SEND_BATCH,
+            _ => 1,
+        };
+        if self.outbox.slots() != slots && !self.outbox.is_blocked() {
+            let mut outbox = Outbox::with_slots(self.endpoint.config().mtu, slots);
+            outbox.send_errors = self.outbox.send_errors;
+            outbox.last_send_error = self.outbox.last_send_error;
+            self.outbox = outbox;
+        }
         self.io_mode()
     }
 
@@ -406,9 +426,10 @@ impl DriverCore {
         open.len()
     }
 
-    /// Sends, through `send_to` (a non-blocking socket's `send_to`), the datagram kept back
-    /// after a `WouldBlock`, then what the endpoint has queued at `now`. A `WouldBlock` keeps
-    /// that datagram for the next call (see [`is_send_blocked`](Self::is_send_blocked)); any
+    /// Sends, through `send_to` (a non-blocking socket's `send_to`), one datagram per call,
+    /// the datagrams kept back after a `WouldBlock`, then what the endpoint has queued at
+    /// `now`. A `WouldBlock` keeps the datagram (and any after it already taken from the
+    /// endpoint) for the next call (see [`is_send_blocked`](Self::is_send_blocked)); any
     /// other send error drops it and is counted. Never waits.
     pub fn flush_with(
         &mut self,
@@ -417,6 +438,40 @@ impl DriverCore {
     ) {
         let was_blocked = self.outbox.is_blocked();
         self.outbox.flush(&mut self.endpoint, now, send_to);
+        self.count_block(was_blocked);
+    }
+
+    /// What [`flush_with`](Self::flush_with) does, writing `socket` (the driver's own, as
+    /// for [`receive_batch`](Self::receive_batch)) as the [`io_mode`](Self::io_mode) says:
+    /// in batched mode up to [`SEND_BATCH`](crate::SEND_BATCH) datagrams per `sendmmsg` (a
+    /// lone datagram through `send_to`), in portable mode one `send_to` per datagram. The datagrams leave in the same order, and
+    /// `WouldBlock` and send errors have the same effect, in both. Never waits.
+    pub fn flush_batch<S: BatchSocket>(
+        &mut self,
+        now: Instant,
+        socket: &S,
+        send_to: impl FnMut(&[u8], SocketAddr) -> io::Result<usize>,
+    ) {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        if self.batch.is_some() {
+            let was_blocked = self.outbox.is_blocked();
+            let mut send_to = send_to;
+            self.outbox
+                .flush_batch(&mut self.endpoint, now, |batch| match batch.get(0) {
+                    // One datagram: `sendmmsg` would cost as much, plus its headers.
+                    Some((datagram, to)) if batch.len() == 1 => send_to(datagram, to).map(|_| 1),
+                    _ => crate::send_batch::sendmmsg(socket, batch),
+                });
+            self.count_block(was_blocked);
+            return;
+        }
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        let _ = socket;
+        self.flush_with(now, send_to);
+    }
+
+    /// Counts a flush that left datagrams waiting when none were before it.
+    fn count_block(&mut self, was_blocked: bool) {
         if self.outbox.is_blocked() && !was_blocked {
             self.sends_blocked += 1;
         }
@@ -683,5 +738,83 @@ mod batch_tests {
                 "{mode:?}: but not delivered"
             );
         }
+    }
+
+    #[test]
+    fn a_flush_in_either_mode_sends_everything_but_what_the_socket_refuses() {
+        for mode in [IoMode::Batched, IoMode::Portable] {
+            let (mut core, socket, _) = core_with_waiting(mode, 0);
+            let receiver = UdpSocket::bind("0.0.0.0:0").expect("bind");
+            receiver.set_nonblocking(true).expect("non-blocking");
+            let port = receiver.local_addr().expect("address").port();
+            // 40 addresses that all reach `receiver` (127.0.0.1 to 127.0.0.40), and one
+            // the IPv4 socket cannot send to.
+            let v6 = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
+            let mut servers: Vec<SocketAddr> = (1..=40)
+                .map(|i| SocketAddr::from(([127, 0, 0, i], port)))
+                .collect();
+            servers.insert(20, v6);
+            let now = core.now();
+            for &server in &servers {
+                core.endpoint_mut()
+                    .connect(now, server, b"")
+                    .expect("connect");
+            }
+            core.flush_batch(now, &socket, |d, to| socket.send_to(d, to));
+            assert!(!core.is_send_blocked(), "{mode:?}");
+            let stats = core.stats();
+            assert_eq!(stats.send_errors, 1, "{mode:?}");
+            assert_eq!(stats.last_send_error.map(|f| f.to), Some(v6), "{mode:?}");
+            assert_eq!(stats.sends_blocked, 0, "{mode:?}");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            let mut buf = [0; 2048];
+            let mut arrived = 0;
+            while let Ok((_, from)) = receiver.recv_from(&mut buf) {
+                assert_eq!(from, core.local_addr(), "{mode:?}");
+                arrived += 1;
+            }
+            assert_eq!(arrived, 40, "{mode:?}");
+            assert_eq!(core.endpoint().stats().datagrams_sent, 41, "{mode:?}");
+        }
+    }
+
+    #[test]
+    fn in_batched_mode_a_lone_datagram_takes_send_to_and_a_batch_takes_sendmmsg() {
+        let (mut core, socket, receiver) = core_with_waiting(IoMode::Batched, 0);
+        receiver.set_nonblocking(true).expect("non-blocking");
+        let to = receiver.local_addr().expect("address");
+        let now = core.now();
+        core.endpoint_mut().connect(now, to, b"").expect("connect");
+        let mut through_send_to = 0;
+        core.flush_batch(now, &socket, |d, to| {
+            through_send_to += 1;
+            socket.send_to(d, to)
+        });
+        assert_eq!(through_send_to, 1);
+
+        let others = [
+            UdpSocket::bind("127.0.0.1:0"),
+            UdpSocket::bind("127.0.0.1:0"),
+        ]
+        .map(|s| s.expect("bind"));
+        for other in &others {
+            let server = other.local_addr().expect("address");
+            core.endpoint_mut()
+                .connect(now, server, b"")
+                .expect("connect");
+        }
+        let mut through_send_to = 0;
+        core.flush_batch(now, &socket, |d, to| {
+            through_send_to += 1;
+            socket.send_to(d, to)
+        });
+        let expected = if cfg!(any(target_os = "linux", target_os = "android")) {
+            0
+        } else {
+            2
+        };
+        assert_eq!(through_send_to, expected);
+        assert_eq!(core.endpoint().stats().datagrams_sent, 3);
+        assert_eq!(core.stats().send_errors, 0);
     }
 }

@@ -1,7 +1,8 @@
 //! Socket plumbing shared by Shoal's drivers (public so `shoal-mio` and your own drivers can
 //! use it), kept apart from sockets so it can be tested with fakes: the outbox that
-//! drains `poll_transmit` and keeps one datagram back when the socket is full, and the sorting
-//! of receive errors into "nothing to read", "try again", "ignore" and "fail".
+//! drains `poll_transmit`, one datagram or a batch at a time, and keeps back what the socket
+//! refused with `WouldBlock`, and the sorting of receive errors into "nothing to read", "try
+//! again", "ignore" and "fail".
 
 use std::io;
 use std::net::SocketAddr;
@@ -57,19 +58,76 @@ pub fn recv_error_action(kind: io::ErrorKind) -> RecvErrorAction {
 pub enum Flushed {
     /// Everything the endpoint had to send was sent (or dropped after a send error).
     All,
-    /// The socket's send buffer is full; one datagram waits in the outbox.
+    /// The socket's send buffer is full; the datagrams it refused wait in the outbox (one
+    /// in an outbox of one slot, up to a batch in a larger one), in order.
     Blocked,
 }
 
-/// The transmit buffer, and the one datagram in it that the socket refused with `WouldBlock`.
+/// Most datagrams one batched send hands to the socket (`sendmmsg` on Linux and Android in
+/// [`IoMode::Batched`](crate::IoMode::Batched)); the outbox of a batched driver has this many
+/// slots of `Config::mtu` bytes, allocated once.
+pub const SEND_BATCH: usize = 32;
+
+/// The transmit buffer: slots of `mtu` bytes that [`Endpoint::poll_transmit`] fills, and the
+/// datagrams in them the socket has not taken yet (refused with `WouldBlock`).
+///
+/// With one slot ([`new`](Self::new)) it sends one datagram per call of `send_to`, as the
+/// portable drivers do; with more ([`with_slots`](Self::with_slots)) it fills up to that
+/// many before each batched send ([`flush_batch`](Self::flush_batch)). Either way the
+/// datagrams leave in the order the endpoint gave them, and the same errors have the same
+/// effect.
 #[derive(Debug)]
 pub struct Outbox {
+    /// `slots` slots of `mtu` bytes; the datagram `queue[i]` is at the start of slot `i`.
     buf: Box<[u8]>,
-    pending: Option<Transmit>,
+    mtu: usize,
+    slots: usize,
+    /// Where the datagrams in the slots go and how long they are (capacity `slots`,
+    /// allocated once). `queue[head..]` are not sent yet.
+    queue: Vec<Transmit>,
+    head: usize,
     /// Datagrams the socket refused with an error other than `WouldBlock`/`Interrupted`.
     pub send_errors: u64,
     /// The last such error, with the OS error code and the destination.
     pub last_send_error: Option<SendFailure>,
+}
+
+/// The datagrams one batched send offers the socket, oldest first: the unsent part of an
+/// [`Outbox`]. The send function sends a prefix of them and says how long it was.
+#[derive(Clone, Copy, Debug)]
+pub struct SendBatch<'a> {
+    /// The slots from the first datagram of the batch on.
+    slots: &'a [u8],
+    mtu: usize,
+    queue: &'a [Transmit],
+}
+
+impl<'a> SendBatch<'a> {
+    /// How many datagrams the batch holds (at least one when a send function is called).
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Whether the batch holds no datagram (never, when a send function is called).
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// The `i`th datagram and its destination.
+    pub fn get(&self, i: usize) -> Option<(&'a [u8], SocketAddr)> {
+        let transmit = self.queue.get(i)?;
+        let slot = &self.slots[i * self.mtu..(i + 1) * self.mtu];
+        Some((&slot[..transmit.len.min(self.mtu)], transmit.to))
+    }
+
+    /// The datagrams and their destinations, in the order they must leave.
+    pub fn iter(&self) -> impl Iterator<Item = (&'a [u8], SocketAddr)> + 'a {
+        let (slots, mtu) = (self.slots, self.mtu);
+        self.queue
+            .iter()
+            .zip(slots.chunks(mtu.max(1)))
+            .map(|(t, slot)| (&slot[..t.len.min(slot.len())], t.to))
+    }
 }
 
 /// The first address `remote` resolves to in the family of a socket bound to `local`:
@@ -132,23 +190,41 @@ impl std::fmt::Display for SendFailure {
 }
 
 impl Outbox {
-    /// An outbox whose buffer holds datagrams of up to `mtu` bytes.
+    /// An outbox of one slot of `mtu` bytes: one datagram per send, as the portable drivers
+    /// send.
     pub fn new(mtu: usize) -> Self {
+        Self::with_slots(mtu, 1)
+    }
+
+    /// An outbox of `slots` slots (at least one) of `mtu` bytes each, for batched sends: a
+    /// flush takes up to `slots` datagrams from the endpoint before it offers them to the
+    /// socket.
+    pub fn with_slots(mtu: usize, slots: usize) -> Self {
+        let slots = slots.max(1);
         Outbox {
-            buf: vec![0; mtu].into_boxed_slice(),
-            pending: None,
+            buf: vec![0; mtu * slots].into_boxed_slice(),
+            mtu,
+            slots,
+            queue: Vec::with_capacity(slots),
+            head: 0,
             send_errors: 0,
             last_send_error: None,
         }
     }
 
-    /// Whether a datagram waits for the socket to have room.
-    pub fn is_blocked(&self) -> bool {
-        self.pending.is_some()
+    /// How many datagrams the outbox holds at most.
+    pub fn slots(&self) -> usize {
+        self.slots
     }
 
-    /// Sends the waiting datagram, if any, then everything `endpoint` has to send, through
-    /// `send_to`. Stops at the first `WouldBlock` and keeps that datagram for the next call.
+    /// Whether datagrams wait for the socket to have room.
+    pub fn is_blocked(&self) -> bool {
+        self.head < self.queue.len()
+    }
+
+    /// Sends the waiting datagrams, if any, then everything `endpoint` has to send, one
+    /// datagram per call of `send_to`. Stops at the first `WouldBlock` and keeps that
+    /// datagram (and any after it already taken from the endpoint) for the next call.
     ///
     /// Any other send error drops the datagram and is counted: to UDP a refused send is a
     /// lost datagram, which the protocol repairs (reliable channels) or reports (a peer that
@@ -159,32 +235,101 @@ impl Outbox {
         now: Instant,
         mut send_to: impl FnMut(&[u8], SocketAddr) -> io::Result<usize>,
     ) -> Flushed {
+        self.flush_batch(endpoint, now, |batch| match batch.get(0) {
+            Some((datagram, to)) => send_to(datagram, to).map(|_| 1),
+            None => Ok(0),
+        })
+    }
+
+    /// [`flush`](Self::flush) with a batched send: fills the outbox's slots from `endpoint`
+    /// and offers them to `send_batch` (e.g. one `sendmmsg`), which sends a prefix of the
+    /// batch, in order, and returns how many datagrams that was, or fails on the first one
+    /// (the contract of `sendmmsg`). Sends again until everything is sent or the socket is
+    /// full:
+    ///
+    /// - fewer sent than offered: the rest is offered again at once (a real socket then
+    ///   sends more or reports the error of the first unsent one);
+    /// - `WouldBlock` (or `Ok(0)`): the unsent datagrams stay in the outbox, in order, for the
+    ///   next call, which offers them before anything new;
+    /// - `Interrupted`: offered again;
+    /// - any other error is the first datagram's: it is dropped and counted, as in `flush`,
+    ///   and the rest is offered again.
+    pub fn flush_batch(
+        &mut self,
+        endpoint: &mut Endpoint,
+        now: Instant,
+        mut send_batch: impl FnMut(SendBatch<'_>) -> io::Result<usize>,
+    ) -> Flushed {
         loop {
-            let transmit = match self.pending.take() {
-                Some(t) => t,
-                None => match endpoint.poll_transmit(now, &mut self.buf) {
-                    Some(t) => t,
-                    None => return Flushed::All,
-                },
+            if self.head == self.queue.len() {
+                self.fill(endpoint, now);
+                if self.queue.is_empty() {
+                    return Flushed::All;
+                }
+            }
+            let batch = SendBatch {
+                slots: &self.buf[self.head * self.mtu..],
+                mtu: self.mtu,
+                queue: &self.queue[self.head..],
             };
-            let datagram = &self.buf[..transmit.len.min(self.buf.len())];
-            loop {
-                match send_to(datagram, transmit.to) {
-                    Ok(_) => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        self.pending = Some(transmit);
-                        return Flushed::Blocked;
-                    }
-                    Err(e) => {
-                        self.send_errors += 1;
-                        self.last_send_error = Some(SendFailure::new(&e, transmit.to));
-                        break;
-                    }
+            let offered = batch.len();
+            match send_batch(batch) {
+                Ok(0) => return Flushed::Blocked,
+                Ok(sent) => self.head += sent.min(offered),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Flushed::Blocked,
+                Err(e) => {
+                    self.send_errors += 1;
+                    self.last_send_error = Some(SendFailure::new(&e, self.queue[self.head].to));
+                    self.head += 1;
                 }
             }
         }
     }
+
+    /// Empties the slots and fills them again from `endpoint`, up to all of them.
+    fn fill(&mut self, endpoint: &mut Endpoint, now: Instant) {
+        self.queue.clear();
+        self.head = 0;
+        for slot in self.buf.chunks_mut(self.mtu.max(1)) {
+            match endpoint.poll_transmit(now, slot) {
+                Some(transmit) => self.queue.push(transmit),
+                None => break,
+            }
+        }
+    }
+}
+
+/// A client endpoint (seeded, so twins send the same bytes) with one handshake queued to
+/// each of `servers`, in that order.
+#[cfg(test)]
+pub(crate) fn client_connecting_to(servers: &[SocketAddr]) -> Endpoint {
+    let mut client = Endpoint::new(shoal_proto::Config {
+        seed: 3,
+        secret_seed: Some(shoal_proto::SecretSeed::insecure_from_u64(3)),
+        accept_incoming: false,
+        ..shoal_proto::Config::default()
+    })
+    .expect("valid config");
+    for &server in servers {
+        client
+            .connect(Instant::ZERO, server, b"hi")
+            .expect("connect starts");
+    }
+    client
+}
+
+/// What an outbox of one slot sends for `client_connecting_to(servers)`, in order.
+#[cfg(test)]
+pub(crate) fn sent_one_at_a_time(servers: &[SocketAddr]) -> Vec<(Vec<u8>, SocketAddr)> {
+    let mut client = client_connecting_to(servers);
+    let mut sent = Vec::new();
+    let flushed = Outbox::new(1200).flush(&mut client, Instant::ZERO, |d, to| {
+        sent.push((d.to_vec(), to));
+        Ok(d.len())
+    });
+    assert_eq!(flushed, Flushed::All);
+    sent
 }
 
 #[cfg(test)]
@@ -272,6 +417,160 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("os error 13"), "the OS's own message: {text}");
+    }
+
+    /// `n` servers on loopback, ports 5000 and up.
+    fn servers(n: u16) -> Vec<SocketAddr> {
+        (0..n)
+            .map(|i| SocketAddr::from(([127, 0, 0, 1], 5000 + i)))
+            .collect()
+    }
+
+    /// Records the datagrams a fake batched send takes, and the size of each batch offered.
+    #[derive(Default)]
+    struct FakeSocket {
+        sent: Vec<(Vec<u8>, SocketAddr)>,
+        offered: Vec<usize>,
+    }
+
+    impl FakeSocket {
+        /// Takes the first `n` datagrams of `batch` (all if fewer).
+        fn take(&mut self, batch: SendBatch<'_>, n: usize) -> io::Result<usize> {
+            self.offered.push(batch.len());
+            let n = n.min(batch.len());
+            self.sent
+                .extend(batch.iter().take(n).map(|(d, to)| (d.to_vec(), to)));
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn a_batched_flush_sends_what_a_portable_flush_sends_in_the_same_order_a_batch_per_call() {
+        let servers = servers(40);
+        let mut client = client_connecting_to(&servers);
+        let mut outbox = Outbox::with_slots(1200, SEND_BATCH);
+        let mut socket = FakeSocket::default();
+        let result = outbox.flush_batch(&mut client, Instant::ZERO, |b| socket.take(b, usize::MAX));
+        assert_eq!(result, Flushed::All);
+        assert!(!outbox.is_blocked());
+        assert_eq!(socket.offered, [SEND_BATCH, 40 - SEND_BATCH]);
+        assert_eq!(socket.sent, sent_one_at_a_time(&servers));
+        assert_eq!(socket.sent.len(), 40);
+    }
+
+    #[test]
+    fn a_batch_sized_outbox_flushed_one_datagram_at_a_time_sends_the_same() {
+        // What a batched driver does when it is dropped (`close_all` sends through `send_to`).
+        let servers = servers(40);
+        let mut client = client_connecting_to(&servers);
+        let mut outbox = Outbox::with_slots(1200, SEND_BATCH);
+        let mut sent = Vec::new();
+        let result = outbox.flush(&mut client, Instant::ZERO, |d, to| {
+            sent.push((d.to_vec(), to));
+            Ok(d.len())
+        });
+        assert_eq!(result, Flushed::All);
+        assert_eq!(sent, sent_one_at_a_time(&servers));
+    }
+
+    #[test]
+    fn a_partial_send_offers_the_rest_again_at_once_in_order() {
+        let servers = servers(40);
+        let mut client = client_connecting_to(&servers);
+        let mut outbox = Outbox::with_slots(1200, SEND_BATCH);
+        let mut socket = FakeSocket::default();
+        let result = outbox.flush_batch(&mut client, Instant::ZERO, |b| socket.take(b, 5));
+        assert_eq!(result, Flushed::All);
+        assert_eq!(socket.offered[..3], [32, 27, 22]);
+        assert_eq!(socket.sent, sent_one_at_a_time(&servers));
+    }
+
+    #[test]
+    fn would_block_mid_batch_keeps_the_unsent_datagrams_for_the_next_flush_in_order() {
+        let servers = servers(40);
+        let mut client = client_connecting_to(&servers);
+        let mut outbox = Outbox::with_slots(1200, SEND_BATCH);
+        let mut socket = FakeSocket::default();
+        let mut calls = 0;
+        let result = outbox.flush_batch(&mut client, Instant::ZERO, |b| {
+            calls += 1;
+            match calls {
+                1 => socket.take(b, 10),
+                _ => Err(io::ErrorKind::WouldBlock.into()),
+            }
+        });
+        assert_eq!(result, Flushed::Blocked);
+        assert!(outbox.is_blocked());
+        assert_eq!(socket.sent.len(), 10);
+
+        let result = outbox.flush_batch(&mut client, Instant::ZERO, |b| socket.take(b, usize::MAX));
+        assert_eq!(result, Flushed::All);
+        assert!(!outbox.is_blocked());
+        // The 22 kept back went first, alone, before the endpoint was asked for more.
+        assert_eq!(socket.offered, [32, 22, 8]);
+        assert_eq!(socket.sent, sent_one_at_a_time(&servers));
+        assert_eq!(outbox.send_errors, 0);
+    }
+
+    #[test]
+    fn an_error_on_one_destination_drops_just_that_datagram_and_counts_it() {
+        let servers = servers(40);
+        let unreachable = servers[7];
+        let mut client = client_connecting_to(&servers);
+        let mut outbox = Outbox::with_slots(1200, SEND_BATCH);
+        let mut socket = FakeSocket::default();
+        // As `sendmmsg` does: the datagrams before the failing one are sent and counted; the
+        // error comes when the failing one is offered first.
+        let result = outbox.flush_batch(&mut client, Instant::ZERO, |b| {
+            match b.iter().position(|(_, to)| to == unreachable) {
+                Some(0) => Err(io::Error::from_raw_os_error(13)),
+                Some(before) => socket.take(b, before),
+                None => socket.take(b, usize::MAX),
+            }
+        });
+        assert_eq!(result, Flushed::All);
+        let mut expected = sent_one_at_a_time(&servers);
+        expected.remove(7);
+        assert_eq!(socket.sent, expected);
+        assert_eq!(outbox.send_errors, 1);
+        let failure = outbox.last_send_error.expect("recorded");
+        assert_eq!(failure.to, unreachable);
+        assert_eq!(failure.os_code, Some(13));
+    }
+
+    #[test]
+    fn interrupted_batched_sends_are_retried() {
+        let servers = servers(3);
+        let mut client = client_connecting_to(&servers);
+        let mut outbox = Outbox::with_slots(1200, SEND_BATCH);
+        let mut socket = FakeSocket::default();
+        let mut calls = 0;
+        let result = outbox.flush_batch(&mut client, Instant::ZERO, |b| {
+            calls += 1;
+            if calls == 1 {
+                Err(io::ErrorKind::Interrupted.into())
+            } else {
+                socket.take(b, usize::MAX)
+            }
+        });
+        assert_eq!(result, Flushed::All);
+        assert_eq!(socket.offered, [3]);
+        assert_eq!(socket.sent, sent_one_at_a_time(&servers));
+        assert_eq!(outbox.send_errors, 0);
+    }
+
+    #[test]
+    fn a_send_that_takes_nothing_keeps_everything_for_the_next_flush() {
+        let servers = servers(3);
+        let mut client = client_connecting_to(&servers);
+        let mut outbox = Outbox::with_slots(1200, SEND_BATCH);
+        let result = outbox.flush_batch(&mut client, Instant::ZERO, |_| Ok(0));
+        assert_eq!(result, Flushed::Blocked);
+        assert!(outbox.is_blocked());
+        let mut socket = FakeSocket::default();
+        let result = outbox.flush_batch(&mut client, Instant::ZERO, |b| socket.take(b, usize::MAX));
+        assert_eq!(result, Flushed::All);
+        assert_eq!(socket.sent, sent_one_at_a_time(&servers));
     }
 
     #[test]

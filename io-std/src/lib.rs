@@ -104,12 +104,14 @@ mod driver;
 mod driver_core;
 pub mod io_util;
 mod recv_batch;
+#[cfg(any(target_os = "linux", target_os = "android"))]
+mod send_batch;
 mod thread;
 
 pub use discovery::{discover, LanConfig, LanPeer, LanResponder, LanSeeker, ResponderConfig};
 pub use driver::{Driver, BLOCKED_SEND_RETRY, MAX_DATAGRAMS_PER_UPDATE};
 pub use driver_core::{DriverCore, DriverStats, Events, DROP_LINGER};
-pub use io_util::SendFailure;
+pub use io_util::{SendFailure, SEND_BATCH};
 pub use recv_batch::{BatchSocket, IoMode, RECV_BATCH};
 pub use thread::{
     spawn, spawn_driver, Handle, Output, ThreadError, COMMAND_CAPACITY, OUTPUT_CAPACITY,

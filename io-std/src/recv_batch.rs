@@ -11,24 +11,30 @@ use std::net::SocketAddr;
 #[cfg(any(target_os = "linux", target_os = "android"))]
 use crate::io_util::RECV_BUFFER_LEN;
 
-/// How a driver reads its socket. Chosen when the driver is made (`Driver::bind_with`,
-/// `MioDriver::bind_with`, ...), apart from [`Config`](shoal_proto::Config): it is about
-/// the host, not the protocol.
+/// How a driver reads and writes its socket. Chosen when the driver is made
+/// (`Driver::bind_with`, `MioDriver::bind_with`, ...), apart from
+/// [`Config`](shoal_proto::Config): it is about the host, not the protocol.
 ///
 /// The default is `Portable`: on loopback (see `docs/benchmarks.md`, "Batched I/O") batched
-/// reads cost the server as much CPU per datagram as one `recv_from` each, and they change
-/// the socket's options (below). Measure on your host before choosing `Batched`.
+/// reads cost the server as much CPU per datagram as one `recv_from` each and batched sends
+/// about 6% less than one `send_to` each (the cost of the calls saved, within the spread
+/// between runs), and batching changes the socket's options (below). Measure on your host
+/// before choosing `Batched`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum IoMode {
-    /// Up to [`RECV_BATCH`] datagrams per system call (`recvmmsg`, through `quinn-udp`) on
-    /// Linux and Android; elsewhere, or if the socket cannot be set up for it, the same as
-    /// `Portable`. Setting the socket up turns on UDP GRO (trains of datagrams are split
-    /// again before the endpoint sees them) and sets
+    /// On Linux and Android, up to [`RECV_BATCH`] datagrams per read (`recvmmsg`, through
+    /// `quinn-udp`) and up to [`SEND_BATCH`](crate::SEND_BATCH) per send (`sendmmsg`,
+    /// through `nix`); elsewhere, or if the socket cannot be set up for it, the same as
+    /// `Portable`. Datagrams leave in the same order as in `Portable`, and a full socket or
+    /// an unreachable destination has the same effect; a full socket can leave up to a batch
+    /// of datagrams waiting instead of one. Setting the socket up turns on UDP GRO (trains
+    /// of datagrams are split again before the endpoint sees them) and sets
     /// `IP_MTU_DISCOVER` to probe: datagrams leave with the don't-fragment bit and are never
-    /// fragmented by the sending host, so keep `Config::mtu` within the path's MTU.
+    /// fragmented by the sending host, so keep `Config::mtu` within the path's MTU. Sends do
+    /// not use GSO (see `docs/benchmarks.md`).
     Batched,
-    /// One `recv_from` per datagram, as on every platform.
+    /// One `recv_from` or `send_to` per datagram, as on every platform.
     #[default]
     Portable,
 }

@@ -612,3 +612,63 @@ fn bursts_from_many_clients_all_arrive_with_batched_reads() {
 fn bursts_from_many_clients_all_arrive_with_portable_reads() {
     bursts_from_many_clients_all_arrive(IoMode::Portable);
 }
+
+/// A server that sends in `mode` sends 100 ordered messages at once to each of ten clients;
+/// every message arrives, in order, and no send fails.
+fn bursts_to_many_clients_all_arrive(mode: IoMode) {
+    const CLIENTS: usize = 10;
+    const COUNT: u32 = 100;
+    let mut server = Driver::bind_with("127.0.0.1:0", server_config(50), mode).expect("bind");
+    let mut clients: Vec<Driver> = (0..CLIENTS)
+        .map(|i| {
+            let mut driver =
+                Driver::bind("127.0.0.1:0", client_config(51 + i as u64)).expect("bind");
+            driver.connect(server.local_addr(), &[]).expect("connect");
+            driver
+        })
+        .collect();
+    let mut received: Vec<Vec<u32>> = vec![Vec::new(); CLIENTS];
+    let mut sent = false;
+    let deadline = Instant::now() + DEADLINE;
+    while received.iter().map(Vec::len).sum::<usize>() < CLIENTS * COUNT as usize {
+        assert!(
+            Instant::now() < deadline,
+            "{mode:?}: timed out; got {received:?}"
+        );
+        server.update().expect("server update");
+        let peers = server.peers();
+        if !sent && peers.len() == CLIENTS {
+            for conn in peers {
+                for i in 0..COUNT {
+                    server.send(conn, 3, format!("{i}")).expect("send");
+                }
+            }
+            sent = true;
+            server.flush();
+        }
+        server.events().for_each(drop);
+        for (client, got) in clients.iter_mut().zip(&mut received) {
+            client.update().expect("client update");
+            for event in client.events() {
+                if let Event::Message { payload, .. } = event {
+                    got.push(String::from_utf8_lossy(&payload).parse().expect("index"));
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    for got in &received {
+        assert_eq!(*got, (0..COUNT).collect::<Vec<_>>(), "{mode:?}: in order");
+    }
+    assert_eq!(server.stats().send_errors, 0, "{mode:?}");
+}
+
+#[test]
+fn bursts_to_many_clients_all_arrive_with_batched_sends() {
+    bursts_to_many_clients_all_arrive(IoMode::Batched);
+}
+
+#[test]
+fn bursts_to_many_clients_all_arrive_with_portable_sends() {
+    bursts_to_many_clients_all_arrive(IoMode::Portable);
+}
