@@ -41,7 +41,8 @@ pub const BLOCKED_SEND_RETRY: Duration = Duration::from_millis(1);
 /// Reads and sends are one `recv_from` or `send_to` per datagram ([`IoMode::Portable`], the
 /// default); [`bind_with`](Self::bind_with) with [`IoMode::Batched`] reads up to
 /// [`RECV_BATCH`](crate::RECV_BATCH) datagrams per `recvmmsg` and sends up to
-/// [`SEND_BATCH`](crate::SEND_BATCH) per `sendmmsg` on Linux and Android.
+/// [`SEND_BATCH`](crate::SEND_BATCH) per `sendmmsg`, on Linux (on Android, batched reads
+/// and one `send_to` per datagram).
 /// [`io_mode`](DriverCore::io_mode) tells which is in effect.
 ///
 /// Buffers are allocated once, at [`bind`](Self::bind): a 64 KiB receive buffer, a
@@ -71,8 +72,8 @@ impl Driver {
 
     /// [`bind`](Self::bind), reading and writing the socket as `io_mode` says
     /// (`IoMode::Batched`: up to [`RECV_BATCH`](crate::RECV_BATCH) datagrams per read and
-    /// [`SEND_BATCH`](crate::SEND_BATCH) per send, one system call each, on Linux and
-    /// Android).
+    /// [`SEND_BATCH`](crate::SEND_BATCH) per send, one system call each, on Linux; batched
+    /// reads only on Android).
     pub fn bind_with(
         addr: impl ToSocketAddrs,
         config: Config,

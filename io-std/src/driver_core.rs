@@ -452,7 +452,7 @@ impl DriverCore {
         socket: &S,
         send_to: impl FnMut(&[u8], SocketAddr) -> io::Result<usize>,
     ) {
-        #[cfg(any(target_os = "linux", target_os = "android"))]
+        #[cfg(target_os = "linux")]
         if self.batch.is_some() {
             let was_blocked = self.outbox.is_blocked();
             let mut send_to = send_to;
@@ -465,7 +465,7 @@ impl DriverCore {
             self.count_block(was_blocked);
             return;
         }
-        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        #[cfg(not(target_os = "linux"))]
         let _ = socket;
         self.flush_with(now, send_to);
     }
@@ -808,11 +808,7 @@ mod batch_tests {
             through_send_to += 1;
             socket.send_to(d, to)
         });
-        let expected = if cfg!(any(target_os = "linux", target_os = "android")) {
-            0
-        } else {
-            2
-        };
+        let expected = if cfg!(target_os = "linux") { 0 } else { 2 };
         assert_eq!(through_send_to, expected);
         assert_eq!(core.endpoint().stats().datagrams_sent, 3);
         assert_eq!(core.stats().send_errors, 0);

@@ -63,7 +63,7 @@ pub enum Flushed {
     Blocked,
 }
 
-/// Most datagrams one batched send hands to the socket (`sendmmsg` on Linux and Android in
+/// Most datagrams one batched send hands to the socket (`sendmmsg` on Linux in
 /// [`IoMode::Batched`](crate::IoMode::Batched)); the outbox of a batched driver has this many
 /// slots of `Config::mtu` bytes, allocated once.
 pub const SEND_BATCH: usize = 32;

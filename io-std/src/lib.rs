@@ -104,7 +104,7 @@ mod driver;
 mod driver_core;
 pub mod io_util;
 mod recv_batch;
-#[cfg(any(target_os = "linux", target_os = "android"))]
+#[cfg(target_os = "linux")]
 mod send_batch;
 mod thread;
 

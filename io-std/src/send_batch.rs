@@ -1,79 +1,39 @@
-//! Batched sends on Linux and Android: the datagrams of a [`SendBatch`] in one `sendmmsg`,
-//! through `nix`, so no `unsafe` of ours. [`Outbox::flush_batch`](crate::io_util::Outbox)
-//! decides what to offer and what a partial send or an error means; this module only makes
-//! the system call.
+//! Batched sends on Linux: the datagrams of a [`SendBatch`] in one `sendmmsg`, through
+//! `rustix`, so no `unsafe` of ours. [`Outbox::flush_batch`](crate::io_util::Outbox) decides
+//! what to offer and what a partial send or an error means; this module only makes the
+//! system call. (Elsewhere, Android included, batched mode sends one `send_to` each.)
 
-use std::cell::RefCell;
 use std::io::{self, IoSlice};
-use std::os::fd::{AsFd, AsRawFd};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::fd::AsFd;
 
-use nix::sys::socket::{ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage};
+use rustix::net::{MMsgHdr, SendAncillaryBuffer, SendFlags, SocketAddrAny};
 
 use crate::io_util::{SendBatch, SEND_BATCH};
-
-/// What `sendmmsg` needs besides the datagrams, allocated once per thread that sends in
-/// batches (about 10 KiB). It cannot live in the driver: the headers hold raw pointers, so
-/// they are not `Send`, and a driver must be (the background thread takes one). Between calls
-/// the headers point at nothing valid; each call sets every header it passes to the kernel.
-struct Scratch {
-    headers: MultiHeaders<SockaddrStorage>,
-    /// The destinations of the batch being sent (capacity `SEND_BATCH`).
-    addrs: Vec<Option<SockaddrStorage>>,
-}
-
-impl Scratch {
-    fn new() -> Self {
-        Scratch {
-            headers: MultiHeaders::preallocate(SEND_BATCH, None),
-            addrs: Vec::with_capacity(SEND_BATCH),
-        }
-    }
-}
-
-thread_local! {
-    static SCRATCH: RefCell<Option<Scratch>> = const { RefCell::new(None) };
-}
 
 /// Sends the first [`SEND_BATCH`] datagrams of `batch` (or all, if fewer) on `socket` with one
 /// `sendmmsg`. Returns how many the kernel took, in order from the first (fewer than offered
 /// when one of them failed: the error is reported when it is offered first, on the next
-/// call), or the error of the first datagram.
+/// call), or the error of the first datagram. Everything it needs is on the stack.
 pub(crate) fn sendmmsg(socket: &impl AsFd, batch: SendBatch<'_>) -> io::Result<usize> {
-    let mut iovs: [[IoSlice<'_>; 1]; SEND_BATCH] = std::array::from_fn(|_| [IoSlice::new(&[])]);
-    let mut count = 0;
-    for (iov, (datagram, _)) in iovs.iter_mut().zip(batch.iter()) {
-        *iov = [IoSlice::new(datagram)];
-        count += 1;
-    }
-    let fd = socket.as_fd().as_raw_fd();
-    let send = |scratch: &mut Scratch| -> io::Result<usize> {
-        scratch.addrs.clear();
-        scratch.addrs.extend(
-            batch
-                .iter()
-                .take(count)
-                .map(|(_, to)| Some(SockaddrStorage::from(to))),
-        );
-        let no_control: [ControlMessage<'_>; 0] = [];
-        let sent = nix::sys::socket::sendmmsg(
-            fd,
-            &mut scratch.headers,
-            &iovs[..count],
-            &scratch.addrs,
-            no_control,
-            MsgFlags::empty(),
-        )?;
-        // nix reports how many were sent only as an iterator with one item per datagram
-        // sent. (Making each item, nix copies an address slot that `sendmmsg` never writes,
-        // uninitialised bytes that nothing reads afterwards; nix's own test counts the same
-        // way.)
-        Ok(sent.count())
-    };
-    SCRATCH
-        .try_with(|scratch| send(scratch.borrow_mut().get_or_insert_with(Scratch::new)))
-        // The thread is being torn down (a driver dropped by a thread-local destructor):
-        // scratch for this one call.
-        .unwrap_or_else(|_| send(&mut Scratch::new()))
+    let count = batch.len().min(SEND_BATCH);
+    let unused = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0));
+    let iovs: [[IoSlice<'_>; 1]; SEND_BATCH] =
+        std::array::from_fn(|i| [IoSlice::new(batch.get(i).map_or(&[], |(d, _)| d))]);
+    let addrs: [SocketAddrAny; SEND_BATCH] =
+        std::array::from_fn(|i| SocketAddrAny::from(batch.get(i).map_or(unused, |(_, to)| to)));
+    let mut no_control: [SendAncillaryBuffer<'_, '_, '_>; SEND_BATCH] =
+        std::array::from_fn(|_| SendAncillaryBuffer::default());
+    let mut parts = iovs.iter().zip(&addrs).zip(&mut no_control);
+    let mut messages: [MMsgHdr<'_>; SEND_BATCH] = std::array::from_fn(|_| {
+        let ((iov, addr), control) = parts.next().expect("SEND_BATCH of each");
+        MMsgHdr::new_with_addr(addr, iov, control)
+    });
+    Ok(rustix::net::sendmmsg(
+        socket,
+        &mut messages[..count],
+        SendFlags::empty(),
+    )?)
 }
 
 #[cfg(test)]
@@ -155,7 +115,7 @@ mod tests {
         assert_eq!(failure.to, v6);
         assert_eq!(
             failure.os_code,
-            Some(nix::errno::Errno::EAFNOSUPPORT as i32),
+            Some(rustix::io::Errno::AFNOSUPPORT.raw_os_error()),
             "{failure}"
         );
         let mut expected: Vec<_> = sent_one_at_a_time(&servers)
