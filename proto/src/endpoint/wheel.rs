@@ -445,3 +445,85 @@ mod tests {
         }
     }
 }
+
+/// Review (2026-12): the property test above starts at 0 and moves at most a few thousand
+/// seconds, so it never crosses a 2^42 µs boundary (where every new entry goes to `far`), nor
+/// runs near `u64::MAX`. This one does, against a heap, and checks that after draining at
+/// `now` the next deadline is later than `now` (no busy loop).
+#[cfg(test)]
+mod across_spans {
+    use super::*;
+    use alloc::collections::BinaryHeap;
+    use core::cmp::Reverse;
+
+    fn run(start: u64, steps: &[(u64, u64, bool)]) {
+        let mut wheel = TimerWheel::starting_at(start);
+        let mut heap = BinaryHeap::new();
+        let mut now = start;
+        for (i, &(a, b, insert)) in steps.iter().enumerate() {
+            if insert {
+                // Already due, at the end of time, or ahead by anything up to 2^45 µs.
+                let at = match a % 7 {
+                    0 => now.saturating_sub(a % 100),
+                    1 => u64::MAX - (a % 3),
+                    _ => now.saturating_add(a),
+                };
+                wheel.insert(Wakeup {
+                    at,
+                    index: i as u32,
+                    generation: 0,
+                });
+                heap.push(Reverse(at));
+            } else {
+                now = now.saturating_add(b);
+                let mut expected = Vec::new();
+                while heap.peek().is_some_and(|Reverse(t)| *t <= now) {
+                    expected.extend(heap.pop().map(|Reverse(t)| t));
+                }
+                expected.sort_unstable();
+                let mut got: Vec<u64> = core::iter::from_fn(|| wheel.pop_due(now))
+                    .map(|w| w.at)
+                    .collect();
+                got.sort_unstable();
+                assert_eq!(got, expected, "step {i}, now {now}");
+                assert!(
+                    wheel.next_deadline().is_none_or(|t| t > now),
+                    "due again at {now}"
+                );
+            }
+            assert_eq!(wheel.next_deadline(), heap.peek().map(|r| r.0), "step {i}");
+            assert_eq!(wheel.len(), heap.len());
+        }
+    }
+
+    #[test]
+    fn a_wheel_fires_what_a_heap_would_across_top_level_spans_and_near_the_end_of_time() {
+        let mut state = 0x1234_5678_9abc_def1u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let starts = [
+            0,
+            (1u64 << 42) - 5_000,
+            (1u64 << 48) - 3,
+            u64::MAX - 10_000_000,
+            u64::MAX - 100,
+        ];
+        for start in starts {
+            for _ in 0..200 {
+                let steps: Vec<(u64, u64, bool)> = (0..200)
+                    .map(|_| {
+                        let r = next();
+                        let a = (next() % 3_000) << ((r >> 60) as u32 * 3 % 45);
+                        let b = (next() % 2_000) << ((r >> 56) as u32 % 4 * 4);
+                        (a, b, r & 1 == 0)
+                    })
+                    .collect();
+                run(start, &steps);
+            }
+        }
+    }
+}
