@@ -220,3 +220,35 @@ fn server_slot_of(server: &mut Endpoint, remote: SocketAddr) -> u64 {
         .expect("the server reported the connection");
     handle.index() as u64
 }
+
+/// A client's connection has id 0 until its Accept names one, and id 0 names slot 0 under
+/// any key (`slot_of(0) == 0`), as does `last_looked_up` before any lookup: so a short-header
+/// packet naming id 0, from anyone, is taken as that connection's (opened, counted as
+/// `EarlyPacket`) where before it named no connection (`UnknownConnection`). Harmless today
+/// (nothing in it is acted on before the handshake ends), but "routed only to the connection
+/// whose whole id it names" no longer holds for the one id no connection has.
+#[test]
+fn a_packet_naming_id_0_reaches_no_connection() {
+    let mut client = Endpoint::new(plain(client_config(3))).expect("config");
+    let now = Instant::from_millis(1);
+    client
+        .connect(now, addr("10.0.0.1:4000"), b"")
+        .expect("connect");
+    let mut buf = vec![0u8; 1500];
+    while client.poll_transmit(now, &mut buf).is_some() {}
+    let stranger = addr("192.0.2.7:9999");
+    let data = common::data_packet(0, 1, &[]);
+    let unknown = |c: &Endpoint| {
+        c.stats()
+            .drops
+            .get(shoal_proto::DropReason::UnknownConnection)
+    };
+    let before = unknown(&client);
+    client.handle_datagram(now, stranger, &data);
+    assert_eq!(
+        unknown(&client),
+        before + 1,
+        "id 0 was routed to a connection: {:?}",
+        client.stats().drops
+    );
+}
