@@ -104,6 +104,13 @@ impl Prf {
 
     /// A 128-bit MAC of `parts` under this key (SipHash-1-3-128 is enough for a MAC checked
     /// on every handshake packet; the key itself comes from `derive`).
+    /// `SipHash-1-3(key, x)`: a keyed function of one number, fast enough for every packet.
+    pub(crate) fn mix(&self, x: u64) -> u64 {
+        let mut h = SipHasher13::new_with_keys(self.k0, self.k1);
+        h.write_u64(x);
+        h.finish()
+    }
+
     pub(crate) fn mac128(&self, parts: &[&[u8]]) -> [u8; 16] {
         let mut h = siphasher::sip128::SipHasher13::new_with_keys(self.k0, self.k1);
         for part in parts {

@@ -1,5 +1,5 @@
-//! Review of routing by the slot hidden in a connection id (cfe7309, e0d768c): what a client
-//! can learn from the ids a server gives it, and where a packet can land.
+//! Routing by the slot hidden in a connection id: what a client can learn from the ids a
+//! server gives it, and where a packet can land.
 //!
 //! Deterministic: seeded endpoints, a fixed clock, datagrams moved by hand.
 
@@ -147,9 +147,10 @@ fn recover(highs: &[i128], masks: &[u64]) -> Option<i128> {
 }
 
 /// The docs ("Without protection"): the id's low 20 bits name the slot "masked under a key: a
-/// guesser cannot aim at occupied slots". The key never leaves the server, but the ids do:
-/// every id a client is given is (high, slot XOR top20(high × key mod 2^44)), a truncated
-/// product: a hidden-number problem that a 5-dimensional lattice solves from four of them.
+/// guesser cannot aim at occupied slots". The key never leaves the server, but the ids do.
+/// A first version masked with a truncated product (high × key mod 2^44, top 20 bits): a
+/// hidden-number problem that a 5-dimensional lattice solves from four ids. The attack below
+/// recovered that key; against the keyed PRF now used it finds nothing.
 /// The attacker below is an ordinary client that connects five times (a closed connection's
 /// slot is the next one handed out, so all five share one slot, whose number it guesses
 /// among the first 64). With the multiplier it names the slot any id maps to, and so writes,

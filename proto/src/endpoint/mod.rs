@@ -209,8 +209,8 @@ pub struct Endpoint {
     prf: Prf,
     nonces: Sequence,
     connection_ids: Sequence,
-    /// Hides the slot index in the connection ids this endpoint chooses (odd).
-    slot_key: u64,
+    /// Hides the slot index in the connection ids this endpoint chooses.
+    slot_key: Prf,
     /// Connections created, for each one's own path-token key.
     connections_created: u64,
     hasher: SeededState,
@@ -292,7 +292,7 @@ impl Endpoint {
             prf,
             nonces: Sequence::new(Domain::Nonce),
             connection_ids: Sequence::new(Domain::ConnectionId),
-            slot_key: prf.u64(Domain::SlotKey, 0) | 1,
+            slot_key: prf.derive(Domain::SlotKey, 0),
             connections_created: 0,
             hasher,
             slots: Vec::new(),
@@ -1273,6 +1273,9 @@ impl Endpoint {
 
     // ------------------------------------------------------------------ internals
 
+    /// Called first by every public method given `now`. Every connection is in its slot
+    /// then, so this is where stale wake-ups are dropped: a rebuild while one is out (in
+    /// `finish_quiet`, say, with another connection held by its caller) would lose its entry.
     fn advance_time(&mut self, now: Instant) {
         debug_assert!(
             now >= self.last_now,
@@ -1280,6 +1283,9 @@ impl Endpoint {
             self.last_now
         );
         self.last_now = self.last_now.max(now);
+        if self.wakeups.needs_rebuild(self.live) {
+            self.rebuild_wakeups();
+        }
     }
 
     fn count_sent(&mut self, t: Transmit) -> Transmit {
@@ -1353,11 +1359,13 @@ impl Endpoint {
         ((connection_id ^ self.slot_mask(high)) & ID_INDEX_MASK) as usize
     }
 
-    /// The keyed mask over an id's low bits: the top 20 bits of its high bits times a secret
-    /// odd number. Why hide the slot at all: an off-path guesser who could aim at occupied
-    /// slots would need 2^44 guesses per hit, against 2^64 / connections when it cannot.
+    /// The keyed mask over an id's low bits: 20 bits of a keyed PRF of its high bits.
+    /// Why hide the slot: an off-path guesser who could aim at occupied slots would need
+    /// 2^44 guesses per hit, against 2^64 / connections when it cannot. The PRF matters: a
+    /// cheap keyed product let a client recover the key from five of its own ids (test
+    /// `a_client_cannot_learn_from_its_own_ids_how_ids_name_slots`).
     fn slot_mask(&self, high: u64) -> u64 {
-        high.wrapping_mul(self.slot_key) >> (64 - ID_INDEX_BITS)
+        self.slot_key.mix(high) >> (64 - ID_INDEX_BITS)
     }
 
     /// The index `allocate_slot` hands out next.
@@ -1430,9 +1438,6 @@ impl Endpoint {
             }
         }
         self.slots[index as usize].conn = Some(conn);
-        if self.wakeups.len() > 4 * self.live + 64 {
-            self.rebuild_wakeups();
-        }
     }
 
     /// Drops stale wake-up entries (their connection rescheduled or closed).
@@ -1559,9 +1564,10 @@ impl Endpoint {
     ) -> Option<(u32, Box<Connection>)> {
         // An id we chose names its slot. One the peer chose (we are its client) is looked
         // up, unless it is the one last looked up: a client's only connection, mostly.
+        // Id 0 is no connection's: a client's has it until its Accept names one.
         let index = [self.slot_of(connection_id) as u32, self.last_looked_up]
             .into_iter()
-            .find(|&slot| self.routes(slot, connection_id))
+            .find(|&slot| connection_id != 0 && self.routes(slot, connection_id))
             .or_else(|| {
                 let index = self.by_id.get(&connection_id).copied()?;
                 self.last_looked_up = index;

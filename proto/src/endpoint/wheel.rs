@@ -24,6 +24,9 @@ use core::cmp::Reverse;
 
 /// Entries from which wake-ups move from the heap to a wheel.
 const WHEEL_FROM: usize = 256;
+/// Wake-ups are rebuilt when they hold more than `STALE_PER_LIVE × live + STALE_SLACK`.
+const STALE_PER_LIVE: usize = 4;
+const STALE_SLACK: usize = 64;
 
 /// Bits of a deadline each level covers.
 const SLOT_BITS: u32 = 6;
@@ -32,78 +35,6 @@ const LEVELS: usize = 7;
 /// Entries' room a slot keeps once emptied.
 const KEEP_SLOT_ROOM: usize = 16;
 /// The span of the top level's slots (2^42 µs): entries in a later span wait aside.
-/// The endpoint's wake-ups: a binary heap while few, a [`TimerWheel`] from [`WHEEL_FROM`].
-#[derive(Debug, Default)]
-pub(crate) struct Wakeups {
-    heap: BinaryHeap<Reverse<Wakeup>>,
-    wheel: Option<Box<TimerWheel>>,
-}
-
-impl Wakeups {
-    /// Entries held, stale ones included.
-    pub(crate) fn len(&self) -> usize {
-        match &self.wheel {
-            Some(wheel) => wheel.len(),
-            None => self.heap.len(),
-        }
-    }
-
-    /// Schedules `w`; `now` is the endpoint's current time.
-    pub(crate) fn insert(&mut self, w: Wakeup, now: u64) {
-        match &mut self.wheel {
-            Some(wheel) => wheel.insert(w),
-            None => {
-                self.heap.push(Reverse(w));
-                if self.heap.len() >= WHEEL_FROM {
-                    let mut wheel = Box::new(TimerWheel::starting_at(now));
-                    for Reverse(w) in core::mem::take(&mut self.heap) {
-                        wheel.insert(w);
-                    }
-                    self.wheel = Some(wheel);
-                }
-            }
-        }
-    }
-
-    /// The earliest deadline held, if any.
-    pub(crate) fn next_deadline(&self) -> Option<u64> {
-        match &self.wheel {
-            Some(wheel) => wheel.next_deadline(),
-            None => self.heap.peek().map(|Reverse(w)| w.at),
-        }
-    }
-
-    /// The next entry due at `now`, if any.
-    pub(crate) fn pop_due(&mut self, now: u64) -> Option<Wakeup> {
-        match &mut self.wheel {
-            Some(wheel) => wheel.pop_due(now),
-            None => {
-                if self.heap.peek().is_some_and(|Reverse(w)| w.at <= now) {
-                    self.heap.pop().map(|Reverse(w)| w)
-                } else {
-                    None
-                }
-            }
-        }
-    }
-
-    /// Replaces every entry with `live` (the rebuild that drops stale entries): a heap again
-    /// when few are left.
-    pub(crate) fn rebuild(&mut self, live: Vec<Wakeup>, now: u64) {
-        if live.len() < WHEEL_FROM / 2 {
-            self.wheel = None;
-            self.heap = live.into_iter().map(Reverse).collect();
-        } else {
-            let mut wheel = Box::new(TimerWheel::starting_at(now));
-            for w in live {
-                wheel.insert(w);
-            }
-            self.wheel = Some(wheel);
-            self.heap = BinaryHeap::new();
-        }
-    }
-}
-
 #[cfg(test)]
 const SPAN: u64 = 1 << (SLOT_BITS as usize * LEVELS);
 
@@ -279,6 +210,86 @@ fn slot_for(at: u64, level: usize) -> usize {
     ((at >> (SLOT_BITS as usize * level)) & (SLOTS as u64 - 1)) as usize
 }
 
+/// The endpoint's wake-ups: a binary heap while few, a [`TimerWheel`] from [`WHEEL_FROM`].
+#[derive(Debug, Default)]
+pub(crate) struct Wakeups {
+    heap: BinaryHeap<Reverse<Wakeup>>,
+    wheel: Option<Box<TimerWheel>>,
+}
+
+impl Wakeups {
+    /// Entries held, stale ones included.
+    pub(crate) fn len(&self) -> usize {
+        match &self.wheel {
+            Some(wheel) => wheel.len(),
+            None => self.heap.len(),
+        }
+    }
+
+    /// Schedules `w`; `now` is the endpoint's current time.
+    pub(crate) fn insert(&mut self, w: Wakeup, now: u64) {
+        match &mut self.wheel {
+            Some(wheel) => wheel.insert(w),
+            None => {
+                self.heap.push(Reverse(w));
+                if self.heap.len() >= WHEEL_FROM {
+                    let mut wheel = Box::new(TimerWheel::starting_at(now));
+                    for Reverse(w) in core::mem::take(&mut self.heap) {
+                        wheel.insert(w);
+                    }
+                    self.wheel = Some(wheel);
+                }
+            }
+        }
+    }
+
+    /// The earliest deadline held, if any.
+    pub(crate) fn next_deadline(&self) -> Option<u64> {
+        match &self.wheel {
+            Some(wheel) => wheel.next_deadline(),
+            None => self.heap.peek().map(|Reverse(w)| w.at),
+        }
+    }
+
+    /// The next entry due at `now`, if any.
+    pub(crate) fn pop_due(&mut self, now: u64) -> Option<Wakeup> {
+        match &mut self.wheel {
+            Some(wheel) => wheel.pop_due(now),
+            None => {
+                if self.heap.peek().is_some_and(|Reverse(w)| w.at <= now) {
+                    self.heap.pop().map(|Reverse(w)| w)
+                } else {
+                    None
+                }
+            }
+        }
+    }
+
+    /// Whether stale entries (a connection rescheduled or gone) pile up enough to
+    /// [`rebuild`](Self::rebuild) with the `live` connections' entries: more than
+    /// 4 × live + 64 held.
+    pub(crate) fn needs_rebuild(&self, live: usize) -> bool {
+        self.len() > STALE_PER_LIVE * live + STALE_SLACK
+    }
+
+    /// Replaces every entry with `live` (the rebuild that drops stale entries). A heap again
+    /// only if it could not grow back to [`WHEEL_FROM`] before the next rebuild: otherwise a
+    /// server with some fifty connections would take and drop a wheel many times a second.
+    pub(crate) fn rebuild(&mut self, live: Vec<Wakeup>, now: u64) {
+        if STALE_PER_LIVE * live.len() + STALE_SLACK < WHEEL_FROM {
+            self.wheel = None;
+            self.heap = live.into_iter().map(Reverse).collect();
+        } else {
+            let mut wheel = Box::new(TimerWheel::starting_at(now));
+            for w in live {
+                wheel.insert(w);
+            }
+            self.wheel = Some(wheel);
+            self.heap = BinaryHeap::new();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -349,6 +360,34 @@ mod tests {
         wheel.insert(w(400, 2));
         assert_eq!(wheel.next_deadline(), Some(400));
         assert_eq!(drain(&mut wheel, 1_000), vec![400]);
+    }
+
+    #[test]
+    fn a_rebuild_keeps_the_wheel_unless_the_heap_could_not_grow_back_to_it() {
+        let live = |n: u32| {
+            (0..n)
+                .map(|i| w(1_000 + u64::from(i), i))
+                .collect::<Vec<_>>()
+        };
+        let mut wakeups = Wakeups::default();
+        for i in 0..WHEEL_FROM as u32 {
+            wakeups.insert(w(500 + u64::from(i), i), 0);
+        }
+        assert!(wakeups.wheel.is_some());
+        // 48 live connections may hold 4 x 48 + 64 = 256 entries before the next rebuild:
+        // a heap would become a wheel again, so the wheel stays.
+        wakeups.rebuild(live(48), 0);
+        assert!(wakeups.wheel.is_some());
+        assert!(!wakeups.needs_rebuild(48));
+        // With 47, a heap is rebuilt before it reaches WHEEL_FROM: it stays a heap.
+        wakeups.rebuild(live(47), 0);
+        assert!(wakeups.wheel.is_none());
+        for i in 47..=(4 * 47 + 64) {
+            wakeups.insert(w(2_000 + u64::from(i), i), 0);
+        }
+        assert!(wakeups.needs_rebuild(47));
+        assert!(wakeups.wheel.is_none());
+        assert_eq!(wakeups.pop_due(1_000), Some(w(1_000, 0)));
     }
 
     /// What the property below needs of both structures.
@@ -446,9 +485,9 @@ mod tests {
     }
 }
 
-/// Review (2026-12): the property test above starts at 0 and moves at most a few thousand
-/// seconds, so it never crosses a 2^42 µs boundary (where every new entry goes to `far`), nor
-/// runs near `u64::MAX`. This one does, against a heap, and checks that after draining at
+/// The property test above starts at 0 and moves at most a few thousand seconds, so it never
+/// crosses a 2^42 µs boundary (where every new entry goes to `far`), nor runs near
+/// `u64::MAX`. This one does, against a heap, and checks that after draining at
 /// `now` the next deadline is later than `now` (no busy loop).
 #[cfg(test)]
 mod across_spans {

@@ -148,12 +148,12 @@ impl Paths {
         c.next_challenge = now;
     }
 
-    /// When the next probe is due, if any.
     /// Whether any address is being validated or probed.
     pub(crate) fn has_candidates(&self) -> bool {
         !self.candidates.is_empty()
     }
 
+    /// When the next probe is due, if any.
     pub(crate) fn next_probe(&self) -> Option<Instant> {
         self.candidates
             .iter()
