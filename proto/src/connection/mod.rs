@@ -108,6 +108,10 @@ pub(crate) struct Shared<'a> {
 /// through `AckOutcome`, which of its reliable frames were delivered or lost.
 struct Messaging {
     send_channels: Vec<SendChannel>,
+    /// Bit `i` set: send channel `i` may have messages queued. Set by every queueing,
+    /// cleared only where its queue is seen empty, so a connection with nothing queued is
+    /// polled without touching its channels.
+    maybe_queued: u32,
     recv_channels: Vec<RecvChannel>,
     /// Responses to send: (channel, response).
     responses: VecDeque<(u8, Outgoing)>,
@@ -255,6 +259,7 @@ impl Connection {
                     .iter()
                     .map(|c| SendChannel::new(c.kind, c.max_queued_bytes))
                     .collect(),
+                maybe_queued: 0,
                 recv_channels: config
                     .channels
                     .iter()
@@ -459,6 +464,7 @@ impl Connection {
             next_chunk: 0,
             payload,
         });
+        self.messaging.maybe_queued |= 1 << channel;
         self.stats.messages_sent += 1;
         self.stats.payload_bytes_sent += len as u64;
         Ok(seq)

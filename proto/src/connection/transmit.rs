@@ -357,9 +357,7 @@ impl Connection {
             })
         };
         let queued = self
-            .messaging
-            .send_channels
-            .iter()
+            .maybe_queued_channels()
             .filter_map(|ch| ch.queue.front())
             .chain(self.messaging.responses.front().map(|(_, out)| out))
             .map(frame);
@@ -374,21 +372,29 @@ impl Connection {
 
     /// Payload bytes waiting in the send queues.
     fn queued_bytes(&self) -> usize {
-        self.messaging
-            .send_channels
-            .iter()
-            .map(|ch| ch.queued_bytes)
-            .sum()
+        self.maybe_queued_channels().map(|ch| ch.queued_bytes).sum()
     }
 
     fn has_data_to_send(&self) -> bool {
         !self.messaging.resend.is_empty()
             || !self.messaging.responses.is_empty()
-            || self
-                .messaging
-                .send_channels
-                .iter()
-                .any(SendChannel::head_ready)
+            || self.maybe_queued_channels().any(SendChannel::head_ready)
+    }
+
+    /// The send channels that may have messages queued (see `Messaging::maybe_queued`).
+    fn maybe_queued_channels(&self) -> impl Iterator<Item = &SendChannel> {
+        let channels = &self.messaging.send_channels;
+        let mut bits = self.messaging.maybe_queued;
+        core::iter::from_fn(move || {
+            while bits != 0 {
+                let i = bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                if let Some(ch) = channels.get(i) {
+                    return Some(ch);
+                }
+            }
+            None
+        })
     }
 
     fn write_retransmissions(&mut self, w: &mut Writer<'_>, keys: &mut Vec<FrameKey>) -> usize {
@@ -425,13 +431,16 @@ impl Connection {
         // Lanes with something queued, as a bit mask: a lane leaves it when it empties or
         // cannot put a frame in this packet, so the loop never spins over idle channels.
         let lanes = self.messaging.send_channels.len() + 1; // the last lane is responses
-        let mut mask = self
-            .messaging
-            .send_channels
-            .iter()
-            .enumerate()
-            .filter(|(_, ch)| !ch.queue.is_empty())
-            .fold(0u32, |m, (i, _)| m | 1 << i);
+        let mut mask = self.messaging.maybe_queued;
+        let mut bits = mask;
+        while bits != 0 {
+            let i = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            if self.messaging.send_channels.get(i).is_none_or(|ch| ch.queue.is_empty()) {
+                mask &= !(1 << i);
+            }
+        }
+        self.messaging.maybe_queued = mask;
         if !self.messaging.responses.is_empty() {
             mask |= 1 << (lanes - 1);
         }
