@@ -436,7 +436,12 @@ impl Connection {
         while bits != 0 {
             let i = bits.trailing_zeros() as usize;
             bits &= bits - 1;
-            if self.messaging.send_channels.get(i).is_none_or(|ch| ch.queue.is_empty()) {
+            if self
+                .messaging
+                .send_channels
+                .get(i)
+                .is_none_or(|ch| ch.queue.is_empty())
+            {
                 mask &= !(1 << i);
             }
         }
