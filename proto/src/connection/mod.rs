@@ -180,8 +180,7 @@ pub(crate) struct Connection {
     pub(crate) close: Option<DisconnectReason>,
     /// A `Disconnect` to send when reaped.
     pub(crate) close_code: Option<CloseCode>,
-    /// The endpoint's bookkeeping: next scheduled wake-up and dirty-list membership.
-    pub(crate) scheduled: Option<Instant>,
+    /// The endpoint's bookkeeping: dirty-list membership.
     pub(crate) in_dirty: bool,
     /// The last packet left something behind for want of room (or a longer ack, or a
     /// probe): the endpoint visits the connection again at once. Otherwise what is left
@@ -287,7 +286,6 @@ impl Connection {
             stats: ConnectionStats::default(),
             close: None,
             close_code: None,
-            scheduled: None,
             in_dirty: false,
             more_to_send: false,
             moved_from: None,

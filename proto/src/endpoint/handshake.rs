@@ -213,9 +213,11 @@ impl Endpoint {
                 // Our Accept was lost: say it again (once the client's packets arrive, it has
                 // it, and a late copy of its Connect is ignored).
                 if let Some(accept) = existing.pending_accept.as_ref().map(|p| p.accept.clone()) {
-                    // The client is still trying: its confirmation deadline starts again.
-                    if let Some(c) = self.slots[index as usize].conn.as_mut() {
+                    // The client is still trying: its confirmation deadline starts again
+                    // (put back through `finish_quiet`, which records the new deadline).
+                    if let Some(mut c) = self.slots[index as usize].conn.take() {
                         c.await_confirmation(now, &self.config);
+                        self.finish_quiet(index, c);
                     }
                     self.push_control_bytes(from, accept);
                 } else {

@@ -132,10 +132,30 @@ const MAX_TUNNELLED_PER_DATAGRAM: usize = 64;
 /// client gets `ConnectFailed { reason: Rejected { code } }`.
 pub type AcceptHook = Box<dyn FnMut(&ConnectRequest<'_>) -> Result<(), u16> + Send>;
 
-#[derive(Default)]
+/// A connection's place in the table, with what a wake-up needs to know without touching
+/// the connection (µs; `NEVER` for none).
 struct Slot {
     generation: u32,
     conn: Option<Box<Connection>>,
+    /// The earliest wake-up queued for it.
+    scheduled: u64,
+    /// Its next deadline when it was last put back (`Connection::next_timeout`); a wake-up
+    /// before it is stale and only rescheduled.
+    due: u64,
+}
+
+/// No deadline.
+const NEVER: u64 = u64::MAX;
+
+impl Default for Slot {
+    fn default() -> Self {
+        Slot {
+            generation: 0,
+            conn: None,
+            scheduled: NEVER,
+            due: NEVER,
+        }
+    }
 }
 
 /// A Shoal endpoint: every connection over one socket, as a state machine fed with datagrams
@@ -1095,27 +1115,24 @@ impl Endpoint {
             generation,
         }) = self.wakeups.pop_due(now.as_micros())
         {
-            let at = Instant::from_micros(at);
             let slot = &mut self.slots[index as usize];
-            if slot.generation != generation {
+            if slot.generation != generation || slot.conn.is_none() || slot.scheduled != at {
+                // A later entry for a connection rescheduled earlier, or one gone.
+                continue;
+            }
+            slot.scheduled = NEVER;
+            if slot.due > now.as_micros() {
+                // A stale entry: the timer it was queued for was stopped or pushed back (an
+                // ack cleared the ack timer, say). Nothing is due, so the connection is only
+                // rescheduled, from its slot: not touched, not woken, not marked as having
+                // something to send.
+                self.stats.stale_wakeups += 1;
+                self.schedule(index);
                 continue;
             }
             let Some(mut c) = slot.conn.take() else {
                 continue;
             };
-            if c.scheduled != Some(at) {
-                slot.conn = Some(c);
-                continue;
-            }
-            c.scheduled = None;
-            if c.next_timeout().is_none_or(|t| t > now) {
-                // A stale entry: the timer it was queued for was stopped or pushed back (an
-                // ack cleared the ack timer, say). Nothing is due, so the connection is only
-                // rescheduled: not woken, not marked as having something to send.
-                self.stats.stale_wakeups += 1;
-                self.finish_quiet(index, c);
-                continue;
-            }
             let mut shared = Shared {
                 config: &self.config,
                 events: &mut self.events,
@@ -1383,7 +1400,10 @@ impl Endpoint {
             (self.slots.len() - 1) as u32
         });
         self.live += 1;
-        let generation = self.slots[index as usize].generation;
+        let slot = &mut self.slots[index as usize];
+        slot.scheduled = NEVER;
+        slot.due = NEVER;
+        let generation = slot.generation;
         (index, ConnectionHandle { index, generation })
     }
 
@@ -1419,25 +1439,28 @@ impl Endpoint {
                 });
             }
         }
-        // Only an earlier deadline needs a new heap entry. A later one (the common case: an
-        // ack pushes the loss timer back) keeps the entry already queued; when it fires,
-        // `handle_timeout` finds nothing due and reschedules. That trades an occasional
-        // early wake-up for a heap push on almost every datagram.
-        if let Some(at) = conn.next_timeout() {
-            if conn.scheduled.is_none_or(|s| at < s) {
-                conn.scheduled = Some(at);
-                let generation = self.slots[index as usize].generation;
-                self.wakeups.insert(
-                    Wakeup {
-                        at: at.as_micros(),
-                        index,
-                        generation,
-                    },
-                    self.last_now.as_micros(),
-                );
-            }
+        let slot = &mut self.slots[index as usize];
+        slot.due = conn.next_timeout().map_or(NEVER, Instant::as_micros);
+        slot.conn = Some(conn);
+        self.schedule(index);
+    }
+
+    /// Queues a wake-up for the connection in slot `index` at its `due` time, if that is
+    /// earlier than the one queued. A later one (the common case: an ack pushes the loss
+    /// timer back) keeps the entry already queued; when it fires, `handle_timeout` finds
+    /// nothing due and reschedules. That trades an occasional early wake-up for a push on
+    /// almost every datagram.
+    fn schedule(&mut self, index: u32) {
+        let slot = &mut self.slots[index as usize];
+        if slot.due < slot.scheduled {
+            slot.scheduled = slot.due;
+            let entry = Wakeup {
+                at: slot.due,
+                index,
+                generation: slot.generation,
+            };
+            self.wakeups.insert(entry, self.last_now.as_micros());
         }
-        self.slots[index as usize].conn = Some(conn);
     }
 
     /// Drops stale wake-up entries (their connection rescheduled or closed).
@@ -1446,13 +1469,11 @@ impl Endpoint {
             .slots
             .iter()
             .enumerate()
-            .filter_map(|(i, s)| {
-                let c = s.conn.as_ref()?;
-                Some(Wakeup {
-                    at: c.scheduled?.as_micros(),
-                    index: i as u32,
-                    generation: s.generation,
-                })
+            .filter(|(_, s)| s.conn.is_some() && s.scheduled != NEVER)
+            .map(|(i, s)| Wakeup {
+                at: s.scheduled,
+                index: i as u32,
+                generation: s.generation,
             })
             .collect();
         self.wakeups.rebuild(entries, self.last_now.as_micros());
