@@ -370,9 +370,14 @@ impl Connection {
         queued.chain(resent).max().unwrap_or(0)
     }
 
-    /// Payload bytes waiting in the send queues.
+    /// Payload bytes waiting in the send queues, responses included (they count in their
+    /// channel's `queued_bytes`, whose bit in `maybe_queued` need not be set: every channel).
     fn queued_bytes(&self) -> usize {
-        self.maybe_queued_channels().map(|ch| ch.queued_bytes).sum()
+        self.messaging
+            .send_channels
+            .iter()
+            .map(|ch| ch.queued_bytes)
+            .sum()
     }
 
     fn has_data_to_send(&self) -> bool {
