@@ -1585,10 +1585,9 @@ impl Endpoint {
     ) -> Option<(u32, Box<Connection>)> {
         // An id we chose names its slot. One the peer chose (we are its client) is looked
         // up, unless it is the one last looked up: a client's only connection, mostly.
-        // Id 0 is no connection's: a client's has it until its Accept names one.
         let index = [self.slot_of(connection_id) as u32, self.last_looked_up]
             .into_iter()
-            .find(|&slot| connection_id != 0 && self.routes(slot, connection_id))
+            .find(|&slot| self.routes(slot, connection_id))
             .or_else(|| {
                 let index = self.by_id.get(&connection_id).copied()?;
                 self.last_looked_up = index;
@@ -1614,12 +1613,15 @@ impl Endpoint {
         Some((index, self.slots[index as usize].conn.take()?))
     }
 
-    /// Whether the connection in `slot` has the id `connection_id`.
+    /// Whether the connection in `slot` has the id `connection_id`. Id 0 is no
+    /// connection's: a client's connection has it until its Accept names one.
     fn routes(&self, slot: u32, connection_id: u64) -> bool {
-        self.slots
-            .get(slot as usize)
-            .and_then(|s| s.conn.as_deref())
-            .is_some_and(|c| c.connection_id == connection_id)
+        connection_id != 0
+            && self
+                .slots
+                .get(slot as usize)
+                .and_then(|s| s.conn.as_deref())
+                .is_some_and(|c| c.connection_id == connection_id)
     }
 
     /// Tells `from` that `connection_id` names no connection here: a `Reject` carrying the
