@@ -216,10 +216,21 @@ impl Swarm {
     }
 }
 
-/// Heap bytes a server keeps per connection once its clients connected, sat idle a few
-/// seconds and (with `traffic`) first exchanged a burst of every kind of message both ways.
-/// The clients are freed before the count, so it is what the server kept.
-fn server_heap_per_connection(traffic: bool) -> i64 {
+/// What the clients and the server exchange before the memory tests' idle seconds.
+#[derive(Clone, Copy, PartialEq)]
+enum Traffic {
+    /// Nothing: connected, keepalives only.
+    None,
+    /// One small message each way on every channel (which makes every channel's state).
+    OnePerChannel,
+    /// A burst of every kind of message both ways, large ones included.
+    Burst,
+}
+
+/// Heap bytes a server keeps per connection once its clients connected, exchanged `traffic`
+/// and sat idle a few seconds. The clients are freed before the count, so it is what the
+/// server kept.
+fn server_heap_per_connection(traffic: Traffic) -> i64 {
     let server = Endpoint::new(swarm_config(1, true)).expect("valid");
     let before = LIVE_BYTES.load(Ordering::Relaxed);
     let mut swarm = Swarm::around(server);
@@ -229,8 +240,21 @@ fn server_heap_per_connection(traffic: bool) -> i64 {
     }
     swarm.run(20);
     assert_eq!(swarm.server.peers().count(), CLIENTS);
-    if traffic {
-        let peers: Vec<_> = swarm.server.peers().collect();
+    let peers: Vec<_> = swarm.server.peers().collect();
+    if traffic == Traffic::OnePerChannel {
+        for ((c, _), &s) in swarm.clients.iter_mut().zip(&peers) {
+            let conn = c.peers().next().expect("connected");
+            for channel in 0..4 {
+                c.send(conn, channel, vec![channel; 20]).expect("send");
+                swarm
+                    .server
+                    .send(s, channel, vec![channel; 20])
+                    .expect("send");
+            }
+        }
+        swarm.run(40);
+    }
+    if traffic == Traffic::Burst {
         for ((c, _), s) in swarm.clients.iter_mut().zip(peers) {
             let conn = c.peers().next().expect("connected");
             for i in 0..200u32 {
@@ -259,7 +283,7 @@ fn server_heap_per_connection(traffic: bool) -> i64 {
 #[test]
 fn an_idle_connection_costs_the_server_a_bounded_few_kilobytes() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let per_connection = server_heap_per_connection(false);
+    let per_connection = server_heap_per_connection(Traffic::None);
     println!("server: {per_connection} bytes per idle connection ({CLIENTS} clients)");
     assert!(
         per_connection < 32 * 1024,
@@ -268,18 +292,34 @@ fn an_idle_connection_costs_the_server_a_bounded_few_kilobytes() {
 }
 
 /// What traffic grew (send queues, windows, the sent-frame slab, packet records, coding
-/// state) goes back once the connection has been idle a keepalive interval.
+/// state) goes back once the connection has been idle a keepalive interval: a burst leaves
+/// no more than one message per channel did (the channels' sequence state, which stays).
 #[test]
 fn a_connection_gives_back_what_traffic_grew_once_idle() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let fresh = server_heap_per_connection(false);
-    let after_traffic = server_heap_per_connection(true);
+    let fresh = server_heap_per_connection(Traffic::None);
+    let channels_made = server_heap_per_connection(Traffic::OnePerChannel);
+    let after_burst = server_heap_per_connection(Traffic::Burst);
     println!(
-        "server: {fresh} bytes per idle connection; {after_traffic} after a burst of traffic \
-         and a few idle seconds"
+        "server, per idle connection: {fresh} bytes; {channels_made} after one message on \
+         each channel; {after_burst} after a burst of traffic and a few idle seconds"
     );
     assert!(
-        after_traffic <= fresh + 512,
-        "{after_traffic} bytes kept after traffic, {fresh} before any"
+        after_burst <= channels_made + 512,
+        "{after_burst} bytes kept after a burst, {channels_made} after one message per channel"
+    );
+}
+
+/// A channel's state is made when it is first used: a connection that sent and received
+/// nothing holds none, so unused channels cost nothing.
+#[test]
+fn unused_channels_cost_a_connection_nothing() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let fresh = server_heap_per_connection(Traffic::None);
+    let channels_made = server_heap_per_connection(Traffic::OnePerChannel);
+    assert!(
+        channels_made >= fresh + 4 * 2 * 64,
+        "{channels_made} bytes after one message on each channel, {fresh} before: \
+         a channel's state is made before it is used"
     );
 }

@@ -12,7 +12,7 @@ use core::any::Any;
 use core::cmp::Reverse;
 use core::net::SocketAddr;
 
-use crate::config::{Config, DeliveryKind};
+use crate::config::{ChannelConfig, Config, DeliveryKind};
 use crate::endpoint::events::EventQueue;
 use crate::error::SendError;
 use crate::event::{ConnectionHandle, DisconnectReason, Event, IncomingRequest, RequestId};
@@ -107,11 +107,15 @@ pub(crate) struct Shared<'a> {
 /// One connection's messaging state: what rides in frames. The transport below tells it,
 /// through `AckOutcome`, which of its reliable frames were delivered or lost.
 struct Messaging {
+    /// Send halves of the channels used so far, up to the highest: a channel is made on its
+    /// first message, so an idle connection, or one that uses a few low channels, holds no
+    /// state for the rest (a channel past the end is as new: nothing queued, sequence 0).
     send_channels: Vec<SendChannel>,
     /// Bit `i` set: send channel `i` may have messages queued. Set by every queueing,
     /// cleared only where its queue is seen empty, so a connection with nothing queued is
     /// polled without touching its channels.
     maybe_queued: u32,
+    /// Receive halves, made the same way on the first frame naming them.
     recv_channels: Vec<RecvChannel>,
     /// Responses to send: (channel, response).
     responses: VecDeque<(u8, Outgoing)>,
@@ -133,6 +137,40 @@ struct Messaging {
     answered: VecDeque<(u8, u16)>,
     /// Receive memory held by this connection (channels and responses).
     reassembly_bytes: usize,
+}
+
+impl Messaging {
+    /// The send half of `channel`, made (with every lower one) on first use; `None` if the
+    /// configuration has no such channel.
+    fn send_channel_mut(&mut self, config: &Config, channel: u8) -> Option<&mut SendChannel> {
+        made_up_to(&mut self.send_channels, config, channel, |c| {
+            SendChannel::new(c.kind, c.max_queued_bytes)
+        })
+    }
+
+    /// The receive half of `channel`, made like [`Messaging::send_channel_mut`].
+    fn recv_channel_mut(&mut self, config: &Config, channel: u8) -> Option<&mut RecvChannel> {
+        made_up_to(&mut self.recv_channels, config, channel, |c| {
+            RecvChannel::new(c.kind)
+        })
+    }
+}
+
+/// Entry `channel` of `channels`, appending new ones up to it (at their exact size: a
+/// connection keeps these as long as it lives).
+fn made_up_to<'a, T>(
+    channels: &'a mut Vec<T>,
+    config: &Config,
+    channel: u8,
+    make: impl Fn(&ChannelConfig) -> T,
+) -> Option<&'a mut T> {
+    let i = usize::from(channel);
+    if i >= channels.len() {
+        let missing = config.channels.get(channels.len()..=i)?;
+        channels.reserve_exact(missing.len());
+        channels.extend(missing.iter().map(make));
+    }
+    channels.get_mut(i)
 }
 
 /// One connection's state.
@@ -253,17 +291,9 @@ impl Connection {
             keepalive_due: false,
             probe_scratch: Vec::new(),
             messaging: Messaging {
-                send_channels: config
-                    .channels
-                    .iter()
-                    .map(|c| SendChannel::new(c.kind, c.max_queued_bytes))
-                    .collect(),
+                send_channels: Vec::new(),
                 maybe_queued: 0,
-                recv_channels: config
-                    .channels
-                    .iter()
-                    .map(|c| RecvChannel::new(c.kind))
-                    .collect(),
+                recv_channels: Vec::new(),
                 responses: VecDeque::new(),
                 frames: FrameStore::default(),
                 resend: VecDeque::new(),
@@ -401,8 +431,7 @@ impl Connection {
     ) -> Result<&mut SendChannel, SendError> {
         let ch = self
             .messaging
-            .send_channels
-            .get_mut(usize::from(channel))
+            .send_channel_mut(config, channel)
             .ok_or(SendError::UnknownChannel(channel))?;
         if len > config.max_message_size {
             return Err(SendError::MessageTooLarge {
@@ -483,12 +512,14 @@ impl Connection {
                 max: config.max_pending_requests,
             });
         }
+        if config.channels.get(usize::from(channel)).is_none() {
+            return Err(SendError::UnknownChannel(channel));
+        }
         let next = self
             .messaging
             .send_channels
             .get(usize::from(channel))
-            .ok_or(SendError::UnknownChannel(channel))?
-            .next_seq as u16;
+            .map_or(0, |ch| ch.next_seq) as u16;
         if self
             .messaging
             .pending_requests
@@ -825,9 +856,12 @@ impl Connection {
     }
 
     /// Payload bytes the application may still queue on `channel`.
-    pub(crate) fn queue_room(&self, channel: u8) -> Option<usize> {
-        let ch = self.messaging.send_channels.get(usize::from(channel))?;
-        Some(ch.max_queued_bytes.saturating_sub(ch.queued_bytes))
+    pub(crate) fn queue_room(&self, config: &Config, channel: u8) -> Option<usize> {
+        let i = usize::from(channel);
+        Some(match self.messaging.send_channels.get(i) {
+            Some(ch) => ch.max_queued_bytes.saturating_sub(ch.queued_bytes),
+            None => config.channels.get(i)?.max_queued_bytes,
+        })
     }
 
     /// Bytes in flight (for tests and stats).

@@ -170,6 +170,8 @@ impl Connection {
                 verdict = Err(DropReason::UnknownChannel);
                 break;
             };
+            // Made on the first frame naming it, so the checks below see its state.
+            self.messaging.recv_channel_mut(config, h.channel);
             if !self.is_client && h.owner != self.peer_user_id {
                 verdict = Err(DropReason::ProtocolViolation);
                 break;

@@ -435,7 +435,9 @@ impl Connection {
     ) -> usize {
         // Lanes with something queued, as a bit mask: a lane leaves it when it empties or
         // cannot put a frame in this packet, so the loop never spins over idle channels.
-        let lanes = self.messaging.send_channels.len() + 1; // the last lane is responses
+        // One lane per configured channel (those not made yet have nothing queued), and the
+        // last for responses.
+        let lanes = config.channels.len() + 1;
         let mut mask = self.messaging.maybe_queued;
         let mut bits = mask;
         while bits != 0 {
@@ -465,7 +467,7 @@ impl Connection {
             } as usize;
             if self.write_one_new_frame(lane, w, keys, config) {
                 written += 1;
-                if self.lane_is_empty(lane) {
+                if self.lane_is_empty(lane, lanes) {
                     mask &= !(1 << lane);
                 }
             } else {
@@ -477,10 +479,14 @@ impl Connection {
         written
     }
 
-    fn lane_is_empty(&self, lane: usize) -> bool {
-        match self.messaging.send_channels.get(lane) {
-            Some(ch) => ch.queue.is_empty(),
-            None => self.messaging.responses.is_empty(),
+    fn lane_is_empty(&self, lane: usize, lanes: usize) -> bool {
+        if lane + 1 == lanes {
+            self.messaging.responses.is_empty()
+        } else {
+            self.messaging
+                .send_channels
+                .get(lane)
+                .is_none_or(|ch| ch.queue.is_empty())
         }
     }
 
@@ -492,8 +498,11 @@ impl Connection {
         config: &Config,
     ) -> bool {
         let local_user_id = self.local_user_id;
-        let (channel, kind, out) = if lane < self.messaging.send_channels.len() {
-            let ch = &mut self.messaging.send_channels[lane];
+        let is_channel = lane < config.channels.len();
+        let (channel, kind, out) = if is_channel {
+            let Some(ch) = self.messaging.send_channels.get_mut(lane) else {
+                return false; // not made yet: nothing queued
+            };
             if !ch.head_ready() {
                 return false;
             }
@@ -554,7 +563,7 @@ impl Connection {
         let is_response = out.response;
         out.next_chunk += 1;
         let done = out.next_chunk >= out.chunk_count;
-        if lane < self.messaging.send_channels.len() {
+        if is_channel {
             let ch = &mut self.messaging.send_channels[lane];
             if first {
                 let reserved = if starts_large_reliable { reserve } else { 0 };

@@ -451,7 +451,7 @@ impl Endpoint {
 
     /// Payload bytes that may still be queued on `channel` before `send` fails with `QueueFull`.
     pub fn queue_room(&self, conn: ConnectionHandle, channel: u8) -> Option<usize> {
-        self.get(conn)?.queue_room(channel)
+        self.get(conn)?.queue_room(&self.config, channel)
     }
 
     /// Bytes sent on the connection and not yet acknowledged or declared lost.
