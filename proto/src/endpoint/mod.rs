@@ -42,15 +42,16 @@ use handshake::{RefusedCookies, UserIds};
 /// retransmitted, so a few copies make it likely to arrive).
 const DISCONNECT_COPIES: usize = 3;
 /// The receive arena's first slab; each next one doubles, up to [`ARENA_MAX_SLAB`], while
-/// slabs fill within [`ARENA_GROW_WITHIN`]. A quiet client endpoint holds 2 KiB, a busy
-/// server allocates once per dozen or so datagrams.
-const ARENA_FIRST_SLAB: usize = 2 * 1024;
+/// slabs fill within [`ARENA_GROW_WITHIN`]. A quiet client endpoint holds half a KiB (a
+/// slab it reuses once the application dropped what it received), a busy server allocates
+/// once per dozen or so datagrams.
+const ARENA_FIRST_SLAB: usize = 512;
 /// The receive arena's largest slab.
 const ARENA_MAX_SLAB: usize = 16 * 1024;
 /// A slab that filled sooner than this after the last makes the next one twice as large;
 /// one that took longer sends the size back to [`ARENA_FIRST_SLAB`] (a game client at 20 Hz
-/// fills 2 KiB in about a second and a half: 16 KiB slabs would be a thousand clients'
-/// 14 MiB for nothing).
+/// fills half a KiB in about a third of a second: 16 KiB slabs would be a thousand clients'
+/// 16 MiB for nothing).
 const ARENA_GROW_WITHIN: core::time::Duration = core::time::Duration::from_millis(250);
 
 /// Low bits of a connection id this endpoint chose that hold its slot index (see
