@@ -1,5 +1,6 @@
 //! Counters: what went through, and what was dropped and why.
 
+use alloc::boxed::Box;
 use core::fmt;
 use core::time::Duration;
 
@@ -185,6 +186,72 @@ impl DropCounts {
         for (a, b) in self.counts.iter_mut().zip(other.counts.iter()) {
             *a += b;
         }
+    }
+}
+
+/// The counters a connection keeps itself; [`ConnectionStats`] adds what is read off its
+/// state when asked (round trip, window, recent loss). Drop counters are boxed on the first
+/// drop: most connections never have one, and they are 184 bytes.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) packets_sent: u64,
+    pub(crate) bytes_sent: u64,
+    pub(crate) packets_received: u64,
+    pub(crate) bytes_received: u64,
+    pub(crate) ack_only_packets_sent: u64,
+    pub(crate) messages_delivered: u64,
+    pub(crate) payload_bytes_delivered: u64,
+    pub(crate) messages_sent: u64,
+    pub(crate) payload_bytes_sent: u64,
+    pub(crate) retransmissions: u64,
+    pub(crate) repairs_sent: u64,
+    pub(crate) packets_rebuilt: u64,
+    pub(crate) payload_bytes_transmitted: u64,
+    pub(crate) packets_lost: u64,
+    pub(crate) rto_fired: u64,
+    pub(crate) path_challenges_sent: u64,
+    pub(crate) path_fallbacks: u64,
+    pub(crate) drops: SparseDrops,
+}
+
+impl Counters {
+    /// The public counters, the state-derived ones left at zero for the caller to fill.
+    pub(crate) fn snapshot(&self) -> ConnectionStats {
+        ConnectionStats {
+            packets_sent: self.packets_sent,
+            bytes_sent: self.bytes_sent,
+            packets_received: self.packets_received,
+            bytes_received: self.bytes_received,
+            ack_only_packets_sent: self.ack_only_packets_sent,
+            messages_delivered: self.messages_delivered,
+            payload_bytes_delivered: self.payload_bytes_delivered,
+            messages_sent: self.messages_sent,
+            payload_bytes_sent: self.payload_bytes_sent,
+            retransmissions: self.retransmissions,
+            repairs_sent: self.repairs_sent,
+            packets_rebuilt: self.packets_rebuilt,
+            payload_bytes_transmitted: self.payload_bytes_transmitted,
+            packets_lost: self.packets_lost,
+            rto_fired: self.rto_fired,
+            path_challenges_sent: self.path_challenges_sent,
+            path_fallbacks: self.path_fallbacks,
+            drops: self.drops.counts(),
+            ..ConnectionStats::default()
+        }
+    }
+}
+
+/// [`DropCounts`] allocated on the first drop.
+#[derive(Debug, Default)]
+pub(crate) struct SparseDrops(Option<Box<DropCounts>>);
+
+impl SparseDrops {
+    pub(crate) fn add(&mut self, reason: DropReason) {
+        self.0.get_or_insert_with(Default::default).add(reason);
+    }
+
+    pub(crate) fn counts(&self) -> DropCounts {
+        self.0.as_deref().copied().unwrap_or_default()
     }
 }
 
@@ -389,6 +456,20 @@ pub struct EndpointStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_connection_holds_no_drop_counters_until_its_first_drop() {
+        let mut counters = Counters::default();
+        assert!(counters.drops.0.is_none());
+        assert_eq!(counters.snapshot().drops.total(), 0);
+        counters.drops.add(DropReason::Malformed);
+        counters.drops.add(DropReason::Malformed);
+        counters.packets_sent = 7;
+        let s = counters.snapshot();
+        assert_eq!(s.drops.get(DropReason::Malformed), 2);
+        assert_eq!(s.drops.total(), 2);
+        assert_eq!(s.packets_sent, 7);
+    }
 
     #[test]
     fn loss_meter_counts_gaps_in_packet_numbers_per_window() {

@@ -311,7 +311,8 @@ fn a_connection_gives_back_what_traffic_grew_once_idle() {
 }
 
 /// A channel's state is made when it is first used: a connection that sent and received
-/// nothing holds none, so unused channels cost nothing.
+/// nothing holds none, so unused channels cost nothing; once used and idle again, a channel
+/// keeps its sequence state only (its queues' and windows' buffers go back).
 #[test]
 fn unused_channels_cost_a_connection_nothing() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -321,5 +322,10 @@ fn unused_channels_cost_a_connection_nothing() {
         channels_made >= fresh + 4 * 2 * 64,
         "{channels_made} bytes after one message on each channel, {fresh} before: \
          a channel's state is made before it is used"
+    );
+    assert!(
+        channels_made <= fresh + 4 * 2 * 128,
+        "{channels_made} bytes after one message on each channel, {fresh} before: \
+         an idle channel keeps more than its sequence state"
     );
 }

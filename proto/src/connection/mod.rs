@@ -24,7 +24,7 @@ use crate::messaging::channel::{
 use crate::messaging::chunk::{
     chunk_count, chunk_slice, reservation, ChunkAdded, Progress, ReassemblyBuffer,
 };
-use crate::stats::{ConnectionStats, DropReason, LinkStats, LossMeter, RateMeter};
+use crate::stats::{ConnectionStats, Counters, DropReason, LinkStats, LossMeter, RateMeter};
 use crate::time::{Instant, Timer, TimerTable};
 use crate::transport::congestion::Controller;
 use crate::transport::frame_store::{FrameKey, FrameStore};
@@ -102,6 +102,21 @@ pub(crate) struct Shared<'a> {
     pub(crate) budget: &'a mut ReceiveBudget,
     /// Bytes of waiting events this connection may have before its data is refused.
     pub(crate) event_share: usize,
+    /// Buffers used while one packet is taken.
+    pub(crate) scratch: &'a mut Scratch,
+}
+
+/// Buffers a connection uses only while it takes one packet, lent by the endpoint: one set
+/// serves every connection (each busy connection kept its own before, a few hundred bytes).
+/// Empty between packets: nothing in them outlives the call that filled them.
+#[derive(Default)]
+pub(crate) struct Scratch {
+    /// The frames of the packet being taken (payloads are slices of it).
+    parsed_frames: Vec<(MessageHeader, Bytes)>,
+    /// Its whole ordered messages: (channel, sequence, length).
+    ordered: Vec<(u8, u64, usize)>,
+    /// Packets rebuilt from repairs, waiting to be taken.
+    rebuilt: Vec<(u64, Bytes)>,
 }
 
 /// One connection's messaging state: what rides in frames. The transport below tells it,
@@ -198,22 +213,13 @@ pub(crate) struct Connection {
     timers: TimerTable,
     handshake_due: bool,
     keepalive_due: bool,
-    /// Scratch list of frame keys for a probe (reused).
-    probe_scratch: Vec<FrameKey>,
     /// Bytes of this connection's events waiting for the application.
     pub(crate) event_bytes: usize,
     last_sent: Instant,
     last_received: Instant,
-    /// Scratch space for the frames of the packet being received (reused: no allocation per
-    /// datagram once warm).
-    parsed_frames: Vec<(MessageHeader, Bytes)>,
-    /// Scratch list of a packet's whole ordered messages (reused).
-    ordered_scratch: Vec<(u8, u64, usize)>,
-    /// Packets rebuilt from repairs, waiting to be taken (reused).
-    rebuilt_scratch: Vec<(u64, Bytes)>,
     /// Sequenced messages queued and replaced by a newer one before they were sent.
     pub(crate) superseded: u64,
-    pub(crate) stats: ConnectionStats,
+    pub(crate) stats: Counters,
     /// Set when the connection must end; the endpoint reaps it.
     pub(crate) close: Option<DisconnectReason>,
     /// A `Disconnect` to send when reaped.
@@ -289,7 +295,6 @@ impl Connection {
             timers,
             handshake_due: is_client,
             keepalive_due: false,
-            probe_scratch: Vec::new(),
             messaging: Messaging {
                 send_channels: Vec::new(),
                 maybe_queued: 0,
@@ -309,11 +314,8 @@ impl Connection {
             event_bytes: 0,
             last_sent: now,
             last_received: now,
-            parsed_frames: Vec::new(),
-            ordered_scratch: Vec::new(),
-            rebuilt_scratch: Vec::new(),
             superseded: 0,
-            stats: ConnectionStats::default(),
+            stats: Counters::default(),
             close: None,
             close_code: None,
             in_dirty: false,
@@ -606,10 +608,6 @@ impl Connection {
             self.messaging.resend = VecDeque::new();
         }
         self.messaging.frames.trim();
-        self.parsed_frames = Vec::new();
-        self.ordered_scratch = Vec::new();
-        self.rebuilt_scratch = Vec::new();
-        self.probe_scratch = Vec::new();
         self.transport.sent.trim();
         self.transport.paths.trim();
         self.transport.outcome = Default::default();
@@ -803,7 +801,7 @@ impl Connection {
 
     /// Snapshot of the counters, with the live RTT and window.
     pub(crate) fn stats(&self) -> ConnectionStats {
-        let mut s = self.stats;
+        let mut s = self.stats.snapshot();
         s.smoothed_rtt = self.transport.sent.rtt.measured().unwrap_or_default();
         s.rtt_variance = self.transport.sent.rtt.variance();
         s.congestion_window = self.transport.sent.congestion.window();

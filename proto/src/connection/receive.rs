@@ -63,9 +63,9 @@ impl Connection {
         // First pass: validate every frame before acting on any, so a packet is either
         // accepted whole (and acknowledged) or dropped whole (and retransmitted). Nothing in
         // an unauthenticated packet closes the connection: a forged one looks the same.
-        let to_hold = match self.parse_frames(&frames, config) {
+        let to_hold = match self.parse_frames(&frames, config, shared.scratch) {
             Ok(to_hold) => to_hold,
-            Err(reason) => return self.refuse(reason),
+            Err(reason) => return self.refuse(reason, shared.scratch),
         };
         // The packet is well-formed: its acknowledgement counts and it shows the peer is
         // alive, even if its messages must be refused for room below.
@@ -80,9 +80,9 @@ impl Connection {
         self.timers.set(Timer::Idle, now + config.idle_timeout);
         if let Some(reason) = self.refusal(to_hold, shared) {
             self.update_timers(config);
-            return self.refuse(reason);
+            return self.refuse(reason, shared.scratch);
         }
-        let has_frames = !self.parsed_frames.is_empty();
+        let has_frames = !shared.scratch.parsed_frames.is_empty();
         let newest = self.transport.received.largest().is_none_or(|l| pn > l);
         let out_of_order = self.deliver_packet(now, pn, &frames, shared);
         self.stats.packets_received += 1;
@@ -139,21 +139,26 @@ impl Connection {
     }
 
     /// Drops a packet before it is accepted (counted).
-    fn refuse(&mut self, reason: DropReason) -> DataResult {
-        self.parsed_frames.clear();
+    fn refuse(&mut self, reason: DropReason, scratch: &mut Scratch) -> DataResult {
+        scratch.parsed_frames.clear();
         self.stats.drops.add(reason);
         DataResult::Dropped
     }
 
-    /// Decodes and checks every frame of a packet into `parsed_frames` (payloads as slices
-    /// of `frames`), before any acts. Returns the receive memory they would newly hold, or
-    /// why the packet must be dropped.
-    fn parse_frames(&mut self, frames: &Bytes, config: &Config) -> Result<usize, DropReason> {
-        let mut parsed = core::mem::take(&mut self.parsed_frames);
+    /// Decodes and checks every frame of a packet into `scratch.parsed_frames` (payloads as
+    /// slices of `frames`), before any acts. Returns the receive memory they would newly
+    /// hold, or why the packet must be dropped.
+    fn parse_frames(
+        &mut self,
+        frames: &Bytes,
+        config: &Config,
+        scratch: &mut Scratch,
+    ) -> Result<usize, DropReason> {
+        let parsed = &mut scratch.parsed_frames;
         parsed.clear();
         let mut to_hold = 0usize;
         // Whole messages on ordered channels: (channel, sequence, length).
-        let mut ordered = core::mem::take(&mut self.ordered_scratch);
+        let ordered = &mut scratch.ordered;
         ordered.clear();
         let max_chunks = chunks_for(config, config.max_message_size);
         let mut verdict = Ok(());
@@ -196,9 +201,8 @@ impl Connection {
             }
             parsed.push((h, frames.slice_ref(frame.payload)));
         }
-        to_hold += self.ordered_bytes_to_hold(&mut ordered);
-        self.ordered_scratch = ordered;
-        self.parsed_frames = parsed;
+        to_hold += self.ordered_bytes_to_hold(ordered);
+        ordered.clear();
         verdict.map(|()| to_hold)
     }
 
@@ -207,7 +211,7 @@ impl Connection {
     /// is no memory to hold them. Refused packets are not acknowledged, so the sender keeps
     /// their frames and backs off.
     fn refusal(&self, to_hold: usize, shared: &Shared<'_>) -> Option<DropReason> {
-        if self.parsed_frames.is_empty() {
+        if shared.scratch.parsed_frames.is_empty() {
             return None;
         }
         let config = shared.config;
@@ -243,11 +247,11 @@ impl Connection {
         let out_of_order = self.transport.received.record(pn, now);
         let events_before = shared.events.len();
         let delivered_before = self.stats.payload_bytes_delivered;
-        let mut parsed = core::mem::take(&mut self.parsed_frames);
+        let mut parsed = core::mem::take(&mut shared.scratch.parsed_frames);
         for (i, (header, payload)) in parsed.drain(..).enumerate() {
             self.receive_frame(now, (pn, i as u16), header, payload, shared);
         }
-        self.parsed_frames = parsed;
+        shared.scratch.parsed_frames = parsed;
         if shared.events.len() > events_before {
             // Delivered payloads are slices of the datagram: while any of them waits, the
             // whole datagram stays in memory, headers and dropped frames included. Charge
@@ -287,7 +291,7 @@ impl Connection {
             }
         }
         self.transport.fec_rx.on_repair(pn, &covered, repair.symbol);
-        let mut rebuilt = core::mem::take(&mut self.rebuilt_scratch);
+        let mut rebuilt = core::mem::take(&mut shared.scratch.rebuilt);
         let received = &self.transport.received;
         let largest = received.largest().unwrap_or(0);
         self.transport.fec_rx.solve(
@@ -298,16 +302,16 @@ impl Connection {
             if self.transport.received.verdict(p) != Verdict::New {
                 continue;
             }
-            let Ok(to_hold) = self.parse_frames(&frames, shared.config) else {
+            let Ok(to_hold) = self.parse_frames(&frames, shared.config, shared.scratch) else {
                 // Only a lying peer's repairs rebuild garbage: forget them all, so they cost
                 // no more solving.
-                self.parsed_frames.clear();
+                shared.scratch.parsed_frames.clear();
                 self.transport.fec_rx.forget_repairs();
                 self.stats.drops.add(DropReason::Malformed);
                 continue;
             };
             if self.refusal(to_hold, shared).is_some() {
-                self.parsed_frames.clear();
+                shared.scratch.parsed_frames.clear();
                 continue;
             }
             self.stats.packets_rebuilt += 1;
@@ -315,7 +319,7 @@ impl Connection {
             // Acknowledge it soon: the sender would otherwise resend it.
             self.transport.ack_now = true;
         }
-        self.rebuilt_scratch = rebuilt;
+        shared.scratch.rebuilt = rebuilt;
     }
 
     /// Receive memory a frame would newly take (besides whole ordered messages, see

@@ -322,9 +322,12 @@ impl Connection {
     /// if they were lost the probe delivers them, and its acknowledgement shows what was.
     fn write_probe_frames(&mut self, w: &mut Writer<'_>, keys: &mut Vec<FrameKey>) -> usize {
         let mut written = 0;
-        let mut candidates = core::mem::take(&mut self.probe_scratch);
-        candidates.clear();
-        candidates.extend(self.transport.sent.oldest_in_flight_frames().take(64));
+        let candidates: heapless::Vec<FrameKey, 64> = self
+            .transport
+            .sent
+            .oldest_in_flight_frames()
+            .take(64)
+            .collect();
         for &key in &candidates {
             if keys.contains(&key) {
                 continue;
@@ -340,7 +343,6 @@ impl Connection {
             self.stats.payload_bytes_transmitted += frame.payload.len() as u64;
             written += 1;
         }
-        self.probe_scratch = candidates;
         written
     }
 

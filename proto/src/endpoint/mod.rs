@@ -11,8 +11,8 @@ use core::net::SocketAddr;
 
 use crate::config::{Config, ConfigError};
 use crate::connection::{
-    AcceptFields, AcceptOutcome, ClientHandshake, Connection, ControlBytes, DataResult, Shared,
-    CONTROL_MAX,
+    AcceptFields, AcceptOutcome, ClientHandshake, Connection, ControlBytes, DataResult, Scratch,
+    Shared, CONTROL_MAX,
 };
 use crate::crypto::{Protection, PublicKey, Secrets, SHORT_HEADER_LEN};
 use crate::error::{ConnectError, SendError};
@@ -259,6 +259,8 @@ pub struct Endpoint {
     /// When the arena last took a new slab.
     arena_refilled: Instant,
     budget: ReceiveBudget,
+    /// Buffers a connection uses while it takes one packet (shared by all of them).
+    scratch: Scratch,
     next_request_id: u64,
     stats: EndpointStats,
     last_now: Instant,
@@ -332,6 +334,7 @@ impl Endpoint {
             arena_slab: ARENA_FIRST_SLAB,
             arena_refilled: Instant::ZERO,
             budget: ReceiveBudget::default(),
+            scratch: Scratch::default(),
             next_request_id: 0,
             stats: EndpointStats::default(),
             last_now: Instant::ZERO,
@@ -1139,6 +1142,7 @@ impl Endpoint {
                 events: &mut self.events,
                 budget: &mut self.budget,
                 event_share: 0,
+                scratch: &mut self.scratch,
             };
             c.handle_timeout(now, &mut shared);
             self.finish(index, c);
@@ -1707,6 +1711,7 @@ impl Endpoint {
             events: &mut self.events,
             budget: &mut self.budget,
             event_share: self.config.max_pending_event_bytes / self.live.max(1),
+            scratch: &mut self.scratch,
         };
         if let DataResult::Migrated(old) =
             c.handle_data(now, from, datagram_len, header, frames, &mut shared)
