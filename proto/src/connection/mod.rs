@@ -612,10 +612,10 @@ impl Connection {
         self.transport.paths.trim();
         self.transport.outcome = Default::default();
         if !self.transport.coding {
-            self.transport.fec_tx = Default::default();
+            self.transport.fec_tx = None;
         }
         // Repairs of packets a keepalive interval old would come too late to help.
-        self.transport.fec_rx = Default::default();
+        self.transport.fec_rx = None;
     }
 
     /// Whether all queued messages were sent and acknowledged.

@@ -260,7 +260,12 @@ impl Connection {
             let pinned = frames.len().saturating_sub(delivered);
             self.event_bytes += shared.events.charge_last(pinned);
         }
-        self.transport.fec_rx.on_received(pn, frames);
+        if let Some(rx) = &mut self.transport.fec_rx {
+            rx.on_received(pn, frames);
+            if !rx.is_active() {
+                self.transport.fec_rx = None; // the peer stopped coding
+            }
+        }
         out_of_order
     }
 
@@ -290,11 +295,12 @@ impl Connection {
                 let _ = covered.push((covered_pn, len));
             }
         }
-        self.transport.fec_rx.on_repair(pn, &covered, repair.symbol);
+        let rx = self.transport.fec_rx.get_or_insert_with(Default::default);
+        rx.on_repair(pn, &covered, repair.symbol);
         let mut rebuilt = core::mem::take(&mut shared.scratch.rebuilt);
         let received = &self.transport.received;
         let largest = received.largest().unwrap_or(0);
-        self.transport.fec_rx.solve(
+        rx.solve(
             |p| p < largest && received.verdict(p) == Verdict::New,
             |p, frames| rebuilt.push((p, Bytes::copy_from_slice(frames))),
         );
@@ -306,7 +312,9 @@ impl Connection {
                 // Only a lying peer's repairs rebuild garbage: forget them all, so they cost
                 // no more solving.
                 shared.scratch.parsed_frames.clear();
-                self.transport.fec_rx.forget_repairs();
+                if let Some(rx) = &mut self.transport.fec_rx {
+                    rx.forget_repairs();
+                }
                 self.stats.drops.add(DropReason::Malformed);
                 continue;
             };

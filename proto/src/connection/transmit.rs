@@ -247,6 +247,7 @@ impl Connection {
             // A small packet: later repairs cover it.
             self.transport
                 .fec_tx
+                .get_or_insert_with(Default::default)
                 .on_sent(pn, now, &buf[frames_start..len]);
         }
         let len = match &self.keys {
@@ -289,7 +290,11 @@ impl Connection {
     /// within a round trip), if there are new ones to cover and the symbol fits.
     fn write_repair(&mut self, now: Instant, pn: u64, room: usize, w: &mut Writer<'_>) -> bool {
         let horizon = self.transport.sent.rtt.smoothed();
-        let Some((newest, covered, symbol)) = self.transport.fec_tx.build(pn, now, horizon, room)
+        let Some((newest, covered, symbol)) = self
+            .transport
+            .fec_tx
+            .as_mut()
+            .and_then(|tx| tx.build(pn, now, horizon, room))
         else {
             return false;
         };
@@ -611,7 +616,7 @@ impl Connection {
             self.transport.coding = true;
         } else if self.transport.loss_rate < PER_MILLE / 20 && self.transport.coding {
             self.transport.coding = false;
-            self.transport.fec_tx.clear();
+            self.transport.fec_tx = None;
         }
         self.transport.coding && config.redundancy > 0
     }

@@ -113,13 +113,6 @@ impl RepairEncoder {
         self.sent.push_back((pn, now, buf));
     }
 
-    /// Forgets what was sent and gives its buffers back (coding stopped: the link is clean).
-    pub(crate) fn clear(&mut self) {
-        self.sent.clear();
-        self.spare = Vec::new();
-        self.symbol = Vec::new();
-    }
-
     /// Builds the repair for packet `pn` going out at `now`: it covers the packets sent
     /// before this instant and within `horizon`, newest first, as many as a symbol of at
     /// most `room` bytes allows. Returns the newest covered packet, the coverage as
@@ -208,6 +201,12 @@ impl RepairDecoder {
         buf.clear();
         buf.extend_from_slice(frames);
         self.kept.push_back((pn, buf));
+    }
+
+    /// Whether the peer sends repairs: a decoder goes inactive (and empty) once it has
+    /// gone `2 × KEPT` packets without one.
+    pub(crate) fn is_active(&self) -> bool {
+        self.active
     }
 
     /// Takes a repair carried by packet `repair_pn`: `covered` as (packet number, length).

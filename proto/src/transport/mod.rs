@@ -13,6 +13,7 @@ pub(crate) mod received;
 pub(crate) mod recovery;
 pub(crate) mod rtt;
 
+use alloc::boxed::Box;
 use core::net::SocketAddr;
 
 use crate::config::Config;
@@ -57,10 +58,12 @@ pub(crate) struct Transport {
     /// Small packets are being coded: on from 0.1% loss, off only below 0.005% (repairs
     /// hide most losses from the estimate, so it must not switch them off at once).
     pub(crate) coding: bool,
-    /// Forward error correction: what we sent lately, to code repairs from.
-    pub(crate) fec_tx: RepairEncoder,
+    /// Forward error correction: what we sent lately, to code repairs from. Boxed while
+    /// coding (most connections never code; an idle one gives it back).
+    pub(crate) fec_tx: Option<Box<RepairEncoder>>,
     /// Forward error correction: what we received lately, and repairs not solved yet.
-    pub(crate) fec_rx: RepairDecoder,
+    /// Boxed from the peer's first repair until it stops sending them.
+    pub(crate) fec_rx: Option<Box<RepairDecoder>>,
     /// The newest packet the last repair we sent covered (each is the newest once).
     pub(crate) last_repair_newest: Option<u64>,
     /// What the last acknowledgement or timeout resolved (reused).
@@ -85,8 +88,8 @@ impl Transport {
             // every clean connection a repair per packet for its first couple of thousand.)
             loss_rate: 0,
             coding: false,
-            fec_tx: RepairEncoder::default(),
-            fec_rx: RepairDecoder::default(),
+            fec_tx: None,
+            fec_rx: None,
             last_repair_newest: None,
             outcome: AckOutcome::default(),
         }
