@@ -593,7 +593,7 @@ impl Connection {
     }
 
     /// Gives back what an idle connection does not need: empty queues' and windows'
-    /// buffers, scratch space, the sent-frame slab, coding state. Traffic grows them again.
+    /// buffers, the sent-frame slab, packet records, coding state. Traffic grows them again.
     fn trim(&mut self) {
         for ch in &mut self.messaging.send_channels {
             ch.trim();
