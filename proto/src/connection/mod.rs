@@ -146,10 +146,8 @@ struct Messaging {
     /// reservation.
     open_response_chunks: u32,
     open_response_reserved: usize,
-    pending_requests: HashMap<(u8, u16), PendingRequest>,
-    request_deadlines: BinaryHeap<Reverse<(Instant, u64, u8, u16)>>,
-    /// The last requests answered, to tell a copy of their response from a stale one.
-    answered: VecDeque<(u8, u16)>,
+    /// Our requests, made on the first one (most connections never make any).
+    requests: Option<Box<Requests>>,
     /// Receive memory held by this connection (channels and responses).
     reassembly_bytes: usize,
 }
@@ -186,6 +184,21 @@ fn made_up_to<'a, T>(
         channels.extend(missing.iter().map(make));
     }
     channels.get_mut(i)
+}
+
+/// A connection's requests awaiting responses, and the last ones answered.
+struct Requests {
+    pending: HashMap<(u8, u16), PendingRequest>,
+    deadlines: BinaryHeap<Reverse<(Instant, u64, u8, u16)>>,
+    /// The last requests answered, to tell a copy of their response from a stale one.
+    answered: VecDeque<(u8, u16)>,
+}
+
+impl Messaging {
+    /// The request awaiting the response `key` names, if any.
+    fn pending_request(&self, key: (u8, u16)) -> Option<&PendingRequest> {
+        self.requests.as_ref()?.pending.get(&key)
+    }
 }
 
 /// One connection's state.
@@ -258,7 +271,6 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         config: &Config,
         handle: ConnectionHandle,
@@ -266,7 +278,6 @@ impl Connection {
         now: Instant,
         is_client: bool,
         client_nonce: u64,
-        hasher: SeededState,
         path_key: Prf,
     ) -> Self {
         let mut timers = TimerTable::default();
@@ -306,9 +317,7 @@ impl Connection {
                 large_in_window: 0,
                 open_response_chunks: 0,
                 open_response_reserved: 0,
-                pending_requests: HashMap::with_hasher(hasher),
-                request_deadlines: BinaryHeap::new(),
-                answered: VecDeque::new(),
+                requests: None,
                 reassembly_bytes: 0,
             },
             event_bytes: 0,
@@ -499,7 +508,9 @@ impl Connection {
         Ok(seq)
     }
 
-    /// Queues a request and remembers it until its response or deadline.
+    /// Queues a request and remembers it until its response or deadline. `hasher` keys the
+    /// table of pending requests, made on the first.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn request(
         &mut self,
         now: Instant,
@@ -508,8 +519,14 @@ impl Connection {
         payload: Bytes,
         id: RequestId,
         route: Route,
+        hasher: SeededState,
     ) -> Result<(), SendError> {
-        if self.messaging.pending_requests.len() >= config.max_pending_requests {
+        let pending = self
+            .messaging
+            .requests
+            .as_ref()
+            .map_or(0, |r| r.pending.len());
+        if pending >= config.max_pending_requests {
             return Err(SendError::TooManyRequests {
                 max: config.max_pending_requests,
             });
@@ -522,23 +539,26 @@ impl Connection {
             .send_channels
             .get(usize::from(channel))
             .map_or(0, |ch| ch.next_seq) as u16;
-        if self
-            .messaging
-            .pending_requests
-            .contains_key(&(channel, next))
-        {
+        if self.messaging.pending_request((channel, next)).is_some() {
             // 65,536 messages later an old request still waits: refuse rather than confuse.
             return Err(SendError::TooManyRequests {
                 max: config.max_pending_requests,
             });
         }
         let seq = self.send(config, channel, payload, true, route)? as u16;
-        self.messaging
-            .pending_requests
+        let requests = self.messaging.requests.get_or_insert_with(|| {
+            Box::new(Requests {
+                pending: HashMap::with_hasher(hasher),
+                deadlines: BinaryHeap::new(),
+                answered: VecDeque::new(),
+            })
+        });
+        requests
+            .pending
             .insert((channel, seq), PendingRequest { id, partial: None });
         let deadline = now + config.request_timeout;
-        self.messaging
-            .request_deadlines
+        requests
+            .deadlines
             .push(Reverse((deadline, id.0, channel, seq)));
         self.refresh_request_timer();
         Ok(())
@@ -579,8 +599,9 @@ impl Connection {
     fn refresh_request_timer(&mut self) {
         let next = self
             .messaging
-            .request_deadlines
-            .peek()
+            .requests
+            .as_ref()
+            .and_then(|r| r.deadlines.peek())
             .map(|Reverse((t, ..))| *t);
         self.timers.set_opt(Timer::Request, next);
     }
@@ -700,20 +721,20 @@ impl Connection {
     }
 
     fn expire_requests(&mut self, now: Instant, shared: &mut Shared<'_>) {
-        while let Some(Reverse((deadline, id, channel, seq))) =
-            self.messaging.request_deadlines.peek().copied()
-        {
+        let Some(requests) = self.messaging.requests.as_mut() else {
+            return;
+        };
+        while let Some(Reverse((deadline, id, channel, seq))) = requests.deadlines.peek().copied() {
             if deadline > now {
                 break;
             }
-            self.messaging.request_deadlines.pop();
-            if self
-                .messaging
-                .pending_requests
+            requests.deadlines.pop();
+            if requests
+                .pending
                 .get(&(channel, seq))
                 .is_some_and(|p| p.id.0 == id)
             {
-                if let Some(p) = self.messaging.pending_requests.remove(&(channel, seq)) {
+                if let Some(p) = requests.pending.remove(&(channel, seq)) {
                     let reserved = p.partial.map_or(0, |r| r.reserved());
                     shared
                         .budget

@@ -339,8 +339,7 @@ impl Connection {
                 Some(chunk)
                     if self
                         .messaging
-                        .pending_requests
-                        .get(&(h.channel, h.sequence))
+                        .pending_request((h.channel, h.sequence))
                         .is_some_and(|p| p.partial.is_none()) =>
                 {
                     reservation(chunk.count, config.chunk_payload())
@@ -487,10 +486,12 @@ impl Connection {
     ) {
         let key = (h.channel, h.sequence);
         let chunk_payload = shared.config.chunk_payload();
-        let Some(pending) = self.messaging.pending_requests.get_mut(&key) else {
+        let requests = self.messaging.requests.as_deref_mut();
+        let Some(pending) = requests.and_then(|r| r.pending.get_mut(&key)) else {
             // A copy of a response just delivered (retransmitted, or rebuilt and resent) is a
             // duplicate; anything else answers nothing we are waiting for.
-            let reason = if self.messaging.answered.contains(&key) {
+            let answered = self.messaging.requests.as_ref();
+            let reason = if answered.is_some_and(|r| r.answered.contains(&key)) {
                 DropReason::DuplicateMessage
             } else {
                 DropReason::StaleResponse
@@ -543,13 +544,17 @@ impl Connection {
                 Some(r.assemble())
             }
         };
-        if let (Some(payload), Some(pending)) =
-            (complete, self.messaging.pending_requests.remove(&key))
-        {
-            if self.messaging.answered.len() >= RECENTLY_ANSWERED {
-                self.messaging.answered.pop_front();
+        let Some(payload) = complete else {
+            return;
+        };
+        let Some(requests) = self.messaging.requests.as_deref_mut() else {
+            return;
+        };
+        if let Some(pending) = requests.pending.remove(&key) {
+            if requests.answered.len() >= RECENTLY_ANSWERED {
+                requests.answered.pop_front();
             }
-            self.messaging.answered.push_back(key);
+            requests.answered.push_back(key);
             self.stats.messages_delivered += 1;
             self.stats.payload_bytes_delivered += payload.len() as u64;
             self.event_bytes += shared.events.push(Event::Response {

@@ -375,7 +375,6 @@ impl Endpoint {
             now,
             false,
             nonce,
-            self.hasher,
             path_key,
         ));
         conn.connection_id = connection_id;

@@ -599,7 +599,6 @@ impl Endpoint {
             now,
             true,
             nonce,
-            self.hasher,
             path_key,
         ));
         conn.set_client_handshake(handshake);
@@ -741,7 +740,7 @@ impl Endpoint {
         self.advance_time(now);
         let id = RequestId(self.next_request_id);
         let (index, mut c) = self.take(conn).ok_or(SendError::UnknownConnection)?;
-        let result = c.request(now, &self.config, channel, payload, id, route);
+        let result = c.request(now, &self.config, channel, payload, id, route, self.hasher);
         self.finish(index, c);
         result?;
         self.next_request_id += 1;
