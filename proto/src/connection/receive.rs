@@ -499,7 +499,7 @@ impl Connection {
             self.stats.drops.add(reason);
             return;
         };
-        let complete = match h.chunk {
+        let payload = match h.chunk {
             // A whole response to a request whose answer had started in chunks: the partial
             // is dropped with the request below, and so must its reservation be.
             None => {
@@ -508,7 +508,7 @@ impl Connection {
                         .budget
                         .release(&mut self.messaging.reassembly_bytes, r.reserved());
                 }
-                Some(payload)
+                payload
             }
             Some(ChunkInfo { index, count }) => {
                 let r = match &mut pending.partial {
@@ -541,12 +541,10 @@ impl Connection {
                 shared
                     .budget
                     .release(&mut self.messaging.reassembly_bytes, r.reserved());
-                Some(r.assemble())
+                r.assemble()
             }
         };
-        let Some(payload) = complete else {
-            return;
-        };
+        // (The table exists: `pending` was found in it above.)
         let Some(requests) = self.messaging.requests.as_deref_mut() else {
             return;
         };
