@@ -976,3 +976,17 @@ fn chunks_for(config: &Config, len: usize) -> u16 {
         chunk_count(len, config.chunk_payload()).min(usize::from(u16::MAX)) as u16
     }
 }
+
+#[cfg(all(test, target_pointer_width = "64"))]
+mod tests {
+    use super::*;
+
+    /// Every connection holds this much however idle (docs/benchmarks.md gives the figure
+    /// and what is in it): state only some connections need belongs behind a box made on
+    /// first use, not inline.
+    #[test]
+    fn a_connection_struct_stays_within_1504_bytes() {
+        let size = core::mem::size_of::<Connection>();
+        assert!(size <= 1504, "Connection is {size} bytes");
+    }
+}
