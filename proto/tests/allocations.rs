@@ -329,3 +329,38 @@ fn unused_channels_cost_a_connection_nothing() {
          an idle channel keeps more than its sequence state"
     );
 }
+
+/// Bytes a client endpoint holds (its own struct and heap) while it exchanges one 32-byte
+/// message each way with the server per 50 ms: the other half of each player's cost when a
+/// process runs many clients (a load test, the simulator). Printed; the bound only catches a
+/// regression.
+#[test]
+fn a_client_endpoint_with_steady_traffic_costs_a_few_kilobytes() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let server = Endpoint::new(swarm_config(1, true)).expect("valid");
+    let mut swarm = Swarm::around(server);
+    for (c, _) in swarm.clients.iter_mut() {
+        c.connect(swarm.now, swarm.server_addr, b"")
+            .expect("connect");
+    }
+    swarm.run(20);
+    let peers: Vec<_> = swarm.server.peers().collect();
+    assert_eq!(peers.len(), CLIENTS);
+    for _ in 0..40 {
+        for ((c, _), &s) in swarm.clients.iter_mut().zip(&peers) {
+            let conn = c.peers().next().expect("connected");
+            c.send(conn, 0, vec![1u8; 32]).expect("send");
+            swarm.server.send(s, 0, vec![2u8; 32]).expect("send");
+        }
+        swarm.run(1);
+    }
+    let Swarm { clients, .. } = swarm;
+    let before = LIVE_BYTES.load(Ordering::Relaxed);
+    drop(clients);
+    let per_client = (before - LIVE_BYTES.load(Ordering::Relaxed)) / CLIENTS as i64;
+    println!("client: {per_client} bytes per endpoint with steady traffic");
+    assert!(
+        per_client < 16 * 1024,
+        "a client endpoint with steady traffic costs {per_client} bytes"
+    );
+}
