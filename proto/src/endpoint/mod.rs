@@ -1400,6 +1400,11 @@ impl Endpoint {
     /// Takes a free slot (the one `next_slot_index` named).
     fn allocate_slot(&mut self) -> (u32, ConnectionHandle) {
         let index = self.free_slots.pop().unwrap_or_else(|| {
+            if self.slots.capacity() == 0 {
+                // Room for one: a client endpoint has one connection (a Vec's first
+                // growth would make four); a server's table doubles from there.
+                self.slots.reserve_exact(1);
+            }
             self.slots.push(Slot::default());
             (self.slots.len() - 1) as u32
         });
