@@ -119,6 +119,13 @@ pub(crate) struct Scratch {
     rebuilt: Vec<(u64, Bytes)>,
 }
 
+impl Scratch {
+    /// Whether the buffers hold nothing (true between packets).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.parsed_frames.is_empty() && self.ordered.is_empty() && self.rebuilt.is_empty()
+    }
+}
+
 /// One connection's messaging state: what rides in frames. The transport below tells it,
 /// through `AckOutcome`, which of its reliable frames were delivered or lost.
 struct Messaging {

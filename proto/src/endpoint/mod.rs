@@ -1722,6 +1722,9 @@ impl Endpoint {
         {
             c.moved_from.get_or_insert(old);
         }
+        // Nothing of this packet stays in the shared buffers for the next connection (every
+        // test run checks it: they run with debug assertions).
+        debug_assert!(self.scratch.is_empty(), "scratch left full by a packet");
         self.finish(index, c);
     }
 }
