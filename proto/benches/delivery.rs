@@ -3,6 +3,8 @@
 //! - `bulk_ordered_32b` (divan, wall clock): 100,000 32-byte messages on an ordered channel
 //!   through an in-memory pair with no loss, 1 ms ticks with up to 1,000 sends per tick,
 //!   acknowledgements included; reported as messages per second.
+//! - `handshake_encrypted` (divan, wall clock): one protected handshake, both endpoints made
+//!   and connected; what a connect storm costs per connection.
 //! - Printed before it (virtual time, deterministic, so exact figures rather than timings):
 //!   wire bytes per message in that bulk run (both directions), and delivery latency p50/p99
 //!   with wire and payload overhead under 10% loss each way (independent, and in bursts) and
@@ -162,6 +164,13 @@ fn bulk_rate(protection: Protection, runs: usize) -> f64 {
             N as f64 / start.elapsed().as_secs_f64()
         })
         .fold(0.0, f64::max)
+}
+
+/// One protected handshake, both ends made and connected over a perfect link (wall clock):
+/// the CPU a connect storm costs per connection, key agreement on both sides included.
+#[divan::bench(sample_count = 50, sample_size = 4)]
+fn handshake_encrypted() -> usize {
+    handshake_cost(Protection::Encrypted).2
 }
 
 /// The handshake on a perfect link: (datagrams, bytes) client to server and back, until both
