@@ -42,8 +42,23 @@ fn bench(clients: u64, secs: u64, seed: u64, protection: Protection) {
         "{clients} clients at {} Hz for {secs} simulated s (link: 40ms ±5ms, 1% loss; 64 KiB every 10 s per client; {protection:?})",
         config.tick_rate
     );
+    // Wall time when the simulated clock passed the end of the connect window plus a
+    // second (handshakes done, first round trips settled): the steady state is timed from
+    // there to the end of traffic, apart from the connect storm's key agreement.
+    let settled_at = config.connect_window + Duration::from_secs(1);
+    let traffic_end = config.duration;
+    let mut settled: Option<Instant> = None;
+    let mut ended: Option<Instant> = None;
     let started = Instant::now();
-    let report = match run(&config, &mut |_| {}) {
+    let report = match run(&config, &mut |now| {
+        let simulated = now.saturating_duration_since(shoal_proto::Instant::ZERO);
+        if settled.is_none() && simulated >= settled_at {
+            settled = Some(Instant::now());
+        }
+        if ended.is_none() && simulated >= traffic_end {
+            ended = Some(Instant::now());
+        }
+    }) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("  cannot run: {e}");
@@ -59,6 +74,15 @@ fn bench(clients: u64, secs: u64, seed: u64, protection: Protection) {
         simulated - secs as f64
     );
     println!("  simulated s per wall s     {:>14.2}", simulated / wall);
+    match (settled, ended) {
+        (Some(from), Some(to)) if traffic_end > settled_at => println!(
+            "  steady state               {:>14.2} sim-s per wall s (from {:.1} to {:.1} simulated s)",
+            (traffic_end - settled_at).as_secs_f64() / (to - from).as_secs_f64().max(1e-9),
+            settled_at.as_secs_f64(),
+            traffic_end.as_secs_f64()
+        ),
+        _ => println!("  steady state               (run too short: traffic must last past {:.1} s)", settled_at.as_secs_f64()),
+    }
     println!(
         "  engine steps per wall s    {:>14.0}",
         s.steps as f64 / wall
