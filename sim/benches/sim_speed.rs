@@ -14,6 +14,7 @@
 //! | `SHOAL_BENCH_BIG_SECS` | 10 | simulated seconds of the second run |
 //! | `SHOAL_BENCH_SEED` | 1 | seed of both runs |
 //! | `SHOAL_BENCH_PROTECTION` | `encrypted` | `none` runs without packet protection |
+//! | `SHOAL_BENCH_LARGE` | 65536 | bytes of each client's large message every 10 s (0: none) |
 
 use std::time::{Duration, Instant};
 
@@ -36,11 +37,13 @@ fn bench(clients: u64, secs: u64, seed: u64, protection: Protection) {
         duration: Duration::from_secs(secs),
         seed,
         protection,
+        large_size: env_u64("SHOAL_BENCH_LARGE", 64 * 1024) as usize,
         ..ScenarioConfig::default()
     };
     println!(
-        "{clients} clients at {} Hz for {secs} simulated s (link: 40ms ±5ms, 1% loss; 64 KiB every 10 s per client; {protection:?})",
-        config.tick_rate
+        "{clients} clients at {} Hz for {secs} simulated s (link: 40ms ±5ms, 1% loss; {} B every 10 s per client; {protection:?})",
+        config.tick_rate,
+        config.large_size
     );
     // Wall time when the simulated clock passed the end of the connect window plus a
     // second (handshakes done, first round trips settled): the steady state is timed from
