@@ -149,6 +149,52 @@ fn a_warm_connection_carries_messages_without_allocating() {
     );
 }
 
+/// Records of packets in flight need no allocation of their own: a reliable burst of two
+/// dozen packets per frame (more than any small per-connection pool would hold) settles,
+/// after warm-up, into a steady state whose only allocations are the receive arena's: a
+/// 16 KiB slab and its shared header whenever the slab before is full (received payloads
+/// are slices of it, so it cannot be written over while the application holds them).
+#[test]
+fn a_burst_of_reliable_packets_in_flight_is_recorded_without_allocating() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut link = Link::new();
+    let conn = link
+        .client
+        .connect(link.now, link.server_addr, b"")
+        .expect("connect");
+    // 1,000 bytes each: one message per packet, so each frame puts 24 packets in flight
+    // before the first acknowledgement comes back.
+    let payload = Bytes::from_static(&[9u8; 1000]);
+    let per_frame = 24;
+    let frame = |link: &mut Link| {
+        for _ in 0..per_frame {
+            link.client.send(conn, 3, payload.clone()).expect("send");
+        }
+        link.pump(Duration::from_millis(20))
+    };
+    for _ in 0..1_500 {
+        frame(&mut link);
+    }
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    let received_before = link.server.stats().bytes_received + link.client.stats().bytes_received;
+    let frames = 500;
+    let mut delivered = 0;
+    for _ in 0..frames {
+        delivered += frame(&mut link);
+    }
+    let allocations = ALLOCATIONS.load(Ordering::Relaxed) - before;
+    let received =
+        link.server.stats().bytes_received + link.client.stats().bytes_received - received_before;
+    assert_eq!(delivered, per_frame * frames, "every message arrived");
+    let arena_slabs = received.div_ceil(16 * 1024);
+    assert!(
+        allocations <= 2 * arena_slabs,
+        "{allocations} allocations for {delivered} reliable messages in bursts; the receive \
+         arena accounts for at most {}",
+        2 * arena_slabs
+    );
+}
+
 /// Clients of the memory tests.
 const CLIENTS: usize = 100;
 

@@ -28,7 +28,7 @@ use crate::stats::{ConnectionStats, Counters, DropReason, LinkStats, LossMeter, 
 use crate::time::{Instant, Timer, TimerTable};
 use crate::transport::congestion::Controller;
 use crate::transport::frame_store::{FrameKey, FrameStore};
-use crate::transport::recovery::{AckWanted, LAZY_ACK_DELAY};
+use crate::transport::recovery::{AckWanted, PacketFrameKeys, LAZY_ACK_DELAY};
 use crate::transport::Transport;
 use crate::wire::{
     self, encode_ack, encode_data_prefix, ChunkInfo, CloseCode, Cookie, DataHeader, Frame, Frames,

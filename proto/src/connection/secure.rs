@@ -178,7 +178,7 @@ impl Connection {
             Some(keys) => keys.send.seal(pn, buf, len)?,
             None => len,
         };
-        let keys = self.transport.sent.take_key_vec();
+        let keys = self.transport.sent.take_packet_keys();
         self.transport.outcome.clear();
         self.transport
             .sent

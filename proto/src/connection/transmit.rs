@@ -192,7 +192,7 @@ impl Connection {
             );
         }
 
-        let mut keys = self.transport.sent.take_key_vec();
+        let mut keys = self.transport.sent.take_packet_keys();
         let mut frames_written = 0usize;
         if ack_only {
             // The rest of an acknowledgement too long for the packet before: it goes alone.
@@ -233,7 +233,7 @@ impl Connection {
         let window_limited = frames_written > 0 && !self.transport.sent.can_send(w.len() + mtu);
         let ping = probe || heartbeat || refresh || window_limited || !keys.is_empty();
         if frames_written == 0 && !ack_due && !self.keepalive_due && !probe && !ack_only {
-            self.transport.sent.recycle_key_vec(keys);
+            self.transport.sent.give_back_packet_keys(keys);
             return None;
         }
         let len = w.len();
@@ -325,12 +325,12 @@ impl Connection {
 
     /// A probe carries again the reliable frames of the oldest packets in flight, so that
     /// if they were lost the probe delivers them, and its acknowledgement shows what was.
-    fn write_probe_frames(&mut self, w: &mut Writer<'_>, keys: &mut Vec<FrameKey>) -> usize {
+    fn write_probe_frames(&mut self, w: &mut Writer<'_>, keys: &mut PacketFrameKeys) -> usize {
         let mut written = 0;
         let candidates: heapless::Vec<FrameKey, 64> = self
             .transport
             .sent
-            .oldest_in_flight_frames()
+            .oldest_in_flight_frames(keys)
             .take(64)
             .collect();
         for &key in &candidates {
@@ -409,7 +409,7 @@ impl Connection {
         })
     }
 
-    fn write_retransmissions(&mut self, w: &mut Writer<'_>, keys: &mut Vec<FrameKey>) -> usize {
+    fn write_retransmissions(&mut self, w: &mut Writer<'_>, keys: &mut PacketFrameKeys) -> usize {
         let mut written = 0;
         while let Some(&key) = self.messaging.resend.front() {
             let Some(frame) = self.messaging.frames.get_mut(key) else {
@@ -437,7 +437,7 @@ impl Connection {
     fn write_new_frames(
         &mut self,
         w: &mut Writer<'_>,
-        keys: &mut Vec<FrameKey>,
+        keys: &mut PacketFrameKeys,
         config: &Config,
     ) -> usize {
         // Lanes with something queued, as a bit mask: a lane leaves it when it empties or
@@ -501,7 +501,7 @@ impl Connection {
         &mut self,
         lane: usize,
         w: &mut Writer<'_>,
-        keys: &mut Vec<FrameKey>,
+        keys: &mut PacketFrameKeys,
         config: &Config,
     ) -> bool {
         let local_user_id = self.local_user_id;
@@ -628,7 +628,7 @@ fn put_sent_frame(
     frame: &mut SentFrame,
     key: FrameKey,
     w: &mut Writer<'_>,
-    keys: &mut Vec<FrameKey>,
+    keys: &mut PacketFrameKeys,
 ) -> bool {
     let f = Frame {
         header: frame.header,

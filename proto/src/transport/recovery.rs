@@ -19,17 +19,15 @@ use crate::wire::Ack;
 
 /// A packet is lost when a packet this many numbers later has been acknowledged (at first;
 /// the threshold grows when a late acknowledgement shows a loss was reordering).
-pub(crate) const PACKET_THRESHOLD: u64 = 3;
+pub(crate) const PACKET_THRESHOLD: u8 = 3;
 /// The largest the packet threshold grows to.
-const MAX_PACKET_THRESHOLD: u64 = 16;
+const MAX_PACKET_THRESHOLD: u8 = 16;
 /// Packets declared lost are remembered this many packet numbers back, to notice late acks.
 const LATE_ACK_WINDOW: u64 = 64;
 /// Sent packets tracked at most; older ones are given up as lost.
 const MAX_TRACKED_PACKETS: usize = 4096;
-/// Frame-key vectors kept for reuse per connection.
-const KEY_VEC_POOL: usize = 16;
 /// Longest backoff exponent for the probe timeout.
-const MAX_BACKOFF: u32 = 6;
+const MAX_BACKOFF: u8 = 6;
 /// The longest a receiver waits to acknowledge packets of unreliable messages only (when
 /// it sends nothing it could carry the acknowledgement on meanwhile). A game sending at
 /// more than 10 Hz acknowledges them on its own next packet, never in a datagram of its own.
@@ -73,8 +71,40 @@ pub(crate) struct SentPacket {
     app_limited: bool,
     /// Acknowledged promptly (see [`AckWanted`]).
     prompt: bool,
-    /// Reliable frames it carried.
-    pub(crate) frames: Vec<FrameKey>,
+    /// Reliable frames it carried: `keys_len` keys of the ring of in-flight packets' keys,
+    /// from the key numbered `keys_start` (see [`SentPackets::keys`]).
+    keys_start: u32,
+    keys_len: u16,
+}
+
+/// The frame keys of the packet being written: appended to the back of the ring of
+/// in-flight packets' keys, which is lent out while the packet is written (taken with
+/// [`SentPackets::take_packet_keys`], given back by `on_sent` or `give_back_packet_keys`).
+#[derive(Debug)]
+pub(crate) struct PacketFrameKeys {
+    ring: VecDeque<FrameKey>,
+    /// Where this packet's keys begin in `ring`.
+    from: usize,
+}
+
+impl PacketFrameKeys {
+    pub(crate) fn push(&mut self, key: FrameKey) {
+        self.ring.push_back(key);
+    }
+
+    /// Whether this packet already carries `key`.
+    pub(crate) fn contains(&self, key: &FrameKey) -> bool {
+        self.ring.range(self.from..).any(|k| k == key)
+    }
+
+    /// Whether this packet carries no reliable frame.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.ring.len() == self.from
+    }
+
+    fn len(&self) -> usize {
+        self.ring.len() - self.from
+    }
 }
 
 /// What an acknowledgement or a timeout resolved, handed back to the connection.
@@ -110,17 +140,21 @@ pub(crate) struct SentPackets {
     pub(crate) rtt: RttEstimator,
     pub(crate) congestion: NewReno,
     /// Probe timeouts in a row without an acknowledgement.
-    pto_count: u32,
+    pto_count: u8,
     /// When the newest promptly acknowledged packet left.
     last_eliciting_sent: Option<Instant>,
     /// Promptly acknowledged packets in flight: the probe timeout runs while there are any.
     prompt_in_flight: u32,
     /// Number of the oldest packet still in flight (or `next_seq` if none is).
     oldest_in_flight: u64,
-    packet_threshold: u64,
+    packet_threshold: u8,
     /// Packets declared lost and then acknowledged.
     pub(crate) spurious_losses: u64,
-    pool: Vec<Vec<FrameKey>>,
+    /// The frame keys of the packets in `packets`, in packet order: one ring for all, so
+    /// recording a packet never allocates once the ring has grown to what is in flight.
+    keys: VecDeque<FrameKey>,
+    /// The number of `keys[0]` (keys are numbered as pushed, wrapping).
+    keys_first: u32,
     /// The packets being sent are coded (forward error correction).
     coded: bool,
 }
@@ -141,7 +175,8 @@ impl SentPackets {
             oldest_in_flight: 0,
             packet_threshold: PACKET_THRESHOLD,
             spurious_losses: 0,
-            pool: Vec::new(),
+            keys: VecDeque::new(),
+            keys_first: 0,
             coded: false,
         }
     }
@@ -160,37 +195,54 @@ impl SentPackets {
         self.bytes_in_flight + size as u64 <= self.congestion.window()
     }
 
-    /// Gives back the packet record's buffer when it is empty, and the key-vector pool.
+    /// Gives back the packet records' buffers when no packet is tracked.
     pub(crate) fn trim(&mut self) {
         if self.packets.is_empty() {
             self.packets = VecDeque::new();
+            self.keys = VecDeque::new();
         }
-        self.pool = Vec::new();
     }
 
-    /// A cleared vector to collect a packet's frame keys in.
-    pub(crate) fn take_key_vec(&mut self) -> Vec<FrameKey> {
-        self.pool.pop().unwrap_or_default()
+    /// Lends the key ring out to collect the frame keys of the packet being written.
+    pub(crate) fn take_packet_keys(&mut self) -> PacketFrameKeys {
+        let ring = core::mem::take(&mut self.keys);
+        PacketFrameKeys {
+            from: ring.len(),
+            ring,
+        }
     }
 
-    /// Returns an unused key vector to the pool.
-    pub(crate) fn recycle_key_vec(&mut self, mut keys: Vec<FrameKey>) {
-        keys.clear();
-        if self.pool.len() < KEY_VEC_POOL {
-            self.pool.push(keys);
-        }
+    /// Takes the key ring back from a packet that was not sent.
+    pub(crate) fn give_back_packet_keys(&mut self, mut keys: PacketFrameKeys) {
+        keys.ring.truncate(keys.from);
+        self.keys = keys.ring;
+    }
+
+    /// The frame keys packet `p` carried, in `keys`, the ring whose first key is numbered
+    /// `first`.
+    fn keys_of<'a>(
+        keys: &'a VecDeque<FrameKey>,
+        first: u32,
+        p: &SentPacket,
+    ) -> impl Iterator<Item = FrameKey> + 'a {
+        let from = (p.keys_start.wrapping_sub(first) as usize).min(keys.len());
+        let to = (from + usize::from(p.keys_len)).min(keys.len());
+        keys.range(from..to).copied()
     }
 
     /// Reliable frames of the oldest packets still in flight, oldest first (what a probe
-    /// carries again).
-    pub(crate) fn oldest_in_flight_frames(&self) -> impl Iterator<Item = FrameKey> + '_ {
+    /// carries again), read from the key ring lent to the packet being written.
+    pub(crate) fn oldest_in_flight_frames<'a>(
+        &'a self,
+        lent: &'a PacketFrameKeys,
+    ) -> impl Iterator<Item = FrameKey> + 'a {
         let from = self
             .index_of(self.oldest_in_flight)
             .unwrap_or(self.packets.len());
         self.packets
             .range(from..)
             .filter(|p| p.state == PacketState::InFlight)
-            .flat_map(|p| p.frames.iter().copied())
+            .flat_map(move |p| Self::keys_of(&lent.ring, self.keys_first, p))
     }
 
     /// Records packet `next_seq()` as sent. Packets that want an acknowledgement are tracked
@@ -200,9 +252,12 @@ impl SentPackets {
         now: Instant,
         size: usize,
         wanted: AckWanted,
-        frames: Vec<FrameKey>,
+        frames: PacketFrameKeys,
         outcome: &mut AckOutcome,
     ) {
+        let keys_len = frames.len();
+        let keys_start = self.keys_first.wrapping_add(frames.from as u32);
+        self.keys = frames.ring;
         if self.packets.is_empty() {
             self.first_seq = self.next_seq;
         }
@@ -225,7 +280,9 @@ impl SentPackets {
             state,
             app_limited,
             prompt,
-            frames,
+            keys_start,
+            // A packet holds far fewer frames than this (each takes bytes of a datagram).
+            keys_len: keys_len as u16,
         });
         if self.packets.len() > MAX_TRACKED_PACKETS {
             // Nothing has been acknowledged for thousands of packets: give the oldest up.
@@ -234,7 +291,9 @@ impl SentPackets {
                     p.state = PacketState::Lost;
                     self.bytes_in_flight -= u64::from(p.size);
                     self.prompt_in_flight -= u32::from(p.prompt);
-                    outcome.lost_frames.extend_from_slice(&p.frames);
+                    outcome
+                        .lost_frames
+                        .extend(Self::keys_of(&self.keys, self.keys_first, p));
                     outcome.packets_lost += 1;
                 }
             }
@@ -260,11 +319,11 @@ impl SentPackets {
             if keep {
                 break;
             }
-            if let Some(mut p) = self.packets.pop_front() {
-                p.frames.clear();
-                if self.pool.len() < KEY_VEC_POOL {
-                    self.pool.push(p.frames);
-                }
+            if let Some(p) = self.packets.pop_front() {
+                // Packets leave in order, so their keys are the oldest in the ring.
+                let n = usize::from(p.keys_len).min(self.keys.len());
+                self.keys.drain(..n);
+                self.keys_first = self.keys_first.wrapping_add(n as u32);
                 self.first_seq += 1;
             }
         }
@@ -312,10 +371,13 @@ impl SentPackets {
                         // It arrived after all: reordering fooled the packet threshold. Its
                         // frames are acknowledged and the threshold grows to this depth.
                         p.state = PacketState::Acked;
-                        outcome.acked_frames.extend_from_slice(&p.frames);
+                        outcome
+                            .acked_frames
+                            .extend(Self::keys_of(&self.keys, self.keys_first, p));
                         self.spurious_losses += 1;
-                        let depth = (largest - seq + 1).min(MAX_PACKET_THRESHOLD);
-                        self.packet_threshold = self.packet_threshold.max(depth);
+                        let depth = (largest - seq + 1).min(u64::from(MAX_PACKET_THRESHOLD));
+                        // At most MAX_PACKET_THRESHOLD, so it fits.
+                        self.packet_threshold = self.packet_threshold.max(depth as u8);
                         continue;
                     }
                     PacketState::InFlight => {}
@@ -325,7 +387,9 @@ impl SentPackets {
                 self.prompt_in_flight -= u32::from(p.prompt);
                 self.congestion
                     .on_ack(p.sent_at, u64::from(p.size), p.app_limited);
-                outcome.acked_frames.extend_from_slice(&p.frames);
+                outcome
+                    .acked_frames
+                    .extend(Self::keys_of(&self.keys, self.keys_first, p));
                 outcome.packets_acked += 1;
                 if newest_acked.is_none_or(|(s, ..)| seq > s) {
                     newest_acked = Some((seq, p.sent_at, p.prompt));
@@ -374,11 +438,13 @@ impl SentPackets {
                 PacketState::InFlight => {}
                 PacketState::Untracked | PacketState::Lost => continue,
             }
-            if largest - seq >= self.packet_threshold || p.sent_at + loss_delay <= now {
+            if largest - seq >= u64::from(self.packet_threshold) || p.sent_at + loss_delay <= now {
                 p.state = PacketState::Lost;
                 self.bytes_in_flight -= u64::from(p.size);
                 self.prompt_in_flight -= u32::from(p.prompt);
-                outcome.lost_frames.extend_from_slice(&p.frames);
+                outcome
+                    .lost_frames
+                    .extend(Self::keys_of(&self.keys, self.keys_first, p));
                 outcome.packets_lost += 1;
                 if !p.app_limited {
                     newest_lost = Some(p.sent_at);
@@ -487,7 +553,7 @@ impl SentPackets {
 
     /// Probe timeouts fired in a row without an acknowledgement.
     pub(crate) fn pto_count(&self) -> u32 {
-        self.pto_count
+        u32::from(self.pto_count)
     }
 
     /// Runs loss detection at its deadline. Returns true if the probe timeout fired: the
@@ -520,6 +586,21 @@ impl SentPackets {
 }
 
 #[cfg(test)]
+impl SentPackets {
+    /// Records a packet that carried no reliable frame.
+    fn on_sent_without_frames(
+        &mut self,
+        now: Instant,
+        size: usize,
+        wanted: AckWanted,
+        outcome: &mut AckOutcome,
+    ) {
+        let keys = self.take_packet_keys();
+        self.on_sent(now, size, wanted, keys, outcome);
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -534,7 +615,7 @@ mod tests {
         let t0 = Instant::from_millis(1);
         let mad = Duration::from_millis(5);
         for _ in 0..10 {
-            sent.on_sent(t0, 100, AckWanted::Prompt, Vec::new(), &mut out);
+            sent.on_sent_without_frames(t0, 100, AckWanted::Prompt, &mut out);
         }
         // Packets 3..=9 acknowledged, 0..=2 not: with threshold 3 the first three are lost.
         let mut buf = [0u8; 64];
@@ -567,7 +648,7 @@ mod tests {
         let t0 = Instant::from_millis(1);
         let mad = Duration::from_millis(5);
         for _ in 0..5 {
-            sent.on_sent(t0, 1000, AckWanted::Prompt, Vec::new(), &mut out);
+            sent.on_sent_without_frames(t0, 1000, AckWanted::Prompt, &mut out);
         }
         let deadline = sent
             .loss_deadline(mad, Duration::from_secs(2))
@@ -589,7 +670,7 @@ mod tests {
         let mad = Duration::from_millis(5);
         let max_rto = Duration::from_secs(2);
         for _ in 0..4 {
-            sent.on_sent(t0, 1000, AckWanted::Lazy, Vec::new(), &mut out);
+            sent.on_sent_without_frames(t0, 1000, AckWanted::Lazy, &mut out);
         }
         assert_eq!(
             sent.bytes_in_flight(),
@@ -612,7 +693,7 @@ mod tests {
         let full = sent.congestion.window();
         let t1 = deadline + Duration::from_millis(1);
         while sent.can_send(1200) {
-            sent.on_sent(t1, 1200, AckWanted::Lazy, Vec::new(), &mut out);
+            sent.on_sent_without_frames(t1, 1200, AckWanted::Lazy, &mut out);
         }
         let expiry = sent.loss_deadline(mad, max_rto).expect("armed");
         assert!(!sent.on_loss_timeout(expiry, mad, max_rto, &mut out));
@@ -623,8 +704,8 @@ mod tests {
             sent.congestion.window()
         );
         // A prompt packet among them arms the probe timeout as before.
-        sent.on_sent(deadline, 1000, AckWanted::Lazy, Vec::new(), &mut out);
-        sent.on_sent(deadline, 1000, AckWanted::Prompt, Vec::new(), &mut out);
+        sent.on_sent_without_frames(deadline, 1000, AckWanted::Lazy, &mut out);
+        sent.on_sent_without_frames(deadline, 1000, AckWanted::Prompt, &mut out);
         let pto = sent.loss_deadline(mad, max_rto).expect("armed");
         assert!(sent.on_loss_timeout(pto, mad, max_rto, &mut out));
     }
@@ -635,7 +716,7 @@ mod tests {
         let mut out = AckOutcome::default();
         let t0 = Instant::from_millis(1);
         for _ in 0..3 {
-            sent.on_sent(t0, 100, AckWanted::Prompt, Vec::new(), &mut out);
+            sent.on_sent_without_frames(t0, 100, AckWanted::Prompt, &mut out);
         }
         let mut buf = [0u8; 64];
         sent.on_ack(
