@@ -30,8 +30,10 @@ use crate::wire::{self, CloseCode, Cookie, DecodeError, Packet, RejectCode, COOK
 
 pub(crate) mod events;
 mod handshake;
+mod slot_index;
 mod wheel;
 
+use slot_index::SlotIndex;
 use wheel::{Wakeup, Wakeups};
 
 use events::EventQueue;
@@ -239,10 +241,10 @@ pub struct Endpoint {
     free_slots: Vec<u32>,
     live: usize,
     /// Handshake routing (and one connection per peer address).
-    by_addr: HashMap<SocketAddr, u32>,
+    by_addr: SlotIndex<SocketAddr>,
     /// Routing of every packet after the handshake whose id does not name its slot (see
     /// `slot_of`).
-    by_id: HashMap<u64, u32>,
+    by_id: SlotIndex<u64>,
     /// The slot `by_id` last gave (checked by whole id before the next lookup).
     last_looked_up: u32,
     user_ids: UserIds,
@@ -321,8 +323,8 @@ impl Endpoint {
             slots: Vec::new(),
             free_slots: Vec::new(),
             live: 0,
-            by_addr: HashMap::with_hasher(hasher),
-            by_id: HashMap::with_hasher(hasher),
+            by_addr: SlotIndex::new(hasher),
+            by_id: SlotIndex::new(hasher),
             last_looked_up: 0,
             user_ids: UserIds::new(),
             relay: None,
@@ -1440,7 +1442,7 @@ impl Endpoint {
                     self.by_addr.remove(&old);
                 }
                 // Another connection's handshake entry for this address stays its own.
-                self.by_addr.entry(now).or_insert(index);
+                self.by_addr.insert_if_absent(now, index);
                 self.stats.migrations += 1;
                 conn.event_bytes += self.events.push(Event::PathChanged {
                     conn: conn.handle,
