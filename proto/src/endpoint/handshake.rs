@@ -186,7 +186,11 @@ impl Endpoint {
             ephemeral.as_ref().map_or(&[][..], |k| k),
             static_key.as_ref().map_or(&[][..], |k| k),
         ]);
-        if self.refused_cookies.contains(&exchange) {
+        if self
+            .admission
+            .as_deref()
+            .is_some_and(|a| a.refused_cookies.contains(&exchange))
+        {
             // A replay of a Connect whose key exchange failed.
             self.stats.drops.add(DropReason::Unauthenticated);
             return;
@@ -292,7 +296,7 @@ impl Endpoint {
             match server_secrets(ours, &client, static_pair, static_key.map(PublicKey)) {
                 Some(secrets) => shared = secrets,
                 None => {
-                    self.refused_cookies.remember(exchange);
+                    self.admission().refused_cookies.remember(exchange);
                     self.stats.drops.add(DropReason::Unauthenticated);
                     return;
                 }
@@ -318,7 +322,11 @@ impl Endpoint {
         // One unproven connection per token: a copy taken off the wire (which can never
         // confirm) cannot hold more than the one slot, and the holder's own Connect takes it.
         if let Some(o) = &opened {
-            if let Some(index) = self.pending_tokens.get(&o.tag).copied() {
+            let pending = self
+                .admission
+                .as_deref()
+                .and_then(|a| a.pending_tokens.get(&o.tag));
+            if let Some(index) = pending.copied() {
                 if let Some(mut other) = self.slots[index as usize].conn.take() {
                     if other.pending_accept.is_some() {
                         other.close(DisconnectReason::Replaced, None);
@@ -383,7 +391,7 @@ impl Endpoint {
         conn.local_user_id = 0;
         conn.keys = keys;
         if let Some(o) = &opened {
-            self.pending_tokens.insert(o.tag, index);
+            self.admission().pending_tokens.insert(o.tag, index);
         }
         conn.pending_accept = Some(Box::new(PendingAccept {
             accept: accept.clone(),
@@ -421,11 +429,17 @@ impl Endpoint {
             self.stats.drops.add(DropReason::TokenReplay);
             return Err(RejectCode::TokenUsed);
         }
-        let remembered = |e: &Self| e.used_tokens.len() + e.pending_tokens.len();
+        let remembered = |e: &Self| {
+            e.admission
+                .as_deref()
+                .map_or(0, |a| a.used_tokens.len() + a.pending_tokens.len())
+        };
         if remembered(self) >= config.max_used_tokens {
             // Expired tokens need no remembering: they fail on expiry.
             let now = unix_now.unwrap_or(0);
-            self.used_tokens.retain(|_, expires| *expires > now);
+            if let Some(a) = self.admission.as_deref_mut() {
+                a.used_tokens.retain(|_, expires| *expires > now);
+            }
             if remembered(self) >= config.max_used_tokens {
                 self.stats.drops.add(DropReason::TokenReplay);
                 return Err(RejectCode::Full);
@@ -438,7 +452,25 @@ impl Endpoint {
 impl Endpoint {
     /// Whether a connection already confirmed with the token of this tag.
     pub(super) fn token_is_used(&self, tag: &[u8; 16]) -> bool {
-        self.used_tokens.contains_key(tag)
+        self.admission
+            .as_deref()
+            .is_some_and(|a| a.used_tokens.contains_key(tag))
+    }
+
+    /// The server's admission memory, made on first use.
+    pub(super) fn admission(&mut self) -> &mut Admission {
+        let hasher = self.hasher;
+        self.admission
+            .get_or_insert_with(|| Box::new(Admission::new(hasher)))
+    }
+
+    /// Forgets the pending token `tag` if it is slot `index`'s.
+    pub(super) fn forget_pending_token(&mut self, tag: &[u8; 16], index: u32) {
+        if let Some(a) = self.admission.as_deref_mut() {
+            if a.pending_tokens.get(tag) == Some(&index) {
+                a.pending_tokens.remove(tag);
+            }
+        }
     }
 }
 
@@ -460,6 +492,29 @@ fn server_secrets(
         shared.push(ours.agree(&key)?).ok()?;
     }
     Some(shared)
+}
+
+/// What a server remembers to admit each client once: connect tokens used and pending, and
+/// the Connects whose key exchange failed. Boxed and made on the first Connect a server
+/// takes, so that a client endpoint (thousands in one process, in a load test or the
+/// simulator) holds none of it.
+pub(super) struct Admission {
+    /// Connect tokens used, by tag, with their expiry (Unix seconds).
+    pub(super) used_tokens: HashMap<[u8; 16], u64>,
+    /// Connect tokens of connections awaiting their client's first packet, by tag.
+    pub(super) pending_tokens: HashMap<[u8; 16], u32>,
+    /// Cookies of Connects whose key exchange failed.
+    pub(super) refused_cookies: RefusedCookies,
+}
+
+impl Admission {
+    fn new(hasher: SeededState) -> Self {
+        Admission {
+            used_tokens: HashMap::with_hasher(hasher),
+            pending_tokens: HashMap::with_hasher(hasher),
+            refused_cookies: RefusedCookies::new(),
+        }
+    }
 }
 
 /// Cookies of Connects whose key exchange failed (a client key of small order), so that a

@@ -38,7 +38,7 @@ use wheel::{Wakeup, Wakeups};
 
 use events::EventQueue;
 pub(crate) use handshake::wire_budget;
-use handshake::{RefusedCookies, UserIds};
+use handshake::{Admission, UserIds};
 
 /// Copies of a `Disconnect` sent when the application closes a connection (it is not
 /// retransmitted, so a few copies make it likely to arrive).
@@ -220,12 +220,8 @@ pub struct Endpoint {
     config: Config,
     /// The root of handshake keys (and of `prf`'s key).
     secrets: Secrets,
-    /// Connect tokens used, by tag, with their expiry (Unix seconds).
-    used_tokens: HashMap<[u8; 16], u64>,
-    /// Connect tokens of connections awaiting their client's first packet, by tag.
-    pending_tokens: HashMap<[u8; 16], u32>,
-    /// Cookies of Connects whose key exchange failed.
-    refused_cookies: RefusedCookies,
+    /// A server's memory of tokens and refused Connects, from the first Connect it takes.
+    admission: Option<Box<Admission>>,
     /// Unix time (microseconds) at `Instant::ZERO`, once the driver tells it.
     unix_at_zero: Option<u64>,
     /// The root of every nonce, id, path token and cookie key (see `hash`).
@@ -310,9 +306,7 @@ impl Endpoint {
         let hasher = SeededState::new(&prf);
         Ok(Endpoint {
             secrets,
-            used_tokens: HashMap::with_hasher(hasher),
-            pending_tokens: HashMap::with_hasher(hasher),
-            refused_cookies: RefusedCookies::new(),
+            admission: None,
             unix_at_zero: None,
             prf,
             nonces: Sequence::new(Domain::Nonce),
@@ -1029,15 +1023,13 @@ impl Endpoint {
             return true;
         };
         if let Some((tag, expires_at)) = pending.token {
-            if self.pending_tokens.get(&tag) == Some(&c.handle.index) {
-                self.pending_tokens.remove(&tag);
-            }
+            self.forget_pending_token(&tag, c.handle.index);
             if self.token_is_used(&tag) {
                 c.pending_accept = Some(pending);
                 c.close(DisconnectReason::TokenUsed, Some(CloseCode::TokenUsed));
                 return false;
             }
-            self.used_tokens.insert(tag, expires_at);
+            self.admission().used_tokens.insert(tag, expires_at);
         }
         if let Some(old) = pending.replaces {
             // Proven: the connection it replaces gives way now (if it is still at that
@@ -1533,9 +1525,7 @@ impl Endpoint {
         self.stats.drops.merge(&stats.drops);
         self.stats.connections_closed += 1;
         if let Some((tag, _)) = conn.pending_accept.as_ref().and_then(|p| p.token) {
-            if self.pending_tokens.get(&tag) == Some(&index) {
-                self.pending_tokens.remove(&tag);
-            }
+            self.forget_pending_token(&tag, index);
         }
         let conn_handle = conn.handle;
         let event = if conn.reported {
