@@ -1,6 +1,5 @@
 //! Shoal: `shoal_proto::Endpoint` driven directly (sans-IO), one per node.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use shoal_proto::{Config, ConnectionHandle, Endpoint, Event, Instant, Protection, SecretSeed};
@@ -37,7 +36,9 @@ pub struct ShoalStack {
     client_up: Vec<bool>,
     /// The server's connection to each client, once `Connected`.
     server_conn: Vec<Option<ConnectionHandle>>,
-    server_node: HashMap<ConnectionHandle, Node>,
+    /// Each server connection's client, by `ConnectionHandle::index` (the handle kept to tell
+    /// a later connection in the same index apart), as an application would keep it.
+    server_node: Vec<Option<(ConnectionHandle, Node)>>,
     buf: Vec<u8>,
 }
 
@@ -75,7 +76,7 @@ impl ShoalStack {
             client_conn,
             client_up: vec![false; n],
             server_conn: vec![None; n],
-            server_node: HashMap::new(),
+            server_node: Vec::new(),
             buf: vec![0; 1500],
         }
     }
@@ -147,7 +148,11 @@ impl Stack for ShoalStack {
                         let peer = node_of(remote);
                         if (1..=self.server_conn.len()).contains(&peer) {
                             self.server_conn[peer - 1] = Some(conn);
-                            self.server_node.insert(conn, peer);
+                            let i = conn.index();
+                            if self.server_node.len() <= i {
+                                self.server_node.resize(i + 1, None);
+                            }
+                            self.server_node[i] = Some((conn, peer));
                         }
                     } else {
                         self.client_up[node - 1] = true;
@@ -160,7 +165,10 @@ impl Stack for ShoalStack {
                     ..
                 } => {
                     let from = if node == SERVER {
-                        self.server_node.get(&conn).copied().unwrap_or(usize::MAX)
+                        match self.server_node.get(conn.index()) {
+                            Some(&Some((c, peer))) if c == conn => peer,
+                            _ => usize::MAX,
+                        }
                     } else {
                         SERVER
                     };

@@ -37,19 +37,18 @@ impl Pacer {
 
     /// Bytes per second at this window and RTT.
     fn rate(&self, window: u64, rtt: Duration) -> u64 {
-        let rtt = micros(rtt).max(1);
-        let rate = u64::try_from(u128::from(window) * 5 / 4 * 1_000_000 / u128::from(rtt))
-            .unwrap_or(u64::MAX)
-            .max(1);
+        let rate = mul_div(
+            window.saturating_add(window / 4),
+            1_000_000,
+            micros(rtt).max(1),
+        );
+        let rate = rate.max(1);
         self.max_rate.map_or(rate, |cap| rate.min(cap))
     }
 
-    fn refill(&mut self, now: Instant, window: u64, rtt: Duration) {
-        let burst = u64::try_from(
-            u128::from(window) * u128::from(micros(BURST_INTERVAL))
-                / u128::from(micros(rtt).max(1)),
-        )
-        .unwrap_or(u64::MAX);
+    /// Adds the tokens earned since the last refill; returns the rate.
+    fn refill(&mut self, now: Instant, window: u64, rtt: Duration) -> u64 {
+        let burst = mul_div(window, micros(BURST_INTERVAL), micros(rtt).max(1));
         let mut capacity = burst.clamp(MIN_BURST_PACKETS * self.mtu, MAX_BURST_PACKETS * self.mtu);
         if let Some(cap) = self.max_rate {
             // A configured rate limit also bounds the burst (1/20 s of it, at least 2 packets).
@@ -59,9 +58,7 @@ impl Pacer {
         let rate = self.rate(window, rtt);
         match self.last {
             Some(last) => {
-                let elapsed = micros(now - last);
-                let add = u64::try_from(u128::from(elapsed) * u128::from(rate) / 1_000_000)
-                    .unwrap_or(u64::MAX);
+                let add = mul_div(micros(now - last), rate, 1_000_000);
                 if add > 0 {
                     self.tokens = self.tokens.saturating_add(add);
                     self.last = Some(now);
@@ -70,6 +67,7 @@ impl Pacer {
             None => self.last = Some(now),
         }
         self.tokens = self.tokens.min(self.capacity);
+        rate
     }
 
     /// When a packet of `bytes` may leave: `None` means now.
@@ -80,15 +78,12 @@ impl Pacer {
         window: u64,
         rtt: Duration,
     ) -> Option<Instant> {
-        self.refill(now, window, rtt);
+        let rate = self.refill(now, window, rtt);
         let bytes = bytes as u64;
         if self.tokens >= bytes {
             return None;
         }
-        let missing = bytes - self.tokens;
-        let wait =
-            u64::try_from(u128::from(missing) * 1_000_000 / u128::from(self.rate(window, rtt)))
-                .unwrap_or(u64::MAX);
+        let wait = mul_div(bytes - self.tokens, 1_000_000, rate);
         Some(now + Duration::from_micros(wait.max(1)))
     }
 
@@ -98,9 +93,37 @@ impl Pacer {
     }
 }
 
+/// `a * b / c` rounded down (saturating; `c` is not 0). In 64 bits when the product fits,
+/// which it does for any real window and rate: a 128-bit division is a library call, and the
+/// pacer runs for every packet.
+fn mul_div(a: u64, b: u64, c: u64) -> u64 {
+    match a.checked_mul(b) {
+        Some(product) => product / c,
+        None => u64::try_from(u128::from(a) * u128::from(b) / u128::from(c)).unwrap_or(u64::MAX),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mul_div_matches_128_bit_arithmetic_and_saturates() {
+        let wide = |a: u64, b: u64, c: u64| {
+            u64::try_from(u128::from(a) * u128::from(b) / u128::from(c)).unwrap_or(u64::MAX)
+        };
+        for (a, b, c) in [
+            (0, 5, 7),
+            (1_500_000, 1_000_000, 40_000),
+            (u64::MAX / 3, 1_000_000, 1),
+            (u64::MAX, 1_000_000, 1_000_000),
+            (u64::MAX, u64::MAX, u64::MAX),
+            (1 << 40, 1 << 30, 3),
+        ] {
+            assert_eq!(mul_div(a, b, c), wide(a, b, c), "{a} * {b} / {c}");
+        }
+        assert_eq!(mul_div(u64::MAX, 2, 1), u64::MAX);
+    }
 
     #[test]
     fn a_window_is_spread_over_the_round_trip() {
