@@ -49,12 +49,36 @@ const GF: Gf = {
     Gf { exp, log }
 };
 
-fn mul(a: u8, b: u8) -> u8 {
+const fn mul(a: u8, b: u8) -> u8 {
     if a == 0 || b == 0 {
         return 0;
     }
-    GF.exp[usize::from(GF.log[usize::from(a)]) + usize::from(GF.log[usize::from(b)])]
+    GF.exp[GF.log[a as usize] as usize + GF.log[b as usize] as usize]
 }
+
+/// Products by halves: `c * s == low[c][s & 15] ^ high[c][s >> 4]` (multiplication
+/// distributes over the XOR that joins the halves). 8 KiB that make each byte of a symbol
+/// two loads, with no branch: coding runs over every small packet of a lossy connection.
+struct Nibbles {
+    low: [[u8; 16]; 256],
+    high: [[u8; 16]; 256],
+}
+
+static NIBBLES: Nibbles = {
+    let mut low = [[0u8; 16]; 256];
+    let mut high = [[0u8; 16]; 256];
+    let mut c = 0;
+    while c < 256 {
+        let mut n = 0;
+        while n < 16 {
+            low[c][n] = mul(c as u8, n as u8);
+            high[c][n] = mul(c as u8, (n << 4) as u8);
+            n += 1;
+        }
+        c += 1;
+    }
+    Nibbles { low, high }
+};
 
 fn inv(a: u8) -> u8 {
     // a != 0 by construction of every caller.
@@ -66,11 +90,17 @@ fn mul_add(dst: &mut [u8], c: u8, src: &[u8]) {
     if c == 0 {
         return;
     }
-    let log_c = usize::from(GF.log[usize::from(c)]);
+    let (low, high) = (&NIBBLES.low[usize::from(c)], &NIBBLES.high[usize::from(c)]);
     for (d, &s) in dst.iter_mut().zip(src) {
-        if s != 0 {
-            *d ^= GF.exp[log_c + usize::from(GF.log[usize::from(s)])];
-        }
+        *d ^= low[usize::from(s & 15)] ^ high[usize::from(s >> 4)];
+    }
+}
+
+/// `dst *= c`, bytewise.
+fn scale_by(dst: &mut [u8], c: u8) {
+    let (low, high) = (&NIBBLES.low[usize::from(c)], &NIBBLES.high[usize::from(c)]);
+    for d in dst {
+        *d = low[usize::from(*d & 15)] ^ high[usize::from(*d >> 4)];
     }
 }
 
@@ -88,13 +118,73 @@ pub(crate) fn coefficient(repair: u64, covered: u64) -> u8 {
 /// What a repair covers: (distance below the newest covered packet, frames length).
 pub(crate) type Coverage = heapless::Vec<(u32, usize), COVERAGE>;
 
+/// The frames of the latest `N` packets, oldest first, in one buffer: appended at the back,
+/// forgotten at the front. Coding reads them all for every packet it sends or solves, and a
+/// heap block per packet (as they once were) missed the cache once per packet.
+#[derive(Debug, Default)]
+struct FrameLog<const N: usize> {
+    entries: heapless::Deque<LogEntry, N>,
+    /// The frames of `entries`, in order, after those of packets forgotten since the last
+    /// compaction.
+    bytes: Vec<u8>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct LogEntry {
+    pn: u64,
+    /// When it was sent (the encoder's; the decoder keeps `Instant::ZERO`).
+    at: Instant,
+    start: usize,
+    len: usize,
+}
+
+impl<const N: usize> FrameLog<N> {
+    /// Appends packet `pn`'s frames, forgetting the oldest packet if `N` are kept.
+    fn push(&mut self, pn: u64, at: Instant, frames: &[u8]) {
+        if self.entries.is_full() {
+            self.entries.pop_front();
+        }
+        // Forgotten packets' bytes go once they are as many as the kept ones: the buffer
+        // stays within twice what it keeps, and each byte moves about once.
+        let dead = self.entries.front().map_or(self.bytes.len(), |e| e.start);
+        if dead > 0 && dead >= self.bytes.len() - dead {
+            self.bytes.drain(..dead);
+            for e in self.entries.iter_mut() {
+                e.start -= dead;
+            }
+        }
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(frames);
+        let entry = LogEntry {
+            pn,
+            at,
+            start,
+            len: frames.len(),
+        };
+        let _ = self.entries.push_back(entry);
+    }
+
+    /// (packet number, time, frames), oldest first.
+    fn iter(&self) -> impl DoubleEndedIterator<Item = (u64, Instant, &[u8])> {
+        self.entries.iter().map(|e| {
+            let frames = self.bytes.get(e.start..e.start + e.len).unwrap_or_default();
+            (e.pn, e.at, frames)
+        })
+    }
+
+    fn get(&self, pn: u64) -> Option<&[u8]> {
+        self.iter().find(|&(p, _, _)| p == pn).map(|(_, _, f)| f)
+    }
+
+    fn contains(&self, pn: u64) -> bool {
+        self.entries.iter().any(|e| e.pn == pn)
+    }
+}
+
 /// The sender's side: the frames of its latest small packets.
 #[derive(Debug, Default)]
 pub(crate) struct RepairEncoder {
-    /// (packet number, when sent, frames), oldest first.
-    sent: VecDeque<(u64, Instant, Vec<u8>)>,
-    /// Buffers to reuse.
-    spare: Vec<Vec<u8>>,
+    sent: FrameLog<COVERAGE>,
     /// The symbol being built (reused).
     symbol: Vec<u8>,
 }
@@ -102,15 +192,7 @@ pub(crate) struct RepairEncoder {
 impl RepairEncoder {
     /// Remembers the frames of packet `pn`, sent at `now`.
     pub(crate) fn on_sent(&mut self, pn: u64, now: Instant, frames: &[u8]) {
-        if self.sent.len() == COVERAGE {
-            if let Some((_, _, buf)) = self.sent.pop_front() {
-                self.spare.push(buf);
-            }
-        }
-        let mut buf = self.spare.pop().unwrap_or_default();
-        buf.clear();
-        buf.extend_from_slice(frames);
-        self.sent.push_back((pn, now, buf));
+        self.sent.push(pn, now, frames);
     }
 
     /// Builds the repair for packet `pn` going out at `now`: it covers the packets sent
@@ -128,10 +210,10 @@ impl RepairEncoder {
         let mut newest = None;
         let mut longest = 0;
         for (covered_pn, sent_at, frames) in self.sent.iter().rev() {
-            if *sent_at >= now || now >= *sent_at + horizon || frames.len() > room {
+            if sent_at >= now || now >= sent_at + horizon || frames.len() > room {
                 continue;
             }
-            let newest_pn = *newest.get_or_insert(*covered_pn);
+            let newest_pn = *newest.get_or_insert(covered_pn);
             let distance = newest_pn - covered_pn;
             if distance >= COVERAGE_SPAN {
                 break;
@@ -143,12 +225,12 @@ impl RepairEncoder {
         let newest = newest?;
         self.symbol.clear();
         self.symbol.resize(longest, 0);
-        for (covered_pn, _, frames) in &self.sent {
+        for (covered_pn, _, frames) in self.sent.iter() {
             if covered
                 .iter()
-                .any(|&(d, _)| newest - u64::from(d) == *covered_pn)
+                .any(|&(d, _)| newest - u64::from(d) == covered_pn)
             {
-                mul_add(&mut self.symbol, coefficient(pn, *covered_pn), frames);
+                mul_add(&mut self.symbol, coefficient(pn, covered_pn), frames);
             }
         }
         Some((newest, covered, &self.symbol))
@@ -176,7 +258,7 @@ pub(crate) struct RepairDecoder {
     /// Packets received since the last repair: past `2 × KEPT` the peer has stopped coding,
     /// and the kept frames and buffers are given back.
     quiet: usize,
-    kept: VecDeque<(u64, Vec<u8>)>,
+    kept: FrameLog<KEPT>,
     pending: VecDeque<Pending>,
     spare: Vec<Vec<u8>>,
 }
@@ -192,15 +274,7 @@ impl RepairDecoder {
             *self = RepairDecoder::default();
             return;
         }
-        if self.kept.len() == KEPT {
-            if let Some((_, buf)) = self.kept.pop_front() {
-                self.spare.push(buf);
-            }
-        }
-        let mut buf = self.spare.pop().unwrap_or_default();
-        buf.clear();
-        buf.extend_from_slice(frames);
-        self.kept.push_back((pn, buf));
+        self.kept.push(pn, Instant::ZERO, frames);
     }
 
     /// Whether the peer sends repairs: a decoder goes inactive (and empty) once it has
@@ -240,10 +314,7 @@ impl RepairDecoder {
     }
 
     fn kept(&self, pn: u64) -> Option<&[u8]> {
-        self.kept
-            .iter()
-            .find(|(p, _)| *p == pn)
-            .map(|(_, f)| f.as_slice())
+        self.kept.get(pn)
     }
 
     /// Solves what the pending repairs allow. `missing(pn)` says whether a packet is still
@@ -261,7 +332,7 @@ impl RepairDecoder {
             let useful = p.covered.iter().any(|&(pn, _)| missing(pn))
                 && p.covered
                     .iter()
-                    .all(|&(pn, _)| missing(pn) || kept.iter().any(|(k, _)| *k == pn));
+                    .all(|&(pn, _)| missing(pn) || kept.contains(pn));
             if !useful {
                 spare.push(core::mem::take(&mut p.symbol));
             }
@@ -320,9 +391,7 @@ impl RepairDecoder {
             for c in coefs.iter_mut() {
                 *c = mul(*c, scale);
             }
-            for b in rhs.iter_mut() {
-                *b = mul(*b, scale);
-            }
+            scale_by(rhs, scale);
             let (pivot_coefs, pivot_rhs) = rows[pivot_row].clone();
             for (r, (coefs, rhs)) in rows.iter_mut().enumerate() {
                 if r == pivot_row || coefs[col] == 0 {
@@ -364,6 +433,17 @@ mod tests {
             assert_eq!(mul(a, inv(a)), 1, "{a}");
         }
         assert_eq!(mul(0x57, 0x83), 0xc1, "the AES field's worked example");
+    }
+
+    #[test]
+    fn products_by_halves_match_the_field_for_every_pair() {
+        for c in 0..=255u8 {
+            for s in 0..=255u8 {
+                let mut d = [0x5a];
+                mul_add(&mut d, c, &[s]);
+                assert_eq!(d[0], 0x5a ^ mul(c, s), "{c} * {s}");
+            }
+        }
     }
 
     #[test]
@@ -445,16 +525,45 @@ mod tests {
     fn a_receiver_lets_go_of_kept_packets_once_the_peer_stops_coding() {
         let mut dec = RepairDecoder::default();
         dec.on_received(0, &[1; 100]);
-        assert!(dec.kept.is_empty(), "nothing kept before the first repair");
+        assert!(
+            dec.kept.entries.is_empty(),
+            "nothing kept before the first repair"
+        );
         dec.on_repair(1, &[(0, 100)], &[7; 100]);
         for pn in 2..2 + KEPT as u64 {
             dec.on_received(pn, &[1; 100]);
         }
-        assert_eq!(dec.kept.len(), KEPT);
+        assert_eq!(dec.kept.entries.len(), KEPT);
         for pn in 100..100 + 2 * KEPT as u64 {
             dec.on_received(pn, &[1; 100]);
         }
-        assert!(!dec.active && dec.kept.is_empty() && dec.pending.is_empty());
+        assert!(!dec.active && dec.kept.entries.is_empty() && dec.pending.is_empty());
+        assert_eq!(dec.kept.bytes.capacity(), 0, "kept frames given back");
         assert_eq!(dec.spare.capacity(), 0, "buffers given back");
+    }
+
+    proptest::proptest! {
+        /// The log gives back exactly the last `N` packets' frames, and its buffer stays
+        /// within twice what it keeps (plus the newest packet).
+        #[test]
+        fn a_frame_log_keeps_the_last_packets_in_a_bounded_buffer(
+            lens in proptest::collection::vec(0usize..600, 1..200),
+        ) {
+            let mut log = FrameLog::<COVERAGE>::default();
+            let mut model: VecDeque<(u64, Vec<u8>)> = VecDeque::new();
+            for (pn, &len) in lens.iter().enumerate() {
+                let frames: Vec<u8> = (0..len).map(|i| (pn * 31 + i) as u8).collect();
+                log.push(pn as u64, Instant::from_micros(pn as u64), &frames);
+                if model.len() == COVERAGE {
+                    model.pop_front();
+                }
+                model.push_back((pn as u64, frames));
+                let got: Vec<(u64, Vec<u8>)> =
+                    log.iter().map(|(p, _, f)| (p, f.to_vec())).collect();
+                proptest::prop_assert_eq!(&got, &model.iter().cloned().collect::<Vec<_>>());
+                let kept: usize = model.iter().map(|(_, f)| f.len()).sum();
+                proptest::prop_assert!(log.bytes.len() <= 2 * kept + len);
+            }
+        }
     }
 }
