@@ -67,18 +67,15 @@ impl World {
         let stack = &mut self.stack;
         let out = &mut self.out;
         let mut call = || {
-            stack.poll(
-                now,
-                node,
-                out,
-                &mut |from, channel, bytes| match app.on_message(now, node, from, channel, bytes) {
-                    Ok(reply) => reply,
-                    Err(e) => {
-                        failure.get_or_insert(e);
-                        None
-                    }
-                },
-            )
+            stack.poll(now, node, out, &mut |from, channel, bytes| match app
+                .on_message(now, node, from, channel, bytes)
+            {
+                Ok(reply) => reply,
+                Err(e) => {
+                    failure.get_or_insert(e);
+                    None
+                }
+            })
         };
         if node == SERVER {
             server_side(call);
