@@ -261,7 +261,7 @@ impl Connection {
             self.event_bytes += shared.events.charge_last(pinned);
         }
         if let Some(rx) = &mut self.transport.fec_rx {
-            rx.on_received(pn, frames);
+            rx.on_received(pn, frames, shared.config.mtu / 2);
             if !rx.is_active() {
                 self.transport.fec_rx = None; // the peer stopped coding
             }

@@ -264,8 +264,11 @@ pub(crate) struct RepairDecoder {
 }
 
 impl RepairDecoder {
-    /// Keeps the frames of received packet `pn` (once the peer has sent a repair).
-    pub(crate) fn on_received(&mut self, pn: u64, frames: &[u8]) {
+    /// Keeps the frames of received packet `pn` (once the peer has sent a repair), if they
+    /// are at most `max_len` bytes: no honest repair covers a longer packet (a coded packet
+    /// carries at most half its room in frames), so keeping one would only let a peer make
+    /// the kept frames' buffer hold full-size packets.
+    pub(crate) fn on_received(&mut self, pn: u64, frames: &[u8], max_len: usize) {
         if !self.active {
             return;
         }
@@ -274,7 +277,9 @@ impl RepairDecoder {
             *self = RepairDecoder::default();
             return;
         }
-        self.kept.push(pn, Instant::ZERO, frames);
+        if frames.len() <= max_len {
+            self.kept.push(pn, Instant::ZERO, frames);
+        }
     }
 
     /// Whether the peer sends repairs: a decoder goes inactive (and empty) once it has
@@ -460,8 +465,8 @@ mod tests {
             enc.on_sent(pn as u64, t(pn as u64), frames);
         }
         // Packets 1 and 2 are lost; 0 and 3 arrive; repairs ride in packets 4 and 5.
-        dec.on_received(0, &packets[0]);
-        dec.on_received(3, &packets[3]);
+        dec.on_received(0, &packets[0], usize::MAX);
+        dec.on_received(3, &packets[3], usize::MAX);
         for repair_pn in [4u64, 5] {
             let (newest, covered, symbol) =
                 enc.build(repair_pn, t(10), horizon, 1200).expect("covers");
@@ -524,18 +529,23 @@ mod tests {
     #[test]
     fn a_receiver_lets_go_of_kept_packets_once_the_peer_stops_coding() {
         let mut dec = RepairDecoder::default();
-        dec.on_received(0, &[1; 100]);
+        dec.on_received(0, &[1; 100], 600);
         assert!(
             dec.kept.entries.is_empty(),
             "nothing kept before the first repair"
         );
         dec.on_repair(1, &[(0, 100)], &[7; 100]);
         for pn in 2..2 + KEPT as u64 {
-            dec.on_received(pn, &[1; 100]);
+            dec.on_received(pn, &[1; 100], 600);
         }
         assert_eq!(dec.kept.entries.len(), KEPT);
+        dec.on_received(99, &[1; 601], 600);
+        assert!(
+            !dec.kept.contains(99),
+            "a packet longer than any honest repair covers is not kept"
+        );
         for pn in 100..100 + 2 * KEPT as u64 {
-            dec.on_received(pn, &[1; 100]);
+            dec.on_received(pn, &[1; 100], 600);
         }
         assert!(!dec.active && dec.kept.entries.is_empty() && dec.pending.is_empty());
         assert_eq!(dec.kept.bytes.capacity(), 0, "kept frames given back");
