@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use shoal_proto::{Bytes, Config, Endpoint, Event, Instant, SecretSeed};
+use shoal_proto::{Bytes, Config, ConnectionHandle, Endpoint, Event, Instant, SecretSeed};
 
 struct Counting;
 
@@ -75,6 +75,16 @@ impl Link {
         }
     }
 
+    /// A link whose client has started connecting to the server.
+    fn connecting() -> (Self, ConnectionHandle) {
+        let mut link = Link::new();
+        let conn = link
+            .client
+            .connect(link.now, link.server_addr, b"")
+            .expect("connect");
+        (link, conn)
+    }
+
     /// Moves datagrams both ways and takes every event (dropping them, as an application
     /// does once it has handled them), then lets `step` of time pass.
     fn pump(&mut self, step: Duration) -> usize {
@@ -107,11 +117,7 @@ impl Link {
 #[test]
 fn a_warm_connection_carries_messages_without_allocating() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut link = Link::new();
-    let conn = link
-        .client
-        .connect(link.now, link.server_addr, b"")
-        .expect("connect");
+    let (mut link, conn) = Link::connecting();
     let payload = Bytes::from_static(&[7u8; 32]);
     // Warm up: the handshake, then a minute of the steady load below, so every buffer and
     // table has grown to what the load needs (the receive arena is the last to settle: it
@@ -157,11 +163,7 @@ fn a_warm_connection_carries_messages_without_allocating() {
 #[test]
 fn a_burst_of_reliable_packets_in_flight_is_recorded_without_allocating() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let mut link = Link::new();
-    let conn = link
-        .client
-        .connect(link.now, link.server_addr, b"")
-        .expect("connect");
+    let (mut link, conn) = Link::connecting();
     // 1,000 bytes each: one message per packet, so each frame puts 24 packets in flight
     // before the first acknowledgement comes back.
     let payload = Bytes::from_static(&[9u8; 1000]);
