@@ -250,9 +250,15 @@ impl Connection {
                 .get_or_insert_with(Default::default)
                 .on_sent(pn, now, &buf[frames_start..len]);
         }
-        let len = match &self.keys {
-            Some(keys) => keys.send.seal(pn, out, len)?,
-            None => len,
+        let sealed = match &self.keys {
+            Some(packet_keys) => packet_keys.send.seal(pn, out, len),
+            None => Some(len),
+        };
+        let Some(len) = sealed else {
+            // Unreachable (the packet was written short of the tag's room), but the key ring
+            // lent to this packet must come back whatever happens to the packet.
+            self.transport.sent.give_back_packet_keys(keys);
+            return None;
         };
         if frames_written == 0 {
             self.stats.ack_only_packets_sent += 1;

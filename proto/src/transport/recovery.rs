@@ -256,6 +256,8 @@ impl SentPackets {
         outcome: &mut AckOutcome,
     ) {
         let keys_len = frames.len();
+        // Each reliable frame takes bytes of a datagram of at most 65,507: far below this.
+        debug_assert!(keys_len <= usize::from(u16::MAX));
         let keys_start = self.keys_first.wrapping_add(frames.from as u32);
         self.keys = frames.ring;
         if self.packets.is_empty() {
@@ -281,7 +283,6 @@ impl SentPackets {
             app_limited,
             prompt,
             keys_start,
-            // A packet holds far fewer frames than this (each takes bytes of a datagram).
             keys_len: keys_len as u16,
         });
         if self.packets.len() > MAX_TRACKED_PACKETS {
