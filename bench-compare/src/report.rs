@@ -422,15 +422,22 @@ fn rtt_table(args: &Args, pings: usize) -> String {
          A 32 B message on the reliable ordered channel and its echo, {pings} pings per run \
          after 200 warm-up, one at a time; both sides in one thread spinning two non-blocking \
          sockets on 127.0.0.1 (the same driver for every library); raw UDP is the same \
-         ping-pong with no library. Medians over runs.\n\n\
-         | | p50 | p99 | p50 vs raw UDP | p50 vs best peer |\n|---|---|---|---|---|\n"
+         ping-pong with no library. Medians over runs; datagrams per round trip counts what \
+         both sides sent, the handshake and warm-up included.\n\n\
+         | | p50 | p99 | p50 vs raw UDP | p50 vs best peer | datagrams per round trip |\n\
+         |---|---|---|---|---|---|\n"
     );
     progress("rtt raw UDP");
     let raw = runs(args.seeds, |_| rtt::raw_udp(pings));
     let mut results = Vec::new();
     for &lib in &args.lib {
         progress(&format!("rtt {}", lib.name()));
-        results.push((lib, runs(args.seeds, |s| rtt::library(lib, pings, s))));
+        let trips = runs(args.seeds, |s| rtt::library(lib, pings, s)).map(|runs| {
+            let per_ping: Vec<f64> = runs.iter().map(|r| r.datagrams_per_ping).collect();
+            let samples: Vec<Vec<f64>> = runs.into_iter().map(|r| r.samples).collect();
+            (samples, median(&per_ping))
+        });
+        results.push((lib, trips));
     }
     let p = |v: &Vec<Vec<f64>>, q: f64| {
         median(&v.iter().map(|s| percentile_f(s, q)).collect::<Vec<_>>())
@@ -438,31 +445,32 @@ fn rtt_table(args: &Args, pings: usize) -> String {
     let raw_p50 = raw.as_ref().ok().map(|v| p(v, 0.5));
     let p50s: Vec<(Lib, Option<f64>)> = results
         .iter()
-        .map(|(l, r)| (*l, r.as_ref().ok().map(|v| p(v, 0.5))))
+        .map(|(l, r)| (*l, r.as_ref().ok().map(|(v, _)| p(v, 0.5))))
         .collect();
     let best = best_peer(&p50s, false);
     match &raw {
         Ok(v) => {
             t += &format!(
-                "| raw UDP | {:.1} µs | {:.1} µs | 1.00x | |\n",
+                "| raw UDP | {:.1} µs | {:.1} µs | 1.00x | | 2 |\n",
                 p(v, 0.5),
                 p(v, 0.99)
             )
         }
-        Err(e) => t += &format!("| raw UDP | **failed**: {e} | | | |\n"),
+        Err(e) => t += &format!("| raw UDP | **failed**: {e} | | | | |\n"),
     }
     for (lib, r) in &results {
         match r {
-            Err(e) => t += &failure_row(*lib, e, 5),
-            Ok(v) => {
+            Err(e) => t += &failure_row(*lib, e, 6),
+            Ok((v, per_ping)) => {
                 let p50 = p(v, 0.5);
                 t += &format!(
-                    "| {} | **{:.1} µs** | {:.1} µs | {} | {} |\n",
+                    "| {} | **{:.1} µs** | {:.1} µs | {} | {} | {:.2} |\n",
                     lib.name(),
                     p50,
                     p(v, 0.99),
                     raw_p50.map_or("—".into(), |r| format!("{:.2}x", p50 / r)),
-                    ratio(p50, best)
+                    ratio(p50, best),
+                    per_ping
                 );
             }
         }

@@ -19,8 +19,16 @@ fn sockets() -> std::io::Result<(UdpSocket, UdpSocket)> {
     Ok((server, client))
 }
 
-/// Round-trip times (µs, sorted) of `pings` 32-byte reliable ordered messages and their echo.
-pub fn library(lib: Lib, pings: usize, seed: u64) -> Result<Vec<f64>, String> {
+/// One library's round trips.
+pub struct Trips {
+    /// Round-trip times (µs, sorted).
+    pub samples: Vec<f64>,
+    /// Datagrams both sides sent per ping, warm-up and handshake included.
+    pub datagrams_per_ping: f64,
+}
+
+/// Round trips of `pings` 32-byte reliable ordered messages and their echo.
+pub fn library(lib: Lib, pings: usize, seed: u64) -> Result<Trips, String> {
     let (server_sock, client_sock) = sockets().map_err(|e| e.to_string())?;
     let server_addr = server_sock.local_addr().map_err(|e| e.to_string())?;
     let client_addr = client_sock.local_addr().map_err(|e| e.to_string())?;
@@ -34,6 +42,7 @@ pub fn library(lib: Lib, pings: usize, seed: u64) -> Result<Vec<f64>, String> {
     let mut samples = Vec::with_capacity(pings);
     let mut in_flight: Option<u32> = None;
     let mut next_seq = 0u32;
+    let mut datagrams = 0u64;
     let mut failure: Option<String> = None;
     let deadline = Instant::now() + Duration::from_secs(60);
     while samples.len() < pings {
@@ -95,6 +104,7 @@ pub fn library(lib: Lib, pings: usize, seed: u64) -> Result<Vec<f64>, String> {
                     (&client_sock, server_addr)
                 };
                 sock.send_to(&d.bytes, to).map_err(|e| e.to_string())?;
+                datagrams += 1;
             }
         }
         if let Some(e) = failure {
@@ -111,7 +121,10 @@ pub fn library(lib: Lib, pings: usize, seed: u64) -> Result<Vec<f64>, String> {
         }
     }
     samples.sort_by(f64::total_cmp);
-    Ok(samples)
+    Ok(Trips {
+        samples,
+        datagrams_per_ping: datagrams as f64 / f64::from(next_seq.max(1)),
+    })
 }
 
 /// Raw UDP: the client sends 32 bytes, the server sends them back; same sockets and spin.
