@@ -443,8 +443,9 @@ pub struct EndpointStats {
     pub tunnel_drops: u64,
     /// Handshake replies or close notices not sent because the reply queue was full.
     pub replies_dropped: u64,
-    /// Timer wake-ups that found nothing due (the deadline they were queued for had been
-    /// stopped or pushed back) and only rescheduled their connection.
+    /// Queued wake-ups whose deadline had been stopped or pushed back (an ack stopped the
+    /// ack timer, say), moved to their connection's real deadline when they reached the
+    /// front, so that `poll_timeout` never names a time at which nothing is due.
     pub stale_wakeups: u64,
     /// "Unknown connection" notices sent: packets arrived naming a connection id this
     /// endpoint does not know (typically from the clients of a previous run on this port).

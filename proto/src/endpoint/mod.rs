@@ -1140,6 +1140,7 @@ impl Endpoint {
             c.handle_timeout(now, &mut shared);
             self.finish(index, c);
         }
+        self.settle_wakeups();
     }
 
     // ------------------------------------------------------------------ output
@@ -1280,8 +1281,13 @@ impl Endpoint {
         Some(event)
     }
 
-    /// When `handle_timeout` should next be called, if anything is scheduled. It may be
-    /// earlier than strictly needed (a timer that was since pushed back); that is harmless.
+    /// When `handle_timeout` should next be called, if anything is scheduled. With fewer
+    /// than 256 wake-ups queued (every client, a small server), it is the earliest deadline
+    /// of a connection timer still set: a timer stopped or pushed back since it was
+    /// scheduled (an ack that left with an answer stops the delayed-ack timer) is not
+    /// reported, so a driver that sleeps until then is not woken for nothing. A busier
+    /// server may be woken early for such a timer (it is woken often anyway); that is
+    /// harmless.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.wakeups.next_deadline().map(Instant::from_micros)
     }
@@ -1445,14 +1451,19 @@ impl Endpoint {
         let slot = &mut self.slots[index as usize];
         slot.due = conn.next_timeout().map_or(NEVER, Instant::as_micros);
         slot.conn = Some(conn);
+        let pushed_back = slot.due > slot.scheduled;
+        let queued = slot.scheduled;
         self.schedule(index);
+        if pushed_back && self.wakeups.next_deadline() == Some(queued) {
+            self.settle_wakeups();
+        }
     }
 
     /// Queues a wake-up for the connection in slot `index` at its `due` time, if that is
     /// earlier than the one queued. A later one (the common case: an ack pushes the loss
-    /// timer back) keeps the entry already queued; when it fires, `handle_timeout` finds
-    /// nothing due and reschedules. That trades an occasional early wake-up for a push on
-    /// almost every datagram.
+    /// timer back) keeps the entry already queued, which is re-queued at the real deadline
+    /// only if it reaches the front (`settle_wakeups`): a push on almost every datagram is
+    /// traded for one per entry that would have woken the driver early.
     fn schedule(&mut self, index: u32) {
         let slot = &mut self.slots[index as usize];
         if slot.due < slot.scheduled {
@@ -1463,6 +1474,36 @@ impl Endpoint {
                 generation: slot.generation,
             };
             self.wakeups.insert(entry, self.last_now.as_micros());
+        }
+    }
+
+    /// Makes the earliest queued wake-up one at which something is due, so that
+    /// [`poll_timeout`](Self::poll_timeout) does not wake a driver for nothing. Entries of
+    /// connections gone or queued again earlier are dropped; one whose connection's timers
+    /// moved later (an ack stopped the ack timer, a packet pushed the loss timer back) is
+    /// queued again at the connection's real deadline, from its slot, without touching the
+    /// connection. Only the front is settled: an entry behind it is when it gets there.
+    /// Wake-ups in a wheel (256 and more) have no front to settle (`Wakeups::front`).
+    fn settle_wakeups(&mut self) {
+        while let Some(w) = self.wakeups.front() {
+            let Some(slot) = self.slots.get_mut(w.index as usize) else {
+                self.wakeups.pop_front();
+                continue;
+            };
+            if slot.generation != w.generation || slot.scheduled != w.at {
+                // Its connection is gone, or queued again for an earlier time.
+                self.wakeups.pop_front();
+                continue;
+            }
+            if slot.conn.is_none() || slot.due <= w.at {
+                // Due then; or its connection is out being worked on, and is settled when
+                // it is put back.
+                break;
+            }
+            self.wakeups.pop_front();
+            slot.scheduled = NEVER;
+            self.stats.stale_wakeups += 1;
+            self.schedule(w.index);
         }
     }
 
@@ -1551,8 +1592,12 @@ impl Endpoint {
         let slot = &mut self.slots[index as usize];
         slot.generation = slot.generation.wrapping_add(1);
         slot.conn = None;
+        let queued = slot.scheduled;
         self.free_slots.push(index);
         self.live -= 1;
+        if self.wakeups.next_deadline() == Some(queued) {
+            self.settle_wakeups();
+        }
     }
 
     /// Queues a handshake reply (encoded now: nothing about it changes later).

@@ -9,9 +9,10 @@
 //! own deadline; an entry moves at most once per level.
 //!
 //! Each slot keeps its earliest deadline, so [`TimerWheel::next_deadline`] is exact: a
-//! driver is never woken early for a coarse slot. Entries are never removed before they
-//! fire; the endpoint recognises stale ones (a connection rescheduled or gone) when they do,
-//! and rebuilds its wake-ups when stale entries pile up.
+//! driver is never woken early for a coarse slot. Entries are never removed from a wheel
+//! before they fire; the endpoint recognises stale ones (a connection rescheduled or gone)
+//! when they do, and rebuilds its wake-ups when stale entries pile up. In a heap, a stale
+//! entry is dealt with as soon as it is the front ([`Wakeups::front`]).
 //!
 //! A wheel's slots take about 14 KiB; an endpoint with a few connections (every client)
 //! keeps its wake-ups in a binary heap instead, and moves them to a wheel once it holds
@@ -251,6 +252,25 @@ impl Wakeups {
         }
     }
 
+    /// The earliest entry while the wake-ups are a heap, left in place, so that the endpoint
+    /// can deal with a stale one before a driver is woken for it. `None` with a wheel:
+    /// finding its earliest entry means scanning a slot of hundreds, and an endpoint that
+    /// holds a wheel is woken often anyway, so its stale entries are left to `pop_due`.
+    pub(crate) fn front(&self) -> Option<Wakeup> {
+        match &self.wheel {
+            Some(_) => None,
+            None => self.heap.peek().map(|Reverse(w)| *w),
+        }
+    }
+
+    /// Removes the entry [`front`](Self::front) gives.
+    pub(crate) fn pop_front(&mut self) -> Option<Wakeup> {
+        match &mut self.wheel {
+            Some(_) => None,
+            None => self.heap.pop().map(|Reverse(w)| w),
+        }
+    }
+
     /// The next entry due at `now`, if any.
     pub(crate) fn pop_due(&mut self, now: u64) -> Option<Wakeup> {
         match &mut self.wheel {
@@ -388,6 +408,27 @@ mod tests {
         assert!(wakeups.needs_rebuild(47));
         assert!(wakeups.wheel.is_none());
         assert_eq!(wakeups.pop_due(1_000), Some(w(1_000, 0)));
+    }
+
+    #[test]
+    fn the_front_of_a_heap_is_its_earliest_entry_and_a_wheel_has_none() {
+        let mut wakeups = Wakeups::default();
+        assert_eq!(wakeups.front(), None);
+        for (i, at) in [(0, 30), (1, 10), (2, 20), (3, 10)] {
+            wakeups.insert(w(at, i), 0);
+        }
+        assert_eq!(wakeups.front(), Some(w(10, 1)));
+        assert_eq!(wakeups.pop_front(), Some(w(10, 1)));
+        assert_eq!(wakeups.front(), Some(w(10, 3)));
+        assert_eq!(wakeups.next_deadline(), Some(10));
+        assert_eq!(wakeups.len(), 3);
+        for i in 4..=WHEEL_FROM as u32 {
+            wakeups.insert(w(1_000 + u64::from(i), i), 0);
+        }
+        assert!(wakeups.wheel.is_some());
+        assert_eq!(wakeups.front(), None);
+        assert_eq!(wakeups.pop_front(), None);
+        assert_eq!(wakeups.len(), WHEEL_FROM);
     }
 
     /// What the property below needs of both structures.
