@@ -240,14 +240,31 @@ impl RepairEncoder {
 /// How far below the newest covered packet a repair may reach (the bits of its mask).
 pub(crate) const COVERAGE_SPAN: u64 = crate::wire::MAX_REPAIR_COVERAGE as u64;
 
-/// A repair not solved yet.
+/// A repair not solved yet, in the wire's shape: the newest covered packet and a mask of
+/// the ones below it (80 bytes, where a list of (number, length) pairs took 296: solving
+/// reads every pending repair for every repair that arrives).
 #[derive(Debug)]
 struct Pending {
-    /// (packet number, frames length) of each covered packet.
-    covered: heapless::Vec<(u64, usize), { crate::wire::MAX_REPAIR_COVERAGE }>,
     /// The packet that carried it (for the coefficients).
     repair_pn: u64,
+    /// The newest covered packet.
+    newest: u64,
+    /// Bit `i`: packet `newest - i` is covered.
+    mask: u16,
+    /// Bit `i`'s frames length (saturated: no symbol is that long, see `covered`).
+    lens: [u16; COVERAGE_SPAN as usize],
     symbol: Vec<u8>,
+}
+
+impl Pending {
+    /// (packet number, frames length) of each covered packet, newest first. A length
+    /// saturated at `u16::MAX` is still longer than any symbol (at most half an MTU of
+    /// 65,507), so it still rebuilds nothing.
+    fn covered(&self) -> impl Iterator<Item = (u64, usize)> + '_ {
+        (0..COVERAGE_SPAN)
+            .filter(|&i| self.mask & (1 << i) != 0)
+            .map(|i| (self.newest - i, usize::from(self.lens[i as usize])))
+    }
 }
 
 /// The receiver's side: recent packets' frames and the repairs not solved yet.
@@ -300,13 +317,23 @@ impl RepairDecoder {
         let mut buf = self.spare.pop().unwrap_or_default();
         buf.clear();
         buf.extend_from_slice(symbol);
-        let mut c = heapless::Vec::new();
-        for &entry in covered {
-            let _ = c.push(entry);
+        let newest = covered.iter().map(|&(pn, _)| pn).max().unwrap_or(0);
+        let (mut mask, mut lens) = (0u16, [0u16; COVERAGE_SPAN as usize]);
+        for &(pn, len) in covered {
+            // Within the mask by construction (a repair's distances are its mask's bits).
+            if let Some(bit) = usize::try_from(newest - pn)
+                .ok()
+                .filter(|&b| b < lens.len())
+            {
+                mask |= 1 << bit;
+                lens[bit] = u16::try_from(len).unwrap_or(u16::MAX);
+            }
         }
         self.pending.push_back(Pending {
-            covered: c,
             repair_pn,
+            newest,
+            mask,
+            lens,
             symbol: buf,
         });
     }
@@ -334,10 +361,8 @@ impl RepairDecoder {
         let kept = &self.kept;
         let spare = &mut self.spare;
         self.pending.retain_mut(|p| {
-            let useful = p.covered.iter().any(|&(pn, _)| missing(pn))
-                && p.covered
-                    .iter()
-                    .all(|&(pn, _)| missing(pn) || kept.contains(pn));
+            let useful = p.covered().any(|(pn, _)| missing(pn))
+                && p.covered().all(|(pn, _)| missing(pn) || kept.contains(pn));
             if !useful {
                 spare.push(core::mem::take(&mut p.symbol));
             }
@@ -349,7 +374,7 @@ impl RepairDecoder {
         // Unknowns: the missing packets the repairs cover, with their lengths.
         let mut unknowns: heapless::Vec<(u64, usize), 32> = heapless::Vec::new();
         for p in &self.pending {
-            for &(pn, len) in &p.covered {
+            for (pn, len) in p.covered() {
                 if missing(pn) && !unknowns.iter().any(|&(u, _)| u == pn) {
                     let _ = unknowns.push((pn, len));
                 }
@@ -369,7 +394,7 @@ impl RepairDecoder {
             let mut rhs = Vec::with_capacity(width);
             rhs.extend_from_slice(&p.symbol);
             rhs.resize(width, 0);
-            for &(pn, _) in &p.covered {
+            for (pn, _) in p.covered() {
                 let c = coefficient(p.repair_pn, pn);
                 match unknowns.iter().position(|&(u, _)| u == pn) {
                     Some(col) => coefs[col] = c,
@@ -431,6 +456,12 @@ impl RepairDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(target_pointer_width = "64")]
+    #[test]
+    fn a_pending_repair_is_kept_in_80_bytes() {
+        assert_eq!(core::mem::size_of::<Pending>(), 80);
+    }
 
     #[test]
     fn field_arithmetic_inverts() {
