@@ -136,9 +136,13 @@ struct Messaging {
     /// Bit `i` set: send channel `i` may have messages queued. Set by every queueing,
     /// cleared only where its queue is seen empty, so a connection with nothing queued is
     /// polled without touching its channels.
-    maybe_queued: u32,
+    maybe_queued: u16,
     /// Receive halves, made the same way on the first frame naming them.
     recv_channels: Vec<RecvChannel>,
+    /// Bit `i` set: receive channel `i` may hold unreliable messages being reassembled. Set
+    /// when a frame leaves one there, cleared where the channel is seen without any, so the
+    /// reassembly deadline (computed for every packet) reads only those channels.
+    partial_channels: u16,
     /// Responses to send: (channel, response).
     responses: VecDeque<(u8, Outgoing)>,
     frames: FrameStore<SentFrame>,
@@ -317,6 +321,7 @@ impl Connection {
                 send_channels: Vec::new(),
                 maybe_queued: 0,
                 recv_channels: Vec::new(),
+                partial_channels: 0,
                 responses: VecDeque::new(),
                 frames: FrameStore::default(),
                 resend: VecDeque::new(),
@@ -764,12 +769,21 @@ impl Connection {
                 .sent
                 .loss_deadline(config.max_ack_delay, config.max_rto),
         );
-        let oldest_partial = self
-            .messaging
-            .recv_channels
-            .iter()
-            .filter_map(RecvChannel::oldest_partial)
-            .min();
+        let mut oldest_partial = None;
+        let mut maybe = self.messaging.partial_channels;
+        while maybe != 0 {
+            let i = maybe.trailing_zeros();
+            maybe &= maybe - 1;
+            let oldest = self
+                .messaging
+                .recv_channels
+                .get(i as usize)
+                .and_then(RecvChannel::oldest_partial);
+            match oldest {
+                Some(t) => oldest_partial = Some(oldest_partial.map_or(t, |o: Instant| o.min(t))),
+                None => self.messaging.partial_channels &= !(1 << i),
+            }
+        }
         self.timers.set_opt(
             Timer::Reassembly,
             oldest_partial.map(|t| t + config.reassembly_timeout),

@@ -463,6 +463,9 @@ impl Connection {
         let held_before = ch.held_bytes;
         let result = ch.receive(meta, h.chunk, payload, &mut cx);
         let held_after = ch.held_bytes;
+        if ch.has_partials() {
+            self.messaging.partial_channels |= 1 << channel;
+        }
         shared.budget.settle(
             &mut self.messaging.reassembly_bytes,
             held_before,

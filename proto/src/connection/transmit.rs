@@ -451,7 +451,8 @@ impl Connection {
         // One lane per configured channel (those not made yet have nothing queued), and the
         // last for responses.
         let lanes = config.channels.len() + 1;
-        let mut mask = self.messaging.maybe_queued;
+        // Wider than the channels' mask: the responses' lane may be the 17th.
+        let mut mask = u32::from(self.messaging.maybe_queued);
         let mut bits = mask;
         while bits != 0 {
             let i = bits.trailing_zeros() as usize;
@@ -465,7 +466,8 @@ impl Connection {
                 mask &= !(1 << i);
             }
         }
-        self.messaging.maybe_queued = mask;
+        // Only channels' bits so far (at most `MAX_CHANNELS`).
+        self.messaging.maybe_queued = mask as u16;
         if !self.messaging.responses.is_empty() {
             mask |= 1 << (lanes - 1);
         }

@@ -519,6 +519,11 @@ impl RecvChannel {
         (freed, evicted)
     }
 
+    /// Whether unreliable messages are being reassembled.
+    pub(crate) fn has_partials(&self) -> bool {
+        !self.partials.is_empty()
+    }
+
     /// Start time of the oldest unreliable partial message.
     pub(crate) fn oldest_partial(&self) -> Option<Instant> {
         self.partials.iter().map(|(_, _, _, r)| r.started_at).min()
