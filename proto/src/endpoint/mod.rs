@@ -1106,12 +1106,14 @@ impl Endpoint {
     /// timeouts. Safe to call at any time; it only acts on what is due.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.advance_time(now);
+        let mut popped = false;
         while let Some(Wakeup {
             at,
             index,
             generation,
         }) = self.wakeups.pop_due(now.as_micros())
         {
+            popped = true;
             let slot = &mut self.slots[index as usize];
             if slot.generation != generation || slot.conn.is_none() || slot.scheduled != at {
                 // A later entry for a connection rescheduled earlier, or one gone.
@@ -1140,7 +1142,10 @@ impl Endpoint {
             c.handle_timeout(now, &mut shared);
             self.finish(index, c);
         }
-        self.settle_wakeups();
+        // A new front (unchanged, it was settled when the last call ended).
+        if popped {
+            self.settle_wakeups();
+        }
     }
 
     // ------------------------------------------------------------------ output
@@ -1452,9 +1457,8 @@ impl Endpoint {
         slot.due = conn.next_timeout().map_or(NEVER, Instant::as_micros);
         slot.conn = Some(conn);
         let pushed_back = slot.due > slot.scheduled;
-        let queued = slot.scheduled;
         self.schedule(index);
-        if pushed_back && self.wakeups.next_deadline() == Some(queued) {
+        if pushed_back && self.wakeups.front().is_some_and(|w| w.index == index) {
             self.settle_wakeups();
         }
     }
@@ -1500,10 +1504,13 @@ impl Endpoint {
                 // it is put back.
                 break;
             }
-            self.wakeups.pop_front();
-            slot.scheduled = NEVER;
             self.stats.stale_wakeups += 1;
-            self.schedule(w.index);
+            slot.scheduled = slot.due;
+            if slot.due == NEVER {
+                self.wakeups.pop_front();
+            } else {
+                self.wakeups.delay_front(slot.due);
+            }
         }
     }
 
@@ -1592,10 +1599,9 @@ impl Endpoint {
         let slot = &mut self.slots[index as usize];
         slot.generation = slot.generation.wrapping_add(1);
         slot.conn = None;
-        let queued = slot.scheduled;
         self.free_slots.push(index);
         self.live -= 1;
-        if self.wakeups.next_deadline() == Some(queued) {
+        if self.wakeups.front().is_some_and(|w| w.index == index) {
             self.settle_wakeups();
         }
     }

@@ -263,6 +263,16 @@ impl Wakeups {
         }
     }
 
+    /// Moves the entry [`front`](Self::front) gives to the later time `at` (the same as
+    /// taking it out and queueing it again at `at`, in one sift).
+    pub(crate) fn delay_front(&mut self, at: u64) {
+        debug_assert!(self.wheel.is_none(), "a wheel has no front");
+        if let Some(mut front) = self.heap.peek_mut() {
+            debug_assert!(at >= front.0.at);
+            front.0.at = at;
+        }
+    }
+
     /// Removes the entry [`front`](Self::front) gives.
     pub(crate) fn pop_front(&mut self) -> Option<Wakeup> {
         match &mut self.wheel {
@@ -422,6 +432,17 @@ mod tests {
         assert_eq!(wakeups.front(), Some(w(10, 3)));
         assert_eq!(wakeups.next_deadline(), Some(10));
         assert_eq!(wakeups.len(), 3);
+        // Delayed past the others, it comes last.
+        wakeups.delay_front(40);
+        assert_eq!(wakeups.front(), Some(w(20, 2)));
+        assert_eq!(wakeups.len(), 3);
+        assert_eq!(wakeups.pop_due(35), Some(w(20, 2)));
+        assert_eq!(wakeups.pop_due(35), Some(w(30, 0)));
+        assert_eq!(wakeups.pop_due(35), None);
+        assert_eq!(wakeups.pop_due(40), Some(w(40, 3)));
+        for (i, at) in [(0, 30), (1, 10), (3, 10)] {
+            wakeups.insert(w(at, i), 0);
+        }
         for i in 4..=WHEEL_FROM as u32 {
             wakeups.insert(w(1_000 + u64::from(i), i), 0);
         }
