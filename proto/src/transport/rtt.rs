@@ -7,9 +7,11 @@ use super::recovery::LAZY_ACK_DELAY;
 
 /// Smoothed RTT, its variation and the minimum seen.
 ///
-/// Kept as whole nanoseconds (8 bytes each rather than a `Duration`'s 16, on every
-/// connection); the arithmetic is done in `Duration`s, so the values are exactly those a
-/// `Duration` field would hold.
+/// Kept, and computed, in whole nanoseconds: 8 bytes each rather than a `Duration`'s 16, on
+/// every connection, and integer arithmetic where `Duration`'s (normalising seconds and
+/// nanoseconds at every step) cost hundreds of instructions per acknowledgement. The values
+/// are exactly those the same formulas give in `Duration`s: they only divide by 2, 4 and 8,
+/// which divide a second's nanoseconds, so no rounding differs.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct RttEstimator {
     smoothed: Nanos,
@@ -21,38 +23,47 @@ pub(crate) struct RttEstimator {
 }
 
 /// A duration in nanoseconds, or none (`u64::MAX`, 584 years: never a round trip).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Nanos(u64);
+
+const MILLISECOND: u64 = 1_000_000;
 
 impl Nanos {
     const NONE: Nanos = Nanos(u64::MAX);
 
+    /// `d` in nanoseconds, saturating below `NONE`.
     fn of(d: Duration) -> Self {
-        Nanos(
-            u64::try_from(d.as_nanos())
-                .unwrap_or(u64::MAX - 1)
-                .min(u64::MAX - 1),
-        )
+        let nanos = d
+            .as_secs()
+            .saturating_mul(1_000_000_000)
+            .saturating_add(u64::from(d.subsec_nanos()));
+        Nanos(nanos.min(u64::MAX - 1))
     }
 
-    fn get(self) -> Option<Duration> {
-        (self.0 != u64::MAX).then(|| Duration::from_nanos(self.0))
+    /// A result of arithmetic, saturating below `NONE`.
+    fn saturated(n: u64) -> Self {
+        Nanos(n.min(u64::MAX - 1))
     }
 
-    /// For the fields that always hold a value.
+    fn get(self) -> Option<u64> {
+        (self != Nanos::NONE).then_some(self.0)
+    }
+
+    /// As a `Duration` (`NONE` only where a value is always held).
     fn duration(self) -> Duration {
-        self.get().unwrap_or(Duration::MAX)
+        Duration::from_nanos(self.0)
     }
 }
 
 impl RttEstimator {
     pub(crate) fn new(initial: Duration) -> Self {
+        let initial = Nanos::of(initial);
         RttEstimator {
             smoothed: Nanos::NONE,
-            variance: Nanos::of(initial / 2),
-            latest: Nanos::of(initial),
+            variance: Nanos(initial.0 / 2),
+            latest: initial,
             min: Nanos::NONE,
-            initial: Nanos::of(initial),
+            initial,
         }
     }
 
@@ -71,35 +82,42 @@ impl RttEstimator {
         max_ack_delay: Duration,
         lazy: bool,
     ) {
+        let (raw, ack_delay) = (Nanos::of(raw).0, Nanos::of(ack_delay).0);
+        let max_ack_delay = Nanos::of(max_ack_delay).0;
         let min = self.min.get();
         let sample = if lazy {
-            let floor = min.map_or(Duration::ZERO, |m| m.saturating_sub(max_ack_delay));
-            raw.saturating_sub(ack_delay.min(LAZY_ACK_DELAY.max(max_ack_delay)))
-                .max(floor)
+            let floor = min.map_or(0, |m| m.saturating_sub(max_ack_delay));
+            let trusted = Nanos::of(LAZY_ACK_DELAY).0.max(max_ack_delay);
+            raw.saturating_sub(ack_delay.min(trusted)).max(floor)
         } else {
-            self.min = Nanos::of(min.map_or(raw, |m| m.min(raw)));
+            self.min = Nanos(min.map_or(raw, |m| m.min(raw)));
             raw.saturating_sub(ack_delay.min(max_ack_delay))
         };
-        self.latest = Nanos::of(sample);
+        self.latest = Nanos(sample);
         match self.smoothed.get() {
             None => {
-                self.smoothed = Nanos::of(sample);
-                self.variance = Nanos::of(sample / 2);
+                self.smoothed = Nanos(sample);
+                self.variance = Nanos(sample / 2);
             }
             Some(srtt) => {
                 let diff = srtt.abs_diff(sample);
-                self.variance = Nanos::of((self.variance() * 3 + diff) / 4);
-                self.smoothed = Nanos::of((srtt * 7 + sample) / 8);
+                let variance = self.variance.0.saturating_mul(3).saturating_add(diff);
+                self.variance = Nanos::saturated(variance / 4);
+                self.smoothed = Nanos::saturated(srtt.saturating_mul(7).saturating_add(sample) / 8);
             }
         }
     }
 
+    fn smoothed_nanos(&self) -> u64 {
+        self.smoothed.get().unwrap_or(self.initial.0)
+    }
+
     pub(crate) fn smoothed(&self) -> Duration {
-        self.smoothed.get().unwrap_or(self.initial.duration())
+        Nanos(self.smoothed_nanos()).duration()
     }
 
     pub(crate) fn measured(&self) -> Option<Duration> {
-        self.smoothed.get()
+        self.smoothed.get().map(Duration::from_nanos)
     }
 
     pub(crate) fn variance(&self) -> Duration {
@@ -108,19 +126,102 @@ impl RttEstimator {
 
     /// Probe timeout before backoff: srtt + 4·rttvar + the peer's max ack delay.
     pub(crate) fn pto(&self, max_ack_delay: Duration) -> Duration {
-        self.smoothed() + (self.variance() * 4).max(Duration::from_millis(1)) + max_ack_delay
+        let spread = self.variance.0.saturating_mul(4).max(MILLISECOND);
+        let pto = self
+            .smoothed_nanos()
+            .saturating_add(spread)
+            .saturating_add(Nanos::of(max_ack_delay).0);
+        Nanos(pto).duration()
     }
 
     /// Time after which a packet older than an acknowledged one counts as lost.
     pub(crate) fn loss_delay(&self) -> Duration {
-        let base = self.smoothed().max(self.latest.duration());
-        (base * 9 / 8).max(Duration::from_millis(1))
+        let base = self.smoothed_nanos().max(self.latest.0);
+        Nanos((base.saturating_mul(9) / 8).max(MILLISECOND)).duration()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// The formulas in `Duration`s, as the estimator once computed them.
+    #[derive(Clone, Copy)]
+    struct Reference {
+        smoothed: Option<Duration>,
+        variance: Duration,
+        latest: Duration,
+        min: Option<Duration>,
+        initial: Duration,
+    }
+
+    impl Reference {
+        fn update(&mut self, raw: Duration, ack_delay: Duration, mad: Duration, lazy: bool) {
+            let sample = if lazy {
+                let floor = self.min.map_or(Duration::ZERO, |m| m.saturating_sub(mad));
+                raw.saturating_sub(ack_delay.min(LAZY_ACK_DELAY.max(mad)))
+                    .max(floor)
+            } else {
+                self.min = Some(self.min.map_or(raw, |m| m.min(raw)));
+                raw.saturating_sub(ack_delay.min(mad))
+            };
+            self.latest = sample;
+            match self.smoothed {
+                None => {
+                    self.smoothed = Some(sample);
+                    self.variance = sample / 2;
+                }
+                Some(srtt) => {
+                    self.variance = (self.variance * 3 + srtt.abs_diff(sample)) / 4;
+                    self.smoothed = Some((srtt * 7 + sample) / 8);
+                }
+            }
+        }
+
+        fn pto(&self, mad: Duration) -> Duration {
+            self.smoothed.unwrap_or(self.initial)
+                + (self.variance * 4).max(Duration::from_millis(1))
+                + mad
+        }
+
+        fn loss_delay(&self) -> Duration {
+            let base = self.smoothed.unwrap_or(self.initial).max(self.latest);
+            (base * 9 / 8).max(Duration::from_millis(1))
+        }
+    }
+
+    proptest! {
+        /// Whole nanoseconds give exactly what `Duration` arithmetic gave.
+        #[test]
+        fn nanosecond_arithmetic_matches_the_duration_formulas(
+            initial in 1u64..3_000_000_000,
+            samples in proptest::collection::vec(
+                (0u64..20_000_000_000, 0u64..2_000_000_000, 0u64..100_000_000, any::<bool>()),
+                1..60,
+            )
+        ) {
+            let initial = Duration::from_nanos(initial);
+            let mut rtt = RttEstimator::new(initial);
+            let mut reference = Reference {
+                smoothed: None,
+                variance: initial / 2,
+                latest: initial,
+                min: None,
+                initial,
+            };
+            for (raw, ack_delay, mad, lazy) in samples {
+                let (raw, ack_delay, mad) =
+                    (Duration::from_nanos(raw), Duration::from_nanos(ack_delay), Duration::from_nanos(mad));
+                rtt.update(raw, ack_delay, mad, lazy);
+                reference.update(raw, ack_delay, mad, lazy);
+                prop_assert_eq!(rtt.measured(), reference.smoothed);
+                prop_assert_eq!(rtt.variance(), reference.variance);
+                prop_assert_eq!(rtt.pto(mad), reference.pto(mad));
+                prop_assert_eq!(rtt.loss_delay(), reference.loss_delay());
+            }
+        }
+    }
 
     #[test]
     fn ack_delay_is_taken_out_of_samples_up_to_max_ack_delay() {
