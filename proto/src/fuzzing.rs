@@ -1274,6 +1274,7 @@ mod ops {
         fn check(&mut self) {
             let config = &self.config;
             for (ep, e) in self.eps.iter().enumerate() {
+                e.check_wakeups();
                 assert!(
                     e.reassembly_bytes() <= config.endpoint_reassembly_budget,
                     "endpoint {ep} holds {} reassembly bytes, over its budget of {}",

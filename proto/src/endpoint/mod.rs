@@ -1514,6 +1514,38 @@ impl Endpoint {
         }
     }
 
+    /// Checks the wake-ups' invariants (for the fuzz targets, between calls): every live
+    /// connection with a deadline has an entry queued at or before it; and while the
+    /// wake-ups are a heap, `poll_timeout` is exactly the earliest connection deadline.
+    #[cfg(any(test, fuzzing, feature = "fuzzing"))]
+    pub(crate) fn check_wakeups(&self) {
+        let entries = self.wakeups.entries();
+        let mut earliest = NEVER;
+        for (i, slot) in self.slots.iter().enumerate() {
+            if slot.conn.is_none() || slot.due == NEVER {
+                continue;
+            }
+            earliest = earliest.min(slot.due);
+            assert!(
+                slot.scheduled <= slot.due,
+                "slot {i}: wake-up at {} after its deadline {}",
+                slot.scheduled,
+                slot.due
+            );
+            assert!(
+                entries.iter().any(|w| w.index == i as u32
+                    && w.generation == slot.generation
+                    && w.at == slot.scheduled),
+                "slot {i}: no wake-up queued for {}",
+                slot.scheduled
+            );
+        }
+        if self.wakeups.front().is_some() || entries.is_empty() {
+            let next = self.poll_timeout().map_or(NEVER, Instant::as_micros);
+            assert_eq!(next, earliest, "poll_timeout is not the earliest deadline");
+        }
+    }
+
     /// Drops stale wake-up entries (their connection rescheduled or closed).
     fn rebuild_wakeups(&mut self) {
         let entries: Vec<_> = self

@@ -281,6 +281,24 @@ impl Wakeups {
         }
     }
 
+    /// Every entry held, in no order (for the fuzz targets' invariant checks).
+    #[cfg(any(test, fuzzing, feature = "fuzzing"))]
+    pub(crate) fn entries(&self) -> Vec<Wakeup> {
+        match &self.wheel {
+            Some(wheel) => {
+                let mut all = wheel.due.clone();
+                all.extend(wheel.far.iter().copied());
+                for level in &wheel.levels {
+                    for slot in &level.slots {
+                        all.extend(slot.iter().copied());
+                    }
+                }
+                all
+            }
+            None => self.heap.iter().map(|Reverse(w)| *w).collect(),
+        }
+    }
+
     /// The next entry due at `now`, if any.
     pub(crate) fn pop_due(&mut self, now: u64) -> Option<Wakeup> {
         match &mut self.wheel {
