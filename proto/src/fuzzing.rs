@@ -158,9 +158,11 @@ pub fn endpoint_input(data: &[u8]) {
             while server.poll_transmit(now, &mut buf).is_some() {}
         }
         assert!(server.reassembly_bytes() <= server.config().endpoint_reassembly_budget);
+        server.check_wakeups();
         now += core::time::Duration::from_millis(10);
         server.handle_timeout(now);
         while server.poll_event().is_some() {}
+        server.check_wakeups();
     }
 }
 
