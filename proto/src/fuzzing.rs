@@ -66,6 +66,13 @@ pub mod hub;
 
 pub use hub::hub_control;
 
+/// Checks `endpoint`'s timer wake-ups: every live connection with a deadline has a wake-up
+/// queued at or before it, and while they are a heap `poll_timeout` is exactly the earliest
+/// deadline. Panics otherwise (the fuzz targets and tests call it between operations).
+pub fn check_wakeups(endpoint: &Endpoint) {
+    endpoint.check_wakeups();
+}
+
 /// Decodes arbitrary bytes as a packet and its frames; decoding must not panic and a
 /// successful decode must re-encode to the same bytes.
 pub fn parse_packet(data: &[u8]) {

@@ -1311,6 +1311,9 @@ impl Endpoint {
         self.last_now = self.last_now.max(now);
         if self.wakeups.needs_rebuild(self.live) {
             self.rebuild_wakeups();
+            // Back from a wheel, whose stale entries wait for `pop_due`, the heap's front may
+            // be one of them.
+            self.settle_wakeups();
         }
     }
 
@@ -1801,5 +1804,49 @@ impl Endpoint {
         // test run checks it: they run with debug assertions).
         debug_assert!(self.scratch.is_empty(), "scratch left full by a packet");
         self.finish(index, c);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A rebuild that takes the wake-ups from a wheel (where stale entries are left to
+    /// `pop_due`) back to a heap settles the heap's front: `poll_timeout` is exact again.
+    #[test]
+    fn a_rebuild_from_a_wheel_to_a_heap_settles_its_front() {
+        let mut ep = Endpoint::new(Config {
+            seed: 1,
+            secret_seed: Some(crate::SecretSeed::insecure_from_u64(1)),
+            accept_incoming: false,
+            max_connections: 400,
+            ..Config::default()
+        })
+        .expect("valid");
+        let server =
+            |i: u32| SocketAddr::from(([10, 0, (i / 250) as u8, (i % 250) as u8 + 1], 4000));
+        // The first connection's deadlines are the earliest: it connects a millisecond first.
+        let first = ep
+            .connect(Instant::from_millis(1), server(0), b"")
+            .expect("connect");
+        let later = Instant::from_millis(2);
+        let others: Vec<_> = (1..300)
+            .map(|i| ep.connect(later, server(i), b"").expect("connect"))
+            .collect();
+        assert!(ep.wakeups.front().is_none(), "300 wake-ups are a wheel");
+        // Its deadline moves back without a new entry (as when an ack stops the ack timer):
+        // a wheel leaves the stale entry where it is.
+        let slot = &mut ep.slots[first.index()];
+        let queued = slot.scheduled;
+        slot.due = queued + 10_000_000;
+        for &c in &others[40..] {
+            ep.disconnect(c, 0);
+        }
+        assert_eq!(ep.live, 41);
+        // The next call given a time rebuilds (4 x 41 + 64 < 256: a heap), nothing due yet.
+        ep.handle_timeout(later);
+        assert!(ep.wakeups.front().is_some(), "a heap again");
+        ep.check_wakeups();
+        assert!(ep.poll_timeout().is_some_and(|t| t.as_micros() > queued));
     }
 }
