@@ -1142,7 +1142,8 @@ impl Endpoint {
             c.handle_timeout(now, &mut shared);
             self.finish(index, c);
         }
-        // A new front (unchanged, it was settled when the last call ended).
+        // Popping made a new front; without a pop it is the one settled when the last call
+        // ended.
         if popped {
             self.settle_wakeups();
         }
