@@ -80,6 +80,13 @@ impl ReceivedPackets {
     /// Records `pn` (which `verdict` said is new). Returns whether it arrived out of order
     /// (it skipped over a missing packet, or fills a hole).
     pub(crate) fn record(&mut self, pn: u64, now: Instant) -> bool {
+        // The common case: the next packet in order extends the newest range.
+        if let Some(newest) = self.ranges.back_mut().filter(|r| r.1 + 1 == pn) {
+            newest.1 = pn;
+            self.largest_at = now;
+            self.trim(pn);
+            return false;
+        }
         let largest = self.largest();
         let out_of_order = largest.is_some_and(|l| pn != l + 1);
         if largest.is_none_or(|l| pn > l) {
@@ -107,13 +114,18 @@ impl ReceivedPackets {
             _ => self.ranges.insert(i, (pn, pn)),
         }
         // Forget ranges too old to matter (or too many): everything below counts as seen.
-        let horizon = self.largest().map_or(0, |l| l.saturating_sub(HISTORY));
+        self.trim(self.largest().unwrap_or(0));
+        out_of_order
+    }
+
+    /// Forgets the oldest ranges past `MAX_RANGES` or older than `HISTORY` below `largest`.
+    fn trim(&mut self, largest: u64) {
+        let horizon = largest.saturating_sub(HISTORY);
         while self.ranges.len() > MAX_RANGES || self.ranges.front().is_some_and(|r| r.1 < horizon) {
             if let Some((_, high)) = self.ranges.pop_front() {
                 self.floor = self.floor.max(high + 1);
             }
         }
-        out_of_order
     }
 
     /// The ranges for an acknowledgement, newest first.
@@ -144,6 +156,63 @@ impl ReceivedPackets {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// The general path alone (what `record` did before its in-order fast path).
+    fn record_slowly(r: &mut ReceivedPackets, pn: u64, now: Instant) -> bool {
+        let largest = r.largest();
+        let out_of_order = largest.is_some_and(|l| pn != l + 1);
+        if largest.is_none_or(|l| pn > l) {
+            r.largest_at = now;
+        }
+        let mut i = r.ranges.len();
+        while i > 0 && r.ranges[i - 1].1 + 1 >= pn {
+            i -= 1;
+        }
+        match r.ranges.get(i).copied() {
+            Some((low, high)) if low <= pn + 1 => {
+                let (mut low, mut high) = (low.min(pn), high.max(pn));
+                if let Some(&(next_low, next_high)) = r.ranges.get(i + 1) {
+                    if next_low <= high + 1 {
+                        high = high.max(next_high);
+                        low = low.min(next_low);
+                        r.ranges.remove(i + 1);
+                    }
+                }
+                r.ranges[i] = (low, high);
+            }
+            _ => r.ranges.insert(i, (pn, pn)),
+        }
+        r.trim(r.largest().unwrap_or(0));
+        out_of_order
+    }
+
+    proptest! {
+        /// The in-order fast path leaves exactly what the general path would.
+        #[test]
+        fn recording_in_order_takes_a_shortcut_to_the_same_ranges(
+            steps in proptest::collection::vec((0u64..4, 0u64..80, any::<bool>()), 1..400)
+        ) {
+            let (mut fast, mut slow) = (ReceivedPackets::default(), ReceivedPackets::default());
+            let mut next = 0u64;
+            for (i, (kind, jump, far)) in steps.into_iter().enumerate() {
+                // Mostly the next number; some gaps (far ones past the history), some late.
+                let pn = match kind {
+                    0 | 1 => next,
+                    2 => next + jump + if far { HISTORY } else { 0 },
+                    _ => next.saturating_sub(jump),
+                };
+                if fast.verdict(pn) != Verdict::New {
+                    continue;
+                }
+                next = next.max(pn + 1);
+                let now = Instant::from_micros(i as u64);
+                prop_assert_eq!(fast.record(pn, now), record_slowly(&mut slow, pn, now));
+                prop_assert_eq!(&fast.ranges, &slow.ranges);
+                prop_assert_eq!((fast.floor, fast.largest_at), (slow.floor, slow.largest_at));
+            }
+        }
+    }
 
     fn record_all(r: &mut ReceivedPackets, pns: &[u64]) {
         for &pn in pns {
