@@ -76,75 +76,18 @@ impl ChannelConfig {
 /// assert!(config.validate().is_ok());
 /// ```
 #[derive(Clone, Debug)]
+// `repr(C)`, working settings first: a connection reads about a dozen of them per packet,
+// and an endpoint woken among thousands (a simulator's clients) finds none of its lines in
+// cache, so they are packed into three lines instead of spread over seven.
+#[repr(C)]
 pub struct Config {
-    /// Seed for connection ids, nonces and the cookie key (default 0, which the drivers
-    /// replace with one from the OS). Give each endpoint its own (e.g. from the OS RNG in a
-    /// driver, or a fixed value in a test).
-    pub seed: u64,
-    /// Secret randomness for handshake keys, cookie keys and connection ids, mixed with
-    /// `seed` (HKDF-SHA256). The drivers fill it from the operating system when it is
-    /// `None`; an endpoint driven by your own loop must set it from a cryptographic random
-    /// source: `Endpoint::new` refuses a protected endpoint without it (tests and
-    /// simulations may use [`SecretSeed::insecure_from_u64`]). `Debug` does not print it.
-    /// The endpoint keeps no copy: `Endpoint::config()` shows `None` (so its memory cannot
-    /// regenerate the ephemeral keys it used).
-    pub secret_seed: Option<SecretSeed>,
-    /// How packets after the handshake are protected (default [`Protection::Encrypted`]).
-    /// A peer configured differently is refused with a clear reason.
-    pub protection: Protection,
-    /// This endpoint's static key pair, if it has an identity to prove: clients can pin its
-    /// public key (`ConnectOptions::server_key`), and peers see it in `Event::Connected`.
-    pub static_keypair: Option<Keypair>,
-    /// Accept only clients with a connect token from the backend sharing this key (see
-    /// [`token`](crate::token)). `None` (the default) takes no tokens.
-    pub tokens: Option<TokenConfig>,
-    /// Application protocol id (default `0x53484f4c`, "SHOL"): give each game, and each
-    /// incompatible version of it, its own. A server refuses a client with another one at
-    /// once (`DisconnectReason::WrongProtocol`).
-    pub protocol_id: u32,
+    // ---- read by every packet (first, together: see `repr(C)` above)
     /// Largest datagram sent, in bytes (UDP payload; default 1,200, at least 128). Both
     /// sides must use the same.
     pub mtu: usize,
     /// Channels, indexed by channel id (at most 16; default four: 0 unreliable,
     /// 1 sequenced, 2 reliable, 3 ordered). Both sides must use the same layout.
     pub channels: Vec<ChannelConfig>,
-    /// Whether this endpoint answers connection attempts (a server or a peer; default
-    /// `true`). When off, a connection attempt is refused at once
-    /// (`DisconnectReason::NotAccepting`).
-    pub accept_incoming: bool,
-    /// Most connections at once, handshakes included (default 4,096; at most 49,151). A
-    /// peer connecting beyond it is refused (counted in
-    /// [`EndpointStats::connections_rejected`](crate::EndpointStats::connections_rejected)):
-    /// its attempt ends in [`DisconnectReason::ServerFull`](crate::DisconnectReason::ServerFull)
-    /// on its side. [`Endpoint::connect`](crate::Endpoint::connect) beyond it fails with
-    /// [`ConnectError::TooManyConnections`](crate::ConnectError::TooManyConnections).
-    pub max_connections: usize,
-    /// Most bytes of application data in a connect request (default 256: with the keys and
-    /// the fixed fields it fits a 576-byte MTU; a connect token needs room beside it).
-    pub max_connect_data: usize,
-    /// A connection that receives nothing for this long once connected is closed with
-    /// `TimedOut` (default 10 s).
-    pub idle_timeout: Duration,
-    /// A connection that sends nothing for this long sends a keepalive (default 1 s).
-    pub keepalive_interval: Duration,
-    /// A connection attempt that does not complete within this time fails with `TimedOut`
-    /// (default 5 s; independent of `idle_timeout`).
-    pub handshake_timeout: Duration,
-    /// Interval between handshake retransmissions (default 250 ms).
-    pub handshake_resend_interval: Duration,
-    /// How long a server's cookie stays valid (default 10 s).
-    pub cookie_lifetime: Duration,
-    /// Longest a receiver waits before acknowledging a packet (default 5 ms).
-    pub max_ack_delay: Duration,
-    /// RTT assumed before the first measurement (default 100 ms).
-    pub initial_rtt: Duration,
-    /// Cap on the retransmission timeout after backoff (default 2 s).
-    pub max_rto: Duration,
-    /// Deadline for a request's response, after which `RequestTimedOut` is emitted
-    /// (default 5 s).
-    pub request_timeout: Duration,
-    /// Most outstanding requests per connection (default 1,024).
-    pub max_pending_requests: usize,
     /// Largest message `send` accepts (default 1 MiB); larger messages than a datagram are
     /// chunked.
     pub max_message_size: usize,
@@ -158,17 +101,6 @@ pub struct Config {
     /// never finish can exhaust it: keep it at least (the hostile connections you want to
     /// withstand + 1) x `reassembly_budget` (the defaults withstand 15).
     pub endpoint_reassembly_budget: usize,
-    /// A partial unreliable chunked message older than this is evicted (default 5 s).
-    pub reassembly_timeout: Duration,
-    /// Optional send-rate limit per connection in bytes per second (token bucket; default
-    /// `None`, no limit beyond congestion control).
-    pub max_send_rate: Option<u64>,
-    /// Forward error correction under loss (default 1; 0 disables): once the connection
-    /// sees loss, each small packet (at most half the MTU of messages) carries a repair that
-    /// codes the small packets of the last round trip, so a lost one is rebuilt by the
-    /// receiver from later packets instead of waiting a round trip for a retransmission. It
-    /// costs about one more copy of the small packets' bytes, and stops on a clean link.
-    pub redundancy: u8,
     /// Most bytes of messages, requests and responses (payload plus 64 bytes each) waiting
     /// for `poll_event`, across the endpoint (default 64 MiB). Each connection gets an equal
     /// share; a connection over its share has its data refused unacknowledged (its sender
@@ -178,6 +110,80 @@ pub struct Config {
     /// its connection held for reassembly), and by up to a quarter of the limit for
     /// connections with no events waiting.
     pub max_pending_event_bytes: usize,
+    /// A connection that receives nothing for this long once connected is closed with
+    /// `TimedOut` (default 10 s).
+    pub idle_timeout: Duration,
+    /// A connection that sends nothing for this long sends a keepalive (default 1 s).
+    pub keepalive_interval: Duration,
+    /// Longest a receiver waits before acknowledging a packet (default 5 ms).
+    pub max_ack_delay: Duration,
+    /// Cap on the retransmission timeout after backoff (default 2 s).
+    pub max_rto: Duration,
+    /// A partial unreliable chunked message older than this is evicted (default 5 s).
+    pub reassembly_timeout: Duration,
+    /// RTT assumed before the first measurement (default 100 ms).
+    pub initial_rtt: Duration,
+    /// Deadline for a request's response, after which `RequestTimedOut` is emitted
+    /// (default 5 s).
+    pub request_timeout: Duration,
+    /// Most outstanding requests per connection (default 1,024).
+    pub max_pending_requests: usize,
+    /// How packets after the handshake are protected (default [`Protection::Encrypted`]).
+    /// A peer configured differently is refused with a clear reason.
+    pub protection: Protection,
+    /// Forward error correction under loss (default 1; 0 disables): once the connection
+    /// sees loss, each small packet (at most half the MTU of messages) carries a repair that
+    /// codes the small packets of the last round trip, so a lost one is rebuilt by the
+    /// receiver from later packets instead of waiting a round trip for a retransmission. It
+    /// costs about one more copy of the small packets' bytes, and stops on a clean link.
+    pub redundancy: u8,
+    /// Whether this endpoint answers connection attempts (a server or a peer; default
+    /// `true`). When off, a connection attempt is refused at once
+    /// (`DisconnectReason::NotAccepting`).
+    pub accept_incoming: bool,
+    // ---- identity, handshake and admission (read when connections come and go)
+    /// Seed for connection ids, nonces and the cookie key (default 0, which the drivers
+    /// replace with one from the OS). Give each endpoint its own (e.g. from the OS RNG in a
+    /// driver, or a fixed value in a test).
+    pub seed: u64,
+    /// Secret randomness for handshake keys, cookie keys and connection ids, mixed with
+    /// `seed` (HKDF-SHA256). The drivers fill it from the operating system when it is
+    /// `None`; an endpoint driven by your own loop must set it from a cryptographic random
+    /// source: `Endpoint::new` refuses a protected endpoint without it (tests and
+    /// simulations may use [`SecretSeed::insecure_from_u64`]). `Debug` does not print it.
+    /// The endpoint keeps no copy: `Endpoint::config()` shows `None` (so its memory cannot
+    /// regenerate the ephemeral keys it used).
+    pub secret_seed: Option<SecretSeed>,
+    /// This endpoint's static key pair, if it has an identity to prove: clients can pin its
+    /// public key (`ConnectOptions::server_key`), and peers see it in `Event::Connected`.
+    pub static_keypair: Option<Keypair>,
+    /// Accept only clients with a connect token from the backend sharing this key (see
+    /// [`token`](crate::token)). `None` (the default) takes no tokens.
+    pub tokens: Option<TokenConfig>,
+    /// Application protocol id (default `0x53484f4c`, "SHOL"): give each game, and each
+    /// incompatible version of it, its own. A server refuses a client with another one at
+    /// once (`DisconnectReason::WrongProtocol`).
+    pub protocol_id: u32,
+    /// Most connections at once, handshakes included (default 4,096; at most 49,151). A
+    /// peer connecting beyond it is refused (counted in
+    /// [`EndpointStats::connections_rejected`](crate::EndpointStats::connections_rejected)):
+    /// its attempt ends in [`DisconnectReason::ServerFull`](crate::DisconnectReason::ServerFull)
+    /// on its side. [`Endpoint::connect`](crate::Endpoint::connect) beyond it fails with
+    /// [`ConnectError::TooManyConnections`](crate::ConnectError::TooManyConnections).
+    pub max_connections: usize,
+    /// Most bytes of application data in a connect request (default 256: with the keys and
+    /// the fixed fields it fits a 576-byte MTU; a connect token needs room beside it).
+    pub max_connect_data: usize,
+    /// A connection attempt that does not complete within this time fails with `TimedOut`
+    /// (default 5 s; independent of `idle_timeout`).
+    pub handshake_timeout: Duration,
+    /// Interval between handshake retransmissions (default 250 ms).
+    pub handshake_resend_interval: Duration,
+    /// How long a server's cookie stays valid (default 10 s).
+    pub cookie_lifetime: Duration,
+    /// Optional send-rate limit per connection in bytes per second (token bucket; default
+    /// `None`, no limit beyond congestion control).
+    pub max_send_rate: Option<u64>,
     /// Most handshake replies and close notices waiting to be sent (default 16,384); past it
     /// they are dropped and counted in `EndpointStats::replies_dropped` (clients retry).
     pub max_control_queue: usize,

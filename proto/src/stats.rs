@@ -417,6 +417,8 @@ fn micros_of(d: Duration) -> u64 {
 /// Counters of the whole endpoint. Per-connection counters are folded in when a connection
 /// closes, so these cover closed connections too.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+// The counters every datagram bumps first, in one cache line (see `Endpoint`'s layout).
+#[repr(C)]
 pub struct EndpointStats {
     /// Datagrams handed to `handle_datagram`.
     pub datagrams_received: u64,
@@ -426,6 +428,10 @@ pub struct EndpointStats {
     pub datagrams_sent: u64,
     /// Bytes returned by `poll_transmit`.
     pub bytes_sent: u64,
+    /// Queued wake-ups whose deadline had been stopped or pushed back (an ack stopped the
+    /// ack timer, say), moved to their connection's real deadline when they reached the
+    /// front, so that `poll_timeout` never names a time at which nothing is due.
+    pub stale_wakeups: u64,
     /// Connections opened (handshake completed).
     pub connections_opened: u64,
     /// Connections closed, for any reason.
@@ -443,10 +449,6 @@ pub struct EndpointStats {
     pub tunnel_drops: u64,
     /// Handshake replies or close notices not sent because the reply queue was full.
     pub replies_dropped: u64,
-    /// Queued wake-ups whose deadline had been stopped or pushed back (an ack stopped the
-    /// ack timer, say), moved to their connection's real deadline when they reached the
-    /// front, so that `poll_timeout` never names a time at which nothing is due.
-    pub stale_wakeups: u64,
     /// "Unknown connection" notices sent: packets arrived naming a connection id this
     /// endpoint does not know (typically from the clients of a previous run on this port).
     pub resets_sent: u64,
