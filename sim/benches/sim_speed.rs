@@ -15,6 +15,7 @@
 //! | `SHOAL_BENCH_SEED` | 1 | seed of both runs |
 //! | `SHOAL_BENCH_PROTECTION` | `encrypted` | `none` runs without packet protection |
 //! | `SHOAL_BENCH_LARGE` | 65536 | bytes of each client's large message every 10 s (0: none) |
+//! | `SHOAL_BENCH_BATCHING` | 1 | 0 runs every happening in one time order (`node_batching` off) |
 
 use std::time::{Duration, Instant};
 
@@ -38,12 +39,14 @@ fn bench(clients: u64, secs: u64, seed: u64, protection: Protection) {
         seed,
         protection,
         large_size: env_u64("SHOAL_BENCH_LARGE", 64 * 1024) as usize,
+        node_batching: env_u64("SHOAL_BENCH_BATCHING", 1) != 0,
         ..ScenarioConfig::default()
     };
     println!(
-        "{clients} clients at {} Hz for {secs} simulated s (link: 40ms ±5ms, 1% loss; {} B every 10 s per client; {protection:?})",
+        "{clients} clients at {} Hz for {secs} simulated s (link: 40ms ±5ms, 1% loss; {} B every 10 s per client; {protection:?}; {})",
         config.tick_rate,
-        config.large_size
+        config.large_size,
+        if config.node_batching { "node by node within 40 ms windows" } else { "one time order" }
     );
     // Wall time when the simulated clock passed the end of the connect window plus a
     // second (handshakes done, first round trips settled): the steady state is timed from

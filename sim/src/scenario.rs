@@ -191,6 +191,12 @@ pub struct ScenarioConfig {
     pub connect_window: Duration,
     /// Longest the run continues after `duration` for reliable traffic to arrive.
     pub drain_limit: Duration,
+    /// Runs the simulator a lookahead window at a time, node by node
+    /// ([`SimConfig::node_batching`]; default `true`): the scenario's checks are per client
+    /// and per direction, so they hold in any interleaving of different nodes' callbacks,
+    /// and with thousands of clients the run is several times lighter on the caches.
+    /// `false` takes every happening in one global time order (another trace hash).
+    pub node_batching: bool,
 }
 
 impl Default for ScenarioConfig {
@@ -222,6 +228,7 @@ impl Default for ScenarioConfig {
             request_interval: Duration::from_secs(5),
             connect_window: Duration::from_secs(1),
             drain_limit: Duration::from_secs(15),
+            node_batching: true,
         }
     }
 }
@@ -362,6 +369,7 @@ pub fn run(
     let mut sim = Simulator::new(SimConfig {
         seed: config.seed,
         default_link: config.link,
+        node_batching: config.node_batching,
         ..SimConfig::default()
     })
     .map_err(ScenarioError::Link)?;

@@ -17,7 +17,7 @@ use crate::rng::{splitmix64, SimRng};
 use crate::trace::{Fate, Trace, TraceHasher, TraceRecord};
 
 pub(crate) use agenda::FastMap;
-use agenda::{Agenda, FastSet, Next, What};
+use agenda::{Agenda, Entry, FastSet, Next, What};
 pub use app::{Application, NodeContext};
 use app::{QueueEvents, QueueLimit};
 use conditions::{Change, Partition};
@@ -68,6 +68,19 @@ pub struct SimConfig {
     /// Datagrams kept in the trace ([`Simulator::trace`]), the most recent ones; 0 keeps none.
     /// The [`trace hash`](Simulator::trace_hash) covers every datagram either way.
     pub trace_capacity: usize,
+    /// Runs the simulation a window at a time, node by node: everything due within the
+    /// shortest link latency (the *lookahead*) is taken node after node, each node's share
+    /// in time order, instead of everything in one time order. Nothing one node does can
+    /// reach another sooner than a link's latency, so every node sees exactly the inputs it
+    /// would have, at the same times; what changes is only the order in which different
+    /// nodes' callbacks interleave (and so the order random draws are made in, and the trace
+    /// hash), and which of two happenings at one node in the same microsecond, caused by two
+    /// different nodes, comes first. With thousands of nodes each one is then loaded into the cache once per window
+    /// rather than once per happening, and the nodes are visited in memory order. Runs stay
+    /// reproducible. Used only while no NAT exists and every link has a latency; otherwise
+    /// (and by [`Simulator::step_with`]) happenings are taken one at a time. Default `false`:
+    /// an application whose callbacks share state across nodes may rely on the global order.
+    pub node_batching: bool,
 }
 
 impl Default for SimConfig {
@@ -77,6 +90,7 @@ impl Default for SimConfig {
             default_link: LinkConfig::default(),
             max_queued_events: 65_536,
             trace_capacity: 0,
+            node_batching: false,
         }
     }
 }
@@ -142,6 +156,9 @@ pub struct SimStats {
     pub drops: LinkDrops,
     /// Agenda entries processed (arrivals, wake-ups, timers, condition changes).
     pub steps: u64,
+    /// Lookahead windows run node by node ([`SimConfig::node_batching`]); 0 when every
+    /// happening was taken in one time order.
+    pub windows: u64,
     /// Endpoint wake-ups for `handle_timeout`.
     pub wakeups: u64,
     /// Wake-ups skipped because the node had rescheduled (lazy invalidation).
@@ -226,6 +243,14 @@ pub struct Simulator {
     partitions: Vec<Partition>,
     active_partitions: Vec<usize>,
     touched: Vec<u32>,
+    /// The entries of the window being run, as drained (time order) and by node (kept for
+    /// their buffers).
+    drained: Vec<Entry>,
+    window: Vec<Entry>,
+    /// Where each node's entries start in `window` (counting sort).
+    node_starts: Vec<u32>,
+    /// A window is being run: the wake-up agenda is not rebuilt until it ends.
+    in_window: bool,
     scratch: Vec<u8>,
     stats: SimStats,
     trace: Trace,
@@ -268,6 +293,10 @@ impl Simulator {
             partitions: Vec::new(),
             active_partitions: Vec::new(),
             touched: Vec::new(),
+            drained: Vec::new(),
+            window: Vec::new(),
+            node_starts: Vec::new(),
+            in_window: false,
             scratch: vec![0; SCRATCH_LEN],
             stats: SimStats::default(),
             trace: Trace {
@@ -495,10 +524,115 @@ impl Simulator {
     /// `deadline`.
     pub fn run_until_with<A: Application>(&mut self, deadline: Instant, app: &mut A) {
         self.flush_touched(app);
-        while self.agenda.peek_time().is_some_and(|t| t <= deadline) {
-            self.step_with(app);
+        while let Some(start) = self.agenda.peek_time().filter(|&t| t <= deadline) {
+            match self.lookahead() {
+                Some(lookahead) => {
+                    // End exclusive: a window never reaches past `deadline`.
+                    let end =
+                        (start + lookahead).min(deadline + core::time::Duration::from_micros(1));
+                    self.run_window(end, app);
+                }
+                None => {
+                    self.step_with(app);
+                }
+            }
         }
         self.now = self.now.max(deadline);
+    }
+
+    /// How far ahead of the earliest happening a window may reach (see
+    /// [`SimConfig::node_batching`]): the shortest latency of any link, while batching is on,
+    /// no NAT exists (a NAT's mappings are shared by its nodes and age with time) and that
+    /// latency is not zero.
+    fn lookahead(&self) -> Option<core::time::Duration> {
+        if !self.config.node_batching || !self.nats.is_empty() {
+            return None;
+        }
+        let shortest = self
+            .links
+            .values()
+            .map(|l| l.latency)
+            .fold(self.default_link.latency, core::time::Duration::min);
+        (shortest > core::time::Duration::ZERO).then_some(shortest)
+    }
+
+    /// Runs everything due before `end`, node by node in node order, each node's happenings
+    /// (and what it schedules for itself before `end`) in time order. A node's inputs in the
+    /// window were all scheduled before it began: a datagram sent within it arrives at
+    /// `end` or later. A change of conditions due within the window ends it early.
+    fn run_window<A: Application>(&mut self, end: Instant, app: &mut A) {
+        self.stats.windows += 1;
+        let mut drained = core::mem::take(&mut self.drained);
+        drained.clear();
+        let change = self.agenda.drain_before(end, &mut drained);
+        let end = change.map_or(end, |c| c.at);
+        let mut window = core::mem::take(&mut self.window);
+        self.by_node(&drained, &mut window);
+        self.drained = drained;
+        self.in_window = true;
+        let mut latest = self.now;
+        let mut i = 0;
+        while i < window.len() {
+            let node = window[i].node;
+            self.agenda.open_local(node, end);
+            loop {
+                let from_window = window.get(i).filter(|e| e.node == node);
+                let entry = match (from_window, self.agenda.peek_local()) {
+                    (Some(w), Some(l)) if l < w => self.agenda.pop_local(),
+                    (Some(&w), _) => {
+                        i += 1;
+                        Some(w)
+                    }
+                    (None, _) => self.agenda.pop_local(),
+                };
+                let Some(entry) = entry else {
+                    break;
+                };
+                self.stats.steps += 1;
+                self.now = entry.at;
+                latest = latest.max(entry.at);
+                self.dispatch(entry.into_next(), app);
+            }
+            self.agenda.close_local();
+        }
+        self.in_window = false;
+        self.now = latest;
+        self.window = window;
+        if let Some(change) = change {
+            self.stats.steps += 1;
+            self.now = self.now.max(change.at);
+            self.dispatch(Next::Item(change), app);
+        }
+        self.rebuild_wakeups_if_bloated();
+    }
+
+    /// `entries` (in time order) grouped by node, in node order, each node's in time order:
+    /// a counting sort, linear in the entries (a window holds tens of thousands).
+    fn by_node(&mut self, entries: &[Entry], out: &mut Vec<Entry>) {
+        let starts = &mut self.node_starts;
+        starts.clear();
+        starts.resize(self.nodes.len() + 1, 0);
+        for e in entries {
+            starts[e.node as usize + 1] += 1;
+        }
+        for i in 1..starts.len() {
+            starts[i] += starts[i - 1];
+        }
+        out.clear();
+        out.resize(
+            entries.len(),
+            Entry {
+                at: Instant::ZERO,
+                seq: 0,
+                node: 0,
+                what: None,
+            },
+        );
+        for e in entries {
+            let slot = &mut starts[e.node as usize];
+            out[*slot as usize] = *e;
+            *slot += 1;
+        }
     }
 
     /// Processes the next scheduled happening (and any node touched from outside since the
@@ -509,32 +643,36 @@ impl Simulator {
             return false;
         };
         self.stats.steps += 1;
+        let at = match &next {
+            Next::Wake(at, _) => *at,
+            Next::Item(item) => item.at,
+        };
+        self.now = self.now.max(at);
+        self.dispatch(next, app);
+        true
+    }
+
+    /// Acts on one happening, at `self.now`.
+    fn dispatch<A: Application>(&mut self, next: Next, app: &mut A) {
         match next {
-            Next::Wake(at, node) => {
-                self.now = self.now.max(at);
-                self.wake(at, node, app);
-            }
-            Next::Item(item) => {
-                self.now = self.now.max(item.at);
-                match item.what {
-                    What::Arrival(slot) => self.arrive(slot, app),
-                    What::Timer { node, token } => {
-                        self.stats.timers_fired += 1;
-                        let mut ctx = self.context(node);
-                        app.on_timer(&mut ctx, token);
-                        self.service(node, app);
-                    }
-                    What::Change(index) => {
-                        if let Some(change) =
-                            self.changes.get_mut(index as usize).and_then(Option::take)
-                        {
-                            self.apply(change);
-                        }
+            Next::Wake(at, node) => self.wake(at, node, app),
+            Next::Item(item) => match item.what {
+                What::Arrival { slot, .. } => self.arrive(slot, app),
+                What::Timer { node, token } => {
+                    self.stats.timers_fired += 1;
+                    let mut ctx = self.context(node);
+                    app.on_timer(&mut ctx, token);
+                    self.service(node, app);
+                }
+                What::Change(index) => {
+                    if let Some(change) =
+                        self.changes.get_mut(index as usize).and_then(Option::take)
+                    {
+                        self.apply(change);
                     }
                 }
-            }
+            },
         }
-        true
     }
 
     fn touch(&mut self, node: u32) {
@@ -666,6 +804,14 @@ impl Simulator {
                 self.agenda.push_wake(at, node);
             }
         }
+        if !self.in_window {
+            self.rebuild_wakeups_if_bloated();
+        }
+    }
+
+    /// Drops stale wake-up entries once they outnumber the nodes (not within a window: its
+    /// entries were taken out of the agenda, and rebuilding would put them back).
+    fn rebuild_wakeups_if_bloated(&mut self) {
         if self.agenda.wakeups.len() > 2 * self.nodes.len() + 1024 {
             self.rebuild_wakeups();
         }
@@ -816,6 +962,12 @@ impl Simulator {
             d.data.clear();
             d.data.extend_from_slice(bytes);
         }
-        self.agenda.push(at, What::Arrival(slot));
+        self.agenda.push(
+            at,
+            What::Arrival {
+                slot,
+                node: to_node,
+            },
+        );
     }
 }

@@ -72,6 +72,8 @@ fn scenario(seed: u64) -> ScenarioConfig {
         // (a 4-packet floor) moves a few chunks per second: the 80 KB of large messages can
         // take over a minute to drain. Late is not lost; the limit only bounds the run.
         drain_limit: Duration::from_secs(300),
+        // Both engine schedules: node by node within lookahead windows, and one time order.
+        node_batching: seed % 2 == 0,
         ..ScenarioConfig::default()
     }
 }
@@ -158,6 +160,7 @@ proptest! {
         down in any_link(),
         mtu in prop::sample::select(vec![576usize, 1200, 1500]),
         seed in any::<u64>(),
+        node_batching in any::<bool>(),
     ) {
         let config = ScenarioConfig {
             clients: 3,
@@ -173,6 +176,7 @@ proptest! {
         // (a 4-packet floor) moves a few chunks per second: the 80 KB of large messages can
         // take over a minute to drain. Late is not lost; the limit only bounds the run.
         drain_limit: Duration::from_secs(300),
+            node_batching,
             ..ScenarioConfig::default()
         };
         let report = run(&config, &mut |_| {}).expect("valid scenario");

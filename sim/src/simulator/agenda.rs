@@ -43,9 +43,26 @@ pub(crate) type FastSet<K> = HashSet<K, BuildHasherDefault<FastHasher>>;
 /// Something due at a time.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum What {
-    Arrival(u32),
-    Timer { node: u32, token: u64 },
+    /// The datagram in an in-flight slot reaches its node.
+    Arrival {
+        slot: u32,
+        node: u32,
+    },
+    Timer {
+        node: u32,
+        token: u64,
+    },
     Change(u32),
+}
+
+impl What {
+    /// The node it happens at; `None` for a change of conditions (it may touch any node).
+    fn node(&self) -> Option<u32> {
+        match *self {
+            What::Arrival { node, .. } | What::Timer { node, .. } => Some(node),
+            What::Change(_) => None,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -246,18 +263,75 @@ impl<T: Timed> Calendar<T> {
 
 /// Everything scheduled. Ties in time are broken by an insertion counter, so the order of
 /// simultaneous happenings is fixed by the order they were scheduled in.
-#[derive(Default)]
 pub(crate) struct Agenda {
     pub(crate) seq: u64,
     pub(crate) items: Calendar<Item>,
     /// Node wake-ups `(at, seq, node)`; an entry is live only while it matches the node's
     /// `scheduled` (lazy invalidation: rescheduling pushes a new entry, never searches).
     pub(crate) wakeups: Calendar<Wake>,
+    /// While one node's share of a window is run (see `Simulator::run_window`): that node,
+    /// and the window's end. What it schedules for itself before the end goes to `local`.
+    local_node: Option<u32>,
+    local_end: Instant,
+    local: BinaryHeap<Reverse<Entry>>,
+}
+
+impl Default for Agenda {
+    fn default() -> Self {
+        Agenda {
+            seq: 0,
+            items: Calendar::default(),
+            wakeups: Calendar::default(),
+            local_node: None,
+            local_end: Instant::ZERO,
+            local: BinaryHeap::new(),
+        }
+    }
 }
 
 pub(crate) enum Next {
     Item(Item),
     Wake(Instant, u32),
+}
+
+/// A scheduled happening with the node it happens at, as a window holds it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Entry {
+    pub(crate) at: Instant,
+    pub(crate) seq: u64,
+    pub(crate) node: u32,
+    /// `None`: a wake-up of the node.
+    pub(crate) what: Option<What>,
+}
+
+impl Entry {
+    pub(crate) fn into_next(self) -> Next {
+        match self.what {
+            Some(what) => Next::Item(Item {
+                at: self.at,
+                seq: self.seq,
+                what,
+            }),
+            None => Next::Wake(self.at, self.node),
+        }
+    }
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Entry {}
+impl PartialOrd for Entry {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Entry {
+    fn cmp(&self, other: &Self) -> Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
 }
 
 impl Agenda {
@@ -268,12 +342,94 @@ impl Agenda {
 
     pub(crate) fn push(&mut self, at: Instant, what: What) {
         let seq = self.next_seq();
-        self.items.push(Item { at, seq, what });
+        match what.node() {
+            Some(node) if self.is_local(node, at) => self.local.push(Reverse(Entry {
+                at,
+                seq,
+                node,
+                what: Some(what),
+            })),
+            _ => self.items.push(Item { at, seq, what }),
+        }
     }
 
     pub(crate) fn push_wake(&mut self, at: Instant, node: u32) {
         let seq = self.next_seq();
-        self.wakeups.push((at, seq, node));
+        if self.is_local(node, at) {
+            self.local.push(Reverse(Entry {
+                at,
+                seq,
+                node,
+                what: None,
+            }));
+        } else {
+            self.wakeups.push((at, seq, node));
+        }
+    }
+
+    fn is_local(&self, node: u32, at: Instant) -> bool {
+        self.local_node == Some(node) && at < self.local_end
+    }
+
+    /// Moves every entry due before `end` into `out`, in order, stopping early at a change
+    /// of conditions, which is returned (and was not moved): it must see everything before
+    /// it done, and nothing after it.
+    pub(crate) fn drain_before(&mut self, end: Instant, out: &mut Vec<Entry>) -> Option<Item> {
+        loop {
+            let a = self.items.peek().map(|i| (i.at, i.seq));
+            let b = self.wakeups.peek().map(|&(at, seq, _)| (at, seq));
+            let take_item = match (a, b) {
+                (Some(a), Some(b)) => a < b,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => return None,
+            };
+            let entry = if take_item {
+                let item = self.items.peek().copied().filter(|i| i.at < end)?;
+                self.items.pop();
+                let Some(node) = item.what.node() else {
+                    return Some(item);
+                };
+                Entry {
+                    at: item.at,
+                    seq: item.seq,
+                    node,
+                    what: Some(item.what),
+                }
+            } else {
+                let (at, seq, node) = self.wakeups.peek().copied().filter(|w| w.0 < end)?;
+                self.wakeups.pop();
+                Entry {
+                    at,
+                    seq,
+                    node,
+                    what: None,
+                }
+            };
+            out.push(entry);
+        }
+    }
+
+    /// From now until [`close_local`](Self::close_local), what `node` schedules for itself
+    /// before `end` is kept apart, to be run within the window.
+    pub(crate) fn open_local(&mut self, node: u32, end: Instant) {
+        debug_assert!(self.local.is_empty());
+        self.local_node = Some(node);
+        self.local_end = end;
+    }
+
+    pub(crate) fn close_local(&mut self) {
+        debug_assert!(self.local.is_empty());
+        self.local_node = None;
+    }
+
+    /// The earliest entry the open node scheduled for itself within the window.
+    pub(crate) fn peek_local(&self) -> Option<&Entry> {
+        self.local.peek().map(|Reverse(e)| e)
+    }
+
+    pub(crate) fn pop_local(&mut self) -> Option<Entry> {
+        self.local.pop().map(|Reverse(e)| e)
     }
 
     /// When the first entry is due, without reorganising anything.
