@@ -70,11 +70,12 @@ impl Connection {
         // The packet is well-formed: its acknowledgement counts and it shows the peer is
         // alive, even if its messages must be refused for room below.
         if let Some(ack) = &header.ack {
-            self.transport.outcome.clear();
+            let outcome = &mut shared.scratch.outcome;
+            outcome.clear();
             self.transport
                 .sent
-                .on_ack(now, ack, config.max_ack_delay, &mut self.transport.outcome);
-            self.apply_outcome();
+                .on_ack(now, ack, config.max_ack_delay, outcome);
+            self.apply_outcome(outcome);
         }
         self.last_received = now;
         self.timers.set(Timer::Idle, now + config.idle_timeout);

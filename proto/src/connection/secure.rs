@@ -10,6 +10,7 @@ use crate::crypto::{Ephemeral, PacketKey, PublicKey, SessionKeys, TAG_LEN};
 use crate::endpoint::PeerIdentity;
 use crate::token::ConnectToken;
 use crate::transport::received::Verdict;
+use crate::transport::recovery::AckOutcome;
 
 /// Largest packet a connection sends outside the `Data` path, sealed (an `Accept` with both
 /// keys and its tag is the largest).
@@ -159,9 +160,10 @@ impl Connection {
         &mut self,
         now: Instant,
         make: impl FnOnce(u32) -> Packet<'static>,
+        outcome: &mut AckOutcome,
     ) -> Option<ControlBytes> {
         let mut out = [0u8; CONTROL_MAX];
-        let len = self.write_control(now, &mut out, make)?;
+        let len = self.write_control(now, &mut out, make, outcome)?;
         heapless::Vec::from_slice(&out[..len]).ok()
     }
 
@@ -171,6 +173,7 @@ impl Connection {
         now: Instant,
         buf: &mut [u8],
         make: impl FnOnce(u32) -> Packet<'static>,
+        outcome: &mut AckOutcome,
     ) -> Option<usize> {
         let pn = self.transport.sent.next_seq();
         let len = make(pn as u32).encode(buf)?;
@@ -179,11 +182,11 @@ impl Connection {
             None => len,
         };
         let keys = self.transport.sent.take_packet_keys();
-        self.transport.outcome.clear();
+        outcome.clear();
         self.transport
             .sent
-            .on_sent(now, len, AckWanted::No, keys, &mut self.transport.outcome);
-        self.apply_outcome();
+            .on_sent(now, len, AckWanted::No, keys, outcome);
+        self.apply_outcome(outcome);
         Some(len)
     }
 

@@ -20,6 +20,7 @@ impl Connection {
         now: Instant,
         buf: &mut [u8],
         config: &Config,
+        outcome: &mut AckOutcome,
     ) -> Option<(usize, SocketAddr)> {
         if self.close.is_some() {
             return None;
@@ -28,11 +29,16 @@ impl Connection {
             let size = wire::PATH_PACKET_LEN + self.tag_len();
             if let Some((to, token)) = self.transport.paths.poll_challenge(now, size) {
                 let connection_id = self.connection_id;
-                let len = self.write_control(now, buf, |packet_number| Packet::PathChallenge {
-                    connection_id,
-                    packet_number,
-                    token,
-                })?;
+                let len = self.write_control(
+                    now,
+                    buf,
+                    |packet_number| Packet::PathChallenge {
+                        connection_id,
+                        packet_number,
+                        token,
+                    },
+                    outcome,
+                )?;
                 self.stats.path_challenges_sent += 1;
                 // Data may be waiting behind it.
                 self.more_to_send = true;
@@ -46,7 +52,7 @@ impl Connection {
         self.more_to_send = false;
         let len = match self.state {
             State::Hello | State::Connecting { .. } => self.handshake_packet(now, buf, config),
-            State::Connected => self.data_packet(now, buf, config),
+            State::Connected => self.data_packet(now, buf, config, outcome),
         }?;
         self.stats.packets_sent += 1;
         self.stats.bytes_sent += len as u64;
@@ -108,7 +114,13 @@ impl Connection {
         }
     }
 
-    fn data_packet(&mut self, now: Instant, out: &mut [u8], config: &Config) -> Option<usize> {
+    fn data_packet(
+        &mut self,
+        now: Instant,
+        out: &mut [u8],
+        config: &Config,
+        outcome: &mut AckOutcome,
+    ) -> Option<usize> {
         let mtu = config.mtu.min(out.len());
         // Room for the tag protection appends.
         let buf = &mut out[..mtu.saturating_sub(self.tag_len())];
@@ -284,11 +296,9 @@ impl Connection {
         self.more_to_send |= self.transport.full_ack_due
             || self.transport.probes_due > 0
             || ((ack_only || probe) && self.has_data_to_send());
-        self.transport.outcome.clear();
-        self.transport
-            .sent
-            .on_sent(now, len, wanted, keys, &mut self.transport.outcome);
-        self.apply_outcome();
+        outcome.clear();
+        self.transport.sent.on_sent(now, len, wanted, keys, outcome);
+        self.apply_outcome(outcome);
         Some(len)
     }
 

@@ -23,7 +23,7 @@ use fec::{RepairDecoder, RepairEncoder};
 use pacing::Pacer;
 use path::Paths;
 use received::ReceivedPackets;
-use recovery::{AckOutcome, SentPackets};
+use recovery::SentPackets;
 
 /// One connection's packet layer. The connection drives it (`connection/receive.rs` and
 /// `connection/transmit.rs`); messaging sits above and meets it only through the frame keys
@@ -66,8 +66,6 @@ pub(crate) struct Transport {
     pub(crate) fec_rx: Option<Box<RepairDecoder>>,
     /// The newest packet the last repair we sent covered (each is the newest once).
     pub(crate) last_repair_newest: Option<u64>,
-    /// What the last acknowledgement or timeout resolved (reused).
-    pub(crate) outcome: AckOutcome,
 }
 
 impl Transport {
@@ -91,7 +89,6 @@ impl Transport {
             fec_tx: None,
             fec_rx: None,
             last_repair_newest: None,
-            outcome: AckOutcome::default(),
         }
     }
 }

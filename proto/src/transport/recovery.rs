@@ -120,6 +120,13 @@ pub(crate) struct AckOutcome {
 }
 
 impl AckOutcome {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.acked_frames.is_empty()
+            && self.lost_frames.is_empty()
+            && self.packets_lost == 0
+            && self.packets_acked == 0
+    }
+
     pub(crate) fn clear(&mut self) {
         self.acked_frames.clear();
         self.lost_frames.clear();
