@@ -126,6 +126,13 @@ struct Args {
     #[arg(long, default_value_t = 1, value_name = "N")]
     seed: u64,
 
+    /// Run every happening in one global time order, instead of node by node within
+    /// windows as long as the shortest link latency (each node sees the same inputs at the
+    /// same times either way; only the interleaving across nodes, and so the run's random
+    /// draws, differ). Slower with many clients.
+    #[arg(long)]
+    global_order: bool,
+
     /// Also write an SVG plot of the latencies: each kind's tail (share of messages slower
     /// than a latency, log-log, with p50/p99/p99.9 guides) and latency over the run.
     #[arg(long, value_name = "FILE.svg")]
@@ -161,6 +168,7 @@ impl Args {
             tick_rate: self.tick_rate,
             large_size: usize::try_from(self.large_size).unwrap_or(usize::MAX),
             large_interval: self.large_interval,
+            node_batching: !self.global_order,
             ..defaults
         }
     }

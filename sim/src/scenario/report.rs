@@ -430,8 +430,13 @@ impl fmt::Display for Report {
         }
         writeln!(
             f,
-            "simulator internals: {} steps, {} endpoint wake-ups ({} skipped as superseded), {} app timers, {} events, {} timer spins (above 0: a protocol bug)",
+            "simulator internals: {} steps in {}, {} endpoint wake-ups ({} skipped as superseded), {} app timers, {} events, {} timer spins (above 0: a protocol bug)",
             thousands(s.steps),
+            if s.windows > 0 {
+                format!("{} lookahead windows, node by node", thousands(s.windows))
+            } else {
+                "one time order".to_string()
+            },
             thousands(s.wakeups),
             thousands(s.stale_wakeups),
             thousands(s.timers_fired),
