@@ -53,13 +53,16 @@ pub(crate) enum What {
         token: u64,
     },
     Change(u32),
+    /// A wake-up of the node (only among a window's entries: the agenda keeps wake-ups in
+    /// their own calendar).
+    Wake(u32),
 }
 
 impl What {
     /// The node it happens at; `None` for a change of conditions (it may touch any node).
-    fn node(&self) -> Option<u32> {
+    pub(crate) fn node(&self) -> Option<u32> {
         match *self {
-            What::Arrival { node, .. } | What::Timer { node, .. } => Some(node),
+            What::Arrival { node, .. } | What::Timer { node, .. } | What::Wake(node) => Some(node),
             What::Change(_) => None,
         }
     }
@@ -70,6 +73,13 @@ pub(crate) struct Item {
     pub(crate) at: Instant,
     pub(crate) seq: u64,
     pub(crate) what: What,
+}
+
+impl Item {
+    /// The node it happens at (0 for a change of conditions, which a window never holds).
+    pub(crate) fn node(&self) -> u32 {
+        self.what.node().unwrap_or(0)
+    }
 }
 
 impl PartialEq for Item {
@@ -273,7 +283,7 @@ pub(crate) struct Agenda {
     /// and the window's end. What it schedules for itself before the end goes to `local`.
     local_node: Option<u32>,
     local_end: Instant,
-    local: BinaryHeap<Reverse<Entry>>,
+    local: BinaryHeap<Reverse<Item>>,
 }
 
 impl Default for Agenda {
@@ -294,46 +304,6 @@ pub(crate) enum Next {
     Wake(Instant, u32),
 }
 
-/// A scheduled happening with the node it happens at, as a window holds it.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Entry {
-    pub(crate) at: Instant,
-    pub(crate) seq: u64,
-    pub(crate) node: u32,
-    /// `None`: a wake-up of the node.
-    pub(crate) what: Option<What>,
-}
-
-impl Entry {
-    pub(crate) fn into_next(self) -> Next {
-        match self.what {
-            Some(what) => Next::Item(Item {
-                at: self.at,
-                seq: self.seq,
-                what,
-            }),
-            None => Next::Wake(self.at, self.node),
-        }
-    }
-}
-
-impl PartialEq for Entry {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
-    }
-}
-impl Eq for Entry {}
-impl PartialOrd for Entry {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Entry {
-    fn cmp(&self, other: &Self) -> Ordering {
-        (self.at, self.seq).cmp(&(other.at, other.seq))
-    }
-}
-
 impl Agenda {
     pub(crate) fn next_seq(&mut self) -> u64 {
         self.seq += 1;
@@ -343,12 +313,9 @@ impl Agenda {
     pub(crate) fn push(&mut self, at: Instant, what: What) {
         let seq = self.next_seq();
         match what.node() {
-            Some(node) if self.is_local(node, at) => self.local.push(Reverse(Entry {
-                at,
-                seq,
-                node,
-                what: Some(what),
-            })),
+            Some(node) if self.is_local(node, at) => {
+                self.local.push(Reverse(Item { at, seq, what }))
+            }
             _ => self.items.push(Item { at, seq, what }),
         }
     }
@@ -356,11 +323,10 @@ impl Agenda {
     pub(crate) fn push_wake(&mut self, at: Instant, node: u32) {
         let seq = self.next_seq();
         if self.is_local(node, at) {
-            self.local.push(Reverse(Entry {
+            self.local.push(Reverse(Item {
                 at,
                 seq,
-                node,
-                what: None,
+                what: What::Wake(node),
             }));
         } else {
             self.wakeups.push((at, seq, node));
@@ -374,7 +340,7 @@ impl Agenda {
     /// Moves every entry due before `end` into `out`, in order, stopping early at a change
     /// of conditions, which is returned (and was not moved): it must see everything before
     /// it done, and nothing after it.
-    pub(crate) fn drain_before(&mut self, end: Instant, out: &mut Vec<Entry>) -> Option<Item> {
+    pub(crate) fn drain_before(&mut self, end: Instant, out: &mut Vec<Item>) -> Option<Item> {
         loop {
             let a = self.items.peek().map(|i| (i.at, i.seq));
             let b = self.wakeups.peek().map(|&(at, seq, _)| (at, seq));
@@ -387,23 +353,17 @@ impl Agenda {
             let entry = if take_item {
                 let item = self.items.peek().copied().filter(|i| i.at < end)?;
                 self.items.pop();
-                let Some(node) = item.what.node() else {
+                if item.what.node().is_none() {
                     return Some(item);
-                };
-                Entry {
-                    at: item.at,
-                    seq: item.seq,
-                    node,
-                    what: Some(item.what),
                 }
+                item
             } else {
                 let (at, seq, node) = self.wakeups.peek().copied().filter(|w| w.0 < end)?;
                 self.wakeups.pop();
-                Entry {
+                Item {
                     at,
                     seq,
-                    node,
-                    what: None,
+                    what: What::Wake(node),
                 }
             };
             out.push(entry);
@@ -424,11 +384,11 @@ impl Agenda {
     }
 
     /// The earliest entry the open node scheduled for itself within the window.
-    pub(crate) fn peek_local(&self) -> Option<&Entry> {
+    pub(crate) fn peek_local(&self) -> Option<&Item> {
         self.local.peek().map(|Reverse(e)| e)
     }
 
-    pub(crate) fn pop_local(&mut self) -> Option<Entry> {
+    pub(crate) fn pop_local(&mut self) -> Option<Item> {
         self.local.pop().map(|Reverse(e)| e)
     }
 
