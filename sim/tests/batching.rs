@@ -7,7 +7,7 @@
 use core::time::Duration;
 
 use shoal_proto::{Config, ConnectionHandle, Event, Instant};
-use shoal_sim::{Application, LinkConfig, NodeContext, SimConfig, SimStats, Simulator};
+use shoal_sim::{Application, LinkConfig, NatConfig, NodeContext, SimConfig, SimStats, Simulator};
 
 const CLIENTS: usize = 24;
 const RELIABLE: u8 = 2;
@@ -68,6 +68,15 @@ impl Application for Echo {
 /// depend on the order random numbers are drawn in), with a partition of a few clients
 /// scheduled in the middle, and returns what each node saw and the simulator's counters.
 fn run(batching: bool, link: LinkConfig) -> (Vec<Vec<(Instant, String)>>, SimStats) {
+    run_in_steps(batching, link, Duration::from_millis(900))
+}
+
+/// Like `run`, calling `run_until_with` every `step` of simulated time.
+fn run_in_steps(
+    batching: bool,
+    link: LinkConfig,
+    step: Duration,
+) -> (Vec<Vec<(Instant, String)>>, SimStats) {
     let mut sim = Simulator::new(SimConfig {
         seed: 3,
         default_link: link,
@@ -106,7 +115,17 @@ fn run(batching: bool, link: LinkConfig) -> (Vec<Vec<(Instant, String)>>, SimSta
         seen: vec![Vec::new(); CLIENTS + 1],
         sent: vec![0; CLIENTS + 1],
     };
-    sim.run_until_with(Instant::from_millis(900), &mut app);
+    let end = Instant::from_millis(900);
+    while sim.now() < end {
+        let until = (sim.now() + step).min(end);
+        sim.run_until_with(until, &mut app);
+        assert_eq!(sim.now(), until, "the clock ends at the deadline");
+        let last = app.seen.iter().flatten().map(|(at, _)| *at).max();
+        assert!(
+            last.is_none_or(|t| t <= until),
+            "nothing runs past the deadline"
+        );
+    }
     assert_eq!(sim.node_count(), CLIENTS + 1);
     (app.seen, *sim.stats())
 }
@@ -152,4 +171,46 @@ fn without_latency_there_is_no_lookahead_and_everything_runs_in_one_order() {
     let (batched, stats) = run(true, link);
     assert_eq!(stats.windows, 0);
     assert_eq!(ordered, batched);
+}
+
+#[test]
+fn deadlines_cut_windows_without_changing_what_any_node_sees() {
+    let link = deterministic_link(Duration::from_millis(15));
+    let (whole, whole_stats) = run(true, link);
+    // Deadlines every 7.3 ms fall inside windows (15 ms long): each run ends its last window
+    // early, and the next starts where it stopped.
+    let (chunked, stats) = run_in_steps(true, link, Duration::from_micros(7_300));
+    assert!(
+        stats.windows > whole_stats.windows,
+        "{} windows in steps, {} in one run",
+        stats.windows,
+        whole_stats.windows
+    );
+    assert_eq!(whole, chunked);
+}
+
+#[test]
+fn a_nat_turns_batching_off() {
+    let mut sim = Simulator::new(SimConfig {
+        seed: 9,
+        default_link: deterministic_link(Duration::from_millis(15)),
+        node_batching: true,
+        ..SimConfig::default()
+    })
+    .expect("valid link");
+    let server = sim.add_node(Config::default()).expect("valid config");
+    let nat = sim.add_nat(NatConfig::default()).expect("room");
+    let client = sim
+        .add_node_behind(
+            Config {
+                accept_incoming: false,
+                ..Config::default()
+            },
+            nat,
+        )
+        .expect("valid config");
+    let conn = sim.connect(client, server, b"").expect("connect");
+    sim.run_until(Instant::from_millis(500));
+    assert!(sim.endpoint(client).is_connected(conn));
+    assert_eq!(sim.stats().windows, 0, "NAT mappings are shared and age");
 }
