@@ -342,15 +342,7 @@ impl Agenda {
     /// it done, and nothing after it.
     pub(crate) fn drain_before(&mut self, end: Instant, out: &mut Vec<Item>) -> Option<Item> {
         loop {
-            let a = self.items.peek().map(|i| (i.at, i.seq));
-            let b = self.wakeups.peek().map(|&(at, seq, _)| (at, seq));
-            let take_item = match (a, b) {
-                (Some(a), Some(b)) => a < b,
-                (Some(_), None) => true,
-                (None, Some(_)) => false,
-                (None, None) => return None,
-            };
-            let entry = if take_item {
+            let entry = if self.next_is_item()? {
                 let item = self.items.peek().copied().filter(|i| i.at < end)?;
                 self.items.pop();
                 if item.what.node().is_none() {
@@ -412,18 +404,21 @@ impl Agenda {
     }
 
     pub(crate) fn pop(&mut self) -> Option<Next> {
-        let a = self.items.peek().map(|i| (i.at, i.seq));
-        let b = self.wakeups.peek().map(|&(at, seq, _)| (at, seq));
-        let take_item = match (a, b) {
-            (Some(a), Some(b)) => a < b,
-            (Some(_), None) => true,
-            (None, Some(_)) => false,
-            (None, None) => return None,
-        };
-        if take_item {
+        if self.next_is_item()? {
             self.items.pop().map(Next::Item)
         } else {
             self.wakeups.pop().map(|(at, _, node)| Next::Wake(at, node))
+        }
+    }
+
+    /// Whether the earliest entry is an item (rather than a wake-up); `None` when nothing is
+    /// scheduled.
+    fn next_is_item(&mut self) -> Option<bool> {
+        let a = self.items.peek().map(|i| (i.at, i.seq));
+        let b = self.wakeups.peek().map(|&(at, seq, _)| (at, seq));
+        match (a, b) {
+            (Some(a), Some(b)) => Some(a < b),
+            (a, b) => a.map(|_| true).or(b.map(|_| false)),
         }
     }
 }
