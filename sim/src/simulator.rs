@@ -185,13 +185,22 @@ impl SimStats {
 /// A node: an endpoint plus the simulator's bookkeeping for it.
 pub(crate) struct Node {
     endpoint: Endpoint,
-    last_wake: Instant,
-    wakes_at_last: u32,
     rebinds: u16,
     touched: bool,
     events: VecDeque<(Instant, Event)>,
     /// The NAT whose inside network the node is on (`None`: the public network).
     pub(crate) nat: Option<u32>,
+}
+
+/// A node's wake-ups, as the engine tracks them.
+#[derive(Clone, Copy, Debug, Default)]
+struct Wakes {
+    /// The wake-up the agenda holds a live entry for.
+    at: Option<Instant>,
+    /// When the node was last woken, and how many times since at that instant (a node that
+    /// keeps asking for "now" is moved on: see `MAX_WAKES_PER_INSTANT`).
+    last: Instant,
+    at_last: u32,
 }
 
 /// A datagram on the wire. One that fits (nearly every game datagram) is stored right
@@ -259,10 +268,9 @@ pub struct Simulator {
     pub(crate) owners: FastMap<SocketAddr, u32>,
     pub(crate) nats: Nats,
     agenda: Agenda,
-    /// Per node, the wake-up the agenda holds a live entry for. Apart from the nodes (an
-    /// endpoint is over a kilobyte) so that a stale wake-up is recognised without touching
-    /// its node.
-    scheduled: Vec<Option<Instant>>,
+    /// Per node, its wake-ups: apart from the nodes (an endpoint is over a kilobyte) so that
+    /// a stale wake-up is recognised, and a live one counted, without touching the node.
+    wakes: Vec<Wakes>,
     /// Nodes behind a NAT (while there are none, every node is public).
     private_nodes: usize,
     in_flight: Vec<InFlight>,
@@ -313,7 +321,7 @@ impl Simulator {
             owners: FastMap::default(),
             nats: Nats::default(),
             agenda: Agenda::default(),
-            scheduled: Vec::new(),
+            wakes: Vec::new(),
             private_nodes: 0,
             in_flight: Vec::new(),
             free_in_flight: Vec::new(),
@@ -389,14 +397,12 @@ impl Simulator {
         let addr = SocketAddr::V4(SocketAddrV4::new(ip, BASE_PORT));
         self.nodes.push(Node {
             endpoint,
-            last_wake: Instant::ZERO,
-            wakes_at_last: 0,
             rebinds: 0,
             touched: false,
             events: VecDeque::new(),
             nat,
         });
-        self.scheduled.push(None);
+        self.wakes.push(Wakes::default());
         if nat.is_some() {
             self.private_nodes += 1;
         }
@@ -736,31 +742,30 @@ impl Simulator {
 
     fn wake<A: Application>(&mut self, at: Instant, node: u32, app: &mut A) {
         let now = self.now;
-        let scheduled = &mut self.scheduled[node as usize];
-        if *scheduled != Some(at) {
+        let wakes = &mut self.wakes[node as usize];
+        if wakes.at != Some(at) {
             self.stats.stale_wakeups += 1;
             return;
         }
-        *scheduled = None;
+        wakes.at = None;
         self.stats.wakeups += 1;
-        let n = &mut self.nodes[node as usize];
-        if n.last_wake == now {
-            n.wakes_at_last += 1;
+        if wakes.last == now {
+            wakes.at_last += 1;
         } else {
-            n.last_wake = now;
-            n.wakes_at_last = 0;
+            wakes.last = now;
+            wakes.at_last = 0;
         }
-        if n.wakes_at_last > MAX_WAKES_PER_INSTANT {
+        if wakes.at_last > MAX_WAKES_PER_INSTANT {
             // The endpoint keeps asking for "now" without getting anywhere: move it on so
             // the simulation does not hang, and count it (a protocol bug).
             self.stats.timer_spins += 1;
-            n.wakes_at_last = 0;
+            wakes.at_last = 0;
             let later = now + core::time::Duration::from_micros(1);
-            self.scheduled[node as usize] = Some(later);
+            wakes.at = Some(later);
             self.agenda.push_wake(later, node);
             return;
         }
-        n.endpoint.handle_timeout(now);
+        self.nodes[node as usize].endpoint.handle_timeout(now);
         self.service(node, app);
     }
 
@@ -818,9 +823,9 @@ impl Simulator {
             .endpoint
             .poll_timeout()
             .map(|t| t.max(now));
-        let scheduled = &mut self.scheduled[node as usize];
-        if next != *scheduled {
-            *scheduled = next;
+        let wakes = &mut self.wakes[node as usize];
+        if next != wakes.at {
+            wakes.at = next;
             if let Some(at) = next {
                 self.agenda.push_wake(at, node);
             }
@@ -841,8 +846,8 @@ impl Simulator {
     /// Drops stale wake-up entries. Deterministic: live entries are re-pushed in node order.
     fn rebuild_wakeups(&mut self) {
         self.agenda.wakeups.clear();
-        for (i, scheduled) in self.scheduled.iter().enumerate() {
-            if let Some(at) = *scheduled {
+        for (i, wakes) in self.wakes.iter().enumerate() {
+            if let Some(at) = wakes.at {
                 self.agenda.push_wake(at, i as u32);
             }
         }
@@ -854,7 +859,11 @@ impl Simulator {
         self.stats.datagrams_sent += 1;
         self.stats.bytes_sent += bytes.len() as u64;
         let sender = self.addresses[from as usize];
-        let realm = self.nodes[from as usize].nat;
+        // (Without NATs every node is public: its record's last line stays untouched.)
+        let realm = match self.private_nodes {
+            0 => None,
+            _ => self.nodes[from as usize].nat,
+        };
         // Without NATs in the way, a public destination is a lookup.
         let direct = match realm {
             None => self.public_node_at(to),
