@@ -6,7 +6,10 @@
 //! links going down and NAT rebinding can be scheduled, and nodes can sit behind NAT boxes of
 //! each RFC 4787 kind, nested ([`Simulator::add_nat`]). There are no sockets, threads or
 //! clocks: a virtual clock jumps from one happening to the next, and one seeded random
-//! generator decides everything, so the same seed replays the same run bit for bit.
+//! generator decides everything, so the same seed replays the same run bit for bit. With
+//! thousands of nodes, [`SimConfig::node_batching`] runs everything due within the shortest
+//! link latency node by node (every node sees the same inputs at the same times), which
+//! keeps each node's state in cache across its happenings.
 //!
 //! # Example
 //!
