@@ -17,7 +17,7 @@ use crate::rng::{splitmix64, SimRng};
 use crate::trace::{Fate, Trace, TraceHasher, TraceRecord};
 
 pub(crate) use agenda::FastMap;
-use agenda::{Agenda, FastSet, Item, Next, What};
+use agenda::{Agenda, FastSet, Item, What};
 pub use app::{Application, NodeContext};
 use app::{QueueEvents, QueueLimit};
 use conditions::{Change, Partition};
@@ -75,9 +75,9 @@ pub struct SimConfig {
     /// would have, at the same times; what changes is only the order in which different
     /// nodes' callbacks interleave (and so the order random draws are made in, and the trace
     /// hash), and which of two happenings at one node in the same microsecond, caused by two
-    /// different nodes, comes first. With thousands of nodes each one is then loaded into the cache once per window
-    /// rather than once per happening, and the nodes are visited in memory order. Runs stay
-    /// reproducible. Used only while no NAT exists and every link has a latency; otherwise
+    /// different nodes, comes first. With thousands of nodes each one is then loaded into the
+    /// cache once per window rather than once per happening, and the nodes are visited in
+    /// memory order. Runs stay reproducible. Used only while no NAT exists and every link has a latency; otherwise
     /// (and by [`Simulator::step_with`]) happenings are taken one at a time. Default `false`:
     /// an application whose callbacks share state across nodes may rely on the global order.
     pub node_batching: bool,
@@ -210,7 +210,7 @@ struct Wakes {
 #[repr(C)]
 struct InFlight {
     from: SocketAddr,
-    to_node: u32,
+    /// Bytes of the datagram in `inline`; `u16::MAX`: it is in `spill`.
     len: u16,
     inline: [u8; INLINE_DATAGRAM],
     /// A datagram longer than `INLINE_DATAGRAM` (its buffer is kept for the next one).
@@ -629,7 +629,7 @@ impl Simulator {
                 self.stats.steps += 1;
                 self.now = entry.at;
                 latest = latest.max(entry.at);
-                self.dispatch(Next::Item(entry), app);
+                self.dispatch(entry, app);
             }
             self.agenda.close_local();
         }
@@ -639,7 +639,7 @@ impl Simulator {
         if let Some(change) = change {
             self.stats.steps += 1;
             self.now = self.now.max(change.at);
-            self.dispatch(Next::Item(change), app);
+            self.dispatch(change, app);
         }
         self.rebuild_wakeups_if_bloated();
     }
@@ -669,40 +669,31 @@ impl Simulator {
     /// last step). Returns false if nothing is scheduled.
     pub fn step_with<A: Application>(&mut self, app: &mut A) -> bool {
         self.flush_touched(app);
-        let Some(next) = self.agenda.pop() else {
+        let Some(item) = self.agenda.pop() else {
             return false;
         };
         self.stats.steps += 1;
-        let at = match &next {
-            Next::Wake(at, _) => *at,
-            Next::Item(item) => item.at,
-        };
-        self.now = self.now.max(at);
-        self.dispatch(next, app);
+        self.now = self.now.max(item.at);
+        self.dispatch(item, app);
         true
     }
 
     /// Acts on one happening, at `self.now`.
-    fn dispatch<A: Application>(&mut self, next: Next, app: &mut A) {
-        match next {
-            Next::Wake(at, node) => self.wake(at, node, app),
-            Next::Item(item) => match item.what {
-                What::Wake(node) => self.wake(item.at, node, app),
-                What::Arrival { slot, .. } => self.arrive(slot, app),
-                What::Timer { node, token } => {
-                    self.stats.timers_fired += 1;
-                    let mut ctx = self.context(node);
-                    app.on_timer(&mut ctx, token);
-                    self.service(node, app);
+    fn dispatch<A: Application>(&mut self, item: Item, app: &mut A) {
+        match item.what {
+            What::Wake(node) => self.wake(item.at, node, app),
+            What::Arrival { slot, node } => self.arrive(slot, node, app),
+            What::Timer { node, token } => {
+                self.stats.timers_fired += 1;
+                let mut ctx = self.context(node);
+                app.on_timer(&mut ctx, token);
+                self.service(node, app);
+            }
+            What::Change(index) => {
+                if let Some(change) = self.changes.get_mut(index as usize).and_then(Option::take) {
+                    self.apply(change);
                 }
-                What::Change(index) => {
-                    if let Some(change) =
-                        self.changes.get_mut(index as usize).and_then(Option::take)
-                    {
-                        self.apply(change);
-                    }
-                }
-            },
+            }
         }
     }
 
@@ -769,12 +760,11 @@ impl Simulator {
         self.service(node, app);
     }
 
-    fn arrive<A: Application>(&mut self, slot: u32, app: &mut A) {
+    fn arrive<A: Application>(&mut self, slot: u32, to_node: u32, app: &mut A) {
         let now = self.now;
         let Some(d) = self.in_flight.get(slot as usize) else {
             return;
         };
-        let to_node = d.to_node;
         let data = d.bytes();
         self.stats.datagrams_delivered += 1;
         self.stats.bytes_delivered += data.len() as u64;
@@ -980,7 +970,6 @@ impl Simulator {
             None => {
                 self.in_flight.push(InFlight {
                     from,
-                    to_node,
                     len: 0,
                     inline: [0; INLINE_DATAGRAM],
                     spill: Vec::new(),
@@ -990,7 +979,6 @@ impl Simulator {
         };
         if let Some(d) = self.in_flight.get_mut(slot as usize) {
             d.from = from;
-            d.to_node = to_node;
             d.store(bytes);
         }
         self.agenda.push(

@@ -299,11 +299,6 @@ impl Default for Agenda {
     }
 }
 
-pub(crate) enum Next {
-    Item(Item),
-    Wake(Instant, u32),
-}
-
 impl Agenda {
     pub(crate) fn next_seq(&mut self) -> u64 {
         self.seq += 1;
@@ -342,23 +337,11 @@ impl Agenda {
     /// it done, and nothing after it.
     pub(crate) fn drain_before(&mut self, end: Instant, out: &mut Vec<Item>) -> Option<Item> {
         loop {
-            let entry = if self.next_is_item()? {
-                let item = self.items.peek().copied().filter(|i| i.at < end)?;
-                self.items.pop();
-                if item.what.node().is_none() {
-                    return Some(item);
-                }
-                item
-            } else {
-                let (at, seq, node) = self.wakeups.peek().copied().filter(|w| w.0 < end)?;
-                self.wakeups.pop();
-                Item {
-                    at,
-                    seq,
-                    what: What::Wake(node),
-                }
-            };
-            out.push(entry);
+            let item = self.pop_before(Some(end))?;
+            if item.what.node().is_none() {
+                return Some(item);
+            }
+            out.push(item);
         }
     }
 
@@ -403,11 +386,25 @@ impl Agenda {
         }
     }
 
-    pub(crate) fn pop(&mut self) -> Option<Next> {
+    /// The earliest entry (a wake-up as `What::Wake`).
+    pub(crate) fn pop(&mut self) -> Option<Item> {
+        self.pop_before(None)
+    }
+
+    /// The earliest entry if it is due before `end` (if given).
+    fn pop_before(&mut self, end: Option<Instant>) -> Option<Item> {
+        let due = |at: Instant| end.is_none_or(|end| at < end);
         if self.next_is_item()? {
-            self.items.pop().map(Next::Item)
+            self.items.peek().filter(|i| due(i.at))?;
+            self.items.pop()
         } else {
-            self.wakeups.pop().map(|(at, _, node)| Next::Wake(at, node))
+            let &(at, seq, node) = self.wakeups.peek().filter(|w| due(w.0))?;
+            self.wakeups.pop();
+            Some(Item {
+                at,
+                seq,
+                what: What::Wake(node),
+            })
         }
     }
 
