@@ -16,10 +16,12 @@
 //! | `SHOAL_BENCH_PROTECTION` | `encrypted` | `none` runs without packet protection |
 //! | `SHOAL_BENCH_LARGE` | 65536 | bytes of each client's large message every 10 s (0: none) |
 //! | `SHOAL_BENCH_BATCHING` | 1 | 0 runs every happening in one time order (`node_batching` off) |
+//! | `SHOAL_BENCH_LOSS` | 1 | percent of datagrams each link loses |
 
 use std::time::{Duration, Instant};
 
 use shoal_proto::Protection;
+use shoal_sim::LinkConfig;
 use shoal_sim::scenario::{run, ScenarioConfig};
 
 fn env_u64(name: &str, default: u64) -> u64 {
@@ -32,19 +34,37 @@ fn env_u64(name: &str, default: u64) -> u64 {
     }
 }
 
+fn env_f64(name: &str, default: f64) -> f64 {
+    match std::env::var(name) {
+        Ok(v) => v.trim().parse().unwrap_or_else(|_| {
+            eprintln!("{name}={v} is not a number; using {default}");
+            default
+        }),
+        Err(_) => default,
+    }
+}
+
 fn bench(clients: u64, secs: u64, seed: u64, protection: Protection) {
+    let defaults = ScenarioConfig::default();
     let config = ScenarioConfig {
+        link: LinkConfig {
+            loss: env_f64("SHOAL_BENCH_LOSS", defaults.link.loss * 100.0) / 100.0,
+            ..defaults.link.clone()
+        },
         clients: clients as usize,
         duration: Duration::from_secs(secs),
         seed,
         protection,
         large_size: env_u64("SHOAL_BENCH_LARGE", 64 * 1024) as usize,
         node_batching: env_u64("SHOAL_BENCH_BATCHING", 1) != 0,
-        ..ScenarioConfig::default()
+        ..defaults
     };
     println!(
-        "{clients} clients at {} Hz for {secs} simulated s (link: 40ms ±5ms, 1% loss; {} B every 10 s per client; {protection:?}; {})",
+        "{clients} clients at {} Hz for {secs} simulated s (link: {:?} ±{:?}, {}% loss; {} B every 10 s per client; {protection:?}; {})",
         config.tick_rate,
+        config.link.latency,
+        config.link.jitter,
+        config.link.loss * 100.0,
         config.large_size,
         if config.node_batching { "node by node within 40 ms windows" } else { "one time order" }
     );
