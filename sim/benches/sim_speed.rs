@@ -21,8 +21,8 @@
 use std::time::{Duration, Instant};
 
 use shoal_proto::Protection;
-use shoal_sim::LinkConfig;
 use shoal_sim::scenario::{run, ScenarioConfig};
+use shoal_sim::LinkConfig;
 
 fn env_u64(name: &str, default: u64) -> u64 {
     match std::env::var(name) {
@@ -49,7 +49,7 @@ fn bench(clients: u64, secs: u64, seed: u64, protection: Protection) {
     let config = ScenarioConfig {
         link: LinkConfig {
             loss: env_f64("SHOAL_BENCH_LOSS", defaults.link.loss * 100.0) / 100.0,
-            ..defaults.link.clone()
+            ..defaults.link
         },
         clients: clients as usize,
         duration: Duration::from_secs(secs),

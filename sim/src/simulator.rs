@@ -644,8 +644,9 @@ impl Simulator {
         self.rebuild_wakeups_if_bloated();
     }
 
-    /// `entries` (in time order) grouped by node, in node order, each node's in time order:
-    /// a counting sort, linear in the entries (a window holds tens of thousands).
+    /// `entries` (in any order) grouped by node, in node order, each node's in time order: a
+    /// counting sort by node, linear in the entries (a window holds tens of thousands), then
+    /// a sort of each node's share (a few entries, but for a server).
     fn by_node(&mut self, entries: &[Item], out: &mut Vec<Item>) {
         let starts = &mut self.node_starts;
         starts.clear();
@@ -662,6 +663,12 @@ impl Simulator {
             let slot = &mut starts[e.node() as usize];
             out[*slot as usize] = *e;
             *slot += 1;
+        }
+        // The agenda drains whole buckets unordered: put each node's share in time order.
+        for share in out.chunk_by_mut(|a, b| a.node() == b.node()) {
+            if share.len() > 1 {
+                share.sort_unstable_by_key(|e| (e.at, e.seq));
+            }
         }
     }
 

@@ -509,7 +509,11 @@ mod tests {
             let mut d = vec![0x11u8; d_len];
             mul_add(&mut d, 0x53, &src[..s_len]);
             for (i, &b) in d.iter().enumerate() {
-                let want = if i < s_len { 0x11 ^ mul(0x53, src[i]) } else { 0x11 };
+                let want = if i < s_len {
+                    0x11 ^ mul(0x53, src[i])
+                } else {
+                    0x11
+                };
                 assert_eq!(b, want, "byte {i} of {d_len} with {s_len}");
             }
         }

@@ -105,17 +105,25 @@ pub(crate) type Wake = (Instant, u64, u32);
 /// What the [`Calendar`] needs of an entry besides its order: the time that picks its bucket.
 pub(crate) trait Timed: Ord {
     fn micros(&self) -> u64;
+    /// The entry's place in the order: (time, insertion counter).
+    fn key(&self) -> (Instant, u64);
 }
 
 impl Timed for Item {
     fn micros(&self) -> u64 {
         self.at.as_micros()
     }
+    fn key(&self) -> (Instant, u64) {
+        (self.at, self.seq)
+    }
 }
 
 impl Timed for Wake {
     fn micros(&self) -> u64 {
         self.0.as_micros()
+    }
+    fn key(&self) -> (Instant, u64) {
+        (self.0, self.1)
     }
 }
 
@@ -219,6 +227,58 @@ impl<T: Timed> Calendar<T> {
     }
 
     /// Index of the first non-empty ring bucket after `current` (the ring must hold entries).
+    /// Moves every entry ordered before `limit` into `out`, in no particular order: whole
+    /// buckets at a time, where popping them one by one would sift a heap per entry. `limit`
+    /// must lie within the ring's span of the earliest entry (a lookahead window does).
+    pub(crate) fn drain_below(&mut self, limit: (Instant, u64), out: &mut Vec<T>)
+    where
+        T: Copy,
+    {
+        // Bring `current` to the earliest entry, and the far entries near it into the ring.
+        if self.peek().is_none() {
+            return;
+        }
+        if self.front.iter().all(|Reverse(e)| e.key() < limit) {
+            out.extend(self.front.drain().map(|Reverse(e)| e));
+        } else {
+            let mut front = core::mem::take(&mut self.front).into_vec();
+            front.retain(|Reverse(e)| {
+                let below = e.key() < limit;
+                if below {
+                    out.push(*e);
+                }
+                !below
+            });
+            self.front = BinaryHeap::from(front);
+        }
+        let last = limit.0.as_micros() >> BUCKET_SHIFT;
+        let mut bucket = self.current + 1;
+        while self.in_ring > 0 && bucket <= last {
+            let i = (bucket % BUCKETS as u64) as usize;
+            if self.occupied[i / 64] & (1 << (i % 64)) != 0 {
+                let entries = &mut self.ring[i];
+                let before = entries.len();
+                if bucket < last {
+                    out.extend(entries.drain(..).map(|Reverse(e)| e));
+                } else {
+                    entries.retain(|Reverse(e)| {
+                        let below = e.key() < limit;
+                        if below {
+                            out.push(*e);
+                        }
+                        !below
+                    });
+                }
+                self.in_ring -= before - entries.len();
+                if entries.is_empty() {
+                    self.occupied[i / 64] &= !(1 << (i % 64));
+                }
+            }
+            bucket += 1;
+        }
+        debug_assert!(self.far.peek().is_none_or(|Reverse(e)| e.key() >= limit));
+    }
+
     fn next_occupied(&self) -> usize {
         let start = ((self.current + 1) % BUCKETS as u64) as usize;
         let words = self.occupied.len();
@@ -284,6 +344,10 @@ pub(crate) struct Agenda {
     local_node: Option<u32>,
     local_end: Instant,
     local: BinaryHeap<Reverse<Item>>,
+    /// The keys of the changes of conditions among `items` (a window stops at the first).
+    changes: BinaryHeap<Reverse<(Instant, u64)>>,
+    /// Wake-ups drained for a window (kept for its buffer).
+    drained_wakes: Vec<Wake>,
 }
 
 impl Default for Agenda {
@@ -295,6 +359,8 @@ impl Default for Agenda {
             local_node: None,
             local_end: Instant::ZERO,
             local: BinaryHeap::new(),
+            changes: BinaryHeap::new(),
+            drained_wakes: Vec::new(),
         }
     }
 }
@@ -311,7 +377,11 @@ impl Agenda {
             Some(node) if self.is_local(node, at) => {
                 self.local.push(Reverse(Item { at, seq, what }))
             }
-            _ => self.items.push(Item { at, seq, what }),
+            Some(_) => self.items.push(Item { at, seq, what }),
+            None => {
+                self.changes.push(Reverse((at, seq)));
+                self.items.push(Item { at, seq, what });
+            }
         }
     }
 
@@ -332,21 +402,31 @@ impl Agenda {
         self.local_node == Some(node) && at < self.local_end
     }
 
-    /// Moves every entry due before `end` into `out`, in order, stopping early at a change
-    /// of conditions, which is returned (and was not moved): it must see everything before
-    /// it done, and nothing after it.
+    /// Moves every entry due before `end` into `out`, in no particular order (the window
+    /// sorts each node's share), stopping early at a change of conditions, which is
+    /// returned (and was not moved): it must see everything before it done, and nothing
+    /// after it.
     pub(crate) fn drain_before(&mut self, end: Instant, out: &mut Vec<Item>) -> Option<Item> {
-        loop {
-            let item = self.pop_before(Some(end))?;
-            if item.what.node().is_none() {
-                return Some(item);
-            }
-            out.push(item);
-        }
+        let change = self
+            .changes
+            .peek()
+            .map(|&Reverse(key)| key)
+            .filter(|&(at, _)| at < end);
+        let limit = change.unwrap_or((end, 0));
+        self.items.drain_below(limit, out);
+        let mut wakes = core::mem::take(&mut self.drained_wakes);
+        wakes.clear();
+        self.wakeups.drain_below(limit, &mut wakes);
+        out.extend(wakes.iter().map(|&(at, seq, node)| Item {
+            at,
+            seq,
+            what: What::Wake(node),
+        }));
+        self.drained_wakes = wakes;
+        // Everything before it is out: the change is next.
+        change.and_then(|_| self.pop())
     }
 
-    /// From now until [`close_local`](Self::close_local), what `node` schedules for itself
-    /// before `end` is kept apart, to be run within the window.
     pub(crate) fn open_local(&mut self, node: u32, end: Instant) {
         debug_assert!(self.local.is_empty());
         self.local_node = Some(node);
@@ -396,7 +476,17 @@ impl Agenda {
         let due = |at: Instant| end.is_none_or(|end| at < end);
         if self.next_is_item()? {
             self.items.peek().filter(|i| due(i.at))?;
-            self.items.pop()
+            let item = self.items.pop();
+            if let Some(Item {
+                at,
+                seq,
+                what: What::Change(_),
+            }) = item
+            {
+                let first = self.changes.pop();
+                debug_assert_eq!(first, Some(Reverse((at, seq))));
+            }
+            item
         } else {
             let &(at, seq, node) = self.wakeups.peek().filter(|w| due(w.0))?;
             self.wakeups.pop();
@@ -460,6 +550,64 @@ mod tests {
                 if round % 5_000 == 4_999 {
                     calendar.clear();
                     heap.clear();
+                }
+            }
+            while let Some(Reverse(e)) = heap.pop() {
+                assert_eq!(calendar.pop(), Some(e));
+            }
+            assert_eq!(calendar.pop(), None);
+        }
+    }
+
+    /// Draining below a limit takes exactly the entries a heap pops before it, and leaves
+    /// the rest popping in heap order.
+    #[test]
+    fn calendar_drains_what_a_heap_pops_before_the_limit() {
+        for (seed, spread) in [(5, 100), (6, 50_000), (7, 400_000), (8, 60_000_000)] {
+            let mut rng = SimRng::new(seed);
+            let mut calendar: Calendar<Wake> = Calendar::default();
+            let mut heap = BinaryHeap::new();
+            let mut now = 0u64;
+            let mut seq = 0u64;
+            let mut drained = Vec::new();
+            for round in 0..5_000u32 {
+                for _ in 0..rng.below(8) {
+                    seq += 1;
+                    let at = now + rng.below(spread);
+                    let entry = (Instant::from_micros(at), seq, round);
+                    calendar.push(entry);
+                    heap.push(Reverse(entry));
+                }
+                // A window of up to 40 ms from the earliest entry, ending between two
+                // entries' counters or at a round time.
+                let Some(&Reverse((first, _, _))) = heap.peek() else {
+                    continue;
+                };
+                let end = first + core::time::Duration::from_micros(rng.below(40_000));
+                let limit = (
+                    end,
+                    if rng.chance(0.5) {
+                        0
+                    } else {
+                        rng.below(seq + 1)
+                    },
+                );
+                let mut expected = Vec::new();
+                while heap.peek().is_some_and(|Reverse(e)| (e.0, e.1) < limit) {
+                    let Some(Reverse(e)) = heap.pop() else { break };
+                    expected.push(e);
+                }
+                drained.clear();
+                calendar.drain_below(limit, &mut drained);
+                drained.sort_unstable();
+                assert_eq!(drained, expected, "seed {seed}, round {round}");
+                assert_eq!(calendar.len(), heap.len());
+                if let Some(&(at, _, _)) = expected.last() {
+                    now = at.as_micros();
+                }
+                if rng.chance(0.3) {
+                    let expected = heap.pop().map(|Reverse(e)| e);
+                    assert_eq!(calendar.pop(), expected);
                 }
             }
             while let Some(Reverse(e)) = heap.pop() {
