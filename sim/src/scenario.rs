@@ -40,6 +40,7 @@ mod report;
 use core::fmt;
 use core::time::Duration;
 
+use bytes::{BufMut, BytesMut};
 use shoal_proto::{Bytes, Config, Instant, Protection};
 
 use crate::link::{LinkConfig, LinkConfigError};
@@ -299,16 +300,35 @@ impl ScenarioConfig {
 
 /// Builds a payload: `[kind][counter u32][sent_at u64][len u32]` then a pattern derived from
 /// the counter, so corruption and truncation are detectable.
+#[cfg(test)]
 fn make_payload(kind: Kind, counter: u32, sent_at: Instant, size: usize) -> Bytes {
-    let mut p = Vec::with_capacity(size);
-    p.push(kind as u8);
-    p.extend_from_slice(&counter.to_le_bytes());
-    p.extend_from_slice(&sent_at.as_micros().to_le_bytes());
-    p.extend_from_slice(&(size as u32).to_le_bytes());
-    for chunk in pattern(counter as u8, size.saturating_sub(PAYLOAD_HEADER_LEN)) {
-        p.extend_from_slice(chunk);
+    make_payload_in(&mut BytesMut::new(), kind, counter, sent_at, size)
+}
+
+/// Bytes of a payload arena's buffer: a few hundred game messages share one heap block
+/// (freed when the last of them is dropped) rather than each taking its own.
+const ARENA_CHUNK: usize = 16 * 1024;
+
+/// [`make_payload`], written into `arena`'s spare room (a new buffer when it runs out).
+fn make_payload_in(
+    arena: &mut BytesMut,
+    kind: Kind,
+    counter: u32,
+    sent_at: Instant,
+    size: usize,
+) -> Bytes {
+    let len = size.max(PAYLOAD_HEADER_LEN);
+    if arena.capacity() < len {
+        *arena = BytesMut::with_capacity(ARENA_CHUNK.max(len));
     }
-    Bytes::from(p)
+    arena.put_u8(kind as u8);
+    arena.put_u32_le(counter);
+    arena.put_u64_le(sent_at.as_micros());
+    arena.put_u32_le(size as u32);
+    for chunk in pattern(counter as u8, size.saturating_sub(PAYLOAD_HEADER_LEN)) {
+        arena.put_slice(chunk);
+    }
+    arena.split().freeze()
 }
 
 /// Every byte value twice: `PATTERN[s..s + n]` is `s, s+1, .. s+n-1` (wrapping) for n <= 256.

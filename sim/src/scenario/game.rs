@@ -3,10 +3,11 @@
 
 use core::time::Duration;
 
+use bytes::BytesMut;
 use shoal_proto::{ConnectionHandle, Event, Instant, RequestId};
 
 use super::{
-    make_payload, parse_payload, Kind, ScenarioConfig, Violations, PLOT_BINS, RELIABLE,
+    make_payload_in, parse_payload, Kind, ScenarioConfig, Violations, PLOT_BINS, RELIABLE,
     SCATTER_POINTS, SEQUENCED,
 };
 use crate::simulator::{Application, FastMap, NodeContext, NodeId};
@@ -119,6 +120,8 @@ pub(super) struct Game {
     pub(super) request_timeouts: u64,
     pub(super) send_errors: u64,
     pub(super) disconnects: Vec<(String, u64)>,
+    /// Where payloads are written (see `make_payload_in`).
+    pub(super) arena: BytesMut,
 }
 
 impl Game {
@@ -148,6 +151,7 @@ impl Game {
             request_timeouts: 0,
             send_errors: 0,
             disconnects: Vec::new(),
+            arena: BytesMut::new(),
         }
     }
 
@@ -180,7 +184,7 @@ impl Game {
             &mut state.down
         };
         let slot = &mut stream.next[usize::from(channel - 1)];
-        let payload = make_payload(kind, *slot, now, size);
+        let payload = make_payload_in(&mut self.arena, kind, *slot, now, size);
         match ctx.endpoint().send(conn, channel, payload) {
             Ok(()) => {
                 *slot += 1;
@@ -257,7 +261,8 @@ impl Game {
         if self.maybe(ctx, request_rate) {
             let state = &mut self.clients[client];
             let counter = state.requests_sent;
-            let payload = make_payload(Kind::Request, counter, now, self.config.request_size);
+            let size = self.config.request_size;
+            let payload = make_payload_in(&mut self.arena, Kind::Request, counter, now, size);
             match ctx.endpoint().request(now, conn, RELIABLE, payload) {
                 Ok(id) => {
                     state.requests_sent += 1;
@@ -482,7 +487,7 @@ impl Application for Game {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::scenario::ORDERED;
+    use crate::scenario::{make_payload, ORDERED};
 
     #[test]
     fn receivers_catch_every_kind_of_violation() {
