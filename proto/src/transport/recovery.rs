@@ -164,6 +164,12 @@ pub(crate) struct SentPackets {
     keys_first: u32,
     /// The packets being sent are coded (forward error correction).
     coded: bool,
+    /// Every `Lost` packet is among the first `lost_span` of `packets`. With the
+    /// oldest-in-flight cursor, this lets an acknowledgement skip the run of packets already
+    /// acknowledged between a lost packet kept for a late acknowledgement (up to
+    /// `LATE_ACK_WINDOW` of them) and the packets in flight: on a lossy link most
+    /// acknowledgements would otherwise read that whole run.
+    lost_span: u32,
 }
 
 impl SentPackets {
@@ -185,6 +191,7 @@ impl SentPackets {
             keys: VecDeque::new(),
             keys_first: 0,
             coded: false,
+            lost_span: 0,
         }
     }
 
@@ -297,6 +304,7 @@ impl SentPackets {
             if let Some(p) = self.packets.front_mut() {
                 if p.state == PacketState::InFlight {
                     p.state = PacketState::Lost;
+                    self.lost_span = self.lost_span.max(1);
                     self.bytes_in_flight -= u64::from(p.size);
                     self.prompt_in_flight -= u32::from(p.prompt);
                     outcome
@@ -333,7 +341,21 @@ impl SentPackets {
                 self.keys.drain(..n);
                 self.keys_first = self.keys_first.wrapping_add(n as u32);
                 self.first_seq += 1;
+                self.lost_span = self.lost_span.saturating_sub(1);
             }
+        }
+        #[cfg(debug_assertions)]
+        self.check_cursors();
+    }
+
+    /// The invariants the acknowledgement walk relies on: nothing below the oldest-in-flight
+    /// cursor is in flight, and nothing past `lost_span` is lost.
+    #[cfg(debug_assertions)]
+    fn check_cursors(&self) {
+        for (i, p) in self.packets.iter().enumerate() {
+            let seq = self.first_seq + i as u64;
+            debug_assert!(seq >= self.oldest_in_flight || p.state != PacketState::InFlight);
+            debug_assert!(i < self.lost_span as usize || p.state != PacketState::Lost);
         }
     }
 
@@ -368,7 +390,13 @@ impl SentPackets {
             }
             let high = high.min(largest_sent);
             let last = self.first_seq + self.packets.len() as u64;
-            for seq in low.max(self.first_seq)..=high.min(last.saturating_sub(1)) {
+            let (low, high) = (low.max(self.first_seq), high.min(last.saturating_sub(1)));
+            // Between the last packet that may be lost and the oldest in flight, every
+            // packet is acknowledged or untracked: nothing to do there.
+            let lost_end = self.first_seq + u64::from(self.lost_span);
+            let may_be_lost = low..=high.min(lost_end.saturating_sub(1));
+            let may_be_in_flight = low.max(lost_end).max(self.oldest_in_flight)..=high;
+            for seq in may_be_lost.chain(may_be_in_flight) {
                 let Some(idx) = self.index_of(seq) else {
                     break;
                 };
@@ -448,6 +476,8 @@ impl SentPackets {
             }
             if largest - seq >= u64::from(self.packet_threshold) || p.sent_at + loss_delay <= now {
                 p.state = PacketState::Lost;
+                // (At most MAX_TRACKED_PACKETS + 1 packets are kept.)
+                self.lost_span = self.lost_span.max(i as u32 + 1);
                 self.bytes_in_flight -= u64::from(p.size);
                 self.prompt_in_flight -= u32::from(p.prompt);
                 outcome
