@@ -40,7 +40,7 @@ mod report;
 use core::fmt;
 use core::time::Duration;
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 use shoal_proto::{Bytes, Config, Instant, Protection};
 
 use crate::link::{LinkConfig, LinkConfigError};
@@ -321,12 +321,14 @@ fn make_payload_in(
     if arena.capacity() < len {
         *arena = BytesMut::with_capacity(ARENA_CHUNK.max(len));
     }
-    arena.put_u8(kind as u8);
-    arena.put_u32_le(counter);
-    arena.put_u64_le(sent_at.as_micros());
-    arena.put_u32_le(size as u32);
+    let mut header = [0u8; PAYLOAD_HEADER_LEN];
+    header[0] = kind as u8;
+    header[1..5].copy_from_slice(&counter.to_le_bytes());
+    header[5..13].copy_from_slice(&sent_at.as_micros().to_le_bytes());
+    header[13..].copy_from_slice(&(size as u32).to_le_bytes());
+    arena.extend_from_slice(&header);
     for chunk in pattern(counter as u8, size.saturating_sub(PAYLOAD_HEADER_LEN)) {
-        arena.put_slice(chunk);
+        arena.extend_from_slice(chunk);
     }
     arena.split().freeze()
 }
