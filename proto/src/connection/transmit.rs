@@ -306,23 +306,17 @@ impl Connection {
     /// within a round trip), if there are new ones to cover and the symbol fits.
     fn write_repair(&mut self, now: Instant, pn: u64, room: usize, w: &mut Writer<'_>) -> bool {
         let horizon = self.transport.sent.rtt.smoothed();
+        // Each packet is the newest covered once: one repair per small packet sent, which
+        // is what keeps the cost at about one copy.
+        let covered_before = self.transport.last_repair_newest;
         let Some((newest, covered, symbol)) = self
             .transport
             .fec_tx
             .as_mut()
-            .and_then(|tx| tx.build(pn, now, horizon, room))
+            .and_then(|tx| tx.build(pn, now, horizon, room, covered_before))
         else {
             return false;
         };
-        // Each packet is the newest covered once: one repair per small packet sent, which
-        // is what keeps the cost at about one copy.
-        if self
-            .transport
-            .last_repair_newest
-            .is_some_and(|l| newest <= l)
-        {
-            return false;
-        }
         let symbol_len = symbol.len();
         let Ok(distance) = u32::try_from(pn - newest) else {
             return false;

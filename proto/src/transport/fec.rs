@@ -169,6 +169,10 @@ struct LogEntry {
 impl<const N: usize> FrameLog<N> {
     /// Appends packet `pn`'s frames, forgetting the oldest packet if `N` are kept.
     fn push(&mut self, pn: u64, at: Instant, frames: &[u8]) {
+        debug_assert!(
+            self.entries.back().is_none_or(|e| e.at <= at),
+            "in time order"
+        );
         if self.entries.is_full() {
             self.entries.pop_front();
         }
@@ -226,20 +230,29 @@ impl RepairEncoder {
     /// Builds the repair for packet `pn` going out at `now`: it covers the packets sent
     /// before this instant and within `horizon`, newest first, as many as a symbol of at
     /// most `room` bytes allows. Returns the newest covered packet, the coverage as
-    /// (distance below it, length), and the symbol; `None` if nothing is worth covering.
+    /// (distance below it, length), and the symbol; `None` if nothing is worth covering,
+    /// which includes a newest packet not above `covered_before` (the last repair's).
     pub(crate) fn build(
         &mut self,
         pn: u64,
         now: Instant,
         horizon: Duration,
         room: usize,
+        covered_before: Option<u64>,
     ) -> Option<(u64, Coverage, &[u8])> {
         let mut covered = Coverage::new();
         let mut newest = None;
         self.symbol.clear();
         for (covered_pn, sent_at, frames) in self.sent.iter().rev() {
-            if sent_at >= now || now >= sent_at + horizon || frames.len() > room {
+            if now >= sent_at + horizon {
+                // The log is in sending order: the rest are older still.
+                break;
+            }
+            if sent_at >= now || frames.len() > room {
                 continue;
+            }
+            if newest.is_none() && covered_before.is_some_and(|b| covered_pn <= b) {
+                return None;
             }
             let newest_pn = *newest.get_or_insert(covered_pn);
             let distance = newest_pn - covered_pn;
@@ -547,8 +560,9 @@ mod tests {
         dec.on_received(0, &packets[0], usize::MAX);
         dec.on_received(3, &packets[3], usize::MAX);
         for repair_pn in [4u64, 5] {
-            let (newest, covered, symbol) =
-                enc.build(repair_pn, t(10), horizon, 1200).expect("covers");
+            let (newest, covered, symbol) = enc
+                .build(repair_pn, t(10), horizon, 1200, None)
+                .expect("covers");
             let covered: Vec<(u64, usize)> = covered
                 .iter()
                 .map(|&(d, len)| (newest - u64::from(d), len))
@@ -586,7 +600,7 @@ mod tests {
             for extra in 0..2u64 {
                 let repair_pn = 1_000 + block * 2 + extra;
                 let (newest, covered, symbol) = enc
-                    .build(repair_pn, t(500), horizon, 1200)
+                    .build(repair_pn, t(500), horizon, 1200, None)
                     .expect("covers the block");
                 let covered: Vec<(u64, usize)> = covered
                     .iter()
