@@ -77,6 +77,7 @@ mod endpoint;
 mod error;
 mod event;
 mod hash;
+mod hints;
 pub mod hub;
 mod messaging;
 mod network;
@@ -100,6 +101,7 @@ pub use error::{ConnectError, SendError};
 pub use event::{
     ConnectionHandle, DisconnectReason, Event, IncomingRequest, Relay, RequestId, Transmit,
 };
+pub use hints::MemoryHint;
 pub use messaging::channel::MESSAGE_WINDOW;
 pub use messaging::chunk::Progress;
 pub use network::{NetError, Network};

@@ -307,6 +307,32 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
+    /// A connection's `MemoryHint` stages: 0 the struct; 1 what hangs off it (packet and
+    /// key rings, received ranges, channels, sent frames, coding state); 2 what hangs off
+    /// those (channel queues and windows, coding logs).
+    pub(crate) fn memory_hints(&self, stage: u8, f: crate::hints::Sink<'_>) {
+        use crate::hints;
+        let m = &self.messaging;
+        match stage {
+            0 => hints::val(f, self),
+            1 => {
+                self.transport.hints(f);
+                hints::slice(f, &m.send_channels);
+                hints::slice(f, &m.recv_channels);
+                m.frames.hints(f);
+            }
+            2 => {
+                self.transport.buffer_hints(f);
+                for c in &m.send_channels {
+                    c.hints(f);
+                }
+                for c in &m.recv_channels {
+                    c.hints(f);
+                }
+            }
+            _ => {}
+        }
+    }
     pub(crate) fn new(
         config: &Config,
         handle: ConnectionHandle,

@@ -34,6 +34,10 @@ pub(crate) struct EventQueue {
 const MIN_ROOM: usize = 64;
 
 impl EventQueue {
+    /// Where the next event is taken from (for `MemoryHint`).
+    pub(crate) fn hints(&self, f: crate::hints::Sink<'_>) {
+        crate::hints::deque_ends(f, &self.queue);
+    }
     /// Queues an event; returns the bytes charged for it (data events only: a connection's
     /// own notices are bounded by the number of connections and requests).
     pub(crate) fn push(&mut self, event: Event) -> usize {

@@ -20,6 +20,7 @@ use crate::event::{
     ConnectionHandle, DisconnectReason, Event, IncomingRequest, RequestId, Transmit,
 };
 use crate::hash::{Domain, HashMap, Prf, SeededState, Sequence};
+use crate::hints::{self, MemoryHint};
 use crate::messaging::budget::ReceiveBudget;
 use crate::messaging::channel::Route;
 use crate::messaging::chunk::Progress;
@@ -281,6 +282,12 @@ pub struct Endpoint {
     accept_hook: Option<AcceptHook>,
 }
 
+/// Bytes at the start of an [`Endpoint`] that hold every field a datagram, a send or a
+/// poll touches (its layout test holds them to it).
+const HOT_BYTES: usize = 8 * 64;
+/// Bytes at the start of its [`Config`] that hold the settings a packet reads.
+const CONFIG_HOT_BYTES: usize = 3 * 64;
+
 /// The application's state for one connection (see [`Endpoint::set_user_data`]).
 type UserData = Box<dyn Any + Send>;
 
@@ -354,6 +361,89 @@ impl Endpoint {
     /// The configuration.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// Names the memory the call `hint` describes will read, a stage at a time, so that a
+    /// driver serving many endpoints or many datagrams can have it on its way to the cache
+    /// (a prefetch) while it serves the ones before. Each address is handed to `sink` with
+    /// a length; nothing is read through them here, and nothing changes.
+    ///
+    /// Stage `s` reads only memory stage `s - 1` named (a connection's buffers hang off the
+    /// connection, which hangs off its slot), so a driver names stage `s` for the item
+    /// `hint.stages() - s` places ahead of the one it is about to serve, and by the time it
+    /// gets there the whole chain has arrived. The simulator does this for the nodes of a
+    /// window and for a server's queued datagrams (docs/architecture.md, "The simulator").
+    ///
+    /// ```
+    /// use shoal_proto::{Config, Endpoint, Instant, MemoryHint, Protection};
+    /// let endpoint = Endpoint::new(Config {
+    ///     protection: Protection::None,
+    ///     ..Config::default()
+    /// })
+    /// .unwrap();
+    /// let mut lines = 0;
+    /// for stage in 0..MemoryHint::Endpoint.stages() {
+    ///     endpoint.memory_hints(MemoryHint::Endpoint, stage, &mut |_address, bytes| {
+    ///         lines += bytes.div_ceil(64);
+    ///     });
+    /// }
+    /// assert!(lines > 0);
+    /// ```
+    pub fn memory_hints(
+        &self,
+        hint: MemoryHint<'_>,
+        stage: u8,
+        sink: &mut dyn FnMut(*const u8, usize),
+    ) {
+        let slot = match hint {
+            MemoryHint::Endpoint => return self.endpoint_hints(stage, sink),
+            MemoryHint::Datagram(datagram) => match wire::short_header_connection(datagram) {
+                Some(id) => self.slot_of(id),
+                None => return,
+            },
+            MemoryHint::Connection(conn) => conn.index as usize,
+            MemoryHint::Transmit(ahead) => match self.dirty.get(ahead) {
+                Some(&index) => index as usize,
+                None => return,
+            },
+        };
+        let Some(slot) = self.slots.get(slot) else {
+            return;
+        };
+        match stage {
+            0 => hints::val(sink, slot),
+            _ => {
+                if let Some(c) = &slot.conn {
+                    c.memory_hints(stage - 1, sink);
+                }
+            }
+        }
+    }
+
+    /// `MemoryHint::Endpoint`: the hot lines and their buffers, then (for a client's one
+    /// connection or two) the connections.
+    fn endpoint_hints(&self, stage: u8, sink: hints::Sink<'_>) {
+        match stage {
+            0 => {
+                sink((self as *const Self).cast(), HOT_BYTES);
+                sink((&self.config as *const Config).cast(), CONFIG_HOT_BYTES);
+            }
+            1 => {
+                hints::slice(sink, &self.slots);
+                self.events.hints(sink);
+                self.wakeups.hints(sink);
+                hints::deque_ends(sink, &self.dirty);
+                sink(self.arena.as_ptr(), 128);
+            }
+            _ if self.live <= 2 => {
+                for s in &self.slots {
+                    if let Some(c) = &s.conn {
+                        c.memory_hints(stage - 2, sink);
+                    }
+                }
+            }
+            _ => {}
+        }
     }
 
     /// Endpoint-wide counters (closed connections' counters folded in).
@@ -1874,13 +1964,13 @@ mod tests {
         let hot_counters_end =
             offset_of!(Endpoint, stats) + offset_of!(EndpointStats, stale_wakeups) + 8;
         assert!(
-            hot_counters_end <= 8 * 64,
+            hot_counters_end <= HOT_BYTES,
             "hot fields end at byte {hot_counters_end}"
         );
         assert_eq!(offset_of!(Endpoint, config) % 64, 0);
         let settings_end = offset_of!(Config, accept_incoming) + 1;
         assert!(
-            settings_end <= 3 * 64,
+            settings_end <= CONFIG_HOT_BYTES,
             "working settings end at byte {settings_end}"
         );
         assert!(

@@ -219,6 +219,12 @@ pub(crate) struct Wakeups {
 }
 
 impl Wakeups {
+    /// The earliest wake-up (for `MemoryHint`).
+    pub(crate) fn hints(&self, f: crate::hints::Sink<'_>) {
+        if let Some(w) = self.heap.peek() {
+            crate::hints::val(f, w);
+        }
+    }
     /// Entries held, stale ones included.
     pub(crate) fn len(&self) -> usize {
         match &self.wheel {

@@ -69,6 +69,27 @@ pub(crate) struct Transport {
 }
 
 impl Transport {
+    /// What hangs off the transport: packet and key rings, received ranges, coding state
+    /// (for `MemoryHint`).
+    pub(crate) fn hints(&self, f: crate::hints::Sink<'_>) {
+        self.sent.hints(f);
+        self.received.hints(f);
+        if let Some(x) = &self.fec_tx {
+            crate::hints::val(f, &**x);
+        }
+        if let Some(x) = &self.fec_rx {
+            crate::hints::val(f, &**x);
+        }
+    }
+    /// The coding state's buffers (for `MemoryHint`).
+    pub(crate) fn buffer_hints(&self, f: crate::hints::Sink<'_>) {
+        if let Some(x) = &self.fec_tx {
+            x.hints(f);
+        }
+        if let Some(x) = &self.fec_rx {
+            x.hints(f);
+        }
+    }
     pub(crate) fn new(config: &Config, remote: SocketAddr, path_key: Prf) -> Self {
         Transport {
             paths: Paths::new(remote, path_key),

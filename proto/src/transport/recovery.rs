@@ -173,6 +173,11 @@ pub(crate) struct SentPackets {
 }
 
 impl SentPackets {
+    /// The ends of the packet and key rings (for `MemoryHint`).
+    pub(crate) fn hints(&self, f: crate::hints::Sink<'_>) {
+        crate::hints::deque_ends(f, &self.packets);
+        crate::hints::deque_ends(f, &self.keys);
+    }
     pub(crate) fn new(initial_rtt: Duration, mtu: usize) -> Self {
         SentPackets {
             first_seq: 0,
