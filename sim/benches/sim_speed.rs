@@ -17,6 +17,7 @@
 //! | `SHOAL_BENCH_LARGE` | 65536 | bytes of each client's large message every 10 s (0: none) |
 //! | `SHOAL_BENCH_BATCHING` | 1 | 0 runs every happening in one time order (`node_batching` off) |
 //! | `SHOAL_BENCH_LOSS` | 1 | percent of datagrams each link loses |
+//! | `SHOAL_BENCH_HINTS` | 1 | 0 turns the prefetching of the next nodes' state off (`memory_hints`) |
 
 use std::time::{Duration, Instant};
 
@@ -57,6 +58,7 @@ fn bench(clients: u64, secs: u64, seed: u64, protection: Protection) {
         protection,
         large_size: env_u64("SHOAL_BENCH_LARGE", 64 * 1024) as usize,
         node_batching: env_u64("SHOAL_BENCH_BATCHING", 1) != 0,
+        memory_hints: env_u64("SHOAL_BENCH_HINTS", 1) != 0,
         ..defaults
     };
     println!(
@@ -66,7 +68,11 @@ fn bench(clients: u64, secs: u64, seed: u64, protection: Protection) {
         config.link.jitter,
         config.link.loss * 100.0,
         config.large_size,
-        if config.node_batching { "node by node within 40 ms windows" } else { "one time order" }
+        match (config.node_batching, config.memory_hints) {
+            (true, true) => "node by node within 40 ms windows, prefetching the next ones",
+            (true, false) => "node by node within 40 ms windows",
+            (false, _) => "one time order",
+        }
     );
     // Wall time when the simulated clock passed the end of the connect window plus a
     // second (handshakes done, first round trips settled): the steady state is timed from

@@ -4,7 +4,7 @@
 use core::time::Duration;
 
 use bytes::BytesMut;
-use shoal_proto::{ConnectionHandle, Event, Instant, RequestId};
+use shoal_proto::{ConnectionHandle, Event, Instant, MemoryHint, RequestId};
 
 use super::{
     make_payload_in, parse_payload, Kind, ScenarioConfig, Violations, PLOT_BINS, RELIABLE,
@@ -203,7 +203,19 @@ impl Game {
 
     fn server_tick(&mut self, ctx: &mut NodeContext<'_>) {
         let now = ctx.now();
+        let stages = self
+            .clients
+            .iter()
+            .find_map(|c| c.server_conn)
+            .map_or(0, |c| MemoryHint::Connection(c).stages());
         for client in 0..self.clients.len() {
+            // Thousands of connections in a row: prefetch the next few, stage by stage.
+            for stage in 0..stages {
+                let ahead = client + usize::from(stages - stage);
+                if let Some(conn) = self.clients.get(ahead).and_then(|c| c.server_conn) {
+                    ctx.memory_hint(MemoryHint::Connection(conn), stage);
+                }
+            }
             let Some(conn) = self.clients[client].server_conn else {
                 continue;
             };
