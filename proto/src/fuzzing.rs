@@ -774,6 +774,19 @@ mod ops {
             }
             self.received[ep][from] += bytes.len() as u64;
             let before = self.eps[ep].pending_event_bytes();
+            // Hints read whatever a datagram's header names: they must neither panic nor
+            // name nothing for the endpoint itself.
+            let mut named = 0usize;
+            for hint in [
+                crate::MemoryHint::Datagram(bytes),
+                crate::MemoryHint::Endpoint,
+                crate::MemoryHint::Transmit(from),
+            ] {
+                for stage in 0..=hint.stages() {
+                    self.eps[ep].memory_hints(hint, stage, &mut |_, len| named += len);
+                }
+            }
+            assert!(named > 0, "the endpoint's own lines are always named");
             self.eps[ep].handle_datagram(self.now, addr(from), bytes);
             self.check_event_growth(ep, before, "a datagram");
             if let Some((h, unexpected)) = answered {
