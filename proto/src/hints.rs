@@ -35,8 +35,9 @@ impl MemoryHint<'_> {
         match self {
             // Its lines; its buffers and slot table; then a connection's three stages.
             MemoryHint::Endpoint => 5,
-            // The slot; then a connection's three stages.
-            _ => 4,
+            // A connection's three stages: the struct, what hangs off it, and what hangs off
+            // that.
+            _ => 3,
         }
     }
 }

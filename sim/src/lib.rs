@@ -9,7 +9,9 @@
 //! generator decides everything, so the same seed replays the same run bit for bit. With
 //! thousands of nodes, [`SimConfig::node_batching`] runs everything due within the shortest
 //! link latency node by node (every node sees the same inputs at the same times), which
-//! keeps each node's state in cache across its happenings.
+//! keeps each node's state in cache across its happenings; meanwhile
+//! [`SimConfig::memory_hints`] prefetches what the next few nodes and datagrams will read
+//! ([`shoal_proto::Endpoint::memory_hints`]), so that their cache misses overlap.
 //!
 //! # Example
 //!

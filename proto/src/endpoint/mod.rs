@@ -407,16 +407,10 @@ impl Endpoint {
                 None => return,
             },
         };
-        let Some(slot) = self.slots.get(slot) else {
-            return;
-        };
-        match stage {
-            0 => hints::val(sink, slot),
-            _ => {
-                if let Some(c) = &slot.conn {
-                    c.memory_hints(stage - 1, sink);
-                }
-            }
+        // (The slot table itself is read, not named: a server's is a few hundred kilobytes,
+        // in cache, and a stage spent on it would cost every hint a turn.)
+        if let Some(c) = self.slots.get(slot).and_then(|s| s.conn.as_ref()) {
+            c.memory_hints(stage, sink);
         }
     }
 
@@ -433,7 +427,11 @@ impl Endpoint {
                 self.events.hints(sink);
                 self.wakeups.hints(sink);
                 hints::deque_ends(sink, &self.dirty);
-                sink(self.arena.as_ptr(), 128);
+                // Where the next datagram will be copied (not past the slab).
+                let room = self.arena.capacity().min(128);
+                if room > 0 {
+                    sink(self.arena.as_ptr(), room);
+                }
             }
             _ if self.live <= 2 => {
                 for s in &self.slots {
