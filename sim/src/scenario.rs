@@ -199,7 +199,7 @@ pub struct ScenarioConfig {
     /// `false` takes every happening in one global time order (another trace hash).
     pub node_batching: bool,
     /// Prefetches what the next nodes and datagrams will read
-    /// ([`SimConfig::memory_hints`]; default `true`). Changes nothing but speed.
+    /// ([`SimConfig::memory_hints`], whose default it takes). Changes nothing but speed.
     pub memory_hints: bool,
 }
 
@@ -233,7 +233,7 @@ impl Default for ScenarioConfig {
             connect_window: Duration::from_secs(1),
             drain_limit: Duration::from_secs(15),
             node_batching: true,
-            memory_hints: true,
+            memory_hints: SimConfig::default().memory_hints,
         }
     }
 }

@@ -84,10 +84,13 @@ pub struct SimConfig {
     /// (and by [`Simulator::step_with`]) happenings are taken one at a time. Default `false`:
     /// an application whose callbacks share state across nodes may rely on the global order.
     pub node_batching: bool,
-    /// While batching, prefetches what the next nodes and the next queued datagrams will
-    /// read ([`Endpoint::memory_hints`]) a few turns before their turn, so that with
-    /// thousands of nodes their cache misses overlap. It changes nothing but speed (the
-    /// trace hash is the same either way). Default `true`.
+    /// Prefetches what the next turns will read ([`Endpoint::memory_hints`]) a few turns
+    /// ahead: the next nodes of a window (while batching), a node's next datagrams, a
+    /// server's transmit queue, and the connections an application sweeps over
+    /// ([`NodeContext::memory_hint`]). With thousands of nodes their cache misses then
+    /// overlap. It changes nothing but speed (the trace hash is the same either way).
+    /// Default: on x86-64, the one architecture with a prefetch here (elsewhere the hints
+    /// would cost their bookkeeping for nothing).
     pub memory_hints: bool,
 }
 
@@ -99,7 +102,7 @@ impl Default for SimConfig {
             max_queued_events: 65_536,
             trace_capacity: 0,
             node_batching: false,
-            memory_hints: true,
+            memory_hints: cfg!(target_arch = "x86_64"),
         }
     }
 }
