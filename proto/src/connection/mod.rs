@@ -308,8 +308,7 @@ pub(crate) struct Connection {
 
 impl Connection {
     /// A connection's `MemoryHint` stages: 0 the struct; 1 what hangs off it (packet and
-    /// key rings, received ranges, channels, sent frames, coding state); 2 what hangs off
-    /// those (channel queues and windows, coding logs).
+    /// key rings, received ranges, channels, sent frames, coding state).
     pub(crate) fn memory_hints(&self, stage: u8, f: crate::hints::Sink<'_>) {
         use crate::hints;
         let m = &self.messaging;
@@ -321,18 +320,10 @@ impl Connection {
                 hints::slice(f, &m.recv_channels);
                 m.frames.hints(f);
             }
-            2 => {
-                self.transport.buffer_hints(f);
-                for c in &m.send_channels {
-                    c.hints(f);
-                }
-                for c in &m.recv_channels {
-                    c.hints(f);
-                }
-            }
             _ => {}
         }
     }
+
     pub(crate) fn new(
         config: &Config,
         handle: ConnectionHandle,

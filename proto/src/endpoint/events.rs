@@ -38,6 +38,7 @@ impl EventQueue {
     pub(crate) fn hints(&self, f: crate::hints::Sink<'_>) {
         crate::hints::deque_ends(f, &self.queue);
     }
+
     /// Queues an event; returns the bytes charged for it (data events only: a connection's
     /// own notices are bounded by the number of connections and requests).
     pub(crate) fn push(&mut self, event: Event) -> usize {

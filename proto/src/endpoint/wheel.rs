@@ -225,6 +225,7 @@ impl Wakeups {
             crate::hints::val(f, w);
         }
     }
+
     /// Entries held, stale ones included.
     pub(crate) fn len(&self) -> usize {
         match &self.wheel {

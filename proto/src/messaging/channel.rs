@@ -85,11 +85,6 @@ pub(crate) struct SendChannel {
 }
 
 impl SendChannel {
-    /// The ends of the queue and of the window (for `MemoryHint`).
-    pub(crate) fn hints(&self, f: crate::hints::Sink<'_>) {
-        crate::hints::deque_ends(f, &self.queue);
-        crate::hints::deque_ends(f, &self.unacked_frames);
-    }
     pub(crate) fn new(kind: DeliveryKind, max_queued_bytes: usize) -> Self {
         SendChannel {
             kind,
@@ -217,10 +212,6 @@ pub(crate) struct RecvContext<'a> {
 }
 
 impl RecvChannel {
-    /// The ends of the receive window (for `MemoryHint`).
-    pub(crate) fn hints(&self, f: crate::hints::Sink<'_>) {
-        crate::hints::deque_ends(f, &self.slots);
-    }
     /// Gives back the window's and reassembly's buffers when they are empty.
     pub(crate) fn trim(&mut self) {
         if self.slots.is_empty() {

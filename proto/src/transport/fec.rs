@@ -167,12 +167,6 @@ struct LogEntry {
 }
 
 impl<const N: usize> FrameLog<N> {
-    /// The newest frames, which the next repair codes or the next packet joins.
-    fn hints(&self, f: crate::hints::Sink<'_>) {
-        let n = self.bytes.len();
-        let tail = &self.bytes[n.saturating_sub(256)..];
-        crate::hints::slice(f, tail);
-    }
     /// Appends packet `pn`'s frames, forgetting the oldest packet if `N` are kept.
     fn push(&mut self, pn: u64, at: Instant, frames: &[u8]) {
         debug_assert!(
@@ -228,11 +222,6 @@ pub(crate) struct RepairEncoder {
 }
 
 impl RepairEncoder {
-    /// Its log's newest frames and the symbol buffer (for `MemoryHint`).
-    pub(crate) fn hints(&self, f: crate::hints::Sink<'_>) {
-        self.sent.hints(f);
-        crate::hints::slice(f, &self.symbol);
-    }
     /// Remembers the frames of packet `pn`, sent at `now`.
     pub(crate) fn on_sent(&mut self, pn: u64, now: Instant, frames: &[u8]) {
         self.sent.push(pn, now, frames);
@@ -329,11 +318,6 @@ pub(crate) struct RepairDecoder {
 }
 
 impl RepairDecoder {
-    /// Its log's newest frames and the pending repairs (for `MemoryHint`).
-    pub(crate) fn hints(&self, f: crate::hints::Sink<'_>) {
-        self.kept.hints(f);
-        crate::hints::deque_ends(f, &self.pending);
-    }
     /// Keeps the frames of received packet `pn` (once the peer has sent a repair), if they
     /// are at most `max_len` bytes: no honest repair covers a longer packet (a coded packet
     /// carries at most half its room in frames), so keeping one would only let a peer make

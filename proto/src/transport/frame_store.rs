@@ -43,6 +43,7 @@ impl<T> FrameStore<T> {
             crate::hints::val(f, x);
         }
     }
+
     pub(crate) fn insert(&mut self, value: T) -> FrameKey {
         self.len += 1;
         if let Some(index) = self.free.pop() {

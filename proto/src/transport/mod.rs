@@ -81,15 +81,7 @@ impl Transport {
             crate::hints::val(f, &**x);
         }
     }
-    /// The coding state's buffers (for `MemoryHint`).
-    pub(crate) fn buffer_hints(&self, f: crate::hints::Sink<'_>) {
-        if let Some(x) = &self.fec_tx {
-            x.hints(f);
-        }
-        if let Some(x) = &self.fec_rx {
-            x.hints(f);
-        }
-    }
+
     pub(crate) fn new(config: &Config, remote: SocketAddr, path_key: Prf) -> Self {
         Transport {
             paths: Paths::new(remote, path_key),

@@ -47,6 +47,7 @@ impl ReceivedPackets {
     pub(crate) fn hints(&self, f: crate::hints::Sink<'_>) {
         crate::hints::deque_ends(f, &self.ranges);
     }
+
     /// The newest packet number received, if any.
     pub(crate) fn largest(&self) -> Option<u64> {
         self.ranges.back().map(|r| r.1)

@@ -178,6 +178,7 @@ impl SentPackets {
         crate::hints::deque_ends(f, &self.packets);
         crate::hints::deque_ends(f, &self.keys);
     }
+
     pub(crate) fn new(initial_rtt: Duration, mtu: usize) -> Self {
         SentPackets {
             first_seq: 0,
