@@ -43,23 +43,25 @@ impl MemoryHint<'_> {
     }
 }
 
-/// Where hints go: an address and a length in bytes.
-pub(crate) type Sink<'a> = &'a mut dyn FnMut(*const u8, usize);
+/// Where hints go: an address and a length in bytes (generic, so that a driver's prefetch
+/// is inlined into the walk rather than called through a pointer per region).
+pub(crate) trait Sink: FnMut(*const u8, usize) {}
+impl<F: FnMut(*const u8, usize)> Sink for F {}
 
 /// The memory of `x` itself.
-pub(crate) fn val<T>(sink: Sink<'_>, x: &T) {
+pub(crate) fn val<T>(sink: &mut impl Sink, x: &T) {
     sink((x as *const T).cast(), size_of_val(x));
 }
 
 /// The elements of `s`.
-pub(crate) fn slice<T>(sink: Sink<'_>, s: &[T]) {
+pub(crate) fn slice<T>(sink: &mut impl Sink, s: &[T]) {
     if !s.is_empty() {
         sink(s.as_ptr().cast(), size_of_val(s));
     }
 }
 
 /// The first and the last element of `d` (where a queue is read and written).
-pub(crate) fn deque_ends<T>(sink: Sink<'_>, d: &VecDeque<T>) {
+pub(crate) fn deque_ends<T>(sink: &mut impl Sink, d: &VecDeque<T>) {
     if let Some(x) = d.front() {
         val(sink, x);
     }

@@ -309,7 +309,7 @@ pub(crate) struct Connection {
 impl Connection {
     /// A connection's `MemoryHint` stages: 0 the struct; 1 what hangs off it (packet and
     /// key rings, received ranges, channels, sent frames, coding state).
-    pub(crate) fn memory_hints(&self, stage: u8, f: crate::hints::Sink<'_>) {
+    pub(crate) fn memory_hints(&self, stage: u8, f: &mut impl crate::hints::Sink) {
         use crate::hints;
         let m = &self.messaging;
         match stage {

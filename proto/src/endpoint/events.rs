@@ -35,7 +35,7 @@ const MIN_ROOM: usize = 64;
 
 impl EventQueue {
     /// Where the next event is taken from (for `MemoryHint`).
-    pub(crate) fn hints(&self, f: crate::hints::Sink<'_>) {
+    pub(crate) fn hints(&self, f: &mut impl crate::hints::Sink) {
         crate::hints::deque_ends(f, &self.queue);
     }
 

@@ -383,7 +383,7 @@ impl Endpoint {
     /// .unwrap();
     /// let mut lines = 0;
     /// for stage in 0..MemoryHint::Endpoint.stages() {
-    ///     endpoint.memory_hints(MemoryHint::Endpoint, stage, &mut |_address, bytes| {
+    ///     endpoint.memory_hints(MemoryHint::Endpoint, stage, |_address, bytes: usize| {
     ///         lines += bytes.div_ceil(64);
     ///     });
     /// }
@@ -393,10 +393,10 @@ impl Endpoint {
         &self,
         hint: MemoryHint<'_>,
         stage: u8,
-        sink: &mut dyn FnMut(*const u8, usize),
+        mut sink: impl FnMut(*const u8, usize),
     ) {
         let slot = match hint {
-            MemoryHint::Endpoint => return self.endpoint_hints(stage, sink),
+            MemoryHint::Endpoint => return self.endpoint_hints(stage, &mut sink),
             MemoryHint::Datagram(datagram) => match wire::short_header_connection(datagram) {
                 Some(id) => self.slot_of(id),
                 None => return,
@@ -410,13 +410,13 @@ impl Endpoint {
         // (The slot table itself is read, not named: a server's is a few hundred kilobytes,
         // in cache, and a stage spent on it would cost every hint a turn.)
         if let Some(c) = self.slots.get(slot).and_then(|s| s.conn.as_ref()) {
-            c.memory_hints(stage, sink);
+            c.memory_hints(stage, &mut sink);
         }
     }
 
     /// `MemoryHint::Endpoint`: the hot lines and their buffers, then (for a client's one
     /// connection or two) the connections.
-    fn endpoint_hints(&self, stage: u8, sink: hints::Sink<'_>) {
+    fn endpoint_hints(&self, stage: u8, sink: &mut impl hints::Sink) {
         match stage {
             0 => {
                 sink((self as *const Self).cast(), HOT_BYTES);

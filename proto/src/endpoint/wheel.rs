@@ -220,7 +220,7 @@ pub(crate) struct Wakeups {
 
 impl Wakeups {
     /// The earliest wake-up (for `MemoryHint`).
-    pub(crate) fn hints(&self, f: crate::hints::Sink<'_>) {
+    pub(crate) fn hints(&self, f: &mut impl crate::hints::Sink) {
         if let Some(w) = self.heap.peek() {
             crate::hints::val(f, w);
         }

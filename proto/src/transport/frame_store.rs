@@ -35,7 +35,7 @@ impl<T> Default for FrameStore<T> {
 
 impl<T> FrameStore<T> {
     /// Where the next frame is stored (for `MemoryHint`).
-    pub(crate) fn hints(&self, f: crate::hints::Sink<'_>) {
+    pub(crate) fn hints(&self, f: &mut impl crate::hints::Sink) {
         if let Some(x) = self.slots.last() {
             crate::hints::val(f, x);
         }

@@ -71,7 +71,7 @@ pub(crate) struct Transport {
 impl Transport {
     /// What hangs off the transport: packet and key rings, received ranges, coding state
     /// (for `MemoryHint`).
-    pub(crate) fn hints(&self, f: crate::hints::Sink<'_>) {
+    pub(crate) fn hints(&self, f: &mut impl crate::hints::Sink) {
         self.sent.hints(f);
         self.received.hints(f);
         if let Some(x) = &self.fec_tx {

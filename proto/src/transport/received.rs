@@ -44,7 +44,7 @@ pub(crate) struct ReceivedPackets {
 
 impl ReceivedPackets {
     /// The ends of the ranges (for `MemoryHint`).
-    pub(crate) fn hints(&self, f: crate::hints::Sink<'_>) {
+    pub(crate) fn hints(&self, f: &mut impl crate::hints::Sink) {
         crate::hints::deque_ends(f, &self.ranges);
     }
 

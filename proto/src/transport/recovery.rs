@@ -174,7 +174,7 @@ pub(crate) struct SentPackets {
 
 impl SentPackets {
     /// The ends of the packet and key rings (for `MemoryHint`).
-    pub(crate) fn hints(&self, f: crate::hints::Sink<'_>) {
+    pub(crate) fn hints(&self, f: &mut impl crate::hints::Sink) {
         crate::hints::deque_ends(f, &self.packets);
         crate::hints::deque_ends(f, &self.keys);
     }

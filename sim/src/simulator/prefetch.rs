@@ -36,5 +36,5 @@ const MAX_BYTES: usize = 2048;
 
 /// Prefetches stage `stage` of `hint` at `endpoint`.
 pub(super) fn hint(endpoint: &Endpoint, hint: MemoryHint<'_>, stage: u8) {
-    endpoint.memory_hints(hint, stage, &mut |address, len| prefetch(address, len));
+    endpoint.memory_hints(hint, stage, prefetch);
 }
