@@ -867,14 +867,12 @@ impl Simulator {
         if buf.len() < SCRATCH_LEN {
             buf.resize(SCRATCH_LEN, 0);
         }
+        let mut next = self.nodes[node as usize].endpoint.poll_timeout();
         loop {
-            let n = &mut self.nodes[node as usize];
-            if n.endpoint.poll_timeout().is_some_and(|t| t <= now) {
-                n.endpoint.handle_timeout(now);
+            if next.is_some_and(|t| t <= now) {
+                self.nodes[node as usize].endpoint.handle_timeout(now);
             }
-            let mut progressed = false;
             while let Some(event) = self.nodes[node as usize].endpoint.poll_event() {
-                progressed = true;
                 self.stats.events += 1;
                 self.hasher.event(now, NodeId(node), &event);
                 let mut ctx = self.context(node);
@@ -897,19 +895,20 @@ impl Simulator {
                 else {
                     break;
                 };
-                progressed = true;
                 let len = t.len.min(buf.len());
                 self.send_datagram(node, t.to, &buf[..len]);
             }
-            if !progressed {
+            // Both queues are drained (the application acted while taking events, before
+            // the packets were drained): another round only if the packets left events
+            // behind (one can end a connection) or made a timer due.
+            let endpoint = &self.nodes[node as usize].endpoint;
+            next = endpoint.poll_timeout();
+            if !endpoint.has_pending_events() && next.is_none_or(|t| t > now) {
                 break;
             }
         }
         self.scratch = buf;
-        let next = self.nodes[node as usize]
-            .endpoint
-            .poll_timeout()
-            .map(|t| t.max(now));
+        let next = next.map(|t| t.max(now));
         let wakes = &mut self.wakes[node as usize];
         if next != wakes.at {
             wakes.at = next;

@@ -613,6 +613,13 @@ impl Endpoint {
         self.events.bytes()
     }
 
+    /// Whether `poll_event` has an event to give: a driver that has just emptied the
+    /// transmit queue asks this (and `poll_timeout`) to know whether anything it did since
+    /// it last took events left more for it, without another round of polls.
+    pub fn has_pending_events(&self) -> bool {
+        self.events.len() > 0
+    }
+
     /// Installs the hook that accepts or rejects incoming connections (default: accept all).
     pub fn set_accept_hook(&mut self, hook: AcceptHook) {
         self.accept_hook = Some(hook);
