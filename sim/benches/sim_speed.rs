@@ -17,7 +17,7 @@
 //! | `SHOAL_BENCH_LARGE` | 65536 | bytes of each client's large message every 10 s (0: none) |
 //! | `SHOAL_BENCH_BATCHING` | 1 | 0 runs every happening in one time order (`node_batching` off) |
 //! | `SHOAL_BENCH_LOSS` | 1 | percent of datagrams each link loses |
-//! | `SHOAL_BENCH_HINTS` | 1 | 0 turns the prefetching of the next nodes' state off (`memory_hints`) |
+//! | `SHOAL_BENCH_HINTS` | 1 on x86-64 | 0 turns the prefetching of the next nodes' state off (`memory_hints`) |
 
 use std::time::{Duration, Instant};
 
@@ -25,20 +25,11 @@ use shoal_proto::Protection;
 use shoal_sim::scenario::{run, ScenarioConfig};
 use shoal_sim::LinkConfig;
 
-fn env_u64(name: &str, default: u64) -> u64 {
+/// `name` from the environment, parsed, or `default` (with a warning if it does not parse).
+fn env<T: std::str::FromStr + std::fmt::Display>(name: &str, default: T) -> T {
     match std::env::var(name) {
         Ok(v) => v.trim().parse().unwrap_or_else(|_| {
-            eprintln!("{name}={v} is not a whole number; using {default}");
-            default
-        }),
-        Err(_) => default,
-    }
-}
-
-fn env_f64(name: &str, default: f64) -> f64 {
-    match std::env::var(name) {
-        Ok(v) => v.trim().parse().unwrap_or_else(|_| {
-            eprintln!("{name}={v} is not a number; using {default}");
+            eprintln!("{name}={v} does not parse; using {default}");
             default
         }),
         Err(_) => default,
@@ -49,16 +40,16 @@ fn bench(clients: u64, secs: u64, seed: u64, protection: Protection) {
     let defaults = ScenarioConfig::default();
     let config = ScenarioConfig {
         link: LinkConfig {
-            loss: env_f64("SHOAL_BENCH_LOSS", defaults.link.loss * 100.0) / 100.0,
+            loss: env("SHOAL_BENCH_LOSS", defaults.link.loss * 100.0) / 100.0,
             ..defaults.link
         },
         clients: clients as usize,
         duration: Duration::from_secs(secs),
         seed,
         protection,
-        large_size: env_u64("SHOAL_BENCH_LARGE", 64 * 1024) as usize,
-        node_batching: env_u64("SHOAL_BENCH_BATCHING", 1) != 0,
-        memory_hints: env_u64("SHOAL_BENCH_HINTS", 1) != 0,
+        large_size: env("SHOAL_BENCH_LARGE", 64 * 1024_usize),
+        node_batching: env("SHOAL_BENCH_BATCHING", 1_u64) != 0,
+        memory_hints: env("SHOAL_BENCH_HINTS", u64::from(defaults.memory_hints)) != 0,
         ..defaults
     };
     println!(
@@ -147,7 +138,7 @@ fn bench(clients: u64, secs: u64, seed: u64, protection: Protection) {
 }
 
 fn main() {
-    let seed = env_u64("SHOAL_BENCH_SEED", 1);
+    let seed = env("SHOAL_BENCH_SEED", 1_u64);
     let protection = match std::env::var("SHOAL_BENCH_PROTECTION").as_deref() {
         Ok("none") => Protection::None,
         Ok("encrypted") | Err(_) => Protection::Encrypted,
@@ -157,13 +148,13 @@ fn main() {
         }
     };
     bench(
-        env_u64("SHOAL_BENCH_CLIENTS", 1000),
-        env_u64("SHOAL_BENCH_SECS", 60),
+        env("SHOAL_BENCH_CLIENTS", 1000),
+        env("SHOAL_BENCH_SECS", 60),
         seed,
         protection,
     );
-    let big = env_u64("SHOAL_BENCH_BIG_CLIENTS", 10_000);
+    let big = env("SHOAL_BENCH_BIG_CLIENTS", 10_000);
     if big > 0 {
-        bench(big, env_u64("SHOAL_BENCH_BIG_SECS", 10), seed, protection);
+        bench(big, env("SHOAL_BENCH_BIG_SECS", 10), seed, protection);
     }
 }
