@@ -368,8 +368,8 @@ impl Endpoint {
     /// (a prefetch) while it serves the ones before. Each address is handed to `sink` with
     /// a length; nothing is read through them here, and nothing changes.
     ///
-    /// Stage `s` reads only memory stage `s - 1` named (a connection's buffers hang off the
-    /// connection, which hangs off its slot), so a driver names stage `s` for the item
+    /// Stage `s` reads only memory stage `s - 1` named (a connection's rings hang off the
+    /// connection, which hangs off the endpoint), so a driver names stage `s` for the item
     /// `hint.stages() - s` places ahead of the one it is about to serve, and by the time it
     /// gets there the whole chain has arrived. The simulator does this for the nodes of a
     /// window and for a server's queued datagrams (docs/architecture.md, "The simulator").
