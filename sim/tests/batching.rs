@@ -21,6 +21,8 @@ struct Echo {
     seen: Vec<Vec<(Instant, String)>>,
     /// Per node: state shared across nodes would see the interleaving change.
     sent: Vec<u32>,
+    /// Clients stop sending here (everything is echoed before the run ends).
+    stop: Instant,
 }
 
 impl Application for Echo {
@@ -58,7 +60,7 @@ impl Application for Echo {
         let ep = ctx.endpoint();
         ep.send(conn, RELIABLE, body.clone()).expect("send");
         ep.send(conn, SEQUENCED, body).expect("send");
-        if ctx.now() < Instant::from_millis(600) {
+        if ctx.now() < self.stop {
             ctx.set_timer(ctx.now() + Duration::from_millis(7), 0);
         }
     }
@@ -68,14 +70,20 @@ impl Application for Echo {
 /// depend on the order random numbers are drawn in), with a partition of a few clients
 /// scheduled in the middle, and returns what each node saw and the simulator's counters.
 fn run(batching: bool, link: LinkConfig) -> (Vec<Vec<(Instant, String)>>, SimStats) {
-    run_in_steps(batching, link, Duration::from_millis(900))
+    run_in_steps(
+        batching,
+        link,
+        Duration::from_millis(900),
+        Instant::from_millis(900),
+    )
 }
 
-/// Like `run`, calling `run_until_with` every `step` of simulated time.
+/// Like `run`, calling `run_until_with` every `step` of simulated time until `end`.
 fn run_in_steps(
     batching: bool,
     link: LinkConfig,
     step: Duration,
+    end: Instant,
 ) -> (Vec<Vec<(Instant, String)>>, SimStats) {
     let mut sim = Simulator::new(SimConfig {
         seed: 3,
@@ -114,8 +122,8 @@ fn run_in_steps(
         conns: vec![None; CLIENTS + 1],
         seen: vec![Vec::new(); CLIENTS + 1],
         sent: vec![0; CLIENTS + 1],
+        stop: end - Duration::from_millis(300),
     };
-    let end = Instant::from_millis(900);
     while sim.now() < end {
         let until = (sim.now() + step).min(end);
         sim.run_until_with(until, &mut app);
@@ -142,6 +150,27 @@ fn node_batching_gives_every_node_the_same_events_at_the_same_times() {
     let link = deterministic_link(Duration::from_millis(15));
     let (ordered, ordered_stats) = run(false, link);
     let (batched, batched_stats) = run(true, link);
+    same_events(&ordered, &ordered_stats, &batched, &batched_stats);
+}
+
+/// A lookahead longer than the agenda's calendar spans (256 µs x 1,024 buckets): a window
+/// takes its far entries too.
+#[test]
+fn windows_longer_than_the_calendar_lose_nothing() {
+    let link = deterministic_link(Duration::from_millis(300));
+    let (step, end) = (Duration::from_secs(8), Instant::from_millis(8_000));
+    let (ordered, ordered_stats) = run_in_steps(false, link, step, end);
+    let (batched, batched_stats) = run_in_steps(true, link, step, end);
+    same_events(&ordered, &ordered_stats, &batched, &batched_stats);
+}
+
+/// Every node saw the same events at the same times in both runs, in a meaningful run.
+fn same_events(
+    ordered: &[Vec<(Instant, String)>],
+    ordered_stats: &SimStats,
+    batched: &[Vec<(Instant, String)>],
+    batched_stats: &SimStats,
+) {
     assert_eq!(ordered_stats.windows, 0);
     assert!(batched_stats.windows > 10, "{batched_stats:?}");
     let messages: usize = ordered
@@ -150,7 +179,7 @@ fn node_batching_gives_every_node_the_same_events_at_the_same_times() {
         .filter(|(_, e)| e.starts_with("Message"))
         .count();
     assert!(messages > 2_000, "a meaningful run: {messages} messages");
-    for (node, (a, b)) in ordered.iter().zip(&batched).enumerate() {
+    for (node, (a, b)) in ordered.iter().zip(batched).enumerate() {
         let first_difference = a.iter().zip(b).position(|(x, y)| x != y);
         assert!(
             a.len() == b.len() && first_difference.is_none(),
@@ -179,7 +208,12 @@ fn deadlines_cut_windows_without_changing_what_any_node_sees() {
     let (whole, whole_stats) = run(true, link);
     // Deadlines every 7.3 ms fall inside windows (15 ms long): each run ends its last window
     // early, and the next starts where it stopped.
-    let (chunked, stats) = run_in_steps(true, link, Duration::from_micros(7_300));
+    let (chunked, stats) = run_in_steps(
+        true,
+        link,
+        Duration::from_micros(7_300),
+        Instant::from_millis(900),
+    );
     assert!(
         stats.windows > whole_stats.windows,
         "{} windows in steps, {} in one run",

@@ -226,10 +226,10 @@ impl<T: Timed> Calendar<T> {
         self.far.peek().map(|Reverse(e)| e)
     }
 
-    /// Index of the first non-empty ring bucket after `current` (the ring must hold entries).
     /// Moves every entry ordered before `limit` into `out`, in no particular order: whole
-    /// buckets at a time, where popping them one by one would sift a heap per entry. `limit`
-    /// must lie within the ring's span of the earliest entry (a lookahead window does).
+    /// buckets at a time, where popping them one by one would sift a heap per entry. A
+    /// window longer than the ring spans (a link latency over a quarter second) takes the
+    /// rest from `far`.
     pub(crate) fn drain_below(&mut self, limit: (Instant, u64), out: &mut Vec<T>)
     where
         T: Copy,
@@ -238,19 +238,9 @@ impl<T: Timed> Calendar<T> {
         if self.peek().is_none() {
             return;
         }
-        if self.front.iter().all(|Reverse(e)| e.key() < limit) {
-            out.extend(self.front.drain().map(|Reverse(e)| e));
-        } else {
-            let mut front = core::mem::take(&mut self.front).into_vec();
-            front.retain(|Reverse(e)| {
-                let below = e.key() < limit;
-                if below {
-                    out.push(*e);
-                }
-                !below
-            });
-            self.front = BinaryHeap::from(front);
-        }
+        let mut front = core::mem::take(&mut self.front).into_vec();
+        take_below(&mut front, limit, out);
+        self.front = BinaryHeap::from(front);
         let last = limit.0.as_micros() >> BUCKET_SHIFT;
         let mut bucket = self.current + 1;
         while self.in_ring > 0 && bucket <= last {
@@ -261,13 +251,7 @@ impl<T: Timed> Calendar<T> {
                 if bucket < last {
                     out.extend(entries.drain(..).map(|Reverse(e)| e));
                 } else {
-                    entries.retain(|Reverse(e)| {
-                        let below = e.key() < limit;
-                        if below {
-                            out.push(*e);
-                        }
-                        !below
-                    });
+                    take_below(entries, limit, out);
                 }
                 self.in_ring -= before - entries.len();
                 if entries.is_empty() {
@@ -276,9 +260,14 @@ impl<T: Timed> Calendar<T> {
             }
             bucket += 1;
         }
-        debug_assert!(self.far.peek().is_none_or(|Reverse(e)| e.key() >= limit));
+        while self.far.peek().is_some_and(|Reverse(e)| e.key() < limit) {
+            if let Some(Reverse(e)) = self.far.pop() {
+                out.push(e);
+            }
+        }
     }
 
+    /// Index of the first non-empty ring bucket after `current` (the ring must hold entries).
     fn next_occupied(&self) -> usize {
         let start = ((self.current + 1) % BUCKETS as u64) as usize;
         let words = self.occupied.len();
@@ -328,6 +317,30 @@ impl<T: Timed> Calendar<T> {
                 self.push(e);
             }
         }
+    }
+}
+
+/// Moves the entries of `entries` ordered before `limit` to `out`, keeping the others.
+fn take_below<T: Timed + Copy>(
+    entries: &mut Vec<Reverse<T>>,
+    limit: (Instant, u64),
+    out: &mut Vec<T>,
+) {
+    entries.retain(|Reverse(e)| {
+        let below = e.key() < limit;
+        if below {
+            out.push(*e);
+        }
+        !below
+    });
+}
+
+/// A wake-up, as the item a window runs.
+fn wake_item((at, seq, node): Wake) -> Item {
+    Item {
+        at,
+        seq,
+        what: What::Wake(node),
     }
 }
 
@@ -388,11 +401,7 @@ impl Agenda {
     pub(crate) fn push_wake(&mut self, at: Instant, node: u32) {
         let seq = self.next_seq();
         if self.is_local(node, at) {
-            self.local.push(Reverse(Item {
-                at,
-                seq,
-                what: What::Wake(node),
-            }));
+            self.local.push(Reverse(wake_item((at, seq, node))));
         } else {
             self.wakeups.push((at, seq, node));
         }
@@ -417,11 +426,7 @@ impl Agenda {
         let mut wakes = core::mem::take(&mut self.drained_wakes);
         wakes.clear();
         self.wakeups.drain_below(limit, &mut wakes);
-        out.extend(wakes.iter().map(|&(at, seq, node)| Item {
-            at,
-            seq,
-            what: What::Wake(node),
-        }));
+        out.extend(wakes.iter().copied().map(wake_item));
         self.drained_wakes = wakes;
         // Everything before it is out: the change is next.
         change.and_then(|_| self.pop())
@@ -488,13 +493,8 @@ impl Agenda {
             }
             item
         } else {
-            let &(at, seq, node) = self.wakeups.peek().filter(|w| due(w.0))?;
-            self.wakeups.pop();
-            Some(Item {
-                at,
-                seq,
-                what: What::Wake(node),
-            })
+            self.wakeups.peek().filter(|w| due(w.0))?;
+            self.wakeups.pop().map(wake_item)
         }
     }
 
@@ -563,7 +563,15 @@ mod tests {
     /// the rest popping in heap order.
     #[test]
     fn calendar_drains_what_a_heap_pops_before_the_limit() {
-        for (seed, spread) in [(5, 100), (6, 50_000), (7, 400_000), (8, 60_000_000)] {
+        // Windows up to 40 ms (a game's link) and up to 2 s (longer than the ring spans).
+        for (seed, spread, window) in [
+            (5, 100, 40_000),
+            (6, 50_000, 40_000),
+            (7, 400_000, 40_000),
+            (8, 60_000_000, 40_000),
+            (9, 400_000, 2_000_000),
+            (10, 60_000_000, 2_000_000),
+        ] {
             let mut rng = SimRng::new(seed);
             let mut calendar: Calendar<Wake> = Calendar::default();
             let mut heap = BinaryHeap::new();
@@ -578,12 +586,12 @@ mod tests {
                     calendar.push(entry);
                     heap.push(Reverse(entry));
                 }
-                // A window of up to 40 ms from the earliest entry, ending between two
-                // entries' counters or at a round time.
+                // A window from the earliest entry, ending between two entries' counters
+                // or at a round time.
                 let Some(&Reverse((first, _, _))) = heap.peek() else {
                     continue;
                 };
-                let end = first + core::time::Duration::from_micros(rng.below(40_000));
+                let end = first + core::time::Duration::from_micros(rng.below(window));
                 let limit = (
                     end,
                     if rng.chance(0.5) {
