@@ -297,14 +297,14 @@ impl Connection {
             }
         }
         let rx = self.transport.fec_rx.get_or_insert_with(Default::default);
-        rx.on_repair(pn, &covered, repair.symbol);
-        let mut rebuilt = core::mem::take(&mut shared.scratch.rebuilt);
         let received = &self.transport.received;
         let largest = received.largest().unwrap_or(0);
-        rx.solve(
-            |p| p < largest && received.verdict(p) == Verdict::New,
-            |p, frames| rebuilt.push((p, Bytes::copy_from_slice(frames))),
-        );
+        let missing = |p| p < largest && received.verdict(p) == Verdict::New;
+        rx.on_repair(pn, &covered, repair.symbol, missing);
+        let mut rebuilt = core::mem::take(&mut shared.scratch.rebuilt);
+        rx.solve(missing, |p, frames| {
+            rebuilt.push((p, Bytes::copy_from_slice(frames)))
+        });
         for (p, frames) in rebuilt.drain(..) {
             if self.transport.received.verdict(p) != Verdict::New {
                 continue;

@@ -343,13 +343,26 @@ impl RepairDecoder {
     }
 
     /// Takes a repair carried by packet `repair_pn`: `covered` as (packet number, length).
-    pub(crate) fn on_repair(&mut self, repair_pn: u64, covered: &[(u64, usize)], symbol: &[u8]) {
+    /// `missing(pn)` says whether a packet is still wanted: a repair none of whose packets
+    /// is can rebuild nothing, now or later, so it is counted (the peer codes) but its
+    /// symbol is not kept. (`solve` would drop it unused; most repairs are such, so this
+    /// saves a copy per packet on a clean path.)
+    pub(crate) fn on_repair(
+        &mut self,
+        repair_pn: u64,
+        covered: &[(u64, usize)],
+        symbol: &[u8],
+        missing: impl Fn(u64) -> bool,
+    ) {
         self.active = true;
         self.quiet = 0;
         if self.pending.len() == PENDING {
             if let Some(old) = self.pending.pop_front() {
                 self.spare.push(old.symbol);
             }
+        }
+        if !covered.iter().any(|&(pn, _)| missing(pn)) {
+            return;
         }
         let mut buf = self.spare.pop().unwrap_or_default();
         buf.clear();
@@ -567,7 +580,7 @@ mod tests {
                 .iter()
                 .map(|&(d, len)| (newest - u64::from(d), len))
                 .collect();
-            dec.on_repair(repair_pn, &covered, symbol);
+            dec.on_repair(repair_pn, &covered, symbol, |pn| pn == 1 || pn == 2);
         }
         let mut got = Vec::new();
         dec.solve(
@@ -606,7 +619,7 @@ mod tests {
                     .iter()
                     .map(|&(d, len)| (newest - u64::from(d), len))
                     .collect();
-                dec.on_repair(repair_pn, &covered, symbol);
+                dec.on_repair(repair_pn, &covered, symbol, |p| p < 120);
             }
             dec.solve(|p| p < 120, |p, f| rebuilt.push((p, f.to_vec())));
         }
@@ -620,6 +633,16 @@ mod tests {
     }
 
     #[test]
+    fn a_repair_of_packets_that_all_arrived_is_not_kept() {
+        let mut dec = RepairDecoder::default();
+        dec.on_repair(5, &[(3, 100), (4, 100)], &[7; 100], |_| false);
+        assert!(dec.is_active(), "the peer codes");
+        assert!(dec.pending.is_empty(), "nothing it could rebuild");
+        dec.on_repair(6, &[(4, 100), (5, 100)], &[7; 100], |pn| pn == 4);
+        assert_eq!(dec.pending.len(), 1, "one it covers is missing: kept");
+    }
+
+    #[test]
     fn a_receiver_lets_go_of_kept_packets_once_the_peer_stops_coding() {
         let mut dec = RepairDecoder::default();
         dec.on_received(0, &[1; 100], 600);
@@ -627,7 +650,7 @@ mod tests {
             dec.kept.entries.is_empty(),
             "nothing kept before the first repair"
         );
-        dec.on_repair(1, &[(0, 100)], &[7; 100]);
+        dec.on_repair(1, &[(0, 100)], &[7; 100], |_| true);
         for pn in 2..2 + KEPT as u64 {
             dec.on_received(pn, &[1; 100], 600);
         }
