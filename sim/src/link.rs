@@ -6,6 +6,7 @@ use core::time::Duration;
 use shoal_proto::Instant;
 
 use crate::rng::SimRng;
+use crate::simulator::FastMap;
 
 /// Gilbert–Elliott burst loss: a two-state Markov chain stepped once per datagram. In the
 /// good state datagrams are lost with `loss_good`, in the bad state with `loss_bad`.
@@ -309,6 +310,63 @@ pub(crate) struct LinkState {
     last_arrival: Instant,
 }
 
+/// The states of every link that keeps one, found without a hash lookup in the common case.
+///
+/// A node's first peer gets the node's own slot, holding both directions of that pair;
+/// other pairs go to a map. With thousands of clients each talking to one server, every
+/// link is in a slot, and a server tick (which sends in client order) reads the slots in
+/// order rather than at hashed places all over a map.
+#[derive(Debug, Default)]
+pub(crate) struct LinkStates {
+    slots: Vec<PeerLinks>,
+    others: FastMap<(u32, u32), LinkState>,
+}
+
+/// Node `i`'s slot: the links between it and `peer`, each way.
+#[derive(Clone, Copy, Debug)]
+struct PeerLinks {
+    /// `NO_PEER` while the slot is free.
+    peer: u32,
+    out: LinkState,
+    back: LinkState,
+}
+
+const NO_PEER: u32 = u32::MAX;
+
+impl LinkStates {
+    /// The state of the link from node `from` to node `to`, made on first use.
+    pub(crate) fn get(&mut self, from: u32, to: u32) -> &mut LinkState {
+        let (f, t) = (from as usize, to as usize);
+        let need = f.max(t) + 1;
+        if self.slots.len() < need {
+            let free = PeerLinks {
+                peer: NO_PEER,
+                out: LinkState::default(),
+                back: LinkState::default(),
+            };
+            self.slots.resize(need, free);
+        }
+        // A slot's peer never changes once set, so each link stays where it was first put.
+        if self.slots[f].peer == to {
+            return &mut self.slots[f].out;
+        }
+        if self.slots[t].peer == from {
+            return &mut self.slots[t].back;
+        }
+        if !self.others.contains_key(&(from, to)) {
+            if self.slots[f].peer == NO_PEER {
+                self.slots[f].peer = to;
+                return &mut self.slots[f].out;
+            }
+            if self.slots[t].peer == NO_PEER {
+                self.slots[t].peer = from;
+                return &mut self.slots[t].back;
+            }
+        }
+        self.others.entry((from, to)).or_default()
+    }
+}
+
 impl LinkState {
     /// Whether `link` needs state kept between datagrams (otherwise a fresh state will do).
     pub(crate) fn is_needed(link: &LinkConfig) -> bool {
@@ -394,6 +452,37 @@ fn delay(link: &LinkConfig, rng: &mut SimRng) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every link keeps one state of its own however the pairs come: the table agrees with
+    /// a plain map from (from, to) through a star's links and a mesh's, interleaved.
+    #[test]
+    fn link_states_keep_one_state_per_link() {
+        let mut table = LinkStates::default();
+        let mut model: std::collections::HashMap<(u32, u32), u64> = Default::default();
+        let mut rng = SimRng::new(7);
+        for step in 0..20_000u64 {
+            let (from, to) = match rng.below(3) {
+                // A star around node 0 (a client's slot holds both ways).
+                0 => (0, 1 + rng.below(50) as u32),
+                1 => (1 + rng.below(50) as u32, 0),
+                // A mesh among a few nodes (first peers in slots, the rest in the map).
+                _ => {
+                    let a = 40 + rng.below(12) as u32;
+                    let b = 40 + rng.below(12) as u32;
+                    if a == b {
+                        continue;
+                    }
+                    (a, b)
+                }
+            };
+            let state = table.get(from, to);
+            let seen = model.entry((from, to)).or_default();
+            assert_eq!(state.busy_until_ns, *seen, "link {from} -> {to}");
+            state.busy_until_ns = step + 1;
+            *seen = step + 1;
+        }
+        assert!(!table.others.is_empty(), "the mesh used the map too");
+    }
 
     fn run(link: &LinkConfig, n: usize, seed: u64) -> Vec<LinkVerdict> {
         let mut state = LinkState::default();

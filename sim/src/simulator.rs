@@ -14,7 +14,9 @@ use shoal_proto::{
     Config, ConfigError, ConnectError, ConnectionHandle, Endpoint, Event, Instant, MemoryHint,
 };
 
-use crate::link::{DropCause, LinkConfig, LinkConfigError, LinkDrops, LinkState, LinkVerdict};
+use crate::link::{
+    DropCause, LinkConfig, LinkConfigError, LinkDrops, LinkState, LinkStates, LinkVerdict,
+};
 use crate::nat::{Nats, Route};
 use crate::rng::{splitmix64, SimRng};
 use crate::trace::{Fate, Trace, TraceHasher, TraceRecord};
@@ -290,7 +292,7 @@ pub struct Simulator {
     changes: Vec<Option<Change>>,
     default_link: LinkConfig,
     links: FastMap<(u32, u32), LinkConfig>,
-    link_states: FastMap<(u32, u32), LinkState>,
+    link_states: LinkStates,
     links_down: FastSet<(u32, u32)>,
     partitions: Vec<Partition>,
     active_partitions: Vec<usize>,
@@ -342,7 +344,7 @@ impl Simulator {
             changes: Vec::new(),
             default_link: config.default_link,
             links: FastMap::default(),
-            link_states: FastMap::default(),
+            link_states: LinkStates::default(),
             links_down: FastSet::default(),
             partitions: Vec::new(),
             active_partitions: Vec::new(),
@@ -1033,7 +1035,10 @@ impl Simulator {
     }
 
     fn judge(&mut self, from: u32, to: u32, len: usize) -> LinkVerdict {
-        let link = *self.links.get(&(from, to)).unwrap_or(&self.default_link);
+        let link = match self.links.is_empty() {
+            true => self.default_link,
+            false => *self.links.get(&(from, to)).unwrap_or(&self.default_link),
+        };
         if len > link.mtu {
             return LinkVerdict::Drop(DropCause::Mtu);
         }
@@ -1048,7 +1053,7 @@ impl Simulator {
             return LinkVerdict::Drop(DropCause::Partition);
         }
         if LinkState::is_needed(&link) {
-            let state = self.link_states.entry((from, to)).or_default();
+            let state = self.link_states.get(from, to);
             state.transmit(&link, self.now, len, &mut self.rng)
         } else {
             LinkState::default().transmit(&link, self.now, len, &mut self.rng)
