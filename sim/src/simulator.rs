@@ -303,6 +303,8 @@ pub struct Simulator {
     window: Vec<Item>,
     /// Where each node's entries start in `window` (counting sort).
     node_starts: Vec<u32>,
+    /// `by_node`'s sorting buffer.
+    sort_scratch: Vec<Item>,
     /// The nodes of the window being run, in turn (kept for its buffer).
     turns: Vec<u32>,
     /// A window is being run: the wake-up agenda is not rebuilt until it ends.
@@ -352,6 +354,7 @@ impl Simulator {
             drained: Vec::new(),
             window: Vec::new(),
             node_starts: Vec::new(),
+            sort_scratch: Vec::new(),
             turns: Vec::new(),
             in_window: false,
             scratch: vec![0; SCRATCH_LEN],
@@ -745,7 +748,7 @@ impl Simulator {
         // The agenda drains whole buckets unordered: put each node's share in time order.
         for share in out.chunk_by_mut(|a, b| a.node() == b.node()) {
             if share.len() > 1 {
-                share.sort_unstable_by_key(|e| (e.at, e.seq));
+                agenda::sort_by_time(share, &mut self.sort_scratch);
             }
         }
     }

@@ -71,6 +71,7 @@ pub(crate) struct Transport {
 impl Transport {
     /// What hangs off the transport: packet and key rings, received ranges, coding state
     /// (for `MemoryHint`).
+    #[inline(always)]
     pub(crate) fn hints(&self, f: &mut impl crate::hints::Sink) {
         self.sent.hints(f);
         self.received.hints(f);
