@@ -44,7 +44,7 @@ pub(crate) use secure::{
     CONTROL_MAX,
 };
 
-pub(crate) use receive::DataResult;
+pub(crate) use receive::{DataResult, FrameBytes};
 
 /// Pinged packets (reliable frames, probes) received before an acknowledgement goes out
 /// without delay.

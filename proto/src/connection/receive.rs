@@ -17,6 +17,28 @@ pub(crate) enum DataResult {
     Migrated(SocketAddr),
 }
 
+/// A packet's frames, with the buffer they lie in: a payload is handed out as a slice of
+/// the buffer (a reference count, no copy). The endpoint passes the whole opened datagram as
+/// the buffer rather than a slice of it for the frames: a slice would cost a count taken and
+/// given back per datagram, atomic operations that drain the store buffer.
+#[derive(Clone, Copy)]
+pub(crate) struct FrameBytes<'a> {
+    /// Holds `frames`.
+    pub(crate) owner: &'a Bytes,
+    pub(crate) frames: &'a [u8],
+}
+
+impl FrameBytes<'_> {
+    /// `payload` (within `frames`) as shared bytes.
+    fn share(&self, payload: &[u8]) -> Bytes {
+        if payload.is_empty() {
+            Bytes::new()
+        } else {
+            self.owner.slice_ref(payload)
+        }
+    }
+}
+
 impl Connection {
     /// Handles a `Data` packet from `from` addressed to this connection. `frames` holds the
     /// packet's frames; payloads are handed out as slices of it.
@@ -26,7 +48,7 @@ impl Connection {
         from: SocketAddr,
         datagram_len: usize,
         header: &DataHeader<'_>,
-        frames: Bytes,
+        frames: FrameBytes<'_>,
         shared: &mut Shared<'_>,
     ) -> DataResult {
         let config = shared.config;
@@ -63,7 +85,7 @@ impl Connection {
         // First pass: validate every frame before acting on any, so a packet is either
         // accepted whole (and acknowledged) or dropped whole (and retransmitted). Nothing in
         // an unauthenticated packet closes the connection: a forged one looks the same.
-        let to_hold = match self.parse_frames(&frames, config, shared.scratch) {
+        let to_hold = match self.parse_frames(frames, config, shared.scratch) {
             Ok(to_hold) => to_hold,
             Err(reason) => return self.refuse(reason, shared.scratch),
         };
@@ -85,7 +107,7 @@ impl Connection {
         }
         let has_frames = !shared.scratch.parsed_frames.is_empty();
         let newest = self.transport.received.largest().is_none_or(|l| pn > l);
-        let out_of_order = self.deliver_packet(now, pn, &frames, shared);
+        let out_of_order = self.deliver_packet(now, pn, frames, shared);
         self.stats.packets_received += 1;
         self.stats.bytes_received += datagram_len as u64;
         self.rate_in.add(now, datagram_len);
@@ -151,7 +173,7 @@ impl Connection {
     /// hold, or why the packet must be dropped.
     fn parse_frames(
         &mut self,
-        frames: &Bytes,
+        frames: FrameBytes<'_>,
         config: &Config,
         scratch: &mut Scratch,
     ) -> Result<usize, DropReason> {
@@ -163,7 +185,7 @@ impl Connection {
         ordered.clear();
         let max_chunks = chunks_for(config, config.max_message_size);
         let mut verdict = Ok(());
-        for frame in Frames::new(frames) {
+        for frame in Frames::new(frames.frames) {
             let frame = match frame {
                 Ok(f) => f,
                 Err(_) => {
@@ -200,7 +222,7 @@ impl Connection {
                     ordered.push((h.channel, seq, frame.payload.len()));
                 }
             }
-            parsed.push((h, frames.slice_ref(frame.payload)));
+            parsed.push((h, frames.share(frame.payload)));
         }
         to_hold += self.ordered_bytes_to_hold(ordered);
         ordered.clear();
@@ -242,7 +264,7 @@ impl Connection {
         &mut self,
         now: Instant,
         pn: u64,
-        frames: &Bytes,
+        frames: FrameBytes<'_>,
         shared: &mut Shared<'_>,
     ) -> bool {
         let out_of_order = self.transport.received.record(pn, now);
@@ -258,11 +280,11 @@ impl Connection {
             // whole datagram stays in memory, headers and dropped frames included. Charge
             // that to the packet's last event, so the queue's bound is the memory it pins.
             let delivered = (self.stats.payload_bytes_delivered - delivered_before) as usize;
-            let pinned = frames.len().saturating_sub(delivered);
+            let pinned = frames.frames.len().saturating_sub(delivered);
             self.event_bytes += shared.events.charge_last(pinned);
         }
         if let Some(rx) = &mut self.transport.fec_rx {
-            rx.on_received(pn, frames, shared.config.mtu / 2);
+            rx.on_received(pn, frames.frames, shared.config.mtu / 2);
             if !rx.is_active() {
                 self.transport.fec_rx = None; // the peer stopped coding
             }
@@ -305,11 +327,15 @@ impl Connection {
         rx.solve(missing, |p, frames| {
             rebuilt.push((p, Bytes::copy_from_slice(frames)))
         });
-        for (p, frames) in rebuilt.drain(..) {
+        for (p, owner) in rebuilt.drain(..) {
             if self.transport.received.verdict(p) != Verdict::New {
                 continue;
             }
-            let Ok(to_hold) = self.parse_frames(&frames, shared.config, shared.scratch) else {
+            let frames = FrameBytes {
+                owner: &owner,
+                frames: &owner,
+            };
+            let Ok(to_hold) = self.parse_frames(frames, shared.config, shared.scratch) else {
                 // Only a lying peer's repairs rebuild garbage: forget them all, so they cost
                 // no more solving.
                 shared.scratch.parsed_frames.clear();
@@ -324,7 +350,7 @@ impl Connection {
                 continue;
             }
             self.stats.packets_rebuilt += 1;
-            self.deliver_packet(now, p, &frames, shared);
+            self.deliver_packet(now, p, frames, shared);
             // Acknowledge it soon: the sender would otherwise resend it.
             self.transport.ack_now = true;
         }

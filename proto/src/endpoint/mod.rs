@@ -11,8 +11,8 @@ use core::net::SocketAddr;
 
 use crate::config::{Config, ConfigError};
 use crate::connection::{
-    AcceptFields, AcceptOutcome, ClientHandshake, Connection, ControlBytes, DataResult, Scratch,
-    Shared, CONTROL_MAX,
+    AcceptFields, AcceptOutcome, ClientHandshake, Connection, ControlBytes, DataResult, FrameBytes,
+    Scratch, Shared, CONTROL_MAX,
 };
 use crate::crypto::{Protection, PublicKey, Secrets, SHORT_HEADER_LEN};
 use crate::error::{ConnectError, SendError};
@@ -1065,10 +1065,9 @@ impl Endpoint {
         }
         match packet {
             Packet::Data { header, frames } => {
-                let frames = if frames.is_empty() {
-                    Bytes::new()
-                } else {
-                    bytes.slice_ref(frames)
+                let frames = FrameBytes {
+                    owner: &bytes,
+                    frames,
                 };
                 self.on_data(now, from, datagram.len(), (index, c), &header, frames);
             }
@@ -1891,7 +1890,7 @@ impl Endpoint {
         datagram_len: usize,
         (index, mut c): (u32, Box<Connection>),
         header: &crate::wire::DataHeader<'_>,
-        frames: Bytes,
+        frames: FrameBytes<'_>,
     ) {
         // Routed by connection id alone: the address is the connection's to judge (a new one
         // is challenged, never trusted). Message payloads are slices of the opened datagram.
