@@ -94,7 +94,7 @@ pub use link::{BurstLoss, DropCause, LinkConfig, LinkConfigError, LinkDrops};
 pub use nat::{AddNatError, NatConfig, NatId, NatKind, NatMapping, NatStats, MAX_NAT_DEPTH};
 pub use rng::SimRng;
 pub use simulator::{
-    AddNodeError, Application, NodeContext, NodeId, NodeNetwork, PartitionId, RebindError,
-    SimConfig, SimStats, Simulator, MAX_NODES,
+    prefetch, AddNodeError, Application, NodeContext, NodeId, NodeNetwork, PartitionId,
+    RebindError, SimConfig, SimStats, Simulator, MAX_NODES,
 };
 pub use trace::{Fate, TraceRecord};

@@ -27,6 +27,7 @@ pub use app::{Application, NodeContext};
 use app::{QueueEvents, QueueLimit};
 use conditions::{Change, Partition};
 pub use network::NodeNetwork;
+pub use prefetch::prefetch;
 
 /// Port every node starts on.
 const BASE_PORT: u16 = 7000;
@@ -224,6 +225,8 @@ struct Wakes {
 #[repr(C)]
 struct InFlight {
     from: SocketAddr,
+    /// The sending node (for `Application::upcoming`).
+    from_node: u32,
     /// Bytes of the datagram in `inline`; `u16::MAX`: it is in `spill`.
     len: u16,
     inline: [u8; INLINE_DATAGRAM],
@@ -644,7 +647,7 @@ impl Simulator {
         while i < window.len() {
             let node = window[i].node();
             if hinting {
-                self.hint_nodes_ahead(&turns, turn);
+                self.hint_nodes_ahead(&turns, turn, app);
                 turn += 1;
             }
             self.agenda.open_local(node, end);
@@ -654,7 +657,7 @@ impl Simulator {
                     (Some(w), Some(l)) if l < w => self.agenda.pop_local(),
                     (Some(&w), _) => {
                         if hinting {
-                            self.hint_arrivals_ahead(&window[i + 1..], node);
+                            self.hint_arrivals_ahead(&window[i + 1..], node, app);
                         }
                         i += 1;
                         Some(w)
@@ -685,7 +688,7 @@ impl Simulator {
 
     /// Prefetches, stage by stage, what the nodes of the next turns of a window will read:
     /// stage `s` for the node `stages - s` turns after `turns[turn]`.
-    fn hint_nodes_ahead(&self, turns: &[u32], turn: usize) {
+    fn hint_nodes_ahead<A: Application>(&self, turns: &[u32], turn: usize, app: &A) {
         let stages = MemoryHint::Endpoint.stages();
         for stage in 0..stages {
             let ahead = usize::from(stages - stage);
@@ -695,6 +698,9 @@ impl Simulator {
                     MemoryHint::Endpoint,
                     stage,
                 );
+                if stage == 1 {
+                    app.upcoming(NodeId(node), None);
+                }
             }
         }
     }
@@ -702,7 +708,7 @@ impl Simulator {
     /// Prefetches, stage by stage, what the datagrams due next at `node` (`next`, the rest
     /// of its share of the window) will read: their in-flight records, then the connections
     /// they are routed to. A server's share is thousands of datagrams from as many clients.
-    fn hint_arrivals_ahead(&self, next: &[Item], node: u32) {
+    fn hint_arrivals_ahead<A: Application>(&self, next: &[Item], node: u32, app: &A) {
         let stages = usize::from(MemoryHint::Datagram(&[]).stages());
         let endpoint = &self.nodes[node as usize].endpoint;
         for (k, e) in next.iter().take(stages + 1).enumerate() {
@@ -717,9 +723,12 @@ impl Simulator {
             };
             match stages.checked_sub(k + 1) {
                 // Farthest ahead: the record (its datagram's header names the connection).
-                None => prefetch::prefetch((d as *const InFlight).cast(), size_of::<InFlight>()),
+                None => prefetch::prefetch(d),
                 Some(stage) => {
-                    prefetch::hint(endpoint, MemoryHint::Datagram(d.bytes()), stage as u8)
+                    prefetch::hint(endpoint, MemoryHint::Datagram(d.bytes()), stage as u8);
+                    if stage == 0 {
+                        app.upcoming(NodeId(node), Some(NodeId(d.from_node)));
+                    }
                 }
             }
         }
@@ -994,7 +1003,7 @@ impl Simulator {
             ) => {
                 record.fate = Fate::Delivered { at, reordered };
                 self.record(&record, bytes);
-                self.enqueue(at, record.from, to_node, bytes);
+                self.enqueue(at, (from, record.from), to_node, bytes);
                 if reordered {
                     self.stats.reordered += 1;
                 }
@@ -1002,7 +1011,7 @@ impl Simulator {
                     self.stats.duplicates += 1;
                     record.fate = Fate::Duplicate { at };
                     self.record(&record, bytes);
-                    self.enqueue(at, record.from, to_node, bytes);
+                    self.enqueue(at, (from, record.from), to_node, bytes);
                 }
             }
             (LinkVerdict::Drop(cause), _) => {
@@ -1068,12 +1077,15 @@ impl Simulator {
         self.trace.push(*record);
     }
 
-    fn enqueue(&mut self, at: Instant, from: SocketAddr, to_node: u32, bytes: &[u8]) {
+    /// Queues `bytes` from node `from.0` (seen from address `from.1`) for arrival at `at`.
+    fn enqueue(&mut self, at: Instant, from: (u32, SocketAddr), to_node: u32, bytes: &[u8]) {
+        let (from_node, from) = from;
         let slot = match self.free_in_flight.pop() {
             Some(slot) => slot,
             None => {
                 self.in_flight.push(InFlight {
                     from,
+                    from_node,
                     len: 0,
                     inline: [0; INLINE_DATAGRAM],
                     spill: Vec::new(),
@@ -1083,6 +1095,7 @@ impl Simulator {
         };
         if let Some(d) = self.in_flight.get_mut(slot as usize) {
             d.from = from;
+            d.from_node = from_node;
             d.store(bytes);
         }
         self.agenda.push(

@@ -10,7 +10,7 @@ use super::{
     make_payload_in, parse_payload, Kind, ScenarioConfig, Violations, PLOT_BINS, RELIABLE,
     SCATTER_POINTS, SEQUENCED,
 };
-use crate::simulator::{Application, FastMap, NodeContext, NodeId};
+use crate::simulator::{Application, NodeContext, NodeId};
 use crate::LatencyHistogram;
 
 /// Timer tokens.
@@ -107,6 +107,51 @@ pub(super) struct ClientState {
     pub(super) server_lost: bool,
 }
 
+/// The client of each of the server's connections, by the connection's index: a lookup
+/// per message the server gets, which in a hash map missed the cache twice (its control
+/// bytes, then its entry) with thousands of clients.
+#[derive(Debug, Default)]
+pub(super) struct ByConnection {
+    entries: Vec<Option<(ConnectionHandle, u32)>>,
+    len: usize,
+}
+
+impl ByConnection {
+    fn insert(&mut self, conn: ConnectionHandle, client: u32) {
+        let i = conn.index();
+        if self.entries.len() <= i {
+            self.entries.resize(i + 1, None);
+        }
+        // (A closed connection's entry went with its `Disconnected` event.)
+        if self.entries[i].replace((conn, client)).is_none() {
+            self.len += 1;
+        }
+    }
+
+    fn get(&self, conn: ConnectionHandle) -> Option<u32> {
+        match self.entries.get(conn.index())? {
+            Some((c, client)) if *c == conn => Some(*client),
+            _ => None,
+        }
+    }
+
+    fn remove(&mut self, conn: ConnectionHandle) -> Option<u32> {
+        let entry = self.entries.get_mut(conn.index())?;
+        let client = match *entry {
+            Some((c, client)) if c == conn => client,
+            _ => return None,
+        };
+        *entry = None;
+        self.len -= 1;
+        Some(client)
+    }
+
+    /// Connections with a client.
+    pub(super) fn len(&self) -> usize {
+        self.len
+    }
+}
+
 /// The scenario as an [`Application`].
 pub(super) struct Game {
     pub(super) config: ScenarioConfig,
@@ -114,7 +159,7 @@ pub(super) struct Game {
     pub(super) tick: Duration,
     pub(super) traffic_end: Instant,
     pub(super) clients: Vec<ClientState>,
-    pub(super) by_server_conn: FastMap<ConnectionHandle, u32>,
+    pub(super) by_server_conn: ByConnection,
     pub(super) kinds: Vec<KindStats>,
     pub(super) violations: Violations,
     pub(super) request_timeouts: u64,
@@ -145,7 +190,7 @@ impl Game {
                 };
                 config.clients
             ],
-            by_server_conn: FastMap::default(),
+            by_server_conn: ByConnection::default(),
             kinds: (0..Kind::COUNT).map(|_| KindStats::new()).collect(),
             violations: Violations::default(),
             request_timeouts: 0,
@@ -368,7 +413,7 @@ impl Game {
                 payload,
                 ..
             } => {
-                if let Some(&client) = self.by_server_conn.get(&conn) {
+                if let Some(client) = self.by_server_conn.get(conn) {
                     self.receive(now, client as usize, true, channel, &payload);
                 }
             }
@@ -388,7 +433,7 @@ impl Game {
                 }
             }
             Event::Disconnected { conn, reason } => {
-                if let Some(client) = self.by_server_conn.remove(&conn) {
+                if let Some(client) = self.by_server_conn.remove(conn) {
                     let state = &mut self.clients[client as usize];
                     state.server_conn = None;
                     state.server_lost = true;
@@ -458,6 +503,19 @@ impl Application for Game {
             self.on_server_event(ctx, event);
         } else if let Some(client) = self.client_of(Some(ctx.id())) {
             self.on_client_event(ctx, client, event);
+        }
+    }
+
+    /// A client's bookkeeping is read in the turns of its node and, at the server, in those
+    /// handling its datagrams: with thousands of clients it is out of the cache by then.
+    fn upcoming(&self, node: NodeId, from: Option<NodeId>) {
+        let client = if node == self.server {
+            from
+        } else {
+            Some(node)
+        };
+        if let Some(state) = self.client_of(client).and_then(|c| self.clients.get(c)) {
+            crate::prefetch(state);
         }
     }
 

@@ -22,6 +22,15 @@ pub trait Application {
     fn on_timer(&mut self, ctx: &mut NodeContext<'_>, token: u64) {
         let _ = (ctx, token);
     }
+
+    /// A turn of `node` comes soon, in which it handles a datagram from `from` if that is
+    /// given: an application with state per node or per peer can have it on its way to the
+    /// cache ([`prefetch`](crate::prefetch)) so that the callbacks of that turn find it
+    /// there. Called only while [`SimConfig::memory_hints`](super::SimConfig) is on; it
+    /// must change nothing but speed.
+    fn upcoming(&self, node: NodeId, from: Option<NodeId>) {
+        let _ = (node, from);
+    }
 }
 
 /// One node as an [`Application`] callback sees it.
