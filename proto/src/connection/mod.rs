@@ -308,7 +308,8 @@ pub(crate) struct Connection {
 
 impl Connection {
     /// A connection's `MemoryHint` stages: 0 the struct; 1 what hangs off it (packet and
-    /// key rings, received ranges, channels, sent frames, coding state).
+    /// key rings, received ranges, channels, coding state). Each of these measurably pays
+    /// in the simulator with 10,000 clients; the sent-frame slab did not, and is left out.
     pub(crate) fn memory_hints(&self, stage: u8, f: &mut impl crate::hints::Sink) {
         use crate::hints;
         let m = &self.messaging;
@@ -318,7 +319,6 @@ impl Connection {
                 self.transport.hints(f);
                 hints::slice(f, &m.send_channels);
                 hints::slice(f, &m.recv_channels);
-                m.frames.hints(f);
             }
             _ => {}
         }

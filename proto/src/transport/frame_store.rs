@@ -34,16 +34,6 @@ impl<T> Default for FrameStore<T> {
 }
 
 impl<T> FrameStore<T> {
-    /// Where the next frame is stored (for `MemoryHint`).
-    pub(crate) fn hints(&self, f: &mut impl crate::hints::Sink) {
-        if let Some(x) = self.slots.last() {
-            crate::hints::val(f, x);
-        }
-        if let Some(x) = self.free.last() {
-            crate::hints::val(f, x);
-        }
-    }
-
     pub(crate) fn insert(&mut self, value: T) -> FrameKey {
         self.len += 1;
         if let Some(index) = self.free.pop() {
