@@ -36,11 +36,10 @@ impl MemoryHint<'_> {
         match self {
             // Its lines; its buffers and slot table; then a connection's two stages.
             MemoryHint::Endpoint => 4,
-            // The connection's slot entry, then the connection's two stages: the struct,
-            // then what hangs off it. (In the simulator a third connection stage, for the
-            // channels' queues or the coding logs, was within 1% either way; the struct
-            // alone ran 15-20% slower.)
-            _ => 3,
+            // A connection's two stages: the struct, then what hangs off it. (In the
+            // simulator a third, for the channels' queues or the coding logs, was within 1%
+            // either way; the struct alone ran 15-20% slower.)
+            _ => 2,
         }
     }
 }

@@ -407,19 +407,11 @@ impl Endpoint {
                 None => return,
             },
         };
-        // The slot entry first: with thousands of connections the slot table (32 bytes a
-        // connection) is out of the cache too, and reading the connection's address from it
-        // unprefetched stalled the hint (2-3% of a 10,000-client run's time).
-        let Some(s) = self.slots.get(slot) else {
-            return;
-        };
-        match stage {
-            0 => hints::val(&mut sink, s),
-            _ => {
-                if let Some(c) = &s.conn {
-                    c.memory_hints(stage - 1, &mut sink);
-                }
-            }
+        // (The slot table itself is read, not named. A stage of its own for the slot entry
+        // measured within 1% either way with 10,000 clients, so it does not pay for the
+        // instructions it costs every hint.)
+        if let Some(c) = self.slots.get(slot).and_then(|s| s.conn.as_ref()) {
+            c.memory_hints(stage, &mut sink);
         }
     }
 
