@@ -1047,9 +1047,11 @@ impl Simulator {
     }
 
     fn judge(&mut self, from: u32, to: u32, len: usize) -> LinkVerdict {
-        let link = match self.links.is_empty() {
-            true => self.default_link,
-            false => *self.links.get(&(from, to)).unwrap_or(&self.default_link),
+        // (Most runs set no link of their own: no hashing for them.)
+        let link = if self.links.is_empty() {
+            self.default_link
+        } else {
+            *self.links.get(&(from, to)).unwrap_or(&self.default_link)
         };
         if len > link.mtu {
             return LinkVerdict::Drop(DropCause::Mtu);
