@@ -311,6 +311,20 @@ impl Connection {
             self.stats.drops.add(DropReason::ProtocolViolation);
             return;
         };
+        let rx = self.transport.fec_rx.get_or_insert_with(Default::default);
+        let received = &self.transport.received;
+        let largest = received.largest().unwrap_or(0);
+        let missing = |p| p < largest && received.verdict(p) == Verdict::New;
+        // The common case on a lossy path: every packet it covers arrived and no earlier
+        // repair waits. It can rebuild nothing and there is nothing to solve: it only says
+        // that the peer codes.
+        let covers_missing = (0..u64::from(u16::BITS))
+            .filter(|i| repair.mask & (1 << i) != 0)
+            .any(|i| newest.checked_sub(i).is_some_and(missing));
+        if !covers_missing && !rx.has_pending() {
+            rx.on_repair_seen();
+            return;
+        }
         let mut covered: heapless::Vec<(u64, usize), { crate::wire::MAX_REPAIR_COVERAGE }> =
             heapless::Vec::new();
         for (distance, len) in repair.covered() {
@@ -318,10 +332,6 @@ impl Connection {
                 let _ = covered.push((covered_pn, len));
             }
         }
-        let rx = self.transport.fec_rx.get_or_insert_with(Default::default);
-        let received = &self.transport.received;
-        let largest = received.largest().unwrap_or(0);
-        let missing = |p| p < largest && received.verdict(p) == Verdict::New;
         rx.on_repair(pn, &covered, repair.symbol, missing);
         let mut rebuilt = core::mem::take(&mut shared.scratch.rebuilt);
         rx.solve(missing, |p, frames| {

@@ -354,8 +354,7 @@ impl RepairDecoder {
         symbol: &[u8],
         missing: impl Fn(u64) -> bool,
     ) {
-        self.active = true;
-        self.quiet = 0;
+        self.on_repair_seen();
         if self.pending.len() == PENDING {
             if let Some(old) = self.pending.pop_front() {
                 self.spare.push(old.symbol);
@@ -386,6 +385,17 @@ impl RepairDecoder {
             lens,
             symbol: buf,
         });
+    }
+
+    /// A repair arrived: the peer codes (received packets are kept from now on).
+    pub(crate) fn on_repair_seen(&mut self) {
+        self.active = true;
+        self.quiet = 0;
+    }
+
+    /// Whether repairs wait to be solved.
+    pub(crate) fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
     }
 
     /// Drops every pending repair (they rebuilt something that is not a packet).
