@@ -330,13 +330,23 @@ impl<'a> Repair<'a> {
 }
 
 /// Writes a repair block: `covered` lists `(distance below the newest covered, length)`, in
-/// increasing distance, the first at distance 0; `symbol` is the coded frames.
+/// increasing distance, the first at distance 0; `code` writes the symbol into its
+/// `symbol_len` bytes, zeroed, in place. `None` (nothing written) if the block does not fit.
 pub(crate) fn encode_repair(
     w: &mut Writer<'_>,
     distance: u32,
     covered: &[(u32, usize)],
-    symbol: &[u8],
+    symbol_len: usize,
+    code: impl FnOnce(&mut [u8]),
 ) -> Option<()> {
+    let lens = covered
+        .iter()
+        .map(|&(_, len)| u32::try_from(len).ok().map(varint_len))
+        .sum::<Option<usize>>()?;
+    if varint_len(distance) + 2 + lens + symbol_len > w.remaining() {
+        // Measured first, so a block that does not fit is never half written.
+        return None;
+    }
     let mask = covered
         .iter()
         .fold(0u16, |m, &(i, _)| m | 1u16.checked_shl(i).unwrap_or(0));
@@ -345,18 +355,8 @@ pub(crate) fn encode_repair(
     for &(_, len) in covered {
         put_varint(w, u32::try_from(len).ok()?)?;
     }
-    w.put(symbol)
-}
-
-/// Encoded length of a repair block with these covered lengths and symbol.
-pub(crate) fn repair_len(distance: u32, covered: &[(u32, usize)], symbol_len: usize) -> usize {
-    varint_len(distance)
-        + 2
-        + covered
-            .iter()
-            .map(|&(_, len)| varint_len(len as u32))
-            .sum::<usize>()
-        + symbol_len
+    code(w.zeroed(symbol_len)?);
+    Some(())
 }
 
 /// An acknowledgement: the newest packet received, how long ago, and the ranges of packets
@@ -725,13 +725,18 @@ impl<'a> Writer<'a> {
         self.put(&v.to_be_bytes())
     }
     fn zeros(&mut self, n: usize) -> Option<()> {
+        self.zeroed(n).map(|_| ())
+    }
+    /// The next `n` bytes, zeroed, for the caller to fill in place.
+    fn zeroed(&mut self, n: usize) -> Option<&mut [u8]> {
         let end = self.pos.checked_add(n)?;
         if end > self.end {
             return None;
         }
-        self.buf.get_mut(self.pos..end)?.fill(0);
+        let out = self.buf.get_mut(self.pos..end)?;
+        out.fill(0);
         self.pos = end;
-        Some(())
+        Some(out)
     }
 }
 

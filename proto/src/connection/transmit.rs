@@ -309,22 +309,18 @@ impl Connection {
         // Each packet is the newest covered once: one repair per small packet sent, which
         // is what keeps the cost at about one copy.
         let covered_before = self.transport.last_repair_newest;
-        let Some((newest, covered, symbol)) = self
-            .transport
-            .fec_tx
-            .as_mut()
-            .and_then(|tx| tx.build(pn, now, horizon, room, covered_before))
-        else {
+        let Some(tx) = self.transport.fec_tx.as_deref() else {
             return false;
         };
-        let symbol_len = symbol.len();
+        let Some(plan) = tx.plan(now, horizon, room, covered_before) else {
+            return false;
+        };
+        let (newest, symbol_len) = (plan.newest, plan.symbol_len);
         let Ok(distance) = u32::try_from(pn - newest) else {
             return false;
         };
-        if wire::repair_len(distance, &covered, symbol_len) > w.remaining()
-            || wire::encode_repair(w, distance, &covered, symbol).is_none()
-        {
-            // Measured first, so a block that does not fit is never half written.
+        let code = |symbol: &mut [u8]| tx.code(pn, &plan, symbol);
+        if wire::encode_repair(w, distance, &plan.covered, symbol_len, code).is_none() {
             return false;
         }
         self.transport.last_repair_newest = Some(newest);

@@ -148,59 +148,73 @@ pub(crate) type Coverage = heapless::Vec<(u32, usize), COVERAGE>;
 
 /// The frames of the latest `N` packets, oldest first, in one buffer: appended at the back,
 /// forgotten at the front. Coding reads them all for every packet it sends or solves, and a
-/// heap block per packet (as they once were) missed the cache once per packet.
-#[derive(Debug, Default)]
-struct FrameLog<const N: usize> {
-    entries: heapless::Deque<LogEntry, N>,
+/// heap block per packet (as they once were) missed the cache once per packet. `T` is what
+/// else an entry keeps: the encoder its sending time, the decoder nothing.
+#[derive(Debug)]
+struct FrameLog<const N: usize, T> {
+    entries: heapless::Deque<LogEntry<T>, N>,
     /// The frames of `entries`, in order, after those of packets forgotten since the last
     /// compaction.
     bytes: Vec<u8>,
 }
 
+/// 16 bytes, 24 with a time: with thousands of connections coding, the logs are read cold
+/// once per packet, so every line they span is a cache miss (the decoder's log spanned 12
+/// lines with 32-byte entries).
 #[derive(Clone, Copy, Debug)]
-struct LogEntry {
+struct LogEntry<T> {
     pn: u64,
-    /// When it was sent (the encoder's; the decoder keeps `Instant::ZERO`).
-    at: Instant,
-    start: usize,
-    len: usize,
+    /// Offset and length of its frames in `bytes` (a log holds at most `N` packets of at
+    /// most one datagram each, and twice that before compaction: far below 4 GiB).
+    start: u32,
+    len: u32,
+    stamp: T,
 }
 
-impl<const N: usize> FrameLog<N> {
+impl<const N: usize, T> Default for FrameLog<N, T> {
+    fn default() -> Self {
+        FrameLog {
+            entries: heapless::Deque::new(),
+            bytes: Vec::new(),
+        }
+    }
+}
+
+impl<const N: usize, T: Copy> FrameLog<N, T> {
     /// Appends packet `pn`'s frames, forgetting the oldest packet if `N` are kept.
-    fn push(&mut self, pn: u64, at: Instant, frames: &[u8]) {
-        debug_assert!(
-            self.entries.back().is_none_or(|e| e.at <= at),
-            "in time order"
-        );
+    fn push(&mut self, pn: u64, stamp: T, frames: &[u8]) {
         if self.entries.is_full() {
             self.entries.pop_front();
         }
         // Forgotten packets' bytes go once they are as many as the kept ones: the buffer
         // stays within twice what it keeps, and each byte moves about once.
-        let dead = self.entries.front().map_or(self.bytes.len(), |e| e.start);
+        let dead = self
+            .entries
+            .front()
+            .map_or(self.bytes.len(), |e| e.start as usize);
         if dead > 0 && dead >= self.bytes.len() - dead {
             self.bytes.drain(..dead);
             for e in self.entries.iter_mut() {
-                e.start -= dead;
+                e.start -= dead as u32;
             }
         }
-        let start = self.bytes.len();
+        let start = self.bytes.len() as u32;
         self.bytes.extend_from_slice(frames);
         let entry = LogEntry {
             pn,
-            at,
             start,
-            len: frames.len(),
+            len: frames.len() as u32,
+            stamp,
         };
         let _ = self.entries.push_back(entry);
     }
 
-    /// (packet number, time, frames), oldest first.
-    fn iter(&self) -> impl DoubleEndedIterator<Item = (u64, Instant, &[u8])> {
+    /// (packet number, stamp, frames), oldest first.
+    fn iter(&self) -> impl DoubleEndedIterator<Item = (u64, T, &[u8])> {
         self.entries.iter().map(|e| {
-            let frames = self.bytes.get(e.start..e.start + e.len).unwrap_or_default();
-            (e.pn, e.at, frames)
+            let (start, len) = (e.start as usize, e.len as usize);
+            let frames = self.bytes.get(start..start + len).unwrap_or_default();
+            (e.pn, e.stamp, frames)
         })
     }
 
@@ -216,33 +230,42 @@ impl<const N: usize> FrameLog<N> {
 /// The sender's side: the frames of its latest small packets.
 #[derive(Debug, Default)]
 pub(crate) struct RepairEncoder {
-    sent: FrameLog<COVERAGE>,
-    /// The symbol being built (reused).
-    symbol: Vec<u8>,
+    sent: FrameLog<COVERAGE, Instant>,
+}
+
+/// What a repair covers, found before it is written: the newest covered packet, the
+/// coverage as (distance below it, frames length), and the symbol's length (the longest).
+#[derive(Debug)]
+pub(crate) struct RepairPlan {
+    pub(crate) newest: u64,
+    pub(crate) covered: Coverage,
+    pub(crate) symbol_len: usize,
 }
 
 impl RepairEncoder {
     /// Remembers the frames of packet `pn`, sent at `now`.
     pub(crate) fn on_sent(&mut self, pn: u64, now: Instant, frames: &[u8]) {
+        debug_assert!(
+            self.sent.entries.back().is_none_or(|e| e.stamp <= now),
+            "in time order"
+        );
         self.sent.push(pn, now, frames);
     }
 
-    /// Builds the repair for packet `pn` going out at `now`: it covers the packets sent
+    /// Plans the repair for packet `pn` going out at `now`: it covers the packets sent
     /// before this instant and within `horizon`, newest first, as many as a symbol of at
-    /// most `room` bytes allows. Returns the newest covered packet, the coverage as
-    /// (distance below it, length), and the symbol; `None` if nothing is worth covering,
-    /// which includes a newest packet not above `covered_before` (the last repair's).
-    pub(crate) fn build(
-        &mut self,
-        pn: u64,
+    /// most `room` bytes allows. `None` if nothing is worth covering, which includes a
+    /// newest packet not above `covered_before` (the last repair's).
+    pub(crate) fn plan(
+        &self,
         now: Instant,
         horizon: Duration,
         room: usize,
         covered_before: Option<u64>,
-    ) -> Option<(u64, Coverage, &[u8])> {
+    ) -> Option<RepairPlan> {
         let mut covered = Coverage::new();
         let mut newest = None;
-        self.symbol.clear();
+        let mut symbol_len = 0;
         for (covered_pn, sent_at, frames) in self.sent.iter().rev() {
             if now >= sent_at + horizon {
                 // The log is in sending order: the rest are older still.
@@ -263,14 +286,29 @@ impl RepairEncoder {
             if covered.push((distance as u32, frames.len())).is_err() {
                 break;
             }
-            // The symbol is as long as the longest covered packet (shorter ones count as
-            // zero-padded).
-            if frames.len() > self.symbol.len() {
-                self.symbol.resize(frames.len(), 0);
-            }
-            mul_add(&mut self.symbol, coefficient(pn, covered_pn), frames);
+            symbol_len = symbol_len.max(frames.len());
         }
-        Some((newest?, covered, &self.symbol))
+        Some(RepairPlan {
+            newest: newest?,
+            covered,
+            symbol_len,
+        })
+    }
+
+    /// Codes the symbol `plan` describes, for the repair packet `pn` carries, into `symbol`
+    /// (zeroed, `plan.symbol_len` bytes): straight into the packet, with no buffer of its own.
+    /// Shorter frames count as zero-padded.
+    pub(crate) fn code(&self, pn: u64, plan: &RepairPlan, symbol: &mut [u8]) {
+        let mut covered = plan.covered.iter().peekable();
+        for (covered_pn, _, frames) in self.sent.iter().rev() {
+            let Some(&&(distance, _)) = covered.peek() else {
+                break;
+            };
+            if plan.newest.checked_sub(u64::from(distance)) == Some(covered_pn) {
+                mul_add(symbol, coefficient(pn, covered_pn), frames);
+                covered.next();
+            }
+        }
     }
 }
 
@@ -312,7 +350,7 @@ pub(crate) struct RepairDecoder {
     /// Packets received since the last repair: past `2 × KEPT` the peer has stopped coding,
     /// and the kept frames and buffers are given back.
     quiet: usize,
-    kept: FrameLog<KEPT>,
+    kept: FrameLog<KEPT, ()>,
     pending: VecDeque<Pending>,
     spare: Vec<Vec<u8>>,
 }
@@ -332,7 +370,7 @@ impl RepairDecoder {
             return;
         }
         if frames.len() <= max_len {
-            self.kept.push(pn, Instant::ZERO, frames);
+            self.kept.push(pn, (), frames);
         }
     }
 
@@ -517,6 +555,20 @@ impl RepairDecoder {
 mod tests {
     use super::*;
 
+    /// The repair packet `pn` would carry: (newest covered, coverage, symbol).
+    fn build(
+        enc: &RepairEncoder,
+        pn: u64,
+        now: Instant,
+        horizon: Duration,
+        room: usize,
+    ) -> Option<(u64, Coverage, Vec<u8>)> {
+        let plan = enc.plan(now, horizon, room, None)?;
+        let mut symbol = vec![0; plan.symbol_len];
+        enc.code(pn, &plan, &mut symbol);
+        Some((plan.newest, plan.covered, symbol))
+    }
+
     #[cfg(target_pointer_width = "64")]
     #[test]
     fn a_pending_repair_is_kept_in_80_bytes() {
@@ -583,14 +635,13 @@ mod tests {
         dec.on_received(0, &packets[0], usize::MAX);
         dec.on_received(3, &packets[3], usize::MAX);
         for repair_pn in [4u64, 5] {
-            let (newest, covered, symbol) = enc
-                .build(repair_pn, t(10), horizon, 1200, None)
-                .expect("covers");
+            let (newest, covered, symbol) =
+                build(&enc, repair_pn, t(10), horizon, 1200).expect("covers");
             let covered: Vec<(u64, usize)> = covered
                 .iter()
                 .map(|&(d, len)| (newest - u64::from(d), len))
                 .collect();
-            dec.on_repair(repair_pn, &covered, symbol, |pn| pn == 1 || pn == 2);
+            dec.on_repair(repair_pn, &covered, &symbol, |pn| pn == 1 || pn == 2);
         }
         let mut got = Vec::new();
         dec.solve(
@@ -622,14 +673,13 @@ mod tests {
             }
             for extra in 0..2u64 {
                 let repair_pn = 1_000 + block * 2 + extra;
-                let (newest, covered, symbol) = enc
-                    .build(repair_pn, t(500), horizon, 1200, None)
-                    .expect("covers the block");
+                let (newest, covered, symbol) =
+                    build(&enc, repair_pn, t(500), horizon, 1200).expect("covers the block");
                 let covered: Vec<(u64, usize)> = covered
                     .iter()
                     .map(|&(d, len)| (newest - u64::from(d), len))
                     .collect();
-                dec.on_repair(repair_pn, &covered, symbol, |p| p < 120);
+                dec.on_repair(repair_pn, &covered, &symbol, |p| p < 120);
             }
             dec.solve(|p| p < 120, |p, f| rebuilt.push((p, f.to_vec())));
         }
@@ -685,7 +735,7 @@ mod tests {
         fn a_frame_log_keeps_the_last_packets_in_a_bounded_buffer(
             lens in proptest::collection::vec(0usize..600, 1..200),
         ) {
-            let mut log = FrameLog::<COVERAGE>::default();
+            let mut log = FrameLog::<COVERAGE, Instant>::default();
             let mut model: VecDeque<(u64, Vec<u8>)> = VecDeque::new();
             for (pn, &len) in lens.iter().enumerate() {
                 let frames: Vec<u8> = (0..len).map(|i| (pn * 31 + i) as u8).collect();
