@@ -146,15 +146,17 @@ pub(crate) fn coefficient(repair: u64, covered: u64) -> u8 {
 /// What a repair covers: (distance below the newest covered packet, frames length).
 pub(crate) type Coverage = heapless::Vec<(u32, usize), COVERAGE>;
 
-/// The frames of the latest `N` packets, oldest first, in one buffer: appended at the back,
-/// forgotten at the front. Coding reads them all for every packet it sends or solves, and a
-/// heap block per packet (as they once were) missed the cache once per packet. `T` is what
-/// else an entry keeps: the encoder its sending time, the decoder nothing.
+/// The frames of the latest `N` packets, oldest first, in one ring buffer: appended after
+/// the newest, forgotten at the oldest, each packet's frames in one piece (a packet that
+/// does not fit before the buffer's end starts again at its front). Coding reads them for
+/// every packet it sends or solves, and a heap block per packet (as they once were) missed
+/// the cache once per packet; compacting a linear buffer moved every byte once more, into
+/// lines just as cold. `T` is what else an entry keeps: the encoder its sending time, the
+/// decoder nothing.
 #[derive(Debug)]
 struct FrameLog<const N: usize, T> {
     entries: heapless::Deque<LogEntry<T>, N>,
-    /// The frames of `entries`, in order, after those of packets forgotten since the last
-    /// compaction.
+    /// The ring: its whole length is room (it grows, never shrinks, while the log lives).
     bytes: Vec<u8>,
 }
 
@@ -165,10 +167,16 @@ struct FrameLog<const N: usize, T> {
 struct LogEntry<T> {
     pn: u64,
     /// Offset and length of its frames in `bytes` (a log holds at most `N` packets of at
-    /// most one datagram each, and twice that before compaction: far below 4 GiB).
+    /// most one datagram each: far below 4 GiB).
     start: u32,
     len: u32,
     stamp: T,
+}
+
+impl<T> LogEntry<T> {
+    fn end(&self) -> usize {
+        self.start as usize + self.len as usize
+    }
 }
 
 impl<const N: usize, T> Default for FrameLog<N, T> {
@@ -186,27 +194,60 @@ impl<const N: usize, T: Copy> FrameLog<N, T> {
         if self.entries.is_full() {
             self.entries.pop_front();
         }
-        // Forgotten packets' bytes go once they are as many as the kept ones: the buffer
-        // stays within twice what it keeps, and each byte moves about once.
-        let dead = self
-            .entries
-            .front()
-            .map_or(self.bytes.len(), |e| e.start as usize);
-        if dead > 0 && dead >= self.bytes.len() - dead {
-            self.bytes.drain(..dead);
-            for e in self.entries.iter_mut() {
-                e.start -= dead as u32;
-            }
-        }
-        let start = self.bytes.len() as u32;
-        self.bytes.extend_from_slice(frames);
+        let start = match self.room_for(frames.len()) {
+            Some(start) => start,
+            None => self.grow(frames.len()),
+        };
+        let Some(to) = self.bytes.get_mut(start..start + frames.len()) else {
+            return; // (Unreachable: there is room by construction.)
+        };
+        to.copy_from_slice(frames);
         let entry = LogEntry {
             pn,
-            start,
+            start: start as u32,
             len: frames.len() as u32,
             stamp,
         };
         let _ = self.entries.push_back(entry);
+    }
+
+    /// Where `len` bytes fit in one piece after the newest packet's, if they do.
+    fn room_for(&self, len: usize) -> Option<usize> {
+        let (Some(oldest), Some(newest)) = (self.entries.front(), self.entries.back()) else {
+            return (len <= self.bytes.len()).then_some(0);
+        };
+        let (head, tail) = (oldest.start as usize, newest.end());
+        if newest.start >= oldest.start {
+            // Kept bytes in one run, [head, tail): room after it, else before it.
+            if len <= self.bytes.len() - tail {
+                Some(tail)
+            } else {
+                (len <= head).then_some(0)
+            }
+        } else {
+            // Wrapped: room only between the newest and the oldest.
+            (len <= head.saturating_sub(tail)).then_some(tail)
+        }
+    }
+
+    /// Moves the kept frames, oldest first, to the front of a buffer of twice what they and
+    /// `len` more need; returns where the `len` bytes go.
+    fn grow(&mut self, len: usize) -> usize {
+        let kept: usize = self.entries.iter().map(|e| e.len as usize).sum();
+        let mut bytes = vec![0; (2 * (kept + len)).max(64)];
+        let mut at = 0;
+        for e in self.entries.iter_mut() {
+            let (from, n) = (e.start as usize, e.len as usize);
+            if let (Some(to), Some(from)) =
+                (bytes.get_mut(at..at + n), self.bytes.get(from..from + n))
+            {
+                to.copy_from_slice(from);
+            }
+            e.start = at as u32;
+            at += n;
+        }
+        self.bytes = bytes;
+        at
     }
 
     /// (packet number, stamp, frames), oldest first.
@@ -728,28 +769,42 @@ mod tests {
         assert_eq!(dec.spare.capacity(), 0, "buffers given back");
     }
 
-    proptest::proptest! {
-        /// The log gives back exactly the last `N` packets' frames, and its buffer stays
-        /// within twice what it keeps (plus the newest packet).
-        #[test]
-        fn a_frame_log_keeps_the_last_packets_in_a_bounded_buffer(
-            lens in proptest::collection::vec(0usize..600, 1..200),
-        ) {
-            let mut log = FrameLog::<COVERAGE, Instant>::default();
-            let mut model: VecDeque<(u64, Vec<u8>)> = VecDeque::new();
-            for (pn, &len) in lens.iter().enumerate() {
-                let frames: Vec<u8> = (0..len).map(|i| (pn * 31 + i) as u8).collect();
-                log.push(pn as u64, Instant::from_micros(pn as u64), &frames);
-                if model.len() == COVERAGE {
-                    model.pop_front();
-                }
-                model.push_back((pn as u64, frames));
-                let got: Vec<(u64, Vec<u8>)> =
-                    log.iter().map(|(p, _, f)| (p, f.to_vec())).collect();
-                proptest::prop_assert_eq!(&got, &model.iter().cloned().collect::<Vec<_>>());
-                let kept: usize = model.iter().map(|(_, f)| f.len()).sum();
-                proptest::prop_assert!(log.bytes.len() <= 2 * kept + len);
+    /// Pushes packets of these lengths into a log of `N`, checking after each that it gives
+    /// back exactly the last `N` packets' frames, and that its ring is at most twice the
+    /// most it has had to hold.
+    fn check_frame_log<const N: usize>(
+        lens: &[usize],
+    ) -> Result<(), proptest::test_runner::TestCaseError> {
+        let mut log = FrameLog::<N, Instant>::default();
+        let mut model: VecDeque<(u64, Vec<u8>)> = VecDeque::new();
+        let mut most = 0;
+        for (pn, &len) in lens.iter().enumerate() {
+            let frames: Vec<u8> = (0..len).map(|i| (pn * 31 + i) as u8).collect();
+            log.push(pn as u64, Instant::from_micros(pn as u64), &frames);
+            if model.len() == N {
+                model.pop_front();
             }
+            model.push_back((pn as u64, frames));
+            let got: Vec<(u64, Vec<u8>)> = log.iter().map(|(p, _, f)| (p, f.to_vec())).collect();
+            proptest::prop_assert_eq!(&got, &model.iter().cloned().collect::<Vec<_>>());
+            most = most.max(model.iter().map(|(_, f)| f.len()).sum::<usize>());
+            proptest::prop_assert!(log.bytes.len() <= (2 * most).max(64));
+        }
+        Ok(())
+    }
+
+    proptest::proptest! {
+        /// The encoder's log and the decoder's keep what they should in a bounded ring,
+        /// whatever the packets' lengths (mixed, so that packets wrap and the ring grows).
+        #[test]
+        fn a_frame_log_keeps_the_last_packets_in_a_bounded_ring(
+            lens in proptest::collection::vec(
+                proptest::prop_oneof![0usize..8, 0usize..100, 0usize..600],
+                1..300,
+            ),
+        ) {
+            check_frame_log::<COVERAGE>(&lens)?;
+            check_frame_log::<KEPT>(&lens)?;
         }
     }
 }
