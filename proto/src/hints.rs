@@ -61,6 +61,17 @@ pub(crate) fn slice<T>(sink: &mut impl Sink, s: &[T]) {
     }
 }
 
+/// The bytes just before address `at` and the line at it: where a log's newest entries end
+/// (read when coding) and the next begins (written). `at` is only an address: nothing is
+/// read through it.
+pub(crate) fn around(sink: &mut impl Sink, at: usize) {
+    const BEFORE: usize = 128;
+    sink(
+        core::ptr::without_provenance(at.saturating_sub(BEFORE)),
+        BEFORE + 64,
+    );
+}
+
 /// The first and the last element of `d` (where a queue is read and written).
 pub(crate) fn deque_ends<T>(sink: &mut impl Sink, d: &VecDeque<T>) {
     if let Some(x) = d.front() {

@@ -285,6 +285,7 @@ impl Connection {
         }
         if let Some(rx) = &mut self.transport.fec_rx {
             rx.on_received(pn, frames.frames, shared.config.mtu / 2);
+            self.transport.coding_tails[1] = rx.tail_address();
             if !rx.is_active() {
                 self.transport.fec_rx = None; // the peer stopped coding
             }

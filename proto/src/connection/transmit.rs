@@ -257,10 +257,9 @@ impl Connection {
         }
         if coding && frames_written > 0 {
             // A small packet: later repairs cover it.
-            self.transport
-                .fec_tx
-                .get_or_insert_with(Default::default)
-                .on_sent(pn, now, &buf[frames_start..len]);
+            let tx = self.transport.fec_tx.get_or_insert_with(Default::default);
+            tx.on_sent(pn, now, &buf[frames_start..len]);
+            self.transport.coding_tails[0] = tx.tail_address();
         }
         let sealed = match &self.keys {
             Some(packet_keys) => packet_keys.send.seal(pn, out, len),
@@ -308,7 +307,7 @@ impl Connection {
         let horizon = self.transport.sent.rtt.smoothed();
         // Each packet is the newest covered once: one repair per small packet sent, which
         // is what keeps the cost at about one copy.
-        let covered_before = self.transport.last_repair_newest;
+        let covered_before = self.transport.repaired_through.checked_sub(1);
         let Some(tx) = self.transport.fec_tx.as_deref() else {
             return false;
         };
@@ -323,7 +322,7 @@ impl Connection {
         if wire::encode_repair(w, distance, &plan.covered, symbol_len, code).is_none() {
             return false;
         }
-        self.transport.last_repair_newest = Some(newest);
+        self.transport.repaired_through = newest + 1;
         self.stats.repairs_sent += 1;
         self.stats.payload_bytes_transmitted += symbol_len as u64;
         true

@@ -259,6 +259,12 @@ impl<const N: usize, T: Copy> FrameLog<N, T> {
         })
     }
 
+    /// The address where the newest packet's frames end (for memory hints).
+    fn tail_address(&self) -> usize {
+        let end = self.entries.back().map_or(0, LogEntry::end);
+        self.bytes.as_ptr().addr() + end
+    }
+
     fn get(&self, pn: u64) -> Option<&[u8]> {
         self.iter().find(|&(p, _, _)| p == pn).map(|(_, _, f)| f)
     }
@@ -291,6 +297,11 @@ impl RepairEncoder {
             "in time order"
         );
         self.sent.push(pn, now, frames);
+    }
+
+    /// Where the log appends next (for memory hints).
+    pub(crate) fn tail_address(&self) -> usize {
+        self.sent.tail_address()
     }
 
     /// Plans the repair for packet `pn` going out at `now`: it covers the packets sent
@@ -413,6 +424,11 @@ impl RepairDecoder {
         if frames.len() <= max_len {
             self.kept.push(pn, (), frames);
         }
+    }
+
+    /// Where the log appends next (for memory hints).
+    pub(crate) fn tail_address(&self) -> usize {
+        self.kept.tail_address()
     }
 
     /// Whether the peer sends repairs: a decoder goes inactive (and empty) once it has

@@ -64,8 +64,13 @@ pub(crate) struct Transport {
     /// Forward error correction: what we received lately, and repairs not solved yet.
     /// Boxed from the peer's first repair until it stops sending them.
     pub(crate) fec_rx: Option<Box<RepairDecoder>>,
-    /// The newest packet the last repair we sent covered (each is the newest once).
-    pub(crate) last_repair_newest: Option<u64>,
+    /// One past the newest packet the last repair we sent covered, 0 before the first
+    /// (each packet is the newest covered once).
+    pub(crate) repaired_through: u64,
+    /// Where the coding logs append next, what we sent and what we received: addresses, for
+    /// `hints` alone, which cannot read the logs (they hang off boxes not yet in cache). A
+    /// stale one costs a useless prefetch, nothing else.
+    pub(crate) coding_tails: [usize; 2],
 }
 
 impl Transport {
@@ -77,9 +82,11 @@ impl Transport {
         self.received.hints(f);
         if let Some(x) = &self.fec_tx {
             crate::hints::val(f, &**x);
+            crate::hints::around(f, self.coding_tails[0]);
         }
         if let Some(x) = &self.fec_rx {
             crate::hints::val(f, &**x);
+            crate::hints::around(f, self.coding_tails[1]);
         }
     }
 
@@ -102,7 +109,8 @@ impl Transport {
             coding: false,
             fec_tx: None,
             fec_rx: None,
-            last_repair_newest: None,
+            repaired_through: 0,
+            coding_tails: [0; 2],
         }
     }
 }
