@@ -238,7 +238,7 @@ impl<const N: usize, T: Copy> FrameLog<N, T> {
     fn grow(&mut self, len: usize) -> usize {
         let kept: usize = self.entries.iter().map(|e| e.len as usize).sum();
         let need = kept + len;
-        let mut bytes = vec![0; (need + need / 4 + len).max(64)];
+        let mut bytes = alloc::vec![0; (need + need / 4 + len).max(64)];
         let mut at = 0;
         for e in self.entries.iter_mut() {
             let (from, n) = (e.start as usize, e.len as usize);
