@@ -308,7 +308,7 @@ impl RepairEncoder {
         self.sent.tail_address()
     }
 
-    /// Plans the repair for packet `pn` going out at `now`: it covers the packets sent
+    /// Plans the repair for a packet going out at `now`: it covers the packets sent
     /// before this instant and within `horizon`, newest first, as many as a symbol of at
     /// most `room` bytes allows. `None` if nothing is worth covering, which includes a
     /// newest packet not above `covered_before` (the last repair's).
