@@ -763,6 +763,41 @@ mod tests {
         assert_eq!(dec.pending.len(), 1, "one it covers is missing: kept");
     }
 
+    /// A peer decides how long its packets are, not how much the receiver keeps: however it
+    /// mixes lengths, the decoder's ring stays within 5/4 of `KEPT` packets of the longest
+    /// length kept (half an MTU), plus one, and longer packets are not kept at all.
+    #[test]
+    fn a_peer_cannot_grow_the_decoders_ring_past_its_bound() {
+        const MAX_LEN: usize = 600;
+        let mut dec = RepairDecoder::default();
+        dec.on_repair(0, &[(0, 10)], &[7; 10], |_| true);
+        let bound = KEPT * MAX_LEN + KEPT * MAX_LEN / 4 + MAX_LEN;
+        let mut x: u64 = 1;
+        for pn in 1..20_000u64 {
+            // A repair now and then keeps the decoder active; lengths jump about.
+            if pn % 8 == 0 {
+                dec.on_repair_seen();
+            }
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let len = match x >> 62 {
+                0 => 0,
+                1 => (x >> 32) as usize % 64,
+                2 => MAX_LEN,
+                _ => 4 * MAX_LEN, // not kept
+            };
+            dec.on_received(pn, &vec![pn as u8; len], MAX_LEN);
+            assert!(dec.is_active());
+            assert!(
+                dec.kept.bytes.len() <= bound,
+                "ring of {} bytes after packet {pn}",
+                dec.kept.bytes.len()
+            );
+        }
+        assert_eq!(dec.kept.entries.len(), KEPT);
+    }
+
     #[test]
     fn a_receiver_lets_go_of_kept_packets_once_the_peer_stops_coding() {
         let mut dec = RepairDecoder::default();
