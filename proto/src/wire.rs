@@ -851,29 +851,7 @@ impl<'a> Packet<'a> {
                 Packet::Reject { client_nonce, code }
             }
             PacketType::Data => {
-                let connection_id = r.u64()?;
-                let packet_number = r.u32()?;
-                let count = r.u8()?;
-                let ping = count & PING_BIT != 0;
-                let ack = match count & !(PING_BIT | REPAIR_BIT) {
-                    0 => None,
-                    n if usize::from(n) > MAX_ACK_RANGES => return Err(DecodeError::BadField),
-                    n => Some(Ack::decode(&mut r, n)?),
-                };
-                let repair = if count & REPAIR_BIT != 0 {
-                    Some(Repair::decode(&mut r)?)
-                } else {
-                    None
-                };
-                let header = DataHeader {
-                    connection_id,
-                    packet_number,
-                    ping,
-                    ack,
-                    repair,
-                };
-                let frames = r.bytes;
-                r.bytes = &[];
+                let (header, frames) = DataHeader::decode(&mut r)?;
                 Packet::Data { header, frames }
             }
             PacketType::PathChallenge => Packet::PathChallenge {
@@ -1103,6 +1081,45 @@ pub(crate) fn short_header_connection(datagram: &[u8]) -> Option<u64> {
         _ => return None,
     }
     Some(u64::from_be_bytes(*rest.first_chunk::<8>()?))
+}
+
+/// A `Data` packet's header and frames, as [`Packet::decode`] gives them, or `None` if
+/// `datagram` is not a `Data` packet. The path every packet after the handshake takes: it
+/// skips the other types' decoding and the move of a whole [`Packet`].
+pub(crate) fn decode_data(datagram: &[u8]) -> Option<Result<(DataHeader<'_>, &[u8]), DecodeError>> {
+    let (&first, rest) = datagram.split_first()?;
+    if first != first_byte(PacketType::Data) {
+        return None;
+    }
+    Some(DataHeader::decode(&mut Reader { bytes: rest }))
+}
+
+impl<'a> DataHeader<'a> {
+    /// The header after the type byte, and the frames after it (the rest of the packet).
+    fn decode(r: &mut Reader<'a>) -> Result<(DataHeader<'a>, &'a [u8]), DecodeError> {
+        let connection_id = r.u64()?;
+        let packet_number = r.u32()?;
+        let count = r.u8()?;
+        let ping = count & PING_BIT != 0;
+        let ack = match count & !(PING_BIT | REPAIR_BIT) {
+            0 => None,
+            n if usize::from(n) > MAX_ACK_RANGES => return Err(DecodeError::BadField),
+            n => Some(Ack::decode(r, n)?),
+        };
+        let repair = if count & REPAIR_BIT != 0 {
+            Some(Repair::decode(r)?)
+        } else {
+            None
+        };
+        let header = DataHeader {
+            connection_id,
+            packet_number,
+            ping,
+            ack,
+            repair,
+        };
+        Ok((header, core::mem::take(&mut r.bytes)))
+    }
 }
 
 /// The low 32 bits of the packet number in a clear header `short_header_connection` read.
@@ -1493,6 +1510,37 @@ mod tests {
         };
         let ack = Ack::decode(&mut r, 1).expect("decodes");
         assert_eq!(ack.first_range, MAX_VARINT);
+    }
+
+    proptest::proptest! {
+        /// The `Data` decoder of the path after the handshake reads exactly what the general
+        /// decoder does (the same header and frames, the same error) and nothing else.
+        #[test]
+        fn the_data_decoder_agrees_with_the_general_one(
+            first in proptest::prop_oneof![
+                proptest::strategy::Just(first_byte(PacketType::Data)),
+                proptest::num::u8::ANY,
+            ],
+            count in proptest::prop_oneof![0u8..4, proptest::num::u8::ANY],
+            head in proptest::collection::vec(proptest::num::u8::ANY, 0..13),
+            tail in proptest::collection::vec(
+                proptest::prop_oneof![0u8..4, proptest::num::u8::ANY],
+                0..64,
+            ),
+        ) {
+            let mut datagram = alloc::vec![first];
+            datagram.extend_from_slice(&head);
+            if head.len() == 12 {
+                datagram.push(count);
+            }
+            datagram.extend_from_slice(&tail);
+            let general = match Packet::decode(&datagram) {
+                Ok(Packet::Data { header, frames }) => Some(Ok((header, frames))),
+                Err(e) if first == first_byte(PacketType::Data) => Some(Err(e)),
+                _ => None,
+            };
+            proptest::prop_assert_eq!(decode_data(&datagram), general);
+        }
     }
 
     #[test]

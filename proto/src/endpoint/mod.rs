@@ -1049,29 +1049,27 @@ impl Endpoint {
             return;
         };
         c.heard_authentic(now);
-        let Ok(packet) = Packet::decode(&bytes) else {
-            // Authentic but malformed: a broken peer, never acted on.
-            c.stats.drops.add(DropReason::Malformed);
-            self.finish_quiet(index, c);
-            return;
-        };
-        if !c.is_connected() {
-            self.stats.drops.add(DropReason::EarlyPacket);
-            self.finish_quiet(index, c);
-            return;
-        }
-        if c.pending_accept.is_some() && !self.confirm(&mut c) {
-            self.finish(index, c);
-            return;
-        }
-        match packet {
-            Packet::Data { header, frames } => {
+        // Data, nearly every packet, has a decoder of its own; the rarer types the general one.
+        if let Some(data) = wire::decode_data(&bytes) {
+            let Ok((header, frames)) = data else {
+                return self.drop_malformed(index, c);
+            };
+            if let Some(c) = self.ready_to_act(index, c) {
                 let frames = FrameBytes {
                     owner: &bytes,
                     frames,
                 };
                 self.on_data(now, from, datagram.len(), (index, c), &header, frames);
             }
+            return;
+        }
+        let Ok(packet) = Packet::decode(&bytes) else {
+            return self.drop_malformed(index, c);
+        };
+        let Some(mut c) = self.ready_to_act(index, c) else {
+            return;
+        };
+        match packet {
             Packet::Disconnect {
                 packet_number,
                 code,
@@ -1110,11 +1108,29 @@ impl Endpoint {
                 }
                 self.finish(index, c);
             }
-            _ => {
-                c.stats.drops.add(DropReason::Malformed);
-                self.finish_quiet(index, c);
-            }
+            _ => self.drop_malformed(index, c),
         }
+    }
+
+    /// An authentic but malformed packet: a broken peer, never acted on.
+    fn drop_malformed(&mut self, index: u32, mut c: Box<Connection>) {
+        c.stats.drops.add(DropReason::Malformed);
+        self.finish_quiet(index, c);
+    }
+
+    /// `c` back if an authentic packet may act on it now: it is connected, and (a server's
+    /// new connection) its client is confirmed. Otherwise the packet is dropped.
+    fn ready_to_act(&mut self, index: u32, mut c: Box<Connection>) -> Option<Box<Connection>> {
+        if !c.is_connected() {
+            self.stats.drops.add(DropReason::EarlyPacket);
+            self.finish_quiet(index, c);
+            return None;
+        }
+        if c.pending_accept.is_some() && !self.confirm(&mut c) {
+            self.finish(index, c);
+            return None;
+        }
+        Some(c)
     }
 
     /// The client's first authenticated packet: it holds the keys, so the connection is up,
