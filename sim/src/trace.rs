@@ -5,7 +5,7 @@ use core::hash::{Hash, Hasher};
 use core::net::SocketAddr;
 use std::collections::VecDeque;
 
-use shoal_proto::{Event, Instant};
+use shoal_proto::{Event, Instant, Relay};
 
 use crate::link::DropCause;
 use crate::NodeId;
@@ -191,17 +191,40 @@ impl TraceHasher {
                 self.word(1);
                 conn.hash(&mut WordSink(self));
                 self.word(u64::from(*channel) << 32 | u64::from(*sequence));
-                match relay {
-                    Some(r) => self.word(
-                        u64::from(r.owner) << 32 | r.target.map_or(u64::from(u32::MAX), u64::from),
-                    ),
-                    None => self.word(u64::MAX),
-                }
+                self.relay(relay);
+                self.bytes(payload);
+            }
+            // Requests and responses too: their `Debug` form spells the payload out byte by
+            // byte.
+            Event::Request {
+                conn,
+                request,
+                payload,
+                relay,
+            } => {
+                self.word(2);
+                conn.hash(&mut WordSink(self));
+                request.hash(&mut WordSink(self));
+                self.relay(relay);
+                self.bytes(payload);
+            }
+            Event::Response { conn, id, payload } => {
+                self.word(3);
+                conn.hash(&mut WordSink(self));
+                self.word(id.0);
                 self.bytes(payload);
             }
             // Everything else through its `Debug` form, which names every field (and keeps
             // working when the protocol grows new events).
             other => self.debug(other),
+        }
+    }
+
+    fn relay(&mut self, relay: &Option<Relay>) {
+        match relay {
+            Some(r) => self
+                .word(u64::from(r.owner) << 32 | r.target.map_or(u64::from(u32::MAX), u64::from)),
+            None => self.word(u64::MAX),
         }
     }
 
