@@ -334,6 +334,11 @@ struct PeerLinks {
 const NO_PEER: u32 = u32::MAX;
 
 impl LinkStates {
+    /// Node `node`'s slot (the links to its first peer), for a prefetch: nothing is read.
+    pub(crate) fn slot(&self, node: u32) -> Option<&impl Sized> {
+        self.slots.get(node as usize)
+    }
+
     /// The state of the link from node `from` to node `to`, made on first use.
     pub(crate) fn get(&mut self, from: u32, to: u32) -> &mut LinkState {
         let (f, t) = (from as usize, to as usize);

@@ -284,6 +284,10 @@ pub struct Simulator {
     rng: SimRng,
     pub(crate) nodes: Vec<Node>,
     pub(crate) addresses: Vec<SocketAddr>,
+    /// Whether each node is public and still at the address it was created with, where
+    /// `public_node_at` finds it from the address alone (a byte per node, hot in the cache,
+    /// where its address would be a miss per datagram with thousands of nodes).
+    pub(crate) at_first_address: Vec<bool>,
     /// Nodes on the public network, by address (those behind a NAT are in its table).
     pub(crate) owners: FastMap<SocketAddr, u32>,
     pub(crate) nats: Nats,
@@ -342,6 +346,7 @@ impl Simulator {
             rng: SimRng::new(config.seed),
             nodes: Vec::new(),
             addresses: Vec::new(),
+            at_first_address: Vec::new(),
             owners: FastMap::default(),
             nats: Nats::default(),
             agenda: Agenda::default(),
@@ -433,6 +438,7 @@ impl Simulator {
             self.private_nodes += 1;
         }
         self.addresses.push(addr);
+        self.at_first_address.push(nat.is_none());
         self.owners_mut(nat).insert(addr, index);
         Ok(NodeId(index))
     }
@@ -703,8 +709,24 @@ impl Simulator {
                 );
                 if stage == 1 {
                     app.upcoming(NodeId(node), None);
+                    self.hint_engine_records(node);
                 }
             }
+        }
+    }
+
+    /// Prefetches the engine's own records of `node` that its turn reads: its wake-up, its
+    /// address (the source of what it sends) and its links' state.
+    fn hint_engine_records(&self, node: u32) {
+        let i = node as usize;
+        if let Some(w) = self.wakes.get(i) {
+            prefetch::prefetch(w);
+        }
+        if let Some(a) = self.addresses.get(i) {
+            prefetch::prefetch(a);
+        }
+        if let Some(l) = self.link_states.slot(node) {
+            prefetch::prefetch(l);
         }
     }
 
@@ -1030,17 +1052,18 @@ impl Simulator {
         }
     }
 
-    /// The public node at `to` (as `owners` says), found without hashing when `to` is still
-    /// the address the node was created with (`10.x.y.z:7000`, `x.y.z` its number plus one).
+    /// The public node at `to` (as `owners` says), found without hashing or reading its
+    /// address when `to` is still the address it was created with (`10.x.y.z:7000`, `x.y.z`
+    /// its number plus one).
     fn public_node_at(&self, to: SocketAddr) -> Option<u32> {
         if let SocketAddr::V4(v4) = to {
             let [a, b, c, d] = v4.ip().octets();
             if let Some(i) = u32::from_be_bytes([0, b, c, d]).checked_sub(1) {
-                // A public node at `to` is the one `owners` maps `to` to: `owners` follows
-                // every address change, and no two public nodes share an address.
+                // `owners` maps `to` to that node too: no other node can take an address
+                // in use, and the node leaves it only by a rebind, which clears its flag.
                 if a == 10
-                    && self.addresses.get(i as usize) == Some(&to)
-                    && (self.private_nodes == 0 || self.nodes[i as usize].nat.is_none())
+                    && v4.port() == BASE_PORT
+                    && self.at_first_address.get(i as usize) == Some(&true)
                 {
                     return Some(i);
                 }

@@ -427,6 +427,37 @@ fn nat_rebinding_keeps_the_connection_and_the_server_follows_the_new_address() {
 }
 
 #[test]
+fn a_node_that_rebound_is_not_reached_at_the_address_it_left() {
+    let link = LinkConfig {
+        latency: Duration::from_millis(10),
+        ..LinkConfig::default()
+    };
+    let mut sim = sim_with(11, link);
+    let (server, clients) = star(&mut sim, 1);
+    let (client, conn) = clients[0];
+    sim.run_until(ms(1_000));
+    let first = sim.address(server);
+    let moved = sim.rebind(server, None).expect("a free port");
+    assert_ne!(first, moved);
+    for step in 1..=10u64 {
+        sim.endpoint_mut(client)
+            .send(conn, ORDERED, payload(client, ORDERED, step as u32))
+            .expect("send");
+        sim.run_until(ms(1_000 + 50 * step));
+    }
+    let after: Vec<_> = sim
+        .trace()
+        .filter(|r| r.from_node == client && r.time > ms(1_000))
+        .collect();
+    assert!(!after.is_empty());
+    for r in after {
+        assert_eq!(r.to, first, "the client does not know the server moved");
+        assert_eq!(r.to_node, None, "{r}");
+        assert_eq!(r.fate, Fate::Dropped(DropCause::Unroutable), "{r}");
+    }
+}
+
+#[test]
 fn asymmetric_links_delay_each_direction_by_its_own_latency() {
     let mut sim = sim_with(10, LinkConfig::default());
     let (server, clients) = star(&mut sim, 1);

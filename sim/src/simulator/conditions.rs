@@ -240,6 +240,7 @@ impl Simulator {
         owners.remove(&old);
         owners.insert(new, index);
         self.addresses[node.index()] = new;
+        self.at_first_address[node.index()] = false;
         Ok(new)
     }
 
