@@ -76,6 +76,15 @@ pub fn check_wakeups(endpoint: &Endpoint) {
 /// Decodes arbitrary bytes as a packet and its frames; decoding must not panic and a
 /// successful decode must re-encode to the same bytes.
 pub fn parse_packet(data: &[u8]) {
+    // The decoder of the path after the handshake reads exactly what the general one does.
+    match crate::wire::decode_data(data) {
+        Some(Ok((header, frames))) => assert!(
+            matches!(Packet::decode(data), Ok(Packet::Data { header: h, frames: f }) if h == header && f == frames),
+            "decode_data and Packet::decode disagree"
+        ),
+        Some(Err(e)) => assert_eq!(Packet::decode(data).err(), Some(e)),
+        None => assert!(!matches!(Packet::decode(data), Ok(Packet::Data { .. }))),
+    }
     if let Ok(Packet::Data { frames, .. }) = Packet::decode(data) {
         for frame in Frames::new(frames) {
             if frame.is_err() {
