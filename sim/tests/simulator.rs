@@ -48,6 +48,19 @@ fn star(sim: &mut Simulator, clients: usize) -> (NodeId, Vec<(NodeId, Connection
     (server, clients)
 }
 
+/// A server and one connected client over links of 10 ms each way: (sim, server, client,
+/// the client's connection).
+fn pair_at_10ms(seed: u64) -> (Simulator, NodeId, NodeId, ConnectionHandle) {
+    let link = LinkConfig {
+        latency: Duration::from_millis(10),
+        ..LinkConfig::default()
+    };
+    let mut sim = sim_with(seed, link);
+    let (server, clients) = star(&mut sim, 1);
+    let (client, conn) = clients[0];
+    (sim, server, client, conn)
+}
+
 /// Messages (channel, payload) and other events a node saw, with the connection each came on.
 #[derive(Default, Debug)]
 struct Seen {
@@ -219,13 +232,7 @@ fn lossy_duplicating_reordering_link_still_delivers_reliable_once_and_ordered_in
 /// One client sending an ordered message every 100 ms until `until`, with both directions
 /// between it and the server cut from `cut` to `heal`; returns what each side saw.
 fn partitioned_run(cut: Instant, heal: Instant, until: Instant) -> (Simulator, Seen, Seen, u32) {
-    let link = LinkConfig {
-        latency: Duration::from_millis(10),
-        ..LinkConfig::default()
-    };
-    let mut sim = sim_with(5, link);
-    let (server, clients) = star(&mut sim, 1);
-    let (client, conn) = clients[0];
+    let (mut sim, server, client, conn) = pair_at_10ms(5);
     sim.schedule_partition(cut, heal, &[server], &[client]);
     let mut server_seen = Seen::default();
     let mut client_seen = Seen::default();
@@ -367,13 +374,7 @@ fn datagrams_above_the_link_mtu_are_dropped_and_counted() {
 
 #[test]
 fn nat_rebinding_keeps_the_connection_and_the_server_follows_the_new_address() {
-    let link = LinkConfig {
-        latency: Duration::from_millis(10),
-        ..LinkConfig::default()
-    };
-    let mut sim = sim_with(9, link);
-    let (server, clients) = star(&mut sim, 1);
-    let (client, conn) = clients[0];
+    let (mut sim, server, client, conn) = pair_at_10ms(9);
     let old = sim.address(client);
     sim.schedule_rebind(ms(2_000), client, None);
     let mut server_seen = Seen::default();
@@ -428,13 +429,7 @@ fn nat_rebinding_keeps_the_connection_and_the_server_follows_the_new_address() {
 
 #[test]
 fn a_node_that_rebound_is_not_reached_at_the_address_it_left() {
-    let link = LinkConfig {
-        latency: Duration::from_millis(10),
-        ..LinkConfig::default()
-    };
-    let mut sim = sim_with(11, link);
-    let (server, clients) = star(&mut sim, 1);
-    let (client, conn) = clients[0];
+    let (mut sim, server, client, conn) = pair_at_10ms(11);
     sim.run_until(ms(1_000));
     let first = sim.address(server);
     let moved = sim.rebind(server, None).expect("a free port");
@@ -655,15 +650,7 @@ fn disconnect_reaches_the_peer_with_its_code() {
 /// newest packet number may migrate a connection (as in RFC 9000 §9.3).
 #[test]
 fn a_reordered_datagram_from_before_a_rebinding_does_not_move_the_connection_back() {
-    let mut sim = sim_with(
-        16,
-        LinkConfig {
-            latency: Duration::from_millis(10),
-            ..LinkConfig::default()
-        },
-    );
-    let (server, clients) = star(&mut sim, 1);
-    let (client, conn) = clients[0];
+    let (mut sim, server, client, conn) = pair_at_10ms(16);
     sim.run_until(ms(1_000));
     let mut seen = Seen::default();
     drain(&mut sim, server, &mut seen);
