@@ -9,24 +9,33 @@
 
 use shoal_proto::{Endpoint, MemoryHint};
 
-/// Prefetches `len` bytes from `address` (at most [`MAX_BYTES`]), one cache line at a time.
+/// Prefetches every cache line the first `len` bytes at `address` touch (of at most
+/// [`MAX_BYTES`] bytes), one line at a time.
 #[allow(unsafe_code)]
 pub(super) fn prefetch_bytes(address: *const u8, len: usize) {
     #[cfg(target_arch = "x86_64")]
     {
         use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        let mut offset = 0;
-        while offset < len.min(MAX_BYTES) {
+        let at = address as usize;
+        for line in lines_touched(at, len) {
             // SAFETY: a prefetch is only a hint: it never faults, whatever the address (it
             // is dropped if the address is not mapped), and it reads nothing into the
             // program. The pointer is never dereferenced. `_mm_prefetch` is `unsafe` only
             // for its target feature, SSE, which every x86-64 processor has.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(address.wrapping_add(offset).cast()) };
-            offset += LINE;
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(address.wrapping_sub(at - line).cast()) };
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (address, len);
+}
+
+/// The start of each cache line the first `len` bytes at `address` touch (of at most
+/// [`MAX_BYTES`] bytes). Counted from the line `address` is in, not from `address`: a region
+/// that does not start on a line (a 16-byte-aligned connection struct, a ring's element)
+/// would otherwise lose its last line.
+fn lines_touched(address: usize, len: usize) -> core::iter::StepBy<core::ops::Range<usize>> {
+    let first = address - address % LINE;
+    (first..address.saturating_add(len.min(MAX_BYTES))).step_by(LINE)
 }
 
 /// Bytes of a cache line.
@@ -44,4 +53,35 @@ pub fn prefetch<T: ?Sized>(value: &T) {
 /// Prefetches stage `stage` of `hint` at `endpoint`.
 pub(super) fn hint(endpoint: &Endpoint, hint: MemoryHint<'_>, stage: u8) {
     endpoint.memory_hints(hint, stage, prefetch_bytes);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(address: usize, len: usize) -> Vec<usize> {
+        lines_touched(address, len).collect()
+    }
+
+    #[test]
+    fn a_region_that_straddles_a_line_names_both_lines() {
+        assert_eq!(lines(640 + 48, 32), [640, 704]);
+        // 1,376 bytes from 16 bytes into a line reach into a 23rd line.
+        assert_eq!(lines(640 + 16, 1376).len(), 22);
+        assert_eq!(lines(640 + 48, 1376).len(), 23);
+        assert_eq!(lines(640 + 48, 1376).last(), Some(&(640 + 22 * 64)));
+    }
+
+    #[test]
+    fn a_region_within_one_line_names_that_line_once() {
+        assert_eq!(lines(640, 64), [640]);
+        assert_eq!(lines(640 + 8, 8), [640]);
+        assert_eq!(lines(640, 0), Vec::<usize>::new());
+    }
+
+    #[test]
+    fn a_region_longer_than_the_cap_names_only_the_lines_of_its_first_max_bytes() {
+        assert_eq!(lines(640, 1 << 20).len(), MAX_BYTES / LINE);
+        assert_eq!(lines(640 + 32, 1 << 20).len(), MAX_BYTES / LINE + 1);
+    }
 }
