@@ -349,7 +349,7 @@ impl Simulator {
             at_first_address: Vec::new(),
             owners: FastMap::default(),
             nats: Nats::default(),
-            agenda: Agenda::default(),
+            agenda: Agenda::with_write_ahead(config.memory_hints),
             wakes: Vec::new(),
             private_nodes: 0,
             in_flight: Vec::new(),

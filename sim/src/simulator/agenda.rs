@@ -150,7 +150,16 @@ pub(crate) struct Calendar<T> {
     in_ring: usize,
     /// Entries at `current + BUCKETS` buckets and later.
     far: BinaryHeap<Reverse<T>>,
+    /// Prefetch the line a bucket's pushes reach next ([`SimConfig::memory_hints`]).
+    ///
+    /// [`SimConfig::memory_hints`]: super::SimConfig::memory_hints
+    pub(crate) write_ahead: bool,
 }
+
+/// How many entries past a bucket's end [`Calendar::push`] names (with `write_ahead`): far
+/// enough that the line arrives before the pushes reach it (at 10,000 clients, alternating
+/// windows measured 0.982-0.993 against 0.995 for identical policies).
+const WRITE_AHEAD: usize = 3;
 
 impl<T> Default for Calendar<T> {
     fn default() -> Self {
@@ -161,6 +170,7 @@ impl<T> Default for Calendar<T> {
             occupied: vec![0; BUCKETS / 64],
             in_ring: 0,
             far: BinaryHeap::new(),
+            write_ahead: false,
         }
     }
 }
@@ -191,7 +201,16 @@ impl<T: Timed> Calendar<T> {
             self.front.push(Reverse(entry));
         } else if bucket - self.current < BUCKETS as u64 {
             let i = (bucket % BUCKETS as u64) as usize;
-            self.ring[i].push(Reverse(entry));
+            let bucket = &mut self.ring[i];
+            bucket.push(Reverse(entry));
+            if self.write_ahead {
+                // A bucket fills in order, a line every few entries, and its buffer was last
+                // used a ring ago: its next lines are cold. Name the one a few entries on.
+                let ahead = bucket.len() + WRITE_AHEAD;
+                if ahead < bucket.capacity() {
+                    super::prefetch::prefetch_bytes(bucket.as_ptr().wrapping_add(ahead).cast(), 1);
+                }
+            }
             self.occupied[i / 64] |= 1 << (i % 64);
             self.in_ring += 1;
         } else {
@@ -437,6 +456,15 @@ impl Default for Agenda {
 }
 
 impl Agenda {
+    /// An empty agenda whose calendars name the next lines of their buckets as they fill
+    /// (see `Calendar::write_ahead`).
+    pub(crate) fn with_write_ahead(on: bool) -> Self {
+        let mut agenda = Agenda::default();
+        agenda.items.write_ahead = on;
+        agenda.wakeups.write_ahead = on;
+        agenda
+    }
+
     pub(crate) fn next_seq(&mut self) -> u64 {
         self.seq += 1;
         self.seq
