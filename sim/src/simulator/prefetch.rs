@@ -22,7 +22,9 @@ pub(super) fn prefetch_bytes(address: *const u8, len: usize) {
             // is dropped if the address is not mapped), and it reads nothing into the
             // program. The pointer is never dereferenced. `_mm_prefetch` is `unsafe` only
             // for its target feature, SSE, which every x86-64 processor has.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(address.wrapping_sub(at - line).cast()) };
+            unsafe {
+                _mm_prefetch::<_MM_HINT_T0>(address.wrapping_add(line.wrapping_sub(at)).cast())
+            };
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
