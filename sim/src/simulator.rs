@@ -315,8 +315,9 @@ pub struct Simulator {
     node_starts: Vec<u32>,
     /// `by_node`'s sorting buffer.
     sort_scratch: Vec<Item>,
-    /// The nodes of the window being run, in turn (kept for its buffer).
-    turns: Vec<u32>,
+    /// The nodes of the window being run, in turn, each with where its share of the window
+    /// starts (kept for its buffer).
+    turns: Vec<(u32, u32)>,
     /// A window is being run: the wake-up agenda is not rebuilt until it ends.
     in_window: bool,
     scratch: Vec<u8>,
@@ -644,11 +645,12 @@ impl Simulator {
         let mut turns = core::mem::take(&mut self.turns);
         turns.clear();
         if hinting {
-            turns.extend(
-                window
-                    .chunk_by(|a, b| a.node() == b.node())
-                    .map(|s| s[0].node()),
-            );
+            let mut start = 0;
+            turns.extend(window.chunk_by(|a, b| a.node() == b.node()).map(|s| {
+                let turn = (s[0].node(), start as u32);
+                start += s.len();
+                turn
+            }));
         }
         let mut latest = self.now;
         let mut i = 0;
@@ -656,7 +658,7 @@ impl Simulator {
         while i < window.len() {
             let node = window[i].node();
             if hinting {
-                self.hint_nodes_ahead(&turns, turn, app);
+                self.hint_nodes_ahead(&turns, &window, turn, app);
                 turn += 1;
             }
             self.agenda.open_local(node, end);
@@ -696,12 +698,19 @@ impl Simulator {
     }
 
     /// Prefetches, stage by stage, what the nodes of the next turns of a window will read:
-    /// stage `s` for the node `stages - s` turns after `turns[turn]`.
-    fn hint_nodes_ahead<A: Application>(&self, turns: &[u32], turn: usize, app: &A) {
+    /// stage `s` for the node `stages - s` turns after `turns[turn]` (`window`: the window's
+    /// entries, by node).
+    fn hint_nodes_ahead<A: Application>(
+        &self,
+        turns: &[(u32, u32)],
+        window: &[Item],
+        turn: usize,
+        app: &A,
+    ) {
         let stages = MemoryHint::Endpoint.stages();
         for stage in 0..stages {
             let ahead = usize::from(stages - stage);
-            if let Some(&node) = turns.get(turn + ahead) {
+            if let Some(&(node, start)) = turns.get(turn + ahead) {
                 prefetch::hint(
                     &self.nodes[node as usize].endpoint,
                     MemoryHint::Endpoint,
@@ -710,6 +719,21 @@ impl Simulator {
                 if stage == 1 {
                     app.upcoming(NodeId(node), None);
                     self.hint_engine_records(node);
+                    self.hint_first_arrival(window, start as usize, node);
+                }
+            }
+        }
+    }
+
+    /// Prefetches the in-flight record of the first datagram in `node`'s share of the window
+    /// (from `start`), which its turn reads first. The rest are named as the turn runs
+    /// (`hint_arrivals_ahead`), which leaves a client's one datagram out: its record was
+    /// written when the server sent it, a link's latency ago.
+    fn hint_first_arrival(&self, window: &[Item], start: usize, node: u32) {
+        if let Some(What::Arrival { slot, node: to }) = window.get(start).map(|e| e.what) {
+            if to == node {
+                if let Some(d) = self.in_flight.get(slot as usize) {
+                    prefetch::prefetch(d);
                 }
             }
         }
