@@ -385,18 +385,19 @@ fn parse_payload(p: &[u8]) -> Option<Header> {
     })
 }
 
-/// Runs the scenario. `progress` is called with the simulated time every 100 simulated
-/// milliseconds (e.g. to move a progress bar).
-pub fn run(
+/// The scenario's simulator, its nodes and their first timers, and the game that plays it
+/// (`trace_capacity`: datagrams the simulator's trace keeps).
+fn build(
     config: &ScenarioConfig,
-    progress: &mut dyn FnMut(Instant),
-) -> Result<Report, ScenarioError> {
+    trace_capacity: usize,
+) -> Result<(Simulator, Game), ScenarioError> {
     config.validate()?;
     let mut sim = Simulator::new(SimConfig {
         seed: config.seed,
         default_link: config.link,
         node_batching: config.node_batching,
         memory_hints: config.memory_hints,
+        trace_capacity,
         ..SimConfig::default()
     })
     .map_err(ScenarioError::Link)?;
@@ -425,9 +426,18 @@ pub fn run(
         sim.set_timer(client, Instant::from_micros(at), CONNECT);
     }
     sim.set_timer(server, Instant::ZERO, TICK);
+    let game = Game::new(config, server);
+    Ok((sim, game))
+}
 
+/// Runs the scenario. `progress` is called with the simulated time every 100 simulated
+/// milliseconds (e.g. to move a progress bar).
+pub fn run(
+    config: &ScenarioConfig,
+    progress: &mut dyn FnMut(Instant),
+) -> Result<Report, ScenarioError> {
+    let (mut sim, mut game) = build(config, 0)?;
     let traffic_end = Instant::ZERO + config.duration;
-    let mut game = Game::new(config, server);
 
     let slice = Duration::from_millis(100);
     let mut now = Instant::ZERO;
@@ -454,6 +464,45 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The server's tick goes out in chunks (`SERVER_TICK_CHUNK`), each drained before the
+    /// next is queued, yet every connected client's state leaves at the tick's instant.
+    #[test]
+    fn a_server_tick_in_chunks_reaches_every_client_at_the_tick_instant() {
+        let clients = 3 * game::SERVER_TICK_CHUNK + 5;
+        let config = ScenarioConfig {
+            clients,
+            duration: Duration::from_millis(1_600),
+            large_size: 0,
+            protection: Protection::None,
+            // (No loss: a lost handshake would leave a client to connect a second later.)
+            link: LinkConfig {
+                loss: 0.0,
+                ..ScenarioConfig::default().link
+            },
+            ..ScenarioConfig::default()
+        };
+        let (mut sim, mut game) = build(&config, 1 << 20).expect("valid scenario");
+        sim.run_until_with(Instant::from_millis(1_600), &mut game);
+        assert_eq!(sim.trace_evicted(), 0);
+        let server = game.server;
+        let tick = config.tick();
+        let mut ticks_checked = 0;
+        // Every client connected within the 1 s connect window and a round trip.
+        for k in 25..32 {
+            let at = Instant::ZERO + tick * k;
+            let mut reached: Vec<_> = sim
+                .trace()
+                .filter(|r| r.from_node == server && r.time == at)
+                .filter_map(|r| r.to_node)
+                .collect();
+            reached.sort_by_key(|n| n.0);
+            reached.dedup();
+            assert_eq!(reached.len(), clients, "tick at {at:?}");
+            ticks_checked += 1;
+        }
+        assert_eq!(ticks_checked, 7);
+    }
 
     #[test]
     fn payloads_round_trip_and_corruption_is_detected() {

@@ -26,7 +26,7 @@ pub(super) const RESUME_TICK: u64 = 2;
 /// cold twice. With 32 (some 100 KB of connection state) the drain finds them in the cache:
 /// at 10,000 light clients, alternating windows read 0.929-0.930 against one chunk of all
 /// (8: 0.96, 16: 0.94-0.95, 64: 0.94, 256: 0.97, 1,024: 1.00); 0.96 as shipped.
-const SERVER_TICK_CHUNK: usize = 32;
+pub(super) const SERVER_TICK_CHUNK: usize = 32;
 
 /// Delivery statistics of one kind.
 #[derive(Clone, Debug)]
@@ -551,7 +551,8 @@ impl Application for Game {
                     ctx.set_timer(next, TICK);
                     0
                 }
-                _ => self.tick_resume,
+                RESUME_TICK => self.tick_resume,
+                _ => return,
             };
             if let Some(rest) = self.server_tick(ctx, from) {
                 self.tick_resume = rest;
