@@ -127,7 +127,6 @@ pub(super) struct ClientState {
 #[derive(Debug, Default)]
 pub(super) struct ByConnection {
     clients: Vec<u32>,
-    len: usize,
 }
 
 /// An entry without a client.
@@ -139,30 +138,16 @@ impl ByConnection {
         if self.clients.len() <= i {
             self.clients.resize(i + 1, NO_CLIENT);
         }
-        // (A closed connection's entry went with its `Disconnected` event.)
-        if core::mem::replace(&mut self.clients[i], client) == NO_CLIENT {
-            self.len += 1;
-        }
+        self.clients[i] = client;
     }
 
-    /// The client whose server connection `conn` is (`clients` tells a live handle from
-    /// one whose index a later connection took).
+    /// The client whose server connection `conn` is. An entry is live only while its
+    /// client's `server_conn` is `conn`: a closed connection's entry, or one whose index a
+    /// later connection took, names nobody (nothing to remove).
     fn get(&self, conn: ConnectionHandle, clients: &[ClientState]) -> Option<u32> {
         let client = *self.clients.get(conn.index())?;
         let state = clients.get(client as usize)?;
         (state.server_conn == Some(conn)).then_some(client)
-    }
-
-    fn remove(&mut self, conn: ConnectionHandle, clients: &[ClientState]) -> Option<u32> {
-        let client = self.get(conn, clients)?;
-        self.clients[conn.index()] = NO_CLIENT;
-        self.len -= 1;
-        Some(client)
-    }
-
-    /// Connections with a client.
-    pub(super) fn len(&self) -> usize {
-        self.len
     }
 }
 
@@ -453,7 +438,7 @@ impl Game {
                 }
             }
             Event::Disconnected { conn, reason } => {
-                if let Some(client) = self.by_server_conn.remove(conn, &self.clients) {
+                if let Some(client) = self.by_server_conn.get(conn, &self.clients) {
                     let state = &mut self.clients[client as usize];
                     state.server_conn = None;
                     state.server_lost = true;

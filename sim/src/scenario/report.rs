@@ -127,8 +127,11 @@ pub(super) fn build(sim: &Simulator, game: &Game, end: shoal_proto::Instant) -> 
         config: config.clone(),
         simulated: end - shoal_proto::Instant::ZERO,
         kinds: Vec::new(),
-        clients_connected: game.by_server_conn.len()
-            + game.clients.iter().filter(|c| c.server_lost).count(),
+        clients_connected: game
+            .clients
+            .iter()
+            .filter(|c| c.server_conn.is_some() || c.server_lost)
+            .count(),
         disconnects: game.disconnects.clone(),
         datagrams_sent: 0,
         wire_bytes: 0,
