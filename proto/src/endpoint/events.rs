@@ -6,6 +6,7 @@
 use alloc::collections::VecDeque;
 use bytes::Bytes;
 
+use super::queue::DrainingQueue;
 use crate::event::{ConnectionHandle, Event};
 
 /// Tunnelled datagrams held between arriving on the hub connection and being handled (a
@@ -18,7 +19,7 @@ pub(crate) const EVENT_OVERHEAD: usize = 64;
 /// Events waiting for `poll_event`, with the bytes each is charged.
 #[derive(Debug, Default)]
 pub(crate) struct EventQueue {
-    queue: VecDeque<(Event, usize)>,
+    queue: DrainingQueue<(Event, usize), MIN_ROOM>,
     bytes: usize,
     /// The hub connection and tunnel channel whose messages are peer links' datagrams.
     pub(crate) tunnel: Option<(ConnectionHandle, u8)>,
@@ -26,8 +27,6 @@ pub(crate) struct EventQueue {
     pub(crate) tunnelled: VecDeque<(u16, Bytes)>,
     /// Tunnelled datagrams dropped because too many waited.
     pub(crate) tunnel_overflow: u64,
-    /// The most events waiting at once since the queue last emptied.
-    peak: usize,
 }
 
 /// Events the queue keeps room for however quiet it is.
@@ -36,7 +35,7 @@ const MIN_ROOM: usize = 64;
 impl EventQueue {
     /// Where the next event is taken from (for `MemoryHint`).
     pub(crate) fn hints(&self, f: &mut impl crate::hints::Sink) {
-        crate::hints::deque_ends(f, &self.queue);
+        crate::hints::deque_ends(f, self.queue.as_deque());
     }
 
     /// Queues an event; returns the bytes charged for it (data events only: a connection's
@@ -69,7 +68,6 @@ impl EventQueue {
         };
         self.bytes += charge;
         self.queue.push_back((event, charge));
-        self.peak = self.peak.max(self.queue.len());
         charge
     }
 
@@ -86,18 +84,10 @@ impl EventQueue {
         }
     }
 
-    /// The oldest event and the bytes it was charged.
+    /// The oldest event and the bytes it was charged. (Found empty, the queue gives back
+    /// the room of a burst long past.)
     pub(crate) fn pop(&mut self) -> Option<(Event, usize)> {
-        let Some((event, charge)) = self.queue.pop_front() else {
-            // Emptied: room kept for far more than the last round needed (a burst long
-            // past) goes back; a steady load keeps its room and never reallocates.
-            let need = self.peak.max(MIN_ROOM);
-            if self.queue.capacity() > 4 * need {
-                self.queue.shrink_to(need);
-            }
-            self.peak = 0;
-            return None;
-        };
+        let (event, charge) = self.queue.pop_front()?;
         self.bytes -= charge;
         Some((event, charge))
     }

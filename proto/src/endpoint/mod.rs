@@ -31,6 +31,7 @@ use crate::wire::{self, CloseCode, Cookie, DecodeError, Packet, RejectCode, COOK
 
 pub(crate) mod events;
 mod handshake;
+mod queue;
 mod slot_index;
 mod wheel;
 
@@ -40,10 +41,13 @@ use wheel::{Wakeup, Wakeups};
 use events::EventQueue;
 pub(crate) use handshake::wire_budget;
 use handshake::{Admission, UserIds};
+use queue::DrainingQueue;
 
 /// Copies of a `Disconnect` sent when the application closes a connection (it is not
 /// retransmitted, so a few copies make it likely to arrive).
 const DISCONNECT_COPIES: usize = 3;
+/// Handshake replies the control queue keeps room for however quiet it is.
+const CONTROL_MIN_ROOM: usize = 4;
 /// The receive arena's first slab; each next one doubles, up to [`ARENA_MAX_SLAB`], while
 /// slabs fill within [`ARENA_GROW_WITHIN`]. A quiet client endpoint holds half a KiB (a
 /// slab it reuses once the application dropped what it received), a busy server allocates
@@ -231,7 +235,8 @@ pub struct Endpoint {
     wakeups: Wakeups,
     dirty: VecDeque<u32>,
     /// Handshake replies and close notices (packets with no connection state behind them).
-    control: VecDeque<(SocketAddr, ControlBytes)>,
+    /// A connect storm's room goes back once it is sent.
+    control: DrainingQueue<(SocketAddr, ControlBytes), CONTROL_MIN_ROOM>,
     arena: BytesMut,
     budget: ReceiveBudget,
     /// Hides the slot index in the connection ids this endpoint chooses.
@@ -240,26 +245,29 @@ pub struct Endpoint {
     last_looked_up: u32,
     /// `poll_event` has returned events since it last returned `None`.
     taking_events: bool,
+    /// `last_departed` holds something (so that a round of `poll_event` reads it only then).
+    departed_held: bool,
     /// Buffers a connection uses while it takes one packet (shared by all of them).
     scratch: Scratch,
     events: EventQueue,
+    /// (Its first counters are the per-datagram ones.)
+    stats: EndpointStats,
+    /// Size of the arena's next slab (read when the arena takes one; here, it fills the
+    /// line before the config's).
+    arena_slab: usize,
+    /// When the arena last took a new slab.
+    arena_refilled: Instant,
+    config: Config,
+    // ---- handshakes, hub relaying, closing and rarer paths
     /// User data of the connections whose ending events the application took since it last
     /// emptied the queue: readable until it starts taking events again.
     last_departed: Vec<(ConnectionHandle, UserData)>,
-    /// (Its first counters are the per-datagram ones.)
-    stats: EndpointStats,
-    config: Config,
-    // ---- handshakes, hub relaying, closing and rarer paths
     /// Routing of every packet after the handshake whose id does not name its slot (see
     /// `slot_of`).
     by_id: SlotIndex<u64>,
     /// Handshake routing (and one connection per peer address).
     by_addr: SlotIndex<SocketAddr>,
     free_slots: Vec<u32>,
-    /// Size of the arena's next slab.
-    arena_slab: usize,
-    /// When the arena last took a new slab.
-    arena_refilled: Instant,
     next_request_id: u64,
     /// User data of connections whose `Disconnected`/`ConnectFailed` waits in the queue.
     departed: VecDeque<(ConnectionHandle, UserData)>,
@@ -339,7 +347,7 @@ impl Endpoint {
             user_ids: UserIds::new(),
             relay: None,
             events: EventQueue::default(),
-            control: VecDeque::new(),
+            control: DrainingQueue::default(),
             wakeups: Wakeups::default(),
             dirty: VecDeque::new(),
             arena: BytesMut::new(),
@@ -354,6 +362,7 @@ impl Endpoint {
             departed: VecDeque::new(),
             last_departed: Vec::new(),
             taking_events: false,
+            departed_held: false,
             config,
         })
     }
@@ -1365,8 +1374,9 @@ impl Endpoint {
 
     /// The next event for the application, if any.
     pub fn poll_event(&mut self) -> Option<Event> {
-        if !self.taking_events {
+        if !self.taking_events && self.departed_held {
             self.last_departed.clear();
+            self.departed_held = false;
         }
         let Some((event, charge)) = self.events.pop() else {
             self.taking_events = false;
@@ -1385,6 +1395,7 @@ impl Endpoint {
                     self.last_departed.remove(0);
                 }
                 self.last_departed.push(departed);
+                self.departed_held = true;
             }
         }
         if let Event::Connected { conn, .. } = &event {
