@@ -682,6 +682,7 @@ impl Connection {
         }
         self.messaging.frames.trim();
         self.transport.sent.trim();
+        self.transport.received.release_room();
         self.transport.paths.trim();
         if !self.transport.coding {
             self.transport.fec_tx = None;

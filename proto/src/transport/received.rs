@@ -43,6 +43,12 @@ pub(crate) struct ReceivedPackets {
 }
 
 impl ReceivedPackets {
+    /// Gives back room beyond the ranges held (at least one: an idle connection's packets
+    /// extend the newest range in place).
+    pub(crate) fn release_room(&mut self) {
+        self.ranges.shrink_to(self.ranges.len().max(1));
+    }
+
     /// The ends of the ranges (for `MemoryHint`).
     pub(crate) fn hints(&self, f: &mut impl crate::hints::Sink) {
         crate::hints::deque_ends(f, &self.ranges);

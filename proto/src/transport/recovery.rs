@@ -215,10 +215,12 @@ impl SentPackets {
         self.bytes_in_flight + size as u64 <= self.congestion.window()
     }
 
-    /// Gives back the packet records' buffers when no packet is tracked.
+    /// Gives back the packet records' buffers when no packet is tracked, but for room for
+    /// one record: an idle connection's keepalive then never reallocates (an empty ring
+    /// took a four-record block for each keepalive and gave it back at the next).
     pub(crate) fn trim(&mut self) {
         if self.packets.is_empty() {
-            self.packets = VecDeque::new();
+            self.packets.shrink_to(1);
             self.keys = VecDeque::new();
         }
     }
