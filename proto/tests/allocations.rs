@@ -186,6 +186,62 @@ fn idle_keepalives_allocate_nothing() {
     );
 }
 
+/// A flood of handshake requests from made-up addresses fills the server's queue of replies
+/// at most to `max_control_queue` (the rest are dropped and counted), and once the replies
+/// are sent the queue gives its room back: the flood leaves no memory behind.
+#[test]
+fn a_flood_of_handshake_requests_is_capped_and_leaves_no_reply_room_behind() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    const LIMIT: usize = 1024;
+    let mut server = Endpoint::new(Config {
+        max_control_queue: LIMIT,
+        ..swarm_config(1, true)
+    })
+    .expect("valid");
+    let server_addr: SocketAddr = "10.0.0.1:4000".parse().expect("address");
+    let mut client = Endpoint::new(swarm_config(2, false)).expect("valid");
+    let now = Instant::from_millis(1);
+    client.connect(now, server_addr, b"").expect("connect");
+    let mut buf = vec![0u8; 1500];
+    let t = client
+        .poll_transmit(now, &mut buf)
+        .expect("a first handshake packet");
+    let request = buf[..t.len].to_vec();
+    let from = |i: u32| SocketAddr::from(([10, 9, (i / 250) as u8, (i % 250) as u8 + 1], 5000));
+    let mut drain = |server: &mut Endpoint| {
+        let mut sent = 0;
+        while server.poll_transmit(now, &mut buf).is_some() {
+            sent += 1;
+        }
+        sent
+    };
+    // One request and its reply first, so that what a first request makes once is made.
+    server.handle_datagram(now, from(0), &request);
+    drain(&mut server);
+    drain(&mut server);
+    let before = LIVE_BYTES.load(Ordering::Relaxed);
+    let flood = 5 * LIMIT as u32;
+    for i in 1..=flood {
+        server.handle_datagram(now, from(i), &request);
+    }
+    let during = LIVE_BYTES.load(Ordering::Relaxed) - before;
+    assert_eq!(
+        server.stats().replies_dropped,
+        u64::from(flood) - LIMIT as u64,
+        "replies beyond the queue's limit are dropped"
+    );
+    assert_eq!(drain(&mut server), LIMIT, "the queued replies go out");
+    // The next call finds the queue empty after a quiet round: its room goes back.
+    assert_eq!(drain(&mut server), 0);
+    let after = LIVE_BYTES.load(Ordering::Relaxed) - before;
+    println!("a flood of {flood} requests: {during} bytes held at its peak, {after} after");
+    assert!(
+        during < 2 * LIMIT as i64 * 160,
+        "the flood held {during} bytes"
+    );
+    assert!(after < 2048, "the flood left {after} bytes behind");
+}
+
 /// Records of packets in flight need no allocation of their own: a reliable burst of two
 /// dozen packets per frame (more than any small per-connection pool would hold) settles,
 /// after warm-up, into a steady state whose only allocations are the receive arena's: a
