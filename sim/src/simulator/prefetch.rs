@@ -14,34 +14,34 @@ use shoal_proto::{Endpoint, MemoryHint};
 #[allow(unsafe_code)]
 pub(super) fn prefetch_bytes(address: *const u8, len: usize) {
     #[cfg(target_arch = "x86_64")]
-    {
+    each_line(address, len, |line| {
         use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        let (skew, end) = line_span(address as usize, len);
-        let first_line = address.wrapping_sub(skew);
-        // (A plain loop: a `step_by` iterator here cost more instructions than the
-        // prefetches.)
-        let mut offset = 0;
-        while offset < end {
-            // SAFETY: a prefetch is only a hint: it never faults, whatever the address (it
-            // is dropped if the address is not mapped), and it reads nothing into the
-            // program. The pointer is never dereferenced. `_mm_prefetch` is `unsafe` only
-            // for its target feature, SSE, which every x86-64 processor has.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(first_line.wrapping_add(offset).cast()) };
-            offset += LINE;
-        }
-    }
+        // SAFETY: a prefetch is only a hint: it never faults, whatever the address (it is
+        // dropped if the address is not mapped), and it reads nothing into the program. The
+        // pointer is never dereferenced. `_mm_prefetch` is `unsafe` only for its target
+        // feature, SSE, which every x86-64 processor has.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(line.cast()) };
+    });
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (address, len);
 }
 
-/// Where the lines of the first `len` bytes at `address` (at most [`MAX_BYTES`]) lie: how far
-/// `address` is into its line, and how many bytes from that line's start the region ends.
-/// Counted from the line `address` is in, not from `address`: a region that does not start
-/// on a line (a 16-byte-aligned connection struct, a ring's element) would otherwise lose
-/// its last line.
-fn line_span(address: usize, len: usize) -> (usize, usize) {
-    let skew = address % LINE;
-    (skew, skew + len.min(MAX_BYTES))
+/// Calls `f` with the start of each cache line the first `len` bytes at `address` touch (of
+/// at most [`MAX_BYTES`] bytes). Counted from the line `address` is in, not from `address`:
+/// a region that does not start on a line (a 16-byte-aligned connection struct, a ring's
+/// element) would otherwise lose its last line.
+#[inline(always)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+fn each_line(address: *const u8, len: usize, mut f: impl FnMut(*const u8)) {
+    let skew = address as usize % LINE;
+    let first_line = address.wrapping_sub(skew);
+    let end = skew + len.min(MAX_BYTES);
+    // (A plain loop: a `step_by` iterator here cost more instructions than the prefetches.)
+    let mut offset = 0;
+    while offset < end {
+        f(first_line.wrapping_add(offset));
+        offset += LINE;
+    }
 }
 
 /// Bytes of a cache line.
@@ -67,8 +67,11 @@ mod tests {
 
     /// The start of each line `prefetch_bytes` names.
     fn lines(address: usize, len: usize) -> Vec<usize> {
-        let (skew, end) = line_span(address, len);
-        (0..end).step_by(LINE).map(|o| address - skew + o).collect()
+        let mut lines = Vec::new();
+        each_line(core::ptr::without_provenance(address), len, |line| {
+            lines.push(line as usize);
+        });
+        lines
     }
 
     #[test]
