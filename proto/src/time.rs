@@ -152,6 +152,39 @@ impl Default for TimerTable {
 
 const UNSET: u64 = u64::MAX;
 
+/// An optional instant in eight bytes, where `Option<Instant>` takes sixteen: a connection
+/// keeps several, and a server thousands of connections. As in [`TimerTable`], the end of
+/// time (`u64::MAX` µs, which only saturating arithmetic reaches) reads as none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct MaybeInstant(u64);
+
+impl MaybeInstant {
+    /// No instant.
+    pub(crate) const NONE: MaybeInstant = MaybeInstant(UNSET);
+
+    pub(crate) fn get(self) -> Option<Instant> {
+        (self.0 != UNSET).then_some(Instant { micros: self.0 })
+    }
+}
+
+impl Default for MaybeInstant {
+    fn default() -> Self {
+        MaybeInstant::NONE
+    }
+}
+
+impl From<Option<Instant>> for MaybeInstant {
+    fn from(t: Option<Instant>) -> Self {
+        MaybeInstant(t.map_or(UNSET, |t| t.micros))
+    }
+}
+
+impl From<Instant> for MaybeInstant {
+    fn from(t: Instant) -> Self {
+        Some(t).into()
+    }
+}
+
 impl TimerTable {
     pub(crate) fn set(&mut self, timer: Timer, at: Instant) {
         self.deadlines[timer as usize] = at.micros;
@@ -197,6 +230,23 @@ mod tests {
         assert_eq!(t.next(), Some(Instant::from_micros(50)));
         assert!(t.is_expired(Timer::Idle, Instant::from_micros(50)));
         assert!(!t.is_expired(Timer::Idle, Instant::from_micros(49)));
+    }
+
+    #[test]
+    fn a_maybe_instant_takes_eight_bytes_and_round_trips_every_instant_but_the_end_of_time() {
+        assert_eq!(core::mem::size_of::<MaybeInstant>(), 8);
+        assert_eq!(MaybeInstant::default().get(), None);
+        assert_eq!(MaybeInstant::NONE.get(), None);
+        for micros in [0, 1, 40_000, u64::MAX / 2, u64::MAX - 1] {
+            let t = Instant::from_micros(micros);
+            assert_eq!(MaybeInstant::from(t).get(), Some(t));
+            assert_eq!(MaybeInstant::from(Some(t)).get(), Some(t));
+        }
+        assert_eq!(MaybeInstant::from(None).get(), None);
+        assert_eq!(
+            MaybeInstant::from(Instant::from_micros(u64::MAX)).get(),
+            None
+        );
     }
 
     #[test]

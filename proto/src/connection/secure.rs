@@ -106,8 +106,7 @@ impl Connection {
         let Some(hs) = self.client_handshake.as_deref() else {
             return AcceptOutcome::Dropped(DropReason::Unexpected);
         };
-        if !matches!(self.state, State::Connecting { .. }) || accept.protection != config.protection
-        {
+        if !matches!(self.state, State::Connecting) || accept.protection != config.protection {
             return AcceptOutcome::Dropped(DropReason::Unexpected);
         }
         let server_static = accept.static_key.map(PublicKey);

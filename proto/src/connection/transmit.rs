@@ -51,7 +51,7 @@ impl Connection {
         }
         self.more_to_send = false;
         let len = match self.state {
-            State::Hello | State::Connecting { .. } => self.handshake_packet(now, buf, config),
+            State::Hello | State::Connecting => self.handshake_packet(now, buf, config),
             State::Connected => self.data_packet(now, buf, config, outcome),
         }?;
         self.stats.packets_sent += 1;
@@ -81,7 +81,7 @@ impl Connection {
                 protection: config.protection,
             }
             .encode(buf),
-            State::Connecting { .. } => {
+            State::Connecting => {
                 // The same bytes every time: they open the transcript the keys are bound to.
                 let len = hs.connect.len();
                 buf.get_mut(..len)?.copy_from_slice(&hs.connect);
@@ -101,7 +101,7 @@ impl Connection {
     /// connection again.
     pub(crate) fn may_transmit(&self, now: Instant) -> bool {
         match self.state {
-            State::Hello | State::Connecting { .. } => self.handshake_due,
+            State::Hello | State::Connecting => self.handshake_due,
             State::Connected => {
                 self.transport.ack_now
                     || self.timers.is_expired(Timer::Ack, now)
@@ -130,7 +130,7 @@ impl Connection {
         let rtt = self.transport.sent.rtt.smoothed();
         let wants_data = self.has_data_to_send();
         let paced = if wants_data && !probe {
-            self.transport.pacer.delay(now, mtu, window, rtt)
+            self.transport.pacer.delay(now, mtu, window, rtt, config)
         } else {
             None
         };

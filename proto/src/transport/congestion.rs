@@ -2,7 +2,7 @@
 
 use core::time::Duration;
 
-use crate::time::Instant;
+use crate::time::{Instant, MaybeInstant};
 
 /// Smallest congestion window, in packets of `mtu` bytes.
 pub(crate) const MIN_WINDOW_PACKETS: u64 = 4;
@@ -36,7 +36,7 @@ pub(crate) struct NewReno {
     acked: u64,
     /// Losses of packets sent before this instant belong to a congestion event already
     /// responded to.
-    recovery_start: Option<Instant>,
+    recovery_start: MaybeInstant,
 }
 
 impl NewReno {
@@ -47,7 +47,7 @@ impl NewReno {
             window: INITIAL_WINDOW_PACKETS * mtu,
             ssthresh: u64::MAX,
             acked: 0,
-            recovery_start: None,
+            recovery_start: MaybeInstant::NONE,
         }
     }
 
@@ -58,7 +58,12 @@ impl NewReno {
 
 impl Controller for NewReno {
     fn on_ack(&mut self, sent_at: Instant, bytes: u64, app_limited: bool) {
-        if app_limited || self.recovery_start.is_some_and(|start| sent_at <= start) {
+        if app_limited
+            || self
+                .recovery_start
+                .get()
+                .is_some_and(|start| sent_at <= start)
+        {
             return;
         }
         if self.window < self.ssthresh {
@@ -80,13 +85,17 @@ impl Controller for NewReno {
             self.ssthresh = (self.window / 2).max(self.min_window());
             self.window = self.min_window();
             self.acked = 0;
-            self.recovery_start = Some(now);
+            self.recovery_start = now.into();
             return;
         }
-        if self.recovery_start.is_some_and(|start| sent_at <= start) {
+        if self
+            .recovery_start
+            .get()
+            .is_some_and(|start| sent_at <= start)
+        {
             return;
         }
-        self.recovery_start = Some(now);
+        self.recovery_start = now.into();
         self.window = (self.window / 2).max(self.min_window());
         self.ssthresh = self.window;
         self.acked = 0;

@@ -18,7 +18,7 @@ use core::net::SocketAddr;
 
 use crate::config::Config;
 use crate::hash::Prf;
-use crate::time::Instant;
+use crate::time::MaybeInstant;
 use fec::{RepairDecoder, RepairEncoder};
 use pacing::Pacer;
 use path::Paths;
@@ -51,7 +51,7 @@ pub(crate) struct Transport {
     /// The last acknowledgement left out recent ranges: send them in a packet of their own.
     pub(crate) full_ack_due: bool,
     /// When a path challenge from the peer last triggered a probe.
-    pub(crate) last_challenge_probe: Option<Instant>,
+    pub(crate) last_challenge_probe: MaybeInstant,
     /// Loss rate seen recently, in units of 2^-32 (packets lost per packet resolved), which
     /// decides whether small packets are coded (forward error correction).
     pub(crate) loss_rate: u64,
@@ -95,13 +95,13 @@ impl Transport {
             paths: Paths::new(remote, path_key),
             sent: SentPackets::new(config.initial_rtt, config.mtu),
             received: ReceivedPackets::default(),
-            pacer: Pacer::new(config.mtu, config.max_send_rate),
+            pacer: Pacer::new(config),
             ack_now: false,
             eliciting_since_ack: 0,
             lazy_since_ack: 0,
             probes_due: 0,
             full_ack_due: false,
-            last_challenge_probe: None,
+            last_challenge_probe: MaybeInstant::NONE,
             // A new connection codes nothing until its path loses a packet: one loss moves
             // the estimate past the 0.1% that turns coding on. (Coding from the start cost
             // every clean connection a repair per packet for its first couple of thousand.)

@@ -4,7 +4,8 @@
 
 use core::time::Duration;
 
-use crate::time::{micros, Instant};
+use crate::config::Config;
+use crate::time::{micros, Instant, MaybeInstant};
 
 /// Burst allowed at once: the window's share of this interval...
 const BURST_INTERVAL: Duration = Duration::from_millis(2);
@@ -13,60 +14,55 @@ const MIN_BURST_PACKETS: u64 = 10;
 /// ...and at most this many.
 const MAX_BURST_PACKETS: u64 = 64;
 
-/// A token bucket refilled at 5/4 of window / RTT (or the configured cap, if lower).
+/// A token bucket refilled at 5/4 of window / RTT (or `Config::max_send_rate`, if lower).
+/// Sixteen bytes: the bucket's size is worked out at each refill, and the limits are the
+/// config's, passed in rather than copied into every connection.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Pacer {
     tokens: u64,
-    capacity: u64,
-    last: Option<Instant>,
-    max_rate: Option<u64>,
-    mtu: u64,
+    last: MaybeInstant,
 }
 
 impl Pacer {
-    pub(crate) fn new(mtu: usize, max_rate: Option<u64>) -> Self {
-        let mtu = mtu as u64;
+    pub(crate) fn new(config: &Config) -> Self {
         Pacer {
-            tokens: MIN_BURST_PACKETS * mtu,
-            capacity: MIN_BURST_PACKETS * mtu,
-            last: None,
-            max_rate,
-            mtu,
+            tokens: MIN_BURST_PACKETS * config.mtu as u64,
+            last: MaybeInstant::NONE,
         }
     }
 
     /// Bytes per second at this window and RTT.
-    fn rate(&self, window: u64, rtt: Duration) -> u64 {
+    fn rate(window: u64, rtt: Duration, config: &Config) -> u64 {
         let rate = mul_div(
             window.saturating_add(window / 4),
             1_000_000,
             micros(rtt).max(1),
         );
         let rate = rate.max(1);
-        self.max_rate.map_or(rate, |cap| rate.min(cap))
+        config.max_send_rate.map_or(rate, |cap| rate.min(cap))
     }
 
     /// Adds the tokens earned since the last refill; returns the rate.
-    fn refill(&mut self, now: Instant, window: u64, rtt: Duration) -> u64 {
+    fn refill(&mut self, now: Instant, window: u64, rtt: Duration, config: &Config) -> u64 {
+        let mtu = config.mtu as u64;
         let burst = mul_div(window, micros(BURST_INTERVAL), micros(rtt).max(1));
-        let mut capacity = burst.clamp(MIN_BURST_PACKETS * self.mtu, MAX_BURST_PACKETS * self.mtu);
-        if let Some(cap) = self.max_rate {
+        let mut capacity = burst.clamp(MIN_BURST_PACKETS * mtu, MAX_BURST_PACKETS * mtu);
+        if let Some(cap) = config.max_send_rate {
             // A configured rate limit also bounds the burst (1/20 s of it, at least 2 packets).
-            capacity = capacity.min((cap / 20).max(2 * self.mtu));
+            capacity = capacity.min((cap / 20).max(2 * mtu));
         }
-        self.capacity = capacity;
-        let rate = self.rate(window, rtt);
-        match self.last {
+        let rate = Self::rate(window, rtt, config);
+        match self.last.get() {
             Some(last) => {
                 let add = mul_div(micros(now - last), rate, 1_000_000);
                 if add > 0 {
                     self.tokens = self.tokens.saturating_add(add);
-                    self.last = Some(now);
+                    self.last = now.into();
                 }
             }
-            None => self.last = Some(now),
+            None => self.last = now.into(),
         }
-        self.tokens = self.tokens.min(self.capacity);
+        self.tokens = self.tokens.min(capacity);
         rate
     }
 
@@ -77,8 +73,9 @@ impl Pacer {
         bytes: usize,
         window: u64,
         rtt: Duration,
+        config: &Config,
     ) -> Option<Instant> {
-        let rate = self.refill(now, window, rtt);
+        let rate = self.refill(now, window, rtt, config);
         let bytes = bytes as u64;
         if self.tokens >= bytes {
             return None;
@@ -130,13 +127,18 @@ mod tests {
         let mtu = 1200;
         let window = 100 * mtu as u64;
         let rtt = Duration::from_millis(100);
-        let mut p = Pacer::new(mtu, None);
+        let config = Config {
+            mtu,
+            max_send_rate: None,
+            ..Config::default()
+        };
+        let mut p = Pacer::new(&config);
         let t0 = Instant::from_millis(1000);
         let mut now = t0;
         let mut sent = 0;
         let mut burst = 0;
         while sent < 100 {
-            match p.delay(now, mtu, window, rtt) {
+            match p.delay(now, mtu, window, rtt, &config) {
                 None => {
                     p.on_sent(mtu);
                     sent += 1;

@@ -7,6 +7,7 @@
 //! it; after that its packets are processed, and the first one that is also the newest the
 //! connection has seen moves the connection there.
 
+use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::net::SocketAddr;
 use core::time::Duration;
@@ -61,8 +62,9 @@ pub(crate) struct Paths {
     key: Prf,
     tokens: Sequence,
     /// The relay path of a connection tunnelled through a hub: always trusted, and where the
-    /// connection returns when a direct path dies.
-    fallback: Option<SocketAddr>,
+    /// connection returns when a direct path dies. Boxed: only hub connections have one, and
+    /// an address inline would cost every connection 24 bytes more.
+    fallback: Option<Box<SocketAddr>>,
 }
 
 impl Paths {
@@ -72,18 +74,18 @@ impl Paths {
             candidates: Vec::new(),
             key,
             tokens: Sequence::new(Domain::PathToken),
-            fallback: crate::hub::relay_user(current).map(|_| current),
+            fallback: crate::hub::relay_user(current).map(|_| Box::new(current)),
         }
     }
 
     /// The relay path, if this connection is tunnelled through a hub.
     pub(crate) fn fallback(&self) -> Option<SocketAddr> {
-        self.fallback
+        self.fallback.as_deref().copied()
     }
 
     /// Whether the connection talks over a direct path it may fall back from.
     pub(crate) fn on_direct_path(&self) -> bool {
-        self.fallback.is_some_and(|f| f != self.current)
+        self.fallback.as_deref().is_some_and(|&f| f != self.current)
     }
 
     /// Gives back the candidates' buffer when there are none.
@@ -136,7 +138,7 @@ impl Paths {
         attempts: u8,
         interval: Duration,
     ) {
-        if addr == self.current || Some(addr) == self.fallback {
+        if addr == self.current || Some(addr) == self.fallback() {
             return;
         }
         let c = self.candidate(now, addr);
@@ -174,7 +176,7 @@ impl Paths {
         if from == self.current {
             return PathStatus::Current;
         }
-        if Some(from) == self.fallback {
+        if Some(from) == self.fallback() {
             return PathStatus::Validated;
         }
         let c = self.candidate(now, from);

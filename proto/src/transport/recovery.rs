@@ -14,7 +14,7 @@ use core::time::Duration;
 use super::congestion::{persistent_congestion_duration, Controller, NewReno};
 use super::frame_store::FrameKey;
 use super::rtt::RttEstimator;
-use crate::time::Instant;
+use crate::time::{Instant, MaybeInstant};
 use crate::wire::Ack;
 
 /// A packet is lost when a packet this many numbers later has been acknowledged (at first;
@@ -149,7 +149,7 @@ pub(crate) struct SentPackets {
     /// Probe timeouts in a row without an acknowledgement.
     pto_count: u8,
     /// When the newest promptly acknowledged packet left.
-    last_eliciting_sent: Option<Instant>,
+    last_eliciting_sent: MaybeInstant,
     /// Promptly acknowledged packets in flight: the probe timeout runs while there are any.
     prompt_in_flight: u32,
     /// Number of the oldest packet still in flight (or `next_seq` if none is).
@@ -189,7 +189,7 @@ impl SentPackets {
             rtt: RttEstimator::new(initial_rtt),
             congestion: NewReno::new(mtu),
             pto_count: 0,
-            last_eliciting_sent: None,
+            last_eliciting_sent: MaybeInstant::NONE,
             prompt_in_flight: 0,
             oldest_in_flight: 0,
             packet_threshold: PACKET_THRESHOLD,
@@ -293,7 +293,7 @@ impl SentPackets {
         } else {
             self.bytes_in_flight += size as u64;
             if prompt {
-                self.last_eliciting_sent = Some(now);
+                self.last_eliciting_sent = now.into();
                 self.prompt_in_flight += 1;
             }
             PacketState::InFlight
@@ -530,7 +530,7 @@ impl SentPackets {
             // the window forever.
             return Some(p.sent_at + self.lazy_expiry(max_ack_delay));
         }
-        Some(self.last_eliciting_sent? + self.pto(max_ack_delay, max_rto))
+        Some(self.last_eliciting_sent.get()? + self.pto(max_ack_delay, max_rto))
     }
 
     /// How long after it was sent a packet older than an acknowledged one counts as lost:
@@ -589,7 +589,7 @@ impl SentPackets {
 
     /// When the newest promptly acknowledged packet left (or a probe timeout fired).
     pub(crate) fn last_prompt_sent(&self) -> Option<Instant> {
-        self.last_eliciting_sent
+        self.last_eliciting_sent.get()
     }
 
     /// Whether a promptly acknowledged packet is in flight (the probe timeout is armed).
@@ -620,7 +620,7 @@ impl SentPackets {
             if tail && self.prompt_in_flight > 0 {
                 self.pto_count = (self.pto_count + 1).min(MAX_BACKOFF);
                 // Pushes the next probe timeout out by the backoff from now.
-                self.last_eliciting_sent = Some(now);
+                self.last_eliciting_sent = now.into();
                 fired = true;
             } else if tail {
                 self.expire_lazy(now, max_ack_delay);
