@@ -287,11 +287,8 @@ pub(crate) struct Connection {
     pub(crate) more_to_send: bool,
     /// The address the connection moved away from since the endpoint last looked (to a
     /// validated direct path, or back to the relay when a direct path died).
-    pub(crate) moved_from: Option<SocketAddr>,
-    /// When a packet last arrived over the direct path (a peer link off its relay).
-    pub(crate) direct_heard: Instant,
-    /// Addresses probed back because the peer's challenge came from them.
-    pub(crate) probed_back: u8,
+    /// Boxed: a move is rare, and an address inline would cost every connection 24 bytes.
+    pub(crate) moved_from: Option<Box<SocketAddr>>,
     /// The application has taken this connection's `Connected` event.
     pub(crate) announced: bool,
     /// Its `Connected` event was queued: it ends in `Disconnected`, not `ConnectFailed`.
@@ -344,7 +341,7 @@ impl Connection {
         }
         Connection {
             handle,
-            transport: Transport::new(config, remote, path_key),
+            transport: Transport::new(config, remote, path_key, now),
             state: if is_client {
                 State::Hello
             } else {
@@ -387,8 +384,6 @@ impl Connection {
             in_dirty: false,
             more_to_send: false,
             moved_from: None,
-            direct_heard: now,
-            probed_back: 0,
             announced: false,
             reported: false,
             reset: None,
@@ -417,11 +412,13 @@ impl Connection {
             && Some(addr) != self.transport.paths.fallback()
         {
             let old = self.transport.paths.migrate(addr);
-            self.moved_from.get_or_insert(old);
+            self.moved_from.get_or_insert_with(|| Box::new(old));
             // The answer came over it: the direct path was just heard. (Without this, a
             // packet the peer sent through the hub before it moved too would find the
             // direct path "quiet" since before the move, and take the link back.)
-            self.direct_heard = now;
+            if let Some(relay) = self.transport.paths.relay_mut() {
+                relay.direct_heard = now;
+            }
             // What was in flight on the relay is judged on its own merits; new data goes
             // direct from here on.
         }
@@ -843,7 +840,7 @@ impl Connection {
         {
             if let Some(relay) = self.transport.paths.fallback() {
                 let old = self.transport.paths.migrate(relay);
-                self.moved_from.get_or_insert(old);
+                self.moved_from.get_or_insert_with(|| Box::new(old));
                 self.stats.path_fallbacks += 1;
             }
         }
@@ -1054,13 +1051,13 @@ mod tests {
     /// Every connection holds this much however idle (docs/benchmarks.md gives the figure
     /// and what is in it): state only some connections need belongs behind a box made on
     /// first use, not inline. (1,376 once the coding logs' write positions were kept here
-    /// for memory hints, 2-3% faster with 10,000 coding clients; 1,264 since optional
+    /// for memory hints, 2-3% faster with 10,000 coding clients; 1,232 since optional
     /// instants take eight bytes, the pacer keeps no copy of the config's limits, the
-    /// handshake's cookie lives in the handshake's box and a hub path's relay address in one
-    /// of its own.)
+    /// handshake's cookie lives in the handshake's box, a hub connection's path state in one
+    /// of its own, and the address a connection moved from in another.)
     #[test]
-    fn a_connection_struct_stays_within_1264_bytes() {
+    fn a_connection_struct_stays_within_1232_bytes() {
         let size = core::mem::size_of::<Connection>();
-        assert!(size <= 1264, "Connection is {size} bytes");
+        assert!(size <= 1232, "Connection is {size} bytes");
     }
 }

@@ -134,19 +134,27 @@ impl Connection {
         }
         self.update_timers(config);
         let fallback = self.transport.paths.fallback();
-        if status == PathStatus::Current && self.transport.paths.on_direct_path() {
-            self.direct_heard = now;
-        }
-        if status == PathStatus::Validated && newest {
+        let on_direct_path = self.transport.paths.on_direct_path();
+        let quiet_after = (self.transport.sent.rtt.smoothed() * 3).max(DIRECT_QUIET_MIN);
+        let relay = self.transport.paths.relay_mut();
+        if status == PathStatus::Current && on_direct_path {
+            if let Some(relay) = relay {
+                relay.direct_heard = now;
+            }
+        } else if status == PathStatus::Validated && newest {
             // A peer link goes back to its relay only when the direct path has gone quiet:
             // right after a move the peer may still send through the hub for a round trip.
-            let quiet = now.saturating_duration_since(self.direct_heard)
-                > (self.transport.sent.rtt.smoothed() * 3).max(DIRECT_QUIET_MIN);
+            // (Off a hub there is no relay, and any validated path is moved to.)
+            let quiet = relay
+                .as_ref()
+                .is_none_or(|r| now.saturating_duration_since(r.direct_heard) > quiet_after);
             if Some(from) != fallback || quiet {
-                let old = self.transport.paths.migrate(from);
                 if Some(from) != fallback {
-                    self.direct_heard = now;
+                    if let Some(relay) = relay {
+                        relay.direct_heard = now;
+                    }
                 }
+                let old = self.transport.paths.migrate(from);
                 return DataResult::Migrated(old);
             }
         }

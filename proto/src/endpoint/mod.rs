@@ -1573,7 +1573,7 @@ impl Endpoint {
             self.reap(index, conn, reason);
             return;
         }
-        if let Some(old) = conn.moved_from.take() {
+        if let Some(old) = conn.moved_from.take().map(|old| *old) {
             let now = conn.remote();
             if now != old {
                 if self.by_addr.get(&old) == Some(&index) {
@@ -1897,13 +1897,17 @@ impl Endpoint {
             // once the address is proven.
             c.on_path_challenged(now);
         }
-        if c.keys.is_some()
-            && c.transport.paths.fallback().is_some()
-            && Some(from) != c.transport.paths.fallback()
-            && from != c.remote()
-            && c.probed_back < MAX_PROBED_BACK
-        {
-            c.probed_back += 1;
+        let remote = c.remote();
+        let protected = c.keys.is_some();
+        let probe_back = c.transport.paths.relay_mut().is_some_and(|relay| {
+            let probe = protected
+                && from != relay.addr()
+                && from != remote
+                && relay.probed_back < MAX_PROBED_BACK;
+            relay.probed_back += u8::from(probe);
+            probe
+        });
+        if probe_back {
             // A peer link's peer probes us from an address of its own (behind a NAT that
             // maps each destination anew, it is not the one the hub saw): probe it back, so
             // both sides validate the path the peer's NAT actually opened.
@@ -1932,7 +1936,7 @@ impl Endpoint {
         if let DataResult::Migrated(old) =
             c.handle_data(now, from, datagram_len, header, frames, &mut shared)
         {
-            c.moved_from.get_or_insert(old);
+            c.moved_from.get_or_insert_with(|| Box::new(old));
         }
         // Nothing of this packet stays in the shared buffers for the next connection (every
         // test run checks it: they run with debug assertions).

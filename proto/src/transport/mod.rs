@@ -18,7 +18,7 @@ use core::net::SocketAddr;
 
 use crate::config::Config;
 use crate::hash::Prf;
-use crate::time::MaybeInstant;
+use crate::time::{Instant, MaybeInstant};
 use fec::{RepairDecoder, RepairEncoder};
 use pacing::Pacer;
 use path::Paths;
@@ -90,9 +90,9 @@ impl Transport {
         }
     }
 
-    pub(crate) fn new(config: &Config, remote: SocketAddr, path_key: Prf) -> Self {
+    pub(crate) fn new(config: &Config, remote: SocketAddr, path_key: Prf, now: Instant) -> Self {
         Transport {
-            paths: Paths::new(remote, path_key),
+            paths: Paths::new(remote, path_key, now),
             sent: SentPackets::new(config.initial_rtt, config.mtu),
             received: ReceivedPackets::default(),
             pacer: Pacer::new(config),

@@ -61,31 +61,61 @@ pub(crate) struct Paths {
     candidates: Vec<Candidate>,
     key: Prf,
     tokens: Sequence,
-    /// The relay path of a connection tunnelled through a hub: always trusted, and where the
-    /// connection returns when a direct path dies. Boxed: only hub connections have one, and
-    /// an address inline would cost every connection 24 bytes more.
-    fallback: Option<Box<SocketAddr>>,
+    /// A connection tunnelled through a hub: its relay path and what it knows of the direct
+    /// one. Boxed: only hub connections have one, and inline it would cost every connection
+    /// 40 bytes more.
+    relay: Option<Box<RelayPath>>,
+}
+
+/// What a connection tunnelled through a hub keeps of its paths.
+#[derive(Debug)]
+pub(crate) struct RelayPath {
+    /// The relay path: always trusted, and where the connection returns when a direct path
+    /// dies.
+    addr: SocketAddr,
+    /// When a packet last arrived over the direct path (a peer link off its relay).
+    pub(crate) direct_heard: Instant,
+    /// Addresses probed back because the peer's challenge came from them.
+    pub(crate) probed_back: u8,
+}
+
+impl RelayPath {
+    /// The relay path's address.
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
 }
 
 impl Paths {
-    pub(crate) fn new(current: SocketAddr, key: Prf) -> Self {
+    pub(crate) fn new(current: SocketAddr, key: Prf, now: Instant) -> Self {
         Paths {
             current,
             candidates: Vec::new(),
             key,
             tokens: Sequence::new(Domain::PathToken),
-            fallback: crate::hub::relay_user(current).map(|_| Box::new(current)),
+            relay: crate::hub::relay_user(current).map(|_| {
+                Box::new(RelayPath {
+                    addr: current,
+                    direct_heard: now,
+                    probed_back: 0,
+                })
+            }),
         }
     }
 
     /// The relay path, if this connection is tunnelled through a hub.
     pub(crate) fn fallback(&self) -> Option<SocketAddr> {
-        self.fallback.as_deref().copied()
+        self.relay.as_ref().map(|r| r.addr)
+    }
+
+    /// The hub connection's path state (`None` off a hub).
+    pub(crate) fn relay_mut(&mut self) -> Option<&mut RelayPath> {
+        self.relay.as_deref_mut()
     }
 
     /// Whether the connection talks over a direct path it may fall back from.
     pub(crate) fn on_direct_path(&self) -> bool {
-        self.fallback.as_deref().is_some_and(|&f| f != self.current)
+        self.relay.as_ref().is_some_and(|r| r.addr != self.current)
     }
 
     /// Gives back the candidates' buffer when there are none.
@@ -249,7 +279,7 @@ mod tests {
 
     #[test]
     fn a_new_address_is_challenged_within_its_credit_and_validated_by_the_token() {
-        let mut p = Paths::new(addr("10.0.0.1:1"), Prf::from_key([1; 16]));
+        let mut p = Paths::new(addr("10.0.0.1:1"), Prf::from_key([1; 16]), Instant::ZERO);
         let rtt = Duration::from_millis(50);
         let t = Instant::from_millis(1);
         let new = addr("10.0.0.9:1");
@@ -281,7 +311,7 @@ mod probe_tests {
     fn a_probed_address_is_challenged_a_few_times_without_credit_until_it_answers() {
         let relay = crate::hub::relay_address(7);
         let direct: SocketAddr = "198.51.100.7:4000".parse().expect("address");
-        let mut p = Paths::new(relay, Prf::from_key([2; 16]));
+        let mut p = Paths::new(relay, Prf::from_key([2; 16]), Instant::ZERO);
         assert_eq!(p.fallback(), Some(relay));
         assert!(!p.on_direct_path());
         let t0 = Instant::from_millis(10);
