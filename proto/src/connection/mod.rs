@@ -174,20 +174,18 @@ struct Messaging {
     /// when a frame leaves one there, cleared where the channel is seen without any, so the
     /// reassembly deadline (computed for every packet) reads only those channels.
     partial_channels: u16,
-    /// Responses to send: (channel, response).
-    responses: VecDeque<(u8, Outgoing)>,
+    /// Responses to send, made on the first one (most connections answer no request) and
+    /// given back once idle.
+    responses: Option<Box<Responses>>,
     frames: FrameStore<SentFrame>,
     resend: VecDeque<FrameKey>,
-    rr_cursor: usize,
+    /// The lane `write_new_frames` starts at (at most `MAX_CHANNELS`, the responses' lane).
+    rr_cursor: u8,
     /// Reassembly the peer may be holding for our large reliable messages: each started one
     /// counts until the channel window moves past it (the peer has delivered it by then).
     /// A new one starts only while this stays within the peer's budget, so a well-behaved
     /// sender never makes the receiver refuse a packet for lack of reassembly memory.
     large_in_window: usize,
-    /// Unacknowledged chunks of the large response being sent (one at a time), and its
-    /// reservation.
-    open_response_chunks: u32,
-    open_response_reserved: usize,
     /// Our requests, made on the first one (most connections never make any).
     requests: Option<Box<Requests>>,
     /// Receive memory held by this connection (channels and responses).
@@ -236,7 +234,23 @@ struct Requests {
     answered: VecDeque<(u8, u16)>,
 }
 
+/// Responses to the peer's requests, waiting to be sent or acknowledged.
+#[derive(Default)]
+struct Responses {
+    /// (channel, response), in the order they were answered.
+    queue: VecDeque<(u8, Outgoing)>,
+    /// Unacknowledged chunks of the large response being sent (one at a time), and its
+    /// reservation.
+    open_chunks: u32,
+    open_reserved: usize,
+}
+
 impl Messaging {
+    /// Whether responses wait to be sent.
+    fn responses_queued(&self) -> bool {
+        self.responses.as_ref().is_some_and(|r| !r.queue.is_empty())
+    }
+
     /// The request awaiting the response `key` names, if any.
     fn pending_request(&self, key: (u8, u16)) -> Option<&PendingRequest> {
         self.requests.as_ref()?.pending.get(&key)
@@ -364,13 +378,11 @@ impl Connection {
                 maybe_queued: 0,
                 recv_channels: Vec::new(),
                 partial_channels: 0,
-                responses: VecDeque::new(),
+                responses: None,
                 frames: FrameStore::default(),
                 resend: VecDeque::new(),
                 rr_cursor: 0,
                 large_in_window: 0,
-                open_response_chunks: 0,
-                open_response_reserved: 0,
                 requests: None,
                 reassembly_bytes: 0,
             },
@@ -631,18 +643,22 @@ impl Connection {
         // hold would block every response behind it.
         fits_peer_budget(config, len, chunk_count, peer_budget)?;
         self.channel_with_room(config, channel, len)?.queued_bytes += len;
-        self.messaging.responses.push_back((
-            channel,
-            Outgoing {
-                seq: u64::from(request.sequence),
-                response: true,
-                request: false,
-                route: Route::default(),
-                chunk_count,
-                next_chunk: 0,
-                payload,
-            },
-        ));
+        self.messaging
+            .responses
+            .get_or_insert_with(Default::default)
+            .queue
+            .push_back((
+                channel,
+                Outgoing {
+                    seq: u64::from(request.sequence),
+                    response: true,
+                    request: false,
+                    route: Route::default(),
+                    chunk_count,
+                    next_chunk: 0,
+                    payload,
+                },
+            ));
         self.stats.messages_sent += 1;
         self.stats.payload_bytes_sent += len as u64;
         Ok(())
@@ -674,8 +690,13 @@ impl Connection {
         for ch in &mut self.messaging.recv_channels {
             ch.trim();
         }
-        if self.messaging.responses.is_empty() {
-            self.messaging.responses = VecDeque::new();
+        if self
+            .messaging
+            .responses
+            .as_ref()
+            .is_some_and(|r| r.queue.is_empty() && r.open_chunks == 0)
+        {
+            self.messaging.responses = None;
         }
         if self.messaging.resend.is_empty() {
             self.messaging.resend = VecDeque::new();
@@ -697,7 +718,7 @@ impl Connection {
             .send_channels
             .iter()
             .all(SendChannel::is_idle)
-            && self.messaging.responses.is_empty()
+            && !self.messaging.responses_queued()
             && self.messaging.frames.len() == 0
     }
 
@@ -861,10 +882,11 @@ impl Connection {
                         self.messaging.large_in_window -= ch.on_frame_acked(seq);
                     }
                 } else if frame.header.chunk.is_some() {
-                    self.messaging.open_response_chunks =
-                        self.messaging.open_response_chunks.saturating_sub(1);
-                    if self.messaging.open_response_chunks == 0 {
-                        self.messaging.open_response_reserved = 0;
+                    if let Some(r) = &mut self.messaging.responses {
+                        r.open_chunks = r.open_chunks.saturating_sub(1);
+                        if r.open_chunks == 0 {
+                            r.open_reserved = 0;
+                        }
                     }
                 }
             }
@@ -1051,13 +1073,14 @@ mod tests {
     /// Every connection holds this much however idle (docs/benchmarks.md gives the figure
     /// and what is in it): state only some connections need belongs behind a box made on
     /// first use, not inline. (1,376 once the coding logs' write positions were kept here
-    /// for memory hints, 2-3% faster with 10,000 coding clients; 1,232 since optional
+    /// for memory hints, 2-3% faster with 10,000 coding clients; 1,168 since optional
     /// instants take eight bytes, the pacer keeps no copy of the config's limits, the
     /// handshake's cookie lives in the handshake's box, a hub connection's path state in one
-    /// of its own, and the address a connection moved from in another.)
+    /// of its own, the address a connection moved from in another, responses to requests in
+    /// another, and the sent-frame store's free slots form a list through the slots.)
     #[test]
-    fn a_connection_struct_stays_within_1232_bytes() {
+    fn a_connection_struct_stays_within_1168_bytes() {
         let size = core::mem::size_of::<Connection>();
-        assert!(size <= 1232, "Connection is {size} bytes");
+        assert!(size <= 1168, "Connection is {size} bytes");
     }
 }

@@ -371,7 +371,13 @@ impl Connection {
         let queued = self
             .maybe_queued_channels()
             .filter_map(|ch| ch.queue.front())
-            .chain(self.messaging.responses.front().map(|(_, out)| out))
+            .chain(
+                self.messaging
+                    .responses
+                    .as_ref()
+                    .and_then(|r| r.queue.front())
+                    .map(|(_, out)| out),
+            )
             .map(frame);
         let resent = self
             .messaging
@@ -394,7 +400,7 @@ impl Connection {
 
     fn has_data_to_send(&self) -> bool {
         !self.messaging.resend.is_empty()
-            || !self.messaging.responses.is_empty()
+            || self.messaging.responses_queued()
             || self.maybe_queued_channels().any(SendChannel::head_ready)
     }
 
@@ -467,11 +473,11 @@ impl Connection {
         }
         // Only channels' bits so far (at most `MAX_CHANNELS`).
         self.messaging.maybe_queued = mask as u16;
-        if !self.messaging.responses.is_empty() {
+        if self.messaging.responses_queued() {
             mask |= 1 << (lanes - 1);
         }
         let mut written = 0;
-        let mut lane = self.messaging.rr_cursor.min(lanes - 1);
+        let mut lane = usize::from(self.messaging.rr_cursor).min(lanes - 1);
         while mask != 0 {
             let at_or_after = mask & (u32::MAX << lane);
             lane = if at_or_after != 0 {
@@ -489,13 +495,14 @@ impl Connection {
             }
             lane = if lane + 1 >= lanes { 0 } else { lane + 1 };
         }
-        self.messaging.rr_cursor = lane;
+        // (`lane` < `lanes`, at most 17.)
+        self.messaging.rr_cursor = lane as u8;
         written
     }
 
     fn lane_is_empty(&self, lane: usize, lanes: usize) -> bool {
         if lane + 1 == lanes {
-            self.messaging.responses.is_empty()
+            !self.messaging.responses_queued()
         } else {
             self.messaging
                 .send_channels
@@ -512,6 +519,12 @@ impl Connection {
         config: &Config,
     ) -> bool {
         let local_user_id = self.local_user_id;
+        // The large response being sent, if any (read before `out` borrows the queue).
+        let (open_chunks, open_reserved) = self
+            .messaging
+            .responses
+            .as_ref()
+            .map_or((0, 0), |r| (r.open_chunks, r.open_reserved));
         let is_channel = lane < config.channels.len();
         let (channel, kind, out) = if is_channel {
             let Some(ch) = self.messaging.send_channels.get_mut(lane) else {
@@ -526,7 +539,12 @@ impl Connection {
                 None => return false,
             }
         } else {
-            match self.messaging.responses.front_mut() {
+            match self
+                .messaging
+                .responses
+                .as_mut()
+                .and_then(|r| r.queue.front_mut())
+            {
                 Some((channel, out)) => {
                     let kind = config.channels[usize::from(*channel)].kind;
                     (*channel, kind, out)
@@ -538,8 +556,8 @@ impl Connection {
             kind.is_reliable() && out.chunk_count > 1 && out.next_chunk == 0;
         let reserve = reservation(out.chunk_count, config.chunk_payload());
         if starts_large_reliable {
-            let held = self.messaging.large_in_window + self.messaging.open_response_reserved;
-            let busy_response = out.response && self.messaging.open_response_chunks > 0;
+            let held = self.messaging.large_in_window + open_reserved;
+            let busy_response = out.response && open_chunks > 0;
             if busy_response || held + reserve > self.peer_reassembly_budget {
                 return false;
             }
@@ -590,14 +608,18 @@ impl Connection {
         } else {
             self.messaging.send_channels[usize::from(channel)].queued_bytes -= payload.len();
             if done {
-                self.messaging.responses.pop_front();
+                if let Some(r) = &mut self.messaging.responses {
+                    r.queue.pop_front();
+                }
             }
         }
         self.stats.payload_bytes_transmitted += payload.len() as u64;
         if starts_large_reliable {
             if is_response {
-                self.messaging.open_response_chunks = u32::from(chunk_count);
-                self.messaging.open_response_reserved = reserve;
+                if let Some(r) = &mut self.messaging.responses {
+                    r.open_chunks = u32::from(chunk_count);
+                    r.open_reserved = reserve;
+                }
             } else {
                 self.messaging.large_in_window += reserve;
             }
