@@ -178,6 +178,14 @@ impl Driver {
 
     /// Waits up to `wait` (`None`: forever) for one datagram and hands it to the endpoint.
     fn receive_blocking(&mut self, wait: Option<Duration>) -> io::Result<()> {
+        if self.core.io_mode() == IoMode::Batched {
+            // A batched socket takes trains of datagrams (GRO), which only a batched read
+            // cuts up again: wait until there is something to read, then read that way.
+            if crate::recv_batch::wait_readable(&self.socket, wait)? {
+                self.receive_waiting()?;
+            }
+            return Ok(());
+        }
         self.socket.set_nonblocking(false)?;
         let set = self.socket.set_read_timeout(wait);
         let received = set.and_then(|()| self.read_one());

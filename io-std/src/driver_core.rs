@@ -33,6 +33,11 @@ pub struct DriverStats {
     /// Times a send hit `WouldBlock` and the unsent datagrams were kept for a later flush
     /// (with `shoal-mio`, the next writable event).
     pub sends_blocked: u64,
+    /// Segmented sends ([`IoMode::Batched`] on Linux): system calls that each carried a
+    /// train of datagrams to one peer, cut up again by the kernel or the card (UDP GSO).
+    pub segmented_sends: u64,
+    /// The datagrams those sends carried.
+    pub segmented_datagrams: u64,
 }
 
 /// The part of a driver that does not touch the socket: the endpoint, the clock, the send
@@ -70,6 +75,8 @@ pub struct DriverCore {
     outbox: Outbox,
     icmp_errors_ignored: u64,
     sends_blocked: u64,
+    segmented_sends: u64,
+    segmented_datagrams: u64,
     /// Datagrams from this address are wake-ups for `shoal-std`'s background thread, not for
     /// the endpoint.
     pub(crate) wake_from: Option<SocketAddr>,
@@ -103,6 +110,8 @@ impl DriverCore {
             outbox,
             icmp_errors_ignored: 0,
             sends_blocked: 0,
+            segmented_sends: 0,
+            segmented_datagrams: 0,
             wake_from: None,
         })
     }
@@ -149,6 +158,8 @@ impl DriverCore {
             last_send_error: self.outbox.last_send_error,
             icmp_errors_ignored: self.icmp_errors_ignored,
             sends_blocked: self.sends_blocked,
+            segmented_sends: self.segmented_sends,
+            segmented_datagrams: self.segmented_datagrams,
         }
     }
 
@@ -453,15 +464,33 @@ impl DriverCore {
         send_to: impl FnMut(&[u8], SocketAddr) -> io::Result<usize>,
     ) {
         #[cfg(target_os = "linux")]
-        if self.batch.is_some() {
+        if let Some(reader) = &self.batch {
             let was_blocked = self.outbox.is_blocked();
             let mut send_to = send_to;
-            self.outbox
-                .flush_batch(&mut self.endpoint, now, |batch| match batch.get(0) {
+            let segments = reader.max_segments();
+            let (mut trains, mut carried) = (0, 0);
+            self.outbox.flush_batch(&mut self.endpoint, now, |batch| {
+                if segments > 1 {
+                    if let Some(train) = batch.train_at(0, segments) {
+                        reader.send_train(socket, train)?;
+                        trains += 1;
+                        carried += train.count as u64;
+                        return Ok(train.count);
+                    }
+                }
+                // Up to the next train, which leaves in a send of its own.
+                let until = (1..batch.len())
+                    .find(|&i| segments > 1 && batch.train_at(i, segments).is_some())
+                    .unwrap_or(batch.len());
+                let batch = batch.prefix(until);
+                match batch.get(0) {
                     // One datagram: `sendmmsg` would cost as much, plus its headers.
                     Some((datagram, to)) if batch.len() == 1 => send_to(datagram, to).map(|_| 1),
                     _ => crate::send_batch::sendmmsg(socket, batch),
-                });
+                }
+            });
+            self.segmented_sends += trains;
+            self.segmented_datagrams += carried;
             self.count_block(was_blocked);
             return;
         }

@@ -78,13 +78,16 @@ pub const SEND_BATCH: usize = 32;
 /// effect.
 #[derive(Debug)]
 pub struct Outbox {
-    /// `slots` slots of `mtu` bytes; the datagram `queue[i]` is at the start of slot `i`.
+    /// Room for `slots` datagrams of up to `mtu` bytes, written back to back (so a run of
+    /// full-sized datagrams to one peer, a large message's, can leave in one segmented send).
     buf: Box<[u8]>,
     mtu: usize,
     slots: usize,
-    /// Where the datagrams in the slots go and how long they are (capacity `slots`,
+    /// Where the datagrams in the buffer go and how long they are (capacity `slots`,
     /// allocated once). `queue[head..]` are not sent yet.
     queue: Vec<Transmit>,
+    /// Where `queue[i]` starts in `buf` (capacity `slots`).
+    starts: Vec<usize>,
     head: usize,
     /// Datagrams the socket refused with an error other than `WouldBlock`/`Interrupted`.
     pub send_errors: u64,
@@ -96,11 +99,31 @@ pub struct Outbox {
 /// [`Outbox`]. The send function sends a prefix of them and says how long it was.
 #[derive(Clone, Copy, Debug)]
 pub struct SendBatch<'a> {
-    /// The slots from the first datagram of the batch on.
-    slots: &'a [u8],
-    mtu: usize,
+    /// The outbox's buffer, where the datagrams lie back to back.
+    buf: &'a [u8],
+    /// Where each datagram of the batch starts in `buf`.
+    starts: &'a [usize],
     queue: &'a [Transmit],
 }
+
+/// Datagrams at the front of a [`SendBatch`] that can leave in one segmented send (UDP GSO):
+/// to one destination, back to back in memory, each `segment` bytes long but the last, which
+/// may be shorter. The kernel cuts `bytes` into the datagrams again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Train<'a> {
+    /// The datagrams, one after another.
+    pub bytes: &'a [u8],
+    /// Bytes of each datagram but the last.
+    pub segment: usize,
+    /// How many datagrams (at least two).
+    pub count: usize,
+    /// Their destination.
+    pub to: SocketAddr,
+}
+
+/// Most bytes one segmented send carries: the kernel refuses a UDP datagram of more than
+/// 64 KiB, headers included, before it cuts it up.
+pub const MAX_TRAIN_BYTES: usize = 60_000;
 
 impl<'a> SendBatch<'a> {
     /// How many datagrams the batch holds (at least one when a send function is called).
@@ -116,17 +139,58 @@ impl<'a> SendBatch<'a> {
     /// The `i`th datagram and its destination.
     pub fn get(&self, i: usize) -> Option<(&'a [u8], SocketAddr)> {
         let transmit = self.queue.get(i)?;
-        let slot = &self.slots[i * self.mtu..(i + 1) * self.mtu];
-        Some((&slot[..transmit.len.min(self.mtu)], transmit.to))
+        let start = *self.starts.get(i)?;
+        Some((self.buf.get(start..start + transmit.len)?, transmit.to))
     }
 
     /// The datagrams and their destinations, in the order they must leave.
     pub fn iter(&self) -> impl Iterator<Item = (&'a [u8], SocketAddr)> + 'a {
-        let (slots, mtu) = (self.slots, self.mtu);
-        self.queue
-            .iter()
-            .zip(slots.chunks(mtu.max(1)))
-            .map(|(t, slot)| (&slot[..t.len.min(slot.len())], t.to))
+        let batch = *self;
+        (0..self.len()).filter_map(move |i| batch.get(i))
+    }
+
+    /// The batch's first `n` datagrams (all of them if it holds fewer).
+    pub fn prefix(&self, n: usize) -> SendBatch<'a> {
+        let n = n.min(self.len());
+        SendBatch {
+            buf: self.buf,
+            starts: &self.starts[..n],
+            queue: &self.queue[..n],
+        }
+    }
+
+    /// The datagrams from the `i`th on that can leave as one segmented send of at most
+    /// `max_segments` datagrams: `None` unless there are at least two.
+    pub fn train_at(&self, i: usize, max_segments: usize) -> Option<Train<'a>> {
+        let (first, to) = self.get(i)?;
+        let segment = first.len();
+        let start = self.starts[i];
+        let mut count = 1;
+        let mut end = start + segment;
+        while count < max_segments {
+            let Some((next, next_to)) = self.get(i + count) else {
+                break;
+            };
+            if next_to != to
+                || self.starts[i + count] != end
+                || next.len() > segment
+                || next.is_empty()
+                || end - start + next.len() > MAX_TRAIN_BYTES
+            {
+                break;
+            }
+            count += 1;
+            end += next.len();
+            if next.len() < segment {
+                break; // a shorter datagram ends a train
+            }
+        }
+        (count >= 2).then(|| Train {
+            bytes: &self.buf[start..end],
+            segment,
+            count,
+            to,
+        })
     }
 }
 
@@ -206,6 +270,7 @@ impl Outbox {
             mtu,
             slots,
             queue: Vec::with_capacity(slots),
+            starts: Vec::with_capacity(slots),
             head: 0,
             send_errors: 0,
             last_send_error: None,
@@ -268,8 +333,8 @@ impl Outbox {
                 }
             }
             let batch = SendBatch {
-                slots: &self.buf[self.head * self.mtu..],
-                mtu: self.mtu,
+                buf: &self.buf,
+                starts: &self.starts[self.head..],
                 queue: &self.queue[self.head..],
             };
             let offered = batch.len();
@@ -287,13 +352,25 @@ impl Outbox {
         }
     }
 
-    /// Empties the slots and fills them again from `endpoint`, up to all of them.
+    /// Empties the buffer and fills it again from `endpoint`, up to `slots` datagrams, each
+    /// right after the one before.
     fn fill(&mut self, endpoint: &mut Endpoint, now: Instant) {
         self.queue.clear();
+        self.starts.clear();
         self.head = 0;
-        for slot in self.buf.chunks_mut(self.mtu.max(1)) {
-            match endpoint.poll_transmit(now, slot) {
-                Some(transmit) => self.queue.push(transmit),
+        let mut at = 0;
+        while self.queue.len() < self.slots {
+            // Room for a datagram of `mtu` bytes is always left: `slots` of them fit.
+            let Some(room) = self.buf.get_mut(at..at + self.mtu) else {
+                break;
+            };
+            match endpoint.poll_transmit(now, room) {
+                Some(mut transmit) => {
+                    transmit.len = transmit.len.min(self.mtu);
+                    self.starts.push(at);
+                    at += transmit.len;
+                    self.queue.push(transmit);
+                }
                 None => break,
             }
         }
@@ -571,6 +648,151 @@ mod tests {
         let result = outbox.flush_batch(&mut client, Instant::ZERO, |b| socket.take(b, usize::MAX));
         assert_eq!(result, Flushed::All);
         assert_eq!(socket.sent, sent_one_at_a_time(&servers));
+    }
+
+    /// A batch over `lens` datagrams to `tos`, back to back in one buffer.
+    fn packed(lens: &[usize], tos: &[SocketAddr]) -> (Vec<u8>, Vec<usize>, Vec<Transmit>) {
+        let mut starts = Vec::new();
+        let mut queue = Vec::new();
+        let mut at = 0;
+        for (&len, &to) in lens.iter().zip(tos) {
+            starts.push(at);
+            queue.push(Transmit { to, len });
+            at += len;
+        }
+        ((0..at).map(|i| i as u8).collect(), starts, queue)
+    }
+
+    #[test]
+    fn a_train_is_equal_datagrams_to_one_peer_and_ends_at_a_shorter_one() {
+        let (a, b) = (servers(2)[0], servers(2)[1]);
+        let (buf, starts, queue) = packed(&[1200, 1200, 1200, 500, 1200, 900], &[a, a, a, a, a, b]);
+        let batch = SendBatch {
+            buf: &buf,
+            starts: &starts,
+            queue: &queue,
+        };
+        let train = batch.train_at(0, 64).expect("a train");
+        assert_eq!((train.count, train.segment, train.to), (4, 1200, a));
+        assert_eq!(train.bytes, &buf[..4100], "the datagrams, back to back");
+        // After the shorter one: one datagram to `a`, then one to `b`: no train.
+        assert_eq!(batch.train_at(4, 64), None);
+        assert_eq!(batch.train_at(5, 64), None);
+        // At most `max_segments`, and none of one.
+        assert_eq!(batch.train_at(0, 2).map(|t| t.count), Some(2));
+        assert_eq!(batch.train_at(0, 1), None);
+        // A prefix ends where it is cut.
+        assert_eq!(batch.prefix(2).train_at(0, 64).map(|t| t.count), Some(2));
+        assert_eq!(batch.prefix(1).train_at(0, 64), None);
+    }
+
+    #[test]
+    fn a_longer_datagram_or_another_peer_ends_a_train_and_a_train_stays_within_64_kib() {
+        let (a, b) = (servers(2)[0], servers(2)[1]);
+        let (buf, starts, queue) = packed(&[600, 600, 1200, 600], &[a, a, a, a]);
+        let batch = SendBatch {
+            buf: &buf,
+            starts: &starts,
+            queue: &queue,
+        };
+        assert_eq!(
+            batch.train_at(0, 64).map(|t| t.count),
+            Some(2),
+            "longer ends it"
+        );
+        let (buf, starts, queue) = packed(&[600, 600, 600], &[a, b, b]);
+        let batch = SendBatch {
+            buf: &buf,
+            starts: &starts,
+            queue: &queue,
+        };
+        assert_eq!(batch.train_at(0, 64), None, "another peer");
+        assert_eq!(batch.train_at(1, 64).map(|t| (t.count, t.to)), Some((2, b)));
+        let lens = [1200; 60];
+        let (buf, starts, queue) = packed(&lens, &[a; 60]);
+        let batch = SendBatch {
+            buf: &buf,
+            starts: &starts,
+            queue: &queue,
+        };
+        let train = batch.train_at(0, 128).expect("a train");
+        assert_eq!(train.count, MAX_TRAIN_BYTES / 1200);
+        assert!(train.bytes.len() <= MAX_TRAIN_BYTES);
+    }
+
+    /// The outbox writes each datagram right after the one before, so a large message's
+    /// packets to one peer lie back to back and leave as trains; each datagram reads back
+    /// as the endpoint wrote it.
+    #[test]
+    fn an_outbox_packs_a_large_message_into_trains() {
+        let now = Instant::ZERO;
+        let server_addr = servers(1)[0];
+        let client_addr = SocketAddr::from(([127, 0, 0, 1], 5000));
+        let mut client = client_connecting_to(&[server_addr]);
+        let mut server = Endpoint::new(Config {
+            seed: 4,
+            secret_seed: Some(shoal_proto::SecretSeed::insecure_from_u64(4)),
+            ..Config::default()
+        })
+        .expect("valid config");
+        let mut buf = [0u8; 1500];
+        for _ in 0..4 {
+            while let Some(t) = client.poll_transmit(now, &mut buf) {
+                server.handle_datagram(now, client_addr, &buf[..t.len]);
+            }
+            while let Some(t) = server.poll_transmit(now, &mut buf) {
+                client.handle_datagram(now, server_addr, &buf[..t.len]);
+            }
+            while server.poll_event().is_some() {}
+        }
+        let conn = std::iter::from_fn(|| client.poll_event())
+            .find_map(|e| match e {
+                shoal_proto::Event::Connected { conn, .. } => Some(conn),
+                _ => None,
+            })
+            .expect("connected");
+        client.send(conn, 3, vec![7u8; 30_000]).expect("queued");
+        let mut outbox = Outbox::with_slots(1200, SEND_BATCH);
+        let mut trains = Vec::new();
+        let mut datagrams = Vec::new();
+        outbox.flush_batch(&mut client, now, |batch| {
+            let train = batch
+                .train_at(0, 64)
+                .expect("a large message leaves in trains");
+            let sent: Vec<u8> = batch
+                .iter()
+                .take(train.count)
+                .flat_map(|(d, to)| {
+                    assert_eq!(to, server_addr);
+                    d.to_vec()
+                })
+                .collect();
+            assert_eq!(
+                train.bytes,
+                &sent[..],
+                "the train is its datagrams, back to back"
+            );
+            trains.push((train.count, train.segment));
+            datagrams.extend(batch.iter().take(train.count).map(|(d, _)| d.to_vec()));
+            Ok(train.count)
+        });
+        assert!(!trains.is_empty());
+        assert!(trains.iter().all(|&(count, _)| count >= 2), "{trains:?}");
+        // The server takes every datagram as the client wrote it.
+        let before = server.stats().datagrams_received;
+        for d in &datagrams {
+            server.handle_datagram(now, client_addr, d);
+        }
+        assert_eq!(
+            server.stats().datagrams_received - before,
+            datagrams.len() as u64
+        );
+        assert_eq!(
+            server.stats().drops.total(),
+            0,
+            "{:?}",
+            server.stats().drops
+        );
     }
 
     #[test]

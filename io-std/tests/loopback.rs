@@ -672,3 +672,89 @@ fn bursts_to_many_clients_all_arrive_with_batched_sends() {
 fn bursts_to_many_clients_all_arrive_with_portable_sends() {
     bursts_to_many_clients_all_arrive(IoMode::Portable);
 }
+
+/// Whether this host's kernel takes segmented UDP sends (GSO), as `quinn-udp` finds out.
+#[cfg(target_os = "linux")]
+fn kernel_segments_sends() -> bool {
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    quinn_udp::UdpSocketState::new((&socket).into()).is_ok_and(|s| s.max_gso_segments() > 1)
+}
+
+/// A server that sends in `mode` sends a 300 KB message and a few small ones after it to a
+/// client reading in `mode` (with `update`, or with the blocking `poll` if `polling`):
+/// everything arrives whole and in order, and no send fails. Returns the server's driver
+/// counters.
+fn a_large_message_arrives_whole(mode: IoMode, polling: bool) -> shoal_std::DriverStats {
+    let payload: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let mut server = Driver::bind_with("127.0.0.1:0", server_config(60), mode).expect("bind");
+    let mut client =
+        Driver::bind_with("127.0.0.1:0", client_config(61), mode).expect("bind client");
+    client.connect(server.local_addr(), &[]).expect("connect");
+    let mut received: Vec<Vec<u8>> = Vec::new();
+    let mut sent = false;
+    let deadline = Instant::now() + DEADLINE;
+    while received.len() < 4 {
+        assert!(Instant::now() < deadline, "{mode:?}: timed out");
+        server.update().expect("server update");
+        if let (false, Some(&conn)) = (sent, server.peers().first()) {
+            server.send(conn, 3, payload.clone()).expect("send");
+            for i in 0..3u8 {
+                server.send(conn, 3, vec![i; 10]).expect("send");
+            }
+            sent = true;
+            server.flush();
+        }
+        server.events().for_each(drop);
+        if polling {
+            client
+                .poll(Some(Duration::from_millis(1)))
+                .expect("client poll");
+        } else {
+            client.update().expect("client update");
+        }
+        for event in client.events() {
+            if let Event::Message { payload, .. } = event {
+                received.push(payload.to_vec());
+            }
+        }
+        if !polling {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    assert!(
+        received[0] == payload,
+        "{mode:?}: the large message arrives whole"
+    );
+    assert_eq!(received[1..], [vec![0u8; 10], vec![1; 10], vec![2; 10]]);
+    let stats = server.stats();
+    assert_eq!(stats.send_errors, 0, "{mode:?}: {stats:?}");
+    stats
+}
+
+#[test]
+fn a_large_message_leaves_in_segmented_sends_with_batched_io() {
+    let stats = a_large_message_arrives_whole(IoMode::Batched, false);
+    #[cfg(target_os = "linux")]
+    if kernel_segments_sends() {
+        assert!(stats.segmented_sends > 0, "{stats:?}");
+        assert!(
+            stats.segmented_datagrams >= 2 * stats.segmented_sends,
+            "{stats:?}"
+        );
+    }
+}
+
+/// The blocking `poll` of a batched driver reads as `update` does: a train of datagrams
+/// (GRO joins a segmented send's datagrams again on the way in) read with one `recv_from`
+/// would reach the endpoint as one datagram of tens of kilobytes, and be dropped.
+#[test]
+fn a_large_message_arrives_whole_at_a_batched_client_that_polls() {
+    a_large_message_arrives_whole(IoMode::Batched, true);
+}
+
+#[test]
+fn a_large_message_arrives_whole_with_portable_io() {
+    let stats = a_large_message_arrives_whole(IoMode::Portable, false);
+    assert_eq!(stats.segmented_sends, 0, "{stats:?}");
+    a_large_message_arrives_whole(IoMode::Portable, true);
+}
