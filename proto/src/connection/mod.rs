@@ -690,6 +690,7 @@ impl Connection {
         for ch in &mut self.messaging.recv_channels {
             ch.trim();
         }
+        // (Idle, nothing is in flight: no chunk of a large response awaits its ack.)
         if self
             .messaging
             .responses
@@ -698,6 +699,14 @@ impl Connection {
         {
             self.messaging.responses = None;
         }
+        debug_assert!(
+            self.messaging
+                .responses
+                .as_ref()
+                .is_none_or(|r| r.open_chunks == 0)
+                || self.messaging.frames.len() > 0,
+            "a large response's chunks counted open with no frame in flight"
+        );
         if self.messaging.resend.is_empty() {
             self.messaging.resend = VecDeque::new();
         }

@@ -50,6 +50,10 @@ impl<T> FrameStore<T> {
     pub(crate) fn insert(&mut self, value: T) -> FrameKey {
         self.len += 1;
         if let Some((generation, slot)) = self.slots.get_mut(self.free as usize) {
+            debug_assert!(
+                matches!(slot, Slot::Free { .. }),
+                "the free list names a full slot"
+            );
             let index = self.free;
             if let Slot::Free { next } = *slot {
                 self.free = next;

@@ -80,6 +80,7 @@ impl Transport {
     pub(crate) fn hints(&self, f: &mut impl crate::hints::Sink) {
         self.sent.hints(f);
         self.received.hints(f);
+        self.paths.hints(f);
         if let Some(x) = &self.fec_tx {
             crate::hints::val(f, &**x);
             crate::hints::around(f, self.coding_tails[0]);

@@ -108,6 +108,13 @@ impl Paths {
         self.relay.as_ref().map(|r| r.addr)
     }
 
+    /// A hub connection's path state, read for every datagram (for `MemoryHint`).
+    pub(crate) fn hints(&self, f: &mut impl crate::hints::Sink) {
+        if let Some(relay) = &self.relay {
+            crate::hints::val(f, &**relay);
+        }
+    }
+
     /// The hub connection's path state (`None` off a hub).
     pub(crate) fn relay_mut(&mut self) -> Option<&mut RelayPath> {
         self.relay.as_deref_mut()
