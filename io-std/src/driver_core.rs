@@ -307,6 +307,8 @@ impl DriverCore {
 
     /// Reads one datagram through `recv_from` (a socket's `recv_from`, blocking or not) and
     /// hands it to the endpoint, stamped `now` (`None`: the clock's time once it arrived).
+    /// For a portable socket only: one set up for batched reads takes trains of datagrams in
+    /// (GRO), which only [`receive_batch`](Self::receive_batch) cuts up again.
     ///
     /// Returns `Ok(false)` when none was waiting, `Ok(true)` when something happened: a
     /// datagram, or an ICMP error that is counted and skipped. Interrupted calls are retried;
@@ -467,15 +469,29 @@ impl DriverCore {
         if let Some(reader) = &self.batch {
             let was_blocked = self.outbox.is_blocked();
             let mut send_to = send_to;
-            let segments = reader.max_segments();
             let (mut trains, mut carried) = (0, 0);
             self.outbox.flush_batch(&mut self.endpoint, now, |batch| {
+                // (Read at every send: it drops to 1 when the device refuses segmentation.)
+                let segments = reader.max_segments();
                 if segments > 1 {
                     if let Some(train) = batch.train_at(0, segments) {
-                        reader.send_train(socket, train)?;
-                        trains += 1;
-                        carried += train.count as u64;
-                        return Ok(train.count);
+                        return match reader.send_train(socket, train) {
+                            Ok(()) => {
+                                trains += 1;
+                                carried += train.count as u64;
+                                Ok(train.count)
+                            }
+                            // The device refused segmentation, and `quinn-udp` turned it off
+                            // for the socket: offer the same datagrams again, to `sendmmsg`,
+                            // so none is lost for it.
+                            Err(e)
+                                if reader.max_segments() <= 1
+                                    && e.kind() != io::ErrorKind::WouldBlock =>
+                            {
+                                Err(io::ErrorKind::Interrupted.into())
+                            }
+                            Err(e) => Err(e),
+                        };
                     }
                 }
                 // Up to the next train, which leaves in a send of its own.

@@ -163,6 +163,11 @@ impl<'a> SendBatch<'a> {
     /// `max_segments` datagrams: `None` unless there are at least two.
     pub fn train_at(&self, i: usize, max_segments: usize) -> Option<Train<'a>> {
         let (first, to) = self.get(i)?;
+        // (Port 0 is no destination: the kernel refuses it with an error that `quinn-udp` takes
+        // for a device without segmentation, which would turn it off for the socket.)
+        if to.port() == 0 {
+            return None;
+        }
         let segment = first.len();
         let start = self.starts[i];
         let mut count = 1;
@@ -753,31 +758,37 @@ mod tests {
             .expect("connected");
         client.send(conn, 3, vec![7u8; 30_000]).expect("queued");
         let mut outbox = Outbox::with_slots(1200, SEND_BATCH);
-        let mut trains = Vec::new();
+        let mut in_trains = 0;
         let mut datagrams = Vec::new();
         outbox.flush_batch(&mut client, now, |batch| {
-            let train = batch
-                .train_at(0, 64)
-                .expect("a large message leaves in trains");
-            let sent: Vec<u8> = batch
-                .iter()
-                .take(train.count)
-                .flat_map(|(d, to)| {
-                    assert_eq!(to, server_addr);
-                    d.to_vec()
-                })
-                .collect();
-            assert_eq!(
-                train.bytes,
-                &sent[..],
-                "the train is its datagrams, back to back"
-            );
-            trains.push((train.count, train.segment));
-            datagrams.extend(batch.iter().take(train.count).map(|(d, _)| d.to_vec()));
-            Ok(train.count)
+            // A train where there is one, else a lone datagram (an acknowledgement, say).
+            let count = match batch.train_at(0, 64) {
+                Some(train) => {
+                    let sent: Vec<u8> = batch
+                        .iter()
+                        .take(train.count)
+                        .flat_map(|(d, to)| {
+                            assert_eq!(to, server_addr);
+                            d.to_vec()
+                        })
+                        .collect();
+                    assert_eq!(train.bytes, &sent[..], "the train is its datagrams");
+                    in_trains += train.count;
+                    train.count
+                }
+                None => 1,
+            };
+            datagrams.extend(batch.iter().take(count).map(|(d, _)| d.to_vec()));
+            Ok(count)
         });
-        assert!(!trains.is_empty());
-        assert!(trains.iter().all(|&(count, _)| count >= 2), "{trains:?}");
+        // The first flight (the pacer lets ten full packets go at once) travels in trains,
+        // but for one lone datagram at most.
+        assert!(datagrams.len() >= 8, "{} datagrams", datagrams.len());
+        assert!(
+            in_trains + 1 >= datagrams.len(),
+            "{in_trains} of {}",
+            datagrams.len()
+        );
         // The server takes every datagram as the client wrote it.
         let before = server.stats().datagrams_received;
         for d in &datagrams {

@@ -28,7 +28,7 @@ use crate::io_util::RECV_BUFFER_LEN;
 pub enum IoMode {
     /// On Linux and Android, up to [`RECV_BATCH`] datagrams per read (`recvmmsg`, through
     /// `quinn-udp`) and up to [`SEND_BATCH`](crate::SEND_BATCH) per send (`sendmmsg`,
-    /// through `nix`); elsewhere, or if the socket cannot be set up for it, the same as
+    /// through `rustix`); elsewhere, or if the socket cannot be set up for it, the same as
     /// `Portable`. Datagrams leave in the same order as in `Portable`, and a full socket or
     /// an unreachable destination has the same effect; a full socket can leave up to a batch
     /// of datagrams waiting instead of one. Setting the socket up turns on UDP GRO (trains
@@ -37,8 +37,8 @@ pub enum IoMode {
     /// fragmented by the sending host, so keep `Config::mtu` within the path's MTU. On Linux,
     /// a run of equal-sized datagrams to one peer (a large message's chunks) leaves in one
     /// segmented send (UDP GSO), which the kernel or the card cuts up again; where the
-    /// device refuses it, the first refused datagram is dropped (the protocol resends it)
-    /// and sends go one datagram each from then on.
+    /// device refuses it, the same datagrams go again through `sendmmsg`, as all sends do
+    /// from then on.
     Batched,
     /// One `recv_from` or `send_to` per datagram, as on every platform.
     #[default]
@@ -172,7 +172,7 @@ pub(crate) fn wait_readable(
     let timeout = match wait {
         None => PollTimeout::NONE,
         Some(w) => {
-            let millis = w.as_micros().div_ceil(1000);
+            let millis = w.as_nanos().div_ceil(1_000_000);
             PollTimeout::try_from(millis).unwrap_or(PollTimeout::MAX)
         }
     };
