@@ -177,15 +177,15 @@ struct Messaging {
     /// Responses to send, made on the first one (most connections answer no request) and
     /// given back once idle.
     responses: Option<Box<Responses>>,
-    frames: FrameStore<SentFrame>,
-    resend: VecDeque<FrameKey>,
+    /// Reliable frames in flight and those to send again: made by the first reliable frame,
+    /// given back by the idle trim once nothing is in flight (unreliable traffic, most of a
+    /// game's, never makes it).
+    in_flight: Option<Box<InFlight>>,
+    /// Where the next sent-frame store's generations start: above every one of the stores
+    /// before it, so a packet record's key from before a store was given back finds nothing.
+    frame_epoch: u32,
     /// The lane `write_new_frames` starts at (at most `MAX_CHANNELS`, the responses' lane).
     rr_cursor: u8,
-    /// Reassembly the peer may be holding for our large reliable messages: each started one
-    /// counts until the channel window moves past it (the peer has delivered it by then).
-    /// A new one starts only while this stays within the peer's budget, so a well-behaved
-    /// sender never makes the receiver refuse a packet for lack of reassembly memory.
-    large_in_window: usize,
     /// Our requests, made on the first one (most connections never make any).
     requests: Option<Box<Requests>>,
     /// Receive memory held by this connection (channels and responses).
@@ -234,6 +234,19 @@ struct Requests {
     answered: VecDeque<(u8, u16)>,
 }
 
+/// A connection's reliable frames in flight (see `Messaging::in_flight`).
+struct InFlight {
+    frames: FrameStore<SentFrame>,
+    /// Keys of frames declared lost, to send again (a key whose frame was acknowledged
+    /// meanwhile finds nothing and is skipped).
+    resend: VecDeque<FrameKey>,
+    /// Reassembly the peer may be holding for our large reliable messages: each started one
+    /// counts until the channel window moves past it (the peer has delivered it by then).
+    /// A new one starts only while this stays within the peer's budget, so a well-behaved
+    /// sender never makes the receiver refuse a packet for lack of reassembly memory.
+    large_in_window: usize,
+}
+
 /// Responses to the peer's requests, waiting to be sent or acknowledged.
 #[derive(Default)]
 struct Responses {
@@ -246,6 +259,33 @@ struct Responses {
 }
 
 impl Messaging {
+    /// The reliable frames in flight, made on first use.
+    fn in_flight(&mut self) -> &mut InFlight {
+        let epoch = self.frame_epoch;
+        self.in_flight.get_or_insert_with(|| {
+            Box::new(InFlight {
+                frames: FrameStore::starting_at(epoch),
+                resend: VecDeque::new(),
+                large_in_window: 0,
+            })
+        })
+    }
+
+    /// Reliable frames sent and not yet acknowledged.
+    fn frames_in_flight(&self) -> usize {
+        self.in_flight.as_ref().map_or(0, |f| f.frames.len())
+    }
+
+    /// Lost frames waiting to be sent again (some perhaps acknowledged since).
+    fn resend_len(&self) -> usize {
+        self.in_flight.as_ref().map_or(0, |f| f.resend.len())
+    }
+
+    /// See `InFlight::large_in_window`.
+    fn large_in_window(&self) -> usize {
+        self.in_flight.as_ref().map_or(0, |f| f.large_in_window)
+    }
+
     /// Whether responses wait to be sent.
     fn responses_queued(&self) -> bool {
         self.responses.as_ref().is_some_and(|r| !r.queue.is_empty())
@@ -323,7 +363,8 @@ impl Connection {
     /// A connection's `MemoryHint` stages: 0 the struct; 1 what hangs off it (packet and
     /// key rings, received ranges, channels, coding state). Leaving out any of these made the
     /// simulator's 10,000-client run 1-8% slower (the receive channels the least); leaving out
-    /// the sent-frame slab changed nothing, so it is not named.
+    /// the sent-frame slab changed nothing, so it is not named (the box of frames in flight
+    /// that holds it is: a reliable frame sent or acknowledged reads it).
     pub(crate) fn memory_hints(&self, stage: u8, f: &mut impl crate::hints::Sink) {
         use crate::hints;
         let m = &self.messaging;
@@ -333,6 +374,9 @@ impl Connection {
                 self.transport.hints(f);
                 hints::slice(f, &m.send_channels);
                 hints::slice(f, &m.recv_channels);
+                if let Some(x) = &m.in_flight {
+                    hints::val(f, &**x);
+                }
             }
             _ => {}
         }
@@ -379,10 +423,9 @@ impl Connection {
                 recv_channels: Vec::new(),
                 partial_channels: 0,
                 responses: None,
-                frames: FrameStore::default(),
-                resend: VecDeque::new(),
+                in_flight: None,
+                frame_epoch: 0,
                 rr_cursor: 0,
-                large_in_window: 0,
                 requests: None,
                 reassembly_bytes: 0,
             },
@@ -704,13 +747,24 @@ impl Connection {
                 .responses
                 .as_ref()
                 .is_none_or(|r| r.open_chunks == 0)
-                || self.messaging.frames.len() > 0,
+                || self.messaging.frames_in_flight() > 0,
             "a large response's chunks counted open with no frame in flight"
         );
-        if self.messaging.resend.is_empty() {
-            self.messaging.resend = VecDeque::new();
+        if let Some(f) = &mut self.messaging.in_flight {
+            if f.frames.len() == 0 {
+                // Every key still to resend names an acknowledged frame.
+                f.resend.clear();
+            }
+            if f.frames.len() == 0 && f.large_in_window == 0 {
+                self.messaging.frame_epoch = f.frames.next_epoch();
+                self.messaging.in_flight = None;
+            } else {
+                if f.resend.is_empty() {
+                    f.resend = VecDeque::new();
+                }
+                f.frames.trim();
+            }
         }
-        self.messaging.frames.trim();
         self.transport.sent.trim();
         self.transport.received.release_room();
         self.transport.paths.trim();
@@ -728,7 +782,7 @@ impl Connection {
             .iter()
             .all(SendChannel::is_idle)
             && !self.messaging.responses_queued()
-            && self.messaging.frames.len() == 0
+            && self.messaging.frames_in_flight() == 0
     }
 
     // ---------------------------------------------------------------- timers
@@ -880,15 +934,19 @@ impl Connection {
     fn apply_outcome(&mut self, outcome: &mut AckOutcome) {
         self.stats.packets_lost += outcome.packets_lost;
         self.update_loss_rate(outcome);
-        for &key in &outcome.acked_frames {
-            if let Some(frame) = self.messaging.frames.remove(key) {
+        // (Without frames in flight, every key resolved is an old store's: stale.)
+        if let Some(f) = self.messaging.in_flight.as_deref_mut() {
+            for &key in &outcome.acked_frames {
+                let Some(frame) = f.frames.remove(key) else {
+                    continue;
+                };
                 if let Some(seq) = frame.message_seq {
                     if let Some(ch) = self
                         .messaging
                         .send_channels
                         .get_mut(usize::from(frame.header.channel))
                     {
-                        self.messaging.large_in_window -= ch.on_frame_acked(seq);
+                        f.large_in_window -= ch.on_frame_acked(seq);
                     }
                 } else if frame.header.chunk.is_some() {
                     if let Some(r) = &mut self.messaging.responses {
@@ -899,12 +957,12 @@ impl Connection {
                     }
                 }
             }
-        }
-        for &key in &outcome.lost_frames {
-            if let Some(frame) = self.messaging.frames.get_mut(key) {
-                frame.in_flight = frame.in_flight.saturating_sub(1);
-                if frame.in_flight == 0 {
-                    self.messaging.resend.push_back(key);
+            for &key in &outcome.lost_frames {
+                if let Some(frame) = f.frames.get_mut(key) {
+                    frame.in_flight = frame.in_flight.saturating_sub(1);
+                    if frame.in_flight == 0 {
+                        f.resend.push_back(key);
+                    }
                 }
             }
         }
@@ -1082,14 +1140,15 @@ mod tests {
     /// Every connection holds this much however idle (docs/benchmarks.md gives the figure
     /// and what is in it): state only some connections need belongs behind a box made on
     /// first use, not inline. (1,376 once the coding logs' write positions were kept here
-    /// for memory hints, 2-3% faster with 10,000 coding clients; 1,168 since optional
+    /// for memory hints, 2-3% faster with 10,000 coding clients; 1,104 since optional
     /// instants take eight bytes, the pacer keeps no copy of the config's limits, the
     /// handshake's cookie lives in the handshake's box, a hub connection's path state in one
     /// of its own, the address a connection moved from in another, responses to requests in
-    /// another, and the sent-frame store's free slots form a list through the slots.)
+    /// another, reliable frames in flight in another, and the sent-frame store's free slots
+    /// form a list through the slots.)
     #[test]
-    fn a_connection_struct_stays_within_1168_bytes() {
+    fn a_connection_struct_stays_within_1104_bytes() {
         let size = core::mem::size_of::<Connection>();
-        assert!(size <= 1168, "Connection is {size} bytes");
+        assert!(size <= 1104, "Connection is {size} bytes");
     }
 }

@@ -195,7 +195,7 @@ impl Connection {
             // Split what is queued evenly over the packets it needs: the repairs that cover
             // them are as long as the longest.
             // Queued payload, plus about what frame headers add to small messages.
-            let queued = self.queued_bytes() * 6 / 5 + 40 * self.messaging.resend.len();
+            let queued = self.queued_bytes() * 6 / 5 + 40 * self.messaging.resend_len();
             let packets = queued.div_ceil(half.max(1)).max(1);
             w.limit(
                 queued
@@ -342,7 +342,12 @@ impl Connection {
             if keys.contains(&key) {
                 continue;
             }
-            let Some(frame) = self.messaging.frames.get_mut(key) else {
+            let Some(frame) = self
+                .messaging
+                .in_flight
+                .as_deref_mut()
+                .and_then(|f| f.frames.get_mut(key))
+            else {
                 continue;
             };
             if !put_sent_frame(frame, key, w, keys) {
@@ -379,12 +384,12 @@ impl Connection {
                     .map(|(_, out)| out),
             )
             .map(frame);
-        let resent = self
-            .messaging
-            .resend
-            .iter()
-            .take(64)
-            .filter_map(|&key| Some(frame_len(self.messaging.frames.get(key)?.payload.len())));
+        let resent = self.messaging.in_flight.iter().flat_map(|f| {
+            f.resend
+                .iter()
+                .take(64)
+                .filter_map(|&key| Some(frame_len(f.frames.get(key)?.payload.len())))
+        });
         queued.chain(resent).max().unwrap_or(0)
     }
 
@@ -399,7 +404,7 @@ impl Connection {
     }
 
     fn has_data_to_send(&self) -> bool {
-        !self.messaging.resend.is_empty()
+        self.messaging.resend_len() > 0
             || self.messaging.responses_queued()
             || self.maybe_queued_channels().any(SendChannel::head_ready)
     }
@@ -422,13 +427,16 @@ impl Connection {
 
     fn write_retransmissions(&mut self, w: &mut Writer<'_>, keys: &mut PacketFrameKeys) -> usize {
         let mut written = 0;
-        while let Some(&key) = self.messaging.resend.front() {
-            let Some(frame) = self.messaging.frames.get_mut(key) else {
-                self.messaging.resend.pop_front();
+        let Some(f) = self.messaging.in_flight.as_deref_mut() else {
+            return 0;
+        };
+        while let Some(&key) = f.resend.front() {
+            let Some(frame) = f.frames.get_mut(key) else {
+                f.resend.pop_front();
                 continue;
             };
             if frame.in_flight > 0 {
-                self.messaging.resend.pop_front();
+                f.resend.pop_front();
                 continue;
             }
             if !put_sent_frame(frame, key, w, keys) {
@@ -437,7 +445,7 @@ impl Connection {
             }
             self.stats.retransmissions += 1;
             self.stats.payload_bytes_transmitted += frame.payload.len() as u64;
-            self.messaging.resend.pop_front();
+            f.resend.pop_front();
             written += 1;
         }
         written
@@ -519,12 +527,14 @@ impl Connection {
         config: &Config,
     ) -> bool {
         let local_user_id = self.local_user_id;
-        // The large response being sent, if any (read before `out` borrows the queue).
+        // The peer's reassembly our large messages may hold, and the large response being
+        // sent, if any (read before `out` borrows the queues).
         let (open_chunks, open_reserved) = self
             .messaging
             .responses
             .as_ref()
             .map_or((0, 0), |r| (r.open_chunks, r.open_reserved));
+        let large_in_window = self.messaging.large_in_window();
         let is_channel = lane < config.channels.len();
         let (channel, kind, out) = if is_channel {
             let Some(ch) = self.messaging.send_channels.get_mut(lane) else {
@@ -556,7 +566,7 @@ impl Connection {
             kind.is_reliable() && out.chunk_count > 1 && out.next_chunk == 0;
         let reserve = reservation(out.chunk_count, config.chunk_payload());
         if starts_large_reliable {
-            let held = self.messaging.large_in_window + open_reserved;
+            let held = large_in_window + open_reserved;
             let busy_response = out.response && open_chunks > 0;
             if busy_response || held + reserve > self.peer_reassembly_budget {
                 return false;
@@ -621,11 +631,11 @@ impl Connection {
                     r.open_reserved = reserve;
                 }
             } else {
-                self.messaging.large_in_window += reserve;
+                self.messaging.in_flight().large_in_window += reserve;
             }
         }
         if kind.is_reliable() {
-            let key = self.messaging.frames.insert(SentFrame {
+            let key = self.messaging.in_flight().frames.insert(SentFrame {
                 header,
                 message_seq: (!is_response).then_some(seq),
                 payload,

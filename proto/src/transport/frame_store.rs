@@ -47,6 +47,27 @@ impl<T> Default for FrameStore<T> {
 }
 
 impl<T> FrameStore<T> {
+    /// An empty store whose slots start at generation `epoch` (from [`next_epoch`] of the
+    /// store before it), so that no key of that store names a frame of this one.
+    ///
+    /// [`next_epoch`]: Self::next_epoch
+    pub(crate) fn starting_at(epoch: u32) -> Self {
+        FrameStore {
+            epoch,
+            ..Self::default()
+        }
+    }
+
+    /// A generation above every one this store has used: where a store made after it
+    /// starts.
+    pub(crate) fn next_epoch(&self) -> u32 {
+        self.slots
+            .iter()
+            .map(|(g, _)| *g)
+            .max()
+            .map_or(self.epoch, |newest| newest.wrapping_add(1))
+    }
+
     pub(crate) fn insert(&mut self, value: T) -> FrameKey {
         self.len += 1;
         if let Some((generation, slot)) = self.slots.get_mut(self.free as usize) {
@@ -112,13 +133,7 @@ impl<T> FrameStore<T> {
         if self.len > 0 || self.slots.is_empty() {
             return;
         }
-        let newest = self
-            .slots
-            .iter()
-            .map(|(g, _)| *g)
-            .max()
-            .unwrap_or(self.epoch);
-        self.epoch = newest.wrapping_add(1);
+        self.epoch = self.next_epoch();
         self.slots = Vec::new();
         self.free = NO_SLOT;
     }
@@ -156,6 +171,24 @@ mod tests {
         }
         assert_eq!(s.len(), 100);
         assert_eq!(s.get(fresh[0]), Some(&1000));
+    }
+
+    /// A store made after another, from its `next_epoch`, gives no key the one before gave:
+    /// a key of the old store finds nothing in the new one.
+    #[test]
+    fn keys_of_a_store_given_back_find_nothing_in_the_next() {
+        let mut old = FrameStore::default();
+        let keys: Vec<FrameKey> = (0..10).map(|i| old.insert(i)).collect();
+        for &k in &keys[..5] {
+            old.remove(k);
+        }
+        let mut new = FrameStore::starting_at(old.next_epoch());
+        let fresh: Vec<FrameKey> = (0..10).map(|i| new.insert(100 + i)).collect();
+        for k in &keys {
+            assert_eq!(new.get(*k), None, "{k:?}");
+            assert!(!fresh.contains(k));
+        }
+        assert_eq!(FrameStore::<u8>::starting_at(7).next_epoch(), 7);
     }
 
     /// Freed slots are reused last freed first, each once, before the slab grows.
