@@ -752,8 +752,15 @@ impl Connection {
         );
         if let Some(f) = &mut self.messaging.in_flight {
             if f.frames.len() == 0 {
-                // Every key still to resend names an acknowledged frame.
+                // Every key still to resend names an acknowledged frame (lost, then
+                // acknowledged after all): nothing is left to send again.
                 f.resend.clear();
+                // Every channel is idle: each large message's reservation went back with
+                // its last frame's acknowledgement.
+                debug_assert_eq!(
+                    f.large_in_window, 0,
+                    "reassembly held with nothing in flight"
+                );
             }
             if f.frames.len() == 0 && f.large_in_window == 0 {
                 self.messaging.frame_epoch = f.frames.next_epoch();
