@@ -5,6 +5,9 @@
 //!   acknowledgements included; reported as messages per second.
 //! - `handshake_encrypted` (divan, wall clock): one protected handshake, both endpoints made
 //!   and connected; what a connect storm costs per connection.
+//! - `ping_pong_32b` and `ping_pong_32b_plain` (divan, wall clock): a 32-byte ordered message
+//!   and its echo between a connected pair, as a driver runs them: the CPU a round trip costs
+//!   both ends, protocol and cipher, without the kernel's share of a loopback round trip.
 //! - Printed before it (virtual time, deterministic, so exact figures rather than timings):
 //!   wire bytes per message in that bulk run (both directions), and delivery latency p50/p99
 //!   with wire and payload overhead under 10% loss each way (independent, and in bursts) and
@@ -150,6 +153,81 @@ fn bulk_bench(bencher: divan::Bencher<'_, '_>, protection: Protection) {
         .counter(divan::counter::ItemsCount::new(N))
         .with_inputs(|| Bulk::new(protection))
         .bench_local_values(|mut bulk| bulk.run(N, &payload));
+}
+
+/// One 32-byte ordered message and its echo between a connected pair, as a driver runs
+/// them (a timeout check before each side's turn), 10 µs of virtual time a leg: the CPU a
+/// round trip costs both ends together, with no socket. The loopback round trip
+/// (`shoal-std`'s `loopback_rtt`, `bench-compare`'s rtt) is this plus the kernel's share.
+struct PingPong {
+    bulk: Bulk,
+    payload: shoal_proto::Bytes,
+}
+
+impl PingPong {
+    fn new(protection: Protection) -> Self {
+        let mut bulk = Bulk::new(protection);
+        bulk.run(10, &shoal_proto::Bytes::from(vec![7u8; 32]));
+        PingPong {
+            bulk,
+            payload: shoal_proto::Bytes::from(vec![9u8; 32]),
+        }
+    }
+
+    /// One round trip; returns the datagrams it took (2 once warm: the ping carries the
+    /// acknowledgement of the echo before it).
+    fn round_trip(&mut self) -> usize {
+        let (ca, sa) = addrs();
+        let b = &mut self.bulk;
+        let mut datagrams = 0;
+        b.client.handle_timeout(b.now);
+        b.client
+            .send(b.conn, ORDERED, self.payload.clone())
+            .expect("room for one ping");
+        while let Some(t) = b.client.poll_transmit(b.now, &mut b.buf) {
+            b.server.handle_datagram(b.now, ca, &b.buf[..t.len]);
+            datagrams += 1;
+        }
+        b.now += Duration::from_micros(10);
+        b.server.handle_timeout(b.now);
+        while let Some(e) = b.server.poll_event() {
+            if let Event::Message {
+                conn,
+                channel,
+                payload,
+                ..
+            } = e
+            {
+                b.server
+                    .send(conn, channel, payload)
+                    .expect("room for the echo");
+            }
+        }
+        while let Some(t) = b.server.poll_transmit(b.now, &mut b.buf) {
+            b.client.handle_datagram(b.now, sa, &b.buf[..t.len]);
+            datagrams += 1;
+        }
+        b.now += Duration::from_micros(10);
+        b.client.handle_timeout(b.now);
+        let mut echoes = 0;
+        while let Some(e) = b.client.poll_event() {
+            echoes += usize::from(matches!(e, Event::Message { .. }));
+        }
+        assert_eq!(echoes, 1, "one echo a round trip");
+        datagrams
+    }
+}
+
+#[divan::bench(sample_count = 20, sample_size = 1000)]
+fn ping_pong_32b(bencher: divan::Bencher<'_, '_>) {
+    let mut pair = PingPong::new(Protection::Encrypted);
+    bencher.bench_local(|| pair.round_trip());
+}
+
+#[divan::bench(sample_count = 20, sample_size = 1000)]
+fn ping_pong_32b_plain(bencher: divan::Bencher<'_, '_>) {
+    let mut pair = PingPong::new(Protection::None);
+    bencher.bench_local(|| pair.round_trip());
 }
 
 /// Best of `runs` wall-clock timings of the bulk run, in messages per second.
