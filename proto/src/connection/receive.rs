@@ -419,12 +419,7 @@ impl Connection {
                     .take_while(|e| e.0 == channel)
                     .count();
             if let Some(ch) = self.messaging.recv_channels.get(usize::from(channel)) {
-                let mut arriving = [0u64; 64];
-                let n = (end - start).min(arriving.len());
-                for (slot, e) in arriving.iter_mut().zip(&ordered[start..start + n]) {
-                    *slot = e.1;
-                }
-                let run_end = ch.in_order_run(&arriving[..n]);
+                let run_end = ch.in_order_run(ordered[start..end].iter().map(|e| e.1));
                 held += ordered[start..end]
                     .iter()
                     .filter(|e| e.1 > run_end)

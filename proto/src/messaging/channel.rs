@@ -483,18 +483,16 @@ impl RecvChannel {
     /// The first sequence from the base that is neither received already nor among
     /// `arriving` (sorted whole messages of one packet): messages before it are delivered as
     /// the packet is taken, so they hold nothing.
-    pub(crate) fn in_order_run(&self, arriving: &[u64]) -> u64 {
+    pub(crate) fn in_order_run(&self, arriving: impl IntoIterator<Item = u64>) -> u64 {
+        let mut arriving = arriving.into_iter().peekable();
         let mut cursor = self.base;
-        let mut i = 0;
         loop {
-            while arriving.get(i).is_some_and(|&s| s < cursor) {
-                i += 1;
-            }
+            while arriving.next_if(|&s| s < cursor).is_some() {}
             let received = matches!(
                 self.slots.get((cursor - self.base) as usize),
                 Some(Slot::Ready(..) | Slot::Done)
             );
-            if received || arriving.get(i) == Some(&cursor) {
+            if received || arriving.peek() == Some(&cursor) {
                 cursor += 1;
             } else {
                 return cursor;
