@@ -181,8 +181,8 @@ struct Messaging {
     /// given back by the idle trim once nothing is in flight (unreliable traffic, most of a
     /// game's, never makes it).
     in_flight: Option<Box<InFlight>>,
-    /// Where the next sent-frame store's generations start: above every one of the stores
-    /// before it, so a packet record's key from before a store was given back finds nothing.
+    /// Where the next sent-frame store's generation counter starts: where the last one
+    /// stopped, so a packet record's key from before a store was given back finds nothing.
     frame_epoch: u32,
     /// The lane `write_new_frames` starts at (at most `MAX_CHANNELS`, the responses' lane).
     rr_cursor: u8,
@@ -766,6 +766,9 @@ impl Connection {
                 self.messaging.frame_epoch = f.frames.next_epoch();
                 self.messaging.in_flight = None;
             } else {
+                // Not reached while `trim` runs only when idle (nothing in flight, so no
+                // reservation either, as checked above); if it were, the box stays and
+                // gives back what it can.
                 if f.resend.is_empty() {
                     f.resend = VecDeque::new();
                 }

@@ -14,15 +14,21 @@ pub(crate) struct FrameKey {
 /// or retransmission queue after its frame was acknowledged finds nothing. Its free slots
 /// form a list through the slots themselves (last freed, first reused), so the store is
 /// one buffer, and 40 bytes in every connection.
+///
+/// Every frame put in takes the next number of one counter as its generation, so a key
+/// matches only the frame it was made for until 2^32 more frames went in (a key lives in a
+/// packet record or the resend queue, a few thousand packets at most). The counter goes on
+/// across [`trim`](Self::trim) and into the next store ([`next_epoch`](Self::next_epoch)):
+/// a number per slot, each bumped on reuse, gave a store made after wrapping past `u32::MAX`
+/// a start below generations just used.
 #[derive(Debug)]
 pub(crate) struct FrameStore<T> {
     slots: Vec<(u32, Slot<T>)>,
     /// The last slot freed (`NO_SLOT`: none is free).
     free: u32,
     len: u32,
-    /// Generation of newly made slots: above every generation before the last `trim`, so
-    /// keys from before it stay stale.
-    epoch: u32,
+    /// The generation of the next frame put in (wrapping).
+    next_generation: u32,
 }
 
 /// A slot of the store: a frame, or free, naming the slot freed before it.
@@ -41,7 +47,7 @@ impl<T> Default for FrameStore<T> {
             slots: Vec::new(),
             free: NO_SLOT,
             len: 0,
-            epoch: 0,
+            next_generation: 0,
         }
     }
 }
@@ -53,23 +59,21 @@ impl<T> FrameStore<T> {
     /// [`next_epoch`]: Self::next_epoch
     pub(crate) fn starting_at(epoch: u32) -> Self {
         FrameStore {
-            epoch,
+            next_generation: epoch,
             ..Self::default()
         }
     }
 
-    /// A generation above every one this store has used: where a store made after it
-    /// starts.
+    /// The generation this store would give next: where a store made after it starts, so
+    /// the two give the same key only 2^32 frames apart.
     pub(crate) fn next_epoch(&self) -> u32 {
-        self.slots
-            .iter()
-            .map(|(g, _)| *g)
-            .max()
-            .map_or(self.epoch, |newest| newest.wrapping_add(1))
+        self.next_generation
     }
 
     pub(crate) fn insert(&mut self, value: T) -> FrameKey {
         self.len += 1;
+        let new_generation = self.next_generation;
+        self.next_generation = new_generation.wrapping_add(1);
         if let Some((generation, slot)) = self.slots.get_mut(self.free as usize) {
             debug_assert!(
                 matches!(slot, Slot::Free { .. }),
@@ -80,15 +84,16 @@ impl<T> FrameStore<T> {
                 self.free = next;
             }
             *slot = Slot::Full(value);
+            *generation = new_generation;
             FrameKey {
                 index,
-                generation: *generation,
+                generation: new_generation,
             }
         } else {
-            self.slots.push((self.epoch, Slot::Full(value)));
+            self.slots.push((new_generation, Slot::Full(value)));
             FrameKey {
                 index: (self.slots.len() - 1) as u32,
-                generation: self.epoch,
+                generation: new_generation,
             }
         }
     }
@@ -110,7 +115,6 @@ impl<T> FrameStore<T> {
     pub(crate) fn remove(&mut self, key: FrameKey) -> Option<T> {
         match self.slots.get_mut(key.index as usize) {
             Some((generation, slot @ Slot::Full(_))) if *generation == key.generation => {
-                *generation = generation.wrapping_add(1);
                 let next = self.free;
                 self.free = key.index;
                 self.len -= 1;
@@ -133,7 +137,6 @@ impl<T> FrameStore<T> {
         if self.len > 0 || self.slots.is_empty() {
             return;
         }
-        self.epoch = self.next_epoch();
         self.slots = Vec::new();
         self.free = NO_SLOT;
     }
@@ -189,6 +192,37 @@ mod tests {
             assert!(!fresh.contains(k));
         }
         assert_eq!(FrameStore::<u8>::starting_at(7).next_epoch(), 7);
+    }
+
+    /// Past `u32::MAX` the generations wrap, and a store made after the wrap still gives no
+    /// key the one before gave (the scenario a number per slot got wrong: slots at
+    /// `u32::MAX` and at 1 made the next store start at 0, and reissue a key just used).
+    #[test]
+    fn keys_stay_distinct_across_the_wrap_of_generations_and_stores() {
+        let mut old = FrameStore::starting_at(u32::MAX - 1);
+        let a = old.insert(1);
+        let b = old.insert(2);
+        old.remove(a);
+        old.remove(b);
+        let c = old.insert(3);
+        old.remove(c);
+        let d = old.insert(4);
+        old.remove(d);
+        let given: Vec<FrameKey> = vec![a, b, c, d];
+        let mut new = FrameStore::starting_at(old.next_epoch());
+        for i in 0..8 {
+            let k = new.insert(10 + i);
+            assert!(!given.contains(&k), "{k:?} was given by the store before");
+        }
+        for k in &given {
+            assert_eq!(new.get(*k), None, "{k:?}");
+        }
+        // Within one store too: a trim keeps counting.
+        old.trim();
+        for i in 0..8 {
+            let k = old.insert(20 + i);
+            assert!(!given.contains(&k), "{k:?} given again after a trim");
+        }
     }
 
     /// Freed slots are reused last freed first, each once, before the slab grows.
