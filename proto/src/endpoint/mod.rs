@@ -1765,9 +1765,15 @@ impl Endpoint {
             self.events.push(event);
         }
         let slot = &mut self.slots[index as usize];
-        slot.generation = slot.generation.wrapping_add(1);
         slot.conn = None;
-        self.free_slots.push(index);
+        // A slot whose generation would wrap is retired, not reused: the next handle would
+        // equal one given out before (a peer that keeps replacing its own unconfirmed
+        // handshake closes a connection in the same slot each time). One slot per 2^32
+        // closes is left behind.
+        if let Some(next) = slot.generation.checked_add(1) {
+            slot.generation = next;
+            self.free_slots.push(index);
+        }
         self.live -= 1;
         if self.wakeups.front().is_some_and(|w| w.index == index) {
             self.settle_wakeups();
@@ -1986,6 +1992,34 @@ mod tests {
         assert!(ep.wakeups.front().is_some(), "a heap again");
         ep.check_wakeups();
         assert!(ep.poll_timeout().is_some_and(|t| t.as_micros() > queued));
+    }
+
+    /// A closed connection's handle never names a later one, even after its slot's
+    /// generation ran out: that slot is retired, where a wrap would have given the first
+    /// handle it ever held again.
+    #[test]
+    fn a_slot_whose_generation_would_wrap_is_retired_not_reused() {
+        let mut ep = Endpoint::new(Config {
+            seed: 1,
+            secret_seed: Some(crate::SecretSeed::insecure_from_u64(1)),
+            accept_incoming: false,
+            ..Config::default()
+        })
+        .expect("valid");
+        let server = SocketAddr::from(([10, 0, 0, 1], 4000));
+        let now = Instant::from_millis(1);
+        let first = ep.connect(now, server, b"").expect("connect");
+        ep.disconnect(first, 0);
+        assert_eq!(ep.next_slot_index(), 0, "a freed slot is reused");
+        ep.slots[0].generation = u32::MAX;
+        let last = ep.connect(now, server, b"").expect("connect");
+        assert_eq!((last.index(), last.generation), (0, u32::MAX));
+        ep.disconnect(last, 0);
+        assert!(!ep.free_slots.contains(&0), "retired");
+        let next = ep.connect(now, server, b"").expect("connect");
+        assert_ne!(next, first);
+        assert_ne!(next, last);
+        assert_eq!(next.index(), 1);
     }
 
     /// The fields a datagram, a send or a poll reads sit in the endpoint's first eight cache

@@ -190,12 +190,14 @@ pub(crate) struct RecvChannel {
     kind: DeliveryKind,
     /// Sequenced: where the newest delivered message was on the wire.
     newest: Option<WireOrder>,
-    /// Reliable kinds: the oldest message not yet delivered.
+    /// Reliable kinds: the oldest message not yet delivered. Unreliable kinds: the newest
+    /// sequence seen, extended to 64 bits, which partial messages are keyed by (their 16
+    /// wire bits repeat every 65,536 messages).
     base: u64,
     slots: VecDeque<Slot>,
-    /// Unreliable kinds: messages being reassembled, by wire sequence, with where their first
-    /// chunk to arrive was on the wire.
-    partials: Vec<(u16, MessageMeta, WireOrder, ReassemblyBuffer)>,
+    /// Unreliable kinds: messages being reassembled, by extended sequence, with where their
+    /// first chunk to arrive was on the wire.
+    partials: Vec<(u64, MessageMeta, WireOrder, ReassemblyBuffer)>,
     /// Bytes held: reassembly buffers, and whole messages waiting for an earlier one.
     pub(crate) held_bytes: usize,
 }
@@ -282,6 +284,20 @@ impl RecvChannel {
         Received::Accepted
     }
 
+    /// An unreliable message's sequence, extended around the newest seen (which it advances):
+    /// a partial message then never takes the chunks of one sent 65,536 messages later,
+    /// which has the same sequence on the wire. Before the first message (only a peer that
+    /// lies sends that) it stays as it came.
+    fn extend_unreliable(&mut self, wire: u16) -> u64 {
+        match extend_seq(wire, self.base) {
+            Some(seq) => {
+                self.base = self.base.max(seq);
+                seq
+            }
+            None => u64::from(wire),
+        }
+    }
+
     fn receive_unreliable(
         &mut self,
         meta: MessageMeta,
@@ -289,6 +305,7 @@ impl RecvChannel {
         payload: Bytes,
         cx: &mut RecvContext<'_>,
     ) -> Received {
+        let sequence = self.extend_unreliable(meta.sequence);
         let Some(chunk) = chunk else {
             return self.deliver_unreliable(meta, payload, cx);
         };
@@ -298,7 +315,7 @@ impl RecvChannel {
         let pos = self
             .partials
             .iter()
-            .position(|(seq, m, _, _)| *seq == meta.sequence && *m == meta);
+            .position(|(seq, m, _, _)| *seq == sequence && *m == meta);
         let idx = match pos {
             Some(idx) => idx,
             None => {
@@ -312,7 +329,7 @@ impl RecvChannel {
                 }
                 let r = ReassemblyBuffer::new(chunk.count, cx.chunk_payload, cx.now);
                 self.held_bytes += r.reserved();
-                self.partials.push((meta.sequence, meta, cx.order, r));
+                self.partials.push((sequence, meta, cx.order, r));
                 self.partials.len() - 1
             }
         };
@@ -533,6 +550,66 @@ impl RecvChannel {
             Slot::Partial(r) => Some(r.progress((self.base + i as u64) as u16)),
             _ => None,
         });
-        reliable.or_else(|| self.partials.first().map(|(seq, _, _, r)| r.progress(*seq)))
+        reliable.or_else(|| {
+            self.partials
+                .first()
+                .map(|(_, meta, _, r)| r.progress(meta.sequence))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds one frame of `payload` at packet `packet`; returns its verdict and what was
+    /// delivered.
+    fn feed(
+        ch: &mut RecvChannel,
+        packet: u64,
+        sequence: u16,
+        chunk: Option<ChunkInfo>,
+        payload: &'static [u8],
+    ) -> (Received, Vec<Bytes>) {
+        let mut delivered = Vec::new();
+        let mut deliver = |_: MessageMeta, b: Bytes| delivered.push(b);
+        let mut cx = RecvContext {
+            now: Instant::from_millis(1),
+            order: (packet, 0),
+            chunk_payload: 4,
+            budget_left: 1 << 20,
+            deliver: &mut deliver,
+        };
+        let meta = MessageMeta {
+            sequence,
+            request: false,
+            owner: 0,
+            redirect: None,
+        };
+        let verdict = ch.receive(meta, chunk, Bytes::from_static(payload), &mut cx);
+        (verdict, delivered)
+    }
+
+    /// The 16 bits of an unreliable message's sequence repeat every 65,536 messages: a
+    /// message still missing a chunk must not be completed by the chunks of the one sent
+    /// 65,536 later (it was, and the application got half of each).
+    #[test]
+    fn a_partial_message_never_takes_the_chunks_of_one_65536_later() {
+        let mut ch = RecvChannel::new(DeliveryKind::Unreliable);
+        let chunk = |index| Some(ChunkInfo { index, count: 2 });
+        let (_, out) = feed(&mut ch, 1, 7, chunk(0), b"AAAA");
+        assert!(out.is_empty(), "its second chunk is lost");
+        // 65,536 messages later (every 8,192nd arrives), the same 16 bits again.
+        for (i, extended) in (8..=65_536 + 7).step_by(8_192).enumerate() {
+            let (_, out) = feed(&mut ch, 2 + i as u64, extended as u16, None, b"x");
+            assert_eq!(out.len(), 1, "whole messages are delivered");
+        }
+        let (_, out) = feed(&mut ch, 100, 7, chunk(1), b"bbbb");
+        assert!(
+            out.is_empty(),
+            "{out:?}: the old message was completed with it"
+        );
+        let (_, out) = feed(&mut ch, 101, 7, chunk(0), b"BBBB");
+        assert_eq!(out, [Bytes::from_static(b"BBBBbbbb")]);
     }
 }
