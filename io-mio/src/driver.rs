@@ -155,11 +155,12 @@ impl MioDriver {
     /// is writable. Errors are the socket's own failures.
     pub fn on_event(&mut self, event: &mio::event::Event) -> io::Result<()> {
         let now = std::time::Instant::now();
-        if event.is_readable() || event.is_error() {
-            self.handle_readable(now)?;
-        }
+        // Sending first: a read error must not leave a writable edge unanswered.
         if event.is_writable() {
             self.handle_writable(now);
+        }
+        if event.is_readable() || event.is_error() {
+            self.handle_readable(now)?;
         }
         Ok(())
     }
@@ -169,7 +170,10 @@ impl MioDriver {
     /// one reading can serve a whole loop turn).
     pub fn handle_readable(&mut self, now: std::time::Instant) -> io::Result<()> {
         let now = self.core.clock_mut().at(now);
-        self.read_pending = false;
+        // Until the socket said WouldBlock, more may wait, and an edge-triggered poller
+        // (mio on Windows re-arms only after WouldBlock) signals nothing new: after an error
+        // `update` reads on.
+        self.read_pending = true;
         let mut left = self.read_batch;
         while left > 0 {
             let socket = &self.socket;
@@ -177,11 +181,11 @@ impl MioDriver {
                 .core
                 .receive_batch(Some(now), left, socket, |buf| socket.recv_from(buf))?;
             if read == 0 {
+                self.read_pending = false;
                 return Ok(());
             }
             left = left.saturating_sub(read);
         }
-        self.read_pending = true;
         Ok(())
     }
 

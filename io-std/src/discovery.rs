@@ -57,7 +57,8 @@ use crate::io_util::{recv_error_action, RecvErrorAction};
 enum Received {
     /// A datagram of this length, from there.
     Datagram(usize, SocketAddr),
-    /// An error to step over (an interruption, an ICMP report).
+    /// An error to step over (an interruption, an ICMP report, a datagram too long for the
+    /// buffer on Windows).
     Skip,
     /// Nothing waiting.
     Empty,
@@ -67,7 +68,7 @@ enum Received {
 fn receive(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<Received> {
     match socket.recv_from(buf) {
         Ok((len, from)) => Ok(Received::Datagram(len, from)),
-        Err(e) => match recv_error_action(e.kind()) {
+        Err(e) => match recv_error_action(&e) {
             RecvErrorAction::Empty => Ok(Received::Empty),
             RecvErrorAction::Retry | RecvErrorAction::Ignore => Ok(Received::Skip),
             RecvErrorAction::Fail => Err(e),

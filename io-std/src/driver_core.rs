@@ -28,7 +28,9 @@ pub struct DriverStats {
     pub send_errors: u64,
     /// The most recent such error: the OS error (kind and code) and the destination.
     pub last_send_error: Option<SendFailure>,
-    /// ICMP errors reported by `recv_from` (`ConnectionReset`/`ConnectionRefused`), skipped.
+    /// Receive errors about one peer or one datagram, skipped: ICMP reports of earlier sends
+    /// (`ConnectionReset`, `ConnectionRefused`, unreachable host or network, Windows'
+    /// time-to-live exceeded) and, on Windows, datagrams longer than the buffer.
     pub icmp_errors_ignored: u64,
     /// Times a send hit `WouldBlock` and the unsent datagrams were kept for a later flush
     /// (with `shoal-mio`, the next writable event).
@@ -311,34 +313,34 @@ impl DriverCore {
     /// (GRO), which only [`receive_batch`](Self::receive_batch) cuts up again.
     ///
     /// Returns `Ok(false)` when none was waiting, `Ok(true)` when something happened: a
-    /// datagram, or an ICMP error that is counted and skipped. Interrupted calls are retried;
-    /// other errors are the socket's own and returned.
+    /// datagram, an ICMP error that is counted and skipped, or a signal that interrupted the
+    /// call (a blocking read then returns to its caller, which works out its wait again: read
+    /// again at once, it would wait its whole timeout anew, and a steady signal would keep
+    /// timers from running). Other errors are the socket's own and returned.
     pub fn receive_one(
         &mut self,
         now: Option<Instant>,
         mut recv_from: impl FnMut(&mut [u8]) -> io::Result<(usize, SocketAddr)>,
     ) -> io::Result<bool> {
-        loop {
-            match recv_from(&mut self.recv_buf) {
-                Ok((len, from)) => {
-                    if Some(from) != self.wake_from {
-                        let now = now.unwrap_or_else(|| self.clock.now());
-                        let datagram = &self.recv_buf[..len.min(self.recv_buf.len())];
-                        self.endpoint.handle_datagram(now, from, datagram);
-                    }
-                    return Ok(true);
+        match recv_from(&mut self.recv_buf) {
+            Ok((len, from)) => {
+                if Some(from) != self.wake_from {
+                    let now = now.unwrap_or_else(|| self.clock.now());
+                    let datagram = &self.recv_buf[..len.min(self.recv_buf.len())];
+                    self.endpoint.handle_datagram(now, from, datagram);
                 }
-                Err(e) => match recv_error_action(e.kind()) {
-                    RecvErrorAction::Empty => return Ok(false),
-                    RecvErrorAction::Retry => continue,
-                    RecvErrorAction::Ignore => {
-                        // Counts as "something happened" so the drain goes on reading.
-                        self.icmp_errors_ignored += 1;
-                        return Ok(true);
-                    }
-                    RecvErrorAction::Fail => return Err(e),
-                },
+                Ok(true)
             }
+            Err(e) => match recv_error_action(&e) {
+                RecvErrorAction::Empty => Ok(false),
+                // Counts as "something happened" so a drain goes on reading.
+                RecvErrorAction::Retry => Ok(true),
+                RecvErrorAction::Ignore => {
+                    self.icmp_errors_ignored += 1;
+                    Ok(true)
+                }
+                RecvErrorAction::Fail => Err(e),
+            },
         }
     }
 
@@ -348,7 +350,8 @@ impl DriverCore {
     /// [`RECV_BATCH`](crate::RECV_BATCH) receive slots of 64 KiB and
     /// [`SEND_BATCH`](crate::SEND_BATCH) transmit slots of `Config::mtu` bytes; where the
     /// platform or the socket cannot, and for `Portable`, reads and sends stay one
-    /// `recv_from` or `send_to` per datagram. Returns the mode in effect.
+    /// `recv_from` or `send_to` per datagram, and UDP GRO is turned off (a batched reader
+    /// turned it on). Returns the mode in effect.
     ///
     /// While datagrams wait for room in the socket ([`is_send_blocked`](Self::is_send_blocked))
     /// the transmit slots stay as they are, so none is lost; either size works with either
@@ -358,6 +361,10 @@ impl DriverCore {
             IoMode::Batched => BatchReader::new(socket).ok(),
             IoMode::Portable => None,
         };
+        if self.batch.is_none() {
+            // Back to portable, or batched reads could not be set up after all.
+            crate::recv_batch::unbatch(socket);
+        }
         let slots = match self.io_mode() {
             IoMode::Batched => SEND_BATCH,
             _ => 1,
@@ -402,7 +409,7 @@ impl DriverCore {
             });
             match read {
                 Ok(n) => return Ok(n),
-                Err(e) => match recv_error_action(e.kind()) {
+                Err(e) => match recv_error_action(&e) {
                     RecvErrorAction::Empty => return Ok(0),
                     RecvErrorAction::Retry => continue,
                     RecvErrorAction::Ignore => {
@@ -616,6 +623,30 @@ mod tests {
         DriverCore::new(local, Config::default()).expect("valid config")
     }
 
+    /// A socket switched back to portable reads gets its datagrams one at a time again: GRO,
+    /// which batched reads turn on, would join a train into one `recv_from`.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[test]
+    fn a_socket_back_to_portable_reads_has_gro_off() {
+        use nix::sys::socket::{getsockopt, sockopt::UdpGroSegment};
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let mut core = core();
+        if core.set_io_mode(IoMode::Batched, &socket) == IoMode::Batched {
+            let on = getsockopt(&socket, UdpGroSegment);
+            if !matches!(on, Ok(true)) {
+                return; // A kernel without GRO: nothing to turn off.
+            }
+        }
+        assert_eq!(
+            core.set_io_mode(IoMode::Portable, &socket),
+            IoMode::Portable
+        );
+        assert!(matches!(
+            getsockopt(&socket, UdpGroSegment),
+            Ok(false) | Err(_)
+        ));
+    }
+
     #[test]
     fn receive_one_sorts_errors_and_counts_icmp() {
         let mut core = core();
@@ -627,7 +658,10 @@ mod tests {
             Err(io::ErrorKind::Interrupted.into()),
         ];
         let mut next = |_: &mut [u8]| results.pop().expect("a result");
-        // Interrupted is retried, then the datagram is delivered.
+        // An interruption returns (a blocking caller works its wait out again); the
+        // datagram comes with the next read.
+        assert!(core.receive_one(None, &mut next).expect("interrupted"));
+        assert_eq!(core.endpoint().stats().datagrams_received, 0);
         assert!(core.receive_one(None, &mut next).expect("datagram"));
         assert_eq!(core.endpoint().stats().datagrams_received, 1);
         assert!(core.receive_one(None, &mut next).expect("icmp"));
@@ -720,6 +754,26 @@ mod batch_tests {
     fn read(core: &mut DriverCore, socket: &UdpSocket, max: usize) -> usize {
         core.receive_batch(None, max, socket, |buf| socket.recv_from(buf))
             .expect("read")
+    }
+
+    /// An IPv6 socket read in batches (its control messages pared down like an IPv4
+    /// socket's) delivers every datagram whole. Skipped where IPv6 loopback is missing.
+    #[test]
+    fn a_batched_ipv6_socket_delivers_each_datagram() {
+        let Ok(socket) = UdpSocket::bind("[::1]:0") else {
+            return;
+        };
+        socket.set_nonblocking(true).expect("non-blocking");
+        let to = socket.local_addr().expect("address");
+        let mut core = DriverCore::new(to, Config::default()).expect("core");
+        core.set_io_mode(IoMode::Batched, &socket);
+        let sender = UdpSocket::bind("[::1]:0").expect("bind");
+        for i in 0..5u8 {
+            sender.send_to(&[i; 40], to).expect("send");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert_eq!(read(&mut core, &socket, 64), 5);
+        assert_eq!(core.endpoint().stats().datagrams_received, 5);
     }
 
     #[test]

@@ -33,22 +33,35 @@ pub enum RecvErrorAction {
     Empty,
     /// A signal interrupted the call: call again.
     Retry,
-    /// An ICMP error from an earlier send surfaced here (`ConnectionReset` on Windows,
-    /// `ConnectionRefused` on some Unixes): it concerns one peer, not this socket. The
-    /// protocol notices an unreachable peer by its silence, so skip it and keep reading.
+    /// An error that concerns one peer or one datagram, not this socket: an ICMP report of
+    /// an earlier send surfacing here (`ConnectionReset` or `WSAENETRESET`, a time-to-live
+    /// exceeded, on Windows; `ConnectionRefused`, `HostUnreachable`, `NetworkUnreachable` on
+    /// Unixes, the latter two on a connected socket), or a datagram longer than the buffer
+    /// that Windows drops with `WSAEMSGSIZE`. The protocol notices an unreachable peer by
+    /// its silence, so skip it and keep reading: one peer's trouble must not stop a server.
     Ignore,
     /// Anything else: the socket is unusable.
     Fail,
 }
 
+/// Windows' code for an ICMP "time to live exceeded" about an earlier send (std sorts it as
+/// `Uncategorized`); no other system uses the number.
+const WSAENETRESET: i32 = 10052;
+/// Windows' code for a datagram longer than the receive buffer, which it drops.
+const WSAEMSGSIZE: i32 = 10040;
+
 /// Sorts a `recv_from` error.
-pub fn recv_error_action(kind: io::ErrorKind) -> RecvErrorAction {
-    match kind {
+pub fn recv_error_action(e: &io::Error) -> RecvErrorAction {
+    if matches!(e.raw_os_error(), Some(WSAENETRESET | WSAEMSGSIZE)) {
+        return RecvErrorAction::Ignore;
+    }
+    match e.kind() {
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => RecvErrorAction::Empty,
         io::ErrorKind::Interrupted => RecvErrorAction::Retry,
-        io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionRefused => {
-            RecvErrorAction::Ignore
-        }
+        io::ErrorKind::ConnectionReset
+        | io::ErrorKind::ConnectionRefused
+        | io::ErrorKind::HostUnreachable
+        | io::ErrorKind::NetworkUnreachable => RecvErrorAction::Ignore,
         _ => RecvErrorAction::Fail,
     }
 }
@@ -809,15 +822,29 @@ mod tests {
     #[test]
     fn receive_errors_are_sorted() {
         use io::ErrorKind::*;
-        assert_eq!(recv_error_action(WouldBlock), RecvErrorAction::Empty);
-        assert_eq!(recv_error_action(TimedOut), RecvErrorAction::Empty);
-        assert_eq!(recv_error_action(Interrupted), RecvErrorAction::Retry);
-        assert_eq!(recv_error_action(ConnectionReset), RecvErrorAction::Ignore);
-        assert_eq!(
-            recv_error_action(ConnectionRefused),
-            RecvErrorAction::Ignore
-        );
-        assert_eq!(recv_error_action(PermissionDenied), RecvErrorAction::Fail);
-        assert_eq!(recv_error_action(InvalidInput), RecvErrorAction::Fail);
+        let action = |kind: io::ErrorKind| recv_error_action(&io::Error::from(kind));
+        assert_eq!(action(WouldBlock), RecvErrorAction::Empty);
+        assert_eq!(action(TimedOut), RecvErrorAction::Empty);
+        assert_eq!(action(Interrupted), RecvErrorAction::Retry);
+        assert_eq!(action(ConnectionReset), RecvErrorAction::Ignore);
+        assert_eq!(action(ConnectionRefused), RecvErrorAction::Ignore);
+        assert_eq!(action(HostUnreachable), RecvErrorAction::Ignore);
+        assert_eq!(action(NetworkUnreachable), RecvErrorAction::Ignore);
+        assert_eq!(action(PermissionDenied), RecvErrorAction::Fail);
+        assert_eq!(action(InvalidInput), RecvErrorAction::Fail);
+    }
+
+    /// Windows reports an ICMP time-to-live exceeded, and a datagram too long for the
+    /// buffer, by codes std leaves uncategorized: a routing loop towards one client, or one
+    /// over-long broadcast on the LAN, must not stop a server or a discovery responder.
+    #[test]
+    fn windows_reports_about_one_peer_or_datagram_are_skipped() {
+        for code in [WSAENETRESET, WSAEMSGSIZE] {
+            assert_eq!(
+                recv_error_action(&io::Error::from_raw_os_error(code)),
+                RecvErrorAction::Ignore,
+                "{code}"
+            );
+        }
     }
 }

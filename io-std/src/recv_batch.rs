@@ -92,6 +92,19 @@ impl BatchReader {
             nix::sys::socket::sockopt::Ipv4PacketInfo,
             &false,
         );
+        // Their IPv6 twins too: with GRO's segment size and the timestamp, their control
+        // messages would also overflow the room quinn-udp gives them (96 bytes), and the
+        // kernel would cut what does not fit. An IPv4 socket refuses these.
+        let _ = nix::sys::socket::setsockopt(
+            &socket.as_fd(),
+            nix::sys::socket::sockopt::Ipv6RecvPacketInfo,
+            &false,
+        );
+        let _ = nix::sys::socket::setsockopt(
+            &socket.as_fd(),
+            nix::sys::socket::sockopt::Ipv6RecvTClass,
+            &false,
+        );
         Ok(BatchReader {
             state,
             slots: vec![0; RECV_BATCH * RECV_BUFFER_LEN].into_boxed_slice(),
@@ -161,7 +174,8 @@ impl BatchReader {
 }
 
 /// Waits up to `wait` (`None`: forever) until `socket` has something to read, without
-/// reading it: whether it has.
+/// reading it: whether it has. A signal ends the wait early (`false`), so the caller works its
+/// wait out again rather than starting the whole of it anew.
 #[cfg(any(target_os = "linux", target_os = "android"))]
 pub(crate) fn wait_readable(
     socket: &impl BatchSocket,
@@ -177,14 +191,30 @@ pub(crate) fn wait_readable(
         }
     };
     let mut fds = [PollFd::new(socket.as_fd(), PollFlags::POLLIN)];
-    loop {
-        match poll(&mut fds, timeout) {
-            Ok(ready) => return Ok(ready > 0),
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(e.into()),
-        }
+    match poll(&mut fds, timeout) {
+        Ok(ready) => Ok(ready > 0),
+        Err(nix::errno::Errno::EINTR) => Ok(false),
+        Err(e) => Err(e.into()),
     }
 }
+
+/// Turns UDP GRO off: a socket read with `recv_from`, one datagram a call, must get its
+/// datagrams one at a time. One a batched reader set up (or half set up: quinn-udp turns
+/// GRO on before the options that can fail) would join a train into one read, which the
+/// endpoint drops as a single oversized datagram.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub(crate) fn unbatch(socket: &impl BatchSocket) {
+    // A kernel without GRO has it off already.
+    let _ = nix::sys::socket::setsockopt(
+        &socket.as_fd(),
+        nix::sys::socket::sockopt::UdpGroSegment,
+        &false,
+    );
+}
+
+/// Elsewhere sockets are never set up for batched reads.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+pub(crate) fn unbatch(_socket: &impl BatchSocket) {}
 
 /// Elsewhere a driver is never batched, so this is never called: it reports the socket
 /// readable, and the (portable) read that follows finds out.
