@@ -91,9 +91,11 @@
 //! # Errors
 //!
 //! The driver returns `io::Error` only for failures of the socket itself. Trouble with one
-//! peer is not one: ICMP errors surfacing on receive (`ConnectionReset` on Windows) are
-//! skipped, and a send to an unreachable address drops that datagram, counted in
-//! [`DriverStats`]; the protocol treats both like loss.
+//! peer is not one: ICMP errors surfacing on receive (`ConnectionReset` or a time-to-live
+//! exceeded on Windows, an unreachable host on a connected socket) and datagrams too long
+//! for the buffer (which Windows reports as an error) are skipped, and a send to an
+//! unreachable address drops that datagram, counted in [`DriverStats`]; the protocol treats
+//! them like loss. A signal interrupting a blocking wait ends it early, as a wake-up.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
