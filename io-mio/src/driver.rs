@@ -135,8 +135,9 @@ impl MioDriver {
     // ------------------------------------------------------------------ getters
 
     /// How long the caller's `Poll::poll` may sleep before [`update`](Self::update) must run:
-    /// until the endpoint's next timer, zero if one is due or datagrams are known to be
-    /// waiting, `None` if nothing is scheduled (sleep until an event).
+    /// until the endpoint's next timer, zero if one is due or datagrams may be waiting (a
+    /// read stopped at its batch, or by an error: `update` reads on), `None` if nothing is
+    /// scheduled (sleep until an event).
     pub fn next_timeout(&self) -> Option<Duration> {
         if self.read_pending {
             return Some(Duration::ZERO);
@@ -222,12 +223,15 @@ impl MioDriver {
     /// queued. Never blocks.
     pub fn update(&mut self) -> io::Result<()> {
         let now = std::time::Instant::now();
-        if self.read_pending {
-            self.handle_readable(now)?;
-        }
+        let read = if self.read_pending {
+            self.handle_readable(now)
+        } else {
+            Ok(())
+        };
+        // Timers and sends go on whatever the read said.
         self.handle_timeout(now);
         self.flush();
-        Ok(())
+        read
     }
 
     // ------------------------------------------------------------------ internals

@@ -135,7 +135,8 @@ impl Driver {
     /// is due, or `timeout` passes (`None`: no limit besides the endpoint's timers), and then
     /// does what [`update`](Self::update) does.
     ///
-    /// It returns after one wake-up, so call it in a loop and drain the events in between.
+    /// It returns after one wake-up (a signal interrupting the wait is one), so call it in a
+    /// loop and drain the events in between.
     /// With no connections and `timeout == None` it sleeps until a datagram arrives.
     pub fn poll(&mut self, timeout: Option<Duration>) -> io::Result<()> {
         let now = self.core.now();

@@ -1773,6 +1773,10 @@ impl Endpoint {
         if let Some(next) = slot.generation.checked_add(1) {
             slot.generation = next;
             self.free_slots.push(index);
+        } else {
+            // Its queued wake-up is stale: settled away like a reused slot's.
+            slot.scheduled = NEVER;
+            slot.due = NEVER;
         }
         self.live -= 1;
         if self.wakeups.front().is_some_and(|w| w.index == index) {

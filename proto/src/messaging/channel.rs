@@ -285,17 +285,14 @@ impl RecvChannel {
     }
 
     /// An unreliable message's sequence, extended around the newest seen (which it advances):
-    /// a partial message then never takes the chunks of one sent 65,536 messages later,
-    /// which has the same sequence on the wire. Before the first message (only a peer that
-    /// lies sends that) it stays as it came.
+    /// a partial message then does not take the chunks of one sent 65,536 messages later,
+    /// which has the same sequence on the wire, unless a chunk comes 32,768 messages late.
+    /// A sequence that reads as before the first (a stream whose first messages were lost or
+    /// replaced before they left) is taken as it came.
     fn extend_unreliable(&mut self, wire: u16) -> u64 {
-        match extend_seq(wire, self.base) {
-            Some(seq) => {
-                self.base = self.base.max(seq);
-                seq
-            }
-            None => u64::from(wire),
-        }
+        let seq = extend_seq(wire, self.base).unwrap_or(u64::from(wire));
+        self.base = self.base.max(seq);
+        seq
     }
 
     fn receive_unreliable(
