@@ -818,6 +818,47 @@ fn client_connection_id(p: &mut Pair) -> u64 {
     id.expect("a data packet from the client")
 }
 
+/// A handshake refusal forged with the client's nonce (sent in the clear in its Hello, so an
+/// observer on the path knows it) ends nothing once the connection is established: only an
+/// authentic Disconnect does. (Before, one 12-byte datagram closed the client as ServerFull.)
+#[test]
+fn a_forged_refusal_does_not_close_an_established_connection() {
+    let mut p = Pair::default_pair();
+    let nonce = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let seen = nonce.clone();
+    p.hook = Box::new(move |dir, _, bytes| {
+        if matches!(dir, Dir::ClientToServer) {
+            if let Ok(Packet::Hello { client_nonce, .. }) = Packet::decode(bytes) {
+                seen.lock()
+                    .expect("not poisoned")
+                    .get_or_insert(client_nonce);
+            }
+        }
+        vec![Duration::ZERO]
+    });
+    let (c, s) = p.connect();
+    p.hook = Box::new(|_, _, _| vec![Duration::ZERO]);
+    let nonce = nonce
+        .lock()
+        .expect("not poisoned")
+        .expect("a Hello was sent");
+    for code in [RejectCode::Full, RejectCode::Refused(7)] {
+        let forged = encode(&Packet::Reject {
+            client_nonce: nonce,
+            code,
+        });
+        let now = p.now;
+        p.client.handle_datagram(now, p.server_addr, &forged);
+        p.run_for(Duration::from_millis(500));
+        assert!(p.client.is_connected(c), "{code:?}");
+        assert!(p.server.is_connected(s));
+        assert_eq!(disconnect_reason(&p.client_events), None);
+    }
+    p.client.send(c, 3, &b"still here"[..]).expect("send");
+    p.run_for(Duration::from_millis(500));
+    assert_eq!(p.server_messages(3), vec![b"still here".to_vec()]);
+}
+
 /// An "unknown connection" notice naming `id`, as anyone who saw the id can write it.
 fn forged_reset(id: u64) -> Vec<u8> {
     encode(&Packet::Reject {

@@ -1030,6 +1030,12 @@ impl Endpoint {
             } => self.on_reset_hint(now, from, connection_id),
             Packet::Reject { client_nonce, code } => {
                 self.with_client_conn(from, client_nonce, |c, _, _| {
+                    // A refusal answers a handshake: once connected, the nonce it names
+                    // has been seen on the path in the clear, and only an authentic
+                    // Disconnect (or the reset check) ends the connection.
+                    if c.is_connected() {
+                        return Err(DropReason::Unexpected);
+                    }
                     c.close(DisconnectReason::from_reject(code), None);
                     Ok(())
                 });
