@@ -512,15 +512,15 @@ impl Reader<'_> {
     fn key(&mut self) -> Option<[u8; 32]> {
         self.take(32)?.try_into().ok()
     }
-    /// A length-prefixed field, as a zero-copy slice of the message.
+    /// A length-prefixed field, copied out of the message: names, passwords and metadata
+    /// are kept (in rooms, member lists, pending joins), and a slice would keep the whole
+    /// receive buffer it points into alive with them, up to 64 times the field's own size.
     fn field(&mut self) -> Option<Bytes> {
         let len = usize::from(self.u16()?);
         if len > MAX_FIELD {
             return None;
         }
-        let start = self.at;
-        self.take(len)?;
-        Some(self.buf.slice(start..start + len))
+        self.take(len).map(Bytes::copy_from_slice)
     }
     fn addrs(&mut self, max: usize) -> Option<Vec<SocketAddr>> {
         let count = usize::from(self.u8()?);
@@ -549,6 +549,38 @@ impl Reader<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A decoded name, password or metadata owns its bytes: kept in a room or a member list,
+    /// a slice would keep the whole (much larger) receive buffer alive.
+    #[test]
+    fn decoded_fields_do_not_point_into_the_message() {
+        let command = Command::Join {
+            op: 1,
+            name: Bytes::from_static(b"lobby"),
+            password: Bytes::from_static(b"pw"),
+            metadata: Bytes::from_static(b"meta"),
+        };
+        let mut buffer = command.encode();
+        buffer.resize(16 * 1024, 0);
+        let message = Bytes::from(buffer).slice(..command.encode().len());
+        let Some(Command::Join {
+            name,
+            password,
+            metadata,
+            ..
+        }) = Command::decode(&message)
+        else {
+            panic!("a Join");
+        };
+        let inside = message.as_ptr_range();
+        for field in [&name, &password, &metadata] {
+            assert!(
+                !inside.contains(&field.as_ptr()),
+                "{field:?} is a slice of the message"
+            );
+        }
+        assert_eq!(&name[..], b"lobby");
+    }
 
     #[test]
     fn every_command_and_notice_decodes_to_itself() {

@@ -1297,6 +1297,12 @@ impl Hub {
         wire_target: u16,
         payload: Bytes,
     ) {
+        if request.channel == self.config.control_channel {
+            // The hub's own channel carries its notices: relayed requests there would queue
+            // in front of them (and crowd them out of the queue's room).
+            self.stats.dropped_requests += 1;
+            return;
+        }
         let Some((target, _)) = self.check_target(from, wire_target) else {
             return;
         };

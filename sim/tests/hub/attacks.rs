@@ -287,3 +287,29 @@ fn join_and_refuse_in_a_loop_does_not_grow_the_approval_deadlines() {
         "{held} deadlines held for one waiting join at most"
     );
 }
+
+/// A member that asks, through the raw endpoint, for requests to be relayed on the hub's
+/// control channel gets none relayed: they would queue in front of the hub's notices to the
+/// target and crowd them out of the channel's room (an audit found them relayed).
+#[test]
+fn requests_on_the_control_channel_are_not_relayed() {
+    let (mut sim, mut w) = world(37, 2, hub_config(), link(0.0));
+    room_of_all(&mut sim, &mut w, "ctl");
+    let b = w.user(1);
+    let control = hub::DEFAULT_CONTROL_CHANNEL;
+    let conn = w.client(0).connection();
+    for n in 0..4u32 {
+        let now = sim.now();
+        sim.endpoint_mut(w.members[0])
+            .request_redirected(now, conn, control, numbered(control, n, 100), Some(b))
+            .expect("queued");
+    }
+    w.run(&mut sim, 500);
+    assert_eq!(w.hub.stats().dropped_requests, 4);
+    assert!(
+        !w.take(1)
+            .iter()
+            .any(|e| matches!(e, HubEvent::Request { .. })),
+        "a request reached the target"
+    );
+}
