@@ -686,6 +686,15 @@ impl HubClient {
         let Some(user) = user else {
             return Some(event);
         };
+        if let Event::Connected { identity, .. } = &event {
+            // The hub vouched for this member's key: a link that proved another (someone
+            // else at an address the member announced) is not the member's.
+            let vouched = self.links.get(&user).and_then(|l| l.key);
+            if vouched.is_some_and(|k| identity.key != Some(k)) {
+                ep.disconnect(conn, 0);
+                return None;
+            }
+        }
         match event {
             Event::Connected { .. } => {
                 self.link_users.insert(conn, user);
@@ -779,7 +788,9 @@ impl HubClient {
 
     /// Which peer a new connection links to: one this member opened, one tunnelled from a
     /// member (the hub wrote its id), or, for direct-only links, one from an address the hub
-    /// gave for a member.
+    /// gave for a member. (Under the other policies every link arrives through the hub, so a
+    /// direct connection from an announced address is not a member's: private addresses are
+    /// shared by many networks.)
     fn link_user_for(&self, conn: ConnectionHandle, remote: SocketAddr) -> Option<u16> {
         if self.policy == PathPolicy::Messages {
             return None;
@@ -789,6 +800,9 @@ impl HubClient {
         }
         if let Some(u) = relay_user(remote) {
             return Some(u);
+        }
+        if self.policy != PathPolicy::DirectOnly {
+            return None;
         }
         self.links
             .iter()

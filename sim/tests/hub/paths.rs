@@ -503,3 +503,56 @@ fn an_idle_direct_link_sends_only_its_keepalives_and_their_acknowledgements() {
     // of each of the peer's: about 40 in 10 s. Acknowledging acknowledgements sent 192.
     assert!(sent <= 60, "{sent} datagrams in 10 idle seconds");
 }
+
+/// Under `Auto` every link arrives through the hub, so a direct connection from an address
+/// a member announced (private ranges are shared by many networks: another host there can
+/// hold it) is not that member's link; before, it replaced the member's live link, and the
+/// stranger received what was sent to the member and spoke as it.
+#[test]
+fn a_direct_connection_from_an_address_a_member_announced_does_not_become_its_link() {
+    let (mut sim, mut w) = World::new(
+        26,
+        hub_config(),
+        shoal_proto::hub::endpoint_config(),
+        link(0.0),
+    );
+    for _ in 0..2 {
+        w.add_member(&mut sim, None, PathPolicy::Auto);
+    }
+    let stranger = sim
+        .add_node(shoal_proto::hub::endpoint_config())
+        .expect("node");
+    w.settle(&mut sim);
+    // Member 1 announces the stranger's address as one of its own.
+    let taken = sim.address(stranger);
+    w.act(&mut sim, 1, |c, ep| c.announce(ep, &[taken]))
+        .expect("announce");
+    w.act(&mut sim, 0, |c, ep| {
+        c.create_room(ep, "pair", &RoomOptions::default())
+    })
+    .expect("create");
+    w.run(&mut sim, 300);
+    w.act(&mut sim, 1, |c, ep| c.join_room(ep, "pair", b"", b""))
+        .expect("join");
+    w.run(&mut sim, 1200);
+    let b = w.user(1);
+    let link = w.client(0).link(b).expect("a link to member 1");
+    sim.connect(stranger, w.members[0], &[]).expect("connect");
+    w.run(&mut sim, 1000);
+    assert_eq!(
+        w.client(0).link(b),
+        Some(link),
+        "the link is still member 1's"
+    );
+    w.act(&mut sim, 0, |c, ep| {
+        c.send(ep, Target::User(b), 2, b"for member 1".to_vec())
+    })
+    .expect("send");
+    w.run(&mut sim, 500);
+    assert!(
+        messages(&w.take(1))
+            .iter()
+            .any(|(_, _, _, m)| &m[..] == b"for member 1"),
+        "member 1 got it"
+    );
+}
