@@ -246,8 +246,9 @@ struct MemberState {
     messages: Bucket,
     bytes: Bucket,
     commands: Bucket,
-    /// Since when everything queued for it has found its queue full (`None`: it drains).
-    full_since: Option<Instant>,
+    /// Since when everything queued for it has found its queue full, and what its queues
+    /// held then (`None`: it drains).
+    full_since: Option<(Instant, usize)>,
     relayed_requests: usize,
 }
 
@@ -649,13 +650,21 @@ impl Hub {
             return;
         };
         let sent = ep.send(m.conn, self.config.control_channel, notice.encode());
-        self.queued(user, sent);
+        self.queued(ep, user, sent);
         // Any other error means the connection is gone: its Disconnected event removes it.
     }
 
-    /// Notes how queueing something for `user` went: a full queue that has not drained for
-    /// `stall_timeout` marks the member too slow.
-    fn queued(&mut self, user: u16, sent: Result<(), SendError>) -> bool {
+    /// Notes how queueing something for `user` went: queues that have not drained for
+    /// `stall_timeout` mark the member too slow.
+    ///
+    /// A refusal starts a clock with what the member's queues hold. While it runs nothing is
+    /// added to them (everything the hub queues for a member comes through here, and a send
+    /// that fits stops the clock), so they hold less at a later refusal exactly when the
+    /// member drained, and the clock starts again from there. Queues that held nothing say
+    /// the message alone was too large. So a room mate that sends what cannot fit (a message
+    /// larger than the room a slow reader has left, or than the whole queue) cannot get a
+    /// member that reads cut off.
+    fn queued(&mut self, ep: &Endpoint, user: u16, sent: Result<(), SendError>) -> bool {
         let Some(m) = self.members.get_mut(&user) else {
             return false;
         };
@@ -666,11 +675,17 @@ impl Hub {
             }
             Err(SendError::QueueFull { .. }) => {
                 self.stats.dropped_queue_full += 1;
-                let since = *m.full_since.get_or_insert(self.now);
-                if self.now.saturating_duration_since(since) >= self.config.stall_timeout
-                    && !self.slow.contains(&user)
-                {
-                    self.slow.push(user);
+                let held = queued_bytes(ep, m.conn);
+                match m.full_since {
+                    _ if held == 0 => m.full_since = None,
+                    Some((since, was)) if held >= was => {
+                        if self.now.saturating_duration_since(since) >= self.config.stall_timeout
+                            && !self.slow.contains(&user)
+                        {
+                            self.slow.push(user);
+                        }
+                    }
+                    _ => m.full_since = Some((self.now, held)),
                 }
                 false
             }
@@ -1280,7 +1295,7 @@ impl Hub {
         };
         let len = payload.len() as u64;
         let sent = ep.relay(m.conn, channel, payload, from, Some(wire_target));
-        if self.queued(to, sent) {
+        if self.queued(ep, to, sent) {
             self.stats.relayed_messages += 1;
             self.stats.relayed_bytes += len;
         }
@@ -1350,7 +1365,7 @@ impl Hub {
                 }
             }
             Err(e @ SendError::QueueFull { .. }) => {
-                self.queued(to, Err(e));
+                self.queued(ep, to, Err(e));
             }
             Err(_) => self.stats.dropped_requests += 1,
         }
@@ -1361,8 +1376,19 @@ impl Hub {
             m.relayed_requests = m.relayed_requests.saturating_sub(1);
         }
         let sent = ep.respond(r.conn, r.request, payload);
-        if self.queued(r.from, sent) {
+        if self.queued(ep, r.from, sent) {
             self.stats.relayed_responses += 1;
         }
     }
+}
+
+/// Bytes waiting in `conn`'s send queues, all channels together.
+fn queued_bytes(ep: &Endpoint, conn: ConnectionHandle) -> usize {
+    let channels = &ep.config().channels;
+    (0..channels.len())
+        .filter_map(|i| {
+            let room = ep.queue_room(conn, u8::try_from(i).ok()?)?;
+            Some(channels[i].max_queued_bytes.saturating_sub(room))
+        })
+        .sum()
 }

@@ -313,3 +313,31 @@ fn requests_on_the_control_channel_are_not_relayed() {
         "a request reached the target"
     );
 }
+
+/// Messages that cannot fit a member's queue at the hub (here larger than the whole queue)
+/// are dropped and counted, and say nothing about whether the member reads: a room mate
+/// sending them for longer than `stall_timeout` does not get it cut off as too slow (it
+/// did: every refusal counted as the queue not draining).
+#[test]
+fn a_room_mate_sending_what_cannot_fit_does_not_get_a_reader_cut_off() {
+    let mut endpoint = hub::endpoint_config();
+    for ch in &mut endpoint.channels {
+        ch.max_queued_bytes = 32 * 1024;
+    }
+    let (mut sim, mut w) = world_with(32, 2, hub_config(), endpoint, link(0.0));
+    room_of_all(&mut sim, &mut w, "big");
+    let victim = w.user(1);
+    for n in 0..30u32 {
+        w.act(&mut sim, 0, |c, ep| {
+            c.send(ep, Target::User(victim), 0, numbered(0, n, 40_000))
+        })
+        .expect("send");
+        w.run(&mut sim, 100);
+    }
+    w.run(&mut sim, 500);
+    let stats = w.hub.stats();
+    assert!(stats.dropped_queue_full >= 30, "{stats:?}");
+    assert_eq!(stats.too_slow, 0, "the victim reads");
+    let conn = w.client(1).connection();
+    assert!(sim.endpoint(w.members[1]).is_connected(conn));
+}
