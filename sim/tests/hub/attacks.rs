@@ -159,12 +159,18 @@ fn a_datagram_from_the_socket_claiming_a_relay_address_is_dropped() {
     assert_eq!(sim.endpoint(node).stats().tunnelled_out, before);
 }
 
-#[test]
-fn room_mates_flooding_a_slow_member_cannot_get_it_disconnected() {
+/// The hub's endpoint settings with every channel's send queue at `bytes`.
+fn hub_endpoint_with_queues_of(bytes: usize) -> shoal_proto::Config {
     let mut endpoint = hub::endpoint_config();
     for ch in &mut endpoint.channels {
-        ch.max_queued_bytes = 32 * 1024;
+        ch.max_queued_bytes = bytes;
     }
+    endpoint
+}
+
+#[test]
+fn room_mates_flooding_a_slow_member_cannot_get_it_disconnected() {
+    let endpoint = hub_endpoint_with_queues_of(32 * 1024);
     let (mut sim, mut w) = world_with(31, 3, hub_config(), endpoint, link(0.0));
     let room = room_of_all(&mut sim, &mut w, "flood");
     // The victim's downlink carries 100 kB/s; the two others send it 4 times that.
@@ -320,10 +326,7 @@ fn requests_on_the_control_channel_are_not_relayed() {
 /// did: every refusal counted as the queue not draining).
 #[test]
 fn a_room_mate_sending_what_cannot_fit_does_not_get_a_reader_cut_off() {
-    let mut endpoint = hub::endpoint_config();
-    for ch in &mut endpoint.channels {
-        ch.max_queued_bytes = 32 * 1024;
-    }
+    let endpoint = hub_endpoint_with_queues_of(32 * 1024);
     let (mut sim, mut w) = world_with(32, 2, hub_config(), endpoint, link(0.0));
     room_of_all(&mut sim, &mut w, "big");
     let victim = w.user(1);
