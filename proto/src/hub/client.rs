@@ -691,6 +691,9 @@ impl HubClient {
             // else at an address the member announced) is not the member's.
             let vouched = self.links.get(&user).and_then(|l| l.key);
             if vouched.is_some_and(|k| identity.key != Some(k)) {
+                // Known as the user's until its `Disconnected`, which is then swallowed (it
+                // is never the link's connection).
+                self.link_users.insert(conn, user);
                 ep.disconnect(conn, 0);
                 return None;
             }
@@ -787,10 +790,10 @@ impl HubClient {
     }
 
     /// Which peer a new connection links to: one this member opened, one tunnelled from a
-    /// member (the hub wrote its id), or, for direct-only links, one from an address the hub
-    /// gave for a member. (Under the other policies every link arrives through the hub, so a
-    /// direct connection from an announced address is not a member's: private addresses are
-    /// shared by many networks.)
+    /// member (the hub wrote its id), or one from an address the hub gave for a member. That
+    /// last only for direct-only links, or for a member whose key the hub vouched for (the
+    /// connection must then prove it): under the other policies links arrive through the
+    /// hub, and a private address a member announced can be another host's.
     fn link_user_for(&self, conn: ConnectionHandle, remote: SocketAddr) -> Option<u16> {
         if self.policy == PathPolicy::Messages {
             return None;
@@ -801,12 +804,10 @@ impl HubClient {
         if let Some(u) = relay_user(remote) {
             return Some(u);
         }
-        if self.policy != PathPolicy::DirectOnly {
-            return None;
-        }
+        let direct_only = self.policy == PathPolicy::DirectOnly;
         self.links
             .iter()
-            .find(|(_, l)| l.addrs.contains(&remote))
+            .find(|(_, l)| l.addrs.contains(&remote) && (direct_only || l.key.is_some()))
             .map(|(&u, _)| u)
     }
 

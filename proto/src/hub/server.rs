@@ -246,9 +246,8 @@ struct MemberState {
     messages: Bucket,
     bytes: Bucket,
     commands: Bucket,
-    /// Since when everything queued for it has found its queue full, and what its queues
-    /// held then (`None`: it drains).
-    full_since: Option<(Instant, usize)>,
+    /// Since when everything queued for it has found its queue full (`None`: it drains).
+    full_since: Option<Instant>,
     relayed_requests: usize,
 }
 
@@ -654,16 +653,10 @@ impl Hub {
         // Any other error means the connection is gone: its Disconnected event removes it.
     }
 
-    /// Notes how queueing something for `user` went: queues that have not drained for
-    /// `stall_timeout` mark the member too slow.
-    ///
-    /// A refusal starts a clock with what the member's queues hold. While it runs nothing is
-    /// added to them (everything the hub queues for a member comes through here, and a send
-    /// that fits stops the clock), so they hold less at a later refusal exactly when the
-    /// member drained, and the clock starts again from there. Queues that held nothing say
-    /// the message alone was too large. So a room mate that sends what cannot fit (a message
-    /// larger than the room a slow reader has left, or than the whole queue) cannot get a
-    /// member that reads cut off.
+    /// Notes how queueing something for `user` went: a full queue that has not drained for
+    /// `stall_timeout` marks the member too slow. A refusal while its queues hold nothing
+    /// says only that the message is larger than a whole queue: it starts no clock, so a
+    /// room mate sending such messages cannot get a member cut off.
     fn queued(&mut self, ep: &Endpoint, user: u16, sent: Result<(), SendError>) -> bool {
         let Some(m) = self.members.get_mut(&user) else {
             return false;
@@ -675,17 +668,15 @@ impl Hub {
             }
             Err(SendError::QueueFull { .. }) => {
                 self.stats.dropped_queue_full += 1;
-                let held = queued_bytes(ep, m.conn);
-                match m.full_since {
-                    _ if held == 0 => m.full_since = None,
-                    Some((since, was)) if held >= was => {
-                        if self.now.saturating_duration_since(since) >= self.config.stall_timeout
-                            && !self.slow.contains(&user)
-                        {
-                            self.slow.push(user);
-                        }
-                    }
-                    _ => m.full_since = Some((self.now, held)),
+                if queued_bytes(ep, m.conn) == 0 {
+                    m.full_since = None;
+                    return false;
+                }
+                let since = *m.full_since.get_or_insert(self.now);
+                if self.now.saturating_duration_since(since) >= self.config.stall_timeout
+                    && !self.slow.contains(&user)
+                {
+                    self.slow.push(user);
                 }
                 false
             }
@@ -1350,6 +1341,7 @@ impl Hub {
             Some(wire_target),
         ) {
             Ok(id) => {
+                self.queued(ep, to, Ok(()));
                 self.stats.relayed_requests += 1;
                 self.relayed.insert(
                     id,

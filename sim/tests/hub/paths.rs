@@ -556,3 +556,51 @@ fn a_direct_connection_from_an_address_a_member_announced_does_not_become_its_li
         "member 1 got it"
     );
 }
+
+/// With `DirectOnly` a member takes a direct connection from an address the hub gave for a
+/// peer as that peer's link, but only if it proves the key the hub vouched for: a stranger
+/// holding the address (a private one the peer announced) is turned away, and the link
+/// stays the peer's.
+#[test]
+fn a_direct_link_that_proves_another_key_than_the_vouched_one_is_turned_away() {
+    let (mut sim, mut w) = World::new(
+        27,
+        hub_config(),
+        shoal_proto::hub::endpoint_config(),
+        link(0.0),
+    );
+    for i in 0..2u8 {
+        let key = shoal_proto::Keypair::from_secret([i + 1; 32]);
+        w.add_member_with_key(&mut sim, None, PathPolicy::DirectOnly, Some(key));
+    }
+    let stranger = sim
+        .add_node(shoal_proto::Config {
+            static_keypair: Some(shoal_proto::Keypair::from_secret([9; 32])),
+            ..shoal_proto::hub::endpoint_config()
+        })
+        .expect("node");
+    w.settle(&mut sim);
+    let own = sim.address(w.members[1]);
+    let taken = sim.address(stranger);
+    w.act(&mut sim, 1, |c, ep| c.announce(ep, &[own, taken]))
+        .expect("announce");
+    w.act(&mut sim, 0, |c, ep| {
+        c.create_room(ep, "pair", &RoomOptions::default())
+    })
+    .expect("create");
+    w.run(&mut sim, 300);
+    w.act(&mut sim, 1, |c, ep| c.join_room(ep, "pair", b"", b""))
+        .expect("join");
+    w.run(&mut sim, 1500);
+    let b = w.user(1);
+    let link = w.client(0).link(b).expect("a direct link to member 1");
+    sim.connect(stranger, w.members[0], &[]).expect("connect");
+    w.run(&mut sim, 1000);
+    assert_eq!(
+        w.client(0).link(b),
+        Some(link),
+        "the link is still member 1's"
+    );
+    let stranger_conns = sim.endpoint(stranger).peers().count();
+    assert_eq!(stranger_conns, 0, "the stranger was turned away");
+}

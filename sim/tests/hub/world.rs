@@ -100,8 +100,21 @@ impl World {
         nat: Option<NatId>,
         policy: PathPolicy,
     ) -> usize {
+        self.add_member_with_key(sim, nat, policy, None)
+    }
+
+    /// Like `add_member`, the member's endpoint proving `key` in its handshakes (to the hub,
+    /// which then vouches for it, and on its peer links).
+    pub fn add_member_with_key(
+        &mut self,
+        sim: &mut Simulator,
+        nat: Option<NatId>,
+        policy: PathPolicy,
+        key: Option<shoal_proto::Keypair>,
+    ) -> usize {
         let config = Config {
             accept_incoming: policy != PathPolicy::Messages,
+            static_keypair: key,
             ..hub::endpoint_config()
         };
         let node = match nat {
