@@ -1311,3 +1311,75 @@ fn connection_ids_do_not_show_the_slots_they_route_to() {
     let small = low_bits.iter().filter(|&&b| b < 8).count();
     assert!(!in_order && small < 3, "{low_bits:x?}");
 }
+
+/// What `from` sends now, handed to `to` as coming from `at`; returns the datagrams.
+fn pump(from: &mut Endpoint, to: &mut Endpoint, at: SocketAddr, now: Instant) -> Vec<Vec<u8>> {
+    let mut buf = vec![0; 2048];
+    let mut sent = Vec::new();
+    while let Some(t) = from.poll_transmit(now, &mut buf) {
+        to.handle_datagram(now, at, &buf[..t.len]);
+        sent.push(buf[..t.len].to_vec());
+    }
+    sent
+}
+
+/// Each new attempt (a fresh nonce, a fresh cookie) from one address replaces the last
+/// unconfirmed one, and each costs the server a key exchange, full or not: from one address
+/// they are taken at most once per resend interval. A client that retries keeps its nonce
+/// and is never held back; one that began again gets in at its next resend.
+#[test]
+fn fresh_handshakes_from_one_address_are_taken_once_per_resend_interval() {
+    let mut server = Endpoint::new(keyed(server_config(2))).expect("server");
+    let mut first = Endpoint::new(keyed(client_config(3))).expect("client");
+    let mut second = Endpoint::new(keyed(client_config(4))).expect("client");
+    let (at, server_addr) = (addr("10.0.0.2:5000"), addr("10.0.0.1:4000"));
+    let is_accept = |d: &Vec<u8>| matches!(Packet::decode(d), Ok(Packet::Accept { .. }));
+    let mut now = Instant::from_millis(1_000);
+    // The first attempt: Hello, Challenge, Connect, Accept (not confirmed yet).
+    first.connect(now, server_addr, b"").expect("connect");
+    let mut accepted = 0;
+    for _ in 0..2 {
+        pump(&mut first, &mut server, at, now);
+        accepted += pump(&mut server, &mut first, server_addr, now)
+            .iter()
+            .filter(|d| is_accept(d))
+            .count();
+    }
+    assert_eq!(accepted, 1);
+    // Another from the same address at once: its Connect is dropped before any key exchange.
+    now += Duration::from_millis(1);
+    let unexpected = server
+        .stats()
+        .drops
+        .get(shoal_proto::DropReason::Unexpected);
+    let conn = second.connect(now, server_addr, b"").expect("connect");
+    for _ in 0..2 {
+        pump(&mut second, &mut server, at, now);
+        let replies = pump(&mut server, &mut second, server_addr, now);
+        assert!(!replies.iter().any(is_accept), "accepted at once");
+    }
+    assert_eq!(
+        server
+            .stats()
+            .drops
+            .get(shoal_proto::DropReason::Unexpected),
+        unexpected + 1
+    );
+    // Its next resend gets in, and it connects.
+    for _ in 0..20 {
+        now += Duration::from_millis(50);
+        second.handle_timeout(now);
+        server.handle_timeout(now);
+        pump(&mut second, &mut server, at, now);
+        pump(&mut server, &mut second, server_addr, now);
+    }
+    let mut events = Vec::new();
+    while let Some(e) = second.poll_event() {
+        events.push(format!("{e:?}"));
+    }
+    assert!(
+        second.is_connected(conn),
+        "{events:?} {:?}",
+        server.stats().drops
+    );
+}

@@ -503,6 +503,12 @@ impl Connection {
         self.state == State::Connected
     }
 
+    /// When something authentic last arrived (for a server's unconfirmed connection, when
+    /// its `Connect` was accepted).
+    pub(crate) fn last_received(&self) -> Instant {
+        self.last_received
+    }
+
     /// Marks the connection for closing (the first reason wins).
     pub(crate) fn close(&mut self, reason: DisconnectReason, code: Option<CloseCode>) {
         if self.close.is_none() {

@@ -229,6 +229,17 @@ impl Endpoint {
                 }
                 return;
             }
+            if existing.pending_accept.is_some()
+                && now < existing.last_received() + self.config.handshake_resend_interval
+            {
+                // A new attempt from this address so soon after the last one, which is not
+                // confirmed yet: a client retries with its own nonce, and one that gave up
+                // and began again waits a resend interval at least. Fresh nonces this fast
+                // are someone buying key exchanges (each replaces the last attempt, so a
+                // full server would not stop them): one per resend interval per address.
+                self.stats.drops.add(DropReason::Unexpected);
+                return;
+            }
         }
         let reject = |code| Packet::Reject {
             client_nonce: nonce,
