@@ -1,7 +1,7 @@
 //! A member's side: the rooms it is in, its pair keys, and the relay seen from an endpoint
 //! connected to a hub.
 
-use alloc::collections::{BTreeMap, VecDeque};
+use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
 use alloc::vec::Vec;
 use bytes::Bytes;
 use core::fmt;
@@ -290,6 +290,10 @@ pub struct HubClient {
     tunnel_channel: u8,
     links: BTreeMap<u16, Link>,
     link_users: BTreeMap<ConnectionHandle, u16>,
+    /// Connections turned away for proving another key than the one the hub vouched for:
+    /// everything they deliver (their first packet's messages come with `Connected`) is
+    /// swallowed until their `Disconnected`.
+    refused_links: BTreeSet<ConnectionHandle>,
 }
 
 impl fmt::Debug for HubClient {
@@ -362,6 +366,7 @@ impl HubClient {
             tunnel_channel: super::DEFAULT_TUNNEL_CHANNEL,
             links: BTreeMap::new(),
             link_users: BTreeMap::new(),
+            refused_links: BTreeSet::new(),
         })
     }
 
@@ -679,6 +684,12 @@ impl HubClient {
     /// An event of another connection: a peer link's, or (returned) the application's own.
     fn on_link_event(&mut self, ep: &mut Endpoint, now: Instant, event: Event) -> Option<Event> {
         let conn = event.connection();
+        if self.refused_links.contains(&conn) {
+            if matches!(event, Event::Disconnected { .. }) {
+                self.refused_links.remove(&conn);
+            }
+            return None;
+        }
         let user = match &event {
             Event::Connected { remote, .. } => self.link_user_for(conn, *remote),
             _ => self.link_users.get(&conn).copied(),
@@ -691,9 +702,7 @@ impl HubClient {
             // else at an address the member announced) is not the member's.
             let vouched = self.links.get(&user).and_then(|l| l.key);
             if vouched.is_some_and(|k| identity.key != Some(k)) {
-                // Known as the user's until its `Disconnected`, which is then swallowed (it
-                // is never the link's connection).
-                self.link_users.insert(conn, user);
+                self.refused_links.insert(conn);
                 ep.disconnect(conn, 0);
                 return None;
             }

@@ -594,7 +594,12 @@ fn a_direct_link_that_proves_another_key_than_the_vouched_one_is_turned_away() {
     w.run(&mut sim, 1500);
     let b = w.user(1);
     let link = w.client(0).link(b).expect("a direct link to member 1");
-    sim.connect(stranger, w.members[0], &[]).expect("connect");
+    w.take(0);
+    let conn = sim.connect(stranger, w.members[0], &[]).expect("connect");
+    // Queued before the handshake ends, so it rides the first packet, with `Connected`.
+    sim.endpoint_mut(stranger)
+        .send(conn, 2, &b"I am member 1"[..])
+        .expect("queued");
     w.run(&mut sim, 1000);
     assert_eq!(
         w.client(0).link(b),
@@ -603,4 +608,11 @@ fn a_direct_link_that_proves_another_key_than_the_vouched_one_is_turned_away() {
     );
     let stranger_conns = sim.endpoint(stranger).peers().count();
     assert_eq!(stranger_conns, 0, "the stranger was turned away");
+    let events = w.take(0);
+    assert!(
+        !messages(&events)
+            .iter()
+            .any(|(_, _, _, m)| &m[..] == b"I am member 1"),
+        "the stranger spoke as member 1: {events:?}"
+    );
 }
