@@ -504,28 +504,34 @@ fn an_idle_direct_link_sends_only_its_keepalives_and_their_acknowledgements() {
     assert!(sent <= 60, "{sent} datagrams in 10 idle seconds");
 }
 
-/// Under `Auto` every link arrives through the hub, so a direct connection from an address
-/// a member announced (private ranges are shared by many networks: another host there can
-/// hold it) is not that member's link; before, it replaced the member's live link, and the
-/// stranger received what was sent to the member and spoke as it.
-#[test]
-fn a_direct_connection_from_an_address_a_member_announced_does_not_become_its_link() {
+/// Two members under `policy` in one room (each with a static key the hub vouches for, if
+/// `keyed`), and a stranger on the same network whose address member 1 announced as its
+/// own beside its real one (another host can hold a private address a member announced).
+fn meet_with_a_stranger(
+    seed: u64,
+    policy: PathPolicy,
+    keyed: bool,
+) -> (Simulator, World, shoal_sim::NodeId) {
     let (mut sim, mut w) = World::new(
-        26,
+        seed,
         hub_config(),
         shoal_proto::hub::endpoint_config(),
         link(0.0),
     );
-    for _ in 0..2 {
-        w.add_member(&mut sim, None, PathPolicy::Auto);
+    let key = |i: u8| keyed.then(|| shoal_proto::Keypair::from_secret([i; 32]));
+    for i in 1..=2 {
+        w.add_member_with_key(&mut sim, None, policy, key(i));
     }
     let stranger = sim
-        .add_node(shoal_proto::hub::endpoint_config())
+        .add_node(shoal_proto::Config {
+            static_keypair: key(9),
+            ..shoal_proto::hub::endpoint_config()
+        })
         .expect("node");
     w.settle(&mut sim);
-    // Member 1 announces the stranger's address as one of its own.
+    let own = sim.address(w.members[1]);
     let taken = sim.address(stranger);
-    w.act(&mut sim, 1, |c, ep| c.announce(ep, &[taken]))
+    w.act(&mut sim, 1, |c, ep| c.announce(ep, &[own, taken]))
         .expect("announce");
     w.act(&mut sim, 0, |c, ep| {
         c.create_room(ep, "pair", &RoomOptions::default())
@@ -534,7 +540,17 @@ fn a_direct_connection_from_an_address_a_member_announced_does_not_become_its_li
     w.run(&mut sim, 300);
     w.act(&mut sim, 1, |c, ep| c.join_room(ep, "pair", b"", b""))
         .expect("join");
-    w.run(&mut sim, 1200);
+    w.run(&mut sim, 1500);
+    (sim, w, stranger)
+}
+
+/// Under `Auto` every link arrives through the hub, so a direct connection from an address
+/// a member announced is not that member's link unless it proves the key the hub vouched
+/// for; before, it replaced the member's live link, and the stranger received what was
+/// sent to the member and spoke as it.
+#[test]
+fn a_direct_connection_from_an_address_a_member_announced_does_not_become_its_link() {
+    let (mut sim, mut w, stranger) = meet_with_a_stranger(26, PathPolicy::Auto, false);
     let b = w.user(1);
     let link = w.client(0).link(b).expect("a link to member 1");
     sim.connect(stranger, w.members[0], &[]).expect("connect");
@@ -559,39 +575,11 @@ fn a_direct_connection_from_an_address_a_member_announced_does_not_become_its_li
 
 /// With `DirectOnly` a member takes a direct connection from an address the hub gave for a
 /// peer as that peer's link, but only if it proves the key the hub vouched for: a stranger
-/// holding the address (a private one the peer announced) is turned away, and the link
-/// stays the peer's.
+/// holding the address is turned away, nothing it sent is heard, and the link stays the
+/// peer's.
 #[test]
 fn a_direct_link_that_proves_another_key_than_the_vouched_one_is_turned_away() {
-    let (mut sim, mut w) = World::new(
-        27,
-        hub_config(),
-        shoal_proto::hub::endpoint_config(),
-        link(0.0),
-    );
-    for i in 0..2u8 {
-        let key = shoal_proto::Keypair::from_secret([i + 1; 32]);
-        w.add_member_with_key(&mut sim, None, PathPolicy::DirectOnly, Some(key));
-    }
-    let stranger = sim
-        .add_node(shoal_proto::Config {
-            static_keypair: Some(shoal_proto::Keypair::from_secret([9; 32])),
-            ..shoal_proto::hub::endpoint_config()
-        })
-        .expect("node");
-    w.settle(&mut sim);
-    let own = sim.address(w.members[1]);
-    let taken = sim.address(stranger);
-    w.act(&mut sim, 1, |c, ep| c.announce(ep, &[own, taken]))
-        .expect("announce");
-    w.act(&mut sim, 0, |c, ep| {
-        c.create_room(ep, "pair", &RoomOptions::default())
-    })
-    .expect("create");
-    w.run(&mut sim, 300);
-    w.act(&mut sim, 1, |c, ep| c.join_room(ep, "pair", b"", b""))
-        .expect("join");
-    w.run(&mut sim, 1500);
+    let (mut sim, mut w, stranger) = meet_with_a_stranger(27, PathPolicy::DirectOnly, true);
     let b = w.user(1);
     let link = w.client(0).link(b).expect("a direct link to member 1");
     w.take(0);
@@ -606,8 +594,7 @@ fn a_direct_link_that_proves_another_key_than_the_vouched_one_is_turned_away() {
         Some(link),
         "the link is still member 1's"
     );
-    let stranger_conns = sim.endpoint(stranger).peers().count();
-    assert_eq!(stranger_conns, 0, "the stranger was turned away");
+    assert_eq!(sim.endpoint(stranger).peers().count(), 0, "turned away");
     let events = w.take(0);
     assert!(
         !messages(&events)
