@@ -649,15 +649,15 @@ impl Hub {
             return;
         };
         let sent = ep.send(m.conn, self.config.control_channel, notice.encode());
-        self.queued(ep, user, sent);
+        self.queued(user, sent);
         // Any other error means the connection is gone: its Disconnected event removes it.
     }
 
     /// Notes how queueing something for `user` went: a full queue that has not drained for
-    /// `stall_timeout` marks the member too slow. A refusal while its queues hold nothing
-    /// says only that the message is larger than a whole queue: it starts no clock, so a
-    /// room mate sending such messages cannot get a member cut off.
-    fn queued(&mut self, ep: &Endpoint, user: u16, sent: Result<(), SendError>) -> bool {
+    /// `stall_timeout` marks the member too slow. A refusal on an empty queue says only that
+    /// the message is larger than the whole queue: it starts no clock, so a room mate
+    /// sending such messages cannot get a member cut off.
+    fn queued(&mut self, user: u16, sent: Result<(), SendError>) -> bool {
         let Some(m) = self.members.get_mut(&user) else {
             return false;
         };
@@ -666,12 +666,14 @@ impl Hub {
                 m.full_since = None;
                 true
             }
+            Err(SendError::QueueFull {
+                queued_bytes: 0, ..
+            }) => {
+                self.stats.dropped_queue_full += 1;
+                false
+            }
             Err(SendError::QueueFull { .. }) => {
                 self.stats.dropped_queue_full += 1;
-                if queued_bytes(ep, m.conn) == 0 {
-                    m.full_since = None;
-                    return false;
-                }
                 let since = *m.full_since.get_or_insert(self.now);
                 if self.now.saturating_duration_since(since) >= self.config.stall_timeout
                     && !self.slow.contains(&user)
@@ -1286,7 +1288,7 @@ impl Hub {
         };
         let len = payload.len() as u64;
         let sent = ep.relay(m.conn, channel, payload, from, Some(wire_target));
-        if self.queued(ep, to, sent) {
+        if self.queued(to, sent) {
             self.stats.relayed_messages += 1;
             self.stats.relayed_bytes += len;
         }
@@ -1341,7 +1343,7 @@ impl Hub {
             Some(wire_target),
         ) {
             Ok(id) => {
-                self.queued(ep, to, Ok(()));
+                self.queued(to, Ok(()));
                 self.stats.relayed_requests += 1;
                 self.relayed.insert(
                     id,
@@ -1357,7 +1359,7 @@ impl Hub {
                 }
             }
             Err(e @ SendError::QueueFull { .. }) => {
-                self.queued(ep, to, Err(e));
+                self.queued(to, Err(e));
             }
             Err(_) => self.stats.dropped_requests += 1,
         }
@@ -1368,19 +1370,8 @@ impl Hub {
             m.relayed_requests = m.relayed_requests.saturating_sub(1);
         }
         let sent = ep.respond(r.conn, r.request, payload);
-        if self.queued(ep, r.from, sent) {
+        if self.queued(r.from, sent) {
             self.stats.relayed_responses += 1;
         }
     }
-}
-
-/// Bytes waiting in `conn`'s send queues, all channels together.
-fn queued_bytes(ep: &Endpoint, conn: ConnectionHandle) -> usize {
-    let channels = &ep.config().channels;
-    (0..channels.len())
-        .filter_map(|i| {
-            let room = ep.queue_room(conn, u8::try_from(i).ok()?)?;
-            Some(channels[i].max_queued_bytes.saturating_sub(room))
-        })
-        .sum()
 }
