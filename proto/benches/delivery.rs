@@ -14,7 +14,8 @@
 //!   50 ms one-way delay, at 16 messages per 16 ms for 20 s and at 60 messages per second.
 //!
 //! Run: `cargo bench -p shoal-proto --bench delivery` (`SHOAL_BENCH_SEED=N` draws the lossy
-//! runs' losses from another seed; `SHOAL_BENCH_DEBUG=1` prints both ends' counters).
+//! runs' losses from another seed; `SHOAL_BENCH_DEBUG=1` prints both ends' counters;
+//! `SHOAL_BENCH_PING=N` runs only N plain ping-pong round trips, for an instruction count).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -431,6 +432,18 @@ fn lossy_latency(
 }
 
 fn main() {
+    // `SHOAL_BENCH_PING=N`: only N plain round trips, nothing printed, for counting a round
+    // trip's instructions (`valgrind --tool=callgrind`).
+    if let Some(n) = std::env::var("SHOAL_BENCH_PING")
+        .ok()
+        .and_then(|n| n.parse::<usize>().ok())
+    {
+        let mut pair = PingPong::new(Protection::None);
+        for _ in 0..n {
+            pair.round_trip();
+        }
+        return;
+    }
     let runs = 3;
     let (protected, plain) = (
         bulk_rate(Protection::Encrypted, runs),
