@@ -24,6 +24,11 @@ use crate::time::Instant;
 /// introduction travels on the control channel and may arrive after them).
 const MAX_WAITING: usize = 64;
 
+/// The bytes those held messages may add up to. A room mate that leaves right after sending
+/// (its key is forgotten before its last messages arrive) could otherwise park 64 messages
+/// of up to `max_message_size` each here for as long as the member stays connected.
+const MAX_WAITING_BYTES: usize = 256 * 1024;
+
 /// Messages queued per peer link before its connection exists (the accepting side waits
 /// for the other's handshake).
 const MAX_LINK_QUEUE: usize = 256;
@@ -265,7 +270,8 @@ pub struct HubClientStats {
     pub unopened: u64,
     /// Control messages from the hub that did not decode.
     pub bad_notices: u64,
-    /// Messages that waited for a pair key that never came.
+    /// Relayed messages dropped while waiting for their sender's pair key: it never came,
+    /// or they did not fit (at most 64 messages and 256 KiB wait).
     pub waiting_dropped: u64,
     /// Peer links that ended before their peer left every shared room.
     pub links_lost: u64,
@@ -284,6 +290,8 @@ pub struct HubClient {
     /// Requests sent to members, by id: whose key opens the response.
     asked: BTreeMap<RequestId, (u16, ConnectionHandle)>,
     waiting: VecDeque<Event>,
+    /// The payload bytes `waiting` holds, kept under `MAX_WAITING_BYTES`.
+    waiting_bytes: usize,
     ready: VecDeque<HubEvent>,
     stats: HubClientStats,
     policy: PathPolicy,
@@ -360,6 +368,7 @@ impl HubClient {
             ciphers: BTreeMap::new(),
             asked: BTreeMap::new(),
             waiting: VecDeque::new(),
+            waiting_bytes: 0,
             ready: VecDeque::new(),
             stats: HubClientStats::default(),
             policy: PathPolicy::Messages,
@@ -638,6 +647,7 @@ impl HubClient {
                 let hub = self.conn;
                 self.abandon_requests(hub);
                 self.waiting.clear();
+                self.waiting_bytes = 0;
                 self.ready.push_back(HubEvent::Transport(event));
             }
             Event::Message {
@@ -883,11 +893,23 @@ impl HubClient {
         let plain = match to {
             Target::User(_) => {
                 let Some(cipher) = self.ciphers.get(&from) else {
-                    // Its introduction may still be on its way: hold it, boundedly.
-                    if self.waiting.len() >= MAX_WAITING {
-                        self.waiting.pop_front();
+                    // Its introduction may still be on its way: hold it, boundedly (the
+                    // oldest go first; one larger than the whole cap is not held).
+                    let len = payload.len();
+                    if len > MAX_WAITING_BYTES {
+                        self.stats.waiting_dropped += 1;
+                        return;
+                    }
+                    while self.waiting.len() >= MAX_WAITING
+                        || self.waiting_bytes + len > MAX_WAITING_BYTES
+                    {
+                        let Some(old) = self.waiting.pop_front() else {
+                            break;
+                        };
+                        self.waiting_bytes -= waiting_len(&old);
                         self.stats.waiting_dropped += 1;
                     }
+                    self.waiting_bytes += len;
                     self.waiting.push_back(event);
                     return;
                 };
@@ -935,6 +957,7 @@ impl HubClient {
                 .drain(..)
                 .partition(|e| e.owner(0) == Some(entry.user));
             self.waiting = others;
+            self.waiting_bytes = self.waiting.iter().map(waiting_len).sum();
             for e in theirs {
                 self.on_relayed(e);
             }
@@ -1067,5 +1090,65 @@ fn member(m: MemberEntry) -> Member {
         key: m.key.map(PublicKey),
         client_id: m.client_id,
         metadata: m.metadata,
+    }
+}
+
+/// The payload bytes a held relayed event counts against `MAX_WAITING_BYTES`.
+fn waiting_len(event: &Event) -> usize {
+    match event {
+        Event::Message { payload, .. } | Event::Request { payload, .. } => payload.len(),
+        _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SecretSeed;
+
+    #[test]
+    fn messages_held_for_a_missing_pair_key_stay_under_the_byte_cap() {
+        let config = Config {
+            secret_seed: Some(SecretSeed::insecure_from_u64(2)),
+            ..super::super::endpoint_config()
+        };
+        let mut ep = Endpoint::new(config).unwrap();
+        let now = Instant::from_millis(1);
+        let hub = ep
+            .connect(now, "10.0.0.1:7000".parse().unwrap(), &[])
+            .unwrap();
+        let mut client = HubClient::new(hub, ep.config()).unwrap();
+        // A room mate whose key this member never had (or already forgot) sends to it.
+        let relayed = |len: usize| Event::Message {
+            conn: hub,
+            channel: 2,
+            sequence: 0,
+            payload: Bytes::from(alloc::vec![7u8; len]),
+            relay: Some(Relay {
+                owner: 9,
+                target: Some(3),
+            }),
+        };
+        for _ in 0..10 {
+            client.handle_event(&mut ep, now, relayed(100 * 1024));
+        }
+        assert!(client.waiting_bytes <= MAX_WAITING_BYTES);
+        assert_eq!(
+            client.waiting_bytes,
+            client.waiting.iter().map(waiting_len).sum()
+        );
+        assert_eq!(client.waiting.len(), 2, "two of 100 KiB fit under 256 KiB");
+        assert_eq!(client.stats().waiting_dropped, 8);
+        // One larger than the whole cap is not held, and evicts nothing.
+        client.handle_event(&mut ep, now, relayed(MAX_WAITING_BYTES + 1));
+        assert_eq!(client.waiting.len(), 2);
+        assert_eq!(client.stats().waiting_dropped, 9);
+        // Small ones still queue up to the count cap.
+        for _ in 0..100 {
+            client.handle_event(&mut ep, now, relayed(10));
+        }
+        assert_eq!(client.waiting.len(), MAX_WAITING);
+        assert_eq!(client.waiting_bytes, MAX_WAITING * 10);
+        assert!(client.poll_event().is_none());
     }
 }
