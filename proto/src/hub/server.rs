@@ -1,7 +1,7 @@
 //! The hub's side: rooms, members, and the relay.
 
 use alloc::boxed::Box;
-use alloc::collections::BinaryHeap;
+use alloc::collections::{BTreeSet, BinaryHeap};
 use alloc::vec::Vec;
 use bytes::Bytes;
 use core::cmp::Reverse;
@@ -343,6 +343,9 @@ pub struct Hub {
     /// goes from 0 to 1.
     pairs: HashMap<(u16, u16), u16>,
     relayed: HashMap<RequestId, Relayed>,
+    /// The same requests by their target's connection: when it ends, its own are found
+    /// without a walk over every request the hub relays.
+    relayed_by_target: BTreeSet<(ConnectionHandle, RequestId)>,
     approvals: BinaryHeap<Reverse<(Instant, u16, u16)>>,
     secrets: Secrets,
     /// Members found too slow while a notice or relay was being queued; disconnected once
@@ -432,6 +435,7 @@ impl Hub {
             by_conn: HashMap::with_hasher(hasher),
             pairs: HashMap::with_hasher(hasher),
             relayed: HashMap::with_hasher(hasher),
+            relayed_by_target: BTreeSet::new(),
             approvals: BinaryHeap::new(),
             secrets,
             slow: Vec::new(),
@@ -536,15 +540,19 @@ impl Hub {
                     self.remove_member(ep, now, user, LeaveReason::Disconnected);
                 }
                 // Requests forwarded on it die with it: their askers may ask again.
-                let members = &mut self.members;
-                self.relayed.retain(|_, r| {
-                    if r.to == conn {
-                        if let Some(m) = members.get_mut(&r.from) {
+                let ended: Vec<RequestId> = self
+                    .relayed_by_target
+                    .range((conn, RequestId(0))..=(conn, RequestId(u64::MAX)))
+                    .map(|&(_, id)| id)
+                    .collect();
+                for id in ended {
+                    if let Some(r) = self.take_relayed(id) {
+                        if let Some(m) = self.members.get_mut(&r.from) {
                             m.relayed_requests = m.relayed_requests.saturating_sub(1);
                         }
                     }
-                    r.to != conn
-                });
+                }
+                debug_assert_eq!(self.relayed.len(), self.relayed_by_target.len());
                 Some(event)
             }
             Event::Message {
@@ -585,14 +593,14 @@ impl Hub {
                 self.relay_request(ep, now, conn, request, owner, target, payload);
                 None
             }
-            Event::Response { conn, id, payload } => match self.relayed.remove(&id) {
+            Event::Response { conn, id, payload } => match self.take_relayed(id) {
                 Some(r) => {
                     self.relay_response(ep, r, payload);
                     None
                 }
                 None => Some(Event::Response { conn, id, payload }),
             },
-            Event::RequestTimedOut { conn, id } => match self.relayed.remove(&id) {
+            Event::RequestTimedOut { conn, id } => match self.take_relayed(id) {
                 Some(r) => {
                     // The asker times out on its own clock.
                     if let Some(m) = self.members.get_mut(&r.from) {
@@ -1345,6 +1353,7 @@ impl Hub {
             Ok(id) => {
                 self.queued(to, Ok(()));
                 self.stats.relayed_requests += 1;
+                self.relayed_by_target.insert((to_conn, id));
                 self.relayed.insert(
                     id,
                     Relayed {
@@ -1363,6 +1372,13 @@ impl Hub {
             }
             Err(_) => self.stats.dropped_requests += 1,
         }
+    }
+
+    /// Takes a relayed request out of both tables.
+    fn take_relayed(&mut self, id: RequestId) -> Option<Relayed> {
+        let r = self.relayed.remove(&id)?;
+        self.relayed_by_target.remove(&(r.to, id));
+        Some(r)
     }
 
     fn relay_response(&mut self, ep: &mut Endpoint, r: Relayed, payload: Bytes) {
