@@ -1360,6 +1360,91 @@ fn tiny_last_chunks_hold_only_their_reservation_and_oversized_datagrams_are_drop
     assert!(p.server.is_connected(s));
 }
 
+/// One packet: whole ordered messages at the window's base, each followed by the last
+/// chunk of a message one window further on. Taking the whole ones moves the window up to
+/// the chunks, which were counted as holding nothing when the packet was let in.
+#[test]
+fn a_packet_that_moves_the_window_cannot_store_chunks_it_was_not_charged_for() {
+    let Sniffed {
+        mut p,
+        server: s,
+        id,
+        owner,
+        next_pn,
+        ..
+    } = sniffed_small_budget();
+    let config = p.server.config().clone();
+    let budget = config.reassembly_budget;
+    let max_chunks = config.max_message_size.div_ceil(config.chunk_payload()) as u16;
+    let window = shoal_proto::MESSAGE_WINDOW as u16;
+    let mut base = 0u16;
+    for round in 0..8u32 {
+        let mut frames = Vec::new();
+        for j in 0..40u16 {
+            push_frame(&mut frames, header(3, owner, base + j, None), &[1]);
+            let far = base + window + j;
+            push_frame(
+                &mut frames,
+                header(3, owner, far, Some((max_chunks - 1, max_chunks))),
+                &[1],
+            );
+        }
+        feed_server(&mut p, &data_packet(id, next_pn + round, &frames));
+        assert!(
+            p.server.reassembly_bytes() <= budget,
+            "{} held after packet {round}",
+            p.server.reassembly_bytes()
+        );
+        base += 40;
+    }
+    assert_eq!(p.server.reassembly_bytes(), 0);
+    assert_eq!(conn_drops(&p.server, s, DropReason::ProtocolViolation), 8);
+    // The connection lives on, and its ordered channel still takes what is in its window.
+    let mut frames = Vec::new();
+    for seq in 0..40u16 {
+        push_frame(&mut frames, header(3, owner, seq, None), &[2]);
+    }
+    assert_eq!(
+        feed_server(&mut p, &data_packet(id, next_pn + 8, &frames)),
+        40
+    );
+    assert!(p.server.is_connected(s));
+}
+
+/// Chunks of unreliable messages ahead of reliable chunks in one packet: the packet was let
+/// in for what its reliable chunks reserve, and the unreliable ones may not take that room.
+#[test]
+fn unreliable_chunks_ahead_of_reliable_ones_cannot_push_a_connection_past_its_budget() {
+    let Sniffed {
+        mut p,
+        id,
+        owner,
+        next_pn,
+        ..
+    } = sniffed_small_budget();
+    let config = p.server.config().clone();
+    let budget = config.reassembly_budget;
+    let max_chunks = config.max_message_size.div_ceil(config.chunk_payload()) as u16;
+    let one = usize::from(max_chunks) * config.chunk_payload();
+    let reliable = (budget / one) as u16; // as many as the budget takes
+    assert!(reliable >= 2);
+    let mut frames = Vec::new();
+    let last = Some((max_chunks - 1, max_chunks));
+    push_frame(&mut frames, header(0, owner, 7, last), &[1]);
+    push_frame(&mut frames, header(1, owner, 7, last), &[1]);
+    for seq in 1..=reliable {
+        // (The reliable channel's base is 1: the sniffed probe was its message 0.)
+        push_frame(&mut frames, header(2, owner, seq, last), &[1]);
+    }
+    feed_server(&mut p, &data_packet(id, next_pn, &frames));
+    let held = p.server.reassembly_bytes();
+    assert!(held <= budget, "{held} held, budget {budget}");
+    assert!(
+        held >= usize::from(reliable) * one,
+        "the reliable chunks kept their room: {held}"
+    );
+}
+
 // ======================================================================== 8. fair budget
 
 /// Peers that start large reliable messages and withhold the rest, then an honest newcomer

@@ -107,7 +107,7 @@ impl Connection {
         }
         let has_frames = !shared.scratch.parsed_frames.is_empty();
         let newest = self.transport.received.largest().is_none_or(|l| pn > l);
-        let out_of_order = self.deliver_packet(now, pn, frames, shared);
+        let out_of_order = self.deliver_packet(now, pn, frames, to_hold, shared);
         self.stats.packets_received += 1;
         self.stats.bytes_received += datagram_len as u64;
         self.rate_in.add(now, datagram_len);
@@ -216,6 +216,18 @@ impl Connection {
                 verdict = Err(DropReason::Oversized);
                 break;
             }
+            let past_window = h.send_type == SendType::Message
+                && self
+                    .messaging
+                    .recv_channels
+                    .get(usize::from(h.channel))
+                    .is_some_and(|c| c.is_past_window(h.sequence));
+            if past_window {
+                // Counted as holding nothing below, it could be stored once earlier frames of
+                // this packet moved the window: refuse the packet instead.
+                verdict = Err(DropReason::ProtocolViolation);
+                break;
+            }
             to_hold += self.bytes_to_hold(ch.kind, &h, config);
             if ch.kind == DeliveryKind::Ordered
                 && h.send_type == SendType::Message
@@ -267,20 +279,28 @@ impl Connection {
     }
 
     /// Takes an admitted packet: records its number (it will be acknowledged) and hands its
-    /// parsed frames to their channels. Returns whether it arrived out of order.
+    /// parsed frames to their channels. `admitted` is what the packet was let in to hold.
+    /// Returns whether it arrived out of order.
     fn deliver_packet(
         &mut self,
         now: Instant,
         pn: u64,
         frames: FrameBytes<'_>,
+        admitted: usize,
         shared: &mut Shared<'_>,
     ) -> bool {
         let out_of_order = self.transport.received.record(pn, now);
         let events_before = shared.events.len();
         let delivered_before = self.stats.payload_bytes_delivered;
         let mut parsed = core::mem::take(&mut shared.scratch.parsed_frames);
+        // Room the packet's reliable frames and responses were admitted with but have not
+        // taken yet: unreliable chunks ahead of them in the packet must leave it to them.
+        let mut promised = admitted;
         for (i, (header, payload)) in parsed.drain(..).enumerate() {
-            self.receive_frame(now, (pn, i as u16), header, payload, shared);
+            let held_before = self.messaging.reassembly_bytes;
+            self.receive_frame(now, (pn, i as u16), header, payload, promised, shared);
+            let taken = self.messaging.reassembly_bytes.saturating_sub(held_before);
+            promised = promised.saturating_sub(taken);
         }
         shared.scratch.parsed_frames = parsed;
         if shared.events.len() > events_before {
@@ -369,7 +389,7 @@ impl Connection {
                 continue;
             }
             self.stats.packets_rebuilt += 1;
-            self.deliver_packet(now, p, frames, shared);
+            self.deliver_packet(now, p, frames, to_hold, shared);
             // Acknowledge it soon: the sender would otherwise resend it.
             self.transport.ack_now = true;
         }
@@ -437,6 +457,7 @@ impl Connection {
         order: WireOrder,
         h: MessageHeader,
         payload: Bytes,
+        promised: usize,
         shared: &mut Shared<'_>,
     ) {
         let config = shared.config;
@@ -451,9 +472,12 @@ impl Connection {
             redirect: h.redirect,
         };
         // Only chunks of unreliable messages consult the budget here (reliable ones were
-        // admitted with the packet).
+        // admitted with the packet, and keep what they were promised).
         let budget_left = if h.chunk.is_some() {
-            shared.budget.room(self.messaging.reassembly_bytes, config)
+            shared
+                .budget
+                .room(self.messaging.reassembly_bytes, config)
+                .saturating_sub(promised)
         } else {
             usize::MAX
         };

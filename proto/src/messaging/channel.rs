@@ -468,6 +468,15 @@ impl RecvChannel {
         Some((seq, free))
     }
 
+    /// Whether reliable message `sequence` lies past this channel's window. An honest sender
+    /// never sends there (its window starts at its oldest unacknowledged message, never
+    /// later than our base), and a frame there must not wait for the messages before it in
+    /// the same packet to move the window up to it: it was admitted as holding nothing.
+    pub(crate) fn is_past_window(&self, sequence: u16) -> bool {
+        self.kind.is_reliable()
+            && extend_seq(sequence, self.base).is_some_and(|s| s >= self.base + MESSAGE_WINDOW)
+    }
+
     /// Bytes this reliable channel would newly hold if it took a frame of message `sequence`
     /// (whole with `len` bytes, or a chunk of `chunk`): window slots it would add, and a
     /// chunk that starts a reassembly reserves the whole message. Whole messages on an
