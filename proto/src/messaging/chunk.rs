@@ -4,6 +4,7 @@
 //! count; all chunks but the last carry exactly [`Config::chunk_payload`](crate::Config::chunk_payload)
 //! bytes, so the receiver knows the size of what it is assembling from the first chunk on.
 
+use alloc::collections::VecDeque;
 use alloc::vec;
 use alloc::vec::Vec;
 use bytes::{Bytes, BytesMut};
@@ -23,19 +24,25 @@ pub struct Progress {
     pub bytes_received: usize,
 }
 
-/// A message being reassembled from its chunks, straight into one buffer of the whole
-/// message's size: chunks are copied in as they arrive (so nothing pins the datagrams they
-/// came in), and the complete message is handed out without another copy.
+/// A message being reassembled from its chunks. The chunks from the first on are copied
+/// into one buffer of the whole message's size as they come in order (so nothing pins the
+/// datagrams they came in, and the complete message is handed out without another copy);
+/// a chunk that comes ahead of a gap is copied aside until the gap fills. The buffer is
+/// made by the first chunk, not before, and never zeroed: a peer that starts messages with
+/// their last chunks (one byte each) makes no whole-message buffer at all.
 #[derive(Debug)]
 pub(crate) struct ReassemblyBuffer {
+    /// Chunks `0..k`, in order.
     data: BytesMut,
+    /// Chunks past the first gap, by index (sorted), each its own copy.
+    ahead: VecDeque<(u16, Bytes)>,
     /// Bit `i`: chunk `i` is in.
     have: Vec<u64>,
     count: u16,
     received: u16,
-    /// Known once the last chunk (the only one that may be short) is in.
-    len: Option<usize>,
     bytes: usize,
+    /// Bytes charged for the whole message while it is reassembled ([`reservation`]).
+    reserved: usize,
     pub(crate) started_at: Instant,
 }
 
@@ -51,16 +58,17 @@ pub(crate) enum ChunkAdded {
 }
 
 impl ReassemblyBuffer {
-    /// A buffer for a message of `count` chunks; allocates its whole reservation
-    /// ([`reservation`]) at once.
+    /// A buffer for a message of `count` chunks, charged its whole reservation
+    /// ([`reservation`]) from the start.
     pub(crate) fn new(count: u16, chunk_payload: usize, now: Instant) -> Self {
         ReassemblyBuffer {
-            data: BytesMut::zeroed(reservation(count, chunk_payload)),
+            data: BytesMut::new(),
+            ahead: VecDeque::new(),
             have: vec![0; usize::from(count).div_ceil(64)],
             count,
             received: 0,
-            len: None,
             bytes: 0,
+            reserved: reservation(count, chunk_payload),
             started_at: now,
         }
     }
@@ -89,15 +97,25 @@ impl ReassemblyBuffer {
         if self.has(index) {
             return ChunkAdded::Duplicate;
         }
-        let start = usize::from(index) * chunk_payload;
-        let Some(dst) = self.data.get_mut(start..start + payload.len()) else {
-            return ChunkAdded::Inconsistent;
-        };
-        dst.copy_from_slice(payload);
-        self.have[usize::from(index / 64)] |= 1 << (index % 64);
-        if last {
-            self.len = Some(start + payload.len());
+        if usize::from(index) * chunk_payload == self.data.len() {
+            if self.data.capacity() == 0 {
+                self.data = BytesMut::with_capacity(self.reserved);
+            }
+            self.data.extend_from_slice(payload);
+            // The gap this chunk filled may have been the last before chunks set aside.
+            while let Some((i, chunk)) = self.ahead.front() {
+                if usize::from(*i) * chunk_payload != self.data.len() {
+                    break;
+                }
+                self.data.extend_from_slice(chunk);
+                self.ahead.pop_front();
+            }
+        } else {
+            let at = self.ahead.partition_point(|(i, _)| *i < index);
+            self.ahead
+                .insert(at, (index, Bytes::copy_from_slice(payload)));
         }
+        self.have[usize::from(index / 64)] |= 1 << (index % 64);
         self.received += 1;
         self.bytes += payload.len();
         ChunkAdded::Stored(payload.len())
@@ -113,9 +131,10 @@ impl ReassemblyBuffer {
             .is_some_and(|w| w & (1 << (index % 64)) != 0)
     }
 
-    /// Bytes allocated (and charged) for the whole message while it is reassembled.
+    /// Bytes charged for the whole message while it is reassembled (what is allocated
+    /// stays under twice this: the message's buffer, and chunks set aside before it).
     pub(crate) fn reserved(&self) -> usize {
-        self.data.len()
+        self.reserved
     }
 
     pub(crate) fn progress(&self, sequence: u16) -> Progress {
@@ -127,9 +146,9 @@ impl ReassemblyBuffer {
         }
     }
 
-    /// The whole message. Call only when complete.
-    pub(crate) fn assemble(mut self) -> Bytes {
-        self.data.truncate(self.len.unwrap_or(0));
+    /// The whole message. Call only when complete (every chunk is then in `data`).
+    pub(crate) fn assemble(self) -> Bytes {
+        debug_assert!(self.ahead.is_empty());
         self.data.freeze()
     }
 }
@@ -186,5 +205,42 @@ mod tests {
         );
         assert!(r.is_complete());
         assert_eq!(r.assemble(), payload);
+    }
+
+    #[test]
+    fn a_message_started_by_its_last_chunk_makes_no_whole_message_buffer() {
+        // A peer can start many large messages with one byte each (their last chunks): none
+        // of them may cost an allocation (or zeroing) of the whole message's size.
+        let count = 900;
+        let mut r = ReassemblyBuffer::new(count, 1_000, Instant::ZERO);
+        assert_eq!(r.reserved(), 900_000);
+        assert_eq!(r.add(count - 1, count, &[7], 1_000), ChunkAdded::Stored(1));
+        assert_eq!(
+            r.add(5, count, &[5; 1_000], 1_000),
+            ChunkAdded::Stored(1_000)
+        );
+        assert_eq!(r.data.capacity(), 0);
+        assert_eq!(r.ahead.len(), 2);
+        // The first chunk makes the buffer; chunks in order go straight into it.
+        for i in 0..5 {
+            r.add(i, count, &[i as u8; 1_000], 1_000);
+        }
+        assert!(r.data.capacity() >= 900_000);
+        assert_eq!(
+            r.data.len(),
+            6_000,
+            "chunk 5 joined once the gap before it filled"
+        );
+        assert_eq!(r.ahead.len(), 1);
+        for i in 6..count - 1 {
+            r.add(i, count, &[i as u8; 1_000], 1_000);
+        }
+        assert!(r.is_complete());
+        let message = r.assemble();
+        assert_eq!(message.len(), 899_001);
+        assert_eq!(message[4_999], 4);
+        assert_eq!(message[5_000], 5);
+        assert_eq!(message[898_999], (898 % 256) as u8);
+        assert_eq!(message[899_000], 7);
     }
 }
