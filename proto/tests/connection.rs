@@ -867,6 +867,40 @@ fn forged_reset(id: u64) -> Vec<u8> {
     })
 }
 
+/// A packet the server sent before it restarted, replayed to the client: authentic, but
+/// no sign of life, so the "unknown connection" notice still ends the connection.
+#[test]
+fn a_replayed_packet_does_not_refute_an_unknown_connection_notice() {
+    let mut p = Pair::default_pair();
+    let (c, s) = p.connect();
+    for i in 0..20u8 {
+        p.client.send(c, 3, vec![i]).expect("send");
+        p.server.send(s, 3, vec![i]).expect("send");
+        p.run_for(Duration::from_millis(50));
+    }
+    // An attacker on the path keeps one of the server's packets.
+    p.server.send(s, 3, &b"old news"[..]).expect("send");
+    let mut buf = vec![0u8; 1500];
+    let t = p.server.poll_transmit(p.now, &mut buf).expect("a datagram");
+    let captured = buf[..t.len].to_vec();
+    let now = p.now;
+    p.client.handle_datagram(now, p.server_addr, &captured);
+    p.server = Endpoint::new(keyed(server_config(77))).expect("valid");
+    p.client.send(c, 3, &b"anyone there?"[..]).expect("send");
+    let start = p.now;
+    while p.now - start < Duration::from_secs(3) && disconnect_reason(&p.client_events).is_none() {
+        p.run_for(Duration::from_millis(10));
+        let now = p.now;
+        p.client.handle_datagram(now, p.server_addr, &captured);
+    }
+    assert_eq!(
+        disconnect_reason(&p.client_events),
+        Some(DisconnectReason::PeerReset)
+    );
+    let took = p.now - start;
+    assert!(took < Duration::from_millis(800), "took {took:?}");
+}
+
 #[test]
 fn a_restarted_server_is_reported_as_peer_reset_within_a_few_round_trips() {
     let mut p = Pair::default_pair();

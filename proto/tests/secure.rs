@@ -475,6 +475,42 @@ fn a_replayed_protected_packet_is_a_duplicate() {
     assert!(p.server.is_connected(s));
 }
 
+/// An authentic packet replayed from another address is refused as a duplicate before its
+/// address counts for anything: it earns that address no challenge (the server would
+/// otherwise send packets wherever replays came from, and a stream of them from fresh
+/// addresses would push a rebinding client's own address out of the candidates).
+#[test]
+fn a_replayed_protected_packet_from_a_new_address_earns_no_challenge() {
+    let Captured {
+        mut p,
+        server: s,
+        datagram,
+        ..
+    } = capture_data(client_config(23), server_config(24), b"once");
+    p.server.handle_datagram(p.now, p.client_addr, &datagram);
+    server_events_now(&mut p);
+    let stats = |p: &Pair| p.server.connection_stats(s).expect("live");
+    let before = stats(&p);
+    for i in 0..8u16 {
+        let from: SocketAddr = format!("203.0.113.9:{}", 1000 + i).parse().expect("addr");
+        p.now += Duration::from_millis(30);
+        p.server.handle_datagram(p.now, from, &datagram);
+        let mut buf = vec![0u8; 1500];
+        while let Some(t) = p.server.poll_transmit(p.now, &mut buf) {
+            assert_ne!(t.to, from, "a datagram to the replay's address");
+        }
+    }
+    let after = stats(&p);
+    assert_eq!(after.path_challenges_sent, before.path_challenges_sent);
+    assert_eq!(
+        after.drops.get(DropReason::DuplicatePacket),
+        before.drops.get(DropReason::DuplicatePacket) + 8
+    );
+    assert_eq!(after.drops.get(DropReason::UnvalidatedPath), 0);
+    assert!(server_events_now(&mut p).is_empty());
+    assert_eq!(p.server.remote_address(s), Some(p.client_addr));
+}
+
 // ======================================================================== 2. confidentiality
 
 /// A 32-byte pattern nothing else on the wire contains.

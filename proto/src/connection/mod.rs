@@ -1033,13 +1033,22 @@ impl Connection {
             .set(Timer::ResetConfirm, now + wait.max(RESET_ROUND_MIN));
     }
 
-    /// An authentic packet arrived: the peer knows this connection after all, and whoever
-    /// said otherwise waits longer next time.
-    pub(crate) fn heard_authentic(&mut self, now: Instant) {
+    /// An authentic packet (`wire_pn`) arrived: if it is new, the peer knows this connection
+    /// after all, and whoever said otherwise waits longer next time.
+    pub(crate) fn heard_authentic(&mut self, now: Instant, wire_pn: u32) {
         let Some(watch) = self.reset.as_mut() else {
             return;
         };
-        if watch.hint.take().is_some() {
+        if watch.hint.is_none() {
+            return;
+        }
+        // A packet taken before proves nothing: a replay of it is authentic too, whether or
+        // not the peer still has the connection.
+        let received = &self.transport.received;
+        let fresh = received
+            .extend(wire_pn)
+            .is_some_and(|pn| received.verdict(pn) == crate::transport::received::Verdict::New);
+        if fresh && watch.hint.take().is_some() {
             self.timers.stop(Timer::ResetConfirm);
             watch.ignored_until = now + watch.backoff;
             watch.backoff = (watch.backoff * 2).min(RESET_BACKOFF_MAX);

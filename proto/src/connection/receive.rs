@@ -56,17 +56,6 @@ impl Connection {
             self.stats.drops.add(DropReason::Unexpected);
             return DataResult::Dropped;
         }
-        let status = self.transport.paths.on_datagram(
-            now,
-            from,
-            datagram_len,
-            self.transport.sent.rtt.smoothed(),
-        );
-        if status == PathStatus::Unvalidated {
-            // Not acted on in any way: it only earned its address a challenge.
-            self.stats.drops.add(DropReason::UnvalidatedPath);
-            return DataResult::Dropped;
-        }
         let Some(pn) = self.transport.received.extend(header.packet_number) else {
             self.stats.drops.add(DropReason::DuplicatePacket);
             return DataResult::Dropped;
@@ -81,6 +70,19 @@ impl Connection {
                 self.stats.drops.add(DropReason::OutOfWindow);
                 return DataResult::Dropped;
             }
+        }
+        // Only a packet not taken before speaks for its address: a replay of one (from any
+        // address) earns no credit, no challenge and no place among the candidates.
+        let status = self.transport.paths.on_datagram(
+            now,
+            from,
+            datagram_len,
+            self.transport.sent.rtt.smoothed(),
+        );
+        if status == PathStatus::Unvalidated {
+            // Not acted on in any way: it only earned its address a challenge.
+            self.stats.drops.add(DropReason::UnvalidatedPath);
+            return DataResult::Dropped;
         }
         // First pass: validate every frame before acting on any, so a packet is either
         // accepted whole (and acknowledged) or dropped whole (and retransmitted). Nothing in

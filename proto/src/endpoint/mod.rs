@@ -1063,7 +1063,7 @@ impl Endpoint {
             self.finish_quiet(index, c);
             return;
         };
-        c.heard_authentic(now);
+        c.heard_authentic(now, wire::short_header_pn(datagram));
         // Data, nearly every packet, has a decoder of its own; the rarer types the general one.
         if let Some(data) = wire::decode_data(&bytes) {
             let Ok((header, frames)) = data else {
