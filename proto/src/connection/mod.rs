@@ -483,11 +483,14 @@ impl Connection {
     pub(crate) fn on_path_challenged(&mut self, now: Instant) {
         // At most once a round trip: anyone with the connection id can send challenges
         // that look like they came from the peer, and probes bypass the congestion window.
+        // (With a floor: the smoothed round trip of a LAN is tens of microseconds, and a
+        // peer that claims its whole ack delay can drive it to zero.)
+        let interval = self.transport.sent.rtt.smoothed().max(PROBE_INTERVAL_MIN);
         let quiet = self
             .transport
             .last_challenge_probe
             .get()
-            .is_none_or(|t| now >= t + self.transport.sent.rtt.smoothed());
+            .is_none_or(|t| now >= t + interval);
         if self.bytes_in_flight() > 0 && quiet {
             self.transport.last_challenge_probe = now.into();
             self.transport.probes_due = self.transport.probes_due.max(1);

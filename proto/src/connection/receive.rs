@@ -93,13 +93,20 @@ impl Connection {
         };
         // The packet is well-formed: its acknowledgement counts and it shows the peer is
         // alive, even if its messages must be refused for room below.
-        if let Some(ack) = &header.ack {
+        if let Some(ack) = header
+            .ack
+            .as_ref()
+            .filter(|ack| self.keys.is_none() || !self.transport.sent.names_unsent(ack))
+        {
             let outcome = &mut shared.scratch.outcome;
             outcome.clear();
             self.transport
                 .sent
                 .on_ack(now, ack, config.max_ack_delay, outcome);
             self.apply_outcome(outcome);
+        } else if header.ack.is_some() {
+            // A protected peer acknowledging what was never sent: its ack is not taken.
+            self.stats.drops.add(DropReason::ProtocolViolation);
         }
         self.last_received = now;
         self.timers.set(Timer::Idle, now + config.idle_timeout);

@@ -1965,6 +1965,77 @@ impl Endpoint {
 mod tests {
     use super::*;
 
+    /// An authentic packet whose acknowledgement names packets never sent (an optimistic
+    /// ack: everything arrived, as fast as it was sent) is taken without its ack.
+    #[test]
+    fn a_protected_ack_naming_packets_never_sent_is_not_taken() {
+        use crate::wire::{Ack, DataHeader};
+        let config = |seed, server| Config {
+            seed,
+            secret_seed: Some(crate::SecretSeed::insecure_from_u64(seed)),
+            accept_incoming: server,
+            ..Config::default()
+        };
+        let client_addr: SocketAddr = "10.0.0.2:5000".parse().unwrap();
+        let server_addr: SocketAddr = "10.0.0.1:4000".parse().unwrap();
+        let mut client = Endpoint::new(config(1, false)).unwrap();
+        let mut server = Endpoint::new(config(2, true)).unwrap();
+        let mut now = Instant::from_millis(1);
+        let c = client.connect(now, server_addr, &[]).unwrap();
+        let mut buf = alloc::vec![0u8; 1500];
+        let mut s = None;
+        for _ in 0..50 {
+            now += core::time::Duration::from_millis(1);
+            client.handle_timeout(now);
+            server.handle_timeout(now);
+            while let Some(t) = client.poll_transmit(now, &mut buf) {
+                server.handle_datagram(now, client_addr, &buf[..t.len]);
+            }
+            while let Some(t) = server.poll_transmit(now, &mut buf) {
+                client.handle_datagram(now, server_addr, &buf[..t.len]);
+            }
+            while let Some(e) = server.poll_event() {
+                if let Event::Connected { conn, .. } = e {
+                    s = Some(conn);
+                }
+            }
+            while client.poll_event().is_some() {}
+        }
+        let s = s.expect("connected");
+        // The server's messages are lost on the way: their packets stay in flight.
+        for i in 0..5u8 {
+            server.send(s, 2, alloc::vec![i; 100]).unwrap();
+        }
+        while server.poll_transmit(now, &mut buf).is_some() {}
+        let in_flight = server.get(s).unwrap().transport.sent.bytes_in_flight();
+        assert!(in_flight > 0);
+        let received = server.get(s).unwrap().stats().packets_received;
+        // The client claims all of them arrived, and a million more.
+        let conn = client.get(c).unwrap();
+        let pn = conn.transport.sent.next_seq() + 1;
+        let mut ack_buf = [0u8; 64];
+        let ack = Ack::build(1_000_000, 0, &[(1_000_000, 0)], &mut ack_buf).unwrap();
+        let packet = Packet::Data {
+            header: DataHeader {
+                connection_id: conn.connection_id,
+                packet_number: pn as u32,
+                ping: true,
+                ack: Some(ack),
+                repair: None,
+            },
+            frames: &[],
+        };
+        let len = packet.encode(&mut buf).unwrap();
+        let keys = conn.keys.as_ref().unwrap();
+        let sealed = keys.send.seal(pn, &mut buf, len).unwrap();
+        server.handle_datagram(now, client_addr, &buf[..sealed]);
+        let after = server.get(s).unwrap();
+        assert_eq!(after.transport.sent.bytes_in_flight(), in_flight);
+        assert_eq!(after.stats().drops.get(DropReason::ProtocolViolation), 1);
+        // The packet itself is taken (its sender is authentic): only its ack is not.
+        assert_eq!(after.stats().packets_received, received + 1);
+    }
+
     /// A rebuild that takes the wake-ups from a wheel (where stale entries are left to
     /// `pop_due`) back to a heap settles the heap's front: `poll_timeout` is exact again.
     #[test]

@@ -372,6 +372,17 @@ impl SentPackets {
         (idx < self.packets.len()).then_some(idx)
     }
 
+    /// Whether `ack` names a packet above the newest one sent. An honest peer's never does;
+    /// without protection a forged packet to the peer can make it report one, so
+    /// [`Self::on_ack`] only cuts such ranges off, but a protected peer's ack that does is
+    /// a lie (an optimistic ack claiming everything arrived) and is not taken at all.
+    pub(crate) fn names_unsent(&self, ack: &Ack<'_>) -> bool {
+        let Some(largest_sent) = self.next_seq.checked_sub(1) else {
+            return true;
+        };
+        super::extend32(ack.largest, largest_sent).is_none_or(|largest| largest > largest_sent)
+    }
+
     /// Processes an acknowledgement. Ranges above the newest packet sent (which an honest
     /// peer never sends, but a forged packet to the peer could make it report) are ignored.
     pub(crate) fn on_ack(
