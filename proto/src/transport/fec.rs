@@ -409,6 +409,13 @@ pub(crate) struct RepairDecoder {
     kept: FrameLog<KEPT, ()>,
     pending: VecDeque<Pending>,
     spare: Vec<Vec<u8>>,
+    /// Something since the last `solve` can make it rebuild more: a repair kept, or a packet
+    /// a pending repair covers. Otherwise solving again would only redo the last solve (a
+    /// peer could otherwise have it redone, in full, for every packet it sends).
+    dirty: bool,
+    /// Solves run (for the tests).
+    #[cfg(test)]
+    solves: usize,
 }
 
 impl RepairDecoder {
@@ -427,6 +434,12 @@ impl RepairDecoder {
         }
         if frames.len() <= max_len {
             self.kept.push(pn, (), frames);
+        }
+        if !self.dirty {
+            self.dirty = self
+                .pending
+                .iter()
+                .any(|p| p.covered().any(|(c, _)| c == pn));
         }
     }
 
@@ -454,13 +467,15 @@ impl RepairDecoder {
         missing: impl Fn(u64) -> bool,
     ) {
         self.on_repair_seen();
+        if !covered.iter().any(|&(pn, _)| missing(pn)) {
+            return;
+        }
+        // (Only a repair that is kept takes the oldest one's place: one over packets that
+        // all arrived must not push out one that may still rebuild something.)
         if self.pending.len() == PENDING {
             if let Some(old) = self.pending.pop_front() {
                 self.spare.push(old.symbol);
             }
-        }
-        if !covered.iter().any(|&(pn, _)| missing(pn)) {
-            return;
         }
         let mut buf = self.spare.pop().unwrap_or_default();
         buf.clear();
@@ -484,6 +499,7 @@ impl RepairDecoder {
             lens,
             symbol: buf,
         });
+        self.dirty = true;
     }
 
     /// A repair arrived: the peer codes (received packets are kept from now on).
@@ -508,13 +524,20 @@ impl RepairDecoder {
         self.kept.get(pn)
     }
 
-    /// Solves what the pending repairs allow. `missing(pn)` says whether a packet is still
-    /// wanted. Each rebuilt packet is handed to `rebuilt` as (packet number, frames).
+    /// Solves what the pending repairs allow, if anything changed since the last time.
+    /// `missing(pn)` says whether a packet is still wanted. Each rebuilt packet is handed to `rebuilt` as (packet number, frames).
     pub(crate) fn solve(
         &mut self,
         missing: impl Fn(u64) -> bool,
         mut rebuilt: impl FnMut(u64, &[u8]),
     ) {
+        if !core::mem::take(&mut self.dirty) {
+            return;
+        }
+        #[cfg(test)]
+        {
+            self.solves += 1;
+        }
         // Drop repairs that cannot help: nothing missing, or a covered packet that is
         // neither missing nor kept (its frames are gone).
         let kept = &self.kept;
@@ -751,6 +774,37 @@ mod tests {
             rebuilt.is_empty(),
             "12 unknowns per block, 2 equations: nothing solvable"
         );
+    }
+
+    /// Twelve repairs wait, each over two lost packets of its own (unsolvable); then every
+    /// packet carries a repair over packets that arrived. None of those can change what the
+    /// waiting ones solve, so the solver runs again only when a packet they cover arrives.
+    #[test]
+    fn repairs_that_add_no_equation_do_not_rerun_the_solver() {
+        let mut dec = RepairDecoder {
+            active: true,
+            ..RepairDecoder::default()
+        };
+        let lost = |pn: u64| pn < 24;
+        for r in 0..12u64 {
+            let covered = [(2 * r + 1, 40), (2 * r, 40)];
+            dec.on_repair(100 + r, &covered, &[r as u8; 40], lost);
+        }
+        dec.solve(lost, |_, _| panic!("nothing is solvable"));
+        assert_eq!(dec.solves, 1);
+        for pn in 200..1_200u64 {
+            dec.on_received(pn, &[1; 40], 600);
+            dec.on_repair(pn, &[(pn, 40), (pn - 1, 40)], &[2; 40], lost);
+            dec.solve(lost, |_, _| panic!("nothing is solvable"));
+        }
+        assert_eq!(
+            dec.solves, 1,
+            "nothing changed what the waiting repairs solve"
+        );
+        // A packet a waiting repair covers arrives: that one may solve now.
+        dec.on_received(0, &[3; 40], 600);
+        dec.solve(|pn| pn < 24 && pn != 0, |_, _| {});
+        assert_eq!(dec.solves, 2);
     }
 
     #[test]
