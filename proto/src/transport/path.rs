@@ -21,6 +21,10 @@ const MAX_CANDIDATES: usize = 4;
 const MAX_CREDIT: usize = 16 * 1024;
 /// Shortest time between two challenges to one address.
 const MIN_CHALLENGE_INTERVAL: Duration = Duration::from_millis(20);
+/// A candidate nothing has come from for this long (and that is not being probed) is
+/// forgotten: a stray or spoofed datagram would otherwise keep one for the connection's
+/// life, and with it a visit to the connection on every datagram and timer.
+const CANDIDATE_LIFETIME: Duration = Duration::from_secs(5);
 
 /// A new address a connection's packets came from.
 #[derive(Clone, Copy, Debug)]
@@ -231,11 +235,16 @@ impl Paths {
 
     /// A challenge to send now, as (address, token), if one is due and the address has the
     /// credit for one of `size` bytes (protection adds its tag to `PATH_PACKET_LEN`).
+    /// Candidates past their lifetime are forgotten first.
     pub(crate) fn poll_challenge(
         &mut self,
         now: Instant,
         size: usize,
     ) -> Option<(SocketAddr, u64)> {
+        if !self.candidates.is_empty() {
+            self.candidates
+                .retain(|c| c.probes_left > 0 || now < c.seen_at + CANDIDATE_LIFETIME);
+        }
         let c = self.candidates.iter_mut().find(|c| {
             (c.challenge_due && c.credit >= size)
                 || (c.probes_left > 0 && !c.validated && now >= c.next_challenge)
@@ -282,6 +291,26 @@ mod tests {
 
     fn addr(s: &str) -> SocketAddr {
         s.parse().expect("address")
+    }
+
+    #[test]
+    fn a_candidate_nothing_comes_from_is_forgotten() {
+        let mut p = Paths::new(addr("10.0.0.1:1"), Prf::from_key([1; 16]), Instant::ZERO);
+        let rtt = Duration::from_millis(50);
+        let t = Instant::from_millis(1);
+        let stray = addr("10.0.0.9:1");
+        assert_eq!(p.on_datagram(t, stray, 100, rtt), PathStatus::Unvalidated);
+        assert!(p.poll_challenge(t, PATH_PACKET_LEN).is_some());
+        assert!(p.has_candidates());
+        let later = t + CANDIDATE_LIFETIME - Duration::from_millis(1);
+        p.poll_challenge(later, PATH_PACKET_LEN);
+        assert!(p.has_candidates(), "kept within its lifetime");
+        p.poll_challenge(t + CANDIDATE_LIFETIME, PATH_PACKET_LEN);
+        assert!(!p.has_candidates(), "forgotten after it");
+        // One being probed (a hub named it) stays while probes are left.
+        p.probe(t, stray, 3, Duration::from_secs(10));
+        p.poll_challenge(t + CANDIDATE_LIFETIME * 2, PATH_PACKET_LEN);
+        assert!(p.has_candidates());
     }
 
     #[test]
