@@ -186,6 +186,8 @@ pub struct Config {
     pub max_send_rate: Option<u64>,
     /// Most handshake replies and close notices waiting to be sent (default 16,384); past it
     /// they are dropped and counted in `EndpointStats::replies_dropped` (clients retry).
+    /// Replies to addresses nothing proved (a Hello's, an unknown connection's) take at most
+    /// half, so a flood of spoofed Hellos leaves room for the Accepts of real clients.
     pub max_control_queue: usize,
 }
 

@@ -447,7 +447,9 @@ pub struct EndpointStats {
     /// Datagrams for a relay address with no hub connection to carry them, or that it
     /// could not queue.
     pub tunnel_drops: u64,
-    /// Handshake replies or close notices not sent because the reply queue was full.
+    /// Handshake replies or close notices not sent because the reply queue was full (replies
+    /// to addresses nothing proved, a Hello's or an unknown connection's, may take only half
+    /// of it).
     pub replies_dropped: u64,
     /// "Unknown connection" notices sent: packets arrived naming a connection id this
     /// endpoint does not know (typically from the clients of a previous run on this port).

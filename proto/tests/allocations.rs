@@ -242,12 +242,15 @@ fn a_flood_of_handshake_requests_is_capped_and_leaves_no_reply_room_behind() {
         server.handle_datagram(now, from(i), &request);
     }
     let during = LIVE_BYTES.load(Ordering::Relaxed) - before;
+    // Replies to unproven addresses (these requests' Challenges) take at most half the
+    // queue: the rest is kept for Accepts.
+    let queued = LIMIT / 2;
     assert_eq!(
         server.stats().replies_dropped,
-        u64::from(flood) - LIMIT as u64,
+        u64::from(flood) - queued as u64,
         "replies beyond the queue's limit are dropped"
     );
-    assert_eq!(drain(&mut server), LIMIT, "the queued replies go out");
+    assert_eq!(drain(&mut server), queued, "the queued replies go out");
     // The next call finds the queue empty after a quiet round: its room goes back.
     assert_eq!(drain(&mut server), 0);
     let after = LIVE_BYTES.load(Ordering::Relaxed) - before;

@@ -114,7 +114,7 @@ impl Endpoint {
         if let Some((code, reason)) = refusal {
             self.stats.drops.add(reason);
             self.stats.connections_rejected += 1;
-            self.push_control(
+            self.push_unproven(
                 from,
                 Packet::Reject {
                     client_nonce: nonce,
@@ -126,7 +126,7 @@ impl Endpoint {
         if protection != self.config.protection {
             // Said at once, before any cookie: the reply (12 bytes) is smaller than the Hello.
             self.stats.connections_rejected += 1;
-            self.push_control(
+            self.push_unproven(
                 from,
                 Packet::Reject {
                     client_nonce: nonce,
@@ -137,7 +137,7 @@ impl Endpoint {
         }
         // Stateless: nothing is stored; the reply (33 bytes) is smaller than the Hello (48).
         let cookie = self.make_cookie(now, from, nonce);
-        self.push_control(
+        self.push_unproven(
             from,
             Packet::Challenge {
                 client_nonce: nonce,

@@ -236,7 +236,8 @@ pub struct Endpoint {
     dirty: VecDeque<u32>,
     /// Handshake replies and close notices (packets with no connection state behind them).
     /// A connect storm's room goes back once it is sent.
-    control: DrainingQueue<(SocketAddr, ControlBytes), CONTROL_MIN_ROOM>,
+    /// Datagrams ready to send: (to, bytes, whether it answers an address nothing proved).
+    control: DrainingQueue<(SocketAddr, ControlBytes, bool), CONTROL_MIN_ROOM>,
     arena: BytesMut,
     budget: ReceiveBudget,
     /// Hides the slot index in the connection ids this endpoint chooses.
@@ -288,6 +289,11 @@ pub struct Endpoint {
     connections_created: u64,
     hasher: SeededState,
     accept_hook: Option<AcceptHook>,
+    /// Entries of `control` that answer addresses nothing proved (a Hello's reply, the
+    /// "unknown connection" notice): at most half the queue, so spoofed Hellos cannot crowd
+    /// out the Accepts of clients that proved their address. (Here, not beside `control`:
+    /// only handshakes and strangers touch it.)
+    unproven_replies: usize,
 }
 
 /// Bytes at the start of an [`Endpoint`] that hold every field a datagram, a send or a
@@ -348,6 +354,7 @@ impl Endpoint {
             relay: None,
             events: EventQueue::default(),
             control: DrainingQueue::default(),
+            unproven_replies: 0,
             wakeups: Wakeups::default(),
             dirty: VecDeque::new(),
             arena: BytesMut::new(),
@@ -1299,7 +1306,10 @@ impl Endpoint {
             buf.len()
         );
         self.advance_time(now);
-        while let Some((to, control)) = self.control.pop_front() {
+        while let Some((to, control, unproven)) = self.control.pop_front() {
+            if unproven {
+                self.unproven_replies -= 1;
+            }
             if let Some(user) = crate::hub::relay_user(to) {
                 self.tunnel_out(user, &control);
                 continue;
@@ -1803,11 +1813,32 @@ impl Endpoint {
 
     /// Queues a datagram that is ready to send.
     fn push_control_bytes(&mut self, to: SocketAddr, control: ControlBytes) {
+        self.push_reply(to, control, false);
+    }
+
+    /// Queues the reply to a datagram from an address nothing proved (anyone can send one
+    /// from anywhere): within half the queue.
+    pub(super) fn push_unproven(&mut self, to: SocketAddr, control: Packet<'_>) {
+        if self.unproven_replies >= self.config.max_control_queue.div_ceil(2) {
+            self.stats.replies_dropped += 1;
+            return;
+        }
+        let mut out = [0u8; CONTROL_MAX];
+        if let Some(bytes) = control
+            .encode(&mut out)
+            .and_then(|len| ControlBytes::from_slice(&out[..len]).ok())
+        {
+            self.push_reply(to, bytes, true);
+        }
+    }
+
+    fn push_reply(&mut self, to: SocketAddr, control: ControlBytes, unproven: bool) {
         if self.control.len() >= self.config.max_control_queue {
             self.stats.replies_dropped += 1;
             return;
         }
-        self.control.push_back((to, control));
+        self.unproven_replies += usize::from(unproven);
+        self.control.push_back((to, control, unproven));
     }
 
     /// The connection a packet's id names, taken out of its slot (put it back with
@@ -1866,7 +1897,7 @@ impl Endpoint {
     /// their idle timeout. A `Reject` is never answered, so two endpoints cannot loop.
     fn send_reset(&mut self, from: SocketAddr, connection_id: u64) {
         self.stats.resets_sent += 1;
-        self.push_control(
+        self.push_unproven(
             from,
             Packet::Reject {
                 client_nonce: connection_id,
@@ -1964,6 +1995,47 @@ impl Endpoint {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Spoofed Hellos, more than the reply queue holds, arrive between two polls: their
+    /// Challenges take at most half of it, and a client that proved its address (its
+    /// Connect carries the cookie) still gets its Accept in the next poll.
+    #[test]
+    fn spoofed_hellos_leave_room_in_the_reply_queue_for_accepts() {
+        let config = |seed, server| Config {
+            seed,
+            secret_seed: Some(crate::SecretSeed::insecure_from_u64(seed)),
+            accept_incoming: server,
+            max_control_queue: 8,
+            ..Config::default()
+        };
+        let client_addr: SocketAddr = "10.0.0.2:5000".parse().unwrap();
+        let server_addr: SocketAddr = "10.0.0.1:4000".parse().unwrap();
+        let mut client = Endpoint::new(config(1, false)).unwrap();
+        let mut server = Endpoint::new(config(2, true)).unwrap();
+        let now = Instant::from_millis(1);
+        client.connect(now, server_addr, &[]).unwrap();
+        let mut buf = alloc::vec![0u8; 1500];
+        let t = client.poll_transmit(now, &mut buf).unwrap();
+        let hello = buf[..t.len].to_vec();
+        server.handle_datagram(now, client_addr, &hello);
+        let t = server.poll_transmit(now, &mut buf).unwrap();
+        client.handle_datagram(now, server_addr, &buf[..t.len]);
+        let t = client.poll_transmit(now, &mut buf).unwrap();
+        let connect = buf[..t.len].to_vec();
+        // The flood: the client's own Hello, from 100 made-up addresses.
+        for i in 0..100u16 {
+            let from = SocketAddr::new([192, 0, 2, 1].into(), 1000 + i);
+            server.handle_datagram(now, from, &hello);
+        }
+        assert_eq!(server.stats().replies_dropped, 96);
+        server.handle_datagram(now, client_addr, &connect);
+        let mut to_client = 0;
+        while let Some(t) = server.poll_transmit(now, &mut buf) {
+            to_client += usize::from(t.to == client_addr);
+        }
+        assert_eq!(to_client, 1, "the Accept");
+        assert_eq!(server.unproven_replies, 0);
+    }
 
     /// An authentic packet whose acknowledgement names packets never sent (an optimistic
     /// ack: everything arrived, as fast as it was sent) is taken without its ack.
