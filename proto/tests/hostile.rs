@@ -1448,6 +1448,41 @@ fn unreliable_chunks_ahead_of_reliable_ones_cannot_push_a_connection_past_its_bu
     );
 }
 
+/// The same with room to spare: many unreliable chunks ahead of one reliable chunk. What
+/// the unreliable ones take comes out of the room left after the reliable one's, never out
+/// of the reliable one's.
+#[test]
+fn unreliable_chunks_ahead_cannot_spend_the_room_promised_to_a_reliable_one() {
+    let Sniffed {
+        mut p,
+        id,
+        owner,
+        next_pn,
+        ..
+    } = sniffed_small_budget();
+    let config = p.server.config().clone();
+    let budget = config.reassembly_budget;
+    let max_chunks = config.max_message_size.div_ceil(config.chunk_payload()) as u16;
+    let one = usize::from(max_chunks) * config.chunk_payload();
+    let fit = budget / one;
+    assert!(fit >= 2, "{fit} reservations fit");
+    let last = Some((max_chunks - 1, max_chunks));
+    let mut frames = Vec::new();
+    for seq in 7..11u16 {
+        push_frame(&mut frames, header(0, owner, seq, last), &[1]);
+        push_frame(&mut frames, header(1, owner, seq, last), &[1]);
+    }
+    push_frame(&mut frames, header(2, owner, 1, last), &[1]);
+    feed_server(&mut p, &data_packet(id, next_pn, &frames));
+    let held = p.server.reassembly_bytes();
+    assert!(held <= budget, "{held} held, budget {budget}");
+    // (Besides the reservations, the reliable message's window slot: some tens of bytes.)
+    assert!(
+        (fit * one..fit * one + 1_024).contains(&held),
+        "{held} held: unreliable reservations in what is left, and the reliable one"
+    );
+}
+
 // ======================================================================== 8. fair budget
 
 /// Peers that start large reliable messages and withhold the rest, then an honest newcomer

@@ -306,10 +306,19 @@ impl Connection {
         // taken yet: unreliable chunks ahead of them in the packet must leave it to them.
         let mut promised = admitted;
         for (i, (header, payload)) in parsed.drain(..).enumerate() {
+            // (What an unreliable frame takes comes out of the room, not out of the promise.)
+            let admitted_with_packet = header.send_type == SendType::Response
+                || shared
+                    .config
+                    .channels
+                    .get(usize::from(header.channel))
+                    .is_some_and(|c| c.kind.is_reliable());
             let held_before = self.messaging.reassembly_bytes;
             self.receive_frame(now, (pn, i as u16), header, payload, promised, shared);
-            let taken = self.messaging.reassembly_bytes.saturating_sub(held_before);
-            promised = promised.saturating_sub(taken);
+            if admitted_with_packet {
+                let taken = self.messaging.reassembly_bytes.saturating_sub(held_before);
+                promised = promised.saturating_sub(taken);
+            }
         }
         shared.scratch.parsed_frames = parsed;
         if shared.events.len() > events_before {
@@ -395,6 +404,10 @@ impl Connection {
             };
             if self.refusal(to_hold, shared).is_some() {
                 shared.scratch.parsed_frames.clear();
+                // Still missing: the next repair solves for it again (once there is room).
+                if let Some(rx) = &mut self.transport.fec_rx {
+                    rx.mark_dirty();
+                }
                 continue;
             }
             self.stats.packets_rebuilt += 1;

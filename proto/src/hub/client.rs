@@ -24,10 +24,12 @@ use crate::time::Instant;
 /// introduction travels on the control channel and may arrive after them).
 const MAX_WAITING: usize = 64;
 
-/// The bytes those held messages may add up to. A room mate that leaves right after sending
-/// (its key is forgotten before its last messages arrive) could otherwise park 64 messages
-/// of up to `max_message_size` each here for as long as the member stays connected.
-const MAX_WAITING_BYTES: usize = 256 * 1024;
+/// The least the bytes of those held messages may add up to; the cap is twice the largest
+/// message if that is more, so a message sent right after its sender joined is held. (A room
+/// mate that leaves right after sending, its key forgotten before its last messages arrive,
+/// could otherwise park 64 messages of up to `max_message_size` each here for as long as the
+/// member stays connected.)
+const MIN_WAITING_BYTES: usize = 256 * 1024;
 
 /// Messages queued per peer link before its connection exists (the accepting side waits
 /// for the other's handshake).
@@ -271,7 +273,8 @@ pub struct HubClientStats {
     /// Control messages from the hub that did not decode.
     pub bad_notices: u64,
     /// Relayed messages dropped while waiting for their sender's pair key: it never came,
-    /// or they did not fit (at most 64 messages and 256 KiB wait).
+    /// or they did not fit (at most 64 messages wait, of at most twice `max_message_size`
+    /// or 256 KiB, whichever is more).
     pub waiting_dropped: u64,
     /// Peer links that ended before their peer left every shared room.
     pub links_lost: u64,
@@ -290,8 +293,9 @@ pub struct HubClient {
     /// Requests sent to members, by id: whose key opens the response.
     asked: BTreeMap<RequestId, (u16, ConnectionHandle)>,
     waiting: VecDeque<Event>,
-    /// The payload bytes `waiting` holds, kept under `MAX_WAITING_BYTES`.
+    /// The payload bytes `waiting` holds, kept under `max_waiting_bytes`.
     waiting_bytes: usize,
+    max_waiting_bytes: usize,
     ready: VecDeque<HubEvent>,
     stats: HubClientStats,
     policy: PathPolicy,
@@ -369,6 +373,7 @@ impl HubClient {
             asked: BTreeMap::new(),
             waiting: VecDeque::new(),
             waiting_bytes: 0,
+            max_waiting_bytes: MIN_WAITING_BYTES.max(2 * config.max_message_size),
             ready: VecDeque::new(),
             stats: HubClientStats::default(),
             policy: PathPolicy::Messages,
@@ -896,12 +901,12 @@ impl HubClient {
                     // Its introduction may still be on its way: hold it, boundedly (the
                     // oldest go first; one larger than the whole cap is not held).
                     let len = payload.len();
-                    if len > MAX_WAITING_BYTES {
+                    if len > self.max_waiting_bytes {
                         self.stats.waiting_dropped += 1;
                         return;
                     }
                     while self.waiting.len() >= MAX_WAITING
-                        || self.waiting_bytes + len > MAX_WAITING_BYTES
+                        || self.waiting_bytes + len > self.max_waiting_bytes
                     {
                         let Some(old) = self.waiting.pop_front() else {
                             break;
@@ -1093,7 +1098,7 @@ fn member(m: MemberEntry) -> Member {
     }
 }
 
-/// The payload bytes a held relayed event counts against `MAX_WAITING_BYTES`.
+/// The payload bytes a held relayed event counts against `max_waiting_bytes`.
 fn waiting_len(event: &Event) -> usize {
     match event {
         Event::Message { payload, .. } | Event::Request { payload, .. } => payload.len(),
@@ -1129,20 +1134,24 @@ mod tests {
                 target: Some(3),
             }),
         };
+        // Twice the largest message (1 MiB by default): a message sent right after its
+        // sender joined still waits for the introduction.
+        let cap = client.max_waiting_bytes;
+        assert_eq!(cap, 2 << 20);
         for _ in 0..10 {
-            client.handle_event(&mut ep, now, relayed(100 * 1024));
+            client.handle_event(&mut ep, now, relayed(600 * 1024));
         }
-        assert!(client.waiting_bytes <= MAX_WAITING_BYTES);
+        assert!(client.waiting_bytes <= cap);
         assert_eq!(
             client.waiting_bytes,
             client.waiting.iter().map(waiting_len).sum()
         );
-        assert_eq!(client.waiting.len(), 2, "two of 100 KiB fit under 256 KiB");
-        assert_eq!(client.stats().waiting_dropped, 8);
+        assert_eq!(client.waiting.len(), 3, "three of 600 KiB fit under 2 MiB");
+        assert_eq!(client.stats().waiting_dropped, 7);
         // One larger than the whole cap is not held, and evicts nothing.
-        client.handle_event(&mut ep, now, relayed(MAX_WAITING_BYTES + 1));
-        assert_eq!(client.waiting.len(), 2);
-        assert_eq!(client.stats().waiting_dropped, 9);
+        client.handle_event(&mut ep, now, relayed(cap + 1));
+        assert_eq!(client.waiting.len(), 3);
+        assert_eq!(client.stats().waiting_dropped, 8);
         // Small ones still queue up to the count cap.
         for _ in 0..100 {
             client.handle_event(&mut ep, now, relayed(10));

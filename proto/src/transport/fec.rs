@@ -508,6 +508,12 @@ impl RepairDecoder {
         self.quiet = 0;
     }
 
+    /// Has the next `solve` run even if nothing changed: a packet it rebuilt could not be
+    /// taken (no room yet), so it is still missing.
+    pub(crate) fn mark_dirty(&mut self) {
+        self.dirty = true;
+    }
+
     /// Whether repairs wait to be solved.
     pub(crate) fn has_pending(&self) -> bool {
         !self.pending.is_empty()
@@ -805,6 +811,10 @@ mod tests {
         dec.on_received(0, &[3; 40], 600);
         dec.solve(|pn| pn < 24 && pn != 0, |_, _| {});
         assert_eq!(dec.solves, 2);
+        // A packet it rebuilt could not be taken (no room): the next repair solves again.
+        dec.mark_dirty();
+        dec.solve(|pn| pn < 24 && pn != 0, |_, _| {});
+        assert_eq!(dec.solves, 3);
     }
 
     #[test]

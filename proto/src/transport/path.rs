@@ -242,8 +242,10 @@ impl Paths {
         size: usize,
     ) -> Option<(SocketAddr, u64)> {
         if !self.candidates.is_empty() {
-            self.candidates
-                .retain(|c| c.probes_left > 0 || now < c.seen_at + CANDIDATE_LIFETIME);
+            // (A probed one lives from its last probe: `next_challenge` is set past it.)
+            self.candidates.retain(|c| {
+                c.probes_left > 0 || now < c.seen_at.max(c.next_challenge) + CANDIDATE_LIFETIME
+            });
         }
         let c = self.candidates.iter_mut().find(|c| {
             (c.challenge_due && c.credit >= size)
@@ -302,15 +304,27 @@ mod tests {
         assert_eq!(p.on_datagram(t, stray, 100, rtt), PathStatus::Unvalidated);
         assert!(p.poll_challenge(t, PATH_PACKET_LEN).is_some());
         assert!(p.has_candidates());
-        let later = t + CANDIDATE_LIFETIME - Duration::from_millis(1);
+        // (Its lifetime runs from the later of when it was heard and its next challenge.)
+        let later = t + CANDIDATE_LIFETIME;
         p.poll_challenge(later, PATH_PACKET_LEN);
         assert!(p.has_candidates(), "kept within its lifetime");
-        p.poll_challenge(t + CANDIDATE_LIFETIME, PATH_PACKET_LEN);
+        p.poll_challenge(later + Duration::from_secs(1), PATH_PACKET_LEN);
         assert!(!p.has_candidates(), "forgotten after it");
-        // One being probed (a hub named it) stays while probes are left.
-        p.probe(t, stray, 3, Duration::from_secs(10));
-        p.poll_challenge(t + CANDIDATE_LIFETIME * 2, PATH_PACKET_LEN);
-        assert!(p.has_candidates());
+        // One being probed (a hub named it) stays while probes are left, and for a lifetime
+        // after the last, whose answer may still come.
+        let start = t + CANDIDATE_LIFETIME * 2;
+        let interval = Duration::from_secs(2);
+        p.probe(start, stray, 3, interval);
+        for i in 0..3 {
+            assert!(p
+                .poll_challenge(start + interval * i, PATH_PACKET_LEN)
+                .is_some());
+        }
+        let last = start + interval * 2;
+        p.poll_challenge(last + CANDIDATE_LIFETIME, PATH_PACKET_LEN);
+        assert!(p.has_candidates(), "its answer may still come");
+        p.poll_challenge(last + interval + CANDIDATE_LIFETIME, PATH_PACKET_LEN);
+        assert!(!p.has_candidates());
     }
 
     #[test]
