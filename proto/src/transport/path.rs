@@ -25,6 +25,8 @@ const MIN_CHALLENGE_INTERVAL: Duration = Duration::from_millis(20);
 /// forgotten: a stray or spoofed datagram would otherwise keep one for the connection's
 /// life, and with it a visit to the connection on every datagram and timer.
 const CANDIDATE_LIFETIME: Duration = Duration::from_secs(5);
+/// A candidate heard from within this long is not pushed out by a new address.
+const CANDIDATE_KEPT: Duration = Duration::from_secs(2);
 
 /// A new address a connection's packets came from.
 #[derive(Clone, Copy, Debug)]
@@ -136,18 +138,31 @@ impl Paths {
         }
     }
 
-    /// The candidate for `addr`, made (evicting the least useful one) if new.
-    fn candidate(&mut self, now: Instant, addr: SocketAddr) -> &mut Candidate {
+    /// The candidate for `addr`, made (evicting the least useful one) if new; `None` if
+    /// every candidate was heard from too recently to be pushed out.
+    fn candidate(
+        &mut self,
+        now: Instant,
+        addr: SocketAddr,
+        vouched: bool,
+    ) -> Option<&mut Candidate> {
         let i = match self.candidates.iter().position(|c| c.addr == addr) {
             Some(i) => i,
             None => {
                 if self.candidates.len() >= MAX_CANDIDATES {
                     // Replace the least recently heard-from address, an unvalidated one if
                     // any: a flood of packets from made-up addresses must not push out one
-                    // that has proven itself.
+                    // that has proven itself. Nor one heard from within `CANDIDATE_KEPT`:
+                    // a rebinding peer keeps its new address busy, and packets it sent from
+                    // there before it was validated (never recorded, so not duplicates) could
+                    // otherwise be replayed from fresh addresses to push it out, again and
+                    // again.
                     let oldest = (0..self.candidates.len())
                         .min_by_key(|&i| (self.candidates[i].validated, self.candidates[i].seen_at))
                         .unwrap_or(0);
+                    if !vouched && now < self.candidates[oldest].seen_at + CANDIDATE_KEPT {
+                        return None;
+                    }
                     self.candidates.swap_remove(oldest);
                 }
                 let token = self.tokens.next(&self.key);
@@ -166,7 +181,7 @@ impl Paths {
                 self.candidates.len() - 1
             }
         };
-        &mut self.candidates[i]
+        self.candidates.get_mut(i)
     }
 
     /// Starts probing `addr` on this side's own initiative: `attempts` challenges, one per
@@ -182,7 +197,10 @@ impl Paths {
         if addr == self.current || Some(addr) == self.fallback() {
             return;
         }
-        let c = self.candidate(now, addr);
+        // (A hub vouched for the address: it may push out a busy candidate.)
+        let Some(c) = self.candidate(now, addr, true) else {
+            return;
+        };
         if c.validated {
             return;
         }
@@ -220,7 +238,11 @@ impl Paths {
         if Some(from) == self.fallback() {
             return PathStatus::Validated;
         }
-        let c = self.candidate(now, from);
+        let Some(c) = self.candidate(now, from, false) else {
+            // Every candidate is busy: this address earns nothing now (its sender, if it
+            // really moved, keeps sending and gets in once one is quiet).
+            return PathStatus::Unvalidated;
+        };
         c.seen_at = now;
         c.credit = (c.credit + len).min(MAX_CREDIT);
         if c.validated {
@@ -293,6 +315,32 @@ mod tests {
 
     fn addr(s: &str) -> SocketAddr {
         s.parse().expect("address")
+    }
+
+    #[test]
+    fn fresh_addresses_cannot_push_out_a_candidate_heard_from_recently() {
+        let mut p = Paths::new(addr("10.0.0.1:1"), Prf::from_key([1; 16]), Instant::ZERO);
+        let rtt = Duration::from_millis(50);
+        let t = Instant::from_millis(1);
+        let moved = addr("10.0.0.2:7");
+        p.on_datagram(t, moved, 100, rtt);
+        let (_, token) = p.poll_challenge(t, PATH_PACKET_LEN).expect("challenged");
+        // Replays from a stream of fresh addresses, while the peer keeps sending from its
+        // new one.
+        for i in 0..100u16 {
+            let now = t + Duration::from_millis(u64::from(i));
+            for j in 0..4 {
+                let fresh = SocketAddr::new([192, 0, 2, 7].into(), 1000 + 4 * i + j);
+                p.on_datagram(now, fresh, 100, rtt);
+            }
+            p.on_datagram(now, moved, 100, rtt);
+        }
+        assert!(p.on_response(moved, token), "its token still validates it");
+        // A quiet one gives way.
+        let later = t + Duration::from_secs(3);
+        let fresh = addr("10.0.0.3:7");
+        p.on_datagram(later, fresh, 100, rtt);
+        assert!(p.candidates.iter().any(|c| c.addr == fresh));
     }
 
     #[test]
