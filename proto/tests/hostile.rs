@@ -1376,9 +1376,7 @@ fn a_packet_that_moves_the_window_cannot_store_chunks_it_was_not_charged_for() {
         next_pn,
         ..
     } = sniffed_small_budget();
-    let config = p.server.config().clone();
-    let budget = config.reassembly_budget;
-    let max_chunks = config.max_message_size.div_ceil(config.chunk_payload()) as u16;
+    let (budget, max_chunks, _) = largest_reservation(p.server.config());
     let window = shoal_proto::MESSAGE_WINDOW as u16;
     let mut base = 0u16;
     for round in 0..8u32 {
@@ -1414,6 +1412,14 @@ fn a_packet_that_moves_the_window_cannot_store_chunks_it_was_not_charged_for() {
     assert!(p.server.is_connected(s));
 }
 
+/// A connection's reassembly budget, the chunk count of the largest message, and the bytes
+/// one such message reserves.
+fn largest_reservation(config: &Config) -> (usize, u16, usize) {
+    let max_chunks = config.max_message_size.div_ceil(config.chunk_payload()) as u16;
+    let one = usize::from(max_chunks) * config.chunk_payload();
+    (config.reassembly_budget, max_chunks, one)
+}
+
 /// Chunks of unreliable messages ahead of reliable chunks in one packet: the packet was let
 /// in for what its reliable chunks reserve, and the unreliable ones may not take that room.
 #[test]
@@ -1425,10 +1431,7 @@ fn unreliable_chunks_ahead_of_reliable_ones_cannot_push_a_connection_past_its_bu
         next_pn,
         ..
     } = sniffed_small_budget();
-    let config = p.server.config().clone();
-    let budget = config.reassembly_budget;
-    let max_chunks = config.max_message_size.div_ceil(config.chunk_payload()) as u16;
-    let one = usize::from(max_chunks) * config.chunk_payload();
+    let (budget, max_chunks, one) = largest_reservation(p.server.config());
     let reliable = (budget / one) as u16; // as many as the budget takes
     assert!(reliable >= 2);
     let mut frames = Vec::new();
@@ -1460,10 +1463,7 @@ fn unreliable_chunks_ahead_cannot_spend_the_room_promised_to_a_reliable_one() {
         next_pn,
         ..
     } = sniffed_small_budget();
-    let config = p.server.config().clone();
-    let budget = config.reassembly_budget;
-    let max_chunks = config.max_message_size.div_ceil(config.chunk_payload()) as u16;
-    let one = usize::from(max_chunks) * config.chunk_payload();
+    let (budget, max_chunks, one) = largest_reservation(p.server.config());
     let fit = budget / one;
     assert!(fit >= 2, "{fit} reservations fit");
     let last = Some((max_chunks - 1, max_chunks));

@@ -1996,17 +1996,24 @@ impl Endpoint {
 mod tests {
     use super::*;
 
+    /// A protected endpoint's settings (a server's when `server`).
+    fn keyed_config(seed: u64, server: bool) -> Config {
+        Config {
+            seed,
+            secret_seed: Some(crate::SecretSeed::insecure_from_u64(seed)),
+            accept_incoming: server,
+            ..Config::default()
+        }
+    }
+
     /// Spoofed Hellos, more than the reply queue holds, arrive between two polls: their
     /// Challenges take at most half of it, and a client that proved its address (its
     /// Connect carries the cookie) still gets its Accept in the next poll.
     #[test]
     fn spoofed_hellos_leave_room_in_the_reply_queue_for_accepts() {
         let config = |seed, server| Config {
-            seed,
-            secret_seed: Some(crate::SecretSeed::insecure_from_u64(seed)),
-            accept_incoming: server,
             max_control_queue: 8,
-            ..Config::default()
+            ..keyed_config(seed, server)
         };
         let client_addr: SocketAddr = "10.0.0.2:5000".parse().unwrap();
         let server_addr: SocketAddr = "10.0.0.1:4000".parse().unwrap();
@@ -2042,12 +2049,7 @@ mod tests {
     #[test]
     fn a_protected_ack_naming_packets_never_sent_is_not_taken() {
         use crate::wire::{Ack, DataHeader};
-        let config = |seed, server| Config {
-            seed,
-            secret_seed: Some(crate::SecretSeed::insecure_from_u64(seed)),
-            accept_incoming: server,
-            ..Config::default()
-        };
+        let config = keyed_config;
         let client_addr: SocketAddr = "10.0.0.2:5000".parse().unwrap();
         let server_addr: SocketAddr = "10.0.0.1:4000".parse().unwrap();
         let mut client = Endpoint::new(config(1, false)).unwrap();
