@@ -117,7 +117,8 @@ pub struct Config {
     pub keepalive_interval: Duration,
     /// Longest a receiver waits before acknowledging a packet (default 5 ms).
     pub max_ack_delay: Duration,
-    /// Cap on the retransmission timeout after backoff (default 2 s).
+    /// Cap on the retransmission timeout after backoff (default 2 s); a cap below the
+    /// timeout before backoff (about a round trip) caps nothing.
     pub max_rto: Duration,
     /// A partial unreliable chunked message older than this is evicted (default 5 s).
     pub reassembly_timeout: Duration,

@@ -14,7 +14,8 @@ pub enum SendError {
     MessageTooLarge {
         /// The message's size.
         size: usize,
-        /// The configured maximum.
+        /// The most that may be sent: this side's `max_message_size`, or less when the
+        /// peer's reassembly budget (from the handshake) could not hold the message.
         max: usize,
     },
     /// The channel's send queue holds `max_queued_bytes` already; wait for it to drain
@@ -41,7 +42,7 @@ impl fmt::Display for SendError {
             }
             SendError::MessageTooLarge { size, max } => write!(
                 f,
-                "message of {size} bytes exceeds max_message_size {max}; split it or raise the limit"
+                "message of {size} bytes exceeds {max}, the most this side's max_message_size or the peer's reassembly budget allows; split it (or raise the one that binds)"
             ),
             SendError::QueueFull {
                 channel,

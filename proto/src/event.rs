@@ -78,7 +78,7 @@ pub enum DisconnectReason {
     },
     /// The server has as many connections as it allows.
     ServerFull,
-    /// The two sides configure their channels differently.
+    /// The two sides configure their channels or their MTU differently.
     Incompatible,
     /// The peer says this side broke the protocol (its `Disconnect` carried that reason).
     /// This side never closes a connection for what an unauthenticated packet contains:
@@ -150,9 +150,9 @@ impl fmt::Display for DisconnectReason {
                 write!(f, "rejected by the server (code {code})")
             }
             DisconnectReason::ServerFull => f.write_str("rejected: the server is full"),
-            DisconnectReason::Incompatible => {
-                f.write_str("rejected: the two sides configure their channels differently")
-            }
+            DisconnectReason::Incompatible => f.write_str(
+                "rejected: the two sides configure their channels or their mtu differently",
+            ),
             DisconnectReason::ProtocolViolation => f.write_str("closed: malformed or hostile data"),
             DisconnectReason::Replaced => {
                 f.write_str("replaced by a new connection with the same peer")

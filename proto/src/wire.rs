@@ -141,7 +141,7 @@ pub enum RejectCode {
     Full,
     /// The application's accept hook refused, with its own code.
     Refused(u16),
-    /// The two sides configure their channels differently.
+    /// The two sides configure their channels or their MTU differently.
     ChannelMismatch,
     /// The two sides configure packet protection differently.
     ProtectionMismatch,

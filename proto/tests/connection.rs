@@ -1096,6 +1096,47 @@ fn link_stats_show_rtt_loss_and_bytes_per_second() {
     assert!(quiet.bytes_in_per_sec < 100, "{quiet:?}");
 }
 
+/// A buffer smaller than the MTU could never carry a full-size chunk: refused loudly in
+/// every build, not left to stall a channel in release builds.
+#[test]
+#[should_panic(expected = "poll_transmit needs a buffer of at least Config::mtu")]
+fn a_buffer_smaller_than_the_mtu_is_refused_loudly() {
+    let mut ep = Endpoint::new(keyed(client_config(5))).expect("valid");
+    let mut buf = vec![0u8; ep.config().mtu - 1];
+    ep.poll_transmit(Instant::from_millis(1), &mut buf);
+}
+
+/// A peer's last message and its Disconnect arrive in one batch: the application reads the
+/// message (its `Disconnected` still queued behind) and finds the connection's data.
+#[test]
+fn user_data_is_readable_for_messages_queued_before_the_ending_event() {
+    let mut p = Pair::default_pair();
+    let (c, s) = p.connect();
+    p.run_for(Duration::from_millis(100));
+    assert!(p.server.set_user_data(s, String::from("player one")));
+    p.client.send(c, 3, &b"goodbye"[..]).expect("send");
+    let now = p.now;
+    let mut buf = vec![0u8; 1500];
+    for _ in 0..2 {
+        while let Some(t) = p.client.poll_transmit(now, &mut buf) {
+            p.server.handle_datagram(now, p.client_addr, &buf[..t.len]);
+        }
+        p.client.disconnect(c, 0);
+    }
+    let mut seen = Vec::new();
+    while let Some(e) = p.server.poll_event() {
+        let name = p.server.user_data::<String>(e.connection()).cloned();
+        seen.push((matches!(e, Event::Disconnected { .. }), name));
+    }
+    assert_eq!(
+        seen,
+        vec![
+            (false, Some(String::from("player one"))),
+            (true, Some(String::from("player one")))
+        ]
+    );
+}
+
 #[test]
 fn user_data_stays_with_its_connection_through_its_ending_event_even_when_its_slot_is_reused() {
     let mut ep = Endpoint::new(keyed(client_config(3))).expect("valid");
@@ -1107,7 +1148,9 @@ fn user_data_stays_with_its_connection_through_its_ending_event_even_when_its_sl
     let b = ep.connect(now, addr("10.0.0.1:2"), b"").expect("connect");
     assert_eq!(a.index(), b.index());
     assert!(ep.set_user_data(b, String::from("bob")));
-    assert!(ep.user_data::<String>(a).is_none(), "a is closed");
+    // Closed, but its ending event is still queued: its data stays readable, for the events
+    // ahead of that one too.
+    assert_eq!(ep.user_data::<String>(a).map(String::as_str), Some("alice"));
     match ep.poll_event() {
         Some(Event::ConnectFailed { conn, .. }) => {
             assert_eq!(conn, a);

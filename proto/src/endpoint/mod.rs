@@ -531,13 +531,16 @@ impl Endpoint {
         }
     }
 
-    /// The state [`set_user_data`](Self::set_user_data) attached to `conn`, if it is a `T`.
+    /// The state [`set_user_data`](Self::set_user_data) attached to `conn`, if it is a `T`:
+    /// readable until the application has taken the connection's ending event and the next
+    /// (so also for the events queued ahead of it).
     pub fn user_data<T: Any>(&self, conn: ConnectionHandle) -> Option<&T> {
         let data = match self.get(conn) {
             Some(c) => c.user_data.as_ref(),
             None => self
                 .last_departed
                 .iter()
+                .chain(&self.departed)
                 .find(|(h, _)| *h == conn)
                 .map(|(_, d)| d),
         };
@@ -552,6 +555,7 @@ impl Endpoint {
         } else {
             self.last_departed
                 .iter_mut()
+                .chain(&mut self.departed)
                 .find(|(h, _)| *h == conn)
                 .map(|(_, d)| d)
         };
@@ -800,7 +804,8 @@ impl Endpoint {
     /// Sends a request on `channel`; the answer arrives as `Event::Response` with the returned
     /// id, or `Event::RequestTimedOut` after `Config::request_timeout`. On a reliable channel
     /// the request and its response are retransmitted until acknowledged; on an unreliable one
-    /// either may be lost, and the timeout reports it.
+    /// either may be lost, and the timeout reports it. If the connection ends first, neither
+    /// comes: its `Disconnected` ends every request still open on it.
     pub fn request(
         &mut self,
         now: Instant,
@@ -880,7 +885,8 @@ impl Endpoint {
     /// Closes `conn` at once, telling the peer with `code`. Queued messages are dropped; wait
     /// for [`is_idle`](Self::is_idle) first to close after delivery. Emits
     /// `Disconnected { reason: ClosedLocally }` (`ConnectFailed` for an attempt that had not
-    /// connected yet). Closing a dead handle does nothing.
+    /// connected yet; nothing for a server's connection not yet reported in a `Connected`).
+    /// Closing a dead handle does nothing.
     pub fn disconnect(&mut self, conn: ConnectionHandle, code: u16) {
         if let Some((index, mut c)) = self.take(conn) {
             c.close(
@@ -1294,12 +1300,14 @@ impl Endpoint {
     // ------------------------------------------------------------------ output
 
     /// Writes the next datagram to send into `buf` and says where to send it. Call until it
-    /// returns `None`. `buf` must hold at least `Config::mtu` bytes (checked in debug builds:
-    /// a smaller one could never carry a full-size chunk of a large message); datagrams are
-    /// never larger than `Config::mtu`.
+    /// returns `None`. Datagrams are never larger than `Config::mtu`.
+    ///
+    /// # Panics
+    ///
+    /// If `buf` holds fewer than `Config::mtu` bytes: a smaller one could never carry a
+    /// full-size chunk of a large message, whose channel would stall for good.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
-        // A smaller buffer would never fit a full-size chunk: large messages would stall.
-        debug_assert!(
+        assert!(
             buf.len() >= self.config.mtu,
             "poll_transmit needs a buffer of at least Config::mtu ({}) bytes, got {}",
             self.config.mtu,

@@ -594,8 +594,12 @@ impl SentPackets {
         }
     }
 
+    /// The probe timeout after backoff: capped at `max_rto`, but never below the timeout
+    /// before backoff (a cap under the round trip would fire probes, which bypass the
+    /// congestion window, on every call).
     fn pto(&self, max_ack_delay: Duration, max_rto: Duration) -> Duration {
-        (self.rtt.pto(max_ack_delay) * (1 << self.pto_count)).min(max_rto)
+        let base = self.rtt.pto(max_ack_delay);
+        (base * (1 << self.pto_count)).min(max_rto.max(base))
     }
 
     /// When the newest promptly acknowledged packet left (or a probe timeout fired).
@@ -765,6 +769,21 @@ mod tests {
         sent.on_sent_without_frames(deadline, 1000, AckWanted::Prompt, &mut out);
         let pto = sent.loss_deadline(mad, max_rto).expect("armed");
         assert!(sent.on_loss_timeout(pto, mad, max_rto, &mut out));
+    }
+
+    #[test]
+    fn a_max_rto_below_the_round_trip_caps_only_the_backoff() {
+        let mut sent = SentPackets::new(Duration::from_millis(100), 1200);
+        let mut out = AckOutcome::default();
+        let t0 = Instant::from_millis(1);
+        sent.on_sent_without_frames(t0, 100, AckWanted::Prompt, &mut out);
+        let mad = Duration::from_millis(5);
+        let tiny = Duration::from_micros(1);
+        let deadline = sent.loss_deadline(mad, tiny).expect("armed");
+        assert!(
+            deadline >= t0 + Duration::from_millis(100),
+            "{deadline:?}: not before the round trip"
+        );
     }
 
     #[test]
