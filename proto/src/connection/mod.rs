@@ -234,6 +234,24 @@ struct Requests {
     answered: VecDeque<(u8, u16)>,
 }
 
+impl Requests {
+    /// Drops the deadlines of requests answered already: those at the front (so the timer
+    /// names a request still open), and all of them once they outnumber the open ones (the
+    /// heap would otherwise hold every request of the last `request_timeout`).
+    fn prune(&mut self) {
+        let pending = &self.pending;
+        let open = |&Reverse((_, id, channel, seq)): &Reverse<(Instant, u64, u8, u16)>| {
+            pending.get(&(channel, seq)).is_some_and(|p| p.id.0 == id)
+        };
+        while self.deadlines.peek().is_some_and(|d| !open(d)) {
+            self.deadlines.pop();
+        }
+        if self.deadlines.len() > 2 * self.pending.len() + 64 {
+            self.deadlines.retain(open);
+        }
+    }
+}
+
 /// A connection's reliable frames in flight (see `Messaging::in_flight`).
 struct InFlight {
     frames: FrameStore<SentFrame>,
@@ -714,6 +732,15 @@ impl Connection {
         self.stats.messages_sent += 1;
         self.stats.payload_bytes_sent += len as u64;
         Ok(())
+    }
+
+    /// Deadlines kept for requests (for the tests).
+    #[cfg(test)]
+    pub(crate) fn request_deadlines(&self) -> usize {
+        self.messaging
+            .requests
+            .as_ref()
+            .map_or(0, |r| r.deadlines.len())
     }
 
     fn refresh_request_timer(&mut self) {

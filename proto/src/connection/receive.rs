@@ -643,6 +643,7 @@ impl Connection {
                 requests.answered.pop_front();
             }
             requests.answered.push_back(key);
+            requests.prune();
             self.stats.messages_delivered += 1;
             self.stats.payload_bytes_delivered += payload.len() as u64;
             self.event_bytes += shared.events.push(Event::Response {
@@ -650,6 +651,7 @@ impl Connection {
                 id: pending.id,
                 payload,
             });
+            self.refresh_request_timer();
         }
     }
 }

@@ -134,9 +134,14 @@ impl TimerWheel {
     /// moves the wheel's time to `now`. Entries due together come in no particular order.
     pub(crate) fn pop_due(&mut self, now: u64) -> Option<Wakeup> {
         loop {
-            if let Some(w) = self.due.pop() {
+            // (All of `due` is at or before `elapsed`; only if time went backwards can some be
+            // later than `now`, and those stay.)
+            if let Some(i) = self.due.iter().rposition(|w| w.at <= now) {
                 self.len -= 1;
-                return Some(w);
+                return Some(self.due.swap_remove(i));
+            }
+            if !self.due.is_empty() {
+                return None;
             }
             let Some((level, slot)) = self.next_slot() else {
                 // The levels are empty: time may jump, and far entries come into reach.
@@ -384,6 +389,19 @@ mod tests {
             assert_eq!(drain(&mut wheel, at), vec![at]);
         }
         assert_eq!(wheel.next_deadline(), None);
+        assert_eq!(wheel.len(), 0);
+    }
+
+    /// A driver's clock that goes backwards: entries later than the time asked for stay,
+    /// even those at or before the wheel's own time (they are in its due list).
+    #[test]
+    fn a_wheel_never_pops_an_entry_later_than_now() {
+        let mut wheel = TimerWheel::starting_at(1_000);
+        wheel.insert(w(900, 1));
+        wheel.insert(w(700, 2));
+        assert_eq!(drain(&mut wheel, 800), vec![700]);
+        assert_eq!(wheel.len(), 1);
+        assert_eq!(drain(&mut wheel, 900), vec![900]);
         assert_eq!(wheel.len(), 0);
     }
 
