@@ -23,7 +23,8 @@ pub enum SendError {
     QueueFull {
         /// The channel.
         channel: u8,
-        /// Bytes waiting in it.
+        /// Bytes waiting in it (0: the message is larger than the whole queue and never
+        /// fits).
         queued_bytes: usize,
     },
     /// `Config::max_pending_requests` requests await responses already.
@@ -43,6 +44,14 @@ impl fmt::Display for SendError {
             SendError::MessageTooLarge { size, max } => write!(
                 f,
                 "message of {size} bytes exceeds {max}, the most this side's max_message_size or the peer's reassembly budget allows; split it (or raise the one that binds)"
+            ),
+            SendError::QueueFull {
+                channel,
+                queued_bytes: 0,
+            } => write!(
+                f,
+                "the message is larger than channel {channel}'s whole send queue: it never \
+                 fits; raise its max_queued_bytes or split the message"
             ),
             SendError::QueueFull {
                 channel,
@@ -138,3 +147,23 @@ impl fmt::Display for ConnectError {
 
 #[cfg(feature = "std")]
 impl std::error::Error for ConnectError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::string::ToString;
+
+    #[test]
+    fn a_message_larger_than_the_whole_queue_is_told_apart_from_a_full_queue() {
+        let never = SendError::QueueFull {
+            channel: 2,
+            queued_bytes: 0,
+        };
+        assert!(never.to_string().contains("never fits"), "{never}");
+        let busy = SendError::QueueFull {
+            channel: 2,
+            queued_bytes: 5,
+        };
+        assert!(busy.to_string().contains("retry when it drains"), "{busy}");
+    }
+}
