@@ -1096,6 +1096,44 @@ fn link_stats_show_rtt_loss_and_bytes_per_second() {
     assert!(quiet.bytes_in_per_sec < 100, "{quiet:?}");
 }
 
+/// Every Accept is lost for longer than a cookie lives (10 s), on a client that waits 30 s:
+/// it asks for a fresh cookie and connects once Accepts get through, instead of repeating a
+/// Connect whose cookie the server refuses until its handshake times out.
+#[test]
+fn a_client_whose_accepts_are_lost_past_the_cookie_lifetime_still_connects() {
+    let client = Config {
+        handshake_timeout: Duration::from_secs(30),
+        ..keyed(client_config(41))
+    };
+    let mut p = Pair::new(client, keyed(server_config(42)));
+    let open = std::rc::Rc::new(std::cell::Cell::new(false));
+    let gate = open.clone();
+    let mut from_server = 0;
+    // The server's first datagram (its Challenge) arrives; then none until the gate opens.
+    p.hook = Box::new(move |dir, _, _| {
+        if matches!(dir, Dir::ServerToClient) {
+            from_server += 1;
+            if from_server > 1 && !gate.get() {
+                return Vec::new();
+            }
+        }
+        vec![Duration::ZERO]
+    });
+    p.client
+        .connect(p.now, p.server_addr, b"")
+        .expect("connect");
+    let start = p.now;
+    p.run_for(Duration::from_secs(12));
+    let is_connected =
+        |events: &[Event]| events.iter().any(|e| matches!(e, Event::Connected { .. }));
+    assert!(!is_connected(&p.client_events));
+    open.set(true);
+    let connected_in_time =
+        p.run_until(Duration::from_secs(10), |p| is_connected(&p.client_events));
+    assert!(connected_in_time, "{:?}", p.client_events);
+    assert!(p.now - start < Duration::from_secs(20));
+}
+
 /// A buffer smaller than the MTU could never carry a full-size chunk: refused loudly in
 /// every build, not left to stall a channel in release builds.
 #[test]

@@ -25,7 +25,7 @@ use crate::messaging::chunk::{
     chunk_count, chunk_slice, reservation, ChunkAdded, Progress, ReassemblyBuffer,
 };
 use crate::stats::{ConnectionStats, Counters, DropReason, LinkStats, LossMeter, RateMeter};
-use crate::time::{Instant, Timer, TimerTable};
+use crate::time::{Instant, MaybeInstant, Timer, TimerTable};
 use crate::transport::congestion::Controller;
 use crate::transport::frame_store::{FrameKey, FrameStore};
 use crate::transport::recovery::{AckOutcome, AckWanted, PacketFrameKeys, LAZY_ACK_DELAY};

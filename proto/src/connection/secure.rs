@@ -55,6 +55,9 @@ pub(crate) struct ClientHandshake {
     pub(crate) token: Option<ConnectToken>,
     /// The `Connect` as sent (the same bytes every time): the transcript's first part.
     pub(crate) connect: Vec<u8>,
+    /// When that `Connect` (its cookie) was first sent: past `cookie_lifetime` the server
+    /// refuses the cookie, and the client starts again from `Hello` for a fresh one.
+    pub(crate) connect_since: MaybeInstant,
 }
 
 /// The server's side between sending `Accept` and the client's first packet, which proves
@@ -67,6 +70,9 @@ pub(crate) struct PendingAccept {
     pub(crate) token: Option<([u8; 16], u64)>,
     /// The connection at the same address this one replaces once confirmed.
     pub(crate) replaces: Option<ConnectionHandle>,
+    /// The cookie of the `Connect` it answers: a repeat carries it; a client that began
+    /// again for a fresh cookie (its Accepts lost for a cookie's lifetime) does not.
+    pub(crate) cookie: Cookie,
 }
 
 /// How an `Accept` turned out.

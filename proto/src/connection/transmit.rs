@@ -74,6 +74,19 @@ impl Connection {
         self.timers
             .set(Timer::Handshake, now + config.handshake_resend_interval);
         let hs = self.client_handshake.as_deref_mut()?;
+        if self.state == State::Connecting {
+            match hs.connect_since.get() {
+                None => hs.connect_since = now.into(),
+                Some(since) if now >= since + config.cookie_lifetime => {
+                    // Unanswered for a cookie's lifetime (the server unreachable, or its
+                    // Accepts lost, that long): the cookie is stale, so ask for a fresh one.
+                    self.state = State::Hello;
+                    hs.connect = Vec::new();
+                    hs.connect_since = MaybeInstant::NONE;
+                }
+                Some(_) => {}
+            }
+        }
         match self.state {
             State::Hello => Packet::Hello {
                 protocol_id: config.protocol_id,

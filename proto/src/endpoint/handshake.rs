@@ -213,7 +213,15 @@ impl Endpoint {
                 self.stats.drops.add(DropReason::Unexpected);
                 return;
             }
-            if !existing.is_client && existing.client_nonce == nonce {
+            let began_again = existing
+                .pending_accept
+                .as_ref()
+                .is_some_and(|p| p.cookie != cookie);
+            // (The same client with a fresh cookie began again: our Accepts were lost for a
+            // cookie's lifetime. Its transcript is new, so the Accept we hold could never be
+            // checked: it goes on as a new attempt, paced like one, which replaces that one
+            // below.)
+            if !existing.is_client && existing.client_nonce == nonce && !began_again {
                 // Our Accept was lost: say it again (once the client's packets arrive, it has
                 // it, and a late copy of its Connect is ignored).
                 if let Some(accept) = existing.pending_accept.as_ref().map(|p| p.accept.clone()) {
@@ -228,8 +236,7 @@ impl Endpoint {
                     self.stats.drops.add(DropReason::DuplicatePacket);
                 }
                 return;
-            }
-            if existing.pending_accept.is_some()
+            } else if existing.pending_accept.is_some()
                 && now < existing.last_received() + self.config.handshake_resend_interval
             {
                 // A new attempt from this address so soon after the last one, which is not
@@ -409,6 +416,7 @@ impl Endpoint {
             identity,
             token: opened.map(|o| (o.tag, o.claims.expires_at)),
             replaces,
+            cookie,
         }));
         conn.on_established(now, &self.config);
         conn.await_confirmation(now, &self.config);

@@ -701,6 +701,7 @@ impl Endpoint {
             server_key: options.server_key,
             token: options.token.cloned(),
             connect: Vec::new(),
+            connect_since: crate::time::MaybeInstant::NONE,
         };
         let size =
             crate::connection::connect_packet(&self.config, nonce, [0; COOKIE_LEN], &handshake)
