@@ -213,10 +213,13 @@ impl Endpoint {
                 self.stats.drops.add(DropReason::Unexpected);
                 return;
             }
+            // (A later cookie only: a delayed or replayed copy of an earlier Connect must not
+            // replace the attempt it was itself replaced by.)
+            let issued = |c: &Cookie| c.first_chunk::<8>().map(|b| u64::from_be_bytes(*b));
             let began_again = existing
                 .pending_accept
                 .as_ref()
-                .is_some_and(|p| p.cookie != cookie);
+                .is_some_and(|p| issued(&cookie) > issued(&p.cookie));
             // (The same client with a fresh cookie began again: our Accepts were lost for a
             // cookie's lifetime. Its transcript is new, so the Accept we hold could never be
             // checked: it goes on as a new attempt, paced like one, which replaces that one

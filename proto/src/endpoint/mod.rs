@@ -1601,7 +1601,7 @@ impl Endpoint {
             // It may have moved in the same call that closed it (a peer link back to its
             // relay, then timed out): the address it left must not keep naming this slot.
             if let Some(old) = conn.moved_from.take() {
-                if self.by_addr.get(&*old) == Some(&index) {
+                if *old != conn.remote() && self.by_addr.get(&*old) == Some(&index) {
                     self.by_addr.remove(&*old);
                 }
             }

@@ -545,9 +545,15 @@ impl HubClient {
                     link.queued.push_back((channel, payload));
                     Ok(())
                 }
+                // (Full by count: at least 1 reported, as 0 means "larger than the queue".)
                 None => Err(HubError::Send(SendError::QueueFull {
                     channel,
-                    queued_bytes: link.queued.iter().map(|(_, p)| p.len()).sum(),
+                    queued_bytes: link
+                        .queued
+                        .iter()
+                        .map(|(_, p)| p.len())
+                        .sum::<usize>()
+                        .max(1),
                 })),
             };
         }

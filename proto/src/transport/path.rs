@@ -25,7 +25,7 @@ const MIN_CHALLENGE_INTERVAL: Duration = Duration::from_millis(20);
 /// forgotten: a stray or spoofed datagram would otherwise keep one for the connection's
 /// life, and with it a visit to the connection on every datagram and timer.
 const CANDIDATE_LIFETIME: Duration = Duration::from_secs(5);
-/// A candidate heard from within this long is not pushed out by a new address.
+/// A candidate made within this long is not pushed out by a new address.
 const CANDIDATE_KEPT: Duration = Duration::from_secs(2);
 
 /// A new address a connection's packets came from.
@@ -40,6 +40,10 @@ struct Candidate {
     /// No new challenge before this.
     next_challenge: Instant,
     seen_at: Instant,
+    /// When it was made: a new address may push it out only once it is `CANDIDATE_KEPT`
+    /// old (a peer's real address answers its challenge within a round trip and is then
+    /// validated, which protects it for good; made-up ones never answer).
+    created_at: Instant,
     /// Challenges still to send unasked (a path this side probes: a hub told us the
     /// address), one per `probe_interval`, credit or not.
     probes_left: u8,
@@ -152,15 +156,16 @@ impl Paths {
                 if self.candidates.len() >= MAX_CANDIDATES {
                     // Replace the least recently heard-from address, an unvalidated one if
                     // any: a flood of packets from made-up addresses must not push out one
-                    // that has proven itself. Nor one heard from within `CANDIDATE_KEPT`:
-                    // a rebinding peer keeps its new address busy, and packets it sent from
-                    // there before it was validated (never recorded, so not duplicates) could
-                    // otherwise be replayed from fresh addresses to push it out, again and
-                    // again.
+                    // that has proven itself. Nor one made within `CANDIDATE_KEPT`: packets
+                    // a rebinding peer sent from its new address before it was validated
+                    // (never recorded, so not duplicates) could otherwise be replayed from
+                    // fresh addresses to push that address out before it answers its
+                    // challenge, again and again; and counting from when it was made, not
+                    // last heard, a stream of replays cannot keep all four places for good.
                     let oldest = (0..self.candidates.len())
                         .min_by_key(|&i| (self.candidates[i].validated, self.candidates[i].seen_at))
                         .unwrap_or(0);
-                    if !vouched && now < self.candidates[oldest].seen_at + CANDIDATE_KEPT {
+                    if !vouched && now < self.candidates[oldest].created_at + CANDIDATE_KEPT {
                         return None;
                     }
                     self.candidates.swap_remove(oldest);
@@ -174,6 +179,7 @@ impl Paths {
                     challenge_due: false,
                     next_challenge: now,
                     seen_at: now,
+                    created_at: now,
                     probes_left: 0,
                     probe_interval: MIN_CHALLENGE_INTERVAL,
                 };
@@ -341,6 +347,30 @@ mod tests {
         let fresh = addr("10.0.0.3:7");
         p.on_datagram(later, fresh, 100, rtt);
         assert!(p.candidates.iter().any(|c| c.addr == fresh));
+    }
+
+    #[test]
+    fn replays_from_the_same_addresses_cannot_hold_every_place_for_good() {
+        let mut p = Paths::new(addr("10.0.0.1:1"), Prf::from_key([1; 16]), Instant::ZERO);
+        let rtt = Duration::from_millis(50);
+        let t = Instant::from_millis(1);
+        let moved = addr("10.0.0.2:7");
+        let mut got_in = None;
+        for ms in (0..5_000u64).step_by(100) {
+            let now = t + Duration::from_millis(ms);
+            for j in 0..4u16 {
+                let held = SocketAddr::new([192, 0, 2, 7].into(), 1000 + j);
+                p.on_datagram(now, held, 100, rtt);
+            }
+            if ms >= 1_000 && got_in.is_none() {
+                p.on_datagram(now, moved, 100, rtt);
+                if p.candidates.iter().any(|c| c.addr == moved) {
+                    got_in = Some(ms);
+                }
+            }
+        }
+        // Two seconds after the four were made, one gives way to the peer's new address.
+        assert_eq!(got_in, Some(2_000));
     }
 
     #[test]
