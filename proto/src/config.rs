@@ -48,8 +48,8 @@ impl DeliveryKind {
 pub struct ChannelConfig {
     /// Delivery guarantee.
     pub kind: DeliveryKind,
-    /// Most payload bytes that may wait in this channel's send queue (per connection);
-    /// `send` beyond it fails with `QueueFull`.
+    /// Most bytes that may wait in this channel's send queue (per connection): each
+    /// message's payload and 16 bytes for its entry; `send` beyond it fails with `QueueFull`.
     pub max_queued_bytes: usize,
 }
 

@@ -515,7 +515,8 @@ fn oversized_message_is_a_typed_error_not_a_silent_drop() {
 #[test]
 fn full_send_queue_is_a_typed_error_and_drains() {
     let mut config = client_config(1);
-    config.channels[2].max_queued_bytes = 10_000;
+    // Ten 1,000-byte messages and their entries (16 bytes each).
+    config.channels[2].max_queued_bytes = 10_160;
     let mut p = Pair::new(config, server_config(2));
     let (c, _) = p.connect();
     for _ in 0..10 {
@@ -530,7 +531,7 @@ fn full_send_queue_is_a_typed_error_and_drains() {
     );
     assert_eq!(p.client.queue_room(c, RELIABLE), Some(0));
     p.run_for(Duration::from_millis(100));
-    assert_eq!(p.client.queue_room(c, RELIABLE), Some(10_000));
+    assert_eq!(p.client.queue_room(c, RELIABLE), Some(10_144));
     p.client
         .send(c, RELIABLE, vec![0u8; 1])
         .expect("room again");
