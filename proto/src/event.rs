@@ -112,6 +112,11 @@ pub enum DisconnectReason {
     /// and said so when our packets reached it, and five rounds of probes drew nothing
     /// authentic from it after (the notice itself is unauthenticated; see `wire.md`).
     PeerReset,
+    /// A large message queued before the connection was made is larger than the server's
+    /// reassembly budget (learned from its `Accept`): it could never be delivered, and its
+    /// channel would wait behind it for good. Split it, send it once `Connected` (`send`
+    /// then refuses it with `MessageTooLarge`), or raise the server's `reassembly_budget`.
+    PeerBudgetTooSmall,
 }
 
 impl DisconnectReason {
@@ -184,6 +189,11 @@ impl fmt::Display for DisconnectReason {
             }
             DisconnectReason::PeerReset => f.write_str(
                 "the peer no longer knows this connection (it restarted); connect again",
+            ),
+            DisconnectReason::PeerBudgetTooSmall => f.write_str(
+                "a message queued before connecting is larger than the server's reassembly \
+                 budget; split it, send it once connected, or raise the server's \
+                 reassembly_budget",
             ),
         }
     }

@@ -1162,6 +1162,39 @@ fn a_client_whose_accepts_are_lost_past_the_cookie_lifetime_still_connects() {
     assert!(p.now - start < Duration::from_secs(20));
 }
 
+/// A large message queued before connecting, larger than the server's reassembly budget
+/// (which the client learns only from the Accept): it could never be delivered, and its
+/// channel would wait behind it for good. The attempt fails and says why.
+#[test]
+fn a_message_queued_before_connecting_that_the_server_could_never_hold_fails_the_attempt() {
+    let server = Config {
+        reassembly_budget: 256 * 1024,
+        max_message_size: 200 * 1024,
+        ..keyed(server_config(44))
+    };
+    let mut p = Pair::new(keyed(client_config(43)), server);
+    let c = p
+        .client
+        .connect(p.now, p.server_addr, b"")
+        .expect("connect");
+    p.client.send(c, 2, vec![7u8; 500_000]).expect("queued");
+    p.run_for(Duration::from_secs(1));
+    let outcome = p
+        .client_events
+        .iter()
+        .find(|e| matches!(e, Event::Connected { .. } | Event::ConnectFailed { .. }));
+    assert!(
+        matches!(
+            outcome,
+            Some(Event::ConnectFailed {
+                conn,
+                reason: DisconnectReason::PeerBudgetTooSmall,
+            }) if *conn == c
+        ),
+        "{outcome:?}"
+    );
+}
+
 /// A buffer smaller than the MTU could never carry a full-size chunk: refused loudly in
 /// every build, not left to stall a channel in release builds.
 #[test]

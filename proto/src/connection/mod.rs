@@ -1085,6 +1085,18 @@ impl Connection {
         }
     }
 
+    /// Whether a large reliable message queued before the handshake ended reserves more
+    /// than the peer's reassembly budget (from its `Accept`): it could never be sent.
+    pub(crate) fn queues_beyond_peer_budget(&self, config: &Config) -> bool {
+        let budget = self.peer_reassembly_budget;
+        self.messaging.send_channels.iter().any(|ch| {
+            ch.kind.is_reliable()
+                && ch.queue.iter().any(|o| {
+                    o.chunk_count > 1 && reservation(o.chunk_count, config.chunk_payload()) > budget
+                })
+        })
+    }
+
     /// Payload bytes the application may still queue on `channel`.
     pub(crate) fn queue_room(&self, config: &Config, channel: u8) -> Option<usize> {
         let i = usize::from(channel);

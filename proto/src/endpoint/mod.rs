@@ -1007,6 +1007,10 @@ impl Endpoint {
                             c.close(DisconnectReason::ProtocolViolation, None);
                             Err(DropReason::ProtocolViolation)
                         }
+                        AcceptOutcome::Accepted(_) if c.queues_beyond_peer_budget(config) => {
+                            c.close(DisconnectReason::PeerBudgetTooSmall, None);
+                            Ok(())
+                        }
                         AcceptOutcome::Accepted(identity) => {
                             accepted = Some(identity);
                             Ok(())
