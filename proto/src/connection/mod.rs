@@ -1194,7 +1194,7 @@ const PROBE_INTERVAL_MIN: core::time::Duration = core::time::Duration::from_mill
 /// Bytes each queued message counts against its channel's `max_queued_bytes` besides its
 /// payload: its queue entry is memory too, and empty messages would otherwise queue without
 /// limit.
-const QUEUE_ENTRY_BYTES: usize = 16;
+pub(crate) const QUEUE_ENTRY_BYTES: usize = 16;
 /// Silence on a direct path after which a packet through the relay moves a link back.
 pub(crate) const DIRECT_QUIET_MIN: core::time::Duration = core::time::Duration::from_millis(100);
 /// Probe timeouts in a row after which a direct path counts as dead.

@@ -299,6 +299,36 @@ impl Command {
     }
 }
 
+/// The most bytes a `Joined` notice takes for a room of `members` members whose names and
+/// metadata are at most `max_name_len` and `max_metadata_len` bytes: every entry with every
+/// optional field and the most addresses, IPv6.
+pub(crate) fn joined_len_at_most(
+    members: usize,
+    max_name_len: usize,
+    max_metadata_len: usize,
+) -> usize {
+    let widest = MemberEntry {
+        user: u16::MAX,
+        key: Some([0; 32]),
+        client_id: Some(u64::MAX),
+        metadata: Bytes::from(alloc::vec![0; max_metadata_len]),
+        pair_key: Some([0; 32]),
+        addrs: alloc::vec![SocketAddr::new(IpAddr::V6(core::net::Ipv6Addr::UNSPECIFIED), 0); MAX_ADDRS + 1],
+    };
+    let mut entry = Vec::new();
+    widest.encode(&mut entry);
+    let header = Notice::Joined {
+        op: u32::MAX,
+        room: u16::MAX,
+        owner: u16::MAX,
+        name: Bytes::from(alloc::vec![0; max_name_len]),
+        members: Vec::new(),
+    }
+    .encode()
+    .len();
+    header + members * entry.len()
+}
+
 impl MemberEntry {
     fn encode(&self, out: &mut Vec<u8>) {
         let flags = if self.key.is_some() { HAS_KEY } else { 0 }

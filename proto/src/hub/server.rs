@@ -125,6 +125,14 @@ pub enum HubConfigError {
     Limit(&'static str),
     /// `secret_seed` is missing.
     SecretSeedMissing,
+    /// A full room's member list (`size` bytes, sent to each joiner) would not fit `max`:
+    /// the endpoint's `max_message_size` or the control channel's `max_queued_bytes`.
+    MemberListTooLarge {
+        /// Bytes of the largest member list.
+        size: usize,
+        /// What it must fit.
+        max: usize,
+    },
 }
 
 impl fmt::Display for HubConfigError {
@@ -147,6 +155,12 @@ impl fmt::Display for HubConfigError {
             HubConfigError::SecretSeedMissing => {
                 f.write_str("HubConfig::secret_seed is required: fill it with 32 bytes from the OS")
             }
+            HubConfigError::MemberListTooLarge { size, max } => write!(
+                f,
+                "a full room's member list ({size} bytes) would not fit {max} bytes (the \
+                 endpoint's max_message_size or the control channel's max_queued_bytes): \
+                 lower max_members_per_room or max_metadata_len, or raise those"
+            ),
         }
     }
 }
@@ -420,6 +434,20 @@ impl Hub {
         if config.max_name_len > MAX_FIELD || config.max_metadata_len > MAX_FIELD {
             return Err(HubConfigError::Limit("max_name_len/max_metadata_len"));
         }
+        // A joiner learns the room from one notice: a room the hub can fill must be one it
+        // can describe (else the joiner, in the room already, would never hear it joined).
+        let size = super::control::joined_len_at_most(
+            config.max_members_per_room,
+            config.max_name_len,
+            config.max_metadata_len,
+        );
+        let queue = control.map_or(0, |c| c.max_queued_bytes);
+        let max = endpoint
+            .max_message_size
+            .min(queue.saturating_sub(crate::connection::QUEUE_ENTRY_BYTES));
+        if size > max {
+            return Err(HubConfigError::MemberListTooLarge { size, max });
+        }
         let seed = config
             .secret_seed
             .take()
@@ -595,7 +623,15 @@ impl Hub {
             }
             Event::Response { conn, id, payload } => match self.take_relayed(id) {
                 Some(r) => {
-                    self.relay_response(ep, r, payload);
+                    // A response is relayed data like any other: the responder pays for it
+                    // (else two members could move a 1 MiB answer per tiny request, past
+                    // every relay limit). Refused, the asker times out on its own clock.
+                    let responder = self.user_of(conn);
+                    if responder.is_some_and(|u| self.allow_relay(u, now, 1, payload.len())) {
+                        self.relay_response(ep, r, payload);
+                    } else if let Some(m) = self.members.get_mut(&r.from) {
+                        m.relayed_requests = m.relayed_requests.saturating_sub(1);
+                    }
                     None
                 }
                 None => Some(Event::Response { conn, id, payload }),

@@ -9,7 +9,7 @@ use shoal_proto::hub::{self, HubConfig, HubEvent, RateLimit, Refusal, Target};
 
 use crate::world::{
     approval_room, create, hub_config, joined, link, messages, numbered, refusal, room_of_all,
-    world, world_with, World,
+    small_rooms_hub_config, world, world_with, World,
 };
 
 #[test]
@@ -171,7 +171,7 @@ fn hub_endpoint_with_queues_of(bytes: usize) -> shoal_proto::Config {
 #[test]
 fn room_mates_flooding_a_slow_member_cannot_get_it_disconnected() {
     let endpoint = hub_endpoint_with_queues_of(32 * 1024);
-    let (mut sim, mut w) = world_with(31, 3, hub_config(), endpoint, link(0.0));
+    let (mut sim, mut w) = world_with(31, 3, small_rooms_hub_config(), endpoint, link(0.0));
     let room = room_of_all(&mut sim, &mut w, "flood");
     // The victim's downlink carries 100 kB/s; the two others send it 4 times that.
     let slow = shoal_sim::LinkConfig {
@@ -323,7 +323,7 @@ fn requests_on_the_control_channel_are_not_relayed() {
 #[test]
 fn a_room_mate_sending_what_cannot_fit_does_not_get_a_reader_cut_off() {
     let endpoint = hub_endpoint_with_queues_of(32 * 1024);
-    let (mut sim, mut w) = world_with(32, 2, hub_config(), endpoint, link(0.0));
+    let (mut sim, mut w) = world_with(32, 2, small_rooms_hub_config(), endpoint, link(0.0));
     room_of_all(&mut sim, &mut w, "big");
     let victim = w.user(1);
     for n in 0..30u32 {
@@ -339,4 +339,64 @@ fn a_room_mate_sending_what_cannot_fit_does_not_get_a_reader_cut_off() {
     assert_eq!(stats.too_slow, 0, "the victim reads");
     let conn = w.client(1).connection();
     assert!(sim.endpoint(w.members[1]).is_connected(conn));
+}
+
+/// Two members in league: one asks with a few bytes, the other answers with 100 kB each
+/// time. The answers are relayed data like any other: they count against the responder's
+/// relay budget, not past it.
+#[test]
+fn relayed_responses_count_against_the_responders_relay_budget() {
+    let limited = HubConfig {
+        relay_bytes: RateLimit {
+            per_second: 10_000.0,
+            burst: 20_000.0,
+        },
+        ..hub_config()
+    };
+    let (mut sim, mut w) = world(33, 2, limited, link(0.0));
+    room_of_all(&mut sim, &mut w, "league");
+    let b = w.user(1);
+    for n in 0..20u32 {
+        let now = sim.now();
+        w.act(&mut sim, 0, |cl, ep| {
+            cl.request(ep, now, b, 2, &numbered(2, n, 8))
+        })
+        .expect("request");
+    }
+    for _ in 0..20 {
+        w.run(&mut sim, 20);
+        for e in w.take(1) {
+            if let HubEvent::Request { request, .. } = e {
+                w.act(&mut sim, 1, |cl, ep| {
+                    cl.respond(ep, request, &vec![0x42; 100_000])
+                })
+                .expect("respond");
+            }
+        }
+    }
+    w.run(&mut sim, 2000);
+    let stats = w.hub.stats();
+    assert!(
+        stats.relayed_responses <= 1,
+        "{} responses of 100 kB relayed within a 20 kB burst",
+        stats.relayed_responses
+    );
+    assert!(stats.dropped_rate_limited > 0);
+}
+
+#[test]
+fn a_config_whose_member_list_cannot_be_sent_is_refused() {
+    let endpoint = hub::endpoint_config();
+    let big = HubConfig {
+        max_metadata_len: 4096,
+        ..hub_config()
+    };
+    let err = shoal_proto::hub::Hub::new(big, &endpoint).expect_err("cannot describe a full room");
+    assert!(matches!(
+        err,
+        shoal_proto::hub::HubConfigError::MemberListTooLarge { .. }
+    ));
+    assert!(err.to_string().contains("max_members_per_room"));
+    // The defaults fit.
+    assert!(shoal_proto::hub::Hub::new(hub_config(), &endpoint).is_ok());
 }

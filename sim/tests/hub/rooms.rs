@@ -13,7 +13,7 @@ use shoal_sim::{NodeId, Simulator};
 
 use crate::world::{
     approval_room, create, hub_config, joined, link, messages, number, numbered, refusal,
-    room_of_all, world, world_with, World,
+    room_of_all, small_rooms_hub_config, world, world_with, World,
 };
 
 #[test]
@@ -562,7 +562,7 @@ fn a_member_that_stops_reading_is_disconnected_without_slowing_the_others() {
     for ch in &mut endpoint.channels {
         ch.max_queued_bytes = 64 * 1024;
     }
-    let (mut sim, mut w) = world_with(12, 4, hub_config(), endpoint, link(0.0));
+    let (mut sim, mut w) = world_with(12, 4, small_rooms_hub_config(), endpoint, link(0.0));
     let room = room_of_all(&mut sim, &mut w, "stream");
     let silent = w.user(3);
     // Member 3 stops reading: nothing from the hub reaches it any more.

@@ -186,6 +186,15 @@ pub fn hub_config() -> HubConfig {
     }
 }
 
+/// `hub_config` for a hub whose endpoint's queues are small (a full room's member list must
+/// fit them, see `HubConfigError::MemberListTooLarge`): rooms of at most 32.
+pub fn small_rooms_hub_config() -> HubConfig {
+    HubConfig {
+        max_members_per_room: 32,
+        ..hub_config()
+    }
+}
+
 /// A hub and `n` members connected to it, relaying message by message.
 pub fn world(seed: u64, n: usize, hub: HubConfig, link: LinkConfig) -> (Simulator, World) {
     world_with(seed, n, hub, hub::endpoint_config(), link)
