@@ -373,8 +373,15 @@ fn accept_answer(
             return;
         }
     };
+    // (An IPv6 link-local source keeps its scope: without it the address cannot be used.)
+    let addr = match from {
+        SocketAddr::V6(v6) => {
+            SocketAddr::V6(SocketAddrV6::new(*v6.ip(), response.port, 0, v6.scope_id()))
+        }
+        SocketAddr::V4(_) => SocketAddr::new(from.ip(), response.port),
+    };
     let peer = LanPeer {
-        addr: SocketAddr::new(from.ip(), response.port),
+        addr,
         data: Bytes::copy_from_slice(response.data),
     };
     // One answer per advertised address: a responder reached twice (broadcast and multicast)
@@ -669,7 +676,7 @@ impl LanResponder {
             stop,
             stats,
             pending_data,
-            thread,
+            thread: Some(thread),
         })
     }
 }
@@ -683,7 +690,19 @@ pub struct ResponderHandle {
     stop: Arc<AtomicBool>,
     stats: Arc<Mutex<ResponderStats>>,
     pending_data: Arc<Mutex<Option<Vec<u8>>>>,
-    thread: JoinHandle<(LanResponder, io::Result<()>)>,
+    /// `None` once stopped.
+    thread: Option<JoinHandle<(LanResponder, io::Result<()>)>>,
+}
+
+impl Drop for ResponderHandle {
+    /// A handle dropped without `stop` stops its thread too (else it would go on answering,
+    /// with data no one can change, on a port no one can take back).
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl ResponderHandle {
@@ -707,9 +726,12 @@ impl ResponderHandle {
 
     /// Stops the thread; returns the responder (with its final [`LanResponder::stats`] and
     /// data), or the socket error that stopped it earlier.
-    pub fn stop(self) -> io::Result<LanResponder> {
+    pub fn stop(mut self) -> io::Result<LanResponder> {
         self.stop.store(true, Ordering::Relaxed);
-        match self.thread.join() {
+        let Some(thread) = self.thread.take() else {
+            return Err(io::Error::other("the responder was stopped already"));
+        };
+        match thread.join() {
             Ok((responder, Ok(()))) => Ok(responder),
             Ok((_, Err(e))) => Err(e),
             Err(_) => Err(io::Error::other("the responder thread panicked")),
@@ -801,5 +823,38 @@ mod tests {
         assert!(limiter.allow(a, t1), "a new window");
         assert!(limiter.allow(c, t1), "expired sources make room");
         assert!(limiter.sources.len() <= 2);
+    }
+
+    #[test]
+    fn an_ipv6_link_local_answer_keeps_its_scope_id() {
+        let config = LanConfig::default();
+        let nonce = 0x1234;
+        let answer = Response {
+            protocol_id: config.protocol_id,
+            nonce,
+            port: 5000,
+            data: b"lobby",
+        };
+        let mut bytes = vec![0u8; answer.encoded_len()];
+        let len = answer.encode(&mut bytes).expect("encodes");
+        let from = SocketAddr::V6(SocketAddrV6::new(
+            "fe80::1".parse().expect("ip"),
+            47777,
+            0,
+            3,
+        ));
+        let mut result = Discovery::default();
+        accept_answer(
+            &mut result,
+            &config,
+            nonce,
+            from,
+            &bytes[..len],
+            &mut |_| true,
+        );
+        let SocketAddr::V6(addr) = result.peers[0].addr else {
+            panic!("an IPv6 peer");
+        };
+        assert_eq!((addr.port(), addr.scope_id()), (5000, 3));
     }
 }

@@ -165,6 +165,12 @@ impl Driver {
         self.core.wake_from = Some(from);
     }
 
+    /// Whether the socket is connected to one peer: the kernel then drops datagrams from
+    /// anyone else, a background thread's wake-ups included.
+    pub(crate) fn is_socket_connected(&self) -> bool {
+        self.socket.peer_addr().is_ok()
+    }
+
     #[cfg(test)]
     pub(crate) fn socket_for_tests(&self) -> &UdpSocket {
         &self.socket

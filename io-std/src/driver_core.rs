@@ -98,9 +98,10 @@ impl DriverCore {
         if config.secret_seed.is_none() {
             config.secret_seed = Some(os_secret_seed()?);
         }
-        let outbox = Outbox::new(config.mtu);
         let mut endpoint =
             Endpoint::new(config).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        // (Sized from the checked config: an absurd mtu is refused above, not allocated.)
+        let outbox = Outbox::new(endpoint.config().mtu);
         let mut clock = Clock::new();
         endpoint.set_unix_time(clock.now(), unix_time());
         Ok(DriverCore {

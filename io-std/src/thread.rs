@@ -129,7 +129,10 @@ impl Waker {
     fn wake(&self) {
         if !self.armed.swap(true, Ordering::SeqCst) {
             // Best effort: if the datagram is lost, the thread still wakes at its next timer.
-            let _ = self.socket.send_to(&[], self.target);
+            // One that could not even be sent leaves the next command to try again.
+            if self.socket.send_to(&[], self.target).is_err() {
+                self.armed.store(false, Ordering::SeqCst);
+            }
         }
     }
 }
@@ -163,7 +166,13 @@ pub fn spawn(addr: impl ToSocketAddrs, config: Config) -> io::Result<Handle> {
 pub fn spawn_driver(mut driver: Driver) -> io::Result<Handle> {
     let local_addr = driver.local_addr();
     // Without a waker the thread still works, checking for commands every few milliseconds.
-    let waker = Waker::new(local_addr).ok();
+    // (A connected socket takes datagrams from its peer only: a wake-up would never arrive,
+    // and a thread with no timer due would wait for it for good.)
+    let waker = if driver.is_socket_connected() {
+        None
+    } else {
+        Waker::new(local_addr).ok()
+    };
     if let Some(waker) = &waker {
         driver.set_wake_source(waker.socket.local_addr()?);
     }
@@ -643,6 +652,35 @@ mod tests {
             .poll(Some(Duration::from_secs(2)))
             .expect("poll wakes up");
         assert_eq!(driver.endpoint().stats().datagrams_received, 1);
+    }
+
+    /// A socket connected to its one peer drops every other sender's datagrams, the thread's
+    /// wake-ups included: the thread must still take commands and shut down.
+    #[test]
+    fn spawn_driver_on_a_connected_socket_takes_commands_and_shuts_down() {
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let server = UdpSocket::bind("127.0.0.1:0").expect("bind server");
+            let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+            socket
+                .connect(server.local_addr().expect("addr"))
+                .expect("connect the socket");
+            let config = Config {
+                secret_seed: Some(shoal_proto::SecretSeed::insecure_from_u64(3)),
+                ..Config::default()
+            };
+            let mut handle =
+                spawn_driver(Driver::from_socket(socket, config).expect("driver")).expect("spawn");
+            handle
+                .connect(server.local_addr().expect("addr"), b"")
+                .expect("a connection attempt");
+            handle.shutdown().expect("shut down");
+            let _ = done.send(());
+        });
+        assert!(
+            finished.recv_timeout(Duration::from_secs(20)).is_ok(),
+            "the thread never took the command or never stopped"
+        );
     }
 
     #[test]

@@ -85,6 +85,22 @@ fn seeker_finds_responder_with_its_data() {
     assert_eq!(stats.answered, 1);
 }
 
+/// A handle dropped without `stop` stops its thread: nothing answers after.
+#[test]
+fn dropping_a_responder_handle_stops_answering() {
+    let (responder, port) = responder(7, b"game=chess");
+    let handle = responder.spawn().expect("spawns");
+    drop(handle);
+    let found = seek(
+        LanConfig {
+            protocol_id: 7,
+            ..LanConfig::loopback(port)
+        },
+        |_| true,
+    );
+    assert!(found.peers.is_empty(), "{found:?}");
+}
+
 #[test]
 fn discover_returns_updated_data_once_per_peer() {
     let (responder, port) = responder(7, b"v=1;players=0");

@@ -332,6 +332,13 @@ fn an_invalid_config_is_an_invalid_input_error() {
     };
     let err = Driver::bind("127.0.0.1:0", config).expect_err("mtu 10 is invalid");
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+    // One too large to allocate is refused the same way, before anything is sized from it.
+    let absurd = Config {
+        mtu: usize::MAX / 2,
+        ..Config::default()
+    };
+    let err = Driver::bind("127.0.0.1:0", absurd).expect_err("refused");
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
 }
 
 #[test]
