@@ -50,9 +50,22 @@ const WSAENETRESET: i32 = 10052;
 /// Windows' code for a datagram longer than the receive buffer, which it drops.
 const WSAEMSGSIZE: i32 = 10040;
 
+/// Linux's codes for the other ICMP reports a connected socket's receive surfaces (std sorts
+/// them as `Uncategorized`): fragmentation needed (`EMSGSIZE`), parameter problem
+/// (`EPROTO`), protocol unreachable (`ENOPROTOOPT`), host down or unknown (`EHOSTDOWN`,
+/// `ENONET`). Each concerns one peer, like the reports std does sort.
+#[cfg(target_os = "linux")]
+const LINUX_ICMP_REPORTS: [i32; 5] = [90, 71, 92, 112, 64];
+
 /// Sorts a `recv_from` error.
 pub fn recv_error_action(e: &io::Error) -> RecvErrorAction {
     if matches!(e.raw_os_error(), Some(WSAENETRESET | WSAEMSGSIZE)) {
+        return RecvErrorAction::Ignore;
+    }
+    #[cfg(target_os = "linux")]
+    if e.raw_os_error()
+        .is_some_and(|code| LINUX_ICMP_REPORTS.contains(&code))
+    {
         return RecvErrorAction::Ignore;
     }
     match e.kind() {
@@ -846,5 +859,22 @@ mod tests {
                 "{code}"
             );
         }
+    }
+
+    /// On a connected socket Linux hands the next receive any ICMP report about the peer:
+    /// those about one peer are skipped, not taken as the socket failing (which stopped a
+    /// background thread and every connection on it).
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn icmp_hard_errors_on_a_connected_socket_are_skipped() {
+        for code in LINUX_ICMP_REPORTS {
+            let e = io::Error::from_raw_os_error(code);
+            assert_eq!(recv_error_action(&e), RecvErrorAction::Ignore, "{e}");
+        }
+        // A bad descriptor still fails.
+        assert_eq!(
+            recv_error_action(&io::Error::from_raw_os_error(9)),
+            RecvErrorAction::Fail
+        );
     }
 }
