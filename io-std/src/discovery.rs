@@ -166,8 +166,8 @@ impl LanConfig {
 pub struct Discovery {
     /// Verified peers, one per address, in the order they answered.
     pub peers: Vec<LanPeer>,
-    /// Targets the request could not be sent to; a socket that could not be opened is listed
-    /// as `0.0.0.0:0` (IPv4) or `[::]:0` (IPv6).
+    /// Targets the request could not be sent to, once each with its latest error; a socket
+    /// that could not be opened is listed as `0.0.0.0:0` (IPv4) or `[::]:0` (IPv6).
     pub failures: Vec<TargetError>,
     /// Well-formed answers the verify hook refused.
     pub refused: usize,
@@ -256,9 +256,13 @@ impl LanSeeker {
                     "no socket of this address family",
                 )),
             };
-            match outcome {
-                Ok(()) => sent += 1,
-                Err(error) => self.result.failures.push(TargetError {
+            // (One entry per target, the latest error: a loop that sends again and again must
+            // not grow the list.)
+            let failures = &mut self.result.failures;
+            match (outcome, failures.iter_mut().find(|f| f.target == *target)) {
+                (Ok(()), _) => sent += 1,
+                (Err(error), Some(known)) => known.error = error,
+                (Err(error), None) => failures.push(TargetError {
                     target: *target,
                     error,
                 }),
@@ -823,6 +827,21 @@ mod tests {
         assert!(limiter.allow(a, t1), "a new window");
         assert!(limiter.allow(c, t1), "expired sources make room");
         assert!(limiter.sources.len() <= 2);
+    }
+
+    #[test]
+    fn a_target_that_fails_every_send_is_listed_once() {
+        let mut config = LanConfig::loopback(47_999);
+        config
+            .extra_targets
+            .push(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)));
+        let mut seeker = LanSeeker::new(config).expect("opens");
+        for _ in 0..10 {
+            seeker.send().expect("one target is reached");
+        }
+        let port_zero = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+        let failed: Vec<_> = seeker.result.failures.iter().map(|f| f.target).collect();
+        assert_eq!(failed, vec![port_zero]);
     }
 
     #[test]
