@@ -481,6 +481,11 @@ pub struct ResponderConfig {
     pub data: Vec<u8>,
     /// Per-source answer limit.
     pub rate_limit: RateLimit,
+    /// Hop limit (IPv4 TTL, IPv6 unicast hops) of the answers. 1, the default, keeps them on
+    /// the local link: a responder that requests reach from elsewhere (a public address, a
+    /// forwarded port) is then no reflector beyond it. Raise it for seekers on other subnets
+    /// (`LanConfig::extra_targets`).
+    pub answer_hops: u32,
 }
 
 impl Default for ResponderConfig {
@@ -496,6 +501,7 @@ impl Default for ResponderConfig {
             shoal_port: 0,
             data: Vec::new(),
             rate_limit: RateLimit::default(),
+            answer_hops: 1,
         }
     }
 }
@@ -550,9 +556,14 @@ impl LanResponder {
     pub fn bind(config: ResponderConfig) -> io::Result<Self> {
         check_answer(&config.data, config.shoal_port)?;
         let v4 = bind_shared(SocketAddr::from((config.bind_v4, config.port)))?;
+        v4.set_ttl(config.answer_hops)?;
         let port = v4.local_addr()?.port();
         let (v6, ipv6_error) = if config.ipv6 {
-            match bind_v6(port, config.multicast_v6_interface) {
+            let bound = bind_v6(port, config.multicast_v6_interface).and_then(|socket| {
+                socket2::SockRef::from(&socket).set_unicast_hops_v6(config.answer_hops)?;
+                Ok(socket)
+            });
+            match bound {
                 Ok(socket) => (Some(socket), None),
                 Err(e) => (None, Some(e)),
             }
@@ -842,6 +853,22 @@ mod tests {
         let port_zero = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
         let failed: Vec<_> = seeker.result.failures.iter().map(|f| f.target).collect();
         assert_eq!(failed, vec![port_zero]);
+    }
+
+    #[test]
+    fn answers_stay_on_the_local_link_unless_configured_otherwise() {
+        let config = ResponderConfig {
+            shoal_port: 4242,
+            ..ResponderConfig::loopback(0)
+        };
+        let responder = LanResponder::bind(config.clone()).expect("binds");
+        assert_eq!(responder.v4.ttl().expect("ttl"), 1);
+        let wider = LanResponder::bind(ResponderConfig {
+            answer_hops: 8,
+            ..config
+        })
+        .expect("binds");
+        assert_eq!(wider.v4.ttl().expect("ttl"), 8);
     }
 
     #[test]
