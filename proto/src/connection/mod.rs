@@ -584,7 +584,7 @@ impl Connection {
                 max: config.max_message_size,
             });
         }
-        if ch.queued_bytes + len + QUEUE_ENTRY_BYTES * (ch.queue.len() + 1) > ch.max_queued_bytes {
+        if ch.room_for_one().is_none_or(|room| len > room) {
             return Err(SendError::QueueFull {
                 channel,
                 queued_bytes: ch.queued_bytes,
@@ -1101,14 +1101,12 @@ impl Connection {
     pub(crate) fn queue_room(&self, config: &Config, channel: u8) -> Option<usize> {
         let i = usize::from(channel);
         Some(match self.messaging.send_channels.get(i) {
-            Some(ch) => ch
-                .max_queued_bytes
-                .saturating_sub(ch.queued_bytes + QUEUE_ENTRY_BYTES * (ch.queue.len() + 1)),
+            Some(ch) => ch.room_for_one().unwrap_or(0),
             None => config
                 .channels
                 .get(i)?
                 .max_queued_bytes
-                .saturating_sub(QUEUE_ENTRY_BYTES),
+                .saturating_sub(crate::messaging::channel::QUEUE_ENTRY_BYTES),
         })
     }
 
@@ -1191,10 +1189,6 @@ const PROBE_ATTEMPTS: u8 = 8;
 /// Shortest time between two of them.
 const PROBE_INTERVAL_MIN: core::time::Duration = core::time::Duration::from_millis(25);
 
-/// Bytes each queued message counts against its channel's `max_queued_bytes` besides its
-/// payload: its queue entry is memory too, and empty messages would otherwise queue without
-/// limit.
-pub(crate) const QUEUE_ENTRY_BYTES: usize = 16;
 /// Silence on a direct path after which a packet through the relay moves a link back.
 pub(crate) const DIRECT_QUIET_MIN: core::time::Duration = core::time::Duration::from_millis(100);
 /// Probe timeouts in a row after which a direct path counts as dead.

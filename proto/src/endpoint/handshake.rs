@@ -67,9 +67,7 @@ impl Endpoint {
     }
 
     fn cookie_is_valid(&self, now: Instant, from: SocketAddr, nonce: u64, cookie: &Cookie) -> bool {
-        let mut issued = [0u8; 8];
-        issued.copy_from_slice(&cookie[..8]);
-        let issued_at = u64::from_be_bytes(issued);
+        let issued_at = issued_at(cookie);
         let fresh = issued_at <= now.as_micros()
             && now.as_micros() - issued_at <= micros(self.config.cookie_lifetime);
         // Constant-time comparison: the MAC is a secret the attacker probes byte by byte.
@@ -215,11 +213,10 @@ impl Endpoint {
             }
             // (A later cookie only: a delayed or replayed copy of an earlier Connect must not
             // replace the attempt it was itself replaced by.)
-            let issued = |c: &Cookie| c.first_chunk::<8>().map(|b| u64::from_be_bytes(*b));
             let began_again = existing
                 .pending_accept
                 .as_ref()
-                .is_some_and(|p| issued(&cookie) > issued(&p.cookie));
+                .is_some_and(|p| issued_at(&cookie) > issued_at(&p.cookie));
             // (The same client with a fresh cookie began again: our Accepts were lost for a
             // cookie's lifetime. Its transcript is new, so the Accept we hold could never be
             // checked: it goes on as a new attempt, paced like one, which replaces that one
@@ -626,4 +623,11 @@ impl UserIds {
             *w &= !(1 << (id % 64));
         }
     }
+}
+
+/// When a cookie was issued (its first 8 bytes: the server's clock in microseconds).
+fn issued_at(cookie: &Cookie) -> u64 {
+    let mut issued = [0u8; 8];
+    issued.copy_from_slice(&cookie[..8]);
+    u64::from_be_bytes(issued)
 }

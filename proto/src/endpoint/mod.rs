@@ -1825,11 +1825,7 @@ impl Endpoint {
 
     /// Queues a handshake reply (encoded now: nothing about it changes later).
     fn push_control(&mut self, to: SocketAddr, control: Packet<'_>) {
-        let mut out = [0u8; CONTROL_MAX];
-        if let Some(bytes) = control
-            .encode(&mut out)
-            .and_then(|len| ControlBytes::from_slice(&out[..len]).ok())
-        {
+        if let Some(bytes) = encode_control(&control) {
             self.push_control_bytes(to, bytes);
         }
     }
@@ -1846,11 +1842,7 @@ impl Endpoint {
             self.stats.replies_dropped += 1;
             return;
         }
-        let mut out = [0u8; CONTROL_MAX];
-        if let Some(bytes) = control
-            .encode(&mut out)
-            .and_then(|len| ControlBytes::from_slice(&out[..len]).ok())
-        {
+        if let Some(bytes) = encode_control(&control) {
             self.push_reply(to, bytes, true);
         }
     }
@@ -2015,6 +2007,14 @@ impl Endpoint {
         debug_assert!(self.scratch.is_empty(), "scratch left full by a packet");
         self.finish(index, c);
     }
+}
+
+/// A control packet encoded for the reply queue (`None` for one that does not fit, which
+/// no control packet does).
+fn encode_control(control: &Packet<'_>) -> Option<ControlBytes> {
+    let mut out = [0u8; CONTROL_MAX];
+    let len = control.encode(&mut out)?;
+    ControlBytes::from_slice(&out[..len]).ok()
 }
 
 #[cfg(test)]

@@ -444,7 +444,7 @@ impl Hub {
         let queue = control.map_or(0, |c| c.max_queued_bytes);
         let max = endpoint
             .max_message_size
-            .min(queue.saturating_sub(crate::connection::QUEUE_ENTRY_BYTES));
+            .min(queue.saturating_sub(crate::messaging::channel::QUEUE_ENTRY_BYTES));
         if size > max {
             return Err(HubConfigError::MemberListTooLarge { size, max });
         }

@@ -31,6 +31,10 @@ pub(crate) type WireOrder = (u64, u16);
 pub const MESSAGE_WINDOW: u64 = 4096;
 /// Partial unreliable chunked messages kept per channel; a newer one evicts the oldest.
 const MAX_UNRELIABLE_PARTIALS: usize = 4;
+/// Bytes each queued message counts against its channel's `max_queued_bytes` besides its
+/// payload: its queue entry is memory too, and empty messages would otherwise queue without
+/// limit.
+pub(crate) const QUEUE_ENTRY_BYTES: usize = 16;
 /// Memory one receive-window slot takes, charged to the budget while it exists.
 pub(crate) const SLOT_BYTES: usize = core::mem::size_of::<Slot>();
 
@@ -85,6 +89,14 @@ pub(crate) struct SendChannel {
 }
 
 impl SendChannel {
+    /// The largest payload one more message may have, or `None` if not even an empty one
+    /// fits: every queued message counts its payload and `QUEUE_ENTRY_BYTES`.
+    pub(crate) fn room_for_one(&self) -> Option<usize> {
+        let entries = QUEUE_ENTRY_BYTES * (self.queue.len() + 1);
+        self.max_queued_bytes
+            .checked_sub(self.queued_bytes + entries)
+    }
+
     pub(crate) fn new(kind: DeliveryKind, max_queued_bytes: usize) -> Self {
         SendChannel {
             kind,

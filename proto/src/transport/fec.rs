@@ -396,6 +396,14 @@ impl Pending {
             .filter(|&i| self.mask & (1 << i) != 0)
             .map(|i| (self.newest - i, usize::from(self.lens[i as usize])))
     }
+
+    /// Whether packet `pn` is among those covered (a bit test, for every packet received).
+    fn covers(&self, pn: u64) -> bool {
+        self.newest
+            .checked_sub(pn)
+            .filter(|&i| i < COVERAGE_SPAN)
+            .is_some_and(|i| self.mask & (1 << i) != 0)
+    }
 }
 
 /// The receiver's side: recent packets' frames and the repairs not solved yet.
@@ -436,10 +444,7 @@ impl RepairDecoder {
             self.kept.push(pn, (), frames);
         }
         if !self.dirty {
-            self.dirty = self
-                .pending
-                .iter()
-                .any(|p| p.covered().any(|(c, _)| c == pn));
+            self.dirty = self.pending.iter().any(|p| p.covers(pn));
         }
     }
 
@@ -531,7 +536,8 @@ impl RepairDecoder {
     }
 
     /// Solves what the pending repairs allow, if anything changed since the last time.
-    /// `missing(pn)` says whether a packet is still wanted. Each rebuilt packet is handed to `rebuilt` as (packet number, frames).
+    /// `missing(pn)` says whether a packet is still wanted. Each rebuilt packet is handed to
+    /// `rebuilt` as (packet number, frames).
     pub(crate) fn solve(
         &mut self,
         missing: impl Fn(u64) -> bool,

@@ -323,11 +323,15 @@ mod tests {
         s.parse().expect("address")
     }
 
+    /// Paths at 10.0.0.1:1, a 50 ms round trip, and the time the tests start at.
+    fn fresh_paths() -> (Paths, Duration, Instant) {
+        let p = Paths::new(addr("10.0.0.1:1"), Prf::from_key([1; 16]), Instant::ZERO);
+        (p, Duration::from_millis(50), Instant::from_millis(1))
+    }
+
     #[test]
-    fn fresh_addresses_cannot_push_out_a_candidate_heard_from_recently() {
-        let mut p = Paths::new(addr("10.0.0.1:1"), Prf::from_key([1; 16]), Instant::ZERO);
-        let rtt = Duration::from_millis(50);
-        let t = Instant::from_millis(1);
+    fn fresh_addresses_cannot_push_out_a_candidate_made_recently() {
+        let (mut p, rtt, t) = fresh_paths();
         let moved = addr("10.0.0.2:7");
         p.on_datagram(t, moved, 100, rtt);
         let (_, token) = p.poll_challenge(t, PATH_PACKET_LEN).expect("challenged");
@@ -351,9 +355,7 @@ mod tests {
 
     #[test]
     fn replays_from_the_same_addresses_cannot_hold_every_place_for_good() {
-        let mut p = Paths::new(addr("10.0.0.1:1"), Prf::from_key([1; 16]), Instant::ZERO);
-        let rtt = Duration::from_millis(50);
-        let t = Instant::from_millis(1);
+        let (mut p, rtt, t) = fresh_paths();
         let moved = addr("10.0.0.2:7");
         let mut got_in = None;
         for ms in (0..5_000u64).step_by(100) {
@@ -375,9 +377,7 @@ mod tests {
 
     #[test]
     fn a_candidate_nothing_comes_from_is_forgotten() {
-        let mut p = Paths::new(addr("10.0.0.1:1"), Prf::from_key([1; 16]), Instant::ZERO);
-        let rtt = Duration::from_millis(50);
-        let t = Instant::from_millis(1);
+        let (mut p, rtt, t) = fresh_paths();
         let stray = addr("10.0.0.9:1");
         assert_eq!(p.on_datagram(t, stray, 100, rtt), PathStatus::Unvalidated);
         assert!(p.poll_challenge(t, PATH_PACKET_LEN).is_some());
@@ -407,9 +407,7 @@ mod tests {
 
     #[test]
     fn a_new_address_is_challenged_within_its_credit_and_validated_by_the_token() {
-        let mut p = Paths::new(addr("10.0.0.1:1"), Prf::from_key([1; 16]), Instant::ZERO);
-        let rtt = Duration::from_millis(50);
-        let t = Instant::from_millis(1);
+        let (mut p, rtt, t) = fresh_paths();
         let new = addr("10.0.0.9:1");
         assert_eq!(p.on_datagram(t, new, 10, rtt), PathStatus::Unvalidated);
         assert_eq!(
