@@ -537,9 +537,12 @@ impl Endpoint {
     pub fn user_data<T: Any>(&self, conn: ConnectionHandle) -> Option<&T> {
         let data = match self.get(conn) {
             Some(c) => c.user_data.as_ref(),
+            // Newest first: the event just taken is last (a round of a thousand departures
+            // would otherwise scan the round's whole list for each).
             None => self
                 .last_departed
                 .iter()
+                .rev()
                 .chain(&self.departed)
                 .find(|(h, _)| *h == conn)
                 .map(|(_, d)| d),
@@ -555,6 +558,7 @@ impl Endpoint {
         } else {
             self.last_departed
                 .iter_mut()
+                .rev()
                 .chain(&mut self.departed)
                 .find(|(h, _)| *h == conn)
                 .map(|(_, d)| d)
