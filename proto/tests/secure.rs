@@ -511,6 +511,109 @@ fn a_replayed_protected_packet_from_a_new_address_earns_no_challenge() {
     assert_eq!(p.server.remote_address(s), Some(p.client_addr));
 }
 
+/// A packet the server refused for room (its application has not read the events before it)
+/// is not acknowledged, so the peer resends its frames under a new number; a replay of it is a
+/// duplicate. Before, each replay was taken apart again and refreshed the idle timer: anyone
+/// on the path could keep a connection whose peer had gone open for good, one replay per idle
+/// timeout.
+#[test]
+fn a_replayed_refused_packet_does_not_keep_a_dead_connection_alive() {
+    let server = Config {
+        max_pending_event_bytes: 1,
+        ..server_config(25)
+    };
+    let Captured {
+        mut p,
+        client: c,
+        server: s,
+        datagram: first,
+    } = capture_data(client_config(26), server, b"first");
+    // Taken; its event waits unread from here on.
+    p.server.handle_datagram(p.now, p.client_addr, &first);
+    p.client.send(c, RELIABLE, &b"second"[..]).expect("send");
+    let mut buf = vec![0u8; 1500];
+    let t = p.client.poll_transmit(p.now, &mut buf).expect("a datagram");
+    let refused = buf[..t.len].to_vec();
+    let full = |p: &Pair| {
+        p.server
+            .connection_stats(s)
+            .map_or(0, |st| st.drops.get(DropReason::EventQueueFull))
+    };
+    let before = full(&p);
+    p.server.handle_datagram(p.now, p.client_addr, &refused);
+    assert_eq!(full(&p), before + 1, "refused: the application is behind");
+    let duplicates = |p: &Pair| {
+        p.server
+            .connection_stats(s)
+            .map_or(0, |st| st.drops.get(DropReason::DuplicatePacket))
+    };
+    let duplicates_before = duplicates(&p);
+    // The client is gone; a replay of the refused packet arrives every second.
+    let idle = p.server.config().idle_timeout;
+    let start = p.now;
+    let mut replays = 0;
+    let mut counted = (0, 0);
+    while p.server.is_connected(s) && p.now < start + idle * 3 {
+        p.now += Duration::from_secs(1);
+        p.server.handle_datagram(p.now, p.client_addr, &refused);
+        if p.server.is_connected(s) {
+            replays += 1;
+            counted = (full(&p), duplicates(&p));
+        }
+        p.server.handle_timeout(p.now);
+        while p.server.poll_transmit(p.now, &mut buf).is_some() {}
+    }
+    assert!(
+        !p.server.is_connected(s),
+        "replays kept the connection open {:?} past its idle timeout",
+        p.now - start - idle
+    );
+    assert!(p.now <= start + idle + Duration::from_secs(1));
+    // Each replay was dropped at once, not taken apart and refused again.
+    assert_eq!(counted, (before + 1, duplicates_before + replays));
+    assert!(disconnects(&server_events_now(&mut p)).contains(&DisconnectReason::TimedOut));
+}
+
+/// The same replays from other addresses earn none of them a challenge: the refused packet
+/// does not speak for an address any more than an accepted one.
+#[test]
+fn a_replayed_refused_packet_from_new_addresses_earns_no_challenge() {
+    let server = Config {
+        max_pending_event_bytes: 1,
+        ..server_config(27)
+    };
+    let Captured {
+        mut p,
+        client: c,
+        server: s,
+        datagram: first,
+    } = capture_data(client_config(28), server, b"first");
+    p.server.handle_datagram(p.now, p.client_addr, &first);
+    p.client.send(c, RELIABLE, &b"second"[..]).expect("send");
+    let mut buf = vec![0u8; 1500];
+    let t = p.client.poll_transmit(p.now, &mut buf).expect("a datagram");
+    let refused = buf[..t.len].to_vec();
+    p.server.handle_datagram(p.now, p.client_addr, &refused);
+    let stats = |p: &Pair| p.server.connection_stats(s).expect("live");
+    let before = stats(&p);
+    for i in 0..8u16 {
+        let from: SocketAddr = format!("203.0.113.9:{}", 1000 + i).parse().expect("addr");
+        p.now += Duration::from_millis(30);
+        p.server.handle_datagram(p.now, from, &refused);
+        while let Some(t) = p.server.poll_transmit(p.now, &mut buf) {
+            assert_ne!(t.to, from, "a datagram to the replay's address");
+        }
+    }
+    let after = stats(&p);
+    assert_eq!(after.path_challenges_sent, before.path_challenges_sent);
+    assert_eq!(after.drops.get(DropReason::UnvalidatedPath), 0);
+    assert_eq!(
+        after.drops.get(DropReason::DuplicatePacket),
+        before.drops.get(DropReason::DuplicatePacket) + 8
+    );
+    assert_eq!(p.server.remote_address(s), Some(p.client_addr));
+}
+
 // ======================================================================== 2. confidentiality
 
 /// A 32-byte pattern nothing else on the wire contains.

@@ -53,21 +53,22 @@ impl Connection {
     ) -> DataResult {
         let config = shared.config;
         if self.state != State::Connected {
-            self.stats.drops.add(DropReason::Unexpected);
+            self.stats.rare.dropped(DropReason::Unexpected);
             return DataResult::Dropped;
         }
         let Some(pn) = self.transport.received.extend(header.packet_number) else {
-            self.stats.drops.add(DropReason::DuplicatePacket);
+            self.stats.rare.dropped(DropReason::DuplicatePacket);
             return DataResult::Dropped;
         };
         match self.transport.received.verdict(pn) {
             Verdict::New => {}
-            Verdict::Duplicate => {
-                self.stats.drops.add(DropReason::DuplicatePacket);
+            // A refused packet's replay: the peer never sends the same number twice.
+            Verdict::Duplicate | Verdict::Refused => {
+                self.stats.rare.dropped(DropReason::DuplicatePacket);
                 return DataResult::Dropped;
             }
             Verdict::TooFarAhead => {
-                self.stats.drops.add(DropReason::OutOfWindow);
+                self.stats.rare.dropped(DropReason::OutOfWindow);
                 return DataResult::Dropped;
             }
         }
@@ -81,7 +82,7 @@ impl Connection {
         );
         if status == PathStatus::Unvalidated {
             // Not acted on in any way: it only earned its address a challenge.
-            self.stats.drops.add(DropReason::UnvalidatedPath);
+            self.stats.rare.dropped(DropReason::UnvalidatedPath);
             return DataResult::Dropped;
         }
         // First pass: validate every frame before acting on any, so a packet is either
@@ -89,7 +90,7 @@ impl Connection {
         // an unauthenticated packet closes the connection: a forged one looks the same.
         let to_hold = match self.parse_frames(frames, config, shared.scratch) {
             Ok(to_hold) => to_hold,
-            Err(reason) => return self.refuse(reason, shared.scratch),
+            Err(reason) => return self.refuse(pn, reason, shared.scratch),
         };
         // The packet is well-formed: its acknowledgement counts and it shows the peer is
         // alive, even if its messages must be refused for room below.
@@ -106,13 +107,13 @@ impl Connection {
             self.apply_outcome(outcome);
         } else if header.ack.is_some() {
             // A protected peer acknowledging what was never sent: its ack is not taken.
-            self.stats.drops.add(DropReason::ProtocolViolation);
+            self.stats.rare.dropped(DropReason::ProtocolViolation);
         }
         self.last_received = now;
         self.timers.set(Timer::Idle, now + config.idle_timeout);
         if let Some(reason) = self.refusal(to_hold, shared) {
             self.update_timers(config);
-            return self.refuse(reason, shared.scratch);
+            return self.refuse(pn, reason, shared.scratch);
         }
         let has_frames = !shared.scratch.parsed_frames.is_empty();
         let newest = self.transport.received.largest().is_none_or(|l| pn > l);
@@ -178,10 +179,16 @@ impl Connection {
         }
     }
 
-    /// Drops a packet before it is accepted (counted).
-    fn refuse(&mut self, reason: DropReason, scratch: &mut Scratch) -> DataResult {
+    /// Drops packet `pn` before it is accepted (counted). On a protected connection its
+    /// number is remembered, so that a replay of it is dropped as a duplicate; an unprotected
+    /// packet may be anyone's, and remembering its number would let a forger refuse the
+    /// peer's next packets in advance.
+    fn refuse(&mut self, pn: u64, reason: DropReason, scratch: &mut Scratch) -> DataResult {
         scratch.parsed_frames.clear();
-        self.stats.drops.add(reason);
+        if self.keys.is_some() {
+            self.transport.received.refuse(pn);
+        }
+        self.stats.rare.dropped(reason);
         DataResult::Dropped
     }
 
@@ -355,13 +362,13 @@ impl Connection {
             .checked_sub(u64::from(repair.distance))
             .filter(|_| repair.symbol.len() <= shared.config.mtu / 2)
         else {
-            self.stats.drops.add(DropReason::ProtocolViolation);
+            self.stats.rare.dropped(DropReason::ProtocolViolation);
             return;
         };
         let rx = self.transport.fec_rx.get_or_insert_with(Default::default);
         let received = &self.transport.received;
         let largest = received.largest().unwrap_or(0);
-        let missing = |p| p < largest && received.verdict(p) == Verdict::New;
+        let missing = |p| p < largest && received.verdict(p).is_missing();
         // The common case on a lossy path: every packet it covers arrived and no earlier
         // repair waits. It can rebuild nothing and there is nothing to solve: it only says
         // that the peer codes.
@@ -385,7 +392,7 @@ impl Connection {
             rebuilt.push((p, Bytes::copy_from_slice(frames)))
         });
         for (p, owner) in rebuilt.drain(..) {
-            if self.transport.received.verdict(p) != Verdict::New {
+            if !self.transport.received.verdict(p).is_missing() {
                 continue;
             }
             let frames = FrameBytes {
@@ -399,7 +406,7 @@ impl Connection {
                 if let Some(rx) = &mut self.transport.fec_rx {
                     rx.forget_repairs();
                 }
-                self.stats.drops.add(DropReason::Malformed);
+                self.stats.rare.dropped(DropReason::Malformed);
                 continue;
             };
             if self.refusal(to_hold, shared).is_some() {
@@ -410,7 +417,7 @@ impl Connection {
                 }
                 continue;
             }
-            self.stats.packets_rebuilt += 1;
+            self.stats.rare.get().packets_rebuilt += 1;
             self.deliver_packet(now, p, frames, to_hold, shared);
             // Acknowledge it soon: the sender would otherwise resend it.
             self.transport.ack_now = true;
@@ -560,10 +567,10 @@ impl Connection {
         );
         match result {
             Received::Accepted => {}
-            Received::Duplicate => self.stats.drops.add(DropReason::DuplicateMessage),
-            Received::Stale => self.stats.drops.add(DropReason::StaleMessage),
-            Received::NoBudget => self.stats.drops.add(DropReason::ReassemblyBudget),
-            Received::Violation => self.stats.drops.add(DropReason::ProtocolViolation),
+            Received::Duplicate => self.stats.rare.dropped(DropReason::DuplicateMessage),
+            Received::Stale => self.stats.rare.dropped(DropReason::StaleMessage),
+            Received::NoBudget => self.stats.rare.dropped(DropReason::ReassemblyBudget),
+            Received::Violation => self.stats.rare.dropped(DropReason::ProtocolViolation),
         }
     }
 
@@ -586,7 +593,7 @@ impl Connection {
             } else {
                 DropReason::StaleResponse
             };
-            self.stats.drops.add(reason);
+            self.stats.rare.dropped(reason);
             return;
         };
         let payload = match h.chunk {
@@ -614,11 +621,11 @@ impl Connection {
                 match r.add(index, count, &payload, chunk_payload) {
                     ChunkAdded::Stored(_) => {}
                     ChunkAdded::Duplicate => {
-                        self.stats.drops.add(DropReason::DuplicateMessage);
+                        self.stats.rare.dropped(DropReason::DuplicateMessage);
                         return;
                     }
                     ChunkAdded::Inconsistent => {
-                        self.stats.drops.add(DropReason::ProtocolViolation);
+                        self.stats.rare.dropped(DropReason::ProtocolViolation);
                         return;
                     }
                 }

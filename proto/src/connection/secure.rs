@@ -222,7 +222,7 @@ impl Connection {
                 true
             }
             None => {
-                self.stats.drops.add(DropReason::DuplicatePacket);
+                self.stats.rare.dropped(DropReason::DuplicatePacket);
                 false
             }
         }

@@ -39,7 +39,7 @@ impl Connection {
                     },
                     outcome,
                 )?;
-                self.stats.path_challenges_sent += 1;
+                self.stats.rare.get().path_challenges_sent += 1;
                 // Data may be waiting behind it.
                 self.more_to_send = true;
                 // Re-armed only here, once the due probe has left: a deadline in the past
@@ -336,7 +336,7 @@ impl Connection {
             return false;
         }
         self.transport.repaired_through = newest + 1;
-        self.stats.repairs_sent += 1;
+        self.stats.rare.get().repairs_sent += 1;
         self.stats.payload_bytes_transmitted += symbol_len as u64;
         true
     }
@@ -367,7 +367,7 @@ impl Connection {
                 self.more_to_send = true;
                 break;
             }
-            self.stats.retransmissions += 1;
+            self.stats.rare.get().retransmissions += 1;
             self.stats.payload_bytes_transmitted += frame.payload.len() as u64;
             written += 1;
         }
@@ -456,7 +456,7 @@ impl Connection {
                 self.more_to_send = true;
                 break;
             }
-            self.stats.retransmissions += 1;
+            self.stats.rare.get().retransmissions += 1;
             self.stats.payload_bytes_transmitted += frame.payload.len() as u64;
             f.resend.pop_front();
             written += 1;

@@ -34,7 +34,7 @@ impl Endpoint {
             Err(DropReason::Unexpected)
         };
         if let Err(reason) = result {
-            c.stats.drops.add(reason);
+            c.stats.rare.dropped(reason);
         }
         self.finish(index, c);
         result.is_ok()

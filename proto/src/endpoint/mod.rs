@@ -1140,7 +1140,7 @@ impl Endpoint {
                     if c.transport.paths.on_response(from, token) {
                         c.on_path_validated(now, from);
                     } else {
-                        c.stats.drops.add(DropReason::Unexpected);
+                        c.stats.rare.dropped(DropReason::Unexpected);
                     }
                 }
                 self.finish(index, c);
@@ -1151,7 +1151,7 @@ impl Endpoint {
 
     /// An authentic but malformed packet: a broken peer, never acted on.
     fn drop_malformed(&mut self, index: u32, mut c: Box<Connection>) {
-        c.stats.drops.add(DropReason::Malformed);
+        c.stats.rare.dropped(DropReason::Malformed);
         self.finish_quiet(index, c);
     }
 
@@ -1939,7 +1939,7 @@ impl Endpoint {
             c.on_reset_hint(now, &self.config);
             self.finish(index, c);
         } else {
-            c.stats.drops.add(DropReason::Unexpected);
+            c.stats.rare.dropped(DropReason::Unexpected);
             self.finish_quiet(index, c);
         }
     }

@@ -19,6 +19,10 @@ const HISTORY: u64 = 1 << 16;
 /// acknowledgement-only packets go out only in answer to ours), and accepting one would let a
 /// forged packet drag the receive window away from the real sender.
 pub(crate) const MAX_AHEAD: u64 = 1 << 14;
+/// Ranges of refused packet numbers remembered at most (see [`ReceivedPackets::refuse`]).
+/// Past this the oldest is forgotten and everything below it counts as seen, as with
+/// `MAX_RANGES`: a peer whose packets are refused in many separate runs costs a fixed amount.
+const MAX_REFUSED_RANGES: usize = 16;
 
 /// What to do with an arriving packet number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,6 +33,18 @@ pub(crate) enum Verdict {
     Duplicate,
     /// Too far beyond the newest received.
     TooFarAhead,
+    /// Taken apart before and refused (for room, or malformed): never acknowledged, and
+    /// never taken again (an honest peer resends its frames under new numbers, so only a
+    /// replay brings the same number back).
+    Refused,
+}
+
+impl Verdict {
+    /// Whether the packet's content is still missing here: not received, or refused (a
+    /// repair may rebuild it once there is room).
+    pub(crate) fn is_missing(self) -> bool {
+        matches!(self, Verdict::New | Verdict::Refused)
+    }
 }
 
 /// Received packet numbers as ranges, oldest first.
@@ -40,6 +56,9 @@ pub(crate) struct ReceivedPackets {
     floor: u64,
     /// When the newest packet arrived (for the acknowledgement delay).
     largest_at: Instant,
+    /// Refused packet numbers, as ranges like `ranges` but never acknowledged: made on the
+    /// first refusal, given back once they are all below what counts as seen.
+    refused: Option<alloc::boxed::Box<heapless::Deque<(u64, u64), MAX_REFUSED_RANGES>>>,
 }
 
 impl ReceivedPackets {
@@ -47,6 +66,10 @@ impl ReceivedPackets {
     /// extend the newest range in place).
     pub(crate) fn release_room(&mut self) {
         self.ranges.shrink_to(self.ranges.len().max(1));
+        self.trim_refused();
+        if self.refused.as_ref().is_some_and(|r| r.is_empty()) {
+            self.refused = None;
+        }
     }
 
     /// The ends of the ranges (for `MemoryHint`).
@@ -85,13 +108,49 @@ impl ReceivedPackets {
                 return Verdict::Duplicate;
             }
         }
+        let mut refused = self.refused.iter().flat_map(|r| r.iter());
+        if refused.any(|&(low, high)| (low..=high).contains(&pn)) {
+            return Verdict::Refused;
+        }
         Verdict::New
+    }
+
+    /// Remembers that `pn` (which `verdict` said is new) was refused: its replays are
+    /// refused at once, before they can stand for the peer (refresh the idle timer, answer a
+    /// reset notice, earn an address a challenge) or cost a parse. Not acknowledged: the
+    /// peer resends the frames.
+    pub(crate) fn refuse(&mut self, pn: u64) {
+        let refused = self.refused.get_or_insert_with(Default::default);
+        // Merge into a range it touches (a stall refuses a run of numbers; the accepted
+        // acknowledgement-only packets between them join it through `record`).
+        if let Some(r) = refused
+            .iter_mut()
+            .find(|r| r.0 <= pn.saturating_add(1) && pn <= r.1.saturating_add(1))
+        {
+            *r = (r.0.min(pn), r.1.max(pn));
+        } else {
+            if refused.is_full() {
+                // Forget the oldest run; everything up to it counts as seen.
+                if let Some((_, high)) = refused.pop_front() {
+                    self.floor = self.floor.max(high + 1);
+                }
+            }
+            // Kept in arrival order: the oldest run is the one forgotten first.
+            let _ = refused.push_back((pn, pn));
+        }
     }
 
     /// Records `pn` (which `verdict` said is new). Returns whether it arrived out of order
     /// (it skipped over a missing packet, or fills a hole).
     pub(crate) fn record(&mut self, pn: u64, now: Instant) -> bool {
         // The common case: the next packet in order extends the newest range.
+        if let Some(run) = self.refused.as_mut().and_then(|r| r.back_mut()) {
+            // An accepted number right after a refused run joins it (it counts as seen
+            // either way), so a stall that refuses every other packet keeps one range.
+            if run.1 + 1 == pn {
+                run.1 = pn;
+            }
+        }
         if let Some(newest) = self.ranges.back_mut().filter(|r| r.1 + 1 == pn) {
             newest.1 = pn;
             self.largest_at = now;
@@ -144,6 +203,17 @@ impl ReceivedPackets {
         }
     }
 
+    /// Forgets refused runs that count as seen anyway (below the floor or the history).
+    fn trim_refused(&mut self) {
+        let horizon = self.largest().map_or(0, |l| l.saturating_sub(HISTORY));
+        let floor = self.floor.max(horizon);
+        if let Some(refused) = &mut self.refused {
+            while refused.front().is_some_and(|r| r.1 < floor) {
+                refused.pop_front();
+            }
+        }
+    }
+
     /// The ranges for an acknowledgement, newest first.
     pub(crate) fn ranges(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
         self.ranges.iter().rev().copied()
@@ -173,6 +243,60 @@ impl ReceivedPackets {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_refused_number_is_never_acknowledged_and_never_taken_again() {
+        let mut r = ReceivedPackets::default();
+        for pn in 0..5 {
+            r.record(pn, Instant::from_micros(pn));
+        }
+        assert_eq!(r.verdict(5), Verdict::New);
+        r.refuse(5);
+        assert_eq!(r.verdict(5), Verdict::Refused);
+        assert!(r.verdict(5).is_missing(), "a repair may still rebuild it");
+        // The packets after it are taken as usual; 5 stays out of every acknowledgement.
+        r.record(6, Instant::from_micros(6));
+        assert_eq!(r.ranges().collect::<Vec<_>>(), [(6, 6), (0, 4)]);
+        assert_eq!(r.verdict(5), Verdict::Refused);
+        assert_eq!(r.verdict(6), Verdict::Duplicate);
+    }
+
+    #[test]
+    fn refused_runs_stay_within_their_cap() {
+        let mut r = ReceivedPackets::default();
+        r.record(0, Instant::ZERO);
+        // Separate runs (accepted packets between them are not adjacent to the last one).
+        for run in 0..(3 * MAX_REFUSED_RANGES as u64) {
+            r.refuse(10 * run + 1);
+            r.refuse(10 * run + 2);
+            r.record(10 * run + 5, Instant::from_micros(run));
+        }
+        let refused = r.refused.as_ref().expect("made");
+        assert!(refused.len() <= MAX_REFUSED_RANGES);
+        // The oldest runs count as seen now; the newest are still told apart.
+        assert_eq!(r.verdict(1), Verdict::Duplicate);
+        let last = 10 * (3 * MAX_REFUSED_RANGES as u64 - 1);
+        assert_eq!(r.verdict(last + 2), Verdict::Refused);
+        assert_eq!(r.verdict(last + 3), Verdict::New);
+    }
+
+    #[test]
+    fn a_stall_that_refuses_every_other_packet_keeps_one_run() {
+        let mut r = ReceivedPackets::default();
+        r.record(0, Instant::ZERO);
+        for pn in (1..100).step_by(2) {
+            r.refuse(pn);
+            r.record(pn + 1, Instant::from_micros(pn));
+        }
+        assert_eq!(r.refused.as_ref().map(|x| x.len()), Some(1));
+        assert!((1..100)
+            .step_by(2)
+            .all(|pn| r.verdict(pn) == Verdict::Refused));
+        // Given back once it all counts as seen.
+        r.floor = 150;
+        r.release_room();
+        assert!(r.refused.is_none());
+    }
 
     proptest! {
         /// The in-order shortcut leaves exactly what the general path would.
