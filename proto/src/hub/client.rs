@@ -653,13 +653,26 @@ impl HubClient {
                 self.ready.push_back(HubEvent::Transport(event));
             }
             Event::Disconnected { .. } | Event::ConnectFailed { .. } => {
-                self.rooms.clear();
+                // Peer links rest on the hub (the rooms they share, the keys it vouched for,
+                // this session's user ids): they close with it, direct ones too. Each link's
+                // own `Disconnected` still finds its user, and is swallowed.
+                for (_, link) in core::mem::take(&mut self.links) {
+                    if let Some(conn) = link.conn {
+                        ep.disconnect(conn, 0);
+                    }
+                }
                 self.ciphers.clear();
                 let hub = self.conn;
                 self.abandon_requests(hub);
                 self.waiting.clear();
                 self.waiting_bytes = 0;
                 self.ready.push_back(HubEvent::Transport(event));
+                for room in core::mem::take(&mut self.rooms).into_keys() {
+                    self.ready.push_back(HubEvent::RoomLeft {
+                        room: RoomId(room),
+                        reason: LeaveReason::Disconnected,
+                    });
+                }
             }
             Event::Message {
                 channel, payload, ..
@@ -743,9 +756,10 @@ impl HubClient {
                     }
                 }
             }
-            Event::Disconnected { .. } => {
+            Event::Disconnected { .. } | Event::ConnectFailed { .. } => {
                 // A link this member closed (the peer left every shared room), one that lost
-                // a crossing handshake, or one that failed: the application never saw it.
+                // a crossing handshake, or one that failed or never connected: the
+                // application never saw it.
                 // Its requests will get neither an answer nor a timeout from the endpoint.
                 self.link_users.remove(&conn);
                 self.abandon_requests(conn);

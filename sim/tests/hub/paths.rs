@@ -2,7 +2,8 @@
 //! the NATs allow, back through the hub when the direct path dies — one connection
 //! throughout, so channels, order and exactly-once hold across every move.
 
-use shoal_proto::hub::{HubEvent, PathPolicy, RoomOptions, Target};
+use shoal_proto::hub::{HubError, HubEvent, LeaveReason, PathPolicy, RoomOptions, Target};
+use shoal_proto::Event;
 use shoal_sim::{NatConfig, NatKind, Simulator};
 
 use crate::world::{hub_config, link, messages, number, numbered, World};
@@ -398,6 +399,95 @@ fn a_link_closes_quietly_when_its_peer_leaves_every_shared_room() {
             "member {i} saw nothing of the link closing"
         );
     }
+}
+
+/// Peer links rest on the hub (the rooms they share, the keys it vouched for, the session's
+/// user ids): when the member's hub connection ends they close with it, direct ones too. The
+/// member hears it left its rooms, and a send to a former peer is refused rather than going
+/// into a link that lives on without a room (direct) or can never carry it (relayed).
+#[test]
+fn peer_links_close_when_the_hub_connection_ends() {
+    // The hub goes away unheard (a direct link would live on), or the member leaves it.
+    for (seed, policy, hub_vanishes) in [
+        (28, PathPolicy::Auto, true),
+        (29, PathPolicy::RelayOnly, false),
+    ] {
+        let (mut sim, mut w) = pair(seed, Place::Public, Place::Public, policy, 0.0);
+        w.run(&mut sim, 1000);
+        let b = w.user(1);
+        let link = w.client(0).link(b).expect("link");
+        assert!(sim.endpoint(w.members[0]).is_connected(link));
+        let room = w.client(0).rooms().next().expect("room").id;
+        w.take(0);
+        if hub_vanishes {
+            for &m in &w.members {
+                sim.set_link_up(w.hub_node, m, false);
+                sim.set_link_up(m, w.hub_node, false);
+            }
+            // Past the idle timeout: both members' hub connections time out.
+            w.run(&mut sim, 12_000);
+        } else {
+            let hub = w.client(0).connection();
+            w.act(&mut sim, 0, |_, ep| ep.disconnect(hub, 0));
+            w.run(&mut sim, 500);
+        }
+        assert_eq!(w.client(0).link(b), None, "{policy:?}");
+        assert!(!sim.endpoint(w.members[0]).is_connected(link), "{policy:?}");
+        let sent = w.act(&mut sim, 0, |c, ep| {
+            c.send(ep, Target::User(b), 2, &b"x"[..])
+        });
+        assert!(
+            matches!(sent, Err(HubError::NotIntroduced(u)) if u == b),
+            "{policy:?}: {sent:?}"
+        );
+        let events = w.take(0);
+        assert!(events.iter().any(|e| matches!(
+            e,
+            HubEvent::RoomLeft { room: r, reason: LeaveReason::Disconnected } if *r == room
+        )));
+        assert!(
+            !events.iter().any(|e| matches!(
+                e,
+                HubEvent::Transport(Event::Disconnected { conn, .. }) if *conn == link
+            )),
+            "the link's end is the hub connection's"
+        );
+        if !hub_vanishes {
+            // (When the hub vanishes, the peer may close the link first: that one is lost.)
+            assert_eq!(w.client(0).stats().links_lost, 0, "{policy:?}");
+        }
+    }
+}
+
+/// A direct-only link whose handshake cannot get through (both members behind symmetric
+/// NATs) fails quietly: the application never saw it start, and the member forgets the
+/// attempt instead of keeping a handle that refuses every send.
+#[test]
+fn a_direct_only_link_that_never_connects_fails_quietly() {
+    let (mut sim, mut w) = pair(
+        202,
+        Place::Behind(NatKind::Symmetric),
+        Place::Behind(NatKind::Symmetric),
+        PathPolicy::DirectOnly,
+        0.0,
+    );
+    w.run(&mut sim, 8000);
+    let b = w.user(1);
+    assert_eq!(w.client(0).link(b), None);
+    for i in 0..2 {
+        assert!(
+            !w.take(i)
+                .iter()
+                .any(|e| matches!(e, HubEvent::Transport(Event::ConnectFailed { .. }))),
+            "member {i} was told of a link it never saw start"
+        );
+    }
+    // A send waits for a link (none comes: direct-only does not retry) instead of failing
+    // on a dead handle.
+    let sent = w.act(&mut sim, 0, |c, ep| {
+        c.send(ep, Target::User(b), 2, &b"x"[..])
+    });
+    assert!(sent.is_ok(), "{sent:?}");
 }
 
 #[test]
