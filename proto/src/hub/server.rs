@@ -201,6 +201,8 @@ pub struct HubStats {
     pub kicks: u64,
     /// Members disconnected for not reading.
     pub too_slow: u64,
+    /// Notices a member's queue could not take (that member is disconnected as too slow).
+    pub notices_dropped: u64,
     /// Approval deadlines held now (joins waiting, and answered ones not yet trimmed).
     pub approval_deadlines: usize,
 }
@@ -687,14 +689,28 @@ impl Hub {
         self.by_conn.get(&conn).copied()
     }
 
-    /// Queues a notice to `user`; a full queue marks the member too slow.
+    /// Queues a notice to `user`. One that does not fit marks the member too slow at once:
+    /// notices are changes to its view of its rooms (and a lost `PeerJoined` takes with it a
+    /// pair key the hub does not keep), so a member that misses one is out of step for good.
+    /// Disconnected, it can connect and join again with whole member lists. (Only changes
+    /// fill the control queue: commands, which the hub rate-limits, not the relayed traffic.)
     fn notify(&mut self, ep: &mut Endpoint, user: u16, notice: &Notice) {
         let Some(m) = self.members.get(&user) else {
             return;
         };
-        let sent = ep.send(m.conn, self.config.control_channel, notice.encode());
-        self.queued(user, sent);
-        // Any other error means the connection is gone: its Disconnected event removes it.
+        match ep.send(m.conn, self.config.control_channel, notice.encode()) {
+            Ok(()) => {
+                self.queued(user, Ok(()));
+            }
+            // Gone: its Disconnected event removes it.
+            Err(SendError::UnknownConnection) => {}
+            Err(_) => {
+                self.stats.notices_dropped += 1;
+                if !self.slow.contains(&user) {
+                    self.slow.push(user);
+                }
+            }
+        }
     }
 
     /// Notes how queueing something for `user` went: a full queue that has not drained for

@@ -198,6 +198,80 @@ fn room_mates_flooding_a_slow_member_cannot_get_it_disconnected() {
     assert!(messages(&w.take(2)).len() > 100, "and kept receiving");
 }
 
+/// A member whose control queue at the hub cannot take a notice (here its downlink is cut
+/// while room mates come and go) is disconnected as too slow at once, rather than left
+/// connected with a view of its rooms that no longer matches the hub's: a missed
+/// `PeerJoined` also took a pair key with it, so it could never have messaged that peer.
+#[test]
+fn a_member_that_misses_a_notice_is_disconnected_not_left_out_of_step() {
+    const MEMBERS: usize = 8;
+    let endpoint = hub_endpoint_with_queues_of(2048);
+    let hub = HubConfig {
+        max_members_per_room: MEMBERS,
+        max_name_len: 16,
+        max_metadata_len: 16,
+        ..small_rooms_hub_config()
+    };
+    let (mut sim, mut w) = world_with(33, MEMBERS, hub, endpoint, link(0.0));
+    let room = room_of_all(&mut sim, &mut w, "churn");
+    sim.set_link_up(w.hub_node, w.members[0], false);
+    // The others come and go, each within its command rate, until a notice to member 0 does
+    // not fit (its stall clock starts only then).
+    let started = sim.now();
+    let mut round = 0;
+    while w.hub.stats().notices_dropped == 0 && sim.now() < started + Duration::from_secs(8) {
+        for i in 1..MEMBERS {
+            let name = format!("m{i}");
+            let _ = w.act(&mut sim, i, |c, ep| {
+                if round % 2 == 0 {
+                    c.leave_room(ep, room)
+                } else {
+                    c.join_room(ep, "churn", b"", name.as_bytes())
+                }
+            });
+        }
+        w.run(&mut sim, 60);
+        round += 1;
+    }
+    assert!(
+        w.hub.stats().notices_dropped > 0,
+        "the churn did not fill the queue: {round} rounds, {:?}",
+        w.hub.stats()
+    );
+    sim.set_link_up(w.hub_node, w.members[0], true);
+    w.run(&mut sim, 3000);
+    // Every member still connected holds the hub's view of the room.
+    let hub_view: Vec<u16> = w
+        .hub
+        .rooms()
+        .find(|r| r.id == room)
+        .map(|r| r.members)
+        .unwrap_or_default();
+    for i in 0..4 {
+        let conn = w.client(i).connection();
+        if !sim.endpoint(w.members[i]).is_connected(conn) {
+            continue;
+        }
+        let user = w.user(i);
+        let mut view: Vec<u16> = w
+            .client(i)
+            .room(room)
+            .map(|r| r.members.iter().map(|m| m.user).collect())
+            .unwrap_or_default();
+        let mut expected = if hub_view.contains(&user) {
+            hub_view.clone()
+        } else {
+            Vec::new()
+        };
+        expected.sort_unstable();
+        view.sort_unstable();
+        assert_eq!(view, expected, "member {i}'s view of the room");
+    }
+    assert_eq!(w.hub.stats().too_slow, 1, "the member that missed a notice");
+    let first = w.client(0).connection();
+    assert!(!sim.endpoint(w.members[0]).is_connected(first));
+}
+
 #[test]
 fn commands_past_the_rate_limit_are_refused() {
     let config = HubConfig {
