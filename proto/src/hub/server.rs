@@ -31,6 +31,12 @@ pub struct RateLimit {
 }
 
 /// Settings of a [`Hub`]. Every table the hub keeps is bounded by one of them.
+///
+/// The rate limits and budgets are per connection: a member that reconnects starts with
+/// full buckets (and a new user id, and must join its rooms again). What bounds a person
+/// rather than a connection is who may connect at all: connect tokens
+/// ([`Config::tokens`](crate::Config::tokens)) issued by the game's backend, one per
+/// connection.
 #[derive(Clone, Debug)]
 pub struct HubConfig {
     /// The channel members send control messages on (default
@@ -68,8 +74,10 @@ pub struct HubConfig {
     pub commands: RateLimit,
     /// How long a member's queue at the hub may stay full, with nothing draining from it,
     /// before the member counts as not reading and is disconnected (default 2 s). Until
-    /// then, and for a member that drains slowly, what does not fit is dropped and counted
-    /// (`dropped_queue_full`): room mates cannot get a slow member cut off by flooding it.
+    /// then, and for a member that drains slowly, relayed traffic that does not fit is
+    /// dropped and counted (`dropped_queue_full`): room mates cannot get a slow member cut
+    /// off by flooding it. A notice (a change to its rooms) that does not fit disconnects it
+    /// at once (`notices_dropped`): it would be out of step for good.
     pub stall_timeout: Duration,
     /// Where the pair keys come from: 32 bytes from the operating system (required; the
     /// drivers' hub binary fills it). Consumed by [`Hub::new`].
