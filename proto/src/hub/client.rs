@@ -57,7 +57,10 @@ pub enum PathPolicy {
     /// order and exactly-once hold across the moves, as it is one connection throughout.
     Auto,
     /// A peer link over a direct path only: both members connect to each other's observed
-    /// address at once; where the NATs allow no direct path, there is no link.
+    /// address at once; where the NATs allow no direct path, there is no link. Nothing on
+    /// such a path vouches for the peer but its static key, so each member needs one
+    /// (`Config::static_keypair`, which the hub vouches for): a link to a member without
+    /// one is not made ([`HubError::NoVouchedKey`]).
     DirectOnly,
 }
 
@@ -70,6 +73,8 @@ struct Link {
     key: Option<PublicKey>,
     /// Messages sent before the connection existed, in order.
     queued: VecDeque<(u8, Bytes)>,
+    /// Its handshake failed: sends fail until the hub introduces the pair again.
+    failed: bool,
 }
 
 /// Names one request to the hub; its answer (`Joined`, `Done` or `Refused`) carries it.
@@ -231,6 +236,11 @@ pub enum HubError {
     FieldTooLong,
     /// The peer link to this user is still being set up; requests wait for it.
     LinkPending(u16),
+    /// The peer link to this user could not be set up (its handshake failed).
+    LinkFailed(u16),
+    /// A direct-only link to this user cannot be authenticated: the hub vouched for no
+    /// static key of it.
+    NoVouchedKey(u16),
     /// Peer links need an endpoint that accepts incoming connections and an unreliable
     /// tunnel channel.
     LinkSetup(&'static str),
@@ -261,6 +271,17 @@ impl fmt::Display for HubError {
                 "the link to user {u} is being set up; retry once it has sent something"
             ),
             HubError::LinkSetup(what) => write!(f, "peer links need {what}"),
+            HubError::LinkFailed(u) => write!(
+                f,
+                "the peer link to user {u} could not be set up; it is tried again when the \
+                 two share a room anew"
+            ),
+            HubError::NoVouchedKey(u) => write!(
+                f,
+                "user {u} has no static key the hub vouched for, so a direct-only link to it \
+                 could not be authenticated; give it a Config::static_keypair or use \
+                 PathPolicy::Auto"
+            ),
         }
     }
 }
@@ -278,6 +299,9 @@ pub struct HubClientStats {
     pub waiting_dropped: u64,
     /// Peer links that ended before their peer left every shared room.
     pub links_lost: u64,
+    /// Peer links whose handshake failed (sends to the peer fail until it is introduced
+    /// again).
+    pub links_failed: u64,
 }
 
 /// A member of a hub: one endpoint's connection to the hub, its rooms and pair keys. Feed it
@@ -328,7 +352,8 @@ impl HubClient {
 
     /// A member that reaches others as `policy` says. Peer links (every policy but
     /// `Messages`) need `config.accept_incoming` and, but for `DirectOnly`, the unreliable
-    /// tunnel channel of [`endpoint_config`](super::endpoint_config).
+    /// tunnel channel of [`endpoint_config`](super::endpoint_config); `DirectOnly` needs
+    /// `config.static_keypair`.
     pub fn with_paths(
         conn: ConnectionHandle,
         config: &Config,
@@ -338,6 +363,12 @@ impl HubClient {
         if policy != PathPolicy::Messages {
             if !config.accept_incoming {
                 return Err(HubError::LinkSetup("Config::accept_incoming"));
+            }
+            if policy == PathPolicy::DirectOnly && config.static_keypair.is_none() {
+                return Err(HubError::LinkSetup(
+                    "Config::static_keypair for direct-only links (the key the hub vouches for \
+                     is all that authenticates them)",
+                ));
             }
             let tunnel = config.channels.get(usize::from(client.tunnel_channel));
             if policy != PathPolicy::DirectOnly
@@ -539,6 +570,12 @@ impl HubClient {
         let payload = payload.into();
         if let (Target::User(u), true) = (to, self.policy != PathPolicy::Messages) {
             let link = self.links.get_mut(&u).ok_or(HubError::NotIntroduced(u))?;
+            if self.policy == PathPolicy::DirectOnly && link.key.is_none() {
+                return Err(HubError::NoVouchedKey(u));
+            }
+            if link.failed {
+                return Err(HubError::LinkFailed(u));
+            }
             return match link.conn {
                 Some(conn) => Ok(ep.send(conn, channel, payload)?),
                 None if link.queued.len() < MAX_LINK_QUEUE => {
@@ -583,6 +620,12 @@ impl HubClient {
         }
         if self.policy != PathPolicy::Messages {
             let link = self.links.get(&to).ok_or(HubError::NotIntroduced(to))?;
+            if self.policy == PathPolicy::DirectOnly && link.key.is_none() {
+                return Err(HubError::NoVouchedKey(to));
+            }
+            if link.failed {
+                return Err(HubError::LinkFailed(to));
+            }
             let conn = link.conn.ok_or(HubError::LinkPending(to))?;
             let id = ep.request(now, conn, channel, Bytes::copy_from_slice(payload))?;
             self.asked.insert(id, (to, conn));
@@ -666,13 +709,15 @@ impl HubClient {
                 self.abandon_requests(hub);
                 self.waiting.clear();
                 self.waiting_bytes = 0;
-                self.ready.push_back(HubEvent::Transport(event));
+                // The rooms first: an application that stops at the connection's end has
+                // heard of them.
                 for room in core::mem::take(&mut self.rooms).into_keys() {
                     self.ready.push_back(HubEvent::RoomLeft {
                         room: RoomId(room),
                         reason: LeaveReason::Disconnected,
                     });
                 }
+                self.ready.push_back(HubEvent::Transport(event));
             }
             Event::Message {
                 channel, payload, ..
@@ -746,6 +791,7 @@ impl HubClient {
                 self.link_users.insert(conn, user);
                 let link = self.links.entry(user).or_default();
                 link.conn = Some(conn);
+                link.failed = false;
                 for (channel, payload) in core::mem::take(&mut link.queued) {
                     // Queued in order before the link existed; the same limits apply now.
                     let _ = ep.send(conn, channel, payload);
@@ -756,10 +802,22 @@ impl HubClient {
                     }
                 }
             }
-            Event::Disconnected { .. } | Event::ConnectFailed { .. } => {
+            Event::ConnectFailed { .. } => {
+                // A link that never connected (refused, or no answer): the application never
+                // saw it start. Not retried at once (a refusal comes back within a round
+                // trip, and would again): sends fail until the pair is introduced again.
+                self.link_users.remove(&conn);
+                self.abandon_requests(conn);
+                if let Some(link) = self.links.get_mut(&user).filter(|l| l.conn == Some(conn)) {
+                    self.stats.links_failed += 1;
+                    link.conn = None;
+                    link.failed = true;
+                    link.queued.clear();
+                }
+            }
+            Event::Disconnected { .. } => {
                 // A link this member closed (the peer left every shared room), one that lost
-                // a crossing handshake, or one that failed or never connected: the
-                // application never saw it.
+                // a crossing handshake, or one that failed: the application never saw it.
                 // Its requests will get neither an answer nor a timeout from the endpoint.
                 self.link_users.remove(&conn);
                 self.abandon_requests(conn);
@@ -848,10 +906,11 @@ impl HubClient {
         if let Some(u) = relay_user(remote) {
             return Some(u);
         }
-        let direct_only = self.policy == PathPolicy::DirectOnly;
+        // From an address the hub gave for a peer: only a peer whose key the hub vouched for
+        // (another host can hold an address it announced; the key is checked on Connected).
         self.links
             .iter()
-            .find(|(_, l)| l.addrs.contains(&remote) && (direct_only || l.key.is_some()))
+            .find(|(_, l)| l.addrs.contains(&remote) && l.key.is_some())
             .map(|(&u, _)| u)
     }
 
@@ -871,9 +930,11 @@ impl HubClient {
             PathPolicy::Messages => return,
             PathPolicy::RelayOnly | PathPolicy::Auto if me < user => relay_address(user),
             PathPolicy::RelayOnly | PathPolicy::Auto => return,
-            PathPolicy::DirectOnly => match link.addrs.first() {
-                Some(&addr) => addr,
-                None => return,
+            // Pinned to the vouched key: nothing else tells the peer from whoever holds
+            // its address, or sits on the path.
+            PathPolicy::DirectOnly => match (link.addrs.first(), link.key) {
+                (Some(&addr), Some(_)) => addr,
+                _ => return,
             },
         };
         let options = ConnectOptions {
@@ -974,6 +1035,7 @@ impl HubClient {
                 let link = self.links.entry(entry.user).or_default();
                 link.addrs = entry.addrs.clone();
                 link.key = entry.key.map(PublicKey);
+                link.failed = false;
                 self.open_link(ep, now, entry.user);
             }
             // Whatever waited for this key can be opened now.

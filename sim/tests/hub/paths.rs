@@ -441,10 +441,21 @@ fn peer_links_close_when_the_hub_connection_ends() {
             "{policy:?}: {sent:?}"
         );
         let events = w.take(0);
-        assert!(events.iter().any(|e| matches!(
-            e,
-            HubEvent::RoomLeft { room: r, reason: LeaveReason::Disconnected } if *r == room
-        )));
+        let hub = w.client(0).connection();
+        let left = events.iter().position(|e| {
+            matches!(
+                e,
+                HubEvent::RoomLeft { room: r, reason: LeaveReason::Disconnected } if *r == room
+            )
+        });
+        let ended = events.iter().position(
+            |e| matches!(e, HubEvent::Transport(Event::Disconnected { conn, .. }) if *conn == hub),
+        );
+        // The rooms first: an application that stops at the hub connection's end heard them.
+        assert!(
+            left.is_some() && left < ended,
+            "{policy:?}: {left:?} {ended:?}"
+        );
         assert!(
             !events.iter().any(|e| matches!(
                 e,
@@ -482,12 +493,87 @@ fn a_direct_only_link_that_never_connects_fails_quietly() {
             "member {i} was told of a link it never saw start"
         );
     }
-    // A send waits for a link (none comes: direct-only does not retry) instead of failing
-    // on a dead handle.
+    // A send says so, rather than failing on a dead handle or waiting for a link that is
+    // not coming.
     let sent = w.act(&mut sim, 0, |c, ep| {
         c.send(ep, Target::User(b), 2, &b"x"[..])
     });
-    assert!(sent.is_ok(), "{sent:?}");
+    assert_eq!(sent, Err(HubError::LinkFailed(b)));
+    assert!(w.client(0).stats().links_failed >= 1);
+}
+
+/// A direct-only link is authenticated by nothing but the static key the hub vouched for:
+/// a member makes none without one. Before, a member without a key was linked anyway, so a
+/// host holding an address the peer announced (its own network, a public Wi-Fi) became the
+/// peer's link and spoke as it, and anyone on the path could sit between the two.
+#[test]
+fn a_direct_only_link_needs_a_key_the_hub_vouched_for() {
+    let (mut sim, mut w) = World::new(
+        30,
+        hub_config(),
+        shoal_proto::hub::endpoint_config(),
+        link(0.0),
+    );
+    // Member 0 is direct-only (with a key); member 1 has no key.
+    w.add_member(&mut sim, None, PathPolicy::DirectOnly);
+    w.add_member(&mut sim, None, PathPolicy::Auto);
+    let stranger = sim
+        .add_node(shoal_proto::hub::endpoint_config())
+        .expect("node");
+    w.settle(&mut sim);
+    let taken = sim.address(stranger);
+    w.act(&mut sim, 1, |c, ep| c.announce(ep, &[taken]))
+        .expect("announce");
+    w.act(&mut sim, 0, |c, ep| {
+        c.create_room(ep, "pair", &RoomOptions::default())
+    })
+    .expect("create");
+    w.run(&mut sim, 300);
+    w.act(&mut sim, 1, |c, ep| c.join_room(ep, "pair", b"", b""))
+        .expect("join");
+    w.run(&mut sim, 1500);
+    let b = w.user(1);
+    assert_eq!(
+        w.client(0).link(b),
+        None,
+        "no link to a member without a key"
+    );
+    let sent = w.act(&mut sim, 0, |c, ep| {
+        c.send(ep, Target::User(b), 2, &b"x"[..])
+    });
+    assert_eq!(sent, Err(HubError::NoVouchedKey(b)));
+    // The stranger at the address member 1 announced connects: an ordinary connection, not
+    // member 1's link, and nothing it says comes from member 1.
+    w.take(0);
+    let conn = sim.connect(stranger, w.members[0], &[]).expect("connect");
+    sim.endpoint_mut(stranger)
+        .send(conn, 2, &b"I am member 1"[..])
+        .expect("queued");
+    w.run(&mut sim, 1000);
+    assert_eq!(w.client(0).link(b), None);
+    let events = w.take(0);
+    assert!(
+        !messages(&events)
+            .iter()
+            .any(|(_, _, _, m)| &m[..] == b"I am member 1"),
+        "the stranger spoke as member 1: {events:?}"
+    );
+}
+
+#[test]
+fn a_direct_only_member_without_a_static_key_is_refused_at_once() {
+    let config = shoal_proto::Config {
+        accept_incoming: true,
+        secret_seed: Some(shoal_proto::SecretSeed::insecure_from_u64(1)),
+        ..shoal_proto::hub::endpoint_config()
+    };
+    let mut ep = shoal_proto::Endpoint::new(config.clone()).expect("endpoint");
+    let hub = "192.0.2.1:4000".parse().expect("addr");
+    let conn = ep
+        .connect(shoal_proto::Instant::ZERO, hub, b"")
+        .expect("connect");
+    let made = shoal_proto::hub::HubClient::with_paths(conn, &config, PathPolicy::DirectOnly);
+    assert!(matches!(made, Err(HubError::LinkSetup(_))));
 }
 
 #[test]

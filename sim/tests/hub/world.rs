@@ -100,7 +100,10 @@ impl World {
         nat: Option<NatId>,
         policy: PathPolicy,
     ) -> usize {
-        self.add_member_with_key(sim, nat, policy, None)
+        // A direct-only member needs a static key (the hub vouches for it to its peers).
+        let key = (policy == PathPolicy::DirectOnly)
+            .then(|| shoal_proto::Keypair::from_secret([self.members.len() as u8 + 1; 32]));
+        self.add_member_with_key(sim, nat, policy, key)
     }
 
     /// Like `add_member`, the member's endpoint proving `key` in its handshakes (to the hub,
