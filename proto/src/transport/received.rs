@@ -23,6 +23,9 @@ pub(crate) const MAX_AHEAD: u64 = 1 << 14;
 /// Past this the oldest is forgotten and everything below it counts as seen, as with
 /// `MAX_RANGES`: a peer whose packets are refused in many separate runs costs a fixed amount.
 const MAX_REFUSED_RANGES: usize = 16;
+/// How far below the newest packet a refused run is remembered; past it, everything up to
+/// the run counts as seen (no honest packet arrives this late) and its memory goes back.
+const REFUSED_HISTORY: u64 = 4096;
 
 /// What to do with an arriving packet number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,8 +59,9 @@ pub(crate) struct ReceivedPackets {
     floor: u64,
     /// When the newest packet arrived (for the acknowledgement delay).
     largest_at: Instant,
-    /// Refused packet numbers, as ranges like `ranges` but never acknowledged: made on the
-    /// first refusal, given back once they are all below what counts as seen.
+    /// Refused packet numbers, as ranges like `ranges` but never acknowledged (a run may
+    /// span numbers taken in between): made on the first refusal, given back once the last
+    /// is [`REFUSED_HISTORY`] behind.
     refused: Option<alloc::boxed::Box<heapless::Deque<(u64, u64), MAX_REFUSED_RANGES>>>,
 }
 
@@ -66,10 +70,6 @@ impl ReceivedPackets {
     /// extend the newest range in place).
     pub(crate) fn release_room(&mut self) {
         self.ranges.shrink_to(self.ranges.len().max(1));
-        self.trim_refused();
-        if self.refused.as_ref().is_some_and(|r| r.is_empty()) {
-            self.refused = None;
-        }
     }
 
     /// The ends of the ranges (for `MemoryHint`).
@@ -120,10 +120,25 @@ impl ReceivedPackets {
     /// reset notice, earn an address a challenge) or cost a parse. Not acknowledged: the
     /// peer resends the frames.
     pub(crate) fn refuse(&mut self, pn: u64) {
+        // The newest run grows over numbers taken since (a stall that refuses every other
+        // packet, the acknowledgement-only ones between taken, keeps one run).
+        let taken_since = |high: u64| {
+            high + 1 >= pn
+                || self
+                    .ranges
+                    .iter()
+                    .rev()
+                    .any(|&(low, top)| low <= high + 1 && pn - 1 <= top)
+        };
+        let grows = self
+            .refused
+            .as_ref()
+            .and_then(|r| r.back())
+            .is_some_and(|&(low, high)| low <= pn && high < pn && taken_since(high));
         let refused = self.refused.get_or_insert_with(Default::default);
-        // Merge into a range it touches (a stall refuses a run of numbers; the accepted
-        // acknowledgement-only packets between them join it through `record`).
-        if let Some(r) = refused
+        if let Some(r) = refused.back_mut().filter(|_| grows) {
+            r.1 = pn;
+        } else if let Some(r) = refused
             .iter_mut()
             .find(|r| r.0 <= pn.saturating_add(1) && pn <= r.1.saturating_add(1))
         {
@@ -144,13 +159,6 @@ impl ReceivedPackets {
     /// (it skipped over a missing packet, or fills a hole).
     pub(crate) fn record(&mut self, pn: u64, now: Instant) -> bool {
         // The common case: the next packet in order extends the newest range.
-        if let Some(run) = self.refused.as_mut().and_then(|r| r.back_mut()) {
-            // An accepted number right after a refused run joins it (it counts as seen
-            // either way), so a stall that refuses every other packet keeps one range.
-            if run.1 + 1 == pn {
-                run.1 = pn;
-            }
-        }
         if let Some(newest) = self.ranges.back_mut().filter(|r| r.1 + 1 == pn) {
             newest.1 = pn;
             self.largest_at = now;
@@ -193,7 +201,8 @@ impl ReceivedPackets {
         out_of_order
     }
 
-    /// Forgets the oldest ranges past `MAX_RANGES` or older than `HISTORY` below `largest`.
+    /// Forgets the oldest ranges past `MAX_RANGES` or older than `HISTORY` below `largest`,
+    /// and refused runs older than `REFUSED_HISTORY`.
     fn trim(&mut self, largest: u64) {
         let horizon = largest.saturating_sub(HISTORY);
         while self.ranges.len() > MAX_RANGES || self.ranges.front().is_some_and(|r| r.1 < horizon) {
@@ -201,15 +210,14 @@ impl ReceivedPackets {
                 self.floor = self.floor.max(high + 1);
             }
         }
-    }
-
-    /// Forgets refused runs that count as seen anyway (below the floor or the history).
-    fn trim_refused(&mut self) {
-        let horizon = self.largest().map_or(0, |l| l.saturating_sub(HISTORY));
-        let floor = self.floor.max(horizon);
         if let Some(refused) = &mut self.refused {
-            while refused.front().is_some_and(|r| r.1 < floor) {
+            let horizon = largest.saturating_sub(REFUSED_HISTORY);
+            while let Some(&(_, high)) = refused.front().filter(|r| r.1 < horizon) {
                 refused.pop_front();
+                self.floor = self.floor.max(high + 1);
+            }
+            if refused.is_empty() {
+                self.refused = None;
             }
         }
     }
@@ -289,13 +297,39 @@ mod tests {
             r.record(pn + 1, Instant::from_micros(pn));
         }
         assert_eq!(r.refused.as_ref().map(|x| x.len()), Some(1));
+        assert_eq!(r.refused.as_ref().and_then(|x| x.front()), Some(&(1, 99)));
         assert!((1..100)
             .step_by(2)
             .all(|pn| r.verdict(pn) == Verdict::Refused));
-        // Given back once it all counts as seen.
-        r.floor = 150;
-        r.release_room();
-        assert!(r.refused.is_none());
+    }
+
+    #[test]
+    fn a_refused_run_does_not_grow_over_numbers_not_received() {
+        let mut r = ReceivedPackets::default();
+        r.record(0, Instant::ZERO);
+        r.refuse(1);
+        // 2 never arrives; 3 is taken, 4 refused: a new run, 2 still new.
+        r.record(3, Instant::ZERO);
+        r.refuse(4);
+        assert_eq!(r.verdict(2), Verdict::New);
+        assert_eq!(r.refused.as_ref().map(|x| x.len()), Some(2));
+    }
+
+    #[test]
+    fn refused_numbers_are_given_back_once_far_behind() {
+        let mut r = ReceivedPackets::default();
+        r.record(0, Instant::ZERO);
+        r.refuse(1);
+        // A clean path from here on.
+        for pn in 2..REFUSED_HISTORY + 10 {
+            r.record(pn, Instant::from_micros(pn));
+        }
+        assert!(r.refused.is_none(), "the box goes back");
+        assert_eq!(
+            r.verdict(1),
+            Verdict::Duplicate,
+            "and its replay is still refused"
+        );
     }
 
     proptest! {
