@@ -732,13 +732,14 @@ fn hub_vectors() {
 
     // Sealing under the pair key above: user 9 (Alice) to user 12 (Bob), channel 3 messages
     // "hi" then "yo" (associated data: kind 0, channel 3), and Bob's response "ok" to a
-    // request of Alice's (associated data: kind 2).
+    // request Alice sealed with her counter 2 (associated data: kind 2, that counter).
     const HI: &str = "0000000000000000 1e80 7516dd1444127fecc1ca5af99b59a62c";
     const YO: &str = "0000000000000001 8018 c113fd029a791748c67b6daf7aae2cf0";
-    const OK: &str = "0000000000000000 2f59 192495e08555bde046e9f5f45945b41b";
+    const OK: &str = "0000000000000000 2f59 b4ee515a7c51726009df30f9960ef1b5";
+    const OK_AAD: [u8; 9] = [2, 0, 0, 0, 0, 0, 0, 0, 2];
     let sealed = seal_pair(&pair_key, 9, 12, &[0, 3], &[b"hi", b"yo"]);
     assert_eq!(sealed, [hex(HI), hex(YO)]);
-    assert_eq!(seal_pair(&pair_key, 12, 9, &[2], &[b"ok"]), [hex(OK)]);
+    assert_eq!(seal_pair(&pair_key, 12, 9, &OK_AAD, &[b"ok"]), [hex(OK)]);
     assert_eq!(
         open_pair(&pair_key, 12, 9, &[0, 3], &hex(HI)).as_deref(),
         Some(&b"hi"[..])
@@ -748,9 +749,13 @@ fn hub_vectors() {
         Some(&b"yo"[..])
     );
     assert_eq!(
-        open_pair(&pair_key, 9, 12, &[2], &hex(OK)).as_deref(),
+        open_pair(&pair_key, 9, 12, &OK_AAD, &hex(OK)).as_deref(),
         Some(&b"ok"[..])
     );
+    // As the answer to another request of Alice's: not opened.
+    let mut other = OK_AAD;
+    other[8] = 1;
+    assert_eq!(open_pair(&pair_key, 9, 12, &other, &hex(OK)), None);
     // Another channel, kind, direction or counter, or a flipped bit: not opened.
     let hi = hex(HI);
     assert_eq!(open_pair(&pair_key, 12, 9, &[0, 2], &hi), None);

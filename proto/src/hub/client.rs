@@ -40,6 +40,22 @@ const AAD_MESSAGE: u8 = 0;
 const AAD_REQUEST: u8 = 1;
 const AAD_RESPONSE: u8 = 2;
 
+/// What a sealed response binds: its kind and the counter of the sealed request it answers,
+/// so that a relay cannot hand one request's answer back as another's.
+fn response_aad(request_counter: u64) -> [u8; 9] {
+    let mut aad = [AAD_RESPONSE; 9];
+    aad[1..].copy_from_slice(&request_counter.to_be_bytes());
+    aad
+}
+
+/// The counter a sealed payload carries (its first 8 bytes; 0 if it is too short to open).
+fn sealed_counter(sealed: &[u8]) -> u64 {
+    sealed
+        .get(..8)
+        .and_then(|c| c.try_into().ok())
+        .map_or(0, u64::from_be_bytes)
+}
+
 /// How a member reaches the members it shares a room with.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum PathPolicy {
@@ -117,6 +133,8 @@ pub struct PeerRequest {
     pub request: IncomingRequest,
     /// The peer link it came on, if not relayed by the hub.
     link: Option<ConnectionHandle>,
+    /// The counter of the sealed request (relayed ones): the response binds it.
+    sealed: u64,
 }
 
 /// What happened, as a member sees it.
@@ -315,7 +333,8 @@ pub struct HubClient {
     rooms: BTreeMap<u16, RoomView>,
     ciphers: BTreeMap<u16, PairCipher>,
     /// Requests sent to members, by id: whose key opens the response.
-    asked: BTreeMap<RequestId, (u16, ConnectionHandle)>,
+    /// (A relayed one also keeps its sealed counter, which the response binds.)
+    asked: BTreeMap<RequestId, (u16, ConnectionHandle, u64)>,
     waiting: VecDeque<Event>,
     /// The payload bytes `waiting` holds, kept under `max_waiting_bytes`.
     waiting_bytes: usize,
@@ -628,7 +647,7 @@ impl HubClient {
             }
             let conn = link.conn.ok_or(HubError::LinkPending(to))?;
             let id = ep.request(now, conn, channel, Bytes::copy_from_slice(payload))?;
-            self.asked.insert(id, (to, conn));
+            self.asked.insert(id, (to, conn, 0));
             return Ok(id);
         }
         let cipher = self
@@ -636,8 +655,9 @@ impl HubClient {
             .get_mut(&to)
             .ok_or(HubError::NotIntroduced(to))?;
         let sealed = cipher.seal(&[AAD_REQUEST, channel], payload);
+        let counter = sealed_counter(&sealed);
         let id = ep.request_redirected(now, self.conn, channel, sealed, Some(to))?;
-        self.asked.insert(id, (to, self.conn));
+        self.asked.insert(id, (to, self.conn, counter));
         Ok(id)
     }
 
@@ -656,7 +676,7 @@ impl HubClient {
             .ciphers
             .get_mut(&request.from)
             .ok_or(HubError::NotIntroduced(request.from))?;
-        let sealed = cipher.seal(&[AAD_RESPONSE], payload);
+        let sealed = cipher.seal(&response_aad(request.sealed), payload);
         ep.respond(self.conn, request.request, sealed)?;
         Ok(())
     }
@@ -738,11 +758,11 @@ impl HubClient {
                 ..
             } => self.on_relayed(event),
             Event::Response { id, payload, .. } if self.asked.contains_key(&id) => {
-                let from = self.asked.remove(&id).map_or(0, |(u, _)| u);
+                let (from, counter) = self.asked.remove(&id).map_or((0, 0), |(u, _, n)| (u, n));
                 match self
                     .ciphers
                     .get(&from)
-                    .and_then(|c| c.open(&[AAD_RESPONSE], &payload))
+                    .and_then(|c| c.open(&response_aad(counter), &payload))
                 {
                     Some(plain) => self.ready.push_back(HubEvent::Response {
                         id,
@@ -857,6 +877,7 @@ impl HubClient {
                     from: user,
                     request,
                     link: Some(conn),
+                    sealed: 0,
                 },
                 payload,
             }),
@@ -882,7 +903,7 @@ impl HubClient {
     /// from the endpoint: each is reported timed out now.
     fn abandon_requests(&mut self, conn: ConnectionHandle) {
         let ready = &mut self.ready;
-        self.asked.retain(|&id, (_, c)| {
+        self.asked.retain(|&id, (_, c, _)| {
             let keep = *c != conn;
             if !keep {
                 ready.push_back(HubEvent::Transport(Event::RequestTimedOut { conn, id }));
@@ -1015,6 +1036,7 @@ impl HubClient {
                     from,
                     request,
                     link: None,
+                    sealed: sealed_counter(payload),
                 },
                 payload: plain,
             },
@@ -1241,5 +1263,54 @@ mod tests {
         assert_eq!(client.waiting.len(), MAX_WAITING);
         assert_eq!(client.waiting_bytes, MAX_WAITING * 10);
         assert!(client.poll_event().is_none());
+    }
+
+    /// A relayed response opens only as the answer to the request it was sealed for: a hub
+    /// that hands member 12's "yes" to one request back as the answer to another (or to a
+    /// later one) gets it dropped as unopened.
+    #[test]
+    fn a_relayed_response_opens_only_as_the_answer_to_its_own_request() {
+        let config = Config {
+            secret_seed: Some(SecretSeed::insecure_from_u64(3)),
+            ..super::super::endpoint_config()
+        };
+        let mut ep = Endpoint::new(config).unwrap();
+        let now = Instant::from_millis(1);
+        let hub = ep
+            .connect(now, "10.0.0.1:7000".parse().unwrap(), &[])
+            .unwrap();
+        let mut client = HubClient::new(hub, ep.config()).unwrap();
+        let pair_key = [5u8; 32];
+        client.ciphers.insert(12, PairCipher::new(&pair_key, 9, 12));
+        let mut peer = PairCipher::new(&pair_key, 12, 9);
+        // Member 9 asked member 12 twice ("buy for 100?", then "buy for 1?").
+        let mut ask = |id: u64, what: &[u8]| {
+            let cipher = client.ciphers.get_mut(&12).unwrap();
+            let sealed = cipher.seal(&[AAD_REQUEST, 2], what);
+            client
+                .asked
+                .insert(RequestId(id), (12, hub, sealed_counter(&sealed)));
+            sealed
+        };
+        let first = ask(1, b"buy for 100?");
+        let _second = ask(2, b"buy for 1?");
+        let yes_to_first = peer.seal(&response_aad(sealed_counter(&first)), b"yes");
+        let response = |id: u64, payload: &[u8]| Event::Response {
+            conn: hub,
+            id: RequestId(id),
+            payload: Bytes::copy_from_slice(payload),
+        };
+        client.handle_event(&mut ep, now, response(2, &yes_to_first));
+        assert_eq!(
+            client.stats().unopened,
+            1,
+            "not the second request's answer"
+        );
+        assert!(client.poll_event().is_none());
+        client.handle_event(&mut ep, now, response(1, &yes_to_first));
+        assert!(matches!(
+            client.poll_event(),
+            Some(HubEvent::Response { id: RequestId(1), from: 12, payload }) if &payload[..] == b"yes"
+        ));
     }
 }
