@@ -16,7 +16,7 @@ use crate::hub::{
     self as hubs, Hub, HubClient, HubConfig, HubEvent, RoomId, RoomOptions, Target,
     DEFAULT_CONTROL_CHANNEL,
 };
-use crate::{Config, ConnectionHandle, Endpoint, Instant, Protection, SecretSeed};
+use crate::{Config, ConnectionHandle, Endpoint, Instant, SecretSeed};
 
 /// Room flag bits of `Create`, as on the wire.
 pub const FLAG_APPROVAL: u8 = control::FLAG_APPROVAL;
@@ -298,13 +298,11 @@ fn addr(n: u8) -> SocketAddr {
 
 impl World {
     fn new() -> Option<World> {
-        // Plain packets: the hub's logic is the target here, not the cipher (and handshakes
-        // without X25519 keep the body fast).
+        // Protected, as a hub must be (it hands out pair keys).
         let config = |n: u64| {
             let mut c = Config {
                 seed: n,
                 secret_seed: Some(SecretSeed::insecure_from_u64(n)),
-                protection: Protection::None,
                 max_control_queue: 64,
                 ..hubs::endpoint_config()
             };

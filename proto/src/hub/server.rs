@@ -141,6 +141,9 @@ pub enum HubConfigError {
         /// What it must fit.
         max: usize,
     },
+    /// The endpoint runs without packet protection: the pair keys a hub hands out would
+    /// cross the network in the clear.
+    Unprotected,
 }
 
 impl fmt::Display for HubConfigError {
@@ -168,6 +171,10 @@ impl fmt::Display for HubConfigError {
                 "a full room's member list ({size} bytes) would not fit {max} bytes (the \
                  endpoint's max_message_size or the control channel's max_queued_bytes): \
                  lower max_members_per_room or max_metadata_len, or raise those"
+            ),
+            HubConfigError::Unprotected => f.write_str(
+                "a hub needs a protected endpoint (Config::protection): the pair keys it hands \
+                 members would otherwise cross the network in the clear",
             ),
         }
     }
@@ -424,6 +431,9 @@ impl Hub {
     /// A hub for an endpoint with configuration `endpoint` (its control channel must exist
     /// and be ordered).
     pub fn new(mut config: HubConfig, endpoint: &Config) -> Result<Self, HubConfigError> {
+        if endpoint.protection == crate::Protection::None {
+            return Err(HubConfigError::Unprotected);
+        }
         let control = endpoint.channels.get(usize::from(config.control_channel));
         if control.is_none_or(|c| c.kind != DeliveryKind::Ordered) {
             return Err(HubConfigError::ControlChannel(config.control_channel));

@@ -474,3 +474,16 @@ fn a_config_whose_member_list_cannot_be_sent_is_refused() {
     // The defaults fit.
     assert!(shoal_proto::hub::Hub::new(hub_config(), &endpoint).is_ok());
 }
+
+/// A hub hands out pair keys on its connections: on an unprotected endpoint they would
+/// cross the network in the clear, so it does not start.
+#[test]
+fn a_hub_on_an_unprotected_endpoint_is_refused() {
+    let endpoint = shoal_proto::Config {
+        protection: shoal_proto::Protection::None,
+        ..hub::endpoint_config()
+    };
+    let err = shoal_proto::hub::Hub::new(hub_config(), &endpoint).expect_err("unprotected");
+    assert_eq!(err, shoal_proto::hub::HubConfigError::Unprotected);
+    assert!(err.to_string().contains("protected"));
+}
