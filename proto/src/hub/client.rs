@@ -1215,10 +1215,10 @@ mod tests {
     use super::*;
     use crate::config::SecretSeed;
 
-    #[test]
-    fn messages_held_for_a_missing_pair_key_stay_under_the_byte_cap() {
+    /// A member's endpoint, its hub connection (connecting) and its client.
+    fn member(seed: u64) -> (Endpoint, ConnectionHandle, HubClient, Instant) {
         let config = Config {
-            secret_seed: Some(SecretSeed::insecure_from_u64(2)),
+            secret_seed: Some(SecretSeed::insecure_from_u64(seed)),
             ..super::super::endpoint_config()
         };
         let mut ep = Endpoint::new(config).unwrap();
@@ -1226,7 +1226,13 @@ mod tests {
         let hub = ep
             .connect(now, "10.0.0.1:7000".parse().unwrap(), &[])
             .unwrap();
-        let mut client = HubClient::new(hub, ep.config()).unwrap();
+        let client = HubClient::new(hub, ep.config()).unwrap();
+        (ep, hub, client, now)
+    }
+
+    #[test]
+    fn messages_held_for_a_missing_pair_key_stay_under_the_byte_cap() {
+        let (mut ep, hub, mut client, now) = member(2);
         // A room mate whose key this member never had (or already forgot) sends to it.
         let relayed = |len: usize| Event::Message {
             conn: hub,
@@ -1270,16 +1276,7 @@ mod tests {
     /// later one) gets it dropped as unopened.
     #[test]
     fn a_relayed_response_opens_only_as_the_answer_to_its_own_request() {
-        let config = Config {
-            secret_seed: Some(SecretSeed::insecure_from_u64(3)),
-            ..super::super::endpoint_config()
-        };
-        let mut ep = Endpoint::new(config).unwrap();
-        let now = Instant::from_millis(1);
-        let hub = ep
-            .connect(now, "10.0.0.1:7000".parse().unwrap(), &[])
-            .unwrap();
-        let mut client = HubClient::new(hub, ep.config()).unwrap();
+        let (mut ep, hub, mut client, now) = member(3);
         let pair_key = [5u8; 32];
         client.ciphers.insert(12, PairCipher::new(&pair_key, 9, 12));
         let mut peer = PairCipher::new(&pair_key, 12, 9);

@@ -4,7 +4,7 @@
 
 use shoal_proto::hub::{HubError, HubEvent, LeaveReason, PathPolicy, RoomOptions, Target};
 use shoal_proto::Event;
-use shoal_sim::{NatConfig, NatKind, Simulator};
+use shoal_sim::{NatConfig, NatKind, NodeId, Simulator};
 
 use crate::world::{hub_config, link, messages, number, numbered, World};
 
@@ -508,30 +508,10 @@ fn a_direct_only_link_that_never_connects_fails_quietly() {
 /// peer's link and spoke as it, and anyone on the path could sit between the two.
 #[test]
 fn a_direct_only_link_needs_a_key_the_hub_vouched_for() {
-    let (mut sim, mut w) = World::new(
-        30,
-        hub_config(),
-        shoal_proto::hub::endpoint_config(),
-        link(0.0),
-    );
     // Member 0 is direct-only (with a key); member 1 has no key.
-    w.add_member(&mut sim, None, PathPolicy::DirectOnly);
-    w.add_member(&mut sim, None, PathPolicy::Auto);
-    let stranger = sim
-        .add_node(shoal_proto::hub::endpoint_config())
-        .expect("node");
-    w.settle(&mut sim);
-    let taken = sim.address(stranger);
-    w.act(&mut sim, 1, |c, ep| c.announce(ep, &[taken]))
-        .expect("announce");
-    w.act(&mut sim, 0, |c, ep| {
-        c.create_room(ep, "pair", &RoomOptions::default())
-    })
-    .expect("create");
-    w.run(&mut sim, 300);
-    w.act(&mut sim, 1, |c, ep| c.join_room(ep, "pair", b"", b""))
-        .expect("join");
-    w.run(&mut sim, 1500);
+    let key = Some(shoal_proto::Keypair::from_secret([1; 32]));
+    let members = [(PathPolicy::DirectOnly, key), (PathPolicy::Auto, None)];
+    let (mut sim, mut w, stranger) = meet_with_a_stranger_as(30, members, None);
     let b = w.user(1);
     assert_eq!(
         w.client(0).link(b),
@@ -544,13 +524,20 @@ fn a_direct_only_link_needs_a_key_the_hub_vouched_for() {
     assert_eq!(sent, Err(HubError::NoVouchedKey(b)));
     // The stranger at the address member 1 announced connects: an ordinary connection, not
     // member 1's link, and nothing it says comes from member 1.
+    stranger_claims_to_be_member_1(&mut sim, &mut w, stranger);
+    assert_eq!(w.client(0).link(b), None);
+}
+
+/// The stranger connects to member 0 and says it is member 1; asserts member 0 heard no
+/// such thing from member 1.
+fn stranger_claims_to_be_member_1(sim: &mut Simulator, w: &mut World, stranger: NodeId) {
     w.take(0);
     let conn = sim.connect(stranger, w.members[0], &[]).expect("connect");
+    // Queued before the handshake ends, so it rides the first packet, with `Connected`.
     sim.endpoint_mut(stranger)
         .send(conn, 2, &b"I am member 1"[..])
         .expect("queued");
-    w.run(&mut sim, 1000);
-    assert_eq!(w.client(0).link(b), None);
+    w.run(sim, 1000);
     let events = w.take(0);
     assert!(
         !messages(&events)
@@ -688,19 +675,28 @@ fn meet_with_a_stranger(
     policy: PathPolicy,
     keyed: bool,
 ) -> (Simulator, World, shoal_sim::NodeId) {
+    let key = |i: u8| keyed.then(|| shoal_proto::Keypair::from_secret([i; 32]));
+    meet_with_a_stranger_as(seed, [(policy, key(1)), (policy, key(2))], key(9))
+}
+
+/// Like `meet_with_a_stranger`, each member with its own policy and static key.
+fn meet_with_a_stranger_as(
+    seed: u64,
+    members: [(PathPolicy, Option<shoal_proto::Keypair>); 2],
+    stranger_key: Option<shoal_proto::Keypair>,
+) -> (Simulator, World, shoal_sim::NodeId) {
     let (mut sim, mut w) = World::new(
         seed,
         hub_config(),
         shoal_proto::hub::endpoint_config(),
         link(0.0),
     );
-    let key = |i: u8| keyed.then(|| shoal_proto::Keypair::from_secret([i; 32]));
-    for i in 1..=2 {
-        w.add_member_with_key(&mut sim, None, policy, key(i));
+    for (policy, key) in members {
+        w.add_member_with_key(&mut sim, None, policy, key);
     }
     let stranger = sim
         .add_node(shoal_proto::Config {
-            static_keypair: key(9),
+            static_keypair: stranger_key,
             ..shoal_proto::hub::endpoint_config()
         })
         .expect("node");
@@ -758,24 +754,11 @@ fn a_direct_link_that_proves_another_key_than_the_vouched_one_is_turned_away() {
     let (mut sim, mut w, stranger) = meet_with_a_stranger(27, PathPolicy::DirectOnly, true);
     let b = w.user(1);
     let link = w.client(0).link(b).expect("a direct link to member 1");
-    w.take(0);
-    let conn = sim.connect(stranger, w.members[0], &[]).expect("connect");
-    // Queued before the handshake ends, so it rides the first packet, with `Connected`.
-    sim.endpoint_mut(stranger)
-        .send(conn, 2, &b"I am member 1"[..])
-        .expect("queued");
-    w.run(&mut sim, 1000);
+    stranger_claims_to_be_member_1(&mut sim, &mut w, stranger);
     assert_eq!(
         w.client(0).link(b),
         Some(link),
         "the link is still member 1's"
     );
     assert_eq!(sim.endpoint(stranger).peers().count(), 0, "turned away");
-    let events = w.take(0);
-    assert!(
-        !messages(&events)
-            .iter()
-            .any(|(_, _, _, m)| &m[..] == b"I am member 1"),
-        "the stranger spoke as member 1: {events:?}"
-    );
 }
