@@ -27,6 +27,7 @@ use hkdf::Hkdf;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use x25519_dalek::StaticSecret;
+use zeroize::Zeroizing;
 
 /// Bytes the authentication tag adds to every protected packet.
 pub const TAG_LEN: usize = 16;
@@ -117,7 +118,7 @@ impl Keypair {
         self.public
     }
 
-    pub(crate) fn agree(&self, peer: &PublicKey) -> Option<[u8; 32]> {
+    pub(crate) fn agree(&self, peer: &PublicKey) -> Option<Zeroizing<[u8; 32]>> {
         agree(&self.secret, peer)
     }
 }
@@ -140,9 +141,12 @@ impl Eq for Keypair {}
 
 /// X25519 with `peer`, refusing a peer key of small order (whose shared secret would be
 /// known to everyone).
-fn agree(secret: &StaticSecret, peer: &PublicKey) -> Option<[u8; 32]> {
+/// The shared secret with `peer` (wiped when dropped), or `None` for a small-order key.
+fn agree(secret: &StaticSecret, peer: &PublicKey) -> Option<Zeroizing<[u8; 32]>> {
     let shared = secret.diffie_hellman(&x25519_dalek::PublicKey::from(peer.0));
-    shared.was_contributory().then(|| shared.to_bytes())
+    shared
+        .was_contributory()
+        .then(|| Zeroizing::new(shared.to_bytes()))
 }
 
 /// The proof a `Connect` with a connect token carries: HMAC-SHA256 of the packet before it
@@ -172,7 +176,7 @@ pub(crate) struct Ephemeral {
 }
 
 impl Ephemeral {
-    pub(crate) fn agree(&self, peer: &PublicKey) -> Option<[u8; 32]> {
+    pub(crate) fn agree(&self, peer: &PublicKey) -> Option<Zeroizing<[u8; 32]>> {
         agree(&self.secret, peer)
     }
 }
@@ -434,11 +438,20 @@ impl SessionKeys {
             && hkdf.expand(b"shoal s2c", &mut s2c).is_ok()
             && hkdf.expand(b"shoal accept", &mut accept_key).is_ok();
         debug_assert!(ok);
-        SessionKeys {
+        let keys = SessionKeys {
             client_to_server: PacketKey::from_okm(&c2s),
             server_to_client: PacketKey::from_okm(&s2c),
             accept: ChaCha20Poly1305::new((&accept_key).into()),
+        };
+        for secret in [
+            &mut ikm[..],
+            &mut c2s[..],
+            &mut s2c[..],
+            &mut accept_key[..],
+        ] {
+            zeroize::Zeroize::zeroize(secret);
         }
+        keys
     }
 
     /// The tag that ends an `Accept`: it proves the server derived these keys (so holds its

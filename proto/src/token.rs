@@ -268,6 +268,18 @@ pub(crate) struct OpenedToken {
     pub(crate) tag: [u8; TAG_LEN],
 }
 
+impl Drop for OpenedToken {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.client_key);
+    }
+}
+
+impl Drop for TokenConfig {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.key);
+    }
+}
+
 impl TokenConfig {
     /// Opens `sealed` and checks it is for `protocol_id`, unexpired at `unix_now` and names
     /// one of our addresses; whether it was used is the endpoint's to check.

@@ -259,12 +259,12 @@ fn client_session(
         None => None,
     };
     let mut shared: heapless::Vec<&[u8], 4> = heapless::Vec::new();
-    let _ = shared.push(&ee);
+    let _ = shared.push(&ee[..]);
     if let Some(es) = &es {
-        let _ = shared.push(es);
+        let _ = shared.push(&es[..]);
     }
     if let Some(se) = &se {
-        let _ = shared.push(se);
+        let _ = shared.push(&se[..]);
     }
     if let Some(token) = &hs.token {
         let _ = shared.push(&token.client_key);

@@ -501,7 +501,7 @@ fn server_secrets(
     client: &PublicKey,
     static_pair: Option<&Keypair>,
     client_static: Option<PublicKey>,
-) -> Option<heapless::Vec<[u8; 32], 3>> {
+) -> Option<heapless::Vec<zeroize::Zeroizing<[u8; 32]>, 3>> {
     let mut shared = heapless::Vec::new();
     shared.push(ours.agree(client)?).ok()?;
     if let Some(pair) = static_pair {
