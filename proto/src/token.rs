@@ -274,12 +274,6 @@ impl Drop for OpenedToken {
     }
 }
 
-impl Drop for TokenConfig {
-    fn drop(&mut self) {
-        zeroize::Zeroize::zeroize(&mut self.key);
-    }
-}
-
 impl TokenConfig {
     /// Opens `sealed` and checks it is for `protocol_id`, unexpired at `unix_now` and names
     /// one of our addresses; whether it was used is the endpoint's to check.

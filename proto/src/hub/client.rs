@@ -17,7 +17,7 @@ use crate::config::{Config, DeliveryKind};
 use crate::crypto::{PairCipher, PublicKey};
 use crate::endpoint::{ConnectOptions, Endpoint};
 use crate::error::SendError;
-use crate::event::{ConnectionHandle, Event, IncomingRequest, Relay, RequestId};
+use crate::event::{ConnectionHandle, DisconnectReason, Event, IncomingRequest, Relay, RequestId};
 use crate::time::Instant;
 
 /// Relayed messages held while their sender's pair key is still on its way (the hub's
@@ -87,8 +87,11 @@ struct Link {
     /// Where the hub said the peer may be reached directly.
     addrs: Vec<SocketAddr>,
     key: Option<PublicKey>,
-    /// Messages sent before the connection existed, in order.
+    /// Messages sent before the connection was up, in order. (Not in the connecting
+    /// attempt's own queue: of two crossing attempts one gives way, and what it held with it.)
     queued: VecDeque<(u8, Bytes)>,
+    /// `conn` is connected (its `Connected` was taken, and `queued` sent on it).
+    up: bool,
     /// Its handshake failed: sends fail until the hub introduces the pair again.
     failed: bool,
 }
@@ -595,7 +598,7 @@ impl HubClient {
             if link.failed {
                 return Err(HubError::LinkFailed(u));
             }
-            return match link.conn {
+            return match link.conn.filter(|_| link.up) {
                 Some(conn) => Ok(ep.send(conn, channel, payload)?),
                 None if link.queued.len() < MAX_LINK_QUEUE => {
                     link.queued.push_back((channel, payload));
@@ -645,7 +648,10 @@ impl HubClient {
             if link.failed {
                 return Err(HubError::LinkFailed(to));
             }
-            let conn = link.conn.ok_or(HubError::LinkPending(to))?;
+            let conn = link
+                .conn
+                .filter(|_| link.up)
+                .ok_or(HubError::LinkPending(to))?;
             let id = ep.request(now, conn, channel, Bytes::copy_from_slice(payload))?;
             self.asked.insert(id, (to, conn, 0));
             return Ok(id);
@@ -811,6 +817,7 @@ impl HubClient {
                 self.link_users.insert(conn, user);
                 let link = self.links.entry(user).or_default();
                 link.conn = Some(conn);
+                link.up = true;
                 link.failed = false;
                 for (channel, payload) in core::mem::take(&mut link.queued) {
                     // Queued in order before the link existed; the same limits apply now.
@@ -822,37 +829,36 @@ impl HubClient {
                     }
                 }
             }
-            Event::ConnectFailed { .. } => {
-                // A link that never connected (refused, or no answer): the application never
-                // saw it start. Not retried at once (a refusal comes back within a round
-                // trip, and would again): sends fail until the pair is introduced again.
+            Event::ConnectFailed { reason, .. } | Event::Disconnected { reason, .. } => {
+                // A link this member closed (the peer left every shared room), one that lost
+                // a crossing handshake, one that ended, or one that never connected: the
+                // application never saw it. Its requests will get neither an answer nor a
+                // timeout from the endpoint.
                 self.link_users.remove(&conn);
                 self.abandon_requests(conn);
-                if let Some(link) = self.links.get_mut(&user).filter(|l| l.conn == Some(conn)) {
+                // (Not the link's connection: an attempt already given up on.)
+                let link = self.links.get_mut(&user).filter(|l| l.conn == Some(conn))?;
+                link.conn = None;
+                link.up = false;
+                let refused = !matches!(
+                    reason,
+                    DisconnectReason::Replaced | DisconnectReason::TimedOut
+                ) && matches!(event, Event::ConnectFailed { .. });
+                if reason == DisconnectReason::Replaced {
+                    // The other attempt of a crossing pair takes over: its `Connected`
+                    // follows and sends what is queued.
+                } else if refused || self.policy == PathPolicy::DirectOnly {
+                    // The peer refused it (it would again, within a round trip), or a
+                    // direct path failed (retrying would fail the same way): sends fail
+                    // until the pair is introduced again.
                     self.stats.links_failed += 1;
-                    link.conn = None;
                     link.failed = true;
                     link.queued.clear();
-                }
-            }
-            Event::Disconnected { .. } => {
-                // A link this member closed (the peer left every shared room), one that lost
-                // a crossing handshake, or one that failed: the application never saw it.
-                // Its requests will get neither an answer nor a timeout from the endpoint.
-                self.link_users.remove(&conn);
-                self.abandon_requests(conn);
-                let current = self.links.get(&user).and_then(|l| l.conn);
-                if current == Some(conn) {
+                } else {
+                    // Lost, or no answer within the handshake timeout: still sharing a
+                    // room, the lower id sets the link up again through the hub.
                     self.stats.links_lost += 1;
-                    if let Some(link) = self.links.get_mut(&user) {
-                        link.conn = None;
-                    }
-                    // Still sharing a room: the lower id sets the link up again through the
-                    // hub. A direct-only link that failed stays down: retrying would fail
-                    // the same way.
-                    if self.policy != PathPolicy::DirectOnly {
-                        self.open_link(ep, now, user);
-                    }
+                    self.open_link(ep, now, user);
                 }
             }
             Event::PathChanged { remote, .. } => self.ready.push_back(HubEvent::PathChanged {

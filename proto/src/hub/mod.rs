@@ -25,8 +25,10 @@
 //! connections, and forgets it (the ratchet moves on; the hub's memory holds no pair key once
 //! the notices have left). Messages, requests and responses addressed to one member are
 //! sealed with keys expanded from it (ChaCha20-Poly1305, one key per direction, 24 bytes a
-//! message), so a later compromise of the hub, or a log of what it forwards, reveals nothing
-//! of them. The hub still sees who talks to whom, when and how much; it can drop, delay or
+//! message), so a compromise of the hub after the two members' connections to it ended, or
+//! a log of what it forwards, reveals nothing of them (while those connections last, their
+//! transport keys in the hub's memory would open a recorded introduction, and the pair key
+//! in it). The hub still sees who talks to whom, when and how much; it can drop, delay or
 //! replay what it forwards; and a hub that is malicious *at introduction time* can keep the
 //! pair key (or hand out its own) and read along: the pair key protects against a hub that
 //! is honest when it introduces and compromised later, not against a lying hub. Room

@@ -428,8 +428,8 @@ fn equal_in_constant_time(a: &[u8], b: &[u8]) -> bool {
 }
 
 impl Hub {
-    /// A hub for an endpoint with configuration `endpoint` (its control channel must exist
-    /// and be ordered).
+    /// A hub for an endpoint with configuration `endpoint` (protected, with its control
+    /// channel ordered; the error says what does not fit).
     pub fn new(mut config: HubConfig, endpoint: &Config) -> Result<Self, HubConfigError> {
         if endpoint.protection == crate::Protection::None {
             return Err(HubConfigError::Unprotected);

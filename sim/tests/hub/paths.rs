@@ -502,6 +502,58 @@ fn a_direct_only_link_that_never_connects_fails_quietly() {
     assert!(w.client(0).stats().links_failed >= 1);
 }
 
+/// Direct-only members connect to each other at once when introduced; the handshakes cross
+/// and one attempt gives way to the other. Messages sent from the moment of the
+/// introduction wait for the link and all arrive; the attempt that gave way counts as no
+/// failure.
+#[test]
+fn messages_sent_while_crossing_direct_handshakes_settle_all_arrive() {
+    let (mut sim, mut w) = World::new(
+        31,
+        hub_config(),
+        shoal_proto::hub::endpoint_config(),
+        link(0.0),
+    );
+    for _ in 0..2 {
+        w.add_member(&mut sim, None, PathPolicy::DirectOnly);
+    }
+    w.settle(&mut sim);
+    for i in 0..2 {
+        let own = sim.address(w.members[i]);
+        w.act(&mut sim, i, |c, ep| c.announce(ep, &[own]))
+            .expect("announce");
+    }
+    w.act(&mut sim, 0, |c, ep| {
+        c.create_room(ep, "pair", &RoomOptions::default())
+    })
+    .expect("create");
+    w.run(&mut sim, 300);
+    w.act(&mut sim, 1, |c, ep| c.join_room(ep, "pair", b"", b""))
+        .expect("join");
+    let b = w.user(1);
+    while w.client(0).link(b).is_none() {
+        w.run(&mut sim, 1);
+    }
+    // The link is being set up: what is sent now waits for it.
+    let mut sent = 0;
+    for n in 0..20u32 {
+        let r = w.act(&mut sim, 0, |c, ep| {
+            c.send(ep, Target::User(b), 3, numbered(3, n, 100))
+        });
+        if r.is_ok() {
+            sent += 1;
+        }
+        w.run(&mut sim, 1);
+    }
+    assert_eq!(sent, 20, "every send was taken");
+    w.run(&mut sim, 2000);
+    let ev1 = w.take(1);
+    assert_eq!(received(&ev1, 3), (0..20).collect::<Vec<_>>());
+    for i in 0..2 {
+        assert_eq!(w.client(i).stats().links_failed, 0, "member {i}");
+    }
+}
+
 /// A direct-only link is authenticated by nothing but the static key the hub vouched for:
 /// a member makes none without one. Before, a member without a key was linked anyway, so a
 /// host holding an address the peer announced (its own network, a public Wi-Fi) became the
