@@ -172,6 +172,12 @@ pub struct Config {
     /// on its side. [`Endpoint::connect`](crate::Endpoint::connect) beyond it fails with
     /// [`ConnectError::TooManyConnections`](crate::ConnectError::TooManyConnections).
     pub max_connections: usize,
+    /// Most connections from one IP address at once (default 64; peer links through a hub
+    /// are not counted). Without it one host with many ports fills `max_connections` and
+    /// keeps everyone else out. Raise it for a server whose players share an address (a
+    /// campus or carrier-grade NAT). Over it, a `Connect` is rejected as if the server were
+    /// full.
+    pub max_connections_per_ip: usize,
     /// Most bytes of application data in a connect request (default 256: with the keys and
     /// the fixed fields it fits a 576-byte MTU; a connect token needs room beside it).
     pub max_connect_data: usize,
@@ -218,6 +224,7 @@ impl Config {
             channels: kinds.iter().map(|&k| ChannelConfig::new(k)).collect(),
             accept_incoming: true,
             max_connections: 4096,
+            max_connections_per_ip: 64,
             max_connect_data: 256,
             idle_timeout: Duration::from_secs(10),
             keepalive_interval: Duration::from_secs(1),
@@ -296,6 +303,9 @@ impl Config {
         }
         if self.max_pending_event_bytes == 0 {
             return Err(ConfigError::ZeroLimit("max_pending_event_bytes"));
+        }
+        if self.max_connections_per_ip == 0 {
+            return Err(ConfigError::ZeroLimit("max_connections_per_ip"));
         }
         if self.max_control_queue == 0 {
             return Err(ConfigError::ZeroLimit("max_control_queue"));

@@ -1772,6 +1772,89 @@ fn a_flooding_peer_and_a_stalled_application_time_out_nobody_and_lose_nothing() 
     assert!(from(quiet).is_empty());
 }
 
+// ======================================================================== 9b. one address, many ports
+
+/// One host with many ports cannot fill the server: past `max_connections_per_ip` its
+/// Connects are rejected as if the server were full, while another address still gets in;
+/// a connection that ends (or moves to another address) gives its place back.
+#[test]
+fn one_address_cannot_take_more_than_its_share_of_connections() {
+    let mut net = Net::new();
+    let server = net.add(
+        Config {
+            max_connections_per_ip: 4,
+            ..server_config(3)
+        },
+        addr("10.0.0.1:4000"),
+    );
+    let from_one_host: Vec<usize> = (0..6u16)
+        .map(|i| {
+            net.add(
+                client_config(10 + u64::from(i)),
+                addr(&format!("10.0.0.2:{}", 5000 + i)),
+            )
+        })
+        .collect();
+    let elsewhere = net.add(client_config(30), addr("10.0.0.3:5000"));
+    let mut conns = Vec::new();
+    for &c in &from_one_host {
+        conns.push((c, net.connect(c, server)));
+        net.run_for(Duration::from_millis(50));
+    }
+    let other = net.connect(elsewhere, server);
+    net.run_for(Duration::from_secs(2));
+    let connected: Vec<usize> = conns
+        .iter()
+        .filter(|&&(c, h)| net.nodes[c].ep.is_connected(h))
+        .map(|&(c, _)| c)
+        .collect();
+    assert_eq!(connected.len(), 4, "four from one address");
+    for &(c, _) in &conns {
+        if !connected.contains(&c) {
+            assert!(
+                net.nodes[c].events.iter().any(|e| matches!(
+                    e,
+                    Event::ConnectFailed {
+                        reason: DisconnectReason::ServerFull,
+                        ..
+                    }
+                )),
+                "the others are told the server is full"
+            );
+        }
+    }
+    assert!(
+        net.ep(elsewhere).is_connected(other),
+        "another address gets in"
+    );
+    // One of the four leaves: its place is free again.
+    let (first, h) = conns[0];
+    net.ep(first).disconnect(h, 0);
+    net.run_for(Duration::from_secs(1));
+    let late = net.add(client_config(40), addr("10.0.0.2:6000"));
+    let l = net.connect(late, server);
+    net.run_for(Duration::from_secs(1));
+    assert!(net.ep(late).is_connected(l), "a place freed by a departure");
+    // One moves to another address (its NAT rebinds): its place goes with it.
+    let (mover, m) = conns[1];
+    net.nodes[mover].addr = addr("10.0.0.4:7000");
+    net.ep(mover).send(m, 2, &b"moved"[..]).expect("send");
+    net.run_for(Duration::from_secs(2));
+    let later = net.add(client_config(41), addr("10.0.0.2:6001"));
+    let l2 = net.connect(later, server);
+    net.run_for(Duration::from_secs(1));
+    assert!(
+        net.ep(mover).is_connected(m),
+        "the mover kept its connection"
+    );
+    assert!(net.ep(later).is_connected(l2), "a place freed by a move");
+    // And the address is full again.
+    let one_more = net.add(client_config(42), addr("10.0.0.2:6002"));
+    let l3 = net.connect(one_more, server);
+    net.run_for(Duration::from_secs(1));
+    assert!(!net.ep(one_more).is_connected(l3));
+}
+
 // ======================================================================== 10. config
 
 #[test]

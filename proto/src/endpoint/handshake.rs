@@ -263,6 +263,16 @@ impl Endpoint {
         {
             // (A connection this one replaces leaves room for it.)
             Some(RejectCode::Full)
+        } else if counts_per_ip(from)
+            && self
+                .admission
+                .as_deref()
+                .map_or(0, |a| a.from_ip(from.ip()))
+                // (The entry at this address may be our own connection to it.)
+                .saturating_sub(usize::from(self.by_addr.contains_key(&from)))
+                >= self.config.max_connections_per_ip
+        {
+            Some(RejectCode::Full)
         } else {
             None
         };
@@ -422,8 +432,29 @@ impl Endpoint {
         conn.await_confirmation(now, &self.config);
         self.by_addr.insert(from, index);
         self.by_id.insert(connection_id, index);
+        self.ip_gains(from);
         self.push_control_bytes(from, accept);
         self.finish(index, conn);
+    }
+
+    /// A server's connection now comes from `addr` (taken, or moved there).
+    pub(super) fn ip_gains(&mut self, addr: SocketAddr) {
+        if counts_per_ip(addr) {
+            *self.admission().per_ip.entry(addr.ip()).or_default() += 1;
+        }
+    }
+
+    /// A server's connection no longer comes from `addr` (gone, or moved away).
+    pub(super) fn ip_loses(&mut self, addr: SocketAddr) {
+        let Some(a) = self.admission.as_deref_mut() else {
+            return;
+        };
+        if let Some(n) = a.per_ip.get_mut(&addr.ip()).filter(|_| counts_per_ip(addr)) {
+            *n -= 1;
+            if *n == 0 {
+                a.per_ip.remove(&addr.ip());
+            }
+        }
     }
 
     /// Checks a `Connect`'s token against `Config::tokens`: none needed and none given, or
@@ -524,6 +555,9 @@ pub(super) struct Admission {
     pub(super) pending_tokens: HashMap<[u8; 16], u32>,
     /// Cookies of Connects whose key exchange failed.
     pub(super) refused_cookies: RefusedCookies,
+    /// Connections taken from each IP address (`Config::max_connections_per_ip`); an
+    /// address with none has no entry, so it holds at most `max_connections`.
+    pub(super) per_ip: HashMap<IpAddr, u32>,
 }
 
 impl Admission {
@@ -532,8 +566,20 @@ impl Admission {
             used_tokens: HashMap::with_hasher(hasher),
             pending_tokens: HashMap::with_hasher(hasher),
             refused_cookies: RefusedCookies::new(),
+            per_ip: HashMap::with_hasher(hasher),
         }
     }
+
+    /// Connections taken from `ip`.
+    fn from_ip(&self, ip: IpAddr) -> usize {
+        self.per_ip.get(&ip).map_or(0, |&n| n as usize)
+    }
+}
+
+/// Whether a server's connection from `addr` counts against its IP's limit: a peer link
+/// through a hub comes from a relay address, which all such links share.
+pub(super) fn counts_per_ip(addr: SocketAddr) -> bool {
+    crate::hub::relay_user(addr).is_none()
 }
 
 /// Cookies of Connects whose key exchange failed (a client key of small order), so that a

@@ -1612,6 +1612,10 @@ impl Endpoint {
                 if *old != conn.remote() && self.by_addr.get(&*old) == Some(&index) {
                     self.by_addr.remove(&*old);
                 }
+                if !conn.is_client && *old != conn.remote() {
+                    self.ip_loses(*old);
+                    self.ip_gains(conn.remote());
+                }
             }
             self.reap(index, conn, reason);
             return;
@@ -1624,6 +1628,10 @@ impl Endpoint {
                 }
                 // Another connection's handshake entry for this address stays its own.
                 self.by_addr.insert_if_absent(now, index);
+                if !conn.is_client {
+                    self.ip_loses(old);
+                    self.ip_gains(now);
+                }
                 self.stats.migrations += 1;
                 conn.event_bytes += self.events.push(Event::PathChanged {
                     conn: conn.handle,
@@ -1778,6 +1786,7 @@ impl Endpoint {
         }
         if !conn.is_client {
             self.user_ids.release(conn.peer_user_id);
+            self.ip_loses(conn.remote());
         }
         conn.release_all(&mut self.budget);
         let stats = conn.stats();
