@@ -267,7 +267,7 @@ impl Endpoint {
             && self
                 .admission
                 .as_deref()
-                .map_or(0, |a| a.from_ip(from.ip()))
+                .map_or(0, |a| a.connections_from(from.ip()))
                 // (The entry at this address may be our own connection to it.)
                 .saturating_sub(usize::from(self.by_addr.contains_key(&from)))
                 >= self.config.max_connections_per_ip
@@ -571,7 +571,7 @@ impl Admission {
     }
 
     /// Connections taken from `ip`.
-    fn from_ip(&self, ip: IpAddr) -> usize {
+    fn connections_from(&self, ip: IpAddr) -> usize {
         self.per_ip.get(&ip).map_or(0, |&n| n as usize)
     }
 }
