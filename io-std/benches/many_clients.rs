@@ -200,7 +200,12 @@ fn main() {
         return;
     }
 
-    let mut server = Driver::bind_with("127.0.0.1:0", Config::default(), io_mode).expect("bind");
+    // Every client is on 127.0.0.1: the per-address limit must take them all.
+    let server_config = Config {
+        max_connections_per_ip: clients_wanted,
+        ..Config::default()
+    };
+    let mut server = Driver::bind_with("127.0.0.1:0", server_config, io_mode).expect("bind");
     let server_addr = server.local_addr();
     let effective = server.io_mode();
     let phase = Arc::new(AtomicU8::new(WARMING));

@@ -102,6 +102,9 @@ struct Cli {
     /// Most connections at once (members and handshakes).
     #[arg(long, default_value_t = hub::endpoint_config().max_connections)]
     max_connections: usize,
+    /// Most connections from one IP address (raise it for members behind one NAT).
+    #[arg(long, default_value_t = hub::endpoint_config().max_connections_per_ip)]
+    max_connections_per_ip: usize,
     /// A member silent this long is disconnected.
     #[arg(long, default_value_t = Span(hub::endpoint_config().idle_timeout))]
     idle_timeout: Span,
@@ -172,6 +175,7 @@ impl Cli {
         Config {
             protocol_id: self.protocol_id,
             max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
             idle_timeout: self.idle_timeout.0,
             ..hub::endpoint_config()
         }

@@ -440,7 +440,11 @@ impl Endpoint {
     /// A server's connection now comes from `addr` (taken, or moved there).
     pub(super) fn ip_gains(&mut self, addr: SocketAddr) {
         if counts_per_ip(addr) {
-            *self.admission().per_ip.entry(addr.ip()).or_default() += 1;
+            *self
+                .admission()
+                .per_ip
+                .entry(ip_key(addr.ip()))
+                .or_default() += 1;
         }
     }
 
@@ -449,10 +453,11 @@ impl Endpoint {
         let Some(a) = self.admission.as_deref_mut() else {
             return;
         };
-        if let Some(n) = a.per_ip.get_mut(&addr.ip()).filter(|_| counts_per_ip(addr)) {
+        let key = ip_key(addr.ip());
+        if let Some(n) = a.per_ip.get_mut(&key).filter(|_| counts_per_ip(addr)) {
             *n -= 1;
             if *n == 0 {
-                a.per_ip.remove(&addr.ip());
+                a.per_ip.remove(&key);
             }
         }
     }
@@ -544,10 +549,10 @@ fn server_secrets(
     Some(shared)
 }
 
-/// What a server remembers to admit each client once: connect tokens used and pending, and
-/// the Connects whose key exchange failed. Boxed and made on the first Connect a server
-/// takes, so that a client endpoint (thousands in one process, in a load test or the
-/// simulator) holds none of it.
+/// What a server remembers to admit each client once: connect tokens used and pending, the
+/// Connects whose key exchange failed, connections per address. Boxed and made on the first
+/// Connect an endpoint takes, so that a client endpoint (thousands in one process, in a load
+/// test or the simulator) holds none of it.
 pub(super) struct Admission {
     /// Connect tokens used, by tag, with their expiry (Unix seconds).
     pub(super) used_tokens: HashMap<[u8; 16], u64>,
@@ -555,8 +560,9 @@ pub(super) struct Admission {
     pub(super) pending_tokens: HashMap<[u8; 16], u32>,
     /// Cookies of Connects whose key exchange failed.
     pub(super) refused_cookies: RefusedCookies,
-    /// Connections taken from each IP address (`Config::max_connections_per_ip`); an
-    /// address with none has no entry, so it holds at most `max_connections`.
+    /// Connections taken from each IP address (`Config::max_connections_per_ip`; an IPv6
+    /// address by its /64, which one host often holds whole); an address with none has no
+    /// entry, so it holds at most `max_connections`.
     pub(super) per_ip: HashMap<IpAddr, u32>,
 }
 
@@ -572,7 +578,22 @@ impl Admission {
 
     /// Connections taken from `ip`.
     fn connections_from(&self, ip: IpAddr) -> usize {
-        self.per_ip.get(&ip).map_or(0, |&n| n as usize)
+        self.per_ip.get(&ip_key(ip)).map_or(0, |&n| n as usize)
+    }
+}
+
+/// What a connection counts against: an IPv4 address (also one mapped into IPv6, as a
+/// dual-stack socket reports it), or an IPv6 address's /64.
+fn ip_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let prefix = u128::from(v6) & !u128::from(u64::MAX);
+                IpAddr::V6(prefix.into())
+            }
+        },
+        v4 => v4,
     }
 }
 
@@ -676,4 +697,25 @@ fn issued_at(cookie: &Cookie) -> u64 {
     let mut issued = [0u8; 8];
     issued.copy_from_slice(&cookie[..8]);
     u64::from_be_bytes(issued)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ipv6_host_counts_by_its_64_and_a_mapped_ipv4_one_as_ipv4() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            ip_key(ip("2001:db8:1:2:aaaa::1")),
+            ip_key(ip("2001:db8:1:2:bbbb::2"))
+        );
+        assert_ne!(ip_key(ip("2001:db8:1:2::1")), ip_key(ip("2001:db8:1:3::1")));
+        assert_eq!(ip_key(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
+        assert_ne!(
+            ip_key(ip("::ffff:192.0.2.7")),
+            ip_key(ip("::ffff:192.0.2.8"))
+        );
+        assert_eq!(ip_key(ip("192.0.2.7")), ip("192.0.2.7"));
+    }
 }

@@ -48,6 +48,46 @@ fn response_aad(request_counter: u64) -> [u8; 9] {
     aad
 }
 
+/// Whether a message for a link not up yet may wait in its queue: what the endpoint's own
+/// send would refuse is refused now (once the link is up, nobody would hear of it), the
+/// channel's queue counted in bytes as the endpoint counts it, and at most
+/// `MAX_LINK_QUEUE` messages in all.
+fn may_wait(
+    config: &Config,
+    queued: &VecDeque<(u8, Bytes)>,
+    channel: u8,
+    len: usize,
+) -> Result<(), SendError> {
+    let Some(room) = config.channels.get(usize::from(channel)) else {
+        return Err(SendError::UnknownChannel(channel));
+    };
+    if len > config.max_message_size {
+        return Err(SendError::MessageTooLarge {
+            size: len,
+            max: config.max_message_size,
+        });
+    }
+    let on_channel: usize = queued
+        .iter()
+        .filter(|(c, _)| *c == channel)
+        .map(|(_, p)| p.len())
+        .sum();
+    if len > room.max_queued_bytes {
+        // (0: it never fits.)
+        return Err(SendError::QueueFull {
+            channel,
+            queued_bytes: 0,
+        });
+    }
+    if queued.len() >= MAX_LINK_QUEUE || on_channel + len > room.max_queued_bytes {
+        return Err(SendError::QueueFull {
+            channel,
+            queued_bytes: on_channel.max(1),
+        });
+    }
+    Ok(())
+}
+
 /// The counter a sealed payload carries (its first 8 bytes; 0 if it is too short to open).
 fn sealed_counter(sealed: &[u8]) -> u64 {
     sealed
@@ -600,20 +640,11 @@ impl HubClient {
             }
             return match link.conn.filter(|_| link.up) {
                 Some(conn) => Ok(ep.send(conn, channel, payload)?),
-                None if link.queued.len() < MAX_LINK_QUEUE => {
+                None => {
+                    may_wait(ep.config(), &link.queued, channel, payload.len())?;
                     link.queued.push_back((channel, payload));
                     Ok(())
                 }
-                // (Full by count: at least 1 reported, as 0 means "larger than the queue".)
-                None => Err(HubError::Send(SendError::QueueFull {
-                    channel,
-                    queued_bytes: link
-                        .queued
-                        .iter()
-                        .map(|(_, p)| p.len())
-                        .sum::<usize>()
-                        .max(1),
-                })),
             };
         }
         let payload = match to {
@@ -1275,6 +1306,45 @@ mod tests {
         assert_eq!(client.waiting.len(), MAX_WAITING);
         assert_eq!(client.waiting_bytes, MAX_WAITING * 10);
         assert!(client.poll_event().is_none());
+    }
+
+    /// What waits for a peer link that is not up yet is checked as the endpoint would check
+    /// it: once the link is up, a refusal would reach no one (the message would be lost
+    /// after `send` said Ok).
+    #[test]
+    fn a_message_for_a_link_not_up_yet_is_refused_at_once_if_it_never_could_be_sent() {
+        let (mut ep, hub, _, _) = member(4);
+        let config = Config {
+            accept_incoming: true,
+            ..ep.config().clone()
+        };
+        let mut client = HubClient::with_paths(hub, &config, PathPolicy::RelayOnly).unwrap();
+        client.links.insert(12, Link::default());
+        let mut send = |channel: u8, len: usize| {
+            client.send(&mut ep, Target::User(12), channel, alloc::vec![0u8; len])
+        };
+        assert_eq!(send(2, 100), Ok(()), "waits for the link");
+        assert_eq!(
+            send(9, 100),
+            Err(HubError::Send(SendError::UnknownChannel(9)))
+        );
+        let max = config.max_message_size;
+        assert!(matches!(
+            send(2, max + 1),
+            Err(HubError::Send(SendError::MessageTooLarge { .. }))
+        ));
+        // A reliable channel's queue holds `max_queued_bytes`, counted as the endpoint does.
+        let room = config.channels[2].max_queued_bytes;
+        let mut taken = 100;
+        while taken + max <= room {
+            assert_eq!(send(2, max), Ok(()));
+            taken += max;
+        }
+        assert!(matches!(
+            send(2, max),
+            Err(HubError::Send(SendError::QueueFull { channel: 2, .. }))
+        ));
+        assert_eq!(send(3, 100), Ok(()), "another channel has its own room");
     }
 
     /// A relayed response opens only as the answer to the request it was sealed for: a hub
