@@ -612,7 +612,9 @@ impl HubClient {
         self.command(ep, |op| Command::Announce { op, addrs })
     }
 
-    /// The peer link's connection to `user`, once it exists.
+    /// The peer link's connection to `user`, once it exists (also while it is being set
+    /// up: for its stats and state; send through [`send`](Self::send), which holds messages
+    /// until the link is up and keeps them in order).
     pub fn link(&self, user: u16) -> Option<ConnectionHandle> {
         self.links.get(&user).and_then(|l| l.conn)
     }
