@@ -65,6 +65,13 @@ fn pair_at(
 /// Connects both members to the hub; each announces its own address; member 0 creates a
 /// room and member 1 joins it. Returns when member 1 asked to join.
 fn meet(sim: &mut Simulator, w: &mut World) -> shoal_proto::Instant {
+    let joined_at = ask_to_meet(sim, w);
+    w.run(sim, 300);
+    joined_at
+}
+
+/// `meet` up to member 1's asking to join (when it asked), the hub's answer not yet taken.
+fn ask_to_meet(sim: &mut Simulator, w: &mut World) -> shoal_proto::Instant {
     w.settle(sim);
     for i in 0..2 {
         let own = sim.address(w.members[i]);
@@ -79,7 +86,6 @@ fn meet(sim: &mut Simulator, w: &mut World) -> shoal_proto::Instant {
     let joined_at = sim.now();
     w.act(sim, 1, |c, ep| c.join_room(ep, "pair", b"", b""))
         .expect("join");
-    w.run(sim, 300);
     joined_at
 }
 
@@ -517,19 +523,7 @@ fn messages_sent_while_crossing_direct_handshakes_settle_all_arrive() {
     for _ in 0..2 {
         w.add_member(&mut sim, None, PathPolicy::DirectOnly);
     }
-    w.settle(&mut sim);
-    for i in 0..2 {
-        let own = sim.address(w.members[i]);
-        w.act(&mut sim, i, |c, ep| c.announce(ep, &[own]))
-            .expect("announce");
-    }
-    w.act(&mut sim, 0, |c, ep| {
-        c.create_room(ep, "pair", &RoomOptions::default())
-    })
-    .expect("create");
-    w.run(&mut sim, 300);
-    w.act(&mut sim, 1, |c, ep| c.join_room(ep, "pair", b"", b""))
-        .expect("join");
+    ask_to_meet(&mut sim, &mut w);
     let b = w.user(1);
     while w.client(0).link(b).is_none() {
         w.run(&mut sim, 1);
