@@ -300,7 +300,9 @@ impl fmt::Display for Refusal {
             Refusal::RoomExists => "a room of that name exists; join it or pick another name",
             Refusal::NotApproved => "the room's owner did not approve the join",
             Refusal::Invalid => "empty or too long name, password or metadata",
-            Refusal::RateLimited => "rooms created too fast; wait and retry",
+            Refusal::RateLimited => {
+                "too fast (rooms created, commands, or joins to this room); wait and retry"
+            }
             Refusal::HubFull => "the hub holds as many rooms as it may",
             Refusal::AlreadyMember => "already a member of that room",
             Refusal::NotOwner => "only the room's owner may do that",

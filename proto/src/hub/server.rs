@@ -72,6 +72,13 @@ pub struct HubConfig {
     /// 20/s, bursts of 40): each can cost a notice to every member of a room. Over it:
     /// [`Refusal::RateLimited`].
     pub commands: RateLimit,
+    /// Joins one room takes, whoever asks (default 16/s, bursts of 256: a full room can
+    /// form at once). Each join tells every member (a `PeerJoined` of up to ~430 bytes, then
+    /// a `PeerLeft`), so without it members who join and leave in turn make the hub send
+    /// each room mate a stream of notices, over every member's own command rate (a member
+    /// that cannot take them is disconnected as too slow). Over it:
+    /// [`Refusal::RateLimited`].
+    pub room_joins: RateLimit,
     /// How long a member's queue at the hub may stay full, with nothing draining from it,
     /// before the member counts as not reading and is disconnected (default 2 s). Until
     /// then, and for a member that drains slowly, relayed traffic that does not fit is
@@ -113,6 +120,10 @@ impl Default for HubConfig {
             commands: RateLimit {
                 per_second: 20.0,
                 burst: 40.0,
+            },
+            room_joins: RateLimit {
+                per_second: 16.0,
+                burst: 256.0,
             },
             stall_timeout: Duration::from_secs(2),
             secret_seed: None,
@@ -343,6 +354,8 @@ struct Room {
     /// Members oldest first, with the metadata each gave.
     members: Vec<(u16, Bytes)>,
     pending: Vec<PendingJoin>,
+    /// Joins it takes (`HubConfig::room_joins`).
+    joins: Bucket,
 }
 
 impl Room {
@@ -998,6 +1011,7 @@ impl Hub {
             max_members,
             members: Vec::new(),
             pending: Vec::new(),
+            joins: Bucket::new(&self.config.room_joins, now),
         });
         self.by_name.insert(name, id);
         self.stats.rooms += 1;
@@ -1031,6 +1045,7 @@ impl Hub {
             self.config.max_pending_joins,
             self.config.approval_timeout,
         );
+        let joins = self.config.room_joins;
         let Some(room) = self.room_mut(id) else {
             return self.refuse(ep, user, op, Refusal::UnknownRoom);
         };
@@ -1044,6 +1059,9 @@ impl Hub {
             Some(Refusal::RoomFull)
         } else if room.flags & FLAG_APPROVAL != 0 && room.pending.len() >= max_pending {
             Some(Refusal::ApprovalQueueFull)
+        } else if !room.joins.take(&joins, now, 1.0) {
+            // (Last: only a join that would otherwise be taken spends the room's budget.)
+            Some(Refusal::RateLimited)
         } else {
             None
         };

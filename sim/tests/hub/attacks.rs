@@ -272,6 +272,45 @@ fn a_member_that_misses_a_notice_is_disconnected_not_left_out_of_step() {
     assert!(!sim.endpoint(w.members[0]).is_connected(first));
 }
 
+/// Members that join and leave in turn, each within its own command rate, cannot make the
+/// hub stream notices at a room's members faster than the room takes joins.
+#[test]
+fn a_room_takes_joins_at_its_own_rate_whoever_asks() {
+    const CHURNERS: usize = 6;
+    let config = HubConfig {
+        room_joins: RateLimit {
+            per_second: 2.0,
+            burst: 8.0,
+        },
+        ..small_rooms_hub_config()
+    };
+    let (mut sim, mut w) = world(34, CHURNERS + 1, config, link(0.0));
+    let room = room_of_all(&mut sim, &mut w, "busy");
+    w.take(0);
+    // Each churner leaves and joins again every 200 ms (5 joins/s each, 30 in all, within
+    // its 20 commands/s) for 5 s.
+    for round in 0..25 {
+        for i in 1..=CHURNERS {
+            let _ = w.act(&mut sim, i, |c, ep| {
+                if round % 2 == 0 {
+                    c.leave_room(ep, room)
+                } else {
+                    c.join_room(ep, "busy", b"", b"")
+                }
+            });
+        }
+        w.run(&mut sim, 200);
+    }
+    let joined = w
+        .take(0)
+        .iter()
+        .filter(|e| matches!(e, HubEvent::PeerJoined { .. }))
+        .count();
+    // The room's burst (spent down by the first joins) and 2 a second after that.
+    assert!(joined <= 8 + 2 * 5 + 1, "{joined} joins told to member 0");
+    assert!(joined >= 5, "joins still go through ({joined})");
+}
+
 #[test]
 fn commands_past_the_rate_limit_are_refused() {
     let config = HubConfig {
