@@ -88,6 +88,39 @@ fn may_wait(
     Ok(())
 }
 
+/// The counters of the sealed requests taken from one member lately, so that one the hub
+/// delivers again is not taken twice: the newest [`RequestWindow::LEN`], and everything
+/// older counts as taken. At most `HubConfig::max_relayed_requests` (64 by default) of a
+/// member's requests wait at the hub at once, so an honest one is hardly ever older than the
+/// window; one that is gets no answer, and its asker a timeout.
+#[derive(Debug, Default)]
+struct RequestWindow {
+    /// Ascending.
+    counters: heapless::Vec<u64, { RequestWindow::LEN }>,
+}
+
+impl RequestWindow {
+    const LEN: usize = 64;
+
+    /// Takes `counter`; `false` if it was taken before (or is older than the window).
+    fn take(&mut self, counter: u64) -> bool {
+        let at = match self.counters.binary_search(&counter) {
+            Ok(_) => return false,
+            Err(at) => at,
+        };
+        if self.counters.is_full() {
+            if at == 0 {
+                return false;
+            }
+            self.counters.remove(0);
+            let _ = self.counters.insert(at - 1, counter);
+        } else {
+            let _ = self.counters.insert(at, counter);
+        }
+        true
+    }
+}
+
 /// The counter a sealed payload carries (its first 8 bytes; 0 if it is too short to open).
 fn sealed_counter(sealed: &[u8]) -> u64 {
     sealed
@@ -363,6 +396,8 @@ pub struct HubClientStats {
     /// Peer links whose handshake failed (sends to the peer fail until it is introduced
     /// again).
     pub links_failed: u64,
+    /// Sealed requests delivered again (a replay by the hub) and not taken.
+    pub requests_replayed: u64,
 }
 
 /// A member of a hub: one endpoint's connection to the hub, its rooms and pair keys. Feed it
@@ -375,6 +410,8 @@ pub struct HubClient {
     next_op: u32,
     rooms: BTreeMap<u16, RoomView>,
     ciphers: BTreeMap<u16, PairCipher>,
+    /// The sealed requests taken from each member lately, under its current pair key.
+    requests_taken: BTreeMap<u16, Box<RequestWindow>>,
     /// Requests sent to members, by id: whose key opens the response.
     /// (A relayed one also keeps its sealed counter, which the response binds.)
     asked: BTreeMap<RequestId, (u16, ConnectionHandle, u64)>,
@@ -463,6 +500,7 @@ impl HubClient {
             next_op: 1,
             rooms: BTreeMap::new(),
             ciphers: BTreeMap::new(),
+            requests_taken: BTreeMap::new(),
             asked: BTreeMap::new(),
             waiting: VecDeque::new(),
             waiting_bytes: 0,
@@ -764,6 +802,7 @@ impl HubClient {
                     }
                 }
                 self.ciphers.clear();
+                self.requests_taken.clear();
                 let hub = self.conn;
                 self.abandon_requests(hub);
                 self.waiting.clear();
@@ -1069,6 +1108,15 @@ impl HubClient {
             }
             Target::Room(_) | Target::RoomExceptSender(_) => payload.clone(),
         };
+        if kind == AAD_REQUEST && matches!(to, Target::User(_)) {
+            // A request acts (it may buy something): one the hub delivers again is not
+            // taken twice.
+            let taken = self.requests_taken.entry(from).or_default();
+            if !taken.take(sealed_counter(payload)) {
+                self.stats.requests_replayed += 1;
+                return;
+            }
+        }
         self.ready.push_back(match event {
             Event::Request { request, .. } => HubEvent::Request {
                 request: PeerRequest {
@@ -1092,6 +1140,8 @@ impl HubClient {
         if let (Some(me), Some(key)) = (self.user_id, entry.pair_key) {
             self.ciphers
                 .insert(entry.user, PairCipher::new(&key, me, entry.user));
+            // A fresh key: its counters start again.
+            self.requests_taken.remove(&entry.user);
             if self.policy != PathPolicy::Messages {
                 let link = self.links.entry(entry.user).or_default();
                 link.addrs = entry.addrs.clone();
@@ -1121,6 +1171,7 @@ impl HubClient {
             .any(|r| r.members.iter().any(|m| m.user == user));
         if !shared {
             self.ciphers.remove(&user);
+            self.requests_taken.remove(&user);
             if let Some(conn) = self.links.remove(&user).and_then(|l| l.conn) {
                 // Its `Disconnected` still finds the user, and is swallowed.
                 ep.disconnect(conn, 0);
@@ -1347,6 +1398,51 @@ mod tests {
             Err(HubError::Send(SendError::QueueFull { channel: 2, .. }))
         ));
         assert_eq!(send(3, 100), Ok(()), "another channel has its own room");
+    }
+
+    /// A sealed request the hub delivers again is taken once: a replayed "buy" does not buy
+    /// twice. Requests taken out of order, or after many others, still are.
+    #[test]
+    fn a_relayed_request_delivered_again_is_taken_once() {
+        let (mut ep, hub, mut client, now) = member(5);
+        let pair_key = [6u8; 32];
+        client.ciphers.insert(12, PairCipher::new(&pair_key, 9, 12));
+        let mut peer = PairCipher::new(&pair_key, 12, 9);
+        let request = |sealed: &[u8], sequence: u16| Event::Request {
+            conn: hub,
+            request: IncomingRequest {
+                channel: 2,
+                sequence,
+            },
+            payload: Bytes::copy_from_slice(sealed),
+            relay: Some(Relay {
+                owner: 12,
+                target: Some(Target::User(9).to_wire()),
+            }),
+        };
+        let buy = peer.seal(&[AAD_REQUEST, 2], b"buy");
+        let taken = |client: &mut HubClient, ep: &mut Endpoint, sealed: &[u8], seq: u16| {
+            client.handle_event(ep, now, request(sealed, seq));
+            core::iter::from_fn(|| client.poll_event())
+                .filter(|e| matches!(e, HubEvent::Request { .. }))
+                .count()
+        };
+        assert_eq!(taken(&mut client, &mut ep, &buy, 0), 1);
+        // The hub delivers it again, as a new request of the hop.
+        assert_eq!(taken(&mut client, &mut ep, &buy, 1), 0);
+        assert_eq!(client.stats().requests_replayed, 1);
+        // Later requests, one overtaking another, are taken; the window moves on.
+        let sealed: Vec<_> = (0..100)
+            .map(|_| peer.seal(&[AAD_REQUEST, 2], b"sell"))
+            .collect();
+        assert_eq!(taken(&mut client, &mut ep, &sealed[1], 2), 1);
+        assert_eq!(taken(&mut client, &mut ep, &sealed[0], 3), 1);
+        for (i, s) in sealed[2..].iter().enumerate() {
+            assert_eq!(taken(&mut client, &mut ep, s, 4 + i as u16), 1);
+        }
+        for s in [&buy, &sealed[0], &sealed[99]] {
+            assert_eq!(taken(&mut client, &mut ep, s, 200), 0, "a replay");
+        }
     }
 
     /// A relayed response opens only as the answer to the request it was sealed for: a hub

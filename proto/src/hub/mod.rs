@@ -29,7 +29,8 @@
 //! a log of what it forwards, reveals nothing of them (while those connections last, their
 //! transport keys in the hub's memory would open a recorded introduction, and the pair key
 //! in it). The hub still sees who talks to whom, when and how much; it can drop, delay or
-//! replay what it forwards; and a hub that is malicious *at introduction time* can keep the
+//! replay what it forwards (a replayed request is not taken twice; a replayed message is
+//! delivered again); and a hub that is malicious *at introduction time* can keep the
 //! pair key (or hand out its own) and read along: the pair key protects against a hub that
 //! is honest when it introduces and compromised later, not against a lying hub. Room
 //! broadcasts are protected hop by hop only (a message sealed once cannot be opened by a
