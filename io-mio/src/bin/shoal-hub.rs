@@ -161,6 +161,12 @@ struct Cli {
     /// Commands one member may send at once.
     #[arg(long, default_value_t = HubConfig::default().commands.burst)]
     command_burst: f64,
+    /// Joins one room takes per second, on average, whoever asks.
+    #[arg(long, default_value_t = HubConfig::default().room_joins.per_second)]
+    room_join_rate: f64,
+    /// Joins one room takes at once (at least the room's size, for a room to form at once).
+    #[arg(long, default_value_t = HubConfig::default().room_joins.burst)]
+    room_join_burst: f64,
     /// How long a member's queue may stay full with nothing draining before it is
     /// disconnected as not reading (until then what does not fit is dropped and counted).
     #[arg(long, default_value_t = Span(HubConfig::default().stall_timeout))]
@@ -206,6 +212,10 @@ impl Cli {
             commands: RateLimit {
                 per_second: self.command_rate,
                 burst: self.command_burst,
+            },
+            room_joins: RateLimit {
+                per_second: self.room_join_rate,
+                burst: self.room_join_burst,
             },
             stall_timeout: self.stall_timeout.0,
             // Filled from the OS random source by `HubServer::bind`.

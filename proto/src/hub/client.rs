@@ -88,36 +88,53 @@ fn may_wait(
     Ok(())
 }
 
-/// The counters of the sealed requests taken from one member lately, so that one the hub
-/// delivers again is not taken twice: the newest [`RequestWindow::LEN`], and everything
-/// older counts as taken. At most `HubConfig::max_relayed_requests` (64 by default) of a
-/// member's requests wait at the hub at once, so an honest one is hardly ever older than the
-/// window; one that is gets no answer, and its asker a timeout.
+/// The sealed requests taken from one member lately, so that one the hub delivers again is
+/// not taken twice. Each taken counter is kept for a request timeout: a request later than
+/// that behind a newer one is useless (its asker gave up), so everything below a counter
+/// forgotten counts as taken. At most [`RequestWindow::LEN`] are kept: past that the oldest
+/// is forgotten early (an honest request overtaken by that many within a timeout is lost,
+/// and its asker gets a timeout).
 #[derive(Debug, Default)]
 struct RequestWindow {
-    /// Ascending.
-    counters: heapless::Vec<u64, { RequestWindow::LEN }>,
+    /// Taken counters, ascending, with when each was taken.
+    taken: VecDeque<(u64, Instant)>,
+    /// Counters below this count as taken.
+    floor: u64,
+}
+
+/// What [`RequestWindow::take`] made of a counter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Taken {
+    New,
+    /// Taken before: a replay.
+    Again,
+    /// Below what is still kept.
+    Late,
 }
 
 impl RequestWindow {
-    const LEN: usize = 64;
+    const LEN: usize = 256;
 
-    /// Takes `counter`; `false` if it was taken before (or is older than the window).
-    fn take(&mut self, counter: u64) -> bool {
-        let at = match self.counters.binary_search(&counter) {
-            Ok(_) => return false,
-            Err(at) => at,
-        };
-        if self.counters.is_full() {
-            if at == 0 {
-                return false;
+    fn take(&mut self, counter: u64, now: Instant, keep: core::time::Duration) -> Taken {
+        // Forget what is older than a timeout (taken in counter order, mostly: the first
+        // entries are the oldest or nearly), raising the floor past it.
+        while let Some(&(c, at)) = self.taken.front() {
+            if now.saturating_duration_since(at) <= keep && self.taken.len() < Self::LEN {
+                break;
             }
-            self.counters.remove(0);
-            let _ = self.counters.insert(at - 1, counter);
-        } else {
-            let _ = self.counters.insert(at, counter);
+            self.taken.pop_front();
+            self.floor = self.floor.max(c + 1);
         }
-        true
+        if counter < self.floor {
+            return Taken::Late;
+        }
+        match self.taken.binary_search_by_key(&counter, |&(c, _)| c) {
+            Ok(_) => Taken::Again,
+            Err(at) => {
+                self.taken.insert(at, (counter, now));
+                Taken::New
+            }
+        }
     }
 }
 
@@ -398,6 +415,10 @@ pub struct HubClientStats {
     pub links_failed: u64,
     /// Sealed requests delivered again (a replay by the hub) and not taken.
     pub requests_replayed: u64,
+    /// Sealed requests not taken because they came after their asker had given up (past
+    /// `request_timeout` behind later ones), or after very many later ones: a replay, or
+    /// an honest request too late to matter.
+    pub requests_late: u64,
 }
 
 /// A member of a hub: one endpoint's connection to the hub, its rooms and pair keys. Feed it
@@ -412,6 +433,8 @@ pub struct HubClient {
     ciphers: BTreeMap<u16, PairCipher>,
     /// The sealed requests taken from each member lately, under its current pair key.
     requests_taken: BTreeMap<u16, Box<RequestWindow>>,
+    /// This endpoint's `Config::request_timeout`: how long a request stays worth taking.
+    request_timeout: core::time::Duration,
     /// Requests sent to members, by id: whose key opens the response.
     /// (A relayed one also keeps its sealed counter, which the response binds.)
     asked: BTreeMap<RequestId, (u16, ConnectionHandle, u64)>,
@@ -501,6 +524,7 @@ impl HubClient {
             rooms: BTreeMap::new(),
             ciphers: BTreeMap::new(),
             requests_taken: BTreeMap::new(),
+            request_timeout: config.request_timeout,
             asked: BTreeMap::new(),
             waiting: VecDeque::new(),
             waiting_bytes: 0,
@@ -834,7 +858,7 @@ impl HubClient {
                     target: Some(_), ..
                 }),
                 ..
-            } => self.on_relayed(event),
+            } => self.on_relayed(now, event),
             Event::Response { id, payload, .. } if self.asked.contains_key(&id) => {
                 let (from, counter) = self.asked.remove(&id).map_or((0, 0), |(u, _, n)| (u, n));
                 match self
@@ -1047,7 +1071,7 @@ impl HubClient {
     }
 
     /// A message or request the hub forwarded: opened if sealed for this member.
-    fn on_relayed(&mut self, event: Event) {
+    fn on_relayed(&mut self, now: Instant, event: Event) {
         let (from, target, channel, kind, payload) = match &event {
             Event::Message {
                 relay:
@@ -1112,9 +1136,16 @@ impl HubClient {
             // A request acts (it may buy something): one the hub delivers again is not
             // taken twice.
             let taken = self.requests_taken.entry(from).or_default();
-            if !taken.take(sealed_counter(payload)) {
-                self.stats.requests_replayed += 1;
-                return;
+            match taken.take(sealed_counter(payload), now, self.request_timeout) {
+                Taken::New => {}
+                Taken::Again => {
+                    self.stats.requests_replayed += 1;
+                    return;
+                }
+                Taken::Late => {
+                    self.stats.requests_late += 1;
+                    return;
+                }
             }
         }
         self.ready.push_back(match event {
@@ -1157,7 +1188,7 @@ impl HubClient {
             self.waiting = others;
             self.waiting_bytes = self.waiting.iter().map(waiting_len).sum();
             for e in theirs {
-                self.on_relayed(e);
+                self.on_relayed(now, e);
             }
         }
     }
@@ -1443,6 +1474,28 @@ mod tests {
         for s in [&buy, &sealed[0], &sealed[99]] {
             assert_eq!(taken(&mut client, &mut ep, s, 200), 0, "a replay");
         }
+    }
+
+    #[test]
+    fn a_request_window_takes_each_counter_once_and_forgets_after_a_timeout() {
+        let keep = core::time::Duration::from_secs(10);
+        let t0 = Instant::from_millis(1);
+        let mut w = RequestWindow::default();
+        assert_eq!(w.take(5, t0, keep), Taken::New);
+        assert_eq!(w.take(5, t0, keep), Taken::Again);
+        assert_eq!(w.take(3, t0, keep), Taken::New, "overtaken, still in time");
+        // A timeout later everything kept is forgotten, and what is older counts as taken.
+        let later = t0 + keep + core::time::Duration::from_millis(1);
+        assert_eq!(w.take(4, later, keep), Taken::Late);
+        assert_eq!(w.take(5, later, keep), Taken::Late);
+        assert_eq!(w.take(6, later, keep), Taken::New);
+        assert!(w.taken.len() <= 1);
+        // At most LEN are kept within a timeout.
+        for c in 100..100 + 2 * RequestWindow::LEN as u64 {
+            assert_eq!(w.take(c, later, keep), Taken::New);
+        }
+        assert!(w.taken.len() <= RequestWindow::LEN);
+        assert_eq!(w.take(100, later, keep), Taken::Late);
     }
 
     /// A relayed response opens only as the answer to the request it was sealed for: a hub

@@ -76,7 +76,8 @@ pub struct HubConfig {
     /// form at once). Each join tells every member (a `PeerJoined` of up to ~430 bytes, then
     /// a `PeerLeft`), so without it members who join and leave in turn make the hub send
     /// each room mate a stream of notices, over every member's own command rate (a member
-    /// that cannot take them is disconnected as too slow). Over it:
+    /// that cannot take them is disconnected as too slow). In a room that approves its
+    /// joins, the approval spends it (asking costs the room's members nothing). Over it:
     /// [`Refusal::RateLimited`].
     pub room_joins: RateLimit,
     /// How long a member's queue at the hub may stay full, with nothing draining from it,
@@ -1059,8 +1060,9 @@ impl Hub {
             Some(Refusal::RoomFull)
         } else if room.flags & FLAG_APPROVAL != 0 && room.pending.len() >= max_pending {
             Some(Refusal::ApprovalQueueFull)
-        } else if !room.joins.take(&joins, now, 1.0) {
-            // (Last: only a join that would otherwise be taken spends the room's budget.)
+        } else if room.flags & FLAG_APPROVAL == 0 && !room.joins.take(&joins, now, 1.0) {
+            // (Last: only a join that would otherwise be taken spends the room's budget; in
+            // a room that approves its joins, the approval does.)
             Some(Refusal::RateLimited)
         } else {
             None
@@ -1105,6 +1107,7 @@ impl Hub {
             .get(&joiner)
             .map_or(usize::MAX, |m| m.rooms.len());
         let max_rooms = self.config.max_rooms_per_member;
+        let (joins, now) = (self.config.room_joins, self.now);
         let Some(r) = self.room_mut(room) else {
             return self.refuse(ep, owner, op, Refusal::UnknownRoom);
         };
@@ -1123,6 +1126,11 @@ impl Hub {
             self.refuse(ep, joiner, p.op, Refusal::RoomFull);
         } else if in_rooms >= max_rooms {
             self.refuse(ep, joiner, p.op, Refusal::TooManyRooms);
+        } else if !self
+            .room_mut(room)
+            .is_some_and(|r| r.joins.take(&joins, now, 1.0))
+        {
+            self.refuse(ep, joiner, p.op, Refusal::RateLimited);
         } else {
             self.add_member(ep, room, joiner, p.op, p.metadata);
         }

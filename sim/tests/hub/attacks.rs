@@ -311,6 +311,41 @@ fn a_room_takes_joins_at_its_own_rate_whoever_asks() {
     assert!(joined >= 5, "joins still go through ({joined})");
 }
 
+/// In a room that approves its joins, asking costs the room's members nothing (only its
+/// owner hears of it), so only an approval spends the room's joins: strangers asking and
+/// being refused cannot use them up and keep real joiners out.
+#[test]
+fn refused_asks_to_join_an_approval_room_spend_none_of_its_joins() {
+    let config = HubConfig {
+        room_joins: RateLimit {
+            per_second: 0.01,
+            burst: 1.0,
+        },
+        approval_timeout: Duration::from_secs(60),
+        ..hub_config()
+    };
+    let (mut sim, mut w) = world(35, 5, config, link(0.0));
+    let room = create(&mut sim, &mut w, 0, "vip", approval_room());
+    for i in 1..4 {
+        let asker = w.user(i);
+        w.act(&mut sim, i, |cl, ep| cl.join_room(ep, "vip", b"", b""))
+            .expect("join");
+        w.run(&mut sim, 200);
+        w.act(&mut sim, 0, |cl, ep| cl.approve(ep, room, asker, false))
+            .expect("refuse");
+        w.run(&mut sim, 200);
+        assert_eq!(refusal(&w.take(i)), Some(Refusal::NotApproved));
+    }
+    let welcome = w.user(4);
+    w.act(&mut sim, 4, |cl, ep| cl.join_room(ep, "vip", b"", b""))
+        .expect("join");
+    w.run(&mut sim, 200);
+    w.act(&mut sim, 0, |cl, ep| cl.approve(ep, room, welcome, true))
+        .expect("approve");
+    w.run(&mut sim, 300);
+    assert_eq!(joined(&w.take(4)), Some(room), "the approved joiner is in");
+}
+
 #[test]
 fn commands_past_the_rate_limit_are_refused() {
     let config = HubConfig {
