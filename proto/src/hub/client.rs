@@ -1,6 +1,7 @@
 //! A member's side: the rooms it is in, its pair keys, and the relay seen from an endpoint
 //! connected to a hub.
 
+use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
 use alloc::vec::Vec;
 use bytes::Bytes;
