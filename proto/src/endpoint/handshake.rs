@@ -448,13 +448,25 @@ impl Endpoint {
         }
     }
 
+    /// A server's connection moved from `old` to `new`.
+    pub(super) fn ip_moves(&mut self, old: SocketAddr, new: SocketAddr) {
+        if old != new {
+            self.ip_loses(old);
+            self.ip_gains(new);
+        }
+    }
+
     /// A server's connection no longer comes from `addr` (gone, or moved away).
     pub(super) fn ip_loses(&mut self, addr: SocketAddr) {
-        let Some(a) = self.admission.as_deref_mut() else {
+        let Some(a) = self
+            .admission
+            .as_deref_mut()
+            .filter(|_| counts_per_ip(addr))
+        else {
             return;
         };
         let key = ip_key(addr.ip());
-        if let Some(n) = a.per_ip.get_mut(&key).filter(|_| counts_per_ip(addr)) {
+        if let Some(n) = a.per_ip.get_mut(&key) {
             *n -= 1;
             if *n == 0 {
                 a.per_ip.remove(&key);

@@ -1612,9 +1612,8 @@ impl Endpoint {
                 if *old != conn.remote() && self.by_addr.get(&*old) == Some(&index) {
                     self.by_addr.remove(&*old);
                 }
-                if !conn.is_client && *old != conn.remote() {
-                    self.ip_loses(*old);
-                    self.ip_gains(conn.remote());
+                if !conn.is_client {
+                    self.ip_moves(*old, conn.remote());
                 }
             }
             self.reap(index, conn, reason);
@@ -1629,8 +1628,7 @@ impl Endpoint {
                 // Another connection's handshake entry for this address stays its own.
                 self.by_addr.insert_if_absent(now, index);
                 if !conn.is_client {
-                    self.ip_loses(old);
-                    self.ip_gains(now);
+                    self.ip_moves(old, now);
                 }
                 self.stats.migrations += 1;
                 conn.event_bytes += self.events.push(Event::PathChanged {

@@ -51,14 +51,16 @@ fn response_aad(request_counter: u64) -> [u8; 9] {
 
 /// Whether a message for a link not up yet may wait in its queue: what the endpoint's own
 /// send would refuse is refused now (once the link is up, nobody would hear of it), the
-/// channel's queue counted in bytes as the endpoint counts it, and at most
-/// `MAX_LINK_QUEUE` messages in all.
+/// channel's queue counted as the endpoint counts it (`SendChannel::room_for_one`: each
+/// message its payload and `QUEUE_ENTRY_BYTES`), and at most `MAX_LINK_QUEUE` messages in
+/// all.
 fn may_wait(
     config: &Config,
     queued: &VecDeque<(u8, Bytes)>,
     channel: u8,
     len: usize,
 ) -> Result<(), SendError> {
+    use crate::messaging::channel::QUEUE_ENTRY_BYTES;
     let Some(room) = config.channels.get(usize::from(channel)) else {
         return Err(SendError::UnknownChannel(channel));
     };
@@ -71,16 +73,17 @@ fn may_wait(
     let on_channel: usize = queued
         .iter()
         .filter(|(c, _)| *c == channel)
-        .map(|(_, p)| p.len())
+        .map(|(_, p)| p.len() + QUEUE_ENTRY_BYTES)
         .sum();
-    if len > room.max_queued_bytes {
+    let needs = len + QUEUE_ENTRY_BYTES;
+    if needs > room.max_queued_bytes {
         // (0: it never fits.)
         return Err(SendError::QueueFull {
             channel,
             queued_bytes: 0,
         });
     }
-    if queued.len() >= MAX_LINK_QUEUE || on_channel + len > room.max_queued_bytes {
+    if queued.len() >= MAX_LINK_QUEUE || on_channel + needs > room.max_queued_bytes {
         return Err(SendError::QueueFull {
             channel,
             queued_bytes: on_channel.max(1),
@@ -675,6 +678,23 @@ impl HubClient {
         self.command(ep, |op| Command::Announce { op, addrs })
     }
 
+    /// The link to `user`, unless it can carry nothing: no introduction, no key to
+    /// authenticate a direct-only link, or a handshake that failed.
+    fn usable_link(&mut self, user: u16) -> Result<&mut Link, HubError> {
+        let direct_only = self.policy == PathPolicy::DirectOnly;
+        let link = self
+            .links
+            .get_mut(&user)
+            .ok_or(HubError::NotIntroduced(user))?;
+        if direct_only && link.key.is_none() {
+            return Err(HubError::NoVouchedKey(user));
+        }
+        if link.failed {
+            return Err(HubError::LinkFailed(user));
+        }
+        Ok(link)
+    }
+
     /// The peer link's connection to `user`, once it exists (also while it is being set
     /// up: for its stats and state; send through [`send`](Self::send), which holds messages
     /// until the link is up and keeps them in order).
@@ -696,13 +716,7 @@ impl HubClient {
         }
         let payload = payload.into();
         if let (Target::User(u), true) = (to, self.policy != PathPolicy::Messages) {
-            let link = self.links.get_mut(&u).ok_or(HubError::NotIntroduced(u))?;
-            if self.policy == PathPolicy::DirectOnly && link.key.is_none() {
-                return Err(HubError::NoVouchedKey(u));
-            }
-            if link.failed {
-                return Err(HubError::LinkFailed(u));
-            }
+            let link = self.usable_link(u)?;
             return match link.conn.filter(|_| link.up) {
                 Some(conn) => Ok(ep.send(conn, channel, payload)?),
                 None => {
@@ -737,13 +751,7 @@ impl HubClient {
             return Err(HubError::ControlChannel(channel));
         }
         if self.policy != PathPolicy::Messages {
-            let link = self.links.get(&to).ok_or(HubError::NotIntroduced(to))?;
-            if self.policy == PathPolicy::DirectOnly && link.key.is_none() {
-                return Err(HubError::NoVouchedKey(to));
-            }
-            if link.failed {
-                return Err(HubError::LinkFailed(to));
-            }
+            let link = self.usable_link(to)?;
             let conn = link
                 .conn
                 .filter(|_| link.up)
@@ -1418,12 +1426,14 @@ mod tests {
             send(2, max + 1),
             Err(HubError::Send(SendError::MessageTooLarge { .. }))
         ));
-        // A reliable channel's queue holds `max_queued_bytes`, counted as the endpoint does.
+        // A reliable channel's queue holds `max_queued_bytes`, counted as the endpoint does
+        // (each message its payload and its entry).
         let room = config.channels[2].max_queued_bytes;
-        let mut taken = 100;
-        while taken + max <= room {
+        let entry = crate::messaging::channel::QUEUE_ENTRY_BYTES;
+        let mut taken = 100 + entry;
+        while taken + max + entry <= room {
             assert_eq!(send(2, max), Ok(()));
-            taken += max;
+            taken += max + entry;
         }
         assert!(matches!(
             send(2, max),

@@ -73,8 +73,8 @@ pub struct HubConfig {
     /// [`Refusal::RateLimited`].
     pub commands: RateLimit,
     /// Joins one room takes, whoever asks (default 16/s, bursts of 256: a full room can
-    /// form at once). Each join tells every member (a `PeerJoined` of up to ~430 bytes, then
-    /// a `PeerLeft`), so without it members who join and leave in turn make the hub send
+    /// form at once). Each join tells every member (a `PeerJoined` carrying the joiner's
+    /// metadata, keys and addresses, then a `PeerLeft`), so without it members who join and leave in turn make the hub send
     /// each room mate a stream of notices, over every member's own command rate (a member
     /// that cannot take them is disconnected as too slow). In a room that approves its
     /// joins, the approval spends it (asking costs the room's members nothing). Over it:
@@ -738,9 +738,7 @@ impl Hub {
             Err(SendError::UnknownConnection) => {}
             Err(_) => {
                 self.stats.notices_dropped += 1;
-                if !self.slow.contains(&user) {
-                    self.slow.push(user);
-                }
+                self.mark_slow(user);
             }
         }
     }
@@ -767,14 +765,19 @@ impl Hub {
             Err(SendError::QueueFull { .. }) => {
                 self.stats.dropped_queue_full += 1;
                 let since = *m.full_since.get_or_insert(self.now);
-                if self.now.saturating_duration_since(since) >= self.config.stall_timeout
-                    && !self.slow.contains(&user)
-                {
-                    self.slow.push(user);
+                if self.now.saturating_duration_since(since) >= self.config.stall_timeout {
+                    self.mark_slow(user);
                 }
                 false
             }
             Err(_) => false,
+        }
+    }
+
+    /// Marks `user` to be disconnected as too slow after the event in hand.
+    fn mark_slow(&mut self, user: u16) {
+        if !self.slow.contains(&user) {
+            self.slow.push(user);
         }
     }
 
