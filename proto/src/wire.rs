@@ -489,15 +489,23 @@ pub(crate) fn encode_ack(
             }
         } else {
             let gap = previous_low.checked_sub(high)?.checked_sub(2)?;
-            let (Ok(gap), Ok(len)) = (u32::try_from(gap), u32::try_from(high - low)) else {
+            let Ok(gap) = u32::try_from(gap) else {
                 break;
             };
+            // Too long a range is acknowledged in part, as the first is: its top (the
+            // packets just before the gap, which the peer may not have heard of yet; a
+            // clean run of two million packets becomes this range at its first loss).
+            let len = u32::try_from(high - low).map_or(MAX_VARINT, |v| v.min(MAX_VARINT));
             let need = varint_len(gap) + varint_len(len);
-            if gap > MAX_VARINT || len > MAX_VARINT || w.pos + need > end {
+            if gap > MAX_VARINT || w.pos + need > end {
                 break;
             }
             put_varint(w, gap)?;
             put_varint(w, len)?;
+            if u64::from(len) < high - low {
+                count += 1;
+                break;
+            }
         }
         previous_low = low;
         count += 1;
@@ -1510,6 +1518,36 @@ mod tests {
         };
         let ack = Ack::decode(&mut r, 1).expect("decodes");
         assert_eq!(ack.first_range, MAX_VARINT);
+    }
+
+    /// A long clean run that becomes a later range at the first loss is acknowledged in part
+    /// too: it once ended the acknowledgement, so the packets just before the gap were never
+    /// reported and the sender declared them lost (after two million packets without loss:
+    /// 35 minutes at 1,000 a second, a day at 20).
+    #[test]
+    fn a_later_ack_range_longer_than_a_varint_is_acknowledged_in_part() {
+        let mut buf = [0u8; 64];
+        let mut w = Writer::new(&mut buf);
+        let ranges = [(2_400_002u64, 2_400_010u64), (0, 2_400_000)];
+        let n = encode_ack(&mut w, false, 0, ranges.into_iter(), 64).expect("encodes");
+        assert_eq!(n, 2);
+        let len = w.len();
+        let mut r = Reader {
+            bytes: &buf[1..len],
+        };
+        let ack = Ack::decode(&mut r, 2).expect("decodes");
+        let largest = u64::from(ack.largest);
+        let acked: alloc::vec::Vec<(u64, u64)> = ack
+            .ranges()
+            .map(|(low, high)| (largest - low, largest - high))
+            .collect();
+        assert_eq!(
+            acked,
+            [
+                (2_400_002, 2_400_010),
+                (2_400_000 - u64::from(MAX_VARINT), 2_400_000)
+            ]
+        );
     }
 
     proptest::proptest! {

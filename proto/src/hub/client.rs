@@ -127,7 +127,8 @@ impl RequestWindow {
                 break;
             }
             self.taken.pop_front();
-            self.floor = self.floor.max(c + 1);
+            // (Saturating: the counter is the sender's, and a lying one may send the last.)
+            self.floor = self.floor.max(c.saturating_add(1));
         }
         if counter < self.floor {
             return Taken::Late;
@@ -1507,6 +1508,19 @@ mod tests {
         }
         assert!(w.taken.len() <= RequestWindow::LEN);
         assert_eq!(w.take(100, later, keep), Taken::Late);
+    }
+
+    /// A lying peer's last possible counter is forgotten like any other (it once overflowed
+    /// when it aged out: a panic in a debug build), and only its own requests pay for it.
+    #[test]
+    fn a_request_window_forgets_the_largest_counter_without_overflow() {
+        let keep = core::time::Duration::from_secs(10);
+        let t0 = Instant::from_millis(1);
+        let mut w = RequestWindow::default();
+        assert_eq!(w.take(u64::MAX, t0, keep), Taken::New);
+        let later = t0 + keep + core::time::Duration::from_millis(1);
+        assert_eq!(w.take(5, later, keep), Taken::Late);
+        assert_eq!(w.floor, u64::MAX);
     }
 
     /// A relayed response opens only as the answer to the request it was sealed for: a hub
