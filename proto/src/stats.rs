@@ -224,6 +224,7 @@ impl Counters {
             retransmissions: rare.retransmissions,
             repairs_sent: rare.repairs_sent,
             packets_rebuilt: rare.packets_rebuilt,
+            repair_solves_deferred: rare.repair_solves_deferred,
             payload_bytes_transmitted: self.payload_bytes_transmitted,
             packets_lost: rare.packets_lost,
             rto_fired: rare.rto_fired,
@@ -248,6 +249,7 @@ pub(crate) struct Rare {
     pub(crate) retransmissions: u64,
     pub(crate) repairs_sent: u64,
     pub(crate) packets_rebuilt: u64,
+    pub(crate) repair_solves_deferred: u64,
     pub(crate) packets_lost: u64,
     pub(crate) rto_fired: u64,
     pub(crate) path_challenges_sent: u64,
@@ -299,6 +301,10 @@ pub struct ConnectionStats {
     pub repairs_sent: u64,
     /// Lost packets rebuilt from the peer's repair blocks, without a retransmission.
     pub packets_rebuilt: u64,
+    /// Times solving the peer's repair blocks was put off because it had cost more than
+    /// the bytes the peer sent pay for (8 byte operations a byte, 1 MiB of operations
+    /// ahead). Above 0 only for a peer whose repairs never solve (a hostile one).
+    pub repair_solves_deferred: u64,
     /// Payload bytes put on the wire, counting every copy.
     pub payload_bytes_transmitted: u64,
     /// Packets declared lost.

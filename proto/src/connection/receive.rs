@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::event::Relay;
+use crate::transport::fec::RepairDecoder;
 use crate::transport::path::PathStatus;
 use crate::transport::received::Verdict;
 
@@ -260,7 +261,10 @@ impl Connection {
             }
             parsed.push((h, frames.share(frame.payload)));
         }
-        to_hold += self.ordered_bytes_to_hold(ordered);
+        if verdict.is_ok() {
+            // (Not for a packet refused already: a peer could repeat one for the walk.)
+            to_hold += self.ordered_bytes_to_hold(ordered);
+        }
         ordered.clear();
         verdict.map(|()| to_hold)
     }
@@ -340,7 +344,9 @@ impl Connection {
             rx.on_received(pn, frames.frames, shared.config.mtu / 2);
             self.transport.coding_tails[1] = rx.tail_address();
             if !rx.is_active() {
-                self.transport.fec_rx = None; // the peer stopped coding
+                // The peer stopped coding.
+                self.transport.solve_work_owed = rx.work_owed();
+                self.transport.fec_rx = None;
             }
         }
         out_of_order
@@ -365,7 +371,11 @@ impl Connection {
             self.stats.rare.dropped(DropReason::ProtocolViolation);
             return;
         };
-        let rx = self.transport.fec_rx.get_or_insert_with(Default::default);
+        let owed = self.transport.solve_work_owed;
+        let rx = self
+            .transport
+            .fec_rx
+            .get_or_insert_with(|| Box::new(RepairDecoder::owing(owed)));
         let received = &self.transport.received;
         let largest = received.largest().unwrap_or(0);
         let missing = |p| p < largest && received.verdict(p).is_missing();
@@ -391,6 +401,10 @@ impl Connection {
         rx.solve(missing, |p, frames| {
             rebuilt.push((p, Bytes::copy_from_slice(frames)))
         });
+        let deferred = rx.take_deferred();
+        if deferred > 0 {
+            self.stats.rare.get().repair_solves_deferred += deferred;
+        }
         for (p, owner) in rebuilt.drain(..) {
             if !self.transport.received.verdict(p).is_missing() {
                 continue;
@@ -550,12 +564,16 @@ impl Connection {
             chunk_payload: config.chunk_payload(),
             budget_left,
             deliver: &mut deliver,
+            evicted: 0,
         };
         let Some(ch) = self.messaging.recv_channels.get_mut(usize::from(channel)) else {
             return; // checked in the first pass
         };
         let held_before = ch.held_bytes;
         let result = ch.receive(meta, h.chunk, payload, &mut cx);
+        for _ in 0..cx.evicted {
+            self.stats.rare.dropped(DropReason::ReassemblyEvicted);
+        }
         let held_after = ch.held_bytes;
         if ch.has_partials() {
             self.messaging.partial_channels |= 1 << channel;

@@ -223,6 +223,9 @@ pub(crate) struct RecvContext<'a> {
     /// Bytes of reassembly this frame may still add (unreliable chunks check it).
     pub(crate) budget_left: usize,
     pub(crate) deliver: &'a mut dyn FnMut(MessageMeta, Bytes),
+    /// Partial messages the frame made the channel give up (superseded, or over the cap of
+    /// partials), for the caller to count.
+    pub(crate) evicted: u64,
 }
 
 impl RecvChannel {
@@ -283,14 +286,17 @@ impl RecvChannel {
             self.newest = Some(newest);
             // Partial messages sent before the one just delivered can never be delivered.
             let mut freed = 0;
+            let mut evicted = 0;
             self.partials.retain(|(_, _, order, r)| {
                 let keep = *order > newest;
                 if !keep {
                     freed += r.reserved();
+                    evicted += 1;
                 }
                 keep
             });
             self.held_bytes -= freed;
+            cx.evicted += evicted;
         }
         (cx.deliver)(meta, payload);
         Received::Accepted
@@ -335,6 +341,7 @@ impl RecvChannel {
                 if self.partials.len() >= MAX_UNRELIABLE_PARTIALS {
                     let (_, _, _, old) = self.partials.remove(0);
                     self.held_bytes -= old.reserved();
+                    cx.evicted += 1;
                 }
                 let r = ReassemblyBuffer::new(chunk.count, cx.chunk_payload, cx.now);
                 self.held_bytes += r.reserved();
@@ -515,14 +522,19 @@ impl RecvChannel {
         slots + chunk.map_or(0, |c| reservation(c.count, chunk_payload))
     }
 
-    /// The first sequence from the base that is neither received already nor among
-    /// `arriving` (sorted whole messages of one packet): messages before it are delivered as
-    /// the packet is taken, so they hold nothing.
+    /// Where the run from the base of messages received already or among `arriving`
+    /// (sorted whole messages of one packet) ends: arriving messages below it are delivered
+    /// as the packet is taken, so they hold nothing. The scan stops past the last arriving
+    /// message (what lies beyond it does not matter), so a packet costs the stretch it
+    /// spans, not the whole window a peer may have filled behind a missing base.
     pub(crate) fn in_order_run(&self, arriving: impl IntoIterator<Item = u64>) -> u64 {
         let mut arriving = arriving.into_iter().peekable();
         let mut cursor = self.base;
         loop {
             while arriving.next_if(|&s| s < cursor).is_some() {}
+            if arriving.peek().is_none() {
+                return cursor;
+            }
             let received = matches!(
                 self.slots.get((cursor - self.base) as usize),
                 Some(Slot::Ready(..) | Slot::Done)
@@ -589,6 +601,18 @@ mod tests {
         chunk: Option<ChunkInfo>,
         payload: &'static [u8],
     ) -> (Received, Vec<Bytes>) {
+        let (verdict, delivered, _) = feed_counting(ch, packet, sequence, chunk, payload);
+        (verdict, delivered)
+    }
+
+    /// [`feed`], also returning the partial messages the frame made the channel give up.
+    fn feed_counting(
+        ch: &mut RecvChannel,
+        packet: u64,
+        sequence: u16,
+        chunk: Option<ChunkInfo>,
+        payload: &'static [u8],
+    ) -> (Received, Vec<Bytes>, u64) {
         let mut delivered = Vec::new();
         let mut deliver = |_: MessageMeta, b: Bytes| delivered.push(b);
         let mut cx = RecvContext {
@@ -597,6 +621,7 @@ mod tests {
             chunk_payload: 4,
             budget_left: 1 << 20,
             deliver: &mut deliver,
+            evicted: 0,
         };
         let meta = MessageMeta {
             sequence,
@@ -605,7 +630,8 @@ mod tests {
             redirect: None,
         };
         let verdict = ch.receive(meta, chunk, Bytes::from_static(payload), &mut cx);
-        (verdict, delivered)
+        let evicted = cx.evicted;
+        (verdict, delivered, evicted)
     }
 
     /// The 16 bits of an unreliable message's sequence repeat every 65,536 messages: a
@@ -629,5 +655,51 @@ mod tests {
         );
         let (_, out) = feed(&mut ch, 101, 7, chunk(0), b"BBBB");
         assert_eq!(out, [Bytes::from_static(b"BBBBbbbb")]);
+    }
+
+    /// Partial messages a channel gives up on are counted (the cap of four partials on an
+    /// unreliable channel, a sequenced one superseded by a newer message), not dropped
+    /// without a trace.
+    #[test]
+    fn partial_messages_given_up_are_counted() {
+        let chunk = |index| Some(ChunkInfo { index, count: 2 });
+        let mut ch = RecvChannel::new(DeliveryKind::Unreliable);
+        for seq in 0..MAX_UNRELIABLE_PARTIALS as u16 {
+            let (_, _, evicted) = feed_counting(&mut ch, u64::from(seq), seq, chunk(0), b"AAAA");
+            assert_eq!(evicted, 0);
+        }
+        let (_, _, evicted) = feed_counting(&mut ch, 10, 10, chunk(0), b"AAAA");
+        assert_eq!(evicted, 1, "the oldest partial made room for a fifth");
+        let mut ch = RecvChannel::new(DeliveryKind::Sequenced);
+        let (_, _, evicted) = feed_counting(&mut ch, 1, 1, chunk(0), b"AAAA");
+        assert_eq!(evicted, 0);
+        let (_, out, evicted) = feed_counting(&mut ch, 2, 2, None, b"x");
+        assert_eq!(
+            (out.len(), evicted),
+            (1, 1),
+            "superseded by a newer message"
+        );
+    }
+
+    /// Checking a packet that carries the missing base of an ordered channel reads the
+    /// window only as far as the packet's own messages: a peer that filled the window behind
+    /// the base and then sent the base in packets refused for another reason made each of
+    /// them walk all 4,096 slots (10-15 times a small packet's cost).
+    #[test]
+    fn the_in_order_run_stops_past_the_last_arriving_message() {
+        let mut ch = RecvChannel::new(DeliveryKind::Ordered);
+        for seq in 1..4_000u16 {
+            let (_, out) = feed(&mut ch, u64::from(seq), seq, None, b"x");
+            assert!(out.is_empty(), "held behind the missing base");
+        }
+        assert_eq!(ch.in_order_run([0]), 1, "stops past the base");
+        assert_eq!(
+            ch.in_order_run([0, 4_000]),
+            4_001,
+            "the whole stretch when it spans it"
+        );
+        assert_eq!(ch.in_order_run([4_001]), 0, "the base is still missing");
+        let (_, out) = feed(&mut ch, 5_000, 0, None, b"x");
+        assert_eq!(out.len(), 4_000, "the base releases what it held");
     }
 }

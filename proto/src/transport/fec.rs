@@ -20,6 +20,14 @@ pub(crate) const COVERAGE: usize = 12;
 const KEPT: usize = 24;
 /// Repairs kept until they are solved or useless.
 const PENDING: usize = 12;
+/// Byte operations (a byte multiplied and added) solving may spend per byte the peer sent
+/// since the decoder was made: an honest path's solves take a small fraction of that, while
+/// repairs made so that no equation ever solves had every one of them rerun the whole
+/// elimination (some 45 times a packet's own cost).
+const SOLVE_WORK_PER_BYTE: usize = 8;
+/// Solving work allowed ahead of the bytes that pay for it (a burst of losses solves at
+/// once).
+const SOLVE_WORK_AHEAD: usize = 1 << 20;
 
 /// Multiplication tables of GF(2^8) with the AES polynomial x^8 + x^4 + x^3 + x + 1.
 struct Gf {
@@ -421,6 +429,10 @@ pub(crate) struct RepairDecoder {
     /// a pending repair covers. Otherwise solving again would only redo the last solve (a
     /// peer could otherwise have it redone, in full, for every packet it sends).
     dirty: bool,
+    /// Solving work done and not paid for yet by bytes received (see `SOLVE_WORK_PER_BYTE`).
+    work_owed: usize,
+    /// Solves put off for lack of paid work (see `solve`); the caller counts them.
+    deferred: u64,
     /// Solves run (for the tests).
     #[cfg(test)]
     solves: usize,
@@ -437,9 +449,13 @@ impl RepairDecoder {
         }
         self.quiet += 1;
         if self.quiet > 2 * KEPT {
+            // (What is owed stays, for the connection to keep: see `work_owed`.)
+            let work_owed = self.work_owed;
             *self = RepairDecoder::default();
+            self.work_owed = work_owed;
             return;
         }
+        self.pay(frames.len());
         if frames.len() <= max_len {
             self.kept.push(pn, (), frames);
         }
@@ -472,6 +488,7 @@ impl RepairDecoder {
         missing: impl Fn(u64) -> bool,
     ) {
         self.on_repair_seen();
+        self.pay(symbol.len());
         if !covered.iter().any(|&(pn, _)| missing(pn)) {
             return;
         }
@@ -505,6 +522,31 @@ impl RepairDecoder {
             symbol: buf,
         });
         self.dirty = true;
+    }
+
+    /// A decoder that starts owing `work` (what the one before it left unpaid).
+    pub(crate) fn owing(work: u32) -> Self {
+        RepairDecoder {
+            work_owed: work as usize,
+            ..RepairDecoder::default()
+        }
+    }
+
+    /// Solving work owed (kept by the connection when the decoder goes).
+    pub(crate) fn work_owed(&self) -> u32 {
+        u32::try_from(self.work_owed).unwrap_or(u32::MAX)
+    }
+
+    /// Bytes received: they pay for solving work.
+    fn pay(&mut self, bytes: usize) {
+        self.work_owed = self
+            .work_owed
+            .saturating_sub(bytes.saturating_mul(SOLVE_WORK_PER_BYTE));
+    }
+
+    /// Solves put off since the last call, for lack of bytes received to pay for them.
+    pub(crate) fn take_deferred(&mut self) -> u64 {
+        core::mem::take(&mut self.deferred)
     }
 
     /// A repair arrived: the peer codes (received packets are kept from now on).
@@ -543,9 +585,15 @@ impl RepairDecoder {
         missing: impl Fn(u64) -> bool,
         mut rebuilt: impl FnMut(u64, &[u8]),
     ) {
-        if !core::mem::take(&mut self.dirty) {
+        if !self.dirty {
             return;
         }
+        if self.work_owed > SOLVE_WORK_AHEAD {
+            // Still dirty: it solves once the peer's bytes paid for the last solves.
+            self.deferred += 1;
+            return;
+        }
+        self.dirty = false;
         #[cfg(test)]
         {
             self.solves += 1;
@@ -583,17 +631,23 @@ impl RepairDecoder {
             .max()
             .unwrap_or(0);
         let mut rows: heapless::Vec<([u8; 32], Vec<u8>), PENDING> = heapless::Vec::new();
+        // Byte operations spent, owed until the peer's bytes pay for them.
+        let mut work = 0usize;
         'repairs: for p in &self.pending {
             let mut coefs = [0u8; 32];
             let mut rhs = Vec::with_capacity(width);
             rhs.extend_from_slice(&p.symbol);
             rhs.resize(width, 0);
+            work += width;
             for (pn, _) in p.covered() {
                 let c = coefficient(p.repair_pn, pn);
                 match unknowns.iter().position(|&(u, _)| u == pn) {
                     Some(col) => coefs[col] = c,
                     None => match self.kept(pn) {
-                        Some(frames) if !missing(pn) => mul_add(&mut rhs, c, frames),
+                        Some(frames) if !missing(pn) => {
+                            work += frames.len();
+                            mul_add(&mut rhs, c, frames)
+                        }
                         // A missing packet that did not fit the unknowns (a long outage): the
                         // equation would be wrong, so it is left out rather than solved.
                         _ => continue 'repairs,
@@ -626,10 +680,12 @@ impl RepairDecoder {
                     *c ^= mul(factor, p);
                 }
                 mul_add(rhs, factor, &pivot_rhs);
+                work += width;
             }
             let _ = solved.push((col, pivot_row));
             pivot_row += 1;
         }
+        self.work_owed = self.work_owed.saturating_add(work);
         // A pivot row with no other unknown left gives its packet.
         for &(col, r) in &solved {
             let only = rows[r]
@@ -821,6 +877,45 @@ mod tests {
         dec.mark_dirty();
         dec.solve(|pn| pn < 24 && pn != 0, |_, _| {});
         assert_eq!(dec.solves, 3);
+    }
+
+    /// A peer can send repairs that each add an equation and never let one solve (every
+    /// other packet missing, each repair over eight missing and eight kept ones): each
+    /// reran the whole elimination, some 45 times what its packet costs otherwise. Solving
+    /// now stops once it has cost more than the peer's bytes pay for, until they do.
+    #[test]
+    fn repairs_that_never_solve_cost_at_most_what_the_peers_bytes_pay_for() {
+        let mut dec = RepairDecoder {
+            active: true,
+            ..RepairDecoder::default()
+        };
+        let missing = |pn: u64| pn % 2 == 1;
+        let frames = [5u8; 600];
+        let mut sent = 0usize;
+        for newest in (100..2_100u64).step_by(2) {
+            dec.on_received(newest, &frames, 600);
+            sent += frames.len();
+            let covered: Vec<(u64, usize)> = (0..16).map(|d| (newest - d, 600)).collect();
+            dec.on_repair(newest + 1, &covered, &[9u8; 600], missing);
+            sent += 600;
+            dec.solve(missing, |_, _| panic!("nothing solves"));
+        }
+        let allowed = sent * SOLVE_WORK_PER_BYTE + SOLVE_WORK_AHEAD;
+        // Each solve of twelve pending repairs of 600 bytes does some 150,000 operations.
+        assert!(
+            dec.solves * 100_000 <= allowed,
+            "{} solves for {sent} bytes received",
+            dec.solves
+        );
+        assert!(dec.take_deferred() > 0, "the ones put off are counted");
+        // An honest repair, once the peer's bytes paid: solved again.
+        for pn in 3_000..3_200u64 {
+            dec.on_received(pn, &frames, 600);
+        }
+        let before = dec.solves;
+        dec.on_repair(3_300, &[(3_201, 10)], &[1u8; 10], |pn| pn == 3_201);
+        dec.solve(|pn| pn == 3_201, |_, _| {});
+        assert_eq!(dec.solves, before + 1);
     }
 
     #[test]

@@ -64,6 +64,10 @@ pub(crate) struct Transport {
     /// Forward error correction: what we received lately, and repairs not solved yet.
     /// Boxed from the peer's first repair until it stops sending them.
     pub(crate) fec_rx: Option<Box<RepairDecoder>>,
+    /// Solving work a decoder given back still owed (see `RepairDecoder::solve`): a peer that
+    /// pauses its repairs until the decoder goes must not start the next one with a clean
+    /// slate.
+    pub(crate) solve_work_owed: u32,
     /// One past the newest packet the last repair we sent covered, 0 before the first
     /// (each packet is the newest covered once).
     pub(crate) repaired_through: u64,
@@ -110,6 +114,7 @@ impl Transport {
             coding: false,
             fec_tx: None,
             fec_rx: None,
+            solve_work_owed: 0,
             repaired_through: 0,
             coding_tails: [0; 2],
         }
