@@ -964,6 +964,41 @@ fn a_disconnect_from_another_address_does_not_close_the_connection() {
 
 // ======================================================================== 5. path validation
 
+/// A peer that moves between addresses again and again while the application reads nothing
+/// leaves one `PathChanged` waiting, naming where it is when it is read (each move queued
+/// one of its own, uncharged and without bound).
+#[test]
+fn moves_while_the_application_reads_nothing_leave_one_path_event_waiting() {
+    let mut net = Net::new();
+    let server = net.add(server_config(2), addr("10.0.0.1:4000"));
+    let client = net.add(client_config(1), addr("10.0.0.2:5000"));
+    let old = net.nodes[client].addr;
+    let c = net.connect(client, server);
+    assert!(net.run_until(Duration::from_secs(5), |n| n.nodes[client]
+        .ep
+        .is_connected(c)
+        && n.accepted(server, old).is_some()));
+    let s = net.accepted(server, old).expect("accepted");
+    net.run_for(Duration::from_millis(100));
+    net.nodes[server].polling = false;
+    let hops = 20;
+    for i in 0..hops {
+        let to = SocketAddr::from(([10, 0, 0, 2], 6_000 + (i % 2) as u16));
+        net.nodes[client].addr = to;
+        net.ep(client).send(c, 2, &b"hop"[..]).expect("send");
+        net.run_for(Duration::from_millis(300));
+        assert_eq!(net.nodes[server].ep.remote_address(s), Some(to), "hop {i}");
+    }
+    assert_eq!(net.nodes[server].ep.stats().migrations, hops);
+    let mut moves = Vec::new();
+    while let Some(e) = net.ep(server).poll_event() {
+        if let Event::PathChanged { remote, .. } = e {
+            moves.push(remote);
+        }
+    }
+    assert_eq!(moves, [addr("10.0.0.2:6001")]);
+}
+
 #[test]
 fn nat_rebinding_moves_the_connection_only_after_path_validation_within_credit() {
     let mut net = Net::new();

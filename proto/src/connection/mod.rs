@@ -365,6 +365,9 @@ pub(crate) struct Connection {
     pub(crate) announced: bool,
     /// Its `Connected` event was queued: it ends in `Disconnected`, not `ConnectFailed`.
     pub(crate) reported: bool,
+    /// A `PathChanged` of it waits in the event queue: a further move updates that one
+    /// (it names the address when the application takes it) rather than queueing another.
+    pub(crate) path_event_waiting: bool,
     /// The check of the peer's "unknown connection" notices, made on the first one (most
     /// connections never see one): 8 bytes here, not 48.
     reset: Option<Box<ResetWatch>>,
@@ -459,6 +462,7 @@ impl Connection {
             moved_from: None,
             announced: false,
             reported: false,
+            path_event_waiting: false,
             reset: None,
             rate_in: RateMeter::default(),
             rate_out: RateMeter::default(),

@@ -504,8 +504,13 @@ impl Endpoint {
         if remembered(self) >= config.max_used_tokens {
             // Expired tokens need no remembering: they fail on expiry.
             let now = unix_now.unwrap_or(0);
-            if let Some(a) = self.admission.as_deref_mut() {
+            if let Some(a) = self
+                .admission
+                .as_deref_mut()
+                .filter(|a| a.used_tokens_pruned != now)
+            {
                 a.used_tokens.retain(|_, expires| *expires > now);
+                a.used_tokens_pruned = now;
             }
             if remembered(self) >= config.max_used_tokens {
                 self.stats.drops.add(DropReason::TokenReplay);
@@ -568,6 +573,10 @@ fn server_secrets(
 pub(super) struct Admission {
     /// Connect tokens used, by tag, with their expiry (Unix seconds).
     pub(super) used_tokens: HashMap<[u8; 16], u64>,
+    /// The Unix second `used_tokens` was last cleared of expired tokens: nothing more can
+    /// expire within that second, so a full table is scanned at most once a second (a
+    /// client replaying a valid token's Connect had it scanned whole for each copy).
+    pub(super) used_tokens_pruned: u64,
     /// Connect tokens of connections awaiting their client's first packet, by tag.
     pub(super) pending_tokens: HashMap<[u8; 16], u32>,
     /// Cookies of Connects whose key exchange failed.
@@ -582,6 +591,7 @@ impl Admission {
     fn new(hasher: SeededState) -> Self {
         Admission {
             used_tokens: HashMap::with_hasher(hasher),
+            used_tokens_pruned: 0,
             pending_tokens: HashMap::with_hasher(hasher),
             refused_cookies: RefusedCookies::new(),
             per_ip: HashMap::with_hasher(hasher),

@@ -1439,6 +1439,15 @@ impl Endpoint {
                 c.announced = true;
             }
         }
+        let mut event = event;
+        if let Event::PathChanged { conn, remote } = &mut event {
+            // The one waiting stood for every move since it was queued: it names the
+            // address the connection is at now.
+            if let Some(c) = self.get_mut(*conn) {
+                c.path_event_waiting = false;
+                *remote = c.remote();
+            }
+        }
         if charge > 0 {
             let handle = event.connection();
             if let Some(slot) = self.slots.get_mut(handle.index as usize) {
@@ -1631,10 +1640,13 @@ impl Endpoint {
                     self.ip_moves(old, now);
                 }
                 self.stats.migrations += 1;
-                conn.event_bytes += self.events.push(Event::PathChanged {
-                    conn: conn.handle,
-                    remote: now,
-                });
+                if !conn.path_event_waiting {
+                    conn.path_event_waiting = true;
+                    conn.event_bytes += self.events.push(Event::PathChanged {
+                        conn: conn.handle,
+                        remote: now,
+                    });
+                }
             }
         }
         let slot = &mut self.slots[index as usize];
