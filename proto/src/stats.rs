@@ -303,7 +303,8 @@ pub struct ConnectionStats {
     pub packets_rebuilt: u64,
     /// Times solving the peer's repair blocks was put off because it had cost more than
     /// the bytes the peer sent pay for (8 byte operations a byte, 1 MiB of operations
-    /// ahead). Above 0 only for a peer whose repairs never solve (a hostile one).
+    /// ahead): a peer whose repairs never solve (a hostile one, or a path losing about half
+    /// its packets for long, where retransmissions do the repairing).
     pub repair_solves_deferred: u64,
     /// Payload bytes put on the wire, counting every copy.
     pub payload_bytes_transmitted: u64,

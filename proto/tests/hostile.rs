@@ -2199,6 +2199,64 @@ fn spoofed_path_challenges_do_not_trigger_a_burst_of_probes() {
     );
 }
 
+/// A waiting event's payload must not keep more memory than it was charged for: payloads
+/// were slices of the receive buffer, which is shared by many datagrams, so one waiting
+/// one-byte message kept the whole 16 KiB block it sat in, filled by datagrams that left
+/// nothing (here stale responses; any other client's traffic does as well). A peer that
+/// sent one such message per block made the queue's bound hold some 230 times its size
+/// while the application read nothing.
+#[test]
+fn a_waiting_tiny_message_does_not_keep_the_datagrams_around_it() {
+    if !run_isolated("a_waiting_tiny_message_does_not_keep_the_datagrams_around_it") {
+        return;
+    }
+    let limit = 256 * KIB;
+    let Sniffed {
+        mut p,
+        id,
+        owner,
+        next_pn,
+        ..
+    } = sniffed(
+        client_config(1),
+        Config {
+            max_pending_event_bytes: limit,
+            ..server_config(2)
+        },
+    );
+    let mut resident = Resident::start();
+    let mut buf = [0u8; 1500];
+    let mut pn = next_pn;
+    for i in 0..3_000u32 {
+        let mut message = Vec::new();
+        push_frame(&mut message, header(0, owner, i as u16, None), b"x");
+        p.server
+            .handle_datagram(p.now, p.client_addr, &data_packet(id, pn, &message));
+        pn += 1;
+        for _ in 0..13 {
+            // An answer to no request: parsed, then dropped as a stale response.
+            let mut stale = Vec::new();
+            let response = MessageHeader {
+                send_type: SendType::Response,
+                ..header(2, owner, 9, None)
+            };
+            push_frame(&mut stale, response, &[0u8; 1_100]);
+            p.server
+                .handle_datagram(p.now, p.client_addr, &data_packet(id, pn, &stale));
+            pn += 1;
+        }
+        while p.server.poll_transmit(p.now, &mut buf).is_some() {}
+        p.now += Duration::from_millis(1);
+        p.server.handle_timeout(p.now);
+    }
+    check_growth(
+        resident.take(),
+        "one-byte messages among datagrams that leave nothing",
+        limit,
+        2 * limit + MIB,
+    );
+}
+
 /// Each delivered payload is a slice of its datagram, so a waiting event keeps the whole
 /// datagram in memory: a peer that sends one-byte messages padded with frames that are
 /// dropped after the packet is taken must be charged for what it pins. The live heap stays

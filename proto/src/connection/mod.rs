@@ -821,8 +821,12 @@ impl Connection {
         if !self.transport.coding {
             self.transport.fec_tx = None;
         }
-        // Repairs of packets a keepalive interval old would come too late to help.
-        self.transport.fec_rx = None;
+        // Repairs of packets a keepalive interval old would come too late to help. (What
+        // its solving still owes stays: a peer could otherwise have the decoder given back,
+        // and its debt with it, every keepalive interval.)
+        if let Some(rx) = self.transport.fec_rx.take() {
+            self.transport.solve_work_owed = rx.work_owed();
+        }
     }
 
     /// Whether all queued messages were sent and acknowledged.
@@ -1225,6 +1229,36 @@ mod tests {
     /// another, reliable frames in flight in another, and the sent-frame store's free slots
     /// form a list through the slots; 1,056 since the counters of loss and its repair joined
     /// the drop counters' box, less the received packets' box of refused numbers.)
+    /// The idle trim gives the repair decoder back, but not what its solving still owes:
+    /// a peer that goes quiet for a keepalive interval between bursts of repairs that never
+    /// solve would otherwise get a fresh allowance each time (see `RepairDecoder::solve`).
+    /// The next decoder takes the debt over.
+    #[test]
+    fn the_idle_trim_keeps_what_solving_owes() {
+        let config = Config::default();
+        let handle = ConnectionHandle {
+            index: 0,
+            generation: 0,
+        };
+        let remote = SocketAddr::from(([10, 0, 0, 2], 5000));
+        let now = Instant::from_millis(1);
+        let mut c = Connection::new(
+            &config,
+            handle,
+            remote,
+            now,
+            false,
+            1,
+            crate::hash::Prf::from_key([7; 16]),
+        );
+        c.transport.fec_rx = Some(Box::new(crate::transport::fec::RepairDecoder::owing(
+            123_456,
+        )));
+        c.trim();
+        assert!(c.transport.fec_rx.is_none(), "given back");
+        assert_eq!(c.transport.solve_work_owed, 123_456, "what it owed stays");
+    }
+
     #[test]
     fn a_connection_struct_stays_within_1056_bytes() {
         let size = core::mem::size_of::<Connection>();

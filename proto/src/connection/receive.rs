@@ -310,8 +310,6 @@ impl Connection {
         shared: &mut Shared<'_>,
     ) -> bool {
         let out_of_order = self.transport.received.record(pn, now);
-        let events_before = shared.events.len();
-        let delivered_before = self.stats.payload_bytes_delivered;
         let mut parsed = core::mem::take(&mut shared.scratch.parsed_frames);
         // Room the packet's reliable frames and responses were admitted with but have not
         // taken yet: unreliable chunks ahead of them in the packet must leave it to them.
@@ -332,14 +330,6 @@ impl Connection {
             }
         }
         shared.scratch.parsed_frames = parsed;
-        if shared.events.len() > events_before {
-            // Delivered payloads are slices of the datagram: while any of them waits, the
-            // whole datagram stays in memory, headers and dropped frames included. Charge
-            // that to the packet's last event, so the queue's bound is the memory it pins.
-            let delivered = (self.stats.payload_bytes_delivered - delivered_before) as usize;
-            let pinned = frames.frames.len().saturating_sub(delivered);
-            self.event_bytes += shared.events.charge_last(pinned);
-        }
         if let Some(rx) = &mut self.transport.fec_rx {
             rx.on_received(pn, frames.frames, shared.config.mtu / 2);
             self.transport.coding_tails[1] = rx.tail_address();
@@ -371,11 +361,11 @@ impl Connection {
             self.stats.rare.dropped(DropReason::ProtocolViolation);
             return;
         };
-        let owed = self.transport.solve_work_owed;
+        let owed = &mut self.transport.solve_work_owed;
         let rx = self
             .transport
             .fec_rx
-            .get_or_insert_with(|| Box::new(RepairDecoder::owing(owed)));
+            .get_or_insert_with(|| Box::new(RepairDecoder::owing(core::mem::take(owed))));
         let received = &self.transport.received;
         let largest = received.largest().unwrap_or(0);
         let missing = |p| p < largest && received.verdict(p).is_missing();

@@ -3,8 +3,9 @@
 //! share has its data refused (unacknowledged, so its sender backs off and retransmits) while
 //! every other connection goes on.
 
+use alloc::boxed::Box;
 use alloc::collections::VecDeque;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use super::queue::DrainingQueue;
 use crate::event::{ConnectionHandle, Event};
@@ -16,21 +17,59 @@ const MAX_TUNNELLED: usize = 256;
 /// Bytes charged for an event besides its payload (the event itself and queue slot).
 pub(crate) const EVENT_OVERHEAD: usize = 64;
 
+/// Payloads up to this long are copied into the queue's own buffer (see
+/// [`EventQueue::payloads`]); longer ones are reassembled messages in buffers of their own.
+const COPIED_PAYLOAD: usize = 4 * 1024;
+/// The payload buffer's first block; each next one doubles, up to [`PAYLOADS_MAX_SLAB`],
+/// while the application keeps payloads (a block no payload is kept from is reused).
+const PAYLOADS_FIRST_SLAB: usize = 128;
+/// The payload buffer's largest block.
+const PAYLOADS_MAX_SLAB: usize = 16 * 1024;
+
 /// Events waiting for `poll_event`, with the bytes each is charged.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct EventQueue {
     queue: DrainingQueue<(Event, usize), MIN_ROOM>,
     bytes: usize,
-    /// The hub connection and tunnel channel whose messages are peer links' datagrams.
-    pub(crate) tunnel: Option<(ConnectionHandle, u8)>,
-    /// Such datagrams, by the user id that sent them, waiting to be handled.
-    pub(crate) tunnelled: VecDeque<(u16, Bytes)>,
-    /// Tunnelled datagrams dropped because too many waited.
-    pub(crate) tunnel_overflow: u64,
+    /// Where waiting messages' payloads live. Each datagram is opened in the endpoint's
+    /// receive buffer, which many datagrams share a block of; a payload left as a slice of
+    /// it kept the whole block (up to 16 KiB, mostly datagrams that left nothing) while its
+    /// event waited, though charged for its own bytes alone. Copied here, waiting payloads
+    /// keep only blocks of waiting payloads, and the receive buffer is reused as soon as a
+    /// datagram is handled.
+    payloads: BytesMut,
+    /// Size of the next block of `payloads`.
+    payloads_slab: usize,
+    /// Where peer links' datagrams come in through the hub, once set (boxed: most endpoints
+    /// have none, and the queue sits among the fields every datagram reads).
+    tunnel: Option<Box<Tunnel>>,
+}
+
+/// The hub connection's tunnel: its messages on one channel are peer links' datagrams.
+#[derive(Debug)]
+struct Tunnel {
+    /// The hub connection and the tunnel channel.
+    hub: (ConnectionHandle, u8),
+    /// Datagrams that came through it, by the user id that sent them, waiting to be handled.
+    arrived: VecDeque<(u16, Bytes)>,
+    /// Datagrams dropped because too many waited.
+    overflow: u64,
 }
 
 /// Events the queue keeps room for however quiet it is.
 const MIN_ROOM: usize = 64;
+
+impl Default for EventQueue {
+    fn default() -> Self {
+        EventQueue {
+            queue: DrainingQueue::default(),
+            bytes: 0,
+            payloads: BytesMut::new(),
+            payloads_slab: PAYLOADS_FIRST_SLAB,
+            tunnel: None,
+        }
+    }
+}
 
 impl EventQueue {
     /// Where the next event is taken from (for `MemoryHint`).
@@ -49,21 +88,31 @@ impl EventQueue {
             ..
         } = &event
         {
-            if self.tunnel == Some((*conn, *channel)) {
-                if self.tunnelled.len() < MAX_TUNNELLED {
-                    // (The hub always names the member a tunnelled datagram is from.)
-                    let owner = relay.map_or(0, |r| r.owner);
-                    self.tunnelled.push_back((owner, payload.clone()));
-                } else {
-                    self.tunnel_overflow += 1;
+            if self
+                .tunnel
+                .as_ref()
+                .is_some_and(|t| t.hub == (*conn, *channel))
+            {
+                let payload = self.copied(payload);
+                if let Some(t) = self.tunnel.as_mut() {
+                    if t.arrived.len() < MAX_TUNNELLED {
+                        // (The hub always names the member a tunnelled datagram is from.)
+                        t.arrived.push_back((relay.map_or(0, |r| r.owner), payload));
+                    } else {
+                        t.overflow += 1;
+                    }
                 }
                 return 0;
             }
         }
-        let charge = match &event {
+        let mut event = event;
+        let charge = match &mut event {
             Event::Message { payload, .. }
             | Event::Request { payload, .. }
-            | Event::Response { payload, .. } => payload.len() + EVENT_OVERHEAD,
+            | Event::Response { payload, .. } => {
+                *payload = self.copied(payload);
+                payload.len() + EVENT_OVERHEAD
+            }
             _ => 0,
         };
         self.bytes += charge;
@@ -71,17 +120,55 @@ impl EventQueue {
         charge
     }
 
-    /// Charges `extra` more bytes to the newest event (if it is charged at all: a data
-    /// event). Returns what was charged.
-    pub(crate) fn charge_last(&mut self, extra: usize) -> usize {
-        match self.queue.back_mut() {
-            Some((_, charge)) if *charge > 0 => {
-                *charge += extra;
-                self.bytes += extra;
-                extra
+    /// Takes the hub connection's messages on `channel` as peer links' datagrams.
+    pub(crate) fn set_tunnel(&mut self, hub: ConnectionHandle, channel: u8) {
+        match &mut self.tunnel {
+            Some(t) => t.hub = (hub, channel),
+            None => {
+                self.tunnel = Some(Box::new(Tunnel {
+                    hub: (hub, channel),
+                    arrived: VecDeque::new(),
+                    overflow: 0,
+                }))
             }
-            _ => 0,
         }
+    }
+
+    /// The oldest tunnelled datagram waiting, with the user id that sent it.
+    pub(crate) fn take_tunnelled(&mut self) -> Option<(u16, Bytes)> {
+        self.tunnel.as_mut()?.arrived.pop_front()
+    }
+
+    /// Drops the tunnelled datagrams still waiting; returns them and those dropped for lack
+    /// of room since the last call.
+    pub(crate) fn drop_tunnelled(&mut self) -> u64 {
+        let Some(t) = self.tunnel.as_mut() else {
+            return 0;
+        };
+        let dropped = t.arrived.len() as u64 + core::mem::take(&mut t.overflow);
+        t.arrived.clear();
+        dropped
+    }
+
+    /// `payload` as a slice of the queue's own buffer, if it is short enough to copy (see
+    /// `payloads`).
+    fn copied(&mut self, payload: &Bytes) -> Bytes {
+        let len = payload.len();
+        if len == 0 || len > COPIED_PAYLOAD {
+            return payload.clone();
+        }
+        let buf = &mut self.payloads;
+        if buf.capacity() - buf.len() < len {
+            if buf.try_reclaim(len) {
+                // Every payload of the block was dropped: the application keeps up.
+                self.payloads_slab = PAYLOADS_FIRST_SLAB;
+            } else {
+                *buf = BytesMut::with_capacity(self.payloads_slab.max(len));
+                self.payloads_slab = (self.payloads_slab * 2).min(PAYLOADS_MAX_SLAB);
+            }
+        }
+        buf.extend_from_slice(payload);
+        buf.split().freeze()
     }
 
     /// The oldest event and the bytes it was charged. (Found empty, the queue gives back

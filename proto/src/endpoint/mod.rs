@@ -49,9 +49,9 @@ const DISCONNECT_COPIES: usize = 3;
 /// Handshake replies the control queue keeps room for however quiet it is.
 const CONTROL_MIN_ROOM: usize = 4;
 /// The receive arena's first slab; each next one doubles, up to [`ARENA_MAX_SLAB`], while
-/// slabs fill within [`ARENA_GROW_WITHIN`]. A quiet client endpoint holds half a KiB (a
-/// slab it reuses once the application dropped what it received), a busy server allocates
-/// once per dozen or so datagrams.
+/// slabs fill within [`ARENA_GROW_WITHIN`]. Nothing handed out keeps a slice of a slab once
+/// its datagram is handled (what stays is copied out: see `EventQueue::payloads`), so an
+/// endpoint reuses one slab, of half a KiB or the longest datagram's size.
 const ARENA_FIRST_SLAB: usize = 512;
 /// The receive arena's largest slab.
 const ARENA_MAX_SLAB: usize = 16 * 1024;
@@ -258,6 +258,8 @@ pub struct Endpoint {
     arena_slab: usize,
     /// When the arena last took a new slab.
     arena_refilled: Instant,
+    /// (Rarely read; here, it fills the line before the config's too.)
+    next_request_id: u64,
     config: Config,
     // ---- handshakes, hub relaying, closing and rarer paths
     /// User data of the connections whose ending events the application took since it last
@@ -269,7 +271,6 @@ pub struct Endpoint {
     /// Handshake routing (and one connection per peer address).
     by_addr: SlotIndex<SocketAddr>,
     free_slots: Vec<u32>,
-    next_request_id: u64,
     /// User data of connections whose `Disconnected`/`ConnectFailed` waits in the queue.
     departed: VecDeque<(ConnectionHandle, UserData)>,
     user_ids: UserIds,
@@ -918,17 +919,13 @@ impl Endpoint {
         // Peer links' datagrams the hub relayed in it: in through the front door, from the
         // link's relay address. Bounded: a hub could nest tunnels within tunnels.
         for _ in 0..MAX_TUNNELLED_PER_DATAGRAM {
-            let Some((user, payload)) = self.events.tunnelled.pop_front() else {
+            let Some((user, payload)) = self.events.take_tunnelled() else {
                 break;
             };
             self.stats.tunnelled_in += 1;
             self.handle_one(now, crate::hub::relay_address(user), &payload);
         }
-        if !self.events.tunnelled.is_empty() {
-            self.stats.tunnel_drops += self.events.tunnelled.len() as u64;
-            self.events.tunnelled.clear();
-        }
-        self.stats.tunnel_drops += core::mem::take(&mut self.events.tunnel_overflow);
+        self.stats.tunnel_drops += self.events.drop_tunnelled();
     }
 
     fn handle_one(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
@@ -1186,7 +1183,11 @@ impl Endpoint {
                 c.close(DisconnectReason::TokenUsed, Some(CloseCode::TokenUsed));
                 return false;
             }
-            self.admission().used_tokens.insert(tag, expires_at);
+            // (One that expired since its Connect needs no remembering: it fails on expiry.
+            // Kept, it would sit in a full table until the next second's clearing.)
+            if self.unix_now().is_none_or(|t| expires_at > t) {
+                self.admission().used_tokens.insert(tag, expires_at);
+            }
         }
         if let Some(old) = pending.replaces {
             // Proven: the connection it replaces gives way now (if it is still at that
@@ -1393,7 +1394,7 @@ impl Endpoint {
     /// the hub as those links' datagrams. [`HubClient`](crate::hub::HubClient) sets it.
     pub fn set_relay(&mut self, hub: ConnectionHandle, channel: u8) {
         self.relay = Some((hub, channel));
-        self.events.tunnel = self.relay;
+        self.events.set_tunnel(hub, channel);
     }
 
     /// Starts validating a direct path to `addr` for connection `conn` (a peer link a hub

@@ -46,10 +46,6 @@ impl<T, const MIN_ROOM: usize> DrainingQueue<T, MIN_ROOM> {
         item
     }
 
-    pub(crate) fn back_mut(&mut self) -> Option<&mut T> {
-        self.queue.back_mut()
-    }
-
     pub(crate) fn len(&self) -> usize {
         self.queue.len()
     }
@@ -110,7 +106,7 @@ mod tests {
         for i in 0..10 {
             q.push_back(i);
         }
-        if let Some(last) = q.back_mut() {
+        if let Some(last) = q.queue.back_mut() {
             *last = 99;
         }
         let out: Vec<u32> = core::iter::from_fn(|| q.pop_front()).collect();

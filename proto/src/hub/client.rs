@@ -104,6 +104,9 @@ struct RequestWindow {
     taken: VecDeque<(u64, Instant)>,
     /// Counters below this count as taken.
     floor: u64,
+    /// The largest counter was forgotten: every counter counts as taken (only a lying member
+    /// gets there, and only its own requests pay for it).
+    exhausted: bool,
 }
 
 /// What [`RequestWindow::take`] made of a counter.
@@ -127,10 +130,13 @@ impl RequestWindow {
                 break;
             }
             self.taken.pop_front();
-            // (Saturating: the counter is the sender's, and a lying one may send the last.)
-            self.floor = self.floor.max(c.saturating_add(1));
+            // (The counter is the sender's, and a lying one may send the last.)
+            match c.checked_add(1) {
+                Some(next) => self.floor = self.floor.max(next),
+                None => self.exhausted = true,
+            }
         }
-        if counter < self.floor {
+        if counter < self.floor || self.exhausted {
             return Taken::Late;
         }
         match self.taken.binary_search_by_key(&counter, |&(c, _)| c) {
@@ -164,7 +170,9 @@ pub enum PathPolicy {
     RelayOnly,
     /// A peer link through the hub at first, moved to a direct path as soon as one
     /// validates (both sides probe each other's addresses from the introduction) and back
-    /// to the hub when the direct path dies: `HubEvent::PathChanged` each time; channels,
+    /// to the hub when the direct path dies: `HubEvent::PathChanged` after each move (moves
+    /// made before the application took the last one are told as one, naming where the
+    /// link is then); channels,
     /// order and exactly-once hold across the moves, as it is one connection throughout.
     Auto,
     /// A peer link over a direct path only: both members connect to each other's observed
@@ -1520,7 +1528,11 @@ mod tests {
         assert_eq!(w.take(u64::MAX, t0, keep), Taken::New);
         let later = t0 + keep + core::time::Duration::from_millis(1);
         assert_eq!(w.take(5, later, keep), Taken::Late);
-        assert_eq!(w.floor, u64::MAX);
+        assert_eq!(
+            w.take(u64::MAX, later, keep),
+            Taken::Late,
+            "not taken again"
+        );
     }
 
     /// A relayed response opens only as the answer to the request it was sealed for: a hub

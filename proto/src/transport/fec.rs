@@ -28,6 +28,9 @@ const SOLVE_WORK_PER_BYTE: usize = 8;
 /// Solving work allowed ahead of the bytes that pay for it (a burst of losses solves at
 /// once).
 const SOLVE_WORK_AHEAD: usize = 1 << 20;
+/// Solving work counted for each repair's equation besides its bytes (a buffer, a lookup
+/// per covered packet), so that one-byte symbols do not make solving look free.
+const ROW_WORK: usize = 64 * COVERAGE_SPAN as usize;
 
 /// Multiplication tables of GF(2^8) with the AES polynomial x^8 + x^4 + x^3 + x + 1.
 struct Gf {
@@ -638,7 +641,8 @@ impl RepairDecoder {
             let mut rhs = Vec::with_capacity(width);
             rhs.extend_from_slice(&p.symbol);
             rhs.resize(width, 0);
-            work += width;
+            // (Besides the bytes: a buffer, and a lookup per covered packet.)
+            work += width + ROW_WORK;
             for (pn, _) in p.covered() {
                 let c = coefficient(p.repair_pn, pn);
                 match unknowns.iter().position(|&(u, _)| u == pn) {
@@ -680,7 +684,7 @@ impl RepairDecoder {
                     *c ^= mul(factor, p);
                 }
                 mul_add(rhs, factor, &pivot_rhs);
-                work += width;
+                work += width + 32;
             }
             let _ = solved.push((col, pivot_row));
             pivot_row += 1;
