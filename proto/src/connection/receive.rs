@@ -517,6 +517,7 @@ impl Connection {
         let channel = h.channel;
         let handle = self.handle;
         let peer_user_id = self.peer_user_id;
+        let largest_received = self.transport.received.largest().unwrap_or(0);
         let stats = &mut self.stats;
         let events = &mut *shared.events;
         let event_bytes = &mut self.event_bytes;
@@ -555,6 +556,7 @@ impl Connection {
             budget_left,
             deliver: &mut deliver,
             evicted: 0,
+            largest_received,
         };
         let Some(ch) = self.messaging.recv_channels.get_mut(usize::from(channel)) else {
             return; // checked in the first pass

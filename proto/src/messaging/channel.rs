@@ -27,6 +27,12 @@ pub(crate) fn extend_seq(wire: u16, reference: u64) -> Option<u64> {
 /// orders a channel's messages by send time without the 16-bit sequence ever wrapping.
 pub(crate) type WireOrder = (u64, u16);
 
+/// Every this many messages, a reliable channel's receiver notes the newest packet number
+/// received as its base passes (see [`RecvChannel::checkpoints`]).
+const CHECKPOINT_SPACING: u64 = 16_384;
+/// Checkpoints kept: those of the last 65,536 messages, the span of the wire's 16 bits.
+const CHECKPOINTS: usize = 4;
+
 /// Messages a reliable channel may have between its oldest unacknowledged and newest sent.
 pub const MESSAGE_WINDOW: u64 = 4096;
 /// Partial unreliable chunked messages kept per channel; a newer one evicts the oldest.
@@ -212,6 +218,15 @@ pub(crate) struct RecvChannel {
     partials: Vec<(u64, MessageMeta, WireOrder, ReassemblyBuffer)>,
     /// Bytes held: reassembly buffers, and whole messages waiting for an earlier one.
     pub(crate) held_bytes: usize,
+    /// Reliable kinds: the newest packet number received when the base passed each of the
+    /// last multiples of [`CHECKPOINT_SPACING`] (slot `k % CHECKPOINTS` for `k` times it).
+    /// The 16 wire bits of a sequence name a message 65,536 later just as well, so a copy
+    /// the network held back that long (a reordering spike, or the hub's queue when a link
+    /// moves to a direct path) would be taken as that later message, lost or corrupting it.
+    /// Such a copy gives itself away by its packet number: the sender sends message `x`
+    /// only once `x - 4,096` was acknowledged, so a packet carrying `x` is newer than every
+    /// packet received when the base passed `x - 8,192` (see `is_stale_copy`).
+    checkpoints: [u64; CHECKPOINTS],
 }
 
 /// Everything a receive call needs from its connection.
@@ -226,6 +241,8 @@ pub(crate) struct RecvContext<'a> {
     /// Partial messages the frame made the channel give up (superseded, or over the cap of
     /// partials), for the caller to count.
     pub(crate) evicted: u64,
+    /// The newest packet number the connection has received (this frame's included).
+    pub(crate) largest_received: u64,
 }
 
 impl RecvChannel {
@@ -247,7 +264,26 @@ impl RecvChannel {
             slots: VecDeque::new(),
             partials: Vec::new(),
             held_bytes: 0,
+            checkpoints: [0; CHECKPOINTS],
         }
+    }
+
+    /// Whether a frame that reads as reliable message `seq`, in packet `pn`, is instead an
+    /// old copy of the message 65,536 before it: `pn` is not newer than the packets received
+    /// when the base passed the last checkpoint at least 8,192 below `seq`. (A genuine
+    /// `seq` is newer: its sender waited for `seq - 4,096` to be acknowledged, which the
+    /// window took after the base passed `seq - 8,192`. An old copy of `seq - 65,536` is
+    /// older than every packet of message `seq - 61,440` and on, one of which the base
+    /// passed to reach that checkpoint.)
+    fn is_stale_copy(&self, seq: u64, pn: u64) -> bool {
+        let Some(mark) = seq.checked_sub(8_192).map(|s| s / CHECKPOINT_SPACING) else {
+            return false;
+        };
+        let passed = self.base / CHECKPOINT_SPACING;
+        mark > 0
+            && mark <= passed
+            && passed - mark < CHECKPOINTS as u64
+            && pn <= self.checkpoints[(mark % CHECKPOINTS as u64) as usize]
     }
 
     /// Takes one received frame of a message.
@@ -381,11 +417,15 @@ impl RecvChannel {
         if seq >= self.base + MESSAGE_WINDOW {
             return Received::Violation;
         }
+        if self.is_stale_copy(seq, cx.order.0) {
+            return Received::Duplicate;
+        }
         let idx = (seq - self.base) as usize;
         if idx == 0 && chunk.is_none() && self.slots.is_empty() {
             // The common case: the next message, whole, with nothing buffered behind it.
             (cx.deliver)(meta, payload);
             self.base += 1;
+            self.note_checkpoint(cx);
             return Received::Accepted;
         }
         while self.slots.len() <= idx {
@@ -448,6 +488,14 @@ impl RecvChannel {
         Received::Accepted
     }
 
+    /// Notes a checkpoint if the base just reached one (see `checkpoints`).
+    fn note_checkpoint(&mut self, cx: &RecvContext<'_>) {
+        if self.base % CHECKPOINT_SPACING == 0 {
+            let k = self.base / CHECKPOINT_SPACING;
+            self.checkpoints[(k % CHECKPOINTS as u64) as usize] = cx.largest_received;
+        }
+    }
+
     /// Moves the window past delivered messages, delivering ordered ones now in turn.
     fn advance(&mut self, cx: &mut RecvContext<'_>) {
         loop {
@@ -466,6 +514,7 @@ impl RecvChannel {
             self.slots.pop_front();
             self.held_bytes -= SLOT_BYTES;
             self.base += 1;
+            self.note_checkpoint(cx);
         }
         // Give back a window that a burst of far messages once stretched.
         if self.slots.capacity() > 4 * self.slots.len().max(16) {
@@ -622,6 +671,7 @@ mod tests {
             budget_left: 1 << 20,
             deliver: &mut deliver,
             evicted: 0,
+            largest_received: packet,
         };
         let meta = MessageMeta {
             sequence,
@@ -679,6 +729,34 @@ mod tests {
             (1, 1),
             "superseded by a newer message"
         );
+    }
+
+    /// The 16 wire bits of a sequence repeat every 65,536 messages: a copy of message 0 the
+    /// network held back until the channel reached 61,441 read as message 65,536, inside the
+    /// window. It was delivered in that message's place, and the real one dropped as a copy
+    /// (on an ordered channel, its payload took the real one's turn; chunked, the channel
+    /// could stop for good). Its packet number gives it away now.
+    #[test]
+    fn a_copy_held_back_65536_messages_is_not_taken_for_a_later_message() {
+        for kind in [DeliveryKind::Reliable, DeliveryKind::Ordered] {
+            let mut ch = RecvChannel::new(kind);
+            for seq in 0..=61_440u64 {
+                let (_, out) = feed(&mut ch, 1_000 + seq, seq as u16, None, b"real");
+                assert_eq!(out.len(), 1);
+            }
+            // Message 0's first copy, in a packet sent before all of those.
+            let (verdict, out) = feed(&mut ch, 999, 0, None, b"stale");
+            assert!(out.is_empty(), "{kind:?}: {out:?}");
+            assert!(matches!(verdict, Received::Duplicate), "{kind:?}");
+            for seq in 61_441..=65_536u64 {
+                let (_, out) = feed(&mut ch, 1_000 + seq, seq as u16, None, b"real");
+                assert_eq!(
+                    out,
+                    [Bytes::from_static(b"real")],
+                    "{kind:?}: message {seq}"
+                );
+            }
+        }
     }
 
     /// Checking a packet that carries the missing base of an ordered channel reads the
