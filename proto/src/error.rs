@@ -27,7 +27,9 @@ pub enum SendError {
         /// fits).
         queued_bytes: usize,
     },
-    /// `Config::max_pending_requests` requests await responses already.
+    /// `Config::max_pending_requests` requests await responses already. (Or, on a channel
+    /// that carried 65,536 messages within twice `Config::request_timeout`, an answer to a
+    /// request its next message would be mistaken for may still come: send on, or wait.)
     TooManyRequests {
         /// The configured maximum.
         max: usize,

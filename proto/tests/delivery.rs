@@ -406,6 +406,42 @@ fn unanswered_request_times_out_and_a_late_answer_is_dropped() {
     assert!(stats.drops.get(DropReason::StaleResponse) >= 1);
 }
 
+/// A response names its request by channel and 16-bit sequence alone, which come round
+/// again every 65,536 messages: a request that timed out, then 65,535 messages, and a new
+/// request took the same bits, so a late answer to the old one was delivered as the new
+/// one's. The new request is refused while an answer to the old may still come (twice the
+/// request timeout after it timed out), and goes out after.
+#[test]
+fn a_request_never_takes_the_bits_of_one_whose_answer_may_still_come() {
+    let mut p = Pair::default_pair();
+    let (c, _) = p.connect();
+    p.client
+        .request(p.now, c, RELIABLE, &b"old"[..])
+        .expect("request");
+    p.run_for(Duration::from_secs(6));
+    assert!(p
+        .client_events
+        .iter()
+        .any(|e| matches!(e, Event::RequestTimedOut { .. })));
+    let mut sent = 0;
+    while sent < 65_535 {
+        for _ in 0..2_000.min(65_535 - sent) {
+            p.client.send(c, RELIABLE, &b"m"[..]).expect("send");
+            sent += 1;
+        }
+        p.run_for(Duration::from_millis(50));
+    }
+    assert!(matches!(
+        p.client.request(p.now, c, RELIABLE, &b"new"[..]),
+        Err(SendError::TooManyRequests { .. })
+    ));
+    // Twice the timeout (5 s) after the old one timed out.
+    p.run_for(Duration::from_secs(9));
+    p.client
+        .request(p.now, c, RELIABLE, &b"new"[..])
+        .expect("twice the timeout later");
+}
+
 /// The first request the server's application received.
 fn first_request(p: &Pair) -> IncomingRequest {
     p.server_events

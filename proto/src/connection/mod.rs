@@ -11,6 +11,7 @@ use bytes::Bytes;
 use core::any::Any;
 use core::cmp::Reverse;
 use core::net::SocketAddr;
+use core::time::Duration;
 
 use crate::config::{ChannelConfig, Config, DeliveryKind};
 use crate::endpoint::events::EventQueue;
@@ -52,8 +53,9 @@ const ACK_EVERY: u32 = 2;
 /// Packets of unreliable messages only acknowledged at once when this many arrived since the
 /// last acknowledgement (a fast one-way stream must not fill the sender's window).
 const LAZY_ACK_EVERY: u32 = 8;
-/// Answered requests remembered to recognise copies of their responses.
-const RECENTLY_ANSWERED: usize = 64;
+/// Requests finished lately (answered or timed out) remembered at most (see
+/// `Requests::finished`).
+const FINISHED_KEPT: usize = 256;
 /// Probe rounds a peer's "unknown connection" must go unrefuted through before it is
 /// believed: anyone who saw the connection id can forge one, so it takes this many rounds of
 /// lost probes (two each) for a forgery to close a healthy connection on a lossy link.
@@ -226,15 +228,68 @@ fn made_up_to<'a, T>(
     channels.get_mut(i)
 }
 
-/// A connection's requests awaiting responses, and the last ones answered.
+/// A connection's requests awaiting responses, and the last ones finished.
 struct Requests {
     pending: HashMap<(u8, u16), PendingRequest>,
     deadlines: BinaryHeap<Reverse<(Instant, u64, u8, u16)>>,
-    /// The last requests answered, to tell a copy of their response from a stale one.
-    answered: VecDeque<(u8, u16)>,
+    /// Requests answered or timed out within twice the request timeout (at most
+    /// [`FINISHED_KEPT`]), oldest first, by (channel, wire sequence). A response names its
+    /// request by those 16 bits alone, which come round again every 65,536 messages on the
+    /// channel: a late answer to one that timed out, or a copy of an answer, would be taken
+    /// as the answer to a newer request with the same bits. So a new request may not take
+    /// them while they are here; and a copy of an answer is told from a stale one.
+    finished: VecDeque<Finished>,
+}
+
+/// How long a finished request's key is kept from new requests: an answer to it may come
+/// after it timed out, and copies of an answer after it.
+fn finished_requests_kept(config: &Config) -> Duration {
+    config.request_timeout.saturating_mul(2)
+}
+
+/// A request's key when it was answered or given up on.
+#[derive(Clone, Copy, Debug)]
+struct Finished {
+    key: (u8, u16),
+    at: Instant,
+    answered: bool,
 }
 
 impl Requests {
+    /// Remembers that the request of `key` finished at `now`.
+    fn finish(&mut self, key: (u8, u16), now: Instant, answered: bool, keep: Duration) {
+        self.forget_finished(now, keep);
+        if self.finished.len() >= FINISHED_KEPT {
+            self.finished.pop_front();
+        }
+        self.finished.push_back(Finished {
+            key,
+            at: now,
+            answered,
+        });
+    }
+
+    /// Forgets requests finished longer than `keep` ago.
+    fn forget_finished(&mut self, now: Instant, keep: Duration) {
+        while self
+            .finished
+            .front()
+            .is_some_and(|f| now.saturating_duration_since(f.at) > keep)
+        {
+            self.finished.pop_front();
+        }
+    }
+
+    /// Whether a request of `key` finished lately (an answer to it may still come).
+    fn finished_lately(&self, key: (u8, u16)) -> bool {
+        self.finished.iter().any(|f| f.key == key)
+    }
+
+    /// Whether a request of `key` was answered lately (a response to it is a copy).
+    pub(crate) fn answered_lately(&self, key: (u8, u16)) -> bool {
+        self.finished.iter().any(|f| f.key == key && f.answered)
+    }
+
     /// Drops the deadlines of requests answered already: those at the front (so the timer
     /// names a request still open), and all of them once they outnumber the open ones (the
     /// heap would otherwise hold every request of the last `request_timeout`).
@@ -677,8 +732,19 @@ impl Connection {
             .send_channels
             .get(usize::from(channel))
             .map_or(0, |ch| ch.next_seq) as u16;
-        if self.messaging.pending_request((channel, next)).is_some() {
-            // 65,536 messages later an old request still waits: refuse rather than confuse.
+        let keep = finished_requests_kept(config);
+        if let Some(r) = self.messaging.requests.as_deref_mut() {
+            r.forget_finished(now, keep);
+        }
+        let taken = self.messaging.pending_request((channel, next)).is_some()
+            || self
+                .messaging
+                .requests
+                .as_deref()
+                .is_some_and(|r| r.finished_lately((channel, next)));
+        if taken {
+            // 65,536 messages later an old request still waits, or an answer to one may
+            // still come: refuse rather than confuse.
             return Err(SendError::TooManyRequests {
                 max: config.max_pending_requests,
             });
@@ -688,7 +754,7 @@ impl Connection {
             Box::new(Requests {
                 pending: HashMap::with_hasher(hasher),
                 deadlines: BinaryHeap::new(),
-                answered: VecDeque::new(),
+                finished: VecDeque::new(),
             })
         });
         requests
@@ -931,6 +997,8 @@ impl Connection {
                         .budget
                         .release(&mut self.messaging.reassembly_bytes, reserved);
                 }
+                let keep = finished_requests_kept(shared.config);
+                requests.finish((channel, seq), now, false, keep);
                 shared.events.push(Event::RequestTimedOut {
                     conn: self.handle,
                     id: RequestId(id),

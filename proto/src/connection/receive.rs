@@ -598,7 +598,7 @@ impl Connection {
             // A copy of a response just delivered (retransmitted, or rebuilt and resent) is a
             // duplicate; anything else answers nothing we are waiting for.
             let answered = self.messaging.requests.as_ref();
-            let reason = if answered.is_some_and(|r| r.answered.contains(&key)) {
+            let reason = if answered.is_some_and(|r| r.answered_lately(key)) {
                 DropReason::DuplicateMessage
             } else {
                 DropReason::StaleResponse
@@ -656,10 +656,7 @@ impl Connection {
             return;
         };
         if let Some(pending) = requests.pending.remove(&key) {
-            if requests.answered.len() >= RECENTLY_ANSWERED {
-                requests.answered.pop_front();
-            }
-            requests.answered.push_back(key);
+            requests.finish(key, now, true, finished_requests_kept(shared.config));
             requests.prune();
             self.stats.messages_delivered += 1;
             self.stats.payload_bytes_delivered += payload.len() as u64;
