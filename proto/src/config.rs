@@ -5,6 +5,7 @@ use core::fmt;
 use core::time::Duration;
 
 use crate::crypto::{Keypair, Protection, TAG_LEN};
+use crate::rate::RateLimit;
 use crate::token::TokenConfig;
 use crate::wire::{MAX_DATA_HEADER_LEN, MAX_MESSAGE_HEADER_LEN, MAX_VARINT_LEN};
 
@@ -191,6 +192,15 @@ pub struct Config {
     /// Optional send-rate limit per connection in bytes per second (token bucket; default
     /// `None`, no limit beyond congestion control).
     pub max_send_rate: Option<u64>,
+    /// The rate at which this endpoint takes key exchanges (default 2,048 a second, in
+    /// bursts of up to 16,384: every player of a full server reconnecting at once). Each
+    /// costs the server some 100-150 µs of X25519; past the rate a `Connect` is dropped
+    /// unanswered (its client sends it again) and counted as
+    /// [`DropReason::KeyExchangeBudget`](crate::DropReason::KeyExchangeBudget), so that
+    /// strangers' handshakes take at most a bounded share of the time the server owes its
+    /// players. (The limits per address do not bound it: a host with an IPv6 /48 holds
+    /// 65,536 /64s.)
+    pub key_exchanges: RateLimit,
     /// Most handshake replies and close notices waiting to be sent (default 16,384); past it
     /// they are dropped and counted in `EndpointStats::replies_dropped` (clients retry).
     /// Replies to addresses nothing proved (a Hello's, an unknown connection's) take at most
@@ -241,6 +251,10 @@ impl Config {
             endpoint_reassembly_budget: 64 << 20,
             reassembly_timeout: Duration::from_secs(5),
             max_send_rate: None,
+            key_exchanges: RateLimit {
+                per_second: 2_048.0,
+                burst: 16_384.0,
+            },
             redundancy: 1,
             max_pending_event_bytes: 64 << 20,
             max_control_queue: 16 * 1024,
@@ -315,6 +329,9 @@ impl Config {
         }
         if self.max_send_rate == Some(0) {
             return Err(ConfigError::ZeroLimit("max_send_rate"));
+        }
+        if !self.key_exchanges.is_valid() {
+            return Err(ConfigError::ZeroLimit("key_exchanges"));
         }
         if self.protection == Protection::None {
             // Without protection a token copied off the wire is as good as the original, and

@@ -252,7 +252,8 @@ pub enum Event {
         channel: u8,
         /// Its sequence number on the channel.
         sequence: u16,
-        /// The message.
+        /// The message. (Up to 4 KiB, a slice of a block of up to 16 KiB that the endpoint
+        /// shares among messages: one kept long keeps its block; copy what you keep.)
         payload: Bytes,
         /// Hub routing, if it was relayed or addressed for relaying; `None` otherwise.
         relay: Option<Relay>,

@@ -66,11 +66,14 @@ pub enum DropReason {
     /// side learns only from the `Accept`, which has not arrived (lost or late). The peer
     /// sends its content again.
     EarlyPacket,
+    /// A `Connect` over the endpoint's rate of key exchanges (`Config::key_exchanges`):
+    /// dropped unanswered, its client sends it again.
+    KeyExchangeBudget,
 }
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 23;
+    pub const COUNT: usize = 24;
     /// Every reason, in counter order.
     pub const ALL: [DropReason; DropReason::COUNT] = [
         DropReason::Malformed,
@@ -96,6 +99,7 @@ impl DropReason {
         DropReason::Unauthenticated,
         DropReason::TokenReplay,
         DropReason::EarlyPacket,
+        DropReason::KeyExchangeBudget,
     ];
 
     /// A short snake_case name, for tables and logs.
@@ -124,6 +128,7 @@ impl DropReason {
             DropReason::Unauthenticated => "unauthenticated",
             DropReason::TokenReplay => "token_replay",
             DropReason::EarlyPacket => "early_packet",
+            DropReason::KeyExchangeBudget => "key_exchange_budget",
         }
     }
 }

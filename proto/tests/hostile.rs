@@ -253,7 +253,7 @@ fn sniffed(client: Config, server: Config) -> Sniffed {
     let (c, s) = p.connect();
     p.run_for(Duration::from_millis(50));
     p.client.send(c, 2, &b"probe"[..]).expect("send");
-    let mut buf = vec![0u8; 1500];
+    let mut buf = vec![0u8; 65_535];
     let t = p.client.poll_transmit(p.now, &mut buf).expect("a datagram");
     let Ok(Packet::Data { header, .. }) = Packet::decode(&buf[..t.len]) else {
         panic!("expected a Data packet");
@@ -2257,10 +2257,61 @@ fn a_waiting_tiny_message_does_not_keep_the_datagrams_around_it() {
     );
 }
 
-/// Each delivered payload is a slice of its datagram, so a waiting event keeps the whole
-/// datagram in memory: a peer that sends one-byte messages padded with frames that are
-/// dropped after the packet is taken must be charged for what it pins. The live heap stays
-/// within the event-queue bound while the application reads nothing.
+/// With an MTU past 4 KiB a whole message can be longer than what the event queue copies
+/// into its blocks: left a slice of its datagram, each waiting one kept all of it (here
+/// 60 KB of stale responses beside a 4,097-byte message), charged for its payload alone.
+#[test]
+fn a_waiting_message_of_a_large_mtu_does_not_keep_its_datagram() {
+    if !run_isolated("a_waiting_message_of_a_large_mtu_does_not_keep_its_datagram") {
+        return;
+    }
+    let limit = 256 * KIB;
+    let mtu = 65_507;
+    let Sniffed {
+        mut p,
+        id,
+        owner,
+        next_pn,
+        ..
+    } = sniffed(
+        Config {
+            mtu,
+            ..client_config(1)
+        },
+        Config {
+            mtu,
+            max_pending_event_bytes: limit,
+            ..server_config(2)
+        },
+    );
+    let mut resident = Resident::start();
+    let mut buf = vec![0u8; mtu];
+    for i in 0..200u32 {
+        let mut frames = Vec::new();
+        push_frame(&mut frames, header(0, owner, i as u16, None), &[7u8; 4_097]);
+        let stale = MessageHeader {
+            send_type: SendType::Response,
+            ..header(2, owner, 9, None)
+        };
+        push_frame(&mut frames, stale, &[0u8; 60_000]);
+        p.server
+            .handle_datagram(p.now, p.client_addr, &data_packet(id, next_pn + i, &frames));
+        while p.server.poll_transmit(p.now, &mut buf).is_some() {}
+        p.now += Duration::from_millis(1);
+        p.server.handle_timeout(p.now);
+    }
+    check_growth(
+        resident.take(),
+        "4,097-byte messages in 64 KB datagrams",
+        limit,
+        2 * limit + MIB,
+    );
+}
+
+/// A peer that sends one-byte messages padded with frames that are dropped after the packet
+/// is taken must not make its waiting events keep more than they were charged for (each
+/// payload once kept its whole datagram; it is copied out now). The live heap stays within
+/// the event-queue bound while the application reads nothing.
 #[test]
 fn tiny_messages_in_padded_datagrams_are_charged_for_the_memory_they_pin() {
     if !run_isolated("tiny_messages_in_padded_datagrams_are_charged_for_the_memory_they_pin") {

@@ -43,7 +43,8 @@ use shoal_proto::fuzzing::wire::{Packet, HELLO_LEN};
 use shoal_proto::token::{self, ConnectToken, TokenClaims, TokenConfig, TokenParams};
 use shoal_proto::{
     Bytes, Config, ConfigError, ConnectError, ConnectOptions, ConnectionHandle, DisconnectReason,
-    DropReason, Endpoint, Event, Instant, Keypair, PeerIdentity, Protection, SecretSeed, TAG_LEN,
+    DropReason, Endpoint, Event, Instant, Keypair, PeerIdentity, Protection, RateLimit, SecretSeed,
+    TAG_LEN,
 };
 
 // ------------------------------------------------------------------------ constants, helpers
@@ -2541,4 +2542,72 @@ fn the_memory_of_used_tokens_is_bounded_and_forgets_only_expired_ones() {
     net.run_for(Duration::from_secs(61));
     let outcome = connect(&mut net, 4, UNIX_NOW + 3_600);
     assert!(matches!(outcome, Event::Connected { .. }), "{outcome:?}");
+}
+
+/// Key exchanges are the costliest thing a stranger can ask of a server (X25519, some
+/// 100-150 µs each), and the limits per address do not bound them (a host with an IPv6 /48
+/// holds 65,536 /64s): the endpoint takes them at `Config::key_exchanges`' rate. Forty
+/// clients from forty addresses connecting at once to a server that takes ten at once and
+/// five a second: ten at first, five more a second, each Connect past the rate dropped
+/// unanswered and counted, and every client connected in the end (their Connects are sent
+/// again).
+#[test]
+fn key_exchanges_are_taken_at_the_configured_rate() {
+    const CLIENTS: usize = 40;
+    let mut server = Endpoint::new(Config {
+        key_exchanges: RateLimit {
+            per_second: 5.0,
+            burst: 10.0,
+        },
+        ..server_config(1)
+    })
+    .expect("valid");
+    let server_addr = addr(SERVER_ADDR);
+    let mut clients: Vec<(Endpoint, SocketAddr)> = (0..CLIENTS)
+        .map(|i| {
+            let config = Config {
+                handshake_timeout: Duration::from_secs(30),
+                ..client_config(100 + i as u64)
+            };
+            let addr = SocketAddr::from(([10, 2, 0, i as u8 + 1], 5000));
+            (Endpoint::new(config).expect("valid"), addr)
+        })
+        .collect();
+    let mut now = Instant::from_millis(1);
+    for (c, _) in &mut clients {
+        c.connect(now, server_addr, b"").expect("connect");
+    }
+    let mut buf = vec![0u8; 1500];
+    let connected_at = |server: &Endpoint| server.peers().count();
+    let mut step = |server: &mut Endpoint, clients: &mut Vec<(Endpoint, SocketAddr)>, now| {
+        for (c, a) in clients.iter_mut() {
+            c.handle_timeout(now);
+            while let Some(t) = c.poll_transmit(now, &mut buf) {
+                server.handle_datagram(now, *a, &buf[..t.len]);
+            }
+        }
+        server.handle_timeout(now);
+        while let Some(t) = server.poll_transmit(now, &mut buf) {
+            if let Some((c, _)) = clients.iter_mut().find(|(_, a)| *a == t.to) {
+                c.handle_datagram(now, server_addr, &buf[..t.len]);
+            }
+        }
+        while server.poll_event().is_some() {}
+        for (c, _) in clients.iter_mut() {
+            while c.poll_event().is_some() {}
+        }
+    };
+    let mut counts = Vec::new();
+    for second in 0..12 {
+        for _ in 0..100 {
+            step(&mut server, &mut clients, now);
+            now += Duration::from_millis(10);
+        }
+        counts.push((second, connected_at(&server)));
+    }
+    let after = |s: usize| counts[s].1;
+    assert!(after(0) <= 10 + 5, "{counts:?}");
+    assert!(after(2) <= 10 + 3 * 5, "{counts:?}");
+    assert_eq!(after(11), CLIENTS, "{counts:?}: every client got in");
+    assert!(server.stats().drops.get(DropReason::KeyExchangeBudget) > 0);
 }

@@ -105,6 +105,13 @@ struct Cli {
     /// Most connections from one IP address (raise it for members behind one NAT).
     #[arg(long, default_value_t = hub::endpoint_config().max_connections_per_ip)]
     max_connections_per_ip: usize,
+    /// Key exchanges (X25519, the cost of each new connection) taken per second, on
+    /// average; past it a connect request is dropped and its member sends it again.
+    #[arg(long, default_value_t = hub::endpoint_config().key_exchanges.per_second)]
+    key_exchange_rate: f64,
+    /// Key exchanges taken at once (every member reconnecting after a restart).
+    #[arg(long, default_value_t = hub::endpoint_config().key_exchanges.burst)]
+    key_exchange_burst: f64,
     /// A member silent this long is disconnected.
     #[arg(long, default_value_t = Span(hub::endpoint_config().idle_timeout))]
     idle_timeout: Span,
@@ -182,6 +189,10 @@ impl Cli {
             protocol_id: self.protocol_id,
             max_connections: self.max_connections,
             max_connections_per_ip: self.max_connections_per_ip,
+            key_exchanges: RateLimit {
+                per_second: self.key_exchange_rate,
+                burst: self.key_exchange_burst,
+            },
             idle_timeout: self.idle_timeout.0,
             ..hub::endpoint_config()
         }

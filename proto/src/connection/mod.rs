@@ -1283,20 +1283,10 @@ fn chunks_for(config: &Config, len: usize) -> u16 {
     }
 }
 
-#[cfg(all(test, target_pointer_width = "64"))]
+#[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Every connection holds this much however idle (docs/benchmarks.md gives the figure
-    /// and what is in it): state only some connections need belongs behind a box made on
-    /// first use, not inline. (1,376 once the coding logs' write positions were kept here
-    /// for memory hints, 2-3% faster with 10,000 coding clients; 1,104 since optional
-    /// instants take eight bytes, the pacer keeps no copy of the config's limits, the
-    /// handshake's cookie lives in the handshake's box, a hub connection's path state in one
-    /// of its own, the address a connection moved from in another, responses to requests in
-    /// another, reliable frames in flight in another, and the sent-frame store's free slots
-    /// form a list through the slots; 1,056 since the counters of loss and its repair joined
-    /// the drop counters' box, less the received packets' box of refused numbers.)
     /// The idle trim gives the repair decoder back, but not what its solving still owes:
     /// a peer that goes quiet for a keepalive interval between bursts of repairs that never
     /// solve would otherwise get a fresh allowance each time (see `RepairDecoder::solve`).
@@ -1327,6 +1317,17 @@ mod tests {
         assert_eq!(c.transport.solve_work_owed, 123_456, "what it owed stays");
     }
 
+    /// Every connection holds this much however idle (docs/benchmarks.md gives the figure
+    /// and what is in it): state only some connections need belongs behind a box made on
+    /// first use, not inline. (1,376 once the coding logs' write positions were kept here
+    /// for memory hints, 2-3% faster with 10,000 coding clients; 1,104 since optional
+    /// instants take eight bytes, the pacer keeps no copy of the config's limits, the
+    /// handshake's cookie lives in the handshake's box, a hub connection's path state in one
+    /// of its own, the address a connection moved from in another, responses to requests in
+    /// another, reliable frames in flight in another, and the sent-frame store's free slots
+    /// form a list through the slots; 1,056 since the counters of loss and its repair joined
+    /// the drop counters' box, less the received packets' box of refused numbers.)
+    #[cfg(target_pointer_width = "64")]
     #[test]
     fn a_connection_struct_stays_within_1056_bytes() {
         let size = core::mem::size_of::<Connection>();

@@ -88,18 +88,19 @@ impl EventQueue {
             ..
         } = &event
         {
-            if self
+            let room = self
                 .tunnel
                 .as_ref()
-                .is_some_and(|t| t.hub == (*conn, *channel))
-            {
-                let payload = self.copied(payload);
+                .filter(|t| t.hub == (*conn, *channel))
+                .map(|t| t.arrived.len() < MAX_TUNNELLED);
+            if let Some(room) = room {
+                // (Copied only when it is kept.)
+                let payload = room.then(|| self.copied(payload));
                 if let Some(t) = self.tunnel.as_mut() {
-                    if t.arrived.len() < MAX_TUNNELLED {
+                    match payload {
                         // (The hub always names the member a tunnelled datagram is from.)
-                        t.arrived.push_back((relay.map_or(0, |r| r.owner), payload));
-                    } else {
-                        t.overflow += 1;
+                        Some(p) => t.arrived.push_back((relay.map_or(0, |r| r.owner), p)),
+                        None => t.overflow += 1,
                     }
                 }
                 return 0;
@@ -151,11 +152,15 @@ impl EventQueue {
     }
 
     /// `payload` as a slice of the queue's own buffer, if it is short enough to copy (see
-    /// `payloads`).
+    /// `payloads`); a longer one that is a slice of a shared buffer (a whole message of a
+    /// large MTU) in one of its own; a reassembled message as it is.
     fn copied(&mut self, payload: &Bytes) -> Bytes {
         let len = payload.len();
-        if len == 0 || len > COPIED_PAYLOAD {
+        if len == 0 || (len > COPIED_PAYLOAD && payload.is_unique()) {
             return payload.clone();
+        }
+        if len > COPIED_PAYLOAD {
+            return Bytes::copy_from_slice(payload);
         }
         let buf = &mut self.payloads;
         if buf.capacity() - buf.len() < len {

@@ -8,6 +8,7 @@ use core::net::IpAddr;
 use super::*;
 use crate::connection::{PacketKeys, PendingAccept};
 use crate::crypto::{token_proof_is_valid, Ephemeral, Keypair, Protection, SessionKeys, TAG_LEN};
+use crate::rate::Bucket;
 use crate::token::OpenedToken;
 use crate::wire::TOKEN_PROOF_LEN;
 
@@ -314,6 +315,19 @@ impl Endpoint {
                 return;
             }
         }
+        // Key exchanges are the costliest thing a stranger can ask for: the endpoint takes
+        // them at `Config::key_exchanges`' rate, and drops a Connect past it unanswered.
+        if ephemeral.is_some() {
+            let limit = self.config.key_exchanges;
+            let budget = self
+                .admission()
+                .key_exchanges
+                .get_or_insert_with(|| Bucket::new(&limit, now));
+            if !budget.take(&limit, now, 1.0) {
+                self.stats.drops.add(DropReason::KeyExchangeBudget);
+                return;
+            }
+        }
         // The key exchange's secrets, before anything is allocated: a small-order key from
         // the client ends it here, and its cookie is remembered so that replaying that
         // Connect costs a lookup, not another exchange.
@@ -577,6 +591,9 @@ pub(super) struct Admission {
     /// expire within that second, so a full table is scanned at most once a second (a
     /// client replaying a valid token's Connect had it scanned whole for each copy).
     pub(super) used_tokens_pruned: u64,
+    /// Key exchanges the endpoint may still take (`Config::key_exchanges`), made on the
+    /// first.
+    pub(super) key_exchanges: Option<Bucket>,
     /// Connect tokens of connections awaiting their client's first packet, by tag.
     pub(super) pending_tokens: HashMap<[u8; 16], u32>,
     /// Cookies of Connects whose key exchange failed.
@@ -592,6 +609,7 @@ impl Admission {
         Admission {
             used_tokens: HashMap::with_hasher(hasher),
             used_tokens_pruned: 0,
+            key_exchanges: None,
             pending_tokens: HashMap::with_hasher(hasher),
             refused_cookies: RefusedCookies::new(),
             per_ip: HashMap::with_hasher(hasher),

@@ -258,8 +258,6 @@ pub struct Endpoint {
     arena_slab: usize,
     /// When the arena last took a new slab.
     arena_refilled: Instant,
-    /// (Rarely read; here, it fills the line before the config's too.)
-    next_request_id: u64,
     config: Config,
     // ---- handshakes, hub relaying, closing and rarer paths
     /// User data of the connections whose ending events the application took since it last
@@ -271,6 +269,7 @@ pub struct Endpoint {
     /// Handshake routing (and one connection per peer address).
     by_addr: SlotIndex<SocketAddr>,
     free_slots: Vec<u32>,
+    next_request_id: u64,
     /// User data of connections whose `Disconnected`/`ConnectFailed` waits in the queue.
     departed: VecDeque<(ConnectionHandle, UserData)>,
     user_ids: UserIds,

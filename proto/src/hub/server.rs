@@ -19,16 +19,9 @@ use crate::endpoint::Endpoint;
 use crate::error::SendError;
 use crate::event::{ConnectionHandle, Event, IncomingRequest, Relay, RequestId};
 use crate::hash::{HashMap, Prf, SeededState};
+use crate::rate::Bucket;
+pub use crate::rate::RateLimit;
 use crate::time::Instant;
-
-/// A token bucket: `per_second` on average, up to `burst` at once.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct RateLimit {
-    /// Sustained rate.
-    pub per_second: f64,
-    /// Most spent at once, and what a new member starts with.
-    pub burst: f64,
-}
 
 /// Settings of a [`Hub`]. Every table the hub keeps is bounded by one of them.
 ///
@@ -245,34 +238,6 @@ pub struct RoomInfo {
     pub owner: u16,
     /// Its members' user ids, oldest first.
     pub members: Vec<u16>,
-}
-
-#[derive(Debug)]
-struct Bucket {
-    tokens: f64,
-    at: Instant,
-}
-
-impl Bucket {
-    fn new(limit: &RateLimit, now: Instant) -> Self {
-        Bucket {
-            tokens: limit.burst,
-            at: now,
-        }
-    }
-
-    /// Takes `n` tokens if there are that many.
-    fn take(&mut self, limit: &RateLimit, now: Instant, n: f64) -> bool {
-        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
-        self.at = self.at.max(now);
-        self.tokens = (self.tokens + elapsed * limit.per_second).min(limit.burst);
-        if self.tokens >= n {
-            self.tokens -= n;
-            true
-        } else {
-            false
-        }
-    }
 }
 
 #[derive(Debug)]
@@ -639,6 +604,10 @@ impl Hub {
                 payload,
                 ..
             } => {
+                // (Copied: it waits in the targets' queues until they acknowledge it, and as a
+                // slice of the event queue's block it would keep the whole block, up to
+                // 16 KiB, for a member slow to acknowledge.)
+                let payload = Bytes::copy_from_slice(&payload);
                 self.relay_message(ep, now, owner, channel, target, payload);
                 None
             }
@@ -652,6 +621,7 @@ impl Hub {
                     }),
                 payload,
             } => {
+                let payload = Bytes::copy_from_slice(&payload);
                 self.relay_request(ep, now, conn, request, owner, target, payload);
                 None
             }
@@ -662,6 +632,7 @@ impl Hub {
                     // every relay limit). Refused, the asker times out on its own clock.
                     let responder = self.user_of(conn);
                     if responder.is_some_and(|u| self.allow_relay(u, now, 1, payload.len())) {
+                        let payload = Bytes::copy_from_slice(&payload);
                         self.relay_response(ep, r, payload);
                     } else if let Some(m) = self.members.get_mut(&r.from) {
                         m.relayed_requests = m.relayed_requests.saturating_sub(1);

@@ -89,6 +89,7 @@ pub(crate) fn reason_words(reason: DropReason) -> &'static str {
         DropReason::Unauthenticated => "packets failing authentication",
         DropReason::TokenReplay => "connect tokens used a second time",
         DropReason::EarlyPacket => "packets that overtook their handshake (sent again)",
+        DropReason::KeyExchangeBudget => "connect requests over the key exchange rate",
         _ => "other",
     }
 }
