@@ -32,6 +32,14 @@ const MAX_WAITING: usize = 64;
 /// member stays connected.)
 const MIN_WAITING_BYTES: usize = 256 * 1024;
 
+/// Most members one room's view holds (the hub's default room holds 256): a `Joined` or a
+/// `PeerJoined` past it is a bad notice, as is one that names a member twice.
+const MAX_ROOM_MEMBERS: usize = 4096;
+/// Most member entries all rooms' views hold together, and the most bytes of metadata they
+/// keep: a hub tells a member of room mates, it cannot make it hold without bound.
+const MAX_MEMBER_ENTRIES: usize = 1 << 16;
+const MAX_MEMBER_BYTES: usize = 16 << 20;
+
 /// Messages queued per peer link before its connection exists (the accepting side waits
 /// for the other's handshake).
 const MAX_LINK_QUEUE: usize = 256;
@@ -443,6 +451,14 @@ pub struct HubClient {
     user_id: Option<u16>,
     next_op: u32,
     rooms: BTreeMap<u16, RoomView>,
+    /// For each room mate, how many of this member's rooms it is in: one that shares none is
+    /// forgotten (a lookup, where a scan of every room's members for each member of a room
+    /// left made leaving a big room quadratic).
+    shared_rooms: BTreeMap<u16, u16>,
+    /// Member entries in all rooms' views, and the bytes of their metadata (see
+    /// `MAX_MEMBER_ENTRIES`).
+    member_entries: usize,
+    member_bytes: usize,
     ciphers: BTreeMap<u16, PairCipher>,
     /// The sealed requests taken from each member lately, under its current pair key.
     requests_taken: BTreeMap<u16, Box<RequestWindow>>,
@@ -549,6 +565,9 @@ impl HubClient {
             links: BTreeMap::new(),
             link_users: BTreeMap::new(),
             refused_links: BTreeSet::new(),
+            shared_rooms: BTreeMap::new(),
+            member_entries: 0,
+            member_bytes: 0,
         })
     }
 
@@ -851,6 +870,8 @@ impl HubClient {
                 self.waiting_bytes = 0;
                 // The rooms first: an application that stops at the connection's end has
                 // heard of them.
+                self.shared_rooms.clear();
+                (self.member_entries, self.member_bytes) = (0, 0);
                 for room in core::mem::take(&mut self.rooms).into_keys() {
                     self.ready.push_back(HubEvent::RoomLeft {
                         room: RoomId(room),
@@ -1214,11 +1235,7 @@ impl HubClient {
     /// Forgets the pair key (and closes the link) of `user` once it shares no room with
     /// this member.
     fn forget_if_alone(&mut self, ep: &mut Endpoint, user: u16) {
-        let shared = self
-            .rooms
-            .values()
-            .any(|r| r.members.iter().any(|m| m.user == user));
-        if !shared {
+        if !self.shared_rooms.contains_key(&user) {
             self.ciphers.remove(&user);
             self.requests_taken.remove(&user);
             if let Some(conn) = self.links.remove(&user).and_then(|l| l.conn) {
@@ -1226,6 +1243,31 @@ impl HubClient {
                 ep.disconnect(conn, 0);
             }
         }
+    }
+
+    /// Counts `m` into a room's view.
+    fn entered(&mut self, m: &Member) {
+        *self.shared_rooms.entry(m.user).or_insert(0) += 1;
+        self.member_entries += 1;
+        self.member_bytes += m.metadata.len();
+    }
+
+    /// Counts `m` out of a room's view.
+    fn left(&mut self, m: &Member) {
+        if let Some(n) = self.shared_rooms.get_mut(&m.user) {
+            *n -= 1;
+            if *n == 0 {
+                self.shared_rooms.remove(&m.user);
+            }
+        }
+        self.member_entries -= 1;
+        self.member_bytes -= m.metadata.len();
+    }
+
+    /// Whether `entries` more member entries with `bytes` of metadata fit the views' bounds.
+    fn members_fit(&self, entries: usize, bytes: usize) -> bool {
+        self.member_entries + entries <= MAX_MEMBER_ENTRIES
+            && self.member_bytes + bytes <= MAX_MEMBER_BYTES
     }
 
     fn on_notice(&mut self, ep: &mut Endpoint, now: Instant, notice: Notice) {
@@ -1237,9 +1279,27 @@ impl HubClient {
                 name,
                 members,
             } => {
-                if self.rooms.len() >= MAX_ROOMS && !self.rooms.contains_key(&room) {
+                let mut users: Vec<u16> = members.iter().map(|m| m.user).collect();
+                users.sort_unstable();
+                users.dedup();
+                let (had, had_bytes) = self.rooms.get(&room).map_or((0, 0), |v| {
+                    (
+                        v.members.len(),
+                        v.members.iter().map(|m| m.metadata.len()).sum(),
+                    )
+                });
+                let bytes: usize = members.iter().map(|m| m.metadata.len()).sum();
+                let fits = members.len() <= MAX_ROOM_MEMBERS
+                    && users.len() == members.len()
+                    && self.member_entries - had + members.len() <= MAX_MEMBER_ENTRIES
+                    && self.member_bytes - had_bytes + bytes <= MAX_MEMBER_BYTES;
+                if !fits || (self.rooms.len() >= MAX_ROOMS && !self.rooms.contains_key(&room)) {
                     self.stats.bad_notices += 1;
                     return;
+                }
+                let old = self.rooms.remove(&room);
+                for m in old.iter().flat_map(|v| &v.members) {
+                    self.left(m);
                 }
                 for m in &members {
                     self.introduce(ep, now, m);
@@ -1250,7 +1310,14 @@ impl HubClient {
                     owner,
                     members: members.into_iter().map(member).collect(),
                 };
+                for m in &view.members {
+                    self.entered(m);
+                }
                 self.rooms.insert(room, view);
+                // (A member the hub's new view of the room leaves out.)
+                for m in old.into_iter().flat_map(|v| v.members) {
+                    self.forget_if_alone(ep, m.user);
+                }
                 HubEvent::Joined {
                     op: OpId(op),
                     room: RoomId(room),
@@ -1269,11 +1336,31 @@ impl HubClient {
             },
             Notice::PeerJoined { room, member: m } => {
                 let user = m.user;
-                self.introduce(ep, now, &m);
-                if let Some(view) = self.rooms.get_mut(&room) {
-                    view.members.retain(|x| x.user != user);
-                    view.members.push(member(m));
+                // Only into a room this member is in, and within the views' bounds: a hub
+                // names room mates, it does not make a member meet (and link to) whoever it
+                // likes, or hold what it likes.
+                let Some(view) = self.rooms.get(&room) else {
+                    self.stats.bad_notices += 1;
+                    return;
+                };
+                let known = view.members.iter().any(|x| x.user == user);
+                let full = !known && view.members.len() >= MAX_ROOM_MEMBERS;
+                if full || !self.members_fit(usize::from(!known), m.metadata.len()) {
+                    self.stats.bad_notices += 1;
+                    return;
                 }
+                self.introduce(ep, now, &m);
+                let m = member(m);
+                let replaced = self.rooms.get_mut(&room).and_then(|view| {
+                    let at = view.members.iter().position(|x| x.user == user);
+                    let replaced = at.map(|i| view.members.remove(i));
+                    view.members.push(m.clone());
+                    replaced
+                });
+                if let Some(r) = &replaced {
+                    self.left(r);
+                }
+                self.entered(&m);
                 HubEvent::PeerJoined {
                     room: RoomId(room),
                     user,
@@ -1284,8 +1371,12 @@ impl HubClient {
                     self.stats.bad_notices += 1;
                     return;
                 };
-                if let Some(view) = self.rooms.get_mut(&room) {
-                    view.members.retain(|x| x.user != user);
+                let gone = self.rooms.get_mut(&room).and_then(|view| {
+                    let at = view.members.iter().position(|x| x.user == user)?;
+                    Some(view.members.remove(at))
+                });
+                if let Some(m) = &gone {
+                    self.left(m);
                 }
                 self.forget_if_alone(ep, user);
                 HubEvent::PeerLeft {
@@ -1300,6 +1391,9 @@ impl HubClient {
                     return;
                 };
                 if let Some(view) = self.rooms.remove(&room) {
+                    for m in &view.members {
+                        self.left(m);
+                    }
                     for m in view.members {
                         self.forget_if_alone(ep, m.user);
                     }
@@ -1408,6 +1502,91 @@ mod tests {
         assert_eq!(client.waiting.len(), MAX_WAITING);
         assert_eq!(client.waiting_bytes, MAX_WAITING * 10);
         assert!(client.poll_event().is_none());
+    }
+
+    fn entry(user: u16) -> MemberEntry {
+        MemberEntry {
+            user,
+            key: None,
+            client_id: None,
+            metadata: Bytes::new(),
+            pair_key: Some([user as u8; 32]),
+            addrs: Vec::new(),
+        }
+    }
+
+    fn joined(room: u16, users: impl IntoIterator<Item = u16>) -> Notice {
+        Notice::Joined {
+            op: 1,
+            room,
+            owner: 3,
+            name: Bytes::new(),
+            members: users.into_iter().map(entry).collect(),
+        }
+    }
+
+    /// A hub tells a member of its room mates; it cannot make the member hold what it likes,
+    /// or meet (and link to) whoever it likes: a room's view names each member once and at
+    /// most `MAX_ROOM_MEMBERS` of them, and a member joins only a room this member is in.
+    /// (A list of 65,535 entries was stored as sent, duplicates included.)
+    #[test]
+    fn a_hub_cannot_make_a_member_hold_or_meet_what_it_likes() {
+        let (mut ep, _, mut client, now) = member(5);
+        client.user_id = Some(3);
+        client.on_notice(&mut ep, now, joined(1, [3, 7, 7]));
+        assert!(client.room(RoomId(1)).is_none(), "a member named twice");
+        let too_many = (10..10 + MAX_ROOM_MEMBERS as u16 + 1).chain([3]);
+        client.on_notice(&mut ep, now, joined(1, too_many));
+        assert!(client.room(RoomId(1)).is_none(), "more than a room holds");
+        client.on_notice(
+            &mut ep,
+            now,
+            Notice::PeerJoined {
+                room: 2,
+                member: entry(8),
+            },
+        );
+        assert!(!client.ciphers.contains_key(&8), "into a room it is not in");
+        assert_eq!(client.stats().bad_notices, 3);
+        client.on_notice(&mut ep, now, joined(1, [3, 7]));
+        assert!(client.room(RoomId(1)).is_some());
+        assert_eq!(client.member_entries, 2);
+    }
+
+    /// Leaving a room forgets the keys of the members this member shares no other room with,
+    /// and keeps the others' (found by a count per member: a scan of every room for each
+    /// member of the room left made leaving a large room quadratic).
+    #[test]
+    fn leaving_a_room_forgets_only_members_no_other_room_shares() {
+        let (mut ep, _, mut client, now) = member(6);
+        client.user_id = Some(3);
+        client.on_notice(&mut ep, now, joined(1, [3, 5, 6]));
+        client.on_notice(&mut ep, now, joined(2, [3, 6]));
+        client.on_notice(
+            &mut ep,
+            now,
+            Notice::PeerJoined {
+                room: 2,
+                member: entry(9),
+            },
+        );
+        assert!(client.ciphers.contains_key(&9));
+        client.on_notice(&mut ep, now, Notice::RoomLeft { room: 1, reason: 0 });
+        assert!(!client.ciphers.contains_key(&5), "only room 1 had it");
+        assert!(client.ciphers.contains_key(&6), "room 2 has it still");
+        client.on_notice(
+            &mut ep,
+            now,
+            Notice::PeerLeft {
+                room: 2,
+                user: 6,
+                reason: 0,
+            },
+        );
+        assert!(!client.ciphers.contains_key(&6));
+        assert!(client.ciphers.contains_key(&9));
+        assert_eq!(client.member_entries, 2, "this member and 9, in room 2");
+        assert_eq!(client.shared_rooms.get(&9), Some(&1));
     }
 
     /// What waits for a peer link that is not up yet is checked as the endpoint would check
