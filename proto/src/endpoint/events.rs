@@ -4,7 +4,7 @@
 //! every other connection goes on.
 
 use alloc::boxed::Box;
-use alloc::collections::VecDeque;
+use alloc::collections::{BTreeSet, VecDeque};
 use bytes::{Bytes, BytesMut};
 
 use super::queue::DrainingQueue;
@@ -52,8 +52,12 @@ struct Tunnel {
     hub: (ConnectionHandle, u8),
     /// Datagrams that came through it, by the user id that sent them, waiting to be handled.
     arrived: VecDeque<(u16, Bytes)>,
-    /// Datagrams dropped because too many waited.
+    /// Datagrams dropped because too many waited, or because they came from a member this
+    /// one was not introduced to.
     overflow: u64,
+    /// The members this one was introduced to (`Endpoint::allow_relay_peer`): the hub could
+    /// otherwise have a member take key exchanges from any user id it names.
+    peers: BTreeSet<u16>,
 }
 
 /// Events the queue keeps room for however quiet it is.
@@ -88,18 +92,19 @@ impl EventQueue {
             ..
         } = &event
         {
+            // (The hub always names the member a tunnelled datagram is from.)
+            let owner = relay.map_or(0, |r| r.owner);
             let room = self
                 .tunnel
                 .as_ref()
                 .filter(|t| t.hub == (*conn, *channel))
-                .map(|t| t.arrived.len() < MAX_TUNNELLED);
+                .map(|t| t.arrived.len() < MAX_TUNNELLED && t.peers.contains(&owner));
             if let Some(room) = room {
                 // (Copied only when it is kept.)
                 let payload = room.then(|| self.copied(payload));
                 if let Some(t) = self.tunnel.as_mut() {
                     match payload {
-                        // (The hub always names the member a tunnelled datagram is from.)
-                        Some(p) => t.arrived.push_back((relay.map_or(0, |r| r.owner), p)),
+                        Some(p) => t.arrived.push_back((owner, p)),
                         None => t.overflow += 1,
                     }
                 }
@@ -130,8 +135,27 @@ impl EventQueue {
                     hub: (hub, channel),
                     arrived: VecDeque::new(),
                     overflow: 0,
+                    peers: BTreeSet::new(),
                 }))
             }
+        }
+    }
+
+    /// Takes tunnelled datagrams from `user` (`true`: introduced) or no longer (`false`).
+    pub(crate) fn allow_tunnel_peer(&mut self, user: u16, allowed: bool) {
+        if let Some(t) = self.tunnel.as_mut() {
+            if allowed {
+                t.peers.insert(user);
+            } else {
+                t.peers.remove(&user);
+            }
+        }
+    }
+
+    /// Forgets every member tunnelled datagrams were taken from.
+    pub(crate) fn clear_tunnel_peers(&mut self) {
+        if let Some(t) = self.tunnel.as_mut() {
+            t.peers.clear();
         }
     }
 

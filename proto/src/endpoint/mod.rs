@@ -1396,6 +1396,18 @@ impl Endpoint {
         self.events.set_tunnel(hub, channel);
     }
 
+    /// Takes datagrams the hub tunnels from member `user` (`allowed`), or no longer: only
+    /// from members this one was introduced to, so that a hub cannot have it take a key
+    /// exchange (or anything else) from any user id it names. The hub client keeps it.
+    pub(crate) fn allow_relay_peer(&mut self, user: u16, allowed: bool) {
+        self.events.allow_tunnel_peer(user, allowed);
+    }
+
+    /// Takes tunnelled datagrams from no member (the hub connection ended).
+    pub(crate) fn forget_relay_peers(&mut self) {
+        self.events.clear_tunnel_peers();
+    }
+
     /// Starts validating a direct path to `addr` for connection `conn` (a peer link a hub
     /// introduced): a few path challenges spread over round trips, sent whatever `addr` has
     /// sent. When one is answered, a link on its relay moves there
@@ -2052,6 +2064,58 @@ mod tests {
             accept_incoming: server,
             ..Config::default()
         }
+    }
+
+    /// A hub tunnels peer links' datagrams, each naming the member it came from: a hostile
+    /// one could name any user id and have a member take a key exchange from each (X25519,
+    /// at the member's full rate). Only members the hub client introduced are taken from.
+    #[test]
+    fn tunnelled_datagrams_are_taken_only_from_introduced_members() {
+        let now = Instant::from_millis(1);
+        let mut member = Endpoint::new(Config {
+            secret_seed: Some(crate::SecretSeed::insecure_from_u64(1)),
+            ..crate::hub::endpoint_config()
+        })
+        .expect("valid");
+        let hub = member
+            .connect(now, SocketAddr::from(([10, 0, 0, 1], 7000)), b"")
+            .expect("connect");
+        let tunnel = crate::hub::DEFAULT_TUNNEL_CHANNEL;
+        member.set_relay(hub, tunnel);
+        // What a peer's endpoint sends first to a link's relay address: a Hello.
+        let mut peer = Endpoint::new(Config {
+            secret_seed: Some(crate::SecretSeed::insecure_from_u64(2)),
+            ..crate::hub::endpoint_config()
+        })
+        .expect("valid");
+        peer.connect(now, SocketAddr::from(([10, 0, 0, 3], 7000)), b"")
+            .expect("connect");
+        let mut buf = [0u8; 1500];
+        let hello = peer.poll_transmit(now, &mut buf).expect("a Hello");
+        let hello = Bytes::copy_from_slice(&buf[..hello.len]);
+        let tunnelled = |ep: &mut Endpoint, owner: u16| {
+            ep.events.push(Event::Message {
+                conn: hub,
+                channel: tunnel,
+                sequence: 0,
+                payload: hello.clone(),
+                relay: Some(crate::event::Relay {
+                    owner,
+                    target: None,
+                }),
+            });
+            // (Tunnelled datagrams are handled after the socket's: an empty one here.)
+            ep.handle_datagram(now, SocketAddr::from(([10, 0, 0, 9], 9)), &[]);
+        };
+        tunnelled(&mut member, 77);
+        assert_eq!(member.stats().tunnelled_in, 0, "from a stranger");
+        assert_eq!(member.stats().tunnel_drops, 1);
+        member.allow_relay_peer(77, true);
+        tunnelled(&mut member, 77);
+        assert_eq!(member.stats().tunnelled_in, 1, "once introduced");
+        member.allow_relay_peer(77, false);
+        tunnelled(&mut member, 77);
+        assert_eq!(member.stats().tunnelled_in, 1, "forgotten again");
     }
 
     /// A protected client and server on a perfect link, moved by hand a millisecond a turn.

@@ -863,6 +863,7 @@ impl HubClient {
                     }
                 }
                 self.ciphers.clear();
+                ep.forget_relay_peers();
                 self.requests_taken.clear();
                 let hub = self.conn;
                 self.abandon_requests(hub);
@@ -1210,6 +1211,7 @@ impl HubClient {
         if let (Some(me), Some(key)) = (self.user_id, entry.pair_key) {
             self.ciphers
                 .insert(entry.user, PairCipher::new(&key, me, entry.user));
+            ep.allow_relay_peer(entry.user, true);
             // A fresh key: its counters start again.
             self.requests_taken.remove(&entry.user);
             if self.policy != PathPolicy::Messages {
@@ -1237,6 +1239,7 @@ impl HubClient {
     fn forget_if_alone(&mut self, ep: &mut Endpoint, user: u16) {
         if !self.shared_rooms.contains_key(&user) {
             self.ciphers.remove(&user);
+            ep.allow_relay_peer(user, false);
             self.requests_taken.remove(&user);
             if let Some(conn) = self.links.remove(&user).and_then(|l| l.conn) {
                 // Its `Disconnected` still finds the user, and is swallowed.
