@@ -200,7 +200,7 @@ impl MioDriver {
     /// harmless).
     pub fn handle_timeout(&mut self, now: std::time::Instant) {
         let now = self.core.clock_mut().at(now);
-        self.core.endpoint_mut().handle_timeout(now);
+        self.core.handle_timeout(now);
     }
 
     /// Closes `conn`, telling the peer with `code`, and sends the notice at once (it does not

@@ -111,7 +111,7 @@ impl Driver {
     pub fn update(&mut self) -> io::Result<()> {
         self.receive_waiting()?;
         let now = self.core.now();
-        self.core.endpoint_mut().handle_timeout(now);
+        self.core.handle_timeout(now);
         self.flush_at(now);
         Ok(())
     }

@@ -19,6 +19,10 @@ use crate::io_util::{
 };
 use crate::recv_batch::{BatchReader, BatchSocket, IoMode};
 
+/// How often the endpoint is told the wall-clock time again (see
+/// [`DriverCore::handle_timeout`]).
+const UNIX_TIME_RESYNC: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Counters of what the driver itself did with the socket (the endpoint keeps its own, see
 /// [`Endpoint::stats`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -82,6 +86,8 @@ pub struct DriverCore {
     /// Datagrams from this address are wake-ups for `shoal-std`'s background thread, not for
     /// the endpoint.
     pub(crate) wake_from: Option<SocketAddr>,
+    /// When the endpoint was last told the wall-clock time.
+    unix_synced: Instant,
 }
 
 impl DriverCore {
@@ -103,7 +109,8 @@ impl DriverCore {
         // (Sized from the checked config: an absurd mtu is refused above, not allocated.)
         let outbox = Outbox::new(endpoint.config().mtu);
         let mut clock = Clock::new();
-        endpoint.set_unix_time(clock.now(), unix_time());
+        let unix_synced = clock.now();
+        endpoint.set_unix_time(unix_synced, unix_time());
         Ok(DriverCore {
             local_addr,
             endpoint,
@@ -116,7 +123,25 @@ impl DriverCore {
             segmented_sends: 0,
             segmented_datagrams: 0,
             wake_from: None,
+            unix_synced,
         })
+    }
+
+    /// Runs the endpoint's timers due at `now`, telling it the wall-clock time again first
+    /// when a second has passed since it was last told: connect tokens expire by the wall
+    /// clock, which an NTP step or a suspended machine (whose time the monotonic clock does
+    /// not count) moves away from the one read at start.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if now.saturating_duration_since(self.unix_synced) >= UNIX_TIME_RESYNC {
+            self.tell_unix_time(now, unix_time());
+        }
+        self.endpoint.handle_timeout(now);
+    }
+
+    /// Tells the endpoint the wall-clock time `unix` at `now`.
+    fn tell_unix_time(&mut self, now: Instant, unix: std::time::Duration) {
+        self.endpoint.set_unix_time(now, unix);
+        self.unix_synced = now;
     }
 
     // ------------------------------------------------------------------ getters
@@ -624,6 +649,20 @@ mod tests {
     fn core() -> DriverCore {
         let local = SocketAddr::from(([127, 0, 0, 1], 4000));
         DriverCore::new(local, Config::default()).expect("valid config")
+    }
+
+    /// The endpoint is told the wall-clock time again once a second as timers run (it was
+    /// told once, at start: an NTP step or a suspend left token expiry judged by a stale
+    /// clock, refusing every valid token or taking expired ones, until a restart).
+    #[test]
+    fn the_wall_clock_is_told_again_once_a_second() {
+        let mut core = core();
+        let start = core.unix_synced;
+        core.handle_timeout(start + std::time::Duration::from_millis(500));
+        assert_eq!(core.unix_synced, start, "not within the second");
+        let later = start + std::time::Duration::from_millis(1_000);
+        core.handle_timeout(later);
+        assert_eq!(core.unix_synced, later);
     }
 
     /// A socket switched back to portable reads gets its datagrams one at a time again: GRO,

@@ -40,6 +40,12 @@ const MAX_ROOM_MEMBERS: usize = 4096;
 const MAX_MEMBER_ENTRIES: usize = 1 << 16;
 const MAX_MEMBER_BYTES: usize = 16 << 20;
 
+/// Direct-only link handshakes in flight at once. Their addresses are the hub's word, and
+/// each attempt sends a Hello every resend interval until it answers or times out: a hub
+/// naming thousands of made-up members at one victim's address had every member flood it.
+/// The others wait their turn (a room of 256 links up in a few round trips more).
+const MAX_DIRECT_CONNECTING: usize = 16;
+
 /// Messages queued per peer link before its connection exists (the accepting side waits
 /// for the other's handshake).
 const MAX_LINK_QUEUE: usize = 256;
@@ -205,6 +211,8 @@ struct Link {
     up: bool,
     /// Its handshake failed: sends fail until the hub introduces the pair again.
     failed: bool,
+    /// It waits in `HubClient::direct_waiting` for a direct-only handshake to end.
+    waiting: bool,
 }
 
 /// Names one request to the hub; its answer (`Joined`, `Done` or `Refused`) carries it.
@@ -477,6 +485,10 @@ pub struct HubClient {
     tunnel_channel: u8,
     links: BTreeMap<u16, Link>,
     link_users: BTreeMap<ConnectionHandle, u16>,
+    /// Direct-only link handshakes in flight (at most `MAX_DIRECT_CONNECTING`), and the
+    /// members whose link waits for one of them to end.
+    direct_connecting: BTreeSet<ConnectionHandle>,
+    direct_waiting: VecDeque<u16>,
     /// Connections turned away for proving another key than the one the hub vouched for:
     /// everything they deliver (their first packet's messages come with `Connected`) is
     /// swallowed until their `Disconnected`.
@@ -565,6 +577,8 @@ impl HubClient {
             links: BTreeMap::new(),
             link_users: BTreeMap::new(),
             refused_links: BTreeSet::new(),
+            direct_connecting: BTreeSet::new(),
+            direct_waiting: VecDeque::new(),
             shared_rooms: BTreeMap::new(),
             member_entries: 0,
             member_bytes: 0,
@@ -864,6 +878,8 @@ impl HubClient {
                 }
                 self.ciphers.clear();
                 ep.forget_relay_peers();
+                self.direct_connecting.clear();
+                self.direct_waiting.clear();
                 self.requests_taken.clear();
                 let hub = self.conn;
                 self.abandon_requests(hub);
@@ -925,6 +941,12 @@ impl HubClient {
     /// An event of another connection: a peer link's, or (returned) the application's own.
     fn on_link_event(&mut self, ep: &mut Endpoint, now: Instant, event: Event) -> Option<Event> {
         let conn = event.connection();
+        if matches!(
+            event,
+            Event::Connected { .. } | Event::ConnectFailed { .. } | Event::Disconnected { .. }
+        ) {
+            self.direct_attempt_ended(ep, now, conn);
+        }
         if self.refused_links.contains(&conn) {
             if matches!(event, Event::Disconnected { .. }) {
                 self.refused_links.remove(&conn);
@@ -1096,6 +1118,15 @@ impl HubClient {
             // Pinned to the vouched key: nothing else tells the peer from whoever holds
             // its address, or sits on the path.
             PathPolicy::DirectOnly => match (link.addrs.first(), link.key) {
+                (Some(_), Some(_)) if self.direct_connecting.len() >= MAX_DIRECT_CONNECTING => {
+                    // (Once per link; a hub cycling introductions could otherwise grow the
+                    // queue with links long gone.)
+                    if !link.waiting && self.direct_waiting.len() < MAX_MEMBER_ENTRIES {
+                        link.waiting = true;
+                        self.direct_waiting.push_back(user);
+                    }
+                    return;
+                }
                 (Some(&addr), Some(_)) => addr,
                 _ => return,
             },
@@ -1107,6 +1138,31 @@ impl HubClient {
         if let Ok(conn) = ep.connect_with(now, to, &options) {
             link.conn = Some(conn);
             self.link_users.insert(conn, user);
+            if self.policy == PathPolicy::DirectOnly {
+                self.direct_connecting.insert(conn);
+            }
+        }
+    }
+
+    /// A direct-only handshake of `conn` ended (if it was one): the next waiting link takes
+    /// its place.
+    fn direct_attempt_ended(&mut self, ep: &mut Endpoint, now: Instant, conn: ConnectionHandle) {
+        if !self.direct_connecting.remove(&conn) {
+            return;
+        }
+        while self.direct_connecting.len() < MAX_DIRECT_CONNECTING {
+            let Some(user) = self.direct_waiting.pop_front() else {
+                break;
+            };
+            // (A link gone, connected or failed meanwhile is passed over.)
+            let waits = self.links.get_mut(&user).is_some_and(|l| {
+                let waits = l.waiting && l.conn.is_none() && !l.failed;
+                l.waiting = false;
+                waits
+            });
+            if waits {
+                self.open_link(ep, now, user);
+            }
         }
     }
 
@@ -1590,6 +1646,54 @@ mod tests {
         assert!(client.ciphers.contains_key(&9));
         assert_eq!(client.member_entries, 2, "this member and 9, in room 2");
         assert_eq!(client.shared_rooms.get(&9), Some(&1));
+    }
+
+    /// Direct-only links connect to addresses the hub names, a Hello every resend interval
+    /// until the peer answers: a hostile hub naming a hundred made-up members at one
+    /// victim's address had a member send to it from a hundred handshakes at once. At most
+    /// `MAX_DIRECT_CONNECTING` are in flight; the others wait their turn.
+    #[test]
+    fn direct_only_handshakes_in_flight_are_bounded() {
+        let config = Config {
+            secret_seed: Some(SecretSeed::insecure_from_u64(7)),
+            static_keypair: Some(crate::crypto::Keypair::from_secret([7; 32])),
+            ..super::super::endpoint_config()
+        };
+        let mut ep = Endpoint::new(config).unwrap();
+        let now = Instant::from_millis(1);
+        let hub = ep
+            .connect(now, "10.0.0.1:7000".parse().unwrap(), &[])
+            .unwrap();
+        let mut client = HubClient::with_paths(hub, ep.config(), PathPolicy::DirectOnly).unwrap();
+        client.user_id = Some(3);
+        let victim = |i: u16| SocketAddr::from(([192, 0, 2, 1], 1_000 + i));
+        let members = (10..110u16).map(|user| MemberEntry {
+            key: Some([user as u8; 32]),
+            addrs: alloc::vec![victim(user)],
+            ..entry(user)
+        });
+        let notice = Notice::Joined {
+            op: 1,
+            room: 1,
+            owner: 3,
+            name: Bytes::new(),
+            members: core::iter::once(entry(3)).chain(members).collect(),
+        };
+        client.on_notice(&mut ep, now, notice);
+        assert_eq!(client.direct_connecting.len(), MAX_DIRECT_CONNECTING);
+        assert_eq!(client.direct_waiting.len(), 100 - MAX_DIRECT_CONNECTING);
+        // One times out: the next waiting one takes its place.
+        let first = *client.direct_connecting.iter().next().unwrap();
+        client.handle_event(
+            &mut ep,
+            now,
+            Event::ConnectFailed {
+                conn: first,
+                reason: DisconnectReason::TimedOut,
+            },
+        );
+        assert_eq!(client.direct_connecting.len(), MAX_DIRECT_CONNECTING);
+        assert_eq!(client.direct_waiting.len(), 100 - MAX_DIRECT_CONNECTING - 1);
     }
 
     /// What waits for a peer link that is not up yet is checked as the endpoint would check
