@@ -5,6 +5,7 @@
 
 use alloc::boxed::Box;
 use alloc::collections::{BTreeSet, VecDeque};
+use alloc::vec::Vec;
 use bytes::{Bytes, BytesMut};
 
 use super::queue::DrainingQueue;
@@ -13,6 +14,10 @@ use crate::event::{ConnectionHandle, Event};
 /// Tunnelled datagrams held between arriving on the hub connection and being handled (a
 /// handful per arriving packet; more is a hub misbehaving).
 const MAX_TUNNELLED: usize = 256;
+/// Tunnelled datagrams held from members not introduced yet: a peer's first handshake
+/// packet can arrive with (or before the application takes) the notice introducing it.
+/// Past it the oldest is dropped and counted.
+const MAX_HELD_UNINTRODUCED: usize = 64;
 
 /// Bytes charged for an event besides its payload (the event itself and queue slot).
 pub(crate) const EVENT_OVERHEAD: usize = 64;
@@ -58,6 +63,9 @@ struct Tunnel {
     /// The members this one was introduced to (`Endpoint::allow_relay_peer`): the hub could
     /// otherwise have a member take key exchanges from any user id it names.
     peers: BTreeSet<u16>,
+    /// Datagrams from members not introduced yet, oldest first (see
+    /// `MAX_HELD_UNINTRODUCED`): handled if the introduction comes.
+    held: VecDeque<(u16, Bytes)>,
 }
 
 /// Events the queue keeps room for however quiet it is.
@@ -98,13 +106,20 @@ impl EventQueue {
                 .tunnel
                 .as_ref()
                 .filter(|t| t.hub == (*conn, *channel))
-                .map(|t| t.arrived.len() < MAX_TUNNELLED && t.peers.contains(&owner));
-            if let Some(room) = room {
+                .map(|t| (t.arrived.len() < MAX_TUNNELLED, t.peers.contains(&owner)));
+            if let Some((room, introduced)) = room {
                 // (Copied only when it is kept.)
                 let payload = room.then(|| self.copied(payload));
                 if let Some(t) = self.tunnel.as_mut() {
                     match payload {
-                        Some(p) => t.arrived.push_back((owner, p)),
+                        Some(p) if introduced => t.arrived.push_back((owner, p)),
+                        Some(p) => {
+                            if t.held.len() >= MAX_HELD_UNINTRODUCED {
+                                t.held.pop_front();
+                                t.overflow += 1;
+                            }
+                            t.held.push_back((owner, p));
+                        }
                         None => t.overflow += 1,
                     }
                 }
@@ -129,33 +144,57 @@ impl EventQueue {
     /// Takes the hub connection's messages on `channel` as peer links' datagrams.
     pub(crate) fn set_tunnel(&mut self, hub: ConnectionHandle, channel: u8) {
         match &mut self.tunnel {
-            Some(t) => t.hub = (hub, channel),
+            Some(t) => {
+                if t.hub.0 != hub {
+                    // Introductions are a hub session's: another hub starts with none.
+                    t.peers.clear();
+                    t.held.clear();
+                }
+                t.hub = (hub, channel);
+            }
             None => {
                 self.tunnel = Some(Box::new(Tunnel {
                     hub: (hub, channel),
                     arrived: VecDeque::new(),
                     overflow: 0,
                     peers: BTreeSet::new(),
+                    held: VecDeque::new(),
                 }))
             }
         }
     }
 
-    /// Takes tunnelled datagrams from `user` (`true`: introduced) or no longer (`false`).
-    pub(crate) fn allow_tunnel_peer(&mut self, user: u16, allowed: bool) {
-        if let Some(t) = self.tunnel.as_mut() {
-            if allowed {
-                t.peers.insert(user);
-            } else {
-                t.peers.remove(&user);
-            }
+    /// Takes tunnelled datagrams through `hub` from `user` (`true`: introduced) or no
+    /// longer (`false`); returns those held from it while it was not introduced yet, to be
+    /// handled now. (A call for another hub connection than the tunnel's changes nothing.)
+    pub(crate) fn allow_tunnel_peer(
+        &mut self,
+        hub: ConnectionHandle,
+        user: u16,
+        allowed: bool,
+    ) -> Vec<Bytes> {
+        let Some(t) = self.tunnel.as_mut().filter(|t| t.hub.0 == hub) else {
+            return Vec::new();
+        };
+        if !allowed {
+            t.peers.remove(&user);
+            return Vec::new();
         }
+        t.peers.insert(user);
+        if !t.held.iter().any(|(u, _)| *u == user) {
+            return Vec::new();
+        }
+        let (theirs, others): (VecDeque<_>, VecDeque<_>) =
+            t.held.drain(..).partition(|(u, _)| *u == user);
+        t.held = others;
+        theirs.into_iter().map(|(_, p)| p).collect()
     }
 
-    /// Forgets every member tunnelled datagrams were taken from.
-    pub(crate) fn clear_tunnel_peers(&mut self) {
-        if let Some(t) = self.tunnel.as_mut() {
+    /// Forgets every member tunnelled datagrams through `hub` were taken from.
+    pub(crate) fn clear_tunnel_peers(&mut self, hub: ConnectionHandle) {
+        if let Some(t) = self.tunnel.as_mut().filter(|t| t.hub.0 == hub) {
             t.peers.clear();
+            t.held.clear();
         }
     }
 

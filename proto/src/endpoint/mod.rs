@@ -1396,16 +1396,26 @@ impl Endpoint {
         self.events.set_tunnel(hub, channel);
     }
 
-    /// Takes datagrams the hub tunnels from member `user` (`allowed`), or no longer: only
-    /// from members this one was introduced to, so that a hub cannot have it take a key
-    /// exchange (or anything else) from any user id it names. The hub client keeps it.
-    pub(crate) fn allow_relay_peer(&mut self, user: u16, allowed: bool) {
-        self.events.allow_tunnel_peer(user, allowed);
+    /// Takes datagrams hub connection `hub` tunnels from member `user` (`allowed`), or no
+    /// longer: only from members this one was introduced to, so that a hub cannot have it
+    /// take a key exchange (or anything else) from any user id it names. The hub client
+    /// keeps it. Datagrams held from `user` before its introduction are handled now.
+    pub(crate) fn allow_relay_peer(
+        &mut self,
+        now: Instant,
+        hub: ConnectionHandle,
+        user: u16,
+        allowed: bool,
+    ) {
+        for payload in self.events.allow_tunnel_peer(hub, user, allowed) {
+            self.stats.tunnelled_in += 1;
+            self.handle_one(now, crate::hub::relay_address(user), &payload);
+        }
     }
 
-    /// Takes tunnelled datagrams from no member (the hub connection ended).
-    pub(crate) fn forget_relay_peers(&mut self) {
-        self.events.clear_tunnel_peers();
+    /// Takes tunnelled datagrams from no member through `hub` (its connection ended).
+    pub(crate) fn forget_relay_peers(&mut self, hub: ConnectionHandle) {
+        self.events.clear_tunnel_peers(hub);
     }
 
     /// Starts validating a direct path to `addr` for connection `conn` (a peer link a hub
@@ -2068,7 +2078,9 @@ mod tests {
 
     /// A hub tunnels peer links' datagrams, each naming the member it came from: a hostile
     /// one could name any user id and have a member take a key exchange from each (X25519,
-    /// at the member's full rate). Only members the hub client introduced are taken from.
+    /// at the member's full rate). Only members the hub client introduced are taken from;
+    /// a few datagrams from others are held, in case their introduction is on its way (a
+    /// peer's first packet can come with the notice introducing it).
     #[test]
     fn tunnelled_datagrams_are_taken_only_from_introduced_members() {
         let now = Instant::from_millis(1);
@@ -2108,14 +2120,28 @@ mod tests {
             ep.handle_datagram(now, SocketAddr::from(([10, 0, 0, 9], 9)), &[]);
         };
         tunnelled(&mut member, 77);
-        assert_eq!(member.stats().tunnelled_in, 0, "from a stranger");
-        assert_eq!(member.stats().tunnel_drops, 1);
-        member.allow_relay_peer(77, true);
+        assert_eq!(member.stats().tunnelled_in, 0, "from a stranger: held");
+        // Another hub connection's introductions are not this tunnel's.
+        let other = ConnectionHandle {
+            index: hub.index + 1,
+            generation: 0,
+        };
+        member.allow_relay_peer(now, other, 77, true);
+        assert_eq!(member.stats().tunnelled_in, 0);
+        // Its introduction comes (after its first packet): what was held is handled.
+        member.allow_relay_peer(now, hub, 77, true);
+        assert_eq!(member.stats().tunnelled_in, 1, "held until introduced");
         tunnelled(&mut member, 77);
-        assert_eq!(member.stats().tunnelled_in, 1, "once introduced");
-        member.allow_relay_peer(77, false);
+        assert_eq!(member.stats().tunnelled_in, 2, "once introduced");
+        member.allow_relay_peer(now, hub, 77, false);
         tunnelled(&mut member, 77);
-        assert_eq!(member.stats().tunnelled_in, 1, "forgotten again");
+        assert_eq!(member.stats().tunnelled_in, 2, "forgotten again");
+        // Strangers' datagrams are held within a bound, the rest dropped and counted.
+        for user in 100..200 {
+            tunnelled(&mut member, user);
+        }
+        assert_eq!(member.stats().tunnelled_in, 2);
+        assert_eq!(member.stats().tunnel_drops, 101 - 64);
     }
 
     /// A protected client and server on a perfect link, moved by hand a millisecond a turn.

@@ -34,11 +34,11 @@ const MIN_WAITING_BYTES: usize = 256 * 1024;
 
 /// Most members one room's view holds (the hub's default room holds 256): a `Joined` or a
 /// `PeerJoined` past it is a bad notice, as is one that names a member twice.
-const MAX_ROOM_MEMBERS: usize = 4096;
+pub(crate) const MAX_ROOM_MEMBERS: usize = 4096;
 /// Most member entries all rooms' views hold together, and the most bytes of metadata they
 /// keep: a hub tells a member of room mates, it cannot make it hold without bound.
-const MAX_MEMBER_ENTRIES: usize = 1 << 16;
-const MAX_MEMBER_BYTES: usize = 16 << 20;
+pub(crate) const MAX_MEMBER_ENTRIES: usize = 1 << 16;
+pub(crate) const MAX_MEMBER_BYTES: usize = 16 << 20;
 
 /// Direct-only link handshakes in flight at once. Their addresses are the hub's word, and
 /// each attempt sends a Hello every resend interval until it answers or times out: a hub
@@ -877,7 +877,7 @@ impl HubClient {
                     }
                 }
                 self.ciphers.clear();
-                ep.forget_relay_peers();
+                ep.forget_relay_peers(self.conn);
                 self.direct_connecting.clear();
                 self.direct_waiting.clear();
                 self.requests_taken.clear();
@@ -1267,7 +1267,7 @@ impl HubClient {
         if let (Some(me), Some(key)) = (self.user_id, entry.pair_key) {
             self.ciphers
                 .insert(entry.user, PairCipher::new(&key, me, entry.user));
-            ep.allow_relay_peer(entry.user, true);
+            ep.allow_relay_peer(now, self.conn, entry.user, true);
             // A fresh key: its counters start again.
             self.requests_taken.remove(&entry.user);
             if self.policy != PathPolicy::Messages {
@@ -1295,7 +1295,7 @@ impl HubClient {
     fn forget_if_alone(&mut self, ep: &mut Endpoint, user: u16) {
         if !self.shared_rooms.contains_key(&user) {
             self.ciphers.remove(&user);
-            ep.allow_relay_peer(user, false);
+            ep.allow_relay_peer(Instant::ZERO, self.conn, user, false);
             self.requests_taken.remove(&user);
             if let Some(conn) = self.links.remove(&user).and_then(|l| l.conn) {
                 // Its `Disconnected` still finds the user, and is swallowed.

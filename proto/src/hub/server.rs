@@ -149,6 +149,11 @@ pub enum HubConfigError {
     /// The endpoint runs without packet protection: the pair keys a hub hands out would
     /// cross the network in the clear.
     Unprotected,
+    /// A member could be in more than its client keeps: more than 4,096 members a room,
+    /// or `max_rooms_per_member` times `max_members_per_room` over 65,536, or times
+    /// `max_metadata_len` over 16 MiB. (The client refuses such notices as a hostile hub's,
+    /// and the two would be out of step.)
+    MemberViewsTooLarge,
 }
 
 impl fmt::Display for HubConfigError {
@@ -168,6 +173,10 @@ impl fmt::Display for HubConfigError {
                     "{name} must be at least 1 (and field lengths at most 4096)"
                 )
             }
+            HubConfigError::MemberViewsTooLarge => f.write_str(
+                "a member could be in more than its client keeps: at most 4,096 members a room, \
+                 65,536 over max_rooms_per_member rooms, 16 MiB of their metadata",
+            ),
             HubConfigError::SecretSeedMissing => {
                 f.write_str("HubConfig::secret_seed is required: fill it with 32 bytes from the OS")
             }
@@ -447,6 +456,17 @@ impl Hub {
         if size > max {
             return Err(HubConfigError::MemberListTooLarge { size, max });
         }
+        // What a member holds of the rooms it is in: more than its client keeps would leave
+        // the two out of step (the member refuses the notice as a hostile hub's).
+        let entries = config
+            .max_rooms_per_member
+            .saturating_mul(config.max_members_per_room);
+        if config.max_members_per_room > super::client::MAX_ROOM_MEMBERS
+            || entries > super::client::MAX_MEMBER_ENTRIES
+            || entries.saturating_mul(config.max_metadata_len) > super::client::MAX_MEMBER_BYTES
+        {
+            return Err(HubConfigError::MemberViewsTooLarge);
+        }
         let seed = config
             .secret_seed
             .take()
@@ -604,10 +624,7 @@ impl Hub {
                 payload,
                 ..
             } => {
-                // (Copied: it waits in the targets' queues until they acknowledge it, and as a
-                // slice of the event queue's block it would keep the whole block, up to
-                // 16 KiB, for a member slow to acknowledge.)
-                let payload = Bytes::copy_from_slice(&payload);
+                let payload = unshared(payload);
                 self.relay_message(ep, now, owner, channel, target, payload);
                 None
             }
@@ -621,7 +638,7 @@ impl Hub {
                     }),
                 payload,
             } => {
-                let payload = Bytes::copy_from_slice(&payload);
+                let payload = unshared(payload);
                 self.relay_request(ep, now, conn, request, owner, target, payload);
                 None
             }
@@ -632,7 +649,7 @@ impl Hub {
                     // every relay limit). Refused, the asker times out on its own clock.
                     let responder = self.user_of(conn);
                     if responder.is_some_and(|u| self.allow_relay(u, now, 1, payload.len())) {
-                        let payload = Bytes::copy_from_slice(&payload);
+                        let payload = unshared(payload);
                         self.relay_response(ep, r, payload);
                     } else if let Some(m) = self.members.get_mut(&r.from) {
                         m.relayed_requests = m.relayed_requests.saturating_sub(1);
@@ -1459,5 +1476,16 @@ impl Hub {
         if self.queued(r.from, sent) {
             self.stats.relayed_responses += 1;
         }
+    }
+}
+
+/// `payload` in a buffer of its own: what the hub relays waits in the targets' queues until
+/// they acknowledge it, and as a slice of a buffer shared with other payloads (the event
+/// queue's blocks) it would keep the whole buffer for a member slow to acknowledge.
+fn unshared(payload: Bytes) -> Bytes {
+    if payload.is_unique() {
+        payload
+    } else {
+        Bytes::copy_from_slice(&payload)
     }
 }

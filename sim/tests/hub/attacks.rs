@@ -561,3 +561,36 @@ fn a_hub_on_an_unprotected_endpoint_is_refused() {
     assert_eq!(err, shoal_proto::hub::HubConfigError::Unprotected);
     assert!(err.to_string().contains("protected"));
 }
+
+/// A member keeps at most 4,096 members a room, 65,536 entries and 16 MiB of metadata over
+/// all its rooms (a hostile hub could otherwise make it hold what it likes): a hub whose
+/// limits would let a member be in more is refused, rather than leave the member refusing
+/// its notices and the two out of step.
+#[test]
+fn a_hub_that_could_put_a_member_in_more_than_it_keeps_is_refused() {
+    let endpoint = hub::endpoint_config();
+    for config in [
+        HubConfig {
+            max_members_per_room: 5_000,
+            max_rooms_per_member: 1,
+            max_metadata_len: 1,
+            max_name_len: 1,
+            ..hub_config()
+        },
+        HubConfig {
+            max_rooms_per_member: 300,
+            max_members_per_room: 256,
+            ..hub_config()
+        },
+        HubConfig {
+            max_rooms_per_member: 128,
+            max_members_per_room: 256,
+            max_metadata_len: 1_024,
+            ..hub_config()
+        },
+    ] {
+        let err = shoal_proto::hub::Hub::new(config, &endpoint).expect_err("too large");
+        assert_eq!(err, shoal_proto::hub::HubConfigError::MemberViewsTooLarge);
+    }
+    assert!(shoal_proto::hub::Hub::new(hub_config(), &endpoint).is_ok());
+}
