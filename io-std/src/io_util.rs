@@ -54,17 +54,39 @@ const WSAEMSGSIZE: i32 = 10040;
 /// them as `Uncategorized`): fragmentation needed (`EMSGSIZE`), parameter problem
 /// (`EPROTO`), protocol unreachable (`ENOPROTOOPT`), host down or unknown (`EHOSTDOWN`,
 /// `ENONET`). Each concerns one peer, like the reports std does sort.
-#[cfg(target_os = "linux")]
-const LINUX_ICMP_REPORTS: [i32; 5] = [90, 71, 92, 112, 64];
+/// (Android's kernel is Linux's, with the same numbers.)
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const ICMP_REPORTS: [i32; 5] = [90, 71, 92, 112, 64];
+/// The same reports on macOS and the BSDs: fragmentation needed (`EMSGSIZE`), protocol
+/// unreachable (`ENOPROTOOPT`), host down (`EHOSTDOWN`).
+#[cfg(any(
+    target_os = "macos",
+    target_os = "ios",
+    target_os = "freebsd",
+    target_os = "openbsd",
+    target_os = "netbsd",
+    target_os = "dragonfly"
+))]
+const ICMP_REPORTS: [i32; 3] = [40, 42, 64];
+#[cfg(not(any(
+    target_os = "linux",
+    target_os = "android",
+    target_os = "macos",
+    target_os = "ios",
+    target_os = "freebsd",
+    target_os = "openbsd",
+    target_os = "netbsd",
+    target_os = "dragonfly"
+)))]
+const ICMP_REPORTS: [i32; 0] = [];
 
 /// Sorts a `recv_from` error.
 pub fn recv_error_action(e: &io::Error) -> RecvErrorAction {
     if matches!(e.raw_os_error(), Some(WSAENETRESET | WSAEMSGSIZE)) {
         return RecvErrorAction::Ignore;
     }
-    #[cfg(target_os = "linux")]
     if e.raw_os_error()
-        .is_some_and(|code| LINUX_ICMP_REPORTS.contains(&code))
+        .is_some_and(|code| ICMP_REPORTS.contains(&code))
     {
         return RecvErrorAction::Ignore;
     }
@@ -867,7 +889,7 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn icmp_hard_errors_on_a_connected_socket_are_skipped() {
-        for code in LINUX_ICMP_REPORTS {
+        for code in ICMP_REPORTS {
             let e = io::Error::from_raw_os_error(code);
             assert_eq!(recv_error_action(&e), RecvErrorAction::Ignore, "{e}");
         }

@@ -1272,7 +1272,9 @@ impl HubClient {
             self.requests_taken.remove(&entry.user);
             if self.policy != PathPolicy::Messages {
                 let link = self.links.entry(entry.user).or_default();
-                link.addrs = entry.addrs.clone();
+                // (Only addresses one host can hold: a hub must not have members probe or
+                // connect to every host of a network at once.)
+                link.addrs = entry.addrs.iter().copied().filter(one_host).collect();
                 link.key = entry.key.map(PublicKey);
                 link.failed = false;
                 self.open_link(ep, now, entry.user);
@@ -1494,6 +1496,17 @@ fn member(m: MemberEntry) -> Member {
     }
 }
 
+/// Whether `addr` can be one host's: not unspecified, multicast or broadcast, nor port 0.
+fn one_host(addr: &SocketAddr) -> bool {
+    let ip_ok = match addr.ip() {
+        core::net::IpAddr::V4(ip) => {
+            !(ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast())
+        }
+        core::net::IpAddr::V6(ip) => !(ip.is_unspecified() || ip.is_multicast()),
+    };
+    ip_ok && addr.port() != 0
+}
+
 /// The payload bytes a held relayed event counts against `max_waiting_bytes`.
 fn waiting_len(event: &Event) -> usize {
     match event {
@@ -1646,6 +1659,40 @@ mod tests {
         assert!(client.ciphers.contains_key(&9));
         assert_eq!(client.member_entries, 2, "this member and 9, in room 2");
         assert_eq!(client.shared_rooms.get(&9), Some(&1));
+    }
+
+    /// Addresses a hub gives for a member are used only if one host can hold them: a hub
+    /// naming a multicast or broadcast address had every member probe (or connect to) every
+    /// host of a network at once.
+    #[test]
+    fn only_addresses_one_host_can_hold_are_taken_from_the_hub() {
+        let ok: SocketAddr = "192.0.2.7:4000".parse().unwrap();
+        let all = [
+            "224.0.0.1:4000",
+            "255.255.255.255:4000",
+            "0.0.0.0:4000",
+            "[ff02::1]:4000",
+            "[::]:4000",
+            "192.0.2.7:0",
+        ];
+        let (mut ep, hub, _, now) = member(8);
+        let mut client = HubClient::with_paths(hub, ep.config(), PathPolicy::Auto).unwrap();
+        client.user_id = Some(3);
+        let mut addrs: Vec<SocketAddr> = all.iter().map(|a| a.parse().unwrap()).collect();
+        addrs.push(ok);
+        let peer = MemberEntry { addrs, ..entry(9) };
+        let notice = Notice::Joined {
+            op: 1,
+            room: 1,
+            owner: 3,
+            name: Bytes::new(),
+            members: alloc::vec![entry(3), peer],
+        };
+        client.on_notice(&mut ep, now, notice);
+        assert_eq!(
+            client.links.get(&9).map(|l| l.addrs.clone()),
+            Some(alloc::vec![ok])
+        );
     }
 
     /// Direct-only links connect to addresses the hub names, a Hello every resend interval
