@@ -50,35 +50,27 @@ const WSAENETRESET: i32 = 10052;
 /// Windows' code for a datagram longer than the receive buffer, which it drops.
 const WSAEMSGSIZE: i32 = 10040;
 
-/// Linux's codes for the other ICMP reports a connected socket's receive surfaces (std sorts
-/// them as `Uncategorized`): fragmentation needed (`EMSGSIZE`), parameter problem
-/// (`EPROTO`), protocol unreachable (`ENOPROTOOPT`), host down or unknown (`EHOSTDOWN`,
-/// `ENONET`). Each concerns one peer, like the reports std does sort.
-/// (Android's kernel is Linux's, with the same numbers.)
-#[cfg(any(target_os = "linux", target_os = "android"))]
-const ICMP_REPORTS: [i32; 5] = [90, 71, 92, 112, 64];
-/// The same reports on macOS and the BSDs: fragmentation needed (`EMSGSIZE`), protocol
-/// unreachable (`ENOPROTOOPT`), host down (`EHOSTDOWN`).
-#[cfg(any(
-    target_os = "macos",
-    target_os = "ios",
-    target_os = "freebsd",
-    target_os = "openbsd",
-    target_os = "netbsd",
-    target_os = "dragonfly"
-))]
-const ICMP_REPORTS: [i32; 3] = [40, 42, 64];
-#[cfg(not(any(
-    target_os = "linux",
-    target_os = "android",
-    target_os = "macos",
-    target_os = "ios",
-    target_os = "freebsd",
-    target_os = "openbsd",
-    target_os = "netbsd",
-    target_os = "dragonfly"
-)))]
-const ICMP_REPORTS: [i32; 0] = [];
+/// The codes of the other ICMP reports a connected socket's receive surfaces (std sorts
+/// them as `Uncategorized`), each about one peer like the reports std does sort. Linux (and
+/// Android, its kernel): fragmentation needed (`EMSGSIZE`), parameter problem (`EPROTO`),
+/// protocol unreachable (`ENOPROTOOPT`), host down or unknown (`EHOSTDOWN`, `ENONET`).
+/// macOS and the BSDs: fragmentation needed, protocol unreachable, host down.
+fn icmp_reports() -> &'static [i32] {
+    if cfg!(any(target_os = "linux", target_os = "android")) {
+        &[90, 71, 92, 112, 64]
+    } else if cfg!(any(
+        target_os = "macos",
+        target_os = "ios",
+        target_os = "freebsd",
+        target_os = "openbsd",
+        target_os = "netbsd",
+        target_os = "dragonfly"
+    )) {
+        &[40, 42, 64]
+    } else {
+        &[]
+    }
+}
 
 /// Sorts a `recv_from` error.
 pub fn recv_error_action(e: &io::Error) -> RecvErrorAction {
@@ -86,7 +78,7 @@ pub fn recv_error_action(e: &io::Error) -> RecvErrorAction {
         return RecvErrorAction::Ignore;
     }
     if e.raw_os_error()
-        .is_some_and(|code| ICMP_REPORTS.contains(&code))
+        .is_some_and(|code| icmp_reports().contains(&code))
     {
         return RecvErrorAction::Ignore;
     }
@@ -889,7 +881,7 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn icmp_hard_errors_on_a_connected_socket_are_skipped() {
-        for code in ICMP_REPORTS {
+        for &code in icmp_reports() {
             let e = io::Error::from_raw_os_error(code);
             assert_eq!(recv_error_action(&e), RecvErrorAction::Ignore, "{e}");
         }

@@ -2199,6 +2199,32 @@ fn spoofed_path_challenges_do_not_trigger_a_burst_of_probes() {
     );
 }
 
+/// A frame answering no request: parsed, then dropped as a stale response (it leaves no
+/// event, and keeps nothing).
+fn push_stale_response(frames: &mut Vec<u8>, owner: u16, len: usize) {
+    let stale = MessageHeader {
+        send_type: SendType::Response,
+        ..header(2, owner, 9, None)
+    };
+    push_frame(frames, stale, &vec![0u8; len]);
+}
+
+/// A sniffed connection whose server queues at most `limit` bytes of events, both sides at
+/// `mtu`.
+fn sniffed_with_event_limit(limit: usize, mtu: usize) -> Sniffed {
+    sniffed(
+        Config {
+            mtu,
+            ..client_config(1)
+        },
+        Config {
+            mtu,
+            max_pending_event_bytes: limit,
+            ..server_config(2)
+        },
+    )
+}
+
 /// A waiting event's payload must not keep more memory than it was charged for: payloads
 /// were slices of the receive buffer, which is shared by many datagrams, so one waiting
 /// one-byte message kept the whole 16 KiB block it sat in, filled by datagrams that left
@@ -2217,13 +2243,7 @@ fn a_waiting_tiny_message_does_not_keep_the_datagrams_around_it() {
         owner,
         next_pn,
         ..
-    } = sniffed(
-        client_config(1),
-        Config {
-            max_pending_event_bytes: limit,
-            ..server_config(2)
-        },
-    );
+    } = sniffed_with_event_limit(limit, Config::default().mtu);
     let mut resident = Resident::start();
     let mut buf = [0u8; 1500];
     let mut pn = next_pn;
@@ -2234,13 +2254,8 @@ fn a_waiting_tiny_message_does_not_keep_the_datagrams_around_it() {
             .handle_datagram(p.now, p.client_addr, &data_packet(id, pn, &message));
         pn += 1;
         for _ in 0..13 {
-            // An answer to no request: parsed, then dropped as a stale response.
             let mut stale = Vec::new();
-            let response = MessageHeader {
-                send_type: SendType::Response,
-                ..header(2, owner, 9, None)
-            };
-            push_frame(&mut stale, response, &[0u8; 1_100]);
+            push_stale_response(&mut stale, owner, 1_100);
             p.server
                 .handle_datagram(p.now, p.client_addr, &data_packet(id, pn, &stale));
             pn += 1;
@@ -2273,27 +2288,13 @@ fn a_waiting_message_of_a_large_mtu_does_not_keep_its_datagram() {
         owner,
         next_pn,
         ..
-    } = sniffed(
-        Config {
-            mtu,
-            ..client_config(1)
-        },
-        Config {
-            mtu,
-            max_pending_event_bytes: limit,
-            ..server_config(2)
-        },
-    );
+    } = sniffed_with_event_limit(limit, mtu);
     let mut resident = Resident::start();
     let mut buf = vec![0u8; mtu];
     for i in 0..200u32 {
         let mut frames = Vec::new();
         push_frame(&mut frames, header(0, owner, i as u16, None), &[7u8; 4_097]);
-        let stale = MessageHeader {
-            send_type: SendType::Response,
-            ..header(2, owner, 9, None)
-        };
-        push_frame(&mut frames, stale, &[0u8; 60_000]);
+        push_stale_response(&mut frames, owner, 60_000);
         p.server
             .handle_datagram(p.now, p.client_addr, &data_packet(id, next_pn + i, &frames));
         while p.server.poll_transmit(p.now, &mut buf).is_some() {}
@@ -2324,24 +2325,13 @@ fn tiny_messages_in_padded_datagrams_are_charged_for_the_memory_they_pin() {
         owner,
         next_pn,
         ..
-    } = sniffed(
-        client_config(1),
-        Config {
-            max_pending_event_bytes: limit,
-            ..server_config(2)
-        },
-    );
+    } = sniffed_with_event_limit(limit, Config::default().mtu);
     let mut resident = Resident::start();
     let mut buf = [0u8; 1500];
     for i in 0..3_000u32 {
         let mut frames = Vec::new();
         push_frame(&mut frames, header(0, owner, i as u16, None), b"x");
-        // An answer to no request: parsed, then dropped as a stale response.
-        let stale = MessageHeader {
-            send_type: SendType::Response,
-            ..header(2, owner, 9, None)
-        };
-        push_frame(&mut frames, stale, &[0u8; 1_100]);
+        push_stale_response(&mut frames, owner, 1_100);
         p.server
             .handle_datagram(p.now, p.client_addr, &data_packet(id, next_pn + i, &frames));
         while p.server.poll_transmit(p.now, &mut buf).is_some() {}
