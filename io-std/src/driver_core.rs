@@ -132,10 +132,17 @@ impl DriverCore {
     /// clock, which an NTP step or a suspended machine (whose time the monotonic clock does
     /// not count) moves away from the one read at start.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.resync_unix_time(now);
+        self.endpoint.handle_timeout(now);
+    }
+
+    /// Tells the endpoint the wall-clock time again if a second has passed since the last
+    /// time (before datagrams are read too: the first Connect after a resume is judged by
+    /// the time now, not the time before).
+    fn resync_unix_time(&mut self, now: Instant) {
         if now.saturating_duration_since(self.unix_synced) >= UNIX_TIME_RESYNC {
             self.tell_unix_time(now, unix_time());
         }
-        self.endpoint.handle_timeout(now);
     }
 
     /// Tells the endpoint the wall-clock time `unix` at `now`.
@@ -352,6 +359,7 @@ impl DriverCore {
             Ok((len, from)) => {
                 if Some(from) != self.wake_from {
                     let now = now.unwrap_or_else(|| self.clock.now());
+                    self.resync_unix_time(now);
                     let datagram = &self.recv_buf[..len.min(self.recv_buf.len())];
                     self.endpoint.handle_datagram(now, from, datagram);
                 }
@@ -421,8 +429,13 @@ impl DriverCore {
         socket: &S,
         recv_from: impl FnMut(&mut [u8]) -> io::Result<(usize, SocketAddr)>,
     ) -> io::Result<usize> {
-        let Some(reader) = &mut self.batch else {
+        if self.batch.is_none() {
             return Ok(usize::from(self.receive_one(now, recv_from)?));
+        }
+        let peeked = now.unwrap_or_else(|| self.clock.peek());
+        self.resync_unix_time(peeked);
+        let Some(reader) = &mut self.batch else {
+            return Ok(0);
         };
         let endpoint = &mut self.endpoint;
         let clock = &mut self.clock;

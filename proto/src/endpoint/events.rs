@@ -64,8 +64,11 @@ struct Tunnel {
     /// otherwise have a member take key exchanges from any user id it names.
     peers: BTreeSet<u16>,
     /// Datagrams from members not introduced yet, oldest first (see
-    /// `MAX_HELD_UNINTRODUCED`): handled if the introduction comes.
+    /// `MAX_HELD_UNINTRODUCED`): handled if the introduction comes. Only datagrams of at
+    /// most `mtu` bytes (nothing longer is a datagram: the tunnel channel reassembles
+    /// messages of up to `max_message_size`).
     held: VecDeque<(u16, Bytes)>,
+    mtu: usize,
 }
 
 /// Events the queue keeps room for however quiet it is.
@@ -113,14 +116,14 @@ impl EventQueue {
                 if let Some(t) = self.tunnel.as_mut() {
                     match payload {
                         Some(p) if introduced => t.arrived.push_back((owner, p)),
-                        Some(p) => {
+                        Some(p) if p.len() <= t.mtu => {
                             if t.held.len() >= MAX_HELD_UNINTRODUCED {
                                 t.held.pop_front();
                                 t.overflow += 1;
                             }
                             t.held.push_back((owner, p));
                         }
-                        None => t.overflow += 1,
+                        _ => t.overflow += 1,
                     }
                 }
                 return 0;
@@ -142,7 +145,7 @@ impl EventQueue {
     }
 
     /// Takes the hub connection's messages on `channel` as peer links' datagrams.
-    pub(crate) fn set_tunnel(&mut self, hub: ConnectionHandle, channel: u8) {
+    pub(crate) fn set_tunnel(&mut self, hub: ConnectionHandle, channel: u8, mtu: usize) {
         match &mut self.tunnel {
             Some(t) => {
                 if t.hub.0 != hub {
@@ -159,6 +162,7 @@ impl EventQueue {
                     overflow: 0,
                     peers: BTreeSet::new(),
                     held: VecDeque::new(),
+                    mtu,
                 }))
             }
         }
@@ -178,6 +182,8 @@ impl EventQueue {
         };
         if !allowed {
             t.peers.remove(&user);
+            // (What came after it was forgotten is not taken if it is introduced again.)
+            t.held.retain(|(u, _)| *u != user);
             return Vec::new();
         }
         t.peers.insert(user);

@@ -1393,7 +1393,7 @@ impl Endpoint {
     /// the hub as those links' datagrams. [`HubClient`](crate::hub::HubClient) sets it.
     pub fn set_relay(&mut self, hub: ConnectionHandle, channel: u8) {
         self.relay = Some((hub, channel));
-        self.events.set_tunnel(hub, channel);
+        self.events.set_tunnel(hub, channel, self.config.mtu);
     }
 
     /// Takes datagrams hub connection `hub` tunnels from member `user` (`allowed`), or no
@@ -2142,6 +2142,19 @@ mod tests {
         }
         assert_eq!(member.stats().tunnelled_in, 2);
         assert_eq!(member.stats().tunnel_drops, 101 - 64);
+        // Nothing longer than a datagram is held (the tunnel channel reassembles messages).
+        member.events.push(Event::Message {
+            conn: hub,
+            channel: tunnel,
+            sequence: 0,
+            payload: Bytes::from(alloc::vec![0u8; member.config.mtu + 1]),
+            relay: Some(crate::event::Relay {
+                owner: 300,
+                target: None,
+            }),
+        });
+        member.handle_datagram(now, SocketAddr::from(([10, 0, 0, 9], 9)), &[]);
+        assert_eq!(member.stats().tunnel_drops, 101 - 64 + 1);
     }
 
     /// A protected client and server on a perfect link, moved by hand a millisecond a turn.

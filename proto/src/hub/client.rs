@@ -17,7 +17,7 @@ use super::{
 use crate::config::{Config, DeliveryKind};
 use crate::crypto::{PairCipher, PublicKey};
 use crate::endpoint::{ConnectOptions, Endpoint};
-use crate::error::SendError;
+use crate::error::{ConnectError, SendError};
 use crate::event::{ConnectionHandle, DisconnectReason, Event, IncomingRequest, Relay, RequestId};
 use crate::time::Instant;
 
@@ -211,8 +211,6 @@ struct Link {
     up: bool,
     /// Its handshake failed: sends fail until the hub introduces the pair again.
     failed: bool,
-    /// It waits in `HubClient::direct_waiting` for a direct-only handshake to end.
-    waiting: bool,
 }
 
 /// Names one request to the hub; its answer (`Joined`, `Done` or `Refused`) carries it.
@@ -488,7 +486,7 @@ pub struct HubClient {
     /// Direct-only link handshakes in flight (at most `MAX_DIRECT_CONNECTING`), and the
     /// members whose link waits for one of them to end.
     direct_connecting: BTreeSet<ConnectionHandle>,
-    direct_waiting: VecDeque<u16>,
+    direct_waiting: BTreeSet<u16>,
     /// Connections turned away for proving another key than the one the hub vouched for:
     /// everything they deliver (their first packet's messages come with `Connected`) is
     /// swallowed until their `Disconnected`.
@@ -578,7 +576,7 @@ impl HubClient {
             link_users: BTreeMap::new(),
             refused_links: BTreeSet::new(),
             direct_connecting: BTreeSet::new(),
-            direct_waiting: VecDeque::new(),
+            direct_waiting: BTreeSet::new(),
             shared_rooms: BTreeMap::new(),
             member_entries: 0,
             member_bytes: 0,
@@ -1119,12 +1117,8 @@ impl HubClient {
             // its address, or sits on the path.
             PathPolicy::DirectOnly => match (link.addrs.first(), link.key) {
                 (Some(_), Some(_)) if self.direct_connecting.len() >= MAX_DIRECT_CONNECTING => {
-                    // (Once per link; a hub cycling introductions could otherwise grow the
-                    // queue with links long gone.)
-                    if !link.waiting && self.direct_waiting.len() < MAX_MEMBER_ENTRIES {
-                        link.waiting = true;
-                        self.direct_waiting.push_back(user);
-                    }
+                    // (A set of the links there are: one removed leaves it.)
+                    self.direct_waiting.insert(user);
                     return;
                 }
                 (Some(&addr), Some(_)) => addr,
@@ -1135,11 +1129,22 @@ impl HubClient {
             server_key: link.key,
             ..ConnectOptions::default()
         };
-        if let Ok(conn) = ep.connect_with(now, to, &options) {
-            link.conn = Some(conn);
-            self.link_users.insert(conn, user);
-            if self.policy == PathPolicy::DirectOnly {
-                self.direct_connecting.insert(conn);
+        match ep.connect_with(now, to, &options) {
+            Ok(conn) => {
+                link.conn = Some(conn);
+                self.link_users.insert(conn, user);
+                if self.policy == PathPolicy::DirectOnly {
+                    self.direct_connecting.insert(conn);
+                }
+            }
+            // The peer's own attempt is there already (it takes the link when it connects).
+            Err(ConnectError::AlreadyConnected) => {}
+            // No room for it (the endpoint's connections are full): nothing would try
+            // again, so sends fail until the pair is introduced again.
+            Err(_) => {
+                self.stats.links_failed += 1;
+                link.failed = true;
+                link.queued.clear();
             }
         }
     }
@@ -1151,15 +1156,14 @@ impl HubClient {
             return;
         }
         while self.direct_connecting.len() < MAX_DIRECT_CONNECTING {
-            let Some(user) = self.direct_waiting.pop_front() else {
+            let Some(user) = self.direct_waiting.pop_first() else {
                 break;
             };
-            // (A link gone, connected or failed meanwhile is passed over.)
-            let waits = self.links.get_mut(&user).is_some_and(|l| {
-                let waits = l.waiting && l.conn.is_none() && !l.failed;
-                l.waiting = false;
-                waits
-            });
+            // (A link connected or failed meanwhile is passed over.)
+            let waits = self
+                .links
+                .get(&user)
+                .is_some_and(|l| l.conn.is_none() && !l.failed);
             if waits {
                 self.open_link(ep, now, user);
             }
@@ -1298,6 +1302,7 @@ impl HubClient {
         if !self.shared_rooms.contains_key(&user) {
             self.ciphers.remove(&user);
             ep.allow_relay_peer(Instant::ZERO, self.conn, user, false);
+            self.direct_waiting.remove(&user);
             self.requests_taken.remove(&user);
             if let Some(conn) = self.links.remove(&user).and_then(|l| l.conn) {
                 // Its `Disconnected` still finds the user, and is swallowed.
@@ -1498,11 +1503,15 @@ fn member(m: MemberEntry) -> Member {
 
 /// Whether `addr` can be one host's: not unspecified, multicast or broadcast, nor port 0.
 fn one_host(addr: &SocketAddr) -> bool {
+    let v4_ok =
+        |ip: core::net::Ipv4Addr| !(ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast());
     let ip_ok = match addr.ip() {
-        core::net::IpAddr::V4(ip) => {
-            !(ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast())
-        }
-        core::net::IpAddr::V6(ip) => !(ip.is_unspecified() || ip.is_multicast()),
+        core::net::IpAddr::V4(ip) => v4_ok(ip),
+        // (An IPv4 address mapped into IPv6 is sent to as IPv4 by a dual-stack socket.)
+        core::net::IpAddr::V6(ip) => match ip.to_ipv4_mapped() {
+            Some(v4) => v4_ok(v4),
+            None => !(ip.is_unspecified() || ip.is_multicast()),
+        },
     };
     ip_ok && addr.port() != 0
 }
@@ -1674,6 +1683,8 @@ mod tests {
             "[ff02::1]:4000",
             "[::]:4000",
             "192.0.2.7:0",
+            "[::ffff:224.0.0.1]:4000",
+            "[::ffff:255.255.255.255]:4000",
         ];
         let (mut ep, hub, _, now) = member(8);
         let mut client = HubClient::with_paths(hub, ep.config(), PathPolicy::Auto).unwrap();

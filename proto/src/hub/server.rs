@@ -153,7 +153,14 @@ pub enum HubConfigError {
     /// or `max_rooms_per_member` times `max_members_per_room` over 65,536, or times
     /// `max_metadata_len` over 16 MiB. (The client refuses such notices as a hostile hub's,
     /// and the two would be out of step.)
-    MemberViewsTooLarge,
+    MemberViewsTooLarge {
+        /// `max_rooms_per_member`.
+        rooms: usize,
+        /// `max_members_per_room`.
+        members: usize,
+        /// `max_metadata_len`.
+        metadata: usize,
+    },
 }
 
 impl fmt::Display for HubConfigError {
@@ -173,9 +180,18 @@ impl fmt::Display for HubConfigError {
                     "{name} must be at least 1 (and field lengths at most 4096)"
                 )
             }
-            HubConfigError::MemberViewsTooLarge => f.write_str(
-                "a member could be in more than its client keeps: at most 4,096 members a room, \
-                 65,536 over max_rooms_per_member rooms, 16 MiB of their metadata",
+            HubConfigError::MemberViewsTooLarge {
+                rooms,
+                members,
+                metadata,
+            } => write!(
+                f,
+                "a member could be in {rooms} rooms of {members} members, {} entries with up \
+                 to {} bytes of metadata; its client keeps at most 4,096 members a room, 65,536 \
+                 entries and 16 MiB: lower max_rooms_per_member, max_members_per_room or \
+                 max_metadata_len",
+                rooms.saturating_mul(*members),
+                rooms.saturating_mul(*members).saturating_mul(*metadata)
             ),
             HubConfigError::SecretSeedMissing => {
                 f.write_str("HubConfig::secret_seed is required: fill it with 32 bytes from the OS")
@@ -465,7 +481,11 @@ impl Hub {
             || entries > super::client::MAX_MEMBER_ENTRIES
             || entries.saturating_mul(config.max_metadata_len) > super::client::MAX_MEMBER_BYTES
         {
-            return Err(HubConfigError::MemberViewsTooLarge);
+            return Err(HubConfigError::MemberViewsTooLarge {
+                rooms: config.max_rooms_per_member,
+                members: config.max_members_per_room,
+                metadata: config.max_metadata_len,
+            });
         }
         let seed = config
             .secret_seed
@@ -1483,7 +1503,9 @@ impl Hub {
 /// they acknowledge it, and as a slice of a buffer shared with other payloads (the event
 /// queue's blocks) it would keep the whole buffer for a member slow to acknowledge.
 fn unshared(payload: Bytes) -> Bytes {
-    if payload.is_unique() {
+    // (A short one is copied even when unique: it can be the last slice of a block the
+    // event queue has moved on from, and would keep the whole block.)
+    if payload.len() > 4 * 1024 && payload.is_unique() {
         payload
     } else {
         Bytes::copy_from_slice(&payload)
