@@ -515,11 +515,11 @@ fn a_client_endpoint_with_steady_traffic_costs_a_few_kilobytes() {
     drop(clients);
     let per_client = (before - LIVE_BYTES.load(Ordering::Relaxed)) / CLIENTS as i64;
     println!("client: {per_client} bytes per endpoint with steady traffic");
-    // (4,880 at the last count: the block waiting payloads are copied into, 128 bytes and
+    // (4,848 at the last count: the block waiting payloads are copied into, 128 bytes and
     // its header, joined the receive buffer, so that a waiting payload keeps only memory it
     // was charged for.)
     assert!(
         per_client < 4960,
-        "a client endpoint with steady traffic costs {per_client} bytes (4,880 at the last count)"
+        "a client endpoint with steady traffic costs {per_client} bytes (4,848 at the last count)"
     );
 }

@@ -54,8 +54,11 @@ const ACK_EVERY: u32 = 2;
 /// last acknowledgement (a fast one-way stream must not fill the sender's window).
 const LAZY_ACK_EVERY: u32 = 8;
 /// Requests finished lately (answered or timed out) remembered at most (see
-/// `Requests::finished`).
-const FINISHED_KEPT: usize = 256;
+/// `Requests::finished`): past it the oldest is forgotten early, so a connection finishing
+/// more than some 400 requests a second, whose channel also carries 65,536 messages within
+/// twice the request timeout, could still see a collision (16 bytes an entry, allocated as
+/// used).
+const FINISHED_KEPT: usize = 4096;
 /// Probe rounds a peer's "unknown connection" must go unrefuted through before it is
 /// believed: anyone who saw the connection id can forge one, so it takes this many rounds of
 /// lost probes (two each) for a forgery to close a healthy connection on a lossy link.

@@ -111,19 +111,29 @@ impl EventQueue {
                 .filter(|t| t.hub == (*conn, *channel))
                 .map(|t| (t.arrived.len() < MAX_TUNNELLED, t.peers.contains(&owner)));
             if let Some((room, introduced)) = room {
-                // (Copied only when it is kept.)
-                let payload = room.then(|| self.copied(payload));
+                // Copied only when it is kept: one taken now into the queue's block (it is
+                // handled before this call returns), one held into a buffer of its own (it
+                // may wait long, and would keep a block).
+                let payload = match (room, introduced) {
+                    (true, true) => Some(self.copied(payload)),
+                    (true, false)
+                        if self.tunnel.as_ref().is_some_and(|t| payload.len() <= t.mtu) =>
+                    {
+                        Some(Bytes::copy_from_slice(payload))
+                    }
+                    _ => None,
+                };
                 if let Some(t) = self.tunnel.as_mut() {
                     match payload {
                         Some(p) if introduced => t.arrived.push_back((owner, p)),
-                        Some(p) if p.len() <= t.mtu => {
+                        Some(p) => {
                             if t.held.len() >= MAX_HELD_UNINTRODUCED {
                                 t.held.pop_front();
                                 t.overflow += 1;
                             }
                             t.held.push_back((owner, p));
                         }
-                        _ => t.overflow += 1,
+                        None => t.overflow += 1,
                     }
                 }
                 return 0;
@@ -168,24 +178,13 @@ impl EventQueue {
         }
     }
 
-    /// Takes tunnelled datagrams through `hub` from `user` (`true`: introduced) or no
-    /// longer (`false`); returns those held from it while it was not introduced yet, to be
-    /// handled now. (A call for another hub connection than the tunnel's changes nothing.)
-    pub(crate) fn allow_tunnel_peer(
-        &mut self,
-        hub: ConnectionHandle,
-        user: u16,
-        allowed: bool,
-    ) -> Vec<Bytes> {
+    /// Takes tunnelled datagrams through `hub` from `user` (introduced); returns those held
+    /// from it while it was not introduced yet, to be handled now. (A call for another hub
+    /// connection than the tunnel's changes nothing.)
+    pub(crate) fn allow_tunnel_peer(&mut self, hub: ConnectionHandle, user: u16) -> Vec<Bytes> {
         let Some(t) = self.tunnel.as_mut().filter(|t| t.hub.0 == hub) else {
             return Vec::new();
         };
-        if !allowed {
-            t.peers.remove(&user);
-            // (What came after it was forgotten is not taken if it is introduced again.)
-            t.held.retain(|(u, _)| *u != user);
-            return Vec::new();
-        }
         t.peers.insert(user);
         if !t.held.iter().any(|(u, _)| *u == user) {
             return Vec::new();
@@ -194,6 +193,15 @@ impl EventQueue {
             t.held.drain(..).partition(|(u, _)| *u == user);
         t.held = others;
         theirs.into_iter().map(|(_, p)| p).collect()
+    }
+
+    /// Takes no more tunnelled datagrams through `hub` from `user`.
+    pub(crate) fn forbid_tunnel_peer(&mut self, hub: ConnectionHandle, user: u16) {
+        if let Some(t) = self.tunnel.as_mut().filter(|t| t.hub.0 == hub) {
+            t.peers.remove(&user);
+            // (What came after it was forgotten is not taken if it is introduced again.)
+            t.held.retain(|(u, _)| *u != user);
+        }
     }
 
     /// Forgets every member tunnelled datagrams through `hub` were taken from.
@@ -225,7 +233,9 @@ impl EventQueue {
     /// large MTU) in one of its own; a reassembled message as it is.
     fn copied(&mut self, payload: &Bytes) -> Bytes {
         let len = payload.len();
-        if len == 0 || (len > COPIED_PAYLOAD && payload.is_unique()) {
+        // (A unique one is in a buffer of its own already: a held message, a reassembled
+        // one. A slice of the receive arena never is: the arena holds its slab.)
+        if len == 0 || payload.is_unique() {
             return payload.clone();
         }
         if len > COPIED_PAYLOAD {

@@ -1400,17 +1400,16 @@ impl Endpoint {
     /// longer: only from members this one was introduced to, so that a hub cannot have it
     /// take a key exchange (or anything else) from any user id it names. The hub client
     /// keeps it. Datagrams held from `user` before its introduction are handled now.
-    pub(crate) fn allow_relay_peer(
-        &mut self,
-        now: Instant,
-        hub: ConnectionHandle,
-        user: u16,
-        allowed: bool,
-    ) {
-        for payload in self.events.allow_tunnel_peer(hub, user, allowed) {
+    pub(crate) fn allow_relay_peer(&mut self, now: Instant, hub: ConnectionHandle, user: u16) {
+        for payload in self.events.allow_tunnel_peer(hub, user) {
             self.stats.tunnelled_in += 1;
             self.handle_one(now, crate::hub::relay_address(user), &payload);
         }
+    }
+
+    /// Takes no more tunnelled datagrams through `hub` from `user` (no room shared now).
+    pub(crate) fn forbid_relay_peer(&mut self, hub: ConnectionHandle, user: u16) {
+        self.events.forbid_tunnel_peer(hub, user);
     }
 
     /// Takes tunnelled datagrams from no member through `hub` (its connection ended).
@@ -2126,14 +2125,14 @@ mod tests {
             index: hub.index + 1,
             generation: 0,
         };
-        member.allow_relay_peer(now, other, 77, true);
+        member.allow_relay_peer(now, other, 77);
         assert_eq!(member.stats().tunnelled_in, 0);
         // Its introduction comes (after its first packet): what was held is handled.
-        member.allow_relay_peer(now, hub, 77, true);
+        member.allow_relay_peer(now, hub, 77);
         assert_eq!(member.stats().tunnelled_in, 1, "held until introduced");
         tunnelled(&mut member, 77);
         assert_eq!(member.stats().tunnelled_in, 2, "once introduced");
-        member.allow_relay_peer(now, hub, 77, false);
+        member.forbid_relay_peer(hub, 77);
         tunnelled(&mut member, 77);
         assert_eq!(member.stats().tunnelled_in, 2, "forgotten again");
         // Strangers' datagrams are held within a bound, the rest dropped and counted.

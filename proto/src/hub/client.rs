@@ -1271,7 +1271,7 @@ impl HubClient {
         if let (Some(me), Some(key)) = (self.user_id, entry.pair_key) {
             self.ciphers
                 .insert(entry.user, PairCipher::new(&key, me, entry.user));
-            ep.allow_relay_peer(now, self.conn, entry.user, true);
+            ep.allow_relay_peer(now, self.conn, entry.user);
             // A fresh key: its counters start again.
             self.requests_taken.remove(&entry.user);
             if self.policy != PathPolicy::Messages {
@@ -1301,7 +1301,7 @@ impl HubClient {
     fn forget_if_alone(&mut self, ep: &mut Endpoint, user: u16) {
         if !self.shared_rooms.contains_key(&user) {
             self.ciphers.remove(&user);
-            ep.allow_relay_peer(Instant::ZERO, self.conn, user, false);
+            ep.forbid_relay_peer(self.conn, user);
             self.direct_waiting.remove(&user);
             self.requests_taken.remove(&user);
             if let Some(conn) = self.links.remove(&user).and_then(|l| l.conn) {
@@ -1409,9 +1409,12 @@ impl HubClient {
                     self.stats.bad_notices += 1;
                     return;
                 };
-                let known = view.members.iter().any(|x| x.user == user);
+                let old = view.members.iter().find(|x| x.user == user);
+                let known = old.is_some();
+                let old_bytes = old.map_or(0, |x| x.metadata.len());
                 let full = !known && view.members.len() >= MAX_ROOM_MEMBERS;
-                if full || !self.members_fit(usize::from(!known), m.metadata.len()) {
+                let bytes = m.metadata.len().saturating_sub(old_bytes);
+                if full || !self.members_fit(usize::from(!known), bytes) {
                     self.stats.bad_notices += 1;
                     return;
                 }
@@ -1513,7 +1516,8 @@ fn one_host(addr: &SocketAddr) -> bool {
             None => !(ip.is_unspecified() || ip.is_multicast()),
         },
     };
-    ip_ok && addr.port() != 0
+    // (Nor a relay address: a hub naming one would turn a direct path into its tunnel.)
+    ip_ok && addr.port() != 0 && relay_user(*addr).is_none()
 }
 
 /// The payload bytes a held relayed event counts against `max_waiting_bytes`.

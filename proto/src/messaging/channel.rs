@@ -32,6 +32,7 @@ pub(crate) type WireOrder = (u64, u16);
 const CHECKPOINT_SPACING: u64 = 16_384;
 /// Checkpoints kept: those of the last 65,536 messages, the span of the wire's 16 bits.
 const CHECKPOINTS: usize = 4;
+const _: () = assert!(CHECKPOINT_SPACING * CHECKPOINTS as u64 == 1 << 16);
 
 /// Messages a reliable channel may have between its oldest unacknowledged and newest sent.
 pub const MESSAGE_WINDOW: u64 = 4096;
@@ -276,7 +277,10 @@ impl RecvChannel {
     /// older than every packet of message `seq - 61,440` and on, one of which the base
     /// passed to reach that checkpoint.)
     fn is_stale_copy(&self, seq: u64, pn: u64) -> bool {
-        let Some(mark) = seq.checked_sub(8_192).map(|s| s / CHECKPOINT_SPACING) else {
+        let Some(mark) = seq
+            .checked_sub(2 * MESSAGE_WINDOW)
+            .map(|s| s / CHECKPOINT_SPACING)
+        else {
             return false;
         };
         let passed = self.base / CHECKPOINT_SPACING;
