@@ -913,6 +913,38 @@ fn forged_accept_is_dropped(
         .is_empty()));
 }
 
+/// Each `Accept` costs the client up to three X25519 agreements to check, and an attacker
+/// on the path sees the nonce that lets it forge them: it could have the client check
+/// forgeries as fast as it sends them for the whole handshake. A client checks four per
+/// `Connect` it sends (the server answers one with one); the rest are dropped unchecked, and
+/// the handshake still completes.
+#[test]
+fn a_client_checks_a_few_accepts_per_connect() {
+    let (mut p, conn, nonce, connect_sent) =
+        hello_sniffed(&ConnectOptions::default(), server_config(74));
+    let forged = forged_accept(nonce, None);
+    assert!(p.run_until(Duration::from_secs(1), |_| *connect_sent.borrow()));
+    let drops = |p: &Pair, r: DropReason| {
+        p.client
+            .connection_stats(conn)
+            .expect("connecting")
+            .drops
+            .get(r)
+    };
+    let (checked, unchecked) = (
+        drops(&p, DropReason::Unauthenticated),
+        drops(&p, DropReason::Unexpected),
+    );
+    for _ in 0..100 {
+        p.client.handle_datagram(p.now, p.server_addr, &forged);
+    }
+    assert_eq!(drops(&p, DropReason::Unauthenticated), checked + 4);
+    assert_eq!(drops(&p, DropReason::Unexpected), unchecked + 96);
+    assert!(p.run_until(Duration::from_secs(5), |p| {
+        !connected(&p.client_events).is_empty() && !connected(&p.server_events).is_empty()
+    }));
+}
+
 #[test]
 fn a_forged_accept_does_not_end_the_handshake() {
     let sniffed = hello_sniffed(&ConnectOptions::default(), server_config(72));

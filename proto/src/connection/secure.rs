@@ -58,7 +58,16 @@ pub(crate) struct ClientHandshake {
     /// When that `Connect` (its cookie) was first sent: past `cookie_lifetime` the server
     /// refuses the cookie, and the client starts again from `Hello` for a fresh one.
     pub(crate) connect_since: MaybeInstant,
+    /// `Accept`s checked since the `Connect` was last sent (see `ACCEPTS_PER_CONNECT`).
+    pub(crate) accepts_checked: u8,
 }
+
+/// `Accept`s a client checks for each `Connect` it sends: each costs it up to three X25519
+/// agreements, and an on-path attacker (it sees the client's nonce) could send forged ones
+/// as fast as it likes for the whole handshake. The server answers a `Connect` with one; past
+/// these, the rest wait for the next `Connect` (an attacker on the path can stop the
+/// handshake anyway, with a `Reject`).
+const ACCEPTS_PER_CONNECT: u8 = 4;
 
 /// The server's side between sending `Accept` and the client's first packet, which proves
 /// the client holds the keys: the `Accept` to repeat if the client asks again, and who the
@@ -109,12 +118,20 @@ impl Connection {
         accept: &AcceptFields,
         datagram: &[u8],
     ) -> AcceptOutcome {
-        let Some(hs) = self.client_handshake.as_deref() else {
+        let Some(hs) = self.client_handshake.as_deref_mut() else {
             return AcceptOutcome::Dropped(DropReason::Unexpected);
         };
         if !matches!(self.state, State::Connecting) || accept.protection != config.protection {
             return AcceptOutcome::Dropped(DropReason::Unexpected);
         }
+        if hs.ephemeral.is_some() {
+            if hs.accepts_checked >= ACCEPTS_PER_CONNECT {
+                // (Not checked: counted as unexpected, not as failing authentication.)
+                return AcceptOutcome::Dropped(DropReason::Unexpected);
+            }
+            hs.accepts_checked += 1;
+        }
+        let hs = &*hs;
         let server_static = accept.static_key.map(PublicKey);
         let mut keys = None;
         if let Some(ephemeral) = &hs.ephemeral {

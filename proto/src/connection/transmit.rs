@@ -95,6 +95,7 @@ impl Connection {
             }
             .encode(buf),
             State::Connecting => {
+                hs.accepts_checked = 0;
                 // The same bytes every time: they open the transcript the keys are bound to.
                 let len = hs.connect.len();
                 buf.get_mut(..len)?.copy_from_slice(&hs.connect);

@@ -706,6 +706,7 @@ impl Endpoint {
             token: options.token.cloned(),
             connect: Vec::new(),
             connect_since: crate::time::MaybeInstant::NONE,
+            accepts_checked: 0,
         };
         let size =
             crate::connection::connect_packet(&self.config, nonce, [0; COOKIE_LEN], &handshake)
