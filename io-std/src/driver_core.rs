@@ -141,14 +141,9 @@ impl DriverCore {
     /// the time now, not the time before).
     fn resync_unix_time(&mut self, now: Instant) {
         if now.saturating_duration_since(self.unix_synced) >= UNIX_TIME_RESYNC {
-            self.tell_unix_time(now, unix_time());
+            self.endpoint.set_unix_time(now, unix_time());
+            self.unix_synced = now;
         }
-    }
-
-    /// Tells the endpoint the wall-clock time `unix` at `now`.
-    fn tell_unix_time(&mut self, now: Instant, unix: std::time::Duration) {
-        self.endpoint.set_unix_time(now, unix);
-        self.unix_synced = now;
     }
 
     // ------------------------------------------------------------------ getters
@@ -429,13 +424,13 @@ impl DriverCore {
         socket: &S,
         recv_from: impl FnMut(&mut [u8]) -> io::Result<(usize, SocketAddr)>,
     ) -> io::Result<usize> {
-        if self.batch.is_none() {
-            return Ok(usize::from(self.receive_one(now, recv_from)?));
+        if self.batch.is_some() {
+            // (The datagrams' own stamp is taken as the first arrives, inside the read.)
+            let peeked = now.unwrap_or_else(|| self.clock.peek());
+            self.resync_unix_time(peeked);
         }
-        let peeked = now.unwrap_or_else(|| self.clock.peek());
-        self.resync_unix_time(peeked);
         let Some(reader) = &mut self.batch else {
-            return Ok(0);
+            return Ok(usize::from(self.receive_one(now, recv_from)?));
         };
         let endpoint = &mut self.endpoint;
         let clock = &mut self.clock;

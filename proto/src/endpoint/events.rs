@@ -24,7 +24,7 @@ pub(crate) const EVENT_OVERHEAD: usize = 64;
 
 /// Payloads up to this long are copied into the queue's own buffer (see
 /// [`EventQueue::payloads`]); longer ones are reassembled messages in buffers of their own.
-const COPIED_PAYLOAD: usize = 4 * 1024;
+pub(crate) const COPIED_PAYLOAD: usize = 4 * 1024;
 /// The payload buffer's first block; each next one doubles, up to [`PAYLOADS_MAX_SLAB`],
 /// while the application keeps payloads (a block no payload is kept from is reused).
 const PAYLOADS_FIRST_SLAB: usize = 128;

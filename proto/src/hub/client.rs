@@ -1535,10 +1535,14 @@ mod tests {
 
     /// A member's endpoint, its hub connection (connecting) and its client.
     fn member(seed: u64) -> (Endpoint, ConnectionHandle, HubClient, Instant) {
-        let config = Config {
+        member_with(Config {
             secret_seed: Some(SecretSeed::insecure_from_u64(seed)),
             ..super::super::endpoint_config()
-        };
+        })
+    }
+
+    /// [`member`], its endpoint configured with `config`.
+    fn member_with(config: Config) -> (Endpoint, ConnectionHandle, HubClient, Instant) {
         let mut ep = Endpoint::new(config).unwrap();
         let now = Instant::from_millis(1);
         let hub = ep
@@ -1716,16 +1720,11 @@ mod tests {
     /// `MAX_DIRECT_CONNECTING` are in flight; the others wait their turn.
     #[test]
     fn direct_only_handshakes_in_flight_are_bounded() {
-        let config = Config {
+        let (mut ep, hub, _, now) = member_with(Config {
             secret_seed: Some(SecretSeed::insecure_from_u64(7)),
             static_keypair: Some(crate::crypto::Keypair::from_secret([7; 32])),
             ..super::super::endpoint_config()
-        };
-        let mut ep = Endpoint::new(config).unwrap();
-        let now = Instant::from_millis(1);
-        let hub = ep
-            .connect(now, "10.0.0.1:7000".parse().unwrap(), &[])
-            .unwrap();
+        });
         let mut client = HubClient::with_paths(hub, ep.config(), PathPolicy::DirectOnly).unwrap();
         client.user_id = Some(3);
         let victim = |i: u16| SocketAddr::from(([192, 0, 2, 1], 1_000 + i));

@@ -187,11 +187,14 @@ impl fmt::Display for HubConfigError {
             } => write!(
                 f,
                 "a member could be in {rooms} rooms of {members} members, {} entries with up \
-                 to {} bytes of metadata; its client keeps at most 4,096 members a room, 65,536 \
-                 entries and 16 MiB: lower max_rooms_per_member, max_members_per_room or \
+                 to {} bytes of metadata; its client keeps at most {} members a room, {} \
+                 entries and {} bytes: lower max_rooms_per_member, max_members_per_room or \
                  max_metadata_len",
                 rooms.saturating_mul(*members),
-                rooms.saturating_mul(*members).saturating_mul(*metadata)
+                rooms.saturating_mul(*members).saturating_mul(*metadata),
+                super::client::MAX_ROOM_MEMBERS,
+                super::client::MAX_MEMBER_ENTRIES,
+                super::client::MAX_MEMBER_BYTES,
             ),
             HubConfigError::SecretSeedMissing => {
                 f.write_str("HubConfig::secret_seed is required: fill it with 32 bytes from the OS")
@@ -644,7 +647,6 @@ impl Hub {
                 payload,
                 ..
             } => {
-                let payload = unshared(payload);
                 self.relay_message(ep, now, owner, channel, target, payload);
                 None
             }
@@ -658,7 +660,6 @@ impl Hub {
                     }),
                 payload,
             } => {
-                let payload = unshared(payload);
                 self.relay_request(ep, now, conn, request, owner, target, payload);
                 None
             }
@@ -1364,6 +1365,8 @@ impl Hub {
         if copies == 0 || !self.allow_relay(from, now, copies, payload.len()) {
             return;
         }
+        // (Once it is sure to be relayed, once for every copy.)
+        let payload = unshared(payload);
         let (room, except) = match target {
             Target::User(u) => {
                 self.relay_one(ep, u, channel, payload, from, wire_target);
@@ -1449,6 +1452,7 @@ impl Hub {
         let Some(to_conn) = self.members.get(&to).map(|m| m.conn) else {
             return;
         };
+        let payload = unshared(payload);
         match ep.relay_request(
             now,
             to_conn,
@@ -1505,7 +1509,7 @@ impl Hub {
 fn unshared(payload: Bytes) -> Bytes {
     // (A short one is copied even when unique: it can be the last slice of a block the
     // event queue has moved on from, and would keep the whole block.)
-    if payload.len() > 4 * 1024 && payload.is_unique() {
+    if payload.len() > crate::endpoint::events::COPIED_PAYLOAD && payload.is_unique() {
         payload
     } else {
         Bytes::copy_from_slice(&payload)
