@@ -48,6 +48,12 @@ pub const CLOSE_SHUTDOWN: u16 = 0x4802;
 /// notices leave (and are resent if lost).
 pub const SHUTDOWN_LINGER: Duration = Duration::from_millis(300);
 
+/// Most reports that wait for [`HubServer::poll_event`]. Past this (or past the endpoint's
+/// `max_pending_event_bytes` of message payloads) the hub stops taking the endpoint's events
+/// until some are read: members' data then waits in the endpoint, refused and resent as its
+/// own event queue does when an application falls behind. Nothing is dropped.
+pub const MAX_WAITING_REPORTS: usize = 4096;
+
 const DRIVER: Token = Token(0);
 const WAKER: Token = Token(1);
 
@@ -134,7 +140,11 @@ pub struct HubServer {
     /// The rooms last seen, to report openings and closings.
     rooms: BTreeMap<RoomId, Bytes>,
     rooms_created_seen: u64,
+    /// Reports waiting for `poll_event`, and the payload bytes they hold (see
+    /// [`MAX_WAITING_REPORTS`]; the room reports are bounded by the hub's room limit).
     out: VecDeque<HubServerEvent>,
+    out_bytes: usize,
+    max_out_bytes: usize,
 }
 
 impl HubServer {
@@ -153,6 +163,7 @@ impl HubServer {
         if hub.secret_seed.is_none() {
             hub.secret_seed = Some(shoal_std::clock::os_secret_seed()?);
         }
+        let max_out_bytes = endpoint.max_pending_event_bytes;
         let mut driver = MioDriver::bind(addr, endpoint)?;
         let hub = Hub::new(hub, driver.endpoint().config())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
@@ -172,6 +183,8 @@ impl HubServer {
             rooms: BTreeMap::new(),
             rooms_created_seen: 0,
             out: VecDeque::new(),
+            out_bytes: 0,
+            max_out_bytes,
         })
     }
 
@@ -196,6 +209,11 @@ impl HubServer {
         self.members.len()
     }
 
+    /// Reports waiting for [`poll_event`](Self::poll_event).
+    pub fn waiting_reports(&self) -> usize {
+        self.out.len()
+    }
+
     /// A handle that stops [`run`](Self::run) from another thread.
     pub fn stopper(&self) -> Stopper {
         self.stopper.clone()
@@ -206,9 +224,12 @@ impl HubServer {
         self.stopper.is_stopped()
     }
 
-    /// The next thing that happened, if any.
+    /// The next thing that happened, if any. Read them every turn ([`run`](Self::run) does):
+    /// past [`MAX_WAITING_REPORTS`] unread the hub stops taking the endpoint's events.
     pub fn poll_event(&mut self) -> Option<HubServerEvent> {
-        self.out.pop_front()
+        let event = self.out.pop_front()?;
+        self.out_bytes -= held_bytes(&event);
+        Some(event)
     }
 
     /// How long the loop may sleep: until the endpoint's or the hub's next timer.
@@ -305,7 +326,10 @@ impl HubServer {
         if self.hub.poll_timeout().is_some_and(|t| t <= now) {
             self.hub.handle_timeout(self.driver.endpoint_mut(), now);
         }
-        while let Some(event) = self.driver.poll_event() {
+        while self.out.len() < MAX_WAITING_REPORTS && self.out_bytes < self.max_out_bytes {
+            let Some(event) = self.driver.poll_event() else {
+                break;
+            };
             if let Some(passed) = self
                 .hub
                 .handle_event(self.driver.endpoint_mut(), now, event)
@@ -340,6 +364,7 @@ impl HubServer {
             }
             other => HubServerEvent::Other(other),
         };
+        self.out_bytes += held_bytes(&out);
         self.out.push_back(out);
     }
 
@@ -379,5 +404,17 @@ impl HubServer {
             self.out
                 .push_back(HubServerEvent::RoomClosed { room, name });
         }
+    }
+}
+
+/// The payload bytes a report holds, as the endpoint's event queue charges them.
+fn held_bytes(event: &HubServerEvent) -> usize {
+    match event {
+        HubServerEvent::Other(
+            Event::Message { payload, .. }
+            | Event::Request { payload, .. }
+            | Event::Response { payload, .. },
+        ) => payload.len() + 64,
+        _ => 0,
     }
 }

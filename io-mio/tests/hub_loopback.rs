@@ -499,3 +499,60 @@ fn an_in_process_hub_reports_members_and_rooms_and_says_goodbye() {
         ]
     );
 }
+
+/// An in-process hub whose application reads no reports holds at most
+/// `MAX_WAITING_REPORTS` of them: the rest wait in the endpoint (data refused and resent as
+/// its queue does), and none is lost once the application reads again.
+#[test]
+fn an_in_process_hub_holds_a_bounded_number_of_unread_reports() {
+    use shoal_mio::hub::{HubServer, HubServerEvent, MAX_WAITING_REPORTS};
+    use shoal_std::shoal_proto::hub::HubConfig;
+
+    const SENT: usize = MAX_WAITING_REPORTS + 1000;
+    let mut server = HubServer::bind("127.0.0.1:0", hub::endpoint_config(), HubConfig::default())
+        .expect("hub binds");
+    let config = Config {
+        accept_incoming: false,
+        ..hub::endpoint_config()
+    };
+    let mut member = Driver::bind("127.0.0.1:0", config).expect("bind a member");
+    let conn = member
+        .connect(server.local_addr(), &[])
+        .expect("connect starts");
+    let mut sent = 0;
+    let mut reports = 0;
+    let mut messages = 0;
+    let deadline = Instant::now() + DEADLINE;
+    // Reliable messages to the hub itself (no relay target): each one a report.
+    while messages < SENT {
+        assert!(
+            Instant::now() < deadline,
+            "{messages} of {SENT} messages reported"
+        );
+        member.update().expect("member socket");
+        while member.poll_event().is_some() {}
+        while sent < SENT && member.send(conn, 2, Bytes::from_static(&[7; 16])).is_ok() {
+            sent += 1;
+        }
+        member.flush();
+        server
+            .run_once(Some(Duration::from_millis(1)))
+            .expect("hub socket");
+        assert!(
+            server.waiting_reports() <= MAX_WAITING_REPORTS,
+            "{} reports wait",
+            server.waiting_reports()
+        );
+        // The application reads nothing until every message was sent and the hub is full.
+        if sent == SENT && server.waiting_reports() == MAX_WAITING_REPORTS || reports > 0 {
+            while let Some(event) = server.poll_event() {
+                reports += 1;
+                if let HubServerEvent::Other(Event::Message { payload, .. }) = event {
+                    assert_eq!(&payload[..], &[7; 16]);
+                    messages += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(messages, SENT);
+}

@@ -51,13 +51,16 @@ const WSAENETRESET: i32 = 10052;
 const WSAEMSGSIZE: i32 = 10040;
 
 /// The codes of the other ICMP reports a connected socket's receive surfaces (std sorts
-/// them as `Uncategorized`), each about one peer like the reports std does sort. Linux (and
-/// Android, its kernel): fragmentation needed (`EMSGSIZE`), parameter problem (`EPROTO`),
-/// protocol unreachable (`ENOPROTOOPT`), host down or unknown (`EHOSTDOWN`, `ENONET`).
-/// macOS and the BSDs: fragmentation needed, protocol unreachable, host down.
+/// them as `Uncategorized`, or as `PermissionDenied`), each about one peer like the reports
+/// std does sort. Linux (and Android, its kernel): fragmentation needed (`EMSGSIZE`),
+/// parameter problem (`EPROTO`), protocol unreachable (`ENOPROTOOPT`), host down or unknown
+/// (`EHOSTDOWN`, `ENONET`), source route failed (`EOPNOTSUPP`), and ICMPv6's
+/// administratively prohibited, policy failure and reject route (`EACCES`: a firewall on the
+/// way to an IPv6 peer that rejects rather than drops). macOS and the BSDs: fragmentation
+/// needed, protocol unreachable, host down.
 fn icmp_reports() -> &'static [i32] {
     if cfg!(any(target_os = "linux", target_os = "android")) {
-        &[90, 71, 92, 112, 64]
+        &[90, 71, 92, 112, 64, 95, 13]
     } else if cfg!(any(
         target_os = "macos",
         target_os = "ios",
@@ -884,6 +887,15 @@ mod tests {
         for &code in icmp_reports() {
             let e = io::Error::from_raw_os_error(code);
             assert_eq!(recv_error_action(&e), RecvErrorAction::Ignore, "{e}");
+        }
+        // Linux's mapping of ICMP and ICMPv6 errors (icmp_err_convert, icmpv6_err_convert):
+        // every one concerns the peer, none the socket. A firewall rejecting with ICMPv6
+        // "administratively prohibited" gives EACCES, which once stopped a connected driver.
+        if cfg!(target_os = "linux") {
+            for code in [101, 113, 92, 111, 90, 95, 112, 64, 71, 13] {
+                let e = io::Error::from_raw_os_error(code);
+                assert_eq!(recv_error_action(&e), RecvErrorAction::Ignore, "{e}");
+            }
         }
         // A bad descriptor still fails.
         assert_eq!(
