@@ -162,7 +162,7 @@ impl Driver {
 
     /// Lets the background thread mark its wake-up datagrams.
     pub(crate) fn set_wake_source(&mut self, from: SocketAddr) {
-        self.core.wake_from = Some(from);
+        self.core.wake_from = Some(crate::io_util::canonical(from));
     }
 
     /// Whether the socket is connected to one peer: the kernel then drops datagrams from

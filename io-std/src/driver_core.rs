@@ -15,7 +15,7 @@ use shoal_proto::{
 
 use crate::clock::{endpoint_seed, os_secret_seed, unix_time, Clock};
 use crate::io_util::{
-    recv_error_action, Outbox, RecvErrorAction, SendFailure, RECV_BUFFER_LEN, SEND_BATCH,
+    canonical, recv_error_action, Outbox, RecvErrorAction, SendFailure, RECV_BUFFER_LEN, SEND_BATCH,
 };
 use crate::recv_batch::{BatchReader, BatchSocket, IoMode};
 
@@ -107,7 +107,8 @@ impl DriverCore {
         let mut endpoint =
             Endpoint::new(config).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         // (Sized from the checked config: an absurd mtu is refused above, not allocated.)
-        let outbox = Outbox::new(endpoint.config().mtu);
+        let mut outbox = Outbox::new(endpoint.config().mtu);
+        outbox.set_ipv6_socket(local_addr.is_ipv6());
         let mut clock = Clock::new();
         let unix_synced = clock.now();
         endpoint.set_unix_time(unix_synced, unix_time());
@@ -352,6 +353,7 @@ impl DriverCore {
     ) -> io::Result<bool> {
         match recv_from(&mut self.recv_buf) {
             Ok((len, from)) => {
+                let from = canonical(from);
                 if Some(from) != self.wake_from {
                     let now = now.unwrap_or_else(|| self.clock.now());
                     self.resync_unix_time(now);
@@ -401,6 +403,7 @@ impl DriverCore {
         };
         if self.outbox.slots() != slots && !self.outbox.is_blocked() {
             let mut outbox = Outbox::with_slots(self.endpoint.config().mtu, slots);
+            outbox.set_ipv6_socket(self.local_addr.is_ipv6());
             outbox.send_errors = self.outbox.send_errors;
             outbox.last_send_error = self.outbox.last_send_error;
             self.outbox = outbox;
@@ -438,6 +441,7 @@ impl DriverCore {
         let mut stamp = now;
         loop {
             let read = reader.read(socket, max, |from, datagram| {
+                let from = canonical(from);
                 if Some(from) != wake_from {
                     let now = *stamp.get_or_insert_with(|| clock.now());
                     endpoint.handle_datagram(now, from, datagram);

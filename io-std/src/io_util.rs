@@ -132,6 +132,9 @@ pub struct Outbox {
     /// Where `queue[i]` starts in `buf` (capacity `slots`).
     starts: Vec<usize>,
     head: usize,
+    /// Whether IPv4 destinations are written as IPv4-mapped IPv6 addresses: the socket is
+    /// an IPv6 one, which reaches IPv4 peers that way when it is dual-stack.
+    map_ipv4: bool,
     /// Datagrams the socket refused with an error other than `WouldBlock`/`Interrupted`.
     pub send_errors: u64,
     /// The last such error, with the OS error code and the destination.
@@ -254,15 +257,43 @@ pub fn resolve(
         .to_socket_addrs()
         .map_err(|_| ConnectError::Unresolved)?
     {
+        let addr = canonical(addr);
         if addr.is_ipv4() == local.is_ipv4() {
             return Ok(addr);
         }
         other_family.get_or_insert(addr);
     }
+    // An IPv6 socket reaches IPv4 peers through mapped addresses if it is dual-stack (if it
+    // is IPv6-only, its sends are refused and counted, and the connection times out).
+    if let Some(v4) = other_family.filter(|a| a.is_ipv4() && local.is_ipv6()) {
+        return Ok(v4);
+    }
     Err(match other_family {
         Some(remote) => ConnectError::AddressFamily { remote, local },
         None => ConnectError::Unresolved,
     })
+}
+
+/// `addr` as the endpoint knows it: an IPv4-mapped IPv6 address, as a dual-stack socket
+/// reports an IPv4 peer, is the IPv4 address it stands for. (The endpoint then sees one
+/// address per peer whichever socket it came through, judges it as IPv4, and hands IPv4
+/// addresses to other peers, such as a hub's members on IPv4 sockets.)
+pub fn canonical(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
+            None => addr,
+        },
+        v4 => v4,
+    }
+}
+
+/// `addr` as an IPv6 socket sends to it: an IPv4 address mapped into IPv6.
+pub fn mapped(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V4(v4) => SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port()),
+        v6 => v6,
+    }
 }
 
 /// A datagram the socket refused: the OS error as it came (its kind and raw code) and where
@@ -320,9 +351,17 @@ impl Outbox {
             queue: Vec::with_capacity(slots),
             starts: Vec::with_capacity(slots),
             head: 0,
+            map_ipv4: false,
             send_errors: 0,
             last_send_error: None,
         }
+    }
+
+    /// Says that the socket is an IPv6 one (`true`): IPv4 destinations are then sent to as
+    /// IPv4-mapped IPv6 addresses, which a dual-stack socket reaches (an IPv6-only one
+    /// refuses them, each counted in `send_errors`). Off by default.
+    pub fn set_ipv6_socket(&mut self, ipv6: bool) {
+        self.map_ipv4 = ipv6;
     }
 
     /// How many datagrams the outbox holds at most.
@@ -415,6 +454,9 @@ impl Outbox {
             match endpoint.poll_transmit(now, room) {
                 Some(mut transmit) => {
                     transmit.len = transmit.len.min(self.mtu);
+                    if self.map_ipv4 {
+                        transmit.to = mapped(transmit.to);
+                    }
                     self.starts.push(at);
                     at += transmit.len;
                     self.queue.push(transmit);
@@ -501,6 +543,28 @@ mod tests {
         assert_eq!(sent.first(), refused.first());
         assert_eq!(sent[0].1, server);
         assert_eq!(outbox.send_errors, 0);
+    }
+
+    /// An IPv6 socket sends to IPv4 peers at their mapped addresses (Linux also takes the
+    /// IPv4 form on a dual-stack socket; macOS, the BSDs and Windows refuse it), and the
+    /// endpoint meets a peer that a dual-stack socket reports mapped at its IPv4 address.
+    #[test]
+    fn an_ipv6_socket_reaches_ipv4_peers_through_mapped_addresses() {
+        let v4: SocketAddr = "192.0.2.7:4000".parse().expect("address");
+        let v6: SocketAddr = "[2001:db8::7]:4000".parse().expect("address");
+        let mut client = client_connecting_to(&[v4, v6]);
+        let mut outbox = Outbox::new(1200);
+        outbox.set_ipv6_socket(true);
+        let mut to = Vec::new();
+        outbox.flush(&mut client, Instant::ZERO, |d, addr| {
+            to.push(addr);
+            Ok(d.len())
+        });
+        let mapped_v4: SocketAddr = "[::ffff:192.0.2.7]:4000".parse().expect("address");
+        assert_eq!(to, [mapped_v4, v6]);
+        assert_eq!(canonical(mapped_v4), v4);
+        assert_eq!(canonical(v6), v6);
+        assert_eq!(mapped(v6), v6);
     }
 
     #[test]

@@ -774,3 +774,72 @@ fn a_large_message_arrives_whole_with_portable_io() {
     assert_eq!(stats.segmented_sends, 0, "{stats:?}");
     a_large_message_arrives_whole(IoMode::Portable, IoMode::Portable, true);
 }
+
+/// Whether an IPv6 socket bound to `[::]` here also takes IPv4 (dual-stack): not on hosts
+/// without IPv6 or with `bindv6only` set, where the dual-stack test has nothing to check.
+fn dual_stack_available() -> bool {
+    let Ok(v6) = UdpSocket::bind("[::]:0") else {
+        return false;
+    };
+    let Ok(port) = v6.local_addr().map(|a| a.port()) else {
+        return false;
+    };
+    let _ = v6.set_read_timeout(Some(Duration::from_secs(1)));
+    let sent = UdpSocket::bind("127.0.0.1:0").and_then(|v4| v4.send_to(b"?", ("127.0.0.1", port)));
+    sent.is_ok() && v6.recv_from(&mut [0; 8]).is_ok()
+}
+
+/// A driver on a dual-stack socket (`[::]`) sees IPv4 peers at their IPv4 addresses (not
+/// `::ffff:a.b.c.d`, which it would hand on, to a hub's members on IPv4 sockets say, and
+/// count apart from the peer's IPv4 address), and reaches IPv4 peers it connects to.
+#[test]
+fn a_dual_stack_driver_meets_ipv4_peers_at_their_ipv4_addresses() {
+    if !dual_stack_available() {
+        eprintln!("no dual-stack IPv6 socket here: nothing to check");
+        return;
+    }
+    let mut server = Peer {
+        driver: Driver::bind("[::]:0", server_config(61)).expect("bind [::]"),
+        events: Vec::new(),
+    };
+    let port = server.addr().port();
+    let mut client = Peer::bind(client_config(62));
+    let conn = client
+        .driver
+        .connect(("127.0.0.1", port), b"v4")
+        .expect("connect starts");
+    run_frames(
+        &mut client,
+        &mut server,
+        "an IPv4 client connected",
+        |c, s| c.connected().is_some() && s.connected().is_some(),
+    );
+    let remote = server.events.iter().find_map(|e| match e {
+        Event::Connected { remote, .. } => Some(*remote),
+        _ => None,
+    });
+    assert_eq!(remote, Some(client.addr()), "seen at its IPv4 address");
+    let server_side = server.connected().expect("server connected");
+    client.driver.send(conn, 2, &b"up"[..]).expect("send");
+    server
+        .driver
+        .send(server_side, 2, &b"down"[..])
+        .expect("send");
+    run_frames(&mut client, &mut server, "a message each way", |c, s| {
+        c.messages(2) == ["down"] && s.messages(2) == ["up"]
+    });
+
+    // Connecting out from the dual-stack socket to an IPv4 address.
+    let mut v4 = Peer::bind(server_config(63));
+    let out = server
+        .driver
+        .connect(v4.addr(), b"out")
+        .expect("an IPv6 socket may reach IPv4");
+    run_frames(&mut server, &mut v4, "the IPv4 peer connected", |s, p| {
+        p.connected().is_some()
+            && s.events
+                .iter()
+                .any(|e| matches!(e, Event::Connected { conn, .. } if *conn == out))
+    });
+    assert_eq!(server.driver.stats().send_errors, 0);
+}
