@@ -201,6 +201,14 @@ pub struct Config {
     /// players. (The limits per address do not bound it: a host with an IPv6 /48 holds
     /// 65,536 /64s.)
     pub key_exchanges: RateLimit,
+    /// The rate at which one network (an IPv4 /24, an IPv6 /48) may take key exchanges
+    /// while more than half of `key_exchanges`' burst is spent (default 256 a second, in
+    /// bursts of 2,048: an eighth of `key_exchanges`), so that no single network can spend
+    /// the whole endpoint's budget and keep every other client's `Connect` out. Past it a
+    /// `Connect` is dropped unanswered like one past `key_exchanges`. Networks are told apart by a keyed hash into 1,024 buckets (two
+    /// networks rarely share one, and a peer cannot choose to). Raise it for a server
+    /// whose players come through few networks (a carrier-grade NAT's pool).
+    pub key_exchanges_per_network: RateLimit,
     /// Most handshake replies and close notices waiting to be sent (default 16,384); past it
     /// they are dropped and counted in `EndpointStats::replies_dropped` (clients retry).
     /// Replies to addresses nothing proved (a Hello's, an unknown connection's) take at most
@@ -254,6 +262,10 @@ impl Config {
             key_exchanges: RateLimit {
                 per_second: 2_048.0,
                 burst: 16_384.0,
+            },
+            key_exchanges_per_network: RateLimit {
+                per_second: 256.0,
+                burst: 2_048.0,
             },
             redundancy: 1,
             max_pending_event_bytes: 64 << 20,
@@ -332,6 +344,9 @@ impl Config {
         }
         if !self.key_exchanges.is_valid() {
             return Err(ConfigError::ZeroLimit("key_exchanges"));
+        }
+        if !self.key_exchanges_per_network.is_valid() {
+            return Err(ConfigError::ZeroLimit("key_exchanges_per_network"));
         }
         if self.protection == Protection::None {
             // Without protection a token copied off the wire is as good as the original, and

@@ -35,16 +35,26 @@ impl Bucket {
         }
     }
 
-    /// Takes `n` tokens if there are that many.
-    pub(crate) fn take(&mut self, limit: &RateLimit, now: Instant, n: f64) -> bool {
+    /// Fills the bucket for the time since it was last filled; returns the tokens it holds.
+    pub(crate) fn refill(&mut self, limit: &RateLimit, now: Instant) -> f64 {
         let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
         self.at = self.at.max(now);
         self.tokens = (self.tokens + elapsed * limit.per_second).min(limit.burst);
-        if self.tokens >= n {
+        self.tokens
+    }
+
+    /// Takes `n` tokens if there are that many.
+    pub(crate) fn take(&mut self, limit: &RateLimit, now: Instant, n: f64) -> bool {
+        if self.refill(limit, now) >= n {
             self.tokens -= n;
             true
         } else {
             false
         }
+    }
+
+    /// Gives back `n` tokens taken (when a second bucket refused what the first allowed).
+    pub(crate) fn give_back(&mut self, limit: &RateLimit, n: f64) {
+        self.tokens = (self.tokens + n).min(limit.burst);
     }
 }

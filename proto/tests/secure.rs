@@ -2583,6 +2583,79 @@ fn the_memory_of_used_tokens_is_bounded_and_forgets_only_expired_ones() {
 /// five a second: ten at first, five more a second, each Connect past the rate dropped
 /// unanswered and counted, and every client connected in the end (their Connects are sent
 /// again).
+/// One network flooding Connects takes at most its share of the key exchanges once they
+/// run short: the clients of other networks arriving at the same instant all get theirs at
+/// once, where before the flood (first in line) took the whole budget.
+#[test]
+fn one_network_cannot_spend_every_key_exchange() {
+    const FLOOD: usize = 60;
+    const OTHERS: usize = 10;
+    let mut server = Endpoint::new(Config {
+        key_exchanges: RateLimit {
+            per_second: 20.0,
+            burst: 40.0,
+        },
+        key_exchanges_per_network: RateLimit {
+            per_second: 5.0,
+            burst: 5.0,
+        },
+        ..server_config(1)
+    })
+    .expect("valid");
+    let server_addr = addr(SERVER_ADDR);
+    // The flood from one /24 first, then one client from each of ten other /24s; an IPv6
+    // /48 is one network however many /64s it holds.
+    let flood = (0..FLOOD).map(|i| SocketAddr::from(([10, 3, 0, i as u8 + 1], 5000)));
+    let others = (0..OTHERS).map(|i| SocketAddr::from(([10, 4, i as u8, 1], 5000)));
+    let mut clients: Vec<(Endpoint, SocketAddr)> = flood
+        .chain(others)
+        .enumerate()
+        .map(|(i, a)| {
+            let config = Config {
+                handshake_timeout: Duration::from_secs(30),
+                ..client_config(200 + i as u64)
+            };
+            (Endpoint::new(config).expect("valid"), a)
+        })
+        .collect();
+    let mut now = Instant::from_millis(1);
+    for (c, _) in &mut clients {
+        c.connect(now, server_addr, b"").expect("connect");
+    }
+    let mut buf = vec![0u8; 1500];
+    for _ in 0..20 {
+        for (c, a) in clients.iter_mut() {
+            c.handle_timeout(now);
+            while let Some(t) = c.poll_transmit(now, &mut buf) {
+                server.handle_datagram(now, *a, &buf[..t.len]);
+            }
+        }
+        server.handle_timeout(now);
+        while let Some(t) = server.poll_transmit(now, &mut buf) {
+            if let Some((c, _)) = clients.iter_mut().find(|(_, a)| *a == t.to) {
+                c.handle_datagram(now, server_addr, &buf[..t.len]);
+            }
+        }
+        while server.poll_event().is_some() {}
+        now += Duration::from_millis(10);
+    }
+    let connected = |range: core::ops::Range<usize>| {
+        let taken: Vec<SocketAddr> = server
+            .peers()
+            .filter_map(|h| server.remote_address(h))
+            .collect();
+        clients[range]
+            .iter()
+            .filter(|(_, a)| taken.contains(a))
+            .count()
+    };
+    // 200 ms: the flood's network had half the endpoint's burst uncontended, then its own
+    // 5 and 1 more.
+    assert!(connected(0..FLOOD) <= 20 + 5 + 1, "{}", connected(0..FLOOD));
+    assert_eq!(connected(FLOOD..FLOOD + OTHERS), OTHERS);
+    assert!(server.stats().drops.get(DropReason::KeyExchangeBudget) > 0);
+}
+
 #[test]
 fn key_exchanges_are_taken_at_the_configured_rate() {
     const CLIENTS: usize = 40;

@@ -112,6 +112,13 @@ struct Cli {
     /// Key exchanges taken at once (every member reconnecting after a restart).
     #[arg(long, default_value_t = hub::endpoint_config().key_exchanges.burst)]
     key_exchange_burst: f64,
+    /// Key exchanges one network (an IPv4 /24, an IPv6 /48) may take per second, so that
+    /// no one network spends them all (raise it for members behind a carrier-grade NAT).
+    #[arg(long, default_value_t = hub::endpoint_config().key_exchanges_per_network.per_second)]
+    network_key_exchange_rate: f64,
+    /// Key exchanges one network may take at once.
+    #[arg(long, default_value_t = hub::endpoint_config().key_exchanges_per_network.burst)]
+    network_key_exchange_burst: f64,
     /// A member silent this long is disconnected.
     #[arg(long, default_value_t = Span(hub::endpoint_config().idle_timeout))]
     idle_timeout: Span,
@@ -192,6 +199,10 @@ impl Cli {
             key_exchanges: RateLimit {
                 per_second: self.key_exchange_rate,
                 burst: self.key_exchange_burst,
+            },
+            key_exchanges_per_network: RateLimit {
+                per_second: self.network_key_exchange_rate,
+                burst: self.network_key_exchange_burst,
             },
             idle_timeout: self.idle_timeout.0,
             ..hub::endpoint_config()

@@ -3,6 +3,7 @@
 //! ids; and the client side's routing of `Challenge`, `Accept` and `Reject`.
 
 use alloc::vec;
+use core::hash::BuildHasher;
 use core::net::IpAddr;
 
 use super::*;
@@ -317,16 +318,10 @@ impl Endpoint {
         }
         // Key exchanges are the costliest thing a stranger can ask for: the endpoint takes
         // them at `Config::key_exchanges`' rate, and drops a Connect past it unanswered.
-        if ephemeral.is_some() {
-            let limit = self.config.key_exchanges;
-            let budget = self
-                .admission()
-                .key_exchanges
-                .get_or_insert_with(|| Bucket::new(&limit, now));
-            if !budget.take(&limit, now, 1.0) {
-                self.stats.drops.add(DropReason::KeyExchangeBudget);
-                return;
-            }
+        // Each network takes at most its share, so no one network spends it all.
+        if ephemeral.is_some() && !self.take_key_exchange(now, from) {
+            self.stats.drops.add(DropReason::KeyExchangeBudget);
+            return;
         }
         // The key exchange's secrets, before anything is allocated: a small-order key from
         // the client ends it here, and its cookie is remembered so that replaying that
@@ -550,6 +545,47 @@ impl Endpoint {
             .get_or_insert_with(|| Box::new(Admission::new(hasher)))
     }
 
+    /// Takes a key exchange for a `Connect` from `from` out of the endpoint's bucket
+    /// (`Config::key_exchanges`) and, while more than half of that bucket's burst is spent,
+    /// out of its network's too (`Config::key_exchanges_per_network`); `false` if either is
+    /// empty. The networks' buckets exist only while it is: without contention nobody's
+    /// share needs guarding. (Peer links through a hub all come from relay addresses: they
+    /// take from the endpoint's bucket only.)
+    fn take_key_exchange(&mut self, now: Instant, from: SocketAddr) -> bool {
+        let (limit, per_network) = (
+            self.config.key_exchanges,
+            self.config.key_exchanges_per_network,
+        );
+        let hasher = self.hasher;
+        let a = self.admission();
+        let global = a
+            .key_exchanges
+            .get_or_insert_with(|| Bucket::new(&limit, now));
+        let level = global.refill(&limit, now);
+        if level >= limit.burst {
+            a.network_key_exchanges = None;
+        }
+        let network = (level < limit.burst / 2.0 && counts_per_ip(from)).then(|| {
+            let buckets = a.network_key_exchanges.get_or_insert_with(|| {
+                alloc::vec![Bucket::new(&per_network, now); NETWORK_BUCKETS].into_boxed_slice()
+            });
+            // (The hasher is keyed: a peer cannot aim its networks at another's bucket.)
+            let slot = hasher.hash_one(network_key(from.ip())) as usize % NETWORK_BUCKETS;
+            &mut buckets[slot]
+        });
+        if let Some(bucket) = network {
+            if !bucket.take(&per_network, now, 1.0) {
+                return false;
+            }
+            if !global.take(&limit, now, 1.0) {
+                bucket.give_back(&per_network, 1.0);
+                return false;
+            }
+            return true;
+        }
+        global.take(&limit, now, 1.0)
+    }
+
     /// Forgets the pending token `tag` if it is slot `index`'s.
     pub(super) fn forget_pending_token(&mut self, tag: &[u8; 16], index: u32) {
         if let Some(a) = self.admission.as_deref_mut() {
@@ -594,6 +630,9 @@ pub(super) struct Admission {
     /// Key exchanges the endpoint may still take (`Config::key_exchanges`), made on the
     /// first.
     pub(super) key_exchanges: Option<Bucket>,
+    /// Key exchanges each network may still take (`Config::key_exchanges_per_network`),
+    /// `NETWORK_BUCKETS` of them by keyed hash, kept only while `key_exchanges` is short.
+    pub(super) network_key_exchanges: Option<Box<[Bucket]>>,
     /// Connect tokens of connections awaiting their client's first packet, by tag.
     pub(super) pending_tokens: HashMap<[u8; 16], u32>,
     /// Cookies of Connects whose key exchange failed.
@@ -610,6 +649,7 @@ impl Admission {
             used_tokens: HashMap::with_hasher(hasher),
             used_tokens_pruned: 0,
             key_exchanges: None,
+            network_key_exchanges: None,
             pending_tokens: HashMap::with_hasher(hasher),
             refused_cookies: RefusedCookies::new(),
             per_ip: HashMap::with_hasher(hasher),
@@ -634,6 +674,19 @@ fn ip_key(ip: IpAddr) -> IpAddr {
             }
         },
         v4 => v4,
+    }
+}
+
+/// Buckets the networks' key exchanges are hashed into (16 KiB, while the endpoint's
+/// bucket is short).
+const NETWORK_BUCKETS: usize = 1024;
+
+/// The network an address belongs to, for its share of key exchanges: an IPv4 /24 (also
+/// mapped into IPv6), an IPv6 /48 (what one site is commonly given).
+fn network_key(ip: IpAddr) -> IpAddr {
+    match ip_key(ip) {
+        IpAddr::V4(v4) => IpAddr::V4((u32::from(v4) & !0xff).into()),
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !(u128::MAX >> 48)).into()),
     }
 }
 
@@ -742,6 +795,25 @@ fn issued_at(cookie: &Cookie) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_network_is_an_ipv4_slash_24_or_an_ipv6_slash_48() {
+        let ip = |s: &str| s.parse::<IpAddr>().expect("address");
+        assert_eq!(network_key(ip("10.3.0.1")), network_key(ip("10.3.0.254")));
+        assert_ne!(network_key(ip("10.3.0.1")), network_key(ip("10.3.1.1")));
+        assert_eq!(
+            network_key(ip("::ffff:10.3.0.9")),
+            network_key(ip("10.3.0.1"))
+        );
+        assert_eq!(
+            network_key(ip("2001:db8:1:ffff::1")),
+            network_key(ip("2001:db8:1:2::7"))
+        );
+        assert_ne!(
+            network_key(ip("2001:db8:1::1")),
+            network_key(ip("2001:db8:2::1"))
+        );
+    }
 
     #[test]
     fn an_ipv6_host_counts_by_its_64_and_a_mapped_ipv4_one_as_ipv4() {
