@@ -104,8 +104,10 @@ impl MioDriver {
         io_mode: IoMode,
     ) -> io::Result<Self> {
         socket.set_nonblocking(true)?;
+        let dual_stack = shoal_std::io_util::is_dual_stack(&socket);
         let socket = UdpSocket::from_std(socket);
         let mut core = DriverCore::new(socket.local_addr()?, config)?;
+        core.set_dual_stack(dual_stack);
         core.set_io_mode(io_mode, &socket);
         Ok(MioDriver {
             socket,

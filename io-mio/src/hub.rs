@@ -48,10 +48,12 @@ pub const CLOSE_SHUTDOWN: u16 = 0x4802;
 /// notices leave (and are resent if lost).
 pub const SHUTDOWN_LINGER: Duration = Duration::from_millis(300);
 
-/// Most reports that wait for [`HubServer::poll_event`]. Past this (or past the endpoint's
+/// Most reports of endpoint events that wait for [`HubServer::poll_event`] (room reports
+/// come on top, bounded by the hub's rooms). Past this (or past the endpoint's
 /// `max_pending_event_bytes` of message payloads) the hub stops taking the endpoint's events
 /// until some are read: members' data then waits in the endpoint, refused and resent as its
-/// own event queue does when an application falls behind. Nothing is dropped.
+/// own event queue does when an application falls behind. Nothing is dropped; once reports
+/// are read the loop takes the waiting events at once. `shutdown` takes every event.
 pub const MAX_WAITING_REPORTS: usize = 4096;
 
 const DRIVER: Token = Token(0);
@@ -145,6 +147,8 @@ pub struct HubServer {
     out: VecDeque<HubServerEvent>,
     out_bytes: usize,
     max_out_bytes: usize,
+    /// Set by `shutdown`: the reports are no longer bounded.
+    shutting_down: bool,
 }
 
 impl HubServer {
@@ -185,6 +189,7 @@ impl HubServer {
             out: VecDeque::new(),
             out_bytes: 0,
             max_out_bytes,
+            shutting_down: false,
         })
     }
 
@@ -234,6 +239,10 @@ impl HubServer {
 
     /// How long the loop may sleep: until the endpoint's or the hub's next timer.
     fn next_timeout(&self) -> Option<Duration> {
+        // Events left in the endpoint while reports were full: at once, once there is room.
+        if self.has_room() && self.driver.endpoint().has_pending_events() {
+            return Some(Duration::ZERO);
+        }
         let now = self.driver.clock().peek();
         let hub = self.hub.poll_timeout().map(|t| Clock::until(now, t));
         match (self.driver.next_timeout(), hub) {
@@ -292,6 +301,9 @@ impl HubServer {
         for &conn in &conns {
             self.driver.disconnect(conn, CLOSE_SHUTDOWN);
         }
+        // Every `Disconnected` reaches the hub and the reports however many wait: the last
+        // turn's (bounded by the connections there were).
+        self.shutting_down = true;
         self.process()?;
         let deadline = std::time::Instant::now() + linger;
         loop {
@@ -319,14 +331,15 @@ impl HubServer {
         Ok(conns.len())
     }
 
-    /// Runs the timers, hands every endpoint event to the hub, notes what changed, and sends.
+    /// Runs the timers, hands the endpoint's events to the hub (while reports have room),
+    /// notes what changed, and sends.
     fn process(&mut self) -> io::Result<()> {
         self.driver.update()?;
         let now = self.driver.now();
         if self.hub.poll_timeout().is_some_and(|t| t <= now) {
             self.hub.handle_timeout(self.driver.endpoint_mut(), now);
         }
-        while self.out.len() < MAX_WAITING_REPORTS && self.out_bytes < self.max_out_bytes {
+        while self.has_room() || self.shutting_down {
             let Some(event) = self.driver.poll_event() else {
                 break;
             };
@@ -340,6 +353,11 @@ impl HubServer {
         self.note_rooms();
         self.driver.flush();
         Ok(())
+    }
+
+    /// Whether another report may wait (see [`MAX_WAITING_REPORTS`]).
+    fn has_room(&self) -> bool {
+        self.out.len() < MAX_WAITING_REPORTS && self.out_bytes < self.max_out_bytes
     }
 
     fn note(&mut self, event: Event) {
@@ -416,5 +434,54 @@ fn held_bytes(event: &HubServerEvent) -> usize {
             | Event::Response { payload, .. },
         ) => payload.len() + 64,
         _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_proto::hub;
+    use shoal_std::Driver;
+
+    /// Once reports have room again, events left in the endpoint are taken at the next
+    /// turn without sleeping (the loop would otherwise wait for a datagram or a timer).
+    #[test]
+    fn events_left_behind_full_reports_make_the_next_turn_not_wait() {
+        let mut server =
+            HubServer::bind("127.0.0.1:0", hub::endpoint_config(), HubConfig::default())
+                .expect("hub binds");
+        let config = Config {
+            accept_incoming: false,
+            ..hub::endpoint_config()
+        };
+        let mut member = Driver::bind("127.0.0.1:0", config).expect("bind a member");
+        let conn = member
+            .connect(server.local_addr(), &[])
+            .expect("connect starts");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut sent = 0;
+        while !(server.waiting_reports() == MAX_WAITING_REPORTS
+            && server.driver.endpoint().has_pending_events())
+        {
+            assert!(std::time::Instant::now() < deadline, "{sent} sent");
+            member.update().expect("member socket");
+            while member.poll_event().is_some() {}
+            while sent < 2 * MAX_WAITING_REPORTS
+                && member.send(conn, 2, Bytes::from_static(&[7; 16])).is_ok()
+            {
+                sent += 1;
+            }
+            member.flush();
+            server
+                .run_once(Some(Duration::from_millis(1)))
+                .expect("hub socket");
+        }
+        assert_ne!(
+            server.next_timeout(),
+            Some(Duration::ZERO),
+            "full: nothing to take"
+        );
+        assert!(server.poll_event().is_some());
+        assert_eq!(server.next_timeout(), Some(Duration::ZERO));
     }
 }

@@ -502,7 +502,8 @@ fn an_in_process_hub_reports_members_and_rooms_and_says_goodbye() {
 
 /// An in-process hub whose application reads no reports holds at most
 /// `MAX_WAITING_REPORTS` of them: the rest wait in the endpoint (data refused and resent as
-/// its queue does), and none is lost once the application reads again.
+/// its queue does), none is lost once the application reads again, and a shutdown reports
+/// every member leaving however many reports wait.
 #[test]
 fn an_in_process_hub_holds_a_bounded_number_of_unread_reports() {
     use shoal_mio::hub::{HubServer, HubServerEvent, MAX_WAITING_REPORTS};
@@ -520,39 +521,63 @@ fn an_in_process_hub_holds_a_bounded_number_of_unread_reports() {
         .connect(server.local_addr(), &[])
         .expect("connect starts");
     let mut sent = 0;
-    let mut reports = 0;
     let mut messages = 0;
-    let deadline = Instant::now() + DEADLINE;
-    // Reliable messages to the hub itself (no relay target): each one a report.
-    while messages < SENT {
-        assert!(
-            Instant::now() < deadline,
-            "{messages} of {SENT} messages reported"
-        );
-        member.update().expect("member socket");
-        while member.poll_event().is_some() {}
-        while sent < SENT && member.send(conn, 2, Bytes::from_static(&[7; 16])).is_ok() {
-            sent += 1;
-        }
-        member.flush();
-        server
-            .run_once(Some(Duration::from_millis(1)))
-            .expect("hub socket");
-        assert!(
-            server.waiting_reports() <= MAX_WAITING_REPORTS,
-            "{} reports wait",
-            server.waiting_reports()
-        );
-        // The application reads nothing until every message was sent and the hub is full.
-        if sent == SENT && server.waiting_reports() == MAX_WAITING_REPORTS || reports > 0 {
-            while let Some(event) = server.poll_event() {
-                reports += 1;
-                if let HubServerEvent::Other(Event::Message { payload, .. }) = event {
+    let mut left = false;
+    let read = |server: &mut HubServer, messages: &mut usize, left: &mut bool| {
+        while let Some(event) = server.poll_event() {
+            match event {
+                HubServerEvent::Other(Event::Message { payload, .. }) => {
                     assert_eq!(&payload[..], &[7; 16]);
-                    messages += 1;
+                    *messages += 1;
                 }
+                HubServerEvent::Disconnected { .. } => *left = true,
+                _ => {}
             }
         }
+    };
+    let deadline = Instant::now() + DEADLINE;
+    // Reliable messages to the hub itself (no relay target), each one a report, in two
+    // floods: read after the first, a shutdown after the second.
+    for flood in [SENT, 2 * SENT] {
+        // The application reads nothing until every message was sent and the hub is full.
+        while !(sent == flood && server.waiting_reports() == MAX_WAITING_REPORTS) {
+            assert!(
+                Instant::now() < deadline,
+                "{sent} sent, {messages} reported"
+            );
+            member.update().expect("member socket");
+            while member.poll_event().is_some() {}
+            while sent < flood && member.send(conn, 2, Bytes::from_static(&[7; 16])).is_ok() {
+                sent += 1;
+            }
+            member.flush();
+            server
+                .run_once(Some(Duration::from_millis(1)))
+                .expect("hub socket");
+            assert!(
+                server.waiting_reports() <= MAX_WAITING_REPORTS,
+                "{} reports wait",
+                server.waiting_reports()
+            );
+        }
+        if flood == 2 * SENT {
+            break;
+        }
+        while messages < flood {
+            assert!(Instant::now() < deadline, "{messages} of {flood} reported");
+            read(&mut server, &mut messages, &mut left);
+            member.update().expect("member socket");
+            member.flush();
+            server
+                .run_once(Some(Duration::from_millis(1)))
+                .expect("hub socket");
+        }
     }
-    assert_eq!(messages, SENT);
+    server
+        .shutdown(Duration::from_millis(300))
+        .expect("hub socket");
+    read(&mut server, &mut messages, &mut left);
+    // (What the member had not got through yet is lost with the connection.)
+    assert!(messages >= SENT + MAX_WAITING_REPORTS, "{messages}");
+    assert!(left, "the member's Disconnected is reported");
 }

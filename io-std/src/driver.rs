@@ -96,6 +96,7 @@ impl Driver {
     ) -> io::Result<Self> {
         socket.set_nonblocking(true)?;
         let mut core = DriverCore::new(socket.local_addr()?, config)?;
+        core.set_dual_stack(crate::io_util::is_dual_stack(&socket));
         core.set_io_mode(io_mode, &socket);
         Ok(Driver { socket, core })
     }
@@ -162,7 +163,7 @@ impl Driver {
 
     /// Lets the background thread mark its wake-up datagrams.
     pub(crate) fn set_wake_source(&mut self, from: SocketAddr) {
-        self.core.wake_from = Some(crate::io_util::canonical(from));
+        self.core.wake_from = Some(from);
     }
 
     /// Whether the socket is connected to one peer: the kernel then drops datagrams from

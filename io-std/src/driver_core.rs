@@ -15,7 +15,7 @@ use shoal_proto::{
 
 use crate::clock::{endpoint_seed, os_secret_seed, unix_time, Clock};
 use crate::io_util::{
-    canonical, recv_error_action, Outbox, RecvErrorAction, SendFailure, RECV_BUFFER_LEN, SEND_BATCH,
+    recv_error_action, Outbox, RecvErrorAction, SendFailure, RECV_BUFFER_LEN, SEND_BATCH,
 };
 use crate::recv_batch::{BatchReader, BatchSocket, IoMode};
 
@@ -80,6 +80,10 @@ pub struct DriverCore {
     batch: Option<BatchReader>,
     outbox: Outbox,
     icmp_errors_ignored: u64,
+    /// Reports skipped since the last datagram or empty read (see `ignored`).
+    ignored_in_a_row: u32,
+    /// The socket is an IPv6 one that reaches IPv4 too (see `set_dual_stack`).
+    dual_stack: bool,
     sends_blocked: u64,
     segmented_sends: u64,
     segmented_datagrams: u64,
@@ -89,6 +93,10 @@ pub struct DriverCore {
     /// When the endpoint was last told the wall-clock time.
     unix_synced: Instant,
 }
+
+/// ICMP reports skipped in a row, with no datagram or empty read between, after which the
+/// error is taken as the socket's own (see `DriverCore::ignored`).
+const MAX_IGNORED_IN_A_ROW: u32 = 64;
 
 impl DriverCore {
     /// The core of a driver whose socket is bound to `local_addr`: creates the endpoint and
@@ -120,6 +128,8 @@ impl DriverCore {
             batch: None,
             outbox,
             icmp_errors_ignored: 0,
+            ignored_in_a_row: 0,
+            dual_stack: false,
             sends_blocked: 0,
             segmented_sends: 0,
             segmented_datagrams: 0,
@@ -204,6 +214,20 @@ impl DriverCore {
         }
     }
 
+    /// Says whether the socket is an IPv6 one that reaches IPv4 peers too
+    /// ([`io_util::is_dual_stack`](crate::io_util::is_dual_stack); the drivers ask when they
+    /// are made): then [`connect`](Self::connect) takes IPv4 addresses. Either way an IPv6
+    /// socket sends to IPv4 destinations at their IPv4-mapped addresses.
+    pub fn set_dual_stack(&mut self, dual_stack: bool) {
+        self.dual_stack = dual_stack;
+    }
+
+    /// Whether the socket reaches both IPv4 and IPv6 peers (see
+    /// [`set_dual_stack`](Self::set_dual_stack)).
+    pub fn is_dual_stack(&self) -> bool {
+        self.dual_stack
+    }
+
     /// Whether a datagram waits for room in the socket's send buffer.
     pub fn is_send_blocked(&self) -> bool {
         self.outbox.is_blocked()
@@ -214,18 +238,19 @@ impl DriverCore {
     /// Starts connecting to `remote`, an address or text that resolves to one
     /// (`"203.0.113.7:4000"`, `"game.example.com:4000"`, a `SocketAddr`); see
     /// [`Endpoint::connect`]. Of the addresses a name resolves to, the first of the socket's
-    /// family is taken. The handshake leaves when the driver next sends (its `update`,
-    /// `poll` or `flush`); `Connected` or `ConnectFailed` follows.
+    /// family is taken (or, on a dual-stack socket, an IPv4 one if there is none). The
+    /// handshake leaves when the driver next sends (its `update`, `poll` or `flush`);
+    /// `Connected` or `ConnectFailed` follows.
     ///
-    /// Fails at once with `ConnectError::AddressFamily` for an address of the other family
-    /// (an IPv4 socket cannot reach IPv6) and `ConnectError::Unresolved` for text that
-    /// resolves to nothing.
+    /// Fails at once with `ConnectError::AddressFamily` for an address the socket cannot
+    /// reach (IPv6 from an IPv4 socket, IPv4 from an IPv6 socket that is not dual-stack) and
+    /// `ConnectError::Unresolved` for text that resolves to nothing.
     pub fn connect(
         &mut self,
         remote: impl ToSocketAddrs,
         data: &[u8],
     ) -> Result<ConnectionHandle, ConnectError> {
-        let remote = crate::io_util::resolve(remote, self.local_addr)?;
+        let remote = crate::io_util::resolve(remote, self.local_addr, self.dual_stack)?;
         let now = self.clock.now();
         self.endpoint.connect(now, remote, data)
     }
@@ -353,7 +378,7 @@ impl DriverCore {
     ) -> io::Result<bool> {
         match recv_from(&mut self.recv_buf) {
             Ok((len, from)) => {
-                let from = canonical(from);
+                self.ignored_in_a_row = 0;
                 if Some(from) != self.wake_from {
                     let now = now.unwrap_or_else(|| self.clock.now());
                     self.resync_unix_time(now);
@@ -363,16 +388,30 @@ impl DriverCore {
                 Ok(true)
             }
             Err(e) => match recv_error_action(&e) {
-                RecvErrorAction::Empty => Ok(false),
+                RecvErrorAction::Empty => {
+                    self.ignored_in_a_row = 0;
+                    Ok(false)
+                }
                 // Counts as "something happened" so a drain goes on reading.
                 RecvErrorAction::Retry => Ok(true),
-                RecvErrorAction::Ignore => {
-                    self.icmp_errors_ignored += 1;
-                    Ok(true)
-                }
+                RecvErrorAction::Ignore => self.ignored(e).map(|()| true),
                 RecvErrorAction::Fail => Err(e),
             },
         }
+    }
+
+    /// Counts an ICMP report skipped; `Err(e)` once `MAX_IGNORED_IN_A_ROW` came with no
+    /// datagram and no empty read between: the kernel holds one pending report per socket,
+    /// so a run that long is an error the socket repeats (an `EACCES` from a security module
+    /// rather than from ICMPv6), which would otherwise spin the loop for good.
+    fn ignored(&mut self, e: io::Error) -> io::Result<()> {
+        self.icmp_errors_ignored += 1;
+        self.ignored_in_a_row += 1;
+        if self.ignored_in_a_row >= MAX_IGNORED_IN_A_ROW {
+            self.ignored_in_a_row = 0;
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Chooses how [`receive_batch`](Self::receive_batch) reads `socket`, the driver's own
@@ -441,21 +480,23 @@ impl DriverCore {
         let mut stamp = now;
         loop {
             let read = reader.read(socket, max, |from, datagram| {
-                let from = canonical(from);
                 if Some(from) != wake_from {
                     let now = *stamp.get_or_insert_with(|| clock.now());
                     endpoint.handle_datagram(now, from, datagram);
                 }
             });
             match read {
-                Ok(n) => return Ok(n),
+                Ok(n) => {
+                    self.ignored_in_a_row = 0;
+                    return Ok(n);
+                }
                 Err(e) => match recv_error_action(&e) {
-                    RecvErrorAction::Empty => return Ok(0),
-                    RecvErrorAction::Retry => continue,
-                    RecvErrorAction::Ignore => {
-                        self.icmp_errors_ignored += 1;
-                        return Ok(1);
+                    RecvErrorAction::Empty => {
+                        self.ignored_in_a_row = 0;
+                        return Ok(0);
                     }
+                    RecvErrorAction::Retry => continue,
+                    RecvErrorAction::Ignore => return self.ignored(e).map(|()| 1),
                     RecvErrorAction::Fail => return Err(e),
                 },
             }
@@ -699,6 +740,51 @@ mod tests {
             getsockopt(&socket, UdpGroSegment),
             Ok(false) | Err(_)
         ));
+    }
+
+    /// A report the socket gives on every read (a security module's `EACCES` looks like
+    /// ICMPv6's) fails the driver after `MAX_IGNORED_IN_A_ROW` instead of spinning it; real
+    /// reports, one at a time between datagrams or empty reads, never do.
+    #[test]
+    fn a_report_the_socket_repeats_for_ever_is_its_own_error() {
+        let mut core = core();
+        let eacces = |_: &mut [u8]| -> io::Result<(usize, SocketAddr)> {
+            Err(io::Error::from_raw_os_error(13))
+        };
+        let from = SocketAddr::from(([127, 0, 0, 1], 5000));
+        for _ in 0..10 * MAX_IGNORED_IN_A_ROW {
+            assert!(core.receive_one(None, eacces).expect("one report"));
+            assert!(core
+                .receive_one(None, |_| Ok((3, from)))
+                .expect("a datagram"));
+        }
+        let mut calls = 0;
+        let failed = loop {
+            calls += 1;
+            if let Err(e) = core.receive_one(None, eacces) {
+                break e;
+            }
+            assert!(calls < 1000, "spins");
+        };
+        assert_eq!(calls, MAX_IGNORED_IN_A_ROW);
+        assert_eq!(failed.raw_os_error(), Some(13));
+    }
+
+    /// An IPv6 socket connects to an IPv4 address only if it is dual-stack.
+    #[test]
+    fn an_ipv4_address_is_reachable_from_a_dual_stack_socket_only() {
+        use crate::io_util::resolve;
+        let v6: SocketAddr = "[::]:7000".parse().expect("address");
+        let v4: SocketAddr = "192.0.2.1:4000".parse().expect("address");
+        assert!(matches!(
+            resolve(v4, v6, false),
+            Err(ConnectError::AddressFamily { .. })
+        ));
+        assert_eq!(resolve(v4, v6, true), Ok(v4));
+        let mapped: SocketAddr = "[::ffff:192.0.2.1]:4000".parse().expect("address");
+        assert_eq!(resolve(mapped, v6, true), Ok(v4), "taken as IPv4");
+        let from_v4: SocketAddr = "0.0.0.0:7000".parse().expect("address");
+        assert_eq!(resolve(mapped, from_v4, false), Ok(v4));
     }
 
     #[test]

@@ -245,11 +245,14 @@ impl<'a> SendBatch<'a> {
     }
 }
 
-/// The first address `remote` resolves to in the family of a socket bound to `local`:
-/// `AddressFamily` if it resolves only to the other family, `Unresolved` if to nothing.
+/// The first address `remote` resolves to in the family of a socket bound to `local` (an
+/// IPv4-mapped one as the IPv4 address it stands for), or failing that an IPv4 one if the
+/// socket is `dual_stack` (see [`is_dual_stack`]): `AddressFamily` if it resolves only to
+/// addresses the socket cannot reach, `Unresolved` if to nothing.
 pub fn resolve(
     remote: impl std::net::ToSocketAddrs,
     local: SocketAddr,
+    dual_stack: bool,
 ) -> Result<SocketAddr, shoal_proto::ConnectError> {
     use shoal_proto::ConnectError;
     let mut other_family = None;
@@ -257,15 +260,13 @@ pub fn resolve(
         .to_socket_addrs()
         .map_err(|_| ConnectError::Unresolved)?
     {
-        let addr = canonical(addr);
+        let addr = shoal_proto::canonical_address(addr);
         if addr.is_ipv4() == local.is_ipv4() {
             return Ok(addr);
         }
         other_family.get_or_insert(addr);
     }
-    // An IPv6 socket reaches IPv4 peers through mapped addresses if it is dual-stack (if it
-    // is IPv6-only, its sends are refused and counted, and the connection times out).
-    if let Some(v4) = other_family.filter(|a| a.is_ipv4() && local.is_ipv6()) {
+    if let Some(v4) = other_family.filter(|a| a.is_ipv4() && dual_stack) {
         return Ok(v4);
     }
     Err(match other_family {
@@ -274,18 +275,16 @@ pub fn resolve(
     })
 }
 
-/// `addr` as the endpoint knows it: an IPv4-mapped IPv6 address, as a dual-stack socket
-/// reports an IPv4 peer, is the IPv4 address it stands for. (The endpoint then sees one
-/// address per peer whichever socket it came through, judges it as IPv4, and hands IPv4
-/// addresses to other peers, such as a hub's members on IPv4 sockets.)
-pub fn canonical(addr: SocketAddr) -> SocketAddr {
-    match addr {
-        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
-            None => addr,
-        },
-        v4 => v4,
-    }
+/// Whether `socket` is an IPv6 socket that also reaches IPv4 peers: bound to `[::]` with
+/// `IPV6_V6ONLY` off (the default on Linux, macOS and most BSDs; not on Windows or OpenBSD).
+pub fn is_dual_stack(socket: &std::net::UdpSocket) -> bool {
+    let unspecified_v6 = socket
+        .local_addr()
+        .is_ok_and(|a| a.is_ipv6() && a.ip().is_unspecified());
+    unspecified_v6
+        && socket2::SockRef::from(socket)
+            .only_v6()
+            .is_ok_and(|only| !only)
 }
 
 /// `addr` as an IPv6 socket sends to it: an IPv4 address mapped into IPv6.
@@ -546,8 +545,7 @@ mod tests {
     }
 
     /// An IPv6 socket sends to IPv4 peers at their mapped addresses (Linux also takes the
-    /// IPv4 form on a dual-stack socket; macOS, the BSDs and Windows refuse it), and the
-    /// endpoint meets a peer that a dual-stack socket reports mapped at its IPv4 address.
+    /// IPv4 form on a dual-stack socket; macOS, the BSDs and Windows refuse it).
     #[test]
     fn an_ipv6_socket_reaches_ipv4_peers_through_mapped_addresses() {
         let v4: SocketAddr = "192.0.2.7:4000".parse().expect("address");
@@ -562,8 +560,6 @@ mod tests {
         });
         let mapped_v4: SocketAddr = "[::ffff:192.0.2.7]:4000".parse().expect("address");
         assert_eq!(to, [mapped_v4, v6]);
-        assert_eq!(canonical(mapped_v4), v4);
-        assert_eq!(canonical(v6), v6);
         assert_eq!(mapped(v6), v6);
     }
 

@@ -152,6 +152,7 @@ pub struct Handle {
     waker: Option<Waker>,
     thread: Option<JoinHandle<io::Result<()>>>,
     local_addr: SocketAddr,
+    dual_stack: bool,
     dropped_failures: Arc<AtomicU64>,
 }
 
@@ -165,6 +166,7 @@ pub fn spawn(addr: impl ToSocketAddrs, config: Config) -> io::Result<Handle> {
 /// Runs an existing [`Driver`] on a new thread (e.g. one made with [`Driver::from_socket`]).
 pub fn spawn_driver(mut driver: Driver) -> io::Result<Handle> {
     let local_addr = driver.local_addr();
+    let dual_stack = driver.is_dual_stack();
     // Without a waker the thread still works, checking for commands every few milliseconds.
     // (A connected socket takes datagrams from its peer only: a wake-up would never arrive,
     // and a thread with no timer due would wait for it for good.)
@@ -196,6 +198,7 @@ pub fn spawn_driver(mut driver: Driver) -> io::Result<Handle> {
         waker,
         thread: Some(thread),
         local_addr,
+        dual_stack,
         dropped_failures,
     })
 }
@@ -236,8 +239,8 @@ impl Handle {
         remote: impl ToSocketAddrs,
         data: &[u8],
     ) -> Result<ConnectionHandle, ThreadError> {
-        let remote =
-            crate::io_util::resolve(remote, self.local_addr).map_err(ThreadError::Connect)?;
+        let remote = crate::io_util::resolve(remote, self.local_addr, self.dual_stack)
+            .map_err(ThreadError::Connect)?;
         let (reply, answer) = mpsc::sync_channel(1);
         self.command_blocking(Command::Connect {
             remote,

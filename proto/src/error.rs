@@ -100,8 +100,9 @@ pub enum ConnectError {
         /// The configured mtu.
         mtu: usize,
     },
-    /// The driver's socket is of the other address family (IPv4 against IPv6): nothing
-    /// could ever be sent to this address. Reported by the drivers.
+    /// The driver's socket cannot reach this address's family (IPv6 from an IPv4 socket,
+    /// IPv4 from an IPv6 socket that is not dual-stack): nothing could ever be sent to it.
+    /// Reported by the drivers.
     AddressFamily {
         /// The address asked for.
         remote: core::net::SocketAddr,
@@ -137,8 +138,8 @@ impl fmt::Display for ConnectError {
             ),
             ConnectError::AddressFamily { remote, local } => write!(
                 f,
-                "cannot reach {remote} from a socket bound to {local} (IPv4 and IPv6 do not mix); \
-                 bind to an address of {remote}'s family"
+                "cannot reach {remote} from a socket bound to {local}; bind to an address of \
+                 {remote}'s family (or, for IPv4, to a dual-stack [::])"
             ),
             ConnectError::Unresolved => f.write_str(
                 "the address did not resolve (write it as \"host:port\" or \"1.2.3.4:5000\")",

@@ -97,7 +97,9 @@ pub use config::{
     ChannelConfig, Config, ConfigError, DeliveryKind, SecretSeed, MAX_CHANNELS, MAX_DURATION,
 };
 pub use crypto::{Keypair, Protection, PublicKey, TAG_LEN};
-pub use endpoint::{AcceptHook, ConnectOptions, ConnectRequest, Endpoint, PeerIdentity};
+pub use endpoint::{
+    canonical_address, AcceptHook, ConnectOptions, ConnectRequest, Endpoint, PeerIdentity,
+};
 pub use error::{ConnectError, SendError};
 pub use event::{
     ConnectionHandle, DisconnectReason, Event, IncomingRequest, Relay, RequestId, Transmit,

@@ -1559,3 +1559,43 @@ fn fresh_handshakes_from_one_address_are_taken_once_per_resend_interval() {
         server.stats().drops
     );
 }
+
+/// An IPv4 peer that a dual-stack socket reports as `::ffff:a.b.c.d` is met at its IPv4
+/// address, and so is one named that way to `connect`: one address per peer whichever
+/// socket it came through, in a form IPv4 sockets can reach when it is handed on.
+#[test]
+fn ipv4_addresses_mapped_into_ipv6_are_taken_as_ipv4() {
+    let mapped = |a: SocketAddr| match a {
+        SocketAddr::V4(v4) => SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port()),
+        v6 => v6,
+    };
+    let (client_addr, server_addr) = (addr("10.0.0.1:5000"), addr("10.9.9.9:4000"));
+    let mut client = Endpoint::new(client_config(1)).expect("valid");
+    let mut server = Endpoint::new(server_config(2)).expect("valid");
+    let now = Instant::from_millis(1);
+    let conn = client
+        .connect(now, mapped(server_addr), b"")
+        .expect("connect");
+    assert_eq!(client.remote_address(conn), Some(server_addr));
+    let mut buf = vec![0u8; 1500];
+    let mut remote = None;
+    for _ in 0..10 {
+        while let Some(t) = client.poll_transmit(now, &mut buf) {
+            assert_eq!(t.to, server_addr);
+            // The server's dual-stack socket reports the client mapped.
+            server.handle_datagram(now, mapped(client_addr), &buf[..t.len]);
+        }
+        while let Some(t) = server.poll_transmit(now, &mut buf) {
+            assert_eq!(t.to, client_addr);
+            client.handle_datagram(now, server_addr, &buf[..t.len]);
+        }
+        while let Some(e) = server.poll_event() {
+            if let Event::Connected { remote: r, .. } = e {
+                remote = Some(r);
+            }
+        }
+        while client.poll_event().is_some() {}
+    }
+    assert_eq!(remote, Some(client_addr));
+    assert!(client.is_connected(conn));
+}

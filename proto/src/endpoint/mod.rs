@@ -681,6 +681,7 @@ impl Endpoint {
         options: &ConnectOptions<'_>,
     ) -> Result<ConnectionHandle, ConnectError> {
         self.advance_time(now);
+        let remote = canonical_address(remote);
         let data = options.data;
         if data.len() > self.config.max_connect_data {
             return Err(ConnectError::DataTooLarge {
@@ -906,8 +907,10 @@ impl Endpoint {
     // ------------------------------------------------------------------ input
 
     /// Handles one datagram from `from`. Never panics; anything malformed is counted in the
-    /// stats by cause and dropped.
+    /// stats by cause and dropped. An IPv4 address mapped into IPv6 (`::ffff:a.b.c.d`, as a
+    /// dual-stack socket reports an IPv4 peer) is taken as the IPv4 address it stands for.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
+        let from = canonical_address(from);
         if crate::hub::relay_user(from).is_some() {
             // Only the hub's tunnel speaks for a relay address: a socket datagram from one
             // is spoofed, and answering it would send through the hub at our expense.
@@ -1424,6 +1427,7 @@ impl Endpoint {
     /// (`Event::PathChanged`); when the direct path later stops answering, it moves back.
     pub fn probe_path(&mut self, now: Instant, conn: ConnectionHandle, addr: SocketAddr) {
         self.advance_time(now);
+        let addr = canonical_address(addr);
         if let Some((index, mut c)) = self.take(conn) {
             c.probe_path(now, addr);
             self.finish(index, c);
@@ -2060,6 +2064,21 @@ fn encode_control(control: &Packet<'_>) -> Option<ControlBytes> {
     let mut out = [0u8; CONTROL_MAX];
     let len = control.encode(&mut out)?;
     ControlBytes::from_slice(&out[..len]).ok()
+}
+
+/// `addr` as the endpoint keeps it: an IPv4 address mapped into IPv6 (`::ffff:a.b.c.d`, as
+/// a dual-stack socket reports an IPv4 peer) is the IPv4 address it stands for, so a peer
+/// has one address whichever socket it came through, is judged as IPv4, and is handed to
+/// others (a hub's members on IPv4 sockets) in a form they can reach. A driver on an IPv6
+/// socket maps IPv4 destinations back when it sends.
+pub fn canonical_address(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
+            None => addr,
+        },
+        v4 => v4,
+    }
 }
 
 #[cfg(test)]
