@@ -57,6 +57,8 @@ pub(crate) enum Domain {
     RefusedConnect = 7,
     /// The key that hides a connection's slot index in the ids it is given.
     SlotKey = 8,
+    /// Where a connection leaves a packet number unused (see `SentPackets::skip_if_due`).
+    SkippedPacket = 9,
 }
 
 /// A keyed pseudo-random function: `SipHash-2-4(key, domain ‖ counter)`.

@@ -95,11 +95,11 @@ impl Connection {
         };
         // The packet is well-formed: its acknowledgement counts and it shows the peer is
         // alive, even if its messages must be refused for room below.
-        if let Some(ack) = header
-            .ack
-            .as_ref()
-            .filter(|ack| self.keys.is_none() || !self.transport.sent.names_unsent(ack))
-        {
+        if let Some(ack) = header.ack.as_ref().filter(|ack| {
+            self.keys.is_none()
+                || !(self.transport.sent.names_unsent(ack)
+                    || self.transport.sent.names_skipped(ack))
+        }) {
             let outcome = &mut shared.scratch.outcome;
             outcome.clear();
             self.transport
@@ -107,7 +107,8 @@ impl Connection {
                 .on_ack(now, ack, config.max_ack_delay, outcome);
             self.apply_outcome(outcome);
         } else if header.ack.is_some() {
-            // A protected peer acknowledging what was never sent: its ack is not taken.
+            // A protected peer acknowledging what was never sent (past the newest, or a number
+            // left unused): its ack is not taken.
             self.stats.rare.dropped(DropReason::ProtocolViolation);
         }
         self.last_received = now;

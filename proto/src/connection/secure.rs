@@ -208,6 +208,7 @@ impl Connection {
         self.transport
             .sent
             .on_sent(now, len, AckWanted::No, keys, outcome);
+        self.skip_packet_number(now);
         self.apply_outcome(outcome);
         Some(len)
     }

@@ -311,8 +311,23 @@ impl Connection {
             || ((ack_only || probe) && self.has_data_to_send());
         outcome.clear();
         self.transport.sent.on_sent(now, len, wanted, keys, outcome);
+        self.skip_packet_number(now);
         self.apply_outcome(outcome);
         Some(len)
+    }
+
+    /// Leaves the next packet number unused when it is the one drawn, and draws the next
+    /// (see `SentPackets::skip_if_due`). Only under protection: without it anyone can forge
+    /// an acknowledgement, and nothing is learnt from one.
+    pub(crate) fn skip_packet_number(&mut self, now: Instant) {
+        if self.keys.is_some() && self.transport.sent.skip_if_due(now) {
+            let next = self.transport.sent.next_seq();
+            let random = self
+                .transport
+                .paths
+                .random(crate::hash::Domain::SkippedPacket, next);
+            self.transport.sent.schedule_skip(random);
+        }
     }
 
     /// Writes a repair block coding the small packets sent lately (before this instant,

@@ -2389,6 +2389,104 @@ mod tests {
         assert_eq!(after.stats().packets_received, received + 1);
     }
 
+    /// A sender held back by its window leaves a packet number unused now and then, at
+    /// random: a peer that acknowledges what it never got (an optimistic ack, to be sent
+    /// more, faster) names it sooner or later, and its acknowledgement is not taken. One
+    /// that leaves it out is.
+    #[test]
+    fn an_ack_naming_a_packet_number_left_unused_is_not_taken() {
+        use crate::wire::{Ack, DataHeader};
+        let mut p = TwoEndpoints::connected();
+        let (c, s) = (p.c, p.s);
+        let client_addr = TwoEndpoints::CLIENT;
+        // A bulk transfer: the window fills, and within a few hundred packets one number is
+        // left unused.
+        for i in 0..2000u16 {
+            p.server.send(s, 2, alloc::vec![i as u8; 1000]).unwrap();
+        }
+        let mut turns = 0;
+        while p
+            .server
+            .get(s)
+            .unwrap()
+            .transport
+            .sent
+            .last_skipped()
+            .is_none()
+        {
+            p.turn();
+            turns += 1;
+            assert!(turns < 10_000, "no number was left unused");
+        }
+        // Honest acknowledgements go on being taken.
+        for _ in 0..20 {
+            p.turn();
+        }
+        assert_eq!(
+            p.server
+                .get(s)
+                .unwrap()
+                .stats()
+                .drops
+                .get(DropReason::ProtocolViolation),
+            0
+        );
+        // Then the server's packets are lost on the way: they stay in flight.
+        let now = p.now;
+        for i in 0..5u8 {
+            p.server.send(s, 2, alloc::vec![i; 100]).unwrap();
+        }
+        while p.server.poll_transmit(now, &mut p.buf).is_some() {}
+        let in_flight = p.server.get(s).unwrap().transport.sent.bytes_in_flight();
+        assert!(in_flight > 0);
+        let largest = p.server.get(s).unwrap().transport.sent.next_seq() - 1;
+        // (The newest unused number: the transfer went on meanwhile.)
+        let skipped = p
+            .server
+            .get(s)
+            .unwrap()
+            .transport
+            .sent
+            .last_skipped()
+            .unwrap();
+        let lie = |from: u64, nth: u64, p: &mut TwoEndpoints| {
+            let conn = p.client.get(c).unwrap();
+            let pn = conn.transport.sent.next_seq() + nth;
+            let mut ack_buf = [0u8; 64];
+            let ack = Ack::build(largest as u32, 0, &[(largest - from, 0)], &mut ack_buf).unwrap();
+            let packet = Packet::Data {
+                header: DataHeader {
+                    connection_id: conn.connection_id,
+                    packet_number: pn as u32,
+                    ping: false,
+                    ack: Some(ack),
+                    repair: None,
+                },
+                frames: &[],
+            };
+            let mut buf = [0u8; 200];
+            let len = packet.encode(&mut buf).unwrap();
+            let sealed = conn
+                .keys
+                .as_ref()
+                .unwrap()
+                .send
+                .seal(pn, &mut buf, len)
+                .unwrap();
+            p.server.handle_datagram(now, client_addr, &buf[..sealed]);
+        };
+        // "Everything since the unused number arrived": a lie, not taken.
+        lie(skipped, 0, &mut p);
+        let after = p.server.get(s).unwrap();
+        assert_eq!(after.transport.sent.bytes_in_flight(), in_flight);
+        assert_eq!(after.stats().drops.get(DropReason::ProtocolViolation), 1);
+        // The same claim from just past it cannot be told from the truth: taken.
+        lie(skipped + 1, 1, &mut p);
+        let after = p.server.get(s).unwrap();
+        assert_eq!(after.transport.sent.bytes_in_flight(), 0);
+        assert_eq!(after.stats().drops.get(DropReason::ProtocolViolation), 1);
+    }
+
     /// A rebuild that takes the wake-ups from a wheel (where stale entries are left to
     /// `pop_due`) back to a heap settles the heap's front: `poll_timeout` is exact again.
     #[test]

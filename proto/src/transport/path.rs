@@ -113,6 +113,11 @@ impl Paths {
         }
     }
 
+    /// An output of the connection's own keyed PRF, unpredictable to the peer.
+    pub(crate) fn random(&self, domain: Domain, counter: u64) -> u64 {
+        self.key.u64(domain, counter)
+    }
+
     /// The relay path, if this connection is tunnelled through a hub.
     pub(crate) fn fallback(&self) -> Option<SocketAddr> {
         self.relay.as_ref().map(|r| r.addr)

@@ -35,6 +35,11 @@ pub(crate) const LAZY_ACK_DELAY: Duration = Duration::from_millis(100);
 /// Probe packets sent when the probe timeout fires.
 pub(crate) const PROBES_PER_TIMEOUT: u8 = 2;
 
+/// The span the first unused packet number is drawn from (log2): within 256 packets.
+const FIRST_SKIP_SPAN_LOG2: u8 = 8;
+/// The widest span (log2): past it a connection leaves about one number in 32,768 unused.
+const MAX_SKIP_SPAN_LOG2: u8 = 16;
+
 /// State of a sent packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum PacketState {
@@ -155,6 +160,15 @@ pub(crate) struct SentPackets {
     /// Number of the oldest packet still in flight (or `next_seq` if none is).
     oldest_in_flight: u64,
     packet_threshold: u8,
+    /// The log2 of the span the next unused packet number is drawn from (see
+    /// `schedule_skip`): 0 until the first is drawn, then from `FIRST_SKIP_SPAN_LOG2` up
+    /// to `MAX_SKIP_SPAN_LOG2` (past the first, `skipped` names one).
+    skip_span_log2: u8,
+    /// The low 32 bits of the next packet number to leave unused (it is never 2^32 ahead).
+    skip_at: u32,
+    /// The low 32 bits of the last packet number left unused: an acknowledgement that names
+    /// it is a lie (see `names_skipped`).
+    skipped: u32,
     /// Packets declared lost and then acknowledged.
     pub(crate) spurious_losses: u64,
     /// The frame keys of the packets in `packets`, in packet order: one ring for all, so
@@ -193,6 +207,9 @@ impl SentPackets {
             prompt_in_flight: 0,
             oldest_in_flight: 0,
             packet_threshold: PACKET_THRESHOLD,
+            skip_span_log2: 0,
+            skip_at: 0,
+            skipped: 0,
             spurious_losses: 0,
             keys: VecDeque::new(),
             keys_first: 0,
@@ -381,6 +398,91 @@ impl SentPackets {
             return true;
         };
         super::extend32(ack.largest, largest_sent).is_none_or(|largest| largest > largest_sent)
+    }
+
+    /// Leaves the next packet number unused if the one drawn is reached and the sender is
+    /// held back by its window: a peer that acknowledges packets it never got (an
+    /// optimistic ack, hiding loss to be sent more, faster) names it sooner or later, as it
+    /// cannot tell it from a lost one. Only then does lying pay (a sender using less than
+    /// half its window sends no faster for it), and only then is a hole shown to the peer.
+    /// Returns whether the next one must be drawn (`schedule_skip`): after a skip, and
+    /// before the first.
+    pub(crate) fn skip_if_due(&mut self, now: Instant) -> bool {
+        if self.skip_span_log2 == 0 {
+            return true;
+        }
+        // (The low 32 bits: `skip_at` is reached once `next_seq` is at or past it.)
+        let reached = (self.next_seq as u32).wrapping_sub(self.skip_at) < 1 << 31;
+        let window_bound = self.bytes_in_flight * 2 >= self.congestion.window();
+        if !(reached && window_bound) {
+            return false;
+        }
+        if self.packets.is_empty() {
+            self.first_seq = self.next_seq;
+        }
+        // Untracked: never in flight, never lost, and an ack of it is refused beforehand.
+        self.packets.push_back(SentPacket {
+            sent_at: now,
+            size: 0,
+            state: PacketState::Untracked,
+            app_limited: false,
+            prompt: false,
+            keys_start: self.keys_first.wrapping_add(self.keys.len() as u32),
+            keys_len: 0,
+        });
+        self.skipped = self.next_seq as u32;
+        self.next_seq += 1;
+        self.retire();
+        true
+    }
+
+    /// Draws the next packet number to leave unused from `random` (a keyed PRF's output,
+    /// which the peer cannot predict): uniformly within a span that starts at
+    /// `FIRST_SKIP_SPAN` and doubles with each skip up to `MAX_SKIP_SPAN`, so a new
+    /// connection is tested soon and a long one rarely shows the peer a gap that is no loss.
+    pub(crate) fn schedule_skip(&mut self, random: u64) {
+        self.skip_span_log2 = match self.skip_span_log2 {
+            0 => FIRST_SKIP_SPAN_LOG2,
+            s => (s + 1).min(MAX_SKIP_SPAN_LOG2),
+        };
+        let at = self.next_seq + 1 + (random & ((1 << self.skip_span_log2) - 1));
+        self.skip_at = at as u32;
+    }
+
+    /// The last packet number left unused, if any.
+    #[cfg(test)]
+    pub(crate) fn last_skipped(&self) -> Option<u64> {
+        let largest_sent = self.next_seq.checked_sub(1)?;
+        (self.skip_span_log2 > FIRST_SKIP_SPAN_LOG2)
+            .then(|| super::extend32(self.skipped, largest_sent))
+            .flatten()
+    }
+
+    /// Whether `ack` names the last packet number left unused: an honest peer's never does
+    /// (it was never sent), so the acknowledgement is a lie and not taken.
+    pub(crate) fn names_skipped(&self, ack: &Ack<'_>) -> bool {
+        let Some(largest_sent) = self.next_seq.checked_sub(1) else {
+            return false;
+        };
+        let Some(largest) = super::extend32(ack.largest, largest_sent) else {
+            return false;
+        };
+        let skipped = match super::extend32(self.skipped, largest_sent) {
+            Some(s) if self.skip_span_log2 > FIRST_SKIP_SPAN_LOG2 && s <= largest => s,
+            _ => return false,
+        };
+        for (low_off, high_off) in ack.ranges() {
+            let Some(high) = largest.checked_sub(high_off) else {
+                break;
+            };
+            if high < skipped {
+                break;
+            }
+            if largest.saturating_sub(low_off) <= skipped {
+                return true;
+            }
+        }
+        false
     }
 
     /// Processes an acknowledgement. Ranges above the newest packet sent (which an honest
@@ -664,6 +766,58 @@ impl SentPackets {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Numbers are left unused only once the drawn one is reached with the window more than
+    /// half full, within a span that doubles from 256 to 65,536; an ack covering the last
+    /// one, in any of its ranges, names it.
+    #[test]
+    fn a_number_is_left_unused_where_drawn_and_only_when_the_window_binds() {
+        let t0 = Instant::from_millis(1);
+        let mut sent = SentPackets::new(Duration::from_millis(100), 1200);
+        let mut out = AckOutcome::default();
+        assert!(sent.skip_if_due(t0), "the first is drawn before any packet");
+        sent.schedule_skip(41);
+        assert_eq!(sent.skip_at, 42);
+        // Small packets: the window never binds, the drawn number passes unused.
+        for _ in 0..50 {
+            sent.on_sent_without_frames(t0, 100, AckWanted::Lazy, &mut out);
+            assert!(!sent.skip_if_due(t0));
+        }
+        assert_eq!(sent.last_skipped(), None);
+        // Full packets fill the window: the next number is left unused.
+        while !sent.skip_if_due(t0) {
+            sent.on_sent_without_frames(t0, 1200, AckWanted::Prompt, &mut out);
+        }
+        sent.schedule_skip(u64::MAX);
+        assert_eq!(
+            u64::from(sent.skip_at),
+            sent.next_seq() + 512,
+            "the span doubled"
+        );
+        let skipped = sent.last_skipped().expect("one left unused");
+        assert_eq!(skipped + 1, sent.next_seq());
+        for _ in 0..5 {
+            sent.on_sent_without_frames(t0, 1200, AckWanted::Prompt, &mut out);
+        }
+        let largest = sent.next_seq() - 1;
+        let mut buf = [0u8; 32];
+        let covering = Ack::build(largest as u32, 0, &[(largest - skipped, 0)], &mut buf);
+        assert!(sent.names_skipped(&covering.expect("ack")));
+        let mut buf = [0u8; 32];
+        let around = Ack::build(largest as u32, 0, &[(0, 0), (3, 2)], &mut buf);
+        assert!(
+            !sent.names_skipped(&around.expect("ack")),
+            "{largest} {skipped}"
+        );
+        let mut buf = [0u8; 32];
+        let older = [(0, 0), (largest - skipped + 1, largest - skipped)];
+        let in_second = Ack::build(largest as u32, 0, &older, &mut buf);
+        assert!(sent.names_skipped(&in_second.expect("ack")));
+        for _ in 0..20 {
+            sent.schedule_skip(0);
+        }
+        assert_eq!(sent.skip_span_log2, MAX_SKIP_SPAN_LOG2);
+    }
 
     fn ack<'a>(largest: u32, ranges: &[(u64, u64)], buf: &'a mut [u8]) -> Ack<'a> {
         Ack::build(largest, 0, ranges, buf).expect("valid ranges")
