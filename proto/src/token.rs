@@ -308,8 +308,12 @@ impl TokenConfig {
         let count = r.u8()?;
         let mut ours = false;
         for _ in 0..count {
-            let addr = r.address()?;
-            ours |= self.server_addresses.contains(&addr);
+            // (Mapped IPv4 addresses as the IPv4 ones they are, on either side.)
+            let addr = crate::canonical_address(r.address()?);
+            ours |= self
+                .server_addresses
+                .iter()
+                .any(|&a| crate::canonical_address(a) == addr);
         }
         let len = usize::from(u16::from_be_bytes(r.array()?));
         let user_data = r.take(len)?;

@@ -1184,6 +1184,28 @@ fn a_token_for_another_server_is_refused_within_one_round_trip() {
     assert_token_refused(Some(&token), DisconnectReason::TokenWrongServer);
 }
 
+/// A backend that writes the server's IPv4 address mapped into IPv6 (as a dual-stack
+/// socket shows it) names the same server: the token is taken.
+#[test]
+fn a_token_naming_the_server_by_its_mapped_ipv4_address_is_taken() {
+    let SocketAddr::V4(v4) = addr(SERVER_ADDR) else {
+        panic!("an IPv4 server address");
+    };
+    let mapped = [SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port())];
+    let token = issue(&TokenSpec {
+        servers: &mapped,
+        ..TokenSpec::default()
+    });
+    let (mut net, _, client, _) = token_net();
+    let options = ConnectOptions {
+        token: Some(&token),
+        ..ConnectOptions::default()
+    };
+    net.connect(client, SERVER_ADDR, &options);
+    let (_, outcome) = net.outcome(client, Duration::from_secs(5));
+    assert!(matches!(outcome, Event::Connected { .. }), "{outcome:?}");
+}
+
 #[test]
 fn a_token_sealed_under_another_key_is_refused_within_one_round_trip() {
     let token = issue(&TokenSpec {

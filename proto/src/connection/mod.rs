@@ -29,7 +29,9 @@ use crate::stats::{ConnectionStats, Counters, DropReason, LinkStats, LossMeter, 
 use crate::time::{Instant, MaybeInstant, Timer, TimerTable};
 use crate::transport::congestion::Controller;
 use crate::transport::frame_store::{FrameKey, FrameStore};
-use crate::transport::recovery::{AckOutcome, AckWanted, PacketFrameKeys, LAZY_ACK_DELAY};
+use crate::transport::recovery::{
+    AckOutcome, AckWanted, PacketFrameKeys, SkipDraw, LAZY_ACK_DELAY,
+};
 use crate::transport::Transport;
 use crate::wire::{
     self, encode_ack, encode_data_prefix, ChunkInfo, CloseCode, Cookie, DataHeader, Frame, Frames,
@@ -1329,13 +1331,13 @@ mod tests {
     /// of its own, the address a connection moved from in another, responses to requests in
     /// another, reliable frames in flight in another, and the sent-frame store's free slots
     /// form a list through the slots; 1,056 since the counters of loss and its repair joined
-    /// the drop counters' box, less the received packets' box of refused numbers; 1,064 with
+    /// the drop counters' box, less the received packets' box of refused numbers; 1,072 with
     /// the packet numbers left unused against optimistic acknowledgements, checked on every
     /// packet sent and every acknowledgement, so inline.)
     #[cfg(target_pointer_width = "64")]
     #[test]
-    fn a_connection_struct_stays_within_1064_bytes() {
+    fn a_connection_struct_stays_within_1072_bytes() {
         let size = core::mem::size_of::<Connection>();
-        assert!(size <= 1064, "Connection is {size} bytes");
+        assert!(size <= 1072, "Connection is {size} bytes");
     }
 }

@@ -320,13 +320,17 @@ impl Connection {
     /// (see `SentPackets::skip_if_due`). Only under protection: without it anyone can forge
     /// an acknowledgement, and nothing is learnt from one.
     pub(crate) fn skip_packet_number(&mut self, now: Instant) {
-        if self.keys.is_some() && self.transport.sent.skip_if_due(now) {
+        if self.keys.is_none() {
+            return;
+        }
+        let draw = self.transport.sent.skip_if_due(now);
+        if draw != SkipDraw::None {
             let next = self.transport.sent.next_seq();
             let random = self
                 .transport
                 .paths
                 .random(crate::hash::Domain::SkippedPacket, next);
-            self.transport.sent.schedule_skip(random);
+            self.transport.sent.schedule_skip(draw, random);
         }
     }
 

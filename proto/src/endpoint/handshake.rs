@@ -549,8 +549,7 @@ impl Endpoint {
     /// (`Config::key_exchanges`) and, while more than half of that bucket's burst is spent,
     /// out of its network's too (`Config::key_exchanges_per_network`); `false` if either is
     /// empty. The networks' buckets exist only while it is: without contention nobody's
-    /// share needs guarding. (Peer links through a hub all come from relay addresses: they
-    /// take from the endpoint's bucket only.)
+    /// share needs guarding.
     fn take_key_exchange(&mut self, now: Instant, from: SocketAddr) -> bool {
         let (limit, per_network) = (
             self.config.key_exchanges,
@@ -565,7 +564,9 @@ impl Endpoint {
         if level >= limit.burst {
             a.network_key_exchanges = None;
         }
-        let network = (level < limit.burst / 2.0 && counts_per_ip(from)).then(|| {
+        // (Peer links through a hub all come from relay addresses, in one /48: one
+        // network, so a hub introducing many members takes one network's share.)
+        let network = (level < limit.burst / 2.0).then(|| {
             let buckets = a.network_key_exchanges.get_or_insert_with(|| {
                 alloc::vec![Bucket::new(&per_network, now); NETWORK_BUCKETS].into_boxed_slice()
             });

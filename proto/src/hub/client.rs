@@ -1278,7 +1278,14 @@ impl HubClient {
                 let link = self.links.entry(entry.user).or_default();
                 // (Only addresses one host can hold: a hub must not have members probe or
                 // connect to every host of a network at once.)
-                link.addrs = entry.addrs.iter().copied().filter(one_host).collect();
+                // (Mapped IPv4 addresses as the IPv4 ones they are: the endpoint knows its
+                // peers by those.)
+                link.addrs = entry
+                    .addrs
+                    .iter()
+                    .map(|&a| crate::canonical_address(a))
+                    .filter(one_host)
+                    .collect();
                 link.key = entry.key.map(PublicKey);
                 link.failed = false;
                 self.open_link(ep, now, entry.user);

@@ -941,6 +941,9 @@ impl Hub {
                 // Only addresses on a local network: the hub passes them to every member
                 // this one meets, whose links probe them unasked, so a public address could
                 // aim those probes at anyone.
+                // (Mapped IPv4 addresses as the IPv4 ones they are, as everywhere else.)
+                let addrs: Vec<SocketAddr> =
+                    addrs.into_iter().map(crate::canonical_address).collect();
                 if !addrs.iter().all(|a| is_local_address(a, m.observed)) {
                     return self.refuse(ep, user, op, Refusal::Invalid);
                 }

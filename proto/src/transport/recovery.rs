@@ -40,6 +40,17 @@ const FIRST_SKIP_SPAN_LOG2: u8 = 8;
 /// The widest span (log2): past it a connection leaves about one number in 32,768 unused.
 const MAX_SKIP_SPAN_LOG2: u8 = 16;
 
+/// What `SentPackets::skip_if_due` asks of its caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SkipDraw {
+    /// Nothing.
+    None,
+    /// Draw the next place (the span grows): the first, or the next after a skip.
+    Next,
+    /// Draw the place again (the span stays): the drawn one passed unused.
+    Again,
+}
+
 /// State of a sent packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum PacketState {
@@ -162,13 +173,13 @@ pub(crate) struct SentPackets {
     packet_threshold: u8,
     /// The log2 of the span the next unused packet number is drawn from (see
     /// `schedule_skip`): 0 until the first is drawn, then from `FIRST_SKIP_SPAN_LOG2` up
-    /// to `MAX_SKIP_SPAN_LOG2` (past the first, `skipped` names one).
+    /// to `MAX_SKIP_SPAN_LOG2`.
     skip_span_log2: u8,
-    /// The low 32 bits of the next packet number to leave unused (it is never 2^32 ahead).
+    /// The low 32 bits of the next packet number to leave unused (it is never 2^31 away).
     skip_at: u32,
-    /// The low 32 bits of the last packet number left unused: an acknowledgement that names
-    /// it is a lie (see `names_skipped`).
-    skipped: u32,
+    /// The last packet number left unused: an acknowledgement that names it is a lie (see
+    /// `names_skipped`).
+    skipped: u64,
     /// Packets declared lost and then acknowledged.
     pub(crate) spurious_losses: u64,
     /// The frame keys of the packets in `packets`, in packet order: one ring for all, so
@@ -209,7 +220,7 @@ impl SentPackets {
             packet_threshold: PACKET_THRESHOLD,
             skip_span_log2: 0,
             skip_at: 0,
-            skipped: 0,
+            skipped: u64::MAX,
             spurious_losses: 0,
             keys: VecDeque::new(),
             keys_first: 0,
@@ -405,22 +416,28 @@ impl SentPackets {
     /// optimistic ack, hiding loss to be sent more, faster) names it sooner or later, as it
     /// cannot tell it from a lost one. Only then does lying pay (a sender using less than
     /// half its window sends no faster for it), and only then is a hole shown to the peer.
-    /// Returns whether the next one must be drawn (`schedule_skip`): after a skip, and
-    /// before the first.
-    pub(crate) fn skip_if_due(&mut self, now: Instant) -> bool {
+    /// Says whether a place must be drawn (`schedule_skip`): the first; the next, after a
+    /// skip; another, when the drawn one passed while the window was not binding (else the
+    /// skip would fall, predictably, on the first packet that binds it).
+    pub(crate) fn skip_if_due(&mut self, now: Instant) -> SkipDraw {
         if self.skip_span_log2 == 0 {
-            return true;
+            return SkipDraw::Next;
         }
-        // (The low 32 bits: `skip_at` is reached once `next_seq` is at or past it.)
-        let reached = (self.next_seq as u32).wrapping_sub(self.skip_at) < 1 << 31;
-        let window_bound = self.bytes_in_flight * 2 >= self.congestion.window();
-        if !(reached && window_bound) {
-            return false;
+        // (The low 32 bits: `skip_at` is never 2^31 behind, as a passed one is redrawn.)
+        if (self.next_seq as u32).wrapping_sub(self.skip_at) >= 1 << 31 {
+            return SkipDraw::None;
+        }
+        if self.bytes_in_flight * 2 < self.congestion.window() {
+            return SkipDraw::Again;
+        }
+        if self.packets.len() >= MAX_TRACKED_PACKETS {
+            // (A record more would push out a packet in flight: skip once there is room.)
+            return SkipDraw::None;
         }
         if self.packets.is_empty() {
             self.first_seq = self.next_seq;
         }
-        // Untracked: never in flight, never lost, and an ack of it is refused beforehand.
+        // Untracked: never in flight, never lost, and an ack naming it is refused.
         self.packets.push_back(SentPacket {
             sent_at: now,
             size: 0,
@@ -430,20 +447,22 @@ impl SentPackets {
             keys_start: self.keys_first.wrapping_add(self.keys.len() as u32),
             keys_len: 0,
         });
-        self.skipped = self.next_seq as u32;
+        self.skipped = self.next_seq;
         self.next_seq += 1;
         self.retire();
-        true
+        SkipDraw::Next
     }
 
-    /// Draws the next packet number to leave unused from `random` (a keyed PRF's output,
-    /// which the peer cannot predict): uniformly within a span that starts at
-    /// `FIRST_SKIP_SPAN` and doubles with each skip up to `MAX_SKIP_SPAN`, so a new
-    /// connection is tested soon and a long one rarely shows the peer a gap that is no loss.
-    pub(crate) fn schedule_skip(&mut self, random: u64) {
-        self.skip_span_log2 = match self.skip_span_log2 {
-            0 => FIRST_SKIP_SPAN_LOG2,
-            s => (s + 1).min(MAX_SKIP_SPAN_LOG2),
+    /// Draws the place of the next packet number to leave unused from `random` (a keyed
+    /// PRF's output, which the peer cannot predict), uniformly within a span that starts at
+    /// `FIRST_SKIP_SPAN_LOG2` and doubles with each `SkipDraw::Next` up to
+    /// `MAX_SKIP_SPAN_LOG2`: a new connection is tested soon, and a long one rarely shows
+    /// the peer a hole that is no loss.
+    pub(crate) fn schedule_skip(&mut self, draw: SkipDraw, random: u64) {
+        self.skip_span_log2 = match (self.skip_span_log2, draw) {
+            (0, _) => FIRST_SKIP_SPAN_LOG2,
+            (s, SkipDraw::Next) => (s + 1).min(MAX_SKIP_SPAN_LOG2),
+            (s, _) => s,
         };
         let at = self.next_seq + 1 + (random & ((1 << self.skip_span_log2) - 1));
         self.skip_at = at as u32;
@@ -452,14 +471,11 @@ impl SentPackets {
     /// The last packet number left unused, if any.
     #[cfg(test)]
     pub(crate) fn last_skipped(&self) -> Option<u64> {
-        let largest_sent = self.next_seq.checked_sub(1)?;
-        (self.skip_span_log2 > FIRST_SKIP_SPAN_LOG2)
-            .then(|| super::extend32(self.skipped, largest_sent))
-            .flatten()
+        (self.skipped != u64::MAX).then_some(self.skipped)
     }
 
     /// Whether `ack` names the last packet number left unused: an honest peer's never does
-    /// (it was never sent), so the acknowledgement is a lie and not taken.
+    /// (it was never sent), so the peer lies.
     pub(crate) fn names_skipped(&self, ack: &Ack<'_>) -> bool {
         let Some(largest_sent) = self.next_seq.checked_sub(1) else {
             return false;
@@ -467,18 +483,18 @@ impl SentPackets {
         let Some(largest) = super::extend32(ack.largest, largest_sent) else {
             return false;
         };
-        let skipped = match super::extend32(self.skipped, largest_sent) {
-            Some(s) if self.skip_span_log2 > FIRST_SKIP_SPAN_LOG2 && s <= largest => s,
-            _ => return false,
-        };
+        if self.skipped > largest {
+            // (None left unused yet is `u64::MAX`.)
+            return false;
+        }
         for (low_off, high_off) in ack.ranges() {
             let Some(high) = largest.checked_sub(high_off) else {
                 break;
             };
-            if high < skipped {
+            if high < self.skipped {
                 break;
             }
-            if largest.saturating_sub(low_off) <= skipped {
+            if largest.saturating_sub(low_off) <= self.skipped {
                 return true;
             }
         }
@@ -775,27 +791,46 @@ mod tests {
         let t0 = Instant::from_millis(1);
         let mut sent = SentPackets::new(Duration::from_millis(100), 1200);
         let mut out = AckOutcome::default();
-        assert!(sent.skip_if_due(t0), "the first is drawn before any packet");
-        sent.schedule_skip(41);
+        assert_eq!(
+            sent.skip_if_due(t0),
+            SkipDraw::Next,
+            "the first, before any packet"
+        );
+        sent.schedule_skip(SkipDraw::Next, 41);
         assert_eq!(sent.skip_at, 42);
-        // Small packets: the window never binds, the drawn number passes unused.
+        // Small packets: the window never binds; the place passes unused and is drawn again
+        // (the span stays), so the skip does not fall on the first packet that binds it.
+        let mut again = 0;
         for _ in 0..50 {
             sent.on_sent_without_frames(t0, 100, AckWanted::Lazy, &mut out);
-            assert!(!sent.skip_if_due(t0));
+            match sent.skip_if_due(t0) {
+                SkipDraw::Again => {
+                    again += 1;
+                    sent.schedule_skip(SkipDraw::Again, 100);
+                    assert_eq!(u64::from(sent.skip_at), sent.next_seq() + 101);
+                }
+                other => assert_eq!(other, SkipDraw::None),
+            }
         }
+        assert_eq!(again, 1);
+        assert_eq!(sent.skip_span_log2, FIRST_SKIP_SPAN_LOG2);
         assert_eq!(sent.last_skipped(), None);
-        // Full packets fill the window: the next number is left unused.
-        while !sent.skip_if_due(t0) {
+        // Full packets fill the window: a number is left unused once the place is reached.
+        let skipped = loop {
             sent.on_sent_without_frames(t0, 1200, AckWanted::Prompt, &mut out);
-        }
-        sent.schedule_skip(u64::MAX);
+            match sent.skip_if_due(t0) {
+                SkipDraw::Next => break sent.next_seq() - 1,
+                SkipDraw::Again => sent.schedule_skip(SkipDraw::Again, 0),
+                SkipDraw::None => {}
+            }
+        };
+        assert_eq!(sent.last_skipped(), Some(skipped));
+        sent.schedule_skip(SkipDraw::Next, u64::MAX);
         assert_eq!(
             u64::from(sent.skip_at),
             sent.next_seq() + 512,
             "the span doubled"
         );
-        let skipped = sent.last_skipped().expect("one left unused");
-        assert_eq!(skipped + 1, sent.next_seq());
         for _ in 0..5 {
             sent.on_sent_without_frames(t0, 1200, AckWanted::Prompt, &mut out);
         }
@@ -805,18 +840,40 @@ mod tests {
         assert!(sent.names_skipped(&covering.expect("ack")));
         let mut buf = [0u8; 32];
         let around = Ack::build(largest as u32, 0, &[(0, 0), (3, 2)], &mut buf);
-        assert!(
-            !sent.names_skipped(&around.expect("ack")),
-            "{largest} {skipped}"
-        );
+        assert!(!sent.names_skipped(&around.expect("ack")));
         let mut buf = [0u8; 32];
         let older = [(0, 0), (largest - skipped + 1, largest - skipped)];
         let in_second = Ack::build(largest as u32, 0, &older, &mut buf);
         assert!(sent.names_skipped(&in_second.expect("ack")));
         for _ in 0..20 {
-            sent.schedule_skip(0);
+            sent.schedule_skip(SkipDraw::Next, 0);
         }
         assert_eq!(sent.skip_span_log2, MAX_SKIP_SPAN_LOG2);
+    }
+
+    /// At the cap of packets tracked, no number is left unused: its record would push out
+    /// a packet still in flight, whose bytes and frames would then never be resolved.
+    #[test]
+    fn no_number_is_left_unused_at_the_cap_of_packets_tracked() {
+        let t0 = Instant::from_millis(1);
+        let mut sent = SentPackets::new(Duration::from_millis(100), 1200);
+        let mut out = AckOutcome::default();
+        while sent.packets.len() < MAX_TRACKED_PACKETS {
+            sent.on_sent_without_frames(t0, 100, AckWanted::Prompt, &mut out);
+            let draw = sent.skip_if_due(t0);
+            if draw != SkipDraw::None {
+                sent.schedule_skip(draw, 7);
+            }
+        }
+        // The place is reached with the window bound, at the cap.
+        sent.skip_at = sent.next_seq() as u32;
+        assert_eq!(sent.skip_if_due(t0), SkipDraw::None);
+        let in_flight = sent
+            .packets
+            .iter()
+            .filter(|p| p.state == PacketState::InFlight)
+            .count() as u64;
+        assert_eq!(sent.bytes_in_flight(), in_flight * 100);
     }
 
     fn ack<'a>(largest: u32, ranges: &[(u64, u64)], buf: &'a mut [u8]) -> Ack<'a> {

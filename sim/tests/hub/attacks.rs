@@ -391,6 +391,8 @@ fn only_local_addresses_may_be_announced() {
         "100.64.0.7:1",
         "[fe80::1]:5",
         "[fd00::2]:5",
+        // A dual-stack member's own view of an IPv4 address.
+        "[::ffff:192.168.1.6]:7000",
     ] {
         assert_eq!(announce(&mut sim, &mut w, ok), None, "{ok}");
     }
@@ -402,6 +404,7 @@ fn only_local_addresses_may_be_announced() {
         "192.168.1.5:0",
         "[100::]:7",
         "[2001:db8::1]:5",
+        "[::ffff:198.51.100.7]:7000",
     ] {
         assert_eq!(
             announce(&mut sim, &mut w, bad),
