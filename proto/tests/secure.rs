@@ -2605,6 +2605,33 @@ fn the_memory_of_used_tokens_is_bounded_and_forgets_only_expired_ones() {
 /// five a second: ten at first, five more a second, each Connect past the rate dropped
 /// unanswered and counted, and every client connected in the end (their Connects are sent
 /// again).
+/// One turn of a server and clients at their own addresses: timers, every datagram both
+/// ways, every event read.
+fn turn_many(
+    server: &mut Endpoint,
+    clients: &mut [(Endpoint, SocketAddr)],
+    server_addr: SocketAddr,
+    now: Instant,
+    buf: &mut [u8],
+) {
+    for (c, a) in clients.iter_mut() {
+        c.handle_timeout(now);
+        while let Some(t) = c.poll_transmit(now, buf) {
+            server.handle_datagram(now, *a, &buf[..t.len]);
+        }
+    }
+    server.handle_timeout(now);
+    while let Some(t) = server.poll_transmit(now, buf) {
+        if let Some((c, _)) = clients.iter_mut().find(|(_, a)| *a == t.to) {
+            c.handle_datagram(now, server_addr, &buf[..t.len]);
+        }
+    }
+    while server.poll_event().is_some() {}
+    for (c, _) in clients.iter_mut() {
+        while c.poll_event().is_some() {}
+    }
+}
+
 /// One network flooding Connects takes at most its share of the key exchanges once they
 /// run short: the clients of other networks arriving at the same instant all get theirs at
 /// once, where before the flood (first in line) took the whole budget.
@@ -2646,19 +2673,7 @@ fn one_network_cannot_spend_every_key_exchange() {
     }
     let mut buf = vec![0u8; 1500];
     for _ in 0..20 {
-        for (c, a) in clients.iter_mut() {
-            c.handle_timeout(now);
-            while let Some(t) = c.poll_transmit(now, &mut buf) {
-                server.handle_datagram(now, *a, &buf[..t.len]);
-            }
-        }
-        server.handle_timeout(now);
-        while let Some(t) = server.poll_transmit(now, &mut buf) {
-            if let Some((c, _)) = clients.iter_mut().find(|(_, a)| *a == t.to) {
-                c.handle_datagram(now, server_addr, &buf[..t.len]);
-            }
-        }
-        while server.poll_event().is_some() {}
+        turn_many(&mut server, &mut clients, server_addr, now, &mut buf);
         now += Duration::from_millis(10);
     }
     let connected = |range: core::ops::Range<usize>| {
@@ -2707,22 +2722,7 @@ fn key_exchanges_are_taken_at_the_configured_rate() {
     let mut buf = vec![0u8; 1500];
     let connected_at = |server: &Endpoint| server.peers().count();
     let mut step = |server: &mut Endpoint, clients: &mut Vec<(Endpoint, SocketAddr)>, now| {
-        for (c, a) in clients.iter_mut() {
-            c.handle_timeout(now);
-            while let Some(t) = c.poll_transmit(now, &mut buf) {
-                server.handle_datagram(now, *a, &buf[..t.len]);
-            }
-        }
-        server.handle_timeout(now);
-        while let Some(t) = server.poll_transmit(now, &mut buf) {
-            if let Some((c, _)) = clients.iter_mut().find(|(_, a)| *a == t.to) {
-                c.handle_datagram(now, server_addr, &buf[..t.len]);
-            }
-        }
-        while server.poll_event().is_some() {}
-        for (c, _) in clients.iter_mut() {
-            while c.poll_event().is_some() {}
-        }
+        turn_many(server, clients, server_addr, now, &mut buf);
     };
     let mut counts = Vec::new();
     for second in 0..12 {

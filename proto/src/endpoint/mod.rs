@@ -2351,7 +2351,6 @@ mod tests {
     /// that lied is not kept.
     #[test]
     fn a_protected_ack_naming_packets_never_sent_is_not_taken() {
-        use crate::wire::{Ack, DataHeader};
         let mut p = TwoEndpoints::connected();
         let (client, server, c, s, now) = (&mut p.client, &mut p.server, p.c, p.s, p.now);
         let client_addr = TwoEndpoints::CLIENT;
@@ -2363,12 +2362,27 @@ mod tests {
         while server.poll_transmit(now, &mut buf).is_some() {}
         let in_flight = server.get(s).unwrap().transport.sent.bytes_in_flight();
         assert!(in_flight > 0);
-        let received = server.get(s).unwrap().stats().packets_received;
         // The client claims all of them arrived, and a million more.
+        let pn = client.get(c).unwrap().transport.sent.next_seq() + 1;
+        let lie = sealed_ack(client, c, pn, 1_000_000, 1_000_000);
+        server.handle_datagram(now, client_addr, &lie);
+        // The ack is not taken, and a peer that lies is not kept.
+        assert_lied(server, s);
+    }
+
+    /// A packet numbered `pn` from the client `c` of `client` carrying only an ack of
+    /// `largest` and the `below` numbers under it, sealed under its keys.
+    fn sealed_ack(
+        client: &Endpoint,
+        c: ConnectionHandle,
+        pn: u64,
+        largest: u64,
+        below: u64,
+    ) -> alloc::vec::Vec<u8> {
+        use crate::wire::{Ack, DataHeader};
         let conn = client.get(c).unwrap();
-        let pn = conn.transport.sent.next_seq() + 1;
         let mut ack_buf = [0u8; 64];
-        let ack = Ack::build(1_000_000, 0, &[(1_000_000, 0)], &mut ack_buf).unwrap();
+        let ack = Ack::build(largest as u32, 0, &[(below, 0)], &mut ack_buf).unwrap();
         let packet = Packet::Data {
             header: DataHeader {
                 connection_id: conn.connection_id,
@@ -2379,13 +2393,17 @@ mod tests {
             },
             frames: &[],
         };
+        let mut buf = alloc::vec![0u8; 200];
         let len = packet.encode(&mut buf).unwrap();
-        let keys = conn.keys.as_ref().unwrap();
-        let sealed = keys.send.seal(pn, &mut buf, len).unwrap();
-        server.handle_datagram(now, client_addr, &buf[..sealed]);
-        // The ack is not taken, and a peer that lies is not kept.
-        assert_lied(server, s);
-        let _ = (in_flight, received);
+        let sealed = conn
+            .keys
+            .as_ref()
+            .unwrap()
+            .send
+            .seal(pn, &mut buf, len)
+            .unwrap();
+        buf.truncate(sealed);
+        buf
     }
 
     /// The connection `s` ended for a lie: `Disconnected` with `ProtocolViolation`.
@@ -2403,7 +2421,6 @@ mod tests {
     /// connection is closed. One that leaves it out is taken.
     #[test]
     fn an_ack_naming_a_packet_number_left_unused_is_not_taken() {
-        use crate::wire::{Ack, DataHeader};
         let mut p = TwoEndpoints::connected();
         let (c, s) = (p.c, p.s);
         let client_addr = TwoEndpoints::CLIENT;
@@ -2458,30 +2475,9 @@ mod tests {
             .last_skipped()
             .unwrap();
         let lie = |from: u64, nth: u64, p: &mut TwoEndpoints| {
-            let conn = p.client.get(c).unwrap();
-            let pn = conn.transport.sent.next_seq() + nth;
-            let mut ack_buf = [0u8; 64];
-            let ack = Ack::build(largest as u32, 0, &[(largest - from, 0)], &mut ack_buf).unwrap();
-            let packet = Packet::Data {
-                header: DataHeader {
-                    connection_id: conn.connection_id,
-                    packet_number: pn as u32,
-                    ping: false,
-                    ack: Some(ack),
-                    repair: None,
-                },
-                frames: &[],
-            };
-            let mut buf = [0u8; 200];
-            let len = packet.encode(&mut buf).unwrap();
-            let sealed = conn
-                .keys
-                .as_ref()
-                .unwrap()
-                .send
-                .seal(pn, &mut buf, len)
-                .unwrap();
-            p.server.handle_datagram(now, client_addr, &buf[..sealed]);
+            let pn = p.client.get(c).unwrap().transport.sent.next_seq() + nth;
+            let lie = sealed_ack(&p.client, c, pn, largest, largest - from);
+            p.server.handle_datagram(now, client_addr, &lie);
         };
         // "Everything from just past the unused number arrived" cannot be told from the
         // truth: taken.
