@@ -147,7 +147,7 @@ pub struct HubServer {
     out: VecDeque<HubServerEvent>,
     out_bytes: usize,
     max_out_bytes: usize,
-    /// Set by `shutdown`: the reports are no longer bounded.
+    /// Set while `shutdown` runs: the reports are not bounded.
     shutting_down: bool,
 }
 
@@ -239,10 +239,6 @@ impl HubServer {
 
     /// How long the loop may sleep: until the endpoint's or the hub's next timer.
     fn next_timeout(&self) -> Option<Duration> {
-        // Events left in the endpoint while reports were full: at once, once there is room.
-        if self.has_room() && self.driver.endpoint().has_pending_events() {
-            return Some(Duration::ZERO);
-        }
         let now = self.driver.clock().peek();
         let hub = self.hub.poll_timeout().map(|t| Clock::until(now, t));
         match (self.driver.next_timeout(), hub) {
@@ -256,7 +252,11 @@ impl HubServer {
     /// hands what arrived to the hub and sends its answers. Read what happened with
     /// [`poll_event`](Self::poll_event).
     pub fn run_once(&mut self, timeout: Option<Duration>) -> io::Result<()> {
-        self.process()?;
+        if self.process()? {
+            // Reports filled up with events still waiting: back to the caller to read them
+            // rather than asleep until a datagram or a timer.
+            return Ok(());
+        }
         let wait = match (self.next_timeout(), timeout) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -274,7 +274,7 @@ impl HubServer {
                 self.driver.on_event(event)?;
             }
         }
-        self.process()
+        self.process().map(|_| ())
     }
 
     /// Runs until the [`Stopper`] is used, passing each [`HubServerEvent`] to `on_event`,
@@ -328,21 +328,25 @@ impl HubServer {
             self.process()?;
         }
         self.driver.flush();
+        self.shutting_down = false;
         Ok(conns.len())
     }
 
     /// Runs the timers, hands the endpoint's events to the hub (while reports have room),
-    /// notes what changed, and sends.
-    fn process(&mut self) -> io::Result<()> {
+    /// notes what changed, and sends. Says whether it stopped for room: it took events and
+    /// left some.
+    fn process(&mut self) -> io::Result<bool> {
         self.driver.update()?;
         let now = self.driver.now();
         if self.hub.poll_timeout().is_some_and(|t| t <= now) {
             self.hub.handle_timeout(self.driver.endpoint_mut(), now);
         }
+        let mut took = false;
         while self.has_room() || self.shutting_down {
             let Some(event) = self.driver.poll_event() else {
                 break;
             };
+            took = true;
             if let Some(passed) = self
                 .hub
                 .handle_event(self.driver.endpoint_mut(), now, event)
@@ -352,7 +356,7 @@ impl HubServer {
         }
         self.note_rooms();
         self.driver.flush();
-        Ok(())
+        Ok(took && self.driver.endpoint().has_pending_events())
     }
 
     /// Whether another report may wait (see [`MAX_WAITING_REPORTS`]).
@@ -443,10 +447,11 @@ mod tests {
     use shoal_proto::hub;
     use shoal_std::Driver;
 
-    /// Once reports have room again, events left in the endpoint are taken at the next
-    /// turn without sleeping (the loop would otherwise wait for a datagram or a timer).
+    /// A turn that fills the reports with events still waiting says so (`run_once` then
+    /// returns at once for them to be read rather than sleeping until a datagram or a
+    /// timer); a turn that takes nothing (nobody read) does not.
     #[test]
-    fn events_left_behind_full_reports_make_the_next_turn_not_wait() {
+    fn a_turn_that_fills_the_reports_returns_for_them_to_be_read() {
         let mut server =
             HubServer::bind("127.0.0.1:0", hub::endpoint_config(), HubConfig::default())
                 .expect("hub binds");
@@ -460,6 +465,7 @@ mod tests {
             .expect("connect starts");
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         let mut sent = 0;
+        // Nobody reads until the reports are full with events still waiting.
         while !(server.waiting_reports() == MAX_WAITING_REPORTS
             && server.driver.endpoint().has_pending_events())
         {
@@ -476,12 +482,13 @@ mod tests {
                 .run_once(Some(Duration::from_millis(1)))
                 .expect("hub socket");
         }
-        assert_ne!(
-            server.next_timeout(),
-            Some(Duration::ZERO),
-            "full: nothing to take"
-        );
-        assert!(server.poll_event().is_some());
-        assert_eq!(server.next_timeout(), Some(Duration::ZERO));
+        // A few are read: the next turn takes as many and leaves the rest.
+        for _ in 0..100 {
+            server.poll_event();
+        }
+        assert!(server.process().expect("hub socket"), "cut short");
+        assert_eq!(server.waiting_reports(), MAX_WAITING_REPORTS);
+        // Nobody reads: the next turn takes nothing, and may sleep.
+        assert!(!server.process().expect("hub socket"));
     }
 }

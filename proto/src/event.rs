@@ -80,9 +80,10 @@ pub enum DisconnectReason {
     ServerFull,
     /// The two sides configure their channels or their MTU differently.
     Incompatible,
-    /// The peer says this side broke the protocol (its `Disconnect` carried that reason).
-    /// This side never closes a connection for what an unauthenticated packet contains:
-    /// such packets are dropped and counted instead.
+    /// The protocol was broken: the peer says this side did (its `Disconnect` carried that
+    /// reason), or an authenticated packet of the peer's lied (an acknowledgement of packet
+    /// numbers never sent). This side never closes a connection for what an unauthenticated
+    /// packet contains: such packets are dropped and counted instead.
     ProtocolViolation,
     /// The same address connected again with a new handshake, replacing this connection (the
     /// peer restarted), or both peers connected to each other at once and the peer's attempt

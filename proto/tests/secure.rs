@@ -2598,13 +2598,6 @@ fn the_memory_of_used_tokens_is_bounded_and_forgets_only_expired_ones() {
     assert!(matches!(outcome, Event::Connected { .. }), "{outcome:?}");
 }
 
-/// Key exchanges are the costliest thing a stranger can ask of a server (X25519, some
-/// 100-150 µs each), and the limits per address do not bound them (a host with an IPv6 /48
-/// holds 65,536 /64s): the endpoint takes them at `Config::key_exchanges`' rate. Forty
-/// clients from forty addresses connecting at once to a server that takes ten at once and
-/// five a second: ten at first, five more a second, each Connect past the rate dropped
-/// unanswered and counted, and every client connected in the end (their Connects are sent
-/// again).
 /// One turn of a server and clients at their own addresses: timers, every datagram both
 /// ways, every event read.
 fn turn_many(
@@ -2693,6 +2686,13 @@ fn one_network_cannot_spend_every_key_exchange() {
     assert!(server.stats().drops.get(DropReason::KeyExchangeBudget) > 0);
 }
 
+/// Key exchanges are the costliest thing a stranger can ask of a server (X25519, some
+/// 100-150 µs each), and the limits per address do not bound them (a host with an IPv6 /48
+/// holds 65,536 /64s): the endpoint takes them at `Config::key_exchanges`' rate. Forty
+/// clients from forty addresses connecting at once to a server that takes ten at once and
+/// five a second: ten at first, five more a second, each Connect past the rate dropped
+/// unanswered and counted, and every client connected in the end (their Connects are sent
+/// again).
 #[test]
 fn key_exchanges_are_taken_at_the_configured_rate() {
     const CLIENTS: usize = 40;

@@ -108,13 +108,13 @@ impl Connection {
             self.apply_outcome(outcome);
         } else if header.ack.is_some() {
             // A protected peer acknowledging what was never sent (past the newest, or a number
-            // left unused): its ack is not taken, and a peer that lies is not kept (else it
-            // could try again around the hole, for free).
-            self.stats.rare.dropped(DropReason::ProtocolViolation);
+            // left unused): a peer that lies is not kept (else it could try again around
+            // the hole, for free), and nothing of its packet is taken.
             self.close(
                 DisconnectReason::ProtocolViolation,
                 Some(CloseCode::ProtocolViolation),
             );
+            return self.refuse(pn, DropReason::ProtocolViolation, shared.scratch);
         }
         self.last_received = now;
         self.timers.set(Timer::Idle, now + config.idle_timeout);
