@@ -2598,6 +2598,28 @@ fn the_memory_of_used_tokens_is_bounded_and_forgets_only_expired_ones() {
     assert!(matches!(outcome, Event::Connected { .. }), "{outcome:?}");
 }
 
+/// Clients at `addrs` (seeds from `seed`), each connecting to `server_addr` at `now`, with
+/// a handshake timeout long enough to wait out any key-exchange budget.
+fn clients_connecting(
+    addrs: impl Iterator<Item = SocketAddr>,
+    seed: u64,
+    server_addr: SocketAddr,
+    now: Instant,
+) -> Vec<(Endpoint, SocketAddr)> {
+    addrs
+        .enumerate()
+        .map(|(i, a)| {
+            let config = Config {
+                handshake_timeout: Duration::from_secs(30),
+                ..client_config(seed + i as u64)
+            };
+            let mut c = Endpoint::new(config).expect("valid");
+            c.connect(now, server_addr, b"").expect("connect");
+            (c, a)
+        })
+        .collect()
+}
+
 /// One turn of a server and clients at their own addresses: timers, every datagram both
 /// ways, every event read.
 fn turn_many(
@@ -2645,25 +2667,11 @@ fn one_network_cannot_spend_every_key_exchange() {
     })
     .expect("valid");
     let server_addr = addr(SERVER_ADDR);
-    // The flood from one /24 first, then one client from each of ten other /24s; an IPv6
-    // /48 is one network however many /64s it holds.
+    // The flood from one /24 first, then one client from each of ten other /24s.
     let flood = (0..FLOOD).map(|i| SocketAddr::from(([10, 3, 0, i as u8 + 1], 5000)));
     let others = (0..OTHERS).map(|i| SocketAddr::from(([10, 4, i as u8, 1], 5000)));
-    let mut clients: Vec<(Endpoint, SocketAddr)> = flood
-        .chain(others)
-        .enumerate()
-        .map(|(i, a)| {
-            let config = Config {
-                handshake_timeout: Duration::from_secs(30),
-                ..client_config(200 + i as u64)
-            };
-            (Endpoint::new(config).expect("valid"), a)
-        })
-        .collect();
     let mut now = Instant::from_millis(1);
-    for (c, _) in &mut clients {
-        c.connect(now, server_addr, b"").expect("connect");
-    }
+    let mut clients = clients_connecting(flood.chain(others), 200, server_addr, now);
     let mut buf = vec![0u8; 1500];
     for _ in 0..20 {
         turn_many(&mut server, &mut clients, server_addr, now, &mut buf);
@@ -2705,20 +2713,9 @@ fn key_exchanges_are_taken_at_the_configured_rate() {
     })
     .expect("valid");
     let server_addr = addr(SERVER_ADDR);
-    let mut clients: Vec<(Endpoint, SocketAddr)> = (0..CLIENTS)
-        .map(|i| {
-            let config = Config {
-                handshake_timeout: Duration::from_secs(30),
-                ..client_config(100 + i as u64)
-            };
-            let addr = SocketAddr::from(([10, 2, 0, i as u8 + 1], 5000));
-            (Endpoint::new(config).expect("valid"), addr)
-        })
-        .collect();
+    let addrs = (0..CLIENTS).map(|i| SocketAddr::from(([10, 2, 0, i as u8 + 1], 5000)));
     let mut now = Instant::from_millis(1);
-    for (c, _) in &mut clients {
-        c.connect(now, server_addr, b"").expect("connect");
-    }
+    let mut clients = clients_connecting(addrs, 100, server_addr, now);
     let mut buf = vec![0u8; 1500];
     let connected_at = |server: &Endpoint| server.peers().count();
     let mut step = |server: &mut Endpoint, clients: &mut Vec<(Endpoint, SocketAddr)>, now| {

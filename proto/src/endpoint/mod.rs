@@ -2429,16 +2429,12 @@ mod tests {
         for i in 0..2000u16 {
             p.server.send(s, 2, alloc::vec![i as u8; 1000]).unwrap();
         }
+        /// The server's sent-packet records.
+        fn sent(p: &TwoEndpoints) -> &crate::transport::recovery::SentPackets {
+            &p.server.get(p.s).unwrap().transport.sent
+        }
         let mut turns = 0;
-        while p
-            .server
-            .get(s)
-            .unwrap()
-            .transport
-            .sent
-            .last_skipped()
-            .is_none()
-        {
+        while sent(&p).last_skipped().is_none() {
             p.turn();
             turns += 1;
             assert!(turns < 10_000, "no number was left unused");
@@ -2462,18 +2458,11 @@ mod tests {
             p.server.send(s, 2, alloc::vec![i; 100]).unwrap();
         }
         while p.server.poll_transmit(now, &mut p.buf).is_some() {}
-        let in_flight = p.server.get(s).unwrap().transport.sent.bytes_in_flight();
+        let in_flight = sent(&p).bytes_in_flight();
         assert!(in_flight > 0);
-        let largest = p.server.get(s).unwrap().transport.sent.next_seq() - 1;
+        let largest = sent(&p).next_seq() - 1;
         // (The newest unused number: the transfer went on meanwhile.)
-        let skipped = p
-            .server
-            .get(s)
-            .unwrap()
-            .transport
-            .sent
-            .last_skipped()
-            .unwrap();
+        let skipped = sent(&p).last_skipped().unwrap();
         let lie = |from: u64, nth: u64, p: &mut TwoEndpoints| {
             let pn = p.client.get(c).unwrap().transport.sent.next_seq() + nth;
             let lie = sealed_ack(&p.client, c, pn, largest, largest - from);
