@@ -315,6 +315,14 @@ fn answer_challenges(p: &mut Pair, at: SocketAddr) -> usize {
     answered
 }
 
+/// The server sends what it has (into `buf`, dropped: nobody reads it), and a
+/// millisecond passes for its timers.
+fn server_turn(p: &mut Pair, buf: &mut [u8]) {
+    while p.server.poll_transmit(p.now, buf).is_some() {}
+    p.now += Duration::from_millis(1);
+    p.server.handle_timeout(p.now);
+}
+
 fn conn_drops(ep: &Endpoint, conn: ConnectionHandle, reason: DropReason) -> u64 {
     ep.connection_stats(conn).expect("live").drops.get(reason)
 }
@@ -2260,9 +2268,7 @@ fn a_waiting_tiny_message_does_not_keep_the_datagrams_around_it() {
                 .handle_datagram(p.now, p.client_addr, &data_packet(id, pn, &stale));
             pn += 1;
         }
-        while p.server.poll_transmit(p.now, &mut buf).is_some() {}
-        p.now += Duration::from_millis(1);
-        p.server.handle_timeout(p.now);
+        server_turn(&mut p, &mut buf);
     }
     check_growth(
         resident.take(),
@@ -2297,9 +2303,7 @@ fn a_waiting_message_of_a_large_mtu_does_not_keep_its_datagram() {
         push_stale_response(&mut frames, owner, 60_000);
         p.server
             .handle_datagram(p.now, p.client_addr, &data_packet(id, next_pn + i, &frames));
-        while p.server.poll_transmit(p.now, &mut buf).is_some() {}
-        p.now += Duration::from_millis(1);
-        p.server.handle_timeout(p.now);
+        server_turn(&mut p, &mut buf);
     }
     check_growth(
         resident.take(),
@@ -2334,9 +2338,7 @@ fn tiny_messages_in_padded_datagrams_are_charged_for_the_memory_they_pin() {
         push_stale_response(&mut frames, owner, 1_100);
         p.server
             .handle_datagram(p.now, p.client_addr, &data_packet(id, next_pn + i, &frames));
-        while p.server.poll_transmit(p.now, &mut buf).is_some() {}
-        p.now += Duration::from_millis(1);
-        p.server.handle_timeout(p.now);
+        server_turn(&mut p, &mut buf);
     }
     assert!(
         p.server.pending_event_bytes() <= limit + limit / 4 + 1_500,
