@@ -31,6 +31,12 @@ use zeroize::Zeroizing;
 
 /// Bytes the authentication tag adds to every protected packet.
 pub const TAG_LEN: usize = 16;
+/// Packets that may fail to authenticate under one connection's keys before it closes
+/// ([`DisconnectReason::IntegrityLimit`](crate::DisconnectReason::IntegrityLimit)):
+/// ChaCha20-Poly1305's integrity limit, 2^36, as RFC 9001 (6.6) sets it for QUIC. Each
+/// forgery tried has a tiny chance of passing; past this many, their sum is no longer
+/// negligible. At a million forged packets a second it takes a day to reach.
+pub const INTEGRITY_LIMIT: u64 = 1 << 36;
 /// Length of the clear header every packet after the handshake starts with, and that a
 /// protected packet authenticates without encrypting: type, connection id, packet number.
 pub(crate) const SHORT_HEADER_LEN: usize = 1 + 8 + 4;

@@ -118,6 +118,12 @@ pub enum DisconnectReason {
     /// channel would wait behind it for good. Split it, send it once `Connected` (`send`
     /// then refuses it with `MessageTooLarge`), or raise the server's `reassembly_budget`.
     PeerBudgetTooSmall,
+    /// [`INTEGRITY_LIMIT`](crate::INTEGRITY_LIMIT) packets failed to authenticate under the
+    /// connection's keys (someone on the path, or anyone who learned its connection id, kept
+    /// sending forgeries): past that many tries a forgery's odds are no longer negligible, so
+    /// the side that counted them closed the connection, and says so to the other. Connect
+    /// again: a new handshake draws new keys.
+    IntegrityLimit,
 }
 
 impl DisconnectReason {
@@ -142,6 +148,7 @@ impl DisconnectReason {
             CloseCode::Application(code) => DisconnectReason::ClosedByPeer { code },
             CloseCode::ProtocolViolation => DisconnectReason::ProtocolViolation,
             CloseCode::TokenUsed => DisconnectReason::TokenUsed,
+            CloseCode::IntegrityLimit => DisconnectReason::IntegrityLimit,
         }
     }
 }
@@ -195,6 +202,10 @@ impl fmt::Display for DisconnectReason {
                 "a message queued before connecting is larger than the server's reassembly \
                  budget; split it, send it once connected, or raise the server's \
                  reassembly_budget",
+            ),
+            DisconnectReason::IntegrityLimit => f.write_str(
+                "closed: too many forged packets tried this connection's keys; connect again \
+                 for fresh ones",
             ),
         }
     }

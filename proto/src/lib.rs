@@ -96,7 +96,7 @@ pub use bytes::Bytes;
 pub use config::{
     ChannelConfig, Config, ConfigError, DeliveryKind, SecretSeed, MAX_CHANNELS, MAX_DURATION,
 };
-pub use crypto::{Keypair, Protection, PublicKey, TAG_LEN};
+pub use crypto::{Keypair, Protection, PublicKey, INTEGRITY_LIMIT, TAG_LEN};
 pub use endpoint::{
     canonical_address, AcceptHook, ConnectOptions, ConnectRequest, Endpoint, PeerIdentity,
 };

@@ -186,6 +186,12 @@ impl DropCounts {
         self.counts[reason as usize] += 1;
     }
 
+    /// Sets the counter of `reason` (tests of limits too far off to count up to).
+    #[cfg(test)]
+    pub(crate) fn set(&mut self, reason: DropReason, n: u64) {
+        self.counts[reason as usize] = n;
+    }
+
     /// Adds every counter of `other` into `self`.
     pub fn merge(&mut self, other: &DropCounts) {
         for (a, b) in self.counts.iter_mut().zip(other.counts.iter()) {

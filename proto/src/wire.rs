@@ -216,6 +216,9 @@ pub enum CloseCode {
     /// The server closed a connection whose connect token another connection confirmed
     /// first.
     TokenUsed,
+    /// As many packets failed to authenticate under the connection's keys as they may
+    /// safely see (someone tried to forge them): connect again for fresh keys.
+    IntegrityLimit,
 }
 
 impl CloseCode {
@@ -224,6 +227,7 @@ impl CloseCode {
             CloseCode::Application(code) => (1, code),
             CloseCode::ProtocolViolation => (2, 0),
             CloseCode::TokenUsed => (3, 0),
+            CloseCode::IntegrityLimit => (4, 0),
         }
     }
     fn from_wire(reason: u8, code: u16) -> Result<Self, DecodeError> {
@@ -231,6 +235,7 @@ impl CloseCode {
             (1, code) => Ok(CloseCode::Application(code)),
             (2, 0) => Ok(CloseCode::ProtocolViolation),
             (3, 0) => Ok(CloseCode::TokenUsed),
+            (4, 0) => Ok(CloseCode::IntegrityLimit),
             _ => Err(DecodeError::BadField),
         }
     }

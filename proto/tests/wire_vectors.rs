@@ -212,6 +212,14 @@ fn disconnect_vectors() {
             code: CloseCode::TokenUsed,
         },
     );
+    check(
+        "37 1122334455667788 00000008 04 0000",
+        Packet::Disconnect {
+            connection_id: CID,
+            packet_number: 8,
+            code: CloseCode::IntegrityLimit,
+        },
+    );
 }
 
 #[test]

@@ -254,6 +254,20 @@ impl Connection {
             0
         }
     }
+
+    /// A packet naming this connection failed to authenticate: counted in its drops (the box
+    /// of rare counters, made on the first), and the connection closes on the
+    /// `INTEGRITY_LIMIT`th, telling the peer why.
+    pub(crate) fn on_forgery(&mut self) {
+        let drops = &mut self.stats.rare.get().drops;
+        drops.add(DropReason::Unauthenticated);
+        if drops.get(DropReason::Unauthenticated) >= crate::crypto::INTEGRITY_LIMIT {
+            self.close(
+                DisconnectReason::IntegrityLimit,
+                Some(CloseCode::IntegrityLimit),
+            );
+        }
+    }
 }
 
 /// The client's key schedule for an `Accept`: every shared secret the handshake promised,

@@ -1218,7 +1218,7 @@ impl Endpoint {
 
     /// Copies a datagram of `c` into the arena and opens it there when the connection is
     /// protected. `None` (counted) if it does not authenticate: forged or corrupted packets
-    /// are never acted on, and never count against the connection.
+    /// are never acted on; they only count, towards the connection's `INTEGRITY_LIMIT`.
     fn open_packet(&mut self, now: Instant, c: &mut Connection, datagram: &[u8]) -> Option<Bytes> {
         let Some(len) = datagram
             .len()
@@ -1255,6 +1255,9 @@ impl Endpoint {
                 arena.clear();
                 self.arena = arena;
                 self.stats.drops.add(reason);
+                if reason == DropReason::Unauthenticated {
+                    c.on_forgery();
+                }
                 return None;
             }
         }
@@ -2413,6 +2416,64 @@ mod tests {
             _ => None,
         });
         assert_eq!(reason, Some(DisconnectReason::ProtocolViolation));
+    }
+
+    /// Packets naming a connection that fail to authenticate are counted on it, and it
+    /// closes at `INTEGRITY_LIMIT` of them (each forgery tried has a tiny chance, and they
+    /// add up), telling the peer why; below it, it lives on.
+    #[test]
+    fn a_connection_closes_when_forgeries_reach_the_integrity_limit() {
+        let mut p = TwoEndpoints::connected();
+        let (c, s, now) = (p.c, p.s, p.now);
+        let forged = |p: &TwoEndpoints, nth: u64| {
+            let pn = p.client.get(c).unwrap().transport.sent.next_seq() + nth;
+            let mut packet = sealed_ack(&p.client, c, pn, 0, 0);
+            *packet.last_mut().unwrap() ^= 1;
+            packet
+        };
+        let unauthenticated = |p: &TwoEndpoints| {
+            p.server
+                .get(s)
+                .unwrap()
+                .stats()
+                .drops
+                .get(DropReason::Unauthenticated)
+        };
+        let forgery = forged(&p, 0);
+        p.server
+            .handle_datagram(now, TwoEndpoints::CLIENT, &forgery);
+        assert_eq!(unauthenticated(&p), 1, "counted on the connection");
+        assert!(p.server.is_connected(s));
+        // Far along: the last one below the limit leaves it open, the one reaching it not.
+        let limit = crate::INTEGRITY_LIMIT;
+        let drops = &mut p.server.get_mut(s).unwrap().stats.rare.get().drops;
+        drops.set(DropReason::Unauthenticated, limit - 2);
+        let forgery = forged(&p, 1);
+        p.server
+            .handle_datagram(now, TwoEndpoints::CLIENT, &forgery);
+        assert_eq!(unauthenticated(&p), limit - 1);
+        assert!(p.server.is_connected(s), "open below the limit");
+        let forgery = forged(&p, 2);
+        p.server
+            .handle_datagram(now, TwoEndpoints::CLIENT, &forgery);
+        let reason = core::iter::from_fn(|| p.server.poll_event()).find_map(|e| match e {
+            Event::Disconnected { conn, reason } if conn == s => Some(reason),
+            _ => None,
+        });
+        assert_eq!(reason, Some(DisconnectReason::IntegrityLimit));
+        // The peer is told why.
+        let mut told = None;
+        while let Some(t) = p.server.poll_transmit(now, &mut p.buf) {
+            p.client
+                .handle_datagram(now, TwoEndpoints::SERVER, &p.buf[..t.len]);
+        }
+        while let Some(e) = p.client.poll_event() {
+            if let Event::Disconnected { conn, reason } = e {
+                assert_eq!(conn, c);
+                told = Some(reason);
+            }
+        }
+        assert_eq!(told, Some(DisconnectReason::IntegrityLimit));
     }
 
     /// A sender held back by its window leaves a packet number unused now and then, at
