@@ -110,10 +110,8 @@ impl Driver {
     /// Errors are the socket's own failures; per-peer trouble (ICMP errors, an unreachable
     /// destination) is counted in [`stats`](DriverCore::stats) and skipped.
     pub fn update(&mut self) -> io::Result<()> {
-        self.receive_waiting()?;
-        let now = self.core.now();
-        self.core.handle_timeout(now);
-        self.flush_at(now);
+        self.receive_waiting(MAX_DATAGRAMS_PER_UPDATE)?;
+        self.run_due();
         Ok(())
     }
 
@@ -134,12 +132,20 @@ impl Driver {
 
     /// Sends what is queued, then blocks until a datagram arrives, the endpoint's next timer
     /// is due, or `timeout` passes (`None`: no limit besides the endpoint's timers), and then
-    /// does what [`update`](Self::update) does.
+    /// does what [`update`](Self::update) does: [`MAX_DATAGRAMS_PER_UPDATE`] bounds the
+    /// datagrams it reads in all, the wake-up's and the ones waiting after it.
     ///
     /// It returns after one wake-up (a signal interrupting the wait is one), so call it in a
     /// loop and drain the events in between.
     /// With no connections and `timeout == None` it sleeps until a datagram arrives.
     pub fn poll(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        self.poll_within(timeout, MAX_DATAGRAMS_PER_UPDATE)
+    }
+
+    // ------------------------------------------------------------------ internals
+
+    /// [`poll`](Self::poll), reading at most `budget` datagrams.
+    fn poll_within(&mut self, timeout: Option<Duration>, budget: usize) -> io::Result<()> {
         let now = self.core.now();
         self.flush_at(now);
         let mut wait = self
@@ -153,13 +159,21 @@ impl Driver {
         if self.core.is_send_blocked() {
             wait = Some(wait.map_or(BLOCKED_SEND_RETRY, |w| w.min(BLOCKED_SEND_RETRY)));
         }
+        let mut read = 0;
         if wait != Some(Duration::ZERO) {
-            self.receive_blocking(wait)?;
+            read = self.receive_blocking(wait, budget)?;
         }
-        self.update()
+        self.receive_waiting(budget.saturating_sub(read))?;
+        self.run_due();
+        Ok(())
     }
 
-    // ------------------------------------------------------------------ internals
+    /// Runs the timers that are due and sends what is queued.
+    fn run_due(&mut self) {
+        let now = self.core.now();
+        self.core.handle_timeout(now);
+        self.flush_at(now);
+    }
 
     /// Lets the background thread mark its wake-up datagrams.
     pub(crate) fn set_wake_source(&mut self, from: SocketAddr) {
@@ -184,28 +198,30 @@ impl Driver {
             .flush_batch(now, socket, |d, to| socket.send_to(d, to));
     }
 
-    /// Waits up to `wait` (`None`: forever) for one datagram and hands it to the endpoint.
-    fn receive_blocking(&mut self, wait: Option<Duration>) -> io::Result<()> {
+    /// Waits up to `wait` (`None`: forever) for a datagram and hands it to the endpoint (in
+    /// batched mode, what is waiting then, up to `budget`). Returns how many were read.
+    fn receive_blocking(&mut self, wait: Option<Duration>, budget: usize) -> io::Result<usize> {
         if self.core.io_mode() == IoMode::Batched {
             // A batched socket takes trains of datagrams (GRO), which only a batched read
             // cuts up again: wait until there is something to read, then read that way.
             if crate::recv_batch::wait_readable(&self.socket, wait)? {
-                self.receive_waiting()?;
+                return self.receive_waiting(budget);
             }
-            return Ok(());
+            return Ok(0);
         }
         self.socket.set_nonblocking(false)?;
         let set = self.socket.set_read_timeout(wait);
         let received = set.and_then(|()| self.read_one());
         // Back to non-blocking whatever happened, so `update` can never block.
         let restored = self.socket.set_nonblocking(true);
-        received?;
-        restored
+        let read = usize::from(received?);
+        restored.map(|()| read)
     }
 
-    /// Reads what is waiting (up to [`MAX_DATAGRAMS_PER_UPDATE`]), without blocking.
-    fn receive_waiting(&mut self) -> io::Result<()> {
-        let mut left = MAX_DATAGRAMS_PER_UPDATE;
+    /// Reads what is waiting, up to `budget` datagrams, without blocking. Returns how many
+    /// were read.
+    fn receive_waiting(&mut self, budget: usize) -> io::Result<usize> {
+        let mut left = budget;
         while left > 0 {
             let socket = &self.socket;
             let read = self
@@ -216,7 +232,7 @@ impl Driver {
             }
             left = left.saturating_sub(read);
         }
-        Ok(())
+        Ok(budget - left)
     }
 
     /// Reads one datagram (blocking or not, as the socket is set) and hands it to the
@@ -250,5 +266,34 @@ impl Deref for Driver {
 impl DerefMut for Driver {
     fn deref_mut(&mut self) -> &mut DriverCore {
         &mut self.core
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `poll` reads at most its budget in all: the datagrams its wait ends on and the ones
+    /// waiting after it (it once read a budget for each, twice the documented bound).
+    #[test]
+    fn a_poll_reads_at_most_its_budget_of_datagrams() {
+        for mode in [IoMode::Portable, IoMode::Batched] {
+            let config = Config {
+                seed: 7,
+                ..Config::default()
+            };
+            let mut driver = Driver::bind_with("127.0.0.1:0", config, mode).expect("bind");
+            let sender = UdpSocket::bind("127.0.0.1:0").expect("bind");
+            for _ in 0..20 {
+                sender.send_to(&[0xff], driver.local_addr()).expect("send");
+            }
+            let received = |d: &Driver| d.endpoint().stats().datagrams_received;
+            driver
+                .poll_within(Some(Duration::from_secs(5)), 8)
+                .expect("poll");
+            assert_eq!(received(&driver), 8, "{mode:?}");
+            driver.update().expect("update");
+            assert_eq!(received(&driver), 20, "{mode:?}: the rest waited");
+        }
     }
 }
