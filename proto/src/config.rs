@@ -209,6 +209,17 @@ pub struct Config {
     /// networks rarely share one, and a peer cannot choose to). Raise it for a server
     /// whose players come through few networks (a carrier-grade NAT's pool).
     pub key_exchanges_per_network: RateLimit,
+    /// Path challenges this endpoint sends on its own initiative to addresses that have not
+    /// answered yet (default 256 a second, in bursts of 8,192: meeting a room of 256
+    /// members at once, four addresses each): the probes of
+    /// [`Endpoint::probe_path`](crate::Endpoint::probe_path), which a hub's introductions
+    /// start in `PathPolicy::Auto`, and a peer link's probes back to where its peer's
+    /// challenges came from. A hostile hub naming someone else's address for member after
+    /// member, or a peer spoofing its challenges' source, could otherwise aim this
+    /// endpoint's challenges at anyone, as fast as they can name addresses. A probe takes its
+    /// challenges when it starts; past the rate it is not started (counted in
+    /// `EndpointStats::path_probes_refused`) and the link stays on its relay.
+    pub path_probes: RateLimit,
     /// Most handshake replies and close notices waiting to be sent (default 16,384); past it
     /// they are dropped and counted in `EndpointStats::replies_dropped` (clients retry).
     /// Replies to addresses nothing proved (a Hello's, an unknown connection's) take at most
@@ -266,6 +277,10 @@ impl Config {
             key_exchanges_per_network: RateLimit {
                 per_second: 256.0,
                 burst: 2_048.0,
+            },
+            path_probes: RateLimit {
+                per_second: 256.0,
+                burst: 8_192.0,
             },
             redundancy: 1,
             max_pending_event_bytes: 64 << 20,
@@ -347,6 +362,9 @@ impl Config {
         }
         if !self.key_exchanges_per_network.is_valid() {
             return Err(ConfigError::ZeroLimit("key_exchanges_per_network"));
+        }
+        if !self.path_probes.is_valid() {
+            return Err(ConfigError::ZeroLimit("path_probes"));
         }
         if self.protection == Protection::None {
             // Without protection a token copied off the wire is as good as the original, and

@@ -488,6 +488,11 @@ pub struct EndpointStats {
     /// "Unknown connection" notices sent: packets arrived naming a connection id this
     /// endpoint does not know (typically from the clients of a previous run on this port).
     pub resets_sent: u64,
+    /// Direct paths not probed because `Config::path_probes` was spent: addresses a hub
+    /// named (`Endpoint::probe_path`) or a peer link's peer probed from, faster than the
+    /// endpoint sends challenges to addresses that have not answered. Their links stay on
+    /// the relay.
+    pub path_probes_refused: u64,
     /// Drops not attributable to a connection (bad handshakes, unknown senders), by cause.
     pub drops: DropCounts,
 }

@@ -531,14 +531,13 @@ impl Connection {
         }
     }
 
-    /// Starts probing a direct path to `addr` (a hub introduced it). Attempts are spread
-    /// over a few round trips of the current path, so two peers probing each other from
-    /// the same introduction overlap even when one heard of it a little later.
-    pub(crate) fn probe_path(&mut self, now: Instant, addr: SocketAddr) {
+    /// Starts probing a direct path to `addr` (a hub introduced it) with `attempts`
+    /// challenges. They are spread over a few round trips of the current path, so two peers
+    /// probing each other from the same introduction overlap even when one heard of it a
+    /// little later.
+    pub(crate) fn probe_path(&mut self, now: Instant, addr: SocketAddr, attempts: u8) {
         let interval = (self.transport.sent.rtt.smoothed() / 2).max(PROBE_INTERVAL_MIN);
-        self.transport
-            .paths
-            .probe(now, addr, PROBE_ATTEMPTS, interval);
+        self.transport.paths.probe(now, addr, attempts, interval);
         self.timers
             .set_opt(Timer::Probe, self.transport.paths.next_probe());
     }
@@ -1268,7 +1267,7 @@ fn fits_peer_budget(
 }
 
 /// Challenges sent to a direct path a hub introduced before giving up on it.
-const PROBE_ATTEMPTS: u8 = 8;
+pub(crate) const PROBE_ATTEMPTS: u8 = 8;
 /// Shortest time between two of them.
 const PROBE_INTERVAL_MIN: core::time::Duration = core::time::Duration::from_millis(25);
 

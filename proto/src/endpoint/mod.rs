@@ -12,7 +12,7 @@ use core::net::SocketAddr;
 use crate::config::{Config, ConfigError};
 use crate::connection::{
     AcceptFields, AcceptOutcome, ClientHandshake, Connection, ControlBytes, DataResult, FrameBytes,
-    Scratch, Shared, CONTROL_MAX,
+    Scratch, Shared, CONTROL_MAX, PROBE_ATTEMPTS,
 };
 use crate::crypto::{Protection, PublicKey, Secrets, SHORT_HEADER_LEN};
 use crate::error::{ConnectError, SendError};
@@ -129,8 +129,13 @@ pub struct ConnectOptions<'a> {
 }
 
 /// Addresses a peer link probes back on the strength of a challenge from them, over its
-/// life: the peer could otherwise aim probes at anyone, 8 per challenge.
+/// life: the peer could otherwise aim probes at anyone.
 const MAX_PROBED_BACK: u8 = 4;
+/// Challenges a probe back sends: with the response, three packets the size of the
+/// challenge that asked, as QUIC bounds what goes to an address not validated. (A probe
+/// `probe_path` starts sends eight: the hub vouched for the address, and they come out of
+/// `Config::path_probes`.)
+const PROBE_BACK_ATTEMPTS: u8 = 2;
 
 /// Tunnelled datagrams handled after one datagram from the socket (one packet from the hub
 /// holds a few).
@@ -256,10 +261,10 @@ pub struct Endpoint {
     /// Size of the arena's next slab (read when the arena takes one; here, it fills the
     /// line before the config's).
     arena_slab: usize,
-    /// When the arena last took a new slab.
-    arena_refilled: Instant,
     config: Config,
     // ---- handshakes, hub relaying, closing and rarer paths
+    /// When the arena last took a new slab.
+    arena_refilled: Instant,
     /// User data of the connections whose ending events the application took since it last
     /// emptied the queue: readable until it starts taking events again.
     last_departed: Vec<(ConnectionHandle, UserData)>,
@@ -279,6 +284,9 @@ pub struct Endpoint {
     secrets: Secrets,
     /// A server's memory of tokens and refused Connects, from the first Connect it takes.
     admission: Option<Box<Admission>>,
+    /// Path challenges it may still send to addresses that have not answered
+    /// (`Config::path_probes`), from its first probe (boxed: most endpoints never probe).
+    path_probes: Option<Box<crate::rate::Bucket>>,
     /// Unix time (microseconds) at `Instant::ZERO`, once the driver tells it.
     unix_at_zero: Option<u64>,
     /// The root of every nonce, id, path token and cookie key (see `hash`).
@@ -337,6 +345,7 @@ impl Endpoint {
         Ok(Endpoint {
             secrets,
             admission: None,
+            path_probes: None,
             unix_at_zero: None,
             prf,
             nonces: Sequence::new(Domain::Nonce),
@@ -1428,13 +1437,30 @@ impl Endpoint {
     /// introduced): a few path challenges spread over round trips, sent whatever `addr` has
     /// sent. When one is answered, a link on its relay moves there
     /// (`Event::PathChanged`); when the direct path later stops answering, it moves back.
+    ///
+    /// The probe's challenges come out of `Config::path_probes`; past it the path is not
+    /// probed (counted in `EndpointStats::path_probes_refused`).
     pub fn probe_path(&mut self, now: Instant, conn: ConnectionHandle, addr: SocketAddr) {
         self.advance_time(now);
         let addr = canonical_address(addr);
         if let Some((index, mut c)) = self.take(conn) {
-            c.probe_path(now, addr);
+            if self.take_path_probes(PROBE_ATTEMPTS) {
+                c.probe_path(now, addr, PROBE_ATTEMPTS);
+            }
             self.finish(index, c);
         }
+    }
+
+    /// Takes `attempts` challenges out of `Config::path_probes`; `false` (counted) if that
+    /// many are not left.
+    fn take_path_probes(&mut self, attempts: u8) -> bool {
+        let (limit, now) = (self.config.path_probes, self.last_now);
+        let bucket = self
+            .path_probes
+            .get_or_insert_with(|| Box::new(crate::rate::Bucket::new(&limit, now)));
+        let taken = bucket.take(&limit, now, f64::from(attempts));
+        self.stats.path_probes_refused += u64::from(!taken);
+        taken
     }
 
     /// The next event for the application, if any.
@@ -1890,17 +1916,15 @@ impl Endpoint {
     /// Queues the reply to a datagram from an address nothing proved (anyone can send one
     /// from anywhere): within half the queue.
     pub(super) fn push_unproven(&mut self, to: SocketAddr, control: Packet<'_>) {
-        if self.unproven_replies >= self.config.max_control_queue.div_ceil(2) {
-            self.stats.replies_dropped += 1;
-            return;
-        }
         if let Some(bytes) = encode_control(&control) {
             self.push_reply(to, bytes, true);
         }
     }
 
+    /// Queues a reply; one to an address nothing proved (`unproven`) within half the queue.
     fn push_reply(&mut self, to: SocketAddr, control: ControlBytes, unproven: bool) {
-        if self.control.len() >= self.config.max_control_queue {
+        let max = self.config.max_control_queue;
+        if self.control.len() >= max || (unproven && self.unproven_replies >= max.div_ceil(2)) {
             self.stats.replies_dropped += 1;
             return;
         }
@@ -1993,7 +2017,9 @@ impl Endpoint {
     }
 
     /// Answers a path challenge wherever it came from: the answer is no larger than the
-    /// question.
+    /// question (and counts as a reply to an address nothing proved unless it goes to the
+    /// connection's own). A peer link probes the address back: with the answer, at most
+    /// three times what came from it.
     fn on_path_challenge(&mut self, from: SocketAddr, c: &mut Connection, token: u64) {
         let connection_id = c.connection_id;
         let now = self.last_now;
@@ -2003,7 +2029,7 @@ impl Endpoint {
             token,
         };
         if let Some(response) = c.control_packet(now, response, &mut self.scratch.outcome) {
-            self.push_control_bytes(from, response);
+            self.push_reply(from, response, from != c.remote());
         }
         if from == c.remote() {
             // Our peer is validating a new address of ours (our NAT rebound): what we sent
@@ -2021,11 +2047,11 @@ impl Endpoint {
             relay.probed_back += u8::from(probe);
             probe
         });
-        if probe_back {
+        if probe_back && self.take_path_probes(PROBE_BACK_ATTEMPTS) {
             // A peer link's peer probes us from an address of its own (behind a NAT that
             // maps each destination anew, it is not the one the hub saw): probe it back, so
             // both sides validate the path the peer's NAT actually opened.
-            c.probe_path(now, from);
+            c.probe_path(now, from, PROBE_BACK_ATTEMPTS);
         }
     }
 
@@ -2240,6 +2266,89 @@ mod tests {
             while self.client.poll_event().is_some() {}
             core::iter::from_fn(|| self.server.poll_event()).collect()
         }
+    }
+
+    /// Challenges to addresses that never answered come out of `Config::path_probes`: a
+    /// hub (or an application) naming address after address gets no more sent to them than
+    /// the budget, and the probes past it are counted, not started.
+    #[test]
+    fn path_probes_past_the_endpoints_budget_are_not_sent() {
+        let mut p = TwoEndpoints::connected();
+        p.client.config.path_probes = crate::RateLimit {
+            per_second: 8.0,
+            burst: 16.0,
+        };
+        let named = |i: u8| SocketAddr::from(([198, 51, 100, i], 4000));
+        let mut challenges = 0;
+        let mut run = |p: &mut TwoEndpoints, ms: u64| {
+            for _ in 0..ms {
+                p.now += core::time::Duration::from_millis(1);
+                let now = p.now;
+                p.client.handle_timeout(now);
+                p.server.handle_timeout(now);
+                while let Some(t) = p.client.poll_transmit(now, &mut p.buf) {
+                    if t.to == TwoEndpoints::SERVER {
+                        p.server
+                            .handle_datagram(now, TwoEndpoints::CLIENT, &p.buf[..t.len]);
+                    } else {
+                        challenges += 1;
+                    }
+                }
+                while let Some(t) = p.server.poll_transmit(now, &mut p.buf) {
+                    p.client
+                        .handle_datagram(now, TwoEndpoints::SERVER, &p.buf[..t.len]);
+                }
+            }
+            challenges
+        };
+        // Two probes of eight challenges fit the burst; the third is refused.
+        for i in 1..=3 {
+            let now = p.now;
+            p.client.probe_path(now, p.c, named(i));
+        }
+        assert_eq!(p.client.stats().path_probes_refused, 1);
+        assert_eq!(run(&mut p, 2_000), 16, "two probes' challenges");
+        // Two seconds later the bucket holds sixteen again: two more probes, not three.
+        for i in 4..=6 {
+            let now = p.now;
+            p.client.probe_path(now, p.c, named(i));
+        }
+        assert_eq!(p.client.stats().path_probes_refused, 2);
+        assert_eq!(run(&mut p, 2_000), 32);
+    }
+
+    /// A path challenge is answered wherever it came from, and anyone who can make one
+    /// (the peer, or anyone on the path rewriting a genuine one's source) chooses where:
+    /// answers to addresses nothing proved take at most half the reply queue, like the
+    /// answers to handshakes.
+    #[test]
+    fn answers_to_challenges_from_unproven_addresses_take_at_most_half_the_reply_queue() {
+        let mut p = TwoEndpoints::connected();
+        p.server.config.max_control_queue = 8;
+        let conn = p.client.get(p.c).unwrap();
+        let next = conn.transport.sent.next_seq();
+        let challenges: Vec<_> = (0..20u64)
+            .map(|i| {
+                let packet = Packet::PathChallenge {
+                    connection_id: conn.connection_id,
+                    packet_number: (next + i) as u32,
+                    token: i,
+                };
+                let mut buf = alloc::vec![0u8; 100];
+                let len = packet.encode(&mut buf).unwrap();
+                let keys = conn.keys.as_ref().unwrap();
+                let sealed = keys.send.seal(next + i, &mut buf, len).unwrap();
+                buf.truncate(sealed);
+                buf
+            })
+            .collect();
+        let now = p.now;
+        for (i, challenge) in challenges.iter().enumerate() {
+            let from = SocketAddr::from(([198, 51, 100, i as u8 + 1], 4000));
+            p.server.handle_datagram(now, from, challenge);
+        }
+        assert_eq!(p.server.unproven_replies, 4);
+        assert_eq!(p.server.stats().replies_dropped, 16);
     }
 
     /// Answered requests leave no deadline behind: the table of deadlines stays within a
@@ -2613,7 +2722,9 @@ mod tests {
     /// The fields a datagram, a send or a poll reads sit in the endpoint's first eight cache
     /// lines (the per-datagram counters included), and the config's working settings in
     /// its first three, starting on a line: a field added in the wrong place, or grown,
-    /// fails here rather than silently costing a cold endpoint a miss per datagram.
+    /// fails here rather than silently costing a cold endpoint a miss per datagram. (27
+    /// lines in all since the budget of path probes: its setting, its bucket and its
+    /// counter, 32 bytes past the 26th.)
     #[cfg(target_pointer_width = "64")]
     #[test]
     fn the_fields_every_datagram_touches_share_the_first_cache_lines() {
@@ -2632,7 +2743,7 @@ mod tests {
             "working settings end at byte {settings_end}"
         );
         assert!(
-            size_of::<Endpoint>() <= 1664,
+            size_of::<Endpoint>() <= 1728,
             "Endpoint is {} bytes",
             size_of::<Endpoint>()
         );

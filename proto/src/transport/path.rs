@@ -50,6 +50,13 @@ struct Candidate {
     probe_interval: Duration,
 }
 
+impl Candidate {
+    /// Probes are still to go out to it, unanswered.
+    fn is_probing(&self) -> bool {
+        self.probes_left > 0 && !self.validated
+    }
+}
+
 /// How a datagram's source address stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum PathStatus {
@@ -167,9 +174,14 @@ impl Paths {
                     // fresh addresses to push that address out before it answers its
                     // challenge, again and again; and counting from when it was made, not
                     // last heard, a stream of replays cannot keep all four places for good.
+                    // A vouched address (a hub named it) never pushes out one still being
+                    // probed: of five addresses named at once, the fifth would push out the
+                    // first, the one the hub saw the peer at.
                     let oldest = (0..self.candidates.len())
-                        .min_by_key(|&i| (self.candidates[i].validated, self.candidates[i].seen_at))
-                        .unwrap_or(0);
+                        .filter(|&i| !(vouched && self.candidates[i].is_probing()))
+                        .min_by_key(|&i| {
+                            (self.candidates[i].validated, self.candidates[i].seen_at)
+                        })?;
                     if !vouched && now < self.candidates[oldest].created_at + CANDIDATE_KEPT {
                         return None;
                     }
@@ -465,5 +477,24 @@ mod probe_tests {
         assert!(p.on_direct_path());
         // The relay stays trusted: its packets move the connection back.
         assert_eq!(p.on_datagram(t0, relay, 50, every), PathStatus::Validated);
+    }
+
+    /// A hub names a peer's address as it saw it first, then up to four it announced: with
+    /// four places, the fifth is not probed rather than pushing out the first.
+    #[test]
+    fn a_fifth_address_probed_at_once_pushes_out_none_of_the_first_four() {
+        let relay = crate::hub::relay_address(7);
+        let mut p = Paths::new(relay, Prf::from_key([2; 16]), Instant::ZERO);
+        let t0 = Instant::from_millis(10);
+        let named: Vec<SocketAddr> = (1..=5)
+            .map(|i| SocketAddr::from(([192, 168, 1, i], 4000)))
+            .collect();
+        for &a in &named {
+            p.probe(t0, a, 8, Duration::from_millis(30));
+        }
+        let first_round: Vec<SocketAddr> =
+            core::iter::from_fn(|| p.poll_challenge(t0, PATH_PACKET_LEN).map(|(to, _)| to))
+                .collect();
+        assert_eq!(first_round, named[..4]);
     }
 }

@@ -808,3 +808,44 @@ fn a_direct_link_that_proves_another_key_than_the_vouched_one_is_turned_away() {
     );
     assert_eq!(sim.endpoint(stranger).peers().count(), 0, "turned away");
 }
+
+/// A peer link's peer holds its keys, so it can seal a path challenge and send it with
+/// another host's address as its source: the member answers there and probes it back. With
+/// the answer that is at most three times the bytes of the challenge (it was nine: eight
+/// probes), so a member is no amplifier aimed at whoever its peer names.
+#[test]
+fn a_spoofed_challenge_on_a_peer_link_draws_at_most_three_times_its_bytes() {
+    let (mut sim, mut w) = pair(61, Place::Public, Place::Public, PathPolicy::Auto, 0.0);
+    let victim = sim
+        .add_node(shoal_proto::Config {
+            accept_incoming: false,
+            ..shoal_proto::hub::endpoint_config()
+        })
+        .expect("node");
+    let victim_addr = sim.address(victim);
+    let user0 = w.user(0);
+    let (a, b) = (w.members[0], w.members[1]);
+    let link = w.client(1).link(user0).expect("a link to member 0");
+    // Member 1 seals a challenge towards the victim's address ...
+    let now = sim.now();
+    let ep = sim.endpoint_mut(b);
+    ep.probe_path(now, link, victim_addr);
+    let mut buf = vec![0u8; 1500];
+    let challenge = std::iter::from_fn(|| ep.poll_transmit(now, &mut buf))
+        .find(|t| t.to == victim_addr)
+        .map(|t| buf[..t.len].to_vec())
+        .expect("a challenge");
+    // ... and sends it to member 0 "from" the victim (its own further probes there are
+    // lost: what reaches the victim is member 0's doing).
+    sim.set_link_up(b, victim, false);
+    sim.endpoint_mut(a)
+        .handle_datagram(now, victim_addr, &challenge);
+    w.run(&mut sim, 2_000);
+    let drawn = sim.endpoint(victim).stats().bytes_received;
+    assert!(drawn > 0, "the challenge is answered");
+    assert!(
+        drawn <= 3 * challenge.len() as u64,
+        "{drawn} bytes drawn by a {}-byte challenge",
+        challenge.len()
+    );
+}
