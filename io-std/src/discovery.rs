@@ -81,6 +81,10 @@ fn receive(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<Received> {
 pub const MAX_DATAGRAMS_PER_UPDATE: usize = 64;
 /// Distinct answers one discovery keeps at most.
 pub const MAX_PEERS: usize = 256;
+/// Answers from one host (one IP, however many ports it names) one discovery keeps at most:
+/// a host on the LAN answering with port after port must not fill the result and keep
+/// everyone else's answers out.
+pub const MAX_PEERS_PER_HOST: usize = 16;
 
 /// A peer that answered: where its Shoal endpoint listens and what it advertised.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -173,6 +177,9 @@ pub struct Discovery {
     pub refused: usize,
     /// Datagrams ignored: malformed, another protocol id, or a nonce not ours.
     pub ignored: usize,
+    /// Well-formed answers not kept for want of room: the result held [`MAX_PEERS`], or
+    /// [`MAX_PEERS_PER_HOST`] from the same host.
+    pub dropped: usize,
 }
 
 /// A seeker: sends one request to every target and collects the answers to it.
@@ -390,7 +397,12 @@ fn accept_answer(
     };
     // One answer per advertised address: a responder reached twice (broadcast and multicast)
     // answers twice.
-    if result.peers.iter().any(|p| p.addr == peer.addr) || result.peers.len() >= MAX_PEERS {
+    if result.peers.iter().any(|p| p.addr == peer.addr) {
+        return;
+    }
+    let same_host = result.peers.iter().filter(|p| p.addr.ip() == addr.ip());
+    if result.peers.len() >= MAX_PEERS || same_host.count() >= MAX_PEERS_PER_HOST {
+        result.dropped += 1;
         return;
     }
     if verify(&peer) {
@@ -902,5 +914,36 @@ mod tests {
             panic!("an IPv6 peer");
         };
         assert_eq!((addr.port(), addr.scope_id()), (5000, 3));
+    }
+
+    /// One host answering with port after port keeps at most `MAX_PEERS_PER_HOST` places,
+    /// and the answers past it are counted: another host's answer still gets in.
+    #[test]
+    fn one_host_cannot_fill_the_result_of_a_discovery() {
+        let config = LanConfig::default();
+        let nonce = 0x1234;
+        let mut result = Discovery::default();
+        let mut answer = |result: &mut Discovery, ip: [u8; 4], port: u16| {
+            let response = Response {
+                protocol_id: config.protocol_id,
+                nonce,
+                port,
+                data: b"lobby",
+            };
+            let mut bytes = vec![0u8; response.encoded_len()];
+            let len = response.encode(&mut bytes).expect("encodes");
+            let from = SocketAddr::from((ip, 47777));
+            accept_answer(result, &config, nonce, from, &bytes[..len], &mut |_| true);
+        };
+        for port in 1..=MAX_PEERS as u16 {
+            answer(&mut result, [192, 168, 1, 66], port);
+        }
+        answer(&mut result, [192, 168, 1, 7], 4000);
+        assert_eq!(result.peers.len(), MAX_PEERS_PER_HOST + 1);
+        assert_eq!(result.dropped, MAX_PEERS - MAX_PEERS_PER_HOST);
+        assert_eq!(
+            result.peers.last().map(|p| p.addr),
+            Some(SocketAddr::from(([192, 168, 1, 7], 4000)))
+        );
     }
 }
