@@ -923,7 +923,7 @@ mod tests {
         let config = LanConfig::default();
         let nonce = 0x1234;
         let mut result = Discovery::default();
-        let mut answer = |result: &mut Discovery, ip: [u8; 4], port: u16| {
+        let answer = |result: &mut Discovery, ip: [u8; 4], port: u16| {
             let response = Response {
                 protocol_id: config.protocol_id,
                 nonce,
