@@ -211,13 +211,15 @@ pub struct Config {
     pub key_exchanges_per_network: RateLimit,
     /// Path challenges this endpoint sends on its own initiative to addresses that have not
     /// answered yet (default 256 a second, in bursts of 8,192: meeting a room of 256
-    /// members at once, four addresses each): the probes of
+    /// members at once, the four addresses of each a link probes; at least 8, one probe's):
+    /// the probes of
     /// [`Endpoint::probe_path`](crate::Endpoint::probe_path), which a hub's introductions
     /// start in `PathPolicy::Auto`, and a peer link's probes back to where its peer's
     /// challenges came from. A hostile hub naming someone else's address for member after
     /// member, or a peer spoofing its challenges' source, could otherwise aim this
     /// endpoint's challenges at anyone, as fast as they can name addresses. A probe takes its
-    /// challenges when it starts; past the rate it is not started (counted in
+    /// challenges when it starts (one that starts nothing, for an address being probed or
+    /// with no place left, takes none); past the rate it is not started (counted in
     /// `EndpointStats::path_probes_refused`) and the link stays on its relay.
     pub path_probes: RateLimit,
     /// Most handshake replies and close notices waiting to be sent (default 16,384); past it
@@ -366,6 +368,9 @@ impl Config {
         if !self.path_probes.is_valid() {
             return Err(ConfigError::ZeroLimit("path_probes"));
         }
+        if self.path_probes.burst < f64::from(crate::connection::PROBE_ATTEMPTS) {
+            return Err(ConfigError::PathProbeBurst);
+        }
         if self.protection == Protection::None {
             // Without protection a token copied off the wire is as good as the original, and
             // a static key proves nothing.
@@ -469,6 +474,8 @@ pub enum ConfigError {
     ProtectionRequired(&'static str),
     /// `secret_seed` is `None` on an endpoint with protection (`Endpoint::new` checks it).
     SecretSeedMissing,
+    /// `path_probes.burst` must hold the 8 challenges of one probe.
+    PathProbeBurst,
 }
 
 impl fmt::Display for ConfigError {
@@ -501,6 +508,10 @@ impl fmt::Display for ConfigError {
             ConfigError::DurationTooLong(name) => {
                 write!(f, "{name} is longer than a year; use a shorter duration")
             }
+            ConfigError::PathProbeBurst => f.write_str(
+                "path_probes.burst is below 8, the challenges of one probe: no direct path could \
+                 ever be probed; use at least 8",
+            ),
             ConfigError::SecretSeedMissing => f.write_str(
                 "secret_seed is not set: fill it with 32 bytes from a cryptographic random \
                  source (e.g. getrandom; the shoal-std and shoal-mio drivers do this), or use \

@@ -186,12 +186,6 @@ impl DropCounts {
         self.counts[reason as usize] += 1;
     }
 
-    /// Sets the counter of `reason` (tests of limits too far off to count up to).
-    #[cfg(test)]
-    pub(crate) fn set(&mut self, reason: DropReason, n: u64) {
-        self.counts[reason as usize] = n;
-    }
-
     /// Adds every counter of `other` into `self`.
     pub fn merge(&mut self, other: &DropCounts) {
         for (a, b) in self.counts.iter_mut().zip(other.counts.iter()) {
@@ -265,6 +259,9 @@ pub(crate) struct Rare {
     pub(crate) rto_fired: u64,
     pub(crate) path_challenges_sent: u64,
     pub(crate) path_fallbacks: u64,
+    /// Packets naming the connection that failed to authenticate (counted in the endpoint's
+    /// drops, not the connection's), toward `INTEGRITY_LIMIT`.
+    pub(crate) forgeries: u64,
 }
 
 impl RareCounters {

@@ -29,6 +29,7 @@ use crate::stats::{ConnectionStats, Counters, DropReason, LinkStats, LossMeter, 
 use crate::time::{Instant, MaybeInstant, Timer, TimerTable};
 use crate::transport::congestion::Controller;
 use crate::transport::frame_store::{FrameKey, FrameStore};
+use crate::transport::path::Origin;
 use crate::transport::recovery::{
     AckOutcome, AckWanted, PacketFrameKeys, SkipDraw, LAZY_ACK_DELAY,
 };
@@ -531,15 +532,26 @@ impl Connection {
         }
     }
 
-    /// Starts probing a direct path to `addr` (a hub introduced it) with `attempts`
-    /// challenges. They are spread over a few round trips of the current path, so two peers
-    /// probing each other from the same introduction overlap even when one heard of it a
-    /// little later.
-    pub(crate) fn probe_path(&mut self, now: Instant, addr: SocketAddr, attempts: u8) {
+    /// Starts probing a direct path to `addr` (a hub named it, or the peer's challenge came
+    /// from it: `origin`) with `attempts` challenges; returns how many it added (see
+    /// `Paths::probe`). They are spread over a few round trips of the current path, so two
+    /// peers probing each other from the same introduction overlap even when one heard of it
+    /// a little later.
+    pub(crate) fn probe_path(
+        &mut self,
+        now: Instant,
+        addr: SocketAddr,
+        attempts: u8,
+        origin: Origin,
+    ) -> u8 {
         let interval = (self.transport.sent.rtt.smoothed() / 2).max(PROBE_INTERVAL_MIN);
-        self.transport.paths.probe(now, addr, attempts, interval);
+        let added = self
+            .transport
+            .paths
+            .probe(now, addr, attempts, interval, origin);
         self.timers
             .set_opt(Timer::Probe, self.transport.paths.next_probe());
+        added
     }
 
     /// A path challenge of ours was answered from `addr`: on the relay, move to it.

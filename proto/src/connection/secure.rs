@@ -255,13 +255,13 @@ impl Connection {
         }
     }
 
-    /// A packet naming this connection failed to authenticate: counted in its drops (the box
-    /// of rare counters, made on the first), and the connection closes on the
-    /// `INTEGRITY_LIMIT`th, telling the peer why.
+    /// A packet naming this connection failed to authenticate (the endpoint counted the
+    /// drop): counted here too (in the box of rare counters, made on the first), and the
+    /// connection closes on the `INTEGRITY_LIMIT`th, telling the peer why.
     pub(crate) fn on_forgery(&mut self) {
-        let drops = &mut self.stats.rare.get().drops;
-        drops.add(DropReason::Unauthenticated);
-        if drops.get(DropReason::Unauthenticated) >= crate::crypto::INTEGRITY_LIMIT {
+        let rare = self.stats.rare.get();
+        rare.forgeries += 1;
+        if rare.forgeries >= crate::crypto::INTEGRITY_LIMIT {
             self.close(
                 DisconnectReason::IntegrityLimit,
                 Some(CloseCode::IntegrityLimit),

@@ -27,6 +27,7 @@ use crate::messaging::chunk::Progress;
 use crate::stats::{ConnectionStats, DropReason, EndpointStats, LinkStats};
 use crate::time::{micros, Instant};
 use crate::token::{ConnectToken, TokenClaims};
+use crate::transport::path::Origin;
 use crate::wire::{self, CloseCode, Cookie, DecodeError, Packet, RejectCode, COOKIE_LEN};
 
 pub(crate) mod events;
@@ -1444,23 +1445,31 @@ impl Endpoint {
         self.advance_time(now);
         let addr = canonical_address(addr);
         if let Some((index, mut c)) = self.take(conn) {
-            if self.take_path_probes(PROBE_ATTEMPTS) {
-                c.probe_path(now, addr, PROBE_ATTEMPTS);
-            }
+            self.probe_within_budget(&mut c, addr, PROBE_ATTEMPTS, Origin::Hub);
             self.finish(index, c);
         }
     }
 
-    /// Takes `attempts` challenges out of `Config::path_probes`; `false` (counted) if that
-    /// many are not left.
-    fn take_path_probes(&mut self, attempts: u8) -> bool {
+    /// Has `c` probe `addr` with `attempts` challenges if `Config::path_probes` holds that
+    /// many (else counted, not started); what it did not add (the address is probed
+    /// already, or no place is free) goes back.
+    fn probe_within_budget(
+        &mut self,
+        c: &mut Connection,
+        addr: SocketAddr,
+        attempts: u8,
+        origin: Origin,
+    ) {
         let (limit, now) = (self.config.path_probes, self.last_now);
         let bucket = self
             .path_probes
             .get_or_insert_with(|| Box::new(crate::rate::Bucket::new(&limit, now)));
-        let taken = bucket.take(&limit, now, f64::from(attempts));
-        self.stats.path_probes_refused += u64::from(!taken);
-        taken
+        if !bucket.take(&limit, now, f64::from(attempts)) {
+            self.stats.path_probes_refused += 1;
+            return;
+        }
+        let added = c.probe_path(now, addr, attempts, origin);
+        bucket.give_back(&limit, f64::from(attempts.saturating_sub(added)));
     }
 
     /// The next event for the application, if any.
@@ -2039,19 +2048,22 @@ impl Endpoint {
         }
         let remote = c.remote();
         let protected = c.keys.is_some();
+        // (Not an address probed already: a probe back would only use up the allowance.)
+        let known = c.transport.paths.is_candidate(from);
         let probe_back = c.transport.paths.relay_mut().is_some_and(|relay| {
             let probe = protected
+                && !known
                 && from != relay.addr()
                 && from != remote
                 && relay.probed_back < MAX_PROBED_BACK;
             relay.probed_back += u8::from(probe);
             probe
         });
-        if probe_back && self.take_path_probes(PROBE_BACK_ATTEMPTS) {
+        if probe_back {
             // A peer link's peer probes us from an address of its own (behind a NAT that
             // maps each destination anew, it is not the one the hub saw): probe it back, so
             // both sides validate the path the peer's NAT actually opened.
-            c.probe_path(now, from, PROBE_BACK_ATTEMPTS);
+            self.probe_within_budget(c, from, PROBE_BACK_ATTEMPTS, Origin::Challenge);
         }
     }
 
@@ -2317,6 +2329,41 @@ mod tests {
         assert_eq!(run(&mut p, 2_000), 32);
     }
 
+    /// A probe that starts nothing takes nothing from `Config::path_probes`: the fifth of
+    /// five addresses (no place left), or one probed already.
+    #[test]
+    fn a_probe_that_starts_nothing_costs_no_budget() {
+        let mut p = TwoEndpoints::connected();
+        p.client.config.path_probes = crate::RateLimit {
+            per_second: 0.001,
+            burst: 40.0,
+        };
+        let now = p.now;
+        for i in 1..=5 {
+            p.client
+                .probe_path(now, p.c, SocketAddr::from(([198, 51, 100, i], 4000)));
+        }
+        let again = SocketAddr::from(([198, 51, 100, 1], 4000));
+        p.client.probe_path(now, p.c, again);
+        assert_eq!(p.client.stats().path_probes_refused, 0);
+        let left = p.client.path_probes.as_ref().map(|b| b.tokens);
+        assert_eq!(left, Some(8.0), "four probes' challenges taken");
+    }
+
+    /// A path-probe budget smaller than one probe would keep every link on its relay.
+    #[test]
+    fn a_path_probe_burst_below_one_probe_is_refused() {
+        let config = |burst| Config {
+            path_probes: crate::RateLimit {
+                per_second: 256.0,
+                burst,
+            },
+            ..Config::default()
+        };
+        assert_eq!(config(4.0).validate(), Err(ConfigError::PathProbeBurst));
+        assert_eq!(config(8.0).validate(), Ok(()));
+    }
+
     /// A path challenge is answered wherever it came from, and anyone who can make one
     /// (the peer, or anyone on the path rewriting a genuine one's source) chooses where:
     /// answers to addresses nothing proved take at most half the reply queue, like the
@@ -2540,27 +2587,19 @@ mod tests {
             *packet.last_mut().unwrap() ^= 1;
             packet
         };
-        let unauthenticated = |p: &TwoEndpoints| {
-            p.server
-                .get(s)
-                .unwrap()
-                .stats()
-                .drops
-                .get(DropReason::Unauthenticated)
-        };
+        let forgeries = |p: &TwoEndpoints| p.server.get(s).unwrap().stats.rare.read().forgeries;
         let forgery = forged(&p, 0);
         p.server
             .handle_datagram(now, TwoEndpoints::CLIENT, &forgery);
-        assert_eq!(unauthenticated(&p), 1, "counted on the connection");
+        assert_eq!(forgeries(&p), 1, "counted on the connection");
         assert!(p.server.is_connected(s));
         // Far along: the last one below the limit leaves it open, the one reaching it not.
         let limit = crate::INTEGRITY_LIMIT;
-        let drops = &mut p.server.get_mut(s).unwrap().stats.rare.get().drops;
-        drops.set(DropReason::Unauthenticated, limit - 2);
+        p.server.get_mut(s).unwrap().stats.rare.get().forgeries = limit - 2;
         let forgery = forged(&p, 1);
         p.server
             .handle_datagram(now, TwoEndpoints::CLIENT, &forgery);
-        assert_eq!(unauthenticated(&p), limit - 1);
+        assert_eq!(forgeries(&p), limit - 1);
         assert!(p.server.is_connected(s), "open below the limit");
         let forgery = forged(&p, 2);
         p.server
@@ -2570,6 +2609,9 @@ mod tests {
             _ => None,
         });
         assert_eq!(reason, Some(DisconnectReason::IntegrityLimit));
+        // Each forgery is one drop, the connection's counters folded in or not.
+        let drops = p.server.stats().drops;
+        assert_eq!(drops.get(DropReason::Unauthenticated), 3);
         // The peer is told why.
         let mut told = None;
         while let Some(t) = p.server.poll_transmit(now, &mut p.buf) {

@@ -57,6 +57,18 @@ impl Candidate {
     }
 }
 
+/// Why an address becomes a candidate, which decides what it may push out when all places
+/// are taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// A datagram came from it.
+    Datagram,
+    /// A hub named it (`Endpoint::probe_path`).
+    Hub,
+    /// The peer's path challenge came from it (a probe back).
+    Challenge,
+}
+
 /// How a datagram's source address stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum PathStatus {
@@ -154,13 +166,13 @@ impl Paths {
         }
     }
 
-    /// The candidate for `addr`, made (evicting the least useful one) if new; `None` if
-    /// every candidate was heard from too recently to be pushed out.
+    /// The candidate for `addr`, made (evicting the least useful one) if new; `None` if no
+    /// candidate may be pushed out for one from `origin`.
     fn candidate(
         &mut self,
         now: Instant,
         addr: SocketAddr,
-        vouched: bool,
+        origin: Origin,
     ) -> Option<&mut Candidate> {
         let i = match self.candidates.iter().position(|c| c.addr == addr) {
             Some(i) => i,
@@ -174,18 +186,25 @@ impl Paths {
                     // fresh addresses to push that address out before it answers its
                     // challenge, again and again; and counting from when it was made, not
                     // last heard, a stream of replays cannot keep all four places for good.
-                    // A vouched address (a hub named it) never pushes out one still being
-                    // probed: of five addresses named at once, the fifth would push out the
-                    // first, the one the hub saw the peer at.
-                    let oldest = (0..self.candidates.len())
-                        .filter(|&i| !(vouched && self.candidates[i].is_probing()))
-                        .min_by_key(|&i| {
-                            (self.candidates[i].validated, self.candidates[i].seen_at)
-                        })?;
-                    if !vouched && now < self.candidates[oldest].created_at + CANDIDATE_KEPT {
-                        return None;
-                    }
-                    self.candidates.swap_remove(oldest);
+                    // An address a hub named never pushes out one still being probed: of
+                    // five named at once, the fifth would push out the first, the one the
+                    // hub saw the peer at. One a challenge came from (the path the peer's
+                    // NAT really opened) may push out the last named of those, never the
+                    // first.
+                    let victim = match origin {
+                        Origin::Datagram => {
+                            let oldest = self.least_useful(|_| true)?;
+                            if now < self.candidates[oldest].created_at + CANDIDATE_KEPT {
+                                return None;
+                            }
+                            oldest
+                        }
+                        Origin::Hub => self.least_useful(|c| !c.is_probing())?,
+                        Origin::Challenge => self
+                            .least_useful(|c| !c.is_probing())
+                            .or_else(|| self.last_named_probe())?,
+                    };
+                    self.candidates.swap_remove(victim);
                 }
                 let token = self.tokens.next(&self.key);
                 let fresh = Candidate {
@@ -207,29 +226,54 @@ impl Paths {
         self.candidates.get_mut(i)
     }
 
+    /// The candidate among those `eligible` least recently heard from, an unvalidated one
+    /// if any.
+    fn least_useful(&self, eligible: impl Fn(&Candidate) -> bool) -> Option<usize> {
+        (0..self.candidates.len())
+            .filter(|&i| eligible(&self.candidates[i]))
+            .min_by_key(|&i| (self.candidates[i].validated, self.candidates[i].seen_at))
+    }
+
+    /// Of the candidates being probed, the one named last, if another was named before it.
+    fn last_named_probe(&self) -> Option<usize> {
+        let probing = || (0..self.candidates.len()).filter(|&i| self.candidates[i].is_probing());
+        let order = |&i: &usize| (self.candidates[i].created_at, i);
+        let first = probing().min_by_key(order)?;
+        probing().filter(|&i| i != first).max_by_key(order)
+    }
+
     /// Starts probing `addr` on this side's own initiative: `attempts` challenges, one per
-    /// `interval`, whatever the address has sent (a hub vouched for it, and the attempts
-    /// are few and small).
+    /// `interval`, whatever the address has sent (a hub named it, or a challenge came from
+    /// it: `origin`; the attempts are few and small). Returns how many challenges it added:
+    /// none for the current or a validated address, one with as many still to go, or when
+    /// no place is free.
     pub(crate) fn probe(
         &mut self,
         now: Instant,
         addr: SocketAddr,
         attempts: u8,
         interval: Duration,
-    ) {
+        origin: Origin,
+    ) -> u8 {
         if addr == self.current || Some(addr) == self.fallback() {
-            return;
+            return 0;
         }
-        // (A hub vouched for the address: it may push out a busy candidate.)
-        let Some(c) = self.candidate(now, addr, true) else {
-            return;
+        let Some(c) = self.candidate(now, addr, origin) else {
+            return 0;
         };
-        if c.validated {
-            return;
+        if c.validated || c.probes_left >= attempts {
+            return 0;
         }
+        let added = attempts - c.probes_left;
         c.probes_left = attempts;
         c.probe_interval = interval.max(MIN_CHALLENGE_INTERVAL);
-        c.next_challenge = now;
+        c.next_challenge = c.next_challenge.min(now);
+        added
+    }
+
+    /// Whether `addr` is being validated or probed.
+    pub(crate) fn is_candidate(&self, addr: SocketAddr) -> bool {
+        self.candidates.iter().any(|c| c.addr == addr)
     }
 
     /// Whether any address is being validated or probed.
@@ -261,7 +305,7 @@ impl Paths {
         if Some(from) == self.fallback() {
             return PathStatus::Validated;
         }
-        let Some(c) = self.candidate(now, from, false) else {
+        let Some(c) = self.candidate(now, from, Origin::Datagram) else {
             // Every candidate is busy: this address earns nothing now (its sender, if it
             // really moved, keeps sending and gets in once one is quiet).
             return PathStatus::Unvalidated;
@@ -409,7 +453,7 @@ mod tests {
         // after the last, whose answer may still come.
         let start = t + CANDIDATE_LIFETIME * 2;
         let interval = Duration::from_secs(2);
-        p.probe(start, stray, 3, interval);
+        p.probe(start, stray, 3, interval, Origin::Hub);
         for i in 0..3 {
             assert!(p
                 .poll_challenge(start + interval * i, PATH_PACKET_LEN)
@@ -459,7 +503,7 @@ mod probe_tests {
         assert!(!p.on_direct_path());
         let t0 = Instant::from_millis(10);
         let every = Duration::from_millis(30);
-        p.probe(t0, direct, 3, every);
+        p.probe(t0, direct, 3, every, Origin::Hub);
         let (to, token) = p.poll_challenge(t0, PATH_PACKET_LEN).expect("first probe");
         assert_eq!(to, direct);
         assert_eq!(p.poll_challenge(t0, PATH_PACKET_LEN), None, "paced");
@@ -490,11 +534,44 @@ mod probe_tests {
             .map(|i| SocketAddr::from(([192, 168, 1, i], 4000)))
             .collect();
         for &a in &named {
-            p.probe(t0, a, 8, Duration::from_millis(30));
+            p.probe(t0, a, 8, Duration::from_millis(30), Origin::Hub);
         }
         let first_round: Vec<SocketAddr> =
             core::iter::from_fn(|| p.poll_challenge(t0, PATH_PACKET_LEN).map(|(to, _)| to))
                 .collect();
         assert_eq!(first_round, named[..4]);
+    }
+
+    /// The peer's challenge from an address of its own (the port its NAT really opened)
+    /// gets a place among four addresses a hub named and still probed: the last named
+    /// gives way, never the first, the one the hub saw the peer at. A hub-named fifth gets
+    /// none, and an address probed already is not probed again.
+    #[test]
+    fn a_probe_back_pushes_out_the_last_named_probe_not_the_first() {
+        let relay = crate::hub::relay_address(7);
+        let mut p = Paths::new(relay, Prf::from_key([2; 16]), Instant::ZERO);
+        let t0 = Instant::from_millis(10);
+        let every = Duration::from_millis(30);
+        let named: Vec<SocketAddr> = (1..=4)
+            .map(|i| SocketAddr::from(([192, 168, 1, i], 4000)))
+            .collect();
+        for &a in &named {
+            assert_eq!(p.probe(t0, a, 8, every, Origin::Hub), 8);
+        }
+        assert_eq!(
+            p.probe(t0, named[0], 8, every, Origin::Hub),
+            0,
+            "probed already"
+        );
+        assert_eq!(p.probe(t0, named[0], 2, every, Origin::Challenge), 0);
+        let fifth = SocketAddr::from(([198, 51, 100, 5], 4000));
+        assert_eq!(p.probe(t0, fifth, 8, every, Origin::Hub), 0, "no place");
+        let opened = SocketAddr::from(([198, 51, 100, 9], 61000));
+        assert_eq!(p.probe(t0, opened, 2, every, Origin::Challenge), 2);
+        let first_round: Vec<SocketAddr> =
+            core::iter::from_fn(|| p.poll_challenge(t0, PATH_PACKET_LEN).map(|(to, _)| to))
+                .collect();
+        assert!(first_round.contains(&named[0]) && first_round.contains(&opened));
+        assert!(!first_round.contains(&named[3]), "{first_round:?}");
     }
 }

@@ -849,3 +849,37 @@ fn a_spoofed_challenge_on_a_peer_link_draws_at_most_three_times_its_bytes() {
         challenge.len()
     );
 }
+
+/// A challenge from an address this member is probing already (the ordinary hole punch:
+/// both sides probe each other at once) is answered but not probed back: the probe goes on
+/// with all its attempts, and the link's allowance of probes back is not spent on it.
+#[test]
+fn a_challenge_from_an_address_being_probed_leaves_its_probe_whole() {
+    let (mut sim, mut w) = pair(62, Place::Public, Place::Public, PathPolicy::Auto, 0.0);
+    let target = sim
+        .add_node(shoal_proto::Config {
+            accept_incoming: false,
+            ..shoal_proto::hub::endpoint_config()
+        })
+        .expect("node");
+    let target_addr = sim.address(target);
+    let (user0, user1) = (w.user(0), w.user(1));
+    let (a, b) = (w.members[0], w.members[1]);
+    let link_a = w.client(0).link(user1).expect("a link to member 1");
+    let link_b = w.client(1).link(user0).expect("a link to member 0");
+    let now = sim.now();
+    sim.endpoint_mut(a).probe_path(now, link_a, target_addr);
+    let ep = sim.endpoint_mut(b);
+    ep.probe_path(now, link_b, target_addr);
+    let mut buf = vec![0u8; 1500];
+    let challenge = std::iter::from_fn(|| ep.poll_transmit(now, &mut buf))
+        .find(|t| t.to == target_addr)
+        .map(|t| buf[..t.len].to_vec())
+        .expect("a challenge");
+    sim.set_link_up(b, target, false);
+    sim.endpoint_mut(a)
+        .handle_datagram(now, target_addr, &challenge);
+    w.run(&mut sim, 2_000);
+    // The answer, and all eight of member 0's challenges.
+    assert_eq!(sim.endpoint(target).stats().datagrams_received, 9);
+}
