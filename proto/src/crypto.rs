@@ -145,14 +145,52 @@ impl PartialEq for Keypair {
 
 impl Eq for Keypair {}
 
-/// X25519 with `peer`, refusing a peer key of small order (whose shared secret would be
-/// known to everyone).
-/// The shared secret with `peer` (wiped when dropped), or `None` for a small-order key.
+/// X25519 with `peer`: the shared secret (wiped when dropped), or `None` for a peer key of
+/// small order (whose shared secret everyone knows).
 fn agree(secret: &StaticSecret, peer: &PublicKey) -> Option<Zeroizing<[u8; 32]>> {
     let shared = secret.diffie_hellman(&x25519_dalek::PublicKey::from(peer.0));
     shared
         .was_contributory()
         .then(|| Zeroizing::new(shared.to_bytes()))
+}
+
+/// X25519's public keys of small order, as libsodium lists them (bit 255, which X25519
+/// ignores, cleared): 0, 1, the two points of order 8, p - 1, and p and p + 1 (0 and 1
+/// again). No other encoding is of small order.
+const SMALL_ORDER: [[u8; 32]; 7] = {
+    const fn ff(first: u8) -> [u8; 32] {
+        let mut k = [0xff; 32];
+        k[0] = first;
+        k[31] = 0x7f;
+        k
+    }
+    let mut one = [0u8; 32];
+    one[0] = 1;
+    [
+        [0; 32],
+        one,
+        [
+            0xe0, 0xeb, 0x7a, 0x7c, 0x3b, 0x41, 0xb8, 0xae, 0x16, 0x56, 0xe3, 0xfa, 0xf1, 0x9f,
+            0xc4, 0x6a, 0xda, 0x09, 0x8d, 0xeb, 0x9c, 0x32, 0xb1, 0xfd, 0x86, 0x62, 0x05, 0x16,
+            0x5f, 0x49, 0xb8, 0x00,
+        ],
+        [
+            0x5f, 0x9c, 0x95, 0xbc, 0xa3, 0x50, 0x8c, 0x24, 0xb1, 0xd0, 0xb1, 0x55, 0x9c, 0x83,
+            0xef, 0x5b, 0x04, 0x44, 0x5c, 0xc4, 0x58, 0x1c, 0x8e, 0x86, 0xd8, 0x22, 0x4e, 0xdd,
+            0xd0, 0x9f, 0x11, 0x57,
+        ],
+        ff(0xec),
+        ff(0xed),
+        ff(0xee),
+    ]
+};
+
+/// Whether `key` is of small order: a key exchange with it would fail (`agree` gives
+/// `None`), so a handshake naming one is refused before any is run.
+pub(crate) fn is_small_order(key: &[u8; 32]) -> bool {
+    let mut masked = *key;
+    masked[31] &= 0x7f;
+    SMALL_ORDER.contains(&masked)
 }
 
 /// The proof a `Connect` with a connect token carries: HMAC-SHA256 of the packet before it
@@ -548,5 +586,30 @@ mod tests {
         assert_eq!(again.ephemeral().public, a.public, "deterministic");
         assert_eq!(prf, prf_again);
         assert_eq!(a.agree(&PublicKey([0; 32])), None);
+    }
+
+    /// Every key the list of small-order keys names fails a key exchange (with bit 255 set
+    /// too), so refusing them before one changes no outcome; real keys are not on it.
+    #[test]
+    fn the_listed_small_order_keys_are_exactly_those_an_exchange_refuses() {
+        let (mut secrets, _) = Secrets::new(3, None);
+        let ours = secrets.ephemeral();
+        for listed in SMALL_ORDER {
+            for top in [0u8, 0x80] {
+                let mut key = listed;
+                key[31] |= top;
+                assert!(is_small_order(&key));
+                assert_eq!(ours.agree(&PublicKey(key)), None, "{key:02x?}");
+            }
+        }
+        for i in 0..64u8 {
+            let real = Keypair::from_secret([i; 32]).public_key();
+            assert!(!is_small_order(&real.0));
+            assert!(ours.agree(&real).is_some());
+        }
+        // Near misses are not on the list.
+        let mut two = [0u8; 32];
+        two[0] = 2;
+        assert!(!is_small_order(&two));
     }
 }

@@ -53,8 +53,6 @@ pub(crate) enum Domain {
     PathKey = 5,
     /// Path challenge tokens.
     PathToken = 6,
-    /// The key naming refused Connects (cookie and client keys).
-    RefusedConnect = 7,
     /// The key that hides a connection's slot index in the ids it is given.
     SlotKey = 8,
     /// Where a connection leaves a packet number unused (see `SentPackets::skip_if_due`).

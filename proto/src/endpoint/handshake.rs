@@ -179,19 +179,11 @@ impl Endpoint {
             self.stats.drops.add(DropReason::BadCookie);
             return;
         }
-        // Names this Connect's key exchange: its cookie (so address, nonce and time) and every
-        // client key in it.
-        let exchange = self.prf.derive(Domain::RefusedConnect, 0).mac128(&[
-            &cookie,
-            ephemeral.as_ref().map_or(&[][..], |k| k),
-            static_key.as_ref().map_or(&[][..], |k| k),
-        ]);
-        if self
-            .admission
-            .as_deref()
-            .is_some_and(|a| a.refused_cookies.contains(&exchange))
-        {
-            // A replay of a Connect whose key exchange failed.
+        // A key of small order fails the exchange, whatever else: refused before the accept
+        // hook and the key-exchange budget (a failed exchange makes no connection, so no
+        // pacing per address would stop the next Connect, with another key).
+        let small = |k: &Option<[u8; 32]>| k.as_ref().is_some_and(crate::crypto::is_small_order);
+        if small(&ephemeral) || small(&static_key) {
             self.stats.drops.add(DropReason::Unauthenticated);
             return;
         }
@@ -323,9 +315,7 @@ impl Endpoint {
             self.stats.drops.add(DropReason::KeyExchangeBudget);
             return;
         }
-        // The key exchange's secrets, before anything is allocated: a small-order key from
-        // the client ends it here, and its cookie is remembered so that replaying that
-        // Connect costs a lookup, not another exchange.
+        // The key exchange's secrets, before anything is allocated.
         let server_ephemeral = ephemeral.map(|_| self.secrets.ephemeral());
         let mut shared = heapless::Vec::new();
         if let (Some(client), Some(ours)) = (ephemeral.map(PublicKey), &server_ephemeral) {
@@ -333,7 +323,7 @@ impl Endpoint {
             match server_secrets(ours, &client, static_pair, static_key.map(PublicKey)) {
                 Some(secrets) => shared = secrets,
                 None => {
-                    self.admission().refused_cookies.remember(exchange);
+                    // (Not reached: keys of small order were refused above.)
                     self.stats.drops.add(DropReason::Unauthenticated);
                     return;
                 }
@@ -636,8 +626,6 @@ pub(super) struct Admission {
     pub(super) network_key_exchanges: Option<Box<[Bucket]>>,
     /// Connect tokens of connections awaiting their client's first packet, by tag.
     pub(super) pending_tokens: HashMap<[u8; 16], u32>,
-    /// Cookies of Connects whose key exchange failed.
-    pub(super) refused_cookies: RefusedCookies,
     /// Connections taken from each IP address (`Config::max_connections_per_ip`; an IPv6
     /// address by its /64, which one host often holds whole); an address with none has no
     /// entry, so it holds at most `max_connections`.
@@ -652,7 +640,6 @@ impl Admission {
             key_exchanges: None,
             network_key_exchanges: None,
             pending_tokens: HashMap::with_hasher(hasher),
-            refused_cookies: RefusedCookies::new(),
             per_ip: HashMap::with_hasher(hasher),
         }
     }
@@ -695,41 +682,6 @@ fn network_key(ip: IpAddr) -> IpAddr {
 /// through a hub comes from a relay address, which all such links share.
 pub(super) fn counts_per_ip(addr: SocketAddr) -> bool {
     crate::hub::relay_user(addr).is_none()
-}
-
-/// Cookies of Connects whose key exchange failed (a client key of small order), so that a
-/// replay within the cookie's lifetime costs a lookup instead of scalar multiplications. A
-/// ring: the oldest is forgotten first (a forgotten one costs one more exchange).
-pub(super) struct RefusedCookies {
-    ring: Vec<[u8; 16]>,
-    next: usize,
-}
-
-impl RefusedCookies {
-    const CAPACITY: usize = 256;
-
-    pub(super) fn new() -> Self {
-        RefusedCookies {
-            ring: Vec::new(),
-            next: 0,
-        }
-    }
-
-    /// Entries are a keyed hash of the cookie and the client's keys: a Connect with the same
-    /// cookie and other keys (the real client's, after an attacker who read the Challenge sent
-    /// a bad one first) is a different entry.
-    fn contains(&self, exchange: &[u8; 16]) -> bool {
-        self.ring.contains(exchange)
-    }
-
-    fn remember(&mut self, mac: [u8; 16]) {
-        if self.ring.len() < Self::CAPACITY {
-            self.ring.push(mac);
-        } else {
-            self.ring[self.next] = mac;
-            self.next = (self.next + 1) % Self::CAPACITY;
-        }
-    }
 }
 
 /// This endpoint's per-connection reassembly budget as the handshake carries it.
