@@ -920,6 +920,31 @@ fn hundreds_of_garbage_datagrams_with_a_sniffed_id_never_close_the_connection() 
 
 // ======================================================================== 4. spoofed disconnect
 
+/// A packet with nothing but its acknowledgement to carry gives it the whole packet: the
+/// immediate ack of an out-of-order packet is one datagram however many ranges the peer's
+/// numbering left (it went out as two once 13 ranges no longer fit a packet's share for
+/// acks: the newest, then the rest in an ack-only packet of its own, five times the bytes
+/// of the peer's ping).
+#[test]
+fn an_immediate_ack_with_nothing_else_to_send_is_one_datagram() {
+    let Sniffed {
+        mut p, id, next_pn, ..
+    } = sniffed(client_config(91), server_config(92));
+    let mut buf = vec![0u8; 1500];
+    for k in 0..20u32 {
+        let mut ping = data_packet(id, next_pn + 2 * k, &[]);
+        // (The ping bit: the high bit of the range-count byte.)
+        ping[13] |= 0x80;
+        p.server.handle_datagram(p.now, p.client_addr, &ping);
+        let mut sent = 0;
+        while p.server.poll_transmit(p.now, &mut buf).is_some() {
+            sent += 1;
+        }
+        assert_eq!(sent, 1, "ping {k}");
+        p.now += Duration::from_millis(1);
+    }
+}
+
 #[test]
 fn a_disconnect_from_another_address_does_not_close_the_connection() {
     let Sniffed {

@@ -179,19 +179,21 @@ impl Connection {
                 || self.transport.lazy_since_ack > 0
                 || self.transport.full_ack_due);
         if carries_ack {
-            let room = if ack_only {
-                w.remaining()
-            } else {
+            // Only a packet that will carry messages keeps its ack to `ACK_ROOM`; one with
+            // nothing else to carry (an immediate ack, a keepalive) gives it the whole packet.
+            let shares = !ack_only && (probe || (wants_data && may_send_data));
+            let room = if shares {
                 wire::ACK_ROOM
+            } else {
+                w.remaining()
             };
             let delay = crate::time::micros(self.transport.received.ack_delay(now));
             let written = encode_ack(&mut w, false, delay, self.transport.received.ranges(), room)?;
             // Recent ranges that did not fit a packet carrying messages go in one of their
             // own next (without them the sender would think those packets lost); ranges of
-            // long-resolved packets are left out. That one says all it can and asks for no
-            // further one.
-            self.transport.full_ack_due =
-                !ack_only && self.transport.received.omits_recent(written);
+            // long-resolved packets are left out. One with the whole packet says all it can
+            // and asks for no further one.
+            self.transport.full_ack_due = shares && self.transport.received.omits_recent(written);
         } else {
             w.put(&[0])?;
         }

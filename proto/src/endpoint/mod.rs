@@ -1284,6 +1284,10 @@ impl Endpoint {
         // rescheduled before `now` would otherwise come due again at once, for ever).
         let now = self.last_now;
         let mut popped = false;
+        // A connection may be woken again at once (its losses declared, its probe timeout
+        // is due next), but a few times at most: a timer that stayed due however often it
+        // was handled would otherwise be popped again, for ever, within this call.
+        let mut wakes_left = self.live.saturating_mul(4).saturating_add(64);
         while let Some(Wakeup {
             at,
             index,
@@ -1318,6 +1322,14 @@ impl Endpoint {
             };
             c.handle_timeout(now, &mut shared);
             self.finish(index, c);
+            wakes_left = wakes_left.saturating_sub(1);
+            debug_assert!(
+                wakes_left > 0,
+                "a timer stays due at {now:?} however often it is handled"
+            );
+            if wakes_left == 0 {
+                break;
+            }
         }
         // Popping made a new front; without a pop it is the one settled when the last call
         // ended.
