@@ -77,14 +77,12 @@ impl Connection {
         if self.state == State::Connecting {
             match hs.connect_since.get() {
                 None => hs.connect_since = now.into(),
-                Some(since)
-                    if now >= since + config.cookie_lifetime.min(config.handshake_timeout / 2) =>
-                {
+                Some(since) if now >= since + config.cookie_lifetime => {
                     // Unanswered for a cookie's lifetime (the server unreachable, or its
-                    // Accepts lost, that long: the cookie is stale), or for half the time the
-                    // attempt has (the server restarted since its Challenge, or this side's
-                    // address changed, and it refuses the cookie in silence): ask for a fresh
-                    // one while there is time to use it.
+                    // Accepts lost, that long): the cookie is stale, so ask for a fresh one.
+                    // (Not sooner: an Accept on its way, the key exchange paid for, answers
+                    // only this Connect; a server over its key-exchange budget would have to
+                    // pay again for the next.)
                     self.state = State::Hello;
                     hs.connect = Vec::new();
                     hs.connect_since = MaybeInstant::NONE;

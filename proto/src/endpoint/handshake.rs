@@ -608,7 +608,7 @@ fn server_secrets(
 }
 
 /// What a server remembers to admit each client once: connect tokens used and pending, the
-/// Connects whose key exchange failed, connections per address. Boxed and made on the first
+/// key-exchange budgets, connections per address. Boxed and made on the first
 /// Connect an endpoint takes, so that a client endpoint (thousands in one process, in a load
 /// test or the simulator) holds none of it.
 pub(super) struct Admission {

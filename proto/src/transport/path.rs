@@ -55,6 +55,11 @@ impl Candidate {
     fn is_probing(&self) -> bool {
         self.probes_left > 0 && !self.validated
     }
+
+    /// Neither validated nor being probed: an address a probe may push out.
+    fn is_spent(&self) -> bool {
+        self.probes_left == 0 && !self.validated
+    }
 }
 
 /// Why an address becomes a candidate, which decides what it may push out when all places
@@ -199,9 +204,9 @@ impl Paths {
                             }
                             oldest
                         }
-                        Origin::Hub => self.least_useful(|c| !c.is_probing())?,
+                        Origin::Hub => self.least_useful(Candidate::is_spent)?,
                         Origin::Challenge => self
-                            .least_useful(|c| !c.is_probing())
+                            .least_useful(Candidate::is_spent)
                             .or_else(|| self.last_named_probe())?,
                     };
                     self.candidates.swap_remove(victim);
@@ -265,9 +270,12 @@ impl Paths {
             return 0;
         }
         let added = attempts - c.probes_left;
+        if !c.is_probing() {
+            // (One under way keeps its pace: more attempts, not a challenge at once.)
+            c.next_challenge = now;
+        }
         c.probes_left = attempts;
         c.probe_interval = interval.max(MIN_CHALLENGE_INTERVAL);
-        c.next_challenge = c.next_challenge.min(now);
         added
     }
 
@@ -573,5 +581,22 @@ mod probe_tests {
                 .collect();
         assert!(first_round.contains(&named[0]) && first_round.contains(&opened));
         assert!(!first_round.contains(&named[3]), "{first_round:?}");
+    }
+
+    /// A probe under way that gets more attempts (a hub names the address a probe back
+    /// started on) keeps its pace: no challenge at once on top of the last.
+    #[test]
+    fn more_attempts_for_a_probe_under_way_keep_its_pace() {
+        let relay = crate::hub::relay_address(7);
+        let mut p = Paths::new(relay, Prf::from_key([2; 16]), Instant::ZERO);
+        let t0 = Instant::from_millis(10);
+        let every = Duration::from_millis(30);
+        let a = SocketAddr::from(([198, 51, 100, 9], 61000));
+        assert_eq!(p.probe(t0, a, 2, every, Origin::Challenge), 2);
+        assert!(p.poll_challenge(t0, PATH_PACKET_LEN).is_some());
+        let t1 = t0 + Duration::from_millis(1);
+        assert_eq!(p.probe(t1, a, 8, every, Origin::Hub), 7);
+        assert_eq!(p.poll_challenge(t1, PATH_PACKET_LEN), None, "paced");
+        assert!(p.poll_challenge(t0 + every, PATH_PACKET_LEN).is_some());
     }
 }
