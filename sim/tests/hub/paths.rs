@@ -809,38 +809,49 @@ fn a_direct_link_that_proves_another_key_than_the_vouched_one_is_turned_away() {
     assert_eq!(sim.endpoint(stranger).peers().count(), 0, "turned away");
 }
 
+/// Two linked members and a third host: member 1 seals a path challenge towards the host's
+/// address, and it reaches member 0 as if from that host (a link peer spoofing its source),
+/// member 0 having started probing that address itself first if `probing`. Runs 2 s;
+/// returns the simulator, the host and the challenge. (Member 1's own probes never reach
+/// the host: what does is member 0's doing.)
+fn spoofed_challenge(seed: u64, probing: bool) -> (Simulator, NodeId, Vec<u8>) {
+    let (mut sim, mut w) = pair(seed, Place::Public, Place::Public, PathPolicy::Auto, 0.0);
+    let host = sim
+        .add_node(shoal_proto::Config {
+            accept_incoming: false,
+            ..shoal_proto::hub::endpoint_config()
+        })
+        .expect("node");
+    let host_addr = sim.address(host);
+    let (a, b) = (w.members[0], w.members[1]);
+    let (user0, user1) = (w.user(0), w.user(1));
+    let now = sim.now();
+    if probing {
+        let link = w.client(0).link(user1).expect("a link to member 1");
+        sim.endpoint_mut(a).probe_path(now, link, host_addr);
+    }
+    let link = w.client(1).link(user0).expect("a link to member 0");
+    let ep = sim.endpoint_mut(b);
+    ep.probe_path(now, link, host_addr);
+    let mut buf = vec![0u8; 1500];
+    let challenge = std::iter::from_fn(|| ep.poll_transmit(now, &mut buf))
+        .find(|t| t.to == host_addr)
+        .map(|t| buf[..t.len].to_vec())
+        .expect("a challenge");
+    sim.set_link_up(b, host, false);
+    sim.endpoint_mut(a)
+        .handle_datagram(now, host_addr, &challenge);
+    w.run(&mut sim, 2_000);
+    (sim, host, challenge)
+}
+
 /// A peer link's peer holds its keys, so it can seal a path challenge and send it with
 /// another host's address as its source: the member answers there and probes it back. With
 /// the answer that is at most three times the bytes of the challenge (it was nine: eight
 /// probes), so a member is no amplifier aimed at whoever its peer names.
 #[test]
 fn a_spoofed_challenge_on_a_peer_link_draws_at_most_three_times_its_bytes() {
-    let (mut sim, mut w) = pair(61, Place::Public, Place::Public, PathPolicy::Auto, 0.0);
-    let victim = sim
-        .add_node(shoal_proto::Config {
-            accept_incoming: false,
-            ..shoal_proto::hub::endpoint_config()
-        })
-        .expect("node");
-    let victim_addr = sim.address(victim);
-    let user0 = w.user(0);
-    let (a, b) = (w.members[0], w.members[1]);
-    let link = w.client(1).link(user0).expect("a link to member 0");
-    // Member 1 seals a challenge towards the victim's address ...
-    let now = sim.now();
-    let ep = sim.endpoint_mut(b);
-    ep.probe_path(now, link, victim_addr);
-    let mut buf = vec![0u8; 1500];
-    let challenge = std::iter::from_fn(|| ep.poll_transmit(now, &mut buf))
-        .find(|t| t.to == victim_addr)
-        .map(|t| buf[..t.len].to_vec())
-        .expect("a challenge");
-    // ... and sends it to member 0 "from" the victim (its own further probes there are
-    // lost: what reaches the victim is member 0's doing).
-    sim.set_link_up(b, victim, false);
-    sim.endpoint_mut(a)
-        .handle_datagram(now, victim_addr, &challenge);
-    w.run(&mut sim, 2_000);
+    let (sim, victim, challenge) = spoofed_challenge(61, false);
     let drawn = sim.endpoint(victim).stats().bytes_received;
     assert!(drawn > 0, "the challenge is answered");
     assert!(
@@ -855,31 +866,7 @@ fn a_spoofed_challenge_on_a_peer_link_draws_at_most_three_times_its_bytes() {
 /// with all its attempts, and the link's allowance of probes back is not spent on it.
 #[test]
 fn a_challenge_from_an_address_being_probed_leaves_its_probe_whole() {
-    let (mut sim, mut w) = pair(62, Place::Public, Place::Public, PathPolicy::Auto, 0.0);
-    let target = sim
-        .add_node(shoal_proto::Config {
-            accept_incoming: false,
-            ..shoal_proto::hub::endpoint_config()
-        })
-        .expect("node");
-    let target_addr = sim.address(target);
-    let (user0, user1) = (w.user(0), w.user(1));
-    let (a, b) = (w.members[0], w.members[1]);
-    let link_a = w.client(0).link(user1).expect("a link to member 1");
-    let link_b = w.client(1).link(user0).expect("a link to member 0");
-    let now = sim.now();
-    sim.endpoint_mut(a).probe_path(now, link_a, target_addr);
-    let ep = sim.endpoint_mut(b);
-    ep.probe_path(now, link_b, target_addr);
-    let mut buf = vec![0u8; 1500];
-    let challenge = std::iter::from_fn(|| ep.poll_transmit(now, &mut buf))
-        .find(|t| t.to == target_addr)
-        .map(|t| buf[..t.len].to_vec())
-        .expect("a challenge");
-    sim.set_link_up(b, target, false);
-    sim.endpoint_mut(a)
-        .handle_datagram(now, target_addr, &challenge);
-    w.run(&mut sim, 2_000);
+    let (sim, target, _) = spoofed_challenge(62, true);
     // The answer, and all eight of member 0's challenges.
     assert_eq!(sim.endpoint(target).stats().datagrams_received, 9);
 }
