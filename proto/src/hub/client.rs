@@ -50,6 +50,21 @@ const MAX_DIRECT_CONNECTING: usize = 16;
 /// for the other's handshake).
 const MAX_LINK_QUEUE: usize = 256;
 
+/// How often one peer's addresses are probed when its link comes up (`PathPolicy::Auto`):
+/// twice at once, then once per 10 s. A member that leaves and rejoins a shared room again
+/// and again makes a new link each time, and each would otherwise spend up to 32 of the
+/// endpoint's `Config::path_probes` (shared by every link), keeping the others' direct paths
+/// from being probed at all.
+const PROBE_ROUNDS: crate::RateLimit = crate::RateLimit {
+    per_second: 0.1,
+    burst: 2.0,
+};
+
+/// Peers whose probe rounds are remembered at once; one whose rounds have refilled is
+/// forgotten first (it starts full again). With every place taken by a peer still
+/// refilling, a link coming up is not probed (it stays on the relay).
+const MAX_PROBE_ROUNDS: usize = 1024;
+
 /// Associated data binding a sealed payload to what it travels as.
 const AAD_MESSAGE: u8 = 0;
 const AAD_REQUEST: u8 = 1;
@@ -446,6 +461,10 @@ pub struct HubClientStats {
     /// `request_timeout` behind later ones), or after very many later ones: a replay, or
     /// an honest request too late to matter.
     pub requests_late: u64,
+    /// Peer links (`PathPolicy::Auto`) whose direct paths were not probed when they came up:
+    /// the same peer's links came up more often than twice in 10 s (it keeps leaving and
+    /// rejoining), or too many peers did. They stay on the relay.
+    pub probes_skipped: u64,
 }
 
 /// A member of a hub: one endpoint's connection to the hub, its rooms and pair keys. Feed it
@@ -491,6 +510,8 @@ pub struct HubClient {
     /// everything they deliver (their first packet's messages come with `Connected`) is
     /// swallowed until their `Disconnected`.
     refused_links: BTreeSet<ConnectionHandle>,
+    /// Each peer's probe rounds left (`PROBE_ROUNDS`), kept beyond its link.
+    probe_rounds: BTreeMap<u16, crate::rate::Bucket>,
 }
 
 impl fmt::Debug for HubClient {
@@ -575,6 +596,7 @@ impl HubClient {
             links: BTreeMap::new(),
             link_users: BTreeMap::new(),
             refused_links: BTreeSet::new(),
+            probe_rounds: BTreeMap::new(),
             direct_connecting: BTreeSet::new(),
             direct_waiting: BTreeSet::new(),
             shared_rooms: BTreeMap::new(),
@@ -970,6 +992,7 @@ impl HubClient {
         }
         match event {
             Event::Connected { .. } => {
+                let probe = self.policy == PathPolicy::Auto && self.take_probe_round(user, now);
                 self.link_users.insert(conn, user);
                 let link = self.links.entry(user).or_default();
                 link.conn = Some(conn);
@@ -979,7 +1002,7 @@ impl HubClient {
                     // Queued in order before the link existed; the same limits apply now.
                     let _ = ep.send(conn, channel, payload);
                 }
-                if self.policy == PathPolicy::Auto {
+                if probe {
                     for &addr in &link.addrs {
                         ep.probe_path(now, conn, addr);
                     }
@@ -1301,6 +1324,25 @@ impl HubClient {
                 self.on_relayed(now, e);
             }
         }
+    }
+
+    /// Takes one of `user`'s probe rounds (`PROBE_ROUNDS`); `false` (counted) if none is
+    /// left.
+    fn take_probe_round(&mut self, user: u16, now: Instant) -> bool {
+        if !self.probe_rounds.contains_key(&user) && self.probe_rounds.len() >= MAX_PROBE_ROUNDS {
+            self.probe_rounds
+                .retain(|_, b| b.refill(&PROBE_ROUNDS, now) < PROBE_ROUNDS.burst);
+        }
+        let taken =
+            self.probe_rounds.len() < MAX_PROBE_ROUNDS || self.probe_rounds.contains_key(&user);
+        let taken = taken
+            && self
+                .probe_rounds
+                .entry(user)
+                .or_insert_with(|| crate::rate::Bucket::new(&PROBE_ROUNDS, now))
+                .take(&PROBE_ROUNDS, now, 1.0);
+        self.stats.probes_skipped += u64::from(!taken);
+        taken
     }
 
     /// Forgets the pair key (and closes the link) of `user` once it shares no room with

@@ -407,6 +407,29 @@ fn a_link_closes_quietly_when_its_peer_leaves_every_shared_room() {
     }
 }
 
+/// A member that leaves and rejoins a shared room again and again makes a new link each
+/// time: its addresses are probed for at most two of them in 10 s (each probe round spends
+/// up to 32 of the endpoint's path challenges, which every link shares), the rest stay on
+/// the relay and are counted.
+#[test]
+fn a_peer_rejoining_again_and_again_is_probed_twice_in_ten_seconds() {
+    let (mut sim, mut w) = pair(26, Place::Public, Place::Public, PathPolicy::Auto, 0.0);
+    w.run(&mut sim, 1000);
+    let room = w.client(1).rooms().next().expect("room").id;
+    let b = w.user(1);
+    for _ in 0..5 {
+        w.act(&mut sim, 1, |c, ep| c.leave_room(ep, room))
+            .expect("leave");
+        w.run(&mut sim, 300);
+        w.act(&mut sim, 1, |c, ep| c.join_room(ep, "pair", b"", b""))
+            .expect("join");
+        w.run(&mut sim, 500);
+        assert!(w.client(0).link(b).is_some(), "linked again");
+    }
+    // Six links in about 5 s: the first two probed, four not.
+    assert_eq!(w.client(0).stats().probes_skipped, 4);
+}
+
 /// Peer links rest on the hub (the rooms they share, the keys it vouched for, the session's
 /// user ids): when the member's hub connection ends they close with it, direct ones too. The
 /// member hears it left its rooms, and a send to a former peer is refused rather than going
