@@ -82,8 +82,10 @@ pub const MAX_DATAGRAMS_PER_UPDATE: usize = 64;
 /// Distinct answers one discovery keeps at most.
 pub const MAX_PEERS: usize = 256;
 /// Answers from one host (one IP, however many ports it names) one discovery keeps at most:
-/// a host on the LAN answering with port after port must not fill the result and keep
-/// everyone else's answers out.
+/// a host on the LAN answering with port after port does not fill the result and keep
+/// everyone else's answers out. (A bound on one address, not on a hostile host: one that
+/// answers from sixteen addresses, or spoofs them, still fills it; `verify` decides whom to
+/// trust.)
 pub const MAX_PEERS_PER_HOST: usize = 16;
 
 /// A peer that answered: where its Shoal endpoint listens and what it advertised.

@@ -35,7 +35,7 @@ pub const TAG_LEN: usize = 16;
 /// ([`DisconnectReason::IntegrityLimit`](crate::DisconnectReason::IntegrityLimit)):
 /// ChaCha20-Poly1305's integrity limit, 2^36, as RFC 9001 (6.6) sets it for QUIC. Each
 /// forgery tried has a tiny chance of passing; past this many, their sum is no longer
-/// negligible. At a million forged packets a second it takes a day to reach.
+/// negligible. At a million forged packets a second it takes most of a day to reach.
 pub const INTEGRITY_LIMIT: u64 = 1 << 36;
 /// Length of the clear header every packet after the handshake starts with, and that a
 /// protected packet authenticates without encrypting: type, connection id, packet number.
@@ -591,7 +591,7 @@ mod tests {
     /// Every key the list of small-order keys names fails a key exchange (with bit 255 set
     /// too), so refusing them before one changes no outcome; real keys are not on it.
     #[test]
-    fn the_listed_small_order_keys_are_exactly_those_an_exchange_refuses() {
+    fn the_listed_small_order_keys_fail_an_exchange_and_real_keys_are_not_listed() {
         let (mut secrets, _) = Secrets::new(3, None);
         let ours = secrets.ephemeral();
         for listed in SMALL_ORDER {

@@ -53,6 +53,8 @@ pub(crate) enum Domain {
     PathKey = 5,
     /// Path challenge tokens.
     PathToken = 6,
+    // 7 named refused Connects (retired: keys of small order are refused before any
+    // exchange); not to be reused, so no key derived under it comes back.
     /// The key that hides a connection's slot index in the ids it is given.
     SlotKey = 8,
     /// Where a connection leaves a packet number unused (see `SentPackets::skip_if_due`).

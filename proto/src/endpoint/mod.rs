@@ -283,7 +283,8 @@ pub struct Endpoint {
     relay: Option<(ConnectionHandle, u8)>,
     /// The root of handshake keys (and of `prf`'s key).
     secrets: Secrets,
-    /// A server's memory of tokens and refused Connects, from the first Connect it takes.
+    /// A server's memory of tokens, key-exchange budgets and connections per address, from
+    /// the first Connect it takes.
     admission: Option<Box<Admission>>,
     /// Path challenges it may still send to addresses that have not answered
     /// (`Config::path_probes`), from its first probe (boxed: most endpoints never probe).
@@ -1457,31 +1458,32 @@ impl Endpoint {
         self.advance_time(now);
         let addr = canonical_address(addr);
         if let Some((index, mut c)) = self.take(conn) {
-            self.probe_within_budget(&mut c, addr, PROBE_ATTEMPTS, Origin::Hub);
+            let _ = self.probe_within_budget(&mut c, addr, PROBE_ATTEMPTS, Origin::Hub);
             self.finish(index, c);
         }
     }
 
     /// Has `c` probe `addr` with `attempts` challenges if `Config::path_probes` holds that
     /// many (else counted, not started); what it did not add (the address is probed
-    /// already, or no place is free) goes back.
+    /// already, or no place is free) goes back. Returns the challenges added.
     fn probe_within_budget(
         &mut self,
         c: &mut Connection,
         addr: SocketAddr,
         attempts: u8,
         origin: Origin,
-    ) {
+    ) -> u8 {
         let (limit, now) = (self.config.path_probes, self.last_now);
         let bucket = self
             .path_probes
             .get_or_insert_with(|| Box::new(crate::rate::Bucket::new(&limit, now)));
         if !bucket.take(&limit, now, f64::from(attempts)) {
             self.stats.path_probes_refused += 1;
-            return;
+            return 0;
         }
         let added = c.probe_path(now, addr, attempts, origin);
         bucket.give_back(&limit, f64::from(attempts.saturating_sub(added)));
+        added
     }
 
     /// The next event for the application, if any.
@@ -2063,19 +2065,22 @@ impl Endpoint {
         // (Not an address probed already: a probe back would only use up the allowance.)
         let known = c.transport.paths.is_candidate(from);
         let probe_back = c.transport.paths.relay_mut().is_some_and(|relay| {
-            let probe = protected
+            protected
                 && !known
                 && from != relay.addr()
                 && from != remote
-                && relay.probed_back < MAX_PROBED_BACK;
-            relay.probed_back += u8::from(probe);
-            probe
+                && relay.probed_back < MAX_PROBED_BACK
         });
         if probe_back {
             // A peer link's peer probes us from an address of its own (behind a NAT that
             // maps each destination anew, it is not the one the hub saw): probe it back, so
-            // both sides validate the path the peer's NAT actually opened.
-            self.probe_within_budget(c, from, PROBE_BACK_ATTEMPTS, Origin::Challenge);
+            // both sides validate the path the peer's NAT actually opened. (Counted against
+            // the link's allowance only if it started.)
+            if self.probe_within_budget(c, from, PROBE_BACK_ATTEMPTS, Origin::Challenge) > 0 {
+                if let Some(relay) = c.transport.paths.relay_mut() {
+                    relay.probed_back += 1;
+                }
+            }
         }
     }
 

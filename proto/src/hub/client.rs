@@ -51,7 +51,7 @@ const MAX_DIRECT_CONNECTING: usize = 16;
 const MAX_LINK_QUEUE: usize = 256;
 
 /// How often one peer's addresses are probed when its link comes up (`PathPolicy::Auto`):
-/// twice at once, then once per 10 s. A member that leaves and rejoins a shared room again
+/// two rounds at once, then one more each 10 s. A member that leaves and rejoins a shared room again
 /// and again makes a new link each time, and each would otherwise spend up to 32 of the
 /// endpoint's `Config::path_probes` (shared by every link), keeping the others' direct paths
 /// from being probed at all.
@@ -462,8 +462,9 @@ pub struct HubClientStats {
     /// an honest request too late to matter.
     pub requests_late: u64,
     /// Peer links (`PathPolicy::Auto`) whose direct paths were not probed when they came up:
-    /// the same peer's links came up more often than twice in 10 s (it keeps leaving and
-    /// rejoining), or too many peers did. They stay on the relay.
+    /// the same peer's links came up more often than its probe rounds allow (two at once,
+    /// then one each 10 s: it keeps leaving and rejoining), or too many peers did. They stay
+    /// on the relay.
     pub probes_skipped: u64,
 }
 
@@ -992,7 +993,10 @@ impl HubClient {
         }
         match event {
             Event::Connected { .. } => {
-                let probe = self.policy == PathPolicy::Auto && self.take_probe_round(user, now);
+                let has_addrs = self.links.get(&user).is_some_and(|l| !l.addrs.is_empty());
+                let probe = self.policy == PathPolicy::Auto
+                    && has_addrs
+                    && self.take_probe_round(user, now);
                 self.link_users.insert(conn, user);
                 let link = self.links.entry(user).or_default();
                 link.conn = Some(conn);
@@ -1329,18 +1333,19 @@ impl HubClient {
     /// Takes one of `user`'s probe rounds (`PROBE_ROUNDS`); `false` (counted) if none is
     /// left.
     fn take_probe_round(&mut self, user: u16, now: Instant) -> bool {
-        if !self.probe_rounds.contains_key(&user) && self.probe_rounds.len() >= MAX_PROBE_ROUNDS {
-            self.probe_rounds
-                .retain(|_, b| b.refill(&PROBE_ROUNDS, now) < PROBE_ROUNDS.burst);
+        let rounds = &mut self.probe_rounds;
+        if !rounds.contains_key(&user) && rounds.len() >= MAX_PROBE_ROUNDS {
+            // (A peer whose rounds refilled starts full again: forgetting it changes nothing.)
+            rounds.retain(|_, b| b.refill(&PROBE_ROUNDS, now) < PROBE_ROUNDS.burst);
+            if rounds.len() >= MAX_PROBE_ROUNDS {
+                self.stats.probes_skipped += 1;
+                return false;
+            }
         }
-        let taken =
-            self.probe_rounds.len() < MAX_PROBE_ROUNDS || self.probe_rounds.contains_key(&user);
-        let taken = taken
-            && self
-                .probe_rounds
-                .entry(user)
-                .or_insert_with(|| crate::rate::Bucket::new(&PROBE_ROUNDS, now))
-                .take(&PROBE_ROUNDS, now, 1.0);
+        let taken = rounds
+            .entry(user)
+            .or_insert_with(|| crate::rate::Bucket::new(&PROBE_ROUNDS, now))
+            .take(&PROBE_ROUNDS, now, 1.0);
         self.stats.probes_skipped += u64::from(!taken);
         taken
     }

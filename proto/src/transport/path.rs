@@ -15,7 +15,8 @@ use core::time::Duration;
 use crate::hash::{Domain, Prf, Sequence};
 use crate::time::Instant;
 
-/// New addresses tracked at once per connection; a further one replaces the oldest.
+/// New addresses tracked at once per connection; a further one replaces the least useful,
+/// if its origin allows (see `Paths::candidate`).
 const MAX_CANDIDATES: usize = 4;
 /// Most credit an address accumulates (bytes we may send it before it answers).
 const MAX_CREDIT: usize = 16 * 1024;
@@ -44,8 +45,8 @@ struct Candidate {
     /// old (a peer's real address answers its challenge within a round trip and is then
     /// validated, which protects it for good; made-up ones never answer).
     created_at: Instant,
-    /// Challenges still to send unasked (a path this side probes: a hub told us the
-    /// address), one per `probe_interval`, credit or not.
+    /// Challenges still to send unasked (a path this side probes: a hub named the address,
+    /// or the peer's challenge came from it), one per `probe_interval`, credit or not.
     probes_left: u8,
     probe_interval: Duration,
 }
@@ -279,7 +280,7 @@ impl Paths {
         added
     }
 
-    /// Whether `addr` is being validated or probed.
+    /// Whether `addr` is tracked: being validated or probed, or kept a while after.
     pub(crate) fn is_candidate(&self, addr: SocketAddr) -> bool {
         self.candidates.iter().any(|c| c.addr == addr)
     }

@@ -408,11 +408,11 @@ fn a_link_closes_quietly_when_its_peer_leaves_every_shared_room() {
 }
 
 /// A member that leaves and rejoins a shared room again and again makes a new link each
-/// time: its addresses are probed for at most two of them in 10 s (each probe round spends
-/// up to 32 of the endpoint's path challenges, which every link shares), the rest stay on
-/// the relay and are counted.
+/// time: its addresses are probed for two of them at once, then one each 10 s (each probe
+/// round spends up to 32 of the endpoint's path challenges, which every link shares); the
+/// rest stay on the relay and are counted.
 #[test]
-fn a_peer_rejoining_again_and_again_is_probed_twice_in_ten_seconds() {
+fn a_peer_rejoining_again_and_again_is_probed_for_two_links_then_one_each_ten_seconds() {
     let (mut sim, mut w) = pair(26, Place::Public, Place::Public, PathPolicy::Auto, 0.0);
     w.run(&mut sim, 1000);
     let room = w.client(1).rooms().next().expect("room").id;
@@ -885,8 +885,8 @@ fn a_spoofed_challenge_on_a_peer_link_draws_at_most_three_times_its_bytes() {
 }
 
 /// A challenge from an address this member is probing already (the ordinary hole punch:
-/// both sides probe each other at once) is answered but not probed back: the probe goes on
-/// with all its attempts, and the link's allowance of probes back is not spent on it.
+/// both sides probe each other at once) is answered, and the probe goes on with all its
+/// attempts (a probe back once cut it to two).
 #[test]
 fn a_challenge_from_an_address_being_probed_leaves_its_probe_whole() {
     let (sim, target, _) = spoofed_challenge(62, true);
