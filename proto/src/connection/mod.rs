@@ -1303,6 +1303,65 @@ fn chunks_for(config: &Config, len: usize) -> u16 {
 mod tests {
     use super::*;
 
+    /// A packet given up before it leaves (nothing in it after all: the only frame waiting
+    /// to go again was acknowledged meanwhile) takes back the repair written into it: the
+    /// packets that repair covered are covered by the next one instead of by none.
+    #[test]
+    fn a_packet_given_up_takes_its_repair_back() {
+        let config = Config::default();
+        let handle = ConnectionHandle {
+            index: 0,
+            generation: 0,
+        };
+        let remote = SocketAddr::from(([10, 0, 0, 2], 5000));
+        let mut now = Instant::from_millis(1);
+        let prf = crate::hash::Prf::from_key([7; 16]);
+        let mut c = Connection::new(&config, handle, remote, now, false, 1, prf);
+        // Loss seen: small packets are coded.
+        c.transport.loss_rate = u64::MAX / 4;
+        let (mut buf, mut outcome) = ([0u8; 1500], AckOutcome::default());
+        for i in 0..3u8 {
+            let payload = Bytes::from(alloc::vec![i; 20]);
+            c.send(&config, 0, payload, false, Route::default())
+                .unwrap();
+            now += core::time::Duration::from_millis(1);
+            assert!(c
+                .poll_transmit(now, &mut buf, &config, &mut outcome)
+                .is_some());
+        }
+        let repairs = |c: &Connection| {
+            (
+                c.transport.repaired_through,
+                c.stats.rare.read().repairs_sent,
+            )
+        };
+        let before = repairs(&c);
+        assert!(before.1 > 0, "the packets carry repairs");
+        let f = c.messaging.in_flight();
+        let header = MessageHeader {
+            channel: 2,
+            send_type: SendType::Message,
+            reliable: false,
+            owner: 0,
+            sequence: 0,
+            redirect: None,
+            chunk: None,
+        };
+        let key = f.frames.insert(SentFrame {
+            header,
+            payload: Bytes::new(),
+            message_seq: None,
+            in_flight: 0,
+        });
+        f.frames.remove(key);
+        f.resend.push_back(key);
+        now += core::time::Duration::from_millis(1);
+        assert!(c
+            .poll_transmit(now, &mut buf, &config, &mut outcome)
+            .is_none());
+        assert_eq!(repairs(&c), before);
+    }
+
     /// The idle trim gives the repair decoder back, but not what its solving still owes:
     /// a peer that goes quiet for a keepalive interval between bursts of repairs that never
     /// solve would otherwise get a fresh allowance each time (see `RepairDecoder::solve`).

@@ -208,7 +208,12 @@ impl Connection {
         };
         let coding = coding_on && self.queued_bytes() < 2 * half && largest <= half;
         self.transport.sent.set_coded(coding);
-        let repaired = coding && self.write_repair(now, pn, half, &mut w);
+        let repaired_before = self.transport.repaired_through;
+        let repair = if coding {
+            self.write_repair(now, pn, half, &mut w)
+        } else {
+            None
+        };
         let frames_start = w.len();
         if coding {
             // Split what is queued evenly over the packets it needs: the repairs that cover
@@ -264,6 +269,8 @@ impl Connection {
         let window_limited = frames_written > 0 && !self.transport.sent.can_send(w.len() + mtu);
         let ping = probe || heartbeat || refresh || window_limited || !keys.is_empty();
         if frames_written == 0 && !ack_due && !self.keepalive_due && !probe && !ack_only {
+            // Given up: the repair written into it covers nothing sent.
+            self.transport.repaired_through = repaired_before;
             self.transport.sent.give_back_packet_keys(keys);
             return None;
         }
@@ -271,8 +278,10 @@ impl Connection {
         if ping {
             buf[count_at] |= wire::PING_BIT;
         }
-        if repaired {
+        if let Some(symbol_len) = repair {
             buf[count_at] |= wire::REPAIR_BIT;
+            self.stats.rare.get().repairs_sent += 1;
+            self.stats.payload_bytes_transmitted += symbol_len as u64;
         }
         if coding && frames_written > 0 {
             // A small packet: later repairs cover it.
@@ -340,30 +349,27 @@ impl Connection {
     }
 
     /// Writes a repair block coding the small packets sent lately (before this instant,
-    /// within a round trip), if there are new ones to cover and the symbol fits.
-    fn write_repair(&mut self, now: Instant, pn: u64, room: usize, w: &mut Writer<'_>) -> bool {
+    /// within a round trip), if there are new ones to cover and the symbol fits; returns
+    /// its symbol's length.
+    fn write_repair(
+        &mut self,
+        now: Instant,
+        pn: u64,
+        room: usize,
+        w: &mut Writer<'_>,
+    ) -> Option<usize> {
         let horizon = self.transport.sent.rtt.smoothed();
         // Each packet is the newest covered once: one repair per small packet sent, which
         // is what keeps the cost at about one copy.
         let covered_before = self.transport.repaired_through.checked_sub(1);
-        let Some(tx) = self.transport.fec_tx.as_deref() else {
-            return false;
-        };
-        let Some(plan) = tx.plan(now, horizon, room, covered_before) else {
-            return false;
-        };
+        let tx = self.transport.fec_tx.as_deref()?;
+        let plan = tx.plan(now, horizon, room, covered_before)?;
         let (newest, symbol_len) = (plan.newest, plan.symbol_len);
-        let Ok(distance) = u32::try_from(pn - newest) else {
-            return false;
-        };
+        let distance = u32::try_from(pn - newest).ok()?;
         let code = |symbol: &mut [u8]| tx.code(pn, &plan, symbol);
-        if wire::encode_repair(w, distance, &plan.covered, symbol_len, code).is_none() {
-            return false;
-        }
+        wire::encode_repair(w, distance, &plan.covered, symbol_len, code)?;
         self.transport.repaired_through = newest + 1;
-        self.stats.rare.get().repairs_sent += 1;
-        self.stats.payload_bytes_transmitted += symbol_len as u64;
-        true
+        Some(symbol_len)
     }
 
     /// A probe carries again the reliable frames of the oldest packets in flight, so that
