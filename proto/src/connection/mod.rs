@@ -595,6 +595,11 @@ impl Connection {
         self.transport.paths.current
     }
 
+    /// Whether `addr` is this connection's address or the relay it falls back to.
+    pub(crate) fn is_reached_through(&self, addr: SocketAddr) -> bool {
+        self.remote() == addr || self.transport.paths.fallback() == Some(addr)
+    }
+
     pub(crate) fn is_connected(&self) -> bool {
         self.state == State::Connected
     }

@@ -1092,6 +1092,13 @@ impl Endpoint {
         let Some((index, mut c)) = self.take_by_id(from, connection_id, datagram.len()) else {
             return;
         };
+        if crate::hub::relay_user(from).is_some() && !c.is_reached_through(from) {
+            // Tunnelled in by the hub for a connection that does not travel through it (the
+            // hub connection itself): the hub holds its keys, and must not move it there.
+            self.stats.drops.add(DropReason::Unexpected);
+            self.finish_quiet(index, c);
+            return;
+        }
         let Some(bytes) = self.open_packet(now, &mut c, datagram) else {
             self.finish_quiet(index, c);
             return;
@@ -2589,6 +2596,33 @@ mod tests {
             _ => None,
         });
         assert_eq!(reason, Some(DisconnectReason::ProtocolViolation));
+    }
+
+    /// A connection not reached through the hub (the hub connection itself, above all)
+    /// takes nothing from a relay address: a hostile hub, which holds the hub connection's
+    /// keys, could otherwise tunnel its packets in from a made-up member, have the path
+    /// validated and move the hub connection onto the relay, where every packet of it would
+    /// be tunnelled through itself and never leave (each `poll_transmit` wrapping and
+    /// unwrapping them until the window filled).
+    #[test]
+    fn a_connection_not_reached_through_the_hub_takes_nothing_from_a_relay_address() {
+        let mut p = TwoEndpoints::connected();
+        let (c, s) = (p.c, p.s);
+        p.client.set_relay(c, 5);
+        let now = p.now;
+        let pn = p.server.get(s).unwrap().transport.sent.next_seq() + 1;
+        let packet = sealed_ack(&p.server, s, pn, 0, 0);
+        let relay = crate::hub::relay_address(77);
+        let before = p.client.stats().drops.get(DropReason::Unexpected);
+        p.client.handle_one(now, relay, &packet);
+        let conn = p.client.get(c).unwrap();
+        assert!(
+            !conn.transport.paths.has_candidates(),
+            "no path to validate"
+        );
+        assert_eq!(conn.remote(), TwoEndpoints::SERVER);
+        let drops = p.client.stats().drops.get(DropReason::Unexpected);
+        assert_eq!(drops, before + 1);
     }
 
     /// Packets naming a connection that fail to authenticate are counted on it, and it
