@@ -273,7 +273,7 @@ impl Command {
             KICK => Command::Kick {
                 op: r.u32()?,
                 room: r.u16()?,
-                user: r.u16()?,
+                user: r.user()?,
             },
             CLOSE => Command::Close {
                 op: r.u32()?,
@@ -282,7 +282,7 @@ impl Command {
             APPROVE => Command::Approve {
                 op: r.u32()?,
                 room: r.u16()?,
-                user: r.u16()?,
+                user: r.user()?,
                 accept: match r.u8()? {
                     0 => false,
                     1 => true,
@@ -358,7 +358,7 @@ impl MemberEntry {
     }
 
     fn decode(r: &mut Reader<'_>) -> Option<MemberEntry> {
-        let user = r.u16()?;
+        let user = r.user()?;
         let flags = r.u8()?;
         if flags & !(HAS_KEY | HAS_CLIENT_ID | HAS_PAIR_KEY) != 0 {
             return None;
@@ -461,7 +461,7 @@ impl Notice {
             JOINED => {
                 let op = r.u32()?;
                 let room = r.u16()?;
-                let owner = r.u16()?;
+                let owner = r.user()?;
                 let name = r.field()?;
                 let count = usize::from(r.u16()?);
                 // Each entry takes at least 6 bytes: a count beyond what is left is a lie,
@@ -492,7 +492,7 @@ impl Notice {
             },
             PEER_LEFT => Notice::PeerLeft {
                 room: r.u16()?,
-                user: r.u16()?,
+                user: r.user()?,
                 reason: r.u8()?,
             },
             ROOM_LEFT => Notice::RoomLeft {
@@ -501,11 +501,11 @@ impl Notice {
             },
             OWNER_CHANGED => Notice::OwnerChanged {
                 room: r.u16()?,
-                owner: r.u16()?,
+                owner: r.user()?,
             },
             JOIN_REQUESTED => Notice::JoinRequested {
                 room: r.u16()?,
-                user: r.u16()?,
+                user: r.user()?,
                 metadata: r.field()?,
             },
             _ => return None,
@@ -532,6 +532,12 @@ impl Reader<'_> {
     }
     fn u16(&mut self) -> Option<u16> {
         Some(u16::from_be_bytes(self.take(2)?.try_into().ok()?))
+    }
+    /// A user id: 1 to `MAX_USER_ID` (0 is no one, and the values above name rooms: a hub
+    /// naming one would have a member link to `[100::]:0`, which is no relay address, or
+    /// confuse a user with a room).
+    fn user(&mut self) -> Option<u16> {
+        self.u16().filter(|u| (1..=super::MAX_USER_ID).contains(u))
     }
     fn u32(&mut self) -> Option<u32> {
         Some(u32::from_be_bytes(self.take(4)?.try_into().ok()?))
@@ -690,6 +696,61 @@ mod tests {
         for n in notices {
             let bytes = Bytes::from(n.encode());
             assert_eq!(Notice::decode(&bytes), Some(n));
+        }
+    }
+
+    /// User ids are 1 to `MAX_USER_ID` wherever a message names one: 0 and the room range
+    /// make the message malformed (a hostile hub introducing user 0 had its members link
+    /// to `[100::]:0`, which is no relay address).
+    #[test]
+    fn user_ids_outside_their_range_make_a_message_malformed() {
+        let member = |user| MemberEntry {
+            user,
+            key: None,
+            client_id: None,
+            metadata: Bytes::new(),
+            pair_key: Some([2; 32]),
+            addrs: alloc::vec![],
+        };
+        for (user, valid) in [
+            (0, false),
+            (1, true),
+            (super::super::MAX_USER_ID, true),
+            (super::super::MAX_USER_ID + 1, false),
+        ] {
+            let notices = [
+                Notice::PeerJoined {
+                    room: 2,
+                    member: member(user),
+                },
+                Notice::PeerLeft {
+                    room: 2,
+                    user,
+                    reason: 1,
+                },
+                Notice::OwnerChanged {
+                    room: 2,
+                    owner: user,
+                },
+                Notice::JoinRequested {
+                    room: 2,
+                    user,
+                    metadata: Bytes::new(),
+                },
+            ];
+            for n in notices {
+                let decoded = Notice::decode(&Bytes::from(n.encode()));
+                assert_eq!(decoded.is_some(), valid, "{n:?}");
+            }
+            let kick = Command::Kick {
+                op: 1,
+                room: 2,
+                user,
+            };
+            assert_eq!(
+                Command::decode(&Bytes::from(kick.encode())).is_some(),
+                valid
+            );
         }
     }
 
