@@ -1308,20 +1308,25 @@ fn chunks_for(config: &Config, len: usize) -> u16 {
 mod tests {
     use super::*;
 
+    /// A server's connection to 10.0.0.2:5000, made at `now` under `config`.
+    fn server_connection(config: &Config, now: Instant) -> Connection {
+        let handle = ConnectionHandle {
+            index: 0,
+            generation: 0,
+        };
+        let remote = SocketAddr::from(([10, 0, 0, 2], 5000));
+        let prf = crate::hash::Prf::from_key([7; 16]);
+        Connection::new(config, handle, remote, now, false, 1, prf)
+    }
+
     /// A packet given up before it leaves (nothing in it after all: the only frame waiting
     /// to go again was acknowledged meanwhile) takes back the repair written into it: the
     /// packets that repair covered are covered by the next one instead of by none.
     #[test]
     fn a_packet_given_up_takes_its_repair_back() {
         let config = Config::default();
-        let handle = ConnectionHandle {
-            index: 0,
-            generation: 0,
-        };
-        let remote = SocketAddr::from(([10, 0, 0, 2], 5000));
         let mut now = Instant::from_millis(1);
-        let prf = crate::hash::Prf::from_key([7; 16]);
-        let mut c = Connection::new(&config, handle, remote, now, false, 1, prf);
+        let mut c = server_connection(&config, now);
         // Loss seen: small packets are coded.
         c.transport.loss_rate = u64::MAX / 4;
         let (mut buf, mut outcome) = ([0u8; 1500], AckOutcome::default());
@@ -1374,21 +1379,8 @@ mod tests {
     #[test]
     fn the_idle_trim_keeps_what_solving_owes() {
         let config = Config::default();
-        let handle = ConnectionHandle {
-            index: 0,
-            generation: 0,
-        };
-        let remote = SocketAddr::from(([10, 0, 0, 2], 5000));
         let now = Instant::from_millis(1);
-        let mut c = Connection::new(
-            &config,
-            handle,
-            remote,
-            now,
-            false,
-            1,
-            crate::hash::Prf::from_key([7; 16]),
-        );
+        let mut c = server_connection(&config, now);
         c.transport.fec_rx = Some(Box::new(crate::transport::fec::RepairDecoder::owing(
             123_456,
         )));
