@@ -1074,6 +1074,16 @@ fn issue(spec: &TokenSpec<'_>) -> ConnectToken {
 
 /// A token server and one client, the server told the wall-clock time; the hook's view of
 /// each request is logged.
+/// Connects `client` to the server with `token`: how the attempt ended.
+fn token_outcome(net: &mut Net, client: usize, token: &ConnectToken) -> Event {
+    let options = ConnectOptions {
+        token: Some(token),
+        ..ConnectOptions::default()
+    };
+    net.connect(client, SERVER_ADDR, &options);
+    net.outcome(client, Duration::from_secs(5)).1
+}
+
 fn token_net() -> (Net, usize, usize, Arc<Mutex<Vec<PeerIdentity>>>) {
     let mut net = Net::new();
     let server = net.add(token_server_config(92), SERVER_ADDR);
@@ -1096,12 +1106,7 @@ fn a_valid_token_reports_its_claims_to_the_hook_and_in_connected() {
     let token = issue(&TokenSpec::default());
     // The client got the token as bytes from the backend.
     let token = ConnectToken::from_bytes(&token.to_bytes()).expect("parses");
-    let options = ConnectOptions {
-        token: Some(&token),
-        ..ConnectOptions::default()
-    };
-    net.connect(client, SERVER_ADDR, &options);
-    let (_, outcome) = net.outcome(client, Duration::from_secs(5));
+    let outcome = token_outcome(&mut net, client, &token);
     assert!(matches!(outcome, Event::Connected { .. }), "{outcome:?}");
     assert!(net.run_until(Duration::from_secs(1), |n| !connected(
         n.nodes[server].events()
@@ -1197,12 +1202,7 @@ fn a_token_naming_the_server_by_its_mapped_ipv4_address_is_taken() {
         ..TokenSpec::default()
     });
     let (mut net, _, client, _) = token_net();
-    let options = ConnectOptions {
-        token: Some(&token),
-        ..ConnectOptions::default()
-    };
-    net.connect(client, SERVER_ADDR, &options);
-    let (_, outcome) = net.outcome(client, Duration::from_secs(5));
+    let outcome = token_outcome(&mut net, client, &token);
     assert!(matches!(outcome, Event::Connected { .. }), "{outcome:?}");
 }
 
@@ -1233,12 +1233,7 @@ fn no_token_is_refused_within_one_round_trip() {
 fn a_reused_token_is_refused_within_one_round_trip_and_counted_as_a_replay() {
     let (mut net, server, client, seen) = token_net();
     let token = issue(&TokenSpec::default());
-    let options = ConnectOptions {
-        token: Some(&token),
-        ..ConnectOptions::default()
-    };
-    net.connect(client, SERVER_ADDR, &options);
-    let (_, outcome) = net.outcome(client, Duration::from_secs(5));
+    let outcome = token_outcome(&mut net, client, &token);
     assert!(matches!(outcome, Event::Connected { .. }), "{outcome:?}");
     assert!(net.run_until(Duration::from_secs(1), |n| !connected(
         n.nodes[server].events()
@@ -1249,6 +1244,10 @@ fn a_reused_token_is_refused_within_one_round_trip_and_counted_as_a_replay() {
     // Someone else, elsewhere, with the very same token (client key included).
     let second = net.add(client_config(93), SECOND_CLIENT_ADDR);
     let start = net.now;
+    let options = ConnectOptions {
+        token: Some(&token),
+        ..ConnectOptions::default()
+    };
     let conn = net.connect(second, SERVER_ADDR, &options);
     let (at, outcome) = net.outcome(second, Duration::from_secs(10));
     assert!(
