@@ -435,17 +435,26 @@ impl Network for Handle {
         payload: impl Into<Bytes>,
         except: Option<ConnectionHandle>,
     ) -> usize {
-        let peers =
-            Handle::peers(self).map_or(0, |p| p.iter().filter(|&&c| Some(c) != except).count());
-        match Handle::broadcast(self, channel, payload, except) {
-            Ok(()) => peers,
+        // Waits its turn in a full queue, and counts what the thread queued (a peer whose
+        // queue was full is not counted).
+        let (reply, answer) = mpsc::sync_channel(1);
+        let command = Command::Broadcast {
+            channel,
+            payload: payload.into(),
+            except,
+            reply: Some(reply),
+        };
+        match self.command_blocking(command) {
+            Ok(()) => answer.recv().unwrap_or(0),
             Err(_) => 0,
         }
     }
 
     fn disconnect(&mut self, conn: ConnectionHandle, code: u16) {
-        // (A stopped thread has no connection left to close.)
-        let _ = Handle::disconnect(self, conn, code);
+        // Waits its turn in a full queue: a close dropped for want of room would leave the
+        // peer connected with no `Disconnected` to come. (A stopped thread has no connection
+        // left to close.)
+        let _ = self.command_blocking(Command::Disconnect { conn, code });
     }
 
     fn poll_event(&mut self) -> Option<Event> {
@@ -684,6 +693,89 @@ mod tests {
             finished.recv_timeout(Duration::from_secs(20)).is_ok(),
             "the thread never took the command or never stopped"
         );
+    }
+
+    /// A handle whose thread is played by the test: commands land in the returned queue,
+    /// which holds `room` of them.
+    fn handle_with_queue(room: usize) -> (Handle, Receiver<Command>) {
+        let (commands, taken) = mpsc::sync_channel(room);
+        let (_outputs_tx, outputs) = mpsc::channel();
+        let handle = Handle {
+            commands,
+            outputs,
+            waker: None,
+            thread: None,
+            local_addr: "127.0.0.1:1".parse().expect("address"),
+            dual_stack: false,
+            dropped_failures: Arc::new(AtomicU64::new(0)),
+        };
+        (handle, taken)
+    }
+
+    fn some_connection() -> ConnectionHandle {
+        let config = Config {
+            secret_seed: Some(shoal_proto::SecretSeed::insecure_from_u64(5)),
+            ..Config::default()
+        };
+        let mut endpoint = shoal_proto::Endpoint::new(config).expect("endpoint");
+        endpoint
+            .connect(
+                shoal_proto::Instant::from_millis(1),
+                "127.0.0.1:2".parse().expect("address"),
+                b"",
+            )
+            .expect("an attempt")
+    }
+
+    /// Plays the thread: after a while (the caller is then blocked on a full queue), takes
+    /// every command for half a second, answering broadcasts as if `peers` were queued.
+    fn slow_thread(taken: Receiver<Command>, peers: usize) -> JoinHandle<Vec<&'static str>> {
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            let mut seen = Vec::new();
+            while let Ok(command) = taken.recv_timeout(Duration::from_millis(500)) {
+                seen.push(match command {
+                    Command::Disconnect { code: 7, .. } => "disconnect",
+                    Command::Broadcast { reply, .. } => {
+                        if let Some(reply) = reply {
+                            let _ = reply.send(peers);
+                        }
+                        "broadcast"
+                    }
+                    _ => "other",
+                });
+            }
+            seen
+        })
+    }
+
+    #[test]
+    fn a_disconnect_through_network_waits_for_room_in_a_full_queue() {
+        let (mut handle, taken) = handle_with_queue(1);
+        let conn = some_connection();
+        Handle::send(&handle, conn, 0, &b"fills the queue"[..]).expect("queued");
+        let thread = slow_thread(taken, 0);
+        Network::disconnect(&mut handle, conn, 7);
+        drop(handle);
+        let seen = thread.join().expect("the test's thread");
+        assert_eq!(
+            seen,
+            ["other", "disconnect"],
+            "the close must not be dropped"
+        );
+    }
+
+    #[test]
+    fn a_broadcast_through_network_waits_for_room_and_returns_what_the_thread_queued() {
+        let (mut handle, taken) = handle_with_queue(1);
+        let conn = some_connection();
+        Handle::send(&handle, conn, 0, &b"fills the queue"[..]).expect("queued");
+        let thread = slow_thread(taken, 3);
+        let queued = Network::broadcast(&mut handle, 0, &b"to all"[..], None);
+        drop(handle);
+        let seen = thread.join().expect("the test's thread");
+        assert_eq!(seen, ["other", "broadcast"]);
+        assert_eq!(queued, 3, "the count the thread queued for");
     }
 
     #[test]
