@@ -59,8 +59,8 @@ const LAZY_ACK_EVERY: u32 = 8;
 /// Requests finished lately (answered or timed out) remembered at most (see
 /// `Requests::finished`): past it the oldest is forgotten early, so a connection finishing
 /// more than some 400 requests a second, whose channel also carries 65,536 messages within
-/// twice the request timeout, could still see a collision (16 bytes an entry, allocated as
-/// used).
+/// twice the request timeout, could still see a collision (16 bytes an entry, and about as
+/// much again in the count by key, allocated as used).
 const FINISHED_KEPT: usize = 4096;
 /// Probe rounds a peer's "unknown connection" must go unrefuted through before it is
 /// believed: anyone who saw the connection id can forge one, so it takes this many rounds of
@@ -245,6 +245,17 @@ struct Requests {
     /// as the answer to a newer request with the same bits. So a new request may not take
     /// them while they are here; and a copy of an answer is told from a stale one.
     finished: VecDeque<Finished>,
+    /// How many of `finished` have each key, and how many of those were answered: a peer
+    /// decides how many responses a packet carries, so looking one up must not walk
+    /// `finished` (4,096 entries for each of 200 stale responses a datagram).
+    finished_keys: HashMap<(u8, u16), FinishedCount>,
+}
+
+/// Entries of `Requests::finished` with one key.
+#[derive(Clone, Copy, Debug, Default)]
+struct FinishedCount {
+    kept: u16,
+    answered: u16,
 }
 
 /// How long a finished request's key is kept from new requests: an answer to it may come
@@ -266,13 +277,16 @@ impl Requests {
     fn finish(&mut self, key: (u8, u16), now: Instant, answered: bool, keep: Duration) {
         self.forget_finished(now, keep);
         if self.finished.len() >= FINISHED_KEPT {
-            self.finished.pop_front();
+            self.forget_oldest();
         }
         self.finished.push_back(Finished {
             key,
             at: now,
             answered,
         });
+        let count = self.finished_keys.entry(key).or_default();
+        count.kept += 1;
+        count.answered += u16::from(answered);
     }
 
     /// Forgets requests finished longer than `keep` ago.
@@ -282,18 +296,31 @@ impl Requests {
             .front()
             .is_some_and(|f| now.saturating_duration_since(f.at) > keep)
         {
-            self.finished.pop_front();
+            self.forget_oldest();
+        }
+    }
+
+    fn forget_oldest(&mut self) {
+        let Some(oldest) = self.finished.pop_front() else {
+            return;
+        };
+        if let Some(count) = self.finished_keys.get_mut(&oldest.key) {
+            count.kept -= 1;
+            count.answered -= u16::from(oldest.answered);
+            if count.kept == 0 {
+                self.finished_keys.remove(&oldest.key);
+            }
         }
     }
 
     /// Whether a request of `key` finished lately (an answer to it may still come).
     fn finished_lately(&self, key: (u8, u16)) -> bool {
-        self.finished.iter().any(|f| f.key == key)
+        self.finished_keys.contains_key(&key)
     }
 
     /// Whether a request of `key` was answered lately (a response to it is a copy).
     pub(crate) fn answered_lately(&self, key: (u8, u16)) -> bool {
-        self.finished.iter().any(|f| f.key == key && f.answered)
+        self.finished_keys.get(&key).is_some_and(|c| c.answered > 0)
     }
 
     /// Drops the deadlines of requests answered already: those at the front (so the timer
@@ -776,6 +803,7 @@ impl Connection {
                 pending: HashMap::with_hasher(hasher),
                 deadlines: BinaryHeap::new(),
                 finished: VecDeque::new(),
+                finished_keys: HashMap::with_hasher(hasher),
             })
         });
         requests
@@ -1317,6 +1345,43 @@ mod tests {
         let remote = SocketAddr::from(([10, 0, 0, 2], 5000));
         let prf = crate::hash::Prf::from_key([7; 16]);
         Connection::new(config, handle, remote, now, false, 1, prf)
+    }
+
+    /// Finished requests are looked up by key (a peer picks how many stale responses a
+    /// datagram carries): the count by key follows the list through expiry, eviction at
+    /// `FINISHED_KEPT` and keys that finish more than once, answered or not.
+    #[test]
+    fn finished_requests_are_found_by_key_until_forgotten() {
+        let prf = crate::hash::Prf::from_key([3; 16]);
+        let mut r = Requests {
+            pending: HashMap::with_hasher(SeededState::new(&prf)),
+            deadlines: BinaryHeap::new(),
+            finished: VecDeque::new(),
+            finished_keys: HashMap::with_hasher(SeededState::new(&prf)),
+        };
+        let keep = Duration::from_secs(10);
+        let t0 = Instant::from_millis(1);
+        r.finish((1, 7), t0, false, keep);
+        assert!(r.finished_lately((1, 7)) && !r.answered_lately((1, 7)));
+        r.finish((1, 7), t0 + Duration::from_secs(6), true, keep);
+        assert!(r.answered_lately((1, 7)), "answered the second time");
+        assert!(!r.finished_lately((2, 7)) && !r.finished_lately((1, 8)));
+        // The first (timed out) entry expires; the answered one stays.
+        r.forget_finished(t0 + Duration::from_secs(11), keep);
+        assert!(r.answered_lately((1, 7)));
+        r.forget_finished(t0 + Duration::from_secs(17), keep);
+        assert!(!r.finished_lately((1, 7)), "both forgotten");
+        assert!(r.finished_keys.is_empty());
+        // Past FINISHED_KEPT the oldest go first, and their keys with them.
+        let t1 = t0 + Duration::from_secs(20);
+        for seq in 0..FINISHED_KEPT as u16 + 10 {
+            r.finish((0, seq), t1, seq % 2 == 0, keep);
+        }
+        assert_eq!(r.finished.len(), FINISHED_KEPT);
+        assert_eq!(r.finished_keys.len(), FINISHED_KEPT);
+        assert!(!r.finished_lately((0, 9)) && r.finished_lately((0, 10)));
+        assert!(r.answered_lately((0, 10)) && !r.answered_lately((0, 11)));
+        assert!(r.answered_lately((0, FINISHED_KEPT as u16 + 8)));
     }
 
     /// A packet given up before it leaves (nothing in it after all: the only frame waiting
