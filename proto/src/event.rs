@@ -87,7 +87,8 @@ pub enum DisconnectReason {
     ProtocolViolation,
     /// The same address connected again with a new handshake, replacing this connection (the
     /// peer restarted), or both peers connected to each other at once and the peer's attempt
-    /// won: its connection arrives as a new `Connected`.
+    /// won: its connection arrives as a new `Connected`, and the messages and requests
+    /// queued on the attempt that lost go on it (the requests keep their ids).
     Replaced,
     /// The server proved a static key other than the one `ConnectOptions::server_key`
     /// pinned (or none): it is not the server this client meant to reach.

@@ -540,6 +540,73 @@ fn peers_connecting_to_each_other_at_once_end_up_with_one_connection() {
     assert_eq!(p.client_messages(3), vec![b"to a".to_vec()]);
 }
 
+/// Of two crossing attempts one gives way; what the application queued on it at once (the
+/// handle is usable before `Connected`) goes on the connection that replaced it, and its
+/// requests keep their ids.
+#[test]
+fn messages_queued_on_an_attempt_that_gives_way_to_a_crossing_connect_arrive() {
+    let peer = |seed| Config {
+        seed,
+        accept_incoming: true,
+        ..Config::default()
+    };
+    let mut p = Pair::new(peer(11), peer(12));
+    let a = p
+        .client
+        .connect(p.now, p.server_addr, b"a")
+        .expect("connect");
+    let b = p
+        .server
+        .connect(p.now, p.client_addr, b"b")
+        .expect("connect");
+    for i in 0..3u8 {
+        p.client.send(a, 3, vec![b'a', i]).expect("send");
+        p.server.send(b, 3, vec![b'b', i]).expect("send");
+    }
+    let asked_by_a = p.client.request(p.now, a, 2, &b"a?"[..]).expect("request");
+    let asked_by_b = p.server.request(p.now, b, 2, &b"b?"[..]).expect("request");
+    p.run_for(Duration::from_secs(1));
+    assert_eq!(p.client.connection_count(), 1);
+    assert_eq!(p.server.connection_count(), 1);
+    assert_eq!(p.server_messages(3), [b"a\0", b"a\x01", b"a\x02"]);
+    assert_eq!(p.client_messages(3), [b"b\0", b"b\x01", b"b\x02"]);
+    // Each side answers the request it got; each answer reaches its asker under its id.
+    let answer = |events: &mut Vec<Event>| {
+        let (conn, request) = events
+            .iter()
+            .find_map(|e| match e {
+                Event::Request { conn, request, .. } => Some((*conn, *request)),
+                _ => None,
+            })
+            .expect("the request arrived");
+        events.clear();
+        (conn, request)
+    };
+    let (conn, request) = answer(&mut p.server_events);
+    p.server
+        .respond(conn, request, &b"for a"[..])
+        .expect("respond");
+    let (conn, request) = answer(&mut p.client_events);
+    p.client
+        .respond(conn, request, &b"for b"[..])
+        .expect("respond");
+    p.run_for(Duration::from_millis(300));
+    let response = |events: &[Event]| {
+        events.iter().find_map(|e| match e {
+            Event::Response { id, payload, .. } => Some((*id, payload.to_vec())),
+            _ => None,
+        })
+    };
+    assert_eq!(
+        response(&p.client_events),
+        Some((asked_by_a, b"for a".to_vec()))
+    );
+    assert_eq!(
+        response(&p.server_events),
+        Some((asked_by_b, b"for b".to_vec()))
+    );
+}
+
 #[test]
 fn a_sequenced_channel_delivers_after_more_than_32768_unseen_sends() {
     let mut p = Pair::default_pair();

@@ -862,6 +862,27 @@ impl Connection {
             .map_or(0, |r| r.deadlines.len())
     }
 
+    /// Takes the messages and requests queued on `lost`, an attempt of ours that never
+    /// connected (so nothing of them left), which this connection replaces before it sent
+    /// or took any message of its own.
+    pub(crate) fn take_queued_from(&mut self, lost: &mut Connection) {
+        debug_assert!(lost.is_client && !lost.is_connected());
+        let untouched = |m: &Messaging| {
+            m.in_flight.is_none() && m.reassembly_bytes == 0 && m.responses.is_none()
+        };
+        if !untouched(&self.messaging) || !untouched(&lost.messaging) {
+            return;
+        }
+        let mine = &self.messaging;
+        if mine.requests.is_some() || mine.maybe_queued != 0 || !mine.recv_channels.is_empty() {
+            return;
+        }
+        core::mem::swap(&mut self.messaging, &mut lost.messaging);
+        self.superseded += core::mem::take(&mut lost.superseded);
+        self.refresh_request_timer();
+        lost.refresh_request_timer();
+    }
+
     fn refresh_request_timer(&mut self) {
         let next = self
             .messaging

@@ -1216,6 +1216,11 @@ impl Endpoint {
             if let Some((index, mut old)) = self.take(old) {
                 if old.remote() == c.remote() {
                     old.close(DisconnectReason::Replaced, None);
+                    if old.is_client && !old.is_connected() {
+                        // Our attempt lost a crossing connect: what the application queued on
+                        // it (never sent: it never connected) goes on this one.
+                        c.take_queued_from(&mut old);
+                    }
                 }
                 self.finish(index, old);
             }
