@@ -1368,6 +1368,70 @@ mod tests {
         Connection::new(config, handle, remote, now, false, 1, prf)
     }
 
+    /// A packet's whole ordered messages are held only past the run they complete, which
+    /// is a walk over the receive window (a peer can fill it behind a missing message): it is
+    /// not walked for a packet refused without them, nor for one let in with all of them
+    /// counted as held; only in the band between.
+    #[cfg(feature = "std")]
+    #[test]
+    fn the_ordered_run_is_walked_only_when_its_answer_matters() {
+        let now = Instant::from_millis(1);
+        let mut c = server_connection(&Config::default(), now);
+        let (mut events, mut budget) = (EventQueue::default(), ReceiveBudget::default());
+        let mut scratch = Scratch::default();
+        let header = MessageHeader {
+            channel: 3,
+            send_type: SendType::Message,
+            reliable: true,
+            owner: 0,
+            sequence: 0,
+            redirect: None,
+            chunk: None,
+        };
+        let mut admit = |c: &mut Connection, config: &Config, event_share: usize| {
+            scratch
+                .parsed_frames
+                .push((header, Bytes::from_static(b"m")));
+            scratch.ordered.extend([(3, 0, 80), (3, 4_000, 80)]);
+            let mut shared = Shared {
+                config,
+                events: &mut events,
+                budget: &mut budget,
+                event_share,
+                scratch: &mut scratch,
+            };
+            let verdict = c.admitted_room(50, &mut shared);
+            scratch.parsed_frames.clear();
+            (verdict, receive::WALKS.with(|w| w.replace(0)))
+        };
+        let roomy = Config::default();
+        assert_eq!(
+            admit(&mut c, &roomy, 0),
+            (Err(DropReason::EventQueueFull), 0),
+            "refused without its ordered messages"
+        );
+        assert_eq!(
+            admit(&mut c, &roomy, 1 << 20),
+            (Ok(210), 0),
+            "room for all of them"
+        );
+        let tight = Config {
+            reassembly_budget: 100,
+            ..Config::default()
+        };
+        assert_eq!(
+            admit(&mut c, &tight, 1 << 20),
+            (Ok(50), 1),
+            "walked (no message of the channel held yet): the run takes both"
+        );
+        // With the channel's base at 0, message 4,000 stays held past the run: refused.
+        c.messaging.recv_channel_mut(&tight, 3);
+        assert_eq!(
+            admit(&mut c, &tight, 1 << 20),
+            (Err(DropReason::ReassemblyBudget), 1)
+        );
+    }
+
     /// Finished requests are looked up by key (a peer picks how many stale responses a
     /// datagram carries): the count by key follows the list through expiry, eviction at
     /// `FINISHED_KEPT` and keys that finish more than once, answered or not.

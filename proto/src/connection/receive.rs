@@ -7,6 +7,12 @@ use crate::transport::fec::RepairDecoder;
 use crate::transport::path::PathStatus;
 use crate::transport::received::Verdict;
 
+#[cfg(all(test, feature = "std"))]
+std::thread_local! {
+    /// Walks of an ordered channel's receive window on this thread (see `admitted_room`).
+    pub(super) static WALKS: core::cell::Cell<usize> = const { core::cell::Cell::new(0) };
+}
+
 /// What became of a `Data` packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum DataResult {
@@ -118,10 +124,13 @@ impl Connection {
         }
         self.last_received = now;
         self.timers.set(Timer::Idle, now + config.idle_timeout);
-        if let Some(reason) = self.refusal(to_hold, shared) {
-            self.update_timers(config);
-            return self.refuse(pn, reason, shared.scratch);
-        }
+        let to_hold = match self.admitted_room(to_hold, shared) {
+            Ok(to_hold) => to_hold,
+            Err(reason) => {
+                self.update_timers(config);
+                return self.refuse(pn, reason, shared.scratch);
+            }
+        };
         let has_frames = !shared.scratch.parsed_frames.is_empty();
         let newest = self.transport.received.largest().is_none_or(|l| pn > l);
         let out_of_order = self.deliver_packet(now, pn, frames, to_hold, shared);
@@ -192,6 +201,7 @@ impl Connection {
     /// peer's next packets in advance.
     fn refuse(&mut self, pn: u64, reason: DropReason, scratch: &mut Scratch) -> DataResult {
         scratch.parsed_frames.clear();
+        scratch.ordered.clear();
         if self.keys.is_some() {
             self.transport.received.refuse(pn);
         }
@@ -267,12 +277,39 @@ impl Connection {
             }
             parsed.push((h, frames.share(frame.payload)));
         }
-        if verdict.is_ok() {
-            // (Not for a packet refused already: a peer could repeat one for the walk.)
-            to_hold += self.ordered_bytes_to_hold(ordered);
+        if verdict.is_err() {
+            ordered.clear();
         }
-        ordered.clear();
         verdict.map(|()| to_hold)
+    }
+
+    /// What a well-formed packet is let in to hold, with its whole messages on ordered
+    /// channels (`scratch.ordered`) counted as held only past the run they complete; or why
+    /// it is refused. That run is a walk over the receive window, which a peer can fill
+    /// behind a missing message, so it is walked only when its answer matters: not for a
+    /// packet refused without those messages, nor for one let in with all of them held.
+    /// (A packet refused after the walk needs the room left to fall within its ordered
+    /// bytes, a band under an MTU wide.)
+    pub(super) fn admitted_room(
+        &mut self,
+        to_hold: usize,
+        shared: &mut Shared<'_>,
+    ) -> Result<usize, DropReason> {
+        let mut ordered = core::mem::take(&mut shared.scratch.ordered);
+        let most = ordered.iter().map(|e| e.2).sum::<usize>();
+        let verdict = if let Some(reason) = self.refusal(to_hold, shared) {
+            Err(reason)
+        } else if most == 0 || self.refusal(to_hold + most, shared).is_none() {
+            Ok(to_hold + most)
+        } else {
+            #[cfg(all(test, feature = "std"))]
+            WALKS.with(|w| w.set(w.get() + 1));
+            let to_hold = to_hold + self.ordered_bytes_to_hold(&mut ordered);
+            self.refusal(to_hold, shared).map_or(Ok(to_hold), Err)
+        };
+        ordered.clear();
+        shared.scratch.ordered = ordered;
+        verdict
     }
 
     /// Why the parsed messages must be refused for lack of room, if they must: the
@@ -419,14 +456,14 @@ impl Connection {
                 self.stats.rare.dropped(DropReason::Malformed);
                 continue;
             };
-            if self.refusal(to_hold, shared).is_some() {
+            let Ok(to_hold) = self.admitted_room(to_hold, shared) else {
                 shared.scratch.parsed_frames.clear();
                 // Still missing: the next repair solves for it again (once there is room).
                 if let Some(rx) = &mut self.transport.fec_rx {
                     rx.mark_dirty();
                 }
                 continue;
-            }
+            };
             self.stats.rare.get().packets_rebuilt += 1;
             self.deliver_packet(now, p, frames, to_hold, shared);
             // Acknowledge it soon: the sender would otherwise resend it.
