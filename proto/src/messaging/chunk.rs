@@ -4,7 +4,7 @@
 //! count; all chunks but the last carry exactly [`Config::chunk_payload`](crate::Config::chunk_payload)
 //! bytes, so the receiver knows the size of what it is assembling from the first chunk on.
 
-use alloc::collections::VecDeque;
+use alloc::collections::BTreeMap;
 use alloc::vec;
 use alloc::vec::Vec;
 use bytes::{Bytes, BytesMut};
@@ -34,8 +34,10 @@ pub struct Progress {
 pub(crate) struct ReassemblyBuffer {
     /// Chunks `0..k`, in order.
     data: BytesMut,
-    /// Chunks past the first gap, by index (sorted), each its own copy.
-    ahead: VecDeque<(u16, Bytes)>,
+    /// Chunks past the first gap, by index, each its own copy. (A map, not a sorted
+    /// vector: a peer picks the order, and chunks sent from both ends towards the middle
+    /// made each insertion move half of those set aside, quadratic in the chunk count.)
+    ahead: BTreeMap<u16, Bytes>,
     /// Bit `i`: chunk `i` is in.
     have: Vec<u64>,
     count: u16,
@@ -63,7 +65,7 @@ impl ReassemblyBuffer {
     pub(crate) fn new(count: u16, chunk_payload: usize, now: Instant) -> Self {
         ReassemblyBuffer {
             data: BytesMut::new(),
-            ahead: VecDeque::new(),
+            ahead: BTreeMap::new(),
             have: vec![0; usize::from(count).div_ceil(64)],
             count,
             received: 0,
@@ -103,17 +105,14 @@ impl ReassemblyBuffer {
             }
             self.data.extend_from_slice(payload);
             // The gap this chunk filled may have been the last before chunks set aside.
-            while let Some((i, chunk)) = self.ahead.front() {
-                if usize::from(*i) * chunk_payload != self.data.len() {
+            while let Some(next) = self.ahead.first_entry() {
+                if usize::from(*next.key()) * chunk_payload != self.data.len() {
                     break;
                 }
-                self.data.extend_from_slice(chunk);
-                self.ahead.pop_front();
+                self.data.extend_from_slice(&next.remove());
             }
         } else {
-            let at = self.ahead.partition_point(|(i, _)| *i < index);
-            self.ahead
-                .insert(at, (index, Bytes::copy_from_slice(payload)));
+            self.ahead.insert(index, Bytes::copy_from_slice(payload));
         }
         self.have[usize::from(index / 64)] |= 1 << (index % 64);
         self.received += 1;
@@ -174,6 +173,34 @@ pub(crate) fn chunk_count(len: usize, chunk_payload: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Chunks sent from both ends towards the middle (each one set aside lands in the
+    /// middle of those before it) reassemble into the message.
+    #[test]
+    fn chunks_from_both_ends_towards_the_middle_reassemble() {
+        const N: u16 = 20_000;
+        let payload = Bytes::from((0..usize::from(N) * 4).map(|i| i as u8).collect::<Vec<_>>());
+        let mut r = ReassemblyBuffer::new(N, 4, Instant::ZERO);
+        let (mut low, mut high) = (1, N - 1);
+        while low <= high {
+            for i in [low, high] {
+                if !r.has(i) {
+                    assert_eq!(
+                        r.add(i, N, &chunk_slice(&payload, i, 4), 4),
+                        ChunkAdded::Stored(4)
+                    );
+                }
+            }
+            (low, high) = (low + 1, high - 1);
+        }
+        assert!(!r.is_complete(), "the first chunk is missing");
+        assert_eq!(
+            r.add(0, N, &chunk_slice(&payload, 0, 4), 4),
+            ChunkAdded::Stored(4)
+        );
+        assert!(r.is_complete());
+        assert_eq!(r.assemble(), payload);
+    }
 
     #[test]
     fn reassembles_out_of_order_and_rejects_inconsistent_chunks() {
