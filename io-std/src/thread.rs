@@ -324,8 +324,8 @@ impl Handle {
         })
     }
 
-    /// The connected peers (whose `Connected` the thread has handed over, still open); waits
-    /// for the thread's answer.
+    /// The connected peers (whose `Connected` the thread has put in the channel, still
+    /// open); waits for the thread's answer.
     pub fn peers(&self) -> Result<Vec<ConnectionHandle>, ThreadError> {
         let (reply, answer) = mpsc::sync_channel(1);
         self.command_blocking(Command::Peers { reply })?;
@@ -392,7 +392,9 @@ impl Handle {
 /// endpoint events only): they are counted in [`dropped_failures`](Handle::dropped_failures),
 /// so `send` returning `Ok` means handed over, not queued. `broadcast`, `disconnect`,
 /// `peers` and `link_stats` wait for the thread (a command queue that is full makes them wait
-/// their turn rather than fail); `broadcast` returns how many it was queued for.
+/// their turn rather than fail); `broadcast` returns how many it was queued for. `peers`
+/// (and so `broadcast`) name the connections whose `Connected` the thread has put in the
+/// channel: on a thread that can be just before the game takes it.
 impl Network for Handle {
     fn local_addr(&self) -> SocketAddr {
         self.local_addr
@@ -579,13 +581,17 @@ impl Worker {
                     except,
                     reply,
                 } => {
-                    let queued = self.driver.broadcast(channel, payload, except);
+                    let mut queued = 0;
+                    for conn in self.peers().into_iter().filter(|&c| Some(c) != except) {
+                        queued +=
+                            usize::from(self.driver.send(conn, channel, payload.clone()).is_ok());
+                    }
                     if let Some(reply) = reply {
                         let _ = reply.send(queued);
                     }
                 }
                 Command::Peers { reply } => {
-                    let _ = reply.send(self.driver.peers());
+                    let _ = reply.send(self.peers());
                 }
                 Command::LinkStats { conn, reply } => {
                     let _ = reply.send(self.driver.link_stats(conn));
@@ -593,6 +599,19 @@ impl Worker {
                 Command::Shutdown => return false,
             }
         }
+    }
+
+    /// The endpoint's peers less those whose `Connected` waits in the backlog: handed over
+    /// means in the channel.
+    fn peers(&self) -> Vec<ConnectionHandle> {
+        let waiting = |c: &ConnectionHandle| {
+            self.backlog
+                .iter()
+                .any(|o| matches!(o, Output::Event(Event::Connected { conn, .. }) if conn == c))
+        };
+        let mut peers = self.driver.peers();
+        peers.retain(|c| !waiting(c));
+        peers
     }
 
     fn report(&mut self, output: Output) {
@@ -776,6 +795,70 @@ mod tests {
         let seen = thread.join().expect("the test's thread");
         assert_eq!(seen, ["other", "broadcast"]);
         assert_eq!(queued, 3, "the count the thread queued for");
+    }
+
+    /// A connection whose `Connected` waits in the thread's backlog (the channel was full)
+    /// is not among the peers the thread names, nor broadcast to, until it is handed over.
+    #[test]
+    fn peers_are_those_whose_connected_is_in_the_channel() {
+        let config = |seed| Config {
+            secret_seed: Some(shoal_proto::SecretSeed::insecure_from_u64(seed)),
+            ..Config::default()
+        };
+        let server = Driver::bind("127.0.0.1:0", config(1)).expect("bind server");
+        let mut client = Driver::bind("127.0.0.1:0", config(2)).expect("bind client");
+        let (commands, command_rx) = mpsc::sync_channel(1);
+        let (output_tx, outputs) = mpsc::sync_channel(1);
+        let mut worker = Worker {
+            driver: server,
+            commands: command_rx,
+            outputs: output_tx,
+            backlog: std::collections::VecDeque::new(),
+            wake_armed: None,
+            dropped_failures: Arc::new(AtomicU64::new(0)),
+        };
+        let conn = client
+            .connect(worker.driver.local_addr(), b"")
+            .expect("connect");
+        // The channel is full: whatever the server's endpoint says next waits in the backlog.
+        worker
+            .outputs
+            .try_send(Output::SendFailed {
+                conn,
+                channel: 0,
+                error: SendError::UnknownConnection,
+            })
+            .expect("room for one");
+        for _ in 0..200 {
+            client.poll(Some(Duration::from_millis(5))).expect("client");
+            worker
+                .driver
+                .poll(Some(Duration::from_millis(5)))
+                .expect("server");
+            worker.hand_over();
+            if !worker.backlog.is_empty() {
+                break;
+            }
+        }
+        assert_eq!(worker.driver.peers().len(), 1, "connected");
+        assert!(worker.peers().is_empty(), "its Connected is in the backlog");
+        let (reply, answer) = mpsc::sync_channel(1);
+        let broadcast = Command::Broadcast {
+            channel: 3,
+            payload: Bytes::from_static(b"early"),
+            except: None,
+            reply: Some(reply),
+        };
+        commands.send(broadcast).expect("queued");
+        assert!(worker.apply_commands());
+        assert_eq!(answer.recv().expect("answer"), 0);
+        assert!(matches!(outputs.recv(), Ok(Output::SendFailed { .. })));
+        worker.hand_over();
+        assert!(matches!(
+            outputs.recv(),
+            Ok(Output::Event(Event::Connected { .. }))
+        ));
+        assert_eq!(worker.peers().len(), 1, "handed over");
     }
 
     #[test]

@@ -521,6 +521,19 @@ impl Simulator {
         self.nodes[node.index()].events.pop_front()
     }
 
+    /// Connections whose `Connected` event `node` emitted under
+    /// [`run_until`](Self::run_until) and nobody has taken yet.
+    pub(crate) fn connects_waiting(&self, node: NodeId) -> Vec<ConnectionHandle> {
+        self.nodes[node.index()]
+            .events
+            .iter()
+            .filter_map(|(_, e)| match e {
+                Event::Connected { conn, .. } => Some(*conn),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Calls [`Application::on_timer`] for `node` with `token` at `at` (or now, if earlier).
     /// Under [`run_until`](Self::run_until) timers fire and do nothing.
     pub fn set_timer(&mut self, node: NodeId, at: Instant, token: u64) {

@@ -109,9 +109,14 @@ impl Network for NodeNetwork<'_> {
         payload: impl Into<Bytes>,
         except: Option<ConnectionHandle>,
     ) -> usize {
-        self.sim
-            .endpoint_mut(self.node)
-            .broadcast(channel, payload, except)
+        let payload = payload.into();
+        let targets = self.peers();
+        let endpoint = self.sim.endpoint_mut(self.node);
+        let mut queued = 0;
+        for conn in targets.into_iter().filter(|&c| Some(c) != except) {
+            queued += usize::from(endpoint.send(conn, channel, payload.clone()).is_ok());
+        }
+        queued
     }
 
     fn disconnect(&mut self, conn: ConnectionHandle, code: u16) {
@@ -122,11 +127,55 @@ impl Network for NodeNetwork<'_> {
         self.sim.next_event(self.node).map(|(_, event)| event)
     }
 
+    /// The endpoint's peers less those whose `Connected` the game has not taken yet: the
+    /// simulator takes events from the endpoint as they happen and holds them for the game.
     fn peers(&self) -> Vec<ConnectionHandle> {
-        self.sim.endpoint(self.node).peers().collect()
+        let waiting = self.sim.connects_waiting(self.node);
+        let endpoint = self.sim.endpoint(self.node);
+        endpoint.peers().filter(|c| !waiting.contains(c)).collect()
     }
 
     fn link_stats(&self, conn: ConnectionHandle) -> Option<LinkStats> {
         self.sim.endpoint(self.node).link_stats(conn)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use core::time::Duration;
+
+    use shoal_proto::{Config, Event, Network};
+
+    use crate::{SimConfig, Simulator};
+
+    /// `peers` and `broadcast` name only connections whose `Connected` the game has taken
+    /// (as `Network` promises): the simulator takes events from the endpoint as they happen
+    /// and holds them for the game, and code keeping per-player state from `Connected`
+    /// would meet handles it has no entry for.
+    #[test]
+    fn peers_are_those_whose_connected_the_game_took() {
+        let mut sim = Simulator::new(SimConfig::default()).expect("simulator");
+        let server = sim.add_node(Config::default()).expect("server");
+        let client = sim
+            .add_node(Config {
+                accept_incoming: false,
+                ..Config::default()
+            })
+            .expect("client");
+        let to = sim.address(server);
+        sim.network(client)
+            .connect(to, b"")
+            .expect("connect starts");
+        sim.run_for(Duration::from_millis(500));
+        let mut net = sim.network(server);
+        assert!(net.peers().is_empty(), "its Connected is not taken yet");
+        assert_eq!(net.broadcast(3, "early", None), 0);
+        let taken = net.poll_event();
+        let Some(Event::Connected { conn, .. }) = taken else {
+            panic!("expected Connected, got {taken:?}");
+        };
+        assert_eq!(net.peers(), [conn]);
+        assert_eq!(net.broadcast(3, "hello", None), 1);
+        assert_eq!(net.broadcast(3, "hello", Some(conn)), 0);
     }
 }
