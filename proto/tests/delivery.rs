@@ -9,7 +9,8 @@ use std::time::Duration;
 use common::*;
 use proptest::prelude::*;
 use shoal_proto::{
-    Config, DropReason, Endpoint, Event, IncomingRequest, Instant, RequestId, SendError,
+    Config, ConnectionHandle, DropReason, Endpoint, Event, IncomingRequest, Instant, RequestId,
+    SendError,
 };
 
 const UNRELIABLE: u8 = 0;
@@ -479,10 +480,13 @@ fn unreliable_request_response_pairs_work_and_losses_time_out() {
     let mut p = Pair::default_pair();
     let (c, s) = p.connect();
     p.hook = lossy(18, 0.3);
+    let mut asked = std::collections::HashMap::new();
     for i in 0..40u32 {
-        p.client
+        let id = p
+            .client
             .request(p.now, c, UNRELIABLE, numbered(i, 4))
             .expect("request");
+        asked.insert(id, i);
         p.run_for(Duration::from_millis(5));
     }
     p.run_for(Duration::from_millis(200));
@@ -495,21 +499,28 @@ fn unreliable_request_response_pairs_work_and_losses_time_out() {
         }
     }
     p.run_for(Duration::from_secs(6));
-    let answered = p
-        .client_events
-        .iter()
-        .filter(|e| matches!(e, Event::Response { .. }))
-        .count();
-    let timed_out = p
-        .client_events
-        .iter()
-        .filter(|e| matches!(e, Event::RequestTimedOut { .. }))
-        .count();
-    assert_eq!(
-        answered + timed_out,
-        40,
-        "every request ends exactly one way"
-    );
+    // Every request ends exactly one way, and an answer is its own request's echo.
+    let (mut answered, mut timed_out) = (0, 0);
+    for e in &p.client_events {
+        let id = match e {
+            Event::Response { id, payload, .. } => {
+                assert_eq!(
+                    Some(&number(payload)),
+                    asked.get(id),
+                    "the echo of its request"
+                );
+                answered += 1;
+                id
+            }
+            Event::RequestTimedOut { id, .. } => {
+                timed_out += 1;
+                id
+            }
+            _ => continue,
+        };
+        assert!(asked.remove(id).is_some(), "a second outcome for {id:?}");
+    }
+    assert!(asked.is_empty(), "no outcome for {asked:?}");
     assert!(answered > 0 && timed_out > 0);
 }
 
@@ -941,17 +952,19 @@ proptest! {
         ..ProptestConfig::default()
     })]
 
-    /// For arbitrary sends on every channel kind and arbitrary drop/duplicate/reorder/delay
-    /// schedules: reliable is exactly once, ordered is exactly once in order, sequenced is
-    /// never stale or duplicated, unreliable is at most once.
+    /// For arbitrary sends both ways on every channel kind (whole and chunked, up to five
+    /// chunks) and arbitrary drop/duplicate/reorder/delay schedules: reliable is exactly
+    /// once, ordered is exactly once in order, sequenced is never stale or duplicated,
+    /// unreliable is at most once; and every delivered message is byte for byte one that
+    /// was sent on that channel (a chunk of another message, a wrong tail or length fails).
     #[test]
     fn every_channel_kind_keeps_its_guarantee(
-        sends in prop::collection::vec((0u8..4, 0usize..3000), 1..120),
+        sends in prop::collection::vec((any::<bool>(), 0u8..4, 0usize..6000), 1..120),
         fates in prop::collection::vec(fate(), 1..200),
         gaps in prop::collection::vec(0u64..30, 1..50),
     ) {
         let mut p = Pair::default_pair();
-        let (c, _) = p.connect();
+        let (c, s) = p.connect();
         let mut n = 0usize;
         p.hook = Box::new(move |_, _, _| {
             let f = fates[n % fates.len()].clone();
@@ -963,29 +976,198 @@ proptest! {
                 Fate::Delay(ms) => vec![Duration::from_millis(u64::from(ms))],
             }
         });
-        let mut sent = [0u32; 4];
-        for (i, &(channel, len)) in sends.iter().enumerate() {
-            p.client.send(c, channel, numbered(sent[channel as usize], len)).expect("send");
-            sent[channel as usize] += 1;
+        // Lengths of what each side sent on each channel, by message number.
+        let mut sent: [[Vec<usize>; 4]; 2] = Default::default();
+        for (i, &(from_server, channel, len)) in sends.iter().enumerate() {
+            let lens = &mut sent[usize::from(from_server)][usize::from(channel)];
+            let payload = payload_of(channel, lens.len() as u32, len);
+            if from_server {
+                p.server.send(s, channel, payload).expect("send");
+            } else {
+                p.client.send(c, channel, payload).expect("send");
+            }
+            lens.push(len);
             p.run_for(Duration::from_millis(gaps[i % gaps.len()]));
         }
         // Let retransmissions finish over a clean link (the schedule may drop everything).
         p.hook = Box::new(|_, _, _| vec![Duration::ZERO]);
-        p.run_until(Duration::from_secs(30), |p| p.client.is_idle(c));
+        p.run_until(Duration::from_secs(30), |p| p.client.is_idle(c) && p.server.is_idle(s));
         p.run_for(Duration::from_millis(200));
 
-        let got = |ch: u8| -> Vec<u32> { p.server_messages(ch).iter().map(|m| number(m)).collect() };
-        let ordered = got(ORDERED);
-        prop_assert_eq!(ordered, (0..sent[3]).collect::<Vec<_>>());
-        let mut reliable = got(RELIABLE);
-        reliable.sort_unstable();
-        prop_assert_eq!(reliable, (0..sent[2]).collect::<Vec<_>>());
-        let sequenced = got(SEQUENCED);
-        prop_assert!(sequenced.windows(2).all(|w| w[0] < w[1]), "sequenced went back: {:?}", sequenced);
-        let unreliable = got(UNRELIABLE);
-        let unique: HashSet<u32> = unreliable.iter().copied().collect();
-        prop_assert_eq!(unique.len(), unreliable.len(), "unreliable duplicated");
+        for (from_server, lens) in sent.iter().enumerate() {
+            let got = |ch: u8| -> Result<Vec<u32>, TestCaseError> {
+                let delivered = if from_server == 1 { p.client_messages(ch) } else { p.server_messages(ch) };
+                let mut numbers = Vec::new();
+                for m in delivered {
+                    let n = number(&m);
+                    let len = lens[usize::from(ch)].get(n as usize).copied();
+                    prop_assert!(len.is_some(), "channel {} delivered message {} never sent", ch, n);
+                    prop_assert!(m == payload_of(ch, n, len.unwrap_or(0)), "channel {} message {} differs", ch, n);
+                    numbers.push(n);
+                }
+                Ok(numbers)
+            };
+            let count = |ch: u8| lens[usize::from(ch)].len() as u32;
+            prop_assert_eq!(got(ORDERED)?, (0..count(ORDERED)).collect::<Vec<_>>());
+            let mut reliable = got(RELIABLE)?;
+            reliable.sort_unstable();
+            prop_assert_eq!(reliable, (0..count(RELIABLE)).collect::<Vec<_>>());
+            let sequenced = got(SEQUENCED)?;
+            prop_assert!(sequenced.windows(2).all(|w| w[0] < w[1]), "sequenced went back: {:?}", sequenced);
+            let unreliable = got(UNRELIABLE)?;
+            let unique: HashSet<u32> = unreliable.iter().copied().collect();
+            prop_assert_eq!(unique.len(), unreliable.len(), "unreliable duplicated");
+        }
     }
+}
+
+/// When a request's answer goes out: at once, after this many milliseconds (some past the
+/// request's 5 s timeout), or never.
+#[derive(Clone, Copy, Debug)]
+enum Answer {
+    Now,
+    After(u32),
+    Never,
+}
+
+fn answer() -> impl Strategy<Value = Answer> {
+    prop_oneof![
+        3 => Just(Answer::Now),
+        2 => (1u32..8_000).prop_map(Answer::After),
+        1 => Just(Answer::Never),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(24),
+        ..ProptestConfig::default()
+    })]
+
+    /// For arbitrary requests both ways on every channel kind (whole and chunked), answered
+    /// at once, late (some after the timeout) or never, under arbitrary drop/duplicate/
+    /// reorder/delay schedules: every request ends in exactly one outcome, a `Response`
+    /// carrying the answer to that very request or a `RequestTimedOut`, and no outcome
+    /// names an id never issued.
+    #[test]
+    fn every_request_ends_in_exactly_one_outcome(
+        requests in prop::collection::vec((any::<bool>(), 0u8..4, 0usize..5000, answer()), 1..30),
+        fates in prop::collection::vec(fate(), 1..200),
+    ) {
+        let mut p = Pair::default_pair();
+        let (c, s) = p.connect();
+        let mut n = 0usize;
+        p.hook = Box::new(move |_, _, _| {
+            let f = fates[n % fates.len()].clone();
+            n += 1;
+            match f {
+                Fate::Deliver => vec![Duration::ZERO],
+                Fate::Drop => vec![],
+                Fate::Duplicate(ms) => vec![Duration::ZERO, Duration::from_millis(u64::from(ms))],
+                Fate::Delay(ms) => vec![Duration::from_millis(u64::from(ms))],
+            }
+        });
+        // By asker (0 the client, 1 the server): id -> the request's payload.
+        let mut asked: [std::collections::HashMap<RequestId, Vec<u8>>; 2] = Default::default();
+        for (i, &(from_server, channel, len, _)) in requests.iter().enumerate() {
+            let payload = payload_of(channel, i as u32, len);
+            let id = if from_server {
+                p.server.request(p.now, s, channel, payload.clone())
+            } else {
+                p.client.request(p.now, c, channel, payload.clone())
+            }
+            .expect("request");
+            asked[usize::from(from_server)].insert(id, payload);
+            p.run_for(Duration::from_millis(3));
+        }
+        // Answer as each request arrives, by its plan (its number is in its payload).
+        let mut later: Vec<(Instant, bool, ConnectionHandle, IncomingRequest, Vec<u8>)> = Vec::new();
+        let end = p.now + Duration::from_secs(20);
+        while p.now < end {
+            for server_side in [true, false] {
+                let events = if server_side { &mut p.server_events } else { &mut p.client_events };
+                let mut kept = Vec::new();
+                for e in std::mem::take(events) {
+                    match e {
+                        Event::Request { conn, request, payload, .. } => {
+                            let plan = requests[number(&payload) as usize].3;
+                            let answer = answer_to(&payload);
+                            match plan {
+                                Answer::Now => later.push((p.now, server_side, conn, request, answer)),
+                                Answer::After(ms) => later.push((
+                                    p.now + Duration::from_millis(u64::from(ms)),
+                                    server_side,
+                                    conn,
+                                    request,
+                                    answer,
+                                )),
+                                Answer::Never => {}
+                            }
+                        }
+                        other => kept.push(other),
+                    }
+                }
+                *events = kept;
+            }
+            let now = p.now;
+            for (_, server_side, conn, request, answer) in later.iter().filter(|l| l.0 <= now) {
+                // (A connection's respond fails only once it is gone.)
+                let _ = if *server_side {
+                    p.server.respond(*conn, *request, answer.clone())
+                } else {
+                    p.client.respond(*conn, *request, answer.clone())
+                };
+            }
+            later.retain(|l| l.0 > now);
+            if later.is_empty() && p.now > end - Duration::from_secs(6) {
+                // Nothing left to answer: a clean link for the last retransmissions.
+                p.hook = Box::new(|_, _, _| vec![Duration::ZERO]);
+            }
+            p.run_for(Duration::from_millis(10));
+        }
+        for (asker, events) in [(0, &p.client_events), (1, &p.server_events)] {
+            let mut outcomes: std::collections::HashMap<RequestId, usize> = Default::default();
+            for e in events {
+                let (id, answer) = match e {
+                    Event::Response { id, payload, .. } => (*id, Some(payload.to_vec())),
+                    Event::RequestTimedOut { id, .. } => (*id, None),
+                    _ => continue,
+                };
+                let request = asked[asker].get(&id);
+                prop_assert!(request.is_some(), "an outcome for id {:?}, never issued", id);
+                if let (Some(answer), Some(request)) = (answer, request) {
+                    prop_assert!(answer == answer_to(request), "the answer to another request");
+                }
+                *outcomes.entry(id).or_default() += 1;
+            }
+            for id in asked[asker].keys() {
+                prop_assert_eq!(outcomes.get(id).copied(), Some(1), "request {:?}", id);
+            }
+        }
+    }
+}
+
+/// The answer to a request: its bytes reversed, so an answer names its request.
+fn answer_to(request: &[u8]) -> Vec<u8> {
+    let mut answer = request.to_vec();
+    answer.reverse();
+    answer
+}
+
+/// Message `n` of `channel`, `len` bytes (at least 5): its number, its channel, then bytes
+/// that depend on all three, so a delivered message is checked whole.
+fn payload_of(channel: u8, n: u32, len: usize) -> Vec<u8> {
+    let mut v = n.to_be_bytes().to_vec();
+    v.push(channel);
+    let mut x = (u64::from(n) << 8 | u64::from(channel)) ^ (len as u64) << 40;
+    while v.len() < len.max(5) {
+        x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z ^= z >> 31;
+        v.push((z >> 24) as u8);
+    }
+    v
 }
 
 #[test]
