@@ -11,6 +11,7 @@
 use core::time::Duration;
 
 use proptest::prelude::*;
+use shoal_proto::DisconnectReason;
 use shoal_sim::scenario::{run, Report, ScenarioConfig};
 use shoal_sim::{BurstLoss, LinkConfig};
 
@@ -78,12 +79,35 @@ fn scenario(seed: u64) -> ScenarioConfig {
     }
 }
 
+/// No guarantee broken, and no connection ended but by silence (timed out, or told by a
+/// peer whose side timed out that it no longer knows it): a connection that ends excuses
+/// what was still in flight on it, so any other ending must fail the run.
 fn check(report: &Report) -> Result<(), String> {
     let v = &report.violations;
     if v.total() > 0 {
         return Err(format!("violations {v:?}\n{report}"));
     }
+    let silence = [DisconnectReason::TimedOut, DisconnectReason::PeerReset].map(|r| r.to_string());
+    let by_silence = |r: &String| silence.iter().any(|s| r.ends_with(s.as_str()));
+    if let Some((reason, _)) = report.disconnects.iter().find(|(r, _)| !by_silence(r)) {
+        return Err(format!("a connection ended: {reason}\n{report}"));
+    }
+    let count = |ending: &str| -> u64 {
+        let ending = report
+            .disconnects
+            .iter()
+            .filter(|(r, _)| r.ends_with(ending));
+        ending.map(|(_, n)| n).sum()
+    };
+    if count(&silence[1]) > count(&silence[0]) {
+        return Err(format!("more resets than timeouts\n{report}"));
+    }
     Ok(())
+}
+
+/// A link that loses little and never in bursts: everyone connects and stays connected.
+fn mild(link: &LinkConfig) -> bool {
+    link.loss < 0.1 && link.burst_loss.is_none()
 }
 
 #[test]
@@ -181,5 +205,9 @@ proptest! {
         };
         let report = run(&config, &mut |_| {}).expect("valid scenario");
         prop_assert!(check(&report).is_ok(), "{}", check(&report).unwrap_err());
+        if mild(&up) && mild(&down) {
+            prop_assert_eq!(report.clients_connected, 3, "{}", report);
+            prop_assert!(report.disconnects.is_empty(), "{}", report);
+        }
     }
 }
