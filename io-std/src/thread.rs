@@ -604,13 +604,20 @@ impl Worker {
     /// The endpoint's peers less those whose `Connected` waits in the backlog: handed over
     /// means in the channel.
     fn peers(&self) -> Vec<ConnectionHandle> {
-        let waiting = |c: &ConnectionHandle| {
-            self.backlog
-                .iter()
-                .any(|o| matches!(o, Output::Event(Event::Connected { conn, .. }) if conn == c))
-        };
+        // (The backlog holds at most one endpoint event: `hand_over` stops at the first
+        // the channel refuses.)
+        let waiting: Vec<ConnectionHandle> = self
+            .backlog
+            .iter()
+            .filter_map(|o| match o {
+                Output::Event(Event::Connected { conn, .. }) => Some(*conn),
+                _ => None,
+            })
+            .collect();
         let mut peers = self.driver.peers();
-        peers.retain(|c| !waiting(c));
+        if !waiting.is_empty() {
+            peers.retain(|c| !waiting.contains(c));
+        }
         peers
     }
 
@@ -747,12 +754,13 @@ mod tests {
     }
 
     /// Plays the thread: after a while (the caller is then blocked on a full queue), takes
-    /// every command for half a second, answering broadcasts as if `peers` were queued.
+    /// every command until the handle is dropped, answering broadcasts as if `peers` were
+    /// queued.
     fn slow_thread(taken: Receiver<Command>, peers: usize) -> JoinHandle<Vec<&'static str>> {
         std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(100));
             let mut seen = Vec::new();
-            while let Ok(command) = taken.recv_timeout(Duration::from_millis(500)) {
+            while let Ok(command) = taken.recv() {
                 seen.push(match command {
                     Command::Disconnect { code: 7, .. } => "disconnect",
                     Command::Broadcast { reply, .. } => {

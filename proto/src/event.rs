@@ -88,7 +88,8 @@ pub enum DisconnectReason {
     /// The same address connected again with a new handshake, replacing this connection (the
     /// peer restarted), or both peers connected to each other at once and the peer's attempt
     /// won: its connection arrives as a new `Connected`, and the messages and requests
-    /// queued on the attempt that lost go on it (the requests keep their ids).
+    /// queued on the attempt that lost go on it, requests keeping their ids (not if the
+    /// attempt pinned a server key that peer did not prove: they end with the attempt).
     Replaced,
     /// The server proved a static key other than the one `ConnectOptions::server_key`
     /// pinned (or none): it is not the server this client meant to reach.

@@ -67,7 +67,7 @@ pub trait Network {
     ) -> Result<(), NetError>;
 
     /// Queues `payload` on `channel` to every connected peer but `except`. Returns how many
-    /// it was queued for (with a background thread: how many it was sent to be queued for).
+    /// it was queued for (with a background thread: how many the thread queued it for).
     fn broadcast(
         &mut self,
         channel: u8,

@@ -10,8 +10,8 @@ use shoal_proto::fuzzing::wire::RejectCode;
 use std::net::SocketAddr;
 
 use shoal_proto::{
-    ChannelConfig, Config, ConnectError, DeliveryKind, DisconnectReason, Endpoint, Event, Instant,
-    Protection, SendError, TAG_LEN,
+    ChannelConfig, Config, ConnectError, ConnectOptions, DeliveryKind, DisconnectReason, Endpoint,
+    Event, Instant, Keypair, Protection, SendError, TAG_LEN,
 };
 
 fn disconnect_reason(events: &[Event]) -> Option<DisconnectReason> {
@@ -604,6 +604,47 @@ fn messages_queued_on_an_attempt_that_gives_way_to_a_crossing_connect_arrive() {
     assert_eq!(
         response(&p.server_events),
         Some((asked_by_b, b"for b".to_vec()))
+    );
+}
+
+/// An attempt that pinned the server's key keeps what was queued on it when a crossing
+/// connect from a peer without that key wins (anyone on the path can make one win): the
+/// messages meant for the pinned peer do not go to it.
+#[test]
+fn messages_queued_on_a_pinned_attempt_do_not_go_to_a_crossing_peer_without_the_key() {
+    let peer = |seed, key: u8| Config {
+        seed,
+        accept_incoming: true,
+        static_keypair: Some(Keypair::from_secret([key; 32])),
+        ..Config::default()
+    };
+    let mut p = Pair::new(peer(11, 1), peer(12, 2));
+    let a = p
+        .client
+        .connect(p.now, p.server_addr, b"")
+        .expect("connect");
+    // The side whose attempt gives way (with these seeds) pinned a key its peer lacks.
+    let pinned = ConnectOptions {
+        data: b"",
+        server_key: Some(Keypair::from_secret([9; 32]).public_key()),
+        ..ConnectOptions::default()
+    };
+    let b = p
+        .server
+        .connect_with(p.now, p.client_addr, &pinned)
+        .expect("connect");
+    p.client.send(a, 3, &b"from a"[..]).expect("send");
+    p.server
+        .send(b, 3, &b"for the pinned peer"[..])
+        .expect("send");
+    p.run_for(Duration::from_secs(1));
+    assert!(p.server_events.iter().any(|e| matches!(e,
+        Event::ConnectFailed { conn, reason: DisconnectReason::Replaced } if *conn == b)));
+    assert_eq!(p.server_messages(3), [b"from a"], "a's attempt won");
+    assert!(
+        p.client_messages(3).is_empty(),
+        "{:?}",
+        p.client_messages(3)
     );
 }
 

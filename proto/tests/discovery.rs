@@ -43,6 +43,51 @@ proptest! {
         }
     }
 
+    /// Valid encodings, then a byte flipped, the end cut or bytes added: whatever still
+    /// decodes encodes back to the same bytes, and the unchanged ones always decode (the
+    /// arbitrary bytes above almost never reach a successful decode).
+    #[test]
+    fn mutated_encodings_decode_only_to_themselves(
+        response in any::<bool>(),
+        nonce in any::<u64>(),
+        port in 1..=u16::MAX,
+        body in prop::collection::vec(any::<u8>(), 0..=MAX_QUERY_LEN.min(MAX_APP_DATA)),
+        // 0 none, 1 a byte flipped, 2 the end cut, 3 bytes added.
+        mutation in 0u8..4,
+        at in any::<prop::sample::Index>(),
+        flip in 1u8..=255,
+        cut in 1usize..40,
+        tail in prop::collection::vec(any::<u8>(), 1..8),
+    ) {
+        let mut buf = [0u8; MAX_RESPONSE_LEN];
+        let len = if response {
+            Response { protocol_id: 7, nonce, port, data: &body }.encode(&mut buf)
+        } else {
+            Request { protocol_id: 7, nonce, query: &body }.encode(&mut buf)
+        }
+        .expect("encodes");
+        let mut bytes = buf[..len].to_vec();
+        match mutation {
+            1 => bytes[at.index(len)] ^= flip,
+            2 => bytes.truncate(len.saturating_sub(cut)),
+            3 => bytes.extend_from_slice(&tail),
+            _ => {}
+        }
+        let mut again = [0u8; MAX_RESPONSE_LEN];
+        let decoded = if response {
+            Response::decode(&bytes).map(|r| r.encode(&mut again))
+        } else {
+            Request::decode(&bytes).map(|r| r.encode(&mut again))
+        };
+        match decoded {
+            Ok(encoded) => {
+                prop_assert_eq!(encoded, Ok(bytes.len()));
+                prop_assert_eq!(&again[..bytes.len()], &bytes[..]);
+            }
+            Err(_) => prop_assert!(mutation != 0, "a valid encoding did not decode"),
+        }
+    }
+
     #[test]
     fn encoded_messages_decode(
         protocol_id in any::<u32>(),

@@ -174,6 +174,21 @@ fn reject_vectors() {
             code: RejectCode::NotAccepting,
         },
     );
+    for (hex, code) in [
+        ("04", RejectCode::ProtectionMismatch),
+        ("05", RejectCode::TokenInvalid),
+        ("06", RejectCode::TokenExpired),
+        ("07", RejectCode::TokenUsed),
+        ("08", RejectCode::TokenWrongServer),
+    ] {
+        check(
+            &format!("35 0102030405060708 {hex} 0000"),
+            Packet::Reject {
+                client_nonce: nonce,
+                code,
+            },
+        );
+    }
     // "Unknown connection": the nonce field carries the connection id a packet named.
     check(
         "35 1122334455667788 0b 0000",
@@ -390,6 +405,9 @@ fn malformed_vectors_are_typed_errors() {
             DecodeError::BadField,
         ),
         ("35 0102030405060708 01 0001", DecodeError::BadField),
+        ("35 0102030405060708 04 0001", DecodeError::BadField),
+        ("35 0102030405060708 00 0000", DecodeError::BadField),
+        ("35 0102030405060708 0c 0000", DecodeError::BadField),
         ("36 1122334455667788 00000001 21", DecodeError::BadField),
         (
             "36 1122334455667788 00000001 01 0000",

@@ -203,6 +203,8 @@ pub(crate) struct Node {
     rebinds: u16,
     touched: bool,
     events: VecDeque<(Instant, Event)>,
+    /// How many of `events` are `Connected` (so `Network::peers` scans them only then).
+    connects_waiting: usize,
     /// The NAT whose inside network the node is on (`None`: the public network).
     pub(crate) nat: Option<u32>,
 }
@@ -432,6 +434,7 @@ impl Simulator {
             rebinds: 0,
             touched: false,
             events: VecDeque::new(),
+            connects_waiting: 0,
             nat,
         });
         self.wakes.push(Wakes::default());
@@ -518,14 +521,22 @@ impl Simulator {
     /// The oldest event `node` emitted under [`run_until`](Self::run_until), with the time it
     /// was emitted.
     pub fn next_event(&mut self, node: NodeId) -> Option<(Instant, Event)> {
-        self.nodes[node.index()].events.pop_front()
+        let node = &mut self.nodes[node.index()];
+        let taken = node.events.pop_front();
+        if let Some((_, Event::Connected { .. })) = taken {
+            node.connects_waiting -= 1;
+        }
+        taken
     }
 
     /// Connections whose `Connected` event `node` emitted under
     /// [`run_until`](Self::run_until) and nobody has taken yet.
     pub(crate) fn connects_waiting(&self, node: NodeId) -> Vec<ConnectionHandle> {
-        self.nodes[node.index()]
-            .events
+        let node = &self.nodes[node.index()];
+        if node.connects_waiting == 0 {
+            return Vec::new();
+        }
+        node.events
             .iter()
             .filter_map(|(_, e)| match e {
                 Event::Connected { conn, .. } => Some(*conn),

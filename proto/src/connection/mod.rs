@@ -14,6 +14,7 @@ use core::net::SocketAddr;
 use core::time::Duration;
 
 use crate::config::{ChannelConfig, Config, DeliveryKind};
+use crate::crypto::PublicKey;
 use crate::endpoint::events::EventQueue;
 use crate::error::SendError;
 use crate::event::{ConnectionHandle, DisconnectReason, Event, IncomingRequest, RequestId};
@@ -864,9 +865,15 @@ impl Connection {
 
     /// Takes the messages and requests queued on `lost`, an attempt of ours that never
     /// connected (so nothing of them left), which this connection replaces before it sent
-    /// or took any message of its own.
-    pub(crate) fn take_queued_from(&mut self, lost: &mut Connection) {
+    /// or took any message of its own; not if `lost` pinned a server key that this peer
+    /// (whose static key is `proven`) did not prove: anyone on the path can make a crossing
+    /// connect win, and what was queued for the pinned peer must not go to it.
+    pub(crate) fn take_queued_from(&mut self, lost: &mut Connection, proven: Option<PublicKey>) {
         debug_assert!(lost.is_client && !lost.is_connected());
+        let pinned = lost.client_handshake.as_ref().and_then(|h| h.server_key);
+        if pinned.is_some_and(|pin| Some(pin) != proven) {
+            return;
+        }
         let untouched = |m: &Messaging| {
             m.in_flight.is_none() && m.reassembly_bytes == 0 && m.responses.is_none()
         };
@@ -1392,6 +1399,18 @@ mod tests {
             scratch
                 .parsed_frames
                 .push((header, Bytes::from_static(b"m")));
+            if event_share == 1 << 21 {
+                // With a chunk of an unreliable message, which must leave room to the rest.
+                let chunk = Some(ChunkInfo { index: 0, count: 2 });
+                let unreliable = MessageHeader {
+                    channel: 0,
+                    chunk,
+                    ..header
+                };
+                scratch
+                    .parsed_frames
+                    .push((unreliable, Bytes::from_static(b"c")));
+            }
             scratch.ordered.extend([(3, 0, 80), (3, 4_000, 80)]);
             let mut shared = Shared {
                 config,
@@ -1414,6 +1433,11 @@ mod tests {
             admit(&mut c, &roomy, 1 << 20),
             (Ok(210), 0),
             "room for all of them"
+        );
+        assert_eq!(
+            admit(&mut c, &roomy, 1 << 21),
+            (Ok(50), 1),
+            "exact when unreliable chunks must leave room"
         );
         let tight = Config {
             reassembly_budget: 100,

@@ -287,9 +287,9 @@ impl Connection {
     /// channels (`scratch.ordered`) counted as held only past the run they complete; or why
     /// it is refused. That run is a walk over the receive window, which a peer can fill
     /// behind a missing message, so it is walked only when its answer matters: not for a
-    /// packet refused without those messages, nor for one let in with all of them held.
-    /// (A packet refused after the walk needs the room left to fall within its ordered
-    /// bytes, a band under an MTU wide.)
+    /// packet refused without those messages, nor for one let in with all of them held
+    /// and no unreliable chunk to leave room to them. (A packet refused after the walk
+    /// needs the room left to fall within its ordered bytes, a band under an MTU wide.)
     pub(super) fn admitted_room(
         &mut self,
         to_hold: usize,
@@ -297,9 +297,21 @@ impl Connection {
     ) -> Result<usize, DropReason> {
         let mut ordered = core::mem::take(&mut shared.scratch.ordered);
         let most = ordered.iter().map(|e| e.2).sum::<usize>();
+        // What the packet is let in with is also the room its unreliable chunks must leave
+        // to the rest (`deliver_packet`): with any, only the exact figure will do.
+        let channels = &shared.config.channels;
+        let unreliable_chunks = shared.scratch.parsed_frames.iter().any(|(h, _)| {
+            h.chunk.is_some()
+                && h.send_type == SendType::Message
+                && !channels
+                    .get(usize::from(h.channel))
+                    .is_some_and(|c| c.kind.is_reliable())
+        });
         let verdict = if let Some(reason) = self.refusal(to_hold, shared) {
             Err(reason)
-        } else if most == 0 || self.refusal(to_hold + most, shared).is_none() {
+        } else if most == 0
+            || (!unreliable_chunks && self.refusal(to_hold + most, shared).is_none())
+        {
             Ok(to_hold + most)
         } else {
             #[cfg(all(test, feature = "std"))]

@@ -1218,8 +1218,9 @@ impl Endpoint {
                     old.close(DisconnectReason::Replaced, None);
                     if old.is_client && !old.is_connected() {
                         // Our attempt lost a crossing connect: what the application queued on
-                        // it (never sent: it never connected) goes on this one.
-                        c.take_queued_from(&mut old);
+                        // it (never sent: it never connected) goes on this one, if this peer
+                        // proved the key the attempt pinned.
+                        c.take_queued_from(&mut old, pending.identity.key);
                     }
                 }
                 self.finish(index, old);

@@ -117,6 +117,9 @@ impl NodeContext<'_> {
         if self.node.events.len() >= self.queue.max {
             *self.queue.dropped += 1;
         } else {
+            if matches!(event, Event::Connected { .. }) {
+                self.node.connects_waiting += 1;
+            }
             self.node.events.push_back((self.now, event));
         }
     }

@@ -130,9 +130,11 @@ impl Network for NodeNetwork<'_> {
     /// The endpoint's peers less those whose `Connected` the game has not taken yet: the
     /// simulator takes events from the endpoint as they happen and holds them for the game.
     fn peers(&self) -> Vec<ConnectionHandle> {
-        let waiting = self.sim.connects_waiting(self.node);
+        let mut waiting = self.sim.connects_waiting(self.node);
+        waiting.sort_unstable();
         let endpoint = self.sim.endpoint(self.node);
-        endpoint.peers().filter(|c| !waiting.contains(c)).collect()
+        let taken = |c: &ConnectionHandle| waiting.binary_search(c).is_err();
+        endpoint.peers().filter(taken).collect()
     }
 
     fn link_stats(&self, conn: ConnectionHandle) -> Option<LinkStats> {
