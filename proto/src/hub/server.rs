@@ -1317,6 +1317,14 @@ impl Hub {
         ok
     }
 
+    /// Takes one message from `from`'s relay budget for a relay dropped unsent (if it has
+    /// one left), so drops cannot be sent without end.
+    fn charge_dropped(&mut self, from: u16, now: Instant) {
+        if let Some(m) = self.members.get_mut(&from) {
+            let _ = m.messages.take(&self.config.relay_messages, now, 1.0);
+        }
+    }
+
     /// Who a relayed message from `from` to `target` reaches, or the drop counter it falls
     /// under.
     fn check_target(&mut self, from: u16, target: u16) -> Option<(Target, usize)> {
@@ -1330,9 +1338,12 @@ impl Hub {
                 true => Some(Err(())),
             },
             Some(t @ (Target::Room(r) | Target::RoomExceptSender(r))) => {
+                // (Membership from the sender's own list, at most `max_rooms_per_member`
+                // long, not the room's, which may hold thousands.)
+                let member = |m: &MemberState| m.rooms.contains(&r.0);
                 match self.rooms.get(usize::from(r.0)).and_then(Option::as_ref) {
                     None => None,
-                    Some(room) if !room.has(from) => Some(Err(())),
+                    Some(_) if !self.members.get(&from).is_some_and(member) => Some(Err(())),
                     Some(room) => {
                         let except = matches!(t, Target::RoomExceptSender(_));
                         Some(Ok((t, room.members.len() - usize::from(except))))
@@ -1363,6 +1374,8 @@ impl Hub {
         payload: Bytes,
     ) {
         let Some((target, copies)) = self.check_target(from, wire_target) else {
+            // Dropped, and still charged as one message: it cost a look-up.
+            self.charge_dropped(from, now);
             return;
         };
         if copies == 0 || !self.allow_relay(from, now, copies, payload.len()) {
@@ -1433,6 +1446,7 @@ impl Hub {
             return;
         }
         let Some((target, _)) = self.check_target(from, wire_target) else {
+            self.charge_dropped(from, now);
             return;
         };
         let Target::User(to) = target else {

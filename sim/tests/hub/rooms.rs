@@ -626,6 +626,40 @@ fn relay_floods_are_cut_to_the_rate_limit() {
     assert_eq!(w.hub.stats().dropped_rate_limited, 1000 - got);
 }
 
+/// Messages the hub drops (to a room the sender is not in) cost the sender's relay budget
+/// like any other: they made the hub look the room up and were never charged, so they
+/// could be sent without end.
+#[test]
+fn dropped_relays_spend_the_senders_budget() {
+    let config = HubConfig {
+        relay_messages: RateLimit {
+            per_second: 0.001,
+            burst: 10.0,
+        },
+        ..hub_config()
+    };
+    let (mut sim, mut w) = world(14, 3, config, link(0.0));
+    room_of_all(&mut sim, &mut w, "all");
+    let private = create(&mut sim, &mut w, 0, "private", RoomOptions::default());
+    let b = w.user(1);
+    w.take(1);
+    for n in 0..20u32 {
+        w.act(&mut sim, 2, |cl, ep| {
+            cl.send(ep, Target::Room(private), 2, numbered(2, n, 20))
+        })
+        .expect("send");
+    }
+    w.run(&mut sim, 100);
+    assert_eq!(w.hub.stats().dropped_no_shared_room, 20);
+    w.act(&mut sim, 2, |cl, ep| {
+        cl.send(ep, Target::User(b), 2, numbered(2, 99, 20))
+    })
+    .expect("send");
+    w.run(&mut sim, 200);
+    assert!(messages(&w.take(1)).is_empty(), "the budget was spent");
+    assert_eq!(w.hub.stats().dropped_rate_limited, 1);
+}
+
 #[test]
 fn three_hundred_members_in_ten_rooms_all_hear_their_room() {
     let (mut sim, mut w) = world(14, 300, hub_config(), link(0.01));
