@@ -226,7 +226,14 @@ struct Link {
     up: bool,
     /// Its handshake failed: sends fail until the hub introduces the pair again.
     failed: bool,
+    /// Handshakes in a row that drew no answer (a peer that never answers would otherwise
+    /// be tried again without end; see [`LINK_TIMEOUTS`]).
+    timeouts: u8,
 }
+
+/// Handshakes in a row a peer link may go unanswered before it is marked failed (until the
+/// pair is introduced again).
+const LINK_TIMEOUTS: u8 = 3;
 
 /// Names one request to the hub; its answer (`Joined`, `Done` or `Refused`) carries it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -1001,6 +1008,7 @@ impl HubClient {
                 let link = self.links.entry(user).or_default();
                 link.conn = Some(conn);
                 link.up = true;
+                link.timeouts = 0;
                 link.failed = false;
                 for (channel, payload) in core::mem::take(&mut link.queued) {
                     // Queued in order before the link existed; the same limits apply now.
@@ -1023,17 +1031,26 @@ impl HubClient {
                 let link = self.links.get_mut(&user).filter(|l| l.conn == Some(conn))?;
                 link.conn = None;
                 link.up = false;
-                let refused = !matches!(
-                    reason,
-                    DisconnectReason::Replaced | DisconnectReason::TimedOut
-                ) && matches!(event, Event::ConnectFailed { .. });
+                let attempt = matches!(event, Event::ConnectFailed { .. });
+                let refused = attempt
+                    && !matches!(
+                        reason,
+                        DisconnectReason::Replaced | DisconnectReason::TimedOut
+                    );
+                if attempt && reason == DisconnectReason::TimedOut {
+                    link.timeouts = link.timeouts.saturating_add(1);
+                }
                 if reason == DisconnectReason::Replaced {
                     // The other attempt of a crossing pair takes over: its `Connected`
                     // follows and sends what is queued.
-                } else if refused || self.policy == PathPolicy::DirectOnly {
-                    // The peer refused it (it would again, within a round trip), or a
-                    // direct path failed (retrying would fail the same way): sends fail
-                    // until the pair is introduced again.
+                } else if refused
+                    || self.policy == PathPolicy::DirectOnly
+                    || link.timeouts >= LINK_TIMEOUTS
+                {
+                    // The peer refused it (it would again, within a round trip), a direct
+                    // path failed (retrying would fail the same way), or the peer left
+                    // handshake after handshake unanswered: sends fail until the pair is
+                    // introduced again.
                     self.stats.links_failed += 1;
                     link.failed = true;
                     link.queued.clear();
@@ -1809,6 +1826,49 @@ mod tests {
         );
         assert_eq!(client.direct_connecting.len(), MAX_DIRECT_CONNECTING);
         assert_eq!(client.direct_waiting.len(), 100 - MAX_DIRECT_CONNECTING - 1);
+    }
+
+    /// A peer that never answers its link's handshake is tried `LINK_TIMEOUTS` times, then
+    /// the link is marked failed: the member with the lower id opened it again on every
+    /// timeout, a Hello every resend interval for good, while the peer sent nothing.
+    #[test]
+    fn a_link_whose_handshakes_go_unanswered_fails_after_a_few() {
+        let (mut ep, hub, _, now) = member_with(Config {
+            accept_incoming: true,
+            secret_seed: Some(SecretSeed::insecure_from_u64(5)),
+            ..super::super::endpoint_config()
+        });
+        let mut client = HubClient::with_paths(hub, ep.config(), PathPolicy::RelayOnly).unwrap();
+        client.user_id = Some(3);
+        client.on_notice(&mut ep, now, joined(1, [3, 9]));
+        let mut now = now;
+        for attempt in 1..=LINK_TIMEOUTS {
+            let conn = client
+                .links
+                .get(&9)
+                .and_then(|l| l.conn)
+                .expect("an attempt");
+            // The endpoint gives the attempt up, and says so.
+            now += ep.config().handshake_timeout + core::time::Duration::from_secs(1);
+            ep.handle_timeout(now);
+            while let Some(event) = ep.poll_event() {
+                if event.connection() == conn {
+                    let timed_out = DisconnectReason::TimedOut;
+                    assert!(
+                        matches!(event, Event::ConnectFailed { reason, .. } if reason == timed_out)
+                    );
+                    client.handle_event(&mut ep, now, event);
+                }
+            }
+            let link = client.links.get(&9).expect("the link");
+            assert_eq!(
+                link.conn.is_some(),
+                attempt < LINK_TIMEOUTS,
+                "attempt {attempt}"
+            );
+            assert_eq!(link.failed, attempt == LINK_TIMEOUTS);
+        }
+        assert_eq!(client.stats().links_failed, 1);
     }
 
     /// What waits for a peer link that is not up yet is checked as the endpoint would check
