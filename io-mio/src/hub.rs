@@ -35,7 +35,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mio::{Events, Poll, Token, Waker};
-use shoal_proto::hub::{Hub, HubConfig, RoomId};
+use shoal_proto::hub::{Hub, HubConfig, RoomChange, RoomId};
 use shoal_proto::{Bytes, Config, ConnectionHandle, DisconnectReason, Event};
 
 use crate::clock::Clock;
@@ -141,7 +141,8 @@ pub struct HubServer {
     members: HashMap<ConnectionHandle, (u16, SocketAddr)>,
     /// The rooms last seen, to report openings and closings.
     rooms: BTreeMap<RoomId, Bytes>,
-    rooms_created_seen: u64,
+    /// The hub's room changes, taken each turn (kept for its buffer).
+    room_changes: Vec<RoomChange>,
     /// Reports waiting for `poll_event`, and the payload bytes they hold (see
     /// [`MAX_WAITING_REPORTS`]; the room reports are bounded by the hub's room limit).
     out: VecDeque<HubServerEvent>,
@@ -185,7 +186,7 @@ impl HubServer {
             },
             members: HashMap::new(),
             rooms: BTreeMap::new(),
-            rooms_created_seen: 0,
+            room_changes: Vec::new(),
             out: VecDeque::new(),
             out_bytes: 0,
             max_out_bytes,
@@ -390,19 +391,40 @@ impl HubServer {
         self.out.push_back(out);
     }
 
-    /// Reports rooms opened and closed since the last look (only looked at when the counts
-    /// say something changed).
+    /// Reports rooms opened and closed since the last look, from the hub's log of them (a
+    /// turn's cost is its changes, not the rooms there are); from a walk over every room
+    /// only when the hub gave its log up.
     fn note_rooms(&mut self) {
-        let stats = self.hub.stats();
-        if stats.rooms == self.rooms.len() && stats.rooms_created == self.rooms_created_seen {
-            return;
+        let mut changes = std::mem::take(&mut self.room_changes);
+        if self.hub.take_room_changes(&mut changes) {
+            for change in changes.drain(..) {
+                match change {
+                    RoomChange::Opened { room, name, owner } => {
+                        self.rooms.insert(room, name.clone());
+                        self.out
+                            .push_back(HubServerEvent::RoomOpened { room, name, owner });
+                    }
+                    RoomChange::Closed { room, name } => {
+                        self.rooms.remove(&room);
+                        self.out
+                            .push_back(HubServerEvent::RoomClosed { room, name });
+                    }
+                }
+            }
+        } else {
+            changes.clear();
+            self.walk_rooms();
         }
-        self.rooms_created_seen = stats.rooms_created;
+        self.room_changes = changes;
+    }
+
+    /// Reports what changed between the rooms last seen and the hub's rooms now.
+    fn walk_rooms(&mut self) {
         let mut before = std::mem::take(&mut self.rooms);
         for info in self.hub.rooms() {
             match before.remove(&info.id) {
                 Some(name) if name == info.name => {}
-                // The id was reused within one turn: the old room closed, a new one opened.
+                // The id was reused meanwhile: the old room closed, a new one opened.
                 Some(name) => {
                     self.out.push_back(HubServerEvent::RoomClosed {
                         room: info.id,

@@ -121,7 +121,7 @@ pub use crate::crypto::PAIR_OVERHEAD;
 pub use client::{
     HubClient, HubClientStats, HubError, HubEvent, Member, OpId, PathPolicy, PeerRequest, RoomView,
 };
-pub use server::{Hub, HubConfig, HubConfigError, HubStats, RateLimit, RoomInfo};
+pub use server::{Hub, HubConfig, HubConfigError, HubStats, RateLimit, RoomChange, RoomInfo};
 
 /// Highest user id a server hands out; the target values above it name rooms.
 pub const MAX_USER_ID: u16 = 0xBFFF;

@@ -268,6 +268,32 @@ pub struct RoomInfo {
     pub members: Vec<u16>,
 }
 
+/// A room opened or closed, as [`Hub::take_room_changes`] reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RoomChange {
+    /// A member created the room.
+    Opened {
+        /// Its id.
+        room: RoomId,
+        /// Its name.
+        name: Bytes,
+        /// Its owner's user id.
+        owner: u16,
+    },
+    /// The room closed (its last member left, or its owner closed it).
+    Closed {
+        /// Its id (which a later room may take).
+        room: RoomId,
+        /// Its name.
+        name: Bytes,
+    },
+}
+
+/// Room changes a [`Hub`] keeps for [`Hub::take_room_changes`]: past it, the log is given up
+/// and the taker told to look at [`Hub::rooms`] instead (the log is bounded whether or not
+/// anyone takes it).
+const MAX_ROOM_CHANGES: usize = 4096;
+
 #[derive(Debug)]
 struct MemberState {
     conn: ConnectionHandle,
@@ -373,6 +399,10 @@ struct Relayed {
 pub struct Hub {
     config: HubConfig,
     rooms: Vec<Option<Room>>,
+    /// Rooms opened and closed since `take_room_changes` (see `MAX_ROOM_CHANGES`).
+    room_changes: Vec<RoomChange>,
+    /// Changes were given up since `take_room_changes`.
+    room_changes_lost: bool,
     free_rooms: Vec<u16>,
     by_name: HashMap<Bytes, u16>,
     members: Members,
@@ -500,6 +530,8 @@ impl Hub {
             config,
             rooms: Vec::new(),
             free_rooms: Vec::new(),
+            room_changes: Vec::new(),
+            room_changes_lost: false,
             by_name: HashMap::with_hasher(hasher),
             members: Members::default(),
             by_conn: HashMap::with_hasher(hasher),
@@ -535,6 +567,27 @@ impl Hub {
                 members: r.members.iter().map(|(u, _)| *u).collect(),
             })
         })
+    }
+
+    /// Moves the rooms opened and closed since the last call into `into`, oldest first, so
+    /// a server reporting them spends nothing per room it did not change. False if some
+    /// were given up (more than 4,096 between two calls): read [`rooms`](Self::rooms)
+    /// instead.
+    pub fn take_room_changes(&mut self, into: &mut Vec<RoomChange>) -> bool {
+        into.append(&mut self.room_changes);
+        !core::mem::take(&mut self.room_changes_lost)
+    }
+
+    fn log_room_change(&mut self, change: RoomChange) {
+        if self.room_changes_lost {
+            return;
+        }
+        if self.room_changes.len() >= MAX_ROOM_CHANGES {
+            self.room_changes = Vec::new();
+            self.room_changes_lost = true;
+            return;
+        }
+        self.room_changes.push(change);
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) next has work (a join awaiting approval
@@ -1029,9 +1082,14 @@ impl Hub {
             pending: Vec::new(),
             joins: Bucket::new(&self.config.room_joins, now),
         });
-        self.by_name.insert(name, id);
+        self.by_name.insert(name.clone(), id);
         self.stats.rooms += 1;
         self.stats.rooms_created += 1;
+        self.log_room_change(RoomChange::Opened {
+            room: RoomId(id),
+            name,
+            owner: user,
+        });
         self.add_member(ep, id, user, op, metadata);
     }
 
@@ -1259,6 +1317,10 @@ impl Hub {
         self.by_name.remove(&r.name);
         self.free_rooms.push(room);
         self.stats.rooms -= 1;
+        self.log_room_change(RoomChange::Closed {
+            room: RoomId(room),
+            name: r.name.clone(),
+        });
         for (i, (a, _)) in r.members.iter().enumerate() {
             for (b, _) in &r.members[i + 1..] {
                 self.unpair(*a, *b);
@@ -1530,5 +1592,45 @@ fn unshared(payload: Bytes) -> Bytes {
         payload
     } else {
         Bytes::copy_from_slice(&payload)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The log of room changes is bounded whether or not anyone takes it: past
+    /// `MAX_ROOM_CHANGES` it is given up, and the next take says so (once).
+    #[test]
+    fn the_room_change_log_is_given_up_past_its_bound() {
+        let config = HubConfig {
+            secret_seed: Some(crate::config::SecretSeed::insecure_from_u64(1)),
+            ..HubConfig::default()
+        };
+        let mut hub = Hub::new(config, &super::super::endpoint_config()).unwrap();
+        let change = |i: usize| RoomChange::Closed {
+            room: RoomId(i as u16),
+            name: Bytes::new(),
+        };
+        let mut taken = Vec::new();
+        hub.log_room_change(change(1));
+        assert!(hub.take_room_changes(&mut taken));
+        assert_eq!(taken, [change(1)]);
+        for i in 0..=MAX_ROOM_CHANGES {
+            hub.log_room_change(change(i));
+        }
+        assert!(
+            hub.room_changes.capacity() <= MAX_ROOM_CHANGES,
+            "its memory given back"
+        );
+        taken.clear();
+        assert!(!hub.take_room_changes(&mut taken), "given up");
+        assert!(taken.is_empty());
+        hub.log_room_change(change(7));
+        assert!(
+            hub.take_room_changes(&mut taken),
+            "logged again after the take"
+        );
+        assert_eq!(taken, [change(7)]);
     }
 }

@@ -660,6 +660,44 @@ fn dropped_relays_spend_the_senders_budget() {
     assert_eq!(w.hub.stats().dropped_rate_limited, 1);
 }
 
+/// The hub logs rooms opening and closing as they happen, for a server to report without
+/// walking every room on each change.
+#[test]
+fn the_hub_logs_rooms_opening_and_closing_in_order() {
+    let (mut sim, mut w) = world(15, 2, hub_config(), link(0.0));
+    let mut changes = Vec::new();
+    assert!(w.hub.take_room_changes(&mut changes));
+    let a = create(&mut sim, &mut w, 0, "a", RoomOptions::default());
+    let b = create(&mut sim, &mut w, 1, "b", RoomOptions::default());
+    w.act(&mut sim, 0, |c, ep| c.leave_room(ep, a))
+        .expect("leave");
+    w.run(&mut sim, 200);
+    assert!(w.hub.take_room_changes(&mut changes));
+    let (u0, u1) = (w.user(0), w.user(1));
+    assert_eq!(
+        changes,
+        [
+            hub::RoomChange::Opened {
+                room: a,
+                name: "a".into(),
+                owner: u0
+            },
+            hub::RoomChange::Opened {
+                room: b,
+                name: "b".into(),
+                owner: u1
+            },
+            hub::RoomChange::Closed {
+                room: a,
+                name: "a".into()
+            },
+        ]
+    );
+    changes.clear();
+    assert!(w.hub.take_room_changes(&mut changes));
+    assert!(changes.is_empty(), "taken once");
+}
+
 #[test]
 fn three_hundred_members_in_ten_rooms_all_hear_their_room() {
     let (mut sim, mut w) = world(14, 300, hub_config(), link(0.01));
