@@ -942,8 +942,8 @@ impl HubClient {
                     target: Some(_), ..
                 }),
                 ..
-            } => self.on_relayed(now, event),
-            Event::Response { id, payload, .. } if self.asked.contains_key(&id) => {
+            } => self.on_relayed(ep, now, event),
+            Event::Response { conn, id, payload } if self.asked.contains_key(&id) => {
                 let (from, counter) = self.asked.remove(&id).map_or((0, 0), |(u, _, n)| (u, n));
                 match self
                     .ciphers
@@ -955,7 +955,14 @@ impl HubClient {
                         from,
                         payload: Bytes::from(plain),
                     }),
-                    None => self.stats.unopened += 1,
+                    // Not the peer's answer (a member that could not take the request
+                    // declines it empty, or the hub forged one): the request still ends, as
+                    // unanswered.
+                    None => {
+                        self.stats.unopened += 1;
+                        let ended = Event::RequestTimedOut { conn, id };
+                        self.ready.push_back(HubEvent::Transport(ended));
+                    }
                 }
             }
             Event::RequestTimedOut { id, .. } => {
@@ -1214,8 +1221,16 @@ impl HubClient {
         }
     }
 
-    /// A message or request the hub forwarded: opened if sealed for this member.
-    fn on_relayed(&mut self, now: Instant, event: Event) {
+    /// A message or request the hub forwarded: opened if sealed for this member. A request
+    /// not taken is answered at once, empty: the hub holds a place among this member's
+    /// pending requests for it until it is answered (or times out, seconds later), and room
+    /// mates sending junk requests could otherwise hold them all.
+    fn on_relayed(&mut self, ep: &mut Endpoint, now: Instant, event: Event) {
+        let decline = |ep: &mut Endpoint, event: &Event| {
+            if let Event::Request { conn, request, .. } = event {
+                let _ = ep.respond(*conn, *request, Bytes::new());
+            }
+        };
         let (from, target, channel, kind, payload) = match &event {
             Event::Message {
                 relay:
@@ -1241,6 +1256,7 @@ impl HubClient {
         };
         let Some(to) = Target::from_wire(target) else {
             self.stats.unopened += 1;
+            decline(ep, &event);
             return;
         };
         let plain = match to {
@@ -1251,6 +1267,7 @@ impl HubClient {
                     let len = payload.len();
                     if len > self.max_waiting_bytes {
                         self.stats.waiting_dropped += 1;
+                        decline(ep, &event);
                         return;
                     }
                     while self.waiting.len() >= MAX_WAITING
@@ -1261,6 +1278,7 @@ impl HubClient {
                         };
                         self.waiting_bytes -= waiting_len(&old);
                         self.stats.waiting_dropped += 1;
+                        decline(ep, &old);
                     }
                     self.waiting_bytes += len;
                     self.waiting.push_back(event);
@@ -1270,6 +1288,7 @@ impl HubClient {
                     Some(p) => Bytes::from(p),
                     None => {
                         self.stats.unopened += 1;
+                        decline(ep, &event);
                         return;
                     }
                 }
@@ -1284,10 +1303,12 @@ impl HubClient {
                 Taken::New => {}
                 Taken::Again => {
                     self.stats.requests_replayed += 1;
+                    decline(ep, &event);
                     return;
                 }
                 Taken::Late => {
                     self.stats.requests_late += 1;
+                    decline(ep, &event);
                     return;
                 }
             }
@@ -1342,7 +1363,7 @@ impl HubClient {
             self.waiting = others;
             self.waiting_bytes = self.waiting.iter().map(waiting_len).sum();
             for e in theirs {
-                self.on_relayed(now, e);
+                self.on_relayed(ep, now, e);
             }
         }
     }
@@ -1828,6 +1849,28 @@ mod tests {
         assert_eq!(client.direct_waiting.len(), 100 - MAX_DIRECT_CONNECTING - 1);
     }
 
+    /// A response this member cannot open (a peer declining the request empty, or one the
+    /// hub forged) still ends its request, as unanswered: it used to end it silently, with
+    /// neither a response nor a timeout for the application.
+    #[test]
+    fn a_response_that_does_not_open_ends_its_request_unanswered() {
+        let (mut ep, hub, mut client, now) = member(6);
+        client.user_id = Some(3);
+        client.on_notice(&mut ep, now, joined(1, [3, 9]));
+        while client.poll_event().is_some() {}
+        let id = client.request(&mut ep, now, 9, 2, b"question").unwrap();
+        let declined = Event::Response {
+            conn: hub,
+            id,
+            payload: Bytes::new(),
+        };
+        client.handle_event(&mut ep, now, declined);
+        let ended = Event::RequestTimedOut { conn: hub, id };
+        assert_eq!(client.poll_event(), Some(HubEvent::Transport(ended)));
+        assert_eq!(client.poll_event(), None);
+        assert_eq!(client.stats().unopened, 1);
+    }
+
     /// A peer that never answers its link's handshake is tried `LINK_TIMEOUTS` times, then
     /// the link is marked failed: the member with the lower id opened it again on every
     /// timeout, a Hello every resend interval for good, while the peer sent nothing.
@@ -2028,6 +2071,12 @@ mod tests {
             1,
             "not the second request's answer"
         );
+        // (The second request ends there, unanswered.)
+        let ended = Event::RequestTimedOut {
+            conn: hub,
+            id: RequestId(2),
+        };
+        assert_eq!(client.poll_event(), Some(HubEvent::Transport(ended)));
         assert!(client.poll_event().is_none());
         client.handle_event(&mut ep, now, response(1, &yes_to_first));
         assert!(matches!(

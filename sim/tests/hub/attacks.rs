@@ -604,3 +604,61 @@ fn a_hub_that_could_put_a_member_in_more_than_it_keeps_is_refused() {
     }
     assert!(shoal_proto::hub::Hub::new(hub_config(), &endpoint).is_ok());
 }
+
+/// Room mates sending requests their target cannot open (junk where the sealed payload
+/// goes) do not hold the hub's places among the target's pending requests: its client
+/// declines them at once, empty, so an honest request still gets through. (They were
+/// dropped unanswered, each place held for the request timeout, so two attackers could
+/// keep every place taken.)
+#[test]
+fn junk_requests_to_a_member_do_not_hold_its_pending_requests() {
+    let mut endpoint = hub::endpoint_config();
+    endpoint.max_pending_requests = 8;
+    let config = HubConfig {
+        max_relayed_requests: 4,
+        ..hub_config()
+    };
+    let (mut sim, mut w) = world_with(34, 4, config, endpoint, link(0.0));
+    room_of_all(&mut sim, &mut w, "rpc");
+    let victim = w.user(3);
+    for attacker in 0..2 {
+        for n in 0..4u32 {
+            let now = sim.now();
+            w.act(&mut sim, attacker, |cl, ep| {
+                let hub_conn = cl.connection();
+                ep.request_redirected(now, hub_conn, 2, numbered(2, n, 40), Some(victim))
+            })
+            .expect("request");
+        }
+    }
+    w.run(&mut sim, 300);
+    w.take(3);
+    let now = sim.now();
+    w.act(&mut sim, 2, |cl, ep| {
+        cl.request(ep, now, victim, 2, &numbered(2, 9, 100))
+    })
+    .expect("request");
+    w.run(&mut sim, 300);
+    assert!(
+        w.take(3)
+            .iter()
+            .any(|e| matches!(e, HubEvent::Request { .. })),
+        "the honest request reached its target (dropped: {})",
+        w.hub.stats().dropped_requests
+    );
+    // The attackers' requests ended, each once, unanswered.
+    for attacker in 0..2 {
+        let ended = w
+            .take(attacker)
+            .iter()
+            .filter(|e| {
+                matches!(
+                    e,
+                    HubEvent::Transport(shoal_proto::Event::RequestTimedOut { .. })
+                        | HubEvent::Transport(shoal_proto::Event::Response { .. })
+                )
+            })
+            .count();
+        assert_eq!(ended, 4, "attacker {attacker}");
+    }
+}
