@@ -181,6 +181,13 @@ struct Cli {
     /// Joins one room takes at once (at least the room's size, for a room to form at once).
     #[arg(long, default_value_t = HubConfig::default().room_joins.burst)]
     room_join_burst: f64,
+    /// Notices one member's joins may make the hub send its new room mates per second, on
+    /// average (one a room mate).
+    #[arg(long, default_value_t = HubConfig::default().join_notices.per_second)]
+    join_notice_rate: f64,
+    /// Notices one member's joins may cost at once (at least --max-members-per-room).
+    #[arg(long, default_value_t = HubConfig::default().join_notices.burst)]
+    join_notice_burst: f64,
     /// How long a member's queue may stay full with nothing draining before it is
     /// disconnected as not reading (until then what does not fit is dropped and counted).
     #[arg(long, default_value_t = Span(HubConfig::default().stall_timeout))]
@@ -238,6 +245,10 @@ impl Cli {
             room_joins: RateLimit {
                 per_second: self.room_join_rate,
                 burst: self.room_join_burst,
+            },
+            join_notices: RateLimit {
+                per_second: self.join_notice_rate,
+                burst: self.join_notice_burst,
             },
             stall_timeout: self.stall_timeout.0,
             // Filled from the OS random source by `HubServer::bind`.

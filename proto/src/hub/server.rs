@@ -73,6 +73,12 @@ pub struct HubConfig {
     /// joins, the approval spends it (asking costs the room's members nothing). Over it:
     /// [`Refusal::RateLimited`].
     pub room_joins: RateLimit,
+    /// Notices one member's joins may make the hub send its new room mates (a `PeerJoined`
+    /// each; default 1,024/s, bursts of 2,048: eight joins to full rooms at once). A join
+    /// costs one command however large the room, so a member joining and leaving full rooms
+    /// in turn made the hub send some 700 times the bytes it sent, on every connection it
+    /// held. At least `max_members_per_room` a burst. Over it: [`Refusal::RateLimited`].
+    pub join_notices: RateLimit,
     /// How long a member's queue at the hub may stay full, with nothing draining from it,
     /// before the member counts as not reading and is disconnected (default 2 s). Until
     /// then, and for a member that drains slowly, relayed traffic that does not fit is
@@ -119,6 +125,10 @@ impl Default for HubConfig {
                 per_second: 16.0,
                 burst: 256.0,
             },
+            join_notices: RateLimit {
+                per_second: 1024.0,
+                burst: 2048.0,
+            },
             stall_timeout: Duration::from_secs(2),
             secret_seed: None,
             seed: 0,
@@ -138,6 +148,9 @@ pub enum HubConfigError {
     Limit(&'static str),
     /// `secret_seed` is missing.
     SecretSeedMissing,
+    /// `join_notices.burst` is below `max_members_per_room` (this): a join to a full room
+    /// could never be paid for.
+    JoinNotices(usize),
     /// A full room's member list (`size` bytes, sent to each joiner) would not fit `max`:
     /// the endpoint's `max_message_size` or the control channel's `max_queued_bytes`.
     MemberListTooLarge {
@@ -180,6 +193,11 @@ impl fmt::Display for HubConfigError {
                     "{name} must be at least 1 (and field lengths at most 4096)"
                 )
             }
+            HubConfigError::JoinNotices(members) => write!(
+                f,
+                "join_notices.burst must be at least max_members_per_room ({members}): a \
+                 join to a full room could never be paid for"
+            ),
             HubConfigError::MemberViewsTooLarge {
                 rooms,
                 members,
@@ -308,6 +326,8 @@ struct MemberState {
     messages: Bucket,
     bytes: Bucket,
     commands: Bucket,
+    /// Notices its joins may cost (`HubConfig::join_notices`).
+    join_notices: Bucket,
     /// Since when everything queued for it has found its queue full (`None`: it drains).
     full_since: Option<Instant>,
     relayed_requests: usize,
@@ -520,6 +540,10 @@ impl Hub {
                 metadata: config.max_metadata_len,
             });
         }
+        // (Below it a join to a full room could never be paid for.)
+        if config.join_notices.burst < config.max_members_per_room as f64 {
+            return Err(HubConfigError::JoinNotices(config.max_members_per_room));
+        }
         let seed = config
             .secret_seed
             .take()
@@ -651,6 +675,7 @@ impl Hub {
                         messages: Bucket::new(&limits.relay_messages, now),
                         bytes: Bucket::new(&limits.relay_bytes, now),
                         commands: Bucket::new(&limits.commands, now),
+                        join_notices: Bucket::new(&limits.join_notices, now),
                         full_since: None,
                         relayed_requests: 0,
                     },
@@ -1119,10 +1144,15 @@ impl Hub {
             self.config.max_pending_joins,
             self.config.approval_timeout,
         );
-        let joins = self.config.room_joins;
+        let (joins, notices) = (self.config.room_joins, self.config.join_notices);
+        let notices_left = self
+            .members
+            .get_mut(&user)
+            .map_or(0.0, |m| m.join_notices.refill(&notices, now));
         let Some(room) = self.room_mut(id) else {
             return self.refuse(ep, user, op, Refusal::UnknownRoom);
         };
+        let copies = room.members.len() as f64;
         let refusal = if room.has(user) || room.pending.iter().any(|p| p.user == user) {
             Some(Refusal::AlreadyMember)
         } else if !equal_in_constant_time(&room.password, &password) {
@@ -1133,9 +1163,12 @@ impl Hub {
             Some(Refusal::RoomFull)
         } else if room.flags & FLAG_APPROVAL != 0 && room.pending.len() >= max_pending {
             Some(Refusal::ApprovalQueueFull)
-        } else if room.flags & FLAG_APPROVAL == 0 && !room.joins.take(&joins, now, 1.0) {
-            // (Last: only a join that would otherwise be taken spends the room's budget; in
-            // a room that approves its joins, the approval does.)
+        } else if room.flags & FLAG_APPROVAL == 0
+            && (notices_left < copies || !room.joins.take(&joins, now, 1.0))
+        {
+            // (Last: only a join that would otherwise be taken spends the room's budget and
+            // the joiner's notices; in a room that approves its joins, the approval does,
+            // and the owner's commands pace it.)
             Some(Refusal::RateLimited)
         } else {
             None
@@ -1143,6 +1176,7 @@ impl Hub {
         if let Some(reason) = refusal {
             return self.refuse(ep, user, op, reason);
         }
+
         if room.flags & FLAG_APPROVAL != 0 {
             let deadline = now + timeout;
             room.pending.push(PendingJoin {
@@ -1161,6 +1195,9 @@ impl Hub {
             };
             self.notify(ep, owner, &notice);
             return;
+        }
+        if let Some(m) = self.members.get_mut(&user) {
+            m.join_notices.tokens -= copies;
         }
         self.add_member(ep, id, user, op, metadata);
     }

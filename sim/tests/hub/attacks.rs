@@ -662,3 +662,53 @@ fn junk_requests_to_a_member_do_not_hold_its_pending_requests() {
         assert_eq!(ended, 4, "attacker {attacker}");
     }
 }
+
+/// A member joining and leaving a room in turn pays for the notices its joins make the hub
+/// send (a `PeerJoined` to every room mate): a join costs one command however large the
+/// room, so churning through full rooms made the hub send hundreds of times what it got.
+#[test]
+fn a_member_churning_through_a_room_pays_for_the_notices_its_joins_cost() {
+    let config = HubConfig {
+        max_members_per_room: 8,
+        join_notices: RateLimit {
+            per_second: 0.001,
+            burst: 8.0,
+        },
+        ..hub_config()
+    };
+    let below = HubConfig {
+        join_notices: RateLimit {
+            per_second: 1.0,
+            burst: 7.0,
+        },
+        ..config.clone()
+    };
+    let err = hub::Hub::new(below, &hub::endpoint_config()).expect_err("below a room");
+    assert_eq!(err, hub::HubConfigError::JoinNotices(8));
+    assert!(err
+        .to_string()
+        .contains("join_notices.burst must be at least"));
+    let (mut sim, mut w) = world(36, 5, config, link(0.0));
+    let room = create(&mut sim, &mut w, 0, "big", hub::RoomOptions::default());
+    for i in 1..4 {
+        w.act(&mut sim, i, |c, ep| c.join_room(ep, "big", b"", b"m"))
+            .expect("join");
+        w.run(&mut sim, 100);
+    }
+    // Four room mates each time: two joins spend the churner's eight notices.
+    for round in 0..3 {
+        w.take(4);
+        w.act(&mut sim, 4, |c, ep| c.join_room(ep, "big", b"", b"churn"))
+            .expect("join");
+        w.run(&mut sim, 100);
+        let events = w.take(4);
+        if round < 2 {
+            assert_eq!(joined(&events), Some(room), "round {round}");
+            w.act(&mut sim, 4, |c, ep| c.leave_room(ep, room))
+                .expect("leave");
+            w.run(&mut sim, 100);
+        } else {
+            assert_eq!(refusal(&events), Some(Refusal::RateLimited));
+        }
+    }
+}
