@@ -49,7 +49,8 @@ pub const CLOSE_SHUTDOWN: u16 = 0x4802;
 pub const SHUTDOWN_LINGER: Duration = Duration::from_millis(300);
 
 /// Most reports of endpoint events that wait for [`HubServer::poll_event`] (room reports
-/// come on top, bounded by the hub's rooms). Past this (or past the endpoint's
+/// come on top: a turn's room changes, at most the 4,096 the hub logs between takes, or
+/// what a walk of its rooms finds after it gave the log up). Past this (or past the endpoint's
 /// `max_pending_event_bytes` of message payloads) the hub stops taking the endpoint's events
 /// until some are read: members' data then waits in the endpoint, refused and resent as its
 /// own event queue does when an application falls behind. Nothing is dropped; once reports
@@ -144,7 +145,7 @@ pub struct HubServer {
     /// The hub's room changes, taken each turn (kept for its buffer).
     room_changes: Vec<RoomChange>,
     /// Reports waiting for `poll_event`, and the payload bytes they hold (see
-    /// [`MAX_WAITING_REPORTS`]; the room reports are bounded by the hub's room limit).
+    /// [`MAX_WAITING_REPORTS`]; room reports come on top, a turn's room changes).
     out: VecDeque<HubServerEvent>,
     out_bytes: usize,
     max_out_bytes: usize,

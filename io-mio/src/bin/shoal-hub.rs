@@ -185,7 +185,8 @@ struct Cli {
     /// average (one a room mate).
     #[arg(long, default_value_t = HubConfig::default().join_notices.per_second)]
     join_notice_rate: f64,
-    /// Notices one member's joins may cost at once (at least --max-members-per-room).
+    /// Notices one member's joins may cost at once (raised to --max-members-per-room if
+    /// below).
     #[arg(long, default_value_t = HubConfig::default().join_notices.burst)]
     join_notice_burst: f64,
     /// How long a member's queue may stay full with nothing draining before it is

@@ -232,8 +232,9 @@ struct Link {
 }
 
 /// Handshakes in a row a peer link may go unanswered before it is marked failed (until the
-/// pair is introduced again).
-const LINK_TIMEOUTS: u8 = 3;
+/// pair is introduced again): about a minute at the default handshake timeout, so a peer
+/// unreachable for a while (an application suspended) still gets its link back.
+const LINK_TIMEOUTS: u8 = 12;
 
 /// Names one request to the hub; its answer (`Joined`, `Done` or `Refused`) carries it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -852,10 +853,12 @@ impl HubClient {
             ep.respond(conn, request.request, Bytes::copy_from_slice(payload))?;
             return Ok(());
         }
-        let cipher = self
-            .ciphers
-            .get_mut(&request.from)
-            .ok_or(HubError::NotIntroduced(request.from))?;
+        let Some(cipher) = self.ciphers.get_mut(&request.from) else {
+            // The asker left every shared room (its key is gone): the hub still holds a
+            // place for the request until an answer comes, so it gets an empty one.
+            let _ = ep.respond(self.conn, request.request, Bytes::new());
+            return Err(HubError::NotIntroduced(request.from));
+        };
         let sealed = cipher.seal(&response_aad(request.sealed), payload);
         ep.respond(self.conn, request.request, sealed)?;
         Ok(())
@@ -1353,6 +1356,7 @@ impl HubClient {
                     .collect();
                 link.key = entry.key.map(PublicKey);
                 link.failed = false;
+                link.timeouts = 0;
                 self.open_link(ep, now, entry.user);
             }
             // Whatever waited for this key can be opened now.
@@ -1396,6 +1400,20 @@ impl HubClient {
             ep.forbid_relay_peer(self.conn, user);
             self.direct_waiting.remove(&user);
             self.requests_taken.remove(&user);
+            // What it sent that waited for its key never opens: requests among it are
+            // declined (the hub holds their places until answered).
+            let (theirs, others): (VecDeque<Event>, VecDeque<Event>) = self
+                .waiting
+                .drain(..)
+                .partition(|e| e.owner(0) == Some(user));
+            self.waiting = others;
+            self.waiting_bytes = self.waiting.iter().map(waiting_len).sum();
+            for e in theirs {
+                self.stats.waiting_dropped += 1;
+                if let Event::Request { conn, request, .. } = e {
+                    let _ = ep.respond(conn, request, Bytes::new());
+                }
+            }
             if let Some(conn) = self.links.remove(&user).and_then(|l| l.conn) {
                 // Its `Disconnected` still finds the user, and is swallowed.
                 ep.disconnect(conn, 0);

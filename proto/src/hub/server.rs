@@ -77,7 +77,9 @@ pub struct HubConfig {
     /// each; default 1,024/s, bursts of 2,048: eight joins to full rooms at once). A join
     /// costs one command however large the room, so a member joining and leaving full rooms
     /// in turn made the hub send some 700 times the bytes it sent, on every connection it
-    /// held. At least `max_members_per_room` a burst. Over it: [`Refusal::RateLimited`].
+    /// held. A burst below `max_members_per_room` is raised to it (a join to a full room
+    /// must be payable). Joins a room's owner approves spend it too. Over it:
+    /// [`Refusal::RateLimited`].
     pub join_notices: RateLimit,
     /// How long a member's queue at the hub may stay full, with nothing draining from it,
     /// before the member counts as not reading and is disconnected (default 2 s). Until
@@ -148,9 +150,7 @@ pub enum HubConfigError {
     Limit(&'static str),
     /// `secret_seed` is missing.
     SecretSeedMissing,
-    /// `join_notices.burst` is below `max_members_per_room` (this): a join to a full room
-    /// could never be paid for.
-    JoinNotices(usize),
+
     /// A full room's member list (`size` bytes, sent to each joiner) would not fit `max`:
     /// the endpoint's `max_message_size` or the control channel's `max_queued_bytes`.
     MemberListTooLarge {
@@ -193,11 +193,7 @@ impl fmt::Display for HubConfigError {
                     "{name} must be at least 1 (and field lengths at most 4096)"
                 )
             }
-            HubConfigError::JoinNotices(members) => write!(
-                f,
-                "join_notices.burst must be at least max_members_per_room ({members}): a \
-                 join to a full room could never be paid for"
-            ),
+
             HubConfigError::MemberViewsTooLarge {
                 rooms,
                 members,
@@ -541,9 +537,10 @@ impl Hub {
             });
         }
         // (Below it a join to a full room could never be paid for.)
-        if config.join_notices.burst < config.max_members_per_room as f64 {
-            return Err(HubConfigError::JoinNotices(config.max_members_per_room));
-        }
+        config.join_notices.burst = config
+            .join_notices
+            .burst
+            .max(config.max_members_per_room as f64);
         let seed = config
             .secret_seed
             .take()
@@ -745,9 +742,13 @@ impl Hub {
                 Some(r) => {
                     // A response is relayed data like any other: the responder pays for it
                     // (else two members could move a 1 MiB answer per tiny request, past
-                    // every relay limit). Refused, the asker times out on its own clock.
+                    // every relay limit). Refused, the asker times out on its own clock. An
+                    // empty one (a member declining a request it does not take) is free:
+                    // the asker paid for its request, which gets one response at most, and
+                    // room mates sending junk requests must not drain the decliner's budget.
                     let responder = self.user_of(conn);
-                    if responder.is_some_and(|u| self.allow_relay(u, now, 1, payload.len())) {
+                    let paid = |hub: &mut Self, u| hub.allow_relay(u, now, 1, payload.len());
+                    if responder.is_some_and(|u| payload.is_empty() || paid(self, u)) {
                         let payload = unshared(payload);
                         self.relay_response(ep, r, payload);
                     } else if let Some(m) = self.members.get_mut(&r.from) {
@@ -1167,8 +1168,7 @@ impl Hub {
             && (notices_left < copies || !room.joins.take(&joins, now, 1.0))
         {
             // (Last: only a join that would otherwise be taken spends the room's budget and
-            // the joiner's notices; in a room that approves its joins, the approval does,
-            // and the owner's commands pace it.)
+            // the joiner's notices; in a room that approves its joins, the approval does.)
             Some(Refusal::RateLimited)
         } else {
             None
@@ -1226,6 +1226,12 @@ impl Hub {
         };
         let p = r.pending.remove(i);
         let full = r.members.len() >= r.max_members;
+        let copies = r.members.len() as f64;
+        let notices = self.config.join_notices;
+        let notices_left = self
+            .members
+            .get_mut(&joiner)
+            .map_or(0.0, |m| m.join_notices.refill(&notices, now));
         self.notify(ep, owner, &Notice::Done { op });
         if !connected {
             return;
@@ -1236,12 +1242,16 @@ impl Hub {
             self.refuse(ep, joiner, p.op, Refusal::RoomFull);
         } else if in_rooms >= max_rooms {
             self.refuse(ep, joiner, p.op, Refusal::TooManyRooms);
-        } else if !self
-            .room_mut(room)
-            .is_some_and(|r| r.joins.take(&joins, now, 1.0))
+        } else if notices_left < copies
+            || !self
+                .room_mut(room)
+                .is_some_and(|r| r.joins.take(&joins, now, 1.0))
         {
             self.refuse(ep, joiner, p.op, Refusal::RateLimited);
         } else {
+            if let Some(m) = self.members.get_mut(&joiner) {
+                m.join_notices.tokens -= copies;
+            }
             self.add_member(ep, room, joiner, p.op, p.metadata);
         }
     }
@@ -1542,6 +1552,7 @@ impl Hub {
             // The hub's own channel carries its notices: relayed requests there would queue
             // in front of them (and crowd them out of the queue's room).
             self.stats.dropped_requests += 1;
+            self.charge_dropped(from, now);
             return;
         }
         let Some((target, _)) = self.check_target(from, wire_target) else {
@@ -1551,6 +1562,7 @@ impl Hub {
         let Target::User(to) = target else {
             // A request has one answer: a room cannot give it.
             self.stats.dropped_requests += 1;
+            self.charge_dropped(from, now);
             return;
         };
         let max = self.config.max_relayed_requests;
@@ -1560,6 +1572,7 @@ impl Hub {
             .is_none_or(|m| m.relayed_requests >= max)
         {
             self.stats.dropped_requests += 1;
+            self.charge_dropped(from, now);
             return;
         }
         if !self.allow_relay(from, now, 1, payload.len()) {

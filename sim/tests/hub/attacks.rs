@@ -676,18 +676,6 @@ fn a_member_churning_through_a_room_pays_for_the_notices_its_joins_cost() {
         },
         ..hub_config()
     };
-    let below = HubConfig {
-        join_notices: RateLimit {
-            per_second: 1.0,
-            burst: 7.0,
-        },
-        ..config.clone()
-    };
-    let err = hub::Hub::new(below, &hub::endpoint_config()).expect_err("below a room");
-    assert_eq!(err, hub::HubConfigError::JoinNotices(8));
-    assert!(err
-        .to_string()
-        .contains("join_notices.burst must be at least"));
     let (mut sim, mut w) = world(36, 5, config, link(0.0));
     let room = create(&mut sim, &mut w, 0, "big", hub::RoomOptions::default());
     for i in 1..4 {
@@ -711,4 +699,87 @@ fn a_member_churning_through_a_room_pays_for_the_notices_its_joins_cost() {
             assert_eq!(refusal(&events), Some(Refusal::RateLimited));
         }
     }
+}
+
+/// Joins the owner approves pay for their notices too: an owner approving whatever asks
+/// would otherwise let a member churn through its room unpaced.
+#[test]
+fn approved_joins_pay_for_their_notices_too() {
+    let config = HubConfig {
+        max_members_per_room: 8,
+        join_notices: RateLimit {
+            per_second: 0.001,
+            burst: 8.0,
+        },
+        ..hub_config()
+    };
+    let (mut sim, mut w) = world(37, 5, config, link(0.0));
+    let room = create(&mut sim, &mut w, 0, "vip", approval_room());
+    let approve_all = |sim: &mut Simulator, w: &mut World| {
+        for e in w.take(0) {
+            if let HubEvent::JoinRequested { room: r, user, .. } = e {
+                w.act(sim, 0, |c, ep| c.approve(ep, r, user, true))
+                    .expect("approve");
+            }
+        }
+        w.run(sim, 100);
+    };
+    for i in 1..4 {
+        w.act(&mut sim, i, |c, ep| c.join_room(ep, "vip", b"", b"m"))
+            .expect("join");
+        w.run(&mut sim, 100);
+        approve_all(&mut sim, &mut w);
+    }
+    for round in 0..3 {
+        w.take(4);
+        w.act(&mut sim, 4, |c, ep| c.join_room(ep, "vip", b"", b"churn"))
+            .expect("join");
+        w.run(&mut sim, 100);
+        approve_all(&mut sim, &mut w);
+        let events = w.take(4);
+        if round < 2 {
+            assert_eq!(joined(&events), Some(room), "round {round}");
+            w.act(&mut sim, 4, |c, ep| c.leave_room(ep, room))
+                .expect("leave");
+            w.run(&mut sim, 100);
+        } else {
+            assert_eq!(refusal(&events), Some(Refusal::RateLimited));
+        }
+    }
+}
+
+/// A request whose asker left before it was answered still gets an answer, empty, from a
+/// member that tries to answer it: the hub holds a place among the member's pending
+/// requests until one comes, and askers that request and leave at once held them all.
+#[test]
+fn a_request_whose_asker_left_is_still_answered_so_its_place_frees() {
+    let (mut sim, mut w) = world(38, 2, hub_config(), link(0.0));
+    let room = room_of_all(&mut sim, &mut w, "rpc");
+    let b = w.user(1);
+    let now = sim.now();
+    w.act(&mut sim, 0, |cl, ep| {
+        cl.request(ep, now, b, 2, &numbered(2, 1, 40))
+    })
+    .expect("request");
+    w.run(&mut sim, 200);
+    let request = w
+        .take(1)
+        .into_iter()
+        .find_map(|e| match e {
+            HubEvent::Request { request, .. } => Some(request),
+            _ => None,
+        })
+        .expect("the request arrived");
+    w.act(&mut sim, 0, |cl, ep| cl.leave_room(ep, room))
+        .expect("leave");
+    w.run(&mut sim, 200);
+    let answered = w.act(&mut sim, 1, |cl, ep| cl.respond(ep, request, b"late"));
+    assert!(matches!(answered, Err(hub::HubError::NotIntroduced(_))));
+    let before = w.hub.stats().relayed_responses;
+    w.run(&mut sim, 200);
+    assert_eq!(
+        w.hub.stats().relayed_responses,
+        before + 1,
+        "the place was freed"
+    );
 }
