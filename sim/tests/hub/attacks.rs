@@ -783,3 +783,39 @@ fn a_request_whose_asker_left_is_still_answered_so_its_place_frees() {
         "the place was freed"
     );
 }
+
+/// Declining a junk request (an empty answer) costs the decliner nothing: room mates
+/// sending junk requests must not drain the relay budget it needs for its own messages.
+#[test]
+fn declining_junk_requests_leaves_the_decliners_relay_budget_whole() {
+    let config = HubConfig {
+        relay_messages: RateLimit {
+            per_second: 0.001,
+            burst: 5.0,
+        },
+        ..hub_config()
+    };
+    let (mut sim, mut w) = world(39, 3, config, link(0.0));
+    room_of_all(&mut sim, &mut w, "rpc");
+    let (victim, friend) = (w.user(2), w.user(1));
+    for n in 0..5u32 {
+        let now = sim.now();
+        w.act(&mut sim, 0, |cl, ep| {
+            let hub_conn = cl.connection();
+            ep.request_redirected(now, hub_conn, 2, numbered(2, n, 40), Some(victim))
+        })
+        .expect("request");
+    }
+    w.run(&mut sim, 300);
+    w.take(1);
+    w.act(&mut sim, 2, |cl, ep| {
+        cl.send(ep, Target::User(friend), 2, numbered(2, 7, 20))
+    })
+    .expect("send");
+    w.run(&mut sim, 200);
+    assert_eq!(
+        messages(&w.take(1)).len(),
+        1,
+        "its own message still relayed"
+    );
+}
