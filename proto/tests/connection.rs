@@ -486,8 +486,13 @@ fn nat_rebinding_moves_the_connection_to_the_new_address() {
     assert_eq!(p.client_messages(2), vec![b"reply".to_vec()]);
 }
 
-#[test]
-fn peers_connecting_to_each_other_at_once_end_up_with_one_connection() {
+/// Two peers that both take connections, each connecting to the other at the same instant;
+/// the pair and the two attempts' handles.
+fn crossing_connects() -> (
+    Pair,
+    shoal_proto::ConnectionHandle,
+    shoal_proto::ConnectionHandle,
+) {
     let peer = |seed| Config {
         seed,
         accept_incoming: true,
@@ -502,6 +507,12 @@ fn peers_connecting_to_each_other_at_once_end_up_with_one_connection() {
         .server
         .connect(p.now, p.client_addr, b"b")
         .expect("connect");
+    (p, a, b)
+}
+
+#[test]
+fn peers_connecting_to_each_other_at_once_end_up_with_one_connection() {
+    let (mut p, a, b) = crossing_connects();
     p.run_for(Duration::from_secs(1));
     assert_eq!(p.client.connection_count(), 1);
     assert_eq!(p.server.connection_count(), 1);
@@ -545,20 +556,7 @@ fn peers_connecting_to_each_other_at_once_end_up_with_one_connection() {
 /// requests keep their ids.
 #[test]
 fn messages_queued_on_an_attempt_that_gives_way_to_a_crossing_connect_arrive() {
-    let peer = |seed| Config {
-        seed,
-        accept_incoming: true,
-        ..Config::default()
-    };
-    let mut p = Pair::new(peer(11), peer(12));
-    let a = p
-        .client
-        .connect(p.now, p.server_addr, b"a")
-        .expect("connect");
-    let b = p
-        .server
-        .connect(p.now, p.client_addr, b"b")
-        .expect("connect");
+    let (mut p, a, b) = crossing_connects();
     for i in 0..3u8 {
         p.client.send(a, 3, vec![b'a', i]).expect("send");
         p.server.send(b, 3, vec![b'b', i]).expect("send");

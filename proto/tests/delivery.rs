@@ -945,6 +945,21 @@ fn fate() -> impl Strategy<Value = Fate> {
     ]
 }
 
+/// A hook giving datagrams the fates of `fates` in turn, over and over.
+fn scheduled(fates: Vec<Fate>) -> FateHook {
+    let mut n = 0usize;
+    Box::new(move |_, _, _| {
+        let f = fates[n % fates.len()].clone();
+        n += 1;
+        match f {
+            Fate::Deliver => vec![Duration::ZERO],
+            Fate::Drop => vec![],
+            Fate::Duplicate(ms) => vec![Duration::ZERO, Duration::from_millis(u64::from(ms))],
+            Fate::Delay(ms) => vec![Duration::from_millis(u64::from(ms))],
+        }
+    })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig {
         // PROPTEST_CASES raises the count for a longer run.
@@ -965,17 +980,7 @@ proptest! {
     ) {
         let mut p = Pair::default_pair();
         let (c, s) = p.connect();
-        let mut n = 0usize;
-        p.hook = Box::new(move |_, _, _| {
-            let f = fates[n % fates.len()].clone();
-            n += 1;
-            match f {
-                Fate::Deliver => vec![Duration::ZERO],
-                Fate::Drop => vec![],
-                Fate::Duplicate(ms) => vec![Duration::ZERO, Duration::from_millis(u64::from(ms))],
-                Fate::Delay(ms) => vec![Duration::from_millis(u64::from(ms))],
-            }
-        });
+        p.hook = scheduled(fates);
         // Lengths of what each side sent on each channel, by message number.
         let mut sent: [[Vec<usize>; 4]; 2] = Default::default();
         for (i, &(from_server, channel, len)) in sends.iter().enumerate() {
@@ -1056,17 +1061,7 @@ proptest! {
     ) {
         let mut p = Pair::default_pair();
         let (c, s) = p.connect();
-        let mut n = 0usize;
-        p.hook = Box::new(move |_, _, _| {
-            let f = fates[n % fates.len()].clone();
-            n += 1;
-            match f {
-                Fate::Deliver => vec![Duration::ZERO],
-                Fate::Drop => vec![],
-                Fate::Duplicate(ms) => vec![Duration::ZERO, Duration::from_millis(u64::from(ms))],
-                Fate::Delay(ms) => vec![Duration::from_millis(u64::from(ms))],
-            }
-        });
+        p.hook = scheduled(fates);
         // By asker (0 the client, 1 the server): id -> the request's payload.
         let mut asked: [std::collections::HashMap<RequestId, Vec<u8>>; 2] = Default::default();
         for (i, &(from_server, channel, len, _)) in requests.iter().enumerate() {

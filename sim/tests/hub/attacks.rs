@@ -668,43 +668,20 @@ fn junk_requests_to_a_member_do_not_hold_its_pending_requests() {
 /// room, so churning through full rooms made the hub send hundreds of times what it got.
 #[test]
 fn a_member_churning_through_a_room_pays_for_the_notices_its_joins_cost() {
-    let config = HubConfig {
-        max_members_per_room: 8,
-        join_notices: RateLimit {
-            per_second: 0.001,
-            burst: 8.0,
-        },
-        ..hub_config()
-    };
-    let (mut sim, mut w) = world(36, 5, config, link(0.0));
-    let room = create(&mut sim, &mut w, 0, "big", hub::RoomOptions::default());
-    for i in 1..4 {
-        w.act(&mut sim, i, |c, ep| c.join_room(ep, "big", b"", b"m"))
-            .expect("join");
-        w.run(&mut sim, 100);
-    }
-    // Four room mates each time: two joins spend the churner's eight notices.
-    for round in 0..3 {
-        w.take(4);
-        w.act(&mut sim, 4, |c, ep| c.join_room(ep, "big", b"", b"churn"))
-            .expect("join");
-        w.run(&mut sim, 100);
-        let events = w.take(4);
-        if round < 2 {
-            assert_eq!(joined(&events), Some(room), "round {round}");
-            w.act(&mut sim, 4, |c, ep| c.leave_room(ep, room))
-                .expect("leave");
-            w.run(&mut sim, 100);
-        } else {
-            assert_eq!(refusal(&events), Some(Refusal::RateLimited));
-        }
-    }
+    churn_until_refused(36, hub::RoomOptions::default());
 }
 
 /// Joins the owner approves pay for their notices too: an owner approving whatever asks
 /// would otherwise let a member churn through its room unpaced.
 #[test]
 fn approved_joins_pay_for_their_notices_too() {
+    churn_until_refused(37, approval_room());
+}
+
+/// Members 1 to 3 join member 0's room (the owner approves whatever asks), then member 4
+/// joins and leaves: with eight notices to spend and four room mates each time, its third
+/// join is refused.
+fn churn_until_refused(seed: u64, options: hub::RoomOptions) {
     let config = HubConfig {
         max_members_per_room: 8,
         join_notices: RateLimit {
@@ -713,9 +690,12 @@ fn approved_joins_pay_for_their_notices_too() {
         },
         ..hub_config()
     };
-    let (mut sim, mut w) = world(37, 5, config, link(0.0));
-    let room = create(&mut sim, &mut w, 0, "vip", approval_room());
-    let approve_all = |sim: &mut Simulator, w: &mut World| {
+    let (mut sim, mut w) = world(seed, 5, config, link(0.0));
+    let room = create(&mut sim, &mut w, 0, "big", options);
+    let join = |sim: &mut Simulator, w: &mut World, i: usize, metadata: &[u8]| {
+        w.act(sim, i, |c, ep| c.join_room(ep, "big", b"", metadata))
+            .expect("join");
+        w.run(sim, 100);
         for e in w.take(0) {
             if let HubEvent::JoinRequested { room: r, user, .. } = e {
                 w.act(sim, 0, |c, ep| c.approve(ep, r, user, true))
@@ -725,17 +705,11 @@ fn approved_joins_pay_for_their_notices_too() {
         w.run(sim, 100);
     };
     for i in 1..4 {
-        w.act(&mut sim, i, |c, ep| c.join_room(ep, "vip", b"", b"m"))
-            .expect("join");
-        w.run(&mut sim, 100);
-        approve_all(&mut sim, &mut w);
+        join(&mut sim, &mut w, i, b"m");
     }
     for round in 0..3 {
         w.take(4);
-        w.act(&mut sim, 4, |c, ep| c.join_room(ep, "vip", b"", b"churn"))
-            .expect("join");
-        w.run(&mut sim, 100);
-        approve_all(&mut sim, &mut w);
+        join(&mut sim, &mut w, 4, b"churn");
         let events = w.take(4);
         if round < 2 {
             assert_eq!(joined(&events), Some(room), "round {round}");
