@@ -410,6 +410,8 @@ impl HubServer {
                         self.out
                             .push_back(HubServerEvent::RoomClosed { room, name });
                     }
+                    // (A change this wrapper does not report yet.)
+                    _ => {}
                 }
             }
         } else {

@@ -352,7 +352,9 @@ pub enum HubEvent {
         /// The message.
         payload: Bytes,
     },
-    /// A request another member sent; answer with [`HubClient::respond`].
+    /// A request another member sent; answer with [`HubClient::respond`], always (empty if
+    /// nothing else): the hub holds a place among this member's pending requests until an
+    /// answer comes or the request times out.
     Request {
         /// Who asks, and what to pass to `respond`.
         request: PeerRequest,
@@ -450,7 +452,9 @@ impl fmt::Display for HubError {
 /// What a member counted.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HubClientStats {
-    /// Sealed payloads that did not open (altered, or under a pair key since replaced).
+    /// Sealed payloads that did not open (altered, or under a pair key since replaced), and
+    /// answers that came empty (a member declining a request it did not take: normal when
+    /// an asker left, or its request came late).
     pub unopened: u64,
     /// Control messages from the hub that did not decode.
     pub bad_notices: u64,
@@ -809,7 +813,9 @@ impl HubClient {
     }
 
     /// Sends a request to member `to` through the hub, sealed end to end; the answer comes as
-    /// [`HubEvent::Response`] with the returned id, or as the endpoint's `RequestTimedOut`.
+    /// [`HubEvent::Response`] with the returned id, or as a `RequestTimedOut`: the
+    /// endpoint's, or made at once when the answer does not open (the member declined the
+    /// request empty, or the hub altered it).
     pub fn request(
         &mut self,
         ep: &mut Endpoint,
@@ -842,7 +848,9 @@ impl HubClient {
         Ok(id)
     }
 
-    /// Answers a [`HubEvent::Request`], sealed for the asker.
+    /// Answers a [`HubEvent::Request`], sealed for the asker. If the asker has left every
+    /// room this member shares (its key is gone), an empty answer still goes, to free the
+    /// hub's place for the request, and the result is `Err(NotIntroduced)`.
     pub fn respond(
         &mut self,
         ep: &mut Endpoint,

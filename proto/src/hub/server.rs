@@ -150,7 +150,6 @@ pub enum HubConfigError {
     Limit(&'static str),
     /// `secret_seed` is missing.
     SecretSeedMissing,
-
     /// A full room's member list (`size` bytes, sent to each joiner) would not fit `max`:
     /// the endpoint's `max_message_size` or the control channel's `max_queued_bytes`.
     MemberListTooLarge {
@@ -193,7 +192,6 @@ impl fmt::Display for HubConfigError {
                     "{name} must be at least 1 (and field lengths at most 4096)"
                 )
             }
-
             HubConfigError::MemberViewsTooLarge {
                 rooms,
                 members,
@@ -284,6 +282,7 @@ pub struct RoomInfo {
 
 /// A room opened or closed, as [`Hub::take_room_changes`] reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum RoomChange {
     /// A member created the room.
     Opened {

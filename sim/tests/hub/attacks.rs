@@ -793,3 +793,52 @@ fn declining_junk_requests_leaves_the_decliners_relay_budget_whole() {
         "its own message still relayed"
     );
 }
+
+/// Requests the hub drops (here on its own control channel) cost the asker's relay budget
+/// like messages it drops: they cannot be sent without end.
+#[test]
+fn dropped_requests_spend_the_askers_budget() {
+    let config = HubConfig {
+        relay_messages: RateLimit {
+            per_second: 0.001,
+            burst: 4.0,
+        },
+        ..hub_config()
+    };
+    let (mut sim, mut w) = world(40, 2, config, link(0.0));
+    room_of_all(&mut sim, &mut w, "ctl");
+    let b = w.user(1);
+    let control = hub::DEFAULT_CONTROL_CHANNEL;
+    let conn = w.client(0).connection();
+    for n in 0..4u32 {
+        let now = sim.now();
+        sim.endpoint_mut(w.members[0])
+            .request_redirected(now, conn, control, numbered(control, n, 100), Some(b))
+            .expect("queued");
+    }
+    w.run(&mut sim, 300);
+    assert_eq!(w.hub.stats().dropped_requests, 4);
+    w.take(1);
+    w.act(&mut sim, 0, |cl, ep| {
+        cl.send(ep, Target::User(b), 2, numbered(2, 9, 20))
+    })
+    .expect("send");
+    w.run(&mut sim, 200);
+    assert!(messages(&w.take(1)).is_empty(), "the budget was spent");
+}
+
+/// A `join_notices` burst below the room size is raised to it: a join to a full room must
+/// be payable.
+#[test]
+fn a_join_notice_burst_below_a_room_is_raised_to_it() {
+    let config = HubConfig {
+        max_members_per_room: 8,
+        join_notices: RateLimit {
+            per_second: 1.0,
+            burst: 7.0,
+        },
+        ..hub_config()
+    };
+    let hub = hub::Hub::new(config, &hub::endpoint_config()).expect("a working config");
+    assert_eq!(hub.config().join_notices.burst, 8.0);
+}
