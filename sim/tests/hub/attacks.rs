@@ -12,6 +12,21 @@ use crate::world::{
     small_rooms_hub_config, world, world_with, World,
 };
 
+/// Whether a request from member `from` to member `to` reaches it (what `to` had waiting is
+/// dropped first).
+fn request_reaches(sim: &mut Simulator, w: &mut World, from: usize, to: usize) -> bool {
+    w.take(to);
+    let (now, user) = (sim.now(), w.user(to));
+    w.act(sim, from, |cl, ep| {
+        cl.request(ep, now, user, 2, &numbered(2, 9, 100))
+    })
+    .expect("request");
+    w.run(sim, 300);
+    w.take(to)
+        .iter()
+        .any(|e| matches!(e, HubEvent::Request { .. }))
+}
+
 #[test]
 fn requests_to_a_member_that_vanishes_do_not_use_up_the_askers_budget() {
     let config = HubConfig {
@@ -40,17 +55,9 @@ fn requests_to_a_member_that_vanishes_do_not_use_up_the_askers_budget() {
     sim.endpoint_mut(w.members[1]).disconnect(conn, 0);
     w.run(&mut sim, 6000);
     // Alice may still ask Carol.
-    w.take(2);
-    let now = sim.now();
-    w.act(&mut sim, 0, |cl, ep| {
-        cl.request(ep, now, c, 2, &numbered(2, 9, 100))
-    })
-    .expect("request");
-    w.run(&mut sim, 300);
+    assert_eq!(w.user(2), c);
     assert!(
-        w.take(2)
-            .iter()
-            .any(|e| matches!(e, HubEvent::Request { .. })),
+        request_reaches(&mut sim, &mut w, 0, 2),
         "the hub forwarded Alice's request to Carol (dropped: {})",
         w.hub.stats().dropped_requests
     );
@@ -632,17 +639,8 @@ fn junk_requests_to_a_member_do_not_hold_its_pending_requests() {
         }
     }
     w.run(&mut sim, 300);
-    w.take(3);
-    let now = sim.now();
-    w.act(&mut sim, 2, |cl, ep| {
-        cl.request(ep, now, victim, 2, &numbered(2, 9, 100))
-    })
-    .expect("request");
-    w.run(&mut sim, 300);
     assert!(
-        w.take(3)
-            .iter()
-            .any(|e| matches!(e, HubEvent::Request { .. })),
+        request_reaches(&mut sim, &mut w, 2, 3),
         "the honest request reached its target (dropped: {})",
         w.hub.stats().dropped_requests
     );
