@@ -143,6 +143,15 @@ struct Cli {
     /// Most joins waiting for one room owner's approval.
     #[arg(long, default_value_t = HubConfig::default().max_pending_joins)]
     max_pending_joins: usize,
+    /// Most rooms one member may own at once.
+    #[arg(long, default_value_t = HubConfig::default().max_owned_rooms)]
+    max_owned_rooms: usize,
+    /// Most rooms the members at one IP address (an IPv6 address by its /64) may own at once.
+    #[arg(long, default_value_t = HubConfig::default().max_owned_rooms_per_ip)]
+    max_owned_rooms_per_ip: usize,
+    /// Most rooms one member may wait in for the owner's approval at once.
+    #[arg(long, default_value_t = HubConfig::default().max_pending_asks)]
+    max_pending_asks: usize,
     /// How long a join waits for the owner's approval.
     #[arg(long, default_value_t = Span(HubConfig::default().approval_timeout))]
     approval_timeout: Span,
@@ -225,6 +234,9 @@ impl Cli {
             max_name_len: self.max_name_len,
             max_metadata_len: self.max_metadata_len,
             max_pending_joins: self.max_pending_joins,
+            max_owned_rooms: self.max_owned_rooms,
+            max_owned_rooms_per_ip: self.max_owned_rooms_per_ip,
+            max_pending_asks: self.max_pending_asks,
             approval_timeout: self.approval_timeout.0,
             room_creates: RateLimit {
                 per_second: self.room_create_rate,

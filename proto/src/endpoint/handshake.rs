@@ -652,7 +652,7 @@ impl Admission {
 
 /// What a connection counts against: an IPv4 address (also one mapped into IPv6, as a
 /// dual-stack socket reports it), or an IPv6 address's /64.
-fn ip_key(ip: IpAddr) -> IpAddr {
+pub(crate) fn ip_key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
             Some(v4) => IpAddr::V4(v4),

@@ -32,6 +32,7 @@ use crate::wire::{self, CloseCode, Cookie, DecodeError, Packet, RejectCode, COOK
 
 pub(crate) mod events;
 mod handshake;
+pub(crate) use handshake::ip_key;
 mod queue;
 mod slot_index;
 mod wheel;

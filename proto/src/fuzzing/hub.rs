@@ -319,6 +319,9 @@ impl World {
                 max_rooms_per_member: 4,
                 max_members_per_room: 3,
                 max_pending_joins: 2,
+                max_owned_rooms: 2,
+                max_owned_rooms_per_ip: 3,
+                max_pending_asks: 2,
                 approval_timeout: Duration::from_millis(50),
                 max_relayed_requests: 4,
                 ..HubConfig::default()

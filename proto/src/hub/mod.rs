@@ -250,6 +250,12 @@ pub enum Refusal {
     NotMember,
     /// Too many joins wait for the owner's approval.
     ApprovalQueueFull,
+    /// The member owns as many rooms as `HubConfig::max_owned_rooms` allows, or the members
+    /// at its address as many as `HubConfig::max_owned_rooms_per_ip` does.
+    TooManyOwned,
+    /// The member waits for approval in as many rooms as `HubConfig::max_pending_asks`
+    /// allows.
+    TooManyAsks,
 }
 
 impl Refusal {
@@ -268,6 +274,8 @@ impl Refusal {
             Refusal::NotOwner => 11,
             Refusal::NotMember => 12,
             Refusal::ApprovalQueueFull => 13,
+            Refusal::TooManyOwned => 14,
+            Refusal::TooManyAsks => 15,
         }
     }
 
@@ -286,6 +294,8 @@ impl Refusal {
             11 => Refusal::NotOwner,
             12 => Refusal::NotMember,
             13 => Refusal::ApprovalQueueFull,
+            14 => Refusal::TooManyOwned,
+            15 => Refusal::TooManyAsks,
             _ => return None,
         })
     }
@@ -309,6 +319,12 @@ impl fmt::Display for Refusal {
             Refusal::NotOwner => "only the room's owner may do that",
             Refusal::NotMember => "not a member of that room",
             Refusal::ApprovalQueueFull => "too many joins await the owner's approval",
+            Refusal::TooManyOwned => {
+                "this member, or its address, owns as many rooms as it may; close one first"
+            }
+            Refusal::TooManyAsks => {
+                "this member waits for approval in as many rooms as it may; wait for an answer"
+            }
         })
     }
 }
@@ -427,6 +443,8 @@ mod tests {
             (11, R::NotOwner),
             (12, R::NotMember),
             (13, R::ApprovalQueueFull),
+            (14, R::TooManyOwned),
+            (15, R::TooManyAsks),
         ];
         let reasons = [
             (0, L::Left),

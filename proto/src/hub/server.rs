@@ -6,7 +6,7 @@ use alloc::vec::Vec;
 use bytes::Bytes;
 use core::cmp::Reverse;
 use core::fmt;
-use core::net::SocketAddr;
+use core::net::{IpAddr, SocketAddr};
 use core::time::Duration;
 
 use super::control::{
@@ -15,7 +15,7 @@ use super::control::{
 use super::{LeaveReason, Refusal, RoomId, Target, CLOSE_TOO_SLOW, MAX_ROOMS};
 use crate::config::{Config, DeliveryKind, SecretSeed};
 use crate::crypto::Secrets;
-use crate::endpoint::Endpoint;
+use crate::endpoint::{ip_key, Endpoint};
 use crate::error::SendError;
 use crate::event::{ConnectionHandle, Event, IncomingRequest, Relay, RequestId};
 use crate::hash::{HashMap, Prf, SeededState};
@@ -48,6 +48,20 @@ pub struct HubConfig {
     pub max_metadata_len: usize,
     /// Most joins waiting for one room owner's approval (default 16).
     pub max_pending_joins: usize,
+    /// Most rooms one member may own at once (default 16): those it created and those whose
+    /// ownership passed to it. Over it a create is refused with [`Refusal::TooManyOwned`].
+    pub max_owned_rooms: usize,
+    /// Most rooms the members at one IP address may own at once (an IPv6 address by its
+    /// /64, as `Config::max_connections_per_ip` counts; default 64). A room counts against
+    /// the address its owner had when it got the room. Without it one host, with
+    /// `max_connections_per_ip` connections each creating rooms, fills `max_rooms` in
+    /// minutes and keeps everyone else from opening one. Over it:
+    /// [`Refusal::TooManyOwned`].
+    pub max_owned_rooms_per_ip: usize,
+    /// Most rooms one member may wait in for the owner's approval at once (default 16):
+    /// each wait holds a place in a room's approval queue, and the member's metadata, until
+    /// the owner answers or `approval_timeout` passes. Over it: [`Refusal::TooManyAsks`].
+    pub max_pending_asks: usize,
     /// How long a join waits for the owner's approval before it is refused (default 10 s).
     pub approval_timeout: Duration,
     /// Rooms one member may create (default 1/s, bursts of 8): a create flood is refused
@@ -105,6 +119,9 @@ impl Default for HubConfig {
             max_name_len: 64,
             max_metadata_len: 256,
             max_pending_joins: 16,
+            max_owned_rooms: 16,
+            max_owned_rooms_per_ip: 64,
+            max_pending_asks: 16,
             approval_timeout: Duration::from_secs(10),
             room_creates: RateLimit {
                 per_second: 1.0,
@@ -326,6 +343,11 @@ struct MemberState {
     /// Since when everything queued for it has found its queue full (`None`: it drains).
     full_since: Option<Instant>,
     relayed_requests: usize,
+    /// Rooms it owns (`HubConfig::max_owned_rooms`).
+    owned: usize,
+    /// Rooms it waits in for the owner's approval (`HubConfig::max_pending_asks`): its
+    /// waits are found without a walk over every room.
+    asking: Vec<u16>,
 }
 
 /// Members by user id. The server hands the ids out (a peer never picks one), densely from
@@ -391,6 +413,9 @@ struct Room {
     pending: Vec<PendingJoin>,
     /// Joins it takes (`HubConfig::room_joins`).
     joins: Bucket,
+    /// The address (as `ip_key` has it) whose owned rooms it counts among
+    /// (`HubConfig::max_owned_rooms_per_ip`): its owner's when it got the room.
+    charged_to: IpAddr,
 }
 
 impl Room {
@@ -430,6 +455,11 @@ pub struct Hub {
     /// without a walk over every request the hub relays.
     relayed_by_target: BTreeSet<(ConnectionHandle, RequestId)>,
     approvals: BinaryHeap<Reverse<(Instant, u16, u16)>>,
+    /// Joins waiting for approval, in all rooms (what `approvals` is trimmed to).
+    pending_joins: usize,
+    /// Rooms owned by the members at each address (`Room::charged_to`); an address owning
+    /// none has no entry.
+    owned_by_ip: HashMap<IpAddr, u32>,
     secrets: Secrets,
     /// Members found too slow while a notice or relay was being queued; disconnected once
     /// the current event is handled.
@@ -498,6 +528,9 @@ impl Hub {
             ("max_members_per_room", config.max_members_per_room),
             ("max_name_len", config.max_name_len),
             ("max_relayed_requests", config.max_relayed_requests),
+            ("max_owned_rooms", config.max_owned_rooms),
+            ("max_owned_rooms_per_ip", config.max_owned_rooms_per_ip),
+            ("max_pending_asks", config.max_pending_asks),
         ] {
             if v == 0 {
                 return Err(HubConfigError::Limit(name));
@@ -559,6 +592,8 @@ impl Hub {
             relayed: HashMap::with_hasher(hasher),
             relayed_by_target: BTreeSet::new(),
             approvals: BinaryHeap::new(),
+            pending_joins: 0,
+            owned_by_ip: HashMap::with_hasher(hasher),
             secrets,
             slow: Vec::new(),
             now: Instant::ZERO,
@@ -635,6 +670,7 @@ impl Hub {
                 continue;
             };
             let p = r.pending.remove(i);
+            self.ask_ended(p.user, room);
             self.refuse(ep, p.user, p.op, Refusal::NotApproved);
         }
         self.disconnect_slow(ep, now);
@@ -674,6 +710,8 @@ impl Hub {
                         join_notices: Bucket::new(&limits.join_notices, now),
                         full_since: None,
                         relayed_requests: 0,
+                        owned: 0,
+                        asking: Vec::new(),
                     },
                 );
                 self.stats.members = self.members.len();
@@ -787,8 +825,7 @@ impl Hub {
         if self.approvals.len() <= 64 {
             return;
         }
-        let waiting: usize = self.rooms.iter().flatten().map(|r| r.pending.len()).sum();
-        if self.approvals.len() <= 2 * waiting + 64 {
+        if self.approvals.len() <= 2 * self.pending_joins + 64 {
             return;
         }
         self.approvals = self
@@ -1075,6 +1112,16 @@ impl Hub {
             .is_none_or(|m| m.rooms.len() >= self.config.max_rooms_per_member)
         {
             Some(Refusal::TooManyRooms)
+        } else if self.members.get(&user).is_none_or(|m| {
+            m.owned >= self.config.max_owned_rooms
+                || self
+                    .owned_by_ip
+                    .get(&ip_key(m.observed.ip()))
+                    .copied()
+                    .unwrap_or(0) as usize
+                    >= self.config.max_owned_rooms_per_ip
+        }) {
+            Some(Refusal::TooManyOwned)
         } else if self.by_name.contains_key(&name) {
             Some(Refusal::RoomExists)
         } else if self.stats.rooms >= self.config.max_rooms {
@@ -1085,6 +1132,13 @@ impl Hub {
         if let Some(reason) = refusal {
             return self.refuse(ep, user, op, reason);
         }
+        let Some(charged_to) = self.members.get_mut(&user).map(|m| {
+            m.owned += 1;
+            ip_key(m.observed.ip())
+        }) else {
+            return;
+        };
+        *self.owned_by_ip.entry(charged_to).or_insert(0) += 1;
         let id = match self.free_rooms.pop() {
             Some(id) => id,
             None => {
@@ -1106,6 +1160,7 @@ impl Hub {
             members: Vec::new(),
             pending: Vec::new(),
             joins: Bucket::new(&self.config.room_joins, now),
+            charged_to,
         });
         self.by_name.insert(name.clone(), id);
         self.stats.rooms += 1;
@@ -1135,10 +1190,13 @@ impl Hub {
         let Some(&id) = self.by_name.get(&name) else {
             return self.refuse(ep, user, op, Refusal::UnknownRoom);
         };
-        let in_rooms = self
+        let (in_rooms, asks) = self
             .members
             .get(&user)
-            .map_or(usize::MAX, |m| m.rooms.len());
+            .map_or((usize::MAX, usize::MAX), |m| {
+                (m.rooms.len(), m.asking.len())
+            });
+        let max_asks = self.config.max_pending_asks;
         let (max_rooms, max_pending, timeout) = (
             self.config.max_rooms_per_member,
             self.config.max_pending_joins,
@@ -1161,6 +1219,8 @@ impl Hub {
             Some(Refusal::TooManyRooms)
         } else if room.members.len() >= room.max_members {
             Some(Refusal::RoomFull)
+        } else if room.flags & FLAG_APPROVAL != 0 && asks >= max_asks {
+            Some(Refusal::TooManyAsks)
         } else if room.flags & FLAG_APPROVAL != 0 && room.pending.len() >= max_pending {
             Some(Refusal::ApprovalQueueFull)
         } else if room.flags & FLAG_APPROVAL == 0
@@ -1185,6 +1245,10 @@ impl Hub {
                 deadline,
             });
             let owner = room.owner;
+            self.pending_joins += 1;
+            if let Some(m) = self.members.get_mut(&user) {
+                m.asking.push(id);
+            }
             self.approvals.push(Reverse((deadline, id, user)));
             self.trim_approvals();
             let notice = Notice::JoinRequested {
@@ -1226,6 +1290,7 @@ impl Hub {
         let p = r.pending.remove(i);
         let full = r.members.len() >= r.max_members;
         let copies = r.members.len() as f64;
+        self.ask_ended(joiner, room);
         let notices = self.config.join_notices;
         let notices_left = self
             .members
@@ -1311,7 +1376,8 @@ impl Hub {
         let others: Vec<u16> = r.members.iter().map(|(u, _)| *u).collect();
         // The joins the old owner left unanswered are put to the new one.
         let mut asks = Vec::new();
-        if was_owner && !closes {
+        let passes = was_owner && !closes;
+        if passes {
             r.owner = others[0];
             asks = r
                 .pending
@@ -1325,6 +1391,9 @@ impl Hub {
         }
         if let Some(m) = self.members.get_mut(&user) {
             m.rooms.retain(|x| *x != room);
+        }
+        if passes {
+            self.pass_ownership(room, user, others[0]);
         }
         for &o in &others {
             self.unpair(user, o);
@@ -1363,6 +1432,10 @@ impl Hub {
         self.by_name.remove(&r.name);
         self.free_rooms.push(room);
         self.stats.rooms -= 1;
+        if let Some(m) = self.members.get_mut(&r.owner) {
+            m.owned = m.owned.saturating_sub(1);
+        }
+        self.uncharge(r.charged_to);
         self.log_room_change(RoomChange::Closed {
             room: RoomId(room),
             name: r.name.clone(),
@@ -1380,7 +1453,50 @@ impl Hub {
             self.notify(ep, *u, &Notice::RoomLeft { room, reason });
         }
         for p in r.pending {
+            self.ask_ended(p.user, room);
             self.refuse(ep, p.user, p.op, Refusal::UnknownRoom);
+        }
+    }
+
+    /// Ownership of `room` passed from `from` to `to`: the count of each and of their
+    /// addresses follows it.
+    fn pass_ownership(&mut self, room: u16, from: u16, to: u16) {
+        if let Some(m) = self.members.get_mut(&from) {
+            m.owned = m.owned.saturating_sub(1);
+        }
+        let Some(ip) = self.members.get_mut(&to).map(|m| {
+            m.owned += 1;
+            ip_key(m.observed.ip())
+        }) else {
+            return;
+        };
+        let Some(r) = self.room_mut(room) else {
+            return;
+        };
+        let was = core::mem::replace(&mut r.charged_to, ip);
+        if was != ip {
+            self.uncharge(was);
+            *self.owned_by_ip.entry(ip).or_insert(0) += 1;
+        }
+    }
+
+    /// A room charged to `ip` closed or passed elsewhere.
+    fn uncharge(&mut self, ip: IpAddr) {
+        if let Some(n) = self.owned_by_ip.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.owned_by_ip.remove(&ip);
+            }
+        }
+    }
+
+    /// `user`'s wait for approval in `room` ended (answered, timed out, or the room closed).
+    fn ask_ended(&mut self, user: u16, room: u16) {
+        self.pending_joins = self.pending_joins.saturating_sub(1);
+        if let Some(m) = self.members.get_mut(&user) {
+            if let Some(i) = m.asking.iter().position(|&r| r == room) {
+                m.asking.swap_remove(i);
+            }
         }
     }
 
@@ -1395,8 +1511,18 @@ impl Hub {
         }
         // Its joins awaiting approval go too: they would hold places in the approval
         // queues until they expire.
-        for r in self.rooms.iter_mut().flatten() {
-            r.pending.retain(|p| p.user != user);
+        let asking = self
+            .members
+            .get_mut(&user)
+            .map(|m| core::mem::take(&mut m.asking))
+            .unwrap_or_default();
+        for room in asking {
+            if let Some(r) = self.room_mut(room) {
+                let before = r.pending.len();
+                r.pending.retain(|p| p.user != user);
+                let gone = before - r.pending.len();
+                self.pending_joins = self.pending_joins.saturating_sub(gone);
+            }
         }
         if let Some(m) = self.members.remove(&user) {
             self.by_conn.remove(&m.conn);

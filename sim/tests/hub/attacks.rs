@@ -840,3 +840,124 @@ fn a_join_notice_burst_below_a_room_is_raised_to_it() {
     let hub = hub::Hub::new(config, &hub::endpoint_config()).expect("a working config");
     assert_eq!(hub.config().join_notices.burst, 8.0);
 }
+
+/// Member `i` asks the hub to create `name`; the refusal, if one comes.
+fn create_refused(sim: &mut Simulator, w: &mut World, i: usize, name: &str) -> Option<Refusal> {
+    w.take(i);
+    w.act(sim, i, |c, ep| {
+        c.create_room(ep, name, &hub::RoomOptions::default())
+    })
+    .expect("create");
+    w.run(sim, 200);
+    refusal(&w.take(i))
+}
+
+/// A member owns at most `max_owned_rooms`: with the default 128 rooms a member and 64
+/// connections an address, one host filled the hub's 4,096 rooms in two minutes and kept
+/// everyone else from opening one. A room whose ownership passes on counts for its new
+/// owner, and a closed one for nobody.
+#[test]
+fn a_member_owns_at_most_max_owned_rooms_and_passed_rooms_count_for_the_new_owner() {
+    let config = HubConfig {
+        max_owned_rooms: 2,
+        ..hub_config()
+    };
+    let (mut sim, mut w) = world(41, 2, config, link(0.0));
+    let a = create(&mut sim, &mut w, 0, "a", hub::RoomOptions::default());
+    create(&mut sim, &mut w, 0, "b", hub::RoomOptions::default());
+    assert_eq!(
+        create_refused(&mut sim, &mut w, 0, "c"),
+        Some(Refusal::TooManyOwned)
+    );
+    // Member 1 joins "a" and gets it when member 0 leaves: member 0 may create again, and
+    // member 1 owns one room already.
+    w.act(&mut sim, 1, |c, ep| c.join_room(ep, "a", b"", b"m1"))
+        .expect("join");
+    w.run(&mut sim, 200);
+    w.act(&mut sim, 0, |c, ep| c.leave_room(ep, a))
+        .expect("leave");
+    w.run(&mut sim, 200);
+    assert_eq!(create_refused(&mut sim, &mut w, 0, "c"), None);
+    assert_eq!(create_refused(&mut sim, &mut w, 1, "d"), None);
+    assert_eq!(
+        create_refused(&mut sim, &mut w, 1, "e"),
+        Some(Refusal::TooManyOwned)
+    );
+    // A closed room is owned by nobody.
+    let d = w
+        .client(1)
+        .rooms()
+        .find(|r| &r.name[..] == b"d")
+        .map(|r| r.id)
+        .expect("d");
+    w.act(&mut sim, 1, |c, ep| c.close_room(ep, d))
+        .expect("close");
+    w.run(&mut sim, 200);
+    assert_eq!(create_refused(&mut sim, &mut w, 1, "e"), None);
+}
+
+/// The members at one address own at most `max_owned_rooms_per_ip` between them, however
+/// many connections the address holds; others' rooms are not affected, and a room closed
+/// (its owner gone) frees its place.
+#[test]
+fn the_members_at_one_address_own_at_most_max_owned_rooms_per_ip() {
+    use shoal_proto::hub::PathPolicy;
+    use shoal_sim::{NatConfig, NatKind};
+    let config = HubConfig {
+        max_owned_rooms_per_ip: 2,
+        ..hub_config()
+    };
+    let (mut sim, mut w) = world(42, 1, config, link(0.0));
+    let nat = sim
+        .add_nat(NatConfig::new(NatKind::PortRestricted))
+        .expect("nat");
+    for _ in 0..3 {
+        w.add_member(&mut sim, Some(nat), PathPolicy::Messages);
+    }
+    w.settle(&mut sim);
+    assert_eq!(create_refused(&mut sim, &mut w, 1, "n1"), None);
+    assert_eq!(create_refused(&mut sim, &mut w, 2, "n2"), None);
+    assert_eq!(
+        create_refused(&mut sim, &mut w, 3, "n3"),
+        Some(Refusal::TooManyOwned)
+    );
+    assert_eq!(create_refused(&mut sim, &mut w, 0, "out"), None);
+    // Member 1 leaves the hub: its room closes with it, and its address's place frees.
+    let conn = w.client(1).connection();
+    sim.endpoint_mut(w.members[1]).disconnect(conn, 0);
+    w.run(&mut sim, 300);
+    assert_eq!(create_refused(&mut sim, &mut w, 3, "n3"), None);
+}
+
+/// A member waits for approval in at most `max_pending_asks` rooms: each wait holds a place
+/// in a room's approval queue and the member's metadata until the owner answers or the
+/// approval times out. An answer frees a place.
+#[test]
+fn a_member_waits_for_approval_in_at_most_max_pending_asks_rooms() {
+    let config = HubConfig {
+        max_pending_asks: 2,
+        approval_timeout: Duration::from_secs(60),
+        ..hub_config()
+    };
+    let (mut sim, mut w) = world(43, 4, config, link(0.0));
+    let rooms: Vec<_> = (0..3)
+        .map(|i| create(&mut sim, &mut w, i, &format!("r{i}"), approval_room()))
+        .collect();
+    let ask = |sim: &mut Simulator, w: &mut World, name: &str| {
+        w.take(3);
+        w.act(sim, 3, |c, ep| c.join_room(ep, name, b"", b"m"))
+            .expect("join");
+        w.run(sim, 200);
+        refusal(&w.take(3))
+    };
+    assert_eq!(ask(&mut sim, &mut w, "r0"), None);
+    assert_eq!(ask(&mut sim, &mut w, "r1"), None);
+    assert_eq!(ask(&mut sim, &mut w, "r2"), Some(Refusal::TooManyAsks));
+    // Room 0's owner says no: one wait fewer.
+    let asker = w.user(3);
+    w.act(&mut sim, 0, |c, ep| c.approve(ep, rooms[0], asker, false))
+        .expect("refuse");
+    w.run(&mut sim, 200);
+    assert_eq!(refusal(&w.take(3)), Some(Refusal::NotApproved));
+    assert_eq!(ask(&mut sim, &mut w, "r2"), None);
+}
