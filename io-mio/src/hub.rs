@@ -349,10 +349,13 @@ impl HubServer {
                 break;
             };
             took = true;
-            if let Some(passed) = self
+            let passed = self
                 .hub
-                .handle_event(self.driver.endpoint_mut(), now, event)
-            {
+                .handle_event(self.driver.endpoint_mut(), now, event);
+            // The rooms this event opened or closed first: a room its owner's disconnect
+            // closed is reported before the disconnect, and one opened before it.
+            self.note_rooms();
+            if let Some(passed) = passed {
                 self.note(passed);
             }
         }
@@ -392,8 +395,8 @@ impl HubServer {
         self.out.push_back(out);
     }
 
-    /// Reports rooms opened and closed since the last look, from the hub's log of them (a
-    /// turn's cost is its changes, not the rooms there are); from a walk over every room
+    /// Reports rooms opened and closed since the last look, from the hub's log of them (an
+    /// event's cost is its changes, not the rooms there are); from a walk over every room
     /// only when the hub gave its log up.
     fn note_rooms(&mut self) {
         let mut changes = std::mem::take(&mut self.room_changes);
@@ -518,5 +521,58 @@ mod tests {
         assert_eq!(server.waiting_reports(), MAX_WAITING_REPORTS);
         // Nobody reads: the next turn takes nothing, and may sleep.
         assert!(!server.process().expect("hub socket"));
+    }
+
+    /// A member that creates a room and disconnects, both taken in one turn: the reports
+    /// say the room opened and closed before the member left (they said it opened after its
+    /// owner was gone when a turn's room changes were noted at its end).
+    #[test]
+    fn rooms_a_member_opens_and_closes_are_reported_before_its_disconnect() {
+        use shoal_proto::hub::{HubClient, RoomOptions};
+        let mut server =
+            HubServer::bind("127.0.0.1:0", hub::endpoint_config(), HubConfig::default())
+                .expect("hub binds");
+        let config = Config {
+            accept_incoming: false,
+            ..hub::endpoint_config()
+        };
+        let mut member = Driver::bind("127.0.0.1:0", config).expect("bind a member");
+        let conn = member
+            .connect(server.local_addr(), &[])
+            .expect("connect starts");
+        let mut client = HubClient::new(conn, member.endpoint().config()).expect("client");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while client.user_id().is_none() {
+            assert!(std::time::Instant::now() < deadline, "member connects");
+            member.update().expect("member socket");
+            let now = member.now();
+            while client.next_event(member.endpoint_mut(), now).is_some() {}
+            member.flush();
+            server
+                .run_once(Some(Duration::from_millis(1)))
+                .expect("hub socket");
+        }
+        while server.poll_event().is_some() {}
+        client
+            .create_room(member.endpoint_mut(), "brief", &RoomOptions::default())
+            .expect("create");
+        member.flush();
+        member.disconnect(conn, 0);
+        member.flush();
+        // Both datagrams wait in the hub's socket: one turn takes them.
+        std::thread::sleep(Duration::from_millis(50));
+        server
+            .run_once(Some(Duration::from_millis(10)))
+            .expect("hub socket");
+        let mut order = Vec::new();
+        while let Some(e) = server.poll_event() {
+            order.push(match e {
+                HubServerEvent::RoomOpened { .. } => "opened",
+                HubServerEvent::RoomClosed { .. } => "closed",
+                HubServerEvent::Disconnected { .. } => "disconnected",
+                _ => "other",
+            });
+        }
+        assert_eq!(order, ["opened", "closed", "disconnected"]);
     }
 }
