@@ -341,7 +341,9 @@ impl World {
             let conn = ep.connect(now, hub_addr, &[]).ok()?;
             let client = HubClient::new(conn, ep.config()).ok()?;
             members.push(Member {
-                addr: addr(n + 2),
+                // The first two share an address (one host, two ports): what the hub counts
+                // per address is reached.
+                addr: SocketAddr::new(addr(n.min(1) + 2).ip(), 7000 + u16::from(n)),
                 ep,
                 client,
                 at_hub: None,
@@ -477,6 +479,9 @@ impl World {
             }
         }
         assert_eq!(rooms, self.hub.stats().rooms, "room count");
+        if let Err(e) = self.hub.check_counts() {
+            panic!("hub counts: {e}");
+        }
         // Room members are connected members.
         let mut in_rooms: Vec<u16> = self.hub.rooms().flat_map(|r| r.members).collect();
         in_rooms.sort_unstable();

@@ -256,6 +256,9 @@ pub enum Refusal {
     /// The member waits for approval in as many rooms as `HubConfig::max_pending_asks`
     /// allows.
     TooManyAsks,
+    /// A refusal this version does not know, by its code (a newer hub's): the request was
+    /// refused all the same, so its answer still comes.
+    Unrecognized(u8),
 }
 
 impl Refusal {
@@ -276,6 +279,7 @@ impl Refusal {
             Refusal::ApprovalQueueFull => 13,
             Refusal::TooManyOwned => 14,
             Refusal::TooManyAsks => 15,
+            Refusal::Unrecognized(code) => code,
         }
     }
 
@@ -296,13 +300,20 @@ impl Refusal {
             13 => Refusal::ApprovalQueueFull,
             14 => Refusal::TooManyOwned,
             15 => Refusal::TooManyAsks,
-            _ => return None,
+            0 => return None,
+            code => Refusal::Unrecognized(code),
         })
     }
 }
 
 impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Refusal::Unrecognized(code) = self {
+            return write!(
+                f,
+                "refused by the hub (code {code}, which this version does not know)"
+            );
+        }
         f.write_str(match self {
             Refusal::UnknownRoom => "no such room",
             Refusal::RoomFull => "the room is full",
@@ -325,6 +336,7 @@ impl fmt::Display for Refusal {
             Refusal::TooManyAsks => {
                 "this member waits for approval in as many rooms as it may; wait for an answer"
             }
+            Refusal::Unrecognized(_) => "",
         })
     }
 }
@@ -455,11 +467,16 @@ mod tests {
             (5, L::TooSlow),
         ];
         for b in 0..=255u8 {
+            // A code not listed is a newer hub's: still a refusal (0 is none).
             let listed = refusals
                 .iter()
                 .find(|(code, _)| *code == b)
-                .map(|(_, r)| *r);
+                .map(|(_, r)| *r)
+                .or((b != 0).then_some(R::Unrecognized(b)));
             assert_eq!(Refusal::from_wire(b), listed, "refusal {b}");
+            if let Some(r) = listed {
+                assert_eq!(r.to_wire(), b);
+            }
             let listed = reasons.iter().find(|(code, _)| *code == b).map(|(_, r)| *r);
             assert_eq!(LeaveReason::from_wire(b), listed, "leave reason {b}");
         }

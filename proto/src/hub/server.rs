@@ -48,14 +48,19 @@ pub struct HubConfig {
     pub max_metadata_len: usize,
     /// Most joins waiting for one room owner's approval (default 16).
     pub max_pending_joins: usize,
-    /// Most rooms one member may own at once (default 16): those it created and those whose
-    /// ownership passed to it. Over it a create is refused with [`Refusal::TooManyOwned`].
+    /// Most open rooms one member may have created (default 16). A room counts against its
+    /// creator until it closes, whoever owns it meanwhile: ownership passed on (its creator
+    /// left it) neither frees the creator's count nor charges the heir, so a member cannot
+    /// push rooms onto others to lock them out. Over it a create is refused with
+    /// [`Refusal::TooManyOwned`].
     pub max_owned_rooms: usize,
-    /// Most rooms the members at one IP address may own at once (an IPv6 address by its
-    /// /64, as `Config::max_connections_per_ip` counts; default 64). A room counts against
-    /// the address its owner had when it got the room. Without it one host, with
-    /// `max_connections_per_ip` connections each creating rooms, fills `max_rooms` in
-    /// minutes and keeps everyone else from opening one. Over it:
+    /// Most open rooms the members at one address may have created between them (default
+    /// 64): an IPv4 address, or an IPv6 address's /56, a home line's usual share. A room
+    /// counts against the address its creator had, until it closes (after its creator left
+    /// the hub too). Without it one host, with `Config::max_connections_per_ip` connections
+    /// each creating rooms, fills `max_rooms` in minutes and keeps everyone else from opening
+    /// one; with it, filling the hub takes `max_rooms / max_owned_rooms_per_ip` addresses.
+    /// Members sharing an address (a carrier-grade NAT) share it too. Over it:
     /// [`Refusal::TooManyOwned`].
     pub max_owned_rooms_per_ip: usize,
     /// Most rooms one member may wait in for the owner's approval at once (default 16):
@@ -343,8 +348,8 @@ struct MemberState {
     /// Since when everything queued for it has found its queue full (`None`: it drains).
     full_since: Option<Instant>,
     relayed_requests: usize,
-    /// Rooms it owns (`HubConfig::max_owned_rooms`).
-    owned: usize,
+    /// The open rooms it created (`HubConfig::max_owned_rooms`), whoever owns them now.
+    created: Vec<u16>,
     /// Rooms it waits in for the owner's approval (`HubConfig::max_pending_asks`): its
     /// waits are found without a walk over every room.
     asking: Vec<u16>,
@@ -413,8 +418,10 @@ struct Room {
     pending: Vec<PendingJoin>,
     /// Joins it takes (`HubConfig::room_joins`).
     joins: Bucket,
-    /// The address (as `ip_key` has it) whose owned rooms it counts among
-    /// (`HubConfig::max_owned_rooms_per_ip`): its owner's when it got the room.
+    /// The member that created it, while it is connected (its `created` lists the room).
+    creator: Option<u16>,
+    /// The address its creator had, as `charge_key` has it: the room counts against it
+    /// (`HubConfig::max_owned_rooms_per_ip`) until it closes.
     charged_to: IpAddr,
 }
 
@@ -457,8 +464,8 @@ pub struct Hub {
     approvals: BinaryHeap<Reverse<(Instant, u16, u16)>>,
     /// Joins waiting for approval, in all rooms (what `approvals` is trimmed to).
     pending_joins: usize,
-    /// Rooms owned by the members at each address (`Room::charged_to`); an address owning
-    /// none has no entry.
+    /// Open rooms created from each address (`Room::charged_to`); an address with none has
+    /// no entry.
     owned_by_ip: HashMap<IpAddr, u32>,
     secrets: Secrets,
     /// Members found too slow while a notice or relay was being queued; disconnected once
@@ -498,6 +505,16 @@ fn is_local_address(addr: &SocketAddr, observed: SocketAddr) -> bool {
                 || (first & 0xfe00) == 0xfc00
                 || (ip.is_loopback() && observed.ip().is_loopback())
         }
+    }
+}
+
+/// What a created room counts against (`HubConfig::max_owned_rooms_per_ip`): an IPv4
+/// address (also one mapped into IPv6), or an IPv6 address's /56, what one home line is
+/// commonly given (a /64 each, 256 of them, would let one line fill the hub).
+fn charge_key(ip: IpAddr) -> IpAddr {
+    match ip_key(ip) {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 72) - 1)).into()),
+        v4 => v4,
     }
 }
 
@@ -677,6 +694,76 @@ impl Hub {
         self.stats.approval_deadlines = self.approvals.len();
     }
 
+    /// Recounts what the hub keeps counts of (joins waiting for approval, each member's
+    /// waits and created rooms, rooms created per address) and says which count drifted.
+    #[cfg(any(fuzzing, feature = "fuzzing"))]
+    pub(crate) fn check_counts(&self) -> Result<(), alloc::string::String> {
+        use alloc::format;
+        let open = || {
+            self.rooms
+                .iter()
+                .enumerate()
+                .filter_map(|(id, r)| Some((id as u16, r.as_ref()?)))
+        };
+        let pending: usize = open().map(|(_, r)| r.pending.len()).sum();
+        if pending != self.pending_joins {
+            return Err(format!(
+                "{pending} joins wait, {} counted",
+                self.pending_joins
+            ));
+        }
+        for (user, m) in self.members.slots.iter().enumerate() {
+            let Some(m) = m else { continue };
+            let user = user as u16;
+            let mut asking: Vec<u16> = open()
+                .filter(|(_, r)| r.pending.iter().any(|p| p.user == user))
+                .map(|(id, _)| id)
+                .collect();
+            let mut listed = m.asking.clone();
+            asking.sort_unstable();
+            listed.sort_unstable();
+            if asking != listed {
+                return Err(format!("{user} waits in {asking:?}, listed {listed:?}"));
+            }
+            let mut created: Vec<u16> = open()
+                .filter(|(_, r)| r.creator == Some(user))
+                .map(|(id, _)| id)
+                .collect();
+            let mut listed = m.created.clone();
+            created.sort_unstable();
+            listed.sort_unstable();
+            if created != listed {
+                return Err(format!("{user} created {created:?}, listed {listed:?}"));
+            }
+        }
+        if let Some((id, r)) =
+            open().find(|(_, r)| r.creator.is_some_and(|c| !self.members.contains_key(&c)))
+        {
+            return Err(format!(
+                "room {id} names {:?}, gone, as its creator",
+                r.creator
+            ));
+        }
+        let mut by_ip: Vec<(IpAddr, u32)> = Vec::new();
+        for (_, r) in open() {
+            match by_ip.iter_mut().find(|(ip, _)| *ip == r.charged_to) {
+                Some((_, n)) => *n += 1,
+                None => by_ip.push((r.charged_to, 1)),
+            }
+        }
+        if by_ip.len() != self.owned_by_ip.len()
+            || by_ip
+                .iter()
+                .any(|(ip, n)| self.owned_by_ip.get(ip) != Some(n))
+        {
+            return Err(format!(
+                "rooms by address {by_ip:?}, counted {:?}",
+                self.owned_by_ip
+            ));
+        }
+        Ok(())
+    }
+
     /// Handles one event of the hub's endpoint. Returns what is not only the hub's business,
     /// for the application running beside the hub: connects and disconnects (after the hub
     /// has seen them), messages and requests without a redirect target on application
@@ -710,7 +797,7 @@ impl Hub {
                         join_notices: Bucket::new(&limits.join_notices, now),
                         full_since: None,
                         relayed_requests: 0,
-                        owned: 0,
+                        created: Vec::new(),
                         asking: Vec::new(),
                     },
                 );
@@ -1100,6 +1187,15 @@ impl Hub {
             || flags & !(FLAG_APPROVAL | FLAG_CLOSE_WITH_OWNER) != 0
         {
             Some(Refusal::Invalid)
+        } else if self.members.get(&user).is_none_or(|m| {
+            m.created.len() >= self.config.max_owned_rooms
+                || self
+                    .owned_by_ip
+                    .get(&charge_key(m.observed.ip()))
+                    .is_some_and(|&n| n as usize >= self.config.max_owned_rooms_per_ip)
+        }) {
+            // (Before the create is charged: a member at its limit asks in vain.)
+            Some(Refusal::TooManyOwned)
         } else if !self
             .members
             .get_mut(&user)
@@ -1112,16 +1208,6 @@ impl Hub {
             .is_none_or(|m| m.rooms.len() >= self.config.max_rooms_per_member)
         {
             Some(Refusal::TooManyRooms)
-        } else if self.members.get(&user).is_none_or(|m| {
-            m.owned >= self.config.max_owned_rooms
-                || self
-                    .owned_by_ip
-                    .get(&ip_key(m.observed.ip()))
-                    .copied()
-                    .unwrap_or(0) as usize
-                    >= self.config.max_owned_rooms_per_ip
-        }) {
-            Some(Refusal::TooManyOwned)
         } else if self.by_name.contains_key(&name) {
             Some(Refusal::RoomExists)
         } else if self.stats.rooms >= self.config.max_rooms {
@@ -1132,13 +1218,6 @@ impl Hub {
         if let Some(reason) = refusal {
             return self.refuse(ep, user, op, reason);
         }
-        let Some(charged_to) = self.members.get_mut(&user).map(|m| {
-            m.owned += 1;
-            ip_key(m.observed.ip())
-        }) else {
-            return;
-        };
-        *self.owned_by_ip.entry(charged_to).or_insert(0) += 1;
         let id = match self.free_rooms.pop() {
             Some(id) => id,
             None => {
@@ -1146,6 +1225,13 @@ impl Hub {
                 (self.rooms.len() - 1) as u16
             }
         };
+        let Some(charged_to) = self.members.get_mut(&user).map(|m| {
+            m.created.push(id);
+            charge_key(m.observed.ip())
+        }) else {
+            return;
+        };
+        *self.owned_by_ip.entry(charged_to).or_insert(0) += 1;
         let limit = self.config.max_members_per_room;
         let max_members = match usize::from(max_members) {
             0 => limit,
@@ -1160,6 +1246,7 @@ impl Hub {
             members: Vec::new(),
             pending: Vec::new(),
             joins: Bucket::new(&self.config.room_joins, now),
+            creator: Some(user),
             charged_to,
         });
         self.by_name.insert(name.clone(), id);
@@ -1376,8 +1463,7 @@ impl Hub {
         let others: Vec<u16> = r.members.iter().map(|(u, _)| *u).collect();
         // The joins the old owner left unanswered are put to the new one.
         let mut asks = Vec::new();
-        let passes = was_owner && !closes;
-        if passes {
+        if was_owner && !closes {
             r.owner = others[0];
             asks = r
                 .pending
@@ -1391,9 +1477,6 @@ impl Hub {
         }
         if let Some(m) = self.members.get_mut(&user) {
             m.rooms.retain(|x| *x != room);
-        }
-        if passes {
-            self.pass_ownership(room, user, others[0]);
         }
         for &o in &others {
             self.unpair(user, o);
@@ -1432,8 +1515,8 @@ impl Hub {
         self.by_name.remove(&r.name);
         self.free_rooms.push(room);
         self.stats.rooms -= 1;
-        if let Some(m) = self.members.get_mut(&r.owner) {
-            m.owned = m.owned.saturating_sub(1);
+        if let Some(m) = r.creator.and_then(|c| self.members.get_mut(&c)) {
+            m.created.retain(|&x| x != room);
         }
         self.uncharge(r.charged_to);
         self.log_room_change(RoomChange::Closed {
@@ -1458,29 +1541,7 @@ impl Hub {
         }
     }
 
-    /// Ownership of `room` passed from `from` to `to`: the count of each and of their
-    /// addresses follows it.
-    fn pass_ownership(&mut self, room: u16, from: u16, to: u16) {
-        if let Some(m) = self.members.get_mut(&from) {
-            m.owned = m.owned.saturating_sub(1);
-        }
-        let Some(ip) = self.members.get_mut(&to).map(|m| {
-            m.owned += 1;
-            ip_key(m.observed.ip())
-        }) else {
-            return;
-        };
-        let Some(r) = self.room_mut(room) else {
-            return;
-        };
-        let was = core::mem::replace(&mut r.charged_to, ip);
-        if was != ip {
-            self.uncharge(was);
-            *self.owned_by_ip.entry(ip).or_insert(0) += 1;
-        }
-    }
-
-    /// A room charged to `ip` closed or passed elsewhere.
+    /// A room charged to `ip` closed.
     fn uncharge(&mut self, ip: IpAddr) {
         if let Some(n) = self.owned_by_ip.get_mut(&ip) {
             *n -= 1;
@@ -1526,6 +1587,13 @@ impl Hub {
         }
         if let Some(m) = self.members.remove(&user) {
             self.by_conn.remove(&m.conn);
+            // The rooms it created and others kept stay charged to its address; the id it
+            // leaves is handed out again, so they no longer name it.
+            for room in m.created {
+                if let Some(r) = self.room_mut(room) {
+                    r.creator = None;
+                }
+            }
         }
         self.stats.members = self.members.len();
     }

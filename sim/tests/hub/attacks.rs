@@ -841,7 +841,7 @@ fn a_join_notice_burst_below_a_room_is_raised_to_it() {
     assert_eq!(hub.config().join_notices.burst, 8.0);
 }
 
-/// Member `i` asks the hub to create `name`; the refusal, if one comes.
+/// Member `i` asks the hub to create `name`: `None` once it is created, else the refusal.
 fn create_refused(sim: &mut Simulator, w: &mut World, i: usize, name: &str) -> Option<Refusal> {
     w.take(i);
     w.act(sim, i, |c, ep| {
@@ -849,15 +849,32 @@ fn create_refused(sim: &mut Simulator, w: &mut World, i: usize, name: &str) -> O
     })
     .expect("create");
     w.run(sim, 200);
-    refusal(&w.take(i))
+    let events = w.take(i);
+    let refused = refusal(&events);
+    assert!(
+        refused.is_some() || joined(&events).is_some(),
+        "no answer to creating {name}"
+    );
+    refused
 }
 
-/// A member owns at most `max_owned_rooms`: with the default 128 rooms a member and 64
-/// connections an address, one host filled the hub's 4,096 rooms in two minutes and kept
-/// everyone else from opening one. A room whose ownership passes on counts for its new
-/// owner, and a closed one for nobody.
+/// The id of the room named `name` member `i` is in.
+fn room_named(w: &mut World, i: usize, name: &str) -> hub::RoomId {
+    w.client(i)
+        .rooms()
+        .find(|r| r.name == name.as_bytes())
+        .map(|r| r.id)
+        .expect("in the room")
+}
+
+/// A member may have created at most `max_owned_rooms` open rooms: with the default 128
+/// rooms a member and 64 connections an address, one host filled the hub's 4,096 rooms in
+/// two minutes and kept everyone else from opening one. A room counts against its creator
+/// until it closes, whoever owns it: ownership passed to an heir charges the heir nothing
+/// (a member could otherwise push rooms onto others and lock them out), and frees nothing
+/// of the creator's.
 #[test]
-fn a_member_owns_at_most_max_owned_rooms_and_passed_rooms_count_for_the_new_owner() {
+fn a_member_may_have_created_at_most_max_owned_rooms_and_heirs_are_not_charged() {
     let config = HubConfig {
         max_owned_rooms: 2,
         ..hub_config()
@@ -869,38 +886,43 @@ fn a_member_owns_at_most_max_owned_rooms_and_passed_rooms_count_for_the_new_owne
         create_refused(&mut sim, &mut w, 0, "c"),
         Some(Refusal::TooManyOwned)
     );
-    // Member 1 joins "a" and gets it when member 0 leaves: member 0 may create again, and
-    // member 1 owns one room already.
+    // Member 1 joins "a" and owns it once member 0 leaves it: "a" still counts for member
+    // 0, and not for member 1, which may create two of its own.
     w.act(&mut sim, 1, |c, ep| c.join_room(ep, "a", b"", b"m1"))
         .expect("join");
     w.run(&mut sim, 200);
     w.act(&mut sim, 0, |c, ep| c.leave_room(ep, a))
         .expect("leave");
     w.run(&mut sim, 200);
-    assert_eq!(create_refused(&mut sim, &mut w, 0, "c"), None);
-    assert_eq!(create_refused(&mut sim, &mut w, 1, "d"), None);
+    assert_eq!(w.client(1).room(a).map(|r| r.owner), Some(w.user(1)));
     assert_eq!(
-        create_refused(&mut sim, &mut w, 1, "e"),
+        create_refused(&mut sim, &mut w, 0, "c"),
         Some(Refusal::TooManyOwned)
     );
-    // A closed room is owned by nobody.
-    let d = w
-        .client(1)
-        .rooms()
-        .find(|r| &r.name[..] == b"d")
-        .map(|r| r.id)
-        .expect("d");
+    assert_eq!(create_refused(&mut sim, &mut w, 1, "d"), None);
+    assert_eq!(create_refused(&mut sim, &mut w, 1, "e"), None);
+    assert_eq!(
+        create_refused(&mut sim, &mut w, 1, "f"),
+        Some(Refusal::TooManyOwned)
+    );
+    // A closed room counts for nobody: "d" for member 1, "a" (closed by its heir) for
+    // member 0.
+    let d = room_named(&mut w, 1, "d");
     w.act(&mut sim, 1, |c, ep| c.close_room(ep, d))
         .expect("close");
+    w.act(&mut sim, 1, |c, ep| c.close_room(ep, a))
+        .expect("close");
     w.run(&mut sim, 200);
-    assert_eq!(create_refused(&mut sim, &mut w, 1, "e"), None);
+    assert_eq!(create_refused(&mut sim, &mut w, 1, "f"), None);
+    assert_eq!(create_refused(&mut sim, &mut w, 0, "c"), None);
 }
 
-/// The members at one address own at most `max_owned_rooms_per_ip` between them, however
-/// many connections the address holds; others' rooms are not affected, and a room closed
-/// (its owner gone) frees its place.
+/// The members at one address may have created at most `max_owned_rooms_per_ip` open rooms
+/// between them, however many connections the address holds; others' rooms are not
+/// affected. A room counts against the address until it closes, also after its creator
+/// left the hub and others kept it.
 #[test]
-fn the_members_at_one_address_own_at_most_max_owned_rooms_per_ip() {
+fn the_members_at_one_address_may_have_created_at_most_max_owned_rooms_per_ip() {
     use shoal_proto::hub::PathPolicy;
     use shoal_sim::{NatConfig, NatKind};
     let config = HubConfig {
@@ -922,21 +944,36 @@ fn the_members_at_one_address_own_at_most_max_owned_rooms_per_ip() {
         Some(Refusal::TooManyOwned)
     );
     assert_eq!(create_refused(&mut sim, &mut w, 0, "out"), None);
-    // Member 1 leaves the hub: its room closes with it, and its address's place frees.
-    let conn = w.client(1).connection();
-    sim.endpoint_mut(w.members[1]).disconnect(conn, 0);
-    w.run(&mut sim, 300);
+    // Member 1 leaves the hub: its room closes with it, and frees its place.
+    let leave_hub = |sim: &mut Simulator, w: &mut World, i: usize| {
+        let conn = w.client(i).connection();
+        sim.endpoint_mut(w.members[i]).disconnect(conn, 0);
+        w.run(sim, 300);
+    };
+    leave_hub(&mut sim, &mut w, 1);
     assert_eq!(create_refused(&mut sim, &mut w, 3, "n3"), None);
+    // Member 0 (outside) joins "n2", and member 2 leaves the hub: "n2" lives on, owned
+    // by member 0, and still counts against the address it was created from.
+    w.act(&mut sim, 0, |c, ep| c.join_room(ep, "n2", b"", b"m0"))
+        .expect("join");
+    w.run(&mut sim, 200);
+    leave_hub(&mut sim, &mut w, 2);
+    assert!(w.client(0).rooms().any(|r| r.name == b"n2"[..]));
+    assert_eq!(
+        create_refused(&mut sim, &mut w, 3, "n4"),
+        Some(Refusal::TooManyOwned)
+    );
+    assert_eq!(create_refused(&mut sim, &mut w, 0, "out2"), None);
 }
 
 /// A member waits for approval in at most `max_pending_asks` rooms: each wait holds a place
-/// in a room's approval queue and the member's metadata until the owner answers or the
-/// approval times out. An answer frees a place.
+/// in a room's approval queue and the member's metadata until the owner answers, the
+/// approval times out or the room closes. Each of those frees a place.
 #[test]
 fn a_member_waits_for_approval_in_at_most_max_pending_asks_rooms() {
     let config = HubConfig {
         max_pending_asks: 2,
-        approval_timeout: Duration::from_secs(60),
+        approval_timeout: Duration::from_secs(5),
         ..hub_config()
     };
     let (mut sim, mut w) = world(43, 4, config, link(0.0));
@@ -950,9 +987,10 @@ fn a_member_waits_for_approval_in_at_most_max_pending_asks_rooms() {
         w.run(sim, 200);
         refusal(&w.take(3))
     };
+    let full = Some(Refusal::TooManyAsks);
     assert_eq!(ask(&mut sim, &mut w, "r0"), None);
     assert_eq!(ask(&mut sim, &mut w, "r1"), None);
-    assert_eq!(ask(&mut sim, &mut w, "r2"), Some(Refusal::TooManyAsks));
+    assert_eq!(ask(&mut sim, &mut w, "r2"), full);
     // Room 0's owner says no: one wait fewer.
     let asker = w.user(3);
     w.act(&mut sim, 0, |c, ep| c.approve(ep, rooms[0], asker, false))
@@ -960,4 +998,17 @@ fn a_member_waits_for_approval_in_at_most_max_pending_asks_rooms() {
     w.run(&mut sim, 200);
     assert_eq!(refusal(&w.take(3)), Some(Refusal::NotApproved));
     assert_eq!(ask(&mut sim, &mut w, "r2"), None);
+    assert_eq!(ask(&mut sim, &mut w, "r0"), full);
+    // Room 2 closes: one wait fewer.
+    w.act(&mut sim, 2, |c, ep| c.close_room(ep, rooms[2]))
+        .expect("close");
+    w.run(&mut sim, 200);
+    assert_eq!(refusal(&w.take(3)), Some(Refusal::UnknownRoom));
+    assert_eq!(ask(&mut sim, &mut w, "r0"), None);
+    assert_eq!(ask(&mut sim, &mut w, "r2"), Some(Refusal::UnknownRoom));
+    // Nobody answers: both waits time out, and the member may ask again.
+    w.run(&mut sim, 6000);
+    assert_eq!(refusal(&w.take(3)), Some(Refusal::NotApproved));
+    assert_eq!(ask(&mut sim, &mut w, "r0"), None);
+    assert_eq!(ask(&mut sim, &mut w, "r1"), None);
 }
