@@ -1842,6 +1842,23 @@ fn unshared(payload: Bytes) -> Bytes {
 mod tests {
     use super::*;
 
+    /// Created rooms are charged to an IPv4 address (also one mapped into IPv6) or to an
+    /// IPv6 address's /56: the 256 /64s of one home line are one key.
+    #[test]
+    fn rooms_are_charged_to_an_ipv4_address_or_an_ipv6_slash_56() {
+        let v6 = |s: &str| -> IpAddr { s.parse().expect("address") };
+        let line = charge_key(v6("2001:db8:aa:bb00::1"));
+        assert_eq!(charge_key(v6("2001:db8:aa:bbff:1:2:3:4")), line);
+        assert_eq!(line, v6("2001:db8:aa:bb00::"));
+        assert_ne!(charge_key(v6("2001:db8:aa:bc00::1")), line);
+        assert_eq!(
+            charge_key(v6("::ffff:192.0.2.7")),
+            v6("192.0.2.7"),
+            "a mapped IPv4 address is that address"
+        );
+        assert_ne!(charge_key(v6("192.0.2.7")), charge_key(v6("192.0.2.8")));
+    }
+
     /// The log of room changes is bounded whether or not anyone takes it: past
     /// `MAX_ROOM_CHANGES` it is given up, and the next take says so (once).
     #[test]
