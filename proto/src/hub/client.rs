@@ -1554,10 +1554,7 @@ impl HubClient {
                 }
             }
             Notice::PeerLeft { room, user, reason } => {
-                let Some(reason) = LeaveReason::from_wire(reason) else {
-                    self.stats.bad_notices += 1;
-                    return;
-                };
+                let reason = LeaveReason::from_wire(reason);
                 let gone = self.rooms.get_mut(&room).and_then(|view| {
                     let at = view.members.iter().position(|x| x.user == user)?;
                     Some(view.members.remove(at))
@@ -1573,10 +1570,7 @@ impl HubClient {
                 }
             }
             Notice::RoomLeft { room, reason } => {
-                let Some(reason) = LeaveReason::from_wire(reason) else {
-                    self.stats.bad_notices += 1;
-                    return;
-                };
+                let reason = LeaveReason::from_wire(reason);
                 if let Some(view) = self.rooms.remove(&room) {
                     for m in &view.members {
                         self.left(m);
@@ -1794,6 +1788,62 @@ mod tests {
         assert!(client.ciphers.contains_key(&9));
         assert_eq!(client.member_entries, 2, "this member and 9, in room 2");
         assert_eq!(client.shared_rooms.get(&9), Some(&1));
+    }
+
+    /// A leave reason or a refusal this version does not know (a newer hub's) is still a
+    /// leave or a refusal: the room views follow, and the operation gets its answer. (They
+    /// were dropped as bad notices, leaving the views out of step and the operation waiting
+    /// for ever.)
+    #[test]
+    fn reasons_and_refusals_a_newer_hub_adds_are_still_taken() {
+        let (mut ep, _, mut client, now) = member(7);
+        client.user_id = Some(3);
+        client.on_notice(&mut ep, now, joined(1, [3, 5, 6]));
+        client.on_notice(
+            &mut ep,
+            now,
+            Notice::PeerLeft {
+                room: 1,
+                user: 5,
+                reason: 200,
+            },
+        );
+        let members: Vec<u16> = client.rooms[&1].members.iter().map(|m| m.user).collect();
+        assert_eq!(members, [3, 6]);
+        client.on_notice(
+            &mut ep,
+            now,
+            Notice::RoomLeft {
+                room: 1,
+                reason: 201,
+            },
+        );
+        assert!(client.rooms.is_empty());
+        client.on_notice(&mut ep, now, Notice::Refused { op: 7, reason: 99 });
+        assert_eq!(client.stats.bad_notices, 0);
+        let events: Vec<HubEvent> = core::iter::from_fn(|| client.poll_event()).collect();
+        assert!(events.iter().any(|e| matches!(
+            e,
+            HubEvent::PeerLeft {
+                user: 5,
+                reason: LeaveReason::Unrecognized(200),
+                ..
+            }
+        )));
+        assert!(events.iter().any(|e| matches!(
+            e,
+            HubEvent::RoomLeft {
+                reason: LeaveReason::Unrecognized(201),
+                ..
+            }
+        )));
+        assert!(events.iter().any(|e| matches!(
+            e,
+            HubEvent::Refused {
+                reason: Refusal::Unrecognized(99),
+                ..
+            }
+        )));
     }
 
     /// Addresses a hub gives for a member are used only if one host can hold them: a hub

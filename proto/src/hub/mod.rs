@@ -358,6 +358,9 @@ pub enum LeaveReason {
     OwnerLeft,
     /// It stopped reading: its queue at the hub filled, and the hub disconnected it.
     TooSlow,
+    /// A reason this version does not know, by its code (a newer hub's): the member left
+    /// all the same, and the room views follow.
+    Unrecognized(u8),
 }
 
 impl LeaveReason {
@@ -369,24 +372,28 @@ impl LeaveReason {
             LeaveReason::ClosedByOwner => 3,
             LeaveReason::OwnerLeft => 4,
             LeaveReason::TooSlow => 5,
+            LeaveReason::Unrecognized(code) => code,
         }
     }
 
-    pub(crate) fn from_wire(b: u8) -> Option<Self> {
-        Some(match b {
+    pub(crate) fn from_wire(b: u8) -> Self {
+        match b {
             0 => LeaveReason::Left,
             1 => LeaveReason::Disconnected,
             2 => LeaveReason::Kicked,
             3 => LeaveReason::ClosedByOwner,
             4 => LeaveReason::OwnerLeft,
             5 => LeaveReason::TooSlow,
-            _ => return None,
-        })
+            code => LeaveReason::Unrecognized(code),
+        }
     }
 }
 
 impl fmt::Display for LeaveReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let LeaveReason::Unrecognized(code) = self {
+            return write!(f, "left (reason {code}, which this version does not know)");
+        }
         f.write_str(match self {
             LeaveReason::Left => "left",
             LeaveReason::Disconnected => "disconnected from the hub",
@@ -394,6 +401,7 @@ impl fmt::Display for LeaveReason {
             LeaveReason::ClosedByOwner => "the owner closed the room",
             LeaveReason::OwnerLeft => "the owner left and the room closed",
             LeaveReason::TooSlow => "stopped reading and was disconnected",
+            LeaveReason::Unrecognized(_) => "",
         })
     }
 }
@@ -477,8 +485,12 @@ mod tests {
             if let Some(r) = listed {
                 assert_eq!(r.to_wire(), b);
             }
-            let listed = reasons.iter().find(|(code, _)| *code == b).map(|(_, r)| *r);
+            let listed = reasons
+                .iter()
+                .find(|(code, _)| *code == b)
+                .map_or(L::Unrecognized(b), |(_, r)| *r);
             assert_eq!(LeaveReason::from_wire(b), listed, "leave reason {b}");
+            assert_eq!(listed.to_wire(), b);
         }
         for (code, r) in refusals {
             assert_eq!(r.to_wire(), code);
