@@ -321,16 +321,18 @@ impl LanSeeker {
         timeout: Duration,
         mut verify: impl FnMut(&LanPeer) -> bool,
     ) -> io::Result<Discovery> {
-        let deadline = Instant::now() + timeout;
+        // (A timeout past what the clock can hold, `Duration::MAX`, waits for ever.)
+        let deadline = Instant::now().checked_add(timeout);
         self.send()?;
         loop {
             self.update(&mut verify)?;
             let now = Instant::now();
-            if now >= deadline {
+            let left = deadline.map_or(Duration::MAX, |d| d.saturating_duration_since(now));
+            if left.is_zero() {
                 break;
             }
             // Sleeping between reads keeps one socket per family and no poller.
-            std::thread::sleep((deadline - now).min(Duration::from_millis(2)));
+            std::thread::sleep(left.min(Duration::from_millis(2)));
         }
         Ok(self.result)
     }
@@ -422,7 +424,10 @@ pub struct RateLimit {
     /// The window.
     pub window: Duration,
     /// Source IPs remembered at once; a request from another one while all are in their
-    /// window is not answered (so the table is bounded and the total rate too).
+    /// window is not answered (so the table is bounded and the total rate too). The price
+    /// of that bound: requests from this many addresses a window (spoofed ones too, some
+    /// 51 KB/s at the defaults) keep a responder from answering anyone else while they
+    /// last. Discovery is a convenience, never the only way to reach a server.
     pub max_sources: usize,
 }
 
@@ -569,6 +574,7 @@ impl LanResponder {
     /// and on IPv6 too if configured and available.
     pub fn bind(config: ResponderConfig) -> io::Result<Self> {
         check_answer(&config.data, config.shoal_port)?;
+        check_rate_limit(&config.rate_limit)?;
         let v4 = bind_shared(SocketAddr::from((config.bind_v4, config.port)))?;
         v4.set_ttl(config.answer_hops)?;
         let port = v4.local_addr()?.port();
@@ -794,6 +800,24 @@ fn check_answer(data: &[u8], shoal_port: u16) -> io::Result<()> {
     Ok(())
 }
 
+/// A rate limit that limits: a zero window would answer everyone without limit, and no
+/// answers per source or no sources remembered would answer no one.
+fn check_rate_limit(limit: &RateLimit) -> io::Result<()> {
+    let field = if limit.window.is_zero() {
+        "window"
+    } else if limit.per_source == 0 {
+        "per_source"
+    } else if limit.max_sources == 0 {
+        "max_sources"
+    } else {
+        return Ok(());
+    };
+    Err(io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("ResponderConfig::rate_limit.{field} must not be 0"),
+    ))
+}
+
 /// A non-blocking UDP socket bound with `SO_REUSEADDR` (and `SO_REUSEPORT` where the BSDs
 /// need it to share a port), so several responders on one host all receive broadcasts.
 fn bind_shared(addr: SocketAddr) -> io::Result<UdpSocket> {
@@ -852,6 +876,43 @@ mod tests {
         assert!(limiter.allow(a, t1), "a new window");
         assert!(limiter.allow(c, t1), "expired sources make room");
         assert!(limiter.sources.len() <= 2);
+    }
+
+    /// A rate limit of zero answers everyone or no one: refused when the responder binds.
+    #[test]
+    fn a_rate_limit_that_does_not_limit_is_refused() {
+        for (limit, field) in [
+            (
+                RateLimit {
+                    window: Duration::ZERO,
+                    ..RateLimit::default()
+                },
+                "window",
+            ),
+            (
+                RateLimit {
+                    per_source: 0,
+                    ..RateLimit::default()
+                },
+                "per_source",
+            ),
+            (
+                RateLimit {
+                    max_sources: 0,
+                    ..RateLimit::default()
+                },
+                "max_sources",
+            ),
+        ] {
+            let config = ResponderConfig {
+                shoal_port: 4242,
+                rate_limit: limit,
+                ..ResponderConfig::loopback(0)
+            };
+            let e = LanResponder::bind(config).err().expect("refused");
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+            assert!(e.to_string().contains(field), "{e}");
+        }
     }
 
     #[test]
