@@ -909,7 +909,9 @@ mod tests {
                 rate_limit: limit,
                 ..ResponderConfig::loopback(0)
             };
-            let e = LanResponder::bind(config).err().expect("refused");
+            let Err(e) = LanResponder::bind(config) else {
+                panic!("a rate limit without {field} was taken");
+            };
             assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
             assert!(e.to_string().contains(field), "{e}");
         }
