@@ -15,7 +15,9 @@ use crate::clock::Clock;
 
 /// Most datagrams one call reads before it returns, so a flood on Shoal's socket cannot starve
 /// the caller's other sources. What is left is not forgotten: [`MioDriver::next_timeout`]
-/// returns zero until [`MioDriver::update`] has read it.
+/// returns zero until [`MioDriver::update`] has read it. (Counted in receive slots: with GRO
+/// one slot may hold a train of up to 64 datagrams, so the last read may go past it by at
+/// most [`RECV_BATCH`](shoal_std::RECV_BATCH) × 63.)
 pub const MAX_DATAGRAMS_PER_CALL: usize = 4096;
 
 /// The interest [`MioDriver::register`] registers with: readable for arriving datagrams,
@@ -184,7 +186,9 @@ impl MioDriver {
                 .core
                 .receive_batch(Some(now), left, socket, |buf| socket.recv_from(buf))?;
             if read == 0 {
-                self.read_pending = false;
+                // A read cut short by a run of ICMP reports is not an empty socket: read on
+                // next turn (after WouldBlock only would the poller signal it again).
+                self.read_pending = self.core.take_stopped_on_reports();
                 return Ok(());
             }
             left = left.saturating_sub(read);
@@ -256,6 +260,11 @@ impl MioDriver {
 /// at their idle timeout.
 impl Drop for MioDriver {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // (Unwinding from a panic, perhaps the endpoint's: calling into it again could
+            // panic twice and abort the process.)
+            return;
+        }
         let socket = &self.socket;
         self.core.close_all(|d, to| socket.send_to(d, to));
     }

@@ -74,7 +74,8 @@ pub enum HubServerEvent {
         /// Its address.
         remote: SocketAddr,
     },
-    /// A connection ended (the hub has already taken the member out of its rooms).
+    /// A connection ended (the hub has already taken the member out of its rooms; a room
+    /// that closed with it is reported just before).
     Disconnected {
         /// Its connection.
         conn: ConnectionHandle,

@@ -494,8 +494,9 @@ fn an_in_process_hub_reports_members_and_rooms_and_says_goodbye() {
         [
             "connected true",
             "opened den true",
-            "disconnected true ClosedLocally",
+            // The room the member's leaving closes is reported before the member's end.
             "closed den",
+            "disconnected true ClosedLocally",
         ]
     );
 }

@@ -13,6 +13,8 @@ use crate::recv_batch::IoMode;
 
 /// Most datagrams one [`Driver::update`] reads before it moves on to timers and sending, so
 /// a flood cannot hold a game frame hostage. The rest wait in the socket for the next call.
+/// (Counted in receive slots: with GRO one slot may hold a train of up to 64 datagrams, so
+/// the last read may go past it by at most [`RECV_BATCH`](crate::RECV_BATCH) × 63.)
 pub const MAX_DATAGRAMS_PER_UPDATE: usize = 4096;
 
 /// How long [`Driver::poll`] waits at most while a datagram waits for room in the socket's
@@ -248,6 +250,11 @@ impl Driver {
 /// their idle timeout.
 impl Drop for Driver {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // (Unwinding from a panic, perhaps the endpoint's: calling into it again could
+            // panic twice and abort the process.)
+            return;
+        }
         let socket = &self.socket;
         self.core.close_all(|d, to| socket.send_to(d, to));
     }

@@ -82,6 +82,8 @@ pub struct DriverCore {
     icmp_errors_ignored: u64,
     /// Reports skipped since the last datagram or empty read (see `ignored`).
     ignored_in_a_row: u32,
+    /// The last read stopped at `MAX_IGNORED_IN_A_ROW` reports, not on an empty socket.
+    stopped_on_reports: bool,
     /// The socket is an IPv6 one that reaches IPv4 too (see `set_dual_stack`).
     dual_stack: bool,
     sends_blocked: u64,
@@ -129,6 +131,7 @@ impl DriverCore {
             outbox,
             icmp_errors_ignored: 0,
             ignored_in_a_row: 0,
+            stopped_on_reports: false,
             dual_stack: false,
             sends_blocked: 0,
             segmented_sends: 0,
@@ -379,6 +382,7 @@ impl DriverCore {
         match recv_from(&mut self.recv_buf) {
             Ok((len, from)) => {
                 self.ignored_in_a_row = 0;
+                self.stopped_on_reports = false;
                 if Some(from) != self.wake_from {
                     let now = now.unwrap_or_else(|| self.clock.now());
                     self.resync_unix_time(now);
@@ -390,6 +394,7 @@ impl DriverCore {
             Err(e) => match recv_error_action(&e) {
                 RecvErrorAction::Empty => {
                     self.ignored_in_a_row = 0;
+                    self.stopped_on_reports = false;
                     Ok(false)
                 }
                 // Counts as "something happened" so a drain goes on reading.
@@ -412,9 +417,20 @@ impl DriverCore {
         self.ignored_in_a_row += 1;
         if self.ignored_in_a_row >= MAX_IGNORED_IN_A_ROW {
             self.ignored_in_a_row = 0;
+            self.stopped_on_reports = true;
             return false;
         }
         true
+    }
+
+    /// Whether the last read that found nothing stopped on a run of ICMP reports rather
+    /// than on an empty socket (cleared by the call). A driver on an edge-triggered poller
+    /// must then read again without waiting for readiness: the socket never said
+    /// `WouldBlock`, and mio on Windows signals a socket again only after it did, so a run
+    /// of 64 reports (port unreachables, which Windows hands to every read, or spoofed
+    /// ones) would otherwise stop its reads for good.
+    pub fn take_stopped_on_reports(&mut self) -> bool {
+        core::mem::take(&mut self.stopped_on_reports)
     }
 
     /// Chooses how [`receive_batch`](Self::receive_batch) reads `socket`, the driver's own
@@ -491,11 +507,13 @@ impl DriverCore {
             match read {
                 Ok(n) => {
                     self.ignored_in_a_row = 0;
+                    self.stopped_on_reports = false;
                     return Ok(n);
                 }
                 Err(e) => match recv_error_action(&e) {
                     RecvErrorAction::Empty => {
                         self.ignored_in_a_row = 0;
+                        self.stopped_on_reports = false;
                         return Ok(0);
                     }
                     RecvErrorAction::Retry => continue,
@@ -768,9 +786,22 @@ mod tests {
             assert!(calls < 1000, "spins");
         }
         assert_eq!(calls + 1, MAX_IGNORED_IN_A_ROW);
+        assert!(
+            core.take_stopped_on_reports(),
+            "the drain says why it ended"
+        );
+        assert!(!core.take_stopped_on_reports(), "once");
         assert!(core
             .receive_one(None, eacces)
             .expect("the next drain reads again"));
+        let empty = |_: &mut [u8]| -> io::Result<(usize, SocketAddr)> {
+            Err(io::ErrorKind::WouldBlock.into())
+        };
+        assert!(!core.receive_one(None, empty).expect("empty"));
+        assert!(
+            !core.take_stopped_on_reports(),
+            "an empty socket is not a run of reports"
+        );
     }
 
     /// An IPv6 socket connects to an IPv4 address only if it is dual-stack.

@@ -45,7 +45,8 @@ pub enum IoMode {
     Portable,
 }
 
-/// Most datagrams one batched read returns (one 64 KiB slot each, allocated once).
+/// Receive slots of one batched read (64 KiB each, allocated once): a datagram each, or with
+/// GRO a train of up to 64 from one sender.
 pub const RECV_BATCH: usize = 32;
 
 /// A socket a driver can read in batches: on Linux and Android anything with a file
