@@ -39,6 +39,8 @@ pub enum RecvErrorAction {
     /// Unixes, the latter two on a connected socket), or a datagram longer than the buffer
     /// that Windows drops with `WSAEMSGSIZE`. The protocol notices an unreachable peer by
     /// its silence, so skip it and keep reading: one peer's trouble must not stop a server.
+    /// Also the kernel short of buffers or memory for a moment (`ENOBUFS`, `ENOMEM`): a
+    /// datagram is lost, which the protocol recovers from, and the socket is fine.
     Ignore,
     /// Anything else: the socket is unusable.
     Fail,
@@ -49,6 +51,26 @@ pub enum RecvErrorAction {
 const WSAENETRESET: i32 = 10052;
 /// Windows' code for a datagram longer than the receive buffer, which it drops.
 const WSAEMSGSIZE: i32 = 10040;
+
+/// `ENOBUFS` where its number is known (std sorts it as `Uncategorized`).
+fn no_buffers() -> Option<i32> {
+    if cfg!(any(target_os = "linux", target_os = "android")) {
+        Some(105)
+    } else if cfg!(any(
+        target_os = "macos",
+        target_os = "ios",
+        target_os = "freebsd",
+        target_os = "openbsd",
+        target_os = "netbsd",
+        target_os = "dragonfly"
+    )) {
+        Some(55)
+    } else if cfg!(windows) {
+        Some(10055)
+    } else {
+        None
+    }
+}
 
 /// The codes of the other ICMP reports a connected socket's receive surfaces (std sorts
 /// them as `Uncategorized`, or as `PermissionDenied`), each about one peer like the reports
@@ -80,6 +102,9 @@ pub fn recv_error_action(e: &io::Error) -> RecvErrorAction {
     if matches!(e.raw_os_error(), Some(WSAENETRESET | WSAEMSGSIZE)) {
         return RecvErrorAction::Ignore;
     }
+    if e.raw_os_error().is_some() && e.raw_os_error() == no_buffers() {
+        return RecvErrorAction::Ignore;
+    }
     if e.raw_os_error()
         .is_some_and(|code| icmp_reports().contains(&code))
     {
@@ -91,7 +116,8 @@ pub fn recv_error_action(e: &io::Error) -> RecvErrorAction {
         io::ErrorKind::ConnectionReset
         | io::ErrorKind::ConnectionRefused
         | io::ErrorKind::HostUnreachable
-        | io::ErrorKind::NetworkUnreachable => RecvErrorAction::Ignore,
+        | io::ErrorKind::NetworkUnreachable
+        | io::ErrorKind::OutOfMemory => RecvErrorAction::Ignore,
         _ => RecvErrorAction::Fail,
     }
 }
@@ -922,6 +948,13 @@ mod tests {
         assert_eq!(action(NetworkUnreachable), RecvErrorAction::Ignore);
         assert_eq!(action(PermissionDenied), RecvErrorAction::Fail);
         assert_eq!(action(InvalidInput), RecvErrorAction::Fail);
+        // The kernel short of memory or buffers for a moment loses a datagram, not the
+        // socket: a hub or a background thread must not stop on it.
+        assert_eq!(action(OutOfMemory), RecvErrorAction::Ignore);
+        if let Some(code) = no_buffers() {
+            let e = io::Error::from_raw_os_error(code);
+            assert_eq!(recv_error_action(&e), RecvErrorAction::Ignore, "{e}");
+        }
     }
 
     /// Windows reports an ICMP time-to-live exceeded, and a datagram too long for the
