@@ -34,7 +34,8 @@ pub struct DriverStats {
     pub last_send_error: Option<SendFailure>,
     /// Receive errors about one peer or one datagram, skipped: ICMP reports of earlier sends
     /// (`ConnectionReset`, `ConnectionRefused`, unreachable host or network, Windows'
-    /// time-to-live exceeded) and, on Windows, datagrams longer than the buffer.
+    /// time-to-live exceeded), on Windows datagrams longer than the buffer, and the kernel
+    /// short of buffers or memory for a moment (`ENOBUFS`, `ENOMEM`).
     pub icmp_errors_ignored: u64,
     /// Times a send hit `WouldBlock` and the unsent datagrams were kept for a later flush
     /// (with `shoal-mio`, the next writable event).
