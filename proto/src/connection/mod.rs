@@ -186,6 +186,9 @@ struct Messaging {
     /// Responses to send, made on the first one (most connections answer no request) and
     /// given back once idle.
     responses: Option<Box<Responses>>,
+    /// Whether `responses` has any queued: read for every packet of every connection that
+    /// answered a request once, where the box's own line is usually cold.
+    responses_waiting: bool,
     /// Reliable frames in flight and those to send again: made by the first reliable frame,
     /// given back by the idle trim once nothing is in flight (unreliable traffic, most of a
     /// game's, never makes it).
@@ -388,14 +391,13 @@ impl Messaging {
         self.in_flight.as_ref().map_or(0, |f| f.resend.len())
     }
 
-    /// See `InFlight::large_in_window`.
-    fn large_in_window(&self) -> usize {
-        self.in_flight.as_ref().map_or(0, |f| f.large_in_window)
-    }
-
     /// Whether responses wait to be sent.
     fn responses_queued(&self) -> bool {
-        self.responses.as_ref().is_some_and(|r| !r.queue.is_empty())
+        debug_assert_eq!(
+            self.responses_waiting,
+            self.responses.as_ref().is_some_and(|r| !r.queue.is_empty())
+        );
+        self.responses_waiting
     }
 
     /// The request awaiting the response `key` names, if any.
@@ -533,6 +535,7 @@ impl Connection {
                 recv_channels: Vec::new(),
                 partial_channels: 0,
                 responses: None,
+                responses_waiting: false,
                 in_flight: None,
                 frame_epoch: 0,
                 rr_cursor: 0,
@@ -833,6 +836,7 @@ impl Connection {
         // hold would block every response behind it.
         fits_peer_budget(config, len, chunk_count, peer_budget)?;
         self.channel_with_room(config, channel, len)?.queued_bytes += len;
+        self.messaging.responses_waiting = true;
         self.messaging
             .responses
             .get_or_insert_with(Default::default)

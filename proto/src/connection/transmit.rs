@@ -424,6 +424,7 @@ impl Connection {
                 self.messaging
                     .responses
                     .as_ref()
+                    .filter(|_| self.messaging.responses_waiting)
                     .and_then(|r| r.queue.front())
                     .map(|(_, out)| out),
             )
@@ -571,45 +572,50 @@ impl Connection {
         config: &Config,
     ) -> bool {
         let local_user_id = self.local_user_id;
-        // The peer's reassembly our large messages may hold, and the large response being
-        // sent, if any (read before `out` borrows the queues).
-        let (open_chunks, open_reserved) = self
-            .messaging
-            .responses
-            .as_ref()
-            .map_or((0, 0), |r| (r.open_chunks, r.open_reserved));
-        let large_in_window = self.messaging.large_in_window();
         let is_channel = lane < config.channels.len();
-        let (channel, kind, out) = if is_channel {
-            let Some(ch) = self.messaging.send_channels.get_mut(lane) else {
+        // (What the boxes of frames in flight and of responses say is read only for a large
+        // message about to start: their lines are cold on most connections' packets.)
+        let m = &mut self.messaging;
+        let starts_large = |kind: DeliveryKind, out: &Outgoing| {
+            kind.is_reliable() && out.chunk_count > 1 && out.next_chunk == 0
+        };
+        // With each lane's head: the large response being sent, if a large message starts.
+        let (channel, kind, out, open) = if is_channel {
+            let Some(ch) = m.send_channels.get_mut(lane) else {
                 return false; // not made yet: nothing queued
             };
             if !ch.head_ready() {
                 return false;
             }
             let kind = ch.kind;
-            match ch.queue.front_mut() {
-                Some(out) => (lane as u8, kind, out),
-                None => return false,
-            }
+            let Some(out) = ch.queue.front_mut() else {
+                return false;
+            };
+            let open = match &m.responses {
+                Some(r) if starts_large(kind, out) => (r.open_chunks, r.open_reserved),
+                _ => (0, 0),
+            };
+            (lane as u8, kind, out, open)
         } else {
-            match self
-                .messaging
-                .responses
-                .as_mut()
-                .and_then(|r| r.queue.front_mut())
-            {
+            let Some(r) = m.responses.as_mut() else {
+                return false;
+            };
+            let open = (r.open_chunks, r.open_reserved);
+            match r.queue.front_mut() {
                 Some((channel, out)) => {
                     let kind = config.channels[usize::from(*channel)].kind;
-                    (*channel, kind, out)
+                    (*channel, kind, out, open)
                 }
                 None => return false,
             }
         };
-        let starts_large_reliable =
-            kind.is_reliable() && out.chunk_count > 1 && out.next_chunk == 0;
+        let starts_large_reliable = starts_large(kind, out);
         let reserve = reservation(out.chunk_count, config.chunk_payload());
         if starts_large_reliable {
+            // The peer's reassembly our large messages may hold, and the large response
+            // being sent, if any.
+            let large_in_window = m.in_flight.as_ref().map_or(0, |f| f.large_in_window);
+            let (open_chunks, open_reserved) = open;
             let held = large_in_window + open_reserved;
             let busy_response = out.response && open_chunks > 0;
             if busy_response || held + reserve > self.peer_reassembly_budget {
@@ -664,6 +670,7 @@ impl Connection {
             if done {
                 if let Some(r) = &mut self.messaging.responses {
                     r.queue.pop_front();
+                    self.messaging.responses_waiting = !r.queue.is_empty();
                 }
             }
         }
