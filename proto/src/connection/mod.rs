@@ -894,6 +894,15 @@ impl Connection {
         lost.refresh_request_timer();
     }
 
+    /// Stops coding's encoder, keeping the count of repairs it sent.
+    fn drop_encoder(&mut self) {
+        if let Some(tx) = self.transport.fec_tx.take() {
+            if tx.repairs_sent > 0 {
+                self.stats.rare.get().repairs_sent += tx.repairs_sent;
+            }
+        }
+    }
+
     fn refresh_request_timer(&mut self) {
         let next = self
             .messaging
@@ -966,7 +975,7 @@ impl Connection {
         self.transport.received.release_room();
         self.transport.paths.trim();
         if !self.transport.coding {
-            self.transport.fec_tx = None;
+            self.drop_encoder();
         }
         // Repairs of packets a keepalive interval old would come too late to help. (What
         // its solving still owes stays: a peer could otherwise have the decoder given back,
@@ -1177,12 +1186,18 @@ impl Connection {
     /// Snapshot of the counters, with the live RTT and window.
     pub(crate) fn stats(&self) -> ConnectionStats {
         let mut s = self.stats.snapshot();
+        s.repairs_sent += self
+            .transport
+            .fec_tx
+            .as_ref()
+            .map_or(0, |tx| tx.repairs_sent);
         s.smoothed_rtt = self.transport.sent.rtt.measured().unwrap_or_default();
         s.rtt_variance = self.transport.sent.rtt.variance();
         s.congestion_window = self.transport.sent.congestion.window();
         s.spurious_losses = self.transport.sent.spurious_losses;
         s.superseded = self.superseded;
-        s.recent_loss_ppm = ((self.transport.loss_rate * 1_000_000) >> 32) as u32;
+        s.recent_loss_ppm = ((u128::from(self.transport.loss_rate) * 1_000_000) >> 32)
+            .min(u128::from(u32::MAX)) as u32;
         s
     }
 
@@ -1517,12 +1532,7 @@ mod tests {
                 .poll_transmit(now, &mut buf, &config, &mut outcome)
                 .is_some());
         }
-        let repairs = |c: &Connection| {
-            (
-                c.transport.repaired_through,
-                c.stats.rare.read().repairs_sent,
-            )
-        };
+        let repairs = |c: &Connection| (c.transport.repaired_through, c.stats().repairs_sent);
         let before = repairs(&c);
         assert!(before.1 > 0, "the packets carry repairs");
         let f = c.messaging.in_flight();

@@ -280,7 +280,9 @@ impl Connection {
         }
         if let Some(symbol_len) = repair {
             buf[count_at] |= wire::REPAIR_BIT;
-            self.stats.rare.get().repairs_sent += 1;
+            if let Some(tx) = self.transport.fec_tx.as_deref_mut() {
+                tx.repairs_sent += 1;
+            }
             self.stats.payload_bytes_transmitted += symbol_len as u64;
         }
         if coding && frames_written > 0 {
@@ -706,7 +708,7 @@ impl Connection {
             self.transport.coding = true;
         } else if self.transport.loss_rate < PER_MILLE / 20 && self.transport.coding {
             self.transport.coding = false;
-            self.transport.fec_tx = None;
+            self.drop_encoder();
         }
         self.transport.coding && config.redundancy > 0
     }

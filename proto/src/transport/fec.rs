@@ -293,6 +293,10 @@ impl<const N: usize, T: Copy> FrameLog<N, T> {
 #[derive(Debug, Default)]
 pub(crate) struct RepairEncoder {
     sent: FrameLog<COVERAGE, Instant>,
+    /// Repairs sent while this encoder lived (counted here, beside the log a repair is
+    /// written from, rather than in the connection's cold rare counters; folded into those
+    /// when the encoder goes).
+    pub(crate) repairs_sent: u64,
 }
 
 /// What a repair covers, found before it is written: the newest covered packet, the
