@@ -125,11 +125,9 @@ pub struct Config {
     pub reassembly_timeout: Duration,
     /// RTT assumed before the first measurement (default 100 ms).
     pub initial_rtt: Duration,
-    /// Deadline for a request's response, after which `RequestTimedOut` is emitted
-    /// (default 5 s).
-    pub request_timeout: Duration,
-    /// Most outstanding requests per connection (default 1,024).
-    pub max_pending_requests: usize,
+    /// Optional send-rate limit per connection in bytes per second (token bucket; default
+    /// `None`, no limit beyond congestion control).
+    pub max_send_rate: Option<u64>,
     /// How packets after the handshake are protected (default [`Protection::Encrypted`]).
     /// A peer configured differently is refused with a clear reason.
     pub protection: Protection,
@@ -189,9 +187,12 @@ pub struct Config {
     pub handshake_resend_interval: Duration,
     /// How long a server's cookie stays valid (default 10 s).
     pub cookie_lifetime: Duration,
-    /// Optional send-rate limit per connection in bytes per second (token bucket; default
-    /// `None`, no limit beyond congestion control).
-    pub max_send_rate: Option<u64>,
+    // ---- requests (read per request, not per packet)
+    /// Deadline for a request's response, after which `RequestTimedOut` is emitted
+    /// (default 5 s).
+    pub request_timeout: Duration,
+    /// Most outstanding requests per connection (default 1,024).
+    pub max_pending_requests: usize,
     /// The rate at which this endpoint takes key exchanges (default 2,048 a second, in
     /// bursts of up to 16,384: every player of a full server reconnecting at once). Each
     /// costs the server some 100-150 µs of X25519; past the rate a `Connect` is dropped
