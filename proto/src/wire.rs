@@ -523,7 +523,15 @@ pub(crate) fn encode_ack(
 fn put_varint(w: &mut Writer<'_>, v: u32) -> Option<()> {
     let mut prefix = [0u8; MAX_VARINT_LEN];
     let n = encode_varint(v, &mut prefix)?;
-    w.put(&prefix[..n])
+    if w.remaining() < n {
+        return None;
+    }
+    // Byte by byte: a slice of a length known only at run time is copied by a call to
+    // `memcpy`, some 1% of a simulated game's time for one to three bytes per ack range.
+    for &byte in &prefix[..n] {
+        w.u8(byte)?;
+    }
+    Some(())
 }
 
 /// A decoded packet, borrowing variable-length parts from the datagram.
@@ -1350,9 +1358,7 @@ impl Frame<'_> {
     /// Appends this frame to a packet being written.
     pub(crate) fn encode(&self, w: &mut Writer<'_>) -> Option<()> {
         self.header.encode(w)?;
-        let mut prefix = [0u8; MAX_VARINT_LEN];
-        let n = encode_varint(u32::try_from(self.payload.len()).ok()?, &mut prefix)?;
-        w.put(&prefix[..n])?;
+        put_varint(w, u32::try_from(self.payload.len()).ok()?)?;
         w.put(self.payload)
     }
 
