@@ -189,6 +189,9 @@ struct Messaging {
     /// Whether `responses` has any queued: read for every packet of every connection that
     /// answered a request once, where the box's own line is usually cold.
     responses_waiting: bool,
+    /// Whether `in_flight` has frames to send again (set with each, cleared where its queue
+    /// is seen empty): read for every packet likewise.
+    resend_waiting: bool,
     /// Reliable frames in flight and those to send again: made by the first reliable frame,
     /// given back by the idle trim once nothing is in flight (unreliable traffic, most of a
     /// game's, never makes it).
@@ -391,6 +394,12 @@ impl Messaging {
         self.in_flight.as_ref().map_or(0, |f| f.resend.len())
     }
 
+    /// Whether lost frames wait to be sent again, without reading the box they wait in.
+    fn resend_waiting(&self) -> bool {
+        debug_assert_eq!(self.resend_waiting, self.resend_len() > 0);
+        self.resend_waiting
+    }
+
     /// Whether responses wait to be sent.
     fn responses_queued(&self) -> bool {
         debug_assert_eq!(
@@ -536,6 +545,7 @@ impl Connection {
                 partial_channels: 0,
                 responses: None,
                 responses_waiting: false,
+                resend_waiting: false,
                 in_flight: None,
                 frame_epoch: 0,
                 rr_cursor: 0,
@@ -951,6 +961,7 @@ impl Connection {
                 // Every key still to resend names an acknowledged frame (lost, then
                 // acknowledged after all): nothing is left to send again.
                 f.resend.clear();
+                self.messaging.resend_waiting = false;
                 // Every channel is idle: each large message's reservation went back with
                 // its last frame's acknowledgement.
                 debug_assert_eq!(
@@ -1176,6 +1187,7 @@ impl Connection {
                     frame.in_flight = frame.in_flight.saturating_sub(1);
                     if frame.in_flight == 0 {
                         f.resend.push_back(key);
+                        self.messaging.resend_waiting = true;
                     }
                 }
             }
@@ -1553,6 +1565,7 @@ mod tests {
         });
         f.frames.remove(key);
         f.resend.push_back(key);
+        c.messaging.resend_waiting = true;
         now += core::time::Duration::from_millis(1);
         assert!(c
             .poll_transmit(now, &mut buf, &config, &mut outcome)

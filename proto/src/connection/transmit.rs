@@ -451,7 +451,7 @@ impl Connection {
     }
 
     fn has_data_to_send(&self) -> bool {
-        self.messaging.resend_len() > 0
+        self.messaging.resend_waiting()
             || self.messaging.responses_queued()
             || self.maybe_queued_channels().any(SendChannel::head_ready)
     }
@@ -495,6 +495,7 @@ impl Connection {
             f.resend.pop_front();
             written += 1;
         }
+        self.messaging.resend_waiting = !f.resend.is_empty();
         written
     }
 

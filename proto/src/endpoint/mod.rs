@@ -453,6 +453,9 @@ impl Endpoint {
             }
             1 => {
                 hints::slice(sink, &self.slots);
+                // The channels' settings (a packet's frames read their kinds): the config's
+                // own heap block, apart from its first lines.
+                hints::slice(sink, &self.config.channels);
                 self.events.hints(sink);
                 self.wakeups.hints(sink);
                 hints::deque_ends(sink, &self.dirty);
