@@ -476,14 +476,10 @@ mod tests {
     use shoal_proto::hub;
     use shoal_std::Driver;
 
-    /// A turn that fills the reports with events still waiting says so (`run_once` then
-    /// returns at once for them to be read rather than sleeping until a datagram or a
-    /// timer); a turn that takes nothing (nobody read) does not.
-    #[test]
-    fn a_turn_that_fills_the_reports_returns_for_them_to_be_read() {
-        let mut server =
-            HubServer::bind("127.0.0.1:0", hub::endpoint_config(), HubConfig::default())
-                .expect("hub binds");
+    /// A hub on loopback, and a member's driver whose connection to it has started.
+    fn hub_and_member() -> (HubServer, Driver, ConnectionHandle) {
+        let server = HubServer::bind("127.0.0.1:0", hub::endpoint_config(), HubConfig::default())
+            .expect("hub binds");
         let config = Config {
             accept_incoming: false,
             ..hub::endpoint_config()
@@ -492,6 +488,15 @@ mod tests {
         let conn = member
             .connect(server.local_addr(), &[])
             .expect("connect starts");
+        (server, member, conn)
+    }
+
+    /// A turn that fills the reports with events still waiting says so (`run_once` then
+    /// returns at once for them to be read rather than sleeping until a datagram or a
+    /// timer); a turn that takes nothing (nobody read) does not.
+    #[test]
+    fn a_turn_that_fills_the_reports_returns_for_them_to_be_read() {
+        let (mut server, mut member, conn) = hub_and_member();
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         let mut sent = 0;
         // Nobody reads until the reports are full with more than a hundred events still
@@ -530,17 +535,7 @@ mod tests {
     #[test]
     fn rooms_a_member_opens_and_closes_are_reported_before_its_disconnect() {
         use shoal_proto::hub::{HubClient, RoomOptions};
-        let mut server =
-            HubServer::bind("127.0.0.1:0", hub::endpoint_config(), HubConfig::default())
-                .expect("hub binds");
-        let config = Config {
-            accept_incoming: false,
-            ..hub::endpoint_config()
-        };
-        let mut member = Driver::bind("127.0.0.1:0", config).expect("bind a member");
-        let conn = member
-            .connect(server.local_addr(), &[])
-            .expect("connect starts");
+        let (mut server, mut member, conn) = hub_and_member();
         let mut client = HubClient::new(conn, member.endpoint().config()).expect("client");
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while client.user_id().is_none() {

@@ -52,18 +52,23 @@ const WSAENETRESET: i32 = 10052;
 /// Windows' code for a datagram longer than the receive buffer, which it drops.
 const WSAEMSGSIZE: i32 = 10040;
 
+/// Linux and Android (one kernel, one set of error numbers).
+const LINUX: bool = cfg!(any(target_os = "linux", target_os = "android"));
+/// macOS, iOS and the BSDs (the BSD error numbers).
+const BSD: bool = cfg!(any(
+    target_os = "macos",
+    target_os = "ios",
+    target_os = "freebsd",
+    target_os = "openbsd",
+    target_os = "netbsd",
+    target_os = "dragonfly"
+));
+
 /// `ENOBUFS` where its number is known (std sorts it as `Uncategorized`).
 fn no_buffers() -> Option<i32> {
-    if cfg!(any(target_os = "linux", target_os = "android")) {
+    if LINUX {
         Some(105)
-    } else if cfg!(any(
-        target_os = "macos",
-        target_os = "ios",
-        target_os = "freebsd",
-        target_os = "openbsd",
-        target_os = "netbsd",
-        target_os = "dragonfly"
-    )) {
+    } else if BSD {
         Some(55)
     } else if cfg!(windows) {
         Some(10055)
@@ -81,16 +86,9 @@ fn no_buffers() -> Option<i32> {
 /// way to an IPv6 peer that rejects rather than drops). macOS and the BSDs: fragmentation
 /// needed, protocol unreachable, host down.
 fn icmp_reports() -> &'static [i32] {
-    if cfg!(any(target_os = "linux", target_os = "android")) {
+    if LINUX {
         &[90, 71, 92, 112, 64, 95, 13]
-    } else if cfg!(any(
-        target_os = "macos",
-        target_os = "ios",
-        target_os = "freebsd",
-        target_os = "openbsd",
-        target_os = "netbsd",
-        target_os = "dragonfly"
-    )) {
+    } else if BSD {
         &[40, 42, 64]
     } else {
         &[]
