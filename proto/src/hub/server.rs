@@ -712,28 +712,23 @@ impl Hub {
                 self.pending_joins
             ));
         }
+        // The open rooms `of` says, against a member's list of them.
+        let compare = |what: &str, of: &dyn Fn(&Room) -> bool, listed: &[u16]| {
+            let mut found: Vec<u16> = open().filter(|(_, r)| of(r)).map(|(id, _)| id).collect();
+            let mut listed = listed.to_vec();
+            found.sort_unstable();
+            listed.sort_unstable();
+            (found != listed).then(|| format!("{what} {found:?}, listed {listed:?}"))
+        };
         for (user, m) in self.members.slots.iter().enumerate() {
             let Some(m) = m else { continue };
             let user = user as u16;
-            let mut asking: Vec<u16> = open()
-                .filter(|(_, r)| r.pending.iter().any(|p| p.user == user))
-                .map(|(id, _)| id)
-                .collect();
-            let mut listed = m.asking.clone();
-            asking.sort_unstable();
-            listed.sort_unstable();
-            if asking != listed {
-                return Err(format!("{user} waits in {asking:?}, listed {listed:?}"));
+            let waits = |r: &Room| r.pending.iter().any(|p| p.user == user);
+            if let Some(e) = compare("waits in", &waits, &m.asking) {
+                return Err(format!("{user} {e}"));
             }
-            let mut created: Vec<u16> = open()
-                .filter(|(_, r)| r.creator == Some(user))
-                .map(|(id, _)| id)
-                .collect();
-            let mut listed = m.created.clone();
-            created.sort_unstable();
-            listed.sort_unstable();
-            if created != listed {
-                return Err(format!("{user} created {created:?}, listed {listed:?}"));
+            if let Some(e) = compare("created", &|r: &Room| r.creator == Some(user), &m.created) {
+                return Err(format!("{user} {e}"));
             }
         }
         if let Some((id, r)) =
