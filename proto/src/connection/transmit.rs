@@ -219,7 +219,12 @@ impl Connection {
             // Split what is queued evenly over the packets it needs: the repairs that cover
             // them are as long as the longest.
             // Queued payload, plus about what frame headers add to small messages.
-            let queued = self.queued_bytes() * 6 / 5 + 40 * self.messaging.resend_len();
+            let resends = if self.messaging.resend_waiting() {
+                self.messaging.resend_len()
+            } else {
+                0
+            };
+            let queued = self.queued_bytes() * 6 / 5 + 40 * resends;
             let packets = queued.div_ceil(half.max(1)).max(1);
             w.limit(
                 queued
@@ -431,12 +436,17 @@ impl Connection {
                     .map(|(_, out)| out),
             )
             .map(frame);
-        let resent = self.messaging.in_flight.iter().flat_map(|f| {
-            f.resend
-                .iter()
-                .take(64)
-                .filter_map(|&key| Some(frame_len(f.frames.get(key)?.payload.len())))
-        });
+        let resent = self
+            .messaging
+            .in_flight
+            .iter()
+            .filter(|_| self.messaging.resend_waiting)
+            .flat_map(|f| {
+                f.resend
+                    .iter()
+                    .take(64)
+                    .filter_map(|&key| Some(frame_len(f.frames.get(key)?.payload.len())))
+            });
         queued.chain(resent).max().unwrap_or(0)
     }
 
