@@ -389,14 +389,23 @@ impl Messaging {
         self.in_flight.as_ref().map_or(0, |f| f.frames.len())
     }
 
-    /// Lost frames waiting to be sent again (some perhaps acknowledged since).
+    /// Lost frames waiting to be sent again (some perhaps acknowledged since); the box they
+    /// wait in is read only when the flag says it holds some.
     fn resend_len(&self) -> usize {
+        if !self.resend_waiting() {
+            return 0;
+        }
         self.in_flight.as_ref().map_or(0, |f| f.resend.len())
     }
 
     /// Whether lost frames wait to be sent again, without reading the box they wait in.
     fn resend_waiting(&self) -> bool {
-        debug_assert_eq!(self.resend_waiting, self.resend_len() > 0);
+        debug_assert_eq!(
+            self.resend_waiting,
+            self.in_flight
+                .as_ref()
+                .is_some_and(|f| !f.resend.is_empty())
+        );
         self.resend_waiting
     }
 

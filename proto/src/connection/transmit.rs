@@ -219,12 +219,7 @@ impl Connection {
             // Split what is queued evenly over the packets it needs: the repairs that cover
             // them are as long as the longest.
             // Queued payload, plus about what frame headers add to small messages.
-            let resends = if self.messaging.resend_waiting() {
-                self.messaging.resend_len()
-            } else {
-                0
-            };
-            let queued = self.queued_bytes() * 6 / 5 + 40 * resends;
+            let queued = self.queued_bytes() * 6 / 5 + 40 * self.messaging.resend_len();
             let packets = queued.div_ceil(half.max(1)).max(1);
             w.limit(
                 queued

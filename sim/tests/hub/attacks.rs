@@ -12,6 +12,20 @@ use crate::world::{
     small_rooms_hub_config, world, world_with, World,
 };
 
+/// Member 0 asks, through its raw endpoint, for four requests to member 1 relayed on the
+/// hub's control channel.
+fn control_channel_requests(sim: &mut Simulator, w: &mut World) {
+    let b = w.user(1);
+    let control = hub::DEFAULT_CONTROL_CHANNEL;
+    let conn = w.client(0).connection();
+    for n in 0..4u32 {
+        let now = sim.now();
+        sim.endpoint_mut(w.members[0])
+            .request_redirected(now, conn, control, numbered(control, n, 100), Some(b))
+            .expect("queued");
+    }
+}
+
 /// Whether a request from member `from` to member `to` reaches it (what `to` had waiting is
 /// dropped first).
 fn request_reaches(sim: &mut Simulator, w: &mut World, from: usize, to: usize) -> bool {
@@ -459,15 +473,7 @@ fn join_and_refuse_in_a_loop_does_not_grow_the_approval_deadlines() {
 fn requests_on_the_control_channel_are_not_relayed() {
     let (mut sim, mut w) = world(37, 2, hub_config(), link(0.0));
     room_of_all(&mut sim, &mut w, "ctl");
-    let b = w.user(1);
-    let control = hub::DEFAULT_CONTROL_CHANNEL;
-    let conn = w.client(0).connection();
-    for n in 0..4u32 {
-        let now = sim.now();
-        sim.endpoint_mut(w.members[0])
-            .request_redirected(now, conn, control, numbered(control, n, 100), Some(b))
-            .expect("queued");
-    }
+    control_channel_requests(&mut sim, &mut w);
     w.run(&mut sim, 500);
     let stats = w.hub.stats();
     assert_eq!(stats.dropped_requests, 4);
@@ -805,18 +811,11 @@ fn dropped_requests_spend_the_askers_budget() {
     };
     let (mut sim, mut w) = world(40, 2, config, link(0.0));
     room_of_all(&mut sim, &mut w, "ctl");
-    let b = w.user(1);
-    let control = hub::DEFAULT_CONTROL_CHANNEL;
-    let conn = w.client(0).connection();
-    for n in 0..4u32 {
-        let now = sim.now();
-        sim.endpoint_mut(w.members[0])
-            .request_redirected(now, conn, control, numbered(control, n, 100), Some(b))
-            .expect("queued");
-    }
+    control_channel_requests(&mut sim, &mut w);
     w.run(&mut sim, 300);
     assert_eq!(w.hub.stats().dropped_requests, 4);
     w.take(1);
+    let b = w.user(1);
     w.act(&mut sim, 0, |cl, ep| {
         cl.send(ep, Target::User(b), 2, numbered(2, 9, 20))
     })
