@@ -42,8 +42,8 @@ impl Pacer {
         config.max_send_rate.map_or(rate, |cap| rate.min(cap))
     }
 
-    /// Adds the tokens earned since the last refill; returns the rate.
-    fn refill(&mut self, now: Instant, window: u64, rtt: Duration, config: &Config) -> u64 {
+    /// Adds the tokens earned since the last refill; returns the rate and the bucket's size.
+    fn refill(&mut self, now: Instant, window: u64, rtt: Duration, config: &Config) -> (u64, u64) {
         let mtu = config.mtu as u64;
         let burst = mul_div(window, micros(BURST_INTERVAL), micros(rtt).max(1));
         let mut capacity = burst.clamp(MIN_BURST_PACKETS * mtu, MAX_BURST_PACKETS * mtu);
@@ -63,10 +63,14 @@ impl Pacer {
             None => self.last = now.into(),
         }
         self.tokens = self.tokens.min(capacity);
-        rate
+        (rate, capacity)
     }
 
-    /// When a packet of `bytes` may leave: `None` means now.
+    /// When a packet of `bytes` may leave: `None` means now. A packet that must wait waits
+    /// for a whole burst: the bucket is then full again, and what is queued goes out a burst
+    /// at a time, one wake-up for each rather than one for each datagram. (The rate is the
+    /// same; a small packet queued meanwhile still leaves at once if the tokens built up
+    /// since cover it.)
     pub(crate) fn delay(
         &mut self,
         now: Instant,
@@ -75,12 +79,12 @@ impl Pacer {
         rtt: Duration,
         config: &Config,
     ) -> Option<Instant> {
-        let rate = self.refill(now, window, rtt, config);
+        let (rate, capacity) = self.refill(now, window, rtt, config);
         let bytes = bytes as u64;
         if self.tokens >= bytes {
             return None;
         }
-        let wait = mul_div(bytes - self.tokens, 1_000_000, rate);
+        let wait = mul_div(capacity.max(bytes) - self.tokens, 1_000_000, rate);
         Some(now + Duration::from_micros(wait.max(1)))
     }
 

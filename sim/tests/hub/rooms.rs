@@ -209,7 +209,15 @@ fn requests_relay_to_one_member_and_its_response_comes_back() {
         }
     }
     assert!(answered >= 10);
-    assert_eq!(w.hub.stats().relayed_responses, responses.len() as u64);
+    // Every response that came back was relayed, and nothing the member did not send was;
+    // an unreliable one may be lost after the hub relayed it (several small ones share a
+    // packet, and one loss takes them all).
+    let relayed = w.hub.stats().relayed_responses;
+    assert!(
+        (responses.len() as u64..=answered).contains(&relayed),
+        "relayed {relayed}, answered {answered}, came back {}",
+        responses.len()
+    );
 }
 
 #[test]
