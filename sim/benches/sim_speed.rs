@@ -18,6 +18,7 @@
 //! | `SHOAL_BENCH_BATCHING` | 1 | 0 runs every happening in one time order (`node_batching` off) |
 //! | `SHOAL_BENCH_LOSS` | 1 | percent of datagrams each link loses |
 //! | `SHOAL_BENCH_HINTS` | 1 on x86-64 | 0 turns the prefetching of the next nodes' state off (`memory_hints`) |
+//! | `SHOAL_BENCH_FROM` | 2 | simulated second the steady state is timed from (12 skips the first round of large messages, which grows every connection's buffers) |
 
 use std::time::{Duration, Instant};
 

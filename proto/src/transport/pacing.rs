@@ -158,4 +158,38 @@ mod tests {
         assert!(spread >= Duration::from_millis(60), "{spread:?}");
         assert!(spread <= Duration::from_millis(100), "{spread:?}");
     }
+
+    #[test]
+    fn a_paced_sender_is_woken_once_per_burst_not_once_per_packet() {
+        let mtu = 1200;
+        let window = 100 * mtu as u64;
+        let rtt = Duration::from_millis(100);
+        let config = Config {
+            mtu,
+            max_send_rate: None,
+            ..Config::default()
+        };
+        let mut p = Pacer::new(&config);
+        let mut now = Instant::from_millis(1000);
+        let (mut sent, mut wakes) = (0, 0);
+        let mut at_wake = 0;
+        while sent < 100 {
+            match p.delay(now, mtu, window, rtt, &config) {
+                None => {
+                    p.on_sent(mtu);
+                    sent += 1;
+                    at_wake += 1;
+                }
+                Some(at) => {
+                    assert!(at > now);
+                    // Each wake-up lets a whole burst go (but the first, the bucket's start).
+                    assert!(wakes == 0 || at_wake == MIN_BURST_PACKETS, "{at_wake} at a wake");
+                    now = at;
+                    wakes += 1;
+                    at_wake = 0;
+                }
+            }
+        }
+        assert_eq!(wakes, 9, "100 packets in bursts of 10");
+    }
 }
