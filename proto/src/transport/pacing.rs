@@ -66,15 +66,16 @@ impl Pacer {
         (rate, capacity)
     }
 
-    /// When a packet of `bytes` may leave: `None` means now. A packet that must wait waits
-    /// for a whole burst: the bucket is then full again, and what is queued goes out a burst
-    /// at a time, one wake-up for each rather than one for each datagram. (The rate is the
-    /// same; a small packet queued meanwhile still leaves at once if the tokens built up
-    /// since cover it.)
+    /// When a packet of `bytes` may leave, with `waiting` bytes queued behind it: `None`
+    /// means now. A packet that must wait waits until the tokens cover what is queued, up to
+    /// a whole burst: a small message goes as soon as a packet's worth has built up, and a
+    /// large message's chunks leave a burst at a time, one wake-up for each burst rather than
+    /// one for each datagram (the rate is the same).
     pub(crate) fn delay(
         &mut self,
         now: Instant,
         bytes: usize,
+        waiting: usize,
         window: u64,
         rtt: Duration,
         config: &Config,
@@ -84,7 +85,8 @@ impl Pacer {
         if self.tokens >= bytes {
             return None;
         }
-        let wait = mul_div(capacity.max(bytes) - self.tokens, 1_000_000, rate);
+        let target = (waiting as u64).min(capacity).max(bytes);
+        let wait = mul_div(target - self.tokens, 1_000_000, rate);
         Some(now + Duration::from_micros(wait.max(1)))
     }
 
@@ -142,7 +144,7 @@ mod tests {
         let mut sent = 0;
         let mut burst = 0;
         while sent < 100 {
-            match p.delay(now, mtu, window, rtt, &config) {
+            match p.delay(now, mtu, (100 - sent) * mtu, window, rtt, &config) {
                 None => {
                     p.on_sent(mtu);
                     sent += 1;
@@ -174,7 +176,7 @@ mod tests {
         let (mut sent, mut wakes) = (0, 0);
         let mut at_wake = 0;
         while sent < 100 {
-            match p.delay(now, mtu, window, rtt, &config) {
+            match p.delay(now, mtu, (100 - sent) * mtu, window, rtt, &config) {
                 None => {
                     p.on_sent(mtu);
                     sent += 1;
@@ -183,7 +185,10 @@ mod tests {
                 Some(at) => {
                     assert!(at > now);
                     // Each wake-up lets a whole burst go (but the first, the bucket's start).
-                    assert!(wakes == 0 || at_wake == MIN_BURST_PACKETS, "{at_wake} at a wake");
+                    assert!(
+                        wakes == 0 || at_wake == MIN_BURST_PACKETS,
+                        "{at_wake} at a wake"
+                    );
                     now = at;
                     wakes += 1;
                     at_wake = 0;
@@ -191,5 +196,27 @@ mod tests {
             }
         }
         assert_eq!(wakes, 9, "100 packets in bursts of 10");
+    }
+
+    #[test]
+    fn a_small_message_behind_a_spent_bucket_waits_for_one_packet_not_a_burst() {
+        let mtu = 1200;
+        let window = 100 * mtu as u64;
+        let rtt = Duration::from_millis(100);
+        let config = Config {
+            mtu,
+            max_send_rate: None,
+            ..Config::default()
+        };
+        let mut p = Pacer::new(&config);
+        let now = Instant::from_millis(1000);
+        while p.delay(now, mtu, 100 * mtu, window, rtt, &config).is_none() {
+            p.on_sent(mtu);
+        }
+        // 1.25 packets a millisecond: a packet's worth in under a millisecond, a burst in 8.
+        let one = p.delay(now, mtu, 40, window, rtt, &config).unwrap();
+        let burst = p.delay(now, mtu, 100 * mtu, window, rtt, &config).unwrap();
+        assert!(one - now <= Duration::from_millis(1), "{:?}", one - now);
+        assert!(burst - now >= Duration::from_millis(7), "{:?}", burst - now);
     }
 }
