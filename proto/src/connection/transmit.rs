@@ -147,10 +147,7 @@ impl Connection {
         let rtt = self.transport.sent.rtt.smoothed();
         let wants_data = self.has_data_to_send();
         let paced = if wants_data && !probe {
-            let waiting = self.queued_bytes();
-            self.transport
-                .pacer
-                .delay(now, mtu, waiting, window, rtt, config)
+            self.transport.pacer.delay(now, mtu, window, rtt, config)
         } else {
             None
         };
