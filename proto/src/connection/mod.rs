@@ -49,7 +49,7 @@ pub(crate) use secure::{
     CONTROL_MAX,
 };
 
-pub(crate) use receive::{DataResult, FrameBytes};
+pub(crate) use receive::DataResult;
 
 /// Pinged packets (reliable frames, probes) received before an acknowledgement goes out
 /// without delay.
@@ -145,8 +145,8 @@ pub(crate) struct Shared<'a> {
 /// Empty between packets: nothing in them outlives the call that filled them.
 #[derive(Default)]
 pub(crate) struct Scratch {
-    /// The frames of the packet being taken (payloads are slices of it).
-    parsed_frames: Vec<(MessageHeader, Bytes)>,
+    /// The frames of the packet being taken (each payload where it lies in the packet).
+    parsed_frames: Vec<(MessageHeader, core::ops::Range<usize>)>,
     /// Its whole ordered messages: (channel, sequence, length).
     ordered: Vec<(u8, u64, usize)>,
     /// Packets rebuilt from repairs, waiting to be taken.
@@ -1436,9 +1436,7 @@ mod tests {
             chunk: None,
         };
         let mut admit = |c: &mut Connection, config: &Config, event_share: usize| {
-            scratch
-                .parsed_frames
-                .push((header, Bytes::from_static(b"m")));
+            scratch.parsed_frames.push((header, 0..1));
             if event_share == 1 << 21 {
                 // With a chunk of an unreliable message, which must leave room to the rest.
                 let chunk = Some(ChunkInfo { index: 0, count: 2 });
@@ -1447,9 +1445,7 @@ mod tests {
                     chunk,
                     ..header
                 };
-                scratch
-                    .parsed_frames
-                    .push((unreliable, Bytes::from_static(b"c")));
+                scratch.parsed_frames.push((unreliable, 0..1));
             }
             scratch.ordered.extend([(3, 0, 80), (3, 4_000, 80)]);
             let mut shared = Shared {

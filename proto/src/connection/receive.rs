@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::event::Relay;
+use crate::messaging::channel::Payload;
 use crate::transport::fec::RepairDecoder;
 use crate::transport::path::PathStatus;
 use crate::transport::received::Verdict;
@@ -24,38 +25,16 @@ pub(crate) enum DataResult {
     Migrated(SocketAddr),
 }
 
-/// A packet's frames, with the buffer they lie in: a payload is handed out as a slice of
-/// the buffer (a reference count, no copy). The endpoint passes the whole opened datagram as
-/// the buffer rather than a slice of it for the frames: a slice would cost a count taken and
-/// given back per datagram, atomic operations that drain the store buffer.
-#[derive(Clone, Copy)]
-pub(crate) struct FrameBytes<'a> {
-    /// Holds `frames`.
-    pub(crate) owner: &'a Bytes,
-    pub(crate) frames: &'a [u8],
-}
-
-impl FrameBytes<'_> {
-    /// `payload` (within `frames`) as shared bytes.
-    fn share(&self, payload: &[u8]) -> Bytes {
-        if payload.is_empty() {
-            Bytes::new()
-        } else {
-            self.owner.slice_ref(payload)
-        }
-    }
-}
-
 impl Connection {
     /// Handles a `Data` packet from `from` addressed to this connection. `frames` holds the
-    /// packet's frames; payloads are handed out as slices of it.
+    /// packet's frames, borrowed for the call: what is kept of them is copied out.
     pub(crate) fn handle_data(
         &mut self,
         now: Instant,
         from: SocketAddr,
         datagram_len: usize,
         header: &DataHeader<'_>,
-        frames: FrameBytes<'_>,
+        frames: &[u8],
         shared: &mut Shared<'_>,
     ) -> DataResult {
         let config = shared.config;
@@ -214,7 +193,7 @@ impl Connection {
     /// hold, or why the packet must be dropped.
     fn parse_frames(
         &mut self,
-        frames: FrameBytes<'_>,
+        frames: &[u8],
         config: &Config,
         scratch: &mut Scratch,
     ) -> Result<usize, DropReason> {
@@ -226,7 +205,7 @@ impl Connection {
         ordered.clear();
         let max_chunks = chunks_for(config, config.max_message_size);
         let mut verdict = Ok(());
-        for frame in Frames::new(frames.frames) {
+        for frame in Frames::new(frames) {
             let frame = match frame {
                 Ok(f) => f,
                 Err(_) => {
@@ -275,7 +254,9 @@ impl Connection {
                     ordered.push((h.channel, seq, frame.payload.len()));
                 }
             }
-            parsed.push((h, frames.share(frame.payload)));
+            // (Where it lies in `frames`: the frames are only borrowed.)
+            let start = frame.payload.as_ptr().addr() - frames.as_ptr().addr();
+            parsed.push((h, start..start + frame.payload.len()));
         }
         if verdict.is_err() {
             ordered.clear();
@@ -360,7 +341,7 @@ impl Connection {
         &mut self,
         now: Instant,
         pn: u64,
-        frames: FrameBytes<'_>,
+        frames: &[u8],
         admitted: usize,
         shared: &mut Shared<'_>,
     ) -> bool {
@@ -369,7 +350,8 @@ impl Connection {
         // Room the packet's reliable frames and responses were admitted with but have not
         // taken yet: unreliable chunks ahead of them in the packet must leave it to them.
         let mut promised = admitted;
-        for (i, (header, payload)) in parsed.drain(..).enumerate() {
+        for (i, (header, at)) in parsed.drain(..).enumerate() {
+            let payload = frames.get(at).unwrap_or_default();
             // (What an unreliable frame takes comes out of the room, not out of the promise.)
             let admitted_with_packet = header.send_type == SendType::Response
                 || shared
@@ -386,7 +368,7 @@ impl Connection {
         }
         shared.scratch.parsed_frames = parsed;
         if let Some(rx) = &mut self.transport.fec_rx {
-            rx.on_received(pn, frames.frames, shared.config.mtu / 2);
+            rx.on_received(pn, frames, shared.config.mtu / 2);
             self.transport.coding_tails[1] = rx.tail_address();
             if !rx.is_active() {
                 // The peer stopped coding.
@@ -454,10 +436,7 @@ impl Connection {
             if !self.transport.received.verdict(p).is_missing() {
                 continue;
             }
-            let frames = FrameBytes {
-                owner: &owner,
-                frames: &owner,
-            };
+            let frames = &owner[..];
             let Ok(to_hold) = self.parse_frames(frames, shared.config, shared.scratch) else {
                 // Only a lying peer's repairs rebuild garbage: forget them all, so they cost
                 // no more solving.
@@ -544,7 +523,7 @@ impl Connection {
         now: Instant,
         order: WireOrder,
         h: MessageHeader,
-        payload: Bytes,
+        payload: &[u8],
         promised: usize,
         shared: &mut Shared<'_>,
     ) {
@@ -576,7 +555,7 @@ impl Connection {
         let stats = &mut self.stats;
         let events = &mut *shared.events;
         let event_bytes = &mut self.event_bytes;
-        let mut deliver = |meta: MessageMeta, payload: Bytes| {
+        let mut deliver = |meta: MessageMeta, payload: Payload<'_>| {
             stats.messages_delivered += 1;
             stats.payload_bytes_delivered += payload.len() as u64;
             // Hub routing is shown only where there is some: another sender, or a target.
@@ -584,14 +563,14 @@ impl Connection {
                 owner: meta.owner,
                 target: meta.redirect,
             });
-            *event_bytes += events.push(if meta.request {
+            let event = if meta.request {
                 Event::Request {
                     conn: handle,
                     request: IncomingRequest {
                         channel,
                         sequence: meta.sequence,
                     },
-                    payload,
+                    payload: Bytes::new(),
                     relay,
                 }
             } else {
@@ -599,10 +578,11 @@ impl Connection {
                     conn: handle,
                     channel,
                     sequence: meta.sequence,
-                    payload,
+                    payload: Bytes::new(),
                     relay,
                 }
-            });
+            };
+            *event_bytes += events.push_with(event, payload);
         };
         let mut cx = RecvContext {
             now,
@@ -643,7 +623,7 @@ impl Connection {
         &mut self,
         now: Instant,
         h: MessageHeader,
-        payload: Bytes,
+        payload: &[u8],
         shared: &mut Shared<'_>,
     ) {
         let key = (h.channel, h.sequence);
@@ -670,7 +650,7 @@ impl Connection {
                         .budget
                         .release(&mut self.messaging.reassembly_bytes, r.reserved());
                 }
-                payload
+                Payload::Borrowed(payload)
             }
             Some(ChunkInfo { index, count }) => {
                 let r = match &mut pending.partial {
@@ -683,7 +663,7 @@ impl Connection {
                         pending.partial.insert(r)
                     }
                 };
-                match r.add(index, count, &payload, chunk_payload) {
+                match r.add(index, count, payload, chunk_payload) {
                     ChunkAdded::Stored(_) => {}
                     ChunkAdded::Duplicate => {
                         self.stats.rare.dropped(DropReason::DuplicateMessage);
@@ -703,7 +683,7 @@ impl Connection {
                 shared
                     .budget
                     .release(&mut self.messaging.reassembly_bytes, r.reserved());
-                r.assemble()
+                Payload::Owned(r.assemble())
             }
         };
         // (The table exists: `pending` was found in it above.)
@@ -715,11 +695,12 @@ impl Connection {
             requests.prune();
             self.stats.messages_delivered += 1;
             self.stats.payload_bytes_delivered += payload.len() as u64;
-            self.event_bytes += shared.events.push(Event::Response {
+            let event = Event::Response {
                 conn: self.handle,
                 id: pending.id,
-                payload,
-            });
+                payload: Bytes::new(),
+            };
+            self.event_bytes += shared.events.push_with(event, payload);
             self.refresh_request_timer();
         }
     }

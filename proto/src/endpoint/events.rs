@@ -10,6 +10,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::queue::DrainingQueue;
 use crate::event::{ConnectionHandle, Event};
+use crate::messaging::channel::Payload;
 
 /// Tunnelled datagrams held between arriving on the hub connection and being handled (a
 /// handful per arriving packet; more is a hub misbehaving).
@@ -94,12 +95,23 @@ impl EventQueue {
 
     /// Queues an event; returns the bytes charged for it (data events only: a connection's
     /// own notices are bounded by the number of connections and requests).
-    pub(crate) fn push(&mut self, event: Event) -> usize {
+    pub(crate) fn push(&mut self, mut event: Event) -> usize {
+        let payload = match &mut event {
+            Event::Message { payload, .. }
+            | Event::Request { payload, .. }
+            | Event::Response { payload, .. } => core::mem::take(payload),
+            _ => Bytes::new(),
+        };
+        self.push_with(event, Payload::Owned(payload))
+    }
+
+    /// Queues a data event whose payload (its own left empty) is `payload`, copied out of
+    /// the packet it lies in if it is borrowed; see [`push`](Self::push).
+    pub(crate) fn push_with(&mut self, event: Event, payload: Payload<'_>) -> usize {
         if let Event::Message {
             conn,
             channel,
             relay,
-            payload,
             ..
         } = &event
         {
@@ -119,7 +131,7 @@ impl EventQueue {
                     (true, false)
                         if self.tunnel.as_ref().is_some_and(|t| payload.len() <= t.mtu) =>
                     {
-                        Some(Bytes::copy_from_slice(payload))
+                        Some(Bytes::copy_from_slice(payload.as_slice()))
                     }
                     _ => None,
                 };
@@ -141,11 +153,11 @@ impl EventQueue {
         }
         let mut event = event;
         let charge = match &mut event {
-            Event::Message { payload, .. }
-            | Event::Request { payload, .. }
-            | Event::Response { payload, .. } => {
-                *payload = self.copied(payload);
-                payload.len() + EVENT_OVERHEAD
+            Event::Message { payload: p, .. }
+            | Event::Request { payload: p, .. }
+            | Event::Response { payload: p, .. } => {
+                *p = self.copied(payload);
+                p.len() + EVENT_OVERHEAD
             }
             _ => 0,
         };
@@ -228,15 +240,17 @@ impl EventQueue {
         dropped
     }
 
-    /// `payload` as a slice of the queue's own buffer, if it is short enough to copy (see
-    /// `payloads`); a longer one that is a slice of a shared buffer (a whole message of a
-    /// large MTU) in one of its own; a reassembled message as it is.
-    fn copied(&mut self, payload: &Bytes) -> Bytes {
+    /// `payload` as a slice of the queue's own buffer, if it is borrowed and short enough to
+    /// copy (see `payloads`); a longer borrowed one in a buffer of its own; one in a buffer
+    /// of its own already (a reassembled or held message) as it is.
+    fn copied(&mut self, payload: Payload<'_>) -> Bytes {
+        let payload = match payload {
+            Payload::Owned(b) => return b,
+            Payload::Borrowed(s) => s,
+        };
         let len = payload.len();
-        // (A unique one is in a buffer of its own already: a held message, a reassembled
-        // one. A slice of the receive arena never is: the arena holds its slab.)
-        if len == 0 || payload.is_unique() {
-            return payload.clone();
+        if len == 0 {
+            return Bytes::new();
         }
         if len > COPIED_PAYLOAD {
             return Bytes::copy_from_slice(payload);

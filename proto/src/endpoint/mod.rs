@@ -5,14 +5,14 @@
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use core::any::Any;
 use core::net::SocketAddr;
 
 use crate::config::{Config, ConfigError};
 use crate::connection::{
-    AcceptFields, AcceptOutcome, ClientHandshake, Connection, ControlBytes, DataResult, FrameBytes,
-    Scratch, Shared, CONTROL_MAX, PROBE_ATTEMPTS,
+    AcceptFields, AcceptOutcome, ClientHandshake, Connection, ControlBytes, DataResult, Scratch,
+    Shared, CONTROL_MAX, PROBE_ATTEMPTS,
 };
 use crate::crypto::{Protection, PublicKey, Secrets, SHORT_HEADER_LEN};
 use crate::error::{ConnectError, SendError};
@@ -50,18 +50,6 @@ use queue::DrainingQueue;
 const DISCONNECT_COPIES: usize = 3;
 /// Handshake replies the control queue keeps room for however quiet it is.
 const CONTROL_MIN_ROOM: usize = 4;
-/// The receive arena's first slab; each next one doubles, up to [`ARENA_MAX_SLAB`], while
-/// slabs fill within [`ARENA_GROW_WITHIN`]. Nothing handed out keeps a slice of a slab once
-/// its datagram is handled (what stays is copied out: see `EventQueue::payloads`), so an
-/// endpoint reuses one slab, of half a KiB or the longest datagram's size.
-const ARENA_FIRST_SLAB: usize = 512;
-/// The receive arena's largest slab.
-const ARENA_MAX_SLAB: usize = 16 * 1024;
-/// A slab that filled sooner than this after the last makes the next one twice as large;
-/// one that took longer sends the size back to [`ARENA_FIRST_SLAB`] (a game client at 20 Hz
-/// fills half a KiB in about a third of a second: 16 KiB slabs would be a thousand clients'
-/// 16 MiB for nothing).
-const ARENA_GROW_WITHIN: core::time::Duration = core::time::Duration::from_millis(250);
 
 /// Low bits of a connection id this endpoint chose that hold its slot index (see
 /// `next_connection_id`). 20 bits: room for every slot `max_connections` allows.
@@ -245,7 +233,9 @@ pub struct Endpoint {
     /// A connect storm's room goes back once it is sent.
     /// Datagrams ready to send: (to, bytes, whether it answers an address nothing proved).
     control: DrainingQueue<(SocketAddr, ControlBytes, bool), CONTROL_MIN_ROOM>,
-    arena: BytesMut,
+    /// Where a protected packet is opened (decrypted in place): one buffer, reused. What is
+    /// kept of a packet is copied out of it (`EventQueue::payloads`), so nothing holds it.
+    opened: Vec<u8>,
     budget: ReceiveBudget,
     /// Hides the slot index in the connection ids this endpoint chooses.
     slot_key: Prf,
@@ -260,13 +250,11 @@ pub struct Endpoint {
     events: EventQueue,
     /// (Its first counters are the per-datagram ones.)
     stats: EndpointStats,
-    /// Size of the arena's next slab (read when the arena takes one; here, it fills the
-    /// line before the config's).
-    arena_slab: usize,
+    /// Unix time (microseconds) at `Instant::ZERO`, once the driver tells it. (Rarely read:
+    /// here, it fills the line before the config's.)
+    unix_at_zero: Option<u64>,
     config: Config,
     // ---- handshakes, hub relaying, closing and rarer paths
-    /// When the arena last took a new slab.
-    arena_refilled: Instant,
     /// User data of the connections whose ending events the application took since it last
     /// emptied the queue: readable until it starts taking events again.
     last_departed: Vec<(ConnectionHandle, UserData)>,
@@ -290,8 +278,6 @@ pub struct Endpoint {
     /// Path challenges it may still send to addresses that have not answered
     /// (`Config::path_probes`), from its first probe (boxed: most endpoints never probe).
     path_probes: Option<Box<crate::rate::Bucket>>,
-    /// Unix time (microseconds) at `Instant::ZERO`, once the driver tells it.
-    unix_at_zero: Option<u64>,
     /// The root of every nonce, id, path token and cookie key (see `hash`).
     prf: Prf,
     nonces: Sequence,
@@ -369,9 +355,7 @@ impl Endpoint {
             unproven_replies: 0,
             wakeups: Wakeups::default(),
             dirty: VecDeque::new(),
-            arena: BytesMut::new(),
-            arena_slab: ARENA_FIRST_SLAB,
-            arena_refilled: Instant::ZERO,
+            opened: Vec::new(),
             budget: ReceiveBudget::default(),
             scratch: Scratch::default(),
             next_request_id: 0,
@@ -459,10 +443,10 @@ impl Endpoint {
                 self.events.hints(sink);
                 self.wakeups.hints(sink);
                 hints::deque_ends(sink, &self.dirty);
-                // Where the next datagram will be copied (not past the slab).
-                let room = self.arena.capacity().min(128);
+                // Where the next protected datagram will be opened.
+                let room = self.opened.capacity().min(128);
                 if room > 0 {
-                    sink(self.arena.as_ptr(), room);
+                    sink(self.opened.as_ptr(), room);
                 }
             }
             _ if self.live <= 2 => {
@@ -1103,26 +1087,35 @@ impl Endpoint {
             self.finish_quiet(index, c);
             return;
         }
-        let Some(bytes) = self.open_packet(now, &mut c, datagram) else {
-            self.finish_quiet(index, c);
-            return;
-        };
+        let mut opened = core::mem::take(&mut self.opened);
+        match self.open_packet(&mut c, datagram, &mut opened) {
+            Some(packet) => self.on_packet(now, from, (index, c), datagram, packet),
+            None => self.finish_quiet(index, c),
+        }
+        self.opened = opened;
+    }
+
+    /// An authentic packet (`packet`, opened from `datagram`) of connection `c`.
+    fn on_packet(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        (index, mut c): (u32, Box<Connection>),
+        datagram: &[u8],
+        bytes: &[u8],
+    ) {
         c.heard_authentic(now, wire::short_header_pn(datagram));
         // Data, nearly every packet, has a decoder of its own; the rarer types the general one.
-        if let Some(data) = wire::decode_data(&bytes) {
+        if let Some(data) = wire::decode_data(bytes) {
             let Ok((header, frames)) = data else {
                 return self.drop_malformed(index, c);
             };
             if let Some(c) = self.ready_to_act(index, c) {
-                let frames = FrameBytes {
-                    owner: &bytes,
-                    frames,
-                };
                 self.on_data(now, from, datagram.len(), (index, c), &header, frames);
             }
             return;
         }
-        let Ok(packet) = Packet::decode(&bytes) else {
+        let Ok(packet) = Packet::decode(bytes) else {
             return self.drop_malformed(index, c);
         };
         let Some(mut c) = self.ready_to_act(index, c) else {
@@ -1244,10 +1237,16 @@ impl Endpoint {
         true
     }
 
-    /// Copies a datagram of `c` into the arena and opens it there when the connection is
-    /// protected. `None` (counted) if it does not authenticate: forged or corrupted packets
-    /// are never acted on; they only count, towards the connection's `INTEGRITY_LIMIT`.
-    fn open_packet(&mut self, now: Instant, c: &mut Connection, datagram: &[u8]) -> Option<Bytes> {
+    /// The packet in a datagram of `c`: the datagram itself (less its tag, if any), opened
+    /// into `opened` when the connection is protected. `None` (counted) if it does not
+    /// authenticate: forged or corrupted packets are never acted on; they only count,
+    /// towards the connection's `INTEGRITY_LIMIT`.
+    fn open_packet<'a>(
+        &mut self,
+        c: &mut Connection,
+        datagram: &'a [u8],
+        opened: &'a mut Vec<u8>,
+    ) -> Option<&'a [u8]> {
         let Some(len) = datagram
             .len()
             .checked_sub(c.tag_len())
@@ -1256,42 +1255,25 @@ impl Endpoint {
             self.stats.drops.add(DropReason::Malformed);
             return None;
         };
-        let mut arena = core::mem::take(&mut self.arena);
-        if arena.capacity() < len && !arena.try_reclaim(len) {
-            // A fresh slab of exactly the planned size. (`reserve` would grow a slab no
-            // datagram of it is held from by doubling it in place, so a quiet endpoint's
-            // arena crept up to many times the slab size.)
-            arena = BytesMut::with_capacity(self.arena_slab.max(len));
-            self.arena_slab =
-                if now.saturating_duration_since(self.arena_refilled) < ARENA_GROW_WITHIN {
-                    (self.arena_slab * 2).min(ARENA_MAX_SLAB)
-                } else {
-                    ARENA_FIRST_SLAB
-                };
-            self.arena_refilled = now;
-        }
-        arena.extend_from_slice(&datagram[..len]);
-        if let Some(keys) = &c.keys {
-            let reason = match c.transport.received.extend(wire::short_header_pn(datagram)) {
-                None => Some(DropReason::DuplicatePacket),
-                Some(pn) if !keys.recv.open(pn, &mut arena, &datagram[len..]) => {
-                    Some(DropReason::Unauthenticated)
+        let Some(keys) = &c.keys else {
+            return datagram.get(..len);
+        };
+        let reason = match c.transport.received.extend(wire::short_header_pn(datagram)) {
+            None => DropReason::DuplicatePacket,
+            Some(pn) => {
+                opened.clear();
+                opened.extend_from_slice(&datagram[..len]);
+                if keys.recv.open(pn, opened, &datagram[len..]) {
+                    return Some(opened);
                 }
-                Some(_) => None,
-            };
-            if let Some(reason) = reason {
-                arena.clear();
-                self.arena = arena;
-                self.stats.drops.add(reason);
-                if reason == DropReason::Unauthenticated {
-                    c.on_forgery();
-                }
-                return None;
+                DropReason::Unauthenticated
             }
+        };
+        self.stats.drops.add(reason);
+        if reason == DropReason::Unauthenticated {
+            c.on_forgery();
         }
-        let bytes = arena.split().freeze();
-        self.arena = arena;
-        Some(bytes)
+        None
     }
 
     /// Handles timers that are due at `now`: retransmissions, acknowledgements, keepalives,
@@ -2108,10 +2090,10 @@ impl Endpoint {
         datagram_len: usize,
         (index, mut c): (u32, Box<Connection>),
         header: &crate::wire::DataHeader<'_>,
-        frames: FrameBytes<'_>,
+        frames: &[u8],
     ) {
         // Routed by connection id alone: the address is the connection's to judge (a new one
-        // is challenged, never trusted). Message payloads are slices of the opened datagram.
+        // is challenged, never trusted). What a message keeps of the packet is copied out.
         let mut shared = Shared {
             config: &self.config,
             events: &mut self.events,

@@ -27,6 +27,36 @@ pub(crate) fn extend_seq(wire: u16, reference: u64) -> Option<u64> {
 /// orders a channel's messages by send time without the 16-bit sequence ever wrapping.
 pub(crate) type WireOrder = (u64, u16);
 
+/// A received message's bytes: a slice of the packet being taken (copied out if it is kept
+/// past the packet), or a buffer of its own (reassembled from chunks, or held for an earlier
+/// message).
+#[derive(Debug)]
+pub(crate) enum Payload<'a> {
+    Borrowed(&'a [u8]),
+    Owned(Bytes),
+}
+
+impl Payload<'_> {
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        match self {
+            Payload::Borrowed(s) => s,
+            Payload::Owned(b) => b,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    /// The bytes in a buffer that outlives the packet (a copy of a borrowed slice).
+    pub(crate) fn into_owned(self) -> Bytes {
+        match self {
+            Payload::Borrowed(s) => Bytes::copy_from_slice(s),
+            Payload::Owned(b) => b,
+        }
+    }
+}
+
 /// Every this many messages, a reliable channel's receiver notes the newest packet number
 /// received as its base passes (see [`RecvChannel::checkpoints`]).
 const CHECKPOINT_SPACING: u64 = 16_384;
@@ -238,7 +268,7 @@ pub(crate) struct RecvContext<'a> {
     pub(crate) chunk_payload: usize,
     /// Bytes of reassembly this frame may still add (unreliable chunks check it).
     pub(crate) budget_left: usize,
-    pub(crate) deliver: &'a mut dyn FnMut(MessageMeta, Bytes),
+    pub(crate) deliver: &'a mut dyn FnMut(MessageMeta, Payload<'_>),
     /// Partial messages the frame made the channel give up (superseded, or over the cap of
     /// partials), for the caller to count.
     pub(crate) evicted: u64,
@@ -295,7 +325,7 @@ impl RecvChannel {
         &mut self,
         meta: MessageMeta,
         chunk: Option<ChunkInfo>,
-        payload: Bytes,
+        payload: &[u8],
         cx: &mut RecvContext<'_>,
     ) -> Received {
         match self.kind {
@@ -315,7 +345,7 @@ impl RecvChannel {
     fn deliver_unreliable(
         &mut self,
         meta: MessageMeta,
-        payload: Bytes,
+        payload: Payload<'_>,
         cx: &mut RecvContext<'_>,
     ) -> Received {
         if self.kind == DeliveryKind::Sequenced {
@@ -357,12 +387,12 @@ impl RecvChannel {
         &mut self,
         meta: MessageMeta,
         chunk: Option<ChunkInfo>,
-        payload: Bytes,
+        payload: &[u8],
         cx: &mut RecvContext<'_>,
     ) -> Received {
         let sequence = self.extend_unreliable(meta.sequence);
         let Some(chunk) = chunk else {
-            return self.deliver_unreliable(meta, payload, cx);
+            return self.deliver_unreliable(meta, Payload::Borrowed(payload), cx);
         };
         if self.is_stale(cx.order) {
             return Received::Stale;
@@ -391,7 +421,7 @@ impl RecvChannel {
         };
         match self.partials[idx]
             .3
-            .add(chunk.index, chunk.count, &payload, cx.chunk_payload)
+            .add(chunk.index, chunk.count, payload, cx.chunk_payload)
         {
             ChunkAdded::Stored(_) => {}
             ChunkAdded::Duplicate => return Received::Duplicate,
@@ -400,7 +430,7 @@ impl RecvChannel {
         if self.partials[idx].3.is_complete() {
             let (_, meta, _, r) = self.partials.remove(idx);
             self.held_bytes -= r.reserved();
-            return self.deliver_unreliable(meta, r.assemble(), cx);
+            return self.deliver_unreliable(meta, Payload::Owned(r.assemble()), cx);
         }
         Received::Accepted
     }
@@ -409,7 +439,7 @@ impl RecvChannel {
         &mut self,
         meta: MessageMeta,
         chunk: Option<ChunkInfo>,
-        payload: Bytes,
+        payload: &[u8],
         cx: &mut RecvContext<'_>,
     ) -> Received {
         let Some(seq) = extend_seq(meta.sequence, self.base) else {
@@ -427,7 +457,7 @@ impl RecvChannel {
         let idx = (seq - self.base) as usize;
         if idx == 0 && chunk.is_none() && self.slots.is_empty() {
             // The common case: the next message, whole, with nothing buffered behind it.
-            (cx.deliver)(meta, payload);
+            (cx.deliver)(meta, Payload::Borrowed(payload));
             self.base += 1;
             self.note_checkpoint(cx);
             return Received::Accepted;
@@ -440,10 +470,10 @@ impl RecvChannel {
         // `complete`: the message, and the bytes it holds until delivered.
         let complete = match (&mut self.slots[idx], chunk) {
             (Slot::Done | Slot::Ready(..), _) => return Received::Duplicate,
-            (Slot::Empty, None) => Some((payload, 0)),
+            (Slot::Empty, None) => Some((Payload::Borrowed(payload), 0)),
             (slot @ Slot::Empty, Some(chunk)) => {
                 let mut r = ReassemblyBuffer::new(chunk.count, cx.chunk_payload, cx.now);
-                let added = r.add(chunk.index, chunk.count, &payload, cx.chunk_payload);
+                let added = r.add(chunk.index, chunk.count, payload, cx.chunk_payload);
                 if !matches!(added, ChunkAdded::Stored(_)) {
                     return Received::Violation;
                 }
@@ -455,7 +485,7 @@ impl RecvChannel {
             }
             (Slot::Partial(_), None) => return Received::Violation,
             (Slot::Partial(r), Some(chunk)) => {
-                match r.add(chunk.index, chunk.count, &payload, cx.chunk_payload) {
+                match r.add(chunk.index, chunk.count, payload, cx.chunk_payload) {
                     ChunkAdded::Stored(_) => {}
                     ChunkAdded::Duplicate => return Received::Duplicate,
                     ChunkAdded::Inconsistent => return Received::Violation,
@@ -466,7 +496,7 @@ impl RecvChannel {
                         return Received::Violation;
                     };
                     let reserved = r.reserved();
-                    Some(((*r).assemble(), reserved))
+                    Some((Payload::Owned((*r).assemble()), reserved))
                 } else {
                     None
                 }
@@ -478,14 +508,14 @@ impl RecvChannel {
                 (cx.deliver)(meta, message);
                 self.slots[idx] = Slot::Done;
             } else if reserved > 0 {
-                // Assembled into its own buffer already: it pins nothing else.
-                self.slots[idx] = Slot::Ready(meta, message, reserved);
+                // Assembled into its own buffer already.
+                self.slots[idx] = Slot::Ready(meta, message.into_owned(), reserved);
             } else {
-                // A whole message waiting for an earlier one: copied out of the datagram it
-                // came in (so a small message cannot pin a large receive buffer), and charged.
+                // A whole message waiting for an earlier one: copied out of the packet it
+                // came in, and charged.
                 let len = message.len();
                 self.held_bytes += len;
-                self.slots[idx] = Slot::Ready(meta, Bytes::copy_from_slice(&message), len);
+                self.slots[idx] = Slot::Ready(meta, message.into_owned(), len);
             }
             self.advance(cx);
         }
@@ -510,7 +540,7 @@ impl RecvChannel {
                         core::mem::replace(slot, Slot::Done)
                     {
                         self.held_bytes -= reserved;
-                        (cx.deliver)(meta, message);
+                        (cx.deliver)(meta, Payload::Owned(message));
                     }
                 }
                 _ => break,
@@ -667,7 +697,7 @@ mod tests {
         payload: &'static [u8],
     ) -> (Received, Vec<Bytes>, u64) {
         let mut delivered = Vec::new();
-        let mut deliver = |_: MessageMeta, b: Bytes| delivered.push(b);
+        let mut deliver = |_: MessageMeta, b: Payload<'_>| delivered.push(b.into_owned());
         let mut cx = RecvContext {
             now: Instant::from_millis(1),
             order: (packet, 0),
@@ -683,7 +713,7 @@ mod tests {
             owner: 0,
             redirect: None,
         };
-        let verdict = ch.receive(meta, chunk, Bytes::from_static(payload), &mut cx);
+        let verdict = ch.receive(meta, chunk, payload, &mut cx);
         let evicted = cx.evicted;
         (verdict, delivered, evicted)
     }
