@@ -189,7 +189,7 @@ impl Connection {
     }
 
     /// Decodes and checks every frame of a packet into `scratch.parsed_frames` (payloads as
-    /// slices of `frames`), before any acts. Returns the receive memory they would newly
+    /// ranges of `frames`), before any acts. Returns the receive memory they would newly
     /// hold, or why the packet must be dropped.
     fn parse_frames(
         &mut self,
@@ -351,6 +351,10 @@ impl Connection {
         // taken yet: unreliable chunks ahead of them in the packet must leave it to them.
         let mut promised = admitted;
         for (i, (header, at)) in parsed.drain(..).enumerate() {
+            debug_assert!(
+                frames.get(at.clone()).is_some(),
+                "a range of another packet"
+            );
             let payload = frames.get(at).unwrap_or_default();
             // (What an unreliable frame takes comes out of the room, not out of the promise.)
             let admitted_with_packet = header.send_type == SendType::Response

@@ -37,12 +37,11 @@ const PAYLOADS_MAX_SLAB: usize = 16 * 1024;
 pub(crate) struct EventQueue {
     queue: DrainingQueue<(Event, usize), MIN_ROOM>,
     bytes: usize,
-    /// Where waiting messages' payloads live. Each datagram is opened in the endpoint's
-    /// receive buffer, which many datagrams share a block of; a payload left as a slice of
-    /// it kept the whole block (up to 16 KiB, mostly datagrams that left nothing) while its
-    /// event waited, though charged for its own bytes alone. Copied here, waiting payloads
-    /// keep only blocks of waiting payloads, and the receive buffer is reused as soon as a
-    /// datagram is handled.
+    /// Where waiting messages' payloads live: copied out of the packet they came in (which
+    /// is only borrowed while it is handled), in blocks that hold only waiting payloads. (A
+    /// payload left as a slice of a shared receive buffer, as it once was, kept a whole
+    /// block of datagrams that left nothing while its event waited, though charged for its
+    /// own bytes alone.)
     payloads: BytesMut,
     /// Size of the next block of `payloads`.
     payloads_slab: usize,
@@ -245,7 +244,11 @@ impl EventQueue {
     /// of its own already (a reassembled or held message) as it is.
     fn copied(&mut self, payload: Payload<'_>) -> Bytes {
         let payload = match payload {
-            Payload::Owned(b) => return b,
+            Payload::Owned(b) => {
+                // (A reassembled or held message: a slice of a larger buffer would keep it.)
+                debug_assert!(b.is_empty() || b.is_unique(), "an owned payload is shared");
+                return b;
+            }
             Payload::Borrowed(s) => s,
         };
         let len = payload.len();

@@ -2182,16 +2182,19 @@ mod tests {
         let hello = peer.poll_transmit(now, &mut buf).expect("a Hello");
         let hello = Bytes::copy_from_slice(&buf[..hello.len]);
         let tunnelled = |ep: &mut Endpoint, owner: u16| {
-            ep.events.push(Event::Message {
+            let event = Event::Message {
                 conn: hub,
                 channel: tunnel,
                 sequence: 0,
-                payload: hello.clone(),
+                payload: Bytes::new(),
                 relay: Some(crate::event::Relay {
                     owner,
                     target: None,
                 }),
-            });
+            };
+            // As the receive path hands it over: borrowed from the packet it came in.
+            let payload = crate::messaging::channel::Payload::Borrowed(&hello);
+            ep.events.push_with(event, payload);
             // (Tunnelled datagrams are handled after the socket's: an empty one here.)
             ep.handle_datagram(now, SocketAddr::from(([10, 0, 0, 9], 9)), &[]);
         };
