@@ -1095,7 +1095,7 @@ impl Endpoint {
         self.opened = opened;
     }
 
-    /// An authentic packet (`packet`, opened from `datagram`) of connection `c`.
+    /// An authentic packet of connection `c`: `bytes`, opened from `datagram`.
     fn on_packet(
         &mut self,
         now: Instant,
