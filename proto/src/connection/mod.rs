@@ -149,8 +149,10 @@ pub(crate) struct Scratch {
     parsed_frames: Vec<(MessageHeader, core::ops::Range<usize>)>,
     /// Its whole ordered messages: (channel, sequence, length).
     ordered: Vec<(u8, u64, usize)>,
-    /// Packets rebuilt from repairs, waiting to be taken.
-    rebuilt: Vec<(u64, Bytes)>,
+    /// Packets rebuilt from repairs, waiting to be taken: one after another, each its
+    /// number (8 bytes), its frames' length (4) and its frames. (One buffer, reused: a
+    /// buffer of its own per rebuilt packet was an allocation per packet lost.)
+    rebuilt: Vec<u8>,
     /// What an acknowledgement, a send or loss detection resolved, until the connection
     /// acts on it (here rather than in each connection: a server's one set stays in cache).
     pub(crate) outcome: AckOutcome,

@@ -25,6 +25,15 @@ pub(crate) enum DataResult {
     Migrated(SocketAddr),
 }
 
+/// The next packet in `Scratch::rebuilt` (see there): its number and frames.
+fn next_rebuilt<'a>(rest: &mut &'a [u8]) -> Option<(u64, &'a [u8])> {
+    let (pn, after) = rest.split_first_chunk::<8>()?;
+    let (len, after) = after.split_first_chunk::<4>()?;
+    let (frames, after) = after.split_at_checked(u32::from_le_bytes(*len) as usize)?;
+    *rest = after;
+    Some((u64::from_le_bytes(*pn), frames))
+}
+
 impl Connection {
     /// Handles a `Data` packet from `from` addressed to this connection. `frames` holds the
     /// packet's frames, borrowed for the call: what is kept of them is copied out.
@@ -430,17 +439,19 @@ impl Connection {
         rx.on_repair(pn, &covered, repair.symbol, missing);
         let mut rebuilt = core::mem::take(&mut shared.scratch.rebuilt);
         rx.solve(missing, |p, frames| {
-            rebuilt.push((p, Bytes::copy_from_slice(frames)))
+            rebuilt.extend_from_slice(&p.to_le_bytes());
+            rebuilt.extend_from_slice(&(frames.len() as u32).to_le_bytes());
+            rebuilt.extend_from_slice(frames);
         });
         let deferred = rx.take_deferred();
         if deferred > 0 {
             self.stats.rare.get().repair_solves_deferred += deferred;
         }
-        for (p, owner) in rebuilt.drain(..) {
+        let mut rest = &rebuilt[..];
+        while let Some((p, frames)) = next_rebuilt(&mut rest) {
             if !self.transport.received.verdict(p).is_missing() {
                 continue;
             }
-            let frames = &owner[..];
             let Ok(to_hold) = self.parse_frames(frames, shared.config, shared.scratch) else {
                 // Only a lying peer's repairs rebuild garbage: forget them all, so they cost
                 // no more solving.
@@ -464,6 +475,7 @@ impl Connection {
             // Acknowledge it soon: the sender would otherwise resend it.
             self.transport.ack_now = true;
         }
+        rebuilt.clear();
         shared.scratch.rebuilt = rebuilt;
     }
 
