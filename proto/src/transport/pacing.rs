@@ -122,17 +122,23 @@ mod tests {
         assert_eq!(mul_div(u64::MAX, 2, 1), u64::MAX);
     }
 
-    #[test]
-    fn a_window_is_spread_over_the_round_trip() {
-        let mtu = 1200;
-        let window = 100 * mtu as u64;
-        let rtt = Duration::from_millis(100);
+    /// A config of `mtu` with no rate limit, and a pacer of it.
+    fn unlimited(mtu: usize) -> (Config, Pacer) {
         let config = Config {
             mtu,
             max_send_rate: None,
             ..Config::default()
         };
-        let mut p = Pacer::new(&config);
+        let pacer = Pacer::new(&config);
+        (config, pacer)
+    }
+
+    #[test]
+    fn a_window_is_spread_over_the_round_trip() {
+        let mtu = 1200;
+        let window = 100 * mtu as u64;
+        let rtt = Duration::from_millis(100);
+        let (config, mut p) = unlimited(mtu);
         let t0 = Instant::from_millis(1000);
         let mut now = t0;
         let mut sent = 0;
@@ -163,12 +169,7 @@ mod tests {
         let mtu = 1200;
         let window = 16 * mtu as u64;
         let rtt = Duration::from_millis(80);
-        let config = Config {
-            mtu,
-            max_send_rate: None,
-            ..Config::default()
-        };
-        let mut p = Pacer::new(&config);
+        let (config, mut p) = unlimited(mtu);
         let now = Instant::from_millis(1000);
         while p.delay(now, mtu, window, rtt, &config).is_none() {
             p.on_sent(mtu);
