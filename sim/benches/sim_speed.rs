@@ -68,11 +68,12 @@ fn bench(clients: u64, secs: u64, seed: u64, protection: Protection) {
     );
     // Wall time when the simulated clock passed the end of the connect window plus a
     // second (handshakes done, first round trips settled): the steady state is timed from
-    // there to the end of traffic, apart from the connect storm's key agreement.
-    let settled_at = Duration::from_secs_f64(env(
-        "SHOAL_BENCH_FROM",
-        (config.connect_window + Duration::from_secs(1)).as_secs_f64(),
-    ));
+    // there to the end of traffic, apart from the connect storm's key agreement (or from
+    // `SHOAL_BENCH_FROM`; one that is no duration keeps the default).
+    let default_from = config.connect_window + Duration::from_secs(1);
+    let settled_at =
+        Duration::try_from_secs_f64(env("SHOAL_BENCH_FROM", default_from.as_secs_f64()))
+            .unwrap_or(default_from);
     let traffic_end = config.duration;
     let mut settled: Option<Instant> = None;
     let mut ended: Option<Instant> = None;

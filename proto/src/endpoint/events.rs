@@ -130,7 +130,7 @@ impl EventQueue {
                     (true, false)
                         if self.tunnel.as_ref().is_some_and(|t| payload.len() <= t.mtu) =>
                     {
-                        Some(Bytes::copy_from_slice(payload.as_slice()))
+                        Some(payload.into_owned())
                     }
                     _ => None,
                 };
