@@ -136,6 +136,9 @@ pub struct Config {
     /// codes the small packets of the last round trip, so a lost one is rebuilt by the
     /// receiver from later packets instead of waiting a round trip for a retransmission. It
     /// costs about one more copy of the small packets' bytes, and stops on a clean link.
+    /// Packets of sequenced messages alone are not coded (the channel's next message
+    /// supersedes them): a channel that sends rarely and needs its latest message to arrive
+    /// is better reliable.
     pub redundancy: u8,
     /// Whether this endpoint answers connection attempts (a server or a peer; default
     /// `true`). When off, a connection attempt is refused at once

@@ -1231,6 +1231,46 @@ fn repairs_follow_the_loss_seen_rebuild_lost_packets_and_stop_on_a_clean_link() 
     assert_eq!(after, before, "repairs stopped on the clean link");
 }
 
+/// A repair spends bytes only where losing a packet costs something: a reliable frame
+/// waits a round trip for its retransmission, an unreliable one is lost for good, but a
+/// sequenced one is superseded by its channel's next message anyway.
+#[test]
+fn packets_of_sequenced_messages_alone_are_not_coded() {
+    let mut p = Pair::default_pair();
+    p.latency = Duration::from_millis(50);
+    let (c, s) = p.connect();
+    p.hook = lossy(7, 0.10);
+    // An ordered stream under loss turns coding on.
+    for i in 0..400 {
+        p.client.send(c, ORDERED, numbered(i, 32)).expect("send");
+        p.run_for(Duration::from_millis(16));
+    }
+    let coding = p.client.connection_stats(c).expect("stats");
+    assert!(coding.repairs_sent >= 200, "coding under loss");
+    // Sequenced messages alone: nothing new to cover, but for the last ordered packets and
+    // the retransmissions of lost ones (a coded packet would carry one each).
+    for i in 0..400 {
+        p.client.send(c, SEQUENCED, numbered(i, 32)).expect("send");
+        p.run_for(Duration::from_millis(16));
+    }
+    let sequenced = p.client.connection_stats(c).expect("stats");
+    let repairs = sequenced.repairs_sent - coding.repairs_sent;
+    assert!(
+        repairs < 20,
+        "{repairs} repairs in 400 packets of sequenced messages"
+    );
+    // Unreliable messages are coded again, and the receiver rebuilds lost ones.
+    let rebuilt_before = p.server.connection_stats(s).expect("stats").packets_rebuilt;
+    for i in 0..400 {
+        p.client.send(c, UNRELIABLE, numbered(i, 32)).expect("send");
+        p.run_for(Duration::from_millis(16));
+    }
+    let unreliable = p.client.connection_stats(c).expect("stats");
+    assert!(unreliable.repairs_sent - sequenced.repairs_sent >= 200);
+    let rebuilt = p.server.connection_stats(s).expect("stats").packets_rebuilt - rebuilt_before;
+    assert!(rebuilt >= 10, "rebuilt {rebuilt} of about 40 lost packets");
+}
+
 #[test]
 fn a_bulk_transfer_is_not_coded() {
     let mut p = Pair::default_pair();

@@ -4,7 +4,7 @@
 use super::*;
 use crate::event::Relay;
 use crate::messaging::channel::Payload;
-use crate::transport::fec::RepairDecoder;
+use crate::transport::fec::{self, RepairDecoder};
 use crate::transport::path::PathStatus;
 use crate::transport::received::Verdict;
 
@@ -359,19 +359,23 @@ impl Connection {
         // Room the packet's reliable frames and responses were admitted with but have not
         // taken yet: unreliable chunks ahead of them in the packet must leave it to them.
         let mut promised = admitted;
+        // Whether the peer codes this packet (its repairs may cover it): keep it for them.
+        let mut coded = false;
         for (i, (header, at)) in parsed.drain(..).enumerate() {
             debug_assert!(
                 frames.get(at.clone()).is_some(),
                 "a range of another packet"
             );
             let payload = frames.get(at).unwrap_or_default();
+            let kind = shared
+                .config
+                .channels
+                .get(usize::from(header.channel))
+                .map(|c| c.kind);
+            coded |= kind.is_some_and(|kind| fec::worth_coding(&header, kind));
             // (What an unreliable frame takes comes out of the room, not out of the promise.)
             let admitted_with_packet = header.send_type == SendType::Response
-                || shared
-                    .config
-                    .channels
-                    .get(usize::from(header.channel))
-                    .is_some_and(|c| c.kind.is_reliable());
+                || kind.is_some_and(DeliveryKind::is_reliable);
             let held_before = self.messaging.reassembly_bytes;
             self.receive_frame(now, (pn, i as u16), header, payload, promised, shared);
             if admitted_with_packet {
@@ -381,7 +385,7 @@ impl Connection {
         }
         shared.scratch.parsed_frames = parsed;
         if let Some(rx) = &mut self.transport.fec_rx {
-            rx.on_received(pn, frames, shared.config.mtu / 2);
+            rx.on_received(pn, frames, shared.config.mtu / 2, coded);
             self.transport.coding_tails[1] = rx.tail_address();
             if !rx.is_active() {
                 // The peer stopped coding.

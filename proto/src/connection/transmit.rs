@@ -230,18 +230,20 @@ impl Connection {
 
         let mut keys = self.transport.sent.take_packet_keys();
         let mut frames_written = 0usize;
+        let mut new = NewFrames::default();
         if ack_only {
             // The rest of an acknowledgement too long for the packet before: it goes alone.
         } else if probe {
             self.transport.probes_due -= 1;
             frames_written += self.write_probe_frames(&mut w, &mut keys);
             if frames_written == 0 {
-                frames_written += self.write_new_frames(&mut w, &mut keys, config);
+                new = self.write_new_frames(&mut w, &mut keys, config);
             }
         } else if may_send_data {
             frames_written += self.write_retransmissions(&mut w, &mut keys);
-            frames_written += self.write_new_frames(&mut w, &mut keys, config);
+            new = self.write_new_frames(&mut w, &mut keys, config);
         }
+        frames_written += new.count;
         // The ping bit asks for a prompt acknowledgement. Unreliable messages alone are
         // acknowledged lazily, on whatever the peer sends next (a game's echo or input
         // carries it, where a prompt one would cost a datagram of its own); the bit is set for:
@@ -285,8 +287,9 @@ impl Connection {
             }
             self.stats.payload_bytes_transmitted += symbol_len as u64;
         }
-        if coding && frames_written > 0 {
-            // A small packet: later repairs cover it.
+        // A small packet whose loss costs something a repair saves (reliable frames, or
+        // others `fec::worth_coding`): later repairs cover it.
+        if coding && frames_written > 0 && (!keys.is_empty() || new.worth_coding) {
             let tx = self.transport.fec_tx.get_or_insert_with(Default::default);
             tx.on_sent(pn, now, &buf[frames_start..len]);
             self.transport.coding_tails[0] = tx.tail_address();
@@ -511,7 +514,7 @@ impl Connection {
         w: &mut Writer<'_>,
         keys: &mut PacketFrameKeys,
         config: &Config,
-    ) -> usize {
+    ) -> NewFrames {
         // Lanes with something queued, as a bit mask: a lane leaves it when it empties or
         // cannot put a frame in this packet, so the loop never spins over idle channels.
         // One lane per configured channel (those not made yet have nothing queued), and the
@@ -537,7 +540,7 @@ impl Connection {
         if self.messaging.responses_queued() {
             mask |= 1 << (lanes - 1);
         }
-        let mut written = 0;
+        let mut written = NewFrames::default();
         let mut lane = usize::from(self.messaging.rr_cursor).min(lanes - 1);
         while mask != 0 {
             let at_or_after = mask & (u32::MAX << lane);
@@ -546,8 +549,9 @@ impl Connection {
             } else {
                 mask.trailing_zeros()
             } as usize;
-            if self.write_one_new_frame(lane, w, keys, config) {
-                written += 1;
+            if let Some(worth_coding) = self.write_one_new_frame(lane, w, keys, config) {
+                written.count += 1;
+                written.worth_coding |= worth_coding;
                 if self.lane_is_empty(lane, lanes) {
                     mask &= !(1 << lane);
                 }
@@ -572,13 +576,15 @@ impl Connection {
         }
     }
 
+    /// Writes the next frame of `lane`, if it has one ready that fits; says whether it makes
+    /// the packet worth coding (`fec::worth_coding`).
     fn write_one_new_frame(
         &mut self,
         lane: usize,
         w: &mut Writer<'_>,
         keys: &mut PacketFrameKeys,
         config: &Config,
-    ) -> bool {
+    ) -> Option<bool> {
         let local_user_id = self.local_user_id;
         let is_channel = lane < config.channels.len();
         // (What the boxes of frames in flight and of responses say is read only for a large
@@ -590,31 +596,27 @@ impl Connection {
         // With each lane's head: the large response being sent, if a large message starts.
         let (channel, kind, out, open) = if is_channel {
             let Some(ch) = m.send_channels.get_mut(lane) else {
-                return false; // not made yet: nothing queued
+                return None; // not made yet: nothing queued
             };
             if !ch.head_ready() {
-                return false;
+                return None;
             }
             let kind = ch.kind;
-            let Some(out) = ch.queue.front_mut() else {
-                return false;
-            };
+            let out = ch.queue.front_mut()?;
             let open = match &m.responses {
                 Some(r) if starts_large(kind, out) => (r.open_chunks, r.open_reserved),
                 _ => (0, 0),
             };
             (lane as u8, kind, out, open)
         } else {
-            let Some(r) = m.responses.as_mut() else {
-                return false;
-            };
+            let r = m.responses.as_mut()?;
             let open = (r.open_chunks, r.open_reserved);
             match r.queue.front_mut() {
                 Some((channel, out)) => {
                     let kind = config.channels[usize::from(*channel)].kind;
                     (*channel, kind, out, open)
                 }
-                None => return false,
+                None => return None,
             }
         };
         let starts_large_reliable = starts_large(kind, out);
@@ -627,7 +629,7 @@ impl Connection {
             let held = large_in_window + open_reserved;
             let busy_response = out.response && open_chunks > 0;
             if busy_response || held + reserve > self.peer_reassembly_budget {
-                return false;
+                return None;
             }
         }
         let header = MessageHeader {
@@ -652,7 +654,7 @@ impl Connection {
         if frame.encoded_len() > w.remaining() || frame.encode(w).is_none() {
             // The next packet takes it.
             self.more_to_send = true;
-            return false;
+            return None;
         }
         // A whole message leaves the queue now: move its payload rather than count another
         // reference to it.
@@ -702,7 +704,7 @@ impl Connection {
             });
             keys.push(key);
         }
-        true
+        Some(crate::transport::fec::worth_coding(&header, kind))
     }
 
     /// Whether small packets should be coded now (forward error correction): from 0.1% loss
@@ -738,4 +740,13 @@ fn put_sent_frame(
     frame.in_flight += 1;
     keys.push(key);
     true
+}
+
+/// What `write_new_frames` put in a packet.
+#[derive(Default)]
+struct NewFrames {
+    /// Frames written.
+    count: usize,
+    /// Whether one makes the packet worth coding (`fec::worth_coding`).
+    worth_coding: bool,
 }

@@ -6,13 +6,16 @@
 //! One repair per packet costs about what one copy of every small frame did, but each lost
 //! packet is covered by several repairs in several later packets, so it is rebuilt unless
 //! most of those are lost too: at 10% loss about one packet in three thousand, against one
-//! in a hundred for a single copy.
+//! in a hundred for a single copy. Only packets whose loss costs something a repair saves
+//! are coded ([`worth_coding`]).
 
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 use core::time::Duration;
 
+use crate::config::DeliveryKind;
 use crate::time::Instant;
+use crate::wire::{MessageHeader, SendType};
 
 /// Earlier packets one repair covers at most.
 pub(crate) const COVERAGE: usize = 12;
@@ -31,6 +34,17 @@ const SOLVE_WORK_AHEAD: usize = 1 << 20;
 /// Solving work counted for each repair's equation besides its bytes (a buffer, a lookup
 /// per covered packet), so that one-byte symbols do not make solving look free.
 const ROW_WORK: usize = 64 * COVERAGE_SPAN as usize;
+
+/// Whether a frame's loss costs something a repair saves, which makes its packet worth
+/// coding: a reliable frame waits a round trip for its retransmission, an unreliable one
+/// is lost for good, and a request or response not delivered times its request out. A
+/// message on a sequenced channel is not: the channel's next message supersedes it, and a
+/// game's state sent every tick would otherwise be most of what is coded. Both sides
+/// decide it alike (their channels' kinds must match to connect), so a receiver keeps only
+/// the packets its peer codes.
+pub(crate) fn worth_coding(header: &MessageHeader, kind: DeliveryKind) -> bool {
+    kind != DeliveryKind::Sequenced || header.send_type == SendType::Response || header.reliable
+}
 
 /// Multiplication tables of GF(2^8) with the AES polynomial x^8 + x^4 + x^3 + x + 1.
 struct Gf {
@@ -449,8 +463,9 @@ impl RepairDecoder {
     /// Keeps the frames of received packet `pn` (once the peer has sent a repair), if they
     /// are at most `max_len` bytes: no honest repair covers a longer packet (a coded packet
     /// carries at most half its room in frames), so keeping one would only let a peer make
-    /// the kept frames' buffer hold full-size packets.
-    pub(crate) fn on_received(&mut self, pn: u64, frames: &[u8], max_len: usize) {
+    /// the kept frames' buffer hold full-size packets. Nor is a packet kept that is not
+    /// `coded` (see [`worth_coding`]): no honest repair covers it either.
+    pub(crate) fn on_received(&mut self, pn: u64, frames: &[u8], max_len: usize, coded: bool) {
         if !self.active {
             return;
         }
@@ -463,7 +478,7 @@ impl RepairDecoder {
             return;
         }
         self.pay(frames.len());
-        if frames.len() <= max_len {
+        if coded && frames.len() <= max_len {
             self.kept.push(pn, (), frames);
         }
         if !self.dirty {
@@ -792,8 +807,8 @@ mod tests {
             enc.on_sent(pn as u64, t(pn as u64), frames);
         }
         // Packets 1 and 2 are lost; 0 and 3 arrive; repairs ride in packets 4 and 5.
-        dec.on_received(0, &packets[0], usize::MAX);
-        dec.on_received(3, &packets[3], usize::MAX);
+        dec.on_received(0, &packets[0], usize::MAX, true);
+        dec.on_received(3, &packets[3], usize::MAX, true);
         for repair_pn in [4u64, 5] {
             let (newest, covered, symbol) =
                 build(&enc, repair_pn, t(10), horizon, 1200).expect("covers");
@@ -810,6 +825,41 @@ mod tests {
         );
         got.sort();
         assert_eq!(got, vec![(1, packets[1].clone()), (2, packets[2].clone())]);
+    }
+
+    #[test]
+    fn only_packets_the_peer_codes_are_kept() {
+        let mut dec = RepairDecoder {
+            active: true,
+            ..RepairDecoder::default()
+        };
+        dec.on_received(0, &[1; 40], 600, false);
+        dec.on_received(1, &[2; 40], 600, true);
+        assert!(!dec.kept.contains(0), "no repair of the peer's covers it");
+        assert_eq!(dec.kept(1), Some(&[2; 40][..]));
+        // Sequenced messages alone are not coded; anything else is.
+        let header = |send_type, reliable| MessageHeader {
+            channel: 1,
+            send_type,
+            reliable,
+            owner: 0,
+            sequence: 0,
+            redirect: None,
+            chunk: None,
+        };
+        let message = header(SendType::Message, false);
+        assert!(!worth_coding(&message, DeliveryKind::Sequenced));
+        for kind in [
+            DeliveryKind::Unreliable,
+            DeliveryKind::Reliable,
+            DeliveryKind::Ordered,
+        ] {
+            assert!(worth_coding(&message, kind), "{kind:?}");
+        }
+        let request = header(SendType::Message, true);
+        let response = header(SendType::Response, false);
+        assert!(worth_coding(&request, DeliveryKind::Sequenced));
+        assert!(worth_coding(&response, DeliveryKind::Sequenced));
     }
 
     #[test]
@@ -869,7 +919,7 @@ mod tests {
         dec.solve(lost, |_, _| panic!("nothing is solvable"));
         assert_eq!(dec.solves, 1);
         for pn in 200..1_200u64 {
-            dec.on_received(pn, &[1; 40], 600);
+            dec.on_received(pn, &[1; 40], 600, true);
             dec.on_repair(pn, &[(pn, 40), (pn - 1, 40)], &[2; 40], lost);
             dec.solve(lost, |_, _| panic!("nothing is solvable"));
         }
@@ -878,7 +928,7 @@ mod tests {
             "nothing changed what the waiting repairs solve"
         );
         // A packet a waiting repair covers arrives: that one may solve now.
-        dec.on_received(0, &[3; 40], 600);
+        dec.on_received(0, &[3; 40], 600, true);
         dec.solve(|pn| pn < 24 && pn != 0, |_, _| {});
         assert_eq!(dec.solves, 2);
         // A packet it rebuilt could not be taken (no room): the next repair solves again.
@@ -901,7 +951,7 @@ mod tests {
         let frames = [5u8; 600];
         let mut sent = 0usize;
         for newest in (100..2_100u64).step_by(2) {
-            dec.on_received(newest, &frames, 600);
+            dec.on_received(newest, &frames, 600, true);
             sent += frames.len();
             let covered: Vec<(u64, usize)> = (0..16).map(|d| (newest - d, 600)).collect();
             dec.on_repair(newest + 1, &covered, &[9u8; 600], missing);
@@ -918,7 +968,7 @@ mod tests {
         assert!(dec.take_deferred() > 0, "the ones put off are counted");
         // An honest repair, once the peer's bytes paid: solved again.
         for pn in 3_000..3_200u64 {
-            dec.on_received(pn, &frames, 600);
+            dec.on_received(pn, &frames, 600, true);
         }
         let before = dec.solves;
         dec.on_repair(3_300, &[(3_201, 10)], &[1u8; 10], |pn| pn == 3_201);
@@ -960,7 +1010,7 @@ mod tests {
                 2 => MAX_LEN,
                 _ => 4 * MAX_LEN, // not kept
             };
-            dec.on_received(pn, &vec![pn as u8; len], MAX_LEN);
+            dec.on_received(pn, &vec![pn as u8; len], MAX_LEN, true);
             assert!(dec.is_active());
             assert!(
                 dec.kept.bytes.len() <= bound,
@@ -974,23 +1024,23 @@ mod tests {
     #[test]
     fn a_receiver_lets_go_of_kept_packets_once_the_peer_stops_coding() {
         let mut dec = RepairDecoder::default();
-        dec.on_received(0, &[1; 100], 600);
+        dec.on_received(0, &[1; 100], 600, true);
         assert!(
             dec.kept.entries.is_empty(),
             "nothing kept before the first repair"
         );
         dec.on_repair(1, &[(0, 100)], &[7; 100], |_| true);
         for pn in 2..2 + KEPT as u64 {
-            dec.on_received(pn, &[1; 100], 600);
+            dec.on_received(pn, &[1; 100], 600, true);
         }
         assert_eq!(dec.kept.entries.len(), KEPT);
-        dec.on_received(99, &[1; 601], 600);
+        dec.on_received(99, &[1; 601], 600, true);
         assert!(
             !dec.kept.contains(99),
             "a packet longer than any honest repair covers is not kept"
         );
         for pn in 100..100 + 2 * KEPT as u64 {
-            dec.on_received(pn, &[1; 100], 600);
+            dec.on_received(pn, &[1; 100], 600, true);
         }
         assert!(!dec.active && dec.kept.entries.is_empty() && dec.pending.is_empty());
         assert_eq!(dec.kept.bytes.capacity(), 0, "kept frames given back");
