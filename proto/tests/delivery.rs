@@ -1546,3 +1546,50 @@ fn messages_queued_behind_a_long_acknowledgement_leave_at_once() {
         p.now - start
     );
 }
+
+/// Overhead bytes per packet (all but message payloads and repairs) between two readings.
+fn overhead_per_packet(
+    before: &shoal_proto::ConnectionStats,
+    after: &shoal_proto::ConnectionStats,
+) -> f64 {
+    let bytes = (after.bytes_sent - before.bytes_sent)
+        - (after.payload_bytes_transmitted - before.payload_bytes_transmitted);
+    bytes as f64 / (after.packets_sent - before.packets_sent).max(1) as f64
+}
+
+/// An acknowledgement leaves out ranges the peer has already seen acknowledged (as QUIC's
+/// do): on a long lossy connection every hole would otherwise stay in every packet's
+/// acknowledgement until dozens of them filled its room, and a game's small packets would
+/// carry more acknowledgement than message.
+#[test]
+fn a_long_lossy_connection_does_not_repeat_old_acknowledgement_ranges() {
+    let mut p = Pair::default_pair();
+    p.latency = Duration::from_millis(20);
+    let (c, s) = p.connect();
+    p.hook = lossy(11, 0.05);
+    let tick = |p: &mut Pair, n: u32| {
+        for i in 0..n {
+            p.client.send(c, SEQUENCED, numbered(i, 24)).expect("send");
+            p.server.send(s, SEQUENCED, numbered(i, 24)).expect("send");
+            p.run_for(Duration::from_millis(50));
+        }
+    };
+    tick(&mut p, 20);
+    let early = p.client.connection_stats(c).expect("stats");
+    tick(&mut p, 40);
+    let after_early = p.client.connection_stats(c).expect("stats");
+    // A minute later, some 60 holes on (the old way: 41.5 bytes, then 65.6).
+    tick(&mut p, 1200);
+    let late = p.client.connection_stats(c).expect("stats");
+    tick(&mut p, 40);
+    let after_late = p.client.connection_stats(c).expect("stats");
+    let (early, late) = (
+        overhead_per_packet(&early, &after_early),
+        overhead_per_packet(&late, &after_late),
+    );
+    assert!(
+        late < early + 3.0,
+        "overhead per packet grew from {early:.1} to {late:.1} bytes"
+    );
+    assert!(after_late.packets_lost > 30, "the link lost packets");
+}

@@ -18,6 +18,7 @@
 //! | `SHOAL_BENCH_BATCHING` | 1 | 0 runs every happening in one time order (`node_batching` off) |
 //! | `SHOAL_BENCH_LOSS` | 1 | percent of datagrams each link loses |
 //! | `SHOAL_BENCH_HINTS` | 1 on x86-64 | 0 turns the prefetching of the next nodes' state off (`memory_hints`) |
+//! | `SHOAL_BENCH_PER_SECOND` | unset | set: also print the speed of each simulated second (coding turns on connection by connection as losses come, so a lossy run slows over its first 15 s or so) |
 //! | `SHOAL_BENCH_FROM` | 2 | simulated second the steady state is timed from (12 skips the first round of large messages, which grows every connection's buffers) |
 
 use std::time::{Duration, Instant};
@@ -78,10 +79,15 @@ fn bench(clients: u64, secs: u64, seed: u64, protection: Protection) {
     let mut settled: Option<Instant> = None;
     let mut ended: Option<Instant> = None;
     let started = Instant::now();
+    // Wall time as each simulated second began (for `SHOAL_BENCH_PER_SECOND`).
+    let mut marks: Vec<Instant> = Vec::new();
     let report = match run(&config, &mut |now| {
         let simulated = now.saturating_duration_since(shoal_proto::Instant::ZERO);
         if settled.is_none() && simulated >= settled_at {
             settled = Some(Instant::now());
+        }
+        while simulated.as_secs() as usize >= marks.len() {
+            marks.push(Instant::now());
         }
         if ended.is_none() && simulated >= traffic_end {
             ended = Some(Instant::now());
@@ -94,6 +100,13 @@ fn bench(clients: u64, secs: u64, seed: u64, protection: Protection) {
         }
     };
     let wall = started.elapsed().as_secs_f64().max(1e-9);
+    if std::env::var_os("SHOAL_BENCH_PER_SECOND").is_some() {
+        let speeds: Vec<String> = marks
+            .windows(2)
+            .map(|w| format!("{:.2}", 1.0 / (w[1] - w[0]).as_secs_f64().max(1e-9)))
+            .collect();
+        println!("  per simulated second: {}", speeds.join(" "));
+    }
     let simulated = report.simulated.as_secs_f64();
     let s = &report.sim;
     println!("  wall time                  {wall:>14.2} s");
@@ -124,9 +137,10 @@ fn bench(clients: u64, secs: u64, seed: u64, protection: Protection) {
         s.events as f64 / wall
     );
     println!(
-        "  totals: {} steps, {} datagrams, {} events, {} violations, {} disconnects",
+        "  totals: {} steps, {} datagrams ({:.1} B each), {} events, {} violations, {} disconnects",
         s.steps,
         s.datagrams_sent,
+        s.bytes_sent as f64 / s.datagrams_sent.max(1) as f64,
         s.events,
         report.violations.total(),
         report.disconnects.iter().map(|(_, n)| n).sum::<u64>()

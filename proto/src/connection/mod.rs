@@ -1217,7 +1217,7 @@ impl Connection {
         s.smoothed_rtt = self.transport.sent.rtt.measured().unwrap_or_default();
         s.rtt_variance = self.transport.sent.rtt.variance();
         s.congestion_window = self.transport.sent.congestion.window();
-        s.spurious_losses = self.transport.sent.spurious_losses;
+        s.spurious_losses = u64::from(self.transport.sent.spurious_losses);
         s.superseded = self.superseded;
         s.recent_loss_ppm = ((u128::from(self.transport.loss_rate) * 1_000_000) >> 32)
             .min(u128::from(u32::MAX)) as u32;

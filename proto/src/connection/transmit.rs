@@ -186,12 +186,14 @@ impl Connection {
                 w.remaining()
             };
             let delay = crate::time::micros(self.transport.received.ack_delay(now));
-            let written = encode_ack(&mut w, false, delay, self.transport.received.ranges(), room)?;
+            let received = &self.transport.received;
+            let known = received.known_to_peer(self.transport.sent.peer_saw_ack());
+            let written = encode_ack(&mut w, false, delay, received.ranges(known), room)?;
             // Recent ranges that did not fit a packet carrying messages go in one of their
             // own next (without them the sender would think those packets lost); ranges of
             // long-resolved packets are left out. One with the whole packet says all it can
             // and asks for no further one.
-            self.transport.full_ack_due = shares && self.transport.received.omits_recent(written);
+            self.transport.full_ack_due = shares && received.omits_recent(written, known);
         } else {
             w.put(&[0])?;
         }
@@ -330,6 +332,9 @@ impl Connection {
             || ((ack_only || probe) && self.has_data_to_send());
         outcome.clear();
         self.transport.sent.on_sent(now, len, wanted, keys, outcome);
+        if let Some(largest) = self.transport.received.largest().filter(|_| carries_ack) {
+            self.transport.sent.set_ack_carried(largest);
+        }
         self.skip_packet_number(now);
         self.apply_outcome(outcome);
         Some(len)

@@ -222,23 +222,35 @@ impl ReceivedPackets {
         }
     }
 
-    /// The ranges for an acknowledgement, newest first.
-    pub(crate) fn ranges(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
-        self.ranges.iter().rev().copied()
+    /// The ranges for an acknowledgement, newest first: the newest (it names the largest)
+    /// and those that reach above `peer_knows`, the largest number an acknowledgement the
+    /// peer got named. Older ones the peer has seen already, and resolved: repeating them
+    /// in every packet would make a long lossy connection's packets carry dozens of ranges.
+    pub(crate) fn ranges(&self, peer_knows: Option<u64>) -> impl Iterator<Item = (u64, u64)> + '_ {
+        let newer = move |high: u64| peer_knows.is_none_or(|known| high > known);
+        let mut newest = true;
+        self.ranges
+            .iter()
+            .rev()
+            .copied()
+            .take_while(move |&(_, high)| core::mem::take(&mut newest) || newer(high))
+    }
+
+    /// `peer_knows` for [`Self::ranges`], from its low 32 bits.
+    pub(crate) fn known_to_peer(&self, low32: Option<u32>) -> Option<u64> {
+        super::extend32(low32?, self.largest()?)
     }
 
     /// Whether an acknowledgement of its newest `written` ranges leaves out one that still
     /// matters to the sender: one reaching within [`RELEVANT`] packets of the newest. Older
     /// ones the sender has resolved already (acknowledged, or declared lost and forgotten).
-    pub(crate) fn omits_recent(&self, written: usize) -> bool {
+    pub(crate) fn omits_recent(&self, written: usize, peer_knows: Option<u64>) -> bool {
         let Some(largest) = self.largest() else {
             return false;
         };
-        self.ranges
-            .iter()
-            .rev()
+        self.ranges(peer_knows)
             .skip(written)
-            .any(|&(_, high)| high + RELEVANT >= largest)
+            .any(|(_, high)| high + RELEVANT >= largest)
     }
 
     /// How long ago the newest packet arrived.
@@ -264,7 +276,7 @@ mod tests {
         assert!(r.verdict(5).is_missing(), "a repair may still rebuild it");
         // The packets after it are taken as usual; 5 stays out of every acknowledgement.
         r.record(6, Instant::from_micros(6));
-        assert_eq!(r.ranges().collect::<Vec<_>>(), [(6, 6), (0, 4)]);
+        assert_eq!(r.ranges(None).collect::<Vec<_>>(), [(6, 6), (0, 4)]);
         assert_eq!(r.verdict(5), Verdict::Refused);
         assert_eq!(r.verdict(6), Verdict::Duplicate);
     }
@@ -370,7 +382,7 @@ mod tests {
     fn ranges_merge_and_holes_are_reported_newest_first() {
         let mut r = ReceivedPackets::default();
         record_all(&mut r, &[0, 1, 2, 5, 6, 9, 4, 3]);
-        assert_eq!(r.ranges().collect::<Vec<_>>(), vec![(9, 9), (0, 6)]);
+        assert_eq!(r.ranges(None).collect::<Vec<_>>(), vec![(9, 9), (0, 6)]);
         for pn in [0, 3, 6, 9] {
             assert_eq!(r.verdict(pn), Verdict::Duplicate);
         }
@@ -378,7 +390,26 @@ mod tests {
         assert_eq!(r.verdict(8), Verdict::New);
         r.record(8, Instant::ZERO);
         r.record(7, Instant::ZERO);
-        assert_eq!(r.ranges().collect::<Vec<_>>(), vec![(0, 9)]);
+        assert_eq!(r.ranges(None).collect::<Vec<_>>(), vec![(0, 9)]);
+    }
+
+    #[test]
+    fn ranges_the_peer_knows_are_left_out_but_the_newest_is_always_named() {
+        let mut r = ReceivedPackets::default();
+        record_all(&mut r, &[0, 1, 3, 4, 6, 8, 9]);
+        let all = [(8, 9), (6, 6), (3, 4), (0, 1)];
+        assert_eq!(r.ranges(None).collect::<Vec<_>>(), all);
+        // The peer got an acknowledgement naming up to 4: (3, 4) and (0, 1) are old news.
+        assert_eq!(r.ranges(Some(4)).collect::<Vec<_>>(), all[..2]);
+        // A range reaching above what the peer knows is named whole.
+        assert_eq!(r.ranges(Some(3)).collect::<Vec<_>>(), all[..3]);
+        // Nothing new since: the newest range still names the largest.
+        assert_eq!(r.ranges(Some(9)).collect::<Vec<_>>(), all[..1]);
+        // Left-out ranges are not recent ones a packet failed to fit.
+        assert!(r.omits_recent(1, None));
+        assert!(!r.omits_recent(1, Some(9)));
+        assert_eq!(r.known_to_peer(Some(4)), Some(4));
+        assert_eq!(r.known_to_peer(None), None);
     }
 
     #[test]

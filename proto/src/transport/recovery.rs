@@ -91,6 +91,10 @@ pub(crate) struct SentPacket {
     /// from the key numbered `keys_start` (see [`SentPackets::keys`]).
     keys_start: u32,
     keys_len: u16,
+    /// It carried an acknowledgement, whose largest packet number's low 32 bits are
+    /// `ack_largest`: once it is acknowledged, the peer knows what that one said.
+    carried_ack: bool,
+    ack_largest: u32,
 }
 
 /// The frame keys of the packet being written: appended to the back of the ring of
@@ -180,8 +184,9 @@ pub(crate) struct SentPackets {
     /// The last packet number left unused: an acknowledgement that names it is a lie (see
     /// `names_skipped`).
     skipped: u64,
-    /// Packets declared lost and then acknowledged.
-    pub(crate) spurious_losses: u64,
+    /// Packets declared lost and then acknowledged (saturating: a u32 keeps the struct
+    /// within its size).
+    pub(crate) spurious_losses: u32,
     /// The frame keys of the packets in `packets`, in packet order: one ring for all, so
     /// recording a packet never allocates once the ring has grown to what is in flight.
     keys: VecDeque<FrameKey>,
@@ -189,6 +194,11 @@ pub(crate) struct SentPackets {
     keys_first: u32,
     /// The packets being sent are coded (forward error correction).
     coded: bool,
+    /// The largest packet number (low 32 bits) named by an acknowledgement of ours that the
+    /// peer has acknowledged, if `peer_saw_any_ack`: it knows everything up to there (see
+    /// `peer_saw_ack`). (Two fields, not an `Option`: a connection is kept small.)
+    peer_saw_ack: u32,
+    peer_saw_any_ack: bool,
     /// Every `Lost` packet is among the first `lost_span` of `packets`. With the
     /// oldest-in-flight cursor, this lets an acknowledgement skip the run of packets already
     /// acknowledged between a lost packet kept for a late acknowledgement (up to
@@ -225,6 +235,8 @@ impl SentPackets {
             keys: VecDeque::new(),
             keys_first: 0,
             coded: false,
+            peer_saw_ack: 0,
+            peer_saw_any_ack: false,
             lost_span: 0,
         }
     }
@@ -334,6 +346,8 @@ impl SentPackets {
             prompt,
             keys_start,
             keys_len: keys_len as u16,
+            carried_ack: false,
+            ack_largest: 0,
         });
         if self.packets.len() > MAX_TRACKED_PACKETS {
             // Nothing has been acknowledged for thousands of packets: give the oldest up.
@@ -446,6 +460,8 @@ impl SentPackets {
             prompt: false,
             keys_start: self.keys_first.wrapping_add(self.keys.len() as u32),
             keys_len: 0,
+            carried_ack: false,
+            ack_largest: 0,
         });
         self.skipped = self.next_seq;
         self.next_seq += 1;
@@ -538,6 +554,14 @@ impl SentPackets {
                     break;
                 };
                 let p = &mut self.packets[idx];
+                if p.carried_ack && p.state != PacketState::Acked {
+                    // (Acknowledgements only grow: a later packet's names a larger number.)
+                    let newer = (p.ack_largest.wrapping_sub(self.peer_saw_ack) as i32) > 0;
+                    if newer || !self.peer_saw_any_ack {
+                        self.peer_saw_ack = p.ack_largest;
+                        self.peer_saw_any_ack = true;
+                    }
+                }
                 match p.state {
                     PacketState::Acked | PacketState::Untracked => continue,
                     PacketState::Lost => {
@@ -547,7 +571,7 @@ impl SentPackets {
                         outcome
                             .acked_frames
                             .extend(Self::keys_of(&self.keys, self.keys_first, p));
-                        self.spurious_losses += 1;
+                        self.spurious_losses = self.spurious_losses.saturating_add(1);
                         let depth = (largest - seq + 1).min(u64::from(MAX_PACKET_THRESHOLD));
                         // At most MAX_PACKET_THRESHOLD, so it fits.
                         self.packet_threshold = self.packet_threshold.max(depth as u8);
@@ -678,6 +702,26 @@ impl SentPackets {
     /// Whether the packets being sent carry repairs for each other (see `loss_delay`).
     pub(crate) fn set_coded(&mut self, coded: bool) {
         self.coded = coded;
+    }
+
+    /// The packet just recorded (`on_sent`) carried an acknowledgement whose largest packet
+    /// number is `largest` (for [`Self::peer_saw_ack`], once it is acknowledged).
+    pub(crate) fn set_ack_carried(&mut self, largest: u64) {
+        let newest = self
+            .next_seq
+            .checked_sub(1)
+            .and_then(|seq| self.index_of(seq));
+        if let Some(p) = newest.and_then(|i| self.packets.get_mut(i)) {
+            p.carried_ack = true;
+            p.ack_largest = largest as u32;
+        }
+    }
+
+    /// The largest packet number (low 32 bits) an acknowledgement the peer got named: one
+    /// of our packets that carried it was acknowledged. Ranges wholly at or below it need
+    /// not be acknowledged again (as QUIC's ACK frames leave them out, RFC 9000 §13.2.4).
+    pub(crate) fn peer_saw_ack(&self) -> Option<u32> {
+        self.peer_saw_any_ack.then_some(self.peer_saw_ack)
     }
 
     /// How long a lazily acknowledged packet waits for its acknowledgement.
@@ -878,6 +922,39 @@ mod tests {
 
     fn ack<'a>(largest: u32, ranges: &[(u64, u64)], buf: &'a mut [u8]) -> Ack<'a> {
         Ack::build(largest, 0, ranges, buf).expect("valid ranges")
+    }
+
+    /// Once a packet that carried an acknowledgement is acknowledged, the peer is known to
+    /// have what that acknowledgement named; a later, reordered acknowledgement of an older
+    /// such packet never takes that back.
+    #[test]
+    fn an_acknowledged_packet_tells_what_acknowledgement_the_peer_saw() {
+        let mut sent = SentPackets::new(Duration::from_millis(100), 1200);
+        let mut out = AckOutcome::default();
+        let t0 = Instant::from_millis(1);
+        let mad = Duration::from_millis(5);
+        // Packets 0 to 5 acknowledge up to 100 + their number; packet 3 carries none.
+        for pn in 0..6u64 {
+            sent.on_sent_without_frames(t0, 100, AckWanted::Lazy, &mut out);
+            if pn != 3 {
+                sent.set_ack_carried(100 + pn);
+            }
+        }
+        assert_eq!(sent.peer_saw_ack(), None);
+        let mut buf = [0u8; 32];
+        sent.on_ack(t0, &ack(3, &[(0, 0)], &mut buf), mad, &mut out);
+        assert_eq!(
+            sent.peer_saw_ack(),
+            None,
+            "packet 3 carried no acknowledgement"
+        );
+        sent.on_ack(t0, &ack(4, &[(1, 0)], &mut buf), mad, &mut out);
+        assert_eq!(sent.peer_saw_ack(), Some(104));
+        // A late acknowledgement of packet 1 (reordered): still 104.
+        sent.on_ack(t0, &ack(4, &[(1, 0), (3, 3)], &mut buf), mad, &mut out);
+        assert_eq!(sent.peer_saw_ack(), Some(104));
+        sent.on_ack(t0, &ack(5, &[(0, 0)], &mut buf), mad, &mut out);
+        assert_eq!(sent.peer_saw_ack(), Some(105));
     }
 
     #[test]
