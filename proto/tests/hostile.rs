@@ -652,6 +652,45 @@ fn a_far_ahead_packet_from_the_peers_own_address_is_dropped_as_out_of_window() {
     assert_eq!(p.server.stats().migrations, 0);
 }
 
+/// An acknowledgement leaves out the ranges an acknowledgement the peer acknowledged named.
+/// On a plain connection a forged packet far ahead gets named too, and once the peer
+/// acknowledged that, it would stand for every range below it: the real packets would
+/// never be acknowledged again. Each real packet below it brings the ranges back.
+#[test]
+fn a_forged_packet_far_ahead_never_hides_the_real_packets_acknowledgements() {
+    let Sniffed {
+        mut p,
+        client: c,
+        server: s,
+        id,
+        owner,
+        next_pn,
+    } = sniffed(plain(client_config(1)), plain(server_config(2)));
+    let mut forged = Vec::new();
+    push_frame(&mut forged, header(2, owner, 100, None), b"forged");
+    let far = data_packet(id, next_pn.wrapping_add(10_000), &forged);
+    p.server.handle_datagram(p.now, p.client_addr, &far);
+    let before = p.client.connection_stats(c).expect("stats");
+    for i in 0..100u32 {
+        p.client.send(c, 3, i.to_be_bytes().to_vec()).expect("send");
+        p.server.send(s, 2, &b"down"[..]).expect("send");
+        p.run_for(Duration::from_millis(50));
+    }
+    // Quiet: anything left unacknowledged would now be probed for and sent again.
+    p.run_for(Duration::from_secs(2));
+    assert_eq!(p.server_messages(3).len(), 100);
+    let after = p.client.connection_stats(c).expect("stats");
+    assert_eq!(
+        (
+            after.packets_lost - before.packets_lost,
+            after.retransmissions - before.retransmissions,
+            after.rto_fired - before.rto_fired
+        ),
+        (0, 0, 0),
+        "every real packet acknowledged"
+    );
+}
+
 // ======================================================================== 2. replays
 
 #[test]

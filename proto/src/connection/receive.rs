@@ -354,7 +354,7 @@ impl Connection {
         admitted: usize,
         shared: &mut Shared<'_>,
     ) -> bool {
-        let out_of_order = self.transport.received.record(pn, now);
+        let out_of_order = self.transport.record_received(pn, now);
         let mut parsed = core::mem::take(&mut shared.scratch.parsed_frames);
         // Room the packet's reliable frames and responses were admitted with but have not
         // taken yet: unreliable chunks ahead of them in the packet must leave it to them.

@@ -236,7 +236,7 @@ impl Connection {
             .filter(|&pn| self.transport.received.verdict(pn) == Verdict::New);
         match fresh {
             Some(pn) => {
-                self.transport.received.record(pn, now);
+                self.transport.record_received(pn, now);
                 true
             }
             None => {

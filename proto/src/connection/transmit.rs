@@ -176,6 +176,7 @@ impl Connection {
                 || self.transport.eliciting_since_ack > 0
                 || self.transport.lazy_since_ack > 0
                 || self.transport.full_ack_due);
+        let mut ack_complete = false;
         if carries_ack {
             // Only a packet that will carry messages keeps its ack to `ACK_ROOM`; one with
             // nothing else to carry (an immediate ack, a keepalive) gives it the whole packet.
@@ -186,9 +187,16 @@ impl Connection {
                 w.remaining()
             };
             let delay = crate::time::micros(self.transport.received.ack_delay(now));
+            // Ranges the peer has seen acknowledged are left out. (A forged packet far ahead
+            // cannot stand for the real ones: each real packet below it brings them back,
+            // see `Transport::record_received`.)
+            let known = self.transport.acks_known_to_peer();
             let received = &self.transport.received;
-            let known = received.known_to_peer(self.transport.sent.peer_saw_ack());
             let written = encode_ack(&mut w, false, delay, received.ranges(known), room)?;
+            // Only an acknowledgement that said all it would tells, once acknowledged, what
+            // the peer knows: one cut short for room left older ranges out.
+            ack_complete =
+                written == wire::MAX_ACK_RANGES || received.ranges(known).nth(written).is_none();
             // Recent ranges that did not fit a packet carrying messages go in one of their
             // own next (without them the sender would think those packets lost); ranges of
             // long-resolved packets are left out. One with the whole packet says all it can
@@ -332,7 +340,7 @@ impl Connection {
             || ((ack_only || probe) && self.has_data_to_send());
         outcome.clear();
         self.transport.sent.on_sent(now, len, wanted, keys, outcome);
-        if let Some(largest) = self.transport.received.largest().filter(|_| carries_ack) {
+        if let Some(largest) = self.transport.received.largest().filter(|_| ack_complete) {
             self.transport.sent.set_ack_carried(largest);
         }
         self.skip_packet_number(now);

@@ -78,6 +78,32 @@ pub(crate) struct Transport {
 }
 
 impl Transport {
+    /// The largest packet number an acknowledgement of ours that the peer has got named
+    /// (see [`ReceivedPackets::ranges`]), if known. A value that no longer extends to one
+    /// at or below the newest received (it went stale over 2^31 packets) is forgotten.
+    pub(crate) fn acks_known_to_peer(&mut self) -> Option<u64> {
+        let low32 = self.sent.peer_saw_ack()?;
+        let known = self
+            .received
+            .largest()
+            .and_then(|largest| extend32(low32, largest).filter(|&k| k <= largest));
+        if known.is_none() {
+            self.sent.forget_peer_saw_ack();
+        }
+        known
+    }
+
+    /// Records packet `pn` as received (see [`ReceivedPackets::record`]). One at or below
+    /// what the peer has seen acknowledged came late (reordered by more than a round trip,
+    /// rebuilt from a late repair): the next acknowledgement names every range again, so
+    /// that it is not left out.
+    pub(crate) fn record_received(&mut self, pn: u64, now: Instant) -> bool {
+        if self.acks_known_to_peer().is_some_and(|known| pn <= known) {
+            self.sent.forget_peer_saw_ack();
+        }
+        self.received.record(pn, now)
+    }
+
     /// What hangs off the transport: packet and key rings, received ranges, coding state
     /// (for `MemoryHint`).
     #[inline(always)]
@@ -138,5 +164,48 @@ mod tests {
         assert_eq!(extend32(0xffff_fffe, 0x1_0000_0002), Some(0xffff_fffe));
         assert_eq!(extend32(u32::MAX, 0), None);
         assert_eq!(extend32(5, 3 << 32 | 10), Some(3 << 32 | 5));
+    }
+
+    fn transport() -> Transport {
+        let remote = "10.0.0.1:1".parse().expect("address");
+        let prf = Prf::from_key([1; 16]);
+        Transport::new(&Config::default(), remote, prf, Instant::ZERO)
+    }
+
+    fn ranges(t: &mut Transport) -> alloc::vec::Vec<(u64, u64)> {
+        let known = t.acks_known_to_peer();
+        t.received.ranges(known).collect()
+    }
+
+    #[test]
+    fn a_late_packet_below_what_the_peer_knows_brings_every_range_back() {
+        let mut t = transport();
+        for pn in [0, 1, 2, 4, 5, 7, 8, 9] {
+            t.record_received(pn, Instant::ZERO);
+        }
+        t.sent.set_peer_saw_ack_for_test(8);
+        assert_eq!(ranges(&mut t), [(7, 9)]);
+        // Packet 10 is news, not late: the peer still knows up to 8.
+        t.record_received(10, Instant::ZERO);
+        assert_eq!(ranges(&mut t), [(7, 10)]);
+        // Packet 3 came a round trip late: the next ack names it, and all the rest.
+        t.record_received(3, Instant::ZERO);
+        assert_eq!(ranges(&mut t), [(7, 10), (0, 5)]);
+    }
+
+    #[test]
+    fn what_the_peer_knew_is_forgotten_once_it_would_be_ahead_of_the_newest() {
+        let mut t = transport();
+        t.record_received(100, Instant::ZERO);
+        // (Low 32 bits that extend to a number past the newest received: stale, wrapped.)
+        t.sent.set_peer_saw_ack_for_test(150);
+        assert_eq!(t.acks_known_to_peer(), None);
+        assert_eq!(
+            t.sent.peer_saw_ack(),
+            None,
+            "forgotten, not kept to block newer ones"
+        );
+        t.sent.set_peer_saw_ack_for_test(100);
+        assert_eq!(t.acks_known_to_peer(), Some(100));
     }
 }

@@ -236,11 +236,6 @@ impl ReceivedPackets {
             .take_while(move |&(_, high)| core::mem::take(&mut newest) || newer(high))
     }
 
-    /// `peer_knows` for [`Self::ranges`], from its low 32 bits.
-    pub(crate) fn known_to_peer(&self, low32: Option<u32>) -> Option<u64> {
-        super::extend32(low32?, self.largest()?)
-    }
-
     /// Whether an acknowledgement of its newest `written` ranges leaves out one that still
     /// matters to the sender: one reaching within [`RELEVANT`] packets of the newest. Older
     /// ones the sender has resolved already (acknowledged, or declared lost and forgotten).
@@ -408,8 +403,6 @@ mod tests {
         // Left-out ranges are not recent ones a packet failed to fit.
         assert!(r.omits_recent(1, None));
         assert!(!r.omits_recent(1, Some(9)));
-        assert_eq!(r.known_to_peer(Some(4)), Some(4));
-        assert_eq!(r.known_to_peer(None), None);
     }
 
     #[test]

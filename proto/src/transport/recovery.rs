@@ -724,6 +724,18 @@ impl SentPackets {
         self.peer_saw_any_ack.then_some(self.peer_saw_ack)
     }
 
+    /// Forgets what the peer was known to have seen acknowledged: the next acknowledgement
+    /// names every range it can.
+    pub(crate) fn forget_peer_saw_ack(&mut self) {
+        self.peer_saw_any_ack = false;
+    }
+
+    #[cfg(test)]
+    pub(crate) fn set_peer_saw_ack_for_test(&mut self, low32: u32) {
+        self.peer_saw_ack = low32;
+        self.peer_saw_any_ack = true;
+    }
+
     /// How long a lazily acknowledged packet waits for its acknowledgement.
     fn lazy_expiry(&self, max_ack_delay: Duration) -> Duration {
         self.rtt.pto(LAZY_ACK_DELAY.max(max_ack_delay))
