@@ -530,6 +530,13 @@ impl Net {
 
 // ======================================================================== 1. far-ahead numbers
 
+/// The frames of a forged packet: one message "forged" on channel 2, from `owner`.
+fn forged_message(owner: u16) -> Vec<u8> {
+    let mut forged = Vec::new();
+    push_frame(&mut forged, header(2, owner, 100, None), b"forged");
+    forged
+}
+
 #[test]
 fn a_far_ahead_packet_from_a_new_address_never_moves_the_connection() {
     let Sniffed {
@@ -541,8 +548,7 @@ fn a_far_ahead_packet_from_a_new_address_never_moves_the_connection() {
         next_pn,
     } = sniffed(client_config(1), server_config(2));
     let real = p.client_addr;
-    let mut forged = Vec::new();
-    push_frame(&mut forged, header(2, owner, 100, None), b"forged");
+    let forged = forged_message(owner);
     let far = [
         next_pn.wrapping_add(16_385),
         next_pn.wrapping_add(100_000),
@@ -626,8 +632,7 @@ fn a_far_ahead_packet_from_the_peers_own_address_is_dropped_as_out_of_window() {
         owner,
         next_pn,
     } = sniffed(client_config(1), server_config(2));
-    let mut forged = Vec::new();
-    push_frame(&mut forged, header(2, owner, 100, None), b"forged");
+    let forged = forged_message(owner);
     // The newest the server has is next_pn - 1: one more than 16,384 beyond it is too far.
     let newest = next_pn - 1;
     let before = conn_drops(&p.server, s, DropReason::OutOfWindow);
@@ -666,8 +671,7 @@ fn a_forged_packet_far_ahead_never_hides_the_real_packets_acknowledgements() {
         owner,
         next_pn,
     } = sniffed(plain(client_config(1)), plain(server_config(2)));
-    let mut forged = Vec::new();
-    push_frame(&mut forged, header(2, owner, 100, None), b"forged");
+    let forged = forged_message(owner);
     let far = data_packet(id, next_pn.wrapping_add(10_000), &forged);
     p.server.handle_datagram(p.now, p.client_addr, &far);
     let before = p.client.connection_stats(c).expect("stats");

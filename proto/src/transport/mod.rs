@@ -81,6 +81,7 @@ impl Transport {
     /// The largest packet number an acknowledgement of ours that the peer has got named
     /// (see [`ReceivedPackets::ranges`]), if known. A value that no longer extends to one
     /// at or below the newest received (it went stale over 2^31 packets) is forgotten.
+    #[inline]
     pub(crate) fn acks_known_to_peer(&mut self) -> Option<u64> {
         let low32 = self.sent.peer_saw_ack()?;
         let known = self
@@ -98,7 +99,9 @@ impl Transport {
     /// rebuilt from a late repair): the next acknowledgement names every range again, so
     /// that it is not left out.
     pub(crate) fn record_received(&mut self, pn: u64, now: Instant) -> bool {
-        if self.acks_known_to_peer().is_some_and(|known| pn <= known) {
+        // (The newest packet is never at or below what an acknowledgement named.)
+        let newest = self.received.largest().is_none_or(|largest| pn > largest);
+        if !newest && self.acks_known_to_peer().is_some_and(|known| pn <= known) {
             self.sent.forget_peer_saw_ack();
         }
         self.received.record(pn, now)
