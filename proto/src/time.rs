@@ -56,6 +56,16 @@ pub(crate) fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
+impl Instant {
+    /// `self` plus `nanos` nanoseconds (whole microseconds of them, as adding a `Duration`
+    /// of as many nanoseconds gives), saturating.
+    pub(crate) fn plus_nanos(self, nanos: u64) -> Instant {
+        Instant {
+            micros: self.micros.saturating_add(nanos / 1000),
+        }
+    }
+}
+
 impl Add<Duration> for Instant {
     type Output = Instant;
     fn add(self, rhs: Duration) -> Instant {

@@ -13,7 +13,7 @@ use core::time::Duration;
 
 use super::congestion::{persistent_congestion_duration, Controller, NewReno};
 use super::frame_store::FrameKey;
-use super::rtt::RttEstimator;
+use super::rtt::{nanos, RttEstimator};
 use crate::time::{Instant, MaybeInstant};
 use crate::wire::Ack;
 
@@ -672,18 +672,21 @@ impl SentPackets {
         max_ack_delay: Duration,
         max_rto: Duration,
     ) -> Option<Instant> {
+        // (In nanoseconds: this runs for every packet sent and received.)
         let seq = self.oldest_in_flight;
         let p = &self.packets[self.index_of(seq)?];
         if self.largest_acked.is_some_and(|l| seq < l) {
-            return Some(p.sent_at + self.loss_delay());
+            return Some(p.sent_at.plus_nanos(self.loss_delay_nanos()));
         }
         if self.prompt_in_flight == 0 {
             // Only lazily acknowledged packets: no probe, but if no acknowledgement comes
             // they are given up (neither acknowledged nor lost), so that they cannot hold
             // the window forever.
-            return Some(p.sent_at + self.lazy_expiry(max_ack_delay));
+            let expiry = self.rtt.pto_nanos(nanos(LAZY_ACK_DELAY.max(max_ack_delay)));
+            return Some(p.sent_at.plus_nanos(expiry));
         }
-        Some(self.last_eliciting_sent.get()? + self.pto(max_ack_delay, max_rto))
+        let pto = self.pto_nanos(nanos(max_ack_delay), nanos(max_rto));
+        Some(self.last_eliciting_sent.get()?.plus_nanos(pto))
     }
 
     /// How long after it was sent a packet older than an acknowledged one counts as lost:
@@ -692,10 +695,15 @@ impl SentPackets {
     /// successors: declaring it lost first would resend it and shrink the window for
     /// nothing).
     fn loss_delay(&self) -> Duration {
+        Duration::from_nanos(self.loss_delay_nanos())
+    }
+
+    fn loss_delay_nanos(&self) -> u64 {
+        let delay = self.rtt.loss_delay_nanos();
         if self.coded {
-            self.rtt.loss_delay() * 4 / 3
+            delay.saturating_mul(4) / 3
         } else {
-            self.rtt.loss_delay()
+            delay
         }
     }
 
@@ -768,12 +776,13 @@ impl SentPackets {
         }
     }
 
-    /// The probe timeout after backoff: capped at `max_rto`, but never below the timeout
-    /// before backoff (a cap under the round trip would fire probes, which bypass the
-    /// congestion window, on every call).
-    fn pto(&self, max_ack_delay: Duration, max_rto: Duration) -> Duration {
-        let base = self.rtt.pto(max_ack_delay);
-        (base * (1 << self.pto_count)).min(max_rto.max(base))
+    /// The probe timeout after backoff, in nanoseconds (all three): capped at `max_rto`,
+    /// but never below the timeout before backoff (a cap under the round trip would fire
+    /// probes, which bypass the congestion window, on every call).
+    fn pto_nanos(&self, max_ack_delay: u64, max_rto: u64) -> u64 {
+        let base = self.rtt.pto_nanos(max_ack_delay);
+        base.saturating_mul(1 << self.pto_count)
+            .min(max_rto.max(base))
     }
 
     /// When the newest promptly acknowledged packet left (or a probe timeout fired).

@@ -55,6 +55,11 @@ impl Nanos {
     }
 }
 
+/// `d` in nanoseconds, saturating.
+pub(crate) fn nanos(d: Duration) -> u64 {
+    Nanos::of(d).0
+}
+
 impl RttEstimator {
     pub(crate) fn new(initial: Duration) -> Self {
         let initial = Nanos::of(initial);
@@ -126,18 +131,29 @@ impl RttEstimator {
 
     /// Probe timeout before backoff: srtt + 4·rttvar + the peer's max ack delay.
     pub(crate) fn pto(&self, max_ack_delay: Duration) -> Duration {
+        Duration::from_nanos(self.pto_nanos(nanos(max_ack_delay)))
+    }
+
+    /// [`Self::pto`] in nanoseconds (the loss timer is recomputed for every packet:
+    /// `Duration` arithmetic cost it several times the instructions).
+    pub(crate) fn pto_nanos(&self, max_ack_delay_nanos: u64) -> u64 {
         let spread = self.variance.0.saturating_mul(4).max(MILLISECOND);
-        let pto = self
-            .smoothed_nanos()
+        self.smoothed_nanos()
             .saturating_add(spread)
-            .saturating_add(Nanos::of(max_ack_delay).0);
-        Nanos(pto).duration()
+            .saturating_add(max_ack_delay_nanos)
     }
 
     /// Time after which a packet older than an acknowledged one counts as lost.
+    #[cfg(test)]
     pub(crate) fn loss_delay(&self) -> Duration {
+        Duration::from_nanos(self.loss_delay_nanos())
+    }
+
+    /// Time after which a packet older than an acknowledged one counts as lost, in
+    /// nanoseconds.
+    pub(crate) fn loss_delay_nanos(&self) -> u64 {
         let base = self.smoothed_nanos().max(self.latest.0);
-        Nanos((base.saturating_mul(9) / 8).max(MILLISECOND)).duration()
+        (base.saturating_mul(9) / 8).max(MILLISECOND)
     }
 }
 
