@@ -22,8 +22,12 @@ use crate::wire::Ack;
 pub(crate) const PACKET_THRESHOLD: u8 = 3;
 /// The largest the packet threshold grows to.
 const MAX_PACKET_THRESHOLD: u8 = 16;
-/// Packets declared lost are remembered this many packet numbers back, to notice late acks.
+/// Packets declared lost are remembered this many packet numbers back, to notice late acks,
+/// and for at most `LATE_ACK_DELAYS` loss delays (about 4.5 round trips) after they left: at
+/// a game's 20 packets a second the packet count alone kept three seconds of records, and
+/// each connection's ring grew to 64 of them after its first loss.
 const LATE_ACK_WINDOW: u64 = 64;
+const LATE_ACK_DELAYS: u64 = 4;
 /// Sent packets tracked at most; older ones are given up as lost.
 const MAX_TRACKED_PACKETS: usize = 4096;
 /// Longest backoff exponent for the probe timeout.
@@ -364,13 +368,14 @@ impl SentPackets {
                 }
             }
         }
-        self.retire();
+        self.retire(now);
     }
 
     /// Pops resolved packets off the front and moves the oldest-in-flight cursor past
     /// resolved ones (so loss detection never rescans them).
-    fn retire(&mut self) {
+    fn retire(&mut self, now: Instant) {
         self.oldest_in_flight = self.oldest_in_flight.max(self.first_seq);
+        let late_ack_span = self.rtt.loss_delay_nanos().saturating_mul(LATE_ACK_DELAYS);
         while let Some(i) = self.index_of(self.oldest_in_flight) {
             if self.packets[i].state == PacketState::InFlight {
                 break;
@@ -379,7 +384,8 @@ impl SentPackets {
         }
         while let Some(front) = self.packets.front() {
             let late_ack_possible = front.state == PacketState::Lost
-                && self.next_seq - self.first_seq <= LATE_ACK_WINDOW;
+                && self.next_seq - self.first_seq <= LATE_ACK_WINDOW
+                && now < front.sent_at.plus_nanos(late_ack_span);
             let keep = (front.state == PacketState::InFlight || late_ack_possible)
                 && self.packets.len() <= MAX_TRACKED_PACKETS;
             if keep {
@@ -465,7 +471,7 @@ impl SentPackets {
         });
         self.skipped = self.next_seq;
         self.next_seq += 1;
-        self.retire();
+        self.retire(now);
         SkipDraw::Next
     }
 
@@ -605,7 +611,7 @@ impl SentPackets {
             self.largest_acked = Some(largest);
         }
         self.detect_lost(now, max_ack_delay, outcome);
-        self.retire();
+        self.retire(now);
     }
 
     /// Declares lost the in-flight packets older than the newest acknowledged one that pass
@@ -824,7 +830,7 @@ impl SentPackets {
                 self.expire_lazy(now, max_ack_delay);
             }
         }
-        self.retire();
+        self.retire(now);
         fired
     }
 }
@@ -943,6 +949,37 @@ mod tests {
 
     fn ack<'a>(largest: u32, ranges: &[(u64, u64)], buf: &'a mut [u8]) -> Ack<'a> {
         Ack::build(largest, 0, ranges, buf).expect("valid ranges")
+    }
+
+    /// A lost packet is remembered for a late acknowledgement a few round trips, not only
+    /// until 64 more packets have left: at a game's 20 packets a second that would keep
+    /// three seconds of records after every loss.
+    #[test]
+    fn a_lost_packet_is_remembered_for_late_acks_a_few_round_trips_only() {
+        let mut sent = SentPackets::new(Duration::from_millis(100), 1200);
+        let mut out = AckOutcome::default();
+        let mad = Duration::from_millis(5);
+        let at = |ms: u64| Instant::from_millis(1 + ms);
+        let mut buf = [0u8; 32];
+        // One packet every 20 ms, each acknowledged 40 ms later, but for packet 0.
+        for pn in 0..24u64 {
+            if pn >= 3 {
+                let ack = ack((pn - 3) as u32 + 1, &[(0, 0)], &mut buf);
+                sent.on_ack(at(20 * pn), &ack, mad, &mut out);
+            }
+            sent.on_sent_without_frames(at(20 * pn), 100, AckWanted::Lazy, &mut out);
+            if pn == 6 {
+                assert_eq!(sent.first_seq, 0, "declared lost, kept for a late ack");
+                assert_eq!(sent.packets[0].state, PacketState::Lost);
+            }
+        }
+        // 4 x 9/8 of the 40 ms round trip after it left: forgotten, long before 64 packets.
+        assert!(sent.first_seq > 0, "packet 0 still remembered");
+        assert!(
+            sent.packets.len() <= 2,
+            "{} records kept",
+            sent.packets.len()
+        );
     }
 
     /// Once a packet that carried an acknowledgement is acknowledged, the peer is known to
