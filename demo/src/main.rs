@@ -24,6 +24,11 @@ use shoal_sim::units::{
 };
 use shoal_sim::{BurstLoss, LinkConfig};
 
+/// mimalloc: its heap comes in 2 MiB pages where the kernel offers them, which a run with
+/// thousands of peers (bound by cache and TLB misses) needs; see `sim/benches/sim_speed.rs`.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Run a game-like load — one server, many clients — over a simulated network, check every
 /// delivery guarantee, and print a summary.
 ///
