@@ -147,7 +147,10 @@ impl Connection {
         let rtt = self.transport.sent.rtt.smoothed();
         let wants_data = self.has_data_to_send();
         let paced = if wants_data && !probe {
-            self.transport.pacer.delay(now, mtu, window, rtt, config)
+            let bulk = self.bulk_waiting();
+            self.transport
+                .pacer
+                .delay(now, mtu, bulk, window, rtt, config)
         } else {
             None
         };
@@ -469,6 +472,29 @@ impl Connection {
             .iter()
             .map(|ch| ch.queued_bytes)
             .sum()
+    }
+
+    /// Bytes of bulk data waiting to go, for the pacer: the queues of channels whose next
+    /// message goes in chunks (a large message), or 0 if anything else could go now (a whole
+    /// message, a response, a retransmission), which the pacer lets out a packet time later
+    /// rather than a burst's.
+    fn bulk_waiting(&self) -> usize {
+        if self.messaging.resend_waiting() || self.messaging.responses_queued() {
+            return 0;
+        }
+        let mut bulk = 0;
+        for ch in self.maybe_queued_channels() {
+            match ch.queue.front() {
+                Some(head) if ch.head_ready() => {
+                    if head.chunk_count <= 1 {
+                        return 0;
+                    }
+                    bulk += ch.queued_bytes;
+                }
+                _ => {}
+            }
+        }
+        bulk
     }
 
     fn has_data_to_send(&self) -> bool {

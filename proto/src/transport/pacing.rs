@@ -42,8 +42,8 @@ impl Pacer {
         config.max_send_rate.map_or(rate, |cap| rate.min(cap))
     }
 
-    /// Adds the tokens earned since the last refill; returns the rate.
-    fn refill(&mut self, now: Instant, window: u64, rtt: Duration, config: &Config) -> u64 {
+    /// Adds the tokens earned since the last refill; returns the rate and the bucket's size.
+    fn refill(&mut self, now: Instant, window: u64, rtt: Duration, config: &Config) -> (u64, u64) {
         let mtu = config.mtu as u64;
         let burst = mul_div(window, micros(BURST_INTERVAL), micros(rtt).max(1));
         let mut capacity = burst.clamp(MIN_BURST_PACKETS * mtu, MAX_BURST_PACKETS * mtu);
@@ -63,24 +63,31 @@ impl Pacer {
             None => self.last = now.into(),
         }
         self.tokens = self.tokens.min(capacity);
-        rate
+        (rate, capacity)
     }
 
-    /// When a packet of `bytes` may leave: `None` means now.
+    /// When a packet of `bytes` may leave: `None` means now. `bulk` is how many bytes of
+    /// bulk data (the rest of large messages, nothing a game waits on) wait to go with it, 0
+    /// when anything else waits. A packet waits for its own tokens, so a message queued beside
+    /// a large one leaves within a packet time; bulk alone waits for a burst's worth (or for
+    /// all of it, if less), so a large message wakes its sender once per burst rather than
+    /// once per packet.
     pub(crate) fn delay(
         &mut self,
         now: Instant,
         bytes: usize,
+        bulk: usize,
         window: u64,
         rtt: Duration,
         config: &Config,
     ) -> Option<Instant> {
-        let rate = self.refill(now, window, rtt, config);
+        let (rate, capacity) = self.refill(now, window, rtt, config);
         let bytes = bytes as u64;
         if self.tokens >= bytes {
             return None;
         }
-        let wait = mul_div(bytes - self.tokens, 1_000_000, rate);
+        let target = (bulk as u64).min(capacity).max(bytes);
+        let wait = mul_div(target - self.tokens, 1_000_000, rate);
         Some(now + Duration::from_micros(wait.max(1)))
     }
 
@@ -144,7 +151,7 @@ mod tests {
         let mut sent = 0;
         let mut burst = 0;
         while sent < 100 {
-            match p.delay(now, mtu, window, rtt, &config) {
+            match p.delay(now, mtu, 0, window, rtt, &config) {
                 None => {
                     p.on_sent(mtu);
                     sent += 1;
@@ -171,13 +178,71 @@ mod tests {
         let rtt = Duration::from_millis(80);
         let (config, mut p) = unlimited(mtu);
         let now = Instant::from_millis(1000);
-        while p.delay(now, mtu, window, rtt, &config).is_none() {
+        while p.delay(now, mtu, 0, window, rtt, &config).is_none() {
             p.on_sent(mtu);
         }
         // 5/4 of 16 packets per 80 ms: a packet every 4 ms.
-        let wait = p.delay(now, mtu, window, rtt, &config).map(|at| at - now);
+        let wait = p
+            .delay(now, mtu, 0, window, rtt, &config)
+            .map(|at| at - now);
         assert!(
             wait.is_some_and(|w| w <= Duration::from_millis(4)),
+            "{wait:?}"
+        );
+    }
+
+    /// Bulk data alone (the rest of a large message) waits for a burst's worth of tokens, so
+    /// its sender wakes once per burst; at the same average rate as packet by packet.
+    #[test]
+    fn bulk_alone_waits_for_a_burst_and_keeps_the_rate() {
+        let mtu = 1200;
+        let window = 100 * mtu as u64;
+        let rtt = Duration::from_millis(100);
+        let bulk = 400 * mtu;
+        let run = |bulk: usize| {
+            let (config, mut p) = unlimited(mtu);
+            let t0 = Instant::from_millis(1000);
+            let (mut now, mut sent, mut wakes) = (t0, 0, 0);
+            while sent < 300 {
+                match p.delay(now, mtu, bulk, window, rtt, &config) {
+                    None => {
+                        p.on_sent(mtu);
+                        sent += 1;
+                    }
+                    Some(at) => {
+                        now = at;
+                        wakes += 1;
+                    }
+                }
+            }
+            (now - t0, wakes)
+        };
+        let (packet_time, packet_wakes) = run(0);
+        let (burst_time, burst_wakes) = run(bulk);
+        // 100 packets per 100 ms at 5/4: a burst is 2 ms of the window, 2 packets, so at
+        // least the floor of 10.
+        assert!(
+            packet_wakes >= 250,
+            "{packet_wakes} wake-ups packet by packet"
+        );
+        assert!(burst_wakes <= 30, "{burst_wakes} wake-ups in bursts");
+        let (p, b) = (packet_time.as_micros(), burst_time.as_micros());
+        assert!(
+            b >= p && b <= p + p / 20,
+            "{burst_time:?} in bursts, {packet_time:?} by packet"
+        );
+        // Less bulk than a burst waits only for itself.
+        let (config, mut p) = unlimited(mtu);
+        let now = Instant::from_millis(1000);
+        while p.delay(now, mtu, 3 * mtu, window, rtt, &config).is_none() {
+            p.on_sent(mtu);
+        }
+        let wait = p
+            .delay(now, mtu, 3 * mtu, window, rtt, &config)
+            .map(|at| at - now);
+        // 3 packets at 125 packets a second: 24 ms at most.
+        assert!(
+            wait.is_some_and(|w| w <= Duration::from_millis(24)),
             "{wait:?}"
         );
     }
