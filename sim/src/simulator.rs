@@ -1170,6 +1170,16 @@ impl Simulator {
                 (self.in_flight.len() - 1) as u32
             }
         };
+        if self.config.memory_hints {
+            // The record the enqueue after next takes: its lines were last used a link's
+            // latency ago, and stores into cold lines fill the store buffer until each line
+            // arrives (a server's tick writes thousands of datagrams in a row).
+            let free = &self.free_in_flight;
+            let next = free.len().checked_sub(2).and_then(|i| free.get(i));
+            if let Some(d) = next.and_then(|&slot| self.in_flight.get(slot as usize)) {
+                prefetch::prefetch(d);
+            }
+        }
         if let Some(d) = self.in_flight.get_mut(slot as usize) {
             d.from = from;
             d.from_node = from_node;
