@@ -1628,8 +1628,8 @@ fn a_long_lossy_connection_does_not_repeat_old_acknowledgement_ranges() {
 }
 
 /// A large message alone leaves in bursts (its sender wakes once per burst, not once per
-/// packet), while a small message sent beside it is not held back for a burst: it leaves
-/// within a packet time, as it did with packet-by-packet pacing.
+/// packet), while messages sent beside it are not held back for a burst: a whole one leaves
+/// within a packet time, and one of a few chunks waits for its own tokens only.
 #[test]
 fn a_large_message_leaves_in_bursts_and_a_small_one_beside_it_is_not_held_for_one() {
     let mut p = Pair::default_pair();
@@ -1640,27 +1640,31 @@ fn a_large_message_leaves_in_bursts_and_a_small_one_beside_it_is_not_held_for_on
         .expect("send");
     let limit = p.now + Duration::from_secs(30);
     let (mut instants, mut packets, mut last) = (0u64, 0u64, p.sent[0]);
-    let mut small: Vec<(Instant, usize)> = Vec::new();
-    let mut next_small = p.now + Duration::from_millis(200);
-    let mut small_sent = 0;
-    let mut took: Vec<Duration> = Vec::new();
+    // Beside it, alternately: an 8-byte message, and one of 3,000 bytes (3 chunks).
+    let beside = [(UNRELIABLE, 8), (ORDERED, 3_000)];
+    let mut pending: Vec<(usize, Instant, usize)> = Vec::new();
+    let mut sent_on = [0usize; 2];
+    let mut took: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
+    let mut next = p.now + Duration::from_millis(200);
     while p.server_messages(RELIABLE).is_empty() && p.step(limit) {
         if p.sent[0] > last {
             instants += 1;
             packets += p.sent[0] - last;
             last = p.sent[0];
         }
-        if p.now >= next_small && small_sent < 20 {
-            p.client.send(c, UNRELIABLE, vec![1u8; 8]).expect("send");
-            small_sent += 1;
-            small.push((p.now, small_sent));
-            next_small = p.now + Duration::from_micros(7_300);
+        let sent: usize = sent_on.iter().sum();
+        if p.now >= next && sent < 20 {
+            let kind = sent % 2;
+            let (channel, len) = beside[kind];
+            p.client.send(c, channel, vec![1u8; len]).expect("send");
+            sent_on[kind] += 1;
+            pending.push((kind, p.now, sent_on[kind]));
+            next = p.now + Duration::from_micros(7_300);
         }
-        // (Each small message's delivery is looked for after every step.)
-        let delivered = p.server_messages(UNRELIABLE).len();
-        small.retain(|&(at, n)| {
-            if delivered >= n {
-                took.push(p.now - at);
+        let delivered = beside.map(|(channel, _)| p.server_messages(channel).len());
+        pending.retain(|&(kind, at, n)| {
+            if delivered[kind] >= n {
+                took[kind].push(p.now - at);
                 false
             } else {
                 true
@@ -1673,19 +1677,34 @@ fn a_large_message_leaves_in_bursts_and_a_small_one_beside_it_is_not_held_for_on
         "the large message arrived"
     );
     assert_eq!(
-        small_sent, 20,
+        sent_on,
+        [10, 10],
         "all sent while the large message was on its way"
     );
-    assert!(small.is_empty(), "every small message arrived");
-    let mean = took.iter().sum::<Duration>() / took.len() as u32;
-    std::println!("small messages took {took:?}, {mean:?} on average");
-    // 40 ms of path; packet by packet the mean was 41.6 ms, and 44.6 ms when small
-    // messages were held for bursts too.
+    assert!(pending.is_empty(), "every message beside it arrived");
+    let mean = took
+        .each_ref()
+        .map(|t| t.iter().sum::<Duration>() / t.len() as u32);
+    std::println!(
+        "beside it: 8 B {:?}, 3,000 B {:?} ({took:?})",
+        mean[0],
+        mean[1]
+    );
+    // 40 ms of path. Packet by packet the means were 41.0 and 44.7 ms; with the 3,000-byte
+    // messages counted as bulk (held for a burst, as the large one), 42.9 and 46.5 ms; now
+    // 43.4 (one of the ten caught behind a full congestion window) and 43.3 ms.
     assert!(
-        mean <= Duration::from_millis(44),
-        "small messages took {mean:?} on average"
+        mean[0] <= Duration::from_millis(44),
+        "8 B: {:?} on average",
+        mean[0]
+    );
+    assert!(
+        mean[1] <= Duration::from_millis(45),
+        "3,000 B: {:?} on average",
+        mean[1]
     );
     let per_wake = packets as f64 / instants as f64;
     std::println!("{packets} packets at {instants} instants: {per_wake:.1} per wake-up");
-    assert!(per_wake >= 4.0, "{packets} packets at {instants} instants");
+    // (Packet by packet, 1.2.)
+    assert!(per_wake >= 3.0, "{packets} packets at {instants} instants");
 }

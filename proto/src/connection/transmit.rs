@@ -147,7 +147,12 @@ impl Connection {
         let rtt = self.transport.sent.rtt.smoothed();
         let wants_data = self.has_data_to_send();
         let paced = if wants_data && !probe {
-            let bulk = self.bulk_waiting();
+            // (No more bulk than the congestion window has room for: waiting for tokens
+            // it could not spend at once would only delay the packets it can.)
+            let room = window.saturating_sub(self.transport.sent.bytes_in_flight());
+            let bulk = self
+                .bulk_waiting()
+                .min(usize::try_from(room).unwrap_or(usize::MAX));
             self.transport
                 .pacer
                 .delay(now, mtu, bulk, window, rtt, config)
@@ -474,27 +479,34 @@ impl Connection {
             .sum()
     }
 
-    /// Bytes of bulk data waiting to go, for the pacer: the queues of channels whose next
-    /// message goes in chunks (a large message), or 0 if anything else could go now (a whole
-    /// message, a response, a retransmission), which the pacer lets out a packet time later
-    /// rather than a burst's.
+    /// Bytes of bulk data waiting to go, for the pacer: the least of what remains of the
+    /// chunked messages at the heads of channels (large messages), or 0 if anything else
+    /// could go now (a whole message, a response, a retransmission), which the pacer lets
+    /// out a packet time later rather than a burst's. (The least, not the sum: a message of
+    /// a few chunks beside a large one waits for its own tokens, not for a burst.)
     fn bulk_waiting(&self) -> usize {
         if self.messaging.resend_waiting() || self.messaging.responses_queued() {
             return 0;
         }
-        let mut bulk = 0;
+        let mut bulk = usize::MAX;
         for ch in self.maybe_queued_channels() {
             match ch.queue.front() {
                 Some(head) if ch.head_ready() => {
-                    if head.chunk_count <= 1 {
+                    let chunks = usize::from(head.chunk_count);
+                    if chunks <= 1 {
                         return 0;
                     }
-                    bulk += ch.queued_bytes;
+                    let left = chunks - usize::from(head.next_chunk).min(chunks);
+                    bulk = bulk.min(head.payload.len() / chunks * left);
                 }
                 _ => {}
             }
         }
-        bulk
+        if bulk == usize::MAX {
+            0
+        } else {
+            bulk
+        }
     }
 
     fn has_data_to_send(&self) -> bool {

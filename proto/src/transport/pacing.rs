@@ -67,11 +67,11 @@ impl Pacer {
     }
 
     /// When a packet of `bytes` may leave: `None` means now. `bulk` is how many bytes of
-    /// bulk data (the rest of large messages, nothing a game waits on) wait to go with it, 0
-    /// when anything else waits. A packet waits for its own tokens, so a message queued beside
+    /// bulk data (what remains of a large message) the caller would send in a row, 0 when
+    /// anything else waits. A packet waits for its own tokens, so a message queued beside
     /// a large one leaves within a packet time; bulk alone waits for a burst's worth (or for
     /// all of it, if less), so a large message wakes its sender once per burst rather than
-    /// once per packet.
+    /// once per packet, at the same average rate.
     pub(crate) fn delay(
         &mut self,
         now: Instant,
@@ -225,13 +225,14 @@ mod tests {
             packet_wakes >= 250,
             "{packet_wakes} wake-ups packet by packet"
         );
-        assert!(burst_wakes <= 30, "{burst_wakes} wake-ups in bursts");
+        assert!(burst_wakes <= 40, "{burst_wakes} wake-ups in bursts");
         let (p, b) = (packet_time.as_micros(), burst_time.as_micros());
         assert!(
             b >= p && b <= p + p / 20,
             "{burst_time:?} in bursts, {packet_time:?} by packet"
         );
-        // Less bulk than a burst waits only for itself.
+        // Less bulk than a burst waits only for itself: 3 packets at 1,250 a second are
+        // 2.4 ms, where a burst's 10 would be 8 ms.
         let (config, mut p) = unlimited(mtu);
         let now = Instant::from_millis(1000);
         while p.delay(now, mtu, 3 * mtu, window, rtt, &config).is_none() {
@@ -240,9 +241,8 @@ mod tests {
         let wait = p
             .delay(now, mtu, 3 * mtu, window, rtt, &config)
             .map(|at| at - now);
-        // 3 packets at 125 packets a second: 24 ms at most.
         assert!(
-            wait.is_some_and(|w| w <= Duration::from_millis(24)),
+            wait.is_some_and(|w| w > Duration::from_millis(1) && w <= Duration::from_micros(2_500)),
             "{wait:?}"
         );
     }
