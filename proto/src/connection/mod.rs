@@ -1580,6 +1580,58 @@ mod tests {
         assert_eq!(repairs(&c), before);
     }
 
+    /// What the pacer may hold for a burst (`Pacer::delay`): the least of what remains of
+    /// the chunked messages at the channels' heads, and nothing while anything else could
+    /// go: a whole message, or a retransmission.
+    #[test]
+    fn bulk_is_the_least_chunked_remainder_and_nothing_beside_anything_else() {
+        let config = Config::default();
+        let now = Instant::from_millis(1);
+        let send = |c: &mut Connection, channel: u8, len: usize| {
+            let payload = Bytes::from(alloc::vec![channel; len]);
+            c.send(&config, channel, payload, false, Route::default())
+                .unwrap();
+        };
+        let mut c = server_connection(&config, now);
+        assert_eq!(c.bulk_waiting(), 0, "nothing queued");
+        send(&mut c, 2, 100_000);
+        let large = c.bulk_waiting();
+        assert!(
+            (95_000..=100_000).contains(&large),
+            "a large message alone: {large}"
+        );
+        send(&mut c, 3, 3_000);
+        let least = c.bulk_waiting();
+        assert!(
+            (2_500..=3_000).contains(&least),
+            "beside one of 3 chunks: {least}"
+        );
+        send(&mut c, 0, 8);
+        assert_eq!(c.bulk_waiting(), 0, "beside a whole message");
+
+        let mut c = server_connection(&config, now);
+        send(&mut c, 2, 100_000);
+        let f = c.messaging.in_flight();
+        let header = MessageHeader {
+            channel: 2,
+            send_type: SendType::Message,
+            reliable: true,
+            owner: 0,
+            sequence: 0,
+            redirect: None,
+            chunk: None,
+        };
+        let key = f.frames.insert(SentFrame {
+            header,
+            payload: Bytes::from_static(b"lost"),
+            message_seq: None,
+            in_flight: 0,
+        });
+        f.resend.push_back(key);
+        c.messaging.resend_waiting = true;
+        assert_eq!(c.bulk_waiting(), 0, "beside a retransmission");
+    }
+
     /// The idle trim gives the repair decoder back, but not what its solving still owes:
     /// a peer that goes quiet for a keepalive interval between bursts of repairs that never
     /// solve would otherwise get a fresh allowance each time (see `RepairDecoder::solve`).

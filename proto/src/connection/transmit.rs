@@ -484,7 +484,7 @@ impl Connection {
     /// could go now (a whole message, a response, a retransmission), which the pacer lets
     /// out a packet time later rather than a burst's. (The least, not the sum: a message of
     /// a few chunks beside a large one waits for its own tokens, not for a burst.)
-    fn bulk_waiting(&self) -> usize {
+    pub(super) fn bulk_waiting(&self) -> usize {
         if self.messaging.resend_waiting() || self.messaging.responses_queued() {
             return 0;
         }
