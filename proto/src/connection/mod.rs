@@ -1417,6 +1417,32 @@ mod tests {
         Connection::new(config, handle, remote, now, false, 1, prf)
     }
 
+    /// Queues a frame of channel 2 holding `payload` to be sent again, as a loss does;
+    /// `gone`: its frame was let go since (acknowledged late), leaving only the entry.
+    fn queue_resend(c: &mut Connection, reliable: bool, payload: Bytes, gone: bool) {
+        let f = c.messaging.in_flight();
+        let header = MessageHeader {
+            channel: 2,
+            send_type: SendType::Message,
+            reliable,
+            owner: 0,
+            sequence: 0,
+            redirect: None,
+            chunk: None,
+        };
+        let key = f.frames.insert(SentFrame {
+            header,
+            payload,
+            message_seq: None,
+            in_flight: 0,
+        });
+        if gone {
+            f.frames.remove(key);
+        }
+        f.resend.push_back(key);
+        c.messaging.resend_waiting = true;
+    }
+
     /// A packet's whole ordered messages are held only past the run they complete, which
     /// is a walk over the receive window (a peer can fill it behind a missing message): it is
     /// not walked for a packet refused without them, nor for one let in with all of them
@@ -1554,25 +1580,7 @@ mod tests {
         let repairs = |c: &Connection| (c.transport.repaired_through, c.stats().repairs_sent);
         let before = repairs(&c);
         assert!(before.1 > 0, "the packets carry repairs");
-        let f = c.messaging.in_flight();
-        let header = MessageHeader {
-            channel: 2,
-            send_type: SendType::Message,
-            reliable: false,
-            owner: 0,
-            sequence: 0,
-            redirect: None,
-            chunk: None,
-        };
-        let key = f.frames.insert(SentFrame {
-            header,
-            payload: Bytes::new(),
-            message_seq: None,
-            in_flight: 0,
-        });
-        f.frames.remove(key);
-        f.resend.push_back(key);
-        c.messaging.resend_waiting = true;
+        queue_resend(&mut c, false, Bytes::new(), true);
         now += core::time::Duration::from_millis(1);
         assert!(c
             .poll_transmit(now, &mut buf, &config, &mut outcome)
@@ -1611,24 +1619,7 @@ mod tests {
 
         let mut c = server_connection(&config, now);
         send(&mut c, 2, 100_000);
-        let f = c.messaging.in_flight();
-        let header = MessageHeader {
-            channel: 2,
-            send_type: SendType::Message,
-            reliable: true,
-            owner: 0,
-            sequence: 0,
-            redirect: None,
-            chunk: None,
-        };
-        let key = f.frames.insert(SentFrame {
-            header,
-            payload: Bytes::from_static(b"lost"),
-            message_seq: None,
-            in_flight: 0,
-        });
-        f.resend.push_back(key);
-        c.messaging.resend_waiting = true;
+        queue_resend(&mut c, true, Bytes::from_static(b"lost"), false);
         assert_eq!(c.bulk_waiting(), 0, "beside a retransmission");
     }
 
