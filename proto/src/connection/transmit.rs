@@ -147,12 +147,16 @@ impl Connection {
         let rtt = self.transport.sent.rtt.smoothed();
         let wants_data = self.has_data_to_send();
         let paced = if wants_data && !probe {
-            // (No more bulk than the congestion window has room for: waiting for tokens
-            // it could not spend at once would only delay the packets it can.)
-            let room = window.saturating_sub(self.transport.sent.bytes_in_flight());
-            let bulk = self
-                .bulk_waiting()
-                .min(usize::try_from(room).unwrap_or(usize::MAX));
+            // (Looked for only when the bucket runs short; and no more of it than the
+            // congestion window has room for: waiting for tokens it could not spend at once
+            // would only delay the packets it can.)
+            let bulk = if self.transport.pacer.short_of(mtu) {
+                let room = window.saturating_sub(self.transport.sent.bytes_in_flight());
+                self.bulk_waiting()
+                    .min(usize::try_from(room).unwrap_or(usize::MAX))
+            } else {
+                0
+            };
             self.transport
                 .pacer
                 .delay(now, mtu, bulk, window, rtt, config)
@@ -488,7 +492,7 @@ impl Connection {
         if self.messaging.resend_waiting() || self.messaging.responses_queued() {
             return 0;
         }
-        let mut bulk = usize::MAX;
+        let mut least: Option<usize> = None;
         for ch in self.maybe_queued_channels() {
             match ch.queue.front() {
                 Some(head) if ch.head_ready() => {
@@ -497,16 +501,13 @@ impl Connection {
                         return 0;
                     }
                     let left = chunks - usize::from(head.next_chunk).min(chunks);
-                    bulk = bulk.min(head.payload.len() / chunks * left);
+                    let remains = head.payload.len() / chunks * left;
+                    least = Some(least.map_or(remains, |l| l.min(remains)));
                 }
                 _ => {}
             }
         }
-        if bulk == usize::MAX {
-            0
-        } else {
-            bulk
-        }
+        least.unwrap_or(0)
     }
 
     fn has_data_to_send(&self) -> bool {

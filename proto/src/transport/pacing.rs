@@ -91,6 +91,12 @@ impl Pacer {
         Some(now + Duration::from_micros(wait.max(1)))
     }
 
+    /// Whether the bucket holds fewer than `bytes` tokens (before the refill `delay` makes):
+    /// only then can `delay` hold a packet, and only then is bulk worth looking for.
+    pub(crate) fn short_of(&self, bytes: usize) -> bool {
+        self.tokens < bytes as u64
+    }
+
     /// A packet of `bytes` left.
     pub(crate) fn on_sent(&mut self, bytes: usize) {
         self.tokens = self.tokens.saturating_sub(bytes as u64);
