@@ -1692,7 +1692,7 @@ fn a_large_message_leaves_in_bursts_and_a_small_one_beside_it_is_not_held_for_on
     );
     // 40 ms of path. Packet by packet the means were 41.0 and 44.7 ms; with the 3,000-byte
     // messages counted as bulk (held for a burst, as the large one), 42.9 and 46.5 ms; now
-    // 43.4 (one of the ten caught behind a full congestion window) and 43.3 ms.
+    // 43.4 (one of the ten took 64 ms) and 43.3 ms.
     assert!(
         mean[0] <= Duration::from_millis(44),
         "8 B: {:?} on average",

@@ -23,6 +23,10 @@
 
 use std::time::{Duration, Instant};
 
+use shoal_proto::Protection;
+use shoal_sim::scenario::{run, ScenarioConfig};
+use shoal_sim::LinkConfig;
+
 /// mimalloc, not the system allocator: on Linux its heap comes in 2 MiB pages where the kernel
 /// offers them (transparent huge pages), and the 10,000-client run is bound by misses over
 /// some 450 MB of state, TLB misses among them: about +10% steady speed against glibc's
@@ -30,10 +34,6 @@ use std::time::{Duration, Instant};
 /// +2% with mimalloc's huge pages off (`MIMALLOC_ALLOW_THP=0`).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-use shoal_proto::Protection;
-use shoal_sim::scenario::{run, ScenarioConfig};
-use shoal_sim::LinkConfig;
 
 /// `name` from the environment, parsed, or `default` (with a warning if it does not parse).
 fn env<T: std::str::FromStr + std::fmt::Display>(name: &str, default: T) -> T {
