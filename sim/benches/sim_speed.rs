@@ -19,6 +19,7 @@
 //! | `SHOAL_BENCH_LOSS` | 1 | percent of datagrams each link loses |
 //! | `SHOAL_BENCH_HINTS` | 1 on x86-64 | 0 turns the prefetching of the next nodes' state off (`memory_hints`) |
 //! | `SHOAL_BENCH_PER_SECOND` | unset | set: also print the speed of each simulated second (coding turns on connection by connection as losses come, so a lossy run slows over its first 15 s or so) |
+//! | `SHOAL_BENCH_TURNS` | 0 | 1: also print where the wall time went, turn by kind of happening (`SimConfig::time_turns`: two clock reads a step, so the run is a few percent slower) |
 //! | `SHOAL_BENCH_FROM` | 2 | simulated second the steady state is timed from (12 skips the first round of large messages, which grows every connection's buffers) |
 
 use std::time::{Duration, Instant};
@@ -60,6 +61,7 @@ fn bench(clients: u64, secs: u64, seed: u64, protection: Protection) {
         large_size: env("SHOAL_BENCH_LARGE", 64 * 1024_usize),
         node_batching: env("SHOAL_BENCH_BATCHING", 1_u64) != 0,
         memory_hints: env("SHOAL_BENCH_HINTS", u64::from(defaults.memory_hints)) != 0,
+        time_turns: env("SHOAL_BENCH_TURNS", 0_u64) != 0,
         ..defaults
     };
     println!(
@@ -161,6 +163,18 @@ fn bench(clients: u64, secs: u64, seed: u64, protection: Protection) {
         "  trace hash {:#018x} (equal for equal runs: a faster engine must keep it)",
         report.trace_hash
     );
+    if config.time_turns {
+        let t = &report.turn_times;
+        println!("  turns, whole run (a server holds more than two connections):");
+        for line in t.to_string().lines() {
+            println!("    {line}");
+        }
+        println!(
+            "    {:<18} {:>36.2} s (besides the turns; the timers' own clock reads in both)",
+            "engine",
+            (wall - t.total().nanos as f64 / 1e9).max(0.0)
+        );
+    }
     println!();
 }
 

@@ -95,6 +95,6 @@ pub use nat::{AddNatError, NatConfig, NatId, NatKind, NatMapping, NatStats, MAX_
 pub use rng::SimRng;
 pub use simulator::{
     prefetch, AddNodeError, Application, NodeContext, NodeId, NodeNetwork, PartitionId,
-    RebindError, SimConfig, SimStats, Simulator, MAX_NODES,
+    RebindError, SimConfig, SimStats, Simulator, TurnTime, TurnTimes, MAX_NODES,
 };
 pub use trace::{Fate, TraceRecord};

@@ -201,6 +201,9 @@ pub struct ScenarioConfig {
     /// Prefetches what the next nodes and datagrams will read
     /// ([`SimConfig::memory_hints`], whose default it takes). Changes nothing but speed.
     pub memory_hints: bool,
+    /// Times each turn of the run ([`SimConfig::time_turns`]; the figures are in
+    /// [`Report::turn_times`]). Changes nothing but speed. Default `false`.
+    pub time_turns: bool,
 }
 
 impl Default for ScenarioConfig {
@@ -234,6 +237,7 @@ impl Default for ScenarioConfig {
             drain_limit: Duration::from_secs(15),
             node_batching: true,
             memory_hints: SimConfig::default().memory_hints,
+            time_turns: false,
         }
     }
 }
@@ -397,6 +401,7 @@ fn build(
         default_link: config.link,
         node_batching: config.node_batching,
         memory_hints: config.memory_hints,
+        time_turns: config.time_turns,
         trace_capacity,
         ..SimConfig::default()
     })
@@ -464,6 +469,40 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// With `time_turns`, every happening the engine took is counted once, in its row, and
+    /// the server's (the node with more than two connections) apart from the clients'; the
+    /// run itself is the same. Without it nothing is counted.
+    #[test]
+    fn timed_turns_count_every_happening_once_and_change_nothing() {
+        let config = ScenarioConfig {
+            clients: 4,
+            duration: Duration::from_secs(3),
+            large_size: 0,
+            ..ScenarioConfig::default()
+        };
+        let plain = run(&config, &mut |_| {}).expect("valid scenario");
+        assert_eq!(plain.turn_times, crate::TurnTimes::default());
+        let timed = run(
+            &ScenarioConfig {
+                time_turns: true,
+                ..config
+            },
+            &mut |_| {},
+        )
+        .expect("valid scenario");
+        assert_eq!(timed.trace_hash, plain.trace_hash);
+        let (t, s) = (timed.turn_times, timed.sim);
+        let sum = |rows: [crate::TurnTime; 2]| rows[0].count + rows[1].count;
+        assert_eq!(sum(t.wakeups), s.wakeups + s.stale_wakeups);
+        assert_eq!(sum(t.arrivals), s.datagrams_delivered);
+        assert_eq!(sum(t.timers), s.timers_fired);
+        assert_eq!(t.total().count, s.steps);
+        // The server's datagrams come from four clients; the clients' from the server.
+        assert!(t.arrivals[0].count > 0 && t.arrivals[1].count > 0);
+        assert!(t.timers[1].count > 0, "the server ticks");
+        assert!(t.total().nanos > 0);
+    }
 
     /// The server's tick goes out in chunks (`SERVER_TICK_CHUNK`), each drained before the
     /// next is queued, yet every connected client's state leaves at the tick's instant.

@@ -7,7 +7,7 @@ use shoal_proto::DropCounts;
 
 use super::drops::{cause_words, reason_words, DropClass};
 use super::{Game, Kind, ScenarioConfig};
-use crate::{LatencyHistogram, SimStats, Simulator};
+use crate::{LatencyHistogram, SimStats, Simulator, TurnTimes};
 
 /// Guarantee violations seen by the receivers. All must be zero.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -111,6 +111,9 @@ pub struct Report {
     pub proto_drops: DropCounts,
     /// The simulated network's counters (its drops by cause among them).
     pub sim: SimStats,
+    /// Where the run's wall time went, by happening (all zero unless
+    /// [`ScenarioConfig::time_turns`]).
+    pub turn_times: TurnTimes,
     /// Guarantee violations.
     pub violations: Violations,
     /// Requests that got no response in time.
@@ -144,6 +147,7 @@ pub(super) fn build(sim: &Simulator, game: &Game, end: shoal_proto::Instant) -> 
         packets_rebuilt: 0,
         proto_drops: DropCounts::default(),
         sim: *sim.stats(),
+        turn_times: *sim.turn_times(),
         violations: game.violations,
         request_timeouts: game.request_timeouts,
         send_errors: game.send_errors,
