@@ -2773,11 +2773,10 @@ mod tests {
         assert_lied(&mut p.server, s);
     }
 
-    /// A rebuild that takes the wake-ups from a wheel (where stale entries are left to
-    /// `pop_due`) back to a heap settles the heap's front: `poll_timeout` is exact again.
-    #[test]
-    fn a_rebuild_from_a_wheel_to_a_heap_settles_its_front() {
-        let mut ep = Endpoint::new(Config {
+    /// An endpoint that may hold 400 connections, and the address of server `i` (a client
+    /// with hundreds of connections: its wake-ups become a wheel).
+    fn endpoint_of_many() -> (Endpoint, impl Fn(u32) -> SocketAddr) {
+        let ep = Endpoint::new(Config {
             seed: 1,
             secret_seed: Some(crate::SecretSeed::insecure_from_u64(1)),
             accept_incoming: false,
@@ -2787,6 +2786,14 @@ mod tests {
         .expect("valid");
         let server =
             |i: u32| SocketAddr::from(([10, 0, (i / 250) as u8, (i % 250) as u8 + 1], 4000));
+        (ep, server)
+    }
+
+    /// A rebuild that takes the wake-ups from a wheel back to a heap (its connections fell
+    /// below 48) settles the heap's front: `poll_timeout` is exact again.
+    #[test]
+    fn a_rebuild_from_a_wheel_to_a_heap_settles_its_front() {
+        let (mut ep, server) = endpoint_of_many();
         // The first connection's deadlines are the earliest: it connects a millisecond first.
         let first = ep
             .connect(Instant::from_millis(1), server(0), b"")
@@ -2796,8 +2803,8 @@ mod tests {
             .map(|i| ep.connect(later, server(i), b"").expect("connect"))
             .collect();
         assert!(ep.wakeups.front().is_none(), "300 wake-ups are a wheel");
-        // Its deadline moves back without a new entry (as when an ack stops the ack timer):
-        // a wheel leaves the stale entry where it is.
+        // Its deadline moves back without the entry being moved (as while the connection
+        // is out being worked on): the entry is stale until the rebuild.
         let slot = &mut ep.slots[first.index()];
         let queued = slot.scheduled;
         slot.due = queued + 10_000_000;
@@ -2818,16 +2825,7 @@ mod tests {
     /// until they came due: three of every four of a 10,000-client server's wake-ups.)
     #[test]
     fn a_wheel_never_wakes_the_driver_for_a_deadline_that_moved_or_a_connection_gone() {
-        let mut ep = Endpoint::new(Config {
-            seed: 1,
-            secret_seed: Some(crate::SecretSeed::insecure_from_u64(1)),
-            accept_incoming: false,
-            max_connections: 400,
-            ..Config::default()
-        })
-        .expect("valid");
-        let server =
-            |i: u32| SocketAddr::from(([10, 0, (i / 250) as u8, (i % 250) as u8 + 1], 4000));
+        let (mut ep, server) = endpoint_of_many();
         let first = ep
             .connect(Instant::from_millis(1), server(0), b"")
             .expect("connect");
