@@ -1540,13 +1540,13 @@ impl Endpoint {
         Some(event)
     }
 
-    /// When `handle_timeout` should next be called, if anything is scheduled. With fewer
-    /// than 256 wake-ups queued (every client, a small server), it is the earliest deadline
-    /// of a connection timer still set: a timer stopped or pushed back since it was
-    /// scheduled (an ack that left with an answer stops the delayed-ack timer) is not
-    /// reported, so a driver that sleeps until then is not woken for nothing. A busier
-    /// server may be woken early for such a timer (it is woken often anyway); that is
-    /// harmless.
+    /// When `handle_timeout` should next be called, if anything is scheduled: the earliest
+    /// deadline of a connection timer still set. A timer stopped or pushed back since it
+    /// was scheduled (an ack that left with an answer stops the delayed-ack timer) is not
+    /// reported, so a driver that sleeps until then is not woken for nothing. (A server
+    /// whose wake-ups crowd more than 32 connections into one slot of its timer wheel may
+    /// be woken early once for that slot when the earliest of them moves; that is
+    /// harmless.)
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.wakeups.next_deadline().map(Instant::from_micros)
     }
@@ -1565,8 +1565,8 @@ impl Endpoint {
         self.last_now = self.last_now.max(now);
         if self.wakeups.needs_rebuild(self.live) || self.wakeups.outgrew_heap() {
             self.rebuild_wakeups();
-            // Back from a wheel, whose stale entries wait for `pop_due`, the heap's front may
-            // be one of them.
+            // (Rebuilt entries are at their connections' deadlines, so a heap's front needs
+            // no settling; the check is cheap and keeps `poll_timeout` exact regardless.)
             self.settle_wakeups();
         }
     }
@@ -1770,7 +1770,7 @@ impl Endpoint {
     /// moved later (an ack stopped the ack timer, a packet pushed the loss timer back) is
     /// queued again at the connection's real deadline, from its slot, without touching the
     /// connection. Only the front is settled: an entry behind it is when it gets there.
-    /// A wheel (256 wake-ups and more) holds no stale entry, so has no front to settle.
+    /// A wheel holds no stale entry, so has no front to settle.
     fn settle_wakeups(&mut self) {
         while let Some(w) = self.wakeups.front() {
             let Some(slot) = self.slots.get_mut(w.index as usize) else {
@@ -1799,8 +1799,9 @@ impl Endpoint {
 
     /// Checks the wake-ups' invariants (for the fuzz targets, between calls): every live
     /// connection with a deadline has an entry queued at or before it; a wheel holds
-    /// exactly one entry per such connection, at its deadline; and `poll_timeout` is exactly
-    /// the earliest connection deadline (a heap's front is settled).
+    /// exactly one entry per such connection, at its deadline; and `poll_timeout` is the
+    /// earliest connection deadline (a heap's front is settled), or for a wheel never after
+    /// it.
     #[cfg(any(test, fuzzing, feature = "fuzzing"))]
     pub(crate) fn check_wakeups(&self) {
         let entries = self.wakeups.entries();
@@ -1841,8 +1842,14 @@ impl Endpoint {
                 "a wheel holds an entry besides one per connection"
             );
         }
-        if self.wakeups.front().is_some() || entries.is_empty() || self.wakeups.is_wheel() {
-            let next = self.poll_timeout().map_or(NEVER, Instant::as_micros);
+        let next = self.poll_timeout().map_or(NEVER, Instant::as_micros);
+        if self.wakeups.is_wheel() {
+            // (A wheel slot of more than 32 entries may keep a bound below its earliest.)
+            assert!(
+                next <= earliest,
+                "poll_timeout is after the earliest deadline"
+            );
+        } else if self.wakeups.front().is_some() || entries.is_empty() {
             assert_eq!(next, earliest, "poll_timeout is not the earliest deadline");
         }
     }
@@ -2832,7 +2839,9 @@ mod tests {
         let second = ep
             .connect(Instant::from_millis(2), server(1), b"")
             .expect("connect");
-        let later = Instant::from_millis(3);
+        // The others a second later: their deadlines lie in other slots of the wheel (a
+        // slot of more than 32 whose earliest moves may keep a bound below it).
+        let later = Instant::from_millis(1_000);
         for i in 2..300 {
             ep.connect(later, server(i), b"").expect("connect");
         }

@@ -9,7 +9,9 @@
 //! own deadline; an entry moves at most once per level.
 //!
 //! Each slot keeps its earliest deadline, so [`TimerWheel::next_deadline`] is exact: a
-//! driver is never woken early for a coarse slot. A wheel holds one entry per connection
+//! driver is never woken early for a coarse slot (but once, for a slot of more than
+//! [`RESCAN_MAX`] entries whose earliest left: see `Level::at_earliest`). A wheel holds one
+//! entry per connection
 //! ([`TimerWheel::set`]), and knows where each is, so an entry whose deadline moved (an ack
 //! stopped the ack timer, pushed the loss timer back) is moved with it: a driver is never
 //! woken for a deadline that went away. (A server's wheel once kept such entries until they
@@ -18,17 +20,19 @@
 //! the endpoint rebuilds its wake-ups when stale entries pile up.
 //!
 //! A wheel's slots take about 14 KiB; an endpoint with a few connections (every client)
-//! keeps its wake-ups in a binary heap instead, and moves them to a wheel once it holds
-//! [`WHEEL_FROM`] ([`Wakeups`]).
+//! keeps its wake-ups in a binary heap instead. Once the heap holds [`WHEEL_FROM`] entries
+//! the endpoint rebuilds them from its connections' deadlines, as a wheel if 48 or more
+//! connections have one ([`Wakeups::rebuild`]), and a wheel goes back to a heap below that.
 
 use alloc::boxed::Box;
 use alloc::collections::BinaryHeap;
 use alloc::vec::Vec;
 use core::cmp::Reverse;
 
-/// Entries from which wake-ups move from the heap to a wheel.
+/// Entries from which a heap of wake-ups is rebuilt, as a wheel if the connections warrant it.
 const WHEEL_FROM: usize = 256;
-/// Wake-ups are rebuilt when they hold more than `STALE_PER_LIVE × live + STALE_SLACK`.
+/// A heap of wake-ups is rebuilt when it holds more than `STALE_PER_LIVE × live +
+/// STALE_SLACK`; a wheel, when that falls below `WHEEL_FROM`.
 const STALE_PER_LIVE: usize = 4;
 const STALE_SLACK: usize = 64;
 
@@ -36,6 +40,8 @@ const STALE_SLACK: usize = 64;
 const SLOT_BITS: u32 = 6;
 const SLOTS: usize = 1 << SLOT_BITS;
 const LEVELS: usize = 7;
+/// Entries a slot is scanned through for its new earliest deadline (see `Level::at_earliest`).
+const RESCAN_MAX: usize = 32;
 /// Entries' room a slot keeps once emptied.
 const KEEP_SLOT_ROOM: usize = 16;
 /// The span of the top level's slots (2^42 µs): entries in a later span wait aside.
@@ -58,9 +64,14 @@ struct Level {
     /// Each slot's earliest deadline (`u64::MAX` when empty).
     earliest: [u64; SLOTS],
     /// How many of each slot's entries are at its earliest deadline: a slot is scanned for
-    /// its new earliest only when the last of them leaves. (Thousands of clients polled on
-    /// one tick share deadlines; a scan each time one of them moved cost a fifth of a
-    /// server's time per message.)
+    /// its new earliest only when the last of them leaves, and only if it holds at most
+    /// [`RESCAN_MAX`] entries. (Thousands of clients polled on one tick share deadlines: a
+    /// scan each time one of them moved cost a fifth of a server's time per message.) A
+    /// fuller slot whose earliest left keeps it as a bound below its entries, with a count
+    /// of 0, until an entry at or before it comes, the slot shrinks to `RESCAN_MAX`, or its
+    /// time comes and its entries are sorted into finer slots: entries leaving in deadline
+    /// order (clients heard from in turn push their keepalives back in turn) would otherwise
+    /// rescan the slot at every move.
     at_earliest: [u32; SLOTS],
 }
 
@@ -153,10 +164,13 @@ impl TimerWheel {
                     if l.slots[s].capacity() > KEEP_SLOT_ROOM {
                         l.slots[s] = Vec::new();
                     }
-                } else if removed.is_some_and(|w| w.at == l.earliest[s]) {
-                    l.at_earliest[s] = l.at_earliest[s].saturating_sub(1);
-                    if l.at_earliest[s] == 0 {
-                        // The last entry at the slot's earliest left: one scan for the next.
+                } else {
+                    if removed.is_some_and(|w| w.at == l.earliest[s]) {
+                        l.at_earliest[s] = l.at_earliest[s].saturating_sub(1);
+                    }
+                    // The last entry at the slot's earliest left (or had left while the slot
+                    // was too full to scan): scan for the next, if the slot is small enough.
+                    if l.at_earliest[s] == 0 && l.slots[s].len() <= RESCAN_MAX {
                         let earliest = l.slots[s].iter().map(|w| w.at).min().unwrap_or(u64::MAX);
                         l.earliest[s] = earliest;
                         l.at_earliest[s] =
@@ -216,13 +230,21 @@ impl TimerWheel {
         self.note(w.index, Place::Due((self.due.len() - 1) as u32));
     }
 
-    /// Entries held, stale ones included.
+    /// Entries held (one per connection slot, for the endpoint's use).
     pub(crate) fn len(&self) -> usize {
         self.len
     }
 
     /// Schedules `w`. One due already (at or before the wheel's time) is popped next.
     pub(crate) fn insert(&mut self, w: Wakeup) {
+        // One entry per slot (`set` takes the old one out): a second one's place would
+        // overwrite the first's, which could then not be found.
+        debug_assert_eq!(
+            self.place_of(w.index),
+            Place::Absent,
+            "slot {} has an entry",
+            w.index
+        );
         self.len += 1;
         self.place(w);
     }
@@ -259,7 +281,9 @@ impl TimerWheel {
         );
     }
 
-    /// The earliest deadline held (stale entries included), if any.
+    /// The earliest deadline held, if any: exact, but for a slot of more than
+    /// [`RESCAN_MAX`] entries whose earliest left, for which it is a bound below (a driver
+    /// woken then finds the slot's entries sorted into finer slots, exact again).
     pub(crate) fn next_deadline(&self) -> Option<u64> {
         if let Some(min) = self.due.iter().map(|w| w.at).min() {
             return Some(min);
@@ -274,7 +298,8 @@ impl TimerWheel {
     /// moves the wheel's time to `now`. Entries due together come in no particular order.
     pub(crate) fn pop_due(&mut self, now: u64) -> Option<Wakeup> {
         loop {
-            // (All of `due` is at or before `elapsed`; only if time went backwards can some be
+            // (All of `due` is at or before the time it was found due at; only if time went
+            // backwards can some be
             // later than `now`, and those stay.)
             if let Some(i) = self.due.iter().rposition(|w| w.at <= now) {
                 self.len -= 1;
@@ -539,8 +564,11 @@ mod tests {
     #[test]
     fn entries_fire_at_their_deadline_and_not_before() {
         let mut wheel = TimerWheel::starting_at(0);
-        for at in [5, 70, 4_000, 300_000, 20_000_000, 3_000_000_000] {
-            wheel.insert(w(at, 0));
+        for (i, at) in [5, 70, 4_000, 300_000, 20_000_000, 3_000_000_000]
+            .into_iter()
+            .enumerate()
+        {
+            wheel.insert(w(at, i as u32));
         }
         assert_eq!(wheel.next_deadline(), Some(5));
         assert_eq!(drain(&mut wheel, 4), Vec::<u64>::new());
@@ -758,17 +786,20 @@ mod tests {
         }
 
         /// Entries set, moved and taken out by connection slot, against a map of each
-        /// slot's one deadline: the wheel pops exactly the deadlines due, holds exactly one
-        /// entry per slot, and its next deadline is the earliest of them, however often the
-        /// entries moved between slots and levels.
+        /// slot's one deadline: the wheel pops exactly the deadlines due and holds exactly
+        /// one entry per slot, however often the entries moved between slots and levels.
+        /// Its next deadline is never after the earliest of them, and is it while it holds
+        /// at most `RESCAN_MAX` entries (a fuller slot may keep a bound below).
         #[test]
         fn a_wheel_holds_one_entry_per_slot_wherever_it_moves(
-            steps in proptest::collection::vec((0u32..40, 0u64..5, 0u64..2_000_000, 0u8..8), 1..600)
+            slots in 1u32..120,
+            steps in proptest::collection::vec((0u32..120, 0u64..5, 0u64..2_000_000, 0u8..8), 1..800)
         ) {
             let mut wheel = TimerWheel::starting_at(0);
             let mut model = alloc::collections::BTreeMap::new();
             let mut now = 0u64;
             for (index, scale, offset, action) in steps {
+                let index = index % slots;
                 match action {
                     0 => {
                         now += offset >> (scale * 4);
@@ -798,7 +829,12 @@ mod tests {
                     }
                 }
                 prop_assert_eq!(wheel.len(), model.len());
-                prop_assert_eq!(wheel.next_deadline(), model.values().min().copied());
+                let earliest = model.values().min().copied();
+                let next = wheel.next_deadline();
+                prop_assert!(next <= earliest && next.is_some() == earliest.is_some());
+                if model.len() <= RESCAN_MAX {
+                    prop_assert_eq!(next, earliest);
+                }
             }
         }
     }
