@@ -11,10 +11,9 @@
 //! Each slot keeps its earliest deadline, so [`TimerWheel::next_deadline`] is exact: a
 //! driver is never woken early for a coarse slot (but once, for a slot of more than
 //! [`RESCAN_MAX`] entries whose earliest left: see `Level::at_earliest`). A wheel holds one
-//! entry per connection
-//! ([`TimerWheel::set`]), and knows where each is, so an entry whose deadline moved (an ack
-//! stopped the ack timer, pushed the loss timer back) is moved with it: a driver is never
-//! woken for a deadline that went away. (A server's wheel once kept such entries until they
+//! entry per connection ([`TimerWheel::set`]), and knows where each is, so an entry whose
+//! deadline moved (an ack stopped the ack timer, pushed the loss timer back) is moved with
+//! it: a driver is never woken for a deadline that went away. (A server's wheel once kept such entries until they
 //! came due: at 10,000 clients three of every four of its wake-ups found nothing to do.) In
 //! a heap, a stale entry is dealt with as soon as it is the front ([`Wakeups::front`]), and
 //! the endpoint rebuilds its wake-ups when stale entries pile up.
