@@ -205,6 +205,38 @@ impl TimerWheel {
         Some(removed)
     }
 
+    /// See [`Wakeups::entry_hints`].
+    fn entry_hints(&self, index: u32, stage: u8, f: &mut impl crate::hints::Sink) {
+        let list = match stage {
+            0 => {
+                if let Some(p) = self.places.get(index as usize) {
+                    crate::hints::val(f, p);
+                }
+                return;
+            }
+            _ => match self.place_of(index) {
+                Place::Absent => return,
+                Place::Due(i) => (&self.due, i),
+                Place::Far(i) => (&self.far, i),
+                Place::Slot {
+                    level,
+                    slot,
+                    position,
+                } => match self.levels.get(usize::from(level)) {
+                    Some(l) => (&l.slots[usize::from(slot)], position),
+                    None => return,
+                },
+            },
+        };
+        let (list, i) = list;
+        if let Some(w) = list.get(i as usize) {
+            crate::hints::val(f, w);
+        }
+        if let Some(w) = list.last() {
+            crate::hints::val(f, w);
+        }
+    }
+
     fn place_of(&self, index: u32) -> Place {
         self.places
             .get(index as usize)
@@ -400,6 +432,15 @@ impl Wakeups {
         }
     }
 
+    /// Where connection slot `index`'s entry is noted (stage 0) and lies (stage 1), for
+    /// `MemoryHint`: moving it when its deadline moves reads both, and the entry that
+    /// takes its place.
+    pub(crate) fn entry_hints(&self, index: u32, stage: u8, f: &mut impl crate::hints::Sink) {
+        if let Some(wheel) = &self.wheel {
+            wheel.entry_hints(index, stage, f);
+        }
+    }
+
     /// Entries held, stale ones included.
     pub(crate) fn len(&self) -> usize {
         match &self.wheel {
@@ -558,6 +599,52 @@ mod tests {
             .collect();
         out.sort_unstable();
         out
+    }
+
+    /// A slot's entry hints name where its place is noted, then the entry itself and the
+    /// last of its list (which a removal moves into its place), wherever the entry is.
+    #[test]
+    fn entry_hints_name_the_place_then_the_entry_and_the_one_that_would_fill_its_gap() {
+        let mut wheel = TimerWheel::starting_at(0);
+        for (i, at) in [0, 70, 75, 80, 4_000, u64::MAX / 2].into_iter().enumerate() {
+            wheel.insert(w(at, i as u32));
+        }
+        let named = |wheel: &TimerWheel, index: u32, stage: u8| {
+            let mut out = Vec::new();
+            wheel.entry_hints(index, stage, &mut |p: *const u8, len| {
+                out.push((p as usize, len));
+            });
+            out
+        };
+        let addr = |w: &Wakeup| (w as *const Wakeup as usize, size_of::<Wakeup>());
+        for index in 0..6u32 {
+            let place = &wheel.places[index as usize];
+            assert_eq!(
+                named(&wheel, index, 0),
+                [(place as *const Place as usize, size_of::<Place>())],
+                "entry {index}"
+            );
+            let list = match *place {
+                Place::Due(_) => &wheel.due,
+                Place::Far(_) => &wheel.far,
+                Place::Slot { level, slot, .. } => {
+                    &wheel.levels[usize::from(level)].slots[usize::from(slot)]
+                }
+                Place::Absent => panic!("entry {index} has no place"),
+            };
+            let entry = list.iter().find(|e| e.index == index).expect("listed");
+            let last = list.last().expect("listed");
+            assert_eq!(
+                named(&wheel, index, 1),
+                [addr(entry), addr(last)],
+                "entry {index}"
+            );
+        }
+        // No entry, nothing named; nor for a slot beyond the table.
+        wheel.remove(3);
+        assert!(named(&wheel, 3, 1).is_empty());
+        assert!(named(&wheel, 1_000, 0).is_empty());
+        assert!(named(&wheel, 1_000, 1).is_empty());
     }
 
     #[test]
