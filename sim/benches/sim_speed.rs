@@ -17,6 +17,7 @@
 //! | `SHOAL_BENCH_LARGE` | 65536 | bytes of each client's large message every 10 s (0: none) |
 //! | `SHOAL_BENCH_BATCHING` | 1 | 0 runs every happening in one time order (`node_batching` off) |
 //! | `SHOAL_BENCH_LOSS` | 1 | percent of datagrams each link loses |
+//! | `SHOAL_BENCH_REDUNDANCY` | 1 | `Config::redundancy` of every endpoint: 0 turns forward error correction off |
 //! | `SHOAL_BENCH_HINTS` | 1 on x86-64 | 0 turns the prefetching of the next nodes' state off (`memory_hints`) |
 //! | `SHOAL_BENCH_PER_SECOND` | unset | set: also print the speed of each simulated second (coding turns on connection by connection as losses come, so a lossy run slows over its first 15 s or so) |
 //! | `SHOAL_BENCH_TURNS` | 0 | 1: also print where the wall time went, turn by kind of happening (`SimConfig::time_turns`: two clock reads a step, so the run is a few percent slower) |
@@ -59,6 +60,7 @@ fn bench(clients: u64, secs: u64, seed: u64, protection: Protection) {
         seed,
         protection,
         large_size: env("SHOAL_BENCH_LARGE", 64 * 1024_usize),
+        redundancy: env("SHOAL_BENCH_REDUNDANCY", defaults.redundancy),
         node_batching: env("SHOAL_BENCH_BATCHING", 1_u64) != 0,
         memory_hints: env("SHOAL_BENCH_HINTS", u64::from(defaults.memory_hints)) != 0,
         time_turns: env("SHOAL_BENCH_TURNS", 0_u64) != 0,

@@ -166,6 +166,9 @@ pub struct ScenarioConfig {
     /// Packet protection on every connection (`Config::protection`; default
     /// `Protection::Encrypted`, as in production). `Protection::None` for speed studies.
     pub protection: Protection,
+    /// Forward error correction on every endpoint (`Config::redundancy`, whose default it
+    /// takes). 0 turns coding off, to tell what it costs and what it saves.
+    pub redundancy: u8,
     /// State updates per second, each way.
     pub tick_rate: u32,
     /// Bytes of a client input.
@@ -222,6 +225,7 @@ impl Default for ScenarioConfig {
             downlink: None,
             endpoint_mtu: 1200,
             protection: Protection::Encrypted,
+            redundancy: Config::default().redundancy,
             tick_rate: 20,
             input_size: 24,
             state_size: 64,
@@ -411,6 +415,7 @@ fn build(
             mtu: config.endpoint_mtu,
             max_connections: config.clients,
             protection: config.protection,
+            redundancy: config.redundancy,
             ..Config::default()
         })
         .map_err(ScenarioError::Node)?;
@@ -420,6 +425,7 @@ fn build(
                 mtu: config.endpoint_mtu,
                 accept_incoming: false,
                 protection: config.protection,
+                redundancy: config.redundancy,
                 ..Config::default()
             })
             .map_err(ScenarioError::Node)?;

@@ -70,6 +70,37 @@ fn guarantees_hold_on_a_lossy_duplicating_reordering_network() {
     assert!(kind(&report, Kind::Large).latency.min() > Duration::from_millis(30));
 }
 
+/// `ScenarioConfig::redundancy` reaches every endpoint: on a lossy network the default
+/// codes (repairs are sent, and some rebuild a lost packet), 0 codes nothing, and the
+/// guarantees hold either way.
+#[test]
+fn redundancy_zero_turns_coding_off_on_every_endpoint() {
+    let link = LinkConfig {
+        latency: Duration::from_millis(30),
+        loss: 0.05,
+        ..LinkConfig::default()
+    };
+    let coded = run_ok(&small(9, link));
+    assert!(
+        coded.repairs_sent > 0 && coded.packets_rebuilt > 0,
+        "{coded}"
+    );
+    let plain = run_ok(&ScenarioConfig {
+        redundancy: 0,
+        ..small(9, link)
+    });
+    assert_eq!(plain.violations.total(), 0, "{plain}");
+    assert_eq!(
+        (plain.repairs_sent, plain.packets_rebuilt),
+        (0, 0),
+        "{plain}"
+    );
+    assert!(
+        plain.retransmissions > coded.retransmissions,
+        "{plain}\n{coded}"
+    );
+}
+
 #[test]
 fn same_seed_prints_the_same_summary_and_another_seed_differs() {
     let link = LinkConfig {
