@@ -207,7 +207,7 @@ impl TimerWheel {
 
     /// See [`Wakeups::entry_hints`].
     fn entry_hints(&self, index: u32, stage: u8, f: &mut impl crate::hints::Sink) {
-        let list = match stage {
+        let (list, i) = match stage {
             0 => {
                 if let Some(p) = self.places.get(index as usize) {
                     crate::hints::val(f, p);
@@ -228,7 +228,6 @@ impl TimerWheel {
                 },
             },
         };
-        let (list, i) = list;
         if let Some(w) = list.get(i as usize) {
             crate::hints::val(f, w);
         }
