@@ -222,8 +222,12 @@ impl TimerWheel {
                     level,
                     slot,
                     position,
-                } => match self.levels.get(usize::from(level)) {
-                    Some(l) => (&l.slots[usize::from(slot)], position),
+                } => match self
+                    .levels
+                    .get(usize::from(level))
+                    .and_then(|l| l.slots.get(usize::from(slot)))
+                {
+                    Some(list) => (list, position),
                     None => return,
                 },
             },
