@@ -13,10 +13,10 @@
 //! [`RESCAN_MAX`] entries whose earliest left: see `Level::at_earliest`). A wheel holds one
 //! entry per connection ([`TimerWheel::set`]), and knows where each is, so an entry whose
 //! deadline moved (an ack stopped the ack timer, pushed the loss timer back) is moved with
-//! it: a driver is never woken for a deadline that went away. (A server's wheel once kept such entries until they
-//! came due: at 10,000 clients three of every four of its wake-ups found nothing to do.) In
-//! a heap, a stale entry is dealt with as soon as it is the front ([`Wakeups::front`]), and
-//! the endpoint rebuilds its wake-ups when stale entries pile up.
+//! it: a driver is never woken for a deadline that went away. (A server's wheel once kept
+//! such entries until they came due: at 10,000 clients three of every four of its wake-ups
+//! found nothing to do.) In a heap, a stale entry is dealt with as soon as it is the front
+//! ([`Wakeups::front`]), and the endpoint rebuilds its wake-ups when stale entries pile up.
 //!
 //! A wheel's slots take about 14 KiB; an endpoint with a few connections (every client)
 //! keeps its wake-ups in a binary heap instead. Once the heap holds [`WHEEL_FROM`] entries
@@ -333,8 +333,7 @@ impl TimerWheel {
     pub(crate) fn pop_due(&mut self, now: u64) -> Option<Wakeup> {
         loop {
             // (All of `due` is at or before the time it was found due at; only if time went
-            // backwards can some be
-            // later than `now`, and those stay.)
+            // backwards can some be later than `now`, and those stay.)
             if let Some(i) = self.due.iter().rposition(|w| w.at <= now) {
                 self.len -= 1;
                 let popped = Self::take_at(&mut self.due, i as u32, &mut self.places, Place::Due);
@@ -452,7 +451,7 @@ impl Wakeups {
         }
     }
 
-    /// Schedules `w`; `now` is the endpoint's current time.
+    /// Schedules `w`.
     ///
     /// A wheel holds one entry per connection slot: `w` replaces the one `w.index` had, so
     /// a deadline moved later leaves nothing stale behind. A heap keeps every entry (a
@@ -877,12 +876,15 @@ mod tests {
         /// Entries set, moved and taken out by connection slot, against a map of each
         /// slot's one deadline: the wheel pops exactly the deadlines due and holds exactly
         /// one entry per slot, however often the entries moved between slots and levels.
-        /// Its next deadline is never after the earliest of them, and is it while it holds
-        /// at most `RESCAN_MAX` entries (a fuller slot may keep a bound below).
+        /// Its next deadline is never after the earliest of them, and is exactly that while
+        /// it holds at most `RESCAN_MAX` entries (a fuller slot may keep a bound below).
         #[test]
         fn a_wheel_holds_one_entry_per_slot_wherever_it_moves(
             slots in 1u32..120,
-            steps in proptest::collection::vec((0u32..120, 0u64..5, 0u64..2_000_000, 0u8..8), 1..800)
+            steps in proptest::collection::vec(
+                (0u32..120, 0u64..5, 0u64..2_000_000, 0u8..8),
+                1..800,
+            )
         ) {
             let mut wheel = TimerWheel::starting_at(0);
             let mut model = alloc::collections::BTreeMap::new();
@@ -896,8 +898,11 @@ mod tests {
                             .map(|w| (w.index, w.at))
                             .collect();
                         got.sort_unstable();
-                        let expected: Vec<(u32, u64)> =
-                            model.iter().filter(|(_, &at)| at <= now).map(|(&i, &at)| (i, at)).collect();
+                        let expected: Vec<(u32, u64)> = model
+                            .iter()
+                            .filter(|(_, &at)| at <= now)
+                            .map(|(&i, &at)| (i, at))
+                            .collect();
                         model.retain(|_, at| *at > now);
                         prop_assert_eq!(got, expected);
                     }
