@@ -40,7 +40,6 @@ mod report;
 use core::fmt;
 use core::time::Duration;
 
-use bytes::BytesMut;
 use shoal_proto::{Bytes, Config, Instant, Protection};
 
 use crate::link::{LinkConfig, LinkConfigError};
@@ -312,37 +311,24 @@ impl ScenarioConfig {
 
 /// Builds a payload: `[kind][counter u32][sent_at u64][len u32]` then a pattern derived from
 /// the counter, so corruption and truncation are detectable.
-#[cfg(test)]
+///
+/// Each in a buffer of its own: `Bytes` made from a `Vec` is freed without an atomic
+/// operation once sent. (Game messages cut from one shared arena block each took a locked
+/// increment of the block's count when cut and a locked decrement when dropped; a locked
+/// instruction waits for every store before it, and with 10,000 clients those are stores
+/// into cold lines. With the allocator's thread-local free lists the buffer costs less:
+/// 10,000 clients ran 2-3% faster.)
 fn make_payload(kind: Kind, counter: u32, sent_at: Instant, size: usize) -> Bytes {
-    make_payload_in(&mut BytesMut::new(), kind, counter, sent_at, size)
-}
-
-/// Bytes of a payload arena's buffer: a few hundred game messages share one heap block
-/// (freed when the last of them is dropped) rather than each taking its own.
-const ARENA_CHUNK: usize = 16 * 1024;
-
-/// [`make_payload`], written into `arena`'s spare room (a new buffer when it runs out).
-fn make_payload_in(
-    arena: &mut BytesMut,
-    kind: Kind,
-    counter: u32,
-    sent_at: Instant,
-    size: usize,
-) -> Bytes {
     let len = size.max(PAYLOAD_HEADER_LEN);
-    if arena.capacity() < len {
-        *arena = BytesMut::with_capacity(ARENA_CHUNK.max(len));
-    }
-    let mut header = [0u8; PAYLOAD_HEADER_LEN];
-    header[0] = kind as u8;
-    header[1..5].copy_from_slice(&counter.to_le_bytes());
-    header[5..13].copy_from_slice(&sent_at.as_micros().to_le_bytes());
-    header[13..].copy_from_slice(&(size as u32).to_le_bytes());
-    arena.extend_from_slice(&header);
+    let mut payload = Vec::with_capacity(len);
+    payload.push(kind as u8);
+    payload.extend_from_slice(&counter.to_le_bytes());
+    payload.extend_from_slice(&sent_at.as_micros().to_le_bytes());
+    payload.extend_from_slice(&(size as u32).to_le_bytes());
     for chunk in pattern(counter as u8, size.saturating_sub(PAYLOAD_HEADER_LEN)) {
-        arena.extend_from_slice(chunk);
+        payload.extend_from_slice(chunk);
     }
-    arena.split().freeze()
+    Bytes::from(payload)
 }
 
 /// Every byte value twice: `PATTERN[s..s + n]` is `s, s+1, .. s+n-1` (wrapping) for n <= 256.

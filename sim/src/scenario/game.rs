@@ -3,11 +3,10 @@
 
 use core::time::Duration;
 
-use bytes::BytesMut;
 use shoal_proto::{ConnectionHandle, Event, Instant, MemoryHint, RequestId};
 
 use super::{
-    make_payload_in, parse_payload, Kind, ScenarioConfig, Violations, PLOT_BINS, RELIABLE,
+    make_payload, parse_payload, Kind, ScenarioConfig, Violations, PLOT_BINS, RELIABLE,
     SCATTER_POINTS, SEQUENCED,
 };
 use crate::simulator::{Application, NodeContext, NodeId};
@@ -166,8 +165,6 @@ pub(super) struct Game {
     pub(super) request_timeouts: u64,
     pub(super) send_errors: u64,
     pub(super) disconnects: Vec<(String, u64)>,
-    /// Where payloads are written (see `make_payload_in`).
-    pub(super) arena: BytesMut,
 }
 
 impl Game {
@@ -198,7 +195,6 @@ impl Game {
             request_timeouts: 0,
             send_errors: 0,
             disconnects: Vec::new(),
-            arena: BytesMut::new(),
         }
     }
 
@@ -231,7 +227,7 @@ impl Game {
             &mut state.down
         };
         let slot = &mut stream.next[usize::from(channel - 1)];
-        let payload = make_payload_in(&mut self.arena, kind, *slot, now, size);
+        let payload = make_payload(kind, *slot, now, size);
         match ctx.endpoint().send(conn, channel, payload) {
             Ok(()) => {
                 *slot += 1;
@@ -324,7 +320,7 @@ impl Game {
             let state = &mut self.clients[client];
             let counter = state.requests_sent;
             let size = self.config.request_size;
-            let payload = make_payload_in(&mut self.arena, Kind::Request, counter, now, size);
+            let payload = make_payload(Kind::Request, counter, now, size);
             match ctx.endpoint().request(now, conn, RELIABLE, payload) {
                 Ok(id) => {
                     state.requests_sent += 1;
