@@ -71,10 +71,14 @@ impl NodeContext<'_> {
     /// Prefetches stage `stage` of what `hint` names at the node's endpoint (see
     /// [`Endpoint::memory_hints`]), if [`SimConfig::memory_hints`](super::SimConfig) is on:
     /// an application about to send to thousands of connections in a row names stage `s`
-    /// for the one `hint.stages() - s` places ahead. Changes nothing but speed.
+    /// for the one `hint.stages() - s` places ahead. The node's next drain of its transmit
+    /// queue then goes without the engine's own hints of that queue (which would name the
+    /// same connections again), so name every connection you send to. Changes nothing but
+    /// speed.
     pub fn memory_hint(&self, hint: MemoryHint<'_>, stage: u8) {
         if self.memory_hints {
             super::prefetch::hint(&self.node.endpoint, hint, stage);
+            self.node.app_named.set(true);
         }
     }
 
