@@ -1092,7 +1092,7 @@ impl Simulator {
                     // A server's tick leaves thousands of connections queued: prefetch
                     // those a few places down the queue. Not when the application named
                     // the connections it sent to (the game's tick, 32 at a time): the drain
-                    // reads what it named, and naming it again cost 2% with 10,000 clients.
+                    // reads what it named, and naming it again cost about 2% with 10,000 clients.
                     let stages = MemoryHint::Transmit(0).stages();
                     for stage in 0..stages {
                         let hint = MemoryHint::Transmit(usize::from(stages - stage));
