@@ -166,6 +166,7 @@ impl SendChannel {
     }
 
     /// Called when the head message's first frame goes out: opens its window slot.
+    #[inline]
     pub(crate) fn on_first_frame(&mut self, seq: u64, frames: u16, reserved: usize) {
         if self.kind.is_reliable() {
             debug_assert_eq!(seq, self.window_base + self.unacked_frames.len() as u64);

@@ -161,6 +161,7 @@ impl Paths {
     }
 
     /// Whether the connection talks over a direct path it may fall back from.
+    #[inline(always)]
     pub(crate) fn on_direct_path(&self) -> bool {
         self.relay.as_ref().is_some_and(|r| r.addr != self.current)
     }
