@@ -119,6 +119,12 @@ struct Args {
     #[arg(long, default_value_t = 20, value_name = "HZ")]
     tick_rate: u32,
 
+    /// Longest an endpoint waits to acknowledge reliable frames (`Config::max_ack_delay`).
+    /// The tick interval (50ms at 20 Hz) lets acknowledgements ride on the next tick's
+    /// packets instead of datagrams of their own.
+    #[arg(long, default_value = "5ms", value_parser = parse_duration, value_name = "TIME")]
+    ack_delay: Duration,
+
     /// Size of the large message the server sends each client (0: none).
     #[arg(long, default_value = "64KiB", value_parser = parse_bytes, value_name = "BYTES")]
     large_size: u64,
@@ -171,6 +177,7 @@ impl Args {
                 Protection::Encrypted
             },
             tick_rate: self.tick_rate,
+            max_ack_delay: self.ack_delay,
             large_size: usize::try_from(self.large_size).unwrap_or(usize::MAX),
             large_interval: self.large_interval,
             node_batching: !self.global_order,

@@ -18,6 +18,7 @@
 //! | `SHOAL_BENCH_BATCHING` | 1 | 0 runs every happening in one time order (`node_batching` off) |
 //! | `SHOAL_BENCH_LOSS` | 1 | percent of datagrams each link loses |
 //! | `SHOAL_BENCH_REDUNDANCY` | 1 | `Config::redundancy` of every endpoint: 0 turns forward error correction off |
+//! | `SHOAL_BENCH_ACK_DELAY` | 5 | `Config::max_ack_delay` of every endpoint, in ms: 50 (the tick) lets acknowledgements of reliable frames ride on the next tick's packet |
 //! | `SHOAL_BENCH_HINTS` | 1 on x86-64 | 0 turns the prefetching of the next nodes' state off (`memory_hints`) |
 //! | `SHOAL_BENCH_PER_SECOND` | unset | set: also print the speed of each simulated second (coding turns on connection by connection as losses come, so a lossy run slows over its first 15 s or so) |
 //! | `SHOAL_BENCH_TURNS` | 0 | 1: also print where the wall time went, turn by kind of happening (`SimConfig::time_turns`: two clock reads a step, so the run is a few percent slower) |
@@ -61,18 +62,26 @@ fn bench(clients: u64, secs: u64, seed: u64, protection: Protection) {
         protection,
         large_size: env("SHOAL_BENCH_LARGE", 64 * 1024_usize),
         redundancy: env("SHOAL_BENCH_REDUNDANCY", defaults.redundancy),
+        max_ack_delay: Duration::try_from_secs_f64(
+            env(
+                "SHOAL_BENCH_ACK_DELAY",
+                defaults.max_ack_delay.as_secs_f64() * 1e3,
+            ) / 1e3,
+        )
+        .unwrap_or(defaults.max_ack_delay),
         node_batching: env("SHOAL_BENCH_BATCHING", 1_u64) != 0,
         memory_hints: env("SHOAL_BENCH_HINTS", u64::from(defaults.memory_hints)) != 0,
         time_turns: env("SHOAL_BENCH_TURNS", 0_u64) != 0,
         ..defaults
     };
     println!(
-        "{clients} clients at {} Hz for {secs} simulated s (link: {:?} ±{:?}, {}% loss; {} B every 10 s per client; {protection:?}; {})",
+        "{clients} clients at {} Hz for {secs} simulated s (link: {:?} ±{:?}, {}% loss; {} B every 10 s per client; {protection:?}; acks within {:?}; {})",
         config.tick_rate,
         config.link.latency,
         config.link.jitter,
         config.link.loss * 100.0,
         config.large_size,
+        config.max_ack_delay,
         match (config.node_batching, config.memory_hints) {
             (true, true) => "node by node within 40 ms windows, prefetching the next ones",
             (true, false) => "node by node within 40 ms windows",
