@@ -121,8 +121,9 @@ pub struct Config {
     /// acknowledgement. A game whose ends both send every tick may set the tick interval:
     /// acknowledgements of reliable messages then ride on the next tick's packet rather than
     /// a datagram of their own (in the simulator's 20 Hz game, 12% fewer datagrams, and a
-    /// lost acknowledgement is repeated by the next tick instead of a probe timeout), at the
-    /// cost of probe timeouts that much later when a reliable packet goes unanswered.
+    /// lost acknowledgement is mostly repeated by the next tick's packet before the sender's
+    /// probe timeout: a third of the timeouts), at the cost of probe timeouts that much later
+    /// when a reliable packet goes unanswered.
     pub max_ack_delay: Duration,
     /// Cap on the retransmission timeout after backoff (default 2 s); a cap below the
     /// timeout before backoff (about a round trip) caps nothing.
