@@ -545,8 +545,8 @@ mod tests {
 
     /// With the tick as the endpoints' longest acknowledgement delay, acknowledgements of
     /// reliable frames wait for the next tick's packet: the same game traffic, every
-    /// guarantee kept, in fewer datagrams (most of the 5 ms default's were acknowledgements
-    /// alone).
+    /// guarantee kept, in fewer datagrams (at the 5 ms default, most reliable messages'
+    /// acknowledgements go in datagrams of their own).
     #[test]
     fn acknowledgements_ride_on_the_next_tick_when_they_may_wait_for_it() {
         let config = ScenarioConfig {
