@@ -123,7 +123,9 @@ pub struct Config {
     /// a datagram of their own (in the simulator's 20 Hz game, 12% fewer datagrams, and a
     /// lost acknowledgement is mostly repeated by the next tick's packet before the sender's
     /// probe timeout: a third of the timeouts), at the cost of probe timeouts that much later
-    /// when a reliable packet goes unanswered.
+    /// when a reliable packet goes unanswered. It is also how much of the delay a peer claims
+    /// to have held an acknowledgement is believed: a larger value lets a lying peer make the
+    /// path look up to that much faster (never more: every timeout adds it back).
     pub max_ack_delay: Duration,
     /// Cap on the retransmission timeout after backoff (default 2 s); a cap below the
     /// timeout before backoff (about a round trip) caps nothing.
