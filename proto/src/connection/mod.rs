@@ -472,6 +472,10 @@ pub(crate) struct Connection {
     /// validated direct path, or back to the relay when a direct path died).
     /// Boxed: a move is rare, and an address inline would cost every connection 24 bytes.
     pub(crate) moved_from: Option<Box<SocketAddr>>,
+    /// The repair encoder logged a packet since the last repair that covered every packet
+    /// it had logged: only then can a packet going out plan a repair (`write_repair`). Here,
+    /// not in the encoder: most packets of a coding connection then leave it unread.
+    uncovered_logged: bool,
     /// The application has taken this connection's `Connected` event.
     pub(crate) announced: bool,
     /// Its `Connected` event was queued: it ends in `Disconnected`, not `ConnectFailed`.
@@ -573,6 +577,7 @@ impl Connection {
             in_dirty: false,
             more_to_send: false,
             moved_from: None,
+            uncovered_logged: false,
             announced: false,
             reported: false,
             path_event_waiting: false,
@@ -917,6 +922,7 @@ impl Connection {
 
     /// Stops coding's encoder, keeping the count of repairs it sent.
     fn drop_encoder(&mut self) {
+        self.uncovered_logged = false;
         if let Some(tx) = self.transport.fec_tx.take() {
             if tx.repairs_sent > 0 {
                 self.stats.rare.get().repairs_sent += tx.repairs_sent;
@@ -1561,7 +1567,7 @@ mod tests {
     /// to go again was acknowledged meanwhile) takes back the repair written into it: the
     /// packets that repair covered are covered by the next one instead of by none.
     #[test]
-    fn a_packet_given_up_takes_its_repair_back() {
+    fn a_packet_given_up_takes_its_repair_back_and_the_next_carries_it() {
         let config = Config::default();
         let mut now = Instant::from_millis(1);
         let mut c = server_connection(&config, now);
@@ -1586,6 +1592,20 @@ mod tests {
             .poll_transmit(now, &mut buf, &config, &mut outcome)
             .is_none());
         assert_eq!(repairs(&c), before);
+        // The next packet carries the repair the given-up one took back.
+        let payload = Bytes::from(alloc::vec![9; 20]);
+        c.send(&config, 0, payload, false, Route::default())
+            .unwrap();
+        now += core::time::Duration::from_millis(1);
+        assert!(c
+            .poll_transmit(now, &mut buf, &config, &mut outcome)
+            .is_some());
+        let after = repairs(&c);
+        assert!(
+            after.0 > before.0,
+            "it covers the newest packet: {after:?} {before:?}"
+        );
+        assert_eq!(after.1, before.1 + 1);
     }
 
     /// What the pacer may hold for a burst (`Pacer::delay`): the least of what remains of

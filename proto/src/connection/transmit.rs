@@ -230,7 +230,7 @@ impl Connection {
         };
         let coding = coding_on && self.queued_bytes() < 2 * half && largest <= half;
         self.transport.sent.set_coded(coding);
-        let repaired_before = self.transport.repaired_through;
+        let repaired_before = (self.transport.repaired_through, self.uncovered_logged);
         let repair = if coding {
             self.write_repair(now, pn, half, &mut w)
         } else {
@@ -294,7 +294,7 @@ impl Connection {
         let ping = probe || heartbeat || refresh || window_limited || !keys.is_empty();
         if frames_written == 0 && !ack_due && !self.keepalive_due && !probe && !ack_only {
             // Given up: the repair written into it covers nothing sent.
-            self.transport.repaired_through = repaired_before;
+            (self.transport.repaired_through, self.uncovered_logged) = repaired_before;
             self.transport.sent.give_back_packet_keys(keys);
             return None;
         }
@@ -314,6 +314,7 @@ impl Connection {
         if coding && frames_written > 0 && (!keys.is_empty() || new.worth_coding) {
             let tx = self.transport.fec_tx.get_or_insert_with(Default::default);
             tx.on_sent(pn, now, &buf[frames_start..len]);
+            self.uncovered_logged = true;
             self.transport.coding_tails[0] = tx.tail_address();
         }
         let sealed = match &self.keys {
@@ -393,6 +394,11 @@ impl Connection {
         room: usize,
         w: &mut Writer<'_>,
     ) -> Option<usize> {
+        // Most packets of a coding connection come after a repair that covered every packet
+        // logged: they plan nothing, and need not read the encoder's cold lines to find out.
+        if !self.uncovered_logged {
+            return None;
+        }
         let horizon = self.transport.sent.rtt.smoothed();
         // Each packet is the newest covered once: one repair per small packet sent, which
         // is what keeps the cost at about one copy.
@@ -404,6 +410,8 @@ impl Connection {
         let code = |symbol: &mut [u8]| tx.code(pn, &plan, symbol);
         wire::encode_repair(w, distance, &plan.covered, symbol_len, code)?;
         self.transport.repaired_through = newest + 1;
+        // A packet logged in this same instant is not covered yet (see `plan`).
+        self.uncovered_logged = tx.newest_logged().is_some_and(|n| n > newest);
         Some(symbol_len)
     }
 
@@ -479,13 +487,29 @@ impl Connection {
     }
 
     /// Payload bytes waiting in the send queues, responses included (they count in their
-    /// channel's `queued_bytes`, whose bit in `maybe_queued` need not be set: every channel).
+    /// channel's `queued_bytes`, whose bit in `maybe_queued` need not be set: then every
+    /// channel). Without responses waiting only the channels in `maybe_queued` hold any (a
+    /// bit is cleared only with its queue empty): the others' lines are not read, which a
+    /// coded packet otherwise paid for twice, a cold line per idle channel.
     fn queued_bytes(&self) -> usize {
-        self.messaging
-            .send_channels
-            .iter()
-            .map(|ch| ch.queued_bytes)
-            .sum()
+        if self.messaging.responses_waiting {
+            self.messaging
+                .send_channels
+                .iter()
+                .map(|ch| ch.queued_bytes)
+                .sum()
+        } else {
+            let queued = self.maybe_queued_channels().map(|ch| ch.queued_bytes).sum();
+            debug_assert_eq!(
+                queued,
+                self.messaging
+                    .send_channels
+                    .iter()
+                    .map(|ch| ch.queued_bytes)
+                    .sum::<usize>()
+            );
+            queued
+        }
     }
 
     /// Bytes of bulk data waiting to go, for the pacer: the least of what remains of the

@@ -337,6 +337,11 @@ impl RepairEncoder {
         self.sent.tail_address()
     }
 
+    /// The newest packet logged, if any.
+    pub(crate) fn newest_logged(&self) -> Option<u64> {
+        self.sent.entries.back().map(|e| e.pn)
+    }
+
     /// Plans the repair for a packet going out at `now`: it covers the packets sent
     /// before this instant and within `horizon`, newest first, as many as a symbol of at
     /// most `room` bytes allows. `None` if nothing is worth covering, which includes a
@@ -436,24 +441,30 @@ impl Pending {
 }
 
 /// The receiver's side: recent packets' frames and the repairs not solved yet.
+///
+/// In declaration order (`repr(C)`), what every received packet reads and writes first:
+/// the flags and counters and the pending repairs' ring fill the box's first line, where
+/// the compiler's order spread them over three (its last three), each a cold line at
+/// thousands of connections. Only a coded packet goes on to the kept frames.
 #[derive(Debug, Default)]
+#[repr(C)]
 pub(crate) struct RepairDecoder {
     /// Whether the peer sends repairs (only then are packets kept).
     active: bool,
-    /// Packets received since the last repair: past `2 × KEPT` the peer has stopped coding,
-    /// and the kept frames and buffers are given back.
-    quiet: usize,
-    kept: FrameLog<KEPT, ()>,
-    pending: VecDeque<Pending>,
-    spare: Vec<Vec<u8>>,
     /// Something since the last `solve` can make it rebuild more: a repair kept, or a packet
     /// a pending repair covers. Otherwise solving again would only redo the last solve (a
     /// peer could otherwise have it redone, in full, for every packet it sends).
     dirty: bool,
+    /// Packets received since the last repair: past `2 × KEPT` the peer has stopped coding,
+    /// and the kept frames and buffers are given back.
+    quiet: usize,
     /// Solving work done and not paid for yet by bytes received (see `SOLVE_WORK_PER_BYTE`).
     work_owed: usize,
     /// Solves put off for lack of paid work (see `solve`); the caller counts them.
     deferred: u64,
+    pending: VecDeque<Pending>,
+    spare: Vec<Vec<u8>>,
+    kept: FrameLog<KEPT, ()>,
     /// Solves run (for the tests).
     #[cfg(test)]
     solves: usize,
