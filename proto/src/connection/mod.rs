@@ -1574,32 +1574,28 @@ mod tests {
         // Loss seen: small packets are coded.
         c.transport.loss_rate = u64::MAX / 4;
         let (mut buf, mut outcome) = ([0u8; 1500], AckOutcome::default());
-        for i in 0..3u8 {
-            let payload = Bytes::from(alloc::vec![i; 20]);
-            c.send(&config, 0, payload, false, Route::default())
-                .unwrap();
+        // A millisecond on, a 20-byte message (if any) and a packet: whether one left.
+        let mut next_packet = |c: &mut Connection, message: Option<u8>| {
+            if let Some(m) = message {
+                let payload = Bytes::from(alloc::vec![m; 20]);
+                c.send(&config, 0, payload, false, Route::default())
+                    .unwrap();
+            }
             now += core::time::Duration::from_millis(1);
-            assert!(c
-                .poll_transmit(now, &mut buf, &config, &mut outcome)
-                .is_some());
+            c.poll_transmit(now, &mut buf, &config, &mut outcome)
+                .is_some()
+        };
+        for i in 0..3u8 {
+            assert!(next_packet(&mut c, Some(i)));
         }
         let repairs = |c: &Connection| (c.transport.repaired_through, c.stats().repairs_sent);
         let before = repairs(&c);
         assert!(before.1 > 0, "the packets carry repairs");
         queue_resend(&mut c, false, Bytes::new(), true);
-        now += core::time::Duration::from_millis(1);
-        assert!(c
-            .poll_transmit(now, &mut buf, &config, &mut outcome)
-            .is_none());
+        assert!(!next_packet(&mut c, None));
         assert_eq!(repairs(&c), before);
         // The next packet carries the repair the given-up one took back.
-        let payload = Bytes::from(alloc::vec![9; 20]);
-        c.send(&config, 0, payload, false, Route::default())
-            .unwrap();
-        now += core::time::Duration::from_millis(1);
-        assert!(c
-            .poll_transmit(now, &mut buf, &config, &mut outcome)
-            .is_some());
+        assert!(next_packet(&mut c, Some(9)));
         let after = repairs(&c);
         assert!(
             after.0 > before.0,
