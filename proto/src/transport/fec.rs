@@ -443,7 +443,7 @@ impl Pending {
 /// The receiver's side: recent packets' frames and the repairs not solved yet.
 ///
 /// In declaration order (`repr(C)`), what every received packet reads and writes first:
-/// the flags and counters and the pending repairs' ring fill the box's first line, where
+/// the flags and counters and the pending repairs' ring fill its first 64 bytes, where
 /// the compiler's order spread them over three (its last three), each a cold line at
 /// thousands of connections. Only a coded packet goes on to the kept frames.
 #[derive(Debug, Default)]
