@@ -492,24 +492,16 @@ impl Connection {
     /// bit is cleared only with its queue empty): the others' lines are not read, which a
     /// coded packet otherwise paid for twice, a cold line per idle channel.
     fn queued_bytes(&self) -> usize {
+        let every_channel = || {
+            let channels = self.messaging.send_channels.iter();
+            channels.map(|ch| ch.queued_bytes).sum::<usize>()
+        };
         if self.messaging.responses_waiting {
-            self.messaging
-                .send_channels
-                .iter()
-                .map(|ch| ch.queued_bytes)
-                .sum()
-        } else {
-            let queued = self.maybe_queued_channels().map(|ch| ch.queued_bytes).sum();
-            debug_assert_eq!(
-                queued,
-                self.messaging
-                    .send_channels
-                    .iter()
-                    .map(|ch| ch.queued_bytes)
-                    .sum::<usize>()
-            );
-            queued
+            return every_channel();
         }
+        let queued = self.maybe_queued_channels().map(|ch| ch.queued_bytes).sum();
+        debug_assert_eq!(queued, every_channel());
+        queued
     }
 
     /// Bytes of bulk data waiting to go, for the pacer: the least of what remains of the
