@@ -17,6 +17,7 @@
 //! | `SHOAL_BENCH_LARGE` | 65536 | bytes of each client's large message every 10 s (0: none) |
 //! | `SHOAL_BENCH_BATCHING` | 1 | 0 runs every happening in one time order (`node_batching` off) |
 //! | `SHOAL_BENCH_LOSS` | 1 | percent of datagrams each link loses |
+//! | `SHOAL_BENCH_BURST` | 1 | mean length of a loss burst, in datagrams: above 1, each link loses the same share in bursts (Gilbert–Elliott, every datagram of a burst lost) instead of one at a time |
 //! | `SHOAL_BENCH_REDUNDANCY` | 1 | `Config::redundancy` of every endpoint: 0 turns forward error correction off |
 //! | `SHOAL_BENCH_ACK_DELAY` | 5 | `Config::max_ack_delay` of every endpoint, in ms: 50 (the tick) lets acknowledgements of reliable frames ride on the next tick's packet |
 //! | `SHOAL_BENCH_HINTS` | 1 on x86-64 | 0 turns the prefetching of the next nodes' state off (`memory_hints`) |
@@ -28,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use shoal_proto::Protection;
 use shoal_sim::scenario::{run, ScenarioConfig};
-use shoal_sim::LinkConfig;
+use shoal_sim::{BurstLoss, LinkConfig};
 
 /// mimalloc, not the system allocator: on Linux its heap comes in 2 MiB pages where the kernel
 /// offers them (transparent huge pages), and the 10,000-client run is bound by misses over
@@ -49,13 +50,24 @@ fn env<T: std::str::FromStr + std::fmt::Display>(name: &str, default: T) -> T {
     }
 }
 
+/// `link` losing `loss` of its datagrams: one at a time, or in bursts of `burst` datagrams on
+/// average.
+fn lossy_link(link: LinkConfig, loss: f64, burst: f64) -> LinkConfig {
+    match BurstLoss::averaging(loss, burst).filter(|_| burst > 1.0) {
+        Some(bursts) => LinkConfig {
+            loss: 0.0,
+            burst_loss: Some(bursts),
+            ..link
+        },
+        None => LinkConfig { loss, ..link },
+    }
+}
+
 fn bench(clients: u64, secs: u64, seed: u64, protection: Protection) {
     let defaults = ScenarioConfig::default();
+    let loss = env("SHOAL_BENCH_LOSS", defaults.link.loss * 100.0) / 100.0;
     let config = ScenarioConfig {
-        link: LinkConfig {
-            loss: env("SHOAL_BENCH_LOSS", defaults.link.loss * 100.0) / 100.0,
-            ..defaults.link
-        },
+        link: lossy_link(defaults.link, loss, env("SHOAL_BENCH_BURST", 1.0)),
         clients: clients as usize,
         duration: Duration::from_secs(secs),
         seed,
@@ -74,12 +86,19 @@ fn bench(clients: u64, secs: u64, seed: u64, protection: Protection) {
         time_turns: env("SHOAL_BENCH_TURNS", 0_u64) != 0,
         ..defaults
     };
+    let losses = match config.link.burst_loss {
+        Some(b) => format!(
+            "{:.2}% loss in bursts of {:.1} datagrams",
+            b.mean_loss() * 100.0,
+            1.0 / b.p_bad_to_good
+        ),
+        None => format!("{}% loss", config.link.loss * 100.0),
+    };
     println!(
-        "{clients} clients at {} Hz for {secs} simulated s (link: {:?} ±{:?}, {}% loss; {} B every 10 s per client; {protection:?}; acks within {:?}; {})",
+        "{clients} clients at {} Hz for {secs} simulated s (link: {:?} ±{:?}, {losses}; {} B every 10 s per client; {protection:?}; acks within {:?}; {})",
         config.tick_rate,
         config.link.latency,
         config.link.jitter,
-        config.link.loss * 100.0,
         config.large_size,
         config.max_ack_delay,
         match (config.node_batching, config.memory_hints) {

@@ -43,6 +43,28 @@ impl BurstLoss {
         }
     }
 
+    /// Bursts that lose `loss` of all datagrams in the long run, `mean_burst` datagrams in a
+    /// row on average (every one inside a burst lost, none outside). `None` unless
+    /// `0 < loss < 1` and `mean_burst >= 1`.
+    ///
+    /// A burst is counted in datagrams, not time: on a link that carries few, such as one
+    /// whose sender is waiting out a probe timeout, a burst of four can last seconds.
+    ///
+    /// ```
+    /// use shoal_sim::BurstLoss;
+    /// let bursts = BurstLoss::averaging(0.01, 4.0).expect("a loss rate and a burst length");
+    /// assert!((bursts.mean_loss() - 0.01).abs() < 1e-12);
+    /// assert_eq!(bursts.p_bad_to_good, 0.25);
+    /// ```
+    pub fn averaging(loss: f64, mean_burst: f64) -> Option<Self> {
+        if !(loss > 0.0 && loss < 1.0 && mean_burst >= 1.0) {
+            return None;
+        }
+        let leave = 1.0 / mean_burst;
+        // In the long run the bad state holds enter / (enter + leave) of the datagrams.
+        Some(BurstLoss::new(leave * loss / (1.0 - loss), leave))
+    }
+
     /// The long-run loss rate this chain produces.
     pub fn mean_loss(&self) -> f64 {
         let total = self.p_good_to_bad + self.p_bad_to_good;
@@ -457,6 +479,32 @@ fn delay(link: &LinkConfig, rng: &mut SimRng) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `BurstLoss::averaging` asks for a long-run loss and a mean run length: a link stepped
+    /// 400,000 times loses that share, in runs of that length on average.
+    #[test]
+    fn bursts_averaging_a_loss_lose_that_share_in_runs_of_that_length() {
+        assert_eq!(BurstLoss::averaging(0.0, 4.0), None);
+        assert_eq!(BurstLoss::averaging(0.01, 0.5), None);
+        let link = LinkConfig {
+            burst_loss: BurstLoss::averaging(0.02, 5.0),
+            ..LinkConfig::default()
+        };
+        let mut state = LinkState::default();
+        let mut rng = SimRng::new(3);
+        let (mut lost, mut runs, mut in_run) = (0u32, 0u32, false);
+        for i in 0..400_000u64 {
+            let verdict = state.transmit(&link, Instant::from_micros(i * 1000), 100, &mut rng);
+            let dropped = matches!(verdict, LinkVerdict::Drop(DropCause::BurstLoss));
+            lost += u32::from(dropped);
+            runs += u32::from(dropped && !in_run);
+            in_run = dropped;
+        }
+        let share = f64::from(lost) / 400_000.0;
+        let mean_run = f64::from(lost) / f64::from(runs);
+        assert!((share - 0.02).abs() < 0.002, "lost {share}");
+        assert!((mean_run - 5.0).abs() < 0.5, "runs of {mean_run}");
+    }
 
     /// Every link keeps one state of its own however the pairs come: the table agrees with
     /// a plain map from (from, to) through a star's links and a mesh's, interleaved.
