@@ -45,7 +45,8 @@ impl BurstLoss {
 
     /// Bursts that lose `loss` of all datagrams in the long run, `mean_burst` datagrams in a
     /// row on average (every one inside a burst lost, none outside). `None` unless
-    /// `0 < loss < 1` and `mean_burst >= 1`.
+    /// `0 < loss < 1` and `mean_burst >= 1`, or if bursts that short cannot lose that much
+    /// (gaps of at least one datagram between them: `loss / (1 - loss) <= mean_burst`).
     ///
     /// A burst is counted in datagrams, not time: on a link that carries few, such as one
     /// whose sender is waiting out a probe timeout, a burst of four can last seconds.
@@ -62,7 +63,8 @@ impl BurstLoss {
         }
         let leave = 1.0 / mean_burst;
         // In the long run the bad state holds enter / (enter + leave) of the datagrams.
-        Some(BurstLoss::new(leave * loss / (1.0 - loss), leave))
+        let enter = leave * loss / (1.0 - loss);
+        (enter <= 1.0).then(|| BurstLoss::new(enter, leave))
     }
 
     /// The long-run loss rate this chain produces.
@@ -486,6 +488,12 @@ mod tests {
     fn bursts_averaging_a_loss_lose_that_share_in_runs_of_that_length() {
         assert_eq!(BurstLoss::averaging(0.0, 4.0), None);
         assert_eq!(BurstLoss::averaging(0.01, 0.5), None);
+        assert_eq!(
+            BurstLoss::averaging(0.6, 1.0),
+            None,
+            "gaps would be shorter than one"
+        );
+        assert!(BurstLoss::averaging(0.6, 2.0).is_some());
         let link = LinkConfig {
             burst_loss: BurstLoss::averaging(0.02, 5.0),
             ..LinkConfig::default()
