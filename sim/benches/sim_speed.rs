@@ -18,6 +18,7 @@
 //! | `SHOAL_BENCH_BATCHING` | 1 | 0 runs every happening in one time order (`node_batching` off) |
 //! | `SHOAL_BENCH_LOSS` | 1 | percent of datagrams each link loses |
 //! | `SHOAL_BENCH_BURST` | 1 | mean length of a loss burst, in datagrams: above 1, each link loses the same share in bursts (Gilbert–Elliott, every datagram of a burst lost) instead of one at a time |
+//! | `SHOAL_BENCH_CONNECT_WINDOW` | 1000 | ms within which the clients connect, each at a random moment (0: all at the same instant) |
 //! | `SHOAL_BENCH_REDUNDANCY` | 1 | `Config::redundancy` of every endpoint: 0 turns forward error correction off |
 //! | `SHOAL_BENCH_ACK_DELAY` | 5 | `Config::max_ack_delay` of every endpoint, in ms: 50 (the tick) lets acknowledgements of reliable frames ride on the next tick's packet |
 //! | `SHOAL_BENCH_HINTS` | 1 on x86-64 | 0 turns the prefetching of the next nodes' state off (`memory_hints`) |
@@ -74,6 +75,10 @@ fn bench(clients: u64, secs: u64, seed: u64, protection: Protection) {
         protection,
         large_size: env("SHOAL_BENCH_LARGE", 64 * 1024_usize),
         redundancy: env("SHOAL_BENCH_REDUNDANCY", defaults.redundancy),
+        connect_window: Duration::from_millis(env(
+            "SHOAL_BENCH_CONNECT_WINDOW",
+            defaults.connect_window.as_millis() as u64,
+        )),
         max_ack_delay: Duration::try_from_secs_f64(
             env(
                 "SHOAL_BENCH_ACK_DELAY",
@@ -184,6 +189,18 @@ fn bench(clients: u64, secs: u64, seed: u64, protection: Protection) {
         s.events,
         report.violations.total(),
         report.disconnects.iter().map(|(_, n)| n).sum::<u64>()
+    );
+    let connects = &report.connect_times;
+    println!(
+        "  {} of {clients} clients connected (p50 {:?}, p99 {:?}, max {:?} from connect to Connected); {} packets declared lost, {} repairs sent, {} packets rebuilt from them, {} probe timeouts",
+        report.clients_connected,
+        connects.percentile(50.0),
+        connects.percentile(99.0),
+        connects.max(),
+        report.packets_lost,
+        report.repairs_sent,
+        report.packets_rebuilt,
+        report.probe_timeouts
     );
     println!(
         "  engine: {} arrivals, {} wake-ups ({} stale), {} timers",

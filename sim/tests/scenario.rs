@@ -318,3 +318,37 @@ fn invalid_settings_are_refused_with_a_reason() {
     };
     assert!(run(&config, &mut |_| {}).is_err());
 }
+
+/// Connecting is timed from each client's `connect` call to its `Connected` event: on a
+/// lossless link without jitter every client takes the handshake's two round trips, whether
+/// the clients come one by one or all in the same instant (the simulator charges no time
+/// for the server's key exchanges).
+#[test]
+fn connecting_takes_two_round_trips_for_every_client_even_all_at_once() {
+    let link = LinkConfig {
+        latency: Duration::from_millis(30),
+        ..LinkConfig::default()
+    };
+    for window in [Duration::from_secs(1), Duration::ZERO] {
+        let config = ScenarioConfig {
+            clients: 50,
+            connect_window: window,
+            duration: Duration::from_secs(2),
+            ..small(3, link)
+        };
+        let report = run_ok(&config);
+        let times = &report.connect_times;
+        assert_eq!(report.clients_connected, 50, "{report}");
+        assert_eq!(times.count(), 50, "{report}");
+        let two_round_trips = Duration::from_millis(120);
+        assert!(times.min() >= two_round_trips, "{report}");
+        assert!(
+            times.max() < two_round_trips + Duration::from_millis(2),
+            "{report}"
+        );
+        assert!(
+            report.to_string().contains("connecting took"),
+            "the summary names it: {report}"
+        );
+    }
+}

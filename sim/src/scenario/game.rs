@@ -165,6 +165,10 @@ pub(super) struct Game {
     pub(super) request_timeouts: u64,
     pub(super) send_errors: u64,
     pub(super) disconnects: Vec<(String, u64)>,
+    /// When each client called `connect` (read again only when it connects).
+    connect_started: Vec<Instant>,
+    /// From each client's `connect` to its `Connected`.
+    pub(super) connect_times: LatencyHistogram,
 }
 
 impl Game {
@@ -195,6 +199,8 @@ impl Game {
             request_timeouts: 0,
             send_errors: 0,
             disconnects: Vec::new(),
+            connect_started: vec![Instant::ZERO; config.clients],
+            connect_times: LatencyHistogram::new(),
         }
     }
 
@@ -449,6 +455,10 @@ impl Game {
         let now = ctx.now();
         match event {
             Event::Connected { .. } => {
+                if let Some(&started) = self.connect_started.get(client) {
+                    self.connect_times
+                        .record(now.saturating_duration_since(started));
+                }
                 let phase = ctx.rng().below(self.tick.as_micros() as u64);
                 ctx.set_timer(now + Duration::from_micros(phase), TICK);
             }
@@ -546,6 +556,9 @@ impl Application for Game {
         };
         match token {
             CONNECT => {
+                if let Some(started) = self.connect_started.get_mut(client) {
+                    *started = now;
+                }
                 let server = ctx.address_of(self.server);
                 match ctx
                     .endpoint()

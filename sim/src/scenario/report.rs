@@ -81,6 +81,8 @@ pub struct Report {
     pub kinds: Vec<KindReport>,
     /// Clients whose connection the server accepted.
     pub clients_connected: usize,
+    /// How long each connected client took from its `connect` call to its `Connected` event.
+    pub connect_times: LatencyHistogram,
     /// Connections that ended during the run, by side and reason.
     pub disconnects: Vec<(String, u64)>,
     /// Datagrams all endpoints sent.
@@ -135,6 +137,7 @@ pub(super) fn build(sim: &Simulator, game: &Game, end: shoal_proto::Instant) -> 
             .iter()
             .filter(|c| c.server_conn.is_some() || c.server_lost)
             .count(),
+        connect_times: game.connect_times.clone(),
         disconnects: game.disconnects.clone(),
         datagrams_sent: 0,
         wire_bytes: 0,
@@ -314,6 +317,16 @@ impl fmt::Display for Report {
             "connections: {} of {} clients connected, {} disconnect events",
             self.clients_connected, c.clients, lost
         )?;
+        let t = &self.connect_times;
+        if t.count() > 0 {
+            writeln!(
+                f,
+                "  connecting took (connect call to Connected) p50 {} ms, p99 {} ms, max {} ms",
+                millis(t.percentile(50.0)),
+                millis(t.percentile(99.0)),
+                millis(t.max())
+            )?;
+        }
         for (reason, n) in &self.disconnects {
             writeln!(f, "  {reason}: {n}")?;
         }
