@@ -20,9 +20,10 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use shoal_sim::scenario::{self, ScenarioConfig};
 use shoal_sim::shoal_proto::Protection;
 use shoal_sim::units::{
-    parse_bandwidth, parse_burst_loss, parse_bytes, parse_duration, parse_probability,
+    parse_bandwidth, parse_burst_loss, parse_bytes, parse_duration, parse_outages,
+    parse_probability,
 };
-use shoal_sim::{BurstLoss, LinkConfig};
+use shoal_sim::{BurstLoss, LinkConfig, Outages};
 
 /// mimalloc: its heap comes in 2 MiB pages where the kernel offers them, which a run with
 /// thousands of peers (bound by cache and TLB misses) needs; see `sim/benches/sim_speed.rs`.
@@ -80,6 +81,13 @@ struct Args {
     /// every datagram inside (or LOSS_IN_BURST of them). Adds to --loss.
     #[arg(long, value_parser = parse_burst_loss, value_name = "ENTER,EXIT[,LOSS]")]
     burst_loss: Option<BurstLoss>,
+
+    /// Outages in time as `SHARE,LENGTH`: `1%,200ms` takes each link down 1% of the time,
+    /// 200 ms at a time on average, losing everything sent meanwhile. Unlike --burst-loss,
+    /// whose bursts are counted in datagrams, an outage lasts as long on a quiet link. Adds
+    /// to --loss.
+    #[arg(long, value_parser = parse_outages, value_name = "SHARE,LENGTH")]
+    outages: Option<Outages>,
 
     /// Probability that a datagram is delivered twice (`1%`).
     #[arg(long, default_value = "0", value_parser = parse_probability, value_name = "P")]
@@ -192,6 +200,7 @@ impl Args {
             jitter_reorders: self.jitter_reorders,
             loss: self.loss,
             burst_loss: self.burst_loss,
+            outages: self.outages,
             duplicate: self.duplicate,
             reorder: self.reorder,
             reorder_delay: self.reorder_delay,
@@ -305,6 +314,8 @@ mod tests {
             "60s",
             "--burst-loss",
             "1%,25%",
+            "--outages",
+            "1%,200ms",
             "--bandwidth",
             "10Mbit/s",
             "--duplicate",
@@ -319,6 +330,10 @@ mod tests {
         assert_eq!(config.link.bandwidth, Some(1_250_000));
         assert_eq!(config.link.duplicate, 0.01);
         assert!(config.link.burst_loss.is_some());
+        assert_eq!(
+            config.link.outages.map(|o| o.mean_down),
+            Some(Duration::from_millis(200))
+        );
         assert!(Args::try_parse_from(["shoal-demo", "--loss", "5 percent"]).is_err());
         assert!(Args::try_parse_from(["shoal-demo", "--duration", "60"]).is_err());
     }

@@ -18,6 +18,7 @@
 //! | `SHOAL_BENCH_BATCHING` | 1 | 0 runs every happening in one time order (`node_batching` off) |
 //! | `SHOAL_BENCH_LOSS` | 1 | percent of datagrams each link loses |
 //! | `SHOAL_BENCH_BURST` | 1 | mean length of a loss burst, in datagrams: above 1, each link loses the same share in bursts (Gilbert–Elliott, every datagram of a burst lost) instead of one at a time |
+//! | `SHOAL_BENCH_OUTAGE` | 0 | mean length of an outage, in ms: above 0, each link loses the same share in outages in time (`Outages`: down that share of the time, every datagram sent meanwhile lost) instead of one datagram at a time |
 //! | `SHOAL_BENCH_CONNECT_WINDOW` | 1000 | ms within which the clients connect, each at a random moment (0: all at the same instant) |
 //! | `SHOAL_BENCH_REDUNDANCY` | 1 | `Config::redundancy` of every endpoint: 0 turns forward error correction off |
 //! | `SHOAL_BENCH_ACK_DELAY` | 5 | `Config::max_ack_delay` of every endpoint, in ms: 50 (the tick) lets acknowledgements of reliable frames ride on the next tick's packet |
@@ -30,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use shoal_proto::Protection;
 use shoal_sim::scenario::{run, ScenarioConfig};
-use shoal_sim::{BurstLoss, LinkConfig};
+use shoal_sim::{BurstLoss, LinkConfig, Outages};
 
 /// mimalloc, not the system allocator: on Linux its heap comes in 2 MiB pages where the kernel
 /// offers them (transparent huge pages), and the 10,000-client run is bound by misses over
@@ -51,9 +52,16 @@ fn env<T: std::str::FromStr + std::fmt::Display>(name: &str, default: T) -> T {
     }
 }
 
-/// `link` losing `loss` of its datagrams: one at a time, or in bursts of `burst` datagrams on
-/// average.
-fn lossy_link(link: LinkConfig, loss: f64, burst: f64) -> LinkConfig {
+/// `link` losing `loss` of its datagrams: in outages of `outage_ms` on average, or else in
+/// bursts of `burst` datagrams on average, or else one at a time.
+fn lossy_link(link: LinkConfig, loss: f64, burst: f64, outage_ms: u64) -> LinkConfig {
+    if let Some(outages) = Outages::averaging(loss, Duration::from_millis(outage_ms)) {
+        return LinkConfig {
+            loss: 0.0,
+            outages: Some(outages),
+            ..link
+        };
+    }
     match BurstLoss::averaging(loss, burst).filter(|_| burst > 1.0) {
         Some(bursts) => LinkConfig {
             loss: 0.0,
@@ -68,7 +76,12 @@ fn bench(clients: u64, secs: u64, seed: u64, protection: Protection) {
     let defaults = ScenarioConfig::default();
     let loss = env("SHOAL_BENCH_LOSS", defaults.link.loss * 100.0) / 100.0;
     let config = ScenarioConfig {
-        link: lossy_link(defaults.link, loss, env("SHOAL_BENCH_BURST", 1.0)),
+        link: lossy_link(
+            defaults.link,
+            loss,
+            env("SHOAL_BENCH_BURST", 1.0),
+            env("SHOAL_BENCH_OUTAGE", 0_u64),
+        ),
         clients: clients as usize,
         duration: Duration::from_secs(secs),
         seed,
@@ -91,13 +104,18 @@ fn bench(clients: u64, secs: u64, seed: u64, protection: Protection) {
         time_turns: env("SHOAL_BENCH_TURNS", 0_u64) != 0,
         ..defaults
     };
-    let losses = match config.link.burst_loss {
-        Some(b) => format!(
+    let losses = match (config.link.outages, config.link.burst_loss) {
+        (Some(o), _) => format!(
+            "{:.2}% loss in outages of {:?} on average",
+            o.mean_loss() * 100.0,
+            o.mean_down
+        ),
+        (None, Some(b)) => format!(
             "{:.2}% loss in bursts of {:.1} datagrams",
             b.mean_loss() * 100.0,
             1.0 / b.p_bad_to_good
         ),
-        None => format!("{}% loss", config.link.loss * 100.0),
+        (None, None) => format!("{}% loss", config.link.loss * 100.0),
     };
     println!(
         "{clients} clients at {} Hz for {secs} simulated s (link: {:?} ±{:?}, {losses}; {} B every 10 s per client; {protection:?}; acks within {:?}; {})",

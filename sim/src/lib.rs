@@ -60,7 +60,7 @@
 //! | item | what it is |
 //! |---|---|
 //! | [`Simulator`] | nodes, the virtual clock, links, scheduled conditions, the trace |
-//! | [`LinkConfig`], [`BurstLoss`] | one direction of a link |
+//! | [`LinkConfig`], [`BurstLoss`], [`Outages`] | one direction of a link |
 //! | [`NatConfig`], [`NatKind`], [`NatId`], [`NatStats`], [`NatMapping`] | NAT boxes between nodes |
 //! | [`Application`], [`NodeContext`] | callbacks for events and timers |
 //! | [`NodeNetwork`] | a node as a [`shoal_proto::Network`], for game code shared with the socket drivers |
@@ -90,7 +90,7 @@ pub mod units;
 pub use shoal_proto;
 
 pub use histogram::LatencyHistogram;
-pub use link::{BurstLoss, DropCause, LinkConfig, LinkConfigError, LinkDrops};
+pub use link::{BurstLoss, DropCause, LinkConfig, LinkConfigError, LinkDrops, Outages};
 pub use nat::{AddNatError, NatConfig, NatId, NatKind, NatMapping, NatStats, MAX_NAT_DEPTH};
 pub use rng::SimRng;
 pub use simulator::{

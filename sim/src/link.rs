@@ -78,12 +78,60 @@ impl BurstLoss {
     }
 }
 
+/// Outages in time: the link alternates between up and down, each period drawn from an
+/// exponential distribution with its mean, and loses every datagram sent while it is down.
+///
+/// Unlike [`BurstLoss`], whose bursts are counted in datagrams, an outage lasts as long
+/// however much the link carries: a connection that sends only a probe now and then sees
+/// the same outages as one that sends a packet every millisecond (a radio fade, a Wi-Fi
+/// roam, a route change).
+///
+/// ```
+/// use core::time::Duration;
+/// use shoal_sim::Outages;
+/// // Down 1% of the time, 200 ms at a time.
+/// let fades = Outages::averaging(0.01, Duration::from_millis(200)).expect("a share and a length");
+/// assert!((fades.mean_loss() - 0.01).abs() < 1e-9);
+/// assert_eq!(fades.mean_down, Duration::from_millis(200));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Outages {
+    /// Mean time the link stays up between two outages.
+    pub mean_up: Duration,
+    /// Mean length of an outage.
+    pub mean_down: Duration,
+}
+
+impl Outages {
+    /// Outages of `mean_down` on average that take `loss` of the time in the long run.
+    /// `None` unless `0 < loss < 1` and `mean_down` is not zero.
+    pub fn averaging(loss: f64, mean_down: Duration) -> Option<Self> {
+        if !(loss > 0.0 && loss < 1.0) || mean_down.is_zero() {
+            return None;
+        }
+        let mean_up = Duration::try_from_secs_f64(mean_down.as_secs_f64() * (1.0 - loss) / loss)
+            .ok()
+            .filter(|up| !up.is_zero())?;
+        Some(Outages { mean_up, mean_down })
+    }
+
+    /// The long-run share of the time the link is down (and of datagrams lost, for a
+    /// sender that does not time its datagrams by the outages).
+    pub fn mean_loss(&self) -> f64 {
+        let (up, down) = (self.mean_up.as_secs_f64(), self.mean_down.as_secs_f64());
+        if up + down <= 0.0 {
+            return 0.0;
+        }
+        down / (up + down)
+    }
+}
+
 /// How one direction of a link treats datagrams. The [`Default`] is a perfect link: no delay,
 /// no loss, unlimited bandwidth, a 64 KiB MTU.
 ///
 /// A datagram goes through these steps in order, each counted when it drops one
 /// ([`DropCause`]): MTU check, link down / partition, the bandwidth queue, i.i.d. loss, burst
-/// loss; a survivor is delayed by `latency` plus a uniform `[0, jitter]`, and maybe by
+/// loss, outages; a survivor is delayed by `latency` plus a uniform `[0, jitter]`, and maybe by
 /// `reorder_delay` more, and maybe duplicated (the copy gets its own delay).
 ///
 /// Jitter keeps each direction in order by default (a datagram never arrives before one sent
@@ -114,6 +162,8 @@ pub struct LinkConfig {
     pub loss: f64,
     /// Burst loss on top of `loss`, if any.
     pub burst_loss: Option<BurstLoss>,
+    /// Outages in time on top of both, if any.
+    pub outages: Option<Outages>,
     /// Probability that a datagram is delivered twice.
     pub duplicate: f64,
     /// Probability that a datagram is held back by `reorder_delay`, so later ones overtake it.
@@ -137,6 +187,7 @@ impl Default for LinkConfig {
             jitter_reorders: false,
             loss: 0.0,
             burst_loss: None,
+            outages: None,
             duplicate: 0.0,
             reorder: 0.0,
             reorder_delay: Duration::from_millis(10),
@@ -156,6 +207,8 @@ pub enum LinkConfigError {
     ZeroBandwidth,
     /// An MTU of zero.
     ZeroMtu,
+    /// Outages whose mean up or down time is zero.
+    ZeroOutagePeriod,
 }
 
 impl fmt::Display for LinkConfigError {
@@ -171,6 +224,9 @@ impl fmt::Display for LinkConfigError {
                 f.write_str("link bandwidth must be above zero (use None for unlimited)")
             }
             LinkConfigError::ZeroMtu => f.write_str("link MTU must be above zero"),
+            LinkConfigError::ZeroOutagePeriod => {
+                f.write_str("link outages need a mean up time and a mean outage length above zero")
+            }
         }
     }
 }
@@ -204,6 +260,12 @@ impl LinkConfig {
         if self.mtu == 0 {
             return Err(LinkConfigError::ZeroMtu);
         }
+        if self
+            .outages
+            .is_some_and(|o| o.mean_up.is_zero() || o.mean_down.is_zero())
+        {
+            return Err(LinkConfigError::ZeroOutagePeriod);
+        }
         Ok(())
     }
 }
@@ -216,6 +278,8 @@ pub enum DropCause {
     RandomLoss,
     /// Gilbert–Elliott burst loss ([`LinkConfig::burst_loss`]).
     BurstLoss,
+    /// Sent during an outage ([`LinkConfig::outages`]).
+    Outage,
     /// The bandwidth queue was full ([`LinkConfig::queue_bytes`]).
     QueueFull,
     /// Larger than the link's MTU.
@@ -240,11 +304,12 @@ pub enum DropCause {
 
 impl DropCause {
     /// Number of causes.
-    pub const COUNT: usize = 12;
+    pub const COUNT: usize = 13;
     /// Every cause, in counter order.
     pub const ALL: [DropCause; DropCause::COUNT] = [
         DropCause::RandomLoss,
         DropCause::BurstLoss,
+        DropCause::Outage,
         DropCause::QueueFull,
         DropCause::Mtu,
         DropCause::Partition,
@@ -262,6 +327,7 @@ impl DropCause {
         match self {
             DropCause::RandomLoss => "random_loss",
             DropCause::BurstLoss => "burst_loss",
+            DropCause::Outage => "outage",
             DropCause::QueueFull => "queue_full",
             DropCause::Mtu => "mtu",
             DropCause::Partition => "partition",
@@ -324,10 +390,16 @@ pub(crate) enum LinkVerdict {
     },
 }
 
-/// Per-direction mutable state: the burst-loss chain, the bandwidth queue, the last arrival.
+/// Per-direction mutable state: the burst-loss chain, the outages, the bandwidth queue, the
+/// last arrival.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct LinkState {
     in_bad_state: bool,
+    /// Whether an outage held the link at its last datagram.
+    down: bool,
+    /// When the outage state changes next, as drawn at the last datagram (`None` before the
+    /// first).
+    next_flip: Option<Instant>,
     /// When the bottleneck finishes serializing what it holds, in nanoseconds.
     busy_until_ns: u64,
     /// Arrival time of the latest in-order datagram (jitter does not reorder past it).
@@ -401,11 +473,45 @@ impl LinkState {
     pub(crate) fn is_needed(link: &LinkConfig) -> bool {
         link.bandwidth.is_some()
             || link.burst_loss.is_some()
+            || link.outages.is_some()
             || (!link.jitter.is_zero() && !link.jitter_reorders)
     }
 }
 
 impl LinkState {
+    /// Whether `outages` hold the link at `now`. The periods are exponential, so the state
+    /// is a two-state Markov chain in continuous time: past the change drawn last, the
+    /// state at `now` follows from the time since that change alone, however many changes a
+    /// quiet link slept through (one draw, not one per period), and the next change is
+    /// drawn afresh from `now`.
+    fn in_outage(&mut self, outages: &Outages, now: Instant, rng: &mut SimRng) -> bool {
+        let (up, down) = (
+            outages.mean_up.as_secs_f64(),
+            outages.mean_down.as_secs_f64(),
+        );
+        match self.next_flip {
+            Some(at) if at > now => return self.down,
+            Some(at) => {
+                // Down (1) or up (0) just after the change at `at`, then its pull towards
+                // the long-run share fading with the time since.
+                let after = f64::from(u8::from(!self.down));
+                let share_down = down / (up + down);
+                let since = now.saturating_duration_since(at).as_secs_f64();
+                let memory = (-(1.0 / up + 1.0 / down) * since).exp();
+                self.down = rng.chance(share_down + (after - share_down) * memory);
+            }
+            // A link starts up.
+            None => self.down = false,
+        }
+        let mean = if self.down { down } else { up };
+        // (A float cast saturates: an absurdly long draw is merely far away.)
+        let wait_micros = (rng.exponential(mean) * 1e6) as u64;
+        self.next_flip = Some(Instant::from_micros(
+            now.as_micros().saturating_add(wait_micros),
+        ));
+        self.down
+    }
+
     /// Runs a datagram of `len` bytes, sent at `now`, through the bandwidth queue, loss and
     /// delay of `link`. The MTU, link-down and partition checks happen before (they need no
     /// state).
@@ -449,6 +555,11 @@ impl LinkState {
                 return LinkVerdict::Drop(DropCause::BurstLoss);
             }
         }
+        if let Some(o) = &link.outages {
+            if self.in_outage(o, now, rng) {
+                return LinkVerdict::Drop(DropCause::Outage);
+            }
+        }
         let depart = Instant::from_micros(depart_ns.div_ceil(1000));
         let reordered = rng.chance(link.reorder);
         let mut at = depart + delay(link, rng);
@@ -481,6 +592,70 @@ fn delay(link: &LinkConfig, rng: &mut SimRng) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Losses of `link` for a sender of one datagram every `every`, `count` times: the share
+    /// lost and the mean length of a run of losses, in datagrams.
+    fn loss_runs(link: &LinkConfig, every: Duration, count: u64, seed: u64) -> (f64, f64) {
+        let mut state = LinkState::default();
+        let mut rng = SimRng::new(seed);
+        let (mut lost, mut runs, mut in_run) = (0u64, 0u64, false);
+        for i in 0..count {
+            let now = Instant::ZERO + every * u32::try_from(i).expect("few datagrams");
+            let dropped = matches!(
+                state.transmit(link, now, 100, &mut rng),
+                LinkVerdict::Drop(DropCause::BurstLoss | DropCause::Outage)
+            );
+            lost += u64::from(dropped);
+            runs += u64::from(dropped && !in_run);
+            in_run = dropped;
+        }
+        (lost as f64 / count as f64, lost as f64 / runs.max(1) as f64)
+    }
+
+    /// Outages are in time: a sender of a datagram a millisecond and one of a datagram every
+    /// quarter second both lose the share of time the link is down; the first loses each
+    /// outage's 100 ms as a run of about 100 datagrams, the second mostly one at a time.
+    /// Bursts counted in datagrams make the sparse sender lose runs as long as the dense.
+    #[test]
+    fn outages_last_a_time_however_much_the_link_carries() {
+        let outages = Outages::averaging(0.1, Duration::from_millis(100)).expect("valid");
+        assert_eq!(outages.mean_up, Duration::from_millis(900));
+        let link = LinkConfig {
+            outages: Some(outages),
+            ..LinkConfig::default()
+        };
+        let (dense, dense_run) = loss_runs(&link, Duration::from_millis(1), 2_000_000, 1);
+        let (sparse, sparse_run) = loss_runs(&link, Duration::from_millis(250), 200_000, 2);
+        assert!((dense - 0.1).abs() < 0.01, "dense sender lost {dense}");
+        assert!((sparse - 0.1).abs() < 0.01, "sparse sender lost {sparse}");
+        assert!(
+            (85.0..115.0).contains(&dense_run),
+            "dense runs of {dense_run}"
+        );
+        assert!(sparse_run < 1.2, "sparse runs of {sparse_run}");
+
+        let bursts = LinkConfig {
+            burst_loss: BurstLoss::averaging(0.1, 100.0),
+            ..LinkConfig::default()
+        };
+        let (_, sparse_burst_run) = loss_runs(&bursts, Duration::from_millis(250), 200_000, 2);
+        assert!(sparse_burst_run > 50.0, "bursts of {sparse_burst_run}");
+    }
+
+    #[test]
+    fn outages_need_both_periods() {
+        let down = |mean_up, mean_down| LinkConfig {
+            outages: Some(Outages { mean_up, mean_down }),
+            ..LinkConfig::default()
+        };
+        let ms = Duration::from_millis;
+        assert_eq!(down(ms(900), ms(100)).validate(), Ok(()));
+        for bad in [down(ms(0), ms(100)), down(ms(900), ms(0))] {
+            assert_eq!(bad.validate(), Err(LinkConfigError::ZeroOutagePeriod));
+        }
+        assert_eq!(Outages::averaging(0.0, ms(100)), None);
+        assert_eq!(Outages::averaging(0.5, ms(0)), None);
+    }
 
     /// `BurstLoss::averaging` asks for a long-run loss and a mean run length: a link stepped
     /// 400,000 times loses that share, in runs of that length on average.

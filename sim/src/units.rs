@@ -14,7 +14,7 @@
 
 use core::time::Duration;
 
-use crate::link::BurstLoss;
+use crate::link::{BurstLoss, Outages};
 
 /// Splits `"12.5ms"` into `(12.5, "ms")`.
 fn split_number(s: &str) -> Result<(f64, &str), String> {
@@ -147,6 +147,19 @@ pub fn parse_burst_loss(s: &str) -> Result<BurstLoss, String> {
     Ok(b)
 }
 
+/// Outages in time as `SHARE,LENGTH`: `1%,200ms` takes the link down 1% of the time, for
+/// 200 ms on average each time (so about every 20 s), losing everything sent meanwhile.
+pub fn parse_outages(s: &str) -> Result<Outages, String> {
+    let usage = || format!("`{s}`: give outages as SHARE,LENGTH, e.g. `1%,200ms`");
+    let [share, length] = s.split([',', ':']).collect::<Vec<_>>()[..] else {
+        return Err(usage());
+    };
+    let (share, length) = (parse_probability(share)?, parse_duration(length)?);
+    Outages::averaging(share, length).ok_or_else(|| {
+        format!("`{s}`: the share must be above 0% and below 100%, the length above zero")
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,5 +212,16 @@ mod tests {
         assert_eq!(b.loss_bad, 0.5);
         assert!(parse_burst_loss("1%").is_err());
         assert!(parse_burst_loss("1%,0").is_err());
+    }
+
+    #[test]
+    fn outages() {
+        let o = parse_outages("1%,200ms").expect("valid");
+        assert_eq!(o.mean_down, Duration::from_millis(200));
+        assert!((o.mean_up.as_secs_f64() - 19.8).abs() < 1e-9);
+        assert!(parse_outages("1%").is_err());
+        assert!(parse_outages("0%,200ms").is_err());
+        assert!(parse_outages("1%,0ms").is_err());
+        assert!(parse_outages("100%,1s").is_err());
     }
 }

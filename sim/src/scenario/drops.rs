@@ -99,6 +99,7 @@ pub(crate) fn cause_words(cause: DropCause) -> &'static str {
     match cause {
         DropCause::RandomLoss => "lost at random (the link's loss rate)",
         DropCause::BurstLoss => "lost in a burst (the link's burst loss)",
+        DropCause::Outage => "sent during an outage (the link's outages)",
         DropCause::QueueFull => "no room in the bandwidth queue",
         DropCause::Mtu => "larger than the link's MTU",
         DropCause::Partition => "sent across a network partition",

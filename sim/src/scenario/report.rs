@@ -261,6 +261,15 @@ fn describe_link(l: &crate::LinkConfig) -> String {
             ),
             None => "none".to_string(),
         };
+        let outages = match &l.outages {
+            Some(o) => format!(
+                ", outages of {} every {} on average (down {})",
+                human(o.mean_down),
+                human(o.mean_up + o.mean_down),
+                percent(o.mean_loss())
+            ),
+            None => String::new(),
+        };
         let bandwidth = match l.bandwidth {
             Some(b) => format!(
                 "{} B/s, queue {} B",
@@ -270,12 +279,13 @@ fn describe_link(l: &crate::LinkConfig) -> String {
             None => "unlimited".to_string(),
         };
         format!(
-            "latency {}, jitter {}{}, loss {}, burst loss {}, duplicate {}, reorder {} (+{}), bandwidth {}, mtu {}",
+            "latency {}, jitter {}{}, loss {}, burst loss {}{}, duplicate {}, reorder {} (+{}), bandwidth {}, mtu {}",
             human(l.latency),
             human(l.jitter),
             if l.jitter_reorders { " (reordering)" } else { "" },
             percent(l.loss),
             burst,
+            outages,
             percent(l.duplicate),
             percent(l.reorder),
             human(l.reorder_delay),
