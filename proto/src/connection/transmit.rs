@@ -277,9 +277,14 @@ impl Connection {
         //   samples, which a side sending only unreliable messages would otherwise never take
         //   (a lying peer could then pull its RTT down by the whole lazy delay);
         // - a packet after which the window stops the sender, so a one-way stream of large
-        //   unreliable packets does not wait LAZY_ACK_DELAY for each window.
-        // Never an ack-only packet: two idle sides would acknowledge each other's
-        // acknowledgements for ever.
+        //   unreliable packets does not wait LAZY_ACK_DELAY for each window;
+        // - an acknowledgement sent while probe timeouts go unanswered (`liveness`): after an
+        //   outage of this direction the window is full of lost packets and acknowledgements
+        //   may be all that goes out; answered, one tells the path is back at once, where
+        //   the next probe is up to the backoff away (seconds, after a long outage).
+        // Never another ack-only packet: two idle sides would acknowledge each other's
+        // acknowledgements for ever. (The liveness ping stops at the first answer, which
+        // resets the count, and the answer asks for nothing: the exchange ends.)
         let heartbeat = self.transport.paths.on_direct_path()
             && (self.keepalive_due
                 || (frames_written > 0 && !self.transport.sent.prompt_in_flight()));
@@ -291,7 +296,8 @@ impl Connection {
                 .last_prompt_sent()
                 .is_none_or(|t| now >= t + PROMPT_EVERY);
         let window_limited = frames_written > 0 && !self.transport.sent.can_send(w.len() + mtu);
-        let ping = probe || heartbeat || refresh || window_limited || !keys.is_empty();
+        let liveness = frames_written == 0 && !probe && self.transport.sent.pto_count() > 0;
+        let ping = probe || heartbeat || refresh || window_limited || liveness || !keys.is_empty();
         if frames_written == 0 && !ack_due && !self.keepalive_due && !probe && !ack_only {
             // Given up: the repair written into it covers nothing sent.
             (self.transport.repaired_through, self.uncovered_logged) = repaired_before;
@@ -330,9 +336,12 @@ impl Connection {
         if frames_written == 0 {
             self.stats.ack_only_packets_sent += 1;
         }
-        let wanted = if ping {
+        // A liveness ping is tracked so that its answer counts, but arms no probe timeout of
+        // its own: sent for every acknowledgement, it would push the next probe out for ever,
+        // and the count of unanswered ones is what tells a direct path died.
+        let wanted = if ping && !liveness {
             AckWanted::Prompt
-        } else if frames_written > 0 {
+        } else if frames_written > 0 || liveness {
             AckWanted::Lazy
         } else {
             AckWanted::No
