@@ -72,8 +72,8 @@ impl Application for Game {
     }
 }
 
-/// The server of the game above, its downlink down from 2.0 to 2.8 s: (the simulator, the
-/// game after 6 s).
+/// The game above for 6 s, the server's downlink down from `down` to `up` ms: (the
+/// simulator, the game).
 fn run_outage(down: u64, up: u64) -> (Simulator, Game) {
     let link = LinkConfig {
         latency: Duration::from_millis(40),

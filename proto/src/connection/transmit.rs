@@ -296,7 +296,9 @@ impl Connection {
                 .last_prompt_sent()
                 .is_none_or(|t| now >= t + PROMPT_EVERY);
         let window_limited = frames_written > 0 && !self.transport.sent.can_send(w.len() + mtu);
-        let liveness = frames_written == 0 && !probe && self.transport.sent.pto_count() > 0;
+        // (Not a probe or heartbeat: those ask for their answer as before.)
+        let liveness =
+            frames_written == 0 && !probe && !heartbeat && self.transport.sent.pto_count() > 0;
         let ping = probe || heartbeat || refresh || window_limited || liveness || !keys.is_empty();
         if frames_written == 0 && !ack_due && !self.keepalive_due && !probe && !ack_only {
             // Given up: the repair written into it covers nothing sent.
