@@ -1708,3 +1708,44 @@ fn a_large_message_leaves_in_bursts_and_a_small_one_beside_it_is_not_held_for_on
     // (Packet by packet, 1.2.)
     assert!(per_wake >= 3.0, "{packets} packets at {instants} instants");
 }
+
+/// Small unreliable messages go ahead of retransmissions waiting (a game's state after an
+/// outage), but lead at most every other packet: a sender that queues more of them than
+/// its window carries still gets its lost reliable messages through.
+#[test]
+fn a_flood_of_unreliable_messages_does_not_hold_back_retransmissions() {
+    let mut p = Pair::default_pair();
+    p.latency = Duration::from_millis(50);
+    let (c, _) = p.connect();
+    p.hook = lossy(11, 0.10);
+    for i in 0..100 {
+        p.client
+            .send(c, RELIABLE, numbered(i, 1_000))
+            .expect("send");
+        // Far more than the window carries: the queue stays full (sends past its limit
+        // are refused).
+        for _ in 0..40 {
+            let _ = p.client.send(c, UNRELIABLE, vec![0; 1_000]);
+        }
+        p.run_for(Duration::from_millis(16));
+    }
+    let delivered = |p: &Pair| p.server_messages(RELIABLE).len() == 100;
+    let flood = |p: &mut Pair| {
+        for _ in 0..40 {
+            let _ = p.client.send(c, UNRELIABLE, vec![0; 1_000]);
+        }
+    };
+    let mut waited = Duration::ZERO;
+    while !delivered(&p) && waited < Duration::from_secs(10) {
+        flood(&mut p);
+        p.run_for(Duration::from_millis(16));
+        waited += Duration::from_millis(16);
+    }
+    let stats = p.client.connection_stats(c).expect("stats");
+    assert!(stats.retransmissions > 0, "losses were resent");
+    assert!(
+        delivered(&p),
+        "{} of 100 reliable messages after {waited:?} more of the flood",
+        p.server_messages(RELIABLE).len()
+    );
+}

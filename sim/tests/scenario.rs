@@ -72,7 +72,9 @@ fn guarantees_hold_on_a_lossy_duplicating_reordering_network() {
 
 /// `ScenarioConfig::redundancy` reaches every endpoint: on a lossy network the default
 /// codes (repairs are sent, and some rebuild a lost packet), 0 codes nothing, and the
-/// guarantees hold either way.
+/// guarantees hold either way. (Not compared: retransmissions. The few a run's rebuilt
+/// packets save, 1 to 9 here, are within the spread between seeds, 34 to 66 for either
+/// setting; `proto/tests/delivery.rs` pins what rebuilding saves on a longer stream.)
 #[test]
 fn redundancy_zero_turns_coding_off_on_every_endpoint() {
     let link = LinkConfig {
@@ -94,10 +96,6 @@ fn redundancy_zero_turns_coding_off_on_every_endpoint() {
         (plain.repairs_sent, plain.packets_rebuilt),
         (0, 0),
         "{plain}"
-    );
-    assert!(
-        plain.retransmissions > coded.retransmissions,
-        "{plain}\n{coded}"
     );
 }
 

@@ -476,6 +476,10 @@ pub(crate) struct Connection {
     /// it had logged: only then can a packet going out plan a repair (`write_repair`). Here,
     /// not in the encoder: most packets of a coding connection then leave it unread.
     uncovered_logged: bool,
+    /// The last packet of messages was led by small unreliable or sequenced messages, ahead
+    /// of retransmissions waiting (`write_urgent_frames`): the next lets retransmissions
+    /// lead, so a stream of unreliable messages cannot keep them waiting.
+    urgent_led: bool,
     /// The application has taken this connection's `Connected` event.
     pub(crate) announced: bool,
     /// Its `Connected` event was queued: it ends in `Disconnected`, not `ConnectFailed`.
@@ -578,6 +582,7 @@ impl Connection {
             more_to_send: false,
             moved_from: None,
             uncovered_logged: false,
+            urgent_led: false,
             announced: false,
             reported: false,
             path_event_waiting: false,
