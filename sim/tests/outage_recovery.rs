@@ -171,3 +171,22 @@ fn after_an_outage_the_state_goes_ahead_of_the_retransmissions() {
     );
     assert!(game.large_at.is_some(), "the large message arrived");
 }
+
+/// The reliable event sent beside the large message is lost with its first chunks. Sent
+/// again in the order they were lost, it waited behind them, a packet each while the window
+/// grew back (3.16 s); whole messages go again before chunks, so it arrives with the state.
+#[test]
+fn after_an_outage_a_small_reliable_message_goes_again_before_a_large_ones_chunks() {
+    let (down, up) = (2_000, 2_800);
+    let (_, game) = run_outage(down, up);
+    let reliable = game.reliable_at.expect("the reliable event arrived");
+    assert!(
+        reliable >= Instant::from_millis(up) && reliable < Instant::from_millis(up + 200),
+        "reliable event at {reliable:?}"
+    );
+    let large = game.large_at.expect("the large message arrived");
+    assert!(
+        large < Instant::from_millis(up + 800),
+        "large message at {large:?}"
+    );
+}

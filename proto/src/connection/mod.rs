@@ -353,8 +353,13 @@ impl Requests {
 struct InFlight {
     frames: FrameStore<SentFrame>,
     /// Keys of frames declared lost, to send again (a key whose frame was acknowledged
-    /// meanwhile finds nothing and is skipped).
+    /// meanwhile finds nothing and is skipped): whole messages here, sent again first...
     resend: VecDeque<FrameKey>,
+    /// ...then chunks of large messages. A resent chunk fills a packet: after a burst of
+    /// losses, one queue in the order they were lost kept the small messages of other
+    /// channels lost with a large transfer waiting behind its chunks, round trips while the
+    /// window grew back. (New frames take turns between channels for the same reason.)
+    resend_chunks: VecDeque<FrameKey>,
     /// Reassembly the peer may be holding for our large reliable messages: each started one
     /// counts until the channel window moves past it (the peer has delivered it by then).
     /// A new one starts only while this stays within the peer's budget, so a well-behaved
@@ -381,6 +386,7 @@ impl Messaging {
             Box::new(InFlight {
                 frames: FrameStore::starting_at(epoch),
                 resend: VecDeque::new(),
+                resend_chunks: VecDeque::new(),
                 large_in_window: 0,
             })
         })
@@ -397,7 +403,9 @@ impl Messaging {
         if !self.resend_waiting() {
             return 0;
         }
-        self.in_flight.as_ref().map_or(0, |f| f.resend.len())
+        self.in_flight
+            .as_ref()
+            .map_or(0, |f| f.resend.len() + f.resend_chunks.len())
     }
 
     /// Whether lost frames wait to be sent again, without reading the box they wait in.
@@ -406,7 +414,7 @@ impl Messaging {
             self.resend_waiting,
             self.in_flight
                 .as_ref()
-                .is_some_and(|f| !f.resend.is_empty())
+                .is_some_and(|f| !f.resend.is_empty() || !f.resend_chunks.is_empty())
         );
         self.resend_waiting
     }
@@ -983,6 +991,7 @@ impl Connection {
                 // Every key still to resend names an acknowledged frame (lost, then
                 // acknowledged after all): nothing is left to send again.
                 f.resend.clear();
+                f.resend_chunks.clear();
                 self.messaging.resend_waiting = false;
                 // Every channel is idle: each large message's reservation went back with
                 // its last frame's acknowledgement.
@@ -1000,6 +1009,9 @@ impl Connection {
                 // gives back what it can.
                 if f.resend.is_empty() {
                     f.resend = VecDeque::new();
+                }
+                if f.resend_chunks.is_empty() {
+                    f.resend_chunks = VecDeque::new();
                 }
                 f.frames.trim();
             }
@@ -1208,7 +1220,10 @@ impl Connection {
                 if let Some(frame) = f.frames.get_mut(key) {
                     frame.in_flight = frame.in_flight.saturating_sub(1);
                     if frame.in_flight == 0 {
-                        f.resend.push_back(key);
+                        match frame.header.chunk {
+                            Some(_) => f.resend_chunks.push_back(key),
+                            None => f.resend.push_back(key),
+                        }
                         self.messaging.resend_waiting = true;
                     }
                 }

@@ -497,9 +497,8 @@ impl Connection {
             .iter()
             .filter(|_| self.messaging.resend_waiting)
             .flat_map(|f| {
-                f.resend
-                    .iter()
-                    .take(64)
+                (f.resend.iter().take(64))
+                    .chain(f.resend_chunks.iter().take(64))
                     .filter_map(|&key| Some(frame_len(f.frames.get(key)?.payload.len())))
             });
         queued.chain(resent).max().unwrap_or(0)
@@ -572,31 +571,25 @@ impl Connection {
         })
     }
 
+    /// Frames of lost packets, whole messages before chunks (see `InFlight::resend_chunks`),
+    /// as many as fit.
     fn write_retransmissions(&mut self, w: &mut Writer<'_>, keys: &mut PacketFrameKeys) -> usize {
-        let mut written = 0;
         let Some(f) = self.messaging.in_flight.as_deref_mut() else {
             return 0;
         };
-        while let Some(&key) = f.resend.front() {
-            let Some(frame) = f.frames.get_mut(key) else {
-                f.resend.pop_front();
-                continue;
-            };
-            if frame.in_flight > 0 {
-                f.resend.pop_front();
-                continue;
-            }
-            if !put_sent_frame(frame, key, w, keys) {
-                self.more_to_send = true;
-                break;
-            }
-            self.stats.rare.get().retransmissions += 1;
-            self.stats.payload_bytes_transmitted += frame.payload.len() as u64;
-            f.resend.pop_front();
-            written += 1;
+        let mut sent = Resent::default();
+        if resend_from(&mut f.resend, &mut f.frames, w, keys, &mut sent) {
+            resend_from(&mut f.resend_chunks, &mut f.frames, w, keys, &mut sent);
         }
-        self.messaging.resend_waiting = !f.resend.is_empty();
-        written
+        self.messaging.resend_waiting = !f.resend.is_empty() || !f.resend_chunks.is_empty();
+        if sent.frames > 0 {
+            self.stats.rare.get().retransmissions += sent.frames as u64;
+            self.stats.payload_bytes_transmitted += sent.bytes;
+        }
+        if sent.full {
+            self.more_to_send = true;
+        }
+        sent.frames
     }
 
     /// The head of each unreliable or sequenced channel, if it is a message of one packet,
@@ -865,6 +858,46 @@ fn put_sent_frame(
     frame.in_flight += 1;
     keys.push(key);
     true
+}
+
+/// Sends `queue`'s lost frames again into the packet, in order, until one does not fit;
+/// true if the queue emptied.
+fn resend_from(
+    queue: &mut VecDeque<FrameKey>,
+    frames: &mut FrameStore<SentFrame>,
+    w: &mut Writer<'_>,
+    keys: &mut PacketFrameKeys,
+    sent: &mut Resent,
+) -> bool {
+    while let Some(&key) = queue.front() {
+        let Some(frame) = frames.get_mut(key) else {
+            queue.pop_front();
+            continue;
+        };
+        if frame.in_flight > 0 {
+            queue.pop_front();
+            continue;
+        }
+        if !put_sent_frame(frame, key, w, keys) {
+            sent.full = true;
+            return false;
+        }
+        sent.frames += 1;
+        sent.bytes += frame.payload.len() as u64;
+        queue.pop_front();
+    }
+    true
+}
+
+/// What `write_retransmissions` put in a packet.
+#[derive(Default)]
+struct Resent {
+    /// Frames sent again.
+    frames: usize,
+    /// Their payload bytes.
+    bytes: u64,
+    /// One did not fit: the next packet takes it.
+    full: bool,
 }
 
 /// What `write_new_frames` put in a packet.
