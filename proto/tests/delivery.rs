@@ -1718,27 +1718,26 @@ fn a_flood_of_unreliable_messages_does_not_hold_back_retransmissions() {
     p.latency = Duration::from_millis(50);
     let (c, _) = p.connect();
     p.hook = lossy(11, 0.10);
-    for i in 0..100 {
-        p.client
-            .send(c, RELIABLE, numbered(i, 1_000))
-            .expect("send");
-        // Far more than the window carries: the queue stays full (sends past its limit
-        // are refused).
+    // Every 16 ms, far more unreliable messages than the window carries: the queue stays
+    // full (sends past its limit are refused). For the first 1.6 s, a reliable one too.
+    let tick = |p: &mut Pair, reliable: Option<u32>| {
+        if let Some(i) = reliable {
+            p.client
+                .send(c, RELIABLE, numbered(i, 1_000))
+                .expect("send");
+        }
         for _ in 0..40 {
             let _ = p.client.send(c, UNRELIABLE, vec![0; 1_000]);
         }
         p.run_for(Duration::from_millis(16));
+    };
+    for i in 0..100 {
+        tick(&mut p, Some(i));
     }
     let delivered = |p: &Pair| p.server_messages(RELIABLE).len() == 100;
-    let flood = |p: &mut Pair| {
-        for _ in 0..40 {
-            let _ = p.client.send(c, UNRELIABLE, vec![0; 1_000]);
-        }
-    };
     let mut waited = Duration::ZERO;
     while !delivered(&p) && waited < Duration::from_secs(10) {
-        flood(&mut p);
-        p.run_for(Duration::from_millis(16));
+        tick(&mut p, None);
         waited += Duration::from_millis(16);
     }
     let stats = p.client.connection_stats(c).expect("stats");
