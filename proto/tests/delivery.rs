@@ -1748,3 +1748,92 @@ fn a_flood_of_unreliable_messages_does_not_hold_back_retransmissions() {
         p.server_messages(RELIABLE).len()
     );
 }
+
+/// Endpoints whose reassembly budget is a 4-chunk message's reservation and 200 bytes.
+fn tight_budget_pair() -> (Pair, usize) {
+    let cp = Config::default().chunk_payload();
+    let tight = Config {
+        max_message_size: 4 * cp,
+        reassembly_budget: 4 * cp + 200,
+        endpoint_reassembly_budget: 4 * cp + 200,
+        ..Config::default()
+    };
+    let pair = Pair::new(
+        Config {
+            seed: 1,
+            accept_incoming: false,
+            ..tight.clone()
+        },
+        Config { seed: 2, ..tight },
+    );
+    (pair, cp)
+}
+
+/// A large message's short last chunk shares its packet with the next message of its
+/// ordered channel. The receiver counted that message as waiting for the large one, so with
+/// little room it refused the packet, and the sender sent it again as it was: nothing was
+/// ever delivered. The chunk completes the large message in the same packet, so the message
+/// behind it holds nothing.
+#[test]
+fn a_last_chunk_and_the_message_behind_it_in_one_packet_fit_a_tight_budget() {
+    let (mut p, cp) = tight_budget_pair();
+    let (c, s) = p.connect();
+    p.client
+        .send(c, ORDERED, numbered(0, 3 * cp + 100))
+        .expect("send");
+    p.client.send(c, ORDERED, numbered(1, 600)).expect("send");
+    let delivered = p.run_until(Duration::from_secs(5), |p| {
+        p.server_messages(ORDERED).len() == 2
+    });
+    let stats = p.server.connection_stats(s).expect("stats");
+    assert!(
+        delivered,
+        "{} of 2 delivered, {} refused for room",
+        p.server_messages(ORDERED).len(),
+        stats.drops.get(DropReason::ReassemblyBudget)
+    );
+    assert_eq!(stats.drops.get(DropReason::ReassemblyBudget), 0);
+}
+
+/// Both messages are lost in an outage. Whole messages go again ahead of chunks, but not
+/// ahead of an incomplete large message of their own ordered channel: the receiver would
+/// hold the small one, and then have no room for the large one it waits for.
+#[test]
+fn after_an_outage_a_small_ordered_message_is_not_resent_ahead_of_its_channels_large_one() {
+    use std::cell::Cell;
+    use std::rc::Rc;
+    let (mut p, cp) = tight_budget_pair();
+    p.latency = Duration::from_millis(50);
+    let (c, s) = p.connect();
+    let down = Rc::new(Cell::new(true));
+    let link = down.clone();
+    p.hook = Box::new(move |_, _, _| {
+        if link.get() {
+            vec![]
+        } else {
+            vec![Duration::ZERO]
+        }
+    });
+    p.client
+        .send(c, ORDERED, numbered(0, 3 * cp + 100))
+        .expect("send");
+    p.client.send(c, ORDERED, numbered(1, 600)).expect("send");
+    p.run_for(Duration::from_millis(1_500));
+    down.set(false);
+    let delivered = p.run_until(Duration::from_secs(10), |p| {
+        p.server_messages(ORDERED).len() == 2
+    });
+    let stats = p.server.connection_stats(s).expect("stats");
+    assert!(
+        delivered,
+        "{} of 2 delivered, {} refused for room",
+        p.server_messages(ORDERED).len(),
+        stats.drops.get(DropReason::ReassemblyBudget)
+    );
+    let got: Vec<u32> = p
+        .server_messages(ORDERED)
+        .iter()
+        .map(|m| number(m))
+        .collect();
+    assert_eq!(got, [0, 1]);
+}

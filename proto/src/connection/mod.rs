@@ -355,10 +355,12 @@ struct InFlight {
     /// Keys of frames declared lost, to send again (a key whose frame was acknowledged
     /// meanwhile finds nothing and is skipped): whole messages here, sent again first...
     resend: VecDeque<FrameKey>,
-    /// ...then chunks of large messages. A resent chunk fills a packet: after a burst of
-    /// losses, one queue in the order they were lost kept the small messages of other
-    /// channels lost with a large transfer waiting behind its chunks, round trips while the
-    /// window grew back. (New frames take turns between channels for the same reason.)
+    /// ...then chunks of large messages, and whole messages of an ordered channel sent after
+    /// a large one of that channel still incomplete. A resent chunk fills a packet: after a
+    /// burst of losses, one queue in the order they were lost kept the small messages of
+    /// other channels lost with a large transfer waiting behind its chunks, round trips
+    /// while the window grew back. (New frames take turns between channels for the same
+    /// reason.)
     resend_chunks: VecDeque<FrameKey>,
     /// Reassembly the peer may be holding for our large reliable messages: each started one
     /// counts until the channel window moves past it (the peer has delivered it by then).
@@ -1220,9 +1222,21 @@ impl Connection {
                 if let Some(frame) = f.frames.get_mut(key) {
                     frame.in_flight = frame.in_flight.saturating_sub(1);
                     if frame.in_flight == 0 {
-                        match frame.header.chunk {
-                            Some(_) => f.resend_chunks.push_back(key),
-                            None => f.resend.push_back(key),
+                        // A whole message goes again ahead of chunks, but not ahead of a
+                        // large message of its own ordered channel: the receiver would hold
+                        // it until that one completes, and refuse it if short of room.
+                        let behind_large = frame.message_seq.is_some_and(|seq| {
+                            self.messaging
+                                .send_channels
+                                .get(usize::from(frame.header.channel))
+                                .is_some_and(|ch| {
+                                    ch.kind == DeliveryKind::Ordered && ch.large_unacked_before(seq)
+                                })
+                        });
+                        if frame.header.chunk.is_some() || behind_large {
+                            f.resend_chunks.push_back(key);
+                        } else {
+                            f.resend.push_back(key);
                         }
                         self.messaging.resend_waiting = true;
                     }

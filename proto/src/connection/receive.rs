@@ -209,7 +209,9 @@ impl Connection {
         let parsed = &mut scratch.parsed_frames;
         parsed.clear();
         let mut to_hold = 0usize;
-        // Whole messages on ordered channels: (channel, sequence, length).
+        // Whole messages on ordered channels: (channel, sequence, length); and messages the
+        // packet completes with their last missing chunk, as holding nothing more (their
+        // reassembly is counted already).
         let ordered = &mut scratch.ordered;
         ordered.clear();
         let max_chunks = chunks_for(config, config.max_message_size);
@@ -261,6 +263,21 @@ impl Connection {
                     .and_then(|c| c.window_position(h.sequence));
                 if let Some((seq, true)) = position {
                     ordered.push((h.channel, seq, frame.payload.len()));
+                }
+            }
+            // A large message's last chunk often shares its packet with the next message:
+            // counted as waiting for the large one, that message made a receiver with little
+            // room refuse the packet, which the sender sent again as it was, for ever.
+            if let (DeliveryKind::Ordered, SendType::Message, Some(chunk)) =
+                (ch.kind, h.send_type, h.chunk)
+            {
+                let completed = self
+                    .messaging
+                    .recv_channels
+                    .get(usize::from(h.channel))
+                    .and_then(|c| c.completed_by(h.sequence, chunk));
+                if let Some(seq) = completed {
+                    ordered.push((h.channel, seq, 0));
                 }
             }
             // (Where it lies in `frames`: the frames are only borrowed.)

@@ -192,6 +192,16 @@ impl SendChannel {
         released
     }
 
+    /// Whether a large message sent before message `seq` still has frames unacknowledged:
+    /// an ordered receiver holds `seq` until that one completes.
+    pub(crate) fn large_unacked_before(&self, seq: u64) -> bool {
+        let before = seq.saturating_sub(self.window_base);
+        self.unacked_frames
+            .iter()
+            .take(usize::try_from(before).unwrap_or(usize::MAX))
+            .any(|&(left, reserved)| left > 0 && reserved > 0)
+    }
+
     /// Whether every message queued has been sent and acknowledged.
     pub(crate) fn is_idle(&self) -> bool {
         self.queue.is_empty() && self.unacked_frames.is_empty()
@@ -569,6 +579,18 @@ impl RecvChannel {
             None | Some(Slot::Empty)
         );
         Some((seq, free))
+    }
+
+    /// The extended sequence of message `sequence` if `chunk` is the one chunk its
+    /// reassembly still misses: the packet bringing it completes the message, as a whole
+    /// message would (see [`Self::in_order_run`]).
+    pub(crate) fn completed_by(&self, sequence: u16, chunk: ChunkInfo) -> Option<u64> {
+        let seq = extend_seq(sequence, self.base)?;
+        let index = usize::try_from(seq.checked_sub(self.base)?).ok()?;
+        match self.slots.get(index) {
+            Some(Slot::Partial(r)) if r.completed_by(chunk) => Some(seq),
+            _ => None,
+        }
     }
 
     /// Whether reliable message `sequence` lies past this channel's window. An honest sender

@@ -10,6 +10,7 @@ use alloc::vec::Vec;
 use bytes::{Bytes, BytesMut};
 
 use crate::time::Instant;
+use crate::wire::ChunkInfo;
 
 /// How far a chunked message has arrived, for progress bars.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -122,6 +123,14 @@ impl ReassemblyBuffer {
 
     pub(crate) fn is_complete(&self) -> bool {
         self.received == self.count
+    }
+
+    /// Whether `chunk` is the one chunk still missing.
+    pub(crate) fn completed_by(&self, chunk: ChunkInfo) -> bool {
+        chunk.count == self.count
+            && chunk.index < self.count
+            && !self.has(chunk.index)
+            && self.received + 1 == self.count
     }
 
     pub(crate) fn has(&self, index: u16) -> bool {
