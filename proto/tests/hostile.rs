@@ -1305,6 +1305,49 @@ fn an_ordered_gap_attack_stays_within_the_reassembly_budget() {
     assert_eq!(p.server.reassembly_bytes(), 0);
 }
 
+/// A chunk that completes a large message lets the whole messages behind it in its packet
+/// in as holding nothing: they are delivered as it completes. A peer that sends that chunk
+/// malformed (the last chunk empty) beside a message behind it, packet after packet, must
+/// not have the messages held uncounted: the chunk is refused, so they wait, and count.
+#[test]
+fn a_malformed_last_chunk_does_not_let_the_messages_behind_it_in_uncounted() {
+    let Sniffed {
+        mut p,
+        id,
+        owner,
+        next_pn,
+        ..
+    } = sniffed_small_budget();
+    let budget = p.server.config().reassembly_budget;
+    let cp = p.server.config().chunk_payload();
+    let mut pn = next_pn;
+    // Message 0 on the ordered channel, all of its four chunks but the last.
+    for index in 0..3u16 {
+        let mut frames = Vec::new();
+        push_frame(
+            &mut frames,
+            header(3, owner, 0, Some((index, 4))),
+            &vec![1u8; cp],
+        );
+        feed_server(&mut p, &data_packet(id, pn, &frames));
+        pn += 1;
+    }
+    let payload = vec![0x77u8; 500];
+    for seq in 1..=3_000u16 {
+        let mut frames = Vec::new();
+        push_frame(&mut frames, header(3, owner, 0, Some((3, 4))), &[]);
+        push_frame(&mut frames, header(3, owner, seq, None), &payload);
+        let delivered = feed_server(&mut p, &data_packet(id, pn, &frames));
+        pn += 1;
+        assert_eq!(delivered, 0, "nothing deliverable without message 0");
+        assert!(
+            p.server.reassembly_bytes() <= budget,
+            "{} held after sequence {seq}",
+            p.server.reassembly_bytes()
+        );
+    }
+}
+
 #[test]
 fn small_held_ordered_messages_do_not_pin_their_datagrams() {
     if !run_isolated("small_held_ordered_messages_do_not_pin_their_datagrams") {

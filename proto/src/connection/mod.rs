@@ -1218,6 +1218,11 @@ impl Connection {
                     }
                 }
             }
+            // Each ordered channel's oldest large message with frames unacknowledged, looked
+            // up once per channel (a window is up to 4,096 messages, and a loss can declare
+            // as many frames lost at once).
+            let mut oldest_large: [Option<Option<u64>>; crate::config::MAX_CHANNELS] =
+                [None; crate::config::MAX_CHANNELS];
             for &key in &outcome.lost_frames {
                 if let Some(frame) = f.frames.get_mut(key) {
                     frame.in_flight = frame.in_flight.saturating_sub(1);
@@ -1225,13 +1230,18 @@ impl Connection {
                         // A whole message goes again ahead of chunks, but not ahead of a
                         // large message of its own ordered channel: the receiver would hold
                         // it until that one completes, and refuse it if short of room.
+                        let channel = usize::from(frame.header.channel);
                         let behind_large = frame.message_seq.is_some_and(|seq| {
-                            self.messaging
-                                .send_channels
-                                .get(usize::from(frame.header.channel))
-                                .is_some_and(|ch| {
-                                    ch.kind == DeliveryKind::Ordered && ch.large_unacked_before(seq)
+                            let oldest = oldest_large.get_mut(channel).map(|cached| {
+                                *cached.get_or_insert_with(|| {
+                                    self.messaging
+                                        .send_channels
+                                        .get(channel)
+                                        .filter(|ch| ch.kind == DeliveryKind::Ordered)
+                                        .and_then(SendChannel::oldest_large_unacked)
                                 })
+                            });
+                            oldest.flatten().is_some_and(|large| large < seq)
                         });
                         if frame.header.chunk.is_some() || behind_large {
                             f.resend_chunks.push_back(key);

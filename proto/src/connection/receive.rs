@@ -83,7 +83,7 @@ impl Connection {
         // First pass: validate every frame before acting on any, so a packet is either
         // accepted whole (and acknowledged) or dropped whole (and retransmitted). Nothing in
         // an unauthenticated packet closes the connection: a forged one looks the same.
-        let to_hold = match self.parse_frames(frames, config, shared.scratch) {
+        let to_hold = match self.parse_frames(pn, frames, config, shared.scratch) {
             Ok(to_hold) => to_hold,
             Err(reason) => return self.refuse(pn, reason, shared.scratch),
         };
@@ -202,6 +202,7 @@ impl Connection {
     /// hold, or why the packet must be dropped.
     fn parse_frames(
         &mut self,
+        pn: u64,
         frames: &[u8],
         config: &Config,
         scratch: &mut Scratch,
@@ -275,7 +276,10 @@ impl Connection {
                     .messaging
                     .recv_channels
                     .get(usize::from(h.channel))
-                    .and_then(|c| c.completed_by(h.sequence, chunk));
+                    .and_then(|c| {
+                        let len = frame.payload.len();
+                        c.completed_by(h.sequence, chunk, len, config.chunk_payload(), pn)
+                    });
                 if let Some(seq) = completed {
                     ordered.push((h.channel, seq, 0));
                 }
@@ -473,7 +477,7 @@ impl Connection {
             if !self.transport.received.verdict(p).is_missing() {
                 continue;
             }
-            let Ok(to_hold) = self.parse_frames(frames, shared.config, shared.scratch) else {
+            let Ok(to_hold) = self.parse_frames(p, frames, shared.config, shared.scratch) else {
                 // Only a lying peer's repairs rebuild garbage: forget them all, so they cost
                 // no more solving.
                 shared.scratch.parsed_frames.clear();

@@ -192,14 +192,14 @@ impl SendChannel {
         released
     }
 
-    /// Whether a large message sent before message `seq` still has frames unacknowledged:
-    /// an ordered receiver holds `seq` until that one completes.
-    pub(crate) fn large_unacked_before(&self, seq: u64) -> bool {
-        let before = seq.saturating_sub(self.window_base);
-        self.unacked_frames
+    /// The oldest large message in the window with frames unacknowledged: an ordered
+    /// receiver holds every later message until it completes.
+    pub(crate) fn oldest_large_unacked(&self) -> Option<u64> {
+        let i = self
+            .unacked_frames
             .iter()
-            .take(usize::try_from(before).unwrap_or(usize::MAX))
-            .any(|&(left, reserved)| left > 0 && reserved > 0)
+            .position(|&(left, reserved)| left > 0 && reserved > 0)?;
+        Some(self.window_base + i as u64)
     }
 
     /// Whether every message queued has been sent and acknowledged.
@@ -581,14 +581,27 @@ impl RecvChannel {
         Some((seq, free))
     }
 
-    /// The extended sequence of message `sequence` if `chunk` is the one chunk its
-    /// reassembly still misses: the packet bringing it completes the message, as a whole
-    /// message would (see [`Self::in_order_run`]).
-    pub(crate) fn completed_by(&self, sequence: u16, chunk: ChunkInfo) -> Option<u64> {
+    /// The extended sequence of message `sequence` if `chunk` (`len` bytes, in packet `pn`)
+    /// is the one chunk its reassembly still misses and [`Self::receive`] will take it: the
+    /// packet bringing it completes the message, as a whole message would (see
+    /// [`Self::in_order_run`]). Admission takes the message as complete on this answer, so
+    /// a chunk `receive` would refuse (inconsistent, or an old copy) must not pass: the
+    /// messages behind it would be held uncounted.
+    pub(crate) fn completed_by(
+        &self,
+        sequence: u16,
+        chunk: ChunkInfo,
+        len: usize,
+        chunk_payload: usize,
+        pn: u64,
+    ) -> Option<u64> {
         let seq = extend_seq(sequence, self.base)?;
         let index = usize::try_from(seq.checked_sub(self.base)?).ok()?;
+        if self.is_stale_copy(seq, pn) {
+            return None;
+        }
         match self.slots.get(index) {
-            Some(Slot::Partial(r)) if r.completed_by(chunk) => Some(seq),
+            Some(Slot::Partial(r)) if r.completed_by(chunk, len, chunk_payload) => Some(seq),
             _ => None,
         }
     }

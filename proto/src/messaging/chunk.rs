@@ -85,16 +85,7 @@ impl ReassemblyBuffer {
         payload: &[u8],
         chunk_payload: usize,
     ) -> ChunkAdded {
-        if count != self.count || index >= count {
-            return ChunkAdded::Inconsistent;
-        }
-        let last = index + 1 == count;
-        let size_ok = if last {
-            !payload.is_empty() && payload.len() <= chunk_payload
-        } else {
-            payload.len() == chunk_payload
-        };
-        if !size_ok {
+        if !self.fits(index, count, payload.len(), chunk_payload) {
             return ChunkAdded::Inconsistent;
         }
         if self.has(index) {
@@ -125,10 +116,22 @@ impl ReassemblyBuffer {
         self.received == self.count
     }
 
-    /// Whether `chunk` is the one chunk still missing.
-    pub(crate) fn completed_by(&self, chunk: ChunkInfo) -> bool {
-        chunk.count == self.count
-            && chunk.index < self.count
+    /// Whether chunk `index` of `count`, `len` bytes long, belongs to this message: every
+    /// chunk but the last is `chunk_payload` bytes, the last 1 to `chunk_payload`.
+    fn fits(&self, index: u16, count: u16, len: usize, chunk_payload: usize) -> bool {
+        let size_ok = if index + 1 == count {
+            len > 0 && len <= chunk_payload
+        } else {
+            len == chunk_payload
+        };
+        count == self.count && index < count && size_ok
+    }
+
+    /// Whether `chunk`, `len` bytes long, is the one chunk still missing, which
+    /// [`Self::add`] will take: admission counts the message complete on its word, so it
+    /// makes every check `add` makes.
+    pub(crate) fn completed_by(&self, chunk: ChunkInfo, len: usize, chunk_payload: usize) -> bool {
+        self.fits(chunk.index, chunk.count, len, chunk_payload)
             && !self.has(chunk.index)
             && self.received + 1 == self.count
     }
