@@ -1348,6 +1348,43 @@ fn a_malformed_last_chunk_does_not_let_the_messages_behind_it_in_uncounted() {
     }
 }
 
+/// A message goes whole or in chunks, never both. A packet with a chunk that opens a
+/// message's reassembly and a whole frame of that same message, then messages behind it,
+/// would have admission take the whole one as arriving, so the ones behind as holding
+/// nothing, while the chunk takes the slot and they wait, uncounted. It is refused whole.
+#[test]
+fn a_packet_with_a_message_both_whole_and_in_chunks_is_refused() {
+    let Sniffed {
+        mut p,
+        server: s,
+        id,
+        owner,
+        next_pn,
+        ..
+    } = sniffed_small_budget();
+    let cp = p.server.config().chunk_payload();
+    let held_before = p.server.reassembly_bytes();
+    let violations = conn_drops(&p.server, s, DropReason::ProtocolViolation);
+    let mut frames = Vec::new();
+    // (The last of two chunks: a valid chunk, short enough to share the packet.)
+    push_frame(
+        &mut frames,
+        header(3, owner, 0, Some((1, 2))),
+        &vec![1u8; cp / 4],
+    );
+    push_frame(&mut frames, header(3, owner, 0, None), b"whole");
+    for seq in 1..=4u16 {
+        push_frame(&mut frames, header(3, owner, seq, None), &[7u8; 64]);
+    }
+    let delivered = feed_server(&mut p, &data_packet(id, next_pn, &frames));
+    assert_eq!(delivered, 0);
+    assert_eq!(p.server.reassembly_bytes(), held_before, "nothing taken");
+    assert_eq!(
+        conn_drops(&p.server, s, DropReason::ProtocolViolation),
+        violations + 1
+    );
+}
+
 #[test]
 fn small_held_ordered_messages_do_not_pin_their_datagrams() {
     if !run_isolated("small_held_ordered_messages_do_not_pin_their_datagrams") {

@@ -147,7 +147,9 @@ pub(crate) struct Shared<'a> {
 pub(crate) struct Scratch {
     /// The frames of the packet being taken (each payload where it lies in the packet).
     parsed_frames: Vec<(MessageHeader, core::ops::Range<usize>)>,
-    /// Its whole ordered messages: (channel, sequence, length).
+    /// Its whole ordered messages: (channel, sequence, length); while it is parsed, its
+    /// chunks on ordered channels too, marked by their length (`receive::CHUNK_OPENS`,
+    /// `receive::CHUNK_COMPLETES`).
     ordered: Vec<(u8, u64, usize)>,
     /// Packets rebuilt from repairs, waiting to be taken: one after another, each its
     /// number (8 bytes), its frames' length (4) and its frames. (One buffer, reused: a

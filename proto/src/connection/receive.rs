@@ -26,6 +26,34 @@ pub(crate) enum DataResult {
 }
 
 /// The next packet in `Scratch::rebuilt` (see there): its number and frames.
+/// The length `parse_frames` gives a chunk on an ordered channel in `Scratch::ordered`
+/// while it parses: one that opens or continues its message's reassembly...
+pub(super) const CHUNK_OPENS: usize = usize::MAX;
+/// ...and one that completes it.
+pub(super) const CHUNK_COMPLETES: usize = usize::MAX - 1;
+
+/// Checks a packet's chunks on ordered channels (marked in `ordered`) against its whole
+/// messages there, and leaves in `ordered` its whole messages and, as arriving with length
+/// 0 (their reassembly is counted already), the messages its chunks complete. A message is
+/// sent whole or in chunks, never both: a packet with a chunk and a whole frame of one
+/// message is refused, since admission would take the whole one as arriving while the
+/// chunk opens a reassembly in its slot, leaving the messages behind it held uncounted.
+fn ordered_chunks_agree(ordered: &mut Vec<(u8, u64, usize)>) -> Result<(), DropReason> {
+    ordered.sort_unstable();
+    let chunk = |e: &(u8, u64, usize)| e.2 >= CHUNK_COMPLETES;
+    for pair in ordered.windows(2) {
+        let same_message = (pair[0].0, pair[0].1) == (pair[1].0, pair[1].1);
+        if same_message && chunk(&pair[0]) != chunk(&pair[1]) {
+            return Err(DropReason::ProtocolViolation);
+        }
+    }
+    ordered.retain(|e| e.2 != CHUNK_OPENS);
+    for e in ordered.iter_mut().filter(|e| e.2 == CHUNK_COMPLETES) {
+        e.2 = 0;
+    }
+    Ok(())
+}
+
 fn next_rebuilt<'a>(rest: &mut &'a [u8]) -> Option<(u64, &'a [u8])> {
     let (pn, after) = rest.split_first_chunk::<8>()?;
     let (len, after) = after.split_first_chunk::<4>()?;
@@ -215,6 +243,8 @@ impl Connection {
         // reassembly is counted already).
         let ordered = &mut scratch.ordered;
         ordered.clear();
+        // Chunks among them (marked: see `ordered_chunks_agree`).
+        let mut chunks = 0usize;
         let max_chunks = chunks_for(config, config.max_message_size);
         let mut verdict = Ok(());
         for frame in Frames::new(frames) {
@@ -272,21 +302,28 @@ impl Connection {
             if let (DeliveryKind::Ordered, SendType::Message, Some(chunk)) =
                 (ch.kind, h.send_type, h.chunk)
             {
-                let completed = self
-                    .messaging
-                    .recv_channels
-                    .get(usize::from(h.channel))
-                    .and_then(|c| {
+                if let Some(c) = self.messaging.recv_channels.get(usize::from(h.channel)) {
+                    if let Some((seq, _)) = c.window_position(h.sequence) {
                         let len = frame.payload.len();
-                        c.completed_by(h.sequence, chunk, len, config.chunk_payload(), pn)
-                    });
-                if let Some(seq) = completed {
-                    ordered.push((h.channel, seq, 0));
+                        let completes = c
+                            .completed_by(h.sequence, chunk, len, config.chunk_payload(), pn)
+                            .is_some();
+                        let mark = if completes {
+                            CHUNK_COMPLETES
+                        } else {
+                            CHUNK_OPENS
+                        };
+                        ordered.push((h.channel, seq, mark));
+                        chunks += 1;
+                    }
                 }
             }
             // (Where it lies in `frames`: the frames are only borrowed.)
             let start = frame.payload.as_ptr().addr() - frames.as_ptr().addr();
             parsed.push((h, start..start + frame.payload.len()));
+        }
+        if verdict.is_ok() && chunks > 0 {
+            verdict = ordered_chunks_agree(ordered);
         }
         if verdict.is_err() {
             ordered.clear();
