@@ -1769,6 +1769,28 @@ fn tight_budget_pair() -> (Pair, usize) {
     (pair, cp)
 }
 
+/// Sends message 0 in four chunks, then a 600-byte message 1, on the ordered channel.
+fn send_large_then_small(p: &mut Pair, c: ConnectionHandle, cp: usize) {
+    p.client
+        .send(c, ORDERED, numbered(0, 3 * cp + 100))
+        .expect("send");
+    p.client.send(c, ORDERED, numbered(1, 600)).expect("send");
+}
+
+/// Runs until both of `send_large_then_small`'s messages arrived at the server (within
+/// `within`, else fails); returns its packets refused for room.
+fn both_arrive(p: &mut Pair, s: ConnectionHandle, within: Duration) -> u64 {
+    let delivered = p.run_until(within, |p| p.server_messages(ORDERED).len() == 2);
+    let stats = p.server.connection_stats(s).expect("stats");
+    let refused = stats.drops.get(DropReason::ReassemblyBudget);
+    assert!(
+        delivered,
+        "{} of 2 delivered, {refused} refused for room",
+        p.server_messages(ORDERED).len(),
+    );
+    refused
+}
+
 /// A large message's short last chunk shares its packet with the next message of its
 /// ordered channel. The receiver counted that message as waiting for the large one, so with
 /// little room it refused the packet, and the sender sent it again as it was: nothing was
@@ -1778,21 +1800,9 @@ fn tight_budget_pair() -> (Pair, usize) {
 fn a_last_chunk_and_the_message_behind_it_in_one_packet_fit_a_tight_budget() {
     let (mut p, cp) = tight_budget_pair();
     let (c, s) = p.connect();
-    p.client
-        .send(c, ORDERED, numbered(0, 3 * cp + 100))
-        .expect("send");
-    p.client.send(c, ORDERED, numbered(1, 600)).expect("send");
-    let delivered = p.run_until(Duration::from_secs(5), |p| {
-        p.server_messages(ORDERED).len() == 2
-    });
-    let stats = p.server.connection_stats(s).expect("stats");
-    assert!(
-        delivered,
-        "{} of 2 delivered, {} refused for room",
-        p.server_messages(ORDERED).len(),
-        stats.drops.get(DropReason::ReassemblyBudget)
-    );
-    assert_eq!(stats.drops.get(DropReason::ReassemblyBudget), 0);
+    send_large_then_small(&mut p, c, cp);
+    let refused = both_arrive(&mut p, s, Duration::from_secs(5));
+    assert_eq!(refused, 0);
 }
 
 /// Both messages are lost in an outage. Whole messages go again ahead of chunks, but not
@@ -1814,22 +1824,10 @@ fn after_an_outage_a_small_ordered_message_is_not_resent_ahead_of_its_channels_l
             vec![Duration::ZERO]
         }
     });
-    p.client
-        .send(c, ORDERED, numbered(0, 3 * cp + 100))
-        .expect("send");
-    p.client.send(c, ORDERED, numbered(1, 600)).expect("send");
+    send_large_then_small(&mut p, c, cp);
     p.run_for(Duration::from_millis(1_500));
     down.set(false);
-    let delivered = p.run_until(Duration::from_secs(10), |p| {
-        p.server_messages(ORDERED).len() == 2
-    });
-    let stats = p.server.connection_stats(s).expect("stats");
-    assert!(
-        delivered,
-        "{} of 2 delivered, {} refused for room",
-        p.server_messages(ORDERED).len(),
-        stats.drops.get(DropReason::ReassemblyBudget)
-    );
+    both_arrive(&mut p, s, Duration::from_secs(10));
     let got: Vec<u32> = p
         .server_messages(ORDERED)
         .iter()
