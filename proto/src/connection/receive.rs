@@ -25,12 +25,11 @@ pub(crate) enum DataResult {
     Migrated(SocketAddr),
 }
 
-/// The next packet in `Scratch::rebuilt` (see there): its number and frames.
 /// The length `parse_frames` gives a chunk on an ordered channel in `Scratch::ordered`
 /// while it parses: one that opens or continues its message's reassembly...
-pub(super) const CHUNK_OPENS: usize = usize::MAX;
+const CHUNK_OPENS: usize = usize::MAX;
 /// ...and one that completes it.
-pub(super) const CHUNK_COMPLETES: usize = usize::MAX - 1;
+const CHUNK_COMPLETES: usize = usize::MAX - 1;
 
 /// Checks a packet's chunks on ordered channels (marked in `ordered`) against its whole
 /// messages there, and leaves in `ordered` its whole messages and, as arriving with length
@@ -54,6 +53,7 @@ fn ordered_chunks_agree(ordered: &mut Vec<(u8, u64, usize)>) -> Result<(), DropR
     Ok(())
 }
 
+/// The next packet in `Scratch::rebuilt` (see there): its number and frames.
 fn next_rebuilt<'a>(rest: &mut &'a [u8]) -> Option<(u64, &'a [u8])> {
     let (pn, after) = rest.split_first_chunk::<8>()?;
     let (len, after) = after.split_first_chunk::<4>()?;

@@ -119,12 +119,14 @@ impl ReassemblyBuffer {
     /// Whether chunk `index` of `count`, `len` bytes long, belongs to this message: every
     /// chunk but the last is `chunk_payload` bytes, the last 1 to `chunk_payload`.
     fn fits(&self, index: u16, count: u16, len: usize, chunk_payload: usize) -> bool {
-        let size_ok = if index + 1 == count {
+        if count != self.count || index >= count {
+            return false;
+        }
+        if index + 1 == count {
             len > 0 && len <= chunk_payload
         } else {
             len == chunk_payload
-        };
-        count == self.count && index < count && size_ok
+        }
     }
 
     /// Whether `chunk`, `len` bytes long, is the one chunk still missing, which
