@@ -305,9 +305,7 @@ impl Connection {
                 if let Some(c) = self.messaging.recv_channels.get(usize::from(h.channel)) {
                     if let Some((seq, _)) = c.window_position(h.sequence) {
                         let len = frame.payload.len();
-                        let completes = c
-                            .completed_by(h.sequence, chunk, len, config.chunk_payload(), pn)
-                            .is_some();
+                        let completes = c.completed_by(seq, chunk, len, config.chunk_payload(), pn);
                         let mark = if completes {
                             CHUNK_COMPLETES
                         } else {

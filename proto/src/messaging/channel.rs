@@ -581,29 +581,26 @@ impl RecvChannel {
         Some((seq, free))
     }
 
-    /// The extended sequence of message `sequence` if `chunk` (`len` bytes, in packet `pn`)
-    /// is the one chunk its reassembly still misses and [`Self::receive`] will take it: the
-    /// packet bringing it completes the message, as a whole message would (see
-    /// [`Self::in_order_run`]). Admission takes the message as complete on this answer, so
-    /// a chunk `receive` would refuse (inconsistent, or an old copy) must not pass: the
-    /// messages behind it would be held uncounted.
+    /// Whether `chunk` (`len` bytes, in packet `pn`) of message `seq` (extended, as
+    /// [`Self::window_position`] gives it) is the one chunk its reassembly still misses and
+    /// [`Self::receive`] will take it: the packet bringing it completes the message, as a
+    /// whole message would (see [`Self::in_order_run`]). Admission takes the message as
+    /// complete on this answer, so a chunk `receive` would refuse (inconsistent, or an old
+    /// copy) must not pass: the messages behind it would be held uncounted.
     pub(crate) fn completed_by(
         &self,
-        sequence: u16,
+        seq: u64,
         chunk: ChunkInfo,
         len: usize,
         chunk_payload: usize,
         pn: u64,
-    ) -> Option<u64> {
-        let seq = extend_seq(sequence, self.base)?;
-        let index = usize::try_from(seq.checked_sub(self.base)?).ok()?;
-        if self.is_stale_copy(seq, pn) {
-            return None;
-        }
-        match self.slots.get(index) {
-            Some(Slot::Partial(r)) if r.completed_by(chunk, len, chunk_payload) => Some(seq),
-            _ => None,
-        }
+    ) -> bool {
+        let slot = seq
+            .checked_sub(self.base)
+            .and_then(|i| usize::try_from(i).ok())
+            .and_then(|i| self.slots.get(i));
+        !self.is_stale_copy(seq, pn)
+            && matches!(slot, Some(Slot::Partial(r)) if r.completed_by(chunk, len, chunk_payload))
     }
 
     /// Whether reliable message `sequence` lies past this channel's window. An honest sender
